@@ -1,0 +1,30 @@
+//! Canopy's venue side: the uplink to the relay (one QUIC connection, HTTP/3) and the
+//! venue-facing HTTP/1.1 proxy (explicit proxy, CONNECT, reverse "sites").
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod proxy;
+mod uplink;
+
+pub use config::GatewayConfig;
+pub use proxy::Gateway;
+pub use uplink::{Sender, Uplink, UplinkSettings, UplinkState};
+
+/// Errors starting the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// TLS material unusable.
+    #[error(transparent)]
+    Tls(#[from] tunnel_io::TlsError),
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Invalid configuration.
+    #[error("invalid config: {0}")]
+    Config(String),
+}

@@ -1,0 +1,410 @@
+//! The relay's HTTP/3 server: accepts gateway connections (client certificate required),
+//! and serves each request stream: CONNECT tunnels and proxied requests to origins.
+
+use crate::config::RelayConfig;
+use crate::egress::{Egress, OriginStream};
+use crate::error::{Refusal, RelayError};
+use bytes::Bytes;
+use h3::server::RequestStream;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn, Instrument};
+use tunnel::{hop, wire, TrafficClass};
+use tunnel_io::{copy_bidirectional, pump_body, H3Body, TlsFiles};
+
+type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+struct State {
+    name: String,
+    server_names: Vec<String>,
+    egress: Egress,
+    response_timeout: Duration,
+    max_body: Option<u64>,
+    max_header_bytes: u64,
+}
+
+/// A bound relay; `run` serves it.
+pub struct Relay {
+    endpoint: quinn::Endpoint,
+    state: Arc<State>,
+}
+
+impl Relay {
+    /// Binds the QUIC endpoint with the relay's TLS material.
+    pub fn bind(cfg: &RelayConfig, tls: &TlsFiles) -> Result<Self, RelayError> {
+        let server = tls.relay_quic(cfg.tunnel.quinn())?;
+        let endpoint = quinn::Endpoint::server(server, cfg.relay.listen).map_err(|source| {
+            RelayError::Bind {
+                addr: cfg.relay.listen,
+                source,
+            }
+        })?;
+        let egress = Egress::new(&cfg.egress).map_err(RelayError::Config)?;
+        let state = State {
+            name: cfg.relay.name.clone(),
+            server_names: cfg.relay.server_names.clone(),
+            egress,
+            response_timeout: Duration::from_millis(cfg.egress.response_timeout_ms),
+            max_body: (cfg.egress.max_request_body_bytes > 0)
+                .then_some(cfg.egress.max_request_body_bytes),
+            max_header_bytes: cfg.egress.max_header_bytes,
+        };
+        Ok(Self {
+            endpoint,
+            state: Arc::new(state),
+        })
+    }
+
+    /// The UDP address the relay listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves gateways until the endpoint is closed.
+    pub async fn run(self) {
+        info!(addr = ?self.endpoint.local_addr().ok(), "relay listening (HTTP/3)");
+        while let Some(incoming) = self.endpoint.accept().await {
+            let state = self.state.clone();
+            let remote = incoming.remote_address();
+            tokio::spawn(
+                async move {
+                    match incoming.await {
+                        Ok(conn) => serve_connection(state, conn).await,
+                        Err(e) => info!(error = %e, "handshake refused"),
+                    }
+                }
+                .instrument(tracing::info_span!("gateway", %remote)),
+            );
+        }
+    }
+}
+
+async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
+    info!("gateway connected");
+    metrics::gauge!("canopy_relay_gateways_connected").increment(1.0);
+    let h3 = h3::server::builder()
+        .max_field_section_size(state.max_header_bytes)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+        .await;
+    match h3 {
+        Ok(mut h3) => loop {
+            match h3.accept().await {
+                Ok(Some(resolver)) => {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        match resolver.resolve_request().await {
+                            Ok((req, stream)) => handle(state, req, stream).await,
+                            Err(e) => debug!(error = %e, "bad request stream"),
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "connection ended");
+                    break;
+                }
+            }
+        },
+        Err(e) => warn!(error = %e, "HTTP/3 setup failed"),
+    }
+    metrics::gauge!("canopy_relay_gateways_connected").decrement(1.0);
+    info!(reason = ?conn.close_reason(), "gateway disconnected");
+}
+
+async fn handle(state: Arc<State>, req: Request<()>, stream: Stream) {
+    let started = Instant::now();
+    let class = req
+        .headers()
+        .get(wire::HDR_CLASS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TrafficClass::parse)
+        .unwrap_or(TrafficClass::Bulk);
+    let method = req.method().clone();
+    let target = req.uri().to_string();
+    let status = serve(&state, req, stream, class).await;
+    let c = class.as_str();
+    metrics::counter!("canopy_relay_requests_total", "class" => c, "status" => status.as_str().to_owned()).increment(1);
+    metrics::histogram!("canopy_relay_request_duration_seconds", "class" => c)
+        .record(started.elapsed().as_secs_f64());
+    debug!(%method, %target, %status, class = c, ms = started.elapsed().as_millis() as u64, "done");
+}
+
+enum Target {
+    Local,
+    Connect(tokio::net::TcpStream),
+    Forward(OriginStream),
+}
+
+async fn serve(
+    state: &State,
+    req: Request<()>,
+    mut stream: Stream,
+    class: TrafficClass,
+) -> StatusCode {
+    match prepare(state, &req).await {
+        Err(refusal) => {
+            // The body is not wanted: say so (H3_NO_ERROR) instead of leaving it unread.
+            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            refuse(&mut stream, refusal).await
+        }
+        Ok(Target::Local) => local(&req, &mut stream).await,
+        Ok(Target::Connect(tcp)) => tunnel(stream, tcp, class).await,
+        Ok(Target::Forward(origin)) => forward(state, req, stream, origin, class).await,
+    }
+}
+
+/// Decides what the request is and opens the connection it needs.
+async fn prepare(state: &State, req: &Request<()>) -> Result<Target, Refusal> {
+    let authority = req
+        .uri()
+        .authority()
+        .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "request without authority"))?;
+    let host = authority.host();
+    if req.method() == Method::CONNECT {
+        let port = authority
+            .port_u16()
+            .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "CONNECT needs host:port"))?;
+        return match state.egress.connect(host, port, false).await? {
+            OriginStream::Plain(tcp) => Ok(Target::Connect(tcp)),
+            OriginStream::Tls(_) => Err(Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "CONNECT yields raw TCP",
+            )),
+        };
+    }
+    if state
+        .server_names
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(host))
+    {
+        return Ok(Target::Local);
+    }
+    let tls = match req.uri().scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        other => {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("unsupported scheme {other:?}"),
+            ))
+        }
+    };
+    if let Some(limit) = state.max_body {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over the relay's limit of {limit} bytes"),
+            ));
+        }
+    }
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    Ok(Target::Forward(
+        state.egress.connect(host, port, tls).await?,
+    ))
+}
+
+/// Sends a synthetic error response with its reason.
+async fn refuse<S: SendResponse>(stream: &mut S, refusal: Refusal) -> StatusCode {
+    debug!(status = %refusal.status, reason = %refusal.reason, "refused");
+    let _ = stream.synthetic(&refusal).await;
+    refusal.status
+}
+
+async fn local(req: &Request<()>, stream: &mut Stream) -> StatusCode {
+    let (status, body): (StatusCode, &'static str) = match req.uri().path() {
+        "/healthz" => (StatusCode::OK, "ok\n"),
+        _ => (StatusCode::NOT_FOUND, "not found\n"),
+    };
+    while let Ok(Some(_)) = stream.recv_data().await {}
+    let _ = stream.synthetic(&Refusal::new(status, body.trim())).await;
+    status
+}
+
+async fn tunnel(mut stream: Stream, tcp: tokio::net::TcpStream, class: TrafficClass) -> StatusCode {
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .body(())
+        .unwrap_or_default();
+    if stream.send_response(resp).await.is_err() {
+        return StatusCode::BAD_GATEWAY;
+    }
+    let (send, recv) = stream.split();
+    let (to_gateway, from_gateway) = copy_bidirectional(tcp, send, recv).await;
+    count_bytes(class, from_gateway, to_gateway);
+    StatusCode::OK
+}
+
+fn count_bytes(class: TrafficClass, up: u64, down: u64) {
+    let c = class.as_str();
+    metrics::counter!("canopy_relay_bytes_total", "class" => c, "direction" => "up").increment(up);
+    metrics::counter!("canopy_relay_bytes_total", "class" => c, "direction" => "down")
+        .increment(down);
+}
+
+async fn forward(
+    state: &State,
+    req: Request<()>,
+    stream: Stream,
+    origin: OriginStream,
+    class: TrafficClass,
+) -> StatusCode {
+    let (mut send, recv) = stream.split();
+    let c = class.as_str();
+    let up_counter =
+        metrics::counter!("canopy_relay_bytes_total", "class" => c, "direction" => "up");
+    let body = H3Body::new(recv, state.max_body, Some(up_counter));
+    let (parts, ()) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut out = Request::builder().method(parts.method).uri(path);
+    let mut headers = parts.headers;
+    hop::strip_hop_by_hop(&mut headers);
+    hop::strip_private(&mut headers);
+    hop::append_via(&mut headers, hop::via_protocol(parts.version), &state.name);
+    if let Ok(v) = http::HeaderValue::from_str(&authority) {
+        headers.insert(header::HOST, v);
+    }
+    if let Some(h) = out.headers_mut() {
+        *h = headers;
+    }
+    let Ok(out) = out.body(body) else {
+        return refuse(
+            &mut send,
+            Refusal::new(StatusCode::BAD_REQUEST, "cannot rebuild request"),
+        )
+        .await;
+    };
+    let result = match origin {
+        OriginStream::Plain(tcp) => exchange(TokioIo::new(tcp), out, state.response_timeout).await,
+        OriginStream::Tls(tls) => exchange(TokioIo::new(*tls), out, state.response_timeout).await,
+    };
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(refusal) => return refuse(&mut send, refusal).await,
+    };
+    let (mut parts, body) = resp.into_parts();
+    let status = parts.status;
+    hop::strip_hop_by_hop(&mut parts.headers);
+    hop::append_via(
+        &mut parts.headers,
+        hop::via_protocol(parts.version),
+        &state.name,
+    );
+    let mut head = Response::builder().status(status);
+    if let Some(h) = head.headers_mut() {
+        *h = parts.headers;
+    }
+    let Ok(head) = head.body(()) else {
+        return StatusCode::BAD_GATEWAY;
+    };
+    if send.send_response(head).await.is_err() {
+        return status;
+    }
+    let down_counter =
+        metrics::counter!("canopy_relay_bytes_total", "class" => c, "direction" => "down");
+    if let Err(e) = pump_body(body, &mut send, Some(&down_counter)).await {
+        debug!(error = %e, "response body cut short");
+        send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+    }
+    status
+}
+
+/// One HTTP/1.1 exchange with an origin over an established connection.
+async fn exchange<IO>(
+    io: IO,
+    req: Request<H3Body<RequestStream<h3_quinn::RecvStream, Bytes>>>,
+    timeout: Duration,
+) -> Result<Response<hyper::body::Incoming>, Refusal>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                format!("origin handshake failed: {e}"),
+            )
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "origin connection ended with error");
+        }
+    });
+    match tokio::time::timeout(timeout, sender.send_request(req)).await {
+        Err(_) => Err(Refusal::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "origin did not answer in time",
+        )),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<tunnel_io::BodyError>())
+                .is_some_and(|b| matches!(b, tunnel_io::BodyError::TooLarge(_)));
+            if too_large {
+                Err(Refusal::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body over the relay's limit",
+                ))
+            } else {
+                Err(Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("origin request failed: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// What a synthetic response needs of a stream half (whole stream or send half).
+trait SendResponse: Send {
+    fn synthetic(
+        &mut self,
+        refusal: &Refusal,
+    ) -> impl std::future::Future<Output = Result<(), h3::error::StreamError>> + Send;
+}
+
+impl<S: h3::quic::SendStream<Bytes> + Send> SendResponse for RequestStream<S, Bytes> {
+    async fn synthetic(&mut self, refusal: &Refusal) -> Result<(), h3::error::StreamError> {
+        let body = format!("{}\n", refusal.reason);
+        let resp = Response::builder()
+            .status(refusal.status)
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header(wire::HDR_REASON, sanitize(&refusal.reason))
+            .body(())
+            .unwrap_or_default();
+        self.send_response(resp).await?;
+        self.send_data(Bytes::from(body)).await?;
+        self.finish().await
+    }
+}
+
+/// A reason as a header value: visible ASCII only.
+fn sanitize(reason: &str) -> String {
+    reason
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}

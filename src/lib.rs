@@ -1,0 +1,11 @@
+//! The `canopy` binary's library: config loading with precise errors, certificates, the
+//! link emulator, the demo origin and the demo. `main.rs` is only the CLI.
+#![forbid(unsafe_code)]
+
+pub mod certs;
+pub mod config;
+pub mod demo;
+pub mod linkem;
+pub mod load;
+pub mod origin;
+pub mod runtime;

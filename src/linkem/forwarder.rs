@@ -1,0 +1,321 @@
+//! The emulator's I/O shell: one UDP socket facing clients, one upstream socket per client
+//! flow, and a task per direction that feeds packets through the link model.
+
+use super::profile::LinkProfile;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use str0m_netem::{Input, Netem, NetemConfig, Output};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+/// A packet of one flow.
+#[derive(Clone)]
+struct Pkt {
+    flow: u32,
+    data: Vec<u8>,
+}
+
+impl AsRef<[u8]> for Pkt {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+/// Counters of one direction.
+#[derive(Debug, Default)]
+struct DirCounters {
+    packets_in: AtomicU64,
+    packets_out: AtomicU64,
+    bytes_out: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Snapshot of the emulator's counters.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct LinkStats {
+    /// Packets entering, venue to relay.
+    pub up_in: u64,
+    /// Packets delivered, venue to relay.
+    pub up_out: u64,
+    /// Bytes delivered, venue to relay.
+    pub up_bytes: u64,
+    /// Packets dropped (loss, full queue, outage), venue to relay.
+    pub up_dropped: u64,
+    /// Packets entering, relay to venue.
+    pub down_in: u64,
+    /// Packets delivered, relay to venue.
+    pub down_out: u64,
+    /// Bytes delivered, relay to venue.
+    pub down_bytes: u64,
+    /// Packets dropped, relay to venue.
+    pub down_dropped: u64,
+}
+
+struct Shared {
+    outage: AtomicBool,
+    up: DirCounters,
+    down: DirCounters,
+    flows: Mutex<HashMap<u32, Flow>>,
+}
+
+#[derive(Clone)]
+struct Flow {
+    client: SocketAddr,
+    upstream: Arc<UdpSocket>,
+}
+
+/// A running emulated link. Dropping it stops forwarding.
+pub struct LinkEmulator {
+    local: SocketAddr,
+    shared: Arc<Shared>,
+    profile: watch::Sender<LinkProfile>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for LinkEmulator {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Ok(flows) = self.shared.flows.lock() {
+            drop(flows);
+        }
+    }
+}
+
+impl LinkEmulator {
+    /// Listens on `listen` and forwards every client flow to `target` through `profile`.
+    pub async fn start(
+        listen: SocketAddr,
+        target: SocketAddr,
+        profile: LinkProfile,
+    ) -> std::io::Result<Self> {
+        let socket = Arc::new(UdpSocket::bind(listen).await?);
+        let local = socket.local_addr()?;
+        let shared = Arc::new(Shared {
+            outage: AtomicBool::new(false),
+            up: DirCounters::default(),
+            down: DirCounters::default(),
+            flows: Mutex::new(HashMap::new()),
+        });
+        let (profile_tx, profile_rx) = watch::channel(profile);
+        let (up_tx, up_rx) = mpsc::channel::<Pkt>(8192);
+        let (down_tx, down_rx) = mpsc::channel::<Pkt>(8192);
+        let mut tasks = Vec::new();
+
+        // venue -> relay
+        let s = shared.clone();
+        tasks.push(tokio::spawn(pipe(
+            up_rx,
+            profile_rx.clone(),
+            true,
+            s.clone(),
+            move |p: Pkt| {
+                let flow = s.flows.lock().ok().and_then(|f| f.get(&p.flow).cloned());
+                if let Some(flow) = flow {
+                    let _ = flow.upstream.try_send(&p.data);
+                }
+            },
+        )));
+        // relay -> venue
+        let s = shared.clone();
+        let out = socket.clone();
+        tasks.push(tokio::spawn(pipe(
+            down_rx,
+            profile_rx,
+            false,
+            s.clone(),
+            move |p: Pkt| {
+                let flow = s.flows.lock().ok().and_then(|f| f.get(&p.flow).cloned());
+                if let Some(flow) = flow {
+                    let _ = out.try_send_to(&p.data, flow.client);
+                }
+            },
+        )));
+        // clients -> flows
+        let s = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut by_client: HashMap<SocketAddr, u32> = HashMap::new();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                    continue;
+                };
+                let flow = match by_client.get(&from) {
+                    Some(f) => *f,
+                    None => {
+                        let id = by_client.len() as u32;
+                        let bind: SocketAddr = if target.is_ipv4() {
+                            "0.0.0.0:0"
+                        } else {
+                            "[::]:0"
+                        }
+                        .parse()
+                        .unwrap_or(target);
+                        let Ok(upstream) = UdpSocket::bind(bind).await else {
+                            continue;
+                        };
+                        if upstream.connect(target).await.is_err() {
+                            continue;
+                        }
+                        let upstream = Arc::new(upstream);
+                        if let Ok(mut f) = s.flows.lock() {
+                            f.insert(
+                                id,
+                                Flow {
+                                    client: from,
+                                    upstream: upstream.clone(),
+                                },
+                            );
+                        }
+                        tokio::spawn(read_upstream(upstream, id, down_tx.clone(), s.clone()));
+                        by_client.insert(from, id);
+                        id
+                    }
+                };
+                s.up.packets_in.fetch_add(1, Ordering::Relaxed);
+                if up_tx
+                    .try_send(Pkt {
+                        flow,
+                        data: buf[..n].to_vec(),
+                    })
+                    .is_err()
+                {
+                    s.up.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        Ok(Self {
+            local,
+            shared,
+            profile: profile_tx,
+            tasks,
+        })
+    }
+
+    /// The address clients send to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Cuts the link (every packet is dropped, also those in flight) or restores it.
+    pub fn set_outage(&self, down: bool) {
+        self.shared.outage.store(down, Ordering::Relaxed);
+    }
+
+    /// Whether the link is cut.
+    pub fn outage(&self) -> bool {
+        self.shared.outage.load(Ordering::Relaxed)
+    }
+
+    /// Changes the link model at run time; packets already queued keep their schedule.
+    pub fn set_profile(&self, profile: LinkProfile) {
+        let _ = self.profile.send(profile);
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> LinkStats {
+        let (u, d) = (&self.shared.up, &self.shared.down);
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LinkStats {
+            up_in: r(&u.packets_in),
+            up_out: r(&u.packets_out),
+            up_bytes: r(&u.bytes_out),
+            up_dropped: r(&u.dropped),
+            down_in: r(&d.packets_in),
+            down_out: r(&d.packets_out),
+            down_bytes: r(&d.bytes_out),
+            down_dropped: r(&d.dropped),
+        }
+    }
+}
+
+async fn read_upstream(
+    upstream: Arc<UdpSocket>,
+    flow: u32,
+    tx: mpsc::Sender<Pkt>,
+    shared: Arc<Shared>,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok(n) = upstream.recv(&mut buf).await else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        shared.down.packets_in.fetch_add(1, Ordering::Relaxed);
+        if tx
+            .try_send(Pkt {
+                flow,
+                data: buf[..n].to_vec(),
+            })
+            .is_err()
+        {
+            shared.down.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn config_of(profile: &LinkProfile, up: bool) -> NetemConfig {
+    let seed = if up { 0x5eed_0001 } else { 0x5eed_0002 };
+    if up {
+        profile.up.netem(seed)
+    } else {
+        profile.down.netem(seed)
+    }
+}
+
+/// Drives one direction: packets in from `rx`, through the model, out via `send`.
+async fn pipe<F: FnMut(Pkt)>(
+    mut rx: mpsc::Receiver<Pkt>,
+    mut profile: watch::Receiver<LinkProfile>,
+    up: bool,
+    shared: Arc<Shared>,
+    mut send: F,
+) {
+    let counters = if up { &shared.up } else { &shared.down };
+    let mut netem: Netem<Pkt> = Netem::new(config_of(&profile.borrow_and_update(), up));
+    loop {
+        let deadline = netem
+            .poll_timeout()
+            .min(Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            biased;
+            changed = profile.changed() => {
+                if changed.is_err() { return; }
+                netem.set_config(config_of(&profile.borrow_and_update(), up));
+            }
+            pkt = rx.recv() => {
+                let Some(pkt) = pkt else { return };
+                if shared.outage.load(Ordering::Relaxed) {
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let before = netem.queue_len();
+                    netem.handle_input(Input::Packet(Instant::now(), pkt));
+                    if netem.queue_len() == before {
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                netem.handle_input(Input::Timeout(Instant::now()));
+            }
+        }
+        let outage = shared.outage.load(Ordering::Relaxed);
+        while let Some(out) = netem.poll_output() {
+            if let Output::Packet(p) = out {
+                if outage {
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                counters.packets_out.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .bytes_out
+                    .fetch_add(p.data.len() as u64, Ordering::Relaxed);
+                send(p);
+            }
+        }
+    }
+}

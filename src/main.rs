@@ -1,0 +1,307 @@
+//! The `canopy` command line: one binary for the venue gateway, the cloud relay, the demo
+//! and the tools around them.
+
+use canopy::config::{self, ConfigErrors, EX_USAGE};
+use canopy::demo::{DemoConfig, DemoOptions};
+use canopy::linkem::{LinkEmulator, LinkProfile};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "canopy",
+    version,
+    about = "Canopy keeps live events online: a venue gateway that bonds bad uplinks into QUIC tunnels to a cloud relay."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the cloud relay: accepts gateways over HTTP/3 (they must present a certificate
+    /// from the event CA) and forwards their traffic to the origins on its allowlist.
+    Relay {
+        /// The relay's config file (see configs/relay.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the venue gateway: the HTTP proxy that venue devices use, tunnelled to the relay.
+    Gateway {
+        /// The gateway's config file (see configs/gateway.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show the whole system on this machine, no root and no config needed: a relay, a
+    /// gateway and a demo shop joined by an emulated cellular link, with bulk downloads and
+    /// a bid every 200 ms. Prints a status line per second and a summary at the end.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Also write the end summary as JSON to this file.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+        /// Demo settings file (default: the built-in configs/demo.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Emulated link: a built-in profile name (cellular-4g, wifi-congested,
+        /// satellite-geo, satellite-leo) or a profile file. Overrides the config.
+        #[arg(long)]
+        link: Option<String>,
+    },
+    /// Check config files without running anything. Every problem is printed with file,
+    /// line and key; the exit code is 64 if there is any.
+    CheckConfig {
+        /// Files to check (gateway, relay, demo or link profile; the kind is detected).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Make the certificates of an event.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Run the link emulator on its own: listen for UDP, forward to a target through a link
+    /// profile (latency, jitter, loss, rate, queue), e.g. in front of a relay to rehearse a
+    /// venue's cellular uplink.
+    Linkem {
+        /// Address to listen on (clients send here).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Address to forward to (e.g. the relay).
+        #[arg(long)]
+        target: SocketAddr,
+        /// Built-in profile name or profile file.
+        #[arg(long, default_value = "cellular-4g")]
+        profile: String,
+        /// Cut the link this many seconds after start...
+        #[arg(long)]
+        outage_at: Option<u64>,
+        /// ...for this many seconds.
+        #[arg(long, default_value_t = 5)]
+        outage_for: u64,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+    /// Run the demo origin (the shop behind the demo) on its own; used by tests.
+    #[command(hide = true)]
+    Origin {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create an event CA, a relay server certificate and gateway client certificates.
+    /// Copy ca.pem, relay.pem and relay.key to the relay; ca.pem, NAME.pem and NAME.key to
+    /// each gateway. Keep ca.key offline.
+    Init {
+        /// Short name of the event, e.g. summer-market-2026.
+        #[arg(long)]
+        event: String,
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Names (DNS or IP) the relay is reached by; repeat for several.
+        #[arg(long = "relay-name", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
+        relay_names: Vec<String>,
+        /// Gateway names; one client certificate each. Repeat for several.
+        #[arg(long = "gateway", default_values_t = vec!["gateway".to_string()])]
+        gateways: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("canopy: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("canopy: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn usage_error(errs: &ConfigErrors) -> ExitCode {
+    eprintln!("{errs}");
+    ExitCode::from(EX_USAGE as u8)
+}
+
+/// Paths in a config file are relative to the file's directory.
+fn relative_to(config: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Relay { config: path } => {
+            canopy::runtime::init_tracing("info");
+            let cfg: ingest_relay::RelayConfig = match config::load(&path) {
+                Ok(c) => c,
+                Err(e) => return Ok(usage_error(&e)),
+            };
+            let t = &cfg.tls;
+            let tls = tunnel_io::TlsFiles::load(
+                &relative_to(&path, &t.cert),
+                &relative_to(&path, &t.key),
+                &relative_to(&path, &t.ca),
+            )?;
+            let mut cfg = cfg;
+            cfg.egress.extra_ca = cfg
+                .egress
+                .extra_ca
+                .as_deref()
+                .map(|p| relative_to(&path, p));
+            canopy::runtime::spawn_relay(&cfg, &tls).await?;
+            tokio::signal::ctrl_c().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gateway { config: path } => {
+            canopy::runtime::init_tracing("info");
+            let cfg: gateway::GatewayConfig = match config::load(&path) {
+                Ok(c) => c,
+                Err(e) => return Ok(usage_error(&e)),
+            };
+            let t = &cfg.tls;
+            let tls = tunnel_io::TlsFiles::load(
+                &relative_to(&path, &t.cert),
+                &relative_to(&path, &t.key),
+                &relative_to(&path, &t.ca),
+            )?;
+            canopy::runtime::spawn_gateway(&cfg, &tls).await?;
+            tokio::signal::ctrl_c().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            duration,
+            summary,
+            config: cfg_path,
+            link,
+        } => {
+            canopy::runtime::init_tracing("warn");
+            let cfg = match &cfg_path {
+                Some(p) => match config::load::<DemoConfig>(p) {
+                    Ok(c) => c,
+                    Err(e) => return Ok(usage_error(&e)),
+                },
+                None => DemoConfig::builtin(),
+            };
+            let d = cfg.demo;
+            canopy::demo::run(DemoOptions {
+                duration: duration.or(d.duration_s),
+                summary,
+                link: link.unwrap_or(d.link),
+                downloads: d.downloads,
+                proxy_listen: d.proxy_listen,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { files } => {
+            let mut bad = false;
+            for f in &files {
+                match config::check_any(f) {
+                    Ok(kind) => println!("{}: ok ({kind} config)", f.display()),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        bad = true;
+                    }
+                }
+            }
+            Ok(if bad {
+                ExitCode::from(EX_USAGE as u8)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Certs {
+            command:
+                CertsCommand::Init {
+                    event,
+                    out,
+                    relay_names,
+                    gateways,
+                },
+        } => {
+            let certs = canopy::certs::EventCerts::generate(&event, &relay_names, &gateways)?;
+            for p in certs.write(&out)? {
+                println!("wrote {}", p.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Linkem {
+            listen,
+            target,
+            profile,
+            outage_at,
+            outage_for,
+            duration,
+        } => {
+            canopy::runtime::init_tracing("info");
+            let profile = LinkProfile::load(&profile)?;
+            let link = LinkEmulator::start(listen, target, profile.clone()).await?;
+            println!(
+                "linkem: {} -> {} through {} ({})",
+                link.local_addr(),
+                target,
+                profile.name,
+                profile.description
+            );
+            let started = tokio::time::Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let ctrl_c = tokio::signal::ctrl_c();
+            tokio::pin!(ctrl_c);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut ctrl_c => break,
+                }
+                let t = started.elapsed().as_secs();
+                if let Some(at) = outage_at {
+                    link.set_outage(t >= at && t < at + outage_for);
+                }
+                let s = link.stats();
+                println!(
+                    "t={t:>4}s {} up {} pkts ({} dropped)  down {} pkts ({} dropped)",
+                    if link.outage() { "OUTAGE" } else { "up    " },
+                    s.up_out,
+                    s.up_dropped,
+                    s.down_out,
+                    s.down_dropped
+                );
+                if duration.is_some_and(|d| t >= d) {
+                    break;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Origin { listen } => {
+            let listener = canopy::origin::bind(listen).await?;
+            println!("origin listening on {}", listener.local_addr()?);
+            canopy::origin::serve(listener, Default::default()).await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

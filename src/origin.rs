@@ -1,0 +1,147 @@
+//! The demo origin: a small local HTTP/1.1 server standing in for an event's web services.
+//! It serves `/assets/<bytes>` (generated bulk bodies), `POST /checkin`, `POST /bid`,
+//! `POST /upload` (counts and discards) and `/echo` (returns the request head). Used by
+//! `canopy demo`, the benchmarks and the end-to-end tests.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Counters of the demo origin.
+#[derive(Debug, Default)]
+pub struct OriginStats {
+    /// Bids received.
+    pub bids: AtomicU64,
+    /// Check-ins received.
+    pub checkins: AtomicU64,
+    /// Upload bytes received.
+    pub upload_bytes: AtomicU64,
+}
+
+/// Binds the demo origin; serve it with [`serve`].
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves the demo origin on a listener forever.
+pub async fn serve(listener: TcpListener, stats: Arc<OriginStats>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, stats.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    *r.status_mut() = status;
+    r
+}
+
+async fn drain(body: Incoming) -> u64 {
+    let mut n = 0u64;
+    let mut body = body;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(d) = frame.data_ref() {
+            n += d.len() as u64;
+        }
+    }
+    n
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    stats: Arc<OriginStats>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if let Some(size) = path.strip_prefix("/assets/") {
+        let size: u64 = size
+            .split('.')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1 << 20);
+        return Ok(asset(size));
+    }
+    let resp = match (method, path.as_str()) {
+        (Method::POST, "/bid") => {
+            let key = req
+                .headers()
+                .get("canopy-idempotency-key")
+                .or_else(|| req.headers().get("idempotency-key"))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let n = drain(req.into_body()).await;
+            let id = stats.bids.fetch_add(1, Ordering::Relaxed) + 1;
+            text(
+                StatusCode::OK,
+                format!("{{\"accepted\":true,\"bid\":{id},\"bytes\":{n},\"key\":\"{key}\"}}\n"),
+            )
+        }
+        (Method::POST, "/checkin") => {
+            drain(req.into_body()).await;
+            let id = stats.checkins.fetch_add(1, Ordering::Relaxed) + 1;
+            text(
+                StatusCode::OK,
+                format!("{{\"checked_in\":true,\"n\":{id}}}\n"),
+            )
+        }
+        (Method::POST | Method::PUT, "/upload") => {
+            let n = drain(req.into_body()).await;
+            stats.upload_bytes.fetch_add(n, Ordering::Relaxed);
+            text(StatusCode::OK, format!("{n}\n"))
+        }
+        (_, "/echo") => {
+            let mut out = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+            for (k, v) in req.headers() {
+                out.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+            }
+            drain(req.into_body()).await;
+            text(StatusCode::OK, out)
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    Ok(resp)
+}
+
+/// A generated body of `size` bytes (a repeating pattern), streamed in 64 KiB chunks.
+fn asset(size: u64) -> Response<Body> {
+    const CHUNK: u64 = 64 * 1024;
+    let pattern: Bytes = (0..CHUNK)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let chunks = size.div_ceil(CHUNK);
+    let stream = futures_util::stream::iter(0..chunks).map(move |i| {
+        let len = (size - i * CHUNK).min(CHUNK) as usize;
+        Ok::<_, Infallible>(Frame::data(pattern.slice(..len)))
+    });
+    let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, size.into());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    r
+}

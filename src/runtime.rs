@@ -1,0 +1,56 @@
+//! Starting the pieces in-process: logging, relay, gateway, metrics endpoints. Shared by
+//! the CLI, the demo, the benches and the tests.
+
+use std::net::SocketAddr;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the log subscriber once. `RUST_LOG` overrides `default`; quinn and h3 are
+/// quiet unless asked for.
+pub fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{default},quinn=warn,quinn_proto=warn,h3=warn,h3_quinn=warn,hyper=warn"
+        ))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Serves `/metrics` on `addr` in the background (the recorder is installed on first use).
+pub async fn spawn_metrics(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(tunnel_io::metrics_http::serve(listener));
+    Ok(local)
+}
+
+/// Starts a relay in the background; returns its UDP address.
+pub async fn spawn_relay(
+    cfg: &ingest_relay::RelayConfig,
+    tls: &tunnel_io::TlsFiles,
+) -> anyhow::Result<SocketAddr> {
+    let relay = ingest_relay::Relay::bind(cfg, tls)?;
+    let addr = relay.local_addr()?;
+    if let Some(m) = cfg.metrics.listen {
+        spawn_metrics(m).await?;
+    }
+    tokio::spawn(relay.run());
+    Ok(addr)
+}
+
+/// Starts a gateway in the background; returns its proxy address and uplink handle.
+pub async fn spawn_gateway(
+    cfg: &gateway::GatewayConfig,
+    tls: &tunnel_io::TlsFiles,
+) -> anyhow::Result<(SocketAddr, gateway::Uplink)> {
+    let gw = gateway::Gateway::bind(cfg, tls).await?;
+    let addr = gw.local_addr()?;
+    let uplink = gw.uplink();
+    if let Some(m) = cfg.metrics.listen {
+        spawn_metrics(m).await?;
+    }
+    tokio::spawn(gw.run());
+    Ok((addr, uplink))
+}

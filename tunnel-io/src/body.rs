@@ -1,0 +1,249 @@
+//! Adapters between HTTP/3 request streams (h3) and hyper bodies and byte streams. Bodies
+//! stream chunk by chunk in both directions; nothing is buffered whole.
+
+use bytes::{Buf, Bytes};
+use h3::error::StreamError;
+use http_body::{Body, Frame};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Errors of a streamed body.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The HTTP/3 stream failed (reset, connection lost).
+    #[error("HTTP/3 stream: {0}")]
+    Stream(#[from] StreamError),
+    /// The body exceeded the configured limit.
+    #[error("body larger than the limit of {0} bytes")]
+    TooLarge(u64),
+}
+
+/// Receiving half of an HTTP/3 request stream, client or server side.
+pub trait RecvData: Send + Unpin + 'static {
+    /// Polls the next chunk of the body; `None` at its end.
+    fn poll_recv_bytes(&mut self, cx: &mut Context<'_>)
+        -> Poll<Result<Option<Bytes>, StreamError>>;
+}
+
+impl<S> RecvData for h3::server::RequestStream<S, Bytes>
+where
+    S: h3::quic::RecvStream + Send + Unpin + 'static,
+{
+    fn poll_recv_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, StreamError>> {
+        self.poll_recv_data(cx)
+            .map(|r| r.map(|o| o.map(|mut b| b.copy_to_bytes(b.remaining()))))
+    }
+}
+
+impl<S> RecvData for h3::client::RequestStream<S, Bytes>
+where
+    S: h3::quic::RecvStream + Send + Unpin + 'static,
+{
+    fn poll_recv_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, StreamError>> {
+        self.poll_recv_data(cx)
+            .map(|r| r.map(|o| o.map(|mut b| b.copy_to_bytes(b.remaining()))))
+    }
+}
+
+/// Sending half of an HTTP/3 request stream, client or server side.
+pub trait SendData: Send {
+    /// Sends one chunk of the body.
+    fn send_bytes(&mut self, data: Bytes) -> impl Future<Output = Result<(), StreamError>> + Send;
+    /// Ends the body.
+    fn finish_body(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send;
+    /// Aborts the body (the peer sees a reset, never a truncated body that looks whole).
+    fn abort(&mut self);
+}
+
+impl<S> SendData for h3::server::RequestStream<S, Bytes>
+where
+    S: h3::quic::SendStream<Bytes> + Send,
+{
+    fn abort(&mut self) {
+        self.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+    }
+    fn send_bytes(&mut self, data: Bytes) -> impl Future<Output = Result<(), StreamError>> + Send {
+        self.send_data(data)
+    }
+    fn finish_body(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send {
+        self.finish()
+    }
+}
+
+impl<S> SendData for h3::client::RequestStream<S, Bytes>
+where
+    S: h3::quic::SendStream<Bytes> + Send,
+{
+    fn abort(&mut self) {
+        self.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+    }
+    fn send_bytes(&mut self, data: Bytes) -> impl Future<Output = Result<(), StreamError>> + Send {
+        self.send_data(data)
+    }
+    fn finish_body(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send {
+        self.finish()
+    }
+}
+
+/// The body of an HTTP/3 request or response as a hyper body, with an optional size limit
+/// and a byte counter.
+pub struct H3Body<R> {
+    recv: Option<R>,
+    limit: Option<u64>,
+    seen: u64,
+    counter: Option<metrics::Counter>,
+}
+
+impl<R: RecvData> H3Body<R> {
+    /// Wraps a receiving stream.
+    pub fn new(recv: R, limit: Option<u64>, counter: Option<metrics::Counter>) -> Self {
+        Self {
+            recv: Some(recv),
+            limit,
+            seen: 0,
+            counter,
+        }
+    }
+}
+
+impl<R: RecvData> Body for H3Body<R> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Some(recv) = this.recv.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match recv.poll_recv_bytes(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(chunk))) => {
+                this.seen += chunk.len() as u64;
+                if let Some(c) = &this.counter {
+                    c.increment(chunk.len() as u64);
+                }
+                if let Some(limit) = this.limit.filter(|l| this.seen > *l) {
+                    this.recv = None;
+                    return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+                }
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Poll::Ready(Ok(None)) => {
+                this.recv = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                this.recv = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_none()
+    }
+}
+
+/// Streams a hyper body into an HTTP/3 stream and finishes it. Trailers are dropped.
+/// Returns the number of body bytes sent.
+pub async fn pump_body<B, S>(
+    mut body: B,
+    send: &mut S,
+    counter: Option<&metrics::Counter>,
+) -> Result<u64, PumpError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+    S: SendData,
+{
+    use http_body_util::BodyExt;
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                send.abort();
+                return Err(PumpError::Source(e.to_string()));
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            if data.is_empty() {
+                continue;
+            }
+            total += data.len() as u64;
+            if let Some(c) = counter {
+                c.increment(data.len() as u64);
+            }
+            send.send_bytes(data).await?;
+        }
+    }
+    send.finish_body().await?;
+    Ok(total)
+}
+
+/// Why pumping a body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    /// The source body failed.
+    #[error("source body: {0}")]
+    Source(String),
+    /// The HTTP/3 stream failed.
+    #[error("HTTP/3 stream: {0}")]
+    Stream(#[from] StreamError),
+}
+
+/// Copies bytes both ways between a byte stream (TCP, an upgraded HTTP/1.1 connection) and
+/// the two halves of an HTTP/3 stream, until both directions end. Returns bytes
+/// (io -> h3, h3 -> io).
+pub async fn copy_bidirectional<IO, S, R>(io: IO, mut send: S, mut recv: R) -> (u64, u64)
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin,
+    S: SendData,
+    R: RecvData,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let up = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut n_total = 0u64;
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    n_total += n as u64;
+                    if send
+                        .send_bytes(Bytes::copy_from_slice(&buf[..n]))
+                        .await
+                        .is_err()
+                    {
+                        return n_total;
+                    }
+                }
+            }
+        }
+        let _ = send.finish_body().await;
+        n_total
+    };
+    let down = async {
+        let mut n_total = 0u64;
+        while let Ok(Some(chunk)) = std::future::poll_fn(|cx| recv.poll_recv_bytes(cx)).await {
+            n_total += chunk.len() as u64;
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+        n_total
+    };
+    tokio::join!(up, down)
+}

@@ -1,0 +1,13 @@
+//! Canopy's async transport shell, shared by the gateway and the relay: TLS and QUIC
+//! endpoint configuration, adapters between HTTP/3 request streams and hyper bodies,
+//! tunnelled byte streams (CONNECT), and the Prometheus endpoint.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod metrics_http;
+pub mod tls;
+pub mod transport;
+
+pub use body::{copy_bidirectional, pump_body, BodyError, H3Body, PumpError, RecvData, SendData};
+pub use tls::{TlsError, TlsFiles};
+pub use transport::{CongestionChoice, TransportSettings};

@@ -1,0 +1,159 @@
+//! TLS for the tunnel: the relay requires a client certificate issued by the event CA;
+//! gateways present theirs and trust only that CA. rustls with the ring provider only.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Errors building TLS configuration; Display names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A PEM file held nothing usable.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// rustls refused the material.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built.
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// quinn refused the rustls config.
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+}
+
+/// PEM material of one end: its certificate chain, its key, and the event CA it trusts.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain (leaf first).
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// Private key.
+    pub key: Arc<PrivateKeyDer<'static>>,
+    /// Event CA certificates.
+    pub ca: Vec<CertificateDer<'static>>,
+}
+
+impl TlsFiles {
+    /// Loads certificate, key and CA from PEM files.
+    pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TlsError> {
+        Self::from_pem(&read(cert)?, cert, &read(key)?, key, &read(ca)?, ca)
+    }
+
+    /// Parses PEM text; the paths are only used in error messages.
+    pub fn from_pem(
+        cert: &[u8],
+        cert_path: &Path,
+        key: &[u8],
+        key_path: &Path,
+        ca: &[u8],
+        ca_path: &Path,
+    ) -> Result<Self, TlsError> {
+        let cert_chain = certs(cert, cert_path)?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem {
+            path: key_path.into(),
+            what: format!("no private key: {e}"),
+        })?;
+        let ca = certs(ca, ca_path)?;
+        Ok(Self {
+            cert_chain,
+            key: Arc::new(key),
+            ca,
+        })
+    }
+
+    fn roots(&self) -> Result<RootCertStore, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for c in &self.ca {
+            roots.add(c.clone())?;
+        }
+        Ok(roots)
+    }
+
+    /// rustls server config for the relay: TLS 1.3, ALPN h3, client certificate required.
+    pub fn relay_rustls(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let provider = provider();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
+                .build()?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![tunnel::wire::ALPN_H3.to_vec()];
+        Ok(cfg)
+    }
+
+    /// quinn server config for the relay.
+    pub fn relay_quic(
+        &self,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::ServerConfig, TlsError> {
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(self.relay_rustls()?)
+            .map_err(|e| TlsError::Quic(e.to_string()))?;
+        let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        cfg.transport_config(transport);
+        Ok(cfg)
+    }
+
+    /// quinn client config for a gateway: presents its certificate, trusts only the event CA.
+    pub fn gateway_quic(
+        &self,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::ClientConfig, TlsError> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.cert_chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![tunnel::wire::ALPN_H3.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
+            .map_err(|e| TlsError::Quic(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(transport);
+        Ok(client)
+    }
+}
+
+/// The one crypto provider Canopy uses: ring.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads all certificates of a PEM file's text.
+pub fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let out = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.into(),
+            what: format!("bad certificate PEM: {e}"),
+        })?;
+    if out.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.into(),
+            what: "no certificate found".into(),
+        });
+    }
+    Ok(out)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })
+}

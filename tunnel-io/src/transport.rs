@@ -1,0 +1,73 @@
+//! QUIC transport settings shared by both ends of the tunnel.
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tunnel::congestion::LowDelayConfig;
+
+/// Congestion control of the tunnel's QUIC connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CongestionChoice {
+    /// Delay-based, keeps the bottleneck queue near `queue_target_ms` so bids never wait
+    /// behind bulk data (the default; see `tunnel::congestion`).
+    #[default]
+    LowDelay,
+    /// quinn's default loss-based Cubic: fills drop-tail queues; bids wait behind them.
+    Cubic,
+}
+
+/// Transport knobs; both ends read them from their `[tunnel]` config section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportSettings {
+    /// Congestion controller: `low-delay` (default) or `cubic`.
+    pub congestion: CongestionChoice,
+    /// Standing-queue target of `low-delay`, in milliseconds.
+    pub queue_target_ms: u64,
+    /// Keep-alive (QUIC PING) interval in milliseconds.
+    pub keep_alive_ms: u64,
+    /// The connection is closed after this long without any packet from the peer.
+    pub idle_timeout_ms: u64,
+    /// Per-stream receive window in bytes.
+    pub stream_window: u32,
+    /// Per-connection receive window in bytes.
+    pub connection_window: u32,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            congestion: CongestionChoice::LowDelay,
+            queue_target_ms: 8,
+            keep_alive_ms: 1000,
+            idle_timeout_ms: 10_000,
+            stream_window: 4 * 1024 * 1024,
+            connection_window: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl TransportSettings {
+    /// The quinn transport config these settings describe.
+    pub fn quinn(&self) -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_ms.max(10))));
+        if let Ok(idle) =
+            quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms.max(100)))
+        {
+            t.max_idle_timeout(Some(idle));
+        }
+        t.stream_receive_window(self.stream_window.into());
+        t.receive_window(self.connection_window.into());
+        t.send_window(u64::from(self.connection_window));
+        t.max_concurrent_bidi_streams(1024u32.into());
+        if self.congestion == CongestionChoice::LowDelay {
+            t.congestion_controller_factory(Arc::new(LowDelayConfig {
+                target: Duration::from_millis(self.queue_target_ms.max(1)),
+                ..LowDelayConfig::default()
+            }));
+        }
+        Arc::new(t)
+    }
+}

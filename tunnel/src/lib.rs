@@ -1,0 +1,16 @@
+//! Canopy's sans-IO core, shared by the venue gateway and the cloud relay.
+//!
+//! Nothing here opens a socket or spawns a task: wire conventions (header names, ALPN),
+//! traffic classes and the rules that assign them, the relay's egress allowlist, HTTP
+//! hop-by-hop handling, and the delay-based congestion controller both ends give quinn.
+//! Everything that depends on time takes `now` from the caller.
+#![forbid(unsafe_code)]
+
+pub mod allowlist;
+pub mod class;
+pub mod congestion;
+pub mod hop;
+pub mod wire;
+
+pub use allowlist::{Allowlist, AllowlistError, Denial};
+pub use class::{ClassRule, Classifier, TrafficClass};

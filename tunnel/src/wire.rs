@@ -1,0 +1,44 @@
+//! Wire conventions between gateway and relay: ALPN, header names, idempotency keys.
+
+/// ALPN of HTTP/3: the relay is an ordinary HTTP/3 server.
+pub const ALPN_H3: &[u8] = b"h3";
+
+/// Traffic class the gateway assigned to a request (`bid`, `checkin`, `stream`, `bulk`).
+/// The relay uses it for downstream policy and strips it before egress.
+pub const HDR_CLASS: &str = "canopy-class";
+
+/// Idempotency key of a request (bids and check-ins always carry one). Devices may send the
+/// standard `Idempotency-Key` header; the gateway copies it here or generates one.
+pub const HDR_IDEMPOTENCY_KEY: &str = "canopy-idempotency-key";
+
+/// The header venue devices may use for their own idempotency keys (IETF draft).
+pub const HDR_DEVICE_IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Short reason attached to synthetic error responses from gateway or relay.
+pub const HDR_REASON: &str = "canopy-reason";
+
+/// Every Canopy-private header starts with this prefix; egress strips them all.
+pub const PRIVATE_PREFIX: &str = "canopy-";
+
+/// Checks an idempotency key: 8 to 128 visible ASCII characters, no spaces.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (8..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Builds an idempotency key from 128 random bits supplied by the caller (sans-IO: no RNG here).
+pub fn idempotency_key_from(random: u128) -> String {
+    format!("cnp-{random:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_valid() {
+        assert!(valid_idempotency_key(&idempotency_key_from(0)));
+        assert!(valid_idempotency_key(&idempotency_key_from(u128::MAX)));
+        assert!(!valid_idempotency_key("short"));
+        assert!(!valid_idempotency_key("has a space in it"));
+    }
+}
