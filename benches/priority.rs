@@ -29,6 +29,8 @@ struct Run {
     bids_failed: u64,
     down_mbps: f64,
     up_mbps: f64,
+    owd_up: f64,
+    owd_down: f64,
 }
 
 async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
@@ -73,6 +75,7 @@ async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
     }
     tokio::time::sleep(Duration::from_secs(3)).await; // let the queues build
     let from = Instant::now();
+    let l0 = bed.link.stats();
     let (d0, u0, f0) = (
         stats.down_bytes.load(Ordering::Relaxed),
         bed.origin_stats.upload_bytes.load(Ordering::Relaxed),
@@ -85,6 +88,7 @@ async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
         bed.origin_stats.upload_bytes.load(Ordering::Relaxed),
         stats.bids_failed.load(Ordering::Relaxed),
     );
+    let (owd_up, owd_down) = bed.link.stats().mean_delay_ms_since(&l0);
     for t in &tasks {
         t.abort();
     }
@@ -109,6 +113,8 @@ async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
         bids_failed: f1 - f0,
         down_mbps: (d1 - d0) as f64 * 8.0 / el / 1e6,
         up_mbps: (u1 - u0) as f64 * 8.0 / el / 1e6,
+        owd_up,
+        owd_down,
     })
 }
 
@@ -143,6 +149,10 @@ fn main() -> anyhow::Result<()> {
         "bulk_down_mbps": ours.down_mbps,
         "bulk_up_mbps": ours.up_mbps,
         "bulk_goodput_mbps": goodput,
+        "link_mean_one_way_up_ms": ours.owd_up,
+        "link_mean_one_way_down_ms": ours.owd_down,
+        "fifo_link_mean_one_way_up_ms": fifo.owd_up,
+        "fifo_link_mean_one_way_down_ms": fifo.owd_down,
         "fifo_base_rtt_ms": fifo.base_p50,
         "fifo_bid_p50_ms": fifo.p50,
         "fifo_bid_p99_ms": fifo.p99,
@@ -155,8 +165,8 @@ fn main() -> anyhow::Result<()> {
     });
     let path = write_json("priority", &json)?;
     println!(
-        "priority: base {:.1} ms; bid p50 {:.1} / p99 {:.1} ms (fifo {:.1} / {:.1}); bulk down {:.2} up {:.2} Mbit/s of {link} (fifo {:.2} / {:.2}) -> {}",
-        ours.base_p50, ours.p50, ours.p99, fifo.p50, fifo.p99, ours.down_mbps, ours.up_mbps, fifo.down_mbps, fifo.up_mbps, path.display()
+        "priority: base {:.1} ms; bid p50 {:.1} / p99 {:.1} ms (fifo {:.1} / {:.1}); bulk down {:.2} up {:.2} Mbit/s of {link} (fifo {:.2} / {:.2}) link one-way up {:.1} down {:.1} ms (fifo {:.1} / {:.1}) -> {}",
+        ours.base_p50, ours.p50, ours.p99, fifo.p50, fifo.p99, ours.down_mbps, ours.up_mbps, fifo.down_mbps, fifo.up_mbps, ours.owd_up, ours.owd_down, fifo.owd_up, fifo.owd_down, path.display()
     );
     Ok(())
 }

@@ -25,7 +25,7 @@ pub struct OriginStats {
     pub bids: AtomicU64,
     /// Check-ins received.
     pub checkins: AtomicU64,
-    /// Upload bytes received.
+    /// Upload bytes received (counted as they arrive).
     pub upload_bytes: AtomicU64,
 }
 
@@ -57,12 +57,16 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
-async fn drain(body: Incoming) -> u64 {
+/// Reads a request body to its end; counts bytes into `counter` as they arrive.
+async fn drain(body: Incoming, counter: Option<&AtomicU64>) -> u64 {
     let mut n = 0u64;
     let mut body = body;
     while let Some(Ok(frame)) = body.frame().await {
         if let Some(d) = frame.data_ref() {
             n += d.len() as u64;
+            if let Some(c) = counter {
+                c.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
         }
     }
     n
@@ -91,7 +95,7 @@ async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            let n = drain(req.into_body()).await;
+            let n = drain(req.into_body(), None).await;
             let id = stats.bids.fetch_add(1, Ordering::Relaxed) + 1;
             text(
                 StatusCode::OK,
@@ -99,7 +103,7 @@ async fn handle(
             )
         }
         (Method::POST, "/checkin") => {
-            drain(req.into_body()).await;
+            drain(req.into_body(), None).await;
             let id = stats.checkins.fetch_add(1, Ordering::Relaxed) + 1;
             text(
                 StatusCode::OK,
@@ -107,8 +111,7 @@ async fn handle(
             )
         }
         (Method::POST | Method::PUT, "/upload") => {
-            let n = drain(req.into_body()).await;
-            stats.upload_bytes.fetch_add(n, Ordering::Relaxed);
+            let n = drain(req.into_body(), Some(&stats.upload_bytes)).await;
             text(StatusCode::OK, format!("{n}\n"))
         }
         (_, "/echo") => {
@@ -116,7 +119,7 @@ async fn handle(
             for (k, v) in req.headers() {
                 out.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
             }
-            drain(req.into_body()).await;
+            drain(req.into_body(), None).await;
             text(StatusCode::OK, out)
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),

@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, watch};
 struct Pkt {
     flow: u32,
     data: Vec<u8>,
+    /// When it entered the emulator.
+    at: Instant,
 }
 
 impl AsRef<[u8]> for Pkt {
@@ -31,6 +33,8 @@ struct DirCounters {
     packets_out: AtomicU64,
     bytes_out: AtomicU64,
     dropped: AtomicU64,
+    /// Sum of the time delivered packets spent in the emulator, microseconds.
+    sojourn_us: AtomicU64,
 }
 
 /// Snapshot of the emulator's counters.
@@ -52,6 +56,34 @@ pub struct LinkStats {
     pub down_bytes: u64,
     /// Packets dropped, relay to venue.
     pub down_dropped: u64,
+    /// Total time delivered packets spent in the emulator (latency plus queueing), venue
+    /// to relay, microseconds; divide by `up_out` for the mean.
+    pub up_sojourn_us: u64,
+    /// The same, relay to venue.
+    pub down_sojourn_us: u64,
+}
+
+impl LinkStats {
+    /// Mean one-way delay (ms) of packets delivered between two snapshots, per direction.
+    pub fn mean_delay_ms_since(&self, earlier: &LinkStats) -> (f64, f64) {
+        let f = |us: u64, n: u64| {
+            if n == 0 {
+                f64::NAN
+            } else {
+                us as f64 / n as f64 / 1000.0
+            }
+        };
+        (
+            f(
+                self.up_sojourn_us - earlier.up_sojourn_us,
+                self.up_out - earlier.up_out,
+            ),
+            f(
+                self.down_sojourn_us - earlier.down_sojourn_us,
+                self.down_out - earlier.down_out,
+            ),
+        )
+    }
 }
 
 struct Shared {
@@ -181,6 +213,7 @@ impl LinkEmulator {
                     .try_send(Pkt {
                         flow,
                         data: buf[..n].to_vec(),
+                        at: Instant::now(),
                     })
                     .is_err()
                 {
@@ -229,6 +262,8 @@ impl LinkEmulator {
             down_out: r(&d.packets_out),
             down_bytes: r(&d.bytes_out),
             down_dropped: r(&d.dropped),
+            up_sojourn_us: r(&u.sojourn_us),
+            down_sojourn_us: r(&d.sojourn_us),
         }
     }
 }
@@ -250,6 +285,7 @@ async fn read_upstream(
             .try_send(Pkt {
                 flow,
                 data: buf[..n].to_vec(),
+                at: Instant::now(),
             })
             .is_err()
         {
@@ -314,6 +350,9 @@ async fn pipe<F: FnMut(Pkt)>(
                 counters
                     .bytes_out
                     .fetch_add(p.data.len() as u64, Ordering::Relaxed);
+                counters
+                    .sojourn_us
+                    .fetch_add(p.at.elapsed().as_micros() as u64, Ordering::Relaxed);
                 send(p);
             }
         }
