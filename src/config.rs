@@ -110,16 +110,19 @@ pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<
     for _ in 0..64 {
         match toml::from_str::<T>(&work) {
             Ok(cfg) => {
-                if errors.is_empty() {
-                    let semantic = cfg.validate();
-                    if semantic.is_empty() {
-                        return Ok(cfg);
-                    }
-                    let table = DeTable::parse(text).ok();
-                    for (key, msg) in semantic {
-                        let span = table.as_ref().and_then(|t| span_of_key(t.get_ref(), &key));
-                        errors.push(err(span, key, msg));
-                    }
+                // Semantic checks run on what parsed (blanked entries take their defaults).
+                let semantic: Vec<_> = cfg
+                    .validate()
+                    .into_iter()
+                    .filter(|(k, _)| !blanked.contains(k))
+                    .collect();
+                if semantic.is_empty() && errors.is_empty() {
+                    return Ok(cfg);
+                }
+                let table = DeTable::parse(text).ok();
+                for (key, msg) in semantic {
+                    let span = table.as_ref().and_then(|t| span_of_key(t.get_ref(), &key));
+                    errors.push(err(span, key, msg));
                 }
                 break;
             }
@@ -140,10 +143,17 @@ pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<
                     break;
                 }
                 match located {
-                    Some((key, entry)) => {
+                    Some((key, Some(range))) => {
                         errors.push(err(span, key.clone(), message));
-                        blank(&mut work, entry);
+                        blank(&mut work, range);
                         blanked.push(key);
+                        if DeTable::parse(&work).is_err() {
+                            break;
+                        }
+                    }
+                    Some((key, None)) => {
+                        errors.push(err(span, key, message));
+                        break;
                     }
                     None => {
                         errors.push(err(span, String::new(), message));
@@ -153,6 +163,7 @@ pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<
             }
         }
     }
+    errors.sort_by_key(|e| e.line);
     Err(ConfigErrors(errors))
 }
 
@@ -174,45 +185,57 @@ fn blank(text: &mut String, range: Range<usize>) {
     text.replace_range(range.start..end, &replaced);
 }
 
-/// Finds the innermost key whose entry (key through value) contains `offset`; returns its
-/// dotted path and the range to blank.
-fn key_at(table: &DeTable<'_>, offset: usize, prefix: &str) -> Option<(String, Range<usize>)> {
+/// Finds the innermost entry containing `offset`: returns the dotted key to report and the
+/// byte range to blank before parsing again (`None` when blanking would break the
+/// document, e.g. a table header).
+fn key_at(
+    table: &DeTable<'_>,
+    offset: usize,
+    prefix: &str,
+) -> Option<(String, Option<Range<usize>>)> {
+    let mut header: Option<(String, Option<Range<usize>>)> = None;
     for (k, v) in table.iter() {
         let path = if prefix.is_empty() {
             k.get_ref().to_string()
         } else {
             format!("{prefix}.{}", k.get_ref())
         };
-        let ks = k.span();
-        let vs = v.span();
+        let (ks, vs) = (k.span(), v.span());
         let entry = ks.start.min(vs.start)..ks.end.max(vs.end);
-        if !entry.contains(&offset) && offset != entry.end {
-            continue;
+        let inline = vs.start > ks.end; // `key = value`, not a `[table]` header
+        match v.get_ref() {
+            DeValue::Table(t) => {
+                if let Some(found) = key_at(t, offset, &path) {
+                    return Some(found);
+                }
+                if entry.contains(&offset) {
+                    header = Some((path, inline.then_some(entry)));
+                }
+            }
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    if let DeValue::Table(t) = item.get_ref() {
+                        if let Some(found) = key_at(t, offset, &p) {
+                            return Some(found);
+                        }
+                    }
+                    if item.span().contains(&offset) {
+                        return Some((p, inline.then_some(entry.clone())));
+                    }
+                }
+                if entry.contains(&offset) {
+                    return Some((path, inline.then_some(entry)));
+                }
+            }
+            _ => {
+                if entry.contains(&offset) || offset == entry.end {
+                    return Some((path, Some(entry)));
+                }
+            }
         }
-        if let Some(inner) = value_key_at(v, offset, &path) {
-            return Some(inner);
-        }
-        return Some((path, entry));
     }
-    None
-}
-
-fn value_key_at(
-    v: &Spanned<DeValue<'_>>,
-    offset: usize,
-    path: &str,
-) -> Option<(String, Range<usize>)> {
-    match v.get_ref() {
-        DeValue::Table(t) => key_at(t, offset, path),
-        DeValue::Array(a) => a.iter().enumerate().find_map(|(i, item)| {
-            let s = item.span();
-            (s.contains(&offset)).then(|| {
-                let p = format!("{path}[{i}]");
-                value_key_at(item, offset, &p).unwrap_or((p, s))
-            })
-        }),
-        _ => None,
-    }
+    header
 }
 
 /// The span of a dotted key path like `sites[1].origin`.
@@ -344,5 +367,28 @@ pub fn check_any(path: &Path) -> Result<&'static str, ConfigErrors> {
         parse::<ingest_relay::RelayConfig>(path, &text).map(|_| "relay")
     } else {
         parse::<gateway::GatewayConfig>(path, &text).map(|_| "gateway")
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    /// Every config file the repository ships must pass `check-config`.
+    #[test]
+    fn every_shipped_config_parses() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut checked = 0;
+        for dir in [root.clone(), root.join("links")] {
+            for entry in std::fs::read_dir(&dir).expect("configs dir") {
+                let path = entry.expect("entry").path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    super::check_any(&path).unwrap_or_else(|e| panic!("{e}"));
+                    checked += 1;
+                }
+            }
+        }
+        assert!(
+            checked >= 7,
+            "expected gateway, relay, demo and 4 link profiles, found {checked}"
+        );
     }
 }
