@@ -274,12 +274,13 @@ mod tests {
         let errs = parse::<RelayConfig>(Path::new("relay.toml"), text)
             .unwrap_err()
             .0;
-        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!(errs.len(), 3, "{errs:?}");
         assert_eq!((errs[0].line, errs[0].key.as_str()), (3, "relay.bogus"));
         assert_eq!(
             (errs[1].line, errs[1].key.as_str()),
             (6, "egress.connect_timeout_ms")
         );
+        assert_eq!((errs[2].line, errs[2].key.as_str()), (7, "egress.allow[1]"));
         let text = "[egress]\nallow = [\"ok.com\",\n  \"a.*.b\"]\n";
         let errs = parse::<RelayConfig>(Path::new("relay.toml"), text)
             .unwrap_err()
@@ -304,11 +305,8 @@ mod tests {
         let errs = parse::<gateway::GatewayConfig>(Path::new("g.toml"), text)
             .unwrap_err()
             .0;
-        assert_eq!(
-            (errs[0].line, errs[0].key.as_str()),
-            (8, "sites[1].colour"),
-            "{errs:?}"
-        );
+        assert_eq!((errs[0].line, errs[0].key.as_str()), (7, "sites[1].origin"));
+        assert_eq!((errs[1].line, errs[1].key.as_str()), (8, "sites[1].colour"));
         let text = "[[sites]]\nhost = \"b\"\norigin = \"ftp://b\"\n";
         let errs = parse::<gateway::GatewayConfig>(Path::new("g.toml"), text)
             .unwrap_err()
