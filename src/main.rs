@@ -95,6 +95,12 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Serve HTTPS with this certificate (PEM)...
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// ...and this key (PEM).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -297,10 +303,25 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Origin { listen } => {
+        Command::Origin {
+            listen,
+            tls_cert,
+            tls_key,
+        } => {
             let listener = canopy::origin::bind(listen).await?;
             println!("origin listening on {}", listener.local_addr()?);
-            canopy::origin::serve(listener, Default::default()).await;
+            match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => {
+                    canopy::origin::serve_tls(
+                        listener,
+                        Default::default(),
+                        &std::fs::read(c)?,
+                        &std::fs::read(k)?,
+                    )
+                    .await?
+                }
+                _ => canopy::origin::serve(listener, Default::default()).await,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -51,6 +51,39 @@ pub async fn serve(listener: TcpListener, stats: Arc<OriginStats>) {
     }
 }
 
+/// Serves the demo origin over TLS (for CONNECT tests) with a PEM certificate and key.
+pub async fn serve_tls(
+    listener: TcpListener,
+    stats: Arc<OriginStats>,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = tunnel_io::tls::certs(cert_pem, std::path::Path::new("origin cert"))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)?;
+    let cfg = rustls::ServerConfig::builder_with_provider(tunnel_io::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let stats = stats.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let svc = service_fn(move |req| handle(req, stats.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *r.status_mut() = status;
@@ -90,8 +123,7 @@ async fn handle(
         (Method::POST, "/bid") => {
             let key = req
                 .headers()
-                .get("canopy-idempotency-key")
-                .or_else(|| req.headers().get("idempotency-key"))
+                .get("idempotency-key")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();

@@ -275,6 +275,12 @@ async fn forward(
     let mut out = Request::builder().method(parts.method).uri(path);
     let mut headers = parts.headers;
     hop::strip_hop_by_hop(&mut headers);
+    // The origin sees the request's idempotency key under the standard header name.
+    if let Some(key) = headers.get(wire::HDR_IDEMPOTENCY_KEY).cloned() {
+        headers
+            .entry(wire::HDR_DEVICE_IDEMPOTENCY_KEY)
+            .or_insert(key);
+    }
     hop::strip_private(&mut headers);
     hop::append_via(&mut headers, hop::via_protocol(parts.version), &state.name);
     if let Ok(v) = http::HeaderValue::from_str(&authority) {

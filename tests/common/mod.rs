@@ -1,0 +1,262 @@
+//! A real relay, gateway and origins as child processes of the `canopy` binary, with
+//! configs written to a temporary directory. Killed on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_canopy");
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "canopy-{tag}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        Self(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// Starts `canopy origin` and returns it with its address (read from its first line).
+pub fn start_origin(extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["origin", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn origin");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("origin line");
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("origin address");
+    (Proc(child), addr)
+}
+
+pub fn canopy(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run canopy")
+}
+
+pub fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "120"])
+        .args(args)
+        .output()
+        .expect("curl is installed (tests/run.sh installs it)")
+}
+
+pub struct Stack {
+    pub dir: TempDir,
+    pub origin: SocketAddr,
+    pub tls_origin: SocketAddr,
+    pub relay_port: u16,
+    pub proxy: SocketAddr,
+    pub relay: Proc,
+    pub gateway: Proc,
+    _origins: (Proc, Proc),
+}
+
+pub const SITE: &str = "shop.canopy.test";
+
+impl Stack {
+    /// Certificates, two origins (http and https), a relay and a gateway; waits until a
+    /// request passes end to end.
+    pub fn start(tag: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let d = dir.path();
+        let out = canopy(&[
+            "certs",
+            "init",
+            "--event",
+            "test",
+            "--out",
+            d.join("certs").to_str().expect("utf8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "certs init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (o1, origin) = start_origin(&[]);
+        let cert = d.join("certs/relay.pem");
+        let key = d.join("certs/relay.key");
+        let (o2, tls_origin) = start_origin(&[
+            "--tls-cert",
+            cert.to_str().expect("utf8"),
+            "--tls-key",
+            key.to_str().expect("utf8"),
+        ]);
+        let relay_port = free_udp_port();
+        let proxy_port = free_tcp_port();
+        std::fs::write(
+            d.join("relay.toml"),
+            format!(
+                r#"[relay]
+listen = "127.0.0.1:{relay_port}"
+name = "test-relay"
+[tls]
+cert = "certs/relay.pem"
+key = "certs/relay.key"
+ca = "certs/ca.pem"
+[egress]
+allow = ["127.0.0.1:{op}", "localhost:{tp}", "*:9", "*.allowed.test"]
+connect_timeout_ms = 2000
+max_header_bytes = 16384
+"#,
+                op = origin.port(),
+                tp = tls_origin.port()
+            ),
+        )
+        .expect("relay.toml");
+        std::fs::write(
+            d.join("gateway.toml"),
+            format!(
+                r#"[gateway]
+name = "test-gateway"
+[relay]
+addr = "127.0.0.1:{relay_port}"
+server_name = "localhost"
+bind = "127.0.0.1:0"
+[tls]
+cert = "certs/gateway.pem"
+key = "certs/gateway.key"
+ca = "certs/ca.pem"
+[proxy]
+listen = "127.0.0.1:{proxy_port}"
+max_header_bytes = 16384
+[[sites]]
+host = "{SITE}"
+origin = "http://127.0.0.1:{op}"
+[[classes]]
+class = "bid"
+path_prefix = "/bid"
+method = "POST"
+"#,
+                op = origin.port()
+            ),
+        )
+        .expect("gateway.toml");
+        let spawn = |what: &str| {
+            Proc(
+                Command::new(BIN)
+                    .args([
+                        what,
+                        "--config",
+                        d.join(format!("{what}.toml")).to_str().expect("utf8"),
+                    ])
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .expect("spawn"),
+            )
+        };
+        let relay = spawn("relay");
+        let gateway = spawn("gateway");
+        let proxy = SocketAddr::from(([127, 0, 0, 1], proxy_port));
+        let stack = Self {
+            dir,
+            origin,
+            tls_origin,
+            relay_port,
+            proxy,
+            relay,
+            gateway,
+            _origins: (o1, o2),
+        };
+        stack.wait_ready();
+        stack
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy)
+    }
+
+    pub fn origin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.origin.port(), path)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = curl(&[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-x",
+                &self.proxy_url(),
+                &self.origin_url("/echo"),
+            ]);
+            if String::from_utf8_lossy(&out.stdout) == "200" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stack did not come up: last status {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! End to end: the real `canopy relay` and `canopy gateway` processes, real origins, curl
+//! as the venue device.
+
+mod common;
+
+use common::{curl, Stack, SITE};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The demo origin's generated body: byte `i` of every 64 KiB chunk is `i % 251`.
+fn expected_asset(len: usize) -> Vec<u8> {
+    (0..len).map(|o| ((o % 65536) % 251) as u8).collect()
+}
+
+#[test]
+fn explicit_connect_and_site_requests_get_the_right_bytes() {
+    let s = Stack::start("e2e");
+    // explicit proxy, absolute-form
+    let body = curl(&["-x", &s.proxy_url(), &s.origin_url("/assets/300000")]);
+    assert!(body.status.success());
+    assert_eq!(
+        body.stdout,
+        expected_asset(300_000),
+        "explicit proxy body differs"
+    );
+
+    // the origin sees both hops in Via, and no Canopy-private header
+    let echo = text(&curl(&["-x", &s.proxy_url(), &s.origin_url("/echo")]));
+    assert!(
+        echo.contains("via: 1.1 test-gateway, 3 test-relay"),
+        "{echo}"
+    );
+    assert!(
+        !echo.contains("canopy-"),
+        "private headers leaked to the origin: {echo}"
+    );
+
+    // CONNECT to a local TLS origin, verified against the event CA
+    let ca = s.dir.path().join("certs/ca.pem");
+    let url = format!("https://localhost:{}/assets/70000", s.tls_origin.port());
+    let out = curl(&[
+        "-x",
+        &s.proxy_url(),
+        "--proxytunnel",
+        "--cacert",
+        ca.to_str().expect("utf8"),
+        &url,
+    ]);
+    assert!(
+        out.status.success(),
+        "CONNECT failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, expected_asset(70_000));
+
+    // a reverse site by Host, without proxy configuration on the device
+    let out = curl(&[
+        "-H",
+        &format!("Host: {SITE}"),
+        &format!("{}/echo?x=1", s.proxy_url()),
+    ]);
+    let echo = text(&out);
+    assert!(echo.starts_with("GET /echo?x=1 "), "{echo}");
+    // a bid through the site carries an idempotency key to the origin
+    let out = curl(&[
+        "-X",
+        "POST",
+        "-d",
+        "{}",
+        "-H",
+        &format!("Host: {SITE}"),
+        &format!("{}/bid", s.proxy_url()),
+    ]);
+    let bid = text(&out);
+    assert!(
+        bid.contains("\"accepted\":true") && bid.contains("\"key\":\"cnp-"),
+        "{bid}"
+    );
+}
+
+#[test]
+fn hundred_megabytes_stream_both_ways_with_bounded_memory() {
+    let s = Stack::start("big");
+    const SIZE: u64 = 100_000_000;
+    let out = curl(&[
+        "-x",
+        &s.proxy_url(),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download} %{http_code}",
+        &s.origin_url(&format!("/assets/{SIZE}")),
+    ]);
+    assert_eq!(
+        text(&out),
+        format!("{SIZE} 200"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let file = s.dir.path().join("upload.bin");
+    let f = std::fs::File::create(&file).expect("create");
+    f.set_len(SIZE).expect("sparse 100 MB file");
+    let out = curl(&[
+        "-x",
+        &s.proxy_url(),
+        "-H",
+        "Expect:",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &s.origin_url("/upload"),
+    ]);
+    assert_eq!(
+        text(&out).trim(),
+        SIZE.to_string(),
+        "origin must receive every byte: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Nothing is buffered whole: each process stays far below the body size.
+    let (relay, gw) = (s.relay.peak_rss_kib(), s.gateway.peak_rss_kib());
+    assert!(relay > 0 && gw > 0, "could not read VmHWM");
+    assert!(relay < 80 * 1024, "relay peak RSS {relay} KiB");
+    assert!(gw < 80 * 1024, "gateway peak RSS {gw} KiB");
+}
+
+#[test]
+fn refusals_have_the_right_status_and_a_reason() {
+    let s = Stack::start("refuse");
+    let status = |args: &[&str]| {
+        let mut a = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        a.extend_from_slice(args);
+        text(&curl(&a))
+    };
+    // not on the allowlist
+    assert_eq!(
+        status(&["-x", &s.proxy_url(), "http://not-listed.test/"]),
+        "403"
+    );
+    let out = curl(&["-x", &s.proxy_url(), "-D", "-", "http://not-listed.test/"]);
+    assert!(
+        text(&out).contains("not on the relay's egress allowlist"),
+        "{}",
+        text(&out)
+    );
+    // matched only by a wildcard, resolving to loopback: refused
+    assert_eq!(
+        status(&["-x", &s.proxy_url(), "http://127.0.0.1:9/"]),
+        "403"
+    );
+    let out = text(&curl(&["-x", &s.proxy_url(), "http://127.0.0.1:9/"]));
+    assert!(out.contains("non-public address 127.0.0.1"), "{out}");
+    // a loopback origin on a port the allowlist does not name
+    assert_eq!(
+        status(&[
+            "-x",
+            &s.proxy_url(),
+            &format!("http://127.0.0.1:{}/", s.tls_origin.port())
+        ]),
+        "403"
+    );
+    // CONNECT refused by the relay's allowlist carries the status through
+    let out = curl(&[
+        "-x",
+        &s.proxy_url(),
+        "--proxytunnel",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_connect}",
+        "https://not-listed.test/",
+    ]);
+    assert_eq!(text(&out), "403");
+    // an unknown Host without proxy form
+    assert_eq!(
+        status(&["-H", "Host: elsewhere.test", &format!("{}/", s.proxy_url())]),
+        "421"
+    );
+
+    // malformed request line
+    assert!(raw(&s, b"GARBAGE\r\n\r\n").starts_with("HTTP/1.1 400"));
+    // header section over the limit (16 KiB)
+    let mut req = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nX-Big: ",
+        s.origin_url("/echo")
+    )
+    .into_bytes();
+    req.extend(std::iter::repeat_n(b'a', 20_000));
+    req.extend_from_slice(b"\r\n\r\n");
+    let resp = raw(&s, &req);
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+}
+
+fn raw(s: &Stack, req: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(s.proxy).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = tcp.write_all(req);
+    let mut buf = vec![0u8; 256];
+    let n = tcp.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn a_gateway_without_a_client_certificate_is_refused() {
+    let s = Stack::start("mtls");
+    let ca = std::fs::read(s.dir.path().join("certs/ca.pem")).expect("ca");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let refused = rt.block_on(async {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+            roots.add(c.expect("pem")).expect("root");
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(tunnel_io::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls13")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+        let mut ep =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+        let addr = format!("127.0.0.1:{}", s.relay_port).parse().expect("addr");
+        match ep.connect(addr, "localhost").expect("connect").await {
+            Err(e) => Some(e.to_string()),
+            // TLS 1.3: the client may finish first; the relay then closes the connection.
+            Ok(conn) => tokio::time::timeout(Duration::from_secs(5), conn.closed())
+                .await
+                .ok()
+                .map(|e| e.to_string()),
+        }
+    });
+    let reason = refused.expect("the relay must refuse a connection without a client certificate");
+    assert!(
+        reason.to_lowercase().contains("certificate")
+            || reason.contains("0x174")
+            || reason.contains("116"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn bad_config_exits_64_naming_file_line_and_key() {
+    let dir = common::TempDir::new("badcfg");
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, "[relay]\nname = \"r\"\nlisten = \"not an address\"\n[egress]\nallow = [\"a.*.b\"]\nbogus = true\n").expect("write");
+    for args in [
+        vec!["check-config", path.to_str().expect("utf8")],
+        vec!["relay", "--config", path.to_str().expect("utf8")],
+    ] {
+        let out = common::canopy(&args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let f = path.display();
+        assert!(err.contains(&format!("{f}:3: key `relay.listen`")), "{err}");
+        assert!(
+            err.contains(&format!("{f}:5: key `egress.allow[0]`")),
+            "{err}"
+        );
+        assert!(err.contains(&format!("{f}:6: key `egress.bogus`")), "{err}");
+    }
+}
