@@ -8,6 +8,8 @@
 //!
 //! cargo bench --bench priority
 
+mod common;
+
 use canopy::demo::{Testbed, TestbedOptions, DEMO_SITE};
 use canopy::linkem::LinkProfile;
 use canopy::load::{self, quantile, LoadStats};
@@ -35,7 +37,12 @@ struct Run {
 
 async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
     let bed = Testbed::start(TestbedOptions {
-        link: LinkProfile::symmetric("bench-10m", RATE_KBPS, ONE_WAY_MS, QUEUE_MS),
+        link: Some(LinkProfile::symmetric(
+            "bench-10m",
+            RATE_KBPS,
+            ONE_WAY_MS,
+            QUEUE_MS,
+        )),
         tunnel: TransportSettings {
             congestion,
             ..TransportSettings::default()
@@ -75,7 +82,7 @@ async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
     }
     tokio::time::sleep(Duration::from_secs(3)).await; // let the queues build
     let from = Instant::now();
-    let l0 = bed.link.stats();
+    let l0 = bed.link_stats();
     let (d0, u0, f0) = (
         stats.down_bytes.load(Ordering::Relaxed),
         bed.origin_stats.upload_bytes.load(Ordering::Relaxed),
@@ -88,7 +95,7 @@ async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
         bed.origin_stats.upload_bytes.load(Ordering::Relaxed),
         stats.bids_failed.load(Ordering::Relaxed),
     );
-    let (owd_up, owd_down) = bed.link.stats().mean_delay_ms_since(&l0);
+    let (owd_up, owd_down) = bed.link_stats().mean_delay_ms_since(&l0);
     for t in &tasks {
         t.abort();
     }
@@ -135,8 +142,8 @@ fn main() -> anyhow::Result<()> {
     let goodput = (ours.down_mbps + ours.up_mbps) / 2.0;
     let json = serde_json::json!({
         "scenario": "priority",
-        "git_rev": canopy_bench_rev(),
-        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "git_rev": common::git_rev(),
+        "unix_time": common::unix_time(),
         "link_rate_mbps": link,
         "link_one_way_ms": ONE_WAY_MS,
         "queue_ms": QUEUE_MS,
@@ -163,28 +170,10 @@ fn main() -> anyhow::Result<()> {
         "target_vs_fifo_ok": ours.p99 <= fifo.p99 / 5.0,
         "target_goodput_ok": goodput >= 0.85 * link,
     });
-    let path = write_json("priority", &json)?;
+    let path = common::write_json("priority", &json)?;
     println!(
         "priority: base {:.1} ms; bid p50 {:.1} / p99 {:.1} ms (fifo {:.1} / {:.1}); bulk down {:.2} up {:.2} Mbit/s of {link} (fifo {:.2} / {:.2}) link one-way up {:.1} down {:.1} ms (fifo {:.1} / {:.1}) -> {}",
         ours.base_p50, ours.p50, ours.p99, fifo.p50, fifo.p99, ours.down_mbps, ours.up_mbps, fifo.down_mbps, fifo.up_mbps, ours.owd_up, ours.owd_down, fifo.owd_up, fifo.owd_down, path.display()
     );
     Ok(())
-}
-
-fn canopy_bench_rev() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-fn write_json(name: &str, v: &serde_json::Value) -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/canopy-bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, serde_json::to_string_pretty(v)? + "\n")?;
-    Ok(path)
 }

@@ -26,8 +26,9 @@ pub struct Testbed {
     pub origin_stats: Arc<OriginStats>,
     /// The relay's UDP address.
     pub relay: SocketAddr,
-    /// The emulated link between gateway and relay.
-    pub link: LinkEmulator,
+    /// The emulated link between gateway and relay (`None`: the gateway talks to the
+    /// relay directly).
+    pub link: Option<LinkEmulator>,
     /// The gateway's proxy address.
     pub proxy: SocketAddr,
     /// The gateway's uplink.
@@ -36,8 +37,8 @@ pub struct Testbed {
 
 /// What a testbed is built with.
 pub struct TestbedOptions {
-    /// The emulated uplink.
-    pub link: LinkProfile,
+    /// The emulated uplink (`None`: direct, no emulator in the path).
+    pub link: Option<LinkProfile>,
     /// QUIC transport settings at both ends.
     pub tunnel: TransportSettings,
     /// Proxy listen address (port 0: any).
@@ -66,11 +67,15 @@ impl Testbed {
         relay_cfg.metrics.listen = opts.metrics.map(|m| m.0);
         let relay = crate::runtime::spawn_relay(&relay_cfg, &certs.relay_tls()?).await?;
 
-        let link =
-            LinkEmulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), relay, opts.link).await?;
+        let link = match opts.link {
+            Some(profile) => Some(
+                LinkEmulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), relay, profile).await?,
+            ),
+            None => None,
+        };
 
         let mut gw_cfg = gateway::GatewayConfig::default();
-        gw_cfg.relay.addr = link.local_addr().to_string();
+        gw_cfg.relay.addr = link.as_ref().map_or(relay, |l| l.local_addr()).to_string();
         gw_cfg.relay.server_name = Some("localhost".into());
         gw_cfg.relay.bind = SocketAddr::from(([127, 0, 0, 1], 0));
         gw_cfg.proxy.listen = opts.proxy_listen;
@@ -108,6 +113,14 @@ impl Testbed {
             proxy,
             uplink,
         })
+    }
+
+    /// The emulator's counters (zero without one).
+    pub fn link_stats(&self) -> crate::linkem::LinkStats {
+        self.link
+            .as_ref()
+            .map(LinkEmulator::stats)
+            .unwrap_or_default()
     }
 
     /// URL of a path on the origin, for the explicit proxy.
@@ -173,7 +186,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
     println!("canopy demo: relay, gateway and a demo origin on loopback, joined by an emulated {link_name} link");
     println!("  {}", profile.description);
     let bed = Testbed::start(TestbedOptions {
-        link: profile,
+        link: Some(profile),
         tunnel: TransportSettings::default(),
         proxy_listen: opts.proxy_listen,
         metrics: None,
@@ -237,7 +250,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         let down = stats.down_bytes.load(Ordering::Relaxed);
         let up = stats.up_bytes.load(Ordering::Relaxed);
         let rtts = stats.bid_rtts_since(last_t);
-        let ls = bed.link.stats();
+        let ls = bed.link_stats();
         println!(
             "t={:>4.0}s  down {:>5.1} Mbit/s  up {:>5.1} Mbit/s  bids {:>2} ok (p50 {:>4.0} ms, max {:>4.0} ms) {} failed  link {} drops {}/{}",
             now.duration_since(started).as_secs_f64(),
@@ -277,7 +290,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         checkins_ok: stats.checkins_ok.load(Ordering::Relaxed),
         checkins_failed: stats.checkins_failed.load(Ordering::Relaxed),
         bulk_failed: stats.bulk_failed.load(Ordering::Relaxed),
-        link_stats: bed.link.stats(),
+        link_stats: bed.link_stats(),
     };
     println!(
         "summary: {:.0} s over {}: down {:.1} Mbit/s, up {:.1} Mbit/s; bids {} ok / {} failed, p50 {:.0} ms, p99 {:.0} ms; check-ins {} ok / {} failed",

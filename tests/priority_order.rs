@@ -13,7 +13,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bid_overtakes_queued_bulk_data() {
     let bed = Testbed::start(TestbedOptions {
-        link: LinkProfile::symmetric("slow", 2_000, 20, 300),
+        link: Some(LinkProfile::symmetric("slow", 2_000, 20, 300)),
         tunnel: Default::default(),
         proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics: None,

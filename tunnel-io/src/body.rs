@@ -93,10 +93,15 @@ where
     }
 }
 
+/// Chunks smaller than this are merged with data already received.
+const COALESCE: usize = 64 * 1024;
+
 /// The body of an HTTP/3 request or response as a hyper body, with an optional size limit
 /// and a byte counter.
 pub struct H3Body<R> {
     recv: Option<R>,
+    /// An error met while coalescing, returned on the next poll.
+    failed: Option<StreamError>,
     limit: Option<u64>,
     seen: u64,
     counter: Option<metrics::Counter>,
@@ -107,6 +112,7 @@ impl<R: RecvData> H3Body<R> {
     pub fn new(recv: R, limit: Option<u64>, counter: Option<metrics::Counter>) -> Self {
         Self {
             recv: Some(recv),
+            failed: None,
             limit,
             seen: 0,
             counter,
@@ -128,7 +134,44 @@ impl<R: RecvData> Body for H3Body<R> {
         };
         match recv.poll_recv_bytes(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(Some(chunk))) => {
+            Poll::Ready(Ok(Some(first))) => {
+                // QUIC hands data over about a packet at a time; gather what is already
+                // there (up to COALESCE bytes) so the next hop writes big chunks.
+                let mut chunk = first;
+                let mut ended = false;
+                if chunk.len() < COALESCE {
+                    let mut buf = bytes::BytesMut::new();
+                    while chunk.len() + buf.len() < COALESCE {
+                        match recv.poll_recv_bytes(cx) {
+                            Poll::Ready(Ok(Some(more))) => {
+                                if buf.is_empty() {
+                                    buf.reserve(COALESCE);
+                                    buf.extend_from_slice(&chunk);
+                                }
+                                buf.extend_from_slice(&more);
+                                if buf.len() >= COALESCE {
+                                    break;
+                                }
+                            }
+                            Poll::Ready(Ok(None)) => {
+                                ended = true;
+                                break;
+                            }
+                            Poll::Ready(Err(e)) => {
+                                // deliver what we have; the error comes next
+                                this.failed = Some(e);
+                                break;
+                            }
+                            Poll::Pending => break,
+                        }
+                    }
+                    if !buf.is_empty() {
+                        chunk = buf.freeze();
+                    }
+                }
+                if ended {
+                    this.recv = None;
+                }
                 this.seen += chunk.len() as u64;
                 if let Some(c) = &this.counter {
                     c.increment(chunk.len() as u64);

@@ -1,0 +1,30 @@
+//! Helpers shared by the scenario benches.
+#![allow(dead_code)]
+
+/// Short git revision of the working tree.
+pub fn git_rev() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Writes target/canopy-bench/NAME.json.
+pub fn write_json(name: &str, v: &serde_json::Value) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/canopy-bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(v)? + "\n")?;
+    Ok(path)
+}
+
+/// Seconds since the epoch.
+pub fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
