@@ -142,6 +142,8 @@ pub struct DemoOptions {
     pub downloads: usize,
     /// Proxy listen address.
     pub proxy_listen: SocketAddr,
+    /// Congestion control of the tunnel.
+    pub congestion: tunnel_io::CongestionChoice,
 }
 
 /// The demo's end summary (also written as JSON).
@@ -187,7 +189,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
     println!("  {}", profile.description);
     let bed = Testbed::start(TestbedOptions {
         link: Some(profile),
-        tunnel: TransportSettings::default(),
+        tunnel: TransportSettings {
+            congestion: opts.congestion,
+            ..TransportSettings::default()
+        },
         proxy_listen: opts.proxy_listen,
         metrics: None,
     })

@@ -53,6 +53,10 @@ enum Command {
         /// satellite-geo, satellite-leo) or a profile file. Overrides the config.
         #[arg(long)]
         link: Option<String>,
+        /// Congestion control of the tunnel: low-delay (default) or cubic, to compare what
+        /// bids see without Canopy's queue control.
+        #[arg(long, default_value = "low-delay")]
+        congestion: String,
     },
     /// Check config files without running anything. Every problem is printed with file,
     /// line and key; the exit code is 64 if there is any.
@@ -205,7 +209,18 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             summary,
             config: cfg_path,
             link,
+            congestion,
         } => {
+            let congestion = match congestion.as_str() {
+                "low-delay" => tunnel_io::CongestionChoice::LowDelay,
+                "cubic" => tunnel_io::CongestionChoice::Cubic,
+                other => {
+                    eprintln!(
+                        "canopy demo: --congestion must be low-delay or cubic, not {other:?}"
+                    );
+                    return Ok(ExitCode::from(EX_USAGE as u8));
+                }
+            };
             canopy::runtime::init_tracing("warn");
             let cfg = match &cfg_path {
                 Some(p) => match config::load::<DemoConfig>(p) {
@@ -221,6 +236,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 link: link.unwrap_or(d.link),
                 downloads: d.downloads,
                 proxy_listen: d.proxy_listen,
+                congestion,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 /// Short git revision of the working tree.
-pub fn git_rev() -> String {
+pub(crate) fn git_rev() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
@@ -13,7 +13,7 @@ pub fn git_rev() -> String {
 }
 
 /// Writes target/canopy-bench/NAME.json.
-pub fn write_json(name: &str, v: &serde_json::Value) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn write_json(name: &str, v: &serde_json::Value) -> anyhow::Result<std::path::PathBuf> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/canopy-bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{name}.json"));
@@ -22,7 +22,7 @@ pub fn write_json(name: &str, v: &serde_json::Value) -> anyhow::Result<std::path
 }
 
 /// Seconds since the epoch.
-pub fn unix_time() -> u64 {
+pub(crate) fn unix_time() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -299,15 +299,20 @@ fn site_route(
     Ok(Route { target, class })
 }
 
-/// The connection to the relay, or a 503 that says so.
-fn sender(state: &State) -> Result<crate::uplink::Sender, Response<Body>> {
+/// The connection to the relay, if it is up.
+fn sender(state: &State) -> Option<crate::uplink::Sender> {
     match state.uplink.state() {
-        UplinkState::Up(sender, _) => Ok(sender),
-        UplinkState::Down => Err(synthetic(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no uplink to the relay is up",
-        )),
+        UplinkState::Up(sender, _) => Some(sender),
+        UplinkState::Down => None,
     }
+}
+
+/// The answer when no uplink is up.
+fn no_uplink() -> Response<Body> {
+    synthetic(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no uplink to the relay is up",
+    )
 }
 
 /// Headers for the tunnelled request: hop-by-hop removed, Via, class, idempotency key.
@@ -334,9 +339,8 @@ fn tunnel_headers(state: &State, req: &Request<Incoming>, class: TrafficClass) -
 }
 
 async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Response<Body> {
-    let mut sender = match sender(state) {
-        Ok(s) => s,
-        Err(resp) => return resp,
+    let Some(mut sender) = sender(state) else {
+        return no_uplink();
     };
     if let Some(limit) = state.max_body {
         let declared = req
@@ -412,9 +416,8 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
 }
 
 async fn connect(state: &State, mut req: Request<Incoming>, route: Route) -> Response<Body> {
-    let mut sender = match sender(state) {
-        Ok(s) => s,
-        Err(resp) => return resp,
+    let Some(mut sender) = sender(state) else {
+        return no_uplink();
     };
     let class = route.class;
     let headers = tunnel_headers(state, &req, class);

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_canopy");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_canopy");
 
-pub struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         let p = std::env::temp_dir().join(format!(
             "canopy-{tag}-{}-{}",
             std::process::id(),
@@ -22,7 +22,7 @@ impl TempDir {
         std::fs::create_dir_all(&p).expect("temp dir");
         Self(p)
     }
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -33,7 +33,7 @@ impl Drop for TempDir {
     }
 }
 
-pub struct Proc(pub Child);
+pub(crate) struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -44,7 +44,7 @@ impl Drop for Proc {
 
 impl Proc {
     /// Peak resident memory (VmHWM) in KiB.
-    pub fn peak_rss_kib(&self) -> u64 {
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
         status
@@ -56,14 +56,14 @@ impl Proc {
     }
 }
 
-pub fn free_tcp_port() -> u16 {
+pub(crate) fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
         .port()
 }
 
-pub fn free_udp_port() -> u16 {
+pub(crate) fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
@@ -71,7 +71,7 @@ pub fn free_udp_port() -> u16 {
 }
 
 /// Starts `canopy origin` and returns it with its address (read from its first line).
-pub fn start_origin(extra: &[&str]) -> (Proc, SocketAddr) {
+pub(crate) fn start_origin(extra: &[&str]) -> (Proc, SocketAddr) {
     let mut child = Command::new(BIN)
         .args(["origin", "--listen", "127.0.0.1:0"])
         .args(extra)
@@ -93,11 +93,11 @@ pub fn start_origin(extra: &[&str]) -> (Proc, SocketAddr) {
     (Proc(child), addr)
 }
 
-pub fn canopy(args: &[&str]) -> Output {
+pub(crate) fn canopy(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run canopy")
 }
 
-pub fn curl(args: &[&str]) -> Output {
+pub(crate) fn curl(args: &[&str]) -> Output {
     Command::new("curl")
         .args(["-sS", "--max-time", "120"])
         .args(args)
@@ -105,23 +105,23 @@ pub fn curl(args: &[&str]) -> Output {
         .expect("curl is installed (tests/run.sh installs it)")
 }
 
-pub struct Stack {
-    pub dir: TempDir,
-    pub origin: SocketAddr,
-    pub tls_origin: SocketAddr,
-    pub relay_port: u16,
-    pub proxy: SocketAddr,
-    pub relay: Proc,
-    pub gateway: Proc,
+pub(crate) struct Stack {
+    pub(crate) dir: TempDir,
+    pub(crate) origin: SocketAddr,
+    pub(crate) tls_origin: SocketAddr,
+    pub(crate) relay_port: u16,
+    pub(crate) proxy: SocketAddr,
+    pub(crate) relay: Proc,
+    pub(crate) gateway: Proc,
     _origins: (Proc, Proc),
 }
 
-pub const SITE: &str = "shop.canopy.test";
+pub(crate) const SITE: &str = "shop.canopy.test";
 
 impl Stack {
     /// Certificates, two origins (http and https), a relay and a gateway; waits until a
     /// request passes end to end.
-    pub fn start(tag: &str) -> Self {
+    pub(crate) fn start(tag: &str) -> Self {
         let dir = TempDir::new(tag);
         let d = dir.path();
         let out = canopy(&[
@@ -228,11 +228,11 @@ method = "POST"
         stack
     }
 
-    pub fn proxy_url(&self) -> String {
+    pub(crate) fn proxy_url(&self) -> String {
         format!("http://{}", self.proxy)
     }
 
-    pub fn origin_url(&self, path: &str) -> String {
+    pub(crate) fn origin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.origin.port(), path)
     }
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs every Canopy test: formatting and lints, unit tests, end-to-end tests against the
+# real binary, and a short demo run. Installs the Debian packages the tests need when they
+# are missing (as root; otherwise it says what to install).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+# --- packages the tests use -------------------------------------------------------------
+need=()
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  else
+    echo "tests/run.sh: missing ${need[*]}: install them (apt-get install ${need[*]}) or run as root" >&2
+    exit 1
+  fi
+fi
+
+# --- static checks ----------------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --release --all-targets --workspace -- -D warnings
+
+# --- unit and end-to-end tests ----------------------------------------------------------
+# One profile (release) for tests, demo and benches, so dependencies build once.
+step "cargo test"
+cargo test --release --workspace
+
+# --- the README's main command ----------------------------------------------------------
+step "demo (10 s)"
+summary=target/demo-summary.json
+rm -f "$summary"
+cargo run --release -q -- demo --duration 10 --summary "$summary"
+python3 - "$summary" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+problems = []
+if s["bids_ok"] < 20: problems.append(f"only {s['bids_ok']} bids answered")
+if s["bids_failed"] != 0: problems.append(f"{s['bids_failed']} bids failed")
+if s["checkins_ok"] < 5: problems.append(f"only {s['checkins_ok']} check-ins answered")
+if s["down_mbps"] <= 0: problems.append("no bulk data moved")
+if problems:
+    sys.exit("demo summary: " + "; ".join(problems))
+print(f"demo summary ok: {s['bids_ok']} bids, p99 {s['bid_p99_ms']:.0f} ms, down {s['down_mbps']:.1f} Mbit/s")
+PY
+
+# --- network-namespace suite (root) -----------------------------------------------------
+if [ -d tests/netns ] && ls tests/netns/*.sh >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    for t in tests/netns/*.sh; do step "$t"; bash "$t"; done
+  else
+    echo "skipping tests/netns: needs root (network namespaces)" >&2
+  fi
+fi
+
+step "all tests passed"
