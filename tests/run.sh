@@ -31,7 +31,11 @@ cargo clippy --release --all-targets --workspace -- -D warnings
 # --- unit and end-to-end tests ----------------------------------------------------------
 # One profile (release) for tests, demo and benches, so dependencies build once.
 step "cargo test"
-cargo test --release --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release --workspace 2>&1 | tee "$log"
+passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($i ~ /^passed;?$/) s += $(i-1)} END {print s + 0}' "$log")
+failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($i ~ /^failed;?$/) s += $(i-1)} END {print s + 0}' "$log")
 
 # --- the README's main command ----------------------------------------------------------
 step "demo (10 s)"
@@ -61,3 +65,5 @@ if [ -d tests/netns ] && ls tests/netns/*.sh >/dev/null 2>&1; then
 fi
 
 step "all tests passed"
+# one plain closing line for CI: every Rust test plus the demo check
+echo "$((passed + 1)) passed, $failed failed"

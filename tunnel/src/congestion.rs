@@ -22,6 +22,7 @@
 //!   link with room is discovered even when the delay signal is noisy;
 //! - a jitter allowance: the effective target is at least twice the smoothed change of
 //!   the round's minimum RTT between rounds.
+//!
 //! Slow start doubles the window per round until the queueing delay passes three times
 //! the target or the delivery rate stops growing by a quarter for three rounds. A loss
 //! shrinks the window by a fifth, at most once per round (random loss on Wi-Fi must not
@@ -190,7 +191,7 @@ impl LowDelay {
         // Track how much the round's minimum RTT moves from round to round, and allow a
         // standing queue of at least twice that.
         if let Some(prev) = self.prev_round_rtt {
-            let step = if rtt > prev { rtt - prev } else { prev - rtt };
+            let step = rtt.abs_diff(prev);
             self.jitter = (self.jitter * 7 + step) / 8;
         }
         self.prev_round_rtt = Some(rtt);
@@ -225,7 +226,7 @@ impl LowDelay {
             next = w;
         }
         let mut next = next.clamp(w / 2.0, w * 2.0) as u64;
-        if limited && self.round_no % PROBE_EVERY == 0 {
+        if limited && self.round_no.is_multiple_of(PROBE_EVERY) {
             // Probe for more bandwidth one round in PROBE_EVERY: if the link had room the
             // delivery rate rises and the floor follows; if not, the delay signal and the
             // floor (which only remembers rates really delivered) bring the window back.
