@@ -106,6 +106,7 @@ pub(crate) fn curl(args: &[&str]) -> Output {
 }
 
 pub(crate) struct Stack {
+    pub(crate) metrics: (SocketAddr, SocketAddr),
     pub(crate) dir: TempDir,
     pub(crate) origin: SocketAddr,
     pub(crate) tls_origin: SocketAddr,
@@ -148,6 +149,10 @@ impl Stack {
         ]);
         let relay_port = free_udp_port();
         let proxy_port = free_tcp_port();
+        let metrics = (
+            SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+            SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+        );
         std::fs::write(
             d.join("relay.toml"),
             format!(
@@ -162,7 +167,10 @@ ca = "certs/ca.pem"
 allow = ["127.0.0.1:{op}", "localhost:{tp}", "*:9", "*.allowed.test"]
 connect_timeout_ms = 2000
 max_header_bytes = 16384
+[metrics]
+listen = "{rm}"
 "#,
+                rm = metrics.0,
                 op = origin.port(),
                 tp = tls_origin.port()
             ),
@@ -191,7 +199,10 @@ origin = "http://127.0.0.1:{op}"
 class = "bid"
 path_prefix = "/bid"
 method = "POST"
+[metrics]
+listen = "{gm}"
 "#,
+                gm = metrics.1,
                 op = origin.port()
             ),
         )
@@ -215,6 +226,7 @@ method = "POST"
         let gateway = spawn("gateway");
         let proxy = SocketAddr::from(([127, 0, 0, 1], proxy_port));
         let stack = Self {
+            metrics,
             dir,
             origin,
             tls_origin,
