@@ -76,14 +76,7 @@ impl Validate for ingest_relay::RelayConfig {
 
 /// Reads and parses a config file.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.into(),
-            line: 0,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
+    let text = read(path)?;
     parse(path, &text)
 }
 
@@ -165,6 +158,17 @@ pub fn parse<T: DeserializeOwned + Validate>(path: &Path, text: &str) -> Result<
     }
     errors.sort_by_key(|e| e.line);
     Err(ConfigErrors(errors))
+}
+
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.into(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -340,14 +344,7 @@ impl Validate for crate::linkem::LinkProfile {
 /// Checks a file of any kind Canopy reads; the kind is told by its top-level keys.
 /// Returns the kind on success.
 pub fn check_any(path: &Path) -> Result<&'static str, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.into(),
-            line: 0,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
+    let text = read(path)?;
     let keys: Vec<String> = DeTable::parse(&text)
         .map(|t| {
             t.get_ref()

@@ -240,16 +240,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
     )));
 
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
+    let mut ticker = crate::runtime::SecondTicker::new();
+    ticker.next().await;
     let (mut last_down, mut last_up, mut last_t) = (0u64, 0u64, started);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut ctrl_c => break,
-        }
+    while ticker.next().await {
         let now = Instant::now();
         let dt = now.duration_since(last_t).as_secs_f64();
         let down = stats.down_bytes.load(Ordering::Relaxed);

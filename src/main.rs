@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -164,6 +163,20 @@ fn relative_to(config: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Loads TLS material named in a config file (paths relative to it).
+fn load_tls(
+    config: &Path,
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+) -> Result<tunnel_io::TlsFiles, tunnel_io::TlsError> {
+    tunnel_io::TlsFiles::load(
+        &relative_to(config, cert),
+        &relative_to(config, key),
+        &relative_to(config, ca),
+    )
+}
+
 async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Relay { config: path } => {
@@ -172,12 +185,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => return Ok(usage_error(&e)),
             };
-            let t = &cfg.tls;
-            let tls = tunnel_io::TlsFiles::load(
-                &relative_to(&path, &t.cert),
-                &relative_to(&path, &t.key),
-                &relative_to(&path, &t.ca),
-            )?;
+            let tls = load_tls(&path, &cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca)?;
             let mut cfg = cfg;
             cfg.egress.extra_ca = cfg
                 .egress
@@ -194,12 +202,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(e) => return Ok(usage_error(&e)),
             };
-            let t = &cfg.tls;
-            let tls = tunnel_io::TlsFiles::load(
-                &relative_to(&path, &t.cert),
-                &relative_to(&path, &t.key),
-                &relative_to(&path, &t.ca),
-            )?;
+            let tls = load_tls(&path, &cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca)?;
             canopy::runtime::spawn_gateway(&cfg, &tls).await?;
             tokio::signal::ctrl_c().await?;
             Ok(ExitCode::SUCCESS)
@@ -292,14 +295,8 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 profile.description
             );
             let started = tokio::time::Instant::now();
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let ctrl_c = tokio::signal::ctrl_c();
-            tokio::pin!(ctrl_c);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = &mut ctrl_c => break,
-                }
+            let mut ticker = canopy::runtime::SecondTicker::new();
+            while ticker.next().await {
                 let t = started.elapsed().as_secs();
                 if let Some(at) = outage_at {
                     link.set_outage(t >= at && t < at + outage_for);

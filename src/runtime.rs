@@ -54,3 +54,33 @@ pub async fn spawn_gateway(
     tokio::spawn(gw.run());
     Ok((addr, uplink))
 }
+
+/// Ticks once a second until Ctrl-C, for commands that print a status line per second.
+pub struct SecondTicker {
+    tick: tokio::time::Interval,
+    ctrl_c: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>,
+}
+
+impl SecondTicker {
+    /// Starts ticking; the first tick is immediate.
+    pub fn new() -> Self {
+        Self {
+            tick: tokio::time::interval(std::time::Duration::from_secs(1)),
+            ctrl_c: Box::pin(tokio::signal::ctrl_c()),
+        }
+    }
+
+    /// Waits for the next second; false once Ctrl-C was pressed.
+    pub async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.tick.tick() => true,
+            _ = &mut self.ctrl_c => false,
+        }
+    }
+}
+
+impl Default for SecondTicker {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -158,23 +158,10 @@ fn synthetic(status: StatusCode, reason: &str) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if let Ok(v) = HeaderValue::from_str(&sanitize(reason)) {
+    if let Ok(v) = HeaderValue::from_str(&wire::reason_header_value(reason)) {
         resp.headers_mut().insert(wire::HDR_REASON, v);
     }
     resp
-}
-
-fn sanitize(reason: &str) -> String {
-    reason
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
 }
 
 fn full(s: impl Into<Bytes>) -> Body {

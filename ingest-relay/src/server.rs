@@ -392,25 +392,11 @@ impl<S: h3::quic::SendStream<Bytes> + Send> SendResponse for RequestStream<S, By
         let resp = Response::builder()
             .status(refusal.status)
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .header(wire::HDR_REASON, sanitize(&refusal.reason))
+            .header(wire::HDR_REASON, wire::reason_header_value(&refusal.reason))
             .body(())
             .unwrap_or_default();
         self.send_response(resp).await?;
         self.send_data(Bytes::from(body)).await?;
         self.finish().await
     }
-}
-
-/// A reason as a header value: visible ASCII only.
-fn sanitize(reason: &str) -> String {
-    reason
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
 }

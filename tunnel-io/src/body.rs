@@ -27,31 +27,21 @@ pub trait RecvData: Send + Unpin + 'static {
         -> Poll<Result<Option<Bytes>, StreamError>>;
 }
 
-impl<S> RecvData for h3::server::RequestStream<S, Bytes>
-where
-    S: h3::quic::RecvStream + Send + Unpin + 'static,
-{
-    fn poll_recv_bytes(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Option<Bytes>, StreamError>> {
-        self.poll_recv_data(cx)
-            .map(|r| r.map(|o| o.map(|mut b| b.copy_to_bytes(b.remaining()))))
-    }
+/// The client and server request streams of h3 have the same methods but no common trait.
+macro_rules! recv_data_for {
+    ($($side:ident),*) => {$(
+        impl<S> RecvData for h3::$side::RequestStream<S, Bytes>
+        where
+            S: h3::quic::RecvStream + Send + Unpin + 'static,
+        {
+            fn poll_recv_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+                self.poll_recv_data(cx).map(|r| r.map(|o| o.map(|mut b| b.copy_to_bytes(b.remaining()))))
+            }
+        }
+    )*};
 }
 
-impl<S> RecvData for h3::client::RequestStream<S, Bytes>
-where
-    S: h3::quic::RecvStream + Send + Unpin + 'static,
-{
-    fn poll_recv_bytes(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Option<Bytes>, StreamError>> {
-        self.poll_recv_data(cx)
-            .map(|r| r.map(|o| o.map(|mut b| b.copy_to_bytes(b.remaining()))))
-    }
-}
+recv_data_for!(server, client);
 
 /// Sending half of an HTTP/3 request stream, client or server side.
 pub trait SendData: Send {
@@ -63,35 +53,26 @@ pub trait SendData: Send {
     fn abort(&mut self);
 }
 
-impl<S> SendData for h3::server::RequestStream<S, Bytes>
-where
-    S: h3::quic::SendStream<Bytes> + Send,
-{
-    fn abort(&mut self) {
-        self.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
-    }
-    fn send_bytes(&mut self, data: Bytes) -> impl Future<Output = Result<(), StreamError>> + Send {
-        self.send_data(data)
-    }
-    fn finish_body(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send {
-        self.finish()
-    }
+macro_rules! send_data_for {
+    ($($side:ident),*) => {$(
+        impl<S> SendData for h3::$side::RequestStream<S, Bytes>
+        where
+            S: h3::quic::SendStream<Bytes> + Send,
+        {
+            fn abort(&mut self) {
+                self.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            }
+            fn send_bytes(&mut self, data: Bytes) -> impl Future<Output = Result<(), StreamError>> + Send {
+                self.send_data(data)
+            }
+            fn finish_body(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl<S> SendData for h3::client::RequestStream<S, Bytes>
-where
-    S: h3::quic::SendStream<Bytes> + Send,
-{
-    fn abort(&mut self) {
-        self.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
-    }
-    fn send_bytes(&mut self, data: Bytes) -> impl Future<Output = Result<(), StreamError>> + Send {
-        self.send_data(data)
-    }
-    fn finish_body(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send {
-        self.finish()
-    }
-}
+send_data_for!(server, client);
 
 /// Chunks smaller than this are merged with data already received.
 const COALESCE: usize = 64 * 1024;

@@ -20,6 +20,20 @@ pub const HDR_REASON: &str = "canopy-reason";
 /// Every Canopy-private header starts with this prefix; egress strips them all.
 pub const PRIVATE_PREFIX: &str = "canopy-";
 
+/// A reason as a header value: visible ASCII and spaces, anything else replaced by `?`.
+pub fn reason_header_value(reason: &str) -> String {
+    reason
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 /// Checks an idempotency key: 8 to 128 visible ASCII characters, no spaces.
 pub fn valid_idempotency_key(key: &str) -> bool {
     (8..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
