@@ -247,7 +247,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         let now = Instant::now();
         let dt = now.duration_since(last_t).as_secs_f64();
         let down = stats.down_bytes.load(Ordering::Relaxed);
-        let up = stats.up_bytes.load(Ordering::Relaxed);
+        // uploads counted as the origin receives them, not when each one completes
+        let up = bed.origin_stats.upload_bytes.load(Ordering::Relaxed);
         let rtts = stats.bid_rtts_since(last_t);
         let ls = bed.link_stats();
         println!(
@@ -280,7 +281,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         duration_s: (secs * 10.0).round() / 10.0,
         link: link_name,
         down_mbps: mbps(stats.down_bytes.load(Ordering::Relaxed), secs),
-        up_mbps: mbps(stats.up_bytes.load(Ordering::Relaxed), secs),
+        up_mbps: mbps(bed.origin_stats.upload_bytes.load(Ordering::Relaxed), secs),
         bids_ok: stats.bids_ok.load(Ordering::Relaxed),
         bids_failed: stats.bids_failed.load(Ordering::Relaxed),
         bid_p50_ms: load::quantile(&rtts, 0.5),

@@ -58,6 +58,7 @@ impl Gateway {
             server_name: cfg.relay.tls_name(),
             bind: cfg.relay.bind,
             client,
+            transport: cfg.tunnel.clone(),
             backoff_min: Duration::from_millis(cfg.relay.reconnect_min_ms),
             backoff_max: Duration::from_millis(cfg.relay.reconnect_max_ms),
         })

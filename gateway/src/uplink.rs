@@ -35,8 +35,10 @@ pub struct UplinkSettings {
     pub server_name: String,
     /// Local bind address.
     pub bind: SocketAddr,
-    /// quinn client config (TLS + transport).
+    /// quinn client config (TLS; the transport is set per connection).
     pub client: quinn::ClientConfig,
+    /// Transport settings (a fresh config and queue signal per connection).
+    pub transport: tunnel_io::TransportSettings,
     /// First reconnect delay.
     pub backoff_min: Duration,
     /// Longest reconnect delay.
@@ -114,11 +116,15 @@ async fn connect(
         .map_err(|e| format!("resolve {}: {e}", s.relay_addr))?
         .next()
         .ok_or_else(|| format!("{} resolves to nothing", s.relay_addr))?;
+    let mut client = s.client.clone();
+    let (transport, signal) = s.transport.quinn_for_connection();
+    client.transport_config(transport);
     let conn = endpoint
-        .connect(addr, &s.server_name)
+        .connect_with(client, addr, &s.server_name)
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
+    tokio::spawn(tunnel_io::probe::run(conn.clone(), signal, true));
     let (driver, sender) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
         .await
         .map_err(|e| e.to_string())?;

@@ -29,6 +29,9 @@ struct State {
 /// A bound relay; `run` serves it.
 pub struct Relay {
     endpoint: quinn::Endpoint,
+    /// TLS and defaults; each connection gets its own transport config and queue signal.
+    server: quinn::ServerConfig,
+    transport: tunnel_io::TransportSettings,
     state: Arc<State>,
 }
 
@@ -36,12 +39,13 @@ impl Relay {
     /// Binds the QUIC endpoint with the relay's TLS material.
     pub fn bind(cfg: &RelayConfig, tls: &TlsFiles) -> Result<Self, RelayError> {
         let server = tls.relay_quic(cfg.tunnel.quinn())?;
-        let endpoint = quinn::Endpoint::server(server, cfg.relay.listen).map_err(|source| {
-            RelayError::Bind {
-                addr: cfg.relay.listen,
-                source,
-            }
-        })?;
+        let endpoint =
+            quinn::Endpoint::server(server.clone(), cfg.relay.listen).map_err(|source| {
+                RelayError::Bind {
+                    addr: cfg.relay.listen,
+                    source,
+                }
+            })?;
         let egress = Egress::new(&cfg.egress).map_err(RelayError::Config)?;
         let state = State {
             name: cfg.relay.name.clone(),
@@ -54,6 +58,8 @@ impl Relay {
         };
         Ok(Self {
             endpoint,
+            server,
+            transport: cfg.tunnel.clone(),
             state: Arc::new(state),
         })
     }
@@ -69,10 +75,23 @@ impl Relay {
         while let Some(incoming) = self.endpoint.accept().await {
             let state = self.state.clone();
             let remote = incoming.remote_address();
+            let (transport, signal) = self.transport.quinn_for_connection();
+            let mut server = self.server.clone();
+            server.transport_config(transport);
+            let connecting = match incoming.accept_with(Arc::new(server)) {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(%remote, error = %e, "connection refused");
+                    continue;
+                }
+            };
             tokio::spawn(
                 async move {
-                    match incoming.await {
-                        Ok(conn) => serve_connection(state, conn).await,
+                    match connecting.await {
+                        Ok(conn) => {
+                            tokio::spawn(tunnel_io::probe::run(conn.clone(), signal, false));
+                            serve_connection(state, conn).await
+                        }
                         Err(e) => info!(error = %e, "handshake refused"),
                     }
                 }

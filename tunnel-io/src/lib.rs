@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod metrics_http;
+pub mod probe;
 pub mod tls;
 pub mod transport;
 

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 use tunnel::congestion::LowDelayConfig;
+use tunnel::owd::QueueSignal;
 
 /// Congestion control of the tunnel's QUIC connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -39,7 +40,7 @@ impl Default for TransportSettings {
     fn default() -> Self {
         Self {
             congestion: CongestionChoice::LowDelay,
-            queue_target_ms: 8,
+            queue_target_ms: 6,
             keep_alive_ms: 1000,
             idle_timeout_ms: 10_000,
             stream_window: 4 * 1024 * 1024,
@@ -51,6 +52,13 @@ impl Default for TransportSettings {
 impl TransportSettings {
     /// The quinn transport config these settings describe.
     pub fn quinn(&self) -> Arc<quinn::TransportConfig> {
+        self.quinn_for_connection().0
+    }
+
+    /// A transport config for one connection, and the queue signal its `low-delay`
+    /// controller reads (feed it with [`crate::probe::run`]).
+    pub fn quinn_for_connection(&self) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>) {
+        let signal = Arc::new(QueueSignal::default());
         let mut t = quinn::TransportConfig::default();
         t.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_ms.max(10))));
         if let Ok(idle) =
@@ -65,9 +73,10 @@ impl TransportSettings {
         if self.congestion == CongestionChoice::LowDelay {
             t.congestion_controller_factory(Arc::new(LowDelayConfig {
                 target: Duration::from_millis(self.queue_target_ms.max(1)),
+                signal: Some(signal.clone()),
                 ..LowDelayConfig::default()
             }));
         }
-        Arc::new(t)
+        (Arc::new(t), signal)
     }
 }

@@ -10,9 +10,13 @@
 //! round-robins streams of equal priority, so a bid stream's frames go out within a few
 //! packets of being written even when bulk streams have megabytes buffered.
 //!
-//! The update, once per round trip, with `base` the path's minimum RTT and `rtt` the
-//! smallest RTT sample of the round: `w <- (w + w * (base + target) / rtt) / 2`, so the
-//! equilibrium RTT is `base + target` whatever the link rate. Three guards make it work
+//! The queueing delay `q` of a round is the one-way delay the peer measures for our data
+//! (timestamped probes, see `crate::owd`) when the peer sends probes, else the round's
+//! smallest RTT sample minus the path's minimum RTT `base` (which also holds the reverse
+//! direction's queue: with both directions loaded the two senders then fight over one
+//! number, which is why Canopy's ends probe). The update, once per round trip:
+//! `w <- (w + w * (base + target) / (base + q)) / 2`, so the equilibrium queue is
+//! `target` whatever the link rate. Three guards make it work
 //! on radio links, measured with the demo's cellular profile (jitter and bursty loss),
 //! where the bare update starved the link (0.6 Mbit/s of 20):
 //! - a floor: the window never drops below the best delivery rate of the last 10 rounds
@@ -20,8 +24,8 @@
 //!   really delivered, and adds no standing queue beyond the target by itself);
 //! - a probe: one round in six grows the window by a quarter above that floor, so a
 //!   link with room is discovered even when the delay signal is noisy;
-//! - a jitter allowance: the effective target is at least twice the smoothed change of
-//!   the round's minimum RTT between rounds.
+//! - a jitter allowance (RTT signal only): the effective target is at least twice the
+//!   smoothed change of the round's queueing delay between rounds.
 //!
 //! Slow start doubles the window per round until the queueing delay passes three times
 //! the target or the delivery rate stops growing by a quarter for three rounds. A loss
@@ -46,13 +50,16 @@ pub struct LowDelayConfig {
     pub target: Duration,
     /// Initial window in packets.
     pub initial_packets: u64,
+    /// The one-way queueing delay the peer reports for this connection, if it probes.
+    pub signal: Option<Arc<crate::owd::QueueSignal>>,
 }
 
 impl Default for LowDelayConfig {
     fn default() -> Self {
         Self {
-            target: Duration::from_millis(8),
+            target: Duration::from_millis(6),
             initial_packets: 10,
+            signal: None,
         }
     }
 }
@@ -88,7 +95,7 @@ pub struct LowDelay {
     rate_slot: usize,
     /// Rounds since the start.
     round_no: u32,
-    /// Minimum RTT of the previous round, and the smoothed change between rounds.
+    /// Queueing delay of the previous round, and the smoothed change between rounds.
     prev_round_rtt: Option<Duration>,
     jitter: Duration,
     /// Best delivery rate seen in slow start, and rounds since it last grew by a quarter.
@@ -169,7 +176,7 @@ impl LowDelay {
                         self.rate_slot = (self.rate_slot + 1) % RATE_ROUNDS;
                     }
                 }
-                self.end_round(base);
+                self.end_round(now, base, srtt);
                 self.window = self.window.max(self.floor(base));
                 self.round_start = Some(now);
                 self.round_end = Some(now + srtt.max(Duration::from_millis(1)));
@@ -181,22 +188,36 @@ impl LowDelay {
         4 * self.mtu
     }
 
-    fn end_round(&mut self, base: Duration) {
+    fn end_round(&mut self, now: Instant, base: Duration, srtt: Duration) {
         let Some(rtt) = self.round_min_rtt.take() else {
             return;
         };
         let acked = std::mem::take(&mut self.round_acked);
         let limited = std::mem::take(&mut self.round_limited_by_window);
+        // The queue our own data builds: measured one way by the peer when it sends
+        // probes (see `owd`), else estimated from the RTT, which also holds the reverse
+        // direction's queue.
+        let max_age = (srtt * 2).max(Duration::from_millis(100));
+        let one_way = self
+            .config
+            .signal
+            .as_ref()
+            .and_then(|s| s.take(now, max_age));
+        let queueing = one_way.unwrap_or_else(|| rtt.saturating_sub(base));
         // Radio links jitter; a delay-based controller must not read jitter as queueing.
-        // Track how much the round's minimum RTT moves from round to round, and allow a
+        // Track how much the round's queueing delay moves from round to round, and allow a
         // standing queue of at least twice that.
         if let Some(prev) = self.prev_round_rtt {
-            let step = rtt.abs_diff(prev);
+            let step = queueing.abs_diff(prev);
             self.jitter = (self.jitter * 7 + step) / 8;
         }
-        self.prev_round_rtt = Some(rtt);
-        let target = self.config.target.max(self.jitter * 2);
-        let queueing = rtt.saturating_sub(base);
+        self.prev_round_rtt = Some(queueing);
+        let target = if one_way.is_some() {
+            self.config.target
+        } else {
+            self.config.target.max(self.jitter * 2)
+        };
+        let rtt = base + queueing;
         let w = self.window as f64;
         self.round_no = self.round_no.wrapping_add(1);
         let best = self.best_rate();

@@ -10,6 +10,7 @@ pub mod allowlist;
 pub mod class;
 pub mod congestion;
 pub mod hop;
+pub mod owd;
 pub mod wire;
 
 pub use allowlist::{Allowlist, AllowlistError, Denial};

@@ -1,0 +1,176 @@
+//! One-way queueing delay between the two ends of a connection, from timestamped probes.
+//!
+//! Both ends send a small probe (a QUIC datagram) every few milliseconds carrying their
+//! local clock and the queueing delay they last measured for the *other* direction. The
+//! receiver computes `d = now - sent` with its own clock: the clocks' offset is unknown but
+//! constant, so `d - min(d)` is the queueing delay of that direction alone. Echoed back,
+//! it tells each sender the queue its own data builds, which the RTT cannot: with both
+//! directions loaded, the RTT holds both queues and the two senders fight over one number.
+//! The minimum is taken over a sliding window (six 10 s buckets) so clock drift and route
+//! changes age out.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// First byte of a probe datagram.
+pub const PROBE_MAGIC: u8 = 0xC7;
+/// Probe length in bytes: magic, sender clock (µs, u64), echoed queueing delay (µs, u32).
+pub const PROBE_LEN: usize = 13;
+
+const BUCKET: Duration = Duration::from_secs(10);
+const BUCKETS: usize = 6;
+
+/// Sans-IO probe state of one connection end.
+#[derive(Debug)]
+pub struct OwdProbe {
+    epoch: Instant,
+    /// Minimum `d` (µs) per bucket, newest last, with the bucket's start.
+    mins: Vec<(Instant, i64)>,
+    /// Queueing delay of the peer-to-us direction, last measured (µs).
+    inbound_queue_us: u32,
+    /// Whether any probe arrived (the peer speaks the protocol).
+    heard: bool,
+}
+
+impl OwdProbe {
+    /// A probe state whose clock starts at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            epoch: now,
+            mins: Vec::with_capacity(BUCKETS),
+            inbound_queue_us: 0,
+            heard: false,
+        }
+    }
+
+    /// The probe to send now.
+    pub fn make_probe(&self, now: Instant) -> [u8; PROBE_LEN] {
+        let mut out = [0u8; PROBE_LEN];
+        out[0] = PROBE_MAGIC;
+        let t = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        out[1..9].copy_from_slice(&t.to_be_bytes());
+        out[9..13].copy_from_slice(&self.inbound_queue_us.to_be_bytes());
+        out
+    }
+
+    /// Whether the peer has sent a probe.
+    pub fn heard_peer(&self) -> bool {
+        self.heard
+    }
+
+    /// Handles a received datagram. Returns the queueing delay of *our* direction as the
+    /// peer measured it, when `data` is a probe.
+    pub fn on_probe(&mut self, now: Instant, data: &[u8]) -> Option<Duration> {
+        if data.len() != PROBE_LEN || data[0] != PROBE_MAGIC {
+            return None;
+        }
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&data[1..9]);
+        let mut echo = [0u8; 4];
+        echo.copy_from_slice(&data[9..13]);
+        let sent = u64::from_be_bytes(ts) as i64;
+        let local = now.saturating_duration_since(self.epoch).as_micros() as i64;
+        let d = local - sent;
+        match self.mins.last_mut() {
+            Some((start, m)) if now.saturating_duration_since(*start) < BUCKET => *m = (*m).min(d),
+            _ => {
+                if self.mins.len() == BUCKETS {
+                    self.mins.remove(0);
+                }
+                self.mins.push((now, d));
+            }
+        }
+        let min = self.mins.iter().map(|(_, m)| *m).min().unwrap_or(d);
+        self.inbound_queue_us = u32::try_from(d - min).unwrap_or(u32::MAX);
+        self.heard = true;
+        Some(Duration::from_micros(u64::from(u32::from_be_bytes(echo))))
+    }
+}
+
+/// The outbound queueing delay reported by the peer, shared between the probe task and the
+/// congestion controller of one connection.
+#[derive(Debug, Default)]
+pub struct QueueSignal {
+    inner: Mutex<SignalState>,
+}
+
+#[derive(Debug, Default)]
+struct SignalState {
+    /// Sum and count of the reports since the controller last took them, and when the
+    /// latest came.
+    sum: Duration,
+    count: u32,
+    latest_at: Option<Instant>,
+}
+
+impl QueueSignal {
+    /// Records a report from the peer.
+    pub fn report(&self, now: Instant, queue: Duration) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.sum += queue;
+            s.count += 1;
+            s.latest_at = Some(now);
+        }
+    }
+
+    /// The mean queueing delay reported since the last call (a queue that fills within
+    /// one round must show, so not the minimum), if reports are fresh (the latest younger
+    /// than `max_age`).
+    pub fn take(&self, now: Instant, max_age: Duration) -> Option<Duration> {
+        let mut s = self.inner.lock().ok()?;
+        let fresh = s
+            .latest_at
+            .is_some_and(|t| now.saturating_duration_since(t) <= max_age);
+        let (sum, count) = (std::mem::take(&mut s.sum), std::mem::take(&mut s.count));
+        (fresh && count > 0).then(|| sum / count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_is_measured_per_direction_whatever_the_clock_offset() {
+        let t0 = Instant::now();
+        // the two ends started their clocks 5 s apart
+        let a = OwdProbe::new(t0);
+        let mut b = OwdProbe::new(t0 + Duration::from_secs(5));
+        let owd = Duration::from_millis(20);
+        // first probe: empty queue
+        let p = a.make_probe(t0 + Duration::from_secs(6));
+        b.on_probe(t0 + Duration::from_secs(6) + owd, &p);
+        // later probe waits 30 ms in a queue
+        let p = a.make_probe(t0 + Duration::from_secs(7));
+        b.on_probe(
+            t0 + Duration::from_secs(7) + owd + Duration::from_millis(30),
+            &p,
+        );
+        // b echoes 30 ms back to a
+        let mut a = a;
+        let echo = b.make_probe(t0 + Duration::from_secs(8));
+        let q = a
+            .on_probe(t0 + Duration::from_secs(8) + owd, &echo)
+            .expect("probe");
+        assert_eq!(q.as_millis(), 30);
+        assert!(a.on_probe(t0, b"not a probe").is_none());
+    }
+
+    #[test]
+    fn signal_reports_the_mean_and_goes_stale() {
+        let s = QueueSignal::default();
+        let t = Instant::now();
+        s.report(t, Duration::from_millis(9));
+        s.report(t, Duration::from_millis(3));
+        assert_eq!(
+            s.take(t, Duration::from_millis(100)),
+            Some(Duration::from_millis(6))
+        );
+        assert_eq!(s.take(t, Duration::from_millis(100)), None);
+        s.report(t, Duration::from_millis(7));
+        assert_eq!(
+            s.take(t + Duration::from_secs(1), Duration::from_millis(100)),
+            None
+        );
+    }
+}
