@@ -4,7 +4,8 @@
 //! Tunnel: venue client -> gateway proxy (HTTP/1.1) -> HTTP/3 over QUIC -> relay -> origin
 //! (HTTP/1.1), downloads in parallel. Raw: the same number of QUIC streams with the same
 //! TLS and transport settings, the server writing as fast as it can. Both for the same
-//! time. Writes target/canopy-bench/throughput.json.
+//! time; then both again with quinn's Cubic (on loopback a delay-based controller reads
+//! CPU scheduling delay as queueing). Writes target/canopy-bench/throughput.json.
 //!
 //! cargo bench --bench throughput
 
@@ -16,14 +17,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tunnel_io::TransportSettings;
+use tunnel_io::{CongestionChoice, TransportSettings};
 
 const STREAMS: usize = 4;
 
-async fn tunnel(secs: u64) -> anyhow::Result<f64> {
+async fn tunnel(secs: u64, settings: TransportSettings) -> anyhow::Result<f64> {
     let bed = Testbed::start(TestbedOptions {
         link: None,
-        tunnel: settings(),
+        tunnel: settings,
         proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics: None,
     })
@@ -50,10 +51,10 @@ async fn tunnel(secs: u64) -> anyhow::Result<f64> {
     Ok(mbps)
 }
 
-async fn raw_quinn(secs: u64) -> anyhow::Result<f64> {
+async fn raw_quinn(secs: u64, settings: TransportSettings) -> anyhow::Result<f64> {
     let certs =
         canopy::certs::EventCerts::generate("bench", &["localhost".into()], &["gateway".into()])?;
-    let transport = settings().quinn();
+    let transport = settings.quinn();
     let server = quinn::Endpoint::server(
         certs.relay_tls()?.relay_quic(transport.clone())?,
         "127.0.0.1:0".parse()?,
@@ -109,9 +110,20 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (t, r) =
-        rt.block_on(async { anyhow::Ok((tunnel(secs).await?, raw_quinn(secs).await?)) })?;
-    let ratio = t / r;
+    let ours = TransportSettings::default();
+    let cubic = TransportSettings {
+        congestion: CongestionChoice::Cubic,
+        ..TransportSettings::default()
+    };
+    let (t, r, tc, rc) = rt.block_on(async {
+        anyhow::Ok((
+            tunnel(secs, ours.clone()).await?,
+            raw_quinn(secs, ours).await?,
+            tunnel(secs, cubic.clone()).await?,
+            raw_quinn(secs, cubic).await?,
+        ))
+    })?;
+    let (ratio, ratio_cubic) = (t / r, tc / rc);
     let json = serde_json::json!({
         "scenario": "throughput",
         "git_rev": common::git_rev(),
@@ -121,21 +133,15 @@ fn main() -> anyhow::Result<()> {
         "tunnel_mbps": t,
         "raw_quinn_mbps": r,
         "ratio": ratio,
+        "tunnel_cubic_mbps": tc,
+        "raw_quinn_cubic_mbps": rc,
+        "ratio_cubic": ratio_cubic,
         "target_ratio_ok": ratio >= 0.8,
     });
     let path = common::write_json("throughput", &json)?;
     println!(
-        "throughput: tunnel {t:.0} Mbit/s, raw quinn {r:.0} Mbit/s, ratio {ratio:.2} -> {}",
+        "throughput: tunnel {t:.0} Mbit/s, raw quinn {r:.0} Mbit/s, ratio {ratio:.2} (both with cubic: {tc:.0} / {rc:.0}, {ratio_cubic:.2}) -> {}",
         path.display()
     );
     Ok(())
-}
-
-/// Transport settings of both runs; CANOPY_BENCH_CC=cubic compares with quinn's default.
-fn settings() -> TransportSettings {
-    let mut s = TransportSettings::default();
-    if std::env::var("CANOPY_BENCH_CC").is_ok_and(|v| v == "cubic") {
-        s.congestion = tunnel_io::CongestionChoice::Cubic;
-    }
-    s
 }
