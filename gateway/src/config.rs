@@ -119,8 +119,11 @@ pub struct ProxySection {
     pub max_header_bytes: usize,
     /// Largest request body, bytes (0 = unlimited); over it: 413.
     pub max_body_bytes: u64,
-    /// Time to the response headers through the tunnel, ms; over it: 504.
+    /// Time to the response headers through the tunnel, counted from the end of the
+    /// request body, ms; over it: 504.
     pub response_timeout_ms: u64,
+    /// A CONNECT tunnel with no bytes either way for this long is closed, ms.
+    pub tunnel_idle_timeout_ms: u64,
 }
 
 impl Default for ProxySection {
@@ -130,6 +133,7 @@ impl Default for ProxySection {
             max_header_bytes: 16 * 1024,
             max_body_bytes: 0,
             response_timeout_ms: 30_000,
+            tunnel_idle_timeout_ms: 300_000,
         }
     }
 }

@@ -36,6 +36,7 @@ struct State {
     max_body: Option<u64>,
     max_header_bytes: usize,
     response_timeout: Duration,
+    tunnel_idle: Duration,
     uplink: Uplink,
 }
 
@@ -80,6 +81,7 @@ impl Gateway {
             max_body: (cfg.proxy.max_body_bytes > 0).then_some(cfg.proxy.max_body_bytes),
             max_header_bytes: cfg.proxy.max_header_bytes,
             response_timeout: Duration::from_millis(cfg.proxy.response_timeout_ms),
+            tunnel_idle: Duration::from_millis(cfg.proxy.tunnel_idle_timeout_ms.max(1000)),
             uplink,
         };
         Ok(Self {
@@ -295,6 +297,20 @@ fn sender(state: &State) -> Option<crate::uplink::Sender> {
     }
 }
 
+/// Opens a request stream on the uplink. Waiting for a stream (the relay's concurrency
+/// limit) is bounded by the response timeout, so a request never hangs without an answer.
+async fn open(
+    state: &State,
+    sender: &mut crate::uplink::Sender,
+    req: Request<()>,
+) -> Result<h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>, String> {
+    match tokio::time::timeout(state.response_timeout, sender.send_request(req)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no stream to the relay became free in time".into()),
+    }
+}
+
 /// The answer when no uplink is up.
 fn no_uplink() -> Response<Body> {
     synthetic(
@@ -357,7 +373,7 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
             "cannot build the tunnelled request",
         );
     };
-    let stream = match sender.send_request(h3req).await {
+    let stream = match open(state, &mut sender, h3req).await {
         Ok(s) => s,
         Err(e) => {
             return synthetic(
@@ -371,26 +387,53 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
     let up = metrics::counter!("canopy_gateway_bytes_total", "class" => c, "direction" => "up");
     let body = req.into_body();
     let limit = state.max_body.unwrap_or(u64::MAX);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     tokio::spawn(async move {
         let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-        if let Err(e) = pump_body(limited, &mut send, Some(&up)).await {
+        let r = pump_body(limited, &mut send, Some(&up)).await;
+        if let Err(e) = &r {
             debug!(error = %e, "request body not delivered");
         }
+        let _ = done_tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
     });
-    let head = match tokio::time::timeout(state.response_timeout, recv.recv_response()).await {
-        Err(_) => {
-            return synthetic(
-                StatusCode::GATEWAY_TIMEOUT,
-                "no response through the relay in time",
-            )
+    // The response timeout runs from the end of the request body: a long upload over a
+    // slow uplink is not a slow relay.
+    let head = {
+        let response = recv.recv_response();
+        tokio::pin!(response);
+        let early = tokio::select! {
+            r = &mut response => Some(r),
+            pumped = done_rx => {
+                if let Ok(Err(e)) = &pumped {
+                    if e.contains("length limit") {
+                        return synthetic(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            &format!("request body over the gateway's limit of {limit} bytes"),
+                        );
+                    }
+                }
+                None
+            }
+        };
+        let head = match early {
+            Some(r) => Ok(r),
+            None => tokio::time::timeout(state.response_timeout, &mut response).await,
+        };
+        match head {
+            Err(_) => {
+                return synthetic(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "no response through the relay in time",
+                )
+            }
+            Ok(Err(e)) => {
+                return synthetic(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("tunnel failed before the response: {e}"),
+                )
+            }
+            Ok(Ok(h)) => h,
         }
-        Ok(Err(e)) => {
-            return synthetic(
-                StatusCode::BAD_GATEWAY,
-                &format!("tunnel failed before the response: {e}"),
-            )
-        }
-        Ok(Ok(h)) => h,
     };
     let (mut parts, ()) = head.into_parts();
     hop::strip_hop_by_hop(&mut parts.headers);
@@ -416,7 +459,7 @@ async fn connect(state: &State, mut req: Request<Incoming>, route: Route) -> Res
     let Ok(h3req) = h3req.body(()) else {
         return synthetic(StatusCode::BAD_REQUEST, "cannot build the CONNECT request");
     };
-    let mut stream = match sender.send_request(h3req).await {
+    let mut stream = match open(state, &mut sender, h3req).await {
         Ok(s) => s,
         Err(e) => {
             return synthetic(
@@ -446,12 +489,13 @@ async fn connect(state: &State, mut req: Request<Incoming>, route: Route) -> Res
         return synthetic(head.status(), &reason);
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let idle = state.tunnel_idle;
     let c = class.as_str();
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let (send, recv) = stream.split();
-                let (up, down) = copy_bidirectional(TokioIo::new(upgraded), send, recv).await;
+                let (up, down) = copy_bidirectional(TokioIo::new(upgraded), send, recv, idle).await;
                 metrics::counter!("canopy_gateway_bytes_total", "class" => c, "direction" => "up")
                     .increment(up);
                 metrics::counter!("canopy_gateway_bytes_total", "class" => c, "direction" => "down").increment(down);

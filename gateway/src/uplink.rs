@@ -111,11 +111,22 @@ async fn connect(
     endpoint: &quinn::Endpoint,
     s: &UplinkSettings,
 ) -> Result<(quinn::Connection, Sender, Driver), String> {
-    let addr = tokio::net::lookup_host(&s.relay_addr)
-        .await
-        .map_err(|e| format!("resolve {}: {e}", s.relay_addr))?
-        .next()
-        .ok_or_else(|| format!("{} resolves to nothing", s.relay_addr))?;
+    // the relay's addresses of the bind address's family (localhost may resolve to ::1 first)
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::lookup_host(&s.relay_addr),
+    )
+    .await
+    .map_err(|_| format!("resolving {} timed out", s.relay_addr))?
+    .map_err(|e| format!("resolve {}: {e}", s.relay_addr))?
+    .filter(|a| a.is_ipv4() == s.bind.is_ipv4())
+    .collect();
+    let addr = *addrs.first().ok_or_else(|| {
+        format!(
+            "{} has no address of the uplink's family ({})",
+            s.relay_addr, s.bind
+        )
+    })?;
     let mut client = s.client.clone();
     let (transport, signal) = s.transport.quinn_for_connection();
     client.transport_config(transport);

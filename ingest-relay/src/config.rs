@@ -74,8 +74,10 @@ pub struct EgressSection {
     pub allow: Vec<String>,
     /// TCP (and TLS) connect timeout towards an origin, ms.
     pub connect_timeout_ms: u64,
-    /// Time from sending a request to receiving the origin's response headers, ms.
+    /// Time from the end of the request body to the origin's response headers, ms.
     pub response_timeout_ms: u64,
+    /// A CONNECT tunnel with no bytes either way for this long is closed, ms.
+    pub tunnel_idle_timeout_ms: u64,
     /// Largest request body forwarded, bytes (0 = unlimited).
     pub max_request_body_bytes: u64,
     /// Largest request header section accepted from a gateway, bytes.
@@ -90,6 +92,7 @@ impl Default for EgressSection {
             allow: Vec::new(),
             connect_timeout_ms: 5_000,
             response_timeout_ms: 30_000,
+            tunnel_idle_timeout_ms: 300_000,
             max_request_body_bytes: 0,
             max_header_bytes: 16 * 1024,
             extra_ca: None,

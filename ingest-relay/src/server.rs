@@ -22,6 +22,7 @@ struct State {
     server_names: Vec<String>,
     egress: Egress,
     response_timeout: Duration,
+    tunnel_idle: Duration,
     max_body: Option<u64>,
     max_header_bytes: u64,
 }
@@ -52,6 +53,7 @@ impl Relay {
             server_names: cfg.relay.server_names.clone(),
             egress,
             response_timeout: Duration::from_millis(cfg.egress.response_timeout_ms),
+            tunnel_idle: Duration::from_millis(cfg.egress.tunnel_idle_timeout_ms.max(1000)),
             max_body: (cfg.egress.max_request_body_bytes > 0)
                 .then_some(cfg.egress.max_request_body_bytes),
             max_header_bytes: cfg.egress.max_header_bytes,
@@ -170,7 +172,7 @@ async fn serve(
             refuse(&mut stream, refusal).await
         }
         Ok(Target::Local) => local(&req, &mut stream).await,
-        Ok(Target::Connect(tcp)) => tunnel(stream, tcp, class).await,
+        Ok(Target::Connect(tcp)) => tunnel(stream, tcp, class, state.tunnel_idle).await,
         Ok(Target::Forward(origin)) => forward(state, req, stream, origin, class).await,
     }
 }
@@ -247,7 +249,12 @@ async fn local(req: &Request<()>, stream: &mut Stream) -> StatusCode {
     status
 }
 
-async fn tunnel(mut stream: Stream, tcp: tokio::net::TcpStream, class: TrafficClass) -> StatusCode {
+async fn tunnel(
+    mut stream: Stream,
+    tcp: tokio::net::TcpStream,
+    class: TrafficClass,
+    idle: Duration,
+) -> StatusCode {
     let resp = Response::builder()
         .status(StatusCode::OK)
         .body(())
@@ -256,7 +263,7 @@ async fn tunnel(mut stream: Stream, tcp: tokio::net::TcpStream, class: TrafficCl
         return StatusCode::BAD_GATEWAY;
     }
     let (send, recv) = stream.split();
-    let (to_gateway, from_gateway) = copy_bidirectional(tcp, send, recv).await;
+    let (to_gateway, from_gateway) = copy_bidirectional(tcp, send, recv, idle).await;
     count_bytes(class, from_gateway, to_gateway);
     StatusCode::OK
 }
@@ -308,6 +315,8 @@ async fn forward(
     if let Some(h) = out.headers_mut() {
         *h = headers;
     }
+    let mut body = body;
+    let body_done = body.on_done();
     let Ok(out) = out.body(body) else {
         return refuse(
             &mut send,
@@ -315,9 +324,10 @@ async fn forward(
         )
         .await;
     };
+    let t = state.response_timeout;
     let result = match origin {
-        OriginStream::Plain(tcp) => exchange(TokioIo::new(tcp), out, state.response_timeout).await,
-        OriginStream::Tls(tls) => exchange(TokioIo::new(*tls), out, state.response_timeout).await,
+        OriginStream::Plain(tcp) => exchange(TokioIo::new(tcp), out, body_done, t).await,
+        OriginStream::Tls(tls) => exchange(TokioIo::new(*tls), out, body_done, t).await,
     };
     let resp = match result {
         Ok(resp) => resp,
@@ -326,6 +336,8 @@ async fn forward(
     let (mut parts, body) = resp.into_parts();
     let status = parts.status;
     hop::strip_hop_by_hop(&mut parts.headers);
+    // an origin cannot speak for Canopy (no forged canopy-reason)
+    hop::strip_private(&mut parts.headers);
     hop::append_via(
         &mut parts.headers,
         hop::via_protocol(parts.version),
@@ -354,6 +366,7 @@ async fn forward(
 async fn exchange<IO>(
     io: IO,
     req: Request<H3Body<RequestStream<h3_quinn::RecvStream, Bytes>>>,
+    body_done: tokio::sync::oneshot::Receiver<()>,
     timeout: Duration,
 ) -> Result<Response<hyper::body::Incoming>, Refusal>
 where
@@ -372,7 +385,19 @@ where
             debug!(error = %e, "origin connection ended with error");
         }
     });
-    match tokio::time::timeout(timeout, sender.send_request(req)).await {
+    // The response timeout runs from the end of the request body: a long upload over a
+    // slow uplink is not a slow origin.
+    let send = sender.send_request(req);
+    tokio::pin!(send);
+    let early = tokio::select! {
+        r = &mut send => Some(r),
+        _ = body_done => None,
+    };
+    let result = match early {
+        Some(r) => Ok(r),
+        None => tokio::time::timeout(timeout, &mut send).await,
+    };
+    match result {
         Err(_) => Err(Refusal::new(
             StatusCode::GATEWAY_TIMEOUT,
             "origin did not answer in time",

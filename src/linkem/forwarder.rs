@@ -75,12 +75,12 @@ impl LinkStats {
         };
         (
             f(
-                self.up_sojourn_us - earlier.up_sojourn_us,
-                self.up_out - earlier.up_out,
+                self.up_sojourn_us.saturating_sub(earlier.up_sojourn_us),
+                self.up_out.saturating_sub(earlier.up_out),
             ),
             f(
-                self.down_sojourn_us - earlier.down_sojourn_us,
-                self.down_out - earlier.down_out,
+                self.down_sojourn_us.saturating_sub(earlier.down_sojourn_us),
+                self.down_out.saturating_sub(earlier.down_out),
             ),
         )
     }
@@ -281,6 +281,9 @@ async fn read_upstream(
             continue;
         };
         shared.down.packets_in.fetch_add(1, Ordering::Relaxed);
+        if tx.is_closed() {
+            return; // the emulator is gone
+        }
         if tx
             .try_send(Pkt {
                 flow,

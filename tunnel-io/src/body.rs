@@ -6,7 +6,9 @@ use h3::error::StreamError;
 use http_body::{Body, Frame};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Errors of a streamed body.
@@ -83,6 +85,8 @@ pub struct H3Body<R> {
     recv: Option<R>,
     /// An error met while coalescing, returned on the next poll.
     failed: Option<StreamError>,
+    /// Fired once the whole body has been received.
+    done: Option<tokio::sync::oneshot::Sender<()>>,
     limit: Option<u64>,
     seen: u64,
     counter: Option<metrics::Counter>,
@@ -94,9 +98,27 @@ impl<R: RecvData> H3Body<R> {
         Self {
             recv: Some(recv),
             failed: None,
+            done: None,
             limit,
             seen: 0,
             counter,
+        }
+    }
+}
+
+impl<R> H3Body<R> {
+    /// Returns a receiver that fires when the body has been received to its end (so a
+    /// response timeout can start then, not while a long upload is still arriving).
+    pub fn on_done(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.done = Some(tx);
+        rx
+    }
+
+    fn finished(&mut self) {
+        self.recv = None;
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(());
         }
     }
 }
@@ -110,6 +132,10 @@ impl<R: RecvData> Body for H3Body<R> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(e) = this.failed.take() {
+            this.recv = None;
+            return Poll::Ready(Some(Err(e.into())));
+        }
         let Some(recv) = this.recv.as_mut() else {
             return Poll::Ready(None);
         };
@@ -151,7 +177,7 @@ impl<R: RecvData> Body for H3Body<R> {
                     }
                 }
                 if ended {
-                    this.recv = None;
+                    this.finished();
                 }
                 this.seen += chunk.len() as u64;
                 if let Some(c) = &this.counter {
@@ -164,7 +190,7 @@ impl<R: RecvData> Body for H3Body<R> {
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
             Poll::Ready(Ok(None)) => {
-                this.recv = None;
+                this.finished();
                 Poll::Ready(None)
             }
             Poll::Ready(Err(e)) => {
@@ -228,22 +254,36 @@ pub enum PumpError {
 }
 
 /// Copies bytes both ways between a byte stream (TCP, an upgraded HTTP/1.1 connection) and
-/// the two halves of an HTTP/3 stream, until both directions end. Returns bytes
-/// (io -> h3, h3 -> io).
-pub async fn copy_bidirectional<IO, S, R>(io: IO, mut send: S, mut recv: R) -> (u64, u64)
+/// the two halves of an HTTP/3 stream, until both directions end or nothing moved either
+/// way for `idle`. An error on one side aborts the other (a reset, never a clean end that
+/// would make a cut-off stream look complete). Returns bytes (io -> h3, h3 -> io).
+pub async fn copy_bidirectional<IO, S, R>(
+    io: IO,
+    mut send: S,
+    mut recv: R,
+    idle: Duration,
+) -> (u64, u64)
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin,
     S: SendData,
     R: RecvData,
 {
     let (mut rd, mut wr) = tokio::io::split(io);
+    let start = tokio::time::Instant::now();
+    let last = AtomicU64::new(0);
+    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let up = async {
         let mut buf = vec![0u8; 32 * 1024];
         let mut n_total = 0u64;
         loop {
             match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
+                Err(_) => {
+                    send.abort();
+                    return n_total;
+                }
                 Ok(n) => {
+                    touch();
                     n_total += n as u64;
                     if send
                         .send_bytes(Bytes::copy_from_slice(&buf[..n]))
@@ -260,14 +300,42 @@ where
     };
     let down = async {
         let mut n_total = 0u64;
-        while let Ok(Some(chunk)) = std::future::poll_fn(|cx| recv.poll_recv_bytes(cx)).await {
-            n_total += chunk.len() as u64;
-            if wr.write_all(&chunk).await.is_err() {
-                break;
+        loop {
+            match std::future::poll_fn(|cx| recv.poll_recv_bytes(cx)).await {
+                Ok(Some(chunk)) => {
+                    touch();
+                    n_total += chunk.len() as u64;
+                    if wr.write_all(&chunk).await.is_err() {
+                        return n_total;
+                    }
+                }
+                Ok(None) => break,
+                // The tunnel was reset: drop the byte stream without a clean shutdown.
+                Err(_) => return n_total,
             }
         }
         let _ = wr.shutdown().await;
         n_total
     };
-    tokio::join!(up, down)
+    let watchdog = async {
+        loop {
+            tokio::time::sleep(idle / 4).await;
+            let quiet = start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            if quiet >= idle {
+                return;
+            }
+        }
+    };
+    let both = async { tokio::join!(up, down) };
+    let result = tokio::select! {
+        r = both => Some(r),
+        () = watchdog => None,
+    };
+    result.unwrap_or_else(|| {
+        // idle: reset the tunnel rather than end it cleanly
+        send.abort();
+        (0, 0)
+    })
 }

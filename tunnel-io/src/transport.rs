@@ -69,7 +69,7 @@ impl TransportSettings {
         t.stream_receive_window(self.stream_window.into());
         t.receive_window(self.connection_window.into());
         t.send_window(u64::from(self.connection_window));
-        t.max_concurrent_bidi_streams(1024u32.into());
+        t.max_concurrent_bidi_streams(16_384u32.into());
         if self.congestion == CongestionChoice::LowDelay {
             t.congestion_controller_factory(Arc::new(LowDelayConfig {
                 target: Duration::from_millis(self.queue_target_ms.max(1)),

@@ -2,9 +2,10 @@
 //!
 //! Patterns are `host[:port]`. `host` is `*`, `*.example.com`, an exact name, an IPv4
 //! literal or a bracketed IPv6 literal; `port` is a number or `*`; a pattern without a port
-//! allows 80 and 443. Loopback, private, link-local and CGNAT addresses are refused unless the
-//! matching pattern names the host exactly (no wildcard): `127.0.0.1:8080` allows that origin,
-//! `*` never reaches into the relay's own network.
+//! allows 80 and 443. Loopback, private, link-local, CGNAT and other non-public addresses
+//! are refused unless the matching pattern names the address itself (an IP literal, or
+//! `localhost`): `10.0.0.5:8080` allows that origin; `*` and `api.example.com` never reach
+//! into the relay's own network, whatever their DNS says.
 
 use crate::class::host_matches;
 use std::fmt;
@@ -70,10 +71,20 @@ struct Pattern {
     port: PortRule,
 }
 
+impl Pattern {
+    /// Whether the pattern names an address itself (an IP literal or `localhost`): only
+    /// such patterns reach non-public addresses. An exact DNS name does not, since whoever
+    /// controls its DNS could point it into the relay's own network.
+    fn names_address(&self) -> bool {
+        self.host == "localhost" || self.host.parse::<IpAddr>().is_ok()
+    }
+}
+
 /// A granted destination: whether the matching pattern named the host without wildcards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
-    /// True when an exact pattern matched, which also allows non-public addresses.
+    /// True when a pattern naming an IP literal (or `localhost`) matched, which also
+    /// allows non-public addresses.
     pub explicit: bool,
 }
 
@@ -105,7 +116,7 @@ impl Allowlist {
                 PortRule::Exact(n) => n == port,
             };
             if port_ok && host_matches(&p.host, host) {
-                let explicit = !p.host.contains('*');
+                let explicit = p.names_address();
                 if explicit {
                     return Ok(Grant { explicit });
                 }
@@ -146,6 +157,9 @@ fn parse_pattern(raw: &str) -> Result<Pattern, AllowlistError> {
         let (h, tail) = rest
             .split_once(']')
             .ok_or_else(|| AllowlistError::BadPort(raw.into()))?;
+        if !tail.is_empty() && !tail.starts_with(':') {
+            return Err(AllowlistError::BadPort(raw.into()));
+        }
         (h, tail.strip_prefix(':'))
     } else if raw.matches(':').count() > 1 {
         (raw, None) // bare IPv6 literal
@@ -174,7 +188,9 @@ fn parse_pattern(raw: &str) -> Result<Pattern, AllowlistError> {
 }
 
 /// True for addresses on the public internet; false for loopback, private (RFC 1918, ULA),
-/// link-local, CGNAT, unspecified and broadcast addresses.
+/// link-local, CGNAT, benchmarking, multicast, reserved, unspecified and broadcast
+/// addresses, and for IPv6 forms that embed such an IPv4 address (mapped, compatible,
+/// NAT64, 6to4).
 pub fn is_public(addr: IpAddr) -> bool {
     match addr {
         IpAddr::V4(v4) => {
@@ -184,18 +200,35 @@ pub fn is_public(addr: IpAddr) -> bool {
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
+                || v4.is_multicast()
                 || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64))
+                || o[0] >= 240
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18))
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = v6.to_ipv4() {
+                // ::a.b.c.d and ::ffff:a.b.c.d
                 return is_public(IpAddr::V4(v4));
             }
             let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32))
+            };
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+                return is_public(embedded(s[6], s[7])); // NAT64 64:ff9b::/96
+            }
+            if s[0] == 0x2002 {
+                return is_public(embedded(s[1], s[2])); // 6to4
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64 64:ff9b:1::/48
                 || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80)
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0)
         }
     }
 }
@@ -231,11 +264,40 @@ mod tests {
         assert!(Allowlist::check_addr(g, "x", "::ffff:192.168.1.1".parse().unwrap()).is_err());
         assert!(Allowlist::check_addr(g, "x", "100.64.0.1".parse().unwrap()).is_err());
         assert!(Allowlist::check_addr(g, "x", "93.184.216.34".parse().unwrap()).is_ok());
+        for embedded in [
+            "::127.0.0.1",
+            "64:ff9b::a00:5",
+            "2002:c0a8:101::1",
+            "ff02::1",
+            "64:ff9b:1::1",
+            "198.18.0.1",
+            "240.0.0.1",
+        ] {
+            assert!(
+                Allowlist::check_addr(g, "x", embedded.parse().unwrap()).is_err(),
+                "{embedded}"
+            );
+        }
+        assert!(
+            Allowlist::check_addr(g, "x", "64:ff9b::5db8:d822".parse().unwrap()).is_ok(),
+            "NAT64 of a public address"
+        );
     }
 
     #[test]
     fn explicit_patterns_allow_named_private_origins() {
-        let a = list(&["*.example.com", "127.0.0.1:9000", "[::1]:9001"]);
+        let a = list(&[
+            "*.example.com",
+            "127.0.0.1:9000",
+            "[::1]:9001",
+            "partner.example.org",
+        ]);
+        // an exact DNS name is not an address: it never reaches private ranges
+        assert!(
+            !a.check("partner.example.org", 443)
+                .expect("listed")
+                .explicit
+        );
         let g = a.check("127.0.0.1", 9000).expect("explicit");
         assert!(g.explicit);
         assert!(Allowlist::check_addr(g, "127.0.0.1", "127.0.0.1".parse().unwrap()).is_ok());
@@ -249,5 +311,6 @@ mod tests {
         assert_eq!(Allowlist::parse(&["ok.com", "a.*.com"]).unwrap_err().0, 1);
         assert!(Allowlist::parse(&["a.com:http"]).is_err());
         assert!(Allowlist::parse(&[""]).is_err());
+        assert!(Allowlist::parse(&["[::1]8080"]).is_err());
     }
 }

@@ -68,9 +68,13 @@ impl OwdProbe {
         ts.copy_from_slice(&data[1..9]);
         let mut echo = [0u8; 4];
         echo.copy_from_slice(&data[9..13]);
-        let sent = u64::from_be_bytes(ts) as i64;
-        let local = now.saturating_duration_since(self.epoch).as_micros() as i64;
-        let d = local - sent;
+        let sent = i64::try_from(u64::from_be_bytes(ts)).ok()?;
+        let local = i64::try_from(now.saturating_duration_since(self.epoch).as_micros()).ok()?;
+        let d = local.saturating_sub(sent);
+        let current = self.mins.iter().map(|(_, m)| *m).min();
+        if current.is_some_and(|m| d < m.saturating_sub(10_000_000)) {
+            return None; // a clock step of more than 10 s: ignore rather than poison the minimum
+        }
         match self.mins.last_mut() {
             Some((start, m)) if now.saturating_duration_since(*start) < BUCKET => *m = (*m).min(d),
             _ => {
@@ -81,7 +85,7 @@ impl OwdProbe {
             }
         }
         let min = self.mins.iter().map(|(_, m)| *m).min().unwrap_or(d);
-        self.inbound_queue_us = u32::try_from(d - min).unwrap_or(u32::MAX);
+        self.inbound_queue_us = u32::try_from(d.saturating_sub(min)).unwrap_or(u32::MAX);
         self.heard = true;
         Some(Duration::from_micros(u64::from(u32::from_be_bytes(echo))))
     }
