@@ -45,6 +45,8 @@ async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
         )),
         tunnel: TransportSettings {
             congestion,
+            // FIFO is quinn as it comes: Cubic and plain round-robin
+            small_first: congestion != CongestionChoice::Cubic,
             ..TransportSettings::default()
         },
         proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -191,6 +191,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         link: Some(profile),
         tunnel: TransportSettings {
             congestion: opts.congestion,
+            // `--congestion cubic` shows quinn as it comes: no small-first priorities either
+            small_first: opts.congestion == tunnel_io::CongestionChoice::LowDelay,
             ..TransportSettings::default()
         },
         proxy_listen: opts.proxy_listen,

@@ -53,7 +53,7 @@ enum Command {
         #[arg(long)]
         link: Option<String>,
         /// Congestion control of the tunnel: low-delay (default) or cubic, to compare what
-        /// bids see without Canopy's queue control.
+        /// bids see without Canopy's queue control and stream priorities.
         #[arg(long, default_value = "low-delay")]
         congestion: String,
     },

@@ -303,7 +303,7 @@ async fn open(
     state: &State,
     sender: &mut crate::uplink::Sender,
     req: Request<()>,
-) -> Result<h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>, String> {
+) -> Result<h3::client::RequestStream<tunnel_io::quic::BidiStream, Bytes>, String> {
     match tokio::time::timeout(state.response_timeout, sender.send_request(req)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(e.to_string()),

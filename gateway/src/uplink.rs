@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
 /// A handle to open HTTP/3 requests on the current connection.
-pub type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+pub type Sender = h3::client::SendRequest<tunnel_io::quic::OpenStreams, Bytes>;
 
 /// What the proxy sees of the uplink.
 #[derive(Clone, Default)]
@@ -105,7 +105,7 @@ async fn supervise(
     }
 }
 
-type Driver = h3::client::Connection<h3_quinn::Connection, Bytes>;
+type Driver = h3::client::Connection<tunnel_io::quic::Connection, Bytes>;
 
 async fn connect(
     endpoint: &quinn::Endpoint,
@@ -136,8 +136,11 @@ async fn connect(
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(tunnel_io::probe::run(conn.clone(), signal, true));
-    let (driver, sender) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (driver, sender) = h3::client::new(tunnel_io::quic::Connection::new(
+        conn.clone(),
+        s.transport.small_first,
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
     Ok((conn, sender, driver))
 }

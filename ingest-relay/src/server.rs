@@ -15,7 +15,7 @@ use tracing::{debug, info, warn, Instrument};
 use tunnel::{hop, wire, TrafficClass};
 use tunnel_io::{copy_bidirectional, pump_body, H3Body, TlsFiles};
 
-type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type Stream = RequestStream<tunnel_io::quic::BidiStream, Bytes>;
 
 struct State {
     name: String,
@@ -23,6 +23,7 @@ struct State {
     egress: Egress,
     response_timeout: Duration,
     tunnel_idle: Duration,
+    small_first: bool,
     max_body: Option<u64>,
     max_header_bytes: u64,
 }
@@ -54,6 +55,7 @@ impl Relay {
             egress,
             response_timeout: Duration::from_millis(cfg.egress.response_timeout_ms),
             tunnel_idle: Duration::from_millis(cfg.egress.tunnel_idle_timeout_ms.max(1000)),
+            small_first: cfg.tunnel.small_first,
             max_body: (cfg.egress.max_request_body_bytes > 0)
                 .then_some(cfg.egress.max_request_body_bytes),
             max_header_bytes: cfg.egress.max_header_bytes,
@@ -108,7 +110,10 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
     metrics::gauge!("canopy_relay_gateways_connected").increment(1.0);
     let h3 = h3::server::builder()
         .max_field_section_size(state.max_header_bytes)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+        .build::<_, Bytes>(tunnel_io::quic::Connection::new(
+            conn.clone(),
+            state.small_first,
+        ))
         .await;
     match h3 {
         Ok(mut h3) => loop {
@@ -365,7 +370,7 @@ async fn forward(
 /// One HTTP/1.1 exchange with an origin over an established connection.
 async fn exchange<IO>(
     io: IO,
-    req: Request<H3Body<RequestStream<h3_quinn::RecvStream, Bytes>>>,
+    req: Request<H3Body<RequestStream<tunnel_io::quic::RecvStream, Bytes>>>,
     body_done: tokio::sync::oneshot::Receiver<()>,
     timeout: Duration,
 ) -> Result<Response<hyper::body::Incoming>, Refusal>

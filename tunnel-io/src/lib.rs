@@ -6,6 +6,7 @@
 pub mod body;
 pub mod metrics_http;
 pub mod probe;
+pub mod quic;
 pub mod tls;
 pub mod transport;
 

@@ -30,6 +30,9 @@ pub struct TransportSettings {
     pub keep_alive_ms: u64,
     /// The connection is closed after this long without any packet from the peer.
     pub idle_timeout_ms: u64,
+    /// Small-first stream priorities: every request stream is sent ahead of bulk streams
+    /// until it has sent 32 KiB (see `tunnel_io::quic`). Off: quinn's plain round-robin.
+    pub small_first: bool,
     /// Per-stream receive window in bytes.
     pub stream_window: u32,
     /// Per-connection receive window in bytes.
@@ -43,6 +46,7 @@ impl Default for TransportSettings {
             queue_target_ms: 6,
             keep_alive_ms: 1000,
             idle_timeout_ms: 10_000,
+            small_first: true,
             stream_window: 4 * 1024 * 1024,
             connection_window: 16 * 1024 * 1024,
         }
