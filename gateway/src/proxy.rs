@@ -347,11 +347,7 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
         return no_uplink();
     };
     if let Some(limit) = state.max_body {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = hop::declared_length(req.headers());
         if declared.is_some_and(|n| n > limit) {
             return synthetic(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -219,11 +219,7 @@ async fn prepare(state: &State, req: &Request<()>) -> Result<Target, Refusal> {
         }
     };
     if let Some(limit) = state.max_body {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = hop::declared_length(req.headers());
         if declared.is_some_and(|n| n > limit) {
             return Err(Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

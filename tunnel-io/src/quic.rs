@@ -130,6 +130,17 @@ fn read_error(e: std::io::Error) -> StreamErrorIncoming {
     }
 }
 
+/// Polls the future in `slot`, creating it with `make` first; empties the slot when done.
+fn poll_slot<T>(
+    slot: &mut Option<BoxFut<T>>,
+    cx: &mut Context<'_>,
+    make: impl FnOnce() -> BoxFut<T>,
+) -> Poll<T> {
+    let r = std::task::ready!(slot.get_or_insert_with(make).poll(cx));
+    *slot = None;
+    Poll::Ready(r)
+}
+
 fn stream_id(id: quinn::StreamId) -> StreamId {
     // quinn's ids are QUIC varints (< 2^62), exactly what h3 accepts
     #[allow(clippy::expect_used)]
@@ -145,11 +156,9 @@ impl quic::Connection<Bytes> for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<RecvStream, ConnectionErrorIncoming>> {
         let conn = self.conn.clone();
-        let fut = self
-            .accepting_uni
-            .get_or_insert_with(|| BoxFut::new(async move { conn.accept_uni().await }));
-        let r = std::task::ready!(fut.poll(cx));
-        self.accepting_uni = None;
+        let r = std::task::ready!(poll_slot(&mut self.accepting_uni, cx, || {
+            BoxFut::new(async move { conn.accept_uni().await })
+        }));
         Poll::Ready(r.map(RecvStream::new).map_err(conn_error))
     }
 
@@ -158,11 +167,9 @@ impl quic::Connection<Bytes> for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream, ConnectionErrorIncoming>> {
         let conn = self.conn.clone();
-        let fut = self
-            .accepting_bi
-            .get_or_insert_with(|| BoxFut::new(async move { conn.accept_bi().await }));
-        let r = std::task::ready!(fut.poll(cx));
-        self.accepting_bi = None;
+        let r = std::task::ready!(poll_slot(&mut self.accepting_bi, cx, || {
+            BoxFut::new(async move { conn.accept_bi().await })
+        }));
         let small_first = self.small_first;
         Poll::Ready(
             r.map(|(s, r)| BidiStream::new(s, r, small_first))
@@ -207,11 +214,9 @@ impl quic::OpenStreams<Bytes> for OpenStreams {
         cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream, StreamErrorIncoming>> {
         let conn = self.conn.clone();
-        let fut = self
-            .opening_bi
-            .get_or_insert_with(|| BoxFut::new(async move { conn.open_bi().await }));
-        let r = std::task::ready!(fut.poll(cx));
-        self.opening_bi = None;
+        let r = std::task::ready!(poll_slot(&mut self.opening_bi, cx, || {
+            BoxFut::new(async move { conn.open_bi().await })
+        }));
         let small_first = self.small_first;
         Poll::Ready(
             r.map(|(s, r)| BidiStream::new(s, r, small_first))
@@ -224,11 +229,9 @@ impl quic::OpenStreams<Bytes> for OpenStreams {
         cx: &mut Context<'_>,
     ) -> Poll<Result<SendStream, StreamErrorIncoming>> {
         let conn = self.conn.clone();
-        let fut = self
-            .opening_uni
-            .get_or_insert_with(|| BoxFut::new(async move { conn.open_uni().await }));
-        let r = std::task::ready!(fut.poll(cx));
-        self.opening_uni = None;
+        let r = std::task::ready!(poll_slot(&mut self.opening_uni, cx, || {
+            BoxFut::new(async move { conn.open_uni().await })
+        }));
         Poll::Ready(
             r.map(|s| {
                 if self.small_first {

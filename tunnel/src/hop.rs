@@ -55,6 +55,14 @@ pub fn append_via(headers: &mut HeaderMap, protocol: &str, pseudonym: &str) {
     }
 }
 
+/// The body length a request declares in `Content-Length`, if any and valid.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The `received-protocol` token for an HTTP version (`1.1`, `2`, `3`).
 pub fn via_protocol(version: http::Version) -> &'static str {
     match version {
