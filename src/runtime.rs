@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 pub fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "{default},quinn=warn,quinn_proto=warn,h3=warn,h3_quinn=warn,hyper=warn"
+            "{default},quinn=warn,quinn_proto=warn,h3=warn,hyper=warn"
         ))
     });
     let _ = tracing_subscriber::fmt()
