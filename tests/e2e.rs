@@ -196,6 +196,48 @@ fn refusals_have_the_right_status_and_a_reason() {
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
 }
 
+#[test]
+fn bodies_over_the_gateway_limit_get_413_declared_or_chunked() {
+    let s = Stack::start_with("limit", "max_body_bytes = 100000");
+    let file = s.dir.path().join("body.bin");
+    std::fs::write(&file, vec![7u8; 200_000]).expect("write");
+    let data = format!("@{}", file.display());
+    let proxy = s.proxy_url();
+    let code = |extra: &[&str]| {
+        let mut a = vec![
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &proxy,
+            "-H",
+            "Expect:",
+            "--data-binary",
+            &data,
+        ];
+        a.extend_from_slice(extra);
+        let url = s.origin_url("/upload");
+        a.push(&url);
+        text(&curl(&a))
+    };
+    assert_eq!(code(&[]), "413", "declared Content-Length over the limit");
+    assert_eq!(
+        code(&["-H", "Transfer-Encoding: chunked"]),
+        "413",
+        "chunked body over the limit"
+    );
+    // under the limit passes
+    let small = text(&curl(&[
+        "-x",
+        &s.proxy_url(),
+        "--data-binary",
+        "hello",
+        &s.origin_url("/upload"),
+    ]));
+    assert_eq!(small.trim(), "5");
+}
+
 fn raw(s: &Stack, req: &[u8]) -> String {
     let mut tcp = TcpStream::connect(s.proxy).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(10)))

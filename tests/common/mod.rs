@@ -123,6 +123,11 @@ impl Stack {
     /// Certificates, two origins (http and https), a relay and a gateway; waits until a
     /// request passes end to end.
     pub(crate) fn start(tag: &str) -> Self {
+        Self::start_with(tag, "")
+    }
+
+    /// Like `start`, with extra lines in the gateway's `[proxy]` section.
+    pub(crate) fn start_with(tag: &str, proxy_extra: &str) -> Self {
         let dir = TempDir::new(tag);
         let d = dir.path();
         let out = canopy(&[
@@ -192,6 +197,7 @@ ca = "certs/ca.pem"
 [proxy]
 listen = "127.0.0.1:{proxy_port}"
 max_header_bytes = 16384
+{proxy_extra}
 [[sites]]
 host = "{SITE}"
 origin = "http://127.0.0.1:{op}"
