@@ -128,13 +128,8 @@ async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let secs: u64 = std::env::var("CANOPY_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let secs = common::measure_secs(20);
+    let rt = common::runtime()?;
     let (ours, fifo) = rt.block_on(async {
         let ours = run(CongestionChoice::LowDelay, secs).await?;
         let fifo = run(CongestionChoice::Cubic, secs).await?;

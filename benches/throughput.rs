@@ -103,13 +103,8 @@ async fn raw_quinn(secs: u64, settings: TransportSettings) -> anyhow::Result<f64
 }
 
 fn main() -> anyhow::Result<()> {
-    let secs: u64 = std::env::var("CANOPY_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let secs = common::measure_secs(10);
+    let rt = common::runtime()?;
     let ours = TransportSettings::default();
     let cubic = TransportSettings {
         congestion: CongestionChoice::Cubic,

@@ -28,3 +28,18 @@ pub(crate) fn unix_time() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// Measurement seconds: CANOPY_BENCH_SECS, else `default`.
+pub(crate) fn measure_secs(default: u64) -> u64 {
+    std::env::var("CANOPY_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The runtime scenario benches run on.
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
