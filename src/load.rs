@@ -21,8 +21,6 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 pub struct LoadStats {
     /// Response body bytes of bulk downloads.
     pub down_bytes: AtomicU64,
-    /// Request body bytes of bulk uploads that completed.
-    pub up_bytes: AtomicU64,
     /// Bulk requests that failed.
     pub bulk_failed: AtomicU64,
     /// Bids answered 200.
@@ -190,9 +188,7 @@ pub async fn upload_loop(proxy: SocketAddr, url: String, size: u64, stats: Arc<L
             )
             .await
         {
-            Ok((200, _)) => {
-                stats.up_bytes.fetch_add(size, Ordering::Relaxed);
-            }
+            Ok((200, _)) => {}
             _ => {
                 stats.bulk_failed.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;

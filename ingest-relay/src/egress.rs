@@ -90,16 +90,13 @@ impl Egress {
             })
             .collect();
         if allowed.is_empty() {
-            let reason = first_denial.map_or_else(
-                || format!("{host} resolved to no address"),
-                |d| d.to_string(),
-            );
-            let status = if reason.contains("non-public") {
-                StatusCode::FORBIDDEN
-            } else {
-                StatusCode::BAD_GATEWAY
-            };
-            return Err(Refusal::new(status, reason));
+            return Err(match first_denial {
+                Some(d) => Refusal::new(StatusCode::FORBIDDEN, d.to_string()),
+                None => Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{host} resolved to no address"),
+                ),
+            });
         }
         let tcp = tokio::time::timeout(self.connect_timeout, connect_any(&allowed))
             .await

@@ -112,9 +112,6 @@ impl Drop for LinkEmulator {
         for t in &self.tasks {
             t.abort();
         }
-        if let Ok(flows) = self.shared.flows.lock() {
-            drop(flows);
-        }
     }
 }
 

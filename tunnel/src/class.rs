@@ -38,16 +38,6 @@ impl TrafficClass {
             .find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
     }
 
-    /// QUIC stream priority (higher is sent first) for transports that support it.
-    pub fn stream_priority(self) -> i32 {
-        match self {
-            Self::Bid => 30,
-            Self::Checkin => 20,
-            Self::Stream => 10,
-            Self::Bulk => 0,
-        }
-    }
-
     /// Small, urgent transactions (bid, check-in): carry idempotency keys, may use any path.
     pub fn is_transactional(self) -> bool {
         matches!(self, Self::Bid | Self::Checkin)

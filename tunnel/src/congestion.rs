@@ -97,7 +97,7 @@ pub struct LowDelay {
     /// Rounds since the start.
     round_no: u32,
     /// Queueing delay of the previous round, and the smoothed change between rounds.
-    prev_round_rtt: Option<Duration>,
+    prev_queueing: Option<Duration>,
     jitter: Duration,
     /// Best delivery rate seen in slow start, and rounds since it last grew by a quarter.
     startup_best: f64,
@@ -125,7 +125,7 @@ impl LowDelay {
             rates: [0.0; RATE_ROUNDS],
             rate_slot: 0,
             round_no: 0,
-            prev_round_rtt: None,
+            prev_queueing: None,
             jitter: Duration::ZERO,
             startup_best: 0.0,
             startup_flat: 0,
@@ -208,11 +208,11 @@ impl LowDelay {
         // Radio links jitter; a delay-based controller must not read jitter as queueing.
         // Track how much the round's queueing delay moves from round to round, and allow a
         // standing queue of at least twice that.
-        if let Some(prev) = self.prev_round_rtt {
+        if let Some(prev) = self.prev_queueing {
             let step = queueing.abs_diff(prev);
             self.jitter = (self.jitter * 7 + step) / 8;
         }
-        self.prev_round_rtt = Some(queueing);
+        self.prev_queueing = Some(queueing);
         let target = if one_way.is_some() {
             self.config.target
         } else {
