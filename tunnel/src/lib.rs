@@ -9,8 +9,11 @@
 pub mod allowlist;
 pub mod class;
 pub mod congestion;
+pub mod dedup;
 pub mod hop;
 pub mod owd;
+pub mod path;
+pub mod scheduler;
 pub mod wire;
 
 pub use allowlist::{Allowlist, AllowlistError, Denial};

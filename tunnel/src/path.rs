@@ -1,0 +1,633 @@
+//! One uplink path as the bonding scheduler sees it: its config (kind, cost tier, class
+//! restrictions, data cap) and its health, a state machine fed with probe echoes and
+//! transport statistics.
+//!
+//! Health rule: the gateway probes every [`PROBE_INTERVAL`] and the relay echoes. A path is
+//! *down* when no echo arrived for `srtt + 4·rttvar + (2 + k)·interval`, where `k` is the
+//! number of probes in a row the path's own loss rate would lose with probability below
+//! 10⁻⁴ (at least 3). At 100 ms RTT and no loss that is about 190 ms. A path is also demoted
+//! when its RTT degrades far above its own minimum (`max(3·min, min + 300 ms)`).
+//!
+//! A demoted path rejoins only after it has proved stable for a hold time: 500 ms the first
+//! time, 60 s if it was already demoted within the last ten minutes, doubling on each further
+//! demotion up to ten minutes. So a marginal link flaps at most once a minute, and a link that
+//! returns after one outage is back in well under a second.
+
+use crate::class::TrafficClass;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Interval of the health probes (the one-way-delay probes double as health probes).
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// Hold time of a first rejoin.
+pub const HOLD_FIRST: Duration = Duration::from_millis(500);
+/// Hold time of a repeated rejoin (a demotion within [`FLAP_MEMORY`] of the previous).
+pub const HOLD_REPEAT: Duration = Duration::from_secs(60);
+/// Longest hold time.
+pub const HOLD_MAX: Duration = Duration::from_secs(600);
+/// How long a demotion counts towards the backoff.
+pub const FLAP_MEMORY: Duration = Duration::from_secs(600);
+/// How long the minimum RTT is remembered, in buckets of [`MIN_RTT_BUCKET`].
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(60);
+const MIN_RTT_BUCKET: Duration = Duration::from_secs(10);
+
+/// What kind of link an uplink is (informational; shown in status and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    /// A cellular modem.
+    Cellular,
+    /// Venue Wi-Fi.
+    Wifi,
+    /// A satellite terminal.
+    Satellite,
+    /// Wired ethernet.
+    #[default]
+    Ethernet,
+}
+
+impl LinkKind {
+    /// Name in config and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cellular => "cellular",
+            Self::Wifi => "wifi",
+            Self::Satellite => "satellite",
+            Self::Ethernet => "ethernet",
+        }
+    }
+}
+
+/// Cost tier of an uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Used for everything.
+    #[default]
+    Primary,
+    /// Used for everything, but a request goes there only when it finishes clearly earlier
+    /// than on a primary path (its completion time counts 1.5×).
+    Secondary,
+    /// Carries traffic only when no primary or secondary path can; bids and check-ins may
+    /// always use it.
+    Backup,
+}
+
+impl Tier {
+    /// Name in config and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Secondary => "secondary",
+            Self::Backup => "backup",
+        }
+    }
+}
+
+/// Health of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No QUIC connection (never connected, or closed and reconnecting).
+    Connecting,
+    /// Connected and proving itself stable since `since`; carries no traffic yet.
+    Probation {
+        /// Start of the hold time.
+        since: Instant,
+    },
+    /// Carrying traffic.
+    Up,
+    /// Connected, but silent or degraded since `since`.
+    Down {
+        /// When the path was declared down.
+        since: Instant,
+    },
+}
+
+impl Health {
+    /// Name for status lines and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Probation { .. } => "probation",
+            Self::Up => "up",
+            Self::Down { .. } => "down",
+        }
+    }
+
+    /// Numeric value for the state gauge: 0 connecting, 1 down, 2 probation, 3 up.
+    pub fn gauge(self) -> f64 {
+        match self {
+            Self::Connecting => 0.0,
+            Self::Down { .. } => 1.0,
+            Self::Probation { .. } => 2.0,
+            Self::Up => 3.0,
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the health changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthEvent {
+    /// Probation passed: the path carries traffic.
+    Joined,
+    /// No echo for longer than the detection bound.
+    Silent {
+        /// How long the path had been silent when declared down.
+        silent_for: Duration,
+    },
+    /// RTT far above the path's minimum.
+    Degraded {
+        /// Smoothed RTT at the time.
+        srtt: Duration,
+    },
+    /// Echoes came back: probation starts (hold time given).
+    Recovering {
+        /// How long the path must stay stable.
+        hold: Duration,
+    },
+    /// The QUIC connection closed.
+    Closed,
+}
+
+/// Health state machine of one path. Sans-IO: every input takes `now`.
+#[derive(Debug)]
+pub struct PathHealth {
+    health: Health,
+    hold: Duration,
+    /// Send time of the newest probe the peer echoed.
+    last_echo: Option<Instant>,
+    /// When the current connection came up (silence before the first echo counts from here).
+    connected_at: Option<Instant>,
+    srtt: Duration,
+    rttvar: Duration,
+    /// Minimum RTT per 10 s bucket over the last minute, newest last.
+    min_rtt: VecDeque<(Instant, Duration)>,
+    loss: f64,
+    demotions: VecDeque<Instant>,
+    demotion_count: u64,
+}
+
+impl Default for PathHealth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PathHealth {
+    /// A path that has not connected yet.
+    pub fn new() -> Self {
+        Self {
+            health: Health::Connecting,
+            hold: HOLD_FIRST,
+            last_echo: None,
+            connected_at: None,
+            srtt: Duration::from_millis(100),
+            rttvar: Duration::from_millis(25),
+            min_rtt: VecDeque::new(),
+            loss: 0.0,
+            demotions: VecDeque::new(),
+            demotion_count: 0,
+        }
+    }
+
+    /// Current health.
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Whether the path may carry traffic.
+    pub fn is_usable(&self) -> bool {
+        self.health == Health::Up
+    }
+
+    /// Smoothed RTT.
+    pub fn srtt(&self) -> Duration {
+        self.srtt
+    }
+
+    /// Loss rate estimate (0..1).
+    pub fn loss(&self) -> f64 {
+        self.loss
+    }
+
+    /// Demotions since start.
+    pub fn demotions(&self) -> u64 {
+        self.demotion_count
+    }
+
+    /// The QUIC connection is up (handshake done): probation starts.
+    pub fn on_connected(&mut self, now: Instant, rtt: Duration) {
+        self.connected_at = Some(now);
+        self.last_echo = None;
+        self.srtt = rtt;
+        self.rttvar = rtt / 2;
+        self.note_min_rtt(now, rtt);
+        self.health = Health::Probation { since: now };
+    }
+
+    /// The QUIC connection closed.
+    pub fn on_closed(&mut self, now: Instant) -> Option<HealthEvent> {
+        let was = self.health;
+        self.connected_at = None;
+        self.last_echo = None;
+        self.health = Health::Connecting;
+        if was == Health::Up {
+            self.record_demotion(now);
+        }
+        (was != Health::Connecting).then_some(HealthEvent::Closed)
+    }
+
+    /// The peer echoed a probe we sent at `sent_at`.
+    pub fn on_echo(&mut self, _now: Instant, sent_at: Instant) {
+        if self.last_echo.is_none_or(|t| sent_at > t) {
+            self.last_echo = Some(sent_at);
+        }
+    }
+
+    /// Transport statistics: the smoothed RTT and RTT variation of the connection, and the
+    /// packets sent and lost since the previous call.
+    pub fn on_stats(
+        &mut self,
+        now: Instant,
+        srtt: Duration,
+        rttvar: Duration,
+        sent: u64,
+        lost: u64,
+    ) {
+        self.srtt = srtt;
+        self.rttvar = rttvar;
+        self.note_min_rtt(now, srtt);
+        if sent > 0 {
+            let sample = (lost as f64 / sent as f64).min(1.0);
+            // weight by how much was sent, so idle periods do not reset the estimate
+            let w = (sent as f64 / 200.0).min(1.0) * 0.25;
+            self.loss = self.loss * (1.0 - w) + sample * w;
+        }
+    }
+
+    /// Current detection bound: silence longer than this declares the path down.
+    pub fn down_after(&self) -> Duration {
+        let k = if self.loss <= 0.0 {
+            3
+        } else if self.loss >= 0.5 {
+            14
+        } else {
+            ((1e-4f64).ln() / self.loss.ln()).ceil().clamp(3.0, 14.0) as u32
+        };
+        self.srtt + 4 * self.rttvar + PROBE_INTERVAL * (2 + k)
+    }
+
+    /// The RTT above which the path counts as degraded.
+    pub fn degraded_above(&self) -> Option<Duration> {
+        let m = self.min_rtt.iter().map(|(_, m)| *m).min()?;
+        Some((m * 3).max(m + Duration::from_millis(300)))
+    }
+
+    /// How long the path has been silent at `now` (from the send time of the newest
+    /// echoed probe, or from the connection's start).
+    pub fn silence(&self, now: Instant) -> Option<Duration> {
+        let since = self.last_echo.or(self.connected_at)?;
+        Some(now.saturating_duration_since(since))
+    }
+
+    /// Advances the state machine; returns what changed. Call at least every probe interval.
+    pub fn poll(&mut self, now: Instant) -> Option<HealthEvent> {
+        let silent = self.silence(now)?; // connecting: nothing to do
+        let bound = self.down_after();
+        let degraded = self.degraded_above().is_some_and(|d| self.srtt > d);
+        match self.health {
+            Health::Connecting => None,
+            Health::Up | Health::Probation { .. } if silent > bound => {
+                self.demote(now);
+                Some(HealthEvent::Silent { silent_for: silent })
+            }
+            Health::Up | Health::Probation { .. } if degraded => {
+                self.demote(now);
+                Some(HealthEvent::Degraded { srtt: self.srtt })
+            }
+            Health::Probation { since } => {
+                if now.saturating_duration_since(since) >= self.hold {
+                    self.health = Health::Up;
+                    Some(HealthEvent::Joined)
+                } else {
+                    None
+                }
+            }
+            Health::Up => None,
+            Health::Down { .. } => {
+                // echoes fresh again (within one detection bound) and RTT sane: probation
+                if silent <= bound && !degraded {
+                    self.hold = self.next_hold(now);
+                    self.health = Health::Probation { since: now };
+                    Some(HealthEvent::Recovering { hold: self.hold })
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    fn demote(&mut self, now: Instant) {
+        let was_up = self.health == Health::Up;
+        self.health = Health::Down { since: now };
+        if was_up {
+            self.record_demotion(now);
+        }
+    }
+
+    fn record_demotion(&mut self, now: Instant) {
+        self.demotion_count += 1;
+        self.demotions.push_back(now);
+        while self
+            .demotions
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > FLAP_MEMORY)
+        {
+            self.demotions.pop_front();
+        }
+    }
+
+    /// The hold time for the next rejoin: 500 ms after a lone demotion, then 60 s doubling.
+    fn next_hold(&self, now: Instant) -> Duration {
+        let recent = self
+            .demotions
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) <= FLAP_MEMORY)
+            .count();
+        if recent <= 1 {
+            HOLD_FIRST
+        } else {
+            let doublings = (recent - 2).min(8) as u32;
+            (HOLD_REPEAT * 2u32.pow(doublings)).min(HOLD_MAX)
+        }
+    }
+
+    fn note_min_rtt(&mut self, now: Instant, rtt: Duration) {
+        match self.min_rtt.back_mut() {
+            Some((start, m)) if now.saturating_duration_since(*start) < MIN_RTT_BUCKET => {
+                *m = (*m).min(rtt);
+            }
+            _ => self.min_rtt.push_back((now, rtt)),
+        }
+        while self
+            .min_rtt
+            .front()
+            .is_some_and(|(start, _)| now.saturating_duration_since(*start) > MIN_RTT_WINDOW)
+        {
+            self.min_rtt.pop_front();
+        }
+    }
+}
+
+/// Static policy of a path, from config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathPolicy {
+    /// Cost tier.
+    pub tier: Tier,
+    /// Classes this path may carry (`None` = all).
+    pub classes: Option<Vec<TrafficClass>>,
+}
+
+impl PathPolicy {
+    /// Whether the path's config admits `class` (cap and tier aside).
+    pub fn admits(&self, class: TrafficClass) -> bool {
+        self.classes.as_ref().is_none_or(|c| c.contains(&class))
+    }
+}
+
+/// Daily data cap state of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CapState {
+    /// No cap, or under 75% of it.
+    #[default]
+    Normal,
+    /// At or over 75%: a warning is logged and shown.
+    Warn,
+    /// At or over 100%: only bid and check-in traffic may use the path.
+    Exhausted,
+}
+
+/// Byte counter against a daily cap. Days are counted from the counter's start, in the
+/// gateway's monotonic clock (an event runs for hours, not across calendar days).
+#[derive(Debug, Clone)]
+pub struct DataCap {
+    cap: Option<u64>,
+    day_start: Instant,
+    used: u64,
+}
+
+/// One day.
+pub const DAY: Duration = Duration::from_secs(24 * 3600);
+
+impl DataCap {
+    /// A counter for `cap` bytes a day (`None`: unlimited).
+    pub fn new(now: Instant, cap: Option<u64>) -> Self {
+        Self {
+            cap,
+            day_start: now,
+            used: 0,
+        }
+    }
+
+    /// Counts `bytes` used; returns the state after, and whether it just changed.
+    pub fn add(&mut self, now: Instant, bytes: u64) -> (CapState, bool) {
+        let before = self.state(now);
+        self.used = self.used.saturating_add(bytes);
+        let after = self.state(now);
+        (after, after != before)
+    }
+
+    /// Bytes used today.
+    pub fn used(&mut self, now: Instant) -> u64 {
+        self.roll(now);
+        self.used
+    }
+
+    /// The cap, if any.
+    pub fn cap(&self) -> Option<u64> {
+        self.cap
+    }
+
+    /// State at `now`.
+    pub fn state(&mut self, now: Instant) -> CapState {
+        self.roll(now);
+        match self.cap {
+            Some(cap) if self.used >= cap => CapState::Exhausted,
+            Some(cap) if self.used.saturating_mul(4) >= cap.saturating_mul(3) => CapState::Warn,
+            _ => CapState::Normal,
+        }
+    }
+
+    fn roll(&mut self, now: Instant) {
+        while now.saturating_duration_since(self.day_start) >= DAY {
+            self.day_start += DAY;
+            self.used = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Drives a health machine with probes every 10 ms over a link whose RTT and liveness
+    /// are given per instant; returns the events with their times.
+    fn drive(
+        h: &mut PathHealth,
+        t0: Instant,
+        until: Duration,
+        link: impl Fn(Duration) -> Option<Duration>,
+    ) -> Vec<(Duration, HealthEvent)> {
+        let mut events = vec![];
+        // echoes in flight: (arrival, sent)
+        let mut pending: VecDeque<(Instant, Instant)> = VecDeque::new();
+        let mut t = Duration::ZERO;
+        while t <= until {
+            let now = t0 + t;
+            if let Some(rtt) = link(t) {
+                pending.push_back((now + rtt, now));
+                h.on_stats(now, rtt, rtt / 8, 10, 0);
+            }
+            while pending.front().is_some_and(|(arr, _)| *arr <= now) {
+                if let Some((_, sent)) = pending.pop_front() {
+                    h.on_echo(now, sent);
+                }
+            }
+            if let Some(e) = h.poll(now) {
+                events.push((t, e));
+            }
+            t += MS;
+        }
+        events
+    }
+
+    #[test]
+    fn a_dead_path_is_declared_down_within_300_ms_at_100_ms_rtt() {
+        let t0 = Instant::now();
+        let mut h = PathHealth::new();
+        h.on_connected(t0, 100 * MS);
+        let cut = Duration::from_secs(3);
+        let ev = drive(&mut h, t0, Duration::from_secs(4), |t| {
+            (t < cut).then_some(100 * MS)
+        });
+        assert_eq!(ev[0].1, HealthEvent::Joined);
+        let (at, e) = ev[1];
+        assert!(matches!(e, HealthEvent::Silent { .. }), "{ev:?}");
+        // the last echo before the cut was sent ~100 ms before it
+        let detect = at - cut;
+        assert!(detect <= 300 * MS, "detected after {detect:?}");
+        assert!(detect >= 50 * MS, "too eager: {detect:?}");
+    }
+
+    #[test]
+    fn rtt_swings_do_not_trip_the_silence_rule() {
+        let t0 = Instant::now();
+        let mut h = PathHealth::new();
+        h.on_connected(t0, 40 * MS);
+        // jitter of ±15 ms around 40 ms for a minute
+        let mut rng = 7u64;
+        let rtts: Vec<Duration> = (0..60_000)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                Duration::from_millis(25 + rng % 31)
+            })
+            .collect();
+        let ev = drive(&mut h, t0, Duration::from_secs(60), |t| {
+            Some(rtts[t.as_millis() as usize % rtts.len()])
+        });
+        assert_eq!(ev.len(), 1, "{ev:?}");
+    }
+
+    #[test]
+    fn a_returning_path_rejoins_fast_once_then_backs_off() {
+        let t0 = Instant::now();
+        let mut h = PathHealth::new();
+        h.on_connected(t0, 50 * MS);
+        // outage 5..15 s: back within hold + detection
+        let ev = drive(&mut h, t0, Duration::from_secs(20), |t| {
+            (t < Duration::from_secs(5) || t >= Duration::from_secs(15)).then_some(50 * MS)
+        });
+        let joins: Vec<_> = ev
+            .iter()
+            .filter(|(_, e)| *e == HealthEvent::Joined)
+            .collect();
+        assert_eq!(joins.len(), 2, "{ev:?}");
+        let back = joins[1].0 - Duration::from_secs(15);
+        assert!(back < Duration::from_secs(1), "rejoined after {back:?}");
+    }
+
+    /// Rejoins after the first join, for a link whose RTT is 1200 ms during `bad` seconds of
+    /// every `period`, and 100 ms otherwise, over ten minutes.
+    fn marginal_rejoins(period: u64, bad: u64) -> (Vec<Duration>, u64) {
+        let t0 = Instant::now();
+        let mut h = PathHealth::new();
+        h.on_connected(t0, 100 * MS);
+        let ev = drive(&mut h, t0, Duration::from_secs(600), |t| {
+            Some(if t.as_secs() % period >= period - bad {
+                1200 * MS
+            } else {
+                100 * MS
+            })
+        });
+        let joins: Vec<Duration> = ev
+            .iter()
+            .filter(|(_, e)| *e == HealthEvent::Joined)
+            .map(|(t, _)| *t)
+            .collect();
+        (joins[1..].to_vec(), h.demotions())
+    }
+
+    #[test]
+    fn a_marginal_link_flaps_at_most_once_a_minute() {
+        // fast swings (4 s good, 4 s bad): after one quick rejoin it stays out
+        let (rejoins, demotions) = marginal_rejoins(8, 4);
+        assert_eq!(rejoins.len(), 1, "{rejoins:?}");
+        assert_eq!(demotions, 2);
+        // slow swings (65 s good, 5 s bad): rejoins, but never twice within a minute
+        let (rejoins, demotions) = marginal_rejoins(70, 5);
+        assert!(rejoins.len() >= 2, "{rejoins:?}");
+        for w in rejoins.windows(2) {
+            assert!(w[1] - w[0] >= Duration::from_secs(60), "{rejoins:?}");
+        }
+        assert!(demotions <= 1 + 600 / 60, "{demotions}");
+    }
+
+    #[test]
+    fn a_lossy_path_gets_a_longer_bound() {
+        let mut h = PathHealth::new();
+        let t0 = Instant::now();
+        h.on_connected(t0, 50 * MS);
+        h.on_stats(t0, 50 * MS, 5 * MS, 1000, 0);
+        let clean = h.down_after();
+        for i in 0..50 {
+            h.on_stats(t0 + i * MS, 50 * MS, 5 * MS, 1000, 200);
+        }
+        assert!(h.loss() > 0.15);
+        assert!(h.down_after() > clean, "{:?} vs {clean:?}", h.down_after());
+        assert!(h.down_after() <= 300 * MS);
+    }
+
+    #[test]
+    fn cap_warns_at_75_and_exhausts_at_100_and_rolls_over_daily() {
+        let t0 = Instant::now();
+        let mut c = DataCap::new(t0, Some(1000));
+        assert_eq!(c.add(t0, 700), (CapState::Normal, false));
+        assert_eq!(c.add(t0, 50), (CapState::Warn, true));
+        assert_eq!(c.add(t0, 250), (CapState::Exhausted, true));
+        assert_eq!(c.state(t0 + DAY), CapState::Normal);
+        let mut none = DataCap::new(t0, None);
+        assert_eq!(none.add(t0, u64::MAX), (CapState::Normal, false));
+    }
+}

@@ -1,0 +1,513 @@
+//! The bonding scheduler: which path(s) a request goes on.
+//!
+//! The IO layer describes each path as a [`PathView`] (health, tier, class restrictions,
+//! cap, RTT, rate estimates per direction and the bytes already queued on it) and asks for a
+//! [`Placement`] of each [`Unit`] (a request, or a media part). Policies are implementations
+//! of [`Scheduler`]:
+//! - [`MinCompletion`]: the path with the earliest expected completion,
+//!   `srtt + (queued_up + up)/rate_up + (queued_down + down)/rate_down`, among those the
+//!   unit's class and the cost tiers allow;
+//! - [`Redundant`]: wraps another policy; bids and check-ins go on the two best paths (any
+//!   tier), the relay answers the first copy and drops the other by idempotency key.
+
+use crate::class::TrafficClass;
+use crate::path::{CapState, Tier};
+use std::time::Duration;
+
+/// Index of a path in the gateway's uplink list.
+pub type PathId = usize;
+
+/// A set of traffic classes, as a bit mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassSet(u8);
+
+impl ClassSet {
+    /// Every class.
+    pub const ALL: ClassSet = ClassSet(0b1111);
+
+    /// The set of `classes`.
+    pub fn of(classes: &[TrafficClass]) -> Self {
+        Self(classes.iter().fold(0, |m, c| m | Self::bit(*c)))
+    }
+
+    /// Whether `class` is in the set.
+    pub fn contains(self, class: TrafficClass) -> bool {
+        self.0 & Self::bit(class) != 0
+    }
+
+    fn bit(c: TrafficClass) -> u8 {
+        match c {
+            TrafficClass::Bid => 1,
+            TrafficClass::Checkin => 2,
+            TrafficClass::Stream => 4,
+            TrafficClass::Bulk => 8,
+        }
+    }
+}
+
+/// What the scheduler knows of one path at the time of a decision.
+#[derive(Debug, Clone)]
+pub struct PathView {
+    /// Which path.
+    pub id: PathId,
+    /// Health is up (probation, down and connecting paths carry nothing).
+    pub usable: bool,
+    /// Cost tier.
+    pub tier: Tier,
+    /// Classes the path's config admits.
+    pub classes: ClassSet,
+    /// Daily cap state.
+    pub cap: CapState,
+    /// Smoothed RTT.
+    pub srtt: Duration,
+    /// Estimated sending rate towards the relay, bytes/s.
+    pub rate_up: f64,
+    /// Estimated receiving rate from the relay, bytes/s.
+    pub rate_down: f64,
+    /// Bytes of requests placed on this path not yet sent.
+    pub queued_up: u64,
+    /// Bytes of responses expected on this path not yet received.
+    pub queued_down: u64,
+}
+
+impl PathView {
+    /// Whether this path may carry `class` now (health, config, cap).
+    pub fn allows(&self, class: TrafficClass) -> bool {
+        self.usable
+            && self.classes.contains(class)
+            && (self.cap != CapState::Exhausted || class.is_transactional())
+    }
+
+    /// Whether less than one round trip of data is queued in `unit`'s main direction: the
+    /// path would run dry before more work reaches it.
+    pub fn would_idle(&self, unit: &Unit) -> bool {
+        let (queued, rate) = if unit.up_bytes >= unit.down_bytes {
+            (self.queued_up, self.rate_up)
+        } else {
+            (self.queued_down, self.rate_down)
+        };
+        (queued as f64) < rate * self.srtt.as_secs_f64()
+    }
+
+    /// Expected time for `unit` to complete on this path, tier penalty included.
+    pub fn expected_completion(&self, unit: &Unit) -> Duration {
+        let up = (self.queued_up + unit.up_bytes) as f64 / self.rate_up.max(1.0);
+        let down = (self.queued_down + unit.down_bytes) as f64 / self.rate_down.max(1.0);
+        let t = self.srtt.as_secs_f64() + up + down;
+        let t = if self.tier == Tier::Secondary {
+            t * 1.5
+        } else {
+            t
+        };
+        Duration::from_secs_f64(t.min(1e6))
+    }
+}
+
+/// A unit of work to place.
+#[derive(Debug, Clone, Copy)]
+pub struct Unit {
+    /// Its class.
+    pub class: TrafficClass,
+    /// Bytes it sends towards the relay (request body, or an estimate).
+    pub up_bytes: u64,
+    /// Bytes it expects back (response body, or an estimate).
+    pub down_bytes: u64,
+}
+
+/// Where a unit goes: the first path is the primary; further paths carry redundant copies.
+/// Empty when no path may carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Placement {
+    /// Paths, best first.
+    pub paths: Vec<PathId>,
+}
+
+impl Placement {
+    /// The primary path.
+    pub fn primary(&self) -> Option<PathId> {
+        self.paths.first().copied()
+    }
+}
+
+/// A placement policy.
+pub trait Scheduler: Send + Sync {
+    /// Places `unit` given the current `paths`.
+    fn place(&self, unit: &Unit, paths: &[PathView]) -> Placement;
+
+    /// Places `unit` avoiding `exclude` (for re-sending a request whose path died).
+    fn place_again(&self, unit: &Unit, paths: &[PathView], exclude: &[PathId]) -> Placement {
+        let rest: Vec<PathView> = paths
+            .iter()
+            .filter(|p| !exclude.contains(&p.id))
+            .cloned()
+            .collect();
+        self.place(unit, &rest)
+    }
+}
+
+/// The paths allowed for `unit`, cost tiers applied: backup paths only when no primary or
+/// secondary path may carry the unit, except for bids and check-ins, which may always use
+/// them.
+pub fn candidates<'a>(unit: &Unit, paths: &'a [PathView]) -> Vec<&'a PathView> {
+    let allowed: Vec<&PathView> = paths.iter().filter(|p| p.allows(unit.class)).collect();
+    if unit.class.is_transactional() {
+        return allowed;
+    }
+    let regular: Vec<&PathView> = allowed
+        .iter()
+        .copied()
+        .filter(|p| p.tier != Tier::Backup)
+        .collect();
+    if regular.is_empty() {
+        allowed
+    } else {
+        regular
+    }
+}
+
+/// Earliest expected completion.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MinCompletion;
+
+impl MinCompletion {
+    /// The candidates for `unit`, by expected completion, best first.
+    pub fn ranked<'a>(unit: &Unit, paths: &'a [PathView]) -> Vec<&'a PathView> {
+        let mut c = candidates(unit, paths);
+        c.sort_by_key(|p| (p.expected_completion(unit), p.id));
+        c
+    }
+}
+
+impl Scheduler for MinCompletion {
+    fn place(&self, unit: &Unit, paths: &[PathView]) -> Placement {
+        let ranked = Self::ranked(unit, paths);
+        let Some(best) = ranked.first() else {
+            return Placement::default();
+        };
+        let mut pick = best;
+        // Bulk keeps every path busy: a path with less than one round of data queued in the
+        // unit's main direction would idle, so it takes the unit if it finishes within twice
+        // the best time (the unit waits a little longer; the aggregate goes up).
+        if unit.class == TrafficClass::Bulk {
+            let limit = best.expected_completion(unit) * 2;
+            if let Some(idle) = ranked
+                .iter()
+                .find(|p| p.would_idle(unit) && p.expected_completion(unit) <= limit)
+            {
+                pick = idle;
+            }
+        }
+        Placement {
+            paths: vec![pick.id],
+        }
+    }
+}
+
+/// Redundancy for transactional classes: bids and check-ins go on the `copies` best
+/// paths; everything else as the inner policy places it.
+#[derive(Debug, Clone, Copy)]
+pub struct Redundant<S> {
+    inner: S,
+    copies: usize,
+}
+
+impl<S> Redundant<S> {
+    /// Wraps `inner`; transactional units get `copies` paths (2 in the gateway).
+    pub fn new(inner: S, copies: usize) -> Self {
+        Self {
+            inner,
+            copies: copies.max(1),
+        }
+    }
+}
+
+impl<S: Scheduler> Scheduler for Redundant<S> {
+    fn place(&self, unit: &Unit, paths: &[PathView]) -> Placement {
+        if !unit.class.is_transactional() {
+            return self.inner.place(unit, paths);
+        }
+        Placement {
+            paths: MinCompletion::ranked(unit, paths)
+                .iter()
+                .take(self.copies)
+                .map(|p| p.id)
+                .collect(),
+        }
+    }
+}
+
+/// The gateway's default policy: earliest completion, with bids and check-ins on two paths.
+pub fn default_policy() -> Redundant<MinCompletion> {
+    Redundant::new(MinCompletion, 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::{HealthEvent, PathHealth};
+    use std::time::Instant;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn view(id: PathId, mbps: f64, rtt_ms: u64, tier: Tier) -> PathView {
+        PathView {
+            id,
+            usable: true,
+            tier,
+            classes: ClassSet::ALL,
+            cap: CapState::Normal,
+            srtt: Duration::from_millis(rtt_ms),
+            rate_up: mbps * 125_000.0,
+            rate_down: mbps * 125_000.0,
+            queued_up: 0,
+            queued_down: 0,
+        }
+    }
+
+    fn upload(bytes: u64) -> Unit {
+        Unit {
+            class: TrafficClass::Bulk,
+            up_bytes: bytes,
+            down_bytes: 200,
+        }
+    }
+
+    /// A fluid simulation of uploads over links: `parallel` transfers of `size` bytes are
+    /// kept outstanding; each path drains its queue at its capacity; the scheduler's rate
+    /// estimate is the capacity seen through `estimate` (noise). Returns bytes per path.
+    struct Sim {
+        cap_bps: Vec<f64>,
+        paths: Vec<PathView>,
+        /// Outstanding transfers: (path, bytes left).
+        transfers: Vec<(PathId, f64)>,
+        delivered: Vec<f64>,
+        now: Duration,
+    }
+
+    impl Sim {
+        fn new(paths: Vec<PathView>) -> Self {
+            let cap_bps = paths.iter().map(|p| p.rate_up).collect();
+            let n = paths.len();
+            Self {
+                cap_bps,
+                paths,
+                transfers: vec![],
+                delivered: vec![0.0; n],
+                now: Duration::ZERO,
+            }
+        }
+
+        fn refresh_queues(&mut self) {
+            for p in &mut self.paths {
+                p.queued_up = self
+                    .transfers
+                    .iter()
+                    .filter(|(id, _)| *id == p.id)
+                    .map(|(_, b)| *b as u64)
+                    .sum();
+            }
+        }
+
+        fn run(
+            &mut self,
+            sched: &dyn Scheduler,
+            parallel: usize,
+            size: u64,
+            until: Duration,
+            mut each_tick: impl FnMut(&mut Sim),
+        ) {
+            let dt = MS;
+            while self.now < until {
+                each_tick(self);
+                while self.transfers.len() < parallel {
+                    self.refresh_queues();
+                    let Some(p) = sched.place(&upload(size), &self.paths).primary() else {
+                        break;
+                    };
+                    self.transfers.push((p, size as f64));
+                }
+                // each path serves its transfers in parallel, sharing its capacity
+                for (i, cap) in self.cap_bps.clone().into_iter().enumerate() {
+                    let n = self.transfers.iter().filter(|(p, _)| *p == i).count();
+                    if n == 0 {
+                        continue;
+                    }
+                    let share = cap * dt.as_secs_f64() / n as f64;
+                    for t in self.transfers.iter_mut().filter(|(p, _)| *p == i) {
+                        let d = share.min(t.1);
+                        t.1 -= d;
+                        self.delivered[i] += d;
+                    }
+                }
+                self.transfers.retain(|(_, b)| *b > 0.5);
+                self.now += dt;
+            }
+        }
+    }
+
+    #[test]
+    fn uploads_split_in_proportion_to_capacity() {
+        // 20 / 5 / 2 Mbit/s, as in the bonding bench
+        let paths = vec![
+            view(0, 20.0, 50, Tier::Primary),
+            view(1, 5.0, 16, Tier::Primary),
+            view(2, 2.0, 40, Tier::Primary),
+        ];
+        let mut sim = Sim::new(paths);
+        sim.run(
+            &default_policy(),
+            12,
+            256 * 1024,
+            Duration::from_secs(30),
+            |_| {},
+        );
+        let total: f64 = sim.delivered.iter().sum();
+        let nominal = 27.0 * 125_000.0 * 30.0;
+        assert!(total / nominal > 0.97, "{total} of {nominal}");
+        for (i, share) in [20.0 / 27.0, 5.0 / 27.0, 2.0 / 27.0].iter().enumerate() {
+            let got = sim.delivered[i] / total;
+            assert!((got - share).abs() < 0.03, "path {i}: {got} vs {share}");
+        }
+    }
+
+    #[test]
+    fn a_dead_path_is_avoided_within_the_detection_bound() {
+        let t0 = Instant::now();
+        let paths = vec![
+            view(0, 20.0, 50, Tier::Primary),
+            view(1, 5.0, 16, Tier::Primary),
+        ];
+        let mut healths = vec![PathHealth::new(), PathHealth::new()];
+        for h in &mut healths {
+            h.on_connected(t0, 50 * MS);
+        }
+        let cut = Duration::from_secs(5);
+        let mut last_placed_on_dead: Option<Duration> = None;
+        let mut sim = Sim::new(paths);
+        let mut down_at = None;
+        sim.run(
+            &default_policy(),
+            12,
+            64 * 1024,
+            Duration::from_secs(10),
+            |s| {
+                let now = t0 + s.now;
+                for (i, h) in healths.iter_mut().enumerate() {
+                    // echoes of probes sent one RTT ago; path 0 silent after the cut
+                    let alive = i != 0 || s.now < cut + 50 * MS;
+                    if alive && s.now >= 50 * MS {
+                        h.on_echo(now, now - 50 * MS);
+                    }
+                    h.on_stats(now, 50 * MS, 5 * MS, 10, 0);
+                    if let Some(HealthEvent::Silent { .. }) = h.poll(now) {
+                        down_at = Some(s.now);
+                    }
+                    s.paths[i].usable = h.is_usable();
+                }
+                if s.paths[0].usable && s.now >= cut {
+                    last_placed_on_dead = Some(s.now);
+                }
+                // the dead link delivers nothing
+                if s.now >= cut {
+                    s.cap_bps[0] = 0.0;
+                }
+            },
+        );
+        let down_at = down_at.expect("path 0 declared down");
+        assert!(down_at - cut <= 300 * MS, "down after {:?}", down_at - cut);
+        assert!(last_placed_on_dead.is_none_or(|t| t < down_at));
+        // after detection only path 1 received new work: it delivered ~5 s at 5 Mbit/s
+        assert!(sim.delivered[1] > 4.0 * 5.0 * 125_000.0);
+    }
+
+    #[test]
+    fn the_backup_tier_stays_unused_while_primaries_have_room() {
+        let paths = vec![
+            view(0, 20.0, 50, Tier::Primary),
+            view(1, 5.0, 16, Tier::Secondary),
+            view(2, 50.0, 10, Tier::Backup),
+        ];
+        let mut sim = Sim::new(paths);
+        sim.run(
+            &default_policy(),
+            12,
+            64 * 1024,
+            Duration::from_secs(10),
+            |_| {},
+        );
+        assert_eq!(sim.delivered[2], 0.0);
+        assert!(sim.delivered[1] > 0.0, "secondary carries some: {:?}", sim.delivered);
+        // when the primary and secondary go away, the backup takes the traffic
+        let mut sim = Sim::new(vec![
+            PathView {
+                usable: false,
+                ..view(0, 20.0, 50, Tier::Primary)
+            },
+            view(1, 2.0, 300, Tier::Backup),
+        ]);
+        sim.cap_bps = vec![0.0, 2.0 * 125_000.0];
+        sim.run(
+            &default_policy(),
+            4,
+            64 * 1024,
+            Duration::from_secs(5),
+            |_| {},
+        );
+        assert!(sim.delivered[1] > 0.0);
+    }
+
+    #[test]
+    fn bids_go_on_the_two_best_paths_including_backup() {
+        let mut paths = vec![
+            view(0, 20.0, 50, Tier::Primary),
+            view(1, 5.0, 16, Tier::Primary),
+            view(2, 2.0, 600, Tier::Backup),
+        ];
+        let bid = Unit {
+            class: TrafficClass::Bid,
+            up_bytes: 300,
+            down_bytes: 300,
+        };
+        assert_eq!(default_policy().place(&bid, &paths).paths, vec![1, 0]);
+        // a full queue on path 1 moves the bid to the others
+        paths[1].queued_up = 2_000_000;
+        assert_eq!(default_policy().place(&bid, &paths).paths, vec![0, 2]);
+        // the backup carries bids when it is the only path left
+        paths[0].usable = false;
+        paths[1].usable = false;
+        assert_eq!(default_policy().place(&bid, &paths).paths, vec![2]);
+        // bulk uses the backup then too; nothing usable: no placement
+        assert_eq!(default_policy().place(&upload(10), &paths).paths, vec![2]);
+        paths[2].usable = false;
+        assert!(default_policy().place(&bid, &paths).paths.is_empty());
+    }
+
+    #[test]
+    fn caps_and_class_restrictions_are_honoured() {
+        let mut paths = vec![
+            view(0, 20.0, 50, Tier::Primary),
+            view(1, 5.0, 16, Tier::Primary),
+        ];
+        paths[0].cap = CapState::Exhausted;
+        paths[1].classes = ClassSet::of(&[TrafficClass::Bid, TrafficClass::Checkin]);
+        assert!(default_policy().place(&upload(10), &paths).paths.is_empty());
+        let checkin = Unit {
+            class: TrafficClass::Checkin,
+            up_bytes: 100,
+            down_bytes: 100,
+        };
+        assert_eq!(default_policy().place(&checkin, &paths).paths, vec![1, 0]);
+        paths[0].cap = CapState::Warn;
+        assert_eq!(default_policy().place(&upload(10), &paths).paths, vec![0]);
+    }
+
+    #[test]
+    fn place_again_avoids_the_dead_path() {
+        let paths = vec![
+            view(0, 20.0, 50, Tier::Primary),
+            view(1, 5.0, 16, Tier::Primary),
+        ];
+        let p = MinCompletion.place_again(&upload(1_000_000), &paths, &[0]);
+        assert_eq!(p.paths, vec![1]);
+    }
+}
