@@ -10,7 +10,7 @@
 
 mod common;
 
-use canopy::demo::{Testbed, TestbedOptions, DEMO_SITE};
+use canopy::demo::{TestLink, Testbed, TestbedOptions, DEMO_SITE};
 use canopy::linkem::LinkProfile;
 use canopy::load::{self, quantile, LoadStats};
 use std::net::SocketAddr;
@@ -37,12 +37,15 @@ struct Run {
 
 async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
     let bed = Testbed::start(TestbedOptions {
-        link: Some(LinkProfile::symmetric(
+        links: vec![TestLink::new(
             "bench-10m",
-            RATE_KBPS,
-            ONE_WAY_MS,
-            QUEUE_MS,
-        )),
+            Some(LinkProfile::symmetric(
+                "bench-10m",
+                RATE_KBPS,
+                ONE_WAY_MS,
+                QUEUE_MS,
+            )),
+        )],
         tunnel: TransportSettings {
             congestion,
             // FIFO is quinn as it comes: Cubic and plain round-robin

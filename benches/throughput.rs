@@ -11,7 +11,7 @@
 
 mod common;
 
-use canopy::demo::{Testbed, TestbedOptions};
+use canopy::demo::{TestLink, Testbed, TestbedOptions};
 use canopy::load::{self, LoadStats};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,7 @@ const STREAMS: usize = 4;
 
 async fn tunnel(secs: u64, settings: TransportSettings) -> anyhow::Result<f64> {
     let bed = Testbed::start(TestbedOptions {
-        link: None,
+        links: vec![TestLink::new("direct", None)],
         tunnel: settings,
         proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics: None,

@@ -1,7 +1,8 @@
 //! `canopy demo`: the whole path on one machine with no root and no config. A relay, a
-//! gateway, the demo origin, and an emulated cellular uplink between gateway and relay;
-//! scripted venue load (bulk downloads and uploads, a bid every 200 ms, a check-in every
-//! second); one status line per second and a summary at the end.
+//! gateway, the demo origin, and three emulated uplinks between gateway and relay (cellular,
+//! Wi-Fi, satellite as backup), bonded; scripted venue load (bulk downloads and uploads, a
+//! bid every 200 ms, a check-in every second); the busiest uplink is cut for 5 s in the
+//! middle; one status line per second and a summary at the end.
 
 use crate::linkem::{LinkEmulator, LinkProfile};
 use crate::load::{self, LoadStats};
@@ -12,13 +13,14 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tunnel::path::{LinkKind, Tier};
 use tunnel::{ClassRule, TrafficClass};
 use tunnel_io::TransportSettings;
 
 /// Host name venue devices use for the demo's bid and check-in service (a reverse site).
 pub const DEMO_SITE: &str = "shop.canopy.test";
 
-/// Relay, gateway, origin and link emulator, all on loopback.
+/// Relay, gateway, origin and link emulators, all on loopback.
 pub struct Testbed {
     /// The demo origin's address.
     pub origin: SocketAddr,
@@ -26,19 +28,44 @@ pub struct Testbed {
     pub origin_stats: Arc<OriginStats>,
     /// The relay's UDP address.
     pub relay: SocketAddr,
-    /// The emulated link between gateway and relay (`None`: the gateway talks to the
+    /// One emulated link per uplink, in uplink order (`None`: that uplink talks to the
     /// relay directly).
-    pub link: Option<LinkEmulator>,
+    pub links: Vec<Option<LinkEmulator>>,
     /// The gateway's proxy address.
     pub proxy: SocketAddr,
-    /// The gateway's uplink.
-    pub uplink: gateway::Uplink,
+    /// The gateway's bonded uplinks.
+    pub bond: Arc<gateway::Bond>,
+}
+
+/// One uplink of a testbed.
+#[derive(Debug, Clone)]
+pub struct TestLink {
+    /// Uplink name.
+    pub name: String,
+    /// Link kind.
+    pub kind: LinkKind,
+    /// Cost tier.
+    pub tier: Tier,
+    /// The emulated link (`None`: direct, no emulator in the path).
+    pub profile: Option<LinkProfile>,
+}
+
+impl TestLink {
+    /// A primary uplink over `profile` (or direct).
+    pub fn new(name: &str, profile: Option<LinkProfile>) -> Self {
+        Self {
+            name: name.into(),
+            kind: LinkKind::Ethernet,
+            tier: Tier::Primary,
+            profile,
+        }
+    }
 }
 
 /// What a testbed is built with.
 pub struct TestbedOptions {
-    /// The emulated uplink (`None`: direct, no emulator in the path).
-    pub link: Option<LinkProfile>,
+    /// The uplinks (at least one).
+    pub links: Vec<TestLink>,
     /// QUIC transport settings at both ends.
     pub tunnel: TransportSettings,
     /// Proxy listen address (port 0: any).
@@ -47,8 +74,20 @@ pub struct TestbedOptions {
     pub metrics: Option<(SocketAddr, SocketAddr)>,
 }
 
+impl TestbedOptions {
+    /// One uplink over `link` (or direct), default transport, any port, no metrics.
+    pub fn single(link: Option<LinkProfile>) -> Self {
+        Self {
+            links: vec![TestLink::new("uplink", link)],
+            tunnel: TransportSettings::default(),
+            proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: None,
+        }
+    }
+}
+
 impl Testbed {
-    /// Starts everything and waits (up to 10 s) for the uplink.
+    /// Starts everything and waits (up to 10 s) for an uplink to carry traffic.
     pub async fn start(opts: TestbedOptions) -> anyhow::Result<Self> {
         let certs = crate::certs::EventCerts::generate(
             "demo",
@@ -67,17 +106,36 @@ impl Testbed {
         relay_cfg.metrics.listen = opts.metrics.map(|m| m.0);
         let relay = crate::runtime::spawn_relay(&relay_cfg, &certs.relay_tls()?).await?;
 
-        let link = match opts.link {
-            Some(profile) => Some(
-                LinkEmulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), relay, profile).await?,
-            ),
-            None => None,
-        };
+        let mut links = Vec::new();
+        let mut uplinks = Vec::new();
+        for l in &opts.links {
+            let emu = match &l.profile {
+                Some(profile) => Some(
+                    LinkEmulator::start(
+                        SocketAddr::from(([127, 0, 0, 1], 0)),
+                        relay,
+                        profile.clone(),
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            uplinks.push(gateway::config::UplinkConfig {
+                name: l.name.clone(),
+                kind: l.kind,
+                bind: "127.0.0.1".into(),
+                tier: l.tier,
+                cap_bytes_per_day: None,
+                classes: None,
+                relay: Some(emu.as_ref().map_or(relay, |e| e.local_addr()).to_string()),
+            });
+            links.push(emu);
+        }
 
         let mut gw_cfg = gateway::GatewayConfig::default();
-        gw_cfg.relay.addr = link.as_ref().map_or(relay, |l| l.local_addr()).to_string();
+        gw_cfg.relay.addr = relay.to_string();
         gw_cfg.relay.server_name = Some("localhost".into());
-        gw_cfg.relay.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        gw_cfg.uplinks = uplinks;
         gw_cfg.proxy.listen = opts.proxy_listen;
         gw_cfg.tunnel = opts.tunnel;
         gw_cfg.metrics.listen = opts.metrics.map(|m| m.1);
@@ -100,25 +158,25 @@ impl Testbed {
                 method: None,
             },
         ];
-        let (proxy, uplink) =
-            crate::runtime::spawn_gateway(&gw_cfg, &certs.gateway_tls(0)?).await?;
-        if !uplink.wait_up(Duration::from_secs(10)).await {
-            anyhow::bail!("the gateway's uplink did not come up within 10 s");
+        let (proxy, bond) = crate::runtime::spawn_gateway(&gw_cfg, &certs.gateway_tls(0)?).await?;
+        if !bond.wait_usable(Duration::from_secs(10)).await {
+            anyhow::bail!("no uplink of the gateway came up within 10 s");
         }
         Ok(Self {
             origin,
             origin_stats,
             relay,
-            link,
+            links,
             proxy,
-            uplink,
+            bond,
         })
     }
 
-    /// The emulator's counters (zero without one).
+    /// The first emulator's counters (zero without one).
     pub fn link_stats(&self) -> crate::linkem::LinkStats {
-        self.link
-            .as_ref()
+        self.links
+            .first()
+            .and_then(Option::as_ref)
             .map(LinkEmulator::stats)
             .unwrap_or_default()
     }
@@ -136,8 +194,10 @@ pub struct DemoOptions {
     pub duration: Option<u64>,
     /// Where to write the JSON summary.
     pub summary: Option<PathBuf>,
-    /// Link profile name or file.
-    pub link: String,
+    /// The emulated uplinks.
+    pub uplinks: Vec<DemoUplink>,
+    /// Cut the busiest uplink for this many seconds in the middle of the run (0: never).
+    pub cut_for_s: u64,
     /// Parallel bulk downloads.
     pub downloads: usize,
     /// Proxy listen address.
@@ -146,12 +206,45 @@ pub struct DemoOptions {
     pub congestion: tunnel_io::CongestionChoice,
 }
 
+/// One emulated uplink of the demo (`[[demo.uplinks]]`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoUplink {
+    /// Uplink name.
+    pub name: String,
+    /// Link kind.
+    #[serde(default)]
+    pub kind: LinkKind,
+    /// Cost tier.
+    #[serde(default)]
+    pub tier: Tier,
+    /// Link profile: built-in name or file.
+    pub link: String,
+}
+
+/// One uplink in the summary.
+#[derive(Debug, Serialize)]
+pub struct LinkSummary {
+    /// Name.
+    pub name: String,
+    /// Cost tier.
+    pub tier: String,
+    /// Health at the end.
+    pub state: String,
+    /// Average goodput towards the relay, Mbit/s.
+    pub up_mbps: f64,
+    /// Average goodput from the relay, Mbit/s.
+    pub down_mbps: f64,
+    /// Times it was demoted.
+    pub demotions: u64,
+}
+
 /// The demo's end summary (also written as JSON).
 #[derive(Debug, Serialize)]
 pub struct Summary {
     /// Seconds run.
     pub duration_s: f64,
-    /// Link profile.
+    /// Link profiles, in uplink order.
     pub link: String,
     /// Average download goodput through the tunnel, Mbit/s.
     pub down_mbps: f64,
@@ -173,7 +266,11 @@ pub struct Summary {
     pub checkins_failed: u64,
     /// Bulk requests failed.
     pub bulk_failed: u64,
-    /// Link emulator counters.
+    /// The uplink that was cut, when, and for how long (s).
+    pub cut: Option<(String, f64, u64)>,
+    /// Per uplink.
+    pub links: Vec<LinkSummary>,
+    /// First link emulator's counters.
     pub link_stats: crate::linkem::LinkStats,
 }
 
@@ -183,12 +280,28 @@ fn mbps(bytes: u64, secs: f64) -> f64 {
 
 /// Runs the demo.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
-    let profile = LinkProfile::load(&opts.link)?;
-    let link_name = profile.name.clone();
-    println!("canopy demo: relay, gateway and a demo origin on loopback, joined by an emulated {link_name} link");
-    println!("  {}", profile.description);
+    let mut links = Vec::new();
+    for u in &opts.uplinks {
+        links.push(TestLink {
+            name: u.name.clone(),
+            kind: u.kind,
+            tier: u.tier,
+            profile: Some(LinkProfile::load(&u.link)?),
+        });
+    }
+    anyhow::ensure!(!links.is_empty(), "the demo needs at least one uplink");
+    let link_names: Vec<String> = opts.uplinks.iter().map(|u| u.link.clone()).collect();
+    println!(
+        "canopy demo: relay, gateway and a demo origin on loopback, joined by {} emulated uplink(s), bonded:",
+        links.len()
+    );
+    for l in &links {
+        if let Some(p) = &l.profile {
+            println!("  {:<10} {:<9} {}", l.name, l.tier.as_str(), p.description);
+        }
+    }
     let bed = Testbed::start(TestbedOptions {
-        link: Some(profile),
+        links,
         tunnel: TransportSettings {
             congestion: opts.congestion,
             // `--congestion cubic` shows quinn as it comes: no small-first priorities either
@@ -209,6 +322,21 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         "  load: {} bulk downloads, 1 bulk upload, a bid every 200 ms, a check-in every second",
         opts.downloads
     );
+    // the busiest uplink is cut for cut_for_s in the middle of the run (at 10 s without an end)
+    let cut_at = match opts.duration {
+        _ if opts.cut_for_s == 0 || bed.links.len() < 2 => None,
+        Some(d) => Some(Duration::from_secs_f64(
+            (d as f64 - opts.cut_for_s as f64).max(0.0) / 2.0,
+        )),
+        None => Some(Duration::from_secs(10)),
+    };
+    if let Some(at) = cut_at {
+        println!(
+            "  at t={:.0}s the busiest uplink is cut for {} s",
+            at.as_secs_f64(),
+            opts.cut_for_s
+        );
+    }
 
     let stats = Arc::new(LoadStats::default());
     let mut tasks = Vec::new();
@@ -245,32 +373,78 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
     let mut ticker = crate::runtime::SecondTicker::new();
     ticker.next().await;
     let (mut last_down, mut last_up, mut last_t) = (0u64, 0u64, started);
+    let paths = bed.bond.paths().to_vec();
+    let mut path_bytes: Vec<(u64, u64)> = vec![(0, 0); paths.len()];
+    let mut cut: Option<(usize, Instant)> = None;
+    let mut cut_summary = None;
+    let mut cut_at_done = false;
     while ticker.next().await {
         let now = Instant::now();
+        let t = now.duration_since(started);
         let dt = now.duration_since(last_t).as_secs_f64();
         let down = stats.down_bytes.load(Ordering::Relaxed);
         // uploads counted as the origin receives them, not when each one completes
         let up = bed.origin_stats.upload_bytes.load(Ordering::Relaxed);
         let rtts = stats.bid_rtts_since(last_t);
-        let ls = bed.link_stats();
-        println!(
-            "t={:>4.0}s  down {:>5.1} Mbit/s  up {:>5.1} Mbit/s  bids {:>2} ok (p50 {:>4.0} ms, max {:>4.0} ms) {} failed  link {} drops {}/{}",
-            now.duration_since(started).as_secs_f64(),
+        let mut line = format!(
+            "t={:>4.0}s down {:>5.1} up {:>4.1} Mbit/s | bids {:>2} ok p50 {:>4.0} max {:>4.0} ms, {} failed |",
+            t.as_secs_f64(),
             mbps(down - last_down, dt),
             mbps(up - last_up, dt),
             rtts.len(),
             load::quantile(&rtts, 0.5),
             rtts.last().copied().unwrap_or(f64::NAN),
             stats.bids_failed.load(Ordering::Relaxed),
-            if bed.uplink.is_up() { "up" } else { "DOWN" },
-            ls.up_dropped,
-            ls.down_dropped,
         );
+        let mut rates = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            let st = p.status();
+            let (u, d) = (
+                p.bytes_up.load(Ordering::Relaxed),
+                p.bytes_down.load(Ordering::Relaxed),
+            );
+            let (pu, pd) = path_bytes[i];
+            path_bytes[i] = (u, d);
+            rates.push(u - pu + d - pd);
+            let cut_mark = if cut.is_some_and(|(c, _)| c == i) { " CUT" } else { "" };
+            line.push_str(&format!(
+                " {} {}{} {:.1}/{:.1} {:.0}ms |",
+                p.name,
+                st.health,
+                cut_mark,
+                mbps(d - pd, dt),
+                mbps(u - pu, dt),
+                st.srtt.as_secs_f64() * 1000.0
+            ));
+        }
+        println!("{line}");
+        if let (Some(at), None, false) = (cut_at, cut, cut_at_done) {
+            if t >= at {
+                let busiest = (0..rates.len()).max_by_key(|i| rates[*i]).unwrap_or(0);
+                if let Some(Some(l)) = bed.links.get(busiest) {
+                    l.set_outage(true);
+                    println!("  cut: uplink {} goes dark for {} s", paths[busiest].name, opts.cut_for_s);
+                    cut = Some((busiest, now));
+                    cut_summary = Some((
+                        paths[busiest].name.clone(),
+                        (t.as_secs_f64() * 10.0).round() / 10.0,
+                        opts.cut_for_s,
+                    ));
+                }
+            }
+        }
+        if let Some((i, since)) = cut {
+            if now.duration_since(since) >= Duration::from_secs(opts.cut_for_s) {
+                if let Some(Some(l)) = bed.links.get(i) {
+                    l.set_outage(false);
+                    println!("  restored: uplink {}", paths[i].name);
+                    cut = None;
+                    cut_at_done = true;
+                }
+            }
+        }
         (last_down, last_up, last_t) = (down, up, now);
-        if opts
-            .duration
-            .is_some_and(|d| now.duration_since(started) >= Duration::from_secs(d))
-        {
+        if opts.duration.is_some_and(|d| t >= Duration::from_secs(d)) {
             break;
         }
     }
@@ -281,7 +455,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
     let rtts = stats.bid_rtts_since(started);
     let summary = Summary {
         duration_s: (secs * 10.0).round() / 10.0,
-        link: link_name,
+        link: link_names.join("+"),
         down_mbps: mbps(stats.down_bytes.load(Ordering::Relaxed), secs),
         up_mbps: mbps(bed.origin_stats.upload_bytes.load(Ordering::Relaxed), secs),
         bids_ok: stats.bids_ok.load(Ordering::Relaxed),
@@ -292,13 +466,34 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         checkins_ok: stats.checkins_ok.load(Ordering::Relaxed),
         checkins_failed: stats.checkins_failed.load(Ordering::Relaxed),
         bulk_failed: stats.bulk_failed.load(Ordering::Relaxed),
+        cut: cut_summary,
+        links: paths
+            .iter()
+            .map(|p| {
+                let st = p.status();
+                LinkSummary {
+                    name: p.name.clone(),
+                    tier: p.tier.as_str().into(),
+                    state: st.health.as_str().into(),
+                    up_mbps: mbps(p.bytes_up.load(Ordering::Relaxed), secs),
+                    down_mbps: mbps(p.bytes_down.load(Ordering::Relaxed), secs),
+                    demotions: st.demotions,
+                }
+            })
+            .collect(),
         link_stats: bed.link_stats(),
     };
     println!(
-        "summary: {:.0} s over {}: down {:.1} Mbit/s, up {:.1} Mbit/s; bids {} ok / {} failed, p50 {:.0} ms, p99 {:.0} ms; check-ins {} ok / {} failed",
+        "summary: {:.0} s over {}: down {:.1} Mbit/s, up {:.1} Mbit/s; bids {} ok / {} failed, p50 {:.0} ms, p99 {:.0} ms; check-ins {} ok / {} failed; bulk failures {}",
         summary.duration_s, summary.link, summary.down_mbps, summary.up_mbps, summary.bids_ok, summary.bids_failed,
-        summary.bid_p50_ms, summary.bid_p99_ms, summary.checkins_ok, summary.checkins_failed
+        summary.bid_p50_ms, summary.bid_p99_ms, summary.checkins_ok, summary.checkins_failed, summary.bulk_failed
     );
+    for l in &summary.links {
+        println!(
+            "  {:<10} {:<9} {:<10} down {:>5.1} up {:>4.1} Mbit/s, {} demotion(s)",
+            l.name, l.tier, l.state, l.down_mbps, l.up_mbps, l.demotions
+        );
+    }
     if let Some(path) = &opts.summary {
         std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")?;
         println!("summary written to {}", path.display());
@@ -319,8 +514,6 @@ pub struct DemoConfig {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DemoSection {
-    /// Link profile name or file.
-    pub link: String,
     /// Seconds to run (absent: until Ctrl-C).
     #[serde(default)]
     pub duration_s: Option<u64>,
@@ -328,6 +521,11 @@ pub struct DemoSection {
     pub downloads: usize,
     /// Proxy listen address.
     pub proxy_listen: SocketAddr,
+    /// Cut the busiest uplink for this many seconds in the middle of the run (0: never).
+    #[serde(default)]
+    pub cut_for_s: u64,
+    /// `[[demo.uplinks]]`: the emulated uplinks.
+    pub uplinks: Vec<DemoUplink>,
 }
 
 const BUILTIN_DEMO: &str = include_str!("../configs/demo.toml");
@@ -338,10 +536,16 @@ impl DemoConfig {
         // The file is part of the binary and a unit test parses it.
         toml::from_str(BUILTIN_DEMO).unwrap_or(Self {
             demo: DemoSection {
-                link: "cellular-4g".into(),
                 duration_s: None,
                 downloads: 2,
                 proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                cut_for_s: 0,
+                uplinks: vec![DemoUplink {
+                    name: "cellular".into(),
+                    kind: LinkKind::Cellular,
+                    tier: Tier::Primary,
+                    link: "cellular-4g".into(),
+                }],
             },
         })
     }
@@ -350,8 +554,13 @@ impl DemoConfig {
 impl crate::config::Validate for DemoConfig {
     fn validate(&self) -> Vec<(String, String)> {
         let mut errs = Vec::new();
-        if let Err(e) = LinkProfile::load(&self.demo.link) {
-            errs.push(("demo.link".into(), e.to_string()));
+        if self.demo.uplinks.is_empty() || self.demo.uplinks.len() > 8 {
+            errs.push(("demo.uplinks".into(), "one to eight uplinks".into()));
+        }
+        for (i, u) in self.demo.uplinks.iter().enumerate() {
+            if let Err(e) = LinkProfile::load(&u.link) {
+                errs.push((format!("demo.uplinks[{i}].link"), e.to_string()));
+            }
         }
         if self.demo.downloads > 64 {
             errs.push(("demo.downloads".into(), "at most 64".into()));

@@ -36,8 +36,10 @@ enum Command {
         config: PathBuf,
     },
     /// Show the whole system on this machine, no root and no config needed: a relay, a
-    /// gateway and a demo shop joined by an emulated cellular link, with bulk downloads and
-    /// a bid every 200 ms. Prints a status line per second and a summary at the end.
+    /// gateway and a demo shop joined by three emulated uplinks (cellular, Wi-Fi, satellite
+    /// as backup), bonded, with bulk downloads and a bid every 200 ms; the busiest uplink is
+    /// cut for 5 s in the middle. Prints a status line per second (each uplink's state and
+    /// throughput) and a summary at the end.
     Demo {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
@@ -48,8 +50,9 @@ enum Command {
         /// Demo settings file (default: the built-in configs/demo.toml).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Emulated link: a built-in profile name (cellular-4g, wifi-congested,
-        /// satellite-geo, satellite-leo) or a profile file. Overrides the config.
+        /// Run over this one emulated link instead of the configured uplinks: a built-in
+        /// profile name (cellular-4g, wifi-congested, satellite-geo, satellite-leo,
+        /// cellular-8m, wifi-4m, satellite-2m) or a profile file.
         #[arg(long)]
         link: Option<String>,
         /// Congestion control of the tunnel: low-delay (default) or cubic, to compare what
@@ -236,7 +239,16 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             canopy::demo::run(DemoOptions {
                 duration: duration.or(d.duration_s),
                 summary,
-                link: link.unwrap_or(d.link),
+                uplinks: match link {
+                    Some(l) => vec![canopy::demo::DemoUplink {
+                        name: "uplink".into(),
+                        kind: tunnel::path::LinkKind::Ethernet,
+                        tier: tunnel::path::Tier::Primary,
+                        link: l,
+                    }],
+                    None => d.uplinks,
+                },
+                cut_for_s: d.cut_for_s,
                 downloads: d.downloads,
                 proxy_listen: d.proxy_listen,
                 congestion,

@@ -40,14 +40,14 @@ pub async fn spawn_relay(
     Ok(addr)
 }
 
-/// Starts a gateway in the background; returns its proxy address and uplink handle.
+/// Starts a gateway in the background; returns its proxy address and its bond.
 pub async fn spawn_gateway(
     cfg: &gateway::GatewayConfig,
     tls: &tunnel_io::TlsFiles,
-) -> anyhow::Result<(SocketAddr, gateway::Uplink)> {
+) -> anyhow::Result<(SocketAddr, std::sync::Arc<gateway::Bond>)> {
     let gw = gateway::Gateway::bind(cfg, tls).await?;
     let addr = gw.local_addr()?;
-    let uplink = gw.uplink();
+    let uplink = gw.bond();
     if let Some(m) = cfg.metrics.listen {
         spawn_metrics(m).await?;
     }

@@ -2,7 +2,7 @@
 //! buffered link completes before any of them. The test asserts the order of completion,
 //! not a speed.
 
-use canopy::demo::{Testbed, TestbedOptions, DEMO_SITE};
+use canopy::demo::{TestLink, Testbed, TestbedOptions, DEMO_SITE};
 use canopy::linkem::LinkProfile;
 use canopy::load::{empty, small, ProxyClient};
 use http::Method;
@@ -13,7 +13,10 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bid_overtakes_queued_bulk_data() {
     let bed = Testbed::start(TestbedOptions {
-        link: Some(LinkProfile::symmetric("slow", 2_000, 20, 300)),
+        links: vec![TestLink::new(
+            "slow",
+            Some(LinkProfile::symmetric("slow", 2_000, 20, 300)),
+        )],
         tunnel: Default::default(),
         proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics: None,

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use tunnel::path::{LinkKind, Tier};
 use tunnel::{ClassRule, TrafficClass};
 use tunnel_io::TransportSettings;
 
@@ -18,6 +19,8 @@ pub struct GatewayConfig {
     pub tls: TlsSection,
     /// `[proxy]`: the venue-facing HTTP proxy.
     pub proxy: ProxySection,
+    /// `[[uplinks]]`: the venue's uplinks, bonded. None: one uplink bound to `relay.bind`.
+    pub uplinks: Vec<UplinkConfig>,
     /// `[[sites]]`: host names venue devices call that the gateway maps to origins.
     pub sites: Vec<Site>,
     /// `[[classes]]`: classification rules, first match wins, default `bulk`.
@@ -67,7 +70,7 @@ impl Default for RelayTarget {
             server_name: None,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             reconnect_min_ms: 100,
-            reconnect_max_ms: 5_000,
+            reconnect_max_ms: 1_000,
         }
     }
 }
@@ -84,6 +87,87 @@ impl RelayTarget {
                 .trim_end_matches(']')
                 .to_string()
         })
+    }
+}
+
+/// `[[uplinks]]`: one uplink (one QUIC connection to the relay).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Name in logs, status and metrics, e.g. `cellular`.
+    pub name: String,
+    /// `cellular`, `wifi`, `satellite` or `ethernet`.
+    #[serde(default)]
+    pub kind: LinkKind,
+    /// An interface name (`wwan0`; the socket is bound to it with SO_BINDTODEVICE, which
+    /// needs root or CAP_NET_RAW) or a local IP address (`192.168.8.10`).
+    pub bind: String,
+    /// `primary`, `secondary` or `backup` (carries traffic only when the others cannot;
+    /// bids and check-ins may always use it).
+    #[serde(default)]
+    pub tier: Tier,
+    /// Daily data cap in bytes (both directions): a warning at 75%; at 100% only bid and
+    /// check-in traffic uses the uplink.
+    #[serde(default)]
+    pub cap_bytes_per_day: Option<u64>,
+    /// Classes this uplink may carry (default: all).
+    #[serde(default)]
+    pub classes: Option<Vec<TrafficClass>>,
+    /// The relay address to use over this uplink, if not `relay.addr` (a relay with one
+    /// address per carrier, or a link emulator in front of it).
+    #[serde(default)]
+    pub relay: Option<String>,
+}
+
+/// Where an uplink's socket is bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindTo {
+    /// A local address (port 0 unless given).
+    Addr(SocketAddr),
+    /// An interface, by name.
+    Device(String),
+}
+
+impl UplinkConfig {
+    /// Parses `bind`.
+    pub fn bind_to(&self) -> Result<BindTo, String> {
+        let b = self.bind.trim();
+        if let Ok(a) = b.parse::<SocketAddr>() {
+            return Ok(BindTo::Addr(a));
+        }
+        if let Ok(ip) = b.parse::<std::net::IpAddr>() {
+            return Ok(BindTo::Addr(SocketAddr::new(ip, 0)));
+        }
+        let valid = !b.is_empty()
+            && b.len() < 16
+            && b
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'@'));
+        if valid {
+            Ok(BindTo::Device(b.to_string()))
+        } else {
+            Err(format!(
+                "{b:?} is neither an IP address nor an interface name (at most 15 characters)"
+            ))
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The uplinks to run: the configured ones, or one bound to `relay.bind`.
+    pub fn effective_uplinks(&self) -> Vec<UplinkConfig> {
+        if !self.uplinks.is_empty() {
+            return self.uplinks.clone();
+        }
+        vec![UplinkConfig {
+            name: "uplink".into(),
+            kind: LinkKind::Ethernet,
+            bind: self.relay.bind.to_string(),
+            tier: Tier::Primary,
+            cap_bytes_per_day: None,
+            classes: None,
+            relay: None,
+        }]
     }
 }
 
@@ -204,6 +288,31 @@ impl GatewayConfig {
             }
             if site.host.is_empty() || site.host.contains('/') {
                 errs.push((format!("sites[{i}].host"), "must be a host name".into()));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        if self.uplinks.len() > 16 {
+            errs.push(("uplinks".into(), "at most 16 uplinks".into()));
+        }
+        for (i, u) in self.uplinks.iter().enumerate() {
+            if u.name.is_empty() || !u.name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_')) {
+                errs.push((format!("uplinks[{i}].name"), "must be letters, digits, - or _".into()));
+            } else if !names.insert(u.name.clone()) {
+                errs.push((format!("uplinks[{i}].name"), format!("{:?} is used twice", u.name)));
+            }
+            if let Err(e) = u.bind_to() {
+                errs.push((format!("uplinks[{i}].bind"), e));
+            }
+            if u.cap_bytes_per_day == Some(0) {
+                errs.push((format!("uplinks[{i}].cap_bytes_per_day"), "must be > 0 (leave it out for no cap)".into()));
+            }
+            if u.classes.as_ref().is_some_and(|c| c.is_empty()) {
+                errs.push((format!("uplinks[{i}].classes"), "must name at least one class (leave it out for all)".into()));
+            }
+            if let Some(r) = &u.relay {
+                if r.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+                    errs.push((format!("uplinks[{i}].relay"), "must be host:port".into()));
+                }
             }
         }
         for (i, rule) in self.classes.iter().enumerate() {

@@ -1,14 +1,16 @@
-//! Canopy's venue side: the uplink to the relay (one QUIC connection, HTTP/3) and the
-//! venue-facing HTTP/1.1 proxy (explicit proxy, CONNECT, reverse "sites").
+//! Canopy's venue side: the bonded uplinks to the relay (one QUIC connection per uplink,
+//! HTTP/3) and the venue-facing HTTP/1.1 proxy (explicit proxy, CONNECT, reverse "sites").
 #![forbid(unsafe_code)]
 
+pub mod bond;
 pub mod config;
 mod proxy;
 mod uplink;
 
 pub use config::GatewayConfig;
 pub use proxy::Gateway;
-pub use uplink::{Sender, Uplink, UplinkSettings, UplinkState};
+pub use bond::{Bond, PathStatus};
+pub use uplink::{Hello, Live, Sender, Uplink, UplinkSettings, UplinkState};
 
 /// Errors starting the gateway.
 #[derive(Debug, thiserror::Error)]

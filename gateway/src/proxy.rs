@@ -2,7 +2,7 @@
 //! reverse "sites" by Host. Every request travels as an HTTP/3 request to the relay.
 
 use crate::config::{GatewayConfig, Site};
-use crate::uplink::{Uplink, UplinkSettings, UplinkState};
+use crate::bond::{Bond, Flow};
 use crate::GatewayError;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -17,6 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tracing::{debug, info, Instrument};
+use futures_util::StreamExt as _;
+use hyper::body::Body as _;
+use tunnel::scheduler::{PathId, Unit};
 use tunnel::{hop, wire, Classifier, TrafficClass};
 use tunnel_io::{copy_bidirectional, pump_body, H3Body, TlsFiles};
 
@@ -37,7 +40,7 @@ struct State {
     max_header_bytes: usize,
     response_timeout: Duration,
     tunnel_idle: Duration,
-    uplink: Uplink,
+    bond: Arc<Bond>,
 }
 
 /// A bound gateway: the proxy listener plus its uplink to the relay.
@@ -54,19 +57,7 @@ impl Gateway {
             return Err(GatewayError::Config(format!("{key}: {msg}")));
         }
         let client = tls.gateway_quic(cfg.tunnel.quinn())?;
-        let uplink = Uplink::start(UplinkSettings {
-            relay_addr: cfg.relay.addr.clone(),
-            server_name: cfg.relay.tls_name(),
-            bind: cfg.relay.bind,
-            client,
-            transport: cfg.tunnel.clone(),
-            backoff_min: Duration::from_millis(cfg.relay.reconnect_min_ms),
-            backoff_max: Duration::from_millis(cfg.relay.reconnect_max_ms),
-        })
-        .map_err(|source| GatewayError::Bind {
-            addr: cfg.relay.bind,
-            source,
-        })?;
+        let bond = Bond::start(cfg, client).map_err(GatewayError::Config)?;
         let listener = TcpListener::bind(cfg.proxy.listen)
             .await
             .map_err(|source| GatewayError::Bind {
@@ -82,7 +73,7 @@ impl Gateway {
             max_header_bytes: cfg.proxy.max_header_bytes,
             response_timeout: Duration::from_millis(cfg.proxy.response_timeout_ms),
             tunnel_idle: Duration::from_millis(cfg.proxy.tunnel_idle_timeout_ms.max(1000)),
-            uplink,
+            bond,
         };
         Ok(Self {
             listener,
@@ -95,9 +86,9 @@ impl Gateway {
         self.listener.local_addr()
     }
 
-    /// The uplink supervisor.
-    pub fn uplink(&self) -> Uplink {
-        self.state.uplink.clone()
+    /// The bonded uplinks.
+    pub fn bond(&self) -> Arc<Bond> {
+        self.state.bond.clone()
     }
 
     /// Serves venue devices until the task is dropped.
@@ -289,36 +280,6 @@ fn site_route(
     Ok(Route { target, class })
 }
 
-/// The connection to the relay, if it is up.
-fn sender(state: &State) -> Option<crate::uplink::Sender> {
-    match state.uplink.state() {
-        UplinkState::Up(sender, _) => Some(sender),
-        UplinkState::Down => None,
-    }
-}
-
-/// Opens a request stream on the uplink. Waiting for a stream (the relay's concurrency
-/// limit) is bounded by the response timeout, so a request never hangs without an answer.
-async fn open(
-    state: &State,
-    sender: &mut crate::uplink::Sender,
-    req: Request<()>,
-) -> Result<h3::client::RequestStream<tunnel_io::quic::BidiStream, Bytes>, String> {
-    match tokio::time::timeout(state.response_timeout, sender.send_request(req)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no stream to the relay became free in time".into()),
-    }
-}
-
-/// The answer when no uplink is up.
-fn no_uplink() -> Response<Body> {
-    synthetic(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no uplink to the relay is up",
-    )
-}
-
 /// Headers for the tunnelled request: hop-by-hop removed, Via, class, idempotency key.
 fn tunnel_headers(state: &State, req: &Request<Incoming>, class: TrafficClass) -> http::HeaderMap {
     let mut headers = req.headers().clone();
@@ -342,55 +303,257 @@ fn tunnel_headers(state: &State, req: &Request<Incoming>, class: TrafficClass) -
     headers
 }
 
-async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Response<Body> {
-    let Some(mut sender) = sender(state) else {
-        return no_uplink();
-    };
-    if let Some(limit) = state.max_body {
-        let declared = hop::declared_length(req.headers());
-        if declared.is_some_and(|n| n > limit) {
-            return synthetic(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body over the gateway's limit of {limit} bytes"),
-            );
+
+/// Largest request body kept in memory so the request can be sent again on another path
+/// (or redundantly): bids, check-ins, and idempotent requests up to this size.
+const REPLAY_MAX: u64 = 1024 * 1024;
+
+/// A request body: kept whole (replayable) or streamed once.
+enum ReqBody {
+    Kept(Bytes),
+    Once(Option<Incoming>),
+}
+
+/// The request as sent on each attempt.
+struct Outgoing {
+    method: Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    class: TrafficClass,
+}
+
+impl Outgoing {
+    fn request(&self, extra: &[(header::HeaderName, HeaderValue)]) -> Option<Request<()>> {
+        let mut r = Request::builder()
+            .method(self.method.clone())
+            .uri(self.uri.clone());
+        if let Some(h) = r.headers_mut() {
+            *h = self.headers.clone();
+            for (k, v) in extra {
+                h.insert(k.clone(), v.clone());
+            }
         }
+        r.body(()).ok()
+    }
+}
+
+/// Why an attempt on one path failed.
+struct AttemptError {
+    path: PathId,
+    /// The request never reached the origin's answer and may be sent again (if replayable).
+    retry: bool,
+    status: StatusCode,
+    reason: String,
+}
+
+type H3Recv = h3::client::RequestStream<tunnel_io::quic::RecvStream, Bytes>;
+
+/// A response head and the stream its body comes on.
+struct Answer {
+    head: http::response::Parts,
+    recv: H3Recv,
+    flow: Arc<Flow>,
+}
+
+fn body_limit_exceeded(limit: u64) -> Response<Body> {
+    synthetic(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body over the gateway's limit of {limit} bytes"),
+    )
+}
+
+async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Response<Body> {
+    let limit = state.max_body.unwrap_or(u64::MAX);
+    let declared = hop::declared_length(req.headers());
+    if declared.is_some_and(|n| n > limit) {
+        return body_limit_exceeded(limit);
     }
     let class = route.class;
-    let headers = tunnel_headers(state, &req, class);
-    let mut h3req = Request::builder()
-        .method(req.method().clone())
-        .uri(route.target);
-    if let Some(h) = h3req.headers_mut() {
-        *h = headers;
-    }
-    let Ok(h3req) = h3req.body(()) else {
-        return synthetic(
-            StatusCode::BAD_REQUEST,
-            "cannot build the tunnelled request",
-        );
+    let out = Outgoing {
+        method: req.method().clone(),
+        uri: route.target,
+        headers: tunnel_headers(state, &req, class),
+        class,
     };
-    let stream = match open(state, &mut sender, h3req).await {
-        Ok(s) => s,
-        Err(e) => {
-            return synthetic(
-                StatusCode::BAD_GATEWAY,
-                &format!("cannot open a request to the relay: {e}"),
-            )
+    let safe = class.is_transactional() || out.method.is_idempotent();
+    let incoming = req.into_body();
+    let body = if incoming.is_end_stream() {
+        ReqBody::Kept(Bytes::new())
+    } else if safe && declared.is_some_and(|n| n <= REPLAY_MAX.min(limit)) {
+        match Limited::new(incoming, REPLAY_MAX.min(limit) as usize).collect().await {
+            Ok(c) => ReqBody::Kept(c.to_bytes()),
+            Err(e) => {
+                return synthetic(
+                    StatusCode::BAD_REQUEST,
+                    &format!("request body not received: {e}"),
+                )
+            }
         }
+    } else {
+        ReqBody::Once(Some(incoming))
+    };
+    let replayable = safe && matches!(body, ReqBody::Kept(_));
+    let unit = Unit {
+        class,
+        up_bytes: match &body {
+            ReqBody::Kept(b) => b.len() as u64,
+            ReqBody::Once(_) => declared.unwrap_or(0),
+        },
+        // a bulk request without a body is a download of unknown size: expect a typical one
+        down_bytes: if class == TrafficClass::Bulk && unit_body_is_empty(&body) {
+            state.bond.typical_download()
+        } else {
+            0
+        },
+    };
+    let out = Arc::new(out);
+    let mut body = body;
+    let mut excluded: Vec<PathId> = Vec::new();
+    let deadline = Instant::now() + state.response_timeout;
+    let mut last: Option<AttemptError> = None;
+    loop {
+        let placement = state.bond.place(&unit, &excluded);
+        if placement.paths.is_empty() {
+            return match last {
+                Some(e) => synthetic(e.status, &e.reason),
+                None => synthetic(StatusCode::SERVICE_UNAVAILABLE, &state.bond.why_not(class)),
+            };
+        }
+        let copies = if class.is_transactional() {
+            placement.paths.clone()
+        } else {
+            vec![placement.paths[0]]
+        };
+        match race(state, &out, &mut body, &copies, &unit, limit).await {
+            Ok(answer) => return respond(state, out, answer, &unit),
+            Err(errs) => {
+                let retry = errs.iter().all(|e| e.retry) && replayable;
+                for e in &errs {
+                    debug!(path = e.path, reason = %e.reason, retry, "attempt failed");
+                    excluded.push(e.path);
+                }
+                last = errs.into_iter().next_back();
+                if !retry || Instant::now() >= deadline {
+                    let e = last.unwrap_or(AttemptError {
+                        path: 0,
+                        retry: false,
+                        status: StatusCode::BAD_GATEWAY,
+                        reason: "request failed".into(),
+                    });
+                    return synthetic(e.status, &e.reason);
+                }
+                metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str())
+                    .increment(1);
+            }
+        }
+    }
+}
+
+fn unit_body_is_empty(b: &ReqBody) -> bool {
+    matches!(b, ReqBody::Kept(b) if b.is_empty())
+}
+
+/// Sends copies on `paths` at once; the first answer wins, the others are dropped (the
+/// relay answers duplicates of keyed requests from the first copy).
+async fn race(
+    state: &State,
+    out: &Arc<Outgoing>,
+    body: &mut ReqBody,
+    paths: &[PathId],
+    unit: &Unit,
+    limit: u64,
+) -> Result<Answer, Vec<AttemptError>> {
+    let mut attempts = futures_util::stream::FuturesUnordered::new();
+    for &p in paths {
+        let b = match body {
+            ReqBody::Kept(b) => ReqBody::Kept(b.clone()),
+            ReqBody::Once(inc) => ReqBody::Once(inc.take()),
+        };
+        attempts.push(attempt(state, out.clone(), b, p, unit, limit));
+    }
+    let mut errs = Vec::new();
+    while let Some(r) = futures_util::StreamExt::next(&mut attempts).await {
+        match r {
+            Ok(a) => return Ok(a),
+            Err(e) => errs.push(e),
+        }
+    }
+    Err(errs)
+}
+
+/// One copy of the request on one path, up to the response head.
+async fn attempt(
+    state: &State,
+    out: Arc<Outgoing>,
+    body: ReqBody,
+    id: PathId,
+    unit: &Unit,
+    limit: u64,
+) -> Result<Answer, AttemptError> {
+    let fail = |retry: bool, status: StatusCode, reason: String| AttemptError {
+        path: id,
+        retry,
+        status,
+        reason,
+    };
+    let path = state.bond.paths()[id].clone();
+    let Some(live) = path.live().or_else(|| path.connected()) else {
+        return Err(fail(
+            true,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("uplink {} is not connected", path.name),
+        ));
+    };
+    let mut watch = path.watch();
+    let died = async move { crate::bond::until_dead(&mut watch).await };
+    tokio::pin!(died);
+    let Some(flow) = state.bond.flow(id, out.class, unit.up_bytes, unit.down_bytes) else {
+        return Err(fail(false, StatusCode::BAD_GATEWAY, "no such uplink".into()));
+    };
+    let Some(h3req) = out.request(&[]) else {
+        return Err(fail(false, StatusCode::BAD_REQUEST, "cannot build the tunnelled request".into()));
+    };
+    let mut sender = live.sender.clone();
+    let stream = tokio::select! {
+        r = tokio::time::timeout(state.response_timeout, sender.send_request(h3req)) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(fail(true, StatusCode::BAD_GATEWAY, format!("cannot open a request over uplink {}: {e}", path.name))),
+            Err(_) => return Err(fail(true, StatusCode::GATEWAY_TIMEOUT, "no stream to the relay became free in time".into())),
+        },
+        _ = &mut died => return Err(fail(true, StatusCode::BAD_GATEWAY, format!("uplink {} went down", path.name))),
     };
     let (mut send, mut recv) = stream.split();
-    let c = class.as_str();
-    let up = metrics::counter!("canopy_gateway_bytes_total", "class" => c, "direction" => "up");
-    let body = req.into_body();
-    let limit = state.max_body.unwrap_or(u64::MAX);
+    let up = flow.up_counter();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     tokio::spawn(async move {
-        let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-        let r = pump_body(limited, &mut send, Some(&up)).await;
+        let r = match body {
+            ReqBody::Kept(b) => {
+                let n = b.len() as u64;
+                let r = async {
+                    if n > 0 {
+                        send.send_data(b).await?;
+                    }
+                    send.finish().await
+                }
+                .await;
+                if r.is_ok() {
+                    up.increment(n);
+                }
+                r.map_err(|e| e.to_string())
+            }
+            ReqBody::Once(Some(inc)) => {
+                let limited = Limited::new(inc, usize::try_from(limit).unwrap_or(usize::MAX));
+                pump_body(limited, &mut send, Some(&up))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            ReqBody::Once(None) => Err("request body already used by another copy".to_string()),
+        };
         if let Err(e) = &r {
             debug!(error = %e, "request body not delivered");
         }
-        let _ = done_tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+        let _ = done_tx.send(r);
     });
     // The response timeout runs from the end of the request body: a long upload over a
     // slow uplink is not a slow relay.
@@ -402,20 +565,246 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
             pumped = done_rx => {
                 if let Ok(Err(e)) = &pumped {
                     if e.contains("length limit") {
-                        return synthetic(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            &format!("request body over the gateway's limit of {limit} bytes"),
-                        );
+                        return Err(fail(false, StatusCode::PAYLOAD_TOO_LARGE, format!("request body over the gateway's limit of {limit} bytes")));
                     }
                 }
                 None
             }
+            _ = &mut died => return Err(fail(true, StatusCode::BAD_GATEWAY, format!("uplink {} went down during the request; it was not safe to send again", path.name))),
         };
-        let head = match early {
-            Some(r) => Ok(r),
-            None => tokio::time::timeout(state.response_timeout, &mut response).await,
+        match early {
+            Some(r) => r,
+            None => tokio::select! {
+                r = tokio::time::timeout(state.response_timeout, &mut response) => match r {
+                    Ok(r) => r,
+                    Err(_) => return Err(fail(false, StatusCode::GATEWAY_TIMEOUT, "no response through the relay in time".into())),
+                },
+                _ = &mut died => return Err(fail(true, StatusCode::BAD_GATEWAY, format!("uplink {} went down during the request; it was not safe to send again", path.name))),
+            },
+        }
+    };
+    match head {
+        Ok(h) => {
+            let (parts, ()) = h.into_parts();
+            Ok(Answer {
+                head: parts,
+                recv,
+                flow,
+            })
+        }
+        Err(e) => Err(fail(
+            true,
+            StatusCode::BAD_GATEWAY,
+            format!("tunnel failed before the response over uplink {}: {e}", path.name),
+        )),
+    }
+}
+
+/// Turns the winning answer into the device's response. Its body is pumped by a task that
+/// watches the path: when the path dies mid-body, a GET of a resource with a validator is
+/// resumed with a range request on another path; anything else is cut short.
+fn respond(state: &State, out: Arc<Outgoing>, answer: Answer, unit: &Unit) -> Response<Body> {
+    let Answer {
+        head: mut parts,
+        recv,
+        flow,
+    } = answer;
+    let length = hop::declared_length(&parts.headers);
+    flow.expect_down(length.unwrap_or(0));
+    if let (Some(n), TrafficClass::Bulk) = (length, out.class) {
+        state.bond.note_download(n);
+    }
+    let validator = parts
+        .headers
+        .get(header::ETAG)
+        .filter(|v| !v.as_bytes().starts_with(b"W/"))
+        .or_else(|| parts.headers.get(header::LAST_MODIFIED))
+        .cloned();
+    let resumable = out.method == Method::GET
+        && parts.status == StatusCode::OK
+        && length.is_some()
+        && validator.is_some()
+        && parts
+            .headers
+            .get(header::ACCEPT_RANGES)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
+    hop::strip_hop_by_hop(&mut parts.headers);
+    hop::append_via(&mut parts.headers, "3", &state.name);
+    parts.version = http::Version::HTTP_11;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
+    let resume = resumable.then(|| Resume {
+        bond: state.bond.clone(),
+        out: out.clone(),
+        validator: validator.unwrap_or(HeaderValue::from_static("")),
+        total: length.unwrap_or(0),
+        unit: *unit,
+        timeout: state.response_timeout,
+    });
+    tokio::spawn(pump_response(recv, flow, tx, resume));
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(|r: Result<Bytes, BoxError>| r.map(hyper::body::Frame::data));
+    let body = http_body_util::StreamBody::new(stream).boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+struct Resume {
+    bond: Arc<Bond>,
+    out: Arc<Outgoing>,
+    validator: HeaderValue,
+    total: u64,
+    unit: Unit,
+    timeout: Duration,
+}
+
+async fn pump_response(
+    recv: H3Recv,
+    flow: Arc<Flow>,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>,
+    resume: Option<Resume>,
+) {
+    let mut recv = recv;
+    let mut flow = flow;
+    let mut sent: u64 = 0;
+    let mut tried: Vec<PathId> = Vec::new();
+    loop {
+        let mut body = H3Body::new(recv, None, Some(flow.down_counter()));
+        let mut watch = flow.path.watch();
+        let failure: String = loop {
+            tokio::select! {
+                f = body.frame() => match f {
+                    None => return,
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            sent += data.len() as u64;
+                            if tx.send(Ok(data)).await.is_err() {
+                                return; // the device went away
+                            }
+                        }
+                    }
+                    Some(Err(e)) => break format!("response body cut short: {e}"),
+                },
+                _ = crate::bond::until_dead(&mut watch) => break format!("uplink {} went down mid-response", flow.path.name),
+            }
         };
-        match head {
+        let Some(r) = &resume else {
+            let _ = tx.send(Err(failure.into())).await;
+            return;
+        };
+        tried.push(flow.path.id);
+        metrics::counter!("canopy_gateway_resumes_total").increment(1);
+        match resume_on_other_path(r, sent, &tried).await {
+            Ok((new_recv, new_flow)) => {
+                debug!(offset = sent, "response resumed on uplink {}", new_flow.path.name);
+                recv = new_recv;
+                flow = new_flow;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(format!("{failure}; resume failed: {e}").into())).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Asks for the rest of the resource (`Range: bytes=offset-`, `If-Range`) on another path.
+async fn resume_on_other_path(
+    r: &Resume,
+    offset: u64,
+    tried: &[PathId],
+) -> Result<(H3Recv, Arc<Flow>), String> {
+    let deadline = Instant::now() + r.timeout;
+    let mut excluded = tried.to_vec();
+    loop {
+        if Instant::now() >= deadline {
+            return Err("no path answered in time".into());
+        }
+        let Some(id) = r.bond.place(&r.unit, &excluded).primary() else {
+            // all tried: wait for any path to come back (tried ones included)
+            if !r.bond.wait_usable(Duration::from_millis(500)).await {
+                continue;
+            }
+            excluded.clear();
+            continue;
+        };
+        let path = r.bond.paths()[id].clone();
+        let Some(live) = path.live() else {
+            excluded.push(id);
+            continue;
+        };
+        let range = HeaderValue::from_str(&format!("bytes={offset}-")).map_err(|e| e.to_string())?;
+        let Some(req) = r.out.request(&[
+            (header::RANGE, range),
+            (header::IF_RANGE, r.validator.clone()),
+        ]) else {
+            return Err("cannot build the range request".into());
+        };
+        let Some(flow) = r.bond.flow(id, r.out.class, 0, r.total - offset) else {
+            return Err("no such path".into());
+        };
+        let mut sender = live.sender.clone();
+        let attempt = async {
+            let mut s = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            s.finish().await.map_err(|e| e.to_string())?;
+            let head = s.recv_response().await.map_err(|e| e.to_string())?;
+            let expected = format!("bytes {offset}-{}/{}", r.total.saturating_sub(1), r.total);
+            let ok = head.status() == StatusCode::PARTIAL_CONTENT
+                && head
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+            if !ok {
+                return Err(format!(
+                    "the origin answered the range request with {} {:?}",
+                    head.status(),
+                    head.headers().get(header::CONTENT_RANGE)
+                ));
+            }
+            Ok::<_, String>(s.split().1)
+        };
+        match tokio::time::timeout(r.timeout, attempt).await {
+            Ok(Ok(recv)) => return Ok((recv, flow)),
+            Ok(Err(e)) if e.starts_with("the origin") => return Err(e),
+            Ok(Err(_)) | Err(_) => excluded.push(id),
+        }
+    }
+}
+
+async fn connect(state: &State, mut req: Request<Incoming>, route: Route) -> Response<Body> {
+    let class = route.class;
+    let out = Outgoing {
+        method: Method::CONNECT,
+        uri: route.target,
+        headers: tunnel_headers(state, &req, class),
+        class,
+    };
+    let unit = Unit {
+        class,
+        up_bytes: 0,
+        down_bytes: 0,
+    };
+    // Opening a tunnel is safe to repeat until the relay answers: nothing reached the origin.
+    let mut excluded = Vec::new();
+    let (mut stream, flow) = loop {
+        let Some(id) = state.bond.place(&unit, &excluded).primary() else {
+            return synthetic(StatusCode::SERVICE_UNAVAILABLE, &state.bond.why_not(class));
+        };
+        excluded.push(id);
+        let path = state.bond.paths()[id].clone();
+        let Some(live) = path.live() else { continue };
+        let Some(h3req) = out.request(&[]) else {
+            return synthetic(StatusCode::BAD_REQUEST, "cannot build the CONNECT request");
+        };
+        let Some(flow) = state.bond.flow(id, class, 0, 0) else {
+            continue;
+        };
+        let mut sender = live.sender.clone();
+        let opened = tokio::time::timeout(state.response_timeout, async {
+            let mut s = sender.send_request(h3req).await.map_err(|e| e.to_string())?;
+            let head = s.recv_response().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((s, head))
+        })
+        .await;
+        match opened {
             Err(_) => {
                 return synthetic(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -423,80 +812,38 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
                 )
             }
             Ok(Err(e)) => {
-                return synthetic(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("tunnel failed before the response: {e}"),
-                )
+                debug!(uplink = %path.name, error = %e, "CONNECT attempt failed");
+                continue;
             }
-            Ok(Ok(h)) => h,
+            Ok(Ok((s, head))) => {
+                if !head.status().is_success() {
+                    // Pass the relay's refusal (status and reason) through.
+                    let reason = head
+                        .headers()
+                        .get(wire::HDR_REASON)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("refused by the relay")
+                        .to_string();
+                    return synthetic(head.status(), &reason);
+                }
+                break (s, flow);
+            }
         }
     };
-    let (mut parts, ()) = head.into_parts();
-    hop::strip_hop_by_hop(&mut parts.headers);
-    hop::append_via(&mut parts.headers, "3", &state.name);
-    parts.version = http::Version::HTTP_11;
-    let down = metrics::counter!("canopy_gateway_bytes_total", "class" => c, "direction" => "down");
-    let body = H3Body::new(recv, None, Some(down))
-        .map_err(|e| Box::new(e) as BoxError)
-        .boxed_unsync();
-    Response::from_parts(parts, body)
-}
-
-async fn connect(state: &State, mut req: Request<Incoming>, route: Route) -> Response<Body> {
-    let Some(mut sender) = sender(state) else {
-        return no_uplink();
-    };
-    let class = route.class;
-    let headers = tunnel_headers(state, &req, class);
-    let mut h3req = Request::builder().method(Method::CONNECT).uri(route.target);
-    if let Some(h) = h3req.headers_mut() {
-        *h = headers;
-    }
-    let Ok(h3req) = h3req.body(()) else {
-        return synthetic(StatusCode::BAD_REQUEST, "cannot build the CONNECT request");
-    };
-    let mut stream = match open(state, &mut sender, h3req).await {
-        Ok(s) => s,
-        Err(e) => {
-            return synthetic(
-                StatusCode::BAD_GATEWAY,
-                &format!("cannot open a tunnel through the relay: {e}"),
-            )
-        }
-    };
-    let head = match tokio::time::timeout(state.response_timeout, stream.recv_response()).await {
-        Err(_) => {
-            return synthetic(
-                StatusCode::GATEWAY_TIMEOUT,
-                "no response through the relay in time",
-            )
-        }
-        Ok(Err(e)) => return synthetic(StatusCode::BAD_GATEWAY, &format!("tunnel failed: {e}")),
-        Ok(Ok(h)) => h,
-    };
-    if !head.status().is_success() {
-        // Pass the relay's refusal (status and reason) through.
-        let reason = head
-            .headers()
-            .get(wire::HDR_REASON)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("refused by the relay")
-            .to_string();
-        return synthetic(head.status(), &reason);
-    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = state.tunnel_idle;
-    let c = class.as_str();
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let (send, recv) = stream.split();
                 let (up, down) = copy_bidirectional(TokioIo::new(upgraded), send, recv, idle).await;
-                metrics::counter!("canopy_gateway_bytes_total", "class" => c, "direction" => "up")
-                    .increment(up);
-                metrics::counter!("canopy_gateway_bytes_total", "class" => c, "direction" => "down").increment(down);
+                flow.up_counter().increment(up);
+                flow.down_counter().increment(down);
             }
-            Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
+            Err(e) => {
+                debug!(error = %e, "CONNECT upgrade failed");
+                stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            }
         }
     });
     Response::new(Body::default())

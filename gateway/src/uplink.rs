@@ -1,30 +1,63 @@
-//! The uplink supervisor: keeps one QUIC connection (HTTP/3) to the relay up, reconnecting
-//! with exponential backoff, and hands out request senders to the proxy.
+//! One uplink's supervisor: keeps a QUIC connection (HTTP/3) to the relay up over one
+//! interface or source address, says hello (session and path id) on every new connection,
+//! and reconnects with backoff when the connection closes. The session outlives its
+//! connections: the relay joins every connection that says the same session id and shows
+//! the same client certificate.
 
+use crate::config::BindTo;
 use bytes::Bytes;
+use http::{Method, Request, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
+use tunnel::path::LinkKind;
+use tunnel::wire;
+use tunnel_io::probe::Echoes;
 
-/// A handle to open HTTP/3 requests on the current connection.
+/// A handle to open HTTP/3 requests on a connection.
 pub type Sender = h3::client::SendRequest<tunnel_io::quic::OpenStreams, Bytes>;
 
-/// What the proxy sees of the uplink.
+/// A live connection of an uplink.
+pub struct Live {
+    /// Opens requests.
+    pub sender: Sender,
+    /// The QUIC connection (statistics, close).
+    pub conn: quinn::Connection,
+    /// Round-trip proofs from the probe task.
+    pub echoes: Arc<Echoes>,
+    /// Counts connections of this uplink, from 1.
+    pub generation: u64,
+}
+
+/// What the bond sees of the uplink's connection.
 #[derive(Clone, Default)]
 pub enum UplinkState {
     /// Not connected (yet, or again).
     #[default]
     Down,
-    /// Connected: requests can be opened.
-    Up(Sender, quinn::Connection),
+    /// Connected and greeted: requests can be opened.
+    Up(Arc<Live>),
 }
 
-/// Supervisor of the connection to the relay.
+/// Supervisor of one uplink's connection to the relay.
 #[derive(Clone)]
 pub struct Uplink {
     state: watch::Receiver<UplinkState>,
+}
+
+/// The session this gateway's connections belong to, and this uplink's place in it.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    /// Session id (random per gateway start).
+    pub session: u128,
+    /// Path id (the uplink's index).
+    pub path: usize,
+    /// Uplink name.
+    pub name: String,
+    /// Link kind.
+    pub kind: LinkKind,
 }
 
 /// Where and how the uplink connects.
@@ -33,8 +66,8 @@ pub struct UplinkSettings {
     pub relay_addr: String,
     /// Relay TLS name.
     pub server_name: String,
-    /// Local bind address.
-    pub bind: SocketAddr,
+    /// Interface or local address.
+    pub bind: BindTo,
     /// quinn client config (TLS; the transport is set per connection).
     pub client: quinn::ClientConfig,
     /// Transport settings (a fresh config and queue signal per connection).
@@ -43,17 +76,17 @@ pub struct UplinkSettings {
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// Session hello.
+    pub hello: Hello,
 }
 
 impl Uplink {
-    /// Binds the endpoint and starts the supervisor task.
-    pub fn start(settings: UplinkSettings) -> std::io::Result<Self> {
-        let mut endpoint = quinn::Endpoint::client(settings.bind)?;
-        endpoint.set_default_client_config(settings.client.clone());
+    /// Starts the supervisor task.
+    pub fn start(settings: UplinkSettings) -> Self {
         let (tx, rx) = watch::channel(UplinkState::Down);
-        let span = tracing::info_span!("uplink", relay = %settings.relay_addr);
-        tokio::spawn(supervise(endpoint, Arc::new(settings), tx).instrument(span));
-        Ok(Self { state: rx })
+        let span = tracing::info_span!("uplink", name = %settings.hello.name);
+        tokio::spawn(supervise(Arc::new(settings), tx).instrument(span));
+        Self { state: rx }
     }
 
     /// The current state.
@@ -66,35 +99,50 @@ impl Uplink {
         matches!(*self.state.borrow(), UplinkState::Up(..))
     }
 
-    /// Waits until the uplink is up or `timeout` passes.
-    pub async fn wait_up(&self, timeout: Duration) -> bool {
-        let mut rx = self.state.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|s| matches!(s, UplinkState::Up(..))))
-            .await
-            .is_ok_and(|r| r.is_ok())
+    /// A receiver of state changes.
+    pub fn watch(&self) -> watch::Receiver<UplinkState> {
+        self.state.clone()
     }
 }
 
-async fn supervise(
-    endpoint: quinn::Endpoint,
-    s: Arc<UplinkSettings>,
-    tx: watch::Sender<UplinkState>,
-) {
+async fn supervise(s: Arc<UplinkSettings>, tx: watch::Sender<UplinkState>) {
     let mut backoff = s.backoff_min;
+    let mut generation = 0u64;
+    // the handshake's first retransmission comes after 3 × initial RTT: start from the
+    // path's last RTT so a returning link is found quickly
+    let mut last_rtt = Duration::from_millis(100);
     loop {
-        match connect(&endpoint, &s).await {
-            Ok((conn, sender, mut driver)) => {
-                info!(rtt_ms = conn.rtt().as_millis() as u64, "uplink up");
-                metrics::gauge!("canopy_gateway_uplink_up").set(1.0);
+        let attempt = connect(&s, last_rtt, generation + 1);
+        // a handshake, the HTTP/3 setup and the hello take about three round trips
+        let timeout = (last_rtt * 8).max(Duration::from_secs(2));
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok((live, mut driver))) => {
+                generation += 1;
+                last_rtt = live
+                    .conn
+                    .rtt()
+                    .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                info!(
+                    rtt_ms = live.conn.rtt().as_millis() as u64,
+                    generation, "connected to the relay"
+                );
                 backoff = s.backoff_min;
-                let _ = tx.send(UplinkState::Up(sender, conn.clone()));
+                let conn = live.conn.clone();
+                let _ = tx.send(UplinkState::Up(Arc::new(live)));
                 let err = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
                 let _ = tx.send(UplinkState::Down);
-                metrics::gauge!("canopy_gateway_uplink_up").set(0.0);
-                warn!(reason = %err, "uplink down");
+                conn.close(0u32.into(), b"h3 closed");
+                warn!(reason = %err, "connection to the relay closed");
             }
-            Err(e) => {
-                warn!(error = %e, retry_ms = backoff.as_millis() as u64, "cannot reach relay");
+            Ok(Err(e)) => {
+                warn!(error = %e, retry_ms = backoff.as_millis() as u64, "cannot reach the relay");
+            }
+            Err(_) => {
+                info!(
+                    retry_ms = backoff.as_millis() as u64,
+                    "no answer from the relay in {} ms",
+                    timeout.as_millis()
+                );
             }
         }
         if tx.is_closed() {
@@ -107,40 +155,112 @@ async fn supervise(
 
 type Driver = h3::client::Connection<tunnel_io::quic::Connection, Bytes>;
 
+/// A UDP socket bound as the uplink's config says, of the relay address's family.
+fn socket(bind: &BindTo, relay: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let local = match bind {
+        BindTo::Addr(a) => *a,
+        BindTo::Device(_) if relay.is_ipv6() => SocketAddr::from(([0u16; 8], 0)),
+        BindTo::Device(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
+    let sock = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+    if let BindTo::Device(dev) = bind {
+        sock.bind_device(Some(dev.as_bytes())).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot bind to interface {dev} (needs root or CAP_NET_RAW): {e}"),
+            )
+        })?;
+    }
+    sock.bind(&local.into())?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
 async fn connect(
-    endpoint: &quinn::Endpoint,
     s: &UplinkSettings,
-) -> Result<(quinn::Connection, Sender, Driver), String> {
+    last_rtt: Duration,
+    generation: u64,
+) -> Result<(Live, Driver), String> {
+    let want_v4 = match &s.bind {
+        BindTo::Addr(a) => Some(a.is_ipv4()),
+        BindTo::Device(_) => None,
+    };
     // the relay's addresses of the bind address's family (localhost may resolve to ::1 first)
-    let addrs: Vec<SocketAddr> = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::lookup_host(&s.relay_addr),
-    )
-    .await
-    .map_err(|_| format!("resolving {} timed out", s.relay_addr))?
-    .map_err(|e| format!("resolve {}: {e}", s.relay_addr))?
-    .filter(|a| a.is_ipv4() == s.bind.is_ipv4())
-    .collect();
-    let addr = *addrs.first().ok_or_else(|| {
-        format!(
-            "{} has no address of the uplink's family ({})",
-            s.relay_addr, s.bind
-        )
-    })?;
+    let addr = tokio::net::lookup_host(&s.relay_addr)
+        .await
+        .map_err(|e| format!("resolve {}: {e}", s.relay_addr))?
+        .find(|a| want_v4.is_none_or(|v4| a.is_ipv4() == v4))
+        .ok_or_else(|| format!("{} has no address of the uplink's family", s.relay_addr))?;
+    let sock = socket(&s.bind, addr).map_err(|e| e.to_string())?;
+    let runtime = quinn::default_runtime().ok_or("no async runtime")?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock, runtime)
+        .map_err(|e| e.to_string())?;
     let mut client = s.client.clone();
-    let (transport, signal) = s.transport.quinn_for_connection();
+    let (transport, signal) = s.transport.quinn_for_connection_with_rtt(last_rtt);
     client.transport_config(transport);
     let conn = endpoint
         .connect_with(client, addr, &s.server_name)
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
-    tokio::spawn(tunnel_io::probe::run(conn.clone(), signal, true));
-    let (driver, sender) = h3::client::new(tunnel_io::quic::Connection::new(
+    let echoes = Arc::new(Echoes::default());
+    tokio::spawn(tunnel_io::probe::run(
+        conn.clone(),
+        signal,
+        true,
+        Some(echoes.clone()),
+    ));
+    let (driver, mut sender) = h3::client::new(tunnel_io::quic::Connection::new(
         conn.clone(),
         s.transport.small_first,
     ))
     .await
     .map_err(|e| e.to_string())?;
-    Ok((conn, sender, driver))
+    hello(&mut sender, &s.hello).await?;
+    Ok((
+        Live {
+            sender,
+            conn,
+            echoes,
+            generation,
+        },
+        driver,
+    ))
+}
+
+/// Joins the connection to the gateway's session at the relay.
+async fn hello(sender: &mut Sender, h: &Hello) -> Result<(), String> {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("https://{}/hello", wire::SESSION_AUTHORITY))
+        .header(wire::HDR_SESSION, format!("{:032x}", h.session))
+        .header(wire::HDR_PATH, h.path.to_string())
+        .header(wire::HDR_PATH_NAME, h.name.as_str())
+        .header(wire::HDR_LINK_KIND, h.kind.as_str())
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let mut stream = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("hello: {e}"))?;
+    stream.finish().await.map_err(|e| format!("hello: {e}"))?;
+    let resp = stream
+        .recv_response()
+        .await
+        .map_err(|e| format!("hello: {e}"))?;
+    while let Ok(Some(_)) = stream.recv_data().await {}
+    if resp.status() != StatusCode::OK {
+        let reason = resp
+            .headers()
+            .get(wire::HDR_REASON)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        return Err(format!(
+            "the relay refused the session: {} {reason}",
+            resp.status()
+        ));
+    }
+    Ok(())
 }

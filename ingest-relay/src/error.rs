@@ -26,6 +26,8 @@ pub enum RelayError {
 pub(crate) struct Refusal {
     pub(crate) status: StatusCode,
     pub(crate) reason: String,
+    /// The request body did not arrive whole (the gateway's stream failed).
+    pub(crate) body_lost: bool,
 }
 
 impl Refusal {
@@ -33,6 +35,7 @@ impl Refusal {
         Self {
             status,
             reason: reason.into(),
+            body_lost: false,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 mod egress;
 mod error;
 mod server;
+mod session;
 
 pub use config::RelayConfig;
 pub use error::RelayError;

@@ -4,6 +4,7 @@
 use crate::config::RelayConfig;
 use crate::egress::{Egress, OriginStream};
 use crate::error::{Refusal, RelayError};
+use crate::session::{Admission, ConnCtx, Outcome, Publisher, Sessions};
 use bytes::Bytes;
 use h3::server::RequestStream;
 use http::{header, Method, Request, Response, StatusCode};
@@ -26,6 +27,7 @@ struct State {
     small_first: bool,
     max_body: Option<u64>,
     max_header_bytes: u64,
+    sessions: Sessions,
 }
 
 /// A bound relay; `run` serves it.
@@ -59,6 +61,7 @@ impl Relay {
             max_body: (cfg.egress.max_request_body_bytes > 0)
                 .then_some(cfg.egress.max_request_body_bytes),
             max_header_bytes: cfg.egress.max_header_bytes,
+            sessions: Sessions::new(),
         };
         Ok(Self {
             endpoint,
@@ -93,7 +96,7 @@ impl Relay {
                 async move {
                     match connecting.await {
                         Ok(conn) => {
-                            tokio::spawn(tunnel_io::probe::run(conn.clone(), signal, false));
+                            tokio::spawn(tunnel_io::probe::run(conn.clone(), signal, false, None));
                             serve_connection(state, conn).await
                         }
                         Err(e) => info!(error = %e, "handshake refused"),
@@ -107,6 +110,11 @@ impl Relay {
 
 async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
     info!("gateway connected");
+    let ctx = Arc::new(ConnCtx {
+        identity: state.sessions.identity(&conn),
+        conn_id: conn.stable_id(),
+        joined: std::sync::Mutex::new(None),
+    });
     metrics::gauge!("canopy_relay_gateways_connected").increment(1.0);
     let h3 = h3::server::builder()
         .max_field_section_size(state.max_header_bytes)
@@ -120,9 +128,10 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
             match h3.accept().await {
                 Ok(Some(resolver)) => {
                     let state = state.clone();
+                    let ctx = ctx.clone();
                     tokio::spawn(async move {
                         match resolver.resolve_request().await {
-                            Ok((req, stream)) => handle(state, req, stream).await,
+                            Ok((req, stream)) => handle(state, &ctx, req, stream).await,
                             Err(e) => debug!(error = %e, "bad request stream"),
                         }
                     });
@@ -137,10 +146,11 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
         Err(e) => warn!(error = %e, "HTTP/3 setup failed"),
     }
     metrics::gauge!("canopy_relay_gateways_connected").decrement(1.0);
+    state.sessions.leave(&ctx);
     info!(reason = ?conn.close_reason(), "gateway disconnected");
 }
 
-async fn handle(state: Arc<State>, req: Request<()>, stream: Stream) {
+async fn handle(state: Arc<State>, ctx: &ConnCtx, req: Request<()>, stream: Stream) {
     let started = Instant::now();
     let class = req
         .headers()
@@ -150,7 +160,7 @@ async fn handle(state: Arc<State>, req: Request<()>, stream: Stream) {
         .unwrap_or(TrafficClass::Bulk);
     let method = req.method().clone();
     let target = req.uri().to_string();
-    let status = serve(&state, req, stream, class).await;
+    let status = serve(&state, ctx, req, stream, class).await;
     let c = class.as_str();
     metrics::counter!("canopy_relay_requests_total", "class" => c, "status" => status.as_str().to_owned()).increment(1);
     metrics::histogram!("canopy_relay_request_duration_seconds", "class" => c)
@@ -166,20 +176,128 @@ enum Target {
 
 async fn serve(
     state: &State,
+    ctx: &ConnCtx,
     req: Request<()>,
     mut stream: Stream,
     class: TrafficClass,
 ) -> StatusCode {
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().eq_ignore_ascii_case(wire::SESSION_AUTHORITY))
+    {
+        return hello(state, ctx, &req, &mut stream).await;
+    }
+    // Bids and check-ins come once per path they were sent on: the first copy goes on,
+    // later copies get its answer.
+    let key = class
+        .is_transactional()
+        .then(|| req.headers().get(wire::HDR_IDEMPOTENCY_KEY))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| wire::valid_idempotency_key(k))
+        .map(str::to_owned);
+    let mut publisher = None;
+    if let Some(key) = key {
+        match state
+            .sessions
+            .admit(ctx.identity, &key, state.response_timeout)
+            .await
+        {
+            Ok(Admission::First(p)) => publisher = Some(p),
+            Ok(Admission::Replay(outcome)) => {
+                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                return replay(&mut stream, &outcome).await;
+            }
+            Err(()) => {
+                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                return refuse(
+                    &mut stream,
+                    Refusal::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "an earlier copy of this request is still without an answer",
+                    ),
+                )
+                .await;
+            }
+        }
+    }
     match prepare(state, &req).await {
         Err(refusal) => {
             // The body is not wanted: say so (H3_NO_ERROR) instead of leaving it unread.
             stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            if let Some(p) = publisher {
+                p.answer(refusal.status, refusal_headers(&refusal), Bytes::from(format!("{}\n", refusal.reason)));
+            }
             refuse(&mut stream, refusal).await
         }
         Ok(Target::Local) => local(&req, &mut stream).await,
         Ok(Target::Connect(tcp)) => tunnel(stream, tcp, class, state.tunnel_idle).await,
-        Ok(Target::Forward(origin)) => forward(state, req, stream, origin, class).await,
+        Ok(Target::Forward(origin)) => forward(state, req, stream, origin, class, publisher).await,
     }
+}
+
+/// The session hello of a new gateway connection.
+async fn hello(state: &State, ctx: &ConnCtx, req: &Request<()>, stream: &mut Stream) -> StatusCode {
+    while let Ok(Some(_)) = stream.recv_data().await {}
+    let h = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let session = u128::from_str_radix(&h(wire::HDR_SESSION), 16).ok();
+    let path = h(wire::HDR_PATH).parse::<usize>().ok();
+    let (Some(session), Some(path)) = (session, path) else {
+        return refuse(stream, Refusal::new(StatusCode::BAD_REQUEST, "hello needs canopy-session (hex) and canopy-path (number)")).await;
+    };
+    let name = h(wire::HDR_PATH_NAME);
+    let kind = h(wire::HDR_LINK_KIND);
+    match state.sessions.join(ctx, session, path, &name, &kind) {
+        Ok(paths) => {
+            let resp = Response::builder()
+                .status(StatusCode::OK)
+                .header("canopy-session-paths", paths.to_string())
+                .body(())
+                .unwrap_or_default();
+            let _ = stream.send_response(resp).await;
+            let _ = stream.finish().await;
+            StatusCode::OK
+        }
+        Err(e) => refuse(stream, Refusal::new(StatusCode::FORBIDDEN, e)).await,
+    }
+}
+
+fn refusal_headers(refusal: &Refusal) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let Ok(v) = http::HeaderValue::from_str(&wire::reason_header_value(&refusal.reason)) {
+        h.insert(wire::HDR_REASON, v);
+    }
+    h
+}
+
+/// Answers a duplicate with the first copy's answer.
+async fn replay(stream: &mut Stream, outcome: &Outcome) -> StatusCode {
+    let Outcome::Answer { status, headers, body } = outcome else {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    };
+    let mut resp = Response::builder().status(*status);
+    if let Some(h) = resp.headers_mut() {
+        *h = headers.clone();
+        h.insert(wire::HDR_DUPLICATE, http::HeaderValue::from_static("1"));
+    }
+    let Ok(resp) = resp.body(()) else {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    };
+    if stream.send_response(resp).await.is_ok() {
+        if !body.is_empty() {
+            let _ = stream.send_data(body.clone()).await;
+        }
+        let _ = stream.finish().await;
+    }
+    *status
 }
 
 /// Decides what the request is and opens the connection it needs.
@@ -282,6 +400,7 @@ async fn forward(
     stream: Stream,
     origin: OriginStream,
     class: TrafficClass,
+    publisher: Option<Publisher>,
 ) -> StatusCode {
     let (mut send, recv) = stream.split();
     let c = class.as_str();
@@ -332,7 +451,14 @@ async fn forward(
     };
     let resp = match result {
         Ok(resp) => resp,
-        Err(refusal) => return refuse(&mut send, refusal).await,
+        Err(refusal) => {
+            // a request whose body never fully arrived did not reach the origin as sent:
+            // dropping the publisher lets a duplicate through
+            if let Some(p) = publisher.filter(|_| !refusal.body_lost) {
+                p.answer(refusal.status, refusal_headers(&refusal), Bytes::from(format!("{}\n", refusal.reason)));
+            }
+            return refuse(&mut send, refusal).await;
+        }
     };
     let (mut parts, body) = resp.into_parts();
     let status = parts.status;
@@ -351,6 +477,28 @@ async fn forward(
     let Ok(head) = head.body(()) else {
         return StatusCode::BAD_GATEWAY;
     };
+    if let Some(p) = publisher {
+        // keyed answers are small: keep the whole answer for duplicates
+        let headers = head.headers().clone();
+        let collected = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 1024 * 1024)).await;
+        let bytes = match collected {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                let refusal = Refusal::new(StatusCode::BAD_GATEWAY, format!("origin answer unusable: {e}"));
+                p.answer(refusal.status, refusal_headers(&refusal), Bytes::from(format!("{}\n", refusal.reason)));
+                return refuse(&mut send, refusal).await;
+            }
+        };
+        p.answer(status, headers, bytes.clone());
+        if send.send_response(head).await.is_ok() {
+            count_bytes(class, 0, bytes.len() as u64);
+            if !bytes.is_empty() {
+                let _ = send.send_data(bytes).await;
+            }
+            let _ = send.finish().await;
+        }
+        return status;
+    }
     if send.send_response(head).await.is_err() {
         return status;
     }
@@ -405,9 +553,14 @@ where
         )),
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<tunnel_io::BodyError>())
-                .is_some_and(|b| matches!(b, tunnel_io::BodyError::TooLarge(_)));
+            let body_err = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<tunnel_io::BodyError>());
+            let too_large = body_err.is_some_and(|b| matches!(b, tunnel_io::BodyError::TooLarge(_)));
+            if body_err.is_some_and(|b| matches!(b, tunnel_io::BodyError::Stream(_))) {
+                let mut r = Refusal::new(StatusCode::BAD_GATEWAY, format!("request body did not arrive: {e}"));
+                r.body_lost = true;
+                return Err(r);
+            }
             if too_large {
                 Err(Refusal::new(
                     StatusCode::PAYLOAD_TOO_LARGE,

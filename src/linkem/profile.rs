@@ -82,7 +82,7 @@ pub enum ProfileError {
     Invalid(String),
 }
 
-const BUILTIN: [(&str, &str); 4] = [
+const BUILTIN: [(&str, &str); 7] = [
     (
         "cellular-4g",
         include_str!("../../configs/links/cellular-4g.toml"),
@@ -98,6 +98,15 @@ const BUILTIN: [(&str, &str); 4] = [
     (
         "satellite-leo",
         include_str!("../../configs/links/satellite-leo.toml"),
+    ),
+    (
+        "cellular-8m",
+        include_str!("../../configs/links/cellular-8m.toml"),
+    ),
+    ("wifi-4m", include_str!("../../configs/links/wifi-4m.toml")),
+    (
+        "satellite-2m",
+        include_str!("../../configs/links/satellite-2m.toml"),
     ),
 ];
 

@@ -62,8 +62,25 @@ impl TransportSettings {
     /// A transport config for one connection, and the queue signal its `low-delay`
     /// controller reads (feed it with [`crate::probe::run`]).
     pub fn quinn_for_connection(&self) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>) {
+        self.build(None)
+    }
+
+    /// As [`Self::quinn_for_connection`], with the RTT assumed before the first sample
+    /// (quinn's default is 333 ms; the handshake's first retransmission comes after three
+    /// times this).
+    pub fn quinn_for_connection_with_rtt(
+        &self,
+        initial_rtt: Duration,
+    ) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>) {
+        self.build(Some(initial_rtt))
+    }
+
+    fn build(&self, initial_rtt: Option<Duration>) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>) {
         let signal = Arc::new(QueueSignal::default());
         let mut t = quinn::TransportConfig::default();
+        if let Some(rtt) = initial_rtt {
+            t.initial_rtt(rtt);
+        }
         t.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_ms.max(10))));
         if let Ok(idle) =
             quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms.max(100)))

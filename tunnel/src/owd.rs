@@ -14,8 +14,18 @@ use std::time::{Duration, Instant};
 
 /// First byte of a probe datagram.
 pub const PROBE_MAGIC: u8 = 0xC7;
-/// Probe length in bytes: magic, sender clock (µs, u64), echoed queueing delay (µs, u32).
-pub const PROBE_LEN: usize = 13;
+/// Probe length in bytes: magic, sender clock (µs, u64), echoed queueing delay (µs, u32),
+/// echoed peer clock (µs, u64: the newest probe received from the peer; `u64::MAX` none).
+pub const PROBE_LEN: usize = 21;
+
+/// What a received probe tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// Queueing delay of *our* direction, as the peer measured it.
+    pub queue: Duration,
+    /// When we sent the newest probe the peer had received (a round-trip liveness proof).
+    pub echoed_sent_at: Option<Instant>,
+}
 
 const BUCKET: Duration = Duration::from_secs(10);
 const BUCKETS: usize = 6;
@@ -30,6 +40,8 @@ pub struct OwdProbe {
     inbound_queue_us: u32,
     /// Whether any probe arrived (the peer speaks the protocol).
     heard: bool,
+    /// The peer's clock in its newest probe (echoed back).
+    peer_ts: Option<u64>,
 }
 
 impl OwdProbe {
@@ -40,6 +52,7 @@ impl OwdProbe {
             mins: Vec::with_capacity(BUCKETS),
             inbound_queue_us: 0,
             heard: false,
+            peer_ts: None,
         }
     }
 
@@ -50,6 +63,7 @@ impl OwdProbe {
         let t = now.saturating_duration_since(self.epoch).as_micros() as u64;
         out[1..9].copy_from_slice(&t.to_be_bytes());
         out[9..13].copy_from_slice(&self.inbound_queue_us.to_be_bytes());
+        out[13..21].copy_from_slice(&self.peer_ts.unwrap_or(u64::MAX).to_be_bytes());
         out
     }
 
@@ -58,9 +72,8 @@ impl OwdProbe {
         self.heard
     }
 
-    /// Handles a received datagram. Returns the queueing delay of *our* direction as the
-    /// peer measured it, when `data` is a probe.
-    pub fn on_probe(&mut self, now: Instant, data: &[u8]) -> Option<Duration> {
+    /// Handles a received datagram; `None` when it is not a probe.
+    pub fn on_probe(&mut self, now: Instant, data: &[u8]) -> Option<ProbeReport> {
         if data.len() != PROBE_LEN || data[0] != PROBE_MAGIC {
             return None;
         }
@@ -68,7 +81,18 @@ impl OwdProbe {
         ts.copy_from_slice(&data[1..9]);
         let mut echo = [0u8; 4];
         echo.copy_from_slice(&data[9..13]);
-        let sent = i64::try_from(u64::from_be_bytes(ts)).ok()?;
+        let mut ours = [0u8; 8];
+        ours.copy_from_slice(&data[13..21]);
+        let ours = u64::from_be_bytes(ours);
+        let echoed_sent_at = (ours != u64::MAX)
+            .then(|| self.epoch.checked_add(Duration::from_micros(ours)))
+            .flatten()
+            .filter(|t| *t <= now);
+        let peer_raw = u64::from_be_bytes(ts);
+        if self.peer_ts.is_none_or(|p| peer_raw > p) {
+            self.peer_ts = Some(peer_raw);
+        }
+        let sent = i64::try_from(peer_raw).ok()?;
         let local = i64::try_from(now.saturating_duration_since(self.epoch).as_micros()).ok()?;
         let d = local.saturating_sub(sent);
         let current = self.mins.iter().map(|(_, m)| *m).min();
@@ -87,7 +111,10 @@ impl OwdProbe {
         let min = self.mins.iter().map(|(_, m)| *m).min().unwrap_or(d);
         self.inbound_queue_us = u32::try_from(d.saturating_sub(min)).unwrap_or(u32::MAX);
         self.heard = true;
-        Some(Duration::from_micros(u64::from(u32::from_be_bytes(echo))))
+        Some(ProbeReport {
+            queue: Duration::from_micros(u64::from(u32::from_be_bytes(echo))),
+            echoed_sent_at,
+        })
     }
 }
 
@@ -153,10 +180,12 @@ mod tests {
         // b echoes 30 ms back to a
         let mut a = a;
         let echo = b.make_probe(t0 + Duration::from_secs(8));
-        let q = a
+        let r = a
             .on_probe(t0 + Duration::from_secs(8) + owd, &echo)
             .expect("probe");
-        assert_eq!(q.as_millis(), 30);
+        assert_eq!(r.queue.as_millis(), 30);
+        // b echoes the newest of a's probes it received: the one a sent at 7 s
+        assert_eq!(r.echoed_sent_at, Some(t0 + Duration::from_secs(7)));
         assert!(a.on_probe(t0, b"not a probe").is_none());
     }
 

@@ -2,16 +2,20 @@
 //! restrictions, data cap) and its health, a state machine fed with probe echoes and
 //! transport statistics.
 //!
-//! Health rule: the gateway probes every [`PROBE_INTERVAL`] and the relay echoes. A path is
-//! *down* when no echo arrived for `srtt + 4·rttvar + (2 + k)·interval`, where `k` is the
-//! number of probes in a row the path's own loss rate would lose with probability below
-//! 10⁻⁴ (at least 3). At 100 ms RTT and no loss that is about 190 ms. A path is also demoted
-//! when its RTT degrades far above its own minimum (`max(3·min, min + 300 ms)`).
+//! Health rule: the gateway probes every [`PROBE_INTERVAL`] and the relay echoes the newest
+//! probe it has received. While the path works, echoes of ever newer probes arrive every
+//! interval, however long the queue they waited in. A path is *down* when the echo has not
+//! advanced for `srtt + 4·rttvar + (2 + k)·interval`, at least 150 ms (srtt and rttvar of
+//! the echoes' round trips, RFC 6298 style, so jitter and queue swings widen the bound),
+//! where `k` is the number of probes in a row the path's own loss rate would lose with
+//! probability below 10⁻⁴ (at least 5). At 100 ms RTT with 10 ms of variation and no loss
+//! that is 210 ms after the last echo, so a cut is detected within about 260 ms. A path is also demoted when its
+//! RTT degrades far above its own minimum (`max(3·min, min + 300 ms)`).
 //!
-//! A demoted path rejoins only after it has proved stable for a hold time: 500 ms the first
-//! time, 60 s if it was already demoted within the last ten minutes, doubling on each further
-//! demotion up to ten minutes. So a marginal link flaps at most once a minute, and a link that
-//! returns after one outage is back in well under a second.
+//! A demoted path rejoins only after it has proved stable for a hold time: 500 ms, unless it
+//! was also demoted in the minute before this demotion; then 60 s, doubling with each further
+//! demotion in the last ten minutes, up to ten minutes. So a marginal link flaps at most once
+//! a minute, and a link that returns after an outage is back in well under a second.
 
 use crate::class::TrafficClass;
 use serde::{Deserialize, Serialize};
@@ -21,6 +25,11 @@ use std::time::{Duration, Instant};
 
 /// Interval of the health probes (the one-way-delay probes double as health probes).
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// Probes that may go missing in a row on a clean path (Wi-Fi retries fail in bursts).
+const MIN_LOST_PROBES: u32 = 5;
+/// The detection bound is never shorter than this: short gaps in the echoes come from
+/// radio retries and scheduling, not from a dead link.
+pub const MIN_DOWN_AFTER: Duration = Duration::from_millis(150);
 /// Hold time of a first rejoin.
 pub const HOLD_FIRST: Duration = Duration::from_millis(500);
 /// Hold time of a repeated rejoin (a demotion within [`FLAP_MEMORY`] of the previous).
@@ -164,10 +173,15 @@ pub struct PathHealth {
     hold: Duration,
     /// Send time of the newest probe the peer echoed.
     last_echo: Option<Instant>,
+    /// When the echo last advanced (or the grace start after connecting).
+    last_advance: Option<Instant>,
     /// When the current connection came up (silence before the first echo counts from here).
     connected_at: Option<Instant>,
     srtt: Duration,
     rttvar: Duration,
+    /// Round trip of the echoes (probe sent → its echo seen), smoothed, and its variation.
+    echo_srtt: Duration,
+    echo_rttvar: Duration,
     /// Minimum RTT per 10 s bucket over the last minute, newest last.
     min_rtt: VecDeque<(Instant, Duration)>,
     loss: f64,
@@ -188,9 +202,12 @@ impl PathHealth {
             health: Health::Connecting,
             hold: HOLD_FIRST,
             last_echo: None,
+            last_advance: None,
             connected_at: None,
             srtt: Duration::from_millis(100),
             rttvar: Duration::from_millis(25),
+            echo_srtt: Duration::from_millis(100),
+            echo_rttvar: Duration::from_millis(50),
             min_rtt: VecDeque::new(),
             loss: 0.0,
             demotions: VecDeque::new(),
@@ -225,10 +242,15 @@ impl PathHealth {
 
     /// The QUIC connection is up (handshake done): probation starts.
     pub fn on_connected(&mut self, now: Instant, rtt: Duration) {
+        self.hold = self.next_hold(now);
         self.connected_at = Some(now);
         self.last_echo = None;
+        // the first echo needs a round trip: silence counts from one RTT after the start
+        self.last_advance = Some(now + rtt);
         self.srtt = rtt;
         self.rttvar = rtt / 2;
+        self.echo_srtt = rtt;
+        self.echo_rttvar = rtt / 2;
         self.note_min_rtt(now, rtt);
         self.health = Health::Probation { since: now };
     }
@@ -238,6 +260,7 @@ impl PathHealth {
         let was = self.health;
         self.connected_at = None;
         self.last_echo = None;
+        self.last_advance = None;
         self.health = Health::Connecting;
         if was == Health::Up {
             self.record_demotion(now);
@@ -246,9 +269,18 @@ impl PathHealth {
     }
 
     /// The peer echoed a probe we sent at `sent_at`.
-    pub fn on_echo(&mut self, _now: Instant, sent_at: Instant) {
+    pub fn on_echo(&mut self, now: Instant, sent_at: Instant) {
         if self.last_echo.is_none_or(|t| sent_at > t) {
             self.last_echo = Some(sent_at);
+            self.last_advance = Some(self.last_advance.map_or(now, |a| a.max(now)));
+            let sample = now.saturating_duration_since(sent_at);
+            let dev = if sample > self.echo_srtt {
+                sample - self.echo_srtt
+            } else {
+                self.echo_srtt - sample
+            };
+            self.echo_rttvar = (self.echo_rttvar * 3 + dev) / 4;
+            self.echo_srtt = (self.echo_srtt * 7 + sample) / 8;
         }
     }
 
@@ -276,13 +308,21 @@ impl PathHealth {
     /// Current detection bound: silence longer than this declares the path down.
     pub fn down_after(&self) -> Duration {
         let k = if self.loss <= 0.0 {
-            3
+            MIN_LOST_PROBES
         } else if self.loss >= 0.5 {
             14
         } else {
-            ((1e-4f64).ln() / self.loss.ln()).ceil().clamp(3.0, 14.0) as u32
+            ((1e-4f64).ln() / self.loss.ln())
+                .ceil()
+                .clamp(f64::from(MIN_LOST_PROBES), 14.0) as u32
         };
-        self.srtt + 4 * self.rttvar + PROBE_INTERVAL * (2 + k)
+        (self.echo_srtt + 4 * self.echo_rttvar + PROBE_INTERVAL * (2 + k)).max(MIN_DOWN_AFTER)
+    }
+
+    /// Silence after which the connection is given up (closed and made again): a link that
+    /// was only stalled answers before this.
+    pub fn close_after(&self) -> Duration {
+        (self.down_after() * 4).max(Duration::from_secs(2))
     }
 
     /// The RTT above which the path counts as degraded.
@@ -291,10 +331,10 @@ impl PathHealth {
         Some((m * 3).max(m + Duration::from_millis(300)))
     }
 
-    /// How long the path has been silent at `now` (from the send time of the newest
-    /// echoed probe, or from the connection's start).
+    /// How long the path has been silent at `now`: since the echo last advanced (or since
+    /// one RTT after the connection started, before the first echo).
     pub fn silence(&self, now: Instant) -> Option<Duration> {
-        let since = self.last_echo.or(self.connected_at)?;
+        let since = self.last_advance?;
         Some(now.saturating_duration_since(since))
     }
 
@@ -355,17 +395,22 @@ impl PathHealth {
         }
     }
 
-    /// The hold time for the next rejoin: 500 ms after a lone demotion, then 60 s doubling.
+    /// The hold time for the next rejoin: 500 ms, unless the latest demotion followed
+    /// another within a minute; then 60 s, doubling per further demotion in ten minutes.
     fn next_hold(&self, now: Instant) -> Duration {
-        let recent = self
+        let recent: Vec<&Instant> = self
             .demotions
             .iter()
             .filter(|t| now.saturating_duration_since(**t) <= FLAP_MEMORY)
-            .count();
-        if recent <= 1 {
+            .collect();
+        let flapping = match recent.as_slice() {
+            [.., prev, last] => last.saturating_duration_since(**prev) < HOLD_REPEAT,
+            _ => false,
+        };
+        if !flapping {
             HOLD_FIRST
         } else {
-            let doublings = (recent - 2).min(8) as u32;
+            let doublings = (recent.len() - 2).min(8) as u32;
             (HOLD_REPEAT * 2u32.pow(doublings)).min(HOLD_MAX)
         }
     }

@@ -81,7 +81,7 @@ impl PathView {
     /// Whether less than one round trip of data is queued in `unit`'s main direction: the
     /// path would run dry before more work reaches it.
     pub fn would_idle(&self, unit: &Unit) -> bool {
-        let (queued, rate) = if unit.up_bytes >= unit.down_bytes {
+        let (queued, rate) = if unit.sends_mostly() {
             (self.queued_up, self.rate_up)
         } else {
             (self.queued_down, self.rate_down)
@@ -90,9 +90,19 @@ impl PathView {
     }
 
     /// Expected time for `unit` to complete on this path, tier penalty included.
+    ///
+    /// A unit waits behind the path's queue only in its main direction, and only if it is
+    /// bulk or media: small requests and answers go ahead of queued bulk data (small-first
+    /// stream priorities) and the bottleneck queue itself is kept short.
     pub fn expected_completion(&self, unit: &Unit) -> Duration {
-        let up = (self.queued_up + unit.up_bytes) as f64 / self.rate_up.max(1.0);
-        let down = (self.queued_down + unit.down_bytes) as f64 / self.rate_down.max(1.0);
+        let queues = !unit.class.is_transactional();
+        let (qu, qd) = match (queues, unit.sends_mostly()) {
+            (false, _) => (0, 0),
+            (true, true) => (self.queued_up, 0),
+            (true, false) => (0, self.queued_down),
+        };
+        let up = (qu + unit.up_bytes) as f64 / self.rate_up.max(1.0);
+        let down = (qd + unit.down_bytes) as f64 / self.rate_down.max(1.0);
         let t = self.srtt.as_secs_f64() + up + down;
         let t = if self.tier == Tier::Secondary {
             t * 1.5
@@ -112,6 +122,13 @@ pub struct Unit {
     pub up_bytes: u64,
     /// Bytes it expects back (response body, or an estimate).
     pub down_bytes: u64,
+}
+
+impl Unit {
+    /// Whether the unit's main direction is towards the relay (an upload).
+    pub fn sends_mostly(&self) -> bool {
+        self.up_bytes > self.down_bytes
+    }
 }
 
 /// Where a unit goes: the first path is the primary; further paths carry redundant copies.
@@ -469,9 +486,13 @@ mod tests {
             down_bytes: 300,
         };
         assert_eq!(default_policy().place(&bid, &paths).paths, vec![1, 0]);
-        // a full queue on path 1 moves the bid to the others
+        // bids go ahead of queued bulk data: a full queue does not move them
         paths[1].queued_up = 2_000_000;
+        assert_eq!(default_policy().place(&bid, &paths).paths, vec![1, 0]);
+        // a path down moves them to the others, the backup included
+        paths[1].usable = false;
         assert_eq!(default_policy().place(&bid, &paths).paths, vec![0, 2]);
+        paths[1].usable = true;
         // the backup carries bids when it is the only path left
         paths[0].usable = false;
         paths[1].usable = false;

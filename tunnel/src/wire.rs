@@ -17,6 +17,25 @@ pub const HDR_DEVICE_IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Short reason attached to synthetic error responses from gateway or relay.
 pub const HDR_REASON: &str = "canopy-reason";
 
+/// `:authority` of the session hello each gateway connection sends first
+/// (`POST https://canopy.session/hello`). Not a DNS name: the relay answers it itself.
+pub const SESSION_AUTHORITY: &str = "canopy.session";
+
+/// Session id in the hello (32 hex digits, random per gateway start).
+pub const HDR_SESSION: &str = "canopy-session";
+
+/// Path id in the hello (the uplink's index at the gateway).
+pub const HDR_PATH: &str = "canopy-path";
+
+/// Uplink name in the hello (for the relay's logs and metrics).
+pub const HDR_PATH_NAME: &str = "canopy-path-name";
+
+/// Link kind in the hello (`cellular`, `wifi`, `satellite`, `ethernet`).
+pub const HDR_LINK_KIND: &str = "canopy-link-kind";
+
+/// Set by the relay on the answer to a redundant copy (the first copy's answer, replayed).
+pub const HDR_DUPLICATE: &str = "canopy-duplicate";
+
 /// Every Canopy-private header starts with this prefix; egress strips them all.
 pub const PRIVATE_PREFIX: &str = "canopy-";
 

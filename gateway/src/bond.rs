@@ -1,0 +1,622 @@
+//! The bond: every uplink at once. Holds one [`Uplink`] per configured uplink, watches each
+//! path's health (probe echoes and quinn's statistics into `tunnel::path::PathHealth`),
+//! estimates its rates and queues, counts its bytes against its cap, and places each request
+//! with the sans-IO scheduler (`tunnel::scheduler`).
+
+use crate::config::{GatewayConfig, UplinkConfig};
+use crate::uplink::{Hello, Live, Uplink, UplinkSettings, UplinkState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{info, warn};
+use tunnel::path::{CapState, DataCap, Health, HealthEvent, LinkKind, PathHealth, Tier};
+
+use tunnel::scheduler::{self, ClassSet, PathId, PathView, Placement, Scheduler, Unit};
+use tunnel::TrafficClass;
+
+/// How often each path's monitor runs.
+const TICK: Duration = Duration::from_millis(10);
+/// Window of the goodput meters.
+const METER_WINDOW: Duration = Duration::from_millis(250);
+
+/// What in-flight requests watch on their path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathSignal {
+    /// The path may carry new work.
+    pub usable: bool,
+    /// Work on the path is lost (silent or closed): abandon and re-send elsewhere.
+    pub dead: bool,
+}
+
+/// One uplink inside the bond.
+pub struct Path {
+    /// Index in the bond.
+    pub id: PathId,
+    /// Configured name.
+    pub name: String,
+    /// Link kind.
+    pub kind: LinkKind,
+    /// Cost tier.
+    pub tier: Tier,
+    classes: ClassSet,
+    uplink: Uplink,
+    st: Mutex<PathState>,
+    signal: watch::Sender<PathSignal>,
+    /// Bytes sent and received (goodput, all classes).
+    pub bytes_up: AtomicU64,
+    /// Bytes received.
+    pub bytes_down: AtomicU64,
+}
+
+struct PathState {
+    health: PathHealth,
+    cap: DataCap,
+    cap_state: CapState,
+    generation: u64,
+    live: Option<Arc<Live>>,
+    /// Silent or closed since the last (re)connection or recovery: in-flight work is lost.
+    lost: bool,
+    last_sent: u64,
+    last_lost: u64,
+    rttvar: Duration,
+    rate_up: f64,
+    rate_down: f64,
+    /// Remaining declared request-body bytes not yet handed to quinn.
+    pending_up: u64,
+    /// Remaining declared response-body bytes not yet received.
+    pending_down: u64,
+    /// Body bytes handed to quinn on the current connection.
+    written: u64,
+    meter_start: Instant,
+    meter_up: u64,
+    meter_down: u64,
+    meter_busy_down: bool,
+    goodput_up: f64,
+    goodput_down: f64,
+}
+
+/// A snapshot of one path for status lines.
+#[derive(Debug, Clone)]
+pub struct PathStatus {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: LinkKind,
+    /// Tier.
+    pub tier: Tier,
+    /// Health.
+    pub health: Health,
+    /// Smoothed RTT.
+    pub srtt: Duration,
+    /// Loss estimate.
+    pub loss: f64,
+    /// Goodput towards the relay, bits/s (last 250 ms).
+    pub up_bps: f64,
+    /// Goodput from the relay, bits/s.
+    pub down_bps: f64,
+    /// Demotions since start.
+    pub demotions: u64,
+    /// Cap state.
+    pub cap: CapState,
+    /// Cap use today, bytes.
+    pub cap_used: u64,
+}
+
+impl Path {
+    fn new(id: PathId, cfg: &UplinkConfig, uplink: Uplink, cap: Option<u64>) -> Self {
+        let now = Instant::now();
+        let (signal, _) = watch::channel(PathSignal {
+            usable: false,
+            dead: true,
+        });
+        Self {
+            id,
+            name: cfg.name.clone(),
+            kind: cfg.kind,
+            tier: cfg.tier,
+            classes: cfg
+                .classes
+                .as_deref()
+                .map_or(ClassSet::ALL, ClassSet::of),
+            uplink,
+            st: Mutex::new(PathState {
+                health: PathHealth::new(),
+                cap: DataCap::new(now, cap),
+                cap_state: CapState::Normal,
+                generation: 0,
+                live: None,
+                lost: false,
+                last_sent: 0,
+                last_lost: 0,
+                rttvar: Duration::from_millis(10),
+                rate_up: 125_000.0,
+                rate_down: 125_000.0,
+                pending_up: 0,
+                pending_down: 0,
+                written: 0,
+                meter_start: now,
+                meter_up: 0,
+                meter_down: 0,
+                meter_busy_down: false,
+                goodput_up: 0.0,
+                goodput_down: 0.0,
+            }),
+            signal,
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PathState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection, if the path is usable.
+    pub fn live(&self) -> Option<Arc<Live>> {
+        let st = self.lock();
+        st.health.is_usable().then(|| st.live.clone()).flatten()
+    }
+
+    /// The connection, whatever the health (for redundant copies of bids as a last resort).
+    pub fn connected(&self) -> Option<Arc<Live>> {
+        self.lock().live.clone()
+    }
+
+    /// A receiver of the path's signal.
+    pub fn watch(&self) -> watch::Receiver<PathSignal> {
+        self.signal.subscribe()
+    }
+
+    /// Whether the path may carry new work.
+    pub fn is_usable(&self) -> bool {
+        self.signal.borrow().usable
+    }
+
+    fn view(&self) -> PathView {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let cap = st.cap.state(now);
+        let unsent = st
+            .live
+            .as_ref()
+            .map(|l| {
+                let on_wire = l.conn.stats().udp_tx.bytes;
+                // a QUIC packet carries ~95% payload; what quinn has not sent yet is queued
+                st.written.saturating_sub(on_wire * 95 / 100)
+            })
+            .unwrap_or(0);
+        PathView {
+            id: self.id,
+            usable: st.health.is_usable() && st.live.is_some(),
+            tier: self.tier,
+            classes: self.classes,
+            cap,
+            srtt: st.health.srtt(),
+            rate_up: st.rate_up,
+            rate_down: st.rate_down,
+            queued_up: st.pending_up + unsent,
+            queued_down: st.pending_down,
+        }
+    }
+
+    /// Status snapshot.
+    pub fn status(&self) -> PathStatus {
+        let mut st = self.lock();
+        let now = Instant::now();
+        PathStatus {
+            name: self.name.clone(),
+            kind: self.kind,
+            tier: self.tier,
+            health: st.health.health(),
+            srtt: st.health.srtt(),
+            loss: st.health.loss(),
+            up_bps: st.goodput_up * 8.0,
+            down_bps: st.goodput_down * 8.0,
+            demotions: st.health.demotions(),
+            cap: st.cap.state(now),
+            cap_used: st.cap.used(now),
+        }
+    }
+
+    /// Counts body bytes carried (for caps, goodput, queues).
+    fn carried(&self, up: bool, bytes: u64, reserved: u64) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if up {
+            st.written += bytes;
+            st.meter_up += bytes;
+            st.pending_up = st.pending_up.saturating_sub(reserved);
+            self.bytes_up.fetch_add(bytes, Ordering::Relaxed);
+        } else {
+            st.meter_down += bytes;
+            st.meter_busy_down = true;
+            st.pending_down = st.pending_down.saturating_sub(reserved);
+            self.bytes_down.fetch_add(bytes, Ordering::Relaxed);
+        }
+        let (state, changed) = st.cap.add(now, bytes);
+        if changed {
+            st.cap_state = state;
+            match state {
+                CapState::Warn => warn!(uplink = %self.name, "data cap: 75% used today"),
+                CapState::Exhausted => warn!(
+                    uplink = %self.name,
+                    "data cap reached: only bids and check-ins use this uplink until the day rolls over"
+                ),
+                CapState::Normal => {}
+            }
+        }
+    }
+
+    fn reserve(&self, up: u64, down: u64) {
+        let mut st = self.lock();
+        st.pending_up += up;
+        st.pending_down += down;
+    }
+
+    fn release(&self, up: u64, down: u64) {
+        let mut st = self.lock();
+        st.pending_up = st.pending_up.saturating_sub(up);
+        st.pending_down = st.pending_down.saturating_sub(down);
+    }
+
+    /// One monitor step.
+    fn tick(&self, now: Instant) {
+        let state = self.uplink.state();
+        let mut st = self.lock();
+        let mut events = Vec::new();
+        let mut fresh = false;
+        match &state {
+            UplinkState::Up(live) if live.generation != st.generation => {
+                st.generation = live.generation;
+                st.health.on_connected(now, live.conn.rtt());
+                st.live = Some(live.clone());
+                st.last_sent = 0;
+                st.last_lost = 0;
+                st.written = 0;
+                fresh = true;
+                info!(uplink = %self.name, rtt_ms = live.conn.rtt().as_millis() as u64, "on probation");
+            }
+            UplinkState::Down if st.live.is_some() => {
+                st.live = None;
+                if let Some(e) = st.health.on_closed(now) {
+                    events.push(e);
+                }
+            }
+            _ => {}
+        }
+        if let Some(live) = st.live.clone() {
+            let stats = live.conn.stats();
+            let rtt = stats.path.rtt;
+            let prev = st.health.srtt();
+            let dev = if rtt > prev { rtt - prev } else { prev - rtt };
+            st.rttvar = (st.rttvar * 3 + dev) / 4;
+            let sent = stats.path.sent_packets.saturating_sub(st.last_sent);
+            let lost = stats.path.lost_packets.saturating_sub(st.last_lost);
+            st.last_sent = stats.path.sent_packets;
+            st.last_lost = stats.path.lost_packets;
+            let rttvar = st.rttvar.max(Duration::from_millis(1));
+            st.health.on_stats(now, rtt, rttvar, sent, lost);
+            if let Some(t) = live.echoes.latest() {
+                let before = st.health.silence(now);
+                st.health.on_echo(now, t);
+                if st.health.silence(now) != before {
+                    tracing::trace!(uplink = %self.name, gap_ms = before.map(|d| d.as_millis() as u64), age_ms = now.saturating_duration_since(t).as_millis() as u64, "echo");
+                }
+            }
+            let srtt = rtt.max(Duration::from_millis(1)).as_secs_f64();
+            st.rate_up = (stats.path.cwnd as f64 / srtt).max(10_000.0);
+        }
+        if let Some(e) = st.health.poll(now) {
+            events.push(e);
+        }
+        // meters
+        let elapsed = now.saturating_duration_since(st.meter_start);
+        if elapsed >= METER_WINDOW {
+            let secs = elapsed.as_secs_f64();
+            st.goodput_up = st.meter_up as f64 / secs;
+            st.goodput_down = st.meter_down as f64 / secs;
+            if st.meter_busy_down && st.pending_down > 0 {
+                // a busy window shows the downlink's rate; otherwise keep the estimate
+                st.rate_down = st.goodput_down.max(st.rate_down * 0.9);
+            } else if st.rate_down < st.rate_up {
+                st.rate_down = st.rate_up;
+            }
+            st.meter_start = now;
+            st.meter_up = 0;
+            st.meter_down = 0;
+            st.meter_busy_down = false;
+            let l = self.name.clone();
+            metrics::gauge!("canopy_gateway_link_goodput_bits_per_second", "link" => l.clone(), "direction" => "up").set(st.goodput_up * 8.0);
+            metrics::gauge!("canopy_gateway_link_goodput_bits_per_second", "link" => l.clone(), "direction" => "down").set(st.goodput_down * 8.0);
+            metrics::gauge!("canopy_gateway_link_srtt_seconds", "link" => l.clone()).set(st.health.srtt().as_secs_f64());
+            metrics::gauge!("canopy_gateway_link_loss_ratio", "link" => l.clone()).set(st.health.loss());
+            metrics::gauge!("canopy_gateway_link_state", "link" => l.clone()).set(st.health.health().gauge());
+            let used = st.cap.used(now);
+            metrics::gauge!("canopy_gateway_link_cap_used_bytes", "link" => l.clone()).set(used as f64);
+            if let Some(cap) = st.cap.cap() {
+                metrics::gauge!("canopy_gateway_link_cap_bytes", "link" => l).set(cap as f64);
+            }
+        }
+        let usable = st.health.is_usable() && st.live.is_some();
+        let silent = events
+            .iter()
+            .any(|e| matches!(e, HealthEvent::Silent { .. } | HealthEvent::Closed));
+        if silent {
+            st.lost = true;
+        }
+        let close_after = st.health.close_after();
+        let gone = st.live.is_some()
+            && matches!(st.health.health(), Health::Down { .. })
+            && st.health.silence(now).is_some_and(|d| d > close_after);
+        if events.iter().any(|e| matches!(e, HealthEvent::Recovering { .. })) || fresh {
+            st.lost = false;
+        }
+        let lost = st.lost;
+        let live = st.live.clone();
+        drop(st);
+        for e in &events {
+            match e {
+                HealthEvent::Joined => info!(uplink = %self.name, "up: carrying traffic"),
+                HealthEvent::Silent { silent_for } => warn!(uplink = %self.name, silent_ms = silent_for.as_millis() as u64, "down: no probe answer"),
+                HealthEvent::Degraded { srtt } => warn!(uplink = %self.name, srtt_ms = srtt.as_millis() as u64, "demoted: RTT far above its minimum"),
+                HealthEvent::Recovering { hold } => info!(uplink = %self.name, hold_ms = hold.as_millis() as u64, "answering again: on probation"),
+                HealthEvent::Closed => warn!(uplink = %self.name, "connection closed"),
+            }
+            if matches!(e, HealthEvent::Silent { .. } | HealthEvent::Degraded { .. }) {
+                metrics::counter!("canopy_gateway_link_demotions_total", "link" => self.name.clone()).increment(1);
+            }
+        }
+        if gone {
+            // a connection silent this long has its packets stuck behind QUIC's backed-off
+            // timers: start afresh, so a returning link is found within the reconnect backoff
+            if let Some(live) = &live {
+                warn!(uplink = %self.name, "no answer for {} ms: reconnecting", close_after.as_millis());
+                live.conn.close(0u32.into(), b"path silent");
+            }
+        }
+        let sig = PathSignal {
+            usable,
+            dead: lost || live.is_none(),
+        };
+        self.signal.send_if_modified(|s| {
+            let changed = *s != sig;
+            *s = sig;
+            changed
+        });
+    }
+}
+
+/// Resolves when the path's in-flight work is lost.
+pub async fn until_dead(watch: &mut watch::Receiver<PathSignal>) {
+    let _ = watch.wait_for(|s| s.dead).await;
+}
+
+/// Every uplink, bonded.
+pub struct Bond {
+    paths: Vec<Arc<Path>>,
+    /// Moving average of bulk response sizes: what a download of unknown size reserves.
+    typical_download: AtomicU64,
+    policy: scheduler::Redundant<scheduler::MinCompletion>,
+    /// This gateway run's session id.
+    pub session: u128,
+}
+
+impl Bond {
+    /// Starts one uplink per configured uplink (or the single default one) and their monitors.
+    pub fn start(cfg: &GatewayConfig, client: quinn::ClientConfig) -> Result<Arc<Self>, String> {
+        let session = fastrand::u128(..);
+        let mut paths = Vec::new();
+        for (id, u) in cfg.effective_uplinks().iter().enumerate() {
+            let bind = u.bind_to()?;
+            let uplink = Uplink::start(UplinkSettings {
+                relay_addr: u.relay.clone().unwrap_or_else(|| cfg.relay.addr.clone()),
+                server_name: cfg.relay.tls_name(),
+                bind,
+                client: client.clone(),
+                transport: cfg.tunnel.clone(),
+                backoff_min: Duration::from_millis(cfg.relay.reconnect_min_ms),
+                backoff_max: Duration::from_millis(cfg.relay.reconnect_max_ms),
+                hello: Hello {
+                    session,
+                    path: id,
+                    name: u.name.clone(),
+                    kind: u.kind,
+                },
+            });
+            paths.push(Arc::new(Path::new(id, u, uplink, u.cap_bytes_per_day)));
+        }
+        let bond = Arc::new(Self {
+            paths,
+            typical_download: AtomicU64::new(256 * 1024),
+            policy: scheduler::default_policy(),
+            session,
+        });
+        for p in &bond.paths {
+            let p = Arc::downgrade(p);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tick.tick().await;
+                    let Some(p) = p.upgrade() else { return };
+                    p.tick(Instant::now());
+                }
+            });
+        }
+        Ok(bond)
+    }
+
+    /// The paths.
+    pub fn paths(&self) -> &[Arc<Path>] {
+        &self.paths
+    }
+
+    /// What a download of unknown size is expected to bring (moving average of bulk
+    /// response sizes), so downloads that start together spread over the paths.
+    pub fn typical_download(&self) -> u64 {
+        self.typical_download.load(Ordering::Relaxed)
+    }
+
+    /// Records a bulk response size.
+    pub fn note_download(&self, n: u64) {
+        let _ = self
+            .typical_download
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some((v * 7 + n.min(64 << 20)) / 8)
+            });
+    }
+
+    /// Whether any path carries traffic.
+    pub fn any_usable(&self) -> bool {
+        self.paths.iter().any(|p| p.is_usable())
+    }
+
+    /// Waits until some path carries traffic, or `timeout` passes.
+    pub async fn wait_usable(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.any_usable() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    /// Where `unit` goes now (excluding `exclude`).
+    pub fn place(&self, unit: &Unit, exclude: &[PathId]) -> Placement {
+        let mut views: Vec<PathView> = self.paths.iter().map(|p| p.view()).collect();
+        let placed = self.policy.place_again(unit, &views, exclude);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            for v in &views {
+                tracing::trace!(path = v.id, usable = v.usable, srtt_ms = v.srtt.as_millis() as u64, rate_up = v.rate_up as u64, rate_down = v.rate_down as u64, queued_up = v.queued_up, queued_down = v.queued_down, eta_ms = v.expected_completion(unit).as_millis() as u64, "view");
+            }
+            tracing::trace!(class = %unit.class, up = unit.up_bytes, paths = ?placed.paths, "placed");
+        }
+        if !placed.paths.is_empty() || views.iter().any(|v| v.usable) {
+            return placed;
+        }
+        // nothing is up: a connected path still on probation is better than no path
+        for (v, p) in views.iter_mut().zip(&self.paths) {
+            v.usable = p.lock().live.is_some() && !p.signal.borrow().dead;
+        }
+        self.policy.place_again(unit, &views, exclude)
+    }
+
+    /// Why nothing can carry `class` now (for the 503's reason).
+    pub fn why_not(&self, class: TrafficClass) -> String {
+        let views: Vec<PathView> = self.paths.iter().map(|p| p.view()).collect();
+        if !views.iter().any(|v| v.usable) {
+            let states: Vec<String> = self
+                .paths
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.status().health))
+                .collect();
+            format!("no uplink to the relay is up ({})", states.join(", "))
+        } else if views
+            .iter()
+            .any(|v| v.usable && v.cap == CapState::Exhausted)
+        {
+            format!("every uplink that may carry {class} traffic has reached its data cap or is down")
+        } else {
+            format!("no uplink is configured to carry {class} traffic")
+        }
+    }
+
+    /// A flow of one request copy on path `id`: it reserves the declared bytes and counts
+    /// what moves.
+    pub fn flow(&self, id: PathId, class: TrafficClass, up: u64, down: u64) -> Option<Arc<Flow>> {
+        let path = self.paths.get(id)?.clone();
+        path.reserve(up, down);
+        Some(Arc::new(Flow {
+            path,
+            class,
+            up_left: AtomicU64::new(up),
+            down_left: AtomicU64::new(down),
+        }))
+    }
+}
+
+/// One request copy on one path: its reservation in the path's queue estimate, and the byte
+/// counters its bodies feed (class, link, cap).
+pub struct Flow {
+    /// The path.
+    pub path: Arc<Path>,
+    class: TrafficClass,
+    up_left: AtomicU64,
+    down_left: AtomicU64,
+}
+
+impl Flow {
+    /// The response announced `n` body bytes: they replace the estimate reserved so far.
+    pub fn expect_down(&self, n: u64) {
+        let old = self.down_left.swap(n, Ordering::Relaxed);
+        self.path.release(0, old);
+        self.path.reserve(0, n);
+    }
+
+    /// A counter for request-body bytes.
+    pub fn up_counter(self: &Arc<Self>) -> metrics::Counter {
+        metrics::Counter::from_arc(Arc::new(FlowCounter {
+            flow: self.clone(),
+            up: true,
+            class: metrics::counter!("canopy_gateway_bytes_total", "class" => self.class.as_str(), "direction" => "up"),
+            link: metrics::counter!("canopy_gateway_link_bytes_total", "link" => self.path.name.clone(), "class" => self.class.as_str(), "direction" => "up"),
+        }))
+    }
+
+    /// A counter for response-body bytes.
+    pub fn down_counter(self: &Arc<Self>) -> metrics::Counter {
+        metrics::Counter::from_arc(Arc::new(FlowCounter {
+            flow: self.clone(),
+            up: false,
+            class: metrics::counter!("canopy_gateway_bytes_total", "class" => self.class.as_str(), "direction" => "down"),
+            link: metrics::counter!("canopy_gateway_link_bytes_total", "link" => self.path.name.clone(), "class" => self.class.as_str(), "direction" => "down"),
+        }))
+    }
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        self.path.release(
+            self.up_left.load(Ordering::Relaxed),
+            self.down_left.load(Ordering::Relaxed),
+        );
+    }
+}
+
+struct FlowCounter {
+    flow: Arc<Flow>,
+    up: bool,
+    class: metrics::Counter,
+    link: metrics::Counter,
+}
+
+fn sub_sat(a: &AtomicU64, n: u64) -> u64 {
+    let mut taken = 0;
+    let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        taken = v.min(n);
+        Some(v - taken)
+    });
+    taken
+}
+
+impl metrics::CounterFn for FlowCounter {
+    fn increment(&self, value: u64) {
+        self.class.increment(value);
+        self.link.increment(value);
+        // the path's pending counters drop by what this flow had reserved
+        let left = if self.up {
+            &self.flow.up_left
+        } else {
+            &self.flow.down_left
+        };
+        let reserved = sub_sat(left, value);
+        self.flow.path.carried(self.up, value, reserved);
+    }
+
+    fn absolute(&self, _value: u64) {}
+}

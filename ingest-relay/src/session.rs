@@ -1,0 +1,239 @@
+//! Gateway sessions and the duplicate filter.
+//!
+//! A gateway opens one QUIC connection per uplink and greets on each with the same session
+//! id and its path id (`POST https://canopy.session/hello`). The relay joins them into one
+//! session, provided every connection shows the same client certificate. Bids and check-ins
+//! arrive once per path they were sent on; the first copy goes to the origin, later copies
+//! get its answer (`tunnel::dedup`), keyed by the certificate and the idempotency key.
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tunnel::dedup::{Admit, DedupTable};
+
+/// How long an answer is kept for duplicates.
+const DEDUP_TTL: Duration = Duration::from_secs(600);
+/// Most answers kept.
+const DEDUP_MAX: usize = 100_000;
+
+/// What one connection is: whose, and which path of which session.
+pub(crate) struct ConnCtx {
+    /// Hash of the client certificate (keyed per relay process).
+    pub(crate) identity: u64,
+    /// QUIC connection id, to tell connections apart in the session table.
+    pub(crate) conn_id: usize,
+    /// (session, path) once greeted.
+    pub(crate) joined: Mutex<Option<(u128, usize)>>,
+}
+
+/// The first copy's outcome, as duplicates see it.
+pub(crate) enum Outcome {
+    /// The answer to replay.
+    Answer {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+    /// The first copy never reached the origin (its path died): a duplicate goes through.
+    Retry,
+}
+
+type Slot = watch::Receiver<Option<Arc<Outcome>>>;
+type Key = (u64, String);
+
+struct PathEntry {
+    name: String,
+    kind: String,
+    conn_id: usize,
+}
+
+/// Sessions and the duplicate filter of a relay.
+pub(crate) struct Sessions {
+    hasher: std::collections::hash_map::RandomState,
+    sessions: Mutex<HashMap<u128, (u64, HashMap<usize, PathEntry>)>>,
+    dedup: Arc<Mutex<DedupTable<Key, Slot>>>,
+}
+
+/// What a copy of a keyed request must do.
+pub(crate) enum Admission {
+    /// Forward it, then publish the outcome.
+    First(Publisher),
+    /// Answer with this (the first copy's answer).
+    Replay(Arc<Outcome>),
+}
+
+impl Sessions {
+    pub(crate) fn new() -> Self {
+        Self {
+            hasher: std::collections::hash_map::RandomState::new(),
+            sessions: Mutex::new(HashMap::new()),
+            dedup: Arc::new(Mutex::new(DedupTable::new(DEDUP_TTL, DEDUP_MAX))),
+        }
+    }
+
+    /// The identity of a connection's client certificate.
+    pub(crate) fn identity(&self, conn: &quinn::Connection) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        if let Some(certs) = conn
+            .peer_identity()
+            .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        {
+            if let Some(leaf) = certs.first() {
+                leaf.as_ref().hash(&mut h);
+            }
+        }
+        h.finish()
+    }
+
+    /// Joins a connection to a session. Refused if the session belongs to another
+    /// certificate.
+    pub(crate) fn join(
+        &self,
+        ctx: &ConnCtx,
+        session: u128,
+        path: usize,
+        name: &str,
+        kind: &str,
+    ) -> Result<usize, String> {
+        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = s
+            .entry(session)
+            .or_insert_with(|| (ctx.identity, HashMap::new()));
+        if entry.0 != ctx.identity {
+            return Err("this session belongs to another gateway certificate".into());
+        }
+        entry.1.insert(
+            path,
+            PathEntry {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                conn_id: ctx.conn_id,
+            },
+        );
+        let n = entry.1.len();
+        tracing::info!(
+            session = format!("{session:032x}"),
+            path,
+            name,
+            kind,
+            paths = n,
+            "path joined the session"
+        );
+        if let Ok(mut j) = ctx.joined.lock() {
+            *j = Some((session, path));
+        }
+        self.gauges(&s);
+        Ok(n)
+    }
+
+    /// A connection ended: its path leaves the session (if it is still that connection).
+    pub(crate) fn leave(&self, ctx: &ConnCtx) {
+        let Some((session, path)) = ctx.joined.lock().ok().and_then(|j| *j) else {
+            return;
+        };
+        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = s.get_mut(&session) {
+            if entry.1.get(&path).is_some_and(|p| p.conn_id == ctx.conn_id) {
+                if let Some(p) = entry.1.remove(&path) {
+                    tracing::info!(path, name = %p.name, kind = %p.kind, "path left the session");
+                }
+            }
+            if entry.1.is_empty() {
+                s.remove(&session);
+            }
+        }
+        self.gauges(&s);
+    }
+
+    fn gauges(&self, s: &HashMap<u128, (u64, HashMap<usize, PathEntry>)>) {
+        metrics::gauge!("canopy_relay_sessions").set(s.len() as f64);
+        metrics::gauge!("canopy_relay_session_paths")
+            .set(s.values().map(|(_, p)| p.len()).sum::<usize>() as f64);
+    }
+
+    /// Admits a copy of a keyed request; waits for the first copy's outcome when this is a
+    /// duplicate (up to `wait`).
+    pub(crate) async fn admit(
+        &self,
+        identity: u64,
+        key: &str,
+        wait: Duration,
+    ) -> Result<Admission, ()> {
+        let key: Key = (identity, key.to_string());
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (tx, rx) = watch::channel(None);
+            let admitted = self
+                .dedup
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .admit(Instant::now(), key.clone(), rx);
+            let mut slot = match admitted {
+                Admit::First => {
+                    return Ok(Admission::First(Publisher {
+                        tx,
+                        key,
+                        table: self.dedup.clone(),
+                        done: false,
+                    }))
+                }
+                Admit::Duplicate(slot) => slot,
+            };
+            metrics::counter!("canopy_relay_duplicates_total").increment(1);
+            let outcome =
+                tokio::time::timeout_at(deadline, wait_outcome(&mut slot)).await;
+            match outcome {
+                Err(_) => return Err(()),
+                Ok(Some(o)) if matches!(*o, Outcome::Answer { .. }) => {
+                    return Ok(Admission::Replay(o))
+                }
+                // the first copy gave up (or vanished): it forgot the key; try again
+                Ok(_) => tokio::task::yield_now().await,
+            }
+        }
+    }
+}
+
+async fn wait_outcome(slot: &mut Slot) -> Option<Arc<Outcome>> {
+    match slot.wait_for(Option::is_some).await {
+        Ok(v) => v.clone(),
+        Err(_) => None,
+    }
+}
+
+/// The first copy's duty: publish its outcome. Dropped without publishing, it lets the
+/// next copy through.
+pub(crate) struct Publisher {
+    tx: watch::Sender<Option<Arc<Outcome>>>,
+    key: Key,
+    table: Arc<Mutex<DedupTable<Key, Slot>>>,
+    done: bool,
+}
+
+impl Publisher {
+    /// The origin's (or the relay's) answer: duplicates replay it.
+    pub(crate) fn answer(mut self, status: StatusCode, headers: HeaderMap, body: Bytes) {
+        self.done = true;
+        let _ = self.tx.send(Some(Arc::new(Outcome::Answer {
+            status,
+            headers,
+            body,
+        })));
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if !self.done {
+            self.table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget(&self.key);
+            let _ = self.tx.send(Some(Arc::new(Outcome::Retry)));
+        }
+    }
+}
