@@ -406,7 +406,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
             let (pu, pd) = path_bytes[i];
             path_bytes[i] = (u, d);
             rates.push(u - pu + d - pd);
-            let cut_mark = if cut.is_some_and(|(c, _)| c == i) { " CUT" } else { "" };
+            let cut_mark = if cut.is_some_and(|(c, _)| c == i) {
+                " CUT"
+            } else {
+                ""
+            };
             line.push_str(&format!(
                 " {} {}{} {:.1}/{:.1} {:.0}ms |",
                 p.name,
@@ -423,7 +427,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                 let busiest = (0..rates.len()).max_by_key(|i| rates[*i]).unwrap_or(0);
                 if let Some(Some(l)) = bed.links.get(busiest) {
                     l.set_outage(true);
-                    println!("  cut: uplink {} goes dark for {} s", paths[busiest].name, opts.cut_for_s);
+                    println!(
+                        "  cut: uplink {} goes dark for {} s",
+                        paths[busiest].name, opts.cut_for_s
+                    );
                     cut = Some((busiest, now));
                     cut_summary = Some((
                         paths[busiest].name.clone(),

@@ -38,10 +38,10 @@ passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($i ~ /^passed;?$/) 
 failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($i ~ /^failed;?$/) s += $(i-1)} END {print s + 0}' "$log")
 
 # --- the README's main command ----------------------------------------------------------
-step "demo (10 s)"
+step "demo (16 s, three bonded uplinks, the busiest cut for 5 s)"
 summary=target/demo-summary.json
 rm -f "$summary"
-cargo run --release -q -- demo --duration 10 --summary "$summary"
+cargo run --release -q -- demo --duration 16 --summary "$summary"
 python3 - "$summary" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -50,9 +50,15 @@ if s["bids_ok"] < 20: problems.append(f"only {s['bids_ok']} bids answered")
 if s["bids_failed"] != 0: problems.append(f"{s['bids_failed']} bids failed")
 if s["checkins_ok"] < 5: problems.append(f"only {s['checkins_ok']} check-ins answered")
 if s["down_mbps"] <= 0: problems.append("no bulk data moved")
+if not s.get("cut"): problems.append("no uplink was cut")
+links = {l["name"]: l for l in s["links"]}
+if len(links) != 3: problems.append(f"expected 3 uplinks, got {sorted(links)}")
+for name, l in links.items():
+    if l["tier"] == "primary" and l["down_mbps"] + l["up_mbps"] <= 0:
+        problems.append(f"primary uplink {name} carried nothing")
 if problems:
     sys.exit("demo summary: " + "; ".join(problems))
-print(f"demo summary ok: {s['bids_ok']} bids, p99 {s['bid_p99_ms']:.0f} ms, down {s['down_mbps']:.1f} Mbit/s")
+print(f"demo summary ok: {s['bids_ok']} bids, p99 {s['bid_p99_ms']:.0f} ms, down {s['down_mbps']:.1f} Mbit/s, cut {s['cut'][0]}")
 PY
 
 # --- network-namespace suite (root) -----------------------------------------------------

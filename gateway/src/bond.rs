@@ -115,10 +115,7 @@ impl Path {
             name: cfg.name.clone(),
             kind: cfg.kind,
             tier: cfg.tier,
-            classes: cfg
-                .classes
-                .as_deref()
-                .map_or(ClassSet::ALL, ClassSet::of),
+            classes: cfg.classes.as_deref().map_or(ClassSet::ALL, ClassSet::of),
             uplink,
             st: Mutex::new(PathState {
                 health: PathHealth::new(),
@@ -289,7 +286,7 @@ impl Path {
             let stats = live.conn.stats();
             let rtt = stats.path.rtt;
             let prev = st.health.srtt();
-            let dev = if rtt > prev { rtt - prev } else { prev - rtt };
+            let dev = rtt.abs_diff(prev);
             st.rttvar = (st.rttvar * 3 + dev) / 4;
             let sent = stats.path.sent_packets.saturating_sub(st.last_sent);
             let lost = stats.path.lost_packets.saturating_sub(st.last_lost);
@@ -329,11 +326,15 @@ impl Path {
             let l = self.name.clone();
             metrics::gauge!("canopy_gateway_link_goodput_bits_per_second", "link" => l.clone(), "direction" => "up").set(st.goodput_up * 8.0);
             metrics::gauge!("canopy_gateway_link_goodput_bits_per_second", "link" => l.clone(), "direction" => "down").set(st.goodput_down * 8.0);
-            metrics::gauge!("canopy_gateway_link_srtt_seconds", "link" => l.clone()).set(st.health.srtt().as_secs_f64());
-            metrics::gauge!("canopy_gateway_link_loss_ratio", "link" => l.clone()).set(st.health.loss());
-            metrics::gauge!("canopy_gateway_link_state", "link" => l.clone()).set(st.health.health().gauge());
+            metrics::gauge!("canopy_gateway_link_srtt_seconds", "link" => l.clone())
+                .set(st.health.srtt().as_secs_f64());
+            metrics::gauge!("canopy_gateway_link_loss_ratio", "link" => l.clone())
+                .set(st.health.loss());
+            metrics::gauge!("canopy_gateway_link_state", "link" => l.clone())
+                .set(st.health.health().gauge());
             let used = st.cap.used(now);
-            metrics::gauge!("canopy_gateway_link_cap_used_bytes", "link" => l.clone()).set(used as f64);
+            metrics::gauge!("canopy_gateway_link_cap_used_bytes", "link" => l.clone())
+                .set(used as f64);
             if let Some(cap) = st.cap.cap() {
                 metrics::gauge!("canopy_gateway_link_cap_bytes", "link" => l).set(cap as f64);
             }
@@ -349,7 +350,11 @@ impl Path {
         let gone = st.live.is_some()
             && matches!(st.health.health(), Health::Down { .. })
             && st.health.silence(now).is_some_and(|d| d > close_after);
-        if events.iter().any(|e| matches!(e, HealthEvent::Recovering { .. })) || fresh {
+        if events
+            .iter()
+            .any(|e| matches!(e, HealthEvent::Recovering { .. }))
+            || fresh
+        {
             st.lost = false;
         }
         let lost = st.lost;
@@ -358,9 +363,15 @@ impl Path {
         for e in &events {
             match e {
                 HealthEvent::Joined => info!(uplink = %self.name, "up: carrying traffic"),
-                HealthEvent::Silent { silent_for } => warn!(uplink = %self.name, silent_ms = silent_for.as_millis() as u64, "down: no probe answer"),
-                HealthEvent::Degraded { srtt } => warn!(uplink = %self.name, srtt_ms = srtt.as_millis() as u64, "demoted: RTT far above its minimum"),
-                HealthEvent::Recovering { hold } => info!(uplink = %self.name, hold_ms = hold.as_millis() as u64, "answering again: on probation"),
+                HealthEvent::Silent { silent_for } => {
+                    warn!(uplink = %self.name, silent_ms = silent_for.as_millis() as u64, "down: no probe answer")
+                }
+                HealthEvent::Degraded { srtt } => {
+                    warn!(uplink = %self.name, srtt_ms = srtt.as_millis() as u64, "demoted: RTT far above its minimum")
+                }
+                HealthEvent::Recovering { hold } => {
+                    info!(uplink = %self.name, hold_ms = hold.as_millis() as u64, "answering again: on probation")
+                }
                 HealthEvent::Closed => warn!(uplink = %self.name, "connection closed"),
             }
             if matches!(e, HealthEvent::Silent { .. } | HealthEvent::Degraded { .. }) {
@@ -492,7 +503,17 @@ impl Bond {
         let placed = self.policy.place_again(unit, &views, exclude);
         if tracing::enabled!(tracing::Level::TRACE) {
             for v in &views {
-                tracing::trace!(path = v.id, usable = v.usable, srtt_ms = v.srtt.as_millis() as u64, rate_up = v.rate_up as u64, rate_down = v.rate_down as u64, queued_up = v.queued_up, queued_down = v.queued_down, eta_ms = v.expected_completion(unit).as_millis() as u64, "view");
+                tracing::trace!(
+                    path = v.id,
+                    usable = v.usable,
+                    srtt_ms = v.srtt.as_millis() as u64,
+                    rate_up = v.rate_up as u64,
+                    rate_down = v.rate_down as u64,
+                    queued_up = v.queued_up,
+                    queued_down = v.queued_down,
+                    eta_ms = v.expected_completion(unit).as_millis() as u64,
+                    "view"
+                );
             }
             tracing::trace!(class = %unit.class, up = unit.up_bytes, paths = ?placed.paths, "placed");
         }
@@ -520,7 +541,9 @@ impl Bond {
             .iter()
             .any(|v| v.usable && v.cap == CapState::Exhausted)
         {
-            format!("every uplink that may carry {class} traffic has reached its data cap or is down")
+            format!(
+                "every uplink that may carry {class} traffic has reached its data cap or is down"
+            )
         } else {
             format!("no uplink is configured to carry {class} traffic")
         }

@@ -140,8 +140,7 @@ impl UplinkConfig {
         }
         let valid = !b.is_empty()
             && b.len() < 16
-            && b
-                .bytes()
+            && b.bytes()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'@'));
         if valid {
             Ok(BindTo::Device(b.to_string()))
@@ -295,22 +294,41 @@ impl GatewayConfig {
             errs.push(("uplinks".into(), "at most 16 uplinks".into()));
         }
         for (i, u) in self.uplinks.iter().enumerate() {
-            if u.name.is_empty() || !u.name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_')) {
-                errs.push((format!("uplinks[{i}].name"), "must be letters, digits, - or _".into()));
+            if u.name.is_empty()
+                || !u
+                    .name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+            {
+                errs.push((
+                    format!("uplinks[{i}].name"),
+                    "must be letters, digits, - or _".into(),
+                ));
             } else if !names.insert(u.name.clone()) {
-                errs.push((format!("uplinks[{i}].name"), format!("{:?} is used twice", u.name)));
+                errs.push((
+                    format!("uplinks[{i}].name"),
+                    format!("{:?} is used twice", u.name),
+                ));
             }
             if let Err(e) = u.bind_to() {
                 errs.push((format!("uplinks[{i}].bind"), e));
             }
             if u.cap_bytes_per_day == Some(0) {
-                errs.push((format!("uplinks[{i}].cap_bytes_per_day"), "must be > 0 (leave it out for no cap)".into()));
+                errs.push((
+                    format!("uplinks[{i}].cap_bytes_per_day"),
+                    "must be > 0 (leave it out for no cap)".into(),
+                ));
             }
             if u.classes.as_ref().is_some_and(|c| c.is_empty()) {
-                errs.push((format!("uplinks[{i}].classes"), "must name at least one class (leave it out for all)".into()));
+                errs.push((
+                    format!("uplinks[{i}].classes"),
+                    "must name at least one class (leave it out for all)".into(),
+                ));
             }
             if let Some(r) = &u.relay {
-                if r.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+                if r.rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+                {
                     errs.push((format!("uplinks[{i}].relay"), "must be host:port".into()));
                 }
             }

@@ -7,9 +7,9 @@ pub mod config;
 mod proxy;
 mod uplink;
 
+pub use bond::{Bond, PathStatus};
 pub use config::GatewayConfig;
 pub use proxy::Gateway;
-pub use bond::{Bond, PathStatus};
 pub use uplink::{Hello, Live, Sender, Uplink, UplinkSettings, UplinkState};
 
 /// Errors starting the gateway.

@@ -1,12 +1,14 @@
 //! The venue-facing HTTP/1.1 proxy: explicit proxy (absolute-form and CONNECT) and
 //! reverse "sites" by Host. Every request travels as an HTTP/3 request to the relay.
 
-use crate::config::{GatewayConfig, Site};
 use crate::bond::{Bond, Flow};
+use crate::config::{GatewayConfig, Site};
 use crate::GatewayError;
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,8 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tracing::{debug, info, Instrument};
-use futures_util::StreamExt as _;
-use hyper::body::Body as _;
 use tunnel::scheduler::{PathId, Unit};
 use tunnel::{hop, wire, Classifier, TrafficClass};
 use tunnel_io::{copy_bidirectional, pump_body, H3Body, TlsFiles};
@@ -303,7 +303,6 @@ fn tunnel_headers(state: &State, req: &Request<Incoming>, class: TrafficClass) -
     headers
 }
 
-
 /// Largest request body kept in memory so the request can be sent again on another path
 /// (or redundantly): bids, check-ins, and idempotent requests up to this size.
 const REPLAY_MAX: u64 = 1024 * 1024;
@@ -380,7 +379,10 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
     let body = if incoming.is_end_stream() {
         ReqBody::Kept(Bytes::new())
     } else if safe && declared.is_some_and(|n| n <= REPLAY_MAX.min(limit)) {
-        match Limited::new(incoming, REPLAY_MAX.min(limit) as usize).collect().await {
+        match Limited::new(incoming, REPLAY_MAX.min(limit) as usize)
+            .collect()
+            .await
+        {
             Ok(c) => ReqBody::Kept(c.to_bytes()),
             Err(e) => {
                 return synthetic(
@@ -507,11 +509,22 @@ async fn attempt(
     let mut watch = path.watch();
     let died = async move { crate::bond::until_dead(&mut watch).await };
     tokio::pin!(died);
-    let Some(flow) = state.bond.flow(id, out.class, unit.up_bytes, unit.down_bytes) else {
-        return Err(fail(false, StatusCode::BAD_GATEWAY, "no such uplink".into()));
+    let Some(flow) = state
+        .bond
+        .flow(id, out.class, unit.up_bytes, unit.down_bytes)
+    else {
+        return Err(fail(
+            false,
+            StatusCode::BAD_GATEWAY,
+            "no such uplink".into(),
+        ));
     };
     let Some(h3req) = out.request(&[]) else {
-        return Err(fail(false, StatusCode::BAD_REQUEST, "cannot build the tunnelled request".into()));
+        return Err(fail(
+            false,
+            StatusCode::BAD_REQUEST,
+            "cannot build the tunnelled request".into(),
+        ));
     };
     let mut sender = live.sender.clone();
     let stream = tokio::select! {
@@ -595,7 +608,10 @@ async fn attempt(
         Err(e) => Err(fail(
             true,
             StatusCode::BAD_GATEWAY,
-            format!("tunnel failed before the response over uplink {}: {e}", path.name),
+            format!(
+                "tunnel failed before the response over uplink {}: {e}",
+                path.name
+            ),
         )),
     }
 }
@@ -694,12 +710,17 @@ async fn pump_response(
         metrics::counter!("canopy_gateway_resumes_total").increment(1);
         match resume_on_other_path(r, sent, &tried).await {
             Ok((new_recv, new_flow)) => {
-                debug!(offset = sent, "response resumed on uplink {}", new_flow.path.name);
+                debug!(
+                    offset = sent,
+                    "response resumed on uplink {}", new_flow.path.name
+                );
                 recv = new_recv;
                 flow = new_flow;
             }
             Err(e) => {
-                let _ = tx.send(Err(format!("{failure}; resume failed: {e}").into())).await;
+                let _ = tx
+                    .send(Err(format!("{failure}; resume failed: {e}").into()))
+                    .await;
                 return;
             }
         }
@@ -731,7 +752,8 @@ async fn resume_on_other_path(
             excluded.push(id);
             continue;
         };
-        let range = HeaderValue::from_str(&format!("bytes={offset}-")).map_err(|e| e.to_string())?;
+        let range =
+            HeaderValue::from_str(&format!("bytes={offset}-")).map_err(|e| e.to_string())?;
         let Some(req) = r.out.request(&[
             (header::RANGE, range),
             (header::IF_RANGE, r.validator.clone()),
@@ -790,7 +812,9 @@ async fn connect(state: &State, mut req: Request<Incoming>, route: Route) -> Res
         };
         excluded.push(id);
         let path = state.bond.paths()[id].clone();
-        let Some(live) = path.live() else { continue };
+        let Some(live) = path.live().or_else(|| path.connected()) else {
+            continue;
+        };
         let Some(h3req) = out.request(&[]) else {
             return synthetic(StatusCode::BAD_REQUEST, "cannot build the CONNECT request");
         };
@@ -799,7 +823,10 @@ async fn connect(state: &State, mut req: Request<Incoming>, route: Route) -> Res
         };
         let mut sender = live.sender.clone();
         let opened = tokio::time::timeout(state.response_timeout, async {
-            let mut s = sender.send_request(h3req).await.map_err(|e| e.to_string())?;
+            let mut s = sender
+                .send_request(h3req)
+                .await
+                .map_err(|e| e.to_string())?;
             let head = s.recv_response().await.map_err(|e| e.to_string())?;
             Ok::<_, String>((s, head))
         })

@@ -227,7 +227,11 @@ async fn serve(
             // The body is not wanted: say so (H3_NO_ERROR) instead of leaving it unread.
             stream.stop_sending(h3::error::Code::H3_NO_ERROR);
             if let Some(p) = publisher {
-                p.answer(refusal.status, refusal_headers(&refusal), Bytes::from(format!("{}\n", refusal.reason)));
+                p.answer(
+                    refusal.status,
+                    refusal_headers(&refusal),
+                    Bytes::from(format!("{}\n", refusal.reason)),
+                );
             }
             refuse(&mut stream, refusal).await
         }
@@ -250,7 +254,14 @@ async fn hello(state: &State, ctx: &ConnCtx, req: &Request<()>, stream: &mut Str
     let session = u128::from_str_radix(&h(wire::HDR_SESSION), 16).ok();
     let path = h(wire::HDR_PATH).parse::<usize>().ok();
     let (Some(session), Some(path)) = (session, path) else {
-        return refuse(stream, Refusal::new(StatusCode::BAD_REQUEST, "hello needs canopy-session (hex) and canopy-path (number)")).await;
+        return refuse(
+            stream,
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "hello needs canopy-session (hex) and canopy-path (number)",
+            ),
+        )
+        .await;
     };
     let name = h(wire::HDR_PATH_NAME);
     let kind = h(wire::HDR_LINK_KIND);
@@ -271,7 +282,10 @@ async fn hello(state: &State, ctx: &ConnCtx, req: &Request<()>, stream: &mut Str
 
 fn refusal_headers(refusal: &Refusal) -> http::HeaderMap {
     let mut h = http::HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if let Ok(v) = http::HeaderValue::from_str(&wire::reason_header_value(&refusal.reason)) {
         h.insert(wire::HDR_REASON, v);
     }
@@ -280,7 +294,12 @@ fn refusal_headers(refusal: &Refusal) -> http::HeaderMap {
 
 /// Answers a duplicate with the first copy's answer.
 async fn replay(stream: &mut Stream, outcome: &Outcome) -> StatusCode {
-    let Outcome::Answer { status, headers, body } = outcome else {
+    let Outcome::Answer {
+        status,
+        headers,
+        body,
+    } = outcome
+    else {
         return StatusCode::INTERNAL_SERVER_ERROR;
     };
     let mut resp = Response::builder().status(*status);
@@ -455,7 +474,11 @@ async fn forward(
             // a request whose body never fully arrived did not reach the origin as sent:
             // dropping the publisher lets a duplicate through
             if let Some(p) = publisher.filter(|_| !refusal.body_lost) {
-                p.answer(refusal.status, refusal_headers(&refusal), Bytes::from(format!("{}\n", refusal.reason)));
+                p.answer(
+                    refusal.status,
+                    refusal_headers(&refusal),
+                    Bytes::from(format!("{}\n", refusal.reason)),
+                );
             }
             return refuse(&mut send, refusal).await;
         }
@@ -480,12 +503,20 @@ async fn forward(
     if let Some(p) = publisher {
         // keyed answers are small: keep the whole answer for duplicates
         let headers = head.headers().clone();
-        let collected = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 1024 * 1024)).await;
+        let collected =
+            http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 1024 * 1024)).await;
         let bytes = match collected {
             Ok(c) => c.to_bytes(),
             Err(e) => {
-                let refusal = Refusal::new(StatusCode::BAD_GATEWAY, format!("origin answer unusable: {e}"));
-                p.answer(refusal.status, refusal_headers(&refusal), Bytes::from(format!("{}\n", refusal.reason)));
+                let refusal = Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("origin answer unusable: {e}"),
+                );
+                p.answer(
+                    refusal.status,
+                    refusal_headers(&refusal),
+                    Bytes::from(format!("{}\n", refusal.reason)),
+                );
                 return refuse(&mut send, refusal).await;
             }
         };
@@ -555,9 +586,13 @@ where
         Ok(Err(e)) => {
             let body_err = std::error::Error::source(&e)
                 .and_then(|s| s.downcast_ref::<tunnel_io::BodyError>());
-            let too_large = body_err.is_some_and(|b| matches!(b, tunnel_io::BodyError::TooLarge(_)));
+            let too_large =
+                body_err.is_some_and(|b| matches!(b, tunnel_io::BodyError::TooLarge(_)));
             if body_err.is_some_and(|b| matches!(b, tunnel_io::BodyError::Stream(_))) {
-                let mut r = Refusal::new(StatusCode::BAD_GATEWAY, format!("request body did not arrive: {e}"));
+                let mut r = Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("request body did not arrive: {e}"),
+                );
                 r.body_lost = true;
                 return Err(r);
             }

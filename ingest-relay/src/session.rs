@@ -51,10 +51,13 @@ struct PathEntry {
     conn_id: usize,
 }
 
+/// Session id → (certificate identity, paths by id).
+type SessionTable = HashMap<u128, (u64, HashMap<usize, PathEntry>)>;
+
 /// Sessions and the duplicate filter of a relay.
 pub(crate) struct Sessions {
     hasher: std::collections::hash_map::RandomState,
-    sessions: Mutex<HashMap<u128, (u64, HashMap<usize, PathEntry>)>>,
+    sessions: Mutex<SessionTable>,
     dedup: Arc<Mutex<DedupTable<Key, Slot>>>,
 }
 
@@ -78,10 +81,10 @@ impl Sessions {
     /// The identity of a connection's client certificate.
     pub(crate) fn identity(&self, conn: &quinn::Connection) -> u64 {
         let mut h = self.hasher.build_hasher();
-        if let Some(certs) = conn
-            .peer_identity()
-            .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
-        {
+        if let Some(certs) = conn.peer_identity().and_then(|i| {
+            i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        }) {
             if let Some(leaf) = certs.first() {
                 leaf.as_ref().hash(&mut h);
             }
@@ -149,7 +152,7 @@ impl Sessions {
         self.gauges(&s);
     }
 
-    fn gauges(&self, s: &HashMap<u128, (u64, HashMap<usize, PathEntry>)>) {
+    fn gauges(&self, s: &SessionTable) {
         metrics::gauge!("canopy_relay_sessions").set(s.len() as f64);
         metrics::gauge!("canopy_relay_session_paths")
             .set(s.values().map(|(_, p)| p.len()).sum::<usize>() as f64);
@@ -167,11 +170,11 @@ impl Sessions {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let (tx, rx) = watch::channel(None);
-            let admitted = self
-                .dedup
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .admit(Instant::now(), key.clone(), rx);
+            let admitted = self.dedup.lock().unwrap_or_else(|p| p.into_inner()).admit(
+                Instant::now(),
+                key.clone(),
+                rx,
+            );
             let mut slot = match admitted {
                 Admit::First => {
                     return Ok(Admission::First(Publisher {
@@ -184,8 +187,7 @@ impl Sessions {
                 Admit::Duplicate(slot) => slot,
             };
             metrics::counter!("canopy_relay_duplicates_total").increment(1);
-            let outcome =
-                tokio::time::timeout_at(deadline, wait_outcome(&mut slot)).await;
+            let outcome = tokio::time::timeout_at(deadline, wait_outcome(&mut slot)).await;
             match outcome {
                 Err(_) => return Err(()),
                 Ok(Some(o)) if matches!(*o, Outcome::Answer { .. }) => {

@@ -75,7 +75,10 @@ impl TransportSettings {
         self.build(Some(initial_rtt))
     }
 
-    fn build(&self, initial_rtt: Option<Duration>) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>) {
+    fn build(
+        &self,
+        initial_rtt: Option<Duration>,
+    ) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>) {
         let signal = Arc::new(QueueSignal::default());
         let mut t = quinn::TransportConfig::default();
         if let Some(rtt) = initial_rtt {

@@ -121,7 +121,10 @@ mod tests {
         assert_eq!(answers[3], "answer-3");
         assert_eq!(d.duplicates(), 10);
         // another gateway's key is its own
-        assert_eq!(d.admit(t, ("gw2", "bid-1".into()), "x".into()), Admit::First);
+        assert_eq!(
+            d.admit(t, ("gw2", "bid-1".into()), "x".into()),
+            Admit::First
+        );
     }
 
     #[test]

@@ -274,11 +274,7 @@ impl PathHealth {
             self.last_echo = Some(sent_at);
             self.last_advance = Some(self.last_advance.map_or(now, |a| a.max(now)));
             let sample = now.saturating_duration_since(sent_at);
-            let dev = if sample > self.echo_srtt {
-                sample - self.echo_srtt
-            } else {
-                self.echo_srtt - sample
-            };
+            let dev = sample.abs_diff(self.echo_srtt);
             self.echo_rttvar = (self.echo_rttvar * 3 + dev) / 4;
             self.echo_srtt = (self.echo_srtt * 7 + sample) / 8;
         }

@@ -453,7 +453,11 @@ mod tests {
             |_| {},
         );
         assert_eq!(sim.delivered[2], 0.0);
-        assert!(sim.delivered[1] > 0.0, "secondary carries some: {:?}", sim.delivered);
+        assert!(
+            sim.delivered[1] > 0.0,
+            "secondary carries some: {:?}",
+            sim.delivered
+        );
         // when the primary and secondary go away, the backup takes the traffic
         let mut sim = Sim::new(vec![
             PathView {
