@@ -4,7 +4,6 @@
 //! `canopy demo`, the benchmarks and the end-to-end tests.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -117,7 +116,7 @@ async fn handle(
             .next()
             .and_then(|s| s.parse().ok())
             .unwrap_or(1 << 20);
-        return Ok(asset(size));
+        return Ok(asset(size, req.headers().get(http::header::RANGE)));
     }
     let resp = match (method, path.as_str()) {
         (Method::POST, "/bid") => {
@@ -159,24 +158,64 @@ async fn handle(
     Ok(resp)
 }
 
-/// A generated body of `size` bytes (a repeating pattern), streamed in 64 KiB chunks.
-fn asset(size: u64) -> Response<Body> {
+/// A generated body of `size` bytes (a repeating pattern: byte `o` is `(o % 65536) % 251`),
+/// streamed in 64 KiB chunks; `Range: bytes=N-` gets the rest from `N` (206), so a download
+/// can resume. The ETag names the size (the content never changes).
+fn asset(size: u64, range: Option<&http::HeaderValue>) -> Response<Body> {
     const CHUNK: u64 = 64 * 1024;
     let pattern: Bytes = (0..CHUNK)
         .map(|i| (i % 251) as u8)
         .collect::<Vec<u8>>()
         .into();
-    let chunks = size.div_ceil(CHUNK);
-    let stream = futures_util::stream::iter(0..chunks).map(move |i| {
-        let len = (size - i * CHUNK).min(CHUNK) as usize;
-        Ok::<_, Infallible>(Frame::data(pattern.slice(..len)))
+    let start = range
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<u64>().ok());
+    if start.is_some_and(|s| s >= size) {
+        let mut r = text(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range not satisfiable\n".into(),
+        );
+        if let Ok(v) = http::HeaderValue::from_str(&format!("bytes */{size}")) {
+            r.headers_mut().insert(http::header::CONTENT_RANGE, v);
+        }
+        return r;
+    }
+    let from = start.unwrap_or(0);
+    let stream = futures_util::stream::unfold(from, move |pos| {
+        let pattern = pattern.clone();
+        async move {
+            if pos >= size {
+                return None;
+            }
+            let off = (pos % CHUNK) as usize;
+            let len = ((size - pos) as usize).min(CHUNK as usize - off);
+            Some((
+                Ok::<_, Infallible>(Frame::data(pattern.slice(off..off + len))),
+                pos + len as u64,
+            ))
+        }
     });
     let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
-    r.headers_mut()
-        .insert(http::header::CONTENT_LENGTH, size.into());
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(http::header::CONTENT_LENGTH, (size - from).into());
+    h.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/octet-stream"),
     );
+    h.insert(
+        http::header::ACCEPT_RANGES,
+        http::HeaderValue::from_static("bytes"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&format!("\"asset-{size}\"")) {
+        h.insert(http::header::ETAG, v);
+    }
+    if start.is_some() {
+        if let Ok(v) = http::HeaderValue::from_str(&format!("bytes {from}-{}/{size}", size - 1)) {
+            h.insert(http::header::CONTENT_RANGE, v);
+        }
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
     r
 }
