@@ -110,6 +110,23 @@ impl Relay {
 
 async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
     info!("gateway connected");
+    if tracing::enabled!(tracing::Level::TRACE) {
+        let c = conn.clone();
+        tokio::spawn(async move {
+            while c.close_reason().is_none() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let s = c.stats();
+                tracing::trace!(
+                    cwnd = s.path.cwnd,
+                    rtt_ms = s.path.rtt.as_millis() as u64,
+                    lost = s.path.lost_packets,
+                    sent = s.path.sent_packets,
+                    tx = s.udp_tx.bytes,
+                    "connection stats"
+                );
+            }
+        });
+    }
     let ctx = Arc::new(ConnCtx {
         identity: state.sessions.identity(&conn),
         conn_id: conn.stable_id(),

@@ -225,12 +225,16 @@ impl LowDelay {
         if self.slow_start {
             // Leave slow start when the queue clearly grows, or when the delivery rate
             // stopped growing by a quarter for three rounds (on a jittery radio link the
-            // delay alone would end it far too early).
-            if best > self.startup_best * 1.25 {
-                self.startup_best = best;
-                self.startup_flat = 0;
-            } else {
-                self.startup_flat += 1;
+            // delay alone would end it far too early). Only rounds the window limited count:
+            // an idle connection (probes and acks only) has a flat rate because it has
+            // nothing to send, not because the link is full.
+            if limited {
+                if best > self.startup_best * 1.25 {
+                    self.startup_best = best;
+                    self.startup_flat = 0;
+                } else {
+                    self.startup_flat += 1;
+                }
             }
             if queueing > target * 3 || self.startup_flat >= 3 {
                 self.slow_start = false;
@@ -373,6 +377,36 @@ mod tests {
             // the 200+ ms a loss-based sender leaves in a drop-tail queue.
             assert!(queue_ms <= 25.0, "{mbps} Mbit/s: queue {queue_ms} ms");
         }
+    }
+
+    #[test]
+    fn idle_rounds_do_not_end_slow_start() {
+        let start = Instant::now();
+        let base = Duration::from_millis(70);
+        let mut cc = LowDelay::new(Arc::new(LowDelayConfig::default()), start, 1200);
+        let mut now = start;
+        // two seconds of an idle connection: a probe acked every round, app-limited
+        for _ in 0..30 {
+            let sent = now;
+            now += base;
+            cc.on_ack_sample(now, sent, 60, true, base, base);
+            cc.round_end = Some(now);
+        }
+        let w0 = cc.window();
+        // then a download: full windows on an empty 20 Mbit/s link for three rounds
+        for _ in 0..3 {
+            let sent = now;
+            now += base;
+            for _ in 0..cc.window() / 1200 {
+                cc.on_ack_sample(now, sent, 1200, false, base, base);
+            }
+            cc.round_end = Some(now);
+        }
+        assert!(
+            cc.window() >= w0 * 3,
+            "still in slow start: {w0} -> {}",
+            cc.window()
+        );
     }
 
     #[test]
