@@ -162,6 +162,8 @@ impl Testbed {
         if !bond.wait_usable(Duration::from_secs(10)).await {
             anyhow::bail!("no uplink of the gateway came up within 10 s");
         }
+        // load placed before the other uplinks join would all start on the first one
+        bond.wait_all_usable(Duration::from_secs(3)).await;
         Ok(Self {
             origin,
             origin_stats,

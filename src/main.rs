@@ -72,19 +72,28 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
-    /// Run the link emulator on its own: listen for UDP, forward to a target through a link
-    /// profile (latency, jitter, loss, rate, queue), e.g. in front of a relay to rehearse a
-    /// venue's cellular uplink.
+    /// Run the link emulator on its own. UDP mode: listen for UDP and forward to a target
+    /// through a link profile (latency, jitter, loss, rate, queue), e.g. in front of a relay
+    /// to rehearse a venue's cellular uplink. Bridge mode (root): pass every ethernet frame
+    /// between two interfaces through the profile, e.g. between network namespaces.
     Linkem {
-        /// Address to listen on (clients send here).
-        #[arg(long)]
-        listen: SocketAddr,
-        /// Address to forward to (e.g. the relay).
-        #[arg(long)]
-        target: SocketAddr,
-        /// Built-in profile name or profile file.
+        /// UDP mode: address to listen on (clients send here).
+        #[arg(long, required_unless_present = "bridge")]
+        listen: Option<SocketAddr>,
+        /// UDP mode: address to forward to (e.g. the relay).
+        #[arg(long, required_unless_present = "bridge")]
+        target: Option<SocketAddr>,
+        /// Bridge mode: VENUE_IF,RELAY_IF (frames from the first go through the profile's
+        /// "up" direction).
+        #[arg(long, conflicts_with_all = ["listen", "target"])]
+        bridge: Option<String>,
+        /// Built-in profile name or profile file (its [[timeline]] is played).
         #[arg(long, default_value = "cellular-4g")]
         profile: String,
+        /// Unix socket taking commands at run time (outage on|off, rate UP DOWN, latency MS,
+        /// loss PERCENT, profile NAME, stats).
+        #[arg(long)]
+        control: Option<PathBuf>,
         /// Cut the link this many seconds after start...
         #[arg(long)]
         outage_at: Option<u64>,
@@ -94,6 +103,9 @@ enum Command {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
         duration: Option<u64>,
+        /// No status line every second.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Run the demo origin (the shop behind the demo) on its own; used by tests.
     #[command(hide = true)]
@@ -291,37 +303,88 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Linkem {
             listen,
             target,
+            bridge,
             profile,
+            control,
             outage_at,
             outage_for,
             duration,
+            quiet,
         } => {
             canopy::runtime::init_tracing("info");
-            let profile = LinkProfile::load(&profile)?;
-            let link = LinkEmulator::start(listen, target, profile.clone()).await?;
-            println!(
-                "linkem: {} -> {} through {} ({})",
-                link.local_addr(),
-                target,
-                profile.name,
-                profile.description
-            );
+            let profile = match LinkProfile::load(&profile) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("canopy linkem: {e}");
+                    return Ok(ExitCode::from(EX_USAGE as u8));
+                }
+            };
+            let link = match (&bridge, listen, target) {
+                (Some(b), _, _) => {
+                    let Some((venue, relay)) = b.split_once(',') else {
+                        eprintln!("canopy linkem: --bridge takes VENUE_IF,RELAY_IF");
+                        return Ok(ExitCode::from(EX_USAGE as u8));
+                    };
+                    let link = LinkEmulator::start_bridge(venue, relay, profile.clone()).await?;
+                    println!(
+                        "linkem: bridge {venue} <-> {relay} through {} ({})",
+                        profile.name, profile.description
+                    );
+                    link
+                }
+                (None, Some(listen), Some(target)) => {
+                    let link = LinkEmulator::start(listen, target, profile.clone()).await?;
+                    println!(
+                        "linkem: {} -> {} through {} ({})",
+                        link.local_addr(),
+                        target,
+                        profile.name,
+                        profile.description
+                    );
+                    link
+                }
+                _ => {
+                    eprintln!("canopy linkem: give --listen and --target, or --bridge");
+                    return Ok(ExitCode::from(EX_USAGE as u8));
+                }
+            };
+            let link = std::sync::Arc::new(link);
+            if !profile.timeline.is_empty() {
+                tokio::spawn(canopy::linkem::control::run_timeline(
+                    link.clone(),
+                    profile.timeline.clone(),
+                ));
+            }
+            if let Some(path) = control {
+                let l = link.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = canopy::linkem::control::serve(l, &path).await {
+                        eprintln!("canopy linkem: control socket {}: {e}", path.display());
+                    }
+                });
+            }
             let started = tokio::time::Instant::now();
             let mut ticker = canopy::runtime::SecondTicker::new();
             while ticker.next().await {
                 let t = started.elapsed().as_secs();
                 if let Some(at) = outage_at {
-                    link.set_outage(t >= at && t < at + outage_for);
+                    if t == at {
+                        link.set_outage(true);
+                    } else if t == at + outage_for {
+                        link.set_outage(false);
+                    }
                 }
-                let s = link.stats();
-                println!(
-                    "t={t:>4}s {} up {} pkts ({} dropped)  down {} pkts ({} dropped)",
-                    if link.outage() { "OUTAGE" } else { "up    " },
-                    s.up_out,
-                    s.up_dropped,
-                    s.down_out,
-                    s.down_dropped
-                );
+                if !quiet {
+                    let s = link.stats();
+                    println!(
+                        "t={t:>4}s {} up {} pkts ({} dropped)  down {} pkts ({} dropped)",
+                        if link.outage() { "OUTAGE" } else { "up    " },
+                        s.up_out,
+                        s.up_dropped,
+                        s.down_out,
+                        s.down_dropped
+                    );
+                }
                 if duration.is_some_and(|d| t >= d) {
                     break;
                 }

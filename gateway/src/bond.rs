@@ -483,6 +483,26 @@ impl Bond {
         self.paths.iter().any(|p| p.is_usable())
     }
 
+    /// Waits until every primary and secondary path carries traffic (backup paths are not
+    /// waited for), or `timeout` passes; true if they all did.
+    pub async fn wait_all_usable(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self
+                .paths
+                .iter()
+                .filter(|p| p.tier != Tier::Backup)
+                .all(|p| p.is_usable())
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
     /// Waits until some path carries traffic, or `timeout` passes.
     pub async fn wait_usable(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;

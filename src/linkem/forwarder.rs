@@ -226,6 +226,86 @@ impl LinkEmulator {
         })
     }
 
+    /// A frame bridge between two interfaces (root only): every ethernet frame that
+    /// arrives on `venue` goes out of `relay` through the link's `up` direction, and back
+    /// through `down`. Used between network namespaces, where the kernel shapes rates
+    /// (tc) and this adds latency, jitter, loss and outages. `local_addr` is unspecified.
+    pub async fn start_bridge(
+        venue: &str,
+        relay: &str,
+        profile: LinkProfile,
+    ) -> std::io::Result<Self> {
+        let a = Arc::new(rawlink::FrameSocket::open(venue)?);
+        let b = Arc::new(rawlink::FrameSocket::open(relay)?);
+        let shared = Arc::new(Shared {
+            outage: AtomicBool::new(false),
+            up: DirCounters::default(),
+            down: DirCounters::default(),
+            flows: Mutex::new(HashMap::new()),
+        });
+        let (profile_tx, profile_rx) = watch::channel(profile);
+        let (up_tx, up_rx) = mpsc::channel::<Pkt>(8192);
+        let (down_tx, down_rx) = mpsc::channel::<Pkt>(8192);
+        let mut tasks = Vec::new();
+        let out_b = b.clone();
+        tasks.push(tokio::spawn(pipe(
+            up_rx,
+            profile_rx.clone(),
+            true,
+            shared.clone(),
+            move |p: Pkt| {
+                let _ = out_b.try_send(&p.data);
+            },
+        )));
+        let out_a = a.clone();
+        tasks.push(tokio::spawn(pipe(
+            down_rx,
+            profile_rx,
+            false,
+            shared.clone(),
+            move |p: Pkt| {
+                let _ = out_a.try_send(&p.data);
+            },
+        )));
+        for (sock, tx, up) in [(a, up_tx, true), (b, down_tx, false)] {
+            let s = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                let counters = if up { &s.up } else { &s.down };
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = match sock.recv(&mut buf).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            tracing::warn!(interface = sock.ifname(), error = %e, "frame socket failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    counters.packets_in.fetch_add(1, Ordering::Relaxed);
+                    let pkt = Pkt {
+                        flow: 0,
+                        data: buf[..n].to_vec(),
+                        at: Instant::now(),
+                    };
+                    if tx.try_send(pkt).is_err() {
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        Ok(Self {
+            local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            shared,
+            profile: profile_tx,
+            tasks,
+        })
+    }
+
+    /// The current profile.
+    pub fn profile(&self) -> LinkProfile {
+        self.profile.borrow().clone()
+    }
+
     /// The address clients send to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local

@@ -1,13 +1,17 @@
-//! The link emulator: a UDP forwarder with a link model in each direction, so the tunnel
-//! can be rehearsed over a cellular, Wi-Fi or satellite link without root or netem.
+//! The link emulator: a link model in each direction, in one of two shells: a UDP forwarder
+//! (no root: the tunnel can be rehearsed over a cellular, Wi-Fi or satellite link on one
+//! machine) or an AF_PACKET frame bridge between two interfaces (root: the same model
+//! between network namespaces, for any traffic, TCP included). Changes at run time come from
+//! a timeline in the profile or from the control socket (`control`).
 //!
 //! The model is str0m-netem (latency, jitter, random and Gilbert-Elliott loss, rate with a
 //! byte-bounded drop-tail queue); this module adds the queue limit in milliseconds of the
 //! link rate, an outage switch and run-time profile changes, and does the I/O. Both
 //! directions are one shared bottleneck each, across all flows through the emulator.
 
+pub mod control;
 mod forwarder;
 mod profile;
 
 pub use forwarder::{LinkEmulator, LinkStats};
-pub use profile::{DirectionProfile, GilbertElliottLoss, LinkProfile, ProfileError};
+pub use profile::{DirectionProfile, GilbertElliottLoss, LinkProfile, ProfileError, TimelineEvent};

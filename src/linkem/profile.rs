@@ -69,6 +69,55 @@ pub struct LinkProfile {
     /// Relay to venue.
     #[serde(default)]
     pub down: DirectionProfile,
+    /// `[[timeline]]`: changes applied at given times after the emulator starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<TimelineEvent>,
+}
+
+/// One change of a link at a given time (`[[timeline]]` in a profile). Every field that is
+/// set is applied.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineEvent {
+    /// Seconds after the emulator started.
+    pub at_s: f64,
+    /// Cut (`true`: every packet silently dropped, a blackhole) or restore the link.
+    #[serde(default)]
+    pub outage: Option<bool>,
+    /// New rate towards the relay, kbit/s.
+    #[serde(default)]
+    pub up_rate_kbps: Option<u64>,
+    /// New rate towards the venue, kbit/s.
+    #[serde(default)]
+    pub down_rate_kbps: Option<u64>,
+    /// New one-way latency, both directions, ms.
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    /// New random loss, both directions, percent (clears bursty loss).
+    #[serde(default)]
+    pub loss_percent: Option<f32>,
+}
+
+impl TimelineEvent {
+    /// Applies the event's profile changes to `p` (the outage is the caller's).
+    pub fn apply_to(&self, p: &mut LinkProfile) {
+        if let Some(r) = self.up_rate_kbps {
+            p.up.rate_kbps = r;
+        }
+        if let Some(r) = self.down_rate_kbps {
+            p.down.rate_kbps = r;
+        }
+        if let Some(l) = self.latency_ms {
+            p.up.latency_ms = l;
+            p.down.latency_ms = l;
+        }
+        if let Some(l) = self.loss_percent {
+            for d in [&mut p.up, &mut p.down] {
+                d.loss_percent = l;
+                d.burst_loss = None;
+            }
+        }
+    }
 }
 
 /// A profile could not be loaded.
@@ -147,6 +196,7 @@ impl LinkProfile {
             description: String::new(),
             up: d.clone(),
             down: d,
+            timeline: Vec::new(),
         }
     }
 }

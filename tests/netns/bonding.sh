@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Bonding end to end, in network namespaces (root): three uplinks of 20/5/2 Mbit/s with
+# 25/8/20 ms one way, the real `canopy relay` and `canopy gateway`.
+#  1. the busiest uplink loses its carrier mid-transfer: no download, bid or upload fails
+#  2. every uplink down: requests fail fast with 503 and a reason
+#  3. a daily data cap stops bulk traffic on its uplink
+cd "$(dirname "$0")/../.."
+source tests/netns/lib/harness.sh
+
+nsh_setup "cb$$"
+nsh_link 1 20000 20000 25
+nsh_link 2 5000 5000 8
+nsh_link 3 2000 2000 20
+nsh_canopy_configs 3
+nsh_start_canopy 3
+
+metric() { # metric NAME_AND_LABELS: the value on the gateway's /metrics
+  nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk -v m="$1" 'index($0, m) == 1 {print $2; exit}'
+}
+
+echo "1. carrier of uplink 1 (the busiest) goes down at 3 s for 4 s, during the transfers"
+nsh_exec v python3 tests/netns/lib/load.py http://127.0.0.1:3128 http://10.200.100.1:8080 10 \
+  > "$NSH_DIR/load1.json" &
+load=$!
+sleep 3
+nsh_carrier 1 down
+sleep 4
+nsh_carrier 1 up
+wait "$load"
+cat "$NSH_DIR/load1.json"
+python3 - "$NSH_DIR/load1.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+bad = [k for k in ("downloads_failed", "bids_failed", "uploads_failed") if r[k]]
+assert not bad, f"requests failed across the cut: {bad}: {r['errors']}"
+assert r["downloads_ok"] >= 3 and r["bids_ok"] >= 50 and r["uploads_ok"] >= 3, r
+print(f"ok: {r['downloads_ok']} downloads, {r['bids_ok']} bids, {r['uploads_ok']} uploads, none failed")
+PY
+resends=$(metric 'canopy_gateway_resends_total' || true)
+resumes=$(metric 'canopy_gateway_resumes_total' || true)
+echo "resends ${resends:-0}, resumes ${resumes:-0}"
+demoted=$(metric 'canopy_gateway_link_demotions_total{link="cellular"}')
+[ "${demoted:-0}" -ge 1 ] || { echo "uplink 1 was never demoted" >&2; exit 1; }
+
+echo "2. every uplink down: a fast 503 with a reason"
+for i in 1 2 3; do nsh_carrier "$i" down; done
+sleep 1.5
+start=$(date +%s%N)
+nsh_exec v curl -s -o /dev/null -D "$NSH_DIR/h503" -x http://127.0.0.1:3128 \
+  --max-time 10 http://10.200.100.1:8080/assets/1000 || true
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+cat "$NSH_DIR/h503"
+grep -q "^HTTP/1.1 503" "$NSH_DIR/h503" || { echo "expected 503" >&2; exit 1; }
+grep -qi "^canopy-reason: no uplink" "$NSH_DIR/h503" || { echo "expected a reason" >&2; exit 1; }
+[ "$ms" -lt 1000 ] || { echo "503 took $ms ms" >&2; exit 1; }
+echo "ok: 503 in $ms ms"
+for i in 1 2 3; do nsh_carrier "$i" up; done
+
+echo "3. a 2 MB daily cap on uplink 2 stops its bulk traffic"
+pkill -f "canopy gateway --config $NSH_DIR/gateway.toml" || true
+sleep 0.5
+NSH_CAP_LINK=2 NSH_CAP_BYTES=2000000 nsh_canopy_configs 3
+nsh_bg v "$CANOPY" gateway --config "$NSH_DIR/gateway.toml"
+for _ in $(seq 100); do
+  up=$(nsh_exec v curl -s http://127.0.0.1:9102/metrics 2>/dev/null | awk '/^canopy_gateway_link_state/ && $2 == 3 {n++} END {print n + 0}')
+  [ "$up" -ge 3 ] && break
+  sleep 0.1
+done
+nsh_exec v python3 tests/netns/lib/load.py http://127.0.0.1:3128 http://10.200.100.1:8080 8 6 262144 \
+  > "$NSH_DIR/load3.json"
+cat "$NSH_DIR/load3.json"
+used=$(metric 'canopy_gateway_link_cap_used_bytes{link="wifi"}')
+bulk=$(metric 'canopy_gateway_link_bytes_total{link="wifi",class="bulk",direction="down"}')
+other=$(metric 'canopy_gateway_link_bytes_total{link="cellular",class="bulk",direction="down"}')
+echo "wifi: cap used ${used:-0}, bulk down ${bulk:-0}; cellular bulk down ${other:-0}"
+python3 - "${used:-0}" "${bulk:-0}" "${other:-0}" <<'PY'
+import sys
+used, bulk, other = (float(x) for x in sys.argv[1:])
+assert used >= 2_000_000, f"the cap was never reached ({used} bytes)"
+# what was in flight when the cap was reached may finish: six 256 KiB downloads at most
+assert bulk <= 2_000_000 + 6 * 262144 + 512 * 1024, f"bulk went on over the cap: {bulk}"
+assert other > 3 * bulk, f"the other uplinks did not take the traffic: {other} vs {bulk}"
+print("ok: the cap stopped bulk traffic on uplink 2")
+PY
+echo "netns bonding: 3 passed"

@@ -1,0 +1,201 @@
+# Network-namespace harness for Canopy's bonding tests and benches (root only).
+#
+# Topology, for N uplinks (N <= 3):
+#
+#   venue ns                 wan ns                              relay ns
+#   v1 10.200.1.1/24 ---- vw1 =[canopy linkem --bridge]= rw1 ---- r1 10.200.1.2/24
+#   v2 10.200.2.1/24 ---- vw2 =[canopy linkem --bridge]= rw2 ---- r2 10.200.2.2/24
+#   v3 10.200.3.1/24 ---- vw3 =[canopy linkem --bridge]= rw3 ---- r3 10.200.3.2/24
+#                                                           relay service 10.200.100.1 (lo)
+#
+# Rates are shaped by the kernel: tc tbf on v<i> (towards the relay) and r<i> (towards the
+# venue). Latency, jitter and loss come from the link emulator's frame bridge in the wan
+# namespace (netem is not in every kernel; where it is, configs/links/*.sh do the same to a
+# real appliance). Outages: `ip link set down` on the wan side (the venue sees the carrier
+# go), or the bridge's blackhole (`outage on` on its control socket).
+#
+# Source this file, call `nsh_setup PREFIX`, then `nsh_link I RATE_UP_KBIT RATE_DOWN_KBIT
+# ONE_WAY_MS [LOSS_PERCENT]` per uplink. Everything is removed by `nsh_cleanup`, which the
+# harness installs as an EXIT trap, so a failing test cleans up too.
+
+set -euo pipefail
+
+CANOPY=${CANOPY:-$(pwd)/target/release/canopy}
+NSH_DIR=""
+NSH_P=""
+NSH_PIDS=()
+
+nsh_need() {
+  local missing=()
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v tc >/dev/null || missing+=(iproute2)
+  command -v ethtool >/dev/null || missing+=(ethtool)
+  command -v curl >/dev/null || missing+=(curl)
+  if ((${#missing[@]})); then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+nsh_setup() {
+  [ "$(id -u)" = 0 ] || { echo "netns tests need root" >&2; exit 1; }
+  nsh_need
+  NSH_P=$1
+  NSH_DIR=$(mktemp -d "/tmp/canopy-netns-$NSH_P.XXXX")
+  trap nsh_cleanup EXIT
+  for ns in v w r; do
+    ip netns add "${NSH_P}$ns"
+    ip -n "${NSH_P}$ns" link set lo up
+  done
+  ip -n "${NSH_P}r" addr add 10.200.100.1/32 dev lo
+}
+
+# nsh_link I UP_KBIT DOWN_KBIT ONE_WAY_MS [LOSS_PERCENT]
+nsh_link() {
+  local i=$1 up=$2 down=$3 ms=$4 loss=${5:-0}
+  local V=${NSH_P}v W=${NSH_P}w R=${NSH_P}r
+  ip link add "v$i" netns "$V" type veth peer name "vw$i" netns "$W"
+  ip link add "rw$i" netns "$W" type veth peer name "r$i" netns "$R"
+  for pair in "$V v$i" "$W vw$i" "$W rw$i" "$R r$i"; do
+    set -- $pair
+    ip netns exec "$1" sysctl -qw "net.ipv6.conf.$2.disable_ipv6=1"
+    # the bridge copies frames byte for byte: checksums must be in them, no offloads
+    ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
+    ip -n "$1" link set "$2" up
+  done
+  ip -n "$V" addr add "10.200.$i.1/24" dev "v$i"
+  ip -n "$R" addr add "10.200.$i.2/24" dev "r$i"
+  # each uplink reaches the relay service through its own link: by bound device (metric
+  # routes) and by source address (policy rules, as MPTCP subflows need)
+  ip -n "$V" route add 10.200.100.1 via "10.200.$i.2" dev "v$i" metric "$i"
+  ip -n "$V" route add 10.200.100.1 via "10.200.$i.2" dev "v$i" table "$((100 + i))"
+  ip -n "$V" rule add from "10.200.$i.1" table "$((100 + i))" priority "$((1000 + i))"
+  # rates by the kernel: the queue holds 100 ms at the link rate (a modem's buffer)
+  ip netns exec "$V" tc qdisc add dev "v$i" root tbf rate "${up}kbit" burst 16kb latency 100ms
+  ip netns exec "$R" tc qdisc add dev "r$i" root tbf rate "${down}kbit" burst 16kb latency 100ms
+  # latency and loss by the emulator bridge
+  cat > "$NSH_DIR/link$i.toml" <<TOML
+name = "netns-$i"
+description = "netns uplink $i: ${ms} ms one way, ${loss}% loss (rates by tc)"
+[up]
+latency_ms = $ms
+loss_percent = $loss
+queue_ms = 1000
+[down]
+latency_ms = $ms
+loss_percent = $loss
+queue_ms = 1000
+TOML
+  ip netns exec "$W" "$CANOPY" linkem --bridge "vw$i,rw$i" --profile "$NSH_DIR/link$i.toml" \
+    --control "$NSH_DIR/ctl$i" --quiet >"$NSH_DIR/linkem$i.log" 2>&1 &
+  NSH_PIDS+=($!)
+  for _ in $(seq 50); do [ -S "$NSH_DIR/ctl$i" ] && break; sleep 0.1; done
+}
+
+# nsh_ctl I COMMAND...: a command to uplink I's bridge (outage on|off, rate, latency, ...)
+nsh_ctl() {
+  local i=$1; shift
+  /usr/bin/python3 - "$NSH_DIR/ctl$i" "$*" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall((sys.argv[2] + "\n").encode())
+print(s.makefile().readline().strip())
+PY
+}
+
+# nsh_carrier I up|down: the venue sees uplink I's carrier come and go
+nsh_carrier() {
+  ip -n "${NSH_P}w" link set "vw$1" "$2"
+}
+
+# nsh_bg NS CMD...: runs CMD in namespace NS (v, w or r) in the background, logged
+nsh_bg() {
+  local ns=$1; shift
+  local log="$NSH_DIR/bg${#NSH_PIDS[@]}.log"
+  ip netns exec "${NSH_P}$ns" "$@" >"$log" 2>&1 &
+  NSH_PIDS+=($!)
+}
+
+nsh_exec() {
+  local ns=$1; shift
+  ip netns exec "${NSH_P}$ns" "$@"
+}
+
+# certificates, relay and gateway configs for N uplinks in $NSH_DIR; NSH_CAP_LINK and
+# NSH_CAP_BYTES put a daily cap on one uplink
+nsh_canopy_configs() {
+  local n=$1
+  [ -d "$NSH_DIR/certs" ] || "$CANOPY" certs init --event netns --out "$NSH_DIR/certs" --relay-name relay.canopy.test \
+    --gateway gw >/dev/null
+  cat > "$NSH_DIR/relay.toml" <<TOML
+[relay]
+listen = "10.200.100.1:4433"
+server_names = ["relay.canopy.test"]
+[tls]
+cert = "certs/relay.pem"
+key = "certs/relay.key"
+ca = "certs/ca.pem"
+[egress]
+allow = ["10.200.100.1:8080"]
+[metrics]
+listen = "10.200.100.1:9101"
+TOML
+  {
+    cat <<TOML
+[relay]
+addr = "10.200.100.1:4433"
+server_name = "relay.canopy.test"
+[tls]
+cert = "certs/gw.pem"
+key = "certs/gw.key"
+ca = "certs/ca.pem"
+[proxy]
+listen = "127.0.0.1:3128"
+response_timeout_ms = 15000
+[metrics]
+listen = "127.0.0.1:9102"
+[[classes]]
+class = "bid"
+path_prefix = "/bid"
+method = "POST"
+TOML
+    local kinds=(x cellular wifi satellite)
+    for i in $(seq "$n"); do
+      printf '[[uplinks]]\nname = "%s"\nkind = "%s"\nbind = "v%s"\n' "${kinds[$i]}" "${kinds[$i]}" "$i"
+      if [ "${NSH_CAP_LINK:-0}" = "$i" ]; then printf 'cap_bytes_per_day = %s\n' "$NSH_CAP_BYTES"; fi
+      printf '\n'
+    done
+  } > "$NSH_DIR/gateway.toml"
+}
+
+# starts origin + relay (relay ns) and gateway (venue ns); waits until all uplinks are up
+nsh_start_canopy() {
+  local n=$1
+  nsh_bg r "$CANOPY" origin --listen 10.200.100.1:8080
+  nsh_bg r "$CANOPY" relay --config "$NSH_DIR/relay.toml"
+  sleep 0.5
+  nsh_bg v "$CANOPY" gateway --config "$NSH_DIR/gateway.toml"
+  for _ in $(seq 100); do
+    local up
+    up=$(nsh_exec v curl -s http://127.0.0.1:9102/metrics 2>/dev/null \
+      | awk '/^canopy_gateway_link_state/ && $2 == 3 {n++} END {print n + 0}')
+    [ "$up" -ge "$n" ] && return 0
+    sleep 0.1
+  done
+  echo "uplinks did not all come up" >&2
+  nsh_exec v curl -s http://127.0.0.1:9102/metrics | grep link_state >&2 || true
+  return 1
+}
+
+nsh_cleanup() {
+  local rc=$?
+  for p in "${NSH_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  for ns in v w r; do ip netns del "${NSH_P}$ns" 2>/dev/null || true; done
+  if [ "$rc" != 0 ] && [ -n "$NSH_DIR" ]; then
+    echo "--- logs ($NSH_DIR) ---" >&2
+    for f in "$NSH_DIR"/*.log; do echo "== $f" >&2; tail -20 "$f" >&2; done
+  fi
+  [ -n "$NSH_DIR" ] && rm -rf "$NSH_DIR"
+  exit "$rc"
+}
