@@ -1,6 +1,7 @@
 //! The demo origin: a small local HTTP/1.1 server standing in for an event's web services.
 //! It serves `/assets/<bytes>` (generated bulk bodies), `POST /checkin`, `POST /bid`,
-//! `POST /upload` (counts and discards) and `/echo` (returns the request head). Used by
+//! `POST /upload` (counts and discards), `/echo` (returns the request head) and `/stats`
+//! (its counters as JSON, for the benches). Used by
 //! `canopy demo`, the benchmarks and the end-to-end tests.
 
 use bytes::Bytes;
@@ -144,6 +145,18 @@ async fn handle(
         (Method::POST | Method::PUT, "/upload") => {
             let n = drain(req.into_body(), Some(&stats.upload_bytes)).await;
             text(StatusCode::OK, format!("{n}\n"))
+        }
+        (Method::GET, "/stats") => {
+            drain(req.into_body(), None).await;
+            text(
+                StatusCode::OK,
+                format!(
+                    "{{\"bids\":{},\"checkins\":{},\"upload_bytes\":{}}}\n",
+                    stats.bids.load(Ordering::Relaxed),
+                    stats.checkins.load(Ordering::Relaxed),
+                    stats.upload_bytes.load(Ordering::Relaxed)
+                ),
+            )
         }
         (_, "/echo") => {
             let mut out = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());

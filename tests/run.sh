@@ -64,9 +64,14 @@ PY
 # --- network-namespace suite (root) -----------------------------------------------------
 if [ -d tests/netns ] && ls tests/netns/*.sh >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
-    for t in tests/netns/*.sh; do step "$t"; bash "$t"; done
+    for t in tests/netns/*.sh; do
+      step "$t"
+      bash "$t" | tee "$log"
+      n=$(awk '/^netns .*: [0-9]+ passed/ {print $(NF-1)}' "$log" | tail -1)
+      passed=$((passed + ${n:-0}))
+    done
   else
-    echo "skipping tests/netns: needs root (network namespaces)" >&2
+    echo "SKIPPED tests/netns (bonding over network namespaces): they need root; run tests/run.sh as root" >&2
   fi
 fi
 

@@ -70,7 +70,7 @@ impl Default for RelayTarget {
             server_name: None,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             reconnect_min_ms: 100,
-            reconnect_max_ms: 1_000,
+            reconnect_max_ms: 500,
         }
     }
 }

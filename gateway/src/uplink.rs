@@ -106,50 +106,91 @@ impl Uplink {
 }
 
 async fn supervise(s: Arc<UplinkSettings>, tx: watch::Sender<UplinkState>) {
-    let mut backoff = s.backoff_min;
     let mut generation = 0u64;
     // the handshake's first retransmission comes after 3 × initial RTT: start from the
     // path's last RTT so a returning link is found quickly
     let mut last_rtt = Duration::from_millis(100);
     loop {
-        let attempt = connect(&s, last_rtt, generation + 1);
-        // a handshake, the HTTP/3 setup and the hello take about three round trips
-        let timeout = (last_rtt * 8).max(Duration::from_secs(2));
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok((live, mut driver))) => {
-                generation += 1;
-                last_rtt = live
-                    .conn
-                    .rtt()
-                    .clamp(Duration::from_millis(10), Duration::from_secs(1));
-                info!(
-                    rtt_ms = live.conn.rtt().as_millis() as u64,
-                    generation, "connected to the relay"
-                );
-                backoff = s.backoff_min;
-                let conn = live.conn.clone();
-                let _ = tx.send(UplinkState::Up(Arc::new(live)));
-                let err = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-                let _ = tx.send(UplinkState::Down);
-                conn.close(0u32.into(), b"h3 closed");
-                warn!(reason = %err, "connection to the relay closed");
-            }
-            Ok(Err(e)) => {
-                warn!(error = %e, retry_ms = backoff.as_millis() as u64, "cannot reach the relay");
-            }
-            Err(_) => {
-                info!(
-                    retry_ms = backoff.as_millis() as u64,
-                    "no answer from the relay in {} ms",
-                    timeout.as_millis()
-                );
-            }
-        }
+        let (live, mut driver) = match establish(&s, &tx, last_rtt, generation + 1).await {
+            Some(c) => c,
+            None => return, // nobody listens any more
+        };
+        generation += 1;
+        last_rtt = live
+            .conn
+            .rtt()
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        info!(
+            rtt_ms = live.conn.rtt().as_millis() as u64,
+            generation, "connected to the relay"
+        );
+        let conn = live.conn.clone();
+        let _ = tx.send(UplinkState::Up(Arc::new(live)));
+        let err = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        let _ = tx.send(UplinkState::Down);
+        conn.close(0u32.into(), b"h3 closed");
+        warn!(reason = %err, "connection to the relay closed");
         if tx.is_closed() {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(s.backoff_max);
+        tokio::time::sleep(s.backoff_min).await;
+    }
+}
+
+/// Connects, with attempts overlapping: a new attempt starts every backoff interval (100 ms
+/// doubling to `backoff_max`; after a minute without success up to ten times that) while
+/// earlier ones still wait for an answer (each lives a few round trips), at most three at
+/// once. A link that comes back is found within one interval, not after a stale attempt's
+/// backed-off retransmissions.
+async fn establish(
+    s: &Arc<UplinkSettings>,
+    tx: &watch::Sender<UplinkState>,
+    last_rtt: Duration,
+    generation: u64,
+) -> Option<(Live, Driver)> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = s.backoff_min;
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut last_error = String::new();
+    let mut last_log = started;
+    // a handshake, the HTTP/3 setup and the hello take about three round trips
+    let lifetime = (last_rtt * 8).max(Duration::from_secs(2));
+    loop {
+        if tx.is_closed() {
+            return None;
+        }
+        if attempts.len() < 3 {
+            let s = s.clone();
+            attempts.spawn(async move {
+                match tokio::time::timeout(lifetime, connect(&s, last_rtt, generation)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("no answer in {} ms", lifetime.as_millis())),
+                }
+            });
+        }
+        let next = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                r = attempts.join_next(), if !attempts.is_empty() => match r {
+                    Some(Ok(Ok(c))) => return Some(c),
+                    Some(Ok(Err(e))) => {
+                        if e != last_error || last_log.elapsed() > Duration::from_secs(10) {
+                            warn!(error = %e, "cannot reach the relay; retrying");
+                            last_log = tokio::time::Instant::now();
+                            last_error = e;
+                        }
+                    }
+                    _ => {}
+                },
+                _ = tokio::time::sleep_until(next) => break,
+            }
+        }
+        let cap = if started.elapsed() > Duration::from_secs(60) {
+            s.backoff_max * 10
+        } else {
+            s.backoff_max
+        };
+        backoff = (backoff * 2).min(cap);
     }
 }
 

@@ -63,7 +63,10 @@ impl FrameSocket {
 /// The interface's index, from sysfs.
 fn ifindex(ifname: &str) -> io::Result<i32> {
     if ifname.is_empty() || ifname.contains('/') || ifname.contains("..") {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
     }
     let text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))
         .map_err(|e| io::Error::new(e.kind(), format!("no interface {ifname}: {e}")))?;

@@ -32,6 +32,7 @@ nsh_need() {
   command -v ethtool >/dev/null || missing+=(ethtool)
   command -v curl >/dev/null || missing+=(curl)
   if ((${#missing[@]})); then
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 }

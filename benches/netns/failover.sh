@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The failover bench's scenario (root): uplinks of 20/5/2 Mbit/s with 25/8/20 ms one way,
+# steady bulk uploads plus a bid every 100 ms. At t=5 s the busiest uplink goes down, at
+# t=15 s it returns; the run ends at t=25 s. KIND is `carrier` (the venue sees the carrier
+# go: ip link set down on the wan side) or `blackhole` (packets silently dropped by the
+# emulator bridge). Canopy first, then Linux MPTCP over the same links (bulk only).
+# Prints one JSON object.
+# usage: benches/netns/failover.sh carrier|blackhole [PARALLEL]
+cd "$(dirname "$0")/../.."
+source tests/netns/lib/harness.sh
+KIND=${1:-carrier}
+PAR=${2:-8}
+T=benches/netns/tools.py
+CUT=5
+BACK=15
+END=25
+
+cut() { if [ "$KIND" = carrier ]; then nsh_carrier 1 down; else nsh_ctl 1 outage on >/dev/null; fi; }
+restore() { if [ "$KIND" = carrier ]; then nsh_carrier 1 up; else nsh_ctl 1 outage off >/dev/null; fi; }
+
+nsh_setup "bf$$"
+nsh_link 1 20000 20000 25
+nsh_link 2 5000 5000 8
+nsh_link 3 2000 2000 20
+nsh_canopy_configs 3
+nsh_start_canopy 3 >&2
+
+# Canopy
+nsh_exec r python3 $T sample http://10.200.100.1:8080/stats $((END + 1)) 20 > "$NSH_DIR/canopy.json" &
+sampler=$!
+t0=$(python3 -c 'import time; print(time.time())')
+nsh_exec v python3 $T upload http://127.0.0.1:3128 http://10.200.100.1:8080 $END "$PAR" 1000000 > "$NSH_DIR/up.json" &
+up=$!
+nsh_exec v python3 $T bids http://127.0.0.1:3128 http://10.200.100.1:8080 $END 100 > "$NSH_DIR/bids.json" &
+bids=$!
+sleep $CUT; tc_cut=$(python3 -c 'import time; print(time.time())'); cut
+sleep $((BACK - CUT)); tc_back=$(python3 -c 'import time; print(time.time())'); restore
+wait $up $bids $sampler
+canopy=$(python3 $T analyze "$NSH_DIR/canopy.json" "$tc_cut" "$tc_back" 7 27 "$NSH_DIR/bids.json")
+pkill -f "canopy gateway --config $NSH_DIR/gateway.toml" || true
+sleep 1
+
+# Linux MPTCP
+for ns in v r; do nsh_exec $ns ip mptcp limits set subflow 4 add_addr_accepted 4; done
+nsh_exec v ip mptcp endpoint add 10.200.2.1 dev v2 subflow
+nsh_exec v ip mptcp endpoint add 10.200.3.1 dev v3 subflow
+nsh_exec r python3 $T mptcp-server 10.200.100.1 5201 $((END + 2)) 20 > "$NSH_DIR/mptcp.json" &
+server=$!
+sleep 0.5
+nsh_exec v python3 $T mptcp-client 10.200.100.1 5201 $END "$PAR" >/dev/null &
+client=$!
+sleep $CUT; tm_cut=$(python3 -c 'import time; print(time.time())'); cut
+sleep $((BACK - CUT)); tm_back=$(python3 -c 'import time; print(time.time())'); restore
+wait $client $server
+mptcp=$(python3 $T analyze "$NSH_DIR/mptcp.json" "$tm_cut" "$tm_back" 7 27)
+
+python3 - "$KIND" "$canopy" "$mptcp" "$(cat "$NSH_DIR/up.json")" <<'PY'
+import json, sys
+kind, c, m, up = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+out = {"kind": kind, **c, "uploads_ok": up["ok"], "uploads_failed": up["failed"]}
+out.update({f"mptcp_{k}": v for k, v in m.items()})
+print(json.dumps(out))
+PY

@@ -1,0 +1,210 @@
+"""Load, sampling and analysis for the netns benches (bonding, failover). Standard library
+only. Every command prints one JSON document on stdout.
+
+  upload PROXY ORIGIN SECONDS PARALLEL SIZE   keep PARALLEL uploads of SIZE bytes busy
+  bids PROXY ORIGIN SECONDS PERIOD_MS         a bid every PERIOD_MS; times and failures
+  sample URL SECONDS PERIOD_MS                the origin's upload_bytes over time
+  mptcp-server ADDR PORT SECONDS PERIOD_MS    count bytes of MPTCP connections over time
+  mptcp-client ADDR PORT SECONDS PARALLEL     PARALLEL MPTCP connections sending zeros
+  analyze SAMPLES CUT_AT RETURN_AT REMAINING_MBPS FULL_MBPS [BIDS]
+"""
+import json, socket, sys, threading, time, urllib.request
+
+IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
+
+
+def upload(proxy, origin, seconds, parallel, size):
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
+    data = bytes(int(size))
+    deadline = time.time() + float(seconds)
+    out = {"ok": 0, "failed": 0, "errors": []}
+    lock = threading.Lock()
+
+    def run():
+        while time.time() < deadline:
+            req = urllib.request.Request(f"{origin}/upload", data=data, method="POST")
+            try:
+                with opener.open(req, timeout=60) as r:
+                    r.read()
+                    key = "ok" if r.status == 200 else "failed"
+            except Exception as e:
+                key = "failed"
+                with lock:
+                    if len(out["errors"]) < 10:
+                        out["errors"].append(repr(e))
+            with lock:
+                out[key] += 1
+
+    ts = [threading.Thread(target=run) for _ in range(int(parallel))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
+
+
+def bids(proxy, origin, seconds, period_ms):
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
+    deadline = time.time() + float(seconds)
+    period = float(period_ms) / 1000
+    sent = []  # (t_sent, rtt_ms or None)
+    lock = threading.Lock()
+
+    def one(n, t0):
+        req = urllib.request.Request(f"{origin}/bid", data=b'{"lot":1,"amount":%d}' % n, method="POST")
+        try:
+            with opener.open(req, timeout=30) as r:
+                ok = r.status == 200 and b"accepted" in r.read()
+        except Exception:
+            ok = False
+        with lock:
+            sent.append((t0, (time.time() - t0) * 1000 if ok else None))
+
+    threads, n, nxt = [], 0, time.time()
+    while nxt < deadline:
+        time.sleep(max(0.0, nxt - time.time()))
+        n += 1
+        t = threading.Thread(target=one, args=(n, time.time()))
+        t.start()
+        threads.append(t)
+        nxt += period
+    for t in threads:
+        t.join()
+    return {"bids": sorted(sent)}
+
+
+def sample(url, seconds, period_ms):
+    deadline = time.time() + float(seconds)
+    period = float(period_ms) / 1000
+    out = []
+    while time.time() < deadline:
+        t = time.time()
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                out.append((t, json.loads(r.read())["upload_bytes"]))
+        except Exception:
+            pass
+        time.sleep(max(0.0, period - (time.time() - t)))
+    return {"samples": out}
+
+
+def mptcp_server(addr, port, seconds, period_ms):
+    total = [0]
+    lock = threading.Lock()
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((addr, int(port)))
+    srv.listen(64)
+
+    def serve(c):
+        while True:
+            b = c.recv(1 << 16)
+            if not b:
+                return
+            with lock:
+                total[0] += len(b)
+
+    def accept():
+        while True:
+            c, _ = srv.accept()
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    deadline = time.time() + float(seconds)
+    out = []
+    while time.time() < deadline:
+        with lock:
+            out.append((time.time(), total[0]))
+        time.sleep(float(period_ms) / 1000)
+    return {"samples": out}
+
+
+def mptcp_client(addr, port, seconds, parallel):
+    deadline = time.time() + float(seconds)
+    buf = bytes(1 << 16)
+
+    def run():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+        s.connect((addr, int(port)))
+        s.settimeout(1.0)
+        while time.time() < deadline:
+            try:
+                s.send(buf)
+            except socket.timeout:
+                continue
+            except OSError:
+                time.sleep(0.05)
+        s.close()
+
+    ts = [threading.Thread(target=run) for _ in range(int(parallel))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return {"ok": True}
+
+
+def rate_windows(samples, window):
+    """(t, Mbit/s over the `window` seconds before t) at every sample."""
+    out, j = [], 0
+    for i, (t, b) in enumerate(samples):
+        while samples[j][0] < t - window:
+            j += 1
+        if j < i and t - samples[j][0] > window / 2:
+            out.append((t, (b - samples[j][1]) * 8 / (t - samples[j][0]) / 1e6))
+    return out
+
+
+def analyze(samples_file, cut_at, return_at, remaining_mbps, full_mbps, bids_file=None):
+    samples = json.load(open(samples_file))["samples"]
+    cut_at, return_at = float(cut_at), float(return_at)
+    # longest gap in delivered bytes, from one second before the cut to the run's end
+    stall, last_t, last_b = 0.0, None, None
+    for t, b in samples:
+        if t < cut_at - 1:
+            last_t, last_b = t, b
+            continue
+        if last_b is None or b > last_b:
+            if last_t is not None:
+                stall = max(stall, t - last_t)
+            last_t, last_b = t, b
+    rates = rate_windows(samples, 0.25)
+    def first_at(after, threshold, before=None):
+        for t, r in rates:
+            if t >= after + 0.25 and (before is None or t <= before) and r >= threshold:
+                return round((t - after) * 1000)
+        return None
+    out = {
+        "max_stall_ms": round(stall * 1000),
+        "recover80_ms": first_at(cut_at, 0.8 * float(remaining_mbps), return_at),
+        "restore_full_ms": first_at(return_at, 0.9 * float(full_mbps)),
+        "mbps_before_cut": round(sum(r for t, r in rates if cut_at - 3 <= t < cut_at) / max(1, len([1 for t, r in rates if cut_at - 3 <= t < cut_at])), 2),
+        "mbps_during_cut": round(sum(r for t, r in rates if cut_at + 1.5 <= t < return_at) / max(1, len([1 for t, r in rates if cut_at + 1.5 <= t < return_at])), 2),
+        "mbps_after_return": round(sum(r for t, r in rates if return_at + 3 <= t) / max(1, len([1 for t, r in rates if return_at + 3 <= t])), 2),
+    }
+    if bids_file:
+        b = json.load(open(bids_file))["bids"]
+        during = sorted(r for t, r in b if cut_at <= t < return_at and r is not None)
+        out["bids_sent"] = len(b)
+        out["bids_lost"] = sum(1 for _, r in b if r is None)
+        out["bid_p99_ms_during_cut"] = round(during[min(len(during) - 1, int(len(during) * 0.99))], 1) if during else None
+        allr = sorted(r for _, r in b if r is not None)
+        out["bid_p50_ms"] = round(allr[len(allr) // 2], 1) if allr else None
+    return out
+
+
+def goodput(samples_file, t0, offset, duration):
+    """Mean Mbit/s from t0+offset for duration seconds, from the samples nearest them."""
+    s = json.load(open(samples_file))["samples"]
+    start = float(t0) + float(offset)
+    end = start + float(duration)
+    a = min(s, key=lambda x: abs(x[0] - start))
+    b = min(s, key=lambda x: abs(x[0] - end))
+    return {"mbps": (b[1] - a[1]) * 8 / (b[0] - a[0]) / 1e6 if b[0] > a[0] else 0.0}
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    fn = {"upload": upload, "bids": bids, "sample": sample, "mptcp-server": mptcp_server,
+          "mptcp-client": mptcp_client, "analyze": analyze, "goodput": goodput}[cmd]
+    print(json.dumps(fn(*args)))
