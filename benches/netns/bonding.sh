@@ -57,6 +57,7 @@ print(json.dumps({
     "ratio_vs_mptcp": round(c / m, 3) if m > 0 else None,
     "uploads_ok": up["ok"],
     "uploads_failed": up["failed"],
+    "upload_errors": up["errors"][:3],
     "per_link": sys.argv[4],
 }))
 PY

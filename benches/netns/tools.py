@@ -29,9 +29,10 @@ def upload(proxy, origin, seconds, parallel, size):
                     key = "ok" if r.status == 200 else "failed"
             except Exception as e:
                 key = "failed"
+                reason = getattr(e, "headers", None) and e.headers.get("canopy-reason")
                 with lock:
                     if len(out["errors"]) < 10:
-                        out["errors"].append(repr(e))
+                        out["errors"].append(f"{e!r} {reason or ''}")
             with lock:
                 out[key] += 1
 

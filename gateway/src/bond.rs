@@ -197,6 +197,13 @@ impl Path {
         }
     }
 
+    /// How long what is queued towards the relay on this path takes to leave: a request
+    /// body handed to quinn is not sent yet, so response timeouts start after this.
+    pub fn drain_time(&self) -> Duration {
+        let v = self.view();
+        Duration::from_secs_f64((v.queued_up as f64 / v.rate_up.max(1.0)).min(600.0))
+    }
+
     /// Status snapshot.
     pub fn status(&self) -> PathStatus {
         let mut st = self.lock();

@@ -587,13 +587,26 @@ async fn attempt(
         };
         match early {
             Some(r) => r,
-            None => tokio::select! {
-                r = tokio::time::timeout(state.response_timeout, &mut response) => match r {
-                    Ok(r) => r,
-                    Err(_) => return Err(fail(false, StatusCode::GATEWAY_TIMEOUT, "no response through the relay in time".into())),
-                },
-                _ = &mut died => return Err(fail(true, StatusCode::BAD_GATEWAY, format!("uplink {} went down during the request; it was not safe to send again", path.name))),
-            },
+            // The body is in quinn's buffer, not on the wire yet: the timeout counts only
+            // once the path's queue has drained (a long upload over a slow uplink is not a
+            // slow relay).
+            None => {
+                let mut deadline = tokio::time::Instant::now() + state.response_timeout;
+                loop {
+                    let check = tokio::time::Instant::now() + Duration::from_millis(500);
+                    tokio::select! {
+                        r = &mut response => break r,
+                        _ = tokio::time::sleep_until(check.min(deadline)) => {
+                            if path.drain_time() > Duration::from_millis(500) {
+                                deadline = tokio::time::Instant::now() + state.response_timeout;
+                            } else if tokio::time::Instant::now() >= deadline {
+                                return Err(fail(false, StatusCode::GATEWAY_TIMEOUT, "no response through the relay in time".into()));
+                            }
+                        }
+                        _ = &mut died => return Err(fail(true, StatusCode::BAD_GATEWAY, format!("uplink {} went down during the request; it was not safe to send again", path.name))),
+                    }
+                }
+            }
         }
     };
     match head {
