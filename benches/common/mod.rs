@@ -43,3 +43,42 @@ pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
 }
+
+/// Whether this process runs as root (the netns benches need it).
+pub(crate) fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .is_some_and(|s| s.trim() == "0")
+}
+
+/// Builds the release binary the netns scenarios run, then runs `script` with `args` and
+/// parses the JSON object it prints last.
+pub(crate) fn run_netns_scenario(script: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let built = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "-q", "--bin", "canopy"])
+        .current_dir(root)
+        .status()?;
+    anyhow::ensure!(built.success(), "cargo build failed");
+    let out = std::process::Command::new("bash")
+        .arg(root.join(script))
+        .args(args)
+        .current_dir(root)
+        .stderr(std::process::Stdio::null())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{script} failed ({}); run it by hand to see its logs",
+        out.status
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| anyhow::anyhow!("{script} printed no result"))?;
+    Ok(serde_json::from_str(last)?)
+}

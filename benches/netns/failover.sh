@@ -57,7 +57,7 @@ mptcp=$(python3 $T analyze "$NSH_DIR/mptcp.json" "$tm_cut" "$tm_back" 7 27)
 python3 - "$KIND" "$canopy" "$mptcp" "$(cat "$NSH_DIR/up.json")" <<'PY'
 import json, sys
 kind, c, m, up = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
-out = {"kind": kind, **c, "uploads_ok": up["ok"], "uploads_failed": up["failed"]}
+out = {"kind": kind, **c, "uploads_ok": up["ok"], "uploads_failed": up["failed"], "upload_errors": up["errors"][:3]}
 out.update({f"mptcp_{k}": v for k, v in m.items()})
 print(json.dumps(out))
 PY

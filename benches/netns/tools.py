@@ -1,7 +1,8 @@
 """Load, sampling and analysis for the netns benches (bonding, failover). Standard library
 only. Every command prints one JSON document on stdout.
 
-  upload PROXY ORIGIN SECONDS PARALLEL SIZE   keep PARALLEL uploads of SIZE bytes busy
+  upload PROXY ORIGIN SECONDS PARALLEL SIZE   keep PARALLEL uploads (PUT: idempotent, so the
+                                              gateway may re-send them) of SIZE bytes busy
   bids PROXY ORIGIN SECONDS PERIOD_MS         a bid every PERIOD_MS; times and failures
   sample URL SECONDS PERIOD_MS                the origin's upload_bytes over time
   mptcp-server ADDR PORT SECONDS PERIOD_MS    count bytes of MPTCP connections over time
@@ -22,7 +23,7 @@ def upload(proxy, origin, seconds, parallel, size):
 
     def run():
         while time.time() < deadline:
-            req = urllib.request.Request(f"{origin}/upload", data=data, method="POST")
+            req = urllib.request.Request(f"{origin}/upload", data=data, method="PUT")
             try:
                 with opener.open(req, timeout=60) as r:
                     r.read()

@@ -17,6 +17,8 @@ use tunnel::TrafficClass;
 
 /// How often each path's monitor runs.
 const TICK: Duration = Duration::from_millis(10);
+/// Bulk is held at the gateway until some path has less than this queued (late binding).
+pub const PLACEMENT_HORIZON: Duration = Duration::from_millis(500);
 /// Window of the goodput meters.
 const METER_WINDOW: Duration = Duration::from_millis(250);
 
@@ -552,6 +554,18 @@ impl Bond {
             v.usable = p.lock().live.is_some() && !p.signal.borrow().dead;
         }
         self.policy.place_again(unit, &views, exclude)
+    }
+
+    /// Whether a bulk unit may be placed now (some path has less than the horizon of work
+    /// queued); other classes always may.
+    pub fn has_room(&self, unit: &Unit, exclude: &[PathId]) -> bool {
+        let views: Vec<PathView> = self
+            .paths
+            .iter()
+            .filter(|p| !exclude.contains(&p.id))
+            .map(|p| p.view())
+            .collect();
+        scheduler::has_room(unit, &views, PLACEMENT_HORIZON)
     }
 
     /// Why nothing can carry `class` now (for the 503's reason).

@@ -414,6 +414,10 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
     let deadline = Instant::now() + state.response_timeout;
     let mut last: Option<AttemptError> = None;
     loop {
+        // late binding: bulk waits here (not in a slow path's queue) until a path has room
+        while !state.bond.has_room(&unit, &excluded) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let placement = state.bond.place(&unit, &excluded);
         if placement.paths.is_empty() {
             return match last {

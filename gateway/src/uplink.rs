@@ -173,12 +173,10 @@ async fn establish(
             tokio::select! {
                 r = attempts.join_next(), if !attempts.is_empty() => match r {
                     Some(Ok(Ok(c))) => return Some(c),
-                    Some(Ok(Err(e))) => {
-                        if e != last_error || last_log.elapsed() > Duration::from_secs(10) {
-                            warn!(error = %e, "cannot reach the relay; retrying");
-                            last_log = tokio::time::Instant::now();
-                            last_error = e;
-                        }
+                    Some(Ok(Err(e))) if e != last_error || last_log.elapsed() > Duration::from_secs(10) => {
+                        warn!(error = %e, "cannot reach the relay; retrying");
+                        last_log = tokio::time::Instant::now();
+                        last_error = e;
                     }
                     _ => {}
                 },

@@ -47,7 +47,7 @@ impl FrameSocket {
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|s| (&mut &*s.get_ref()).read(buf)) {
+            match guard.try_io(|s| (&mut s.get_ref()).read(buf)) {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
             }

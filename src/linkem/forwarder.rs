@@ -267,7 +267,7 @@ impl LinkEmulator {
                 let _ = out_a.try_send(&p.data);
             },
         )));
-        for (sock, tx, up) in [(a, up_tx, true), (b, down_tx, false)] {
+        for (sock, other, tx, up) in [(a.clone(), b.clone(), up_tx, true), (b, a, down_tx, false)] {
             let s = shared.clone();
             tasks.push(tokio::spawn(async move {
                 let counters = if up { &s.up } else { &s.down };
@@ -281,6 +281,12 @@ impl LinkEmulator {
                             continue;
                         }
                     };
+                    // ARP is the venue's own LAN, not the uplink: it passes a blackhole, so a
+                    // link that comes back is not held up by neighbour resolution
+                    if n >= 14 && buf[12..14] == [0x08, 0x06] {
+                        let _ = other.try_send(&buf[..n]);
+                        continue;
+                    }
                     counters.packets_in.fetch_add(1, Ordering::Relaxed);
                     let pkt = Pkt {
                         flow: 0,

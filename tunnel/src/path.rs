@@ -12,9 +12,9 @@
 //! that is 210 ms after the last echo, so a cut is detected within about 260 ms. A path is also demoted when its
 //! RTT degrades far above its own minimum (`max(3·min, min + 300 ms)`).
 //!
-//! A demoted path rejoins only after it has proved stable for a hold time: 500 ms, unless it
-//! was also demoted in the minute before this demotion; then 60 s, doubling with each further
-//! demotion in the last ten minutes, up to ten minutes. So a marginal link flaps at most once
+//! A demoted path rejoins only after it has proved stable for a hold time: five round trips
+//! (250 ms to 1 s), unless it was also demoted in the minute before this demotion; then 60 s,
+//! doubling with each further demotion in the last ten minutes, up to ten minutes. So a marginal link flaps at most once
 //! a minute, and a link that returns after an outage is back in well under a second.
 
 use crate::class::TrafficClass;
@@ -30,8 +30,10 @@ const MIN_LOST_PROBES: u32 = 5;
 /// The detection bound is never shorter than this: short gaps in the echoes come from
 /// radio retries and scheduling, not from a dead link.
 pub const MIN_DOWN_AFTER: Duration = Duration::from_millis(150);
-/// Hold time of a first rejoin.
-pub const HOLD_FIRST: Duration = Duration::from_millis(500);
+/// Hold time of a first rejoin: five round trips of stable probes, within these bounds.
+pub const HOLD_FIRST_MIN: Duration = Duration::from_millis(250);
+/// Upper bound of the first rejoin's hold time.
+pub const HOLD_FIRST_MAX: Duration = Duration::from_secs(1);
 /// Hold time of a repeated rejoin (a demotion within [`FLAP_MEMORY`] of the previous).
 pub const HOLD_REPEAT: Duration = Duration::from_secs(60);
 /// Longest hold time.
@@ -200,7 +202,7 @@ impl PathHealth {
     pub fn new() -> Self {
         Self {
             health: Health::Connecting,
-            hold: HOLD_FIRST,
+            hold: HOLD_FIRST_MAX,
             last_echo: None,
             last_advance: None,
             connected_at: None,
@@ -391,7 +393,7 @@ impl PathHealth {
         }
     }
 
-    /// The hold time for the next rejoin: 500 ms, unless the latest demotion followed
+    /// The hold time for the next rejoin: five round trips, unless the latest demotion followed
     /// another within a minute; then 60 s, doubling per further demotion in ten minutes.
     fn next_hold(&self, now: Instant) -> Duration {
         let recent: Vec<&Instant> = self
@@ -404,7 +406,7 @@ impl PathHealth {
             _ => false,
         };
         if !flapping {
-            HOLD_FIRST
+            (self.srtt * 5).clamp(HOLD_FIRST_MIN, HOLD_FIRST_MAX)
         } else {
             let doublings = (recent.len() - 2).min(8) as u32;
             (HOLD_REPEAT * 2u32.pow(doublings)).min(HOLD_MAX)

@@ -89,6 +89,17 @@ impl PathView {
         (queued as f64) < rate * self.srtt.as_secs_f64()
     }
 
+    /// How long `unit` would wait behind what is already queued on this path in its main
+    /// direction.
+    pub fn queue_delay(&self, unit: &Unit) -> Duration {
+        let (queued, rate) = if unit.sends_mostly() {
+            (self.queued_up, self.rate_up)
+        } else {
+            (self.queued_down, self.rate_down)
+        };
+        Duration::from_secs_f64((queued as f64 / rate.max(1.0)).min(1e6))
+    }
+
     /// Expected time for `unit` to complete on this path, tier penalty included.
     ///
     /// A unit waits behind the path's queue only in its main direction, and only if it is
@@ -180,6 +191,17 @@ pub fn candidates<'a>(unit: &Unit, paths: &'a [PathView]) -> Vec<&'a PathView> {
     } else {
         regular
     }
+}
+
+/// Late binding for bulk: a bulk unit is placed only when some path it may use has less
+/// than `horizon` of work queued ahead of it; otherwise the caller holds it and asks again.
+/// Paths then never hold more than the horizon plus one unit, so a path that comes back (or
+/// speeds up) gets the held work at once instead of watching slow paths drain long queues.
+pub fn has_room(unit: &Unit, paths: &[PathView], horizon: Duration) -> bool {
+    unit.class != TrafficClass::Bulk
+        || candidates(unit, paths)
+            .iter()
+            .any(|p| p.queue_delay(unit) <= horizon)
 }
 
 /// Earliest expected completion.
@@ -524,6 +546,29 @@ mod tests {
         assert_eq!(default_policy().place(&checkin, &paths).paths, vec![1, 0]);
         paths[0].cap = CapState::Warn;
         assert_eq!(default_policy().place(&upload(10), &paths).paths, vec![0]);
+    }
+
+    #[test]
+    fn bulk_waits_for_room_and_bids_never_do() {
+        let mut paths = vec![
+            view(0, 20.0, 50, Tier::Primary),
+            view(1, 2.0, 40, Tier::Primary),
+        ];
+        let h = Duration::from_millis(500);
+        assert!(has_room(&upload(1_000_000), &paths, h));
+        // 2 s of data queued on the fast path, 4 s on the slow one: hold bulk
+        paths[0].queued_up = 5_000_000;
+        paths[1].queued_up = 1_000_000;
+        assert!(!has_room(&upload(1_000_000), &paths, h));
+        let bid = Unit {
+            class: TrafficClass::Bid,
+            up_bytes: 300,
+            down_bytes: 300,
+        };
+        assert!(has_room(&bid, &paths, h));
+        // the fast path drains below the horizon: room again
+        paths[0].queued_up = 1_000_000;
+        assert!(has_room(&upload(1_000_000), &paths, h));
     }
 
     #[test]
