@@ -197,11 +197,13 @@ pub fn candidates<'a>(unit: &Unit, paths: &'a [PathView]) -> Vec<&'a PathView> {
 /// than `horizon` of work queued ahead of it; otherwise the caller holds it and asks again.
 /// Paths then never hold more than the horizon plus one unit, so a path that comes back (or
 /// speeds up) gets the held work at once instead of watching slow paths drain long queues.
+/// With no path at all there is nothing to wait for: the caller fails fast.
 pub fn has_room(unit: &Unit, paths: &[PathView], horizon: Duration) -> bool {
-    unit.class != TrafficClass::Bulk
-        || candidates(unit, paths)
-            .iter()
-            .any(|p| p.queue_delay(unit) <= horizon)
+    if unit.class != TrafficClass::Bulk {
+        return true;
+    }
+    let c = candidates(unit, paths);
+    c.is_empty() || c.iter().any(|p| p.queue_delay(unit) <= horizon)
 }
 
 /// Earliest expected completion.
@@ -568,6 +570,10 @@ mod tests {
         assert!(has_room(&bid, &paths, h));
         // the fast path drains below the horizon: room again
         paths[0].queued_up = 1_000_000;
+        assert!(has_room(&upload(1_000_000), &paths, h));
+        // no path at all: nothing to wait for
+        paths[0].usable = false;
+        paths[1].usable = false;
         assert!(has_room(&upload(1_000_000), &paths, h));
     }
 
