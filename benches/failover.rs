@@ -7,7 +7,8 @@
 //! gap in delivered bytes), recover80_ms (to 80% of the remaining capacity), restore_full_ms
 //! (after the return, to 90% of the full aggregate), bids_sent, bids_lost,
 //! bid_p99_ms_during_cut, and the same stall figures for MPTCP; the headline is the worse of
-//! the two runs, each run's figures are prefixed with its kind.
+//! the two runs, each run's figures are prefixed with its kind. redundant_extra_ratio is the
+//! second copies of bids over all body bytes carried (the cost of sending bids twice).
 
 mod common;
 
@@ -42,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         "mptcp_max_stall_ms",
         "mptcp_recover80_ms",
         "mptcp_restore_full_ms",
+        "redundant_extra_ratio",
     ] {
         out[k] = worse(&g(&carrier, k), &g(&blackhole, k));
     }

@@ -37,6 +37,10 @@ sleep $CUT; tc_cut=$(python3 -c 'import time; print(time.time())'); cut
 sleep $((BACK - CUT)); tc_back=$(python3 -c 'import time; print(time.time())'); restore
 wait $up $bids $sampler
 canopy=$(python3 $T analyze "$NSH_DIR/canopy.json" "$tc_cut" "$tc_back" 7 27 "$NSH_DIR/bids.json")
+# redundancy cost: bids travel on two paths; the second copy's bytes over all bytes carried
+extra=$(nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk '
+  /^canopy_gateway_bytes_total/ { total += $2; if ($0 ~ /class="bid"/) bid += $2 }
+  END { if (total > 0) printf "%.5f", (bid / 2) / total; else print "null" }')
 pkill -f "canopy gateway --config $NSH_DIR/gateway.toml" || true
 sleep 1
 
@@ -54,10 +58,11 @@ sleep $((BACK - CUT)); tm_back=$(python3 -c 'import time; print(time.time())'); 
 wait $client $server
 mptcp=$(python3 $T analyze "$NSH_DIR/mptcp.json" "$tm_cut" "$tm_back" 7 27)
 
-python3 - "$KIND" "$canopy" "$mptcp" "$(cat "$NSH_DIR/up.json")" <<'PY'
+python3 - "$KIND" "$canopy" "$mptcp" "$(cat "$NSH_DIR/up.json")" "$extra" <<'PY'
 import json, sys
 kind, c, m, up = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
-out = {"kind": kind, **c, "uploads_ok": up["ok"], "uploads_failed": up["failed"], "upload_errors": up["errors"][:3]}
+out = {"kind": kind, **c, "uploads_ok": up["ok"], "uploads_failed": up["failed"], "upload_errors": up["errors"][:3],
+       "redundant_extra_ratio": json.loads(sys.argv[5])}
 out.update({f"mptcp_{k}": v for k, v in m.items()})
 print(json.dumps(out))
 PY
