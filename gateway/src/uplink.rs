@@ -139,9 +139,10 @@ async fn supervise(s: Arc<UplinkSettings>, tx: watch::Sender<UplinkState>) {
 
 /// Connects, with attempts overlapping: a new attempt starts every backoff interval (100 ms
 /// doubling to `backoff_max`; after a minute without success up to ten times that) while
-/// earlier ones still wait for an answer (each lives a few round trips), at most three at
-/// once. A link that comes back is found within one interval, not after a stale attempt's
-/// backed-off retransmissions.
+/// earlier ones still wait for an answer (each lives a few round trips; the oldest gives way
+/// when three are out). A link that comes back is found within one interval, not after a
+/// stale attempt's backed-off retransmissions; an interface that gets its carrier back is
+/// tried at once.
 async fn establish(
     s: &Arc<UplinkSettings>,
     tx: &watch::Sender<UplinkState>,
@@ -151,28 +152,37 @@ async fn establish(
     let started = tokio::time::Instant::now();
     let mut backoff = s.backoff_min;
     let mut attempts = tokio::task::JoinSet::new();
+    let mut handles = std::collections::VecDeque::new();
     let mut last_error = String::new();
     let mut last_log = started;
+    let mut had_carrier = carrier(&s.bind);
     // a handshake, the HTTP/3 setup and the hello take about three round trips
     let lifetime = (last_rtt * 8).max(Duration::from_secs(2));
     loop {
         if tx.is_closed() {
             return None;
         }
-        if attempts.len() < 3 {
-            let s = s.clone();
-            attempts.spawn(async move {
-                match tokio::time::timeout(lifetime, connect(&s, last_rtt, generation)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(format!("no answer in {} ms", lifetime.as_millis())),
-                }
-            });
+        if handles.len() >= 3 {
+            if let Some(h) = handles.pop_front() {
+                tokio::task::AbortHandle::abort(&h);
+            }
         }
+        let s2 = s.clone();
+        handles.push_back(attempts.spawn(async move {
+            match tokio::time::timeout(lifetime, connect(&s2, last_rtt, generation)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer in {} ms", lifetime.as_millis())),
+            }
+        }));
         let next = tokio::time::Instant::now() + backoff;
         loop {
+            let poll = tokio::time::Instant::now() + Duration::from_millis(50);
             tokio::select! {
                 r = attempts.join_next(), if !attempts.is_empty() => match r {
-                    Some(Ok(Ok(c))) => return Some(c),
+                    Some(Ok(Ok(c))) => {
+                        attempts.abort_all();
+                        return Some(c);
+                    }
                     Some(Ok(Err(e))) if e != last_error || last_log.elapsed() > Duration::from_secs(10) => {
                         warn!(error = %e, "cannot reach the relay; retrying");
                         last_log = tokio::time::Instant::now();
@@ -180,9 +190,22 @@ async fn establish(
                     }
                     _ => {}
                 },
-                _ = tokio::time::sleep_until(next) => break,
+                _ = tokio::time::sleep_until(next.min(poll)) => {
+                    if tokio::time::Instant::now() >= next {
+                        break;
+                    }
+                    let now_carrier = carrier(&s.bind);
+                    if now_carrier == Some(true) && had_carrier == Some(false) {
+                        info!("carrier is back: trying now");
+                        had_carrier = now_carrier;
+                        backoff = s.backoff_min;
+                        break;
+                    }
+                    had_carrier = now_carrier;
+                }
             }
         }
+        handles.retain(|h: &tokio::task::AbortHandle| !h.is_finished());
         let cap = if started.elapsed() > Duration::from_secs(60) {
             s.backoff_max * 10
         } else {
@@ -190,6 +213,16 @@ async fn establish(
         };
         backoff = (backoff * 2).min(cap);
     }
+}
+
+/// Whether a bound interface has its carrier (None: bound by address, or unknown).
+fn carrier(bind: &BindTo) -> Option<bool> {
+    let BindTo::Device(dev) = bind else {
+        return None;
+    };
+    std::fs::read_to_string(format!("/sys/class/net/{dev}/carrier"))
+        .ok()
+        .map(|c| c.trim() == "1")
 }
 
 type Driver = h3::client::Connection<tunnel_io::quic::Connection, Bytes>;
