@@ -337,6 +337,20 @@ impl Validate for crate::linkem::LinkProfile {
         if self.name.is_empty() {
             errs.push(("name".into(), "must not be empty".into()));
         }
+        for (i, e) in self.timeline.iter().enumerate() {
+            if !e.at_s.is_finite() || !(0.0..=1e7).contains(&e.at_s) {
+                errs.push((
+                    format!("timeline[{i}].at_s"),
+                    "must be 0..10000000 seconds".into(),
+                ));
+            }
+            if e.loss_percent.is_some_and(|l| !(0.0..=100.0).contains(&l)) {
+                errs.push((
+                    format!("timeline[{i}].loss_percent"),
+                    "must be 0..100".into(),
+                ));
+            }
+        }
         errs
     }
 }

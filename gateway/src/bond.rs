@@ -194,7 +194,7 @@ impl Path {
             srtt: st.health.srtt(),
             rate_up: st.rate_up,
             rate_down: st.rate_down,
-            queued_up: st.pending_up + unsent,
+            queued_up: st.pending_up.saturating_add(unsent),
             queued_down: st.pending_down,
         }
     }
@@ -202,8 +202,19 @@ impl Path {
     /// How long what is queued towards the relay on this path takes to leave: a request
     /// body handed to quinn is not sent yet, so response timeouts start after this.
     pub fn drain_time(&self) -> Duration {
-        let v = self.view();
-        Duration::from_secs_f64((v.queued_up as f64 / v.rate_up.max(1.0)).min(600.0))
+        let (unsent, rate) = {
+            let st = self.lock();
+            let unsent = st
+                .live
+                .as_ref()
+                .map(|l| {
+                    st.written
+                        .saturating_sub(l.conn.stats().udp_tx.bytes * 95 / 100)
+                })
+                .unwrap_or(0);
+            (unsent, st.rate_up)
+        };
+        Duration::from_secs_f64((unsent as f64 / rate.max(1.0)).min(600.0))
     }
 
     /// Status snapshot.
@@ -230,7 +241,7 @@ impl Path {
         let now = Instant::now();
         let mut st = self.lock();
         if up {
-            st.written += bytes;
+            st.written = st.written.saturating_add(bytes);
             st.meter_up += bytes;
             st.pending_up = st.pending_up.saturating_sub(reserved);
             self.bytes_up.fetch_add(bytes, Ordering::Relaxed);
@@ -256,8 +267,8 @@ impl Path {
 
     fn reserve(&self, up: u64, down: u64) {
         let mut st = self.lock();
-        st.pending_up += up;
-        st.pending_down += down;
+        st.pending_up = st.pending_up.saturating_add(up);
+        st.pending_down = st.pending_down.saturating_add(down);
     }
 
     fn release(&self, up: u64, down: u64) {
@@ -274,6 +285,12 @@ impl Path {
         let mut fresh = false;
         match &state {
             UplinkState::Up(live) if live.generation != st.generation => {
+                if st.live.is_some() {
+                    // replaced without a Down in between: the old one closed all the same
+                    if let Some(e) = st.health.on_closed(now) {
+                        events.push(e);
+                    }
+                }
                 st.generation = live.generation;
                 st.health.on_connected(now, live.conn.rtt());
                 st.live = Some(live.clone());

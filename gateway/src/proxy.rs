@@ -303,6 +303,9 @@ fn tunnel_headers(state: &State, req: &Request<Incoming>, class: TrafficClass) -
     headers
 }
 
+/// The longest a response timeout waits for a path's queue to drain.
+const MAX_DRAIN_WAIT: Duration = Duration::from_secs(600);
+
 /// Largest request body kept in memory so the request can be sent again on another path
 /// (or redundantly): bids, check-ins, and idempotent requests up to this size.
 const REPLAY_MAX: u64 = 1024 * 1024;
@@ -425,7 +428,8 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
                 None => synthetic(StatusCode::SERVICE_UNAVAILABLE, &state.bond.why_not(class)),
             };
         }
-        let copies = if class.is_transactional() {
+        // redundant copies need the whole body in hand; a streamed one goes once
+        let copies = if class.is_transactional() && matches!(body, ReqBody::Kept(_)) {
             placement.paths.clone()
         } else {
             vec![placement.paths[0]]
@@ -596,12 +600,16 @@ async fn attempt(
             // slow relay).
             None => {
                 let mut deadline = tokio::time::Instant::now() + state.response_timeout;
+                let mut extended = Duration::ZERO;
                 loop {
                     let check = tokio::time::Instant::now() + Duration::from_millis(500);
                     tokio::select! {
                         r = &mut response => break r,
                         _ = tokio::time::sleep_until(check.min(deadline)) => {
-                            if path.drain_time() > Duration::from_millis(500) {
+                            if path.drain_time() > Duration::from_millis(500)
+                                && extended < MAX_DRAIN_WAIT
+                            {
+                                extended += Duration::from_millis(500);
                                 deadline = tokio::time::Instant::now() + state.response_timeout;
                             } else if tokio::time::Instant::now() >= deadline {
                                 return Err(fail(false, StatusCode::GATEWAY_TIMEOUT, "no response through the relay in time".into()));
@@ -719,7 +727,7 @@ async fn pump_response(
                 _ = crate::bond::until_dead(&mut watch) => break format!("uplink {} went down mid-response", flow.path.name),
             }
         };
-        let Some(r) = &resume else {
+        let Some(r) = resume.as_ref().filter(|r| sent < r.total) else {
             let _ = tx.send(Err(failure.into())).await;
             return;
         };
@@ -762,6 +770,7 @@ async fn resume_on_other_path(
                 continue;
             }
             excluded.clear();
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let path = r.bond.paths()[id].clone();
@@ -777,7 +786,10 @@ async fn resume_on_other_path(
         ]) else {
             return Err("cannot build the range request".into());
         };
-        let Some(flow) = r.bond.flow(id, r.out.class, 0, r.total - offset) else {
+        let Some(flow) = r
+            .bond
+            .flow(id, r.out.class, 0, r.total.saturating_sub(offset))
+        else {
             return Err("no such path".into());
         };
         let mut sender = live.sender.clone();

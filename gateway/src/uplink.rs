@@ -31,6 +31,26 @@ pub struct Live {
     pub generation: u64,
 }
 
+impl Drop for Live {
+    fn drop(&mut self) {
+        // the last holder gone (replaced, or a losing attempt): do not leave the connection
+        // and its probe task running
+        self.conn.close(0u32.into(), b"connection replaced");
+    }
+}
+
+/// Closes a connection that is dropped before it was handed over (an attempt that lost or
+/// was aborted).
+struct CloseUnlessKept(Option<quinn::Connection>);
+
+impl Drop for CloseUnlessKept {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.close(0u32.into(), b"attempt abandoned");
+        }
+    }
+}
+
 /// What the bond sees of the uplink's connection.
 #[derive(Clone, Default)]
 pub enum UplinkState {
@@ -276,6 +296,7 @@ async fn connect(
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
+    let mut guard = CloseUnlessKept(Some(conn.clone()));
     let echoes = Arc::new(Echoes::default());
     tokio::spawn(tunnel_io::probe::run(
         conn.clone(),
@@ -290,6 +311,7 @@ async fn connect(
     .await
     .map_err(|e| e.to_string())?;
     hello(&mut sender, &s.hello).await?;
+    guard.0 = None;
     Ok((
         Live {
             sender,

@@ -18,6 +18,9 @@ use tunnel_io::{copy_bidirectional, pump_body, H3Body, TlsFiles};
 
 type Stream = RequestStream<tunnel_io::quic::BidiStream, Bytes>;
 
+/// Largest answer to a bid or check-in the relay keeps for duplicates.
+const KEYED_ANSWER_MAX: usize = 64 * 1024;
+
 struct State {
     name: String,
     server_names: Vec<String>,
@@ -218,7 +221,12 @@ async fn serve(
     if let Some(key) = key {
         match state
             .sessions
-            .admit(ctx.identity, &key, state.response_timeout)
+            // the first copy may need a connect, its whole body and the origin's answer
+            .admit(
+                ctx.identity,
+                &key,
+                state.response_timeout * 2 + Duration::from_secs(10),
+            )
             .await
         {
             Ok(Admission::First(p)) => publisher = Some(p),
@@ -243,7 +251,12 @@ async fn serve(
         Err(refusal) => {
             // The body is not wanted: say so (H3_NO_ERROR) instead of leaving it unread.
             stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-            if let Some(p) = publisher {
+            // an origin that could not be reached saw nothing: a later copy may try again
+            let unreached = matches!(
+                refusal.status,
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+            );
+            if let Some(p) = publisher.filter(|_| !unreached) {
                 p.answer(
                     refusal.status,
                     refusal_headers(&refusal),
@@ -520,8 +533,12 @@ async fn forward(
     if let Some(p) = publisher {
         // keyed answers are small: keep the whole answer for duplicates
         let headers = head.headers().clone();
-        let collected =
-            http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 1024 * 1024)).await;
+        let collected = tokio::time::timeout(
+            state.response_timeout,
+            http_body_util::BodyExt::collect(http_body_util::Limited::new(body, KEYED_ANSWER_MAX)),
+        )
+        .await
+        .unwrap_or_else(|_| Err("the origin's answer did not end in time".into()));
         let bytes = match collected {
             Ok(c) => c.to_bytes(),
             Err(e) => {

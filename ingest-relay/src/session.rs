@@ -18,7 +18,7 @@ use tunnel::dedup::{Admit, DedupTable};
 /// How long an answer is kept for duplicates.
 const DEDUP_TTL: Duration = Duration::from_secs(600);
 /// Most answers kept.
-const DEDUP_MAX: usize = 100_000;
+const DEDUP_MAX: usize = 20_000;
 
 /// What one connection is: whose, and which path of which session.
 pub(crate) struct ConnCtx {
@@ -102,12 +102,17 @@ impl Sessions {
         name: &str,
         kind: &str,
     ) -> Result<usize, String> {
+        // a connection that greets again leaves its previous place first
+        self.leave(ctx);
         let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let entry = s
             .entry(session)
             .or_insert_with(|| (ctx.identity, HashMap::new()));
         if entry.0 != ctx.identity {
             return Err("this session belongs to another gateway certificate".into());
+        }
+        if entry.1.len() >= 64 && !entry.1.contains_key(&path) {
+            return Err("a session has at most 64 paths".into());
         }
         entry.1.insert(
             path,

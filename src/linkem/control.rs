@@ -81,7 +81,10 @@ pub async fn run_timeline(link: Arc<LinkEmulator>, mut events: Vec<TimelineEvent
     events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     let start = tokio::time::Instant::now();
     for e in events {
-        let at = start + Duration::from_secs_f64(e.at_s.max(0.0));
+        let Ok(offset) = Duration::try_from_secs_f64(e.at_s.clamp(0.0, 1e9)) else {
+            continue; // not a number
+        };
+        let at = start + offset;
         tokio::time::sleep_until(at).await;
         tracing::info!(at_s = e.at_s, ?e, "timeline");
         apply_event(&link, &e);

@@ -112,8 +112,8 @@ impl PathView {
             (true, true) => (self.queued_up, 0),
             (true, false) => (0, self.queued_down),
         };
-        let up = (qu + unit.up_bytes) as f64 / self.rate_up.max(1.0);
-        let down = (qd + unit.down_bytes) as f64 / self.rate_down.max(1.0);
+        let up = qu.saturating_add(unit.up_bytes) as f64 / self.rate_up.max(1.0);
+        let down = qd.saturating_add(unit.down_bytes) as f64 / self.rate_down.max(1.0);
         let t = self.srtt.as_secs_f64() + up + down;
         let t = if self.tier == Tier::Secondary {
             t * 1.5
