@@ -30,9 +30,7 @@ pkill -f "canopy gateway --config $NSH_DIR/gateway.toml" || true
 sleep 1
 
 # Linux MPTCP over the same links
-for ns in v r; do nsh_exec $ns ip mptcp limits set subflow 4 add_addr_accepted 4; done
-nsh_exec v ip mptcp endpoint add 10.200.2.1 dev v2 subflow
-nsh_exec v ip mptcp endpoint add 10.200.3.1 dev v3 subflow
+nsh_mptcp_setup
 nsh_exec r python3 $T mptcp-server 10.200.100.1 5201 $((WARM + DUR + 2)) 100 > "$NSH_DIR/mptcp.json" &
 server=$!
 sleep 0.5

@@ -78,6 +78,17 @@ struct PathState {
     goodput_down: f64,
 }
 
+impl PathState {
+    /// Body bytes handed to quinn on this connection and not sent yet (a QUIC packet
+    /// carries ~95% payload).
+    fn unsent(&self) -> u64 {
+        self.live.as_ref().map_or(0, |l| {
+            self.written
+                .saturating_sub(l.conn.stats().udp_tx.bytes * 95 / 100)
+        })
+    }
+}
+
 /// A snapshot of one path for status lines.
 #[derive(Debug, Clone)]
 pub struct PathStatus {
@@ -176,15 +187,7 @@ impl Path {
         let mut st = self.lock();
         let now = Instant::now();
         let cap = st.cap.state(now);
-        let unsent = st
-            .live
-            .as_ref()
-            .map(|l| {
-                let on_wire = l.conn.stats().udp_tx.bytes;
-                // a QUIC packet carries ~95% payload; what quinn has not sent yet is queued
-                st.written.saturating_sub(on_wire * 95 / 100)
-            })
-            .unwrap_or(0);
+        let unsent = st.unsent();
         PathView {
             id: self.id,
             usable: st.health.is_usable() && st.live.is_some(),
@@ -512,28 +515,25 @@ impl Bond {
     /// Waits until every primary and secondary path carries traffic (backup paths are not
     /// waited for), or `timeout` passes; true if they all did.
     pub async fn wait_all_usable(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if self
-                .paths
+        self.wait_until(timeout, || {
+            self.paths
                 .iter()
                 .filter(|p| p.tier != Tier::Backup)
                 .all(|p| p.is_usable())
-            {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(TICK).await;
-        }
+        })
+        .await
     }
 
     /// Waits until some path carries traffic, or `timeout` passes.
     pub async fn wait_usable(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, || self.any_usable()).await
+    }
+
+    /// Checks `ready` every monitor tick until it holds (true) or `timeout` passes (false).
+    async fn wait_until(&self, timeout: Duration, ready: impl Fn() -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.any_usable() {
+            if ready() {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -641,21 +641,21 @@ impl Flow {
 
     /// A counter for request-body bytes.
     pub fn up_counter(self: &Arc<Self>) -> metrics::Counter {
-        metrics::Counter::from_arc(Arc::new(FlowCounter {
-            flow: self.clone(),
-            up: true,
-            class: metrics::counter!("canopy_gateway_bytes_total", "class" => self.class.as_str(), "direction" => "up"),
-            link: metrics::counter!("canopy_gateway_link_bytes_total", "link" => self.path.name.clone(), "class" => self.class.as_str(), "direction" => "up"),
-        }))
+        self.counter(true)
     }
 
     /// A counter for response-body bytes.
     pub fn down_counter(self: &Arc<Self>) -> metrics::Counter {
+        self.counter(false)
+    }
+
+    fn counter(self: &Arc<Self>, up: bool) -> metrics::Counter {
+        let (c, dir) = (self.class.as_str(), if up { "up" } else { "down" });
         metrics::Counter::from_arc(Arc::new(FlowCounter {
             flow: self.clone(),
-            up: false,
-            class: metrics::counter!("canopy_gateway_bytes_total", "class" => self.class.as_str(), "direction" => "down"),
-            link: metrics::counter!("canopy_gateway_link_bytes_total", "link" => self.path.name.clone(), "class" => self.class.as_str(), "direction" => "down"),
+            up,
+            class: metrics::counter!("canopy_gateway_bytes_total", "class" => c, "direction" => dir),
+            link: metrics::counter!("canopy_gateway_link_bytes_total", "link" => self.path.name.clone(), "class" => c, "direction" => dir),
         }))
     }
 }

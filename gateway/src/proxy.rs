@@ -543,6 +543,16 @@ async fn attempt(
         },
         _ = &mut died => return Err(fail(true, StatusCode::BAD_GATEWAY, format!("uplink {} went down", path.name))),
     };
+    let went_down = || {
+        fail(
+            true,
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "uplink {} went down during the request; it was not safe to send again",
+                path.name
+            ),
+        )
+    };
     let (mut send, mut recv) = stream.split();
     let up = flow.up_counter();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
@@ -591,7 +601,7 @@ async fn attempt(
                 }
                 None
             }
-            _ = &mut died => return Err(fail(true, StatusCode::BAD_GATEWAY, format!("uplink {} went down during the request; it was not safe to send again", path.name))),
+            _ = &mut died => return Err(went_down()),
         };
         match early {
             Some(r) => r,
@@ -615,7 +625,7 @@ async fn attempt(
                                 return Err(fail(false, StatusCode::GATEWAY_TIMEOUT, "no response through the relay in time".into()));
                             }
                         }
-                        _ = &mut died => return Err(fail(true, StatusCode::BAD_GATEWAY, format!("uplink {} went down during the request; it was not safe to send again", path.name))),
+                        _ = &mut died => return Err(went_down()),
                     }
                 }
             }
@@ -874,10 +884,7 @@ async fn connect(state: &State, mut req: Request<Incoming>, route: Route) -> Res
             Ok(Ok((s, head))) => {
                 if !head.status().is_success() {
                     // Pass the relay's refusal (status and reason) through.
-                    let reason = head
-                        .headers()
-                        .get(wire::HDR_REASON)
-                        .and_then(|v| v.to_str().ok())
+                    let reason = wire::reason_of(head.headers())
                         .unwrap_or("refused by the relay")
                         .to_string();
                     return synthetic(head.status(), &reason);

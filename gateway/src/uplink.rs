@@ -345,12 +345,7 @@ async fn hello(sender: &mut Sender, h: &Hello) -> Result<(), String> {
         .map_err(|e| format!("hello: {e}"))?;
     while let Ok(Some(_)) = stream.recv_data().await {}
     if resp.status() != StatusCode::OK {
-        let reason = resp
-            .headers()
-            .get(wire::HDR_REASON)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let reason = wire::reason_of(resp.headers()).unwrap_or("").to_string();
         return Err(format!(
             "the relay refused the session: {} {reason}",
             resp.status()

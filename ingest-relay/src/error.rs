@@ -1,6 +1,8 @@
 //! Errors of the relay, and how those that reach a client become HTTP responses.
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use tunnel::wire;
 
 /// Errors starting the relay.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,24 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
+    /// Headers of the synthetic response: plain text, and the reason in `canopy-reason`.
+    pub(crate) fn headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wire::reason_header_value(&self.reason)) {
+            h.insert(wire::HDR_REASON, v);
+        }
+        h
+    }
+
+    /// Body of the synthetic response: the reason on one line.
+    pub(crate) fn body(&self) -> Bytes {
+        Bytes::from(format!("{}\n", self.reason))
+    }
+
     pub(crate) fn new(status: StatusCode, reason: impl Into<String>) -> Self {
         Self {
             status,

@@ -257,11 +257,7 @@ async fn serve(
                 StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
             );
             if let Some(p) = publisher.filter(|_| !unreached) {
-                p.answer(
-                    refusal.status,
-                    refusal_headers(&refusal),
-                    Bytes::from(format!("{}\n", refusal.reason)),
-                );
+                p.refused(&refusal);
             }
             refuse(&mut stream, refusal).await
         }
@@ -308,18 +304,6 @@ async fn hello(state: &State, ctx: &ConnCtx, req: &Request<()>, stream: &mut Str
         }
         Err(e) => refuse(stream, Refusal::new(StatusCode::FORBIDDEN, e)).await,
     }
-}
-
-fn refusal_headers(refusal: &Refusal) -> http::HeaderMap {
-    let mut h = http::HeaderMap::new();
-    h.insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if let Ok(v) = http::HeaderValue::from_str(&wire::reason_header_value(&refusal.reason)) {
-        h.insert(wire::HDR_REASON, v);
-    }
-    h
 }
 
 /// Answers a duplicate with the first copy's answer.
@@ -504,11 +488,7 @@ async fn forward(
             // a request whose body never fully arrived did not reach the origin as sent:
             // dropping the publisher lets a duplicate through
             if let Some(p) = publisher.filter(|_| !refusal.body_lost) {
-                p.answer(
-                    refusal.status,
-                    refusal_headers(&refusal),
-                    Bytes::from(format!("{}\n", refusal.reason)),
-                );
+                p.refused(&refusal);
             }
             return refuse(&mut send, refusal).await;
         }
@@ -546,11 +526,7 @@ async fn forward(
                     StatusCode::BAD_GATEWAY,
                     format!("origin answer unusable: {e}"),
                 );
-                p.answer(
-                    refusal.status,
-                    refusal_headers(&refusal),
-                    Bytes::from(format!("{}\n", refusal.reason)),
-                );
+                p.refused(&refusal);
                 return refuse(&mut send, refusal).await;
             }
         };
@@ -655,15 +631,13 @@ trait SendResponse: Send {
 
 impl<S: h3::quic::SendStream<Bytes> + Send> SendResponse for RequestStream<S, Bytes> {
     async fn synthetic(&mut self, refusal: &Refusal) -> Result<(), h3::error::StreamError> {
-        let body = format!("{}\n", refusal.reason);
-        let resp = Response::builder()
-            .status(refusal.status)
-            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .header(wire::HDR_REASON, wire::reason_header_value(&refusal.reason))
-            .body(())
-            .unwrap_or_default();
-        self.send_response(resp).await?;
-        self.send_data(Bytes::from(body)).await?;
+        let mut resp = Response::builder().status(refusal.status);
+        if let Some(h) = resp.headers_mut() {
+            *h = refusal.headers();
+        }
+        self.send_response(resp.body(()).unwrap_or_default())
+            .await?;
+        self.send_data(refusal.body()).await?;
         self.finish().await
     }
 }

@@ -222,6 +222,11 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
+    /// The relay's refusal: duplicates replay it.
+    pub(crate) fn refused(self, r: &crate::error::Refusal) {
+        self.answer(r.status, r.headers(), r.body());
+    }
+
     /// The origin's (or the relay's) answer: duplicates replay it.
     pub(crate) fn answer(mut self, status: StatusCode, headers: HeaderMap, body: Bytes) {
         self.done = true;

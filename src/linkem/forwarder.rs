@@ -99,6 +99,53 @@ struct Flow {
     upstream: Arc<UdpSocket>,
 }
 
+impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            outage: AtomicBool::new(false),
+            up: DirCounters::default(),
+            down: DirCounters::default(),
+            flows: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+type ModelHandles = (
+    watch::Sender<LinkProfile>,
+    mpsc::Sender<Pkt>,
+    mpsc::Sender<Pkt>,
+    Vec<tokio::task::JoinHandle<()>>,
+);
+
+/// The link model of both directions, whatever the shell: packets sent into the returned
+/// up/down senders leave through `up_out`/`down_out` after the model. Returns the profile
+/// switch, the two senders and the two tasks.
+fn spawn_model<U, D>(
+    shared: &Arc<Shared>,
+    profile: LinkProfile,
+    up_out: U,
+    down_out: D,
+) -> ModelHandles
+where
+    U: FnMut(Pkt) + Send + 'static,
+    D: FnMut(Pkt) + Send + 'static,
+{
+    let (profile_tx, profile_rx) = watch::channel(profile);
+    let (up_tx, up_rx) = mpsc::channel::<Pkt>(8192);
+    let (down_tx, down_rx) = mpsc::channel::<Pkt>(8192);
+    let tasks = vec![
+        tokio::spawn(pipe(
+            up_rx,
+            profile_rx.clone(),
+            true,
+            shared.clone(),
+            up_out,
+        )),
+        tokio::spawn(pipe(down_rx, profile_rx, false, shared.clone(), down_out)),
+    ];
+    (profile_tx, up_tx, down_tx, tasks)
+}
+
 /// A running emulated link. Dropping it stops forwarding.
 pub struct LinkEmulator {
     local: SocketAddr,
@@ -124,46 +171,30 @@ impl LinkEmulator {
     ) -> std::io::Result<Self> {
         let socket = Arc::new(UdpSocket::bind(listen).await?);
         let local = socket.local_addr()?;
-        let shared = Arc::new(Shared {
-            outage: AtomicBool::new(false),
-            up: DirCounters::default(),
-            down: DirCounters::default(),
-            flows: Mutex::new(HashMap::new()),
-        });
-        let (profile_tx, profile_rx) = watch::channel(profile);
-        let (up_tx, up_rx) = mpsc::channel::<Pkt>(8192);
-        let (down_tx, down_rx) = mpsc::channel::<Pkt>(8192);
-        let mut tasks = Vec::new();
-
-        // venue -> relay
-        let s = shared.clone();
-        tasks.push(tokio::spawn(pipe(
-            up_rx,
-            profile_rx.clone(),
-            true,
-            s.clone(),
+        let shared = Shared::new();
+        let (s_up, s_down, out) = (shared.clone(), shared.clone(), socket.clone());
+        let (profile_tx, up_tx, down_tx, mut tasks) = spawn_model(
+            &shared,
+            profile,
+            // venue -> relay
             move |p: Pkt| {
-                let flow = s.flows.lock().ok().and_then(|f| f.get(&p.flow).cloned());
+                let flow = s_up.flows.lock().ok().and_then(|f| f.get(&p.flow).cloned());
                 if let Some(flow) = flow {
                     let _ = flow.upstream.try_send(&p.data);
                 }
             },
-        )));
-        // relay -> venue
-        let s = shared.clone();
-        let out = socket.clone();
-        tasks.push(tokio::spawn(pipe(
-            down_rx,
-            profile_rx,
-            false,
-            s.clone(),
+            // relay -> venue
             move |p: Pkt| {
-                let flow = s.flows.lock().ok().and_then(|f| f.get(&p.flow).cloned());
+                let flow = s_down
+                    .flows
+                    .lock()
+                    .ok()
+                    .and_then(|f| f.get(&p.flow).cloned());
                 if let Some(flow) = flow {
                     let _ = out.try_send_to(&p.data, flow.client);
                 }
             },
-        )));
+        );
         // clients -> flows
         let s = shared.clone();
         tasks.push(tokio::spawn(async move {
@@ -237,36 +268,18 @@ impl LinkEmulator {
     ) -> std::io::Result<Self> {
         let a = Arc::new(rawlink::FrameSocket::open(venue)?);
         let b = Arc::new(rawlink::FrameSocket::open(relay)?);
-        let shared = Arc::new(Shared {
-            outage: AtomicBool::new(false),
-            up: DirCounters::default(),
-            down: DirCounters::default(),
-            flows: Mutex::new(HashMap::new()),
-        });
-        let (profile_tx, profile_rx) = watch::channel(profile);
-        let (up_tx, up_rx) = mpsc::channel::<Pkt>(8192);
-        let (down_tx, down_rx) = mpsc::channel::<Pkt>(8192);
-        let mut tasks = Vec::new();
-        let out_b = b.clone();
-        tasks.push(tokio::spawn(pipe(
-            up_rx,
-            profile_rx.clone(),
-            true,
-            shared.clone(),
+        let shared = Shared::new();
+        let (out_a, out_b) = (a.clone(), b.clone());
+        let (profile_tx, up_tx, down_tx, mut tasks) = spawn_model(
+            &shared,
+            profile,
             move |p: Pkt| {
                 let _ = out_b.try_send(&p.data);
             },
-        )));
-        let out_a = a.clone();
-        tasks.push(tokio::spawn(pipe(
-            down_rx,
-            profile_rx,
-            false,
-            shared.clone(),
             move |p: Pkt| {
                 let _ = out_a.try_send(&p.data);
             },
-        )));
+        );
         for (sock, other, tx, up) in [(a.clone(), b.clone(), up_tx, true), (b, a, down_tx, false)] {
             let s = shared.clone();
             tasks.push(tokio::spawn(async move {

@@ -61,11 +61,7 @@ pkill -f "canopy gateway --config $NSH_DIR/gateway.toml" || true
 sleep 0.5
 NSH_CAP_LINK=2 NSH_CAP_BYTES=2000000 nsh_canopy_configs 3
 nsh_bg v "$CANOPY" gateway --config "$NSH_DIR/gateway.toml"
-for _ in $(seq 100); do
-  up=$(nsh_exec v curl -s http://127.0.0.1:9102/metrics 2>/dev/null | awk '/^canopy_gateway_link_state/ && $2 == 3 {n++} END {print n + 0}')
-  [ "$up" -ge 3 ] && break
-  sleep 0.1
-done
+nsh_wait_uplinks 3
 nsh_exec v python3 tests/netns/lib/load.py http://127.0.0.1:3128 http://10.200.100.1:8080 8 6 262144 \
   > "$NSH_DIR/load3.json"
 cat "$NSH_DIR/load3.json"

@@ -53,6 +53,11 @@ pub fn reason_header_value(reason: &str) -> String {
         .collect()
 }
 
+/// The reason of a synthetic response, if it carries one.
+pub fn reason_of(headers: &http::HeaderMap) -> Option<&str> {
+    headers.get(HDR_REASON).and_then(|v| v.to_str().ok())
+}
+
 /// Checks an idempotency key: 8 to 128 visible ASCII characters, no spaces.
 pub fn valid_idempotency_key(key: &str) -> bool {
     (8..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())

@@ -176,8 +176,13 @@ nsh_start_canopy() {
   nsh_bg r "$CANOPY" relay --config "$NSH_DIR/relay.toml"
   sleep 0.5
   nsh_bg v "$CANOPY" gateway --config "$NSH_DIR/gateway.toml"
+  nsh_wait_uplinks "$n"
+}
+
+# waits (up to 10 s) until N uplinks of the gateway carry traffic
+nsh_wait_uplinks() {
+  local n=$1 up
   for _ in $(seq 100); do
-    local up
     up=$(nsh_exec v curl -s http://127.0.0.1:9102/metrics 2>/dev/null \
       | awk '/^canopy_gateway_link_state/ && $2 == 3 {n++} END {print n + 0}')
     [ "$up" -ge "$n" ] && return 0
@@ -186,6 +191,14 @@ nsh_start_canopy() {
   echo "uplinks did not all come up" >&2
   nsh_exec v curl -s http://127.0.0.1:9102/metrics | grep link_state >&2 || true
   return 1
+}
+
+# Linux MPTCP in venue and relay: the in-kernel path manager adds one subflow on each of
+# uplinks 2 and 3 to a connection made over uplink 1
+nsh_mptcp_setup() {
+  for ns in v r; do nsh_exec $ns ip mptcp limits set subflow 4 add_addr_accepted 4; done
+  nsh_exec v ip mptcp endpoint add 10.200.2.1 dev v2 subflow
+  nsh_exec v ip mptcp endpoint add 10.200.3.1 dev v3 subflow
 }
 
 nsh_cleanup() {
