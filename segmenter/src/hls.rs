@@ -1,0 +1,443 @@
+//! The LL-HLS model: which segments and parts a stream has, rendered as a media playlist,
+//! and the rules of blocking playlist reload (`_HLS_msn` / `_HLS_part`).
+
+use std::collections::VecDeque;
+use std::fmt::Write;
+
+/// A part as the playlist knows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartInfo {
+    /// Seconds.
+    pub duration: f64,
+    /// Starts with a keyframe.
+    pub independent: bool,
+}
+
+/// A segment as the playlist knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentInfo {
+    /// Media sequence number.
+    pub msn: u64,
+    /// Its parts so far.
+    pub parts: Vec<PartInfo>,
+    /// All parts are in.
+    pub complete: bool,
+    /// A discontinuity comes before this segment.
+    pub discontinuity: bool,
+    /// Init segment generation that decodes it.
+    pub init: u32,
+    /// Wall clock of its first frame, ms since the Unix epoch.
+    pub pdt_ms: u64,
+}
+
+impl SegmentInfo {
+    /// Seconds.
+    pub fn duration(&self) -> f64 {
+        self.parts.iter().map(|p| p.duration).sum()
+    }
+}
+
+/// What a playlist request asked for, from `_HLS_msn` and `_HLS_part`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Blocking {
+    /// `_HLS_msn`.
+    pub msn: Option<u64>,
+    /// `_HLS_part`.
+    pub part: Option<u32>,
+}
+
+/// How a blocking request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// Answer now.
+    Now,
+    /// Wait for more media.
+    Wait,
+    /// The request is invalid (400): `_HLS_part` without `_HLS_msn`, or an msn too far ahead.
+    BadRequest,
+}
+
+impl Blocking {
+    /// Parses the query string; unknown parameters are ignored, malformed ones are an error.
+    pub fn parse(query: Option<&str>) -> Result<Self, String> {
+        let mut b = Blocking::default();
+        for kv in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            match k {
+                "_HLS_msn" => b.msn = Some(v.parse().map_err(|_| format!("bad _HLS_msn {v:?}"))?),
+                "_HLS_part" => {
+                    b.part = Some(v.parse().map_err(|_| format!("bad _HLS_part {v:?}"))?)
+                }
+                _ => {}
+            }
+        }
+        if b.part.is_some() && b.msn.is_none() {
+            return Err("_HLS_part without _HLS_msn".into());
+        }
+        Ok(b)
+    }
+}
+
+/// A rendition's media playlist.
+#[derive(Debug, Clone)]
+pub struct MediaPlaylist {
+    segments: VecDeque<SegmentInfo>,
+    part_target: f64,
+    target_duration: f64,
+    discontinuity_sequence: u64,
+    /// How many segments from the end list their parts.
+    parts_window: usize,
+    /// Segments kept in the playlist at most (older ones stay in the ring).
+    max_segments: usize,
+}
+
+impl MediaPlaylist {
+    /// A playlist with the given part target and segment target (seconds).
+    pub fn new(part_target: f64, segment_target: f64, max_segments: usize) -> Self {
+        Self {
+            segments: VecDeque::new(),
+            part_target,
+            target_duration: segment_target,
+            discontinuity_sequence: 0,
+            parts_window: 3,
+            max_segments: max_segments.max(3),
+        }
+    }
+
+    /// Records a new part. `starts_segment` opens segment `msn` (closing the previous one).
+    pub fn add_part(&mut self, msn: u64, index: u32, part: PartInfo, seg: Option<SegmentInfo>) {
+        if let Some(seg) = seg {
+            if let Some(last) = self.segments.back_mut() {
+                last.complete = true;
+            }
+            self.segments.push_back(seg);
+            while self.segments.len() > self.max_segments {
+                self.drop_oldest();
+            }
+        }
+        if let Some(last) = self.segments.back_mut() {
+            if last.msn == msn && last.parts.len() == index as usize {
+                last.parts.push(part);
+                self.target_duration = self.target_duration.max(last.duration());
+            }
+        }
+    }
+
+    /// Marks the last segment complete (the stream paused or ended).
+    pub fn close_segment(&mut self) {
+        if let Some(last) = self.segments.back_mut() {
+            last.complete = true;
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some(s) = self.segments.pop_front() {
+            // a discontinuity tag that leaves the playlist advances the sequence
+            if s.discontinuity {
+                self.discontinuity_sequence += 1;
+            }
+        }
+    }
+
+    /// Forgets segments older than `msn` (their parts left the ring).
+    pub fn forget_before(&mut self, msn: u64) {
+        while self.segments.front().is_some_and(|s| s.msn < msn) && self.segments.len() > 1 {
+            self.drop_oldest();
+        }
+    }
+
+    /// Segments listed, oldest first.
+    pub fn segments(&self) -> &VecDeque<SegmentInfo> {
+        &self.segments
+    }
+
+    /// The (msn, part index) the next part will get, if known.
+    pub fn next_part(&self) -> Option<(u64, u32)> {
+        let last = self.segments.back()?;
+        Some((last.msn, last.parts.len() as u32))
+    }
+
+    /// Whether segment `msn` part `part` exists (`part` None: the whole segment is complete).
+    pub fn has(&self, msn: u64, part: Option<u32>) -> bool {
+        let Some(last) = self.segments.back() else {
+            return false;
+        };
+        match part {
+            None => msn < last.msn || (msn == last.msn && last.complete),
+            Some(p) => msn < last.msn || (msn == last.msn && (p as usize) < last.parts.len()),
+        }
+    }
+
+    /// Whether a blocking request can be answered now. Per RFC 8216bis §6.2.5.2 the server
+    /// waits until the playlist holds the requested part (or segment), and refuses an msn
+    /// more than two segments ahead of the last one.
+    pub fn ready(&self, b: Blocking) -> Ready {
+        let Some(msn) = b.msn else {
+            return if self.segments.is_empty() {
+                Ready::Wait
+            } else {
+                Ready::Now
+            };
+        };
+        let last = self.segments.back().map_or(0, |s| s.msn);
+        if msn > last + 2 {
+            return Ready::BadRequest;
+        }
+        let ok = match b.part {
+            None => self.has(msn, None),
+            // part index past the end of a segment means "first part of the next one"
+            Some(p) => {
+                self.has(msn, Some(p))
+                    || self
+                        .segments
+                        .iter()
+                        .find(|s| s.msn == msn)
+                        .is_some_and(|s| s.complete && p as usize >= s.parts.len())
+            }
+        };
+        if ok {
+            Ready::Now
+        } else {
+            Ready::Wait
+        }
+    }
+
+    /// Renders the media playlist. `uri` names files: init segments `init-{gen}.mp4`,
+    /// segments `seg-{msn}.m4s`, parts `part-{msn}.{index}.m4s`.
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(2048);
+        let td = self.target_duration.ceil().max(1.0) as u64;
+        let _ = writeln!(s, "#EXTM3U");
+        let _ = writeln!(s, "#EXT-X-VERSION:9");
+        let _ = writeln!(s, "#EXT-X-TARGETDURATION:{td}");
+        let _ = writeln!(
+            s,
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3}",
+            self.part_target * 3.0
+        );
+        let _ = writeln!(s, "#EXT-X-PART-INF:PART-TARGET={:.3}", self.part_target);
+        let first = self.segments.front().map_or(0, |x| x.msn);
+        let _ = writeln!(s, "#EXT-X-MEDIA-SEQUENCE:{first}");
+        if self.discontinuity_sequence > 0 {
+            let _ = writeln!(
+                s,
+                "#EXT-X-DISCONTINUITY-SEQUENCE:{}",
+                self.discontinuity_sequence
+            );
+        }
+        let n = self.segments.len();
+        let mut init = None;
+        for (i, seg) in self.segments.iter().enumerate() {
+            if seg.discontinuity {
+                let _ = writeln!(s, "#EXT-X-DISCONTINUITY");
+            }
+            if init != Some(seg.init) {
+                let _ = writeln!(s, "#EXT-X-MAP:URI=\"init-{}.mp4\"", seg.init);
+                init = Some(seg.init);
+            }
+            let _ = writeln!(s, "#EXT-X-PROGRAM-DATE-TIME:{}", iso8601(seg.pdt_ms));
+            let with_parts = i + self.parts_window >= n;
+            if with_parts {
+                for (k, p) in seg.parts.iter().enumerate() {
+                    let _ = write!(
+                        s,
+                        "#EXT-X-PART:DURATION={:.5},URI=\"part-{}.{}.m4s\"",
+                        p.duration, seg.msn, k
+                    );
+                    if p.independent {
+                        s.push_str(",INDEPENDENT=YES");
+                    }
+                    s.push('\n');
+                }
+            }
+            if seg.complete {
+                let _ = writeln!(s, "#EXTINF:{:.5},", seg.duration());
+                let _ = writeln!(s, "seg-{}.m4s", seg.msn);
+            }
+        }
+        if let Some(last) = self.segments.back() {
+            let (msn, idx) = if last.complete {
+                (last.msn + 1, 0)
+            } else {
+                (last.msn, last.parts.len())
+            };
+            let _ = writeln!(
+                s,
+                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-{msn}.{idx}.m4s\""
+            );
+        }
+        s
+    }
+}
+
+/// A rendition in a multivariant playlist.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    /// URI of its media playlist, relative to the multivariant one.
+    pub uri: String,
+    /// Peak bits per second.
+    pub bandwidth: u64,
+    /// Average bits per second.
+    pub average_bandwidth: u64,
+    /// RFC 6381 codecs, comma separated.
+    pub codecs: String,
+    /// Video size.
+    pub resolution: Option<(u16, u16)>,
+}
+
+/// Renders a multivariant playlist, best rendition first.
+pub fn render_multivariant(variants: &[Variant]) -> String {
+    let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    for v in variants {
+        let _ = write!(
+            s,
+            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},CODECS=\"{}\"",
+            v.bandwidth.max(1),
+            v.average_bandwidth.max(1),
+            v.codecs
+        );
+        if let Some((w, h)) = v.resolution {
+            let _ = write!(s, ",RESOLUTION={w}x{h}");
+        }
+        let _ = writeln!(s, "\n{}", v.uri);
+    }
+    s
+}
+
+/// `2026-11-26T17:02:20.123Z`
+pub fn iso8601(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // civil from days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(msn: u64, disc: bool) -> SegmentInfo {
+        SegmentInfo {
+            msn,
+            parts: Vec::new(),
+            complete: false,
+            discontinuity: disc,
+            init: u32::from(disc),
+            pdt_ms: 1_795_000_000_000 + msn * 1000,
+        }
+    }
+
+    fn filled(parts_per_seg: u32, segs: u64) -> MediaPlaylist {
+        let mut p = MediaPlaylist::new(0.2, 1.0, 6);
+        for m in 0..segs {
+            for i in 0..parts_per_seg {
+                let s = (i == 0).then(|| seg(m, m == 3));
+                p.add_part(
+                    m,
+                    i,
+                    PartInfo {
+                        duration: 0.2,
+                        independent: i == 0,
+                    },
+                    s,
+                );
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn renders_a_valid_ll_hls_playlist() {
+        let p = filled(5, 5);
+        let text = p.render();
+        assert!(text.starts_with("#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:1\n"));
+        assert!(text.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.600"));
+        assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.200"));
+        assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:0\n"));
+        assert!(text.contains("#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init-1.mp4\""));
+        assert!(text.contains("#EXTINF:1.00000,\nseg-3.m4s"));
+        // the open segment has parts but no EXTINF, and a hint for its next part
+        assert!(!text.contains("seg-4.m4s"));
+        assert!(text.contains("#EXT-X-PART:DURATION=0.20000,URI=\"part-4.4.m4s\"\n"));
+        assert!(text.ends_with("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-4.5.m4s\"\n"));
+        // parts only for the last three segments
+        assert!(!text.contains("part-1.0.m4s"));
+        assert!(text.contains("part-2.0.m4s\",INDEPENDENT=YES"));
+        assert!(text.contains("#EXT-X-PROGRAM-DATE-TIME:2026-11-18T"));
+    }
+
+    #[test]
+    fn the_window_slides_and_counts_discontinuities() {
+        let p = filled(2, 12);
+        let text = p.render();
+        assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:6\n"), "{text}");
+        assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:1\n"));
+        assert!(!text.contains("#EXT-X-DISCONTINUITY\n"));
+    }
+
+    #[test]
+    fn blocking_reload_rules() {
+        let p = filled(5, 3); // last segment 2 has parts 0..=4, open
+        assert_eq!(p.ready(Blocking::default()), Ready::Now);
+        let b = |msn, part| Blocking {
+            msn: Some(msn),
+            part,
+        };
+        assert_eq!(p.ready(b(2, Some(4))), Ready::Now);
+        assert_eq!(p.ready(b(2, Some(5))), Ready::Wait);
+        assert_eq!(p.ready(b(2, None)), Ready::Wait);
+        assert_eq!(p.ready(b(1, None)), Ready::Now);
+        assert_eq!(p.ready(b(3, Some(0))), Ready::Wait);
+        assert_eq!(p.ready(b(4, None)), Ready::Wait);
+        assert_eq!(p.ready(b(5, None)), Ready::BadRequest);
+        assert_eq!(
+            MediaPlaylist::new(0.2, 1.0, 6).ready(Blocking::default()),
+            Ready::Wait
+        );
+        assert_eq!(
+            Blocking::parse(Some("_HLS_msn=3&_HLS_part=1")).unwrap(),
+            b(3, Some(1))
+        );
+        assert!(Blocking::parse(Some("_HLS_part=1")).is_err());
+        assert!(Blocking::parse(Some("_HLS_msn=x")).is_err());
+        assert_eq!(
+            Blocking::parse(Some("foo=bar")).unwrap(),
+            Blocking::default()
+        );
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_795_712_540_123), "2026-11-26T17:02:20.123Z");
+        assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn multivariant() {
+        let m = render_multivariant(&[Variant {
+            uri: "main/stream.m3u8".into(),
+            bandwidth: 4_000_000,
+            average_bandwidth: 3_000_000,
+            codecs: "avc1.64001f,mp4a.40.2".into(),
+            resolution: Some((1280, 720)),
+        }]);
+        assert!(m.contains("#EXT-X-STREAM-INF:BANDWIDTH=4000000,AVERAGE-BANDWIDTH=3000000,CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION=1280x720\nmain/stream.m3u8\n"));
+    }
+}

@@ -1,0 +1,273 @@
+//! What goes into the segmenter: tracks (codec configuration) and frames.
+
+use bytes::Bytes;
+
+/// A video or audio codec the segmenter packages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// H.264 / AVC. Frames are length-prefixed NAL units (4-byte lengths), as in MP4.
+    H264,
+    /// H.265 / HEVC. Frames are length-prefixed NAL units (4-byte lengths).
+    H265,
+    /// AAC. Frames are raw access units (no ADTS header).
+    Aac,
+}
+
+impl Codec {
+    /// Video codec?
+    pub fn is_video(self) -> bool {
+        matches!(self, Codec::H264 | Codec::H265)
+    }
+}
+
+/// One track's configuration: what the init segment describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Track {
+    /// The codec.
+    pub codec: Codec,
+    /// Units of `pts`/`dts` per second (90 000 for RTP video, the sample rate for AAC).
+    pub timescale: u32,
+    /// The codec configuration record: `AVCDecoderConfigurationRecord` (avcC) for H.264,
+    /// `HEVCDecoderConfigurationRecord` (hvcC) for H.265, `AudioSpecificConfig` for AAC.
+    pub config: Bytes,
+    /// Video: width in pixels.
+    pub width: u16,
+    /// Video: height in pixels.
+    pub height: u16,
+    /// Audio: channels.
+    pub channels: u16,
+    /// Audio: sample rate in Hz.
+    pub sample_rate: u32,
+}
+
+impl Track {
+    /// An H.264 track from its avcC record.
+    pub fn h264(avcc: Bytes, width: u16, height: u16) -> Self {
+        Self::video(Codec::H264, avcc, width, height)
+    }
+
+    /// An H.265 track from its hvcC record.
+    pub fn h265(hvcc: Bytes, width: u16, height: u16) -> Self {
+        Self::video(Codec::H265, hvcc, width, height)
+    }
+
+    fn video(codec: Codec, config: Bytes, width: u16, height: u16) -> Self {
+        Self {
+            codec,
+            timescale: 90_000,
+            config,
+            width,
+            height,
+            channels: 0,
+            sample_rate: 0,
+        }
+    }
+
+    /// An AAC track from its AudioSpecificConfig; the timescale is the sample rate.
+    pub fn aac(asc: Bytes, sample_rate: u32, channels: u16) -> Self {
+        Self {
+            codec: Codec::Aac,
+            timescale: sample_rate.max(1),
+            config: asc,
+            width: 0,
+            height: 0,
+            channels,
+            sample_rate,
+        }
+    }
+
+    /// The RFC 6381 codec string for HLS `CODECS` (`avc1.64001f`, `hvc1.1.6.L93.B0`,
+    /// `mp4a.40.2`); `None` when the configuration record is too short to read.
+    pub fn rfc6381(&self) -> Option<String> {
+        let c = &self.config;
+        match self.codec {
+            Codec::H264 => {
+                (c.len() >= 4).then(|| format!("avc1.{:02x}{:02x}{:02x}", c[1], c[2], c[3]))
+            }
+            Codec::H265 => {
+                if c.len() < 13 {
+                    return None;
+                }
+                let space = c[1] >> 6;
+                let tier = (c[1] >> 5) & 1;
+                let profile = c[1] & 0x1f;
+                let compat = u32::from_be_bytes([c[2], c[3], c[4], c[5]]).reverse_bits();
+                let level = c[12];
+                let space = ["", "A", "B", "C"][usize::from(space)];
+                let mut s = format!(
+                    "hvc1.{space}{profile}.{compat:X}.{}{level}",
+                    if tier == 1 { 'H' } else { 'L' }
+                );
+                // constraint bytes, trailing zero bytes omitted
+                let cons = &c[6..12];
+                let n = cons.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+                for b in &cons[..n] {
+                    s.push_str(&format!(".{b:X}"));
+                }
+                Some(s)
+            }
+            Codec::Aac => {
+                let object_type = c.first().map_or(2, |b| b >> 3);
+                let object_type = if object_type == 0 { 2 } else { object_type };
+                Some(format!("mp4a.40.{object_type}"))
+            }
+        }
+    }
+
+    /// Checks that the configuration can be packaged; the error says what is missing.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.codec {
+            Codec::H264 => {
+                if self.config.len() < 7 || self.config[0] != 1 {
+                    return Err("H.264 without a usable SPS/PPS (avcC record)".into());
+                }
+            }
+            Codec::H265 => {
+                if self.config.len() < 23 || self.config[0] != 1 {
+                    return Err("H.265 without a usable VPS/SPS/PPS (hvcC record)".into());
+                }
+            }
+            Codec::Aac => {
+                if self.config.len() < 2 || self.sample_rate == 0 || self.channels == 0 {
+                    return Err("AAC without an AudioSpecificConfig".into());
+                }
+            }
+        }
+        if self.codec.is_video() && (self.width == 0 || self.height == 0) {
+            return Err("video without dimensions".into());
+        }
+        if self.timescale == 0 {
+            return Err("timescale 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// One access unit of one track.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Index of the track (into the track list given to the segmenter).
+    pub track: usize,
+    /// Presentation time in the track's timescale.
+    pub pts: i64,
+    /// Decode time in the track's timescale (equal to `pts` without B-frames).
+    pub dts: i64,
+    /// A random access point (IDR / IRAP; every AAC frame).
+    pub keyframe: bool,
+    /// The access unit (length-prefixed NAL units for video, a raw AAC frame for audio).
+    pub data: Bytes,
+}
+
+/// Builds an avcC record from one SPS and one or more PPS (NAL units without start codes).
+pub fn avcc_from_parameter_sets(sps: &[u8], pps: &[&[u8]]) -> Option<Bytes> {
+    if sps.len() < 4 || pps.is_empty() {
+        return None;
+    }
+    let mut v = vec![1, sps[1], sps[2], sps[3], 0xff, 0xe1];
+    v.extend_from_slice(&u16::try_from(sps.len()).ok()?.to_be_bytes());
+    v.extend_from_slice(sps);
+    v.push(u8::try_from(pps.len()).ok()?);
+    for p in pps {
+        v.extend_from_slice(&u16::try_from(p.len()).ok()?.to_be_bytes());
+        v.extend_from_slice(p);
+    }
+    Some(Bytes::from(v))
+}
+
+/// Splits Annex B (start-code delimited) data into NAL units.
+pub fn annexb_nalus(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut start: Option<usize> = None;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            if let Some(s) = start {
+                let mut end = i;
+                while end > s && data[end - 1] == 0 {
+                    end -= 1;
+                }
+                if end > s {
+                    out.push(&data[s..end]);
+                }
+            }
+            i += 3;
+            start = Some(i);
+        } else {
+            i += 1;
+        }
+    }
+    if let Some(s) = start {
+        if s < data.len() {
+            out.push(&data[s..]);
+        }
+    }
+    out
+}
+
+/// Length-prefixes NAL units (4-byte big-endian lengths), the MP4 sample format.
+pub fn length_prefixed<'a>(nalus: impl IntoIterator<Item = &'a [u8]>) -> Bytes {
+    let mut v = Vec::new();
+    for n in nalus {
+        if let Ok(len) = u32::try_from(n.len()) {
+            v.extend_from_slice(&len.to_be_bytes());
+            v.extend_from_slice(n);
+        }
+    }
+    Bytes::from(v)
+}
+
+/// Iterates over the NAL units of a length-prefixed sample; stops at the first bad length.
+pub fn nalus(sample: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = sample;
+    std::iter::from_fn(move || {
+        if rest.len() < 4 {
+            return None;
+        }
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let body = rest.get(4..4 + len)?;
+        rest = &rest[4 + len..];
+        Some(body)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_strings() {
+        let sps = [0x67, 0x64, 0x00, 0x1f, 0xac];
+        let avcc = avcc_from_parameter_sets(&sps, &[&[0x68, 0xee, 0x3c, 0x80]]).unwrap();
+        assert_eq!(
+            Track::h264(avcc, 1280, 720).rfc6381().unwrap(),
+            "avc1.64001f"
+        );
+        let aac = Track::aac(Bytes::from_static(&[0x12, 0x10]), 44_100, 2);
+        assert_eq!(aac.rfc6381().unwrap(), "mp4a.40.2");
+        // hvcC: Main profile, compat 0x60000000, level 93, constraint 0xb0
+        let mut hvcc = vec![1, 0x01, 0x60, 0, 0, 0, 0xb0, 0, 0, 0, 0, 0, 93];
+        hvcc.resize(23, 0);
+        let t = Track::h265(Bytes::from(hvcc), 1920, 1080);
+        assert_eq!(t.rfc6381().unwrap(), "hvc1.1.6.L93.B0");
+    }
+
+    #[test]
+    fn annexb_round_trip() {
+        let data = [
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5,
+        ];
+        let n = annexb_nalus(&data);
+        assert_eq!(n, vec![&[0x67, 1, 2][..], &[0x68, 3], &[0x65, 4, 5]]);
+        let lp = length_prefixed(n.iter().copied());
+        assert_eq!(nalus(&lp).count(), 3);
+        // a truncated length stops the iteration instead of panicking
+        assert_eq!(nalus(&[0, 0, 0, 9, 1]).count(), 0);
+        assert!(annexb_nalus(&[0, 0, 1]).is_empty());
+    }
+
+    #[test]
+    fn missing_parameters_are_named() {
+        let t = Track::h264(Bytes::new(), 1, 1);
+        assert!(t.validate().unwrap_err().contains("SPS/PPS"));
+    }
+}

@@ -1,0 +1,768 @@
+//! The segmenter state machine: frames in, CMAF init segments and parts out.
+//!
+//! Parts are cut on the primary track (video when there is one, else audio): a part closes
+//! before the frame that would make it longer than the part target; a segment closes at the
+//! first keyframe once it is at least the segment target long. Other tracks' samples go into
+//! the part that covers their decode time. Each part is one CMAF chunk (moof + mdat with one
+//! traf per track); a segment is its parts back to back.
+//!
+//! Time stays monotonic: every track's output decode times strictly increase across camera
+//! reconnects ([`Segmenter::discontinuity`]) and absurd input timestamps (jumps of more than
+//! [`MAX_JUMP_US`]), which start a new epoch: the next segment carries a discontinuity and the
+//! output timeline continues where the last one ended.
+
+use crate::cmaf::{self, Sample};
+use crate::hls::SegmentInfo;
+use crate::media::{Frame, Track};
+use crate::Part;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// A jump in a track's decode time bigger than this (either way) is a discontinuity.
+pub const MAX_JUMP_US: i64 = 10_000_000;
+
+/// Segmenter settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmenterConfig {
+    /// Part duration target (LL-HLS PART-TARGET). Default 200 ms.
+    pub part_target: Duration,
+    /// Segment duration target; segments are cut on the first keyframe after it. Default 1 s.
+    pub segment_target: Duration,
+}
+
+impl Default for SegmenterConfig {
+    fn default() -> Self {
+        Self {
+            part_target: Duration::from_millis(200),
+            segment_target: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the segmenter produced.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// A new init segment (the tracks changed); parts after it refer to `generation`.
+    Init {
+        /// Generation number, from 0.
+        generation: u32,
+        /// ftyp + moov.
+        data: Bytes,
+    },
+    /// A part; `segment` is set when the part opens a new segment.
+    Part {
+        /// The part.
+        part: Part,
+        /// The segment it opens, if any.
+        segment: Option<SegmentInfo>,
+    },
+}
+
+/// Why a frame was not packaged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// No such track.
+    #[error("frame for unknown track {0}")]
+    UnknownTrack(usize),
+    /// No usable track configuration yet (for example no SPS/PPS).
+    #[error("no usable track configuration yet")]
+    NoTracks,
+    /// Decode time not after the previous frame's.
+    #[error("decode time {dts} not after previous {last} on track {track}")]
+    NotMonotonic {
+        /// Track index.
+        track: usize,
+        /// Offending (mapped) dts.
+        dts: i64,
+        /// Previous dts.
+        last: i64,
+    },
+    /// Frame before the first keyframe (after a start or a discontinuity): dropped until the
+    /// stream resyncs at a keyframe.
+    #[error("waiting for a keyframe")]
+    WaitingForKeyframe,
+    /// Empty access unit.
+    #[error("empty frame")]
+    Empty,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    /// Frames packaged.
+    pub frames: u64,
+    /// Frames dropped (see [`FrameError`]).
+    pub dropped: u64,
+    /// Parts out.
+    pub parts: u64,
+    /// Segments opened.
+    pub segments: u64,
+    /// Discontinuities.
+    pub discontinuities: u64,
+}
+
+struct TrackState {
+    track: Track,
+    /// Added to input timestamps (ticks) in the current epoch; None until the track's first
+    /// frame of the epoch.
+    offset: Option<i64>,
+    last_dts: Option<i64>,
+    /// The newest frame: its duration is known when the next one comes.
+    pending: Option<Pending>,
+    samples: Vec<(Sample, Bytes)>,
+    /// Decode time of the first sample in `samples`.
+    base: Option<i64>,
+    /// Typical frame duration, ticks.
+    typical: i64,
+    waiting_key: bool,
+}
+
+struct Pending {
+    dts: i64,
+    cts: i32,
+    keyframe: bool,
+    data: Bytes,
+}
+
+impl TrackState {
+    fn new(track: Track) -> Self {
+        let typical = match track.codec {
+            crate::Codec::Aac => 1024,
+            _ => i64::from(track.timescale) / 30,
+        };
+        Self {
+            waiting_key: track.codec.is_video(),
+            track,
+            offset: None,
+            last_dts: None,
+            pending: None,
+            samples: Vec::new(),
+            base: None,
+            typical: typical.max(1),
+        }
+    }
+
+    fn us(&self, ticks: i64) -> i64 {
+        (i128::from(ticks) * 1_000_000 / i128::from(self.track.timescale.max(1))) as i64
+    }
+
+    fn ticks(&self, us: i64) -> i64 {
+        (i128::from(us) * i128::from(self.track.timescale) / 1_000_000) as i64
+    }
+
+    fn push_sample(&mut self, p: Pending, duration: i64) {
+        if self.base.is_none() {
+            self.base = Some(p.dts);
+        }
+        let sample = Sample {
+            duration: u32::try_from(duration.max(1)).unwrap_or(u32::MAX),
+            size: u32::try_from(p.data.len()).unwrap_or(u32::MAX),
+            keyframe: p.keyframe,
+            cts: p.cts,
+        };
+        self.samples.push((sample, p.data));
+    }
+
+    /// Output time just after the last sample, µs.
+    fn end_us(&self) -> Option<i64> {
+        if let Some(p) = &self.pending {
+            return Some(self.us(p.dts + self.typical));
+        }
+        self.last_dts.map(|d| self.us(d + self.typical))
+    }
+}
+
+struct Epoch {
+    in_us: i64,
+    out_us: i64,
+}
+
+/// The segmenter of one rendition.
+pub struct Segmenter {
+    cfg: SegmenterConfig,
+    tracks: Vec<TrackState>,
+    primary: usize,
+    generation: Option<u32>,
+    epoch: Option<Epoch>,
+    /// Output time where the next epoch starts, µs.
+    next_start_us: i64,
+    /// (output µs, wall ms) for program date time.
+    anchor: Option<(i64, u64)>,
+    /// Open segment: msn, start µs.
+    segment: Option<(u64, i64)>,
+    next_msn: u64,
+    part_index: u32,
+    part_start_us: i64,
+    next_seq: u64,
+    frag_seq: u32,
+    opening: Option<SegmentInfo>,
+    discontinuity_pending: bool,
+    out: VecDeque<Output>,
+    stats: Stats,
+}
+
+impl Segmenter {
+    /// A segmenter with no tracks yet.
+    pub fn new(cfg: SegmenterConfig) -> Self {
+        Self {
+            cfg,
+            tracks: Vec::new(),
+            primary: 0,
+            generation: None,
+            epoch: None,
+            next_start_us: 0,
+            anchor: None,
+            segment: None,
+            next_msn: 0,
+            part_index: 0,
+            part_start_us: 0,
+            next_seq: 0,
+            frag_seq: 0,
+            opening: None,
+            discontinuity_pending: false,
+            out: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> SegmenterConfig {
+        self.cfg
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The current tracks.
+    pub fn tracks(&self) -> impl Iterator<Item = &Track> {
+        self.tracks.iter().map(|t| &t.track)
+    }
+
+    /// Sets the tracks (at start, and whenever the camera's parameters change). Same tracks:
+    /// nothing happens. Different ones: the open part is flushed, a new init segment comes out
+    /// and the next segment starts with a discontinuity. Errors name the unusable track; the
+    /// old tracks stay in place.
+    pub fn set_tracks(&mut self, tracks: Vec<Track>) -> Result<(), String> {
+        if tracks.is_empty() {
+            return Err("no tracks".into());
+        }
+        for (i, t) in tracks.iter().enumerate() {
+            t.validate().map_err(|e| format!("track {i}: {e}"))?;
+        }
+        if self.tracks.iter().map(|t| &t.track).eq(tracks.iter()) {
+            return Ok(());
+        }
+        let data = cmaf::init_segment(&tracks).map_err(|e| format!("init segment: {e}"))?;
+        if self.generation.is_some() {
+            self.discontinuity();
+        }
+        let last: Vec<Option<(i64, u32)>> = self
+            .tracks
+            .iter()
+            .map(|t| t.last_dts.map(|d| (d, t.track.timescale)))
+            .collect();
+        self.tracks = tracks.into_iter().map(TrackState::new).collect();
+        // keep each track's last decode time so a changed camera can never go backwards
+        for (t, l) in self.tracks.iter_mut().zip(last) {
+            if let Some((d, ts)) = l {
+                if ts == t.track.timescale {
+                    t.last_dts = Some(d);
+                }
+            }
+        }
+        self.primary = self
+            .tracks
+            .iter()
+            .position(|t| t.track.codec.is_video())
+            .unwrap_or(0);
+        let generation = self.generation.map_or(0, |g| g + 1);
+        self.generation = Some(generation);
+        self.out.push_back(Output::Init { generation, data });
+        Ok(())
+    }
+
+    /// The input's timeline broke (camera reconnected, stream restarted): flushes the open
+    /// part, ends the segment, and continues the output timeline after the last frame. The
+    /// next segment carries a discontinuity and starts at a keyframe.
+    pub fn discontinuity(&mut self) {
+        let end = self.tracks.iter().filter_map(TrackState::end_us).max();
+        if let Some(end) = end {
+            if self.segment.is_some() {
+                self.cut(end, true);
+            }
+            self.next_start_us = self.next_start_us.max(end);
+        }
+        self.segment = None;
+        self.epoch = None;
+        self.anchor = None;
+        for t in &mut self.tracks {
+            t.offset = None;
+            t.pending = None;
+            t.waiting_key = t.track.codec.is_video();
+        }
+        if self.generation.is_some() && end.is_some() {
+            self.discontinuity_pending = true;
+            self.stats.discontinuities += 1;
+        }
+    }
+
+    /// Flushes the open part (end of stream).
+    pub fn finish(&mut self) {
+        if let Some(end) = self.tracks.iter().filter_map(TrackState::end_us).max() {
+            if self.segment.is_some() {
+                self.cut(end, true);
+            }
+        }
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Takes one frame. `wall_ms` is the wall clock at arrival (ms since the Unix epoch),
+    /// used for EXT-X-PROGRAM-DATE-TIME.
+    pub fn handle_frame(&mut self, frame: Frame, wall_ms: u64) -> Result<(), FrameError> {
+        let r = self.frame(frame, wall_ms, true);
+        if r.is_err() {
+            self.stats.dropped += 1;
+        } else {
+            self.stats.frames += 1;
+        }
+        r
+    }
+
+    fn frame(&mut self, frame: Frame, wall_ms: u64, retry: bool) -> Result<(), FrameError> {
+        if self.generation.is_none() {
+            return Err(FrameError::NoTracks);
+        }
+        let ti = frame.track;
+        let Some(t) = self.tracks.get(ti) else {
+            return Err(FrameError::UnknownTrack(ti));
+        };
+        if frame.data.is_empty() {
+            return Err(FrameError::Empty);
+        }
+        let is_primary = ti == self.primary;
+        let in_us = t.us(frame.dts);
+        let epoch = self.epoch.get_or_insert(Epoch {
+            in_us,
+            out_us: self.next_start_us,
+        });
+        let (e_in, e_out) = (epoch.in_us, epoch.out_us);
+        let t = &mut self.tracks[ti];
+        let offset = *t.offset.get_or_insert_with(|| {
+            let off_us = e_out.saturating_sub(e_in);
+            (i128::from(off_us) * i128::from(t.track.timescale) / 1_000_000) as i64
+        });
+        let (Some(mut dts), Some(pts)) =
+            (frame.dts.checked_add(offset), frame.pts.checked_add(offset))
+        else {
+            return self.jump(frame, wall_ms, retry);
+        };
+        if let Some(last) = t.last_dts {
+            let step_us = t.us(dts) - t.us(last);
+            if step_us.abs() > MAX_JUMP_US || (pts - dts).abs() > t.ticks(MAX_JUMP_US) {
+                return self.jump(frame, wall_ms, retry);
+            }
+            if dts <= last {
+                if t.pending.is_none() && t.samples.is_empty() {
+                    // first frame of an epoch landing on or before the previous epoch's end:
+                    // move this track's epoch forward instead of dropping
+                    let shift = last + 1 - dts;
+                    t.offset = Some(offset + shift);
+                    dts += shift;
+                } else {
+                    return Err(FrameError::NotMonotonic {
+                        track: ti,
+                        dts,
+                        last,
+                    });
+                }
+            }
+        } else if dts < 0 {
+            t.offset = Some(offset - dts);
+            dts = 0;
+        }
+        let pts = pts + (dts - frame.dts - offset);
+        if t.track.codec.is_video() && t.waiting_key {
+            if !frame.keyframe {
+                return Err(FrameError::WaitingForKeyframe);
+            }
+            if is_primary || self.segment.is_some() {
+                t.waiting_key = false;
+            }
+        }
+        if !is_primary && self.segment.is_none() {
+            // nothing before the primary track's first keyframe
+            return Err(FrameError::WaitingForKeyframe);
+        }
+        if let Some(p) = t.pending.take() {
+            let d = dts - p.dts;
+            t.typical = d.max(1);
+            t.push_sample(p, d);
+        }
+        let cts = i32::try_from(pts - dts).unwrap_or(0);
+        t.pending = Some(Pending {
+            dts,
+            cts,
+            keyframe: frame.keyframe,
+            data: frame.data,
+        });
+        t.last_dts = Some(dts);
+        let now_us = t.us(dts);
+        let typical_us = t.us(t.typical);
+        if is_primary {
+            let cfg = self.cfg;
+            match self.segment {
+                None => {
+                    self.anchor.get_or_insert((now_us, wall_ms));
+                    self.open_segment(now_us);
+                }
+                Some((_, seg_start)) => {
+                    let part_us = cfg.part_target.as_micros() as i64;
+                    let seg_us = cfg.segment_target.as_micros() as i64;
+                    if frame.keyframe && now_us - seg_start + typical_us / 2 >= seg_us {
+                        self.cut(now_us, false);
+                        self.open_segment(now_us);
+                    } else if now_us - self.part_start_us + typical_us > part_us + typical_us / 4 {
+                        self.cut(now_us, false);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An absurd timestamp: a new epoch, then the frame again (once).
+    fn jump(&mut self, frame: Frame, wall_ms: u64, retry: bool) -> Result<(), FrameError> {
+        let track = frame.track;
+        tracing::debug!(track, dts = frame.dts, "timestamp jump: discontinuity");
+        self.discontinuity();
+        if retry {
+            self.frame(frame, wall_ms, false)
+        } else {
+            Err(FrameError::NotMonotonic {
+                track,
+                dts: frame.dts,
+                last: -1,
+            })
+        }
+    }
+
+    fn open_segment(&mut self, start_us: i64) {
+        let msn = self.next_msn;
+        self.next_msn += 1;
+        self.segment = Some((msn, start_us));
+        self.part_index = 0;
+        self.part_start_us = start_us;
+        let pdt_ms = self.anchor.map_or(0, |(us, wall)| {
+            wall.saturating_add_signed((start_us - us) / 1000)
+        });
+        self.opening = Some(SegmentInfo {
+            msn,
+            parts: Vec::new(),
+            complete: false,
+            discontinuity: std::mem::take(&mut self.discontinuity_pending),
+            init: self.generation.unwrap_or(0),
+            pdt_ms,
+        });
+        self.stats.segments += 1;
+    }
+
+    /// Closes the open part at output time `cut_us` (µs). `flush`: pending samples go too.
+    fn cut(&mut self, cut_us: i64, flush: bool) {
+        let Some((msn, _)) = self.segment else {
+            return;
+        };
+        let primary = self.primary;
+        let mut trafs = Vec::new();
+        let mut independent = false;
+        for (i, t) in self.tracks.iter_mut().enumerate() {
+            // samples still waiting for their duration belong here when they start before the cut
+            let due = match &t.pending {
+                Some(p) => flush || (i != primary && t.us(p.dts) < cut_us),
+                None => false,
+            };
+            if due {
+                if let Some(p) = t.pending.take() {
+                    let d = t.typical;
+                    t.push_sample(p, d);
+                }
+            }
+            if t.samples.is_empty() {
+                continue;
+            }
+            let samples = std::mem::take(&mut t.samples);
+            let base = t.base.take().unwrap_or(0);
+            if i == primary {
+                independent = samples.first().is_some_and(|(s, _)| s.keyframe);
+            }
+            trafs.push(cmaf::Traf {
+                track_id: i as u32 + 1,
+                base_dts: u64::try_from(base).unwrap_or(0),
+                samples,
+            });
+        }
+        if trafs.is_empty() {
+            return;
+        }
+        if !self.tracks[primary].track.codec.is_video() {
+            independent = true;
+        }
+        self.frag_seq = self.frag_seq.wrapping_add(1);
+        let data = cmaf::fragment(self.frag_seq, &trafs);
+        let duration = (cut_us - self.part_start_us).max(0) as f64 / 1e6;
+        let part = Part {
+            seq: self.next_seq,
+            msn,
+            index: self.part_index,
+            independent,
+            duration,
+            data,
+            init: self.generation.unwrap_or(0),
+        };
+        self.next_seq += 1;
+        self.part_index += 1;
+        self.part_start_us = cut_us;
+        self.stats.parts += 1;
+        let segment = self.opening.take();
+        self.out.push_back(Output::Part { part, segment });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::avcc_from_parameter_sets;
+    use mp4_atom::{Any, Decode};
+
+    fn tracks(audio: bool) -> Vec<Track> {
+        let sps = [0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8];
+        let avcc = avcc_from_parameter_sets(&sps, &[&[0x68, 0xce, 0x38, 0x80]]).unwrap();
+        let mut t = vec![Track::h264(avcc, 640, 360)];
+        if audio {
+            t.push(Track::aac(Bytes::from_static(&[0x11, 0x90]), 48_000, 2));
+        }
+        t
+    }
+
+    fn video(dts: i64, key: bool) -> Frame {
+        Frame {
+            track: 0,
+            pts: dts,
+            dts,
+            keyframe: key,
+            data: Bytes::from_static(&[0, 0, 0, 1, 0x65]),
+        }
+    }
+
+    fn audio(dts: i64) -> Frame {
+        Frame {
+            track: 1,
+            pts: dts,
+            dts,
+            keyframe: true,
+            data: Bytes::from_static(&[0x21, 0x10]),
+        }
+    }
+
+    /// Feeds `secs` of 25 fps video (keyframe every `gop` frames) and 48 kHz AAC from input
+    /// time `start` (ticks of 90 kHz); returns the outputs.
+    fn feed(s: &mut Segmenter, start: i64, secs: i64, gop: i64) -> Vec<Output> {
+        let mut a = start * 48_000 / 90_000;
+        for i in 0..secs * 25 {
+            let v = start + i * 3600;
+            while a * 90_000 / 48_000 <= v {
+                let _ = s.handle_frame(audio(a), 0);
+                a += 1024;
+            }
+            s.handle_frame(video(v, i % gop == 0), 1_795_000_000_000)
+                .unwrap();
+        }
+        std::iter::from_fn(|| s.poll_output()).collect()
+    }
+
+    fn parts(out: &[Output]) -> Vec<(Part, Option<SegmentInfo>)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Part { part, segment } => Some((part.clone(), segment.clone())),
+                Output::Init { .. } => None,
+            })
+            .collect()
+    }
+
+    /// (track id, base dts, sample count) of each traf.
+    fn trafs(p: &Part) -> Vec<(u32, u64, usize)> {
+        let Any::Moof(m) = Any::decode(&mut &p.data[..]).unwrap() else {
+            panic!()
+        };
+        m.traf
+            .iter()
+            .map(|t| {
+                (
+                    t.tfhd.track_id,
+                    t.tfdt.as_ref().unwrap().base_media_decode_time,
+                    t.trun[0].samples.iter().count(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parts_and_segments_follow_the_targets() {
+        let mut s = Segmenter::new(SegmenterConfig::default());
+        s.set_tracks(tracks(true)).unwrap();
+        let out = feed(&mut s, 0, 6, 25);
+        assert!(matches!(out[0], Output::Init { generation: 0, .. }));
+        let ps = parts(&out);
+        // 40 ms frames: 5 per 200 ms part, 5 parts per 1 s segment
+        assert!(ps.len() >= 25, "{}", ps.len());
+        for (p, _) in &ps {
+            assert!(
+                p.duration <= 0.2 + 1e-9 && p.duration > 0.15,
+                "{}",
+                p.duration
+            );
+        }
+        let opens: Vec<_> = ps
+            .iter()
+            .filter_map(|(p, s)| s.as_ref().map(|s| (p.index, s.msn, p.independent)))
+            .collect();
+        assert_eq!(opens[..3], [(0, 0, true), (0, 1, true), (0, 2, true)]);
+        assert_eq!(ps.iter().filter(|(p, _)| p.msn == 1).count(), 5);
+        // audio rides in the same parts, and each track's decode times continue part to part
+        let mut next = [None, None];
+        for (p, _) in &ps {
+            for (id, base, n) in trafs(p) {
+                let i = id as usize - 1;
+                if let Some(want) = next[i] {
+                    let want: u64 = want;
+                    assert!(base.abs_diff(want) <= 1, "track {id}: {base} vs {want}");
+                }
+                next[i] = Some(base + n as u64 * if id == 1 { 3600 } else { 1024 });
+            }
+        }
+        assert_eq!(s.stats().dropped, 1, "audio before the first keyframe");
+    }
+
+    #[test]
+    fn a_long_gop_makes_long_segments_of_short_parts() {
+        let mut s = Segmenter::new(SegmenterConfig::default());
+        s.set_tracks(tracks(false)).unwrap();
+        let ps = parts(&feed(&mut s, 0, 8, 75)); // a keyframe every 3 s
+        let opens = ps.iter().filter(|(_, s)| s.is_some()).count();
+        assert_eq!(opens, 3);
+        assert!(ps.iter().filter(|(p, _)| p.independent).count() == 3);
+        assert!(ps.iter().all(|(p, _)| p.duration <= 0.2 + 1e-9));
+    }
+
+    #[test]
+    fn reconnects_keep_time_monotonic_and_mark_a_discontinuity() {
+        let mut s = Segmenter::new(SegmenterConfig::default());
+        s.set_tracks(tracks(true)).unwrap();
+        let before = parts(&feed(&mut s, 5_000_000, 3, 25));
+        s.discontinuity();
+        let flushed = parts(&std::iter::from_fn(|| s.poll_output()).collect::<Vec<_>>());
+        // the camera comes back with its clock restarted near zero
+        let after = parts(&feed(&mut s, 1000, 3, 25));
+        let all: Vec<_> = before.iter().chain(&flushed).chain(&after).collect();
+        let mut last = [0u64; 2];
+        for (p, _) in &all {
+            for (id, base, _) in trafs(p) {
+                let i = id as usize - 1;
+                assert!(
+                    base >= last[i],
+                    "track {id} went back: {base} < {}",
+                    last[i]
+                );
+                last[i] = base + 1;
+            }
+        }
+        let first_after = after.iter().find_map(|(_, s)| s.clone()).unwrap();
+        assert!(first_after.discontinuity);
+        assert!(after[0].0.independent);
+        assert_eq!(s.stats().discontinuities, 1);
+        // msn keeps counting
+        assert_eq!(
+            first_after.msn,
+            before.iter().filter(|(_, s)| s.is_some()).count() as u64
+        );
+    }
+
+    #[test]
+    fn absurd_timestamps_do_not_break_the_timeline() {
+        let mut s = Segmenter::new(SegmenterConfig::default());
+        s.set_tracks(tracks(false)).unwrap();
+        let mut ok = 0;
+        let mut dts = 0i64;
+        for i in 0..600 {
+            let j = match i {
+                _ if i % 100 == 50 => i64::MAX / 2,
+                _ if i % 100 == 80 => i64::MIN / 2,
+                _ if i % 7 == 3 => -3600,
+                _ if i % 11 == 5 => 0,
+                _ => 3600,
+            };
+            dts = dts.wrapping_add(j);
+            if s.handle_frame(video(dts, i % 25 == 0), 0).is_ok() {
+                ok += 1;
+            }
+        }
+        assert!(ok > 300, "{ok}");
+        let ps = parts(&std::iter::from_fn(|| s.poll_output()).collect::<Vec<_>>());
+        let mut last = None;
+        for (p, _) in &ps {
+            let (_, base, n) = trafs(p)[0];
+            if let Some(l) = last {
+                assert!(base >= l, "{base} < {l}");
+            }
+            last = Some(base + n as u64);
+        }
+    }
+
+    #[test]
+    fn nothing_before_tracks_and_keyframes() {
+        let mut s = Segmenter::new(SegmenterConfig::default());
+        assert_eq!(s.handle_frame(video(0, true), 0), Err(FrameError::NoTracks));
+        assert!(s
+            .set_tracks(vec![Track::h264(Bytes::new(), 640, 360)])
+            .is_err());
+        s.set_tracks(tracks(false)).unwrap();
+        assert_eq!(
+            s.handle_frame(video(0, false), 0),
+            Err(FrameError::WaitingForKeyframe)
+        );
+        assert_eq!(
+            s.handle_frame(
+                Frame {
+                    track: 3,
+                    ..video(1, true)
+                },
+                0
+            ),
+            Err(FrameError::UnknownTrack(3))
+        );
+        s.handle_frame(video(3600, true), 0).unwrap();
+        assert!(matches!(
+            s.handle_frame(video(3600, false), 0),
+            Err(FrameError::NotMonotonic { .. })
+        ));
+        // same tracks again: no new init
+        s.set_tracks(tracks(false)).unwrap();
+        assert!(matches!(
+            s.poll_output(),
+            Some(Output::Init { generation: 0, .. })
+        ));
+        assert!(s.poll_output().is_none());
+        s.set_tracks(tracks(true)).unwrap();
+        assert!(matches!(s.poll_output(), Some(Output::Part { .. })));
+        assert!(matches!(
+            s.poll_output(),
+            Some(Output::Init { generation: 1, .. })
+        ));
+    }
+}
