@@ -29,6 +29,75 @@ pub struct GatewayConfig {
     pub tunnel: TransportSettings,
     /// `[metrics]`: Prometheus endpoint.
     pub metrics: MetricsSection,
+    /// `[live]`: packaging and on-site LL-HLS of the cameras, the RTSP push listener.
+    pub live: LiveSection,
+    /// `[[cameras]]`: RTSP cameras, pulled (with `url`) or pushing to the listener.
+    pub cameras: Vec<CameraConfig>,
+}
+
+/// `[live]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveSection {
+    /// LL-HLS part duration target, ms.
+    pub part_ms: u64,
+    /// Segment duration target, ms (segments are cut on the first keyframe after it).
+    pub segment_ms: u64,
+    /// Bytes of recent parts kept per rendition (the on-site ring).
+    pub ring_bytes: usize,
+    /// Segments listed in each media playlist.
+    pub playlist_segments: usize,
+    /// RTSP listener for encoders that push (ANNOUNCE/RECORD over TCP); unset = off.
+    pub rtsp_listen: Option<SocketAddr>,
+    /// Accept pushes to names not declared in `[[cameras]]`.
+    pub accept_any_push: bool,
+}
+
+impl Default for LiveSection {
+    fn default() -> Self {
+        Self {
+            part_ms: 200,
+            segment_ms: 1000,
+            ring_bytes: 32 << 20,
+            playlist_segments: 7,
+            rtsp_listen: None,
+            accept_any_push: false,
+        }
+    }
+}
+
+impl LiveSection {
+    /// The renditions' settings.
+    pub fn rendition(&self) -> segmenter::RenditionConfig {
+        segmenter::RenditionConfig {
+            segmenter: segmenter::SegmenterConfig {
+                part_target: std::time::Duration::from_millis(self.part_ms),
+                segment_target: std::time::Duration::from_millis(self.segment_ms),
+            },
+            ring_bytes: self.ring_bytes,
+            playlist_segments: self.playlist_segments,
+        }
+    }
+}
+
+/// `[[cameras]]`: one camera.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Name in URLs (`/live/<name>/index.m3u8`, `rtsp://<gateway>:8554/<name>`), logs, metrics.
+    pub name: String,
+    /// RTSP URL to pull (`rtsp://host:554/path`, TCP interleaved). Unset: the camera pushes.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A second, smaller stream of the same camera (for the low-bandwidth mode).
+    #[serde(default)]
+    pub substream_url: Option<String>,
+    /// RTSP user (or put it in the URL).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// RTSP password.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 /// `[gateway]`
@@ -331,6 +400,58 @@ impl GatewayConfig {
                 {
                     errs.push((format!("uplinks[{i}].relay"), "must be host:port".into()));
                 }
+            }
+        }
+        let live = &self.live;
+        if !(50..=2000).contains(&live.part_ms) {
+            errs.push(("live.part_ms".into(), "must be 50..=2000".into()));
+        }
+        if live.segment_ms < live.part_ms || live.segment_ms > 20_000 {
+            errs.push((
+                "live.segment_ms".into(),
+                "must be >= part_ms and <= 20000".into(),
+            ));
+        }
+        if live.ring_bytes < 1 << 20 {
+            errs.push(("live.ring_bytes".into(), "must be at least 1 MiB".into()));
+        }
+        if !(3..=100).contains(&live.playlist_segments) {
+            errs.push(("live.playlist_segments".into(), "must be 3..=100".into()));
+        }
+        let mut cams = std::collections::HashSet::new();
+        for (i, c) in self.cameras.iter().enumerate() {
+            if c.name.is_empty()
+                || c.name.len() > 64
+                || !c
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+            {
+                errs.push((
+                    format!("cameras[{i}].name"),
+                    "must be 1-64 letters, digits, - or _".into(),
+                ));
+            } else if !cams.insert(c.name.clone()) {
+                errs.push((
+                    format!("cameras[{i}].name"),
+                    format!("{:?} is used twice", c.name),
+                ));
+            }
+            for (key, url) in [("url", &c.url), ("substream_url", &c.substream_url)] {
+                if let Some(u) = url {
+                    if !(u.starts_with("rtsp://") || u.starts_with("rtsps://")) || u.len() < 8 {
+                        errs.push((
+                            format!("cameras[{i}].{key}"),
+                            "must be an rtsp:// URL".into(),
+                        ));
+                    }
+                }
+            }
+            if c.url.is_none() && c.substream_url.is_some() {
+                errs.push((
+                    format!("cameras[{i}].substream_url"),
+                    "needs url (pushed cameras have one stream)".into(),
+                ));
             }
         }
         for (i, rule) in self.classes.iter().enumerate() {

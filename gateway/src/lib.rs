@@ -3,12 +3,16 @@
 #![forbid(unsafe_code)]
 
 pub mod bond;
+pub mod camera;
 pub mod config;
+pub mod live;
 mod proxy;
+pub mod rtsp_push;
 mod uplink;
 
 pub use bond::{Bond, PathStatus};
 pub use config::GatewayConfig;
+pub use live::LiveStreams;
 pub use proxy::Gateway;
 pub use uplink::{Hello, Live, Sender, Uplink, UplinkSettings, UplinkState};
 

@@ -3,6 +3,8 @@
 
 use crate::bond::{Bond, Flow};
 use crate::config::{GatewayConfig, Site};
+use crate::live::{LiveRendition, LiveStream, LiveStreams};
+use crate::rtsp_push::PushListener;
 use crate::GatewayError;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -41,12 +43,20 @@ struct State {
     response_timeout: Duration,
     tunnel_idle: Duration,
     bond: Arc<Bond>,
+    live: Arc<LiveStreams>,
 }
 
 /// A bound gateway: the proxy listener plus its uplink to the relay.
 pub struct Gateway {
     listener: TcpListener,
     state: Arc<State>,
+    push: Option<PushListener>,
+    pulls: Vec<(
+        Arc<LiveStream>,
+        Arc<LiveRendition>,
+        String,
+        Option<(String, String)>,
+    )>,
 }
 
 impl Gateway {
@@ -65,6 +75,34 @@ impl Gateway {
                 source,
             })?;
         let sites = cfg.sites.iter().filter_map(site_target).collect();
+        let live = Arc::new(LiveStreams::default());
+        let rcfg = cfg.live.rendition();
+        let mut pulls = Vec::new();
+        for cam in &cfg.cameras {
+            let rends: &[&str] = if cam.substream_url.is_some() {
+                &["main", "sub"]
+            } else {
+                &["main"]
+            };
+            let stream = live.add(&cam.name, rends, rcfg, cam.url.is_some());
+            let creds = cam
+                .username
+                .clone()
+                .map(|u| (u, cam.password.clone().unwrap_or_default()));
+            for (rend, url) in [("main", &cam.url), ("sub", &cam.substream_url)] {
+                if let (Some(url), Some(r)) = (url, stream.rendition(rend)) {
+                    pulls.push((stream.clone(), r, url.clone(), creds.clone()));
+                }
+            }
+        }
+        let push = match cfg.live.rtsp_listen {
+            Some(addr) => Some(
+                PushListener::bind(addr, live.clone(), cfg.live.accept_any_push, rcfg)
+                    .await
+                    .map_err(|source| GatewayError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let state = State {
             name: cfg.gateway.name.clone(),
             classifier: Classifier::new(cfg.classes.clone()),
@@ -74,11 +112,24 @@ impl Gateway {
             response_timeout: Duration::from_millis(cfg.proxy.response_timeout_ms),
             tunnel_idle: Duration::from_millis(cfg.proxy.tunnel_idle_timeout_ms.max(1000)),
             bond,
+            live,
         };
         Ok(Self {
             listener,
             state: Arc::new(state),
+            push,
+            pulls,
         })
+    }
+
+    /// The cameras.
+    pub fn live(&self) -> Arc<LiveStreams> {
+        self.state.live.clone()
+    }
+
+    /// The RTSP push listener's address, when enabled.
+    pub fn rtsp_addr(&self) -> Option<SocketAddr> {
+        self.push.as_ref().and_then(|p| p.local_addr().ok())
     }
 
     /// The proxy's TCP address.
@@ -92,8 +143,16 @@ impl Gateway {
     }
 
     /// Serves venue devices until the task is dropped.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         info!(addr = ?self.listener.local_addr().ok(), "proxy listening (HTTP/1.1)");
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(push) = self.push.take() {
+            tasks.spawn(push.run());
+        }
+        for (stream, rendition, url, creds) in std::mem::take(&mut self.pulls) {
+            let span = tracing::info_span!("camera", name = stream.name());
+            tasks.spawn(crate::camera::run_pull(stream, rendition, url, creds).instrument(span));
+        }
         loop {
             let (tcp, peer) = match self.listener.accept().await {
                 Ok(a) => a,
@@ -169,7 +228,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let method = req.method().clone();
     let (resp, class) = match route(&state, &req) {
         Err((status, reason)) => (synthetic(status, &reason), TrafficClass::Bulk),
-        Ok(None) => (local(&req), TrafficClass::Bulk),
+        Ok(None) => (local(&state, &req).await, TrafficClass::Bulk),
         Ok(Some(route)) => {
             let class = route.class;
             let resp = if method == Method::CONNECT {
@@ -189,9 +248,39 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     Ok(resp)
 }
 
-/// Requests to the gateway itself.
-fn local(req: &Request<Incoming>) -> Response<Body> {
-    match req.uri().path() {
+/// Requests to the gateway itself: `/healthz` and the cameras' LL-HLS under `/live/`.
+async fn local(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/live/") {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut r = synthetic(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        let a = state.live.serve(rest, req.uri().query()).await;
+        let len = a.body.len();
+        let body = if req.method() == Method::HEAD {
+            Bytes::new()
+        } else {
+            a.body
+        };
+        let mut r = Response::new(full(body));
+        *r.status_mut() = a.status;
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(a.content_type),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(a.cache));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        return r;
+    }
+    match path {
         "/healthz" => Response::new(full("ok\n")),
         _ => synthetic(StatusCode::NOT_FOUND, "not found on this gateway"),
     }
@@ -249,7 +338,7 @@ fn route(state: &State, req: &Request<Incoming>) -> Result<Option<Route>, (Statu
         .unwrap_or("")
         .to_ascii_lowercase();
     let Some(site) = state.sites.get(&host) else {
-        if req.uri().path() == "/healthz" {
+        if req.uri().path() == "/healthz" || req.uri().path().starts_with("/live/") {
             return Ok(None);
         }
         return Err((

@@ -271,3 +271,122 @@ mod tests {
         assert!(t.validate().unwrap_err().contains("SPS/PPS"));
     }
 }
+
+/// Decode times for video whose source gives only presentation times (RTP carries no DTS).
+///
+/// Without B-frames presentation order is decode order and `dts = pts`. Once a frame's pts
+/// goes backwards the stream has B-frames: from then on frames are held `depth` frames
+/// back, and each frame's dts is the smallest pts not yet used, minus a fixed shift of two
+/// frame durations, kept strictly increasing. That is exact for a reorder depth up to the
+/// shift (x264's default B-pyramid needs two).
+#[derive(Debug, Default)]
+pub struct DtsFromPts {
+    active: bool,
+    buf: std::collections::VecDeque<Frame>,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<i64>>,
+    last_pts: Option<i64>,
+    last_dts: Option<i64>,
+    duration: i64,
+}
+
+impl DtsFromPts {
+    /// Frames held back before their dts is known.
+    pub const DEPTH: usize = 3;
+
+    /// Takes a frame in decode (arrival) order; returns the frames whose dts is now set.
+    pub fn push(&mut self, mut f: Frame) -> Vec<Frame> {
+        if !self.active {
+            if let Some(last) = self.last_pts {
+                if f.pts < last {
+                    self.active = true;
+                } else if f.pts > last {
+                    self.duration = f.pts - last;
+                }
+            }
+            if !self.active {
+                self.last_pts = Some(f.pts);
+                f.dts = self.monotonic(f.pts);
+                return vec![f];
+            }
+        }
+        self.heap.push(std::cmp::Reverse(f.pts));
+        self.buf.push_back(f);
+        let mut out = Vec::new();
+        while self.buf.len() > Self::DEPTH {
+            out.push(self.release());
+        }
+        out
+    }
+
+    fn release(&mut self) -> Frame {
+        let mut f = self.buf.pop_front().expect("caller checked");
+        let smallest = self.heap.pop().map_or(f.pts, |r| r.0);
+        f.dts = self.monotonic(smallest - 2 * self.duration.max(1));
+        f
+    }
+
+    fn monotonic(&mut self, dts: i64) -> i64 {
+        let dts = match self.last_dts {
+            Some(l) if dts <= l => l + 1,
+            _ => dts,
+        };
+        self.last_dts = Some(dts);
+        dts
+    }
+
+    /// Releases the held frames (end of input) and starts over.
+    pub fn flush(&mut self) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while !self.buf.is_empty() {
+            out.push(self.release());
+        }
+        *self = Self::default();
+        out
+    }
+}
+
+#[cfg(test)]
+mod dts_tests {
+    use super::*;
+
+    #[test]
+    fn b_frames_get_increasing_decode_times_before_their_presentation() {
+        let mut d = DtsFromPts::default();
+        // decode order of IPBB with 40 ms frames (3600 ticks): I0 P3 B1 B2 P6 B4 B5 ...
+        let order = [0i64, 3, 1, 2, 6, 4, 5, 9, 7, 8, 12, 10, 11];
+        let mut out = Vec::new();
+        for p in order {
+            out.extend(d.push(Frame {
+                track: 0,
+                pts: p * 3600,
+                dts: 0,
+                keyframe: p == 0,
+                data: Bytes::new(),
+            }));
+        }
+        out.extend(d.flush());
+        assert_eq!(out.len(), order.len());
+        let mut last = i64::MIN;
+        for (i, f) in out.iter().enumerate() {
+            assert!(f.dts > last, "{} after {last}", f.dts);
+            // the first frames, passed before the reordering showed, may decode late
+            if i >= 4 {
+                assert!(f.dts <= f.pts, "frame {i}: dts {} > pts {}", f.dts, f.pts);
+            }
+            last = f.dts;
+        }
+        // without B-frames nothing is held back
+        let mut d = DtsFromPts::default();
+        for p in 0..5 {
+            let f = d.push(Frame {
+                track: 0,
+                pts: p * 3600,
+                dts: 0,
+                keyframe: false,
+                data: Bytes::new(),
+            });
+            assert_eq!(f.len(), 1);
+            assert_eq!(f[0].dts, p * 3600);
+        }
+    }
+}

@@ -77,6 +77,11 @@ impl Rendition {
         }
     }
 
+    /// See [`Segmenter::set_clock_origin`].
+    pub fn set_clock_origin(&mut self, origin_ms: u64) {
+        self.seg.set_clock_origin(origin_ms);
+    }
+
     /// Sets the tracks (see [`Segmenter::set_tracks`]).
     pub fn set_tracks(&mut self, tracks: Vec<Track>) -> Result<(), String> {
         let r = self.seg.set_tracks(tracks);

@@ -200,6 +200,8 @@ pub struct Segmenter {
     discontinuity_pending: bool,
     out: VecDeque<Output>,
     stats: Stats,
+    /// Wall clock (ms) at output time 0, when renditions share a timeline.
+    origin_ms: Option<u64>,
 }
 
 impl Segmenter {
@@ -223,7 +225,17 @@ impl Segmenter {
             discontinuity_pending: false,
             out: VecDeque::new(),
             stats: Stats::default(),
+            origin_ms: None,
         }
+    }
+
+    /// Ties the output timeline to the wall clock: an epoch (the start, or the first frame
+    /// after a discontinuity) starts at the wall-clock time since `origin_ms`, never before
+    /// the previous epoch's end. Renditions of one camera given the same origin stay aligned
+    /// even though they come from separate RTSP sessions, and an outage shows as a gap of its
+    /// real length.
+    pub fn set_clock_origin(&mut self, origin_ms: u64) {
+        self.origin_ms = Some(origin_ms);
     }
 
     /// The settings.
@@ -348,9 +360,12 @@ impl Segmenter {
         }
         let is_primary = ti == self.primary;
         let in_us = t.us(frame.dts);
+        let wall_us = self.origin_ms.map_or(0, |o| {
+            (wall_ms.saturating_sub(o) as i64).saturating_mul(1000)
+        });
         let epoch = self.epoch.get_or_insert(Epoch {
             in_us,
-            out_us: self.next_start_us,
+            out_us: self.next_start_us.max(wall_us),
         });
         let (e_in, e_out) = (epoch.in_us, epoch.out_us);
         let t = &mut self.tracks[ti];
