@@ -295,19 +295,20 @@ impl DtsFromPts {
 
     /// Takes a frame in decode (arrival) order; returns the frames whose dts is now set.
     pub fn push(&mut self, mut f: Frame) -> Vec<Frame> {
+        if let Some(last) = self.last_pts {
+            // the frame duration: the smallest step between presentation times seen
+            let step = (f.pts - last).abs();
+            if step > 0 && (self.duration == 0 || step < self.duration) {
+                self.duration = step;
+            }
+            if f.pts < last {
+                self.active = true;
+            }
+        }
+        self.last_pts = Some(f.pts);
         if !self.active {
-            if let Some(last) = self.last_pts {
-                if f.pts < last {
-                    self.active = true;
-                } else if f.pts > last {
-                    self.duration = f.pts - last;
-                }
-            }
-            if !self.active {
-                self.last_pts = Some(f.pts);
-                f.dts = self.monotonic(f.pts);
-                return vec![f];
-            }
+            f.dts = self.monotonic(f.pts);
+            return vec![f];
         }
         self.heap.push(std::cmp::Reverse(f.pts));
         self.buf.push_back(f);

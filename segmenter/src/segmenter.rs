@@ -173,8 +173,11 @@ impl TrackState {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Epoch {
-    in_us: i64,
+    /// Wall clock at the epoch's first frame.
+    wall_ms: u64,
+    /// Output time of the epoch's start, µs.
     out_us: i64,
 }
 
@@ -352,27 +355,35 @@ impl Segmenter {
             return Err(FrameError::NoTracks);
         }
         let ti = frame.track;
-        let Some(t) = self.tracks.get(ti) else {
+        if ti >= self.tracks.len() {
             return Err(FrameError::UnknownTrack(ti));
-        };
+        }
         if frame.data.is_empty() {
             return Err(FrameError::Empty);
         }
         let is_primary = ti == self.primary;
-        let in_us = t.us(frame.dts);
         let wall_us = self.origin_ms.map_or(0, |o| {
             (wall_ms.saturating_sub(o) as i64).saturating_mul(1000)
         });
-        let epoch = self.epoch.get_or_insert(Epoch {
-            in_us,
+        let epoch = *self.epoch.get_or_insert(Epoch {
+            wall_ms,
             out_us: self.next_start_us.max(wall_us),
         });
-        let (e_in, e_out) = (epoch.in_us, epoch.out_us);
         let t = &mut self.tracks[ti];
-        let offset = *t.offset.get_or_insert_with(|| {
-            let off_us = e_out.saturating_sub(e_in);
-            (i128::from(off_us) * i128::from(t.track.timescale) / 1_000_000) as i64
-        });
+        // Each track's first frame of an epoch lands at the epoch's start plus the wall time
+        // since the epoch began: the tracks' RTP clocks have unrelated origins, so arrival
+        // time is what lines them up.
+        let fresh = t.offset.is_none();
+        let offset = match t.offset {
+            Some(o) => o,
+            None => {
+                let since_us = (wall_ms.saturating_sub(epoch.wall_ms) as i64).saturating_mul(1000);
+                let start = t.ticks(epoch.out_us.saturating_add(since_us));
+                let o = start.saturating_sub(frame.dts);
+                t.offset = Some(o);
+                o
+            }
+        };
         let (Some(mut dts), Some(pts)) =
             (frame.dts.checked_add(offset), frame.pts.checked_add(offset))
         else {
@@ -380,11 +391,11 @@ impl Segmenter {
         };
         if let Some(last) = t.last_dts {
             let step_us = t.us(dts) - t.us(last);
-            if step_us.abs() > MAX_JUMP_US || (pts - dts).abs() > t.ticks(MAX_JUMP_US) {
+            if !fresh && (step_us.abs() > MAX_JUMP_US || (pts - dts).abs() > t.ticks(MAX_JUMP_US)) {
                 return self.jump(frame, wall_ms, retry);
             }
             if dts <= last {
-                if t.pending.is_none() && t.samples.is_empty() {
+                if fresh || (t.pending.is_none() && t.samples.is_empty()) {
                     // first frame of an epoch landing on or before the previous epoch's end:
                     // move this track's epoch forward instead of dropping
                     let shift = last + 1 - dts;
@@ -591,12 +602,15 @@ mod tests {
         let mut a = start * 48_000 / 90_000;
         for i in 0..secs * 25 {
             let v = start + i * 3600;
+            // arrival: 1 ms per 90 ticks since the feed began
+            let wall = |ticks: i64| 1_795_000_000_000 + ((ticks - start) / 90).max(0) as u64;
             while a * 90_000 / 48_000 <= v {
-                let _ = s.handle_frame(audio(a), 0);
+                let _ = s.handle_frame(audio(a), wall(a * 90_000 / 48_000));
                 a += 1024;
             }
-            s.handle_frame(video(v, i % gop == 0), 1_795_000_000_000)
-                .unwrap();
+            if let Err(e) = s.handle_frame(video(v, i % gop == 0), wall(v)) {
+                panic!("frame {i} at {v}: {e:?}");
+            }
         }
         std::iter::from_fn(|| s.poll_output()).collect()
     }

@@ -4,7 +4,7 @@
 Run with Debian's python3 (/usr/bin/python3), which sees the gi module:
 
     /usr/bin/python3 tests/camera/rtsp_camera.py --port 8654 [--codec h264|h265] [--no-audio]
-        [--user U --password P] [--size 640x360] [--fps 25] [--kbps 1500]
+        [--audio-only] [--user U --password P] [--size 640x360] [--fps 25] [--kbps 1500]
 
 Mount: rtsp://127.0.0.1:PORT/cam (and /sub, a 320x180 substream). Prints "ready" when
 listening. Killing it (SIGTERM/SIGKILL) is how tests make the camera drop.
@@ -21,7 +21,7 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
 
-def launch(codec, size, fps, kbps, audio, pattern):
+def launch(codec, size, fps, kbps, audio, pattern, video=True):
     w, h = size.split("x")
     gop = int(fps)  # one keyframe a second
     if codec == "h264":
@@ -29,13 +29,16 @@ def launch(codec, size, fps, kbps, audio, pattern):
                f"bframes=0 ! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1")
     else:
         enc = (f"x265enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} key-int-max={gop} "
-               f"! rtph265pay name=pay0 pt=96 config-interval=1")
+               f"option-string=\"keyint={gop}:min-keyint={gop}:open-gop=0:repeat-headers=1\" "
+               f"! video/x-h265,profile=main ! rtph265pay name=pay0 pt=96 config-interval=1")
     v = (f"videotestsrc is-live=true pattern={pattern} ! video/x-raw,width={w},height={h},framerate={fps}/1 "
-         f"! timeoverlay ! videoconvert ! {enc}")
+         f"! timeoverlay ! videoconvert ! video/x-raw,format=I420 ! {enc}")
     a = ""
     if audio:
         a = (" audiotestsrc is-live=true wave=sine freq=440 ! audio/x-raw,rate=48000,channels=2 "
              "! audioconvert ! avenc_aac bitrate=96000 ! rtpmp4gpay name=pay1 pt=97")
+    if not video:
+        return f"( {a.strip().replace('pay1', 'pay0')} )"
     return f"( {v}{a} )"
 
 
@@ -44,6 +47,7 @@ def main():
     ap.add_argument("--port", type=int, default=8654)
     ap.add_argument("--codec", choices=["h264", "h265"], default="h264")
     ap.add_argument("--no-audio", action="store_true")
+    ap.add_argument("--audio-only", action="store_true")
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--kbps", type=int, default=1500)
@@ -58,7 +62,8 @@ def main():
     mounts = server.get_mount_points()
     for path, size, kbps in (("/cam", args.size, args.kbps), ("/sub", "320x180", 300)):
         f = GstRtspServer.RTSPMediaFactory()
-        f.set_launch(launch(args.codec, size, args.fps, kbps, not args.no_audio, "smpte"))
+        f.set_launch(launch(args.codec, size, args.fps, kbps, not args.no_audio, "smpte",
+                            video=not args.audio_only))
         f.set_shared(True)
         if args.user:
             f.add_role_from_structure(Gst.Structure.from_string(
