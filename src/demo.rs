@@ -35,6 +35,23 @@ pub struct Testbed {
     pub proxy: SocketAddr,
     /// The gateway's bonded uplinks.
     pub bond: Arc<gateway::Bond>,
+    /// The gateway's cameras.
+    pub live: Arc<gateway::LiveStreams>,
+}
+
+/// The demo camera's clip (H.264 + AAC, 10 s, made once with ffmpeg; see assets/README.md).
+pub const DEMO_CLIP: &[u8] = include_bytes!("../assets/demo-camera.mp4");
+
+impl Testbed {
+    /// Adds a camera named `name` to the gateway that plays the demo clip, live and looped.
+    pub fn add_demo_camera(&self, name: &str) -> anyhow::Result<Arc<gateway::live::LiveStream>> {
+        let clip = segmenter::mp4file::demux(&bytes::Bytes::from_static(DEMO_CLIP))
+            .map_err(|e| anyhow::anyhow!("demo clip: {e}"))?;
+        let cfg = gateway::config::LiveSection::default().rendition();
+        let stream = self.live.add(name, &["main"], cfg, false);
+        tokio::spawn(gateway::camera::run_clip(stream.clone(), Arc::new(clip)));
+        Ok(stream)
+    }
 }
 
 /// One uplink of a testbed.
@@ -158,7 +175,8 @@ impl Testbed {
                 method: None,
             },
         ];
-        let (proxy, bond) = crate::runtime::spawn_gateway(&gw_cfg, &certs.gateway_tls(0)?).await?;
+        let (proxy, bond, live) =
+            crate::runtime::spawn_gateway(&gw_cfg, &certs.gateway_tls(0)?).await?;
         if !bond.wait_usable(Duration::from_secs(10)).await {
             anyhow::bail!("no uplink of the gateway came up within 10 s");
         }
@@ -171,6 +189,7 @@ impl Testbed {
             links,
             proxy,
             bond,
+            live,
         })
     }
 
@@ -274,6 +293,23 @@ pub struct Summary {
     pub links: Vec<LinkSummary>,
     /// First link emulator's counters.
     pub link_stats: crate::linkem::LinkStats,
+    /// The demo camera.
+    pub camera: CameraSummary,
+}
+
+/// The demo camera in the summary.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct CameraSummary {
+    /// Frames packaged.
+    pub frames: u64,
+    /// Frames dropped.
+    pub dropped: u64,
+    /// Parts made.
+    pub parts: u64,
+    /// Segments made.
+    pub segments: u64,
+    /// The on-site media playlist was served with parts and a preload hint.
+    pub playlist_ok: bool,
 }
 
 fn mbps(bytes: u64, secs: f64) -> f64 {
@@ -323,6 +359,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
     println!(
         "  load: {} bulk downloads, 1 bulk upload, a bid every 200 ms, a check-in every second",
         opts.downloads
+    );
+    let camera = bed.add_demo_camera("demo")?;
+    println!(
+        "  camera: a looped H.264+AAC clip as a live camera; venue screens play http://{}/live/demo/index.m3u8 (LL-HLS, 200 ms parts)",
+        bed.proxy
     );
     // the busiest uplink is cut for cut_for_s in the middle of the run (at 10 s without an end)
     let cut_at = match opts.duration {
@@ -423,6 +464,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                 st.srtt.as_secs_f64() * 1000.0
             ));
         }
+        let cam = camera.main().with(|r| (r.stats(), r.next_part()));
+        if let (st, Some((msn, part))) = cam {
+            line.push_str(&format!(" camera msn {msn}.{part} ({} parts)", st.parts));
+        } else {
+            line.push_str(" camera starting");
+        }
         println!("{line}");
         if let (Some(at), None, false) = (cut_at, cut, cut_at_done) {
             if t >= at {
@@ -491,11 +538,32 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
             })
             .collect(),
         link_stats: bed.link_stats(),
+        camera: {
+            let st = camera.main().with(|r| r.stats());
+            let pl = bed.live.serve("demo/main/stream.m3u8", None).await;
+            let text = String::from_utf8_lossy(&pl.body);
+            CameraSummary {
+                frames: st.frames,
+                dropped: st.dropped,
+                parts: st.parts,
+                segments: st.segments,
+                playlist_ok: pl.status == http::StatusCode::OK
+                    && text.contains("#EXT-X-PART:")
+                    && text.contains("#EXT-X-PRELOAD-HINT"),
+            }
+        },
     };
     println!(
         "summary: {:.0} s over {}: down {:.1} Mbit/s, up {:.1} Mbit/s; bids {} ok / {} failed, p50 {:.0} ms, p99 {:.0} ms; check-ins {} ok / {} failed; bulk failures {}",
         summary.duration_s, summary.link, summary.down_mbps, summary.up_mbps, summary.bids_ok, summary.bids_failed,
         summary.bid_p50_ms, summary.bid_p99_ms, summary.checkins_ok, summary.checkins_failed, summary.bulk_failed
+    );
+    println!(
+        "camera: {} frames, {} parts, {} segments, playlist {}",
+        summary.camera.frames,
+        summary.camera.parts,
+        summary.camera.segments,
+        if summary.camera.playlist_ok { "ok" } else { "MISSING" }
     );
     for l in &summary.links {
         println!(

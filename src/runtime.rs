@@ -44,15 +44,20 @@ pub async fn spawn_relay(
 pub async fn spawn_gateway(
     cfg: &gateway::GatewayConfig,
     tls: &tunnel_io::TlsFiles,
-) -> anyhow::Result<(SocketAddr, std::sync::Arc<gateway::Bond>)> {
+) -> anyhow::Result<(
+    SocketAddr,
+    std::sync::Arc<gateway::Bond>,
+    std::sync::Arc<gateway::LiveStreams>,
+)> {
     let gw = gateway::Gateway::bind(cfg, tls).await?;
     let addr = gw.local_addr()?;
     let uplink = gw.bond();
+    let live = gw.live();
     if let Some(m) = cfg.metrics.listen {
         spawn_metrics(m).await?;
     }
     tokio::spawn(gw.run());
-    Ok((addr, uplink))
+    Ok((addr, uplink, live))
 }
 
 /// Ticks once a second until Ctrl-C, for commands that print a status line per second.

@@ -11,6 +11,22 @@ step() { printf '\n== %s\n' "$*"; }
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
+# the test camera: GStreamer's RTSP server with H.264, H.265 and AAC encoders, run by
+# Debian's own python3 (which sees the gi module)
+if ! /usr/bin/python3 - 2>/dev/null <<'PY'
+import gi
+gi.require_version("Gst", "1.0"); gi.require_version("GstRtspServer", "1.0")
+from gi.repository import Gst, GstRtspServer
+Gst.init(None)
+missing = [e for e in "x264enc x265enc avenc_aac rtph264pay rtph265pay rtpmp4gpay videotestsrc timeoverlay".split()
+           if Gst.ElementFactory.find(e) is None]
+raise SystemExit(1 if missing else 0)
+PY
+then
+  need+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+    gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+fi
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     step "installing ${need[*]}"
@@ -51,6 +67,9 @@ if s["bids_failed"] != 0: problems.append(f"{s['bids_failed']} bids failed")
 if s["checkins_ok"] < 5: problems.append(f"only {s['checkins_ok']} check-ins answered")
 if s["down_mbps"] <= 0: problems.append("no bulk data moved")
 if not s.get("cut"): problems.append("no uplink was cut")
+cam = s.get("camera", {})
+if cam.get("parts", 0) < 40: problems.append(f"the demo camera made only {cam.get('parts', 0)} parts")
+if not cam.get("playlist_ok"): problems.append("the demo camera's LL-HLS playlist was not served")
 links = {l["name"]: l for l in s["links"]}
 if len(links) != 3: problems.append(f"expected 3 uplinks, got {sorted(links)}")
 for name, l in links.items():
@@ -58,8 +77,14 @@ for name, l in links.items():
         problems.append(f"primary uplink {name} carried nothing")
 if problems:
     sys.exit("demo summary: " + "; ".join(problems))
-print(f"demo summary ok: {s['bids_ok']} bids, p99 {s['bid_p99_ms']:.0f} ms, down {s['down_mbps']:.1f} Mbit/s, cut {s['cut'][0]}")
+print(f"demo summary ok: {s['bids_ok']} bids, p99 {s['bid_p99_ms']:.0f} ms, down {s['down_mbps']:.1f} Mbit/s, cut {s['cut'][0]}, camera {cam['parts']} parts")
 PY
+
+# --- cameras: GStreamer RTSP cameras and ffmpeg into the gateway, LL-HLS out ---------------
+step "tests/live/live.sh (RTSP cameras pulled and pushed, on-site LL-HLS checked with ffmpeg)"
+bash tests/live/live.sh | tee "$log"
+n=$(awk '/^live: [0-9]+ passed/ {print $2}' "$log" | tail -1)
+passed=$((passed + ${n:-0}))
 
 # --- network-namespace suite (root) -----------------------------------------------------
 if [ -d tests/netns ] && ls tests/netns/*.sh >/dev/null 2>&1; then

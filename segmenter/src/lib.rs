@@ -13,6 +13,7 @@
 pub mod cmaf;
 pub mod hls;
 pub mod media;
+pub mod mp4file;
 pub mod rendition;
 pub mod ring;
 pub mod segmenter;

@@ -1,0 +1,198 @@
+//! Reads a plain (non-fragmented) MP4 file into tracks and frames, with mp4-atom: the demo
+//! camera's clip and the benchmark's fixture. H.264, H.265 and AAC tracks; others are skipped.
+
+use crate::media::{Codec, Frame, Track};
+use bytes::Bytes;
+use mp4_atom::{Atom, Decode, DecodeAtom, Encode, Header, Moov, StszSamples};
+
+/// A demuxed file.
+#[derive(Debug, Clone)]
+pub struct Clip {
+    /// The tracks (video first).
+    pub tracks: Vec<Track>,
+    /// All frames, in decode-time order across tracks.
+    pub frames: Vec<Frame>,
+    /// Per track: the duration in its timescale (the loop period).
+    pub durations: Vec<i64>,
+}
+
+impl Clip {
+    /// Duration of the longest track, µs.
+    pub fn duration_us(&self) -> i64 {
+        self.tracks
+            .iter()
+            .zip(&self.durations)
+            .map(|(t, d)| d * 1_000_000 / i64::from(t.timescale.max(1)))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Config record bytes (box body) of an avcC / hvcC box.
+fn body_of<T: Encode>(b: &T) -> Result<Bytes, String> {
+    let mut v = Vec::new();
+    b.encode(&mut v).map_err(err)?;
+    // skip the 8-byte header (records are small: no 64-bit sizes)
+    Ok(Bytes::from(v).slice(8..))
+}
+
+/// Demuxes `file`.
+pub fn demux(file: &Bytes) -> Result<Clip, String> {
+    let mut buf: &[u8] = file;
+    let mut moov = None;
+    while !buf.is_empty() {
+        let h = Header::decode(&mut buf).map_err(err)?;
+        let size = h.size.unwrap_or(buf.len()).min(buf.len());
+        if h.kind == Moov::KIND {
+            let mut body = &buf[..size];
+            moov = Some(Moov::decode_atom(&h, &mut body).map_err(err)?);
+        }
+        buf = &buf[size..];
+    }
+    let moov = moov.ok_or("no moov box")?;
+    let mut tracks = Vec::new();
+    let mut per_track: Vec<Vec<Frame>> = Vec::new();
+    let mut durations = Vec::new();
+    let mut traks: Vec<_> = moov.trak.iter().collect();
+    traks.sort_by_key(|t| t.mdia.hdlr.handler != b"vide".into());
+    for trak in traks {
+        let stbl = &trak.mdia.minf.stbl;
+        let timescale = trak.mdia.mdhd.timescale;
+        let Some(entry) = stbl.stsd.codecs.first() else { continue };
+        let mut track = match entry {
+            mp4_atom::Codec::Avc1(a) => {
+                Track::h264(body_of(&a.avcc)?, a.visual.width, a.visual.height)
+            }
+            mp4_atom::Codec::Hvc1(h) => {
+                Track::h265(body_of(&h.hvcc)?, h.visual.width, h.visual.height)
+            }
+            mp4_atom::Codec::Hev1(h) => {
+                Track::h265(body_of(&h.hvcc)?, h.visual.width, h.visual.height)
+            }
+            mp4_atom::Codec::Mp4a(m) => {
+                let asc = m
+                    .esds
+                    .es_desc
+                    .dec_config
+                    .dec_specific
+                    .as_ref()
+                    .map(|d| Bytes::from(d.raw.clone()))
+                    .unwrap_or_default();
+                Track::aac(asc, u32::from(m.audio.sample_rate.integer()), m.audio.channel_count)
+            }
+            _ => continue,
+        };
+        track.timescale = timescale;
+        if track.codec == Codec::Aac {
+            track.sample_rate = timescale;
+        }
+        let sizes: Vec<u32> = match &stbl.stsz.samples {
+            StszSamples::Identical { count, size } => vec![*size; *count as usize],
+            StszSamples::Different { sizes } => sizes.clone(),
+        };
+        let chunks: Vec<u64> = match (&stbl.co64, &stbl.stco) {
+            (Some(c), _) => c.entries.clone(),
+            (None, Some(s)) => s.entries.iter().map(|o| u64::from(*o)).collect(),
+            _ => return Err("no chunk offsets".into()),
+        };
+        // sample → file offset, walking stsc
+        let mut offsets = Vec::with_capacity(sizes.len());
+        let stsc = &stbl.stsc.entries;
+        let mut sample = 0usize;
+        for (ci, chunk_off) in chunks.iter().enumerate() {
+            let chunk_no = ci as u32 + 1;
+            let per = stsc
+                .iter()
+                .rev()
+                .find(|e| e.first_chunk <= chunk_no)
+                .map_or(0, |e| e.samples_per_chunk);
+            let mut off = *chunk_off;
+            for _ in 0..per {
+                let Some(sz) = sizes.get(sample) else { break };
+                offsets.push(off);
+                off += u64::from(*sz);
+                sample += 1;
+            }
+        }
+        let mut deltas = Vec::with_capacity(sizes.len());
+        for e in &stbl.stts.entries {
+            deltas.extend(std::iter::repeat_n(i64::from(e.sample_delta), e.sample_count as usize));
+        }
+        let mut ctts = Vec::new();
+        if let Some(c) = &stbl.ctts {
+            for e in &c.entries {
+                ctts.extend(std::iter::repeat_n(e.sample_offset, e.sample_count as usize));
+            }
+        }
+        let sync: Option<std::collections::HashSet<u32>> =
+            stbl.stss.as_ref().map(|s| s.entries.iter().copied().collect());
+        let idx = tracks.len();
+        let mut frames = Vec::with_capacity(sizes.len());
+        let mut dts = 0i64;
+        for (i, (&size, &off)) in sizes.iter().zip(&offsets).enumerate() {
+            let start = usize::try_from(off).map_err(err)?;
+            let end = start + size as usize;
+            if end > file.len() {
+                return Err(format!("sample {i} lies outside the file"));
+            }
+            let keyframe = !track.codec.is_video()
+                || sync.as_ref().is_none_or(|s| s.contains(&(i as u32 + 1)));
+            frames.push(Frame {
+                track: idx,
+                pts: dts + ctts.get(i).copied().unwrap_or(0),
+                dts,
+                keyframe,
+                data: file.slice(start..end),
+            });
+            dts += deltas.get(i).copied().unwrap_or(1);
+        }
+        durations.push(dts);
+        tracks.push(track);
+        per_track.push(frames);
+    }
+    if tracks.is_empty() {
+        return Err("no H.264, H.265 or AAC track".into());
+    }
+    // merge by decode time in µs
+    let us = |f: &Frame| f.dts * 1_000_000 / i64::from(tracks[f.track].timescale.max(1));
+    let mut frames: Vec<Frame> = per_track.into_iter().flatten().collect();
+    frames.sort_by_key(|f| (us(f), f.track));
+    Ok(Clip {
+        tracks,
+        frames,
+        durations,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Output, Segmenter, SegmenterConfig};
+
+    #[test]
+    fn the_demo_clip_demuxes_and_segments() {
+        let file = Bytes::from_static(include_bytes!("../../assets/demo-camera.mp4"));
+        let clip = demux(&file).unwrap();
+        assert_eq!(clip.tracks.len(), 2);
+        assert_eq!(clip.tracks[0].codec, Codec::H264);
+        assert_eq!((clip.tracks[0].width, clip.tracks[0].height), (640, 360));
+        assert_eq!(clip.tracks[1].codec, Codec::Aac);
+        assert_eq!(clip.frames.iter().filter(|f| f.track == 0).count(), 250);
+        assert!((clip.duration_us() - 10_000_000).abs() < 50_000);
+        let mut s = Segmenter::new(SegmenterConfig::default());
+        s.set_tracks(clip.tracks.clone()).unwrap();
+        for f in clip.frames {
+            s.handle_frame(f, 0).unwrap_or_default();
+        }
+        let parts = std::iter::from_fn(|| s.poll_output())
+            .filter(|o| matches!(o, Output::Part { .. }))
+            .count();
+        assert!(parts >= 45, "{parts}");
+        assert!(demux(&Bytes::from_static(b"\0\0\0\x08free")).is_err());
+        assert!(demux(&Bytes::from_static(b"garbage!")).is_err());
+    }
+}
