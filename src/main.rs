@@ -145,6 +145,8 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // before any thread starts: media buffers must not fragment malloc's heaps
+    rawlink::return_large_allocations();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

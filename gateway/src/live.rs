@@ -289,12 +289,14 @@ impl LiveStreams {
                 .renditions
                 .iter()
                 .map(|r| {
-                    let st = r.with(|x| x.stats());
+                    let (st, ring_bytes, ring_parts) =
+                        r.with(|x| (x.stats(), x.ring().bytes(), x.ring().len()));
                     serde_json::json!({
                         "name": r.name,
                         "playlist": format!("/live/{}/{}/stream.m3u8", s.name, r.name),
                         "frames": st.frames, "dropped": st.dropped, "parts": st.parts,
                         "segments": st.segments, "discontinuities": st.discontinuities,
+                        "ring_bytes": ring_bytes, "ring_parts": ring_parts,
                     })
                 })
                 .collect();

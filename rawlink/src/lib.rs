@@ -126,3 +126,29 @@ mod tests {
         assert!(super::ifindex("../etc").is_err());
     }
 }
+
+/// Allocations at least this large get their own mapping (see [`return_large_allocations`]).
+pub const MMAP_THRESHOLD: usize = 32 * 1024;
+
+/// Makes glibc's malloc serve allocations of [`MMAP_THRESHOLD`] bytes and more with their
+/// own memory mappings, returned to the system when freed, instead of its heaps.
+///
+/// Media frames and parts (20 KB to a few hundred KB, allocated and freed at frame rate on
+/// several threads) otherwise fragment glibc's per-thread heaps: measured with four 4 Mbit/s
+/// cameras and 1 MB rings, the gateway's RSS was 58 MB with glibc's defaults and 25 MB with
+/// this. (glibc's own default threshold starts at 128 KB and rises with every large block
+/// freed, up to 32 MB, which is what lets the heaps grow.) Returns whether it took effect
+/// (false on other C libraries).
+pub fn return_large_allocations() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets an allocator parameter; any value is accepted or refused.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) };
+        r == 1
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
