@@ -31,14 +31,46 @@ fn fixture() -> anyhow::Result<PathBuf> {
         eprintln!("making the 1080p fixture with ffmpeg (once)...");
         let tmp = dir.join("fixture.tmp.mp4");
         let st = Command::new("ffmpeg")
-            .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=25"])
-            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "10"])
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-bf", "0", "-g", "25"])
-            .args(["-b:v", "4M", "-maxrate", "4M", "-bufsize", "2M", "-c:a", "aac", "-b:a", "96k"])
+            .args([
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=1920x1080:rate=25",
+            ])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=48000",
+                "-t",
+                "10",
+            ])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+                "-bf",
+                "0",
+                "-g",
+                "25",
+            ])
+            .args([
+                "-b:v", "4M", "-maxrate", "4M", "-bufsize", "2M", "-c:a", "aac", "-b:a", "96k",
+            ])
             .args(["-movflags", "+faststart"])
             .arg(&tmp)
             .status()?;
-        anyhow::ensure!(st.success(), "ffmpeg could not make the fixture (is ffmpeg installed?)");
+        anyhow::ensure!(
+            st.success(),
+            "ffmpeg could not make the fixture (is ffmpeg installed?)"
+        );
         std::fs::rename(&tmp, &path)?;
     }
     Ok(path)
@@ -69,16 +101,22 @@ fn run_clip(clip: &Clip, loops: i64, latencies: &mut Vec<u64>) -> usize {
 
 fn quantile(v: &mut [u64], q: f64) -> u64 {
     v.sort_unstable();
-    v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0)
+    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0)
 }
 
 fn scenario(bin: &str, file: &Path, secs: u64) -> anyhow::Result<(f64, Vec<serde_json::Value>)> {
     let dir = tempdir()?;
     let port = |udp: bool| -> anyhow::Result<u16> {
         Ok(if udp {
-            std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port()
+            std::net::UdpSocket::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port()
         } else {
-            std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
+            std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port()
         })
     };
     let (http, rtsp) = (port(false)?, port(false)?);
@@ -113,7 +151,16 @@ fn scenario(bin: &str, file: &Path, secs: u64) -> anyhow::Result<(f64, Vec<serde
             Command::new("ffmpeg")
                 .args(["-nostdin", "-v", "error", "-re", "-stream_loop", "-1", "-i"])
                 .arg(file)
-                .args(["-c", "copy", "-t", &secs.to_string(), "-f", "rtsp", "-rtsp_transport", "tcp"])
+                .args([
+                    "-c",
+                    "copy",
+                    "-t",
+                    &secs.to_string(),
+                    "-f",
+                    "rtsp",
+                    "-rtsp_transport",
+                    "tcp",
+                ])
                 .arg(format!("rtsp://127.0.0.1:{rtsp}/cam{i}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -121,7 +168,11 @@ fn scenario(bin: &str, file: &Path, secs: u64) -> anyhow::Result<(f64, Vec<serde
         ));
     }
     let deadline = Instant::now() + Duration::from_secs(secs + 5);
-    while Instant::now() < deadline && encoders.iter_mut().any(|e| e.0.try_wait().ok().flatten().is_none()) {
+    while Instant::now() < deadline
+        && encoders
+            .iter_mut()
+            .any(|e| e.0.try_wait().ok().flatten().is_none())
+    {
         std::thread::sleep(Duration::from_millis(500));
     }
     let status = std::fs::read_to_string(format!("/proc/{}/status", gw.0.id()))?;

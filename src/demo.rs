@@ -563,7 +563,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         summary.camera.frames,
         summary.camera.parts,
         summary.camera.segments,
-        if summary.camera.playlist_ok { "ok" } else { "MISSING" }
+        if summary.camera.playlist_ok {
+            "ok"
+        } else {
+            "MISSING"
+        }
     );
     for l in &summary.links {
         println!(

@@ -215,10 +215,14 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Gateway { config: path } => {
             canopy::runtime::init_tracing("info");
-            let cfg: gateway::GatewayConfig = match config::load(&path) {
+            let mut cfg: gateway::GatewayConfig = match config::load(&path) {
                 Ok(c) => c,
                 Err(e) => return Ok(usage_error(&e)),
             };
+            // relative paths are relative to the config file
+            if let Some(d) = cfg.live.spool_dir.as_mut().filter(|d| d.is_relative()) {
+                *d = path.parent().unwrap_or(std::path::Path::new(".")).join(&*d);
+            }
             let tls = load_tls(&path, &cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca)?;
             canopy::runtime::spawn_gateway(&cfg, &tls).await?;
             tokio::signal::ctrl_c().await?;

@@ -51,6 +51,11 @@ pub struct LiveSection {
     pub rtsp_listen: Option<SocketAddr>,
     /// Accept pushes to names not declared in `[[cameras]]`.
     pub accept_any_push: bool,
+    /// Directory where parts leaving the ring are kept (for backfill after an outage);
+    /// unset = off.
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Bytes of spooled parts per rendition.
+    pub spool_bytes: u64,
 }
 
 impl Default for LiveSection {
@@ -62,6 +67,8 @@ impl Default for LiveSection {
             playlist_segments: 7,
             rtsp_listen: None,
             accept_any_push: false,
+            spool_dir: None,
+            spool_bytes: 1 << 30,
         }
     }
 }

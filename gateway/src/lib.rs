@@ -8,6 +8,7 @@ pub mod config;
 pub mod live;
 mod proxy;
 pub mod rtsp_push;
+pub mod spool;
 mod uplink;
 
 pub use bond::{Bond, PathStatus};

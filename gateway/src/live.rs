@@ -28,6 +28,7 @@ pub struct LiveRendition {
     inner: Mutex<Rendition>,
     changed: watch::Sender<u64>,
     cfg: RenditionConfig,
+    spool: Option<Mutex<crate::spool::Spool>>,
 }
 
 impl LiveRendition {
@@ -42,7 +43,27 @@ impl LiveRendition {
             inner: Mutex::new(Rendition::new(cfg)),
             changed: watch::channel(0).0,
             cfg,
+            spool: None,
         }
+    }
+
+    fn with_spool(mut self, spool: crate::spool::Spool) -> Self {
+        self.inner
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_keep_evicted(true);
+        self.spool = Some(Mutex::new(spool));
+        self
+    }
+
+    /// Part `seq` from the ring, else from the disk spool.
+    pub fn part_by_seq(&self, seq: u64) -> Option<Bytes> {
+        if let Some(p) = self.with(|r| r.ring().get(seq)) {
+            return Some(p.data.clone());
+        }
+        let spool = self.spool.as_ref()?;
+        let s = spool.lock().unwrap_or_else(|e| e.into_inner());
+        s.get(seq).ok().flatten()
     }
 
     /// Rendition name (`main`, `sub`).
@@ -52,11 +73,24 @@ impl LiveRendition {
 
     /// Runs `f` on the rendition and wakes readers if the playlist changed.
     pub fn with<R>(&self, f: impl FnOnce(&mut Rendition) -> R) -> R {
-        let (r, v) = {
+        let (r, v, evicted) = {
             let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             let r = f(&mut g);
-            (r, g.version())
+            let evicted = if self.spool.is_some() {
+                g.take_evicted()
+            } else {
+                Vec::new()
+            };
+            (r, g.version(), evicted)
         };
+        if let (Some(spool), false) = (&self.spool, evicted.is_empty()) {
+            let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
+            for p in evicted {
+                if let Err(e) = s.put(&p) {
+                    tracing::warn!(rendition = %self.name, error = %e, "spool write failed");
+                }
+            }
+        }
         self.changed.send_if_modified(|old| {
             let m = *old != v;
             *old = v;
@@ -67,7 +101,17 @@ impl LiveRendition {
 
     /// Sets the tracks (see [`Rendition::set_tracks`]).
     pub fn set_tracks(&self, tracks: Vec<Track>) -> Result<(), String> {
-        self.with(|r| r.set_tracks(tracks))
+        let (res, init) = self.with(|r| {
+            let res = r.set_tracks(tracks);
+            (res, r.latest_init())
+        });
+        if let (Some(spool), Some((g, data))) = (&self.spool, init) {
+            let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = s.put_init(g, &data) {
+                tracing::warn!(rendition = %self.name, error = %e, "spool write failed");
+            }
+        }
+        res
     }
 
     /// Packages one frame.
@@ -166,6 +210,17 @@ impl LiveStream {
 #[derive(Default)]
 pub struct LiveStreams {
     streams: RwLock<BTreeMap<String, Arc<LiveStream>>>,
+    spool: Option<(std::path::PathBuf, u64)>,
+}
+
+impl LiveStreams {
+    /// Cameras whose evicted parts go to `<dir>/<camera>/<rendition>/`, at most `bytes` each.
+    pub fn with_spool(dir: std::path::PathBuf, bytes: u64) -> Self {
+        Self {
+            streams: RwLock::default(),
+            spool: Some((dir, bytes)),
+        }
+    }
 }
 
 impl LiveStreams {
@@ -183,9 +238,16 @@ impl LiveStreams {
             renditions: renditions
                 .iter()
                 .map(|r| {
-                    let r = LiveRendition::new(r, cfg);
-                    r.with(|x| x.set_clock_origin(origin));
-                    Arc::new(r)
+                    let mut lr = LiveRendition::new(r, cfg);
+                    if let Some((dir, bytes)) = &self.spool {
+                        let d = dir.join(name).join(r);
+                        match crate::spool::Spool::open(&d, *bytes) {
+                            Ok(s) => lr = lr.with_spool(s),
+                            Err(e) => tracing::warn!(camera = name, dir = %d.display(), error = %e, "no spool"),
+                        }
+                    }
+                    lr.with(|x| x.set_clock_origin(origin));
+                    Arc::new(lr)
                 })
                 .collect(),
             status: Mutex::new(CameraStatus {

@@ -75,7 +75,10 @@ impl Gateway {
                 source,
             })?;
         let sites = cfg.sites.iter().filter_map(site_target).collect();
-        let live = Arc::new(LiveStreams::default());
+        let live = Arc::new(match &cfg.live.spool_dir {
+            Some(dir) => LiveStreams::with_spool(dir.clone(), cfg.live.spool_bytes),
+            None => LiveStreams::default(),
+        });
         let rcfg = cfg.live.rendition();
         let mut pulls = Vec::new();
         for cam in &cfg.cameras {

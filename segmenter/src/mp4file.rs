@@ -62,7 +62,9 @@ pub fn demux(file: &Bytes) -> Result<Clip, String> {
     for trak in traks {
         let stbl = &trak.mdia.minf.stbl;
         let timescale = trak.mdia.mdhd.timescale;
-        let Some(entry) = stbl.stsd.codecs.first() else { continue };
+        let Some(entry) = stbl.stsd.codecs.first() else {
+            continue;
+        };
         let mut track = match entry {
             mp4_atom::Codec::Avc1(a) => {
                 Track::h264(body_of(&a.avcc)?, a.visual.width, a.visual.height)
@@ -82,7 +84,11 @@ pub fn demux(file: &Bytes) -> Result<Clip, String> {
                     .as_ref()
                     .map(|d| Bytes::from(d.raw.clone()))
                     .unwrap_or_default();
-                Track::aac(asc, u32::from(m.audio.sample_rate.integer()), m.audio.channel_count)
+                Track::aac(
+                    asc,
+                    u32::from(m.audio.sample_rate.integer()),
+                    m.audio.channel_count,
+                )
             }
             _ => continue,
         };
@@ -120,16 +126,24 @@ pub fn demux(file: &Bytes) -> Result<Clip, String> {
         }
         let mut deltas = Vec::with_capacity(sizes.len());
         for e in &stbl.stts.entries {
-            deltas.extend(std::iter::repeat_n(i64::from(e.sample_delta), e.sample_count as usize));
+            deltas.extend(std::iter::repeat_n(
+                i64::from(e.sample_delta),
+                e.sample_count as usize,
+            ));
         }
         let mut ctts = Vec::new();
         if let Some(c) = &stbl.ctts {
             for e in &c.entries {
-                ctts.extend(std::iter::repeat_n(e.sample_offset, e.sample_count as usize));
+                ctts.extend(std::iter::repeat_n(
+                    e.sample_offset,
+                    e.sample_count as usize,
+                ));
             }
         }
-        let sync: Option<std::collections::HashSet<u32>> =
-            stbl.stss.as_ref().map(|s| s.entries.iter().copied().collect());
+        let sync: Option<std::collections::HashSet<u32>> = stbl
+            .stss
+            .as_ref()
+            .map(|s| s.entries.iter().copied().collect());
         let idx = tracks.len();
         let mut frames = Vec::with_capacity(sizes.len());
         let mut dts = 0i64;

@@ -53,6 +53,8 @@ pub struct Rendition {
     sizes: VecDeque<(usize, f64)>,
     open_bytes: usize,
     version: u64,
+    keep_evicted: bool,
+    evicted: Vec<Arc<Part>>,
 }
 
 impl Rendition {
@@ -74,7 +76,24 @@ impl Rendition {
             sizes: VecDeque::new(),
             open_bytes: 0,
             version: 0,
+            keep_evicted: false,
+            evicted: Vec::new(),
         }
+    }
+
+    /// Keeps the parts the ring evicts until [`Rendition::take_evicted`] (for a disk spool).
+    pub fn set_keep_evicted(&mut self, keep: bool) {
+        self.keep_evicted = keep;
+    }
+
+    /// The parts evicted from the ring since the last call (when kept).
+    pub fn take_evicted(&mut self) -> Vec<Arc<Part>> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// The newest init segment.
+    pub fn latest_init(&self) -> Option<(u32, Bytes)> {
+        self.inits.back().cloned()
     }
 
     /// See [`Segmenter::set_clock_origin`].
@@ -154,6 +173,9 @@ impl Rendition {
         let (msn, index) = (part.msn, part.index);
         let gone = self.ring.push(Arc::new(part));
         self.playlist.add_part(msn, index, info, segment);
+        if self.keep_evicted {
+            self.evicted.extend(gone.iter().cloned());
+        }
         if let Some(last_gone) = gone.last() {
             // a segment whose first part left the ring leaves the playlist
             let oldest_seq = last_gone.seq + 1;

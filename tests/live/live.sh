@@ -46,6 +46,8 @@ bind = "127.0.0.1:0"
 listen = "127.0.0.1:$HTTP"
 [live]
 rtsp_listen = "127.0.0.1:$RTSP"
+ring_bytes = 1048576
+spool_dir = "$work/spool"
 [[cameras]]
 name = "stage"
 url = "rtsp://127.0.0.1:$P_H264/cam"
@@ -160,6 +162,15 @@ if problems:
     print("  " + "\n  ".join(problems)); sys.exit(1)
 print(f"  blocking reload answered in {waited * 1000:.0f} ms; {len(parts) + 1} parts and {seg} decode after the init segment")
 PY
+
+# the ring is 1 MiB: older parts went to the disk spool, and decode after their init segment
+sp="$work/spool/stage/main"
+first=$(ls "$sp" 2>/dev/null | grep -m1 '\.m4s$')
+if [ -f "$sp/init-0.mp4" ] && [ -n "$first" ] && [ -z "$(cat "$sp/init-0.mp4" "$sp/$first" | ffmpeg -nostdin -v error -i - -f null - 2>&1)" ]; then
+  ok "ring bounded at 1 MiB; evicted parts spooled to disk ($(ls "$sp" | grep -c m4s) files) and decodable"
+else
+  bad "spool: $(ls "$sp" 2>&1 | head -3)"
+fi
 
 # both renditions in abr.m3u8
 abr=$(curl -s -m 10 "$base/stage/abr.m3u8")

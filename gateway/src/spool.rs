@@ -1,0 +1,144 @@
+//! The optional disk spool: parts that leave a rendition's ring go to files, bounded by
+//! bytes, so a later reader (the outage backfill) can still fetch them by sequence number.
+//!
+//! One directory per rendition; one file per part, named `<seq>-<msn>.<index>.m4s`, plus
+//! the init segments (`init-<gen>.mp4`). On open, files from an earlier run are removed:
+//! sequence numbers restart with the process.
+
+use bytes::Bytes;
+use segmenter::Part;
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A part on disk.
+#[derive(Debug, Clone)]
+struct Entry {
+    seq: u64,
+    path: PathBuf,
+    len: u64,
+}
+
+/// One rendition's spool.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    entries: VecDeque<Entry>,
+    bytes: u64,
+}
+
+impl Spool {
+    /// Opens (creates, empties) `dir`, keeping at most `max_bytes` of parts.
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "m4s" || x == "mp4") {
+                std::fs::remove_file(&p)?;
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            entries: VecDeque::new(),
+            bytes: 0,
+        })
+    }
+
+    /// Stores init segment `generation`.
+    pub fn put_init(&mut self, generation: u32, data: &[u8]) -> io::Result<()> {
+        std::fs::write(self.dir.join(format!("init-{generation}.mp4")), data)
+    }
+
+    /// Stores a part, removing the oldest ones beyond the byte bound.
+    pub fn put(&mut self, part: &Part) -> io::Result<()> {
+        if self.entries.back().is_some_and(|e| e.seq >= part.seq) {
+            return Ok(()); // already here
+        }
+        let path = self
+            .dir
+            .join(format!("{}-{}.{}.m4s", part.seq, part.msn, part.index));
+        std::fs::write(&path, &part.data)?;
+        let len = part.data.len() as u64;
+        self.entries.push_back(Entry {
+            seq: part.seq,
+            path,
+            len,
+        });
+        self.bytes += len;
+        while self.bytes > self.max_bytes {
+            let Some(old) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= old.len;
+            let _ = std::fs::remove_file(&old.path);
+        }
+        Ok(())
+    }
+
+    /// The part with sequence number `seq`, if spooled.
+    pub fn get(&self, seq: u64) -> io::Result<Option<Bytes>> {
+        let first = match self.entries.front() {
+            Some(e) => e.seq,
+            None => return Ok(None),
+        };
+        // sequence numbers are contiguous unless the spool was behind; search from the guess
+        let guess = usize::try_from(seq.saturating_sub(first)).unwrap_or(usize::MAX);
+        let e = self
+            .entries
+            .get(guess)
+            .filter(|e| e.seq == seq)
+            .or_else(|| self.entries.iter().find(|e| e.seq == seq));
+        match e {
+            Some(e) => Ok(Some(Bytes::from(std::fs::read(&e.path)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Oldest and newest spooled sequence numbers.
+    pub fn range(&self) -> Option<(u64, u64)> {
+        Some((self.entries.front()?.seq, self.entries.back()?.seq))
+    }
+
+    /// Bytes on disk (parts).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(seq: u64) -> Part {
+        Part {
+            seq,
+            msn: seq / 5,
+            index: (seq % 5) as u32,
+            independent: seq % 5 == 0,
+            duration: 0.2,
+            data: Bytes::from(vec![seq as u8; 1000]),
+            init: 0,
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_parts_within_its_bound() {
+        let dir = std::env::temp_dir().join(format!("canopy-spool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("99-1.1.m4s"), b"stale").unwrap();
+        let mut s = Spool::open(&dir, 10_000).unwrap();
+        assert!(!dir.join("99-1.1.m4s").exists());
+        s.put_init(0, b"init").unwrap();
+        for seq in 0..25 {
+            s.put(&part(seq)).unwrap();
+        }
+        assert_eq!(s.range(), Some((15, 24)));
+        assert!(s.bytes() <= 10_000);
+        assert_eq!(s.get(20).unwrap().unwrap(), Bytes::from(vec![20u8; 1000]));
+        assert!(s.get(3).unwrap().is_none());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 11); // 10 parts + init
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
