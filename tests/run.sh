@@ -53,6 +53,10 @@ cargo test --release --workspace 2>&1 | tee "$log"
 passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($i ~ /^passed;?$/) s += $(i-1)} END {print s + 0}' "$log")
 failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($i ~ /^failed;?$/) s += $(i-1)} END {print s + 0}' "$log")
 
+# --- fuzz targets: CI builds them (fuzzing itself: cd fuzz && cargo fuzz run push_input) ---
+step "fuzz targets build"
+CARGO_TARGET_DIR=target cargo build --release --manifest-path fuzz/Cargo.toml
+
 # --- the README's main command ----------------------------------------------------------
 step "demo (16 s, three bonded uplinks, the busiest cut for 5 s)"
 summary=target/demo-summary.json

@@ -6,10 +6,14 @@ use segmenter::{Frame, Rendition, RenditionConfig, Track};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let sps = [0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8];
-    let Some(avcc) = segmenter::media::avcc_from_parameter_sets(&sps, &[&[0x68, 0xce, 0x38, 0x80]]) else {
+    let Some(avcc) = segmenter::media::avcc_from_parameter_sets(&sps, &[&[0x68, 0xce, 0x38, 0x80]])
+    else {
         return;
     };
-    let mut r = Rendition::new(RenditionConfig { ring_bytes: 1 << 16, ..Default::default() });
+    let mut r = Rendition::new(RenditionConfig {
+        ring_bytes: 1 << 16,
+        ..Default::default()
+    });
     let _ = r.set_tracks(vec![
         Track::h264(avcc, 640, 360),
         Track::aac(Bytes::from_static(&[0x11, 0x90]), 48_000, 2),
@@ -29,7 +33,13 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         match op >> 6 {
             0 | 1 => {
                 let _ = r.handle_frame(
-                    Frame { track, pts: dts + cts, dts, keyframe: op & 1 == 1, data: payload },
+                    Frame {
+                        track,
+                        pts: dts + cts,
+                        dts,
+                        keyframe: op & 1 == 1,
+                        data: payload,
+                    },
                     wall,
                 );
             }

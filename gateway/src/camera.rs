@@ -368,25 +368,6 @@ async fn pull_once(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_come_out_of_the_url() {
-        let (u, c) = split_url("rtsp://ad%40min:p%3Ass@10.0.0.5:554/s1", None).unwrap();
-        assert_eq!(u.as_str(), "rtsp://10.0.0.5:554/s1");
-        let c = c.unwrap();
-        assert_eq!(
-            (c.username.as_str(), c.password.as_str()),
-            ("ad@min", "p:ss")
-        );
-        let (_, c) = split_url("rtsp://h/s", Some(("u".into(), "p".into()))).unwrap();
-        assert_eq!(c.unwrap().username, "u");
-        assert!(split_url("not a url", None).is_err());
-    }
-}
-
 /// Plays a clip as a live camera, in real time, looped: each loop continues the timeline
 /// (no discontinuity), as a camera's stream would.
 pub async fn run_clip(stream: Arc<LiveStream>, clip: Arc<segmenter::mp4file::Clip>) {
@@ -414,5 +395,24 @@ pub async fn run_clip(stream: Arc<LiveStream>, clip: Arc<segmenter::mp4file::Cli
                 debug!(camera = stream.name(), error = %e, "clip frame dropped");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_out_of_the_url() {
+        let (u, c) = split_url("rtsp://ad%40min:p%3Ass@10.0.0.5:554/s1", None).unwrap();
+        assert_eq!(u.as_str(), "rtsp://10.0.0.5:554/s1");
+        let c = c.unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("ad@min", "p:ss")
+        );
+        let (_, c) = split_url("rtsp://h/s", Some(("u".into(), "p".into()))).unwrap();
+        assert_eq!(c.unwrap().username, "u");
+        assert!(split_url("not a url", None).is_err());
     }
 }

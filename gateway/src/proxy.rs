@@ -46,17 +46,20 @@ struct State {
     live: Arc<LiveStreams>,
 }
 
+/// A camera rendition to pull: stream, rendition, URL, credentials.
+type Pull = (
+    Arc<LiveStream>,
+    Arc<LiveRendition>,
+    String,
+    Option<(String, String)>,
+);
+
 /// A bound gateway: the proxy listener plus its uplink to the relay.
 pub struct Gateway {
     listener: TcpListener,
     state: Arc<State>,
     push: Option<PushListener>,
-    pulls: Vec<(
-        Arc<LiveStream>,
-        Arc<LiveRendition>,
-        String,
-        Option<(String, String)>,
-    )>,
+    pulls: Vec<Pull>,
 }
 
 impl Gateway {

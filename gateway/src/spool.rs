@@ -116,7 +116,7 @@ mod tests {
             seq,
             msn: seq / 5,
             index: (seq % 5) as u32,
-            independent: seq % 5 == 0,
+            independent: seq.is_multiple_of(5),
             duration: 0.2,
             data: Bytes::from(vec![seq as u8; 1000]),
             init: 0,

@@ -117,16 +117,6 @@ fn ignore_outgoing(sock: &Socket) -> io::Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn missing_interfaces_are_named() {
-        let e = super::ifindex("canopy-no-such0").expect_err("no such interface");
-        assert!(e.to_string().contains("canopy-no-such0"));
-        assert!(super::ifindex("../etc").is_err());
-    }
-}
-
 /// Allocations at least this large get their own mapping (see [`return_large_allocations`]).
 pub const MMAP_THRESHOLD: usize = 32 * 1024;
 
@@ -150,5 +140,15 @@ pub fn return_large_allocations() -> bool {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn missing_interfaces_are_named() {
+        let e = super::ifindex("canopy-no-such0").expect_err("no such interface");
+        assert!(e.to_string().contains("canopy-no-such0"));
+        assert!(super::ifindex("../etc").is_err());
     }
 }
