@@ -692,16 +692,19 @@ pub fn fuzz_input(data: &[u8]) {
         let pkt = &rest[3..3 + len];
         rest = &rest[3 + len..];
         let mut items = Vec::new();
-        if streams[which].packet(pkt, &mut items).is_err() {
-            if let Ok(fresh) = RtpStream::new(which, &medias[which]) {
-                streams[which] = fresh;
+        let (Some(stream), Some(media)) = (streams.get_mut(which), medias.get(which)) else {
+            continue;
+        };
+        if stream.packet(pkt, &mut items).is_err() {
+            if let Ok(fresh) = RtpStream::new(which, media) {
+                *stream = fresh;
             }
             continue;
         }
         for item in items {
             if let CodecItem::VideoFrame(f) = &item {
                 if f.has_new_parameters() {
-                    feed.parameters(which, streams[which].parameters());
+                    feed.parameters(which, stream.parameters());
                 }
             }
             feed.item(item);
