@@ -99,7 +99,8 @@ pub struct CameraConfig {
     /// A second, smaller stream of the same camera (for the low-bandwidth mode).
     #[serde(default)]
     pub substream_url: Option<String>,
-    /// RTSP user (or put it in the URL).
+    /// RTSP user (or put it in the URL). For a camera that pushes: the user encoders must
+    /// authenticate as (RTSP Basic).
     #[serde(default)]
     pub username: Option<String>,
     /// RTSP password.

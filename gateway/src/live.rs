@@ -169,6 +169,7 @@ pub struct LiveStream {
     renditions: Vec<Arc<LiveRendition>>,
     status: Mutex<CameraStatus>,
     pulled: bool,
+    push_credentials: Mutex<Option<(String, String)>>,
 }
 
 impl LiveStream {
@@ -180,6 +181,43 @@ impl LiveStream {
     /// Pulled from a URL (not pushed).
     pub fn pulled(&self) -> bool {
         self.pulled
+    }
+
+    /// Requires encoders pushing to this camera to authenticate (RTSP Basic).
+    pub fn set_push_credentials(&self, user: String, password: String) {
+        *self
+            .push_credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((user, password));
+    }
+
+    /// Whether an RTSP `Authorization` header value lets an encoder push here.
+    pub fn push_allowed(&self, authorization: Option<&str>) -> bool {
+        use base64::Engine as _;
+        let creds = self
+            .push_credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some((user, password)) = creds.as_ref() else {
+            return true;
+        };
+        let Some(b64) = authorization.and_then(|a| {
+            let (scheme, rest) = a.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("basic").then_some(rest.trim())
+        }) else {
+            return false;
+        };
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            return false;
+        };
+        let expected = format!("{user}:{password}");
+        // compare all bytes whatever the first mismatch
+        raw.len() == expected.len()
+            && raw
+                .iter()
+                .zip(expected.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 
     /// Rendition by name.
@@ -255,6 +293,7 @@ impl LiveStreams {
                 ..Default::default()
             }),
             pulled,
+            push_credentials: Mutex::new(None),
         });
         self.streams
             .write()

@@ -91,6 +91,10 @@ impl Gateway {
                 &["main"]
             };
             let stream = live.add(&cam.name, rends, rcfg, cam.url.is_some());
+            if let (None, Some(user)) = (&cam.url, &cam.username) {
+                // a pushing camera with credentials: encoders must present them
+                stream.set_push_credentials(user.clone(), cam.password.clone().unwrap_or_default());
+            }
             let creds = cam
                 .username
                 .clone()

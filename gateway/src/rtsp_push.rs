@@ -477,6 +477,16 @@ impl Conn {
                 return ("404 Not Found", vec![], true);
             }
         };
+        if !cam.push_allowed(req.header("authorization")) {
+            if req.header("authorization").is_some() {
+                warn!(camera = %name, "push refused: wrong credentials");
+            }
+            return (
+                "401 Unauthorized",
+                vec![("WWW-Authenticate", "Basic realm=\"canopy\"".into())],
+                false,
+            );
+        }
         if !self
             .publishing
             .lock()

@@ -62,6 +62,8 @@ name = "radio"
 url = "rtsp://127.0.0.1:$P_AUDIO/cam"
 [[cameras]]
 name = "encoder"
+username = "enc"
+password = "pushpw"
 [[cameras]]
 name = "nowhere"
 url = "rtsp://127.0.0.1:9/none"
@@ -219,7 +221,7 @@ grep -q 'camera disconnected; reconnecting.*\|camera=stage' "$work/gateway.log" 
 # --- 5. ffmpeg pushes (RECORD) with B-frames -------------------------------------------
 timeout 40 ffmpeg -nostdin -v error -re -f lavfi -i testsrc=size=640x360:rate=25 -f lavfi -i sine=frequency=500:sample_rate=44100 \
   -t 25 -pix_fmt yuv420p -c:v libx264 -preset veryfast -g 25 -c:a aac -f rtsp -rtsp_transport tcp \
-  "rtsp://127.0.0.1:$RTSP/encoder" >"$work/push.log" 2>&1 &
+  "rtsp://enc:pushpw@127.0.0.1:$RTSP/encoder" >"$work/push.log" 2>&1 &
 push=$!
 pids+=($push)
 if wait_live encoder && decodes_clean "$base/encoder/index.m3u8" 8; then
@@ -227,21 +229,24 @@ if wait_live encoder && decodes_clean "$base/encoder/index.m3u8" 8; then
 else
   bad "push"; cat "$work/push.log"; grep -i encoder "$work/gateway.log" | tail -5
 fi
-# a second encoder for the same name, an unknown name, and a bad SDP are refused
-python3 - "$RTSP" <<'PY' && ok "push refusals: busy name 453, unknown name 404, bad SDP 400" || bad "push refusals"
-import socket, sys
+# no or wrong credentials, a second encoder for the same name, an unknown name, and a bad
+# SDP are refused
+python3 - "$RTSP" <<'PY' && ok "push refusals: no/wrong credentials 401, busy name 453, unknown name 404, bad SDP 400" || bad "push refusals"
+import base64, socket, sys
 port = int(sys.argv[1])
-def announce(name, sdp):
+def announce(name, sdp, auth=None):
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     body = sdp.encode()
-    s.sendall(f"ANNOUNCE rtsp://127.0.0.1:{port}/{name} RTSP/1.0\r\nCSeq: 1\r\nContent-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    extra = f"Authorization: Basic {base64.b64encode(auth.encode()).decode()}\r\n" if auth else ""
+    s.sendall(f"ANNOUNCE rtsp://127.0.0.1:{port}/{name} RTSP/1.0\r\nCSeq: 1\r\n{extra}Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
     line = s.recv(4096).split(b"\r\n")[0].decode()
     s.close()
     return int(line.split()[1])
 good = "v=0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n"
-codes = (announce("encoder", good), announce("stranger", good), announce("hevc2", "not sdp"))
+codes = (announce("encoder", good), announce("encoder", good, "enc:wrong"), announce("encoder", good, "enc:pushpw"),
+         announce("stranger", good), announce("hevc2", "not sdp"))
 print("  ", codes)
-sys.exit(0 if codes == (453, 404, 400) else 1)
+sys.exit(0 if codes == (401, 401, 453, 404, 400) else 1)
 PY
 wait "$push" 2>/dev/null
 
