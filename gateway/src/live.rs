@@ -262,7 +262,8 @@ impl LiveStreams {
 }
 
 impl LiveStreams {
-    /// Registers a camera with the given renditions (`["main"]`, or `["main", "sub"]`).
+    /// Registers a camera with the given renditions (`["main"]`, or `["main", "sub"]`); a
+    /// camera already registered under the name is returned as it is.
     pub fn add(
         &self,
         name: &str,
@@ -295,11 +296,35 @@ impl LiveStreams {
             pulled,
             push_credentials: Mutex::new(None),
         });
+        // the first camera stored under a name stays (two pushes racing for a new name)
         self.streams
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), s.clone());
-        s
+            .entry(name.to_string())
+            .or_insert(s)
+            .clone()
+    }
+
+    /// The camera `name`, added (pushed, not pulled) if missing and fewer than `max`
+    /// cameras exist; one lookup under the write lock, so two encoders racing for a new
+    /// name get the same camera.
+    pub fn get_or_add(
+        &self,
+        name: &str,
+        renditions: &[&str],
+        cfg: RenditionConfig,
+        max: usize,
+    ) -> Option<Arc<LiveStream>> {
+        let map = self.streams.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(name) {
+            return Some(s.clone());
+        }
+        if map.len() >= max {
+            return None;
+        }
+        drop(map);
+        // a racing add of the same name may win between the locks; add returns the stored one
+        Some(self.add(name, renditions, cfg, false))
     }
 
     /// A camera by name.
@@ -439,7 +464,10 @@ impl LiveStreams {
 async fn serve_file(r: &LiveRendition, file: &str, query: Option<&str>) -> Answer {
     use http::StatusCode as S;
     let part_target = r.cfg.segmenter.part_target;
-    let target = r.cfg.segmenter.segment_target;
+    // the target duration grows with long GOPs; blocking waits follow it
+    let target = r.cfg.segmenter.segment_target.max(Duration::from_secs_f64(
+        r.with(|x| x.target_duration()).min(60.0),
+    ));
     if file == "stream.m3u8" {
         let b = match Blocking::parse(query) {
             Ok(b) => b,

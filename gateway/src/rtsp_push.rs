@@ -21,6 +21,8 @@ use tracing::{debug, info, warn, Instrument};
 
 const MAX_HEADER: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
+/// Cameras the gateway holds at most when pushes to any name are accepted.
+pub const MAX_CAMERAS: usize = 32;
 /// An encoder silent for this long is dropped.
 const IDLE: Duration = Duration::from_secs(10);
 
@@ -120,7 +122,12 @@ pub struct RtpStream {
     timeline: Timeline,
     next_seq: Option<u16>,
     stream_id: usize,
+    /// Payload bytes since the last complete frame.
+    pending: usize,
 }
+
+/// An access unit larger than this is refused (the depacketizer has no bound of its own).
+pub const MAX_ACCESS_UNIT: usize = 8 << 20;
 
 impl RtpStream {
     /// A depacketizer for `m` (error: the codec is not supported).
@@ -139,6 +146,7 @@ impl RtpStream {
             timeline: Timeline::new(None, m.clock_rate, None)?,
             next_seq: None,
             stream_id,
+            pending: 0,
         })
     }
 
@@ -169,10 +177,17 @@ impl RtpStream {
         let payload = pkt
             .get(usize::from(range.start)..usize::from(range.end))
             .ok_or("bad RTP payload range")?;
+        self.pending += payload.len();
+        if self.pending > MAX_ACCESS_UNIT {
+            return Err(format!("access unit over {MAX_ACCESS_UNIT} bytes"));
+        }
         self.buf.push(&mut self.depacketizer, meta, payload)?;
         while let Some(r) = self.depacketizer.pull() {
             match r {
-                Ok(item) => out.push(item),
+                Ok(item) => {
+                    self.pending = 0;
+                    out.push(item);
+                }
                 Err(e) => return Err(format!("depacketizer: {e:?}")),
             }
         }
@@ -232,11 +247,17 @@ impl PushListener {
                     if let Err(e) = c.serve(tcp).await {
                         debug!(error = %e, "RTSP connection ended");
                     }
-                    c.end();
                 }
                 .instrument(tracing::info_span!("rtsp", %peer)),
             );
         }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // every way out (errors, timeouts, a panic) gives the camera name back
+        self.end();
     }
 }
 
@@ -353,7 +374,7 @@ impl Conn {
 
     fn end(&mut self) {
         if let Some(cam) = &self.camera {
-            if self.claimed {
+            if std::mem::take(&mut self.claimed) {
                 self.publishing
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -385,7 +406,10 @@ impl Conn {
                 }
                 Message::Request(head) => {
                     let mut body = vec![0; head.content_length];
-                    rd.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+                    tokio::time::timeout(IDLE, rd.read_exact(&mut body))
+                        .await
+                        .map_err(|_| "idle".to_string())?
+                        .map_err(|e| e.to_string())?;
                     let req = Request {
                         method: head.method,
                         url: head.url,
@@ -471,7 +495,18 @@ impl Conn {
                 return ("403 Forbidden", vec![], true);
             }
             Some(c) => c,
-            None if self.accept_any => self.streams.add(&name, &["main"], self.cfg, false),
+            None if self.accept_any => {
+                match self
+                    .streams
+                    .get_or_add(&name, &["main"], self.cfg, MAX_CAMERAS)
+                {
+                    Some(c) => c,
+                    None => {
+                        warn!(camera = %name, "push refused: {MAX_CAMERAS} cameras already");
+                        return ("453 Not Enough Bandwidth", vec![], true);
+                    }
+                }
+            }
             None => {
                 warn!(camera = %name, "push refused: no such camera in [[cameras]]");
                 return ("404 Not Found", vec![], true);
@@ -524,7 +559,10 @@ impl Conn {
             .iter()
             .position(|m| {
                 m.control.as_deref().is_some_and(|c| {
-                    !c.is_empty() && c != "*" && path.ends_with(c.trim_start_matches('/'))
+                    !c.is_empty()
+                        && c != "*"
+                        && c != "/"
+                        && path.ends_with(c.trim_start_matches('/'))
                 })
             })
             .or_else(|| {

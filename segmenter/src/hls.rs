@@ -117,6 +117,9 @@ impl MediaPlaylist {
         }
         if let Some(last) = self.segments.back_mut() {
             if last.msn == msn && last.parts.len() == index as usize {
+                // a frame longer than the target (a camera under 5 fps) makes a longer part;
+                // the advertised target follows, so it stays an upper bound
+                self.part_target = self.part_target.max(part.duration);
                 last.parts.push(part);
                 self.target_duration = self.target_duration.max(last.duration());
             }
@@ -144,6 +147,11 @@ impl MediaPlaylist {
         while self.segments.front().is_some_and(|s| s.msn < msn) && self.segments.len() > 1 {
             self.drop_oldest();
         }
+    }
+
+    /// The target duration, seconds (the largest segment so far, at least the configured one).
+    pub fn target_duration(&self) -> f64 {
+        self.target_duration
     }
 
     /// Segments listed, oldest first.

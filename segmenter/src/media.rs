@@ -295,10 +295,20 @@ impl DtsFromPts {
 
     /// Takes a frame in decode (arrival) order; returns the frames whose dts is now set.
     pub fn push(&mut self, mut f: Frame) -> Vec<Frame> {
+        let mut out = Vec::new();
         if let Some(last) = self.last_pts {
-            // the frame duration: the smallest step between presentation times seen
+            // far back (a source that restarted its clock): not reordering; start over
+            if f.pts < last && last - f.pts > 32 * self.duration.max(1) {
+                out = self.flush();
+            }
+        }
+        if let Some(last) = self.last_pts {
+            // the frame duration: the smallest step between presentation times seen,
+            // ignoring steps far below it (timestamp jitter)
             let step = (f.pts - last).abs();
-            if step > 0 && (self.duration == 0 || step < self.duration) {
+            if step > 0
+                && (self.duration == 0 || (step < self.duration && step * 4 >= self.duration))
+            {
                 self.duration = step;
             }
             if f.pts < last {
@@ -308,11 +318,11 @@ impl DtsFromPts {
         self.last_pts = Some(f.pts);
         if !self.active {
             f.dts = self.monotonic(f.pts);
-            return vec![f];
+            out.push(f);
+            return out;
         }
         self.heap.push(std::cmp::Reverse(f.pts));
         self.buf.push_back(f);
-        let mut out = Vec::new();
         while self.buf.len() > Self::DEPTH {
             out.push(self.release());
         }
@@ -376,6 +386,37 @@ mod dts_tests {
             }
             last = f.dts;
         }
+        // the source restarts its clock far back: held frames come out, then passthrough
+        let mut d2 = DtsFromPts::default();
+        for p in order {
+            d2.push(Frame {
+                track: 0,
+                pts: 1_000_000 + p * 3600,
+                dts: 0,
+                keyframe: false,
+                data: Bytes::new(),
+            });
+        }
+        let out = d2.push(Frame {
+            track: 0,
+            pts: 0,
+            dts: 0,
+            keyframe: true,
+            data: Bytes::new(),
+        });
+        assert_eq!(out.len(), DtsFromPts::DEPTH + 1);
+        assert_eq!(out.last().map(|f| (f.pts, f.dts)), Some((0, 0)));
+        assert_eq!(
+            d2.push(Frame {
+                track: 0,
+                pts: 3600,
+                dts: 0,
+                keyframe: false,
+                data: Bytes::new()
+            })
+            .len(),
+            1
+        );
         // without B-frames nothing is held back
         let mut d = DtsFromPts::default();
         for p in 0..5 {

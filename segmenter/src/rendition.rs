@@ -136,7 +136,9 @@ impl Rendition {
             match o {
                 Output::Init { generation, data } => {
                     self.inits.push_back((generation, data));
-                    while self.inits.len() > 4 {
+                    // init segments are small: keep enough for every generation a ring or
+                    // playlist can still refer to
+                    while self.inits.len() > 64 {
                         self.inits.pop_front();
                     }
                 }
@@ -182,8 +184,10 @@ impl Rendition {
             while self.firsts.front().is_some_and(|(_, s)| *s < oldest_seq) {
                 self.firsts.pop_front();
             }
-            if let Some((m, _)) = self.firsts.front() {
-                self.playlist.forget_before(*m);
+            match self.firsts.front() {
+                Some((m, _)) => self.playlist.forget_before(*m),
+                // one segment larger than the ring: only the open one is listed
+                None => self.playlist.forget_before(msn),
             }
         }
     }
@@ -237,13 +241,22 @@ impl Rendition {
                 return Lookup::NotYet;
             }
         }
-        let Some(first) = self.first_seq(msn) else {
-            return Lookup::Gone;
-        };
-        match self.ring.get(first + u64::from(index)) {
-            Some(p) if p.msn == msn && p.index == index => Lookup::Ready(p.data.clone()),
-            _ => Lookup::Gone,
+        if let Some(first) = self.first_seq(msn) {
+            return match self.ring.get(first + u64::from(index)) {
+                Some(p) if p.msn == msn && p.index == index => Lookup::Ready(p.data.clone()),
+                _ => Lookup::Gone,
+            };
         }
+        // the segment's first part is gone (a segment larger than the ring): search
+        match self.ring.iter().find(|p| p.msn == msn && p.index == index) {
+            Some(p) => Lookup::Ready(p.data.clone()),
+            None => Lookup::Gone,
+        }
+    }
+
+    /// The playlist's target duration (seconds).
+    pub fn target_duration(&self) -> f64 {
+        self.playlist.target_duration()
     }
 
     /// The (msn, index) of the part to come (the preload hint), once the stream has begun.

@@ -22,6 +22,9 @@ use std::time::Duration;
 /// A jump in a track's decode time bigger than this (either way) is a discontinuity.
 pub const MAX_JUMP_US: i64 = 10_000_000;
 
+/// A part is cut early once its samples hold this many bytes.
+pub const MAX_PART_BYTES: usize = 16 << 20;
+
 /// Segmenter settings.
 #[derive(Debug, Clone, Copy)]
 pub struct SegmenterConfig {
@@ -111,6 +114,8 @@ struct TrackState {
     /// The newest frame: its duration is known when the next one comes.
     pending: Option<Pending>,
     samples: Vec<(Sample, Bytes)>,
+    /// Bytes in `samples`.
+    held: usize,
     /// Decode time of the first sample in `samples`.
     base: Option<i64>,
     /// Typical frame duration, ticks.
@@ -138,6 +143,7 @@ impl TrackState {
             last_dts: None,
             pending: None,
             samples: Vec::new(),
+            held: 0,
             base: None,
             typical: typical.max(1),
         }
@@ -161,6 +167,7 @@ impl TrackState {
             keyframe: p.keyframe,
             cts: p.cts,
         };
+        self.held += p.data.len();
         self.samples.push((sample, p.data));
     }
 
@@ -395,7 +402,7 @@ impl Segmenter {
                 return self.jump(frame, wall_ms, retry);
             }
             if dts <= last {
-                if fresh || (t.pending.is_none() && t.samples.is_empty()) {
+                if fresh {
                     // first frame of an epoch landing on or before the previous epoch's end:
                     // move this track's epoch forward instead of dropping
                     let shift = last + 1 - dts;
@@ -454,11 +461,22 @@ impl Segmenter {
                     if frame.keyframe && now_us - seg_start + typical_us / 2 >= seg_us {
                         self.cut(now_us, false);
                         self.open_segment(now_us);
-                    } else if now_us - self.part_start_us + typical_us > part_us + typical_us / 4 {
+                    } else if now_us - self.part_start_us + typical_us > part_us {
                         self.cut(now_us, false);
                     }
                 }
             }
+        } else if self.segment.is_some() {
+            // the primary track stalled (a camera that stops sending video, video dropped
+            // until a keyframe): the other tracks still come out, part by part
+            let part_us = self.cfg.part_target.as_micros() as i64;
+            if now_us - self.part_start_us > 2 * part_us {
+                self.cut(now_us, false);
+            }
+        }
+        let held: usize = self.tracks.iter().map(|t| t.held).sum();
+        if held > MAX_PART_BYTES && self.segment.is_some() {
+            self.cut(now_us, false);
         }
         Ok(())
     }
@@ -523,6 +541,7 @@ impl Segmenter {
                 continue;
             }
             let samples = std::mem::take(&mut t.samples);
+            t.held = 0;
             let base = t.base.take().unwrap_or(0);
             if i == primary {
                 independent = samples.first().is_some_and(|(s, _)| s.keyframe);
@@ -676,6 +695,21 @@ mod tests {
             }
         }
         assert_eq!(s.stats().dropped, 1, "audio before the first keyframe");
+    }
+
+    #[test]
+    fn audio_keeps_coming_out_when_video_stalls() {
+        let mut s = Segmenter::new(SegmenterConfig::default());
+        s.set_tracks(tracks(true)).unwrap();
+        let before = parts(&feed(&mut s, 0, 2, 25)).len();
+        // 2 s of audio alone
+        let wall = 1_795_000_000_000 + 2000;
+        for k in 0..94 {
+            let _ = s.handle_frame(audio(96_000 + k * 1024), wall + k as u64 * 21);
+        }
+        let during = parts(&std::iter::from_fn(|| s.poll_output()).collect::<Vec<_>>());
+        assert!(during.len() >= 4, "{before} then {}", during.len());
+        assert!(during.iter().all(|(p, _)| p.duration <= 0.45));
     }
 
     #[test]
