@@ -83,10 +83,7 @@ fn run_clip(clip: &Clip, loops: i64, latencies: &mut Vec<u64>) -> usize {
     let mut frames = 0;
     for n in 0..loops {
         for f in &clip.frames {
-            let mut f = f.clone();
-            let shift = n * clip.durations[f.track];
-            f.dts += shift;
-            f.pts += shift;
+            let f = clip.looped(f, n);
             let t = Instant::now();
             let parts = r.handle_frame(f, 1_800_000_000_000).unwrap_or(0);
             let dt = t.elapsed();

@@ -346,10 +346,7 @@ async fn pull_once(
         "camera connected"
     );
     if main {
-        stream.set_status(|s| {
-            s.state = "live".into();
-            s.connects += 1;
-        });
+        stream.connected();
     }
     loop {
         let item = match tokio::time::timeout(MEDIA_TIMEOUT, demuxed.next()).await {
@@ -376,10 +373,7 @@ pub async fn run_clip(stream: Arc<LiveStream>, clip: Arc<segmenter::mp4file::Cli
         warn!(camera = stream.name(), error = %e, "clip unusable");
         return;
     }
-    stream.set_status(|s| {
-        s.state = "live".into();
-        s.connects += 1;
-    });
+    stream.connected();
     let period_us = clip.duration_us().max(1);
     let start = tokio::time::Instant::now();
     for n in 0i64.. {
@@ -387,11 +381,7 @@ pub async fn run_clip(stream: Arc<LiveStream>, clip: Arc<segmenter::mp4file::Cli
             let ts = i64::from(clip.tracks[f.track].timescale.max(1));
             let at_us = f.dts * 1_000_000 / ts + n * period_us;
             tokio::time::sleep_until(start + Duration::from_micros(at_us.max(0) as u64)).await;
-            let shift = n * clip.durations[f.track];
-            let mut frame = f.clone();
-            frame.dts += shift;
-            frame.pts += shift;
-            if let Err(e) = rendition.frame(frame) {
+            if let Err(e) = rendition.frame(clip.looped(f, n)) {
                 debug!(camera = stream.name(), error = %e, "clip frame dropped");
             }
         }

@@ -17,6 +17,25 @@ pub use live::LiveStreams;
 pub use proxy::Gateway;
 pub use uplink::{Hello, Live, Sender, Uplink, UplinkSettings, UplinkState};
 
+/// The next TCP connection on `listener`, with Nagle off. Accept errors (out of file
+/// descriptors, a connection reset before it was taken) are logged and retried after 50 ms.
+pub(crate) async fn accept(
+    listener: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                return (tcp, peer);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Errors starting the gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {

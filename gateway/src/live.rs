@@ -235,6 +235,14 @@ impl LiveStream {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
+    /// The source (re)connected: live, one more connect.
+    pub fn connected(&self) {
+        self.set_status(|s| {
+            s.state = "live".into();
+            s.connects += 1;
+        });
+    }
+
     /// Current status.
     pub fn status(&self) -> CameraStatus {
         self.status

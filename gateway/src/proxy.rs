@@ -164,15 +164,7 @@ impl Gateway {
             tasks.spawn(crate::camera::run_pull(stream, rendition, url, creds).instrument(span));
         }
         loop {
-            let (tcp, peer) = match self.listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
+            let (tcp, peer) = crate::accept(&self.listener).await;
             let state = self.state.clone();
             // hyper answers 431 when the header section outgrows its read buffer (min 8 KiB).
             let max_buf = state.max_header_bytes.max(8192);

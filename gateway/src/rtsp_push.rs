@@ -124,6 +124,8 @@ pub struct RtpStream {
     stream_id: usize,
     /// Payload bytes since the last complete frame.
     pending: usize,
+    /// What it was made from (to start over after bad input).
+    media: Media,
 }
 
 /// An access unit larger than this is refused (the depacketizer has no bound of its own).
@@ -147,7 +149,30 @@ impl RtpStream {
             next_seq: None,
             stream_id,
             pending: 0,
+            media: m.clone(),
         })
+    }
+
+    /// One RTP packet in; its complete frames (and any new codec parameters) go to `feed`.
+    /// On bad input the stream starts over with a fresh depacketizer (so it resyncs at the
+    /// next keyframe) and the error is returned for the caller to count and log.
+    pub fn feed(&mut self, pkt: &[u8], feed: &mut Feed) -> Result<(), String> {
+        let mut items = Vec::new();
+        if let Err(e) = self.packet(pkt, &mut items) {
+            if let Ok(fresh) = RtpStream::new(self.stream_id, &self.media) {
+                *self = fresh;
+            }
+            return Err(e);
+        }
+        for item in items {
+            if let CodecItem::VideoFrame(f) = &item {
+                if f.has_new_parameters() {
+                    feed.parameters(self.stream_id, self.parameters());
+                }
+            }
+            feed.item(item);
+        }
+        Ok(())
     }
 
     /// The stream's current codec parameters.
@@ -231,15 +256,7 @@ impl PushListener {
         info!(addr = ?self.listener.local_addr().ok(), "RTSP push listener");
         let this = Arc::new(self);
         loop {
-            let (tcp, peer) = match this.listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
+            let (tcp, peer) = crate::accept(&this.listener).await;
             let t = this.clone();
             tokio::spawn(
                 async move {
@@ -633,10 +650,7 @@ impl Conn {
         }
         self.feed = Some(feed);
         self.recording = true;
-        cam.set_status(|s| {
-            s.state = "live".into();
-            s.connects += 1;
-        });
+        cam.connected();
         info!(
             camera = cam.name(),
             streams = set_up.len(),
@@ -657,26 +671,12 @@ impl Conn {
         ) else {
             return;
         };
-        let mut items = Vec::new();
-        if let Err(e) = rtp.packet(pkt, &mut items) {
+        if let Err(e) = rtp.feed(pkt, feed) {
             self.bad_packets += 1;
             if self.bad_packets.is_power_of_two() {
                 let cam = self.camera.as_ref().map_or("", |c| c.name());
                 warn!(camera = cam, error = %e, bad_packets = self.bad_packets, "bad RTP from the encoder: resyncing");
             }
-            // start over at the next keyframe with a fresh depacketizer
-            if let Ok(fresh) = RtpStream::new(m, &self.medias[m]) {
-                *rtp = fresh;
-            }
-            return;
-        }
-        for item in items {
-            if let CodecItem::VideoFrame(f) = &item {
-                if f.has_new_parameters() {
-                    feed.parameters(m, rtp.parameters());
-                }
-            }
-            feed.item(item);
         }
     }
 }
@@ -739,23 +739,8 @@ pub fn fuzz_input(data: &[u8]) {
         let len = usize::from(u16::from_be_bytes([rest[1], rest[2]])).min(rest.len() - 3);
         let pkt = &rest[3..3 + len];
         rest = &rest[3 + len..];
-        let mut items = Vec::new();
-        let (Some(stream), Some(media)) = (streams.get_mut(which), medias.get(which)) else {
-            continue;
-        };
-        if stream.packet(pkt, &mut items).is_err() {
-            if let Ok(fresh) = RtpStream::new(which, media) {
-                *stream = fresh;
-            }
-            continue;
-        }
-        for item in items {
-            if let CodecItem::VideoFrame(f) = &item {
-                if f.has_new_parameters() {
-                    feed.parameters(which, stream.parameters());
-                }
-            }
-            feed.item(item);
+        if let Some(stream) = streams.get_mut(which) {
+            let _ = stream.feed(pkt, &mut feed);
         }
     }
 }

@@ -17,6 +17,16 @@ pub struct Clip {
 }
 
 impl Clip {
+    /// Frame `f` of this clip as played in loop `n` (from 0): its times moved on by `n` of its
+    /// track's durations, so a looped clip's timeline keeps going.
+    pub fn looped(&self, f: &Frame, n: i64) -> Frame {
+        let shift = n * self.durations.get(f.track).copied().unwrap_or(0);
+        let mut frame = f.clone();
+        frame.dts += shift;
+        frame.pts += shift;
+        frame
+    }
+
     /// Duration of the longest track, µs.
     pub fn duration_us(&self) -> i64 {
         self.tracks
