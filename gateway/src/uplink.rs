@@ -182,6 +182,24 @@ async fn establish(
         if tx.is_closed() {
             return None;
         }
+        if carrier(&s.bind) == Some(false) {
+            // Nothing is sent while the interface has no carrier: each attempt would leave
+            // the kernel resolving the relay's next hop (ARP retries once a second), and
+            // the link's return would wait for that retry. With nothing sent, the first
+            // packet after the carrier returns asks for the next hop at once.
+            attempts.abort_all();
+            handles.clear();
+            info!("no carrier: waiting for it");
+            while carrier(&s.bind) == Some(false) {
+                if tx.is_closed() {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            info!("carrier is back: trying now");
+            had_carrier = Some(true);
+            backoff = s.backoff_min;
+        }
         if handles.len() >= 3 {
             if let Some(h) = handles.pop_front() {
                 tokio::task::AbortHandle::abort(&h);
@@ -286,8 +304,13 @@ async fn connect(
         .ok_or_else(|| format!("{} has no address of the uplink's family", s.relay_addr))?;
     let sock = socket(&s.bind, addr).map_err(|e| e.to_string())?;
     let runtime = quinn::default_runtime().ok_or("no async runtime")?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock, runtime)
-        .map_err(|e| e.to_string())?;
+    let endpoint = quinn::Endpoint::new(
+        tunnel_io::transport::endpoint_config(tunnel_io::transport::GATEWAY_CID_LEN),
+        None,
+        sock,
+        runtime,
+    )
+    .map_err(|e| e.to_string())?;
     let mut client = s.client.clone();
     let (transport, signal) = s.transport.quinn_for_connection_with_rtt(last_rtt);
     client.transport_config(transport);

@@ -46,13 +46,20 @@ impl Relay {
     /// Binds the QUIC endpoint with the relay's TLS material.
     pub fn bind(cfg: &RelayConfig, tls: &TlsFiles) -> Result<Self, RelayError> {
         let server = tls.relay_quic(cfg.tunnel.quinn())?;
-        let endpoint =
-            quinn::Endpoint::server(server.clone(), cfg.relay.listen).map_err(|source| {
-                RelayError::Bind {
-                    addr: cfg.relay.listen,
-                    source,
-                }
-            })?;
+        let bind_err = |source| RelayError::Bind {
+            addr: cfg.relay.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(cfg.relay.listen).map_err(bind_err)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
+        let endpoint = quinn::Endpoint::new(
+            tunnel_io::transport::endpoint_config(tunnel_io::transport::RELAY_CID_LEN),
+            Some(server.clone()),
+            socket,
+            runtime,
+        )
+        .map_err(bind_err)?;
         let egress = Egress::new(&cfg.egress).map_err(RelayError::Config)?;
         let state = State {
             name: cfg.relay.name.clone(),

@@ -6,6 +6,25 @@ use std::time::Duration;
 use tunnel::congestion::LowDelayConfig;
 use tunnel::owd::QueueSignal;
 
+/// Length of the connection IDs the relay issues. Every packet the gateway sends carries
+/// one: quinn's default of 8 bytes is room for a load balancer's routing data, which a
+/// relay does not need, and 4 random bytes name 4 billion connections. Measured on the
+/// bonding bench: 4 bytes fewer per 1514-byte packet is 0.26% more bonded goodput.
+pub const RELAY_CID_LEN: usize = 4;
+
+/// Length of the connection IDs a gateway uplink issues: none. Each uplink connection has a
+/// socket of its own, so the relay's packets need no ID to find it (a gateway behind a NAT
+/// that rebinds still works: the relay follows the gateway's new address by the relay's
+/// own IDs).
+pub const GATEWAY_CID_LEN: usize = 0;
+
+/// An endpoint config whose connection IDs are `cid_len` random bytes.
+pub fn endpoint_config(cid_len: usize) -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    c.cid_generator(move || Box::new(quinn_proto::RandomConnectionIdGenerator::new(cid_len)));
+    c
+}
+
 /// Congestion control of the tunnel's QUIC connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]

@@ -12,11 +12,18 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// First byte of a probe datagram.
+/// First byte of a probe that echoes a probe of the peer's.
 pub const PROBE_MAGIC: u8 = 0xC7;
-/// Probe length in bytes: magic, sender clock (µs, u64), echoed queueing delay (µs, u32),
-/// echoed peer clock (µs, u64: the newest probe received from the peer; `u64::MAX` none).
-pub const PROBE_LEN: usize = 21;
+/// First byte of a probe with nothing to echo yet.
+pub const PROBE_MAGIC_NO_ECHO: u8 = 0xC6;
+/// Probe length in bytes: magic, sender clock (µs, u32), echoed peer clock (µs, u32: the
+/// newest probe received from the peer), echoed queueing delay (u16, units of
+/// [`QUEUE_UNIT_US`]). Clocks wrap every 71 minutes; the receiver unwraps them against its
+/// own timeline. Probes go out every 10 ms on every path, so every byte counts on a 2 Mbit/s
+/// satellite link (a 21-byte format took a tenth of a percent of the bonded capacity).
+pub const PROBE_LEN: usize = 11;
+/// Unit of the echoed queueing delay: 50 µs, so a u16 holds up to 3.2 s.
+pub const QUEUE_UNIT_US: u64 = 50;
 
 /// What a received probe tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +36,8 @@ pub struct ProbeReport {
 
 const BUCKET: Duration = Duration::from_secs(10);
 const BUCKETS: usize = 6;
+/// Echoes older than this are not believed (a u32 µs clock wraps after 71 minutes).
+const MAX_ECHO_AGE_US: u64 = 60_000_000;
 
 /// Sans-IO probe state of one connection end.
 #[derive(Debug)]
@@ -40,8 +49,8 @@ pub struct OwdProbe {
     inbound_queue_us: u32,
     /// Whether any probe arrived (the peer speaks the protocol).
     heard: bool,
-    /// The peer's clock in its newest probe (echoed back).
-    peer_ts: Option<u64>,
+    /// The peer's clock, unwrapped to 64 bits, in its newest probe (echoed back).
+    peer_ts: Option<i64>,
 }
 
 impl OwdProbe {
@@ -56,14 +65,22 @@ impl OwdProbe {
         }
     }
 
+    fn local_us(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
     /// The probe to send now.
     pub fn make_probe(&self, now: Instant) -> [u8; PROBE_LEN] {
         let mut out = [0u8; PROBE_LEN];
-        out[0] = PROBE_MAGIC;
-        let t = now.saturating_duration_since(self.epoch).as_micros() as u64;
-        out[1..9].copy_from_slice(&t.to_be_bytes());
-        out[9..13].copy_from_slice(&self.inbound_queue_us.to_be_bytes());
-        out[13..21].copy_from_slice(&self.peer_ts.unwrap_or(u64::MAX).to_be_bytes());
+        out[0] = if self.peer_ts.is_some() {
+            PROBE_MAGIC
+        } else {
+            PROBE_MAGIC_NO_ECHO
+        };
+        out[1..5].copy_from_slice(&(self.local_us(now) as u32).to_be_bytes());
+        out[5..9].copy_from_slice(&(self.peer_ts.unwrap_or(0) as u32).to_be_bytes());
+        let q = (u64::from(self.inbound_queue_us) / QUEUE_UNIT_US).min(u64::from(u16::MAX));
+        out[9..11].copy_from_slice(&(q as u16).to_be_bytes());
         out
     }
 
@@ -74,27 +91,27 @@ impl OwdProbe {
 
     /// Handles a received datagram; `None` when it is not a probe.
     pub fn on_probe(&mut self, now: Instant, data: &[u8]) -> Option<ProbeReport> {
-        if data.len() != PROBE_LEN || data[0] != PROBE_MAGIC {
+        if data.len() != PROBE_LEN || (data[0] != PROBE_MAGIC && data[0] != PROBE_MAGIC_NO_ECHO) {
             return None;
         }
-        let mut ts = [0u8; 8];
-        ts.copy_from_slice(&data[1..9]);
-        let mut echo = [0u8; 4];
-        echo.copy_from_slice(&data[9..13]);
-        let mut ours = [0u8; 8];
-        ours.copy_from_slice(&data[13..21]);
-        let ours = u64::from_be_bytes(ours);
-        let echoed_sent_at = (ours != u64::MAX)
-            .then(|| self.epoch.checked_add(Duration::from_micros(ours)))
-            .flatten()
-            .filter(|t| *t <= now);
-        let peer_raw = u64::from_be_bytes(ts);
-        if self.peer_ts.is_none_or(|p| peer_raw > p) {
-            self.peer_ts = Some(peer_raw);
+        let word = |i: usize| u32::from_be_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
+        let (peer_raw, ours) = (word(1), word(5));
+        let queue_units = u16::from_be_bytes([data[9], data[10]]);
+        let local = self.local_us(now);
+        // our own clock when we sent the echoed probe: at most MAX_ECHO_AGE_US ago
+        let echoed_sent_at = (data[0] == PROBE_MAGIC)
+            .then(|| u64::from((local as u32).wrapping_sub(ours)))
+            .filter(|age| *age <= MAX_ECHO_AGE_US.min(local))
+            .and_then(|age| self.epoch.checked_add(Duration::from_micros(local - age)));
+        // the peer's clock, unwrapped next to the newest value seen (probes may reorder)
+        let peer = match self.peer_ts {
+            None => i64::from(peer_raw),
+            Some(p) => p + i64::from(peer_raw.wrapping_sub(p as u32) as i32),
+        };
+        if self.peer_ts.is_none_or(|p| peer > p) {
+            self.peer_ts = Some(peer);
         }
-        let sent = i64::try_from(peer_raw).ok()?;
-        let local = i64::try_from(now.saturating_duration_since(self.epoch).as_micros()).ok()?;
-        let d = local.saturating_sub(sent);
+        let d = i64::try_from(local).ok()?.saturating_sub(peer);
         let current = self.mins.iter().map(|(_, m)| *m).min();
         if current.is_some_and(|m| d < m.saturating_sub(10_000_000)) {
             return None; // a clock step of more than 10 s: ignore rather than poison the minimum
@@ -112,7 +129,7 @@ impl OwdProbe {
         self.inbound_queue_us = u32::try_from(d.saturating_sub(min)).unwrap_or(u32::MAX);
         self.heard = true;
         Some(ProbeReport {
-            queue: Duration::from_micros(u64::from(u32::from_be_bytes(echo))),
+            queue: Duration::from_micros(u64::from(queue_units) * QUEUE_UNIT_US),
             echoed_sent_at,
         })
     }
@@ -187,6 +204,30 @@ mod tests {
         // b echoes the newest of a's probes it received: the one a sent at 7 s
         assert_eq!(r.echoed_sent_at, Some(t0 + Duration::from_secs(7)));
         assert!(a.on_probe(t0, b"not a probe").is_none());
+    }
+
+    #[test]
+    fn clocks_wrap_without_harm() {
+        // a's clock is near the u32 wrap (71.6 minutes after its start)
+        let t0 = Instant::now();
+        let near_wrap = Duration::from_micros(u64::from(u32::MAX) - 5_000);
+        let mut a = OwdProbe::new(t0);
+        let mut b = OwdProbe::new(t0 + near_wrap - Duration::from_secs(3));
+        let owd = Duration::from_millis(20);
+        let mut at = t0 + near_wrap - Duration::from_millis(50);
+        let mut last = None;
+        for i in 0..20u64 {
+            // a queue builds up in a -> b from the 10th probe on
+            let queue = Duration::from_millis(if i >= 10 { 12 } else { 0 });
+            let p = a.make_probe(at);
+            b.on_probe(at + owd + queue, &p).expect("probe");
+            let echo = b.make_probe(at + owd + queue);
+            last = a.on_probe(at + 2 * owd + queue, &echo);
+            assert_eq!(last.expect("echo").echoed_sent_at, Some(at), "probe {i}");
+            at += Duration::from_millis(10);
+        }
+        // the clocks wrapped in the middle; the queue is still measured
+        assert_eq!(last.expect("echo").queue.as_millis(), 12);
     }
 
     #[test]
