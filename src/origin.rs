@@ -1,6 +1,8 @@
 //! The demo origin: a small local HTTP/1.1 server standing in for an event's web services.
 //! It serves `/assets/<bytes>` (generated bulk bodies), `POST /checkin`, `POST /bid`,
-//! `POST /upload` (counts and discards), `/echo` (returns the request head) and `/stats`
+//! `POST /upload` (counts and discards), `POST /digest` (counts and answers the body's length
+//! and SHA-256, so a test can check that a striped body arrived whole and in order), `/echo`
+//! (returns the request head) and `/stats`
 //! (its counters as JSON, for the benches). Used by
 //! `canopy demo`, the benchmarks and the end-to-end tests.
 
@@ -145,6 +147,23 @@ async fn handle(
         (Method::POST | Method::PUT, "/upload") => {
             let n = drain(req.into_body(), Some(&stats.upload_bytes)).await;
             text(StatusCode::OK, format!("{n}\n"))
+        }
+        (Method::POST | Method::PUT, "/digest") => {
+            use sha2::Digest;
+            let mut hash = sha2::Sha256::new();
+            let mut n = 0u64;
+            let mut body = req.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(d) = frame.data_ref() {
+                    hash.update(d);
+                    n += d.len() as u64;
+                    stats
+                        .upload_bytes
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+            }
+            let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            text(StatusCode::OK, format!("{n} {hex}\n"))
         }
         (Method::GET, "/stats") => {
             drain(req.into_body(), None).await;

@@ -196,13 +196,23 @@ def analyze(samples_file, cut_at, return_at, remaining_mbps, full_mbps, bids_fil
 
 
 def goodput(samples_file, t0, offset, duration):
-    """Mean Mbit/s from t0+offset for duration seconds, from the samples nearest them."""
+    """Mean Mbit/s from t0+offset for duration seconds: the least-squares slope of the
+    delivered bytes over every sample in that window. A striped or multipath transfer
+    reaches the origin in bursts (in-order delivery waits for the slowest path's piece), so
+    the difference between two single samples is off by up to a burst; the slope over a
+    hundred samples is not."""
     s = json.load(open(samples_file))["samples"]
     start = float(t0) + float(offset)
     end = start + float(duration)
-    a = min(s, key=lambda x: abs(x[0] - start))
-    b = min(s, key=lambda x: abs(x[0] - end))
-    return {"mbps": (b[1] - a[1]) * 8 / (b[0] - a[0]) / 1e6 if b[0] > a[0] else 0.0}
+    w = [(t, b) for t, b in s if start <= t <= end]
+    if len(w) < 3:
+        return {"mbps": 0.0}
+    n = len(w)
+    mt = sum(t for t, _ in w) / n
+    mb = sum(b for _, b in w) / n
+    var = sum((t - mt) ** 2 for t, _ in w)
+    slope = sum((t - mt) * (b - mb) for t, b in w) / var if var > 0 else 0.0
+    return {"mbps": slope * 8 / 1e6}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ pub mod live;
 mod proxy;
 pub mod rtsp_push;
 pub mod spool;
+pub mod stripe;
 mod uplink;
 
 pub use bond::{Bond, PathStatus};

@@ -397,14 +397,19 @@ fn tunnel_headers(state: &State, req: &Request<Incoming>, class: TrafficClass) -
 /// The longest a response timeout waits for a path's queue to drain.
 const MAX_DRAIN_WAIT: Duration = Duration::from_secs(600);
 
+/// Marks a striped body's failure in a head attempt's body outcome.
+const STRIPE_FAILED: &str = "striped body: ";
+
 /// Largest request body kept in memory so the request can be sent again on another path
 /// (or redundantly): bids, check-ins, and idempotent requests up to this size.
 const REPLAY_MAX: u64 = 1024 * 1024;
 
-/// A request body: kept whole (replayable) or streamed once.
+/// A request body: kept whole (replayable), streamed once, or striped over the paths (the
+/// head's stream carries none; it waits for the chunks' outcome).
 enum ReqBody {
     Kept(Bytes),
     Once(Option<Incoming>),
+    Striped(crate::stripe::Outcome),
 }
 
 /// The request as sent on each attempt.
@@ -493,7 +498,7 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
         class,
         up_bytes: match &body {
             ReqBody::Kept(b) => b.len() as u64,
-            ReqBody::Once(_) => declared.unwrap_or(0),
+            _ => declared.unwrap_or(0),
         },
         // a bulk request without a body is a download of unknown size: expect a typical one
         down_bytes: if class == TrafficClass::Bulk && unit_body_is_empty(&body) {
@@ -502,14 +507,59 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
             0
         },
     };
-    let out = Arc::new(out);
+    // A large upload is striped over every path: its chunks go where they finish soonest,
+    // and its head (no body) may be sent again when its path dies.
+    let total = match &body {
+        ReqBody::Kept(b) => b.len() as u64,
+        _ => declared.unwrap_or(0),
+    };
+    let mut out = out;
+    let mut unit = unit;
+    let mut replayable = replayable;
+    let mut _chunks = None;
     let mut body = body;
+    if crate::stripe::worth_it(&state.bond, &out.method, class, total) {
+        let source = match std::mem::replace(&mut body, ReqBody::Kept(Bytes::new())) {
+            ReqBody::Kept(b) => Some(crate::stripe::Source::Kept(b)),
+            ReqBody::Once(Some(inc)) => Some(crate::stripe::Source::stream(inc)),
+            other => {
+                body = other;
+                None
+            }
+        };
+        if let Some(source) = source {
+            let id = crate::stripe::new_id();
+            if let Ok(v) = HeaderValue::from_str(&format!("{id:016x}")) {
+                out.headers.insert(wire::HDR_STRIPE, v);
+            }
+            out.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+            let (guard, outcome) = crate::stripe::start(
+                state.bond.clone(),
+                class,
+                id,
+                total,
+                source,
+                state.response_timeout,
+            );
+            _chunks = Some(guard);
+            body = ReqBody::Striped(outcome);
+            unit = Unit {
+                class,
+                up_bytes: 0,
+                down_bytes: 0,
+            };
+            replayable = true;
+        }
+    }
+    let striped = matches!(body, ReqBody::Striped(_));
+    let out = Arc::new(out);
     let mut excluded: Vec<PathId> = Vec::new();
     let deadline = Instant::now() + state.response_timeout;
     let mut last: Option<AttemptError> = None;
     loop {
         // late binding: bulk waits here (not in a slow path's queue) until a path has room
-        while !state.bond.has_room(&unit, &excluded) && Instant::now() < deadline {
+        while !striped && !state.bond.has_room(&unit, &excluded) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let placement = state.bond.place(&unit, &excluded);
@@ -534,7 +584,9 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
                     excluded.push(e.path);
                 }
                 last = errs.into_iter().next_back();
-                if !retry || Instant::now() >= deadline {
+                // a striped head is sent again on every path that is left, however long
+                // the body took
+                if !retry || (!striped && Instant::now() >= deadline) {
                     let e = last.unwrap_or(AttemptError {
                         path: 0,
                         retry: false,
@@ -569,6 +621,7 @@ async fn race(
         let b = match body {
             ReqBody::Kept(b) => ReqBody::Kept(b.clone()),
             ReqBody::Once(inc) => ReqBody::Once(inc.take()),
+            ReqBody::Striped(o) => ReqBody::Striped(o.clone()),
         };
         attempts.push(attempt(state, out.clone(), b, p, unit, limit));
     }
@@ -671,6 +724,17 @@ async fn attempt(
                     .map_err(|e| e.to_string())
             }
             ReqBody::Once(None) => Err("request body already used by another copy".to_string()),
+            ReqBody::Striped(mut outcome) => {
+                // the head has no body; it is done when every chunk is
+                let _ = send.finish().await;
+                match outcome.wait_for(Option::is_some).await {
+                    Ok(r) => match &*r {
+                        Some(Err(e)) => Err(format!("{STRIPE_FAILED}{e}")),
+                        _ => Ok(()),
+                    },
+                    Err(_) => Err(format!("{STRIPE_FAILED}the chunks' task ended")),
+                }
+            }
         };
         if let Err(e) = &r {
             debug!(error = %e, "request body not delivered");
@@ -686,6 +750,9 @@ async fn attempt(
             r = &mut response => Some(r),
             pumped = done_rx => {
                 if let Ok(Err(e)) = &pumped {
+                    if let Some(why) = e.strip_prefix(STRIPE_FAILED) {
+                        return Err(fail(false, StatusCode::BAD_GATEWAY, format!("request body not delivered: {why}")));
+                    }
                     if e.contains("length limit") {
                         return Err(fail(false, StatusCode::PAYLOAD_TOO_LARGE, format!("request body over the gateway's limit of {limit} bytes")));
                     }

@@ -7,6 +7,7 @@ mod egress;
 mod error;
 mod server;
 mod session;
+mod stripe;
 
 pub use config::RelayConfig;
 pub use error::RelayError;

@@ -5,6 +5,7 @@ use crate::config::RelayConfig;
 use crate::egress::{Egress, OriginStream};
 use crate::error::{Refusal, RelayError};
 use crate::session::{Admission, ConnCtx, Outcome, Publisher, Sessions};
+use crate::stripe;
 use bytes::Bytes;
 use h3::server::RequestStream;
 use http::{header, Method, Request, Response, StatusCode};
@@ -17,6 +18,7 @@ use tunnel::{hop, wire, TrafficClass};
 use tunnel_io::{copy_bidirectional, pump_body, H3Body, TlsFiles};
 
 type Stream = RequestStream<tunnel_io::quic::BidiStream, Bytes>;
+type SendHalf = RequestStream<tunnel_io::quic::SendStream, Bytes>;
 
 /// Largest answer to a bid or check-in the relay keeps for duplicates.
 const KEYED_ANSWER_MAX: usize = 64 * 1024;
@@ -31,6 +33,7 @@ struct State {
     max_body: Option<u64>,
     max_header_bytes: u64,
     sessions: Sessions,
+    stripes: stripe::Stripes,
 }
 
 /// A bound relay; `run` serves it.
@@ -72,6 +75,7 @@ impl Relay {
                 .then_some(cfg.egress.max_request_body_bytes),
             max_header_bytes: cfg.egress.max_header_bytes,
             sessions: Sessions::new(),
+            stripes: stripe::Stripes::default(),
         };
         Ok(Self {
             endpoint,
@@ -215,6 +219,16 @@ async fn serve(
     {
         return hello(state, ctx, &req, &mut stream).await;
     }
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().eq_ignore_ascii_case(wire::STRIPE_AUTHORITY))
+    {
+        return stripe_chunk(state, ctx, &req, stream).await;
+    }
+    if let Some(id) = req.headers().get(wire::HDR_STRIPE).cloned() {
+        return striped(state, ctx, req, stream, class, &id).await;
+    }
     // Bids and check-ins come once per path they were sent on: the first copy goes on,
     // later copies get its answer.
     let key = class
@@ -239,7 +253,7 @@ async fn serve(
             Ok(Admission::First(p)) => publisher = Some(p),
             Ok(Admission::Replay(outcome)) => {
                 stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-                return replay(&mut stream, &outcome).await;
+                return replay(&mut stream, &outcome, true).await;
             }
             Err(()) => {
                 stream.stop_sending(h3::error::Code::H3_NO_ERROR);
@@ -272,6 +286,260 @@ async fn serve(
         Ok(Target::Connect(tcp)) => tunnel(stream, tcp, class, state.tunnel_idle).await,
         Ok(Target::Forward(origin)) => forward(state, req, stream, origin, class, publisher).await,
     }
+}
+
+fn header_u64(req: &Request<()>, name: &str, radix: u32) -> Option<u64> {
+    u64::from_str_radix(req.headers().get(name)?.to_str().ok()?, radix).ok()
+}
+
+/// One chunk of a striped body: taken into its stripe (waiting while it lies beyond the
+/// stripe's window), then answered 200.
+async fn stripe_chunk(
+    state: &State,
+    ctx: &ConnCtx,
+    req: &Request<()>,
+    mut stream: Stream,
+) -> StatusCode {
+    let id = header_u64(req, wire::HDR_STRIPE, 16);
+    let offset = header_u64(req, wire::HDR_STRIPE_OFFSET, 10);
+    let total = header_u64(req, wire::HDR_STRIPE_TOTAL, 10);
+    let (Some(id), Some(offset), Some(total)) = (id, offset, total) else {
+        stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+        return refuse(
+            &mut stream,
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "a chunk needs canopy-stripe (hex), canopy-stripe-offset and canopy-stripe-total",
+            ),
+        )
+        .await;
+    };
+    if state.max_body.is_some_and(|m| total > m) {
+        stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+        return refuse(
+            &mut stream,
+            Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body over the relay's limit",
+            ),
+        )
+        .await;
+    }
+    let mut data = bytes::BytesMut::new();
+    loop {
+        match stream.recv_data().await {
+            Ok(Some(mut b)) => {
+                use bytes::Buf;
+                if data.len() as u64 + b.remaining() as u64 > stripe::CHUNK_MAX {
+                    stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                    return refuse(
+                        &mut stream,
+                        Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "chunk over 1 MiB"),
+                    )
+                    .await;
+                }
+                while b.has_remaining() {
+                    let c = b.chunk();
+                    data.extend_from_slice(c);
+                    let n = c.len();
+                    b.advance(n);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                debug!(error = %e, "chunk not received");
+                return StatusCode::BAD_REQUEST;
+            }
+        }
+    }
+    let n = data.len() as u64;
+    let Some(stripe) = state.stripes.get(ctx.identity, id, total) else {
+        return refuse(
+            &mut stream,
+            Refusal::new(StatusCode::CONFLICT, "the stripe has another total length"),
+        )
+        .await;
+    };
+    let status = match stripe
+        .insert(offset, data.freeze(), state.response_timeout)
+        .await
+    {
+        Ok(()) => {
+            metrics::counter!("canopy_relay_stripe_chunks_total").increment(1);
+            metrics::counter!("canopy_relay_stripe_bytes_total").increment(n);
+            StatusCode::OK
+        }
+        Err(stripe::ChunkError::OutOfRange) => {
+            return refuse(
+                &mut stream,
+                Refusal::new(StatusCode::BAD_REQUEST, "chunk beyond the stripe's end"),
+            )
+            .await
+        }
+        Err(stripe::ChunkError::Failed(why)) => {
+            return refuse(&mut stream, Refusal::new(StatusCode::CONFLICT, why)).await
+        }
+        Err(stripe::ChunkError::Timeout) => {
+            return refuse(
+                &mut stream,
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the origin did not take the body in time",
+                ),
+            )
+            .await
+        }
+    };
+    debug!(stripe = id, offset, n, "chunk");
+    let resp = Response::builder()
+        .status(status)
+        .body(())
+        .unwrap_or_default();
+    if stream.send_response(resp).await.is_ok() {
+        let _ = stream.finish().await;
+    }
+    status
+}
+
+/// The head of a request whose body comes striped. The first head of a stripe opens the
+/// origin request and feeds it the stripe; the newest head (a head is sent again when its
+/// path dies) gets the origin's answer.
+async fn striped(
+    state: &State,
+    ctx: &ConnCtx,
+    req: Request<()>,
+    mut stream: Stream,
+    class: TrafficClass,
+    id: &http::HeaderValue,
+) -> StatusCode {
+    while let Ok(Some(_)) = stream.recv_data().await {}
+    let id = id
+        .to_str()
+        .ok()
+        .and_then(|v| u64::from_str_radix(v, 16).ok());
+    let total = hop::declared_length(req.headers());
+    let (Some(id), Some(total)) = (id, total) else {
+        return refuse(
+            &mut stream,
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "a striped request needs canopy-stripe (hex) and content-length",
+            ),
+        )
+        .await;
+    };
+    if state.max_body.is_some_and(|m| total > m) {
+        return refuse(
+            &mut stream,
+            Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body over the relay's limit",
+            ),
+        )
+        .await;
+    }
+    let Some(stripe) = state.stripes.get(ctx.identity, id, total) else {
+        return refuse(
+            &mut stream,
+            Refusal::new(StatusCode::CONFLICT, "the stripe has another total length"),
+        )
+        .await;
+    };
+    let head = stripe.attach_head();
+    if head == 1 {
+        let result = match prepare(state, &req).await {
+            Ok(Target::Forward(origin)) => {
+                let counter = metrics::counter!("canopy_relay_bytes_total", "class" => class.as_str(), "direction" => "up");
+                let (body, done) = stripe.body(Some(counter));
+                let (parts, ()) = req.into_parts();
+                origin_exchange(state, parts, body, done, origin).await
+            }
+            Ok(_) => Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "only proxied requests may have a striped body",
+            )),
+            Err(r) => Err(r),
+        };
+        let published = match result {
+            Ok(resp) => keep_answer(state, resp).await,
+            Err(r) => {
+                stripe.fail(&r.reason);
+                stripe::Published::Kept(Arc::new(Outcome::Answer {
+                    status: r.status,
+                    headers: r.headers(),
+                    body: r.body(),
+                }))
+            }
+        };
+        stripe.publish(published);
+    }
+    // The stripe stays (until idle for a minute) for heads and chunks sent again after
+    // their path died, even when the answer already went out.
+    let wait = state.response_timeout * 2 + Duration::from_secs(10);
+    match stripe.answer(head, wait).await {
+        Ok(stripe::Published::Kept(outcome)) => replay(&mut stream, &outcome, head > 1).await,
+        Ok(stripe::Published::Stream(resp)) => {
+            let (mut send, _recv) = stream.split();
+            deliver(state, &mut send, class, None, Ok(resp)).await
+        }
+        Err(why) => {
+            let reason = match why {
+                stripe::NoAnswer::Superseded => {
+                    "a later copy of this request's head carries the answer"
+                }
+                stripe::NoAnswer::Gone => {
+                    "the answer went out on a path that died, and was too large to keep"
+                }
+                stripe::NoAnswer::Timeout => "no answer from the origin in time",
+            };
+            let status = if why == stripe::NoAnswer::Superseded {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            refuse(&mut stream, Refusal::new(status, reason)).await
+        }
+    }
+}
+
+/// The origin's answer to a striped request: kept whole when small (a head sent again gets
+/// it too), else streamed once.
+async fn keep_answer(state: &State, resp: Response<hyper::body::Incoming>) -> stripe::Published {
+    let small = hop::declared_length(resp.headers()).is_some_and(|n| n <= KEYED_ANSWER_MAX as u64);
+    if !small {
+        return stripe::Published::Stream(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    let collected = tokio::time::timeout(
+        state.response_timeout,
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, KEYED_ANSWER_MAX)),
+    )
+    .await;
+    let outcome = match collected {
+        Ok(Ok(c)) => {
+            let mut headers = parts.headers;
+            hop::strip_hop_by_hop(&mut headers);
+            hop::strip_private(&mut headers);
+            hop::append_via(&mut headers, hop::via_protocol(parts.version), &state.name);
+            Outcome::Answer {
+                status: parts.status,
+                headers,
+                body: c.to_bytes(),
+            }
+        }
+        _ => {
+            let r = Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "origin answer did not arrive whole",
+            );
+            Outcome::Answer {
+                status: r.status,
+                headers: r.headers(),
+                body: r.body(),
+            }
+        }
+    };
+    stripe::Published::Kept(Arc::new(outcome))
 }
 
 /// The session hello of a new gateway connection.
@@ -314,7 +582,7 @@ async fn hello(state: &State, ctx: &ConnCtx, req: &Request<()>, stream: &mut Str
 }
 
 /// Answers a duplicate with the first copy's answer.
-async fn replay(stream: &mut Stream, outcome: &Outcome) -> StatusCode {
+async fn replay(stream: &mut Stream, outcome: &Outcome, duplicate: bool) -> StatusCode {
     let Outcome::Answer {
         status,
         headers,
@@ -326,7 +594,9 @@ async fn replay(stream: &mut Stream, outcome: &Outcome) -> StatusCode {
     let mut resp = Response::builder().status(*status);
     if let Some(h) = resp.headers_mut() {
         *h = headers.clone();
-        h.insert(wire::HDR_DUPLICATE, http::HeaderValue::from_static("1"));
+        if duplicate {
+            h.insert(wire::HDR_DUPLICATE, http::HeaderValue::from_static("1"));
+        }
     }
     let Ok(resp) = resp.body(()) else {
         return StatusCode::INTERNAL_SERVER_ERROR;
@@ -443,11 +713,25 @@ async fn forward(
     publisher: Option<Publisher>,
 ) -> StatusCode {
     let (mut send, recv) = stream.split();
-    let c = class.as_str();
-    let up_counter =
-        metrics::counter!("canopy_relay_bytes_total", "class" => c, "direction" => "up");
-    let body = H3Body::new(recv, state.max_body, Some(up_counter));
+    let up_counter = metrics::counter!("canopy_relay_bytes_total", "class" => class.as_str(), "direction" => "up");
+    let mut body = H3Body::new(recv, state.max_body, Some(up_counter));
+    let body_done = body.on_done();
     let (parts, ()) = req.into_parts();
+    let result = origin_exchange(state, parts, body, body_done, origin).await;
+    deliver(state, &mut send, class, publisher, result).await
+}
+
+/// Sends the request (head `parts`, `body`) to the origin; the origin's response head.
+async fn origin_exchange<B>(
+    state: &State,
+    parts: http::request::Parts,
+    body: B,
+    body_done: tokio::sync::oneshot::Receiver<()>,
+    origin: OriginStream,
+) -> stripe::Answer
+where
+    B: http_body::Body<Data = Bytes, Error = tunnel_io::BodyError> + Send + Unpin + 'static,
+{
     let authority = parts
         .uri
         .authority()
@@ -475,20 +759,29 @@ async fn forward(
     if let Some(h) = out.headers_mut() {
         *h = headers;
     }
-    let mut body = body;
-    let body_done = body.on_done();
     let Ok(out) = out.body(body) else {
-        return refuse(
-            &mut send,
-            Refusal::new(StatusCode::BAD_REQUEST, "cannot rebuild request"),
-        )
-        .await;
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "cannot rebuild request",
+        ));
     };
     let t = state.response_timeout;
-    let result = match origin {
+    match origin {
         OriginStream::Plain(tcp) => exchange(TokioIo::new(tcp), out, body_done, t).await,
         OriginStream::Tls(tls) => exchange(TokioIo::new(*tls), out, body_done, t).await,
-    };
+    }
+}
+
+/// Answers the gateway with the origin's response (or the refusal), keeping keyed answers
+/// for duplicates.
+async fn deliver(
+    state: &State,
+    send: &mut SendHalf,
+    class: TrafficClass,
+    publisher: Option<Publisher>,
+    result: stripe::Answer,
+) -> StatusCode {
+    let c = class.as_str();
     let resp = match result {
         Ok(resp) => resp,
         Err(refusal) => {
@@ -497,7 +790,7 @@ async fn forward(
             if let Some(p) = publisher.filter(|_| !refusal.body_lost) {
                 p.refused(&refusal);
             }
-            return refuse(&mut send, refusal).await;
+            return refuse(send, refusal).await;
         }
     };
     let (mut parts, body) = resp.into_parts();
@@ -534,7 +827,7 @@ async fn forward(
                     format!("origin answer unusable: {e}"),
                 );
                 p.refused(&refusal);
-                return refuse(&mut send, refusal).await;
+                return refuse(send, refusal).await;
             }
         };
         p.answer(status, headers, bytes.clone());
@@ -552,7 +845,7 @@ async fn forward(
     }
     let down_counter =
         metrics::counter!("canopy_relay_bytes_total", "class" => c, "direction" => "down");
-    if let Err(e) = pump_body(body, &mut send, Some(&down_counter)).await {
+    if let Err(e) = pump_body(body, send, Some(&down_counter)).await {
         debug!(error = %e, "response body cut short");
         send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
     }
@@ -560,14 +853,15 @@ async fn forward(
 }
 
 /// One HTTP/1.1 exchange with an origin over an established connection.
-async fn exchange<IO>(
+async fn exchange<IO, B>(
     io: IO,
-    req: Request<H3Body<RequestStream<tunnel_io::quic::RecvStream, Bytes>>>,
+    req: Request<B>,
     body_done: tokio::sync::oneshot::Receiver<()>,
     timeout: Duration,
 ) -> Result<Response<hyper::body::Incoming>, Refusal>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body<Data = Bytes, Error = tunnel_io::BodyError> + Send + Unpin + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
@@ -605,7 +899,12 @@ where
                 .and_then(|s| s.downcast_ref::<tunnel_io::BodyError>());
             let too_large =
                 body_err.is_some_and(|b| matches!(b, tunnel_io::BodyError::TooLarge(_)));
-            if body_err.is_some_and(|b| matches!(b, tunnel_io::BodyError::Stream(_))) {
+            if body_err.is_some_and(|b| {
+                matches!(
+                    b,
+                    tunnel_io::BodyError::Stream(_) | tunnel_io::BodyError::Stripe(_)
+                )
+            }) {
                 let mut r = Refusal::new(
                     StatusCode::BAD_GATEWAY,
                     format!("request body did not arrive: {e}"),

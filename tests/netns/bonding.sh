@@ -2,8 +2,10 @@
 # Bonding end to end, in network namespaces (root): three uplinks of 20/5/2 Mbit/s with
 # 25/8/20 ms one way, the real `canopy relay` and `canopy gateway`.
 #  1. the busiest uplink loses its carrier mid-transfer: no download, bid or upload fails
-#  2. every uplink down: requests fail fast with 503 and a reason
-#  3. a daily data cap stops bulk traffic on its uplink
+#  2. large POST uploads are striped over every uplink, arrive whole and in order, and
+#     survive the loss of the busiest uplink (a POST cannot be sent again whole)
+#  3. every uplink down: requests fail fast with 503 and a reason
+#  4. a daily data cap stops bulk traffic on its uplink
 cd "$(dirname "$0")/../.."
 source tests/netns/lib/harness.sh
 
@@ -42,7 +44,53 @@ echo "resends ${resends:-0}, resumes ${resumes:-0}"
 demoted=$(metric 'canopy_gateway_link_demotions_total{link="cellular"}')
 [ "${demoted:-0}" -ge 1 ] || { echo "uplink 1 was never demoted" >&2; exit 1; }
 
-echo "2. every uplink down: a fast 503 with a reason"
+echo "2. three 6 MB POST uploads, striped; uplink 1 loses its carrier during the second"
+bulk_up() { # bulk bytes each uplink carried towards the relay
+  local l v
+  for l in cellular wifi satellite; do
+    v=$(metric "canopy_gateway_link_bytes_total{link=\"$l\",class=\"bulk\",direction=\"up\"}")
+    echo -n "${v:-0} "
+  done
+}
+up_before=$(bulk_up)
+nsh_exec v python3 - http://127.0.0.1:3128 http://10.200.100.1:8080/digest > "$NSH_DIR/striped.json" <<'PY' &
+import hashlib, json, os, sys, time, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": sys.argv[1]}))
+out = []
+for i in range(3):
+    body = os.urandom(6_000_000)
+    t = time.time()
+    try:
+        with opener.open(urllib.request.Request(sys.argv[2], data=body, method="POST"), timeout=60) as r:
+            got = r.read().decode().split()
+            ok = r.status == 200 and got == [str(len(body)), hashlib.sha256(body).hexdigest()]
+            out.append({"ok": ok, "status": r.status, "secs": round(time.time() - t, 2), "got": got[:1]})
+    except Exception as e:
+        out.append({"ok": False, "error": repr(e), "reason": getattr(e, "headers", {}).get("canopy-reason") if hasattr(e, "headers") else None})
+print(json.dumps(out))
+PY
+load=$!
+sleep 2.5
+nsh_carrier 1 down
+sleep 2
+nsh_carrier 1 up
+wait "$load"
+cat "$NSH_DIR/striped.json"
+up_after=$(bulk_up)
+python3 - "$NSH_DIR/striped.json" "$up_before" "$up_after" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert len(r) == 3 and all(x["ok"] for x in r), f"a striped POST failed or arrived damaged: {r}"
+before = [float(x) for x in sys.argv[2].split()]
+after = [float(x) for x in sys.argv[3].split()]
+moved = [a - b for a, b in zip(after, before)]
+# each uplink carried a share of the 18 MB: the slowest (2 Mbit/s) at least 0.5 MB
+assert len(moved) == 3 and all(m >= 500_000 for m in moved), f"not striped over every uplink: {moved}"
+print(f"ok: 3 POSTs of 6 MB arrived whole ({', '.join(str(x['secs']) + ' s' for x in r)}); "
+      f"uplinks carried {', '.join(f'{m / 1e6:.1f}' for m in moved)} MB")
+PY
+
+echo "3. every uplink down: a fast 503 with a reason"
 for i in 1 2 3; do nsh_carrier "$i" down; done
 sleep 1.5
 start=$(date +%s%N)
@@ -56,7 +104,7 @@ grep -qi "^canopy-reason: no uplink" "$NSH_DIR/h503" || { echo "expected a reaso
 echo "ok: 503 in $ms ms"
 for i in 1 2 3; do nsh_carrier "$i" up; done
 
-echo "3. a 2 MB daily cap on uplink 2 stops its bulk traffic"
+echo "4. a 2 MB daily cap on uplink 2 stops its bulk traffic"
 pkill -f "canopy gateway --config $NSH_DIR/gateway.toml" || true
 sleep 0.5
 NSH_CAP_LINK=2 NSH_CAP_BYTES=2000000 nsh_canopy_configs 3
@@ -78,4 +126,4 @@ assert bulk <= 2_000_000 + 6 * 262144 + 512 * 1024, f"bulk went on over the cap:
 assert other > 3 * bulk, f"the other uplinks did not take the traffic: {other} vs {bulk}"
 print("ok: the cap stopped bulk traffic on uplink 2")
 PY
-echo "netns bonding: 3 passed"
+echo "netns bonding: 4 passed"

@@ -17,6 +17,9 @@ pub enum BodyError {
     /// The HTTP/3 stream failed (reset, connection lost).
     #[error("HTTP/3 stream: {0}")]
     Stream(#[from] StreamError),
+    /// A striped body's chunks stopped coming (the gateway gave up or went away).
+    #[error("striped body: {0}")]
+    Stripe(String),
     /// The body exceeded the configured limit.
     #[error("body larger than the limit of {0} bytes")]
     TooLarge(u64),

@@ -314,6 +314,25 @@ impl quic::SendStream<Bytes> for BidiStream {
     }
 }
 
+/// How a stream opened in a scope starts (see [`opening_as`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// High priority for its first `SMALL_BYTES` (the default).
+    SmallFirst,
+    /// Normal priority from its first byte: a piece of a bulk transfer the sender knows is
+    /// bulk (a striped body's chunk), so its head does not compete with bids.
+    Bulk,
+}
+
+tokio::task_local! {
+    static OPEN_AS: Start;
+}
+
+/// Runs `f`; streams it opens start as `start` says.
+pub async fn opening_as<F: Future>(start: Start, f: F) -> F::Output {
+    OPEN_AS.scope(start, f).await
+}
+
 /// The sending half of a stream.
 pub struct SendStream {
     stream: quinn::SendStream,
@@ -325,6 +344,8 @@ pub struct SendStream {
 
 impl SendStream {
     fn new(stream: quinn::SendStream, small_first: bool) -> Self {
+        let bulk = OPEN_AS.try_with(|s| *s == Start::Bulk).unwrap_or(false);
+        let small_first = small_first && !bulk;
         if small_first {
             let _ = stream.set_priority(PRIO_SMALL);
         }

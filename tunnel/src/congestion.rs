@@ -86,6 +86,9 @@ pub struct LowDelay {
     round_acked: u64,
     /// Whether any ack of the round was sent while the sender had more to send.
     round_limited_by_window: bool,
+    /// Whether some acknowledged packet of the round was sent while the sender had
+    /// nothing more to send (then the round's rate says nothing about the link).
+    round_app_limited: bool,
     /// Loss reactions are limited to one per round: packets sent before this are ignored.
     recovery_start: Option<Instant>,
     /// Start of the current round (for its delivery rate).
@@ -120,6 +123,7 @@ impl LowDelay {
             round_min_rtt: None,
             round_acked: 0,
             round_limited_by_window: false,
+            round_app_limited: false,
             recovery_start: None,
             round_start: None,
             rates: [0.0; RATE_ROUNDS],
@@ -166,6 +170,8 @@ impl LowDelay {
         self.round_acked += bytes;
         if !app_limited {
             self.round_limited_by_window = true;
+        } else {
+            self.round_app_limited = true;
         }
         match self.round_end {
             Some(end) if now < end => {}
@@ -195,6 +201,7 @@ impl LowDelay {
         };
         let acked = std::mem::take(&mut self.round_acked);
         let limited = std::mem::take(&mut self.round_limited_by_window);
+        let fully_limited = limited && !std::mem::take(&mut self.round_app_limited);
         // The queue our own data builds: measured one way by the peer when it sends
         // probes (see `owd`), else estimated from the RTT, which also holds the reverse
         // direction's queue.
@@ -228,7 +235,9 @@ impl LowDelay {
             // delay alone would end it far too early). Only rounds the window limited count:
             // an idle connection (probes and acks only) has a flat rate because it has
             // nothing to send, not because the link is full.
-            if limited {
+            // a round fed in bursts (a striped body's chunks, placed as room appears) is
+            // partly application-limited: its flat rate must not end slow start
+            if fully_limited {
                 if best > self.startup_best * 1.25 {
                     self.startup_best = best;
                     self.startup_flat = 0;

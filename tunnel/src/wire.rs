@@ -21,6 +21,26 @@ pub const HDR_REASON: &str = "canopy-reason";
 /// (`POST https://canopy.session/hello`). Not a DNS name: the relay answers it itself.
 pub const SESSION_AUTHORITY: &str = "canopy.session";
 
+/// `:authority` of a striped body's chunks (`PUT https://canopy.stripe/`), answered by the
+/// relay itself. A large upload's body is cut into chunks that go on whichever path will
+/// deliver them soonest; the relay puts them back in order and feeds the origin request
+/// that the request's head (sent on one path, with [`HDR_STRIPE`]) opened.
+pub const STRIPE_AUTHORITY: &str = "canopy.stripe";
+
+/// Stripe id (16 hex digits) on a striped request's head and on each of its chunks.
+pub const HDR_STRIPE: &str = "canopy-stripe";
+
+/// Offset of a chunk in its striped body.
+pub const HDR_STRIPE_OFFSET: &str = "canopy-stripe-offset";
+
+/// Whole length of a striped body, on every chunk (a chunk may arrive before the head).
+pub const HDR_STRIPE_TOTAL: &str = "canopy-stripe-total";
+
+/// Bytes of one striped body in flight beyond its oldest unanswered chunk. The gateway
+/// sends no further; the relay holds at most this much that the origin has not taken (a
+/// chunk beyond it waits for its answer).
+pub const STRIPE_WINDOW: u64 = 8 * 1024 * 1024;
+
 /// Session id in the hello (32 hex digits, random per gateway start).
 pub const HDR_SESSION: &str = "canopy-session";
 

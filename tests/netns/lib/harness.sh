@@ -210,6 +210,8 @@ nsh_cleanup() {
     echo "--- logs ($NSH_DIR) ---" >&2
     for f in "$NSH_DIR"/*.log; do echo "== $f" >&2; tail -20 "$f" >&2; done
   fi
+  # NSH_KEEP=DIR keeps the logs of a run for a closer look
+  if [ -n "${NSH_KEEP:-}" ] && [ -n "$NSH_DIR" ]; then rm -rf "$NSH_KEEP"; cp -r "$NSH_DIR" "$NSH_KEEP"; fi
   [ -n "$NSH_DIR" ] && rm -rf "$NSH_DIR"
   exit "$rc"
 }

@@ -1,0 +1,464 @@
+//! Striped upload bodies: a large request body is cut into chunks, and each chunk goes on
+//! the path that will deliver it soonest (the same late binding and earliest-completion rule
+//! as whole requests). Every uplink then works on one upload at once, as MPTCP's subflows
+//! do, instead of a slow uplink holding a whole request for seconds or idling. A chunk whose
+//! path dies is sent again on another path; the relay takes each offset once and feeds the
+//! chunks, in order, to the origin request the head opened (see the relay's `stripe`).
+//!
+//! The head travels as an ordinary request with `canopy-stripe` and no body; it is sent
+//! again on another path if its own path dies before the answer (the relay answers the
+//! newest head), so even a POST survives the loss of any one path.
+
+use crate::bond::{until_dead, Bond, Flow};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::debug;
+use tunnel::scheduler::{PathId, Unit};
+use tunnel::{wire, TrafficClass};
+
+/// Largest chunk. Each chunk costs a request head (about 100 bytes, under 0.1% of this).
+pub const CHUNK: u64 = 128 * 1024;
+/// Smallest chunk (but the body's last).
+pub const CHUNK_MIN: u64 = 32 * 1024;
+/// Chunks are placed while a path has less than this queued. Shorter than whole requests'
+/// horizon: a chunk waits in its path's queue while later chunks of its body are already
+/// at the relay, and what is queued on a path that dies must be sent again before the
+/// body goes on.
+pub const HORIZON: Duration = Duration::from_millis(100);
+/// A path with less than this queued is about to run dry: it takes chunks of bodies whose
+/// primary path is another.
+pub const IDLE: Duration = Duration::from_millis(40);
+/// A chunk sent again after its path died goes in pieces of this size: a stream's first
+/// 32 KiB go ahead of queued bulk data (small-first), so the body it holds up goes on
+/// after one round trip on another path, not after that path's queue.
+pub const RESEND_PIECE: usize = 32 * 1024;
+/// A chunk takes about this long on its path: a slow path gets small chunks, so the relay's
+/// in-order delivery never waits long for the chunk a slow path carries.
+const CHUNK_TIME_S: f64 = 0.15;
+
+/// Chunk length for a path sending `rate` bytes per second.
+pub fn chunk_len(rate: f64) -> u64 {
+    ((rate.max(0.0) * CHUNK_TIME_S) as u64).clamp(CHUNK_MIN, CHUNK)
+}
+/// Bodies at least this large are striped (when two or more paths are up).
+pub const STRIPE_MIN: u64 = 2 * CHUNK;
+
+/// Where the chunks come from.
+pub enum Source {
+    /// A body already in memory.
+    Kept(Bytes),
+    /// The device's body, read as chunks are placed, with what was read beyond the last
+    /// chunk.
+    Stream(Incoming, BytesMut),
+}
+
+impl Source {
+    /// The device's body.
+    pub fn stream(body: Incoming) -> Self {
+        Source::Stream(body, BytesMut::new())
+    }
+
+    /// The next `n` bytes (fewer only at the end).
+    async fn take(&mut self, n: u64) -> Result<Bytes, String> {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        match self {
+            Source::Kept(b) => Ok(b.split_to(n.min(b.len()))),
+            Source::Stream(inc, buf) => {
+                while buf.len() < n {
+                    match inc.frame().await {
+                        Some(Ok(f)) => {
+                            if let Ok(d) = f.into_data() {
+                                buf.extend_from_slice(&d);
+                            }
+                        }
+                        Some(Err(e)) => return Err(format!("request body not received: {e}")),
+                        None => break,
+                    }
+                }
+                Ok(buf.split_to(n.min(buf.len())).freeze())
+            }
+        }
+    }
+}
+
+/// The outcome of a stripe's chunks, for the head's attempt: `None` while they go.
+pub type Outcome = watch::Receiver<Option<Result<(), String>>>;
+
+/// A new stripe id.
+pub fn new_id() -> u64 {
+    fastrand::u64(..)
+}
+
+/// Whether a body of `total` bytes should be striped now: when a path that may carry it
+/// is about to run dry while the whole body would go elsewhere. With many transfers under
+/// way, whole requests already keep every path busy, and each depends on one path only (a
+/// path that dies holds up only its own requests); with few, striping is the only way to
+/// use every path.
+pub fn worth_it(bond: &Bond, method: &Method, class: TrafficClass, total: u64) -> bool {
+    if class != TrafficClass::Bulk
+        || total < STRIPE_MIN
+        || *method == Method::GET
+        || *method == Method::HEAD
+        || bond.paths().iter().filter(|p| p.is_usable()).count() < 2
+    {
+        return false;
+    }
+    let chunk = Unit {
+        class,
+        up_bytes: CHUNK,
+        down_bytes: 0,
+    };
+    let whole = Unit {
+        class,
+        up_bytes: total,
+        down_bytes: 0,
+    };
+    let goes_to = bond.place(&whole, &[]).paths.first().copied();
+    bond.with_room(&chunk, &[], IDLE, 0)
+        .into_iter()
+        .any(|dry| Some(dry) != goes_to)
+}
+
+/// Starts sending the chunks of stripe `id`; the task ends with the outcome (aborted when
+/// the returned guard drops).
+pub fn start(
+    bond: Arc<Bond>,
+    class: TrafficClass,
+    id: u64,
+    total: u64,
+    source: Source,
+    timeout: Duration,
+) -> (AbortOnDrop, Outcome) {
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let r = send_all(bond, class, id, total, source, timeout).await;
+        if let Err(e) = &r {
+            debug!(stripe = id, error = %e, "striped body not delivered");
+        }
+        let _ = tx.send(Some(r));
+    });
+    (AbortOnDrop(task), rx)
+}
+
+/// Aborts the task when dropped.
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A striped body's primary path: most of its chunks go there, and other paths take chunks
+/// only when they would otherwise run dry. Bodies are spread over the paths by capacity, so
+/// a path that dies holds up only the bodies it was primary for, while the others go on.
+struct Primary(PathId, Arc<Bond>);
+
+impl Primary {
+    fn new(bond: &Arc<Bond>, path: PathId) -> Self {
+        bond.paths()[path]
+            .stripes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(path, bond.clone())
+    }
+}
+
+impl Drop for Primary {
+    fn drop(&mut self) {
+        self.1.paths()[self.0]
+            .stripes
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Why a chunk did not arrive.
+struct ChunkError {
+    path: PathId,
+    /// Sending it again elsewhere may work.
+    retry: bool,
+    reason: String,
+}
+
+struct Pending {
+    offset: u64,
+    data: Bytes,
+    /// The paths it failed on (a piece sent again).
+    excluded: Vec<PathId>,
+}
+
+async fn send_all(
+    bond: Arc<Bond>,
+    class: TrafficClass,
+    id: u64,
+    total: u64,
+    mut source: Source,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut read = 0u64;
+    // offset -> length of every chunk sent and not yet answered
+    let mut unanswered: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut again: VecDeque<Pending> = VecDeque::new();
+    // each chunk is a task of its own (they progress while this loop waits or reads)
+    let mut inflight = tokio::task::JoinSet::new();
+    let mut stuck_since: Option<tokio::time::Instant> = None;
+    let mut primary: Option<Primary> = None;
+    loop {
+        if read >= total && unanswered.is_empty() && again.is_empty() {
+            return Ok(());
+        }
+        // the next chunk: one to send again first, else a new one if the window allows
+        let base = unanswered.keys().next().copied().unwrap_or(read);
+        let next_len = CHUNK.min(total.saturating_sub(read));
+        let want = match again.front() {
+            Some(p) => Some((p.data.len() as u64, p.excluded.clone())),
+            None if read < total && read + next_len <= base + wire::STRIPE_WINDOW => {
+                Some((next_len, Vec::new()))
+            }
+            None => None,
+        };
+        let mut placed = false;
+        if let Some((len, excluded)) = want {
+            let unit = Unit {
+                class,
+                up_bytes: len,
+                down_bytes: 0,
+            };
+            // the body's primary path, while it carries traffic
+            if primary
+                .as_ref()
+                .is_none_or(|p| !bond.paths()[p.0].is_usable())
+            {
+                primary = bond
+                    .stripe_primary(class, &[])
+                    .map(|p| Primary::new(&bond, p));
+            } else if let Some(better) = primary
+                .as_ref()
+                .and_then(|p| bond.better_primary(class, p.0))
+            {
+                primary = Some(Primary::new(&bond, better));
+            }
+            let resend = !again.is_empty();
+            let pick = if resend {
+                // a piece sent again goes at once, wherever it finishes soonest: the body
+                // waits for it
+                let mut placement = bond.place(&unit, &excluded);
+                if placement.paths.is_empty() && !excluded.is_empty() {
+                    // every other path failed it once: any path that is up will do
+                    placement = bond.place(&unit, &[]);
+                }
+                placement.paths.first().copied()
+            } else {
+                // the primary while it has room; a path about to run dry otherwise
+                let roomy = bond.with_room(&unit, &excluded, HORIZON, 0);
+                match primary.as_ref().map(|p| p.0) {
+                    Some(p) if roomy.contains(&p) => Some(p),
+                    // (two round trips: a path in slow start doubles its window each round)
+                    _ => bond.with_room(&unit, &excluded, IDLE, 2).first().copied(),
+                }
+            };
+            let usable = bond.paths().iter().any(|p| p.is_usable());
+            if pick.is_some() || !usable {
+                let placement = tunnel::scheduler::Placement {
+                    paths: pick.into_iter().collect(),
+                };
+                if let Some(&path) = placement.paths.first() {
+                    let p = match again.pop_front() {
+                        Some(p) => p,
+                        None => {
+                            let len = chunk_len(bond.paths()[path].rate_up()).min(len);
+                            let data = source.take(len).await?;
+                            if data.len() as u64 != len {
+                                return Err(format!(
+                                    "request body ended after {} of {total} bytes",
+                                    read + data.len() as u64
+                                ));
+                            }
+                            let p = Pending {
+                                offset: read,
+                                data,
+                                excluded: Vec::new(),
+                            };
+                            read += len;
+                            unanswered.insert(p.offset, len);
+                            p
+                        }
+                    };
+                    // reserved now, so the next placement sees this chunk in the path's queue
+                    let Some(flow) = bond.flow(path, class, p.data.len() as u64, 0) else {
+                        return Err("no such uplink".into());
+                    };
+                    let fut = send_one(
+                        bond.clone(),
+                        path,
+                        flow,
+                        id,
+                        total,
+                        p.offset,
+                        p.data.clone(),
+                        !p.excluded.is_empty(),
+                        timeout,
+                    );
+                    inflight.spawn(async move { (fut.await, p) });
+                    placed = true;
+                    stuck_since = None;
+                } else {
+                    let since = *stuck_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > timeout {
+                        return Err("no uplink could carry the request body".into());
+                    }
+                }
+            }
+        }
+        if placed {
+            continue;
+        }
+        tokio::select! {
+            done = inflight.join_next(), if !inflight.is_empty() => {
+                let Some(joined) = done else { continue };
+                let Ok((r, mut p)) = joined else {
+                    return Err("a chunk's task failed".into());
+                };
+                {
+                    match r {
+                        Ok(()) => {
+                            unanswered.remove(&p.offset);
+                        }
+                        Err(e) if e.retry => {
+                            debug!(stripe = id, offset = p.offset, path = e.path, reason = %e.reason, "chunk sent again");
+                            metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str()).increment(1);
+                            p.excluded.push(e.path);
+                            unanswered.remove(&p.offset);
+                            let mut at = 0;
+                            while at < p.data.len() {
+                                let end = (at + RESEND_PIECE).min(p.data.len());
+                                unanswered.insert(p.offset + at as u64, (end - at) as u64);
+                                again.push_back(Pending {
+                                    offset: p.offset + at as u64,
+                                    data: p.data.slice(at..end),
+                                    excluded: p.excluded.clone(),
+                                });
+                                at = end;
+                            }
+                        }
+                        Err(e) => return Err(e.reason),
+                    }
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+}
+
+/// One chunk on one path, up to the relay's answer.
+#[allow(clippy::too_many_arguments)]
+async fn send_one(
+    bond: Arc<Bond>,
+    id: PathId,
+    flow: Arc<Flow>,
+    stripe: u64,
+    total: u64,
+    offset: u64,
+    data: Bytes,
+    resent: bool,
+    timeout: Duration,
+) -> Result<(), ChunkError> {
+    let fail = |retry: bool, reason: String| ChunkError {
+        path: id,
+        retry,
+        reason,
+    };
+    let path = bond.paths()[id].clone();
+    let Some(live) = path.live().or_else(|| path.connected()) else {
+        return Err(fail(true, format!("uplink {} is not connected", path.name)));
+    };
+    let n = data.len() as u64;
+    let class = flow.class();
+    let mut watch = path.watch();
+    let died = async move { until_dead(&mut watch).await };
+    tokio::pin!(died);
+    let mut req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("https://{}/", wire::STRIPE_AUTHORITY))
+        .header(wire::HDR_CLASS, class.as_str())
+        .header(wire::HDR_STRIPE_OFFSET, offset)
+        .header(wire::HDR_STRIPE_TOTAL, total);
+    if let Ok(v) = HeaderValue::from_str(&format!("{stripe:016x}")) {
+        req = req.header(wire::HDR_STRIPE, v);
+    }
+    let Ok(req) = req.body(()) else {
+        return Err(fail(false, "cannot build a chunk request".into()));
+    };
+    let mut sender = live.sender.clone();
+    let up = flow.up_counter();
+    let exchange = async {
+        // a chunk is bulk from its first byte (bids keep the small-first lane); a piece sent
+        // again to unblock its body takes the small-first lane
+        let start = if resent {
+            tunnel_io::quic::Start::SmallFirst
+        } else {
+            tunnel_io::quic::Start::Bulk
+        };
+        let mut stream = tunnel_io::quic::opening_as(start, sender.send_request(req))
+            .await
+            .map_err(|e| format!("cannot open a chunk stream: {e}"))?;
+        stream
+            .send_data(data)
+            .await
+            .map_err(|e| format!("chunk not sent: {e}"))?;
+        stream
+            .finish()
+            .await
+            .map_err(|e| format!("chunk not sent: {e}"))?;
+        up.increment(n);
+        let resp = stream
+            .recv_response()
+            .await
+            .map_err(|e| format!("no answer to a chunk: {e}"))?;
+        Ok::<StatusCode, String>(resp.status())
+    };
+    let status = tokio::select! {
+        r = tokio::time::timeout(timeout, exchange) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(fail(true, format!("{e} (uplink {})", path.name))),
+            Err(_) => return Err(fail(true, format!("no answer to a chunk over uplink {} in time", path.name))),
+        },
+        _ = &mut died => return Err(fail(true, format!("uplink {} went down", path.name))),
+    };
+    drop(flow);
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(fail(
+            false,
+            format!("the relay refused a chunk of the body ({status})"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_follow_the_path_rate_within_bounds() {
+        // 2 Mbit/s: 250 kB/s * 0.15 s = 37.5 kB
+        assert_eq!(chunk_len(250_000.0), 37_500);
+        assert_eq!(chunk_len(1_000.0), CHUNK_MIN);
+        assert_eq!(chunk_len(100e6), CHUNK);
+        assert_eq!(chunk_len(f64::NAN), CHUNK_MIN);
+    }
+
+    #[tokio::test]
+    async fn a_kept_body_is_cut_exactly() {
+        let mut s = Source::Kept(Bytes::from(vec![7u8; 100]));
+        assert_eq!(s.take(40).await.map(|b| b.len()), Ok(40));
+        assert_eq!(s.take(40).await.map(|b| b.len()), Ok(40));
+        assert_eq!(s.take(40).await.map(|b| b.len()), Ok(20));
+    }
+}

@@ -1,0 +1,448 @@
+//! Striped request bodies: a large upload's body arrives as chunks over every path of a
+//! gateway's session, in any order; the relay puts them back in order and feeds them to the
+//! one origin request the striped request's head opened.
+//!
+//! A stripe is known by (gateway identity, stripe id). Chunks may arrive before the head.
+//! The relay holds at most [`WINDOW`] bytes of a stripe that the origin has not taken yet;
+//! a chunk beyond that waits (its answer is the gateway's flow control). A chunk seen twice
+//! (re-sent after its path died) is taken once. The head may come again on another path if
+//! its first path died: the newest head gets the origin's answer.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tunnel_io::BodyError;
+
+/// Bytes of one stripe the relay holds beyond what the origin has taken.
+pub(crate) const WINDOW: u64 = tunnel::wire::STRIPE_WINDOW;
+/// Largest chunk.
+pub(crate) const CHUNK_MAX: u64 = 1024 * 1024;
+/// A stripe nobody touched for this long is dropped (its origin request fails).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// What the origin request of a stripe gives: the origin's response, or why there is none.
+pub(crate) type Answer = Result<http::Response<hyper::body::Incoming>, crate::error::Refusal>;
+
+/// The answer as the heads see it: kept whole (small, or a refusal; every newest head gets
+/// it, also one sent after the answer went out on a path that then died) or streamed once.
+pub(crate) enum Published {
+    Kept(Arc<crate::session::Outcome>),
+    Stream(http::Response<hyper::body::Incoming>),
+}
+
+/// Why a head gets no answer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NoAnswer {
+    /// A newer head came: it answers.
+    Superseded,
+    /// The answer was streamed to an earlier head already.
+    Gone,
+    /// None came in time.
+    Timeout,
+}
+
+/// Every stripe in progress.
+#[derive(Default)]
+pub(crate) struct Stripes {
+    map: Mutex<HashMap<(u64, u64), Arc<Stripe>>>,
+}
+
+/// One striped body.
+pub(crate) struct Stripe {
+    total: u64,
+    inner: Mutex<Inner>,
+    /// Wakes chunks waiting for window and heads waiting for the answer.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Next offset not yet received in order.
+    next: u64,
+    /// Offset up to which the origin request has taken the body.
+    consumed: u64,
+    /// Received out of order (offsets above `next`).
+    pending: BTreeMap<u64, Bytes>,
+    /// In order, not yet taken by the origin request.
+    ready: VecDeque<Bytes>,
+    body_waker: Option<Waker>,
+    failed: Option<String>,
+    /// Heads seen; the newest one answers.
+    heads: u64,
+    answer: Option<Published>,
+    /// A streamed answer went to a head.
+    streamed: bool,
+    touched: Option<Instant>,
+}
+
+impl Stripes {
+    /// The stripe, made if new. `None` when the total does not match an existing stripe's.
+    pub(crate) fn get(&self, identity: u64, id: u64, total: u64) -> Option<Arc<Stripe>> {
+        let now = Instant::now();
+        let mut map = self.map.lock().ok()?;
+        // drop stripes left idle: their gateway gave up on them
+        map.retain(|_, s| {
+            let keep = s.touched().is_some_and(|t| now.duration_since(t) < IDLE);
+            if !keep {
+                s.fail("no chunk or head for 60 s");
+            }
+            keep
+        });
+        let s = map
+            .entry((identity, id))
+            .or_insert_with(|| {
+                Arc::new(Stripe {
+                    total,
+                    inner: Mutex::new(Inner {
+                        touched: Some(now),
+                        ..Inner::default()
+                    }),
+                    changed: Notify::new(),
+                })
+            })
+            .clone();
+        metrics::gauge!("canopy_relay_stripes").set(map.len() as f64);
+        (s.total == total).then_some(s)
+    }
+}
+
+/// Why a chunk was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ChunkError {
+    /// Beyond the stripe's end.
+    OutOfRange,
+    /// The stripe failed (its origin request ended without the body).
+    Failed(String),
+    /// The window did not open in time.
+    Timeout,
+}
+
+impl Stripe {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn touched(&self) -> Option<Instant> {
+        self.lock().touched
+    }
+
+    /// Fails the stripe: the origin request's body ends with an error, waiting chunks give up.
+    pub(crate) fn fail(&self, why: &str) {
+        let waker = {
+            let mut g = self.lock();
+            if g.failed.is_none() && g.consumed < self.total {
+                g.failed = Some(why.to_string());
+            }
+            g.body_waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Takes a chunk, waiting (up to `wait`) while it lies beyond the window.
+    pub(crate) async fn insert(
+        &self,
+        offset: u64,
+        data: Bytes,
+        wait: Duration,
+    ) -> Result<(), ChunkError> {
+        let end = offset.saturating_add(data.len() as u64);
+        if end > self.total {
+            return Err(ChunkError::OutOfRange);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut g = self.lock();
+                g.touched = Some(Instant::now());
+                if let Some(f) = &g.failed {
+                    return Err(ChunkError::Failed(f.clone()));
+                }
+                if end <= g.consumed.saturating_add(WINDOW) {
+                    let waker = g.put(offset, data);
+                    drop(g);
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ChunkError::Timeout);
+            }
+        }
+    }
+
+    /// Registers a head; returns its number (1 for the first, which runs the origin request).
+    pub(crate) fn attach_head(&self) -> u64 {
+        let n = {
+            let mut g = self.lock();
+            g.heads += 1;
+            g.touched = Some(Instant::now());
+            g.heads
+        };
+        // an older head still waiting gives way
+        self.changed.notify_waiters();
+        n
+    }
+
+    /// Stores the origin's answer for the newest head.
+    pub(crate) fn publish(&self, answer: Published) {
+        {
+            let mut g = self.lock();
+            g.answer = Some(answer);
+            g.touched = Some(Instant::now());
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// The answer, for head number `head` while it is the newest.
+    pub(crate) async fn answer(&self, head: u64, wait: Duration) -> Result<Published, NoAnswer> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut g = self.lock();
+                if g.heads != head {
+                    return Err(NoAnswer::Superseded);
+                }
+                g.touched = Some(Instant::now());
+                match g.answer.take() {
+                    Some(Published::Kept(a)) => {
+                        g.answer = Some(Published::Kept(a.clone()));
+                        return Ok(Published::Kept(a));
+                    }
+                    Some(Published::Stream(r)) => {
+                        g.streamed = true;
+                        return Ok(Published::Stream(r));
+                    }
+                    None if g.streamed => return Err(NoAnswer::Gone),
+                    None => {}
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(NoAnswer::Timeout);
+            }
+        }
+    }
+
+    /// The origin request's body: the chunks in order. `on_done` fires once it has all.
+    pub(crate) fn body(
+        self: &Arc<Self>,
+        counter: Option<metrics::Counter>,
+    ) -> (StripeBody, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            StripeBody {
+                stripe: self.clone(),
+                done: Some(tx),
+                counter,
+            },
+            rx,
+        )
+    }
+}
+
+impl Inner {
+    /// Stores a chunk and moves what is now in order to `ready`; the waker to wake.
+    fn put(&mut self, offset: u64, data: Bytes) -> Option<Waker> {
+        let end = offset + data.len() as u64;
+        if end <= self.next || data.is_empty() {
+            return None; // already had it
+        }
+        // keep only what is new; a chunk never straddles another (the gateway cuts them
+        // at fixed offsets), but a re-sent one may overlap what came in order
+        let (offset, data) = if offset < self.next {
+            let skip = (self.next - offset) as usize;
+            (self.next, data.slice(skip..))
+        } else {
+            (offset, data)
+        };
+        self.pending.entry(offset).or_insert(data);
+        let mut moved = false;
+        while let Some(entry) = self.pending.first_entry() {
+            let at = *entry.key();
+            if at > self.next {
+                break;
+            }
+            let d = entry.remove();
+            let d_end = at + d.len() as u64;
+            if d_end <= self.next {
+                continue;
+            }
+            let d = d.slice((self.next - at) as usize..);
+            self.next = d_end;
+            self.ready.push_back(d);
+            moved = true;
+        }
+        if moved {
+            self.body_waker.take()
+        } else {
+            None
+        }
+    }
+}
+
+/// The body of a striped request, as the origin request reads it.
+pub(crate) struct StripeBody {
+    stripe: Arc<Stripe>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+    counter: Option<metrics::Counter>,
+}
+
+impl Body for StripeBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let total = this.stripe.total;
+        let mut g = this.stripe.lock();
+        if let Some(d) = g.ready.pop_front() {
+            g.consumed += d.len() as u64;
+            g.touched = Some(Instant::now());
+            let all = g.consumed >= total;
+            drop(g);
+            // the window moved: waiting chunks may go in
+            this.stripe.changed.notify_waiters();
+            if let Some(c) = &this.counter {
+                c.increment(d.len() as u64);
+            }
+            if all {
+                if let Some(tx) = this.done.take() {
+                    let _ = tx.send(());
+                }
+            }
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        if g.consumed >= total {
+            drop(g);
+            if let Some(tx) = this.done.take() {
+                let _ = tx.send(());
+            }
+            return Poll::Ready(None);
+        }
+        if let Some(f) = g.failed.clone() {
+            return Poll::Ready(Some(Err(BodyError::Stripe(f))));
+        }
+        g.body_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let g = self.stripe.lock();
+        g.consumed >= self.stripe.total && g.ready.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let g = self.stripe.lock();
+        SizeHint::with_exact(self.stripe.total - g.consumed.min(self.stripe.total))
+    }
+}
+
+impl Drop for StripeBody {
+    fn drop(&mut self) {
+        // the origin request ended (or gave up): chunks still waiting must not wait forever
+        self.stripe.fail("the origin request ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn chunks_in_any_order_and_twice_make_the_body_once() {
+        let stripes = Stripes::default();
+        let s = stripes.get(1, 7, 10).expect("stripe");
+        assert!(stripes.get(1, 7, 11).is_none(), "total must match");
+        let (body, done) = s.body(None);
+        let w = Duration::from_secs(1);
+        s.insert(6, Bytes::from_static(b"6789"), w)
+            .await
+            .expect("c");
+        s.insert(0, Bytes::from_static(b"012"), w).await.expect("a");
+        s.insert(0, Bytes::from_static(b"012"), w)
+            .await
+            .expect("dup");
+        s.insert(3, Bytes::from_static(b"345"), w).await.expect("b");
+        s.insert(6, Bytes::from_static(b"6789"), w)
+            .await
+            .expect("dup");
+        assert_eq!(
+            s.insert(8, Bytes::from_static(b"89x"), w).await,
+            Err(ChunkError::OutOfRange)
+        );
+        let got = body.collect().await.expect("body").to_bytes();
+        assert_eq!(&got[..], b"0123456789");
+        done.await.expect("done fired");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_beyond_the_window_waits_for_the_origin() {
+        let stripes = Stripes::default();
+        let total = WINDOW + 10;
+        let s = stripes.get(1, 1, total).expect("stripe");
+        let (mut body, _done) = s.body(None);
+        let far = Bytes::from(vec![1u8; 10]);
+        // beyond the window: times out while nothing is consumed
+        assert_eq!(
+            s.insert(WINDOW, far.clone(), Duration::from_millis(20))
+                .await,
+            Err(ChunkError::Timeout)
+        );
+        // the first bytes arrive and are taken: the window moves and the far chunk goes in
+        let s2 = s.clone();
+        let waiter =
+            tokio::spawn(async move { s2.insert(WINDOW, far, Duration::from_secs(2)).await });
+        s.insert(0, Bytes::from(vec![0u8; 1000]), Duration::from_secs(1))
+            .await
+            .expect("first");
+        let f = body.frame().await.expect("frame").expect("data");
+        assert_eq!(f.into_data().map(|d| d.len()).ok(), Some(1000));
+        assert_eq!(waiter.await.expect("join"), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn the_newest_head_gets_the_answer_and_failures_reach_the_body() {
+        let stripes = Stripes::default();
+        let s = stripes.get(2, 3, 5).expect("stripe");
+        let first = s.attach_head();
+        let second = s.attach_head();
+        assert_eq!((first, second), (1, 2));
+        // the first head gives way at once
+        assert_eq!(
+            s.answer(first, Duration::from_secs(1)).await.err(),
+            Some(NoAnswer::Superseded)
+        );
+        s.publish(Published::Kept(Arc::new(crate::session::Outcome::Retry)));
+        assert!(s.answer(second, Duration::from_secs(1)).await.is_ok());
+        // a kept answer is there for a head sent again later
+        let third = s.attach_head();
+        assert!(s.answer(third, Duration::from_secs(1)).await.is_ok());
+        let (body, _done) = s.body(None);
+        s.fail("gateway gone");
+        assert!(body.collect().await.is_err());
+        assert!(matches!(
+            s.insert(0, Bytes::from_static(b"a"), Duration::from_millis(10))
+                .await,
+            Err(ChunkError::Failed(_))
+        ));
+    }
+}
