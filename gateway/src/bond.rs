@@ -342,6 +342,7 @@ impl Path {
         }
         if let Some(live) = st.live.clone() {
             let stats = live.conn.stats();
+            tracing::trace!(uplink = %self.name, cwnd = stats.path.cwnd, rtt_us = stats.path.rtt.as_micros() as u64, lost = stats.path.lost_packets, events = stats.path.congestion_events, mtu = stats.path.current_mtu, tx = stats.udp_tx.bytes, unsent = st.unsent(), pending = st.pending_up, "path stats");
             let rtt = stats.path.rtt;
             let prev = st.health.srtt();
             let dev = rtt.abs_diff(prev);

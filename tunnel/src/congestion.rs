@@ -245,7 +245,11 @@ impl LowDelay {
                     self.startup_flat += 1;
                 }
             }
-            if queueing > target * 3 || self.startup_flat >= 3 {
+            // Only a round that sent data can show our own queue: a fresh connection's
+            // first probes may come late for other reasons (the next hop resolving its
+            // address after a link came back), and must not end slow start while the
+            // connection is still idle.
+            if (limited && queueing > target * 3) || self.startup_flat >= 3 {
                 self.slow_start = false;
             } else if limited {
                 self.window = self.window.saturating_add(acked.min(self.window));
@@ -414,6 +418,41 @@ mod tests {
         assert!(
             cc.window() >= w0 * 3,
             "still in slow start: {w0} -> {}",
+            cc.window()
+        );
+    }
+
+    #[test]
+    fn a_late_probe_on_an_idle_connection_does_not_end_slow_start() {
+        let start = Instant::now();
+        let base = Duration::from_millis(50);
+        let signal = Arc::new(crate::owd::QueueSignal::default());
+        let config = LowDelayConfig {
+            signal: Some(signal.clone()),
+            ..LowDelayConfig::default()
+        };
+        let mut cc = LowDelay::new(Arc::new(config), start, 1200);
+        let mut now = start;
+        // idle rounds whose probes report a 100 ms queue (they waited for ARP)
+        for _ in 0..5 {
+            let sent = now;
+            now += base;
+            signal.report(now, Duration::from_millis(100));
+            cc.on_ack_sample(now, sent, 60, true, base, base);
+            cc.round_end = Some(now);
+        }
+        let w0 = cc.window();
+        for _ in 0..3 {
+            let sent = now;
+            now += base;
+            for _ in 0..cc.window() / 1200 {
+                cc.on_ack_sample(now, sent, 1200, false, base, base);
+            }
+            cc.round_end = Some(now);
+        }
+        assert!(
+            cc.window() >= w0 * 3,
+            "slow start ended while idle: {w0} -> {}",
             cc.window()
         );
     }
