@@ -74,6 +74,8 @@ struct PathState {
     /// once it is fed.
     peak_up: f64,
     peak_credit_until: Option<Instant>,
+    /// UDP bytes the connection had sent when the meter window started.
+    meter_tx: u64,
     /// Remaining declared request-body bytes not yet handed to quinn.
     pending_up: u64,
     /// Remaining declared response-body bytes not yet received.
@@ -164,6 +166,7 @@ impl Path {
                 retired: 0,
                 peak_up: 0.0,
                 peak_credit_until: None,
+                meter_tx: 0,
                 meter_start: now,
                 meter_up: 0,
                 meter_down: 0,
@@ -330,6 +333,7 @@ impl Path {
                 st.retired = 0;
                 fresh = true;
                 st.peak_credit_until = Some(now + PEAK_CREDIT);
+                st.meter_tx = 0;
                 info!(uplink = %self.name, rtt_ms = live.conn.rtt().as_millis() as u64, "on probation");
             }
             UplinkState::Down if st.live.is_some() => {
@@ -374,9 +378,13 @@ impl Path {
         if elapsed >= METER_WINDOW {
             let secs = elapsed.as_secs_f64();
             st.goodput_up = st.meter_up as f64 / secs;
-            // a window with a full queue shows what the link carries
+            // A window with a full queue shows what the link carries: what left on the
+            // wire, not what was handed to quinn (a burst of writes is not a rate).
+            let tx = st.live.as_ref().map_or(0, |l| l.conn.stats().udp_tx.bytes);
+            let wire = tx.saturating_sub(st.meter_tx) as f64 * 0.95 / secs;
+            st.meter_tx = tx;
             if st.unsent() > 0 {
-                st.peak_up = st.peak_up.max(st.goodput_up);
+                st.peak_up = st.peak_up.max(st.goodput_up.min(wire));
             }
             st.goodput_down = st.meter_down as f64 / secs;
             if st.meter_busy_down && st.pending_down > 0 {

@@ -409,7 +409,8 @@ const REPLAY_MAX: u64 = 1024 * 1024;
 enum ReqBody {
     Kept(Bytes),
     Once(Option<Incoming>),
-    Striped(crate::stripe::Outcome),
+    /// The chunks' outcome, and the number of this copy of the head.
+    Striped(crate::stripe::Outcome, u64),
 }
 
 /// The request as sent on each attempt.
@@ -543,7 +544,7 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
                 state.response_timeout,
             );
             _chunks = Some(guard);
-            body = ReqBody::Striped(outcome);
+            body = ReqBody::Striped(outcome, 0);
             unit = Unit {
                 class,
                 up_bytes: 0,
@@ -552,7 +553,7 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
             replayable = true;
         }
     }
-    let striped = matches!(body, ReqBody::Striped(_));
+    let striped = matches!(body, ReqBody::Striped(..));
     let out = Arc::new(out);
     let mut excluded: Vec<PathId> = Vec::new();
     let deadline = Instant::now() + state.response_timeout;
@@ -621,7 +622,11 @@ async fn race(
         let b = match body {
             ReqBody::Kept(b) => ReqBody::Kept(b.clone()),
             ReqBody::Once(inc) => ReqBody::Once(inc.take()),
-            ReqBody::Striped(o) => ReqBody::Striped(o.clone()),
+            ReqBody::Striped(o, n) => {
+                // each copy of a striped head is numbered: the relay answers the newest
+                *n += 1;
+                ReqBody::Striped(o.clone(), *n)
+            }
         };
         attempts.push(attempt(state, out.clone(), b, p, unit, limit));
     }
@@ -671,7 +676,14 @@ async fn attempt(
             "no such uplink".into(),
         ));
     };
-    let Some(h3req) = out.request(&[]) else {
+    let head_no = match &body {
+        ReqBody::Striped(_, n) => Some((
+            header::HeaderName::from_static(wire::HDR_STRIPE_HEAD),
+            HeaderValue::from(*n),
+        )),
+        _ => None,
+    };
+    let Some(h3req) = out.request(head_no.as_slice()) else {
         return Err(fail(
             false,
             StatusCode::BAD_REQUEST,
@@ -724,7 +736,7 @@ async fn attempt(
                     .map_err(|e| e.to_string())
             }
             ReqBody::Once(None) => Err("request body already used by another copy".to_string()),
-            ReqBody::Striped(mut outcome) => {
+            ReqBody::Striped(mut outcome, _) => {
                 // the head has no body; it is done when every chunk is
                 let _ = send.finish().await;
                 match outcome.wait_for(Option::is_some).await {

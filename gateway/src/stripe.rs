@@ -262,8 +262,10 @@ async fn send_all(
                     _ => bond.with_room(&unit, &excluded, IDLE, 2).first().copied(),
                 }
             };
-            let usable = bond.paths().iter().any(|p| p.is_usable());
-            if pick.is_some() || !usable {
+            // nothing may carry it (no path up, or none that admits the class): fail after
+            // the timeout instead of waiting for ever
+            let nowhere = pick.is_none() && bond.place(&unit, &[]).paths.is_empty();
+            if pick.is_some() || nowhere {
                 let placement = tunnel::scheduler::Placement {
                     paths: pick.into_iter().collect(),
                 };
@@ -422,8 +424,10 @@ async fn send_one(
             .map_err(|e| format!("no answer to a chunk: {e}"))?;
         Ok::<StatusCode, String>(resp.status())
     };
+    // longer than the relay waits for its window to open (it then answers 503 itself): a
+    // chunk held by back-pressure is not a dead path
     let status = tokio::select! {
-        r = tokio::time::timeout(timeout, exchange) => match r {
+        r = tokio::time::timeout(timeout * 2, exchange) => match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(fail(true, format!("{e} (uplink {})", path.name))),
             Err(_) => return Err(fail(true, format!("no answer to a chunk over uplink {} in time", path.name))),

@@ -445,8 +445,8 @@ async fn striped(
         )
         .await;
     };
-    let head = stripe.attach_head();
-    if head == 1 {
+    let head = header_u64(&req, wire::HDR_STRIPE_HEAD, 10).unwrap_or(1);
+    if stripe.attach_head(head) {
         let result = match prepare(state, &req).await {
             Ok(Target::Forward(origin)) => {
                 let counter = metrics::counter!("canopy_relay_bytes_total", "class" => class.as_str(), "direction" => "up");

@@ -11,6 +11,7 @@
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -72,8 +73,12 @@ struct Inner {
     ready: VecDeque<Bytes>,
     body_waker: Option<Waker>,
     failed: Option<String>,
-    /// Heads seen; the newest one answers.
+    /// The newest head's number (the gateway numbers them); it answers.
     heads: u64,
+    /// A head started the origin request.
+    origin_started: bool,
+    /// The origin request runs (the stripe is not idle, whatever `touched` says).
+    origin_running: bool,
     answer: Option<Published>,
     /// A streamed answer went to a head.
     streamed: bool,
@@ -87,7 +92,7 @@ impl Stripes {
         let mut map = self.map.lock().ok()?;
         // drop stripes left idle: their gateway gave up on them
         map.retain(|_, s| {
-            let keep = s.touched().is_some_and(|t| now.duration_since(t) < IDLE);
+            let keep = s.busy() || s.touched().is_some_and(|t| now.duration_since(t) < IDLE);
             if !keep {
                 s.fail("no chunk or head for 60 s");
             }
@@ -129,6 +134,10 @@ impl Stripe {
 
     fn touched(&self) -> Option<Instant> {
         self.lock().touched
+    }
+
+    fn busy(&self) -> bool {
+        self.lock().origin_running
     }
 
     /// Fails the stripe: the origin request's body ends with an error, waiting chunks give up.
@@ -183,17 +192,24 @@ impl Stripe {
         }
     }
 
-    /// Registers a head; returns its number (1 for the first, which runs the origin request).
-    pub(crate) fn attach_head(&self) -> u64 {
-        let n = {
+    /// Registers head number `n` (the gateway counts the copies of a head; a late copy on
+    /// a dying path must not take over from a newer one). Returns whether this head is the
+    /// first to come, which opens the origin request.
+    pub(crate) fn attach_head(&self, n: u64) -> bool {
+        let first = {
             let mut g = self.lock();
-            g.heads += 1;
+            g.heads = g.heads.max(n);
             g.touched = Some(Instant::now());
-            g.heads
+            let first = !g.origin_started;
+            if first {
+                g.origin_started = true;
+                g.origin_running = true;
+            }
+            first
         };
         // an older head still waiting gives way
         self.changed.notify_waiters();
-        n
+        first
     }
 
     /// Stores the origin's answer for the newest head.
@@ -201,21 +217,22 @@ impl Stripe {
         {
             let mut g = self.lock();
             g.answer = Some(answer);
+            g.origin_running = false;
             g.touched = Some(Instant::now());
         }
         self.changed.notify_waiters();
     }
 
-    /// The answer, for head number `head` while it is the newest.
+    /// The answer, for head number `head` while it is the newest; `wait` is the longest
+    /// time without progress (chunks taken by the origin request count as progress).
     pub(crate) async fn answer(&self, head: u64, wait: Duration) -> Result<Published, NoAnswer> {
-        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut g = self.lock();
-                if g.heads != head {
+                if g.heads > head {
                     return Err(NoAnswer::Superseded);
                 }
                 g.touched = Some(Instant::now());
@@ -232,7 +249,7 @@ impl Stripe {
                     None => {}
                 }
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            if tokio::time::timeout(wait, notified).await.is_err() {
                 return Err(NoAnswer::Timeout);
             }
         }
@@ -249,6 +266,7 @@ impl Stripe {
                 stripe: self.clone(),
                 done: Some(tx),
                 counter,
+                idle: Box::pin(tokio::time::sleep(IDLE)),
             },
             rx,
         )
@@ -300,6 +318,8 @@ pub(crate) struct StripeBody {
     stripe: Arc<Stripe>,
     done: Option<tokio::sync::oneshot::Sender<()>>,
     counter: Option<metrics::Counter>,
+    /// Fails the body when no chunk comes for [`IDLE`] (the gateway gave up on it).
+    idle: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Body for StripeBody {
@@ -314,6 +334,7 @@ impl Body for StripeBody {
         let total = this.stripe.total;
         let mut g = this.stripe.lock();
         if let Some(d) = g.ready.pop_front() {
+            this.idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
             g.consumed += d.len() as u64;
             g.touched = Some(Instant::now());
             let all = g.consumed >= total;
@@ -341,6 +362,11 @@ impl Body for StripeBody {
             return Poll::Ready(Some(Err(BodyError::Stripe(f))));
         }
         g.body_waker = Some(cx.waker().clone());
+        drop(g);
+        if this.idle.as_mut().poll(cx).is_ready() {
+            this.stripe.fail("no chunk for 60 s");
+            return Poll::Ready(Some(Err(BodyError::Stripe("no chunk for 60 s".into()))));
+        }
         Poll::Pending
     }
 
@@ -423,9 +449,10 @@ mod tests {
     async fn the_newest_head_gets_the_answer_and_failures_reach_the_body() {
         let stripes = Stripes::default();
         let s = stripes.get(2, 3, 5).expect("stripe");
-        let first = s.attach_head();
-        let second = s.attach_head();
-        assert_eq!((first, second), (1, 2));
+        // head 2 comes first (head 1 is late on a dying path): it opens the origin request
+        assert!(s.attach_head(2));
+        assert!(!s.attach_head(1));
+        let (first, second) = (1, 2);
         // the first head gives way at once
         assert_eq!(
             s.answer(first, Duration::from_secs(1)).await.err(),
@@ -434,8 +461,8 @@ mod tests {
         s.publish(Published::Kept(Arc::new(crate::session::Outcome::Retry)));
         assert!(s.answer(second, Duration::from_secs(1)).await.is_ok());
         // a kept answer is there for a head sent again later
-        let third = s.attach_head();
-        assert!(s.answer(third, Duration::from_secs(1)).await.is_ok());
+        assert!(!s.attach_head(3));
+        assert!(s.answer(3, Duration::from_secs(1)).await.is_ok());
         let (body, _done) = s.body(None);
         s.fail("gateway gone");
         assert!(body.collect().await.is_err());

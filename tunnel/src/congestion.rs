@@ -201,7 +201,8 @@ impl LowDelay {
         };
         let acked = std::mem::take(&mut self.round_acked);
         let limited = std::mem::take(&mut self.round_limited_by_window);
-        let fully_limited = limited && !std::mem::take(&mut self.round_app_limited);
+        let app_limited = std::mem::take(&mut self.round_app_limited);
+        let fully_limited = limited && !app_limited;
         // The queue our own data builds: measured one way by the peer when it sends
         // probes (see `owd`), else estimated from the RTT, which also holds the reverse
         // direction's queue.

@@ -30,6 +30,10 @@ pub const STRIPE_AUTHORITY: &str = "canopy.stripe";
 /// Stripe id (16 hex digits) on a striped request's head and on each of its chunks.
 pub const HDR_STRIPE: &str = "canopy-stripe";
 
+/// Number of a striped request's head (1, then 2, ... as the gateway sends it again on
+/// another path): the newest answers, whatever order the copies arrive in.
+pub const HDR_STRIPE_HEAD: &str = "canopy-stripe-head";
+
 /// Offset of a chunk in its striped body.
 pub const HDR_STRIPE_OFFSET: &str = "canopy-stripe-offset";
 
