@@ -100,10 +100,15 @@ impl PathState {
     /// what the requests that ended had written: a request that got its answer, or died,
     /// is not queued any more. The second bound keeps the estimate from drifting.
     fn unsent(&self) -> u64 {
-        self.live.as_ref().map_or(0, |l| {
-            let sent = (l.conn.stats().udp_tx.bytes * 95 / 100).max(self.retired);
-            self.written.saturating_sub(sent)
-        })
+        self.live
+            .as_ref()
+            .map_or(0, |l| self.unsent_at(l.conn.stats().udp_tx.bytes))
+    }
+
+    /// [`Self::unsent`] when the connection has sent `udp_tx` bytes.
+    fn unsent_at(&self, udp_tx: u64) -> u64 {
+        let sent = (udp_tx * 95 / 100).max(self.retired);
+        self.written.saturating_sub(sent)
     }
 }
 
@@ -344,9 +349,12 @@ impl Path {
             }
             _ => {}
         }
+        // UDP bytes the connection has sent (read once per tick)
+        let mut udp_tx = 0;
         if let Some(live) = st.live.clone() {
             let stats = live.conn.stats();
-            tracing::trace!(uplink = %self.name, cwnd = stats.path.cwnd, rtt_us = stats.path.rtt.as_micros() as u64, lost = stats.path.lost_packets, events = stats.path.congestion_events, mtu = stats.path.current_mtu, tx = stats.udp_tx.bytes, unsent = st.unsent(), pending = st.pending_up, "path stats");
+            udp_tx = stats.udp_tx.bytes;
+            tracing::trace!(uplink = %self.name, cwnd = stats.path.cwnd, rtt_us = stats.path.rtt.as_micros() as u64, lost = stats.path.lost_packets, events = stats.path.congestion_events, mtu = stats.path.current_mtu, tx = udp_tx, unsent = st.unsent_at(udp_tx), pending = st.pending_up, "path stats");
             let rtt = stats.path.rtt;
             let prev = st.health.srtt();
             let dev = rtt.abs_diff(prev);
@@ -380,10 +388,9 @@ impl Path {
             st.goodput_up = st.meter_up as f64 / secs;
             // A window with a full queue shows what the link carries: what left on the
             // wire, not what was handed to quinn (a burst of writes is not a rate).
-            let tx = st.live.as_ref().map_or(0, |l| l.conn.stats().udp_tx.bytes);
-            let wire = tx.saturating_sub(st.meter_tx) as f64 * 0.95 / secs;
-            st.meter_tx = tx;
-            if st.unsent() > 0 {
+            let wire = udp_tx.saturating_sub(st.meter_tx) as f64 * 0.95 / secs;
+            st.meter_tx = udp_tx;
+            if st.live.is_some() && st.unsent_at(udp_tx) > 0 {
                 st.peak_up = st.peak_up.max(st.goodput_up.min(wire));
             }
             st.goodput_down = st.meter_down as f64 / secs;
@@ -621,18 +628,16 @@ impl Bond {
     /// Whether a bulk unit may be placed now (some path has less than the horizon of work
     /// queued); other classes always may.
     pub fn has_room(&self, unit: &Unit, exclude: &[PathId]) -> bool {
-        self.has_room_within(unit, exclude, PLACEMENT_HORIZON)
+        scheduler::has_room(unit, &self.views_except(exclude), PLACEMENT_HORIZON)
     }
 
-    /// As [`Self::has_room`], with the queue `horizon` given.
-    pub fn has_room_within(&self, unit: &Unit, exclude: &[PathId], horizon: Duration) -> bool {
-        let views: Vec<PathView> = self
-            .paths
+    /// The views of every path but `exclude`.
+    fn views_except(&self, exclude: &[PathId]) -> Vec<PathView> {
+        self.paths
             .iter()
             .filter(|p| !exclude.contains(&p.id))
             .map(|p| p.view())
-            .collect();
-        scheduler::has_room(unit, &views, horizon)
+            .collect()
     }
 
     /// The paths that may carry `unit` now with less than `horizon` (or `rtts` round trips
@@ -644,12 +649,7 @@ impl Bond {
         horizon: Duration,
         rtts: u32,
     ) -> Vec<PathId> {
-        let views: Vec<PathView> = self
-            .paths
-            .iter()
-            .filter(|p| !exclude.contains(&p.id))
-            .map(|p| p.view())
-            .collect();
+        let views = self.views_except(exclude);
         let mut c: Vec<&PathView> = scheduler::candidates(unit, &views)
             .into_iter()
             .filter(|v| v.usable && v.queue_delay(unit) <= horizon.max(v.srtt * rtts))
@@ -662,44 +662,36 @@ impl Bond {
     /// carry it, the one with the fewest striped bodies for its rate, so bodies spread over
     /// the paths in proportion to their capacity (a path that dies then holds up only its
     /// share of them).
-    pub fn stripe_primary(&self, class: TrafficClass, exclude: &[PathId]) -> Option<PathId> {
+    pub fn stripe_primary(&self, class: TrafficClass) -> Option<PathId> {
         let unit = Unit {
             class,
             up_bytes: 1,
             down_bytes: 0,
         };
-        let views: Vec<PathView> = self
-            .paths
-            .iter()
-            .filter(|p| !exclude.contains(&p.id))
-            .map(|p| p.view())
-            .collect();
+        let views = self.views_except(&[]);
         scheduler::candidates(&unit, &views)
             .into_iter()
             .filter(|v| v.usable)
             .min_by(|a, b| {
-                let load = |v: &PathView| {
-                    let n = self.paths[v.id].stripes.load(Ordering::Relaxed) as f64;
-                    (n + 1.0) / v.rate_up.max(1.0)
-                };
-                load(a).total_cmp(&load(b))
+                self.stripe_load(a.id, 1.0)
+                    .total_cmp(&self.stripe_load(b.id, 1.0))
             })
             .map(|v| v.id)
+    }
+
+    /// Striped bodies per rate on path `id`, with `extra` more bodies.
+    fn stripe_load(&self, id: PathId, extra: f64) -> f64 {
+        let p = &self.paths[id];
+        (p.stripes.load(Ordering::Relaxed) as f64 + extra) / p.rate_up().max(1.0)
     }
 
     /// A much less loaded primary for a striped body whose primary is `current` (a path
     /// that came back, or sped up): one whose load after the move is under half of
     /// `current`'s. Bodies then move to a returning path within a chunk.
     pub fn better_primary(&self, class: TrafficClass, current: PathId) -> Option<PathId> {
-        let best = self.stripe_primary(class, &[])?;
-        if best == current {
-            return None;
-        }
-        let load = |id: PathId, extra: f64| {
-            let p = &self.paths[id];
-            (p.stripes.load(Ordering::Relaxed) as f64 + extra) / p.rate_up().max(1.0)
-        };
-        (load(current, 0.0) > 2.0 * load(best, 1.0)).then_some(best)
+        let best = self.stripe_primary(class)?;
+        (best != current && self.stripe_load(current, 0.0) > 2.0 * self.stripe_load(best, 1.0))
+            .then_some(best)
     }
 
     /// Why nothing can carry `class` now (for the 503's reason).

@@ -510,10 +510,7 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
     };
     // A large upload is striped over every path: its chunks go where they finish soonest,
     // and its head (no body) may be sent again when its path dies.
-    let total = match &body {
-        ReqBody::Kept(b) => b.len() as u64,
-        _ => declared.unwrap_or(0),
-    };
+    let total = unit.up_bytes;
     let mut out = out;
     let mut unit = unit;
     let mut replayable = replayable;

@@ -234,9 +234,7 @@ async fn send_all(
                 .as_ref()
                 .is_none_or(|p| !bond.paths()[p.0].is_usable())
             {
-                primary = bond
-                    .stripe_primary(class, &[])
-                    .map(|p| Primary::new(&bond, p));
+                primary = bond.stripe_primary(class).map(|p| Primary::new(&bond, p));
             } else if let Some(better) = primary
                 .as_ref()
                 .and_then(|p| bond.better_primary(class, p.0))
@@ -262,14 +260,8 @@ async fn send_all(
                     _ => bond.with_room(&unit, &excluded, IDLE, 2).first().copied(),
                 }
             };
-            // nothing may carry it (no path up, or none that admits the class): fail after
-            // the timeout instead of waiting for ever
-            let nowhere = pick.is_none() && bond.place(&unit, &[]).paths.is_empty();
-            if pick.is_some() || nowhere {
-                let placement = tunnel::scheduler::Placement {
-                    paths: pick.into_iter().collect(),
-                };
-                if let Some(&path) = placement.paths.first() {
+            match pick {
+                Some(path) => {
                     let p = match again.pop_front() {
                         Some(p) => p,
                         None => {
@@ -309,12 +301,16 @@ async fn send_all(
                     inflight.spawn(async move { (fut.await, p) });
                     placed = true;
                     stuck_since = None;
-                } else {
+                }
+                // nothing may carry it (no path up, or none that admits the class): fail
+                // after the timeout instead of waiting for ever
+                None if bond.place(&unit, &[]).paths.is_empty() => {
                     let since = *stuck_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() > timeout {
                         return Err("no uplink could carry the request body".into());
                     }
                 }
+                None => {}
             }
         }
         if placed {
@@ -326,30 +322,28 @@ async fn send_all(
                 let Ok((r, mut p)) = joined else {
                     return Err("a chunk's task failed".into());
                 };
-                {
-                    match r {
-                        Ok(()) => {
-                            unanswered.remove(&p.offset);
-                        }
-                        Err(e) if e.retry => {
-                            debug!(stripe = id, offset = p.offset, path = e.path, reason = %e.reason, "chunk sent again");
-                            metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str()).increment(1);
-                            p.excluded.push(e.path);
-                            unanswered.remove(&p.offset);
-                            let mut at = 0;
-                            while at < p.data.len() {
-                                let end = (at + RESEND_PIECE).min(p.data.len());
-                                unanswered.insert(p.offset + at as u64, (end - at) as u64);
-                                again.push_back(Pending {
-                                    offset: p.offset + at as u64,
-                                    data: p.data.slice(at..end),
-                                    excluded: p.excluded.clone(),
-                                });
-                                at = end;
-                            }
-                        }
-                        Err(e) => return Err(e.reason),
+                match r {
+                    Ok(()) => {
+                        unanswered.remove(&p.offset);
                     }
+                    Err(e) if e.retry => {
+                        debug!(stripe = id, offset = p.offset, path = e.path, reason = %e.reason, "chunk sent again");
+                        metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str()).increment(1);
+                        p.excluded.push(e.path);
+                        unanswered.remove(&p.offset);
+                        let mut at = 0;
+                        while at < p.data.len() {
+                            let end = (at + RESEND_PIECE).min(p.data.len());
+                            unanswered.insert(p.offset + at as u64, (end - at) as u64);
+                            again.push_back(Pending {
+                                offset: p.offset + at as u64,
+                                data: p.data.slice(at..end),
+                                excluded: p.excluded.clone(),
+                            });
+                            at = end;
+                        }
+                    }
+                    Err(e) => return Err(e.reason),
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}

@@ -226,8 +226,8 @@ async fn serve(
     {
         return stripe_chunk(state, ctx, &req, stream).await;
     }
-    if let Some(id) = req.headers().get(wire::HDR_STRIPE).cloned() {
-        return striped(state, ctx, req, stream, class, &id).await;
+    if req.headers().contains_key(wire::HDR_STRIPE) {
+        return striped(state, ctx, req, stream, class).await;
     }
     // Bids and check-ins come once per path they were sent on: the first copy goes on,
     // later copies get its answer.
@@ -292,6 +292,26 @@ fn header_u64(req: &Request<()>, name: &str, radix: u32) -> Option<u64> {
     u64::from_str_radix(req.headers().get(name)?.to_str().ok()?, radix).ok()
 }
 
+/// Stripe `id` of this gateway, made if new, for a body of `total` bytes: refused when the
+/// body is over the relay's limit or the stripe has another length.
+fn stripe_for(
+    state: &State,
+    ctx: &ConnCtx,
+    id: u64,
+    total: u64,
+) -> Result<Arc<stripe::Stripe>, Refusal> {
+    if state.max_body.is_some_and(|m| total > m) {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body over the relay's limit",
+        ));
+    }
+    state
+        .stripes
+        .get(ctx.identity, id, total)
+        .ok_or_else(|| Refusal::new(StatusCode::CONFLICT, "the stripe has another total length"))
+}
+
 /// One chunk of a striped body: taken into its stripe (waiting while it lies beyond the
 /// stripe's window), then answered 200.
 async fn stripe_chunk(
@@ -314,17 +334,13 @@ async fn stripe_chunk(
         )
         .await;
     };
-    if state.max_body.is_some_and(|m| total > m) {
-        stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-        return refuse(
-            &mut stream,
-            Refusal::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body over the relay's limit",
-            ),
-        )
-        .await;
-    }
+    let stripe = match stripe_for(state, ctx, id, total) {
+        Ok(s) => s,
+        Err(r) => {
+            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            return refuse(&mut stream, r).await;
+        }
+    };
     let mut data = bytes::BytesMut::new();
     loop {
         match stream.recv_data().await {
@@ -353,13 +369,6 @@ async fn stripe_chunk(
         }
     }
     let n = data.len() as u64;
-    let Some(stripe) = state.stripes.get(ctx.identity, id, total) else {
-        return refuse(
-            &mut stream,
-            Refusal::new(StatusCode::CONFLICT, "the stripe has another total length"),
-        )
-        .await;
-    };
     let status = match stripe
         .insert(offset, data.freeze(), state.response_timeout)
         .await
@@ -410,13 +419,9 @@ async fn striped(
     req: Request<()>,
     mut stream: Stream,
     class: TrafficClass,
-    id: &http::HeaderValue,
 ) -> StatusCode {
     while let Ok(Some(_)) = stream.recv_data().await {}
-    let id = id
-        .to_str()
-        .ok()
-        .and_then(|v| u64::from_str_radix(v, 16).ok());
+    let id = header_u64(&req, wire::HDR_STRIPE, 16);
     let total = hop::declared_length(req.headers());
     let (Some(id), Some(total)) = (id, total) else {
         return refuse(
@@ -428,22 +433,9 @@ async fn striped(
         )
         .await;
     };
-    if state.max_body.is_some_and(|m| total > m) {
-        return refuse(
-            &mut stream,
-            Refusal::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body over the relay's limit",
-            ),
-        )
-        .await;
-    }
-    let Some(stripe) = state.stripes.get(ctx.identity, id, total) else {
-        return refuse(
-            &mut stream,
-            Refusal::new(StatusCode::CONFLICT, "the stripe has another total length"),
-        )
-        .await;
+    let stripe = match stripe_for(state, ctx, id, total) {
+        Ok(s) => s,
+        Err(r) => return refuse(&mut stream, r).await,
     };
     let head = header_u64(&req, wire::HDR_STRIPE_HEAD, 10).unwrap_or(1);
     if stripe.attach_head(head) {

@@ -92,7 +92,7 @@ impl Stripes {
         let mut map = self.map.lock().ok()?;
         // drop stripes left idle: their gateway gave up on them
         map.retain(|_, s| {
-            let keep = s.busy() || s.touched().is_some_and(|t| now.duration_since(t) < IDLE);
+            let keep = !s.idle_at(now);
             if !keep {
                 s.fail("no chunk or head for 60 s");
             }
@@ -132,12 +132,10 @@ impl Stripe {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn touched(&self) -> Option<Instant> {
-        self.lock().touched
-    }
-
-    fn busy(&self) -> bool {
-        self.lock().origin_running
+    /// Whether nothing touched the stripe for [`IDLE`] and its origin request is not running.
+    fn idle_at(&self, now: Instant) -> bool {
+        let g = self.lock();
+        !g.origin_running && g.touched.is_none_or(|t| now.duration_since(t) >= IDLE)
     }
 
     /// Fails the stripe: the origin request's body ends with an error, waiting chunks give up.
@@ -322,6 +320,15 @@ pub(crate) struct StripeBody {
     idle: Pin<Box<tokio::time::Sleep>>,
 }
 
+impl StripeBody {
+    /// The origin request has the whole body: its response timeout may start.
+    fn finished(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 impl Body for StripeBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -345,17 +352,13 @@ impl Body for StripeBody {
                 c.increment(d.len() as u64);
             }
             if all {
-                if let Some(tx) = this.done.take() {
-                    let _ = tx.send(());
-                }
+                this.finished();
             }
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
         if g.consumed >= total {
             drop(g);
-            if let Some(tx) = this.done.take() {
-                let _ = tx.send(());
-            }
+            this.finished();
             return Poll::Ready(None);
         }
         if let Some(f) = g.failed.clone() {

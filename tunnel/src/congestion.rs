@@ -393,6 +393,38 @@ mod tests {
         }
     }
 
+    /// `n` rounds of `base` in which only an app-limited probe is acked; each reports a
+    /// 100 ms queue on `signal` if given.
+    fn idle_rounds(
+        cc: &mut LowDelay,
+        now: &mut Instant,
+        base: Duration,
+        n: usize,
+        signal: Option<&crate::owd::QueueSignal>,
+    ) {
+        for _ in 0..n {
+            let sent = *now;
+            *now += base;
+            if let Some(s) = signal {
+                s.report(*now, Duration::from_millis(100));
+            }
+            cc.on_ack_sample(*now, sent, 60, true, base, base);
+            cc.round_end = Some(*now);
+        }
+    }
+
+    /// `n` rounds of `base` in which a whole window of 1200-byte packets is acked.
+    fn full_rounds(cc: &mut LowDelay, now: &mut Instant, base: Duration, n: usize) {
+        for _ in 0..n {
+            let sent = *now;
+            *now += base;
+            for _ in 0..cc.window() / 1200 {
+                cc.on_ack_sample(*now, sent, 1200, false, base, base);
+            }
+            cc.round_end = Some(*now);
+        }
+    }
+
     #[test]
     fn idle_rounds_do_not_end_slow_start() {
         let start = Instant::now();
@@ -400,22 +432,10 @@ mod tests {
         let mut cc = LowDelay::new(Arc::new(LowDelayConfig::default()), start, 1200);
         let mut now = start;
         // two seconds of an idle connection: a probe acked every round, app-limited
-        for _ in 0..30 {
-            let sent = now;
-            now += base;
-            cc.on_ack_sample(now, sent, 60, true, base, base);
-            cc.round_end = Some(now);
-        }
+        idle_rounds(&mut cc, &mut now, base, 30, None);
         let w0 = cc.window();
         // then a download: full windows on an empty 20 Mbit/s link for three rounds
-        for _ in 0..3 {
-            let sent = now;
-            now += base;
-            for _ in 0..cc.window() / 1200 {
-                cc.on_ack_sample(now, sent, 1200, false, base, base);
-            }
-            cc.round_end = Some(now);
-        }
+        full_rounds(&mut cc, &mut now, base, 3);
         assert!(
             cc.window() >= w0 * 3,
             "still in slow start: {w0} -> {}",
@@ -435,22 +455,9 @@ mod tests {
         let mut cc = LowDelay::new(Arc::new(config), start, 1200);
         let mut now = start;
         // idle rounds whose probes report a 100 ms queue (they waited for ARP)
-        for _ in 0..5 {
-            let sent = now;
-            now += base;
-            signal.report(now, Duration::from_millis(100));
-            cc.on_ack_sample(now, sent, 60, true, base, base);
-            cc.round_end = Some(now);
-        }
+        idle_rounds(&mut cc, &mut now, base, 5, Some(&signal));
         let w0 = cc.window();
-        for _ in 0..3 {
-            let sent = now;
-            now += base;
-            for _ in 0..cc.window() / 1200 {
-                cc.on_ack_sample(now, sent, 1200, false, base, base);
-            }
-            cc.round_end = Some(now);
-        }
+        full_rounds(&mut cc, &mut now, base, 3);
         assert!(
             cc.window() >= w0 * 3,
             "slow start ended while idle: {w0} -> {}",
