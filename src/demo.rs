@@ -44,12 +44,12 @@ pub const DEMO_CLIP: &[u8] = include_bytes!("../assets/demo-camera.mp4");
 
 impl Testbed {
     /// Adds a camera named `name` to the gateway that plays the demo clip, live and looped.
-    pub fn add_demo_camera(&self, name: &str) -> anyhow::Result<Arc<gateway::live::LiveStream>> {
+    pub fn add_demo_camera(&self, name: &str) -> anyhow::Result<Arc<media_io::LiveStream>> {
         let clip = segmenter::mp4file::demux(&bytes::Bytes::from_static(DEMO_CLIP))
             .map_err(|e| anyhow::anyhow!("demo clip: {e}"))?;
         let cfg = gateway::config::LiveSection::default().rendition();
         let stream = self.live.add(name, &["main"], cfg, false);
-        tokio::spawn(gateway::camera::run_clip(stream.clone(), Arc::new(clip)));
+        tokio::spawn(media_io::clip::run_clip(stream.clone(), Arc::new(clip)));
         Ok(stream)
     }
 }

@@ -2,5 +2,5 @@
 //! through retina's depacketizers into the segmenter.
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    gateway::rtsp_push::fuzz_input(data);
+    media_io::rtsp::fuzz_input(data);
 });

@@ -3,8 +3,6 @@
 
 use crate::bond::{Bond, Flow};
 use crate::config::{GatewayConfig, Site};
-use crate::live::{LiveRendition, LiveStream, LiveStreams};
-use crate::rtsp_push::PushListener;
 use crate::GatewayError;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -14,6 +12,8 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use media_io::rtsp::PushListener;
+use media_io::{LiveRendition, LiveStream, LiveStreams};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -161,10 +161,10 @@ impl Gateway {
         }
         for (stream, rendition, url, creds) in std::mem::take(&mut self.pulls) {
             let span = tracing::info_span!("camera", name = stream.name());
-            tasks.spawn(crate::camera::run_pull(stream, rendition, url, creds).instrument(span));
+            tasks.spawn(media_io::pull::run_pull(stream, rendition, url, creds).instrument(span));
         }
         loop {
-            let (tcp, peer) = crate::accept(&self.listener).await;
+            let (tcp, peer) = media_io::accept(&self.listener).await;
             let state = self.state.clone();
             // hyper answers 431 when the header section outgrows its read buffer (min 8 KiB).
             let max_buf = state.max_header_bytes.max(8192);

@@ -1,0 +1,52 @@
+//! Canopy's media shell around the sans-IO `segmenter`, as `tunnel-io` is around `tunnel`:
+//!
+//! - [`rendition`], [`streams`]: live renditions shared by their feeder and their readers,
+//!   and the cameras they belong to;
+//! - [`serve`]: LL-HLS over HTTP (the gateway's on-site `/live/`);
+//! - [`spool`]: parts leaving a rendition's ring, on disk, for the backfill after an outage;
+//! - with the `cameras` feature: camera ingest, pulled with retina ([`pull`], [`feed`]) or
+//!   pushed by encoders ([`rtsp`]), and a clip played as a camera ([`clip`]).
+#![forbid(unsafe_code)]
+
+pub mod rendition;
+pub mod serve;
+pub mod spool;
+pub mod streams;
+
+#[cfg(feature = "cameras")]
+pub mod clip;
+#[cfg(feature = "cameras")]
+pub mod feed;
+#[cfg(feature = "cameras")]
+pub mod pull;
+#[cfg(feature = "cameras")]
+pub mod rtsp;
+
+pub use rendition::LiveRendition;
+pub use streams::{CameraStatus, LiveStream, LiveStreams};
+
+/// Milliseconds since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The next TCP connection on `listener`, with Nagle off. Accept errors (out of file
+/// descriptors, a connection reset before it was taken) are logged and retried after 50 ms.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                return (tcp, peer);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
