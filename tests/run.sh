@@ -1,42 +1,18 @@
 #!/usr/bin/env bash
 # Runs every Canopy test: formatting and lints, unit tests, end-to-end tests against the
-# real binary, and a short demo run. Installs the Debian packages the tests need when they
-# are missing (as root; otherwise it says what to install).
+# real binary, and a short demo run. Installs what the tests need when it is missing
+# (tests/deps.sh; as root, otherwise it says what to install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-# --- packages the tests use -------------------------------------------------------------
-need=()
-command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || need+=(ffmpeg)
-# the test camera: GStreamer's RTSP server with H.264, H.265 and AAC encoders, run by
-# Debian's own python3 (which sees the gi module)
-if ! /usr/bin/python3 - 2>/dev/null <<'PY'
-import gi
-gi.require_version("Gst", "1.0"); gi.require_version("GstRtspServer", "1.0")
-from gi.repository import Gst, GstRtspServer
-Gst.init(None)
-missing = [e for e in "x264enc x265enc avenc_aac rtph264pay rtph265pay rtpmp4gpay videotestsrc timeoverlay".split()
-           if Gst.ElementFactory.find(e) is None]
-raise SystemExit(1 if missing else 0)
-PY
-then
-  need+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-    gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
-fi
-if ((${#need[@]})); then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    step "installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-  else
-    echo "tests/run.sh: missing ${need[*]}: install them (apt-get install ${need[*]}) or run as root" >&2
-    exit 1
-  fi
-fi
+# --- packages the tests use: one list, tests/deps.sh ------------------------------------
+# Checks every tool, package and GStreamer element the tests need, installs what is missing
+# (as root; otherwise it says what to install), checks again and fails naming what is still
+# missing. `source tests/deps.sh; deps_list` prints the list.
+source tests/deps.sh
+deps_ensure all || exit 1
 
 # --- static checks ----------------------------------------------------------------------
 step "cargo fmt --check"

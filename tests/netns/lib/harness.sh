@@ -20,21 +20,16 @@
 
 set -euo pipefail
 
+source "$(dirname "${BASH_SOURCE[0]}")/../../deps.sh"
+
 CANOPY=${CANOPY:-$(pwd)/target/release/canopy}
 NSH_DIR=""
 NSH_P=""
 NSH_PIDS=()
 
+# what the namespaces need (ip, tc, ethtool, curl, ...): the netns group of tests/deps.sh
 nsh_need() {
-  local missing=()
-  command -v ip >/dev/null || missing+=(iproute2)
-  command -v tc >/dev/null || missing+=(iproute2)
-  command -v ethtool >/dev/null || missing+=(ethtool)
-  command -v curl >/dev/null || missing+=(curl)
-  if ((${#missing[@]})); then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  deps_ensure netns
 }
 
 nsh_setup() {
