@@ -464,7 +464,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                 st.srtt.as_secs_f64() * 1000.0
             ));
         }
-        let cam = camera.main().with(|r| (r.stats(), r.next_part()));
+        let cam = camera.main().with(|r| (r.stats(), r.window().next_part()));
         if let (st, Some((msn, part))) = cam {
             line.push_str(&format!(" camera msn {msn}.{part} ({} parts)", st.parts));
         } else {
@@ -540,16 +540,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         link_stats: bed.link_stats(),
         camera: {
             let st = camera.main().with(|r| r.stats());
-            let pl = bed.live.serve("demo/main/stream.m3u8", None).await;
-            let text = String::from_utf8_lossy(&pl.body);
+            let pl = match bed.live.serve("demo/main/stream.m3u8", None).await {
+                Ok(r) => http_body_util::BodyExt::collect(r.into_body())
+                    .await
+                    .map(|c| c.to_bytes())
+                    .ok(),
+                Err(_) => None,
+            };
+            let text = String::from_utf8_lossy(pl.as_deref().unwrap_or_default());
             CameraSummary {
                 frames: st.frames,
                 dropped: st.dropped,
                 parts: st.parts,
                 segments: st.segments,
-                playlist_ok: pl.status == http::StatusCode::OK
-                    && text.contains("#EXT-X-PART:")
-                    && text.contains("#EXT-X-PRELOAD-HINT"),
+                playlist_ok: text.contains("#EXT-X-PART:") && text.contains("#EXT-X-PRELOAD-HINT"),
             }
         },
     };

@@ -56,6 +56,9 @@ pub struct LiveSection {
     pub spool_dir: Option<std::path::PathBuf>,
     /// Bytes of spooled parts per rendition.
     pub spool_bytes: u64,
+    /// Origins of web pages allowed to play the on-site LL-HLS (CORS), e.g.
+    /// `["https://screens.venue.example"]`; `"*"` allows any. Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for LiveSection {
@@ -69,6 +72,7 @@ impl Default for LiveSection {
             accept_any_push: false,
             spool_dir: None,
             spool_bytes: 1 << 30,
+            cors_origins: Vec::new(),
         }
     }
 }

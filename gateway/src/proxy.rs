@@ -44,6 +44,8 @@ struct State {
     tunnel_idle: Duration,
     bond: Arc<Bond>,
     live: Arc<LiveStreams>,
+    /// Origins whose pages may load the on-site LL-HLS (CORS).
+    cors_origins: Vec<String>,
 }
 
 /// A camera rendition to pull: stream, rendition, URL, credentials.
@@ -119,6 +121,7 @@ impl Gateway {
             sites,
             max_body: (cfg.proxy.max_body_bytes > 0).then_some(cfg.proxy.max_body_bytes),
             max_header_bytes: cfg.proxy.max_header_bytes,
+            cors_origins: cfg.live.cors_origins.clone(),
             response_timeout: Duration::from_millis(cfg.proxy.response_timeout_ms),
             tunnel_idle: Duration::from_millis(cfg.proxy.tunnel_idle_timeout_ms.max(1000)),
             bond,
@@ -166,8 +169,10 @@ impl Gateway {
         loop {
             let (tcp, peer) = media_io::accept(&self.listener).await;
             let state = self.state.clone();
-            // hyper answers 431 when the header section outgrows its read buffer (min 8 KiB).
-            let max_buf = state.max_header_bytes.max(8192);
+            // hyper answers a bare 431 when the header section outgrows its read buffer; the
+            // buffer is larger than the limit, so the limit's own 431 (with its reason) is
+            // what a device sees, up to a head four times the limit
+            let max_buf = (state.max_header_bytes * 4).max(64 * 1024);
             tokio::spawn(
                 async move {
                     let svc = service_fn(move |req| handle(state.clone(), req));
@@ -228,7 +233,26 @@ fn full(s: impl Into<Bytes>) -> Body {
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
-    let (resp, class) = match route(&state, &req) {
+    let head_bytes = req.method().as_str().len()
+        + req.uri().to_string().len()
+        + 12
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    let routed = if head_bytes > state.max_header_bytes {
+        Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "request header section of {head_bytes} bytes is over the gateway's limit of {}",
+                state.max_header_bytes
+            ),
+        ))
+    } else {
+        route(&state, &req)
+    };
+    let (resp, class) = match routed {
         Err((status, reason)) => (synthetic(status, &reason), TrafficClass::Bulk),
         Ok(None) => (local(&state, &req).await, TrafficClass::Bulk),
         Ok(Some(route)) => {
@@ -254,32 +278,49 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
 async fn local(state: &State, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/live/") {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            let mut r = synthetic(StatusCode::METHOD_NOT_ALLOWED, "use GET");
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return r;
-        }
-        let a = state.live.serve(rest, req.uri().query()).await;
-        let len = a.body.len();
-        let body = if req.method() == Method::HEAD {
-            Bytes::new()
-        } else {
-            a.body
+        let origin = req.headers().get(header::ORIGIN);
+        let allowed = origin.filter(|o| {
+            state
+                .cors_origins
+                .iter()
+                .any(|a| a == "*" || o.as_bytes().eq_ignore_ascii_case(a.as_bytes()))
+        });
+        let mut r = match *req.method() {
+            Method::GET | Method::HEAD => match state.live.serve(rest, req.uri().query()).await {
+                Ok(r) => r.map(|b| b.map_err(|never| match never {}).boxed_unsync()),
+                Err(e) => synthetic(e.status(), &e.to_string()),
+            },
+            // a browser's preflight: answered only for the configured origins
+            Method::OPTIONS if allowed.is_some() => {
+                let mut r = Response::new(full(Bytes::new()));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r.headers_mut().insert(
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static("GET, HEAD"),
+                );
+                r.headers_mut().insert(
+                    header::ACCESS_CONTROL_MAX_AGE,
+                    HeaderValue::from_static("86400"),
+                );
+                r
+            }
+            _ => {
+                let mut r = synthetic(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                r
+            }
         };
-        let mut r = Response::new(full(body));
-        *r.status_mut() = a.status;
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(a.content_type),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(a.cache));
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static("*"),
-        );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        // CORS only for the origins the config names ([live] cors_origins)
+        if let Some(o) = allowed {
+            r.headers_mut()
+                .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+            r.headers_mut()
+                .insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        if req.method() == Method::HEAD {
+            *r.body_mut() = full(Bytes::new());
+        }
         return r;
     }
     match path {

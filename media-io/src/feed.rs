@@ -154,6 +154,15 @@ impl Feed {
         let Some(&(_, idx, _)) = self.map.iter().find(|(id, _, _)| *id == stream_id) else {
             return;
         };
+        // retina marks only IDR pictures of H.265 as random access points; a CRA or BLA
+        // picture (x265's default open GOP sends IDR only at the start) starts a decodable
+        // stream just as well, and segments must be able to start there
+        let key = key
+            || (video
+                && self.tracks[idx]
+                    .as_ref()
+                    .is_some_and(|t| t.codec == segmenter::Codec::H265)
+                && segmenter::media::hevc_irap(&data));
         if video && loss > 0 {
             debug!(camera = %self.camera, loss, "video packets lost: waiting for a keyframe");
             self.resync = true;

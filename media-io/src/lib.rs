@@ -2,12 +2,14 @@
 //!
 //! - [`rendition`], [`streams`]: live renditions shared by their feeder and their readers,
 //!   and the cameras they belong to;
-//! - [`serve`]: LL-HLS over HTTP (the gateway's on-site `/live/`);
+//! - [`hls_http`]: LL-HLS over HTTP for any window (blocking reload, growing parts,
+//!   delta updates); [`serve`]: the gateway's on-site `/live/`;
 //! - [`spool`]: parts leaving a rendition's ring, on disk, for the backfill after an outage;
 //! - with the `cameras` feature: camera ingest, pulled with retina ([`pull`], [`feed`]) or
 //!   pushed by encoders ([`rtsp`]), and a clip played as a camera ([`clip`]).
 #![forbid(unsafe_code)]
 
+pub mod hls_http;
 pub mod rendition;
 pub mod serve;
 pub mod spool;

@@ -3,19 +3,23 @@
 //! [`segmenter::Rendition`] behind a mutex, a watch that wakes readers when it changes, and
 //! the optional disk spool for parts leaving its ring.
 
+use crate::hls_http::WindowSource;
 use bytes::Bytes;
-use segmenter::{Frame, Rendition, RenditionConfig, Track};
-use std::sync::Mutex;
-use std::time::Duration;
+use segmenter::window::StreamInfo;
+use segmenter::{Chunk, Frame, LiveWindow, Part, Rendition, RenditionConfig, Track};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-/// One rendition of a camera, shared by its feeder and the HTTP readers.
+/// One rendition of a camera, shared by its feeder and its readers.
 pub struct LiveRendition {
     name: String,
     inner: Mutex<Rendition>,
     changed: watch::Sender<u64>,
     pub(crate) cfg: RenditionConfig,
     spool: Option<Mutex<crate::spool::Spool>>,
+    /// This rendition's timeline (random per gateway start): the relay tells a restarted
+    /// gateway's parts, numbered from 0 again, from the earlier ones.
+    run: u64,
 }
 
 impl LiveRendition {
@@ -31,6 +35,7 @@ impl LiveRendition {
             changed: watch::channel(0).0,
             cfg,
             spool: None,
+            run: fastrand::u64(1..),
         }
     }
 
@@ -38,19 +43,10 @@ impl LiveRendition {
         self.inner
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
+            .window()
             .set_keep_evicted(true);
         self.spool = Some(Mutex::new(spool));
         self
-    }
-
-    /// Part `seq` from the ring, else from the disk spool.
-    pub fn part_by_seq(&self, seq: u64) -> Option<Bytes> {
-        if let Some(p) = self.with(|r| r.ring().get(seq)) {
-            return Some(p.data.clone());
-        }
-        let spool = self.spool.as_ref()?;
-        let s = spool.lock().unwrap_or_else(|e| e.into_inner());
-        s.get(seq).ok().flatten()
     }
 
     /// Rendition name (`main`, `sub`).
@@ -58,17 +54,27 @@ impl LiveRendition {
         &self.name
     }
 
-    /// Runs `f` on the rendition and wakes readers if the playlist changed.
+    /// The timeline id.
+    pub fn run(&self) -> u64 {
+        self.run
+    }
+
+    /// The settings.
+    pub fn config(&self) -> RenditionConfig {
+        self.cfg
+    }
+
+    /// Runs `f` on the rendition and wakes readers if anything they see changed.
     pub fn with<R>(&self, f: impl FnOnce(&mut Rendition) -> R) -> R {
         let (r, v, evicted) = {
             let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             let r = f(&mut g);
             let evicted = if self.spool.is_some() {
-                g.take_evicted()
+                g.window().take_evicted()
             } else {
                 Vec::new()
             };
-            (r, g.version(), evicted)
+            (r, g.window_ref().version(), evicted)
         };
         if let (Some(spool), false) = (&self.spool, evicted.is_empty()) {
             let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,7 +96,7 @@ impl LiveRendition {
     pub fn set_tracks(&self, tracks: Vec<Track>) -> Result<(), String> {
         let (res, init) = self.with(|r| {
             let res = r.set_tracks(tracks);
-            (res, r.latest_init())
+            (res, r.window().latest_init())
         });
         if let (Some(spool), Some((g, data))) = (&self.spool, init) {
             let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
@@ -101,7 +107,7 @@ impl LiveRendition {
         res
     }
 
-    /// Packages one frame.
+    /// Packages one frame that arrived now.
     pub fn frame(&self, frame: Frame) -> Result<usize, segmenter::segmenter::FrameError> {
         let wall = crate::wall_ms();
         self.with(|r| r.handle_frame(frame, wall))
@@ -112,22 +118,80 @@ impl LiveRendition {
         self.with(|r| r.discontinuity());
     }
 
-    /// Waits until `ready` holds or `limit` passes; true if it holds.
-    pub async fn wait_for(
-        &self,
-        limit: Duration,
-        mut ready: impl FnMut(&mut Rendition) -> bool,
-    ) -> bool {
-        let mut rx = self.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if self.with(&mut ready) {
-                return true;
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return self.with(&mut ready),
-            }
+    /// Keeps the chunks made from now on for [`LiveRendition::take_chunks`].
+    pub fn keep_chunks(&self) {
+        self.with(|r| r.keep_chunks());
+    }
+
+    /// The chunks made since the last call, and how many were dropped meanwhile.
+    pub fn take_chunks(&self) -> (Vec<Chunk>, u64) {
+        self.with(|r| r.take_chunks())
+    }
+
+    /// The newest init segment and what the multivariant playlist says of the rendition.
+    pub fn init(&self) -> Option<(u32, Bytes, StreamInfo)> {
+        self.with(|r| {
+            let w = r.window();
+            let (g, d) = w.latest_init()?;
+            Some((g, d, w.info().clone()))
+        })
+    }
+
+    /// Init segment `generation`, from the window or the spool.
+    pub fn init_generation(&self, generation: u32) -> Option<Bytes> {
+        if let Some(d) = self.with(|r| r.window().init(generation)) {
+            return Some(d);
         }
+        let spool = self.spool.as_ref()?;
+        let s = spool.lock().unwrap_or_else(|e| e.into_inner());
+        s.get_init(generation).ok().flatten()
+    }
+
+    /// Part `seq`, whole: from the ring, else from the disk spool.
+    pub fn part(&self, seq: u64) -> Option<Arc<Part>> {
+        if let Some(p) = self.with(|r| r.window().part_by_seq(seq)) {
+            return Some(p);
+        }
+        let spool = self.spool.as_ref()?;
+        let s = spool.lock().unwrap_or_else(|e| e.into_inner());
+        s.get(seq).ok().flatten().map(Arc::new)
+    }
+
+    /// Bytes `offset..offset + len` of part `seq` (which may still be growing).
+    pub fn bytes(&self, seq: u64, offset: u64, len: u64) -> Option<Bytes> {
+        if let Some(b) = self.with(|r| r.window().bytes(seq, offset, len)) {
+            return Some(b);
+        }
+        let p = self.part(seq)?;
+        let (a, b) = (
+            usize::try_from(offset).ok()?,
+            usize::try_from(offset + len).ok()?,
+        );
+        (b <= p.data.len()).then(|| p.data.slice(a..b))
+    }
+
+    /// The oldest part still held (ring or spool).
+    pub fn oldest_seq(&self) -> u64 {
+        let ring = self.with(|r| {
+            let w = r.window();
+            w.next_seq() - w.ring().len() as u64
+        });
+        let spooled = self.spool.as_ref().and_then(|s| {
+            s.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .range()
+                .map(|(a, _)| a)
+        });
+        spooled.map_or(ring, |s| s.min(ring))
+    }
+}
+
+impl WindowSource for LiveRendition {
+    fn with_window<R>(&self, f: impl FnOnce(&mut LiveWindow) -> R) -> R {
+        self.with(|r| f(r.window()))
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 }

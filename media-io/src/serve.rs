@@ -1,4 +1,4 @@
-//! On-site LL-HLS over HTTP: the gateway's `/live/` for venue screens.
+//! On-site LL-HLS: the gateway's `/live/` for venue screens.
 //!
 //! URLs:
 //! - `/live/` — JSON: cameras and their state;
@@ -9,87 +9,62 @@
 //!   timeline. (ffmpeg's HLS reader mixes streams of different variants, so index.m3u8
 //!   lists one.)
 //! - `/live/<camera>/<rendition>/stream.m3u8` — media playlist; blocking reload with
-//!   `_HLS_msn` / `_HLS_part`;
+//!   `_HLS_msn` / `_HLS_part`, delta updates with `_HLS_skip`;
 //! - `/live/<camera>/<rendition>/init-<gen>.mp4`, `seg-<msn>.m4s`, `part-<msn>.<i>.m4s`;
-//!   a request for the hinted part waits for it.
+//!   the hinted part is answered as it grows.
 
+use crate::hls_http::{self, full, MediaBody, PlaylistOptions, ServeError, WindowSource};
 use crate::rendition::LiveRendition;
 use crate::streams::{LiveStream, LiveStreams};
-use bytes::Bytes;
-use segmenter::hls::{render_multivariant, Blocking, Ready};
-use segmenter::{Lookup, Rendition};
-use std::time::Duration;
-
-/// An HTTP answer from the live module: status, content type, cache policy, body.
-pub struct Answer {
-    /// Status code.
-    pub status: http::StatusCode,
-    /// Content-Type.
-    pub content_type: &'static str,
-    /// Cache-Control.
-    pub cache: &'static str,
-    /// Body.
-    pub body: Bytes,
-}
-
-impl Answer {
-    fn ok(content_type: &'static str, cache: &'static str, body: impl Into<Bytes>) -> Self {
-        Self {
-            status: http::StatusCode::OK,
-            content_type,
-            cache,
-            body: body.into(),
-        }
-    }
-
-    fn error(status: http::StatusCode, msg: &str) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            cache: "no-store",
-            body: Bytes::from(format!("{msg}\n")),
-        }
-    }
-}
-
-const M3U8: &str = "application/vnd.apple.mpegurl";
-const MP4: &str = "video/mp4";
-const M4S: &str = "video/iso.segment";
-const NO_CACHE: &str = "no-cache";
-const IMMUTABLE: &str = "public, max-age=60, immutable";
+use http::{header, Response};
+use segmenter::hls::render_multivariant;
+use std::sync::Arc;
 
 impl LiveStreams {
     /// Serves `GET /live/...`; `path` starts after `/live/`.
-    pub async fn serve(&self, path: &str, query: Option<&str>) -> Answer {
-        use http::StatusCode as S;
+    pub async fn serve(
+        &self,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Response<MediaBody>, ServeError> {
         let parts: Vec<&str> = path.split('/').collect();
         match parts.as_slice() {
-            [""] => self.index(),
+            [""] => Ok(self.index()),
             [cam, file @ ("index.m3u8" | "abr.m3u8")] => {
-                let Some(s) = self.get(cam) else {
-                    return Answer::error(S::NOT_FOUND, "no such camera");
-                };
-                self.multivariant(&s, *file == "abr.m3u8").await
+                let s = self
+                    .get(cam)
+                    .ok_or(ServeError::NotFound("no such camera"))?;
+                multivariant(&s, *file == "abr.m3u8", "").await
             }
             [cam, rend, file] => {
-                let Some(r) = self.get(cam).and_then(|s| s.rendition(rend)) else {
-                    return Answer::error(S::NOT_FOUND, "no such camera or rendition");
+                let s = self
+                    .get(cam)
+                    .ok_or(ServeError::NotFound("no such camera"))?;
+                let r = s
+                    .rendition(rend)
+                    .ok_or(ServeError::NotFound("no such rendition"))?;
+                let opts = PlaylistOptions {
+                    reports: reports(&s, rend),
+                    uri_suffix: String::new(),
                 };
-                serve_file(&r, file, query).await
+                hls_http::serve_file(r, file, query, &opts).await
             }
-            _ => Answer::error(S::NOT_FOUND, "not found"),
+            _ => Err(ServeError::NotFound("not found")),
         }
     }
 
-    fn index(&self) -> Answer {
+    fn index(&self) -> Response<MediaBody> {
         let mut v = Vec::new();
         for s in self.all() {
             let rends: Vec<_> = s
                 .renditions
                 .iter()
                 .map(|r| {
-                    let (st, ring_bytes, ring_parts) =
-                        r.with(|x| (x.stats(), x.ring().bytes(), x.ring().len()));
+                    let (st, ring_bytes, ring_parts) = r.with(|x| {
+                        let st = x.stats();
+                        let w = x.window();
+                        (st, w.ring().bytes(), w.ring().len())
+                    });
                     serde_json::json!({
                         "name": r.name(),
                         "playlist": format!("/live/{}/{}/stream.m3u8", s.name(), r.name()),
@@ -106,119 +81,63 @@ impl LiveStreams {
                 "renditions": rends,
             }));
         }
-        Answer::ok(
-            "application/json",
-            NO_CACHE,
-            serde_json::to_vec_pretty(&v).unwrap_or_default(),
-        )
-    }
-
-    async fn multivariant(&self, s: &LiveStream, all: bool) -> Answer {
-        // a player that asks before the first segment is complete waits a little
-        let main = s.main();
-        let limit = main.cfg.segmenter.segment_target * 4;
-        main.wait_for(limit, |r| {
-            r.variant(String::new()).is_some_and(|v| v.bandwidth > 0)
-        })
-        .await;
-        let variants: Vec<_> = s
-            .renditions
-            .iter()
-            .take(if all { usize::MAX } else { 1 })
-            .filter_map(|r| r.with(|x| x.variant(format!("{}/stream.m3u8", r.name()))))
-            .collect();
-        if variants.is_empty() {
-            return Answer::error(http::StatusCode::SERVICE_UNAVAILABLE, "camera not live yet");
-        }
-        Answer::ok(M3U8, NO_CACHE, render_multivariant(&variants))
+        let mut r = Response::new(full(serde_json::to_vec_pretty(&v).unwrap_or_default()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-cache"),
+        );
+        r
     }
 }
 
-async fn serve_file(r: &LiveRendition, file: &str, query: Option<&str>) -> Answer {
-    use http::StatusCode as S;
-    let part_target = r.cfg.segmenter.part_target;
-    // the target duration grows with long GOPs; blocking waits follow it
-    let target = r.cfg.segmenter.segment_target.max(Duration::from_secs_f64(
-        r.with(|x| x.target_duration()).min(60.0),
-    ));
-    if file == "stream.m3u8" {
-        let b = match Blocking::parse(query) {
-            Ok(b) => b,
-            Err(e) => return Answer::error(S::BAD_REQUEST, &e),
-        };
-        // RFC 8216bis: a blocking request that cannot be met within three target durations
-        // gets 503
-        let limit = if b.msn.is_some() {
-            target * 3
-        } else {
-            target * 4
-        };
-        let mut bad = false;
-        let ok = r
-            .wait_for(limit, |x| match x.ready(b) {
-                Ready::Now => true,
-                Ready::BadRequest => {
-                    bad = true;
-                    true
-                }
-                Ready::Wait => false,
-            })
-            .await;
-        if bad {
-            return Answer::error(S::BAD_REQUEST, "_HLS_msn is more than two segments ahead");
-        }
-        if !ok {
-            return Answer::error(S::SERVICE_UNAVAILABLE, "no media yet");
-        }
-        return Answer::ok(M3U8, NO_CACHE, r.with(|x| x.render()));
-    }
-    if let Some(g) = file
-        .strip_prefix("init-")
-        .and_then(|f| f.strip_suffix(".mp4"))
-    {
-        let Ok(g) = g.parse::<u32>() else {
-            return Answer::error(S::BAD_REQUEST, "bad init segment name");
-        };
-        return match r.with(|x| x.init(g)) {
-            Some(d) => Answer::ok(MP4, IMMUTABLE, d),
-            None => Answer::error(S::NOT_FOUND, "no such init segment"),
-        };
-    }
-    let lookup: Box<dyn Fn(&mut Rendition) -> Lookup + Send + Sync> = if let Some(m) = file
-        .strip_prefix("seg-")
-        .and_then(|f| f.strip_suffix(".m4s"))
-    {
-        let Ok(msn) = m.parse::<u64>() else {
-            return Answer::error(S::BAD_REQUEST, "bad segment name");
-        };
-        Box::new(move |x| x.segment(msn))
-    } else if let Some(p) = file
-        .strip_prefix("part-")
-        .and_then(|f| f.strip_suffix(".m4s"))
-    {
-        let parsed = p
-            .split_once('.')
-            .and_then(|(m, i)| Some((m.parse::<u64>().ok()?, i.parse::<u32>().ok()?)));
-        let Some((msn, idx)) = parsed else {
-            return Answer::error(S::BAD_REQUEST, "bad part name");
-        };
-        Box::new(move |x| x.part(msn, idx))
-    } else {
-        return Answer::error(S::NOT_FOUND, "not found");
-    };
-    let mut found = None;
-    let limit = (part_target * 4).max(target * 2);
-    r.wait_for(limit, |x| match lookup(x) {
-        Lookup::NotYet => false,
-        other => {
-            found = Some(other);
-            true
-        }
+/// The other renditions' live edges, for a rendition's playlist.
+fn reports(s: &Arc<LiveStream>, rend: &str) -> Vec<(String, hls_http::EdgeFn)> {
+    s.renditions
+        .iter()
+        .filter(|r| r.name() != rend)
+        .map(|r| {
+            let uri = format!("../{}/stream.m3u8", r.name());
+            let r = r.clone();
+            let f: hls_http::EdgeFn = Arc::new(move || r.with_window(|w| hls_http::live_edge(w)));
+            (uri, f)
+        })
+        .collect()
+}
+
+/// A camera's multivariant playlist: its main rendition, or (`all`) every rendition.
+async fn multivariant(
+    s: &LiveStream,
+    all: bool,
+    uri_suffix: &str,
+) -> Result<Response<MediaBody>, ServeError> {
+    // a player that asks before the first segment is complete waits a little
+    let main: Arc<LiveRendition> = s.main();
+    let limit = main.cfg.segmenter.segment_target * 4;
+    hls_http::wait_for(&*main, limit, |w| {
+        w.variant(String::new()).is_some_and(|v| v.bandwidth > 0)
     })
     .await;
-    match found {
-        Some(Lookup::Ready(d)) => Answer::ok(M4S, IMMUTABLE, d),
-        Some(Lookup::Gone) => Answer::error(S::NOT_FOUND, "no longer (or never) in the ring"),
-        _ => Answer::error(S::SERVICE_UNAVAILABLE, "not produced in time"),
+    let variants: Vec<_> = s
+        .renditions
+        .iter()
+        .take(if all { usize::MAX } else { 1 })
+        .filter_map(|r| r.with_window(|w| w.variant(format!("{}/stream.m3u8", r.name()))))
+        .collect();
+    if variants.is_empty() {
+        return Err(ServeError::Unavailable("camera not live yet"));
     }
+    let mut r = Response::new(full(render_multivariant(&variants, uri_suffix)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(hls_http::M3U8),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("public, max-age=1"),
+    );
+    Ok(r)
 }

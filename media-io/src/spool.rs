@@ -2,11 +2,12 @@
 //! bytes, so a later reader (the outage backfill) can still fetch them by sequence number.
 //!
 //! One directory per rendition; one file per part, named `<seq>-<msn>.<index>.m4s`, plus
-//! the init segments (`init-<gen>.mp4`). On open, files from an earlier run are removed:
-//! sequence numbers restart with the process.
+//! the init segments (`init-<gen>.mp4`); what else the backfill needs of a part (its
+//! duration, segment start, capture time) is kept in memory. On open, files from an earlier
+//! run are removed: sequence numbers restart with the process.
 
 use bytes::Bytes;
-use segmenter::Part;
+use segmenter::{Part, PartMeta};
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,8 @@ struct Entry {
     seq: u64,
     path: PathBuf,
     len: u64,
+    meta: PartMeta,
+    duration: f64,
 }
 
 /// One rendition's spool.
@@ -65,6 +68,8 @@ impl Spool {
             seq: part.seq,
             path,
             len,
+            meta: part.meta(),
+            duration: part.duration,
         });
         self.bytes += len;
         while self.bytes > self.max_bytes {
@@ -77,8 +82,17 @@ impl Spool {
         Ok(())
     }
 
+    /// Init segment `generation`, if spooled.
+    pub fn get_init(&self, generation: u32) -> io::Result<Option<Bytes>> {
+        match std::fs::read(self.dir.join(format!("init-{generation}.mp4"))) {
+            Ok(d) => Ok(Some(Bytes::from(d))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The part with sequence number `seq`, if spooled.
-    pub fn get(&self, seq: u64) -> io::Result<Option<Bytes>> {
+    pub fn get(&self, seq: u64) -> io::Result<Option<Part>> {
         let first = match self.entries.front() {
             Some(e) => e.seq,
             None => return Ok(None),
@@ -91,7 +105,10 @@ impl Spool {
             .filter(|e| e.seq == seq)
             .or_else(|| self.entries.iter().find(|e| e.seq == seq));
         match e {
-            Some(e) => Ok(Some(Bytes::from(std::fs::read(&e.path)?))),
+            Some(e) => {
+                let data = Bytes::from(std::fs::read(&e.path)?);
+                Ok(Some(Part::new(e.meta, e.duration, data)))
+            }
             None => Ok(None),
         }
     }
@@ -120,6 +137,9 @@ mod tests {
             duration: 0.2,
             data: Bytes::from(vec![seq as u8; 1000]),
             init: 0,
+            capture_ms: 0,
+            segment: None,
+            gap: false,
         }
     }
 
@@ -136,7 +156,10 @@ mod tests {
         }
         assert_eq!(s.range(), Some((15, 24)));
         assert!(s.bytes() <= 10_000);
-        assert_eq!(s.get(20).unwrap().unwrap(), Bytes::from(vec![20u8; 1000]));
+        let p = s.get(20).unwrap().unwrap();
+        assert_eq!(p.data, Bytes::from(vec![20u8; 1000]));
+        assert_eq!((p.msn, p.index, p.duration), (4, 0, 0.2));
+        assert_eq!(s.get_init(0).unwrap().unwrap(), Bytes::from_static(b"init"));
         assert!(s.get(3).unwrap().is_none());
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 11); // 10 parts + init
         std::fs::remove_dir_all(&dir).unwrap();

@@ -11,6 +11,8 @@ pub struct PartInfo {
     pub duration: f64,
     /// Starts with a keyframe.
     pub independent: bool,
+    /// No media (GAP=YES).
+    pub gap: bool,
 }
 
 /// A segment as the playlist knows it.
@@ -28,6 +30,10 @@ pub struct SegmentInfo {
     pub init: u32,
     /// Wall clock of its first frame, ms since the Unix epoch.
     pub pdt_ms: u64,
+    /// A gap segment (EXT-X-GAP): no media, it only keeps the playlist going.
+    pub gap: bool,
+    /// Starts with a keyframe.
+    pub independent: bool,
 }
 
 impl SegmentInfo {
@@ -37,13 +43,26 @@ impl SegmentInfo {
     }
 }
 
-/// What a playlist request asked for, from `_HLS_msn` and `_HLS_part`.
+/// What a playlist request asked for, from `_HLS_msn`, `_HLS_part` and `_HLS_skip`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Blocking {
     /// `_HLS_msn`.
     pub msn: Option<u64>,
     /// `_HLS_part`.
     pub part: Option<u32>,
+    /// `_HLS_skip=YES` (or `v2`): a delta update.
+    pub skip: bool,
+}
+
+/// Why a playlist request's directives are refused (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadDirective {
+    /// Not a number.
+    #[error("bad {0} {1:?}")]
+    Malformed(&'static str, String),
+    /// `_HLS_part` without `_HLS_msn`.
+    #[error("_HLS_part without _HLS_msn")]
+    PartWithoutMsn,
 }
 
 /// How a blocking request stands.
@@ -53,29 +72,55 @@ pub enum Ready {
     Now,
     /// Wait for more media.
     Wait,
-    /// The request is invalid (400): `_HLS_part` without `_HLS_msn`, or an msn too far ahead.
+    /// The request is invalid (400): an msn or part too far ahead.
     BadRequest,
 }
 
 impl Blocking {
     /// Parses the query string; unknown parameters are ignored, malformed ones are an error.
-    pub fn parse(query: Option<&str>) -> Result<Self, String> {
+    pub fn parse(query: Option<&str>) -> Result<Self, BadDirective> {
         let mut b = Blocking::default();
         for kv in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let bad = |name| BadDirective::Malformed(name, v.chars().take(40).collect());
             match k {
-                "_HLS_msn" => b.msn = Some(v.parse().map_err(|_| format!("bad _HLS_msn {v:?}"))?),
-                "_HLS_part" => {
-                    b.part = Some(v.parse().map_err(|_| format!("bad _HLS_part {v:?}"))?)
-                }
+                "_HLS_msn" => b.msn = Some(v.parse().map_err(|_| bad("_HLS_msn"))?),
+                "_HLS_part" => b.part = Some(v.parse().map_err(|_| bad("_HLS_part"))?),
+                "_HLS_skip" => match v {
+                    "YES" | "v2" => b.skip = true,
+                    _ => return Err(bad("_HLS_skip")),
+                },
                 _ => {}
             }
         }
         if b.part.is_some() && b.msn.is_none() {
-            return Err("_HLS_part without _HLS_msn".into());
+            return Err(BadDirective::PartWithoutMsn);
         }
         Ok(b)
     }
+}
+
+/// Another rendition's live edge, reported in a playlist (EXT-X-RENDITION-REPORT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenditionReport {
+    /// URI of its media playlist, relative to this one.
+    pub uri: String,
+    /// Its last media sequence number.
+    pub last_msn: u64,
+    /// Its last part in that segment.
+    pub last_part: u32,
+}
+
+/// How to render a media playlist.
+#[derive(Debug, Clone, Default)]
+pub struct RenderOptions {
+    /// A delta update: segments older than CAN-SKIP-UNTIL become one EXT-X-SKIP.
+    pub skip: bool,
+    /// Other renditions' live edges.
+    pub reports: Vec<RenditionReport>,
+    /// Appended to every URI (e.g. `?token=...` for signed viewer URLs, which relative URIs
+    /// do not inherit).
+    pub uri_suffix: String,
 }
 
 /// A rendition's media playlist.
@@ -84,11 +129,15 @@ pub struct MediaPlaylist {
     segments: VecDeque<SegmentInfo>,
     part_target: f64,
     target_duration: f64,
+    part_hold_back: f64,
     discontinuity_sequence: u64,
     /// How many segments from the end list their parts.
     parts_window: usize,
     /// Segments kept in the playlist at most (older ones stay in the ring).
     max_segments: usize,
+    ended: bool,
+    /// Every segment so far started with a keyframe.
+    independent_segments: bool,
 }
 
 impl MediaPlaylist {
@@ -98,28 +147,43 @@ impl MediaPlaylist {
             segments: VecDeque::new(),
             part_target,
             target_duration: segment_target,
+            part_hold_back: part_target * 3.0,
             discontinuity_sequence: 0,
             parts_window: 3,
             max_segments: max_segments.max(3),
+            ended: false,
+            independent_segments: true,
         }
     }
 
-    /// Records a new part. `starts_segment` opens segment `msn` (closing the previous one).
-    pub fn add_part(&mut self, msn: u64, index: u32, part: PartInfo, seg: Option<SegmentInfo>) {
-        if let Some(seg) = seg {
-            if let Some(last) = self.segments.back_mut() {
-                last.complete = true;
-            }
-            self.segments.push_back(seg);
-            while self.segments.len() > self.max_segments {
-                self.drop_oldest();
-            }
-        }
+    /// Sets PART-HOLD-BACK (at least three part targets, as RFC 8216bis recommends).
+    pub fn with_part_hold_back(mut self, seconds: f64) -> Self {
+        self.part_hold_back = seconds.max(self.part_target * 3.0);
+        self
+    }
+
+    /// Opens segment `seg` (closing the previous one).
+    pub fn open_segment(&mut self, seg: SegmentInfo) {
         if let Some(last) = self.segments.back_mut() {
-            if last.msn == msn && last.parts.len() == index as usize {
+            last.complete = true;
+        }
+        if !seg.independent && !seg.gap {
+            self.independent_segments = false;
+        }
+        self.segments.push_back(seg);
+        while self.segments.len() > self.max_segments {
+            self.drop_oldest();
+        }
+    }
+
+    /// Records a new part of the open segment.
+    pub fn add_part(&mut self, msn: u64, index: u32, part: PartInfo) {
+        if let Some(last) = self.segments.back_mut() {
+            if last.msn == msn && last.parts.len() == index as usize && !last.complete {
                 // a frame longer than the target (a camera under 5 fps) makes a longer part;
                 // the advertised target follows, so it stays an upper bound
                 self.part_target = self.part_target.max(part.duration);
+                self.part_hold_back = self.part_hold_back.max(self.part_target * 3.0);
                 last.parts.push(part);
                 self.target_duration = self.target_duration.max(last.duration());
             }
@@ -131,6 +195,22 @@ impl MediaPlaylist {
         if let Some(last) = self.segments.back_mut() {
             last.complete = true;
         }
+    }
+
+    /// Ends the playlist (EXT-X-ENDLIST).
+    pub fn end(&mut self) {
+        self.close_segment();
+        self.ended = true;
+    }
+
+    /// Whether the playlist has ended.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Every segment so far started with a keyframe.
+    pub fn independent_segments(&self) -> bool {
+        self.independent_segments
     }
 
     fn drop_oldest(&mut self) {
@@ -154,6 +234,11 @@ impl MediaPlaylist {
         self.target_duration
     }
 
+    /// The part target, seconds.
+    pub fn part_target(&self) -> f64 {
+        self.part_target
+    }
+
     /// Segments listed, oldest first.
     pub fn segments(&self) -> &VecDeque<SegmentInfo> {
         &self.segments
@@ -162,7 +247,17 @@ impl MediaPlaylist {
     /// The (msn, part index) the next part will get, if known.
     pub fn next_part(&self) -> Option<(u64, u32)> {
         let last = self.segments.back()?;
-        Some((last.msn, last.parts.len() as u32))
+        Some(if last.complete {
+            (last.msn + 1, 0)
+        } else {
+            (last.msn, last.parts.len() as u32)
+        })
+    }
+
+    /// The last part listed: (msn, index).
+    pub fn last_part(&self) -> Option<(u64, u32)> {
+        let last = self.segments.iter().rev().find(|s| !s.parts.is_empty())?;
+        Some((last.msn, last.parts.len() as u32 - 1))
     }
 
     /// Whether segment `msn` part `part` exists (`part` None: the whole segment is complete).
@@ -176,9 +271,16 @@ impl MediaPlaylist {
         }
     }
 
+    /// Parts a request may ask for ahead of the last one (RFC 8216bis: the Advance Part
+    /// Limit, three seconds of parts).
+    fn advance_part_limit(&self) -> u64 {
+        (3.0 / self.part_target.max(0.01)).ceil() as u64
+    }
+
     /// Whether a blocking request can be answered now. Per RFC 8216bis §6.2.5.2 the server
     /// waits until the playlist holds the requested part (or segment), and refuses an msn
-    /// more than two segments ahead of the last one.
+    /// more than two segments ahead of the last one, or a part more than the Advance Part
+    /// Limit ahead. An ended playlist answers at once.
     pub fn ready(&self, b: Blocking) -> Ready {
         let Some(msn) = b.msn else {
             return if self.segments.is_empty() {
@@ -187,9 +289,38 @@ impl MediaPlaylist {
                 Ready::Now
             };
         };
-        let last = self.segments.back().map_or(0, |s| s.msn);
-        if msn > last + 2 {
+        let Some(last) = self.segments.back() else {
+            return if msn > 2 {
+                Ready::BadRequest
+            } else {
+                Ready::Wait
+            };
+        };
+        if msn > last.msn + 2 {
             return Ready::BadRequest;
+        }
+        if let Some(p) = b.part {
+            // parts ahead of the last one listed, counting a complete segment's parts as done
+            let have = if last.complete {
+                0
+            } else {
+                last.parts.len() as u64
+            };
+            let ahead = match msn.checked_sub(last.msn) {
+                Some(0) => u64::from(p).saturating_sub(have),
+                Some(d) => {
+                    u64::from(p)
+                        + 1
+                        + (d - 1) * (self.target_duration / self.part_target.max(0.01)) as u64
+                }
+                None => 0,
+            };
+            if ahead > self.advance_part_limit() {
+                return Ready::BadRequest;
+            }
+        }
+        if self.ended {
+            return Ready::Now;
         }
         let ok = match b.part {
             None => self.has(msn, None),
@@ -210,18 +341,25 @@ impl MediaPlaylist {
         }
     }
 
-    /// Renders the media playlist. `uri` names files: init segments `init-{gen}.mp4`,
-    /// segments `seg-{msn}.m4s`, parts `part-{msn}.{index}.m4s`.
-    pub fn render(&self) -> String {
+    /// CAN-SKIP-UNTIL: six target durations, as RFC 8216bis requires at least.
+    fn skip_until(&self) -> f64 {
+        6.0 * self.target_duration.ceil().max(1.0)
+    }
+
+    /// Renders the media playlist. Files: init segments `init-{gen}.mp4`, segments
+    /// `seg-{msn}.m4s`, parts `part-{msn}.{index}.m4s`, each with `opts.uri_suffix`.
+    pub fn render(&self, opts: &RenderOptions) -> String {
         let mut s = String::with_capacity(2048);
+        let q = &opts.uri_suffix;
         let td = self.target_duration.ceil().max(1.0) as u64;
         let _ = writeln!(s, "#EXTM3U");
         let _ = writeln!(s, "#EXT-X-VERSION:9");
         let _ = writeln!(s, "#EXT-X-TARGETDURATION:{td}");
         let _ = writeln!(
             s,
-            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3}",
-            self.part_target * 3.0
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL={:.1},PART-HOLD-BACK={:.3}",
+            self.skip_until(),
+            self.part_hold_back
         );
         let _ = writeln!(s, "#EXT-X-PART-INF:PART-TARGET={:.3}", self.part_target);
         let first = self.segments.front().map_or(0, |x| x.msn);
@@ -233,14 +371,34 @@ impl MediaPlaylist {
                 self.discontinuity_sequence
             );
         }
+        // a delta update skips the segments older than CAN-SKIP-UNTIL before the live edge
         let n = self.segments.len();
+        let mut skipped = 0;
+        if opts.skip {
+            let total: f64 = self.segments.iter().map(SegmentInfo::duration).sum();
+            let mut t = 0.0;
+            for seg in &self.segments {
+                if !seg.complete || total - t - seg.duration() < self.skip_until() {
+                    break;
+                }
+                t += seg.duration();
+                skipped += 1;
+            }
+            if skipped > 0 {
+                let _ = writeln!(s, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
+            }
+        }
+        // the MAP in force is repeated after a skip, so a delta update decodes on its own
         let mut init = None;
         for (i, seg) in self.segments.iter().enumerate() {
+            if i < skipped {
+                continue;
+            }
             if seg.discontinuity {
                 let _ = writeln!(s, "#EXT-X-DISCONTINUITY");
             }
             if init != Some(seg.init) {
-                let _ = writeln!(s, "#EXT-X-MAP:URI=\"init-{}.mp4\"", seg.init);
+                let _ = writeln!(s, "#EXT-X-MAP:URI=\"init-{}.mp4{q}\"", seg.init);
                 init = Some(seg.init);
             }
             let _ = writeln!(s, "#EXT-X-PROGRAM-DATE-TIME:{}", iso8601(seg.pdt_ms));
@@ -249,29 +407,41 @@ impl MediaPlaylist {
                 for (k, p) in seg.parts.iter().enumerate() {
                     let _ = write!(
                         s,
-                        "#EXT-X-PART:DURATION={:.5},URI=\"part-{}.{}.m4s\"",
+                        "#EXT-X-PART:DURATION={:.5},URI=\"part-{}.{}.m4s{q}\"",
                         p.duration, seg.msn, k
                     );
                     if p.independent {
                         s.push_str(",INDEPENDENT=YES");
                     }
+                    if p.gap {
+                        s.push_str(",GAP=YES");
+                    }
                     s.push('\n');
                 }
             }
             if seg.complete {
+                if seg.gap {
+                    let _ = writeln!(s, "#EXT-X-GAP");
+                }
                 let _ = writeln!(s, "#EXTINF:{:.5},", seg.duration());
-                let _ = writeln!(s, "seg-{}.m4s", seg.msn);
+                let _ = writeln!(s, "seg-{}.m4s{q}", seg.msn);
             }
         }
-        if let Some(last) = self.segments.back() {
-            let (msn, idx) = if last.complete {
-                (last.msn + 1, 0)
-            } else {
-                (last.msn, last.parts.len())
-            };
+        if self.ended {
+            s.push_str("#EXT-X-ENDLIST\n");
+            return s;
+        }
+        if let Some((msn, idx)) = self.next_part() {
             let _ = writeln!(
                 s,
-                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-{msn}.{idx}.m4s\""
+                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-{msn}.{idx}.m4s{q}\""
+            );
+        }
+        for r in &opts.reports {
+            let _ = writeln!(
+                s,
+                "#EXT-X-RENDITION-REPORT:URI=\"{}{q}\",LAST-MSN={},LAST-PART={}",
+                r.uri, r.last_msn, r.last_part
             );
         }
         s
@@ -291,11 +461,17 @@ pub struct Variant {
     pub codecs: String,
     /// Video size.
     pub resolution: Option<(u16, u16)>,
+    /// Every segment starts with a keyframe.
+    pub independent_segments: bool,
 }
 
-/// Renders a multivariant playlist, best rendition first.
-pub fn render_multivariant(variants: &[Variant]) -> String {
-    let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+/// Renders a multivariant playlist, best rendition first; `uri_suffix` goes after every
+/// URI.
+pub fn render_multivariant(variants: &[Variant], uri_suffix: &str) -> String {
+    let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:9\n");
+    if variants.iter().all(|v| v.independent_segments) {
+        s.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n");
+    }
     for v in variants {
         let _ = write!(
             s,
@@ -307,7 +483,7 @@ pub fn render_multivariant(variants: &[Variant]) -> String {
         if let Some((w, h)) = v.resolution {
             let _ = write!(s, ",RESOLUTION={w}x{h}");
         }
-        let _ = writeln!(s, "\n{}", v.uri);
+        let _ = writeln!(s, "\n{}{uri_suffix}", v.uri);
     }
     s
 }
@@ -348,22 +524,24 @@ mod tests {
             discontinuity: disc,
             init: u32::from(disc),
             pdt_ms: 1_795_000_000_000 + msn * 1000,
+            gap: false,
+            independent: true,
         }
     }
 
-    fn filled(parts_per_seg: u32, segs: u64) -> MediaPlaylist {
-        let mut p = MediaPlaylist::new(0.2, 1.0, 6);
+    fn filled(parts_per_seg: u32, segs: u64, max: usize) -> MediaPlaylist {
+        let mut p = MediaPlaylist::new(0.2, 1.0, max);
         for m in 0..segs {
+            p.open_segment(seg(m, m == 3));
             for i in 0..parts_per_seg {
-                let s = (i == 0).then(|| seg(m, m == 3));
                 p.add_part(
                     m,
                     i,
                     PartInfo {
                         duration: 0.2,
                         independent: i == 0,
+                        gap: false,
                     },
-                    s,
                 );
             }
         }
@@ -372,10 +550,12 @@ mod tests {
 
     #[test]
     fn renders_a_valid_ll_hls_playlist() {
-        let p = filled(5, 5);
-        let text = p.render();
+        let p = filled(5, 5, 6);
+        let text = p.render(&RenderOptions::default());
         assert!(text.starts_with("#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:1\n"));
-        assert!(text.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.600"));
+        assert!(text.contains(
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL=6.0,PART-HOLD-BACK=0.600"
+        ));
         assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.200"));
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:0\n"));
         assert!(text.contains("#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init-1.mp4\""));
@@ -391,9 +571,87 @@ mod tests {
     }
 
     #[test]
+    fn uris_carry_the_suffix_and_reports_follow() {
+        let p = filled(5, 4, 6);
+        let text = p.render(&RenderOptions {
+            uri_suffix: "?token=1-ab".into(),
+            reports: vec![RenditionReport {
+                uri: "../sub/stream.m3u8".into(),
+                last_msn: 3,
+                last_part: 4,
+            }],
+            ..Default::default()
+        });
+        assert!(text.contains("URI=\"init-0.mp4?token=1-ab\""));
+        assert!(text.contains("seg-1.m4s?token=1-ab\n"));
+        assert!(text.contains("URI=\"part-3.2.m4s?token=1-ab\""));
+        assert!(text.contains("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-3.5.m4s?token=1-ab\""));
+        assert!(text.ends_with(
+            "#EXT-X-RENDITION-REPORT:URI=\"../sub/stream.m3u8?token=1-ab\",LAST-MSN=3,LAST-PART=4\n"
+        ));
+    }
+
+    #[test]
+    fn delta_updates_skip_what_is_older_than_can_skip_until() {
+        let p = filled(5, 20, 20); // 20 s listed
+        let full = p.render(&RenderOptions::default());
+        let delta = p.render(&RenderOptions {
+            skip: true,
+            ..Default::default()
+        });
+        // everything at least 6 s before the end: 14 complete segments of 1 s
+        assert!(
+            delta.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=14\n"),
+            "{delta}"
+        );
+        assert!(!delta.contains("seg-13.m4s"));
+        assert!(delta.contains("seg-14.m4s"));
+        assert!(delta.contains("#EXT-X-MEDIA-SEQUENCE:0\n"));
+        assert!(delta.len() < full.len());
+        // a short playlist has nothing to skip
+        let short = filled(5, 4, 6).render(&RenderOptions {
+            skip: true,
+            ..Default::default()
+        });
+        assert!(!short.contains("EXT-X-SKIP"));
+    }
+
+    #[test]
+    fn gaps_and_the_end() {
+        let mut p = filled(5, 2, 6);
+        let mut g = seg(2, false);
+        g.gap = true;
+        g.independent = false;
+        p.open_segment(g);
+        for i in 0..5 {
+            p.add_part(
+                2,
+                i,
+                PartInfo {
+                    duration: 0.2,
+                    independent: false,
+                    gap: true,
+                },
+            );
+        }
+        p.end();
+        let text = p.render(&RenderOptions::default());
+        assert!(text.contains("URI=\"part-2.4.m4s\",GAP=YES\n#EXT-X-GAP\n#EXTINF:1.00000,\nseg-2.m4s\n#EXT-X-ENDLIST\n"), "{text}");
+        assert!(!text.contains("PRELOAD-HINT"));
+        assert!(p.independent_segments());
+        // an ended playlist answers blocking requests at once
+        let b = Blocking {
+            msn: Some(3),
+            part: Some(0),
+            skip: false,
+        };
+        assert_eq!(p.ready(b), Ready::Now);
+    }
+
+    #[test]
     fn the_window_slides_and_counts_discontinuities() {
-        let p = filled(2, 12);
-        let text = p.render();
+        let p = filled(2, 12, 6);
+        let text = p.render(&RenderOptions::default());
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:6\n"), "{text}");
         assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:1\n"));
         assert!(!text.contains("#EXT-X-DISCONTINUITY\n"));
@@ -401,11 +659,12 @@ mod tests {
 
     #[test]
     fn blocking_reload_rules() {
-        let p = filled(5, 3); // last segment 2 has parts 0..=4, open
+        let p = filled(5, 3, 6); // last segment 2 has parts 0..=4, open
         assert_eq!(p.ready(Blocking::default()), Ready::Now);
         let b = |msn, part| Blocking {
             msn: Some(msn),
             part,
+            skip: false,
         };
         assert_eq!(p.ready(b(2, Some(4))), Ready::Now);
         assert_eq!(p.ready(b(2, Some(5))), Ready::Wait);
@@ -414,6 +673,10 @@ mod tests {
         assert_eq!(p.ready(b(3, Some(0))), Ready::Wait);
         assert_eq!(p.ready(b(4, None)), Ready::Wait);
         assert_eq!(p.ready(b(5, None)), Ready::BadRequest);
+        // the Advance Part Limit: three seconds of parts
+        assert_eq!(p.ready(b(2, Some(19))), Ready::Wait);
+        assert_eq!(p.ready(b(2, Some(21))), Ready::BadRequest);
+        assert_eq!(p.ready(b(3, Some(1000))), Ready::BadRequest);
         assert_eq!(
             MediaPlaylist::new(0.2, 1.0, 6).ready(Blocking::default()),
             Ready::Wait
@@ -422,8 +685,18 @@ mod tests {
             Blocking::parse(Some("_HLS_msn=3&_HLS_part=1")).unwrap(),
             b(3, Some(1))
         );
-        assert!(Blocking::parse(Some("_HLS_part=1")).is_err());
+        assert!(
+            Blocking::parse(Some("_HLS_msn=3&_HLS_skip=YES"))
+                .unwrap()
+                .skip
+        );
+        assert!(Blocking::parse(Some("_HLS_skip=no")).is_err());
+        assert_eq!(
+            Blocking::parse(Some("_HLS_part=1")),
+            Err(BadDirective::PartWithoutMsn)
+        );
         assert!(Blocking::parse(Some("_HLS_msn=x")).is_err());
+        assert!(Blocking::parse(Some("_HLS_msn=99999999999999999999999")).is_err());
         assert_eq!(
             Blocking::parse(Some("foo=bar")).unwrap(),
             Blocking::default()
@@ -439,13 +712,24 @@ mod tests {
 
     #[test]
     fn multivariant() {
-        let m = render_multivariant(&[Variant {
+        let v = Variant {
             uri: "main/stream.m3u8".into(),
             bandwidth: 4_000_000,
             average_bandwidth: 3_000_000,
             codecs: "avc1.64001f,mp4a.40.2".into(),
             resolution: Some((1280, 720)),
-        }]);
-        assert!(m.contains("#EXT-X-STREAM-INF:BANDWIDTH=4000000,AVERAGE-BANDWIDTH=3000000,CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION=1280x720\nmain/stream.m3u8\n"));
+            independent_segments: true,
+        };
+        let m = render_multivariant(std::slice::from_ref(&v), "?token=x");
+        assert!(m.contains("#EXT-X-INDEPENDENT-SEGMENTS\n"));
+        assert!(m.contains("#EXT-X-STREAM-INF:BANDWIDTH=4000000,AVERAGE-BANDWIDTH=3000000,CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION=1280x720\nmain/stream.m3u8?token=x\n"));
+        let m = render_multivariant(
+            &[Variant {
+                independent_segments: false,
+                ..v
+            }],
+            "",
+        );
+        assert!(!m.contains("INDEPENDENT-SEGMENTS"));
     }
 }

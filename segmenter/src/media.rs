@@ -216,6 +216,15 @@ pub fn length_prefixed<'a>(nalus: impl IntoIterator<Item = &'a [u8]>) -> Bytes {
     Bytes::from(v)
 }
 
+/// Whether a length-prefixed H.265 sample holds an IRAP picture (BLA, IDR or CRA: NAL unit
+/// types 16 to 21), where decoding can start.
+pub fn hevc_irap(sample: &[u8]) -> bool {
+    nalus(sample).any(|n| {
+        n.first()
+            .is_some_and(|b| (16..=21).contains(&((b >> 1) & 0x3f)))
+    })
+}
+
 /// Iterates over the NAL units of a length-prefixed sample; stops at the first bad length.
 pub fn nalus(sample: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = sample;
@@ -263,6 +272,15 @@ mod tests {
         // a truncated length stops the iteration instead of panicking
         assert_eq!(nalus(&[0, 0, 0, 9, 1]).count(), 0);
         assert!(annexb_nalus(&[0, 0, 1]).is_empty());
+    }
+
+    #[test]
+    fn hevc_random_access_pictures() {
+        // CRA (21) after an AUD (35): IRAP; a TRAIL_R (1) picture is not
+        let cra = length_prefixed([&[35 << 1, 1, 0x50][..], &[21 << 1, 1, 0xaa][..]]);
+        assert!(hevc_irap(&cra));
+        assert!(!hevc_irap(&length_prefixed([&[1 << 1, 1, 0xaa][..]])));
+        assert!(hevc_irap(&length_prefixed([&[19 << 1, 1][..]])));
     }
 
     #[test]

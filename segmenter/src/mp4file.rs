@@ -213,7 +213,7 @@ mod tests {
             s.handle_frame(f, 0).unwrap_or_default();
         }
         let parts = std::iter::from_fn(|| s.poll_output())
-            .filter(|o| matches!(o, Output::Part { .. }))
+            .filter(|o| matches!(o, Output::Chunk(c) if c.last))
             .count();
         assert!(parts >= 45, "{parts}");
         assert!(demux(&Bytes::from_static(b"\0\0\0\x08free")).is_err());

@@ -75,6 +75,13 @@ impl PartRing {
         gone
     }
 
+    /// Makes an empty ring's first part `seq` (a window that continues a numbering).
+    pub fn start_at(&mut self, seq: u64) {
+        if self.rb.is_empty() {
+            self.next_seq = seq;
+        }
+    }
+
     /// Sequence number for the next part pushed.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
@@ -166,6 +173,9 @@ mod tests {
             duration: 0.2,
             data: Bytes::from(vec![0u8; len]),
             init: 0,
+            capture_ms: 0,
+            segment: None,
+            gap: false,
         })
     }
 

@@ -12,9 +12,8 @@
 //! output timeline continues where the last one ended.
 
 use crate::cmaf::{self, Sample};
-use crate::hls::SegmentInfo;
 use crate::media::{Frame, Track};
-use crate::Part;
+use crate::{Chunk, PartMeta, SegmentStart};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -24,6 +23,10 @@ pub const MAX_JUMP_US: i64 = 10_000_000;
 
 /// A part is cut early once its samples hold this many bytes.
 pub const MAX_PART_BYTES: usize = 16 << 20;
+
+/// A chunk goes out once the primary track's samples in it span this long (every frame of
+/// a 25 or 30 fps camera, every second frame at 60 fps, two AAC frames of audio alone).
+pub const CHUNK_MIN_US: i64 = 30_000;
 
 /// Segmenter settings.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +46,15 @@ impl Default for SegmenterConfig {
     }
 }
 
+impl SegmenterConfig {
+    /// The longest a segment grows, keyframe or not: six segment targets. A camera whose
+    /// keyframes are not marked as such (or that sends none) still gets segments, so the
+    /// playlist keeps a bounded target duration and its parts stay reachable.
+    pub fn max_segment(&self) -> Duration {
+        self.segment_target * 6
+    }
+}
+
 /// What the segmenter produced.
 #[derive(Debug, Clone)]
 pub enum Output {
@@ -53,13 +65,9 @@ pub enum Output {
         /// ftyp + moov.
         data: Bytes,
     },
-    /// A part; `segment` is set when the part opens a new segment.
-    Part {
-        /// The part.
-        part: Part,
-        /// The segment it opens, if any.
-        segment: Option<SegmentInfo>,
-    },
+    /// A piece of the open part: every frame (or few) as it comes, the last one with the
+    /// part's duration.
+    Chunk(Chunk),
 }
 
 /// Why a frame was not packaged.
@@ -118,6 +126,8 @@ struct TrackState {
     held: usize,
     /// Decode time of the first sample in `samples`.
     base: Option<i64>,
+    /// Decode time just after the last sample in `samples`.
+    end: Option<i64>,
     /// Typical frame duration, ticks.
     typical: i64,
     waiting_key: bool,
@@ -128,6 +138,8 @@ struct Pending {
     cts: i32,
     keyframe: bool,
     data: Bytes,
+    /// Arrival wall clock, ms.
+    wall_ms: u64,
 }
 
 impl TrackState {
@@ -145,6 +157,7 @@ impl TrackState {
             samples: Vec::new(),
             held: 0,
             base: None,
+            end: None,
             typical: typical.max(1),
         }
     }
@@ -157,10 +170,12 @@ impl TrackState {
         (i128::from(us) * i128::from(self.track.timescale) / 1_000_000) as i64
     }
 
-    fn push_sample(&mut self, p: Pending, duration: i64) {
+    /// Moves a frame whose duration is now known into the open part; returns its arrival.
+    fn push_sample(&mut self, p: Pending, duration: i64) -> u64 {
         if self.base.is_none() {
             self.base = Some(p.dts);
         }
+        self.end = Some(p.dts + duration.max(1));
         let sample = Sample {
             duration: u32::try_from(duration.max(1)).unwrap_or(u32::MAX),
             size: u32::try_from(p.data.len()).unwrap_or(u32::MAX),
@@ -169,6 +184,7 @@ impl TrackState {
         };
         self.held += p.data.len();
         self.samples.push((sample, p.data));
+        p.wall_ms
     }
 
     /// Output time just after the last sample, µs.
@@ -206,7 +222,15 @@ pub struct Segmenter {
     part_start_us: i64,
     next_seq: u64,
     frag_seq: u32,
-    opening: Option<SegmentInfo>,
+    opening: Option<SegmentStart>,
+    /// The open part, once its first chunk went out.
+    open_part: Option<PartMeta>,
+    /// Bytes of the open part so far.
+    part_bytes: u64,
+    /// Arrival of the open part's first frame.
+    part_capture_ms: Option<u64>,
+    /// Where the last chunk of the open part ended, µs.
+    chunk_end_us: i64,
     discontinuity_pending: bool,
     out: VecDeque<Output>,
     stats: Stats,
@@ -232,6 +256,10 @@ impl Segmenter {
             next_seq: 0,
             frag_seq: 0,
             opening: None,
+            open_part: None,
+            part_bytes: 0,
+            part_capture_ms: None,
+            chunk_end_us: 0,
             discontinuity_pending: false,
             out: VecDeque::new(),
             stats: Stats::default(),
@@ -436,18 +464,22 @@ impl Segmenter {
         if let Some(p) = t.pending.take() {
             let d = dts - p.dts;
             t.typical = d.max(1);
-            t.push_sample(p, d);
+            let arrived = t.push_sample(p, d);
+            self.part_capture_ms.get_or_insert(arrived);
         }
+        let t = &mut self.tracks[ti];
         let cts = i32::try_from(pts - dts).unwrap_or(0);
         t.pending = Some(Pending {
             dts,
             cts,
             keyframe: frame.keyframe,
             data: frame.data,
+            wall_ms,
         });
         t.last_dts = Some(dts);
         let now_us = t.us(dts);
         let typical_us = t.us(t.typical);
+        let mut cut = false;
         if is_primary {
             let cfg = self.cfg;
             match self.segment {
@@ -458,11 +490,16 @@ impl Segmenter {
                 Some((_, seg_start)) => {
                     let part_us = cfg.part_target.as_micros() as i64;
                     let seg_us = cfg.segment_target.as_micros() as i64;
-                    if frame.keyframe && now_us - seg_start + typical_us / 2 >= seg_us {
+                    let seg_len = now_us - seg_start + typical_us / 2;
+                    if (frame.keyframe && seg_len >= seg_us)
+                        || seg_len >= cfg.max_segment().as_micros() as i64
+                    {
                         self.cut(now_us, false);
                         self.open_segment(now_us);
+                        cut = true;
                     } else if now_us - self.part_start_us + typical_us > part_us {
                         self.cut(now_us, false);
+                        cut = true;
                     }
                 }
             }
@@ -472,11 +509,20 @@ impl Segmenter {
             let part_us = self.cfg.part_target.as_micros() as i64;
             if now_us - self.part_start_us > 2 * part_us {
                 self.cut(now_us, false);
+                cut = true;
             }
         }
         let held: usize = self.tracks.iter().map(|t| t.held).sum();
-        if held > MAX_PART_BYTES && self.segment.is_some() {
+        if !cut && held > MAX_PART_BYTES && self.segment.is_some() {
             self.cut(now_us, false);
+            cut = true;
+        }
+        if !cut && is_primary {
+            // what the part holds so far goes out now, a frame (or a few) at a time
+            let end = self.tracks[ti].end.map(|e| self.tracks[ti].us(e));
+            if end.is_some_and(|e| e - self.chunk_end_us >= CHUNK_MIN_US) {
+                self.chunk(None);
+            }
         }
         Ok(())
     }
@@ -503,28 +549,85 @@ impl Segmenter {
         self.segment = Some((msn, start_us));
         self.part_index = 0;
         self.part_start_us = start_us;
+        self.chunk_end_us = start_us;
         let pdt_ms = self.anchor.map_or(0, |(us, wall)| {
             wall.saturating_add_signed((start_us - us) / 1000)
         });
-        self.opening = Some(SegmentInfo {
-            msn,
-            parts: Vec::new(),
-            complete: false,
+        self.opening = Some(SegmentStart {
             discontinuity: std::mem::take(&mut self.discontinuity_pending),
-            init: self.generation.unwrap_or(0),
             pdt_ms,
         });
         self.stats.segments += 1;
     }
 
-    /// Closes the open part at output time `cut_us` (µs). `flush`: pending samples go too.
-    fn cut(&mut self, cut_us: i64, flush: bool) {
+    /// Sends what the open part holds so far as a chunk; `end_us`: the part ends here (its
+    /// duration), and a bare end marker goes out even when nothing is left.
+    fn chunk(&mut self, end_us: Option<i64>) {
         let Some((msn, _)) = self.segment else {
             return;
         };
         let primary = self.primary;
         let mut trafs = Vec::new();
-        let mut independent = false;
+        let mut keyframe_first = None;
+        for (i, t) in self.tracks.iter_mut().enumerate() {
+            if t.samples.is_empty() {
+                continue;
+            }
+            let samples = std::mem::take(&mut t.samples);
+            t.held = 0;
+            let base = t.base.take().unwrap_or(0);
+            if i == primary {
+                keyframe_first = samples.first().map(|(s, _)| s.keyframe);
+            }
+            trafs.push(cmaf::Traf {
+                track_id: i as u32 + 1,
+                base_dts: u64::try_from(base).unwrap_or(0),
+                samples,
+            });
+        }
+        if trafs.is_empty() && (end_us.is_none() || self.open_part.is_none()) {
+            return;
+        }
+        let data = if trafs.is_empty() {
+            Bytes::new()
+        } else {
+            self.frag_seq = self.frag_seq.wrapping_add(1);
+            cmaf::fragment(self.frag_seq, &trafs)
+        };
+        let video = self.tracks[primary].track.codec.is_video();
+        let meta = *self.open_part.get_or_insert_with(|| PartMeta {
+            seq: self.next_seq,
+            msn,
+            index: self.part_index,
+            // audio alone: every part starts where a decoder can
+            independent: !video || keyframe_first.unwrap_or(false),
+            init: self.generation.unwrap_or(0),
+            capture_ms: self.part_capture_ms.unwrap_or(0),
+            segment: self.opening.take(),
+        });
+        let p = &self.tracks[primary];
+        let end = match end_us {
+            Some(e) => e,
+            None => p.end.map_or(self.chunk_end_us, |e| p.us(e)),
+        };
+        self.chunk_end_us = end;
+        let offset = self.part_bytes;
+        self.part_bytes += data.len() as u64;
+        self.out.push_back(Output::Chunk(Chunk {
+            part: meta,
+            offset,
+            data,
+            end_us: (end - self.part_start_us).max(0) as u64,
+            last: end_us.is_some(),
+        }));
+    }
+
+    /// Closes the open part at output time `cut_us` (µs). `flush`: pending samples go too.
+    fn cut(&mut self, cut_us: i64, flush: bool) {
+        if self.segment.is_none() {
+            return;
+        }
+        let primary = self.primary;
         for (i, t) in self.tracks.iter_mut().enumerate() {
             // samples still waiting for their duration belong here when they start before the cut
             let due = match &t.pending {
@@ -534,48 +637,24 @@ impl Segmenter {
             if due {
                 if let Some(p) = t.pending.take() {
                     let d = t.typical;
-                    t.push_sample(p, d);
+                    let arrived = t.push_sample(p, d);
+                    self.part_capture_ms.get_or_insert(arrived);
                 }
             }
-            if t.samples.is_empty() {
-                continue;
-            }
-            let samples = std::mem::take(&mut t.samples);
-            t.held = 0;
-            let base = t.base.take().unwrap_or(0);
-            if i == primary {
-                independent = samples.first().is_some_and(|(s, _)| s.keyframe);
-            }
-            trafs.push(cmaf::Traf {
-                track_id: i as u32 + 1,
-                base_dts: u64::try_from(base).unwrap_or(0),
-                samples,
-            });
         }
-        if trafs.is_empty() {
+        let has_samples = self.tracks.iter().any(|t| !t.samples.is_empty());
+        if self.open_part.is_none() && !has_samples {
             return;
         }
-        if !self.tracks[primary].track.codec.is_video() {
-            independent = true;
-        }
-        self.frag_seq = self.frag_seq.wrapping_add(1);
-        let data = cmaf::fragment(self.frag_seq, &trafs);
-        let duration = (cut_us - self.part_start_us).max(0) as f64 / 1e6;
-        let part = Part {
-            seq: self.next_seq,
-            msn,
-            index: self.part_index,
-            independent,
-            duration,
-            data,
-            init: self.generation.unwrap_or(0),
-        };
+        self.chunk(Some(cut_us.max(self.part_start_us)));
+        self.open_part = None;
+        self.part_bytes = 0;
+        self.part_capture_ms = None;
         self.next_seq += 1;
         self.part_index += 1;
         self.part_start_us = cut_us;
+        self.chunk_end_us = cut_us;
         self.stats.parts += 1;
-        let segment = self.opening.take();
-        self.out.push_back(Output::Part { part, segment });
     }
 }
 
@@ -583,6 +662,7 @@ impl Segmenter {
 mod tests {
     use super::*;
     use crate::media::avcc_from_parameter_sets;
+    use crate::Part;
     use mp4_atom::{Any, Decode};
 
     fn tracks(audio: bool) -> Vec<Track> {
@@ -634,30 +714,44 @@ mod tests {
         std::iter::from_fn(|| s.poll_output()).collect()
     }
 
-    fn parts(out: &[Output]) -> Vec<(Part, Option<SegmentInfo>)> {
-        out.iter()
-            .filter_map(|o| match o {
-                Output::Part { part, segment } => Some((part.clone(), segment.clone())),
-                Output::Init { .. } => None,
-            })
-            .collect()
+    /// The parts the chunks make, with the segment each opens.
+    fn parts(out: &[Output]) -> Vec<(Part, Option<SegmentStart>)> {
+        let mut parts: Vec<(Part, Option<SegmentStart>)> = Vec::new();
+        let mut open: Option<(crate::PartMeta, Vec<u8>)> = None;
+        for o in out {
+            let Output::Chunk(c) = o else { continue };
+            if open.is_none() && c.offset > 0 {
+                continue; // the rest of a part begun in an earlier batch
+            }
+            let (meta, data) = open.get_or_insert_with(|| (c.part, Vec::new()));
+            assert_eq!(*meta, c.part, "chunks of one part carry one meta");
+            assert_eq!(c.offset, data.len() as u64, "chunks are contiguous");
+            data.extend_from_slice(&c.data);
+            if c.last {
+                let (meta, data) = open.take().unwrap();
+                let p = Part::new(meta, c.end_us as f64 / 1e6, Bytes::from(data));
+                parts.push((p, meta.segment));
+            }
+        }
+        parts
     }
 
-    /// (track id, base dts, sample count) of each traf.
+    /// (track id, base dts, sample count) of each traf of each chunk of a part.
     fn trafs(p: &Part) -> Vec<(u32, u64, usize)> {
-        let Any::Moof(m) = Any::decode(&mut &p.data[..]).unwrap() else {
-            panic!()
-        };
-        m.traf
-            .iter()
-            .map(|t| {
-                (
-                    t.tfhd.track_id,
-                    t.tfdt.as_ref().unwrap().base_media_decode_time,
-                    t.trun[0].samples.iter().count(),
-                )
-            })
-            .collect()
+        let mut out = Vec::new();
+        let mut buf = &p.data[..];
+        while !buf.is_empty() {
+            if let Any::Moof(m) = Any::decode(&mut buf).unwrap() {
+                for t in &m.traf {
+                    out.push((
+                        t.tfhd.track_id,
+                        t.tfdt.as_ref().unwrap().base_media_decode_time,
+                        t.trun[0].samples.iter().count(),
+                    ));
+                }
+            }
+        }
+        out
     }
 
     #[test]
@@ -678,7 +772,7 @@ mod tests {
         }
         let opens: Vec<_> = ps
             .iter()
-            .filter_map(|(p, s)| s.as_ref().map(|s| (p.index, s.msn, p.independent)))
+            .filter_map(|(p, s)| s.as_ref().map(|_| (p.index, p.msn, p.independent)))
             .collect();
         assert_eq!(opens[..3], [(0, 0, true), (0, 1, true), (0, 2, true)]);
         assert_eq!(ps.iter().filter(|(p, _)| p.msn == 1).count(), 5);
@@ -724,6 +818,20 @@ mod tests {
     }
 
     #[test]
+    fn no_segment_grows_past_its_bound_without_keyframes() {
+        // a camera whose keyframes are not marked (one at the start, then none for 20 s)
+        let mut s = Segmenter::new(SegmenterConfig::default());
+        s.set_tracks(tracks(false)).unwrap();
+        let ps = parts(&feed(&mut s, 0, 20, 1_000_000));
+        let starts: Vec<_> = ps.iter().filter(|(_, s)| s.is_some()).collect();
+        // cut every 6 s (six targets): segments at 0, 6, 12, 18 s
+        assert_eq!(starts.len(), 4, "{}", starts.len());
+        let per_segment = ps.iter().filter(|(p, _)| p.msn == 1).count();
+        assert!((29..=31).contains(&per_segment), "{per_segment}");
+        assert!(starts[1].0.msn == 1 && !starts[1].0.independent);
+    }
+
+    #[test]
     fn reconnects_keep_time_monotonic_and_mark_a_discontinuity() {
         let mut s = Segmenter::new(SegmenterConfig::default());
         s.set_tracks(tracks(true)).unwrap();
@@ -745,8 +853,8 @@ mod tests {
                 last[i] = base + 1;
             }
         }
-        let first_after = after.iter().find_map(|(_, s)| s.clone()).unwrap();
-        assert!(first_after.discontinuity);
+        let (first_after, start) = after.iter().find(|(_, s)| s.is_some()).unwrap();
+        assert!(start.unwrap().discontinuity);
         assert!(after[0].0.independent);
         assert_eq!(s.stats().discontinuities, 1);
         // msn keeps counting
@@ -822,7 +930,7 @@ mod tests {
         ));
         assert!(s.poll_output().is_none());
         s.set_tracks(tracks(true)).unwrap();
-        assert!(matches!(s.poll_output(), Some(Output::Part { .. })));
+        assert!(matches!(s.poll_output(), Some(Output::Chunk(c)) if c.last));
         assert!(matches!(
             s.poll_output(),
             Some(Output::Init { generation: 1, .. })

@@ -4,7 +4,7 @@
 Run with Debian's python3 (/usr/bin/python3), which sees the gi module:
 
     /usr/bin/python3 tests/camera/rtsp_camera.py --port 8654 [--codec h264|h265] [--no-audio]
-        [--audio-only] [--user U --password P] [--size 640x360] [--fps 25] [--kbps 1500]
+        [--open-gop] [--audio-only] [--user U --password P] [--size 640x360] [--fps 25] [--kbps 1500]
 
 Mount: rtsp://127.0.0.1:PORT/cam (and /sub, a 320x180 substream). Prints "ready" when
 listening. Killing it (SIGTERM/SIGKILL) is how tests make the camera drop.
@@ -21,10 +21,15 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
 
-def launch(codec, size, fps, kbps, audio, pattern, video=True):
+def launch(codec, size, fps, kbps, audio, pattern, video=True, open_gop=False):
     w, h = size.split("x")
     gop = int(fps)  # one keyframe a second
-    if codec == "h264":
+    if codec == "h265" and open_gop:
+        # x265's default open GOP: IDR only at the start, CRA pictures after it
+        enc = (f"x265enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} key-int-max={gop} "
+               f"option-string=\"keyint={gop}:min-keyint={gop}:open-gop=1:repeat-headers=1\" "
+               f"! video/x-h265,profile=main ! rtph265pay name=pay0 pt=96 config-interval=1")
+    elif codec == "h264":
         enc = (f"x264enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} key-int-max={gop} "
                f"bframes=0 ! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1")
     else:
@@ -47,6 +52,7 @@ def main():
     ap.add_argument("--port", type=int, default=8654)
     ap.add_argument("--codec", choices=["h264", "h265"], default="h264")
     ap.add_argument("--no-audio", action="store_true")
+    ap.add_argument("--open-gop", action="store_true", help="H.265: CRA keyframes after the first IDR")
     ap.add_argument("--audio-only", action="store_true")
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--fps", type=int, default=25)
@@ -63,7 +69,7 @@ def main():
     for path, size, kbps in (("/cam", args.size, args.kbps), ("/sub", "320x180", 300)):
         f = GstRtspServer.RTSPMediaFactory()
         f.set_launch(launch(args.codec, size, args.fps, kbps, not args.no_audio, "smpte",
-                            video=not args.audio_only))
+                            video=not args.audio_only, open_gop=args.open_gop))
         f.set_shared(True)
         if args.user:
             f.add_role_from_structure(Gst.Structure.from_string(

@@ -4,6 +4,9 @@
 # Prints "live: N passed, M failed" and exits non-zero on a failure.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# ffmpeg, ffprobe, curl and the GStreamer test camera: the camera group of tests/deps.sh
+source tests/deps.sh
+deps_ensure camera || exit 1
 BIN=${CANOPY_BIN:-target/release/canopy}
 [ -x "$BIN" ] || cargo build --release -q
 PY=/usr/bin/python3
@@ -31,9 +34,10 @@ camera() { # name port args... -> starts a camera, records its pid in cam_<name>
   echo "camera $name did not start:"; cat "$work/cam-$name.log"; return 1
 }
 
-P_H264=$(port); P_H265=$(port); P_AUDIO=$(port); HTTP=$(port); RTSP=$(port)
+P_H264=$(port); P_H265=$(port); P_CRA=$(port); P_AUDIO=$(port); HTTP=$(port); RTSP=$(port)
 camera h264 "$P_H264" --user crew --password 's3cret' || exit 1
 camera h265 "$P_H265" --codec h265 --no-audio || exit 1
+camera cra "$P_CRA" --codec h265 --no-audio --open-gop || exit 1
 camera audio "$P_AUDIO" --audio-only || exit 1
 
 "$BIN" certs init --event live --out "$work/certs" >/dev/null
@@ -48,6 +52,7 @@ listen = "127.0.0.1:$HTTP"
 rtsp_listen = "127.0.0.1:$RTSP"
 ring_bytes = 1048576
 spool_dir = "$work/spool"
+cors_origins = ["http://screens.test"]
 [[cameras]]
 name = "stage"
 url = "rtsp://127.0.0.1:$P_H264/cam"
@@ -57,6 +62,11 @@ password = "s3cret"
 [[cameras]]
 name = "hevc"
 url = "rtsp://127.0.0.1:$P_H265/cam"
+[[cameras]]
+name = "opengop"
+url = "rtsp://127.0.0.1:$P_CRA/cam"
+[[cameras]]
+name = "lobby"
 [[cameras]]
 name = "radio"
 url = "rtsp://127.0.0.1:$P_AUDIO/cam"
@@ -110,7 +120,7 @@ st, ct, pl = get("stream.m3u8")
 pl = pl.decode()
 problems = []
 assert ct == "application/vnd.apple.mpegurl", ct
-for tag in ["#EXT-X-TARGETDURATION:", "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=",
+for tag in ["#EXT-X-TARGETDURATION:", "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,", ",CAN-SKIP-UNTIL=", ",PART-HOLD-BACK=",
             "#EXT-X-PART-INF:PART-TARGET=0.200", "#EXT-X-MAP:URI=", "#EXT-X-PROGRAM-DATE-TIME:",
             "#EXT-X-PART:DURATION=", "INDEPENDENT=YES", "#EXT-X-PRELOAD-HINT:TYPE=PART,URI="]:
     if tag not in pl: problems.append(f"missing {tag}")
@@ -190,6 +200,38 @@ else
   bad "H.265 camera"
 fi
 
+# an H.265 camera whose keyframes after the first are CRA pictures (x265's open GOP):
+# segments close on them, the target duration stays small, and it decodes
+pl=""
+for _ in $(seq 100); do
+  pl=$(curl -s -m 2 "$base/opengop/main/stream.m3u8")
+  [ "$(grep -c '^#EXTINF' <<<"$pl")" -ge 4 ] && break
+  sleep 0.1
+done
+td=$(grep -m1 '^#EXT-X-TARGETDURATION' <<<"$pl" | cut -d: -f2)
+if [ "$(grep -c '^#EXTINF' <<<"$pl")" -ge 4 ] && [ "${td:-99}" -le 2 ] && decodes_clean "$base/opengop/index.m3u8" 5; then
+  ok "H.265 open-GOP camera (CRA keyframes): segments of ${td} s, decodable"
+else
+  bad "H.265 open GOP: target duration ${td:-none}"; echo "$pl" | head -12
+fi
+
+# CORS only for the configured origin
+h_ok=$(curl -s -D - -o /dev/null -H 'Origin: http://screens.test' "$base/stage/index.m3u8" | tr -d '\r' | grep -i '^access-control-allow-origin:')
+h_no=$(curl -s -D - -o /dev/null -H 'Origin: http://evil.test' "$base/stage/index.m3u8" | tr -d '\r' | grep -i '^access-control-allow-origin:')
+if [ "$h_ok" = "access-control-allow-origin: http://screens.test" ] && [ -z "$h_no" ]; then
+  ok "CORS: the configured origin is allowed, another is not"
+else
+  bad "CORS: '$h_ok' / '$h_no'"
+fi
+
+# a request head over the limit gets 431 with its reason
+r431=$(python3 -c 'import sys; print("x" * 20000)' | { read -r big; curl -s -D - -o /dev/null -H "X-Big: $big" "$base/"; } | tr -d '\r')
+if grep -q '^HTTP/1.1 431' <<<"$r431" && grep -qi '^canopy-reason: request header section' <<<"$r431"; then
+  ok "an oversized request head: 431 with canopy-reason"
+else
+  bad "431: $(head -3 <<<"$r431")"
+fi
+
 # --- 3. a camera that sends only audio --------------------------------------------------
 if wait_live radio && decodes_clean "$base/radio/index.m3u8" 5 && grep -q 'camera=radio.*no video\|no video.*camera=radio\|radio.*sends no video' "$work/gateway.log"; then
   ok "audio-only camera: packaged, and logged by name"
@@ -200,14 +242,30 @@ fi
 # --- 4. the camera dies and comes back mid-stream ---------------------------------------
 before=$(curl -s "$base/stage/main/stream.m3u8" | grep -m1 '^#EXT-X-MEDIA-SEQUENCE' | cut -d: -f2)
 kill -9 "$cam_h264"
-sleep 3
+sleep 8
 camera h264 "$P_H264" --user crew --password 's3cret' || exit 1
+back=$(date +%s.%N)
+# live again: a part after the discontinuity, within about a second of the camera's return
+# (its next keyframe comes within a second)
+live_s=""
+for _ in $(seq 100); do
+  pl=$(curl -s -m 2 "$base/stage/main/stream.m3u8")
+  if awk '/^#EXT-X-DISCONTINUITY$/{d=1} d && /^#EXT-X-PART:/{n++} END{exit !(n>0)}' <<<"$pl"; then
+    live_s=$(python3 -c "import time; print(f'{time.time() - $back:.2f}')"); break
+  fi
+  sleep 0.05
+done
 resumed=0
 for _ in $(seq 200); do
   pl=$(curl -s -m 2 "$base/stage/main/stream.m3u8")
   if grep -q '^#EXT-X-DISCONTINUITY$' <<<"$pl" && [ "$(awk '/^#EXT-X-DISCONTINUITY$/{d=1} d && /^#EXTINF/{n++} END{print n+0}' <<<"$pl")" -ge 2 ]; then resumed=1; break; fi
   sleep 0.1
 done
+if [ -n "$live_s" ] && python3 -c "import sys; sys.exit(0 if $live_s <= 2.5 else 1)"; then
+  ok "a camera back after 8 s away is live again $live_s s after its return"
+else
+  bad "camera return: live again after ${live_s:-never} s"
+fi
 after=$(grep -m1 '^#EXT-X-MEDIA-SEQUENCE' <<<"$pl" | cut -d: -f2)
 status=$(curl -s "$base/")
 if [ $resumed = 1 ] && [ "$after" -ge "$before" ] && decodes_clean "$base/stage/index.m3u8" 4 \
@@ -231,7 +289,7 @@ else
 fi
 # no or wrong credentials, a second encoder for the same name, an unknown name, and a bad
 # SDP are refused
-python3 - "$RTSP" <<'PY' && ok "push refusals: no/wrong credentials 401, busy name 453, unknown name 404, bad SDP 400" || bad "push refusals"
+python3 - "$RTSP" <<'PY' && ok "push: no/wrong credentials 401, the credentials take over 200, unknown name 404, bad SDP 400" || bad "push refusals"
 import base64, socket, sys
 port = int(sys.argv[1])
 def announce(name, sdp, auth=None):
@@ -242,13 +300,46 @@ def announce(name, sdp, auth=None):
     line = s.recv(4096).split(b"\r\n")[0].decode()
     s.close()
     return int(line.split()[1])
-good = "v=0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n"
+good = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n"
 codes = (announce("encoder", good), announce("encoder", good, "enc:wrong"), announce("encoder", good, "enc:pushpw"),
          announce("stranger", good), announce("hevc2", "not sdp"))
 print("  ", codes)
-sys.exit(0 if codes == (401, 401, 453, 404, 400) else 1)
+sys.exit(0 if codes == (401, 401, 200, 404, 400) else 1)
 PY
 wait "$push" 2>/dev/null
+
+# a squatter that ANNOUNCEs a camera without credentials and never records (only OPTIONS)
+# holds it for at most 5 s; meanwhile a second encoder gets 453, afterwards it gets the name
+python3 - "$RTSP" <<'PY' && ok "push squatter: 453 while it holds the name, released within 6 s, then the real encoder gets it" || bad "push squatter"
+import socket, sys, time
+port = int(sys.argv[1])
+sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n".encode()
+def req(s, method, cseq, body=b""):
+    s.sendall(f"{method} rtsp://127.0.0.1:{port}/lobby RTSP/1.0\r\nCSeq: {cseq}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    data = s.recv(4096)
+    return int(data.split(b"\r\n")[0].split()[1]) if data else None
+squat = socket.create_connection(("127.0.0.1", port), timeout=5)
+t0 = time.time()
+codes = [req(squat, "ANNOUNCE", 1, sdp)]
+real = socket.create_connection(("127.0.0.1", port), timeout=5)
+codes.append(req(real, "ANNOUNCE", 1, sdp))
+real.close()
+got = None
+for i in range(12):
+    time.sleep(1)
+    try:
+        r = req(squat, "OPTIONS", i + 2)
+    except OSError:
+        r = None
+    real = socket.create_connection(("127.0.0.1", port), timeout=5)
+    c = req(real, "ANNOUNCE", 1, sdp)
+    real.close()
+    if c == 200:
+        got = time.time() - t0
+        break
+print("  ", codes, f"real encoder in after {got and round(got, 1)} s")
+sys.exit(0 if codes == [200, 453] and got is not None and got <= 6.5 else 1)
+PY
 
 # --- 6. an unreachable camera does not disturb the others -------------------------------
 st=$(curl -s "$base/" | python3 -c 'import json,sys; s={c["name"]:c for c in json.load(sys.stdin)}; print(s["nowhere"]["status"]["state"], "|", s["nowhere"]["status"]["last_error"])')

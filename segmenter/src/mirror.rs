@@ -1,0 +1,1108 @@
+//! The relay's copy of one rendition of a gateway's camera, rebuilt from the pieces the
+//! gateway sends over its bonded uplinks. Pieces arrive out of order, twice (a late piece is
+//! sent again on a faster path), or not at all (every uplink down); the mirror keeps the first
+//! copy of each byte, puts parts back together, and keeps a viewer-facing [`LiveWindow`]
+//! that never waits for long and never skips a number:
+//!
+//! - **following**: parts go into the window in order as their bytes arrive, chunk by chunk,
+//!   so the hinted part can be served while it is still being built;
+//! - **holding**: when the next part makes no progress for `stall_after`, the segment is
+//!   closed and gap parts (GAP=YES, EXT-X-GAP) keep the playlist advancing in real time for
+//!   up to `hold`; then the stream is marked ended (EXT-X-ENDLIST);
+//! - **resuming**: the newest segment start the gateway sends on its live lane resumes the
+//!   window after a discontinuity (the live edge first); what was missed in between still
+//!   completes here, for the recording, whenever the gateway backfills it.
+//!
+//! The window has its own numbering (media sequence and part sequence): the gateway's parts
+//! of an outage are not in it, but gap parts are. Every part of the gateway, live or
+//! backfilled, comes out once, in the gateway's numbering, for the recording.
+//!
+//! Sans-IO: every call takes `now`; no clock, no I/O.
+
+use crate::window::{LiveWindow, StreamInfo, WindowConfig};
+use crate::{Chunk, Part, PartMeta, SegmentStart};
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest part accepted, bytes (the segmenter cuts parts at 16 MiB of samples).
+pub const MAX_PART_BYTES: u64 = 17 << 20;
+/// Longest part accepted, µs.
+pub const MAX_PART_US: u64 = 60_000_000;
+/// Parts remembered as done above the watermark before the watermark is forced up.
+const DONE_MAX: usize = 100_000;
+/// An incomplete part untouched for this long is dropped.
+const ASSEMBLY_TTL: Duration = Duration::from_secs(300);
+
+/// Mirror settings.
+#[derive(Debug, Clone, Copy)]
+pub struct MirrorConfig {
+    /// The viewer-facing window.
+    pub window: WindowConfig,
+    /// No progress for this long: gap parts begin.
+    pub stall_after: Duration,
+    /// Gap parts for this long: the stream is marked ended.
+    pub hold: Duration,
+    /// Bytes of incomplete or out-of-order parts held at most.
+    pub max_pending_bytes: u64,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        Self {
+            window: WindowConfig {
+                part_hold_back: 1.0,
+                playlist_segments: 20,
+                ..WindowConfig::default()
+            },
+            stall_after: Duration::from_millis(1000),
+            hold: Duration::from_secs(60),
+            max_pending_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A piece of a part as it arrives.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    /// The gateway's timeline the part belongs to (a gateway restart starts a new one).
+    pub run: u64,
+    /// The part, in the gateway's numbering.
+    pub part: PartMeta,
+    /// Byte offset in the part.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
+    /// Media time of the piece's end, µs from the part's start.
+    pub end_us: u64,
+    /// The part ends with this piece.
+    pub last: bool,
+    /// Sent on the gateway's live lane (the live edge), not as backfill.
+    pub live: bool,
+}
+
+/// Why a piece was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PieceError {
+    /// Offsets, sizes or times out of bounds.
+    #[error("piece out of bounds: {0}")]
+    Bounds(&'static str),
+    /// It contradicts what earlier pieces of the part said.
+    #[error("piece contradicts its part: {0}")]
+    Conflict(&'static str),
+}
+
+/// What became of a piece.
+#[derive(Debug, Clone, Default)]
+pub struct Taken {
+    /// Bytes not seen before.
+    pub new_bytes: u64,
+    /// Bytes already held (a copy).
+    pub duplicate_bytes: u64,
+    /// The part it completed, in the gateway's numbering (for the recording).
+    pub completed: Option<Arc<Part>>,
+    /// The gateway's init generation the piece needs and the mirror has not got.
+    pub needs_init: Option<u32>,
+    /// The timeline changed with this piece (a gateway restart).
+    pub new_run: bool,
+}
+
+/// Where the mirror stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for a segment start to begin with.
+    Waiting,
+    /// Following the gateway's parts.
+    Following,
+    /// No media: gap parts keep the playlist going.
+    Holding,
+    /// The hold ran out: the playlist has ended.
+    Ended,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MirrorStats {
+    /// Parts put together.
+    pub parts: u64,
+    /// Gap parts listed.
+    pub gap_parts: u64,
+    /// Times the window resumed after a hold.
+    pub resumes: u64,
+    /// Incomplete parts dropped (never finished, or over the memory bound).
+    pub parts_dropped: u64,
+    /// Bytes taken, first copies.
+    pub new_bytes: u64,
+    /// Bytes that were copies.
+    pub duplicate_bytes: u64,
+}
+
+#[derive(Debug)]
+struct Assembly {
+    meta: PartMeta,
+    /// offset → (bytes, end µs of the piece, last)
+    pieces: BTreeMap<u64, (Bytes, u64, bool)>,
+    /// Bytes held in `pieces`.
+    held: u64,
+    /// The part's length, once its last piece came.
+    total: Option<u64>,
+    /// The part's duration, once its last piece came.
+    duration_us: Option<u64>,
+    /// Its place in the window, once its first bytes went there.
+    window_meta: Option<PartMeta>,
+    /// Bytes handed to the window.
+    fed: u64,
+    /// Media time the fed bytes reach, µs.
+    fed_end_us: u64,
+    /// The window has the whole part.
+    fed_all: bool,
+    /// A piece of it came on the live lane.
+    live: bool,
+    /// It went out for the recording.
+    recorded: bool,
+    touched: Instant,
+}
+
+impl Assembly {
+    fn new(meta: PartMeta, now: Instant) -> Self {
+        Self {
+            meta,
+            pieces: BTreeMap::new(),
+            held: 0,
+            total: None,
+            duration_us: None,
+            window_meta: None,
+            fed: 0,
+            fed_end_us: 0,
+            fed_all: false,
+            live: false,
+            recorded: false,
+            touched: now,
+        }
+    }
+
+    /// Bytes from offset 0 without a hole.
+    fn contiguous(&self) -> u64 {
+        let mut end = 0;
+        for (off, (d, _, _)) in &self.pieces {
+            if *off > end {
+                break;
+            }
+            end = end.max(off + d.len() as u64);
+        }
+        end
+    }
+
+    fn complete(&self) -> bool {
+        self.total.is_some_and(|t| self.contiguous() >= t)
+    }
+
+    /// Takes a piece; returns the bytes it added.
+    fn insert(&mut self, p: &Piece) -> Result<u64, PieceError> {
+        let len = p.data.len() as u64;
+        let end = p.offset + len;
+        if p.last {
+            match self.total {
+                Some(t) if t != end => return Err(PieceError::Conflict("another length")),
+                _ => {
+                    self.total = Some(end);
+                    self.duration_us = Some(p.end_us);
+                }
+            }
+        }
+        if self.total.is_some_and(|t| end > t) {
+            return Err(PieceError::Conflict("bytes beyond the part's end"));
+        }
+        // bytes of [offset, end) already held
+        let mut covered = 0u64;
+        for (off, (d, _, _)) in self.pieces.range(..end.max(p.offset + 1)) {
+            let (lo, hi) = ((*off).max(p.offset), (off + d.len() as u64).min(end));
+            covered += hi.saturating_sub(lo);
+        }
+        let new = len.saturating_sub(covered);
+        let keep = match self.pieces.get(&p.offset) {
+            // a longer piece at the same offset stays; an end marker is kept once
+            Some((d, _, last)) => (d.len() as u64) < len || (p.last && !*last),
+            None => new > 0 || p.last,
+        };
+        if keep {
+            if let Some((old, _, _)) = self
+                .pieces
+                .insert(p.offset, (p.data.clone(), p.end_us, p.last))
+            {
+                self.held -= old.len() as u64;
+            }
+            self.held += len;
+        }
+        Ok(new)
+    }
+
+    /// The whole part's bytes.
+    fn bytes(&self) -> Bytes {
+        let total = self.total.unwrap_or(0);
+        if let Some((d, _, _)) = self
+            .pieces
+            .get(&0)
+            .filter(|(d, _, _)| d.len() as u64 == total)
+        {
+            return d.clone();
+        }
+        let mut out = BytesMut::with_capacity(total as usize);
+        for (off, (d, _, _)) in &self.pieces {
+            let have = out.len() as u64;
+            let end = off + d.len() as u64;
+            if *off <= have && end > have {
+                out.extend_from_slice(&d[(have - off) as usize..]);
+            }
+        }
+        out.truncate(total as usize);
+        out.freeze()
+    }
+
+    /// The next bytes for the window after what it has: (bytes, end µs, last).
+    fn next_feed(&self) -> Option<(Bytes, u64, bool)> {
+        let at = self.fed;
+        let mut best: Option<(Bytes, u64, bool)> = None;
+        for (off, (d, end_us, last)) in self.pieces.range(..=at) {
+            let end = off + d.len() as u64;
+            let useful = end > at || (end == at && *last && self.total == Some(at));
+            if useful
+                && best
+                    .as_ref()
+                    .is_none_or(|(b, _, _)| (end - at) as usize > b.len())
+            {
+                best = Some((d.slice((at - off) as usize..), *end_us, *last));
+            }
+        }
+        best
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Live {
+    /// Nothing to follow: the next live segment start begins the window (again).
+    Waiting,
+    Following {
+        /// The gateway part the window takes next.
+        next: u64,
+        /// Window msn minus gateway msn.
+        delta: i64,
+        last_progress: Instant,
+    },
+    Holding {
+        /// Resume only at a part after this one (the window had it, or gave up on it).
+        after: Option<u64>,
+        /// When the media stopped.
+        since: Instant,
+        /// Gap time listed so far, µs.
+        listed_us: u64,
+    },
+    Ended,
+}
+
+/// The window's open segment.
+#[derive(Debug, Clone, Copy)]
+struct OpenSegment {
+    msn: u64,
+    parts: u32,
+    gap: bool,
+}
+
+/// The relay's mirror of one rendition.
+pub struct Mirror {
+    cfg: MirrorConfig,
+    window: LiveWindow,
+    run: Option<u64>,
+    assemblies: BTreeMap<u64, Assembly>,
+    pending: u64,
+    done_below: u64,
+    done: BTreeSet<u64>,
+    live: Live,
+    /// The next window segment resumes after a break (discontinuity).
+    resumed: bool,
+    /// The window's next segment number.
+    next_msn: u64,
+    open: Option<OpenSegment>,
+    /// PDT at the end of the window's last part, ms.
+    pdt_end_ms: u64,
+    /// Init generation of the window's last part.
+    last_init: u32,
+    /// (run, gateway init generation) → window init generation.
+    inits: HashMap<(u64, u32), u32>,
+    /// Window init segments that arrived.
+    init_bytes: BTreeMap<u32, Bytes>,
+    next_init: u32,
+    stats: MirrorStats,
+}
+
+impl Mirror {
+    /// A mirror whose window numbers its segments from `first_msn` (a relay starts it at
+    /// the Unix time in seconds, so a restarted relay never reuses a URL a cache may hold).
+    pub fn new(cfg: MirrorConfig, first_msn: u64) -> Self {
+        Self {
+            cfg,
+            window: LiveWindow::new(cfg.window, 0),
+            run: None,
+            assemblies: BTreeMap::new(),
+            pending: 0,
+            done_below: 0,
+            done: BTreeSet::new(),
+            live: Live::Waiting,
+            resumed: false,
+            next_msn: first_msn,
+            open: None,
+            pdt_end_ms: 0,
+            last_init: 0,
+            inits: HashMap::new(),
+            init_bytes: BTreeMap::new(),
+            next_init: 0,
+            stats: MirrorStats::default(),
+        }
+    }
+
+    /// The viewer-facing window.
+    pub fn window(&mut self) -> &mut LiveWindow {
+        &mut self.window
+    }
+
+    /// The viewer-facing window, read only.
+    pub fn window_ref(&self) -> &LiveWindow {
+        &self.window
+    }
+
+    /// Where the mirror stands.
+    pub fn state(&self) -> State {
+        match self.live {
+            Live::Waiting => State::Waiting,
+            Live::Following { .. } => State::Following,
+            Live::Holding { .. } => State::Holding,
+            Live::Ended => State::Ended,
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MirrorStats {
+        self.stats
+    }
+
+    /// The gateway's current timeline.
+    pub fn run(&self) -> Option<u64> {
+        self.run
+    }
+
+    /// Bytes of parts held while incomplete or waiting for the window.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending
+    }
+
+    fn window_init(&mut self, run: u64, gen: u32) -> u32 {
+        let next = &mut self.next_init;
+        *self.inits.entry((run, gen)).or_insert_with(|| {
+            let g = *next;
+            *next += 1;
+            g
+        })
+    }
+
+    /// An init segment of timeline `run`, with what the multivariant playlist says.
+    pub fn handle_init(&mut self, run: u64, generation: u32, data: Bytes, info: StreamInfo) {
+        if self.run != Some(run) {
+            self.new_run(run);
+        }
+        let g = self.window_init(run, generation);
+        self.window.add_init(g, data.clone());
+        self.init_bytes.insert(g, data);
+        while self.init_bytes.len() > 64 {
+            self.init_bytes.pop_first();
+        }
+        if !info.codecs.is_empty() {
+            self.window.set_info(info);
+        }
+    }
+
+    /// Init segment `generation` of the gateway's timeline `run`, if here.
+    pub fn init_bytes(&self, run: u64, generation: u32) -> Option<Bytes> {
+        self.init_bytes
+            .get(self.inits.get(&(run, generation))?)
+            .cloned()
+    }
+
+    fn new_run(&mut self, run: u64) {
+        if self.run.is_some() {
+            // the gateway restarted: what it had not finished sending is gone
+            self.stats.parts_dropped +=
+                self.assemblies.values().filter(|a| !a.recorded).count() as u64;
+            self.assemblies.clear();
+            self.pending = 0;
+            match self.live {
+                Live::Following { .. } => {
+                    self.cut_short(None);
+                    self.live = Live::Waiting;
+                    self.resumed = true;
+                }
+                Live::Holding { .. } => self.resumed = true,
+                Live::Waiting | Live::Ended => {}
+            }
+        }
+        self.run = Some(run);
+        self.done_below = 0;
+        self.done.clear();
+    }
+
+    fn is_done(&self, seq: u64) -> bool {
+        seq < self.done_below || self.done.contains(&seq)
+    }
+
+    fn mark_done(&mut self, seq: u64) {
+        self.done.insert(seq);
+        while self.done.remove(&self.done_below) {
+            self.done_below += 1;
+        }
+        if self.done.len() > DONE_MAX {
+            // holes that never filled: forget them
+            if let Some(&first) = self.done.iter().next() {
+                self.done_below = first;
+                while self.done.remove(&self.done_below) {
+                    self.done_below += 1;
+                }
+            }
+        }
+    }
+
+    /// Takes a piece at `now`.
+    pub fn handle_piece(&mut self, now: Instant, p: Piece) -> Result<Taken, PieceError> {
+        let end = p
+            .offset
+            .checked_add(p.data.len() as u64)
+            .ok_or(PieceError::Bounds("offset"))?;
+        if end > MAX_PART_BYTES {
+            return Err(PieceError::Bounds("part over 17 MiB"));
+        }
+        if p.end_us > MAX_PART_US {
+            return Err(PieceError::Bounds("part over 60 s"));
+        }
+        if p.part.index > 10_000 {
+            return Err(PieceError::Bounds("part index"));
+        }
+        if (p.part.index == 0) != p.part.segment.is_some() {
+            return Err(PieceError::Conflict(
+                "a segment's first part, and only it, starts a segment",
+            ));
+        }
+        let mut taken = Taken::default();
+        if self.run != Some(p.run) {
+            self.new_run(p.run);
+            taken.new_run = true;
+        }
+        let seq = p.part.seq;
+        let len = p.data.len() as u64;
+        if self.is_done(seq) {
+            self.stats.duplicate_bytes += len;
+            taken.duplicate_bytes = len;
+            return Ok(taken);
+        }
+        let a = self
+            .assemblies
+            .entry(seq)
+            .or_insert_with(|| Assembly::new(p.part, now));
+        if a.meta != p.part {
+            return Err(PieceError::Conflict("another part under the same number"));
+        }
+        let before = a.held;
+        let new = a.insert(&p)?;
+        a.live |= p.live;
+        a.touched = now;
+        self.pending = (self.pending + a.held).saturating_sub(before);
+        taken.new_bytes = new;
+        taken.duplicate_bytes = len - new.min(len);
+        self.stats.new_bytes += new;
+        self.stats.duplicate_bytes += taken.duplicate_bytes;
+        if a.complete() && !a.recorded {
+            a.recorded = true;
+            let mut part = Part::new(a.meta, a.duration_us.unwrap_or(0) as f64 / 1e6, a.bytes());
+            part.gap = false;
+            taken.completed = Some(Arc::new(part));
+        }
+        let g = self.window_init(p.run, p.part.init);
+        if !self.init_bytes.contains_key(&g) {
+            taken.needs_init = Some(p.part.init);
+        }
+        self.resume_if_due(now);
+        self.advance(now);
+        self.tidy(seq);
+        self.bound_memory();
+        Ok(taken)
+    }
+
+    /// Whether the window may still take gateway part `seq`.
+    fn window_may_need(&self, seq: u64, live: bool) -> bool {
+        match self.live {
+            Live::Following { next, .. } => seq >= next,
+            Live::Holding { after, .. } => live && after.is_none_or(|a| seq > a),
+            Live::Waiting | Live::Ended => live,
+        }
+    }
+
+    /// Forgets part `seq` once it is recorded and the window does not need it.
+    fn tidy(&mut self, seq: u64) {
+        let Some(a) = self.assemblies.get(&seq) else {
+            return;
+        };
+        let needed = !a.fed_all && self.window_may_need(seq, a.live);
+        if a.recorded && !needed {
+            if let Some(a) = self.assemblies.remove(&seq) {
+                self.pending = self.pending.saturating_sub(a.held);
+            }
+            self.mark_done(seq);
+        }
+    }
+
+    fn bound_memory(&mut self) {
+        while self.pending > self.cfg.max_pending_bytes {
+            let keep = match self.live {
+                Live::Following { next, .. } => Some(next),
+                _ => None,
+            };
+            // the oldest part the window does not need goes first, then the oldest at all
+            let victim = self
+                .assemblies
+                .iter()
+                .find(|(s, a)| Some(**s) != keep && !self.window_may_need(**s, a.live))
+                .or_else(|| self.assemblies.iter().find(|(s, _)| Some(**s) != keep))
+                .map(|(s, _)| *s);
+            let Some(seq) = victim else { break };
+            if let Some(a) = self.assemblies.remove(&seq) {
+                self.pending = self.pending.saturating_sub(a.held);
+                if a.recorded {
+                    self.mark_done(seq);
+                } else {
+                    self.stats.parts_dropped += 1;
+                }
+            }
+        }
+    }
+
+    /// In a hold (or before the start, or after the end), the newest live segment start
+    /// beyond what the window had resumes it.
+    fn resume_if_due(&mut self, now: Instant) {
+        let after = match self.live {
+            Live::Following { .. } => return,
+            Live::Holding { after, .. } => after,
+            Live::Waiting | Live::Ended => None,
+        };
+        let start = self
+            .assemblies
+            .iter()
+            .rev()
+            .find(|(s, a)| {
+                a.live
+                    && a.meta.segment.is_some()
+                    && a.contiguous() > 0
+                    && after.is_none_or(|x| **s > x)
+            })
+            .map(|(s, a)| (*s, a.meta.msn));
+        let Some((seq, gw_msn)) = start else {
+            return;
+        };
+        match self.live {
+            Live::Holding { .. } => {
+                self.window.close_segment();
+                self.open = None;
+                self.stats.resumes += 1;
+                self.resumed = true;
+            }
+            Live::Ended => {
+                // a fresh playlist: the ended one cannot grow again
+                let mut w = LiveWindow::new(self.cfg.window, self.window.next_seq());
+                for (g, d) in &self.init_bytes {
+                    w.add_init(*g, d.clone());
+                }
+                w.set_info(self.window.info().clone());
+                self.window = w;
+                self.open = None;
+                self.resumed = false;
+                self.stats.resumes += 1;
+            }
+            _ => {}
+        }
+        let delta = self.next_msn as i64 - gw_msn as i64;
+        self.live = Live::Following {
+            next: seq,
+            delta,
+            last_progress: now,
+        };
+        // what came before the resumed part is for the recording only
+        let older: Vec<u64> = self.assemblies.range(..seq).map(|(s, _)| *s).collect();
+        for s in older {
+            self.tidy(s);
+        }
+    }
+
+    /// Feeds the window from the part it takes next, as far as the bytes go.
+    fn advance(&mut self, now: Instant) {
+        loop {
+            let Live::Following {
+                next,
+                delta,
+                last_progress,
+            } = self.live
+            else {
+                return;
+            };
+            let Some(a) = self.assemblies.get(&next) else {
+                return;
+            };
+            let wmeta = match a.window_meta {
+                Some(m) => m,
+                None => {
+                    let gw = a.meta;
+                    let init = self.window_init(self.run.unwrap_or(0), gw.init);
+                    let segment = gw.segment.map(|s| SegmentStart {
+                        discontinuity: s.discontinuity || std::mem::take(&mut self.resumed),
+                        pdt_ms: s.pdt_ms,
+                    });
+                    PartMeta {
+                        seq: self.window.next_seq(),
+                        msn: (gw.msn as i64 + delta).max(0) as u64,
+                        init,
+                        segment,
+                        ..gw
+                    }
+                }
+            };
+            let mut progressed = false;
+            let mut finished = None;
+            if let Some(a) = self.assemblies.get_mut(&next) {
+                a.window_meta = Some(wmeta);
+                while let Some((data, end_us, last)) = a.next_feed() {
+                    let last = last && a.total == Some(a.fed + data.len() as u64);
+                    let chunk = Chunk {
+                        part: wmeta,
+                        offset: a.fed,
+                        data,
+                        end_us,
+                        last,
+                    };
+                    match self.window.push_chunk(&chunk) {
+                        Ok(done) => {
+                            a.fed += chunk.data.len() as u64;
+                            a.fed_end_us = end_us;
+                            progressed = true;
+                            if let Some(p) = done {
+                                a.fed_all = true;
+                                finished = Some(p);
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "mirror: window refused a chunk");
+                            return;
+                        }
+                    }
+                }
+            }
+            if progressed {
+                self.live = Live::Following {
+                    next,
+                    delta,
+                    last_progress: now,
+                };
+            } else if last_progress > now {
+                return;
+            }
+            let Some(p) = finished else {
+                return;
+            };
+            self.note_window_part(&p);
+            self.live = Live::Following {
+                next: next + 1,
+                delta,
+                last_progress: now,
+            };
+            self.tidy(next);
+        }
+    }
+
+    /// Keeps the window's segment numbering and timeline in step with a part it took.
+    fn note_window_part(&mut self, p: &Part) {
+        self.stats.parts += u64::from(!p.gap);
+        if let Some(s) = p.segment {
+            self.open = Some(OpenSegment {
+                msn: p.msn,
+                parts: 0,
+                gap: p.gap,
+            });
+            self.pdt_end_ms = s.pdt_ms;
+            self.next_msn = self.next_msn.max(p.msn + 1);
+        }
+        if let Some(o) = self.open.as_mut() {
+            o.parts += 1;
+        }
+        self.pdt_end_ms += (p.duration * 1000.0).round() as u64;
+        self.last_init = p.init;
+    }
+
+    /// Ends the part the window is building with what it has (whole chunks: still media),
+    /// and closes the segment.
+    fn cut_short(&mut self, next: Option<u64>) {
+        if let Some((meta, _)) = self.window.growing() {
+            let a = next.and_then(|n| self.assemblies.get(&n));
+            let (offset, end_us) = a.map_or((0, 0), |a| (a.fed, a.fed_end_us));
+            if end_us > 0 && offset > 0 {
+                let end = Chunk {
+                    part: meta,
+                    offset,
+                    data: Bytes::new(),
+                    end_us,
+                    last: true,
+                };
+                if let Ok(Some(p)) = self.window.push_chunk(&end) {
+                    self.note_window_part(&p);
+                }
+            } else {
+                self.window.abandon_growing();
+            }
+        }
+        self.window.close_segment();
+        self.open = None;
+    }
+
+    fn push_gap(&mut self) {
+        let part_s = self.cfg.window.part_target;
+        let per_segment = (self.cfg.window.segment_target / part_s).round().max(1.0) as u32;
+        let (msn, index) = match self.open {
+            Some(o) if o.gap && o.parts < per_segment => (o.msn, o.parts),
+            _ => {
+                let m = self.next_msn;
+                self.next_msn += 1;
+                (m, 0)
+            }
+        };
+        let meta = PartMeta {
+            seq: self.window.next_seq(),
+            msn,
+            index,
+            independent: false,
+            init: self.last_init,
+            capture_ms: 0,
+            segment: (index == 0).then_some(SegmentStart {
+                discontinuity: false,
+                pdt_ms: self.pdt_end_ms,
+            }),
+        };
+        let mut part = Part::new(meta, part_s, Bytes::new());
+        part.gap = true;
+        match self.window.push_part(part) {
+            Ok(p) => {
+                self.note_window_part(&p);
+                self.stats.gap_parts += 1;
+            }
+            Err(e) => tracing::warn!(error = %e, "mirror: gap part refused"),
+        }
+    }
+
+    /// Runs the clock: a stall begins a hold, a hold lists gap parts and ends the stream
+    /// when it runs out; old incomplete parts are dropped.
+    pub fn poll(&mut self, now: Instant) {
+        if let Live::Following {
+            next,
+            last_progress,
+            ..
+        } = self.live
+        {
+            if now.saturating_duration_since(last_progress) >= self.cfg.stall_after {
+                let had = self.window.growing().is_some_and(|(m, _)| {
+                    self.assemblies.get(&next).and_then(|a| a.window_meta) == Some(m)
+                });
+                self.cut_short(Some(next));
+                self.live = Live::Holding {
+                    after: if had { Some(next) } else { next.checked_sub(1) },
+                    since: last_progress,
+                    listed_us: 0,
+                };
+                let old: Vec<u64> = self.assemblies.keys().copied().collect();
+                for s in old {
+                    if let Some(a) = self.assemblies.get_mut(&s) {
+                        a.window_meta = None;
+                    }
+                    self.tidy(s);
+                }
+                self.resume_if_due(now);
+            }
+        }
+        if let Live::Holding {
+            after,
+            since,
+            mut listed_us,
+        } = self.live
+        {
+            let held = now.saturating_duration_since(since);
+            if held >= self.cfg.hold {
+                self.window.end();
+                self.open = None;
+                self.live = Live::Ended;
+            } else {
+                let part_us = (self.cfg.window.part_target * 1e6) as u64;
+                while listed_us + part_us <= held.as_micros() as u64 {
+                    self.push_gap();
+                    listed_us += part_us;
+                }
+                self.live = Live::Holding {
+                    after,
+                    since,
+                    listed_us,
+                };
+            }
+        }
+        let stale: Vec<u64> = self
+            .assemblies
+            .iter()
+            .filter(|(_, a)| now.saturating_duration_since(a.touched) > ASSEMBLY_TTL)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in stale {
+            if let Some(a) = self.assemblies.remove(&s) {
+                self.pending = self.pending.saturating_sub(a.held);
+                if a.recorded {
+                    self.mark_done(s);
+                } else {
+                    self.stats.parts_dropped += 1;
+                }
+            }
+        }
+    }
+
+    /// When [`Mirror::poll`] has something to do next.
+    pub fn poll_at(&self) -> Option<Instant> {
+        match self.live {
+            Live::Following { last_progress, .. } => Some(last_progress + self.cfg.stall_after),
+            Live::Holding {
+                since, listed_us, ..
+            } => {
+                let part = Duration::from_secs_f64(self.cfg.window.part_target);
+                Some((since + Duration::from_micros(listed_us) + part).min(since + self.cfg.hold))
+            }
+            Live::Waiting | Live::Ended => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hls::RenderOptions;
+    use crate::window::PartRead;
+
+    const RUN: u64 = 7;
+
+    /// Gateway part `seq` (5 parts a segment, 200 ms each, 3 chunks of 2 bytes).
+    fn meta(seq: u64) -> PartMeta {
+        let index = (seq % 5) as u32;
+        PartMeta {
+            seq,
+            msn: seq / 5,
+            index,
+            independent: index == 0,
+            init: 0,
+            capture_ms: 1_795_000_000_000 + seq * 200,
+            segment: (index == 0).then_some(SegmentStart {
+                discontinuity: false,
+                pdt_ms: 1_795_000_000_000 + seq * 200,
+            }),
+        }
+    }
+
+    fn piece(seq: u64, k: u64, live: bool) -> Piece {
+        Piece {
+            run: RUN,
+            part: meta(seq),
+            offset: k * 2,
+            data: Bytes::from(vec![seq as u8, k as u8]),
+            end_us: (k + 1) * 66_000 + if k == 2 { 2_000 } else { 0 },
+            last: k == 2,
+            live,
+        }
+    }
+
+    fn whole(seq: u64) -> Piece {
+        Piece {
+            run: RUN,
+            part: meta(seq),
+            offset: 0,
+            data: Bytes::from(vec![seq as u8, 0, seq as u8, 1, seq as u8, 2]),
+            end_us: 200_000,
+            last: true,
+            live: false,
+        }
+    }
+
+    fn mirror() -> Mirror {
+        let mut m = Mirror::new(MirrorConfig::default(), 1000);
+        m.handle_init(
+            RUN,
+            0,
+            Bytes::from_static(b"init"),
+            StreamInfo {
+                codecs: "avc1.42c01e".into(),
+                resolution: Some((640, 360)),
+            },
+        );
+        m
+    }
+
+    fn text(m: &Mirror) -> String {
+        m.window_ref().render(&RenderOptions::default())
+    }
+
+    #[test]
+    fn parts_follow_in_order_whatever_order_pieces_arrive_in() {
+        let t0 = Instant::now();
+        let mut m = mirror();
+        let mut recorded = Vec::new();
+        // part 0 in order, part 1 before part 0 is done, a copy of a piece
+        for (seq, k) in [(0, 0), (1, 0), (1, 1), (0, 1), (1, 2), (0, 1), (0, 2)] {
+            let t = m.handle_piece(t0, piece(seq, k, true)).unwrap();
+            if let Some(p) = t.completed {
+                recorded.push(p.seq);
+            }
+        }
+        assert_eq!(recorded, vec![1, 0]);
+        assert_eq!(m.stats().duplicate_bytes, 2);
+        assert_eq!(m.state(), State::Following);
+        let t = text(&m);
+        assert!(t.contains("#EXT-X-MEDIA-SEQUENCE:1000\n"), "{t}");
+        assert!(t.contains("URI=\"part-1000.0.m4s\",INDEPENDENT=YES\n"));
+        assert!(t.contains("URI=\"part-1000.1.m4s\"\n"));
+        assert_eq!(
+            m.window().part(1000, 1),
+            crate::window::Lookup::Ready(Bytes::from_static(&[1, 0, 1, 1, 1, 2]))
+        );
+        // the next part grows in the window piece by piece
+        m.handle_piece(t0, piece(2, 0, true)).unwrap();
+        assert_eq!(
+            m.window().read_part(1000, 2, 0),
+            PartRead::Data {
+                chunks: vec![Bytes::from_static(&[2, 0])],
+                complete: false
+            }
+        );
+        // every piece again: all duplicates, nothing recorded twice
+        for seq in 0..2 {
+            for k in 0..3 {
+                let t = m.handle_piece(t0, piece(seq, k, true)).unwrap();
+                assert!(t.completed.is_none() && t.new_bytes == 0);
+            }
+        }
+    }
+
+    #[test]
+    fn an_outage_lists_gaps_then_the_live_edge_resumes_and_backfill_is_recorded() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut m = mirror();
+        for seq in 0..5 {
+            for k in 0..3 {
+                m.handle_piece(ms(seq * 200), piece(seq, k, true)).unwrap();
+            }
+        }
+        // part 5 starts, then every uplink goes down
+        m.handle_piece(ms(1000), piece(5, 0, true)).unwrap();
+        m.poll(ms(1900));
+        assert_eq!(m.state(), State::Following);
+        m.poll(ms(2000));
+        assert_eq!(m.state(), State::Holding);
+        // the part being built was cut short at its whole chunks; a second of gaps so far
+        let t = text(&m);
+        assert!(
+            t.contains("#EXT-X-PART:DURATION=0.06600,URI=\"part-1001.0.m4s\",INDEPENDENT=YES\n"),
+            "{t}"
+        );
+        assert!(t.contains("URI=\"part-1002.4.m4s\",GAP=YES"), "{t}");
+        for n in 1..=40 {
+            m.poll(ms(2000 + n * 100));
+        }
+        // 5 s without media: 25 gap parts in 5 gap segments, one per 200 ms
+        assert_eq!(m.stats().gap_parts, 25);
+        assert!(text(&m).contains("#EXT-X-GAP\n#EXTINF:1.00000,\nseg-1005.m4s"));
+        // the links return: the gateway sends its live edge (part 35, a segment start) first
+        for k in 0..3 {
+            m.handle_piece(ms(6100), piece(35, k, true)).unwrap();
+        }
+        assert_eq!(m.state(), State::Following);
+        let t = text(&m);
+        assert!(
+            t.contains("#EXT-X-DISCONTINUITY\n#EXT-X-PROGRAM-DATE-TIME:"),
+            "{t}"
+        );
+        assert!(t.contains("URI=\"part-1007.0.m4s\",INDEPENDENT=YES"), "{t}");
+        // then the backfill: every missed part completes for the recording, none in the window
+        let mut recorded = 0;
+        for seq in 5..35 {
+            if m.handle_piece(ms(6200), whole(seq))
+                .unwrap()
+                .completed
+                .is_some()
+            {
+                recorded += 1;
+            }
+        }
+        assert_eq!(recorded, 30);
+        assert!(!text(&m).contains("part-1008.0"));
+        assert_eq!(m.pending_bytes(), 0, "backfilled parts are not kept");
+        // the window never skipped a number
+        let segs = m.window_ref().playlist().segments();
+        for w in segs.iter().collect::<Vec<_>>().windows(2) {
+            assert_eq!(w[1].msn, w[0].msn + 1);
+        }
+    }
+
+    #[test]
+    fn a_hold_runs_out_then_a_new_playlist_begins() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut m = mirror();
+        for k in 0..3 {
+            m.handle_piece(t0, piece(0, k, true)).unwrap();
+        }
+        m.poll(s(30));
+        assert_eq!(m.state(), State::Holding);
+        m.poll(s(62));
+        assert_eq!(m.state(), State::Ended);
+        assert!(text(&m).ends_with("#EXT-X-ENDLIST\n"));
+        for k in 0..3 {
+            m.handle_piece(s(70), piece(50, k, true)).unwrap();
+        }
+        assert_eq!(m.state(), State::Following);
+        let t = text(&m);
+        assert!(!t.contains("ENDLIST") && !t.contains("GAP"), "{t}");
+        assert!(m.window_ref().init(0).is_some());
+    }
+
+    #[test]
+    fn bad_and_conflicting_pieces_are_refused() {
+        let t0 = Instant::now();
+        let mut m = mirror();
+        let mut p = piece(0, 0, true);
+        p.offset = MAX_PART_BYTES;
+        assert!(m.handle_piece(t0, p).is_err());
+        let mut p = piece(1, 0, true);
+        p.part.segment = None;
+        p.part.index = 0;
+        assert!(m.handle_piece(t0, p).is_err());
+        m.handle_piece(t0, piece(0, 2, true)).unwrap();
+        let mut p = piece(0, 2, true);
+        p.data = Bytes::from_static(&[1, 2, 3]);
+        assert!(matches!(
+            m.handle_piece(t0, p),
+            Err(PieceError::Conflict(_))
+        ));
+        // a gateway restart: a new run starts over
+        let mut p = piece(0, 0, true);
+        p.run = RUN + 1;
+        assert!(m.handle_piece(t0, p).unwrap().new_run);
+        let mut p = piece(3, 0, true);
+        p.run = RUN + 1;
+        assert_eq!(m.handle_piece(t0, p).unwrap().needs_init, Some(0));
+    }
+}
