@@ -54,6 +54,7 @@ async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
         },
         proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics: None,
+        record_dir: None,
     })
     .await?;
     let stats = Arc::new(LoadStats::default());

@@ -20,6 +20,9 @@ use tunnel_io::TransportSettings;
 /// Host name venue devices use for the demo's bid and check-in service (a reverse site).
 pub const DEMO_SITE: &str = "shop.canopy.test";
 
+/// The demo gateway's name (its certificate's): viewer URLs carry it.
+pub const DEMO_GATEWAY: &str = "venue";
+
 /// Relay, gateway, origin and link emulators, all on loopback.
 pub struct Testbed {
     /// The demo origin's address.
@@ -28,6 +31,14 @@ pub struct Testbed {
     pub origin_stats: Arc<OriginStats>,
     /// The relay's UDP address.
     pub relay: SocketAddr,
+    /// The relay's viewer address (HTTP/1.1).
+    pub viewers: SocketAddr,
+    /// The relay's viewer address for HTTP/3.
+    pub viewers_h3: Option<SocketAddr>,
+    /// The relay's live streams.
+    pub relayed: Arc<media_io::relayed::Relayed>,
+    /// The gateway's contribution to the relay.
+    pub contributor: Option<Arc<gateway::contribute::Contributor>>,
     /// One emulated link per uplink, in uplink order (`None`: that uplink talks to the
     /// relay directly).
     pub links: Vec<Option<LinkEmulator>>,
@@ -89,6 +100,8 @@ pub struct TestbedOptions {
     pub proxy_listen: SocketAddr,
     /// Prometheus endpoints (relay, gateway), if wanted.
     pub metrics: Option<(SocketAddr, SocketAddr)>,
+    /// Where the relay records the streams, if anywhere.
+    pub record_dir: Option<PathBuf>,
 }
 
 impl TestbedOptions {
@@ -99,6 +112,7 @@ impl TestbedOptions {
             tunnel: TransportSettings::default(),
             proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics: None,
+            record_dir: None,
         }
     }
 }
@@ -109,7 +123,7 @@ impl Testbed {
         let certs = crate::certs::EventCerts::generate(
             "demo",
             &["localhost".into(), "127.0.0.1".into()],
-            &["gateway".into()],
+            &[DEMO_GATEWAY.into()],
         )?;
         let origin_stats = Arc::new(OriginStats::default());
         let listener = origin::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -121,7 +135,15 @@ impl Testbed {
         relay_cfg.egress.allow = vec![format!("127.0.0.1:{}", origin.port())];
         relay_cfg.tunnel = opts.tunnel.clone();
         relay_cfg.metrics.listen = opts.metrics.map(|m| m.0);
-        let relay = crate::runtime::spawn_relay(&relay_cfg, &certs.relay_tls()?).await?;
+        relay_cfg.viewers.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        relay_cfg.viewers.h3_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        relay_cfg.live.record_dir = opts.record_dir.clone();
+        let rh = crate::runtime::spawn_relay(&relay_cfg, &certs.relay_tls()?, None, None).await?;
+        let relay = rh.addr;
+        let viewers = rh
+            .viewers
+            .0
+            .ok_or_else(|| anyhow::anyhow!("the relay has no viewer listener"))?;
 
         let mut links = Vec::new();
         let mut uplinks = Vec::new();
@@ -175,8 +197,8 @@ impl Testbed {
                 method: None,
             },
         ];
-        let (proxy, bond, live) =
-            crate::runtime::spawn_gateway(&gw_cfg, &certs.gateway_tls(0)?).await?;
+        let gh = crate::runtime::spawn_gateway(&gw_cfg, &certs.gateway_tls(0)?).await?;
+        let (proxy, bond, live) = (gh.proxy, gh.bond.clone(), gh.live.clone());
         if !bond.wait_usable(Duration::from_secs(10)).await {
             anyhow::bail!("no uplink of the gateway came up within 10 s");
         }
@@ -186,6 +208,10 @@ impl Testbed {
             origin,
             origin_stats,
             relay,
+            viewers,
+            viewers_h3: rh.viewers.2,
+            relayed: rh.relayed,
+            contributor: gh.contributor,
             links,
             proxy,
             bond,
@@ -200,6 +226,14 @@ impl Testbed {
             .and_then(Option::as_ref)
             .map(LinkEmulator::stats)
             .unwrap_or_default()
+    }
+
+    /// The relay's viewer URL of a camera of the gateway.
+    pub fn viewer_url(&self, camera: &str) -> String {
+        format!(
+            "http://{}/live/{DEMO_GATEWAY}/{camera}/index.m3u8",
+            self.viewers
+        )
     }
 
     /// URL of a path on the origin, for the explicit proxy.
@@ -310,6 +344,21 @@ pub struct CameraSummary {
     pub segments: u64,
     /// The on-site media playlist was served with parts and a preload hint.
     pub playlist_ok: bool,
+    /// Where viewers watch it: the relay's URL.
+    pub viewer_url: String,
+    /// Parts the relay put together from what the gateway sent.
+    pub relay_parts: u64,
+    /// Gap parts the relay listed (media that did not arrive in time).
+    pub relay_gap_parts: u64,
+    /// Glass to relay (capture of a part's first frame to the part whole at the relay),
+    /// median, ms.
+    pub glass_to_relay_p50_ms: f64,
+    /// Glass to relay, 95th percentile, ms.
+    pub glass_to_relay_p95_ms: f64,
+    /// The relay's media playlist was served with parts and a preload hint.
+    pub relay_playlist_ok: bool,
+    /// Bytes the gateway sent again as copies of late pieces, over all it sent.
+    pub redundant_ratio: f64,
 }
 
 fn mbps(bytes: u64, secs: f64) -> f64 {
@@ -329,15 +378,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
     }
     anyhow::ensure!(!links.is_empty(), "the demo needs at least one uplink");
     let link_names: Vec<String> = opts.uplinks.iter().map(|u| u.link.clone()).collect();
-    println!(
-        "canopy demo: relay, gateway and a demo origin on loopback, joined by {} emulated uplink(s), bonded:",
-        links.len()
-    );
-    for l in &links {
-        if let Some(p) = &l.profile {
-            println!("  {:<10} {:<9} {}", l.name, l.tier.as_str(), p.description);
-        }
-    }
+    let descriptions: Vec<String> = links
+        .iter()
+        .filter_map(|l| {
+            l.profile
+                .as_ref()
+                .map(|p| format!("  {:<10} {:<9} {}", l.name, l.tier.as_str(), p.description))
+        })
+        .collect();
     let bed = Testbed::start(TestbedOptions {
         links,
         tunnel: TransportSettings {
@@ -348,8 +396,32 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         },
         proxy_listen: opts.proxy_listen,
         metrics: None,
+        record_dir: None,
     })
     .await?;
+    let camera = bed.add_demo_camera("demo")?;
+    let viewer_url = bed.viewer_url("demo");
+    println!("watch live: {viewer_url}");
+    println!(
+        "  (the relay's LL-HLS, over HTTP/1.1{}; ffplay, mpv, VLC, Safari or hls.js play it)",
+        bed.viewers_h3
+            .map(|a| format!(", and HTTP/3 on udp/{}", a.port()))
+            .unwrap_or_default()
+    );
+    println!(
+        "canopy demo: a camera, a venue gateway, a relay and a demo shop on loopback, joined by {} emulated uplink(s), bonded:",
+        descriptions.len()
+    );
+    for d in &descriptions {
+        println!("{d}");
+    }
+    println!(
+        "  camera: a looped H.264+AAC clip as a live camera -> gateway (200 ms parts, sent frame by frame) -> every uplink -> relay"
+    );
+    println!(
+        "  on-site screens: http://{}/live/demo/index.m3u8 (the gateway's own LL-HLS)",
+        bed.proxy
+    );
     println!(
         "  gateway proxy http://{}  (try: curl -x http://{} {})",
         bed.proxy,
@@ -359,11 +431,6 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
     println!(
         "  load: {} bulk downloads, 1 bulk upload, a bid every 200 ms, a check-in every second",
         opts.downloads
-    );
-    let camera = bed.add_demo_camera("demo")?;
-    println!(
-        "  camera: a looped H.264+AAC clip as a live camera; venue screens play http://{}/live/demo/index.m3u8 (LL-HLS, 200 ms parts)",
-        bed.proxy
     );
     // the busiest uplink is cut for cut_for_s in the middle of the run (at 10 s without an end)
     let cut_at = match opts.duration {
@@ -464,11 +531,25 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                 st.srtt.as_secs_f64() * 1000.0
             ));
         }
-        let cam = camera.main().with(|r| (r.stats(), r.window().next_part()));
-        if let (st, Some((msn, part))) = cam {
-            line.push_str(&format!(" camera msn {msn}.{part} ({} parts)", st.parts));
-        } else {
-            line.push_str(" camera starting");
+        let since_ms = media_io::wall_ms().saturating_sub((dt * 1000.0) as u64);
+        match bed.relayed.get(DEMO_GATEWAY, "demo", "main") {
+            Some(m) => {
+                let mut lat: Vec<f64> = m
+                    .latency()
+                    .iter()
+                    .filter(|(cap, _)| *cap >= since_ms.saturating_sub(1000))
+                    .map(|(_, l)| *l as f64)
+                    .collect();
+                lat.sort_by(f64::total_cmp);
+                let (state, st, _) = m.state();
+                line.push_str(&format!(
+                    " live {} glass->relay p50 {:>4.0} ms, {} gap parts",
+                    format!("{state:?}").to_lowercase(),
+                    load::quantile(&lat, 0.5),
+                    st.gap_parts
+                ));
+            }
+            None => line.push_str(" live starting"),
         }
         println!("{line}");
         if let (Some(at), None, false) = (cut_at, cut, cut_at_done) {
@@ -548,12 +629,47 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                 Err(_) => None,
             };
             let text = String::from_utf8_lossy(pl.as_deref().unwrap_or_default());
+            let relay_text = match bed
+                .relayed
+                .serve(&format!("{DEMO_GATEWAY}/demo/main/stream.m3u8"), None, "")
+                .await
+            {
+                Ok(r) => http_body_util::BodyExt::collect(r.into_body())
+                    .await
+                    .map(|c| String::from_utf8_lossy(&c.to_bytes()).into_owned())
+                    .unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            let (relay_parts, relay_gap_parts, mut lat) =
+                match bed.relayed.get(DEMO_GATEWAY, "demo", "main") {
+                    Some(m) => {
+                        let (_, ms, _) = m.state();
+                        let lat: Vec<f64> = m.latency().iter().map(|(_, l)| *l as f64).collect();
+                        (ms.parts, ms.gap_parts, lat)
+                    }
+                    None => (0, 0, Vec::new()),
+                };
+            lat.sort_by(f64::total_cmp);
+            let c = bed
+                .contributor
+                .as_ref()
+                .map(|c| c.status().bytes)
+                .unwrap_or_default();
+            let sent = c.first_bytes + c.copy_bytes + c.again_bytes;
             CameraSummary {
                 frames: st.frames,
                 dropped: st.dropped,
                 parts: st.parts,
                 segments: st.segments,
                 playlist_ok: text.contains("#EXT-X-PART:") && text.contains("#EXT-X-PRELOAD-HINT"),
+                viewer_url: viewer_url.clone(),
+                relay_parts,
+                relay_gap_parts,
+                glass_to_relay_p50_ms: load::quantile(&lat, 0.5),
+                glass_to_relay_p95_ms: load::quantile(&lat, 0.95),
+                relay_playlist_ok: relay_text.contains("#EXT-X-PART:")
+                    && relay_text.contains("#EXT-X-PRELOAD-HINT"),
+                redundant_ratio: c.copy_bytes as f64 / (sent.max(1)) as f64,
             }
         },
     };
@@ -562,17 +678,24 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         summary.duration_s, summary.link, summary.down_mbps, summary.up_mbps, summary.bids_ok, summary.bids_failed,
         summary.bid_p50_ms, summary.bid_p99_ms, summary.checkins_ok, summary.checkins_failed, summary.bulk_failed
     );
+    let cam = &summary.camera;
     println!(
-        "camera: {} frames, {} parts, {} segments, playlist {}",
-        summary.camera.frames,
-        summary.camera.parts,
-        summary.camera.segments,
-        if summary.camera.playlist_ok {
+        "camera: {} frames, {} parts, {} segments; at the relay {} parts, {} gap parts, glass->relay p50 {:.0} ms p95 {:.0} ms, copies {:.1}% of the bytes; playlists {}",
+        cam.frames,
+        cam.parts,
+        cam.segments,
+        cam.relay_parts,
+        cam.relay_gap_parts,
+        cam.glass_to_relay_p50_ms,
+        cam.glass_to_relay_p95_ms,
+        cam.redundant_ratio * 100.0,
+        if cam.playlist_ok && cam.relay_playlist_ok {
             "ok"
         } else {
             "MISSING"
         }
     );
+    println!("watched at {}", cam.viewer_url);
     for l in &summary.links {
         println!(
             "  {:<10} {:<9} {:<10} down {:>5.1} up {:>4.1} Mbit/s, {} demotion(s)",

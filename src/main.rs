@@ -209,7 +209,37 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 .extra_ca
                 .as_deref()
                 .map(|p| relative_to(&path, p));
-            canopy::runtime::spawn_relay(&cfg, &tls).await?;
+            cfg.live.record_dir = cfg
+                .live
+                .record_dir
+                .as_deref()
+                .map(|p| relative_to(&path, p));
+            let viewer_tls = match (&cfg.viewers.cert, &cfg.viewers.key) {
+                (Some(c), Some(k)) => Some(load_tls(&path, c, k, &cfg.tls.ca)?),
+                _ => None,
+            };
+            let token_key = match &cfg.viewers.token_key_file {
+                Some(f) => {
+                    let f = relative_to(&path, f);
+                    let k = std::fs::read(&f).map_err(|e| {
+                        anyhow::anyhow!("viewers.token_key_file {}: {e}", f.display())
+                    })?;
+                    let k = k.trim_ascii().to_vec();
+                    anyhow::ensure!(
+                        k.len() >= 16,
+                        "viewers.token_key_file {}: the key needs at least 16 bytes",
+                        f.display()
+                    );
+                    Some(k)
+                }
+                None => None,
+            };
+            let relay =
+                canopy::runtime::spawn_relay(&cfg, &tls, viewer_tls.as_ref(), token_key.as_deref())
+                    .await?;
+            if let (Some(a), _, _) | (_, Some(a), _) = relay.viewers {
+                println!("relay: viewers at http://{a}/live/<gateway>/<camera>/index.m3u8");
+            }
             tokio::signal::ctrl_c().await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -26,38 +26,68 @@ pub async fn spawn_metrics(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     Ok(local)
 }
 
-/// Starts a relay in the background; returns its UDP address.
+/// A relay started in the background.
+pub struct RelayHandle {
+    /// Its UDP address for gateways.
+    pub addr: SocketAddr,
+    /// Its viewer addresses: HTTP/1.1, HTTPS, HTTP/3.
+    pub viewers: (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>),
+    /// The live streams.
+    pub relayed: std::sync::Arc<media_io::relayed::Relayed>,
+}
+
+/// Starts a relay in the background.
 pub async fn spawn_relay(
     cfg: &ingest_relay::RelayConfig,
     tls: &tunnel_io::TlsFiles,
-) -> anyhow::Result<SocketAddr> {
-    let relay = ingest_relay::Relay::bind(cfg, tls)?;
+    viewer_tls: Option<&tunnel_io::TlsFiles>,
+    token_key: Option<&[u8]>,
+) -> anyhow::Result<RelayHandle> {
+    let relay = ingest_relay::Relay::bind(cfg, tls, viewer_tls, token_key).await?;
     let addr = relay.local_addr()?;
+    let viewers = relay.viewer_addrs();
+    let relayed = relay.relayed();
     if let Some(m) = cfg.metrics.listen {
         spawn_metrics(m).await?;
     }
     tokio::spawn(relay.run());
-    Ok(addr)
+    Ok(RelayHandle {
+        addr,
+        viewers,
+        relayed,
+    })
 }
 
-/// Starts a gateway in the background; returns its proxy address and its bond.
+/// A gateway started in the background.
+pub struct GatewayHandle {
+    /// Its proxy address.
+    pub proxy: SocketAddr,
+    /// Its bonded uplinks.
+    pub bond: std::sync::Arc<gateway::Bond>,
+    /// Its cameras.
+    pub live: std::sync::Arc<gateway::LiveStreams>,
+    /// Its contribution to the relay (when `[live] contribute`).
+    pub contributor: Option<std::sync::Arc<gateway::contribute::Contributor>>,
+}
+
+/// Starts a gateway in the background.
 pub async fn spawn_gateway(
     cfg: &gateway::GatewayConfig,
     tls: &tunnel_io::TlsFiles,
-) -> anyhow::Result<(
-    SocketAddr,
-    std::sync::Arc<gateway::Bond>,
-    std::sync::Arc<gateway::LiveStreams>,
-)> {
-    let gw = gateway::Gateway::bind(cfg, tls).await?;
-    let addr = gw.local_addr()?;
-    let uplink = gw.bond();
-    let live = gw.live();
+) -> anyhow::Result<GatewayHandle> {
+    let mut gw = gateway::Gateway::bind(cfg, tls).await?;
+    let contributor = cfg.live.contribute.then(|| gw.contribute());
+    let handle = GatewayHandle {
+        proxy: gw.local_addr()?,
+        bond: gw.bond(),
+        live: gw.live(),
+        contributor,
+    };
     if let Some(m) = cfg.metrics.listen {
         spawn_metrics(m).await?;
     }
     tokio::spawn(gw.run());
-    Ok((addr, uplink, live))
+    Ok(handle)
 }
 
 /// Ticks once a second until Ctrl-C, for commands that print a status line per second.

@@ -20,6 +20,7 @@ async fn a_bid_overtakes_queued_bulk_data() {
         tunnel: Default::default(),
         proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics: None,
+        record_dir: None,
     })
     .await
     .expect("testbed");

@@ -492,6 +492,8 @@ pub struct Bond {
     policy: scheduler::Redundant<scheduler::MinCompletion>,
     /// This gateway run's session id.
     pub session: u128,
+    /// The relay's wall clock as measured over the paths.
+    pub clock: Arc<crate::clock::RelayClock>,
 }
 
 impl Bond {
@@ -523,7 +525,9 @@ impl Bond {
             typical_download: AtomicU64::new(256 * 1024),
             policy: scheduler::default_policy(),
             session,
+            clock: Arc::default(),
         });
+        tokio::spawn(crate::clock::run(Arc::downgrade(&bond), bond.clock.clone()));
         for p in &bond.paths {
             let p = Arc::downgrade(p);
             tokio::spawn(async move {
@@ -629,6 +633,11 @@ impl Bond {
     /// queued); other classes always may.
     pub fn has_room(&self, unit: &Unit, exclude: &[PathId]) -> bool {
         scheduler::has_room(unit, &self.views_except(exclude), PLACEMENT_HORIZON)
+    }
+
+    /// What the scheduler knows of every path now.
+    pub fn views(&self) -> Vec<PathView> {
+        self.views_except(&[])
     }
 
     /// The views of every path but `exclude`.

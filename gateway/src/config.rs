@@ -59,6 +59,8 @@ pub struct LiveSection {
     /// Origins of web pages allowed to play the on-site LL-HLS (CORS), e.g.
     /// `["https://screens.venue.example"]`; `"*"` allows any. Empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Send every camera to the relay (its viewers, its recording).
+    pub contribute: bool,
 }
 
 impl Default for LiveSection {
@@ -73,6 +75,7 @@ impl Default for LiveSection {
             spool_dir: None,
             spool_bytes: 1 << 30,
             cors_origins: Vec::new(),
+            contribute: true,
         }
     }
 }

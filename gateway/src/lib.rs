@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod bond;
+pub mod clock;
 pub mod config;
+pub mod contribute;
 mod proxy;
 pub mod stripe;
 mod uplink;

@@ -62,6 +62,7 @@ pub struct Gateway {
     state: Arc<State>,
     push: Option<PushListener>,
     pulls: Vec<Pull>,
+    contributor: Option<Arc<crate::contribute::Contributor>>,
 }
 
 impl Gateway {
@@ -132,6 +133,7 @@ impl Gateway {
             state: Arc::new(state),
             push,
             pulls,
+            contributor: None,
         })
     }
 
@@ -153,6 +155,18 @@ impl Gateway {
     /// The bonded uplinks.
     pub fn bond(&self) -> Arc<Bond> {
         self.state.bond.clone()
+    }
+
+    /// Starts sending the cameras to the relay (`[live] contribute`); idempotent.
+    pub fn contribute(&mut self) -> Arc<crate::contribute::Contributor> {
+        self.contributor
+            .get_or_insert_with(|| {
+                crate::contribute::Contributor::start(
+                    self.state.bond.clone(),
+                    self.state.live.clone(),
+                )
+            })
+            .clone()
     }
 
     /// Serves venue devices until the task is dropped.

@@ -19,6 +19,64 @@ pub struct RelayConfig {
     pub tunnel: TransportSettings,
     /// `[metrics]`: Prometheus endpoint.
     pub metrics: MetricsSection,
+    /// `[viewers]`: where viewers (and a CDN in front) fetch the live streams.
+    pub viewers: ViewersSection,
+    /// `[live]`: the live streams gateways send: outage hold, playlists, recording.
+    pub live: LiveSection,
+}
+
+/// `[viewers]`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ViewersSection {
+    /// TCP address for HTTP/1.1 without TLS (behind a CDN or a caching proxy); unset = off.
+    pub listen: Option<SocketAddr>,
+    /// TCP address for HTTP/1.1 over TLS (browsers; advertises HTTP/3); unset = off.
+    pub https_listen: Option<SocketAddr>,
+    /// UDP address for HTTP/3; unset = off. Advertised with `Alt-Svc` on HTTP/1.1.
+    pub h3_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) for HTTPS and HTTP/3; default: `[tls] cert`.
+    pub cert: Option<PathBuf>,
+    /// Its key (PEM); default: `[tls] key`.
+    pub key: Option<PathBuf>,
+    /// Origins whose pages may play the streams (CORS); `"*"` (the default) allows any.
+    pub cors_origins: Option<Vec<String>>,
+    /// A file holding the secret that signs viewer URLs (`canopy viewer-token`); when set,
+    /// every `/live/` and `/rec/` request needs a valid `token`.
+    pub token_key_file: Option<PathBuf>,
+}
+
+/// `[live]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveSection {
+    /// A stream whose media stops keeps its playlists going (gap parts) this long, s, then
+    /// ends.
+    pub hold_s: u64,
+    /// No media for this long starts the gap parts, ms.
+    pub stall_ms: u64,
+    /// PART-HOLD-BACK of the viewers' playlists, ms (how far behind the live edge players
+    /// stay: room for a link cut).
+    pub part_hold_back_ms: u64,
+    /// Segments listed in a media playlist.
+    pub playlist_segments: usize,
+    /// Bytes of recent parts kept per rendition.
+    pub ring_bytes: usize,
+    /// Where every stream is recorded (fMP4 segments and an HLS playlist); unset = off.
+    pub record_dir: Option<PathBuf>,
+}
+
+impl Default for LiveSection {
+    fn default() -> Self {
+        Self {
+            hold_s: 60,
+            stall_ms: 1000,
+            part_hold_back_ms: 1000,
+            playlist_segments: 20,
+            ring_bytes: 64 << 20,
+            record_dir: None,
+        }
+    }
 }
 
 /// `[relay]`
@@ -132,6 +190,28 @@ impl RelayConfig {
                 "egress.response_timeout_ms".into(),
                 "must be greater than 0".into(),
             ));
+        }
+        let live = &self.live;
+        if !(1..=3600).contains(&live.hold_s) {
+            errs.push(("live.hold_s".into(), "must be 1..=3600".into()));
+        }
+        if !(200..=10_000).contains(&live.stall_ms) {
+            errs.push(("live.stall_ms".into(), "must be 200..=10000".into()));
+        }
+        if !(200..=10_000).contains(&live.part_hold_back_ms) {
+            errs.push((
+                "live.part_hold_back_ms".into(),
+                "must be 200..=10000".into(),
+            ));
+        }
+        if !(3..=1000).contains(&live.playlist_segments) {
+            errs.push(("live.playlist_segments".into(), "must be 3..=1000".into()));
+        }
+        if live.ring_bytes < 1 << 20 {
+            errs.push(("live.ring_bytes".into(), "must be at least 1 MiB".into()));
+        }
+        if self.viewers.cert.is_some() != self.viewers.key.is_some() {
+            errs.push(("viewers.cert".into(), "cert and key go together".into()));
         }
         if self.relay.name.trim().is_empty() || self.relay.name.contains(char::is_whitespace) {
             errs.push((

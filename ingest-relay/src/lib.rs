@@ -1,13 +1,19 @@
 //! Canopy's cloud side: the HTTP/3 server gateways connect to (mTLS with the event CA),
-//! and the egress that forwards venue traffic to allowlisted origins.
+//! the egress that forwards venue traffic to allowlisted origins, and the live streams
+//! gateways send, served to viewers (HTTP/1.1 and HTTP/3) and recorded.
 #![forbid(unsafe_code)]
 
 pub mod config;
 mod egress;
 mod error;
+mod media;
 mod server;
 mod session;
 mod stripe;
+mod viewer_token;
+mod viewers;
+
+pub use viewer_token::{TokenError, TokenKey};
 
 pub use config::RelayConfig;
 pub use error::RelayError;

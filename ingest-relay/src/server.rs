@@ -4,12 +4,15 @@
 use crate::config::RelayConfig;
 use crate::egress::{Egress, OriginStream};
 use crate::error::{Refusal, RelayError};
-use crate::session::{Admission, ConnCtx, Outcome, Publisher, Sessions};
+pub(crate) use crate::session::ConnCtx;
+use crate::session::{Admission, Outcome, Publisher, Sessions};
 use crate::stripe;
+use crate::viewers::{self, Viewers};
 use bytes::Bytes;
 use h3::server::RequestStream;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use media_io::relayed::{Relayed, RelayedConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,13 +20,14 @@ use tracing::{debug, info, warn, Instrument};
 use tunnel::{hop, wire, TrafficClass};
 use tunnel_io::{copy_bidirectional, pump_body, H3Body, TlsFiles};
 
-type Stream = RequestStream<tunnel_io::quic::BidiStream, Bytes>;
+pub(crate) type Stream = RequestStream<tunnel_io::quic::BidiStream, Bytes>;
 type SendHalf = RequestStream<tunnel_io::quic::SendStream, Bytes>;
 
 /// Largest answer to a bid or check-in the relay keeps for duplicates.
 const KEYED_ANSWER_MAX: usize = 64 * 1024;
 
-struct State {
+pub(crate) struct State {
+    pub(crate) relayed: Arc<Relayed>,
     name: String,
     server_names: Vec<String>,
     egress: Egress,
@@ -43,11 +47,22 @@ pub struct Relay {
     server: quinn::ServerConfig,
     transport: tunnel_io::TransportSettings,
     state: Arc<State>,
+    viewers: Arc<Viewers>,
+    viewer_http: Option<tokio::net::TcpListener>,
+    viewer_https: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    viewer_h3: Option<quinn::Endpoint>,
 }
 
 impl Relay {
-    /// Binds the QUIC endpoint with the relay's TLS material.
-    pub fn bind(cfg: &RelayConfig, tls: &TlsFiles) -> Result<Self, RelayError> {
+    /// Binds the QUIC endpoint with the relay's TLS material, and the viewer listeners
+    /// (`viewer_tls`: their certificate when not the relay's; `token_key`: the secret that
+    /// signs viewer URLs, when they need one).
+    pub async fn bind(
+        cfg: &RelayConfig,
+        tls: &TlsFiles,
+        viewer_tls: Option<&TlsFiles>,
+        token_key: Option<&[u8]>,
+    ) -> Result<Self, RelayError> {
         let server = tls.relay_quic(cfg.tunnel.quinn())?;
         let bind_err = |source| RelayError::Bind {
             addr: cfg.relay.listen,
@@ -76,13 +91,78 @@ impl Relay {
             max_header_bytes: cfg.egress.max_header_bytes,
             sessions: Sessions::new(),
             stripes: stripe::Stripes::default(),
+            relayed: Arc::new(Relayed::new(relayed_config(cfg))),
         };
+        let vtls = viewer_tls.unwrap_or(tls);
+        let bind_tcp = |addr: SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RelayError::Bind { addr, source })
+        };
+        let viewer_http = match cfg.viewers.listen {
+            Some(a) => Some(bind_tcp(a).await?),
+            None => None,
+        };
+        let viewer_https = match cfg.viewers.https_listen {
+            Some(a) => {
+                let t = vtls.viewer_rustls(&[b"http/1.1"])?;
+                Some((
+                    bind_tcp(a).await?,
+                    tokio_rustls::TlsAcceptor::from(Arc::new(t)),
+                ))
+            }
+            None => None,
+        };
+        let viewer_h3 = match cfg.viewers.h3_listen {
+            Some(a) => Some(
+                viewers::bind_h3(a, vtls.viewer_quic()?)
+                    .map_err(|source| RelayError::Bind { addr: a, source })?,
+            ),
+            None => None,
+        };
+        let alt_svc = viewer_h3
+            .as_ref()
+            .and_then(|e| e.local_addr().ok())
+            .and_then(|a| {
+                http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", a.port())).ok()
+            });
+        let state = Arc::new(state);
+        let viewers = Arc::new(Viewers {
+            relayed: state.relayed.clone(),
+            cors: cfg
+                .viewers
+                .cors_origins
+                .clone()
+                .unwrap_or_else(|| vec!["*".into()]),
+            token: token_key.map(crate::viewer_token::TokenKey::new),
+            alt_svc,
+        });
         Ok(Self {
             endpoint,
             server,
             transport: cfg.tunnel.clone(),
-            state: Arc::new(state),
+            state,
+            viewers,
+            viewer_http,
+            viewer_https,
+            viewer_h3,
         })
+    }
+
+    /// The viewers' addresses: HTTP/1.1, HTTPS, HTTP/3.
+    pub fn viewer_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>) {
+        (
+            self.viewer_http.as_ref().and_then(|l| l.local_addr().ok()),
+            self.viewer_https
+                .as_ref()
+                .and_then(|(l, _)| l.local_addr().ok()),
+            self.viewer_h3.as_ref().and_then(|e| e.local_addr().ok()),
+        )
+    }
+
+    /// The live streams gateways send.
+    pub fn relayed(&self) -> Arc<Relayed> {
+        self.state.relayed.clone()
     }
 
     /// The UDP address the relay listens on.
@@ -90,8 +170,17 @@ impl Relay {
         self.endpoint.local_addr()
     }
 
-    /// Serves gateways until the endpoint is closed.
-    pub async fn run(self) {
+    /// Serves gateways (and viewers) until the endpoint is closed.
+    pub async fn run(mut self) {
+        if let Some(l) = self.viewer_http.take() {
+            tokio::spawn(viewers::serve_http1(l, self.viewers.clone(), None));
+        }
+        if let Some((l, acc)) = self.viewer_https.take() {
+            tokio::spawn(viewers::serve_http1(l, self.viewers.clone(), Some(acc)));
+        }
+        if let Some(ep) = self.viewer_h3.take() {
+            tokio::spawn(viewers::serve_h3(ep, self.viewers.clone()));
+        }
         info!(addr = ?self.endpoint.local_addr().ok(), "relay listening (HTTP/3)");
         while let Some(incoming) = self.endpoint.accept().await {
             let state = self.state.clone();
@@ -141,10 +230,12 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
             }
         });
     }
+    let identity = state.sessions.identity(&conn);
     let ctx = Arc::new(ConnCtx {
-        identity: state.sessions.identity(&conn),
+        identity,
         conn_id: conn.stable_id(),
         joined: std::sync::Mutex::new(None),
+        gateway_name: crate::session::gateway_name(&conn, identity),
     });
     metrics::gauge!("canopy_relay_gateways_connected").increment(1.0);
     let h3 = h3::server::builder()
@@ -217,7 +308,16 @@ async fn serve(
         .authority()
         .is_some_and(|a| a.as_str().eq_ignore_ascii_case(wire::SESSION_AUTHORITY))
     {
+        if req.uri().path() == wire::clock::CLOCK_PATH {
+            return crate::media::clock(&req, &mut stream).await;
+        }
         return hello(state, ctx, &req, &mut stream).await;
+    }
+    if req.uri().authority().is_some_and(|a| {
+        a.as_str()
+            .eq_ignore_ascii_case(wire::media::MEDIA_AUTHORITY)
+    }) {
+        return crate::media::intake(state, ctx, req, stream).await;
     }
     if req
         .uri()
@@ -288,6 +388,58 @@ async fn serve(
     }
 }
 
+/// A request body read whole, within a bound.
+pub(crate) enum Capped {
+    /// The body.
+    Body(Bytes),
+    /// Over the bound: reading stopped (STOP_SENDING sent).
+    TooLarge,
+    /// The stream failed.
+    Failed,
+}
+
+/// Reads a request body of at most `max` bytes.
+pub(crate) async fn read_capped(stream: &mut Stream, max: u64) -> Capped {
+    use bytes::Buf;
+    let mut data = bytes::BytesMut::new();
+    loop {
+        match stream.recv_data().await {
+            Ok(Some(mut b)) => {
+                if data.len() as u64 + b.remaining() as u64 > max {
+                    stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                    return Capped::TooLarge;
+                }
+                while b.has_remaining() {
+                    let c = b.chunk();
+                    data.extend_from_slice(c);
+                    let n = c.len();
+                    b.advance(n);
+                }
+            }
+            Ok(None) => return Capped::Body(data.freeze()),
+            Err(e) => {
+                debug!(error = %e, "request body not received");
+                return Capped::Failed;
+            }
+        }
+    }
+}
+
+/// The live streams' settings from the relay's config.
+fn relayed_config(cfg: &RelayConfig) -> RelayedConfig {
+    let l = &cfg.live;
+    let mut rc = RelayedConfig {
+        record_dir: l.record_dir.clone(),
+        ..RelayedConfig::default()
+    };
+    rc.mirror.hold = Duration::from_secs(l.hold_s);
+    rc.mirror.stall_after = Duration::from_millis(l.stall_ms);
+    rc.mirror.window.part_hold_back = l.part_hold_back_ms as f64 / 1000.0;
+    rc.mirror.window.playlist_segments = l.playlist_segments;
+    rc.mirror.window.ring_bytes = l.ring_bytes;
+    rc
+}
+
 fn header_u64(req: &Request<()>, name: &str, radix: u32) -> Option<u64> {
     u64::from_str_radix(req.headers().get(name)?.to_str().ok()?, radix).ok()
 }
@@ -341,38 +493,19 @@ async fn stripe_chunk(
             return refuse(&mut stream, r).await;
         }
     };
-    let mut data = bytes::BytesMut::new();
-    loop {
-        match stream.recv_data().await {
-            Ok(Some(mut b)) => {
-                use bytes::Buf;
-                if data.len() as u64 + b.remaining() as u64 > stripe::CHUNK_MAX {
-                    stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-                    return refuse(
-                        &mut stream,
-                        Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "chunk over 1 MiB"),
-                    )
-                    .await;
-                }
-                while b.has_remaining() {
-                    let c = b.chunk();
-                    data.extend_from_slice(c);
-                    let n = c.len();
-                    b.advance(n);
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                debug!(error = %e, "chunk not received");
-                return StatusCode::BAD_REQUEST;
-            }
+    let data = match read_capped(&mut stream, stripe::CHUNK_MAX).await {
+        Capped::Body(d) => d,
+        Capped::TooLarge => {
+            return refuse(
+                &mut stream,
+                Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "chunk over 1 MiB"),
+            )
+            .await
         }
-    }
+        Capped::Failed => return StatusCode::BAD_REQUEST,
+    };
     let n = data.len() as u64;
-    let status = match stripe
-        .insert(offset, data.freeze(), state.response_timeout)
-        .await
-    {
+    let status = match stripe.insert(offset, data, state.response_timeout).await {
         Ok(()) => {
             metrics::counter!("canopy_relay_stripe_chunks_total").increment(1);
             metrics::counter!("canopy_relay_stripe_bytes_total").increment(n);
@@ -654,7 +787,7 @@ async fn prepare(state: &State, req: &Request<()>) -> Result<Target, Refusal> {
 }
 
 /// Sends a synthetic error response with its reason.
-async fn refuse<S: SendResponse>(stream: &mut S, refusal: Refusal) -> StatusCode {
+pub(crate) async fn refuse<S: SendResponse>(stream: &mut S, refusal: Refusal) -> StatusCode {
     debug!(status = %refusal.status, reason = %refusal.reason, "refused");
     let _ = stream.synthetic(&refusal).await;
     refusal.status
@@ -920,7 +1053,7 @@ where
 }
 
 /// What a synthetic response needs of a stream half (whole stream or send half).
-trait SendResponse: Send {
+pub(crate) trait SendResponse: Send {
     fn synthetic(
         &mut self,
         refusal: &Refusal,

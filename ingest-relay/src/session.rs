@@ -28,6 +28,30 @@ pub(crate) struct ConnCtx {
     pub(crate) conn_id: usize,
     /// (session, path) once greeted.
     pub(crate) joined: Mutex<Option<(u128, usize)>>,
+    /// The gateway's name, from its certificate: the first label of its common name
+    /// (`canopy certs` names gateway certificates `<gateway>.<event>`). Viewer URLs carry it.
+    pub(crate) gateway_name: String,
+}
+
+/// The name a gateway's certificate gives it (see [`ConnCtx::gateway_name`]); a certificate
+/// without a usable common name gets one from its identity hash.
+pub(crate) fn gateway_name(conn: &quinn::Connection, identity: u64) -> String {
+    let cn = conn
+        .peer_identity()
+        .and_then(|i| {
+            i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|certs| {
+            let leaf = certs.first()?;
+            let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+            let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+            Some(cn.split('.').next().unwrap_or("").to_string())
+        });
+    match cn {
+        Some(n) if tunnel::wire::media::valid_name(&n) => n,
+        _ => format!("gw-{identity:016x}"),
+    }
 }
 
 /// The first copy's outcome, as duplicates see it.

@@ -5,11 +5,14 @@
 //! - [`hls_http`]: LL-HLS over HTTP for any window (blocking reload, growing parts,
 //!   delta updates); [`serve`]: the gateway's on-site `/live/`;
 //! - [`spool`]: parts leaving a rendition's ring, on disk, for the backfill after an outage;
+//! - [`relayed`]: the relay's side: gateways' renditions mirrored, served to viewers,
+//!   recorded;
 //! - with the `cameras` feature: camera ingest, pulled with retina ([`pull`], [`feed`]) or
 //!   pushed by encoders ([`rtsp`]), and a clip played as a camera ([`clip`]).
 #![forbid(unsafe_code)]
 
 pub mod hls_http;
+pub mod relayed;
 pub mod rendition;
 pub mod serve;
 pub mod spool;

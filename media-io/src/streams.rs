@@ -87,6 +87,11 @@ impl LiveStream {
         self.renditions.iter().find(|r| r.name() == name).cloned()
     }
 
+    /// The renditions, main first.
+    pub fn renditions(&self) -> &[Arc<LiveRendition>] {
+        &self.renditions
+    }
+
     /// The main rendition.
     pub fn main(&self) -> Arc<LiveRendition> {
         self.renditions[0].clone()
@@ -115,18 +120,29 @@ impl LiveStream {
 }
 
 /// All cameras of the gateway.
-#[derive(Default)]
 pub struct LiveStreams {
     streams: RwLock<BTreeMap<String, Arc<LiveStream>>>,
     spool: Option<(std::path::PathBuf, u64)>,
+    /// Bumped when a camera is added.
+    added: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for LiveStreams {
+    fn default() -> Self {
+        Self {
+            streams: RwLock::default(),
+            spool: None,
+            added: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 impl LiveStreams {
     /// Cameras whose evicted parts go to `<dir>/<camera>/<rendition>/`, at most `bytes` each.
     pub fn with_spool(dir: std::path::PathBuf, bytes: u64) -> Self {
         Self {
-            streams: RwLock::default(),
             spool: Some((dir, bytes)),
+            ..Self::default()
         }
     }
 }
@@ -167,12 +183,20 @@ impl LiveStreams {
             push_credentials: Mutex::new(None),
         });
         // the first camera stored under a name stays (two pushes racing for a new name)
-        self.streams
+        let stored = self
+            .streams
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.to_string())
             .or_insert(s)
-            .clone()
+            .clone();
+        self.added.send_modify(|n| *n += 1);
+        stored
+    }
+
+    /// A receiver that changes whenever a camera is added.
+    pub fn added(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.added.subscribe()
     }
 
     /// The camera `name`, added (pushed, not pulled) if missing and fewer than `max`

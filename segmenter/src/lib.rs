@@ -133,4 +133,6 @@ pub struct Chunk {
     pub end_us: u64,
     /// The part ends with this chunk; `end_us` is then the part's duration.
     pub last: bool,
+    /// Capture (arrival) wall clock of its newest frame, ms since the Unix epoch.
+    pub frame_ms: u64,
 }

@@ -34,6 +34,9 @@ pub const MAX_PART_US: u64 = 60_000_000;
 const DONE_MAX: usize = 100_000;
 /// An incomplete part untouched for this long is dropped.
 const ASSEMBLY_TTL: Duration = Duration::from_secs(300);
+/// A piece sent as live but captured longer ago than this is taken as backfill: the window
+/// never resumes on old media, whatever the sender thought.
+pub const LIVE_HORIZON_MS: u64 = 5_000;
 
 /// Mirror settings.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +83,8 @@ pub struct Piece {
     pub last: bool,
     /// Sent on the gateway's live lane (the live edge), not as backfill.
     pub live: bool,
+    /// Capture time of the newest frame in the piece, ms (relay clock; 0 when unknown).
+    pub frame_ms: u64,
 }
 
 /// Why a piece was refused.
@@ -470,8 +475,16 @@ impl Mirror {
         }
     }
 
-    /// Takes a piece at `now`.
-    pub fn handle_piece(&mut self, now: Instant, p: Piece) -> Result<Taken, PieceError> {
+    /// Takes a piece at `now` (`wall_ms`: the relay's wall clock, for how old it is).
+    pub fn handle_piece(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        mut p: Piece,
+    ) -> Result<Taken, PieceError> {
+        if p.live && p.part.capture_ms > 0 && p.part.capture_ms + LIVE_HORIZON_MS < wall_ms {
+            p.live = false;
+        }
         let end = p
             .offset
             .checked_add(p.data.len() as u64)
@@ -683,6 +696,7 @@ impl Mirror {
                         data,
                         end_us,
                         last,
+                        frame_ms: 0,
                     };
                     match self.window.push_chunk(&chunk) {
                         Ok(done) => {
@@ -756,6 +770,7 @@ impl Mirror {
                     data: Bytes::new(),
                     end_us,
                     last: true,
+                    frame_ms: 0,
                 };
                 if let Ok(Some(p)) = self.window.push_chunk(&end) {
                     self.note_window_part(&p);
@@ -922,6 +937,7 @@ mod tests {
             end_us: (k + 1) * 66_000 + if k == 2 { 2_000 } else { 0 },
             last: k == 2,
             live,
+            frame_ms: 0,
         }
     }
 
@@ -934,6 +950,7 @@ mod tests {
             end_us: 200_000,
             last: true,
             live: false,
+            frame_ms: 0,
         }
     }
 
@@ -962,7 +979,7 @@ mod tests {
         let mut recorded = Vec::new();
         // part 0 in order, part 1 before part 0 is done, a copy of a piece
         for (seq, k) in [(0, 0), (1, 0), (1, 1), (0, 1), (1, 2), (0, 1), (0, 2)] {
-            let t = m.handle_piece(t0, piece(seq, k, true)).unwrap();
+            let t = m.handle_piece(t0, 0, piece(seq, k, true)).unwrap();
             if let Some(p) = t.completed {
                 recorded.push(p.seq);
             }
@@ -979,7 +996,7 @@ mod tests {
             crate::window::Lookup::Ready(Bytes::from_static(&[1, 0, 1, 1, 1, 2]))
         );
         // the next part grows in the window piece by piece
-        m.handle_piece(t0, piece(2, 0, true)).unwrap();
+        m.handle_piece(t0, 0, piece(2, 0, true)).unwrap();
         assert_eq!(
             m.window().read_part(1000, 2, 0),
             PartRead::Data {
@@ -990,7 +1007,7 @@ mod tests {
         // every piece again: all duplicates, nothing recorded twice
         for seq in 0..2 {
             for k in 0..3 {
-                let t = m.handle_piece(t0, piece(seq, k, true)).unwrap();
+                let t = m.handle_piece(t0, 0, piece(seq, k, true)).unwrap();
                 assert!(t.completed.is_none() && t.new_bytes == 0);
             }
         }
@@ -1003,11 +1020,12 @@ mod tests {
         let mut m = mirror();
         for seq in 0..5 {
             for k in 0..3 {
-                m.handle_piece(ms(seq * 200), piece(seq, k, true)).unwrap();
+                m.handle_piece(ms(seq * 200), 0, piece(seq, k, true))
+                    .unwrap();
             }
         }
         // part 5 starts, then every uplink goes down
-        m.handle_piece(ms(1000), piece(5, 0, true)).unwrap();
+        m.handle_piece(ms(1000), 0, piece(5, 0, true)).unwrap();
         m.poll(ms(1900));
         assert_eq!(m.state(), State::Following);
         m.poll(ms(2000));
@@ -1027,7 +1045,7 @@ mod tests {
         assert!(text(&m).contains("#EXT-X-GAP\n#EXTINF:1.00000,\nseg-1005.m4s"));
         // the links return: the gateway sends its live edge (part 35, a segment start) first
         for k in 0..3 {
-            m.handle_piece(ms(6100), piece(35, k, true)).unwrap();
+            m.handle_piece(ms(6100), 0, piece(35, k, true)).unwrap();
         }
         assert_eq!(m.state(), State::Following);
         let t = text(&m);
@@ -1039,7 +1057,7 @@ mod tests {
         // then the backfill: every missed part completes for the recording, none in the window
         let mut recorded = 0;
         for seq in 5..35 {
-            if m.handle_piece(ms(6200), whole(seq))
+            if m.handle_piece(ms(6200), 0, whole(seq))
                 .unwrap()
                 .completed
                 .is_some()
@@ -1063,7 +1081,7 @@ mod tests {
         let s = |n: u64| t0 + Duration::from_secs(n);
         let mut m = mirror();
         for k in 0..3 {
-            m.handle_piece(t0, piece(0, k, true)).unwrap();
+            m.handle_piece(t0, 0, piece(0, k, true)).unwrap();
         }
         m.poll(s(30));
         assert_eq!(m.state(), State::Holding);
@@ -1071,7 +1089,7 @@ mod tests {
         assert_eq!(m.state(), State::Ended);
         assert!(text(&m).ends_with("#EXT-X-ENDLIST\n"));
         for k in 0..3 {
-            m.handle_piece(s(70), piece(50, k, true)).unwrap();
+            m.handle_piece(s(70), 0, piece(50, k, true)).unwrap();
         }
         assert_eq!(m.state(), State::Following);
         let t = text(&m);
@@ -1085,24 +1103,24 @@ mod tests {
         let mut m = mirror();
         let mut p = piece(0, 0, true);
         p.offset = MAX_PART_BYTES;
-        assert!(m.handle_piece(t0, p).is_err());
+        assert!(m.handle_piece(t0, 0, p).is_err());
         let mut p = piece(1, 0, true);
         p.part.segment = None;
         p.part.index = 0;
-        assert!(m.handle_piece(t0, p).is_err());
-        m.handle_piece(t0, piece(0, 2, true)).unwrap();
+        assert!(m.handle_piece(t0, 0, p).is_err());
+        m.handle_piece(t0, 0, piece(0, 2, true)).unwrap();
         let mut p = piece(0, 2, true);
         p.data = Bytes::from_static(&[1, 2, 3]);
         assert!(matches!(
-            m.handle_piece(t0, p),
+            m.handle_piece(t0, 0, p),
             Err(PieceError::Conflict(_))
         ));
         // a gateway restart: a new run starts over
         let mut p = piece(0, 0, true);
         p.run = RUN + 1;
-        assert!(m.handle_piece(t0, p).unwrap().new_run);
+        assert!(m.handle_piece(t0, 0, p).unwrap().new_run);
         let mut p = piece(3, 0, true);
         p.run = RUN + 1;
-        assert_eq!(m.handle_piece(t0, p).unwrap().needs_init, Some(0));
+        assert_eq!(m.handle_piece(t0, 0, p).unwrap().needs_init, Some(0));
     }
 }

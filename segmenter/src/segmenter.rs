@@ -231,6 +231,8 @@ pub struct Segmenter {
     part_capture_ms: Option<u64>,
     /// Where the last chunk of the open part ended, µs.
     chunk_end_us: i64,
+    /// Arrival of the newest frame since the last chunk, ms.
+    chunk_frame_ms: u64,
     discontinuity_pending: bool,
     out: VecDeque<Output>,
     stats: Stats,
@@ -260,6 +262,7 @@ impl Segmenter {
             part_bytes: 0,
             part_capture_ms: None,
             chunk_end_us: 0,
+            chunk_frame_ms: 0,
             discontinuity_pending: false,
             out: VecDeque::new(),
             stats: Stats::default(),
@@ -466,6 +469,7 @@ impl Segmenter {
             t.typical = d.max(1);
             let arrived = t.push_sample(p, d);
             self.part_capture_ms.get_or_insert(arrived);
+            self.chunk_frame_ms = self.chunk_frame_ms.max(arrived);
         }
         let t = &mut self.tracks[ti];
         let cts = i32::try_from(pts - dts).unwrap_or(0);
@@ -619,6 +623,7 @@ impl Segmenter {
             data,
             end_us: (end - self.part_start_us).max(0) as u64,
             last: end_us.is_some(),
+            frame_ms: std::mem::take(&mut self.chunk_frame_ms),
         }));
     }
 
@@ -639,6 +644,7 @@ impl Segmenter {
                     let d = t.typical;
                     let arrived = t.push_sample(p, d);
                     self.part_capture_ms.get_or_insert(arrived);
+                    self.chunk_frame_ms = self.chunk_frame_ms.max(arrived);
                 }
             }
         }

@@ -592,6 +592,7 @@ mod tests {
             data: Bytes::from_static(data),
             end_us: if last { 200_000 } else { 40_000 },
             last,
+            frame_ms: 0,
         }
     }
 

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 pub const SMALL_BYTES: u64 = 32 * 1024;
 const PRIO_CONTROL: i32 = 20;
 const PRIO_SMALL: i32 = 10;
+const PRIO_MEDIA: i32 = 5;
 const PRIO_BULK: i32 = 0;
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -322,6 +323,9 @@ pub enum Start {
     /// Normal priority from its first byte: a piece of a bulk transfer the sender knows is
     /// bulk (a striped body's chunk), so its head does not compete with bids.
     Bulk,
+    /// Live media: below bids and small requests, above bulk (and backfill, which goes as
+    /// bulk), from its first byte to its last.
+    Media,
 }
 
 tokio::task_local! {
@@ -344,8 +348,11 @@ pub struct SendStream {
 
 impl SendStream {
     fn new(stream: quinn::SendStream, small_first: bool) -> Self {
-        let bulk = OPEN_AS.try_with(|s| *s == Start::Bulk).unwrap_or(false);
-        let small_first = small_first && !bulk;
+        let start = OPEN_AS.try_with(|s| *s).unwrap_or(Start::SmallFirst);
+        if small_first && start == Start::Media {
+            let _ = stream.set_priority(PRIO_MEDIA);
+        }
+        let small_first = small_first && start == Start::SmallFirst;
         if small_first {
             let _ = stream.set_priority(PRIO_SMALL);
         }

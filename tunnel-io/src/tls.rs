@@ -99,6 +99,26 @@ impl TlsFiles {
         Ok(cfg)
     }
 
+    /// rustls server config for viewers: TLS 1.3, ALPN `alpn`, no client certificate.
+    pub fn viewer_rustls(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        Ok(cfg)
+    }
+
+    /// quinn server config for viewers (HTTP/3, no client certificate, quinn's own
+    /// congestion control: a viewer is an ordinary client).
+    pub fn viewer_quic(&self) -> Result<quinn::ServerConfig, TlsError> {
+        let mut tls = self.viewer_rustls(&[tunnel::wire::ALPN_H3])?;
+        tls.max_early_data_size = 0;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| TlsError::Quic(e.to_string()))?;
+        Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+    }
+
     /// quinn server config for the relay.
     pub fn relay_quic(
         &self,

@@ -9,6 +9,7 @@
 pub mod allowlist;
 pub mod class;
 pub mod congestion;
+pub mod contribution;
 pub mod dedup;
 pub mod hop;
 pub mod owd;

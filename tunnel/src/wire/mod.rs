@@ -1,4 +1,9 @@
-//! Wire conventions between gateway and relay: ALPN, header names, idempotency keys.
+//! Wire conventions between gateway and relay: ALPN, header names, idempotency keys, and
+//! the messages both ends encode and decode ([`media`]: live media pieces and init
+//! segments; [`clock`]: the clock exchange).
+
+pub mod clock;
+pub mod media;
 
 /// ALPN of HTTP/3: the relay is an ordinary HTTP/3 server.
 pub const ALPN_H3: &[u8] = b"h3";

@@ -1,0 +1,606 @@
+//! The contribution: every rendition of every camera goes to the relay over the bond as it
+//! is made, chunk by chunk (class `stream`), so the relay can serve a part while it is still
+//! being built. What to send where and when is `tunnel::contribution`'s; this is the shell:
+//! it takes the segmenter's chunks, reads the bytes a send needs from the rendition (its
+//! window, its ring, or its disk spool, so nothing is held twice), opens the requests, and
+//! reports answers, failures and dead paths back.
+//!
+//! Init segments go first and again whenever the relay says it lacks one (a relay that
+//! restarted). Capture times and program date times go in the relay's clock (see
+//! [`crate::clock`]).
+
+use crate::bond::{until_dead, Bond};
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use media_io::{LiveRendition, LiveStreams};
+use segmenter::{Chunk, PartMeta};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, info, warn};
+use tunnel::contribution::{
+    Contribution, ContributionConfig, ContributionStats, Lane, PieceId, SendKind, StreamId,
+};
+use tunnel::scheduler::PathId;
+use tunnel::wire::{self, media};
+use tunnel::TrafficClass;
+
+/// Longest a piece's request may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the contribution has done, for status lines and benches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContributionStatus {
+    /// The scheduler's byte counters.
+    pub bytes: ContributionStats,
+    /// Pieces waiting for an answer: live, backfill.
+    pub waiting: (usize, usize),
+    /// Renditions being sent.
+    pub streams: usize,
+    /// Init segments sent.
+    pub inits_sent: u64,
+}
+
+/// A handle on the running contribution.
+#[derive(Debug, Default)]
+pub struct Contributor {
+    status: Mutex<ContributionStatus>,
+}
+
+impl Contributor {
+    /// Starts sending every camera of `cameras` over `bond`.
+    pub fn start(bond: Arc<Bond>, cameras: Arc<LiveStreams>) -> Arc<Self> {
+        let me = Arc::new(Self::default());
+        tokio::spawn(run(bond, cameras, me.clone()));
+        me
+    }
+
+    /// What it has done so far.
+    pub fn status(&self) -> ContributionStatus {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One piece's description, kept while it waits.
+#[derive(Debug, Clone, Copy)]
+struct PieceMeta {
+    end_us: u64,
+    last: bool,
+    frame_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct InitState {
+    /// Generation acknowledged by the relay.
+    acked: Option<u32>,
+    /// A send is under way.
+    in_flight: bool,
+    /// Don't try again before this.
+    retry_at: Option<Instant>,
+}
+
+struct Stream {
+    id: StreamId,
+    camera: String,
+    rendition: Arc<LiveRendition>,
+    /// Parts with waiting pieces.
+    parts: BTreeMap<u64, PartMeta>,
+    pieces: BTreeMap<PieceId, PieceMeta>,
+    /// The chunk expected next from the segmenter: (seq, offset).
+    next: Option<(u64, u64)>,
+    init: InitState,
+}
+
+enum Done {
+    Piece {
+        id: PieceId,
+        path: PathId,
+        result: Result<Answer, SendError>,
+    },
+    Init {
+        stream: StreamId,
+        generation: u32,
+        ok: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    need_init: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("uplink not usable")]
+    NoPath,
+    #[error("the path died")]
+    PathDied,
+    #[error("no answer in time")]
+    Timeout,
+    #[error("request failed: {0}")]
+    Stream(String),
+    /// The relay refused it for good (a 4xx): sending it again would not help.
+    #[error("refused: {0}")]
+    Refused(StatusCode),
+    #[error("relay busy: {0}")]
+    Busy(StatusCode),
+}
+
+async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
+    let wake = Arc::new(Notify::new());
+    let mut added = cameras.added();
+    let mut core = Contribution::new(ContributionConfig::default());
+    let mut streams: Vec<Stream> = Vec::new();
+    let mut known: HashSet<(String, String)> = HashSet::new();
+    let mut last_sweep = Instant::now();
+    let mut inits_sent = 0u64;
+    let mut published = ContributionStats::default();
+    info!("contributing the cameras to the relay");
+    loop {
+        // cameras added since (pushed cameras appear at any time)
+        for cam in cameras.all() {
+            for r in cam.renditions() {
+                if known.insert((cam.name().to_string(), r.name().to_string())) {
+                    r.keep_chunks();
+                    let w = wake.clone();
+                    let mut ch = media_io::hls_http::WindowSource::changes(&**r);
+                    tokio::spawn(async move {
+                        while ch.changed().await.is_ok() {
+                            w.notify_one();
+                        }
+                    });
+                    streams.push(Stream {
+                        id: streams.len() as StreamId,
+                        camera: cam.name().to_string(),
+                        rendition: r.clone(),
+                        parts: BTreeMap::new(),
+                        pieces: BTreeMap::new(),
+                        next: None,
+                        init: InitState::default(),
+                    });
+                }
+            }
+        }
+        let now = Instant::now();
+        for s in &mut streams {
+            take_chunks(s, &mut core, now);
+        }
+        core.demote_stale(now);
+        if now.duration_since(last_sweep) >= Duration::from_secs(1) {
+            last_sweep = now;
+            for s in &mut streams {
+                // what the ring and the spool no longer hold can never be sent
+                let oldest = s.rendition.oldest_seq();
+                for id in core.waiting_before(s.id, oldest) {
+                    core.lost(id);
+                    s.pieces.remove(&id);
+                }
+                s.parts = s.parts.split_off(&oldest);
+            }
+        }
+        for s in &mut streams {
+            if let Some(sent) = send_init(&bond, s, &tx, now) {
+                inits_sent += u64::from(sent);
+            }
+        }
+        loop {
+            let views = bond.views();
+            let Some(send) = core.poll_send(now, &views) else {
+                break;
+            };
+            let Some(s) = streams.get(send.id.stream as usize) else {
+                core.lost(send.id);
+                continue;
+            };
+            match piece_request(&bond, s, send.id, send.len, send.lane) {
+                Some((req, data)) => {
+                    if send.kind == SendKind::Copy {
+                        debug!(camera = %s.camera, seq = send.id.seq, offset = send.id.offset, path = send.path, "late piece: a copy on another path");
+                    }
+                    let (bond, tx) = (bond.clone(), tx.clone());
+                    let (id, path, lane) = (send.id, send.path, send.lane);
+                    tokio::spawn(async move {
+                        let result = send_piece(&bond, path, req, data, lane).await;
+                        let _ = tx.send(Done::Piece { id, path, result });
+                    });
+                }
+                None => {
+                    core.lost(send.id);
+                    if let Some(s) = streams.get_mut(send.id.stream as usize) {
+                        s.pieces.remove(&send.id);
+                    }
+                }
+            }
+        }
+        {
+            let mut st = handle.status.lock().unwrap_or_else(|e| e.into_inner());
+            st.bytes = core.stats();
+            st.waiting = core.waiting();
+            st.streams = streams.len();
+            st.inits_sent = inits_sent;
+        }
+        publish_metrics(&mut published, core.stats(), core.waiting());
+        let wait_until = core
+            .poll_timeout()
+            .map_or(now + Duration::from_millis(100), |t| {
+                t.min(now + Duration::from_millis(100))
+            });
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = added.changed() => {}
+            d = rx.recv() => {
+                let Some(d) = d else { return };
+                handle_done(d, &mut core, &mut streams);
+                while let Ok(d) = rx.try_recv() {
+                    handle_done(d, &mut core, &mut streams);
+                }
+            }
+            _ = tokio::time::sleep_until(wait_until.into()) => {}
+        }
+    }
+}
+
+/// Takes the segmenter's new chunks as live pieces; a gap in them (the outbox overflowed)
+/// becomes backfill from the ring.
+fn take_chunks(s: &mut Stream, core: &mut Contribution, now: Instant) {
+    let (chunks, dropped) = s.rendition.take_chunks();
+    if dropped > 0 {
+        warn!(camera = %s.camera, rendition = s.rendition.name(), dropped, "chunks missed: sending their parts as backfill");
+    }
+    for c in chunks {
+        if let Some((seq, offset)) = s.next {
+            if (c.part.seq, c.offset) != (seq, offset) && dropped > 0 {
+                backfill_between(s, core, now, (seq, offset), (c.part.seq, c.offset));
+            }
+        }
+        s.next = Some(if c.last {
+            (c.part.seq + 1, 0)
+        } else {
+            (c.part.seq, c.offset + c.data.len() as u64)
+        });
+        push_chunk(s, core, now, &c);
+    }
+}
+
+fn push_chunk(s: &mut Stream, core: &mut Contribution, now: Instant, c: &Chunk) {
+    let id = PieceId {
+        stream: s.id,
+        seq: c.part.seq,
+        offset: c.offset,
+    };
+    s.parts.insert(c.part.seq, c.part);
+    s.pieces.insert(
+        id,
+        PieceMeta {
+            end_us: c.end_us,
+            last: c.last,
+            frame_ms: c.frame_ms,
+        },
+    );
+    let start = c.offset == 0 && c.part.segment.is_some();
+    core.push(now, id, c.data.len() as u64, start, Lane::Live);
+}
+
+/// Parts `from..to` (by (seq, offset)) that the outbox dropped, as backfill from the ring.
+fn backfill_between(
+    s: &mut Stream,
+    core: &mut Contribution,
+    now: Instant,
+    from: (u64, u64),
+    to: (u64, u64),
+) {
+    for seq in from.0..=to.0 {
+        let Some(p) = s.rendition.part(seq) else {
+            continue;
+        };
+        let start = if seq == from.0 { from.1 } else { 0 };
+        let end = if seq == to.0 {
+            to.1
+        } else {
+            p.data.len() as u64
+        };
+        if end <= start {
+            continue;
+        }
+        let id = PieceId {
+            stream: s.id,
+            seq,
+            offset: start,
+        };
+        s.parts.insert(seq, p.meta());
+        s.pieces.insert(
+            id,
+            PieceMeta {
+                end_us: (p.duration * 1e6) as u64,
+                last: end == p.data.len() as u64,
+                frame_ms: p.capture_ms,
+            },
+        );
+        core.push(now, id, end - start, false, Lane::Backfill);
+    }
+}
+
+fn shift(ms: u64, offset_ms: i64) -> u64 {
+    if ms == 0 {
+        0
+    } else {
+        ms.saturating_add_signed(offset_ms)
+    }
+}
+
+/// The request and bytes for a piece (None: its bytes are gone).
+fn piece_request(
+    bond: &Bond,
+    s: &Stream,
+    id: PieceId,
+    len: u64,
+    lane: Lane,
+) -> Option<(Request<()>, Bytes)> {
+    let meta = s.parts.get(&id.seq)?;
+    let pm = s.pieces.get(&id)?;
+    let data = s.rendition.bytes(id.seq, id.offset, len)?;
+    let off = bond.clock.offset_ms();
+    let h = media::PieceHeader {
+        run: s.rendition.run(),
+        seq: meta.seq,
+        msn: meta.msn,
+        index: meta.index,
+        independent: meta.independent,
+        init: meta.init,
+        capture_ms: shift(meta.capture_ms, off),
+        frame_ms: shift(pm.frame_ms, off),
+        segment: meta
+            .segment
+            .map(|st| (st.discontinuity, shift(st.pdt_ms, off))),
+        offset: id.offset,
+        end_us: pm.end_us,
+        last: pm.last,
+        live: lane == Lane::Live,
+    };
+    let path = media::MediaPath {
+        camera: s.camera.clone(),
+        rendition: s.rendition.name().to_string(),
+        init: false,
+    };
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!(
+            "https://{}{}",
+            media::MEDIA_AUTHORITY,
+            path.encode()
+        ))
+        .header(wire::HDR_CLASS, TrafficClass::Stream.as_str())
+        .header(media::HDR_MEDIA, h.encode())
+        .header(header::CONTENT_LENGTH, data.len())
+        .body(())
+        .ok()?;
+    Some((req, data))
+}
+
+/// Sends the rendition's newest init segment when the relay has not acknowledged it.
+fn send_init(
+    bond: &Arc<Bond>,
+    s: &mut Stream,
+    tx: &mpsc::UnboundedSender<Done>,
+    now: Instant,
+) -> Option<bool> {
+    if s.init.in_flight || s.init.retry_at.is_some_and(|t| now < t) {
+        return None;
+    }
+    let (generation, data, info) = s.rendition.init()?;
+    if s.init.acked == Some(generation) {
+        return None;
+    }
+    let h = media::InitHeader {
+        run: s.rendition.run(),
+        generation,
+        codecs: info.codecs,
+        resolution: info.resolution,
+    };
+    let path = media::MediaPath {
+        camera: s.camera.clone(),
+        rendition: s.rendition.name().to_string(),
+        init: true,
+    };
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!(
+            "https://{}{}",
+            media::MEDIA_AUTHORITY,
+            path.encode()
+        ))
+        .header(wire::HDR_CLASS, TrafficClass::Stream.as_str())
+        .header(media::HDR_MEDIA_INIT, h.encode())
+        .header(header::CONTENT_LENGTH, data.len())
+        .body(())
+        .ok()?;
+    // the soonest usable path; every path is tried in turn on failure
+    let views = bond.views();
+    let path_id = views
+        .iter()
+        .filter(|v| v.usable)
+        .min_by_key(|v| v.srtt)
+        .map(|v| v.id)?;
+    s.init.in_flight = true;
+    let (bond, tx, stream) = (bond.clone(), tx.clone(), s.id);
+    tokio::spawn(async move {
+        let ok = send_piece(&bond, path_id, req, data, Lane::Live)
+            .await
+            .is_ok();
+        let _ = tx.send(Done::Init {
+            stream,
+            generation,
+            ok,
+        });
+    });
+    Some(true)
+}
+
+fn handle_done(d: Done, core: &mut Contribution, streams: &mut [Stream]) {
+    match d {
+        Done::Piece { id, path, result } => {
+            let Some(s) = streams.get_mut(id.stream as usize) else {
+                return;
+            };
+            match result {
+                Ok(a) => {
+                    core.acked(Instant::now(), id, path);
+                    s.pieces.remove(&id);
+                    if let Some(g) = a.need_init {
+                        // the relay lacks this init (it restarted): send it again
+                        if s.init.acked == Some(g) || s.init.acked.is_none() {
+                            s.init.acked = None;
+                        }
+                    }
+                }
+                Err(SendError::Refused(status)) => {
+                    warn!(camera = %s.camera, seq = id.seq, %status, "the relay refused a piece: dropped");
+                    core.lost(id);
+                    s.pieces.remove(&id);
+                }
+                Err(e) => {
+                    debug!(camera = %s.camera, seq = id.seq, path, error = %e, "piece not delivered: it goes again");
+                    core.failed(id, path);
+                }
+            }
+            // a part without waiting pieces needs no metadata any more
+            let more = s
+                .pieces
+                .range(
+                    PieceId {
+                        seq: id.seq,
+                        offset: 0,
+                        ..id
+                    }..PieceId {
+                        seq: id.seq + 1,
+                        offset: 0,
+                        ..id
+                    },
+                )
+                .next()
+                .is_some();
+            if !more {
+                s.parts.remove(&id.seq);
+            }
+        }
+        Done::Init {
+            stream,
+            generation,
+            ok,
+        } => {
+            if let Some(s) = streams.get_mut(stream as usize) {
+                s.init.in_flight = false;
+                if ok {
+                    s.init.acked = Some(generation);
+                    s.init.retry_at = None;
+                } else {
+                    s.init.retry_at = Some(Instant::now() + Duration::from_millis(200));
+                }
+            }
+        }
+    }
+}
+
+/// One request on one path: the piece (or init segment) and the relay's answer.
+async fn send_piece(
+    bond: &Bond,
+    path: PathId,
+    req: Request<()>,
+    data: Bytes,
+    lane: Lane,
+) -> Result<Answer, SendError> {
+    let p = bond.paths().get(path).ok_or(SendError::NoPath)?.clone();
+    let live = p.live().ok_or(SendError::NoPath)?;
+    let len = data.len() as u64;
+    let flow = bond
+        .flow(path, TrafficClass::Stream, len, 0)
+        .ok_or(SendError::NoPath)?;
+    let mut watch = p.watch();
+    let start = match lane {
+        Lane::Live => tunnel_io::quic::Start::Media,
+        Lane::Backfill => tunnel_io::quic::Start::Bulk,
+    };
+    let mut sender = live.sender.clone();
+    let work = async {
+        let mut stream = tunnel_io::quic::opening_as(start, sender.send_request(req))
+            .await
+            .map_err(|e| SendError::Stream(e.to_string()))?;
+        if !data.is_empty() {
+            stream
+                .send_data(data)
+                .await
+                .map_err(|e| SendError::Stream(e.to_string()))?;
+        }
+        flow.up_counter().increment(len);
+        stream
+            .finish()
+            .await
+            .map_err(|e| SendError::Stream(e.to_string()))?;
+        let resp = stream
+            .recv_response()
+            .await
+            .map_err(|e| SendError::Stream(e.to_string()))?;
+        while let Ok(Some(_)) = stream.recv_data().await {}
+        Ok::<_, SendError>(resp)
+    };
+    let resp = tokio::select! {
+        r = tokio::time::timeout(SEND_TIMEOUT, work) => r.map_err(|_| SendError::Timeout)??,
+        _ = until_dead(&mut watch) => return Err(SendError::PathDied),
+    };
+    let status = resp.status();
+    if status.is_success() {
+        let need_init = resp
+            .headers()
+            .get(media::HDR_MEDIA_NEED_INIT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        return Ok(Answer { need_init });
+    }
+    if status.is_client_error() {
+        Err(SendError::Refused(status))
+    } else {
+        Err(SendError::Busy(status))
+    }
+}
+
+fn publish_metrics(last: &mut ContributionStats, now: ContributionStats, waiting: (usize, usize)) {
+    let inc = |name: &'static str, kind: &'static str, a: u64, b: u64| {
+        if b > a {
+            metrics::counter!(name, "kind" => kind).increment(b - a);
+        }
+    };
+    inc(
+        "canopy_gateway_media_bytes_total",
+        "first",
+        last.first_bytes,
+        now.first_bytes,
+    );
+    inc(
+        "canopy_gateway_media_bytes_total",
+        "copy",
+        last.copy_bytes,
+        now.copy_bytes,
+    );
+    inc(
+        "canopy_gateway_media_bytes_total",
+        "again",
+        last.again_bytes,
+        now.again_bytes,
+    );
+    inc(
+        "canopy_gateway_media_bytes_total",
+        "backfill",
+        last.backfill_bytes,
+        now.backfill_bytes,
+    );
+    if now.lost_pieces > last.lost_pieces {
+        metrics::counter!("canopy_gateway_media_lost_pieces_total")
+            .increment(now.lost_pieces - last.lost_pieces);
+    }
+    metrics::gauge!("canopy_gateway_media_waiting_pieces", "lane" => "live").set(waiting.0 as f64);
+    metrics::gauge!("canopy_gateway_media_waiting_pieces", "lane" => "backfill")
+        .set(waiting.1 as f64);
+    *last = now;
+}

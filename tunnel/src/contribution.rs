@@ -1,0 +1,668 @@
+//! Which piece of live media goes on which path, and when: the gateway's contribution to the
+//! relay, sans-IO.
+//!
+//! Pieces are CMAF chunks as the segmenter makes them (a frame or a few) on the **live**
+//! lane, and what the live edge left behind on the **backfill** lane. The scheduler
+//!
+//! - sends live pieces first, oldest first, each on the path that completes it soonest
+//!   among those with less than the live horizon queued (late binding: a piece waits at the
+//!   gateway rather than in a long queue, so a path that frees up or comes back gets it);
+//!   backup-tier paths only when no other path has room. The queue a live piece waits
+//!   behind is the live media already under way on the path: it goes ahead of bulk data in
+//!   the sender (stream priorities), so a path busy with an upload still has room for it;
+//! - sends backfill only on paths that are nearly idle, below the live edge in every queue;
+//! - re-sends a live piece that runs late on its path on another path that has room
+//!   (re-injection, at most one copy; XLINK): the relay keeps the first copy. Late is past
+//!   its expected completion by more than the path's answers usually are, as a
+//!   retransmission timer would have it (mean lateness plus four deviations, measured per
+//!   path); a piece whose path died is sent again in any case;
+//! - moves the live edge on: when a stream's oldest live piece is older than the stale
+//!   limit, everything before its newest segment start becomes backfill, so after an outage
+//!   the relay gets the present first, from a point a player can start at.
+//!
+//! Time comes in as `now`; the shell reports answers, failures and dead paths.
+
+use crate::class::TrafficClass;
+use crate::path::Tier;
+use crate::scheduler::{PathId, PathView, Unit};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// A stream (one rendition of one camera) of the contribution.
+pub type StreamId = u32;
+
+/// A piece: bytes from `offset` on of part `seq` of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PieceId {
+    /// The stream.
+    pub stream: StreamId,
+    /// The part.
+    pub seq: u64,
+    /// Byte offset in the part.
+    pub offset: u64,
+}
+
+/// Which lane a piece is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// The live edge: first, on the soonest path, re-sent when late.
+    Live,
+    /// What the live edge left behind: spare capacity only.
+    Backfill,
+}
+
+/// How a piece goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendKind {
+    /// Its first time.
+    First,
+    /// A copy on a second path while the first is still under way (re-injection).
+    Copy,
+    /// Again, after its path died or its request failed.
+    Again,
+}
+
+/// A send the shell carries out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Send {
+    /// The piece.
+    pub id: PieceId,
+    /// Its length.
+    pub len: u64,
+    /// The path.
+    pub path: PathId,
+    /// Its lane.
+    pub lane: Lane,
+    /// Why it goes.
+    pub kind: SendKind,
+}
+
+/// Settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ContributionConfig {
+    /// A live piece goes on a path with at most this much queued.
+    pub live_horizon: Duration,
+    /// A backfill piece goes on a path with at most this much queued.
+    pub backfill_horizon: Duration,
+    /// A stream's oldest live piece older than this moves the live edge on.
+    pub stale_after: Duration,
+    /// The least margin past a live piece's expected completion before it counts as late
+    /// (see the module docs for the rest).
+    pub late_slack: Duration,
+    /// The most margin.
+    pub late_max: Duration,
+}
+
+impl Default for ContributionConfig {
+    fn default() -> Self {
+        Self {
+            live_horizon: Duration::from_millis(150),
+            backfill_horizon: Duration::from_millis(30),
+            stale_after: Duration::from_millis(1000),
+            late_slack: Duration::from_millis(50),
+            late_max: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// Counters, bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContributionStats {
+    /// Pieces' first sends.
+    pub first_bytes: u64,
+    /// Copies of late pieces (re-injection).
+    pub copy_bytes: u64,
+    /// Sends after a dead path or a failed request.
+    pub again_bytes: u64,
+    /// Answered by the relay.
+    pub acked_bytes: u64,
+    /// Backfill's share of the first sends and sends again.
+    pub backfill_bytes: u64,
+    /// Pieces the shell could no longer find (their part left the spool).
+    pub lost_pieces: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flight {
+    path: PathId,
+    sent: Instant,
+    /// Expected completion when sent.
+    expected: Duration,
+    deadline: Instant,
+}
+
+/// How late a path's answers come, past their expected completion: a smoothed mean and
+/// deviation, seconds (as a retransmission timer keeps round trips).
+#[derive(Debug, Clone, Copy)]
+struct Lateness {
+    mean: f64,
+    dev: f64,
+}
+
+impl Default for Lateness {
+    fn default() -> Self {
+        Self {
+            mean: 0.0,
+            dev: 0.05,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    len: u64,
+    lane: Lane,
+    segment_start: bool,
+    created: Instant,
+    flights: Vec<Flight>,
+    sent_before: bool,
+}
+
+/// The contribution's scheduler.
+#[derive(Debug, Default)]
+pub struct Contribution {
+    cfg: ContributionConfig,
+    entries: BTreeMap<PieceId, Entry>,
+    lateness: BTreeMap<PathId, Lateness>,
+    stats: ContributionStats,
+}
+
+fn unit(len: u64) -> Unit {
+    Unit {
+        class: TrafficClass::Stream,
+        up_bytes: len.max(1),
+        down_bytes: 0,
+    }
+}
+
+impl Contribution {
+    /// A scheduler with `cfg`.
+    pub fn new(cfg: ContributionConfig) -> Self {
+        Self {
+            cfg,
+            entries: BTreeMap::new(),
+            lateness: BTreeMap::new(),
+            stats: ContributionStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ContributionStats {
+        self.stats
+    }
+
+    /// Pieces waiting (unanswered) on each lane: (live, backfill) counts.
+    pub fn waiting(&self) -> (usize, usize) {
+        let live = self
+            .entries
+            .values()
+            .filter(|e| e.lane == Lane::Live)
+            .count();
+        (live, self.entries.len() - live)
+    }
+
+    /// Bytes waiting for an answer, both lanes.
+    pub fn waiting_bytes(&self) -> u64 {
+        self.entries.values().map(|e| e.len).sum()
+    }
+
+    /// A new piece. `segment_start`: the first bytes of a segment's first part (where a
+    /// player can start).
+    pub fn push(&mut self, now: Instant, id: PieceId, len: u64, segment_start: bool, lane: Lane) {
+        self.entries.entry(id).or_insert(Entry {
+            len,
+            lane,
+            segment_start,
+            created: now,
+            flights: Vec::new(),
+            sent_before: false,
+        });
+    }
+
+    /// The relay answered the piece at `now`, over `path`.
+    pub fn acked(&mut self, now: Instant, id: PieceId, path: PathId) -> bool {
+        let Some(e) = self.entries.remove(&id) else {
+            return false;
+        };
+        self.stats.acked_bytes += e.len;
+        if let Some(f) = e.flights.iter().find(|f| f.path == path) {
+            // how late past its expected completion, as the path's timer learns it
+            let late =
+                now.saturating_duration_since(f.sent).as_secs_f64() - f.expected.as_secs_f64();
+            let l = self.lateness.entry(path).or_default();
+            l.dev = 0.75 * l.dev + 0.25 * (late - l.mean).abs();
+            l.mean = 0.875 * l.mean + 0.125 * late;
+        }
+        true
+    }
+
+    /// The piece's request on `path` failed: it may go again.
+    pub fn failed(&mut self, id: PieceId, path: PathId) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.flights.retain(|f| f.path != path);
+        }
+    }
+
+    /// `path` died: every piece under way on it may go again.
+    pub fn path_dead(&mut self, path: PathId) {
+        for e in self.entries.values_mut() {
+            e.flights.retain(|f| f.path != path);
+        }
+    }
+
+    /// The piece can no longer be sent (its part is gone at the gateway).
+    pub fn lost(&mut self, id: PieceId) {
+        if self.entries.remove(&id).is_some() {
+            self.stats.lost_pieces += 1;
+        }
+    }
+
+    /// Pieces of `stream` before part `seq` that still wait (for a shell that drops what
+    /// its spool no longer holds).
+    pub fn waiting_before(&self, stream: StreamId, seq: u64) -> Vec<PieceId> {
+        self.entries
+            .range(
+                PieceId {
+                    stream,
+                    seq: 0,
+                    offset: 0,
+                }..PieceId {
+                    stream,
+                    seq,
+                    offset: 0,
+                },
+            )
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Moves each stream's live edge on (see the module docs); returns how many pieces
+    /// became backfill.
+    pub fn demote_stale(&mut self, now: Instant) -> usize {
+        let mut streams: BTreeMap<StreamId, (bool, Option<u64>)> = BTreeMap::new();
+        for (id, e) in &self.entries {
+            if e.lane != Lane::Live {
+                continue;
+            }
+            let s = streams.entry(id.stream).or_insert((false, None));
+            s.0 |= now.saturating_duration_since(e.created) > self.cfg.stale_after;
+            if e.segment_start {
+                s.1 = Some(s.1.map_or(id.seq, |x: u64| x.max(id.seq)));
+            }
+        }
+        let mut n = 0;
+        for (stream, (stale, start)) in streams {
+            let (true, Some(start)) = (stale, start) else {
+                continue;
+            };
+            for id in self.waiting_before(stream, start) {
+                if let Some(e) = self.entries.get_mut(&id) {
+                    if e.lane == Lane::Live {
+                        e.lane = Lane::Backfill;
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// When a live piece under way will count as late (call [`Contribution::poll_send`]
+    /// then).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .filter(|e| e.lane == Lane::Live && !e.flights.is_empty() && e.flights.len() < 2)
+            .filter_map(|e| e.flights.iter().map(|f| f.deadline).max())
+            .min()
+    }
+
+    /// Live bytes under way on `path` (sent, not answered).
+    fn live_in_flight(&self, path: PathId) -> u64 {
+        self.entries
+            .values()
+            .filter(|e| e.lane == Lane::Live && e.flights.iter().any(|f| f.path == path))
+            .map(|e| e.len)
+            .sum()
+    }
+
+    /// `p` as a live piece sees it: only live media queued ahead of it (bulk waits behind).
+    fn live_view(&self, p: &PathView) -> PathView {
+        PathView {
+            queued_up: self.live_in_flight(p.id),
+            ..p.clone()
+        }
+    }
+
+    /// The path for a piece of `len` bytes on `lane`, avoiding `exclude`.
+    fn choose(
+        &self,
+        paths: &[PathView],
+        len: u64,
+        lane: Lane,
+        exclude: &[PathId],
+    ) -> Option<PathId> {
+        let u = unit(len);
+        let horizon = match lane {
+            Lane::Live => self.cfg.live_horizon,
+            Lane::Backfill => self.cfg.backfill_horizon,
+        };
+        let views: Vec<PathView> = match lane {
+            Lane::Live => paths.iter().map(|p| self.live_view(p)).collect(),
+            Lane::Backfill => paths.to_vec(),
+        };
+        let room: Vec<&PathView> = views
+            .iter()
+            .filter(|p| p.allows(u.class) && !exclude.contains(&p.id))
+            .filter(|p| p.queue_delay(&u) <= horizon)
+            .collect();
+        let regular: Vec<&PathView> = room
+            .iter()
+            .copied()
+            .filter(|p| p.tier != Tier::Backup)
+            .collect();
+        // live media takes a backup path when the others have no room; backfill only when
+        // no other path is up at all (it can wait, and backup links cost)
+        let others_up = views
+            .iter()
+            .any(|p| p.tier != Tier::Backup && p.allows(u.class));
+        let pool = match lane {
+            _ if !regular.is_empty() => regular,
+            Lane::Backfill if others_up => return None,
+            _ => room,
+        };
+        pool.into_iter()
+            .min_by_key(|p| (p.expected_completion(&u), p.id))
+            .map(|p| p.id)
+    }
+
+    /// (expected completion, deadline) of a piece of `len` sent on `path` now.
+    fn deadline(
+        &self,
+        now: Instant,
+        paths: &[PathView],
+        path: PathId,
+        len: u64,
+    ) -> (Duration, Instant) {
+        let ec = paths
+            .iter()
+            .find(|p| p.id == path)
+            .map_or(Duration::from_secs(1), |p| {
+                self.live_view(p).expected_completion(&unit(len))
+            });
+        let l = self.lateness.get(&path).copied().unwrap_or_default();
+        let margin = Duration::from_secs_f64((l.mean + 4.0 * l.dev).max(0.0))
+            .max(self.cfg.late_slack)
+            .max(ec / 2)
+            .min(self.cfg.late_max);
+        (ec, now + ec + margin)
+    }
+
+    fn send(
+        &mut self,
+        now: Instant,
+        paths: &[PathView],
+        id: PieceId,
+        path: PathId,
+        kind: SendKind,
+    ) -> Option<Send> {
+        let (expected, deadline) = {
+            let len = self.entries.get(&id)?.len;
+            self.deadline(now, paths, path, len)
+        };
+        let e = self.entries.get_mut(&id)?;
+        e.flights.push(Flight {
+            path,
+            sent: now,
+            expected,
+            deadline,
+        });
+        e.sent_before = true;
+        match kind {
+            SendKind::First => self.stats.first_bytes += e.len,
+            SendKind::Copy => self.stats.copy_bytes += e.len,
+            SendKind::Again => self.stats.again_bytes += e.len,
+        }
+        if e.lane == Lane::Backfill && kind != SendKind::Copy {
+            self.stats.backfill_bytes += e.len;
+        }
+        Some(Send {
+            id,
+            len: e.len,
+            path,
+            lane: e.lane,
+            kind,
+        })
+    }
+
+    /// The next send, if any piece may go now on `paths` (call until `None`, with fresh
+    /// views: each send fills a path's queue).
+    pub fn poll_send(&mut self, now: Instant, paths: &[PathView]) -> Option<Send> {
+        // live, oldest first: new pieces and late ones
+        let mut live: Vec<(Instant, PieceId)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.lane == Lane::Live)
+            .map(|(id, e)| (e.created, *id))
+            .collect();
+        live.sort();
+        for (_, id) in live {
+            let e = &self.entries[&id];
+            if e.flights.is_empty() {
+                let kind = if e.sent_before {
+                    SendKind::Again
+                } else {
+                    SendKind::First
+                };
+                // no path has room for the oldest live piece: nothing else may go either
+                let path = self.choose(paths, e.len, Lane::Live, &[])?;
+                return self.send(now, paths, id, path, kind);
+            }
+            let late = e.flights.len() < 2 && e.flights.iter().all(|f| now >= f.deadline);
+            if late {
+                let on: Vec<PathId> = e.flights.iter().map(|f| f.path).collect();
+                if let Some(path) = self.choose(paths, e.len, Lane::Live, &on) {
+                    return self.send(now, paths, id, path, SendKind::Copy);
+                }
+            }
+        }
+        // backfill, oldest first, only on nearly idle paths
+        let next = self
+            .entries
+            .iter()
+            .find(|(_, e)| e.lane == Lane::Backfill && e.flights.is_empty())
+            .map(|(id, e)| (*id, e.len, e.sent_before))?;
+        let (id, len, again) = next;
+        let path = self.choose(paths, len, Lane::Backfill, &[])?;
+        let kind = if again {
+            SendKind::Again
+        } else {
+            SendKind::First
+        };
+        self.send(now, paths, id, path, kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::CapState;
+    use crate::scheduler::ClassSet;
+
+    /// Path `id`: `mbit` Mbit/s, `rtt` ms, `queued` bytes, tier.
+    fn path(id: PathId, mbit: f64, rtt: u64, queued: u64, tier: Tier) -> PathView {
+        PathView {
+            id,
+            usable: true,
+            tier,
+            classes: ClassSet::ALL,
+            cap: CapState::Normal,
+            srtt: Duration::from_millis(rtt),
+            rate_up: mbit * 125_000.0,
+            rate_down: mbit * 125_000.0,
+            queued_up: queued,
+            queued_down: 0,
+        }
+    }
+
+    fn id(seq: u64, offset: u64) -> PieceId {
+        PieceId {
+            stream: 0,
+            seq,
+            offset,
+        }
+    }
+
+    #[test]
+    fn live_goes_first_on_the_soonest_path_and_backfill_waits_for_an_idle_one() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        c.push(t0, id(1, 0), 5_000, false, Lane::Backfill);
+        c.push(t0, id(9, 0), 20_000, true, Lane::Live);
+        // cellular 8 Mbit/s 100 ms, Wi-Fi 4 Mbit/s 40 ms: 20 kB completes sooner on Wi-Fi
+        let mut paths = vec![
+            path(0, 8.0, 100, 0, Tier::Primary),
+            path(1, 4.0, 40, 0, Tier::Primary),
+        ];
+        let s = c.poll_send(t0, &paths).unwrap();
+        assert_eq!(
+            (s.id, s.path, s.kind, s.lane),
+            (id(9, 0), 1, SendKind::First, Lane::Live)
+        );
+        // both paths busy beyond the backfill horizon: backfill waits
+        paths[0].queued_up = 40_000;
+        paths[1].queued_up = 20_000;
+        assert_eq!(c.poll_send(t0, &paths), None);
+        paths[0].queued_up = 0;
+        let s = c.poll_send(t0, &paths).unwrap();
+        assert_eq!((s.id, s.path, s.lane), (id(1, 0), 0, Lane::Backfill));
+        assert!(c.acked(t0, id(9, 0), 1));
+        assert!(!c.acked(t0, id(9, 0), 1));
+        assert_eq!(c.stats().first_bytes, 25_000);
+    }
+
+    #[test]
+    fn a_late_piece_gets_one_copy_and_a_dead_path_sends_again() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        let paths = vec![
+            path(0, 8.0, 50, 0, Tier::Primary),
+            path(1, 4.0, 20, 0, Tier::Primary),
+        ];
+        c.push(t0, id(1, 0), 10_000, false, Lane::Live);
+        let s = c.poll_send(t0, &paths).unwrap();
+        let first = s.path;
+        // expected ~40-60 ms, and a path not measured yet gets 200 ms more: by 400 ms it is
+        // late
+        assert!(c.poll_timeout().unwrap() < t0 + Duration::from_millis(400));
+        assert_eq!(c.poll_send(t0 + Duration::from_millis(100), &paths), None);
+        let copy = c
+            .poll_send(t0 + Duration::from_millis(400), &paths)
+            .unwrap();
+        assert_eq!(copy.kind, SendKind::Copy);
+        assert_ne!(copy.path, first);
+        assert_eq!(
+            c.poll_send(t0 + Duration::from_secs(5), &paths),
+            None,
+            "one copy only"
+        );
+        c.path_dead(0);
+        c.path_dead(1);
+        let again = c.poll_send(t0 + Duration::from_secs(5), &paths).unwrap();
+        assert_eq!(again.kind, SendKind::Again);
+        assert_eq!(c.stats().copy_bytes, 10_000);
+        assert_eq!(c.stats().again_bytes, 10_000);
+    }
+
+    #[test]
+    fn a_path_whose_answers_vary_gets_more_time_before_a_copy() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        let paths = vec![
+            path(0, 8.0, 50, 0, Tier::Primary),
+            path(1, 8.0, 50, 0, Tier::Primary),
+        ];
+        // answers on path 0 come 0 to 200 ms after their expected completion
+        let mut t = t0;
+        for i in 0..40u64 {
+            c.push(t, id(i, 0), 1_000, false, Lane::Live);
+            let s = c.poll_send(t, &paths).unwrap();
+            let late = Duration::from_millis(if i % 2 == 0 { 0 } else { 200 });
+            c.acked(t + Duration::from_millis(60) + late, s.id, s.path);
+            t += Duration::from_secs(1);
+        }
+        c.push(t, id(99, 0), 1_000, false, Lane::Live);
+        let s = c.poll_send(t, &paths).unwrap();
+        // 250 ms late is within what the path does: no copy yet
+        assert_eq!(c.poll_send(t + Duration::from_millis(300), &paths), None);
+        assert_eq!(
+            c.poll_send(t + Duration::from_millis(1200), &paths)
+                .map(|x| x.kind),
+            Some(SendKind::Copy)
+        );
+        assert_eq!(s.path, 0);
+    }
+
+    #[test]
+    fn backup_only_when_the_others_are_full_of_live_media() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        let paths = vec![
+            path(0, 4.0, 40, 0, Tier::Primary),
+            path(1, 2.0, 600, 0, Tier::Backup),
+        ];
+        for seq in 0..6 {
+            c.push(t0, id(seq, 0), 30_000, false, Lane::Live);
+        }
+        // 4 Mbit/s: 150 ms of live media is 75 kB, three pieces; the fourth takes the backup
+        let on: Vec<PathId> = (0..4)
+            .map(|_| c.poll_send(t0, &paths).unwrap().path)
+            .collect();
+        assert_eq!(on, vec![0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn bulk_queued_on_a_path_does_not_keep_live_media_off_it() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        // an upload has 400 ms queued on the primary: live media still goes there (it goes
+        // first in the sender), backfill does not, nor on the backup while the primary is up
+        let mut paths = vec![
+            path(0, 4.0, 40, 200_000, Tier::Primary),
+            path(1, 2.0, 600, 0, Tier::Backup),
+        ];
+        c.push(t0, id(1, 0), 10_000, false, Lane::Live);
+        assert_eq!(c.poll_send(t0, &paths).unwrap().path, 0);
+        c.push(t0, id(0, 0), 10_000, false, Lane::Backfill);
+        assert_eq!(c.poll_send(t0, &paths), None);
+        paths[0].usable = false;
+        assert_eq!(c.poll_send(t0, &paths).map(|s| s.path), Some(1));
+    }
+
+    #[test]
+    fn a_stale_live_edge_moves_to_the_newest_segment_start() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        // every uplink down for 10 s: 50 parts of 3 pieces queued, a segment every 5 parts
+        for seq in 0..50u64 {
+            for k in 0..3 {
+                let at = t0 + Duration::from_millis(seq * 200 + k * 66);
+                c.push(
+                    at,
+                    id(seq, k * 1000),
+                    1000,
+                    seq % 5 == 0 && k == 0,
+                    Lane::Live,
+                );
+            }
+        }
+        let now = t0 + Duration::from_millis(10_000);
+        assert_eq!(c.demote_stale(now), 45 * 3);
+        assert_eq!(c.waiting(), (15, 135));
+        // the links return: the live edge (part 45, a segment start) goes first
+        let paths = vec![path(0, 8.0, 50, 0, Tier::Primary)];
+        assert_eq!(c.poll_send(now, &paths).unwrap().id, id(45, 0));
+        // nothing is stale while the newest segment start is the oldest live piece
+        assert_eq!(c.demote_stale(now + Duration::from_secs(5)), 0);
+    }
+}
