@@ -67,6 +67,22 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Sign a viewer URL for one gateway's camera (when the relay's [viewers]
+    /// token_key_file is set): prints the URL with its `?token=`, valid for --ttl seconds.
+    ViewerToken {
+        /// The relay's token key file.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The stream: GATEWAY/CAMERA.
+        #[arg(long)]
+        stream: String,
+        /// Seconds the token is valid for.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+        /// The relay's viewer address, for a whole URL (e.g. https://live.example.com).
+        #[arg(long, default_value = "")]
+        base: String,
+    },
     /// Make the certificates of an event.
     Certs {
         #[command(subcommand)]
@@ -237,8 +253,14 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let relay =
                 canopy::runtime::spawn_relay(&cfg, &tls, viewer_tls.as_ref(), token_key.as_deref())
                     .await?;
-            if let (Some(a), _, _) | (_, Some(a), _) = relay.viewers {
-                println!("relay: viewers at http://{a}/live/<gateway>/<camera>/index.m3u8");
+            match relay.viewers {
+                (Some(a), _, _) => {
+                    println!("relay: viewers at http://{a}/live/<gateway>/<camera>/index.m3u8")
+                }
+                (None, Some(a), _) => {
+                    println!("relay: viewers at https://{a}/live/<gateway>/<camera>/index.m3u8")
+                }
+                _ => {}
             }
             tokio::signal::ctrl_c().await?;
             Ok(ExitCode::SUCCESS)
@@ -302,6 +324,44 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 congestion,
             })
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ViewerToken {
+            key_file,
+            stream,
+            ttl,
+            base,
+        } => {
+            let key = match std::fs::read(&key_file) {
+                Ok(k) if k.trim_ascii().len() >= 16 => k.trim_ascii().to_vec(),
+                Ok(_) => {
+                    eprintln!(
+                        "canopy viewer-token: {}: the key needs at least 16 bytes",
+                        key_file.display()
+                    );
+                    return Ok(ExitCode::from(EX_USAGE as u8));
+                }
+                Err(e) => {
+                    eprintln!("canopy viewer-token: {}: {e}", key_file.display());
+                    return Ok(ExitCode::from(EX_USAGE as u8));
+                }
+            };
+            let valid = stream.split_once('/').is_some_and(|(g, c)| {
+                tunnel::wire::media::valid_name(g) && tunnel::wire::media::valid_name(c)
+            });
+            if !valid {
+                eprintln!("canopy viewer-token: --stream must be GATEWAY/CAMERA, not {stream:?}");
+                return Ok(ExitCode::from(EX_USAGE as u8));
+            }
+            let expiry = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                + ttl;
+            let token = ingest_relay::TokenKey::new(&key).sign(&stream, expiry);
+            println!(
+                "{}/live/{stream}/index.m3u8?token={token}",
+                base.trim_end_matches('/')
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { files } => {

@@ -98,6 +98,20 @@ impl Viewers {
         if *method == Method::HEAD {
             *resp.body_mut() = full(Bytes::new());
         }
+        let path = uri.path();
+        let file = if path.ends_with(".m3u8") {
+            "playlist"
+        } else if path.contains("/part-") {
+            "part"
+        } else if path.contains("/seg-") {
+            "segment"
+        } else if path.contains("/init-") {
+            "init"
+        } else {
+            "other"
+        };
+        metrics::counter!("canopy_relay_viewer_requests_total", "file" => file, "status" => resp.status().as_str().to_owned())
+            .increment(1);
         resp
     }
 

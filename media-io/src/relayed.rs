@@ -7,7 +7,8 @@
 //! - `/live/<gateway>/<camera>/index.m3u8` — the main rendition; `abr.m3u8` — all;
 //! - `/live/<gateway>/<camera>/<rendition>/stream.m3u8`, `init-G.mp4`, `seg-M.m4s`,
 //!   `part-M.I.m4s` (see [`crate::hls_http`]);
-//! - `/live/<gateway>/<camera>/<rendition>/latency.json` — recent parts' glass-to-relay.
+//! - `/live/<gateway>/<camera>/<rendition>/latency.json` — recent parts' glass-to-relay
+//!   and pieces' frame-to-relay: `{"parts": [[capture ms, latency ms], ...], "frames": ...}`.
 //!
 //! Recordings: `<record_dir>/<gateway>/<camera>/<rendition>/<run>/` holds the init
 //! segments, `seg-M.m4s` in the gateway's numbering and `index.m3u8` (EVENT while live,
@@ -174,6 +175,7 @@ struct Inner {
     mirror: Mirror,
     recorder: Option<Recorder>,
     latency: VecDeque<(u64, u64)>,
+    frames: VecDeque<(u64, u64)>,
     last_state: State,
 }
 
@@ -220,6 +222,7 @@ impl Mirrored {
                 mirror: Mirror::new(cfg.mirror, first_msn),
                 recorder: None,
                 latency: VecDeque::new(),
+                frames: VecDeque::new(),
                 last_state: State::Waiting,
             }),
             changed: watch::channel(0).0,
@@ -314,12 +317,17 @@ impl Mirrored {
                     }
                 }
             }
+            if live && frame_ms > 0 && taken.new_bytes > 0 {
+                let ms = wall.saturating_sub(frame_ms);
+                metrics::histogram!("canopy_relay_frame_to_relay_seconds", "stream" => key)
+                    .record(ms as f64 / 1000.0);
+                g.frames.push_back((frame_ms, ms));
+                while g.frames.len() > 2 * LATENCY_SAMPLES {
+                    g.frames.pop_front();
+                }
+            }
             (taken, g.mirror.window_ref().version())
         };
-        if live && frame_ms > 0 && taken.new_bytes > 0 {
-            metrics::histogram!("canopy_relay_frame_to_relay_seconds", "stream" => key)
-                .record(wall.saturating_sub(frame_ms) as f64 / 1000.0);
-        }
         metrics::counter!("canopy_relay_media_bytes_total", "kind" => "new")
             .increment(taken.new_bytes);
         metrics::counter!("canopy_relay_media_bytes_total", "kind" => "duplicate")
@@ -367,6 +375,13 @@ impl Mirrored {
     pub fn latency(&self) -> Vec<(u64, u64)> {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.latency.iter().copied().collect()
+    }
+
+    /// Frame-to-relay of recent live pieces: (capture ms of the newest frame in the piece,
+    /// latency ms until its bytes were at the relay).
+    pub fn frame_latency(&self) -> Vec<(u64, u64)> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.frames.iter().copied().collect()
     }
 
     /// The mirror's state and counters.
@@ -525,7 +540,11 @@ impl Relayed {
                 let m = self
                     .get(gw, cam, rend)
                     .ok_or(ServeError::NotFound("no such stream"))?;
-                let body = serde_json::to_vec(&m.latency()).unwrap_or_default();
+                let body = serde_json::to_vec(&serde_json::json!({
+                    "parts": m.latency(),
+                    "frames": m.frame_latency(),
+                }))
+                .unwrap_or_default();
                 let mut r = Response::new(full(body));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -592,6 +611,9 @@ impl Relayed {
                 "recording": rec.map(|r| serde_json::json!({
                     "parts": r.parts, "segments": r.segments, "gap_segments": r.gap_segments,
                     "parts_missing": r.parts_missing,
+                    "first_seq": r.seq_range.map(|x| x.0), "last_seq": r.seq_range.map(|x| x.1),
+                    // parts between the first and the last stored that are not (yet) here
+                    "holes": r.seq_range.map_or(0, |(a, b)| (b - a + 1).saturating_sub(r.parts)),
                 })),
             }));
         }

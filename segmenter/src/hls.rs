@@ -190,6 +190,20 @@ impl MediaPlaylist {
         }
     }
 
+    /// Drops the last segment if it is `msn` and has no parts (its first part was given
+    /// up on before it was whole); true if it did.
+    pub fn drop_empty_last(&mut self, msn: u64) -> bool {
+        if self
+            .segments
+            .back()
+            .is_some_and(|s| s.msn == msn && s.parts.is_empty())
+        {
+            self.segments.pop_back();
+            return true;
+        }
+        false
+    }
+
     /// Marks the last segment complete (the stream paused or ended).
     pub fn close_segment(&mut self) {
         if let Some(last) = self.segments.back_mut() {

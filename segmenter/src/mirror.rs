@@ -519,7 +519,12 @@ impl Mirror {
             .assemblies
             .entry(seq)
             .or_insert_with(|| Assembly::new(p.part, now));
-        if a.meta != p.part {
+        // capture times may differ between pieces (the gateway's clock estimate moves):
+        // only what places the part must agree
+        let (x, y) = (&a.meta, &p.part);
+        if (x.msn, x.index, x.init, x.independent, x.segment.is_some())
+            != (y.msn, y.index, y.init, y.independent, y.segment.is_some())
+        {
             return Err(PieceError::Conflict("another part under the same number"));
         }
         let before = a.held;

@@ -88,6 +88,8 @@ pub struct RecordStats {
     pub gap_segments: u64,
     /// Parts known to be missing from the listed span.
     pub parts_missing: u64,
+    /// The lowest and highest part sequence numbers stored.
+    pub seq_range: Option<(u64, u64)>,
 }
 
 /// One rendition's recording.
@@ -138,6 +140,10 @@ impl Recording {
             return out; // already listed as a gap, or the recording is closed
         }
         self.stats.parts += 1;
+        self.stats.seq_range = Some(match self.stats.seq_range {
+            Some((a, b)) => (a.min(p.seq), b.max(p.seq)),
+            None => (p.seq, p.seq),
+        });
         out.push(Action::StorePart { seq: p.seq });
         let first = p.seq.saturating_sub(u64::from(p.index));
         self.firsts.insert(p.msn, first);

@@ -227,6 +227,9 @@ impl LiveWindow {
                 want_offset,
             });
         }
+        if self.growing.is_none() {
+            self.open_segment_of(&c.part, false);
+        }
         let g = self.growing.get_or_insert_with(|| Growing {
             meta: c.part,
             chunks: Vec::new(),
@@ -277,9 +280,15 @@ impl LiveWindow {
 
     /// Drops the part being built (its source broke off); returns how many bytes it had.
     pub fn abandon_growing(&mut self) -> u64 {
-        let n = self.growing.take().map_or(0, |g| g.len);
+        let Some(g) = self.growing.take() else {
+            return 0;
+        };
+        // a segment opened for it alone goes again: it has no part
+        if g.meta.segment.is_some() && self.playlist.drop_empty_last(g.meta.msn) {
+            self.firsts.pop_back();
+        }
         self.version += 1;
-        n
+        g.len
     }
 
     /// The part being built, if any: its metadata and bytes so far.
@@ -287,29 +296,39 @@ impl LiveWindow {
         self.growing.as_ref().map(|g| (g.meta, g.len))
     }
 
-    fn add_part(&mut self, part: Part) -> Arc<Part> {
-        if let Some(start) = part.segment {
-            if let Some(last) = self.playlist.segments().back() {
-                if !last.complete || self.open_bytes > 0 {
-                    self.sizes.push_back((self.open_bytes, last.duration()));
-                    while self.sizes.len() > 16 {
-                        self.sizes.pop_front();
-                    }
+    /// Opens the segment a part starts (when its first chunk comes, so the playlist's hint
+    /// names the part being built), unless it is open already.
+    fn open_segment_of(&mut self, meta: &PartMeta, gap: bool) {
+        let Some(start) = meta.segment else {
+            return;
+        };
+        if self.firsts.back().is_some_and(|(m, _)| *m == meta.msn) {
+            return;
+        }
+        if let Some(last) = self.playlist.segments().back() {
+            if !last.complete || self.open_bytes > 0 {
+                self.sizes.push_back((self.open_bytes, last.duration()));
+                while self.sizes.len() > 16 {
+                    self.sizes.pop_front();
                 }
             }
-            self.open_bytes = 0;
-            self.firsts.push_back((part.msn, part.seq));
-            self.playlist.open_segment(SegmentInfo {
-                msn: part.msn,
-                parts: Vec::new(),
-                complete: false,
-                discontinuity: start.discontinuity,
-                init: part.init,
-                pdt_ms: start.pdt_ms,
-                gap: part.gap,
-                independent: part.independent,
-            });
         }
+        self.open_bytes = 0;
+        self.firsts.push_back((meta.msn, meta.seq));
+        self.playlist.open_segment(SegmentInfo {
+            msn: meta.msn,
+            parts: Vec::new(),
+            complete: false,
+            discontinuity: start.discontinuity,
+            init: meta.init,
+            pdt_ms: start.pdt_ms,
+            gap,
+            independent: meta.independent,
+        });
+    }
+
+    fn add_part(&mut self, part: Part) -> Arc<Part> {
+        self.open_segment_of(&part.meta(), part.gap);
         if !part.gap {
             self.open_bytes += part.data.len();
         }
@@ -622,10 +641,28 @@ mod tests {
         assert_eq!(w.part(0, 0), Lookup::Ready(Bytes::from_static(b"abcd")));
         assert_eq!(w.next_part(), Some((0, 1)));
         assert_eq!(w.part(0, 1), Lookup::NotYet);
-        assert_eq!(w.read_part(0, 1, 0), PartRead::NotYet);
+        // the first chunk of the next segment's first part: the hint names it at once
+        let mut next = meta(1, 1, 0);
+        next.segment = Some(SegmentStart {
+            discontinuity: false,
+            pdt_ms: 1_795_000_001_000,
+        });
+        w.push_chunk(&chunk(next, 0, b"k", false)).unwrap();
+        assert_eq!(w.next_part(), Some((1, 0)));
+        assert!(w
+            .render(&RenderOptions::default())
+            .contains("PRELOAD-HINT:TYPE=PART,URI=\"part-1.0.m4s\""));
+        assert!(w
+            .render(&RenderOptions::default())
+            .contains("#EXTINF:0.20000,\nseg-0.m4s"));
+        // given up on: the empty segment goes again
+        w.abandon_growing();
+        assert_eq!(w.next_part(), Some((1, 0)));
+        assert_eq!(w.playlist().segments().len(), 1);
+        assert_eq!(w.read_part(1, 0, 0), PartRead::NotYet);
         let text = w.render(&RenderOptions::default());
         assert!(text.contains("#EXT-X-PART:DURATION=0.20000,URI=\"part-0.0.m4s\",INDEPENDENT=YES"));
-        assert!(text.contains("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-0.1.m4s\""));
+        assert!(text.contains("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-1.0.m4s\""));
         w.end();
         assert!(w
             .render(&RenderOptions::default())

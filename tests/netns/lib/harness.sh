@@ -136,6 +136,17 @@ allow = ["10.200.100.1:8080"]
 [metrics]
 listen = "10.200.100.1:9101"
 TOML
+  # NSH_LIVE=1: viewers (HTTP/1.1 on 8088, HTTP/3 on 8443) and recordings; NSH_HOLD_S the hold
+  if [ -n "${NSH_LIVE:-}" ]; then
+    cat >> "$NSH_DIR/relay.toml" <<TOML
+[viewers]
+listen = "10.200.100.1:8088"
+h3_listen = "10.200.100.1:8443"
+[live]
+record_dir = "rec"
+hold_s = ${NSH_HOLD_S:-60}
+TOML
+  fi
   {
     cat <<TOML
 [relay]
@@ -159,8 +170,14 @@ TOML
     for i in $(seq "$n"); do
       printf '[[uplinks]]\nname = "%s"\nkind = "%s"\nbind = "v%s"\n' "${kinds[$i]}" "${kinds[$i]}" "$i"
       if [ "${NSH_CAP_LINK:-0}" = "$i" ]; then printf 'cap_bytes_per_day = %s\n' "$NSH_CAP_BYTES"; fi
+      # NSH_BACKUP_LINK=I: uplink I is a backup (satellite)
+      if [ "${NSH_BACKUP_LINK:-0}" = "$i" ]; then printf 'tier = "backup"\n'; fi
       printf '\n'
     done
+    # NSH_CAMERA_URL: one camera pulled by the gateway, sent to the relay
+    if [ -n "${NSH_CAMERA_URL:-}" ]; then
+      printf '[live]\nspool_dir = "spool"\n\n[[cameras]]\nname = "cam"\nurl = "%s"\n' "$NSH_CAMERA_URL"
+    fi
   } > "$NSH_DIR/gateway.toml"
 }
 
