@@ -214,6 +214,24 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
                 }
             }
         }
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let (live, backfill) = core.waiting();
+            let views: Vec<String> = bond
+                .views()
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{}:{}:{:.0}ms:{:.1}Mb:q{}",
+                        v.id,
+                        if v.usable { "up" } else { "down" },
+                        v.srtt.as_secs_f64() * 1000.0,
+                        v.rate_up * 8.0 / 1e6,
+                        v.queued_up
+                    )
+                })
+                .collect();
+            tracing::trace!(live, backfill, views = %views.join(" "), "contribution");
+        }
         {
             let mut st = handle.status.lock().unwrap_or_else(|e| e.into_inner());
             st.bytes = core.stats();

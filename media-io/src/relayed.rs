@@ -343,7 +343,13 @@ impl Mirrored {
         let (v, at) = {
             let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             let before = g.mirror.stats().gap_parts;
+            let waiting = g.mirror.waiting_for();
             g.mirror.poll(now);
+            if g.mirror.state() == State::Holding && g.last_state == State::Following {
+                if let Some((seq, have, total, later)) = waiting {
+                    info!(stream = %self.key(), seq, have, total, later, "no progress: the part the viewers wait for did not come whole");
+                }
+            }
             let gaps = g.mirror.stats().gap_parts - before;
             if gaps > 0 {
                 metrics::counter!("canopy_relay_gap_parts_total", "stream" => self.key())

@@ -893,6 +893,21 @@ impl Mirror {
         }
     }
 
+    /// What the window waits for while following: the gateway part, the bytes it has of
+    /// it in order, its length if known, and how many later parts are here.
+    pub fn waiting_for(&self) -> Option<(u64, u64, Option<u64>, usize)> {
+        let Live::Following { next, .. } = self.live else {
+            return None;
+        };
+        let a = self.assemblies.get(&next);
+        Some((
+            next,
+            a.map_or(0, Assembly::contiguous),
+            a.and_then(|a| a.total),
+            self.assemblies.range(next + 1..).count(),
+        ))
+    }
+
     /// When [`Mirror::poll`] has something to do next.
     pub fn poll_at(&self) -> Option<Instant> {
         match self.live {
@@ -1073,6 +1088,19 @@ mod tests {
         assert_eq!(recorded, 30);
         assert!(!text(&m).contains("part-1008.0"));
         assert_eq!(m.pending_bytes(), 0, "backfilled parts are not kept");
+        // the live edge goes on: one discontinuity only, before the resumed segment
+        for seq in 36..46 {
+            for k in 0..3 {
+                m.handle_piece(ms(6100 + (seq - 35) * 200), 0, piece(seq, k, true))
+                    .unwrap();
+            }
+        }
+        assert_eq!(
+            text(&m).matches("#EXT-X-DISCONTINUITY\n").count(),
+            1,
+            "{}",
+            text(&m)
+        );
         // the window never skipped a number
         let segs = m.window_ref().playlist().segments();
         for w in segs.iter().collect::<Vec<_>>().windows(2) {

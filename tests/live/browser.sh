@@ -172,8 +172,20 @@ explain() {
     const lo = Number(startW) - Number(t0), hi = Number(endW) - fin - Number(t0);
     const at = t => Number(t0) > 0 ? ` (demo t ${(lo + t).toFixed(1)}..${(hi + t).toFixed(1)})` : "";
     console.log(`  page loaded at demo t ${lo.toFixed(1)}..${hi.toFixed(1)} s`);
-    for (const e of j.errors || []) console.log(`  error t=${e.t}s${at(e.t)} ${e.type}/${e.details}${e.fatal ? " FATAL" : ""} currentTime=${e.currentTime}` +
-      `${e.buffer != null ? " buffer=" + e.buffer : ""}${e.response_code != null ? " http=" + e.response_code : ""}${e.reason ? " reason=" + e.reason : ""}${e.url ? " " + e.url : ""}`);
+    // a run of the same error (hls.js repeats fragGap every few ms) is one line and a count
+    const errs = j.errors || [];
+    for (let i = 0; i < errs.length; ) {
+      const e = errs[i];
+      let k = i + 1;
+      while (k < errs.length && errs[k].details === e.details && errs[k].fatal === e.fatal) k++;
+      console.log(`  error t=${e.t}s${at(e.t)} ${e.type}/${e.details}${e.fatal ? " FATAL" : ""} currentTime=${e.currentTime}` +
+        `${e.buffer != null ? " buffer=" + e.buffer : ""}${e.response_code != null ? " http=" + e.response_code : ""}${e.reason ? " reason=" + e.reason : ""}${e.url ? " " + e.url : ""}`);
+      if (k - i > 1) {
+        const l = errs[k - 1];
+        console.log(`    ... ${k - i} ${e.details} in a row, the last at t=${l.t}s${at(l.t)} currentTime=${l.currentTime}${l.url ? " " + l.url : ""}`);
+      }
+      i = k;
+    }
     for (const s of j.stalls || []) console.log(`  stall t=${s.t}s${at(s.t)} currentTime=${s.currentTime} buffer_ahead=${s.buffer_ahead}`);
     for (const h of (j.http_errors || []).slice(0, 10)) console.log(`  http ${h.status} ${h.url}`);
     for (const f of (j.failed_requests || []).slice(0, 10)) console.log(`  request failed (${f.failure}) ${f.url}`);

@@ -4,18 +4,20 @@
 //! Pieces are CMAF chunks as the segmenter makes them (a frame or a few) on the **live**
 //! lane, and what the live edge left behind on the **backfill** lane. The scheduler
 //!
-//! - sends live pieces first, oldest first, each on the path that completes it soonest
-//!   among those with less than the live horizon queued (late binding: a piece waits at the
-//!   gateway rather than in a long queue, so a path that frees up or comes back gets it);
-//!   backup-tier paths only when no other path has room. The queue a live piece waits
-//!   behind is the live media already under way on the path: it goes ahead of bulk data in
-//!   the sender (stream priorities), so a path busy with an upload still has room for it;
+//! - sends live pieces first, oldest first, each on the path that completes it soonest,
+//!   once that path has less than the live horizon queued (late binding: a piece waits at
+//!   the gateway rather than in a long queue, or on a worse path; a path that frees up or
+//!   comes back gets it at once); a backup path counts half as slow again, so it carries
+//!   live media when the others are jammed. The queue a live piece waits behind is the live
+//!   media already under way on the path beyond a round trip: media goes ahead of bulk data
+//!   in the sender (stream priorities), so a path busy with an upload still has room;
 //! - sends backfill only on paths that are nearly idle, below the live edge in every queue;
 //! - re-sends a live piece that runs late on its path on another path that has room
 //!   (re-injection, at most one copy; XLINK): the relay keeps the first copy. Late is past
 //!   its expected completion by more than the path's answers usually are, as a
 //!   retransmission timer would have it (mean lateness plus four deviations, measured per
-//!   path); a piece whose path died is sent again in any case;
+//!   path), and copies stay within a budget (3% of the bytes, as XLINK's 2%); a piece whose
+//!   path died is sent again in any case;
 //! - moves the live edge on: when a stream's oldest live piece is older than the stale
 //!   limit, everything before its newest segment start becomes backfill, so after an outage
 //!   the relay gets the present first, from a point a player can start at.
@@ -91,6 +93,12 @@ pub struct ContributionConfig {
     pub late_slack: Duration,
     /// The most margin.
     pub late_max: Duration,
+    /// Copies of late pieces may cost at most this share of the bytes sent first (plus
+    /// [`ContributionConfig::copy_allowance`]): a path whose answers swing a lot does not
+    /// get its every piece sent twice.
+    pub copy_budget: f64,
+    /// Bytes of copies allowed whatever the budget.
+    pub copy_allowance: u64,
 }
 
 impl Default for ContributionConfig {
@@ -100,7 +108,9 @@ impl Default for ContributionConfig {
             backfill_horizon: Duration::from_millis(30),
             stale_after: Duration::from_millis(1000),
             late_slack: Duration::from_millis(50),
-            late_max: Duration::from_millis(1000),
+            late_max: Duration::from_millis(400),
+            copy_budget: 0.03,
+            copy_allowance: 64 * 1024,
         }
     }
 }
@@ -327,9 +337,13 @@ impl Contribution {
     }
 
     /// `p` as a live piece sees it: only live media queued ahead of it (bulk waits behind).
+    /// What is under way includes a round trip of bytes on the wire and answers on their
+    /// way back: the queue is what is beyond that (on a 600 ms satellite path a round trip
+    /// of media is under way at any time, and counting it as queue starved the path).
     fn live_view(&self, p: &PathView) -> PathView {
+        let on_the_wire = (p.rate_up * p.srtt.as_secs_f64()) as u64;
         PathView {
-            queued_up: self.live_in_flight(p.id),
+            queued_up: self.live_in_flight(p.id).saturating_sub(on_the_wire),
             ..p.clone()
         }
     }
@@ -343,37 +357,43 @@ impl Contribution {
         exclude: &[PathId],
     ) -> Option<PathId> {
         let u = unit(len);
-        let horizon = match lane {
-            Lane::Live => self.cfg.live_horizon,
-            Lane::Backfill => self.cfg.backfill_horizon,
-        };
-        let views: Vec<PathView> = match lane {
-            Lane::Live => paths.iter().map(|p| self.live_view(p)).collect(),
-            Lane::Backfill => paths.to_vec(),
-        };
-        let room: Vec<&PathView> = views
-            .iter()
-            .filter(|p| p.allows(u.class) && !exclude.contains(&p.id))
-            .filter(|p| p.queue_delay(&u) <= horizon)
-            .collect();
-        let regular: Vec<&PathView> = room
-            .iter()
-            .copied()
-            .filter(|p| p.tier != Tier::Backup)
-            .collect();
-        // live media takes a backup path when the others have no room; backfill only when
-        // no other path is up at all (it can wait, and backup links cost)
-        let others_up = views
-            .iter()
-            .any(|p| p.tier != Tier::Backup && p.allows(u.class));
-        let pool = match lane {
-            _ if !regular.is_empty() => regular,
-            Lane::Backfill if others_up => return None,
-            _ => room,
-        };
-        pool.into_iter()
-            .min_by_key(|p| (p.expected_completion(&u), p.id))
-            .map(|p| p.id)
+        match lane {
+            Lane::Live => {
+                // the path that completes it soonest, counting what waits ahead of it; a
+                // backup path counts half as slow again (it costs), so it wins only when the
+                // others are jammed. When that path has no room, the piece waits here for it
+                // (a worse path now would complete it later than the best one soon).
+                let views: Vec<PathView> = paths.iter().map(|p| self.live_view(p)).collect();
+                let best = views
+                    .iter()
+                    .filter(|p| p.allows(u.class) && !exclude.contains(&p.id))
+                    .min_by_key(|p| {
+                        let ec = p.expected_completion(&u);
+                        let ec = if p.tier == Tier::Backup {
+                            ec.mul_f64(1.5)
+                        } else {
+                            ec
+                        };
+                        (ec, p.id)
+                    })?;
+                (best.queue_delay(&u) <= self.cfg.live_horizon).then_some(best.id)
+            }
+            Lane::Backfill => {
+                // spare capacity of the regular paths; backup paths only when no other
+                // path is up at all (backfill can wait, and backup links cost)
+                let allowed: Vec<&PathView> = paths
+                    .iter()
+                    .filter(|p| p.allows(u.class) && !exclude.contains(&p.id))
+                    .collect();
+                let regular_up = allowed.iter().any(|p| p.tier != Tier::Backup);
+                allowed
+                    .into_iter()
+                    .filter(|p| !regular_up || p.tier != Tier::Backup)
+                    .filter(|p| p.queue_delay(&u) <= self.cfg.backfill_horizon)
+                    .min_by_key(|p| (p.expected_completion(&u), p.id))
+                    .map(|p| p.id)
+            }
+        }
     }
 
     /// (expected completion, deadline) of a piece of `len` sent on `path` now.
@@ -458,7 +478,11 @@ impl Contribution {
                 let path = self.choose(paths, e.len, Lane::Live, &[])?;
                 return self.send(now, paths, id, path, kind);
             }
-            let late = e.flights.len() < 2 && e.flights.iter().all(|f| now >= f.deadline);
+            let budget = (self.stats.first_bytes as f64 * self.cfg.copy_budget) as u64
+                + self.cfg.copy_allowance;
+            let late = e.flights.len() < 2
+                && e.flights.iter().all(|f| now >= f.deadline)
+                && self.stats.copy_bytes + e.len <= budget;
             if late {
                 let on: Vec<PathId> = e.flights.iter().map(|f| f.path).collect();
                 if let Some(path) = self.choose(paths, e.len, Lane::Live, &on) {
@@ -575,6 +599,30 @@ mod tests {
     }
 
     #[test]
+    fn copies_stay_within_their_budget() {
+        let t0 = Instant::now();
+        let mut c = Contribution::new(ContributionConfig {
+            copy_allowance: 0,
+            ..ContributionConfig::default()
+        });
+        let paths = vec![
+            path(0, 8.0, 50, 0, Tier::Primary),
+            path(1, 8.0, 50, 0, Tier::Primary),
+        ];
+        // 1 MB sent first: 30 kB of copies allowed; pieces of 10 kB that all run late
+        c.push(t0, id(0, 0), 1_000_000, false, Lane::Live);
+        c.poll_send(t0, &paths).unwrap();
+        c.acked(t0, id(0, 0), 0);
+        for seq in 1..=6 {
+            c.push(t0, id(seq, 0), 10_000, false, Lane::Live);
+        }
+        let firsts = std::iter::from_fn(|| c.poll_send(t0, &paths)).count();
+        let later = t0 + Duration::from_secs(5);
+        let copies = std::iter::from_fn(|| c.poll_send(later, &paths)).count();
+        assert_eq!((firsts, copies), (6, 3));
+    }
+
+    #[test]
     fn a_path_whose_answers_vary_gets_more_time_before_a_copy() {
         let t0 = Instant::now();
         let mut c = Contribution::default();
@@ -607,18 +655,52 @@ mod tests {
     fn backup_only_when_the_others_are_full_of_live_media() {
         let t0 = Instant::now();
         let mut c = Contribution::default();
+        // a slow primary (1 Mbit/s) and a faster backup (2 Mbit/s, 100 ms)
+        let paths = vec![
+            path(0, 1.0, 40, 0, Tier::Primary),
+            path(1, 2.0, 100, 0, Tier::Backup),
+        ];
+        for seq in 0..3 {
+            c.push(t0, id(seq, 0), 30_000, false, Lane::Live);
+        }
+        // the first on the primary (280 ms against 330 ms with the backup's cost); the
+        // second would wait behind it there (480 ms): the backup takes it
+        let on: Vec<PathId> = (0..2)
+            .map(|_| c.poll_send(t0, &paths).unwrap().path)
+            .collect();
+        assert_eq!(on, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_piece_waits_for_the_best_path_rather_than_taking_a_worse_one() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        // Wi-Fi 4 Mbit/s with 200 ms of live media queued; a satellite backup that is idle
+        // but 600 ms away: the piece waits for Wi-Fi
         let paths = vec![
             path(0, 4.0, 40, 0, Tier::Primary),
             path(1, 2.0, 600, 0, Tier::Backup),
         ];
-        for seq in 0..6 {
+        for seq in 0..5 {
             c.push(t0, id(seq, 0), 30_000, false, Lane::Live);
         }
-        // 4 Mbit/s: 150 ms of live media is 75 kB, three pieces; the fourth takes the backup
-        let on: Vec<PathId> = (0..4)
-            .map(|_| c.poll_send(t0, &paths).unwrap().path)
-            .collect();
-        assert_eq!(on, vec![0, 0, 0, 1]);
+        let on: Vec<PathId> =
+            std::iter::from_fn(|| c.poll_send(t0, &paths).map(|s| s.path)).collect();
+        assert_eq!(on, vec![0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_long_path_carries_a_round_trip_of_live_media_and_more() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        // satellite alone: 2 Mbit/s, 600 ms; 1 Mbit/s of media in 20 kB pieces (6 a second)
+        let paths = vec![path(0, 2.0, 600, 0, Tier::Backup)];
+        for seq in 0..6 {
+            c.push(t0, id(seq, 0), 20_000, false, Lane::Live);
+        }
+        // 600 ms of it under way (150 kB) is the round trip, not a queue: all six go
+        let sent = (0..6).filter(|_| c.poll_send(t0, &paths).is_some()).count();
+        assert_eq!(sent, 6);
     }
 
     #[test]
