@@ -528,19 +528,44 @@ impl Bond {
             clock: Arc::default(),
         });
         tokio::spawn(crate::clock::run(Arc::downgrade(&bond), bond.clock.clone()));
-        for p in &bond.paths {
-            let p = Arc::downgrade(p);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(TICK);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                loop {
-                    tick.tick().await;
-                    let Some(p) = p.upgrade() else { return };
-                    p.tick(Instant::now());
+        let b = Arc::downgrade(&bond);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(b) = b.upgrade() else { return };
+                let now = Instant::now();
+                for p in &b.paths {
+                    p.tick(now);
                 }
-            });
-        }
+                b.forgive_shared_outage(now);
+            }
+        });
         Ok(bond)
+    }
+
+    /// When every uplink is down, the demotions of the last few seconds were one outage of
+    /// the venue's (or the relay's), not links flapping: they do not count towards the
+    /// flap backoff, so the links rejoin in a few round trips when it ends (measured: after
+    /// a one-link cut and a full outage within a minute, the 8 Mbit/s link sat out a
+    /// minute of probation while the stream and its backfill squeezed onto the others).
+    fn forgive_shared_outage(&self, now: Instant) {
+        const TOGETHER: Duration = Duration::from_secs(3);
+        if self.paths.iter().any(|p| p.lock().health.is_usable()) {
+            return;
+        }
+        for p in &self.paths {
+            let mut st = p.lock();
+            let recent = st
+                .health
+                .last_demotion()
+                .is_some_and(|t| now.saturating_duration_since(t) <= TOGETHER);
+            let since = now.checked_sub(TOGETHER).unwrap_or(now);
+            if recent && st.health.forgive_demotions_since(since) {
+                info!(uplink = %p.name, "every uplink is down: not counted as this link flapping");
+            }
+        }
     }
 
     /// The paths.

@@ -242,6 +242,21 @@ impl PathHealth {
         self.demotion_count
     }
 
+    /// The demotions since `since` were not this link's doing (every uplink of the venue
+    /// went down together: the venue's outage, or the relay's): they do not count towards
+    /// the flap backoff, so the link rejoins after the usual few round trips. Returns
+    /// whether any was forgiven.
+    pub fn forgive_demotions_since(&mut self, since: Instant) -> bool {
+        let before = self.demotions.len();
+        self.demotions.retain(|t| *t < since);
+        self.demotions.len() != before
+    }
+
+    /// When the latest demotion happened.
+    pub fn last_demotion(&self) -> Option<Instant> {
+        self.demotions.back().copied()
+    }
+
     /// The QUIC connection is up (handshake done): probation starts.
     pub fn on_connected(&mut self, now: Instant, rtt: Duration) {
         self.hold = self.next_hold(now);
@@ -552,6 +567,32 @@ mod tests {
             t += MS;
         }
         events
+    }
+
+    #[test]
+    fn a_shared_outage_is_forgiven() {
+        let t0 = Instant::now();
+        let mut h = PathHealth::new();
+        h.on_connected(t0, Duration::from_millis(50));
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // up, then two demotions within a minute: the second would cost a 60 s hold
+        for n in (0..2000).step_by(10) {
+            h.on_echo(ms(n), ms(n));
+            h.poll(ms(n));
+        }
+        h.on_closed(ms(2000));
+        h.on_connected(ms(3000), Duration::from_millis(50));
+        for n in (3000..5000).step_by(10) {
+            h.on_echo(ms(n), ms(n));
+            h.poll(ms(n));
+        }
+        assert!(h.is_usable());
+        h.on_closed(ms(5000));
+        assert!(h.next_hold(ms(5000)) >= HOLD_REPEAT);
+        // every uplink went down at 5 s: that one is forgiven
+        assert!(h.forgive_demotions_since(ms(4900)));
+        assert!(h.next_hold(ms(5000)) < Duration::from_secs(2));
+        assert_eq!(h.demotions(), 2, "still counted as demotions");
     }
 
     #[test]
