@@ -167,7 +167,11 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
         for s in &mut streams {
             take_chunks(s, &mut core, now);
         }
-        core.demote_stale(now);
+        for (stream, seq) in core.demote_stale(now) {
+            if let Some(s) = streams.get_mut(stream as usize) {
+                merge_backfill(s, &mut core, seq);
+            }
+        }
         if now.duration_since(last_sweep) >= Duration::from_secs(1) {
             last_sweep = now;
             for s in &mut streams {
@@ -194,19 +198,23 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
                 core.lost(send.id);
                 continue;
             };
-            match piece_request(&bond, s, send.id, send.len, send.lane) {
-                Some((req, data)) => {
+            // the path's queue counts the piece before the next placement (a burst placed
+            // in one go once put 4.6 MB on a link that had just come back)
+            let flow = bond.flow(send.path, TrafficClass::Stream, send.len, 0);
+            match (piece_request(&bond, s, send.id, send.len, send.lane), flow) {
+                (Some((req, data)), Some(flow)) => {
                     if send.kind == SendKind::Copy {
                         debug!(camera = %s.camera, seq = send.id.seq, offset = send.id.offset, path = send.path, "late piece: a copy on another path");
                     }
-                    let (bond, tx) = (bond.clone(), tx.clone());
+                    let tx = tx.clone();
                     let (id, path, lane) = (send.id, send.path, send.lane);
                     tokio::spawn(async move {
-                        let result = send_piece(&bond, path, req, data, lane).await;
+                        let result = send_piece(flow, req, data, lane).await;
                         let _ = tx.send(Done::Piece { id, path, result });
                     });
                 }
-                None => {
+                (Some(_), None) => core.failed(send.id, send.path),
+                (None, _) => {
                     core.lost(send.id);
                     if let Some(s) = streams.get_mut(send.id.stream as usize) {
                         s.pieces.remove(&send.id);
@@ -282,23 +290,74 @@ fn take_chunks(s: &mut Stream, core: &mut Contribution, now: Instant) {
     }
 }
 
+/// Largest piece: a chunk larger than this (a keyframe) goes in several, so it spreads over
+/// the paths instead of waiting on one (a 150 kB keyframe takes 600 ms on a 2 Mbit/s link).
+const MAX_PIECE: u64 = 32 * 1024;
+
 fn push_chunk(s: &mut Stream, core: &mut Contribution, now: Instant, c: &Chunk) {
-    let id = PieceId {
-        stream: s.id,
-        seq: c.part.seq,
-        offset: c.offset,
-    };
     s.parts.insert(c.part.seq, c.part);
-    s.pieces.insert(
-        id,
-        PieceMeta {
-            end_us: c.end_us,
-            last: c.last,
-            frame_ms: c.frame_ms,
-        },
-    );
-    let start = c.offset == 0 && c.part.segment.is_some();
-    core.push(now, id, c.data.len() as u64, start, Lane::Live);
+    let len = c.data.len() as u64;
+    let mut at = 0;
+    loop {
+        let n = (len - at).min(MAX_PIECE);
+        let end = at + n == len;
+        let id = PieceId {
+            stream: s.id,
+            seq: c.part.seq,
+            offset: c.offset + at,
+        };
+        s.pieces.insert(
+            id,
+            PieceMeta {
+                // only a chunk's end is a place a part may be cut short at (0: not one)
+                end_us: if end { c.end_us } else { 0 },
+                last: c.last && end,
+                frame_ms: c.frame_ms,
+            },
+        );
+        let start = c.offset + at == 0 && c.part.segment.is_some();
+        core.push(now, id, n, start, Lane::Live);
+        at += n;
+        if end {
+            return;
+        }
+    }
+}
+
+/// A part whose pieces all became backfill before any went out goes as one piece (one
+/// request instead of one per frame), once it is whole.
+fn merge_backfill(s: &mut Stream, core: &mut Contribution, seq: u64) {
+    let Some(p) = s.rendition.part(seq) else {
+        return;
+    };
+    let len = p.data.len() as u64;
+    if core.merge_part(s.id, seq, len) {
+        let range = PieceId {
+            stream: s.id,
+            seq,
+            offset: 0,
+        }..PieceId {
+            stream: s.id,
+            seq: seq + 1,
+            offset: 0,
+        };
+        let ids: Vec<PieceId> = s.pieces.range(range).map(|(id, _)| *id).collect();
+        for id in ids {
+            s.pieces.remove(&id);
+        }
+        s.pieces.insert(
+            PieceId {
+                stream: s.id,
+                seq,
+                offset: 0,
+            },
+            PieceMeta {
+                end_us: (p.duration * 1e6).round() as u64,
+                last: true,
+                frame_ms: p.capture_ms,
+            },
+        );
+    }
 }
 
 /// Parts `from..to` (by (seq, offset)) that the outbox dropped, as backfill from the ring.
@@ -441,12 +500,11 @@ fn send_init(
         .filter(|v| v.usable)
         .min_by_key(|v| v.srtt)
         .map(|v| v.id)?;
+    let flow = bond.flow(path_id, TrafficClass::Stream, data.len() as u64, 0)?;
     s.init.in_flight = true;
-    let (bond, tx, stream) = (bond.clone(), tx.clone(), s.id);
+    let (tx, stream) = (tx.clone(), s.id);
     tokio::spawn(async move {
-        let ok = send_piece(&bond, path_id, req, data, Lane::Live)
-            .await
-            .is_ok();
+        let ok = send_piece(flow, req, data, Lane::Live).await.is_ok();
         let _ = tx.send(Done::Init {
             stream,
             generation,
@@ -521,20 +579,17 @@ fn handle_done(d: Done, core: &mut Contribution, streams: &mut [Stream]) {
     }
 }
 
-/// One request on one path: the piece (or init segment) and the relay's answer.
+/// One request on the path of `flow` (which holds its place in the path's queue): the
+/// piece (or init segment) and the relay's answer.
 async fn send_piece(
-    bond: &Bond,
-    path: PathId,
+    flow: Arc<crate::bond::Flow>,
     req: Request<()>,
     data: Bytes,
     lane: Lane,
 ) -> Result<Answer, SendError> {
-    let p = bond.paths().get(path).ok_or(SendError::NoPath)?.clone();
+    let p = flow.path.clone();
     let live = p.live().ok_or(SendError::NoPath)?;
     let len = data.len() as u64;
-    let flow = bond
-        .flow(path, TrafficClass::Stream, len, 0)
-        .ok_or(SendError::NoPath)?;
     let mut watch = p.watch();
     let start = match lane {
         Lane::Live => tunnel_io::quic::Start::Media,

@@ -77,7 +77,8 @@ pub struct Piece {
     pub offset: u64,
     /// The bytes.
     pub data: Bytes,
-    /// Media time of the piece's end, µs from the part's start.
+    /// Media time of the piece's end, µs from the part's start; 0 when it does not end
+    /// where a CMAF chunk does (then a part cut short may not end there).
     pub end_us: u64,
     /// The part ends with this piece.
     pub last: bool,
@@ -492,7 +493,7 @@ impl Mirror {
         if end > MAX_PART_BYTES {
             return Err(PieceError::Bounds("part over 17 MiB"));
         }
-        if p.end_us > MAX_PART_US {
+        if p.end_us > MAX_PART_US || (p.last && p.end_us == 0 && !p.data.is_empty()) {
             return Err(PieceError::Bounds("part over 60 s"));
         }
         if p.part.index > 10_000 {
@@ -762,8 +763,8 @@ impl Mirror {
         self.last_init = p.init;
     }
 
-    /// Ends the part the window is building with what it has (whole chunks: still media),
-    /// and closes the segment.
+    /// Ends the part the window is building with what it has, when that ends at a chunk's end
+    /// (whole chunks are still media; else the part is given up on), and closes the segment.
     fn cut_short(&mut self, next: Option<u64>) {
         if let Some((meta, _)) = self.window.growing() {
             let a = next.and_then(|n| self.assemblies.get(&n));

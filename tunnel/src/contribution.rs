@@ -6,11 +6,13 @@
 //!
 //! - sends live pieces first, oldest first, each on the path that completes it soonest,
 //!   once that path has less than the live horizon queued (late binding: a piece waits at
-//!   the gateway rather than in a long queue, or on a worse path; a path that frees up or
-//!   comes back gets it at once); a backup path counts half as slow again, so it carries
-//!   live media when the others are jammed. The queue a live piece waits behind is the live
-//!   media already under way on the path beyond a round trip: media goes ahead of bulk data
-//!   in the sender (stream priorities), so a path busy with an upload still has room;
+//!   the gateway rather than in a long queue, so a path that frees up or comes back gets it
+//!   at once); while it waits, a younger piece takes another path with room if that one
+//!   completes it sooner than the best path could with the waiting pieces ahead of it
+//!   (earliest completion first): when the stream outgrows its best path, the overflow goes
+//!   on the next one, a backup path included. The queue a live piece waits behind is the
+//!   live media already under way on the path beyond a round trip: media goes ahead of bulk
+//!   data in the sender (stream priorities), so a path busy with an upload still has room;
 //! - sends backfill only on paths that are nearly idle, below the live edge in every queue;
 //! - re-sends a live piece that runs late on its path on another path that has room
 //!   (re-injection, at most one copy; XLINK): the relay keeps the first copy. Late is past
@@ -29,6 +31,9 @@ use crate::path::Tier;
 use crate::scheduler::{PathId, PathView, Unit};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// The rate an idle path is taken to have at least, bytes per second (1 Mbit/s).
+const IDLE_RATE_FLOOR: f64 = 125_000.0;
 
 /// A stream (one rendition of one camera) of the contribution.
 pub type StreamId = u32;
@@ -105,7 +110,9 @@ impl Default for ContributionConfig {
     fn default() -> Self {
         Self {
             live_horizon: Duration::from_millis(150),
-            backfill_horizon: Duration::from_millis(30),
+            // backfill goes behind live media in the sender (bulk priority): a queue of it
+            // delays no live piece, and a short horizon starved it (0.5x real time)
+            backfill_horizon: Duration::from_millis(300),
             stale_after: Duration::from_millis(1000),
             late_slack: Duration::from_millis(50),
             late_max: Duration::from_millis(400),
@@ -286,9 +293,9 @@ impl Contribution {
             .collect()
     }
 
-    /// Moves each stream's live edge on (see the module docs); returns how many pieces
-    /// became backfill.
-    pub fn demote_stale(&mut self, now: Instant) -> usize {
+    /// Moves each stream's live edge on (see the module docs); returns the parts whose
+    /// pieces became backfill.
+    pub fn demote_stale(&mut self, now: Instant) -> Vec<(StreamId, u64)> {
         let mut streams: BTreeMap<StreamId, (bool, Option<u64>)> = BTreeMap::new();
         for (id, e) in &self.entries {
             if e.lane != Lane::Live {
@@ -300,7 +307,7 @@ impl Contribution {
                 s.1 = Some(s.1.map_or(id.seq, |x: u64| x.max(id.seq)));
             }
         }
-        let mut n = 0;
+        let mut parts = Vec::new();
         for (stream, (stale, start)) in streams {
             let (true, Some(start)) = (stale, start) else {
                 continue;
@@ -309,12 +316,57 @@ impl Contribution {
                 if let Some(e) = self.entries.get_mut(&id) {
                     if e.lane == Lane::Live {
                         e.lane = Lane::Backfill;
-                        n += 1;
+                        if parts.last() != Some(&(stream, id.seq)) {
+                            parts.push((stream, id.seq));
+                        }
                     }
                 }
             }
         }
-        n
+        parts
+    }
+
+    /// Makes the backfill pieces of part `seq` of `stream` one piece of `len` bytes (the
+    /// whole part: one request instead of one per frame), when none of them has gone out
+    /// yet; true if it did.
+    pub fn merge_part(&mut self, stream: StreamId, seq: u64, len: u64) -> bool {
+        let range = PieceId {
+            stream,
+            seq,
+            offset: 0,
+        }..PieceId {
+            stream,
+            seq: seq + 1,
+            offset: 0,
+        };
+        let ids: Vec<PieceId> = self.entries.range(range).map(|(id, _)| *id).collect();
+        let mergeable = ids.first().is_some_and(|id| id.offset == 0)
+            && ids.iter().all(|id| {
+                let e = &self.entries[id];
+                e.lane == Lane::Backfill && !e.sent_before && e.flights.is_empty()
+            });
+        if !mergeable || ids.len() < 2 {
+            return false;
+        }
+        let (created, segment_start) = {
+            let e = &self.entries[&ids[0]];
+            (e.created, e.segment_start)
+        };
+        for id in &ids {
+            self.entries.remove(id);
+        }
+        self.entries.insert(
+            ids[0],
+            Entry {
+                len,
+                lane: Lane::Backfill,
+                segment_start,
+                created,
+                flights: Vec::new(),
+                sent_before: false,
+            },
+        );
+        true
     }
 
     /// When a live piece under way will count as late (call [`Contribution::poll_send`]
@@ -341,14 +393,57 @@ impl Contribution {
     /// way back: the queue is what is beyond that (on a 600 ms satellite path a round trip
     /// of media is under way at any time, and counting it as queue starved the path).
     fn live_view(&self, p: &PathView) -> PathView {
-        let on_the_wire = (p.rate_up * p.srtt.as_secs_f64()) as u64;
+        let in_flight = self.live_in_flight(p.id);
+        // a path with nothing waiting in its sender shows little of what it can carry in its
+        // window (it grows only when fed): a link under 1 Mbit/s is not what a venue uplink
+        // is. An optimistic guess corrects itself: what the link cannot carry waits in the
+        // sender, and the window's rate counts again.
+        let rate_up = if p.queued_up == 0 {
+            p.rate_up.max(IDLE_RATE_FLOOR)
+        } else {
+            p.rate_up
+        };
+        let on_the_wire = (rate_up * p.srtt.as_secs_f64()) as u64;
         PathView {
-            queued_up: self.live_in_flight(p.id).saturating_sub(on_the_wire),
+            queued_up: in_flight.saturating_sub(on_the_wire),
+            rate_up,
             ..p.clone()
         }
     }
 
     /// The path for a piece of `len` bytes on `lane`, avoiding `exclude`.
+    /// The path for a new live piece of `len` bytes with `backlog` bytes of older live
+    /// pieces waiting here (earliest completion first, ECF): the path that completes it
+    /// soonest takes it once it has room; while it has none, a piece goes on another path
+    /// that has room if that completes it before the soonest path could, with the backlog
+    /// ahead of it (so when the stream outgrows its best path, the overflow takes the next,
+    /// a backup path included, instead of a queue growing here without bound).
+    fn choose_live(&self, paths: &[PathView], len: u64, backlog: u64) -> Option<PathId> {
+        let u = unit(len);
+        let views: Vec<PathView> = paths.iter().map(|p| self.live_view(p)).collect();
+        let allowed: Vec<&PathView> = views.iter().filter(|p| p.allows(u.class)).collect();
+        let ec = |p: &PathView| p.expected_completion(&u);
+        // the best path is a regular one while there is one: a backup path only ever takes
+        // the overflow
+        let regular = allowed.iter().filter(|p| p.tier != Tier::Backup);
+        let best = regular
+            .min_by_key(|p| (ec(p), p.id))
+            .or_else(|| allowed.iter().min_by_key(|p| (ec(p), p.id)))?;
+        let room = |p: &PathView| p.queue_delay(&u) <= self.cfg.live_horizon;
+        if backlog == 0 && room(best) {
+            return Some(best.id);
+        }
+        let via_best =
+            ec(best) + Duration::from_secs_f64((backlog as f64 / best.rate_up.max(1.0)).min(1e6));
+        allowed
+            .iter()
+            .filter(|p| p.id != best.id && room(p))
+            .map(|p| (ec(p), p.id))
+            .filter(|(t, _)| *t < via_best)
+            .min()
+            .map(|(_, id)| id)
+    }
+
     fn choose(
         &self,
         paths: &[PathView],
@@ -466,6 +561,8 @@ impl Contribution {
             .map(|(id, e)| (e.created, *id))
             .collect();
         live.sort();
+        // bytes of older live pieces waiting here for their path
+        let mut backlog = 0u64;
         for (_, id) in live {
             let e = &self.entries[&id];
             if e.flights.is_empty() {
@@ -474,9 +571,13 @@ impl Contribution {
                 } else {
                     SendKind::First
                 };
-                // no path has room for the oldest live piece: nothing else may go either
-                let path = self.choose(paths, e.len, Lane::Live, &[])?;
-                return self.send(now, paths, id, path, kind);
+                match self.choose_live(paths, e.len, backlog) {
+                    Some(path) => return self.send(now, paths, id, path, kind),
+                    None => {
+                        backlog += e.len;
+                        continue;
+                    }
+                }
             }
             let budget = (self.stats.first_bytes as f64 * self.cfg.copy_budget) as u64
                 + self.cfg.copy_allowance;
@@ -489,6 +590,9 @@ impl Contribution {
                     return self.send(now, paths, id, path, SendKind::Copy);
                 }
             }
+        }
+        if backlog > 0 {
+            return None; // live media waits: backfill does not go ahead of it
         }
         // backfill, oldest first, only on nearly idle paths
         let next = self
@@ -553,9 +657,9 @@ mod tests {
             (s.id, s.path, s.kind, s.lane),
             (id(9, 0), 1, SendKind::First, Lane::Live)
         );
-        // both paths busy beyond the backfill horizon: backfill waits
-        paths[0].queued_up = 40_000;
-        paths[1].queued_up = 20_000;
+        // both paths busy beyond the backfill horizon (300 ms): backfill waits
+        paths[0].queued_up = 400_000;
+        paths[1].queued_up = 200_000;
         assert_eq!(c.poll_send(t0, &paths), None);
         paths[0].queued_up = 0;
         let s = c.poll_send(t0, &paths).unwrap();
@@ -663,8 +767,8 @@ mod tests {
         for seq in 0..3 {
             c.push(t0, id(seq, 0), 30_000, false, Lane::Live);
         }
-        // the first on the primary (280 ms against 330 ms with the backup's cost); the
-        // second would wait behind it there (480 ms): the backup takes it
+        // the first on the primary (a backup takes only the overflow); the second would
+        // wait behind it there (480 ms): the backup completes it in 220 ms
         let on: Vec<PathId> = (0..2)
             .map(|_| c.poll_send(t0, &paths).unwrap().path)
             .collect();
@@ -704,6 +808,28 @@ mod tests {
     }
 
     #[test]
+    fn when_the_stream_outgrows_its_best_path_the_overflow_takes_the_next() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        // Wi-Fi 4 Mbit/s and a satellite backup; 600 kB of live media at once
+        let paths = vec![
+            path(0, 4.0, 40, 0, Tier::Primary),
+            path(1, 2.0, 600, 0, Tier::Backup),
+        ];
+        for seq in 0..20 {
+            c.push(t0, id(seq, 0), 30_000, false, Lane::Live);
+        }
+        let on: Vec<PathId> =
+            std::iter::from_fn(|| c.poll_send(t0, &paths).map(|s| s.path)).collect();
+        // Wi-Fi fills first; once the wait for it is longer than the satellite's trip, the
+        // younger pieces go there; the oldest wait for Wi-Fi
+        assert_eq!(&on[..4], &[0, 0, 0, 0]);
+        assert!(on[4..].iter().all(|p| *p == 1) && on.len() > 4, "{on:?}");
+        let (live, _) = c.waiting();
+        assert_eq!(live, 20);
+    }
+
+    #[test]
     fn bulk_queued_on_a_path_does_not_keep_live_media_off_it() {
         let t0 = Instant::now();
         let mut c = Contribution::default();
@@ -739,12 +865,17 @@ mod tests {
             }
         }
         let now = t0 + Duration::from_millis(10_000);
-        assert_eq!(c.demote_stale(now), 45 * 3);
+        let demoted = c.demote_stale(now);
+        assert_eq!(demoted.len(), 45);
         assert_eq!(c.waiting(), (15, 135));
+        // a part's pieces that never went out become one
+        assert!(c.merge_part(0, 3, 3000));
+        assert_eq!(c.waiting(), (15, 133));
+        assert!(!c.merge_part(0, 46, 3000), "live pieces stay as they are");
         // the links return: the live edge (part 45, a segment start) goes first
         let paths = vec![path(0, 8.0, 50, 0, Tier::Primary)];
         assert_eq!(c.poll_send(now, &paths).unwrap().id, id(45, 0));
         // nothing is stale while the newest segment start is the oldest live piece
-        assert_eq!(c.demote_stale(now + Duration::from_secs(5)), 0);
+        assert!(c.demote_stale(now + Duration::from_secs(5)).is_empty());
     }
 }

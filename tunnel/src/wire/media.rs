@@ -115,7 +115,8 @@ pub struct PieceHeader {
     pub segment: Option<(bool, u64)>,
     /// Byte offset in the part.
     pub offset: u64,
-    /// Media time of the piece's end, µs from the part's start.
+    /// Media time of the piece's end, µs from the part's start; 0 when the piece does not
+    /// end where a CMAF chunk does (a large chunk sent in several pieces).
     pub end_us: u64,
     /// The part ends with this piece.
     pub last: bool,
