@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
 # The live bench's scenario (root): a 4 Mbit/s 1080p GStreamer camera in the venue, the
 # real gateway and relay, uplinks cellular 8 Mbit/s 50 ms 0.5% loss, Wi-Fi 4 Mbit/s 20 ms,
-# satellite 2 Mbit/s 300 ms (backup). 60 s measured: the busiest uplink (cellular) is cut at
-# 20 s for 10 s, every uplink is down at 40 s for 10 s; 20 viewers play the relay's stream
-# throughout. Then the backfill is awaited. Prints one JSON object.
+# satellite 2 Mbit/s 300 ms (backup). 60 s measured: the busiest uplink (the one that carried
+# the most live media in the 2 s before) is cut at 20 s for 10 s, every uplink is down at
+# 40 s for 10 s; 20 viewers play the relay's stream throughout. Then the backfill is
+# awaited. Prints one JSON object.
 cd "$(dirname "$0")/../.."
 source tests/netns/lib/harness.sh
 deps_ensure camera >&2 || exit 1
 V=tests/netns/lib/viewers.py
 now() { python3 -c 'import time; print(f"{time.time():.3f}")'; }
 gw_metrics() { nsh_exec v curl -s http://127.0.0.1:9102/metrics; }
+# the uplink that carried the most live media over the last 2 s: 1 cellular, 2 wifi, 3 satellite
+busiest_link() {
+  local a b
+  a=$(gw_metrics | awk -F'[{}" ]+' '/^canopy_gateway_link_bytes_total\{link="[a-z]+",class="stream",direction="up"\}/ {print $3, $NF}')
+  sleep 2
+  b=$(gw_metrics | awk -F'[{}" ]+' '/^canopy_gateway_link_bytes_total\{link="[a-z]+",class="stream",direction="up"\}/ {print $3, $NF}')
+  python3 - "$a" "$b" <<'PY'
+import sys
+before = dict(l.split() for l in sys.argv[1].splitlines() if l.strip())
+after = dict(l.split() for l in sys.argv[2].splitlines() if l.strip())
+names = ["cellular", "wifi", "satellite"]
+moved = [float(after.get(n, 0)) - float(before.get(n, 0)) for n in names]
+print(moved.index(max(moved)) + 1)
+PY
+}
 
 nsh_setup "bl$$"
 nsh_link 1 8000 8000 50 0.5
@@ -20,7 +36,7 @@ NSH_LIVE=1 NSH_HOLD_S=60 NSH_BACKUP_LINK=3 NSH_CAMERA_URL="rtsp://127.0.0.1:8654
 nsh_start_canopy 3 >&2
 BASE=http://10.200.100.1:8088/live/gw/cam
 for _ in $(seq 300); do
-  n=$(nsh_exec r curl -s -m 2 "$BASE/main/stream.m3u8" | grep -c '^#EXTINF')
+  n=$(nsh_exec r curl -s -m 2 "$BASE/main/stream.m3u8" | grep -c '^#EXTINF' || true)
   [ "${n:-0}" -ge 3 ] && break
   sleep 0.1
 done
@@ -31,8 +47,8 @@ t0=$(now)
 nsh_exec r python3 $V play "$BASE/main/stream.m3u8" --viewers 20 --seconds 62 --json "$NSH_DIR/viewers.json" \
   > "$NSH_DIR/viewers.log" 2>&1 &
 viewers=$!
-sleep 20; t_cut=$(now); nsh_carrier 1 down
-sleep 10; t_back=$(now); nsh_carrier 1 up
+sleep 18; busiest=$(busiest_link); t_cut=$(now); nsh_carrier "$busiest" down
+sleep 10; t_back=$(now); nsh_carrier "$busiest" up
 sleep 10; t_down=$(now); for i in 1 2 3; do nsh_carrier "$i" down; done
 sleep 10; t_up=$(now); for i in 1 2 3; do nsh_carrier "$i" up; done
 # the backfill: done when the gateway has no backfill left (sampled every 100 ms, 60 s at most)
@@ -47,7 +63,7 @@ sleep 2
 nsh_exec r curl -s "$BASE/main/latency.json" > "$NSH_DIR/latency.json"
 nsh_exec r curl -s http://10.200.100.1:8088/live/ > "$NSH_DIR/relay.json"
 gw_metrics > "$NSH_DIR/gw.metrics"
-python3 - "$NSH_DIR" "$t0" "$t_cut" "$t_back" "$t_down" "$t_up" "${t_done:-0}" <<'PY'
+python3 - "$NSH_DIR" "$t0" "$t_cut" "$t_back" "$t_down" "$t_up" "${t_done:-0}" "$busiest" <<'PY'
 import json, re, sys
 d = sys.argv[1]
 t0, t_cut, t_back, t_down, t_up, t_done = (float(x) for x in sys.argv[2:8])
@@ -85,6 +101,7 @@ out = {
     "redundant_bytes_ratio": round((copy + again) / first, 4) if first else None,
     "copy_bytes": copy, "again_bytes": again, "first_bytes": first,
     "relay_gap_parts": relay["gap_parts"], "relay_resumes": relay["resumes"],
+    "cut_link": {1: "cellular", 2: "wifi", 3: "satellite"}[int(sys.argv[8])],
 }
 print(json.dumps(out))
 PY

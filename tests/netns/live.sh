@@ -38,7 +38,7 @@ relay_json() { nsh_exec r curl -s -m 5 http://10.200.100.1:8088/live/; }
 gw_metric() { nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk -v m="$1" 'index($0, m) == 1 {print $2; exit}'; }
 # the stream is live at the relay: three segments listed
 for _ in $(seq 200); do
-  n=$(nsh_exec r curl -s -m 2 "$BASE/main/stream.m3u8" | grep -c '^#EXTINF')
+  n=$(nsh_exec r curl -s -m 2 "$BASE/main/stream.m3u8" | grep -c '^#EXTINF' || true)
   [ "${n:-0}" -ge 3 ] && break
   sleep 0.1
 done
@@ -52,8 +52,8 @@ nsh_exec r timeout 60 ffmpeg -nostdin -v error -i "$BASE/index.m3u8" -t 30 -f nu
 ff=$!
 nsh_exec r python3 $V play "$BASE/main/stream.m3u8" --viewers 5 --seconds 32 --json "$NSH_DIR/play1.json" > "$NSH_DIR/play1.log" 2>&1 &
 pl=$!
-sleep 5
-busiest=1
+sleep 3
+busiest=$(busiest_link)
 nsh_carrier $busiest down
 sleep 10
 nsh_carrier $busiest up
