@@ -8,7 +8,8 @@
 //! parts captured while some uplink was up), frame_to_relay_p95_ms (a piece's newest frame
 //! to its bytes at the relay), parts_missing_at_relay (holes in the recording after the
 //! backfill), viewer_errors (HTTP errors and skipped numbers), backfill_speed_x (seconds of
-//! outage backfilled per second after the return), redundant_bytes_ratio (copies of late
+//! outage backfilled per second after the return; backfill_sending_speed_x the same from
+//! the backfill's first bytes after the return), redundant_bytes_ratio (copies of late
 //! pieces and pieces sent again after a dead path, over first sends), viewers_held.
 
 mod common;
@@ -33,13 +34,14 @@ fn main() -> anyhow::Result<()> {
     }
     let path = common::write_json("live", &out)?;
     println!(
-        "live: glass-to-relay p50 {} ms p95 {} ms, frame-to-relay p95 {} ms, parts missing {}, viewer errors {}, backfill {}x, redundant {} -> {}",
+        "live: glass-to-relay p50 {} ms p95 {} ms, frame-to-relay p95 {} ms, parts missing {}, viewer errors {}, backfill {}x ({}x once sending), redundant {} -> {}",
         out["glass_to_relay_p50_ms"],
         out["glass_to_relay_p95_ms"],
         out["frame_to_relay_p95_ms"],
         out["parts_missing_at_relay"],
         out["viewer_errors"],
         out["backfill_speed_x"],
+        out["backfill_sending_speed_x"],
         out["redundant_bytes_ratio"],
         path.display()
     );

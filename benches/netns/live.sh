@@ -51,10 +51,15 @@ sleep 18; busiest=$(busiest_link); t_cut=$(now); nsh_carrier "$busiest" down
 sleep 10; t_back=$(now); nsh_carrier "$busiest" up
 sleep 10; t_down=$(now); for i in 1 2 3; do nsh_carrier "$i" down; done
 sleep 10; t_up=$(now); for i in 1 2 3; do nsh_carrier "$i" up; done
-# the backfill: done when the gateway has no backfill left (sampled every 100 ms, 60 s at most)
-t_done=""
+# the backfill: done when the gateway has no backfill left (sampled every 100 ms, 60 s at most);
+# it starts when its bytes first move after the return
+t_done=""; t_bf=""; b0=""
 for _ in $(seq 600); do
-  w=$(gw_metrics | awk '/^canopy_gateway_media_waiting_pieces\{lane="backfill"\}/ {print $2}')
+  mt=$(gw_metrics)
+  w=$(awk '/^canopy_gateway_media_waiting_pieces\{lane="backfill"\}/ {print $2}' <<<"$mt")
+  b=$(awk '/^canopy_gateway_media_bytes_total\{kind="backfill"\}/ {print $2}' <<<"$mt")
+  [ -z "$b0" ] && b0=${b:-0}
+  [ -z "$t_bf" ] && [ "${b:-0}" != "$b0" ] && t_bf=$(now)
   if [ "${w:-1}" = 0 ] && [ -z "$t_done" ]; then t_done=$(now); break; fi
   sleep 0.1
 done
@@ -63,10 +68,10 @@ sleep 2
 nsh_exec r curl -s "$BASE/main/latency.json" > "$NSH_DIR/latency.json"
 nsh_exec r curl -s http://10.200.100.1:8088/live/ > "$NSH_DIR/relay.json"
 gw_metrics > "$NSH_DIR/gw.metrics"
-python3 - "$NSH_DIR" "$t0" "$t_cut" "$t_back" "$t_down" "$t_up" "${t_done:-0}" "$busiest" <<'PY'
+python3 - "$NSH_DIR" "$t0" "$t_cut" "$t_back" "$t_down" "$t_up" "${t_done:-0}" "${t_bf:-0}" "$busiest" <<'PY'
 import json, re, sys
 d = sys.argv[1]
-t0, t_cut, t_back, t_down, t_up, t_done = (float(x) for x in sys.argv[2:8])
+t0, t_cut, t_back, t_down, t_up, t_done, t_bf = (float(x) for x in sys.argv[2:9])
 lat = json.load(open(f"{d}/latency.json"))
 relay = next(s for s in json.load(open(f"{d}/relay.json")) if s["rendition"] == "main")
 viewers = json.load(open(f"{d}/viewers.json"))
@@ -98,10 +103,14 @@ out = {
     "viewers_held": viewers.get("viewers_held", viewers["viewers"] if viewers["ok"] else None),
     "backfill_s": round(t_done - t_up, 2) if t_done else None,
     "backfill_speed_x": round(outage / (t_done - t_up), 2) if t_done > t_up else None,
+    # the same from its first bytes after the return (the reconnection and the live edge's
+    # catch-up left out)
+    "backfill_started_s": round(t_bf - t_up, 2) if t_bf else None,
+    "backfill_sending_speed_x": round(outage / (t_done - t_bf), 2) if t_done > t_bf > 0 else None,
     "redundant_bytes_ratio": round((copy + again) / first, 4) if first else None,
     "copy_bytes": copy, "again_bytes": again, "first_bytes": first,
     "relay_gap_parts": relay["gap_parts"], "relay_resumes": relay["resumes"],
-    "cut_link": {1: "cellular", 2: "wifi", 3: "satellite"}[int(sys.argv[8])],
+    "cut_link": {1: "cellular", 2: "wifi", 3: "satellite"}[int(sys.argv[9])],
 }
 print(json.dumps(out))
 PY

@@ -13,7 +13,12 @@
 //!   on the next one, a backup path included. The queue a live piece waits behind is the
 //!   live media already under way on the path beyond a round trip: media goes ahead of bulk
 //!   data in the sender (stream priorities), so a path busy with an upload still has room;
-//! - sends backfill only on paths that are nearly idle, below the live edge in every queue;
+//! - sends backfill below the live edge in every queue, on the path that completes it
+//!   soonest with the capacity live media leaves it (the live media a path carried over
+//!   the last second is subtracted from its rate: a link that live media fills makes no
+//!   progress on backfill, however short its queue; a path up for less than that is taken
+//!   to carry as much of the live stream as it can), once that path has less than the
+//!   backfill horizon queued;
 //! - re-sends a live piece that runs late on its path on another path that has room
 //!   (re-injection, at most one copy; XLINK): the relay keeps the first copy. Late is past
 //!   its expected completion by more than the path's answers usually are, as a
@@ -29,11 +34,14 @@
 use crate::class::TrafficClass;
 use crate::path::Tier;
 use crate::scheduler::{PathId, PathView, Unit};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// The rate an idle path is taken to have at least, bytes per second (1 Mbit/s).
 const IDLE_RATE_FLOOR: f64 = 125_000.0;
+
+/// The window over which the live media each path carries is measured.
+const LIVE_RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// A stream (one rendition of one camera) of the contribution.
 pub type StreamId = u32;
@@ -181,6 +189,12 @@ pub struct Contribution {
     cfg: ContributionConfig,
     entries: BTreeMap<PieceId, Entry>,
     lateness: BTreeMap<PathId, Lateness>,
+    /// Live sends per path over the last [`LIVE_RATE_WINDOW`]: (when, bytes).
+    live_sent: BTreeMap<PathId, VecDeque<(Instant, u64)>>,
+    /// Live pieces made over the last [`LIVE_RATE_WINDOW`]: (when, bytes).
+    live_made: VecDeque<(Instant, u64)>,
+    /// Since when each usable path has been usable.
+    up_since: BTreeMap<PathId, Instant>,
     stats: ContributionStats,
 }
 
@@ -199,6 +213,9 @@ impl Contribution {
             cfg,
             entries: BTreeMap::new(),
             lateness: BTreeMap::new(),
+            live_sent: BTreeMap::new(),
+            live_made: VecDeque::new(),
+            up_since: BTreeMap::new(),
             stats: ContributionStats::default(),
         }
     }
@@ -226,6 +243,9 @@ impl Contribution {
     /// A new piece. `segment_start`: the first bytes of a segment's first part (where a
     /// player can start).
     pub fn push(&mut self, now: Instant, id: PieceId, len: u64, segment_start: bool, lane: Lane) {
+        if lane == Lane::Live && !self.entries.contains_key(&id) {
+            record(&mut self.live_made, now, len);
+        }
         self.entries.entry(id).or_insert(Entry {
             len,
             lane,
@@ -388,6 +408,36 @@ impl Contribution {
             .sum()
     }
 
+    /// The live media `path` carries, bytes per second: what it carried over the last
+    /// [`LIVE_RATE_WINDOW`]; a path up for less than that is taken to carry as much of the
+    /// live stream (as made over that window) as its `rate` allows.
+    fn live_rate(&self, now: Instant, path: PathId, rate: f64) -> f64 {
+        let sent = rate_over(self.live_sent.get(&path), now);
+        let new = self
+            .up_since
+            .get(&path)
+            .is_none_or(|t| now.saturating_duration_since(*t) < LIVE_RATE_WINDOW);
+        if new {
+            sent.max(rate_over(Some(&self.live_made), now).min(rate))
+        } else {
+            sent
+        }
+    }
+
+    /// `p` as a backfill piece sees it: the rate live media leaves it (an idle path counts
+    /// at least [`IDLE_RATE_FLOOR`], as for live media).
+    fn backfill_view(&self, now: Instant, p: &PathView) -> PathView {
+        let rate_up = if p.queued_up == 0 {
+            p.rate_up.max(IDLE_RATE_FLOOR)
+        } else {
+            p.rate_up
+        };
+        PathView {
+            rate_up: (rate_up - self.live_rate(now, p.id, rate_up)).max(0.0),
+            ..p.clone()
+        }
+    }
+
     /// `p` as a live piece sees it: only live media queued ahead of it (bulk waits behind).
     /// What is under way includes a round trip of bytes on the wire and answers on their
     /// way back: the queue is what is beyond that (on a 600 ms satellite path a round trip
@@ -446,6 +496,7 @@ impl Contribution {
 
     fn choose(
         &self,
+        now: Instant,
         paths: &[PathView],
         len: u64,
         lane: Lane,
@@ -474,18 +525,30 @@ impl Contribution {
                 (best.queue_delay(&u) <= self.cfg.live_horizon).then_some(best.id)
             }
             Lane::Backfill => {
-                // spare capacity of the regular paths; backup paths only when no other
-                // path is up at all (backfill can wait, and backup links cost)
-                let allowed: Vec<&PathView> = paths
+                // the regular paths; backup paths only when no other path is up at all
+                // (backfill can wait, and backup links cost). Earliest completion with what
+                // live media leaves each path: when the soonest path has no room, the piece
+                // waits for it unless another with room completes it sooner still.
+                let views: Vec<PathView> = paths
                     .iter()
                     .filter(|p| p.allows(u.class) && !exclude.contains(&p.id))
+                    .map(|p| self.backfill_view(now, p))
                     .collect();
-                let regular_up = allowed.iter().any(|p| p.tier != Tier::Backup);
-                allowed
-                    .into_iter()
+                let regular_up = views.iter().any(|p| p.tier != Tier::Backup);
+                let allowed: Vec<&PathView> = views
+                    .iter()
                     .filter(|p| !regular_up || p.tier != Tier::Backup)
-                    .filter(|p| p.queue_delay(&u) <= self.cfg.backfill_horizon)
-                    .min_by_key(|p| (p.expected_completion(&u), p.id))
+                    .collect();
+                let ec = |p: &PathView| p.expected_completion(&u);
+                let room = |p: &PathView| p.queue_delay(&u) <= self.cfg.backfill_horizon;
+                let best = allowed.iter().min_by_key(|p| (ec(p), p.id))?;
+                if room(best) {
+                    return Some(best.id);
+                }
+                allowed
+                    .iter()
+                    .filter(|p| room(p) && ec(p) < ec(best))
+                    .min_by_key(|p| (ec(p), p.id))
                     .map(|p| p.id)
             }
         }
@@ -541,18 +604,29 @@ impl Contribution {
         if e.lane == Lane::Backfill && kind != SendKind::Copy {
             self.stats.backfill_bytes += e.len;
         }
-        Some(Send {
+        let send = Send {
             id,
             len: e.len,
             path,
             lane: e.lane,
             kind,
-        })
+        };
+        if send.lane == Lane::Live {
+            record(self.live_sent.entry(path).or_default(), now, send.len);
+        }
+        Some(send)
     }
 
     /// The next send, if any piece may go now on `paths` (call until `None`, with fresh
     /// views: each send fills a path's queue).
     pub fn poll_send(&mut self, now: Instant, paths: &[PathView]) -> Option<Send> {
+        for p in paths {
+            if p.usable {
+                self.up_since.entry(p.id).or_insert(now);
+            } else {
+                self.up_since.remove(&p.id);
+            }
+        }
         // live, oldest first: new pieces and late ones
         let mut live: Vec<(Instant, PieceId)> = self
             .entries
@@ -586,7 +660,7 @@ impl Contribution {
                 && self.stats.copy_bytes + e.len <= budget;
             if late {
                 let on: Vec<PathId> = e.flights.iter().map(|f| f.path).collect();
-                if let Some(path) = self.choose(paths, e.len, Lane::Live, &on) {
+                if let Some(path) = self.choose(now, paths, e.len, Lane::Live, &on) {
                     return self.send(now, paths, id, path, SendKind::Copy);
                 }
             }
@@ -601,7 +675,7 @@ impl Contribution {
             .find(|(_, e)| e.lane == Lane::Backfill && e.flights.is_empty())
             .map(|(id, e)| (*id, e.len, e.sent_before))?;
         let (id, len, again) = next;
-        let path = self.choose(paths, len, Lane::Backfill, &[])?;
+        let path = self.choose(now, paths, len, Lane::Backfill, &[])?;
         let kind = if again {
             SendKind::Again
         } else {
@@ -609,6 +683,29 @@ impl Contribution {
         };
         self.send(now, paths, id, path, kind)
     }
+}
+
+/// Adds `bytes` sent or made at `now` to a window's record, dropping what left the window.
+fn record(q: &mut VecDeque<(Instant, u64)>, now: Instant, bytes: u64) {
+    q.push_back((now, bytes));
+    while q
+        .front()
+        .is_some_and(|(t, _)| now.saturating_duration_since(*t) > LIVE_RATE_WINDOW)
+    {
+        q.pop_front();
+    }
+}
+
+/// Bytes per second of a window's record at `now`.
+fn rate_over(q: Option<&VecDeque<(Instant, u64)>>, now: Instant) -> f64 {
+    let since = now.checked_sub(LIVE_RATE_WINDOW);
+    let bytes: u64 = q.map_or(0, |q| {
+        q.iter()
+            .filter(|(t, _)| since.is_none_or(|s| *t > s))
+            .map(|(_, b)| b)
+            .sum()
+    });
+    bytes as f64 / LIVE_RATE_WINDOW.as_secs_f64()
 }
 
 #[cfg(test)]
@@ -845,6 +942,60 @@ mod tests {
         assert_eq!(c.poll_send(t0, &paths), None);
         paths[0].usable = false;
         assert_eq!(c.poll_send(t0, &paths).map(|s| s.path), Some(1));
+    }
+
+    #[test]
+    fn backfill_goes_where_live_media_leaves_room() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        // Wi-Fi 4 Mbit/s 20 ms carries the live stream (4 Mbit/s, in 20 kB pieces), the
+        // cellular 8 Mbit/s 50 ms has 100 kB of backfill queued: Wi-Fi's queue is shorter
+        // but the live media leaves it nothing, so backfill goes on the cellular
+        let mut paths = vec![
+            path(0, 8.0, 50, 100_000, Tier::Primary),
+            path(1, 4.0, 20, 0, Tier::Primary),
+        ];
+        let mut t = t0;
+        for seq in 0..25u64 {
+            c.push(t, id(seq, 0), 20_000, false, Lane::Live);
+            assert_eq!(c.poll_send(t, &[paths[1].clone()]).unwrap().path, 1);
+            c.acked(t + Duration::from_millis(30), id(seq, 0), 1);
+            t += Duration::from_millis(40);
+        }
+        paths[1].queued_up = 10_000;
+        c.push(t, id(100, 0), 100_000, false, Lane::Backfill);
+        assert_eq!(c.poll_send(t, &paths).map(|s| s.path), Some(0));
+        // a second later, with no live media on Wi-Fi, its queue is the shorter again
+        c.push(t, id(101, 0), 100_000, false, Lane::Backfill);
+        paths[0].queued_up = 200_000;
+        let later = t + Duration::from_secs(2);
+        assert_eq!(c.poll_send(later, &paths).map(|s| s.path), Some(1));
+    }
+
+    #[test]
+    fn a_path_just_back_is_taken_to_carry_the_live_stream() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        // every uplink was down; the camera made 4 Mbit/s (500 kB/s) all along
+        for seq in 0..25u64 {
+            let at = t0 + Duration::from_millis(seq * 40);
+            c.push(at, id(seq, 0), 20_000, false, Lane::Live);
+        }
+        let back = t0 + Duration::from_millis(1000);
+        let demoted = c.demote_stale(back + Duration::from_millis(100));
+        assert!(demoted.is_empty(), "no segment start: all stays live");
+        for seq in 0..25u64 {
+            c.lost(id(seq, 0));
+        }
+        c.push(back, id(50, 0), 20_000, false, Lane::Backfill);
+        // Wi-Fi 4 Mbit/s 20 ms and cellular 8 Mbit/s 50 ms come back at once: the live
+        // stream will fill Wi-Fi, so the backfill goes on the cellular (though Wi-Fi alone
+        // would complete it sooner)
+        let paths = vec![
+            path(0, 8.0, 50, 0, Tier::Primary),
+            path(1, 4.0, 20, 0, Tier::Primary),
+        ];
+        assert_eq!(c.poll_send(back, &paths).map(|s| s.path), Some(0));
     }
 
     #[test]
