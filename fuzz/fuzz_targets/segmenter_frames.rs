@@ -45,10 +45,15 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             }
             2 => r.discontinuity(),
             _ => {
-                let (m, p) = r.next_part().unwrap_or((0, 0));
-                let _ = r.part(m.saturating_sub(u64::from(op & 3)), p);
-                let _ = r.segment(m.saturating_sub(1));
-                let _ = r.render();
+                let w = r.window();
+                let (m, p) = w.playlist().next_part().unwrap_or((0, 0));
+                let _ = w.part(m.saturating_sub(u64::from(op & 3)), p);
+                let _ = w.read_part(m, p, u64::from(op & 7) * 64);
+                let _ = w.segment(m.saturating_sub(1));
+                let _ = w.render(&segmenter::hls::RenderOptions {
+                    skip: op & 1 == 1,
+                    ..Default::default()
+                });
             }
         }
     }
