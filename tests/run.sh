@@ -50,6 +50,11 @@ if not s.get("cut"): problems.append("no uplink was cut")
 cam = s.get("camera", {})
 if cam.get("parts", 0) < 40: problems.append(f"the demo camera made only {cam.get('parts', 0)} parts")
 if not cam.get("playlist_ok"): problems.append("the demo camera's LL-HLS playlist was not served")
+# the stream reaches the relay through the bonded uplinks, with no gap across the cut
+if not str(cam.get("viewer_url", "")).startswith("http"): problems.append("the demo printed no viewer URL at the relay")
+if not cam.get("relay_playlist_ok"): problems.append("the relay's playlist of the demo camera was not served")
+if cam.get("relay_parts", 0) < cam.get("parts", 0) - 10: problems.append(f"the relay got {cam.get('relay_parts', 0)} of {cam.get('parts', 0)} parts")
+if cam.get("relay_gap_parts", 1) != 0: problems.append(f"the relay listed {cam.get('relay_gap_parts')} gap parts across the cut")
 links = {l["name"]: l for l in s["links"]}
 if len(links) != 3: problems.append(f"expected 3 uplinks, got {sorted(links)}")
 for name, l in links.items():
@@ -57,13 +62,19 @@ for name, l in links.items():
         problems.append(f"primary uplink {name} carried nothing")
 if problems:
     sys.exit("demo summary: " + "; ".join(problems))
-print(f"demo summary ok: {s['bids_ok']} bids, p99 {s['bid_p99_ms']:.0f} ms, down {s['down_mbps']:.1f} Mbit/s, cut {s['cut'][0]}, camera {cam['parts']} parts")
+print(f"demo summary ok: {s['bids_ok']} bids, p99 {s['bid_p99_ms']:.0f} ms, down {s['down_mbps']:.1f} Mbit/s, cut {s['cut'][0]}, camera {cam['parts']} parts, {cam['relay_parts']} at the relay, glass-to-relay p50 {cam.get('glass_to_relay_p50_ms')} ms")
 PY
 
 # --- cameras: GStreamer RTSP cameras and ffmpeg into the gateway, LL-HLS out ---------------
 step "tests/live/live.sh (RTSP cameras pulled and pushed, on-site LL-HLS checked with ffmpeg)"
 bash tests/live/live.sh | tee "$log"
 n=$(awk '/^live: [0-9]+ passed/ {print $2}' "$log" | tail -1)
+passed=$((passed + ${n:-0}))
+
+# --- the relay's stream in a real browser: hls.js in headless Chromium (root) --------------
+step "tests/live/browser.sh (the demo's relay stream in hls.js, across the cut)"
+bash tests/live/browser.sh | tee "$log"
+n=$(awk '/^browser: [0-9]+ passed/ {print $2}' "$log" | tail -1)
 passed=$((passed + ${n:-0}))
 
 # --- network-namespace suite (root) -----------------------------------------------------
