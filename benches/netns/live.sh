@@ -11,22 +11,6 @@ deps_ensure camera >&2 || exit 1
 V=tests/netns/lib/viewers.py
 now() { python3 -c 'import time; print(f"{time.time():.3f}")'; }
 gw_metrics() { nsh_exec v curl -s http://127.0.0.1:9102/metrics; }
-# the uplink that carried the most live media over the last 2 s: 1 cellular, 2 wifi, 3 satellite
-busiest_link() {
-  local a b
-  a=$(gw_metrics | awk -F'[{}" ]+' '/^canopy_gateway_link_bytes_total\{link="[a-z]+",class="stream",direction="up"\}/ {print $3, $NF}')
-  sleep 2
-  b=$(gw_metrics | awk -F'[{}" ]+' '/^canopy_gateway_link_bytes_total\{link="[a-z]+",class="stream",direction="up"\}/ {print $3, $NF}')
-  python3 - "$a" "$b" <<'PY'
-import sys
-before = dict(l.split() for l in sys.argv[1].splitlines() if l.strip())
-after = dict(l.split() for l in sys.argv[2].splitlines() if l.strip())
-names = ["cellular", "wifi", "satellite"]
-moved = [float(after.get(n, 0)) - float(before.get(n, 0)) for n in names]
-print(moved.index(max(moved)) + 1)
-PY
-}
-
 nsh_setup "bl$$"
 nsh_link 1 8000 8000 50 0.5
 nsh_link 2 4000 4000 20
@@ -47,7 +31,7 @@ t0=$(now)
 nsh_exec r python3 $V play "$BASE/main/stream.m3u8" --viewers 20 --seconds 62 --json "$NSH_DIR/viewers.json" \
   > "$NSH_DIR/viewers.log" 2>&1 &
 viewers=$!
-sleep 18; busiest=$(busiest_link); t_cut=$(now); nsh_carrier "$busiest" down
+sleep 18; busiest=$(nsh_busiest_uplink); t_cut=$(now); nsh_carrier "$busiest" down
 sleep 10; t_back=$(now); nsh_carrier "$busiest" up
 sleep 10; t_down=$(now); for i in 1 2 3; do nsh_carrier "$i" down; done
 sleep 10; t_up=$(now); for i in 1 2 3; do nsh_carrier "$i" up; done

@@ -53,7 +53,7 @@ ff=$!
 nsh_exec r python3 $V play "$BASE/main/stream.m3u8" --viewers 5 --seconds 32 --json "$NSH_DIR/play1.json" > "$NSH_DIR/play1.log" 2>&1 &
 pl=$!
 sleep 3
-busiest=$(busiest_link)
+busiest=$(nsh_busiest_uplink)
 nsh_carrier $busiest down
 sleep 10
 nsh_carrier $busiest up

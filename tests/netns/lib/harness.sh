@@ -205,6 +205,23 @@ nsh_wait_uplinks() {
   return 1
 }
 
+# nsh_busiest_uplink: the uplink (1 cellular, 2 wifi, 3 satellite, as nsh_canopy_configs
+# names them) that carried the most live media (class stream, up) over the next 2 s
+nsh_busiest_uplink() {
+  local a b
+  a=$(nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk -F'[{}" ]+' '/^canopy_gateway_link_bytes_total\{link="[a-z]+",class="stream",direction="up"\}/ {print $3, $NF}')
+  sleep 2
+  b=$(nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk -F'[{}" ]+' '/^canopy_gateway_link_bytes_total\{link="[a-z]+",class="stream",direction="up"\}/ {print $3, $NF}')
+  python3 - "$a" "$b" <<'PY'
+import sys
+before = dict(l.split() for l in sys.argv[1].splitlines() if l.strip())
+after = dict(l.split() for l in sys.argv[2].splitlines() if l.strip())
+names = ["cellular", "wifi", "satellite"]
+moved = [float(after.get(n, 0)) - float(before.get(n, 0)) for n in names]
+print(moved.index(max(moved)) + 1)
+PY
+}
+
 # Linux MPTCP in venue and relay: the in-kernel path manager adds one subflow on each of
 # uplinks 2 and 3 to a connection made over uplink 1
 nsh_mptcp_setup() {
