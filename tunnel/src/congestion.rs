@@ -256,7 +256,10 @@ impl LowDelay {
             if (limited && queueing > target * 3) || self.startup_flat >= 3 {
                 self.slow_start = false;
             } else if limited {
-                self.window = self.window.saturating_add(acked.min(self.window));
+                self.window = self
+                    .window
+                    .saturating_add(acked.min(self.window))
+                    .min(MAX_WINDOW);
                 return;
             } else {
                 return;
@@ -268,19 +271,23 @@ impl LowDelay {
             // Only grow when the window, not the application, limited the round.
             next = w;
         }
-        let mut next = next.clamp(w / 2.0, w * 2.0) as u64;
+        let mut next = (next.clamp(w / 2.0, w * 2.0) as u64).min(MAX_WINDOW);
         if limited && self.round_no.is_multiple_of(PROBE_EVERY) {
             // Probe for more bandwidth one round in PROBE_EVERY: if the link had room the
             // delivery rate rises and the floor follows; if not, the delay signal and the
             // floor (which only remembers rates really delivered) bring the window back.
-            next = next.max(self.floor_at(base, best)) * 9 / 8;
+            next = next.max(self.floor_at(base, best)).min(MAX_WINDOW) / 8 * 9;
         }
-        self.window = next.max(self.min_window());
+        self.window = next.min(MAX_WINDOW).max(self.min_window());
     }
 }
 
 /// One probing round in this many.
 const PROBE_EVERY: u32 = 4;
+
+/// The largest window, bytes. On loopback a round lasts microseconds and a window-limited
+/// connection may double its window every round: unbounded, it overflowed.
+const MAX_WINDOW: u64 = 1 << 30;
 
 impl Controller for LowDelay {
     fn on_ack(
@@ -433,6 +440,26 @@ mod tests {
             }
             cc.round_end = Some(*now);
         }
+    }
+
+    #[test]
+    fn the_window_stays_bounded_on_a_loopback_path() {
+        let start = Instant::now();
+        let base = Duration::from_micros(30);
+        let mut cc = LowDelay::new(Arc::new(LowDelayConfig::default()), start, 1200);
+        let mut now = start;
+        // window-limited rounds of a few acks each, on a path with no queue: the window
+        // doubles round after round (before the bound, it overflowed after ~50)
+        for round in 0..200 {
+            let sent = now;
+            now += base;
+            for _ in 0..64 {
+                cc.on_ack_sample(now, sent, 1200, false, base, base);
+            }
+            cc.round_end = Some(now);
+            assert!(cc.window() <= MAX_WINDOW, "round {round}: {}", cc.window());
+        }
+        assert!(cc.window() > 1 << 20, "{}", cc.window());
     }
 
     #[test]
