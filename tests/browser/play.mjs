@@ -174,7 +174,16 @@ const r3 = x => (typeof x === 'number' && isFinite(x) ? Number(x.toFixed(3)) : n
 
 function summarize(o, P, extra) {
   const samples = P.samples || [];
-  const errors = P.errors || [];
+  // hls.js joins a live stream with its timeline at 0 and, when the first media it buffers
+  // starts at the stream's own timestamps, may jump there through its gap controller before
+  // playback starts: a non-fatal bufferSeekOverHole from currentTime 0, before the first
+  // "playing". That is the join, not a hole in the stream: kept in join_seeks, not counted.
+  // Any hole jumped once playing (or from anywhere but 0) is an error.
+  const firstPlayT = P.first_playing ? P.first_playing.t : Infinity;
+  const isJoinSeek = e => !e.fatal && e.details === 'bufferSeekOverHole' && e.t <= firstPlayT
+    && typeof e.currentTime === 'number' && e.currentTime < 0.5;
+  const joinSeeks = (P.errors || []).filter(isJoinSeek);
+  const errors = (P.errors || []).filter(e => !isJoinSeek(e));
   const fatal = errors.filter(e => e.fatal).length;
   const start = P.first_playing ? P.first_playing.currentTime : null;
   const last = samples.length ? samples[samples.length - 1] : null;
@@ -196,6 +205,7 @@ function summarize(o, P, extra) {
     hls_version: P.hls_version,
     cors: extra.cors,
     errors,
+    join_seeks: joinSeeks,
     error_count: errors.length,
     fatal_errors: fatal,
     current_time_start: r3(start),
