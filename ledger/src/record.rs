@@ -1,0 +1,308 @@
+//! What the gateway's journal holds: each bid or check-in as it was accepted (everything
+//! needed to send it again after a restart), and what became of it. One record per event,
+//! appended; the journal is read back in order on start.
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::key::Fingerprint;
+
+const KIND_ACCEPTED: u8 = 1;
+const KIND_OUTCOME: u8 = 2;
+
+/// The request kinds the journal keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// An auction bid.
+    Bid,
+    /// A check-in.
+    Checkin,
+}
+
+impl Kind {
+    fn code(self) -> u8 {
+        match self {
+            Kind::Bid => 1,
+            Kind::Checkin => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Result<Self, DecodeError> {
+        match c {
+            1 => Ok(Kind::Bid),
+            2 => Ok(Kind::Checkin),
+            _ => Err(DecodeError::OutOfRange("kind")),
+        }
+    }
+}
+
+/// A request as the gateway accepted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// Its idempotency key (the device's, or one the gateway made).
+    pub key: String,
+    /// Bid or check-in.
+    pub kind: Kind,
+    /// When the gateway received it, µs since the Unix epoch, in the relay's clock when the
+    /// gateway knew the offset (`clock_known`), else the gateway's own.
+    pub edge_us: u64,
+    /// Whether `edge_us` is in the relay's clock.
+    pub clock_known: bool,
+    /// What the request is: method, target and body ([`crate::key::fingerprint`]).
+    pub fingerprint: Fingerprint,
+    /// Method.
+    pub method: String,
+    /// Absolute target URI.
+    pub target: String,
+    /// End-to-end headers as the gateway sends them (names lower case).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The origin (or the sink) answered; the answer's status, end-to-end headers and body
+    /// (up to what the gateway keeps).
+    Answered {
+        /// HTTP status.
+        status: u16,
+        /// End-to-end headers (names lower case).
+        headers: Vec<(String, Vec<u8>)>,
+        /// The body, or its first bytes.
+        body: Vec<u8>,
+    },
+    /// Refused for good without reaching the origin (not allowed, too large, ...): sending
+    /// it again would not help.
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The end of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The request's key.
+    pub key: String,
+    /// When the outcome came, µs since the Unix epoch (gateway clock).
+    pub at_us: u64,
+    /// What it was.
+    pub result: Delivery,
+}
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A request accepted (journaled before the device is answered).
+    Accepted(Accepted),
+    /// A request's outcome.
+    Outcome(Outcome),
+}
+
+/// Longest key kept, bytes.
+pub const MAX_KEY: usize = 255;
+
+impl Entry {
+    /// The record's payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match self {
+            Entry::Accepted(a) => {
+                w.u8(KIND_ACCEPTED)
+                    .str(&a.key)
+                    .u8(a.kind.code())
+                    .u64(a.edge_us)
+                    .u8(u8::from(a.clock_known))
+                    .bytes(&a.fingerprint.0)
+                    .str(&a.method)
+                    .str(&a.target);
+                put_headers(&mut w, &a.headers);
+                w.bytes(&a.body);
+            }
+            Entry::Outcome(o) => {
+                w.u8(KIND_OUTCOME).str(&o.key).u64(o.at_us);
+                match &o.result {
+                    Delivery::Answered {
+                        status,
+                        headers,
+                        body,
+                    } => {
+                        w.u8(1).u64(u64::from(*status));
+                        put_headers(&mut w, headers);
+                        w.bytes(body);
+                    }
+                    Delivery::Refused { status, reason } => {
+                        w.u8(2).u64(u64::from(*status)).str(reason);
+                    }
+                }
+            }
+        }
+        w.finish()
+    }
+
+    /// Reads a record's payload.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let e = match r.u8()? {
+            KIND_ACCEPTED => {
+                let key = key(&mut r)?;
+                let kind = Kind::from_code(r.u8()?)?;
+                let edge_us = r.u64()?;
+                let clock_known = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::OutOfRange("clock_known")),
+                };
+                let fp = r.bytes()?;
+                let fingerprint = Fingerprint(
+                    fp.try_into()
+                        .map_err(|_| DecodeError::OutOfRange("fingerprint"))?,
+                );
+                let method = r.str()?.to_owned();
+                let target = r.str()?.to_owned();
+                let headers = get_headers(&mut r, buf.len())?;
+                let body = r.bytes()?.to_vec();
+                Entry::Accepted(Accepted {
+                    key,
+                    kind,
+                    edge_us,
+                    clock_known,
+                    fingerprint,
+                    method,
+                    target,
+                    headers,
+                    body,
+                })
+            }
+            KIND_OUTCOME => {
+                let key = key(&mut r)?;
+                let at_us = r.u64()?;
+                let result = match r.u8()? {
+                    1 => {
+                        let status = status(&mut r)?;
+                        let headers = get_headers(&mut r, buf.len())?;
+                        Delivery::Answered {
+                            status,
+                            headers,
+                            body: r.bytes()?.to_vec(),
+                        }
+                    }
+                    2 => Delivery::Refused {
+                        status: status(&mut r)?,
+                        reason: r.str()?.to_owned(),
+                    },
+                    _ => return Err(DecodeError::OutOfRange("result")),
+                };
+                Entry::Outcome(Outcome { key, at_us, result })
+            }
+            k => return Err(DecodeError::UnknownKind(k)),
+        };
+        r.end()?;
+        Ok(e)
+    }
+}
+
+fn put_headers(w: &mut Writer, headers: &[(String, Vec<u8>)]) {
+    w.u64(headers.len() as u64);
+    for (n, v) in headers {
+        w.str(n).bytes(v);
+    }
+}
+
+fn get_headers(r: &mut Reader<'_>, total: usize) -> Result<Vec<(String, Vec<u8>)>, DecodeError> {
+    let n = r.u64()?;
+    // each header takes at least two bytes: a count beyond that is garbage
+    if n > total as u64 / 2 {
+        return Err(DecodeError::OutOfRange("headers"));
+    }
+    let mut headers = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let name = r.str()?.to_owned();
+        headers.push((name, r.bytes()?.to_vec()));
+    }
+    Ok(headers)
+}
+
+fn key(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let k = r.str()?;
+    if k.is_empty() || k.len() > MAX_KEY {
+        return Err(DecodeError::OutOfRange("key"));
+    }
+    Ok(k.to_owned())
+}
+
+fn status(r: &mut Reader<'_>) -> Result<u16, DecodeError> {
+    let s = r.u64()?;
+    if !(100..=999).contains(&s) {
+        return Err(DecodeError::OutOfRange("status"));
+    }
+    Ok(s as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::fingerprint;
+
+    pub(crate) fn sample(key: &str, edge_us: u64) -> Accepted {
+        let body = format!("{{\"lot\":7,\"amount\":{edge_us}}}").into_bytes();
+        Accepted {
+            key: key.into(),
+            kind: Kind::Bid,
+            edge_us,
+            clock_known: true,
+            fingerprint: fingerprint("POST", "http://auction.test/bids", &body),
+            method: "POST".into(),
+            target: "http://auction.test/bids".into(),
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+            body,
+        }
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let entries = [
+            Entry::Accepted(sample("k-123", 1_700_000_000_000_000)),
+            Entry::Outcome(Outcome {
+                key: "k-123".into(),
+                at_us: 5,
+                result: Delivery::Answered {
+                    status: 201,
+                    headers: vec![("content-type".into(), b"application/json".to_vec())],
+                    body: b"{\"ok\":true}".to_vec(),
+                },
+            }),
+            Entry::Outcome(Outcome {
+                key: "k-124".into(),
+                at_us: 6,
+                result: Delivery::Refused {
+                    status: 403,
+                    reason: "not allowed".into(),
+                },
+            }),
+        ];
+        for e in entries {
+            assert_eq!(Entry::decode(&e.encode()), Ok(e));
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_never_a_panic() {
+        let good = Entry::Accepted(sample("k-1", 9)).encode();
+        for cut in 0..good.len() {
+            assert!(Entry::decode(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..5000 {
+            let mut b = good.clone();
+            let i = rng.usize(0..b.len());
+            b[i] = rng.u8(..);
+            let _ = Entry::decode(&b);
+            let junk: Vec<u8> = (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect();
+            let _ = Entry::decode(&junk);
+        }
+        assert_eq!(Entry::decode(&[9]), Err(DecodeError::UnknownKind(9)));
+    }
+}
