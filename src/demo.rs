@@ -48,10 +48,34 @@ pub struct Testbed {
     pub bond: Arc<gateway::Bond>,
     /// The gateway's cameras.
     pub live: Arc<gateway::LiveStreams>,
+    /// The gateway's state folder (its bids journal).
+    _state_dir: StateDir,
 }
 
 /// The demo camera's clip (H.264 + AAC, 10 s, made once with ffmpeg; see assets/README.md).
 pub const DEMO_CLIP: &[u8] = include_bytes!("../assets/demo-camera.mp4");
+
+/// A folder for the gateway's state (its bids journal), removed with the testbed.
+#[derive(Debug)]
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new() -> std::io::Result<Self> {
+        let d = std::env::temp_dir().join(format!(
+            "canopy-demo-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&d)?;
+        Ok(Self(d))
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 impl Testbed {
     /// Adds a camera named `name` to the gateway that plays the demo clip, live and looped.
@@ -197,6 +221,9 @@ impl Testbed {
                 method: None,
             },
         ];
+        // the demo's journal lives as long as the demo
+        let state_dir = StateDir::new()?;
+        gw_cfg.bids.journal = state_dir.0.join("bids.journal");
         let gh = crate::runtime::spawn_gateway(&gw_cfg, &certs.gateway_tls(0)?).await?;
         let (proxy, bond, live) = (gh.proxy, gh.bond.clone(), gh.live.clone());
         if !bond.wait_usable(Duration::from_secs(10)).await {
@@ -216,6 +243,7 @@ impl Testbed {
             proxy,
             bond,
             live,
+            _state_dir: state_dir,
         })
     }
 

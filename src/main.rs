@@ -275,6 +275,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             if let Some(d) = cfg.live.spool_dir.as_mut().filter(|d| d.is_relative()) {
                 *d = path.parent().unwrap_or(std::path::Path::new(".")).join(&*d);
             }
+            cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
             let tls = load_tls(&path, &cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca)?;
             canopy::runtime::spawn_gateway(&cfg, &tls).await?;
             tokio::signal::ctrl_c().await?;

@@ -2,7 +2,7 @@
 //! It serves `/assets/<bytes>` (generated bulk bodies), `POST /checkin`, `POST /bid`,
 //! `POST /upload` (counts and discards), `POST /digest` (counts and answers the body's length
 //! and SHA-256, so a test can check that a striped body arrived whole and in order), `/echo`
-//! (returns the request head) and `/stats`
+//! (returns the request head), `/bids` (the bids' keys in arrival order) and `/stats`
 //! (its counters as JSON, for the benches). Used by
 //! `canopy demo`, the benchmarks and the end-to-end tests.
 
@@ -29,6 +29,8 @@ pub struct OriginStats {
     pub checkins: AtomicU64,
     /// Upload bytes received (counted as they arrive).
     pub upload_bytes: AtomicU64,
+    /// Idempotency keys of the bids received, in arrival order (the last 10,000).
+    pub bid_keys: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
 /// Binds the demo origin; serve it with [`serve`].
@@ -131,6 +133,13 @@ async fn handle(
                 .to_string();
             let n = drain(req.into_body(), None).await;
             let id = stats.bids.fetch_add(1, Ordering::Relaxed) + 1;
+            {
+                let mut log = stats.bid_keys.lock().unwrap_or_else(|e| e.into_inner());
+                if log.len() >= 10_000 {
+                    log.pop_front();
+                }
+                log.push_back(key.clone());
+            }
             text(
                 StatusCode::OK,
                 format!("{{\"accepted\":true,\"bid\":{id},\"bytes\":{n},\"key\":\"{key}\"}}\n"),
@@ -175,6 +184,20 @@ async fn handle(
                     stats.checkins.load(Ordering::Relaxed),
                     stats.upload_bytes.load(Ordering::Relaxed)
                 ),
+            )
+        }
+        (Method::GET, "/bids") => {
+            drain(req.into_body(), None).await;
+            let keys: Vec<String> = stats
+                .bid_keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            text(
+                StatusCode::OK,
+                serde_json::to_string(&keys).unwrap_or_default() + "\n",
             )
         }
         (_, "/echo") => {

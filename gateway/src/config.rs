@@ -33,6 +33,30 @@ pub struct GatewayConfig {
     pub live: LiveSection,
     /// `[[cameras]]`: RTSP cameras, pulled (with `url`) or pushing to the listener.
     pub cameras: Vec<CameraConfig>,
+    /// `[bids]`: the journal of bids and check-ins, and how long a device waits.
+    pub bids: BidsSection,
+}
+
+/// `[bids]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BidsSection {
+    /// The journal file: every bid and check-in is on disk here before its device gets an
+    /// answer, and is sent again after a restart until it has an outcome. Relative to the
+    /// config file.
+    pub journal: PathBuf,
+    /// A request no path delivers within this long is answered `202 Accepted` with a
+    /// receipt, and delivered later, ms.
+    pub deadline_ms: u64,
+}
+
+impl Default for BidsSection {
+    fn default() -> Self {
+        Self {
+            journal: "bids.journal".into(),
+            deadline_ms: 2000,
+        }
+    }
 }
 
 /// `[live]`
@@ -416,6 +440,12 @@ impl GatewayConfig {
                     errs.push((format!("uplinks[{i}].relay"), "must be host:port".into()));
                 }
             }
+        }
+        if !(100..=60_000).contains(&self.bids.deadline_ms) {
+            errs.push(("bids.deadline_ms".into(), "must be 100..=60000".into()));
+        }
+        if self.bids.journal.as_os_str().is_empty() {
+            errs.push(("bids.journal".into(), "must name a file".into()));
         }
         let live = &self.live;
         if !(50..=2000).contains(&live.part_ms) {

@@ -26,7 +26,7 @@ use tunnel::{hop, wire, Classifier, TrafficClass};
 use tunnel_io::{copy_bidirectional, pump_body, H3Body, TlsFiles};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 struct SiteTarget {
     scheme: http::uri::Scheme,
@@ -34,16 +34,18 @@ struct SiteTarget {
     class: Option<TrafficClass>,
 }
 
-struct State {
+pub(crate) struct State {
     name: String,
     classifier: Classifier,
     sites: HashMap<String, SiteTarget>,
-    max_body: Option<u64>,
+    pub(crate) max_body: Option<u64>,
     max_header_bytes: usize,
-    response_timeout: Duration,
+    pub(crate) response_timeout: Duration,
     tunnel_idle: Duration,
-    bond: Arc<Bond>,
+    pub(crate) bond: Arc<Bond>,
     live: Arc<LiveStreams>,
+    /// Bids and check-ins: journal, outbox, replay.
+    pub(crate) bids: Arc<crate::bids::Bids>,
     /// Origins whose pages may load the on-site LL-HLS (CORS).
     cors_origins: Vec<String>,
 }
@@ -116,7 +118,15 @@ impl Gateway {
             ),
             None => None,
         };
+        let bids = crate::bids::Bids::open(
+            &cfg.bids.journal,
+            Duration::from_millis(cfg.bids.deadline_ms),
+        )
+        .map_err(|e| {
+            GatewayError::Config(format!("bids.journal {}: {e}", cfg.bids.journal.display()))
+        })?;
         let state = State {
+            bids,
             name: cfg.gateway.name.clone(),
             classifier: Classifier::new(cfg.classes.clone()),
             sites,
@@ -176,6 +186,17 @@ impl Gateway {
         if let Some(push) = self.push.take() {
             tasks.spawn(push.run());
         }
+        {
+            let st = self.state.clone();
+            let bond = st.bond.clone();
+            tasks.spawn(st.bids.clone().run_replay(
+                move |r| {
+                    let st = st.clone();
+                    async move { crate::bid_path::deliver(&st, r).await }
+                },
+                move || bond.any_usable(),
+            ));
+        }
         for (stream, rendition, url, creds) in std::mem::take(&mut self.pulls) {
             let span = tracing::info_span!("camera", name = stream.name());
             tasks.spawn(media_io::pull::run_pull(stream, rendition, url, creds).instrument(span));
@@ -218,14 +239,14 @@ fn site_target(site: &Site) -> Option<(String, SiteTarget)> {
 }
 
 /// Where a request goes.
-struct Route {
+pub(crate) struct Route {
     /// Absolute URI (or authority-form for CONNECT) sent to the relay.
-    target: Uri,
-    class: TrafficClass,
+    pub(crate) target: Uri,
+    pub(crate) class: TrafficClass,
 }
 
 /// A response the gateway makes itself, with a short reason (also in `canopy-reason`).
-fn synthetic(status: StatusCode, reason: &str) -> Response<Body> {
+pub(crate) fn synthetic(status: StatusCode, reason: &str) -> Response<Body> {
     let mut resp = Response::new(full(format!("{reason}\n")));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -238,7 +259,7 @@ fn synthetic(status: StatusCode, reason: &str) -> Response<Body> {
     resp
 }
 
-fn full(s: impl Into<Bytes>) -> Body {
+pub(crate) fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into())
         .map_err(|never| match never {})
         .boxed_unsync()
@@ -273,6 +294,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             let class = route.class;
             let resp = if method == Method::CONNECT {
                 connect(&state, req, route).await
+            } else if class.is_transactional() && !method.is_safe() {
+                crate::bid_path::journaled(&state, req, route).await
             } else {
                 forward(&state, req, route).await
             };
@@ -337,6 +360,9 @@ async fn local(state: &State, req: &Request<Incoming>) -> Response<Body> {
         }
         return r;
     }
+    if let Some(key) = path.strip_prefix("/bids/") {
+        return crate::bid_path::status(state, req.method(), key);
+    }
     match path {
         "/healthz" => Response::new(full("ok\n")),
         _ => synthetic(StatusCode::NOT_FOUND, "not found on this gateway"),
@@ -395,7 +421,8 @@ fn route(state: &State, req: &Request<Incoming>) -> Result<Option<Route>, (Statu
         .unwrap_or("")
         .to_ascii_lowercase();
     let Some(site) = state.sites.get(&host) else {
-        if req.uri().path() == "/healthz" || req.uri().path().starts_with("/live/") {
+        let p = req.uri().path();
+        if p == "/healthz" || p.starts_with("/live/") || p.starts_with("/bids/") {
             return Ok(None);
         }
         return Err((
@@ -427,7 +454,11 @@ fn site_route(
 }
 
 /// Headers for the tunnelled request: hop-by-hop removed, Via, class, idempotency key.
-fn tunnel_headers(state: &State, req: &Request<Incoming>, class: TrafficClass) -> http::HeaderMap {
+pub(crate) fn tunnel_headers(
+    state: &State,
+    req: &Request<Incoming>,
+    class: TrafficClass,
+) -> http::HeaderMap {
     let mut headers = req.headers().clone();
     hop::strip_hop_by_hop(&mut headers);
     hop::strip_private(&mut headers);
@@ -439,9 +470,9 @@ fn tunnel_headers(state: &State, req: &Request<Incoming>, class: TrafficClass) -
         let key = headers
             .get(wire::HDR_DEVICE_IDEMPOTENCY_KEY)
             .and_then(|v| v.to_str().ok())
-            .filter(|k| wire::valid_idempotency_key(k))
+            .and_then(ledger::device_key)
             .map(str::to_owned)
-            .unwrap_or_else(|| wire::idempotency_key_from(fastrand::u128(..)));
+            .unwrap_or_else(|| ledger::gateway_key(fastrand::u128(..)));
         if let Ok(v) = HeaderValue::from_str(&key) {
             headers.insert(wire::HDR_IDEMPOTENCY_KEY, v);
         }
@@ -457,11 +488,11 @@ const STRIPE_FAILED: &str = "striped body: ";
 
 /// Largest request body kept in memory so the request can be sent again on another path
 /// (or redundantly): bids, check-ins, and idempotent requests up to this size.
-const REPLAY_MAX: u64 = 1024 * 1024;
+pub(crate) const REPLAY_MAX: u64 = 1024 * 1024;
 
 /// A request body: kept whole (replayable), streamed once, or striped over the paths (the
 /// head's stream carries none; it waits for the chunks' outcome).
-enum ReqBody {
+pub(crate) enum ReqBody {
     Kept(Bytes),
     Once(Option<Incoming>),
     /// The chunks' outcome, and the number of this copy of the head.
@@ -469,11 +500,11 @@ enum ReqBody {
 }
 
 /// The request as sent on each attempt.
-struct Outgoing {
-    method: Method,
-    uri: Uri,
-    headers: http::HeaderMap,
-    class: TrafficClass,
+pub(crate) struct Outgoing {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) class: TrafficClass,
 }
 
 impl Outgoing {
@@ -492,21 +523,21 @@ impl Outgoing {
 }
 
 /// Why an attempt on one path failed.
-struct AttemptError {
-    path: PathId,
+pub(crate) struct AttemptError {
+    pub(crate) path: PathId,
     /// The request never reached the origin's answer and may be sent again (if replayable).
     retry: bool,
     status: StatusCode,
     reason: String,
 }
 
-type H3Recv = h3::client::RequestStream<tunnel_io::quic::RecvStream, Bytes>;
+pub(crate) type H3Recv = h3::client::RequestStream<tunnel_io::quic::RecvStream, Bytes>;
 
 /// A response head and the stream its body comes on.
-struct Answer {
-    head: http::response::Parts,
-    recv: H3Recv,
-    flow: Arc<Flow>,
+pub(crate) struct Answer {
+    pub(crate) head: http::response::Parts,
+    pub(crate) recv: H3Recv,
+    pub(crate) flow: Arc<Flow>,
 }
 
 fn body_limit_exceeded(limit: u64) -> Response<Body> {
@@ -661,7 +692,7 @@ fn unit_body_is_empty(b: &ReqBody) -> bool {
 
 /// Sends copies on `paths` at once; the first answer wins, the others are dropped (the
 /// relay answers duplicates of keyed requests from the first copy).
-async fn race(
+pub(crate) async fn race(
     state: &State,
     out: &Arc<Outgoing>,
     body: &mut ReqBody,

@@ -346,11 +346,25 @@ async fn serve(
             .admit(
                 ctx.identity,
                 &key,
+                req.headers()
+                    .get(wire::HDR_FINGERPRINT)
+                    .and_then(|v| v.to_str().ok()),
                 state.response_timeout * 2 + Duration::from_secs(10),
             )
             .await
         {
             Ok(Admission::First(p)) => publisher = Some(p),
+            Ok(Admission::Conflict) => {
+                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                return refuse(
+                    &mut stream,
+                    Refusal::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "this idempotency key was used for another request",
+                    ),
+                )
+                .await;
+            }
             Ok(Admission::Replay(outcome)) => {
                 stream.stop_sending(h3::error::Code::H3_NO_ERROR);
                 return replay(&mut stream, &outcome, true).await;

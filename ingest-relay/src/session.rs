@@ -66,7 +66,9 @@ pub(crate) enum Outcome {
     Retry,
 }
 
-type Slot = watch::Receiver<Option<Arc<Outcome>>>;
+/// What a key stands for (the gateway's fingerprint, when it sent one) and where its first
+/// copy's outcome appears.
+type Slot = (Option<String>, watch::Receiver<Option<Arc<Outcome>>>);
 type Key = (u64, String);
 
 struct PathEntry {
@@ -91,6 +93,9 @@ pub(crate) enum Admission {
     First(Publisher),
     /// Answer with this (the first copy's answer).
     Replay(Arc<Outcome>),
+    /// The key stands for another request (its fingerprint differs): refuse, never answer
+    /// with the other request's answer.
+    Conflict,
 }
 
 impl Sessions {
@@ -193,6 +198,7 @@ impl Sessions {
         &self,
         identity: u64,
         key: &str,
+        fingerprint: Option<&str>,
         wait: Duration,
     ) -> Result<Admission, ()> {
         let key: Key = (identity, key.to_string());
@@ -202,7 +208,7 @@ impl Sessions {
             let admitted = self.dedup.lock().unwrap_or_else(|p| p.into_inner()).admit(
                 Instant::now(),
                 key.clone(),
-                rx,
+                (fingerprint.map(str::to_owned), rx),
             );
             let mut slot = match admitted {
                 Admit::First => {
@@ -213,7 +219,15 @@ impl Sessions {
                         done: false,
                     }))
                 }
-                Admit::Duplicate(slot) => slot,
+                Admit::Duplicate((first, slot)) => {
+                    if let (Some(a), Some(b)) = (first.as_deref(), fingerprint) {
+                        if a != b {
+                            metrics::counter!("canopy_relay_key_conflicts_total").increment(1);
+                            return Ok(Admission::Conflict);
+                        }
+                    }
+                    slot
+                }
             };
             metrics::counter!("canopy_relay_duplicates_total").increment(1);
             let outcome = tokio::time::timeout_at(deadline, wait_outcome(&mut slot)).await;
@@ -229,7 +243,7 @@ impl Sessions {
     }
 }
 
-async fn wait_outcome(slot: &mut Slot) -> Option<Arc<Outcome>> {
+async fn wait_outcome(slot: &mut watch::Receiver<Option<Arc<Outcome>>>) -> Option<Arc<Outcome>> {
     match slot.wait_for(Option::is_some).await {
         Ok(v) => v.clone(),
         Err(_) => None,

@@ -105,6 +105,23 @@ pub(crate) fn curl(args: &[&str]) -> Output {
         .expect("curl is installed (tests/run.sh installs it)")
 }
 
+/// Starts `canopy <what> --config <dir>/<what>.toml`.
+fn spawn(dir: &Path, what: &str) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args([
+                what,
+                "--config",
+                dir.join(format!("{what}.toml")).to_str().expect("utf8"),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn"),
+    )
+}
+
 pub(crate) struct Stack {
     pub(crate) metrics: (SocketAddr, SocketAddr),
     pub(crate) dir: TempDir,
@@ -128,6 +145,11 @@ impl Stack {
 
     /// Like `start`, with extra lines in the gateway's `[proxy]` section.
     pub(crate) fn start_with(tag: &str, proxy_extra: &str) -> Self {
+        Self::start_full(tag, proxy_extra, "")
+    }
+
+    /// Like `start_with`, with extra sections at the end of the gateway's config.
+    pub(crate) fn start_full(tag: &str, proxy_extra: &str, gateway_extra: &str) -> Self {
         let dir = TempDir::new(tag);
         let d = dir.path();
         let out = canopy(&[
@@ -207,29 +229,15 @@ path_prefix = "/bid"
 method = "POST"
 [metrics]
 listen = "{gm}"
+{gateway_extra}
 "#,
                 gm = metrics.1,
                 op = origin.port()
             ),
         )
         .expect("gateway.toml");
-        let spawn = |what: &str| {
-            Proc(
-                Command::new(BIN)
-                    .args([
-                        what,
-                        "--config",
-                        d.join(format!("{what}.toml")).to_str().expect("utf8"),
-                    ])
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .spawn()
-                    .expect("spawn"),
-            )
-        };
-        let relay = spawn("relay");
-        let gateway = spawn("gateway");
+        let relay = spawn(d, "relay");
+        let gateway = spawn(d, "gateway");
         let proxy = SocketAddr::from(([127, 0, 0, 1], proxy_port));
         let stack = Self {
             metrics,
@@ -244,6 +252,33 @@ listen = "{gm}"
         };
         stack.wait_ready();
         stack
+    }
+
+    /// Kills the relay (SIGKILL) and waits for it to be gone.
+    pub(crate) fn kill_relay(&mut self) {
+        let _ = self.relay.0.kill();
+        let _ = self.relay.0.wait();
+    }
+
+    /// Starts the relay again with its config.
+    pub(crate) fn start_relay(&mut self) {
+        self.relay = spawn(self.dir.path(), "relay");
+    }
+
+    /// Kills the gateway (SIGKILL) and waits for it to be gone.
+    pub(crate) fn kill_gateway(&mut self) {
+        let _ = self.gateway.0.kill();
+        let _ = self.gateway.0.wait();
+    }
+
+    /// Starts the gateway again with its config and waits until it passes requests.
+    pub(crate) fn start_gateway(&mut self) {
+        self.gateway = spawn(self.dir.path(), "gateway");
+    }
+
+    /// Waits until a request passes end to end.
+    pub(crate) fn wait_up(&self) {
+        self.wait_ready();
     }
 
     pub(crate) fn proxy_url(&self) -> String {

@@ -19,6 +19,15 @@ pub const HDR_IDEMPOTENCY_KEY: &str = "canopy-idempotency-key";
 /// The header venue devices may use for their own idempotency keys (IETF draft).
 pub const HDR_DEVICE_IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// When the gateway received a bid or check-in: µs since the Unix epoch, in the relay's
+/// clock when the gateway knew the offset. Requests sent again after an outage carry the
+/// time they first arrived.
+pub const HDR_EDGE_TIME: &str = "canopy-edge-time";
+
+/// What the idempotency key stands for: SHA-256 of method, target and body (64 hex
+/// digits). The relay refuses a key that comes again with another fingerprint.
+pub const HDR_FINGERPRINT: &str = "canopy-fingerprint";
+
 /// Short reason attached to synthetic error responses from gateway or relay.
 pub const HDR_REASON: &str = "canopy-reason";
 
@@ -87,14 +96,10 @@ pub fn reason_of(headers: &http::HeaderMap) -> Option<&str> {
     headers.get(HDR_REASON).and_then(|v| v.to_str().ok())
 }
 
-/// Checks an idempotency key: 8 to 128 visible ASCII characters, no spaces.
+/// Checks an idempotency key: 1 to 255 visible ASCII characters, no spaces (a device's
+/// own key, however short, or one the gateway made).
 pub fn valid_idempotency_key(key: &str) -> bool {
-    (8..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// Builds an idempotency key from 128 random bits supplied by the caller (sans-IO: no RNG here).
-pub fn idempotency_key_from(random: u128) -> String {
-    format!("cnp-{random:032x}")
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[cfg(test)]
@@ -102,10 +107,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_keys_are_valid() {
-        assert!(valid_idempotency_key(&idempotency_key_from(0)));
-        assert!(valid_idempotency_key(&idempotency_key_from(u128::MAX)));
-        assert!(!valid_idempotency_key("short"));
+    fn keys_of_any_usable_length_are_valid() {
+        assert!(valid_idempotency_key(
+            "cnp-0123456789abcdef0123456789abcdef"
+        ));
+        assert!(valid_idempotency_key("k-123"));
+        assert!(!valid_idempotency_key(""));
+        assert!(!valid_idempotency_key(&"x".repeat(256)));
         assert!(!valid_idempotency_key("has a space in it"));
     }
 }

@@ -1,0 +1,441 @@
+//! The bid path: a bid or check-in from a device is given its key and edge time, journaled,
+//! and then delivered through the bond, answered with the origin's answer when that comes
+//! within the deadline, else with `202 Accepted` and a receipt; `GET /bids/<key>` tells
+//! what became of it. Sending again is always safe here: the relay answers a key it has
+//! seen with the first answer, and refuses a key that stands for another request.
+
+use crate::bids::Delivered;
+use crate::proxy::{full, race, synthetic, tunnel_headers, Body, Outgoing, ReqBody, Route, State};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use ledger::outbox::{Admit, Status, View};
+use ledger::record::{Accepted, Delivery, Kind, Outcome};
+use std::sync::Arc;
+use tunnel::scheduler::{PathId, Unit};
+use tunnel::{hop, wire, TrafficClass};
+use tunnel_io::H3Body;
+
+/// Bytes of an answer kept with its outcome (and given to a device that asks again).
+const ANSWER_KEEP: usize = 1 << 20;
+
+/// Set on an answer whose body was longer than what the gateway keeps.
+const HDR_TRUNCATED: &str = "canopy-truncated";
+
+fn kind_of(class: TrafficClass) -> Kind {
+    match class {
+        TrafficClass::Checkin => Kind::Checkin,
+        _ => Kind::Bid,
+    }
+}
+
+fn class_of(kind: Kind) -> TrafficClass {
+    match kind {
+        Kind::Bid => TrafficClass::Bid,
+        Kind::Checkin => TrafficClass::Checkin,
+    }
+}
+
+/// A bid or check-in from a device.
+pub(crate) async fn journaled(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    route: Route,
+) -> Response<Body> {
+    let limit = crate::proxy::REPLAY_MAX.min(state.max_body.unwrap_or(u64::MAX));
+    if hop::declared_length(req.headers()).is_some_and(|n| n > limit) {
+        return synthetic(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a bid or check-in body is limited to {limit} bytes"),
+        );
+    }
+    let headers = tunnel_headers(state, &req, route.class);
+    let Some(key) = headers
+        .get(wire::HDR_IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return synthetic(StatusCode::INTERNAL_SERVER_ERROR, "no idempotency key");
+    };
+    let method = req.method().clone();
+    let body = match Limited::new(req.into_body(), limit as usize)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            let too_large = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return if too_large {
+                synthetic(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("a bid or check-in body is limited to {limit} bytes"),
+                )
+            } else {
+                synthetic(
+                    StatusCode::BAD_REQUEST,
+                    &format!("request body not received: {e}"),
+                )
+            };
+        }
+    };
+    let target = route.target.to_string();
+    let clock = &state.bond.clock;
+    let edge_us = crate::clock::wall_us().saturating_add_signed(clock.offset_ms() * 1000);
+    let request = Accepted {
+        key: key.clone(),
+        kind: kind_of(route.class),
+        edge_us,
+        clock_known: clock.known(),
+        fingerprint: ledger::fingerprint(method.as_str(), &target, &body),
+        method: method.to_string(),
+        target,
+        headers: headers
+            .iter()
+            .filter(|(n, _)| n.as_str() != wire::HDR_IDEMPOTENCY_KEY)
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let bids = &state.bids;
+    let until = tokio::time::Instant::now() + bids.deadline;
+    let (admit, written) = bids.admit(request);
+    let status = match admit {
+        Admit::New(r) => {
+            if let Some(w) = written {
+                if let Err(e) = w.await {
+                    bids.abandon(&key, &e);
+                    return synthetic(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("the bid was not taken: {e}"),
+                    );
+                }
+            }
+            metrics::counter!("canopy_gateway_bids_total", "result" => "accepted").increment(1);
+            let st = state.clone();
+            tokio::spawn(async move {
+                let key = r.key.clone();
+                let d = deliver(&st, r).await;
+                st.bids.settle(&key, d);
+            });
+            bids.wait(&key, until).await
+        }
+        Admit::Again(Status::Sending) => {
+            metrics::counter!("canopy_gateway_bids_total", "result" => "again").increment(1);
+            bids.wait(&key, until).await
+        }
+        Admit::Again(s) => {
+            metrics::counter!("canopy_gateway_bids_total", "result" => "again").increment(1);
+            Some(s)
+        }
+        Admit::Conflict => {
+            metrics::counter!("canopy_gateway_bids_total", "result" => "key_reused").increment(1);
+            return with_key(
+                synthetic(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "this Idempotency-Key was used for another request (method, target or body differ)",
+                ),
+                &key,
+            );
+        }
+        Admit::Full => {
+            metrics::counter!("canopy_gateway_bids_total", "result" => "full").increment(1);
+            return synthetic(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many bids wait for an uplink; try again shortly",
+            );
+        }
+    };
+    match status {
+        Some(Status::Done(o)) => answer(&o, &key),
+        _ => match bids.view(&key) {
+            Some(v) => {
+                metrics::counter!("canopy_gateway_bids_total", "result" => "queued").increment(1);
+                receipt(&v)
+            }
+            None => synthetic(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the bid was lost track of",
+            ),
+        },
+    }
+}
+
+/// One delivery attempt of a journaled request: on every path the bond offers (copies on
+/// several for bids and check-ins), until one answers or none is left.
+pub(crate) async fn deliver(state: &State, r: Arc<Accepted>) -> Delivered {
+    let class = class_of(r.kind);
+    let mut headers = HeaderMap::new();
+    for (n, v) in &r.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    let fixed = [
+        (wire::HDR_IDEMPOTENCY_KEY, r.key.clone()),
+        (wire::HDR_EDGE_TIME, r.edge_us.to_string()),
+        (wire::HDR_FINGERPRINT, r.fingerprint.hex()),
+    ];
+    for (n, v) in fixed {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.insert(n, v);
+        }
+    }
+    let (Ok(method), Ok(uri)) = (r.method.parse::<Method>(), r.target.parse::<http::Uri>()) else {
+        return Delivered::Done(refused(
+            &r.key,
+            StatusCode::BAD_REQUEST,
+            "the journaled request does not parse",
+        ));
+    };
+    let out = Arc::new(Outgoing {
+        method,
+        uri,
+        headers,
+        class,
+    });
+    let unit = Unit {
+        class,
+        up_bytes: r.body.len() as u64,
+        down_bytes: 0,
+    };
+    let mut body = ReqBody::Kept(Bytes::from(r.body.clone()));
+    let mut excluded: Vec<PathId> = Vec::new();
+    loop {
+        let placement = state.bond.place(&unit, &excluded);
+        if placement.paths.is_empty() {
+            return Delivered::Undelivered(state.bond.why_not(class));
+        }
+        match race(state, &out, &mut body, &placement.paths, &unit, u64::MAX).await {
+            Ok(a) => return read_answer(&r.key, a).await,
+            Err(errs) => {
+                // whatever reached the relay is answered from its duplicate table: the
+                // other paths may try at once
+                excluded.extend(errs.iter().map(|e| e.path));
+            }
+        }
+    }
+}
+
+async fn read_answer(key: &str, a: crate::proxy::Answer) -> Delivered {
+    let mut parts = a.head;
+    if let Some(reason) = wire::reason_of(&parts.headers).map(str::to_owned) {
+        // the relay's own answer: not reached the origin (try again later), or refused
+        return match parts.status {
+            StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => Delivered::Undelivered(reason),
+            s => Delivered::Done(refused(key, s, &reason)),
+        };
+    }
+    a.flow
+        .expect_down(hop::declared_length(&parts.headers).unwrap_or(0));
+    let mut body = H3Body::new(a.recv, None, Some(a.flow.down_counter()));
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    let room = ANSWER_KEEP.saturating_sub(kept.len());
+                    truncated |= d.len() > room;
+                    kept.extend_from_slice(&d[..d.len().min(room)]);
+                }
+            }
+            // the answer's head came: the origin has the request; what it said is cut
+            Some(Err(e)) => {
+                tracing::debug!(key, error = %e, "answer body cut short");
+                truncated = true;
+                break;
+            }
+        }
+    }
+    hop::strip_hop_by_hop(&mut parts.headers);
+    hop::strip_private(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut headers: Vec<(String, Vec<u8>)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    if truncated {
+        headers.push((HDR_TRUNCATED.into(), b"1".to_vec()));
+    }
+    Delivered::Done(Outcome {
+        key: key.to_owned(),
+        at_us: crate::clock::wall_us(),
+        result: Delivery::Answered {
+            status: parts.status.as_u16(),
+            headers,
+            body: kept,
+        },
+    })
+}
+
+fn refused(key: &str, status: StatusCode, reason: &str) -> Outcome {
+    Outcome {
+        key: key.to_owned(),
+        at_us: crate::clock::wall_us(),
+        result: Delivery::Refused {
+            status: status.as_u16(),
+            reason: reason.to_owned(),
+        },
+    }
+}
+
+fn with_key(mut r: Response<Body>, key: &str) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(key) {
+        r.headers_mut()
+            .insert(HeaderName::from_static(wire::HDR_DEVICE_IDEMPOTENCY_KEY), v);
+    }
+    r
+}
+
+/// The device's answer from an outcome.
+fn answer(o: &Outcome, key: &str) -> Response<Body> {
+    match &o.result {
+        Delivery::Answered {
+            status,
+            headers,
+            body,
+        } => {
+            let mut r = Response::new(full(Bytes::from(body.clone())));
+            *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+            for (n, v) in headers {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(n.as_bytes()),
+                    HeaderValue::from_bytes(v),
+                ) {
+                    r.headers_mut().append(n, v);
+                }
+            }
+            with_key(r, key)
+        }
+        Delivery::Refused { status, reason } => with_key(
+            synthetic(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+                reason,
+            ),
+            key,
+        ),
+    }
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(format!("{v}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn view_json(v: &View) -> serde_json::Value {
+    let mut j = serde_json::json!({
+        "key": v.key,
+        "kind": match v.kind { Kind::Bid => "bid", Kind::Checkin => "checkin" },
+        "edge_time_us": v.edge_us,
+        "location": format!("/bids/{}", percent_encode(&v.key)),
+    });
+    match &v.status {
+        Status::Sending => j["status"] = "sending".into(),
+        Status::Queued { attempts } => {
+            j["status"] = "queued".into();
+            j["attempts"] = (*attempts).into();
+        }
+        Status::Done(o) => match &o.result {
+            Delivery::Answered { status, body, .. } => {
+                j["status"] = "delivered".into();
+                j["answer_status"] = (*status).into();
+                if let Ok(text) = std::str::from_utf8(body) {
+                    j["answer"] = text.into();
+                }
+            }
+            Delivery::Refused { status, reason } => {
+                j["status"] = "refused".into();
+                j["answer_status"] = (*status).into();
+                j["reason"] = reason.as_str().into();
+            }
+        },
+    }
+    j
+}
+
+/// `202 Accepted`: the request is journaled and will be delivered; where to ask.
+fn receipt(v: &View) -> Response<Body> {
+    let j = view_json(v);
+    let mut r = json_response(StatusCode::ACCEPTED, &j);
+    if let Ok(loc) = HeaderValue::from_str(&format!("/bids/{}", percent_encode(&v.key))) {
+        r.headers_mut().insert(header::LOCATION, loc);
+    }
+    with_key(r, &v.key)
+}
+
+/// `GET /bids/<key>`: what became of a request.
+pub(crate) fn status(state: &State, method: &Method, key: &str) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = synthetic(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let Some(key) = percent_decode(key) else {
+        return synthetic(StatusCode::BAD_REQUEST, "malformed key");
+    };
+    match state.bids.view(&key) {
+        Some(v) => json_response(StatusCode::OK, &view_json(&v)),
+        None => synthetic(StatusCode::NOT_FOUND, "no bid or check-in with this key"),
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_survive_the_url() {
+        for k in ["k-123", "a/b%c d", "cnp-00ff"] {
+            assert_eq!(percent_decode(&percent_encode(k)).as_deref(), Some(k));
+        }
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
+}

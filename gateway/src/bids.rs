@@ -1,0 +1,223 @@
+//! Bids and check-ins at the gateway, the shell of `ledger::Outbox` and the journal: every
+//! request is journaled (on disk) before anything else happens to it, delivered at once
+//! when a path can, answered `202 Accepted` with a receipt when none can within the
+//! deadline, and sent again in edge-time order, one at a time, until it has an outcome.
+//! Outcomes are journaled too, so a restart sends again exactly what had none.
+//!
+//! Every change of the outbox and its journal record happen under one lock, so the file
+//! holds them in the order they happened (a compaction's snapshot included).
+
+use ledger::outbox::{Admit, Outbox, OutboxConfig, Status, View};
+use ledger::record::{Accepted, Entry, Outcome};
+use ledger_io::{Journal, JournalError, Pending};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+/// A journal grown past this is compacted (once it is also twice its live contents).
+const COMPACT_BYTES: u64 = 64 << 20;
+
+/// What a delivery attempt came to.
+#[derive(Debug)]
+pub(crate) enum Delivered {
+    /// An outcome: answered by the origin, or refused for good.
+    Done(Outcome),
+    /// Not delivered (no path, or the origin was not reached): try again later.
+    Undelivered(String),
+}
+
+/// The gateway's bids and check-ins.
+pub(crate) struct Bids {
+    outbox: Mutex<Outbox>,
+    journal: Journal,
+    /// Bumped whenever a request gets its outcome.
+    changed: watch::Sender<u64>,
+    /// Wakes the replay loop.
+    wake: Notify,
+    /// How long a device waits for an answer before it gets a receipt.
+    pub(crate) deadline: Duration,
+    /// Journal length after the last compaction.
+    compacted_len: Mutex<u64>,
+}
+
+impl std::fmt::Debug for Bids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bids").finish_non_exhaustive()
+    }
+}
+
+impl Bids {
+    /// Opens the journal at `path` (made if missing) and restores what it holds.
+    pub(crate) fn open(path: &Path, deadline: Duration) -> std::io::Result<Arc<Self>> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let opened = ledger_io::open(path)?;
+        let mut outbox = Outbox::new(OutboxConfig::default());
+        let n = opened.entries.len();
+        outbox.restore(Instant::now(), opened.entries.iter().cloned());
+        let s = outbox.stats();
+        info!(journal = %path.display(), records = n, undelivered = s.pending,
+            damaged = opened.damage.is_some(), "bids journal opened");
+        if opened.undecodable > 0 {
+            metrics::counter!("canopy_gateway_journal_undecodable_total")
+                .increment(opened.undecodable as u64);
+        }
+        let len = opened.len;
+        let journal = Journal::start(path.to_path_buf(), opened)?;
+        Ok(Arc::new(Self {
+            outbox: Mutex::new(outbox),
+            journal,
+            changed: watch::channel(0).0,
+            wake: Notify::new(),
+            deadline,
+            compacted_len: Mutex::new(len),
+        }))
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a request; a new one is journaled (await the returned write before sending).
+    pub(crate) fn admit(&self, request: Accepted) -> (Admit, Option<Pending>) {
+        let mut o = self.outbox();
+        let admit = o.admit(request);
+        let pending = match &admit {
+            Admit::New(r) => Some(self.journal.submit(&Entry::Accepted((**r).clone()))),
+            _ => None,
+        };
+        (admit, pending)
+    }
+
+    /// The journal refused a new request: it is forgotten.
+    pub(crate) fn abandon(&self, key: &str, why: &JournalError) {
+        warn!(key, error = %why, "bid not journaled: refused");
+        self.outbox().abandon(key);
+    }
+
+    /// Records what a delivery attempt came to.
+    pub(crate) fn settle(&self, key: &str, d: Delivered) {
+        match d {
+            Delivered::Done(outcome) => {
+                let pending = {
+                    let mut o = self.outbox();
+                    o.finish(Instant::now(), outcome.clone());
+                    self.journal.submit(&Entry::Outcome(outcome))
+                };
+                // an outcome lost in a crash only means one more (deduplicated) try
+                tokio::spawn(async move {
+                    if let Err(e) = pending.await {
+                        warn!(error = %e, "bid outcome not journaled");
+                    }
+                });
+                self.changed.send_modify(|v| *v += 1);
+            }
+            Delivered::Undelivered(reason) => {
+                tracing::debug!(key, %reason, "bid undelivered: queued");
+                self.outbox().undelivered(Instant::now(), key);
+                self.wake.notify_one();
+            }
+        }
+        self.publish();
+    }
+
+    /// Waits until `key` has an outcome or `until` passes; its status then.
+    pub(crate) async fn wait(&self, key: &str, until: tokio::time::Instant) -> Option<Status> {
+        let mut rx = self.changed.subscribe();
+        loop {
+            let status = self.outbox().view(key)?.status;
+            if matches!(status, Status::Done(_)) {
+                return Some(status);
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Some(status) },
+                _ = tokio::time::sleep_until(until) => return Some(status),
+            }
+        }
+    }
+
+    /// A request's status, for `GET /bids/<key>`.
+    pub(crate) fn view(&self, key: &str) -> Option<View> {
+        self.outbox().view(key)
+    }
+
+    /// Sends queued requests again, in edge-time order, one at a time, for as long as the
+    /// gateway runs: `deliver` makes one attempt; `usable` says whether any path is up (a
+    /// path that comes back ends every wait).
+    pub(crate) async fn run_replay<F, Fut>(self: Arc<Self>, deliver: F, usable: impl Fn() -> bool)
+    where
+        F: Fn(Arc<Accepted>) -> Fut,
+        Fut: std::future::Future<Output = Delivered>,
+    {
+        let mut was_usable = usable();
+        loop {
+            let next = self.outbox().poll_timeout();
+            let sleep = next.map_or(Duration::from_millis(200), |t| {
+                t.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(200))
+            });
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            let now_usable = usable();
+            if now_usable && !was_usable {
+                self.outbox().retry_now(Instant::now());
+            }
+            was_usable = now_usable;
+            if !now_usable {
+                continue;
+            }
+            loop {
+                let next = self.outbox().next_replay(Instant::now());
+                let Some(r) = next else { break };
+                metrics::counter!("canopy_gateway_bids_replayed_total").increment(1);
+                let key = r.key.clone();
+                let d = deliver(r).await;
+                self.settle(&key, d);
+            }
+            self.maybe_compact().await;
+        }
+    }
+
+    async fn maybe_compact(&self) {
+        let len = self.journal.stats().len;
+        let last = *self.compacted_len.lock().unwrap_or_else(|e| e.into_inner());
+        if len < COMPACT_BYTES || len < last.saturating_mul(2) {
+            return;
+        }
+        let pending = {
+            let o = self.outbox();
+            self.journal.submit_rewrite(o.snapshot())
+        };
+        match pending.await {
+            Ok(()) => {
+                let now = self.journal.stats().len;
+                *self.compacted_len.lock().unwrap_or_else(|e| e.into_inner()) = now;
+                info!(from = len, to = now, "bids journal compacted");
+            }
+            Err(e) => warn!(error = %e, "bids journal compaction failed"),
+        }
+    }
+
+    /// Gauges of the outbox and the journal.
+    pub(crate) fn publish(&self) {
+        let (s, oldest) = {
+            let o = self.outbox();
+            (o.stats(), o.oldest_pending_edge_us())
+        };
+        metrics::gauge!("canopy_gateway_bids_pending").set(s.pending as f64);
+        metrics::gauge!("canopy_gateway_bids_pending_bytes").set(s.pending_bytes as f64);
+        let age = oldest.map_or(0.0, |e| {
+            (crate::clock::wall_us().saturating_sub(e)) as f64 / 1e6
+        });
+        metrics::gauge!("canopy_gateway_bids_oldest_pending_seconds").set(age);
+        let j = self.journal.stats();
+        metrics::gauge!("canopy_gateway_journal_bytes").set(j.len as f64);
+        metrics::counter!("canopy_gateway_journal_appends_total").absolute(j.appends);
+        metrics::counter!("canopy_gateway_journal_commits_total").absolute(j.commits);
+    }
+}
