@@ -626,7 +626,7 @@ impl Bond {
 
     /// Where `unit` goes now (excluding `exclude`).
     pub fn place(&self, unit: &Unit, exclude: &[PathId]) -> Placement {
-        let mut views: Vec<PathView> = self.paths.iter().map(|p| p.view()).collect();
+        let mut views = self.with_fallback(self.paths.iter().map(|p| p.view()).collect());
         let placed = self.policy.place_again(unit, &views, exclude);
         if tracing::enabled!(tracing::Level::TRACE) {
             for v in &views {
@@ -667,11 +667,28 @@ impl Bond {
 
     /// The views of every path but `exclude`.
     fn views_except(&self, exclude: &[PathId]) -> Vec<PathView> {
-        self.paths
-            .iter()
-            .filter(|p| !exclude.contains(&p.id))
-            .map(|p| p.view())
-            .collect()
+        self.with_fallback(
+            self.paths
+                .iter()
+                .filter(|p| !exclude.contains(&p.id))
+                .map(|p| p.view())
+                .collect(),
+        )
+    }
+
+    /// The views with `scheduler::fallback_to_probation` applied: connected paths still on
+    /// probation stand in when no regular path is up.
+    fn with_fallback(&self, mut views: Vec<PathView>) -> Vec<PathView> {
+        scheduler::fallback_to_probation(&mut views, |id| {
+            self.paths.get(id).is_some_and(|p| {
+                let on_probation = {
+                    let st = p.lock();
+                    matches!(st.health.health(), Health::Probation { .. }) && st.live.is_some()
+                };
+                on_probation && !p.signal.borrow().dead
+            })
+        });
+        views
     }
 
     /// The paths that may carry `unit` now with less than `horizon` (or `rtts` round trips

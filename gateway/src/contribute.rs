@@ -588,7 +588,12 @@ async fn send_piece(
     lane: Lane,
 ) -> Result<Answer, SendError> {
     let p = flow.path.clone();
-    let live = p.live().ok_or(SendError::NoPath)?;
+    // the scheduler chose it from the bond's views: a path on probation may be chosen when
+    // no regular path is up
+    let live = p
+        .live()
+        .or_else(|| p.connected())
+        .ok_or(SendError::NoPath)?;
     let len = data.len() as u64;
     let mut watch = p.watch();
     let start = match lane {

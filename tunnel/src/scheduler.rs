@@ -70,6 +70,23 @@ pub struct PathView {
     pub queued_down: u64,
 }
 
+/// A regular path on probation is better than none: when no primary or secondary path is
+/// usable, the regular paths `on_probation` says are connected and answering (held back
+/// after flapping, not dead) become usable, ahead of a backup link. Measured in the demo:
+/// with cellular cut and Wi-Fi on a flapping link's 60 s hold, the stream and an upload
+/// squeezed onto a 2 Mbit/s satellite, which went silent, and the relay showed 7 s of gap.
+pub fn fallback_to_probation(views: &mut [PathView], on_probation: impl Fn(PathId) -> bool) {
+    if views.iter().any(|v| v.usable && v.tier != Tier::Backup) {
+        return;
+    }
+    for v in views
+        .iter_mut()
+        .filter(|v| !v.usable && v.tier != Tier::Backup)
+    {
+        v.usable = on_probation(v.id);
+    }
+}
+
 impl PathView {
     /// Whether this path may carry `class` now (health, config, cap).
     pub fn allows(&self, class: TrafficClass) -> bool {
@@ -280,6 +297,59 @@ impl<S: Scheduler> Scheduler for Redundant<S> {
 /// The gateway's default policy: earliest completion, with bids and check-ins on two paths.
 pub fn default_policy() -> Redundant<MinCompletion> {
     Redundant::new(MinCompletion, 2)
+}
+
+#[cfg(test)]
+mod fallback_tests {
+    use super::*;
+
+    fn view(id: PathId, usable: bool, tier: Tier) -> PathView {
+        PathView {
+            id,
+            usable,
+            tier,
+            classes: ClassSet::ALL,
+            cap: CapState::Normal,
+            srtt: Duration::from_millis(50),
+            rate_up: 1e6,
+            rate_down: 1e6,
+            queued_up: 0,
+            queued_down: 0,
+        }
+    }
+
+    #[test]
+    fn probation_stands_in_only_when_no_regular_path_is_up() {
+        // cellular cut, Wi-Fi on probation, satellite (backup) up: Wi-Fi carries
+        let mut v = vec![
+            view(0, false, Tier::Primary),
+            view(1, false, Tier::Primary),
+            view(2, true, Tier::Backup),
+        ];
+        fallback_to_probation(&mut v, |id| id == 1);
+        assert_eq!(
+            v.iter().map(|v| v.usable).collect::<Vec<_>>(),
+            [false, true, true]
+        );
+        // with a regular path up, probation keeps waiting
+        let mut v = vec![
+            view(0, true, Tier::Primary),
+            view(1, false, Tier::Primary),
+            view(2, true, Tier::Backup),
+        ];
+        fallback_to_probation(&mut v, |_| true);
+        assert_eq!(
+            v.iter().map(|v| v.usable).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        // a backup on probation is not promoted; a dead path is not either
+        let mut v = vec![view(0, false, Tier::Primary), view(1, false, Tier::Backup)];
+        fallback_to_probation(&mut v, |id| id == 1);
+        assert_eq!(
+            v.iter().map(|v| v.usable).collect::<Vec<_>>(),
+            [false, false]
+        );
+    }
 }
 
 #[cfg(test)]
