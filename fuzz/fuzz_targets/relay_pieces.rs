@@ -4,10 +4,9 @@
 #![no_main]
 use bytes::Bytes;
 use segmenter::hls::RenderOptions;
-use segmenter::mirror::{Mirror, MirrorConfig, Piece};
+use segmenter::mirror::{Mirror, MirrorConfig};
 use segmenter::record::Recording;
 use segmenter::window::StreamInfo;
-use segmenter::PartMeta;
 use std::time::{Duration, Instant};
 use tunnel::wire::media::PieceHeader;
 
@@ -41,29 +40,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 let Ok(h) = PieceHeader::decode(&header) else {
                     continue;
                 };
-                let piece = Piece {
-                    run: h.run,
-                    part: PartMeta {
-                        seq: h.seq,
-                        msn: h.msn,
-                        index: h.index,
-                        independent: h.independent,
-                        init: h.init,
-                        capture_ms: h.capture_ms,
-                        segment: h
-                            .segment
-                            .map(|(discontinuity, pdt_ms)| segmenter::SegmentStart {
-                                discontinuity,
-                                pdt_ms,
-                            }),
-                    },
-                    offset: h.offset,
-                    data: payload,
-                    end_us: h.end_us,
-                    last: h.last,
-                    live: h.live,
-                    frame_ms: h.frame_ms,
-                };
+                let piece = ingest_relay::piece_from_wire(&h, payload);
                 if let Ok(t) = m.handle_piece(now, wall, piece) {
                     if let Some(p) = t.completed {
                         let _ = rec.add_part(now, &p);

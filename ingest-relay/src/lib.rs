@@ -13,6 +13,7 @@ mod stripe;
 mod viewer_token;
 mod viewers;
 
+pub use media::piece_from_wire;
 pub use viewer_token::{TokenError, TokenKey};
 
 pub use config::RelayConfig;

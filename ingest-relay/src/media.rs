@@ -166,27 +166,7 @@ pub(crate) async fn intake(
         Ok(m) => m,
         Err(e) => return refuse(&mut stream, intake_refusal(&e)).await,
     };
-    let piece = Piece {
-        run: h.run,
-        part: PartMeta {
-            seq: h.seq,
-            msn: h.msn,
-            index: h.index,
-            independent: h.independent,
-            init: h.init,
-            capture_ms: h.capture_ms,
-            segment: h.segment.map(|(discontinuity, pdt_ms)| SegmentStart {
-                discontinuity,
-                pdt_ms,
-            }),
-        },
-        offset: h.offset,
-        data,
-        end_us: h.end_us,
-        last: h.last,
-        live: h.live,
-        frame_ms: h.frame_ms,
-    };
+    let piece = piece_from_wire(&h, data);
     match m.piece(piece) {
         Ok(t) => {
             answer(
@@ -225,4 +205,29 @@ async fn answer(stream: &mut Stream, duplicate: bool, need_init: Option<u32>) ->
         let _ = stream.finish().await;
     }
     StatusCode::OK
+}
+
+/// A piece as the mirror takes it, from its `canopy-media` header and its bytes.
+pub fn piece_from_wire(h: &media::PieceHeader, data: bytes::Bytes) -> Piece {
+    Piece {
+        run: h.run,
+        part: PartMeta {
+            seq: h.seq,
+            msn: h.msn,
+            index: h.index,
+            independent: h.independent,
+            init: h.init,
+            capture_ms: h.capture_ms,
+            segment: h.segment.map(|(discontinuity, pdt_ms)| SegmentStart {
+                discontinuity,
+                pdt_ms,
+            }),
+        },
+        offset: h.offset,
+        data,
+        end_us: h.end_us,
+        last: h.last,
+        live: h.live,
+        frame_ms: h.frame_ms,
+    }
 }
