@@ -175,13 +175,15 @@ const r3 = x => (typeof x === 'number' && isFinite(x) ? Number(x.toFixed(3)) : n
 function summarize(o, P, extra) {
   const samples = P.samples || [];
   // hls.js joins a live stream with its timeline at 0 and, when the first media it buffers
-  // starts at the stream's own timestamps, may jump there through its gap controller before
-  // playback starts: a non-fatal bufferSeekOverHole from currentTime 0, before the first
-  // "playing". That is the join, not a hole in the stream: kept in join_seeks, not counted.
-  // Any hole jumped once playing (or from anywhere but 0) is an error.
+  // starts at the stream's own timestamps, may get there through its gap controller before
+  // playback starts: a non-fatal bufferStalledError and bufferSeekOverHole at currentTime 0,
+  // before the first "playing". That is the join (its time is time_to_first_play_s), not a
+  // stall or a hole in the stream: kept in join_seeks, not counted. Any stall or hole once
+  // playing, or anywhere but at 0, is an error.
   const firstPlayT = P.first_playing ? P.first_playing.t : Infinity;
-  const isJoinSeek = e => !e.fatal && e.details === 'bufferSeekOverHole' && e.t <= firstPlayT
-    && typeof e.currentTime === 'number' && e.currentTime < 0.5;
+  const isJoinSeek = e => !e.fatal && (e.details === 'bufferSeekOverHole' || e.details === 'bufferStalledError')
+    && e.t <= firstPlayT && typeof e.currentTime === 'number' && e.currentTime < 0.5
+    && (e.details === 'bufferSeekOverHole' || !e.buffer);
   const joinSeeks = (P.errors || []).filter(isJoinSeek);
   const errors = (P.errors || []).filter(e => !isJoinSeek(e));
   const fatal = errors.filter(e => e.fatal).length;
