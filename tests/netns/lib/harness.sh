@@ -195,7 +195,8 @@ nsh_start_canopy() {
 nsh_wait_uplinks() {
   local n=$1 up
   for _ in $(seq 100); do
-    up=$(nsh_exec v curl -s http://127.0.0.1:9102/metrics 2>/dev/null \
+    # the gateway may not listen yet (it opens its bids journal first): curl fails, no exit
+    up=$({ nsh_exec v curl -s http://127.0.0.1:9102/metrics 2>/dev/null || true; } \
       | awk '/^canopy_gateway_link_state/ && $2 == 3 {n++} END {print n + 0}')
     [ "$up" -ge "$n" ] && return 0
     sleep 0.1
@@ -209,9 +210,9 @@ nsh_wait_uplinks() {
 # names them) that carried the most live media (class stream, up) over the next 2 s
 nsh_busiest_uplink() {
   local a b
-  a=$(nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk -F'[{}" ]+' '/^canopy_gateway_link_bytes_total\{link="[a-z]+",class="stream",direction="up"\}/ {print $3, $NF}')
+  a=$({ nsh_exec v curl -s http://127.0.0.1:9102/metrics || true; } | awk -F'[{}" ]+' '/^canopy_gateway_link_bytes_total\{link="[a-z]+",class="stream",direction="up"\}/ {print $3, $NF}')
   sleep 2
-  b=$(nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk -F'[{}" ]+' '/^canopy_gateway_link_bytes_total\{link="[a-z]+",class="stream",direction="up"\}/ {print $3, $NF}')
+  b=$({ nsh_exec v curl -s http://127.0.0.1:9102/metrics || true; } | awk -F'[{}" ]+' '/^canopy_gateway_link_bytes_total\{link="[a-z]+",class="stream",direction="up"\}/ {print $3, $NF}')
   python3 - "$a" "$b" <<'PY'
 import sys
 before = dict(l.split() for l in sys.argv[1].splitlines() if l.strip())
