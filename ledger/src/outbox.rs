@@ -135,6 +135,8 @@ pub struct Outbox {
     items: HashMap<String, Item>,
     /// Queued requests, by edge time then key.
     queue: BTreeSet<(u64, String)>,
+    /// Every undelivered request (sending, queued, replaying), by edge time then key.
+    undelivered: BTreeSet<(u64, String)>,
     done_order: VecDeque<(Instant, String)>,
     replaying: Option<String>,
     stats: OutboxStats,
@@ -157,6 +159,7 @@ impl Outbox {
             cfg,
             items: HashMap::new(),
             queue: BTreeSet::new(),
+            undelivered: BTreeSet::new(),
             done_order: VecDeque::new(),
             replaying: None,
             stats: OutboxStats::default(),
@@ -176,6 +179,7 @@ impl Outbox {
                     self.stats.pending += 1;
                     self.stats.pending_bytes += size(&a);
                     self.queue.insert((a.edge_us, key.clone()));
+                    self.undelivered.insert((a.edge_us, key.clone()));
                     self.items.insert(
                         key,
                         Item {
@@ -214,6 +218,8 @@ impl Outbox {
         self.stats.pending += 1;
         self.stats.pending_bytes += n;
         let request = Arc::new(request);
+        self.undelivered
+            .insert((request.edge_us, request.key.clone()));
         self.items.insert(
             request.key.clone(),
             Item {
@@ -236,6 +242,7 @@ impl Outbox {
                     self.stats.pending -= 1;
                     self.stats.pending_bytes -= size(r);
                 }
+                self.undelivered.remove(&(item.edge_us, key.to_owned()));
                 self.items.remove(key);
             }
         }
@@ -257,6 +264,7 @@ impl Outbox {
             self.stats.pending -= 1;
             self.stats.pending_bytes -= size(&r);
         }
+        self.undelivered.remove(&(item.edge_us, key.clone()));
         item.state = State::Done(Arc::new(outcome));
         if self.replaying.as_deref() == Some(key.as_str()) {
             self.replaying = None;
@@ -356,11 +364,7 @@ impl Outbox {
 
     /// The oldest undelivered request's edge time, µs.
     pub fn oldest_pending_edge_us(&self) -> Option<u64> {
-        self.items
-            .values()
-            .filter(|i| i.request.is_some())
-            .map(|i| i.edge_us)
-            .min()
+        self.undelivered.first().map(|(edge, _)| *edge)
     }
 
     /// What a compacted journal holds: every undelivered request, and every outcome kept
@@ -489,6 +493,7 @@ mod tests {
             o.undelivered(t, k);
         }
         assert_eq!(o.view("a").unwrap().status, Status::Queued { attempts: 1 });
+        assert_eq!(o.oldest_pending_edge_us(), Some(10));
         // nothing before the wait is over
         assert!(o.next_replay(t).is_none());
         let t1 = o.poll_timeout().unwrap();
@@ -499,6 +504,7 @@ mod tests {
         assert!(o.next_replay(t1).is_none());
         assert_eq!(o.poll_timeout(), None);
         o.finish(t1, ok("a"));
+        assert_eq!(o.oldest_pending_edge_us(), Some(20));
         assert_eq!(o.next_replay(t1).unwrap().key, "b");
         // b fails again: it stays first, with a longer wait; c does not overtake it
         o.undelivered(t1, "b");
@@ -587,6 +593,7 @@ mod tests {
         assert!(matches!(o.admit(bid("k", 1, 1)), Admit::New(_)));
         o.abandon("k");
         assert_eq!(o.stats().pending, 0);
+        assert_eq!(o.oldest_pending_edge_us(), None);
         assert!(matches!(o.admit(bid("k", 2, 1)), Admit::New(_)));
     }
 }
