@@ -5,7 +5,10 @@
 //! seen with the first answer, and refuses a key that stands for another request.
 
 use crate::bids::Delivered;
-use crate::proxy::{full, race, synthetic, tunnel_headers, Body, Outgoing, ReqBody, Route, State};
+use crate::proxy::{
+    body_limit_exceeded, full, race, synthetic, tunnel_headers, Body, Outgoing, ReqBody, Route,
+    State,
+};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -45,10 +48,7 @@ pub(crate) async fn journaled(
 ) -> Response<Body> {
     let limit = crate::proxy::REPLAY_MAX.min(state.max_body.unwrap_or(u64::MAX));
     if hop::declared_length(req.headers()).is_some_and(|n| n > limit) {
-        return synthetic(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("a bid or check-in body is limited to {limit} bytes"),
-        );
+        return body_limit_exceeded(limit);
     }
     let headers = tunnel_headers(state, &req, route.class);
     let Some(key) = headers
@@ -69,10 +69,7 @@ pub(crate) async fn journaled(
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some();
             return if too_large {
-                synthetic(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("a bid or check-in body is limited to {limit} bytes"),
-                )
+                body_limit_exceeded(limit)
             } else {
                 synthetic(
                     StatusCode::BAD_REQUEST,
@@ -92,11 +89,7 @@ pub(crate) async fn journaled(
         fingerprint: ledger::fingerprint(method.as_str(), &target, &body),
         method: method.to_string(),
         target,
-        headers: headers
-            .iter()
-            .filter(|(n, _)| n.as_str() != wire::HDR_IDEMPOTENCY_KEY)
-            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-            .collect(),
+        headers: header_pairs(&headers, &[wire::HDR_IDEMPOTENCY_KEY]),
         body: body.to_vec(),
     };
     let bids = &state.bids;
@@ -168,14 +161,7 @@ pub(crate) async fn journaled(
 pub(crate) async fn deliver(state: &State, r: Arc<Accepted>) -> Delivered {
     let class = class_of(r.kind);
     let mut headers = HeaderMap::new();
-    for (n, v) in &r.headers {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(n.as_bytes()),
-            HeaderValue::from_bytes(v),
-        ) {
-            headers.append(n, v);
-        }
-    }
+    append_pairs(&mut headers, &r.headers);
     let fixed = [
         (wire::HDR_IDEMPOTENCY_KEY, r.key.clone()),
         (wire::HDR_EDGE_TIME, r.edge_us.to_string()),
@@ -259,11 +245,7 @@ async fn read_answer(key: &str, a: crate::proxy::Answer) -> Delivered {
     hop::strip_hop_by_hop(&mut parts.headers);
     hop::strip_private(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
-    let mut headers: Vec<(String, Vec<u8>)> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect();
+    let mut headers = header_pairs(&parts.headers, &[]);
     if truncated {
         headers.push((HDR_TRUNCATED.into(), b"1".to_vec()));
     }
@@ -276,6 +258,27 @@ async fn read_answer(key: &str, a: crate::proxy::Answer) -> Delivered {
             body: kept,
         },
     })
+}
+
+/// Headers as the journal keeps them (names lower case), but `skip`.
+fn header_pairs(headers: &HeaderMap, skip: &[&str]) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .filter(|(n, _)| !skip.contains(&n.as_str()))
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Appends headers the journal kept (any that no longer parse are left out).
+fn append_pairs(to: &mut HeaderMap, pairs: &[(String, Vec<u8>)]) {
+    for (n, v) in pairs {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            to.append(n, v);
+        }
+    }
 }
 
 fn refused(key: &str, status: StatusCode, reason: &str) -> Outcome {
@@ -307,14 +310,7 @@ fn answer(o: &Outcome, key: &str) -> Response<Body> {
         } => {
             let mut r = Response::new(full(Bytes::from(body.clone())));
             *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
-            for (n, v) in headers {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(n.as_bytes()),
-                    HeaderValue::from_bytes(v),
-                ) {
-                    r.headers_mut().append(n, v);
-                }
-            }
+            append_pairs(r.headers_mut(), headers);
             with_key(r, key)
         }
         Delivery::Refused { status, reason } => with_key(

@@ -11,6 +11,7 @@ use ledger::outbox::{Admit, Outbox, OutboxConfig, Status, View};
 use ledger::record::{Accepted, Entry, Outcome};
 use ledger_io::{Journal, JournalError, Pending};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -39,7 +40,7 @@ pub(crate) struct Bids {
     /// How long a device waits for an answer before it gets a receipt.
     pub(crate) deadline: Duration,
     /// Journal length after the last compaction.
-    compacted_len: Mutex<u64>,
+    compacted_len: AtomicU64,
 }
 
 impl std::fmt::Debug for Bids {
@@ -54,10 +55,11 @@ impl Bids {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let opened = ledger_io::open(path)?;
+        let mut opened = ledger_io::open(path)?;
         let mut outbox = Outbox::new(OutboxConfig::default());
-        let n = opened.entries.len();
-        outbox.restore(Instant::now(), opened.entries.iter().cloned());
+        let entries = std::mem::take(&mut opened.entries);
+        let n = entries.len();
+        outbox.restore(Instant::now(), entries);
         let s = outbox.stats();
         info!(journal = %path.display(), records = n, undelivered = s.pending,
             damaged = opened.damage.is_some(), "bids journal opened");
@@ -73,7 +75,7 @@ impl Bids {
             changed: watch::channel(0).0,
             wake: Notify::new(),
             deadline,
-            compacted_len: Mutex::new(len),
+            compacted_len: AtomicU64::new(len),
         }))
     }
 
@@ -185,7 +187,7 @@ impl Bids {
 
     async fn maybe_compact(&self) {
         let len = self.journal.stats().len;
-        let last = *self.compacted_len.lock().unwrap_or_else(|e| e.into_inner());
+        let last = self.compacted_len.load(Ordering::Relaxed);
         if len < COMPACT_BYTES || len < last.saturating_mul(2) {
             return;
         }
@@ -196,7 +198,7 @@ impl Bids {
         match pending.await {
             Ok(()) => {
                 let now = self.journal.stats().len;
-                *self.compacted_len.lock().unwrap_or_else(|e| e.into_inner()) = now;
+                self.compacted_len.store(now, Ordering::Relaxed);
                 info!(from = len, to = now, "bids journal compacted");
             }
             Err(e) => warn!(error = %e, "bids journal compaction failed"),

@@ -626,7 +626,7 @@ impl Bond {
 
     /// Where `unit` goes now (excluding `exclude`).
     pub fn place(&self, unit: &Unit, exclude: &[PathId]) -> Placement {
-        let mut views = self.with_fallback(self.paths.iter().map(|p| p.view()).collect());
+        let mut views = self.views();
         let placed = self.policy.place_again(unit, &views, exclude);
         if tracing::enabled!(tracing::Level::TRACE) {
             for v in &views {

@@ -540,7 +540,7 @@ pub(crate) struct Answer {
     pub(crate) flow: Arc<Flow>,
 }
 
-fn body_limit_exceeded(limit: u64) -> Response<Body> {
+pub(crate) fn body_limit_exceeded(limit: u64) -> Response<Body> {
     synthetic(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("request body over the gateway's limit of {limit} bytes"),

@@ -176,7 +176,6 @@ impl Outbox {
                         continue;
                     }
                     let key = a.key.clone();
-                    self.stats.pending += 1;
                     self.stats.pending_bytes += size(&a);
                     self.queue.insert((a.edge_us, key.clone()));
                     self.undelivered.insert((a.edge_us, key.clone()));
@@ -215,7 +214,6 @@ impl Outbox {
             return Admit::Full;
         }
         self.stats.accepted += 1;
-        self.stats.pending += 1;
         self.stats.pending_bytes += n;
         let request = Arc::new(request);
         self.undelivered
@@ -239,7 +237,6 @@ impl Outbox {
         if let Some(item) = self.items.get(key) {
             if matches!(item.state, State::Sending) {
                 if let Some(r) = &item.request {
-                    self.stats.pending -= 1;
                     self.stats.pending_bytes -= size(r);
                 }
                 self.undelivered.remove(&(item.edge_us, key.to_owned()));
@@ -261,7 +258,6 @@ impl Outbox {
             self.queue.remove(&(item.edge_us, key.clone()));
         }
         if let Some(r) = item.request.take() {
-            self.stats.pending -= 1;
             self.stats.pending_bytes -= size(&r);
         }
         self.undelivered.remove(&(item.edge_us, key.clone()));
@@ -359,7 +355,10 @@ impl Outbox {
 
     /// Counters and gauges.
     pub fn stats(&self) -> OutboxStats {
-        self.stats
+        OutboxStats {
+            pending: self.undelivered.len(),
+            ..self.stats
+        }
     }
 
     /// The oldest undelivered request's edge time, µs.
