@@ -154,7 +154,10 @@ impl Testbed {
         let origin = listener.local_addr()?;
         tokio::spawn(origin::serve(listener, origin_stats.clone()));
 
+        // the demo's journals live as long as the demo
+        let state_dir = StateDir::new()?;
         let mut relay_cfg = ingest_relay::RelayConfig::default();
+        relay_cfg.bids.journal = state_dir.0.join("relay-bids.journal");
         relay_cfg.relay.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         relay_cfg.egress.allow = vec![format!("127.0.0.1:{}", origin.port())];
         relay_cfg.tunnel = opts.tunnel.clone();
@@ -221,8 +224,6 @@ impl Testbed {
                 method: None,
             },
         ];
-        // the demo's journal lives as long as the demo
-        let state_dir = StateDir::new()?;
         gw_cfg.bids.journal = state_dir.0.join("bids.journal");
         let gh = crate::runtime::spawn_gateway(&gw_cfg, &certs.gateway_tls(0)?).await?;
         let (proxy, bond, live) = (gh.proxy, gh.bond.clone(), gh.live.clone());

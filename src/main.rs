@@ -230,6 +230,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 .record_dir
                 .as_deref()
                 .map(|p| relative_to(&path, p));
+            cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
             let viewer_tls = match (&cfg.viewers.cert, &cfg.viewers.key) {
                 (Some(c), Some(k)) => Some(load_tls(&path, c, k, &cfg.tls.ca)?),
                 _ => None,

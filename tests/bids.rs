@@ -157,3 +157,26 @@ fn a_gateway_killed_with_bids_queued_delivers_them_after_restart() {
     assert_eq!(origin_keys(&s), want);
     assert_eq!(bid_status(&s, "c-4")["status"], "delivered");
 }
+
+#[test]
+fn a_restarted_relay_never_sends_an_answered_key_twice() {
+    let mut s = Stack::start("bids-relay-restart");
+    let body = "{\"lot\":4,\"amount\":10}";
+    let (st, first) = bid(&s, Some("r-1"), body);
+    assert_eq!(st, 200, "{first}");
+    // both ends die, and the gateway's journal is gone: only the relay remembers the key
+    s.kill_relay();
+    s.kill_gateway();
+    std::fs::remove_file(s.dir.path().join("bids.journal")).expect("gateway journal");
+    s.start_relay();
+    s.start_gateway();
+    s.wait_up();
+    let (st, again) = bid(&s, Some("r-1"), body);
+    assert_eq!(st, 200, "{again}");
+    let answer = |t: &str| t.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    assert_eq!(answer(&again), answer(&first), "the first answer, replayed");
+    // another request under the key is still refused
+    let (st, text) = bid(&s, Some("r-1"), "{\"lot\":4,\"amount\":99}");
+    assert_eq!(st, 422, "{text}");
+    assert_eq!(origin_keys(&s), vec!["r-1"]);
+}

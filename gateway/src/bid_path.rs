@@ -23,9 +23,6 @@ use tunnel_io::H3Body;
 /// Bytes of an answer kept with its outcome (and given to a device that asks again).
 const ANSWER_KEEP: usize = 1 << 20;
 
-/// Set on an answer whose body was longer than what the gateway keeps.
-const HDR_TRUNCATED: &str = "canopy-truncated";
-
 fn kind_of(class: TrafficClass) -> Kind {
     match class {
         TrafficClass::Checkin => Kind::Checkin,
@@ -223,7 +220,8 @@ async fn read_answer(key: &str, a: crate::proxy::Answer) -> Delivered {
         .expect_down(hop::declared_length(&parts.headers).unwrap_or(0));
     let mut body = H3Body::new(a.recv, None, Some(a.flow.down_counter()));
     let mut kept = Vec::new();
-    let mut truncated = false;
+    // a replayed answer the relay kept only the start of
+    let mut truncated = parts.headers.contains_key(wire::HDR_ANSWER_TRUNCATED);
     loop {
         match body.frame().await {
             None => break,
@@ -247,7 +245,7 @@ async fn read_answer(key: &str, a: crate::proxy::Answer) -> Delivered {
     parts.headers.remove(header::CONTENT_LENGTH);
     let mut headers = header_pairs(&parts.headers, &[]);
     if truncated {
-        headers.push((HDR_TRUNCATED.into(), b"1".to_vec()));
+        headers.push((wire::HDR_ANSWER_TRUNCATED.into(), b"1".to_vec()));
     }
     Delivered::Done(Outcome {
         key: key.to_owned(),

@@ -11,7 +11,6 @@ use ledger::outbox::{Admit, Outbox, OutboxConfig, Status, View};
 use ledger::record::{Accepted, Entry, Outcome};
 use ledger_io::{Journal, JournalError, Pending};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -39,8 +38,6 @@ pub(crate) struct Bids {
     wake: Notify,
     /// How long a device waits for an answer before it gets a receipt.
     pub(crate) deadline: Duration,
-    /// Journal length after the last compaction.
-    compacted_len: AtomicU64,
 }
 
 impl std::fmt::Debug for Bids {
@@ -67,7 +64,6 @@ impl Bids {
             metrics::counter!("canopy_gateway_journal_undecodable_total")
                 .increment(opened.undecodable as u64);
         }
-        let len = opened.len;
         let journal = Journal::start(path.to_path_buf(), opened)?;
         Ok(Arc::new(Self {
             outbox: Mutex::new(outbox),
@@ -75,7 +71,6 @@ impl Bids {
             changed: watch::channel(0).0,
             wake: Notify::new(),
             deadline,
-            compacted_len: AtomicU64::new(len),
         }))
     }
 
@@ -187,8 +182,7 @@ impl Bids {
 
     async fn maybe_compact(&self) {
         let len = self.journal.stats().len;
-        let last = self.compacted_len.load(Ordering::Relaxed);
-        if len < COMPACT_BYTES || len < last.saturating_mul(2) {
+        if !self.journal.stats().compaction_due(COMPACT_BYTES) {
             return;
         }
         let pending = {
@@ -197,9 +191,11 @@ impl Bids {
         };
         match pending.await {
             Ok(()) => {
-                let now = self.journal.stats().len;
-                self.compacted_len.store(now, Ordering::Relaxed);
-                info!(from = len, to = now, "bids journal compacted");
+                info!(
+                    from = len,
+                    to = self.journal.stats().len,
+                    "bids journal compacted"
+                );
             }
             Err(e) => warn!(error = %e, "bids journal compaction failed"),
         }

@@ -23,6 +23,26 @@ pub struct RelayConfig {
     pub viewers: ViewersSection,
     /// `[live]`: the live streams gateways send: outage hold, playlists, recording.
     pub live: LiveSection,
+    /// `[bids]`: the duplicate table of bids and check-ins, on disk.
+    pub bids: RelayBidsSection,
+}
+
+/// `[bids]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayBidsSection {
+    /// The journal of the duplicate table: which gateway's keys went to the origin and
+    /// what they were answered, so a restarted relay never sends a key twice (relative to
+    /// the config file).
+    pub journal: PathBuf,
+}
+
+impl Default for RelayBidsSection {
+    fn default() -> Self {
+        Self {
+            journal: "relay-bids.journal".into(),
+        }
+    }
 }
 
 /// `[viewers]`
@@ -209,6 +229,9 @@ impl RelayConfig {
         }
         if live.ring_bytes < 1 << 20 {
             errs.push(("live.ring_bytes".into(), "must be at least 1 MiB".into()));
+        }
+        if self.bids.journal.as_os_str().is_empty() {
+            errs.push(("bids.journal".into(), "must name a file".into()));
         }
         if self.viewers.cert.is_some() != self.viewers.key.is_some() {
             errs.push(("viewers.cert".into(), "cert and key go together".into()));

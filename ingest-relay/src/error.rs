@@ -18,6 +18,14 @@ pub enum RelayError {
         /// Why.
         source: std::io::Error,
     },
+    /// The duplicate table's journal could not be opened.
+    #[error("cannot open the journal {path}: {source}")]
+    Journal {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The config is invalid (already reported by check-config).
     #[error("invalid config: {0}")]
     Config(String),

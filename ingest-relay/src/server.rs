@@ -1,11 +1,12 @@
 //! The relay's HTTP/3 server: accepts gateway connections (client certificate required),
 //! and serves each request stream: CONNECT tunnels and proxied requests to origins.
 
+use crate::claim_log::ClaimLog;
 use crate::config::RelayConfig;
 use crate::egress::{Egress, OriginStream};
 use crate::error::{Refusal, RelayError};
 pub(crate) use crate::session::ConnCtx;
-use crate::session::{Admission, Outcome, Publisher, Sessions};
+use crate::session::{Admission, AdmitError, Outcome, Publisher, Sessions};
 use crate::stripe;
 use crate::viewers::{self, Viewers};
 use bytes::Bytes;
@@ -89,7 +90,12 @@ impl Relay {
             max_body: (cfg.egress.max_request_body_bytes > 0)
                 .then_some(cfg.egress.max_request_body_bytes),
             max_header_bytes: cfg.egress.max_header_bytes,
-            sessions: Sessions::new(),
+            sessions: Sessions::new(ClaimLog::open(&cfg.bids.journal).map_err(|source| {
+                RelayError::Journal {
+                    path: cfg.bids.journal.clone(),
+                    source,
+                }
+            })?),
             stripes: stripe::Stripes::default(),
             relayed: Arc::new(Relayed::new(relayed_config(cfg))),
         };
@@ -235,7 +241,7 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
         identity,
         conn_id: conn.stable_id(),
         joined: std::sync::Mutex::new(None),
-        gateway_name: crate::session::gateway_name(&conn, identity),
+        gateway_name: crate::session::gateway_name(&conn),
     });
     metrics::gauge!("canopy_relay_gateways_connected").increment(1.0);
     let h3 = h3::server::builder()
@@ -344,7 +350,7 @@ async fn serve(
             .sessions
             // the first copy may need a connect, its whole body and the origin's answer
             .admit(
-                ctx.identity,
+                &ctx.gateway_name,
                 &key,
                 req.headers()
                     .get(wire::HDR_FINGERPRINT)
@@ -369,13 +375,25 @@ async fn serve(
                 stream.stop_sending(h3::error::Code::H3_NO_ERROR);
                 return replay(&mut stream, &outcome, true).await;
             }
-            Err(()) => {
+            Err(AdmitError::Busy) => {
                 stream.stop_sending(h3::error::Code::H3_NO_ERROR);
                 return refuse(
                     &mut stream,
                     Refusal::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         "an earlier copy of this request is still without an answer",
+                    ),
+                )
+                .await;
+            }
+            Err(AdmitError::Journal(e)) => {
+                warn!(error = %e, "keyed request refused: the duplicate table is not writable");
+                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                return refuse(
+                    &mut stream,
+                    Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the relay cannot record this request's key",
                     ),
                 )
                 .await;
@@ -950,34 +968,7 @@ async fn deliver(
         return StatusCode::BAD_GATEWAY;
     };
     if let Some(p) = publisher {
-        // keyed answers are small: keep the whole answer for duplicates
-        let headers = head.headers().clone();
-        let collected = tokio::time::timeout(
-            state.response_timeout,
-            http_body_util::BodyExt::collect(http_body_util::Limited::new(body, KEYED_ANSWER_MAX)),
-        )
-        .await
-        .unwrap_or_else(|_| Err("the origin's answer did not end in time".into()));
-        let bytes = match collected {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                let refusal = Refusal::new(
-                    StatusCode::BAD_GATEWAY,
-                    format!("origin answer unusable: {e}"),
-                );
-                p.refused(&refusal);
-                return refuse(send, refusal).await;
-            }
-        };
-        p.answer(status, headers, bytes.clone());
-        if send.send_response(head).await.is_ok() {
-            count_bytes(class, 0, bytes.len() as u64);
-            if !bytes.is_empty() {
-                let _ = send.send_data(bytes).await;
-            }
-            let _ = send.finish().await;
-        }
-        return status;
+        return deliver_keyed(state, send, class, p, head, body).await;
     }
     if send.send_response(head).await.is_err() {
         return status;
@@ -987,6 +978,82 @@ async fn deliver(
     if let Err(e) = pump_body(body, send, Some(&down_counter)).await {
         debug!(error = %e, "response body cut short");
         send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+    }
+    status
+}
+
+/// Answers a keyed request (a bid or check-in) and keeps its answer for later copies. The
+/// origin has taken the request once its answer's head is here, so what is kept is always
+/// the origin's status and headers: with the whole body when it is small and arrives in
+/// time, else with its first bytes and [`wire::HDR_ANSWER_TRUNCATED`] (never a 502 of our
+/// own that would stand for the key while the origin holds the bid). The device that sent
+/// it gets the whole answer either way.
+async fn deliver_keyed(
+    state: &State,
+    send: &mut SendHalf,
+    class: TrafficClass,
+    p: Publisher,
+    head: Response<()>,
+    mut body: hyper::body::Incoming,
+) -> StatusCode {
+    use http_body_util::BodyExt;
+    let status = head.status();
+    let deadline = tokio::time::Instant::now() + state.response_timeout;
+    let mut read = bytes::BytesMut::new();
+    // Some(rest is worth pumping) when the body did not end within the bounds
+    let cut: Option<bool> = loop {
+        if read.len() > KEYED_ANSWER_MAX {
+            break Some(true);
+        }
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => break Some(true),
+            Ok(None) => break None,
+            Ok(Some(Ok(frame))) => {
+                if let Ok(d) = frame.into_data() {
+                    read.extend_from_slice(&d);
+                }
+            }
+            Ok(Some(Err(e))) => {
+                debug!(error = %e, "origin answer to a keyed request cut short");
+                break Some(false);
+            }
+        }
+    };
+    let read = read.freeze();
+    let mut kept_headers = head.headers().clone();
+    let kept = match cut {
+        None => read.clone(),
+        Some(_) => {
+            metrics::counter!("canopy_relay_answers_truncated_total").increment(1);
+            kept_headers.remove(header::CONTENT_LENGTH);
+            kept_headers.insert(
+                wire::HDR_ANSWER_TRUNCATED,
+                http::HeaderValue::from_static("1"),
+            );
+            read.slice(..read.len().min(KEYED_ANSWER_MAX))
+        }
+    };
+    p.answer(status, kept_headers, kept);
+    if send.send_response(head).await.is_err() {
+        return status;
+    }
+    count_bytes(class, 0, read.len() as u64);
+    if !read.is_empty() && send.send_data(read).await.is_err() {
+        return status;
+    }
+    match cut {
+        None => {
+            let _ = send.finish().await;
+        }
+        Some(true) => {
+            let down_counter = metrics::counter!("canopy_relay_bytes_total",
+                "class" => class.as_str(), "direction" => "down");
+            if let Err(e) = pump_body(body, send, Some(&down_counter)).await {
+                debug!(error = %e, "response body cut short");
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+            }
+        }
+        Some(false) => send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR),
     }
     status
 }

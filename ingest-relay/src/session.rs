@@ -4,10 +4,15 @@
 //! id and its path id (`POST https://canopy.session/hello`). The relay joins them into one
 //! session, provided every connection shows the same client certificate. Bids and check-ins
 //! arrive once per path they were sent on; the first copy goes to the origin, later copies
-//! get its answer (`tunnel::dedup`), keyed by the certificate and the idempotency key.
+//! get its answer, keyed by the gateway's name and the idempotency key. Copies in flight
+//! wait for each other in memory (`tunnel::dedup`); what a key came to is also on disk
+//! (`claim_log`), so a restarted relay never sends an answered key to the origin again.
 
+use crate::claim_log::ClaimLog;
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use ledger::claims::Lookup;
+use ledger::record::Delivery;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -34,23 +39,34 @@ pub(crate) struct ConnCtx {
 }
 
 /// The name a gateway's certificate gives it (see [`ConnCtx::gateway_name`]); a certificate
-/// without a usable common name gets one from its identity hash.
-pub(crate) fn gateway_name(conn: &quinn::Connection, identity: u64) -> String {
-    let cn = conn
+/// without a usable common name gets one from a hash of the certificate that stays the same
+/// across restarts (the duplicate table on disk is keyed by it).
+pub(crate) fn gateway_name(conn: &quinn::Connection) -> String {
+    let leaf = conn
         .peer_identity()
         .and_then(|i| {
             i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                 .ok()
         })
-        .and_then(|certs| {
-            let leaf = certs.first()?;
-            let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        .and_then(|certs| certs.first().cloned());
+    let Some(leaf) = leaf else {
+        return "gw-anonymous".into();
+    };
+    let cn = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .ok()
+        .and_then(|(_, cert)| {
             let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
             Some(cn.split('.').next().unwrap_or("").to_string())
         });
     match cn {
         Some(n) if tunnel::wire::media::valid_name(&n) => n,
-        _ => format!("gw-{identity:016x}"),
+        _ => {
+            // SipHash with fixed keys: the same certificate gives the same name every run
+            #[allow(deprecated)]
+            let mut h = std::hash::SipHasher::new();
+            leaf.as_ref().hash(&mut h);
+            format!("gw-{:016x}", h.finish())
+        }
     }
 }
 
@@ -69,7 +85,8 @@ pub(crate) enum Outcome {
 /// What a key stands for (the gateway's fingerprint, when it sent one) and where its first
 /// copy's outcome appears.
 type Slot = (Option<String>, watch::Receiver<Option<Arc<Outcome>>>);
-type Key = (u64, String);
+/// (gateway name, idempotency key).
+type Key = (String, String);
 
 struct PathEntry {
     name: String,
@@ -85,6 +102,7 @@ pub(crate) struct Sessions {
     hasher: std::collections::hash_map::RandomState,
     sessions: Mutex<SessionTable>,
     dedup: Arc<Mutex<DedupTable<Key, Slot>>>,
+    log: Arc<ClaimLog>,
 }
 
 /// What a copy of a keyed request must do.
@@ -98,12 +116,22 @@ pub(crate) enum Admission {
     Conflict,
 }
 
+/// Why a copy could not be admitted.
+#[derive(Debug)]
+pub(crate) enum AdmitError {
+    /// An earlier copy is still without an answer.
+    Busy,
+    /// The claim could not be put on disk.
+    Journal(ledger_io::JournalError),
+}
+
 impl Sessions {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(log: ClaimLog) -> Self {
         Self {
             hasher: std::collections::hash_map::RandomState::new(),
             sessions: Mutex::new(HashMap::new()),
             dedup: Arc::new(Mutex::new(DedupTable::new(DEDUP_TTL, DEDUP_MAX))),
+            log: Arc::new(log),
         }
     }
 
@@ -192,18 +220,31 @@ impl Sessions {
             .set(s.values().map(|(_, p)| p.len()).sum::<usize>() as f64);
     }
 
-    /// Admits a copy of a keyed request; waits for the first copy's outcome when this is a
-    /// duplicate (up to `wait`).
+    /// Admits a copy of `gateway`'s keyed request; waits for the first copy's outcome when
+    /// this is a duplicate (up to `wait`). A first copy's claim is on disk when this returns.
     pub(crate) async fn admit(
         &self,
-        identity: u64,
+        gateway: &str,
         key: &str,
         fingerprint: Option<&str>,
         wait: Duration,
-    ) -> Result<Admission, ()> {
-        let key: Key = (identity, key.to_string());
+    ) -> Result<Admission, AdmitError> {
+        let fp = fingerprint.and_then(ledger::Fingerprint::from_hex);
+        let key: Key = (gateway.to_string(), key.to_string());
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // what the key came to before (this relay's earlier life included)
+            match self.log.lookup(&key.0, &key.1, fp.as_ref()) {
+                Lookup::Settled(d) => {
+                    metrics::counter!("canopy_relay_duplicates_total").increment(1);
+                    return Ok(Admission::Replay(Arc::new(outcome_of(&d))));
+                }
+                Lookup::Conflict => {
+                    metrics::counter!("canopy_relay_key_conflicts_total").increment(1);
+                    return Ok(Admission::Conflict);
+                }
+                Lookup::InDoubt | Lookup::Free => {}
+            }
             let (tx, rx) = watch::channel(None);
             let admitted = self.dedup.lock().unwrap_or_else(|p| p.into_inner()).admit(
                 Instant::now(),
@@ -212,12 +253,18 @@ impl Sessions {
             );
             let mut slot = match admitted {
                 Admit::First => {
-                    return Ok(Admission::First(Publisher {
+                    let publisher = Publisher {
                         tx,
                         key,
                         table: self.dedup.clone(),
+                        log: self.log.clone(),
                         done: false,
-                    }))
+                    };
+                    // on disk before it goes on (dropped on failure: the key is released)
+                    if let Err(e) = self.log.claim(gateway, &publisher.key.1, fp).await {
+                        return Err(AdmitError::Journal(e));
+                    }
+                    return Ok(Admission::First(publisher));
                 }
                 Admit::Duplicate((first, slot)) => {
                     if let (Some(a), Some(b)) = (first.as_deref(), fingerprint) {
@@ -232,12 +279,46 @@ impl Sessions {
             metrics::counter!("canopy_relay_duplicates_total").increment(1);
             let outcome = tokio::time::timeout_at(deadline, wait_outcome(&mut slot)).await;
             match outcome {
-                Err(_) => return Err(()),
+                Err(_) => return Err(AdmitError::Busy),
                 Ok(Some(o)) if matches!(*o, Outcome::Answer { .. }) => {
                     return Ok(Admission::Replay(o))
                 }
                 // the first copy gave up (or vanished): it forgot the key; try again
                 Ok(_) => tokio::task::yield_now().await,
+            }
+        }
+    }
+}
+
+/// A kept answer as duplicates get it.
+fn outcome_of(d: &Delivery) -> Outcome {
+    match d {
+        Delivery::Answered {
+            status,
+            headers,
+            body,
+        } => Outcome::Answer {
+            status: StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+            headers: headers
+                .iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        HeaderValue::from_bytes(v).ok()?,
+                    ))
+                })
+                .collect(),
+            body: Bytes::copy_from_slice(body),
+        },
+        Delivery::Refused { status, reason } => {
+            let r = crate::error::Refusal::new(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+                reason.clone(),
+            );
+            Outcome::Answer {
+                status: r.status,
+                headers: r.headers(),
+                body: r.body(),
             }
         }
     }
@@ -256,17 +337,42 @@ pub(crate) struct Publisher {
     tx: watch::Sender<Option<Arc<Outcome>>>,
     key: Key,
     table: Arc<Mutex<DedupTable<Key, Slot>>>,
+    log: Arc<ClaimLog>,
     done: bool,
 }
 
 impl Publisher {
     /// The relay's refusal: duplicates replay it.
-    pub(crate) fn refused(self, r: &crate::error::Refusal) {
-        self.answer(r.status, r.headers(), r.body());
+    pub(crate) fn refused(mut self, r: &crate::error::Refusal) {
+        self.log.settle(
+            &self.key.0,
+            &self.key.1,
+            Delivery::Refused {
+                status: r.status.as_u16(),
+                reason: r.reason.clone(),
+            },
+        );
+        self.publish(r.status, r.headers(), r.body());
     }
 
-    /// The origin's (or the relay's) answer: duplicates replay it.
+    /// The origin's answer: duplicates replay it.
     pub(crate) fn answer(mut self, status: StatusCode, headers: HeaderMap, body: Bytes) {
+        self.log.settle(
+            &self.key.0,
+            &self.key.1,
+            Delivery::Answered {
+                status: status.as_u16(),
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                    .collect(),
+                body: body.to_vec(),
+            },
+        );
+        self.publish(status, headers, body);
+    }
+
+    fn publish(&mut self, status: StatusCode, headers: HeaderMap, body: Bytes) {
         self.done = true;
         let _ = self.tx.send(Some(Arc::new(Outcome::Answer {
             status,
@@ -279,6 +385,7 @@ impl Publisher {
 impl Drop for Publisher {
     fn drop(&mut self) {
         if !self.done {
+            self.log.release(&self.key.0, &self.key.1);
             self.table
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

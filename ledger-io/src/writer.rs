@@ -47,6 +47,16 @@ pub struct JournalStats {
     pub len: u64,
     /// Rewrites (compactions).
     pub rewrites: u64,
+    /// Bytes in the file when it was opened or last rewritten.
+    pub base_len: u64,
+}
+
+impl JournalStats {
+    /// Whether a compaction is worth it: the file is past `min` bytes and has at least
+    /// doubled since it was opened or last rewritten.
+    pub fn compaction_due(&self, min: u64) -> bool {
+        self.len >= min && self.len >= self.base_len.saturating_mul(2)
+    }
 }
 
 #[derive(Default)]
@@ -55,6 +65,7 @@ struct Counters {
     commits: AtomicU64,
     len: AtomicU64,
     rewrites: AtomicU64,
+    base_len: AtomicU64,
 }
 
 enum Op {
@@ -114,6 +125,7 @@ impl Journal {
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         counters.len.store(opened.len, Ordering::Relaxed);
+        counters.base_len.store(opened.len, Ordering::Relaxed);
         let c = counters.clone();
         let file = opened.file;
         std::thread::Builder::new()
@@ -164,6 +176,7 @@ impl Journal {
             commits: self.counters.commits.load(Ordering::Relaxed),
             len: self.counters.len.load(Ordering::Relaxed),
             rewrites: self.counters.rewrites.load(Ordering::Relaxed),
+            base_len: self.counters.base_len.load(Ordering::Relaxed),
         }
     }
 }
@@ -236,6 +249,7 @@ fn run(path: PathBuf, mut file: File, rx: mpsc::Receiver<Op>, c: Arc<Counters>) 
                         Ok((f, len)) => {
                             file = f;
                             c.len.store(len, Ordering::Relaxed);
+                            c.base_len.store(len, Ordering::Relaxed);
                             c.rewrites.fetch_add(1, Ordering::Relaxed);
                             Ok(())
                         }
@@ -327,7 +341,7 @@ mod tests {
             .iter()
             .map(|e| match e {
                 Entry::Outcome(o) => o.at_us,
-                Entry::Accepted(_) => unreachable!(),
+                other => panic!("not written: {other:?}"),
             })
             .collect();
         keys.sort_unstable();

@@ -1,8 +1,10 @@
 //! Canopy's bids and check-ins, sans-IO: the journal's record format (`frame`, `codec`,
-//! `record`), what an idempotency key stands for (`key`), and the gateway's outbox of
-//! requests between the device and their outcome (`outbox`). No clock, no files, no
-//! sockets: the gateway's shell writes the journal and sends.
+//! `record`), what an idempotency key stands for (`key`), the gateway's outbox of requests
+//! between the device and their outcome (`outbox`), and the relay's duplicate table that
+//! survives a restart (`claims`). No clock, no files, no sockets: the shells write the
+//! journals and send.
 
+pub mod claims;
 pub mod codec;
 pub mod crc;
 pub mod frame;
@@ -10,6 +12,7 @@ pub mod key;
 pub mod outbox;
 pub mod record;
 
+pub use claims::{ClaimStats, Claims, ClaimsConfig, Lookup};
 pub use key::{device_key, fingerprint, gateway_key, Fingerprint};
 pub use outbox::{Admit, Outbox, OutboxConfig, OutboxStats, Status, View};
-pub use record::{Accepted, Delivery, Entry, Kind, Outcome};
+pub use record::{Accepted, Claim, Delivery, Entry, Kind, Outcome, Settled};

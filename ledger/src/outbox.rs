@@ -194,6 +194,8 @@ impl Outbox {
                     );
                 }
                 Entry::Outcome(o) => self.finish(now, o),
+                // the relay's records
+                Entry::Claimed(_) | Entry::Settled(_) | Entry::Released { .. } => {}
             }
         }
     }

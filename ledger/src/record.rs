@@ -7,6 +7,9 @@ use crate::key::Fingerprint;
 
 const KIND_ACCEPTED: u8 = 1;
 const KIND_OUTCOME: u8 = 2;
+const KIND_CLAIMED: u8 = 3;
+const KIND_SETTLED: u8 = 4;
+const KIND_RELEASED: u8 = 5;
 
 /// The request kinds the journal keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,13 +95,51 @@ pub struct Outcome {
     pub result: Delivery,
 }
 
-/// One journal record.
+/// A relay's claim on a gateway's key: its first copy is on its way to the origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Whose key: the gateway's name.
+    pub scope: String,
+    /// The idempotency key.
+    pub key: String,
+    /// What the key stands for, when the gateway said.
+    pub fingerprint: Option<Fingerprint>,
+    /// When, µs since the Unix epoch (relay clock).
+    pub at_us: u64,
+}
+
+/// What a claimed key's first copy came to at the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// Whose key: the gateway's name.
+    pub scope: String,
+    /// The idempotency key.
+    pub key: String,
+    /// When, µs since the Unix epoch (relay clock).
+    pub at_us: u64,
+    /// The answer later copies get.
+    pub result: Delivery,
+}
+
+/// One journal record. The gateway's journal holds `Accepted` and `Outcome`; the relay's
+/// holds `Claimed`, `Settled` and `Released`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     /// A request accepted (journaled before the device is answered).
     Accepted(Accepted),
     /// A request's outcome.
     Outcome(Outcome),
+    /// A key claimed at the relay (journaled before the first copy goes to the origin).
+    Claimed(Claim),
+    /// A claimed key's answer.
+    Settled(Settled),
+    /// A claim given up: the first copy never reached the origin, a later copy may go.
+    Released {
+        /// Whose key.
+        scope: String,
+        /// The key.
+        key: String,
+    },
 }
 
 /// Longest key kept, bytes.
@@ -123,20 +164,21 @@ impl Entry {
             }
             Entry::Outcome(o) => {
                 w.u8(KIND_OUTCOME).str(&o.key).u64(o.at_us);
-                match &o.result {
-                    Delivery::Answered {
-                        status,
-                        headers,
-                        body,
-                    } => {
-                        w.u8(1).u64(u64::from(*status));
-                        put_headers(&mut w, headers);
-                        w.bytes(body);
-                    }
-                    Delivery::Refused { status, reason } => {
-                        w.u8(2).u64(u64::from(*status)).str(reason);
-                    }
-                }
+                put_delivery(&mut w, &o.result);
+            }
+            Entry::Claimed(c) => {
+                w.u8(KIND_CLAIMED).str(&c.scope).str(&c.key).u64(c.at_us);
+                match &c.fingerprint {
+                    Some(f) => w.u8(1).bytes(&f.0),
+                    None => w.u8(0),
+                };
+            }
+            Entry::Settled(st) => {
+                w.u8(KIND_SETTLED).str(&st.scope).str(&st.key).u64(st.at_us);
+                put_delivery(&mut w, &st.result);
+            }
+            Entry::Released { scope, key } => {
+                w.u8(KIND_RELEASED).str(scope).str(key);
             }
         }
         w.finish()
@@ -155,11 +197,7 @@ impl Entry {
                     1 => true,
                     _ => return Err(DecodeError::OutOfRange("clock_known")),
                 };
-                let fp = r.bytes()?;
-                let fingerprint = Fingerprint(
-                    fp.try_into()
-                        .map_err(|_| DecodeError::OutOfRange("fingerprint"))?,
-                );
+                let fingerprint = fingerprint(&mut r)?;
                 let method = r.str()?.to_owned();
                 let target = r.str()?.to_owned();
                 let headers = get_headers(&mut r, buf.len())?;
@@ -179,29 +217,91 @@ impl Entry {
             KIND_OUTCOME => {
                 let key = key(&mut r)?;
                 let at_us = r.u64()?;
-                let result = match r.u8()? {
-                    1 => {
-                        let status = status(&mut r)?;
-                        let headers = get_headers(&mut r, buf.len())?;
-                        Delivery::Answered {
-                            status,
-                            headers,
-                            body: r.bytes()?.to_vec(),
-                        }
-                    }
-                    2 => Delivery::Refused {
-                        status: status(&mut r)?,
-                        reason: r.str()?.to_owned(),
-                    },
-                    _ => return Err(DecodeError::OutOfRange("result")),
-                };
+                let result = get_delivery(&mut r, buf.len())?;
                 Entry::Outcome(Outcome { key, at_us, result })
+            }
+            KIND_CLAIMED => {
+                let scope = key(&mut r)?;
+                let key = key(&mut r)?;
+                let at_us = r.u64()?;
+                let fingerprint = match r.u8()? {
+                    0 => None,
+                    1 => Some(fingerprint(&mut r)?),
+                    _ => return Err(DecodeError::OutOfRange("fingerprint")),
+                };
+                Entry::Claimed(Claim {
+                    scope,
+                    key,
+                    fingerprint,
+                    at_us,
+                })
+            }
+            KIND_SETTLED => {
+                let scope = key(&mut r)?;
+                let key = key(&mut r)?;
+                let at_us = r.u64()?;
+                let result = get_delivery(&mut r, buf.len())?;
+                Entry::Settled(Settled {
+                    scope,
+                    key,
+                    at_us,
+                    result,
+                })
+            }
+            KIND_RELEASED => {
+                let scope = key(&mut r)?;
+                let key = key(&mut r)?;
+                Entry::Released { scope, key }
             }
             k => return Err(DecodeError::UnknownKind(k)),
         };
         r.end()?;
         Ok(e)
     }
+}
+
+fn put_delivery(w: &mut Writer, d: &Delivery) {
+    match d {
+        Delivery::Answered {
+            status,
+            headers,
+            body,
+        } => {
+            w.u8(1).u64(u64::from(*status));
+            put_headers(w, headers);
+            w.bytes(body);
+        }
+        Delivery::Refused { status, reason } => {
+            w.u8(2).u64(u64::from(*status)).str(reason);
+        }
+    }
+}
+
+fn get_delivery(r: &mut Reader<'_>, total: usize) -> Result<Delivery, DecodeError> {
+    Ok(match r.u8()? {
+        1 => {
+            let status = status(r)?;
+            let headers = get_headers(r, total)?;
+            Delivery::Answered {
+                status,
+                headers,
+                body: r.bytes()?.to_vec(),
+            }
+        }
+        2 => Delivery::Refused {
+            status: status(r)?,
+            reason: r.str()?.to_owned(),
+        },
+        _ => return Err(DecodeError::OutOfRange("result")),
+    })
+}
+
+fn fingerprint(r: &mut Reader<'_>) -> Result<Fingerprint, DecodeError> {
+    Ok(Fingerprint(
+        r.bytes()?
+            .try_into()
+            .map_err(|_| DecodeError::OutOfRange("fingerprint"))?,
+    ))
 }
 
 fn put_headers(w: &mut Writer, headers: &[(String, Vec<u8>)]) {
@@ -282,6 +382,32 @@ mod tests {
                     reason: "not allowed".into(),
                 },
             }),
+            Entry::Claimed(Claim {
+                scope: "stall-1".into(),
+                key: "k-1".into(),
+                fingerprint: Some(fingerprint("POST", "http://a/b", b"x")),
+                at_us: 7,
+            }),
+            Entry::Claimed(Claim {
+                scope: "stall-1".into(),
+                key: "k-2".into(),
+                fingerprint: None,
+                at_us: 8,
+            }),
+            Entry::Settled(Settled {
+                scope: "stall-1".into(),
+                key: "k-1".into(),
+                at_us: 9,
+                result: Delivery::Answered {
+                    status: 200,
+                    headers: vec![],
+                    body: b"ok".to_vec(),
+                },
+            }),
+            Entry::Released {
+                scope: "stall-1".into(),
+                key: "k-2".into(),
+            },
         ];
         for e in entries {
             assert_eq!(Entry::decode(&e.encode()), Ok(e));

@@ -73,6 +73,9 @@ pub const HDR_LINK_KIND: &str = "canopy-link-kind";
 
 /// Set by the relay on the answer to a redundant copy (the first copy's answer, replayed).
 pub const HDR_DUPLICATE: &str = "canopy-duplicate";
+/// On a replayed answer to a bid or check-in: the relay kept only the first bytes of the
+/// origin's answer (it was large or slow); the status and headers are the origin's.
+pub const HDR_ANSWER_TRUNCATED: &str = "canopy-answer-truncated";
 
 /// Every Canopy-private header starts with this prefix; egress strips them all.
 pub const PRIVATE_PREFIX: &str = "canopy-";
