@@ -9,3 +9,4 @@ pub mod linkem;
 pub mod load;
 pub mod origin;
 pub mod runtime;
+pub mod tokens;

@@ -83,6 +83,12 @@ enum Command {
         #[arg(long, default_value = "")]
         base: String,
     },
+    /// The organizer's check-in key and tokens (Ed25519): `keygen` once, then `issue` a
+    /// token per attendee. Gateways check tokens offline with the public key.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
     /// Make the certificates of an event.
     Certs {
         #[command(subcommand)]
@@ -156,6 +162,44 @@ enum CertsCommand {
         /// Gateway names; one client certificate each. Repeat for several.
         #[arg(long = "gateway", default_values_t = vec!["gateway".to_string()])]
         gateways: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Make the organizer's signing key (kept secret, mode 0600); prints the public key for
+    /// the gateways' `[checkin] public_key`.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing key (tokens it signed stop verifying).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a check-in token; prints it.
+    Issue {
+        /// The organizer's key (from `canopy tokens keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The event's slug (as in the gateways' `[checkin] event`).
+        #[arg(long)]
+        event: String,
+        /// The attendee's id.
+        #[arg(long)]
+        attendee: String,
+        /// The token's id (default: random).
+        #[arg(long)]
+        id: Option<String>,
+        /// Valid from, Unix seconds (default: now).
+        #[arg(long)]
+        not_before: Option<u64>,
+        /// Valid until (checkout), Unix seconds; or use --valid-for.
+        #[arg(long, conflicts_with = "valid_for")]
+        expires: Option<u64>,
+        /// Valid for this many seconds from not-before (default 86400).
+        #[arg(long)]
+        valid_for: Option<u64>,
     },
 }
 
@@ -327,6 +371,48 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             })
             .await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokens { command } => {
+            let out = match command {
+                TokensCommand::Keygen { out, force } => canopy::tokens::keygen(&out, force),
+                TokensCommand::Issue {
+                    key,
+                    event,
+                    attendee,
+                    id,
+                    not_before,
+                    expires,
+                    valid_for,
+                } => {
+                    let nb = not_before.unwrap_or_else(|| {
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                    });
+                    let expires =
+                        expires.unwrap_or_else(|| nb.saturating_add(valid_for.unwrap_or(86_400)));
+                    canopy::tokens::issue(
+                        &key,
+                        &canopy::tokens::IssueArgs {
+                            event,
+                            attendee,
+                            id,
+                            not_before: Some(nb),
+                            expires,
+                        },
+                    )
+                }
+            };
+            match out {
+                Ok(s) => {
+                    println!("{s}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("canopy tokens: {e}");
+                    Ok(ExitCode::from(EX_USAGE as u8))
+                }
+            }
         }
         Command::ViewerToken {
             key_file,

@@ -7,8 +7,10 @@
 //! Every change of the outbox and its journal record happen under one lock, so the file
 //! holds them in the order they happened (a compaction's snapshot included).
 
+use ledger::checkin::{Refused, Register};
 use ledger::outbox::{Admit, Outbox, OutboxConfig, Status, View};
 use ledger::record::{Accepted, Entry, Outcome};
+use ledger::token::Grant;
 use ledger_io::{Journal, JournalError, Pending};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -28,8 +30,20 @@ pub(crate) enum Delivered {
     Undelivered(String),
 }
 
+/// A check-in admitted: its journal write, and what it leaves to do.
+pub(crate) struct CheckinWrite {
+    /// Resolves once the check-in (and its sync request) are on disk.
+    pub(crate) written: Pending,
+    /// The check-in.
+    pub(crate) record: ledger::record::CheckedIn,
+    /// Its sync request to send, when new.
+    pub(crate) to_send: Option<Arc<Accepted>>,
+}
+
 /// The gateway's bids and check-ins.
 pub(crate) struct Bids {
+    /// Who is inside (check-ins). Lock order: `register`, then `outbox`.
+    register: Mutex<Register>,
     outbox: Mutex<Outbox>,
     journal: Journal,
     /// Bumped whenever a request gets its outcome.
@@ -56,6 +70,9 @@ impl Bids {
         let mut outbox = Outbox::new(OutboxConfig::default());
         let entries = std::mem::take(&mut opened.entries);
         let n = entries.len();
+        let mut register = Register::new();
+        register.restore(&entries);
+        register.expire(crate::clock::wall_us() / 1_000_000);
         outbox.restore(Instant::now(), entries);
         let s = outbox.stats();
         info!(journal = %path.display(), records = n, undelivered = s.pending,
@@ -66,6 +83,7 @@ impl Bids {
         }
         let journal = Journal::start(path.to_path_buf(), opened)?;
         Ok(Arc::new(Self {
+            register: Mutex::new(register),
             outbox: Mutex::new(outbox),
             journal,
             changed: watch::channel(0).0,
@@ -87,6 +105,38 @@ impl Bids {
             _ => None,
         };
         (admit, pending)
+    }
+
+    /// Admits a check-in with a verified grant, and queues its record for the organizer
+    /// (`sync`, when check-ins are synced): both journaled in one commit. Await the
+    /// returned write before answering the device; the sync request, when new, is to be
+    /// sent.
+    pub(crate) fn check_in(
+        &self,
+        g: &Grant,
+        gate: &str,
+        reentry: bool,
+        sync: impl FnOnce(&ledger::record::CheckedIn) -> Option<Accepted>,
+    ) -> Result<CheckinWrite, Refused> {
+        let mut register = self.register.lock().unwrap_or_else(|e| e.into_inner());
+        let now = crate::clock::wall_us();
+        register.expire(now / 1_000_000);
+        let record = register.admit(g, now, gate, reentry)?;
+        let mut written = self.journal.submit(&Entry::CheckedIn(record.clone()));
+        let mut to_send = None;
+        if let Some(req) = sync(&record) {
+            let mut o = self.outbox();
+            if let Admit::New(r) = o.admit(req) {
+                written = self.journal.submit(&Entry::Accepted((*r).clone()));
+                to_send = Some(r);
+            }
+        }
+        metrics::gauge!("canopy_gateway_checkins_inside").set(register.inside() as f64);
+        Ok(CheckinWrite {
+            written,
+            record,
+            to_send,
+        })
     }
 
     /// The journal refused a new request: it is forgotten.
@@ -186,8 +236,11 @@ impl Bids {
             return;
         }
         let pending = {
+            let r = self.register.lock().unwrap_or_else(|e| e.into_inner());
             let o = self.outbox();
-            self.journal.submit_rewrite(o.snapshot())
+            let mut all = r.snapshot();
+            all.extend(o.snapshot());
+            self.journal.submit_rewrite(all)
         };
         match pending.await {
             Ok(()) => {

@@ -35,6 +35,39 @@ pub struct GatewayConfig {
     pub cameras: Vec<CameraConfig>,
     /// `[bids]`: the journal of bids and check-ins, and how long a device waits.
     pub bids: BidsSection,
+    /// `[checkin]`: tokens the gateway checks at the door, offline.
+    pub checkin: CheckinSection,
+}
+
+/// `[checkin]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckinSection {
+    /// The organizer's Ed25519 public key, base64url (`canopy tokens keygen` prints it);
+    /// unset = check-in off.
+    pub public_key: Option<String>,
+    /// The event's slug: tokens for another event are refused.
+    pub event: String,
+    /// Let a used token, or an attendee already inside, in again (marked as re-entry).
+    pub reentry: bool,
+    /// Clock difference tolerated at not-before and expiry, s.
+    pub leeway_s: u64,
+    /// Where each check-in is posted (JSON, with an `Idempotency-Key`) through the relay,
+    /// when links allow: the organizer's ticketing system (must be in the relay's egress
+    /// allowlist); unset = check-ins stay on the gateway.
+    pub sync_url: Option<String>,
+}
+
+impl Default for CheckinSection {
+    fn default() -> Self {
+        Self {
+            public_key: None,
+            event: String::new(),
+            reentry: false,
+            leeway_s: 60,
+            sync_url: None,
+        }
+    }
 }
 
 /// `[bids]`
@@ -446,6 +479,32 @@ impl GatewayConfig {
         }
         if self.bids.journal.as_os_str().is_empty() {
             errs.push(("bids.journal".into(), "must name a file".into()));
+        }
+        let ci = &self.checkin;
+        if let Some(k) = &ci.public_key {
+            if ledger::token::Verifier::from_base64(k).is_none() {
+                errs.push((
+                    "checkin.public_key".into(),
+                    "must be an Ed25519 public key in base64url (43 characters)".into(),
+                ));
+            }
+            if ci.event.is_empty() || ci.event.len() > ledger::token::MAX_FIELD {
+                errs.push(("checkin.event".into(), "must be the event's slug".into()));
+            }
+        }
+        if ci.leeway_s > 3600 {
+            errs.push(("checkin.leeway_s".into(), "must be at most 3600".into()));
+        }
+        if let Some(u) = &ci.sync_url {
+            let ok = u.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+            });
+            if !ok {
+                errs.push((
+                    "checkin.sync_url".into(),
+                    "must be an absolute http:// or https:// URL".into(),
+                ));
+            }
         }
         let live = &self.live;
         if !(50..=2000).contains(&live.part_ms) {

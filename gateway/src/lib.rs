@@ -6,6 +6,7 @@
 mod bid_path;
 mod bids;
 pub mod bond;
+mod checkin;
 pub mod clock;
 pub mod config;
 pub mod contribute;

@@ -35,7 +35,7 @@ struct SiteTarget {
 }
 
 pub(crate) struct State {
-    name: String,
+    pub(crate) name: String,
     classifier: Classifier,
     sites: HashMap<String, SiteTarget>,
     pub(crate) max_body: Option<u64>,
@@ -46,6 +46,8 @@ pub(crate) struct State {
     live: Arc<LiveStreams>,
     /// Bids and check-ins: journal, outbox, replay.
     pub(crate) bids: Arc<crate::bids::Bids>,
+    /// The check-in desk, when `[checkin]` is on.
+    pub(crate) checkin: Option<crate::checkin::Desk>,
     /// Origins whose pages may load the on-site LL-HLS (CORS).
     cors_origins: Vec<String>,
 }
@@ -127,6 +129,7 @@ impl Gateway {
         })?;
         let state = State {
             bids,
+            checkin: crate::checkin::Desk::new(&cfg.checkin),
             name: cfg.gateway.name.clone(),
             classifier: Classifier::new(cfg.classes.clone()),
             sites,
@@ -289,6 +292,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     };
     let (resp, class) = match routed {
         Err((status, reason)) => (synthetic(status, &reason), TrafficClass::Bulk),
+        Ok(None) if req.uri().path() == "/checkins" => (
+            crate::checkin::serve(&state, req).await,
+            TrafficClass::Checkin,
+        ),
         Ok(None) => (local(&state, &req).await, TrafficClass::Bulk),
         Ok(Some(route)) => {
             let class = route.class;
@@ -422,7 +429,8 @@ fn route(state: &State, req: &Request<Incoming>) -> Result<Option<Route>, (Statu
         .to_ascii_lowercase();
     let Some(site) = state.sites.get(&host) else {
         let p = req.uri().path();
-        if p == "/healthz" || p.starts_with("/live/") || p.starts_with("/bids/") {
+        if p == "/healthz" || p == "/checkins" || p.starts_with("/live/") || p.starts_with("/bids/")
+        {
             return Ok(None);
         }
         return Err((

@@ -195,7 +195,10 @@ impl Outbox {
                 }
                 Entry::Outcome(o) => self.finish(now, o),
                 // the relay's records
-                Entry::Claimed(_) | Entry::Settled(_) | Entry::Released { .. } => {}
+                Entry::Claimed(_)
+                | Entry::Settled(_)
+                | Entry::Released { .. }
+                | Entry::CheckedIn(_) => {}
             }
         }
     }

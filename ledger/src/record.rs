@@ -10,6 +10,7 @@ const KIND_OUTCOME: u8 = 2;
 const KIND_CLAIMED: u8 = 3;
 const KIND_SETTLED: u8 = 4;
 const KIND_RELEASED: u8 = 5;
+const KIND_CHECKED_IN: u8 = 6;
 
 /// The request kinds the journal keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,8 +122,27 @@ pub struct Settled {
     pub result: Delivery,
 }
 
-/// One journal record. The gateway's journal holds `Accepted` and `Outcome`; the relay's
-/// holds `Claimed`, `Settled` and `Released`.
+/// A check-in the gateway admitted (its register, `crate::checkin`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedIn {
+    /// The event's slug.
+    pub event: String,
+    /// Who.
+    pub attendee: String,
+    /// The token's id.
+    pub token_id: String,
+    /// When the token expires, s since the Unix epoch.
+    pub expires: u64,
+    /// When, µs since the Unix epoch (gateway clock).
+    pub at_us: u64,
+    /// Where (the gate the device named).
+    pub gate: String,
+    /// A re-entry (the token or the attendee had come in before).
+    pub reentry: bool,
+}
+
+/// One journal record. The gateway's journal holds `Accepted`, `Outcome` and `CheckedIn`;
+/// the relay's holds `Claimed`, `Settled` and `Released`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     /// A request accepted (journaled before the device is answered).
@@ -140,6 +160,8 @@ pub enum Entry {
         /// The key.
         key: String,
     },
+    /// A check-in admitted at the gateway.
+    CheckedIn(CheckedIn),
 }
 
 /// Longest key kept, bytes.
@@ -180,6 +202,16 @@ impl Entry {
             Entry::Released { scope, key } => {
                 w.u8(KIND_RELEASED).str(scope).str(key);
             }
+            Entry::CheckedIn(c) => {
+                w.u8(KIND_CHECKED_IN)
+                    .str(&c.event)
+                    .str(&c.attendee)
+                    .str(&c.token_id)
+                    .u64(c.expires)
+                    .u64(c.at_us)
+                    .str(&c.gate)
+                    .u8(u8::from(c.reentry));
+            }
         }
         w.finish()
     }
@@ -192,11 +224,7 @@ impl Entry {
                 let key = key(&mut r)?;
                 let kind = Kind::from_code(r.u8()?)?;
                 let edge_us = r.u64()?;
-                let clock_known = match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(DecodeError::OutOfRange("clock_known")),
-                };
+                let clock_known = flag(&mut r, "clock_known")?;
                 let fingerprint = fingerprint(&mut r)?;
                 let method = r.str()?.to_owned();
                 let target = r.str()?.to_owned();
@@ -253,10 +281,27 @@ impl Entry {
                 let key = key(&mut r)?;
                 Entry::Released { scope, key }
             }
+            KIND_CHECKED_IN => Entry::CheckedIn(CheckedIn {
+                event: key(&mut r)?,
+                attendee: key(&mut r)?,
+                token_id: key(&mut r)?,
+                expires: r.u64()?,
+                at_us: r.u64()?,
+                gate: r.str()?.to_owned(),
+                reentry: flag(&mut r, "reentry")?,
+            }),
             k => return Err(DecodeError::UnknownKind(k)),
         };
         r.end()?;
         Ok(e)
+    }
+}
+
+fn flag(r: &mut Reader<'_>, name: &'static str) -> Result<bool, DecodeError> {
+    match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError::OutOfRange(name)),
     }
 }
 
@@ -408,6 +453,15 @@ mod tests {
                 scope: "stall-1".into(),
                 key: "k-2".into(),
             },
+            Entry::CheckedIn(CheckedIn {
+                event: "market".into(),
+                attendee: "A-1".into(),
+                token_id: "t-1".into(),
+                expires: 99,
+                at_us: 10,
+                gate: "north".into(),
+                reentry: true,
+            }),
         ];
         for e in entries {
             assert_eq!(Entry::decode(&e.encode()), Ok(e));

@@ -148,7 +148,8 @@ impl Stack {
         Self::start_full(tag, proxy_extra, "")
     }
 
-    /// Like `start_with`, with extra sections at the end of the gateway's config.
+    /// Like `start_with`, with extra sections at the end of the gateway's config (`$ORIGIN`
+    /// in them stands for the plain origin's URL).
     pub(crate) fn start_full(tag: &str, proxy_extra: &str, gateway_extra: &str) -> Self {
         let dir = TempDir::new(tag);
         let d = dir.path();
@@ -174,6 +175,7 @@ impl Stack {
             "--tls-key",
             key.to_str().expect("utf8"),
         ]);
+        let gateway_extra = gateway_extra.replace("$ORIGIN", &format!("http://{origin}"));
         let relay_port = free_udp_port();
         let proxy_port = free_tcp_port();
         let metrics = (

@@ -1,0 +1,216 @@
+//! The check-in desk: `POST /checkins` on the gateway. The token is verified with the
+//! organizer's public key alone (no uplink needed), the register decides replays and double
+//! entries, the check-in is journaled before the device hears "admitted", and, when
+//! `[checkin] sync_url` is set, a record of it goes to the organizer through the relay
+//! whenever links allow (the bid path's outbox: journaled, sent again until answered).
+//!
+//! The device sends the token as the body (text), or JSON `{"token": ..., "gate": ...}`;
+//! `?gate=` names the gate too. Answers are JSON: `200 {"result":"admitted", ...}`, or a
+//! refusal with its reason: `400` malformed, `403` forged / wrong event / not yet valid /
+//! expired, `409` replayed / double entry, `503` the journal failed.
+
+use crate::config::CheckinSection;
+use crate::proxy::{full, synthetic, Body, State};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use ledger::checkin::Refused;
+use ledger::record::{Accepted, CheckedIn, Kind};
+use ledger::token::{TokenError, Verifier};
+use std::sync::Arc;
+
+/// Largest check-in request body.
+const MAX_BODY: usize = 4096;
+
+/// The gateway's check-in settings, ready to use.
+#[derive(Debug)]
+pub(crate) struct Desk {
+    verifier: Verifier,
+    event: String,
+    reentry: bool,
+    leeway_s: u64,
+    sync_url: Option<String>,
+}
+
+impl Desk {
+    /// The desk of a config; `None` when check-in is off (or the key does not parse,
+    /// which config validation reports).
+    pub(crate) fn new(cfg: &CheckinSection) -> Option<Self> {
+        Some(Self {
+            verifier: Verifier::from_base64(cfg.public_key.as_deref()?)?,
+            event: cfg.event.clone(),
+            reentry: cfg.reentry,
+            leeway_s: cfg.leeway_s,
+            sync_url: cfg.sync_url.clone(),
+        })
+    }
+}
+
+/// `POST /checkins`.
+pub(crate) async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let Some(desk) = &state.checkin else {
+        return synthetic(
+            StatusCode::NOT_FOUND,
+            "check-in is off on this gateway (set [checkin] public_key and event)",
+        );
+    };
+    if req.method() != Method::POST {
+        let mut r = synthetic(StatusCode::METHOD_NOT_ALLOWED, "use POST with the token");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    let query_gate = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("gate=")))
+        .map(str::to_owned);
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                &format!("request body not received or over {MAX_BODY} bytes: {e}"),
+            )
+        }
+    };
+    let (token, gate) = match parse(&body, json) {
+        Ok(t) => t,
+        Err(why) => return refusal(StatusCode::BAD_REQUEST, "malformed", why),
+    };
+    let gate = gate.or(query_gate).unwrap_or_default();
+    if gate.len() > 64 || gate.chars().any(char::is_control) {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "gate: at most 64 characters",
+        );
+    }
+    let now_s = crate::clock::wall_us() / 1_000_000;
+    let grant = match desk
+        .verifier
+        .verify(&token, &desk.event, now_s, desk.leeway_s)
+    {
+        Ok(g) => g,
+        Err(e) => return refused(&Refused::Token(e)),
+    };
+    let sync = |c: &CheckedIn| {
+        desk.sync_url
+            .as_ref()
+            .map(|url| sync_request(state, url, c))
+    };
+    let w = match state.bids.check_in(&grant, &gate, desk.reentry, sync) {
+        Ok(x) => x,
+        Err(r) => return refused(&r),
+    };
+    if let Err(e) = w.written.await {
+        metrics::counter!("canopy_gateway_checkins_total", "result" => "not_journaled")
+            .increment(1);
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_journaled",
+            &format!("the check-in was not recorded: {e}"),
+        );
+    }
+    if let Some(r) = w.to_send {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let key = r.key.clone();
+            let d = crate::bid_path::deliver(&st, r).await;
+            st.bids.settle(&key, d);
+        });
+    }
+    let result = if w.record.reentry {
+        "reentry"
+    } else {
+        "admitted"
+    };
+    metrics::counter!("canopy_gateway_checkins_total", "result" => result).increment(1);
+    let body = serde_json::json!({
+        "result": result,
+        "attendee": grant.attendee,
+        "event": grant.event,
+        "token_id": grant.id,
+        "expires": grant.expires,
+        "gate": gate,
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+/// The token and the gate of a request body.
+fn parse(body: &Bytes, json: bool) -> Result<(String, Option<String>), &'static str> {
+    if json {
+        let v: serde_json::Value =
+            serde_json::from_slice(body).map_err(|_| "the JSON body does not parse")?;
+        let token = v["token"]
+            .as_str()
+            .ok_or("the JSON body has no \"token\" string")?;
+        return Ok((token.to_owned(), v["gate"].as_str().map(str::to_owned)));
+    }
+    let t = std::str::from_utf8(body).map_err(|_| "the token is not text")?;
+    Ok((t.trim().to_owned(), None))
+}
+
+/// What the organizer's system gets for a check-in.
+fn sync_request(state: &State, url: &str, c: &CheckedIn) -> Accepted {
+    let body = serde_json::json!({
+        "event": c.event,
+        "attendee": c.attendee,
+        "token_id": c.token_id,
+        "at_us": c.at_us,
+        "gate": c.gate,
+        "reentry": c.reentry,
+        "gateway": state.name,
+    })
+    .to_string()
+    .into_bytes();
+    let clock = &state.bond.clock;
+    Accepted {
+        key: format!("checkin-{}-{}", c.token_id, c.at_us),
+        kind: Kind::Checkin,
+        edge_us: c.at_us.saturating_add_signed(clock.offset_ms() * 1000),
+        clock_known: clock.known(),
+        fingerprint: ledger::fingerprint("POST", url, &body),
+        method: "POST".into(),
+        target: url.to_owned(),
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body,
+    }
+}
+
+fn refused(r: &Refused) -> Response<Body> {
+    let status = match r {
+        Refused::Token(TokenError::Malformed(_)) => StatusCode::BAD_REQUEST,
+        Refused::Token(_) => StatusCode::FORBIDDEN,
+        Refused::Replayed { .. } | Refused::AlreadyInside { .. } => StatusCode::CONFLICT,
+        Refused::Full => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    refusal(status, r.code(), &r.to_string())
+}
+
+fn refusal(status: StatusCode, code: &'static str, detail: &str) -> Response<Body> {
+    metrics::counter!("canopy_gateway_checkins_total", "result" => code).increment(1);
+    json_response(
+        status,
+        &serde_json::json!({ "result": "refused", "reason": code, "detail": detail }),
+    )
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(format!("{v}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
