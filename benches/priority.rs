@@ -55,6 +55,7 @@ async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
         proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics: None,
         record_dir: None,
+        checkin: Default::default(),
     })
     .await?;
     let stats = Arc::new(LoadStats::default());

@@ -28,6 +28,7 @@ async fn tunnel(secs: u64, settings: TransportSettings) -> anyhow::Result<f64> {
         proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics: None,
         record_dir: None,
+        checkin: Default::default(),
     })
     .await?;
     let stats = Arc::new(LoadStats::default());

@@ -126,6 +126,8 @@ pub struct TestbedOptions {
     pub metrics: Option<(SocketAddr, SocketAddr)>,
     /// Where the relay records the streams, if anywhere.
     pub record_dir: Option<PathBuf>,
+    /// The gateway's check-in desk (off by default).
+    pub checkin: gateway::config::CheckinSection,
 }
 
 impl TestbedOptions {
@@ -137,6 +139,7 @@ impl TestbedOptions {
             proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics: None,
             record_dir: None,
+            checkin: Default::default(),
         }
     }
 }
@@ -225,6 +228,7 @@ impl Testbed {
             },
         ];
         gw_cfg.bids.journal = state_dir.0.join("bids.journal");
+        gw_cfg.checkin = opts.checkin.clone();
         let gh = crate::runtime::spawn_gateway(&gw_cfg, &certs.gateway_tls(0)?).await?;
         let (proxy, bond, live) = (gh.proxy, gh.bond.clone(), gh.live.clone());
         if !bond.wait_usable(Duration::from_secs(10)).await {
@@ -426,6 +430,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         proxy_listen: opts.proxy_listen,
         metrics: None,
         record_dir: None,
+        checkin: Default::default(),
     })
     .await?;
     let camera = bed.add_demo_camera("demo")?;

@@ -145,6 +145,11 @@ pub fn small(text: &'static str) -> Body {
     Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync()
 }
 
+/// A body of the given bytes.
+pub fn bytes(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed_unsync()
+}
+
 /// A generated body of `size` bytes in 64 KiB chunks, counting bytes as they are taken.
 pub fn generated(size: u64) -> Body {
     const CHUNK: u64 = 64 * 1024;

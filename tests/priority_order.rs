@@ -21,6 +21,7 @@ async fn a_bid_overtakes_queued_bulk_data() {
         proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics: None,
         record_dir: None,
+        checkin: Default::default(),
     })
     .await
     .expect("testbed");
