@@ -7,9 +7,10 @@
 //! 200/202 or never reached the origin, `duplicated` keys the origin got more than once.
 //! The journal: 64 writers appending 200-byte bids, fsync'd with group commit, 3 s.
 //! Check-in: 200 token check-ins at the gateway after every uplink was cut. Abuse: one
-//! device holds `ABUSE_TUNNELS` idle CONNECT tunnels and 200 uploads that stall after their
-//! first bytes while bids go every 100 ms (the tunnels are fewer than the 5000:
-//! every tunnel costs four sockets in this one process, whose limit is 20,000).
+//! device (its own loopback address) tries to open 5000 idle CONNECT tunnels and 200
+//! uploads that stall after their first bytes, while bids from other devices go every
+//! 100 ms (the gateway's per-device limits refuse the tunnels beyond 256 and the requests
+//! beyond 256 in flight with 429). Each bidder of the burst is a device of its own.
 //!
 //! `cargo bench --bench bids` -> target/canopy-bench/bids.json: burst_bids, lost,
 //! duplicated, bid_p50_ms, bid_p99_ms (the burst's bids answered 200), base_rtt_ms,
@@ -33,7 +34,7 @@ const ONE_WAY_MS: u64 = 20;
 const QUEUE_MS: u64 = 200;
 const CLIENTS: usize = 50;
 const BIDS_PER_CLIENT: usize = 10;
-const ABUSE_TUNNELS: usize = 2000;
+const ABUSE_TUNNELS: usize = 5000;
 const ABUSE_UPLOADS: usize = 200;
 const EVENT: &str = "bench-fair";
 
@@ -110,7 +111,9 @@ async fn burst(bed: &Testbed) -> anyhow::Result<Burst> {
         tasks.push(tokio::spawn(async move {
             // spread the clients over the first 100 ms, then one bid each 100 ms
             tokio::time::sleep(Duration::from_millis((c as u64 * 100) / CLIENTS as u64)).await;
-            let mut client = ProxyClient::new(proxy);
+            // each bidder is a device of its own
+            let me = std::net::IpAddr::from([127, 0, 1, c as u8 + 1]);
+            let mut client = ProxyClient::from(proxy, me);
             let mut out = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             for i in 0..BIDS_PER_CLIENT {
@@ -134,7 +137,7 @@ async fn burst(bed: &Testbed) -> anyhow::Result<Burst> {
                 let status = match r {
                     Ok(Ok((s, _))) => s,
                     _ => {
-                        client = ProxyClient::new(proxy);
+                        client = ProxyClient::from(proxy, me);
                         0
                     }
                 };
@@ -212,26 +215,62 @@ async fn check_ins(bed: &Testbed, tokens: &[String]) -> (Vec<f64>, usize) {
     (sorted(rtts), admitted)
 }
 
-/// Bids every 100 ms for `secs` while one device holds idle tunnels and stalled uploads.
-async fn under_abuse(bed: &Testbed, secs: u64) -> anyhow::Result<(Vec<f64>, u64, usize, usize)> {
+/// A connection from the abusive device (its own loopback address).
+async fn abuser(proxy: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from(([127, 0, 0, 66], 0)))?;
+    sock.connect(proxy).await
+}
+
+/// The start of the answer on a raw connection (up to 1 s).
+async fn first_line(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
+/// What the abusive device got.
+struct Abuse {
+    rtts: Vec<f64>,
+    failed: u64,
+    tunnels_open: usize,
+    tunnels_refused: usize,
+    uploads: usize,
+}
+
+/// Bids every 100 ms for `secs` from other devices while one device tries to hold
+/// `ABUSE_TUNNELS` idle tunnels and `ABUSE_UPLOADS` stalled uploads.
+async fn under_abuse(bed: &Testbed, secs: u64) -> anyhow::Result<Abuse> {
     let proxy = bed.proxy;
     let origin = bed.origin;
     let mut held = Vec::new();
-    let mut tunnels = 0;
+    let (mut tunnels_open, mut tunnels_refused) = (0, 0);
     for _ in 0..ABUSE_TUNNELS {
-        let Ok(mut tcp) = tokio::net::TcpStream::connect(proxy).await else {
+        let Ok(mut tcp) = abuser(proxy).await else {
             break;
         };
         let req = format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n");
         if tcp.write_all(req.as_bytes()).await.is_err() {
             break;
         }
-        tunnels += 1;
-        held.push(tcp);
+        let line = first_line(&mut tcp).await;
+        if line.contains(" 200") {
+            tunnels_open += 1;
+            held.push(tcp);
+        } else {
+            tunnels_refused += 1;
+        }
     }
     let mut uploads = 0;
     for i in 0..ABUSE_UPLOADS {
-        let Ok(mut tcp) = tokio::net::TcpStream::connect(proxy).await else {
+        let Ok(mut tcp) = abuser(proxy).await else {
             break;
         };
         let req = format!(
@@ -258,7 +297,13 @@ async fn under_abuse(bed: &Testbed, secs: u64) -> anyhow::Result<(Vec<f64>, u64,
     drop(held);
     let rtts = stats.bid_rtts_since(from);
     let failed = stats.bids_failed.load(std::sync::atomic::Ordering::Relaxed);
-    Ok((rtts, failed, tunnels, uploads))
+    Ok(Abuse {
+        rtts,
+        failed,
+        tunnels_open,
+        tunnels_refused,
+        uploads,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -332,7 +377,8 @@ fn main() -> anyhow::Result<()> {
 
         // the abusive device
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (abuse_rtts, abuse_failed, tunnels, uploads) = under_abuse(&bed, secs).await?;
+        let abuse = under_abuse(&bed, secs).await?;
+        let (abuse_rtts, abuse_failed) = (abuse.rtts, abuse.failed);
 
         // every uplink down: check-in at the door
         for l in bed.links.iter().flatten() {
@@ -381,8 +427,10 @@ fn main() -> anyhow::Result<()> {
             "checkins_offline_admitted": admitted,
             "checkin_p50_ms_offline": quantile(&ci, 0.5),
             "checkin_p99_ms_offline": checkin_p99,
-            "abuse_idle_tunnels": tunnels,
-            "abuse_stalled_uploads": uploads,
+            "abuse_tunnels_tried": ABUSE_TUNNELS,
+            "abuse_tunnels_open": abuse.tunnels_open,
+            "abuse_tunnels_refused": abuse.tunnels_refused,
+            "abuse_stalled_uploads": abuse.uploads,
             "bids_under_abuse": abuse_rtts.len(),
             "bids_failed_under_abuse": abuse_failed,
             "bid_p50_ms_under_abuse": quantile(&abuse_rtts, 0.5),
@@ -397,11 +445,11 @@ fn main() -> anyhow::Result<()> {
     })?;
     let path = common::write_json("bids", &json)?;
     println!(
-        "bids: burst {} (200: {}, 202: {}) lost {} duplicated {}; base {:.1} ms, bid p50 {:.1} p99 {:.1} ms; journal {:.0} appends/s; check-in offline p99 {:.2} ms; under abuse ({} tunnels, {} stalled uploads) bid p99 {:.1} ms, failed {} -> {}",
+        "bids: burst {} (200: {}, 202: {}) lost {} duplicated {}; base {:.1} ms, bid p50 {:.1} p99 {:.1} ms; journal {:.0} appends/s; check-in offline p99 {:.2} ms; under abuse ({} tunnels open, {} refused, {} stalled uploads) bid p99 {:.1} ms, failed {} -> {}",
         json["burst_bids"], json["burst_answered_200"], json["burst_receipts_202"], json["lost"], json["duplicated"],
         json["base_rtt_ms"].as_f64().unwrap_or(0.0), json["bid_p50_ms"].as_f64().unwrap_or(0.0), json["bid_p99_ms"].as_f64().unwrap_or(0.0),
         json["journal_appends_per_sec"].as_f64().unwrap_or(0.0), json["checkin_p99_ms_offline"].as_f64().unwrap_or(0.0),
-        json["abuse_idle_tunnels"], json["abuse_stalled_uploads"], json["bid_p99_ms_under_abuse"].as_f64().unwrap_or(0.0), json["bids_failed_under_abuse"],
+        json["abuse_tunnels_open"], json["abuse_tunnels_refused"], json["abuse_stalled_uploads"], json["bid_p99_ms_under_abuse"].as_f64().unwrap_or(0.0), json["bids_failed_under_abuse"],
         path.display()
     );
     Ok(())

@@ -65,6 +65,8 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 /// An HTTP/1.1 connection to the gateway's proxy.
 pub struct ProxyClient {
     proxy: SocketAddr,
+    /// The device's own address (a loopback address of its own), if not the default.
+    from: Option<std::net::IpAddr>,
     sender: Option<hyper::client::conn::http1::SendRequest<Body>>,
 }
 
@@ -73,6 +75,17 @@ impl ProxyClient {
     pub fn new(proxy: SocketAddr) -> Self {
         Self {
             proxy,
+            from: None,
+            sender: None,
+        }
+    }
+
+    /// A client that connects from `from` (another device, to the gateway's per-device
+    /// limits: any 127.0.0.0/8 address on loopback).
+    pub fn from(proxy: SocketAddr, from: std::net::IpAddr) -> Self {
+        Self {
+            proxy,
+            from: Some(from),
             sender: None,
         }
     }
@@ -85,7 +98,18 @@ impl ProxyClient {
             None => false,
         };
         if !usable {
-            let tcp = TcpStream::connect(self.proxy).await?;
+            let tcp = match self.from {
+                Some(ip) => {
+                    let sock = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    sock.bind(SocketAddr::new(ip, 0))?;
+                    sock.connect(self.proxy).await?
+                }
+                None => TcpStream::connect(self.proxy).await?,
+            };
             tcp.set_nodelay(true)?;
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
             tokio::spawn(conn);

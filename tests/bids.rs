@@ -180,3 +180,93 @@ fn a_restarted_relay_never_sends_an_answered_key_twice() {
     assert_eq!(st, 422, "{text}");
     assert_eq!(origin_keys(&s), vec!["r-1"]);
 }
+
+/// Opens a raw connection to the proxy from `from` and writes `head` (and no more).
+fn raw(s: &Stack, from: &str, head: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let local: std::net::SocketAddr = format!("{from}:0").parse().expect("addr");
+    sock.bind(&local.into()).expect("bind");
+    let proxy: std::net::SocketAddr = s.proxy_url()["http://".len()..].parse().expect("proxy");
+    sock.connect(&proxy.into()).expect("connect");
+    let mut tcp: std::net::TcpStream = sock.into();
+    tcp.write_all(head.as_bytes()).expect("write");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tcp
+}
+
+fn status_line(tcp: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut buf = [0u8; 512];
+    let n = tcp.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn one_device_holding_tunnels_and_stalled_uploads_cannot_starve_bids() {
+    let s = Stack::start_with(
+        "bids-abuse",
+        "max_tunnels_per_device = 5\nmax_requests_per_device = 5\n",
+    );
+    let origin = s.origin_url("/");
+    let origin = origin
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut t = raw(
+            &s,
+            "127.0.0.1",
+            &format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n"),
+        );
+        assert!(status_line(&mut t).contains(" 200"), "tunnel refused");
+        held.push(t);
+    }
+    let mut sixth = raw(
+        &s,
+        "127.0.0.1",
+        &format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n"),
+    );
+    assert!(status_line(&mut sixth).contains(" 429"));
+    // five uploads that stall after their first bytes
+    for i in 0..5 {
+        held.push(raw(
+            &s,
+            "127.0.0.1",
+            &format!(
+                "POST http://{origin}/upload HTTP/1.1\r\nHost: {origin}\r\nContent-Length: 1000000\r\n\r\nstalled-{i}"
+            ),
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut more = raw(
+        &s,
+        "127.0.0.1",
+        &format!("GET http://{origin}/stats HTTP/1.1\r\nHost: {origin}\r\n\r\n"),
+    );
+    assert!(status_line(&mut more).contains(" 429"));
+    // the busy device's own bid, and another device's, go through
+    let (st, text) = bid(&s, Some("abuse-1"), "{\"lot\":5}");
+    assert_eq!(st, 200, "{text}");
+    let out = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--interface",
+        "127.0.0.2",
+        "-x",
+        &s.proxy_url(),
+        &format!("http://{origin}/stats"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    drop(held);
+}

@@ -348,6 +348,30 @@ pub struct ProxySection {
     pub response_timeout_ms: u64,
     /// A CONNECT tunnel with no bytes either way for this long is closed, ms.
     pub tunnel_idle_timeout_ms: u64,
+    /// Open connections per device (source address); over it: 429 and close.
+    pub max_connections_per_device: u32,
+    /// Open CONNECT tunnels per device; over it: 429.
+    pub max_tunnels_per_device: u32,
+    /// Requests in flight per device, bids and check-ins apart; over it: 429.
+    pub max_requests_per_device: u32,
+    /// Bids and check-ins in flight per device; over it: 429.
+    pub max_transactions_per_device: u32,
+    /// Tunnels and requests in flight across all devices; the rest of each uplink
+    /// connection's 16,384 streams is kept for bids and check-ins. Over it: 429.
+    pub max_shared_streams: u32,
+}
+
+impl ProxySection {
+    /// The per-device limits.
+    pub fn device_limits(&self) -> crate::devices::DeviceLimits {
+        crate::devices::DeviceLimits {
+            connections: self.max_connections_per_device,
+            tunnels: self.max_tunnels_per_device,
+            requests: self.max_requests_per_device,
+            transactions: self.max_transactions_per_device,
+            shared: self.max_shared_streams,
+        }
+    }
 }
 
 impl Default for ProxySection {
@@ -358,6 +382,11 @@ impl Default for ProxySection {
             max_body_bytes: 0,
             response_timeout_ms: 30_000,
             tunnel_idle_timeout_ms: 300_000,
+            max_connections_per_device: 512,
+            max_tunnels_per_device: 256,
+            max_requests_per_device: 256,
+            max_transactions_per_device: 64,
+            max_shared_streams: 15_360,
         }
     }
 }
@@ -473,6 +502,24 @@ impl GatewayConfig {
                     errs.push((format!("uplinks[{i}].relay"), "must be host:port".into()));
                 }
             }
+        }
+        let p = &self.proxy;
+        for (k, v) in [
+            ("max_connections_per_device", p.max_connections_per_device),
+            ("max_tunnels_per_device", p.max_tunnels_per_device),
+            ("max_requests_per_device", p.max_requests_per_device),
+            ("max_transactions_per_device", p.max_transactions_per_device),
+        ] {
+            if v == 0 {
+                errs.push((format!("proxy.{k}"), "must be at least 1".into()));
+            }
+        }
+        if !(1..=15_360).contains(&p.max_shared_streams) {
+            errs.push((
+                "proxy.max_shared_streams".into(),
+                "must be 1..=15360 (1,024 of each connection's 16,384 streams stay for bids)"
+                    .into(),
+            ));
         }
         if !(100..=60_000).contains(&self.bids.deadline_ms) {
             errs.push(("bids.deadline_ms".into(), "must be 100..=60000".into()));

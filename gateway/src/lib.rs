@@ -10,6 +10,7 @@ mod checkin;
 pub mod clock;
 pub mod config;
 pub mod contribute;
+pub mod devices;
 mod proxy;
 pub mod stripe;
 mod uplink;

@@ -3,6 +3,7 @@
 
 use crate::bond::{Bond, Flow};
 use crate::config::{GatewayConfig, Site};
+use crate::devices::{Devices, Held, Slot};
 use crate::GatewayError;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -16,7 +17,7 @@ use media_io::rtsp::PushListener;
 use media_io::{LiveRendition, LiveStream, LiveStreams};
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -48,6 +49,8 @@ pub(crate) struct State {
     pub(crate) bids: Arc<crate::bids::Bids>,
     /// The check-in desk, when `[checkin]` is on.
     pub(crate) checkin: Option<crate::checkin::Desk>,
+    /// Per-device limits.
+    devices: Arc<Devices>,
     /// Origins whose pages may load the on-site LL-HLS (CORS).
     cors_origins: Vec<String>,
 }
@@ -130,6 +133,7 @@ impl Gateway {
         let state = State {
             bids,
             checkin: crate::checkin::Desk::new(&cfg.checkin),
+            devices: Devices::new(cfg.proxy.device_limits()),
             name: cfg.gateway.name.clone(),
             classifier: Classifier::new(cfg.classes.clone()),
             sites,
@@ -207,13 +211,19 @@ impl Gateway {
         loop {
             let (tcp, peer) = media_io::accept(&self.listener).await;
             let state = self.state.clone();
+            let device = peer.ip();
+            let conn_slot = state.devices.take(device, Slot::Connection);
             // hyper answers a bare 431 when the header section outgrows its read buffer; the
             // buffer is larger than the limit, so the limit's own 431 (with its reason) is
             // what a device sees, up to a head four times the limit
             let max_buf = (state.max_header_bytes * 4).max(64 * 1024);
             tokio::spawn(
                 async move {
-                    let svc = service_fn(move |req| handle(state.clone(), req));
+                    let _held = match conn_slot {
+                        Ok(h) => h,
+                        Err(refused) => return too_many_connections(tcp, refused).await,
+                    };
+                    let svc = service_fn(move |req| handle(state.clone(), device, req));
                     let mut http = hyper::server::conn::http1::Builder::new();
                     http.timer(TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(30))
@@ -227,6 +237,30 @@ impl Gateway {
             );
         }
     }
+}
+
+/// Answers every request on a connection over the device's limit with 429, then closes.
+async fn too_many_connections(tcp: tokio::net::TcpStream, refused: crate::devices::Refused) {
+    metrics::counter!("canopy_gateway_device_limited_total", "slot" => Slot::Connection.as_str())
+        .increment(1);
+    let reason = refused.to_string();
+    let svc = service_fn(move |_req| {
+        let mut r = synthetic(StatusCode::TOO_MANY_REQUESTS, &reason);
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        async move { Ok::<_, Infallible>(r) }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
+        .keep_alive(false);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        http.serve_connection(TokioIo::new(tcp), svc),
+    )
+    .await;
 }
 
 fn site_target(site: &Site) -> Option<(String, SiteTarget)> {
@@ -268,7 +302,11 @@ pub(crate) fn full(s: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<State>,
+    device: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
     let head_bytes = req.method().as_str().len()
@@ -290,6 +328,28 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     } else {
         route(&state, &req)
     };
+    // the device's slot for this request, held until its answer is done
+    let slot = match &routed {
+        Ok(Some(route)) if method == Method::CONNECT => Some(Slot::Tunnel),
+        Ok(Some(route)) if route.class.is_transactional() && !method.is_safe() => {
+            Some(Slot::Transaction)
+        }
+        Ok(None) if req.uri().path() == "/checkins" => Some(Slot::Transaction),
+        Ok(_) => Some(Slot::Request),
+        Err(_) => None,
+    };
+    let mut held = match slot.map(|s| state.devices.take(device, s)) {
+        Some(Err(refused)) => {
+            metrics::counter!("canopy_gateway_device_limited_total", "slot" => slot.map_or("", Slot::as_str))
+                .increment(1);
+            let mut r = synthetic(StatusCode::TOO_MANY_REQUESTS, &refused.to_string());
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(r);
+        }
+        Some(Ok(h)) => Some(h),
+        None => None,
+    };
     let (resp, class) = match routed {
         Err((status, reason)) => (synthetic(status, &reason), TrafficClass::Bulk),
         Ok(None) if req.uri().path() == "/checkins" => (
@@ -300,7 +360,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         Ok(Some(route)) => {
             let class = route.class;
             let resp = if method == Method::CONNECT {
-                connect(&state, req, route).await
+                // the tunnel keeps the slot for as long as it is open
+                connect(&state, req, route, held.take()).await
             } else if class.is_transactional() && !method.is_safe() {
                 crate::bid_path::journaled(&state, req, route).await
             } else {
@@ -315,7 +376,17 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     metrics::histogram!("canopy_gateway_request_duration_seconds", "class" => c)
         .record(started.elapsed().as_secs_f64());
     debug!(%method, %status, class = c, ms = started.elapsed().as_millis() as u64, "request");
-    Ok(resp)
+    Ok(match held {
+        // given back once the answer's body is done (or dropped)
+        Some(h) => resp.map(|b| {
+            b.map_frame(move |f| {
+                let _ = &h;
+                f
+            })
+            .boxed_unsync()
+        }),
+        None => resp,
+    })
 }
 
 /// Requests to the gateway itself: `/healthz` and the cameras' LL-HLS under `/live/`.
@@ -1091,7 +1162,12 @@ async fn resume_on_other_path(
     }
 }
 
-async fn connect(state: &State, mut req: Request<Incoming>, route: Route) -> Response<Body> {
+async fn connect(
+    state: &State,
+    mut req: Request<Incoming>,
+    route: Route,
+    held: Option<Held>,
+) -> Response<Body> {
     let class = route.class;
     let out = Outgoing {
         method: Method::CONNECT,
@@ -1157,6 +1233,7 @@ async fn connect(state: &State, mut req: Request<Incoming>, route: Route) -> Res
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = state.tunnel_idle;
     tokio::spawn(async move {
+        let _held = held;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let (send, recv) = stream.split();
