@@ -627,6 +627,17 @@ impl Contribution {
                 self.up_since.remove(&p.id);
             }
         }
+        // A path the bond took out of use (down: its probes went unanswered) holds its
+        // pieces until its connection closes, seconds later: they go again now, outside
+        // the copy budget, as after a dead path. Seen in the netns live test: a keyframe
+        // piece on a cut Wi-Fi link waited 2 s for the connection to close, its copy held
+        // back by the budget, and the relay's viewers got gap parts.
+        let down: Vec<PathId> = paths.iter().filter(|p| !p.usable).map(|p| p.id).collect();
+        if !down.is_empty() {
+            for e in self.entries.values_mut() {
+                e.flights.retain(|f| !down.contains(&f.path));
+            }
+        }
         // live, oldest first: new pieces and late ones
         let mut live: Vec<(Instant, PieceId)> = self
             .entries
@@ -764,6 +775,28 @@ mod tests {
         assert!(c.acked(t0, id(9, 0), 1));
         assert!(!c.acked(t0, id(9, 0), 1));
         assert_eq!(c.stats().first_bytes, 25_000);
+    }
+
+    #[test]
+    fn a_piece_on_a_path_taken_out_of_use_goes_again_at_once() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        let mut paths = vec![
+            path(0, 8.0, 50, 0, Tier::Primary),
+            path(1, 4.0, 20, 0, Tier::Primary),
+        ];
+        // a keyframe piece far over the copy budget
+        c.push(t0, id(1, 0), 400_000, true, Lane::Live);
+        let first = c.poll_send(t0, &paths).unwrap();
+        assert_eq!(c.poll_send(t0 + Duration::from_millis(10), &paths), None);
+        // its path goes down (probes unanswered); the connection is not closed yet
+        paths[first.path].usable = false;
+        let again = c
+            .poll_send(t0 + Duration::from_millis(170), &paths)
+            .unwrap();
+        assert_eq!(again.kind, SendKind::Again);
+        assert_ne!(again.path, first.path);
+        assert_eq!(c.stats().copy_bytes, 0);
     }
 
     #[test]
