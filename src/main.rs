@@ -275,6 +275,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 .as_deref()
                 .map(|p| relative_to(&path, p));
             cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
+            cfg.auction.journal = relative_to(&path, &cfg.auction.journal);
             let viewer_tls = match (&cfg.viewers.cert, &cfg.viewers.key) {
                 (Some(c), Some(k)) => Some(load_tls(&path, c, k, &cfg.tls.ca)?),
                 _ => None,

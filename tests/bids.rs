@@ -212,7 +212,7 @@ fn status_line(tcp: &mut std::net::TcpStream) -> String {
 fn one_device_holding_tunnels_and_stalled_uploads_cannot_starve_bids() {
     let s = Stack::start_with(
         "bids-abuse",
-        "max_tunnels_per_device = 5\nmax_requests_per_device = 5\n",
+        "max_tunnels_per_device = 5\nmax_requests_per_device = 5\nbody_idle_timeout_ms = 2000\n",
     );
     let origin = s.origin_url("/");
     let origin = origin
@@ -268,5 +268,119 @@ fn one_device_holding_tunnels_and_stalled_uploads_cannot_starve_bids() {
         &format!("http://{origin}/stats"),
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    // the stalled uploads are cut after 2 s without bytes: the device has room again
+    std::thread::sleep(Duration::from_millis(3000));
+    let mut after = raw(
+        &s,
+        "127.0.0.1",
+        &format!("GET http://{origin}/stats HTTP/1.1\r\nHost: {origin}\r\n\r\n"),
+    );
+    assert!(status_line(&mut after).contains(" 200"));
     drop(held);
+}
+
+/// A bid on lot 7 of the relay's auction, through the gateway: (status, body).
+fn lot_bid(s: &Stack, key: &str, bidder: &str, amount: u64) -> (u16, String) {
+    let out = curl(&[
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Host: auction.test",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        &format!("Idempotency-Key: {key}"),
+        "--data-binary",
+        &format!("{{\"bidder\":\"{bidder}\",\"amount\":{amount}}}"),
+        &format!("{}/lots/7/bids", s.proxy_url()),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn lot(s: &Stack) -> serde_json::Value {
+    let out = curl(&[
+        "-H",
+        "Host: auction.test",
+        &format!("{}/lots/7", s.proxy_url()),
+    ]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+#[test]
+fn an_outage_across_a_lots_close_is_judged_by_edge_time() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    // the lot closes 8 s after the start; the relay is gone from 2 s to about 16 s
+    let close = now + 8;
+    let mut s = Stack::start_custom(
+        "bids-auction",
+        "",
+        "[bids]\ndeadline_ms = 300\n[[sites]]\nhost = \"auction.test\"\norigin = \"http://auction.canopy\"\n[[classes]]\nclass = \"bid\"\npath_prefix = \"/lots/\"\nmethod = \"POST\"\n",
+        &format!(
+            "[auction]\nhost = \"auction.canopy\"\nmax_outage_s = 120\n[[auction.lots]]\nid = \"7\"\ncloses_at_unix = {close}\n"
+        ),
+    );
+    let (st, body) = lot_bid(&s, "a-00", "paddle-1", 100);
+    assert_eq!(st, 201, "{body}");
+    s.kill_relay();
+    let mut sent = vec![("a-00".to_string(), 100u64)];
+    let mut i = 1;
+    let outage_end = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < outage_end {
+        let key = format!("a-{i:02}");
+        let amount = 100 + 10 * i;
+        let (st, body) = lot_bid(&s, &key, &format!("paddle-{}", i % 3 + 1), amount);
+        assert_eq!(st, 202, "{key}: {body}");
+        sent.push((key, amount));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    s.start_relay();
+    s.wait_up();
+    let last = sent.last().map(|(k, _)| k.clone()).unwrap_or_default();
+    wait_until("every queued bid answered", Duration::from_secs(60), || {
+        bid_status(&s, &last)["status"] == "delivered"
+    });
+    let standing = lot(&s);
+    let history = standing["history"].as_array().cloned().unwrap_or_default();
+    let close_us = close * 1_000_000;
+    // every bid placed before the close is in, in edge-time order; none placed after
+    let edges: Vec<u64> = history
+        .iter()
+        .map(|b| b["edge_us"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(edges.windows(2).all(|w| w[0] <= w[1]), "{edges:?}");
+    assert!(edges.iter().all(|e| *e < close_us), "{edges:?}");
+    let keys: Vec<&str> = history
+        .iter()
+        .map(|b| b["key"].as_str().unwrap_or(""))
+        .collect();
+    let mut ordered = keys.clone();
+    ordered.sort_unstable();
+    assert_eq!(keys, ordered, "edge-time order is the order they were sent");
+    assert!(keys.len() >= 5 && keys.len() < sent.len(), "{keys:?}");
+    // those placed after the close were answered 409 "closed"
+    let refused = sent.len() - keys.len();
+    let late = &sent[keys.len()].0;
+    let v = bid_status(&s, late);
+    assert_eq!(v["status"], "delivered", "{v}");
+    assert_eq!(v["answer_status"], 409, "{v}");
+    assert!(
+        v["answer"].as_str().unwrap_or("").contains("\"closed\""),
+        "{v}"
+    );
+    assert!(refused >= 4, "{refused}");
+    assert_eq!(standing["leader"]["key"], keys[keys.len() - 1]);
+    assert_eq!(standing["bids"], keys.len());
+    // every bid recorded once: a retry of a recorded bid is the same bid
+    let (st, body) = lot_bid(&s, "a-00", "paddle-1", 100);
+    assert_eq!(
+        st, 201,
+        "the gateway answers a retry with the first answer: {body}"
+    );
+    assert_eq!(lot(&s)["bids"], keys.len());
 }

@@ -56,9 +56,12 @@ pub(crate) async fn journaled(
         return synthetic(StatusCode::INTERNAL_SERVER_ERROR, "no idempotency key");
     };
     let method = req.method().clone();
-    let body = match Limited::new(req.into_body(), limit as usize)
-        .collect()
-        .await
+    let body = match Limited::new(
+        tunnel_io::IdleBody::new(req.into_body(), state.body_idle),
+        limit as usize,
+    )
+    .collect()
+    .await
     {
         Ok(c) => c.to_bytes(),
         Err(e) => {

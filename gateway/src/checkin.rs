@@ -71,7 +71,13 @@ pub(crate) async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Respons
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let body = match Limited::new(
+        tunnel_io::IdleBody::new(req.into_body(), state.body_idle),
+        MAX_BODY,
+    )
+    .collect()
+    .await
+    {
         Ok(c) => c.to_bytes(),
         Err(e) => {
             return refusal(

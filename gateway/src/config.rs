@@ -348,6 +348,9 @@ pub struct ProxySection {
     pub response_timeout_ms: u64,
     /// A CONNECT tunnel with no bytes either way for this long is closed, ms.
     pub tunnel_idle_timeout_ms: u64,
+    /// A request body with no bytes for this long is cut (a stalled upload frees its
+    /// stream and its device's slot), ms.
+    pub body_idle_timeout_ms: u64,
     /// Open connections per device (source address); over it: 429 and close.
     pub max_connections_per_device: u32,
     /// Open CONNECT tunnels per device; over it: 429.
@@ -382,6 +385,7 @@ impl Default for ProxySection {
             max_body_bytes: 0,
             response_timeout_ms: 30_000,
             tunnel_idle_timeout_ms: 300_000,
+            body_idle_timeout_ms: 30_000,
             max_connections_per_device: 512,
             max_tunnels_per_device: 256,
             max_requests_per_device: 256,
@@ -513,6 +517,12 @@ impl GatewayConfig {
             if v == 0 {
                 errs.push((format!("proxy.{k}"), "must be at least 1".into()));
             }
+        }
+        if !(1000..=600_000).contains(&p.body_idle_timeout_ms) {
+            errs.push((
+                "proxy.body_idle_timeout_ms".into(),
+                "must be 1000..=600000".into(),
+            ));
         }
         if !(1..=15_360).contains(&p.max_shared_streams) {
             errs.push((

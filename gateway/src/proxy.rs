@@ -43,6 +43,8 @@ pub(crate) struct State {
     max_header_bytes: usize,
     pub(crate) response_timeout: Duration,
     tunnel_idle: Duration,
+    /// A request body with no bytes for this long is cut.
+    pub(crate) body_idle: Duration,
     pub(crate) bond: Arc<Bond>,
     live: Arc<LiveStreams>,
     /// Bids and check-ins: journal, outbox, replay.
@@ -142,6 +144,7 @@ impl Gateway {
             cors_origins: cfg.live.cors_origins.clone(),
             response_timeout: Duration::from_millis(cfg.proxy.response_timeout_ms),
             tunnel_idle: Duration::from_millis(cfg.proxy.tunnel_idle_timeout_ms.max(1000)),
+            body_idle: Duration::from_millis(cfg.proxy.body_idle_timeout_ms.max(1000)),
             bond,
             live,
         };
@@ -874,6 +877,7 @@ async fn attempt(
     let (mut send, mut recv) = stream.split();
     let up = flow.up_counter();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let body_idle = state.body_idle;
     tokio::spawn(async move {
         let r = match body {
             ReqBody::Kept(b) => {
@@ -891,7 +895,10 @@ async fn attempt(
                 r.map_err(|e| e.to_string())
             }
             ReqBody::Once(Some(inc)) => {
-                let limited = Limited::new(inc, usize::try_from(limit).unwrap_or(usize::MAX));
+                let limited = Limited::new(
+                    tunnel_io::IdleBody::new(inc, body_idle),
+                    usize::try_from(limit).unwrap_or(usize::MAX),
+                );
                 pump_body(limited, &mut send, Some(&up))
                     .await
                     .map(|_| ())

@@ -25,6 +25,45 @@ pub struct RelayConfig {
     pub live: LiveSection,
     /// `[bids]`: the duplicate table of bids and check-ins, on disk.
     pub bids: RelayBidsSection,
+    /// `[auction]`: the relay's own bid sink (lots, close times, standings).
+    pub auction: AuctionSection,
+}
+
+/// `[auction]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuctionSection {
+    /// The name bids for the embedded auction are sent to (a venue site's origin, e.g.
+    /// `http://auction.canopy`): the relay answers it itself. Unset = off.
+    pub host: Option<String>,
+    /// The auction's bid log (relative to the config file).
+    pub journal: PathBuf,
+    /// A bid placed before a lot's close counts if it arrives at most this long after the
+    /// close (an outage held it back), s.
+    pub max_outage_s: u64,
+    /// `[[auction.lots]]`: the lots and their close times.
+    pub lots: Vec<LotSection>,
+}
+
+impl Default for AuctionSection {
+    fn default() -> Self {
+        Self {
+            host: None,
+            journal: "auction.journal".into(),
+            max_outage_s: 300,
+            lots: Vec::new(),
+        }
+    }
+}
+
+/// `[[auction.lots]]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LotSection {
+    /// The lot's id (in `/lots/<id>/bids`).
+    pub id: String,
+    /// When bidding closes, Unix seconds.
+    pub closes_at_unix: u64,
 }
 
 /// `[bids]`
@@ -156,6 +195,9 @@ pub struct EgressSection {
     pub response_timeout_ms: u64,
     /// A CONNECT tunnel with no bytes either way for this long is closed, ms.
     pub tunnel_idle_timeout_ms: u64,
+    /// A request body from a gateway, or an answer's body from an origin, with no bytes
+    /// for this long is cut (a stalled upload or answer frees its stream), ms.
+    pub body_idle_timeout_ms: u64,
     /// Largest request body forwarded, bytes (0 = unlimited).
     pub max_request_body_bytes: u64,
     /// Largest request header section accepted from a gateway, bytes.
@@ -171,6 +213,7 @@ impl Default for EgressSection {
             connect_timeout_ms: 5_000,
             response_timeout_ms: 30_000,
             tunnel_idle_timeout_ms: 300_000,
+            body_idle_timeout_ms: 30_000,
             max_request_body_bytes: 0,
             max_header_bytes: 16 * 1024,
             extra_ca: None,
@@ -205,6 +248,12 @@ impl RelayConfig {
                 "must be greater than 0".into(),
             ));
         }
+        if !(1000..=600_000).contains(&self.egress.body_idle_timeout_ms) {
+            errs.push((
+                "egress.body_idle_timeout_ms".into(),
+                "must be 1000..=600000".into(),
+            ));
+        }
         if self.egress.response_timeout_ms == 0 {
             errs.push((
                 "egress.response_timeout_ms".into(),
@@ -232,6 +281,40 @@ impl RelayConfig {
         }
         if self.bids.journal.as_os_str().is_empty() {
             errs.push(("bids.journal".into(), "must name a file".into()));
+        }
+        let a = &self.auction;
+        if let Some(h) = &a.host {
+            if h.is_empty() || h.contains(['/', ':', ' ']) {
+                errs.push(("auction.host".into(), "must be a host name".into()));
+            }
+        }
+        if a.max_outage_s > 86_400 {
+            errs.push((
+                "auction.max_outage_s".into(),
+                "must be at most 86400".into(),
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, l) in a.lots.iter().enumerate() {
+            let ok = !l.id.is_empty()
+                && l.id.len() <= 128
+                && l.id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !ok {
+                errs.push((
+                    format!("auction.lots[{i}].id"),
+                    "must be 1 to 128 letters, digits, '-', '_' or '.'".into(),
+                ));
+            } else if !ids.insert(&l.id) {
+                errs.push((format!("auction.lots[{i}].id"), "is used twice".into()));
+            }
+            if l.closes_at_unix == 0 {
+                errs.push((
+                    format!("auction.lots[{i}].closes_at_unix"),
+                    "must be a Unix time".into(),
+                ));
+            }
         }
         if self.viewers.cert.is_some() != self.viewers.key.is_some() {
             errs.push(("viewers.cert".into(), "cert and key go together".into()));

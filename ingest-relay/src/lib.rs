@@ -3,6 +3,7 @@
 //! gateways send, served to viewers (HTTP/1.1 and HTTP/3) and recorded.
 #![forbid(unsafe_code)]
 
+mod auction;
 mod claim_log;
 pub mod config;
 mod egress;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn, Instrument};
 use tunnel::{hop, wire, TrafficClass};
-use tunnel_io::{copy_bidirectional, pump_body, H3Body, TlsFiles};
+use tunnel_io::{copy_bidirectional, pump_body, H3Body, IdleBody, IdleError, TlsFiles};
 
 pub(crate) type Stream = RequestStream<tunnel_io::quic::BidiStream, Bytes>;
 type SendHalf = RequestStream<tunnel_io::quic::SendStream, Bytes>;
@@ -34,11 +34,14 @@ pub(crate) struct State {
     egress: Egress,
     response_timeout: Duration,
     tunnel_idle: Duration,
+    body_idle: Duration,
     small_first: bool,
     max_body: Option<u64>,
     max_header_bytes: u64,
     sessions: Sessions,
     stripes: stripe::Stripes,
+    /// The embedded auction, when `[auction] host` is set.
+    auction: Option<crate::auction::AuctionSink>,
 }
 
 /// A bound relay; `run` serves it.
@@ -86,6 +89,7 @@ impl Relay {
             egress,
             response_timeout: Duration::from_millis(cfg.egress.response_timeout_ms),
             tunnel_idle: Duration::from_millis(cfg.egress.tunnel_idle_timeout_ms.max(1000)),
+            body_idle: Duration::from_millis(cfg.egress.body_idle_timeout_ms.max(1000)),
             small_first: cfg.tunnel.small_first,
             max_body: (cfg.egress.max_request_body_bytes > 0)
                 .then_some(cfg.egress.max_request_body_bytes),
@@ -97,6 +101,12 @@ impl Relay {
                 }
             })?),
             stripes: stripe::Stripes::default(),
+            auction: crate::auction::AuctionSink::open(&cfg.auction).map_err(|source| {
+                RelayError::Journal {
+                    path: cfg.auction.journal.clone(),
+                    source,
+                }
+            })?,
             relayed: Arc::new(Relayed::new(relayed_config(cfg))),
         };
         let vtls = viewer_tls.unwrap_or(tls);
@@ -298,6 +308,8 @@ async fn handle(state: Arc<State>, ctx: &ConnCtx, req: Request<()>, stream: Stre
 
 enum Target {
     Local,
+    /// The embedded auction.
+    Auction,
     Connect(tokio::net::TcpStream),
     Forward(OriginStream),
 }
@@ -415,6 +427,13 @@ async fn serve(
             refuse(&mut stream, refusal).await
         }
         Ok(Target::Local) => local(&req, &mut stream).await,
+        Ok(Target::Auction) => match &state.auction {
+            Some(a) => {
+                a.serve(&ctx.gateway_name, &req, &mut stream, publisher)
+                    .await
+            }
+            None => StatusCode::NOT_FOUND,
+        },
         Ok(Target::Connect(tcp)) => tunnel(stream, tcp, class, state.tunnel_idle).await,
         Ok(Target::Forward(origin)) => forward(state, req, stream, origin, class, publisher).await,
     }
@@ -739,7 +758,7 @@ async fn hello(state: &State, ctx: &ConnCtx, req: &Request<()>, stream: &mut Str
 }
 
 /// Answers a duplicate with the first copy's answer.
-async fn replay(stream: &mut Stream, outcome: &Outcome, duplicate: bool) -> StatusCode {
+pub(crate) async fn replay(stream: &mut Stream, outcome: &Outcome, duplicate: bool) -> StatusCode {
     let Outcome::Answer {
         status,
         headers,
@@ -792,6 +811,9 @@ async fn prepare(state: &State, req: &Request<()>) -> Result<Target, Refusal> {
         .any(|n| n.eq_ignore_ascii_case(host))
     {
         return Ok(Target::Local);
+    }
+    if state.auction.as_ref().is_some_and(|a| a.is_for(host)) {
+        return Ok(Target::Auction);
     }
     let tls = match req.uri().scheme_str() {
         Some("https") => true,
@@ -873,6 +895,12 @@ async fn forward(
     let up_counter = metrics::counter!("canopy_relay_bytes_total", "class" => class.as_str(), "direction" => "up");
     let mut body = H3Body::new(recv, state.max_body, Some(up_counter));
     let body_done = body.on_done();
+    // a stalled upload ends (and frees its stream) instead of waiting for ever
+    let body =
+        http_body_util::BodyExt::map_err(IdleBody::new(body, state.body_idle), |e| match e {
+            IdleError::Idle(d) => tunnel_io::BodyError::Idle(d),
+            IdleError::Inner(e) => e,
+        });
     let (parts, ()) = req.into_parts();
     let result = origin_exchange(state, parts, body, body_done, origin).await;
     deliver(state, &mut send, class, publisher, result).await
@@ -975,6 +1003,7 @@ async fn deliver(
     }
     let down_counter =
         metrics::counter!("canopy_relay_bytes_total", "class" => c, "direction" => "down");
+    let body = IdleBody::new(body, state.body_idle);
     if let Err(e) = pump_body(body, send, Some(&down_counter)).await {
         debug!(error = %e, "response body cut short");
         send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);

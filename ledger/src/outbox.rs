@@ -198,7 +198,8 @@ impl Outbox {
                 Entry::Claimed(_)
                 | Entry::Settled(_)
                 | Entry::Released { .. }
-                | Entry::CheckedIn(_) => {}
+                | Entry::CheckedIn(_)
+                | Entry::LotBid(_) => {}
             }
         }
     }

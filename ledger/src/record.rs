@@ -11,6 +11,7 @@ const KIND_CLAIMED: u8 = 3;
 const KIND_SETTLED: u8 = 4;
 const KIND_RELEASED: u8 = 5;
 const KIND_CHECKED_IN: u8 = 6;
+const KIND_LOT_BID: u8 = 7;
 
 /// The request kinds the journal keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,8 +142,27 @@ pub struct CheckedIn {
     pub reentry: bool,
 }
 
+/// A bid the relay's embedded auction recorded (`crate::auction`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotBid {
+    /// The lot.
+    pub lot: String,
+    /// Whose key: the gateway's name.
+    pub scope: String,
+    /// The bid's idempotency key.
+    pub key: String,
+    /// Who bids.
+    pub bidder: String,
+    /// How much, in minor units.
+    pub amount: u64,
+    /// When the venue received it, µs since the Unix epoch (relay clock).
+    pub edge_us: u64,
+    /// When it arrived at the relay, µs since the Unix epoch.
+    pub at_us: u64,
+}
+
 /// One journal record. The gateway's journal holds `Accepted`, `Outcome` and `CheckedIn`;
-/// the relay's holds `Claimed`, `Settled` and `Released`.
+/// the relay's holds `Claimed`, `Settled` and `Released`, its auction's `LotBid`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     /// A request accepted (journaled before the device is answered).
@@ -162,6 +182,8 @@ pub enum Entry {
     },
     /// A check-in admitted at the gateway.
     CheckedIn(CheckedIn),
+    /// A bid recorded by the relay's auction.
+    LotBid(LotBid),
 }
 
 /// Longest key kept, bytes.
@@ -211,6 +233,16 @@ impl Entry {
                     .u64(c.at_us)
                     .str(&c.gate)
                     .u8(u8::from(c.reentry));
+            }
+            Entry::LotBid(b) => {
+                w.u8(KIND_LOT_BID)
+                    .str(&b.lot)
+                    .str(&b.scope)
+                    .str(&b.key)
+                    .str(&b.bidder)
+                    .u64(b.amount)
+                    .u64(b.edge_us)
+                    .u64(b.at_us);
             }
         }
         w.finish()
@@ -289,6 +321,15 @@ impl Entry {
                 at_us: r.u64()?,
                 gate: r.str()?.to_owned(),
                 reentry: flag(&mut r, "reentry")?,
+            }),
+            KIND_LOT_BID => Entry::LotBid(LotBid {
+                lot: key(&mut r)?,
+                scope: key(&mut r)?,
+                key: key(&mut r)?,
+                bidder: key(&mut r)?,
+                amount: r.u64()?,
+                edge_us: r.u64()?,
+                at_us: r.u64()?,
             }),
             k => return Err(DecodeError::UnknownKind(k)),
         };
@@ -461,6 +502,15 @@ mod tests {
                 at_us: 10,
                 gate: "north".into(),
                 reentry: true,
+            }),
+            Entry::LotBid(LotBid {
+                lot: "7".into(),
+                scope: "stall-1".into(),
+                key: "k-9".into(),
+                bidder: "paddle-12".into(),
+                amount: 15_000,
+                edge_us: 11,
+                at_us: 12,
             }),
         ];
         for e in entries {

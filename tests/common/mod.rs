@@ -151,6 +151,16 @@ impl Stack {
     /// Like `start_with`, with extra sections at the end of the gateway's config (`$ORIGIN`
     /// in them stands for the plain origin's URL).
     pub(crate) fn start_full(tag: &str, proxy_extra: &str, gateway_extra: &str) -> Self {
+        Self::start_custom(tag, proxy_extra, gateway_extra, "")
+    }
+
+    /// Like `start_full`, with extra sections at the end of the relay's config.
+    pub(crate) fn start_custom(
+        tag: &str,
+        proxy_extra: &str,
+        gateway_extra: &str,
+        relay_extra: &str,
+    ) -> Self {
         let dir = TempDir::new(tag);
         let d = dir.path();
         let out = canopy(&[
@@ -198,6 +208,7 @@ connect_timeout_ms = 2000
 max_header_bytes = 16384
 [metrics]
 listen = "{rm}"
+{relay_extra}
 "#,
                 rm = metrics.0,
                 op = origin.port(),

@@ -23,6 +23,9 @@ pub enum BodyError {
     /// The body exceeded the configured limit.
     #[error("body larger than the limit of {0} bytes")]
     TooLarge(u64),
+    /// No bytes came for this long ([`crate::IdleBody`]).
+    #[error("no body bytes for {0:?}")]
+    Idle(std::time::Duration),
 }
 
 /// Receiving half of an HTTP/3 request stream, client or server side.

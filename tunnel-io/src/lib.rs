@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod idle;
 pub mod metrics_http;
 pub mod probe;
 pub mod quic;
@@ -11,5 +12,6 @@ pub mod tls;
 pub mod transport;
 
 pub use body::{copy_bidirectional, pump_body, BodyError, H3Body, PumpError, RecvData, SendData};
+pub use idle::{IdleBody, IdleError};
 pub use tls::{TlsError, TlsFiles};
 pub use transport::{CongestionChoice, TransportSettings};

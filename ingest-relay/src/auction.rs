@@ -1,0 +1,313 @@
+//! The relay's embedded bid sink: the shell of `ledger::auction` and its journal. Gateways
+//! reach it under the name `[auction] host` (a venue site whose origin is that name):
+//!
+//! - `POST /lots/<lot>/bids` with `{"bidder": "...", "amount": 12000}` (minor units): the
+//!   bid is recorded by its edge time (`canopy-edge-time`, set by the gateway) and
+//!   journaled before the answer: `201` with the lot's standing, `200` for a retry of a
+//!   recorded bid, `409` when the lot was closed when the bid was placed (or it arrived
+//!   after the outage window), `404` for an unknown lot, `422` for a malformed bid;
+//! - `GET /lots` and `GET /lots/<lot>`: standings (and the lot's latest bids).
+//!
+//! Answers to bids go through the duplicate table like an origin's, so copies and replays
+//! of a bid get the first answer.
+
+use crate::config::AuctionSection;
+use crate::server::{read_capped, Capped, Stream};
+use crate::session::{Outcome, Publisher};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use ledger::auction::{Auction, AuctionConfig, BidError, Lot, Phase, Standing};
+use ledger::record::{Entry, LotBid};
+use ledger_io::Journal;
+use std::path::Path;
+use std::sync::Mutex;
+use tracing::{info, warn};
+use tunnel::wire;
+
+/// Largest bid body.
+const MAX_BODY: u64 = 16 * 1024;
+/// Bids listed with a lot's standing.
+const HISTORY: usize = 50;
+
+/// The embedded auction.
+pub(crate) struct AuctionSink {
+    host: String,
+    auction: Mutex<Auction>,
+    journal: Journal,
+}
+
+impl AuctionSink {
+    /// Opens the auction of a config (its journal made if missing); `None` when off.
+    pub(crate) fn open(cfg: &AuctionSection) -> std::io::Result<Option<Self>> {
+        let Some(host) = &cfg.host else {
+            return Ok(None);
+        };
+        let path: &Path = &cfg.journal;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut opened = ledger_io::open(path)?;
+        let entries = std::mem::take(&mut opened.entries);
+        let mut auction = Auction::new(
+            AuctionConfig {
+                max_outage_us: cfg.max_outage_s * 1_000_000,
+                ..AuctionConfig::default()
+            },
+            cfg.lots.iter().map(|l| Lot {
+                id: l.id.clone(),
+                closes_at_us: l.closes_at_unix.saturating_mul(1_000_000),
+            }),
+        );
+        auction.restore(&entries);
+        info!(journal = %path.display(), host, lots = cfg.lots.len(), records = entries.len(),
+            "auction opened");
+        Ok(Some(Self {
+            host: host.to_ascii_lowercase(),
+            auction: Mutex::new(auction),
+            journal: Journal::start(path.to_path_buf(), opened)?,
+        }))
+    }
+
+    /// Whether a request for `host` is for the auction.
+    pub(crate) fn is_for(&self, host: &str) -> bool {
+        self.host.eq_ignore_ascii_case(host)
+    }
+
+    fn auction(&self) -> std::sync::MutexGuard<'_, Auction> {
+        self.auction.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serves one request from `gateway`.
+    pub(crate) async fn serve(
+        &self,
+        gateway: &str,
+        req: &Request<()>,
+        stream: &mut Stream,
+        publisher: Option<Publisher>,
+    ) -> StatusCode {
+        let path = req.uri().path().trim_end_matches('/');
+        let parts: Vec<&str> = path.split('/').skip(1).collect();
+        let (status, body) = match (req.method(), parts.as_slice()) {
+            (&Method::POST, ["lots", lot, "bids"]) => {
+                match self.bid(gateway, lot, req, stream).await {
+                    Ok(r) => r,
+                    // not recorded: dropping the publisher lets a later copy try again
+                    Err(r) => return send(stream, r.0, r.1).await,
+                }
+            }
+            (&Method::GET, ["lots"]) => {
+                let now = wall_us();
+                let a = self.auction();
+                let lots: Vec<serde_json::Value> = a
+                    .lot_ids()
+                    .filter_map(|id| a.standing(id, now))
+                    .map(|s| standing_json(&s))
+                    .collect();
+                (StatusCode::OK, serde_json::json!({ "lots": lots }))
+            }
+            (&Method::GET, ["lots", lot]) => {
+                let a = self.auction();
+                match a.standing(lot, wall_us()) {
+                    Some(s) => {
+                        let mut v = standing_json(&s);
+                        v["history"] = a.history(lot, HISTORY).iter().map(bid_json).collect();
+                        (StatusCode::OK, v)
+                    }
+                    None => (
+                        StatusCode::NOT_FOUND,
+                        serde_json::json!({ "error": format!("no lot {lot:?}") }),
+                    ),
+                }
+            }
+            _ => (
+                StatusCode::NOT_FOUND,
+                serde_json::json!({ "error": "the auction serves POST /lots/<lot>/bids, GET /lots, GET /lots/<lot>" }),
+            ),
+        };
+        let body = Bytes::from(format!("{body}\n"));
+        if let Some(p) = publisher {
+            p.answer(status, json_headers(), body.clone());
+        }
+        send(stream, status, body).await
+    }
+
+    /// Records a bid: its answer, or (Err) an answer that must not stand for its key.
+    async fn bid(
+        &self,
+        gateway: &str,
+        lot: &str,
+        req: &Request<()>,
+        stream: &mut Stream,
+    ) -> Result<(StatusCode, serde_json::Value), (StatusCode, Bytes)> {
+        let Some(key) = req
+            .headers()
+            .get(wire::HDR_IDEMPOTENCY_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+        else {
+            return Ok((
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": "a bid needs its Idempotency-Key (send it as class bid)" }),
+            ));
+        };
+        let body = match read_capped(stream, MAX_BODY).await {
+            Capped::Body(b) => b,
+            Capped::TooLarge => {
+                return Ok((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({ "error": format!("a bid is at most {MAX_BODY} bytes") }),
+                ))
+            }
+            Capped::Failed => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    Bytes::from_static(b"{\"error\":\"the bid's body did not arrive\"}\n"),
+                ))
+            }
+        };
+        let parsed: Option<(String, u64)> = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                let bidder = v["bidder"].as_str()?.to_owned();
+                let amount = v["amount"].as_u64()?;
+                (!bidder.is_empty() && bidder.len() <= 128).then_some((bidder, amount))
+            });
+        let Some((bidder, amount)) = parsed else {
+            return Ok((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({ "error": "a bid is {\"bidder\": \"1 to 128 characters\", \"amount\": a whole number > 0}" }),
+            ));
+        };
+        let at_us = wall_us();
+        let edge_us = req
+            .headers()
+            .get(wire::HDR_EDGE_TIME)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(at_us);
+        let (placed, pending, standing) = {
+            let mut a = self.auction();
+            let placed = a.place(LotBid {
+                lot: lot.to_owned(),
+                scope: gateway.to_owned(),
+                key,
+                bidder,
+                amount,
+                edge_us,
+                at_us,
+            });
+            let pending = match &placed {
+                Ok(p) if !p.again => Some(self.journal.submit(&Entry::LotBid(p.bid.clone()))),
+                _ => None,
+            };
+            (placed, pending, a.standing(lot, at_us))
+        };
+        if let Some(p) = pending {
+            if let Err(e) = p.await {
+                warn!(error = %e, "auction: bid not journaled");
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Bytes::from(format!("{{\"error\":\"the bid was not recorded: {e}\"}}\n")),
+                ));
+            }
+        }
+        let outcome = match &placed {
+            Ok(_) => "recorded",
+            Err(e) => refusal_code(e),
+        };
+        metrics::counter!("canopy_relay_auction_bids_total", "result" => outcome).increment(1);
+        Ok(match placed {
+            Ok(p) => {
+                let mut v = serde_json::json!({
+                    "accepted": true,
+                    "again": p.again,
+                    "leading": p.leading,
+                    "bid": bid_json(&p.bid),
+                });
+                if let Some(s) = standing {
+                    v["lot"] = standing_json(&s);
+                }
+                let status = if p.again {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                };
+                (status, v)
+            }
+            Err(e) => {
+                let status = match e {
+                    BidError::UnknownLot(_) => StatusCode::NOT_FOUND,
+                    BidError::BadAmount => StatusCode::UNPROCESSABLE_ENTITY,
+                    BidError::Closed { .. } | BidError::TooLate { .. } | BidError::Full => {
+                        StatusCode::CONFLICT
+                    }
+                };
+                (
+                    status,
+                    serde_json::json!({ "accepted": false, "reason": refusal_code(&e), "detail": e.to_string() }),
+                )
+            }
+        })
+    }
+}
+
+fn refusal_code(e: &BidError) -> &'static str {
+    match e {
+        BidError::UnknownLot(_) => "unknown_lot",
+        BidError::Closed { .. } => "closed",
+        BidError::TooLate { .. } => "too_late",
+        BidError::BadAmount => "bad_amount",
+        BidError::Full => "full",
+    }
+}
+
+fn bid_json(b: &LotBid) -> serde_json::Value {
+    serde_json::json!({
+        "bidder": b.bidder,
+        "amount": b.amount,
+        "edge_us": b.edge_us,
+        "at_us": b.at_us,
+        "gateway": b.scope,
+        "key": b.key,
+    })
+}
+
+fn standing_json(s: &Standing) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.lot.id,
+        "closes_at_us": s.lot.closes_at_us,
+        "phase": match s.phase {
+            Phase::Open => "open",
+            Phase::Closing => "closing",
+            Phase::Closed => "closed",
+        },
+        "leader": s.leader.as_ref().map(bid_json),
+        "bids": s.bids,
+        "raises": s.raises,
+    })
+}
+
+fn json_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h
+}
+
+async fn send(stream: &mut Stream, status: StatusCode, body: Bytes) -> StatusCode {
+    let o = Outcome::Answer {
+        status,
+        headers: json_headers(),
+        body,
+    };
+    crate::server::replay(stream, &o, false).await
+}
+
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}

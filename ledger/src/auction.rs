@@ -1,0 +1,364 @@
+//! The relay's embedded auction, sans-IO: lots with close times, and every bid placed on
+//! them, ordered by the time the venue received it (its edge time), not the time it
+//! arrived. A bid counts when its edge time is before the lot's close, even when an outage
+//! held it back past the close, as long as it arrives within the configured outage window;
+//! standings are provisional until that window has passed.
+//!
+//! Standings walk a lot's bids in (edge time, key) order: a bid leads when its amount is
+//! above every bid before it. So a bid that arrives late but was placed early takes its
+//! place in the order, and may outbid bids that arrived before it.
+//!
+//! The shell journals each accepted bid (`Entry::LotBid`) before answering; a restart
+//! rebuilds the lots from the journal. Time comes in as µs since the Unix epoch.
+
+use crate::record::{Entry, LotBid};
+use std::collections::{BTreeMap, HashMap};
+
+/// A lot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lot {
+    /// Its id.
+    pub id: String,
+    /// When bidding closes, µs since the Unix epoch (relay clock).
+    pub closes_at_us: u64,
+}
+
+/// Auction settings.
+#[derive(Debug, Clone, Copy)]
+pub struct AuctionConfig {
+    /// A bid placed before a close may arrive this long after it (an outage), µs.
+    pub max_outage_us: u64,
+    /// An edge time this far ahead of the arrival is a gateway clock that runs ahead: the
+    /// arrival time is used instead, µs.
+    pub max_skew_us: u64,
+    /// Bids kept per lot at most.
+    pub max_bids_per_lot: usize,
+}
+
+impl Default for AuctionConfig {
+    fn default() -> Self {
+        Self {
+            max_outage_us: 300_000_000,
+            max_skew_us: 2_000_000,
+            max_bids_per_lot: 100_000,
+        }
+    }
+}
+
+/// Why a bid is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BidError {
+    /// No such lot.
+    #[error("no lot {0:?}")]
+    UnknownLot(String),
+    /// Placed at or after the lot's close.
+    #[error("lot closed at {closes_at_us} µs; the bid was placed at {edge_us} µs")]
+    Closed {
+        /// The close.
+        closes_at_us: u64,
+        /// When the bid was placed.
+        edge_us: u64,
+    },
+    /// Placed before the close, but arrived after the outage window.
+    #[error("placed before the close but arrived {late_us} µs after it, beyond the outage window")]
+    TooLate {
+        /// How long after the close it arrived.
+        late_us: u64,
+    },
+    /// The amount is not a positive whole number of minor units.
+    #[error("the amount must be a positive whole number")]
+    BadAmount,
+    /// The lot holds its most bids.
+    #[error("the lot holds its most bids")]
+    Full,
+}
+
+/// Where a lot stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Bids are taken.
+    Open,
+    /// Closed, but bids placed before the close may still arrive.
+    Closing,
+    /// Final.
+    Closed,
+}
+
+/// A lot's standings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// The lot.
+    pub lot: Lot,
+    /// Open, closing or closed at the time asked.
+    pub phase: Phase,
+    /// The leading bid.
+    pub leader: Option<LotBid>,
+    /// Bids recorded.
+    pub bids: usize,
+    /// Bids that led when they were placed (in edge-time order).
+    pub raises: usize,
+}
+
+/// What became of a placed bid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The bid as recorded (its edge time as used).
+    pub bid: LotBid,
+    /// It was recorded before (a retry): nothing new to journal.
+    pub again: bool,
+    /// It leads the lot now.
+    pub leading: bool,
+}
+
+#[derive(Debug)]
+struct LotState {
+    lot: Lot,
+    /// Bids by (edge time, scope, key).
+    bids: BTreeMap<(u64, String, String), LotBid>,
+    /// (scope, key) → edge time.
+    keys: HashMap<(String, String), u64>,
+}
+
+/// The auction.
+#[derive(Debug)]
+pub struct Auction {
+    cfg: AuctionConfig,
+    lots: BTreeMap<String, LotState>,
+}
+
+impl Auction {
+    /// An auction of `lots`.
+    pub fn new(cfg: AuctionConfig, lots: impl IntoIterator<Item = Lot>) -> Self {
+        let lots = lots
+            .into_iter()
+            .map(|lot| {
+                (
+                    lot.id.clone(),
+                    LotState {
+                        lot,
+                        bids: BTreeMap::new(),
+                        keys: HashMap::new(),
+                    },
+                )
+            })
+            .collect();
+        Self { cfg, lots }
+    }
+
+    /// Places a bid (`bid.at_us`: its arrival); the record to journal when new.
+    pub fn place(&mut self, mut bid: LotBid) -> Result<Placed, BidError> {
+        let cfg = self.cfg;
+        let state = self
+            .lots
+            .get_mut(&bid.lot)
+            .ok_or_else(|| BidError::UnknownLot(bid.lot.clone()))?;
+        let id = (bid.scope.clone(), bid.key.clone());
+        if let Some(edge) = state.keys.get(&id) {
+            let prev = state.bids[&(*edge, id.0.clone(), id.1.clone())].clone();
+            let leading = leader(state).is_some_and(|l| l.key == prev.key && l.scope == prev.scope);
+            return Ok(Placed {
+                bid: prev,
+                again: true,
+                leading,
+            });
+        }
+        if bid.amount == 0 {
+            return Err(BidError::BadAmount);
+        }
+        if bid.edge_us > bid.at_us.saturating_add(cfg.max_skew_us) {
+            bid.edge_us = bid.at_us;
+        }
+        let close = state.lot.closes_at_us;
+        if bid.edge_us >= close {
+            return Err(BidError::Closed {
+                closes_at_us: close,
+                edge_us: bid.edge_us,
+            });
+        }
+        let late = bid.at_us.saturating_sub(close);
+        if late > cfg.max_outage_us {
+            return Err(BidError::TooLate { late_us: late });
+        }
+        if state.bids.len() >= cfg.max_bids_per_lot {
+            return Err(BidError::Full);
+        }
+        insert(state, bid.clone());
+        let leading = leader(state).is_some_and(|l| l.key == bid.key && l.scope == bid.scope);
+        Ok(Placed {
+            bid,
+            again: false,
+            leading,
+        })
+    }
+
+    /// Rebuilds the bids from a journal's records (they were accepted when placed).
+    pub fn restore(&mut self, entries: &[Entry]) {
+        for e in entries {
+            if let Entry::LotBid(b) = e {
+                if let Some(state) = self.lots.get_mut(&b.lot) {
+                    if !state.keys.contains_key(&(b.scope.clone(), b.key.clone())) {
+                        insert(state, b.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// A lot's standings at `now_us`.
+    pub fn standing(&self, lot: &str, now_us: u64) -> Option<Standing> {
+        let state = self.lots.get(lot)?;
+        let close = state.lot.closes_at_us;
+        let phase = if now_us < close {
+            Phase::Open
+        } else if now_us <= close.saturating_add(self.cfg.max_outage_us) {
+            Phase::Closing
+        } else {
+            Phase::Closed
+        };
+        let mut raises = 0;
+        let mut high = 0;
+        for b in state.bids.values() {
+            if b.amount > high {
+                high = b.amount;
+                raises += 1;
+            }
+        }
+        Some(Standing {
+            lot: state.lot.clone(),
+            phase,
+            leader: leader(state).cloned(),
+            bids: state.bids.len(),
+            raises,
+        })
+    }
+
+    /// A lot's bids in edge-time order (the last `n`).
+    pub fn history(&self, lot: &str, n: usize) -> Vec<LotBid> {
+        self.lots.get(lot).map_or_else(Vec::new, |s| {
+            let skip = s.bids.len().saturating_sub(n);
+            s.bids.values().skip(skip).cloned().collect()
+        })
+    }
+
+    /// The lots' ids.
+    pub fn lot_ids(&self) -> impl Iterator<Item = &str> {
+        self.lots.keys().map(String::as_str)
+    }
+}
+
+fn insert(state: &mut LotState, b: LotBid) {
+    state
+        .keys
+        .insert((b.scope.clone(), b.key.clone()), b.edge_us);
+    state
+        .bids
+        .insert((b.edge_us, b.scope.clone(), b.key.clone()), b);
+}
+
+/// The first bid with the highest amount, in edge-time order.
+fn leader(state: &LotState) -> Option<&LotBid> {
+    let mut best: Option<&LotBid> = None;
+    for b in state.bids.values() {
+        if best.is_none_or(|l| b.amount > l.amount) {
+            best = Some(b);
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLOSE: u64 = 1_000_000_000;
+
+    fn auction() -> Auction {
+        Auction::new(
+            AuctionConfig {
+                max_outage_us: 60_000_000,
+                ..AuctionConfig::default()
+            },
+            [Lot {
+                id: "7".into(),
+                closes_at_us: CLOSE,
+            }],
+        )
+    }
+
+    fn bid(key: &str, amount: u64, edge_us: u64, at_us: u64) -> LotBid {
+        LotBid {
+            lot: "7".into(),
+            scope: "stall-1".into(),
+            key: key.into(),
+            bidder: format!("bidder-{key}"),
+            amount,
+            edge_us,
+            at_us,
+        }
+    }
+
+    #[test]
+    fn bids_count_by_edge_time_through_an_outage() {
+        let mut a = auction();
+        let t = CLOSE - 30_000_000;
+        assert!(a.place(bid("a", 100, t, t)).unwrap().leading);
+        assert!(a.place(bid("b", 150, t + 5, t + 5)).unwrap().leading);
+        // placed before b during an outage, arrives after the close: counts, in its place
+        let late = a.place(bid("c", 200, t + 1, CLOSE + 20_000_000)).unwrap();
+        assert!(late.leading);
+        // placed after the close: refused, however it arrives
+        assert_eq!(
+            a.place(bid("d", 900, CLOSE, CLOSE + 1)),
+            Err(BidError::Closed {
+                closes_at_us: CLOSE,
+                edge_us: CLOSE
+            })
+        );
+        // placed before the close but held back beyond the outage window
+        assert_eq!(
+            a.place(bid("e", 900, t + 2, CLOSE + 61_000_000)),
+            Err(BidError::TooLate {
+                late_us: 61_000_000
+            })
+        );
+        let s = a.standing("7", CLOSE + 1).unwrap();
+        assert_eq!(s.phase, Phase::Closing);
+        assert_eq!(s.leader.unwrap().key, "c");
+        // in edge-time order: a 100, c 200, b 150 (b never led once c took its place)
+        assert_eq!((s.bids, s.raises), (3, 2));
+        // c (edge t+1) came before b (edge t+5): history is in edge-time order
+        let keys: Vec<String> = a.history("7", 10).into_iter().map(|b| b.key).collect();
+        assert_eq!(keys, ["a", "c", "b"]);
+        assert_eq!(
+            a.standing("7", CLOSE + 60_000_001).unwrap().phase,
+            Phase::Closed
+        );
+    }
+
+    #[test]
+    fn a_retry_is_the_same_bid_and_ties_go_to_the_earlier() {
+        let mut a = auction();
+        a.place(bid("a", 100, 10, 10)).unwrap();
+        let again = a.place(bid("a", 100, 99, 99)).unwrap();
+        assert!(again.again);
+        assert_eq!(again.bid.edge_us, 10);
+        // an equal amount later does not lead
+        assert!(!a.place(bid("b", 100, 20, 20)).unwrap().leading);
+        // a clock far ahead is replaced by the arrival time
+        let ahead = a.place(bid("f", 50, 90_000_000, 30)).unwrap();
+        assert_eq!(ahead.bid.edge_us, 30);
+        assert_eq!(a.place(bid("z", 0, 40, 40)), Err(BidError::BadAmount));
+        assert!(matches!(
+            a.place(LotBid {
+                lot: "nope".into(),
+                ..bid("y", 5, 1, 1)
+            }),
+            Err(BidError::UnknownLot(_))
+        ));
+        // a restart rebuilds the same standings
+        let entries: Vec<Entry> = a.history("7", 100).into_iter().map(Entry::LotBid).collect();
+        let mut b = auction();
+        b.restore(&entries);
+        assert_eq!(b.standing("7", 50), a.standing("7", 50));
+    }
+}
