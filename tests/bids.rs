@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{curl, Stack, SITE};
+use common::{curl, spawn, Proc, Stack, SITE};
 use std::time::{Duration, Instant};
 
 /// A bid through the gateway as a reverse site: (status, headers and body).
@@ -383,4 +383,158 @@ fn an_outage_across_a_lots_close_is_judged_by_edge_time() {
         "the gateway answers a retry with the first answer: {body}"
     );
     assert_eq!(lot(&s)["bids"], keys.len());
+}
+
+/// Sends `per_thread` bids from each of `threads` devices, one after another, while
+/// `during` runs; every bid's (key, status).
+fn burst_with(
+    s: &Stack,
+    threads: usize,
+    per_thread: usize,
+    send: fn(&Stack, &str, usize) -> u16,
+    during: impl FnOnce(),
+) -> Vec<(String, u16)> {
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let results = &results;
+            scope.spawn(move || {
+                for i in 0..per_thread {
+                    let key = format!("burst-{t:02}-{i:03}");
+                    let st = send(s, &key, t * 1000 + i);
+                    results.lock().expect("lock").push((key, st));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        during();
+    });
+    results.into_inner().expect("lock")
+}
+
+fn acknowledged(results: &[(String, u16)], ok: &[u16]) -> Vec<String> {
+    results
+        .iter()
+        .filter(|(_, st)| ok.contains(st))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+#[test]
+fn a_gateway_killed_mid_burst_loses_and_doubles_nothing() {
+    let mut s = Stack::start_full("bids-kill-gw", "", "[bids]\ndeadline_ms = 500\n");
+    let (pid, dir) = (s.gateway.0.id(), s.dir.path().to_path_buf());
+    let mut fresh = None;
+    let results = burst_with(
+        &s,
+        8,
+        25,
+        |s, key, n| bid(s, Some(key), &format!("{{\"lot\":9,\"amount\":{n}}}")).0,
+        || {
+            std::thread::sleep(Duration::from_millis(400));
+            Proc::kill_pid(pid);
+            std::thread::sleep(Duration::from_millis(300));
+            fresh = Some(spawn(&dir, "gateway"));
+        },
+    );
+    if let Some(p) = fresh {
+        s.gateway = p;
+    }
+    let acked = acknowledged(&results, &[200, 202]);
+    let refused = results.len() - acked.len();
+    assert!(refused > 0, "the kill came too late to cut the burst");
+    assert!(acked.len() > 50, "{} acknowledged", acked.len());
+    s.wait_up();
+    wait_until(
+        "every acknowledged bid at the origin",
+        Duration::from_secs(60),
+        || {
+            let got = origin_keys(&s);
+            acked.iter().all(|k| got.contains(k))
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let got = origin_keys(&s);
+    let mut seen = std::collections::HashSet::new();
+    let doubled: Vec<&String> = got.iter().filter(|k| !seen.insert(*k)).collect();
+    assert!(doubled.is_empty(), "delivered twice: {doubled:?}");
+}
+
+/// A bid on lot 9 of the relay's auction; its status.
+fn auction_bid(s: &Stack, key: &str, n: usize) -> u16 {
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: auction.test",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        &format!("Idempotency-Key: {key}"),
+        "--data-binary",
+        &format!("{{\"bidder\":\"paddle-{}\",\"amount\":{}}}", n % 7, 100 + n),
+        &format!("{}/lots/9/bids", s.proxy_url()),
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_relay_killed_mid_burst_records_every_bid_once() {
+    let close = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let mut s = Stack::start_custom(
+        "bids-kill-relay",
+        "",
+        "[bids]\ndeadline_ms = 500\n[[sites]]\nhost = \"auction.test\"\norigin = \"http://auction.canopy\"\n[[classes]]\nclass = \"bid\"\npath_prefix = \"/lots/\"\nmethod = \"POST\"\n",
+        &format!(
+            "[auction]\nhost = \"auction.canopy\"\n[[auction.lots]]\nid = \"9\"\ncloses_at_unix = {close}\n"
+        ),
+    );
+    let (pid, dir) = (s.relay.0.id(), s.dir.path().to_path_buf());
+    let mut fresh = None;
+    let results = burst_with(&s, 8, 25, auction_bid, || {
+        std::thread::sleep(Duration::from_millis(400));
+        Proc::kill_pid(pid);
+        std::thread::sleep(Duration::from_millis(500));
+        fresh = Some(spawn(&dir, "relay"));
+    });
+    if let Some(p) = fresh {
+        s.relay = p;
+    }
+    // 201 recorded; 202 queued at the gateway during the relay's absence
+    let acked = acknowledged(&results, &[201, 202]);
+    assert!(
+        results.iter().any(|(_, st)| *st == 202),
+        "the kill came too late to matter"
+    );
+    s.wait_up();
+    let lot9 = |s: &Stack| -> serde_json::Value {
+        let out = curl(&[
+            "-H",
+            "Host: auction.test",
+            &format!("{}/lots/9", s.proxy_url()),
+        ]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    wait_until(
+        "every acknowledged bid recorded",
+        Duration::from_secs(60),
+        || lot9(&s)["bids"].as_u64().unwrap_or(0) >= acked.len() as u64,
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    // recorded once each: the auction keeps one bid per key, and its count is every
+    // bid that got through, no more
+    let v = lot9(&s);
+    assert_eq!(v["bids"].as_u64(), Some(acked.len() as u64), "{v}");
+    for k in acked.iter().take(5) {
+        assert_eq!(bid_status(&s, k)["status"], "delivered");
+    }
 }

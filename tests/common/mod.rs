@@ -43,6 +43,12 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    /// Kills the process with SIGKILL from outside (it may be shared with other threads
+    /// of the test) and reaps it.
+    pub(crate) fn kill_pid(pid: u32) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+
     /// Peak resident memory (VmHWM) in KiB.
     pub(crate) fn peak_rss_kib(&self) -> u64 {
         let status =
@@ -106,7 +112,7 @@ pub(crate) fn curl(args: &[&str]) -> Output {
 }
 
 /// Starts `canopy <what> --config <dir>/<what>.toml`.
-fn spawn(dir: &Path, what: &str) -> Proc {
+pub(crate) fn spawn(dir: &Path, what: &str) -> Proc {
     Proc(
         Command::new(BIN)
             .args([
