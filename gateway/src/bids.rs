@@ -139,6 +139,22 @@ impl Bids {
         })
     }
 
+    /// A check-in's journal write failed: the register and the outbox forget it (the
+    /// device was refused; its retry is a new check-in).
+    pub(crate) fn check_in_failed(
+        &self,
+        record: &ledger::record::CheckedIn,
+        sync: Option<&Accepted>,
+        why: &JournalError,
+    ) {
+        warn!(attendee = %record.attendee, error = %why, "check-in not journaled: refused");
+        let mut register = self.register.lock().unwrap_or_else(|e| e.into_inner());
+        register.undo(record);
+        if let Some(r) = sync {
+            self.outbox().abandon(&r.key);
+        }
+    }
+
     /// The journal refused a new request: it is forgotten.
     pub(crate) fn abandon(&self, key: &str, why: &JournalError) {
         warn!(key, error = %why, "bid not journaled: refused");

@@ -116,7 +116,13 @@ pub(crate) async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Respons
         Ok(x) => x,
         Err(r) => return refused(&r),
     };
-    if let Err(e) = w.written.await {
+    let crate::bids::CheckinWrite {
+        written,
+        record,
+        to_send,
+    } = w;
+    if let Err(e) = written.await {
+        state.bids.check_in_failed(&record, to_send.as_deref(), &e);
         metrics::counter!("canopy_gateway_checkins_total", "result" => "not_journaled")
             .increment(1);
         return refusal(
@@ -125,7 +131,7 @@ pub(crate) async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Respons
             &format!("the check-in was not recorded: {e}"),
         );
     }
-    if let Some(r) = w.to_send {
+    if let Some(r) = to_send {
         let st = state.clone();
         tokio::spawn(async move {
             let key = r.key.clone();
@@ -133,7 +139,7 @@ pub(crate) async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Respons
             st.bids.settle(&key, d);
         });
     }
-    let result = if w.record.reentry {
+    let result = if record.reentry {
         "reentry"
     } else {
         "admitted"

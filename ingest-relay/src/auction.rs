@@ -205,6 +205,9 @@ impl AuctionSink {
         if let Some(p) = pending {
             if let Err(e) = p.await {
                 warn!(error = %e, "auction: bid not journaled");
+                if let Ok(placed) = &placed {
+                    self.auction().unplace(&placed.bid);
+                }
                 return Err((
                     StatusCode::SERVICE_UNAVAILABLE,
                     Bytes::from(format!("{{\"error\":\"the bid was not recorded: {e}\"}}\n")),

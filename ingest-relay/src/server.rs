@@ -247,11 +247,13 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
         });
     }
     let identity = state.sessions.identity(&conn);
+    let (gateway_name, scope) = crate::session::gateway_names(&conn);
     let ctx = Arc::new(ConnCtx {
         identity,
         conn_id: conn.stable_id(),
         joined: std::sync::Mutex::new(None),
-        gateway_name: crate::session::gateway_name(&conn),
+        gateway_name,
+        scope,
     });
     metrics::gauge!("canopy_relay_gateways_connected").increment(1.0);
     let h3 = h3::server::builder()
@@ -362,7 +364,7 @@ async fn serve(
             .sessions
             // the first copy may need a connect, its whole body and the origin's answer
             .admit(
-                &ctx.gateway_name,
+                &ctx.scope,
                 &key,
                 req.headers()
                     .get(wire::HDR_FINGERPRINT)
@@ -428,10 +430,7 @@ async fn serve(
         }
         Ok(Target::Local) => local(&req, &mut stream).await,
         Ok(Target::Auction) => match &state.auction {
-            Some(a) => {
-                a.serve(&ctx.gateway_name, &req, &mut stream, publisher)
-                    .await
-            }
+            Some(a) => a.serve(&ctx.scope, &req, &mut stream, publisher).await,
             None => StatusCode::NOT_FOUND,
         },
         Ok(Target::Connect(tcp)) => tunnel(stream, tcp, class, state.tunnel_idle).await,
@@ -970,10 +969,22 @@ async fn deliver(
     let resp = match result {
         Ok(resp) => resp,
         Err(refusal) => {
-            // a request whose body never fully arrived did not reach the origin as sent:
-            // dropping the publisher lets a duplicate through
-            if let Some(p) = publisher.filter(|_| !refusal.body_lost) {
-                p.refused(&refusal);
+            match publisher {
+                // a request whose body never fully arrived did not reach the origin as
+                // sent: dropping the publisher releases the key
+                Some(p) if refusal.body_lost => drop(p),
+                // the origin may hold it (no answer in time, or the exchange broke after
+                // the request went out): the key stays in doubt, a later copy goes again
+                Some(p)
+                    if matches!(
+                        refusal.status,
+                        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+                    ) =>
+                {
+                    p.in_doubt()
+                }
+                Some(p) => p.refused(&refusal),
+                None => {}
             }
             return refuse(send, refusal).await;
         }
@@ -1077,6 +1088,7 @@ async fn deliver_keyed(
         Some(true) => {
             let down_counter = metrics::counter!("canopy_relay_bytes_total",
                 "class" => class.as_str(), "direction" => "down");
+            let body = IdleBody::new(body, state.body_idle);
             if let Err(e) = pump_body(body, send, Some(&down_counter)).await {
                 debug!(error = %e, "response body cut short");
                 send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
@@ -1137,7 +1149,9 @@ where
             if body_err.is_some_and(|b| {
                 matches!(
                     b,
-                    tunnel_io::BodyError::Stream(_) | tunnel_io::BodyError::Stripe(_)
+                    tunnel_io::BodyError::Stream(_)
+                        | tunnel_io::BodyError::Stripe(_)
+                        | tunnel_io::BodyError::Idle(_)
                 )
             }) {
                 let mut r = Refusal::new(

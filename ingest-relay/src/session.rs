@@ -36,12 +36,16 @@ pub(crate) struct ConnCtx {
     /// The gateway's name, from its certificate: the first label of its common name
     /// (`canopy certs` names gateway certificates `<gateway>.<event>`). Viewer URLs carry it.
     pub(crate) gateway_name: String,
+    /// Whose idempotency keys its requests carry: the certificate's whole common name.
+    pub(crate) scope: String,
 }
 
-/// The name a gateway's certificate gives it (see [`ConnCtx::gateway_name`]); a certificate
-/// without a usable common name gets one from a hash of the certificate that stays the same
-/// across restarts (the duplicate table on disk is keyed by it).
-pub(crate) fn gateway_name(conn: &quinn::Connection) -> String {
+/// The names a gateway's certificate gives it: its short name (the first label of the
+/// common name: viewer URLs carry it, see [`ConnCtx::gateway_name`]) and its scope (the
+/// whole common name, `<gateway>.<event>`: whose idempotency keys these are). A
+/// certificate without a usable common name gets both from a hash of the certificate that
+/// stays the same across restarts (the duplicate table on disk is keyed by the scope).
+pub(crate) fn gateway_names(conn: &quinn::Connection) -> (String, String) {
     let leaf = conn
         .peer_identity()
         .and_then(|i| {
@@ -50,22 +54,38 @@ pub(crate) fn gateway_name(conn: &quinn::Connection) -> String {
         })
         .and_then(|certs| certs.first().cloned());
     let Some(leaf) = leaf else {
-        return "gw-anonymous".into();
+        return ("gw-anonymous".into(), "gw-anonymous".into());
     };
     let cn = x509_parser::parse_x509_certificate(leaf.as_ref())
         .ok()
         .and_then(|(_, cert)| {
-            let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
-            Some(cn.split('.').next().unwrap_or("").to_string())
+            Some(
+                cert.subject()
+                    .iter_common_name()
+                    .next()?
+                    .as_str()
+                    .ok()?
+                    .to_string(),
+            )
         });
-    match cn {
-        Some(n) if tunnel::wire::media::valid_name(&n) => n,
+    let short = cn
+        .as_deref()
+        .map(|cn| cn.split('.').next().unwrap_or("").to_string());
+    match (short, cn) {
+        (Some(n), Some(cn))
+            if tunnel::wire::media::valid_name(&n)
+                && cn.len() <= 255
+                && cn.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            (n, cn)
+        }
         _ => {
             // SipHash with fixed keys: the same certificate gives the same name every run
             #[allow(deprecated)]
             let mut h = std::hash::SipHasher::new();
             leaf.as_ref().hash(&mut h);
-            format!("gw-{:016x}", h.finish())
+            let n = format!("gw-{:016x}", h.finish());
+            (n.clone(), n)
         }
     }
 }
@@ -370,6 +390,18 @@ impl Publisher {
             },
         );
         self.publish(status, headers, body);
+    }
+
+    /// The origin may hold the request but its answer is unknown: the claim stays (in
+    /// doubt, on disk) and a later copy goes to the origin again with the same key.
+    pub(crate) fn in_doubt(mut self) {
+        metrics::counter!("canopy_relay_keys_in_doubt_total").increment(1);
+        self.done = true;
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget(&self.key);
+        let _ = self.tx.send(Some(Arc::new(Outcome::Retry)));
     }
 
     fn publish(&mut self, status: StatusCode, headers: HeaderMap, body: Bytes) {

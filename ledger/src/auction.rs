@@ -191,6 +191,17 @@ impl Auction {
         })
     }
 
+    /// Takes back a bid whose record did not reach the disk (its device was refused).
+    pub fn unplace(&mut self, b: &LotBid) {
+        if let Some(state) = self.lots.get_mut(&b.lot) {
+            let id = (b.scope.clone(), b.key.clone());
+            if state.keys.get(&id) == Some(&b.edge_us) {
+                state.keys.remove(&id);
+                state.bids.remove(&(b.edge_us, id.0, id.1));
+            }
+        }
+    }
+
     /// Rebuilds the bids from a journal's records (they were accepted when placed).
     pub fn restore(&mut self, entries: &[Entry]) {
         for e in entries {
@@ -360,5 +371,9 @@ mod tests {
         let mut b = auction();
         b.restore(&entries);
         assert_eq!(b.standing("7", 50), a.standing("7", 50));
+        // a bid whose record failed is taken back: its retry is new again
+        let p = a.place(bid("g", 500, 45, 45)).unwrap();
+        a.unplace(&p.bid);
+        assert!(!a.place(bid("g", 500, 46, 46)).unwrap().again);
     }
 }

@@ -102,6 +102,24 @@ impl Register {
         Ok(c)
     }
 
+    /// Takes back a check-in whose record did not reach the disk (its device was refused,
+    /// so its retry must not be a replay). A re-entry is left as it was (they were in).
+    pub fn undo(&mut self, c: &CheckedIn) {
+        if c.reentry {
+            return;
+        }
+        if self
+            .tokens
+            .get(&c.token_id)
+            .is_some_and(|t| t.at_us == c.at_us)
+        {
+            self.tokens.remove(&c.token_id);
+            if self.inside.get(&c.attendee) == Some(&c.at_us) {
+                self.inside.remove(&c.attendee);
+            }
+        }
+    }
+
     fn apply(&mut self, c: CheckedIn) {
         self.inside.entry(c.attendee.clone()).or_insert(c.at_us);
         self.tokens.insert(c.token_id.clone(), c);
@@ -185,6 +203,11 @@ mod tests {
         e.restore(&r.snapshot());
         assert_eq!(e.inside(), 2);
         assert!(e.admit(&grant("A-2", "t3"), 11, "x", false).is_err());
+
+        // a check-in that did not reach the disk is taken back
+        let x = e.admit(&grant("A-3", "t9"), 12, "x", false).unwrap();
+        e.undo(&x);
+        assert!(e.admit(&grant("A-3", "t9"), 13, "x", false).is_ok());
 
         // an hour after the tokens expired they are forgotten
         e.expire(10_000 + 3601);
