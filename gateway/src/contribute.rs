@@ -96,6 +96,8 @@ enum Done {
     Piece {
         id: PieceId,
         path: PathId,
+        /// When the flight went (it names the flight to the core).
+        at: Instant,
         result: Result<Answer, SendError>,
     },
     Init {
@@ -207,13 +209,18 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
                         debug!(camera = %s.camera, seq = send.id.seq, offset = send.id.offset, path = send.path, "late piece: a copy on another path");
                     }
                     let tx = tx.clone();
-                    let (id, path, lane) = (send.id, send.path, send.lane);
+                    let (id, path, lane, at) = (send.id, send.path, send.lane, send.at);
                     tokio::spawn(async move {
                         let result = send_piece(flow, req, data, lane).await;
-                        let _ = tx.send(Done::Piece { id, path, result });
+                        let _ = tx.send(Done::Piece {
+                            id,
+                            path,
+                            at,
+                            result,
+                        });
                     });
                 }
-                (Some(_), None) => core.failed(send.id, send.path),
+                (Some(_), None) => core.failed(send.id, send.path, send.at),
                 (None, _) => {
                     core.lost(send.id);
                     if let Some(s) = streams.get_mut(send.id.stream as usize) {
@@ -516,7 +523,12 @@ fn send_init(
 
 fn handle_done(d: Done, core: &mut Contribution, streams: &mut [Stream]) {
     match d {
-        Done::Piece { id, path, result } => {
+        Done::Piece {
+            id,
+            path,
+            at,
+            result,
+        } => {
             let Some(s) = streams.get_mut(id.stream as usize) else {
                 return;
             };
@@ -538,7 +550,7 @@ fn handle_done(d: Done, core: &mut Contribution, streams: &mut [Stream]) {
                 }
                 Err(e) => {
                     debug!(camera = %s.camera, seq = id.seq, path, error = %e, "piece not delivered: it goes again");
-                    core.failed(id, path);
+                    core.failed(id, path, at);
                 }
             }
             // a part without waiting pieces needs no metadata any more

@@ -90,6 +90,8 @@ pub struct Send {
     pub lane: Lane,
     /// Why it goes.
     pub kind: SendKind,
+    /// When it goes: with `path`, names this flight to [`Contribution::failed`].
+    pub at: Instant,
 }
 
 /// Settings.
@@ -273,10 +275,11 @@ impl Contribution {
         true
     }
 
-    /// The piece's request on `path` failed: it may go again.
-    pub fn failed(&mut self, id: PieceId, path: PathId) {
+    /// The piece's request on `path` sent `at` failed: it may go again. (A newer flight of
+    /// the piece on the same path, sent after this one was given up, stays.)
+    pub fn failed(&mut self, id: PieceId, path: PathId, at: Instant) {
         if let Some(e) = self.entries.get_mut(&id) {
-            e.flights.retain(|f| f.path != path);
+            e.flights.retain(|f| f.path != path || f.sent != at);
         }
     }
 
@@ -610,6 +613,7 @@ impl Contribution {
             path,
             lane: e.lane,
             kind,
+            at: now,
         };
         if send.lane == Lane::Live {
             record(self.live_sent.entry(path).or_default(), now, send.len);
@@ -797,6 +801,15 @@ mod tests {
         assert_eq!(again.kind, SendKind::Again);
         assert_ne!(again.path, first.path);
         assert_eq!(c.stats().copy_bytes, 0);
+        // the first request's failure, reported late, leaves the new flight alone
+        c.failed(first.id, first.path, first.at);
+        c.failed(again.id, again.path, first.at);
+        assert_eq!(c.poll_send(t0 + Duration::from_millis(180), &paths), None);
+        // its own failure sends it again
+        c.failed(again.id, again.path, again.at);
+        assert!(c
+            .poll_send(t0 + Duration::from_millis(190), &paths)
+            .is_some());
     }
 
     #[test]
