@@ -296,6 +296,28 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_jetstream_section_names_its_keys() {
+        let text = "[jetstream]\nhost = \"bids.canopy\"\nservers = [\"nats://127.0.0.1:4222\", \"::bad::\"]\nstream = \"my.bids\"\nsubject = \"bids.*\"\nreplicas = 7\nuser = \"u\"\n[auction]\nhost = \"bids.canopy\"\n";
+        let errs = parse::<RelayConfig>(Path::new("relay.toml"), text)
+            .unwrap_err()
+            .0;
+        let keys: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+        for want in [
+            (3, "jetstream.servers"),
+            (7, "jetstream.user"),
+            (4, "jetstream.stream"),
+            (5, "jetstream.subject"),
+            (6, "jetstream.replicas"),
+            (2, "jetstream.host"),
+        ] {
+            assert!(keys.contains(&want), "{want:?} in {keys:?}");
+        }
+        // the example config parses, with the sink off
+        let example = include_str!("../configs/relay.toml");
+        assert!(parse::<RelayConfig>(Path::new("relay.toml"), example).is_ok());
+    }
+
+    #[test]
     fn syntax_errors_are_reported_with_lines() {
         let errs = parse::<RelayConfig>(Path::new("x.toml"), "[relay]\nname = \n")
             .unwrap_err()

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{curl, spawn, Proc, Stack, SITE};
+use common::{acknowledged, burst_with, curl, spawn, wait_until, Proc, Stack, SITE};
 use std::time::{Duration, Instant};
 
 /// A bid through the gateway as a reverse site: (status, headers and body).
@@ -43,14 +43,6 @@ fn bid_status(s: &Stack, key: &str) -> serde_json::Value {
 
 fn origin_keys(s: &Stack) -> Vec<String> {
     serde_json::from_str(&get(&s.origin_url("/bids"))).unwrap_or_default()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -387,39 +379,6 @@ fn an_outage_across_a_lots_close_is_judged_by_edge_time() {
 
 /// Sends `per_thread` bids from each of `threads` devices, one after another, while
 /// `during` runs; every bid's (key, status).
-fn burst_with(
-    s: &Stack,
-    threads: usize,
-    per_thread: usize,
-    send: fn(&Stack, &str, usize) -> u16,
-    during: impl FnOnce(),
-) -> Vec<(String, u16)> {
-    let results = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for t in 0..threads {
-            let results = &results;
-            scope.spawn(move || {
-                for i in 0..per_thread {
-                    let key = format!("burst-{t:02}-{i:03}");
-                    let st = send(s, &key, t * 1000 + i);
-                    results.lock().expect("lock").push((key, st));
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            });
-        }
-        during();
-    });
-    results.into_inner().expect("lock")
-}
-
-fn acknowledged(results: &[(String, u16)], ok: &[u16]) -> Vec<String> {
-    results
-        .iter()
-        .filter(|(_, st)| ok.contains(st))
-        .map(|(k, _)| k.clone())
-        .collect()
-}
-
 #[test]
 fn a_gateway_killed_mid_burst_loses_and_doubles_nothing() {
     let mut s = Stack::start_full("bids-kill-gw", "", "[bids]\ndeadline_ms = 500\n");

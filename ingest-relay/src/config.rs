@@ -27,6 +27,57 @@ pub struct RelayConfig {
     pub bids: RelayBidsSection,
     /// `[auction]`: the relay's own bid sink (lots, close times, standings).
     pub auction: AuctionSection,
+    /// `[jetstream]`: a bid sink on a NATS JetStream cluster that several relays share.
+    pub jetstream: JetStreamSection,
+}
+
+/// `[jetstream]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamSection {
+    /// The name bids for this sink are sent to (a venue site's origin, e.g.
+    /// `http://bids.canopy`): the relay publishes them to JetStream. Unset = off.
+    pub host: Option<String>,
+    /// The NATS servers (`nats://host:port`); the client reconnects to any of them.
+    pub servers: Vec<String>,
+    /// NATS user and password, when the servers ask for them.
+    pub user: Option<String>,
+    /// See `user`.
+    pub password: Option<String>,
+    /// The JetStream stream bids are published to (made if missing).
+    pub stream: String,
+    /// Bids are published as `<subject>.<event>.<gateway>`; the stream takes `<subject>.>`.
+    pub subject: String,
+    /// Copies of the stream and the key bucket kept by the cluster (1 to 5).
+    pub replicas: usize,
+    /// How long the servers drop a bid whose message id they saw (`Nats-Msg-Id`), s.
+    pub duplicate_window_s: u64,
+    /// The key-value bucket that keeps every key's answer, for relays and for retries
+    /// after the duplicate window (made if missing).
+    pub bucket: String,
+    /// How long a key's answer is kept in the bucket, s.
+    pub keep_keys_s: u64,
+    /// How long a bid may wait for a stream leader (a server failing over) before the
+    /// relay answers 503 and the gateway queues it, ms.
+    pub publish_timeout_ms: u64,
+}
+
+impl Default for JetStreamSection {
+    fn default() -> Self {
+        Self {
+            host: None,
+            servers: vec!["nats://127.0.0.1:4222".into()],
+            user: None,
+            password: None,
+            stream: "CANOPY_BIDS".into(),
+            subject: "canopy.bids".into(),
+            replicas: 1,
+            duplicate_window_s: 86_400,
+            bucket: "canopy_bid_keys".into(),
+            keep_keys_s: 30 * 86_400,
+            publish_timeout_ms: 5_000,
+        }
+    }
 }
 
 /// `[auction]`
@@ -316,6 +367,15 @@ impl RelayConfig {
                 ));
             }
         }
+        errs.extend(self.jetstream.problems());
+        if let (Some(a), Some(j)) = (&self.auction.host, &self.jetstream.host) {
+            if a.eq_ignore_ascii_case(j) {
+                errs.push((
+                    "jetstream.host".into(),
+                    "is the auction's host too: give each sink its own name".into(),
+                ));
+            }
+        }
         if self.viewers.cert.is_some() != self.viewers.key.is_some() {
             errs.push(("viewers.cert".into(), "cert and key go together".into()));
         }
@@ -324,6 +384,70 @@ impl RelayConfig {
                 "relay.name".into(),
                 "must be a single token without spaces".into(),
             ));
+        }
+        errs
+    }
+}
+
+impl JetStreamSection {
+    /// What is wrong with the section: (key, message).
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        let mut bad = |k: &str, m: &str| errs.push((format!("jetstream.{k}"), m.to_owned()));
+        if let Some(h) = &self.host {
+            if h.is_empty() || h.contains(['/', ':', ' ']) {
+                bad("host", "must be a host name");
+            }
+        }
+        if self.servers.is_empty() {
+            bad("servers", "must name at least one server");
+        }
+        for s in &self.servers {
+            if s.parse::<async_nats::ServerAddr>().is_err() {
+                bad("servers", &format!("{s:?} is not a NATS server address"));
+            }
+        }
+        if self.user.is_some() != self.password.is_some() {
+            bad("user", "user and password go together");
+        }
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !name_ok(&self.stream) {
+            bad(
+                "stream",
+                "must be 1 to 64 letters, digits, '-' or '_' (no dots, spaces or wildcards)",
+            );
+        }
+        if !name_ok(&self.bucket) {
+            bad("bucket", "must be 1 to 64 letters, digits, '-' or '_'");
+        }
+        let subject_ok = !self.subject.is_empty()
+            && self.subject.split('.').all(|t| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_graphic() && !b"*>".contains(&b))
+            });
+        if !subject_ok {
+            bad(
+                "subject",
+                "must be dot-separated tokens without spaces or wildcards",
+            );
+        }
+        if !(1..=5).contains(&self.replicas) {
+            bad("replicas", "must be 1..=5");
+        }
+        if !(1..=30 * 86_400).contains(&self.duplicate_window_s) {
+            bad("duplicate_window_s", "must be 1..=2592000");
+        }
+        if self.keep_keys_s < self.duplicate_window_s {
+            bad("keep_keys_s", "must be at least duplicate_window_s");
+        }
+        if !(100..=120_000).contains(&self.publish_timeout_ms) {
+            bad("publish_timeout_ms", "must be 100..=120000");
         }
         errs
     }

@@ -8,6 +8,7 @@ mod claim_log;
 pub mod config;
 mod egress;
 mod error;
+mod jetstream;
 mod media;
 mod server;
 mod session;

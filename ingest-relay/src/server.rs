@@ -42,6 +42,8 @@ pub(crate) struct State {
     stripes: stripe::Stripes,
     /// The embedded auction, when `[auction] host` is set.
     auction: Option<crate::auction::AuctionSink>,
+    /// The JetStream bid sink, when `[jetstream] host` is set.
+    jetstream: Option<crate::jetstream::JetStreamSink>,
 }
 
 /// A bound relay; `run` serves it.
@@ -107,6 +109,9 @@ impl Relay {
                     source,
                 }
             })?,
+            jetstream: crate::jetstream::JetStreamSink::start(&cfg.jetstream)
+                .await
+                .map_err(|e| RelayError::Config(format!("jetstream: {e}")))?,
             relayed: Arc::new(Relayed::new(relayed_config(cfg))),
         };
         let vtls = viewer_tls.unwrap_or(tls);
@@ -312,6 +317,8 @@ enum Target {
     Local,
     /// The embedded auction.
     Auction,
+    /// The JetStream bid sink.
+    JetStream,
     Connect(tokio::net::TcpStream),
     Forward(OriginStream),
 }
@@ -431,6 +438,10 @@ async fn serve(
         Ok(Target::Local) => local(&req, &mut stream).await,
         Ok(Target::Auction) => match &state.auction {
             Some(a) => a.serve(&ctx.scope, &req, &mut stream, publisher).await,
+            None => StatusCode::NOT_FOUND,
+        },
+        Ok(Target::JetStream) => match &state.jetstream {
+            Some(j) => j.serve(&ctx.scope, &req, &mut stream, publisher).await,
             None => StatusCode::NOT_FOUND,
         },
         Ok(Target::Connect(tcp)) => tunnel(stream, tcp, class, state.tunnel_idle).await,
@@ -813,6 +824,9 @@ async fn prepare(state: &State, req: &Request<()>) -> Result<Target, Refusal> {
     }
     if state.auction.as_ref().is_some_and(|a| a.is_for(host)) {
         return Ok(Target::Auction);
+    }
+    if state.jetstream.as_ref().is_some_and(|j| j.is_for(host)) {
+        return Ok(Target::JetStream);
     }
     let tls = match req.uri().scheme_str() {
         Some("https") => true,

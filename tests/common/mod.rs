@@ -29,6 +29,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // a failing test's configs and logs stay for a look
+            eprintln!("kept {} (the test failed)", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -120,7 +125,11 @@ pub(crate) fn spawn(dir: &Path, what: &str) -> Proc {
                 "--config",
                 dir.join(format!("{what}.toml")).to_str().expect("utf8"),
             ])
-            .env("RUST_LOG", "warn")
+            // CANOPY_TEST_LOG=info (or any RUST_LOG filter) to see more of a failing test
+            .env(
+                "RUST_LOG",
+                std::env::var("CANOPY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -331,4 +340,49 @@ listen = "{gm}"
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Waits until `ok`, checking every 100 ms; fails naming `what` after `timeout`.
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `threads` devices each send `per_thread` requests (keys `burst-<t>-<i>`, 20 ms apart)
+/// with `send`, while `during` runs on this thread: every (key, status).
+pub(crate) fn burst_with(
+    s: &Stack,
+    threads: usize,
+    per_thread: usize,
+    send: fn(&Stack, &str, usize) -> u16,
+    during: impl FnOnce(),
+) -> Vec<(String, u16)> {
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let results = &results;
+            scope.spawn(move || {
+                for i in 0..per_thread {
+                    let key = format!("burst-{t:02}-{i:03}");
+                    let st = send(s, &key, t * 1000 + i);
+                    results.lock().expect("lock").push((key, st));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        during();
+    });
+    results.into_inner().expect("lock")
+}
+
+/// The keys whose status is one of `ok`.
+pub(crate) fn acknowledged(results: &[(String, u16)], ok: &[u16]) -> Vec<String> {
+    results
+        .iter()
+        .filter(|(_, st)| ok.contains(st))
+        .map(|(k, _)| k.clone())
+        .collect()
 }

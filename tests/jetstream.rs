@@ -1,0 +1,281 @@
+//! The relay's JetStream bid sink against real NATS servers (Debian's nats-server; tests/
+//! run.sh installs it): each bid stored once whatever is retried, restarted or killed, and
+//! a key reused for another request refused. Read back with async-nats, not with the
+//! relay.
+
+mod common;
+
+use async_nats::jetstream;
+use common::{acknowledged, burst_with, curl, free_tcp_port, wait_until, Proc, Stack, TempDir};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const STREAM: &str = "BIDS";
+
+/// A NATS server with JetStream, from a config file in `dir`, logging to `<name>.log`.
+fn nats_server(dir: &Path, name: &str, conf: &str) -> Proc {
+    let path = dir.join(format!("{name}.conf"));
+    std::fs::write(&path, conf).expect("nats conf");
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("nats log");
+    Proc(
+        Command::new("nats-server")
+            .args(["-c", path.to_str().expect("utf8")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server is installed (tests/run.sh installs it)"),
+    )
+}
+
+/// Waits until the server of `name` (logging in `dir`) listens on `port`.
+fn wait_listening(dir: &Path, name: &str, port: u16) {
+    wait_until(
+        &format!(
+            "nats-server {name} to listen on {port} (its log: {})",
+            dir.join(format!("{name}.log")).display()
+        ),
+        Duration::from_secs(20),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+}
+
+/// Gateway sites: `bids.test` is the JetStream sink at the relay.
+const GATEWAY: &str = "[bids]\ndeadline_ms = 500\n[[sites]]\nhost = \"bids.test\"\norigin = \"http://bids.canopy\"\n[[classes]]\nclass = \"bid\"\npath_prefix = \"/lots/\"\nmethod = \"POST\"\n";
+
+fn relay_section(servers: &[u16], extra: &str) -> String {
+    let list: Vec<String> = servers
+        .iter()
+        .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+        .collect();
+    format!(
+        "[jetstream]\nhost = \"bids.canopy\"\nservers = [{}]\nstream = \"{STREAM}\"\nsubject = \"bids\"\nbucket = \"bid_keys\"\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+/// A bid through the gateway: (status, body).
+fn post(s: &Stack, key: &str, body: &str) -> (u16, String) {
+    let out = curl(&[
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Host: bids.test",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        &format!("Idempotency-Key: {key}"),
+        "--data-binary",
+        body,
+        &format!("{}/lots/3/bids", s.proxy_url()),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn context(port: u16, auth: Option<(&str, &str)>) -> jetstream::Context {
+    let mut opts = async_nats::ConnectOptions::new();
+    if let Some((u, p)) = auth {
+        opts = opts.user_and_password(u.into(), p.into());
+    }
+    let c = opts
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .expect("connect to nats");
+    jetstream::new(c)
+}
+
+/// Every message of the stream: Idempotency-Key → how many times, and the gateways of the
+/// messages that carry an edge time.
+fn stored(port: u16, auth: Option<(&str, &str)>) -> (HashMap<String, usize>, Vec<String>) {
+    runtime().block_on(async {
+        let js = context(port, auth).await;
+        let mut st = match js.get_stream(STREAM).await {
+            Ok(s) => s,
+            Err(_) => return (HashMap::new(), Vec::new()),
+        };
+        let last = st.info().await.map_or(0, |i| i.state.last_sequence);
+        let mut keys = HashMap::new();
+        let mut gateways = Vec::new();
+        for seq in 1..=last {
+            let Ok(m) = st.get_raw_message(seq).await else {
+                continue;
+            };
+            let h = |n: &str| m.headers.get(n).map(|v| v.as_str().to_owned());
+            *keys
+                .entry(h("Idempotency-Key").unwrap_or_default())
+                .or_insert(0) += 1;
+            // who sent it, and when the venue took it (µs since the epoch)
+            let edge = h("Canopy-Edge-Time").and_then(|t| t.parse::<u64>().ok());
+            gateways.extend(h("Canopy-Gateway").filter(|_| edge.is_some_and(|t| t > 0)));
+        }
+        (keys, gateways)
+    })
+}
+
+#[test]
+fn each_bid_is_stored_once_through_retries_restarts_and_an_outage() {
+    let dir = TempDir::new("js-single");
+    let port = free_tcp_port();
+    let conf = format!(
+        "server_name: n1\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\nauthorization {{ user: canopy, password: s3cret }}\n",
+        dir.path().join("n1").display()
+    );
+    let mut nats = nats_server(dir.path(), "n1", &conf);
+    wait_listening(dir.path(), "n1", port);
+    let auth = Some(("canopy", "s3cret"));
+    let mut s = Stack::start_custom(
+        "js-single",
+        "",
+        GATEWAY,
+        &relay_section(
+            &[port],
+            "user = \"canopy\"\npassword = \"s3cret\"\npublish_timeout_ms = 1000",
+        ),
+    );
+    let (st, first) = post(&s, "k-1", "{\"bidder\":\"p1\",\"amount\":100}");
+    assert_eq!(st, 201, "{first}");
+    let v: serde_json::Value = serde_json::from_str(&first).expect("json answer");
+    assert_eq!(v["stream"], STREAM, "{first}");
+    assert_eq!(v["seq"], 1, "{first}");
+    // the device's retry: the same answer, nothing published again
+    let (st, again) = post(&s, "k-1", "{\"bidder\":\"p1\",\"amount\":100}");
+    assert_eq!((st, again.as_str()), (201, first.as_str()));
+    // another request under the same key: refused, the first answer does not leak
+    let (st, other) = post(&s, "k-1", "{\"bidder\":\"p2\",\"amount\":900}");
+    assert_eq!(st, 422, "{other}");
+    assert!(!other.contains("\"seq\""), "{other}");
+    // a relay that never saw the key (its own table gone): the bucket answers
+    s.kill_relay();
+    std::fs::remove_file(s.dir.path().join("relay-bids.journal")).expect("the relay's table");
+    s.start_relay();
+    s.wait_up();
+    let (st, after) = post(&s, "k-1", "{\"bidder\":\"p1\",\"amount\":100}");
+    assert_eq!((st, after.as_str()), (201, first.as_str()));
+    let (st, other) = post(&s, "k-1", "{\"bidder\":\"p3\",\"amount\":5}");
+    assert_eq!(st, 422, "{other}");
+    // the servers are gone: the gateway keeps the bid (202) and sends it when they return
+    drop(nats);
+    let (st, queued) = post(&s, "k-2", "{\"bidder\":\"p2\",\"amount\":200}");
+    assert_eq!(st, 202, "{queued}");
+    std::thread::sleep(Duration::from_secs(3));
+    nats = nats_server(dir.path(), "n1", &conf);
+    wait_listening(dir.path(), "n1", port);
+    wait_until(
+        "the queued bid in the stream",
+        Duration::from_secs(60),
+        || stored(port, auth).0.contains_key("k-2"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (keys, gateways) = stored(port, auth);
+    assert_eq!(
+        keys,
+        HashMap::from([("k-1".to_string(), 1), ("k-2".to_string(), 1)]),
+        "each bid once"
+    );
+    assert!(gateways.iter().all(|g| g == "gateway.test"), "{gateways:?}");
+    drop(nats);
+}
+
+#[test]
+fn a_three_node_cluster_loses_its_leader_mid_burst_and_stores_each_bid_once() {
+    let dir = TempDir::new("js-cluster");
+    let ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
+    let routes: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
+    let route_list: Vec<String> = routes
+        .iter()
+        .map(|p| format!("nats-route://127.0.0.1:{p}"))
+        .collect();
+    let mut nodes: Vec<Option<Proc>> = (0..3)
+        .map(|i| {
+            let conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\ncluster {{ name: C1, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                ports[i],
+                dir.path().join(format!("n{i}")).display(),
+                routes[i],
+                route_list.join(", ")
+            );
+            Some(nats_server(dir.path(), &format!("n{i}"), &conf))
+        })
+        .collect();
+    for (i, p) in ports.iter().enumerate() {
+        wait_listening(dir.path(), &format!("n{i}"), *p);
+    }
+    let s = Stack::start_custom(
+        "js-cluster",
+        "",
+        GATEWAY,
+        &relay_section(&ports, "replicas = 3\npublish_timeout_ms = 3000"),
+    );
+    // the sink makes the replicated stream once the cluster has a meta leader
+    wait_until("a first bid stored", Duration::from_secs(60), || {
+        post(&s, "warm-up", "{\"bidder\":\"p0\",\"amount\":1}").0 == 201
+    });
+    let leader = runtime().block_on(async {
+        let js = context(ports[0], None).await;
+        let mut st = js.get_stream(STREAM).await.expect("stream");
+        let info = st.info().await.expect("info");
+        info.cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .expect("a replicated stream has a leader")
+    });
+    let victim: usize = leader.trim_start_matches('n').parse().expect("leader name");
+    let survivor = ports[(victim + 1) % 3];
+    let killed = nodes[victim].take().expect("node");
+    let results = burst_with(
+        &s,
+        8,
+        25,
+        |s, key, n| {
+            post(
+                s,
+                key,
+                &format!("{{\"bidder\":\"p{}\",\"amount\":{}}}", n % 5, 100 + n),
+            )
+            .0
+        },
+        || {
+            std::thread::sleep(Duration::from_millis(400));
+            drop(killed);
+        },
+    );
+    let acked = acknowledged(&results, &[201, 202]);
+    assert_eq!(
+        acked.len(),
+        results.len(),
+        "every bid answered 201 or 202: {:?}",
+        results
+            .iter()
+            .filter(|(_, st)| *st != 201 && *st != 202)
+            .collect::<Vec<_>>()
+    );
+    eprintln!(
+        "{} of {} bids queued at the gateway while the cluster elected a leader",
+        results.iter().filter(|(_, st)| *st == 202).count(),
+        results.len()
+    );
+    wait_until(
+        "every acknowledged bid in the stream",
+        Duration::from_secs(90),
+        || {
+            let keys = stored(survivor, None).0;
+            acked.iter().all(|k| keys.contains_key(k))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (keys, _) = stored(survivor, None);
+    let doubled: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "stored twice: {doubled:?}");
+    assert_eq!(keys.len(), acked.len() + 1, "the burst and the warm-up bid");
+    drop(nodes);
+}
