@@ -13,6 +13,7 @@ mod media;
 mod server;
 mod session;
 mod stripe;
+mod stripe_budget;
 mod viewer_token;
 mod viewers;
 

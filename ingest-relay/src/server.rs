@@ -522,7 +522,18 @@ fn stripe_for(
     state
         .stripes
         .get(ctx.identity, id, total)
-        .ok_or_else(|| Refusal::new(StatusCode::CONFLICT, "the stripe has another total length"))
+        .map_err(|e| match e {
+            stripe::NoStripe::OtherLength => {
+                Refusal::new(StatusCode::CONFLICT, "the stripe has another total length")
+            }
+            stripe::NoStripe::TooMany => Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this gateway has {} striped bodies at the relay already",
+                    stripe::MAX_STRIPES
+                ),
+            ),
+        })
 }
 
 /// One chunk of a striped body: taken into its stripe (waiting while it lies beyond the
@@ -581,6 +592,16 @@ async fn stripe_chunk(
         }
         Err(stripe::ChunkError::Failed(why)) => {
             return refuse(&mut stream, Refusal::new(StatusCode::CONFLICT, why)).await
+        }
+        Err(stripe::ChunkError::NoBudget) => {
+            return refuse(
+                &mut stream,
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the relay holds as many striped bytes of this gateway as it may",
+                ),
+            )
+            .await
         }
         Err(stripe::ChunkError::Timeout) => {
             return refuse(

@@ -3,11 +3,16 @@
 //! one origin request the striped request's head opened.
 //!
 //! A stripe is known by (gateway identity, stripe id). Chunks may arrive before the head.
-//! The relay holds at most [`WINDOW`] bytes of a stripe that the origin has not taken yet;
-//! a chunk beyond that waits (its answer is the gateway's flow control). A chunk seen twice
-//! (re-sent after its path died) is taken once. The head may come again on another path if
+//! The relay holds at most [`WINDOW`] bytes of a stripe that the origin has not taken yet,
+//! counted by what it stores (overlapping chunks at odd offsets cannot stack up): a chunk
+//! beyond that waits (its answer is the gateway's flow control). A chunk seen twice
+//! (re-sent after its path died) is taken once. A stripe's window comes from the budgets
+//! of `stripe_budget` (per gateway and for all) before its first chunk goes in, and goes
+//! back when the origin has the whole body or the stripe fails; a gateway has at most
+//! [`MAX_STRIPES`] stripes known at once. The head may come again on another path if
 //! its first path died: the newest head gets the origin's answer.
 
+use crate::stripe_budget::{Budget, Grant};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -25,6 +30,12 @@ pub(crate) const WINDOW: u64 = tunnel::wire::STRIPE_WINDOW;
 pub(crate) const CHUNK_MAX: u64 = 1024 * 1024;
 /// A stripe nobody touched for this long is dropped (its origin request fails).
 const IDLE: Duration = Duration::from_secs(60);
+/// Stripe windows one gateway may hold at once (16 full windows), bytes.
+const GATEWAY_BUDGET: u64 = 16 * WINDOW;
+/// Stripe windows all gateways together may hold, bytes.
+const GLOBAL_BUDGET: u64 = 128 * WINDOW;
+/// Stripes of one gateway known at once (in progress, or answered and not yet dropped).
+pub(crate) const MAX_STRIPES: usize = 1024;
 
 /// What the origin request of a stripe gives: the origin's response, or why there is none.
 pub(crate) type Answer = Result<http::Response<hyper::body::Incoming>, crate::error::Refusal>;
@@ -48,14 +59,34 @@ pub(crate) enum NoAnswer {
 }
 
 /// Every stripe in progress.
-#[derive(Default)]
 pub(crate) struct Stripes {
     map: Mutex<HashMap<(u64, u64), Arc<Stripe>>>,
+    budget: Arc<Budget>,
+}
+
+impl Default for Stripes {
+    fn default() -> Self {
+        Self::with_budget(GATEWAY_BUDGET, GLOBAL_BUDGET)
+    }
+}
+
+/// Why a stripe cannot be had.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NoStripe {
+    /// The stripe exists with another total length.
+    OtherLength,
+    /// The gateway has [`MAX_STRIPES`] stripes already.
+    TooMany,
 }
 
 /// One striped body.
 pub(crate) struct Stripe {
     total: u64,
+    /// Whose stripe (the gateway's identity), and where its window comes from.
+    gateway: u64,
+    budget: Arc<Budget>,
+    /// Its window, once granted; given back when done.
+    grant: Mutex<Option<Grant>>,
     inner: Mutex<Inner>,
     /// Wakes chunks waiting for window and heads waiting for the answer.
     changed: Notify,
@@ -69,6 +100,8 @@ struct Inner {
     consumed: u64,
     /// Received out of order (offsets above `next`).
     pending: BTreeMap<u64, Bytes>,
+    /// Bytes in `pending` and `ready`.
+    held: u64,
     /// In order, not yet taken by the origin request.
     ready: VecDeque<Bytes>,
     body_waker: Option<Waker>,
@@ -86,10 +119,18 @@ struct Inner {
 }
 
 impl Stripes {
-    /// The stripe, made if new. `None` when the total does not match an existing stripe's.
-    pub(crate) fn get(&self, identity: u64, id: u64, total: u64) -> Option<Arc<Stripe>> {
+    /// Stripes whose windows come from budgets of `per_gateway` and `global` bytes.
+    pub(crate) fn with_budget(per_gateway: u64, global: u64) -> Self {
+        Self {
+            map: Mutex::default(),
+            budget: Budget::new(per_gateway, global),
+        }
+    }
+
+    /// The stripe, made if new.
+    pub(crate) fn get(&self, identity: u64, id: u64, total: u64) -> Result<Arc<Stripe>, NoStripe> {
         let now = Instant::now();
-        let mut map = self.map.lock().ok()?;
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         // drop stripes left idle: their gateway gave up on them
         map.retain(|_, s| {
             let keep = !s.idle_at(now);
@@ -98,11 +139,19 @@ impl Stripes {
             }
             keep
         });
+        if !map.contains_key(&(identity, id))
+            && map.keys().filter(|(g, _)| *g == identity).count() >= MAX_STRIPES
+        {
+            return Err(NoStripe::TooMany);
+        }
         let s = map
             .entry((identity, id))
             .or_insert_with(|| {
                 Arc::new(Stripe {
                     total,
+                    gateway: identity,
+                    budget: self.budget.clone(),
+                    grant: Mutex::new(None),
                     inner: Mutex::new(Inner {
                         touched: Some(now),
                         ..Inner::default()
@@ -112,7 +161,11 @@ impl Stripes {
             })
             .clone();
         metrics::gauge!("canopy_relay_stripes").set(map.len() as f64);
-        (s.total == total).then_some(s)
+        if s.total == total {
+            Ok(s)
+        } else {
+            Err(NoStripe::OtherLength)
+        }
     }
 }
 
@@ -125,6 +178,9 @@ pub(crate) enum ChunkError {
     Failed(String),
     /// The window did not open in time.
     Timeout,
+    /// No window could be granted in time: the relay holds as many striped bytes of this
+    /// gateway (or of all) as it may.
+    NoBudget,
 }
 
 impl Stripe {
@@ -138,6 +194,17 @@ impl Stripe {
         !g.origin_running && g.touched.is_none_or(|t| now.duration_since(t) >= IDLE)
     }
 
+    /// Gives the stripe's window back to the budgets.
+    fn release(&self) {
+        self.grant.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Bytes held (received, not yet taken by the origin request).
+    #[cfg(test)]
+    fn held(&self) -> u64 {
+        self.lock().held
+    }
+
     /// Fails the stripe: the origin request's body ends with an error, waiting chunks give up.
     pub(crate) fn fail(&self, why: &str) {
         let waker = {
@@ -145,8 +212,15 @@ impl Stripe {
             if g.failed.is_none() && g.consumed < self.total {
                 g.failed = Some(why.to_string());
             }
+            if g.failed.is_some() {
+                // nothing held will be read: give the memory back
+                g.pending.clear();
+                g.ready.clear();
+                g.held = 0;
+            }
             g.body_waker.take()
         };
+        self.release();
         if let Some(w) = waker {
             w.wake();
         }
@@ -165,6 +239,7 @@ impl Stripe {
             return Err(ChunkError::OutOfRange);
         }
         let deadline = tokio::time::Instant::now() + wait;
+        let window = self.window(deadline).await?;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -175,7 +250,16 @@ impl Stripe {
                 if let Some(f) = &g.failed {
                     return Err(ChunkError::Failed(f.clone()));
                 }
-                if end <= g.consumed.saturating_add(WINDOW) {
+                // had it: in order already, or the same chunk waiting
+                let len = data.len() as u64;
+                if end <= g.next
+                    || g.pending
+                        .get(&offset)
+                        .is_some_and(|d| d.len() as u64 >= len)
+                {
+                    return Ok(());
+                }
+                if end <= g.consumed.saturating_add(window) && g.held + len <= window {
                     let waker = g.put(offset, data);
                     drop(g);
                     if let Some(w) = waker {
@@ -188,6 +272,43 @@ impl Stripe {
                 return Err(ChunkError::Timeout);
             }
         }
+    }
+
+    /// The stripe's window: granted from the budgets on the first chunk (waiting until
+    /// `deadline` for room), `min(total, WINDOW)` bytes.
+    async fn window(&self, deadline: tokio::time::Instant) -> Result<u64, ChunkError> {
+        if let Some(g) = self
+            .grant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Ok(g.bytes);
+        }
+        {
+            let g = self.lock();
+            if let Some(f) = &g.failed {
+                return Err(ChunkError::Failed(f.clone()));
+            }
+            if g.next >= self.total {
+                // the whole body came (its window went back): a chunk now is a copy
+                return Ok(0);
+            }
+        }
+        let want = self.total.clamp(1, WINDOW);
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let grant = self
+            .budget
+            .grant(self.gateway, want, wait)
+            .await
+            .ok_or(ChunkError::NoBudget)?;
+        let mut slot = self.grant.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = &self.lock().failed {
+            // failed meanwhile: the grant goes straight back
+            return Err(ChunkError::Failed(f.clone()));
+        }
+        // another chunk of the stripe may have been granted first: keep one
+        Ok(slot.get_or_insert(grant).bytes)
     }
 
     /// Registers head number `n` (the gateway counts the copies of a head; a late copy on
@@ -286,7 +407,10 @@ impl Inner {
         } else {
             (offset, data)
         };
-        self.pending.entry(offset).or_insert(data);
+        if let std::collections::btree_map::Entry::Vacant(v) = self.pending.entry(offset) {
+            self.held += data.len() as u64;
+            v.insert(data);
+        }
         let mut moved = false;
         while let Some(entry) = self.pending.first_entry() {
             let at = *entry.key();
@@ -296,9 +420,12 @@ impl Inner {
             let d = entry.remove();
             let d_end = at + d.len() as u64;
             if d_end <= self.next {
+                self.held -= d.len() as u64;
                 continue;
             }
-            let d = d.slice((self.next - at) as usize..);
+            let skip = (self.next - at) as usize;
+            self.held -= skip as u64;
+            let d = d.slice(skip..);
             self.next = d_end;
             self.ready.push_back(d);
             moved = true;
@@ -343,9 +470,14 @@ impl Body for StripeBody {
         if let Some(d) = g.ready.pop_front() {
             this.idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
             g.consumed += d.len() as u64;
+            g.held -= d.len() as u64;
             g.touched = Some(Instant::now());
             let all = g.consumed >= total;
             drop(g);
+            if all {
+                // the origin has the whole body: the window goes back
+                this.stripe.release();
+            }
             // the window moved: waiting chunks may go in
             this.stripe.changed.notify_waiters();
             if let Some(c) = &this.counter {
@@ -400,7 +532,11 @@ mod tests {
     async fn chunks_in_any_order_and_twice_make_the_body_once() {
         let stripes = Stripes::default();
         let s = stripes.get(1, 7, 10).expect("stripe");
-        assert!(stripes.get(1, 7, 11).is_none(), "total must match");
+        assert_eq!(
+            stripes.get(1, 7, 11).err(),
+            Some(NoStripe::OtherLength),
+            "total must match"
+        );
         let (body, done) = s.body(None);
         let w = Duration::from_secs(1);
         s.insert(6, Bytes::from_static(b"6789"), w)
@@ -446,6 +582,66 @@ mod tests {
         let f = body.frame().await.expect("frame").expect("data");
         assert_eq!(f.into_data().map(|d| d.len()).ok(), Some(1000));
         assert_eq!(waiter.await.expect("join"), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn overlapping_chunks_at_odd_offsets_cannot_grow_a_stripe_past_its_window() {
+        let stripes = Stripes::default();
+        let total = 4 * WINDOW;
+        let s = stripes.get(1, 9, total).expect("stripe");
+        let mib = Bytes::from(vec![7u8; 1 << 20]);
+        // 1 MiB chunks one byte apart, none in order: each ends within the window
+        let mut taken = 0;
+        for off in 1..64u64 {
+            if s.insert(off, mib.clone(), Duration::from_millis(5)).await == Ok(()) {
+                taken += 1;
+            }
+        }
+        assert!(s.held() <= WINDOW, "held {}", s.held());
+        assert_eq!(
+            taken,
+            (WINDOW >> 20) as usize,
+            "a window's worth went in, no more"
+        );
+        s.fail("test over");
+        assert_eq!(s.held(), 0, "a failed stripe gives its memory back");
+        assert_eq!(stripes.budget.held(1), (0, 0), "and its window");
+    }
+
+    #[tokio::test]
+    async fn a_gateway_over_its_budget_waits_and_many_ids_are_refused() {
+        let stripes = Stripes::with_budget(2 * WINDOW, 8 * WINDOW);
+        let total = 3 * WINDOW;
+        let a = stripes.get(1, 1, total).expect("a");
+        let b = stripes.get(1, 2, total).expect("b");
+        let c = stripes.get(1, 3, total).expect("c");
+        let w = Duration::from_millis(20);
+        let piece = Bytes::from(vec![1u8; 1000]);
+        a.insert(0, piece.clone(), w).await.expect("a has a window");
+        b.insert(0, piece.clone(), w).await.expect("b has a window");
+        // the gateway's budget is two windows: c waits, then is refused for now
+        assert_eq!(
+            c.insert(0, piece.clone(), w).await,
+            Err(ChunkError::NoBudget)
+        );
+        // another gateway is not held up
+        let other = stripes.get(2, 1, total).expect("other gateway");
+        other.insert(0, piece.clone(), w).await.expect("own budget");
+        // a ends (here: fails): its window goes to c, which was waiting
+        let c2 = c.clone();
+        let waiter = tokio::spawn(async move {
+            c2.insert(0, Bytes::from(vec![1u8; 1000]), Duration::from_secs(5))
+                .await
+        });
+        tokio::task::yield_now().await;
+        a.fail("done");
+        assert_eq!(waiter.await.expect("join"), Ok(()));
+        // ids without end: at most MAX_STRIPES known per gateway
+        for id in 100..(100 + MAX_STRIPES as u64) {
+            let _ = stripes.get(3, id, 10);
+        }
+        assert_eq!(stripes.get(3, 99_999, 10).err(), Some(NoStripe::TooMany));
+        assert!(stripes.get(4, 99_999, 10).is_ok(), "per gateway");
     }
 
     #[tokio::test]
