@@ -319,6 +319,8 @@ impl Path {
     fn tick(&self, now: Instant) {
         let state = self.uplink.state();
         let mut st = self.lock();
+        // demotions of a link that was carrying traffic (a failed probation is none)
+        let demotions_before = st.health.demotions();
         let mut events = Vec::new();
         let mut fresh = false;
         match &state {
@@ -440,6 +442,7 @@ impl Path {
         }
         let lost = st.lost;
         let live = st.live.clone();
+        let demoted = st.health.demotions() - demotions_before;
         drop(st);
         for e in &events {
             match e {
@@ -455,9 +458,10 @@ impl Path {
                 }
                 HealthEvent::Closed => warn!(uplink = %self.name, "connection closed"),
             }
-            if matches!(e, HealthEvent::Silent { .. } | HealthEvent::Degraded { .. }) {
-                metrics::counter!("canopy_gateway_link_demotions_total", "link" => self.name.clone()).increment(1);
-            }
+        }
+        if demoted > 0 {
+            metrics::counter!("canopy_gateway_link_demotions_total", "link" => self.name.clone())
+                .increment(demoted);
         }
         if gone {
             // a connection silent this long has its packets stuck behind QUIC's backed-off

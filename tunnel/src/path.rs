@@ -652,9 +652,9 @@ mod tests {
         assert!(back < Duration::from_secs(1), "rejoined after {back:?}");
     }
 
-    /// Rejoins after the first join, for a link whose RTT is 1200 ms during `bad` seconds of
-    /// every `period`, and 100 ms otherwise, over ten minutes.
-    fn marginal_rejoins(period: u64, bad: u64) -> (Vec<Duration>, u64) {
+    /// Rejoins after the first join, demotions and down events, for a link whose RTT is
+    /// 1200 ms during `bad` seconds of every `period`, and 100 ms otherwise, over ten minutes.
+    fn marginal_rejoins(period: u64, bad: u64) -> (Vec<Duration>, u64, u64) {
         let t0 = Instant::now();
         let mut h = PathHealth::new();
         h.on_connected(t0, 100 * MS);
@@ -670,17 +670,24 @@ mod tests {
             .filter(|(_, e)| *e == HealthEvent::Joined)
             .map(|(t, _)| *t)
             .collect();
-        (joins[1..].to_vec(), h.demotions())
+        let downs = ev
+            .iter()
+            .filter(|(_, e)| matches!(e, HealthEvent::Silent { .. } | HealthEvent::Degraded { .. }))
+            .count() as u64;
+        (joins[1..].to_vec(), h.demotions(), downs)
     }
 
     #[test]
     fn a_marginal_link_flaps_at_most_once_a_minute() {
         // fast swings (4 s good, 4 s bad): after one quick rejoin it stays out
-        let (rejoins, demotions) = marginal_rejoins(8, 4);
+        let (rejoins, demotions, downs) = marginal_rejoins(8, 4);
         assert_eq!(rejoins.len(), 1, "{rejoins:?}");
         assert_eq!(demotions, 2);
+        // every failed probation is a down event too, but not a demotion: the metric
+        // (canopy_gateway_link_demotions_total) counts demotions
+        assert!(downs > demotions, "{downs} down events");
         // slow swings (65 s good, 5 s bad): rejoins, but never twice within a minute
-        let (rejoins, demotions) = marginal_rejoins(70, 5);
+        let (rejoins, demotions, _) = marginal_rejoins(70, 5);
         assert!(rejoins.len() >= 2, "{rejoins:?}");
         for w in rejoins.windows(2) {
             assert!(w[1] - w[0] >= Duration::from_secs(60), "{rejoins:?}");
