@@ -312,3 +312,32 @@ fn bad_config_exits_64_naming_file_line_and_key() {
         assert!(err.contains(&format!("{f}:6: key `egress.bogus`")), "{err}");
     }
 }
+
+#[test]
+fn requests_to_one_origin_share_a_connection() {
+    let s = Stack::start("e2e-pool");
+    let url = s.origin_url("/echo");
+    for _ in 0..5 {
+        let out = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &s.proxy_url(),
+            &url,
+        ]);
+        assert_eq!(text(&out), "200");
+        // the answer is done: its connection goes back to the relay's pool
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = text(&curl(&[&format!("http://{}/metrics", s.metrics.0)]));
+    let reused: f64 = m
+        .lines()
+        .find(|l| l.starts_with("canopy_relay_origin_connections_reused_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    // the stack's own readiness request and these five: all but the first reuse one
+    assert!(reused >= 4.0, "reused {reused}\n{m}");
+}

@@ -51,6 +51,15 @@ impl Egress {
 
     /// Checks the allowlist, resolves, refuses non-public addresses the allowlist does not
     /// name, and connects (with TLS when `tls`).
+    /// Whether `host:port` is on the allowlist (its addresses are checked when a
+    /// connection is made; a pooled connection was).
+    pub(crate) fn permits(&self, host: &str, port: u16) -> Result<(), Refusal> {
+        self.allow
+            .check(host, port)
+            .map(|_| ())
+            .map_err(|d| Refusal::new(StatusCode::FORBIDDEN, d.to_string()))
+    }
+
     pub(crate) async fn connect(
         &self,
         host: &str,

@@ -10,6 +10,7 @@ mod egress;
 mod error;
 mod jetstream;
 mod media;
+mod origin_pool;
 mod server;
 mod session;
 mod stripe;

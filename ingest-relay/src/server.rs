@@ -5,6 +5,7 @@ use crate::claim_log::ClaimLog;
 use crate::config::RelayConfig;
 use crate::egress::{Egress, OriginStream};
 use crate::error::{Refusal, RelayError};
+use crate::origin_pool::{OriginBody, OriginKey, OriginPool, Sender};
 pub(crate) use crate::session::ConnCtx;
 use crate::session::{Admission, AdmitError, Outcome, Publisher, Sessions};
 use crate::stripe;
@@ -32,6 +33,8 @@ pub(crate) struct State {
     name: String,
     server_names: Vec<String>,
     egress: Egress,
+    /// Idle origin connections, for the next request to the same origin.
+    origins: Arc<OriginPool>,
     response_timeout: Duration,
     tunnel_idle: Duration,
     body_idle: Duration,
@@ -89,6 +92,7 @@ impl Relay {
             name: cfg.relay.name.clone(),
             server_names: cfg.relay.server_names.clone(),
             egress,
+            origins: Arc::default(),
             response_timeout: Duration::from_millis(cfg.egress.response_timeout_ms),
             tunnel_idle: Duration::from_millis(cfg.egress.tunnel_idle_timeout_ms.max(1000)),
             body_idle: Duration::from_millis(cfg.egress.body_idle_timeout_ms.max(1000)),
@@ -320,7 +324,13 @@ enum Target {
     /// The JetStream bid sink.
     JetStream,
     Connect(tokio::net::TcpStream),
-    Forward(OriginStream),
+    Forward(Origin),
+}
+
+/// Where a forwarded request goes: an idle connection to its origin, or a new one.
+enum Origin {
+    Pooled(OriginKey, Sender),
+    Fresh(OriginKey, OriginStream),
 }
 
 async fn serve(
@@ -869,9 +879,15 @@ async fn prepare(state: &State, req: &Request<()>) -> Result<Target, Refusal> {
         }
     }
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    Ok(Target::Forward(
+    let key = OriginKey::new(host, port, tls);
+    state.egress.permits(host, port)?;
+    if let Some(s) = state.origins.take(&key) {
+        return Ok(Target::Forward(Origin::Pooled(key, s)));
+    }
+    Ok(Target::Forward(Origin::Fresh(
+        key,
         state.egress.connect(host, port, tls).await?,
-    ))
+    )))
 }
 
 /// Sends a synthetic error response with its reason.
@@ -921,7 +937,7 @@ async fn forward(
     state: &State,
     req: Request<()>,
     stream: Stream,
-    origin: OriginStream,
+    origin: Origin,
     class: TrafficClass,
     publisher: Option<Publisher>,
 ) -> StatusCode {
@@ -946,11 +962,12 @@ async fn origin_exchange<B>(
     parts: http::request::Parts,
     body: B,
     body_done: tokio::sync::oneshot::Receiver<()>,
-    origin: OriginStream,
+    origin: Origin,
 ) -> stripe::Answer
 where
     B: http_body::Body<Data = Bytes, Error = tunnel_io::BodyError> + Send + Unpin + 'static,
 {
+    let body: OriginBody = http_body_util::BodyExt::boxed_unsync(body);
     let authority = parts
         .uri
         .authority()
@@ -985,10 +1002,77 @@ where
         ));
     };
     let t = state.response_timeout;
-    match origin {
-        OriginStream::Plain(tcp) => exchange(TokioIo::new(tcp), out, body_done, t).await,
-        OriginStream::Tls(tls) => exchange(TokioIo::new(*tls), out, body_done, t).await,
+    let (key, mut sender, pooled) = match origin {
+        Origin::Pooled(k, s) => (k, s, true),
+        Origin::Fresh(k, stream) => {
+            let s = handshake(stream).await?;
+            (k, s, false)
+        }
+    };
+    let mut body_done = Some(body_done);
+    let result = match exchange(&mut sender, out, &mut body_done, t).await {
+        // the idle connection closed meanwhile and took nothing: a new one takes it
+        Err(Exchange::NotSent(out)) if pooled => {
+            sender = handshake(state.egress.connect(&key.host, key.port, key.tls).await?).await?;
+            exchange(&mut sender, *out, &mut body_done, t).await
+        }
+        r => r,
+    };
+    match result {
+        Ok(resp) => {
+            // ready again once this answer is done: the next request to the origin takes it
+            state.origins.give_back(key, sender);
+            Ok(resp)
+        }
+        Err(Exchange::NotSent(_)) => Err(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "the origin connection closed before the request went out",
+        )),
+        Err(Exchange::Failed(r)) => Err(r),
     }
+}
+
+/// An HTTP/1.1 connection over an established stream to an origin.
+async fn handshake(origin: OriginStream) -> Result<Sender, Refusal> {
+    let refused = |e: hyper::Error| {
+        Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            format!("origin handshake failed: {e}"),
+        )
+    };
+    let sender = match origin {
+        OriginStream::Plain(tcp) => {
+            let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(refused)?;
+            drive(conn);
+            s
+        }
+        OriginStream::Tls(tls) => {
+            let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(*tls))
+                .await
+                .map_err(refused)?;
+            drive(conn);
+            s
+        }
+    };
+    Ok(sender)
+}
+
+/// Runs an origin connection until it closes.
+fn drive(conn: impl std::future::Future<Output = hyper::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "origin connection ended with error");
+        }
+    });
+}
+
+/// Why an exchange gave no response.
+enum Exchange {
+    /// The connection took nothing of the request (closed before): here it is.
+    NotSent(Box<Request<OriginBody>>),
+    Failed(Refusal),
 }
 
 /// Answers the gateway with the origin's response (or the refusal), keeping keyed answers
@@ -1135,48 +1219,45 @@ async fn deliver_keyed(
 }
 
 /// One HTTP/1.1 exchange with an origin over an established connection.
-async fn exchange<IO, B>(
-    io: IO,
-    req: Request<B>,
-    body_done: tokio::sync::oneshot::Receiver<()>,
+async fn exchange(
+    sender: &mut Sender,
+    req: Request<OriginBody>,
+    body_done: &mut Option<tokio::sync::oneshot::Receiver<()>>,
     timeout: Duration,
-) -> Result<Response<hyper::body::Incoming>, Refusal>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: http_body::Body<Data = Bytes, Error = tunnel_io::BodyError> + Send + Unpin + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| {
-            Refusal::new(
-                StatusCode::BAD_GATEWAY,
-                format!("origin handshake failed: {e}"),
-            )
-        })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "origin connection ended with error");
-        }
-    });
+) -> Result<Response<hyper::body::Incoming>, Exchange> {
     // The response timeout runs from the end of the request body: a long upload over a
     // slow uplink is not a slow origin.
-    let send = sender.send_request(req);
+    let send = sender.try_send_request(req);
     tokio::pin!(send);
-    let early = tokio::select! {
-        r = &mut send => Some(r),
-        _ = body_done => None,
+    let early = match body_done.as_mut() {
+        Some(rx) => {
+            let r = tokio::select! {
+                r = &mut send => Some(r),
+                _ = rx => None,
+            };
+            if r.is_none() {
+                *body_done = None;
+            }
+            r
+        }
+        // the body went out whole already (an earlier try): the timeout runs now
+        None => None,
     };
     let result = match early {
         Some(r) => Ok(r),
         None => tokio::time::timeout(timeout, &mut send).await,
     };
     match result {
-        Err(_) => Err(Refusal::new(
+        Err(_) => Err(Exchange::Failed(Refusal::new(
             StatusCode::GATEWAY_TIMEOUT,
             "origin did not answer in time",
-        )),
+        ))),
         Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => {
+        Ok(Err(mut e)) => {
+            if let Some(req) = e.take_message() {
+                return Err(Exchange::NotSent(Box::new(req)));
+            }
+            let e = e.into_error();
             let body_err = std::error::Error::source(&e)
                 .and_then(|s| s.downcast_ref::<tunnel_io::BodyError>());
             let too_large =
@@ -1194,19 +1275,19 @@ where
                     format!("request body did not arrive: {e}"),
                 );
                 r.body_lost = true;
-                return Err(r);
+                return Err(Exchange::Failed(r));
             }
-            if too_large {
-                Err(Refusal::new(
+            Err(Exchange::Failed(if too_large {
+                Refusal::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request body over the relay's limit",
-                ))
+                )
             } else {
-                Err(Refusal::new(
+                Refusal::new(
                     StatusCode::BAD_GATEWAY,
                     format!("origin request failed: {e}"),
-                ))
-            }
+                )
+            }))
         }
     }
 }
