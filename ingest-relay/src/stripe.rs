@@ -9,7 +9,8 @@
 //! (re-sent after its path died) is taken once. A stripe's window comes from the budgets
 //! of `stripe_budget` (per gateway and for all) before its first chunk goes in, and goes
 //! back when the origin has the whole body or the stripe fails; a gateway has at most
-//! [`MAX_STRIPES`] stripes known at once. The head may come again on another path if
+//! [`MAX_STRIPES`] unfinished stripes at once, and a stripe that never gets a head is
+//! dropped after [`IDLE`]. The head may come again on another path if
 //! its first path died: the newest head gets the origin's answer.
 
 use crate::stripe_budget::{Budget, Grant};
@@ -30,11 +31,12 @@ pub(crate) const WINDOW: u64 = tunnel::wire::STRIPE_WINDOW;
 pub(crate) const CHUNK_MAX: u64 = 1024 * 1024;
 /// A stripe nobody touched for this long is dropped (its origin request fails).
 const IDLE: Duration = Duration::from_secs(60);
-/// Stripe windows one gateway may hold at once (16 full windows), bytes.
-const GATEWAY_BUDGET: u64 = 16 * WINDOW;
+/// Stripe windows one gateway may hold at once (32 full windows), bytes.
+const GATEWAY_BUDGET: u64 = 32 * WINDOW;
 /// Stripe windows all gateways together may hold, bytes.
-const GLOBAL_BUDGET: u64 = 128 * WINDOW;
-/// Stripes of one gateway known at once (in progress, or answered and not yet dropped).
+const GLOBAL_BUDGET: u64 = 256 * WINDOW;
+/// Unfinished stripes of one gateway at once (ones that failed or have their whole body
+/// do not count, while they linger for a late head).
 pub(crate) const MAX_STRIPES: usize = 1024;
 
 /// What the origin request of a stripe gives: the origin's response, or why there is none.
@@ -87,6 +89,11 @@ pub(crate) struct Stripe {
     budget: Arc<Budget>,
     /// Its window, once granted; given back when done.
     grant: Mutex<Option<Grant>>,
+    /// Held by the chunk that asks for the window, so parallel chunks take one grant.
+    granting: tokio::sync::Mutex<()>,
+    /// When the stripe was made: one that never got a head is dropped after [`IDLE`],
+    /// whatever chunks keep coming.
+    created: Instant,
     inner: Mutex<Inner>,
     /// Wakes chunks waiting for window and heads waiting for the answer.
     changed: Notify,
@@ -140,7 +147,11 @@ impl Stripes {
             keep
         });
         if !map.contains_key(&(identity, id))
-            && map.keys().filter(|(g, _)| *g == identity).count() >= MAX_STRIPES
+            && map
+                .iter()
+                .filter(|((g, _), s)| *g == identity && s.unfinished())
+                .count()
+                >= MAX_STRIPES
         {
             return Err(NoStripe::TooMany);
         }
@@ -152,6 +163,8 @@ impl Stripes {
                     gateway: identity,
                     budget: self.budget.clone(),
                     grant: Mutex::new(None),
+                    granting: tokio::sync::Mutex::new(()),
+                    created: now,
                     inner: Mutex::new(Inner {
                         touched: Some(now),
                         ..Inner::default()
@@ -191,7 +204,14 @@ impl Stripe {
     /// Whether nothing touched the stripe for [`IDLE`] and its origin request is not running.
     fn idle_at(&self, now: Instant) -> bool {
         let g = self.lock();
-        !g.origin_running && g.touched.is_none_or(|t| now.duration_since(t) >= IDLE)
+        let headless = !g.origin_started && now.duration_since(self.created) >= IDLE;
+        !g.origin_running && (headless || g.touched.is_none_or(|t| now.duration_since(t) >= IDLE))
+    }
+
+    /// Whether the stripe still takes chunks (not failed, body not whole).
+    fn unfinished(&self) -> bool {
+        let g = self.lock();
+        g.failed.is_none() && g.next < self.total
     }
 
     /// Gives the stripe's window back to the budgets.
@@ -250,16 +270,22 @@ impl Stripe {
                 if let Some(f) = &g.failed {
                     return Err(ChunkError::Failed(f.clone()));
                 }
-                // had it: in order already, or the same chunk waiting
+                // had it: in order already, or inside a chunk waiting (a chunk sent again
+                // comes in 32 KiB pieces)
                 let len = data.len() as u64;
-                if end <= g.next
-                    || g.pending
-                        .get(&offset)
-                        .is_some_and(|d| d.len() as u64 >= len)
-                {
+                let covered = g
+                    .pending
+                    .range(..=offset)
+                    .next_back()
+                    .is_some_and(|(at, d)| at + d.len() as u64 >= end);
+                if end <= g.next || covered {
                     return Ok(());
                 }
-                if end <= g.consumed.saturating_add(window) && g.held + len <= window {
+                // a chunk at the front goes in whatever is held out of order (it moves to
+                // the origin's side at once): at most two windows in all
+                let in_order = offset <= g.next;
+                if end <= g.consumed.saturating_add(window) && (in_order || g.held + len <= window)
+                {
                     let waker = g.put(offset, data);
                     drop(g);
                     if let Some(w) = waker {
@@ -277,23 +303,32 @@ impl Stripe {
     /// The stripe's window: granted from the budgets on the first chunk (waiting until
     /// `deadline` for room), `min(total, WINDOW)` bytes.
     async fn window(&self, deadline: tokio::time::Instant) -> Result<u64, ChunkError> {
-        if let Some(g) = self
-            .grant
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            return Ok(g.bytes);
+        let granted = || {
+            self.grant
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|g| g.bytes)
+        };
+        if let Some(b) = granted() {
+            return Ok(b);
         }
-        {
+        // one chunk of the stripe asks; the others (sent in parallel) wait for its grant
+        let _turn = self.granting.lock().await;
+        if let Some(b) = granted() {
+            return Ok(b);
+        }
+        // whether the stripe still needs a window: not when failed or whole
+        let settled = || -> Option<Result<u64, ChunkError>> {
             let g = self.lock();
             if let Some(f) = &g.failed {
-                return Err(ChunkError::Failed(f.clone()));
+                return Some(Err(ChunkError::Failed(f.clone())));
             }
-            if g.next >= self.total {
-                // the whole body came (its window went back): a chunk now is a copy
-                return Ok(0);
-            }
+            // the whole body came (its window went back): a chunk now is a copy
+            (g.next >= self.total).then_some(Ok(0))
+        };
+        if let Some(r) = settled() {
+            return r;
         }
         let want = self.total.clamp(1, WINDOW);
         let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -303,12 +338,13 @@ impl Stripe {
             .await
             .ok_or(ChunkError::NoBudget)?;
         let mut slot = self.grant.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = &self.lock().failed {
-            // failed meanwhile: the grant goes straight back
-            return Err(ChunkError::Failed(f.clone()));
+        if let Some(r) = settled() {
+            // failed or whole meanwhile: the grant goes straight back
+            return r;
         }
-        // another chunk of the stripe may have been granted first: keep one
-        Ok(slot.get_or_insert(grant).bytes)
+        let bytes = grant.bytes;
+        *slot = Some(grant);
+        Ok(bytes)
     }
 
     /// Registers head number `n` (the gateway counts the copies of a head; a late copy on
@@ -609,6 +645,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pieces_of_a_chunk_sent_again_never_block_the_front() {
+        let stripes = Stripes::default();
+        let k = 1024u64;
+        // a 300 KiB stripe: its window is 300 KiB
+        let s = stripes.get(1, 5, 300 * k).expect("stripe");
+        let w = Duration::from_millis(50);
+        let chunk = |from: u64, to: u64| Bytes::from(vec![3u8; (to - from) as usize]);
+        s.insert(128 * k, chunk(128 * k, 256 * k), w)
+            .await
+            .expect("middle");
+        // its answer was lost: sent again in 32 KiB pieces, all inside what is held
+        for at in [128, 160, 192, 224] {
+            s.insert(at * k, chunk(at * k, (at + 32) * k), w)
+                .await
+                .expect("a piece of a held chunk");
+        }
+        s.insert(256 * k, chunk(256 * k, 300 * k), w)
+            .await
+            .expect("tail");
+        assert_eq!(s.held(), 172 * k, "pieces are not held twice");
+        // the front goes in at once, whatever is held out of order
+        s.insert(0, chunk(0, 128 * k), w).await.expect("front");
+    }
+
+    #[tokio::test]
+    async fn parallel_first_chunks_share_one_window() {
+        // room for exactly one window
+        let stripes = Stripes::with_budget(WINDOW, WINDOW);
+        let s = stripes.get(1, 1, 4 * WINDOW).expect("stripe");
+        let mut tasks = Vec::new();
+        for i in 0..4u64 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.insert(
+                    i * 1000,
+                    Bytes::from(vec![1u8; 1000]),
+                    Duration::from_millis(200),
+                )
+                .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.expect("join"), Ok(()));
+        }
+        assert_eq!(stripes.budget.held(1), (WINDOW, WINDOW));
+    }
+
+    #[tokio::test]
     async fn a_gateway_over_its_budget_waits_and_many_ids_are_refused() {
         let stripes = Stripes::with_budget(2 * WINDOW, 8 * WINDOW);
         let total = 3 * WINDOW;
@@ -636,7 +720,7 @@ mod tests {
         tokio::task::yield_now().await;
         a.fail("done");
         assert_eq!(waiter.await.expect("join"), Ok(()));
-        // ids without end: at most MAX_STRIPES known per gateway
+        // ids without end: at most MAX_STRIPES unfinished per gateway
         for id in 100..(100 + MAX_STRIPES as u64) {
             let _ = stripes.get(3, id, 10);
         }

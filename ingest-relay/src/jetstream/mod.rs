@@ -276,10 +276,19 @@ impl JetStreamSink {
             .header("Canopy-Fingerprint", bid.fingerprint.hex().as_str())
             .header("Content-Type", bid.content_type);
         let ack = retrying(left(), || async {
-            self.js
+            let ack = self
+                .js
                 .send_publish(bid.subject.clone(), msg.clone())
                 .await?
-                .await
+                .await?;
+            if ack.duplicate && ack.sequence == 0 {
+                // a clustered server may call a copy still being stored a duplicate
+                // without its sequence yet: ask again
+                return Err(jetstream::context::PublishError::new(
+                    jetstream::context::PublishErrorKind::Other,
+                ));
+            }
+            Ok(ack)
         })
         .await?;
         let kept = Kept {
@@ -301,13 +310,18 @@ impl JetStreamSink {
         }
         // the key's record, for copies after the window and for other relays; a record
         // already there (another relay's copy won) is the same bid
-        match bus.keys.create(&bid.id, Bytes::from(kept.encode())).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-            Err(e) => {
-                metrics::counter!("canopy_relay_jetstream_key_errors_total").increment(1);
-                warn!(key = bid.key, error = %e, "jetstream sink: key not kept (the message id still guards it)");
+        let kept_key = retrying(left(), || async {
+            match bus.keys.create(&bid.id, Bytes::from(kept.encode())).await {
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(0),
+                r => r,
             }
+        })
+        .await;
+        if let Err(e) = kept_key {
+            // stored, but its key is not kept: within the duplicate window the message id
+            // still guards it; say so rather than fail a bid the stream holds
+            metrics::counter!("canopy_relay_jetstream_key_errors_total").increment(1);
+            warn!(key = bid.key, error = %e, "jetstream sink: key not kept (the message id still guards it)");
         }
         let how = if ack.duplicate {
             Recorded::Duplicate
@@ -429,6 +443,7 @@ impl Transient for jetstream::context::PublishError {
     }
 }
 impl Transient for kv::EntryError {}
+impl Transient for kv::CreateError {}
 impl Transient for stream::RawMessageError {}
 impl Transient for jetstream::context::CreateStreamError {}
 impl Transient for jetstream::context::KeyValueError {}
