@@ -29,6 +29,8 @@ pub struct OriginStats {
     pub checkins: AtomicU64,
     /// Upload bytes received (counted as they arrive).
     pub upload_bytes: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
     /// Idempotency keys of the bids received, in arrival order (the last 10,000).
     pub bid_keys: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
@@ -45,6 +47,7 @@ pub async fn serve(listener: TcpListener, stats: Arc<OriginStats>) {
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        stats.connections.fetch_add(1, Ordering::Relaxed);
         let stats = stats.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, stats.clone()));
@@ -74,6 +77,7 @@ pub async fn serve_tls(
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
+        stats.connections.fetch_add(1, Ordering::Relaxed);
         let stats = stats.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
@@ -179,10 +183,11 @@ async fn handle(
             text(
                 StatusCode::OK,
                 format!(
-                    "{{\"bids\":{},\"checkins\":{},\"upload_bytes\":{}}}\n",
+                    "{{\"bids\":{},\"checkins\":{},\"upload_bytes\":{},\"connections\":{}}}\n",
                     stats.bids.load(Ordering::Relaxed),
                     stats.checkins.load(Ordering::Relaxed),
-                    stats.upload_bytes.load(Ordering::Relaxed)
+                    stats.upload_bytes.load(Ordering::Relaxed),
+                    stats.connections.load(Ordering::Relaxed)
                 ),
             )
         }

@@ -340,4 +340,11 @@ fn requests_to_one_origin_share_a_connection() {
         .unwrap_or(0.0);
     // the stack's own readiness request and these five: all but the first reuse one
     assert!(reused >= 4.0, "reused {reused}\n{m}");
+    // and the origin saw one connection for them all
+    let stats: serde_json::Value =
+        serde_json::from_str(&text(&curl(&[&s.origin_url("/stats")]))).unwrap_or_default();
+    assert_eq!(
+        stats["connections"], 2,
+        "the curl above and the relay's one: {stats}"
+    );
 }

@@ -49,8 +49,6 @@ impl Egress {
         })
     }
 
-    /// Checks the allowlist, resolves, refuses non-public addresses the allowlist does not
-    /// name, and connects (with TLS when `tls`).
     /// Whether `host:port` is on the allowlist (its addresses are checked when a
     /// connection is made; a pooled connection was).
     pub(crate) fn permits(&self, host: &str, port: u16) -> Result<(), Refusal> {
@@ -60,6 +58,8 @@ impl Egress {
             .map_err(|d| Refusal::new(StatusCode::FORBIDDEN, d.to_string()))
     }
 
+    /// Checks the allowlist, resolves, refuses non-public addresses the allowlist does not
+    /// name, and connects (with TLS when `tls`).
     pub(crate) async fn connect(
         &self,
         host: &str,

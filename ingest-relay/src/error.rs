@@ -36,8 +36,9 @@ pub enum RelayError {
 pub(crate) struct Refusal {
     pub(crate) status: StatusCode,
     pub(crate) reason: String,
-    /// The request body did not arrive whole (the gateway's stream failed).
-    pub(crate) body_lost: bool,
+    /// The origin did not get the request as sent: its body did not arrive whole (the
+    /// gateway's stream failed), or it never went out. A key it carried is released.
+    pub(crate) unreached: bool,
 }
 
 impl Refusal {
@@ -59,11 +60,19 @@ impl Refusal {
         Bytes::from(format!("{}\n", self.reason))
     }
 
+    /// A refusal for a request the origin never got.
+    pub(crate) fn unreached(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            unreached: true,
+            ..Self::new(status, reason)
+        }
+    }
+
     pub(crate) fn new(status: StatusCode, reason: impl Into<String>) -> Self {
         Self {
             status,
             reason: reason.into(),
-            body_lost: false,
+            unreached: false,
         }
     }
 }

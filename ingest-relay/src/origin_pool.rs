@@ -5,8 +5,8 @@
 //! port are checked again for every request that takes one.
 //!
 //! A connection goes back to the pool once its response is done (hyper says it is ready
-//! for another request), at most [`MAX_IDLE_PER_ORIGIN`] per origin, and is dropped after
-//! [`IDLE`] unused (origins close idle keep-alive connections on their own; a connection
+//! for another request), at most [`MAX_IDLE_PER_ORIGIN`] per origin and [`MAX_IDLE`] in
+//! all, and is dropped after [`IDLE`] unused (origins close idle keep-alive connections on their own; a connection
 //! they closed is seen closed and skipped). A request a pooled connection turns out not to
 //! take (closed in the meantime) comes back whole and goes on a fresh connection.
 
@@ -23,10 +23,12 @@ pub(crate) type Sender = hyper::client::conn::http1::SendRequest<OriginBody>;
 
 /// Idle connections kept per origin.
 const MAX_IDLE_PER_ORIGIN: usize = 16;
-/// An idle connection is dropped after this long.
-const IDLE: Duration = Duration::from_secs(15);
-/// Origins with idle connections kept at most (the least recently used go first).
-const MAX_ORIGINS: usize = 1024;
+/// Idle connections kept in all.
+const MAX_IDLE: usize = 256;
+/// An idle connection is dropped after this long: below the 5 s after which common
+/// servers (Node.js, Apache) close idle keep-alive connections themselves, so a request
+/// rarely meets one the origin is closing.
+pub(crate) const IDLE: Duration = Duration::from_secs(4);
 
 /// Which origin: lower-case host, port, TLS.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -75,7 +77,25 @@ impl OriginPool {
         if found.is_some() {
             metrics::counter!("canopy_relay_origin_connections_reused_total").increment(1);
         }
+        Self::count(&idle);
         found
+    }
+
+    /// Drops the connections idle for longer than [`IDLE`] (run every [`IDLE`]).
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        idle.retain(|_, l| {
+            l.retain(|(s, at)| now.duration_since(*at) < IDLE && !s.is_closed());
+            !l.is_empty()
+        });
+        Self::count(&idle);
+    }
+
+    fn count(idle: &HashMap<OriginKey, Vec<(Sender, Instant)>>) -> usize {
+        let n: usize = idle.values().map(Vec::len).sum();
+        metrics::gauge!("canopy_relay_origin_connections_idle").set(n as f64);
+        n
     }
 
     /// Puts `sender` back once its response is done (within [`IDLE`]).
@@ -92,26 +112,31 @@ impl OriginPool {
     fn keep(&self, key: OriginKey, sender: Sender) {
         let now = Instant::now();
         let mut idle = self.lock();
-        // drop what went stale, and the least recently used origins beyond the bound
+        // drop what went stale; beyond the bound, the oldest idle connection goes
         idle.retain(|_, l| {
             l.retain(|(s, at)| now.duration_since(*at) < IDLE && !s.is_closed());
             !l.is_empty()
         });
-        if !idle.contains_key(&key) && idle.len() >= MAX_ORIGINS {
+        if Self::count(&idle) >= MAX_IDLE {
             let oldest = idle
                 .iter()
-                .min_by_key(|(_, l)| l.iter().map(|(_, at)| *at).max())
-                .map(|(k, _)| k.clone());
+                .filter_map(|(k, l)| l.first().map(|(_, at)| (k.clone(), *at)))
+                .min_by_key(|(_, at)| *at)
+                .map(|(k, _)| k);
             if let Some(k) = oldest {
-                idle.remove(&k);
+                if let Some(l) = idle.get_mut(&k) {
+                    l.remove(0);
+                    if l.is_empty() {
+                        idle.remove(&k);
+                    }
+                }
             }
         }
         let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ORIGIN {
             list.push((sender, now));
         }
-        let n: usize = idle.values().map(Vec::len).sum();
-        metrics::gauge!("canopy_relay_origin_connections_idle").set(n as f64);
+        Self::count(&idle);
     }
 }
 

@@ -118,6 +118,17 @@ impl Relay {
                 .map_err(|e| RelayError::Config(format!("jetstream: {e}")))?,
             relayed: Arc::new(Relayed::new(relayed_config(cfg))),
         };
+        // idle origin connections go when unused for a while, also on a quiet relay
+        let pool = Arc::downgrade(&state.origins);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::origin_pool::IDLE).await;
+                match pool.upgrade() {
+                    Some(p) => p.sweep(),
+                    None => return,
+                }
+            }
+        });
         let vtls = viewer_tls.unwrap_or(tls);
         let bind_tcp = |addr: SocketAddr| async move {
             tokio::net::TcpListener::bind(addr)
@@ -1013,7 +1024,14 @@ where
     let result = match exchange(&mut sender, out, &mut body_done, t).await {
         // the idle connection closed meanwhile and took nothing: a new one takes it
         Err(Exchange::NotSent(out)) if pooled => {
-            sender = handshake(state.egress.connect(&key.host, key.port, key.tls).await?).await?;
+            metrics::counter!("canopy_relay_origin_connections_stale_total").increment(1);
+            let unreached = |r: Refusal| Refusal::unreached(r.status, r.reason);
+            let fresh = state
+                .egress
+                .connect(&key.host, key.port, key.tls)
+                .await
+                .map_err(unreached)?;
+            sender = handshake(fresh).await.map_err(unreached)?;
             exchange(&mut sender, *out, &mut body_done, t).await
         }
         r => r,
@@ -1024,7 +1042,7 @@ where
             state.origins.give_back(key, sender);
             Ok(resp)
         }
-        Err(Exchange::NotSent(_)) => Err(Refusal::new(
+        Err(Exchange::NotSent(_)) => Err(Refusal::unreached(
             StatusCode::BAD_GATEWAY,
             "the origin connection closed before the request went out",
         )),
@@ -1035,7 +1053,7 @@ where
 /// An HTTP/1.1 connection over an established stream to an origin.
 async fn handshake(origin: OriginStream) -> Result<Sender, Refusal> {
     let refused = |e: hyper::Error| {
-        Refusal::new(
+        Refusal::unreached(
             StatusCode::BAD_GATEWAY,
             format!("origin handshake failed: {e}"),
         )
@@ -1089,9 +1107,9 @@ async fn deliver(
         Ok(resp) => resp,
         Err(refusal) => {
             match publisher {
-                // a request whose body never fully arrived did not reach the origin as
-                // sent: dropping the publisher releases the key
-                Some(p) if refusal.body_lost => drop(p),
+                // a request whose body never fully arrived, or that never went out, did
+                // not reach the origin as sent: dropping the publisher releases the key
+                Some(p) if refusal.unreached => drop(p),
                 // the origin may hold it (no answer in time, or the exchange broke after
                 // the request went out): the key stays in doubt, a later copy goes again
                 Some(p)
@@ -1274,7 +1292,7 @@ async fn exchange(
                     StatusCode::BAD_GATEWAY,
                     format!("request body did not arrive: {e}"),
                 );
-                r.body_lost = true;
+                r.unreached = true;
                 return Err(Exchange::Failed(r));
             }
             Err(Exchange::Failed(if too_large {
