@@ -28,6 +28,11 @@ pub struct ClaimsConfig {
     pub max_claims: usize,
     /// Bytes of kept answers at most (the oldest claims go first beyond it).
     pub max_answer_bytes: usize,
+    /// Claims of one gateway (scope) at most: beyond, that gateway's oldest go, never
+    /// another's, so one gateway cannot push the others' keys out.
+    pub max_claims_per_scope: usize,
+    /// Bytes of one gateway's kept answers at most (its oldest claims go first beyond).
+    pub max_answer_bytes_per_scope: usize,
 }
 
 impl Default for ClaimsConfig {
@@ -36,6 +41,8 @@ impl Default for ClaimsConfig {
             keep: Duration::from_secs(24 * 3600),
             max_claims: 200_000,
             max_answer_bytes: 256 << 20,
+            max_claims_per_scope: 50_000,
+            max_answer_bytes_per_scope: 64 << 20,
         }
     }
 }
@@ -75,12 +82,21 @@ struct Item {
     answer: Option<Arc<Delivery>>,
 }
 
+/// What one gateway (scope) holds, and its claims oldest first.
+#[derive(Debug, Default)]
+struct ScopeUse {
+    claims: usize,
+    answer_bytes: usize,
+    order: VecDeque<(Instant, String)>,
+}
+
 /// The relay's claims, by (gateway, key).
 #[derive(Debug)]
 pub struct Claims {
     cfg: ClaimsConfig,
     items: HashMap<Id, Item>,
     order: VecDeque<(Instant, Id)>,
+    scopes: HashMap<String, ScopeUse>,
     stats: ClaimStats,
 }
 
@@ -91,6 +107,7 @@ impl Claims {
             cfg,
             items: HashMap::new(),
             order: VecDeque::new(),
+            scopes: HashMap::new(),
             stats: ClaimStats::default(),
         }
     }
@@ -115,6 +132,7 @@ impl Claims {
     pub fn claim(&mut self, now: Instant, c: Claim) -> Entry {
         self.apply_claim(now, c.clone());
         self.expire(now);
+        self.trim_scope(&c.scope);
         Entry::Claimed(c)
     }
 
@@ -122,6 +140,7 @@ impl Claims {
     pub fn settle(&mut self, now: Instant, s: Settled) -> Entry {
         self.apply_settled(now, s.clone());
         self.expire(now);
+        self.trim_scope(&s.scope);
         Entry::Settled(s)
     }
 
@@ -154,7 +173,14 @@ impl Claims {
             }
         }
         self.order.make_contiguous().sort_by_key(|(at, _)| *at);
+        for u in self.scopes.values_mut() {
+            u.order.make_contiguous().sort_by_key(|(at, _)| *at);
+        }
         self.expire(now);
+        let scopes: Vec<String> = self.scopes.keys().cloned().collect();
+        for scope in scopes {
+            self.trim_scope(&scope);
+        }
     }
 
     /// What a compacted journal holds: each kept claim, and its answer.
@@ -191,6 +217,9 @@ impl Claims {
         let id = (c.scope, c.key);
         self.remove(&id);
         self.order.push_back((at, id.clone()));
+        let u = self.scopes.entry(id.0.clone()).or_default();
+        u.claims += 1;
+        u.order.push_back((at, id.1.clone()));
         self.stats.claims += 1;
         self.stats.in_doubt += 1;
         self.items.insert(
@@ -222,20 +251,66 @@ impl Claims {
             return;
         };
         let bytes = size(&s.result);
-        if let Some(old) = item.answer.replace(Arc::new(s.result)) {
-            self.stats.answer_bytes -= size(&old);
-        } else {
-            self.stats.in_doubt -= 1;
+        let old_bytes = match item.answer.replace(Arc::new(s.result)) {
+            Some(old) => size(&old),
+            None => {
+                self.stats.in_doubt -= 1;
+                0
+            }
+        };
+        self.stats.answer_bytes = self.stats.answer_bytes - old_bytes + bytes;
+        if let Some(u) = self.scopes.get_mut(&id.0) {
+            u.answer_bytes = u.answer_bytes - old_bytes + bytes;
         }
-        self.stats.answer_bytes += bytes;
     }
 
     fn remove(&mut self, id: &Id) {
         if let Some(item) = self.items.remove(id) {
             self.stats.claims -= 1;
-            match &item.answer {
-                Some(a) => self.stats.answer_bytes -= size(a),
-                None => self.stats.in_doubt -= 1,
+            let bytes = match &item.answer {
+                Some(a) => size(a),
+                None => {
+                    self.stats.in_doubt -= 1;
+                    0
+                }
+            };
+            self.stats.answer_bytes -= bytes;
+            if let Some(u) = self.scopes.get_mut(&id.0) {
+                u.claims -= 1;
+                u.answer_bytes -= bytes;
+                if u.claims == 0 {
+                    self.scopes.remove(&id.0);
+                }
+            }
+        }
+    }
+
+    /// Forgets `scope`'s oldest claims while it holds more than its share.
+    fn trim_scope(&mut self, scope: &str) {
+        loop {
+            let Some(u) = self.scopes.get_mut(scope) else {
+                return;
+            };
+            let over = u.claims > self.cfg.max_claims_per_scope
+                || u.answer_bytes > self.cfg.max_answer_bytes_per_scope;
+            if !over {
+                // released and reclaimed keys leave stale places behind: drop them in bulk
+                if u.order.len() > 2 * u.claims + 64 {
+                    let items = &self.items;
+                    u.order.retain(|(at, key)| {
+                        items
+                            .get(&(scope.to_owned(), key.clone()))
+                            .is_some_and(|i| i.since == *at)
+                    });
+                }
+                return;
+            }
+            let Some((at, key)) = u.order.pop_front() else {
+                return;
+            };
+            let id = (scope.to_owned(), key);
+            if self.items.get(&id).is_some_and(|i| i.since == at) {
+                self.remove(&id);
             }
         }
     }
@@ -364,6 +439,7 @@ mod tests {
             keep: Duration::from_secs(60),
             max_claims: 100,
             max_answer_bytes: 10_000,
+            ..ClaimsConfig::default()
         };
         let mut c = Claims::new(cfg);
         for i in 0..1000u64 {
@@ -390,6 +466,55 @@ mod tests {
             vec![Entry::Claimed(claim("old", b"x", 1))],
         );
         assert_eq!(d.stats().claims, 0);
+    }
+
+    #[test]
+    fn one_gateway_cannot_push_out_anothers_keys() {
+        let t0 = Instant::now();
+        let mut c = Claims::new(ClaimsConfig {
+            max_claims_per_scope: 50,
+            max_answer_bytes_per_scope: 5_000,
+            ..ClaimsConfig::default()
+        });
+        c.claim(t0, claim("honest", b"x", 1));
+        c.settle(t0, answer("honest", &[1; 100]));
+        // another gateway floods the table with keys and large answers
+        for i in 0..10_000u64 {
+            let at = t0 + Duration::from_millis(i);
+            let mut k = claim(&format!("flood-{i}"), b"y", i);
+            k.scope = "stall-9".into();
+            c.claim(at, k);
+            let mut a = answer(&format!("flood-{i}"), &[0; 300]);
+            a.scope = "stall-9".into();
+            c.settle(at, a);
+        }
+        // it keeps only its own share, newest first; the honest key stands
+        assert!(matches!(
+            c.lookup("stall-1", "honest", None),
+            Lookup::Settled(_)
+        ));
+        assert_eq!(c.lookup("stall-9", "flood-0", None), Lookup::Free);
+        assert!(matches!(
+            c.lookup("stall-9", "flood-9999", None),
+            Lookup::Settled(_)
+        ));
+        let s = c.stats();
+        assert!(s.claims <= 51, "{s:?}");
+        assert!(
+            s.answer_bytes <= 5_000 + size(&answer("honest", &[1; 100]).result),
+            "{s:?}"
+        );
+        // the same share holds after a restart from the records
+        let mut d = Claims::new(ClaimsConfig {
+            max_claims_per_scope: 10,
+            ..ClaimsConfig::default()
+        });
+        d.restore(t0, 0, c.snapshot());
+        assert!(d.stats().claims <= 11, "{:?}", d.stats());
+        assert!(matches!(
+            d.lookup("stall-1", "honest", None),
+            Lookup::Settled(_)
+        ));
     }
 
     #[test]
