@@ -17,7 +17,10 @@ nsh_canopy_configs 3
 nsh_start_canopy 3
 
 metric() { # metric NAME_AND_LABELS: the value on the gateway's /metrics
-  nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk -v m="$1" 'index($0, m) == 1 {print $2; exit}'
+  # awk reads to the end: leaving early would cut curl off (SIGPIPE) and, with pipefail,
+  # fail the caller for no reason
+  nsh_exec v curl -s http://127.0.0.1:9102/metrics |
+    awk -v m="$1" 'index($0, m) == 1 && !seen {v = $2; seen = 1} END {if (seen) print v}'
 }
 
 echo "1. carrier of uplink 1 (the busiest) goes down at 3 s for 4 s, during the transfers"

@@ -35,7 +35,8 @@ nsh_start_canopy 3
 
 BASE=http://10.200.100.1:8088/live/gw/cam
 relay_json() { nsh_exec r curl -s -m 5 http://10.200.100.1:8088/live/; }
-gw_metric() { nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk -v m="$1" 'index($0, m) == 1 {print $2; exit}'; }
+# awk reads to the end: leaving early would cut curl off (SIGPIPE), failing under pipefail
+gw_metric() { nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk -v m="$1" 'index($0, m) == 1 && !seen {v = $2; seen = 1} END {if (seen) print v}'; }
 # the stream is live at the relay: three segments listed
 for _ in $(seq 200); do
   n=$(nsh_exec r curl -s -m 2 "$BASE/main/stream.m3u8" | grep -c '^#EXTINF' || true)
