@@ -13,9 +13,10 @@
 
 use crate::config::AuctionSection;
 use crate::server::{read_capped, Capped, Stream};
-use crate::session::{Outcome, Publisher};
+use crate::session::Publisher;
+use crate::sink_answer::answer;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use ledger::auction::{Auction, AuctionConfig, BidError, Lot, Phase, Standing};
 use ledger::record::{Entry, LotBid};
 use ledger_io::Journal;
@@ -92,7 +93,7 @@ impl AuctionSink {
                 match self.bid(gateway, lot, req, stream).await {
                     Ok(r) => r,
                     // not recorded: dropping the publisher lets a later copy try again
-                    Err(r) => return send(stream, r.0, r.1).await,
+                    Err(r) => return answer(stream, None, r.0, r.1, false).await,
                 }
             }
             (&Method::GET, ["lots"]) => {
@@ -124,11 +125,14 @@ impl AuctionSink {
                 serde_json::json!({ "error": "the auction serves POST /lots/<lot>/bids, GET /lots, GET /lots/<lot>" }),
             ),
         };
-        let body = Bytes::from(format!("{body}\n"));
-        if let Some(p) = publisher {
-            p.answer(status, json_headers(), body.clone());
-        }
-        send(stream, status, body).await
+        answer(
+            stream,
+            publisher,
+            status,
+            Bytes::from(format!("{body}\n")),
+            false,
+        )
+        .await
     }
 
     /// Records a bid: its answer, or (Err) an answer that must not stand for its key.
@@ -288,25 +292,6 @@ fn standing_json(s: &Standing) -> serde_json::Value {
         "bids": s.bids,
         "raises": s.raises,
     })
-}
-
-fn json_headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h
-}
-
-async fn send(stream: &mut Stream, status: StatusCode, body: Bytes) -> StatusCode {
-    let o = Outcome::Answer {
-        status,
-        headers: json_headers(),
-        body,
-    };
-    crate::server::replay(stream, &o, false).await
 }
 
 fn wall_us() -> u64 {

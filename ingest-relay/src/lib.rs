@@ -13,6 +13,7 @@ mod media;
 mod origin_pool;
 mod server;
 mod session;
+mod sink_answer;
 mod stripe;
 mod stripe_budget;
 mod viewer_token;

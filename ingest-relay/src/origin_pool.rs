@@ -21,6 +21,9 @@ pub(crate) type OriginBody = UnsyncBoxBody<Bytes, tunnel_io::BodyError>;
 /// The sending half of an origin connection.
 pub(crate) type Sender = hyper::client::conn::http1::SendRequest<OriginBody>;
 
+/// Idle connections by origin, each with when it went idle.
+type Idle = HashMap<OriginKey, Vec<(Sender, Instant)>>;
+
 /// Idle connections kept per origin.
 const MAX_IDLE_PER_ORIGIN: usize = 16;
 /// Idle connections kept in all.
@@ -28,7 +31,7 @@ const MAX_IDLE: usize = 256;
 /// An idle connection is dropped after this long: below the 5 s after which common
 /// servers (Node.js, Apache) close idle keep-alive connections themselves, so a request
 /// rarely meets one the origin is closing.
-pub(crate) const IDLE: Duration = Duration::from_secs(4);
+const IDLE: Duration = Duration::from_secs(4);
 
 /// Which origin: lower-case host, port, TLS.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -51,12 +54,29 @@ impl OriginKey {
 /// The pool.
 #[derive(Default)]
 pub(crate) struct OriginPool {
-    idle: Mutex<HashMap<OriginKey, Vec<(Sender, Instant)>>>,
+    idle: Mutex<Idle>,
 }
 
 impl OriginPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OriginKey, Vec<(Sender, Instant)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An empty pool, with its sweeper: idle connections go when unused for [`IDLE`],
+    /// also on a quiet relay. The sweeper ends with the pool.
+    pub(crate) fn start() -> Arc<Self> {
+        let pool = Arc::new(Self::default());
+        let weak = Arc::downgrade(&pool);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE).await;
+                match weak.upgrade() {
+                    Some(p) => p.sweep(),
+                    None => return,
+                }
+            }
+        });
+        pool
     }
 
     /// An idle connection to `key` ready for a request, newest first.
@@ -82,17 +102,21 @@ impl OriginPool {
     }
 
     /// Drops the connections idle for longer than [`IDLE`] (run every [`IDLE`]).
-    pub(crate) fn sweep(&self) {
-        let now = Instant::now();
+    fn sweep(&self) {
         let mut idle = self.lock();
+        Self::drop_stale(&mut idle, Instant::now());
+        Self::count(&idle);
+    }
+
+    /// Drops the connections idle for [`IDLE`] or closed.
+    fn drop_stale(idle: &mut Idle, now: Instant) {
         idle.retain(|_, l| {
             l.retain(|(s, at)| now.duration_since(*at) < IDLE && !s.is_closed());
             !l.is_empty()
         });
-        Self::count(&idle);
     }
 
-    fn count(idle: &HashMap<OriginKey, Vec<(Sender, Instant)>>) -> usize {
+    fn count(idle: &Idle) -> usize {
         let n: usize = idle.values().map(Vec::len).sum();
         metrics::gauge!("canopy_relay_origin_connections_idle").set(n as f64);
         n
@@ -113,10 +137,7 @@ impl OriginPool {
         let now = Instant::now();
         let mut idle = self.lock();
         // drop what went stale; beyond the bound, the oldest idle connection goes
-        idle.retain(|_, l| {
-            l.retain(|(s, at)| now.duration_since(*at) < IDLE && !s.is_closed());
-            !l.is_empty()
-        });
+        Self::drop_stale(&mut idle, now);
         if Self::count(&idle) >= MAX_IDLE {
             let oldest = idle
                 .iter()

@@ -92,7 +92,7 @@ impl Relay {
             name: cfg.relay.name.clone(),
             server_names: cfg.relay.server_names.clone(),
             egress,
-            origins: Arc::default(),
+            origins: OriginPool::start(),
             response_timeout: Duration::from_millis(cfg.egress.response_timeout_ms),
             tunnel_idle: Duration::from_millis(cfg.egress.tunnel_idle_timeout_ms.max(1000)),
             body_idle: Duration::from_millis(cfg.egress.body_idle_timeout_ms.max(1000)),
@@ -118,17 +118,6 @@ impl Relay {
                 .map_err(|e| RelayError::Config(format!("jetstream: {e}")))?,
             relayed: Arc::new(Relayed::new(relayed_config(cfg))),
         };
-        // idle origin connections go when unused for a while, also on a quiet relay
-        let pool = Arc::downgrade(&state.origins);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(crate::origin_pool::IDLE).await;
-                match pool.upgrade() {
-                    Some(p) => p.sweep(),
-                    None => return,
-                }
-            }
-        });
         let vtls = viewer_tls.unwrap_or(tls);
         let bind_tcp = |addr: SocketAddr| async move {
             tokio::net::TcpListener::bind(addr)
@@ -381,10 +370,8 @@ async fn serve(
     // later copies get its answer.
     let key = class
         .is_transactional()
-        .then(|| req.headers().get(wire::HDR_IDEMPOTENCY_KEY))
+        .then(|| wire::idempotency_key(req.headers()))
         .flatten()
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| wire::valid_idempotency_key(k))
         .map(str::to_owned);
     let mut publisher = None;
     if let Some(key) = key {

@@ -77,7 +77,7 @@ impl Default for Stripes {
 pub(crate) enum NoStripe {
     /// The stripe exists with another total length.
     OtherLength,
-    /// The gateway has [`MAX_STRIPES`] stripes already.
+    /// The gateway has [`MAX_STRIPES`] unfinished stripes already.
     TooMany,
 }
 

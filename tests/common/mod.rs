@@ -317,25 +317,30 @@ listen = "{gm}"
         format!("http://127.0.0.1:{}{}", self.origin.port(), path)
     }
 
+    /// The HTTP status of a GET of `url` through the gateway's proxy (curl's `%{http_code}`).
+    pub(crate) fn status_via_proxy(&self, url: &str) -> String {
+        let out = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &self.proxy_url(),
+            url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let out = curl(&[
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-x",
-                &self.proxy_url(),
-                &self.origin_url("/echo"),
-            ]);
-            if String::from_utf8_lossy(&out.stdout) == "200" {
+            let status = self.status_via_proxy(&self.origin_url("/echo"));
+            if status == "200" {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the stack did not come up: last status {:?}",
-                String::from_utf8_lossy(&out.stdout)
+                "the stack did not come up: last status {status:?}"
             );
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -20,10 +20,11 @@ mod policy;
 use crate::config::JetStreamSection;
 use crate::error::Refusal;
 use crate::server::{read_capped, refuse, Capped, Stream};
-use crate::session::{Outcome, Publisher};
+use crate::session::Publisher;
+use crate::sink_answer::answer;
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http::{header, Method, Request, StatusCode};
 use policy::{Judged, Kept, Retry};
 use std::future::Future;
 use std::sync::Arc;
@@ -123,23 +124,21 @@ impl JetStreamSink {
                 stream,
                 publisher,
                 StatusCode::METHOD_NOT_ALLOWED,
-                "{\"error\":\"the bid sink takes POST\"}\n",
+                Bytes::from("{\"error\":\"the bid sink takes POST\"}\n"),
+                false,
             )
             .await;
         }
-        let Some(key) = req
-            .headers()
-            .get(wire::HDR_IDEMPOTENCY_KEY)
-            .and_then(|v| v.to_str().ok())
-            .filter(|k| wire::valid_idempotency_key(k))
-            .map(str::to_owned)
-        else {
+        let Some(key) = wire::idempotency_key(req.headers()).map(str::to_owned) else {
             stream.stop_sending(h3::error::Code::H3_NO_ERROR);
             return answer(
                 stream,
                 publisher,
                 StatusCode::BAD_REQUEST,
-                "{\"error\":\"a bid needs its Idempotency-Key (send it as class bid)\"}\n",
+                Bytes::from(
+                    "{\"error\":\"a bid needs its Idempotency-Key (send it as class bid)\"}\n",
+                ),
+                false,
             )
             .await;
         };
@@ -150,7 +149,10 @@ impl JetStreamSink {
                     stream,
                     publisher,
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("{{\"error\":\"a bid is at most {MAX_BODY} bytes\"}}\n"),
+                    Bytes::from(format!(
+                        "{{\"error\":\"a bid is at most {MAX_BODY} bytes\"}}\n"
+                    )),
+                    false,
                 )
                 .await
             }
@@ -192,7 +194,7 @@ impl JetStreamSink {
         let result = self.record(&bid).await;
         metrics::histogram!("canopy_relay_jetstream_publish_seconds")
             .record(started.elapsed().as_secs_f64());
-        let (outcome, kept) = match result {
+        let recorded = match result {
             Ok(r) => r,
             Err(BusError::TooLarge) => {
                 metrics::counter!("canopy_relay_jetstream_bids_total", "result" => "too_large")
@@ -201,7 +203,8 @@ impl JetStreamSink {
                     stream,
                     publisher,
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "{\"error\":\"the bid is over the bus's largest message\"}\n",
+                    Bytes::from("{\"error\":\"the bid is over the bus's largest message\"}\n"),
+                    false,
                 )
                 .await;
             }
@@ -221,45 +224,37 @@ impl JetStreamSink {
                 .await;
             }
         };
-        metrics::counter!("canopy_relay_jetstream_bids_total", "result" => outcome.as_str())
+        metrics::counter!("canopy_relay_jetstream_bids_total", "result" => recorded.as_str())
             .increment(1);
-        match (outcome, kept) {
-            (Recorded::Conflict, _) | (_, None) => {
+        let (kept, copy) = match recorded {
+            Recorded::Published(k) => (k, false),
+            Recorded::Duplicate(k) | Recorded::Replayed(k) => (k, true),
+            Recorded::Conflict => {
                 drop(publisher);
-                refuse(
+                return refuse(
                     stream,
                     Refusal::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "this idempotency key was used for another request",
                     ),
                 )
-                .await
+                .await;
             }
-            (outcome, Some(kept)) => {
-                let body = Bytes::from(kept.answer(&key));
-                if let Some(p) = publisher {
-                    p.answer(StatusCode::CREATED, json_headers(), body.clone());
-                }
-                let o = Outcome::Answer {
-                    status: StatusCode::CREATED,
-                    headers: json_headers(),
-                    body,
-                };
-                crate::server::replay(stream, &o, outcome != Recorded::Published).await
-            }
-        }
+        };
+        let body = Bytes::from(kept.answer(&key));
+        answer(stream, publisher, StatusCode::CREATED, body, copy).await
     }
 
     /// Publishes a bid unless its key is known: how it went, and the key's record.
-    async fn record(&self, bid: &Bid<'_>) -> Result<(Recorded, Option<Kept>), BusError> {
+    async fn record(&self, bid: &Bid<'_>) -> Result<Recorded, BusError> {
         let budget = Duration::from_millis(self.cfg.publish_timeout_ms);
         let started = Instant::now();
         let bus = self.bus(budget).await?;
         let left = || budget.saturating_sub(started.elapsed());
         let found = retrying(left(), || bus.keys.get(bid.id.clone())).await?;
         match policy::judge(found.as_deref(), &bid.fingerprint) {
-            Judged::Replay(k) => return Ok((Recorded::Replayed, Some(k))),
-            Judged::Conflict => return Ok((Recorded::Conflict, None)),
+            Judged::Replay(k) => return Ok(Recorded::Replayed(k)),
+            Judged::Conflict => return Ok(Recorded::Conflict),
             Judged::Publish => {}
         }
         let mut msg = jetstream::message::PublishMessage::build()
@@ -305,7 +300,7 @@ impl JetStreamSink {
                 .get("Canopy-Fingerprint")
                 .map(|v| v.as_str().to_owned());
             if !policy::same_request(fp.as_deref(), &bid.fingerprint) {
-                return Ok((Recorded::Conflict, None));
+                return Ok(Recorded::Conflict);
             }
         }
         // the key's record, for copies after the window and for other relays; a record
@@ -323,12 +318,11 @@ impl JetStreamSink {
             metrics::counter!("canopy_relay_jetstream_key_errors_total").increment(1);
             warn!(key = bid.key, error = %e, "jetstream sink: key not kept (the message id still guards it)");
         }
-        let how = if ack.duplicate {
-            Recorded::Duplicate
+        Ok(if ack.duplicate {
+            Recorded::Duplicate(kept)
         } else {
-            Recorded::Published
-        };
-        Ok((how, Some(kept)))
+            Recorded::Published(kept)
+        })
     }
 }
 
@@ -405,25 +399,25 @@ struct Bid<'a> {
     body: Bytes,
 }
 
-/// How a bid was recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a bid was recorded, with its key's record.
+#[derive(Debug)]
 enum Recorded {
     /// Stored now.
-    Published,
+    Published(Kept),
     /// The servers had it (the message id): the first copy stands.
-    Duplicate,
+    Duplicate(Kept),
     /// The bucket had its key: the first answer again.
-    Replayed,
+    Replayed(Kept),
     /// The key stands for another request.
     Conflict,
 }
 
 impl Recorded {
-    fn as_str(self) -> &'static str {
+    fn as_str(&self) -> &'static str {
         match self {
-            Self::Published => "published",
-            Self::Duplicate => "duplicate",
-            Self::Replayed => "replayed",
+            Self::Published(_) => "published",
+            Self::Duplicate(_) => "duplicate",
+            Self::Replayed(_) => "replayed",
             Self::Conflict => "conflict",
         }
     }
@@ -472,33 +466,4 @@ where
             None => return Err(BusError::Unavailable(last)),
         }
     }
-}
-
-fn json_headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h
-}
-
-/// The sink's own answer to a request it will not publish (kept for the key).
-async fn answer(
-    stream: &mut Stream,
-    publisher: Option<Publisher>,
-    status: StatusCode,
-    body: &str,
-) -> StatusCode {
-    let body = Bytes::from(body.to_owned());
-    if let Some(p) = publisher {
-        p.answer(status, json_headers(), body.clone());
-    }
-    let o = Outcome::Answer {
-        status,
-        headers: json_headers(),
-        body,
-    };
-    crate::server::replay(stream, &o, false).await
 }

@@ -94,6 +94,14 @@ pub fn reason_header_value(reason: &str) -> String {
         .collect()
 }
 
+/// A request's idempotency key ([`HDR_IDEMPOTENCY_KEY`]), when it carries a valid one.
+pub fn idempotency_key(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(HDR_IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| valid_idempotency_key(k))
+}
+
 /// The reason of a synthetic response, if it carries one.
 pub fn reason_of(headers: &http::HeaderMap) -> Option<&str> {
     headers.get(HDR_REASON).and_then(|v| v.to_str().ok())
@@ -108,6 +116,16 @@ pub fn valid_idempotency_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_requests_key_is_read_only_when_valid() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(idempotency_key(&h), None);
+        h.insert(HDR_IDEMPOTENCY_KEY, http::HeaderValue::from_static("k-1"));
+        assert_eq!(idempotency_key(&h), Some("k-1"));
+        h.insert(HDR_IDEMPOTENCY_KEY, http::HeaderValue::from_static("a b"));
+        assert_eq!(idempotency_key(&h), None);
+    }
 
     #[test]
     fn keys_of_any_usable_length_are_valid() {
