@@ -12,15 +12,21 @@ pub struct Clip {
     pub tracks: Vec<Track>,
     /// All frames, in decode-time order across tracks.
     pub frames: Vec<Frame>,
-    /// Per track: the duration in its timescale (the loop period).
+    /// Per track: the duration in its timescale.
     pub durations: Vec<i64>,
 }
 
 impl Clip {
-    /// Frame `f` of this clip as played in loop `n` (from 0): its times moved on by `n` of its
-    /// track's durations, so a looped clip's timeline keeps going.
+    /// Frame `f` of this clip as played in loop `n` (from 0): its times moved on by `n`
+    /// loop periods, so a looped clip's timeline keeps going. Every track moves by the same
+    /// period (the longest track's), so audio and video stay in sync loop after loop; a
+    /// shorter track has a short hole at the loop instead of drifting.
     pub fn looped(&self, f: &Frame, n: i64) -> Frame {
-        let shift = n * self.durations.get(f.track).copied().unwrap_or(0);
+        let ts = self
+            .tracks
+            .get(f.track)
+            .map_or(1, |t| i64::from(t.timescale.max(1)));
+        let shift = n * self.duration_us() * ts / 1_000_000;
         let mut frame = f.clone();
         frame.dts += shift;
         frame.pts += shift;
@@ -36,6 +42,17 @@ impl Clip {
             .max()
             .unwrap_or(0)
     }
+}
+
+/// Where an audio track's presentation starts in its media, in its timescale: the first
+/// edit's media time (empty edits skipped), else 0.
+fn audio_skip(trak: &mp4_atom::Trak) -> i64 {
+    trak.edts
+        .as_ref()
+        .and_then(|e| e.elst.as_ref())
+        .and_then(|l| l.entries.iter().find_map(|e| e.media_time))
+        .and_then(|t| i64::try_from(t).ok())
+        .unwrap_or(0)
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -154,9 +171,19 @@ pub fn demux(file: &Bytes) -> Result<Clip, String> {
             .stss
             .as_ref()
             .map(|s| s.entries.iter().copied().collect());
+        // An audio edit list that starts the presentation later (AAC's encoder delay, 1024
+        // samples from ffmpeg) moves the track back by that much, and the priming frames
+        // before the start go: without this the audio runs those samples longer than the
+        // video and a looped clip drifts out of sync by as much each loop. (Video edit lists,
+        // a B-frame delay, are left alone: their frames are all shown.)
+        let skip = if track.codec == Codec::Aac {
+            audio_skip(trak)
+        } else {
+            0
+        };
         let idx = tracks.len();
         let mut frames = Vec::with_capacity(sizes.len());
-        let mut dts = 0i64;
+        let mut dts = -skip;
         for (i, (&size, &off)) in sizes.iter().zip(&offsets).enumerate() {
             let start = usize::try_from(off).map_err(err)?;
             let end = start + size as usize;
@@ -165,6 +192,10 @@ pub fn demux(file: &Bytes) -> Result<Clip, String> {
             }
             let keyframe = !track.codec.is_video()
                 || sync.as_ref().is_none_or(|s| s.contains(&(i as u32 + 1)));
+            if dts < 0 {
+                dts += deltas.get(i).copied().unwrap_or(1);
+                continue;
+            }
             frames.push(Frame {
                 track: idx,
                 pts: dts + ctts.get(i).copied().unwrap_or(0),
@@ -218,5 +249,22 @@ mod tests {
         assert!(parts >= 45, "{parts}");
         assert!(demux(&Bytes::from_static(b"\0\0\0\x08free")).is_err());
         assert!(demux(&Bytes::from_static(b"garbage!")).is_err());
+    }
+
+    #[test]
+    fn audio_priming_is_cut_and_loops_keep_audio_and_video_in_sync() {
+        let file = Bytes::from_static(include_bytes!("../../assets/demo-camera.mp4"));
+        let clip = demux(&file).unwrap();
+        // ffmpeg's AAC starts 1024 samples early (edit list): the track is 10 s exactly once
+        // those are cut, like the video; before, it ran 21 ms longer
+        assert_eq!(clip.durations, vec![128_000, 480_000]);
+        let first_audio = clip.frames.iter().find(|f| f.track == 1).unwrap();
+        assert_eq!(first_audio.dts, 0);
+        assert_eq!(clip.frames.iter().filter(|f| f.track == 1).count(), 469);
+        // loop 7 starts both tracks at 70 s
+        let v = clip.looped(&clip.frames[0], 7);
+        let a = clip.looped(first_audio, 7);
+        assert_eq!(v.dts * 1_000_000 / 12_800, 70_000_000);
+        assert_eq!(a.dts * 1_000_000 / 48_000, 70_000_000);
     }
 }
