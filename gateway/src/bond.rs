@@ -540,13 +540,34 @@ impl Bond {
                 tick.tick().await;
                 let Some(b) = b.upgrade() else { return };
                 let now = Instant::now();
+                let was_usable: Vec<bool> = b.paths.iter().map(|p| p.is_usable()).collect();
                 for p in &b.paths {
                     p.tick(now);
                 }
+                b.take_over_from_lost(&was_usable);
                 b.forgive_shared_outage(now);
             }
         });
         Ok(bond)
+    }
+
+    /// A path that stopped being usable leaves its load to the others, whose windows may be
+    /// small from carrying little (the delay rule holds a lightly used path's window near
+    /// what it carried): their controllers search for their rate again, so the stream and
+    /// the bids it carried find room within a few round trips.
+    fn take_over_from_lost(&self, was_usable: &[bool]) {
+        let lost = |i: usize, p: &Path| was_usable.get(i) == Some(&true) && !p.is_usable();
+        if !self.paths.iter().enumerate().any(|(i, p)| lost(i, p)) {
+            return;
+        }
+        for (i, p) in self.paths.iter().enumerate() {
+            if lost(i, p) {
+                continue;
+            }
+            if let Some(live) = &p.lock().live {
+                live.restart.request();
+            }
+        }
     }
 
     /// When every uplink is down, the demotions of the last few seconds were one outage of

@@ -29,6 +29,8 @@ pub struct Live {
     pub echoes: Arc<Echoes>,
     /// Counts connections of this uplink, from 1.
     pub generation: u64,
+    /// Restarts the connection's search for the path's rate.
+    pub restart: Arc<tunnel::congestion::Restart>,
 }
 
 impl Drop for Live {
@@ -312,8 +314,8 @@ async fn connect(
     )
     .map_err(|e| e.to_string())?;
     let mut client = s.client.clone();
-    let (transport, signal) = s.transport.quinn_for_connection_with_rtt(last_rtt);
-    client.transport_config(transport);
+    let transport = s.transport.quinn_for_connection_with_rtt(last_rtt);
+    client.transport_config(transport.config);
     let conn = endpoint
         .connect_with(client, addr, &s.server_name)
         .map_err(|e| e.to_string())?
@@ -323,7 +325,7 @@ async fn connect(
     let echoes = Arc::new(Echoes::default());
     tokio::spawn(tunnel_io::probe::run(
         conn.clone(),
-        signal,
+        transport.signal,
         true,
         Some(echoes.clone()),
     ));
@@ -341,6 +343,7 @@ async fn connect(
             conn,
             echoes,
             generation,
+            restart: transport.restart,
         },
         driver,
     ))

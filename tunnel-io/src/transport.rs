@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use tunnel::congestion::LowDelayConfig;
+use tunnel::congestion::{LowDelayConfig, Restart};
 use tunnel::owd::QueueSignal;
 
 /// Length of the connection IDs the relay issues. Every packet the gateway sends carries
@@ -85,24 +85,28 @@ impl TransportSettings {
     /// A transport config for one connection, and the queue signal its `low-delay`
     /// controller reads (feed it with [`crate::probe::run`]).
     pub fn quinn_for_connection(&self) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>) {
-        self.build(None)
+        let (config, signal, _) = self.build(None);
+        (config, signal)
     }
 
     /// As [`Self::quinn_for_connection`], with the RTT assumed before the first sample
     /// (quinn's default is 333 ms; the handshake's first retransmission comes after three
-    /// times this).
-    pub fn quinn_for_connection_with_rtt(
-        &self,
-        initial_rtt: Duration,
-    ) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>) {
-        self.build(Some(initial_rtt))
+    /// times this), and the handle that restarts its controller's search for the rate.
+    pub fn quinn_for_connection_with_rtt(&self, initial_rtt: Duration) -> ConnectionTransport {
+        let (config, signal, restart) = self.build(Some(initial_rtt));
+        ConnectionTransport {
+            config,
+            signal,
+            restart,
+        }
     }
 
     fn build(
         &self,
         initial_rtt: Option<Duration>,
-    ) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>) {
+    ) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>, Arc<Restart>) {
         let signal = Arc::new(QueueSignal::default());
+        let restart = Arc::new(Restart::default());
         let mut t = quinn::TransportConfig::default();
         if let Some(rtt) = initial_rtt {
             t.initial_rtt(rtt);
@@ -124,9 +128,21 @@ impl TransportSettings {
             t.congestion_controller_factory(Arc::new(LowDelayConfig {
                 target: Duration::from_millis(self.queue_target_ms.max(1)),
                 signal: Some(signal.clone()),
+                restart: Some(restart.clone()),
                 ..LowDelayConfig::default()
             }));
         }
-        (Arc::new(t), signal)
+        (Arc::new(t), signal, restart)
     }
+}
+
+/// One connection's transport config and the handles its shell keeps.
+pub struct ConnectionTransport {
+    /// The quinn config.
+    pub config: Arc<quinn::TransportConfig>,
+    /// The queue signal its `low-delay` controller reads (feed it with
+    /// [`crate::probe::run`]).
+    pub signal: Arc<QueueSignal>,
+    /// Asks its `low-delay` controller to search for the path's rate again.
+    pub restart: Arc<Restart>,
 }
