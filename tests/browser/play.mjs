@@ -181,8 +181,14 @@ function summarize(o, P, extra) {
   // stall or a hole in the stream: kept in join_seeks, not counted. Any stall or hole once
   // playing, or anywhere but at 0, is an error.
   const firstPlayT = P.first_playing ? P.first_playing.t : Infinity;
+  // (the position a seek left: hls.js may have moved currentTime already when the event
+  // is seen, so its reason's "seeking from X to Y" tells)
+  const seekFrom = e => {
+    const m = /seeking from ([0-9.]+)/.exec(e.reason || '');
+    return m ? Number(m[1]) : e.currentTime;
+  };
   const isJoinSeek = e => !e.fatal && (e.details === 'bufferSeekOverHole' || e.details === 'bufferStalledError')
-    && e.t <= firstPlayT && typeof e.currentTime === 'number' && e.currentTime < 0.5
+    && e.t <= firstPlayT && typeof seekFrom(e) === 'number' && seekFrom(e) < 0.5
     && (e.details === 'bufferSeekOverHole' || !e.buffer);
   const joinSeeks = (P.errors || []).filter(isJoinSeek);
   const errors = (P.errors || []).filter(e => !isJoinSeek(e));
