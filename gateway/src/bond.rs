@@ -227,6 +227,7 @@ impl Path {
             rate_down: st.rate_down,
             queued_up: st.pending_up.saturating_add(unsent),
             queued_down: st.pending_down,
+            silent: st.health.silence(now).unwrap_or_default(),
         }
     }
 

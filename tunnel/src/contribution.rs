@@ -114,6 +114,9 @@ pub struct ContributionConfig {
     pub copy_budget: f64,
     /// Bytes of copies allowed whatever the budget.
     pub copy_allowance: u64,
+    /// A path that has not answered a probe for this long is left as if it were down:
+    /// its live pieces go again on another path, and new ones avoid it.
+    pub silent_after: Duration,
 }
 
 impl Default for ContributionConfig {
@@ -128,6 +131,9 @@ impl Default for ContributionConfig {
             late_max: Duration::from_millis(400),
             copy_budget: 0.03,
             copy_allowance: 64 * 1024,
+            // probes answer every 10 ms: a burst of lost probes on a radio link is a few
+            // tens of milliseconds of silence, the bond calls a path down after about 240
+            silent_after: Duration::from_millis(100),
         }
     }
 }
@@ -624,6 +630,27 @@ impl Contribution {
     /// The next send, if any piece may go now on `paths` (call until `None`, with fresh
     /// views: each send fills a path's queue).
     pub fn poll_send(&mut self, now: Instant, paths: &[PathView]) -> Option<Send> {
+        // A path silent for `silent_after` has most likely lost what was sent on it lately
+        // (a cut link), though the bond calls it down only later: waiting for that cost a
+        // live piece 240 ms at the demo's cut, and hls.js's 800 ms blocking reload ran out.
+        // Its pieces go again now and new ones avoid it; if it was only a lost burst of
+        // probes, the relay keeps whichever copy comes first.
+        let quiet: Vec<PathView>;
+        let paths = if paths
+            .iter()
+            .any(|p| p.usable && p.silent >= self.cfg.silent_after)
+        {
+            quiet = paths
+                .iter()
+                .map(|p| PathView {
+                    usable: p.usable && p.silent < self.cfg.silent_after,
+                    ..p.clone()
+                })
+                .collect();
+            &quiet[..]
+        } else {
+            paths
+        };
         for p in paths {
             if p.usable {
                 self.up_since.entry(p.id).or_insert(now);
@@ -742,6 +769,7 @@ mod tests {
             rate_down: mbit * 125_000.0,
             queued_up: queued,
             queued_down: 0,
+            silent: Duration::ZERO,
         }
     }
 
@@ -810,6 +838,38 @@ mod tests {
         assert!(c
             .poll_send(t0 + Duration::from_millis(190), &paths)
             .is_some());
+    }
+
+    #[test]
+    fn a_silent_path_is_left_before_it_is_called_down() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        let mut paths = vec![
+            path(0, 8.0, 100, 0, Tier::Primary),
+            path(1, 4.0, 40, 0, Tier::Primary),
+        ];
+        // Wi-Fi on probation: the keyframe piece goes on cellular; then Wi-Fi is back
+        paths[1].usable = false;
+        c.push(t0, id(1, 0), 30_000, true, Lane::Live);
+        let first = c.poll_send(t0, &paths).unwrap();
+        assert_eq!(first.path, 0);
+        paths[1].usable = true;
+        // a burst of lost probes is no reason to send again
+        paths[0].silent = Duration::from_millis(40);
+        assert_eq!(c.poll_send(t0 + Duration::from_millis(40), &paths), None);
+        // 100 ms without an answer (the bond calls it down only at about 240): the piece
+        // goes again on Wi-Fi, outside the copy budget, and a new piece avoids cellular
+        paths[0].silent = Duration::from_millis(100);
+        let at = t0 + Duration::from_millis(100);
+        let again = c.poll_send(at, &paths).unwrap();
+        assert_eq!(
+            (again.id, again.path, again.kind),
+            (id(1, 0), 1, SendKind::Again)
+        );
+        c.push(at, id(1, 30_000), 2_000, false, Lane::Live);
+        let next = c.poll_send(at, &paths).unwrap();
+        assert_eq!((next.id, next.path), (id(1, 30_000), 1));
+        assert_eq!(c.stats().copy_bytes, 0);
     }
 
     #[test]

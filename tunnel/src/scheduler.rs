@@ -68,6 +68,10 @@ pub struct PathView {
     pub queued_up: u64,
     /// Bytes of responses expected on this path not yet received.
     pub queued_down: u64,
+    /// How long the path has not answered a probe (zero while it answers every few
+    /// milliseconds): what was sent on it lately may be lost long before the path is
+    /// called down.
+    pub silent: Duration,
 }
 
 /// A regular path on probation is better than none: when no primary or secondary path is
@@ -315,6 +319,7 @@ mod fallback_tests {
             rate_down: 1e6,
             queued_up: 0,
             queued_down: 0,
+            silent: Duration::ZERO,
         }
     }
 
@@ -372,6 +377,7 @@ mod tests {
             rate_down: mbps * 125_000.0,
             queued_up: 0,
             queued_down: 0,
+            silent: Duration::ZERO,
         }
     }
 
