@@ -927,8 +927,10 @@ async fn attempt(
     let head = {
         let response = recv.recv_response();
         tokio::pin!(response);
+        // the body's end first: a body cut at the limit resets the request, and the reset's
+        // answer may be ready in the same poll (it was 502 instead of 413 in one CI run)
         let early = tokio::select! {
-            r = &mut response => Some(r),
+            biased;
             pumped = done_rx => {
                 if let Ok(Err(e)) = &pumped {
                     if let Some(why) = e.strip_prefix(STRIPE_FAILED) {
@@ -940,6 +942,7 @@ async fn attempt(
                 }
                 None
             }
+            r = &mut response => Some(r),
             _ = &mut died => return Err(went_down()),
         };
         match early {
