@@ -192,18 +192,18 @@ pub fn demux(file: &Bytes) -> Result<Clip, String> {
             }
             let keyframe = !track.codec.is_video()
                 || sync.as_ref().is_none_or(|s| s.contains(&(i as u32 + 1)));
-            if dts < 0 {
-                dts += deltas.get(i).copied().unwrap_or(1);
+            let at = dts;
+            dts += deltas.get(i).copied().unwrap_or(1);
+            if at < 0 {
                 continue;
             }
             frames.push(Frame {
                 track: idx,
-                pts: dts + ctts.get(i).copied().unwrap_or(0),
-                dts,
+                pts: at + ctts.get(i).copied().unwrap_or(0),
+                dts: at,
                 keyframe,
                 data: file.slice(start..end),
             });
-            dts += deltas.get(i).copied().unwrap_or(1);
         }
         durations.push(dts);
         tracks.push(track);

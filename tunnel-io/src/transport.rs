@@ -85,26 +85,18 @@ impl TransportSettings {
     /// A transport config for one connection, and the queue signal its `low-delay`
     /// controller reads (feed it with [`crate::probe::run`]).
     pub fn quinn_for_connection(&self) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>) {
-        let (config, signal, _) = self.build(None);
-        (config, signal)
+        let t = self.build(None);
+        (t.config, t.signal)
     }
 
     /// As [`Self::quinn_for_connection`], with the RTT assumed before the first sample
     /// (quinn's default is 333 ms; the handshake's first retransmission comes after three
     /// times this), and the handle that restarts its controller's search for the rate.
     pub fn quinn_for_connection_with_rtt(&self, initial_rtt: Duration) -> ConnectionTransport {
-        let (config, signal, restart) = self.build(Some(initial_rtt));
-        ConnectionTransport {
-            config,
-            signal,
-            restart,
-        }
+        self.build(Some(initial_rtt))
     }
 
-    fn build(
-        &self,
-        initial_rtt: Option<Duration>,
-    ) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>, Arc<Restart>) {
+    fn build(&self, initial_rtt: Option<Duration>) -> ConnectionTransport {
         let signal = Arc::new(QueueSignal::default());
         let restart = Arc::new(Restart::default());
         let mut t = quinn::TransportConfig::default();
@@ -132,7 +124,11 @@ impl TransportSettings {
                 ..LowDelayConfig::default()
             }));
         }
-        (Arc::new(t), signal, restart)
+        ConnectionTransport {
+            config: Arc::new(t),
+            signal,
+            restart,
+        }
     }
 }
 
