@@ -11,7 +11,10 @@
 //! packets of being written even when bulk streams have megabytes buffered.
 //!
 //! The queueing delay `q` of a round is the one-way delay the peer measures for our data
-//! (timestamped probes, see `crate::owd`) when the peer sends probes, else the round's
+//! (timestamped probes, see `crate::owd`) when the peer sends probes, the smallest of the
+//! round's reports (jitter filtered out, as LEDBAT filters: a round's mean read the demo
+//! Wi-Fi's +-5 ms of jitter as 5 ms of the 6 ms target and left the link idle between
+//! jittered packets, 1-2 Mbit/s of 4; slow start still ends on the mean), else the round's
 //! smallest RTT sample minus the path's minimum RTT `base` (which also holds the reverse
 //! direction's queue: with both directions loaded the two senders then fight over one
 //! number, which is why Canopy's ends probe). The update, once per round trip:
@@ -255,7 +258,10 @@ impl LowDelay {
             .signal
             .as_ref()
             .and_then(|s| s.take(now, max_age));
-        let queueing = one_way.unwrap_or_else(|| rtt.saturating_sub(base));
+        // The window follows the standing queue; slow start ends on the mean, so that a
+        // queue filling within one round (the window doubles per round) shows at once.
+        let queueing = one_way.map_or_else(|| rtt.saturating_sub(base), |r| r.standing);
+        let filling = one_way.map_or(queueing, |r| r.standing);
         // Radio links jitter; a delay-based controller must not read jitter as queueing.
         // Track how much the round's queueing delay moves from round to round, and allow a
         // standing queue of at least twice that.
@@ -293,7 +299,7 @@ impl LowDelay {
             // first probes may come late for other reasons (the next hop resolving its
             // address after a link came back), and must not end slow start while the
             // connection is still idle.
-            if (limited && queueing > target * 3) || self.startup_flat >= 3 {
+            if (limited && filling > target * 3) || self.startup_flat >= 3 {
                 self.slow_start = false;
             } else if limited {
                 self.window = self
@@ -500,6 +506,160 @@ mod tests {
             assert!(cc.window() <= MAX_WINDOW, "round {round}: {}", cc.window());
         }
         assert!(cc.window() > 1 << 20, "{}", cc.window());
+    }
+
+    /// A packet-level model of the link emulator the demo and benches use (str0m-netem)
+    /// and of how quinn sends: each packet leaves the link at `max(arrival + latency +
+    /// jitter, when the link is free)`, so a packet delayed by jitter holds the ones behind
+    /// it; the receiver acknowledges every second packet; the sender is window-limited and
+    /// a 60-byte probe made every 10 ms goes out in the next packet the window allows (as
+    /// quinn sends a datagram), its one-way delay above the least seen coming back as the
+    /// queue signal. A probe may also wait up to `stall_ms` at the sender before it goes (the
+    /// runtime busy with other tasks: the demo's trace shows a spread of 5-8 ms between a
+    /// round's smallest and mean report on an uncongested Wi-Fi path). Returns the share of
+    /// the link's rate delivered over the last half of `secs`, and the mean queue the
+    /// probes met there (ms).
+    fn jittery_link(
+        rate_bps: f64,
+        one_way_ms: u64,
+        jitter_ms: u64,
+        stall_ms: u64,
+        secs: u64,
+    ) -> (f64, f64) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        #[derive(PartialEq, Eq, PartialOrd, Ord)]
+        enum Ev {
+            /// Packets sent at these times arrive acknowledged.
+            Ack {
+                sent: Vec<Instant>,
+            },
+            /// The far end has a packet sent at `sent`.
+            Arrive {
+                sent: Instant,
+            },
+            Probe,
+            Report {
+                queue_us: u64,
+            },
+        }
+        let rate = rate_bps / 8.0;
+        let lat = Duration::from_millis(one_way_ms);
+        let signal = Arc::new(crate::owd::QueueSignal::default());
+        let config = LowDelayConfig {
+            signal: Some(signal.clone()),
+            ..LowDelayConfig::default()
+        };
+        let start = Instant::now();
+        let mut cc = LowDelay::new(Arc::new(config), start, 1200);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut jitter = 0.0f64;
+        let mut link_free = start;
+        let mut random = move || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut stall = Duration::ZERO;
+        // one packet into the link at `t`: when it arrives at the far end
+        let mut cross = |t: Instant, bytes: f64, stall: &mut Duration| {
+            let r = random() * 2.0 - 1.0;
+            jitter = r * 0.5 + jitter * 0.5;
+            *stall = Duration::from_secs_f64(random() * stall_ms as f64 / 1000.0);
+            let delay = lat.as_secs_f64() + jitter * jitter_ms as f64 / 1000.0;
+            let leave = (t + Duration::from_secs_f64(delay)).max(link_free);
+            link_free = leave + Duration::from_secs_f64(bytes / rate);
+            leave
+        };
+        let mut events = BinaryHeap::new();
+        let mut inflight = 0u64;
+        let (mut base, mut srtt) = (Duration::MAX, lat * 2);
+        let mut least_owd = Duration::MAX;
+        let half = start + Duration::from_secs(secs / 2);
+        let (mut delivered_late, mut queue_sum, mut queue_n) = (0u64, 0u64, 0u64);
+        let mut probe_made: Option<Instant> = None;
+        let mut unacked = Vec::new();
+        events.push(Reverse((start, Ev::Probe)));
+        let mut now = start;
+        while let Some(Reverse((t, ev))) = events.pop() {
+            if t > start + Duration::from_secs(secs) {
+                break;
+            }
+            now = t;
+            match ev {
+                Ev::Arrive { sent } => {
+                    unacked.push(sent);
+                    if unacked.len() >= 2 {
+                        let sent = std::mem::take(&mut unacked);
+                        events.push(Reverse((now + lat, Ev::Ack { sent })));
+                    }
+                }
+                Ev::Ack { sent } => {
+                    for sent in sent {
+                        inflight -= 1200;
+                        let sample = now - sent;
+                        base = base.min(sample);
+                        srtt = (srtt * 7 + sample) / 8;
+                        cc.on_ack_sample(now, sent, 1200, false, base, srtt);
+                        if now >= half {
+                            delivered_late += 1200;
+                        }
+                    }
+                }
+                Ev::Probe => {
+                    probe_made = Some(now);
+                    events.push(Reverse((now + Duration::from_millis(10), Ev::Probe)));
+                }
+                Ev::Report { queue_us } => {
+                    signal.report(now, Duration::from_micros(queue_us));
+                    if now >= half {
+                        queue_sum += queue_us;
+                        queue_n += 1;
+                    }
+                }
+            }
+            while inflight + 1200 <= cc.window() {
+                let arrive = cross(now, 1200.0, &mut stall);
+                inflight += 1200;
+                events.push(Reverse((arrive, Ev::Arrive { sent: now })));
+                if let Some(made) = probe_made.take() {
+                    // the probe rides in this packet (or waits `stall` for the next):
+                    // its clock is when it was made
+                    let owd = arrive + stall - made;
+                    least_owd = least_owd.min(owd);
+                    let queue_us = (owd - least_owd).as_micros() as u64;
+                    events.push(Reverse((arrive + lat, Ev::Report { queue_us })));
+                }
+            }
+        }
+        let secs_late = now.saturating_duration_since(half).as_secs_f64();
+        (
+            delivered_late as f64 / secs_late / rate,
+            queue_sum as f64 / queue_n.max(1) as f64 / 1000.0,
+        )
+    }
+
+    #[test]
+    fn a_jittery_link_is_kept_busy() {
+        // the demo's Wi-Fi: 4 Mbit/s, 20 ms one way, +-5 ms of jitter, probes that may wait
+        // at the sender. A guard, not a reproduction: this model keeps the link full with
+        // the mean filter too (its delivery-rate floor holds); in the demo the mean left
+        // Wi-Fi's window below its BDP with 0.5-1 MB waiting (1.5-2.5 Mbit/s of 4), the
+        // smallest report lets it fill (figures in docs/architecture.md)
+        for (jitter_ms, stall_ms) in [(0, 0), (5, 0), (5, 8)] {
+            let (used, queue_ms) = jittery_link(4e6, 20, jitter_ms, stall_ms, 30);
+            eprintln!("jitter {jitter_ms} ms: {used:.3} of the link, queue {queue_ms:.1} ms");
+            assert!(
+                used >= 0.9,
+                "jitter {jitter_ms} ms: {used:.3} of the link used"
+            );
+            // and the queue a bid meets stays short
+            assert!(
+                queue_ms <= 20.0,
+                "jitter {jitter_ms} ms: queue {queue_ms:.1} ms"
+            );
+        }
     }
 
     #[test]

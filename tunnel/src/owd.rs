@@ -144,11 +144,24 @@ pub struct QueueSignal {
 
 #[derive(Debug, Default)]
 struct SignalState {
-    /// Sum and count of the reports since the controller last took them, and when the
-    /// latest came.
+    /// Sum, count and smallest of the reports since the controller last took them, and
+    /// when the latest came.
     sum: Duration,
     count: u32,
+    least: Option<Duration>,
     latest_at: Option<Instant>,
+}
+
+/// The reports of one round, two ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueReading {
+    /// Their mean: a queue that fills within the round shows in it.
+    pub mean: Duration,
+    /// Their smallest: the standing queue, with the link's jitter filtered out (each
+    /// report is the queue plus that packet's jitter above the least delay seen; the
+    /// smallest of a round's reports carries the least jitter). RFC 6817 (LEDBAT) filters
+    /// its delay samples the same way.
+    pub standing: Duration,
 }
 
 impl QueueSignal {
@@ -157,20 +170,27 @@ impl QueueSignal {
         if let Ok(mut s) = self.inner.lock() {
             s.sum += queue;
             s.count += 1;
+            s.least = Some(s.least.map_or(queue, |l| l.min(queue)));
             s.latest_at = Some(now);
         }
     }
 
-    /// The mean queueing delay reported since the last call (a queue that fills within
-    /// one round must show, so not the minimum), if reports are fresh (the latest younger
-    /// than `max_age`).
-    pub fn take(&self, now: Instant, max_age: Duration) -> Option<Duration> {
+    /// The reports since the last call, if they are fresh (the latest younger than
+    /// `max_age`).
+    pub fn take(&self, now: Instant, max_age: Duration) -> Option<QueueReading> {
         let mut s = self.inner.lock().ok()?;
         let fresh = s
             .latest_at
             .is_some_and(|t| now.saturating_duration_since(t) <= max_age);
         let (sum, count) = (std::mem::take(&mut s.sum), std::mem::take(&mut s.count));
-        (fresh && count > 0).then(|| sum / count)
+        let least = s.least.take();
+        match least {
+            Some(standing) if fresh && count > 0 => Some(QueueReading {
+                mean: sum / count,
+                standing,
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -231,14 +251,17 @@ mod tests {
     }
 
     #[test]
-    fn signal_reports_the_mean_and_goes_stale() {
+    fn signal_reports_the_mean_and_the_least_and_goes_stale() {
         let s = QueueSignal::default();
         let t = Instant::now();
         s.report(t, Duration::from_millis(9));
         s.report(t, Duration::from_millis(3));
         assert_eq!(
             s.take(t, Duration::from_millis(100)),
-            Some(Duration::from_millis(6))
+            Some(QueueReading {
+                mean: Duration::from_millis(6),
+                standing: Duration::from_millis(3)
+            })
         );
         assert_eq!(s.take(t, Duration::from_millis(100)), None);
         s.report(t, Duration::from_millis(7));
@@ -246,5 +269,9 @@ mod tests {
             s.take(t + Duration::from_secs(1), Duration::from_millis(100)),
             None
         );
+        // the least of a round does not carry over to the next
+        s.report(t, Duration::from_millis(8));
+        let r = s.take(t, Duration::from_millis(100)).expect("fresh");
+        assert_eq!(r.standing, Duration::from_millis(8));
     }
 }
