@@ -261,7 +261,7 @@ impl LowDelay {
         // The window follows the standing queue; slow start ends on the mean, so that a
         // queue filling within one round (the window doubles per round) shows at once.
         let queueing = one_way.map_or_else(|| rtt.saturating_sub(base), |r| r.standing);
-        let filling = one_way.map_or(queueing, |r| r.standing);
+        let filling = one_way.map_or(queueing, |r| r.mean);
         // Radio links jitter; a delay-based controller must not read jitter as queueing.
         // Track how much the round's queueing delay moves from round to round, and allow a
         // standing queue of at least twice that.
