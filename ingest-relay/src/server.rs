@@ -439,7 +439,7 @@ async fn serve(
                 StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
             );
             if let Some(p) = publisher.filter(|_| !unreached) {
-                p.refused(&refusal);
+                p.refused(&refusal).await;
             }
             refuse(&mut stream, refusal).await
         }
@@ -1107,7 +1107,7 @@ async fn deliver(
                 {
                     p.in_doubt()
                 }
-                Some(p) => p.refused(&refusal),
+                Some(p) => p.refused(&refusal).await,
                 None => {}
             }
             return refuse(send, refusal).await;
@@ -1197,7 +1197,7 @@ async fn deliver_keyed(
             read.slice(..read.len().min(KEYED_ANSWER_MAX))
         }
     };
-    p.answer(status, kept_headers, kept);
+    p.answer(status, kept_headers, kept).await;
     if send.send_response(head).await.is_err() {
         return status;
     }

@@ -362,33 +362,38 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    /// The relay's refusal: duplicates replay it.
-    pub(crate) fn refused(mut self, r: &crate::error::Refusal) {
-        self.log.settle(
-            &self.key.0,
-            &self.key.1,
-            Delivery::Refused {
-                status: r.status.as_u16(),
-                reason: r.reason.clone(),
-            },
-        );
+    /// The relay's refusal: duplicates replay it. Resolves once it is on disk.
+    pub(crate) async fn refused(mut self, r: &crate::error::Refusal) {
+        self.log
+            .settle(
+                &self.key.0,
+                &self.key.1,
+                Delivery::Refused {
+                    status: r.status.as_u16(),
+                    reason: r.reason.clone(),
+                },
+            )
+            .await;
         self.publish(r.status, r.headers(), r.body());
     }
 
-    /// The origin's answer: duplicates replay it.
-    pub(crate) fn answer(mut self, status: StatusCode, headers: HeaderMap, body: Bytes) {
-        self.log.settle(
-            &self.key.0,
-            &self.key.1,
-            Delivery::Answered {
-                status: status.as_u16(),
-                headers: headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-                    .collect(),
-                body: body.to_vec(),
-            },
-        );
+    /// The origin's answer: duplicates replay it. Resolves once it is on disk: answer the
+    /// device after this.
+    pub(crate) async fn answer(mut self, status: StatusCode, headers: HeaderMap, body: Bytes) {
+        self.log
+            .settle(
+                &self.key.0,
+                &self.key.1,
+                Delivery::Answered {
+                    status: status.as_u16(),
+                    headers: headers
+                        .iter()
+                        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                        .collect(),
+                    body: body.to_vec(),
+                },
+            )
+            .await;
         self.publish(status, headers, body);
     }
 

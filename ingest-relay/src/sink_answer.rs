@@ -27,7 +27,7 @@ pub(crate) async fn answer(
     duplicate: bool,
 ) -> StatusCode {
     if let Some(p) = publisher {
-        p.answer(status, json_headers(), body.clone());
+        p.answer(status, json_headers(), body.clone()).await;
     }
     let o = Outcome::Answer {
         status,
