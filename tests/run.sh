@@ -72,9 +72,10 @@ n=$(awk '/^live: [0-9]+ passed/ {print $2}' "$log" | tail -1)
 passed=$((passed + ${n:-0}))
 
 # --- the relay's stream in a real browser: hls.js in headless Chromium (root) --------------
-# Not in CI yet: issue 10 is open on it. Run by hand, it passed 8 of 13 runs; the failures
-# are hls.js blocking-reload timeouts (800 ms) when a live part is late, mostly as the cut
-# uplink returns (the bonding issue's marginal-link work).
+# Not in CI by default yet: issue 10 is open on it. It passed 8 of 9 runs after the queue
+# signal's fix (8 of 13 before); the failure left is an hls.js blocking-reload timeout
+# (800 ms) when a live part is late as the cut uplink returns (the bonding issue's
+# marginal-link work).
 # CANOPY_BROWSER=1 tests/run.sh runs it.
 if [ "${CANOPY_BROWSER:-0}" = 1 ]; then
   step "tests/live/browser.sh (the demo's relay stream in hls.js, across the cut)"
