@@ -123,8 +123,9 @@ impl ClaimLog {
         self.after(Some(pending), "release");
     }
 
-    /// Waits for a record in the background (an answer lost in a crash leaves its key in
-    /// doubt: the next copy goes again with its key), then compacts when due.
+    /// Waits for a record in the background, if one is given (a release lost in a crash
+    /// leaves its key in doubt: the next copy goes again with its key), then compacts when
+    /// due.
     fn after(&self, pending: Option<Pending>, what: &'static str) {
         self.publish();
         let due = self.journal.stats().compaction_due(COMPACT_BYTES)
@@ -136,11 +137,10 @@ impl ClaimLog {
         let journal = self.journal.clone();
         let compacting = self.compacting.clone();
         tokio::spawn(async move {
-            if let Some(Err(e)) = match pending {
-                Some(p) => Some(p.await),
-                None => None,
-            } {
-                warn!(error = %e, what, "relay duplicate table: record not journaled");
+            if let Some(p) = pending {
+                if let Err(e) = p.await {
+                    warn!(error = %e, what, "relay duplicate table: record not journaled");
+                }
             }
             if let Some(r) = rewrite {
                 let from = journal.stats().len;

@@ -12,9 +12,10 @@
 //!
 //! The queueing delay `q` of a round is the one-way delay the peer measures for our data
 //! (timestamped probes, see `crate::owd`) when the peer sends probes, the smallest of the
-//! round's reports (jitter filtered out, as LEDBAT filters: a round's mean read the demo
-//! Wi-Fi's +-5 ms of jitter as 5 ms of the 6 ms target and left the link idle between
-//! jittered packets, 1-2 Mbit/s of 4; slow start still ends on the mean), else the round's
+//! round's reports (jitter filtered out, as LEDBAT filters: in the demo a round's mean read
+//! Wi-Fi's jitter and the probes' wait at a busy sender as 7-12 ms against the 6 ms target
+//! and held its window below its BDP with data waiting; slow start still ends on the
+//! mean), else the round's
 //! smallest RTT sample minus the path's minimum RTT `base` (which also holds the reverse
 //! direction's queue: with both directions loaded the two senders then fight over one
 //! number, which is why Canopy's ends probe). The update, once per round trip:

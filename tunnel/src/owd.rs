@@ -183,9 +183,9 @@ impl QueueSignal {
             .latest_at
             .is_some_and(|t| now.saturating_duration_since(t) <= max_age);
         let (sum, count) = (std::mem::take(&mut s.sum), std::mem::take(&mut s.count));
-        let least = s.least.take();
-        match least {
-            Some(standing) if fresh && count > 0 => Some(QueueReading {
+        // a smallest report means at least one report, so `count` is not zero
+        match s.least.take() {
+            Some(standing) if fresh => Some(QueueReading {
                 mean: sum / count,
                 standing,
             }),
