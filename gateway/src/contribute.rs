@@ -67,6 +67,8 @@ impl Contributor {
 struct PieceMeta {
     end_us: u64,
     last: bool,
+    /// With `last`: the next part opens a segment.
+    ends_segment: bool,
     frame_ms: u64,
 }
 
@@ -319,6 +321,7 @@ fn push_chunk(s: &mut Stream, core: &mut Contribution, now: Instant, c: &Chunk) 
                 // only a chunk's end is a place a part may be cut short at (0: not one)
                 end_us: if end { c.end_us } else { 0 },
                 last: c.last && end,
+                ends_segment: c.ends_segment && end,
                 frame_ms: c.frame_ms,
             },
         );
@@ -361,6 +364,8 @@ fn merge_backfill(s: &mut Stream, core: &mut Contribution, seq: u64) {
             PieceMeta {
                 end_us: (p.duration * 1e6).round() as u64,
                 last: true,
+                // backfill is behind the live edge: no hint depends on it
+                ends_segment: false,
                 frame_ms: p.capture_ms,
             },
         );
@@ -399,6 +404,7 @@ fn backfill_between(
             PieceMeta {
                 end_us: (p.duration * 1e6) as u64,
                 last: end == p.data.len() as u64,
+                ends_segment: false,
                 frame_ms: p.capture_ms,
             },
         );
@@ -441,6 +447,7 @@ fn piece_request(
         offset: id.offset,
         end_us: pm.end_us,
         last: pm.last,
+        ends_segment: pm.ends_segment,
         live: lane == Lane::Live,
     };
     let path = media::MediaPath {

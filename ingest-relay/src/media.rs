@@ -227,6 +227,7 @@ pub fn piece_from_wire(h: &media::PieceHeader, data: bytes::Bytes) -> Piece {
         data,
         end_us: h.end_us,
         last: h.last,
+        ends_segment: h.last && h.ends_segment,
         live: h.live,
         frame_ms: h.frame_ms,
     }

@@ -416,6 +416,7 @@ mod tests {
             data: Bytes::from_static(data),
             end_us: 200_000,
             last,
+            ends_segment: false,
             frame_ms: 0,
         }
     }

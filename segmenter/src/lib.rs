@@ -133,6 +133,9 @@ pub struct Chunk {
     pub end_us: u64,
     /// The part ends with this chunk; `end_us` is then the part's duration.
     pub last: bool,
+    /// With `last`: the part is its segment's last, the next part opens a segment. A
+    /// playlist's preload hint names that next part at once, not a part that never comes.
+    pub ends_segment: bool,
     /// Capture (arrival) wall clock of its newest frame, ms since the Unix epoch.
     pub frame_ms: u64,
 }

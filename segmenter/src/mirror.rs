@@ -82,6 +82,8 @@ pub struct Piece {
     pub end_us: u64,
     /// The part ends with this piece.
     pub last: bool,
+    /// With `last`: the part is its segment's last (the next part opens a segment).
+    pub ends_segment: bool,
     /// Sent on the gateway's live lane (the live edge), not as backfill.
     pub live: bool,
     /// Capture time of the newest frame in the piece, ms (relay clock; 0 when unknown).
@@ -155,6 +157,8 @@ struct Assembly {
     total: Option<u64>,
     /// The part's duration, once its last piece came.
     duration_us: Option<u64>,
+    /// Its segment ends with it (said by its last piece).
+    ends_segment: bool,
     /// Its place in the window, once its first bytes went there.
     window_meta: Option<PartMeta>,
     /// Bytes handed to the window.
@@ -178,6 +182,7 @@ impl Assembly {
             held: 0,
             total: None,
             duration_us: None,
+            ends_segment: false,
             window_meta: None,
             fed: 0,
             fed_end_us: 0,
@@ -214,6 +219,7 @@ impl Assembly {
                 _ => {
                     self.total = Some(end);
                     self.duration_us = Some(p.end_us);
+                    self.ends_segment = p.ends_segment;
                 }
             }
         }
@@ -702,6 +708,7 @@ impl Mirror {
                         data,
                         end_us,
                         last,
+                        ends_segment: last && a.ends_segment,
                         frame_ms: 0,
                     };
                     match self.window.push_chunk(&chunk) {
@@ -776,6 +783,7 @@ impl Mirror {
                     data: Bytes::new(),
                     end_us,
                     last: true,
+                    ends_segment: false,
                     frame_ms: 0,
                 };
                 if let Ok(Some(p)) = self.window.push_chunk(&end) {
@@ -957,6 +965,7 @@ mod tests {
             data: Bytes::from(vec![seq as u8, k as u8]),
             end_us: (k + 1) * 66_000 + if k == 2 { 2_000 } else { 0 },
             last: k == 2,
+            ends_segment: k == 2 && seq % 5 == 4,
             live,
             frame_ms: 0,
         }
@@ -970,6 +979,7 @@ mod tests {
             data: Bytes::from(vec![seq as u8, 0, seq as u8, 1, seq as u8, 2]),
             end_us: 200_000,
             last: true,
+            ends_segment: seq % 5 == 4,
             live: false,
             frame_ms: 0,
         }
@@ -991,6 +1001,34 @@ mod tests {
 
     fn text(m: &Mirror) -> String {
         m.window_ref().render(&RenderOptions::default())
+    }
+
+    #[test]
+    fn a_segments_last_part_hints_the_next_segment() {
+        let t0 = Instant::now();
+        let mut m = mirror();
+        for seq in 0..4 {
+            for k in 0..3 {
+                m.handle_piece(t0, 0, piece(seq, k, true)).unwrap();
+            }
+        }
+        assert_eq!(m.window().next_part(), Some((1000, 4)));
+        for k in 0..3 {
+            m.handle_piece(t0, 0, piece(4, k, true)).unwrap();
+        }
+        // said by the gateway: the next part opens a segment, so the hint names it
+        assert_eq!(m.window().next_part(), Some((1001, 0)));
+        assert!(text(&m)
+            .contains("seg-1000.m4s\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-1001.0.m4s\""));
+        m.handle_piece(t0, 0, piece(5, 0, true)).unwrap();
+        assert_eq!(m.window().next_part(), Some((1001, 0)));
+        assert!(matches!(
+            m.window().read_part(1001, 0, 0),
+            PartRead::Data {
+                complete: false,
+                ..
+            }
+        ));
     }
 
     #[test]

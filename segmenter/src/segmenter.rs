@@ -344,7 +344,7 @@ impl Segmenter {
         let end = self.tracks.iter().filter_map(TrackState::end_us).max();
         if let Some(end) = end {
             if self.segment.is_some() {
-                self.cut(end, true);
+                self.cut(end, true, true);
             }
             self.next_start_us = self.next_start_us.max(end);
         }
@@ -366,7 +366,7 @@ impl Segmenter {
     pub fn finish(&mut self) {
         if let Some(end) = self.tracks.iter().filter_map(TrackState::end_us).max() {
             if self.segment.is_some() {
-                self.cut(end, true);
+                self.cut(end, true, true);
             }
         }
     }
@@ -498,11 +498,11 @@ impl Segmenter {
                     if (frame.keyframe && seg_len >= seg_us)
                         || seg_len >= cfg.max_segment().as_micros() as i64
                     {
-                        self.cut(now_us, false);
+                        self.cut(now_us, false, true);
                         self.open_segment(now_us);
                         cut = true;
                     } else if now_us - self.part_start_us + typical_us > part_us {
-                        self.cut(now_us, false);
+                        self.cut(now_us, false, false);
                         cut = true;
                     }
                 }
@@ -512,20 +512,20 @@ impl Segmenter {
             // until a keyframe): the other tracks still come out, part by part
             let part_us = self.cfg.part_target.as_micros() as i64;
             if now_us - self.part_start_us > 2 * part_us {
-                self.cut(now_us, false);
+                self.cut(now_us, false, false);
                 cut = true;
             }
         }
         let held: usize = self.tracks.iter().map(|t| t.held).sum();
         if !cut && held > MAX_PART_BYTES && self.segment.is_some() {
-            self.cut(now_us, false);
+            self.cut(now_us, false, false);
             cut = true;
         }
         if !cut && is_primary {
             // what the part holds so far goes out now, a frame (or a few) at a time
             let end = self.tracks[ti].end.map(|e| self.tracks[ti].us(e));
             if end.is_some_and(|e| e - self.chunk_end_us >= CHUNK_MIN_US) {
-                self.chunk(None);
+                self.chunk(None, false);
             }
         }
         Ok(())
@@ -565,8 +565,9 @@ impl Segmenter {
     }
 
     /// Sends what the open part holds so far as a chunk; `end_us`: the part ends here (its
-    /// duration), and a bare end marker goes out even when nothing is left.
-    fn chunk(&mut self, end_us: Option<i64>) {
+    /// duration), and a bare end marker goes out even when nothing is left; `ends_segment`:
+    /// so does its segment.
+    fn chunk(&mut self, end_us: Option<i64>, ends_segment: bool) {
         let Some((msn, _)) = self.segment else {
             return;
         };
@@ -623,12 +624,14 @@ impl Segmenter {
             data,
             end_us: (end - self.part_start_us).max(0) as u64,
             last: end_us.is_some(),
+            ends_segment: end_us.is_some() && ends_segment,
             frame_ms: std::mem::take(&mut self.chunk_frame_ms),
         }));
     }
 
-    /// Closes the open part at output time `cut_us` (µs). `flush`: pending samples go too.
-    fn cut(&mut self, cut_us: i64, flush: bool) {
+    /// Closes the open part at output time `cut_us` (µs). `flush`: pending samples go too;
+    /// `ends_segment`: the segment ends with it.
+    fn cut(&mut self, cut_us: i64, flush: bool, ends_segment: bool) {
         if self.segment.is_none() {
             return;
         }
@@ -652,7 +655,7 @@ impl Segmenter {
         if self.open_part.is_none() && !has_samples {
             return;
         }
-        self.chunk(Some(cut_us.max(self.part_start_us)));
+        self.chunk(Some(cut_us.max(self.part_start_us)), ends_segment);
         self.open_part = None;
         self.part_bytes = 0;
         self.part_capture_ms = None;
@@ -782,6 +785,16 @@ mod tests {
             .collect();
         assert_eq!(opens[..3], [(0, 0, true), (0, 1, true), (0, 2, true)]);
         assert_eq!(ps.iter().filter(|(p, _)| p.msn == 1).count(), 5);
+        // a segment's last part says so as it ends (before the next part's first frame), and
+        // no other chunk does
+        let lasts: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Chunk(c) if c.ends_segment => Some((c.part.msn, c.part.index, c.last)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lasts[..3], [(0, 4, true), (1, 4, true), (2, 4, true)]);
         // audio rides in the same parts, and each track's decode times continue part to part
         let mut next = [None, None];
         for (p, _) in &ps {

@@ -257,7 +257,12 @@ impl LiveWindow {
             }
         };
         let part = Part::new(g.meta, c.end_us as f64 / 1e6, data);
-        Ok(Some(self.add_part(part)))
+        let part = self.add_part(part);
+        if c.ends_segment {
+            // the hint names the next segment's first part now, not a part that never comes
+            self.playlist.close_segment();
+        }
+        Ok(Some(part))
     }
 
     /// Adds a whole part (a gap part, or a part that arrived whole); it must be the next.
@@ -611,8 +616,44 @@ mod tests {
             data: Bytes::from_static(data),
             end_us: if last { 200_000 } else { 40_000 },
             last,
+            ends_segment: false,
             frame_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_segments_last_part_moves_the_hint_to_the_next_segment_at_once() {
+        let mut w = LiveWindow::new(WindowConfig::default(), 0);
+        w.add_init(0, Bytes::from_static(b"init"));
+        w.push_chunk(&chunk(meta(0, 0, 0), 0, b"ab", true)).unwrap();
+        // the next part may still be in this segment: the hint names it
+        assert_eq!(w.next_part(), Some((0, 1)));
+        let mut last = chunk(meta(1, 0, 1), 0, b"cd", true);
+        last.ends_segment = true;
+        w.push_chunk(&last).unwrap();
+        // the segment is over before the next part's first frame: a request for the hinted
+        // part waits for a part that will come
+        assert_eq!(w.next_part(), Some((1, 0)));
+        assert!(w.render(&RenderOptions::default()).contains(
+            "#EXTINF:0.40000,\nseg-0.m4s\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-1.0.m4s\""
+        ));
+        assert_eq!(w.read_part(1, 0, 0), PartRead::NotYet);
+        assert_eq!(w.read_part(0, 2, 0), PartRead::Gone);
+        let mut next = meta(2, 1, 0);
+        next.segment = Some(SegmentStart {
+            discontinuity: false,
+            pdt_ms: 1_795_000_001_000,
+        });
+        w.push_chunk(&chunk(next, 0, b"k", false)).unwrap();
+        assert_eq!(w.next_part(), Some((1, 0)));
+        assert_eq!(w.playlist().segments().len(), 2);
+        assert!(matches!(
+            w.read_part(1, 0, 0),
+            PartRead::Data {
+                complete: false,
+                ..
+            }
+        ));
     }
 
     #[test]

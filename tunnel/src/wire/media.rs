@@ -120,6 +120,8 @@ pub struct PieceHeader {
     pub end_us: u64,
     /// The part ends with this piece.
     pub last: bool,
+    /// With `last`: the part is its segment's last (the next part opens a segment).
+    pub ends_segment: bool,
     /// Sent as the live edge (else backfill).
     pub live: bool,
 }
@@ -141,6 +143,7 @@ impl PieceHeader {
         for (on, c) in [
             (self.independent, 'I'),
             (self.last, 'L'),
+            (self.ends_segment, 'E'),
             (self.live, 'V'),
             (self.segment.is_some_and(|(d, _)| d), 'D'),
         ] {
@@ -173,7 +176,7 @@ impl PieceHeader {
             get.insert(k, val);
         }
         let flags = *get.get("f").ok_or(MediaHeaderError::Missing("f"))?;
-        if !flags.chars().all(|c| "ILVD".contains(c)) {
+        if !flags.chars().all(|c| "ILEVD".contains(c)) {
             return Err(MediaHeaderError::Malformed("f"));
         }
         let pdt: Option<u64> = match get.get("p") {
@@ -194,6 +197,7 @@ impl PieceHeader {
             offset: num(get.get("o").copied(), "o")?,
             end_us: num(get.get("e").copied(), "e")?,
             last: flags.contains('L'),
+            ends_segment: flags.contains('E'),
             live: flags.contains('V'),
         })
     }
@@ -274,6 +278,7 @@ mod tests {
             offset: 40_960,
             end_us: 166_000,
             last: true,
+            ends_segment: true,
             live: true,
         };
         assert_eq!(PieceHeader::decode(&h.encode()), Ok(h));
@@ -282,6 +287,7 @@ mod tests {
             independent: true,
             segment: Some((true, 1_795_000_000_000)),
             last: false,
+            ends_segment: false,
             live: false,
             ..h
         };
@@ -291,7 +297,7 @@ mod tests {
             Err(MediaHeaderError::Missing("f"))
         );
         assert!(PieceHeader::decode(&h.encode().replace("s=1234", "s=-1")).is_err());
-        assert!(PieceHeader::decode(&h.encode().replace("f=LV", "f=LVX")).is_err());
+        assert!(PieceHeader::decode(&h.encode().replace("f=LEV", "f=LEVX")).is_err());
         // unknown keys are ignored
         assert_eq!(PieceHeader::decode(&(h.encode() + ";zz=9")), Ok(h));
     }
