@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, Instrument};
 use tunnel::scheduler::{PathId, Unit};
 use tunnel::{hop, wire, Classifier, TrafficClass};
-use tunnel_io::{copy_bidirectional, pump_body, H3Body, TlsFiles};
+use tunnel_io::{copy_bidirectional, pump_body, H3Body, PumpError, TlsFiles};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -565,8 +565,19 @@ pub(crate) fn tunnel_headers(
 /// The longest a response timeout waits for a path's queue to drain.
 const MAX_DRAIN_WAIT: Duration = Duration::from_secs(600);
 
-/// Marks a striped body's failure in a head attempt's body outcome.
-const STRIPE_FAILED: &str = "striped body: ";
+/// Why a request body did not reach the relay whole.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    /// Over the gateway's request body limit.
+    #[error("request body over the limit")]
+    OverLimit,
+    /// A striped body's chunks failed.
+    #[error("striped body: {0}")]
+    Stripe(String),
+    /// Reading it from the device, or sending it on, failed.
+    #[error("{0}")]
+    Send(String),
+}
 
 /// Largest request body kept in memory so the request can be sent again on another path
 /// (or redundantly): bids, check-ins, and idempotent requests up to this size.
@@ -876,7 +887,7 @@ async fn attempt(
     };
     let (mut send, mut recv) = stream.split();
     let up = flow.up_counter();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), UploadError>>();
     let body_idle = state.body_idle;
     tokio::spawn(async move {
         let r = match body {
@@ -892,7 +903,7 @@ async fn attempt(
                 if r.is_ok() {
                     up.increment(n);
                 }
-                r.map_err(|e| e.to_string())
+                r.map_err(|e| UploadError::Send(e.to_string()))
             }
             ReqBody::Once(Some(inc)) => {
                 let limited = Limited::new(
@@ -902,18 +913,25 @@ async fn attempt(
                 pump_body(limited, &mut send, Some(&up))
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| match e {
+                        PumpError::Source(s) if s.is::<http_body_util::LengthLimitError>() => {
+                            UploadError::OverLimit
+                        }
+                        e => UploadError::Send(e.to_string()),
+                    })
             }
-            ReqBody::Once(None) => Err("request body already used by another copy".to_string()),
+            ReqBody::Once(None) => Err(UploadError::Send(
+                "request body already used by another copy".to_string(),
+            )),
             ReqBody::Striped(mut outcome, _) => {
                 // the head has no body; it is done when every chunk is
                 let _ = send.finish().await;
                 match outcome.wait_for(Option::is_some).await {
                     Ok(r) => match &*r {
-                        Some(Err(e)) => Err(format!("{STRIPE_FAILED}{e}")),
+                        Some(Err(e)) => Err(UploadError::Stripe(e.to_string())),
                         _ => Ok(()),
                     },
-                    Err(_) => Err(format!("{STRIPE_FAILED}the chunks' task ended")),
+                    Err(_) => Err(UploadError::Stripe("the chunks' task ended".to_string())),
                 }
             }
         };
@@ -932,15 +950,15 @@ async fn attempt(
         let early = tokio::select! {
             biased;
             pumped = done_rx => {
-                if let Ok(Err(e)) = &pumped {
-                    if let Some(why) = e.strip_prefix(STRIPE_FAILED) {
+                match pumped {
+                    Ok(Err(UploadError::Stripe(why))) => {
                         return Err(fail(false, StatusCode::BAD_GATEWAY, format!("request body not delivered: {why}")));
                     }
-                    if e.contains("length limit") {
+                    Ok(Err(UploadError::OverLimit)) => {
                         return Err(fail(false, StatusCode::PAYLOAD_TOO_LARGE, format!("request body over the gateway's limit of {limit} bytes")));
                     }
+                    _ => None,
                 }
-                None
             }
             r = &mut response => Some(r),
             _ = &mut died => return Err(went_down()),

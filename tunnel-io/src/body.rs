@@ -220,7 +220,7 @@ pub async fn pump_body<B, S>(
 ) -> Result<u64, PumpError>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     S: SendData,
 {
     use http_body_util::BodyExt;
@@ -230,7 +230,7 @@ where
             Ok(f) => f,
             Err(e) => {
                 send.abort();
-                return Err(PumpError::Source(e.to_string()));
+                return Err(PumpError::Source(e.into()));
             }
         };
         if let Ok(data) = frame.into_data() {
@@ -251,9 +251,9 @@ where
 /// Why pumping a body stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum PumpError {
-    /// The source body failed.
+    /// The source body failed (its own error, for a caller to tell kinds apart).
     #[error("source body: {0}")]
-    Source(String),
+    Source(Box<dyn std::error::Error + Send + Sync>),
     /// The HTTP/3 stream failed.
     #[error("HTTP/3 stream: {0}")]
     Stream(#[from] StreamError),
