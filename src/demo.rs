@@ -388,10 +388,32 @@ pub struct CameraSummary {
     pub glass_to_relay_p50_ms: f64,
     /// Glass to relay, 95th percentile, ms.
     pub glass_to_relay_p95_ms: f64,
+    /// The longest the relay's newest whole part did not move on, ms: what a viewer's
+    /// blocking playlist request waits at most (hls.js gives up on one after 800 ms here).
+    pub relay_stall_max_ms: u64,
     /// The relay's media playlist was served with parts and a preload hint.
     pub relay_playlist_ok: bool,
     /// Bytes the gateway sent again as copies of late pieces, over all it sent.
     pub redundant_ratio: f64,
+}
+
+/// From parts' (capture ms, glass-to-relay ms): the longest time between two moves of the
+/// relay's newest whole part (a part joins the playlist once every part before it is whole).
+fn longest_stall(samples: &[(u64, u64)]) -> u64 {
+    let mut by_capture = samples.to_vec();
+    by_capture.sort_unstable();
+    let mut newest: Option<u64> = None;
+    let mut longest = 0;
+    for (capture, latency) in by_capture {
+        let whole = capture + latency;
+        if let Some(prev) = newest {
+            if whole > prev {
+                longest = longest.max(whole - prev);
+            }
+        }
+        newest = Some(newest.map_or(whole, |p| p.max(whole)));
+    }
+    longest
 }
 
 fn mbps(bytes: u64, secs: f64) -> f64 {
@@ -674,14 +696,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                     .unwrap_or_default(),
                 Err(_) => String::new(),
             };
-            let (relay_parts, relay_gap_parts, mut lat) =
+            let (relay_parts, relay_gap_parts, mut lat, relay_stall_max_ms) =
                 match bed.relayed.get(DEMO_GATEWAY, "demo", "main") {
                     Some(m) => {
                         let (_, ms, _) = m.state();
-                        let lat: Vec<f64> = m.latency().iter().map(|(_, l)| *l as f64).collect();
-                        (ms.parts, ms.gap_parts, lat)
+                        let samples = m.latency();
+                        let lat: Vec<f64> = samples.iter().map(|(_, l)| *l as f64).collect();
+                        (ms.parts, ms.gap_parts, lat, longest_stall(&samples))
                     }
-                    None => (0, 0, Vec::new()),
+                    None => (0, 0, Vec::new(), 0),
                 };
             lat.sort_by(f64::total_cmp);
             let c = bed
@@ -701,6 +724,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                 relay_gap_parts,
                 glass_to_relay_p50_ms: load::quantile(&lat, 0.5),
                 glass_to_relay_p95_ms: load::quantile(&lat, 0.95),
+                relay_stall_max_ms,
                 relay_playlist_ok: relay_text.contains("#EXT-X-PART:")
                     && relay_text.contains("#EXT-X-PRELOAD-HINT"),
                 redundant_ratio: c.copy_bytes as f64 / (sent.max(1)) as f64,
@@ -714,7 +738,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
     );
     let cam = &summary.camera;
     println!(
-        "camera: {} frames, {} parts, {} segments; at the relay {} parts, {} gap parts, glass->relay p50 {:.0} ms p95 {:.0} ms, copies {:.1}% of the bytes; playlists {}",
+        "camera: {} frames, {} parts, {} segments; at the relay {} parts, {} gap parts, glass->relay p50 {:.0} ms p95 {:.0} ms, longest wait for a part {} ms, copies {:.1}% of the bytes; playlists {}",
         cam.frames,
         cam.parts,
         cam.segments,
@@ -722,6 +746,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         cam.relay_gap_parts,
         cam.glass_to_relay_p50_ms,
         cam.glass_to_relay_p95_ms,
+        cam.relay_stall_max_ms,
         cam.redundant_ratio * 100.0,
         if cam.playlist_ok && cam.relay_playlist_ok {
             "ok"
@@ -813,6 +838,16 @@ impl crate::config::Validate for DemoConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_longest_stall_counts_from_the_newest_whole_part() {
+        // parts every 200 ms; the third is 900 ms late, the fourth waits on it
+        let samples = [(0, 250), (200, 250), (400, 900), (600, 300), (800, 250)];
+        // whole at 250, 450, 1300, 900 (listed at 1300), 1050 (listed at 1300)
+        assert_eq!(super::longest_stall(&samples), 850);
+        assert_eq!(super::longest_stall(&[]), 0);
+        assert_eq!(super::longest_stall(&[(0, 100)]), 0);
+    }
+
     #[test]
     fn builtin_demo_config_parses() {
         let cfg: super::DemoConfig =

@@ -66,6 +66,16 @@ impl Default for MirrorConfig {
     }
 }
 
+/// The least TARGETDURATION (whole seconds) with which a player waits out the longest the
+/// playlist stands still: `stall_after` without progress (then gap parts begin) plus a
+/// part. hls.js gives up on a blocking playlist reload after max(3 part targets, 0.8 target
+/// durations): with 1 s segments that is 800 ms, shorter than a failover's worst stall, so
+/// a viewer got an error while the relay was still within its own rule. A larger target
+/// duration is allowed (it bounds segment lengths from above) and changes no part.
+pub fn target_duration_to_wait_out(stall_after: Duration, part_target: f64) -> f64 {
+    ((stall_after.as_secs_f64() + part_target) / 0.8).ceil()
+}
+
 /// A piece of a part as it arrives.
 #[derive(Debug, Clone)]
 pub struct Piece {
@@ -351,7 +361,14 @@ pub struct Mirror {
 impl Mirror {
     /// A mirror whose window numbers its segments from `first_msn` (a relay starts it at
     /// the Unix time in seconds, so a restarted relay never reuses a URL a cache may hold).
-    pub fn new(cfg: MirrorConfig, first_msn: u64) -> Self {
+    pub fn new(mut cfg: MirrorConfig, first_msn: u64) -> Self {
+        cfg.window.min_target_duration =
+            cfg.window
+                .min_target_duration
+                .max(target_duration_to_wait_out(
+                    cfg.stall_after,
+                    cfg.window.part_target,
+                ));
         Self {
             cfg,
             window: LiveWindow::new(cfg.window, 0),
@@ -1001,6 +1018,30 @@ mod tests {
 
     fn text(m: &Mirror) -> String {
         m.window_ref().render(&RenderOptions::default())
+    }
+
+    #[test]
+    fn the_target_duration_outlasts_the_stall_rule() {
+        // 1 s without progress plus a 200 ms part: 1.5 s, so 2 (hls.js waits 1.6 s)
+        assert_eq!(
+            target_duration_to_wait_out(Duration::from_millis(1000), 0.2),
+            2.0
+        );
+        assert_eq!(
+            target_duration_to_wait_out(Duration::from_millis(400), 0.2),
+            1.0
+        );
+        let t0 = Instant::now();
+        let mut m = mirror();
+        for k in 0..3 {
+            m.handle_piece(t0, 0, piece(0, k, true)).unwrap();
+        }
+        // the segments are 1 s; the target duration is an upper bound, and says 2
+        assert!(
+            text(&m).contains("#EXT-X-TARGETDURATION:2\n"),
+            "{}",
+            text(&m)
+        );
     }
 
     #[test]

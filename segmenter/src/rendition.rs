@@ -37,6 +37,7 @@ impl RenditionConfig {
             ring_bytes: self.ring_bytes,
             playlist_segments: self.playlist_segments,
             part_hold_back: part * 3.0,
+            min_target_duration: 0.0,
         }
     }
 }

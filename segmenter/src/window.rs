@@ -28,6 +28,9 @@ pub struct WindowConfig {
     /// PART-HOLD-BACK, seconds (how far behind the live edge players stay); at least
     /// three part targets.
     pub part_hold_back: f64,
+    /// TARGETDURATION is at least this, seconds, whatever the segments (0: the segment
+    /// target). A relay sets it so a player's blocking-reload timeout outlasts its stall rule.
+    pub min_target_duration: f64,
 }
 
 impl Default for WindowConfig {
@@ -38,6 +41,7 @@ impl Default for WindowConfig {
             ring_bytes: 32 << 20,
             playlist_segments: 7,
             part_hold_back: 0.6,
+            min_target_duration: 0.0,
         }
     }
 }
@@ -136,7 +140,7 @@ impl LiveWindow {
             ring,
             playlist: MediaPlaylist::new(
                 cfg.part_target,
-                cfg.segment_target,
+                cfg.segment_target.max(cfg.min_target_duration),
                 cfg.playlist_segments,
             )
             .with_part_hold_back(cfg.part_hold_back),

@@ -245,10 +245,10 @@ else
   [ -f "$summary" ] && cp "$summary" "$ART/relay-demo.json"
   sleep 0.5 # the last lines through stamp()
   gaps=$(node -e 'const s = require(process.argv[1]); const c = s.camera || {};
-    console.log(`${c.relay_gap_parts} ${c.relay_parts} ${c.parts} ${c.glass_to_relay_p50_ms} ${JSON.stringify(s.cut)}`)' "$(realpath "$summary" 2>/dev/null || echo /nonexistent)" 2>/dev/null)
-  read -r g parts gw_parts g2r cutj <<<"$gaps"
+    console.log(`${c.relay_gap_parts} ${c.relay_parts} ${c.parts} ${c.glass_to_relay_p50_ms} ${c.relay_stall_max_ms} ${JSON.stringify(s.cut)}`)' "$(realpath "$summary" 2>/dev/null || echo /nonexistent)" 2>/dev/null)
+  read -r g parts gw_parts g2r stall cutj <<<"$gaps"
   if [ "$rc" = 0 ] && [ "${g:-x}" = 0 ] && [ "${parts:-0}" -gt 0 ] 2>/dev/null; then
-    ok "demo summary: the relay made $parts parts (the gateway $gw_parts), 0 gap parts (cut $cutj), glass->relay p50 ${g2r%.*} ms"
+    ok "demo summary: the relay made $parts parts (the gateway $gw_parts), 0 gap parts (cut $cutj), glass->relay p50 ${g2r%.*} ms, longest wait for a part ${stall} ms"
   else
     bad "demo summary: exit $rc, relay_gap_parts=${g:-missing}, relay_parts=${parts:-missing} (the gateway ${gw_parts:-?}), cut ${cutj:-?}"
     grep -E '^(summary|camera):' "$demo_log" | sed 's/^/  /'
