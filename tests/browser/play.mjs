@@ -240,6 +240,7 @@ function summarize(o, P, extra) {
     failed_requests: extra.failedRequests,
     http_errors: extra.httpErrors,
     samples,
+    requests: extra.requests,
   };
 }
 
@@ -270,6 +271,13 @@ async function main() {
   }, (o.seconds + 90) * 1000);
 
   const consoleErrors = [], failedRequests = [], httpErrors = [];
+  // the stream's last requests (a bounded log, for the artifact): when each went out, when
+  // its answer came, its status; it shows which part a player asked for and when
+  const requests = [];
+  const REQUESTS_KEPT = 600;
+  let t0 = Date.now(); // set again at navigation: times as the page's own (about)
+  const sinceStart = () => Math.round(Date.now() - t0) / 1000;
+  const short = u => u.replace(/^https?:\/\/[^/]+/, '');
   let summary;
   try {
     // chromium.launch() always starts Chromium with a fresh temporary --user-data-dir
@@ -293,7 +301,19 @@ async function main() {
     page.on('pageerror', e => consoleErrors.push({ type: 'pageerror', text: String(e).slice(0, 500) }));
     page.on('requestfailed', r => failedRequests.push({ url: r.url(), failure: r.failure() && r.failure().errorText }));
     page.on('response', r => { if (r.status() >= 400) httpErrors.push({ url: r.url(), status: r.status() }); });
+    page.on('request', r => {
+      if (!r.url().startsWith(o.url.replace(/[^/]*$/, ''))) return;
+      requests.push({ t: sinceStart(), url: short(r.url()) });
+      if (requests.length > REQUESTS_KEPT) requests.shift();
+    });
+    page.on('requestfinished', async r => {
+      const e = requests.findLast(x => x.url === short(r.url()) && x.done === undefined);
+      if (!e) return;
+      e.done = sinceStart();
+      try { e.status = (await r.response())?.status(); } catch {}
+    });
 
+    t0 = Date.now();
     await page.goto(pageUrl, { waitUntil: 'load', timeout: 15000 });
     const navT = 0; // page times are seconds since navigation start
     await page.waitForTimeout(o.seconds * 1000);
@@ -305,7 +325,7 @@ async function main() {
     await page.screenshot({ path: o.screenshot });
     const P = await page.evaluate(() => window.__play || { errors: [{ type: 'setup', details: 'player.html did not run', fatal: true }] });
     const browserVersion = browser ? browser.version() : null;
-    summary = summarize(o, P, { pageUrl, cors, final, navT, consoleErrors, failedRequests, httpErrors, browserVersion });
+    summary = summarize(o, P, { pageUrl, cors, final, navT, consoleErrors, failedRequests, httpErrors, browserVersion, requests });
   } catch (e) {
     clearTimeout(watchdog);
     await cleanup();
