@@ -22,7 +22,7 @@ use tunnel::dedup::{Admit, DedupTable};
 
 /// How long an answer is kept for duplicates.
 const DEDUP_TTL: Duration = Duration::from_secs(600);
-/// Most answers kept.
+/// Most answers kept in all (when full, the gateway holding the most gives up its oldest).
 const DEDUP_MAX: usize = 20_000;
 
 /// What one connection is: whose, and which path of which session.
@@ -121,7 +121,7 @@ type SessionTable = HashMap<u128, (u64, HashMap<usize, PathEntry>)>;
 pub(crate) struct Sessions {
     hasher: std::collections::hash_map::RandomState,
     sessions: Mutex<SessionTable>,
-    dedup: Arc<Mutex<DedupTable<Key, Slot>>>,
+    dedup: Arc<Mutex<DedupTable<String, String, Slot>>>,
     log: Arc<ClaimLog>,
 }
 
@@ -356,7 +356,7 @@ async fn wait_outcome(slot: &mut watch::Receiver<Option<Arc<Outcome>>>) -> Optio
 pub(crate) struct Publisher {
     tx: watch::Sender<Option<Arc<Outcome>>>,
     key: Key,
-    table: Arc<Mutex<DedupTable<Key, Slot>>>,
+    table: Arc<Mutex<DedupTable<String, String, Slot>>>,
     log: Arc<ClaimLog>,
     done: bool,
 }

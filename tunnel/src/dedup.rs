@@ -3,7 +3,10 @@
 //! the same gateway) gets the first copy's answer instead.
 //!
 //! Generic over the value kept per key (the relay keeps a channel that yields the answer), so
-//! this stays sans-IO. Entries live for a TTL and the table is bounded; the oldest go first.
+//! this stays sans-IO. Keys are (owner, key): each gateway's keys are its own. Entries live
+//! for a TTL and the table is bounded; when it is full, the owner holding the most entries
+//! gives up its oldest, so a gateway that floods the table evicts only its own keys and never
+//! another gateway's bid that is still on its way to the origin.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -18,22 +21,29 @@ pub enum Admit<V> {
     Duplicate(V),
 }
 
-/// A bounded, TTL-limited table of keys seen.
+/// One owner's keys, oldest first (a forgotten key may linger here until it is popped).
 #[derive(Debug)]
-pub struct DedupTable<K, V> {
-    entries: HashMap<K, (Instant, V)>,
+struct Owned<K> {
     order: VecDeque<(Instant, K)>,
+    held: usize,
+}
+
+/// A bounded, TTL-limited table of keys seen, per owner.
+#[derive(Debug)]
+pub struct DedupTable<O, K, V> {
+    entries: HashMap<(O, K), (Instant, V)>,
+    owners: HashMap<O, Owned<K>>,
     ttl: Duration,
     max: usize,
     duplicates: u64,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> DedupTable<K, V> {
-    /// A table keeping keys for `ttl`, at most `max` of them.
+impl<O: Hash + Eq + Clone, K: Hash + Eq + Clone, V: Clone> DedupTable<O, K, V> {
+    /// A table keeping keys for `ttl`, at most `max` of them in all.
     pub fn new(ttl: Duration, max: usize) -> Self {
         Self {
             entries: HashMap::new(),
-            order: VecDeque::new(),
+            owners: HashMap::new(),
             ttl,
             max: max.max(1),
             duplicates: 0,
@@ -41,36 +51,68 @@ impl<K: Hash + Eq + Clone, V: Clone> DedupTable<K, V> {
     }
 
     /// Admits a copy with `key`: the first stores `value`; later ones get the stored value.
-    pub fn admit(&mut self, now: Instant, key: K, value: V) -> Admit<V> {
+    pub fn admit(&mut self, now: Instant, key: (O, K), value: V) -> Admit<V> {
         self.expire(now);
         if let Some((_, v)) = self.entries.get(&key) {
             self.duplicates += 1;
             return Admit::Duplicate(v.clone());
         }
         while self.entries.len() >= self.max {
-            match self.order.pop_front() {
-                Some((at, k)) => {
-                    if self.entries.get(&k).is_some_and(|(t, _)| *t == at) {
-                        self.entries.remove(&k);
-                    }
-                }
+            // the owner holding the most gives up its oldest (the one admitting, on a tie)
+            let mine = self.owners.get(&key.0).map_or(0, |o| o.held);
+            let most = self
+                .owners
+                .iter()
+                .max_by_key(|(_, o)| o.held)
+                .map(|(owner, o)| (owner.clone(), o.held));
+            let victim = match most {
+                Some((owner, held)) if held > mine => owner,
+                Some(_) if mine > 0 => key.0.clone(),
+                Some((owner, _)) => owner,
                 None => break,
-            }
+            };
+            // an owner with nothing left to give is dropped, so this ends
+            self.pop_oldest(&victim);
         }
-        self.entries.insert(key.clone(), (now, value));
-        self.order.push_back((now, key));
+        let (owner, k) = key;
+        let o = self.owners.entry(owner.clone()).or_insert_with(|| Owned {
+            order: VecDeque::new(),
+            held: 0,
+        });
+        o.order.push_back((now, k.clone()));
+        o.held += 1;
+        // forgotten keys linger in the order: keep it within twice what is held
+        if o.order.len() > 2 * o.held + 16 {
+            let entries = &self.entries;
+            o.order.retain(|(at, k)| {
+                entries
+                    .get(&(owner.clone(), k.clone()))
+                    .is_some_and(|(t, _)| t == at)
+            });
+            o.order.push_back((now, k.clone()));
+        }
+        self.entries.insert((owner, k), (now, value));
         Admit::First
     }
 
     /// Forgets `key` (its first copy failed before reaching the origin, so a retry must go
     /// through).
-    pub fn forget(&mut self, key: &K) {
-        self.entries.remove(key);
+    pub fn forget(&mut self, key: &(O, K)) {
+        if self.entries.remove(key).is_some() {
+            if let Some(o) = self.owners.get_mut(&key.0) {
+                o.held = o.held.saturating_sub(1);
+            }
+        }
     }
 
     /// Keys held.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Keys held for `owner`.
+    pub fn held_by(&self, owner: &O) -> usize {
+        self.owners.get(owner).map_or(0, |o| o.held)
     }
 
     /// Whether no key is held.
@@ -83,17 +125,44 @@ impl<K: Hash + Eq + Clone, V: Clone> DedupTable<K, V> {
         self.duplicates
     }
 
-    fn expire(&mut self, now: Instant) {
-        while let Some((at, _)) = self.order.front() {
-            if now.saturating_duration_since(*at) < self.ttl {
-                break;
-            }
-            if let Some((at, k)) = self.order.pop_front() {
-                if self.entries.get(&k).is_some_and(|(t, _)| *t == at) {
-                    self.entries.remove(&k);
+    /// Drops `owner`'s oldest held key; false when it has none.
+    fn pop_oldest(&mut self, owner: &O) -> bool {
+        let Some(o) = self.owners.get_mut(owner) else {
+            return false;
+        };
+        while let Some((at, k)) = o.order.pop_front() {
+            let key = (owner.clone(), k);
+            if self.entries.get(&key).is_some_and(|(t, _)| *t == at) {
+                self.entries.remove(&key);
+                o.held = o.held.saturating_sub(1);
+                if o.order.is_empty() {
+                    self.owners.remove(owner);
                 }
+                return true;
             }
         }
+        self.owners.remove(owner);
+        false
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let ttl = self.ttl;
+        let entries = &mut self.entries;
+        self.owners.retain(|owner, o| {
+            while let Some((at, _)) = o.order.front() {
+                if now.saturating_duration_since(*at) < ttl {
+                    break;
+                }
+                if let Some((at, k)) = o.order.pop_front() {
+                    let key = (owner.clone(), k);
+                    if entries.get(&key).is_some_and(|(t, _)| *t == at) {
+                        entries.remove(&key);
+                        o.held = o.held.saturating_sub(1);
+                    }
+                }
+            }
+            !o.order.is_empty()
+        });
     }
 }
 
@@ -132,17 +201,51 @@ mod tests {
         let t = Instant::now();
         let mut d = DedupTable::new(Duration::from_secs(10), 3);
         for i in 0..5 {
-            assert_eq!(d.admit(t, i, ()), Admit::First);
+            assert_eq!(d.admit(t, ("gw", i), ()), Admit::First);
         }
         assert_eq!(d.len(), 3);
-        assert_eq!(d.admit(t, 0, ()), Admit::First, "oldest evicted");
-        assert_eq!(d.admit(t, 4, ()), Admit::Duplicate(()));
+        assert_eq!(d.admit(t, ("gw", 0), ()), Admit::First, "oldest evicted");
+        assert_eq!(d.admit(t, ("gw", 4), ()), Admit::Duplicate(()));
         assert_eq!(
-            d.admit(t + Duration::from_secs(11), 4, ()),
+            d.admit(t + Duration::from_secs(11), ("gw", 4), ()),
             Admit::First,
             "expired"
         );
-        d.forget(&4);
-        assert_eq!(d.admit(t + Duration::from_secs(11), 4, ()), Admit::First);
+        assert_eq!(d.len(), 1);
+        d.forget(&("gw", 4));
+        assert_eq!(d.held_by(&"gw"), 0);
+        assert_eq!(
+            d.admit(t + Duration::from_secs(11), ("gw", 4), ()),
+            Admit::First
+        );
+    }
+
+    #[test]
+    fn a_flooding_gateway_evicts_only_its_own_keys() {
+        let t = Instant::now();
+        let mut d = DedupTable::new(Duration::from_secs(600), 100);
+        for i in 0..10 {
+            assert_eq!(d.admit(t, ("venue", i), ()), Admit::First);
+        }
+        // another gateway sends 10 000 keys: the table stays at 100, the venue keeps its 10
+        for i in 0..10_000 {
+            assert_eq!(d.admit(t, ("flood", i), ()), Admit::First);
+        }
+        assert_eq!(d.len(), 100);
+        assert_eq!(d.held_by(&"venue"), 10);
+        assert_eq!(d.held_by(&"flood"), 90);
+        for i in 0..10 {
+            assert_eq!(d.admit(t, ("venue", i), ()), Admit::Duplicate(()));
+        }
+        // the flood's oldest went first
+        assert_eq!(d.admit(t, ("flood", 9_999), ()), Admit::Duplicate(()));
+        assert_eq!(d.admit(t, ("flood", 0), ()), Admit::First);
+        // a forgotten key and re-admitted ones do not grow the order without bound
+        for _ in 0..1_000 {
+            d.forget(&("venue", 3));
+            d.admit(t, ("venue", 3), ());
+        }
+        assert_eq!(d.held_by(&"venue"), 10);
+        assert!(d.owners[&"venue"].order.len() <= 2 * 10 + 17);
     }
 }
