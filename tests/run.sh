@@ -72,7 +72,7 @@ n=$(awk '/^live: [0-9]+ passed/ {print $2}' "$log" | tail -1)
 passed=$((passed + ${n:-0}))
 
 # --- the relay's stream in a real browser: hls.js in headless Chromium (root) --------------
-# Not in CI by default yet: issue 10 is open on it. It passed 5 of 6 runs after the relay's
+# Not in CI by default yet: issue 10 is open on it. It passed 8 of 9 runs after the relay's
 # target duration began to outlast its stall rule (hls.js's 800 ms blocking-reload timeout
 # had failed 1 of 9 before; 3 of 3 passed this session before the change). The failure left: in a 10 s phone play, hls.js skipped one
 # part and reported bufferStalledError + bufferSeekOverHole (the relay's playlists had no
