@@ -643,12 +643,8 @@ mod tests {
         ));
         assert_eq!(w.read_part(1, 0, 0), PartRead::NotYet);
         assert_eq!(w.read_part(0, 2, 0), PartRead::Gone);
-        let mut next = meta(2, 1, 0);
-        next.segment = Some(SegmentStart {
-            discontinuity: false,
-            pdt_ms: 1_795_000_001_000,
-        });
-        w.push_chunk(&chunk(next, 0, b"k", false)).unwrap();
+        // meta() gives a segment's first part its segment start
+        w.push_chunk(&chunk(meta(2, 1, 0), 0, b"k", false)).unwrap();
         assert_eq!(w.next_part(), Some((1, 0)));
         assert_eq!(w.playlist().segments().len(), 2);
         assert!(matches!(
@@ -687,12 +683,8 @@ mod tests {
         assert_eq!(w.next_part(), Some((0, 1)));
         assert_eq!(w.part(0, 1), Lookup::NotYet);
         // the first chunk of the next segment's first part: the hint names it at once
-        let mut next = meta(1, 1, 0);
-        next.segment = Some(SegmentStart {
-            discontinuity: false,
-            pdt_ms: 1_795_000_001_000,
-        });
-        w.push_chunk(&chunk(next, 0, b"k", false)).unwrap();
+        // meta() gives a segment's first part its segment start
+        w.push_chunk(&chunk(meta(1, 1, 0), 0, b"k", false)).unwrap();
         assert_eq!(w.next_part(), Some((1, 0)));
         assert!(w
             .render(&RenderOptions::default())

@@ -59,17 +59,13 @@ impl<O: Hash + Eq + Clone, K: Hash + Eq + Clone, V: Clone> DedupTable<O, K, V> {
         }
         while self.entries.len() >= self.max {
             // the owner holding the most gives up its oldest (the one admitting, on a tie)
-            let mine = self.owners.get(&key.0).map_or(0, |o| o.held);
-            let most = self
+            let Some(victim) = self
                 .owners
                 .iter()
-                .max_by_key(|(_, o)| o.held)
-                .map(|(owner, o)| (owner.clone(), o.held));
-            let victim = match most {
-                Some((owner, held)) if held > mine => owner,
-                Some(_) if mine > 0 => key.0.clone(),
-                Some((owner, _)) => owner,
-                None => break,
+                .max_by_key(|(owner, o)| (o.held, **owner == key.0))
+                .map(|(owner, _)| owner.clone())
+            else {
+                break;
             };
             // an owner with nothing left to give is dropped, so this ends
             self.pop_oldest(&victim);
@@ -79,18 +75,13 @@ impl<O: Hash + Eq + Clone, K: Hash + Eq + Clone, V: Clone> DedupTable<O, K, V> {
             order: VecDeque::new(),
             held: 0,
         });
+        // forgotten keys linger in the order: keep it within twice what is held
+        if o.order.len() >= 2 * o.held + 17 {
+            let entries = &self.entries;
+            o.order.retain(|(at, k)| current(entries, &owner, k, *at));
+        }
         o.order.push_back((now, k.clone()));
         o.held += 1;
-        // forgotten keys linger in the order: keep it within twice what is held
-        if o.order.len() > 2 * o.held + 16 {
-            let entries = &self.entries;
-            o.order.retain(|(at, k)| {
-                entries
-                    .get(&(owner.clone(), k.clone()))
-                    .is_some_and(|(t, _)| t == at)
-            });
-            o.order.push_back((now, k.clone()));
-        }
         self.entries.insert((owner, k), (now, value));
         Admit::First
     }
@@ -131,9 +122,8 @@ impl<O: Hash + Eq + Clone, K: Hash + Eq + Clone, V: Clone> DedupTable<O, K, V> {
             return false;
         };
         while let Some((at, k)) = o.order.pop_front() {
-            let key = (owner.clone(), k);
-            if self.entries.get(&key).is_some_and(|(t, _)| *t == at) {
-                self.entries.remove(&key);
+            if current(&self.entries, owner, &k, at) {
+                self.entries.remove(&(owner.clone(), k));
                 o.held = o.held.saturating_sub(1);
                 if o.order.is_empty() {
                     self.owners.remove(owner);
@@ -154,9 +144,8 @@ impl<O: Hash + Eq + Clone, K: Hash + Eq + Clone, V: Clone> DedupTable<O, K, V> {
                     break;
                 }
                 if let Some((at, k)) = o.order.pop_front() {
-                    let key = (owner.clone(), k);
-                    if entries.get(&key).is_some_and(|(t, _)| *t == at) {
-                        entries.remove(&key);
+                    if current(entries, owner, &k, at) {
+                        entries.remove(&(owner.clone(), k));
                         o.held = o.held.saturating_sub(1);
                     }
                 }
@@ -164,6 +153,19 @@ impl<O: Hash + Eq + Clone, K: Hash + Eq + Clone, V: Clone> DedupTable<O, K, V> {
             !o.order.is_empty()
         });
     }
+}
+
+/// Whether an order item (`owner`, `k`, admitted `at`) is still the key's entry (not
+/// forgotten, nor admitted again since).
+fn current<O: Hash + Eq + Clone, K: Hash + Eq + Clone, V>(
+    entries: &HashMap<(O, K), (Instant, V)>,
+    owner: &O,
+    k: &K,
+    at: Instant,
+) -> bool {
+    entries
+        .get(&(owner.clone(), k.clone()))
+        .is_some_and(|(t, _)| *t == at)
 }
 
 #[cfg(test)]
