@@ -50,6 +50,30 @@ pub struct Connection {
     accepting_uni: Option<BoxFut<Result<quinn::RecvStream, quinn::ConnectionError>>>,
     opener: OpenStreams,
     small_first: bool,
+    marks: BulkMarks,
+}
+
+/// Streams the accepting side will send as bulk from their first byte: an answer the
+/// server knows is a piece of a bulk transfer (a pulled body's chunk), so its head does
+/// not take the small-first lane that bids use. Marked by stream id before anything is
+/// written; read once, at the stream's first write.
+#[derive(Debug, Clone, Default)]
+pub struct BulkMarks(Arc<std::sync::Mutex<std::collections::HashSet<u64>>>);
+
+impl BulkMarks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stream `id` goes as bulk from its first byte (call before answering on it).
+    pub fn mark(&self, id: StreamId) {
+        self.lock().insert(id.into_inner());
+    }
+
+    /// Whether stream `id` was marked (the mark is used up).
+    fn take(&self, id: u64) -> bool {
+        self.lock().remove(&id)
+    }
 }
 
 impl Connection {
@@ -62,7 +86,13 @@ impl Connection {
             accepting_bi: None,
             accepting_uni: None,
             small_first,
+            marks: BulkMarks::default(),
         }
+    }
+
+    /// The handle that marks accepted streams as bulk (see [`BulkMarks`]).
+    pub fn bulk_marks(&self) -> BulkMarks {
+        self.marks.clone()
     }
 }
 
@@ -172,9 +202,16 @@ impl quic::Connection<Bytes> for Connection {
             BoxFut::new(async move { conn.accept_bi().await })
         }));
         let small_first = self.small_first;
+        let marks = self.marks.clone();
         Poll::Ready(
-            r.map(|(s, r)| BidiStream::new(s, r, small_first))
-                .map_err(conn_error),
+            r.map(|(s, r)| {
+                let mut b = BidiStream::new(s, r, small_first);
+                if small_first {
+                    b.send.marks = Some(marks);
+                }
+                b
+            })
+            .map_err(conn_error),
         )
     }
 
@@ -344,6 +381,8 @@ pub struct SendStream {
     sent: u64,
     /// Whether this stream starts small-first and is demoted after `SMALL_BYTES`.
     small_first: bool,
+    /// An accepted stream: it may have been marked bulk before its first write.
+    marks: Option<BulkMarks>,
 }
 
 impl SendStream {
@@ -361,12 +400,30 @@ impl SendStream {
             writing: None,
             sent: 0,
             small_first,
+            marks: None,
+        }
+    }
+}
+
+impl Drop for SendStream {
+    fn drop(&mut self) {
+        // a mark never read (nothing was written) goes with the stream
+        if let Some(marks) = self.marks.take() {
+            marks.take(u64::from(self.stream.id()));
         }
     }
 }
 
 impl quic::SendStream<Bytes> for SendStream {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        if let Some(marks) = self.marks.take() {
+            if self.writing.is_some() && marks.take(u64::from(self.stream.id())) {
+                let _ = self.stream.set_priority(PRIO_BULK);
+                self.small_first = false;
+            } else if self.writing.is_none() {
+                self.marks = Some(marks);
+            }
+        }
         while let Some(data) = self.writing.as_mut() {
             if !data.has_remaining() {
                 self.writing = None;
