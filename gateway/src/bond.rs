@@ -236,6 +236,11 @@ impl Path {
         self.lock().rate_up
     }
 
+    /// Estimated rate from the relay, bytes per second (busy windows' goodput).
+    pub fn rate_down(&self) -> f64 {
+        self.lock().rate_down
+    }
+
     /// How long what is queued towards the relay on this path takes to leave: a request
     /// body handed to quinn is not sent yet, so response timeouts start after this.
     pub fn drain_time(&self) -> Duration {
@@ -737,6 +742,25 @@ impl Bond {
         let mut c: Vec<&PathView> = scheduler::candidates(unit, &views)
             .into_iter()
             .filter(|v| v.usable && v.queue_delay(unit) <= horizon.max(v.srtt * rtts))
+            .collect();
+        c.sort_by_key(|v| (v.expected_completion(unit), v.id));
+        c.iter().map(|v| v.id).collect()
+    }
+
+    /// The paths that may carry `unit` now with less than `horizon` queued in its main
+    /// direction beyond one round trip, soonest completion first: what a pulled chunk
+    /// waits for counts from its request, so a path needs a round trip's worth asked for
+    /// ahead to stay busy.
+    pub fn with_room_after_rtt(
+        &self,
+        unit: &Unit,
+        exclude: &[PathId],
+        horizon: Duration,
+    ) -> Vec<PathId> {
+        let views = self.views_except(exclude);
+        let mut c: Vec<&PathView> = scheduler::candidates(unit, &views)
+            .into_iter()
+            .filter(|v| v.usable && v.queue_delay(unit) <= horizon + v.srtt)
             .collect();
         c.sort_by_key(|v| (v.expected_completion(unit), v.id));
         c.iter().map(|v| v.id).collect()

@@ -12,6 +12,7 @@ pub mod config;
 pub mod contribute;
 pub mod devices;
 mod proxy;
+pub mod pull;
 pub mod stripe;
 mod uplink;
 

@@ -691,6 +691,10 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
     // and its head (no body) may be sent again when its path dies.
     let total = unit.up_bytes;
     let mut out = out;
+    // a large answer may come in chunks over every path (`crate::pull`)
+    if crate::pull::worth_offering(&state.bond, class) && out.method != Method::HEAD {
+        wire::pull::offer(&mut out.headers, crate::pull::new_id());
+    }
     let mut unit = unit;
     let mut replayable = replayable;
     let mut _chunks = None;
@@ -1020,6 +1024,16 @@ fn respond(state: &State, out: Arc<Outgoing>, answer: Answer, unit: &Unit) -> Re
         recv,
         flow,
     } = answer;
+    match wire::pull::PullHead::read(&parts.headers) {
+        Ok(None) => {}
+        Ok(Some(pulled)) => return respond_pulled(state, &out, parts, pulled, flow),
+        Err(e) => {
+            return synthetic(
+                StatusCode::BAD_GATEWAY,
+                &format!("the relay's pulled answer is malformed: {e}"),
+            )
+        }
+    }
     let length = hop::declared_length(&parts.headers);
     flow.expect_down(length.unwrap_or(0));
     if let (Some(n), TrafficClass::Bulk) = (length, out.class) {
@@ -1056,6 +1070,44 @@ fn respond(state: &State, out: Arc<Outgoing>, answer: Answer, unit: &Unit) -> Re
         .map(|r: Result<Bytes, BoxError>| r.map(hyper::body::Frame::data));
     let body = http_body_util::StreamBody::new(stream).boxed_unsync();
     Response::from_parts(parts, body)
+}
+
+/// The device's response to an answer whose body is pulled in chunks over every path
+/// (`crate::pull`); the head came on `flow`'s path, which stays the body's primary.
+fn respond_pulled(
+    state: &State,
+    out: &Outgoing,
+    mut parts: http::response::Parts,
+    pulled: wire::pull::PullHead,
+    flow: Arc<Flow>,
+) -> Response<Body> {
+    let primary = flow.path.id;
+    // the head's stream is done; the chunks reserve their own bytes
+    drop(flow);
+    state.bond.note_download(pulled.total);
+    parts.headers.remove(wire::pull::HDR_PULL);
+    parts.headers.remove(wire::pull::HDR_PULL_TOTAL);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(pulled.total));
+    hop::strip_hop_by_hop(&mut parts.headers);
+    hop::append_via(&mut parts.headers, "3", &state.name);
+    parts.version = http::Version::HTTP_11;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
+    crate::pull::spawn(
+        state.bond.clone(),
+        out.class,
+        pulled,
+        primary,
+        state.response_timeout,
+        tx,
+    );
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(|r: Result<Bytes, BoxError>| r.map(hyper::body::Frame::data));
+    Response::from_parts(
+        parts,
+        http_body_util::StreamBody::new(stream).boxed_unsync(),
+    )
 }
 
 struct Resume {

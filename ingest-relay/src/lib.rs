@@ -11,6 +11,7 @@ mod error;
 mod jetstream;
 mod media;
 mod origin_pool;
+mod pull;
 mod server;
 mod session;
 mod sink_answer;

@@ -43,6 +43,8 @@ pub(crate) struct State {
     max_header_bytes: u64,
     sessions: Sessions,
     stripes: stripe::Stripes,
+    /// Large answers the gateways pull in chunks over their paths.
+    pulls: crate::pull::Pulls,
     /// The embedded auction, when `[auction] host` is set.
     auction: Option<crate::auction::AuctionSink>,
     /// The JetStream bid sink, when `[jetstream] host` is set.
@@ -88,6 +90,9 @@ impl Relay {
         )
         .map_err(bind_err)?;
         let egress = Egress::new(&cfg.egress).map_err(RelayError::Config)?;
+        // pulled answers and striped uploads hold bytes from the same budgets
+        let stripes = stripe::Stripes::default();
+        let pulls = crate::pull::Pulls::new(stripes.budget());
         let state = State {
             name: cfg.relay.name.clone(),
             server_names: cfg.relay.server_names.clone(),
@@ -106,7 +111,8 @@ impl Relay {
                     source,
                 }
             })?),
-            stripes: stripe::Stripes::default(),
+            stripes,
+            pulls,
             auction: crate::auction::AuctionSink::open(&cfg.auction).map_err(|source| {
                 RelayError::Journal {
                     path: cfg.auction.journal.clone(),
@@ -257,20 +263,19 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
     }
     let identity = state.sessions.identity(&conn);
     let (gateway_name, scope) = crate::session::gateway_names(&conn);
+    let quic = tunnel_io::quic::Connection::new(conn.clone(), state.small_first);
     let ctx = Arc::new(ConnCtx {
         identity,
         conn_id: conn.stable_id(),
         joined: std::sync::Mutex::new(None),
         gateway_name,
         scope,
+        bulk: quic.bulk_marks(),
     });
     metrics::gauge!("canopy_relay_gateways_connected").increment(1.0);
     let h3 = h3::server::builder()
         .max_field_section_size(state.max_header_bytes)
-        .build::<_, Bytes>(tunnel_io::quic::Connection::new(
-            conn.clone(),
-            state.small_first,
-        ))
+        .build::<_, Bytes>(quic)
         .await;
     match h3 {
         Ok(mut h3) => loop {
@@ -361,6 +366,9 @@ async fn serve(
         .authority()
         .is_some_and(|a| a.as_str().eq_ignore_ascii_case(wire::STRIPE_AUTHORITY))
     {
+        if req.uri().path() == wire::pull::PULL_PATH {
+            return pull(state, ctx, &req, stream).await;
+        }
         return stripe_chunk(state, ctx, &req, stream).await;
     }
     if req.headers().contains_key(wire::HDR_STRIPE) {
@@ -453,7 +461,9 @@ async fn serve(
             None => StatusCode::NOT_FOUND,
         },
         Ok(Target::Connect(tcp)) => tunnel(stream, tcp, class, state.tunnel_idle).await,
-        Ok(Target::Forward(origin)) => forward(state, req, stream, origin, class, publisher).await,
+        Ok(Target::Forward(origin)) => {
+            forward(state, ctx, req, stream, origin, class, publisher).await
+        }
     }
 }
 
@@ -542,6 +552,86 @@ fn stripe_for(
                 ),
             ),
         })
+}
+
+/// A pulled answer's chunk (`GET`), answered with its bytes once the origin sent them, or
+/// the gateway's end of a pull (`DELETE`).
+async fn pull(state: &State, ctx: &ConnCtx, req: &Request<()>, mut stream: Stream) -> StatusCode {
+    if req.method() == Method::DELETE {
+        return match wire::pull::PullEnd::read(req.headers()) {
+            Ok(end) => {
+                state.pulls.end(ctx.identity, end.id);
+                let resp = Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(())
+                    .unwrap_or_default();
+                if stream.send_response(resp).await.is_ok() {
+                    let _ = stream.finish().await;
+                }
+                StatusCode::NO_CONTENT
+            }
+            Err(e) => {
+                refuse(
+                    &mut stream,
+                    Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
+                )
+                .await
+            }
+        };
+    }
+    let chunk = match wire::pull::PullChunk::read(req.headers()) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                &mut stream,
+                Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
+            )
+            .await
+        }
+    };
+    // a chunk's answer is bulk from its first byte (bids keep the small-first lane), unless
+    // the body waits for it
+    if !chunk.urgent {
+        ctx.bulk.mark(stream.send_id());
+    }
+    let parts = match state
+        .pulls
+        .chunk(ctx.identity, &chunk, state.response_timeout)
+        .await
+    {
+        Ok(parts) => parts,
+        Err(r) => {
+            use crate::pull::PullRefusal as R;
+            let status = match r {
+                R::Unknown => StatusCode::NOT_FOUND,
+                R::BeyondEnd | R::Dropped => StatusCode::RANGE_NOT_SATISFIABLE,
+                R::BeyondWindow => StatusCode::BAD_REQUEST,
+                R::Failed(_) => StatusCode::BAD_GATEWAY,
+                R::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            };
+            return refuse(&mut stream, Refusal::new(status, r.to_string())).await;
+        }
+    };
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_LENGTH, chunk.len)
+        .body(())
+        .unwrap_or_default();
+    if stream.send_response(resp).await.is_err() {
+        return StatusCode::OK;
+    }
+    let down =
+        metrics::counter!("canopy_relay_bytes_total", "class" => "bulk", "direction" => "down");
+    for b in parts {
+        let n = b.len() as u64;
+        if stream.send_data(b).await.is_err() {
+            return StatusCode::OK;
+        }
+        down.increment(n);
+    }
+    let _ = stream.finish().await;
+    metrics::counter!("canopy_relay_pull_chunks_total").increment(1);
+    StatusCode::OK
 }
 
 /// One chunk of a striped body: taken into its stripe (waiting while it lies beyond the
@@ -695,7 +785,7 @@ async fn striped(
         Ok(stripe::Published::Kept(outcome)) => replay(&mut stream, &outcome, head > 1).await,
         Ok(stripe::Published::Stream(resp)) => {
             let (mut send, _recv) = stream.split();
-            deliver(state, &mut send, class, None, Ok(resp)).await
+            deliver(state, &mut send, class, None, None, Ok(resp)).await
         }
         Err(why) => {
             let reason = match why {
@@ -933,6 +1023,7 @@ fn count_bytes(class: TrafficClass, up: u64, down: u64) {
 
 async fn forward(
     state: &State,
+    ctx: &ConnCtx,
     req: Request<()>,
     stream: Stream,
     origin: Origin,
@@ -949,9 +1040,14 @@ async fn forward(
             IdleError::Idle(d) => tunnel_io::BodyError::Idle(d),
             IdleError::Inner(e) => e,
         });
+    // the gateway can pull a large bulk answer over all its paths
+    let pull = (class == TrafficClass::Bulk && req.method() != Method::HEAD)
+        .then(|| wire::pull::offered(req.headers()))
+        .flatten()
+        .map(|id| (ctx.identity, id));
     let (parts, ()) = req.into_parts();
     let result = origin_exchange(state, parts, body, body_done, origin).await;
-    deliver(state, &mut send, class, publisher, result).await
+    deliver(state, &mut send, class, publisher, pull, result).await
 }
 
 /// Sends the request (head `parts`, `body`) to the origin; the origin's response head.
@@ -1087,6 +1183,7 @@ async fn deliver(
     send: &mut SendHalf,
     class: TrafficClass,
     publisher: Option<Publisher>,
+    pull: Option<(u64, u64)>,
     result: stripe::Answer,
 ) -> StatusCode {
     let c = class.as_str();
@@ -1123,12 +1220,38 @@ async fn deliver(
         hop::via_protocol(parts.version),
         &state.name,
     );
+    // a large answer the gateway offered to pull stays here, and only its head goes
+    let total = hop::declared_length(&parts.headers)
+        .filter(|n| *n >= wire::pull::PULL_MIN && status.is_success());
+    let body = match (pull, total) {
+        (Some((identity, id)), Some(total)) if publisher.is_none() => {
+            match state
+                .pulls
+                .start(identity, id, total, body, state.body_idle)
+            {
+                Ok(()) => {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    wire::pull::PullHead { id, total }.write(&mut parts.headers);
+                    None
+                }
+                Err(body) => Some(body),
+            }
+        }
+        _ => Some(body),
+    };
     let mut head = Response::builder().status(status);
     if let Some(h) = head.headers_mut() {
         *h = parts.headers;
     }
     let Ok(head) = head.body(()) else {
         return StatusCode::BAD_GATEWAY;
+    };
+    let Some(body) = body else {
+        if send.send_response(head).await.is_ok() {
+            let _ = send.finish().await;
+        }
+        metrics::counter!("canopy_relay_pulls_total").increment(1);
+        return status;
     };
     if let Some(p) = publisher {
         return deliver_keyed(state, send, class, p, head, body).await;

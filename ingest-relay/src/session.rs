@@ -38,6 +38,8 @@ pub(crate) struct ConnCtx {
     pub(crate) gateway_name: String,
     /// Whose idempotency keys its requests carry: the certificate's whole common name.
     pub(crate) scope: String,
+    /// Marks this connection's streams whose answers go as bulk from their first byte.
+    pub(crate) bulk: tunnel_io::quic::BulkMarks,
 }
 
 /// The names a gateway's certificate gives it: its short name (the first label of the

@@ -134,6 +134,11 @@ impl Stripes {
         }
     }
 
+    /// The budgets stripes take their windows from.
+    pub(crate) fn budget(&self) -> Arc<Budget> {
+        self.budget.clone()
+    }
+
     /// The stripe, made if new.
     pub(crate) fn get(&self, identity: u64, id: u64, total: u64) -> Result<Arc<Stripe>, NoStripe> {
         let now = Instant::now();
