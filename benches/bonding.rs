@@ -1,12 +1,16 @@
 //! Bonding bench (root: network namespaces). Uplinks of 20/5/2 Mbit/s with 25/8/20 ms one
-//! way (tc tbf for the rates, the link emulator's frame bridge for the delay). Parallel bulk
-//! uploads through the bonded tunnel for 20 s after a 5 s warm-up; then, over the same
-//! namespaces and links, Linux MPTCP (in-kernel path manager, one subflow per link, a small
-//! IPPROTO_MPTCP client) as the reference. Both at 16 and at 8 parallel transfers; the
-//! headline figures are at 16.
+//! way (tc tbf for the rates, the link emulator's frame bridge for the delay). Bulk
+//! transfers through the bonded tunnel for 20 s after a 5 s warm-up, both ways, with 16, 8
+//! and 1 transfers at once (a download is one transfer for the whole run); then, over the
+//! same namespaces and links, Linux MPTCP (in-kernel path manager, one subflow per link, a
+//! small IPPROTO_MPTCP client) the same way as the reference. The headline figures are
+//! uploads at 16.
 //!
 //! `cargo bench --bench bonding` -> target/canopy-bench/bonding.json: nominal_mbps,
-//! goodput_mbps, efficiency, mptcp_goodput_mbps, ratio_vs_mptcp (and the same at 8).
+//! goodput_mbps, efficiency, mptcp_goodput_mbps, ratio_vs_mptcp (uploads at 16; the same at
+//! 8 with `_p8`), and for each direction and count up_efficiency_N, down_efficiency_N,
+//! mptcp_up_efficiency_N, mptcp_down_efficiency_N (N = 1, 8, 16).
+//! `CANOPY_BONDING_RUNS=down1,up1` runs only those (the others are left out of the JSON).
 
 mod common;
 
@@ -18,8 +22,11 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let secs = common::measure_secs(20).to_string();
-    let p16 = common::run_netns_scenario("benches/netns/bonding.sh", &[&secs, "16"])?;
-    let p8 = common::run_netns_scenario("benches/netns/bonding.sh", &[&secs, "8"])?;
+    let only = std::env::var("CANOPY_BONDING_RUNS").ok();
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|r| r == name))
+    };
     let g = |v: &Value, k: &str| v.get(k).cloned().unwrap_or(Value::Null);
     let mut out = json!({
         "scenario": "bonding",
@@ -28,38 +35,67 @@ fn main() -> anyhow::Result<()> {
         "seconds": secs.parse::<u64>().unwrap_or(20),
         "parallel": 16,
     });
-    for k in [
-        "nominal_mbps",
-        "goodput_mbps",
-        "efficiency",
-        "mptcp_goodput_mbps",
-        "mptcp_efficiency",
-        "ratio_vs_mptcp",
-        "uploads_ok",
-        "uploads_failed",
-        "per_link",
-    ] {
-        out[k] = g(&p16, k);
-    }
-    for k in [
-        "goodput_mbps",
-        "efficiency",
-        "mptcp_goodput_mbps",
-        "ratio_vs_mptcp",
-        "uploads_failed",
-    ] {
-        out[format!("{k}_p8")] = g(&p8, k);
+    for dir in ["up", "down"] {
+        for par in [16, 8, 1] {
+            let name = format!("{dir}{par}");
+            if !wanted(&name) {
+                continue;
+            }
+            let p = par.to_string();
+            let r = common::run_netns_scenario("benches/netns/bonding.sh", &[&secs, &p, dir])?;
+            println!(
+                "bonding {dir} x{par}: {} Mbit/s (efficiency {}), MPTCP {} ({})",
+                g(&r, "goodput_mbps"),
+                g(&r, "efficiency"),
+                g(&r, "mptcp_goodput_mbps"),
+                g(&r, "mptcp_efficiency")
+            );
+            out[format!("{dir}_efficiency_{par}")] = g(&r, "efficiency");
+            out[format!("mptcp_{dir}_efficiency_{par}")] = g(&r, "mptcp_efficiency");
+            out[format!("{dir}_goodput_mbps_{par}")] = g(&r, "goodput_mbps");
+            out[format!("mptcp_{dir}_goodput_mbps_{par}")] = g(&r, "mptcp_goodput_mbps");
+            out[format!("{dir}_failed_{par}")] = g(&r, "transfers_failed");
+            out[format!("{dir}_per_link_{par}")] = g(&r, "per_link");
+            // the earlier fields: uploads at 16 (and at 8)
+            if dir == "up" && par == 16 {
+                for k in [
+                    "nominal_mbps",
+                    "goodput_mbps",
+                    "efficiency",
+                    "mptcp_goodput_mbps",
+                    "mptcp_efficiency",
+                    "ratio_vs_mptcp",
+                    "per_link",
+                ] {
+                    out[k] = g(&r, k);
+                }
+                out["uploads_ok"] = g(&r, "transfers_ok");
+                out["uploads_failed"] = g(&r, "transfers_failed");
+            }
+            if dir == "up" && par == 8 {
+                for k in [
+                    "goodput_mbps",
+                    "efficiency",
+                    "mptcp_goodput_mbps",
+                    "ratio_vs_mptcp",
+                ] {
+                    out[format!("{k}_p8")] = g(&r, k);
+                }
+                out["uploads_failed_p8"] = g(&r, "transfers_failed");
+            }
+        }
     }
     let path = common::write_json("bonding", &out)?;
     println!(
-        "bonding: goodput {} of {} Mbit/s (efficiency {}), MPTCP {} (ratio {}); at 8 parallel {} vs MPTCP {} -> {}",
+        "bonding: up x16 {} of {} Mbit/s (efficiency {}, MPTCP {}); down x1 efficiency {} (MPTCP {}), up x1 {} (MPTCP {}) -> {}",
         out["goodput_mbps"],
         out["nominal_mbps"],
         out["efficiency"],
-        out["mptcp_goodput_mbps"],
-        out["ratio_vs_mptcp"],
-        out["goodput_mbps_p8"],
-        out["mptcp_goodput_mbps_p8"],
+        out["mptcp_efficiency"],
+        out["down_efficiency_1"],
+        out["mptcp_down_efficiency_1"],
+        out["up_efficiency_1"],
+        out["mptcp_up_efficiency_1"],
         path.display()
     );
     Ok(())

@@ -3,10 +3,17 @@ only. Every command prints one JSON document on stdout.
 
   upload PROXY ORIGIN SECONDS PARALLEL SIZE   keep PARALLEL uploads (PUT: idempotent, so the
                                               gateway may re-send them) of SIZE bytes busy
+  download PROXY ORIGIN SECONDS PARALLEL SIZE PERIOD_MS
+                                              keep PARALLEL downloads of SIZE bytes busy;
+                                              the bytes received over time
   bids PROXY ORIGIN SECONDS PERIOD_MS         a bid every PERIOD_MS; times and failures
   sample URL SECONDS PERIOD_MS                the origin's upload_bytes over time
   mptcp-server ADDR PORT SECONDS PERIOD_MS    count bytes of MPTCP connections over time
   mptcp-client ADDR PORT SECONDS PARALLEL     PARALLEL MPTCP connections sending zeros
+  mptcp-source ADDR PORT SECONDS              an MPTCP server sending zeros to every client
+  mptcp-sink ADDR PORT SECONDS PARALLEL PERIOD_MS
+                                              PARALLEL MPTCP connections receiving; the
+                                              bytes received over time
   analyze SAMPLES CUT_AT RETURN_AT REMAINING_MBPS FULL_MBPS [BIDS]
 """
 import json, socket, sys, threading, time, urllib.request
@@ -42,6 +49,67 @@ def upload(proxy, origin, seconds, parallel, size):
         t.start()
     for t in ts:
         t.join()
+    return out
+
+
+class Sampler:
+    """Bytes received, sampled every PERIOD_MS until stopped."""
+
+    def __init__(self, period_ms):
+        self.total, self.samples = 0, []
+        self.lock = threading.Lock()
+        self.period = float(period_ms) / 1000
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def add(self, n):
+        with self.lock:
+            self.total += n
+
+    def run(self):
+        while not self.done.is_set():
+            with self.lock:
+                self.samples.append((time.time(), self.total))
+            time.sleep(self.period)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.samples
+
+
+def download(proxy, origin, seconds, parallel, size, period_ms):
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
+    deadline = time.time() + float(seconds)
+    out = {"ok": 0, "failed": 0, "errors": []}
+    lock = threading.Lock()
+    sampler = Sampler(period_ms)
+
+    def run():
+        while time.time() < deadline:
+            try:
+                with opener.open(f"{origin}/assets/{int(size)}", timeout=60) as r:
+                    while time.time() < deadline:
+                        b = r.read(1 << 16)
+                        if not b:
+                            break
+                        sampler.add(len(b))
+                    key = "ok"
+            except Exception as e:
+                key = "failed"
+                with lock:
+                    if len(out["errors"]) < 10:
+                        out["errors"].append(repr(e))
+            with lock:
+                out[key] += 1
+
+    ts = [threading.Thread(target=run) for _ in range(int(parallel))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out["samples"] = sampler.stop()
     return out
 
 
@@ -146,6 +214,61 @@ def mptcp_client(addr, port, seconds, parallel):
     return {"ok": True}
 
 
+def mptcp_source(addr, port, seconds):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((addr, int(port)))
+    srv.listen(64)
+    srv.settimeout(0.5)
+    deadline = time.time() + float(seconds)
+    buf = bytes(1 << 16)
+
+    def serve(c):
+        c.settimeout(1.0)
+        while time.time() < deadline:
+            try:
+                c.send(buf)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+        c.close()
+
+    while time.time() < deadline:
+        try:
+            c, _ = srv.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    return {"ok": True}
+
+
+def mptcp_sink(addr, port, seconds, parallel, period_ms):
+    deadline = time.time() + float(seconds)
+    sampler = Sampler(period_ms)
+
+    def run():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+        s.connect((addr, int(port)))
+        s.settimeout(1.0)
+        while time.time() < deadline:
+            try:
+                b = s.recv(1 << 16)
+            except socket.timeout:
+                continue
+            if not b:
+                break
+            sampler.add(len(b))
+        s.close()
+
+    ts = [threading.Thread(target=run) for _ in range(int(parallel))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return {"samples": sampler.stop()}
+
+
 def rate_windows(samples, window):
     """(t, Mbit/s over the `window` seconds before t) at every sample."""
     out, j = [], 0
@@ -217,6 +340,8 @@ def goodput(samples_file, t0, offset, duration):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    fn = {"upload": upload, "bids": bids, "sample": sample, "mptcp-server": mptcp_server,
-          "mptcp-client": mptcp_client, "analyze": analyze, "goodput": goodput}[cmd]
+    fn = {"upload": upload, "download": download, "bids": bids, "sample": sample,
+          "mptcp-server": mptcp_server, "mptcp-client": mptcp_client,
+          "mptcp-source": mptcp_source, "mptcp-sink": mptcp_sink, "analyze": analyze,
+          "goodput": goodput}[cmd]
     print(json.dumps(fn(*args)))
