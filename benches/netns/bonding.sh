@@ -3,7 +3,8 @@
 # PARALLEL bulk uploads (DIRECTION up) or downloads (down) through the bonded tunnel for
 # SECONDS (after a warm-up), then, over the same namespaces and links, Linux MPTCP
 # (in-kernel path manager, one subflow per link) with as many connections the same way.
-# A download is one transfer for the whole run (1 GB asked for). Prints one JSON object.
+# A download is one transfer for the whole run (1 GB asked for); with PARALLEL 1 an upload
+# is one 90 MB upload, else 1 MB uploads back to back. Prints one JSON object.
 # usage: benches/netns/bonding.sh SECONDS PARALLEL [up|down]
 cd "$(dirname "$0")/../.."
 source tests/netns/lib/harness.sh
@@ -30,7 +31,11 @@ else
   nsh_exec r python3 $T sample http://10.200.100.1:8080/stats $((WARM + DUR + 1)) 100 > "$NSH_DIR/canopy.json" &
   sampler=$!
   t0=$(date +%s.%N)
-  nsh_exec v python3 $T upload http://127.0.0.1:3128 http://10.200.100.1:8080 $((WARM + DUR)) "$PAR" 1000000 > "$NSH_DIR/up.json"
+  # parallel transfers are 1 MB uploads back to back; one transfer alone is one upload
+  # about as long as the run (90 MB)
+  size=1000000
+  [ "$PAR" = 1 ] && size=90000000
+  nsh_exec v python3 $T upload http://127.0.0.1:3128 http://10.200.100.1:8080 $((WARM + DUR)) "$PAR" $size > "$NSH_DIR/up.json"
   wait $sampler
 fi
 canopy=$(python3 $T goodput "$NSH_DIR/canopy.json" "$t0" "$WARM" "$DUR")
