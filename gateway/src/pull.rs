@@ -14,11 +14,11 @@
 use crate::bond::{until_dead, Bond, Flow};
 use crate::stripe::{chunk_len, CHUNK, IDLE, RESEND_PIECE};
 use bytes::{Buf, Bytes, BytesMut};
-use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::debug;
+use tunnel::pull::{Failed, PulledBody};
 use tunnel::scheduler::{PathId, Unit};
 use tunnel::wire::pull::{PullChunk, PullEnd, PullHead, PULL_WINDOW};
 use tunnel::TrafficClass;
@@ -30,6 +30,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub const HORIZON: Duration = Duration::from_millis(100);
 /// A chunk that failed on this many paths fails the body.
 const MAX_TRIES: usize = 6;
+/// A path that answered no probe for this long is treated as lost for the chunks it
+/// carries (the bond calls it down later), as live media does.
+const SILENT_AFTER: Duration = Duration::from_millis(100);
 
 /// Whether to offer pulling a request's answer: bulk, with two or more paths up.
 pub fn worth_offering(bond: &Bond, class: TrafficClass) -> bool {
@@ -93,14 +96,6 @@ struct ChunkError {
     reason: String,
 }
 
-/// A chunk to ask for (again).
-struct Want {
-    offset: u64,
-    len: u64,
-    /// The paths it failed on.
-    excluded: Vec<PathId>,
-}
-
 async fn pull_all(
     bond: &Arc<Bond>,
     class: TrafficClass,
@@ -109,91 +104,118 @@ async fn pull_all(
     timeout: Duration,
     tx: &mpsc::Sender<Result<Bytes, BoxError>>,
 ) -> Result<(), String> {
-    let total = head.total;
-    // bytes handed to the device (every byte below is in order)
-    let mut delivered = 0u64;
-    // the next offset never asked for
-    let mut asked = 0u64;
-    // chunks that came before their turn
-    let mut got: BTreeMap<u64, Bytes> = BTreeMap::new();
-    let mut again: VecDeque<Want> = VecDeque::new();
+    let mut body = PulledBody::new(
+        head.total,
+        PULL_WINDOW,
+        CHUNK,
+        RESEND_PIECE as u64,
+        MAX_TRIES,
+    );
     let mut inflight = tokio::task::JoinSet::new();
     let mut primary = primary;
     let mut stuck_since: Option<tokio::time::Instant> = None;
+    let resends = metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str());
     loop {
-        while let Some(b) = got.remove(&delivered) {
-            delivered += b.len() as u64;
+        let before = body.delivered();
+        let ready = body.take_ready();
+        if !ready.is_empty() {
+            tracing::trace!(
+                pull = head.id,
+                from = before,
+                to = body.delivered(),
+                "in order"
+            );
+        }
+        for b in ready {
             if tx.send(Ok(b)).await.is_err() {
                 return Ok(()); // the device went away
             }
         }
-        if delivered >= total {
+        if body.done() {
             return Ok(());
         }
-        // the next chunk: one to ask for again first, else a new one within the window
-        let next = CHUNK.min(total - asked.min(total));
-        let want = match again.front() {
-            Some(w) => Some((w.len, w.excluded.clone())),
-            None if asked < total && asked + next <= delivered + PULL_WINDOW => {
-                Some((next, Vec::new()))
+        // A path that answered no probe for a while has most likely lost what it carries
+        // (a cut link), though the bond calls it down only later: its chunks are asked for
+        // again elsewhere now, and new ones avoid it. If it was only a lost burst of
+        // probes, the first copy of each byte wins.
+        let silent: Vec<PathId> = bond
+            .views()
+            .iter()
+            .filter(|v| v.usable && v.silent >= SILENT_AFTER)
+            .map(|v| v.id)
+            .collect();
+        for &p in &silent {
+            let n = body.silent(p);
+            if n > 0 {
+                debug!(
+                    pull = head.id,
+                    path = p,
+                    chunks = n,
+                    "silent path: its chunks asked for again"
+                );
+                resends.increment(n as u64);
             }
-            None => None,
-        };
+        }
         let mut placed = false;
-        if let Some((len, excluded)) = want {
+        if let Some(ask) = body.next_ask() {
             let unit = Unit {
                 class,
                 up_bytes: 0,
-                down_bytes: len,
+                down_bytes: ask.len,
             };
-            if !bond.paths()[primary].is_usable() {
-                if let Some(p) = bond.place(&unit, &[]).primary() {
+            if !bond.paths()[primary].is_usable() || silent.contains(&primary) {
+                if let Some(p) = bond.place(&unit, &silent).primary() {
                     primary = p;
                 }
             }
-            let urgent = !again.is_empty();
-            let pick = if urgent {
-                // the body waits for it: wherever it arrives soonest
-                let mut placement = bond.place(&unit, &excluded);
-                if placement.paths.is_empty() && !excluded.is_empty() {
-                    placement = bond.place(&unit, &[]);
+            let pick = if ask.urgent {
+                // the body waits for it: wherever it arrives soonest, not where it failed
+                let mut avoid = silent.clone();
+                avoid.extend(&ask.excluded);
+                let mut placement = bond.place(&unit, &avoid);
+                if placement.paths.is_empty() {
+                    placement = bond.place(&unit, &silent);
                 }
                 placement.paths.first().copied()
             } else {
-                let roomy = bond.with_room_after_rtt(&unit, &[], HORIZON);
+                let roomy = bond.with_room_after_rtt(&unit, &silent, HORIZON);
                 if roomy.contains(&primary) {
                     Some(primary)
                 } else {
-                    bond.with_room_after_rtt(&unit, &[], IDLE).first().copied()
+                    bond.with_room_after_rtt(&unit, &silent, IDLE)
+                        .first()
+                        .copied()
                 }
             };
             match pick {
                 Some(path) => {
-                    let w = match again.pop_front() {
-                        Some(w) => w,
-                        None => {
-                            let len = chunk_len(bond.paths()[path].rate_down()).min(total - asked);
-                            let w = Want {
-                                offset: asked,
-                                len,
-                                excluded: Vec::new(),
-                            };
-                            asked += len;
-                            w
-                        }
+                    let len = if ask.urgent {
+                        ask.len
+                    } else {
+                        chunk_len(bond.paths()[path].rate_down()).min(ask.len)
                     };
-                    let Some(flow) = bond.flow(path, class, 0, w.len) else {
+                    let Some(flow) = bond.flow(path, class, 0, len) else {
                         return Err("no such uplink".into());
                     };
+                    let ticket = body.start(&ask, len, path);
+                    tracing::trace!(
+                        pull = head.id,
+                        ticket,
+                        offset = ask.offset,
+                        len,
+                        path,
+                        urgent = ask.urgent,
+                        "chunk asked"
+                    );
                     let chunk = PullChunk {
                         id: head.id,
-                        offset: w.offset,
-                        len: w.len,
-                        have: delivered,
-                        urgent,
+                        offset: ask.offset,
+                        len,
+                        have: body.delivered(),
+                        urgent: ask.urgent,
                     };
                     let fut = fetch(bond.clone(), path, flow, chunk, timeout);
-                    inflight.spawn(async move { (fut.await, w) });
+                    inflight.spawn(async move { (ticket, fut.await) });
                     placed = true;
                     stuck_since = None;
                 }
@@ -213,29 +235,22 @@ async fn pull_all(
         tokio::select! {
             done = inflight.join_next(), if !inflight.is_empty() => {
                 let Some(joined) = done else { continue };
-                let Ok((r, mut w)) = joined else {
+                let Ok((ticket, r)) = joined else {
                     return Err("a chunk's task failed".into());
                 };
                 match r {
                     Ok(data) => {
-                        got.insert(w.offset, data);
+                        tracing::trace!(pull = head.id, ticket, len = data.len(), "chunk arrived");
+                        body.arrived(ticket, data)
                     }
-                    Err(e) if e.retry && w.excluded.len() + 1 < MAX_TRIES => {
-                        debug!(pull = head.id, offset = w.offset, path = e.path, reason = %e.reason, "chunk asked for again");
-                        metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str()).increment(1);
-                        w.excluded.push(e.path);
-                        // in pieces that each take the small-first lane
-                        let mut at = 0;
-                        while at < w.len {
-                            let n = (RESEND_PIECE as u64).min(w.len - at);
-                            again.push_back(Want {
-                                offset: w.offset + at,
-                                len: n,
-                                excluded: w.excluded.clone(),
-                            });
-                            at += n;
+                    Err(e) if e.retry => match body.failed(ticket) {
+                        Failed::Again => {
+                            debug!(pull = head.id, path = e.path, reason = %e.reason, "chunk asked for again");
+                            resends.increment(1);
                         }
-                    }
+                        Failed::Covered => {}
+                        Failed::GiveUp => return Err(e.reason),
+                    },
                     Err(e) => return Err(e.reason),
                 }
             }
