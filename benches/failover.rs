@@ -9,6 +9,10 @@
 //! bid_p99_ms_during_cut, and the same stall figures for MPTCP; the headline is the worse of
 //! the two runs, each run's figures are prefixed with its kind. redundant_extra_ratio is the
 //! second copies of bids over all body bytes carried (the cost of sending bids twice).
+//! Then one transfer alone across the same cuts, each way (one 70 MB upload, one long
+//! download): single_up_max_stall_ms, single_down_max_stall_ms, single_up_restore_full_ms,
+//! single_down_restore_full_ms and the MPTCP figures beside them (`mptcp_single_...`),
+//! the worse of the two kinds. `CANOPY_FAILOVER_SINGLE=0` leaves the single runs out.
 
 mod common;
 
@@ -35,6 +39,28 @@ fn main() -> anyhow::Result<()> {
         "unix_time": common::unix_time(),
     });
     let g = |v: &Value, k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+    if std::env::var("CANOPY_FAILOVER_SINGLE").as_deref() != Ok("0") {
+        for dir in ["up", "down"] {
+            let mode = format!("{dir}1");
+            let runs = [
+                common::run_netns_scenario("benches/netns/failover.sh", &["carrier", "1", &mode])?,
+                common::run_netns_scenario(
+                    "benches/netns/failover.sh",
+                    &["blackhole", "1", &mode],
+                )?,
+            ];
+            for k in ["max_stall_ms", "restore_full_ms", "recover80_ms"] {
+                for prefix in ["", "mptcp_"] {
+                    let key = format!("{prefix}{k}");
+                    out[format!("{prefix}single_{dir}_{k}")] =
+                        worse(&g(&runs[0], &key), &g(&runs[1], &key));
+                }
+            }
+            for (kind, r) in [("carrier", &runs[0]), ("blackhole", &runs[1])] {
+                out[format!("single_{dir}_{kind}")] = r.clone();
+            }
+        }
+    }
     for k in [
         "max_stall_ms",
         "recover80_ms",
@@ -73,6 +99,15 @@ fn main() -> anyhow::Result<()> {
         out["mptcp_recover80_ms"],
         out["mptcp_restore_full_ms"],
         path.display()
+    );
+    println!(
+        "failover, one transfer: upload stall {} ms (MPTCP {}), download stall {} ms (MPTCP {}); restore {} / {} ms",
+        out["single_up_max_stall_ms"],
+        out["mptcp_single_up_max_stall_ms"],
+        out["single_down_max_stall_ms"],
+        out["mptcp_single_down_max_stall_ms"],
+        out["single_up_restore_full_ms"],
+        out["single_down_restore_full_ms"],
     );
     Ok(())
 }

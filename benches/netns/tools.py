@@ -284,14 +284,14 @@ def analyze(samples_file, cut_at, return_at, remaining_mbps, full_mbps, bids_fil
     samples = json.load(open(samples_file))["samples"]
     cut_at, return_at = float(cut_at), float(return_at)
     # longest gap in delivered bytes, from one second before the cut to the run's end
-    stall, last_t, last_b = 0.0, None, None
+    stall, stall_at, last_t, last_b = 0.0, None, None, None
     for t, b in samples:
         if t < cut_at - 1:
             last_t, last_b = t, b
             continue
         if last_b is None or b > last_b:
-            if last_t is not None:
-                stall = max(stall, t - last_t)
+            if last_t is not None and t - last_t > stall:
+                stall, stall_at = t - last_t, last_t
             last_t, last_b = t, b
     rates = rate_windows(samples, 0.25)
     def first_at(after, threshold, before=None):
@@ -301,6 +301,9 @@ def analyze(samples_file, cut_at, return_at, remaining_mbps, full_mbps, bids_fil
         return None
     out = {
         "max_stall_ms": round(stall * 1000),
+        # where the longest gap began, from the cut (negative: before it)
+        "max_stall_at_ms": round((stall_at - cut_at) * 1000) if stall_at is not None else None,
+        "return_at_ms": round((return_at - cut_at) * 1000),
         "recover80_ms": first_at(cut_at, 0.8 * float(remaining_mbps), return_at),
         "restore_full_ms": first_at(return_at, 0.9 * float(full_mbps)),
         "mbps_before_cut": round(sum(r for t, r in rates if cut_at - 3 <= t < cut_at) / max(1, len([1 for t, r in rates if cut_at - 3 <= t < cut_at])), 2),
