@@ -12,7 +12,7 @@
 //! on after a round trip elsewhere instead of failing or waiting for a range request.
 
 use crate::bond::{until_dead, Bond, Flow};
-use crate::stripe::{chunk_len, CHUNK, IDLE, RESEND_PIECE};
+use crate::stripe::{chunk_len, NoPath, CHUNK, IDLE, RESEND_PIECE};
 use bytes::{Buf, Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,7 +113,7 @@ async fn pull_all(
     );
     let mut inflight = tokio::task::JoinSet::new();
     let mut primary = primary;
-    let mut stuck_since: Option<tokio::time::Instant> = None;
+    let mut no_path = NoPath::default();
     let resends = metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str());
     loop {
         let before = body.delivered();
@@ -217,14 +217,10 @@ async fn pull_all(
                     let fut = fetch(bond.clone(), path, flow, chunk, timeout);
                     inflight.spawn(async move { (ticket, fut.await) });
                     placed = true;
-                    stuck_since = None;
+                    no_path.placed();
                 }
-                // nothing may carry it: fail after the timeout instead of waiting for ever
-                None if bond.place(&unit, &[]).paths.is_empty() => {
-                    let since = *stuck_since.get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() > timeout {
-                        return Err("no uplink could carry the response body".into());
-                    }
+                None if no_path.expired(bond, &unit, timeout) => {
+                    return Err("no uplink could carry the response body".into());
                 }
                 None => {}
             }

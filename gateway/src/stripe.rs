@@ -148,6 +148,28 @@ pub fn start(
     (AbortOnDrop(task), rx)
 }
 
+/// How long no path at all could carry a transfer's next piece (none up, or none that
+/// admits its class): the transfer fails after its timeout instead of waiting for ever.
+#[derive(Debug, Default)]
+pub(crate) struct NoPath(Option<tokio::time::Instant>);
+
+impl NoPath {
+    /// A piece was placed: the clock stops.
+    pub(crate) fn placed(&mut self) {
+        self.0 = None;
+    }
+
+    /// No piece was placed now: whether no path could have carried `unit` for longer
+    /// than `timeout` (paths that only lack room do not count).
+    pub(crate) fn expired(&mut self, bond: &Bond, unit: &Unit, timeout: Duration) -> bool {
+        if !bond.place(unit, &[]).paths.is_empty() {
+            return false;
+        }
+        let since = *self.0.get_or_insert_with(tokio::time::Instant::now);
+        since.elapsed() > timeout
+    }
+}
+
 /// Aborts the task when dropped.
 pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -208,7 +230,7 @@ async fn send_all(
     let mut again: VecDeque<Pending> = VecDeque::new();
     // each chunk is a task of its own (they progress while this loop waits or reads)
     let mut inflight = tokio::task::JoinSet::new();
-    let mut stuck_since: Option<tokio::time::Instant> = None;
+    let mut no_path = NoPath::default();
     let mut primary: Option<Primary> = None;
     loop {
         if read >= total && unanswered.is_empty() && again.is_empty() {
@@ -302,15 +324,10 @@ async fn send_all(
                     );
                     inflight.spawn(async move { (fut.await, p) });
                     placed = true;
-                    stuck_since = None;
+                    no_path.placed();
                 }
-                // nothing may carry it (no path up, or none that admits the class): fail
-                // after the timeout instead of waiting for ever
-                None if bond.place(&unit, &[]).paths.is_empty() => {
-                    let since = *stuck_since.get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() > timeout {
-                        return Err("no uplink could carry the request body".into());
-                    }
+                None if no_path.expired(&bond, &unit, timeout) => {
+                    return Err("no uplink could carry the request body".into());
                 }
                 None => {}
             }
