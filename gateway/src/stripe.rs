@@ -36,10 +36,8 @@ pub const HORIZON: Duration = Duration::from_millis(100);
 pub const IDLE: Duration = Duration::from_millis(40);
 /// A chunk sent again after its path died goes in pieces of this size: a stream's first
 /// 32 KiB go ahead of queued bulk data (small-first), so the body it holds up goes on
-/// after one round trip on another path, not after that path's queue. The stream's HTTP/3
-/// frames count too: a whole 32 KiB piece overran the lane by its frame headers, and its
-/// last bytes went at bulk priority, behind the path's queued bulk data.
-pub const RESEND_PIECE: usize = tunnel_io::quic::SMALL_BYTES as usize - 1024;
+/// after one round trip on another path, not after that path's queue.
+pub const RESEND_PIECE: usize = 32 * 1024;
 /// A chunk takes about this long on its path: a slow path gets small chunks, so the relay's
 /// in-order delivery never waits long for the chunk a slow path carries.
 const CHUNK_TIME_S: f64 = 0.15;
