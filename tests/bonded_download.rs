@@ -20,11 +20,7 @@ async fn two_links() -> Testbed {
             TestLink::new("fast", Some(LinkProfile::symmetric("fast", 6_000, 15, 100))),
             TestLink::new("slow", Some(LinkProfile::symmetric("slow", 3_000, 10, 100))),
         ],
-        tunnel: Default::default(),
-        proxy_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        metrics: None,
-        record_dir: None,
-        checkin: Default::default(),
+        ..TestbedOptions::single(None)
     })
     .await
     .expect("testbed")

@@ -1020,7 +1020,7 @@ async fn attempt(
 /// resumed with a range request on another path; anything else is cut short.
 fn respond(state: &State, out: Arc<Outgoing>, answer: Answer, unit: &Unit) -> Response<Body> {
     let Answer {
-        head: mut parts,
+        head: parts,
         recv,
         flow,
     } = answer;
@@ -1053,10 +1053,7 @@ fn respond(state: &State, out: Arc<Outgoing>, answer: Answer, unit: &Unit) -> Re
             .headers
             .get(header::ACCEPT_RANGES)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
-    hop::strip_hop_by_hop(&mut parts.headers);
-    hop::append_via(&mut parts.headers, "3", &state.name);
-    parts.version = http::Version::HTTP_11;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
+    let (tx, response) = device_response(state, parts);
     let resume = resumable.then(|| Resume {
         bond: state.bond.clone(),
         out: out.clone(),
@@ -1066,10 +1063,26 @@ fn respond(state: &State, out: Arc<Outgoing>, answer: Answer, unit: &Unit) -> Re
         timeout: state.response_timeout,
     });
     tokio::spawn(pump_response(recv, flow, tx, resume));
+    response
+}
+
+/// The device's response with the relay's answer head `parts` (hop-by-hop headers gone,
+/// this hop in `Via`, HTTP/1.1), and the sender its body's bytes go into.
+fn device_response(
+    state: &State,
+    mut parts: http::response::Parts,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>,
+    Response<Body>,
+) {
+    hop::strip_hop_by_hop(&mut parts.headers);
+    hop::append_via(&mut parts.headers, "3", &state.name);
+    parts.version = http::Version::HTTP_11;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
         .map(|r: Result<Bytes, BoxError>| r.map(hyper::body::Frame::data));
     let body = http_body_util::StreamBody::new(stream).boxed_unsync();
-    Response::from_parts(parts, body)
+    (tx, Response::from_parts(parts, body))
 }
 
 /// The device's response to an answer whose body is pulled in chunks over every path
@@ -1090,10 +1103,7 @@ fn respond_pulled(
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(pulled.total));
-    hop::strip_hop_by_hop(&mut parts.headers);
-    hop::append_via(&mut parts.headers, "3", &state.name);
-    parts.version = http::Version::HTTP_11;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
+    let (tx, response) = device_response(state, parts);
     crate::pull::spawn(
         state.bond.clone(),
         out.class,
@@ -1102,12 +1112,7 @@ fn respond_pulled(
         state.response_timeout,
         tx,
     );
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        .map(|r: Result<Bytes, BoxError>| r.map(hyper::body::Frame::data));
-    Response::from_parts(
-        parts,
-        http_body_util::StreamBody::new(stream).boxed_unsync(),
-    )
+    response
 }
 
 struct Resume {
