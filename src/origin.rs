@@ -29,6 +29,8 @@ pub struct OriginStats {
     pub checkins: AtomicU64,
     /// Upload bytes received (counted as they arrive).
     pub upload_bytes: AtomicU64,
+    /// `/digest` requests received.
+    pub digests: AtomicU64,
     /// Connections accepted.
     pub connections: AtomicU64,
     /// Idempotency keys of the bids received, in arrival order (the last 10,000).
@@ -163,6 +165,7 @@ async fn handle(
         }
         (Method::POST | Method::PUT, "/digest") => {
             use sha2::Digest;
+            stats.digests.fetch_add(1, Ordering::Relaxed);
             let mut hash = sha2::Sha256::new();
             let mut n = 0u64;
             let mut body = req.into_body();

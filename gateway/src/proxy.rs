@@ -699,10 +699,14 @@ async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Respons
     let mut replayable = replayable;
     let mut _chunks = None;
     let mut body = body;
-    if crate::stripe::worth_it(&state.bond, &out.method, class, total) {
+    // A body that cannot be sent again as it is (a POST, or one too large to keep) goes as
+    // a stripe even when striping does not pay: the relay takes each chunk once and answers
+    // a head sent again after its path died, so the request survives the loss of its path.
+    let protect = !replayable && total > 0 && crate::stripe::may_carry(&out.method, class);
+    if protect || crate::stripe::worth_it(&state.bond, &out.method, class, total) {
         let source = match std::mem::replace(&mut body, ReqBody::Kept(Bytes::new())) {
             ReqBody::Kept(b) => Some(crate::stripe::Source::Kept(b)),
-            ReqBody::Once(Some(inc)) => Some(crate::stripe::Source::stream(inc)),
+            ReqBody::Once(Some(inc)) => Some(crate::stripe::Source::stream(inc, state.body_idle)),
             other => {
                 body = other;
                 None

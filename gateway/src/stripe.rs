@@ -54,14 +54,15 @@ pub enum Source {
     /// A body already in memory.
     Kept(Bytes),
     /// The device's body, read as chunks are placed, with what was read beyond the last
-    /// chunk.
-    Stream(Incoming, BytesMut),
+    /// chunk, and how long the device may send nothing while a chunk waits for its bytes.
+    Stream(Incoming, BytesMut, Duration),
 }
 
 impl Source {
-    /// The device's body.
-    pub fn stream(body: Incoming) -> Self {
-        Source::Stream(body, BytesMut::new())
+    /// The device's body; it fails after `idle` without bytes while a chunk waits for them
+    /// (not while chunks wait for room: that is our back-pressure, not a stalled device).
+    pub fn stream(body: Incoming, idle: Duration) -> Self {
+        Source::Stream(body, BytesMut::new(), idle)
     }
 
     /// The next `n` bytes (fewer only at the end).
@@ -69,9 +70,12 @@ impl Source {
         let n = usize::try_from(n).unwrap_or(usize::MAX);
         match self {
             Source::Kept(b) => Ok(b.split_to(n.min(b.len()))),
-            Source::Stream(inc, buf) => {
+            Source::Stream(inc, buf, idle) => {
                 while buf.len() < n {
-                    match inc.frame().await {
+                    let Ok(frame) = tokio::time::timeout(*idle, inc.frame()).await else {
+                        return Err(format!("no request body bytes for {idle:?}"));
+                    };
+                    match frame {
                         Some(Ok(f)) => {
                             if let Ok(d) = f.into_data() {
                                 buf.extend_from_slice(&d);
@@ -103,8 +107,7 @@ pub fn new_id() -> u64 {
 pub fn worth_it(bond: &Bond, method: &Method, class: TrafficClass, total: u64) -> bool {
     if class != TrafficClass::Bulk
         || total < STRIPE_MIN
-        || *method == Method::GET
-        || *method == Method::HEAD
+        || !may_carry(method, class)
         || bond.paths().iter().filter(|p| p.is_usable()).count() < 2
     {
         return false;
@@ -123,6 +126,13 @@ pub fn worth_it(bond: &Bond, method: &Method, class: TrafficClass, total: u64) -
     bond.with_room(&chunk, &[], IDLE, 0)
         .into_iter()
         .any(|dry| Some(dry) != goes_to)
+}
+
+/// Whether a request of `method` and `class` may go as a stripe at all: not a bid or a
+/// check-in (they go whole, in copies, under their idempotency key), not a GET or HEAD
+/// (their answers are what matters: see `crate::pull`).
+pub fn may_carry(method: &Method, class: TrafficClass) -> bool {
+    !class.is_transactional() && *method != Method::GET && *method != Method::HEAD
 }
 
 /// Starts sending the chunks of stripe `id`; the task ends with the outcome (aborted when
