@@ -12,7 +12,7 @@
 //! of a bid get the first answer.
 
 use crate::config::AuctionSection;
-use crate::server::{read_capped, Capped, Stream};
+use crate::server::{read_capped, Capped, Intake, Stream};
 use crate::session::Publisher;
 use crate::sink_answer::answer;
 use bytes::Bytes;
@@ -82,6 +82,7 @@ impl AuctionSink {
     pub(crate) async fn serve(
         &self,
         gateway: &str,
+        intake: Intake<'_>,
         req: &Request<()>,
         stream: &mut Stream,
         publisher: Option<Publisher>,
@@ -90,7 +91,7 @@ impl AuctionSink {
         let parts: Vec<&str> = path.split('/').skip(1).collect();
         let (status, body) = match (req.method(), parts.as_slice()) {
             (&Method::POST, ["lots", lot, "bids"]) => {
-                match self.bid(gateway, lot, req, stream).await {
+                match self.bid(gateway, intake, lot, req, stream).await {
                     Ok(r) => r,
                     // not recorded: dropping the publisher lets a later copy try again
                     Err(r) => return answer(stream, None, r.0, r.1, false).await,
@@ -139,6 +140,7 @@ impl AuctionSink {
     async fn bid(
         &self,
         gateway: &str,
+        intake: Intake<'_>,
         lot: &str,
         req: &Request<()>,
         stream: &mut Stream,
@@ -154,8 +156,16 @@ impl AuctionSink {
                 serde_json::json!({ "error": "a bid needs its Idempotency-Key (send it as class bid)" }),
             ));
         };
-        let body = match read_capped(stream, MAX_BODY).await {
-            Capped::Body(b) => b,
+        let body = match read_capped(stream, MAX_BODY, intake).await {
+            Capped::Body(b, _) => b,
+            Capped::NoRoom => {
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Bytes::from_static(
+                        b"{\"error\":\"the relay has no room for the bid's body now\"}\n",
+                    ),
+                ))
+            }
             Capped::TooLarge => {
                 return Ok((
                     StatusCode::PAYLOAD_TOO_LARGE,

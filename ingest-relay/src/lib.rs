@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod auction;
+mod budget;
 mod claim_log;
 pub mod config;
 mod egress;
@@ -16,7 +17,6 @@ mod server;
 mod session;
 mod sink_answer;
 mod stripe;
-mod stripe_budget;
 mod viewer_token;
 mod viewers;
 

@@ -3,7 +3,7 @@
 //! to put capture times in the relay's clock.
 
 use crate::error::Refusal;
-use crate::server::{read_capped, refuse, Capped, ConnCtx, State, Stream};
+use crate::server::{no_room, read_capped, refuse, Capped, ConnCtx, State, Stream};
 use http::{Request, Response, StatusCode};
 use media_io::relayed::IntakeError;
 use segmenter::mirror::Piece;
@@ -102,8 +102,9 @@ pub(crate) async fn intake(
                 .await;
             }
         };
-        let data = match read_capped(&mut stream, media::MAX_INIT).await {
-            Capped::Body(d) => d,
+        let data = match read_capped(&mut stream, media::MAX_INIT, state.intake(ctx)).await {
+            Capped::Body(d, _) => d,
+            Capped::NoRoom => return refuse(&mut stream, no_room()).await,
             Capped::TooLarge => {
                 return refuse(
                     &mut stream,
@@ -148,8 +149,9 @@ pub(crate) async fn intake(
             .await;
         }
     };
-    let data = match read_capped(&mut stream, media::MAX_PIECE).await {
-        Capped::Body(d) => d,
+    let data = match read_capped(&mut stream, media::MAX_PIECE, state.intake(ctx)).await {
+        Capped::Body(d, _) => d,
+        Capped::NoRoom => return refuse(&mut stream, no_room()).await,
         Capped::TooLarge => {
             return refuse(
                 &mut stream,

@@ -9,7 +9,7 @@
 //! room the answer goes whole as before. A gateway has at most [`MAX_PULLS`] pulls at once,
 //! and one nobody asked anything of for [`IDLE`] is dropped (its origin answer with it).
 
-use crate::stripe_budget::{Budget, Grant};
+use crate::budget::{Budget, Grant};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::collections::{HashMap, VecDeque};
@@ -478,7 +478,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunk_waits_for_the_origin_and_the_window_follows_the_gateway() {
-        let budget = Budget::new(1 << 30, 1 << 30);
+        let budget = Budget::new("test_bytes", 1 << 30, 1 << 30);
         let pulls = Pulls::new(budget);
         let total = (PULL_WINDOW + (1 << 20)) as usize;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, String>>(4);
@@ -543,7 +543,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_gateway_without_budget_gets_its_body_back() {
-        let pulls = Pulls::new(Budget::new(1 << 20, 1 << 30));
+        let pulls = Pulls::new(Budget::new("test_bytes", 1 << 20, 1 << 30));
         let body = || http_body_util::Full::new(Bytes::from_static(b"x"));
         let idle = Duration::from_secs(1);
         assert!(pulls.start(1, 1, 1 << 20, body(), idle).is_ok());

@@ -1,6 +1,7 @@
 //! The relay's HTTP/3 server: accepts gateway connections (client certificate required),
 //! and serves each request stream: CONNECT tunnels and proxied requests to origins.
 
+use crate::budget::{Budget, Grant};
 use crate::claim_log::ClaimLog;
 use crate::config::RelayConfig;
 use crate::egress::{Egress, OriginStream};
@@ -25,6 +26,11 @@ use tunnel_io::{copy_bidirectional, pump_body, H3Body, IdleBody, IdleError, TlsF
 pub(crate) type Stream = RequestStream<tunnel_io::quic::BidiStream, Bytes>;
 type SendHalf = RequestStream<tunnel_io::quic::SendStream, Bytes>;
 
+/// Bytes of request bodies read whole one gateway may have the relay hold at once.
+const INTAKE_PER_GATEWAY: u64 = 64 << 20;
+/// The same for all gateways together.
+const INTAKE_GLOBAL: u64 = 1 << 30;
+
 /// Largest answer to a bid or check-in the relay keeps for duplicates.
 const KEYED_ANSWER_MAX: usize = 64 * 1024;
 
@@ -45,10 +51,19 @@ pub(crate) struct State {
     stripes: stripe::Stripes,
     /// Large answers the gateways pull in chunks over their paths.
     pulls: crate::pull::Pulls,
+    /// Bytes of request bodies read whole (media pieces, chunks, bids) the relay may hold.
+    intake: Arc<Budget>,
     /// The embedded auction, when `[auction] host` is set.
     auction: Option<crate::auction::AuctionSink>,
     /// The JetStream bid sink, when `[jetstream] host` is set.
     jetstream: Option<crate::jetstream::JetStreamSink>,
+}
+
+impl State {
+    /// Where `ctx`'s bodies read whole take their bytes from.
+    pub(crate) fn intake<'a>(&'a self, ctx: &ConnCtx) -> Intake<'a> {
+        (&self.intake, ctx.identity)
+    }
 }
 
 /// A bound relay; `run` serves it.
@@ -113,6 +128,11 @@ impl Relay {
             })?),
             stripes,
             pulls,
+            intake: Budget::new(
+                "canopy_relay_intake_bytes",
+                INTAKE_PER_GATEWAY,
+                INTAKE_GLOBAL,
+            ),
             auction: crate::auction::AuctionSink::open(&cfg.auction).map_err(|source| {
                 RelayError::Journal {
                     path: cfg.auction.journal.clone(),
@@ -453,11 +473,17 @@ async fn serve(
         }
         Ok(Target::Local) => local(&req, &mut stream).await,
         Ok(Target::Auction) => match &state.auction {
-            Some(a) => a.serve(&ctx.scope, &req, &mut stream, publisher).await,
+            Some(a) => {
+                a.serve(&ctx.scope, state.intake(ctx), &req, &mut stream, publisher)
+                    .await
+            }
             None => StatusCode::NOT_FOUND,
         },
         Ok(Target::JetStream) => match &state.jetstream {
-            Some(j) => j.serve(&ctx.scope, &req, &mut stream, publisher).await,
+            Some(j) => {
+                j.serve(&ctx.scope, state.intake(ctx), &req, &mut stream, publisher)
+                    .await
+            }
             None => StatusCode::NOT_FOUND,
         },
         Ok(Target::Connect(tcp)) => tunnel(stream, tcp, class, state.tunnel_idle).await,
@@ -469,24 +495,43 @@ async fn serve(
 
 /// A request body read whole, within a bound.
 pub(crate) enum Capped {
-    /// The body.
-    Body(Bytes),
+    /// The body, and the bytes of the relay's intake budget it holds (give them back by
+    /// dropping the grant once the body is handed on).
+    Body(Bytes, Grant),
     /// Over the bound: reading stopped (STOP_SENDING sent).
     TooLarge,
+    /// The gateway's (or every gateway's) unread bodies fill the relay's intake budget:
+    /// reading stopped (STOP_SENDING sent).
+    NoRoom,
     /// The stream failed.
     Failed,
 }
 
-/// Reads a request body of at most `max` bytes.
-pub(crate) async fn read_capped(stream: &mut Stream, max: u64) -> Capped {
+/// Where bodies read whole take their bytes from: the relay's intake budget, and whose
+/// share (the gateway's identity).
+pub(crate) type Intake<'a> = (&'a Arc<Budget>, u64);
+
+/// Reads a request body of at most `max` bytes, its bytes taken from `intake` as they come:
+/// many streams of one gateway, each under its bound, cannot make the relay hold more than
+/// that gateway's share.
+pub(crate) async fn read_capped(stream: &mut Stream, max: u64, intake: Intake<'_>) -> Capped {
     use bytes::Buf;
+    let Some(mut grant) = intake.0.try_grant(intake.1, 0) else {
+        return Capped::NoRoom;
+    };
     let mut data = bytes::BytesMut::new();
     loop {
         match stream.recv_data().await {
             Ok(Some(mut b)) => {
-                if data.len() as u64 + b.remaining() as u64 > max {
+                let n = b.remaining() as u64;
+                if data.len() as u64 + n > max {
                     stream.stop_sending(h3::error::Code::H3_NO_ERROR);
                     return Capped::TooLarge;
+                }
+                if !grant.grow(n) {
+                    stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                    metrics::counter!("canopy_relay_intake_refused_total").increment(1);
+                    return Capped::NoRoom;
                 }
                 while b.has_remaining() {
                     let c = b.chunk();
@@ -495,13 +540,21 @@ pub(crate) async fn read_capped(stream: &mut Stream, max: u64) -> Capped {
                     b.advance(n);
                 }
             }
-            Ok(None) => return Capped::Body(data.freeze()),
+            Ok(None) => return Capped::Body(data.freeze(), grant),
             Err(e) => {
                 debug!(error = %e, "request body not received");
                 return Capped::Failed;
             }
         }
     }
+}
+
+/// The answer to a body the relay had no room for.
+pub(crate) fn no_room() -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the relay holds as many unread request bytes of this gateway as it may",
+    )
 }
 
 /// The live streams' settings from the relay's config.
@@ -663,8 +716,10 @@ async fn stripe_chunk(
             return refuse(&mut stream, r).await;
         }
     };
-    let data = match read_capped(&mut stream, stripe::CHUNK_MAX).await {
-        Capped::Body(d) => d,
+    // the chunk's bytes stay on the intake budget while it waits for its stripe's window
+    let (data, _intake) = match read_capped(&mut stream, stripe::CHUNK_MAX, state.intake(ctx)).await
+    {
+        Capped::Body(d, g) => (d, g),
         Capped::TooLarge => {
             return refuse(
                 &mut stream,
@@ -672,6 +727,7 @@ async fn stripe_chunk(
             )
             .await
         }
+        Capped::NoRoom => return refuse(&mut stream, no_room()).await,
         Capped::Failed => return StatusCode::BAD_REQUEST,
     };
     let n = data.len() as u64;
@@ -766,7 +822,7 @@ async fn striped(
             Err(r) => Err(r),
         };
         let published = match result {
-            Ok(resp) => keep_answer(state, resp).await,
+            Ok(resp) => keep_answer(state, ctx, &stripe, resp).await,
             Err(r) => {
                 stripe.fail(&r.reason);
                 stripe::Published::Kept(Arc::new(Outcome::Answer {
@@ -807,13 +863,20 @@ async fn striped(
     }
 }
 
-/// The origin's answer to a striped request: kept whole when small (a head sent again gets
-/// it too), else streamed once.
-async fn keep_answer(state: &State, resp: Response<hyper::body::Incoming>) -> stripe::Published {
-    let small = hop::declared_length(resp.headers()).is_some_and(|n| n <= KEYED_ANSWER_MAX as u64);
-    if !small {
+/// The origin's answer to a striped request: kept whole when small and the gateway's
+/// share of the stripes' budget has room (a head sent again gets it too, as long as the
+/// stripe lingers), else streamed once.
+async fn keep_answer(
+    state: &State,
+    ctx: &ConnCtx,
+    stripe: &stripe::Stripe,
+    resp: Response<hyper::body::Incoming>,
+) -> stripe::Published {
+    let small = hop::declared_length(resp.headers()).filter(|n| *n <= KEYED_ANSWER_MAX as u64);
+    let Some(grant) = small.and_then(|n| state.stripes.budget().try_grant(ctx.identity, n)) else {
         return stripe::Published::Stream(resp);
-    }
+    };
+    stripe.hold(grant);
     let (parts, body) = resp.into_parts();
     let collected = tokio::time::timeout(
         state.response_timeout,

@@ -275,6 +275,18 @@ impl Sessions {
             );
             let mut slot = match admitted {
                 Admit::First => {
+                    // settled between the lookup above and now (a first copy forgets its
+                    // entry once its answer is in the claims): look again
+                    if matches!(
+                        self.log.lookup(&key.0, &key.1, fp.as_ref()),
+                        Lookup::Settled(_) | Lookup::Conflict
+                    ) {
+                        self.dedup
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .forget(&key);
+                        continue;
+                    }
                     let publisher = Publisher {
                         tx,
                         key,
@@ -418,6 +430,19 @@ impl Publisher {
             headers,
             body,
         })));
+        // Settled in the claims, the answer is kept there, within their byte budgets (per
+        // gateway and for all); copies waiting now hold their own receivers. The table in
+        // memory only joins copies in flight, so it never holds answers beyond those
+        // budgets.
+        if matches!(
+            self.log.lookup(&self.key.0, &self.key.1, None),
+            Lookup::Settled(_)
+        ) {
+            self.table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget(&self.key);
+        }
     }
 }
 
@@ -430,6 +455,72 @@ impl Drop for Publisher {
                 .unwrap_or_else(|p| p.into_inner())
                 .forget(&self.key);
             let _ = self.tx.send(Some(Arc::new(Outcome::Retry)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions(name: &str) -> Sessions {
+        let dir =
+            std::env::temp_dir().join(format!("canopy-session-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Sessions::new(ClaimLog::open(&dir.join("claims.journal")).expect("journal"))
+    }
+
+    #[tokio::test]
+    async fn an_answered_key_leaves_the_table_in_memory_and_is_still_replayed() {
+        let s = sessions("forget");
+        let wait = Duration::from_secs(1);
+        let Ok(Admission::First(first)) = s.admit("gw", "key-1", None, wait).await else {
+            panic!("the first copy goes on");
+        };
+        assert_eq!(s.dedup.lock().map(|t| t.len()).unwrap_or(0), 1, "in flight");
+        first
+            .answer(
+                StatusCode::OK,
+                HeaderMap::new(),
+                Bytes::from_static(b"sold"),
+            )
+            .await;
+        assert_eq!(
+            s.dedup.lock().map(|t| t.len()).unwrap_or(1),
+            0,
+            "the answer is kept in the claims only"
+        );
+        match s.admit("gw", "key-1", None, wait).await {
+            Ok(Admission::Replay(o)) => match &*o {
+                Outcome::Answer { status, body, .. } => {
+                    assert_eq!(*status, StatusCode::OK);
+                    assert_eq!(body.as_ref(), b"sold");
+                }
+                Outcome::Retry => panic!("a settled key is replayed"),
+            },
+            _ => panic!("a later copy gets the first copy's answer"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_waiting_for_the_first_gets_its_answer() {
+        let s = Arc::new(sessions("join"));
+        let wait = Duration::from_secs(5);
+        let Ok(Admission::First(first)) = s.admit("gw", "key-2", None, wait).await else {
+            panic!("the first copy goes on");
+        };
+        let s2 = s.clone();
+        let copy = tokio::spawn(async move { s2.admit("gw", "key-2", None, wait).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!copy.is_finished(), "the copy waits for the first");
+        first
+            .answer(StatusCode::OK, HeaderMap::new(), Bytes::from_static(b"ok"))
+            .await;
+        match copy.await.expect("join") {
+            Ok(Admission::Replay(o)) => {
+                assert!(matches!(&*o, Outcome::Answer { body, .. } if body.as_ref() == b"ok"));
+            }
+            _ => panic!("the waiting copy gets the answer"),
         }
     }
 }

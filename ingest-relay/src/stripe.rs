@@ -7,13 +7,13 @@
 //! counted by what it stores (overlapping chunks at odd offsets cannot stack up): a chunk
 //! beyond that waits (its answer is the gateway's flow control). A chunk seen twice
 //! (re-sent after its path died) is taken once. A stripe's window comes from the budgets
-//! of `stripe_budget` (per gateway and for all) before its first chunk goes in, and goes
+//! of `budget` (per gateway and for all) before its first chunk goes in, and goes
 //! back when the origin has the whole body or the stripe fails; a gateway has at most
 //! [`MAX_STRIPES`] unfinished stripes at once, and a stripe that never gets a head is
 //! dropped after [`IDLE`]. The head may come again on another path if
 //! its first path died: the newest head gets the origin's answer.
 
-use crate::stripe_budget::{Budget, Grant};
+use crate::budget::{Budget, Grant};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -38,6 +38,8 @@ const GLOBAL_BUDGET: u64 = 256 * WINDOW;
 /// Unfinished stripes of one gateway at once (ones that failed or have their whole body
 /// do not count, while they linger for a late head).
 pub(crate) const MAX_STRIPES: usize = 1024;
+/// Finished stripes of one gateway kept for a late head; beyond it the oldest go.
+pub(crate) const MAX_FINISHED: usize = 4096;
 
 /// What the origin request of a stripe gives: the origin's response, or why there is none.
 pub(crate) type Answer = Result<http::Response<hyper::body::Incoming>, crate::error::Refusal>;
@@ -89,6 +91,8 @@ pub(crate) struct Stripe {
     budget: Arc<Budget>,
     /// Its window, once granted; given back when done.
     grant: Mutex<Option<Grant>>,
+    /// The bytes of its kept answer, from the same budgets; given back when it goes.
+    kept: Mutex<Option<Grant>>,
     /// Held by the chunk that asks for the window, so parallel chunks take one grant.
     granting: tokio::sync::Mutex<()>,
     /// When the stripe was made: one that never got a head is dropped after [`IDLE`],
@@ -130,7 +134,7 @@ impl Stripes {
     pub(crate) fn with_budget(per_gateway: u64, global: u64) -> Self {
         Self {
             map: Mutex::default(),
-            budget: Budget::new(per_gateway, global),
+            budget: Budget::new("canopy_relay_stripe_window_bytes", per_gateway, global),
         }
     }
 
@@ -151,14 +155,30 @@ impl Stripes {
             }
             keep
         });
-        if !map.contains_key(&(identity, id))
-            && map
-                .iter()
-                .filter(|((g, _), s)| *g == identity && s.unfinished())
-                .count()
-                >= MAX_STRIPES
-        {
-            return Err(NoStripe::TooMany);
+        if !map.contains_key(&(identity, id)) {
+            let mut unfinished = 0;
+            let mut finished = Vec::new();
+            for ((g, sid), s) in map.iter() {
+                if *g != identity {
+                    continue;
+                }
+                if s.unfinished() {
+                    unfinished += 1;
+                } else {
+                    finished.push((s.touched(), *sid));
+                }
+            }
+            if unfinished >= MAX_STRIPES {
+                return Err(NoStripe::TooMany);
+            }
+            // stripes that linger for a late head: the oldest make room (a head sent again
+            // that late finds none and gets 404, as after a minute idle)
+            if finished.len() >= MAX_FINISHED {
+                finished.sort_unstable();
+                for (_, sid) in &finished[..=finished.len() - MAX_FINISHED] {
+                    map.remove(&(identity, *sid));
+                }
+            }
         }
         let s = map
             .entry((identity, id))
@@ -168,6 +188,7 @@ impl Stripes {
                     gateway: identity,
                     budget: self.budget.clone(),
                     grant: Mutex::new(None),
+                    kept: Mutex::new(None),
                     granting: tokio::sync::Mutex::new(()),
                     created: now,
                     inner: Mutex::new(Inner {
@@ -211,6 +232,16 @@ impl Stripe {
         let g = self.lock();
         let headless = !g.origin_started && now.duration_since(self.created) >= IDLE;
         !g.origin_running && (headless || g.touched.is_none_or(|t| now.duration_since(t) >= IDLE))
+    }
+
+    /// When a head or chunk last touched the stripe.
+    fn touched(&self) -> Option<Instant> {
+        self.lock().touched
+    }
+
+    /// Keeps `grant` (the bytes of its kept answer) as long as the stripe lingers.
+    pub(crate) fn hold(&self, grant: Grant) {
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(grant);
     }
 
     /// Whether the stripe still takes chunks (not failed, body not whole).
@@ -731,6 +762,28 @@ mod tests {
         }
         assert_eq!(stripes.get(3, 99_999, 10).err(), Some(NoStripe::TooMany));
         assert!(stripes.get(4, 99_999, 10).is_ok(), "per gateway");
+    }
+
+    #[test]
+    fn finished_stripes_linger_up_to_a_bound_and_the_oldest_go_first() {
+        let stripes = Stripes::default();
+        for id in 0..(MAX_FINISHED as u64 + 10) {
+            let s = stripes
+                .get(5, id, 10)
+                .expect("a finished stripe never counts as unfinished");
+            s.fail("done");
+        }
+        let held = |g: u64| {
+            let map = stripes.map.lock().unwrap_or_else(|e| e.into_inner());
+            map.keys()
+                .filter(|(gw, _)| *gw == g)
+                .map(|(_, id)| *id)
+                .collect::<Vec<_>>()
+        };
+        let ids = held(5);
+        assert_eq!(ids.len(), MAX_FINISHED, "at most MAX_FINISHED linger");
+        assert!(!ids.contains(&0), "the oldest went first");
+        assert!(ids.contains(&(MAX_FINISHED as u64 + 9)), "the newest stays");
     }
 
     #[tokio::test]

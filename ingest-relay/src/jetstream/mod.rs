@@ -19,7 +19,7 @@ mod policy;
 
 use crate::config::JetStreamSection;
 use crate::error::Refusal;
-use crate::server::{read_capped, refuse, Capped, Stream};
+use crate::server::{no_room, read_capped, refuse, Capped, Intake, Stream};
 use crate::session::Publisher;
 use crate::sink_answer::answer;
 use async_nats::jetstream::{self, kv, stream};
@@ -114,6 +114,7 @@ impl JetStreamSink {
     pub(crate) async fn serve(
         &self,
         scope: &str,
+        intake: Intake<'_>,
         req: &Request<()>,
         stream: &mut Stream,
         publisher: Option<Publisher>,
@@ -142,8 +143,10 @@ impl JetStreamSink {
             )
             .await;
         };
-        let body = match read_capped(stream, MAX_BODY).await {
-            Capped::Body(b) => b,
+        let body = match read_capped(stream, MAX_BODY, intake).await {
+            Capped::Body(b, _) => b,
+            // nothing stands for its key: a later copy may try again
+            Capped::NoRoom => return refuse(stream, no_room()).await,
             Capped::TooLarge => {
                 return answer(
                     stream,

@@ -1,9 +1,10 @@
-//! How many bytes of striped bodies the relay may hold. Each stripe holds at most its
-//! window, and takes that window from two budgets before its first chunk goes in: one per
-//! gateway and one for all gateways. A stripe that finds no room waits until another
-//! stripe finishes (its chunk's answer waits: the gateway's flow control), so the relay's
-//! memory stays bounded whatever gateways send, and an honest gateway with many uploads
-//! at once only queues.
+//! Byte budgets of the relay's memory: what a gateway's streams may make the relay hold.
+//! Each holder takes its bytes from two budgets before it holds them: one per gateway and
+//! one for all gateways, and gives them back when it lets go. Striped bodies' windows and
+//! pulled answers share one pair (a holder without room waits: the gateway's flow
+//! control); request bodies read whole (media pieces, chunks, auction bids) and kept
+//! answers of striped requests have theirs. So the relay's memory stays bounded whatever
+//! gateways send, and an honest gateway with much under way at once only queues.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,8 @@ use tokio::sync::Notify;
 /// The budgets, and who holds what.
 #[derive(Debug)]
 pub(crate) struct Budget {
+    /// The gauge of the bytes held in all.
+    gauge: &'static str,
     per_gateway: u64,
     global: u64,
     held: Mutex<Held>,
@@ -25,7 +28,7 @@ struct Held {
     by_gateway: HashMap<u64, u64>,
 }
 
-/// Bytes granted to one stripe; given back when dropped.
+/// Bytes granted to one holder; given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Grant {
     budget: Arc<Budget>,
@@ -34,8 +37,10 @@ pub(crate) struct Grant {
 }
 
 impl Budget {
-    pub(crate) fn new(per_gateway: u64, global: u64) -> Arc<Self> {
+    /// Budgets of `per_gateway` and `global` bytes, the total held shown as `gauge`.
+    pub(crate) fn new(gauge: &'static str, per_gateway: u64, global: u64) -> Arc<Self> {
         Arc::new(Self {
+            gauge,
             per_gateway,
             global,
             held: Mutex::default(),
@@ -56,7 +61,7 @@ impl Budget {
         }
         h.all += bytes;
         *h.by_gateway.entry(gateway).or_insert(0) += bytes;
-        metrics::gauge!("canopy_relay_stripe_window_bytes").set(h.all as f64);
+        metrics::gauge!(self.gauge).set(h.all as f64);
         Some(Grant {
             budget: self.clone(),
             gateway,
@@ -64,7 +69,7 @@ impl Budget {
         })
     }
 
-    /// As [`Self::try_grant`], waiting up to `wait` for stripes to give bytes back.
+    /// As [`Self::try_grant`], waiting up to `wait` for holders to give bytes back.
     pub(crate) async fn grant(
         self: &Arc<Self>,
         gateway: u64,
@@ -93,6 +98,23 @@ impl Budget {
     }
 }
 
+impl Grant {
+    /// `more` bytes on top, all or nothing, if both budgets have room now.
+    pub(crate) fn grow(&mut self, more: u64) -> bool {
+        let budget = &self.budget;
+        let mut h = budget.lock();
+        let mine = h.by_gateway.get(&self.gateway).copied().unwrap_or(0);
+        if mine + more > budget.per_gateway || h.all + more > budget.global {
+            return false;
+        }
+        h.all += more;
+        *h.by_gateway.entry(self.gateway).or_insert(0) += more;
+        metrics::gauge!(budget.gauge).set(h.all as f64);
+        self.bytes += more;
+        true
+    }
+}
+
 impl Drop for Grant {
     fn drop(&mut self) {
         {
@@ -104,7 +126,7 @@ impl Drop for Grant {
                     h.by_gateway.remove(&self.gateway);
                 }
             }
-            metrics::gauge!("canopy_relay_stripe_window_bytes").set(h.all as f64);
+            metrics::gauge!(self.budget.gauge).set(h.all as f64);
         }
         self.budget.freed.notify_waiters();
     }
@@ -116,7 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn grants_stay_within_both_budgets_and_come_back() {
-        let b = Budget::new(100, 150);
+        let b = Budget::new("test_bytes", 100, 150);
         let a1 = b.try_grant(1, 60).expect("room");
         assert!(b.try_grant(1, 60).is_none(), "gateway 1 over its budget");
         let c = b.try_grant(2, 80).expect("gateway 2 has its own");
@@ -135,6 +157,21 @@ mod tests {
         // and gives up after its wait
         assert!(b.grant(1, 60, Duration::from_millis(10)).await.is_none());
         drop((g, c));
+        assert_eq!(b.held(1), (0, 0));
+    }
+
+    #[test]
+    fn a_grant_grows_within_both_budgets_and_gives_all_back() {
+        let b = Budget::new("test_bytes", 100, 150);
+        let mut g = b.try_grant(1, 0).expect("an empty grant");
+        assert!(g.grow(60));
+        assert!(!g.grow(50), "gateway 1 over its budget");
+        assert_eq!(g.bytes, 60, "a refused growth takes nothing");
+        let other = b.try_grant(2, 80).expect("gateway 2 has its own");
+        assert!(!g.grow(20), "over the global budget");
+        assert!(g.grow(10));
+        assert_eq!(b.held(1), (150, 70));
+        drop((g, other));
         assert_eq!(b.held(1), (0, 0));
     }
 }
