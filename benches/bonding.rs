@@ -1,5 +1,7 @@
 //! Bonding bench (root: network namespaces). Uplinks of 20/5/2 Mbit/s with 25/8/20 ms one
-//! way (tc tbf for the rates, the link emulator's frame bridge for the delay). Bulk
+//! way (tc tbf for the rates, the link emulator's frame bridge for the delay). One gateway,
+//! aged first by 3 minutes of mixed traffic (downloads, uploads and bids, then bids alone,
+//! then all again: a fresh gateway hides estimates that drift with uptime); then on it, bulk
 //! transfers through the bonded tunnel for 20 s after a 5 s warm-up, both ways, with 16, 8
 //! and 1 transfers at once (a download is one transfer for the whole run); then, over the
 //! same namespaces and links, Linux MPTCP (in-kernel path manager, one subflow per link, a
@@ -10,7 +12,9 @@
 //! goodput_mbps, efficiency, mptcp_goodput_mbps, ratio_vs_mptcp (uploads at 16; the same at
 //! 8 with `_p8`), and for each direction and count up_efficiency_N, down_efficiency_N,
 //! mptcp_up_efficiency_N, mptcp_down_efficiency_N (N = 1, 8, 16).
-//! `CANOPY_BONDING_RUNS=down1,up1` runs only those (the others are left out of the JSON).
+//! `CANOPY_BONDING_RUNS=down1,up1` runs only those (the others are left out of the JSON);
+//! `CANOPY_BONDING_AGE=0` skips the ageing (seconds, default 180); `gateway_aged_s` and
+//! `gateway_age_at_end_s` say what the gateway had behind it.
 
 mod common;
 
@@ -22,67 +26,79 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let secs = common::measure_secs(20).to_string();
+    let age = std::env::var("CANOPY_BONDING_AGE")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(180)
+        .to_string();
     let only = std::env::var("CANOPY_BONDING_RUNS").ok();
     let wanted = |name: &str| {
         only.as_deref()
             .is_none_or(|o| o.split(',').any(|r| r == name))
     };
     let g = |v: &Value, k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+    let mut runs = Vec::new();
+    for dir in ["up", "down"] {
+        for par in [16, 8, 1] {
+            let name = format!("{dir}{par}");
+            if wanted(&name) {
+                runs.push((dir, par, name));
+            }
+        }
+    }
+    let list: Vec<&str> = runs.iter().map(|(_, _, n)| n.as_str()).collect();
+    let all =
+        common::run_netns_scenario("benches/netns/bonding.sh", &[&secs, &age, &list.join(",")])?;
     let mut out = json!({
         "scenario": "bonding",
         "git_rev": common::git_rev(),
         "unix_time": common::unix_time(),
         "seconds": secs.parse::<u64>().unwrap_or(20),
         "parallel": 16,
+        "gateway_aged_s": g(&all, "gateway_aged_s"),
+        "gateway_age_at_end_s": g(&all, "gateway_age_at_end_s"),
     });
-    for dir in ["up", "down"] {
-        for par in [16, 8, 1] {
-            let name = format!("{dir}{par}");
-            if !wanted(&name) {
-                continue;
+    for (dir, par, name) in &runs {
+        let r = all["runs"].get(name).cloned().unwrap_or(Value::Null);
+        println!(
+            "bonding {dir} x{par}: {} Mbit/s (efficiency {}), MPTCP {} ({})",
+            g(&r, "goodput_mbps"),
+            g(&r, "efficiency"),
+            g(&r, "mptcp_goodput_mbps"),
+            g(&r, "mptcp_efficiency")
+        );
+        out[format!("{dir}_efficiency_{par}")] = g(&r, "efficiency");
+        out[format!("mptcp_{dir}_efficiency_{par}")] = g(&r, "mptcp_efficiency");
+        out[format!("{dir}_goodput_mbps_{par}")] = g(&r, "goodput_mbps");
+        out[format!("mptcp_{dir}_goodput_mbps_{par}")] = g(&r, "mptcp_goodput_mbps");
+        out[format!("{dir}_failed_{par}")] = g(&r, "transfers_failed");
+        out[format!("{dir}_per_link_{par}")] = g(&r, "per_link");
+        // the earlier fields: uploads at 16 (and at 8)
+        if *dir == "up" && *par == 16 {
+            for k in [
+                "nominal_mbps",
+                "goodput_mbps",
+                "efficiency",
+                "mptcp_goodput_mbps",
+                "mptcp_efficiency",
+                "ratio_vs_mptcp",
+                "per_link",
+            ] {
+                out[k] = g(&r, k);
             }
-            let p = par.to_string();
-            let r = common::run_netns_scenario("benches/netns/bonding.sh", &[&secs, &p, dir])?;
-            println!(
-                "bonding {dir} x{par}: {} Mbit/s (efficiency {}), MPTCP {} ({})",
-                g(&r, "goodput_mbps"),
-                g(&r, "efficiency"),
-                g(&r, "mptcp_goodput_mbps"),
-                g(&r, "mptcp_efficiency")
-            );
-            out[format!("{dir}_efficiency_{par}")] = g(&r, "efficiency");
-            out[format!("mptcp_{dir}_efficiency_{par}")] = g(&r, "mptcp_efficiency");
-            out[format!("{dir}_goodput_mbps_{par}")] = g(&r, "goodput_mbps");
-            out[format!("mptcp_{dir}_goodput_mbps_{par}")] = g(&r, "mptcp_goodput_mbps");
-            out[format!("{dir}_failed_{par}")] = g(&r, "transfers_failed");
-            out[format!("{dir}_per_link_{par}")] = g(&r, "per_link");
-            // the earlier fields: uploads at 16 (and at 8)
-            if dir == "up" && par == 16 {
-                for k in [
-                    "nominal_mbps",
-                    "goodput_mbps",
-                    "efficiency",
-                    "mptcp_goodput_mbps",
-                    "mptcp_efficiency",
-                    "ratio_vs_mptcp",
-                    "per_link",
-                ] {
-                    out[k] = g(&r, k);
-                }
-                out["uploads_ok"] = g(&r, "transfers_ok");
-                out["uploads_failed"] = g(&r, "transfers_failed");
+            out["uploads_ok"] = g(&r, "transfers_ok");
+            out["uploads_failed"] = g(&r, "transfers_failed");
+        }
+        if *dir == "up" && *par == 8 {
+            for k in [
+                "goodput_mbps",
+                "efficiency",
+                "mptcp_goodput_mbps",
+                "ratio_vs_mptcp",
+            ] {
+                out[format!("{k}_p8")] = g(&r, k);
             }
-            if dir == "up" && par == 8 {
-                for k in [
-                    "goodput_mbps",
-                    "efficiency",
-                    "mptcp_goodput_mbps",
-                    "ratio_vs_mptcp",
-                ] {
-                    out[format!("{k}_p8")] = g(&r, k);
-                }
-                out["uploads_failed_p8"] = g(&r, "transfers_failed");
-            }
+            out["uploads_failed_p8"] = g(&r, "transfers_failed");
         }
     }
     let path = common::write_json("bonding", &out)?;
