@@ -1,7 +1,9 @@
-//! The bond: every uplink at once. Holds one [`Uplink`] per configured uplink, watches each
-//! path's health (probe echoes and quinn's statistics into `tunnel::path::PathHealth`),
-//! estimates its rates and queues, counts its bytes against its cap, and places each request
-//! with the sans-IO scheduler (`tunnel::scheduler`).
+//! The bond: every uplink at once. Holds one [`Uplink`] per configured uplink, feeds each
+//! path's connection events, quinn's statistics and the bytes requests move into the
+//! sans-IO estimate (`tunnel::path_estimate`: health, rates, queues, lost work), counts its
+//! bytes against its cap, and places each request with the sans-IO scheduler
+//! (`tunnel::scheduler`). What the estimate finds goes to logs, metrics and the path's
+//! signal here.
 
 use crate::config::{GatewayConfig, UplinkConfig};
 use crate::uplink::{Hello, Live, Uplink, UplinkSettings, UplinkState};
@@ -10,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
-use tunnel::path::{CapState, DataCap, Health, HealthEvent, LinkKind, PathHealth, Tier};
+use tunnel::path::{CapState, DataCap, Health, HealthEvent, LinkKind, Tier};
+use tunnel::path_estimate::{PathEstimate, TransportStats};
 
 use tunnel::scheduler::{self, ClassSet, PathId, PathView, Placement, Scheduler, Unit};
 use tunnel::TrafficClass;
@@ -19,10 +22,6 @@ use tunnel::TrafficClass;
 const TICK: Duration = Duration::from_millis(10);
 /// Bulk is held at the gateway until some path has less than this queued (late binding).
 pub const PLACEMENT_HORIZON: Duration = Duration::from_millis(500);
-/// How long a fresh connection is credited with most of its link's earlier peak rate.
-const PEAK_CREDIT: Duration = Duration::from_secs(2);
-/// Window of the goodput meters.
-const METER_WINDOW: Duration = Duration::from_millis(250);
 
 /// What in-flight requests watch on their path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,59 +55,23 @@ pub struct Path {
 }
 
 struct PathState {
-    health: PathHealth,
+    est: PathEstimate,
     cap: DataCap,
     cap_state: CapState,
-    generation: u64,
     live: Option<Arc<Live>>,
-    /// Silent or closed since the last (re)connection or recovery: in-flight work is lost.
-    lost: bool,
-    last_sent: u64,
-    last_lost: u64,
-    rttvar: Duration,
-    rate_up: f64,
-    rate_down: f64,
-    /// Highest goodput towards the relay seen in a busy meter window (bytes/s), and until
-    /// when a fresh connection is credited with most of it: a link that comes back
-    /// usually comes back as fast as it was, and its congestion window only shows that
-    /// once it is fed.
-    peak_up: f64,
-    peak_credit_until: Option<Instant>,
-    /// UDP bytes the connection had sent when the meter window started.
-    meter_tx: u64,
-    /// Remaining declared request-body bytes not yet handed to quinn.
-    pending_up: u64,
-    /// Remaining declared response-body bytes not yet received.
-    pending_down: u64,
-    /// Body bytes handed to quinn on the current connection.
-    written: u64,
-    /// Body bytes written by the flows of the current connection that have ended.
-    retired: u64,
-    meter_start: Instant,
-    meter_up: u64,
-    meter_down: u64,
-    meter_busy_down: bool,
-    goodput_up: f64,
-    goodput_down: f64,
 }
 
 impl PathState {
-    /// Body bytes handed to quinn on this connection and not sent yet. Sent is at least
-    /// 95% of the UDP bytes (a full packet carries about 97.8% payload, so this alone
-    /// undercounts what left by about 3%, and the error would grow with every byte: after
-    /// 20 s at 20 Mbit/s the path looked half a second busier than it was) and at least
-    /// what the requests that ended had written: a request that got its answer, or died,
-    /// is not queued any more. The second bound keeps the estimate from drifting.
-    fn unsent(&self) -> u64 {
+    /// UDP bytes the connection has sent so far.
+    fn udp_tx(&self) -> u64 {
         self.live
             .as_ref()
-            .map_or(0, |l| self.unsent_at(l.conn.stats().udp_tx.bytes))
+            .map_or(0, |l| l.conn.stats().udp_tx.bytes)
     }
 
-    /// [`Self::unsent`] when the connection has sent `udp_tx` bytes.
-    fn unsent_at(&self, udp_tx: u64) -> u64 {
-        let sent = (udp_tx * 95 / 100).max(self.retired);
-        self.written.saturating_sub(sent)
+    /// Body bytes handed to quinn and not sent yet.
+    fn unsent(&self) -> u64 {
+        self.est.unsent_at(self.udp_tx())
     }
 }
 
@@ -154,30 +117,10 @@ impl Path {
             classes: cfg.classes.as_deref().map_or(ClassSet::ALL, ClassSet::of),
             uplink,
             st: Mutex::new(PathState {
-                health: PathHealth::new(),
+                est: PathEstimate::new(now),
                 cap: DataCap::new(now, cap),
                 cap_state: CapState::Normal,
-                generation: 0,
                 live: None,
-                lost: false,
-                last_sent: 0,
-                last_lost: 0,
-                rttvar: Duration::from_millis(10),
-                rate_up: 125_000.0,
-                rate_down: 125_000.0,
-                pending_up: 0,
-                pending_down: 0,
-                written: 0,
-                retired: 0,
-                peak_up: 0.0,
-                peak_credit_until: None,
-                meter_tx: 0,
-                meter_start: now,
-                meter_up: 0,
-                meter_down: 0,
-                meter_busy_down: false,
-                goodput_up: 0.0,
-                goodput_down: 0.0,
             }),
             signal,
             stripes: std::sync::atomic::AtomicUsize::new(0),
@@ -193,7 +136,11 @@ impl Path {
     /// The connection, if the path is usable.
     pub fn live(&self) -> Option<Arc<Live>> {
         let st = self.lock();
-        st.health.is_usable().then(|| st.live.clone()).flatten()
+        st.est
+            .health()
+            .is_usable()
+            .then(|| st.live.clone())
+            .flatten()
     }
 
     /// The connection, whatever the health (for redundant copies of bids as a last resort).
@@ -215,30 +162,30 @@ impl Path {
         let mut st = self.lock();
         let now = Instant::now();
         let cap = st.cap.state(now);
-        let unsent = st.unsent();
+        let udp_tx = st.udp_tx();
         PathView {
             id: self.id,
-            usable: st.health.is_usable() && st.live.is_some(),
+            usable: st.est.is_usable(),
             tier: self.tier,
             classes: self.classes,
             cap,
-            srtt: st.health.srtt(),
-            rate_up: st.rate_up,
-            rate_down: st.rate_down,
-            queued_up: st.pending_up.saturating_add(unsent),
-            queued_down: st.pending_down,
-            silent: st.health.silence(now).unwrap_or_default(),
+            srtt: st.est.health().srtt(),
+            rate_up: st.est.rate_up(),
+            rate_down: st.est.rate_down(),
+            queued_up: st.est.queued_up_at(udp_tx),
+            queued_down: st.est.queued_down(),
+            silent: st.est.health().silence(now).unwrap_or_default(),
         }
     }
 
     /// Estimated rate towards the relay, bytes per second (congestion window over RTT).
     pub fn rate_up(&self) -> f64 {
-        self.lock().rate_up
+        self.lock().est.rate_up()
     }
 
     /// Estimated rate from the relay, bytes per second (busy windows' goodput).
     pub fn rate_down(&self) -> f64 {
-        self.lock().rate_down
+        self.lock().est.rate_down()
     }
 
     /// How long what is queued towards the relay on this path takes to leave: a request
@@ -246,7 +193,7 @@ impl Path {
     pub fn drain_time(&self) -> Duration {
         let (unsent, rate) = {
             let st = self.lock();
-            (st.unsent(), st.rate_up)
+            (st.unsent(), st.est.rate_up())
         };
         Duration::from_secs_f64((unsent as f64 / rate.max(1.0)).min(600.0))
     }
@@ -259,12 +206,12 @@ impl Path {
             name: self.name.clone(),
             kind: self.kind,
             tier: self.tier,
-            health: st.health.health(),
-            srtt: st.health.srtt(),
-            loss: st.health.loss(),
-            up_bps: st.goodput_up * 8.0,
-            down_bps: st.goodput_down * 8.0,
-            demotions: st.health.demotions(),
+            health: st.est.health().health(),
+            srtt: st.est.health().srtt(),
+            loss: st.est.health().loss(),
+            up_bps: st.est.goodput().up * 8.0,
+            down_bps: st.est.goodput().down * 8.0,
+            demotions: st.est.health().demotions(),
             cap: st.cap.state(now),
             cap_used: st.cap.used(now),
         }
@@ -274,15 +221,10 @@ impl Path {
     fn carried(&self, up: bool, bytes: u64, reserved: u64) {
         let now = Instant::now();
         let mut st = self.lock();
+        st.est.carried(up, bytes, reserved);
         if up {
-            st.written = st.written.saturating_add(bytes);
-            st.meter_up += bytes;
-            st.pending_up = st.pending_up.saturating_sub(reserved);
             self.bytes_up.fetch_add(bytes, Ordering::Relaxed);
         } else {
-            st.meter_down += bytes;
-            st.meter_busy_down = true;
-            st.pending_down = st.pending_down.saturating_sub(reserved);
             self.bytes_down.fetch_add(bytes, Ordering::Relaxed);
         }
         let (state, changed) = st.cap.add(now, bytes);
@@ -301,126 +243,63 @@ impl Path {
 
     /// Reserves declared bytes; the connection generation they go on.
     fn reserve(&self, up: u64, down: u64) -> u64 {
-        let mut st = self.lock();
-        st.pending_up = st.pending_up.saturating_add(up);
-        st.pending_down = st.pending_down.saturating_add(down);
-        st.generation
+        self.lock().est.reserve(up, down)
     }
 
     /// A flow of connection `generation` that wrote `written` body bytes ended.
     fn retire(&self, generation: u64, written: u64) {
-        let mut st = self.lock();
-        if st.generation == generation {
-            st.retired = st.retired.saturating_add(written);
-        }
+        self.lock().est.retire(generation, written);
     }
 
     fn release(&self, up: u64, down: u64) {
-        let mut st = self.lock();
-        st.pending_up = st.pending_up.saturating_sub(up);
-        st.pending_down = st.pending_down.saturating_sub(down);
+        self.lock().est.release(up, down);
     }
 
-    /// One monitor step.
+    /// One monitor step: the uplink's state and its connection's statistics into the
+    /// estimate; what it found to logs, metrics and the path's signal.
     fn tick(&self, now: Instant) {
         let state = self.uplink.state();
         let mut st = self.lock();
-        // demotions of a link that was carrying traffic (a failed probation is none)
-        let demotions_before = st.health.demotions();
-        let mut events = Vec::new();
-        let mut fresh = false;
         match &state {
-            UplinkState::Up(live) if live.generation != st.generation => {
-                if st.live.is_some() {
-                    // replaced without a Down in between: the old one closed all the same
-                    if let Some(e) = st.health.on_closed(now) {
-                        events.push(e);
-                    }
-                }
-                st.generation = live.generation;
-                st.health.on_connected(now, live.conn.rtt());
+            UplinkState::Up(live) if live.generation != st.est.generation() => {
+                st.est.on_connected(now, live.generation, live.conn.rtt());
                 st.live = Some(live.clone());
-                st.last_sent = 0;
-                st.last_lost = 0;
-                st.written = 0;
-                st.retired = 0;
-                fresh = true;
-                st.peak_credit_until = Some(now + PEAK_CREDIT);
-                st.meter_tx = 0;
                 info!(uplink = %self.name, rtt_ms = live.conn.rtt().as_millis() as u64, "on probation");
             }
             UplinkState::Down if st.live.is_some() => {
                 st.live = None;
-                if let Some(e) = st.health.on_closed(now) {
-                    events.push(e);
-                }
+                st.est.on_closed(now);
             }
             _ => {}
         }
-        // UDP bytes the connection has sent (read once per tick)
-        let mut udp_tx = 0;
-        if let Some(live) = st.live.clone() {
-            let stats = live.conn.stats();
-            udp_tx = stats.udp_tx.bytes;
-            tracing::trace!(uplink = %self.name, cwnd = stats.path.cwnd, rtt_us = stats.path.rtt.as_micros() as u64, lost = stats.path.lost_packets, events = stats.path.congestion_events, mtu = stats.path.current_mtu, tx = udp_tx, unsent = st.unsent_at(udp_tx), pending = st.pending_up, "path stats");
-            let rtt = stats.path.rtt;
-            let prev = st.health.srtt();
-            let dev = rtt.abs_diff(prev);
-            st.rttvar = (st.rttvar * 3 + dev) / 4;
-            let sent = stats.path.sent_packets.saturating_sub(st.last_sent);
-            let lost = stats.path.lost_packets.saturating_sub(st.last_lost);
-            st.last_sent = stats.path.sent_packets;
-            st.last_lost = stats.path.lost_packets;
-            let rttvar = st.rttvar.max(Duration::from_millis(1));
-            st.health.on_stats(now, rtt, rttvar, sent, lost);
-            if let Some(t) = live.echoes.latest() {
-                let before = st.health.silence(now);
-                st.health.on_echo(now, t);
-                if st.health.silence(now) != before {
-                    tracing::trace!(uplink = %self.name, gap_ms = before.map(|d| d.as_millis() as u64), age_ms = now.saturating_duration_since(t).as_millis() as u64, "echo");
-                }
+        let stats = st.live.as_ref().map(|live| {
+            let s = live.conn.stats();
+            TransportStats {
+                udp_tx: s.udp_tx.bytes,
+                cwnd: s.path.cwnd,
+                rtt: s.path.rtt,
+                sent_packets: s.path.sent_packets,
+                lost_packets: s.path.lost_packets,
+                latest_echo: live.echoes.latest(),
             }
-            let srtt = rtt.max(Duration::from_millis(1)).as_secs_f64();
-            st.rate_up = (stats.path.cwnd as f64 / srtt).max(10_000.0);
-            if st.peak_credit_until.is_some_and(|t| now < t) {
-                st.rate_up = st.rate_up.max(st.peak_up * 0.8);
-            }
+        });
+        if let Some(s) = &stats {
+            tracing::trace!(uplink = %self.name, cwnd = s.cwnd, rtt_us = s.rtt.as_micros() as u64, lost = s.lost_packets, tx = s.udp_tx, unsent = st.est.unsent_at(s.udp_tx), queued = st.est.queued_up_at(s.udp_tx), "path stats");
         }
-        if let Some(e) = st.health.poll(now) {
-            events.push(e);
-        }
-        // meters
-        let elapsed = now.saturating_duration_since(st.meter_start);
-        if elapsed >= METER_WINDOW {
-            let secs = elapsed.as_secs_f64();
-            st.goodput_up = st.meter_up as f64 / secs;
-            // A window with a full queue shows what the link carries: what left on the
-            // wire, not what was handed to quinn (a burst of writes is not a rate).
-            let wire = udp_tx.saturating_sub(st.meter_tx) as f64 * 0.95 / secs;
-            st.meter_tx = udp_tx;
-            if st.live.is_some() && st.unsent_at(udp_tx) > 0 {
-                st.peak_up = st.peak_up.max(st.goodput_up.min(wire));
-            }
-            st.goodput_down = st.meter_down as f64 / secs;
-            if st.meter_busy_down && st.pending_down > 0 {
-                // a busy window shows the downlink's rate; otherwise keep the estimate
-                st.rate_down = st.goodput_down.max(st.rate_down * 0.9);
-            } else if st.rate_down < st.rate_up {
-                st.rate_down = st.rate_up;
-            }
-            st.meter_start = now;
-            st.meter_up = 0;
-            st.meter_down = 0;
-            st.meter_busy_down = false;
+        let t = st.est.tick(now, stats.as_ref());
+        let live = st.live.clone();
+        let close_after = st.est.health().close_after();
+        if t.goodput.is_some() {
             let l = self.name.clone();
-            metrics::gauge!("canopy_gateway_link_goodput_bits_per_second", "link" => l.clone(), "direction" => "up").set(st.goodput_up * 8.0);
-            metrics::gauge!("canopy_gateway_link_goodput_bits_per_second", "link" => l.clone(), "direction" => "down").set(st.goodput_down * 8.0);
+            let g = st.est.goodput();
+            let h = st.est.health();
+            metrics::gauge!("canopy_gateway_link_goodput_bits_per_second", "link" => l.clone(), "direction" => "up").set(g.up * 8.0);
+            metrics::gauge!("canopy_gateway_link_goodput_bits_per_second", "link" => l.clone(), "direction" => "down").set(g.down * 8.0);
             metrics::gauge!("canopy_gateway_link_srtt_seconds", "link" => l.clone())
-                .set(st.health.srtt().as_secs_f64());
-            metrics::gauge!("canopy_gateway_link_loss_ratio", "link" => l.clone())
-                .set(st.health.loss());
+                .set(h.srtt().as_secs_f64());
+            metrics::gauge!("canopy_gateway_link_loss_ratio", "link" => l.clone()).set(h.loss());
             metrics::gauge!("canopy_gateway_link_state", "link" => l.clone())
-                .set(st.health.health().gauge());
+                .set(h.health().gauge());
             let used = st.cap.used(now);
             metrics::gauge!("canopy_gateway_link_cap_used_bytes", "link" => l.clone())
                 .set(used as f64);
@@ -428,29 +307,8 @@ impl Path {
                 metrics::gauge!("canopy_gateway_link_cap_bytes", "link" => l).set(cap as f64);
             }
         }
-        let usable = st.health.is_usable() && st.live.is_some();
-        let silent = events
-            .iter()
-            .any(|e| matches!(e, HealthEvent::Silent { .. } | HealthEvent::Closed));
-        if silent {
-            st.lost = true;
-        }
-        let close_after = st.health.close_after();
-        let gone = st.live.is_some()
-            && matches!(st.health.health(), Health::Down { .. })
-            && st.health.silence(now).is_some_and(|d| d > close_after);
-        if events
-            .iter()
-            .any(|e| matches!(e, HealthEvent::Recovering { .. }))
-            || fresh
-        {
-            st.lost = false;
-        }
-        let lost = st.lost;
-        let live = st.live.clone();
-        let demoted = st.health.demotions() - demotions_before;
         drop(st);
-        for e in &events {
+        for e in &t.events {
             match e {
                 HealthEvent::Joined => info!(uplink = %self.name, "up: carrying traffic"),
                 HealthEvent::Silent { silent_for } => {
@@ -465,11 +323,11 @@ impl Path {
                 HealthEvent::Closed => warn!(uplink = %self.name, "connection closed"),
             }
         }
-        if demoted > 0 {
+        if t.demoted > 0 {
             metrics::counter!("canopy_gateway_link_demotions_total", "link" => self.name.clone())
-                .increment(demoted);
+                .increment(t.demoted);
         }
-        if gone {
+        if t.reconnect {
             // a connection silent this long has its packets stuck behind QUIC's backed-off
             // timers: start afresh, so a returning link is found within the reconnect backoff
             if let Some(live) = &live {
@@ -478,8 +336,8 @@ impl Path {
             }
         }
         let sig = PathSignal {
-            usable,
-            dead: lost || live.is_none(),
+            usable: t.usable,
+            dead: t.dead,
         };
         self.signal.send_if_modified(|s| {
             let changed = *s != sig;
@@ -590,17 +448,18 @@ impl Bond {
     /// minute of probation while the stream and its backfill squeezed onto the others).
     fn forgive_shared_outage(&self, now: Instant) {
         const TOGETHER: Duration = Duration::from_secs(3);
-        if self.paths.iter().any(|p| p.lock().health.is_usable()) {
+        if self.paths.iter().any(|p| p.lock().est.health().is_usable()) {
             return;
         }
         for p in &self.paths {
             let mut st = p.lock();
             let recent = st
-                .health
+                .est
+                .health()
                 .last_demotion()
                 .is_some_and(|t| now.saturating_duration_since(t) <= TOGETHER);
             let since = now.checked_sub(TOGETHER).unwrap_or(now);
-            if recent && st.health.forgive_demotions_since(since) {
+            if recent && st.est.health_mut().forgive_demotions_since(since) {
                 info!(uplink = %p.name, "every uplink is down: not counted as this link flapping");
             }
         }
@@ -718,13 +577,9 @@ impl Bond {
     /// probation stand in when no regular path is up.
     fn with_fallback(&self, mut views: Vec<PathView>) -> Vec<PathView> {
         scheduler::fallback_to_probation(&mut views, |id| {
-            self.paths.get(id).is_some_and(|p| {
-                let on_probation = {
-                    let st = p.lock();
-                    matches!(st.health.health(), Health::Probation { .. }) && st.live.is_some()
-                };
-                on_probation && !p.signal.borrow().dead
-            })
+            self.paths
+                .get(id)
+                .is_some_and(|p| p.lock().est.on_probation() && !p.signal.borrow().dead)
         });
         views
     }

@@ -14,6 +14,7 @@ pub mod dedup;
 pub mod hop;
 pub mod owd;
 pub mod path;
+pub mod path_estimate;
 pub mod pull;
 pub mod scheduler;
 pub mod wire;

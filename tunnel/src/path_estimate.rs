@@ -1,0 +1,559 @@
+//! What the bond knows of one path besides its health: how fast it sends and receives, how
+//! much is queued on it, and whether the work on it is lost. Sans-IO: the driver (the
+//! gateway's bond) feeds it the connection's events, the transport's statistics once per
+//! tick and the bytes requests move, each with `now`; the scheduler reads it as a
+//! [`PathView`](crate::scheduler::PathView)'s rates and queues.
+//!
+//! - **Rate up**: the congestion window over the RTT. A fresh connection is credited with
+//!   most of the link's earlier peak for [`PEAK_CREDIT`]: a link that comes back usually
+//!   comes back as fast as it was, and its window only shows that once it is fed.
+//! - **Rate down**: the goodput of meter windows in which a response was outstanding and
+//!   bytes came (a busy window shows the downlink's rate); never below the rate up while
+//!   the path has not been measured busy, so a path that carried nothing yet is still
+//!   offered downloads.
+//! - **Queued up**: body bytes handed to the transport and not sent yet, bounded from
+//!   below by what ended requests wrote, so the estimate cannot drift with uptime.
+
+use crate::path::{Health, HealthEvent, PathHealth};
+use std::time::{Duration, Instant};
+
+/// How long a fresh connection is credited with most of its link's earlier peak rate.
+pub const PEAK_CREDIT: Duration = Duration::from_secs(2);
+/// Window of the goodput meters.
+pub const METER_WINDOW: Duration = Duration::from_millis(250);
+/// The lowest rate estimate, bytes per second.
+const MIN_RATE: f64 = 10_000.0;
+
+/// The transport's statistics of the path's connection at one tick.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransportStats {
+    /// UDP bytes the connection has sent.
+    pub udp_tx: u64,
+    /// Congestion window, bytes.
+    pub cwnd: u64,
+    /// The transport's smoothed RTT.
+    pub rtt: Duration,
+    /// Packets sent so far.
+    pub sent_packets: u64,
+    /// Packets declared lost so far.
+    pub lost_packets: u64,
+    /// Send time of the newest probe the peer echoed.
+    pub latest_echo: Option<Instant>,
+}
+
+/// A closed meter window's goodput, for gauges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Goodput {
+    /// Towards the relay, bytes per second.
+    pub up: f64,
+    /// From the relay, bytes per second.
+    pub down: f64,
+}
+
+/// What one tick found.
+#[derive(Debug, Default)]
+pub struct Tick {
+    /// Health changes since the last tick (connection events included).
+    pub events: Vec<HealthEvent>,
+    /// Demotions of the link while it was carrying traffic (a failed probation is none).
+    pub demoted: u64,
+    /// The path may carry new work.
+    pub usable: bool,
+    /// Work on the path is lost (silent or closed): abandon it and send it again elsewhere.
+    pub dead: bool,
+    /// Silent so long that the connection should be closed and made again.
+    pub reconnect: bool,
+    /// A meter window closed: its goodput.
+    pub goodput: Option<Goodput>,
+}
+
+/// Rates, queues and loss of work of one path.
+#[derive(Debug)]
+pub struct PathEstimate {
+    health: PathHealth,
+    /// The current connection's number (0: none yet).
+    generation: u64,
+    connected: bool,
+    /// Silent or closed since the last (re)connection or recovery: in-flight work is lost.
+    lost: bool,
+    events: Vec<HealthEvent>,
+    /// Health changes since the last tick came from a fresh connection.
+    fresh: bool,
+    last_sent: u64,
+    last_lost: u64,
+    rttvar: Duration,
+    rate_up: f64,
+    rate_down: f64,
+    /// Highest goodput towards the relay seen in a window with a queue (bytes/s), and until
+    /// when a fresh connection is credited with most of it.
+    peak_up: f64,
+    peak_credit_until: Option<Instant>,
+    /// UDP bytes the connection had sent when the meter window started, and at the last
+    /// tick.
+    meter_tx: u64,
+    udp_tx: u64,
+    /// Remaining declared request-body bytes not yet handed to the transport.
+    pending_up: u64,
+    /// Remaining declared response-body bytes not yet received.
+    pending_down: u64,
+    /// Body bytes handed to the transport on the current connection.
+    written: u64,
+    /// Body bytes written by the flows of the current connection that have ended.
+    retired: u64,
+    meter_start: Instant,
+    meter_up: u64,
+    meter_down: u64,
+    meter_busy_down: bool,
+    goodput: Goodput,
+}
+
+impl PathEstimate {
+    /// A path that has not connected yet, with a 1 Mbit/s guess each way.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            health: PathHealth::new(),
+            generation: 0,
+            connected: false,
+            lost: false,
+            events: Vec::new(),
+            fresh: false,
+            last_sent: 0,
+            last_lost: 0,
+            rttvar: Duration::from_millis(10),
+            rate_up: 125_000.0,
+            rate_down: 125_000.0,
+            peak_up: 0.0,
+            peak_credit_until: None,
+            meter_tx: 0,
+            udp_tx: 0,
+            pending_up: 0,
+            pending_down: 0,
+            written: 0,
+            retired: 0,
+            meter_start: now,
+            meter_up: 0,
+            meter_down: 0,
+            meter_busy_down: false,
+            goodput: Goodput { up: 0.0, down: 0.0 },
+        }
+    }
+
+    /// The path's health.
+    pub fn health(&self) -> &PathHealth {
+        &self.health
+    }
+
+    /// The path's health, to change (forgiving a shared outage's demotions).
+    pub fn health_mut(&mut self) -> &mut PathHealth {
+        &mut self.health
+    }
+
+    /// The current connection's number (0: none yet).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether a connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Whether the path may carry traffic.
+    pub fn is_usable(&self) -> bool {
+        self.health.is_usable() && self.connected
+    }
+
+    /// Whether the path is connected and on probation (it stands in when nothing is up).
+    pub fn on_probation(&self) -> bool {
+        self.connected && matches!(self.health.health(), Health::Probation { .. })
+    }
+
+    /// Connection `generation` is up with `rtt`: probation starts, the counters of the
+    /// connection start afresh, and the link's earlier peak is credited for a while.
+    pub fn on_connected(&mut self, now: Instant, generation: u64, rtt: Duration) {
+        if self.connected {
+            // replaced without a close in between: the old one closed all the same
+            self.on_closed(now);
+        }
+        self.generation = generation;
+        self.connected = true;
+        self.health.on_connected(now, rtt);
+        self.last_sent = 0;
+        self.last_lost = 0;
+        self.written = 0;
+        self.retired = 0;
+        self.meter_tx = 0;
+        self.udp_tx = 0;
+        self.fresh = true;
+        self.peak_credit_until = Some(now + PEAK_CREDIT);
+    }
+
+    /// The connection closed.
+    pub fn on_closed(&mut self, now: Instant) {
+        self.connected = false;
+        if let Some(e) = self.health.on_closed(now) {
+            self.events.push(e);
+        }
+    }
+
+    /// Reserves declared bytes for a request; the connection generation they go on.
+    pub fn reserve(&mut self, up: u64, down: u64) -> u64 {
+        self.pending_up = self.pending_up.saturating_add(up);
+        self.pending_down = self.pending_down.saturating_add(down);
+        self.generation
+    }
+
+    /// Gives back what a request reserved and did not use.
+    pub fn release(&mut self, up: u64, down: u64) {
+        self.pending_up = self.pending_up.saturating_sub(up);
+        self.pending_down = self.pending_down.saturating_sub(down);
+    }
+
+    /// A request moved `bytes` of body (`up`: handed to the transport; else received), of
+    /// which `reserved` were reserved.
+    pub fn carried(&mut self, up: bool, bytes: u64, reserved: u64) {
+        if up {
+            self.written = self.written.saturating_add(bytes);
+            self.meter_up += bytes;
+            self.pending_up = self.pending_up.saturating_sub(reserved);
+        } else {
+            self.meter_down += bytes;
+            self.meter_busy_down = true;
+            self.pending_down = self.pending_down.saturating_sub(reserved);
+        }
+    }
+
+    /// A request of connection `generation` that wrote `written` body bytes ended.
+    pub fn retire(&mut self, generation: u64, written: u64) {
+        if self.generation == generation {
+            self.retired = self.retired.saturating_add(written);
+        }
+    }
+
+    /// Body bytes handed to the transport and not sent yet, when the connection has sent
+    /// `udp_tx` UDP bytes. Sent is at least 95% of the UDP bytes (a full packet carries
+    /// about 97.8% payload, so this alone undercounts what left by about 3%, and the error
+    /// would grow with every byte: after 20 s at 20 Mbit/s the path looked half a second
+    /// busier than it was) and at least what the requests that ended had written: a
+    /// request that got its answer, or died, is not queued any more. The second bound keeps
+    /// the estimate from drifting.
+    pub fn unsent_at(&self, udp_tx: u64) -> u64 {
+        if !self.connected {
+            return 0;
+        }
+        let sent = (udp_tx * 95 / 100).max(self.retired);
+        self.written.saturating_sub(sent)
+    }
+
+    /// Bytes queued towards the relay (declared and not handed over, or handed over and not
+    /// sent) when the connection has sent `udp_tx` UDP bytes.
+    pub fn queued_up_at(&self, udp_tx: u64) -> u64 {
+        self.pending_up.saturating_add(self.unsent_at(udp_tx))
+    }
+
+    /// Declared response bytes not received yet.
+    pub fn queued_down(&self) -> u64 {
+        self.pending_down
+    }
+
+    /// Estimated rate towards the relay, bytes per second.
+    pub fn rate_up(&self) -> f64 {
+        self.rate_up
+    }
+
+    /// Estimated rate from the relay, bytes per second.
+    pub fn rate_down(&self) -> f64 {
+        self.rate_down
+    }
+
+    /// The last closed meter window's goodput.
+    pub fn goodput(&self) -> Goodput {
+        self.goodput
+    }
+
+    /// One monitor step: `stats` of the connection, if one is up.
+    pub fn tick(&mut self, now: Instant, stats: Option<&TransportStats>) -> Tick {
+        let demotions_before = self.health.demotions();
+        let mut events = std::mem::take(&mut self.events);
+        let fresh = std::mem::take(&mut self.fresh);
+        if let Some(s) = stats.filter(|_| self.connected) {
+            self.udp_tx = s.udp_tx;
+            let prev = self.health.srtt();
+            self.rttvar = (self.rttvar * 3 + s.rtt.abs_diff(prev)) / 4;
+            let sent = s.sent_packets.saturating_sub(self.last_sent);
+            let lost = s.lost_packets.saturating_sub(self.last_lost);
+            self.last_sent = s.sent_packets;
+            self.last_lost = s.lost_packets;
+            let rttvar = self.rttvar.max(Duration::from_millis(1));
+            self.health.on_stats(now, s.rtt, rttvar, sent, lost);
+            if let Some(t) = s.latest_echo {
+                self.health.on_echo(now, t);
+            }
+            let srtt = s.rtt.max(Duration::from_millis(1)).as_secs_f64();
+            self.rate_up = (s.cwnd as f64 / srtt).max(MIN_RATE);
+            if self.peak_credit_until.is_some_and(|t| now < t) {
+                self.rate_up = self.rate_up.max(self.peak_up * 0.8);
+            }
+        }
+        if let Some(e) = self.health.poll(now) {
+            events.push(e);
+        }
+        let goodput = self.meter(now);
+        if events
+            .iter()
+            .any(|e| matches!(e, HealthEvent::Silent { .. } | HealthEvent::Closed))
+        {
+            self.lost = true;
+        }
+        if fresh
+            || events
+                .iter()
+                .any(|e| matches!(e, HealthEvent::Recovering { .. }))
+        {
+            self.lost = false;
+        }
+        let reconnect = self.connected
+            && matches!(self.health.health(), Health::Down { .. })
+            && self
+                .health
+                .silence(now)
+                .is_some_and(|d| d > self.health.close_after());
+        Tick {
+            events,
+            demoted: self.health.demotions() - demotions_before,
+            usable: self.is_usable(),
+            dead: self.lost || !self.connected,
+            reconnect,
+            goodput,
+        }
+    }
+
+    /// Closes the meter window when it is due: the goodput each way, and the rate estimates
+    /// that follow from them.
+    fn meter(&mut self, now: Instant) -> Option<Goodput> {
+        let elapsed = now.saturating_duration_since(self.meter_start);
+        if elapsed < METER_WINDOW {
+            return None;
+        }
+        let secs = elapsed.as_secs_f64();
+        let up = self.meter_up as f64 / secs;
+        // A window with a full queue shows what the link carries: what left on the wire,
+        // not what was handed to the transport (a burst of writes is not a rate).
+        let wire = self.udp_tx.saturating_sub(self.meter_tx) as f64 * 0.95 / secs;
+        self.meter_tx = self.udp_tx;
+        if self.connected && self.unsent_at(self.udp_tx) > 0 {
+            self.peak_up = self.peak_up.max(up.min(wire));
+        }
+        let down = self.meter_down as f64 / secs;
+        if self.meter_busy_down && self.pending_down > 0 {
+            // a busy window shows the downlink's rate; otherwise keep the estimate
+            self.rate_down = down.max(self.rate_down * 0.9);
+        } else if self.rate_down < self.rate_up {
+            self.rate_down = self.rate_up;
+        }
+        self.meter_start = now;
+        self.meter_up = 0;
+        self.meter_down = 0;
+        self.meter_busy_down = false;
+        self.goodput = Goodput { up, down };
+        Some(self.goodput)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A path driven on simulated time: a connection with `rtt`, probes echoed every 10 ms
+    /// while `answering`, and the transport's counters.
+    struct Sim {
+        est: PathEstimate,
+        now: Instant,
+        stats: TransportStats,
+        answering: bool,
+    }
+
+    impl Sim {
+        fn connected(rtt: Duration) -> Self {
+            let now = Instant::now();
+            let mut est = PathEstimate::new(now);
+            est.on_connected(now, 1, rtt);
+            Self {
+                est,
+                now,
+                stats: TransportStats {
+                    cwnd: 50_000,
+                    rtt,
+                    ..TransportStats::default()
+                },
+                answering: true,
+            }
+        }
+
+        /// Runs for `d` in 10 ms ticks; returns every tick's result.
+        fn run(&mut self, d: Duration) -> Vec<Tick> {
+            let mut out = Vec::new();
+            let end = self.now + d;
+            while self.now < end {
+                self.now += 10 * MS;
+                if self.answering {
+                    self.stats.latest_echo = self.now.checked_sub(self.stats.rtt);
+                }
+                let stats = self.stats;
+                out.push(self.est.tick(self.now, Some(&stats)));
+            }
+            out
+        }
+
+        /// Runs until the path carries traffic.
+        fn join(&mut self) {
+            let ticks = self.run(Duration::from_secs(5));
+            assert!(ticks.iter().any(|t| t.usable), "the path joins");
+        }
+    }
+
+    #[test]
+    fn a_path_that_carried_nothing_is_offered_downloads_at_its_upload_rate() {
+        let mut s = Sim::connected(40 * MS);
+        s.stats.cwnd = 100_000;
+        s.join();
+        // 100 kB over 40 ms: 2.5 MB/s each way, though nothing came down yet
+        assert!((s.est.rate_up() - 2_500_000.0).abs() < 1.0);
+        assert!(s.est.rate_down() >= s.est.rate_up());
+    }
+
+    #[test]
+    fn busy_download_windows_set_the_download_rate_and_it_falls_slowly() {
+        let mut s = Sim::connected(40 * MS);
+        s.join();
+        // a response outstanding, 250 kB per 250 ms window: 1 MB/s
+        s.est.reserve(0, 10_000_000);
+        for _ in 0..8 {
+            s.est.carried(false, 250_000, 250_000);
+            s.run(250 * MS);
+        }
+        assert!(
+            (s.est.rate_down() - 1_000_000.0).abs() < 50_000.0,
+            "{}",
+            s.est.rate_down()
+        );
+        // the link slows to a tenth: the estimate follows, at most 10% a window
+        let before = s.est.rate_down();
+        s.est.carried(false, 25_000, 25_000);
+        s.run(250 * MS);
+        assert!(s.est.rate_down() >= before * 0.9 - 1.0);
+        for _ in 0..40 {
+            s.est.carried(false, 25_000, 25_000);
+            s.run(250 * MS);
+        }
+        assert!(s.est.rate_down() < 120_000.0, "{}", s.est.rate_down());
+    }
+
+    #[test]
+    fn the_upload_queue_does_not_drift_with_uptime() {
+        let mut s = Sim::connected(20 * MS);
+        s.join();
+        // an hour of 1 MB requests: each handed over whole, sent (with 2.2% framing on
+        // top), answered and retired
+        let mut udp = 0u64;
+        for _ in 0..3600 {
+            let g = s.est.reserve(1_000_000, 0);
+            s.est.carried(true, 1_000_000, 1_000_000);
+            udp += 1_022_000;
+            s.est.retire(g, 1_000_000);
+        }
+        s.stats.udp_tx = udp;
+        s.run(10 * MS);
+        assert_eq!(s.est.queued_up_at(udp), 0, "what ended is not queued");
+        // one more request handed over and not sent: exactly it is queued
+        s.est.reserve(300_000, 0);
+        s.est.carried(true, 300_000, 300_000);
+        assert_eq!(s.est.queued_up_at(udp), 300_000);
+    }
+
+    #[test]
+    fn a_returning_link_is_credited_with_its_earlier_peak_for_a_while() {
+        let mut s = Sim::connected(50 * MS);
+        s.join();
+        // carrying 2.5 MB/s with a queue: the peak
+        s.stats.cwnd = 125_000;
+        let mut udp = 0;
+        for _ in 0..8 {
+            s.est.reserve(1_000_000, 0);
+            s.est.carried(true, 625_000, 625_000);
+            udp += 657_000;
+            s.stats.udp_tx = udp;
+            s.run(250 * MS);
+        }
+        // the link comes back on a new connection with a small window
+        s.est.on_closed(s.now);
+        s.est.on_connected(s.now, 2, 50 * MS);
+        s.stats = TransportStats {
+            cwnd: 15_000,
+            rtt: 50 * MS,
+            ..TransportStats::default()
+        };
+        s.run(100 * MS);
+        assert!(s.est.rate_up() >= 0.8 * 2_000_000.0, "{}", s.est.rate_up());
+        s.run(PEAK_CREDIT);
+        assert!(
+            (s.est.rate_up() - 300_000.0).abs() < 1.0,
+            "credit over: the window's rate"
+        );
+    }
+
+    #[test]
+    fn work_is_lost_when_the_path_goes_silent_and_found_again_when_it_answers() {
+        let mut s = Sim::connected(30 * MS);
+        s.join();
+        s.answering = false;
+        let ticks = s.run(Duration::from_millis(600));
+        assert!(
+            ticks.iter().any(|t| t.dead && !t.usable),
+            "silent: its work is lost"
+        );
+        assert_eq!(
+            ticks.iter().map(|t| t.demoted).sum::<u64>(),
+            1,
+            "a link that carried traffic was demoted once"
+        );
+        // silent far longer: the connection should be made again
+        let ticks = s.run(Duration::from_secs(5));
+        assert!(ticks.iter().any(|t| t.reconnect));
+        // a new connection: nothing on it is lost
+        s.est.on_connected(s.now, 2, 30 * MS);
+        s.answering = true;
+        let t = s.run(10 * MS).pop().expect("a tick");
+        assert!(!t.dead);
+        assert!(
+            t.events.contains(&HealthEvent::Closed),
+            "the old one closed"
+        );
+    }
+
+    #[test]
+    fn a_failed_probation_is_no_demotion() {
+        let mut s = Sim::connected(30 * MS);
+        // silent before it ever joined
+        s.answering = false;
+        let ticks = s.run(Duration::from_secs(2));
+        assert!(ticks.iter().all(|t| !t.usable));
+        assert_eq!(ticks.iter().map(|t| t.demoted).sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn a_closed_connection_is_dead_and_queues_nothing() {
+        let mut s = Sim::connected(30 * MS);
+        s.join();
+        s.est.reserve(500_000, 0);
+        s.est.carried(true, 500_000, 500_000);
+        s.est.on_closed(s.now);
+        s.now += 10 * MS;
+        let t = s.est.tick(s.now, None);
+        assert!(t.dead && !t.usable);
+        assert!(t.events.contains(&HealthEvent::Closed));
+        assert_eq!(s.est.unsent_at(0), 0);
+    }
+}
