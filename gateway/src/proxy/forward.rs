@@ -1,0 +1,492 @@
+//! A request through the bond: the tunnelled head, the body kept, streamed or striped,
+//! copies raced on paths, each attempt up to the response head, and resends when a path
+//! dies and the request is safe to send again.
+
+use super::*;
+
+/// Headers for the tunnelled request: hop-by-hop removed, Via, class, idempotency key.
+pub(crate) fn tunnel_headers(
+    state: &State,
+    req: &Request<Incoming>,
+    class: TrafficClass,
+) -> http::HeaderMap {
+    let mut headers = req.headers().clone();
+    hop::strip_hop_by_hop(&mut headers);
+    hop::strip_private(&mut headers);
+    // HTTP/3 carries the host in :authority; a Host header that disagrees is an error there.
+    headers.remove(header::HOST);
+    hop::append_via(&mut headers, hop::via_protocol(req.version()), &state.name);
+    headers.insert(wire::HDR_CLASS, HeaderValue::from_static(class.as_str()));
+    if class.is_transactional() {
+        let key = headers
+            .get(wire::HDR_DEVICE_IDEMPOTENCY_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ledger::device_key)
+            .map(str::to_owned)
+            .unwrap_or_else(|| ledger::gateway_key(fastrand::u128(..)));
+        if let Ok(v) = HeaderValue::from_str(&key) {
+            headers.insert(wire::HDR_IDEMPOTENCY_KEY, v);
+        }
+    }
+    headers
+}
+
+/// The longest a response timeout waits for a path's queue to drain.
+const MAX_DRAIN_WAIT: Duration = Duration::from_secs(600);
+
+/// Why a request body did not reach the relay whole.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    /// Over the gateway's request body limit.
+    #[error("request body over the limit")]
+    OverLimit,
+    /// A striped body's chunks failed.
+    #[error("striped body: {0}")]
+    Stripe(String),
+    /// Reading it from the device, or sending it on, failed.
+    #[error("{0}")]
+    Send(String),
+}
+
+/// Largest request body kept in memory so the request can be sent again on another path
+/// (or redundantly): bids, check-ins, and idempotent requests up to this size.
+pub(crate) const REPLAY_MAX: u64 = 1024 * 1024;
+
+/// A request body: kept whole (replayable), streamed once, or striped over the paths (the
+/// head's stream carries none; it waits for the chunks' outcome).
+pub(crate) enum ReqBody {
+    Kept(Bytes),
+    Once(Option<Incoming>),
+    /// The chunks' outcome, and the number of this copy of the head.
+    Striped(crate::stripe::Outcome, u64),
+}
+
+/// The request as sent on each attempt.
+pub(crate) struct Outgoing {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) class: TrafficClass,
+}
+
+impl Outgoing {
+    pub(super) fn request(
+        &self,
+        extra: &[(header::HeaderName, HeaderValue)],
+    ) -> Option<Request<()>> {
+        let mut r = Request::builder()
+            .method(self.method.clone())
+            .uri(self.uri.clone());
+        if let Some(h) = r.headers_mut() {
+            *h = self.headers.clone();
+            for (k, v) in extra {
+                h.insert(k.clone(), v.clone());
+            }
+        }
+        r.body(()).ok()
+    }
+}
+
+/// Why an attempt on one path failed.
+pub(crate) struct AttemptError {
+    pub(crate) path: PathId,
+    /// The request never reached the origin's answer and may be sent again (if replayable).
+    retry: bool,
+    status: StatusCode,
+    reason: String,
+}
+
+pub(crate) type H3Recv = h3::client::RequestStream<tunnel_io::quic::RecvStream, Bytes>;
+
+/// A response head and the stream its body comes on.
+pub(crate) struct Answer {
+    pub(crate) head: http::response::Parts,
+    pub(crate) recv: H3Recv,
+    pub(crate) flow: Arc<Flow>,
+}
+
+pub(crate) fn body_limit_exceeded(limit: u64) -> Response<Body> {
+    synthetic(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body over the gateway's limit of {limit} bytes"),
+    )
+}
+
+pub(super) async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Response<Body> {
+    let limit = state.max_body.unwrap_or(u64::MAX);
+    let declared = hop::declared_length(req.headers());
+    if declared.is_some_and(|n| n > limit) {
+        return body_limit_exceeded(limit);
+    }
+    let class = route.class;
+    let out = Outgoing {
+        method: req.method().clone(),
+        uri: route.target,
+        headers: tunnel_headers(state, &req, class),
+        class,
+    };
+    let safe = class.is_transactional() || out.method.is_idempotent();
+    let incoming = req.into_body();
+    let body = if incoming.is_end_stream() {
+        ReqBody::Kept(Bytes::new())
+    } else if safe && declared.is_some_and(|n| n <= REPLAY_MAX.min(limit)) {
+        match Limited::new(incoming, REPLAY_MAX.min(limit) as usize)
+            .collect()
+            .await
+        {
+            Ok(c) => ReqBody::Kept(c.to_bytes()),
+            Err(e) => {
+                return synthetic(
+                    StatusCode::BAD_REQUEST,
+                    &format!("request body not received: {e}"),
+                )
+            }
+        }
+    } else {
+        ReqBody::Once(Some(incoming))
+    };
+    let replayable = safe && matches!(body, ReqBody::Kept(_));
+    let unit = Unit {
+        class,
+        up_bytes: match &body {
+            ReqBody::Kept(b) => b.len() as u64,
+            _ => declared.unwrap_or(0),
+        },
+        // a bulk request without a body is a download of unknown size: expect a typical one
+        down_bytes: if class == TrafficClass::Bulk && unit_body_is_empty(&body) {
+            state.bond.typical_download()
+        } else {
+            0
+        },
+    };
+    // A large upload is striped over every path: its chunks go where they finish soonest,
+    // and its head (no body) may be sent again when its path dies.
+    let total = unit.up_bytes;
+    let mut out = out;
+    // a large answer may come in chunks over every path (`crate::pull`)
+    if crate::pull::worth_offering(&state.bond, class) && out.method != Method::HEAD {
+        wire::pull::offer(&mut out.headers, crate::pull::new_id());
+    }
+    let mut unit = unit;
+    let mut replayable = replayable;
+    let mut _chunks = None;
+    let mut body = body;
+    // A body that cannot be sent again as it is (a POST, or one too large to keep) goes as
+    // a stripe even when striping does not pay: the relay takes each chunk once and answers
+    // a head sent again after its path died, so the request survives the loss of its path.
+    let protect = !replayable && total > 0 && crate::stripe::may_carry(&out.method, class);
+    if protect || crate::stripe::worth_it(&state.bond, &out.method, class, total) {
+        let source = match std::mem::replace(&mut body, ReqBody::Kept(Bytes::new())) {
+            ReqBody::Kept(b) => Some(crate::stripe::Source::Kept(b)),
+            ReqBody::Once(Some(inc)) => Some(crate::stripe::Source::stream(inc, state.body_idle)),
+            other => {
+                body = other;
+                None
+            }
+        };
+        if let Some(source) = source {
+            let id = crate::stripe::new_id();
+            if let Ok(v) = HeaderValue::from_str(&format!("{id:016x}")) {
+                out.headers.insert(wire::HDR_STRIPE, v);
+            }
+            out.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+            let (guard, outcome) = crate::stripe::start(
+                state.bond.clone(),
+                class,
+                id,
+                total,
+                source,
+                state.response_timeout,
+            );
+            _chunks = Some(guard);
+            body = ReqBody::Striped(outcome, 0);
+            unit = Unit {
+                class,
+                up_bytes: 0,
+                down_bytes: 0,
+            };
+            replayable = true;
+        }
+    }
+    let striped = matches!(body, ReqBody::Striped(..));
+    let out = Arc::new(out);
+    let mut excluded: Vec<PathId> = Vec::new();
+    let deadline = Instant::now() + state.response_timeout;
+    let mut last: Option<AttemptError> = None;
+    loop {
+        // late binding: bulk waits here (not in a slow path's queue) until a path has room
+        while !striped && !state.bond.has_room(&unit, &excluded) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let placement = state.bond.place(&unit, &excluded);
+        if placement.paths.is_empty() {
+            return match last {
+                Some(e) => synthetic(e.status, &e.reason),
+                None => synthetic(StatusCode::SERVICE_UNAVAILABLE, &state.bond.why_not(class)),
+            };
+        }
+        // redundant copies need the whole body in hand; a streamed one goes once
+        let copies = if class.is_transactional() && matches!(body, ReqBody::Kept(_)) {
+            placement.paths.clone()
+        } else {
+            vec![placement.paths[0]]
+        };
+        match race(state, &out, &mut body, &copies, &unit, limit).await {
+            Ok(answer) => return respond(state, out, answer, &unit),
+            Err(errs) => {
+                let retry = errs.iter().all(|e| e.retry) && replayable;
+                for e in &errs {
+                    debug!(path = e.path, reason = %e.reason, retry, "attempt failed");
+                    excluded.push(e.path);
+                }
+                last = errs.into_iter().next_back();
+                // a striped head is sent again on every path that is left, however long
+                // the body took
+                if !retry || (!striped && Instant::now() >= deadline) {
+                    let e = last.unwrap_or(AttemptError {
+                        path: 0,
+                        retry: false,
+                        status: StatusCode::BAD_GATEWAY,
+                        reason: "request failed".into(),
+                    });
+                    return synthetic(e.status, &e.reason);
+                }
+                metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str())
+                    .increment(1);
+            }
+        }
+    }
+}
+
+fn unit_body_is_empty(b: &ReqBody) -> bool {
+    matches!(b, ReqBody::Kept(b) if b.is_empty())
+}
+
+/// Sends copies on `paths` at once; the first answer wins, the others are dropped (the
+/// relay answers duplicates of keyed requests from the first copy).
+pub(crate) async fn race(
+    state: &State,
+    out: &Arc<Outgoing>,
+    body: &mut ReqBody,
+    paths: &[PathId],
+    unit: &Unit,
+    limit: u64,
+) -> Result<Answer, Vec<AttemptError>> {
+    let mut attempts = futures_util::stream::FuturesUnordered::new();
+    for &p in paths {
+        let b = match body {
+            ReqBody::Kept(b) => ReqBody::Kept(b.clone()),
+            ReqBody::Once(inc) => ReqBody::Once(inc.take()),
+            ReqBody::Striped(o, n) => {
+                // each copy of a striped head is numbered: the relay answers the newest
+                *n += 1;
+                ReqBody::Striped(o.clone(), *n)
+            }
+        };
+        attempts.push(attempt(state, out.clone(), b, p, unit, limit));
+    }
+    let mut errs = Vec::new();
+    while let Some(r) = futures_util::StreamExt::next(&mut attempts).await {
+        match r {
+            Ok(a) => return Ok(a),
+            Err(e) => errs.push(e),
+        }
+    }
+    Err(errs)
+}
+
+/// One copy of the request on one path, up to the response head.
+async fn attempt(
+    state: &State,
+    out: Arc<Outgoing>,
+    body: ReqBody,
+    id: PathId,
+    unit: &Unit,
+    limit: u64,
+) -> Result<Answer, AttemptError> {
+    let fail = |retry: bool, status: StatusCode, reason: String| AttemptError {
+        path: id,
+        retry,
+        status,
+        reason,
+    };
+    let path = state.bond.paths()[id].clone();
+    let Some(live) = path.live().or_else(|| path.connected()) else {
+        return Err(fail(
+            true,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("uplink {} is not connected", path.name),
+        ));
+    };
+    let mut watch = path.watch();
+    let died = async move { crate::bond::until_dead(&mut watch).await };
+    tokio::pin!(died);
+    let Some(flow) = state
+        .bond
+        .flow(id, out.class, unit.up_bytes, unit.down_bytes)
+    else {
+        return Err(fail(
+            false,
+            StatusCode::BAD_GATEWAY,
+            "no such uplink".into(),
+        ));
+    };
+    let head_no = match &body {
+        ReqBody::Striped(_, n) => Some((
+            header::HeaderName::from_static(wire::HDR_STRIPE_HEAD),
+            HeaderValue::from(*n),
+        )),
+        _ => None,
+    };
+    let Some(h3req) = out.request(head_no.as_slice()) else {
+        return Err(fail(
+            false,
+            StatusCode::BAD_REQUEST,
+            "cannot build the tunnelled request".into(),
+        ));
+    };
+    let mut sender = live.sender.clone();
+    let stream = tokio::select! {
+        r = tokio::time::timeout(state.response_timeout, sender.send_request(h3req)) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(fail(true, StatusCode::BAD_GATEWAY, format!("cannot open a request over uplink {}: {e}", path.name))),
+            Err(_) => return Err(fail(true, StatusCode::GATEWAY_TIMEOUT, "no stream to the relay became free in time".into())),
+        },
+        _ = &mut died => return Err(fail(true, StatusCode::BAD_GATEWAY, format!("uplink {} went down", path.name))),
+    };
+    let went_down = || {
+        fail(
+            true,
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "uplink {} went down during the request; it was not safe to send again",
+                path.name
+            ),
+        )
+    };
+    let (mut send, mut recv) = stream.split();
+    let up = flow.up_counter();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), UploadError>>();
+    let body_idle = state.body_idle;
+    tokio::spawn(async move {
+        let r = match body {
+            ReqBody::Kept(b) => {
+                let n = b.len() as u64;
+                let r = async {
+                    if n > 0 {
+                        send.send_data(b).await?;
+                    }
+                    send.finish().await
+                }
+                .await;
+                if r.is_ok() {
+                    up.increment(n);
+                }
+                r.map_err(|e| UploadError::Send(e.to_string()))
+            }
+            ReqBody::Once(Some(inc)) => {
+                let limited = Limited::new(
+                    tunnel_io::IdleBody::new(inc, body_idle),
+                    usize::try_from(limit).unwrap_or(usize::MAX),
+                );
+                pump_body(limited, &mut send, Some(&up))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| match e {
+                        PumpError::Source(s) if s.is::<http_body_util::LengthLimitError>() => {
+                            UploadError::OverLimit
+                        }
+                        e => UploadError::Send(e.to_string()),
+                    })
+            }
+            ReqBody::Once(None) => Err(UploadError::Send(
+                "request body already used by another copy".to_string(),
+            )),
+            ReqBody::Striped(mut outcome, _) => {
+                // the head has no body; it is done when every chunk is
+                let _ = send.finish().await;
+                match outcome.wait_for(Option::is_some).await {
+                    Ok(r) => match &*r {
+                        Some(Err(e)) => Err(UploadError::Stripe(e.to_string())),
+                        _ => Ok(()),
+                    },
+                    Err(_) => Err(UploadError::Stripe("the chunks' task ended".to_string())),
+                }
+            }
+        };
+        if let Err(e) = &r {
+            debug!(error = %e, "request body not delivered");
+        }
+        let _ = done_tx.send(r);
+    });
+    // The response timeout runs from the end of the request body: a long upload over a
+    // slow uplink is not a slow relay.
+    let head = {
+        let response = recv.recv_response();
+        tokio::pin!(response);
+        // the body's end first: a body cut at the limit resets the request, and the reset's
+        // answer may be ready in the same poll (it was 502 instead of 413 in one CI run)
+        let early = tokio::select! {
+            biased;
+            pumped = done_rx => {
+                match pumped {
+                    Ok(Err(UploadError::Stripe(why))) => {
+                        return Err(fail(false, StatusCode::BAD_GATEWAY, format!("request body not delivered: {why}")));
+                    }
+                    Ok(Err(UploadError::OverLimit)) => {
+                        return Err(fail(false, StatusCode::PAYLOAD_TOO_LARGE, format!("request body over the gateway's limit of {limit} bytes")));
+                    }
+                    _ => None,
+                }
+            }
+            r = &mut response => Some(r),
+            _ = &mut died => return Err(went_down()),
+        };
+        match early {
+            Some(r) => r,
+            // The body is in quinn's buffer, not on the wire yet: the timeout counts only
+            // once the path's queue has drained (a long upload over a slow uplink is not a
+            // slow relay).
+            None => {
+                let mut deadline = tokio::time::Instant::now() + state.response_timeout;
+                let mut extended = Duration::ZERO;
+                loop {
+                    let check = tokio::time::Instant::now() + Duration::from_millis(500);
+                    tokio::select! {
+                        r = &mut response => break r,
+                        _ = tokio::time::sleep_until(check.min(deadline)) => {
+                            if path.drain_time() > Duration::from_millis(500)
+                                && extended < MAX_DRAIN_WAIT
+                            {
+                                extended += Duration::from_millis(500);
+                                deadline = tokio::time::Instant::now() + state.response_timeout;
+                            } else if tokio::time::Instant::now() >= deadline {
+                                return Err(fail(false, StatusCode::GATEWAY_TIMEOUT, "no response through the relay in time".into()));
+                            }
+                        }
+                        _ = &mut died => return Err(went_down()),
+                    }
+                }
+            }
+        }
+    };
+    match head {
+        Ok(h) => {
+            let (parts, ()) = h.into_parts();
+            Ok(Answer {
+                head: parts,
+                recv,
+                flow,
+            })
+        }
+        Err(e) => Err(fail(
+            true,
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "tunnel failed before the response over uplink {}: {e}",
+                path.name
+            ),
+        )),
+    }
+}

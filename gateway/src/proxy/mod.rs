@@ -1,0 +1,403 @@
+//! The venue-facing HTTP/1.1 proxy: explicit proxy (absolute-form and CONNECT) and
+//! reverse "sites" by Host. Every request travels as an HTTP/3 request to the relay.
+
+use crate::bond::{Bond, Flow};
+use crate::config::{GatewayConfig, Site};
+use crate::devices::{Devices, Held, Slot};
+use crate::GatewayError;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
+use hyper::body::Body as _;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use media_io::rtsp::PushListener;
+use media_io::{LiveRendition, LiveStream, LiveStreams};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tracing::{debug, info, Instrument};
+use tunnel::scheduler::{PathId, Unit};
+use tunnel::{hop, wire, Classifier, TrafficClass};
+use tunnel_io::{copy_bidirectional, pump_body, H3Body, PumpError, TlsFiles};
+
+mod answer;
+mod connect;
+mod forward;
+mod route;
+
+use answer::*;
+use connect::*;
+pub(crate) use forward::*;
+use route::*;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+struct SiteTarget {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    class: Option<TrafficClass>,
+}
+
+pub(crate) struct State {
+    pub(crate) name: String,
+    classifier: Classifier,
+    sites: HashMap<String, SiteTarget>,
+    pub(crate) max_body: Option<u64>,
+    max_header_bytes: usize,
+    pub(crate) response_timeout: Duration,
+    tunnel_idle: Duration,
+    /// A request body with no bytes for this long is cut.
+    pub(crate) body_idle: Duration,
+    pub(crate) bond: Arc<Bond>,
+    live: Arc<LiveStreams>,
+    /// Bids and check-ins: journal, outbox, replay.
+    pub(crate) bids: Arc<crate::bids::Bids>,
+    /// The check-in desk, when `[checkin]` is on.
+    pub(crate) checkin: Option<crate::checkin::Desk>,
+    /// Per-device limits.
+    devices: Arc<Devices>,
+    /// Origins whose pages may load the on-site LL-HLS (CORS).
+    cors_origins: Vec<String>,
+}
+
+/// A camera rendition to pull: stream, rendition, URL, credentials.
+type Pull = (
+    Arc<LiveStream>,
+    Arc<LiveRendition>,
+    String,
+    Option<(String, String)>,
+);
+
+/// A bound gateway: the proxy listener plus its uplink to the relay.
+pub struct Gateway {
+    listener: TcpListener,
+    state: Arc<State>,
+    push: Option<PushListener>,
+    pulls: Vec<Pull>,
+    contributor: Option<Arc<crate::contribute::Contributor>>,
+}
+
+impl Gateway {
+    /// Binds the proxy listener and starts the uplink.
+    pub async fn bind(cfg: &GatewayConfig, tls: &TlsFiles) -> Result<Self, GatewayError> {
+        let errs = cfg.validate();
+        if let Some((key, msg)) = errs.first() {
+            return Err(GatewayError::Config(format!("{key}: {msg}")));
+        }
+        let client = tls.gateway_quic(cfg.tunnel.quinn())?;
+        let bond = Bond::start(cfg, client).map_err(GatewayError::Config)?;
+        let listener = TcpListener::bind(cfg.proxy.listen)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: cfg.proxy.listen,
+                source,
+            })?;
+        let sites = cfg.sites.iter().filter_map(site_target).collect();
+        let live = Arc::new(match &cfg.live.spool_dir {
+            Some(dir) => LiveStreams::with_spool(dir.clone(), cfg.live.spool_bytes),
+            None => LiveStreams::default(),
+        });
+        let rcfg = cfg.live.rendition();
+        let mut pulls = Vec::new();
+        for cam in &cfg.cameras {
+            let rends: &[&str] = if cam.substream_url.is_some() {
+                &["main", "sub"]
+            } else {
+                &["main"]
+            };
+            let stream = live.add(&cam.name, rends, rcfg, cam.url.is_some());
+            if let (None, Some(user)) = (&cam.url, &cam.username) {
+                // a pushing camera with credentials: encoders must present them
+                stream.set_push_credentials(user.clone(), cam.password.clone().unwrap_or_default());
+            }
+            let creds = cam
+                .username
+                .clone()
+                .map(|u| (u, cam.password.clone().unwrap_or_default()));
+            for (rend, url) in [("main", &cam.url), ("sub", &cam.substream_url)] {
+                if let (Some(url), Some(r)) = (url, stream.rendition(rend)) {
+                    pulls.push((stream.clone(), r, url.clone(), creds.clone()));
+                }
+            }
+        }
+        let push = match cfg.live.rtsp_listen {
+            Some(addr) => Some(
+                PushListener::bind(addr, live.clone(), cfg.live.accept_any_push, rcfg)
+                    .await
+                    .map_err(|source| GatewayError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let bids = crate::bids::Bids::open(
+            &cfg.bids.journal,
+            Duration::from_millis(cfg.bids.deadline_ms),
+        )
+        .map_err(|e| {
+            GatewayError::Config(format!("bids.journal {}: {e}", cfg.bids.journal.display()))
+        })?;
+        let state = State {
+            bids,
+            checkin: crate::checkin::Desk::new(&cfg.checkin),
+            devices: Devices::new(cfg.proxy.device_limits()),
+            name: cfg.gateway.name.clone(),
+            classifier: Classifier::new(cfg.classes.clone()),
+            sites,
+            max_body: (cfg.proxy.max_body_bytes > 0).then_some(cfg.proxy.max_body_bytes),
+            max_header_bytes: cfg.proxy.max_header_bytes,
+            cors_origins: cfg.live.cors_origins.clone(),
+            response_timeout: Duration::from_millis(cfg.proxy.response_timeout_ms),
+            tunnel_idle: Duration::from_millis(cfg.proxy.tunnel_idle_timeout_ms.max(1000)),
+            body_idle: Duration::from_millis(cfg.proxy.body_idle_timeout_ms.max(1000)),
+            bond,
+            live,
+        };
+        Ok(Self {
+            listener,
+            state: Arc::new(state),
+            push,
+            pulls,
+            contributor: None,
+        })
+    }
+
+    /// The cameras.
+    pub fn live(&self) -> Arc<LiveStreams> {
+        self.state.live.clone()
+    }
+
+    /// The RTSP push listener's address, when enabled.
+    pub fn rtsp_addr(&self) -> Option<SocketAddr> {
+        self.push.as_ref().and_then(|p| p.local_addr().ok())
+    }
+
+    /// The proxy's TCP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The bonded uplinks.
+    pub fn bond(&self) -> Arc<Bond> {
+        self.state.bond.clone()
+    }
+
+    /// Starts sending the cameras to the relay (`[live] contribute`); idempotent.
+    pub fn contribute(&mut self) -> Arc<crate::contribute::Contributor> {
+        self.contributor
+            .get_or_insert_with(|| {
+                crate::contribute::Contributor::start(
+                    self.state.bond.clone(),
+                    self.state.live.clone(),
+                )
+            })
+            .clone()
+    }
+
+    /// Serves venue devices until the task is dropped.
+    pub async fn run(mut self) {
+        info!(addr = ?self.listener.local_addr().ok(), "proxy listening (HTTP/1.1)");
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(push) = self.push.take() {
+            tasks.spawn(push.run());
+        }
+        {
+            let st = self.state.clone();
+            let bond = st.bond.clone();
+            tasks.spawn(st.bids.clone().run_replay(
+                move |r| {
+                    let st = st.clone();
+                    async move { crate::bid_path::deliver(&st, r).await }
+                },
+                move || bond.any_usable(),
+            ));
+        }
+        for (stream, rendition, url, creds) in std::mem::take(&mut self.pulls) {
+            let span = tracing::info_span!("camera", name = stream.name());
+            tasks.spawn(media_io::pull::run_pull(stream, rendition, url, creds).instrument(span));
+        }
+        loop {
+            let (tcp, peer) = media_io::accept(&self.listener).await;
+            let state = self.state.clone();
+            let device = peer.ip();
+            let conn_slot = state.devices.take(device, Slot::Connection);
+            // hyper answers a bare 431 when the header section outgrows its read buffer; the
+            // buffer is larger than the limit, so the limit's own 431 (with its reason) is
+            // what a device sees, up to a head four times the limit
+            let max_buf = (state.max_header_bytes * 4).max(64 * 1024);
+            tokio::spawn(
+                async move {
+                    let _held = match conn_slot {
+                        Ok(h) => h,
+                        Err(refused) => return too_many_connections(tcp, refused).await,
+                    };
+                    let svc = service_fn(move |req| handle(state.clone(), device, req));
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(30))
+                        .max_buf_size(max_buf);
+                    let _ = http
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await;
+                }
+                .instrument(tracing::debug_span!("device", %peer)),
+            );
+        }
+    }
+}
+
+/// Answers every request on a connection over the device's limit with 429, then closes.
+async fn too_many_connections(tcp: tokio::net::TcpStream, refused: crate::devices::Refused) {
+    metrics::counter!("canopy_gateway_device_limited_total", "slot" => Slot::Connection.as_str())
+        .increment(1);
+    let reason = refused.to_string();
+    let svc = service_fn(move |_req| {
+        let mut r = synthetic(StatusCode::TOO_MANY_REQUESTS, &reason);
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        async move { Ok::<_, Infallible>(r) }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
+        .keep_alive(false);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        http.serve_connection(TokioIo::new(tcp), svc),
+    )
+    .await;
+}
+
+fn site_target(site: &Site) -> Option<(String, SiteTarget)> {
+    let uri: Uri = site.origin.parse().ok()?;
+    Some((
+        site.host.to_ascii_lowercase(),
+        SiteTarget {
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+            class: site.class,
+        },
+    ))
+}
+
+/// Where a request goes.
+pub(crate) struct Route {
+    /// Absolute URI (or authority-form for CONNECT) sent to the relay.
+    pub(crate) target: Uri,
+    pub(crate) class: TrafficClass,
+}
+
+/// A response the gateway makes itself, with a short reason (also in `canopy-reason`).
+pub(crate) fn synthetic(status: StatusCode, reason: &str) -> Response<Body> {
+    let mut resp = Response::new(full(format!("{reason}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&wire::reason_header_value(reason)) {
+        resp.headers_mut().insert(wire::HDR_REASON, v);
+    }
+    resp
+}
+
+pub(crate) fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+async fn handle(
+    state: Arc<State>,
+    device: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let head_bytes = req.method().as_str().len()
+        + req.uri().to_string().len()
+        + 12
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    let routed = if head_bytes > state.max_header_bytes {
+        Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "request header section of {head_bytes} bytes is over the gateway's limit of {}",
+                state.max_header_bytes
+            ),
+        ))
+    } else {
+        route(&state, &req)
+    };
+    // the device's slot for this request, held until its answer is done
+    let slot = match &routed {
+        Ok(Some(route)) if method == Method::CONNECT => Some(Slot::Tunnel),
+        Ok(Some(route)) if route.class.is_transactional() && !method.is_safe() => {
+            Some(Slot::Transaction)
+        }
+        Ok(None) if req.uri().path() == "/checkins" => Some(Slot::Transaction),
+        Ok(_) => Some(Slot::Request),
+        Err(_) => None,
+    };
+    let mut held = match slot.map(|s| state.devices.take(device, s)) {
+        Some(Err(refused)) => {
+            metrics::counter!("canopy_gateway_device_limited_total", "slot" => slot.map_or("", Slot::as_str))
+                .increment(1);
+            let mut r = synthetic(StatusCode::TOO_MANY_REQUESTS, &refused.to_string());
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(r);
+        }
+        Some(Ok(h)) => Some(h),
+        None => None,
+    };
+    let (resp, class) = match routed {
+        Err((status, reason)) => (synthetic(status, &reason), TrafficClass::Bulk),
+        Ok(None) if req.uri().path() == "/checkins" => (
+            crate::checkin::serve(&state, req).await,
+            TrafficClass::Checkin,
+        ),
+        Ok(None) => (local(&state, &req).await, TrafficClass::Bulk),
+        Ok(Some(route)) => {
+            let class = route.class;
+            let resp = if method == Method::CONNECT {
+                // the tunnel keeps the slot for as long as it is open
+                connect(&state, req, route, held.take()).await
+            } else if class.is_transactional() && !method.is_safe() {
+                crate::bid_path::journaled(&state, req, route).await
+            } else {
+                forward(&state, req, route).await
+            };
+            (resp, class)
+        }
+    };
+    let c = class.as_str();
+    let status = resp.status();
+    metrics::counter!("canopy_gateway_requests_total", "class" => c, "status" => status.as_str().to_owned()).increment(1);
+    metrics::histogram!("canopy_gateway_request_duration_seconds", "class" => c)
+        .record(started.elapsed().as_secs_f64());
+    debug!(%method, %status, class = c, ms = started.elapsed().as_millis() as u64, "request");
+    Ok(match held {
+        // given back once the answer's body is done (or dropped)
+        Some(h) => resp.map(|b| {
+            b.map_frame(move |f| {
+                let _ = &h;
+                f
+            })
+            .boxed_unsync()
+        }),
+        None => resp,
+    })
+}

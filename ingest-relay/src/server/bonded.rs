@@ -1,0 +1,343 @@
+//! What the gateway spreads over its paths: striped request bodies put back together
+//! (heads and chunks), and large answers kept for the gateway to pull in chunks.
+
+use super::*;
+
+/// Stripe `id` of this gateway, made if new, for a body of `total` bytes: refused when the
+/// body is over the relay's limit or the stripe has another length.
+fn stripe_for(
+    state: &State,
+    ctx: &ConnCtx,
+    id: u64,
+    total: u64,
+) -> Result<Arc<stripe::Stripe>, Refusal> {
+    if state.max_body.is_some_and(|m| total > m) {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body over the relay's limit",
+        ));
+    }
+    state
+        .stripes
+        .get(ctx.identity, id, total)
+        .map_err(|e| match e {
+            stripe::NoStripe::OtherLength => {
+                Refusal::new(StatusCode::CONFLICT, "the stripe has another total length")
+            }
+            stripe::NoStripe::TooMany => Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this gateway has {} striped bodies at the relay already",
+                    stripe::MAX_STRIPES
+                ),
+            ),
+        })
+}
+
+/// A pulled answer's chunk (`GET`), answered with its bytes once the origin sent them, or
+/// the gateway's end of a pull (`DELETE`).
+pub(super) async fn pull(
+    state: &State,
+    ctx: &ConnCtx,
+    req: &Request<()>,
+    mut stream: Stream,
+) -> StatusCode {
+    if req.method() == Method::DELETE {
+        return match wire::pull::PullEnd::read(req.headers()) {
+            Ok(end) => {
+                state.pulls.end(ctx.identity, end.id);
+                let resp = Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(())
+                    .unwrap_or_default();
+                if stream.send_response(resp).await.is_ok() {
+                    let _ = stream.finish().await;
+                }
+                StatusCode::NO_CONTENT
+            }
+            Err(e) => {
+                refuse(
+                    &mut stream,
+                    Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
+                )
+                .await
+            }
+        };
+    }
+    let chunk = match wire::pull::PullChunk::read(req.headers()) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                &mut stream,
+                Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
+            )
+            .await
+        }
+    };
+    // a chunk's answer is bulk from its first byte (bids keep the small-first lane), unless
+    // the body waits for it
+    if !chunk.urgent {
+        ctx.bulk.mark(stream.send_id());
+    }
+    let parts = match state
+        .pulls
+        .chunk(ctx.identity, &chunk, state.response_timeout)
+        .await
+    {
+        Ok(parts) => parts,
+        Err(r) => {
+            use crate::pull::PullRefusal as R;
+            let status = match r {
+                R::Unknown => StatusCode::NOT_FOUND,
+                R::BeyondEnd | R::Dropped => StatusCode::RANGE_NOT_SATISFIABLE,
+                R::BeyondWindow => StatusCode::BAD_REQUEST,
+                R::Failed(_) => StatusCode::BAD_GATEWAY,
+                R::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            };
+            return refuse(&mut stream, Refusal::new(status, r.to_string())).await;
+        }
+    };
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_LENGTH, chunk.len)
+        .body(())
+        .unwrap_or_default();
+    if stream.send_response(resp).await.is_err() {
+        return StatusCode::OK;
+    }
+    let down =
+        metrics::counter!("canopy_relay_bytes_total", "class" => "bulk", "direction" => "down");
+    for b in parts {
+        let n = b.len() as u64;
+        if stream.send_data(b).await.is_err() {
+            return StatusCode::OK;
+        }
+        down.increment(n);
+    }
+    let _ = stream.finish().await;
+    metrics::counter!("canopy_relay_pull_chunks_total").increment(1);
+    StatusCode::OK
+}
+
+/// One chunk of a striped body: taken into its stripe (waiting while it lies beyond the
+/// stripe's window), then answered 200.
+pub(super) async fn stripe_chunk(
+    state: &State,
+    ctx: &ConnCtx,
+    req: &Request<()>,
+    mut stream: Stream,
+) -> StatusCode {
+    let id = header_u64(req, wire::HDR_STRIPE, 16);
+    let offset = header_u64(req, wire::HDR_STRIPE_OFFSET, 10);
+    let total = header_u64(req, wire::HDR_STRIPE_TOTAL, 10);
+    let (Some(id), Some(offset), Some(total)) = (id, offset, total) else {
+        stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+        return refuse(
+            &mut stream,
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "a chunk needs canopy-stripe (hex), canopy-stripe-offset and canopy-stripe-total",
+            ),
+        )
+        .await;
+    };
+    let stripe = match stripe_for(state, ctx, id, total) {
+        Ok(s) => s,
+        Err(r) => {
+            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            return refuse(&mut stream, r).await;
+        }
+    };
+    // the chunk's bytes stay on the intake budget while it waits for its stripe's window
+    let (data, _intake) = match read_capped(&mut stream, stripe::CHUNK_MAX, state.intake(ctx)).await
+    {
+        Capped::Body(d, g) => (d, g),
+        Capped::TooLarge => {
+            return refuse(
+                &mut stream,
+                Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "chunk over 1 MiB"),
+            )
+            .await
+        }
+        Capped::NoRoom => return refuse(&mut stream, no_room()).await,
+        Capped::Failed => return StatusCode::BAD_REQUEST,
+    };
+    let n = data.len() as u64;
+    let status = match stripe.insert(offset, data, state.response_timeout).await {
+        Ok(()) => {
+            metrics::counter!("canopy_relay_stripe_chunks_total").increment(1);
+            metrics::counter!("canopy_relay_stripe_bytes_total").increment(n);
+            StatusCode::OK
+        }
+        Err(stripe::ChunkError::OutOfRange) => {
+            return refuse(
+                &mut stream,
+                Refusal::new(StatusCode::BAD_REQUEST, "chunk beyond the stripe's end"),
+            )
+            .await
+        }
+        Err(stripe::ChunkError::Failed(why)) => {
+            return refuse(&mut stream, Refusal::new(StatusCode::CONFLICT, why)).await
+        }
+        Err(stripe::ChunkError::NoBudget) => {
+            return refuse(
+                &mut stream,
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the relay holds as many striped bytes of this gateway as it may",
+                ),
+            )
+            .await
+        }
+        Err(stripe::ChunkError::Timeout) => {
+            return refuse(
+                &mut stream,
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the origin did not take the body in time",
+                ),
+            )
+            .await
+        }
+    };
+    debug!(stripe = id, offset, n, "chunk");
+    let resp = Response::builder()
+        .status(status)
+        .body(())
+        .unwrap_or_default();
+    if stream.send_response(resp).await.is_ok() {
+        let _ = stream.finish().await;
+    }
+    status
+}
+
+/// The head of a request whose body comes striped. The first head of a stripe opens the
+/// origin request and feeds it the stripe; the newest head (a head is sent again when its
+/// path dies) gets the origin's answer.
+pub(super) async fn striped(
+    state: &State,
+    ctx: &ConnCtx,
+    req: Request<()>,
+    mut stream: Stream,
+    class: TrafficClass,
+) -> StatusCode {
+    while let Ok(Some(_)) = stream.recv_data().await {}
+    let id = header_u64(&req, wire::HDR_STRIPE, 16);
+    let total = hop::declared_length(req.headers());
+    let (Some(id), Some(total)) = (id, total) else {
+        return refuse(
+            &mut stream,
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "a striped request needs canopy-stripe (hex) and content-length",
+            ),
+        )
+        .await;
+    };
+    let stripe = match stripe_for(state, ctx, id, total) {
+        Ok(s) => s,
+        Err(r) => return refuse(&mut stream, r).await,
+    };
+    let head = header_u64(&req, wire::HDR_STRIPE_HEAD, 10).unwrap_or(1);
+    if stripe.attach_head(head) {
+        let result = match prepare(state, &req).await {
+            Ok(Target::Forward(origin)) => {
+                let counter = metrics::counter!("canopy_relay_bytes_total", "class" => class.as_str(), "direction" => "up");
+                let (body, done) = stripe.body(Some(counter));
+                let (parts, ()) = req.into_parts();
+                origin_exchange(state, parts, body, done, origin).await
+            }
+            Ok(_) => Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "only proxied requests may have a striped body",
+            )),
+            Err(r) => Err(r),
+        };
+        let published = match result {
+            Ok(resp) => keep_answer(state, ctx, &stripe, resp).await,
+            Err(r) => {
+                stripe.fail(&r.reason);
+                stripe::Published::Kept(Arc::new(Outcome::Answer {
+                    status: r.status,
+                    headers: r.headers(),
+                    body: r.body(),
+                }))
+            }
+        };
+        stripe.publish(published);
+    }
+    // The stripe stays (until idle for a minute) for heads and chunks sent again after
+    // their path died, even when the answer already went out.
+    let wait = state.response_timeout * 2 + Duration::from_secs(10);
+    match stripe.answer(head, wait).await {
+        Ok(stripe::Published::Kept(outcome)) => replay(&mut stream, &outcome, head > 1).await,
+        Ok(stripe::Published::Stream(resp)) => {
+            let (mut send, _recv) = stream.split();
+            deliver(state, &mut send, class, None, None, Ok(resp)).await
+        }
+        Err(why) => {
+            let reason = match why {
+                stripe::NoAnswer::Superseded => {
+                    "a later copy of this request's head carries the answer"
+                }
+                stripe::NoAnswer::Gone => {
+                    "the answer went out on a path that died, and was too large to keep"
+                }
+                stripe::NoAnswer::Timeout => "no answer from the origin in time",
+            };
+            let status = if why == stripe::NoAnswer::Superseded {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            refuse(&mut stream, Refusal::new(status, reason)).await
+        }
+    }
+}
+
+/// The origin's answer to a striped request: kept whole when small and the gateway's
+/// share of the stripes' budget has room (a head sent again gets it too, as long as the
+/// stripe lingers), else streamed once.
+async fn keep_answer(
+    state: &State,
+    ctx: &ConnCtx,
+    stripe: &stripe::Stripe,
+    resp: Response<hyper::body::Incoming>,
+) -> stripe::Published {
+    let small = hop::declared_length(resp.headers()).filter(|n| *n <= KEYED_ANSWER_MAX as u64);
+    let Some(grant) = small.and_then(|n| state.stripes.budget().try_grant(ctx.identity, n)) else {
+        return stripe::Published::Stream(resp);
+    };
+    stripe.hold(grant);
+    let (parts, body) = resp.into_parts();
+    let collected = tokio::time::timeout(
+        state.response_timeout,
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, KEYED_ANSWER_MAX)),
+    )
+    .await;
+    let outcome = match collected {
+        Ok(Ok(c)) => {
+            let mut headers = parts.headers;
+            hop::strip_hop_by_hop(&mut headers);
+            hop::strip_private(&mut headers);
+            hop::append_via(&mut headers, hop::via_protocol(parts.version), &state.name);
+            Outcome::Answer {
+                status: parts.status,
+                headers,
+                body: c.to_bytes(),
+            }
+        }
+        _ => {
+            let r = Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "origin answer did not arrive whole",
+            );
+            Outcome::Answer {
+                status: r.status,
+                headers: r.headers(),
+                body: r.body(),
+            }
+        }
+    };
+    stripe::Published::Kept(Arc::new(outcome))
+}

@@ -1,0 +1,629 @@
+//! The relay's HTTP/3 server: accepts gateway connections (client certificate required),
+//! greets them into sessions and dispatches each request stream: to the origins
+//! (`origin`), to the bonded transfers' stripes and pulls (`bonded`), to live media, the
+//! auction or JetStream; bodies read whole take the intake budget (`intake`).
+
+use crate::budget::{Budget, Grant};
+use crate::claim_log::ClaimLog;
+use crate::config::RelayConfig;
+use crate::egress::{Egress, OriginStream};
+use crate::error::{Refusal, RelayError};
+use crate::origin_pool::{OriginBody, OriginKey, OriginPool, Sender};
+pub(crate) use crate::session::ConnCtx;
+use crate::session::{Admission, AdmitError, Outcome, Publisher, Sessions};
+use crate::stripe;
+use crate::viewers::{self, Viewers};
+use bytes::Bytes;
+use h3::server::RequestStream;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use media_io::relayed::{Relayed, RelayedConfig};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn, Instrument};
+use tunnel::{hop, wire, TrafficClass};
+use tunnel_io::{copy_bidirectional, pump_body, H3Body, IdleBody, IdleError, TlsFiles};
+
+mod bonded;
+mod intake;
+mod origin;
+
+use bonded::*;
+pub(crate) use intake::*;
+use origin::*;
+
+pub(crate) type Stream = RequestStream<tunnel_io::quic::BidiStream, Bytes>;
+type SendHalf = RequestStream<tunnel_io::quic::SendStream, Bytes>;
+
+/// Bytes of request bodies read whole one gateway may have the relay hold at once.
+const INTAKE_PER_GATEWAY: u64 = 64 << 20;
+/// The same for all gateways together.
+const INTAKE_GLOBAL: u64 = 1 << 30;
+
+/// Largest answer to a bid or check-in the relay keeps for duplicates.
+const KEYED_ANSWER_MAX: usize = 64 * 1024;
+
+pub(crate) struct State {
+    pub(crate) relayed: Arc<Relayed>,
+    name: String,
+    server_names: Vec<String>,
+    egress: Egress,
+    /// Idle origin connections, for the next request to the same origin.
+    origins: Arc<OriginPool>,
+    response_timeout: Duration,
+    tunnel_idle: Duration,
+    body_idle: Duration,
+    small_first: bool,
+    max_body: Option<u64>,
+    max_header_bytes: u64,
+    sessions: Sessions,
+    stripes: stripe::Stripes,
+    /// Large answers the gateways pull in chunks over their paths.
+    pulls: crate::pull::Pulls,
+    /// Bytes of request bodies read whole (media pieces, chunks, bids) the relay may hold.
+    intake: Arc<Budget>,
+    /// The embedded auction, when `[auction] host` is set.
+    auction: Option<crate::auction::AuctionSink>,
+    /// The JetStream bid sink, when `[jetstream] host` is set.
+    jetstream: Option<crate::jetstream::JetStreamSink>,
+}
+
+impl State {
+    /// Where `ctx`'s bodies read whole take their bytes from.
+    pub(crate) fn intake<'a>(&'a self, ctx: &ConnCtx) -> Intake<'a> {
+        (&self.intake, ctx.identity)
+    }
+}
+
+/// A bound relay; `run` serves it.
+pub struct Relay {
+    endpoint: quinn::Endpoint,
+    /// TLS and defaults; each connection gets its own transport config and queue signal.
+    server: quinn::ServerConfig,
+    transport: tunnel_io::TransportSettings,
+    state: Arc<State>,
+    viewers: Arc<Viewers>,
+    viewer_http: Option<tokio::net::TcpListener>,
+    viewer_https: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    viewer_h3: Option<quinn::Endpoint>,
+}
+
+impl Relay {
+    /// Binds the QUIC endpoint with the relay's TLS material, and the viewer listeners
+    /// (`viewer_tls`: their certificate when not the relay's; `token_key`: the secret that
+    /// signs viewer URLs, when they need one).
+    pub async fn bind(
+        cfg: &RelayConfig,
+        tls: &TlsFiles,
+        viewer_tls: Option<&TlsFiles>,
+        token_key: Option<&[u8]>,
+    ) -> Result<Self, RelayError> {
+        let server = tls.relay_quic(cfg.tunnel.quinn())?;
+        let bind_err = |source| RelayError::Bind {
+            addr: cfg.relay.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(cfg.relay.listen).map_err(bind_err)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
+        let endpoint = quinn::Endpoint::new(
+            tunnel_io::transport::endpoint_config(tunnel_io::transport::RELAY_CID_LEN),
+            Some(server.clone()),
+            socket,
+            runtime,
+        )
+        .map_err(bind_err)?;
+        let egress = Egress::new(&cfg.egress).map_err(RelayError::Config)?;
+        // pulled answers and striped uploads hold bytes from the same budgets
+        let stripes = stripe::Stripes::default();
+        let pulls = crate::pull::Pulls::new(stripes.budget());
+        let state = State {
+            name: cfg.relay.name.clone(),
+            server_names: cfg.relay.server_names.clone(),
+            egress,
+            origins: OriginPool::start(),
+            response_timeout: Duration::from_millis(cfg.egress.response_timeout_ms),
+            tunnel_idle: Duration::from_millis(cfg.egress.tunnel_idle_timeout_ms.max(1000)),
+            body_idle: Duration::from_millis(cfg.egress.body_idle_timeout_ms.max(1000)),
+            small_first: cfg.tunnel.small_first,
+            max_body: (cfg.egress.max_request_body_bytes > 0)
+                .then_some(cfg.egress.max_request_body_bytes),
+            max_header_bytes: cfg.egress.max_header_bytes,
+            sessions: Sessions::new(ClaimLog::open(&cfg.bids.journal).map_err(|source| {
+                RelayError::Journal {
+                    path: cfg.bids.journal.clone(),
+                    source,
+                }
+            })?),
+            stripes,
+            pulls,
+            intake: Budget::new(
+                "canopy_relay_intake_bytes",
+                INTAKE_PER_GATEWAY,
+                INTAKE_GLOBAL,
+            ),
+            auction: crate::auction::AuctionSink::open(&cfg.auction).map_err(|source| {
+                RelayError::Journal {
+                    path: cfg.auction.journal.clone(),
+                    source,
+                }
+            })?,
+            jetstream: crate::jetstream::JetStreamSink::start(&cfg.jetstream)
+                .await
+                .map_err(|e| RelayError::Config(format!("jetstream: {e}")))?,
+            relayed: Arc::new(Relayed::new(relayed_config(cfg))),
+        };
+        let vtls = viewer_tls.unwrap_or(tls);
+        let bind_tcp = |addr: SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RelayError::Bind { addr, source })
+        };
+        let viewer_http = match cfg.viewers.listen {
+            Some(a) => Some(bind_tcp(a).await?),
+            None => None,
+        };
+        let viewer_https = match cfg.viewers.https_listen {
+            Some(a) => {
+                let t = vtls.viewer_rustls(&[b"http/1.1"])?;
+                Some((
+                    bind_tcp(a).await?,
+                    tokio_rustls::TlsAcceptor::from(Arc::new(t)),
+                ))
+            }
+            None => None,
+        };
+        let viewer_h3 = match cfg.viewers.h3_listen {
+            Some(a) => Some(
+                viewers::bind_h3(a, vtls.viewer_quic()?)
+                    .map_err(|source| RelayError::Bind { addr: a, source })?,
+            ),
+            None => None,
+        };
+        let alt_svc = viewer_h3
+            .as_ref()
+            .and_then(|e| e.local_addr().ok())
+            .and_then(|a| {
+                http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", a.port())).ok()
+            });
+        let state = Arc::new(state);
+        let viewers = Arc::new(Viewers {
+            relayed: state.relayed.clone(),
+            cors: cfg
+                .viewers
+                .cors_origins
+                .clone()
+                .unwrap_or_else(|| vec!["*".into()]),
+            token: token_key.map(crate::viewer_token::TokenKey::new),
+            alt_svc,
+        });
+        Ok(Self {
+            endpoint,
+            server,
+            transport: cfg.tunnel.clone(),
+            state,
+            viewers,
+            viewer_http,
+            viewer_https,
+            viewer_h3,
+        })
+    }
+
+    /// The viewers' addresses: HTTP/1.1, HTTPS, HTTP/3.
+    pub fn viewer_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>) {
+        (
+            self.viewer_http.as_ref().and_then(|l| l.local_addr().ok()),
+            self.viewer_https
+                .as_ref()
+                .and_then(|(l, _)| l.local_addr().ok()),
+            self.viewer_h3.as_ref().and_then(|e| e.local_addr().ok()),
+        )
+    }
+
+    /// The live streams gateways send.
+    pub fn relayed(&self) -> Arc<Relayed> {
+        self.state.relayed.clone()
+    }
+
+    /// The UDP address the relay listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves gateways (and viewers) until the endpoint is closed.
+    pub async fn run(mut self) {
+        if let Some(l) = self.viewer_http.take() {
+            tokio::spawn(viewers::serve_http1(l, self.viewers.clone(), None));
+        }
+        if let Some((l, acc)) = self.viewer_https.take() {
+            tokio::spawn(viewers::serve_http1(l, self.viewers.clone(), Some(acc)));
+        }
+        if let Some(ep) = self.viewer_h3.take() {
+            tokio::spawn(viewers::serve_h3(ep, self.viewers.clone()));
+        }
+        info!(addr = ?self.endpoint.local_addr().ok(), "relay listening (HTTP/3)");
+        while let Some(incoming) = self.endpoint.accept().await {
+            let state = self.state.clone();
+            let remote = incoming.remote_address();
+            let (transport, signal) = self.transport.quinn_for_connection();
+            let mut server = self.server.clone();
+            server.transport_config(transport);
+            let connecting = match incoming.accept_with(Arc::new(server)) {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(%remote, error = %e, "connection refused");
+                    continue;
+                }
+            };
+            tokio::spawn(
+                async move {
+                    match connecting.await {
+                        Ok(conn) => {
+                            tokio::spawn(tunnel_io::probe::run(conn.clone(), signal, false, None));
+                            serve_connection(state, conn).await
+                        }
+                        Err(e) => info!(error = %e, "handshake refused"),
+                    }
+                }
+                .instrument(tracing::info_span!("gateway", %remote)),
+            );
+        }
+    }
+}
+
+async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
+    info!("gateway connected");
+    if tracing::enabled!(tracing::Level::TRACE) {
+        let c = conn.clone();
+        tokio::spawn(async move {
+            while c.close_reason().is_none() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let s = c.stats();
+                tracing::trace!(
+                    cwnd = s.path.cwnd,
+                    rtt_ms = s.path.rtt.as_millis() as u64,
+                    lost = s.path.lost_packets,
+                    sent = s.path.sent_packets,
+                    tx = s.udp_tx.bytes,
+                    "connection stats"
+                );
+            }
+        });
+    }
+    let identity = state.sessions.identity(&conn);
+    let (gateway_name, scope) = crate::session::gateway_names(&conn);
+    let quic = tunnel_io::quic::Connection::new(conn.clone(), state.small_first);
+    let ctx = Arc::new(ConnCtx {
+        identity,
+        conn_id: conn.stable_id(),
+        joined: std::sync::Mutex::new(None),
+        gateway_name,
+        scope,
+        bulk: quic.bulk_marks(),
+    });
+    metrics::gauge!("canopy_relay_gateways_connected").increment(1.0);
+    let h3 = h3::server::builder()
+        .max_field_section_size(state.max_header_bytes)
+        .build::<_, Bytes>(quic)
+        .await;
+    match h3 {
+        Ok(mut h3) => loop {
+            match h3.accept().await {
+                Ok(Some(resolver)) => {
+                    let state = state.clone();
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        match resolver.resolve_request().await {
+                            Ok((req, stream)) => handle(state, &ctx, req, stream).await,
+                            Err(e) => debug!(error = %e, "bad request stream"),
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "connection ended");
+                    break;
+                }
+            }
+        },
+        Err(e) => warn!(error = %e, "HTTP/3 setup failed"),
+    }
+    metrics::gauge!("canopy_relay_gateways_connected").decrement(1.0);
+    state.sessions.leave(&ctx);
+    info!(reason = ?conn.close_reason(), "gateway disconnected");
+}
+
+async fn handle(state: Arc<State>, ctx: &ConnCtx, req: Request<()>, stream: Stream) {
+    let started = Instant::now();
+    let class = req
+        .headers()
+        .get(wire::HDR_CLASS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TrafficClass::parse)
+        .unwrap_or(TrafficClass::Bulk);
+    let method = req.method().clone();
+    let target = req.uri().to_string();
+    let status = serve(&state, ctx, req, stream, class).await;
+    let c = class.as_str();
+    metrics::counter!("canopy_relay_requests_total", "class" => c, "status" => status.as_str().to_owned()).increment(1);
+    metrics::histogram!("canopy_relay_request_duration_seconds", "class" => c)
+        .record(started.elapsed().as_secs_f64());
+    debug!(%method, %target, %status, class = c, ms = started.elapsed().as_millis() as u64, "done");
+}
+
+enum Target {
+    Local,
+    /// The embedded auction.
+    Auction,
+    /// The JetStream bid sink.
+    JetStream,
+    Connect(tokio::net::TcpStream),
+    Forward(Origin),
+}
+
+/// Where a forwarded request goes: an idle connection to its origin, or a new one.
+enum Origin {
+    Pooled(OriginKey, Sender),
+    Fresh(OriginKey, OriginStream),
+}
+
+async fn serve(
+    state: &State,
+    ctx: &ConnCtx,
+    req: Request<()>,
+    mut stream: Stream,
+    class: TrafficClass,
+) -> StatusCode {
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().eq_ignore_ascii_case(wire::SESSION_AUTHORITY))
+    {
+        if req.uri().path() == wire::clock::CLOCK_PATH {
+            return crate::media::clock(&req, &mut stream).await;
+        }
+        return hello(state, ctx, &req, &mut stream).await;
+    }
+    if req.uri().authority().is_some_and(|a| {
+        a.as_str()
+            .eq_ignore_ascii_case(wire::media::MEDIA_AUTHORITY)
+    }) {
+        return crate::media::intake(state, ctx, req, stream).await;
+    }
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().eq_ignore_ascii_case(wire::STRIPE_AUTHORITY))
+    {
+        if req.uri().path() == wire::pull::PULL_PATH {
+            return pull(state, ctx, &req, stream).await;
+        }
+        return stripe_chunk(state, ctx, &req, stream).await;
+    }
+    if req.headers().contains_key(wire::HDR_STRIPE) {
+        return striped(state, ctx, req, stream, class).await;
+    }
+    // Bids and check-ins come once per path they were sent on: the first copy goes on,
+    // later copies get its answer.
+    let key = class
+        .is_transactional()
+        .then(|| wire::idempotency_key(req.headers()))
+        .flatten()
+        .map(str::to_owned);
+    let mut publisher = None;
+    if let Some(key) = key {
+        match state
+            .sessions
+            // the first copy may need a connect, its whole body and the origin's answer
+            .admit(
+                &ctx.scope,
+                &key,
+                req.headers()
+                    .get(wire::HDR_FINGERPRINT)
+                    .and_then(|v| v.to_str().ok()),
+                state.response_timeout * 2 + Duration::from_secs(10),
+            )
+            .await
+        {
+            Ok(Admission::First(p)) => publisher = Some(p),
+            Ok(Admission::Conflict) => {
+                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                return refuse(
+                    &mut stream,
+                    Refusal::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "this idempotency key was used for another request",
+                    ),
+                )
+                .await;
+            }
+            Ok(Admission::Replay(outcome)) => {
+                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                return replay(&mut stream, &outcome, true).await;
+            }
+            Err(AdmitError::Busy) => {
+                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                return refuse(
+                    &mut stream,
+                    Refusal::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "an earlier copy of this request is still without an answer",
+                    ),
+                )
+                .await;
+            }
+            Err(AdmitError::Journal(e)) => {
+                warn!(error = %e, "keyed request refused: the duplicate table is not writable");
+                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                return refuse(
+                    &mut stream,
+                    Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the relay cannot record this request's key",
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+    match prepare(state, &req).await {
+        Err(refusal) => {
+            // The body is not wanted: say so (H3_NO_ERROR) instead of leaving it unread.
+            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            // an origin that could not be reached saw nothing: a later copy may try again
+            let unreached = matches!(
+                refusal.status,
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+            );
+            if let Some(p) = publisher.filter(|_| !unreached) {
+                p.refused(&refusal).await;
+            }
+            refuse(&mut stream, refusal).await
+        }
+        Ok(Target::Local) => local(&req, &mut stream).await,
+        Ok(Target::Auction) => match &state.auction {
+            Some(a) => {
+                a.serve(&ctx.scope, state.intake(ctx), &req, &mut stream, publisher)
+                    .await
+            }
+            None => StatusCode::NOT_FOUND,
+        },
+        Ok(Target::JetStream) => match &state.jetstream {
+            Some(j) => {
+                j.serve(&ctx.scope, state.intake(ctx), &req, &mut stream, publisher)
+                    .await
+            }
+            None => StatusCode::NOT_FOUND,
+        },
+        Ok(Target::Connect(tcp)) => tunnel(stream, tcp, class, state.tunnel_idle).await,
+        Ok(Target::Forward(origin)) => {
+            forward(state, ctx, req, stream, origin, class, publisher).await
+        }
+    }
+}
+
+/// The live streams' settings from the relay's config.
+fn relayed_config(cfg: &RelayConfig) -> RelayedConfig {
+    let l = &cfg.live;
+    let mut rc = RelayedConfig {
+        record_dir: l.record_dir.clone(),
+        ..RelayedConfig::default()
+    };
+    rc.mirror.hold = Duration::from_secs(l.hold_s);
+    rc.mirror.stall_after = Duration::from_millis(l.stall_ms);
+    rc.mirror.window.part_hold_back = l.part_hold_back_ms as f64 / 1000.0;
+    rc.mirror.window.playlist_segments = l.playlist_segments;
+    rc.mirror.window.ring_bytes = l.ring_bytes;
+    rc
+}
+
+fn header_u64(req: &Request<()>, name: &str, radix: u32) -> Option<u64> {
+    u64::from_str_radix(req.headers().get(name)?.to_str().ok()?, radix).ok()
+}
+
+/// The session hello of a new gateway connection.
+async fn hello(state: &State, ctx: &ConnCtx, req: &Request<()>, stream: &mut Stream) -> StatusCode {
+    while let Ok(Some(_)) = stream.recv_data().await {}
+    let h = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let session = u128::from_str_radix(&h(wire::HDR_SESSION), 16).ok();
+    let path = h(wire::HDR_PATH).parse::<usize>().ok();
+    let (Some(session), Some(path)) = (session, path) else {
+        return refuse(
+            stream,
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "hello needs canopy-session (hex) and canopy-path (number)",
+            ),
+        )
+        .await;
+    };
+    let name = h(wire::HDR_PATH_NAME);
+    let kind = h(wire::HDR_LINK_KIND);
+    match state.sessions.join(ctx, session, path, &name, &kind) {
+        Ok(paths) => {
+            let resp = Response::builder()
+                .status(StatusCode::OK)
+                .header("canopy-session-paths", paths.to_string())
+                .body(())
+                .unwrap_or_default();
+            let _ = stream.send_response(resp).await;
+            let _ = stream.finish().await;
+            StatusCode::OK
+        }
+        Err(e) => refuse(stream, Refusal::new(StatusCode::FORBIDDEN, e)).await,
+    }
+}
+
+/// Answers a duplicate with the first copy's answer.
+pub(crate) async fn replay(stream: &mut Stream, outcome: &Outcome, duplicate: bool) -> StatusCode {
+    let Outcome::Answer {
+        status,
+        headers,
+        body,
+    } = outcome
+    else {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    };
+    let mut resp = Response::builder().status(*status);
+    if let Some(h) = resp.headers_mut() {
+        *h = headers.clone();
+        if duplicate {
+            h.insert(wire::HDR_DUPLICATE, http::HeaderValue::from_static("1"));
+        }
+    }
+    let Ok(resp) = resp.body(()) else {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    };
+    if stream.send_response(resp).await.is_ok() {
+        if !body.is_empty() {
+            let _ = stream.send_data(body.clone()).await;
+        }
+        let _ = stream.finish().await;
+    }
+    *status
+}
+
+/// Sends a synthetic error response with its reason.
+pub(crate) async fn refuse<S: SendResponse>(stream: &mut S, refusal: Refusal) -> StatusCode {
+    debug!(status = %refusal.status, reason = %refusal.reason, "refused");
+    let _ = stream.synthetic(&refusal).await;
+    refusal.status
+}
+
+async fn local(req: &Request<()>, stream: &mut Stream) -> StatusCode {
+    let (status, body): (StatusCode, &'static str) = match req.uri().path() {
+        "/healthz" => (StatusCode::OK, "ok\n"),
+        _ => (StatusCode::NOT_FOUND, "not found\n"),
+    };
+    while let Ok(Some(_)) = stream.recv_data().await {}
+    let _ = stream.synthetic(&Refusal::new(status, body.trim())).await;
+    status
+}
+
+/// What a synthetic response needs of a stream half (whole stream or send half).
+pub(crate) trait SendResponse: Send {
+    fn synthetic(
+        &mut self,
+        refusal: &Refusal,
+    ) -> impl std::future::Future<Output = Result<(), h3::error::StreamError>> + Send;
+}
+
+impl<S: h3::quic::SendStream<Bytes> + Send> SendResponse for RequestStream<S, Bytes> {
+    async fn synthetic(&mut self, refusal: &Refusal) -> Result<(), h3::error::StreamError> {
+        let mut resp = Response::builder().status(refusal.status);
+        if let Some(h) = resp.headers_mut() {
+            *h = refusal.headers();
+        }
+        self.send_response(resp.body(()).unwrap_or_default())
+            .await?;
+        self.send_data(refusal.body()).await?;
+        self.finish().await
+    }
+}
