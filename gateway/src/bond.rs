@@ -16,6 +16,7 @@ use tunnel::path::{CapState, DataCap, Health, HealthEvent, LinkKind, Tier};
 use tunnel::path_estimate::{PathEstimate, TransportStats};
 
 use tunnel::scheduler::{self, ClassSet, PathId, PathView, Placement, Scheduler, Unit};
+use tunnel::spread;
 use tunnel::TrafficClass;
 
 /// How often each path's monitor runs.
@@ -584,8 +585,7 @@ impl Bond {
         views
     }
 
-    /// The paths that may carry `unit` now with less than `horizon` (or `rtts` round trips
-    /// of the path, if longer) queued in its main direction, soonest completion first.
+    /// The paths that may carry `unit` now with room (`tunnel::spread::with_room`).
     pub fn with_room(
         &self,
         unit: &Unit,
@@ -593,68 +593,36 @@ impl Bond {
         horizon: Duration,
         rtts: u32,
     ) -> Vec<PathId> {
-        let views = self.views_except(exclude);
-        let mut c: Vec<&PathView> = scheduler::candidates(unit, &views)
-            .into_iter()
-            .filter(|v| v.usable && v.queue_delay(unit) <= horizon.max(v.srtt * rtts))
-            .collect();
-        c.sort_by_key(|v| (v.expected_completion(unit), v.id));
-        c.iter().map(|v| v.id).collect()
+        spread::with_room(unit, &self.views_except(exclude), horizon, rtts)
     }
 
-    /// The paths that may carry `unit` now with less than `horizon` queued in its main
-    /// direction beyond one round trip, soonest completion first: what a pulled chunk
-    /// waits for counts from its request, so a path needs a round trip's worth asked for
-    /// ahead to stay busy.
+    /// The paths that may carry `unit` now with room beyond a round trip
+    /// (`tunnel::spread::with_room_after_rtt`).
     pub fn with_room_after_rtt(
         &self,
         unit: &Unit,
         exclude: &[PathId],
         horizon: Duration,
     ) -> Vec<PathId> {
-        let views = self.views_except(exclude);
-        let mut c: Vec<&PathView> = scheduler::candidates(unit, &views)
-            .into_iter()
-            .filter(|v| v.usable && v.queue_delay(unit) <= horizon + v.srtt)
-            .collect();
-        c.sort_by_key(|v| (v.expected_completion(unit), v.id));
-        c.iter().map(|v| v.id).collect()
+        spread::with_room_after_rtt(unit, &self.views_except(exclude), horizon)
     }
 
-    /// The primary path for a new striped body of class `class`: among the paths that may
-    /// carry it, the one with the fewest striped bodies for its rate, so bodies spread over
-    /// the paths in proportion to their capacity (a path that dies then holds up only its
-    /// share of them).
+    /// The primary path for a new striped body of class `class` (`tunnel::spread::primary`).
     pub fn stripe_primary(&self, class: TrafficClass) -> Option<PathId> {
-        let unit = Unit {
-            class,
-            up_bytes: 1,
-            down_bytes: 0,
-        };
-        let views = self.views_except(&[]);
-        scheduler::candidates(&unit, &views)
-            .into_iter()
-            .filter(|v| v.usable)
-            .min_by(|a, b| {
-                self.stripe_load(a.id, 1.0)
-                    .total_cmp(&self.stripe_load(b.id, 1.0))
-            })
-            .map(|v| v.id)
+        spread::primary(class, &self.views(), |id| self.stripes_on(id))
     }
 
-    /// Striped bodies per rate on path `id`, with `extra` more bodies.
-    fn stripe_load(&self, id: PathId, extra: f64) -> f64 {
-        let p = &self.paths[id];
-        (p.stripes.load(Ordering::Relaxed) as f64 + extra) / p.rate_up().max(1.0)
-    }
-
-    /// A much less loaded primary for a striped body whose primary is `current` (a path
-    /// that came back, or sped up): one whose load after the move is under half of
-    /// `current`'s. Bodies then move to a returning path within a chunk.
+    /// A much less loaded primary for a striped body whose primary is `current`
+    /// (`tunnel::spread::better_primary`).
     pub fn better_primary(&self, class: TrafficClass, current: PathId) -> Option<PathId> {
-        let best = self.stripe_primary(class)?;
-        (best != current && self.stripe_load(current, 0.0) > 2.0 * self.stripe_load(best, 1.0))
-            .then_some(best)
+        spread::better_primary(class, &self.views(), |id| self.stripes_on(id), current)
+    }
+
+    /// Striped bodies whose primary is path `id`.
+    fn stripes_on(&self, id: PathId) -> usize {
+        self.paths
+            .get(id)
+            .map_or(0, |p| p.stripes.load(Ordering::Relaxed))
     }
 
     /// Why nothing can carry `class` now (for the 503's reason).
