@@ -38,8 +38,12 @@ const GLOBAL_BUDGET: u64 = 256 * WINDOW;
 /// Unfinished stripes of one gateway at once (ones that failed or have their whole body
 /// do not count, while they linger for a late head).
 pub(crate) const MAX_STRIPES: usize = 1024;
-/// Finished stripes of one gateway kept for a late head; beyond it the oldest go.
+/// Finished stripes of one gateway kept for a late head; beyond it the oldest whose origin
+/// request is over go.
 pub(crate) const MAX_FINISHED: usize = 4096;
+/// Ids of dropped stripes remembered per gateway (so a late head or chunk is refused
+/// instead of opening a second origin request): 16 bytes or so each.
+const MAX_GONE: usize = 65_536;
 
 /// What the origin request of a stripe gives: the origin's response, or why there is none.
 pub(crate) type Answer = Result<http::Response<hyper::body::Incoming>, crate::error::Refusal>;
@@ -65,6 +69,7 @@ pub(crate) enum NoAnswer {
 /// Every stripe in progress.
 pub(crate) struct Stripes {
     map: Mutex<HashMap<(u64, u64), Arc<Stripe>>>,
+    gone: Mutex<HashMap<u64, Gone>>,
     budget: Arc<Budget>,
 }
 
@@ -81,6 +86,29 @@ pub(crate) enum NoStripe {
     OtherLength,
     /// The gateway has [`MAX_STRIPES`] unfinished stripes already.
     TooMany,
+    /// The stripe is over and was dropped (idle, or making room): a head or chunk that
+    /// comes now must not open another origin request.
+    Gone,
+}
+
+/// Ids of stripes that were dropped, per gateway, the oldest forgotten first.
+#[derive(Default)]
+struct Gone {
+    order: VecDeque<u64>,
+    ids: std::collections::HashSet<u64>,
+}
+
+impl Gone {
+    fn add(&mut self, id: u64) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > MAX_GONE {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
 }
 
 /// One striped body.
@@ -134,6 +162,7 @@ impl Stripes {
     pub(crate) fn with_budget(per_gateway: u64, global: u64) -> Self {
         Self {
             map: Mutex::default(),
+            gone: Mutex::default(),
             budget: Budget::new("canopy_relay_stripe_window_bytes", per_gateway, global),
         }
     }
@@ -147,17 +176,23 @@ impl Stripes {
     pub(crate) fn get(&self, identity: u64, id: u64, total: u64) -> Result<Arc<Stripe>, NoStripe> {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
         // drop stripes left idle: their gateway gave up on them
-        map.retain(|_, s| {
+        map.retain(|(g, sid), s| {
             let keep = !s.idle_at(now);
             if !keep {
                 s.fail("no chunk or head for 60 s");
+                gone.entry(*g).or_default().add(*sid);
             }
             keep
         });
         if !map.contains_key(&(identity, id)) {
+            if gone.get(&identity).is_some_and(|g| g.ids.contains(&id)) {
+                return Err(NoStripe::Gone);
+            }
             let mut unfinished = 0;
-            let mut finished = Vec::new();
+            let mut finished = 0;
+            let mut over = Vec::new();
             for ((g, sid), s) in map.iter() {
                 if *g != identity {
                     continue;
@@ -165,21 +200,28 @@ impl Stripes {
                 if s.unfinished() {
                     unfinished += 1;
                 } else {
-                    finished.push((s.touched(), *sid));
+                    finished += 1;
+                    if s.over() {
+                        over.push((s.touched(), *sid));
+                    }
                 }
             }
             if unfinished >= MAX_STRIPES {
                 return Err(NoStripe::TooMany);
             }
-            // stripes that linger for a late head: the oldest make room (a head sent again
-            // that late finds none and gets 404, as after a minute idle)
-            if finished.len() >= MAX_FINISHED {
-                finished.sort_unstable();
-                for (_, sid) in &finished[..=finished.len() - MAX_FINISHED] {
+            // stripes that linger for a late head: the oldest whose origin request is over
+            // make room (a head sent again that late is refused, as after a minute idle)
+            if finished >= MAX_FINISHED {
+                over.sort_unstable();
+                let n = (finished + 1 - MAX_FINISHED).min(over.len());
+                let g = gone.entry(identity).or_default();
+                for (_, sid) in &over[..n] {
                     map.remove(&(identity, *sid));
+                    g.add(*sid);
                 }
             }
         }
+        drop(gone);
         let s = map
             .entry((identity, id))
             .or_insert_with(|| {
@@ -242,6 +284,13 @@ impl Stripe {
     /// Keeps `grant` (the bytes of its kept answer) as long as the stripe lingers.
     pub(crate) fn hold(&self, grant: Grant) {
         *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(grant);
+    }
+
+    /// Whether the stripe's origin request is over and can no longer be opened by a late
+    /// head: it failed, or it ran and its answer is published.
+    fn over(&self) -> bool {
+        let g = self.lock();
+        !g.origin_running && (g.failed.is_some() || g.origin_started)
     }
 
     /// Whether the stripe still takes chunks (not failed, body not whole).
@@ -784,6 +833,22 @@ mod tests {
         assert_eq!(ids.len(), MAX_FINISHED, "at most MAX_FINISHED linger");
         assert!(!ids.contains(&0), "the oldest went first");
         assert!(ids.contains(&(MAX_FINISHED as u64 + 9)), "the newest stays");
+        // a head sent again that late must not open a second origin request
+        assert_eq!(stripes.get(5, 0, 10).err(), Some(NoStripe::Gone));
+    }
+
+    #[test]
+    fn a_stripe_whose_origin_request_runs_is_never_dropped_to_make_room() {
+        let stripes = Stripes::default();
+        // the whole body came and the head opened the origin request, which still runs
+        let running = stripes.get(6, 0, 10).expect("stripe");
+        assert!(running.attach_head(1));
+        running.lock().next = 10;
+        for id in 1..(MAX_FINISHED as u64 + 10) {
+            stripes.get(6, id, 10).expect("stripe").fail("done");
+        }
+        let map = stripes.map.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(map.contains_key(&(6, 0)), "the running one stays");
     }
 
     #[tokio::test]

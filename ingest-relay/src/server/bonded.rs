@@ -24,6 +24,10 @@ fn stripe_for(
             stripe::NoStripe::OtherLength => {
                 Refusal::new(StatusCode::CONFLICT, "the stripe has another total length")
             }
+            stripe::NoStripe::Gone => Refusal::new(
+                StatusCode::GONE,
+                "this striped request is over at the relay (its answer is no longer kept)",
+            ),
             stripe::NoStripe::TooMany => Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -148,20 +152,21 @@ pub(super) async fn stripe_chunk(
             return refuse(&mut stream, r).await;
         }
     };
-    // the chunk's bytes stay on the intake budget while it waits for its stripe's window
-    let (data, _intake) = match read_capped(&mut stream, stripe::CHUNK_MAX, state.intake(ctx)).await
-    {
-        Capped::Body(d, g) => (d, g),
-        Capped::TooLarge => {
-            return refuse(
-                &mut stream,
-                Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "chunk over 1 MiB"),
-            )
-            .await
-        }
-        Capped::NoRoom => return refuse(&mut stream, no_room()).await,
-        Capped::Failed => return StatusCode::BAD_REQUEST,
-    };
+    // the chunk's bytes stay on the chunks' intake budget while it waits for its stripe's
+    // window
+    let (data, _intake) =
+        match read_capped(&mut stream, stripe::CHUNK_MAX, state.chunk_intake(ctx)).await {
+            Capped::Body(d, g) => (d, g),
+            Capped::TooLarge => {
+                return refuse(
+                    &mut stream,
+                    Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "chunk over 1 MiB"),
+                )
+                .await
+            }
+            Capped::NoRoom => return refuse(&mut stream, no_room()).await,
+            Capped::Failed => return StatusCode::BAD_REQUEST,
+        };
     let n = data.len() as u64;
     let status = match stripe.insert(offset, data, state.response_timeout).await {
         Ok(()) => {
