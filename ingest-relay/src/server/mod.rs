@@ -61,8 +61,11 @@ pub(crate) struct State {
     stripes: stripe::Stripes,
     /// Large answers the gateways pull in chunks over their paths.
     pulls: crate::pull::Pulls,
-    /// Bytes of request bodies read whole (media pieces, chunks, bids) the relay may hold.
+    /// Bytes of request bodies read whole (media pieces, bids) the relay may hold.
     intake: Arc<Budget>,
+    /// The same for striped bodies' chunks: their own budget, so chunks that wait for
+    /// their stripe's window never leave live media and bids without room.
+    chunk_intake: Arc<Budget>,
     /// The embedded auction, when `[auction] host` is set.
     auction: Option<crate::auction::AuctionSink>,
     /// The JetStream bid sink, when `[jetstream] host` is set.
@@ -73,6 +76,11 @@ impl State {
     /// Where `ctx`'s bodies read whole take their bytes from.
     pub(crate) fn intake<'a>(&'a self, ctx: &ConnCtx) -> Intake<'a> {
         (&self.intake, ctx.identity)
+    }
+
+    /// Where `ctx`'s striped chunks take their bytes from.
+    pub(crate) fn chunk_intake<'a>(&'a self, ctx: &ConnCtx) -> Intake<'a> {
+        (&self.chunk_intake, ctx.identity)
     }
 }
 
@@ -140,6 +148,11 @@ impl Relay {
             pulls,
             intake: Budget::new(
                 "canopy_relay_intake_bytes",
+                INTAKE_PER_GATEWAY,
+                INTAKE_GLOBAL,
+            ),
+            chunk_intake: Budget::new(
+                "canopy_relay_chunk_intake_bytes",
                 INTAKE_PER_GATEWAY,
                 INTAKE_GLOBAL,
             ),
