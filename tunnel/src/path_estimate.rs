@@ -77,6 +77,8 @@ pub struct PathEstimate {
     /// Silent or closed since the last (re)connection or recovery: in-flight work is lost.
     lost: bool,
     events: Vec<HealthEvent>,
+    /// Demotions already reported by a tick (a connection closed while up is one too).
+    reported_demotions: u64,
     /// Health changes since the last tick came from a fresh connection.
     fresh: bool,
     last_sent: u64,
@@ -116,6 +118,7 @@ impl PathEstimate {
             connected: false,
             lost: false,
             events: Vec::new(),
+            reported_demotions: 0,
             fresh: false,
             last_sent: 0,
             last_lost: 0,
@@ -273,7 +276,6 @@ impl PathEstimate {
 
     /// One monitor step: `stats` of the connection, if one is up.
     pub fn tick(&mut self, now: Instant, stats: Option<&TransportStats>) -> Tick {
-        let demotions_before = self.health.demotions();
         let mut events = std::mem::take(&mut self.events);
         let fresh = std::mem::take(&mut self.fresh);
         if let Some(s) = stats.filter(|_| self.connected) {
@@ -318,9 +320,11 @@ impl PathEstimate {
                 .health
                 .silence(now)
                 .is_some_and(|d| d > self.health.close_after());
+        let demoted = self.health.demotions() - self.reported_demotions;
+        self.reported_demotions = self.health.demotions();
         Tick {
             events,
-            demoted: self.health.demotions() - demotions_before,
+            demoted,
             usable: self.is_usable(),
             dead: self.lost || !self.connected,
             reconnect,
@@ -554,6 +558,7 @@ mod tests {
         let t = s.est.tick(s.now, None);
         assert!(t.dead && !t.usable);
         assert!(t.events.contains(&HealthEvent::Closed));
+        assert_eq!(t.demoted, 1, "closed while carrying traffic: a demotion");
         assert_eq!(s.est.unsent_at(0), 0);
     }
 }
