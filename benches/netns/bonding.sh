@@ -7,7 +7,7 @@
 # same namespaces and links, Linux MPTCP (in-kernel path manager, one subflow per link)
 # with as many connections the same way. A download is one transfer for the whole run (1 GB
 # asked for); with 1 an upload is one 90 MB upload, else 1 MB uploads back to back.
-# Prints one JSON object: {"gateway_age_s", "runs": {NAME: {...}}}.
+# Prints one JSON object: {"gateway_aged_s", "gateway_age_at_end_s", "runs": {NAME: {...}}}.
 # usage: benches/netns/bonding.sh SECONDS AGE RUNS
 cd "$(dirname "$0")/../.."
 source tests/netns/lib/harness.sh
@@ -16,6 +16,9 @@ AGE=${2:-180}
 RUNS=${3:-up16,up8,up1,down16,down8,down1}
 WARM=5
 T=benches/netns/tools.py
+for run in ${RUNS//,/ }; do
+  [[ $run =~ ^(up|down)[0-9]+$ ]] || { echo "bonding.sh: bad run name $run (up16, down1, ...)" >&2; exit 64; }
+done
 PROXY=http://127.0.0.1:3128
 ORIGIN=http://10.200.100.1:8080
 
