@@ -146,7 +146,7 @@ fn upload(total: u64, links: &[(f64, u64)], cut: Option<(PathId, Duration)>) -> 
                     l.wire.push((c, now + l.owd));
                 }
             }
-            if t.as_millis() % 10 == 0 {
+            if t.as_millis().is_multiple_of(10) {
                 // the queue above is the transport's buffer: the congestion controller
                 // keeps the bottleneck's own queue short (a few ms), and probes go ahead
                 // of buffered stream data
@@ -182,7 +182,7 @@ fn upload(total: u64, links: &[(f64, u64)], cut: Option<(PathId, Duration)>) -> 
             break;
         }
         // the gateway's monitor every 10 ms
-        if t.as_millis() % 10 == 0 {
+        if t.as_millis().is_multiple_of(10) {
             for (id, l) in paths.iter_mut().enumerate() {
                 let stats = l.alive.then(|| TransportStats {
                     udp_tx: l.udp_tx as u64,
