@@ -52,17 +52,22 @@ impl Budget {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `bytes` for `gateway`, all or nothing, if both budgets have room now.
-    pub(crate) fn try_grant(self: &Arc<Self>, gateway: u64, bytes: u64) -> Option<Grant> {
+    /// Takes `bytes` for `gateway`, all or nothing, if both budgets have room now.
+    fn take(&self, gateway: u64, bytes: u64) -> bool {
         let mut h = self.lock();
         let mine = h.by_gateway.get(&gateway).copied().unwrap_or(0);
         if mine + bytes > self.per_gateway || h.all + bytes > self.global {
-            return None;
+            return false;
         }
         h.all += bytes;
         *h.by_gateway.entry(gateway).or_insert(0) += bytes;
         metrics::gauge!(self.gauge).set(h.all as f64);
-        Some(Grant {
+        true
+    }
+
+    /// `bytes` for `gateway`, all or nothing, if both budgets have room now.
+    pub(crate) fn try_grant(self: &Arc<Self>, gateway: u64, bytes: u64) -> Option<Grant> {
+        self.take(gateway, bytes).then(|| Grant {
             budget: self.clone(),
             gateway,
             bytes,
@@ -101,17 +106,11 @@ impl Budget {
 impl Grant {
     /// `more` bytes on top, all or nothing, if both budgets have room now.
     pub(crate) fn grow(&mut self, more: u64) -> bool {
-        let budget = &self.budget;
-        let mut h = budget.lock();
-        let mine = h.by_gateway.get(&self.gateway).copied().unwrap_or(0);
-        if mine + more > budget.per_gateway || h.all + more > budget.global {
-            return false;
+        let took = self.budget.take(self.gateway, more);
+        if took {
+            self.bytes += more;
         }
-        h.all += more;
-        *h.by_gateway.entry(self.gateway).or_insert(0) += more;
-        metrics::gauge!(budget.gauge).set(h.all as f64);
-        self.bytes += more;
-        true
+        took
     }
 }
 
