@@ -184,23 +184,16 @@ fn upload(total: u64, links: &[(f64, u64)], cut: Option<(PathId, Duration)>) -> 
         // the gateway's monitor every 10 ms
         if t.as_millis().is_multiple_of(10) {
             for (id, l) in paths.iter_mut().enumerate() {
-                let stats = l.alive.then(|| TransportStats {
+                // a dead link's connection still looks connected (its queue is empty):
+                // only the silence tells
+                let stats = TransportStats {
                     udp_tx: l.udp_tx as u64,
                     cwnd: (l.rate * (2 * l.owd + bottleneck(l)).as_secs_f64()) as u64,
                     rtt: 2 * l.owd + bottleneck(l),
                     sent_packets: (l.udp_tx / 1200.0) as u64,
                     lost_packets: 0,
                     latest_echo: l.latest_echo,
-                });
-                // a dead link's connection still looks connected: only the silence tells
-                let stats = stats.unwrap_or(TransportStats {
-                    udp_tx: l.udp_tx as u64,
-                    cwnd: (l.rate * (2 * l.owd).as_secs_f64()) as u64,
-                    rtt: 2 * l.owd,
-                    sent_packets: (l.udp_tx / 1200.0) as u64,
-                    lost_packets: 0,
-                    latest_echo: l.latest_echo,
-                });
+                };
                 let tick = l.est.tick(now, Some(&stats));
                 if tick.dead && !dead[id] && l.est.health().demotions() > 0 {
                     dead[id] = true;
