@@ -3,28 +3,17 @@
 //! and survives the loss of an uplink in the middle. The tests check shares and bytes,
 //! not speeds (speeds are the bonding bench's).
 
+mod emulated;
+
 use bytes::Bytes;
-use canopy::demo::{TestLink, Testbed, TestbedOptions};
-use canopy::linkem::LinkProfile;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-const SIZE: u64 = 3_000_000;
+use emulated::{http1, two_links};
 
-async fn two_links() -> Testbed {
-    Testbed::start(TestbedOptions {
-        links: vec![
-            TestLink::new("fast", Some(LinkProfile::symmetric("fast", 6_000, 15, 100))),
-            TestLink::new("slow", Some(LinkProfile::symmetric("slow", 3_000, 10, 100))),
-        ],
-        ..TestbedOptions::single(None)
-    })
-    .await
-    .expect("testbed")
-}
+const SIZE: u64 = 3_000_000;
 
 /// The origin's generated asset: byte `o` is `(o % 65536) % 251`.
 fn expected(len: u64) -> Vec<u8> {
@@ -33,13 +22,7 @@ fn expected(len: u64) -> Vec<u8> {
 
 /// GET `url` through the proxy: status, content-length, body.
 async fn download(proxy: SocketAddr, url: &str) -> (u16, Option<u64>, Bytes) {
-    let tcp = tokio::net::TcpStream::connect(proxy)
-        .await
-        .expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
+    let mut sender = http1(proxy).await;
     let req = http::Request::get(url)
         .body(Empty::<Bytes>::new())
         .expect("request");
@@ -54,7 +37,7 @@ async fn download(proxy: SocketAddr, url: &str) -> (u16, Option<u64>, Bytes) {
     (status, length, body)
 }
 
-fn down_bytes(bed: &Testbed) -> Vec<u64> {
+fn down_bytes(bed: &canopy::demo::Testbed) -> Vec<u64> {
     bed.bond
         .paths()
         .iter()

@@ -4,38 +4,21 @@
 //! (a form, a photo, a few chunks' worth) all succeed while the uplink that carries them
 //! dies, and the origin sees each of them exactly once.
 
+mod emulated;
+
 use bytes::Bytes;
-use canopy::demo::{TestLink, Testbed, TestbedOptions};
-use canopy::linkem::LinkProfile;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use sha2::Digest;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-async fn two_links() -> Testbed {
-    Testbed::start(TestbedOptions {
-        links: vec![
-            TestLink::new("fast", Some(LinkProfile::symmetric("fast", 6_000, 15, 100))),
-            TestLink::new("slow", Some(LinkProfile::symmetric("slow", 3_000, 10, 100))),
-        ],
-        ..TestbedOptions::single(None)
-    })
-    .await
-    .expect("testbed")
-}
+use emulated::{http1, two_links};
 
 /// POST `body` to `url` through the proxy (a new connection each time, as a tablet's
 /// retry-less form would): status and answer.
 async fn post(proxy: SocketAddr, url: &str, body: Bytes) -> (u16, String) {
-    let tcp = tokio::net::TcpStream::connect(proxy)
-        .await
-        .expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
+    let mut sender = http1(proxy).await;
     let req = http::Request::post(url)
         .header(http::header::CONTENT_LENGTH, body.len())
         .body(Full::new(body))

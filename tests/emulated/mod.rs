@@ -1,0 +1,38 @@
+//! In-process testbeds over the link emulator (no root), shared by the tests that bond two
+//! emulated uplinks: a 6 Mbit/s and a 3 Mbit/s one, and an HTTP/1.1 client of the proxy.
+
+use canopy::demo::{TestLink, Testbed, TestbedOptions};
+use canopy::linkem::LinkProfile;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+
+/// A relay, gateway and origin over two emulated uplinks: "fast" (6 Mbit/s, 15 ms one
+/// way) and "slow" (3 Mbit/s, 10 ms), in that order.
+pub(crate) async fn two_links() -> Testbed {
+    Testbed::start(TestbedOptions {
+        links: vec![
+            TestLink::new("fast", Some(LinkProfile::symmetric("fast", 6_000, 15, 100))),
+            TestLink::new("slow", Some(LinkProfile::symmetric("slow", 3_000, 10, 100))),
+        ],
+        ..TestbedOptions::single(None)
+    })
+    .await
+    .expect("testbed")
+}
+
+/// A new HTTP/1.1 connection to the proxy at `proxy`.
+pub(crate) async fn http1<B>(proxy: SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
