@@ -50,15 +50,17 @@ if [ "$AGE" -gt 0 ]; then
   wait $bidder
 fi
 
+# the gateway's bulk bytes per link in direction $1 (counters since it started)
+link_bytes() {
+  nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk -v d="direction=\"$1\"" '/^canopy_gateway_link_bytes_total/ && /class="bulk"/ && index($0, d) {print}'
+}
+
 declare -A canopy links
 for run in ${RUNS//,/ }; do
   dir=${run%%[0-9]*}
   par=${run#"$dir"}
   sleep 2
-  link_bytes() {
-    nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk -v d="direction=\"$dir\"" '/^canopy_gateway_link_bytes_total/ && /class="bulk"/ && index($0, d) {print}'
-  }
-  link_bytes > "$NSH_DIR/$run.links.before"
+  link_bytes "$dir" > "$NSH_DIR/$run.links.before"
   echo "canopy $run (gateway up $(python3 -c "import time; print(round(time.time() - $started))") s)" >&2
   if [ "$dir" = down ]; then
     # downloads through the gateway's proxy, bytes counted as the device gets them
@@ -79,7 +81,7 @@ for run in ${RUNS//,/ }; do
   fi
   canopy[$run]=$(python3 $T goodput "$NSH_DIR/$run.samples.json" "$t0" "$WARM" "$DUR")
   # the bulk bytes each link carried in this run: the counters' change
-  link_bytes > "$NSH_DIR/$run.links.after"
+  link_bytes "$dir" > "$NSH_DIR/$run.links.after"
   links[$run]=$(python3 - "$NSH_DIR/$run.links.before" "$NSH_DIR/$run.links.after" <<'PY'
 import sys
 def read(p):
