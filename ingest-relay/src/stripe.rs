@@ -532,25 +532,10 @@ impl Inner {
             self.held += data.len() as u64;
             v.insert(data);
         }
-        let mut moved = false;
-        while let Some(entry) = self.pending.first_entry() {
-            let at = *entry.key();
-            if at > self.next {
-                break;
-            }
-            let d = entry.remove();
-            let d_end = at + d.len() as u64;
-            if d_end <= self.next {
-                self.held -= d.len() as u64;
-                continue;
-            }
-            let skip = (self.next - at) as usize;
-            self.held -= skip as u64;
-            let d = d.slice(skip..);
-            self.next = d_end;
-            self.ready.push_back(d);
-            moved = true;
-        }
+        let (fresh, dropped) = tunnel::reorder::take_in_order(&mut self.pending, &mut self.next);
+        self.held -= dropped;
+        let moved = !fresh.is_empty();
+        self.ready.extend(fresh);
         if moved {
             self.body_waker.take()
         } else {

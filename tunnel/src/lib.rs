@@ -16,6 +16,7 @@ pub mod owd;
 pub mod path;
 pub mod path_estimate;
 pub mod pull;
+pub mod reorder;
 pub mod scheduler;
 pub mod spread;
 pub mod wire;

@@ -193,21 +193,7 @@ impl PulledBody {
 
     /// The bytes now in order, to hand out.
     pub fn take_ready(&mut self) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        while let Some(entry) = self.got.first_entry() {
-            let o = *entry.key();
-            if o > self.delivered {
-                break;
-            }
-            let data = entry.remove();
-            let end = o + data.len() as u64;
-            if end <= self.delivered {
-                continue; // a later copy of what was handed out
-            }
-            let from = (self.delivered - o) as usize;
-            self.delivered = end;
-            out.push(data.slice(from..));
-        }
+        let (out, _) = crate::reorder::take_in_order(&mut self.got, &mut self.delivered);
         // ranges asked again that are in order now need no asking
         while let Some((&o, a)) = self.again.first_key_value() {
             if o + a.len <= self.delivered {
