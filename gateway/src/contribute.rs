@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 use tunnel::contribution::{
     Contribution, ContributionConfig, ContributionStats, Lane, PieceId, SendKind, StreamId,
 };
@@ -210,6 +210,7 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
                     if send.kind == SendKind::Copy {
                         debug!(camera = %s.camera, seq = send.id.seq, offset = send.id.offset, path = send.path, "late piece: a copy on another path");
                     }
+                    trace!(seq = send.id.seq, offset = send.id.offset, path = send.path, lane = ?send.lane, len = send.len, kind = ?send.kind, "piece sent");
                     let tx = tx.clone();
                     let (id, path, lane, at) = (send.id, send.path, send.lane, send.at);
                     tokio::spawn(async move {
@@ -247,7 +248,7 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
                     )
                 })
                 .collect();
-            tracing::trace!(live, backfill, views = %views.join(" "), "contribution");
+            trace!(live, backfill, views = %views.join(" "), "contribution");
         }
         {
             let mut st = handle.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -258,7 +259,7 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
         }
         publish_metrics(&mut published, core.stats(), core.waiting());
         let wait_until = core
-            .poll_timeout()
+            .poll_timeout(now)
             .map_or(now + Duration::from_millis(100), |t| {
                 t.min(now + Duration::from_millis(100))
             });
@@ -541,6 +542,13 @@ fn handle_done(d: Done, core: &mut Contribution, streams: &mut [Stream]) {
             };
             match result {
                 Ok(a) => {
+                    trace!(
+                        seq = id.seq,
+                        offset = id.offset,
+                        path,
+                        ms = at.elapsed().as_millis() as u64,
+                        "piece acked"
+                    );
                     core.acked(Instant::now(), id, path);
                     s.pieces.remove(&id);
                     if let Some(g) = a.need_init {

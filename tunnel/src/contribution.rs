@@ -25,6 +25,10 @@
 //!   retransmission timer would have it (mean lateness plus four deviations, measured per
 //!   path), and copies stay within a budget (3% of the bytes, as XLINK's 2%); a piece whose
 //!   path died is sent again in any case;
+//! - gives a backfill piece that runs past its deadline on its path a copy on another path
+//!   with room, in its turn (oldest first with the pieces waiting to go; 5% of the
+//!   backfill's bytes at most), so a piece placed on a path that turned out slow does not
+//!   hold the recording's completion;
 //! - moves the live edge on: when a stream's oldest live piece is older than the stale
 //!   limit, everything before its newest segment start becomes backfill, so after an outage
 //!   the relay gets the present first, from a point a player can start at.
@@ -112,8 +116,11 @@ pub struct ContributionConfig {
     /// [`ContributionConfig::copy_allowance`]): a path whose answers swing a lot does not
     /// get its every piece sent twice.
     pub copy_budget: f64,
-    /// Bytes of copies allowed whatever the budget.
+    /// Bytes of copies allowed whatever the budget (each budget).
     pub copy_allowance: u64,
+    /// Copies of backfill pieces late at the end of a backfill may cost at most this share
+    /// of the backfill's bytes (plus the allowance).
+    pub backfill_copy_budget: f64,
     /// A path that has not answered a probe for this long is left as if it were down:
     /// its live pieces go again on another path, and new ones avoid it.
     pub silent_after: Duration,
@@ -131,6 +138,7 @@ impl Default for ContributionConfig {
             late_max: Duration::from_millis(400),
             copy_budget: 0.03,
             copy_allowance: 64 * 1024,
+            backfill_copy_budget: 0.05,
             // probes answer every 10 ms: a burst of lost probes on a radio link is a few
             // tens of milliseconds of silence, the bond calls a path down after about 240
             silent_after: Duration::from_millis(100),
@@ -145,6 +153,8 @@ pub struct ContributionStats {
     pub first_bytes: u64,
     /// Copies of late pieces (re-injection).
     pub copy_bytes: u64,
+    /// Backfill's share of the copies.
+    pub backfill_copy_bytes: u64,
     /// Sends after a dead path or a failed request.
     pub again_bytes: u64,
     /// Answered by the relay.
@@ -270,7 +280,10 @@ impl Contribution {
             return false;
         };
         self.stats.acked_bytes += e.len;
-        if let Some(f) = e.flights.iter().find(|f| f.path == path) {
+        // the timer is the live lane's: backfill waits behind live media and bulk data, and
+        // its answers would teach the path a lateness live pieces never have
+        let flight = e.flights.iter().find(|f| f.path == path);
+        if let Some(f) = flight.filter(|_| e.lane == Lane::Live) {
             // how late past its expected completion, as the path's timer learns it
             let late =
                 now.saturating_duration_since(f.sent).as_secs_f64() - f.expected.as_secs_f64();
@@ -398,13 +411,17 @@ impl Contribution {
         true
     }
 
-    /// When a live piece under way will count as late (call [`Contribution::poll_send`]
-    /// then).
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// When a live piece under way will next count as late (call
+    /// [`Contribution::poll_send`] then). Only deadlines after `now`: a piece already late
+    /// that could not be copied (no room, no budget) is looked at again on the next event
+    /// (an answer frees room), and a past deadline returned here would make the shell spin
+    /// (measured: 27,000 wake-ups in the second after an outage).
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         self.entries
             .values()
             .filter(|e| e.lane == Lane::Live && !e.flights.is_empty() && e.flights.len() < 2)
             .filter_map(|e| e.flights.iter().map(|f| f.deadline).max())
+            .filter(|d| *d > now)
             .min()
     }
 
@@ -563,19 +580,24 @@ impl Contribution {
         }
     }
 
-    /// (expected completion, deadline) of a piece of `len` sent on `path` now.
+    /// (expected completion, deadline) of a piece of `len` on `lane` sent on `path` now.
     fn deadline(
         &self,
         now: Instant,
         paths: &[PathView],
         path: PathId,
         len: u64,
+        lane: Lane,
     ) -> (Duration, Instant) {
         let ec = paths
             .iter()
             .find(|p| p.id == path)
             .map_or(Duration::from_secs(1), |p| {
-                self.live_view(p).expected_completion(&unit(len))
+                let view = match lane {
+                    Lane::Live => self.live_view(p),
+                    Lane::Backfill => self.backfill_view(now, p),
+                };
+                view.expected_completion(&unit(len))
             });
         let l = self.lateness.get(&path).copied().unwrap_or_default();
         let margin = Duration::from_secs_f64((l.mean + 4.0 * l.dev).max(0.0))
@@ -594,8 +616,8 @@ impl Contribution {
         kind: SendKind,
     ) -> Option<Send> {
         let (expected, deadline) = {
-            let len = self.entries.get(&id)?.len;
-            self.deadline(now, paths, path, len)
+            let e = self.entries.get(&id)?;
+            self.deadline(now, paths, path, e.len, e.lane)
         };
         let e = self.entries.get_mut(&id)?;
         e.flights.push(Flight {
@@ -610,8 +632,10 @@ impl Contribution {
             SendKind::Copy => self.stats.copy_bytes += e.len,
             SendKind::Again => self.stats.again_bytes += e.len,
         }
-        if e.lane == Lane::Backfill && kind != SendKind::Copy {
-            self.stats.backfill_bytes += e.len;
+        match (e.lane, kind) {
+            (Lane::Backfill, SendKind::Copy) => self.stats.backfill_copy_bytes += e.len,
+            (Lane::Backfill, _) => self.stats.backfill_bytes += e.len,
+            (Lane::Live, _) => {}
         }
         let send = Send {
             id,
@@ -695,11 +719,10 @@ impl Contribution {
                     }
                 }
             }
-            let budget = (self.stats.first_bytes as f64 * self.cfg.copy_budget) as u64
-                + self.cfg.copy_allowance;
             let late = e.flights.len() < 2
                 && e.flights.iter().all(|f| now >= f.deadline)
-                && self.stats.copy_bytes + e.len <= budget;
+                && self.stats.copy_bytes - self.stats.backfill_copy_bytes + e.len
+                    <= budget(self.stats.first_bytes, self.cfg.copy_budget, &self.cfg);
             if late {
                 let on: Vec<PathId> = e.flights.iter().map(|f| f.path).collect();
                 if let Some(path) = self.choose(now, paths, e.len, Lane::Live, &on) {
@@ -710,21 +733,45 @@ impl Contribution {
         if backlog > 0 {
             return None; // live media waits: backfill does not go ahead of it
         }
-        // backfill, oldest first, only on nearly idle paths
-        let next = self
+        // backfill, oldest first, only on nearly idle paths: pieces waiting to go, and pieces
+        // past their deadline on their path (a copy elsewhere, within the budget)
+        let room = budget(
+            self.stats.backfill_bytes,
+            self.cfg.backfill_copy_budget,
+            &self.cfg,
+        )
+        .saturating_sub(self.stats.backfill_copy_bytes);
+        let candidates: Vec<(PieceId, u64, Option<PathId>, bool)> = self
             .entries
             .iter()
-            .find(|(_, e)| e.lane == Lane::Backfill && e.flights.is_empty())
-            .map(|(id, e)| (*id, e.len, e.sent_before))?;
-        let (id, len, again) = next;
-        let path = self.choose(now, paths, len, Lane::Backfill, &[])?;
-        let kind = if again {
-            SendKind::Again
-        } else {
-            SendKind::First
-        };
-        self.send(now, paths, id, path, kind)
+            .filter(|(_, e)| e.lane == Lane::Backfill)
+            .filter_map(|(id, e)| match e.flights.as_slice() {
+                [] => Some((*id, e.len, None, e.sent_before)),
+                [f] if now >= f.deadline && e.len <= room => Some((*id, e.len, Some(f.path), true)),
+                _ => None,
+            })
+            .collect();
+        for (id, len, on, again) in candidates {
+            let exclude: Vec<PathId> = on.into_iter().collect();
+            let Some(path) = self.choose(now, paths, len, Lane::Backfill, &exclude) else {
+                // the oldest waiting piece has no path yet: the rest wait too
+                on?;
+                continue;
+            };
+            let kind = match (on, again) {
+                (Some(_), _) => SendKind::Copy,
+                (None, true) => SendKind::Again,
+                (None, false) => SendKind::First,
+            };
+            return self.send(now, paths, id, path, kind);
+        }
+        None
     }
+}
+
+/// Bytes of copies a budget of `share` of `bytes` allows (with the allowance).
+fn budget(bytes: u64, share: f64, cfg: &ContributionConfig) -> u64 {
+    (bytes as f64 * share) as u64 + cfg.copy_allowance
 }
 
 /// Adds `bytes` sent or made at `now` to a window's record, dropping what left the window.
@@ -885,7 +932,7 @@ mod tests {
         let first = s.path;
         // expected ~40-60 ms, and a path not measured yet gets 200 ms more: by 400 ms it is
         // late
-        assert!(c.poll_timeout().unwrap() < t0 + Duration::from_millis(400));
+        assert!(c.poll_timeout(t0).unwrap() < t0 + Duration::from_millis(400));
         assert_eq!(c.poll_send(t0 + Duration::from_millis(100), &paths), None);
         let copy = c
             .poll_send(t0 + Duration::from_millis(400), &paths)
@@ -1030,6 +1077,97 @@ mod tests {
         assert!(on[4..].iter().all(|p| *p == 1) && on.len() > 4, "{on:?}");
         let (live, _) = c.waiting();
         assert_eq!(live, 20);
+    }
+
+    #[test]
+    fn a_late_piece_that_cannot_be_copied_sets_no_past_timeout() {
+        let t0 = Instant::now();
+        let mut c = Contribution::default();
+        let paths = vec![path(0, 4.0, 20, 0, Tier::Primary)];
+        c.push(t0, id(1, 0), 10_000, false, Lane::Live);
+        assert_eq!(c.poll_send(t0, &paths).map(|s| s.path), Some(0));
+        let deadline = c.poll_timeout(t0).unwrap();
+        // late, and no other path for a copy: the shell must not be woken at once again
+        let later = deadline + Duration::from_millis(10);
+        assert_eq!(c.poll_send(later, &paths), None);
+        assert_eq!(c.poll_timeout(later), None);
+    }
+
+    #[test]
+    fn a_backfill_piece_stuck_on_a_slow_path_gets_a_copy() {
+        let t0 = Instant::now();
+        let cut_off = |budget: f64, allowance: u64| {
+            let mut c = Contribution::new(ContributionConfig {
+                backfill_copy_budget: budget,
+                copy_allowance: allowance,
+                ..ContributionConfig::default()
+            });
+            // Wi-Fi came back first and got the part; the cellular comes back a moment later
+            let mut paths = vec![
+                path(0, 8.0, 50, 0, Tier::Primary),
+                path(1, 4.0, 20, 0, Tier::Primary),
+            ];
+            paths[0].usable = false;
+            c.push(t0, id(1, 0), 100_000, false, Lane::Backfill);
+            let s = c.poll_send(t0, &paths).unwrap();
+            assert_eq!((s.path, s.kind), (1, SendKind::First));
+            paths[0].usable = true;
+            paths[1].queued_up = 100_000;
+            (c, paths)
+        };
+        let (mut c, paths) = cut_off(1.0, 0);
+        // expected in about 220 ms on Wi-Fi: not late yet
+        assert_eq!(c.poll_send(t0 + Duration::from_millis(100), &paths), None);
+        // still there after two seconds (the live stream took Wi-Fi): one copy on the
+        // cellular, which has room and nothing else to send
+        let at = t0 + Duration::from_secs(2);
+        let copy = c.poll_send(at, &paths).unwrap();
+        assert_eq!(
+            (copy.id, copy.path, copy.kind, copy.lane),
+            (id(1, 0), 0, SendKind::Copy, Lane::Backfill)
+        );
+        assert_eq!(c.poll_send(at, &paths), None, "one copy only");
+        assert_eq!(c.stats().backfill_copy_bytes, 100_000);
+        assert_eq!(c.stats().backfill_bytes, 100_000);
+        assert!(c.acked(at + Duration::from_millis(150), id(1, 0), 0));
+        // without budget for it, no copy
+        let (mut c, paths) = cut_off(0.0, 0);
+        assert_eq!(c.poll_send(at, &paths), None);
+    }
+
+    #[test]
+    fn a_late_backfill_piece_gets_its_copy_in_its_turn() {
+        let t0 = Instant::now();
+        let at = t0 + Duration::from_secs(2);
+        let run = |budget: f64| {
+            let mut c = Contribution::new(ContributionConfig {
+                backfill_copy_budget: budget,
+                copy_allowance: 0,
+                ..ContributionConfig::default()
+            });
+            let mut paths = vec![
+                path(0, 8.0, 50, 0, Tier::Primary),
+                path(1, 4.0, 20, 0, Tier::Primary),
+            ];
+            paths[0].usable = false;
+            c.push(t0, id(1, 0), 100_000, false, Lane::Backfill);
+            assert_eq!(c.poll_send(t0, &paths).map(|s| s.path), Some(1));
+            c.push(t0, id(2, 0), 100_000, false, Lane::Backfill);
+            paths[0].usable = true;
+            paths[1].queued_up = 100_000;
+            let mut sends = Vec::new();
+            while let Some(s) = c.poll_send(at, &paths) {
+                sends.push((s.id.seq, s.path, s.kind));
+            }
+            sends
+        };
+        // the late piece is the older: its copy goes first, then the piece waiting to go
+        assert_eq!(
+            run(1.0),
+            vec![(1, 0, SendKind::Copy), (2, 0, SendKind::First)]
+        );
+        // without budget for copies, only the piece waiting to go
+        assert_eq!(run(0.0), vec![(2, 0, SendKind::First)]);
     }
 
     #[test]
