@@ -309,6 +309,11 @@ impl Path {
             }
         }
         drop(st);
+        if let (Some(window), Some(live)) = (t.resume, &live) {
+            // careful resume: the returning link's window starts near what it carried
+            live.restart.resume(window);
+            info!(uplink = %self.name, window, "resuming at half the link's earlier window");
+        }
         for e in &t.events {
             match e {
                 HealthEvent::Joined => info!(uplink = %self.name, "up: carrying traffic"),

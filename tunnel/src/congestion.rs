@@ -51,7 +51,7 @@
 use quinn_proto::congestion::{Controller, ControllerFactory, ControllerMetrics};
 use quinn_proto::RttEstimator;
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -71,18 +71,30 @@ pub struct LowDelayConfig {
 
 /// A request that the controller search for its path's rate again (slow start, from its
 /// current window), taken at its next acknowledgement. The bond makes it when another path
-/// dies and this one must carry its load.
+/// dies and this one must carry its load, and when a returning link joins with a window to
+/// resume at (careful resume: the search starts from there, not from the initial window).
 #[derive(Debug, Default)]
-pub struct Restart(AtomicBool);
+pub struct Restart {
+    search: AtomicBool,
+    resume: AtomicU64,
+}
 
 impl Restart {
     /// Asks for a new search.
     pub fn request(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.search.store(true, Ordering::Relaxed);
     }
 
-    fn take(&self) -> bool {
-        self.0.swap(false, Ordering::Relaxed)
+    /// Asks for a new search from a window of at least `window` bytes.
+    pub fn resume(&self, window: u64) {
+        self.resume.fetch_max(window, Ordering::Relaxed);
+        self.request();
+    }
+
+    /// (search again, window to resume at: 0 for none)
+    fn take(&self) -> (bool, u64) {
+        let resume = self.resume.swap(0, Ordering::Relaxed);
+        (self.search.swap(false, Ordering::Relaxed), resume)
     }
 }
 
@@ -200,8 +212,11 @@ impl LowDelay {
         base: Duration,
         srtt: Duration,
     ) {
-        if self.config.restart.as_ref().is_some_and(|r| r.take()) {
-            self.search_again();
+        if let Some((search, resume)) = self.config.restart.as_ref().map(|r| r.take()) {
+            if search {
+                self.search_again();
+            }
+            self.window = self.window.max(resume);
         }
         let sample = now.saturating_duration_since(sent);
         self.round_min_rtt = Some(self.round_min_rtt.map_or(sample, |m| m.min(sample)));
@@ -728,6 +743,30 @@ mod tests {
         let again = later + Duration::from_millis(100);
         cc.on_congestion_event(again, later + Duration::from_millis(50), false, 1200);
         assert!(!cc.slow_start, "a second loss ends it");
+    }
+
+    #[test]
+    fn a_resume_starts_the_search_from_the_window_given() {
+        let start = Instant::now();
+        let base = Duration::from_millis(50);
+        let restart = Arc::new(Restart::default());
+        let config = LowDelayConfig {
+            restart: Some(restart.clone()),
+            ..LowDelayConfig::default()
+        };
+        let mut cc = LowDelay::new(Arc::new(config), start, 1200);
+        assert_eq!(cc.window(), 12_000);
+        restart.resume(60_000);
+        let mut now = start;
+        full_rounds(&mut cc, &mut now, base, 1);
+        assert!(cc.window() >= 60_000, "{}", cc.window());
+        assert!(cc.slow_start);
+        // taken once: a later round does not jump again
+        restart.request();
+        let before = cc.window();
+        cc.window = 20_000;
+        full_rounds(&mut cc, &mut now, base, 1);
+        assert!(cc.window() < before, "{}", cc.window());
     }
 
     #[test]

@@ -237,6 +237,11 @@ impl PathHealth {
         self.srtt
     }
 
+    /// The smallest RTT of the last minute, if any was seen.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt.iter().map(|(_, m)| *m).min()
+    }
+
     /// Loss rate estimate (0..1).
     pub fn loss(&self) -> f64 {
         self.loss
