@@ -216,7 +216,7 @@ impl LowDelay {
             if search {
                 self.search_again();
             }
-            self.window = self.window.max(resume);
+            self.window = self.window.max(resume.min(MAX_WINDOW));
         }
         let sample = now.saturating_duration_since(sent);
         self.round_min_rtt = Some(self.round_min_rtt.map_or(sample, |m| m.min(sample)));
@@ -756,6 +756,7 @@ mod tests {
         };
         let mut cc = LowDelay::new(Arc::new(config), start, 1200);
         assert_eq!(cc.window(), 12_000);
+        cc.slow_start = false;
         restart.resume(60_000);
         let mut now = start;
         full_rounds(&mut cc, &mut now, base, 1);

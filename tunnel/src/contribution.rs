@@ -552,15 +552,19 @@ impl Contribution {
             }
             Lane::Backfill => {
                 // the regular paths; backup paths only when no other path is up at all
-                // (backfill can wait, and backup links cost). Earliest completion with what
-                // live media leaves each path: when the soonest path has no room, the piece
-                // waits for it unless another with room completes it sooner still.
+                // (backfill can wait, and backup links cost), the excluded ones counted: a
+                // copy of a piece on the only regular path up does not go on a backup link.
+                // Earliest completion with what live media leaves each path: when the
+                // soonest path has no room, the piece waits for it unless another with room
+                // completes it sooner still.
+                let regular_up = paths
+                    .iter()
+                    .any(|p| p.allows(u.class) && p.tier != Tier::Backup);
                 let views: Vec<PathView> = paths
                     .iter()
                     .filter(|p| p.allows(u.class) && !exclude.contains(&p.id))
                     .map(|p| self.backfill_view(now, p))
                     .collect();
-                let regular_up = views.iter().any(|p| p.tier != Tier::Backup);
                 let allowed: Vec<&PathView> = views
                     .iter()
                     .filter(|p| !regular_up || p.tier != Tier::Backup)
@@ -721,7 +725,11 @@ impl Contribution {
             }
             let late = e.flights.len() < 2
                 && e.flights.iter().all(|f| now >= f.deadline)
-                && self.stats.copy_bytes - self.stats.backfill_copy_bytes + e.len
+                && self
+                    .stats
+                    .copy_bytes
+                    .saturating_sub(self.stats.backfill_copy_bytes)
+                    + e.len
                     <= budget(self.stats.first_bytes, self.cfg.copy_budget, &self.cfg);
             if late {
                 let on: Vec<PathId> = e.flights.iter().map(|f| f.path).collect();
@@ -741,31 +749,37 @@ impl Contribution {
             &self.cfg,
         )
         .saturating_sub(self.stats.backfill_copy_bytes);
-        let candidates: Vec<(PieceId, u64, Option<PathId>, bool)> = self
+        // (A piece whose copy failed or whose copy's path died has one flight again, and
+        // may get another copy once late: within the same budget.)
+        let mut pick = None;
+        for (id, e) in self
             .entries
             .iter()
             .filter(|(_, e)| e.lane == Lane::Backfill)
-            .filter_map(|(id, e)| match e.flights.as_slice() {
-                [] => Some((*id, e.len, None, e.sent_before)),
-                [f] if now >= f.deadline && e.len <= room => Some((*id, e.len, Some(f.path), true)),
-                _ => None,
-            })
-            .collect();
-        for (id, len, on, again) in candidates {
+        {
+            let on = match e.flights.as_slice() {
+                [] => None,
+                [f] if now >= f.deadline && e.len <= room => Some(f.path),
+                _ => continue,
+            };
             let exclude: Vec<PathId> = on.into_iter().collect();
-            let Some(path) = self.choose(now, paths, len, Lane::Backfill, &exclude) else {
+            match self.choose(now, paths, e.len, Lane::Backfill, &exclude) {
+                Some(path) => {
+                    let kind = match (on, e.sent_before) {
+                        (Some(_), _) => SendKind::Copy,
+                        (None, true) => SendKind::Again,
+                        (None, false) => SendKind::First,
+                    };
+                    pick = Some((*id, path, kind));
+                    break;
+                }
                 // the oldest waiting piece has no path yet: the rest wait too
-                on?;
-                continue;
-            };
-            let kind = match (on, again) {
-                (Some(_), _) => SendKind::Copy,
-                (None, true) => SendKind::Again,
-                (None, false) => SendKind::First,
-            };
-            return self.send(now, paths, id, path, kind);
+                None if on.is_none() => break,
+                None => {}
+            }
         }
-        None
+        let (id, path, kind) = pick?;
+        self.send(now, paths, id, path, kind)
     }
 }
 
@@ -1133,6 +1147,23 @@ mod tests {
         // without budget for it, no copy
         let (mut c, paths) = cut_off(0.0, 0);
         assert_eq!(c.poll_send(at, &paths), None);
+    }
+
+    #[test]
+    fn a_late_backfill_piece_on_the_only_regular_path_is_not_copied_to_a_backup() {
+        let t0 = Instant::now();
+        let mut c = Contribution::new(ContributionConfig {
+            backfill_copy_budget: 1.0,
+            ..ContributionConfig::default()
+        });
+        let mut paths = vec![
+            path(0, 4.0, 20, 0, Tier::Primary),
+            path(1, 2.0, 600, 0, Tier::Backup),
+        ];
+        c.push(t0, id(1, 0), 100_000, false, Lane::Backfill);
+        assert_eq!(c.poll_send(t0, &paths).map(|s| s.path), Some(0));
+        paths[0].queued_up = 100_000;
+        assert_eq!(c.poll_send(t0 + Duration::from_secs(2), &paths), None);
     }
 
     #[test]

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 /// How long a fresh connection is credited with most of its link's earlier peak rate.
 pub const PEAK_CREDIT: Duration = Duration::from_secs(2);
+/// How long a link's peak rate counts for a resume after it was last nearly reached.
+pub const PEAK_MEMORY: Duration = Duration::from_secs(300);
 /// Window of the goodput meters.
 pub const METER_WINDOW: Duration = Duration::from_millis(250);
 /// The lowest rate estimate, bytes per second.
@@ -92,6 +94,8 @@ pub struct PathEstimate {
     /// Highest goodput towards the relay seen in a window with a queue (bytes/s), and until
     /// when a fresh connection is credited with most of it.
     peak_up: f64,
+    /// When a busy meter window last showed at least half of `peak_up`.
+    peak_seen: Option<Instant>,
     peak_credit_until: Option<Instant>,
     /// UDP bytes the connection had sent when the meter window started, and at the last
     /// tick.
@@ -129,6 +133,7 @@ impl PathEstimate {
             rate_up: 125_000.0,
             rate_down: 125_000.0,
             peak_up: 0.0,
+            peak_seen: None,
             peak_credit_until: None,
             meter_tx: 0,
             udp_tx: 0,
@@ -349,10 +354,16 @@ impl PathEstimate {
     /// Measured in the failover bench before: the bond placed a megabyte on cellular as it
     /// joined, its window started at 12 KB and took four round trips (250 ms) to reach the
     /// link's 137 KB.
+    /// The peak must be recent: a busy window showed at least half of it within
+    /// [`PEAK_MEMORY`] (a link that peaked in an empty cell an hour ago is not resumed there).
     pub fn resume_window(&self, now: Instant) -> Option<u64> {
         let credited = self.peak_credit_until.is_some_and(|t| now < t);
+        let recent = self
+            .peak_seen
+            .is_some_and(|t| now.saturating_duration_since(t) <= PEAK_MEMORY);
         let base = self.health.min_rtt()?;
-        (credited && self.peak_up > 0.0).then(|| (self.peak_up * base.as_secs_f64() / 2.0) as u64)
+        (credited && recent && self.peak_up > 0.0)
+            .then(|| (self.peak_up * base.as_secs_f64() / 2.0) as u64)
     }
 
     /// Closes the meter window when it is due: the goodput each way, and the rate estimates
@@ -369,7 +380,11 @@ impl PathEstimate {
         let wire = self.udp_tx.saturating_sub(self.meter_tx) as f64 * 0.95 / secs;
         self.meter_tx = self.udp_tx;
         if self.connected && self.unsent_at(self.udp_tx) > 0 {
-            self.peak_up = self.peak_up.max(up.min(wire));
+            let rate = up.min(wire);
+            self.peak_up = self.peak_up.max(rate);
+            if rate >= self.peak_up / 2.0 {
+                self.peak_seen = Some(now);
+            }
         }
         let down = self.meter_down as f64 / secs;
         if self.meter_busy_down && self.pending_down > 0 {
@@ -564,6 +579,33 @@ mod tests {
         assert!((60_000..=63_000).contains(&resumes[0]), "{resumes:?}");
         let joined = back.iter().position(|t| t.usable).unwrap();
         assert!(back[joined].resume.is_some());
+    }
+
+    #[test]
+    fn a_link_back_after_its_peak_memory_resumes_from_scratch() {
+        let mut s = Sim::connected(50 * MS);
+        s.join();
+        s.stats.cwnd = 125_000;
+        let mut udp = 0;
+        for _ in 0..8 {
+            s.est.reserve(1_000_000, 0);
+            s.est.carried(true, 625_000, 625_000);
+            udp += 657_000;
+            s.stats.udp_tx = udp;
+            s.run(250 * MS);
+        }
+        // away for six minutes: the peak is too old to resume at
+        s.est.on_closed(s.now);
+        s.run(PEAK_MEMORY + Duration::from_secs(60));
+        s.est.on_connected(s.now, 2, 50 * MS);
+        s.stats = TransportStats {
+            cwnd: 15_000,
+            rtt: 50 * MS,
+            ..TransportStats::default()
+        };
+        let back = s.run(Duration::from_secs(1));
+        assert!(back.iter().any(|t| t.usable), "it joins");
+        assert!(back.iter().all(|t| t.resume.is_none()));
     }
 
     #[test]
