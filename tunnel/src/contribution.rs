@@ -1093,6 +1093,28 @@ mod tests {
         assert_eq!(live, 20);
     }
 
+    /// Wi-Fi (path 1) came back first and got backfill part 1 at `t0`; the cellular (path
+    /// 0) is back a moment later, Wi-Fi's queue still holding the part. Backfill copies may
+    /// cost `budget` of the backfill's bytes, with no allowance.
+    fn backfill_sent_on_wifi_alone(t0: Instant, budget: f64) -> (Contribution, Vec<PathView>) {
+        let mut c = Contribution::new(ContributionConfig {
+            backfill_copy_budget: budget,
+            copy_allowance: 0,
+            ..ContributionConfig::default()
+        });
+        let mut paths = vec![
+            path(0, 8.0, 50, 0, Tier::Primary),
+            path(1, 4.0, 20, 0, Tier::Primary),
+        ];
+        paths[0].usable = false;
+        c.push(t0, id(1, 0), 100_000, false, Lane::Backfill);
+        let s = c.poll_send(t0, &paths).unwrap();
+        assert_eq!((s.path, s.kind), (1, SendKind::First));
+        paths[0].usable = true;
+        paths[1].queued_up = 100_000;
+        (c, paths)
+    }
+
     #[test]
     fn a_late_piece_that_cannot_be_copied_sets_no_past_timeout() {
         let t0 = Instant::now();
@@ -1110,26 +1132,7 @@ mod tests {
     #[test]
     fn a_backfill_piece_stuck_on_a_slow_path_gets_a_copy() {
         let t0 = Instant::now();
-        let cut_off = |budget: f64, allowance: u64| {
-            let mut c = Contribution::new(ContributionConfig {
-                backfill_copy_budget: budget,
-                copy_allowance: allowance,
-                ..ContributionConfig::default()
-            });
-            // Wi-Fi came back first and got the part; the cellular comes back a moment later
-            let mut paths = vec![
-                path(0, 8.0, 50, 0, Tier::Primary),
-                path(1, 4.0, 20, 0, Tier::Primary),
-            ];
-            paths[0].usable = false;
-            c.push(t0, id(1, 0), 100_000, false, Lane::Backfill);
-            let s = c.poll_send(t0, &paths).unwrap();
-            assert_eq!((s.path, s.kind), (1, SendKind::First));
-            paths[0].usable = true;
-            paths[1].queued_up = 100_000;
-            (c, paths)
-        };
-        let (mut c, paths) = cut_off(1.0, 0);
+        let (mut c, paths) = backfill_sent_on_wifi_alone(t0, 1.0);
         // expected in about 220 ms on Wi-Fi: not late yet
         assert_eq!(c.poll_send(t0 + Duration::from_millis(100), &paths), None);
         // still there after two seconds (the live stream took Wi-Fi): one copy on the
@@ -1145,7 +1148,7 @@ mod tests {
         assert_eq!(c.stats().backfill_bytes, 100_000);
         assert!(c.acked(at + Duration::from_millis(150), id(1, 0), 0));
         // without budget for it, no copy
-        let (mut c, paths) = cut_off(0.0, 0);
+        let (mut c, paths) = backfill_sent_on_wifi_alone(t0, 0.0);
         assert_eq!(c.poll_send(at, &paths), None);
     }
 
@@ -1171,21 +1174,8 @@ mod tests {
         let t0 = Instant::now();
         let at = t0 + Duration::from_secs(2);
         let run = |budget: f64| {
-            let mut c = Contribution::new(ContributionConfig {
-                backfill_copy_budget: budget,
-                copy_allowance: 0,
-                ..ContributionConfig::default()
-            });
-            let mut paths = vec![
-                path(0, 8.0, 50, 0, Tier::Primary),
-                path(1, 4.0, 20, 0, Tier::Primary),
-            ];
-            paths[0].usable = false;
-            c.push(t0, id(1, 0), 100_000, false, Lane::Backfill);
-            assert_eq!(c.poll_send(t0, &paths).map(|s| s.path), Some(1));
+            let (mut c, paths) = backfill_sent_on_wifi_alone(t0, budget);
             c.push(t0, id(2, 0), 100_000, false, Lane::Backfill);
-            paths[0].usable = true;
-            paths[1].queued_up = 100_000;
             let mut sends = Vec::new();
             while let Some(s) = c.poll_send(at, &paths) {
                 sends.push((s.id.seq, s.path, s.kind));

@@ -449,6 +449,28 @@ mod tests {
             out
         }
 
+        /// Two seconds carrying 2.5 MB/s with a queue (a 125 KB window at 50 ms): the
+        /// link's peak.
+        fn carry_at_peak(&mut self) {
+            self.stats.cwnd = 125_000;
+            for _ in 0..8 {
+                self.est.reserve(1_000_000, 0);
+                self.est.carried(true, 625_000, 625_000);
+                self.stats.udp_tx += 657_000;
+                self.run(250 * MS);
+            }
+        }
+
+        /// The link comes back on connection `generation` with a small window, 50 ms RTT.
+        fn come_back(&mut self, generation: u64) {
+            self.est.on_connected(self.now, generation, 50 * MS);
+            self.stats = TransportStats {
+                cwnd: 15_000,
+                rtt: 50 * MS,
+                ..TransportStats::default()
+            };
+        }
+
         /// Runs until the path carries traffic.
         fn join(&mut self) {
             let ticks = self.run(Duration::from_secs(5));
@@ -519,24 +541,10 @@ mod tests {
     fn a_returning_link_is_credited_with_its_earlier_peak_for_a_while() {
         let mut s = Sim::connected(50 * MS);
         s.join();
-        // carrying 2.5 MB/s with a queue: the peak
-        s.stats.cwnd = 125_000;
-        let mut udp = 0;
-        for _ in 0..8 {
-            s.est.reserve(1_000_000, 0);
-            s.est.carried(true, 625_000, 625_000);
-            udp += 657_000;
-            s.stats.udp_tx = udp;
-            s.run(250 * MS);
-        }
+        s.carry_at_peak();
         // the link comes back on a new connection with a small window
         s.est.on_closed(s.now);
-        s.est.on_connected(s.now, 2, 50 * MS);
-        s.stats = TransportStats {
-            cwnd: 15_000,
-            rtt: 50 * MS,
-            ..TransportStats::default()
-        };
+        s.come_back(2);
         s.run(100 * MS);
         assert!(s.est.rate_up() >= 0.8 * 2_000_000.0, "{}", s.est.rate_up());
         s.run(PEAK_CREDIT);
@@ -555,23 +563,9 @@ mod tests {
             first.iter().all(|t| t.resume.is_none()),
             "a first join has no earlier window"
         );
-        // carrying 2.5 MB/s with a queue: the peak
-        s.stats.cwnd = 125_000;
-        let mut udp = 0;
-        for _ in 0..8 {
-            s.est.reserve(1_000_000, 0);
-            s.est.carried(true, 625_000, 625_000);
-            udp += 657_000;
-            s.stats.udp_tx = udp;
-            s.run(250 * MS);
-        }
+        s.carry_at_peak();
         s.est.on_closed(s.now);
-        s.est.on_connected(s.now, 2, 50 * MS);
-        s.stats = TransportStats {
-            cwnd: 15_000,
-            rtt: 50 * MS,
-            ..TransportStats::default()
-        };
+        s.come_back(2);
         let back = s.run(Duration::from_secs(1));
         let resumes: Vec<u64> = back.iter().filter_map(|t| t.resume).collect();
         // half of 2.5 MB/s over 50 ms, once, as it joins
@@ -585,24 +579,11 @@ mod tests {
     fn a_link_back_after_its_peak_memory_resumes_from_scratch() {
         let mut s = Sim::connected(50 * MS);
         s.join();
-        s.stats.cwnd = 125_000;
-        let mut udp = 0;
-        for _ in 0..8 {
-            s.est.reserve(1_000_000, 0);
-            s.est.carried(true, 625_000, 625_000);
-            udp += 657_000;
-            s.stats.udp_tx = udp;
-            s.run(250 * MS);
-        }
+        s.carry_at_peak();
         // away for six minutes: the peak is too old to resume at
         s.est.on_closed(s.now);
         s.run(PEAK_MEMORY + Duration::from_secs(60));
-        s.est.on_connected(s.now, 2, 50 * MS);
-        s.stats = TransportStats {
-            cwnd: 15_000,
-            rtt: 50 * MS,
-            ..TransportStats::default()
-        };
+        s.come_back(2);
         let back = s.run(Duration::from_secs(1));
         assert!(back.iter().any(|t| t.usable), "it joins");
         assert!(back.iter().all(|t| t.resume.is_none()));
