@@ -239,15 +239,17 @@ async fn pull_all(
                         tracing::trace!(pull = head.id, ticket, len = data.len(), "chunk arrived");
                         body.arrived(ticket, data)
                     }
-                    Err(e) if e.retry => match body.failed(ticket) {
-                        Failed::Again => {
-                            debug!(pull = head.id, path = e.path, reason = %e.reason, "chunk asked for again");
-                            resends.increment(1);
+                    Err(e) => {
+                        let outcome = if e.retry { body.failed(ticket) } else { body.refused(ticket) };
+                        match outcome {
+                            Failed::Again => {
+                                debug!(pull = head.id, path = e.path, reason = %e.reason, "chunk asked for again");
+                                resends.increment(1);
+                            }
+                            Failed::Covered => {}
+                            Failed::GiveUp => return Err(e.reason),
                         }
-                        Failed::Covered => {}
-                        Failed::GiveUp => return Err(e.reason),
-                    },
-                    Err(e) => return Err(e.reason),
+                    }
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
@@ -295,8 +297,13 @@ async fn fetch(
             .map_err(|e| (true, format!("no answer to a chunk: {e}")))?;
         if !resp.status().is_success() {
             let why = tunnel::wire::reason_of(resp.headers()).unwrap_or("no reason given");
-            // the relay waited for the origin in vain: asking again may still work
-            let retry = resp.status() == http::StatusCode::GATEWAY_TIMEOUT;
+            // the relay waited for the origin in vain, or dropped bytes another path's
+            // request said the gateway has (requests race over paths): asking again for
+            // what is still missing may work
+            let retry = matches!(
+                resp.status(),
+                http::StatusCode::GATEWAY_TIMEOUT | http::StatusCode::RANGE_NOT_SATISFIABLE
+            );
             return Err((
                 retry,
                 format!("the relay refused a chunk ({}): {why}", resp.status()),

@@ -38,8 +38,11 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 bad = [k for k in ("downloads_failed", "bids_failed", "uploads_failed") if r[k]]
 assert not bad, f"requests failed across the cut: {bad}: {r['errors']}"
-assert r["downloads_ok"] >= 3 and r["bids_ok"] >= 50 and r["uploads_ok"] >= 3, r
-print(f"ok: {r['downloads_ok']} downloads, {r['bids_ok']} bids, {r['uploads_ok']} uploads, none failed")
+# a bid every 100 ms after the last answer: about 55 in 10 s; none held up near a second
+assert r["downloads_ok"] >= 3 and r["bids_ok"] >= 40 and r["uploads_ok"] >= 3, r
+assert r["bid_max_ms"] < 1000, f"a bid took {r['bid_max_ms']} ms across the cut"
+print(f"ok: {r['downloads_ok']} downloads, {r['bids_ok']} bids (slowest {r['bid_max_ms']} ms), "
+      f"{r['uploads_ok']} uploads, none failed")
 PY
 resends=$(metric 'canopy_gateway_resends_total' || true)
 resumes=$(metric 'canopy_gateway_resumes_total' || true)

@@ -170,6 +170,16 @@ impl PulledBody {
         Failed::Again
     }
 
+    /// Flight `ticket` was refused for good (asking again cannot help): the body fails,
+    /// unless its bytes arrived meanwhile by another copy.
+    pub fn refused(&mut self, ticket: u64) -> Failed {
+        match self.flights.remove(&ticket) {
+            Some(f) if !f.covered && !self.covered(f.offset, f.len) => Failed::GiveUp,
+            // unknown, arrived by another copy, or asked again already (that copy decides)
+            _ => Failed::Covered,
+        }
+    }
+
     /// `path` fell silent: its flights not asked again yet are asked again elsewhere (they
     /// may still arrive; the first copy wins). The number of flights asked again.
     pub fn silent(&mut self, path: PathId) -> usize {
@@ -374,6 +384,26 @@ mod tests {
         assert!(b.done());
         assert_eq!(b.next_ask(), None);
         assert_eq!(b.failed(t1), Failed::Covered);
+    }
+
+    #[test]
+    fn a_refused_chunk_that_came_by_another_copy_changes_nothing() {
+        // a silent path's chunk is asked again on another path and arrives there; the relay
+        // then refuses the first request (another path told it the gateway has those bytes)
+        let mut b = body(200);
+        let (t1, _, _) = ask(&mut b, 100, 0);
+        let (t2, _, _) = ask(&mut b, 100, 1);
+        assert_eq!(b.silent(0), 1);
+        let mut pieces = Vec::new();
+        while let Some(a) = b.next_ask() {
+            pieces.push((b.start(&a, a.len, 1), a.offset, a.len));
+        }
+        for (t, o, l) in pieces {
+            b.arrived(t, bytes(o, l));
+        }
+        assert_eq!(b.refused(t1), Failed::Covered);
+        // a refusal of a chunk nothing else brings fails the body
+        assert_eq!(b.refused(t2), Failed::GiveUp);
     }
 
     #[test]

@@ -10,7 +10,7 @@ opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}
 CHUNK = bytes((i % 251) for i in range(65536))
 lock = threading.Lock()
 out = {"downloads_ok": 0, "downloads_failed": 0, "download_bytes": 0, "bids_ok": 0,
-       "bids_failed": 0, "uploads_ok": 0, "uploads_failed": 0, "errors": []}
+       "bids_failed": 0, "bid_max_ms": 0, "uploads_ok": 0, "uploads_failed": 0, "errors": []}
 deadline = time.time() + seconds
 
 def note(key, err=None):
@@ -46,9 +46,12 @@ def bids():
     while time.time() < deadline:
         n += 1
         req = urllib.request.Request(f"{origin}/bid", data=b'{"lot":7,"amount":%d}' % n, method="POST")
+        t0 = time.monotonic()
         try:
             with opener.open(req, timeout=15) as r:
                 body = r.read()
+                with lock:
+                    out["bid_max_ms"] = max(out["bid_max_ms"], round((time.monotonic() - t0) * 1000))
                 note("bids_ok" if r.status == 200 and b"accepted" in body else "bids_failed",
                      None if r.status == 200 else r.status)
         except Exception as e:
