@@ -173,16 +173,24 @@ async fn pump_response(
     }
 }
 
+/// Why one range request did not start the rest of the body.
+enum Attempt {
+    /// The path failed under it: another path may do.
+    PathFailed,
+    /// The origin will not serve the rest (changed, or no ranges): no path will do.
+    Refused(String),
+}
+
 /// Asks for the rest of the resource (`Range: bytes=offset-`, `If-Range`) on another path.
 async fn resume_on_other_path(
     r: &Resume,
     offset: u64,
     tried: &[PathId],
 ) -> Result<(H3Recv, Arc<Flow>), String> {
-    let deadline = Instant::now() + r.timeout;
+    let deadline = tunnel_io::clock::now() + r.timeout;
     let mut excluded = tried.to_vec();
     loop {
-        if Instant::now() >= deadline {
+        if tunnel_io::clock::now() >= deadline {
             return Err("no path answered in time".into());
         }
         let Some(id) = r.bond.place(&r.unit, &excluded).primary() else {
@@ -215,9 +223,12 @@ async fn resume_on_other_path(
         };
         let mut sender = live.sender.clone();
         let attempt = async {
-            let mut s = sender.send_request(req).await.map_err(|e| e.to_string())?;
-            s.finish().await.map_err(|e| e.to_string())?;
-            let head = s.recv_response().await.map_err(|e| e.to_string())?;
+            let mut s = sender
+                .send_request(req)
+                .await
+                .map_err(|_| Attempt::PathFailed)?;
+            s.finish().await.map_err(|_| Attempt::PathFailed)?;
+            let head = s.recv_response().await.map_err(|_| Attempt::PathFailed)?;
             let expected = format!("bytes {offset}-{}/{}", r.total.saturating_sub(1), r.total);
             let ok = head.status() == StatusCode::PARTIAL_CONTENT
                 && head
@@ -225,18 +236,18 @@ async fn resume_on_other_path(
                     .get(header::CONTENT_RANGE)
                     .is_some_and(|v| v.as_bytes() == expected.as_bytes());
             if !ok {
-                return Err(format!(
+                return Err(Attempt::Refused(format!(
                     "the origin answered the range request with {} {:?}",
                     head.status(),
                     head.headers().get(header::CONTENT_RANGE)
-                ));
+                )));
             }
-            Ok::<_, String>(s.split().1)
+            Ok(s.split().1)
         };
         match tokio::time::timeout(r.timeout, attempt).await {
             Ok(Ok(recv)) => return Ok((recv, flow)),
-            Ok(Err(e)) if e.starts_with("the origin") => return Err(e),
-            Ok(Err(_)) | Err(_) => excluded.push(id),
+            Ok(Err(Attempt::Refused(e))) => return Err(e),
+            Ok(Err(Attempt::PathFailed)) | Err(_) => excluded.push(id),
         }
     }
 }
