@@ -1,7 +1,13 @@
-//! The journal's writer thread: group commit. Appends queue up while a commit is under way;
+//! The journal's writer task: group commit. Appends queue up while a commit is under way;
 //! the next commit writes all of them at once and syncs once, then acknowledges each. A
 //! failed write or sync poisons the journal (what reached the disk is unknown): every later
 //! append fails, so the gateway refuses bids rather than acknowledging what it may lose.
+//!
+//! The writer is a tokio task and each commit's write and sync run on the blocking pool
+//! (`spawn_blocking`), one hand-off per commit, not per record. The runtime then knows a
+//! commit is under way: on a paused clock (the in-process harness) time does not jump
+//! ahead while the disk syncs, so a bid's journaling costs what it costs, not a timer's
+//! worth of simulated time.
 
 use crate::file::Opened;
 use ledger::frame::{self, TooLarge, MAGIC};
@@ -11,9 +17,8 @@ use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
 /// Bytes written by one commit at most (more appends wait for the next).
@@ -31,7 +36,7 @@ pub enum JournalError {
     /// The record is over the format's limit.
     #[error(transparent)]
     TooLarge(#[from] TooLarge),
-    /// The writer thread is gone.
+    /// The writer task is gone.
     #[error("the journal is closed")]
     Closed,
 }
@@ -107,7 +112,7 @@ impl Future for Pending {
 /// A journal open for appending (cheap to clone).
 #[derive(Clone)]
 pub struct Journal {
-    tx: mpsc::Sender<Op>,
+    tx: mpsc::UnboundedSender<Op>,
     counters: Arc<Counters>,
 }
 
@@ -120,17 +125,17 @@ impl std::fmt::Debug for Journal {
 }
 
 impl Journal {
-    /// Starts the writer thread on an opened file (`path` is where it lives, for rewrites).
+    /// Starts the writer task on an opened file (`path` is where it lives, for rewrites),
+    /// on the current tokio runtime.
     pub fn start(path: PathBuf, opened: Opened) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel();
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| std::io::Error::other(format!("the journal needs a runtime: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
         counters.len.store(opened.len, Ordering::Relaxed);
         counters.base_len.store(opened.len, Ordering::Relaxed);
         let c = counters.clone();
-        let file = opened.file;
-        std::thread::Builder::new()
-            .name("journal".into())
-            .spawn(move || run(path, file, rx, c))?;
+        runtime.spawn(run(path, opened.file, rx, c));
         Ok(Self { tx, counters })
     }
 
@@ -185,16 +190,21 @@ fn io(e: &std::io::Error) -> JournalError {
     JournalError::Io(e.kind())
 }
 
-fn run(path: PathBuf, mut file: File, rx: mpsc::Receiver<Op>, c: Arc<Counters>) {
+async fn run(path: PathBuf, file: File, mut rx: mpsc::UnboundedReceiver<Op>, c: Arc<Counters>) {
     let mut poisoned = false;
     let mut pending: Option<Op> = None;
+    // the file travels to the blocking pool for each commit and back
+    let mut file = Some(file);
     loop {
         let op = match pending.take() {
             Some(op) => op,
-            None => match rx.recv() {
-                Ok(op) => op,
-                Err(_) => return,
+            None => match rx.recv().await {
+                Some(op) => op,
+                None => return,
             },
+        };
+        let Some(f) = file.take() else {
+            return;
         };
         match op {
             Op::Append(payload, done) => {
@@ -220,47 +230,77 @@ fn run(path: PathBuf, mut file: File, rx: mpsc::Receiver<Op>, c: Arc<Counters>) 
                         Err(_) => break,
                     }
                 }
-                let result = if poisoned {
-                    Err(JournalError::Poisoned)
+                let (f, result) = if poisoned {
+                    (f, Err(JournalError::Poisoned))
                 } else {
-                    match file.write_all(&buf).and_then(|()| file.sync_data()) {
+                    let n = buf.len() as u64;
+                    let Some((f, written)) =
+                        blocking(f, move |f| f.write_all(&buf).and_then(|()| f.sync_data())).await
+                    else {
+                        return;
+                    };
+                    match written {
                         Ok(()) => {
                             c.appends.fetch_add(acks.len() as u64, Ordering::Relaxed);
                             c.commits.fetch_add(1, Ordering::Relaxed);
-                            c.len.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                            Ok(())
+                            c.len.fetch_add(n, Ordering::Relaxed);
+                            (f, Ok(()))
                         }
                         Err(e) => {
                             error!(journal = %path.display(), error = %e, "journal: write failed; it takes no more records");
                             poisoned = true;
-                            Err(io(&e))
+                            (f, Err(io(&e)))
                         }
                     }
                 };
+                file = Some(f);
                 for a in acks {
                     let _ = a.send(result.clone());
                 }
             }
             Op::Rewrite(entries, done) => {
                 let result = if poisoned {
+                    file = Some(f);
                     Err(JournalError::Poisoned)
                 } else {
-                    match rewrite(&path, &entries) {
-                        Ok((f, len)) => {
-                            file = f;
+                    let p = path.clone();
+                    let Some((old, rewritten)) = blocking(f, move |_| rewrite(&p, &entries)).await
+                    else {
+                        return;
+                    };
+                    match rewritten {
+                        Ok((new, len)) => {
+                            file = Some(new);
                             c.len.store(len, Ordering::Relaxed);
                             c.base_len.store(len, Ordering::Relaxed);
                             c.rewrites.fetch_add(1, Ordering::Relaxed);
                             Ok(())
                         }
                         // the old file is still whole: appends go on there
-                        Err(e) => Err(e),
+                        Err(e) => {
+                            file = Some(old);
+                            Err(e)
+                        }
                     }
                 };
                 let _ = done.send(result);
             }
         }
     }
+}
+
+/// Runs `work` on the file on the blocking pool; the file and the result come back (None
+/// if the runtime is shutting down).
+async fn blocking<T: Send + 'static>(
+    mut file: File,
+    work: impl FnOnce(&mut File) -> T + Send + 'static,
+) -> Option<(File, T)> {
+    tokio::task::spawn_blocking(move || {
+        let r = work(&mut file);
+        (file, r)
+    })
+    .await
+    .ok()
 }
 
 /// Writes `entries` to a new file beside `path` and puts it in its place.
