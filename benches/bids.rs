@@ -18,9 +18,9 @@
 
 mod common;
 
-use canopy::demo::{TestLink, Testbed, TestbedOptions, DEMO_SITE};
 use canopy::linkem::LinkProfile;
 use canopy::load::{self, quantile, LoadStats, ProxyClient};
+use canopy::testbed::{TestLink, Testbed, TestbedOptions, DEMO_SITE};
 use hyper::Method;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -334,6 +334,7 @@ fn main() -> anyhow::Result<()> {
                 event: EVENT.into(),
                 ..Default::default()
             },
+            ..TestbedOptions::single(None)
         })
         .await?;
 

@@ -10,9 +10,9 @@
 
 mod common;
 
-use canopy::demo::{TestLink, Testbed, TestbedOptions, DEMO_SITE};
 use canopy::linkem::LinkProfile;
 use canopy::load::{self, quantile, LoadStats};
+use canopy::testbed::{TestLink, Testbed, TestbedOptions, DEMO_SITE};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,6 +56,7 @@ async fn run(congestion: CongestionChoice, secs: u64) -> anyhow::Result<Run> {
         metrics: None,
         record_dir: None,
         checkin: Default::default(),
+        ..TestbedOptions::single(None)
     })
     .await?;
     let stats = Arc::new(LoadStats::default());

@@ -11,8 +11,8 @@
 
 mod common;
 
-use canopy::demo::{TestLink, Testbed, TestbedOptions};
 use canopy::load::{self, LoadStats};
+use canopy::testbed::{TestLink, Testbed, TestbedOptions};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +29,7 @@ async fn tunnel(secs: u64, settings: TransportSettings) -> anyhow::Result<f64> {
         metrics: None,
         record_dir: None,
         checkin: Default::default(),
+        ..TestbedOptions::single(None)
     })
     .await?;
     let stats = Arc::new(LoadStats::default());

@@ -9,4 +9,5 @@ pub mod linkem;
 pub mod load;
 pub mod origin;
 pub mod runtime;
+pub mod testbed;
 pub mod tokens;

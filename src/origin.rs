@@ -49,15 +49,27 @@ pub async fn serve(listener: TcpListener, stats: Arc<OriginStats>) {
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, stats.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
+        tokio::spawn(serve_connection(tcp, stats.clone()));
     }
+}
+
+/// Serves the demo origin on an in-memory listener (the in-process harness's).
+pub async fn serve_virtual(mut listener: crate::linkem::VirtualListener, stats: Arc<OriginStats>) {
+    while let Some(io) = listener.accept().await {
+        tokio::spawn(serve_connection(io, stats.clone()));
+    }
+}
+
+/// Serves one connection until it closes.
+async fn serve_connection<IO>(io: IO, stats: Arc<OriginStats>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    let svc = service_fn(move |req| handle(req, stats.clone()));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 /// Serves the demo origin over TLS (for CONNECT tests) with a PEM certificate and key.

@@ -44,6 +44,25 @@ pub async fn spawn_relay(
     token_key: Option<&[u8]>,
 ) -> anyhow::Result<RelayHandle> {
     let relay = ingest_relay::Relay::bind(cfg, tls, viewer_tls, token_key).await?;
+    start_relay(relay, cfg).await
+}
+
+/// Starts a relay in the background whose gateways' endpoint is on `socket`, and whose
+/// origin connections come from `dialer`.
+pub async fn spawn_relay_on(
+    cfg: &ingest_relay::RelayConfig,
+    tls: &tunnel_io::TlsFiles,
+    socket: std::sync::Arc<dyn quinn::AsyncUdpSocket>,
+    dialer: std::sync::Arc<dyn ingest_relay::OriginDialer>,
+) -> anyhow::Result<RelayHandle> {
+    let relay = ingest_relay::Relay::bind_with(cfg, tls, None, None, socket, Some(dialer)).await?;
+    start_relay(relay, cfg).await
+}
+
+async fn start_relay(
+    relay: ingest_relay::Relay,
+    cfg: &ingest_relay::RelayConfig,
+) -> anyhow::Result<RelayHandle> {
     let addr = relay.local_addr()?;
     let viewers = relay.viewer_addrs();
     let relayed = relay.relayed();
@@ -68,6 +87,8 @@ pub struct GatewayHandle {
     pub live: std::sync::Arc<gateway::LiveStreams>,
     /// Its contribution to the relay (when `[live] contribute`).
     pub contributor: Option<std::sync::Arc<gateway::contribute::Contributor>>,
+    /// Serves device connections handed to it (besides the proxy's listener).
+    pub devices: gateway::DeviceDoor,
 }
 
 /// Starts a gateway in the background.
@@ -75,13 +96,28 @@ pub async fn spawn_gateway(
     cfg: &gateway::GatewayConfig,
     tls: &tunnel_io::TlsFiles,
 ) -> anyhow::Result<GatewayHandle> {
-    let mut gw = gateway::Gateway::bind(cfg, tls).await?;
+    spawn_gateway_with(
+        cfg,
+        tls,
+        std::sync::Arc::new(gateway::sockets::KernelSockets),
+    )
+    .await
+}
+
+/// Starts a gateway in the background whose uplinks' sockets come from `sockets`.
+pub async fn spawn_gateway_with(
+    cfg: &gateway::GatewayConfig,
+    tls: &tunnel_io::TlsFiles,
+    sockets: std::sync::Arc<dyn gateway::sockets::UplinkSockets>,
+) -> anyhow::Result<GatewayHandle> {
+    let mut gw = gateway::Gateway::bind_with(cfg, tls, sockets).await?;
     let contributor = cfg.live.contribute.then(|| gw.contribute());
     let handle = GatewayHandle {
         proxy: gw.local_addr()?,
         bond: gw.bond(),
         live: gw.live(),
         contributor,
+        devices: gw.devices(),
     };
     if let Some(m) = cfg.metrics.listen {
         spawn_metrics(m).await?;

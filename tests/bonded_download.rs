@@ -37,7 +37,7 @@ async fn download(proxy: SocketAddr, url: &str) -> (u16, Option<u64>, Bytes) {
     (status, length, body)
 }
 
-fn down_bytes(bed: &canopy::demo::Testbed) -> Vec<u64> {
+fn down_bytes(bed: &canopy::testbed::Testbed) -> Vec<u64> {
     bed.bond
         .paths()
         .iter()

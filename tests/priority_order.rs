@@ -2,9 +2,9 @@
 //! buffered link completes before any of them. The test asserts the order of completion,
 //! not a speed.
 
-use canopy::demo::{TestLink, Testbed, TestbedOptions, DEMO_SITE};
 use canopy::linkem::LinkProfile;
 use canopy::load::{empty, small, ProxyClient};
+use canopy::testbed::{TestLink, Testbed, TestbedOptions, DEMO_SITE};
 use http::Method;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,7 @@ async fn a_bid_overtakes_queued_bulk_data() {
         metrics: None,
         record_dir: None,
         checkin: Default::default(),
+        ..TestbedOptions::single(None)
     })
     .await
     .expect("testbed");

@@ -14,7 +14,7 @@ use ledger::token::Grant;
 use ledger_io::{Journal, JournalError, Pending};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
@@ -73,7 +73,7 @@ impl Bids {
         let mut register = Register::new();
         register.restore(&entries);
         register.expire(crate::clock::wall_us() / 1_000_000);
-        outbox.restore(Instant::now(), entries);
+        outbox.restore(tunnel_io::clock::now(), entries);
         let s = outbox.stats();
         info!(journal = %path.display(), records = n, undelivered = s.pending,
             damaged = opened.damage.is_some(), "bids journal opened");
@@ -167,7 +167,7 @@ impl Bids {
             Delivered::Done(outcome) => {
                 let pending = {
                     let mut o = self.outbox();
-                    o.finish(Instant::now(), outcome.clone());
+                    o.finish(tunnel_io::clock::now(), outcome.clone());
                     self.journal.submit(&Entry::Outcome(outcome))
                 };
                 // an outcome lost in a crash only means one more (deduplicated) try
@@ -180,7 +180,7 @@ impl Bids {
             }
             Delivered::Undelivered(reason) => {
                 tracing::debug!(key, %reason, "bid undelivered: queued");
-                self.outbox().undelivered(Instant::now(), key);
+                self.outbox().undelivered(tunnel_io::clock::now(), key);
                 self.wake.notify_one();
             }
         }
@@ -219,7 +219,7 @@ impl Bids {
         loop {
             let next = self.outbox().poll_timeout();
             let sleep = next.map_or(Duration::from_millis(200), |t| {
-                t.saturating_duration_since(Instant::now())
+                t.saturating_duration_since(tunnel_io::clock::now())
                     .min(Duration::from_millis(200))
             });
             tokio::select! {
@@ -228,14 +228,14 @@ impl Bids {
             }
             let now_usable = usable();
             if now_usable && !was_usable {
-                self.outbox().retry_now(Instant::now());
+                self.outbox().retry_now(tunnel_io::clock::now());
             }
             was_usable = now_usable;
             if !now_usable {
                 continue;
             }
             loop {
-                let next = self.outbox().next_replay(Instant::now());
+                let next = self.outbox().next_replay(tunnel_io::clock::now());
                 let Some(r) = next else { break };
                 metrics::counter!("canopy_gateway_bids_replayed_total").increment(1);
                 let key = r.key.clone();

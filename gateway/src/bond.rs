@@ -105,7 +105,7 @@ pub struct PathStatus {
 
 impl Path {
     fn new(id: PathId, cfg: &UplinkConfig, uplink: Uplink, cap: Option<u64>) -> Self {
-        let now = Instant::now();
+        let now = tunnel_io::clock::now();
         let (signal, _) = watch::channel(PathSignal {
             usable: false,
             dead: true,
@@ -161,7 +161,7 @@ impl Path {
 
     fn view(&self) -> PathView {
         let mut st = self.lock();
-        let now = Instant::now();
+        let now = tunnel_io::clock::now();
         let cap = st.cap.state(now);
         let udp_tx = st.udp_tx();
         PathView {
@@ -202,7 +202,7 @@ impl Path {
     /// Status snapshot.
     pub fn status(&self) -> PathStatus {
         let mut st = self.lock();
-        let now = Instant::now();
+        let now = tunnel_io::clock::now();
         PathStatus {
             name: self.name.clone(),
             kind: self.kind,
@@ -220,7 +220,7 @@ impl Path {
 
     /// Counts body bytes carried (for caps, goodput, queues).
     fn carried(&self, up: bool, bytes: u64, reserved: u64) {
-        let now = Instant::now();
+        let now = tunnel_io::clock::now();
         let mut st = self.lock();
         st.est.carried(up, bytes, reserved);
         if up {
@@ -371,8 +371,13 @@ pub struct Bond {
 }
 
 impl Bond {
-    /// Starts one uplink per configured uplink (or the single default one) and their monitors.
-    pub fn start(cfg: &GatewayConfig, client: quinn::ClientConfig) -> Result<Arc<Self>, String> {
+    /// Starts one uplink per configured uplink (or the single default one) and their
+    /// monitors; each uplink's sockets come from `sockets`.
+    pub fn start(
+        cfg: &GatewayConfig,
+        client: quinn::ClientConfig,
+        sockets: Arc<dyn crate::sockets::UplinkSockets>,
+    ) -> Result<Arc<Self>, String> {
         let session = fastrand::u128(..);
         let mut paths = Vec::new();
         for (id, u) in cfg.effective_uplinks().iter().enumerate() {
@@ -391,6 +396,7 @@ impl Bond {
                     name: u.name.clone(),
                     kind: u.kind,
                 },
+                sockets: sockets.clone(),
             });
             paths.push(Arc::new(Path::new(id, u, uplink, u.cap_bytes_per_day)));
         }
@@ -409,7 +415,7 @@ impl Bond {
             loop {
                 tick.tick().await;
                 let Some(b) = b.upgrade() else { return };
-                let now = Instant::now();
+                let now = tunnel_io::clock::now();
                 let was_usable: Vec<bool> = b.paths.iter().map(|p| p.is_usable()).collect();
                 for p in &b.paths {
                     p.tick(now);

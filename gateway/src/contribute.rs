@@ -138,7 +138,7 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
     let mut core = Contribution::new(ContributionConfig::default());
     let mut streams: Vec<Stream> = Vec::new();
     let mut known: HashSet<(String, String)> = HashSet::new();
-    let mut last_sweep = Instant::now();
+    let mut last_sweep = tunnel_io::clock::now();
     let mut inits_sent = 0u64;
     let mut published = ContributionStats::default();
     info!("contributing the cameras to the relay");
@@ -167,7 +167,7 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
                 }
             }
         }
-        let now = Instant::now();
+        let now = tunnel_io::clock::now();
         for s in &mut streams {
             take_chunks(s, &mut core, now);
         }
@@ -546,10 +546,10 @@ fn handle_done(d: Done, core: &mut Contribution, streams: &mut [Stream]) {
                         seq = id.seq,
                         offset = id.offset,
                         path,
-                        ms = at.elapsed().as_millis() as u64,
+                        ms = tunnel_io::clock::since(at).as_millis() as u64,
                         "piece acked"
                     );
-                    core.acked(Instant::now(), id, path);
+                    core.acked(tunnel_io::clock::now(), id, path);
                     s.pieces.remove(&id);
                     if let Some(g) = a.need_init {
                         // the relay lacks this init (it restarted): send it again
@@ -599,7 +599,7 @@ fn handle_done(d: Done, core: &mut Contribution, streams: &mut [Stream]) {
                     s.init.acked = Some(generation);
                     s.init.retry_at = None;
                 } else {
-                    s.init.retry_at = Some(Instant::now() + Duration::from_millis(200));
+                    s.init.retry_at = Some(tunnel_io::clock::now() + Duration::from_millis(200));
                 }
             }
         }

@@ -13,13 +13,14 @@ pub mod contribute;
 pub mod devices;
 mod proxy;
 pub mod pull;
+pub mod sockets;
 pub mod stripe;
 mod uplink;
 
 pub use bond::{Bond, PathStatus};
 pub use config::GatewayConfig;
 pub use media_io::LiveStreams;
-pub use proxy::Gateway;
+pub use proxy::{DeviceDoor, Gateway};
 pub use uplink::{Hello, Live, Sender, Uplink, UplinkSettings, UplinkState};
 
 /// Errors starting the gateway.

@@ -7,7 +7,6 @@
 use crate::config::BindTo;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -100,6 +99,8 @@ pub struct UplinkSettings {
     pub backoff_max: Duration,
     /// Session hello.
     pub hello: Hello,
+    /// Where its UDP socket comes from.
+    pub sockets: Arc<dyn crate::sockets::UplinkSockets>,
 }
 
 impl Uplink {
@@ -267,28 +268,6 @@ fn carrier(bind: &BindTo) -> Option<bool> {
 
 type Driver = h3::client::Connection<tunnel_io::quic::Connection, Bytes>;
 
-/// A UDP socket bound as the uplink's config says, of the relay address's family.
-fn socket(bind: &BindTo, relay: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let local = match bind {
-        BindTo::Addr(a) => *a,
-        BindTo::Device(_) if relay.is_ipv6() => SocketAddr::from(([0u16; 8], 0)),
-        BindTo::Device(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
-    };
-    let sock = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
-    if let BindTo::Device(dev) = bind {
-        sock.bind_device(Some(dev.as_bytes())).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot bind to interface {dev} (needs root or CAP_NET_RAW): {e}"),
-            )
-        })?;
-    }
-    sock.bind(&local.into())?;
-    sock.set_nonblocking(true)?;
-    Ok(sock.into())
-}
-
 async fn connect(
     s: &UplinkSettings,
     last_rtt: Duration,
@@ -304,9 +283,12 @@ async fn connect(
         .map_err(|e| format!("resolve {}: {e}", s.relay_addr))?
         .find(|a| want_v4.is_none_or(|v4| a.is_ipv4() == v4))
         .ok_or_else(|| format!("{} has no address of the uplink's family", s.relay_addr))?;
-    let sock = socket(&s.bind, addr).map_err(|e| e.to_string())?;
+    let sock = s
+        .sockets
+        .socket(&s.hello.name, &s.bind, addr)
+        .map_err(|e| e.to_string())?;
     let runtime = quinn::default_runtime().ok_or("no async runtime")?;
-    let endpoint = quinn::Endpoint::new(
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
         tunnel_io::transport::endpoint_config(tunnel_io::transport::GATEWAY_CID_LEN),
         None,
         sock,

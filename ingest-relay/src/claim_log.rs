@@ -13,7 +13,6 @@ use ledger_io::{Journal, JournalError, Pending};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use tracing::{info, warn};
 
 /// A journal grown past this is compacted (once it is also twice its live contents).
@@ -37,7 +36,7 @@ impl ClaimLog {
         let entries = std::mem::take(&mut opened.entries);
         let n = entries.len();
         let mut claims = Claims::new(ClaimsConfig::default());
-        claims.restore(Instant::now(), wall_us(), entries);
+        claims.restore(tunnel_io::clock::now(), wall_us(), entries);
         let s = claims.stats();
         info!(journal = %path.display(), records = n, claims = s.claims, in_doubt = s.in_doubt,
             damaged = opened.damage.is_some(), "relay duplicate table opened");
@@ -74,7 +73,7 @@ impl ClaimLog {
         let pending = {
             let mut c = self.claims();
             let entry = c.claim(
-                Instant::now(),
+                tunnel_io::clock::now(),
                 Claim {
                     scope: scope.to_owned(),
                     key: key.to_owned(),
@@ -96,7 +95,7 @@ impl ClaimLog {
         let pending = {
             let mut c = self.claims();
             let entry = c.settle(
-                Instant::now(),
+                tunnel_io::clock::now(),
                 Settled {
                     scope: scope.to_owned(),
                     key: key.to_owned(),

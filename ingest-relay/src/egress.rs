@@ -14,12 +14,32 @@ use tunnel::Allowlist;
 pub(crate) enum OriginStream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// From an [`OriginDialer`] (plain HTTP only).
+    Dialed(Box<dyn OriginIo>),
+}
+
+/// A byte stream to an origin that is not a kernel socket.
+pub trait OriginIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> OriginIo for T {}
+
+/// A connection being dialed.
+pub type Dialing<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::io::Result<Box<dyn OriginIo>>> + Send + 'a>,
+>;
+
+/// Opens origin connections instead of the kernel's TCP, after the allowlist and address
+/// checks (the in-process harness reaches its in-memory origins so).
+pub trait OriginDialer: Send + Sync {
+    /// A connection to `addr`.
+    fn dial(&self, addr: SocketAddr) -> Dialing<'_>;
 }
 
 pub(crate) struct Egress {
     allow: Allowlist,
     connect_timeout: Duration,
     tls: tokio_rustls::TlsConnector,
+    dialer: Option<Arc<dyn OriginDialer>>,
 }
 
 impl Egress {
@@ -46,7 +66,14 @@ impl Egress {
             allow,
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            dialer: None,
         })
+    }
+
+    /// Origin connections come from `dialer` instead of the kernel.
+    pub(crate) fn with_dialer(mut self, dialer: Option<Arc<dyn OriginDialer>>) -> Self {
+        self.dialer = dialer;
+        self
     }
 
     /// Whether `host:port` is on the allowlist (its addresses are checked when a
@@ -106,6 +133,17 @@ impl Egress {
                     format!("{host} resolved to no address"),
                 ),
             });
+        }
+        if let Some(dialer) = &self.dialer {
+            let unreached = |why: String| Refusal::new(StatusCode::BAD_GATEWAY, why);
+            if tls {
+                return Err(unreached(format!("no TLS to the dialed origin {host}")));
+            }
+            let dialed = tokio::time::timeout(self.connect_timeout, dialer.dial(allowed[0]))
+                .await
+                .map_err(|_| unreached(format!("connecting to {host}:{port} timed out")))?
+                .map_err(|e| unreached(format!("cannot connect to {host}:{port}: {e}")))?;
+            return Ok(OriginStream::Dialed(dialed));
         }
         let tcp = tokio::time::timeout(self.connect_timeout, connect_any(&allowed))
             .await

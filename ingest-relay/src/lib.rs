@@ -24,5 +24,6 @@ pub use media::piece_from_wire;
 pub use viewer_token::{TokenError, TokenKey};
 
 pub use config::RelayConfig;
+pub use egress::{Dialing, OriginDialer, OriginIo};
 pub use error::RelayError;
 pub use server::Relay;

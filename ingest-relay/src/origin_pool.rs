@@ -81,7 +81,7 @@ impl OriginPool {
 
     /// An idle connection to `key` ready for a request, newest first.
     pub(crate) fn take(&self, key: &OriginKey) -> Option<Sender> {
-        let now = Instant::now();
+        let now = tunnel_io::clock::now();
         let mut idle = self.lock();
         let list = idle.get_mut(key)?;
         let mut found = None;
@@ -104,7 +104,7 @@ impl OriginPool {
     /// Drops the connections idle for longer than [`IDLE`] (run every [`IDLE`]).
     fn sweep(&self) {
         let mut idle = self.lock();
-        Self::drop_stale(&mut idle, Instant::now());
+        Self::drop_stale(&mut idle, tunnel_io::clock::now());
         Self::count(&idle);
     }
 
@@ -134,7 +134,7 @@ impl OriginPool {
     }
 
     fn keep(&self, key: OriginKey, sender: Sender) {
-        let now = Instant::now();
+        let now = tunnel_io::clock::now();
         let mut idle = self.lock();
         // drop what went stale; beyond the bound, the oldest idle connection goes
         Self::drop_stale(&mut idle, now);

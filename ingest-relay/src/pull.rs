@@ -191,15 +191,12 @@ impl Shared {
     }
 
     fn touch(&self) {
-        *self.touched.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *self.touched.lock().unwrap_or_else(|e| e.into_inner()) = tunnel_io::clock::now();
     }
 
     /// How long the gateway has asked for nothing.
     fn quiet_for(&self) -> Duration {
-        self.touched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
+        tunnel_io::clock::since(*self.touched.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -266,7 +263,7 @@ impl Pulls {
         let shared = Arc::new(Shared {
             buf: Mutex::new(PullBuffer::new(total, window)),
             changed: Notify::new(),
-            touched: Mutex::new(Instant::now()),
+            touched: Mutex::new(tunnel_io::clock::now()),
         });
         let (s, map_ref, key) = (shared.clone(), Arc::downgrade(&self.map), (identity, id));
         let reader = tokio::spawn(async move {

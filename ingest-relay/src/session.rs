@@ -16,7 +16,7 @@ use ledger::record::Delivery;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use tunnel::dedup::{Admit, DedupTable};
 
@@ -269,7 +269,7 @@ impl Sessions {
             }
             let (tx, rx) = watch::channel(None);
             let admitted = self.dedup.lock().unwrap_or_else(|p| p.into_inner()).admit(
-                Instant::now(),
+                tunnel_io::clock::now(),
                 key.clone(),
                 (fingerprint.map(str::to_owned), rx),
             );

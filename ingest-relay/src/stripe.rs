@@ -174,7 +174,7 @@ impl Stripes {
 
     /// The stripe, made if new.
     pub(crate) fn get(&self, identity: u64, id: u64, total: u64) -> Result<Arc<Stripe>, NoStripe> {
-        let now = Instant::now();
+        let now = tunnel_io::clock::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
         // drop stripes left idle: their gateway gave up on them

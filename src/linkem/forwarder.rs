@@ -13,11 +13,11 @@ use tokio::sync::{mpsc, watch};
 
 /// A packet of one flow.
 #[derive(Clone)]
-struct Pkt {
-    flow: u32,
-    data: Vec<u8>,
+pub(super) struct Pkt {
+    pub(super) flow: u32,
+    pub(super) data: Vec<u8>,
     /// When it entered the emulator.
-    at: Instant,
+    pub(super) at: Instant,
 }
 
 impl AsRef<[u8]> for Pkt {
@@ -28,11 +28,11 @@ impl AsRef<[u8]> for Pkt {
 
 /// Counters of one direction.
 #[derive(Debug, Default)]
-struct DirCounters {
-    packets_in: AtomicU64,
+pub(super) struct DirCounters {
+    pub(super) packets_in: AtomicU64,
     packets_out: AtomicU64,
     bytes_out: AtomicU64,
-    dropped: AtomicU64,
+    pub(super) dropped: AtomicU64,
     /// Sum of the time delivered packets spent in the emulator, microseconds.
     sojourn_us: AtomicU64,
 }
@@ -86,10 +86,10 @@ impl LinkStats {
     }
 }
 
-struct Shared {
+pub(super) struct Shared {
     outage: AtomicBool,
-    up: DirCounters,
-    down: DirCounters,
+    pub(super) up: DirCounters,
+    pub(super) down: DirCounters,
     flows: Mutex<HashMap<u32, Flow>>,
 }
 
@@ -100,7 +100,7 @@ struct Flow {
 }
 
 impl Shared {
-    fn new() -> Arc<Self> {
+    pub(super) fn new() -> Arc<Self> {
         Arc::new(Self {
             outage: AtomicBool::new(false),
             up: DirCounters::default(),
@@ -110,7 +110,7 @@ impl Shared {
     }
 }
 
-type ModelHandles = (
+pub(super) type ModelHandles = (
     watch::Sender<LinkProfile>,
     mpsc::Sender<Pkt>,
     mpsc::Sender<Pkt>,
@@ -120,7 +120,7 @@ type ModelHandles = (
 /// The link model of both directions, whatever the shell: packets sent into the returned
 /// up/down senders leave through `up_out`/`down_out` after the model. Returns the profile
 /// switch, the two senders and the two tasks.
-fn spawn_model<U, D>(
+pub(super) fn spawn_model<U, D>(
     shared: &Arc<Shared>,
     profile: LinkProfile,
     up_out: U,
@@ -148,10 +148,10 @@ where
 
 /// A running emulated link. Dropping it stops forwarding.
 pub struct LinkEmulator {
-    local: SocketAddr,
-    shared: Arc<Shared>,
-    profile: watch::Sender<LinkProfile>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub(super) local: SocketAddr,
+    pub(super) shared: Arc<Shared>,
+    pub(super) profile: watch::Sender<LinkProfile>,
+    pub(super) tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for LinkEmulator {
@@ -241,7 +241,7 @@ impl LinkEmulator {
                     .try_send(Pkt {
                         flow,
                         data: buf[..n].to_vec(),
-                        at: Instant::now(),
+                        at: tunnel_io::clock::now(),
                     })
                     .is_err()
                 {
@@ -304,7 +304,7 @@ impl LinkEmulator {
                     let pkt = Pkt {
                         flow: 0,
                         data: buf[..n].to_vec(),
-                        at: Instant::now(),
+                        at: tunnel_io::clock::now(),
                     };
                     if tx.try_send(pkt).is_err() {
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -384,7 +384,7 @@ async fn read_upstream(
             .try_send(Pkt {
                 flow,
                 data: buf[..n].to_vec(),
-                at: Instant::now(),
+                at: tunnel_io::clock::now(),
             })
             .is_err()
         {
@@ -415,7 +415,7 @@ async fn pipe<F: FnMut(Pkt)>(
     loop {
         let deadline = netem
             .poll_timeout()
-            .min(Instant::now() + Duration::from_secs(3600));
+            .min(tunnel_io::clock::now() + Duration::from_secs(3600));
         tokio::select! {
             biased;
             changed = profile.changed() => {
@@ -428,14 +428,14 @@ async fn pipe<F: FnMut(Pkt)>(
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
                 } else {
                     let before = netem.queue_len();
-                    netem.handle_input(Input::Packet(Instant::now(), pkt));
+                    netem.handle_input(Input::Packet(tunnel_io::clock::now(), pkt));
                     if netem.queue_len() == before {
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
-                netem.handle_input(Input::Timeout(Instant::now()));
+                netem.handle_input(Input::Timeout(tunnel_io::clock::now()));
             }
         }
         let outage = shared.outage.load(Ordering::Relaxed);
@@ -449,9 +449,10 @@ async fn pipe<F: FnMut(Pkt)>(
                 counters
                     .bytes_out
                     .fetch_add(p.data.len() as u64, Ordering::Relaxed);
-                counters
-                    .sojourn_us
-                    .fetch_add(p.at.elapsed().as_micros() as u64, Ordering::Relaxed);
+                counters.sojourn_us.fetch_add(
+                    tunnel_io::clock::since(p.at).as_micros() as u64,
+                    Ordering::Relaxed,
+                );
                 send(p);
             }
         }

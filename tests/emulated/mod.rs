@@ -1,8 +1,8 @@
 //! In-process testbeds over the link emulator (no root), shared by the tests that bond two
 //! emulated uplinks: a 6 Mbit/s and a 3 Mbit/s one, and an HTTP/1.1 client of the proxy.
 
-use canopy::demo::{TestLink, Testbed, TestbedOptions};
 use canopy::linkem::LinkProfile;
+use canopy::testbed::{TestLink, Testbed, TestbedOptions};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 

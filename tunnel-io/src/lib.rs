@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod clock;
 pub mod idle;
 pub mod metrics_http;
 pub mod probe;

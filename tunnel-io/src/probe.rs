@@ -39,20 +39,20 @@ pub async fn run(
     initiate: bool,
     echoes: Option<Arc<Echoes>>,
 ) {
-    let mut probe = OwdProbe::new(std::time::Instant::now());
+    let mut probe = OwdProbe::new(crate::clock::now());
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 if (initiate || probe.heard_peer()) && conn.max_datagram_size().is_some() {
-                    let p = probe.make_probe(std::time::Instant::now());
+                    let p = probe.make_probe(crate::clock::now());
                     let _ = conn.send_datagram(Bytes::copy_from_slice(&p));
                 }
             }
             d = conn.read_datagram() => match d {
                 Ok(data) => {
-                    let now = std::time::Instant::now();
+                    let now = crate::clock::now();
                     if let Some(r) = probe.on_probe(now, &data) {
                         tracing::trace!(initiate, queue_us = r.queue.as_micros() as u64, "probe");
                         signal.report(now, r.queue);

@@ -212,11 +212,14 @@ pub(super) async fn forward(state: &State, req: Request<Incoming>, route: Route)
     let striped = matches!(body, ReqBody::Striped(..));
     let out = Arc::new(out);
     let mut excluded: Vec<PathId> = Vec::new();
-    let deadline = Instant::now() + state.response_timeout;
+    let deadline = tunnel_io::clock::now() + state.response_timeout;
     let mut last: Option<AttemptError> = None;
     loop {
         // late binding: bulk waits here (not in a slow path's queue) until a path has room
-        while !striped && !state.bond.has_room(&unit, &excluded) && Instant::now() < deadline {
+        while !striped
+            && !state.bond.has_room(&unit, &excluded)
+            && tunnel_io::clock::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let placement = state.bond.place(&unit, &excluded);
@@ -243,7 +246,7 @@ pub(super) async fn forward(state: &State, req: Request<Incoming>, route: Route)
                 last = errs.into_iter().next_back();
                 // a striped head is sent again on every path that is left, however long
                 // the body took
-                if !retry || (!striped && Instant::now() >= deadline) {
+                if !retry || (!striped && tunnel_io::clock::now() >= deadline) {
                     let e = last.unwrap_or(AttemptError {
                         path: 0,
                         retry: false,

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{debug, info, Instrument};
 use tunnel::scheduler::{PathId, Unit};
@@ -85,14 +85,23 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds the proxy listener and starts the uplink.
+    /// Binds the proxy listener and starts the uplinks, on the kernel's sockets.
     pub async fn bind(cfg: &GatewayConfig, tls: &TlsFiles) -> Result<Self, GatewayError> {
+        Self::bind_with(cfg, tls, Arc::new(crate::sockets::KernelSockets)).await
+    }
+
+    /// Binds the proxy listener and starts the uplinks, on sockets from `sockets`.
+    pub async fn bind_with(
+        cfg: &GatewayConfig,
+        tls: &TlsFiles,
+        sockets: Arc<dyn crate::sockets::UplinkSockets>,
+    ) -> Result<Self, GatewayError> {
         let errs = cfg.validate();
         if let Some((key, msg)) = errs.first() {
             return Err(GatewayError::Config(format!("{key}: {msg}")));
         }
         let client = tls.gateway_quic(cfg.tunnel.quinn())?;
-        let bond = Bond::start(cfg, client).map_err(GatewayError::Config)?;
+        let bond = Bond::start(cfg, client, sockets).map_err(GatewayError::Config)?;
         let listener = TcpListener::bind(cfg.proxy.listen)
             .await
             .map_err(|source| GatewayError::Bind {
@@ -223,37 +232,60 @@ impl Gateway {
         }
         loop {
             let (tcp, peer) = media_io::accept(&self.listener).await;
-            let state = self.state.clone();
-            let device = peer.ip();
-            let conn_slot = state.devices.take(device, Slot::Connection);
-            // hyper answers a bare 431 when the header section outgrows its read buffer; the
-            // buffer is larger than the limit, so the limit's own 431 (with its reason) is
-            // what a device sees, up to a head four times the limit
-            let max_buf = (state.max_header_bytes * 4).max(64 * 1024);
-            tokio::spawn(
-                async move {
-                    let _held = match conn_slot {
-                        Ok(h) => h,
-                        Err(refused) => return too_many_connections(tcp, refused).await,
-                    };
-                    let svc = service_fn(move |req| handle(state.clone(), device, req));
-                    let mut http = hyper::server::conn::http1::Builder::new();
-                    http.timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(30))
-                        .max_buf_size(max_buf);
-                    let _ = http
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .with_upgrades()
-                        .await;
-                }
-                .instrument(tracing::debug_span!("device", %peer)),
-            );
+            let door = DeviceDoor(self.state.clone());
+            tokio::spawn(door.serve(tcp, peer));
         }
+    }
+
+    /// Where venue devices' connections are served, whatever carries them (the harness
+    /// hands in-memory streams).
+    pub fn devices(&self) -> DeviceDoor {
+        DeviceDoor(self.state.clone())
+    }
+}
+
+/// Serves venue devices' HTTP/1.1 connections (see [`Gateway::devices`]).
+#[derive(Clone)]
+pub struct DeviceDoor(Arc<State>);
+
+impl DeviceDoor {
+    /// Serves one device connection `io` from `peer` until it closes.
+    pub async fn serve<IO>(self, io: IO, peer: SocketAddr)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let state = self.0;
+        let device = peer.ip();
+        let conn_slot = state.devices.take(device, Slot::Connection);
+        // hyper answers a bare 431 when the header section outgrows its read buffer; the
+        // buffer is larger than the limit, so the limit's own 431 (with its reason) is
+        // what a device sees, up to a head four times the limit
+        let max_buf = (state.max_header_bytes * 4).max(64 * 1024);
+        async move {
+            let _held = match conn_slot {
+                Ok(h) => h,
+                Err(refused) => return too_many_connections(io, refused).await,
+            };
+            let svc = service_fn(move |req| handle(state.clone(), device, req));
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .max_buf_size(max_buf);
+            let _ = http
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades()
+                .await;
+        }
+        .instrument(tracing::debug_span!("device", %peer))
+        .await
     }
 }
 
 /// Answers every request on a connection over the device's limit with 429, then closes.
-async fn too_many_connections(tcp: tokio::net::TcpStream, refused: crate::devices::Refused) {
+async fn too_many_connections<IO>(io: IO, refused: crate::devices::Refused)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     metrics::counter!("canopy_gateway_device_limited_total", "slot" => Slot::Connection.as_str())
         .increment(1);
     let reason = refused.to_string();
@@ -271,7 +303,7 @@ async fn too_many_connections(tcp: tokio::net::TcpStream, refused: crate::device
         .keep_alive(false);
     let _ = tokio::time::timeout(
         Duration::from_secs(10),
-        http.serve_connection(TokioIo::new(tcp), svc),
+        http.serve_connection(TokioIo::new(io), svc),
     )
     .await;
 }
@@ -320,7 +352,7 @@ async fn handle(
     device: IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
+    let started = tunnel_io::clock::now();
     let method = req.method().clone();
     let head_bytes = req.method().as_str().len()
         + req.uri().to_string().len()
@@ -387,8 +419,8 @@ async fn handle(
     let status = resp.status();
     metrics::counter!("canopy_gateway_requests_total", "class" => c, "status" => status.as_str().to_owned()).increment(1);
     metrics::histogram!("canopy_gateway_request_duration_seconds", "class" => c)
-        .record(started.elapsed().as_secs_f64());
-    debug!(%method, %status, class = c, ms = started.elapsed().as_millis() as u64, "request");
+        .record(tunnel_io::clock::since(started).as_secs_f64());
+    debug!(%method, %status, class = c, ms = tunnel_io::clock::since(started).as_millis() as u64, "request");
     Ok(match held {
         // given back once the answer's body is done (or dropped)
         Some(h) => resp.map(|b| {

@@ -28,7 +28,7 @@ use http::{header, Method, Request, StatusCode};
 use policy::{Judged, Kept, Retry};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use tunnel::wire;
@@ -193,10 +193,10 @@ impl JetStreamSink {
                 .unwrap_or("application/octet-stream"),
             body,
         };
-        let started = Instant::now();
+        let started = tunnel_io::clock::now();
         let result = self.record(&bid).await;
         metrics::histogram!("canopy_relay_jetstream_publish_seconds")
-            .record(started.elapsed().as_secs_f64());
+            .record(tunnel_io::clock::since(started).as_secs_f64());
         let recorded = match result {
             Ok(r) => r,
             Err(BusError::TooLarge) => {
@@ -251,9 +251,9 @@ impl JetStreamSink {
     /// Publishes a bid unless its key is known: how it went, and the key's record.
     async fn record(&self, bid: &Bid<'_>) -> Result<Recorded, BusError> {
         let budget = Duration::from_millis(self.cfg.publish_timeout_ms);
-        let started = Instant::now();
+        let started = tunnel_io::clock::now();
         let bus = self.bus(budget).await?;
-        let left = || budget.saturating_sub(started.elapsed());
+        let left = || budget.saturating_sub(tunnel_io::clock::since(started));
         let found = retrying(left(), || bus.keys.get(bid.id.clone())).await?;
         match policy::judge(found.as_deref(), &bid.fingerprint) {
             Judged::Replay(k) => return Ok(Recorded::Replayed(k)),
@@ -452,16 +452,20 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut retry = Retry::new(Instant::now(), budget);
+    let mut retry = Retry::new(tunnel_io::clock::now(), budget);
     loop {
-        let last =
-            match tokio::time::timeout(retry.left(Instant::now()).min(ATTEMPT * 2), call()).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) if e.too_large() => return Err(BusError::TooLarge),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "no answer".to_owned(),
-            };
-        match retry.next(Instant::now()) {
+        let last = match tokio::time::timeout(
+            retry.left(tunnel_io::clock::now()).min(ATTEMPT * 2),
+            call(),
+        )
+        .await
+        {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if e.too_large() => return Err(BusError::TooLarge),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_owned(),
+        };
+        match retry.next(tunnel_io::clock::now()) {
             Some(at) => {
                 metrics::counter!("canopy_relay_jetstream_retries_total").increment(1);
                 tokio::time::sleep_until(at.into()).await;

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use media_io::relayed::{Relayed, RelayedConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::{debug, info, warn, Instrument};
 use tunnel::{hop, wire, TrafficClass};
 use tunnel_io::{copy_bidirectional, pump_body, H3Body, IdleBody, IdleError, TlsFiles};
@@ -107,7 +107,6 @@ impl Relay {
         viewer_tls: Option<&TlsFiles>,
         token_key: Option<&[u8]>,
     ) -> Result<Self, RelayError> {
-        let server = tls.relay_quic(cfg.tunnel.quinn())?;
         let bind_err = |source| RelayError::Bind {
             addr: cfg.relay.listen,
             source,
@@ -115,14 +114,37 @@ impl Relay {
         let socket = std::net::UdpSocket::bind(cfg.relay.listen).map_err(bind_err)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
-        let endpoint = quinn::Endpoint::new(
+        let socket = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
+        Self::bind_with(cfg, tls, viewer_tls, token_key, socket, None).await
+    }
+
+    /// As [`Relay::bind`], with the gateways' QUIC endpoint on `socket` and origin
+    /// connections from `dialer` (the in-process harness gives its in-memory network's).
+    pub async fn bind_with(
+        cfg: &RelayConfig,
+        tls: &TlsFiles,
+        viewer_tls: Option<&TlsFiles>,
+        token_key: Option<&[u8]>,
+        socket: std::sync::Arc<dyn quinn::AsyncUdpSocket>,
+        dialer: Option<Arc<dyn crate::egress::OriginDialer>>,
+    ) -> Result<Self, RelayError> {
+        let server = tls.relay_quic(cfg.tunnel.quinn())?;
+        let bind_err = |source| RelayError::Bind {
+            addr: cfg.relay.listen,
+            source,
+        };
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
             tunnel_io::transport::endpoint_config(tunnel_io::transport::RELAY_CID_LEN),
             Some(server.clone()),
             socket,
             runtime,
         )
         .map_err(bind_err)?;
-        let egress = Egress::new(&cfg.egress).map_err(RelayError::Config)?;
+        let egress = Egress::new(&cfg.egress)
+            .map_err(RelayError::Config)?
+            .with_dialer(dialer);
         // pulled answers and striped uploads hold bytes from the same budgets
         let stripes = stripe::Stripes::default();
         let pulls = crate::pull::Pulls::new(stripes.budget());
@@ -348,7 +370,7 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
 }
 
 async fn handle(state: Arc<State>, ctx: &ConnCtx, req: Request<()>, stream: Stream) {
-    let started = Instant::now();
+    let started = tunnel_io::clock::now();
     let class = req
         .headers()
         .get(wire::HDR_CLASS)
@@ -361,8 +383,8 @@ async fn handle(state: Arc<State>, ctx: &ConnCtx, req: Request<()>, stream: Stre
     let c = class.as_str();
     metrics::counter!("canopy_relay_requests_total", "class" => c, "status" => status.as_str().to_owned()).increment(1);
     metrics::histogram!("canopy_relay_request_duration_seconds", "class" => c)
-        .record(started.elapsed().as_secs_f64());
-    debug!(%method, %target, %status, class = c, ms = started.elapsed().as_millis() as u64, "done");
+        .record(tunnel_io::clock::since(started).as_secs_f64());
+    debug!(%method, %target, %status, class = c, ms = tunnel_io::clock::since(started).as_millis() as u64, "done");
 }
 
 enum Target {

@@ -17,7 +17,7 @@ pub(super) async fn prepare(state: &State, req: &Request<()>) -> Result<Target, 
             .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "CONNECT needs host:port"))?;
         return match state.egress.connect(host, port, false).await? {
             OriginStream::Plain(tcp) => Ok(Target::Connect(tcp)),
-            OriginStream::Tls(_) => Err(Refusal::new(
+            OriginStream::Tls(_) | OriginStream::Dialed(_) => Err(Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "CONNECT yields raw TCP",
             )),
@@ -223,6 +223,13 @@ async fn handshake(origin: OriginStream) -> Result<Sender, Refusal> {
         }
         OriginStream::Tls(tls) => {
             let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(*tls))
+                .await
+                .map_err(refused)?;
+            drive(conn);
+            s
+        }
+        OriginStream::Dialed(io) => {
+            let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
                 .await
                 .map_err(refused)?;
             drive(conn);

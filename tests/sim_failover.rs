@@ -1,0 +1,278 @@
+//! The in-process harness: the real gateway and relay (quinn, probes, bond, duplicate
+//! table, embedded auction) over in-memory links with the emulator's model, on tokio's
+//! paused clock. Link cuts that take seconds run in milliseconds, without root, and the
+//! timings are the simulation's, not the machine's load. The network-namespace suite
+//! (`tests/netns/`) stays for the kernel's path.
+//!
+//! The links are the failover bench's: 20, 5 and 2 Mbit/s with 25, 8 and 20 ms one way.
+
+use bytes::Bytes;
+use canopy::linkem::{LinkProfile, VirtualNet};
+use canopy::testbed::{Network, TestLink, Testbed, TestbedOptions, AUCTION_SITE};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+async fn three_links() -> Testbed {
+    let link = |name: &str, kbps, ms| {
+        TestLink::new(name, Some(LinkProfile::symmetric(name, kbps, ms, 100)))
+    };
+    Testbed::start(TestbedOptions {
+        links: vec![
+            link("cellular", 20_000, 25),
+            link("wifi", 5_000, 8),
+            link("satellite", 2_000, 20),
+        ],
+        network: Network::Virtual(VirtualNet::new()),
+        auction_lots: vec!["7".into()],
+        ..TestbedOptions::single(None)
+    })
+    .await
+    .expect("testbed")
+}
+
+/// A device's HTTP/1.1 connection to the gateway's proxy (in memory).
+async fn device(bed: &Testbed, n: u32) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let (device, gateway) = tokio::io::duplex(64 * 1024);
+    let peer = SocketAddr::from(([192, 168, 1, 20], 40_000 + (n % 20_000) as u16));
+    tokio::spawn(bed.devices.clone().serve(gateway, peer));
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(device))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// Samples `counter` every 10 ms until `done`: the longest time it did not grow after
+/// `from` (the cut), and when it last grew.
+async fn longest_stall(
+    counter: impl Fn() -> u64,
+    from: Instant,
+    done: impl Fn() -> bool,
+) -> Duration {
+    let mut last = (counter(), Instant::now());
+    let mut worst = Duration::ZERO;
+    while !done() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now = Instant::now();
+        let v = counter();
+        if v != last.0 {
+            if now > from {
+                worst = worst.max(now - last.1.max(from));
+            }
+            last = (v, now);
+        }
+    }
+    worst
+}
+
+/// The busiest link goes dark at 3 s and returns at 8 s.
+async fn cut_busiest(bed: &Testbed) {
+    let link = bed.links[0].as_ref().expect("cellular");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    link.set_outage(true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    link.set_outage(false);
+}
+
+/// One bid from a device on a connection of its own: its status and how long it took.
+async fn bid(bed: &Testbed, n: u32) -> (u16, Duration) {
+    let mut sender = device(bed, n).await;
+    let body = format!(r#"{{"bidder":"b{n}","amount":{}}}"#, 1000 + n);
+    let req = http::Request::post(format!("http://{AUCTION_SITE}/lots/7/bids"))
+        .header(http::header::HOST, AUCTION_SITE)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("idempotency-key", format!("sim-bid-{n:06}"))
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let started = Instant::now();
+    let resp = sender.send_request(req).await.expect("answer");
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    (status, started.elapsed())
+}
+
+/// Waits (simulated time) until `ok` holds; how long it took, or None after `limit`.
+async fn until(limit: Duration, mut ok: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if ok() {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+#[tokio::test(start_paused = true)]
+async fn bids_ride_through_a_blackholed_link_on_simulated_time() {
+    let bed = three_links().await;
+    let paths = bed.bond.paths().to_vec();
+    assert!(
+        until(Duration::from_secs(5), || paths
+            .iter()
+            .all(|p| p.is_usable()))
+        .await
+        .is_some(),
+        "every link joins"
+    );
+
+    // a bid every 100 ms for 12 s; the busiest link goes dark from 3 s to 8 s
+    let bids = {
+        let bed = &bed;
+        async move {
+            let mut out = Vec::new();
+            for n in 0..120 {
+                out.push(bid(bed, n).await);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            out
+        }
+    };
+    let script = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let cut = Instant::now();
+        bed.links[0].as_ref().expect("cellular").set_outage(true);
+        let down = until(Duration::from_secs(3), || !paths[0].is_usable()).await;
+        tokio::time::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed())).await;
+        bed.links[0].as_ref().expect("cellular").set_outage(false);
+        let back = until(Duration::from_secs(10), || paths[0].is_usable()).await;
+        (down, back)
+    };
+    let (results, (down, back)) = tokio::join!(bids, script);
+
+    let down = down.expect("the bond stops using the dark link");
+    assert!(
+        down < Duration::from_millis(300),
+        "dark link left after {down:?}"
+    );
+    let back = back.expect("the link rejoins after it returns");
+    assert!(
+        back < Duration::from_millis(1500),
+        "rejoined after {back:?}"
+    );
+    let refused: Vec<_> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, (s, _))| *s != 201)
+        .collect();
+    assert!(refused.is_empty(), "bids not recorded: {refused:?}");
+    let slowest = results.iter().map(|r| r.1).max().unwrap_or_default();
+    // a bid goes in copies on two links: losing one costs it nothing (one round trip on
+    // the 16 ms Wi-Fi link is what a bid takes with nothing else under way)
+    assert!(
+        slowest < Duration::from_millis(100),
+        "slowest bid {slowest:?}"
+    );
+    eprintln!(
+        "sim: 120 bids recorded, slowest {} ms; dark link left after {} ms, back after {} ms",
+        slowest.as_millis(),
+        down.as_millis(),
+        back.as_millis()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_upload_goes_on_across_a_blackholed_link() {
+    let bed = three_links().await;
+    let paths = bed.bond.paths().to_vec();
+    until(Duration::from_secs(5), || {
+        paths.iter().all(|p| p.is_usable())
+    })
+    .await;
+    // 30 MB: about 9 s on all three links, so the cut falls in its middle
+    let body: Bytes = (0..30_000_000u32).map(|i| (i % 251) as u8).collect();
+    let started = Instant::now();
+    let upload = async {
+        let mut sender = device(&bed, 1).await;
+        let req = http::Request::put(bed.origin_url("/upload"))
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(Full::new(body.clone()))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("answer");
+        let status = resp.status().as_u16();
+        let answer = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&answer).trim().to_string())
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let stats = bed.origin_stats.clone();
+    let stall = longest_stall(
+        || stats.upload_bytes.load(Ordering::Relaxed),
+        started + Duration::from_secs(3),
+        || done.load(Ordering::Relaxed) == 1,
+    );
+    let upload = async {
+        let r = upload.await;
+        done.store(1, Ordering::Relaxed);
+        r
+    };
+    let ((status, answer), stall, ()) = tokio::join!(upload, stall, cut_busiest(&bed));
+    let took = started.elapsed();
+    assert_eq!(
+        (status, answer.as_str()),
+        (200, "30000000"),
+        "the upload arrives whole"
+    );
+    eprintln!(
+        "sim: one 30 MB upload took {} ms; longest stall at the origin after the cut {} ms",
+        took.as_millis(),
+        stall.as_millis()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_download_goes_on_across_a_blackholed_link() {
+    let bed = three_links().await;
+    let paths = bed.bond.paths().to_vec();
+    until(Duration::from_secs(5), || {
+        paths.iter().all(|p| p.is_usable())
+    })
+    .await;
+    let started = Instant::now();
+    let got = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let download = async {
+        let mut sender = device(&bed, 2).await;
+        let req = http::Request::get(bed.origin_url("/assets/30000000"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("answer");
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let mut pos = 0u64;
+        let mut intact = true;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.expect("body frame").into_data() else {
+                continue;
+            };
+            for (i, b) in data.iter().enumerate() {
+                intact &= *b == ((pos + i as u64) % 65536 % 251) as u8;
+            }
+            pos += data.len() as u64;
+            got.store(pos, Ordering::Relaxed);
+        }
+        done.store(1, Ordering::Relaxed);
+        (status, pos, intact)
+    };
+    let stall = longest_stall(
+        || got.load(Ordering::Relaxed),
+        started + Duration::from_secs(3),
+        || done.load(Ordering::Relaxed) == 1,
+    );
+    let ((status, len, intact), stall, ()) = tokio::join!(download, stall, cut_busiest(&bed));
+    let took = started.elapsed();
+    assert_eq!(
+        (status, len, intact),
+        (200, 30_000_000, true),
+        "the download arrives whole"
+    );
+    eprintln!(
+        "sim: one 30 MB download took {} ms; longest stall at the device after the cut {} ms",
+        took.as_millis(),
+        stall.as_millis()
+    );
+}
