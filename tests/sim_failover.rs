@@ -4,7 +4,8 @@
 //! timings are the simulation's, not the machine's load. The network-namespace suite
 //! (`tests/netns/`) stays for the kernel's path.
 //!
-//! The links are the failover bench's: 20, 5 and 2 Mbit/s with 25, 8 and 20 ms one way.
+//! The links are the failover bench's: 20, 5 and 2 Mbit/s with 25, 8 and 20 ms one way;
+//! the busiest is blackholed (the emulator drops everything) from 3 s to 8 s.
 
 use bytes::Bytes;
 use canopy::linkem::{LinkProfile, VirtualNet};
@@ -217,6 +218,14 @@ async fn one_upload_goes_on_across_a_blackholed_link() {
         (200, "30000000"),
         "the upload arrives whole"
     );
+    // what the dark link held comes again over the others, piece by piece in order: the
+    // origin waits for the silence to be noticed and the first piece, not for all of them
+    // (0.55-0.93 s before pieces were ranked and the chunks below them hurried; the
+    // issue's goal is 0.3 s)
+    assert!(
+        stall < Duration::from_millis(600),
+        "the upload stalled {stall:?}"
+    );
     eprintln!(
         "sim: one 30 MB upload took {} ms; longest stall at the origin after the cut {} ms",
         took.as_millis(),
@@ -269,6 +278,11 @@ async fn one_download_goes_on_across_a_blackholed_link() {
         (status, len, intact),
         (200, 30_000_000, true),
         "the download arrives whole"
+    );
+    // (0.42-0.81 s before pieces asked again were ranked and the chunks below them hurried)
+    assert!(
+        stall < Duration::from_millis(600),
+        "the download stalled {stall:?}"
     );
     eprintln!(
         "sim: one 30 MB download took {} ms; longest stall at the device after the cut {} ms",

@@ -8,8 +8,9 @@
 //! round trip, and to any other path that is about to run dry ([`IDLE`]); so a path that
 //! has carried nothing yet gets chunks as soon as it is up, and its measured rate follows.
 //! Chunks are put back in order for the device; a chunk whose path died is asked for again
-//! on another path, in small urgent pieces (the body waits for them), so the download goes
-//! on after a round trip elsewhere instead of failing or waiting for a range request.
+//! on another path, in small urgent pieces (the body waits for them; the relay sends them
+//! ahead of bulk, the lowest offset first), so the download goes on after a round trip
+//! elsewhere instead of failing or waiting for a range request.
 
 use crate::bond::{until_dead, Bond, Flow};
 use crate::stripe::{chunk_len, NoPath, CHUNK, IDLE, RESEND_PIECE};
@@ -31,8 +32,8 @@ pub const HORIZON: Duration = Duration::from_millis(100);
 /// A chunk that failed on this many paths fails the body.
 const MAX_TRIES: usize = 6;
 /// A path that answered no probe for this long is treated as lost for the chunks it
-/// carries (the bond calls it down later), as live media does.
-const SILENT_AFTER: Duration = Duration::from_millis(100);
+/// carries (the bond calls it down later), as live media does; striped uploads too.
+pub const SILENT_AFTER: Duration = Duration::from_millis(100);
 
 /// Whether to offer pulling a request's answer: bulk, with two or more paths up.
 pub fn worth_offering(bond: &Bond, class: TrafficClass) -> bool {
@@ -115,6 +116,9 @@ async fn pull_all(
     let mut primary = primary;
     let mut no_path = NoPath::default();
     let resends = metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str());
+    // offsets of the urgent pieces in flight, by ticket: a piece's rank among them orders
+    // its answer on its path (the lowest offset first)
+    let mut urgent: std::collections::BTreeMap<u64, u64> = Default::default();
     loop {
         let before = body.delivered();
         let ready = body.take_ready();
@@ -198,6 +202,11 @@ async fn pull_all(
                         return Err("no such uplink".into());
                     };
                     let ticket = body.start(&ask, len, path);
+                    let rank = ask.urgent.then(|| {
+                        let below = urgent.values().filter(|&&o| o < ask.offset).count();
+                        urgent.insert(ticket, ask.offset);
+                        u8::try_from(below).unwrap_or(u8::MAX)
+                    });
                     tracing::trace!(
                         pull = head.id,
                         ticket,
@@ -212,7 +221,7 @@ async fn pull_all(
                         offset: ask.offset,
                         len,
                         have: body.delivered(),
-                        urgent: ask.urgent,
+                        urgent: rank,
                     };
                     let fut = fetch(bond.clone(), path, flow, chunk, timeout);
                     inflight.spawn(async move { (ticket, fut.await) });
@@ -234,6 +243,7 @@ async fn pull_all(
                 let Ok((ticket, r)) = joined else {
                     return Err("a chunk's task failed".into());
                 };
+                urgent.remove(&ticket);
                 match r {
                     Ok(data) => {
                         tracing::trace!(pull = head.id, ticket, len = data.len(), "chunk arrived");

@@ -504,7 +504,7 @@ mod tests {
             offset,
             len: 1 << 20,
             have,
-            urgent: false,
+            urgent: None,
         };
         let first = pulls.chunk(1, &c(0, 0), Duration::from_secs(5)).await;
         let got: Vec<u8> = first

@@ -19,9 +19,11 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 /// Bytes a stream may send at high priority.
 pub const SMALL_BYTES: u64 = 32 * 1024;
-const PRIO_CONTROL: i32 = 20;
-const PRIO_SMALL: i32 = 10;
-const PRIO_MEDIA: i32 = 5;
+const PRIO_CONTROL: i32 = 200;
+const PRIO_SMALL: i32 = 100;
+const PRIO_MEDIA: i32 = 50;
+/// Pieces sent again take the levels between bulk and media, the first one the highest.
+const PRIO_RESEND_FIRST: i32 = 49;
 const PRIO_BULK: i32 = 0;
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -53,25 +55,31 @@ pub struct Connection {
     marks: BulkMarks,
 }
 
-/// Streams the accepting side will send as bulk from their first byte: an answer the
-/// server knows is a piece of a bulk transfer (a pulled body's chunk), so its head does
-/// not take the small-first lane that bids use. Marked by stream id before anything is
+/// How streams the accepting side answers on start, when not small-first: an answer the
+/// server knows is a piece of a bulk transfer (a pulled body's chunk) goes as bulk from its
+/// first byte, so its head does not take the small-first lane that bids use; a piece the
+/// transfer waits for goes in its resend rank. Marked by stream id before anything is
 /// written; read once, at the stream's first write.
 #[derive(Debug, Clone, Default)]
-pub struct BulkMarks(Arc<std::sync::Mutex<std::collections::HashSet<u64>>>);
+pub struct BulkMarks(Arc<std::sync::Mutex<std::collections::HashMap<u64, Start>>>);
 
 impl BulkMarks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Start>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stream `id` goes as bulk from its first byte (call before answering on it).
     pub fn mark(&self, id: StreamId) {
-        self.lock().insert(id.into_inner());
+        self.mark_as(id, Start::Bulk);
     }
 
-    /// Whether stream `id` was marked (the mark is used up).
-    fn take(&self, id: u64) -> bool {
+    /// Stream `id` starts as `start` says (call before answering on it).
+    pub fn mark_as(&self, id: StreamId, start: Start) {
+        self.lock().insert(id.into_inner(), start);
+    }
+
+    /// How stream `id` was marked to start (the mark is used up).
+    fn take(&self, id: u64) -> Option<Start> {
         self.lock().remove(&id)
     }
 }
@@ -363,6 +371,26 @@ pub enum Start {
     /// Live media: below bids and small requests, above bulk (and backfill, which goes as
     /// bulk), from its first byte to its last.
     Media,
+    /// A piece of a transfer sent again after its path died, which the transfer waits for:
+    /// below live media, above bulk, from its first byte to its last. Its rank orders the
+    /// pieces of one transfer (rank 0 goes first): pieces of equal priority share the path
+    /// round-robin, so twenty pieces sent again at once would otherwise all arrive at the
+    /// end, and the transfer would wait for the last of them instead of the first.
+    Resend(u8),
+}
+
+impl Start {
+    /// The quinn priority a stream starts at (with small-first priorities on).
+    fn priority(self) -> i32 {
+        match self {
+            Start::SmallFirst => PRIO_SMALL,
+            Start::Bulk => PRIO_BULK,
+            Start::Media => PRIO_MEDIA,
+            Start::Resend(rank) => {
+                (PRIO_RESEND_FIRST - i32::from(rank)).clamp(PRIO_BULK + 1, PRIO_RESEND_FIRST)
+            }
+        }
+    }
 }
 
 tokio::task_local! {
@@ -388,13 +416,10 @@ pub struct SendStream {
 impl SendStream {
     fn new(stream: quinn::SendStream, small_first: bool) -> Self {
         let start = OPEN_AS.try_with(|s| *s).unwrap_or(Start::SmallFirst);
-        if small_first && start == Start::Media {
-            let _ = stream.set_priority(PRIO_MEDIA);
+        if small_first {
+            let _ = stream.set_priority(start.priority());
         }
         let small_first = small_first && start == Start::SmallFirst;
-        if small_first {
-            let _ = stream.set_priority(PRIO_SMALL);
-        }
         Self {
             stream,
             writing: None,
@@ -417,10 +442,12 @@ impl Drop for SendStream {
 impl quic::SendStream<Bytes> for SendStream {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
         if let Some(marks) = self.marks.take() {
-            if self.writing.is_some() && marks.take(u64::from(self.stream.id())) {
-                let _ = self.stream.set_priority(PRIO_BULK);
-                self.small_first = false;
-            } else if self.writing.is_none() {
+            if self.writing.is_some() {
+                if let Some(start) = marks.take(u64::from(self.stream.id())) {
+                    let _ = self.stream.set_priority(start.priority());
+                    self.small_first = false;
+                }
+            } else {
                 self.marks = Some(marks);
             }
         }
@@ -508,5 +535,22 @@ impl quic::RecvStream for RecvStream {
 
     fn recv_id(&self) -> StreamId {
         stream_id(self.stream.id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_sent_again_sit_between_bulk_and_media_first_ranked_first() {
+        let p = |s: Start| s.priority();
+        assert!(p(Start::SmallFirst) > p(Start::Media));
+        assert!(p(Start::Media) > p(Start::Resend(0)));
+        assert!(p(Start::Resend(0)) > p(Start::Resend(1)));
+        assert!(p(Start::Resend(1)) > p(Start::Resend(47)));
+        // past the levels there are, later pieces share the lowest, still above bulk
+        assert_eq!(p(Start::Resend(48)), p(Start::Resend(255)));
+        assert!(p(Start::Resend(255)) > p(Start::Bulk));
     }
 }

@@ -45,6 +45,8 @@ struct Flight {
     excluded: Vec<PathId>,
     /// Asked again elsewhere already (its path fell silent).
     covered: bool,
+    /// A range asked again (its answer goes ahead of bulk).
+    urgent: bool,
 }
 
 /// One pulled body.
@@ -141,6 +143,7 @@ impl PulledBody {
                 path,
                 excluded: ask.excluded.clone(),
                 covered: false,
+                urgent: ask.urgent,
             },
         );
         self.next_ticket
@@ -167,6 +170,7 @@ impl PulledBody {
             return Failed::GiveUp;
         }
         self.ask_again(f.offset, f.len, &excluded);
+        self.hurry_below(f.offset + f.len);
         Failed::Again
     }
 
@@ -190,6 +194,30 @@ impl PulledBody {
                 let mut excluded = f.excluded.clone();
                 excluded.push(path);
                 ranges.push((f.offset, f.len, excluded));
+            }
+        }
+        let mut n = ranges.len();
+        let end = ranges.iter().map(|(o, l, _)| o + l).max().unwrap_or(0);
+        for (o, l, ex) in ranges {
+            if !self.covered(o, l) {
+                self.ask_again(o, l, &ex);
+            }
+        }
+        n += self.hurry_below(end);
+        n
+    }
+
+    /// Pieces asked again go ahead of bulk on their paths: a new range still on its way
+    /// that starts below `end` would wait behind the ones above it, and the body with it.
+    /// So it is asked again too, as pieces in its turn (it may still arrive; the first copy
+    /// wins). Measured on the in-process harness: a 92 KB chunk on Wi-Fi below the pieces
+    /// of the cut link's chunks held a download for 550 ms. The number asked again.
+    fn hurry_below(&mut self, end: u64) -> usize {
+        let mut ranges = Vec::new();
+        for f in self.flights.values_mut() {
+            if !f.urgent && !f.covered && f.offset < end {
+                f.covered = true;
+                ranges.push((f.offset, f.len, f.excluded.clone()));
             }
         }
         let n = ranges.len();
@@ -384,6 +412,40 @@ mod tests {
         assert!(b.done());
         assert_eq!(b.next_ask(), None);
         assert_eq!(b.failed(t1), Failed::Covered);
+    }
+
+    #[test]
+    fn a_range_below_the_pieces_asked_again_is_asked_again_in_its_turn() {
+        // ranges 0-100 on path 0, 100-200 on path 1, 200-300 on path 0: path 0 falls
+        // silent. The range on path 1 lies between the silent path's two: it is asked again
+        // too (its answer would wait behind the pieces above it), the one above is not
+        let mut b = PulledBody::new(400, 1000, 100, 50, 3);
+        ask(&mut b, 100, 0);
+        let (on_wifi, _, _) = ask(&mut b, 100, 1);
+        ask(&mut b, 100, 0);
+        let (above, o, _) = ask(&mut b, 100, 1);
+        assert_eq!(o, 300);
+        assert_eq!(b.silent(0), 3, "two silent, one hurried");
+        let mut asked = Vec::new();
+        while let Some(a) = b.next_ask() {
+            assert!(a.urgent);
+            asked.push((a.offset, a.excluded.clone()));
+            b.start(&a, a.len, 1);
+        }
+        let offsets: Vec<u64> = asked.iter().map(|a| a.0).collect();
+        assert_eq!(offsets, vec![0, 50, 100, 150, 200, 250]);
+        assert_eq!(
+            asked[2].1,
+            Vec::<PathId>::new(),
+            "its own path may bring it again"
+        );
+        // the first copy wins: the original arrives and nothing breaks
+        b.arrived(on_wifi, bytes(100, 100));
+        assert_eq!(
+            b.failed(above),
+            Failed::Again,
+            "the one above was never hurried"
+        );
     }
 
     #[test]

@@ -78,10 +78,13 @@ pub(super) async fn pull(
             .await
         }
     };
-    // a chunk's answer is bulk from its first byte (bids keep the small-first lane), unless
-    // the body waits for it
-    if !chunk.urgent {
-        ctx.bulk.mark(stream.send_id());
+    // a chunk's answer is bulk from its first byte (bids keep the small-first lane); one the
+    // body waits for goes ahead of bulk, in its rank
+    match chunk.urgent {
+        None => ctx.bulk.mark(stream.send_id()),
+        Some(rank) => ctx
+            .bulk
+            .mark_as(stream.send_id(), tunnel_io::quic::Start::Resend(rank)),
     }
     let parts = match state
         .pulls

@@ -31,7 +31,7 @@ pub const HDR_PULL_CHUNK: &str = "canopy-pull-chunk";
 pub const HDR_PULL_HAVE: &str = "canopy-pull-have";
 
 /// On a chunk request: the body waits for this chunk (asked again after its path died),
-/// so its answer takes the small-first lane instead of going as bulk.
+/// so its answer goes ahead of bulk, in the rank this header gives (0 first, up to 255).
 pub const HDR_PULL_URGENT: &str = "canopy-pull-urgent";
 
 /// Bytes of a pulled body the relay holds at most beyond what the gateway has in order
@@ -130,22 +130,24 @@ pub struct PullChunk {
     pub len: u64,
     /// The gateway has every byte below this offset.
     pub have: u64,
-    /// The body waits for it: its answer goes ahead of bulk data.
-    pub urgent: bool,
+    /// The body waits for it (asked again after its path failed): its answer goes ahead of
+    /// bulk data, in this rank among the body's pieces asked again (0 first).
+    pub urgent: Option<u8>,
 }
 
 impl PullChunk {
     /// The request (no body).
     pub fn request(&self) -> Option<Request<()>> {
-        Request::builder()
+        let mut req = Request::builder()
             .method(Method::GET)
             .uri(format!("https://{STRIPE_AUTHORITY}{PULL_PATH}"))
             .header(HDR_STRIPE, id_value(self.id))
             .header(HDR_PULL_CHUNK, format!("{}+{}", self.offset, self.len))
-            .header(HDR_PULL_HAVE, self.have)
-            .header(HDR_PULL_URGENT, if self.urgent { "1" } else { "0" })
-            .body(())
-            .ok()
+            .header(HDR_PULL_HAVE, self.have);
+        if let Some(rank) = self.urgent {
+            req = req.header(HDR_PULL_URGENT, u16::from(rank));
+        }
+        req.body(()).ok()
     }
 
     /// Reads one from a request's headers.
@@ -178,7 +180,15 @@ impl PullChunk {
             offset,
             len,
             have: read_u64(h, HDR_PULL_HAVE)?,
-            urgent: h.get(HDR_PULL_URGENT).is_some_and(|v| v == "1"),
+            urgent: match h.get(HDR_PULL_URGENT) {
+                None => None,
+                Some(v) => Some(
+                    v.to_str()
+                        .ok()
+                        .and_then(|s| s.parse::<u8>().ok())
+                        .ok_or(PullError::Malformed(HDR_PULL_URGENT))?,
+                ),
+            },
         })
     }
 }
@@ -245,13 +255,16 @@ mod tests {
             offset: 3 << 20,
             len: 131_072,
             have: 1 << 20,
-            urgent: true,
+            urgent: Some(3),
         };
         let req = c.request().expect("request");
         assert_eq!(req.uri().authority().unwrap().as_str(), STRIPE_AUTHORITY);
         assert_eq!(req.uri().path(), PULL_PATH);
         assert_eq!(req.method(), Method::GET);
         assert_eq!(PullChunk::read(req.headers()), Ok(c));
+        let calm = PullChunk { urgent: None, ..c };
+        let req = calm.request().expect("request");
+        assert_eq!(PullChunk::read(req.headers()), Ok(calm));
         let end = PullEnd { id: 9 };
         let req = end.request().expect("request");
         assert_eq!(req.method(), Method::DELETE);
@@ -277,6 +290,15 @@ mod tests {
             Err(PullError::Malformed(HDR_PULL_CHUNK))
         );
         assert_eq!(with("0+1", "x"), Err(PullError::Malformed(HDR_PULL_HAVE)));
+        let mut h = HeaderMap::new();
+        h.insert(HDR_STRIPE, HeaderValue::from_static("00000000000000ff"));
+        h.insert(HDR_PULL_CHUNK, HeaderValue::from_static("0+1"));
+        h.insert(HDR_PULL_HAVE, HeaderValue::from_static("0"));
+        h.insert(HDR_PULL_URGENT, HeaderValue::from_static("256"));
+        assert_eq!(
+            PullChunk::read(&h),
+            Err(PullError::Malformed(HDR_PULL_URGENT))
+        );
         assert_eq!(
             PullChunk::read(&HeaderMap::new()),
             Err(PullError::Missing(HDR_STRIPE))
