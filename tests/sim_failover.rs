@@ -12,6 +12,7 @@ use canopy::linkem::{LinkProfile, VirtualNet};
 use canopy::testbed::{Network, TestLink, Testbed, TestbedOptions, AUCTION_SITE};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use sha2::Digest;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -97,6 +98,16 @@ async fn bid(bed: &Testbed, n: u32) -> (u16, Duration) {
     (status, started.elapsed())
 }
 
+/// Waits until every link carries traffic (fails the test after 5 s).
+async fn all_joined(bed: &Testbed) {
+    let paths = bed.bond.paths().to_vec();
+    let joined = until(Duration::from_secs(5), || {
+        paths.iter().all(|p| p.is_usable())
+    })
+    .await;
+    assert!(joined.is_some(), "every link joins");
+}
+
 /// Waits (simulated time) until `ok` holds; how long it took, or None after `limit`.
 async fn until(limit: Duration, mut ok: impl FnMut() -> bool) -> Option<Duration> {
     let started = Instant::now();
@@ -112,15 +123,8 @@ async fn until(limit: Duration, mut ok: impl FnMut() -> bool) -> Option<Duration
 #[tokio::test(start_paused = true)]
 async fn bids_ride_through_a_blackholed_link_on_simulated_time() {
     let bed = three_links().await;
+    all_joined(&bed).await;
     let paths = bed.bond.paths().to_vec();
-    assert!(
-        until(Duration::from_secs(5), || paths
-            .iter()
-            .all(|p| p.is_usable()))
-        .await
-        .is_some(),
-        "every link joins"
-    );
 
     // a bid every 100 ms for 12 s; the busiest link goes dark from 3 s to 8 s
     let bids = {
@@ -180,17 +184,13 @@ async fn bids_ride_through_a_blackholed_link_on_simulated_time() {
 #[tokio::test(start_paused = true)]
 async fn one_upload_goes_on_across_a_blackholed_link() {
     let bed = three_links().await;
-    let paths = bed.bond.paths().to_vec();
-    until(Duration::from_secs(5), || {
-        paths.iter().all(|p| p.is_usable())
-    })
-    .await;
+    all_joined(&bed).await;
     // 30 MB: about 9 s on all three links, so the cut falls in its middle
     let body: Bytes = (0..30_000_000u32).map(|i| (i % 251) as u8).collect();
     let started = Instant::now();
     let upload = async {
         let mut sender = device(&bed, 1).await;
-        let req = http::Request::put(bed.origin_url("/upload"))
+        let req = http::Request::put(bed.origin_url("/digest"))
             .header(http::header::CONTENT_LENGTH, body.len())
             .body(Full::new(body.clone()))
             .expect("request");
@@ -213,10 +213,14 @@ async fn one_upload_goes_on_across_a_blackholed_link() {
     };
     let ((status, answer), stall, ()) = tokio::join!(upload, stall, cut_busiest(&bed));
     let took = started.elapsed();
+    let digest: String = sha2::Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(
-        (status, answer.as_str()),
-        (200, "30000000"),
-        "the upload arrives whole"
+        (status, answer),
+        (200, format!("30000000 {digest}")),
+        "the upload arrives whole, each byte once and in order"
     );
     // what the dark link held comes again over the others, piece by piece in order: the
     // origin waits for the silence to be noticed and the first piece, not for all of them
@@ -236,11 +240,7 @@ async fn one_upload_goes_on_across_a_blackholed_link() {
 #[tokio::test(start_paused = true)]
 async fn one_download_goes_on_across_a_blackholed_link() {
     let bed = three_links().await;
-    let paths = bed.bond.paths().to_vec();
-    until(Duration::from_secs(5), || {
-        paths.iter().all(|p| p.is_usable())
-    })
-    .await;
+    all_joined(&bed).await;
     let started = Instant::now();
     let got = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));

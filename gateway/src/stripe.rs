@@ -295,7 +295,8 @@ async fn send_all(
     timeout: Duration,
 ) -> Result<(), String> {
     let mut read = 0u64;
-    // offset -> length of every chunk sent and not yet answered
+    // offset -> length of every chunk and piece sent or queued and not yet answered (the
+    // first piece of a hurried chunk takes its chunk's entry)
     let mut unanswered: BTreeMap<u64, u64> = BTreeMap::new();
     let mut again: VecDeque<Pending> = VecDeque::new();
     // each chunk is a task of its own (they progress while this loop waits or reads)
@@ -309,6 +310,8 @@ async fn send_all(
     let mut flying: BTreeMap<u64, Flying> = BTreeMap::new();
     // new chunks sent again as pieces while still on their way
     let mut hurried: BTreeSet<u64> = BTreeSet::new();
+    // hurried chunks the relay answered (it has their bytes): offset -> end
+    let mut kept: BTreeMap<u64, u64> = BTreeMap::new();
     loop {
         if read >= total && unanswered.is_empty() && again.is_empty() {
             return Ok(());
@@ -318,8 +321,13 @@ async fn send_all(
         // as pulled chunks do. If it was only a lost burst of probes, the relay keeps the
         // first copy of each byte.
         let mut silent = Vec::new();
-        for v in bond.views() {
-            if !v.usable || v.silent < crate::pull::SILENT_AFTER {
+        let views = bond.views();
+        // every path silent at once is the relay or this box pausing, not a cut link
+        let some_answer = views
+            .iter()
+            .any(|v| v.usable && v.silent < crate::pull::SILENT_AFTER);
+        for v in views {
+            if !some_answer || !v.usable || v.silent < crate::pull::SILENT_AFTER {
                 continue;
             }
             silent.push(v.id);
@@ -480,13 +488,37 @@ async fn send_all(
                 } else {
                     flying.remove(&p.offset);
                 }
+                let end = p.offset + p.data.len() as u64;
                 match r {
                     Ok(()) => {
                         unanswered.remove(&p.offset);
+                        if !p.resent && hurried.contains(&p.offset) {
+                            // the relay has it (it keeps the longer of two at one offset):
+                            // its pieces still to send are not needed
+                            kept.insert(p.offset, end);
+                            again.retain(|q| {
+                                let needed = q.offset < p.offset || q.offset >= end;
+                                if !needed {
+                                    unanswered.remove(&q.offset);
+                                }
+                                needed
+                            });
+                        }
                     }
-                    // a new chunk sent again as pieces already: they bring it
-                    Err(e) if e.retry && !p.resent && hurried.contains(&p.offset) => {
-                        debug!(stripe = id, offset = p.offset, path = e.path, "hurried chunk lost; its pieces bring it");
+                    // a new chunk sent again as pieces already (they bring it), or a piece
+                    // of one the relay has: its failure changes nothing
+                    Err(e)
+                        if (!p.resent && hurried.contains(&p.offset))
+                            || (p.resent
+                                && kept
+                                    .range(..=p.offset)
+                                    .next_back()
+                                    .is_some_and(|(_, &k)| end <= k)) =>
+                    {
+                        debug!(stripe = id, offset = p.offset, path = e.path, reason = %e.reason, "copy lost; another brings it");
+                        if p.resent {
+                            unanswered.remove(&p.offset);
+                        }
                     }
                     Err(e) if e.retry => {
                         debug!(stripe = id, offset = p.offset, path = e.path, reason = %e.reason, "chunk sent again");

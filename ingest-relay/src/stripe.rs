@@ -351,7 +351,7 @@ impl Stripe {
             notified.as_mut().enable();
             {
                 let mut g = self.lock();
-                g.touched = Some(Instant::now());
+                g.touched = Some(tunnel_io::clock::now());
                 if let Some(f) = &g.failed {
                     return Err(ChunkError::Failed(f.clone()));
                 }
@@ -439,7 +439,7 @@ impl Stripe {
         let first = {
             let mut g = self.lock();
             g.heads = g.heads.max(n);
-            g.touched = Some(Instant::now());
+            g.touched = Some(tunnel_io::clock::now());
             let first = !g.origin_started;
             if first {
                 g.origin_started = true;
@@ -458,7 +458,7 @@ impl Stripe {
             let mut g = self.lock();
             g.answer = Some(answer);
             g.origin_running = false;
-            g.touched = Some(Instant::now());
+            g.touched = Some(tunnel_io::clock::now());
         }
         self.changed.notify_waiters();
     }
@@ -475,7 +475,7 @@ impl Stripe {
                 if g.heads > head {
                     return Err(NoAnswer::Superseded);
                 }
-                g.touched = Some(Instant::now());
+                g.touched = Some(tunnel_io::clock::now());
                 match g.answer.take() {
                     Some(Published::Kept(a)) => {
                         g.answer = Some(Published::Kept(a.clone()));
@@ -520,17 +520,27 @@ impl Inner {
         if end <= self.next || data.is_empty() {
             return None; // already had it
         }
-        // keep only what is new; a chunk never straddles another (the gateway cuts them
-        // at fixed offsets), but a re-sent one may overlap what came in order
+        // keep only what is new: pieces sent again may overlap chunks and each other (a
+        // chunk sent again as pieces while the chunk itself still arrives), and what came
+        // in order
         let (offset, data) = if offset < self.next {
             let skip = (self.next - offset) as usize;
             (self.next, data.slice(skip..))
         } else {
             (offset, data)
         };
-        if let std::collections::btree_map::Entry::Vacant(v) = self.pending.entry(offset) {
-            self.held += data.len() as u64;
-            v.insert(data);
+        // two at one offset: the longer stays (the gateway counts an answered chunk as
+        // kept, and may then drop its pieces still to send)
+        match self.pending.entry(offset) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                self.held += data.len() as u64;
+                v.insert(data);
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) if o.get().len() < data.len() => {
+                self.held += (data.len() - o.get().len()) as u64;
+                o.insert(data);
+            }
+            std::collections::btree_map::Entry::Occupied(_) => {}
         }
         let (fresh, dropped) = tunnel::reorder::take_in_order(&mut self.pending, &mut self.next);
         self.held -= dropped;
@@ -577,7 +587,7 @@ impl Body for StripeBody {
             this.idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
             g.consumed += d.len() as u64;
             g.held -= d.len() as u64;
-            g.touched = Some(Instant::now());
+            g.touched = Some(tunnel_io::clock::now());
             let all = g.consumed >= total;
             drop(g);
             if all {

@@ -295,12 +295,18 @@ async fn blocking<T: Send + 'static>(
     mut file: File,
     work: impl FnOnce(&mut File) -> T + Send + 'static,
 ) -> Option<(File, T)> {
-    tokio::task::spawn_blocking(move || {
+    match tokio::task::spawn_blocking(move || {
         let r = work(&mut file);
         (file, r)
     })
     .await
-    .ok()
+    {
+        Ok(done) => Some(done),
+        Err(e) => {
+            error!(error = %e, "journal: the blocking pool is gone; it takes no more records");
+            None
+        }
+    }
 }
 
 /// Writes `entries` to a new file beside `path` and puts it in its place.

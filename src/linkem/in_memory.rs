@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use tokio::sync::mpsc;
 
+/// The first port a socket bound to port 0 gets.
+const FIRST_PORT: u16 = 40000;
+
 /// Datagrams a socket holds unread before it drops new ones (a kernel's receive buffer).
 const INBOX: usize = 4096;
 
@@ -29,6 +32,10 @@ struct Net {
     sockets: Mutex<HashMap<SocketAddr, Weak<VirtualSocket>>>,
     /// Stream listeners (the relay's origins), by address.
     listeners: Mutex<HashMap<SocketAddr, mpsc::Sender<tokio::io::DuplexStream>>>,
+    /// The next port a socket bound to port 0 tries (ports are not reused at once, as a
+    /// kernel's ephemeral ports are not: a reconnecting uplink must not get datagrams
+    /// still on their way to its last connection).
+    next_port: std::sync::atomic::AtomicU16,
 }
 
 /// Bytes an in-memory stream buffers each way (a socket's buffers).
@@ -38,7 +45,8 @@ const STREAM_BUFFER: usize = 256 * 1024;
 pub struct VirtualListener(mpsc::Receiver<tokio::io::DuplexStream>);
 
 impl VirtualListener {
-    /// The next stream dialed to this listener (None once the network is gone).
+    /// The next stream dialed to this listener (None once every handle of the network is
+    /// gone).
     pub async fn accept(&mut self) -> Option<tokio::io::DuplexStream> {
         self.0.recv().await
     }
@@ -200,8 +208,11 @@ impl VirtualNet {
         let mut sockets = lock(&self.0.sockets);
         sockets.retain(|_, s| s.strong_count() > 0);
         let addr = if addr.port() == 0 {
-            (40000..=u16::MAX)
-                .map(|p| SocketAddr::new(addr.ip(), p))
+            (0..=u16::MAX - FIRST_PORT)
+                .map(|_| {
+                    let n = self.0.next_port.fetch_add(1, Ordering::Relaxed);
+                    SocketAddr::new(addr.ip(), FIRST_PORT + n % (u16::MAX - FIRST_PORT))
+                })
                 .find(|a| !sockets.contains_key(a))
                 .ok_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free port"))?
         } else if sockets.contains_key(&addr) {
@@ -433,6 +444,14 @@ mod tests {
         assert!(
             net.bind(addr("127.0.0.1:5000")).is_ok(),
             "freed when dropped"
+        );
+        let port = b.local_addr().expect("addr").port();
+        drop(b);
+        let c = net.bind(addr("127.0.0.1:0")).expect("c");
+        assert_ne!(
+            c.local_addr().expect("addr").port(),
+            port,
+            "not reused at once"
         );
     }
 }

@@ -79,8 +79,10 @@ pub(super) async fn pull(
         }
     };
     // a chunk's answer is bulk from its first byte (bids keep the small-first lane); one the
-    // body waits for goes ahead of bulk, in its rank
+    // body waits for goes ahead of bulk, in its rank (with priorities off, streams take no
+    // marks: a mark nobody reads would stay)
     match chunk.urgent {
+        _ if !state.small_first => {}
         None => ctx.bulk.mark(stream.send_id()),
         Some(rank) => ctx
             .bulk
@@ -96,8 +98,10 @@ pub(super) async fn pull(
             use crate::pull::PullRefusal as R;
             let status = match r {
                 R::Unknown => StatusCode::NOT_FOUND,
-                R::BeyondEnd | R::Dropped => StatusCode::RANGE_NOT_SATISFIABLE,
-                R::BeyondWindow => StatusCode::BAD_REQUEST,
+                // bytes another request said the gateway has: it may ask for what it lacks
+                R::Dropped => StatusCode::RANGE_NOT_SATISFIABLE,
+                // a range no body has: asking again cannot help
+                R::BeyondEnd | R::BeyondWindow => StatusCode::BAD_REQUEST,
                 R::Failed(_) => StatusCode::BAD_GATEWAY,
                 R::Timeout => StatusCode::GATEWAY_TIMEOUT,
             };

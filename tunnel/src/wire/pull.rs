@@ -30,8 +30,8 @@ pub const HDR_PULL_CHUNK: &str = "canopy-pull-chunk";
 /// On a chunk request: the gateway has every byte below this offset.
 pub const HDR_PULL_HAVE: &str = "canopy-pull-have";
 
-/// On a chunk request: the body waits for this chunk (asked again after its path died),
-/// so its answer goes ahead of bulk, in the rank this header gives (0 first, up to 255).
+/// On a chunk request: `0`, or the body waits for this chunk (asked again after its path
+/// died) and its answer goes ahead of bulk in rank `n - 1` (`1` first, up to `256`).
 pub const HDR_PULL_URGENT: &str = "canopy-pull-urgent";
 
 /// Bytes of a pulled body the relay holds at most beyond what the gateway has in order
@@ -144,9 +144,10 @@ impl PullChunk {
             .header(HDR_STRIPE, id_value(self.id))
             .header(HDR_PULL_CHUNK, format!("{}+{}", self.offset, self.len))
             .header(HDR_PULL_HAVE, self.have);
-        if let Some(rank) = self.urgent {
-            req = req.header(HDR_PULL_URGENT, u16::from(rank));
-        }
+        // 0: not urgent; rank + 1 otherwise (a relay that knows only 0 and 1 still sends
+        // the first piece ahead)
+        let urgent = self.urgent.map_or(0, |rank| u16::from(rank) + 1);
+        req = req.header(HDR_PULL_URGENT, urgent);
         req.body(()).ok()
     }
 
@@ -182,12 +183,11 @@ impl PullChunk {
             have: read_u64(h, HDR_PULL_HAVE)?,
             urgent: match h.get(HDR_PULL_URGENT) {
                 None => None,
-                Some(v) => Some(
-                    v.to_str()
-                        .ok()
-                        .and_then(|s| s.parse::<u8>().ok())
-                        .ok_or(PullError::Malformed(HDR_PULL_URGENT))?,
-                ),
+                Some(v) => match v.to_str().ok().and_then(|s| s.parse::<u16>().ok()) {
+                    Some(0) => None,
+                    Some(n) if n <= 256 => u8::try_from(n - 1).ok(),
+                    _ => return Err(PullError::Malformed(HDR_PULL_URGENT)),
+                },
             },
         })
     }
@@ -294,11 +294,20 @@ mod tests {
         h.insert(HDR_STRIPE, HeaderValue::from_static("00000000000000ff"));
         h.insert(HDR_PULL_CHUNK, HeaderValue::from_static("0+1"));
         h.insert(HDR_PULL_HAVE, HeaderValue::from_static("0"));
-        h.insert(HDR_PULL_URGENT, HeaderValue::from_static("256"));
+        h.insert(HDR_PULL_URGENT, HeaderValue::from_static("257"));
         assert_eq!(
             PullChunk::read(&h),
             Err(PullError::Malformed(HDR_PULL_URGENT))
         );
+        h.insert(HDR_PULL_URGENT, HeaderValue::from_static("1"));
+        let urgent = |h: &HeaderMap| PullChunk::read(h).map(|c| c.urgent);
+        assert_eq!(
+            urgent(&h),
+            Ok(Some(0)),
+            "an older gateway's 1: the first rank"
+        );
+        h.insert(HDR_PULL_URGENT, HeaderValue::from_static("0"));
+        assert_eq!(urgent(&h), Ok(None));
         assert_eq!(
             PullChunk::read(&HeaderMap::new()),
             Err(PullError::Missing(HDR_STRIPE))
