@@ -116,9 +116,9 @@ async fn pull_all(
     let mut primary = primary;
     let mut no_path = NoPath::default();
     let resends = metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str());
-    // offsets of the urgent pieces in flight, by ticket: a piece's rank among them orders
-    // its answer on its path (the lowest offset first)
-    let mut urgent: std::collections::BTreeMap<u64, u64> = Default::default();
+    // the urgent pieces in flight, by ticket: a piece's rank among them orders its answer
+    // on its path (the lowest offset first)
+    let mut urgent: tunnel::resend_rank::ResendRanks<u64> = Default::default();
     loop {
         let before = body.delivered();
         let ready = body.take_ready();
@@ -202,11 +202,7 @@ async fn pull_all(
                         return Err("no such uplink".into());
                     };
                     let ticket = body.start(&ask, len, path);
-                    let rank = ask.urgent.then(|| {
-                        let below = urgent.values().filter(|&&o| o < ask.offset).count();
-                        urgent.insert(ticket, ask.offset);
-                        u8::try_from(below).unwrap_or(u8::MAX)
-                    });
+                    let rank = ask.urgent.then(|| urgent.start(ticket, ask.offset));
                     tracing::trace!(
                         pull = head.id,
                         ticket,
@@ -243,7 +239,7 @@ async fn pull_all(
                 let Ok((ticket, r)) = joined else {
                     return Err("a chunk's task failed".into());
                 };
-                urgent.remove(&ticket);
+                urgent.end(&ticket);
                 match r {
                     Ok(data) => {
                         tracing::trace!(pull = head.id, ticket, len = data.len(), "chunk arrived");

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::debug;
+use tunnel::resend_rank::ResendRanks;
 use tunnel::scheduler::{PathId, Unit};
 use tunnel::{wire, TrafficClass};
 
@@ -303,9 +304,9 @@ async fn send_all(
     let mut inflight = tokio::task::JoinSet::new();
     let mut no_path = NoPath::default();
     let mut primary: Option<Primary> = None;
-    // offsets of the pieces sent again and not answered yet: a piece's rank among them
+    // the pieces sent again and not answered yet, by offset: a piece's rank among them
     // orders it on its path
-    let mut resending: BTreeSet<u64> = BTreeSet::new();
+    let mut resending: ResendRanks<u64> = ResendRanks::default();
     // new chunks on their way, by offset: their path and bytes (to hurry them, below)
     let mut flying: BTreeMap<u64, Flying> = BTreeMap::new();
     // new chunks sent again as pieces while still on their way
@@ -444,11 +445,7 @@ async fn send_all(
                     let Some(flow) = bond.flow(path, class, p.data.len() as u64, 0) else {
                         return Err("no such uplink".into());
                     };
-                    let rank = p.resent.then(|| {
-                        let below = resending.range(..p.offset).count();
-                        resending.insert(p.offset);
-                        u8::try_from(below).unwrap_or(u8::MAX)
-                    });
+                    let rank = p.resent.then(|| resending.start(p.offset, p.offset));
                     if !p.resent {
                         flying.insert(p.offset, (path, p.data.clone()));
                     }
@@ -484,7 +481,7 @@ async fn send_all(
                     return Err("a chunk's task failed".into());
                 };
                 if p.resent {
-                    resending.remove(&p.offset);
+                    resending.end(&p.offset);
                 } else {
                     flying.remove(&p.offset);
                 }

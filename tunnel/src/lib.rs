@@ -17,6 +17,7 @@ pub mod path;
 pub mod path_estimate;
 pub mod pull;
 pub mod reorder;
+pub mod resend_rank;
 pub mod scheduler;
 pub mod spread;
 pub mod wire;

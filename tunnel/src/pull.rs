@@ -198,11 +198,7 @@ impl PulledBody {
         }
         let mut n = ranges.len();
         let end = ranges.iter().map(|(o, l, _)| o + l).max().unwrap_or(0);
-        for (o, l, ex) in ranges {
-            if !self.covered(o, l) {
-                self.ask_again(o, l, &ex);
-            }
-        }
+        self.ask_again_missing(ranges);
         n += self.hurry_below(end);
         n
     }
@@ -221,12 +217,17 @@ impl PulledBody {
             }
         }
         let n = ranges.len();
+        self.ask_again_missing(ranges);
+        n
+    }
+
+    /// Asks again for each range (offset, length, paths to avoid) not had already.
+    fn ask_again_missing(&mut self, ranges: Vec<(u64, u64, Vec<PathId>)>) {
         for (o, l, ex) in ranges {
             if !self.covered(o, l) {
                 self.ask_again(o, l, &ex);
             }
         }
-        n
     }
 
     /// The bytes now in order, to hand out.
