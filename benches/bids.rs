@@ -14,7 +14,9 @@
 //!
 //! `cargo bench --bench bids` -> target/canopy-bench/bids.json: burst_bids, lost,
 //! duplicated, bid_p50_ms, bid_p99_ms (the burst's bids answered 200), base_rtt_ms,
-//! journal_appends_per_sec, checkin_p99_ms_offline, bid_p99_ms_under_abuse.
+//! journal_appends_per_sec, checkin_p99_ms_offline, bid_p99_ms_under_abuse; and, to tell
+//! where a bid waits, burst_link_delay_up_ms / _down_ms: the link's mean one-way delay
+//! (latency plus queue) during the burst.
 
 mod common;
 
@@ -371,7 +373,13 @@ fn main() -> anyhow::Result<()> {
             )));
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
+        let link = bed.links.iter().flatten().next();
+        let before = link.map(|l| l.stats()).unwrap_or_default();
         let b = burst(&bed).await?;
+        let (burst_up_ms, burst_down_ms) = link
+            .map(|l| l.stats())
+            .unwrap_or_default()
+            .mean_delay_ms_since(&before);
         for t in &bulk {
             t.abort();
         }
@@ -421,6 +429,8 @@ fn main() -> anyhow::Result<()> {
             "base_rtt_ms": base_rtt,
             "bid_p50_ms": b.p50,
             "bid_p99_ms": b.p99,
+            "burst_link_delay_up_ms": burst_up_ms,
+            "burst_link_delay_down_ms": burst_down_ms,
             "journal_appends_per_sec": appends,
             "journal_append_p50_ms": append_p50,
             "journal_append_p99_ms": append_p99,

@@ -13,22 +13,23 @@
 //! The queueing delay `q` of a round is the one-way delay the peer measures for our data
 //! (timestamped probes, see `crate::owd`) when the peer sends probes, the smallest of the
 //! round's reports (jitter filtered out, as LEDBAT filters: in the demo a round's mean read
-//! Wi-Fi's jitter and the probes' wait at a busy sender as 7-12 ms against the 6 ms target
-//! and held its window below its BDP with data waiting; slow start still ends on the
-//! mean), else the round's
-//! smallest RTT sample minus the path's minimum RTT `base` (which also holds the reverse
-//! direction's queue: with both directions loaded the two senders then fight over one
-//! number, which is why Canopy's ends probe). The update, once per round trip:
+//! Wi-Fi's jitter and the probes' wait at a busy sender as 7-12 ms
+//! against the 6 ms target and held its window below its BDP with data waiting; slow
+//! start still ends on the mean), else the round's smallest RTT sample minus the path's
+//! minimum RTT `base` (which also holds the reverse direction's queue: with both
+//! directions loaded the two senders then fight over one number, which is why Canopy's
+//! ends probe). The update, once per round trip:
 //! `w <- (w + w * (base + target) / (base + q)) / 2`, so the equilibrium queue is
-//! `target` whatever the link rate. Three guards make it work
-//! on radio links, measured with the demo's cellular profile (jitter and bursty loss),
-//! where the bare update starved the link (0.6 Mbit/s of 20):
+//! `target` whatever the link rate. These guards make it work on radio links, measured
+//! with the demo's cellular profile (jitter and bursty loss), where the bare update
+//! starved the link (0.6 Mbit/s of 20), and with bulk both ways:
 //! - a floor: the window never drops below the best delivery rate of the last 10 rounds
 //!   times `base + target` (jitter looks like queueing; the floor keeps what the link has
-//!   really delivered, and adds no standing queue beyond the target by itself);
-//! - a probe: one round in four grows the window by an eighth above that floor, so a
-//!   link with room is discovered even when the delay signal is noisy (measured: a
-//!   quarter every six rounds left 10 ms more at the bid p99);
+//!   really delivered, and adds no standing queue beyond the target by itself). A round's
+//!   rate is its bytes over the longer of the spans its packets were sent and acknowledged
+//!   in (acknowledgements that come bunched read as more than the link carries);
+//! - a probe: one round in four grows the window by an eighth above that floor, so a link with room is discovered even when the delay
+//!   signal is noisy (measured: a quarter every six rounds left 10 ms more at the bid p99);
 //! - a jitter allowance (RTT signal only): the effective target is at least twice the
 //!   smoothed change of the round's queueing delay between rounds.
 //!
@@ -137,6 +138,10 @@ pub struct LowDelay {
     recovery_start: Option<Instant>,
     /// Start of the current round (for its delivery rate).
     round_start: Option<Instant>,
+    /// When the round's acknowledged packets were sent: the earliest and the latest.
+    round_sent: Option<(Instant, Instant)>,
+    /// Whether the last round had the peer's one-way queue reading.
+    probed: bool,
     /// Delivery rates (bytes/s) of the last `RATE_ROUNDS` rounds.
     rates: [f64; RATE_ROUNDS],
     /// Next slot of `rates`.
@@ -172,6 +177,8 @@ impl LowDelay {
             round_app_limited: false,
             recovery_start: None,
             round_start: None,
+            round_sent: None,
+            probed: false,
             rates: [0.0; RATE_ROUNDS],
             rate_slot: 0,
             round_no: 0,
@@ -193,7 +200,21 @@ impl LowDelay {
     }
 
     fn floor_at(&self, base: Duration, rate: f64) -> u64 {
-        (rate * (base + self.config.target.max(self.jitter * 2)).as_secs_f64()) as u64
+        (rate * (base + self.allowed_queue()).as_secs_f64()) as u64
+    }
+
+    /// The standing queue aimed for: the target, or (with the RTT as the only signal) at
+    /// least twice the jitter. The peer's one-way reading is already filtered for the
+    /// link's jitter (the least of the round's reports); what moves it from round to round
+    /// is then our own window's swing, and allowing twice that grew the swing (measured in
+    /// the bids bench, both directions loaded: 15 ms of "jitter" held the window at twice
+    /// the path's BDP and bids waited 45 ms in the queues).
+    fn allowed_queue(&self) -> Duration {
+        if self.probed {
+            self.config.target
+        } else {
+            self.config.target.max(self.jitter * 2)
+        }
     }
 
     /// Best delivery rate (bytes/s) of the recent rounds.
@@ -221,6 +242,9 @@ impl LowDelay {
         let sample = now.saturating_duration_since(sent);
         self.round_min_rtt = Some(self.round_min_rtt.map_or(sample, |m| m.min(sample)));
         self.round_acked += bytes;
+        self.round_sent = Some(self.round_sent.map_or((sent, sent), |(first, last)| {
+            (first.min(sent), last.max(sent))
+        }));
         if !app_limited {
             self.round_limited_by_window = true;
         } else {
@@ -230,12 +254,24 @@ impl LowDelay {
             Some(end) if now < end => {}
             _ => {
                 if let Some(start) = self.round_start {
-                    let secs = now.saturating_duration_since(start).as_secs_f64();
+                    // Acknowledgements may arrive bunched (the reverse direction's queue
+                    // drains at once): the round's packets cannot have been delivered
+                    // faster than they were sent, so the longer of the two spans counts
+                    // (BBR's rule). Measured with both directions loaded: the ack span
+                    // alone read 1.3-1.5 times the link's rate, and the floor held that.
+                    let sent_span = self
+                        .round_sent
+                        .map_or(Duration::ZERO, |(first, last)| last - first);
+                    let secs = now
+                        .saturating_duration_since(start)
+                        .max(sent_span)
+                        .as_secs_f64();
                     if secs > 0.0 && self.round_limited_by_window {
                         self.rates[self.rate_slot] = self.round_acked as f64 / secs;
                         self.rate_slot = (self.rate_slot + 1) % RATE_ROUNDS;
                     }
                 }
+                self.round_sent = None;
                 self.end_round(now, base, srtt);
                 self.window = self.window.max(self.floor(base));
                 self.round_start = Some(now);
@@ -286,11 +322,8 @@ impl LowDelay {
             self.jitter = (self.jitter * 7 + step) / 8;
         }
         self.prev_queueing = Some(queueing);
-        let target = if one_way.is_some() {
-            self.config.target
-        } else {
-            self.config.target.max(self.jitter * 2)
-        };
+        self.probed = one_way.is_some();
+        let target = self.allowed_queue();
         let rtt = base + queueing;
         let w = self.window as f64;
         self.round_no = self.round_no.wrapping_add(1);
@@ -502,6 +535,35 @@ mod tests {
             }
             cc.round_end = Some(*now);
         }
+    }
+
+    #[test]
+    fn bunched_acknowledgements_do_not_raise_the_rate() {
+        // one 1200-byte packet sent each millisecond (1.2 MB/s); the acknowledgements come
+        // in bursts 40 ms after, the gaps between bursts alternating 50 and 30 ms (the
+        // reverse direction's queue draining at once), so one round of a short RTT holds
+        // 50 ms of packets acknowledged within 30 ms
+        let base = Duration::from_millis(40);
+        let t0 = Instant::now();
+        let mut cc = LowDelay::new(Arc::new(LowDelayConfig::default()), t0, 1200);
+        let (mut burst_at, mut next_unacked) = (100u64, 0u64);
+        for k in 0..40 {
+            let gap = if k % 2 == 0 { 50 } else { 30 };
+            burst_at += gap;
+            let now = t0 + Duration::from_millis(burst_at);
+            // every packet sent before the burst's time minus 40 ms
+            while next_unacked < burst_at - 40 {
+                let sent = t0 + Duration::from_millis(next_unacked);
+                cc.on_ack_sample(now, sent, 1200, false, base, Duration::from_millis(10));
+                next_unacked += 1;
+            }
+        }
+        let best = cc.best_rate();
+        assert!(
+            best <= 1.2e6 * 1.05,
+            "best rate {best:.0} B/s of 1.2e6 sent"
+        );
+        assert!(best >= 1.2e6 * 0.9, "best rate {best:.0} B/s of 1.2e6 sent");
     }
 
     #[test]
