@@ -248,9 +248,9 @@ async fn pull_all(
                     Err(e) => {
                         let outcome = if e.retry { body.failed(ticket) } else { body.refused(ticket) };
                         match outcome {
-                            Failed::Again => {
-                                debug!(pull = head.id, path = e.path, reason = %e.reason, "chunk asked for again");
-                                resends.increment(1);
+                            Failed::Again(n) => {
+                                debug!(pull = head.id, path = e.path, reason = %e.reason, ranges = n, "chunk asked for again");
+                                resends.increment(n as u64);
                             }
                             Failed::Covered => {}
                             Failed::GiveUp => return Err(e.reason),

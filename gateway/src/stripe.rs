@@ -266,7 +266,9 @@ impl Lost<'_> {
     /// as pieces in its turn, where it arrives soonest (its own path included); the relay
     /// keeps the first copy of each byte. Measured on the in-process harness: such a chunk
     /// on satellite held a single upload 0.8 s at a cut.
-    fn send_again(&mut self, mut pieces: Vec<Pending>, dead: PathId) {
+    /// Returns how many new chunks were hurried along.
+    fn send_again(&mut self, mut pieces: Vec<Pending>, dead: PathId) -> usize {
+        let mut hurried = 0;
         let end = pieces
             .iter()
             .map(|p| p.offset + p.data.len() as u64)
@@ -275,6 +277,7 @@ impl Lost<'_> {
         for (&o, (path, data)) in self.flying.range(..end) {
             if *path != dead && self.hurried.insert(o) {
                 pieces.extend(Pending::pieces(o, data, &[]));
+                hurried += 1;
             }
         }
         for piece in pieces {
@@ -284,6 +287,7 @@ impl Lost<'_> {
         }
         // the lowest offset first: the relay hands the body on in order
         self.again.make_contiguous().sort_by_key(|p| p.offset);
+        hurried
     }
 }
 
@@ -346,20 +350,21 @@ async fn send_all(
                 chunks = on_it.len(),
                 "silent path: its chunks sent again"
             );
+            let chunks = on_it.len();
             let mut pieces = Vec::new();
             for (o, d) in on_it {
                 hurried.insert(o);
                 pieces.extend(Pending::pieces(o, &d, &[v.id]));
             }
-            metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str())
-                .increment(pieces.len() as u64);
             let mut lost = Lost {
                 flying: &flying,
                 hurried: &mut hurried,
                 unanswered: &mut unanswered,
                 again: &mut again,
             };
-            lost.send_again(pieces, v.id);
+            let hurried_along = lost.send_again(pieces, v.id);
+            metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str())
+                .increment((chunks + hurried_along) as u64);
         }
         // the next chunk: one to send again first, else a new one if the window allows
         let base = unanswered.keys().next().copied().unwrap_or(read);
@@ -519,12 +524,12 @@ async fn send_all(
                     }
                     Err(e) if e.retry => {
                         debug!(stripe = id, offset = p.offset, path = e.path, reason = %e.reason, "chunk sent again");
-                        metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str()).increment(1);
                         p.excluded.push(e.path);
                         unanswered.remove(&p.offset);
                         let pieces = Pending::pieces(p.offset, &p.data, &p.excluded);
                         let mut lost = Lost { flying: &flying, hurried: &mut hurried, unanswered: &mut unanswered, again: &mut again };
-                        lost.send_again(pieces, e.path);
+                        let hurried_along = lost.send_again(pieces, e.path);
+                        metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str()).increment(1 + hurried_along as u64);
                     }
                     Err(e) => return Err(e.reason),
                 }

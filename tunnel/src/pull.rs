@@ -29,8 +29,9 @@ pub struct Ask {
 /// What became of a failed flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failed {
-    /// Asked again, on another path.
-    Again,
+    /// Asked again, on another path, with this many ranges in all: it, and those still
+    /// on their way below it that were hurried along (see `hurry_below`).
+    Again(usize),
     /// Nothing to do: it was asked again already (its path fell silent) or arrived.
     Covered,
     /// It failed on too many paths: the body fails.
@@ -170,8 +171,7 @@ impl PulledBody {
             return Failed::GiveUp;
         }
         self.ask_again(f.offset, f.len, &excluded);
-        self.hurry_below(f.offset + f.len);
-        Failed::Again
+        Failed::Again(1 + self.hurry_below(f.offset + f.len))
     }
 
     /// Flight `ticket` was refused for good (asking again cannot help): the body fails,
@@ -359,7 +359,7 @@ mod tests {
     fn a_failed_chunk_is_asked_again_in_urgent_pieces_elsewhere() {
         let mut b = body(100);
         let (t, _, _) = ask(&mut b, 100, 0);
-        assert_eq!(b.failed(t), Failed::Again);
+        assert!(matches!(b.failed(t), Failed::Again(_)));
         let a = b.next_ask().expect("asked again");
         assert_eq!((a.offset, a.len, a.urgent), (0, 25, true));
         assert_eq!(a.excluded, vec![0]);
@@ -378,10 +378,10 @@ mod tests {
     fn a_chunk_failing_everywhere_fails_the_body() {
         let mut b = body(100);
         let (t, _, _) = ask(&mut b, 100, 0);
-        assert_eq!(b.failed(t), Failed::Again);
+        assert!(matches!(b.failed(t), Failed::Again(_)));
         let a = b.next_ask().expect("piece");
         let t = b.start(&a, a.len, 1);
-        assert_eq!(b.failed(t), Failed::Again);
+        assert!(matches!(b.failed(t), Failed::Again(_)));
         let a = b.next_ask().expect("piece");
         assert_eq!(a.excluded, vec![0, 1]);
         let t = b.start(&a, a.len, 2);
@@ -444,7 +444,7 @@ mod tests {
         b.arrived(on_wifi, bytes(100, 100));
         assert_eq!(
             b.failed(above),
-            Failed::Again,
+            Failed::Again(1),
             "the one above was never hurried"
         );
     }
