@@ -64,7 +64,12 @@ impl Source {
     /// The device's body; it fails after `idle` without bytes while a chunk waits for them
     /// (not while chunks wait for room: that is our back-pressure, not a stalled device).
     pub fn stream(body: Incoming, idle: Duration) -> Self {
-        Source::Stream(body, BytesMut::new(), idle)
+        Self::stream_after(Bytes::new(), body, idle)
+    }
+
+    /// The device's body, of which `read` was read already.
+    pub fn stream_after(read: Bytes, body: Incoming, idle: Duration) -> Self {
+        Source::Stream(body, BytesMut::from(read), idle)
     }
 
     /// The next `n` bytes (fewer only at the end).

@@ -56,9 +56,76 @@ pub(crate) const REPLAY_MAX: u64 = 1024 * 1024;
 /// head's stream carries none; it waits for the chunks' outcome).
 pub(crate) enum ReqBody {
     Kept(Bytes),
-    Once(Option<Incoming>),
+    Once(Option<Streamed>),
     /// The chunks' outcome, and the number of this copy of the head.
     Striped(crate::stripe::Outcome, u64),
+}
+
+/// A body streamed from the device as it comes: what was read already, then the rest.
+pub(crate) struct Streamed {
+    prefix: Bytes,
+    rest: Incoming,
+}
+
+impl From<Incoming> for Streamed {
+    fn from(rest: Incoming) -> Self {
+        Self {
+            prefix: Bytes::new(),
+            rest,
+        }
+    }
+}
+
+/// A body without a declared length (chunked), read up to a bound.
+enum Gathered {
+    /// The whole body.
+    Whole(Bytes),
+    /// More than the bound: it streams on.
+    Beyond(Streamed),
+}
+
+/// Why a body without a declared length could not be read.
+#[derive(Debug, thiserror::Error)]
+enum GatherError {
+    #[error("no request body bytes for {0:?}")]
+    Idle(Duration),
+    #[error("request body not received: {0}")]
+    Broken(String),
+}
+
+impl GatherError {
+    fn response(&self) -> Response<Body> {
+        let status = match self {
+            GatherError::Idle(_) => StatusCode::REQUEST_TIMEOUT,
+            GatherError::Broken(_) => StatusCode::BAD_REQUEST,
+        };
+        synthetic(status, &self.to_string())
+    }
+}
+
+/// Reads a chunked body into memory while it stays within `max` bytes, so that the request
+/// can be sent again, or striped, when its path dies: a body streamed once fails with its
+/// path (nginx buffers request bodies before it proxies them, by default, for the same
+/// reason). A longer body streams on from where this stopped.
+async fn gather(mut inc: Incoming, max: usize, idle: Duration) -> Result<Gathered, GatherError> {
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, inc.frame()).await {
+            Err(_) => return Err(GatherError::Idle(idle)),
+            Ok(None) => return Ok(Gathered::Whole(buf.freeze())),
+            Ok(Some(Err(e))) => return Err(GatherError::Broken(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > max {
+                return Ok(Gathered::Beyond(Streamed {
+                    prefix: buf.freeze(),
+                    rest: inc,
+                }));
+            }
+        }
+    }
 }
 
 /// The request as sent on each attempt.
@@ -142,8 +209,17 @@ pub(super) async fn forward(state: &State, req: Request<Incoming>, route: Route)
                 )
             }
         }
+    } else if declared.is_none() {
+        match gather(incoming, REPLAY_MAX.min(limit) as usize, state.body_idle).await {
+            Ok(Gathered::Whole(b)) => ReqBody::Kept(b),
+            Ok(Gathered::Beyond(s)) if s.prefix.len() as u64 > limit => {
+                return body_limit_exceeded(limit)
+            }
+            Ok(Gathered::Beyond(s)) => ReqBody::Once(Some(s)),
+            Err(e) => return e.response(),
+        }
     } else {
-        ReqBody::Once(Some(incoming))
+        ReqBody::Once(Some(incoming.into()))
     };
     let replayable = safe && matches!(body, ReqBody::Kept(_));
     let unit = Unit {
@@ -178,7 +254,11 @@ pub(super) async fn forward(state: &State, req: Request<Incoming>, route: Route)
     if protect || crate::stripe::worth_it(&state.bond, &out.method, class, total) {
         let source = match std::mem::replace(&mut body, ReqBody::Kept(Bytes::new())) {
             ReqBody::Kept(b) => Some(crate::stripe::Source::Kept(b)),
-            ReqBody::Once(Some(inc)) => Some(crate::stripe::Source::stream(inc, state.body_idle)),
+            ReqBody::Once(Some(s)) => Some(crate::stripe::Source::stream_after(
+                s.prefix,
+                s.rest,
+                state.body_idle,
+            )),
             other => {
                 body = other;
                 None
@@ -388,20 +468,28 @@ async fn attempt(
                 }
                 r.map_err(|e| UploadError::Send(e.to_string()))
             }
-            ReqBody::Once(Some(inc)) => {
+            ReqBody::Once(Some(Streamed { prefix, rest })) => {
+                let n = prefix.len() as u64;
                 let limited = Limited::new(
-                    tunnel_io::IdleBody::new(inc, body_idle),
-                    usize::try_from(limit).unwrap_or(usize::MAX),
+                    tunnel_io::IdleBody::new(rest, body_idle),
+                    usize::try_from(limit.saturating_sub(n)).unwrap_or(usize::MAX),
                 );
-                pump_body(limited, &mut send, Some(&up))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| match e {
-                        PumpError::Source(s) if s.is::<http_body_util::LengthLimitError>() => {
-                            UploadError::OverLimit
-                        }
-                        e => UploadError::Send(e.to_string()),
-                    })
+                let sent_prefix = if n > 0 {
+                    send.send_data(prefix).await.map(|_| up.increment(n))
+                } else {
+                    Ok(())
+                };
+                match sent_prefix {
+                    Ok(()) => pump_body(limited, &mut send, Some(&up)).await,
+                    Err(e) => Err(PumpError::from(e)),
+                }
+                .map(|_| ())
+                .map_err(|e| match e {
+                    PumpError::Source(s) if s.is::<http_body_util::LengthLimitError>() => {
+                        UploadError::OverLimit
+                    }
+                    e => UploadError::Send(e.to_string()),
+                })
             }
             ReqBody::Once(None) => Err(UploadError::Send(
                 "request body already used by another copy".to_string(),

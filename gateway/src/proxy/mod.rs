@@ -5,7 +5,7 @@ use crate::bond::{Bond, Flow};
 use crate::config::{GatewayConfig, Site};
 use crate::devices::{Devices, Held, Slot};
 use crate::GatewayError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
