@@ -78,24 +78,45 @@ impl Source {
         match self {
             Source::Kept(b) => Ok(b.split_to(n.min(b.len()))),
             Source::Stream(inc, buf, idle) => {
-                while buf.len() < n {
-                    let Ok(frame) = tokio::time::timeout(*idle, inc.frame()).await else {
-                        return Err(format!("no request body bytes for {idle:?}"));
-                    };
-                    match frame {
-                        Some(Ok(f)) => {
-                            if let Ok(d) = f.into_data() {
-                                buf.extend_from_slice(&d);
-                            }
-                        }
-                        Some(Err(e)) => return Err(format!("request body not received: {e}")),
-                        None => break,
-                    }
-                }
+                fill(inc, buf, n, *idle).await.map_err(|e| e.to_string())?;
                 Ok(buf.split_to(n.min(buf.len())).freeze())
             }
         }
     }
+}
+
+/// Why the device's body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyReadError {
+    #[error("no request body bytes for {0:?}")]
+    Idle(Duration),
+    #[error("request body not received: {0}")]
+    Broken(String),
+}
+
+/// Reads the device's body into `buf` until it holds at least `n` bytes or the body ends
+/// (fewer only then); it fails after `idle` without a frame.
+pub(crate) async fn fill(
+    inc: &mut Incoming,
+    buf: &mut BytesMut,
+    n: usize,
+    idle: Duration,
+) -> Result<(), BodyReadError> {
+    while buf.len() < n {
+        let Ok(frame) = tokio::time::timeout(idle, inc.frame()).await else {
+            return Err(BodyReadError::Idle(idle));
+        };
+        match frame {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+            }
+            Some(Err(e)) => return Err(BodyReadError::Broken(e.to_string())),
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 /// The outcome of a stripe's chunks, for the head's attempt: `None` while they go.
@@ -305,6 +326,7 @@ async fn send_all(
     timeout: Duration,
 ) -> Result<(), String> {
     let mut read = 0u64;
+    let resends = metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str());
     // offset -> length of every chunk and piece sent or queued and not yet answered (the
     // first piece of a hurried chunk takes its chunk's entry)
     let mut unanswered: BTreeMap<u64, u64> = BTreeMap::new();
@@ -368,8 +390,7 @@ async fn send_all(
                 again: &mut again,
             };
             let hurried_along = lost.send_again(pieces, v.id);
-            metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str())
-                .increment((chunks + hurried_along) as u64);
+            resends.increment((chunks + hurried_along) as u64);
         }
         // the next chunk: one to send again first, else a new one if the window allows
         let base = unanswered.keys().next().copied().unwrap_or(read);
@@ -534,7 +555,7 @@ async fn send_all(
                         let pieces = Pending::pieces(p.offset, &p.data, &p.excluded);
                         let mut lost = Lost { flying: &flying, hurried: &mut hurried, unanswered: &mut unanswered, again: &mut again };
                         let hurried_along = lost.send_again(pieces, e.path);
-                        metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str()).increment(1 + hurried_along as u64);
+                        resends.increment(1 + hurried_along as u64);
                     }
                     Err(e) => return Err(e.reason),
                 }

@@ -3,6 +3,7 @@
 //! dies and the request is safe to send again.
 
 use super::*;
+use crate::stripe::BodyReadError;
 
 /// Headers for the tunnelled request: hop-by-hop removed, Via, class, idempotency key.
 pub(crate) fn tunnel_headers(
@@ -84,48 +85,30 @@ enum Gathered {
     Beyond(Streamed),
 }
 
-/// Why a body without a declared length could not be read.
-#[derive(Debug, thiserror::Error)]
-enum GatherError {
-    #[error("no request body bytes for {0:?}")]
-    Idle(Duration),
-    #[error("request body not received: {0}")]
-    Broken(String),
-}
-
-impl GatherError {
-    fn response(&self) -> Response<Body> {
-        let status = match self {
-            GatherError::Idle(_) => StatusCode::REQUEST_TIMEOUT,
-            GatherError::Broken(_) => StatusCode::BAD_REQUEST,
-        };
-        synthetic(status, &self.to_string())
-    }
+/// The device's answer when its body could not be read.
+fn unread_body(e: &BodyReadError) -> Response<Body> {
+    let status = match e {
+        BodyReadError::Idle(_) => StatusCode::REQUEST_TIMEOUT,
+        BodyReadError::Broken(_) => StatusCode::BAD_REQUEST,
+    };
+    synthetic(status, &e.to_string())
 }
 
 /// Reads a chunked body into memory while it stays within `max` bytes, so that the request
 /// can be sent again, or striped, when its path dies: a body streamed once fails with its
 /// path (nginx buffers request bodies before it proxies them, by default, for the same
 /// reason). A longer body streams on from where this stopped.
-async fn gather(mut inc: Incoming, max: usize, idle: Duration) -> Result<Gathered, GatherError> {
+async fn gather(mut inc: Incoming, max: usize, idle: Duration) -> Result<Gathered, BodyReadError> {
     let mut buf = BytesMut::new();
-    loop {
-        let frame = match tokio::time::timeout(idle, inc.frame()).await {
-            Err(_) => return Err(GatherError::Idle(idle)),
-            Ok(None) => return Ok(Gathered::Whole(buf.freeze())),
-            Ok(Some(Err(e))) => return Err(GatherError::Broken(e.to_string())),
-            Ok(Some(Ok(f))) => f,
-        };
-        if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
-            if buf.len() > max {
-                return Ok(Gathered::Beyond(Streamed {
-                    prefix: buf.freeze(),
-                    rest: inc,
-                }));
-            }
-        }
-    }
+    crate::stripe::fill(&mut inc, &mut buf, max.saturating_add(1), idle).await?;
+    Ok(if buf.len() > max {
+        Gathered::Beyond(Streamed {
+            prefix: buf.freeze(),
+            rest: inc,
+        })
+    } else {
+        Gathered::Whole(buf.freeze())
+    })
 }
 
 /// The request as sent on each attempt.
@@ -216,7 +199,7 @@ pub(super) async fn forward(state: &State, req: Request<Incoming>, route: Route)
                 return body_limit_exceeded(limit)
             }
             Ok(Gathered::Beyond(s)) => ReqBody::Once(Some(s)),
-            Err(e) => return e.response(),
+            Err(e) => return unread_body(&e),
         }
     } else {
         ReqBody::Once(Some(incoming.into()))
