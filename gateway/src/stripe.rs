@@ -14,11 +14,12 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::debug;
+use tunnel::pull::Failed;
+use tunnel::push::{Next, PushedBody};
 use tunnel::resend_rank::ResendRanks;
 use tunnel::scheduler::{PathId, Unit};
 use tunnel::{wire, TrafficClass};
@@ -245,78 +246,6 @@ struct ChunkError {
     reason: String,
 }
 
-struct Pending {
-    offset: u64,
-    data: Bytes,
-    /// The paths it failed on (a piece sent again).
-    excluded: Vec<PathId>,
-    /// A piece sent again (its body waits for it), not a new chunk.
-    resent: bool,
-}
-
-impl Pending {
-    /// `data` at `offset` as pieces sent again, avoiding `excluded`.
-    fn pieces(offset: u64, data: &Bytes, excluded: &[PathId]) -> Vec<Pending> {
-        let mut out = Vec::new();
-        let mut at = 0;
-        while at < data.len() {
-            let end = (at + RESEND_PIECE).min(data.len());
-            out.push(Pending {
-                offset: offset + at as u64,
-                data: data.slice(at..end),
-                excluded: excluded.to_vec(),
-                resent: true,
-            });
-            at = end;
-        }
-        out
-    }
-}
-
-/// A new chunk on its way: its path and its bytes.
-type Flying = (PathId, Bytes);
-
-/// A stripe's bookkeeping as chunks are sent again.
-struct Lost<'a> {
-    flying: &'a BTreeMap<u64, Flying>,
-    hurried: &'a mut BTreeSet<u64>,
-    unanswered: &'a mut BTreeMap<u64, u64>,
-    again: &'a mut VecDeque<Pending>,
-}
-
-impl Lost<'_> {
-    /// Queues `pieces` (what `dead` lost), lowest offset first.
-    ///
-    /// Pieces sent again go ahead of bulk on their paths: a new chunk on another path below
-    /// them would wait behind the ones above it, and the body with it. It goes again too,
-    /// as pieces in its turn, where it arrives soonest (its own path included); the relay
-    /// keeps the first copy of each byte. Measured on the in-process harness: such a chunk
-    /// on satellite held a single upload 0.8 s at a cut.
-    /// Returns how many new chunks were hurried along.
-    fn send_again(&mut self, mut pieces: Vec<Pending>, dead: PathId) -> usize {
-        let mut hurried = 0;
-        let end = pieces
-            .iter()
-            .map(|p| p.offset + p.data.len() as u64)
-            .max()
-            .unwrap_or(0);
-        for (&o, (path, data)) in self.flying.range(..end) {
-            if *path != dead && self.hurried.insert(o) {
-                pieces.extend(Pending::pieces(o, data, &[]));
-                hurried += 1;
-            }
-        }
-        for piece in pieces {
-            self.unanswered
-                .insert(piece.offset, piece.data.len() as u64);
-            self.again.push_back(piece);
-        }
-        // the lowest offset first: the relay hands the body on in order
-        self.again.make_contiguous().sort_by_key(|p| p.offset);
-        hurried
-    }
-}
-
 async fn send_all(
     bond: Arc<Bond>,
     class: TrafficClass,
@@ -325,85 +254,51 @@ async fn send_all(
     mut source: Source,
     timeout: Duration,
 ) -> Result<(), String> {
-    let mut read = 0u64;
+    let mut body = PushedBody::new(total, wire::STRIPE_WINDOW, CHUNK, RESEND_PIECE as u64);
     let resends = metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str());
-    // offset -> length of every chunk and piece sent or queued and not yet answered (the
-    // first piece of a hurried chunk takes its chunk's entry)
-    let mut unanswered: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut again: VecDeque<Pending> = VecDeque::new();
     // each chunk is a task of its own (they progress while this loop waits or reads)
     let mut inflight = tokio::task::JoinSet::new();
     let mut no_path = NoPath::default();
     let mut primary: Option<Primary> = None;
-    // the pieces sent again and not answered yet, by offset: a piece's rank among them
-    // orders it on its path
+    // the pieces sent again and on their way, by ticket: a piece's rank among them orders
+    // it on its path
     let mut resending: ResendRanks<u64> = ResendRanks::default();
-    // new chunks on their way, by offset: their path and bytes (to hurry them, below)
-    let mut flying: BTreeMap<u64, Flying> = BTreeMap::new();
-    // new chunks sent again as pieces while still on their way
-    let mut hurried: BTreeSet<u64> = BTreeSet::new();
-    // hurried chunks the relay answered (it has their bytes): offset -> end
-    let mut kept: BTreeMap<u64, u64> = BTreeMap::new();
     loop {
-        if read >= total && unanswered.is_empty() && again.is_empty() {
+        if body.done() {
             return Ok(());
         }
         // A path that answered no probe for a while has most likely lost what it carries
         // (a cut link), though the bond calls it down only later: its chunks go again now,
         // as pulled chunks do. If it was only a lost burst of probes, the relay keeps the
         // first copy of each byte.
-        let mut silent = Vec::new();
         let views = bond.views();
         // every path silent at once is the relay or this box pausing, not a cut link
         let some_answer = views
             .iter()
             .any(|v| v.usable && v.silent < crate::pull::SILENT_AFTER);
-        for v in views {
-            if !some_answer || !v.usable || v.silent < crate::pull::SILENT_AFTER {
-                continue;
+        let silent: Vec<PathId> = views
+            .iter()
+            .filter(|v| some_answer && v.usable && v.silent >= crate::pull::SILENT_AFTER)
+            .map(|v| v.id)
+            .collect();
+        for &p in &silent {
+            let n = body.silent(p);
+            if n > 0 {
+                debug!(
+                    stripe = id,
+                    path = p,
+                    chunks = n,
+                    "silent path: its chunks sent again"
+                );
+                resends.increment(n as u64);
             }
-            silent.push(v.id);
-            let on_it: Vec<(u64, Bytes)> = flying
-                .iter()
-                .filter(|(o, (path, _))| *path == v.id && !hurried.contains(o))
-                .map(|(&o, (_, d))| (o, d.clone()))
-                .collect();
-            if on_it.is_empty() {
-                continue;
-            }
-            debug!(
-                stripe = id,
-                path = v.id,
-                chunks = on_it.len(),
-                "silent path: its chunks sent again"
-            );
-            let chunks = on_it.len();
-            let mut pieces = Vec::new();
-            for (o, d) in on_it {
-                hurried.insert(o);
-                pieces.extend(Pending::pieces(o, &d, &[v.id]));
-            }
-            let mut lost = Lost {
-                flying: &flying,
-                hurried: &mut hurried,
-                unanswered: &mut unanswered,
-                again: &mut again,
-            };
-            let hurried_along = lost.send_again(pieces, v.id);
-            resends.increment((chunks + hurried_along) as u64);
         }
-        // the next chunk: one to send again first, else a new one if the window allows
-        let base = unanswered.keys().next().copied().unwrap_or(read);
-        let next_len = CHUNK.min(total.saturating_sub(read));
-        let want = match again.front() {
-            Some(p) => Some((p.data.len() as u64, p.excluded.clone())),
-            None if read < total && read + next_len <= base + wire::STRIPE_WINDOW => {
-                Some((next_len, Vec::new()))
-            }
-            None => None,
-        };
         let mut placed = false;
-        if let Some((len, excluded)) = want {
+        if let Some(next) = body.next_send() {
+            let (len, excluded) = match &next {
+                Next::Again(p) => (p.data.len() as u64, p.excluded.clone()),
+                Next::New { len, .. } => (*len, Vec::new()),
+            };
             let unit = Unit {
                 class,
                 up_bytes: len,
@@ -421,78 +316,69 @@ async fn send_all(
             {
                 primary = Some(Primary::new(&bond, better));
             }
-            let resend = !again.is_empty();
-            let pick = if resend {
+            let pick = match &next {
                 // a piece sent again goes at once, wherever it finishes soonest (not where
                 // it failed, nor on a silent path): the body waits for it
-                let mut avoid = excluded.clone();
-                avoid.extend(&silent);
-                let mut placement = bond.place(&unit, &avoid);
-                if placement.paths.is_empty() {
-                    // every other path failed it once: any path that is up will do
-                    placement = bond.place(&unit, &silent);
+                Next::Again(_) => {
+                    let mut avoid = excluded;
+                    avoid.extend(&silent);
+                    let mut placement = bond.place(&unit, &avoid);
+                    if placement.paths.is_empty() {
+                        // every other path failed it once: any path that is up will do
+                        placement = bond.place(&unit, &silent);
+                    }
+                    if placement.paths.is_empty() {
+                        placement = bond.place(&unit, &[]);
+                    }
+                    placement.paths.first().copied()
                 }
-                if placement.paths.is_empty() {
-                    placement = bond.place(&unit, &[]);
-                }
-                placement.paths.first().copied()
-            } else {
                 // the primary while it has room; a path about to run dry otherwise (new
                 // chunks avoid a silent path)
-                let mut excluded = excluded;
-                excluded.extend(&silent);
-                let roomy = bond.with_room(&unit, &excluded, HORIZON, 0);
-                match primary.as_ref().map(|p| p.0) {
-                    Some(p) if roomy.contains(&p) => Some(p),
-                    // (two round trips: a path in slow start doubles its window each round)
-                    _ => bond.with_room(&unit, &excluded, IDLE, 2).first().copied(),
+                Next::New { .. } => {
+                    let roomy = bond.with_room(&unit, &silent, HORIZON, 0);
+                    match primary.as_ref().map(|p| p.0) {
+                        Some(p) if roomy.contains(&p) => Some(p),
+                        // (two round trips: a path in slow start doubles its window each round)
+                        _ => bond.with_room(&unit, &silent, IDLE, 2).first().copied(),
+                    }
                 }
             };
             match pick {
                 Some(path) => {
-                    let p = match again.pop_front() {
-                        Some(p) => p,
-                        None => {
+                    let (ticket, offset, data, rank) = match next {
+                        Next::Again(p) => {
+                            let t = body.start_again(&p, path);
+                            (t, p.offset, p.data, Some(resending.start(t, p.offset)))
+                        }
+                        Next::New { offset, len } => {
                             let len = chunk_len(bond.paths()[path].rate_up()).min(len);
                             let data = source.take(len).await?;
                             if data.len() as u64 != len {
                                 return Err(format!(
                                     "request body ended after {} of {total} bytes",
-                                    read + data.len() as u64
+                                    offset + data.len() as u64
                                 ));
                             }
-                            let p = Pending {
-                                offset: read,
-                                data,
-                                excluded: Vec::new(),
-                                resent: false,
-                            };
-                            read += len;
-                            unanswered.insert(p.offset, len);
-                            p
+                            (body.start_new(data.clone(), path), offset, data, None)
                         }
                     };
                     // reserved now, so the next placement sees this chunk in the path's queue
-                    let Some(flow) = bond.flow(path, class, p.data.len() as u64, 0) else {
+                    let Some(flow) = bond.flow(path, class, data.len() as u64, 0) else {
                         return Err("no such uplink".into());
                     };
-                    let rank = p.resent.then(|| resending.start(p.offset, p.offset));
-                    if !p.resent {
-                        flying.insert(p.offset, (path, p.data.clone()));
-                    }
-                    tracing::trace!(offset = p.offset, len = p.data.len(), path, rank = ?rank, "chunk placed");
+                    tracing::trace!(offset, len = data.len(), path, rank = ?rank, "chunk placed");
                     let fut = send_one(
                         bond.clone(),
                         path,
                         flow,
                         id,
                         total,
-                        p.offset,
-                        p.data.clone(),
+                        offset,
+                        data,
                         rank,
                         timeout,
                     );
-                    inflight.spawn(async move { (fut.await, p) });
+                    inflight.spawn(async move { (ticket, fut.await) });
                     placed = true;
                     no_path.placed();
                 }
@@ -508,56 +394,24 @@ async fn send_all(
         tokio::select! {
             done = inflight.join_next(), if !inflight.is_empty() => {
                 let Some(joined) = done else { continue };
-                let Ok((r, mut p)) = joined else {
+                let Ok((ticket, r)) = joined else {
                     return Err("a chunk's task failed".into());
                 };
-                if p.resent {
-                    resending.end(&p.offset);
-                } else {
-                    flying.remove(&p.offset);
-                }
-                let end = p.offset + p.data.len() as u64;
-                match r {
-                    Ok(()) => {
-                        unanswered.remove(&p.offset);
-                        if !p.resent && hurried.contains(&p.offset) {
-                            // the relay has it (it keeps the longer of two at one offset):
-                            // its pieces still to send are not needed
-                            kept.insert(p.offset, end);
-                            again.retain(|q| {
-                                let needed = q.offset < p.offset || q.offset >= end;
-                                if !needed {
-                                    unanswered.remove(&q.offset);
-                                }
-                                needed
-                            });
-                        }
+                resending.end(&ticket);
+                let Err(e) = r else {
+                    body.answered(ticket);
+                    continue;
+                };
+                let outcome = if e.retry { body.failed(ticket) } else { body.refused(ticket) };
+                match outcome {
+                    Failed::Again(n) => {
+                        debug!(stripe = id, path = e.path, reason = %e.reason, chunks = n, "chunk sent again");
+                        resends.increment(n as u64);
                     }
-                    // a new chunk sent again as pieces already (they bring it), or a piece
-                    // of one the relay has: its failure changes nothing
-                    Err(e)
-                        if (!p.resent && hurried.contains(&p.offset))
-                            || (p.resent
-                                && kept
-                                    .range(..=p.offset)
-                                    .next_back()
-                                    .is_some_and(|(_, &k)| end <= k)) =>
-                    {
-                        debug!(stripe = id, offset = p.offset, path = e.path, reason = %e.reason, "copy lost; another brings it");
-                        if p.resent {
-                            unanswered.remove(&p.offset);
-                        }
+                    Failed::Covered => {
+                        debug!(stripe = id, path = e.path, reason = %e.reason, "copy lost; another brings it");
                     }
-                    Err(e) if e.retry => {
-                        debug!(stripe = id, offset = p.offset, path = e.path, reason = %e.reason, "chunk sent again");
-                        p.excluded.push(e.path);
-                        unanswered.remove(&p.offset);
-                        let pieces = Pending::pieces(p.offset, &p.data, &p.excluded);
-                        let mut lost = Lost { flying: &flying, hurried: &mut hurried, unanswered: &mut unanswered, again: &mut again };
-                        let hurried_along = lost.send_again(pieces, e.path);
-                        resends.increment(1 + hurried_along as u64);
-                    }
-                    Err(e) => return Err(e.reason),
+                    Failed::GiveUp => return Err(e.reason),
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}

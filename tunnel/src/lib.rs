@@ -16,6 +16,7 @@ pub mod owd;
 pub mod path;
 pub mod path_estimate;
 pub mod pull;
+pub mod push;
 pub mod reorder;
 pub mod resend_rank;
 pub mod scheduler;
