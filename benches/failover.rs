@@ -12,7 +12,10 @@
 //! Then one transfer alone across the same cuts, each way (one 70 MB upload, one long
 //! download): single_up_max_stall_ms, single_down_max_stall_ms, single_up_restore_full_ms,
 //! single_down_restore_full_ms and the MPTCP figures beside them (`mptcp_single_...`),
-//! the worse of the two kinds. `CANOPY_FAILOVER_SINGLE=0` leaves the single runs out.
+//! the worse of the two kinds. The longest stall is also split by where it began:
+//! `single_..._cut_stall_ms` (from 0.5 s before the cut to 2 s after), `_return_stall_ms`
+//! (the same around the return) and `_steady_stall_ms` (anywhere else: no fault).
+//! `CANOPY_FAILOVER_SINGLE=0` leaves the single runs out.
 
 mod common;
 
@@ -49,7 +52,14 @@ fn main() -> anyhow::Result<()> {
                     &["blackhole", "1", &mode],
                 )?,
             ];
-            for k in ["max_stall_ms", "restore_full_ms", "recover80_ms"] {
+            for k in [
+                "max_stall_ms",
+                "cut_stall_ms",
+                "return_stall_ms",
+                "steady_stall_ms",
+                "restore_full_ms",
+                "recover80_ms",
+            ] {
                 for prefix in ["", "mptcp_"] {
                     let key = format!("{prefix}{k}");
                     out[format!("{prefix}single_{dir}_{k}")] =
@@ -101,11 +111,15 @@ fn main() -> anyhow::Result<()> {
         path.display()
     );
     println!(
-        "failover, one transfer: upload stall {} ms (MPTCP {}), download stall {} ms (MPTCP {}); restore {} / {} ms",
+        "failover, one transfer: upload stall {} ms (MPTCP {}; at the cut {}, without a fault {}), download stall {} ms (MPTCP {}; at the cut {}, without a fault {}); restore {} / {} ms",
         out["single_up_max_stall_ms"],
         out["mptcp_single_up_max_stall_ms"],
+        out["single_up_cut_stall_ms"],
+        out["single_up_steady_stall_ms"],
         out["single_down_max_stall_ms"],
         out["mptcp_single_down_max_stall_ms"],
+        out["single_down_cut_stall_ms"],
+        out["single_down_steady_stall_ms"],
         out["single_up_restore_full_ms"],
         out["single_down_restore_full_ms"],
     );

@@ -285,13 +285,25 @@ def analyze(samples_file, cut_at, return_at, remaining_mbps, full_mbps, bids_fil
     cut_at, return_at = float(cut_at), float(return_at)
     # longest gap in delivered bytes, from one second before the cut to the run's end
     stall, stall_at, last_t, last_b = 0.0, None, None, None
+    # the longest gap beginning near the cut, near the return, and anywhere else (a stall
+    # without a fault)
+    near = {"cut": 0.0, "return": 0.0, "steady": 0.0}
     for t, b in samples:
         if t < cut_at - 1:
             last_t, last_b = t, b
             continue
         if last_b is None or b > last_b:
-            if last_t is not None and t - last_t > stall:
-                stall, stall_at = t - last_t, last_t
+            if last_t is not None:
+                gap = t - last_t
+                if gap > stall:
+                    stall, stall_at = gap, last_t
+                if cut_at - 0.5 <= last_t < cut_at + 2:
+                    k = "cut"
+                elif return_at - 0.5 <= last_t < return_at + 2:
+                    k = "return"
+                else:
+                    k = "steady"
+                near[k] = max(near[k], gap)
             last_t, last_b = t, b
     rates = rate_windows(samples, 0.25)
     def first_at(after, threshold, before=None):
@@ -303,6 +315,9 @@ def analyze(samples_file, cut_at, return_at, remaining_mbps, full_mbps, bids_fil
         "max_stall_ms": round(stall * 1000),
         # where the longest gap began, from the cut (negative: before it)
         "max_stall_at_ms": round((stall_at - cut_at) * 1000) if stall_at is not None else None,
+        "cut_stall_ms": round(near["cut"] * 1000),
+        "return_stall_ms": round(near["return"] * 1000),
+        "steady_stall_ms": round(near["steady"] * 1000),
         "return_at_ms": round((return_at - cut_at) * 1000),
         "recover80_ms": first_at(cut_at, 0.8 * float(remaining_mbps), return_at),
         "restore_full_ms": first_at(return_at, 0.9 * float(full_mbps)),
