@@ -433,7 +433,8 @@ impl Bond {
     /// the bids it carried find room within a few round trips. Backup paths search only
     /// when no regular path is left to take the load: a 2 Mbit/s satellite restarted beside
     /// Wi-Fi grew a window that drew the stream's overflow into a 600 ms queue (seen in the
-    /// browser test: 5 gap parts).
+    /// browser test: 5 gap parts). Nor does a path already full at its best rate
+    /// (`PathEstimate::carries_its_peak`).
     fn take_over_from_lost(&self, was_usable: &[bool]) {
         let lost = |i: usize, p: &Path| was_usable.get(i) == Some(&true) && !p.is_usable();
         if !self.paths.iter().enumerate().any(|(i, p)| lost(i, p)) {
@@ -447,7 +448,11 @@ impl Bond {
             if lost(i, p) || (regular_left && p.tier == Tier::Backup) {
                 continue;
             }
-            if let Some(live) = &p.lock().live {
+            let st = p.lock();
+            if st.est.carries_its_peak() {
+                continue;
+            }
+            if let Some(live) = &st.live {
                 live.restart.request();
             }
         }

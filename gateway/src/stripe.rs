@@ -496,6 +496,7 @@ async fn send_one(
         _ = &mut died => return Err(fail(true, format!("uplink {} went down", path.name))),
     };
     drop(flow);
+    tracing::trace!(offset, len = n, path = id, "chunk answered");
     if status.is_success() {
         Ok(())
     } else {
