@@ -574,6 +574,14 @@ impl Bond {
         scheduler::has_room(unit, &self.views_except(exclude), PLACEMENT_HORIZON)
     }
 
+    /// How far ahead of a striped body's front a chunk of `unit` on `path` goes, the body's
+    /// primary being `primary` (`tunnel::spread::lead`; the primary's rate shared by the
+    /// bodies it is primary for), `exclude` aside.
+    pub fn lead(&self, unit: &Unit, path: PathId, primary: PathId, exclude: &[PathId]) -> u64 {
+        let share = 1.0 / self.stripes_on(primary).max(1) as f64;
+        spread::lead(unit, path, primary, &self.views_except(exclude), share)
+    }
+
     /// What the scheduler knows of every path now.
     pub fn views(&self) -> Vec<PathView> {
         self.views_except(&[])

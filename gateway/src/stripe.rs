@@ -45,6 +45,13 @@ pub const RESEND_PIECE: usize = 32 * 1024;
 /// in-order delivery never waits long for the chunk a slow path carries.
 const CHUNK_TIME_S: f64 = 0.15;
 
+/// Most bytes of a body read ahead and held for its primary path while slower paths send
+/// chunks beyond them (`tunnel::push`): bounds the memory a streamed body takes.
+pub const MAX_HELD: u64 = 1024 * 1024;
+/// A slower path's chunk skips ahead of the front only by at least this much (less is
+/// within a chunk's noise, and would cut the primary's chunks small).
+const LEAD_MIN: u64 = CHUNK_MIN;
+
 /// Chunk length for a path sending `rate` bytes per second.
 pub fn chunk_len(rate: f64) -> u64 {
     ((rate.max(0.0) * CHUNK_TIME_S) as u64).clamp(CHUNK_MIN, CHUNK)
@@ -238,6 +245,23 @@ impl Drop for Primary {
     }
 }
 
+/// The next `n` bytes of the body, from `offset`: the body ending sooner is an error.
+async fn take_exactly(
+    source: &mut Source,
+    n: u64,
+    offset: u64,
+    total: u64,
+) -> Result<Bytes, String> {
+    let data = source.take(n).await?;
+    if data.len() as u64 != n {
+        return Err(format!(
+            "request body ended after {} of {total} bytes",
+            offset + data.len() as u64
+        ));
+    }
+    Ok(data)
+}
+
 /// Why a chunk did not arrive.
 struct ChunkError {
     path: PathId,
@@ -254,7 +278,13 @@ async fn send_all(
     mut source: Source,
     timeout: Duration,
 ) -> Result<(), String> {
-    let mut body = PushedBody::new(total, wire::STRIPE_WINDOW, CHUNK, RESEND_PIECE as u64);
+    let mut body = PushedBody::new(
+        total,
+        wire::STRIPE_WINDOW,
+        CHUNK,
+        RESEND_PIECE as u64,
+        MAX_HELD,
+    );
     let resends = metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str());
     // each chunk is a task of its own (they progress while this loop waits or reads)
     let mut inflight = tokio::task::JoinSet::new();
@@ -297,7 +327,7 @@ async fn send_all(
         if let Some(next) = body.next_send() {
             let (len, excluded) = match &next {
                 Next::Again(p) => (p.data.len() as u64, p.excluded.clone()),
-                Next::New { len, .. } => (*len, Vec::new()),
+                Next::Held { len, .. } | Next::New { len, .. } => (*len, Vec::new()),
             };
             let unit = Unit {
                 class,
@@ -334,7 +364,7 @@ async fn send_all(
                 }
                 // the primary while it has room; a path about to run dry otherwise (new
                 // chunks avoid a silent path)
-                Next::New { .. } => {
+                Next::Held { .. } | Next::New { .. } => {
                     let roomy = bond.with_room(&unit, &silent, HORIZON, 0);
                     match primary.as_ref().map(|p| p.0) {
                         Some(p) if roomy.contains(&p) => Some(p),
@@ -350,16 +380,52 @@ async fn send_all(
                             let t = body.start_again(&p, path);
                             (t, p.offset, p.data, Some(resending.start(t, p.offset)))
                         }
-                        Next::New { offset, len } => {
-                            let len = chunk_len(bond.paths()[path].rate_up()).min(len);
-                            let data = source.take(len).await?;
-                            if data.len() as u64 != len {
-                                return Err(format!(
-                                    "request body ended after {} of {total} bytes",
-                                    offset + data.len() as u64
-                                ));
+                        next => {
+                            let rate = bond.paths()[path].rate_up();
+                            // a path slower than the primary takes new bytes ahead of the
+                            // front (the primary sends the bytes it skips first)
+                            let ahead = body.fresh().and_then(|fresh| {
+                                let Next::New { len, .. } = fresh else {
+                                    return None;
+                                };
+                                let len = chunk_len(rate).min(len);
+                                let piece = Unit {
+                                    up_bytes: len,
+                                    ..unit
+                                };
+                                let lead = primary
+                                    .as_ref()
+                                    .map_or(0, |p| bond.lead(&piece, path, p.0, &silent));
+                                (lead >= LEAD_MIN).then(|| (len, body.skip_for(lead, len)))
+                            });
+                            match (ahead, next) {
+                                (None, Next::Held { offset, len }) => {
+                                    let len = chunk_len(rate).min(len);
+                                    let Some((t, data)) = body.start_held(offset, len, path) else {
+                                        return Err("held bytes went missing".into());
+                                    };
+                                    (t, offset, data, None)
+                                }
+                                (ahead, next) => {
+                                    let (len, skip) = match (ahead, next) {
+                                        (Some(a), _) => a,
+                                        (None, Next::New { len, .. }) => {
+                                            (chunk_len(rate).min(len), 0)
+                                        }
+                                        (None, _) => continue,
+                                    };
+                                    if skip > 0 {
+                                        let held =
+                                            take_exactly(&mut source, skip, body.read(), total)
+                                                .await?;
+                                        body.hold(held);
+                                    }
+                                    let offset = body.read();
+                                    let data =
+                                        take_exactly(&mut source, len, offset, total).await?;
+                                    (body.start_new(data.clone(), path), offset, data, None)
+                                }
                             }
-                            (body.start_new(data.clone(), path), offset, data, None)
                         }
                     };
                     // reserved now, so the next placement sees this chunk in the path's queue

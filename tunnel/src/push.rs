@@ -5,6 +5,11 @@
 //! downloads, so every overlap a byte sent twice can make is handled in one place and
 //! tested without a network.
 //!
+//! A chunk on a slower path than the body's front takes its offset ahead of the front (by
+//! what the faster path sends before it arrives: `tunnel::spread::lead`), so it arrives
+//! about when the relay's in-order front reaches it instead of holding the front. The
+//! bytes it skipped are read and *held* here, and the faster path sends them first.
+//!
 //! A chunk whose path dies, or falls silent (no probe answered for a while: a cut link
 //! looks like this long before it is called down), goes again on another path in small
 //! urgent pieces, ahead of bulk. A silent path's chunk may still arrive: the relay keeps the
@@ -31,6 +36,9 @@ pub struct Piece {
 pub enum Next {
     /// A piece sent again: the body waits for it (lowest offset first).
     Again(Piece),
+    /// Bytes read already and held for a faster path, from `offset`, at most `len` of them
+    /// ([`PushedBody::start_held`]).
+    Held { offset: u64, len: u64 },
     /// New bytes of the body from `offset`, at most `len` of them (the window allows it).
     New { offset: u64, len: u64 },
 }
@@ -60,8 +68,15 @@ pub struct PushedBody {
     window: u64,
     chunk: u64,
     piece: u64,
-    /// Bytes taken from the device so far (every byte below was sent at least once).
+    /// Bytes taken from the device so far (every byte below was sent at least once, or is
+    /// held).
     read: u64,
+    /// Most bytes held at once.
+    max_held: u64,
+    /// Bytes read and not sent yet (a slower path's chunk took bytes beyond them), by
+    /// offset.
+    held: BTreeMap<u64, Bytes>,
+    held_bytes: u64,
     /// What the relay confirmed: start -> end, disjoint and not touching.
     acked: BTreeMap<u64, u64>,
     again: BTreeMap<u64, Piece>,
@@ -72,14 +87,18 @@ pub struct PushedBody {
 impl PushedBody {
     /// A body of `total` bytes, sent at most `window` ahead of the first byte the relay has
     /// not confirmed, in new chunks of at most `chunk` bytes; bytes sent again go in
-    /// `piece`-byte pieces.
-    pub fn new(total: u64, window: u64, chunk: u64, piece: u64) -> Self {
+    /// `piece`-byte pieces; at most `max_held` bytes are read ahead and held for a faster
+    /// path.
+    pub fn new(total: u64, window: u64, chunk: u64, piece: u64, max_held: u64) -> Self {
         Self {
             total,
             window,
             chunk: chunk.max(1),
             piece: piece.max(1),
             read: 0,
+            max_held,
+            held: BTreeMap::new(),
+            held_bytes: 0,
             acked: BTreeMap::new(),
             again: BTreeMap::new(),
             flights: HashMap::new(),
@@ -117,11 +136,65 @@ impl PushedBody {
                 return Some(Next::Again(p.clone()));
             }
         }
+        if let Some((&offset, d)) = self.held.first_key_value() {
+            return Some(Next::Held {
+                offset,
+                len: self.chunk.min(d.len() as u64),
+            });
+        }
+        self.fresh()
+    }
+
+    /// New bytes to send, within the window (held bytes aside).
+    pub fn fresh(&self) -> Option<Next> {
         let len = self.chunk.min(self.total.saturating_sub(self.read));
         (len > 0 && self.read + len <= self.in_order() + self.window).then_some(Next::New {
             offset: self.read,
             len,
         })
+    }
+
+    /// How many new bytes to read and hold before a new chunk of `len` bytes, so that it
+    /// starts `lead` bytes beyond the bytes not sent yet (those held count), within the
+    /// window, the body and the most held.
+    pub fn skip_for(&self, lead: u64, len: u64) -> u64 {
+        let after = self.read.saturating_add(len);
+        lead.saturating_sub(self.held_bytes)
+            .min(self.max_held.saturating_sub(self.held_bytes))
+            .min((self.in_order() + self.window).saturating_sub(after))
+            .min(self.total.saturating_sub(after))
+    }
+
+    /// Holds the body's next bytes, `data` (read after [`Self::skip_for`]), for a faster path.
+    pub fn hold(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        let n = data.len() as u64;
+        self.held_bytes += n;
+        self.held.insert(self.read, data);
+        self.read += n;
+    }
+
+    /// Up to `len` held bytes from `offset` (from [`Next::Held`]) go on `path`: the ticket
+    /// their outcome comes back with, and the bytes.
+    pub fn start_held(&mut self, offset: u64, len: u64, path: PathId) -> Option<(u64, Bytes)> {
+        let mut d = self.held.remove(&offset)?;
+        let n = usize::try_from(len).unwrap_or(usize::MAX).min(d.len());
+        let data = d.split_to(n);
+        if !d.is_empty() {
+            self.held.insert(offset + n as u64, d);
+        }
+        self.held_bytes -= n as u64;
+        let t = self.fly(Flight {
+            offset,
+            data: data.clone(),
+            path,
+            excluded: Vec::new(),
+            covered: false,
+            urgent: false,
+        });
+        Some((t, data))
     }
 
     /// `piece` (from [`Self::next_send`]) goes on `path`: the ticket its outcome comes back with.
@@ -298,7 +371,7 @@ mod tests {
     use super::*;
 
     fn body(total: u64) -> PushedBody {
-        PushedBody::new(total, 1000, 100, 25)
+        PushedBody::new(total, 1000, 100, 25, 0)
     }
 
     fn bytes(offset: u64, len: u64) -> Bytes {
@@ -307,7 +380,7 @@ mod tests {
 
     /// Sends the next new chunk of at most `len` bytes on `path`: (ticket, offset, len).
     fn send_new(b: &mut PushedBody, len: u64, path: PathId) -> (u64, u64, u64) {
-        let Some(Next::New { offset, len: most }) = b.next_send() else {
+        let Some(Next::New { offset, len: most }) = b.fresh() else {
             panic!("new bytes to send");
         };
         let len = len.min(most);
@@ -342,7 +415,7 @@ mod tests {
 
     #[test]
     fn the_window_counts_from_the_first_unconfirmed_byte() {
-        let mut b = PushedBody::new(10_000, 300, 100, 25);
+        let mut b = PushedBody::new(10_000, 300, 100, 25, 0);
         let (t1, _, _) = send_new(&mut b, 100, 0);
         let (t2, _, _) = send_new(&mut b, 100, 0);
         send_new(&mut b, 100, 0);
@@ -437,7 +510,7 @@ mod tests {
         // chunks 0-100 on path 0, 100-200 on path 1, 200-300 on path 0, 300-400 on path 1:
         // path 0 falls silent. The chunk on path 1 between the silent path's two goes again
         // too (the pieces above would go ahead of it), the one above does not
-        let mut b = PushedBody::new(400, 1000, 100, 50);
+        let mut b = PushedBody::new(400, 1000, 100, 50, 0);
         send_new(&mut b, 100, 0);
         let (between, _, _) = send_new(&mut b, 100, 1);
         send_new(&mut b, 100, 0);
@@ -475,6 +548,53 @@ mod tests {
     }
 
     #[test]
+    fn a_slower_paths_chunk_skips_ahead_and_the_held_bytes_go_first() {
+        let mut b = PushedBody::new(1000, 1000, 100, 25, 300);
+        // the slow path's chunk starts 250 bytes beyond the front
+        assert_eq!(b.skip_for(250, 100), 250);
+        b.hold(bytes(0, 250));
+        assert_eq!(b.read(), 250);
+        let (slow, o, _) = send_new(&mut b, 100, 2);
+        assert_eq!(o, 250);
+        // the fast path sends the held bytes first, lowest first, a chunk at most
+        let mut sent = Vec::new();
+        while let Some(Next::Held { offset, len }) = b.next_send() {
+            let (t, d) = b.start_held(offset, len, 0).expect("held");
+            assert_eq!(d, bytes(offset, d.len() as u64));
+            sent.push((t, offset, d.len()));
+        }
+        let offsets: Vec<(u64, usize)> = sent.iter().map(|s| (s.1, s.2)).collect();
+        assert_eq!(offsets, vec![(0, 100), (100, 100), (200, 50)]);
+        assert_eq!(
+            b.next_send(),
+            Some(Next::New {
+                offset: 350,
+                len: 100
+            })
+        );
+        for (t, _, _) in sent {
+            b.answered(t);
+        }
+        assert_eq!(b.in_order(), 250, "the slow chunk is still on its way");
+        b.answered(slow);
+        assert_eq!(b.in_order(), 350);
+    }
+
+    #[test]
+    fn what_is_held_stays_within_its_bound_the_window_and_the_body() {
+        let b = PushedBody::new(1000, 400, 100, 25, 300);
+        assert_eq!(b.skip_for(10_000, 100), 300, "the most held");
+        let b = PushedBody::new(1000, 250, 100, 25, 300);
+        assert_eq!(b.skip_for(10_000, 100), 150, "the window");
+        let b = PushedBody::new(180, 1000, 100, 25, 300);
+        assert_eq!(b.skip_for(10_000, 100), 80, "the body");
+        let mut b = PushedBody::new(1000, 1000, 100, 25, 300);
+        b.hold(bytes(0, 200));
+        assert_eq!(b.skip_for(250, 100), 50, "what is held counts as lead");
+        assert_eq!(b.skip_for(150, 100), 0);
+    }
+
+    #[test]
     fn confirmed_ranges_merge() {
         let mut b = body(1000);
         b.confirm(100, 200);
@@ -506,7 +626,7 @@ mod tests {
         for seed in 0..300u64 {
             let mut rng = fastrand::Rng::with_seed(seed);
             let total = 400;
-            let mut b = PushedBody::new(total, 300, 100, 25);
+            let mut b = PushedBody::new(total, 300, 100, 25, 150);
             let mut relay = Relay(vec![None; total as usize]);
             // ticket -> (offset, data, path)
             let mut flights: Vec<(u64, u64, Bytes, PathId)> = Vec::new();
@@ -521,8 +641,20 @@ mod tests {
                             let t = b.start_again(&p, path);
                             flights.push((t, p.offset, p.data, path));
                         }
-                        Next::New { offset, len } => {
-                            let d = bytes(offset, rng.u64(1..=len));
+                        Next::Held { offset, len } => {
+                            let (t, d) = b.start_held(offset, len, path).expect("held");
+                            assert_eq!(d, bytes(offset, d.len() as u64), "seed {seed}");
+                            flights.push((t, offset, d, path));
+                        }
+                        Next::New { len, .. } => {
+                            let len = rng.u64(1..=len);
+                            // a slower path's chunk now and then skips ahead
+                            if rng.bool() {
+                                let skip = b.skip_for(rng.u64(0..200), len);
+                                b.hold(bytes(b.read(), skip));
+                            }
+                            let offset = b.read();
+                            let d = bytes(offset, len);
                             flights.push((b.start_new(d.clone(), path), offset, d, path));
                         }
                     }
