@@ -407,13 +407,13 @@ async fn send_all(
                                     (t, offset, data, None)
                                 }
                                 (ahead, next) => {
-                                    let (len, skip) = match (ahead, next) {
-                                        (Some(a), _) => a,
-                                        (None, Next::New { len, .. }) => {
-                                            (chunk_len(rate).min(len), 0)
-                                        }
-                                        (None, _) => continue,
-                                    };
+                                    let (len, skip) = ahead.unwrap_or_else(|| {
+                                        let most = match next {
+                                            Next::Again(p) => p.data.len() as u64,
+                                            Next::Held { len, .. } | Next::New { len, .. } => len,
+                                        };
+                                        (chunk_len(rate).min(most), 0)
+                                    });
                                     if skip > 0 {
                                         let held =
                                             take_exactly(&mut source, skip, body.read(), total)

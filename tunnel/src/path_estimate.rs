@@ -197,6 +197,7 @@ impl PathEstimate {
         self.written = 0;
         self.retired = 0;
         self.meter_tx = 0;
+        self.last_full_up = 0.0;
         self.udp_tx = 0;
         self.fresh = true;
         self.peak_credit_until = Some(now + PEAK_CREDIT);

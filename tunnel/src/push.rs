@@ -8,7 +8,8 @@
 //! A chunk on a slower path than the body's front takes its offset ahead of the front (by
 //! what the faster path sends before it arrives: `tunnel::spread::lead`), so it arrives
 //! about when the relay's in-order front reaches it instead of holding the front. The
-//! bytes it skipped are read and *held* here, and the faster path sends them first.
+//! bytes it skipped are read and *held* here, and go before any new bytes, on the next
+//! path that takes a chunk without a lead (the primary, as a rule).
 //!
 //! A chunk whose path dies, or falls silent (no probe answered for a while: a cut link
 //! looks like this long before it is called down), goes again on another path in small
@@ -270,7 +271,10 @@ impl PushedBody {
     pub fn silent(&mut self, path: PathId) -> usize {
         let mut lost = Vec::new();
         for f in self.flights.values_mut() {
-            if f.path == path && !f.covered {
+            // a flight put on this path though it had been silent or had failed it (no
+            // other path could carry it) stays: sent again there it would go round for
+            // as long as the path is silent
+            if f.path == path && !f.covered && !f.excluded.contains(&path) {
                 f.covered = true;
                 let mut excluded = f.excluded.clone();
                 excluded.push(path);
@@ -473,7 +477,7 @@ mod tests {
         b.answered(t2);
         assert_eq!(b.silent(0), 1);
         assert_eq!(b.silent(0), 0, "sent again once");
-        // two pieces go on path 1; then the silent path's chunk is confirmed after all
+        // a piece goes on path 1; then the silent path's chunk is confirmed after all
         let Some(Next::Again(p)) = b.next_send() else {
             panic!("a piece")
         };
@@ -503,6 +507,23 @@ mod tests {
         assert_eq!(p.excluded, vec![0, 1]);
         // a silent flight that fails later changes nothing: its copy is on its way
         assert_eq!(b.failed(on_one[0].0), Failed::Covered);
+    }
+
+    #[test]
+    fn a_piece_put_on_a_path_known_silent_is_not_sent_again_for_it() {
+        // every other path failed the piece, so it went on the silent path knowingly: the
+        // next silence check must not queue it again (the shell would loop on it)
+        let mut b = body(100);
+        let (t, _, _) = send_new(&mut b, 100, 0);
+        assert_eq!(b.silent(0), 1);
+        let Some(Next::Again(p)) = b.next_send() else {
+            panic!("a piece")
+        };
+        assert_eq!(p.excluded, vec![0]);
+        b.start_again(&p, 0);
+        assert_eq!(b.silent(0), 0);
+        assert!(matches!(b.next_send(), Some(Next::Again(q)) if q.offset == 25));
+        assert_eq!(b.failed(t), Failed::Covered);
     }
 
     #[test]
