@@ -382,38 +382,35 @@ async fn send_all(
                         }
                         next => {
                             let rate = bond.paths()[path].rate_up();
-                            // a path slower than the primary takes new bytes ahead of the
-                            // front (the primary sends the bytes it skips first)
-                            let ahead = body.fresh().and_then(|fresh| {
-                                let Next::New { len, .. } = fresh else {
-                                    return None;
-                                };
-                                let len = chunk_len(rate).min(len);
-                                let piece = Unit {
-                                    up_bytes: len,
-                                    ..unit
-                                };
-                                let lead = primary
-                                    .as_ref()
-                                    .map_or(0, |p| bond.lead(&piece, path, p.0, &silent));
-                                (lead >= LEAD_MIN).then(|| (len, body.skip_for(lead, len)))
-                            });
-                            match (ahead, next) {
-                                (None, Next::Held { offset, len }) => {
+                            // the new bytes this path would take: their length, and, on a path
+                            // slower than the primary, how many to skip and hold first so the
+                            // chunk starts ahead of the front (held bytes go first, on the next
+                            // path without a lead)
+                            let fresh = match body.fresh() {
+                                Some(Next::New { len, .. }) => {
+                                    let len = chunk_len(rate).min(len);
+                                    let piece = Unit {
+                                        up_bytes: len,
+                                        ..unit
+                                    };
+                                    let lead = primary
+                                        .as_ref()
+                                        .map_or(0, |p| bond.lead(&piece, path, p.0, &silent));
+                                    let skip = (lead >= LEAD_MIN).then(|| body.skip_for(lead, len));
+                                    Some((len, skip))
+                                }
+                                _ => None,
+                            };
+                            match (next, fresh) {
+                                (Next::Held { offset, len }, None | Some((_, None))) => {
                                     let len = chunk_len(rate).min(len);
                                     let Some((t, data)) = body.start_held(offset, len, path) else {
                                         return Err("held bytes went missing".into());
                                     };
                                     (t, offset, data, None)
                                 }
-                                (ahead, next) => {
-                                    let (len, skip) = ahead.unwrap_or_else(|| {
-                                        let most = match next {
-                                            Next::Again(p) => p.data.len() as u64,
-                                            Next::Held { len, .. } | Next::New { len, .. } => len,
-                                        };
-                                        (chunk_len(rate).min(most), 0)
-                                    });
+                                (_, Some((len, skip))) => {
+                                    let skip = skip.unwrap_or(0);
                                     if skip > 0 {
                                         let held =
                                             take_exactly(&mut source, skip, body.read(), total)
@@ -425,6 +422,8 @@ async fn send_all(
                                         take_exactly(&mut source, len, offset, total).await?;
                                     (body.start_new(data.clone(), path), offset, data, None)
                                 }
+                                // a new chunk is what `fresh` offers
+                                (_, None) => return Err("no new bytes to send".into()),
                             }
                         }
                     };
