@@ -22,7 +22,26 @@ pass=0
 fail=0
 ok() { echo "PASS $*"; pass=$((pass + 1)); }
 bad() { echo "FAIL $*"; fail=$((fail + 1)); }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# N distinct free TCP ports below the kernel's ephemeral range (32768 and up), so that no
+# outgoing connection or bind(0) elsewhere can take one between choosing it and its use.
+ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+held, out = [], []
+for p in random.sample(range(20000, 32000), 400):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        s.close()
+        continue
+    held.append(s)
+    out.append(p)
+    if len(out) == int(sys.argv[1]):
+        break
+print(" ".join(map(str, out)))
+PY
+}
 
 camera() { # name port args... -> starts a camera, records its pid in cam_<name>
   local name=$1 p=$2
@@ -34,7 +53,8 @@ camera() { # name port args... -> starts a camera, records its pid in cam_<name>
   echo "camera $name did not start:"; cat "$work/cam-$name.log"; return 1
 }
 
-P_H264=$(port); P_H265=$(port); P_CRA=$(port); P_AUDIO=$(port); HTTP=$(port); RTSP=$(port)
+read -r P_H264 P_H265 P_CRA P_AUDIO HTTP RTSP <<<"$(ports 6)"
+[ -n "$RTSP" ] || { echo "live: no six free ports below 32000"; exit 1; }
 camera h264 "$P_H264" --user crew --password 's3cret' || exit 1
 camera h265 "$P_H265" --codec h265 --no-audio || exit 1
 camera cra "$P_CRA" --codec h265 --no-audio --open-gop || exit 1
