@@ -31,9 +31,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub const HORIZON: Duration = Duration::from_millis(100);
 /// A chunk that failed on this many paths fails the body.
 const MAX_TRIES: usize = 6;
-/// A path that answered no probe for this long is treated as lost for the chunks it
-/// carries (the bond calls it down later), as live media does; striped uploads too.
-pub const SILENT_AFTER: Duration = Duration::from_millis(100);
 
 /// Whether to offer pulling a request's answer: bulk, with two or more paths up.
 pub fn worth_offering(bond: &Bond, class: TrafficClass) -> bool {
@@ -138,16 +135,10 @@ async fn pull_all(
         if body.done() {
             return Ok(());
         }
-        // A path that answered no probe for a while has most likely lost what it carries
-        // (a cut link), though the bond calls it down only later: its chunks are asked for
-        // again elsewhere now, and new ones avoid it. If it was only a lost burst of
-        // probes, the first copy of each byte wins.
-        let silent: Vec<PathId> = bond
-            .views()
-            .iter()
-            .filter(|v| v.usable && v.silent >= SILENT_AFTER)
-            .map(|v| v.id)
-            .collect();
+        // a path silent for a while has most likely lost what it carries (a cut link),
+        // though the bond calls it down only later: its chunks are asked for again
+        // elsewhere now, and new ones avoid it
+        let silent = tunnel::spread::silent_paths(&bond.views());
         for &p in &silent {
             let n = body.silent(p);
             if n > 0 {

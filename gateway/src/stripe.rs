@@ -297,20 +297,9 @@ async fn send_all(
         if body.done() {
             return Ok(());
         }
-        // A path that answered no probe for a while has most likely lost what it carries
-        // (a cut link), though the bond calls it down only later: its chunks go again now,
-        // as pulled chunks do. If it was only a lost burst of probes, the relay keeps the
-        // first copy of each byte.
-        let views = bond.views();
-        // every path silent at once is the relay or this box pausing, not a cut link
-        let some_answer = views
-            .iter()
-            .any(|v| v.usable && v.silent < crate::pull::SILENT_AFTER);
-        let silent: Vec<PathId> = views
-            .iter()
-            .filter(|v| some_answer && v.usable && v.silent >= crate::pull::SILENT_AFTER)
-            .map(|v| v.id)
-            .collect();
+        // a path silent for a while has most likely lost what it carries (a cut link),
+        // though the bond calls it down only later: its chunks go again now
+        let silent = tunnel::spread::silent_paths(&bond.views());
         for &p in &silent {
             let n = body.silent(p);
             if n > 0 {

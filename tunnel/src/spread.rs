@@ -121,6 +121,27 @@ pub fn better_primary(
     }
 }
 
+/// A path that answered no probe for this long is treated as lost for the pieces it
+/// carries (the bond calls it down only later), as live media does.
+pub const SILENT_AFTER: Duration = Duration::from_millis(100);
+
+/// The usable paths silent for [`SILENT_AFTER`] or longer, whose pieces go again elsewhere
+/// and which take no new ones. None while no usable path answers: every path silent at
+/// once is the relay or this box pausing, not a cut link, and sending again would only
+/// move the pieces from one silent path to another. If it was only a lost burst of probes,
+/// the first copy of each byte wins.
+pub fn silent_paths(views: &[PathView]) -> Vec<PathId> {
+    let some_answer = views.iter().any(|v| v.usable && v.silent < SILENT_AFTER);
+    if !some_answer {
+        return Vec::new();
+    }
+    views
+        .iter()
+        .filter(|v| v.usable && v.silent >= SILENT_AFTER)
+        .map(|v| v.id)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +174,31 @@ mod tests {
     }
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn silent_paths_are_those_gone_quiet_while_another_answers() {
+        let mut v = vec![
+            view(0, 20.0, 50, 0),
+            view(1, 5.0, 16, 0),
+            view(2, 2.0, 40, 0),
+        ];
+        assert!(silent_paths(&v).is_empty(), "all answering");
+        v[0].silent = SILENT_AFTER;
+        v[1].silent = SILENT_AFTER - MS;
+        assert_eq!(silent_paths(&v), vec![0]);
+        v[2].usable = false;
+        v[2].silent = 10 * SILENT_AFTER;
+        assert_eq!(
+            silent_paths(&v),
+            vec![0],
+            "an unusable path is none of its business"
+        );
+        v[1].silent = SILENT_AFTER;
+        assert!(
+            silent_paths(&v).is_empty(),
+            "every usable path silent at once: a pause, not a cut"
+        );
+    }
 
     #[test]
     fn a_slow_paths_piece_leads_by_what_the_primary_sends_before_it_arrives() {
