@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use tunnel::path::{CapState, DataCap, Health, HealthEvent, LinkKind, Tier};
 use tunnel::path_estimate::{PathEstimate, TransportStats};
 
-use tunnel::scheduler::{self, ClassSet, PathId, PathView, Placement, Scheduler, Unit};
+use tunnel::scheduler::{self, ClassSet, LossView, PathId, PathView, Placement, Scheduler, Unit};
 use tunnel::spread;
 use tunnel::TrafficClass;
 
@@ -427,32 +427,22 @@ impl Bond {
         Ok(bond)
     }
 
-    /// A path that stopped being usable leaves its load to the others, whose windows may be
-    /// small from carrying little (the delay rule holds a lightly used path's window near
-    /// what it carried): their controllers search for their rate again, so the stream and
-    /// the bids it carried find room within a few round trips. Backup paths search only
-    /// when no regular path is left to take the load: a 2 Mbit/s satellite restarted beside
-    /// Wi-Fi grew a window that drew the stream's overflow into a 600 ms queue (seen in the
-    /// browser test: 5 gap parts). Nor does a path already full at its best rate
-    /// (`PathEstimate::carries_its_peak`).
+    /// A path that stopped being usable leaves its load to the others: those
+    /// `tunnel::scheduler::take_over_from_lost` names search for their rate again.
     fn take_over_from_lost(&self, was_usable: &[bool]) {
-        let lost = |i: usize, p: &Path| was_usable.get(i) == Some(&true) && !p.is_usable();
-        if !self.paths.iter().enumerate().any(|(i, p)| lost(i, p)) {
-            return;
-        }
-        let regular_left = self
+        let views: Vec<LossView> = self
             .paths
             .iter()
-            .any(|p| p.is_usable() && p.tier != Tier::Backup);
-        for (i, p) in self.paths.iter().enumerate() {
-            if lost(i, p) || (regular_left && p.tier == Tier::Backup) {
-                continue;
-            }
-            let st = p.lock();
-            if st.est.carries_its_peak() {
-                continue;
-            }
-            if let Some(live) = &st.live {
+            .enumerate()
+            .map(|(i, p)| LossView {
+                was_usable: was_usable.get(i) == Some(&true),
+                usable: p.is_usable(),
+                backup: p.tier == Tier::Backup,
+                at_peak: p.lock().est.carries_its_peak(),
+            })
+            .collect();
+        for i in tunnel::scheduler::take_over_from_lost(&views) {
+            if let Some(live) = &self.paths[i].lock().live {
                 live.restart.request();
             }
         }

@@ -91,6 +91,52 @@ pub fn fallback_to_probation(views: &mut [PathView], on_probation: impl Fn(PathI
     }
 }
 
+/// One path as [`take_over_from_lost`] sees it, after a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossView {
+    /// Usable before the tick.
+    pub was_usable: bool,
+    /// Usable after it.
+    pub usable: bool,
+    /// A backup-tier link.
+    pub backup: bool,
+    /// Already sending at its best measured rate
+    /// ([`PathEstimate::carries_its_peak`](crate::path_estimate::PathEstimate::carries_its_peak)).
+    pub at_peak: bool,
+}
+
+impl LossView {
+    /// Usable before the tick and not after it.
+    pub fn lost(&self) -> bool {
+        self.was_usable && !self.usable
+    }
+}
+
+/// When a path stopped being usable, the paths (indices into `paths`) whose congestion
+/// controllers should search for their rate again to take over its load: their windows may
+/// be small from carrying little (the delay rule holds a lightly used path's window near
+/// what it carried), so the stream and the bids the lost path carried find room within a
+/// few round trips. Not the lost paths themselves; backup links only when no regular path
+/// is left to take the load (a 2 Mbit/s satellite restarted beside Wi-Fi grew a window
+/// that drew the stream's overflow into a 600 ms queue: 5 gap parts in the browser test);
+/// and not a path already full at its best rate (a busy 2 Mbit/s path that searched again
+/// at a cut doubled its window, and its RTT went from 50 to 115 ms while a single upload's
+/// pieces waited there). None when no path was lost.
+pub fn take_over_from_lost(paths: &[LossView]) -> Vec<usize> {
+    if !paths.iter().any(LossView::lost) {
+        return Vec::new();
+    }
+    let regular_left = paths.iter().any(|p| p.usable && !p.backup);
+    paths
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.lost())
+        .filter(|(_, p)| !(regular_left && p.backup))
+        .filter(|(_, p)| !p.at_peak)
+        .map(|(i, _)| i)
+        .collect()
+}
+
 impl PathView {
     /// Whether this path may carry `class` now (health, config, cap).
     pub fn allows(&self, class: TrafficClass) -> bool {
@@ -321,6 +367,38 @@ mod fallback_tests {
             queued_down: 0,
             silent: Duration::ZERO,
         }
+    }
+
+    fn loss(was_usable: bool, usable: bool, backup: bool, at_peak: bool) -> LossView {
+        LossView {
+            was_usable,
+            usable,
+            backup,
+            at_peak,
+        }
+    }
+
+    #[test]
+    fn a_lost_path_restarts_the_others_except_backups_and_full_paths() {
+        let up = loss(true, true, false, false);
+        let lost = loss(true, false, false, false);
+        let full = loss(true, true, false, true);
+        let backup = loss(true, true, true, false);
+        assert!(
+            take_over_from_lost(&[up, up, backup]).is_empty(),
+            "nothing lost"
+        );
+        assert_eq!(take_over_from_lost(&[lost, up, backup]), vec![1]);
+        assert_eq!(
+            take_over_from_lost(&[lost, full, up]),
+            vec![2],
+            "a path at its best rate gains nothing from searching again"
+        );
+        assert_eq!(
+            take_over_from_lost(&[lost, loss(true, false, false, false), backup]),
+            vec![2],
+            "no regular path left: the backup takes the load"
+        );
     }
 
     #[test]
