@@ -21,6 +21,7 @@ pub mod reorder;
 pub mod resend_rank;
 pub mod scheduler;
 pub mod spread;
+pub mod stream_level;
 pub mod wire;
 
 pub use allowlist::{Allowlist, AllowlistError, Denial};

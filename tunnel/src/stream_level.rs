@@ -1,0 +1,769 @@
+//! Which quality each camera sends to the relay when the uplinks cannot carry them all: the
+//! gateway's low-bandwidth mode, sans-IO.
+//!
+//! Each camera has a ladder of levels, best first: its main stream ([`Level::Full`]), its
+//! second RTSP stream ([`Level::Substream`]), a low-bitrate rendition made on the gateway
+//! when it has no second stream ([`Level::Transcode`]), its keyframes alone
+//! ([`Level::Keyframes`]), and its audio alone ([`Level::Audio`]). The shell measures what
+//! each level costs (bytes per second) and what the bond can give the stream class, and
+//! feeds both in with `now`; the controller answers with level changes, each with its
+//! cause.
+//!
+//! - **Down fast.** When the cameras' demand exceeds the capacity, or the live media has
+//!   been waiting at the gateway longer than [`LevelConfig::backlog_down`], for
+//!   [`LevelConfig::down_after`]: cameras step down, lowest priority first, until the
+//!   demand fits within [`LevelConfig::fill`] of the capacity. A backlog with a capacity
+//!   that seems to fit (the estimate lags a collapse) steps one rung at a time, each given
+//!   [`LevelConfig::settle`] to drain the queue before the next.
+//! - **Up slowly.** A camera steps up one rung, highest priority first, only after the
+//!   capacity has held the higher demand with [`LevelConfig::headroom`] to spare, and no
+//!   backlog, for the up-hold: [`LevelConfig::up_after`], doubled (up to
+//!   [`LevelConfig::up_after_max`]) for each flap (a step down that undid a step up) in
+//!   the last [`LevelConfig::flap_memory`], as a flapping link's probation grows. A
+//!   marginal link whose capacity swings never holds its headroom long enough to be
+//!   trusted, so the level does not oscillate with it.
+//! - **By hand.** An operator's override pins a camera's level until it is lifted.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// A camera's level, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// The camera's main stream.
+    Full,
+    /// The camera's second RTSP stream.
+    Substream,
+    /// A low-bitrate rendition made on the gateway.
+    Transcode,
+    /// The keyframes of the lowest video stream, and the audio.
+    Keyframes,
+    /// The audio alone.
+    Audio,
+}
+
+impl Level {
+    /// Every level, best first.
+    pub const ALL: [Level; 5] = [
+        Level::Full,
+        Level::Substream,
+        Level::Transcode,
+        Level::Keyframes,
+        Level::Audio,
+    ];
+
+    /// Its name in config, metrics and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Full => "full",
+            Level::Substream => "substream",
+            Level::Transcode => "transcode",
+            Level::Keyframes => "keyframes",
+            Level::Audio => "audio",
+        }
+    }
+
+    /// The level named `name`.
+    pub fn from_name(name: &str) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| l.name() == name)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What each level of one camera costs, bytes per second; `None`: the camera has no such
+/// level (no second stream, no audio) or it is not ready.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Ladder(pub [Option<f64>; 5]);
+
+impl Ladder {
+    /// The cost of `level`, if the camera has it.
+    pub fn cost(&self, level: Level) -> Option<f64> {
+        self.0[level.index()]
+    }
+
+    /// The next level below `level` the camera has.
+    fn below(&self, level: Level) -> Option<Level> {
+        Level::ALL[level.index() + 1..]
+            .iter()
+            .copied()
+            .find(|l| self.cost(*l).is_some())
+    }
+
+    /// The next level above `level` the camera has.
+    fn above(&self, level: Level) -> Option<Level> {
+        Level::ALL[..level.index()]
+            .iter()
+            .rev()
+            .copied()
+            .find(|l| self.cost(*l).is_some())
+    }
+
+    /// The cost at `level`, or at the nearest level below it the camera has (a level it
+    /// lost, say a substream that went away, costs what the camera falls back to).
+    fn cost_at(&self, level: Level) -> f64 {
+        self.cost(level)
+            .or_else(|| self.below(level).and_then(|l| self.cost(l)))
+            .unwrap_or(0.0)
+    }
+}
+
+/// Settings.
+#[derive(Debug, Clone, Copy)]
+pub struct LevelConfig {
+    /// A shortage (demand above capacity, or a backlog) must last this long before a step
+    /// down.
+    pub down_after: Duration,
+    /// Live media waiting at the gateway longer than this is a shortage.
+    pub backlog_down: Duration,
+    /// A step down aims for a demand of at most this share of the capacity.
+    pub fill: f64,
+    /// After a step down for a backlog alone, the next waits this long.
+    pub settle: Duration,
+    /// A step up needs capacity of the higher demand times one plus this.
+    pub headroom: f64,
+    /// How long the headroom must hold before the first step up.
+    pub up_after: Duration,
+    /// The longest up-hold, after repeated flapping.
+    pub up_after_max: Duration,
+    /// How long a flap (a step down that undid a step up) doubles the up-hold.
+    pub flap_memory: Duration,
+}
+
+impl Default for LevelConfig {
+    fn default() -> Self {
+        Self {
+            down_after: Duration::from_millis(200),
+            backlog_down: Duration::from_millis(300),
+            fill: 0.8,
+            settle: Duration::from_secs(1),
+            headroom: 0.25,
+            up_after: Duration::from_secs(10),
+            up_after_max: Duration::from_secs(160),
+            flap_memory: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What the controller sees at one step.
+#[derive(Debug, Clone, Copy)]
+pub struct Measure {
+    /// What the bond can give the stream class, bytes per second.
+    pub capacity: f64,
+    /// How long the oldest live media has waited at the gateway.
+    pub backlog: Duration,
+}
+
+/// Why a level changed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cause {
+    /// The cameras' demand exceeded the capacity (bytes per second).
+    Shortage {
+        /// Demand before the change.
+        demand: f64,
+        /// The capacity.
+        capacity: f64,
+    },
+    /// Live media waited at the gateway this long.
+    Backlog(Duration),
+    /// The capacity held the higher demand with headroom for this long.
+    Headroom {
+        /// Demand after the change.
+        demand: f64,
+        /// The capacity.
+        capacity: f64,
+        /// How long it held.
+        held: Duration,
+    },
+    /// An operator set it.
+    Override,
+    /// The camera lost the level it was on (a second stream that went away).
+    Unavailable,
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mbps = |b: f64| b * 8.0 / 1e6;
+        match self {
+            Cause::Shortage { demand, capacity } => write!(
+                f,
+                "demand {:.2} Mbit/s above capacity {:.2} Mbit/s",
+                mbps(*demand),
+                mbps(*capacity)
+            ),
+            Cause::Backlog(d) => write!(f, "live media waited {} ms at the gateway", d.as_millis()),
+            Cause::Headroom {
+                demand,
+                capacity,
+                held,
+            } => write!(
+                f,
+                "capacity {:.2} Mbit/s held {:.2} Mbit/s with headroom for {} s",
+                mbps(*capacity),
+                mbps(*demand),
+                held.as_secs()
+            ),
+            Cause::Override => f.write_str("set by an operator"),
+            Cause::Unavailable => f.write_str("the level is not available"),
+        }
+    }
+}
+
+/// One camera's level change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Change {
+    /// The camera (its index).
+    pub camera: usize,
+    /// The level it left.
+    pub from: Level,
+    /// The level it is on now.
+    pub to: Level,
+    /// Why.
+    pub cause: Cause,
+}
+
+#[derive(Debug, Clone)]
+struct Camera {
+    priority: i32,
+    level: Level,
+    pinned: Option<Level>,
+    ladder: Ladder,
+}
+
+/// The levels of a gateway's cameras.
+#[derive(Debug)]
+pub struct StreamLevels {
+    cfg: LevelConfig,
+    cameras: Vec<Camera>,
+    /// Since when the shortage has lasted.
+    short_since: Option<Instant>,
+    /// No step down for a backlog before this.
+    backlog_quiet_until: Option<Instant>,
+    /// Since when the capacity has held the next step up (and for which camera).
+    headroom_since: Option<(Instant, usize)>,
+    /// The controller's last change was a step up.
+    last_was_up: bool,
+    /// When the flaps of the last `flap_memory` happened.
+    flaps: VecDeque<Instant>,
+    changes: u64,
+}
+
+impl StreamLevels {
+    /// Cameras with these priorities (higher steps down later and up sooner), all at
+    /// [`Level::Full`].
+    pub fn new(cfg: LevelConfig, priorities: &[i32]) -> Self {
+        Self {
+            cfg,
+            cameras: priorities
+                .iter()
+                .map(|&priority| Camera {
+                    priority,
+                    level: Level::Full,
+                    pinned: None,
+                    ladder: Ladder::default(),
+                })
+                .collect(),
+            short_since: None,
+            backlog_quiet_until: None,
+            headroom_since: None,
+            last_was_up: false,
+            flaps: VecDeque::new(),
+            changes: 0,
+        }
+    }
+
+    /// Camera `camera`'s level.
+    pub fn level(&self, camera: usize) -> Option<Level> {
+        self.cameras.get(camera).map(|c| c.level)
+    }
+
+    /// Every camera's level, in order.
+    pub fn levels(&self) -> Vec<Level> {
+        self.cameras.iter().map(|c| c.level).collect()
+    }
+
+    /// Camera `camera`'s override, if one is set.
+    pub fn pinned(&self, camera: usize) -> Option<Level> {
+        self.cameras.get(camera).and_then(|c| c.pinned)
+    }
+
+    /// Level changes so far.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// How long the capacity must hold a step up now.
+    pub fn up_hold(&self) -> Duration {
+        let doublings = self.flaps.len().min(16) as u32;
+        (self.cfg.up_after * 2u32.pow(doublings)).min(self.cfg.up_after_max)
+    }
+
+    /// Pins camera `camera` at `level` (None: back to automatic, from where it is).
+    pub fn set_override(&mut self, camera: usize, level: Option<Level>) -> Option<Change> {
+        let c = self.cameras.get_mut(camera)?;
+        c.pinned = level;
+        let to = level?;
+        if to == c.level {
+            return None;
+        }
+        let ch = Change {
+            camera,
+            from: c.level,
+            to,
+            cause: Cause::Override,
+        };
+        c.level = to;
+        self.changes += 1;
+        self.headroom_since = None;
+        Some(ch)
+    }
+
+    /// The cameras' demand at their current levels, bytes per second.
+    pub fn demand(&self) -> f64 {
+        self.cameras.iter().map(|c| c.ladder.cost_at(c.level)).sum()
+    }
+
+    /// One step: the cost of every camera's levels (in order) and what the bond gives,
+    /// at `now`. Returns the changes it made.
+    pub fn update(&mut self, now: Instant, ladders: &[Ladder], m: Measure) -> Vec<Change> {
+        let mut out = Vec::new();
+        for (i, (c, l)) in self.cameras.iter_mut().zip(ladders).enumerate() {
+            c.ladder = *l;
+            // a level the camera lost (its second stream went away): the next one down
+            if c.ladder.cost(c.level).is_none() {
+                if let Some(to) = c.ladder.below(c.level).or_else(|| c.ladder.above(c.level)) {
+                    out.push(Change {
+                        camera: i,
+                        from: c.level,
+                        to,
+                        cause: Cause::Unavailable,
+                    });
+                    c.level = to;
+                }
+            }
+        }
+        while self
+            .flaps
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.cfg.flap_memory)
+        {
+            self.flaps.pop_front();
+        }
+        let demand = self.demand();
+        let over = demand > m.capacity;
+        let backlog = m.backlog > self.cfg.backlog_down;
+        if over || backlog {
+            self.headroom_since = None;
+            let since = *self.short_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= self.cfg.down_after {
+                let quiet = self.backlog_quiet_until.is_some_and(|t| now < t);
+                let down = if over {
+                    self.step_down(
+                        m.capacity * self.cfg.fill,
+                        Cause::Shortage {
+                            demand,
+                            capacity: m.capacity,
+                        },
+                    )
+                } else if !quiet {
+                    self.step_down_one(Cause::Backlog(m.backlog))
+                } else {
+                    Vec::new()
+                };
+                if !down.is_empty() {
+                    if !over {
+                        self.backlog_quiet_until = Some(now + self.cfg.settle);
+                    }
+                    self.on_down(now);
+                    self.short_since = None;
+                }
+                out.extend(down);
+            }
+        } else {
+            self.short_since = None;
+            out.extend(self.try_up(now, m));
+        }
+        self.changes += out.len() as u64;
+        out
+    }
+
+    /// The cameras that may change by themselves, lowest priority first.
+    fn by_priority(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.cameras.len())
+            .filter(|&i| self.cameras[i].pinned.is_none())
+            .collect();
+        order.sort_by_key(|&i| (self.cameras[i].priority, std::cmp::Reverse(i)));
+        order
+    }
+
+    /// Steps cameras down, lowest priority first, until the demand is at most `target`.
+    fn step_down(&mut self, target: f64, cause: Cause) -> Vec<Change> {
+        let mut out = Vec::new();
+        for i in self.by_priority() {
+            while self.demand() > target {
+                let c = &mut self.cameras[i];
+                let Some(to) = c.ladder.below(c.level) else {
+                    break;
+                };
+                out.push(Change {
+                    camera: i,
+                    from: c.level,
+                    to,
+                    cause,
+                });
+                c.level = to;
+            }
+        }
+        merge(out)
+    }
+
+    /// Steps the lowest-priority camera that can go lower down one rung.
+    fn step_down_one(&mut self, cause: Cause) -> Vec<Change> {
+        for i in self.by_priority() {
+            let c = &mut self.cameras[i];
+            if let Some(to) = c.ladder.below(c.level) {
+                let ch = Change {
+                    camera: i,
+                    from: c.level,
+                    to,
+                    cause,
+                };
+                c.level = to;
+                return vec![ch];
+            }
+        }
+        Vec::new()
+    }
+
+    fn on_down(&mut self, now: Instant) {
+        if std::mem::take(&mut self.last_was_up) {
+            self.flaps.push_back(now);
+        }
+        self.headroom_since = None;
+    }
+
+    /// Steps the highest-priority camera below its best up one rung once the capacity has
+    /// held the higher demand with headroom for the up-hold.
+    fn try_up(&mut self, now: Instant, m: Measure) -> Option<Change> {
+        let Some(&i) = self.by_priority().iter().rev().find(|&&i| {
+            self.cameras[i]
+                .ladder
+                .above(self.cameras[i].level)
+                .is_some()
+        }) else {
+            self.headroom_since = None;
+            return None;
+        };
+        let c = &self.cameras[i];
+        let to = c.ladder.above(c.level)?;
+        let demand = self.demand() - c.ladder.cost_at(c.level) + c.ladder.cost_at(to);
+        if m.capacity < demand * (1.0 + self.cfg.headroom) {
+            self.headroom_since = None;
+            return None;
+        }
+        let since = match self.headroom_since {
+            Some((t, cam)) if cam == i => t,
+            _ => {
+                self.headroom_since = Some((now, i));
+                now
+            }
+        };
+        let held = now.saturating_duration_since(since);
+        if held < self.up_hold() {
+            return None;
+        }
+        let c = &mut self.cameras[i];
+        let ch = Change {
+            camera: i,
+            from: c.level,
+            to,
+            cause: Cause::Headroom {
+                demand,
+                capacity: m.capacity,
+                held,
+            },
+        };
+        c.level = to;
+        self.last_was_up = true;
+        self.headroom_since = None;
+        Some(ch)
+    }
+}
+
+/// One change per camera: a camera stepped down several rungs at once is one change, from
+/// its first level to its last.
+fn merge(changes: Vec<Change>) -> Vec<Change> {
+    let mut out: Vec<Change> = Vec::new();
+    for ch in changes {
+        match out.iter_mut().find(|c| c.camera == ch.camera) {
+            Some(c) => c.to = ch.to,
+            None => out.push(ch),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const MBIT: f64 = 125_000.0;
+
+    /// A 4 Mbit/s camera with a 0.8 Mbit/s second stream, 0.3 Mbit/s of keyframes and
+    /// 0.1 Mbit/s of audio.
+    fn with_sub() -> Ladder {
+        Ladder([
+            Some(4.0 * MBIT),
+            Some(0.8 * MBIT),
+            None,
+            Some(0.3 * MBIT),
+            Some(0.1 * MBIT),
+        ])
+    }
+
+    /// The same camera without a second stream, transcoded to 0.6 Mbit/s.
+    fn transcoded() -> Ladder {
+        Ladder([
+            Some(4.0 * MBIT),
+            None,
+            Some(0.6 * MBIT),
+            Some(0.3 * MBIT),
+            Some(0.1 * MBIT),
+        ])
+    }
+
+    struct Sim {
+        levels: StreamLevels,
+        ladders: Vec<Ladder>,
+        now: Instant,
+        changes: Vec<(Duration, Change)>,
+        start: Instant,
+    }
+
+    impl Sim {
+        fn new(ladders: Vec<Ladder>, priorities: &[i32]) -> Self {
+            let now = Instant::now();
+            Self {
+                levels: StreamLevels::new(LevelConfig::default(), priorities),
+                ladders,
+                now,
+                changes: Vec::new(),
+                start: now,
+            }
+        }
+
+        /// Runs for `d` in 50 ms steps with the capacity and backlog `f` gives at each
+        /// (from the time and the cameras' demand).
+        fn run(&mut self, d: Duration, f: impl Fn(Duration, f64) -> (f64, Duration)) {
+            let end = self.now + d;
+            while self.now < end {
+                self.now += 50 * MS;
+                let at = self.now - self.start;
+                let (capacity, backlog) = f(at, self.levels.demand());
+                for c in self
+                    .levels
+                    .update(self.now, &self.ladders, Measure { capacity, backlog })
+                {
+                    self.changes.push((at, c));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_collapse_steps_down_within_half_a_second_and_returns_after_the_hold() {
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_secs(5), |_, _| (14.0 * MBIT, Duration::ZERO));
+        assert!(s.changes.is_empty(), "{:?}", s.changes);
+        // 14 -> 0.5 Mbit/s: the substream (0.8) does not fit 0.4, keyframes (0.3) do
+        s.run(Duration::from_secs(20), |_, _| (0.5 * MBIT, Duration::ZERO));
+        assert_eq!(s.changes.len(), 1, "{:?}", s.changes);
+        let (at, ch) = s.changes[0];
+        assert!(
+            at - Duration::from_secs(5) <= 500 * MS,
+            "engaged after {at:?}"
+        );
+        assert_eq!((ch.from, ch.to), (Level::Full, Level::Keyframes));
+        assert!(matches!(ch.cause, Cause::Shortage { .. }));
+        // capacity back: up one rung at a time, each after the hold
+        s.changes.clear();
+        s.run(Duration::from_secs(30), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        let steps: Vec<_> = s.changes.iter().map(|(_, c)| (c.from, c.to)).collect();
+        assert_eq!(
+            steps,
+            vec![
+                (Level::Keyframes, Level::Substream),
+                (Level::Substream, Level::Full)
+            ]
+        );
+        let first = s.changes[0].0 - Duration::from_secs(25);
+        assert!(first >= Duration::from_secs(10) && first <= Duration::from_millis(10_100));
+        assert_eq!(s.levels.level(0), Some(Level::Full));
+    }
+
+    #[test]
+    fn a_camera_without_a_second_stream_steps_to_its_transcode() {
+        let mut s = Sim::new(vec![transcoded()], &[0]);
+        s.run(Duration::from_secs(2), |_, _| (1.0 * MBIT, Duration::ZERO));
+        let steps: Vec<_> = s.changes.iter().map(|(_, c)| (c.from, c.to)).collect();
+        assert_eq!(steps, vec![(Level::Full, Level::Transcode)]);
+    }
+
+    #[test]
+    fn a_short_dip_changes_nothing() {
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_secs(10), |at, _| {
+            // 150 ms of shortage every 2 s
+            let dip = at.as_millis() % 2000 < 150;
+            (if dip { 0.5 } else { 14.0 } * MBIT, Duration::ZERO)
+        });
+        assert!(s.changes.is_empty(), "{:?}", s.changes);
+    }
+
+    #[test]
+    fn a_backlog_steps_down_one_rung_at_a_time_and_lets_it_drain() {
+        // the capacity estimate says 14 Mbit/s, but media waits: the estimate lags
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_millis(1500), |_, _| (14.0 * MBIT, 600 * MS));
+        let steps: Vec<_> = s.changes.iter().map(|(at, c)| (*at, c.to)).collect();
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert_eq!(steps[0].1, Level::Substream);
+        assert!(steps[0].0 <= 300 * MS);
+        assert_eq!(steps[1].1, Level::Keyframes);
+        assert!(
+            steps[1].0 - steps[0].0 >= Duration::from_secs(1),
+            "{steps:?}"
+        );
+        assert!(matches!(s.changes[0].1.cause, Cause::Backlog(_)));
+    }
+
+    #[test]
+    fn the_lowest_priority_camera_steps_down_first() {
+        // stage (priority 10) and crowd (priority 1), 4 Mbit/s each, on 6 Mbit/s
+        let mut s = Sim::new(vec![with_sub(), with_sub()], &[10, 1]);
+        s.run(Duration::from_secs(1), |_, _| (6.5 * MBIT, Duration::ZERO));
+        let steps: Vec<_> = s.changes.iter().map(|(_, c)| (c.camera, c.to)).collect();
+        assert_eq!(steps, vec![(1, Level::Substream)], "4 + 0.8 fits 0.8 x 6.5");
+        assert_eq!(s.levels.levels(), vec![Level::Full, Level::Substream]);
+        // deeper: the crowd goes to its floor before the stage moves
+        s.changes.clear();
+        s.run(Duration::from_secs(1), |_, _| (1.0 * MBIT, Duration::ZERO));
+        assert_eq!(s.levels.levels(), vec![Level::Keyframes, Level::Audio]);
+        // back: the stage goes up first
+        s.changes.clear();
+        s.run(Duration::from_secs(12), |_, _| {
+            (20.0 * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.changes.len(), 1, "{:?}", s.changes);
+        assert_eq!(s.changes[0].1.camera, 0);
+    }
+
+    #[test]
+    fn a_marginal_link_does_not_make_the_level_oscillate() {
+        // a link whose capacity reads 14 Mbit/s at 100 ms RTT and a twelfth of it at
+        // 1200 ms, swinging every 3 s for a minute, then steady
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        // (media waits at the gateway while the demand is above what the link carries)
+        let marginal = |at: Duration, demand: f64| {
+            let slow = (at.as_secs() / 3) % 2 == 1;
+            let capacity = if slow { 14.0 / 12.0 } else { 14.0 } * MBIT;
+            let backlog = if demand > capacity {
+                400 * MS
+            } else {
+                Duration::ZERO
+            };
+            (capacity, backlog)
+        };
+        s.run(Duration::from_secs(60), marginal);
+        assert_eq!(s.changes.len(), 1, "{:?}", s.changes);
+        assert_eq!(s.changes[0].1.to, Level::Substream);
+        // steady again: back to full, one rung after the hold
+        s.run(Duration::from_secs(20), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.changes.len(), 2, "{:?}", s.changes);
+        assert_eq!(s.levels.level(0), Some(Level::Full));
+    }
+
+    #[test]
+    fn flapping_capacity_doubles_the_up_hold() {
+        // 19 s of plenty, then 1 s of collapse, over and over: a step down that undoes
+        // a step up makes the next one wait twice as long (20 s: never, here)
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_secs(300), |at, _| {
+            let collapse = at.as_millis() % 20_000 >= 19_000;
+            (if collapse { 0.5 } else { 14.0 } * MBIT, Duration::ZERO)
+        });
+        let ups = s
+            .changes
+            .iter()
+            .filter(|(_, c)| matches!(c.cause, Cause::Headroom { .. }))
+            .count();
+        let downs = s.changes.len() - ups;
+        assert_eq!(
+            downs, 2,
+            "the first collapse, and the one that undid the step up"
+        );
+        assert_eq!(ups, 1, "{:?}", s.changes);
+        assert_eq!(s.levels.up_hold(), 2 * LevelConfig::default().up_after);
+        // the flap forgotten after ten minutes: the hold is back to its start
+        s.run(Duration::from_secs(400), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.levels.up_hold(), LevelConfig::default().up_after);
+        assert_eq!(s.levels.level(0), Some(Level::Full));
+    }
+
+    #[test]
+    fn an_override_pins_a_camera_until_lifted() {
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        let ch = s.levels.set_override(0, Some(Level::Audio)).unwrap();
+        assert_eq!((ch.to, ch.cause), (Level::Audio, Cause::Override));
+        s.run(Duration::from_secs(20), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        assert!(s.changes.is_empty(), "pinned: {:?}", s.changes);
+        // pinned at full through a collapse too
+        s.levels.set_override(0, Some(Level::Full));
+        s.run(Duration::from_secs(2), |_, _| (0.5 * MBIT, Duration::ZERO));
+        assert_eq!(s.levels.level(0), Some(Level::Full));
+        // lifted: the controller takes over from where it is
+        assert!(s.levels.set_override(0, None).is_none());
+        s.run(Duration::from_secs(1), |_, _| (0.5 * MBIT, Duration::ZERO));
+        assert_eq!(s.levels.level(0), Some(Level::Keyframes));
+    }
+
+    #[test]
+    fn a_lost_level_falls_to_the_next_one_down() {
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_secs(1), |_, _| (1.0 * MBIT, Duration::ZERO));
+        assert_eq!(s.levels.level(0), Some(Level::Substream));
+        // the second stream went away
+        s.ladders[0].0[Level::Substream.index()] = None;
+        s.changes.clear();
+        s.run(Duration::from_millis(100), |_, _| {
+            (1.0 * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.changes[0].1.to, Level::Keyframes);
+        assert_eq!(s.changes[0].1.cause, Cause::Unavailable);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for l in Level::ALL {
+            assert_eq!(Level::from_name(l.name()), Some(l));
+        }
+        assert_eq!(Level::from_name("ultra"), None);
+    }
+}
