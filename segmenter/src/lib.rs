@@ -8,6 +8,7 @@
 //! - [`window`]: what viewers can fetch of a stream: the ring, the playlist, the init
 //!   segments and the part being built, fed chunk by chunk;
 //! - [`rendition`]: the segmenter and its window, as a camera's rendition at the gateway;
+//! - [`program`]: a camera's program, cut from its sources at the low-bandwidth level;
 //! - [`mirror`]: the relay's copy of a gateway's rendition, fed by pieces that arrive out of
 //!   order, twice, or not at all (its own numbering, gap parts through outages);
 //! - [`record`]: the relay's recording of a rendition (every part, in the gateway's
@@ -21,10 +22,13 @@ pub mod hls;
 pub mod media;
 pub mod mirror;
 pub mod mp4file;
+pub mod program;
 pub mod record;
 pub mod rendition;
 pub mod ring;
 pub mod segmenter;
+#[cfg(test)]
+mod test_media;
 pub mod window;
 
 pub use media::{Codec, Frame, Track};

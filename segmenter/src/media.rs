@@ -144,7 +144,7 @@ impl Track {
 }
 
 /// One access unit of one track.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     /// Index of the track (into the track list given to the segmenter).
     pub track: usize,

@@ -106,6 +106,18 @@ impl Rendition {
         r
     }
 
+    /// The input comes from another source from now on (see
+    /// [`crate::program::Action::Switch`]): its tracks, with a new init segment when they
+    /// differ, and a discontinuity in any case (sources have unrelated timestamps).
+    pub fn switch_source(&mut self, tracks: Vec<Track>) -> Result<(), String> {
+        if self.seg.tracks().eq(tracks.iter()) {
+            self.discontinuity();
+            Ok(())
+        } else {
+            self.set_tracks(tracks)
+        }
+    }
+
     /// Takes a frame; returns how many parts it completed.
     pub fn handle_frame(&mut self, frame: Frame, wall_ms: u64) -> Result<usize, FrameError> {
         self.seg.handle_frame(frame, wall_ms)?;

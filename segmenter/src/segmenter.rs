@@ -670,38 +670,17 @@ impl Segmenter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::avcc_from_parameter_sets;
     use crate::Part;
     use mp4_atom::{Any, Decode};
 
+    use crate::test_media::{audio, audio_track, video, video_track};
+
     fn tracks(audio: bool) -> Vec<Track> {
-        let sps = [0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8];
-        let avcc = avcc_from_parameter_sets(&sps, &[&[0x68, 0xce, 0x38, 0x80]]).unwrap();
-        let mut t = vec![Track::h264(avcc, 640, 360)];
+        let mut t = vec![video_track(640)];
         if audio {
-            t.push(Track::aac(Bytes::from_static(&[0x11, 0x90]), 48_000, 2));
+            t.push(audio_track());
         }
         t
-    }
-
-    fn video(dts: i64, key: bool) -> Frame {
-        Frame {
-            track: 0,
-            pts: dts,
-            dts,
-            keyframe: key,
-            data: Bytes::from_static(&[0, 0, 0, 1, 0x65]),
-        }
-    }
-
-    fn audio(dts: i64) -> Frame {
-        Frame {
-            track: 1,
-            pts: dts,
-            dts,
-            keyframe: true,
-            data: Bytes::from_static(&[0x21, 0x10]),
-        }
     }
 
     /// Feeds `secs` of 25 fps video (keyframe every `gop` frames) and 48 kHz AAC from input
