@@ -253,6 +253,25 @@ impl Contribution {
         (live, self.entries.len() - live)
     }
 
+    /// How far the live media is behind: the longest a live piece has waited at the
+    /// gateway (late binding keeps pieces here while every path has its live horizon
+    /// queued), or has been overdue on its path (past its expected completion; for a piece
+    /// with copies, its best copy). The stream outgrowing its paths shows here first.
+    pub fn live_backlog(&self, now: Instant) -> Duration {
+        self.entries
+            .values()
+            .filter(|e| e.lane == Lane::Live)
+            .map(|e| {
+                e.flights
+                    .iter()
+                    .map(|f| now.saturating_duration_since(f.sent + f.expected))
+                    .min()
+                    .unwrap_or_else(|| now.saturating_duration_since(e.created))
+            })
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// Bytes waiting for an answer, both lanes.
     pub fn waiting_bytes(&self) -> u64 {
         self.entries.values().map(|e| e.len).sum()
@@ -868,6 +887,43 @@ mod tests {
         assert!(c.acked(t0, id(9, 0), 1));
         assert!(!c.acked(t0, id(9, 0), 1));
         assert_eq!(c.stats().first_bytes, 25_000);
+    }
+
+    #[test]
+    fn the_backlog_is_how_far_live_media_is_behind() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut c = Contribution::default();
+        assert_eq!(c.live_backlog(t0), Duration::ZERO);
+        c.push(t0, id(1, 0), 5_000, false, Lane::Backfill);
+        c.push(t0 + 10 * ms, id(2, 0), 5_000, true, Lane::Live);
+        c.push(t0 + 50 * ms, id(3, 0), 5_000, false, Lane::Live);
+        assert_eq!(
+            c.live_backlog(t0 + 100 * ms),
+            90 * ms,
+            "backfill is not counted"
+        );
+        // no path: nothing goes, the backlog grows
+        let mut down = vec![path(0, 8.0, 40, 0, Tier::Primary)];
+        down[0].usable = false;
+        assert_eq!(c.poll_send(t0 + 100 * ms, &down), None);
+        assert_eq!(c.live_backlog(t0 + 300 * ms), 290 * ms);
+        // room: the oldest goes, the next is the backlog
+        let idle = vec![path(0, 8.0, 40, 0, Tier::Primary)];
+        let s = c.poll_send(t0 + 300 * ms, &idle).unwrap();
+        assert_eq!(s.id, id(2, 0));
+        assert_eq!(c.live_backlog(t0 + 300 * ms), 250 * ms);
+        let s = c.poll_send(t0 + 300 * ms, &idle).unwrap();
+        assert_eq!(s.id, id(3, 0));
+        assert_eq!(
+            c.live_backlog(t0 + 300 * ms),
+            Duration::ZERO,
+            "both on their way"
+        );
+        // unanswered 2 s after it went: overdue by that, less its expected completion (a
+        // round trip of 40 ms and its bytes)
+        let late = c.live_backlog(t0 + 2300 * ms);
+        assert!(late > 1900 * ms && late < 1960 * ms, "{late:?}");
     }
 
     #[test]

@@ -291,6 +291,12 @@ impl PathEstimate {
         self.peak_up > 0.0 && self.last_full_up >= 0.8 * self.peak_up
     }
 
+    /// The rate the last meter window measured if it closed with a queue (the link was
+    /// full, so this is what it carries), bytes per second.
+    pub fn full_rate(&self) -> Option<f64> {
+        (self.last_full_up > 0.0).then_some(self.last_full_up)
+    }
+
     /// The last closed meter window's goodput.
     pub fn goodput(&self) -> Goodput {
         self.goodput

@@ -15,15 +15,17 @@
 //!   demand fits within [`LevelConfig::fill`] of the capacity. A backlog with a capacity
 //!   that seems to fit (the estimate lags a collapse) steps one rung at a time, each given
 //!   [`LevelConfig::settle`] to drain the queue before the next.
-//! - **Up slowly.** A camera steps up one rung, highest priority first, only after the
-//!   capacity has held the higher demand with [`LevelConfig::headroom`] to spare, and no
-//!   backlog, for the up-hold: [`LevelConfig::up_after`], doubled (up to
+//! - **Up slowly.** A camera steps up, highest priority first, only after the capacity
+//!   has held a higher demand with [`LevelConfig::headroom`] to spare, and no backlog, for
+//!   the up-hold, and then to the highest level the capacity holds so: [`LevelConfig::up_after`], doubled (up to
 //!   [`LevelConfig::up_after_max`]) for each flap (a step down that undid a step up) in
 //!   the last [`LevelConfig::flap_memory`], as a flapping link's probation grows. A
 //!   marginal link whose capacity swings never holds its headroom long enough to be
 //!   trusted, so the level does not oscillate with it.
 //! - **By hand.** An operator's override pins a camera's level until it is lifted.
 
+use crate::scheduler::PathView;
+use crate::TrafficClass;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -38,7 +40,7 @@ pub enum Level {
     Transcode,
     /// The keyframes of the lowest video stream, and the audio.
     Keyframes,
-    /// The audio alone.
+    /// The audio, with a still picture refreshed every few seconds.
     Audio,
 }
 
@@ -114,6 +116,24 @@ impl Ladder {
             .or_else(|| self.below(level).and_then(|l| self.cost(l)))
             .unwrap_or(0.0)
     }
+}
+
+/// What the paths can give the stream class, bytes per second, from each path's view and
+/// the rate it measured in its last meter window if that window closed with a queue (a
+/// full link shows its real rate there within a quarter second, while its congestion
+/// window still holds what it sent before). None while no path may carry the stream: an
+/// outage, whose parts wait for the backfill, says nothing of the capacity.
+pub fn capacity(paths: &[(PathView, Option<f64>)]) -> Option<f64> {
+    let usable: Vec<_> = paths
+        .iter()
+        .filter(|(v, _)| v.allows(TrafficClass::Stream))
+        .collect();
+    (!usable.is_empty()).then(|| {
+        usable
+            .iter()
+            .map(|(v, full)| full.unwrap_or(v.rate_up))
+            .sum()
+    })
 }
 
 /// Settings.
@@ -236,6 +256,8 @@ struct Camera {
     level: Level,
     pinned: Option<Level>,
     ladder: Ladder,
+    /// Levels that have had a cost: one without a cost now is lost, not still starting.
+    seen: [bool; 5],
 }
 
 /// The levels of a gateway's cameras.
@@ -260,24 +282,33 @@ impl StreamLevels {
     /// Cameras with these priorities (higher steps down later and up sooner), all at
     /// [`Level::Full`].
     pub fn new(cfg: LevelConfig, priorities: &[i32]) -> Self {
-        Self {
+        let mut me = Self {
             cfg,
-            cameras: priorities
-                .iter()
-                .map(|&priority| Camera {
-                    priority,
-                    level: Level::Full,
-                    pinned: None,
-                    ladder: Ladder::default(),
-                })
-                .collect(),
+            cameras: Vec::new(),
             short_since: None,
             backlog_quiet_until: None,
             headroom_since: None,
             last_was_up: false,
             flaps: VecDeque::new(),
             changes: 0,
+        };
+        for &p in priorities {
+            me.add(p);
         }
+        me
+    }
+
+    /// Adds a camera (one that appeared later: an encoder pushing to a new name) at
+    /// [`Level::Full`]; returns its index.
+    pub fn add(&mut self, priority: i32) -> usize {
+        self.cameras.push(Camera {
+            priority,
+            level: Level::Full,
+            pinned: None,
+            ladder: Ladder::default(),
+            seen: [false; 5],
+        });
+        self.cameras.len() - 1
     }
 
     /// Camera `camera`'s level.
@@ -337,8 +368,12 @@ impl StreamLevels {
         let mut out = Vec::new();
         for (i, (c, l)) in self.cameras.iter_mut().zip(ladders).enumerate() {
             c.ladder = *l;
-            // a level the camera lost (its second stream went away): the next one down
-            if c.ladder.cost(c.level).is_none() {
+            for lv in Level::ALL {
+                c.seen[lv.index()] |= c.ladder.cost(lv).is_some();
+            }
+            // a level the camera lost (its second stream went away): the next one down (a
+            // level not measured yet, a stream still starting, is not lost)
+            if c.ladder.cost(c.level).is_none() && c.seen[c.level.index()] {
                 if let Some(to) = c.ladder.below(c.level).or_else(|| c.ladder.above(c.level)) {
                     out.push(Change {
                         camera: i,
@@ -462,13 +497,25 @@ impl StreamLevels {
             self.headroom_since = None;
             return None;
         };
+        // the highest level the capacity holds with headroom
         let c = &self.cameras[i];
-        let to = c.ladder.above(c.level)?;
-        let demand = self.demand() - c.ladder.cost_at(c.level) + c.ladder.cost_at(to);
-        if m.capacity < demand * (1.0 + self.cfg.headroom) {
+        let others = self.demand() - c.ladder.cost_at(c.level);
+        let fits =
+            |l: Level| m.capacity >= (others + c.ladder.cost_at(l)) * (1.0 + self.cfg.headroom);
+        let mut to = None;
+        let mut l = c.level;
+        while let Some(up) = c.ladder.above(l) {
+            if !fits(up) {
+                break;
+            }
+            to = Some(up);
+            l = up;
+        }
+        let Some(to) = to else {
             self.headroom_since = None;
             return None;
-        }
+        };
+        let demand = others + c.ladder.cost_at(to);
         let since = match self.headroom_since {
             Some((t, cam)) if cam == i => t,
             _ => {
@@ -594,22 +641,27 @@ mod tests {
         );
         assert_eq!((ch.from, ch.to), (Level::Full, Level::Keyframes));
         assert!(matches!(ch.cause, Cause::Shortage { .. }));
-        // capacity back: up one rung at a time, each after the hold
+        // capacity back: after the hold, to the highest level it holds with headroom
         s.changes.clear();
         s.run(Duration::from_secs(30), |_, _| {
             (14.0 * MBIT, Duration::ZERO)
         });
         let steps: Vec<_> = s.changes.iter().map(|(_, c)| (c.from, c.to)).collect();
-        assert_eq!(
-            steps,
-            vec![
-                (Level::Keyframes, Level::Substream),
-                (Level::Substream, Level::Full)
-            ]
-        );
+        assert_eq!(steps, vec![(Level::Keyframes, Level::Full)]);
         let first = s.changes[0].0 - Duration::from_secs(25);
         assert!(first >= Duration::from_secs(10) && first <= Duration::from_millis(10_100));
         assert_eq!(s.levels.level(0), Some(Level::Full));
+    }
+
+    #[test]
+    fn a_partial_return_steps_up_as_far_as_it_holds() {
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_secs(1), |_, _| (0.5 * MBIT, Duration::ZERO));
+        assert_eq!(s.levels.level(0), Some(Level::Keyframes));
+        // 2 Mbit/s holds the substream (0.8 x 1.25) but not the main stream
+        s.run(Duration::from_secs(30), |_, _| (2.0 * MBIT, Duration::ZERO));
+        let steps: Vec<_> = s.changes.iter().map(|(_, c)| c.to).collect();
+        assert_eq!(steps, vec![Level::Keyframes, Level::Substream]);
     }
 
     #[test]
@@ -757,6 +809,50 @@ mod tests {
         });
         assert_eq!(s.changes[0].1.to, Level::Keyframes);
         assert_eq!(s.changes[0].1.cause, Cause::Unavailable);
+    }
+
+    #[test]
+    fn a_level_not_measured_yet_is_not_lost() {
+        // the substream is measured before the main stream has made a second of parts
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.ladders[0].0[Level::Full.index()] = None;
+        s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
+        assert!(s.changes.is_empty(), "{:?}", s.changes);
+        s.ladders[0] = with_sub();
+        s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
+        assert!(s.changes.is_empty(), "{:?}", s.changes);
+        // measured, then gone: the main stream broke; the substream stands in
+        s.ladders[0].0[Level::Full.index()] = None;
+        s.run(Duration::from_millis(100), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.changes[0].1.to, Level::Substream);
+        assert_eq!(s.changes[0].1.cause, Cause::Unavailable);
+    }
+
+    #[test]
+    fn capacity_takes_a_full_paths_measured_rate() {
+        use crate::path::{CapState, Tier};
+        use crate::scheduler::ClassSet;
+        let view = |id, mbit: f64| PathView {
+            id,
+            usable: true,
+            tier: Tier::Primary,
+            classes: ClassSet::ALL,
+            cap: CapState::Normal,
+            srtt: Duration::from_millis(40),
+            rate_up: mbit * MBIT,
+            rate_down: mbit * MBIT,
+            queued_up: 0,
+            queued_down: 0,
+            silent: Duration::ZERO,
+        };
+        let mut paths = vec![(view(0, 7.0), None), (view(1, 7.0), Some(0.25 * MBIT))];
+        assert_eq!(capacity(&paths), Some(7.25 * MBIT));
+        paths[0].0.usable = false;
+        assert_eq!(capacity(&paths), Some(0.25 * MBIT));
+        paths[1].0.usable = false;
+        assert_eq!(capacity(&paths), None, "an outage is no capacity reading");
     }
 
     #[test]
