@@ -174,6 +174,72 @@ pub fn avcc_from_parameter_sets(sps: &[u8], pps: &[&[u8]]) -> Option<Bytes> {
     Some(Bytes::from(v))
 }
 
+/// The parameter sets of a video track's configuration record: SPS and PPS of an avcC,
+/// VPS, SPS and PPS of an hvcC (empty for audio or a record that does not parse).
+pub fn parameter_sets(track: &Track) -> Vec<&[u8]> {
+    fn take<'a>(d: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (a, b) = (d.get(..n)?, d.get(n..)?);
+        *d = b;
+        Some(a)
+    }
+    fn u16_at(d: &mut &[u8]) -> Option<usize> {
+        take(d, 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+    let mut d: &[u8] = &track.config;
+    let mut out = Vec::new();
+    let parsed = match track.codec {
+        Codec::H264 => (|| {
+            take(&mut d, 5)?;
+            let sps = take(&mut d, 1)?[0] & 0x1f;
+            for _ in 0..sps {
+                let n = u16_at(&mut d)?;
+                out.push(take(&mut d, n)?);
+            }
+            let pps = take(&mut d, 1)?[0];
+            for _ in 0..pps {
+                let n = u16_at(&mut d)?;
+                out.push(take(&mut d, n)?);
+            }
+            Some(())
+        })(),
+        Codec::H265 => (|| {
+            take(&mut d, 22)?;
+            let arrays = take(&mut d, 1)?[0];
+            for _ in 0..arrays {
+                take(&mut d, 1)?;
+                let nalus = u16_at(&mut d)?;
+                for _ in 0..nalus {
+                    let n = u16_at(&mut d)?;
+                    out.push(take(&mut d, n)?);
+                }
+            }
+            Some(())
+        })(),
+        Codec::Aac => None,
+    };
+    if parsed.is_none() {
+        out.clear();
+    }
+    out
+}
+
+/// A video frame's access unit with the track's parameter sets in front (4-byte lengths,
+/// as the frames are): a decoder that kept an earlier source's parameter sets (ffmpeg's
+/// HLS reader does not take a new init segment's) decodes it all the same.
+pub fn with_parameter_sets(track: &Track, data: &Bytes) -> Bytes {
+    let sets = parameter_sets(track);
+    if sets.is_empty() {
+        return data.clone();
+    }
+    let mut v = Vec::with_capacity(data.len() + sets.iter().map(|s| s.len() + 4).sum::<usize>());
+    for s in sets {
+        v.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        v.extend_from_slice(s);
+    }
+    v.extend_from_slice(data);
+    Bytes::from(v)
+}
+
 /// Splits Annex B (start-code delimited) data into NAL units.
 pub fn annexb_nalus(data: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
@@ -272,6 +338,36 @@ mod tests {
         // a truncated length stops the iteration instead of panicking
         assert_eq!(nalus(&[0, 0, 0, 9, 1]).count(), 0);
         assert!(annexb_nalus(&[0, 0, 1]).is_empty());
+    }
+
+    #[test]
+    fn parameter_sets_go_in_front_of_a_frame() {
+        let sps = [0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8];
+        let pps = [0x68, 0xce, 0x38, 0x80];
+        let t = Track::h264(avcc_from_parameter_sets(&sps, &[&pps]).unwrap(), 640, 360);
+        assert_eq!(parameter_sets(&t), vec![&sps[..], &pps[..]]);
+        let f = with_parameter_sets(&t, &Bytes::from_static(&[0, 0, 0, 1, 0x65]));
+        let mut want = vec![0, 0, 0, 10];
+        want.extend_from_slice(&sps);
+        want.extend_from_slice(&[0, 0, 0, 4]);
+        want.extend_from_slice(&pps);
+        want.extend_from_slice(&[0, 0, 0, 1, 0x65]);
+        assert_eq!(&f[..], &want[..]);
+        // a record cut short: nothing in front, no panic
+        let cut = Track::h264(t.config.slice(..9), 640, 360);
+        assert!(parameter_sets(&cut).is_empty());
+        assert_eq!(
+            with_parameter_sets(&cut, &Bytes::from_static(&[1])),
+            Bytes::from_static(&[1])
+        );
+        // hvcC: 22 bytes, one array (type 33, one 3-byte SPS)
+        let mut hvcc = vec![1u8; 22];
+        hvcc.extend_from_slice(&[1, 33, 0, 1, 0, 3, 0x42, 0x01, 0x01]);
+        let h = Track::h265(Bytes::from(hvcc), 1920, 1080);
+        assert_eq!(parameter_sets(&h), vec![&[0x42u8, 0x01, 0x01][..]]);
+        assert!(
+            parameter_sets(&Track::aac(Bytes::from_static(&[0x11, 0x90]), 48_000, 2)).is_empty()
+        );
     }
 
     #[test]

@@ -4,15 +4,17 @@
 //! changes.
 //!
 //! Every source's frames are offered with the source's tracks; the program passes those of
-//! the selected source, cut as selected, with their track numbers in the program. A new
-//! selection takes over at a point a player can start at: the new source's next video
-//! keyframe (its next frame when it has no video; the next audio frame for audio alone).
-//! Until then the old selection stays on air, so the program never has a hole a switch
-//! made. The switch is a new source for the rendition ([`Action::Switch`]): new tracks (a
-//! new init segment) or, with equal tracks, a discontinuity, since sources have unrelated
-//! timestamps.
+//! the selected source, cut as selected. Another source takes over at a point a player can
+//! start at: its next video keyframe (its next frame when it has no video). Until then the
+//! old selection stays on air, so the program never has a hole a switch made. A switch is a
+//! new source for the rendition ([`Action::Switch`]): new tracks (a new init segment) or,
+//! with equal tracks, a discontinuity, since sources have unrelated timestamps. A cut of
+//! the same source changes in place: at once when it leaves frames out, at a keyframe when
+//! it brings them back. The tracks never change with the cut (audio alone keeps a still
+//! picture): a player's tracks stay where they were (ffmpeg's HLS reader fed audio to the
+//! video decoder when an audio-only init segment came between two with video).
 
-use crate::media::{Frame, Track};
+use crate::media::{with_parameter_sets, Frame, Track};
 
 /// Where a program's frames come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,9 +34,14 @@ pub enum Cut {
     All,
     /// The video keyframes, and every audio frame.
     Keyframes,
-    /// The audio frames only.
+    /// The audio frames, and a video keyframe at most every [`STILL_EVERY`]: the picture
+    /// stays (players keep a video track, and the program's tracks never change with its
+    /// cut), refreshed now and then.
     Audio,
 }
+
+/// At [`Cut::Audio`], the picture is refreshed at most this often (seconds).
+pub const STILL_EVERY: i64 = 4;
 
 /// What is on air: a source, cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,12 +57,12 @@ pub struct Selection {
 pub enum Action {
     /// Not on air.
     Drop,
-    /// Package it (its track numbered in the program).
+    /// Package it.
     Pass(Frame),
     /// A new source from this frame on: give the rendition these tracks (a discontinuity if
     /// they are the ones it has), then package the frame.
     Switch {
-        /// The program's tracks from now on.
+        /// The program's tracks from now on (the source's).
         tracks: Vec<Track>,
         /// The first frame.
         frame: Frame,
@@ -67,8 +74,10 @@ struct OnAir {
     selection: Selection,
     /// The source's tracks when it went on air (a change needs a new init segment).
     source_tracks: Vec<Track>,
-    /// Source track index → program track index.
-    map: Vec<Option<usize>>,
+    /// The source's timeline broke: it goes on again at its next start point.
+    broke: bool,
+    /// At [`Cut::Audio`]: decode time of the last picture passed.
+    last_still: Option<i64>,
 }
 
 /// The program of one camera.
@@ -100,9 +109,17 @@ impl Program {
         self.on.as_ref().map(|o| o.selection)
     }
 
-    /// Switches made so far.
+    /// Switches of source made so far.
     pub fn switches(&self) -> u64 {
         self.switches
+    }
+
+    /// `source`'s timeline broke (it reconnected): if it is on air, it goes on again (as a
+    /// new source for the rendition) at its next start point.
+    pub fn source_broke(&mut self, source: Source) {
+        if let Some(on) = self.on.as_mut().filter(|o| o.selection.source == source) {
+            on.broke = true;
+        }
     }
 
     /// A frame of `source`, whose tracks are `tracks` (the frame's track indexes into them).
@@ -112,72 +129,79 @@ impl Program {
         };
         let video = track.codec.is_video();
         let has_video = tracks.iter().any(|t| t.codec.is_video());
-        let stale = self
-            .on
-            .as_ref()
-            .is_none_or(|o| o.selection.source == source && o.source_tracks != tracks);
-        let pending = self
-            .want
-            .filter(|w| w.source == source)
-            .filter(|w| stale || self.on.as_ref().is_none_or(|o| o.selection != *w));
-        if let Some(want) = pending {
-            let start = match want.cut {
-                Cut::Audio => !video,
-                Cut::All | Cut::Keyframes => frame.keyframe && (video || !has_video),
-            };
-            if let Some(on) = self.on.as_mut().filter(|o| {
-                start
-                    && o.selection.source == source
-                    && o.source_tracks == tracks
-                    && (o.selection.cut == Cut::Audio) == (want.cut == Cut::Audio)
-            }) {
-                // the same source, tracks and timeline, cut otherwise (all frames or
-                // keyframes): no new source for the rendition, from this keyframe on
-                on.selection = want;
-                return Action::Pass(remap(on, frame));
-            }
-            let kept: Vec<usize> = (0..tracks.len())
-                .filter(|&i| want.cut != Cut::Audio || !tracks[i].codec.is_video())
-                .collect();
-            if start && !kept.is_empty() {
-                let mut map = vec![None; tracks.len()];
-                for (n, &i) in kept.iter().enumerate() {
-                    map[i] = Some(n);
+        // where a player can start: a video keyframe (any frame of a source without video)
+        let start = frame.keyframe && (video || !has_video);
+        let fresh =
+            |o: &OnAir| o.selection.source == source && !o.broke && o.source_tracks == tracks;
+        if let Some(want) = self.want.filter(|w| w.source == source) {
+            match self.on.as_mut() {
+                // the same source and timeline, cut otherwise: in place, at once when frames
+                // are only left out, at a start point when they come back
+                Some(on)
+                    if fresh(on) && on.selection != want && (want.cut != Cut::All || start) =>
+                {
+                    on.selection = want;
+                    on.last_still = None;
                 }
-                let on = OnAir {
-                    selection: want,
-                    source_tracks: tracks.to_vec(),
-                    map,
-                };
-                let frame = remap(&on, frame);
-                self.on = Some(on);
-                self.switches += 1;
-                return Action::Switch {
-                    tracks: kept.iter().map(|&i| tracks[i].clone()).collect(),
-                    frame,
-                };
+                Some(on) if fresh(on) => {}
+                // another source, a broken timeline or new tracks: a new source for the
+                // rendition, from a start point
+                _ if start => {
+                    self.on = Some(OnAir {
+                        selection: want,
+                        source_tracks: tracks.to_vec(),
+                        broke: false,
+                        last_still: None,
+                    });
+                    self.switches += 1;
+                    // a start point passes every cut
+                    return match self.pass(frame, track) {
+                        Some(frame) => Action::Switch {
+                            tracks: tracks.to_vec(),
+                            frame,
+                        },
+                        None => Action::Drop,
+                    };
+                }
+                _ => {}
             }
         }
-        let Some(on) = self.on.as_ref() else {
-            return Action::Drop;
-        };
-        if on.selection.source != source || on.source_tracks != tracks {
-            // another source, or this one changed its tracks: off air until it starts again
+        if !self.on.as_ref().is_some_and(fresh) {
+            // another source, or this one broke or changed its tracks: off air until it
+            // starts again
             return Action::Drop;
         }
-        if on.map.get(frame.track).copied().flatten().is_none() {
-            return Action::Drop;
-        }
-        if on.selection.cut == Cut::Keyframes && video && !frame.keyframe {
-            return Action::Drop;
-        }
-        Action::Pass(remap(on, frame))
+        self.pass(frame, track).map_or(Action::Drop, Action::Pass)
     }
-}
 
-fn remap(on: &OnAir, mut frame: Frame) -> Frame {
-    frame.track = on.map[frame.track].unwrap_or(frame.track);
-    frame
+    /// The frame if the cut on air keeps it. A video keyframe gets its track's parameter
+    /// sets in front: a decoder that kept an earlier source's (ffmpeg's HLS reader does
+    /// not take a new init segment's, and cameras' streams carry them out of band) decodes
+    /// it all the same, and so does one that lost the switch's first part.
+    fn pass(&mut self, mut frame: Frame, track: &Track) -> Option<Frame> {
+        let on = self.on.as_mut()?;
+        if !track.codec.is_video() {
+            return Some(frame);
+        }
+        let keep = match on.selection.cut {
+            Cut::All => true,
+            Cut::Keyframes => frame.keyframe,
+            Cut::Audio => {
+                let every = STILL_EVERY * i64::from(track.timescale.max(1));
+                let due = on
+                    .last_still
+                    .is_none_or(|t| frame.dts.saturating_sub(t) >= every);
+                if frame.keyframe && due {
+                    on.last_still = Some(frame.dts);
+                }
+                frame.keyframe && due
+            }
+        };
+        if keep && frame.keyframe {
+            frame.data = with_parameter_sets(track, &frame.data);
+        }
+        keep.then_some(frame)
+    }
 }
 
 #[cfg(test)]
@@ -285,14 +309,17 @@ mod tests {
             p.offer(Source::Sub, &sub_tracks(), a(1)),
             Action::Pass(a(1))
         );
+        // a keyframe carries its parameter sets in front
+        let mut key = v(2, true);
+        key.data = with_parameter_sets(&sub_tracks()[0], &key.data);
         assert_eq!(
             p.offer(Source::Sub, &sub_tracks(), v(2, true)),
-            Action::Pass(v(2, true))
+            Action::Pass(key)
         );
     }
 
     #[test]
-    fn audio_alone_is_an_audio_program_from_the_next_audio_frame() {
+    fn audio_keeps_the_picture_refreshed_every_few_seconds() {
         let mut p = Program::new();
         p.select(MAIN_ALL);
         p.offer(Source::Main, &main_tracks(), v(0, true));
@@ -300,19 +327,53 @@ mod tests {
             source: Source::Main,
             cut: Cut::Audio,
         });
-        let Action::Switch { tracks, frame } = p.offer(Source::Main, &main_tracks(), a(3)) else {
-            panic!("audio switches at once");
-        };
-        assert_eq!(tracks, vec![audio_track()]);
-        assert_eq!(frame.track, 0, "the audio is the program's only track");
+        // at once: frames are only left out, the tracks stay
         assert_eq!(
-            p.offer(Source::Main, &main_tracks(), v(4, true)),
+            p.offer(Source::Main, &main_tracks(), v(3600, false)),
             Action::Drop
         );
-        let Action::Pass(f) = p.offer(Source::Main, &main_tracks(), a(5)) else {
-            panic!("audio passes");
-        };
-        assert_eq!(f.track, 0);
+        assert_eq!(
+            p.offer(Source::Main, &main_tracks(), a(3)),
+            Action::Pass(a(3))
+        );
+        let second = 90_000;
+        assert!(
+            matches!(
+                p.offer(Source::Main, &main_tracks(), v(second, true)),
+                Action::Pass(f) if f.dts == second
+            ),
+            "the first keyframe is a picture"
+        );
+        for s in 2..STILL_EVERY + 1 {
+            assert_eq!(
+                p.offer(Source::Main, &main_tracks(), v(s * second, true)),
+                Action::Drop,
+                "{s} s"
+            );
+        }
+        assert!(matches!(
+            p.offer(
+                Source::Main,
+                &main_tracks(),
+                v((STILL_EVERY + 1) * second, true)
+            ),
+            Action::Pass(_)
+        ));
+        // back to all frames: at the next keyframe
+        p.select(MAIN_ALL);
+        assert_eq!(
+            p.offer(Source::Main, &main_tracks(), v(6 * second, false)),
+            Action::Drop
+        );
+        assert!(matches!(
+            p.offer(Source::Main, &main_tracks(), v(7 * second, true)),
+            Action::Pass(_)
+        ));
+        assert!(matches!(
+            p.offer(Source::Main, &main_tracks(), v(7 * second + 3600, false)),
+            Action::Pass(_)
+        ));
+        assert_eq!(p.switches(), 1, "one source all along");
     }
 
     #[test]
@@ -330,15 +391,29 @@ mod tests {
     }
 
     #[test]
-    fn no_audio_no_audio_program() {
+    fn a_source_that_broke_goes_on_again_as_a_new_source_at_its_keyframe() {
         let mut p = Program::new();
-        p.select(Selection {
-            source: Source::Main,
-            cut: Cut::Audio,
-        });
-        let video_only = vec![video_track(1280)];
-        assert_eq!(p.offer(Source::Main, &video_only, v(0, true)), Action::Drop);
-        assert_eq!(p.on_air(), None);
+        p.select(MAIN_ALL);
+        p.offer(Source::Main, &main_tracks(), v(0, true));
+        p.source_broke(Source::Sub);
+        assert!(matches!(
+            p.offer(Source::Main, &main_tracks(), v(1, false)),
+            Action::Pass(_)
+        ));
+        p.source_broke(Source::Main);
+        assert_eq!(
+            p.offer(Source::Main, &main_tracks(), v(2, false)),
+            Action::Drop
+        );
+        assert_eq!(p.offer(Source::Main, &main_tracks(), a(2)), Action::Drop);
+        assert!(matches!(
+            p.offer(Source::Main, &main_tracks(), v(3, true)),
+            Action::Switch { .. }
+        ));
+        assert!(matches!(
+            p.offer(Source::Main, &main_tracks(), v(4, false)),
+            Action::Pass(_)
+        ));
     }
 
     #[test]
