@@ -1,8 +1,10 @@
 //! From retina's frames and parameters to the segmenter's tracks and frames, for one
 //! rendition: shared by pulled cameras and the RTSP push listener.
 
+use crate::program::{source_of, ProgramFeed};
 use crate::rendition::LiveRendition;
 use retina::codec::{CodecItem, ParametersRef};
+use segmenter::program::Source;
 use segmenter::segmenter::FrameError;
 use segmenter::{Frame, Track};
 use std::sync::Arc;
@@ -55,6 +57,10 @@ pub struct Feed {
     resync: bool,
     last_error: Option<String>,
     dts: segmenter::media::DtsFromPts,
+    /// The camera's program and what this rendition is to it, if it has one.
+    program: Option<(Arc<ProgramFeed>, Source)>,
+    /// The tracks applied, for the program.
+    applied_tracks: Vec<Track>,
     /// Frames packaged.
     pub frames: u64,
 }
@@ -83,8 +89,17 @@ impl Feed {
             resync: false,
             last_error: None,
             dts: Default::default(),
+            program: None,
+            applied_tracks: Vec::new(),
             frames: 0,
         }
+    }
+
+    /// Offers every frame to the camera's program too (if it has one, and this rendition
+    /// is one of its sources).
+    pub fn on_air(mut self, program: Option<Arc<ProgramFeed>>) -> Self {
+        self.program = program.zip(source_of(self.rendition.name()));
+        self
     }
 
     fn note(&mut self, e: String) {
@@ -115,9 +130,10 @@ impl Feed {
             return false;
         }
         let tracks: Vec<Track> = self.tracks.iter().flatten().cloned().collect();
-        match self.rendition.set_tracks(tracks) {
+        match self.rendition.set_tracks(tracks.clone()) {
             Ok(()) => {
                 self.applied = true;
+                self.applied_tracks = tracks;
                 true
             }
             Err(e) => {
@@ -192,6 +208,9 @@ impl Feed {
             vec![frame]
         };
         for frame in frames {
+            if let Some((program, source)) = &self.program {
+                program.offer(*source, &self.applied_tracks, frame.clone());
+            }
             match self.rendition.frame(frame) {
                 Ok(_) => {
                     self.frames += 1;

@@ -4,6 +4,8 @@
 //!   and the cameras they belong to;
 //! - [`hls_http`]: LL-HLS over HTTP for any window (blocking reload, growing parts,
 //!   delta updates); [`serve`]: the gateway's on-site `/live/`;
+//! - [`program`]: a camera's program, the rendition the relay gets, cut from its sources
+//!   at the low-bandwidth level;
 //! - [`spool`]: parts leaving a rendition's ring, on disk, for the backfill after an outage;
 //! - [`relayed`]: the relay's side: gateways' renditions mirrored, served to viewers,
 //!   recorded;
@@ -12,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod hls_http;
+pub mod program;
 pub mod relayed;
 pub mod rendition;
 pub mod serve;
@@ -27,7 +30,7 @@ pub mod pull;
 #[cfg(feature = "cameras")]
 pub mod rtsp;
 
-pub use rendition::LiveRendition;
+pub use rendition::{LiveRendition, RecentRate};
 pub use streams::{CameraStatus, LiveStream, LiveStreams};
 
 /// Milliseconds since the Unix epoch.

@@ -72,7 +72,7 @@ pub async fn run_pull(
         }
         let mut frames = 0;
         let r = pull_once(&stream, &rendition, &url, creds.clone(), main, &mut frames).await;
-        rendition.discontinuity();
+        stream.source_broke(&rendition);
         let msg = match r {
             Ok(()) => "the camera ended the stream".to_string(),
             Err(e) => e,
@@ -179,7 +179,7 @@ async fn pull_once(
     let mut demuxed = playing
         .demuxed()
         .map_err(|e| format!("demux: {}", one_line(&e.to_string())))?;
-    let mut feed = Feed::new(camera, rendition.clone(), &set_up);
+    let mut feed = Feed::new(camera, rendition.clone(), &set_up).on_air(stream.program());
     for (i, _, _) in &set_up {
         feed.parameters(*i, demuxed.streams()[*i].parameters());
     }

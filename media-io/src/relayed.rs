@@ -4,7 +4,8 @@
 //!
 //! Viewer URLs (`serve`):
 //! - `/live/` — JSON: every stream, its state and latency figures;
-//! - `/live/<gateway>/<camera>/index.m3u8` — the main rendition; `abr.m3u8` — all;
+//! - `/live/<gateway>/<camera>/index.m3u8` — the camera's program (cut at its
+//!   low-bandwidth level; the main rendition from a gateway without one); `abr.m3u8` — all;
 //! - `/live/<gateway>/<camera>/<rendition>/stream.m3u8`, `init-G.mp4`, `seg-M.m4s`,
 //!   `part-M.I.m4s` (see [`crate::hls_http`]);
 //! - `/live/<gateway>/<camera>/<rendition>/latency.json` — recent parts' glass-to-relay
@@ -435,9 +436,15 @@ pub struct RelayedCamera {
 impl RelayedCamera {
     fn renditions(&self) -> Vec<Arc<Mirrored>> {
         let r = self.renditions.read().unwrap_or_else(|e| e.into_inner());
-        // main first
+        // the program first (what viewers get), then main
         let mut v: Vec<_> = r.values().cloned().collect();
-        v.sort_by_key(|m| (m.name != "main", m.name.clone()));
+        v.sort_by_key(|m| {
+            (
+                m.name != crate::program::PROGRAM,
+                m.name != "main",
+                m.name.clone(),
+            )
+        });
         v
     }
 }

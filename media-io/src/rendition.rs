@@ -10,6 +10,20 @@ use segmenter::{Chunk, Frame, LiveWindow, Part, Rendition, RenditionConfig, Trac
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
+/// What a rendition's newest parts cost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecentRate {
+    /// Bytes per second.
+    pub bytes_per_sec: f64,
+    /// Bytes per second of the parts that start with a keyframe (what its keyframes cost,
+    /// overstated by the frames that follow them in their part).
+    pub independent_per_sec: f64,
+    /// It carries audio.
+    pub audio: bool,
+    /// It carries video.
+    pub video: bool,
+}
+
 /// One rendition of a camera, shared by its feeder and its readers.
 pub struct LiveRendition {
     name: String,
@@ -92,18 +106,66 @@ impl LiveRendition {
         r
     }
 
+    /// What the rendition's newest parts cost, over up to `span` of them (None: less than
+    /// a second of parts, or none captured within `span`: not live).
+    pub fn recent_rate(&self, span: std::time::Duration) -> Option<RecentRate> {
+        let now = crate::wall_ms();
+        self.with(|r| {
+            let w = r.window();
+            let audio = w.info().codecs.contains("mp4a");
+            let video = w.info().resolution.is_some();
+            let (mut bytes, mut independent, mut secs, mut newest) = (0usize, 0usize, 0.0, 0);
+            for p in w.ring().iter().collect::<Vec<_>>().into_iter().rev() {
+                if p.gap {
+                    continue;
+                }
+                newest = newest.max(p.capture_ms);
+                bytes += p.data.len();
+                if p.independent {
+                    independent += p.data.len();
+                }
+                secs += p.duration;
+                if secs >= span.as_secs_f64() {
+                    break;
+                }
+            }
+            let live = now.saturating_sub(newest) <= span.as_millis() as u64;
+            (secs >= 1.0 && live).then(|| RecentRate {
+                bytes_per_sec: bytes as f64 / secs,
+                independent_per_sec: independent as f64 / secs,
+                audio,
+                video,
+            })
+        })
+    }
+
     /// Sets the tracks (see [`Rendition::set_tracks`]).
     pub fn set_tracks(&self, tracks: Vec<Track>) -> Result<(), String> {
         let (res, init) = self.with(|r| {
             let res = r.set_tracks(tracks);
             (res, r.window().latest_init())
         });
+        self.spool_init(init);
+        res
+    }
+
+    fn spool_init(&self, init: Option<(u32, Bytes)>) {
         if let (Some(spool), Some((g, data))) = (&self.spool, init) {
             let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = s.put_init(g, &data) {
                 tracing::warn!(rendition = %self.name, error = %e, "spool write failed");
             }
         }
+    }
+
+    /// The input comes from another source from now on (see
+    /// [`segmenter::Rendition::switch_source`]).
+    pub fn switch_source(&self, tracks: Vec<Track>) -> Result<(), String> {
+        let (res, init) = self.with(|r| {
+            let res = r.switch_source(tracks);
+            (res, r.window().latest_init())
+        });
+        self.spool_init(init);
         res
     }
 

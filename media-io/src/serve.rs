@@ -8,7 +8,8 @@
 //!   camera's substream), for players that switch. The renditions share a wall-clock-based
 //!   timeline. (ffmpeg's HLS reader mixes streams of different variants, so index.m3u8
 //!   lists one.)
-//! - `/live/<camera>/<rendition>/stream.m3u8` — media playlist; blocking reload with
+//! - `/live/<camera>/<rendition>/stream.m3u8` — media playlist (`program` too: what the
+//!   relay gets, cut at the camera's low-bandwidth level); blocking reload with
 //!   `_HLS_msn` / `_HLS_part`, delta updates with `_HLS_skip`;
 //! - `/live/<camera>/<rendition>/init-<gen>.mp4`, `seg-<msn>.m4s`, `part-<msn>.<i>.m4s`;
 //!   the hinted part is answered as it grows.
@@ -121,9 +122,11 @@ async fn multivariant(
         w.variant(String::new()).is_some_and(|v| v.bandwidth > 0)
     })
     .await;
+    // the camera's own renditions: the program is what the relay gets (served on its own)
     let variants: Vec<_> = s
         .renditions
         .iter()
+        .filter(|r| r.name() != crate::program::PROGRAM)
         .take(if all { usize::MAX } else { 1 })
         .filter_map(|r| r.with_window(|w| w.variant(format!("{}/stream.m3u8", r.name()))))
         .collect();

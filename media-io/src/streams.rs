@@ -1,6 +1,7 @@
 //! The cameras of a gateway: each camera's renditions (main, and its substream), its state
 //! for status pages, and who may push to it.
 
+use crate::program::{source_of, ProgramFeed, PROGRAM};
 use crate::rendition::LiveRendition;
 use segmenter::RenditionConfig;
 use std::collections::BTreeMap;
@@ -17,10 +18,11 @@ pub struct CameraStatus {
     pub connects: u64,
 }
 
-/// One camera: its renditions (main first).
+/// One camera: its renditions (main first), and its program when it has one.
 pub struct LiveStream {
     name: String,
     pub(crate) renditions: Vec<Arc<LiveRendition>>,
+    program: Option<Arc<ProgramFeed>>,
     status: Mutex<CameraStatus>,
     pulled: bool,
     push_credentials: Mutex<Option<(String, String)>>,
@@ -97,6 +99,20 @@ impl LiveStream {
         self.renditions[0].clone()
     }
 
+    /// The camera's program (the rendition the relay gets), if it has one.
+    pub fn program(&self) -> Option<Arc<ProgramFeed>> {
+        self.program.clone()
+    }
+
+    /// The input of `rendition` broke (its source reconnected): a discontinuity, and the
+    /// program takes the source again at its next start point.
+    pub fn source_broke(&self, rendition: &LiveRendition) {
+        rendition.discontinuity();
+        if let (Some(p), Some(src)) = (&self.program, source_of(rendition.name())) {
+            p.source_broke(src);
+        }
+    }
+
     /// Updates the status.
     pub fn set_status(&self, f: impl FnOnce(&mut CameraStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
@@ -148,8 +164,9 @@ impl LiveStreams {
 }
 
 impl LiveStreams {
-    /// Registers a camera with the given renditions (`["main"]`, or `["main", "sub"]`); a
-    /// camera already registered under the name is returned as it is.
+    /// Registers a camera with the given renditions (`["main"]`, or `["main", "sub"]`, and
+    /// [`PROGRAM`] for a program cut from the others); a camera already registered under
+    /// the name is returned as it is.
     pub fn add(
         &self,
         name: &str,
@@ -158,9 +175,7 @@ impl LiveStreams {
         pulled: bool,
     ) -> Arc<LiveStream> {
         let origin = crate::wall_ms();
-        let s = Arc::new(LiveStream {
-            name: name.to_string(),
-            renditions: renditions
+        let renditions: Vec<Arc<LiveRendition>> = renditions
                 .iter()
                 .map(|r| {
                     let mut lr = LiveRendition::new(r, cfg);
@@ -174,7 +189,15 @@ impl LiveStreams {
                     lr.with(|x| x.set_clock_origin(origin));
                     Arc::new(lr)
                 })
-                .collect(),
+                .collect();
+        let program = renditions
+            .iter()
+            .find(|r| r.name() == PROGRAM)
+            .map(|r| Arc::new(ProgramFeed::new(r.clone())));
+        let s = Arc::new(LiveStream {
+            name: name.to_string(),
+            renditions,
+            program,
             status: Mutex::new(CameraStatus {
                 state: if pulled { "connecting" } else { "waiting" }.into(),
                 ..Default::default()

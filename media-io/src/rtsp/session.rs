@@ -17,6 +17,7 @@ use super::codec::{url_path, Reply, Request};
 use super::rtp::RtpStream;
 use super::sdp::{parse_sdp, Media};
 use crate::feed::Feed;
+use crate::program::PROGRAM;
 use crate::streams::{LiveStream, LiveStreams};
 use segmenter::RenditionConfig;
 use std::collections::HashMap;
@@ -307,7 +308,10 @@ impl PushSession {
             }
             Some(c) => c,
             None if sh.accept_any => {
-                match sh.streams.get_or_add(&name, &["main"], sh.cfg, MAX_CAMERAS) {
+                match sh
+                    .streams
+                    .get_or_add(&name, &["main", PROGRAM], sh.cfg, MAX_CAMERAS)
+                {
                     Some(c) => c,
                     None => {
                         warn!(camera = %name, "push refused: {MAX_CAMERAS} cameras already");
@@ -415,7 +419,7 @@ impl PushSession {
         }
         let (rtp, feed) = start_feed(&camera, &medias, &channels);
         // a previous encoder's timeline (or this one's, after a takeover) ends here
-        camera.main().discontinuity();
+        camera.source_broke(&camera.main());
         claim.recording(now);
         camera.connected();
         self.state = State::Recording(Box::new(Recording {
@@ -498,7 +502,7 @@ fn start_feed(
             }
         }
     }
-    let mut feed = Feed::new(camera.name(), camera.main(), &set_up);
+    let mut feed = Feed::new(camera.name(), camera.main(), &set_up).on_air(camera.program());
     for (m, _, _) in &set_up {
         if let Some(s) = &rtp[*m] {
             feed.parameters(*m, s.parameters());
@@ -519,7 +523,7 @@ impl Drop for PushSession {
         if let Some(claim) = self.claim() {
             if !claim.revoked() {
                 if let Some(cam) = self.camera() {
-                    cam.main().discontinuity();
+                    cam.source_broke(&cam.main());
                     cam.set_status(|s| s.state = "waiting".into());
                     info!(camera = cam.name(), "encoder disconnected");
                 }

@@ -1,0 +1,86 @@
+//! A camera's program at the gateway: the rendition the relay gets, cut from the camera's
+//! sources (`main`, `sub`, `transcode`) at the level the low-bandwidth controller chose. The
+//! sources' feeds offer every frame; [`segmenter::program::Program`] decides what goes on
+//! air, and this packages it into the `program` rendition.
+
+use crate::rendition::LiveRendition;
+use segmenter::program::{Action, Program, Selection, Source};
+use segmenter::{Frame, Track};
+use std::sync::{Arc, Mutex};
+
+/// The rendition name of a camera's program.
+pub const PROGRAM: &str = "program";
+
+/// The source a rendition of a camera is, by its name.
+pub fn source_of(rendition: &str) -> Option<Source> {
+    match rendition {
+        "main" => Some(Source::Main),
+        "sub" => Some(Source::Sub),
+        "transcode" => Some(Source::Transcode),
+        _ => None,
+    }
+}
+
+/// A camera's program: the selector and the rendition it feeds.
+pub struct ProgramFeed {
+    rendition: Arc<LiveRendition>,
+    program: Mutex<Program>,
+}
+
+impl ProgramFeed {
+    /// A program into `rendition`, on the main stream.
+    pub fn new(rendition: Arc<LiveRendition>) -> Self {
+        let mut program = Program::new();
+        program.select(Selection {
+            source: Source::Main,
+            cut: segmenter::program::Cut::All,
+        });
+        Self {
+            rendition,
+            program: Mutex::new(program),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Program> {
+        self.program.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The program's rendition.
+    pub fn rendition(&self) -> &Arc<LiveRendition> {
+        &self.rendition
+    }
+
+    /// Selects what goes on air (it takes over at the source's next start point).
+    pub fn select(&self, selection: Selection) {
+        self.lock().select(selection);
+    }
+
+    /// What is on air, and what was selected.
+    pub fn state(&self) -> (Option<Selection>, Option<Selection>) {
+        let p = self.lock();
+        (p.on_air(), p.wanted())
+    }
+
+    /// `source`'s timeline broke (the camera reconnected).
+    pub fn source_broke(&self, source: Source) {
+        self.lock().source_broke(source);
+    }
+
+    /// A frame of `source` with the source's `tracks`.
+    pub fn offer(&self, source: Source, tracks: &[Track], frame: Frame) {
+        let mut p = self.lock();
+        match p.offer(source, tracks, frame) {
+            Action::Drop => {}
+            Action::Pass(f) => {
+                let _ = self.rendition.frame(f);
+            }
+            Action::Switch { tracks, frame } => {
+                if let Err(e) = self.rendition.switch_source(tracks) {
+                    tracing::warn!(rendition = PROGRAM, error = %e, "program: unusable tracks");
+                    return;
+                }
+                let _ = self.rendition.frame(frame);
+            }
+        }
+    }
+}
