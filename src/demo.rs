@@ -332,7 +332,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
             ));
         }
         let since_ms = media_io::wall_ms().saturating_sub((dt * 1000.0) as u64);
-        match bed.relayed.get(DEMO_GATEWAY, "demo", "main") {
+        match bed
+            .relayed
+            .get(DEMO_GATEWAY, "demo", media_io::program::PROGRAM)
+        {
             Some(m) => {
                 let mut lat: Vec<f64> = m
                     .latency()
@@ -350,6 +353,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                 ));
             }
             None => line.push_str(" live starting"),
+        }
+        if let Some(l) = &bed.levels {
+            for c in l.snapshot() {
+                line.push_str(&format!(" | level {}", c.level));
+            }
         }
         println!("{line}");
         if let (Some(at), None, false) = (cut_at, cut, cut_at_done) {
@@ -441,7 +449,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                 Err(_) => String::new(),
             };
             let (relay_parts, relay_gap_parts, mut lat, relay_stall_max_ms) =
-                match bed.relayed.get(DEMO_GATEWAY, "demo", "main") {
+                match bed
+                    .relayed
+                    .get(DEMO_GATEWAY, "demo", media_io::program::PROGRAM)
+                {
                     Some(m) => {
                         let (_, ms, _) = m.state();
                         let samples = m.latency();

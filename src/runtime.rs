@@ -87,6 +87,8 @@ pub struct GatewayHandle {
     pub live: std::sync::Arc<gateway::LiveStreams>,
     /// Its contribution to the relay (when `[live] contribute`).
     pub contributor: Option<std::sync::Arc<gateway::contribute::Contributor>>,
+    /// Its cameras' low-bandwidth levels (when contributing).
+    pub levels: Option<std::sync::Arc<gateway::levels::Levels>>,
     /// Serves device connections handed to it (besides the proxy's listener).
     pub devices: gateway::DeviceDoor,
 }
@@ -117,6 +119,7 @@ pub async fn spawn_gateway_with(
         bond: gw.bond(),
         live: gw.live(),
         contributor,
+        levels: gw.levels(),
         devices: gw.devices(),
     };
     if let Some(m) = cfg.metrics.listen {

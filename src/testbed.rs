@@ -35,6 +35,8 @@ pub struct Testbed {
     pub relayed: Arc<media_io::relayed::Relayed>,
     /// The gateway's contribution to the relay.
     pub contributor: Option<Arc<gateway::contribute::Contributor>>,
+    /// The gateway's cameras' low-bandwidth levels.
+    pub levels: Option<Arc<gateway::levels::Levels>>,
     /// One emulated link per uplink, in uplink order (`None`: that uplink talks to the
     /// relay directly).
     pub links: Vec<Option<LinkEmulator>>,
@@ -82,7 +84,9 @@ impl Testbed {
         let clip = segmenter::mp4file::demux(&bytes::Bytes::from_static(DEMO_CLIP))
             .map_err(|e| anyhow::anyhow!("demo clip: {e}"))?;
         let cfg = gateway::config::LiveSection::default().rendition();
-        let stream = self.live.add(name, &["main"], cfg, false);
+        let stream = self
+            .live
+            .add(name, &["main", media_io::program::PROGRAM], cfg, false);
         tokio::spawn(media_io::clip::run_clip(stream.clone(), Arc::new(clip)));
         Ok(stream)
     }
@@ -376,6 +380,7 @@ impl Testbed {
             viewers_h3: rh.viewers.2,
             relayed: rh.relayed,
             contributor: gh.contributor,
+            levels: gh.levels,
             links,
             proxy,
             bond,

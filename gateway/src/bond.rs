@@ -577,6 +577,20 @@ impl Bond {
         self.views_except(&[])
     }
 
+    /// What the paths can give the stream class (`tunnel::stream_level::capacity`), bytes
+    /// per second; None while no path may carry it.
+    pub fn stream_capacity(&self) -> Option<f64> {
+        let views = self.views();
+        let paths: Vec<_> = views
+            .into_iter()
+            .map(|v| {
+                let full = self.paths.get(v.id).and_then(|p| p.lock().est.full_rate());
+                (v, full)
+            })
+            .collect();
+        tunnel::stream_level::capacity(&paths)
+    }
+
     /// The views of every path but `exclude`.
     fn views_except(&self, exclude: &[PathId]) -> Vec<PathView> {
         self.with_fallback(

@@ -170,6 +170,10 @@ pub struct CameraConfig {
     /// RTSP password.
     #[serde(default)]
     pub password: Option<String>,
+    /// When the uplinks cannot carry every camera, cameras of lower priority step down to
+    /// a lower level first and back up last.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// `[gateway]`

@@ -1,5 +1,5 @@
-//! The contribution: every rendition of every camera goes to the relay over the bond as it
-//! is made, chunk by chunk (class `stream`), so the relay can serve a part while it is still
+//! The contribution: every camera's program (the rendition cut at its low-bandwidth level,
+//! see `media_io::program`) goes to the relay over the bond as it is made, chunk by chunk (class `stream`), so the relay can serve a part while it is still
 //! being built. What to send where and when is `tunnel::contribution`'s; this is the shell:
 //! it takes the segmenter's chunks, reads the bytes a send needs from the rendition (its
 //! window, its ring, or its disk spool, so nothing is held twice), opens the requests, and
@@ -40,6 +40,8 @@ pub struct ContributionStatus {
     pub streams: usize,
     /// Init segments sent.
     pub inits_sent: u64,
+    /// How long the oldest live piece not sent yet has waited.
+    pub backlog: Duration,
 }
 
 /// A handle on the running contribution.
@@ -145,7 +147,13 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
     loop {
         // cameras added since (pushed cameras appear at any time)
         for cam in cameras.all() {
-            for r in cam.renditions() {
+            // the relay gets a camera's program, cut at its low-bandwidth level (every
+            // rendition of a camera without one)
+            let sent = match cam.program() {
+                Some(p) => vec![p.rendition().clone()],
+                None => cam.renditions().to_vec(),
+            };
+            for r in &sent {
                 if known.insert((cam.name().to_string(), r.name().to_string())) {
                     r.keep_chunks();
                     let w = wake.clone();
@@ -256,6 +264,7 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
             st.waiting = core.waiting();
             st.streams = streams.len();
             st.inits_sent = inits_sent;
+            st.backlog = core.live_backlog(now);
         }
         publish_metrics(&mut published, core.stats(), core.waiting());
         let wait_until = core

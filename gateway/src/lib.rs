@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod contribute;
 pub mod devices;
+pub mod levels;
 mod proxy;
 pub mod pull;
 pub mod sockets;

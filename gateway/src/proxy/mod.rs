@@ -82,6 +82,9 @@ pub struct Gateway {
     push: Option<PushListener>,
     pulls: Vec<Pull>,
     contributor: Option<Arc<crate::contribute::Contributor>>,
+    levels: Option<Arc<crate::levels::Levels>>,
+    /// Camera priorities for the low-bandwidth mode, by name.
+    priorities: std::collections::HashMap<String, i32>,
 }
 
 impl Gateway {
@@ -117,9 +120,9 @@ impl Gateway {
         let mut pulls = Vec::new();
         for cam in &cfg.cameras {
             let rends: &[&str] = if cam.substream_url.is_some() {
-                &["main", "sub"]
+                &["main", "sub", media_io::program::PROGRAM]
             } else {
-                &["main"]
+                &["main", media_io::program::PROGRAM]
             };
             let stream = live.add(&cam.name, rends, rcfg, cam.url.is_some());
             if let (None, Some(user)) = (&cam.url, &cam.username) {
@@ -173,6 +176,12 @@ impl Gateway {
             push,
             pulls,
             contributor: None,
+            levels: None,
+            priorities: cfg
+                .cameras
+                .iter()
+                .map(|c| (c.name.clone(), c.priority))
+                .collect(),
         })
     }
 
@@ -197,15 +206,32 @@ impl Gateway {
     }
 
     /// Starts sending the cameras to the relay (`[live] contribute`); idempotent.
+    /// The low-bandwidth mode starts with it: each camera's program carries what the
+    /// uplinks can.
     pub fn contribute(&mut self) -> Arc<crate::contribute::Contributor> {
-        self.contributor
+        let c = self
+            .contributor
             .get_or_insert_with(|| {
                 crate::contribute::Contributor::start(
                     self.state.bond.clone(),
                     self.state.live.clone(),
                 )
             })
-            .clone()
+            .clone();
+        if self.levels.is_none() {
+            self.levels = Some(crate::levels::Levels::start(
+                self.state.bond.clone(),
+                self.state.live.clone(),
+                c.clone(),
+                self.priorities.clone(),
+            ));
+        }
+        c
+    }
+
+    /// The cameras' low-bandwidth levels, once contributing.
+    pub fn levels(&self) -> Option<Arc<crate::levels::Levels>> {
+        self.levels.clone()
     }
 
     /// Serves venue devices until the task is dropped.

@@ -1,0 +1,243 @@
+//! The low-bandwidth mode's shell: every 100 ms it measures what each camera's levels cost
+//! (from its renditions' newest parts), what the bond can give the stream class, and how
+//! long live media has waited at the gateway, and feeds them to
+//! `tunnel::stream_level::StreamLevels`; the levels it answers select what each camera's
+//! program carries to the relay (`media_io::program`). Every change is logged with its
+//! cause and counted.
+
+use crate::bond::Bond;
+use crate::contribute::Contributor;
+use media_io::{LiveStream, LiveStreams};
+use segmenter::program::{Cut, Selection, Source};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::info;
+use tunnel::stream_level::{Ladder, Level, LevelConfig, Measure, StreamLevels};
+
+/// How often the levels are worked out.
+const TICK: Duration = Duration::from_millis(100);
+/// The parts a level's cost is measured over.
+const COST_SPAN: Duration = Duration::from_secs(4);
+
+/// One camera's level, for status and metrics.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CameraLevel {
+    /// The camera.
+    pub camera: String,
+    /// Its level.
+    pub level: &'static str,
+    /// Set by hand (the level it is pinned at).
+    pub pinned: Option<&'static str>,
+    /// What its program carries now (`main`, `sub`, ... and the cut), once on air.
+    pub on_air: Option<String>,
+}
+
+struct State {
+    core: StreamLevels,
+    /// Camera names, in the core's order.
+    cameras: Vec<String>,
+}
+
+/// The low-bandwidth mode of a gateway's cameras.
+pub struct Levels {
+    state: Mutex<State>,
+    streams: Arc<LiveStreams>,
+}
+
+impl Levels {
+    /// Starts working out the levels of `streams`' cameras (`priorities` by camera name, 0
+    /// for a camera not named) over `bond`, with the backlog `contributor` reports.
+    pub fn start(
+        bond: Arc<Bond>,
+        streams: Arc<LiveStreams>,
+        contributor: Arc<Contributor>,
+        priorities: HashMap<String, i32>,
+    ) -> Arc<Self> {
+        let me = Arc::new(Self {
+            state: Mutex::new(State {
+                core: StreamLevels::new(LevelConfig::default(), &[]),
+                cameras: Vec::new(),
+            }),
+            streams,
+        });
+        let m = me.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                m.step(&bond, &contributor, &priorities);
+            }
+        });
+        me
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn step(&self, bond: &Bond, contributor: &Contributor, priorities: &HashMap<String, i32>) {
+        let now = tunnel_io::clock::now();
+        let cams: Vec<Arc<LiveStream>> = self
+            .streams
+            .all()
+            .into_iter()
+            .filter(|c| c.program().is_some())
+            .collect();
+        let mut st = self.lock();
+        for c in &cams {
+            if !st.cameras.iter().any(|n| n == c.name()) {
+                let p = priorities.get(c.name()).copied().unwrap_or(0);
+                st.core.add(p);
+                st.cameras.push(c.name().to_string());
+            }
+        }
+        let by_name: HashMap<&str, &Arc<LiveStream>> = cams.iter().map(|c| (c.name(), c)).collect();
+        let ladders: Vec<Ladder> = st
+            .cameras
+            .iter()
+            .map(|n| {
+                by_name
+                    .get(n.as_str())
+                    .map_or(Ladder::default(), |c| ladder(c))
+            })
+            .collect();
+        // an outage (no path for the stream) holds the levels: its parts wait for the
+        // backfill, and say nothing of what the links will carry when they return
+        let changes = match bond.stream_capacity() {
+            Some(capacity) => {
+                let backlog = contributor.status().backlog;
+                st.core.update(now, &ladders, Measure { capacity, backlog })
+            }
+            None => Vec::new(),
+        };
+        for ch in &changes {
+            let camera = &st.cameras[ch.camera];
+            let down = ch.to > ch.from;
+            info!(
+                camera = %camera,
+                from = ch.from.name(),
+                to = ch.to.name(),
+                cause = %ch.cause,
+                "stream level {}",
+                if down { "down" } else { "up" }
+            );
+            metrics::counter!(
+                "canopy_gateway_stream_level_changes_total",
+                "camera" => camera.clone(),
+                "direction" => if down { "down" } else { "up" }
+            )
+            .increment(1);
+        }
+        for (i, name) in st.cameras.iter().enumerate() {
+            let (Some(c), Some(level)) = (by_name.get(name.as_str()), st.core.level(i)) else {
+                continue;
+            };
+            metrics::gauge!("canopy_gateway_stream_level", "camera" => name.clone())
+                .set(level as u8 as f64);
+            if let Some(p) = c.program() {
+                p.select(selection(level, &ladders[i]));
+            }
+        }
+    }
+
+    /// Pins `camera` at `level` (None: back to automatic). False: no such camera.
+    pub fn set_override(&self, camera: &str, level: Option<Level>) -> bool {
+        let mut st = self.lock();
+        let Some(i) = st.cameras.iter().position(|n| n == camera) else {
+            return false;
+        };
+        if let Some(ch) = st.core.set_override(i, level) {
+            info!(camera, from = ch.from.name(), to = ch.to.name(), cause = %ch.cause, "stream level set");
+        }
+        true
+    }
+
+    /// Every camera's level.
+    pub fn snapshot(&self) -> Vec<CameraLevel> {
+        let st = self.lock();
+        st.cameras
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let on_air = self
+                    .streams
+                    .get(name)
+                    .and_then(|c| c.program())
+                    .and_then(|p| p.state().0)
+                    .map(describe);
+                CameraLevel {
+                    camera: name.clone(),
+                    level: st.core.level(i).map_or("full", Level::name),
+                    pinned: st.core.pinned(i).map(Level::name),
+                    on_air,
+                }
+            })
+            .collect()
+    }
+}
+
+/// What each level of camera `c` costs now.
+fn ladder(c: &LiveStream) -> Ladder {
+    let rate = |name: &str| c.rendition(name).and_then(|r| r.recent_rate(COST_SPAN));
+    let main = rate("main");
+    let sub = rate("sub");
+    let transcode = rate("transcode");
+    // The keyframes and audio levels are not offered yet: their video is a frame a second
+    // or fewer, and the segmenter cuts parts on the video's frames, so their parts come a
+    // second or more apart and the relay fills the live edge with gap parts meanwhile
+    // (seen in tests/netns/lowbw.sh). They need repeated (skipped) frames in between.
+    Ladder([
+        main.map(|r| r.bytes_per_sec),
+        sub.map(|r| r.bytes_per_sec),
+        transcode.map(|r| r.bytes_per_sec),
+        None,
+        None,
+    ])
+}
+
+/// What camera's program carries at `level`.
+fn selection(level: Level, ladder: &Ladder) -> Selection {
+    let all = |source| Selection {
+        source,
+        cut: Cut::All,
+    };
+    match level {
+        Level::Full => all(Source::Main),
+        Level::Substream => all(Source::Sub),
+        Level::Transcode => all(Source::Transcode),
+        Level::Keyframes => Selection {
+            source: smallest(ladder),
+            cut: Cut::Keyframes,
+        },
+        Level::Audio => Selection {
+            source: smallest(ladder),
+            cut: Cut::Audio,
+        },
+    }
+}
+
+/// The smallest live video source.
+fn smallest(ladder: &Ladder) -> Source {
+    if ladder.cost(Level::Substream).is_some() {
+        Source::Sub
+    } else if ladder.cost(Level::Transcode).is_some() {
+        Source::Transcode
+    } else {
+        Source::Main
+    }
+}
+
+fn describe(s: Selection) -> String {
+    let source = match s.source {
+        Source::Main => "main",
+        Source::Sub => "sub",
+        Source::Transcode => "transcode",
+    };
+    match s.cut {
+        Cut::All => source.to_string(),
+        Cut::Keyframes => format!("{source} keyframes"),
+        Cut::Audio => format!("{source} audio"),
+    }
+}
