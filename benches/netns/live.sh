@@ -19,16 +19,11 @@ nsh_bg v /usr/bin/python3 tests/camera/rtsp_camera.py --port 8654 --size 1920x10
 NSH_LIVE=1 NSH_HOLD_S=60 NSH_BACKUP_LINK=3 NSH_CAMERA_URL="rtsp://127.0.0.1:8654/cam" nsh_canopy_configs 3
 nsh_start_canopy 3 >&2
 BASE=http://10.200.100.1:8088/live/gw/cam
-for _ in $(seq 300); do
-  n=$(nsh_exec r curl -s -m 2 "$BASE/main/stream.m3u8" | grep -c '^#EXTINF' || true)
-  [ "${n:-0}" -ge 3 ] && break
-  sleep 0.1
-done
-[ "${n:-0}" -ge 3 ] || { echo "the camera never reached the relay" >&2; exit 1; }
+nsh_wait_playlist "$BASE/program/stream.m3u8" || { echo "the camera never reached the relay" >&2; exit 1; }
 sleep 5
 
 t0=$(now)
-nsh_exec r python3 $V play "$BASE/main/stream.m3u8" --viewers 20 --seconds 62 --json "$NSH_DIR/viewers.json" \
+nsh_exec r python3 $V play "$BASE/program/stream.m3u8" --viewers 20 --seconds 62 --json "$NSH_DIR/viewers.json" \
   > "$NSH_DIR/viewers.log" 2>&1 &
 viewers=$!
 sleep 18; busiest=$(nsh_busiest_uplink); t_cut=$(now); nsh_carrier "$busiest" down
@@ -49,7 +44,7 @@ for _ in $(seq 600); do
 done
 wait $viewers
 sleep 2
-nsh_exec r curl -s "$BASE/main/latency.json" > "$NSH_DIR/latency.json"
+nsh_exec r curl -s "$BASE/program/latency.json" > "$NSH_DIR/latency.json"
 nsh_exec r curl -s http://10.200.100.1:8088/live/ > "$NSH_DIR/relay.json"
 gw_metrics > "$NSH_DIR/gw.metrics"
 python3 - "$NSH_DIR" "$t0" "$t_cut" "$t_back" "$t_down" "$t_up" "${t_done:-0}" "${t_bf:-0}" "$busiest" <<'PY'
@@ -57,7 +52,7 @@ import json, re, sys
 d = sys.argv[1]
 t0, t_cut, t_back, t_down, t_up, t_done, t_bf = (float(x) for x in sys.argv[2:9])
 lat = json.load(open(f"{d}/latency.json"))
-relay = next(s for s in json.load(open(f"{d}/relay.json")) if s["rendition"] == "main")
+relay = next(s for s in json.load(open(f"{d}/relay.json")) if s["rendition"] == "program")
 viewers = json.load(open(f"{d}/viewers.json"))
 metrics = open(f"{d}/gw.metrics").read()
 def m(kind):

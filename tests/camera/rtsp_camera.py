@@ -5,6 +5,7 @@ Run with Debian's python3 (/usr/bin/python3), which sees the gi module:
 
     /usr/bin/python3 tests/camera/rtsp_camera.py --port 8654 [--codec h264|h265] [--no-audio]
         [--open-gop] [--audio-only] [--user U --password P] [--size 640x360] [--fps 25] [--kbps 1500]
+        [--sub-kbps 300] [--pattern smpte|snow|...]
 
 Mount: rtsp://127.0.0.1:PORT/cam (and /sub, a 320x180 substream). Prints "ready" when
 listening. Killing it (SIGTERM/SIGKILL) is how tests make the camera drop.
@@ -57,6 +58,9 @@ def main():
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--kbps", type=int, default=1500)
+    ap.add_argument("--sub-kbps", type=int, default=300)
+    # "snow" (noise) makes the encoder spend its whole bitrate; the default pattern is cheap
+    ap.add_argument("--pattern", default="smpte")
     ap.add_argument("--user")
     ap.add_argument("--password")
     args = ap.parse_args()
@@ -66,9 +70,9 @@ def main():
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
     mounts = server.get_mount_points()
-    for path, size, kbps in (("/cam", args.size, args.kbps), ("/sub", "320x180", 300)):
+    for path, size, kbps in (("/cam", args.size, args.kbps), ("/sub", "320x180", args.sub_kbps)):
         f = GstRtspServer.RTSPMediaFactory()
-        f.set_launch(launch(args.codec, size, args.fps, kbps, not args.no_audio, "smpte",
+        f.set_launch(launch(args.codec, size, args.fps, kbps, not args.no_audio, args.pattern,
                             video=not args.audio_only, open_gop=args.open_gop))
         f.set_shared(True)
         if args.user:

@@ -38,12 +38,7 @@ relay_json() { nsh_exec r curl -s -m 5 http://10.200.100.1:8088/live/; }
 # awk reads to the end: leaving early would cut curl off (SIGPIPE), failing under pipefail
 gw_metric() { nsh_exec v curl -s http://127.0.0.1:9102/metrics | awk -v m="$1" 'index($0, m) == 1 && !seen {v = $2; seen = 1} END {if (seen) print v}'; }
 # the stream is live at the relay: three segments listed
-for _ in $(seq 200); do
-  n=$(nsh_exec r curl -s -m 2 "$BASE/main/stream.m3u8" | grep -c '^#EXTINF' || true)
-  [ "${n:-0}" -ge 3 ] && break
-  sleep 0.1
-done
-[ "${n:-0}" -ge 3 ] || fail "the camera never reached the relay: $(relay_json)"
+nsh_wait_playlist "$BASE/program/stream.m3u8" || fail "the camera never reached the relay: $(relay_json)"
 echo "live at the relay: $BASE/index.m3u8"
 
 if want 1; then
@@ -51,7 +46,7 @@ echo "1. ffmpeg and 5 viewers for 30 s; the busiest uplink is cut at 5 s, back a
 gaps_before=$(relay_json | python3 -c 'import json,sys; print(sum(s["gap_parts"] for s in json.load(sys.stdin)))')
 nsh_exec r timeout 60 ffmpeg -nostdin -v error -i "$BASE/index.m3u8" -t 30 -f null - > "$NSH_DIR/ffmpeg1.log" 2>&1 &
 ff=$!
-nsh_exec r python3 $V play "$BASE/main/stream.m3u8" --viewers 5 --seconds 32 --json "$NSH_DIR/play1.json" > "$NSH_DIR/play1.log" 2>&1 &
+nsh_exec r python3 $V play "$BASE/program/stream.m3u8" --viewers 5 --seconds 32 --json "$NSH_DIR/play1.json" > "$NSH_DIR/play1.log" 2>&1 &
 pl=$!
 sleep 3
 busiest=$(nsh_busiest_uplink)
@@ -71,9 +66,9 @@ fi
 if want 2; then
 echo "2. HTTP/3: a standard client (aioquic)"
 h3() { nsh_exec r python3 tests/netns/lib/h3get.py "https://10.200.100.1:8443$1" --cafile "$NSH_DIR/certs/ca.pem" --server-name relay.canopy.test -t 10 -o "$2"; }
-h3 /live/gw/cam/main/stream.m3u8 "$NSH_DIR/h3.m3u8" > "$NSH_DIR/h3.log" || fail "HTTP/3 playlist: $(cat "$NSH_DIR/h3.log")"
+h3 /live/gw/cam/program/stream.m3u8 "$NSH_DIR/h3.m3u8" > "$NSH_DIR/h3.log" || fail "HTTP/3 playlist: $(cat "$NSH_DIR/h3.log")"
 part=$(grep -o 'part-[0-9]*\.[0-9]*\.m4s' "$NSH_DIR/h3.m3u8" | tail -1)
-h3 "/live/gw/cam/main/$part" "$NSH_DIR/h3.m4s" >> "$NSH_DIR/h3.log" || fail "HTTP/3 part: $(cat "$NSH_DIR/h3.log")"
+h3 "/live/gw/cam/program/$part" "$NSH_DIR/h3.m4s" >> "$NSH_DIR/h3.log" || fail "HTTP/3 part: $(cat "$NSH_DIR/h3.log")"
 grep -q '^status: 200' "$NSH_DIR/h3.log" && [ -s "$NSH_DIR/h3.m4s" ] || fail "HTTP/3: $(cat "$NSH_DIR/h3.log")"
 alt=$(nsh_exec r curl -s -D - -o /dev/null "$BASE/index.m3u8" | tr -d '\r' | grep -i '^alt-svc:')
 [[ "$alt" == *'h3=":8443"'* ]] || fail "no Alt-Svc for HTTP/3: $alt"
@@ -113,9 +108,9 @@ NGINX
 nsh_bg r nginx -c "$NSH_DIR/nginx/nginx.conf" -g 'daemon off;'
 sleep 0.5
 parts_req() { nsh_exec r curl -s http://10.200.100.1:9101/metrics | awk '/^canopy_relay_viewer_requests_total\{file="part"/ {s += $2} END {print s + 0}'; }
-parts_made() { relay_json | python3 -c 'import json,sys; print(sum(s["parts"] for s in json.load(sys.stdin) if s["rendition"] == "main"))'; }
+parts_made() { relay_json | python3 -c 'import json,sys; print(sum(s["parts"] for s in json.load(sys.stdin) if s["rendition"] == "program"))'; }
 r0=$(parts_req); m0=$(parts_made)
-nsh_exec r python3 $V play "http://10.200.100.1:8090/live/gw/cam/main/stream.m3u8" --viewers 20 --seconds 15 \
+nsh_exec r python3 $V play "http://10.200.100.1:8090/live/gw/cam/program/stream.m3u8" --viewers 20 --seconds 15 \
   --json "$NSH_DIR/play3.json" > "$NSH_DIR/play3.log" 2>&1 || fail "viewers through nginx: $(cat "$NSH_DIR/play3.log")"
 r1=$(parts_req); m1=$(parts_made)
 python3 - "$((r1 - r0))" "$((m1 - m0))" "$NSH_DIR/play3.json" <<'PY' || fail "nginx: the relay saw parts requested too often"
@@ -131,13 +126,13 @@ fi
 
 if want 4; then
 echo "4. a viewer that reads nothing for 30 s, 5 viewers beside it; then 1000 viewers"
-nsh_exec r python3 $V slow "$BASE/main/stream.m3u8" --seconds 30 > "$NSH_DIR/slow.log" 2>&1 &
+nsh_exec r python3 $V slow "$BASE/program/stream.m3u8" --seconds 30 > "$NSH_DIR/slow.log" 2>&1 &
 slow=$!
-nsh_exec r python3 $V play "$BASE/main/stream.m3u8" --viewers 5 --seconds 30 --json "$NSH_DIR/play4.json" \
+nsh_exec r python3 $V play "$BASE/program/stream.m3u8" --viewers 5 --seconds 30 --json "$NSH_DIR/play4.json" \
   > "$NSH_DIR/play4.log" 2>&1 || fail "viewers beside a stalled one: $(cat "$NSH_DIR/play4.log")"
 wait $slow
 cat "$NSH_DIR/slow.log" "$NSH_DIR/play4.log"
-nsh_exec r python3 $V play "$BASE/main/stream.m3u8" --viewers 1000 --seconds 20 --json "$NSH_DIR/play1000.json" \
+nsh_exec r python3 $V play "$BASE/program/stream.m3u8" --viewers 1000 --seconds 20 --json "$NSH_DIR/play1000.json" \
   > "$NSH_DIR/play1000.log" 2>&1 || fail "1000 viewers: $(cat "$NSH_DIR/play1000.log")"
 cat "$NSH_DIR/play1000.log"
 ok "a stalled viewer slowed nobody; 1000 blocking-reload viewers served"
@@ -145,18 +140,18 @@ fi
 
 if want 5; then
 echo "5. bad viewer input"
-nsh_exec r python3 $V probe "$BASE/main" > "$NSH_DIR/probe.log" 2>&1 || fail "bad input: $(cat "$NSH_DIR/probe.log")"
+nsh_exec r python3 $V probe "$BASE/program" > "$NSH_DIR/probe.log" 2>&1 || fail "bad input: $(cat "$NSH_DIR/probe.log")"
 cat "$NSH_DIR/probe.log"
 ok "bad input: 400 and 404 at once"
 fi
 
 if want 6; then
 echo "6. every uplink down for 60 s, then back"
-nsh_exec r python3 $V play "$BASE/main/stream.m3u8" --viewers 5 --seconds 80 --json "$NSH_DIR/play6.json" \
+nsh_exec r python3 $V play "$BASE/program/stream.m3u8" --viewers 5 --seconds 80 --json "$NSH_DIR/play6.json" \
   > "$NSH_DIR/play6.log" 2>&1 &
 pl=$!
 # the relay's playlist, every 50 ms: when is there media again after the gap
-nsh_exec r python3 - "$BASE/main/stream.m3u8" 82 > "$NSH_DIR/edge.json" <<'PY' &
+nsh_exec r python3 - "$BASE/program/stream.m3u8" 82 > "$NSH_DIR/edge.json" <<'PY' &
 import json, re, sys, time, urllib.request
 url, secs = sys.argv[1], float(sys.argv[2])
 end, out, last = time.time() + secs, [], None
@@ -209,10 +204,10 @@ relay_json > "$NSH_DIR/relay.json"
 python3 - "$NSH_DIR/relay.json" "$NSH_DIR/rec" <<'PY' || fail "the recording"
 import glob, json, os, re, sys
 streams = json.load(open(sys.argv[1]))
-main = next(s for s in streams if s["rendition"] == "main")
+main = next(s for s in streams if s["rendition"] == "program")
 rec = main["recording"]
 assert rec and rec["parts_missing"] == 0 and rec["gap_segments"] == 0, f"recording: {rec}"
-dirs = glob.glob(os.path.join(sys.argv[2], "gw", "cam", "main", "*"))
+dirs = glob.glob(os.path.join(sys.argv[2], "gw", "cam", "program", "*"))
 assert len(dirs) == 1, dirs
 pl = open(os.path.join(dirs[0], "index.m3u8")).read()
 msns = [int(m) for m in re.findall(r"^seg-(\d+)\.m4s", pl, re.M)]
@@ -222,7 +217,7 @@ missing = [m for m in msns if not os.path.exists(os.path.join(dirs[0], f"seg-{m}
 assert not missing, f"segment files missing: {missing[:5]}"
 print(f"  recording: {len(msns)} segments, {rec['parts']} parts, none missing ({dirs[0]})")
 PY
-rec_dir=$(ls -d "$NSH_DIR"/rec/gw/cam/main/* | head -1)
+rec_dir=$(ls -d "$NSH_DIR"/rec/gw/cam/program/* | head -1)
 # the stream goes on, so the recording is an EVENT playlist still: a finished copy of it
 # for ffmpeg to read from start to end
 sed 's/^#EXT-X-PLAYLIST-TYPE:EVENT$/#EXT-X-PLAYLIST-TYPE:VOD/' "$rec_dir/index.m3u8" > "$rec_dir/check.m3u8"

@@ -177,6 +177,8 @@ TOML
     # NSH_CAMERA_URL: one camera pulled by the gateway, sent to the relay
     if [ -n "${NSH_CAMERA_URL:-}" ]; then
       printf '[live]\nspool_dir = "spool"\n\n[[cameras]]\nname = "cam"\nurl = "%s"\n' "$NSH_CAMERA_URL"
+      # NSH_SUBSTREAM_URL: its second stream (the low-bandwidth mode's substream level)
+      if [ -n "${NSH_SUBSTREAM_URL:-}" ]; then printf 'substream_url = "%s"\n' "$NSH_SUBSTREAM_URL"; fi
     fi
   } > "$NSH_DIR/gateway.toml"
 }
@@ -189,6 +191,18 @@ nsh_start_canopy() {
   sleep 0.5
   nsh_bg v "$CANOPY" gateway --config "$NSH_DIR/gateway.toml"
   nsh_wait_uplinks "$n"
+}
+
+# nsh_wait_playlist URL: waits (up to 30 s) until the playlist at URL (fetched in the relay
+# namespace) lists three segments: the stream is live there
+nsh_wait_playlist() {
+  local n
+  for _ in $(seq 300); do
+    n=$(nsh_exec r curl -s -m 2 "$1" | grep -c '^#EXTINF' || true)
+    [ "${n:-0}" -ge 3 ] && return 0
+    sleep 0.1
+  done
+  return 1
 }
 
 # waits (up to 10 s) until N uplinks of the gateway carry traffic
