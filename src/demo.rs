@@ -439,7 +439,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
             let text = String::from_utf8_lossy(pl.as_deref().unwrap_or_default());
             let relay_text = match bed
                 .relayed
-                .serve(&format!("{DEMO_GATEWAY}/demo/main/stream.m3u8"), None, "")
+                .serve(
+                    &format!(
+                        "{DEMO_GATEWAY}/demo/{}/stream.m3u8",
+                        media_io::program::PROGRAM
+                    ),
+                    None,
+                    "",
+                )
                 .await
             {
                 Ok(r) => http_body_util::BodyExt::collect(r.into_body())

@@ -430,6 +430,10 @@ impl Bond {
     /// A path that stopped being usable leaves its load to the others: those
     /// `tunnel::scheduler::take_over_from_lost` names search for their rate again.
     fn take_over_from_lost(&self, was_usable: &[bool]) {
+        let lost = |(i, p): (usize, &Arc<Path>)| was_usable.get(i) == Some(&true) && !p.is_usable();
+        if !self.paths.iter().enumerate().any(lost) {
+            return;
+        }
         let views: Vec<LossView> = self
             .paths
             .iter()

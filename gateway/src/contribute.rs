@@ -40,7 +40,7 @@ pub struct ContributionStatus {
     pub streams: usize,
     /// Init segments sent.
     pub inits_sent: u64,
-    /// How long the oldest live piece not sent yet has waited.
+    /// How far the live media is behind (`Contribution::live_backlog`).
     pub backlog: Duration,
 }
 

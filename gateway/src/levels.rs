@@ -103,15 +103,12 @@ impl Levels {
                     .map_or(Ladder::default(), |c| ladder(c))
             })
             .collect();
-        // an outage (no path for the stream) holds the levels: its parts wait for the
-        // backfill, and say nothing of what the links will carry when they return
-        let changes = match bond.stream_capacity() {
-            Some(capacity) => {
-                let backlog = contributor.status().backlog;
-                st.core.update(now, &ladders, Measure { capacity, backlog })
-            }
-            None => Vec::new(),
+        // None in an outage: the levels hold (see tunnel::stream_level)
+        let m = Measure {
+            capacity: bond.stream_capacity(),
+            backlog: contributor.status().backlog,
         };
+        let changes = st.core.update(now, &ladders, m);
         for ch in &changes {
             let camera = &st.cameras[ch.camera];
             let down = ch.to > ch.from;

@@ -76,7 +76,9 @@ impl ProgramFeed {
             }
             Action::Switch { tracks, frame } => {
                 if let Err(e) = self.rendition.switch_source(tracks) {
+                    // off air until the source's next start point, which tries again
                     tracing::warn!(rendition = PROGRAM, error = %e, "program: unusable tracks");
+                    p.source_broke(source);
                     return;
                 }
                 let _ = self.rendition.frame(frame);

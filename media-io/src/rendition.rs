@@ -107,7 +107,7 @@ impl LiveRendition {
     }
 
     /// What the rendition's newest parts cost, over up to `span` of them (None: less than
-    /// a second of parts, or none captured within `span`: not live).
+    /// a second of parts, or none captured in the last 1.5 s: not live).
     pub fn recent_rate(&self, span: std::time::Duration) -> Option<RecentRate> {
         let now = crate::wall_ms();
         self.with(|r| {
@@ -129,7 +129,8 @@ impl LiveRendition {
                     break;
                 }
             }
-            let live = now.saturating_sub(newest) <= span.as_millis() as u64;
+            // a source that stopped is noticed within a second and a half, not after `span`
+            let live = now.saturating_sub(newest) <= 1500;
             (secs >= 1.0 && live).then(|| RecentRate {
                 bytes_per_sec: bytes as f64 / secs,
                 independent_per_sec: independent as f64 / secs,

@@ -154,7 +154,8 @@ impl Default for LiveStreams {
 }
 
 impl LiveStreams {
-    /// Cameras whose evicted parts go to `<dir>/<camera>/<rendition>/`, at most `bytes` each.
+    /// Cameras whose evicted parts go to `<dir>/<camera>/<rendition>/`, at most `bytes` each:
+    /// the program's (what the relay gets), or every rendition's of a camera without one.
     pub fn with_spool(dir: std::path::PathBuf, bytes: u64) -> Self {
         Self {
             spool: Some((dir, bytes)),
@@ -179,7 +180,9 @@ impl LiveStreams {
                 .iter()
                 .map(|r| {
                     let mut lr = LiveRendition::new(r, cfg);
-                    if let Some((dir, bytes)) = &self.spool {
+                    // only what goes to the relay needs its evicted parts for a backfill
+                    let sent = *r == PROGRAM || !renditions.contains(&PROGRAM);
+                    if let (Some((dir, bytes)), true) = (&self.spool, sent) {
                         let d = dir.join(name).join(r);
                         match crate::spool::Spool::open(&d, *bytes) {
                             Ok(s) => lr = lr.with_spool(s),

@@ -223,20 +223,52 @@ pub fn parameter_sets(track: &Track) -> Vec<&[u8]> {
     out
 }
 
-/// A video frame's access unit with the track's parameter sets in front (4-byte lengths,
-/// as the frames are): a decoder that kept an earlier source's parameter sets (ffmpeg's
-/// HLS reader does not take a new init segment's) decodes it all the same.
+/// A video frame's access unit with the track's parameter sets in it (after an access
+/// unit delimiter if it starts with one; 4-byte lengths, as the frames are): a decoder that
+/// kept an earlier source's parameter sets (ffmpeg's HLS reader does not take a new init
+/// segment's) decodes it all the same. A frame that carries a sequence parameter set
+/// already, or whose NAL units do not parse, is left as it is.
 pub fn with_parameter_sets(track: &Track, data: &Bytes) -> Bytes {
     let sets = parameter_sets(track);
-    if sets.is_empty() {
+    // NAL unit type of a NAL unit's first byte: (access unit delimiter, SPS)
+    let (kind, aud, sps): (fn(u8) -> u8, u8, u8) = match track.codec {
+        Codec::H264 => (|b| b & 0x1f, 9, 7),
+        Codec::H265 => (|b| (b >> 1) & 0x3f, 35, 33),
+        Codec::Aac => return data.clone(),
+    };
+    let mut nalus = Vec::new();
+    let mut rest: &[u8] = data;
+    while !rest.is_empty() {
+        let Some(len) = rest
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        else {
+            return data.clone();
+        };
+        let Some(nalu) = rest.get(4..4 + len) else {
+            return data.clone();
+        };
+        nalus.push(nalu);
+        rest = &rest[4 + len..];
+    }
+    if sets.is_empty()
+        || nalus
+            .iter()
+            .any(|n| n.first().map(|b| kind(*b)) == Some(sps))
+    {
         return data.clone();
     }
+    let at = match nalus.first().and_then(|n| n.first()) {
+        Some(b) if kind(*b) == aud => 4 + nalus[0].len(),
+        _ => 0,
+    };
     let mut v = Vec::with_capacity(data.len() + sets.iter().map(|s| s.len() + 4).sum::<usize>());
+    v.extend_from_slice(&data[..at]);
     for s in sets {
         v.extend_from_slice(&(s.len() as u32).to_be_bytes());
         v.extend_from_slice(s);
     }
-    v.extend_from_slice(data);
+    v.extend_from_slice(&data[at..]);
     Bytes::from(v)
 }
 
@@ -353,6 +385,15 @@ mod tests {
         want.extend_from_slice(&pps);
         want.extend_from_slice(&[0, 0, 0, 1, 0x65]);
         assert_eq!(&f[..], &want[..]);
+        // after an access unit delimiter; not twice; a frame that does not parse as it is
+        let aud = Bytes::from_static(&[0, 0, 0, 2, 0x09, 0xf0, 0, 0, 0, 1, 0x65]);
+        let f = with_parameter_sets(&t, &aud);
+        assert_eq!(&f[..6], &aud[..6]);
+        assert_eq!(&f[6..10], &[0, 0, 0, 10]);
+        assert_eq!(&f[f.len() - 5..], &[0, 0, 0, 1, 0x65]);
+        assert_eq!(with_parameter_sets(&t, &f), f);
+        let broken = Bytes::from_static(&[0, 0, 0, 9, 0x65]);
+        assert_eq!(with_parameter_sets(&t, &broken), broken);
         // a record cut short: nothing in front, no panic
         let cut = Track::h264(t.config.slice(..9), 640, 360);
         assert!(parameter_sets(&cut).is_empty());

@@ -196,7 +196,7 @@ print(f"  blocking reload answered in {waited * 1000:.0f} ms; {len(parts) + 1} p
 PY
 
 # the ring is 1 MiB: older parts went to the disk spool, and decode after their init segment
-sp="$work/spool/stage/main"
+sp="$work/spool/stage/program"
 first=$(ls "$sp" 2>/dev/null | grep -m1 '\.m4s$')
 if [ -f "$sp/init-0.mp4" ] && [ -n "$first" ] && [ -z "$(cat "$sp/init-0.mp4" "$sp/$first" | ffmpeg -nostdin -v error -i - -f null - 2>&1)" ]; then
   ok "ring bounded at 1 MiB; evicted parts spooled to disk ($(ls "$sp" | grep -c m4s) files) and decodable"

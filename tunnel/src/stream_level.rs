@@ -9,20 +9,25 @@
 //! feeds both in with `now`; the controller answers with level changes, each with its
 //! cause.
 //!
-//! - **Down fast.** When the cameras' demand exceeds the capacity, or the live media has
-//!   been waiting at the gateway longer than [`LevelConfig::backlog_down`], for
-//!   [`LevelConfig::down_after`]: cameras step down, lowest priority first, until the
-//!   demand fits within [`LevelConfig::fill`] of the capacity. A backlog with a capacity
-//!   that seems to fit (the estimate lags a collapse) steps one rung at a time, each given
-//!   [`LevelConfig::settle`] to drain the queue before the next.
-//! - **Up slowly.** A camera steps up, highest priority first, only after the capacity
-//!   has held a higher demand with [`LevelConfig::headroom`] to spare, and no backlog, for
-//!   the up-hold, and then to the highest level the capacity holds so: [`LevelConfig::up_after`], doubled (up to
-//!   [`LevelConfig::up_after_max`]) for each flap (a step down that undid a step up) in
-//!   the last [`LevelConfig::flap_memory`], as a flapping link's probation grows. A
-//!   marginal link whose capacity swings never holds its headroom long enough to be
-//!   trusted, so the level does not oscillate with it.
-//! - **By hand.** An operator's override pins a camera's level until it is lifted.
+//! - **Down fast.** When the cameras' demand exceeds the capacity, or the live media is
+//!   more than [`LevelConfig::backlog_down`] behind, for [`LevelConfig::down_after`]:
+//!   cameras step down, lowest priority first, until the demand fits within
+//!   [`LevelConfig::fill`] of the capacity. A backlog with a capacity that seems to fit
+//!   (the estimate lags a collapse) steps one rung. After any step down a backlog counts
+//!   again only once it has cleared or after [`LevelConfig::settle`]: the queue the
+//!   shortage built drains meanwhile, and another camera is not stepped down for it.
+//! - **Up slowly.** The highest-priority camera whose next level fits steps up once the
+//!   capacity has held that demand with [`LevelConfig::headroom`] to spare, and no
+//!   backlog, for the up-hold, to the highest level that fits so. The up-hold is
+//!   [`LevelConfig::up_after`], doubled (up to [`LevelConfig::up_after_max`]) for each flap
+//!   (a step down that undid a step up) in the last [`LevelConfig::flap_memory`], as a
+//!   flapping link's probation grows: a marginal link whose capacity swings never holds
+//!   its headroom long enough to be trusted, so the level does not oscillate with it.
+//! - **Outages hold.** While no path may carry the stream the levels stay, and for
+//!   [`LevelConfig::settle`] after a path returns (the outage's queue drains, the fresh
+//!   paths' windows grow).
+//! - **By hand.** An operator's override pins a camera's level until it is lifted (if the
+//!   pinned level goes away, the camera falls back and returns to it when it comes back).
 
 use crate::scheduler::PathView;
 use crate::TrafficClass;
@@ -146,7 +151,8 @@ pub struct LevelConfig {
     pub backlog_down: Duration,
     /// A step down aims for a demand of at most this share of the capacity.
     pub fill: f64,
-    /// After a step down for a backlog alone, the next waits this long.
+    /// After a step down, a backlog counts again once it has cleared or after this long;
+    /// after an outage, nothing changes for capacity for this long.
     pub settle: Duration,
     /// A step up needs capacity of the higher demand times one plus this.
     pub headroom: f64,
@@ -164,7 +170,7 @@ impl Default for LevelConfig {
             down_after: Duration::from_millis(200),
             backlog_down: Duration::from_millis(300),
             fill: 0.8,
-            settle: Duration::from_secs(1),
+            settle: Duration::from_secs(2),
             headroom: 0.25,
             up_after: Duration::from_secs(10),
             up_after_max: Duration::from_secs(160),
@@ -176,8 +182,9 @@ impl Default for LevelConfig {
 /// What the controller sees at one step.
 #[derive(Debug, Clone, Copy)]
 pub struct Measure {
-    /// What the bond can give the stream class, bytes per second.
-    pub capacity: f64,
+    /// What the bond can give the stream class, bytes per second (None: no path may carry
+    /// it, an outage: the levels hold).
+    pub capacity: Option<f64>,
     /// How long the oldest live media has waited at the gateway.
     pub backlog: Duration,
 }
@@ -267,8 +274,12 @@ pub struct StreamLevels {
     cameras: Vec<Camera>,
     /// Since when the shortage has lasted.
     short_since: Option<Instant>,
-    /// No step down for a backlog before this.
-    backlog_quiet_until: Option<Instant>,
+    /// A backlog does not count before this (after a step down, until it clears).
+    backlog_ignored_until: Option<Instant>,
+    /// No path carried the stream at the last step.
+    in_outage: bool,
+    /// Nothing changes for capacity before this (after an outage).
+    grace_until: Option<Instant>,
     /// Since when the capacity has held the next step up (and for which camera).
     headroom_since: Option<(Instant, usize)>,
     /// The controller's last change was a step up.
@@ -286,7 +297,9 @@ impl StreamLevels {
             cfg,
             cameras: Vec::new(),
             short_since: None,
-            backlog_quiet_until: None,
+            backlog_ignored_until: None,
+            in_outage: false,
+            grace_until: None,
             headroom_since: None,
             last_was_up: false,
             flaps: VecDeque::new(),
@@ -371,18 +384,30 @@ impl StreamLevels {
             for lv in Level::ALL {
                 c.seen[lv.index()] |= c.ladder.cost(lv).is_some();
             }
-            // a level the camera lost (its second stream went away): the next one down (a
-            // level not measured yet, a stream still starting, is not lost)
-            if c.ladder.cost(c.level).is_none() && c.seen[c.level.index()] {
-                if let Some(to) = c.ladder.below(c.level).or_else(|| c.ladder.above(c.level)) {
-                    out.push(Change {
-                        camera: i,
-                        from: c.level,
-                        to,
-                        cause: Cause::Unavailable,
-                    });
-                    c.level = to;
-                }
+            // a level the camera lost (its second stream went away): the next one down, or
+            // up when none is below (a level not measured yet, a stream still starting, is
+            // not lost); a pinned camera goes back to its pin when the level returns
+            let pin = c
+                .pinned
+                .filter(|p| *p != c.level && c.ladder.cost(*p).is_some());
+            let lost = c.ladder.cost(c.level).is_none() && c.seen[c.level.index()];
+            let to = match (pin, lost) {
+                (Some(p), _) => Some((p, Cause::Override)),
+                (None, true) => c
+                    .ladder
+                    .below(c.level)
+                    .or_else(|| c.ladder.above(c.level))
+                    .map(|l| (l, Cause::Unavailable)),
+                (None, false) => None,
+            };
+            if let Some((to, cause)) = to {
+                out.push(Change {
+                    camera: i,
+                    from: c.level,
+                    to,
+                    cause,
+                });
+                c.level = to;
             }
         }
         while self
@@ -392,39 +417,56 @@ impl StreamLevels {
         {
             self.flaps.pop_front();
         }
+        let Some(capacity) = m.capacity else {
+            // an outage: its parts wait for the backfill and say nothing of what the links
+            // carry; when a path returns, the outage's queue drains and the fresh paths'
+            // windows grow for a while before anything counts again
+            self.short_since = None;
+            self.headroom_since = None;
+            self.backlog_ignored_until = None;
+            self.in_outage = true;
+            self.changes += out.len() as u64;
+            return out;
+        };
+        if std::mem::take(&mut self.in_outage) {
+            self.grace_until = Some(now + self.cfg.settle);
+        }
+        if self.grace_until.is_some_and(|t| now < t) {
+            self.changes += out.len() as u64;
+            return out;
+        }
+        // after a step down the queue it leaves takes a while to drain (and the old source
+        // stays on air until the new one's keyframe): a backlog counts again once it has
+        // cleared, or after `settle`
+        if m.backlog <= self.cfg.backlog_down {
+            self.backlog_ignored_until = None;
+        }
         let demand = self.demand();
-        let over = demand > m.capacity;
-        let backlog = m.backlog > self.cfg.backlog_down;
+        let over = demand > capacity;
+        let backlog = m.backlog > self.cfg.backlog_down
+            && self.backlog_ignored_until.is_none_or(|t| now >= t);
         if over || backlog {
             self.headroom_since = None;
             let since = *self.short_since.get_or_insert(now);
             if now.saturating_duration_since(since) >= self.cfg.down_after {
-                let quiet = self.backlog_quiet_until.is_some_and(|t| now < t);
                 let down = if over {
                     self.step_down(
-                        m.capacity * self.cfg.fill,
-                        Cause::Shortage {
-                            demand,
-                            capacity: m.capacity,
-                        },
+                        capacity * self.cfg.fill,
+                        Cause::Shortage { demand, capacity },
                     )
-                } else if !quiet {
-                    self.step_down_one(Cause::Backlog(m.backlog))
                 } else {
-                    Vec::new()
+                    // the capacity seems to fit (its estimate lags a collapse): one rung
+                    self.step_down_one(Cause::Backlog(m.backlog))
                 };
                 if !down.is_empty() {
-                    if !over {
-                        self.backlog_quiet_until = Some(now + self.cfg.settle);
-                    }
                     self.on_down(now);
-                    self.short_since = None;
                 }
+                self.short_since = None;
                 out.extend(down);
             }
         } else {
             self.short_since = None;
-            out.extend(self.try_up(now, m));
+            out.extend(self.try_up(now, capacity));
         }
         self.changes += out.len() as u64;
         out
@@ -483,39 +525,33 @@ impl StreamLevels {
             self.flaps.push_back(now);
         }
         self.headroom_since = None;
+        self.backlog_ignored_until = Some(now + self.cfg.settle);
     }
 
-    /// Steps the highest-priority camera below its best up one rung once the capacity has
-    /// held the higher demand with headroom for the up-hold.
-    fn try_up(&mut self, now: Instant, m: Measure) -> Option<Change> {
-        let Some(&i) = self.by_priority().iter().rev().find(|&&i| {
-            self.cameras[i]
-                .ladder
-                .above(self.cameras[i].level)
-                .is_some()
-        }) else {
-            self.headroom_since = None;
-            return None;
-        };
-        // the highest level the capacity holds with headroom
-        let c = &self.cameras[i];
-        let others = self.demand() - c.ladder.cost_at(c.level);
-        let fits =
-            |l: Level| m.capacity >= (others + c.ladder.cost_at(l)) * (1.0 + self.cfg.headroom);
-        let mut to = None;
-        let mut l = c.level;
-        while let Some(up) = c.ladder.above(l) {
-            if !fits(up) {
-                break;
+    /// Steps a camera up once the capacity has held a higher demand with headroom for the
+    /// up-hold: the highest-priority camera whose next level fits, to the highest level
+    /// that fits.
+    fn try_up(&mut self, now: Instant, capacity: f64) -> Option<Change> {
+        let total = self.demand();
+        let headroom = 1.0 + self.cfg.headroom;
+        // (camera, level, demand after) of the first camera, highest priority first, with
+        // a higher level that fits
+        let pick = self.by_priority().into_iter().rev().find_map(|i| {
+            let c = &self.cameras[i];
+            let others = total - c.ladder.cost_at(c.level);
+            let fits = |l: Level| capacity >= (others + c.ladder.cost_at(l)) * headroom;
+            let mut to = None;
+            let mut l = c.level;
+            while let Some(up) = c.ladder.above(l).filter(|u| fits(*u)) {
+                to = Some(up);
+                l = up;
             }
-            to = Some(up);
-            l = up;
-        }
-        let Some(to) = to else {
+            to.map(|to| (i, to, others + c.ladder.cost_at(to)))
+        });
+        let Some((i, to, demand)) = pick else {
             self.headroom_since = None;
             return None;
         };
-        let demand = others + c.ladder.cost_at(to);
         let since = match self.headroom_since {
             Some((t, cam)) if cam == i => t,
             _ => {
@@ -534,7 +570,7 @@ impl StreamLevels {
             to,
             cause: Cause::Headroom {
                 demand,
-                capacity: m.capacity,
+                capacity,
                 held,
             },
         };
@@ -616,10 +652,14 @@ mod tests {
                 self.now += 50 * MS;
                 let at = self.now - self.start;
                 let (capacity, backlog) = f(at, self.levels.demand());
-                for c in self
-                    .levels
-                    .update(self.now, &self.ladders, Measure { capacity, backlog })
-                {
+                for c in self.levels.update(
+                    self.now,
+                    &self.ladders,
+                    Measure {
+                        capacity: Some(capacity),
+                        backlog,
+                    },
+                ) {
                     self.changes.push((at, c));
                 }
             }
@@ -687,17 +727,113 @@ mod tests {
     fn a_backlog_steps_down_one_rung_at_a_time_and_lets_it_drain() {
         // the capacity estimate says 14 Mbit/s, but media waits: the estimate lags
         let mut s = Sim::new(vec![with_sub()], &[0]);
-        s.run(Duration::from_millis(1500), |_, _| (14.0 * MBIT, 600 * MS));
+        s.run(Duration::from_millis(2500), |_, _| (14.0 * MBIT, 600 * MS));
         let steps: Vec<_> = s.changes.iter().map(|(at, c)| (*at, c.to)).collect();
         assert_eq!(steps.len(), 2, "{steps:?}");
         assert_eq!(steps[0].1, Level::Substream);
         assert!(steps[0].0 <= 300 * MS);
         assert_eq!(steps[1].1, Level::Keyframes);
         assert!(
-            steps[1].0 - steps[0].0 >= Duration::from_secs(1),
+            steps[1].0 - steps[0].0 >= LevelConfig::default().settle,
             "{steps:?}"
         );
         assert!(matches!(s.changes[0].1.cause, Cause::Backlog(_)));
+    }
+
+    #[test]
+    fn the_queue_a_shortage_leaves_does_not_step_another_camera_down() {
+        // stage (priority 10) and crowd (priority 1) on 6.5 Mbit/s: the crowd steps down;
+        // the queue built meanwhile takes 1.5 s to drain
+        let mut s = Sim::new(vec![with_sub(), with_sub()], &[10, 1]);
+        let cut = std::cell::Cell::new(None);
+        s.run(Duration::from_secs(5), |at, demand| {
+            if demand < 8.0 * MBIT && cut.get().is_none() {
+                cut.set(Some(at));
+            }
+            let draining = cut
+                .get()
+                .is_none_or(|c| at < c + Duration::from_millis(1500));
+            (6.5 * MBIT, if draining { 600 * MS } else { Duration::ZERO })
+        });
+        assert_eq!(
+            s.levels.levels(),
+            vec![Level::Full, Level::Substream],
+            "{:?}",
+            s.changes
+        );
+    }
+
+    #[test]
+    fn an_outage_holds_the_levels_and_its_queue_counts_for_nothing() {
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        let step = |s: &mut Sim, d: Duration, capacity: Option<f64>, backlog: Duration| {
+            let end = s.now + d;
+            while s.now < end {
+                s.now += 50 * MS;
+                let m = Measure { capacity, backlog };
+                let ch = s.levels.update(s.now, &s.ladders, m);
+                s.changes
+                    .extend(ch.into_iter().map(|c| (Duration::ZERO, c)));
+            }
+        };
+        step(&mut s, Duration::from_secs(5), None, 3000 * MS);
+        assert!(s.changes.is_empty(), "{:?}", s.changes);
+        // a path back: its queue drains, its window grows
+        step(
+            &mut s,
+            Duration::from_millis(1500),
+            Some(1.0 * MBIT),
+            2000 * MS,
+        );
+        assert!(s.changes.is_empty(), "{:?}", s.changes);
+        step(
+            &mut s,
+            Duration::from_secs(2),
+            Some(14.0 * MBIT),
+            Duration::ZERO,
+        );
+        assert!(s.changes.is_empty(), "{:?}", s.changes);
+        // a real shortage afterwards still counts
+        step(
+            &mut s,
+            Duration::from_secs(1),
+            Some(1.2 * MBIT),
+            Duration::ZERO,
+        );
+        assert_eq!(s.levels.level(0), Some(Level::Substream));
+    }
+
+    #[test]
+    fn a_lower_priority_camera_that_fits_steps_up_when_a_higher_one_cannot() {
+        // stage 8 Mbit/s main, crowd 4 Mbit/s main; 3 Mbit/s, then 7.5 Mbit/s
+        let mut stage = with_sub();
+        stage.0[Level::Full.index()] = Some(8.0 * MBIT);
+        let mut s = Sim::new(vec![stage, with_sub()], &[10, 1]);
+        s.run(Duration::from_secs(1), |_, _| (3.0 * MBIT, Duration::ZERO));
+        assert_eq!(s.levels.levels(), vec![Level::Substream, Level::Audio]);
+        // the stage's 8 never fits 7.5 / 1.25; the crowd's 4 + 0.8 does
+        s.run(Duration::from_secs(12), |_, _| (7.5 * MBIT, Duration::ZERO));
+        assert_eq!(s.levels.levels(), vec![Level::Substream, Level::Full]);
+    }
+
+    #[test]
+    fn a_pinned_camera_falls_back_while_its_level_is_gone_and_returns_to_it() {
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_millis(100), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        s.levels.set_override(0, Some(Level::Substream));
+        s.ladders[0].0[Level::Substream.index()] = None;
+        s.run(Duration::from_millis(100), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.levels.level(0), Some(Level::Keyframes));
+        s.ladders[0] = with_sub();
+        s.run(Duration::from_millis(100), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.levels.level(0), Some(Level::Substream));
+        assert_eq!(s.changes.last().map(|c| c.1.cause), Some(Cause::Override));
     }
 
     #[test]

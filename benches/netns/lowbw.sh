@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Low-bandwidth bench scenario (root): tests/netns/lowbw.sh's camera (4 Mbit/s, 200 kbit/s
+# substream) and uplinks (two of 7 Mbit/s), with a bid every 100 ms through the gateway:
+#   t=10 s both uplinks collapse to 0.25 Mbit/s (tc), t=40 s they return;
+#   then 60 s of a marginal Wi-Fi: uplink 2's one-way delay swings 50 <-> 600 ms every 3 s
+#   (RTT 100 <-> 1200 ms) while uplink 1 stays at 7 Mbit/s.
+# Prints one JSON line: engage_ms (collapse to the first part of the lower level listed at
+# the relay), relay_stall_ms (longest time between two live parts arriving whole at the
+# relay, from the collapse to 10 s after the level is back), level_changes_per_min_marginal,
+# gateway_step_down_ms (collapse to the gateway's level change), recover_s (return to level
+# full), bid_p99_ms_during_collapse, bids_sent, bids_not_answered_200 (a 202 receipt counts
+# here), and transcode_cpu_cores (null: no transcode level yet).
+cd "$(dirname "$0")/../.."
+source tests/netns/lib/harness.sh
+deps_ensure camera >&2 || exit 1
+T=benches/netns/tools.py
+now() { python3 -c 'import time; print(f"{time.time():.3f}")'; }
+
+nsh_setup "lx$$"
+nsh_link 1 7000 7000 20
+nsh_link 2 7000 7000 30
+nsh_bg v /usr/bin/python3 tests/camera/rtsp_camera.py --port 8654 --size 1280x720 --kbps 4000 \
+  --sub-kbps 200 --pattern snow
+NSH_LIVE=1 NSH_CAMERA_URL="rtsp://127.0.0.1:8654/cam" NSH_SUBSTREAM_URL="rtsp://127.0.0.1:8654/sub" \
+  nsh_canopy_configs 2
+nsh_start_canopy 2 >&2
+BASE=http://10.200.100.1:8088/live/gw/cam
+nsh_wait_playlist "$BASE/program/stream.m3u8" || { echo "the camera never reached the relay" >&2; exit 1; }
+gw_metrics() { nsh_exec v curl -s http://127.0.0.1:9102/metrics; }
+level() { gw_metrics | awk '/^canopy_gateway_stream_level\{camera="cam"\}/ {v = $2} END {print v + 0}'; }
+changes() { gw_metrics | awk '/^canopy_gateway_stream_level_changes_total/ {n += $2} END {print n + 0}'; }
+shape() { for i in 1 2; do nsh_exec v tc qdisc change dev "v$i" root tbf rate "$1" burst 16kb latency 100ms; done; }
+sleep 5
+
+t0=$(now)
+nsh_exec v python3 $T bids http://127.0.0.1:3128 http://10.200.100.1:8080 45 100 > "$NSH_DIR/bids.json" &
+bids=$!
+sleep 10
+t_collapse=$(now)
+shape 250kbit
+# the gateway's step down, and the first part of the lower level at the relay (a new init
+# segment in its playlist), within the 30 s of the collapse
+t_stepped=""; t_engaged=""
+while python3 -c "import sys; sys.exit(0 if $(now) - $t_collapse < 30 else 1)"; do
+  [ -z "$t_stepped" ] && [ "$(level)" != 0 ] && t_stepped=$(now)
+  if [ -z "$t_engaged" ] && nsh_exec r curl -s -m 1 "$BASE/program/stream.m3u8" | grep -q 'init-[1-9][0-9]*\.mp4'; then
+    t_engaged=$(now)
+  fi
+  [ -n "$t_stepped" ] && [ -n "$t_engaged" ] && break
+  sleep 0.05
+done
+sleep $(python3 -c "print(max(0, 30 - ($(now) - $t_collapse)))")
+t_return=$(now)
+shape 7000kbit
+t_full=""
+for _ in $(seq 600); do
+  if [ "$(level)" = 0 ]; then t_full=$(now); break; fi
+  sleep 0.1
+done
+wait $bids
+sleep 10
+nsh_exec r curl -s "$BASE/program/latency.json" > "$NSH_DIR/latency.json"
+
+# the marginal Wi-Fi
+c0=$(changes)
+t_marginal=$(now)
+for i in $(seq 10); do
+  nsh_ctl 2 latency 600 >/dev/null
+  sleep 3
+  nsh_ctl 2 latency 30 >/dev/null
+  sleep 3
+done
+c1=$(changes)
+t_marginal_end=$(now)
+
+python3 - "$NSH_DIR" "$t_collapse" "${t_engaged:-0}" "$t_return" "${t_full:-0}" "$c0" "$c1" \
+  "$t_marginal" "$t_marginal_end" "${t_stepped:-0}" <<'PY'
+import json, sys
+d = sys.argv[1]
+t_collapse, t_engaged, t_return, t_full, c0, c1, tm0, tm1, t_stepped = (float(x) for x in sys.argv[2:11])
+lat = json.load(open(f"{d}/latency.json"))["parts"]
+# live parts' arrival at the relay (capture + glass-to-relay), from the collapse to 10 s
+# after the level was full again
+end = (t_full if t_full else t_return + 60) + 10
+arrivals = sorted((cap + ms) / 1000 for cap, ms in lat)
+w = [t for t in arrivals if t_collapse - 1 <= t <= end]
+stall = max((b - a for a, b in zip(w, w[1:])), default=None)
+bids = json.load(open(f"{d}/bids.json"))["bids"]
+during = sorted(r for t, r in bids if t_collapse <= t < t_return and r is not None)
+p99 = round(during[min(len(during) - 1, int(len(during) * 0.99))], 1) if during else None
+print(json.dumps({
+    "engage_ms": round((t_engaged - t_collapse) * 1000) if t_engaged else None,
+    "gateway_step_down_ms": round((t_stepped - t_collapse) * 1000) if t_stepped else None,
+    "relay_stall_ms": round(stall * 1000) if stall is not None else None,
+    "level_changes_per_min_marginal": round((c1 - c0) / ((tm1 - tm0) / 60), 2),
+    "recover_s": round(t_full - t_return, 1) if t_full else None,
+    "transcode_cpu_cores": None,
+    "bid_p99_ms_during_collapse": p99,
+    "bids_sent": len(bids),
+    # no 200 within 30 s: a 202 receipt (queued in the journal, delivered later) counts here
+    "bids_not_answered_200": sum(1 for _, r in bids if r is None),
+}))
+PY
