@@ -17,15 +17,7 @@ T=benches/netns/tools.py
 now() { python3 -c 'import time; print(f"{time.time():.3f}")'; }
 
 nsh_setup "lx$$"
-nsh_link 1 7000 7000 20
-nsh_link 2 7000 7000 30
-nsh_bg v /usr/bin/python3 tests/camera/rtsp_camera.py --port 8654 --size 1280x720 --kbps 4000 \
-  --sub-kbps 200 --pattern snow
-NSH_LIVE=1 NSH_CAMERA_URL="rtsp://127.0.0.1:8654/cam" NSH_SUBSTREAM_URL="rtsp://127.0.0.1:8654/sub" \
-  nsh_canopy_configs 2
-nsh_start_canopy 2 >&2
-BASE=http://10.200.100.1:8088/live/gw/cam
-nsh_wait_playlist "$BASE/program/stream.m3u8" || { echo "the camera never reached the relay" >&2; exit 1; }
+nsh_lowbw_start || { echo "the camera never reached the relay" >&2; exit 1; }
 gw_metrics() { nsh_exec v curl -s http://127.0.0.1:9102/metrics; }
 level() { gw_metrics | awk '/^canopy_gateway_stream_level\{camera="cam"\}/ {v = $2} END {print v + 0}'; }
 changes() { gw_metrics | awk '/^canopy_gateway_stream_level_changes_total/ {n += $2} END {print n + 0}'; }

@@ -108,6 +108,12 @@ impl Levels {
             capacity: bond.stream_capacity(),
             backlog: contributor.status().backlog,
         };
+        tracing::trace!(
+            capacity_mbps = m.capacity.map(|c| c * 8.0 / 1e6),
+            backlog_ms = m.backlog.as_millis() as u64,
+            demand_mbps = st.core.demand() * 8.0 / 1e6,
+            "levels"
+        );
         let changes = st.core.update(now, &ladders, m);
         for ch in &changes {
             let camera = &st.cameras[ch.camera];

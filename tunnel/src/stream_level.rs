@@ -23,9 +23,10 @@
 //!   (a step down that undid a step up) in the last [`LevelConfig::flap_memory`], as a
 //!   flapping link's probation grows: a marginal link whose capacity swings never holds
 //!   its headroom long enough to be trusted, so the level does not oscillate with it.
-//! - **Outages hold.** While no path may carry the stream the levels stay, and for
-//!   [`LevelConfig::settle`] after a path returns (the outage's queue drains, the fresh
-//!   paths' windows grow).
+//! - **Outages hold.** While no path may carry the stream the levels stay, and after an
+//!   outage of [`LevelConfig::settle`] or more, for `settle` after a path returns (the
+//!   outage's queue drains, the fresh paths' windows grow). A shortage goes on counting
+//!   across a shorter moment without a path (a collapsing bond's paths flicker).
 //! - **By hand.** An operator's override pins a camera's level until it is lifted (if the
 //!   pinned level goes away, the camera falls back and returns to it when it comes back).
 
@@ -267,6 +268,20 @@ struct Camera {
     seen: [bool; 5],
 }
 
+impl Camera {
+    /// Moves camera number `camera` (this one) to `to`.
+    fn change(&mut self, camera: usize, to: Level, cause: Cause) -> Change {
+        let ch = Change {
+            camera,
+            from: self.level,
+            to,
+            cause,
+        };
+        self.level = to;
+        ch
+    }
+}
+
 /// The levels of a gateway's cameras.
 #[derive(Debug)]
 pub struct StreamLevels {
@@ -276,8 +291,8 @@ pub struct StreamLevels {
     short_since: Option<Instant>,
     /// A backlog does not count before this (after a step down, until it clears).
     backlog_ignored_until: Option<Instant>,
-    /// No path carried the stream at the last step.
-    in_outage: bool,
+    /// Since when no path may carry the stream.
+    outage_since: Option<Instant>,
     /// Nothing changes for capacity before this (after an outage).
     grace_until: Option<Instant>,
     /// Since when the capacity has held the next step up (and for which camera).
@@ -298,7 +313,7 @@ impl StreamLevels {
             cameras: Vec::new(),
             short_since: None,
             backlog_ignored_until: None,
-            in_outage: false,
+            outage_since: None,
             grace_until: None,
             headroom_since: None,
             last_was_up: false,
@@ -358,13 +373,7 @@ impl StreamLevels {
         if to == c.level {
             return None;
         }
-        let ch = Change {
-            camera,
-            from: c.level,
-            to,
-            cause: Cause::Override,
-        };
-        c.level = to;
+        let ch = c.change(camera, to, Cause::Override);
         self.changes += 1;
         self.headroom_since = None;
         Some(ch)
@@ -401,13 +410,7 @@ impl StreamLevels {
                 (None, false) => None,
             };
             if let Some((to, cause)) = to {
-                out.push(Change {
-                    camera: i,
-                    from: c.level,
-                    to,
-                    cause,
-                });
-                c.level = to;
+                out.push(c.change(i, to, cause));
             }
         }
         while self
@@ -419,17 +422,21 @@ impl StreamLevels {
         }
         let Some(capacity) = m.capacity else {
             // an outage: its parts wait for the backfill and say nothing of what the links
-            // carry; when a path returns, the outage's queue drains and the fresh paths'
-            // windows grow for a while before anything counts again
-            self.short_since = None;
+            // carry. A moment without a usable path (both paths of a collapsing bond
+            // flicker) is not one: a shortage goes on counting across it.
+            self.outage_since.get_or_insert(now);
             self.headroom_since = None;
-            self.backlog_ignored_until = None;
-            self.in_outage = true;
             self.changes += out.len() as u64;
             return out;
         };
-        if std::mem::take(&mut self.in_outage) {
-            self.grace_until = Some(now + self.cfg.settle);
+        if let Some(t) = self.outage_since.take() {
+            if now.saturating_duration_since(t) >= self.cfg.settle {
+                // after a real outage the queue drains and the fresh paths' windows grow
+                // for a while before anything counts again
+                self.grace_until = Some(now + self.cfg.settle);
+                self.short_since = None;
+                self.backlog_ignored_until = None;
+            }
         }
         if self.grace_until.is_some_and(|t| now < t) {
             self.changes += out.len() as u64;
@@ -490,13 +497,7 @@ impl StreamLevels {
                 let Some(to) = c.ladder.below(c.level) else {
                     break;
                 };
-                out.push(Change {
-                    camera: i,
-                    from: c.level,
-                    to,
-                    cause,
-                });
-                c.level = to;
+                out.push(c.change(i, to, cause));
             }
         }
         merge(out)
@@ -507,14 +508,7 @@ impl StreamLevels {
         for i in self.by_priority() {
             let c = &mut self.cameras[i];
             if let Some(to) = c.ladder.below(c.level) {
-                let ch = Change {
-                    camera: i,
-                    from: c.level,
-                    to,
-                    cause,
-                };
-                c.level = to;
-                return vec![ch];
+                return vec![c.change(i, to, cause)];
             }
         }
         Vec::new()
@@ -563,18 +557,12 @@ impl StreamLevels {
         if held < self.up_hold() {
             return None;
         }
-        let c = &mut self.cameras[i];
-        let ch = Change {
-            camera: i,
-            from: c.level,
-            to,
-            cause: Cause::Headroom {
-                demand,
-                capacity,
-                held,
-            },
+        let cause = Cause::Headroom {
+            demand,
+            capacity,
+            held,
         };
-        c.level = to;
+        let ch = self.cameras[i].change(i, to, cause);
         self.last_was_up = true;
         self.headroom_since = None;
         Some(ch)
@@ -801,6 +789,28 @@ mod tests {
             Duration::ZERO,
         );
         assert_eq!(s.levels.level(0), Some(Level::Substream));
+    }
+
+    #[test]
+    fn a_collapse_whose_paths_flicker_still_steps_down() {
+        // seen in network namespaces: both paths of a collapsing bond were unusable for a
+        // moment every second; each moment restarted the shortage and the step waited 8 s
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_secs(2), |_, _| (14.0 * MBIT, Duration::ZERO));
+        let start = s.now;
+        let mut at = None;
+        while s.now < start + Duration::from_secs(3) && at.is_none() {
+            s.now += 50 * MS;
+            let flicker = (s.now - start).as_millis() % 500 < 150;
+            let m = Measure {
+                capacity: (!flicker).then_some(0.3 * MBIT),
+                backlog: 900 * MS,
+            };
+            if !s.levels.update(s.now, &s.ladders, m).is_empty() {
+                at = Some(s.now - start);
+            }
+        }
+        assert!(at.is_some_and(|t| t <= Duration::from_secs(1)), "{at:?}");
     }
 
     #[test]

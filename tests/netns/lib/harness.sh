@@ -205,6 +205,22 @@ nsh_wait_playlist() {
   return 1
 }
 
+# nsh_lowbw_start: the low-bandwidth scenario (tests/netns/lowbw.sh, benches/netns/lowbw.sh):
+# two 7 Mbit/s uplinks (20 and 30 ms one way) and a 4 Mbit/s 720p camera (noise, so the
+# encoder spends it all) with a 200 kbit/s substream, pulled by the gateway and sent to
+# the relay; waits until the stream is live there. Sets BASE (the stream at the relay).
+nsh_lowbw_start() {
+  nsh_link 1 7000 7000 20
+  nsh_link 2 7000 7000 30
+  nsh_bg v /usr/bin/python3 tests/camera/rtsp_camera.py --port 8654 --size 1280x720 --kbps 4000 \
+    --sub-kbps 200 --pattern snow
+  NSH_LIVE=1 NSH_CAMERA_URL="rtsp://127.0.0.1:8654/cam" NSH_SUBSTREAM_URL="rtsp://127.0.0.1:8654/sub" \
+    nsh_canopy_configs 2
+  nsh_start_canopy 2 >&2
+  BASE=http://10.200.100.1:8088/live/gw/cam
+  nsh_wait_playlist "$BASE/program/stream.m3u8"
+}
+
 # waits (up to 10 s) until N uplinks of the gateway carry traffic
 nsh_wait_uplinks() {
   local n=$1 up
