@@ -430,8 +430,10 @@ impl Bond {
     /// A path that stopped being usable leaves its load to the others: those
     /// `tunnel::scheduler::take_over_from_lost` names search for their rate again.
     fn take_over_from_lost(&self, was_usable: &[bool]) {
-        let lost = |(i, p): (usize, &Arc<Path>)| was_usable.get(i) == Some(&true) && !p.is_usable();
-        if !self.paths.iter().enumerate().any(lost) {
+        let usable: Vec<bool> = self.paths.iter().map(|p| p.is_usable()).collect();
+        let was = |i: usize| was_usable.get(i) == Some(&true);
+        // nothing lost (every tick): no path's state is locked
+        if !usable.iter().enumerate().any(|(i, u)| was(i) && !u) {
             return;
         }
         let views: Vec<LossView> = self
@@ -439,8 +441,8 @@ impl Bond {
             .iter()
             .enumerate()
             .map(|(i, p)| LossView {
-                was_usable: was_usable.get(i) == Some(&true),
-                usable: p.is_usable(),
+                was_usable: was(i),
+                usable: usable[i],
                 backup: p.tier == Tier::Backup,
                 at_peak: p.lock().est.carries_its_peak(),
             })

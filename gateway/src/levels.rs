@@ -191,13 +191,7 @@ fn ladder(c: &LiveStream) -> Ladder {
     // or fewer, and the segmenter cuts parts on the video's frames, so their parts come a
     // second or more apart and the relay fills the live edge with gap parts meanwhile
     // (seen in tests/netns/lowbw.sh). They need repeated (skipped) frames in between.
-    Ladder([
-        main.map(|r| r.bytes_per_sec),
-        sub.map(|r| r.bytes_per_sec),
-        transcode.map(|r| r.bytes_per_sec),
-        None,
-        None,
-    ])
+    Ladder([main, sub, transcode, None, None])
 }
 
 /// What camera's program carries at `level`.
@@ -233,11 +227,7 @@ fn smallest(ladder: &Ladder) -> Source {
 }
 
 fn describe(s: Selection) -> String {
-    let source = match s.source {
-        Source::Main => "main",
-        Source::Sub => "sub",
-        Source::Transcode => "transcode",
-    };
+    let source = media_io::program::rendition_of(s.source);
     match s.cut {
         Cut::All => source.to_string(),
         Cut::Keyframes => format!("{source} keyframes"),

@@ -30,7 +30,7 @@ pub mod pull;
 #[cfg(feature = "cameras")]
 pub mod rtsp;
 
-pub use rendition::{LiveRendition, RecentRate};
+pub use rendition::LiveRendition;
 pub use streams::{CameraStatus, LiveStream, LiveStreams};
 
 /// Milliseconds since the Unix epoch.

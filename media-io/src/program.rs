@@ -11,14 +11,27 @@ use std::sync::{Arc, Mutex};
 /// The rendition name of a camera's program.
 pub const PROGRAM: &str = "program";
 
+/// Each source and the name of the camera's rendition it is.
+const SOURCES: [(Source, &str); 3] = [
+    (Source::Main, "main"),
+    (Source::Sub, "sub"),
+    (Source::Transcode, "transcode"),
+];
+
 /// The source a rendition of a camera is, by its name.
 pub fn source_of(rendition: &str) -> Option<Source> {
-    match rendition {
-        "main" => Some(Source::Main),
-        "sub" => Some(Source::Sub),
-        "transcode" => Some(Source::Transcode),
-        _ => None,
-    }
+    SOURCES
+        .iter()
+        .find(|(_, n)| *n == rendition)
+        .map(|(s, _)| *s)
+}
+
+/// The name of the rendition that is `source`.
+pub fn rendition_of(source: Source) -> &'static str {
+    SOURCES
+        .iter()
+        .find(|(s, _)| *s == source)
+        .map_or("main", |(_, n)| n)
 }
 
 /// A camera's program: the selector and the rendition it feeds.

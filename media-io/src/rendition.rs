@@ -10,20 +10,6 @@ use segmenter::{Chunk, Frame, LiveWindow, Part, Rendition, RenditionConfig, Trac
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-/// What a rendition's newest parts cost.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RecentRate {
-    /// Bytes per second.
-    pub bytes_per_sec: f64,
-    /// Bytes per second of the parts that start with a keyframe (what its keyframes cost,
-    /// overstated by the frames that follow them in their part).
-    pub independent_per_sec: f64,
-    /// It carries audio.
-    pub audio: bool,
-    /// It carries video.
-    pub video: bool,
-}
-
 /// One rendition of a camera, shared by its feeder and its readers.
 pub struct LiveRendition {
     name: String,
@@ -106,24 +92,15 @@ impl LiveRendition {
         r
     }
 
-    /// What the rendition's newest parts cost, over up to `span` of them (None: less than
-    /// a second of parts, or none captured in the last 1.5 s: not live).
-    pub fn recent_rate(&self, span: std::time::Duration) -> Option<RecentRate> {
+    /// What the rendition's newest parts cost, bytes per second over up to `span` of them
+    /// (None: less than a second of parts, or none captured in the last 1.5 s: not live).
+    pub fn recent_rate(&self, span: std::time::Duration) -> Option<f64> {
         let now = crate::wall_ms();
         self.with(|r| {
-            let w = r.window();
-            let audio = w.info().codecs.contains("mp4a");
-            let video = w.info().resolution.is_some();
-            let (mut bytes, mut independent, mut secs, mut newest) = (0usize, 0usize, 0.0, 0);
-            for p in w.ring().iter().collect::<Vec<_>>().into_iter().rev() {
-                if p.gap {
-                    continue;
-                }
+            let (mut bytes, mut secs, mut newest) = (0usize, 0.0, 0);
+            for p in r.window().ring().iter().rev().filter(|p| !p.gap) {
                 newest = newest.max(p.capture_ms);
                 bytes += p.data.len();
-                if p.independent {
-                    independent += p.data.len();
-                }
                 secs += p.duration;
                 if secs >= span.as_secs_f64() {
                     break;
@@ -131,12 +108,7 @@ impl LiveRendition {
             }
             // a source that stopped is noticed within a second and a half, not after `span`
             let live = now.saturating_sub(newest) <= 1500;
-            (secs >= 1.0 && live).then(|| RecentRate {
-                bytes_per_sec: bytes as f64 / secs,
-                independent_per_sec: independent as f64 / secs,
-                audio,
-                video,
-            })
+            (secs >= 1.0 && live).then(|| bytes as f64 / secs)
         })
     }
 

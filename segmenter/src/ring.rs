@@ -120,7 +120,7 @@ impl PartRing {
     }
 
     /// Parts held, oldest first.
-    pub fn iter(&mut self) -> impl Iterator<Item = &Arc<Part>> {
+    pub fn iter(&mut self) -> impl DoubleEndedIterator<Item = &Arc<Part>> {
         let (a, b) = self.rb.as_slices();
         a.iter().chain(b.iter())
     }
@@ -132,7 +132,7 @@ impl PartRing {
             .iter()
             .filter(|p| p.independent)
             .map(|p| p.seq)
-            .last()
+            .next_back()
             .unwrap_or(next);
         Cursor(seq)
     }
