@@ -6,6 +6,7 @@
 //! Everything that depends on time takes `now` from the caller.
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod allowlist;
 pub mod class;
 pub mod congestion;

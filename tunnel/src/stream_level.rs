@@ -115,6 +115,15 @@ impl Ladder {
             .find(|l| self.cost(*l).is_some())
     }
 
+    /// The best level the camera has no better than `ceiling`: `ceiling` itself, the next
+    /// one below it, else the lowest it has above it.
+    fn limit(&self, ceiling: Level) -> Option<Level> {
+        if self.cost(ceiling).is_some() {
+            return Some(ceiling);
+        }
+        self.below(ceiling).or_else(|| self.above(ceiling))
+    }
+
     /// The cost at `level`, or at the nearest level below it the camera has (a level it
     /// lost, say a substream that went away, costs what the camera falls back to).
     fn cost_at(&self, level: Level) -> f64 {
@@ -213,6 +222,8 @@ pub enum Cause {
     },
     /// An operator set it.
     Override,
+    /// A local action holds the camera at this level or lower.
+    Ceiling,
     /// The camera lost the level it was on (a second stream that went away).
     Unavailable,
 }
@@ -240,6 +251,7 @@ impl std::fmt::Display for Cause {
                 held.as_secs()
             ),
             Cause::Override => f.write_str("set by an operator"),
+            Cause::Ceiling => f.write_str("held down by a local action"),
             Cause::Unavailable => f.write_str("the level is not available"),
         }
     }
@@ -263,12 +275,23 @@ struct Camera {
     priority: i32,
     level: Level,
     pinned: Option<Level>,
+    /// The best level a local action allows.
+    ceiling: Option<Level>,
     ladder: Ladder,
     /// Levels that have had a cost: one without a cost now is lost, not still starting.
     seen: [bool; 5],
 }
 
 impl Camera {
+    /// Where a camera above its ceiling goes (none while pinned: the override wins).
+    fn over_ceiling(&self) -> Option<Level> {
+        if self.pinned.is_some() {
+            return None;
+        }
+        let limit = self.ladder.limit(self.ceiling?)?;
+        (self.level < limit).then_some(limit)
+    }
+
     /// Moves camera number `camera` (this one) to `to`.
     fn change(&mut self, camera: usize, to: Level, cause: Cause) -> Change {
         let ch = Change {
@@ -333,6 +356,7 @@ impl StreamLevels {
             priority,
             level: Level::Full,
             pinned: None,
+            ceiling: None,
             ladder: Ladder::default(),
             seen: [false; 5],
         });
@@ -379,6 +403,23 @@ impl StreamLevels {
         Some(ch)
     }
 
+    /// Holds camera `camera` at `level` or lower (None: lifted; the camera steps up again
+    /// as the capacity allows, not at once). An override wins over it.
+    pub fn set_ceiling(&mut self, camera: usize, level: Option<Level>) -> Option<Change> {
+        let c = self.cameras.get_mut(camera)?;
+        c.ceiling = level;
+        let to = c.over_ceiling()?;
+        let ch = c.change(camera, to, Cause::Ceiling);
+        self.changes += 1;
+        self.headroom_since = None;
+        Some(ch)
+    }
+
+    /// Camera `camera`'s ceiling, if an action set one.
+    pub fn ceiling(&self, camera: usize) -> Option<Level> {
+        self.cameras.get(camera).and_then(|c| c.ceiling)
+    }
+
     /// The cameras' demand at their current levels, bytes per second.
     pub fn demand(&self) -> f64 {
         self.cameras.iter().map(|c| c.ladder.cost_at(c.level)).sum()
@@ -407,7 +448,7 @@ impl StreamLevels {
                     .below(c.level)
                     .or_else(|| c.ladder.above(c.level))
                     .map(|l| (l, Cause::Unavailable)),
-                (None, false) => None,
+                (None, false) => c.over_ceiling().map(|l| (l, Cause::Ceiling)),
             };
             if let Some((to, cause)) = to {
                 out.push(c.change(i, to, cause));
@@ -536,7 +577,8 @@ impl StreamLevels {
             let fits = |l: Level| capacity >= (others + c.ladder.cost_at(l)) * headroom;
             let mut to = None;
             let mut l = c.level;
-            while let Some(up) = c.ladder.above(l).filter(|u| fits(*u)) {
+            let allowed = |u: Level| c.ceiling.is_none_or(|ce| Some(u) >= c.ladder.limit(ce));
+            while let Some(up) = c.ladder.above(l).filter(|u| fits(*u) && allowed(*u)) {
                 to = Some(up);
                 l = up;
             }
@@ -940,6 +982,65 @@ mod tests {
         assert!(s.levels.set_override(0, None).is_none());
         s.run(Duration::from_secs(1), |_, _| (0.5 * MBIT, Duration::ZERO));
         assert_eq!(s.levels.level(0), Some(Level::Keyframes));
+    }
+
+    #[test]
+    fn a_ceiling_holds_a_camera_down_until_lifted_and_an_override_wins() {
+        let mut s = Sim::new(vec![with_sub(), with_sub()], &[0, 0]);
+        s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
+        let ch = s.levels.set_ceiling(0, Some(Level::Substream)).unwrap();
+        assert_eq!(
+            (ch.from, ch.to, ch.cause),
+            (Level::Full, Level::Substream, Cause::Ceiling)
+        );
+        // plenty of capacity for a minute: camera 0 stays under its ceiling
+        s.run(Duration::from_secs(60), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.levels.levels(), vec![Level::Substream, Level::Full]);
+        // a collapse still steps it lower
+        s.run(Duration::from_secs(1), |_, _| (0.5 * MBIT, Duration::ZERO));
+        assert_eq!(s.levels.level(0), Some(Level::Keyframes));
+        // back up: to its ceiling, not above
+        s.run(Duration::from_secs(120), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.levels.levels(), vec![Level::Substream, Level::Full]);
+        // lifted: up after the hold, not at once
+        assert!(s.levels.set_ceiling(0, None).is_none());
+        s.changes.clear();
+        s.run(Duration::from_secs(60), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.levels.level(0), Some(Level::Full));
+        assert!(s.changes[0].0 >= Duration::from_secs(5), "{:?}", s.changes);
+        // an override wins over a ceiling
+        s.levels.set_override(1, Some(Level::Full));
+        assert!(s.levels.set_ceiling(1, Some(Level::Audio)).is_none());
+        s.run(Duration::from_secs(5), |_, _| (14.0 * MBIT, Duration::ZERO));
+        assert_eq!(s.levels.level(1), Some(Level::Full));
+    }
+
+    #[test]
+    fn a_ceiling_below_every_level_a_camera_has_takes_its_lowest() {
+        // only full and substream measured: a keyframes ceiling means the substream
+        let mut s = Sim::new(
+            vec![Ladder([
+                Some(4.0 * MBIT),
+                Some(0.8 * MBIT),
+                None,
+                None,
+                None,
+            ])],
+            &[0],
+        );
+        s.levels.set_ceiling(0, Some(Level::Keyframes));
+        s.run(Duration::from_secs(60), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.levels.level(0), Some(Level::Substream));
+        assert_eq!(s.changes.len(), 1, "{:?}", s.changes);
+        assert_eq!(s.changes[0].1.cause, Cause::Ceiling);
     }
 
     #[test]
