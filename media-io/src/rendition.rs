@@ -205,6 +205,25 @@ impl LiveRendition {
         (b <= p.data.len()).then(|| p.data.slice(a..b))
     }
 
+    /// How full its spool is: (bytes, most bytes); None without a spool.
+    pub fn spool_fill(&self) -> Option<(u64, u64)> {
+        let s = self
+            .spool
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Some((s.bytes(), s.max_bytes()))
+    }
+
+    /// Removes the spooled parts before `seq` (the relay has them): (parts, bytes) removed.
+    pub fn purge_spool_before(&self, seq: u64) -> (u64, u64) {
+        self.spool.as_ref().map_or((0, 0), |s| {
+            s.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .purge_before(seq)
+        })
+    }
+
     /// The oldest part still held (ring or spool).
     pub fn oldest_seq(&self) -> u64 {
         let ring = self.with(|r| {

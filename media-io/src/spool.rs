@@ -122,6 +122,24 @@ impl Spool {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// The most bytes of parts it keeps.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Removes the parts before `seq`: (parts, bytes) removed.
+    pub fn purge_before(&mut self, seq: u64) -> (u64, u64) {
+        let (mut parts, mut bytes) = (0, 0);
+        while let Some(old) = self.entries.front().filter(|e| e.seq < seq) {
+            let _ = std::fs::remove_file(&old.path);
+            bytes += old.len;
+            parts += 1;
+            self.bytes -= old.len;
+            self.entries.pop_front();
+        }
+        (parts, bytes)
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +180,23 @@ mod tests {
         assert_eq!(s.get_init(0).unwrap().unwrap(), Bytes::from_static(b"init"));
         assert!(s.get(3).unwrap().is_none());
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 11); // 10 parts + init
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_purge_removes_only_the_parts_before_its_bound() {
+        let dir = std::env::temp_dir().join(format!("canopy-spool-purge-{}", std::process::id()));
+        let mut s = Spool::open(&dir, 100_000).unwrap();
+        for seq in 0..10 {
+            s.put(&part(seq)).unwrap();
+        }
+        assert_eq!(s.purge_before(6), (6, 6000));
+        assert_eq!(s.range(), Some((6, 9)));
+        assert_eq!(s.bytes(), 4000);
+        assert!(s.get(5).unwrap().is_none());
+        assert!(s.get(6).unwrap().is_some());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
+        assert_eq!(s.purge_before(3), (0, 0));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
