@@ -326,6 +326,81 @@ mod tests {
     }
 
     #[test]
+    fn bad_action_rules_name_file_line_and_key() {
+        let text = r#"[[uplinks]]
+name = "cellular"
+bind = "10.0.0.2"
+
+[[cameras]]
+name = "stage"
+url = "rtsp://cam/1"
+
+[[actions]]
+name = "collapse"
+when = "capacity_below_mbps"
+for_s = 5
+then = "level"
+level = "sometimes"
+
+[[actions]]
+name = "wifi-bad"
+when = "loss_above_pct"
+value = 150
+link = "wifi"
+then = "avoid_uplink"
+
+[[actions]]
+name = "pause"
+when = "all_uplinks_down"
+value = 1
+then = "pause_class"
+class = "bid"
+command = ["x"]
+
+[[actions]]
+name = "typo"
+when = "capacity_under"
+then = "run"
+"#;
+        let errs = parse::<gateway::GatewayConfig>(Path::new("g.toml"), text)
+            .unwrap_err()
+            .0;
+        let keys: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+        // a structural error (an unknown condition) is reported first, on its own
+        assert_eq!(keys, vec![(33, "actions[3].when")], "{errs:?}");
+        let text = text.replace("capacity_under", "all_uplinks_down");
+        let errs = parse::<gateway::GatewayConfig>(Path::new("g.toml"), &text)
+            .unwrap_err()
+            .0;
+        let keys: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            keys,
+            vec![
+                (11, "actions[0].when"),
+                (14, "actions[0].level"),
+                (19, "actions[1].value"),
+                (20, "actions[1].link"),
+                (21, "actions[1].then"),
+                (26, "actions[2].value"),
+                (28, "actions[2].class"),
+                (29, "actions[2].command"),
+                (34, "actions[3].then"),
+            ],
+            "{errs:?}"
+        );
+        assert!(errs
+            .iter()
+            .any(|e| e.message.contains("capacity_below_mbps needs a value")));
+        assert!(errs
+            .iter()
+            .any(|e| e.message.contains("bid cannot be paused")));
+        // the example config's actions parse
+        let example = include_str!("../configs/gateway.toml");
+        let cfg = parse::<gateway::GatewayConfig>(Path::new("gateway.toml"), example).unwrap();
+        assert!(!cfg.actions.is_empty());
+    }
+
+    #[test]
     fn array_of_tables_entries_are_located() {
         let text = "[[sites]]\nhost = \"a\"\norigin = \"https://a.example\"\n\n[[sites]]\nhost = \"b\"\norigin = \"ftp://b\"\ncolour = 1\n";
         let errs = parse::<gateway::GatewayConfig>(Path::new("g.toml"), text)

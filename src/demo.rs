@@ -418,7 +418,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                 let st = p.status();
                 LinkSummary {
                     name: p.name.clone(),
-                    tier: p.tier.as_str().into(),
+                    tier: p.tier().as_str().into(),
                     state: st.health.as_str().into(),
                     up_mbps: mbps(p.bytes_up.load(Ordering::Relaxed), secs),
                     down_mbps: mbps(p.bytes_down.load(Ordering::Relaxed), secs),

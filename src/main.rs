@@ -322,6 +322,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 *d = path.parent().unwrap_or(std::path::Path::new(".")).join(&*d);
             }
             cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
+            cfg.admin.token_file = relative_to(&path, &cfg.admin.token_file);
             let tls = load_tls(&path, &cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca)?;
             canopy::runtime::spawn_gateway(&cfg, &tls).await?;
             tokio::signal::ctrl_c().await?;

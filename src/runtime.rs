@@ -91,6 +91,8 @@ pub struct GatewayHandle {
     pub levels: Option<std::sync::Arc<gateway::levels::Levels>>,
     /// Serves device connections handed to it (besides the proxy's listener).
     pub devices: gateway::DeviceDoor,
+    /// Its admin API's address, when `[admin] listen`.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Starts a gateway in the background.
@@ -121,6 +123,7 @@ pub async fn spawn_gateway_with(
         contributor,
         levels: gw.levels(),
         devices: gw.devices(),
+        admin: gw.admin_addr(),
     };
     if let Some(m) = cfg.metrics.listen {
         spawn_metrics(m).await?;

@@ -41,8 +41,10 @@ pub struct Path {
     pub name: String,
     /// Link kind.
     pub kind: LinkKind,
-    /// Cost tier.
-    pub tier: Tier,
+    /// Cost tier as configured.
+    pub configured_tier: Tier,
+    /// The tier a local action puts it in instead (`crate::actions`).
+    tier_override: Mutex<Option<Tier>>,
     classes: ClassSet,
     uplink: Uplink,
     st: Mutex<PathState>,
@@ -101,6 +103,10 @@ pub struct PathStatus {
     pub cap: CapState,
     /// Cap use today, bytes.
     pub cap_used: u64,
+    /// The daily cap, bytes; None without one.
+    pub cap_bytes: Option<u64>,
+    /// It may carry new work.
+    pub usable: bool,
 }
 
 impl Path {
@@ -114,7 +120,8 @@ impl Path {
             id,
             name: cfg.name.clone(),
             kind: cfg.kind,
-            tier: cfg.tier,
+            configured_tier: cfg.tier,
+            tier_override: Mutex::new(None),
             classes: cfg.classes.as_deref().map_or(ClassSet::ALL, ClassSet::of),
             uplink,
             st: Mutex::new(PathState {
@@ -132,6 +139,22 @@ impl Path {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PathState> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Its cost tier now: as configured, or as a local action set it.
+    pub fn tier(&self) -> Tier {
+        self.tier_override
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(self.configured_tier)
+    }
+
+    /// Puts the path in `tier` (None: back to its configured tier); true if that changed
+    /// its tier.
+    pub fn set_tier(&self, tier: Option<Tier>) -> bool {
+        let before = self.tier();
+        *self.tier_override.lock().unwrap_or_else(|p| p.into_inner()) = tier;
+        self.tier() != before
     }
 
     /// The connection, if the path is usable.
@@ -167,7 +190,7 @@ impl Path {
         PathView {
             id: self.id,
             usable: st.est.is_usable(),
-            tier: self.tier,
+            tier: self.tier(),
             classes: self.classes,
             cap,
             srtt: st.est.health().srtt(),
@@ -206,7 +229,7 @@ impl Path {
         PathStatus {
             name: self.name.clone(),
             kind: self.kind,
-            tier: self.tier,
+            tier: self.tier(),
             health: st.est.health().health(),
             srtt: st.est.health().srtt(),
             loss: st.est.health().loss(),
@@ -215,6 +238,8 @@ impl Path {
             demotions: st.est.health().demotions(),
             cap: st.cap.state(now),
             cap_used: st.cap.used(now),
+            cap_bytes: st.cap.cap(),
+            usable: self.is_usable(),
         }
     }
 
@@ -443,7 +468,7 @@ impl Bond {
             .map(|(i, p)| LossView {
                 was_usable: was(i),
                 usable: usable[i],
-                backup: p.tier == Tier::Backup,
+                backup: p.tier() == Tier::Backup,
                 at_peak: p.lock().est.carries_its_peak(),
             })
             .collect();
@@ -509,7 +534,7 @@ impl Bond {
         self.wait_until(timeout, || {
             self.paths
                 .iter()
-                .filter(|p| p.tier != Tier::Backup)
+                .filter(|p| p.configured_tier != Tier::Backup)
                 .all(|p| p.is_usable())
         })
         .await

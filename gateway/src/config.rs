@@ -37,6 +37,311 @@ pub struct GatewayConfig {
     pub bids: BidsSection,
     /// `[checkin]`: tokens the gateway checks at the door, offline.
     pub checkin: CheckinSection,
+    /// `[admin]`: the local admin API (levels, actions, overrides).
+    pub admin: AdminSection,
+    /// `[[actions]]`: local actions fired by thresholds over the gateway's measurements.
+    pub actions: Vec<ActionConfig>,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// TCP address of the admin API (keep it on the crew's LAN or loopback); unset = off.
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token every admin request must present (one line, at
+    /// least 16 characters; `canopy admin token` makes one). Relative to the config file.
+    pub token_file: PathBuf,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            token_file: "admin.token".into(),
+        }
+    }
+}
+
+/// What an action's rule watches (`[[actions]] when`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    /// What the bond can give the stream class is below `value` Mbit/s.
+    CapacityBelowMbps,
+    /// An uplink's loss (or `link`'s) is above `value` %.
+    LossAbovePct,
+    /// An uplink (or `link`) cannot carry traffic.
+    LinkDown,
+    /// An uplink's data cap (or `link`'s) is used above `value` % today.
+    DataCapAbovePct,
+    /// The spool is fuller than `value` %.
+    SpoolAbovePct,
+    /// No uplink can carry traffic.
+    AllUplinksDown,
+}
+
+impl When {
+    /// Its name in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            When::CapacityBelowMbps => "capacity_below_mbps",
+            When::LossAbovePct => "loss_above_pct",
+            When::LinkDown => "link_down",
+            When::DataCapAbovePct => "data_cap_above_pct",
+            When::SpoolAbovePct => "spool_above_pct",
+            When::AllUplinksDown => "all_uplinks_down",
+        }
+    }
+
+    fn takes_value(self) -> bool {
+        !matches!(self, When::LinkDown | When::AllUplinksDown)
+    }
+
+    fn takes_link(self) -> bool {
+        matches!(
+            self,
+            When::LossAbovePct | When::LinkDown | When::DataCapAbovePct
+        )
+    }
+}
+
+/// What an action does while its rule is fired (`[[actions]] then`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Then {
+    /// Holds `cameras` (default all) at `level` or lower.
+    Level,
+    /// Puts traffic on `uplink` first: the other primary uplinks count as secondary.
+    PreferUplink,
+    /// Leaves `uplink` as a backup: it carries traffic only when the others cannot.
+    AvoidUplink,
+    /// Once, when fired: removes the spooled parts the relay already has.
+    PurgeCache,
+    /// Refuses new requests of `class` (only `bulk`) with 503 and a retry hint.
+    PauseClass,
+    /// Once, when fired: runs `command` (no shell), with the rule's name and cause in
+    /// its environment.
+    Run,
+}
+
+impl Then {
+    /// Its name in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Then::Level => "level",
+            Then::PreferUplink => "prefer_uplink",
+            Then::AvoidUplink => "avoid_uplink",
+            Then::PurgeCache => "purge_cache",
+            Then::PauseClass => "pause_class",
+            Then::Run => "run",
+        }
+    }
+}
+
+/// `[[actions]]`: one rule and what it does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionConfig {
+    /// Name in logs, metrics and status.
+    pub name: String,
+    /// The condition.
+    pub when: When,
+    /// The condition's threshold (Mbit/s or %).
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// The one uplink a per-link condition watches; unset: any uplink.
+    #[serde(default)]
+    pub link: Option<String>,
+    /// How long the condition must hold before the action fires, s.
+    #[serde(default = "default_for_s")]
+    pub for_s: f64,
+    /// How long the condition must be clear (past a margin) before the action is undone, s.
+    #[serde(default = "default_clear_after_s")]
+    pub clear_after_s: f64,
+    /// The action.
+    pub then: Then,
+    /// With `then = "level"`: `full`, `substream`, `transcode`, `keyframes` or `audio`.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// With `then = "level"`: the cameras it holds down; empty: every camera.
+    #[serde(default)]
+    pub cameras: Vec<String>,
+    /// With `then = "prefer_uplink"` or `"avoid_uplink"`: the uplink.
+    #[serde(default)]
+    pub uplink: Option<String>,
+    /// With `then = "pause_class"`: the class (`bulk`).
+    #[serde(default)]
+    pub class: Option<TrafficClass>,
+    /// With `then = "run"`: the program and its arguments.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Log and count firings without doing anything.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_for_s() -> f64 {
+    5.0
+}
+
+fn default_clear_after_s() -> f64 {
+    10.0
+}
+
+impl ActionConfig {
+    /// The rule the action's condition makes (config already validated).
+    pub fn rule(&self) -> tunnel::actions::Rule {
+        use tunnel::actions::Condition;
+        let v = self.value.unwrap_or(0.0);
+        let ratio = v / 100.0;
+        let link = self.link.clone();
+        let condition = match self.when {
+            When::CapacityBelowMbps => Condition::CapacityBelow(v * 1e6 / 8.0),
+            When::LossAbovePct => Condition::LossAbove { link, ratio },
+            When::LinkDown => Condition::LinkDown { link },
+            When::DataCapAbovePct => Condition::CapAbove { link, ratio },
+            When::SpoolAbovePct => Condition::SpoolAbove(ratio),
+            When::AllUplinksDown => Condition::AllDown,
+        };
+        tunnel::actions::Rule {
+            condition,
+            hold: std::time::Duration::from_secs_f64(self.for_s.clamp(0.0, 86_400.0)),
+            clear_after: std::time::Duration::from_secs_f64(
+                self.clear_after_s.clamp(0.0, 86_400.0),
+            ),
+        }
+    }
+
+    /// Checks one action against the rest of the config: (dotted key, message) per problem.
+    fn validate(&self, i: usize, cfg: &GatewayConfig, errs: &mut Vec<(String, String)>) {
+        let key = |k: &str| format!("actions[{i}].{k}");
+        let uplinks = cfg.effective_uplinks();
+        let has_uplink = |n: &str| uplinks.iter().any(|u| u.name == n);
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        {
+            errs.push((key("name"), "must be 1-64 letters, digits, - or _".into()));
+        }
+        match (self.when.takes_value(), self.value) {
+            (true, None) => {
+                errs.push((key("when"), format!("{} needs a value", self.when.as_str())))
+            }
+            (false, Some(_)) => errs.push((
+                key("value"),
+                format!("{} takes no value", self.when.as_str()),
+            )),
+            (true, Some(v)) => {
+                let ok = match self.when {
+                    When::CapacityBelowMbps => v > 0.0 && v <= 100_000.0,
+                    _ => v > 0.0 && v < 100.0,
+                };
+                if !ok || !v.is_finite() {
+                    errs.push((
+                        key("value"),
+                        match self.when {
+                            When::CapacityBelowMbps => "must be a rate above 0 Mbit/s".into(),
+                            _ => "must be a percentage above 0 and below 100".into(),
+                        },
+                    ));
+                }
+            }
+            (false, None) => {}
+        }
+        if let Some(l) = &self.link {
+            if !self.when.takes_link() {
+                errs.push((
+                    key("link"),
+                    format!("{} watches no single uplink", self.when.as_str()),
+                ));
+            } else if !has_uplink(l) {
+                errs.push((key("link"), format!("no uplink is named {l:?}")));
+            } else if self.when == When::DataCapAbovePct
+                && uplinks
+                    .iter()
+                    .any(|u| &u.name == l && u.cap_bytes_per_day.is_none())
+            {
+                errs.push((
+                    key("link"),
+                    format!("uplink {l:?} has no cap_bytes_per_day"),
+                ));
+            }
+        }
+        for (k, v, max) in [
+            ("for_s", self.for_s, 3600.0),
+            ("clear_after_s", self.clear_after_s, 86_400.0),
+        ] {
+            if !(0.0..=max).contains(&v) {
+                errs.push((key(k), format!("must be 0..={max}")));
+            }
+        }
+        let only = |k: &str, set: bool, then: &[Then], errs: &mut Vec<(String, String)>| {
+            if set && !then.contains(&self.then) {
+                let names: Vec<String> = then.iter().map(|t| format!("{:?}", t.as_str())).collect();
+                errs.push((key(k), format!("only with then = {}", names.join(" or "))));
+            }
+        };
+        only("level", self.level.is_some(), &[Then::Level], errs);
+        only("cameras", !self.cameras.is_empty(), &[Then::Level], errs);
+        only(
+            "uplink",
+            self.uplink.is_some(),
+            &[Then::PreferUplink, Then::AvoidUplink],
+            errs,
+        );
+        only("class", self.class.is_some(), &[Then::PauseClass], errs);
+        only("command", !self.command.is_empty(), &[Then::Run], errs);
+        match self.then {
+            Then::Level => match self.level.as_deref().map(tunnel::stream_level::Level::from_name) {
+                None => errs.push((key("then"), "then = \"level\" needs a level".into())),
+                Some(None) => errs.push((
+                    key("level"),
+                    "must be full, substream, transcode, keyframes or audio".into(),
+                )),
+                Some(Some(_)) => {
+                    for (j, c) in self.cameras.iter().enumerate() {
+                        if !cfg.cameras.iter().any(|k| &k.name == c) {
+                            errs.push((
+                                format!("actions[{i}].cameras[{j}]"),
+                                format!("no camera is named {c:?} in [[cameras]]"),
+                            ));
+                        }
+                    }
+                }
+            },
+            Then::PreferUplink | Then::AvoidUplink => match &self.uplink {
+                None => errs.push((
+                    key("then"),
+                    format!("then = {:?} needs an uplink", self.then.as_str()),
+                )),
+                Some(u) if !has_uplink(u) => {
+                    errs.push((key("uplink"), format!("no uplink is named {u:?}")))
+                }
+                Some(_) => {}
+            },
+            Then::PauseClass => match self.class {
+                None => errs.push((key("then"), "then = \"pause_class\" needs a class".into())),
+                Some(TrafficClass::Bulk) => {}
+                Some(c) => errs.push((
+                    key("class"),
+                    format!("{c} cannot be paused: only bulk can (bids and check-ins are never held; the stream has levels)"),
+                )),
+            },
+            Then::Run => {
+                if self.command.first().is_none_or(|c| c.is_empty()) {
+                    errs.push((
+                        key(if self.command.is_empty() { "then" } else { "command" }),
+                        "then = \"run\" needs a command: [\"/path/to/program\", \"arg\", ...]".into(),
+                    ));
+                }
+            }
+            Then::PurgeCache => {}
+        }
+    }
 }
 
 /// `[checkin]`
@@ -618,6 +923,19 @@ impl GatewayConfig {
                     "needs url (pushed cameras have one stream)".into(),
                 ));
             }
+        }
+        let mut actions = std::collections::HashSet::new();
+        for (i, a) in self.actions.iter().enumerate() {
+            a.validate(i, self, &mut errs);
+            if !actions.insert(a.name.as_str()) {
+                errs.push((
+                    format!("actions[{i}].name"),
+                    format!("{:?} is used twice", a.name),
+                ));
+            }
+        }
+        if self.admin.listen.is_some() && self.admin.token_file.as_os_str().is_empty() {
+            errs.push(("admin.token_file".into(), "must name a file".into()));
         }
         for (i, rule) in self.classes.iter().enumerate() {
             if rule.host.is_none() && rule.path_prefix.is_none() && rule.method.is_none() {

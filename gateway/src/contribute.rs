@@ -45,9 +45,20 @@ pub struct ContributionStatus {
 }
 
 /// A handle on the running contribution.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Contributor {
     status: Mutex<ContributionStatus>,
+    /// Per rendition sent: every part before this sequence number has reached the relay
+    /// (or was given up). Updated once a second.
+    delivered: Mutex<Vec<(Arc<LiveRendition>, u64)>>,
+}
+
+impl std::fmt::Debug for Contributor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contributor")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Contributor {
@@ -61,6 +72,15 @@ impl Contributor {
     /// What it has done so far.
     pub fn status(&self) -> ContributionStatus {
         *self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Each rendition sent, with the sequence number every part before which has reached
+    /// the relay (or was given up).
+    pub fn delivered(&self) -> Vec<(Arc<LiveRendition>, u64)> {
+        self.delivered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -94,6 +114,19 @@ struct Stream {
     /// The chunk expected next from the segmenter: (seq, offset).
     next: Option<(u64, u64)>,
     init: InitState,
+}
+
+impl Stream {
+    /// Every part before this has reached the relay or was given up: the oldest part with
+    /// pieces waiting, else the part the segmenter makes next (0 before any).
+    fn delivered_below(&self) -> u64 {
+        self.parts
+            .keys()
+            .next()
+            .copied()
+            .or(self.next.map(|(seq, _)| seq))
+            .unwrap_or(0)
+    }
 }
 
 enum Done {
@@ -195,6 +228,11 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
                 }
                 s.parts = s.parts.split_off(&oldest);
             }
+            let delivered = streams
+                .iter()
+                .map(|s| (s.rendition.clone(), s.delivered_below()))
+                .collect();
+            *handle.delivered.lock().unwrap_or_else(|e| e.into_inner()) = delivered;
         }
         for s in &mut streams {
             if let Some(sent) = send_init(&bond, s, &tx, now) {

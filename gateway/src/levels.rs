@@ -29,6 +29,8 @@ pub struct CameraLevel {
     pub level: &'static str,
     /// Set by hand (the level it is pinned at).
     pub pinned: Option<&'static str>,
+    /// The best level a local action allows it.
+    pub ceiling: Option<&'static str>,
     /// What its program carries now (`main`, `sub`, ... and the cut), once on air.
     pub on_air: Option<String>,
 }
@@ -37,6 +39,29 @@ struct State {
     core: StreamLevels,
     /// Camera names, in the core's order.
     cameras: Vec<String>,
+    /// Ceilings set by local actions, by camera (also for cameras not seen yet).
+    ceilings: HashMap<String, (Level, String)>,
+}
+
+/// Sets camera `i`'s ceiling in the core, logging a change.
+fn apply_ceiling(st: &mut State, i: usize, level: Option<Level>, action: &str) {
+    if st.core.ceiling(i) == level {
+        return;
+    }
+    let camera = st.cameras[i].clone();
+    match level {
+        Some(l) => info!(camera, ceiling = l.name(), action, "stream level held down"),
+        None => info!(camera, action, "stream level free again"),
+    }
+    if let Some(ch) = st.core.set_ceiling(i, level) {
+        info!(camera, from = ch.from.name(), to = ch.to.name(), cause = %ch.cause, action, "stream level down");
+        metrics::counter!(
+            "canopy_gateway_stream_level_changes_total",
+            "camera" => camera,
+            "direction" => "down"
+        )
+        .increment(1);
+    }
 }
 
 /// The low-bandwidth mode of a gateway's cameras.
@@ -58,6 +83,7 @@ impl Levels {
             state: Mutex::new(State {
                 core: StreamLevels::new(LevelConfig::default(), &[]),
                 cameras: Vec::new(),
+                ceilings: HashMap::new(),
             }),
             streams,
         });
@@ -89,8 +115,11 @@ impl Levels {
         for c in &cams {
             if !st.cameras.iter().any(|n| n == c.name()) {
                 let p = priorities.get(c.name()).copied().unwrap_or(0);
-                st.core.add(p);
+                let i = st.core.add(p);
                 st.cameras.push(c.name().to_string());
+                if let Some((ceiling, action)) = st.ceilings.get(c.name()).cloned() {
+                    apply_ceiling(&mut st, i, Some(ceiling), &action);
+                }
             }
         }
         let by_name: HashMap<&str, &Arc<LiveStream>> = cams.iter().map(|c| (c.name(), c)).collect();
@@ -157,6 +186,27 @@ impl Levels {
         true
     }
 
+    /// Holds `camera` at `level` or lower for a local action (None: lifted); a camera not
+    /// known yet is held once it appears. Logs what changed.
+    pub fn set_ceiling(&self, camera: &str, level: Option<Level>, action: &str) {
+        let mut st = self.lock();
+        match level {
+            Some(l) => st
+                .ceilings
+                .insert(camera.to_string(), (l, action.to_string())),
+            None => st.ceilings.remove(camera),
+        };
+        let Some(i) = st.cameras.iter().position(|n| n == camera) else {
+            return;
+        };
+        apply_ceiling(&mut st, i, level, action);
+    }
+
+    /// Every camera's name.
+    pub fn cameras(&self) -> Vec<String> {
+        self.lock().cameras.clone()
+    }
+
     /// Every camera's level.
     pub fn snapshot(&self) -> Vec<CameraLevel> {
         let st = self.lock();
@@ -174,6 +224,7 @@ impl Levels {
                     camera: name.clone(),
                     level: st.core.level(i).map_or("full", Level::name),
                     pinned: st.core.pinned(i).map(Level::name),
+                    ceiling: st.core.ceiling(i).map(Level::name),
                     on_air,
                 }
             })

@@ -3,6 +3,8 @@
 //! Cameras and on-site LL-HLS come from `media-io`.
 #![forbid(unsafe_code)]
 
+pub mod actions;
+pub mod admin;
 mod bid_path;
 mod bids;
 pub mod bond;

@@ -7,6 +7,11 @@
 #     back to full after the uplinks return
 #  2. ffmpeg (-v error) reads the relay's stream across the collapse and the return
 #     without a message; the relay's playlist went on through the level changes
+#  3. local actions on the collapse ([[actions]], capacity below 2 Mbit/s for 1 s) fire once,
+#     with their cause, and clear after the return: a hook command runs once, bulk traffic
+#     is paused (503) while bids go on, a dry-run rule changes nothing
+#  4. the admin API: refused without its token; shows the actions and the levels; a
+#     camera's level set by hand and given back; the spool purged of what the relay has
 # Prints the figures it measured (engage and recovery times) and "netns lowbw: N passed".
 cd "$(dirname "$0")/../.."
 source tests/netns/lib/harness.sh
@@ -17,6 +22,39 @@ fail() { echo "FAIL $*" >&2; exit 1; }
 now() { python3 -c 'import time; print(f"{time.time():.3f}")'; }
 
 nsh_setup "lb$$"
+NSH_GATEWAY_EXTRA=$(cat <<TOML
+[admin]
+listen = "127.0.0.1:9480"
+
+[[actions]]
+name = "thin-hook"
+when = "capacity_below_mbps"
+value = 2
+for_s = 1
+clear_after_s = 5
+then = "run"
+command = ["/bin/sh", "-c", "echo \"\$CANOPY_ACTION|\$CANOPY_CAUSE\" >> $NSH_DIR/hook.log"]
+
+[[actions]]
+name = "thin-pause"
+when = "capacity_below_mbps"
+value = 2
+for_s = 1
+clear_after_s = 5
+then = "pause_class"
+class = "bulk"
+
+[[actions]]
+name = "thin-dry"
+when = "capacity_below_mbps"
+value = 2
+for_s = 1
+then = "avoid_uplink"
+uplink = "cellular"
+dry_run = true
+TOML
+)
+export NSH_GATEWAY_EXTRA
 nsh_lowbw_start || fail "the camera never reached the relay"
 
 gw_log() { cat "$NSH_DIR"/bg*.log; }
@@ -38,8 +76,30 @@ shape() { for i in 1 2; do nsh_exec v tc qdisc change dev "v$i" root tbf rate "$
 
 [ "$(level)" = 0 ] || fail "the level is not full before the collapse: $(level)"
 
+# admin API METHOD PATH [curl args]: prints the body, then the status on its own line
+admin() {
+  local m=$1 p=$2; shift 2
+  nsh_exec v curl -s -m 5 -X "$m" -H "Authorization: Bearer $(cat "$NSH_DIR/admin.token")" \
+    -w '\n%{http_code}' "$@" "http://127.0.0.1:9480$p"
+}
+# json_get EXPR: evaluates EXPR on the JSON body read from stdin (bound to j)
+json_get() { python3 -c "import json,sys; t=sys.stdin.read().rsplit(chr(10),1)[0]; j=json.loads(t); print($1)"; }
+# action NAME FIELD: a field of one action in /api/actions
+action() { admin GET /api/actions | json_get "[a for a in j if a['name'] == '$1'][0]['$2']"; }
+# proxy METHOD URL: the status of a request through the gateway's proxy, and its reason
+proxy() {
+  nsh_exec v curl -s -m 10 -o /dev/null -D - -X "$1" -x http://127.0.0.1:3128 "$2" -d x \
+    | awk 'NR == 1 {s = $2} tolower($1) == "canopy-reason:" {$1 = ""; r = $0} END {print s r}'
+}
+
+code=$(nsh_exec v curl -s -m 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:9480/api/status)
+[ "$code" = 401 ] || fail "the admin API answered $code without its token"
+firings=$(for a in thin-hook thin-pause thin-dry; do action "$a" firings; done | paste -sd,)
+[ "$firings" = "0,0,0" ] || fail "actions fired before the collapse: $firings"
+ok "the admin API refuses a request without its token (401); no action has fired before the collapse"
+
 # ffmpeg's messages, each with the time it came
-nsh_exec r timeout 100 ffmpeg -nostdin -v error -i "$BASE/index.m3u8" -t 80 -f null - 2>&1 \
+nsh_exec r timeout 130 ffmpeg -nostdin -v error -i "$BASE/index.m3u8" -t 105 -f null - 2>&1 \
   | while IFS= read -r l; do echo "$(now) $l"; done > "$NSH_DIR/ffmpeg.log" &
 ff=$!
 sleep 8
@@ -49,7 +109,18 @@ shape 250kbit
 engaged=$(when_level -ne 100) || fail "the level did not step down within 10 s of the collapse"
 engage_ms=$(python3 -c "print(round(($engaged - $collapsed_at) * 1000))")
 low=$(level)
-sleep 20
+sleep 5
+bulk=$(proxy GET http://10.200.100.1:8080/assets/1000)
+bid=$(proxy POST http://10.200.100.1:8080/bid)
+tier=$(admin GET /api/status | json_get "[l for l in j['links'] if l['name'] == 'cellular'][0]['tier']")
+states=$(for a in thin-hook thin-pause thin-dry; do echo "$a $(action "$a" active) $(action "$a" firings)"; done | paste -sd,)
+echo "during the collapse: bulk '$bulk', bid '$bid', cellular tier $tier, actions: $states"
+case "$bulk" in 503*paused*thin-pause*) ;; *) fail "bulk during the collapse: $bulk" ;; esac
+[ "$bid" = 200 ] || fail "a bid during the collapse: $bid"
+[ "$states" = "thin-hook True 1,thin-pause True 1,thin-dry True 1" ] || fail "actions during the collapse: $states"
+[ "$tier" = primary ] || fail "the dry-run rule moved cellular to $tier"
+ok "the collapse fired every action once: bulk paused (503), a bid answered 200, the dry run changed nothing"
+sleep 15
 nsh_exec r curl -s -m 5 "$BASE/program/stream.m3u8" > "$NSH_DIR/low.m3u8"
 sleep 8
 echo "return: both uplinks to 7 Mbit/s"
@@ -64,6 +135,52 @@ if grep -q 'stream level down.*cause' <(gw_log | sed 's/\x1b\[[0-9;]*m//g') && [
 else
   fail "level: stepped down after ${engage_ms} ms, recovered: ${recover_s}"
 fi
+# the actions clear 5 s after the capacity is back above 2.5 Mbit/s
+for _ in $(seq 100); do
+  [ "$(action thin-pause active)" = False ] && break
+  sleep 0.2
+done
+states=$(for a in thin-hook thin-pause thin-dry; do echo "$a $(action "$a" active) $(action "$a" firings)"; done | paste -sd,)
+bulk=$(proxy GET http://10.200.100.1:8080/assets/1000)
+hooks=$(cat "$NSH_DIR/hook.log" 2>/dev/null || true)
+log=$(gw_log | sed 's/\x1b\[[0-9;]*m//g')
+echo "after the return: actions: $states, bulk '$bulk'"
+echo "hook ran: $hooks"
+grep -E 'action (fired|cleared)' <<<"$log" | cut -c1-300 || true
+[ "$states" = "thin-hook False 1,thin-pause False 1,thin-dry False 1" ] || fail "actions after the return: $states"
+[ "$bulk" = 200 ] || fail "bulk after the return: $bulk"
+[ "$(grep -c . <<<"$hooks")" = 1 ] && grep -q '^thin-hook|bonded capacity .* below 2.00 Mbit/s for ' <<<"$hooks" \
+  || fail "the hook ran other than once with its cause: $hooks"
+for a in thin-hook thin-pause thin-dry; do
+  [ "$(grep -c "action fired.*action=\"\?$a.*cause=.*bonded capacity" <<<"$log")" = 1 ] \
+    || fail "$a's firing is not logged once with its cause"
+  [ "$(grep -c "action cleared.*action=\"\?$a" <<<"$log")" = 1 ] || fail "$a's clearing is not logged once"
+done
+ok "every action fired once for the collapse and cleared after the return, each logged with its cause; the hook ran once with it; bulk flows again"
+
+# a camera's level by hand
+set_level() { admin PUT "/api/levels/$1" -H 'content-type: application/json' -d "{\"level\": \"$2\"}" | tail -1; }
+[ "$(set_level cam sometimes)" = 422 ] || fail "a bad level was not refused with 422"
+[ "$(set_level nocam substream)" = 404 ] || fail "an unknown camera was not refused with 404"
+[ "$(set_level cam substream)" = 200 ] || fail "setting the level failed"
+until_level() { for _ in $(seq "$2"); do [ "$(level)" = "$1" ] && return 0; sleep 0.1; done; return 1; }
+until_level 1 50 || fail "the level did not follow the hand's setting within 5 s: $(level)"
+by_hand=$(admin GET /api/levels | json_get "j[0]['pinned'] + ' ' + j[0]['level']")
+[ "$(set_level cam auto)" = 200 ] || fail "giving the level back failed"
+echo "set by hand: $by_hand"
+[ "$by_hand" = "substream substream" ] || fail "the admin API shows $by_hand"
+until_level 0 200 || fail "the level did not return to full within 20 s of the hand letting go: $(level)"
+ok "the admin API set the camera's level by hand (substream) and gave it back (full again); bad requests got 422 and 404"
+
+# the on-site spool: what the relay already has can go
+spooled() { find "$NSH_DIR/spool" -name '*.m4s' | wc -l; }
+before=$(spooled)
+purged=$(admin POST /api/purge | json_get "j['purged_parts']")
+after=$(spooled)
+echo "purge: $purged parts removed; spooled files $before -> $after"
+[ "$purged" -gt 0 ] && [ "$after" -le $((before - purged + 10)) ] || fail "the purge removed $purged parts ($before -> $after files)"
+ok "the admin API's purge removed the $purged spooled parts the relay already has"
+
 wait $ff
 # The parts under way when the links collapse cannot all arrive (a 110 kB keyframe part
 # takes 2 s at 0.5 Mbit/s): the relay gives them up and ffmpeg decodes around the hole.
@@ -73,7 +190,7 @@ at_collapse=$(awk -v t="$collapsed_at" '$1 < t + 4' "$NSH_DIR/ffmpeg.log" | wc -
 later=$(awk -v t="$collapsed_at" '$1 >= t + 4' "$NSH_DIR/ffmpeg.log")
 echo "ffmpeg: $at_collapse messages within 4 s of the collapse"
 if [ -z "$later" ]; then
-  ok "ffmpeg read the relay's stream for 80 s: no message after the collapse's first 4 s, through every level change"
+  ok "ffmpeg read the relay's stream for 105 s: no message after the collapse's first 4 s, through every level change"
 else
   fail "ffmpeg after the collapse: $(head -c 2000 <<<"$later")"
 fi

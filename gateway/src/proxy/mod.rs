@@ -63,6 +63,8 @@ pub(crate) struct State {
     pub(crate) checkin: Option<crate::checkin::Desk>,
     /// Per-device limits.
     devices: Arc<Devices>,
+    /// Classes local actions have paused.
+    paused: Arc<crate::actions::Paused>,
     /// Origins whose pages may load the on-site LL-HLS (CORS).
     cors_origins: Vec<String>,
 }
@@ -85,6 +87,10 @@ pub struct Gateway {
     levels: Option<Arc<crate::levels::Levels>>,
     /// Camera priorities for the low-bandwidth mode, by name.
     priorities: std::collections::HashMap<String, i32>,
+    /// `[[actions]]`, started with `run`.
+    actions: Vec<crate::config::ActionConfig>,
+    /// The admin API's listener, when `[admin] listen`.
+    admin: Option<crate::admin::Admin>,
 }
 
 impl Gateway {
@@ -154,7 +160,9 @@ impl Gateway {
         .map_err(|e| {
             GatewayError::Config(format!("bids.journal {}: {e}", cfg.bids.journal.display()))
         })?;
+        let admin = crate::admin::Admin::bind(&cfg.admin).await?;
         let state = State {
+            paused: Arc::default(),
             bids,
             checkin: crate::checkin::Desk::new(&cfg.checkin),
             devices: Devices::new(cfg.proxy.device_limits()),
@@ -182,6 +190,8 @@ impl Gateway {
                 .iter()
                 .map(|c| (c.name.clone(), c.priority))
                 .collect(),
+            actions: cfg.actions.clone(),
+            admin,
         })
     }
 
@@ -229,6 +239,11 @@ impl Gateway {
         c
     }
 
+    /// The admin API's address, when `[admin] listen`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
     /// The cameras' low-bandwidth levels, once contributing.
     pub fn levels(&self) -> Option<Arc<crate::levels::Levels>> {
         self.levels.clone()
@@ -240,6 +255,25 @@ impl Gateway {
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(push) = self.push.take() {
             tasks.spawn(push.run());
+        }
+        let actions = crate::actions::Actions::start(
+            std::mem::take(&mut self.actions),
+            crate::actions::Targets {
+                bond: self.state.bond.clone(),
+                live: self.state.live.clone(),
+                levels: self.levels.clone(),
+                contributor: self.contributor.clone(),
+                paused: self.state.paused.clone(),
+            },
+        );
+        if let Some(admin) = self.admin.take() {
+            tasks.spawn(admin.serve(Arc::new(crate::admin::AdminView {
+                name: self.state.name.clone(),
+                bond: self.state.bond.clone(),
+                levels: self.levels.clone(),
+                actions,
+                paused: self.state.paused.clone(),
+            })));
         }
         {
             let st = self.state.clone();
@@ -430,7 +464,15 @@ async fn handle(
         Ok(None) => (local(&state, &req).await, TrafficClass::Bulk),
         Ok(Some(route)) => {
             let class = route.class;
-            let resp = if method == Method::CONNECT {
+            let resp = if let Some(why) = state.paused.why(class) {
+                let mut r = synthetic(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("{class} traffic is paused by the gateway's local {why}"),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+                r
+            } else if method == Method::CONNECT {
                 // the tunnel keeps the slot for as long as it is open
                 connect(&state, req, route, held.take()).await
             } else if class.is_transactional() && !method.is_safe() {

@@ -180,6 +180,8 @@ TOML
       # NSH_SUBSTREAM_URL: its second stream (the low-bandwidth mode's substream level)
       if [ -n "${NSH_SUBSTREAM_URL:-}" ]; then printf 'substream_url = "%s"\n' "$NSH_SUBSTREAM_URL"; fi
     fi
+    # NSH_GATEWAY_EXTRA: more of the gateway's config (TOML tables), appended
+    if [ -n "${NSH_GATEWAY_EXTRA:-}" ]; then printf '\n%s\n' "$NSH_GATEWAY_EXTRA"; fi
   } > "$NSH_DIR/gateway.toml"
 }
 

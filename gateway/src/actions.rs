@@ -1,0 +1,371 @@
+//! Local actions (`[[actions]]`), the shell of `tunnel::actions`: every quarter second it
+//! reads the gateway's own measurements (the bond's capacity for the stream class, each
+//! uplink's state, loss and data cap, the spool), feeds the rules, and does what fired:
+//!
+//! - holds (`level`, `prefer_uplink`, `avoid_uplink`, `pause_class`) last while their rule
+//!   is fired and are undone when it clears; when several rules hold the same thing, the
+//!   strictest wins (the lowest level ceiling), else the later rule;
+//! - one-shot actions (`purge_cache`, `run`) happen once per firing.
+//!
+//! Each firing and clearing is logged with its cause, counted in
+//! `canopy_gateway_action_firings_total{action}` and shown in
+//! `canopy_gateway_action_active{action}` and the admin API's status. A `dry_run` rule is
+//! logged and counted but does nothing.
+
+use crate::bond::Bond;
+use crate::config::{ActionConfig, Then};
+use crate::contribute::Contributor;
+use crate::levels::Levels;
+use media_io::LiveStreams;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tracing::{info, warn};
+use tunnel::actions::{Event, LinkReading, Measurements};
+use tunnel::path::Tier;
+use tunnel::stream_level::Level;
+use tunnel::TrafficClass;
+
+/// How often the rules are checked.
+const TICK: Duration = Duration::from_millis(250);
+/// A hook command still running after this is killed.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Traffic classes local actions have paused, and why.
+#[derive(Debug, Default)]
+pub struct Paused(Mutex<HashMap<TrafficClass, String>>);
+
+impl Paused {
+    /// Why `class` is paused, if it is.
+    pub fn why(&self, class: TrafficClass) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&class)
+            .cloned()
+    }
+
+    fn set(&self, now: HashMap<TrafficClass, String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    }
+}
+
+/// One action, for status.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ActionStatus {
+    /// Its name.
+    pub name: String,
+    /// Its condition (`capacity_below_mbps`, ...).
+    pub when: &'static str,
+    /// Its threshold.
+    pub value: Option<f64>,
+    /// What it does (`level`, ...).
+    pub then: &'static str,
+    /// Fired and not cleared.
+    pub active: bool,
+    /// Logged and counted only.
+    pub dry_run: bool,
+    /// How often it has fired.
+    pub firings: u64,
+    /// Why it last fired.
+    pub cause: Option<String>,
+    /// When it last fired or cleared, ms since the Unix epoch.
+    pub changed_at_ms: Option<u64>,
+}
+
+/// What the actions act on.
+pub struct Targets {
+    /// The uplinks.
+    pub bond: Arc<Bond>,
+    /// The cameras (their spools).
+    pub live: Arc<LiveStreams>,
+    /// The cameras' levels, when contributing.
+    pub levels: Option<Arc<Levels>>,
+    /// The contribution (what the relay has), when contributing.
+    pub contributor: Option<Arc<Contributor>>,
+    /// The classes the proxy refuses for now.
+    pub paused: Arc<Paused>,
+}
+
+struct State {
+    core: tunnel::actions::Actions,
+    changed_at: Vec<Option<SystemTime>>,
+}
+
+/// The running `[[actions]]`.
+pub struct Actions {
+    cfgs: Vec<ActionConfig>,
+    state: Mutex<State>,
+    targets: Targets,
+}
+
+impl Actions {
+    /// Starts checking `cfgs` (validated) against the gateway's measurements.
+    pub fn start(cfgs: Vec<ActionConfig>, targets: Targets) -> Arc<Self> {
+        let rules = cfgs.iter().map(ActionConfig::rule).collect();
+        let me = Arc::new(Self {
+            state: Mutex::new(State {
+                core: tunnel::actions::Actions::new(rules),
+                changed_at: vec![None; cfgs.len()],
+            }),
+            cfgs,
+            targets,
+        });
+        for a in &me.cfgs {
+            metrics::gauge!("canopy_gateway_action_active", "action" => a.name.clone()).set(0.0);
+            metrics::counter!("canopy_gateway_action_firings_total", "action" => a.name.clone())
+                .absolute(0);
+        }
+        if !me.cfgs.is_empty() {
+            let m = me.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    m.step();
+                }
+            });
+        }
+        me
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn step(&self) {
+        let now = tunnel_io::clock::now();
+        let m = self.measure();
+        let events = {
+            let mut st = self.lock();
+            let events = st.core.update(now, &m);
+            for e in &events {
+                st.changed_at[e.rule] = Some(SystemTime::now());
+            }
+            events
+        };
+        for e in &events {
+            self.on_event(e);
+        }
+        // holds are worked out every step: a camera that appears later is held too
+        self.apply_holds();
+    }
+
+    /// What the rules read now.
+    fn measure(&self) -> Measurements {
+        let t = &self.targets;
+        let links = t
+            .bond
+            .paths()
+            .iter()
+            .map(|p| {
+                let s = p.status();
+                LinkReading {
+                    name: s.name,
+                    usable: s.usable,
+                    loss: s.loss,
+                    cap_used: s.cap_bytes.map(|c| s.cap_used as f64 / c.max(1) as f64),
+                }
+            })
+            .collect();
+        // the fullest spool: each rendition's is bounded on its own
+        let spool = t
+            .live
+            .all()
+            .iter()
+            .flat_map(|c| c.renditions().to_vec())
+            .filter_map(|r| r.spool_fill())
+            .map(|(bytes, max)| bytes as f64 / max.max(1) as f64)
+            .reduce(f64::max);
+        Measurements {
+            capacity: t.bond.stream_capacity(),
+            links,
+            spool,
+        }
+    }
+
+    fn on_event(&self, e: &Event) {
+        let Some(a) = self.cfgs.get(e.rule) else {
+            return;
+        };
+        let name = a.name.as_str();
+        let then = a.then.as_str();
+        if e.fired {
+            warn!(action = name, then, cause = %e.cause, dry_run = a.dry_run, "action fired");
+            metrics::counter!("canopy_gateway_action_firings_total", "action" => a.name.clone())
+                .increment(1);
+        } else {
+            info!(action = name, then, cause = %e.cause, dry_run = a.dry_run, "action cleared");
+        }
+        metrics::gauge!("canopy_gateway_action_active", "action" => a.name.clone())
+            .set(if e.fired { 1.0 } else { 0.0 });
+        if a.dry_run || !e.fired {
+            return;
+        }
+        match a.then {
+            Then::PurgeCache => {
+                self.purge(name);
+            }
+            Then::Run => run_hook(a, &e.cause),
+            Then::Level | Then::PreferUplink | Then::AvoidUplink | Then::PauseClass => {}
+        }
+    }
+
+    /// Removes the spooled parts the relay already has: (parts, bytes) removed.
+    pub fn purge(&self, by: &str) -> (u64, u64) {
+        let Some(c) = &self.targets.contributor else {
+            info!(
+                by,
+                "purge: nothing is sent to the relay, so nothing is known to be there: kept"
+            );
+            return (0, 0);
+        };
+        let (mut parts, mut bytes) = (0, 0);
+        for (r, below) in c.delivered() {
+            let (p, b) = r.purge_spool_before(below);
+            parts += p;
+            bytes += b;
+        }
+        info!(
+            by,
+            parts, bytes, "purge: removed the spooled parts the relay already has"
+        );
+        (parts, bytes)
+    }
+
+    /// The holds of every fired rule, applied.
+    fn apply_holds(&self) {
+        let active: Vec<bool> = self.lock().core.states().iter().map(|s| s.active).collect();
+        let holding = || {
+            self.cfgs
+                .iter()
+                .zip(&active)
+                .filter(|(a, on)| **on && !a.dry_run)
+                .map(|(a, _)| a)
+        };
+        let t = &self.targets;
+        if let Some(levels) = &t.levels {
+            for camera in levels.cameras() {
+                let ceiling = holding()
+                    .filter(|a| a.then == Then::Level)
+                    .filter(|a| a.cameras.is_empty() || a.cameras.contains(&camera))
+                    .filter_map(|a| {
+                        let l = a.level.as_deref().and_then(Level::from_name)?;
+                        Some((l, a.name.as_str()))
+                    })
+                    .max_by_key(|(l, _)| *l);
+                match ceiling {
+                    Some((l, by)) => levels.set_ceiling(&camera, Some(l), by),
+                    None => levels.set_ceiling(&camera, None, ""),
+                }
+            }
+        }
+        for p in t.bond.paths() {
+            let mut tier = None;
+            let mut by = "";
+            for a in holding() {
+                let Some(u) = a.uplink.as_deref() else {
+                    continue;
+                };
+                let set = match a.then {
+                    Then::AvoidUplink if u == p.name => Some(Tier::Backup),
+                    Then::PreferUplink if u == p.name => Some(Tier::Primary),
+                    Then::PreferUplink if p.configured_tier == Tier::Primary => {
+                        Some(Tier::Secondary)
+                    }
+                    _ => None,
+                };
+                if set.is_some() {
+                    tier = set;
+                    by = a.name.as_str();
+                }
+            }
+            if p.set_tier(tier) {
+                let now = p.tier();
+                if tier.is_some() {
+                    info!(uplink = %p.name, tier = now.as_str(), action = by, "uplink tier set by a local action");
+                } else {
+                    info!(uplink = %p.name, tier = now.as_str(), "uplink back to its configured tier");
+                }
+            }
+        }
+        let causes = {
+            let st = self.lock();
+            st.core.states()
+        };
+        let paused: HashMap<TrafficClass, String> = holding()
+            .filter(|a| a.then == Then::PauseClass)
+            .filter_map(|a| {
+                let i = self.cfgs.iter().position(|c| c.name == a.name)?;
+                let cause = causes.get(i)?.cause.clone().unwrap_or_default();
+                Some((a.class?, format!("action {} ({cause})", a.name)))
+            })
+            .collect();
+        t.paused.set(paused);
+    }
+
+    /// Every action's state, in config order.
+    pub fn snapshot(&self) -> Vec<ActionStatus> {
+        let st = self.lock();
+        self.cfgs
+            .iter()
+            .zip(st.core.states())
+            .zip(&st.changed_at)
+            .map(|((a, s), at)| ActionStatus {
+                name: a.name.clone(),
+                when: a.when.as_str(),
+                value: a.value,
+                then: a.then.as_str(),
+                active: s.active,
+                dry_run: a.dry_run,
+                firings: s.firings,
+                cause: s.cause,
+                changed_at_ms: at.and_then(|t| {
+                    t.duration_since(SystemTime::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_millis() as u64)
+                }),
+            })
+            .collect()
+    }
+}
+
+/// Runs a `run` action's command (no shell) with `CANOPY_ACTION` and `CANOPY_CAUSE` in its
+/// environment; logs how it ended.
+fn run_hook(a: &ActionConfig, cause: &str) {
+    let Some((program, args)) = a.command.split_first() else {
+        return;
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env("CANOPY_ACTION", &a.name)
+        .env("CANOPY_CAUSE", cause)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let name = a.name.clone();
+    let program = program.clone();
+    match cmd.spawn() {
+        Err(e) => warn!(action = %name, %program, error = %e, "action: cannot run the command"),
+        Ok(mut child) => {
+            tokio::spawn(async move {
+                match tokio::time::timeout(HOOK_TIMEOUT, child.wait()).await {
+                    Ok(Ok(s)) if s.success() => {
+                        info!(action = %name, %program, "action: command done")
+                    }
+                    Ok(Ok(s)) => {
+                        warn!(action = %name, %program, status = %s, "action: command failed")
+                    }
+                    Ok(Err(e)) => {
+                        warn!(action = %name, %program, error = %e, "action: command lost")
+                    }
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        warn!(action = %name, %program, timeout_s = HOOK_TIMEOUT.as_secs(), "action: command killed after its timeout");
+                    }
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The local admin API (`[admin] listen`): what the gateway is doing, and the crew's hand
+//! on it. Every request carries `Authorization: Bearer <token>` (the token in
+//! `[admin] token_file`, made on first start); JSON in and out.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /api/status` | links, cameras' levels, actions, paused classes |
+//! | `GET /api/levels` | every camera's level (and pin, ceiling, what is on air) |
+//! | `PUT /api/levels/<camera>` `{"level": "substream"}` | pins the camera; `"auto"` lifts the pin |
+//! | `GET /api/actions` | every `[[actions]]` rule: fired or not, cause, firings |
+//! | `POST /api/purge` | removes the spooled parts the relay already has |
+
+use crate::actions::Actions;
+use crate::bond::Bond;
+use crate::config::AdminSection;
+use crate::levels::Levels;
+use crate::GatewayError;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+use tunnel::stream_level::Level;
+
+/// The largest request body read.
+const MAX_BODY: usize = 4096;
+/// The shortest token accepted from a token file.
+const MIN_TOKEN: usize = 16;
+
+/// What the admin API reads and acts on.
+pub struct AdminView {
+    /// The gateway's name.
+    pub name: String,
+    /// The uplinks.
+    pub bond: Arc<Bond>,
+    /// The cameras' levels, when contributing.
+    pub levels: Option<Arc<Levels>>,
+    /// The local actions.
+    pub actions: Arc<Actions>,
+    /// The proxy's paused classes.
+    pub paused: Arc<crate::actions::Paused>,
+}
+
+/// The bound admin listener and its token.
+pub struct Admin {
+    listener: TcpListener,
+    token: Arc<str>,
+}
+
+/// Why the token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// It could not be read or made.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Its token is too short.
+    #[error("the token must be at least {MIN_TOKEN} characters")]
+    Short,
+}
+
+impl Admin {
+    /// Binds `[admin] listen` (None when it is unset), reading the token (made on first
+    /// start, readable by the owner only).
+    pub async fn bind(cfg: &AdminSection) -> Result<Option<Self>, GatewayError> {
+        let Some(addr) = cfg.listen else {
+            return Ok(None);
+        };
+        let token = read_or_make_token(&cfg.token_file).map_err(|e| {
+            GatewayError::Config(format!(
+                "admin.token_file {}: {e}",
+                cfg.token_file.display()
+            ))
+        })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        Ok(Some(Self {
+            listener,
+            token: token.into(),
+        }))
+    }
+
+    /// Its address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the task is dropped.
+    pub async fn serve(self, view: Arc<AdminView>) {
+        info!(addr = ?self.listener.local_addr().ok(), "admin API listening");
+        loop {
+            let (tcp, peer) = media_io::accept(&self.listener).await;
+            let view = view.clone();
+            let token = self.token.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let (view, token) = (view.clone(), token.clone());
+                    async move { Ok::<_, Infallible>(handle(&view, &token, peer, req).await) }
+                });
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10));
+                let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    }
+}
+
+/// The token in `path`; a new random one written there (mode 0600 from the start) when
+/// the file does not exist.
+fn read_or_make_token(path: &Path) -> Result<String, TokenError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let t = s.trim().to_string();
+            if t.len() < MIN_TOKEN {
+                return Err(TokenError::Short);
+            }
+            warn_if_shared(path);
+            Ok(t)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            let token: String = (0..32)
+                .map(|_| format!("{:02x}", fastrand::u8(..)))
+                .collect();
+            let mut f = owner_only().create_new(true).write(true).open(path)?;
+            f.write_all(format!("{token}\n").as_bytes())?;
+            f.sync_all()?;
+            info!(file = %path.display(), "admin token made (first start): the admin API needs it");
+            Ok(token)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(unix)]
+fn owner_only() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(0o600);
+    o
+}
+
+#[cfg(not(unix))]
+fn owner_only() -> std::fs::OpenOptions {
+    std::fs::OpenOptions::new()
+}
+
+#[cfg(unix)]
+fn warn_if_shared(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.permissions().mode() & 0o077 != 0 {
+            warn!(file = %path.display(), "the admin token file is readable by others: chmod 600 it");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_shared(_: &Path) {}
+
+/// Whether `header` is `Bearer <token>` (compared in constant time).
+fn authorized(header: Option<&HeaderValue>, token: &str) -> bool {
+    let Some(given) = header
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{v:#}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Answer {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+async fn handle(view: &AdminView, token: &str, peer: SocketAddr, req: Request<Incoming>) -> Answer {
+    if !authorized(req.headers().get(header::AUTHORIZATION), token) {
+        info!(%peer, path = req.uri().path(), "admin: refused without the token");
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "this needs Authorization: Bearer <the token in [admin] token_file>",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"canopy\""),
+        );
+        return r;
+    }
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (path.as_str(), &method) {
+        ("/api/status", &Method::GET) => json(StatusCode::OK, &status(view)),
+        ("/api/levels", &Method::GET) => json(StatusCode::OK, &levels(view)),
+        ("/api/actions", &Method::GET) => {
+            json(StatusCode::OK, &serde_json::json!(view.actions.snapshot()))
+        }
+        ("/api/purge", &Method::POST) => {
+            let (parts, bytes) = view.actions.purge("admin API");
+            info!(%peer, parts, bytes, "admin: cache purged");
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "purged_parts": parts, "purged_bytes": bytes }),
+            )
+        }
+        (p, &Method::PUT) if p.starts_with("/api/levels/") => {
+            let camera = p["/api/levels/".len()..].to_string();
+            set_level(view, peer, &camera, req).await
+        }
+        ("/api/status" | "/api/levels" | "/api/actions", _) => not_allowed("GET"),
+        ("/api/purge", _) => not_allowed("POST"),
+        (p, _) if p.starts_with("/api/levels/") => not_allowed("PUT"),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not found: try /api/status, /api/levels, /api/actions, /api/purge",
+        ),
+    }
+}
+
+fn not_allowed(allow: &'static str) -> Answer {
+    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, &format!("use {allow}"));
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// `PUT /api/levels/<camera>` with `{"level": "<level>" | "auto"}`.
+async fn set_level(
+    view: &AdminView,
+    peer: SocketAddr,
+    camera: &str,
+    req: Request<Incoming>,
+) -> Answer {
+    let Some(levels) = &view.levels else {
+        return error(
+            StatusCode::CONFLICT,
+            "the low-bandwidth mode is off: the cameras are not sent to the relay ([live] contribute = false)",
+        );
+    };
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("at most {MAX_BODY} bytes"),
+            )
+        }
+        Err(_) => return error(StatusCode::BAD_REQUEST, "the body was cut"),
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        level: String,
+    }
+    let body: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"level\": \"substream\"}} (or \"auto\"): {e}"),
+            )
+        }
+    };
+    let level = match body.level.as_str() {
+        "auto" => None,
+        name => match Level::from_name(name) {
+            Some(l) => Some(l),
+            None => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "level must be full, substream, transcode, keyframes, audio or auto",
+                )
+            }
+        },
+    };
+    if !levels.set_override(camera, level) {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no camera named {camera:?} is sent to the relay"),
+        );
+    }
+    info!(%peer, camera, level = %body.level, "admin: stream level set by hand");
+    let now = levels.snapshot().into_iter().find(|c| c.camera == camera);
+    json(StatusCode::OK, &serde_json::json!(now))
+}
+
+fn levels(view: &AdminView) -> serde_json::Value {
+    serde_json::json!(view
+        .levels
+        .as_ref()
+        .map(|l| l.snapshot())
+        .unwrap_or_default())
+}
+
+fn status(view: &AdminView) -> serde_json::Value {
+    let links: Vec<serde_json::Value> = view
+        .bond
+        .paths()
+        .iter()
+        .map(|p| {
+            let s = p.status();
+            serde_json::json!({
+                "name": s.name,
+                "kind": s.kind.as_str(),
+                "tier": s.tier.as_str(),
+                "configured_tier": p.configured_tier.as_str(),
+                "state": s.health.as_str(),
+                "usable": s.usable,
+                "srtt_ms": s.srtt.as_secs_f64() * 1000.0,
+                "loss": s.loss,
+                "up_bps": s.up_bps,
+                "down_bps": s.down_bps,
+                "demotions": s.demotions,
+                "cap_used_bytes": s.cap_used,
+                "cap_bytes": s.cap_bytes,
+            })
+        })
+        .collect();
+    let paused: Vec<serde_json::Value> = tunnel::TrafficClass::ALL
+        .iter()
+        .filter_map(|c| {
+            view.paused
+                .why(*c)
+                .map(|why| serde_json::json!({ "class": c.as_str(), "by": why }))
+        })
+        .collect();
+    serde_json::json!({
+        "gateway": view.name,
+        "stream_capacity_bps": view.bond.stream_capacity().map(|c| c * 8.0),
+        "links": links,
+        "cameras": levels(view),
+        "actions": view.actions.snapshot(),
+        "paused": paused,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_is_let_in() {
+        let t = "0123456789abcdef0123";
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert!(authorized(Some(&h("Bearer 0123456789abcdef0123")), t));
+        assert!(!authorized(Some(&h("Bearer 0123456789abcdef012")), t));
+        assert!(!authorized(Some(&h("Bearer 0123456789abcdef0124")), t));
+        assert!(!authorized(Some(&h("Basic 0123456789abcdef0123")), t));
+        assert!(!authorized(None, t));
+    }
+
+    #[test]
+    fn a_token_file_is_made_owner_only_once_and_read_after() {
+        let dir = std::env::temp_dir().join(format!("canopy-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("admin.token");
+        let _ = std::fs::remove_file(&f);
+        let made = read_or_make_token(&f).unwrap();
+        assert_eq!(made.len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(read_or_make_token(&f).unwrap(), made);
+        std::fs::write(&f, "short\n").unwrap();
+        assert!(matches!(read_or_make_token(&f), Err(TokenError::Short)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
