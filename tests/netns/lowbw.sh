@@ -55,6 +55,8 @@ dry_run = true
 TOML
 )
 export NSH_GATEWAY_EXTRA
+# a small ring, so parts reach the spool within seconds (the purge below)
+export NSH_RING_BYTES=$((4 << 20))
 nsh_lowbw_start || fail "the camera never reached the relay"
 
 gw_log() { cat "$NSH_DIR"/bg*.log; }

@@ -176,7 +176,9 @@ TOML
     done
     # NSH_CAMERA_URL: one camera pulled by the gateway, sent to the relay
     if [ -n "${NSH_CAMERA_URL:-}" ]; then
-      printf '[live]\nspool_dir = "spool"\n\n[[cameras]]\nname = "cam"\nurl = "%s"\n' "$NSH_CAMERA_URL"
+      # NSH_RING_BYTES: the on-site ring per rendition (parts leaving it go to the spool)
+      printf '[live]\nspool_dir = "spool"\nring_bytes = %s\n\n[[cameras]]\nname = "cam"\nurl = "%s"\n' \
+        "${NSH_RING_BYTES:-33554432}" "$NSH_CAMERA_URL"
       # NSH_SUBSTREAM_URL: its second stream (the low-bandwidth mode's substream level)
       if [ -n "${NSH_SUBSTREAM_URL:-}" ]; then printf 'substream_url = "%s"\n' "$NSH_SUBSTREAM_URL"; fi
     fi
