@@ -479,6 +479,31 @@ pub struct CameraConfig {
     /// a lower level first and back up last.
     #[serde(default)]
     pub priority: i32,
+    /// Without `substream_url`: the video bit rate of the low-bitrate rendition the gateway
+    /// makes for the low-bandwidth mode (ffmpeg, 360p), kbit/s; 0: none.
+    #[serde(default = "default_transcode_kbps")]
+    pub transcode_kbps: u32,
+}
+
+fn default_transcode_kbps() -> u32 {
+    250
+}
+
+impl CameraConfig {
+    /// The renditions the camera has: its main stream, its second stream or a transcode of
+    /// the main one, and its program.
+    pub fn renditions(&self) -> Vec<&'static str> {
+        use media_io::program::{rendition_of, PROGRAM};
+        use segmenter::program::Source;
+        let mut r = vec![rendition_of(Source::Main)];
+        if self.substream_url.is_some() {
+            r.push(rendition_of(Source::Sub));
+        } else if self.transcode_kbps > 0 {
+            r.push(rendition_of(Source::Transcode));
+        }
+        r.push(PROGRAM);
+        r
+    }
 }
 
 /// `[gateway]`
@@ -916,6 +941,12 @@ impl GatewayConfig {
                         ));
                     }
                 }
+            }
+            if c.transcode_kbps != 0 && !(50..=5000).contains(&c.transcode_kbps) {
+                errs.push((
+                    format!("cameras[{i}].transcode_kbps"),
+                    "must be 50..=5000, or 0 for none".into(),
+                ));
             }
             if c.url.is_none() && c.substream_url.is_some() {
                 errs.push((

@@ -10,7 +10,8 @@
 //! - [`relayed`]: the relay's side: gateways' renditions mirrored, served to viewers,
 //!   recorded;
 //! - with the `cameras` feature: camera ingest, pulled with retina ([`pull`], [`feed`]) or
-//!   pushed by encoders ([`rtsp`]), and a clip played as a camera ([`clip`]).
+//!   pushed by encoders ([`rtsp`]), a clip played as a camera ([`clip`]), and the
+//!   transcode level made by an ffmpeg child ([`transcode`]).
 #![forbid(unsafe_code)]
 
 pub mod hls_http;
@@ -29,6 +30,8 @@ pub mod feed;
 pub mod pull;
 #[cfg(feature = "cameras")]
 pub mod rtsp;
+#[cfg(feature = "cameras")]
+pub mod transcode;
 
 pub use rendition::LiveRendition;
 pub use streams::{CameraStatus, LiveStream, LiveStreams};

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cmaf;
+pub mod fmp4;
 pub mod hls;
 pub mod media;
 pub mod mirror;

@@ -67,6 +67,40 @@ fn body_of<T: Encode>(b: &T) -> Result<Bytes, String> {
     Ok(Bytes::from(v).slice(8..))
 }
 
+/// The track `trak` describes, if it is H.264, H.265 or AAC.
+pub(crate) fn track_of(trak: &mp4_atom::Trak) -> Result<Option<Track>, String> {
+    let timescale = trak.mdia.mdhd.timescale;
+    let Some(entry) = trak.mdia.minf.stbl.stsd.codecs.first() else {
+        return Ok(None);
+    };
+    let mut track = match entry {
+        mp4_atom::Codec::Avc1(a) => Track::h264(body_of(&a.avcc)?, a.visual.width, a.visual.height),
+        mp4_atom::Codec::Hvc1(h) => Track::h265(body_of(&h.hvcc)?, h.visual.width, h.visual.height),
+        mp4_atom::Codec::Hev1(h) => Track::h265(body_of(&h.hvcc)?, h.visual.width, h.visual.height),
+        mp4_atom::Codec::Mp4a(m) => {
+            let asc = m
+                .esds
+                .es_desc
+                .dec_config
+                .dec_specific
+                .as_ref()
+                .map(|d| Bytes::from(d.raw.clone()))
+                .unwrap_or_default();
+            Track::aac(
+                asc,
+                u32::from(m.audio.sample_rate.integer()),
+                m.audio.channel_count,
+            )
+        }
+        _ => return Ok(None),
+    };
+    track.timescale = timescale;
+    if track.codec == Codec::Aac {
+        track.sample_rate = timescale;
+    }
+    Ok(Some(track))
+}
+
 /// Demuxes `file`.
 pub fn demux(file: &Bytes) -> Result<Clip, String> {
     let mut buf: &[u8] = file;
@@ -88,41 +122,9 @@ pub fn demux(file: &Bytes) -> Result<Clip, String> {
     traks.sort_by_key(|t| t.mdia.hdlr.handler != b"vide".into());
     for trak in traks {
         let stbl = &trak.mdia.minf.stbl;
-        let timescale = trak.mdia.mdhd.timescale;
-        let Some(entry) = stbl.stsd.codecs.first() else {
+        let Some(track) = track_of(trak)? else {
             continue;
         };
-        let mut track = match entry {
-            mp4_atom::Codec::Avc1(a) => {
-                Track::h264(body_of(&a.avcc)?, a.visual.width, a.visual.height)
-            }
-            mp4_atom::Codec::Hvc1(h) => {
-                Track::h265(body_of(&h.hvcc)?, h.visual.width, h.visual.height)
-            }
-            mp4_atom::Codec::Hev1(h) => {
-                Track::h265(body_of(&h.hvcc)?, h.visual.width, h.visual.height)
-            }
-            mp4_atom::Codec::Mp4a(m) => {
-                let asc = m
-                    .esds
-                    .es_desc
-                    .dec_config
-                    .dec_specific
-                    .as_ref()
-                    .map(|d| Bytes::from(d.raw.clone()))
-                    .unwrap_or_default();
-                Track::aac(
-                    asc,
-                    u32::from(m.audio.sample_rate.integer()),
-                    m.audio.channel_count,
-                )
-            }
-            _ => continue,
-        };
-        track.timescale = timescale;
-        if track.codec == Codec::Aac {
-            track.sample_rate = timescale;
-        }
         let sizes: Vec<u32> = match &stbl.stsz.samples {
             StszSamples::Identical { count, size } => vec![*size; *count as usize],
             StszSamples::Different { sizes } => sizes.clone(),

@@ -91,6 +91,8 @@ pub struct Gateway {
     actions: Vec<crate::config::ActionConfig>,
     /// The admin API's listener, when `[admin] listen`.
     admin: Option<crate::admin::Admin>,
+    /// Cameras whose transcode level the gateway makes.
+    transcodes: Vec<(Arc<LiveStream>, media_io::transcode::TranscodeSettings)>,
 }
 
 impl Gateway {
@@ -124,13 +126,16 @@ impl Gateway {
         });
         let rcfg = cfg.live.rendition();
         let mut pulls = Vec::new();
+        let mut transcodes = Vec::new();
         for cam in &cfg.cameras {
-            let rends: &[&str] = if cam.substream_url.is_some() {
-                &["main", "sub", media_io::program::PROGRAM]
-            } else {
-                &["main", media_io::program::PROGRAM]
-            };
-            let stream = live.add(&cam.name, rends, rcfg, cam.url.is_some());
+            let stream = live.add(&cam.name, &cam.renditions(), rcfg, cam.url.is_some());
+            if cam.substream_url.is_none() && cam.transcode_kbps > 0 {
+                let settings = media_io::transcode::TranscodeSettings {
+                    video_kbps: cam.transcode_kbps,
+                    ..Default::default()
+                };
+                transcodes.push((stream.clone(), settings));
+            }
             if let (None, Some(user)) = (&cam.url, &cam.username) {
                 // a pushing camera with credentials: encoders must present them
                 stream.set_push_credentials(user.clone(), cam.password.clone().unwrap_or_default());
@@ -192,6 +197,7 @@ impl Gateway {
                 .collect(),
             actions: cfg.actions.clone(),
             admin,
+            transcodes,
         })
     }
 
@@ -285,6 +291,10 @@ impl Gateway {
                 },
                 move || bond.any_usable(),
             ));
+        }
+        for (stream, settings) in std::mem::take(&mut self.transcodes) {
+            let span = tracing::info_span!("camera", name = stream.name());
+            tasks.spawn(media_io::transcode::run_transcode(stream, settings).instrument(span));
         }
         for (stream, rendition, url, creds) in std::mem::take(&mut self.pulls) {
             let span = tracing::info_span!("camera", name = stream.name());

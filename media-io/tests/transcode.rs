@@ -1,0 +1,83 @@
+//! The transcode level with a real ffmpeg (tests/deps.sh installs it): the demo clip played
+//! as a camera comes back from the child as a smaller, lower-rate rendition, and as the
+//! program's source when selected.
+
+use bytes::Bytes;
+use media_io::program::PROGRAM;
+use media_io::transcode::{run_transcode, TranscodeSettings};
+use media_io::LiveStreams;
+use segmenter::program::{Cut, Selection, Source};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_makes_a_smaller_lower_rate_rendition_that_the_program_can_carry() {
+    let ffmpeg = std::process::Command::new("ffmpeg").arg("-version").output();
+    assert!(
+        ffmpeg.is_ok_and(|o| o.status.success()),
+        "this test needs ffmpeg (tests/deps.sh installs it)"
+    );
+    let live = LiveStreams::default();
+    let cam = live.add(
+        "cam",
+        &["main", "transcode", PROGRAM],
+        segmenter::RenditionConfig::default(),
+        false,
+    );
+    let clip = Arc::new(
+        segmenter::mp4file::demux(&Bytes::from_static(include_bytes!(
+            "../../assets/demo-camera.mp4"
+        )))
+        .unwrap(),
+    );
+    tokio::spawn(media_io::clip::run_clip(cam.clone(), clip));
+    let settings = TranscodeSettings {
+        video_kbps: 150,
+        height: 240,
+        threads: 1,
+    };
+    tokio::spawn(run_transcode(cam.clone(), settings));
+    let main = cam.main();
+    let t = cam.rendition("transcode").unwrap();
+    let span = Duration::from_secs(4);
+    let mut rates = None;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let parts = t.with(|r| r.window().next_seq());
+        if parts >= 40 {
+            rates = Some((main.recent_rate(span), t.recent_rate(span)));
+            break;
+        }
+    }
+    let (Some(main_rate), Some(rate)) = rates.expect("no 8 s of transcoded parts within 20 s")
+    else {
+        panic!("no rate measured: {rates:?}");
+    };
+    let info = t.init().unwrap().2;
+    eprintln!(
+        "main {:.0} kbit/s, transcode {:.0} kbit/s, {:?} {}",
+        main_rate * 8.0 / 1000.0,
+        rate * 8.0 / 1000.0,
+        info.resolution,
+        info.codecs
+    );
+    assert_eq!(info.resolution.map(|r| r.1), Some(240), "{info:?}");
+    assert!(info.codecs.contains("avc1") && info.codecs.contains("mp4a"), "{info:?}");
+    // 150 kbit/s of video and the clip's 65 kbit/s of audio, copied
+    let kbps = rate * 8.0 / 1000.0;
+    assert!((120.0..=320.0).contains(&kbps), "{kbps:.0} kbit/s");
+    assert!(rate < main_rate / 2.0, "main {main_rate}, transcode {rate}");
+    // the program takes it over at its next keyframe
+    let program = cam.program().unwrap();
+    program.select(Selection {
+        source: Source::Transcode,
+        cut: Cut::All,
+    });
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if program.state().0.is_some_and(|s| s.source == Source::Transcode) {
+            return;
+        }
+    }
+    panic!("the program never went on air with the transcode: {:?}", program.state());
+}
