@@ -9,7 +9,8 @@
 # relay, from the collapse to 10 s after the level is back), level_changes_per_min_marginal,
 # gateway_step_down_ms (collapse to the gateway's level change), recover_s (return to level
 # full), bid_p99_ms_during_collapse, bids_sent, bids_not_answered_200 (a 202 receipt counts
-# here), and transcode_cpu_cores (null: no transcode level yet).
+# here), and transcode_cpu_cores: first, on its own, a 1080p camera (test pattern, 6 Mbit/s)
+# without a substream pulled by a gateway: the CPU of its ffmpeg transcoder over 20 s.
 cd "$(dirname "$0")/../.."
 source tests/netns/lib/harness.sh
 deps_ensure camera >&2 || exit 1
@@ -17,6 +18,44 @@ T=benches/netns/tools.py
 now() { python3 -c 'import time; print(f"{time.time():.3f}")'; }
 
 nsh_setup "lx$$"
+
+# the transcoder of one 1080p camera (no relay needed: the transcode runs regardless)
+nsh_bg v /usr/bin/python3 tests/camera/rtsp_camera.py --port 8656 --size 1920x1080 --kbps 6000
+cat > "$NSH_DIR/transcode.toml" <<TOML
+[relay]
+addr = "127.0.0.1:9"
+[tls]
+cert = "certs/gw.pem"
+key = "certs/gw.key"
+ca = "certs/ca.pem"
+[proxy]
+listen = "127.0.0.1:3129"
+[bids]
+journal = "transcode.journal"
+[live]
+contribute = false
+[[cameras]]
+name = "hd"
+url = "rtsp://127.0.0.1:8656/cam"
+TOML
+"$CANOPY" certs init --event netns --out "$NSH_DIR/certs" --relay-name relay.canopy.test --gateway gw >/dev/null
+nsh_bg v "$CANOPY" gateway --config "$NSH_DIR/transcode.toml"
+tc_pid=$!
+transcode_cpu() {
+  local pid
+  pid=$(pgrep -f 'ffmpeg -hide_banner -loglevel error -fflags' | head -1)
+  [ -n "$pid" ] && awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat"
+}
+sleep 10
+c0=$(transcode_cpu); s0=$(now)
+sleep 20
+c1=$(transcode_cpu); s1=$(now)
+transcode_cores=$([ -n "$c0" ] && [ -n "$c1" ] && python3 -c "print(round(($c1 - $c0) / ($s1 - $s0), 3))" || echo null)
+echo "transcode of a 1080p camera: $transcode_cores cores" >&2
+pkill -f "transcode.toml" || true
+pkill -f "rtsp_camera.py --port 8656" || true
+sleep 1
+
 nsh_lowbw_start || { echo "the camera never reached the relay" >&2; exit 1; }
 gw_metrics() { nsh_exec v curl -s http://127.0.0.1:9102/metrics; }
 level() { gw_metrics | awk '/^canopy_gateway_stream_level\{camera="cam"\}/ {v = $2} END {print v + 0}'; }
@@ -66,10 +105,11 @@ c1=$(changes)
 t_marginal_end=$(now)
 
 python3 - "$NSH_DIR" "$t_collapse" "${t_engaged:-0}" "$t_return" "${t_full:-0}" "$c0" "$c1" \
-  "$t_marginal" "$t_marginal_end" "${t_stepped:-0}" <<'PY'
+  "$t_marginal" "$t_marginal_end" "${t_stepped:-0}" "$transcode_cores" <<'PY'
 import json, sys
 d = sys.argv[1]
 t_collapse, t_engaged, t_return, t_full, c0, c1, tm0, tm1, t_stepped = (float(x) for x in sys.argv[2:11])
+transcode_cores = None if sys.argv[11] == "null" else float(sys.argv[11])
 lat = json.load(open(f"{d}/latency.json"))["parts"]
 # live parts' arrival at the relay (capture + glass-to-relay), from the collapse to 10 s
 # after the level was full again
@@ -86,7 +126,7 @@ print(json.dumps({
     "relay_stall_ms": round(stall * 1000) if stall is not None else None,
     "level_changes_per_min_marginal": round((c1 - c0) / ((tm1 - tm0) / 60), 2),
     "recover_s": round(t_full - t_return, 1) if t_full else None,
-    "transcode_cpu_cores": None,
+    "transcode_cpu_cores": transcode_cores,
     "bid_p99_ms_during_collapse": p99,
     "bids_sent": len(bids),
     # no 200 within 30 s: a 202 receipt (queued in the journal, delivered later) counts here

@@ -54,8 +54,11 @@ impl Default for TranscodeSettings {
 }
 
 impl TranscodeSettings {
-    /// ffmpeg's arguments: CMAF in on stdin, fragmented MP4 out on stdout.
-    pub fn args(&self) -> Vec<String> {
+    /// ffmpeg's arguments: CMAF in on stdin, fragmented MP4 out on stdout, its video in
+    /// `timescale` (the main stream's: a player's HLS reader keeps the first time base it
+    /// saw, and ffmpeg's gave every other frame of a 12,800 Hz transcode the same time
+    /// after a switch from the camera's 90 kHz, "non monotonically increasing dts").
+    pub fn args(&self, timescale: u32) -> Vec<String> {
         let k = self.video_kbps;
         let t = self.threads.max(1).to_string();
         [
@@ -100,6 +103,8 @@ impl TranscodeSettings {
             "mp4",
             "-movflags",
             "empty_moov+default_base_moof+frag_every_frame",
+            "-video_track_timescale",
+            &timescale.to_string(),
             "pipe:1",
         ]
         .iter()
@@ -138,7 +143,10 @@ pub async fn run_transcode(stream: Arc<LiveStream>, settings: TranscodeSettings)
         stream.source_broke(&out);
         if let RunEnd::Spawn(e) = &end {
             if e.kind() == std::io::ErrorKind::NotFound {
-                warn!(camera, "ffmpeg is not installed: no transcode level for this camera");
+                warn!(
+                    camera,
+                    "ffmpeg is not installed: no transcode level for this camera"
+                );
                 return;
             }
         }
@@ -146,7 +154,10 @@ pub async fn run_transcode(stream: Arc<LiveStream>, settings: TranscodeSettings)
             wait = Duration::from_secs(1);
         }
         match end {
-            RunEnd::TracksChanged => info!(camera, "transcode: the camera's tracks changed; starting again"),
+            RunEnd::TracksChanged => info!(
+                camera,
+                "transcode: the camera's tracks changed; starting again"
+            ),
             e => {
                 warn!(camera, error = %e, retry_ms = wait.as_millis() as u64, "transcode stopped");
                 tokio::time::sleep(wait).await;
@@ -173,10 +184,10 @@ async fn until_init(main: &LiveRendition) -> u32 {
 fn newest_keyframe_part(main: &LiveRendition, generation: u32) -> Option<u64> {
     let next = main.with(|r| r.window().next_seq());
     let oldest = main.oldest_seq();
-    (oldest..next)
-        .rev()
-        .take(200)
-        .find(|&s| main.part(s).is_some_and(|p| p.independent && p.init == generation))
+    (oldest..next).rev().take(200).find(|&s| {
+        main.part(s)
+            .is_some_and(|p| p.independent && p.init == generation)
+    })
 }
 
 async fn run_once(
@@ -187,8 +198,13 @@ async fn run_once(
     settings: TranscodeSettings,
 ) -> RunEnd {
     let camera = stream.name().to_string();
+    let timescale = main.with(|r| {
+        r.tracks()
+            .find(|t| t.codec.is_video())
+            .map_or(90_000, |t| t.timescale)
+    });
     let mut child = match tokio::process::Command::new("ffmpeg")
-        .args(settings.args())
+        .args(settings.args(timescale))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -198,7 +214,13 @@ async fn run_once(
         Ok(c) => c,
         Err(e) => return RunEnd::Spawn(e),
     };
-    info!(camera, pid = child.id(), kbps = settings.video_kbps, height = settings.height, "transcode: ffmpeg started");
+    info!(
+        camera,
+        pid = child.id(),
+        kbps = settings.video_kbps,
+        height = settings.height,
+        "transcode: ffmpeg started"
+    );
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
@@ -258,7 +280,11 @@ async fn feed(
             // the start, or fallen behind the ring: from the newest keyframe part
             next = newest_keyframe_part(&main, generation);
             if let Some(s) = next {
-                debug!(rendition = main.name(), seq = s, "transcode: feeding from a keyframe part");
+                debug!(
+                    rendition = main.name(),
+                    seq = s,
+                    "transcode: feeding from a keyframe part"
+                );
             }
         }
         while let Some(part) = next.and_then(|s| main.part(s)) {

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_makes_a_smaller_lower_rate_rendition_that_the_program_can_carry() {
-    let ffmpeg = std::process::Command::new("ffmpeg").arg("-version").output();
+    let ffmpeg = std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output();
     assert!(
         ffmpeg.is_ok_and(|o| o.status.success()),
         "this test needs ffmpeg (tests/deps.sh installs it)"
@@ -24,12 +26,21 @@ async fn ffmpeg_makes_a_smaller_lower_rate_rendition_that_the_program_can_carry(
         segmenter::RenditionConfig::default(),
         false,
     );
-    let clip = Arc::new(
-        segmenter::mp4file::demux(&Bytes::from_static(include_bytes!(
-            "../../assets/demo-camera.mp4"
-        )))
-        .unwrap(),
-    );
+    let mut clip = segmenter::mp4file::demux(&Bytes::from_static(include_bytes!(
+        "../../assets/demo-camera.mp4"
+    )))
+    .unwrap();
+    // the clip's video in a camera's 90 kHz RTP clock (ffmpeg's own choice is the clip's
+    // 12,800 Hz): the transcode must keep it
+    let v = clip.tracks.iter().position(|t| t.codec.is_video()).unwrap();
+    let from = i64::from(clip.tracks[v].timescale);
+    clip.tracks[v].timescale = 90_000;
+    clip.durations[v] = clip.durations[v] * 90_000 / from;
+    for f in clip.frames.iter_mut().filter(|f| f.track == v) {
+        f.dts = f.dts * 90_000 / from;
+        f.pts = f.pts * 90_000 / from;
+    }
+    let clip = Arc::new(clip);
     tokio::spawn(media_io::clip::run_clip(cam.clone(), clip));
     let settings = TranscodeSettings {
         video_kbps: 150,
@@ -62,7 +73,15 @@ async fn ffmpeg_makes_a_smaller_lower_rate_rendition_that_the_program_can_carry(
         info.codecs
     );
     assert_eq!(info.resolution.map(|r| r.1), Some(240), "{info:?}");
-    assert!(info.codecs.contains("avc1") && info.codecs.contains("mp4a"), "{info:?}");
+    // the video keeps the main stream's timescale (players keep the first time base)
+    let video_timescale = |r: &media_io::LiveRendition| {
+        r.with(|r| r.tracks().find(|t| t.codec.is_video()).map(|t| t.timescale))
+    };
+    assert_eq!(video_timescale(&t), video_timescale(&main));
+    assert!(
+        info.codecs.contains("avc1") && info.codecs.contains("mp4a"),
+        "{info:?}"
+    );
     // 150 kbit/s of video and the clip's 65 kbit/s of audio, copied
     let kbps = rate * 8.0 / 1000.0;
     assert!((120.0..=320.0).contains(&kbps), "{kbps:.0} kbit/s");
@@ -75,9 +94,16 @@ async fn ffmpeg_makes_a_smaller_lower_rate_rendition_that_the_program_can_carry(
     });
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if program.state().0.is_some_and(|s| s.source == Source::Transcode) {
+        if program
+            .state()
+            .0
+            .is_some_and(|s| s.source == Source::Transcode)
+        {
             return;
         }
     }
-    panic!("the program never went on air with the transcode: {:?}", program.state());
+    panic!(
+        "the program never went on air with the transcode: {:?}",
+        program.state()
+    );
 }

@@ -213,12 +213,15 @@ nsh_wait_playlist() {
 # two 7 Mbit/s uplinks (20 and 30 ms one way) and a 4 Mbit/s 720p camera (noise, so the
 # encoder spends it all) with a 200 kbit/s substream, pulled by the gateway and sent to
 # the relay; waits until the stream is live there. Sets BASE (the stream at the relay).
+# With "transcode": the gateway is not told of the substream, and makes its own.
 nsh_lowbw_start() {
+  local sub="rtsp://127.0.0.1:8654/sub"
+  [ "${1:-}" = transcode ] && sub=""
   nsh_link 1 7000 7000 20
   nsh_link 2 7000 7000 30
   nsh_bg v /usr/bin/python3 tests/camera/rtsp_camera.py --port 8654 --size 1280x720 --kbps 4000 \
     --sub-kbps 200 --pattern snow
-  NSH_LIVE=1 NSH_CAMERA_URL="rtsp://127.0.0.1:8654/cam" NSH_SUBSTREAM_URL="rtsp://127.0.0.1:8654/sub" \
+  NSH_LIVE=1 NSH_CAMERA_URL="rtsp://127.0.0.1:8654/cam" NSH_SUBSTREAM_URL="$sub" \
     nsh_canopy_configs 2
   nsh_start_canopy 2 >&2
   BASE=http://10.200.100.1:8088/live/gw/cam
