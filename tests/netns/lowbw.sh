@@ -160,7 +160,7 @@ cpu_cores=$(python3 -c "print(round(($(transcode_cpu) - $cpu_at_collapse) / ($re
 shape 7000kbit
 recovered=$(when_level -eq 450) || recovered=""
 recover_s=$([ -n "$recovered" ] && python3 -c "print(round($recovered - $returned_at, 1))" || echo none)
-echo "figures: engage_ms=$engage_ms (level $low) recover_s=$recover_s transcode_cpu_cores=$cpu_cores"
+echo "figures: engage_ms=$engage_ms (level $low) recover_s=$recover_s$(full_run || echo " transcode_cpu_cores=$cpu_cores")"
 grep -E 'stream level (down|up)' "$NSH_DIR"/bg*.log | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-300 || true
 if grep -q 'stream level down.*cause' <(gw_log | sed 's/\x1b\[[0-9;]*m//g') && [ -n "$recovered" ]; then
   ok "the level stepped down ${engage_ms} ms after the collapse (to level $low), with its cause, and back to full ${recover_s} s after the return"
