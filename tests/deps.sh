@@ -16,6 +16,7 @@
 #        debpy a module that Debian's /usr/bin/python3 imports            Debian package
 #        gir   a GObject typelib (version 1.0), seen through python3-gi   Debian package
 #        gst   a GStreamer element, seen through python3-gi (Gst)          Debian package
+#        ffenc an encoder ffmpeg has (the gateway's transcode level: libx264) Debian package
 #        pip   NAME==VERSION installed for the `python3` on PATH (pyenv)   PyPI, pip install
 #        npm   a package of tests/browser, at the version pinned in its    npm ci in
 #              package.json (and package-lock.json)                        tests/browser
@@ -34,6 +35,7 @@ DEPS=(
   "cmd    ethtool              ethtool                       netns"
   "cmd    ffmpeg               ffmpeg                        camera"
   "cmd    ffprobe              ffmpeg                        camera"
+  "ffenc  libx264              ffmpeg                        camera"
   "cmd    nginx                nginx                         nginx"
   "cmd    nats-server          nats-server                   nats"
   "cmd    chromium             chromium                      browser"
@@ -134,6 +136,11 @@ _deps_have_cmd() {
   command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
 }
 
+_deps_have_ffenc() {
+  # not grep -q: ffmpeg killed by SIGPIPE fails the pipe under pipefail
+  command -v ffmpeg >/dev/null 2>&1 && ffmpeg -hide_banner -encoders 2>/dev/null | grep -w "$1" >/dev/null
+}
+
 # the version of npm package NAME pinned in tests/browser/package.json
 _deps_npm_pin() {
   grep -F "\"$1\":" "$DEPS_BROWSER_DIR/package.json" 2>/dev/null | head -1 | sed 's/.*: *"\([^"]*\)".*/\1/'
@@ -180,6 +187,7 @@ _deps_check() {
     read -r kind check pkg groups <<<"${DEPS[$i]}"
     case $kind in
       cmd) _deps_have_cmd "$check" || _DEPS_MISS+=("$i") ;;
+      ffenc) _deps_have_ffenc "$check" || _DEPS_MISS+=("$i") ;;
       pip) _deps_pip_ok "$check" || _DEPS_MISS+=("$i") ;;
       npm) _deps_npm_ok "$check" || _DEPS_MISS+=("$i") ;;
       debpy | gir | gst)
@@ -248,7 +256,7 @@ deps_ensure() {
     _deps_msg "all ${#_DEPS_SEL[@]} checks present (${groups[*]})"
     return 0
   fi
-  apt=$(_deps_miss_pkgs cmd debpy gir gst)
+  apt=$(_deps_miss_pkgs cmd ffenc debpy gir gst)
   pip=$(_deps_miss_pkgs pip)
   npm=$(_deps_miss_pkgs npm)
   _deps_msg "missing: $(_deps_miss_names)"
@@ -278,7 +286,7 @@ deps_ensure() {
   _deps_check
   if ((${#_DEPS_MISS[@]})); then
     _deps_msg "still missing after install: $(_deps_miss_names)"
-    _deps_msg "(from: $(_deps_miss_pkgs cmd debpy gir gst pip npm))"
+    _deps_msg "(from: $(_deps_miss_pkgs cmd ffenc debpy gir gst pip npm))"
     return 1
   fi
   _deps_msg "installed ${apt:+$apt }${pip:+$pip }${npm:+$npm }- all ${#_DEPS_SEL[@]} checks present (${groups[*]})"
