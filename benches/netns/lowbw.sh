@@ -40,20 +40,16 @@ url = "rtsp://127.0.0.1:8656/cam"
 TOML
 "$CANOPY" certs init --event netns --out "$NSH_DIR/certs" --relay-name relay.canopy.test --gateway gw >/dev/null
 nsh_bg v "$CANOPY" gateway --config "$NSH_DIR/transcode.toml"
-tc_pid=$!
-transcode_cpu() {
-  local pid
-  pid=$(pgrep -f 'ffmpeg -hide_banner -loglevel error -fflags' | head -1)
-  [ -n "$pid" ] && awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat"
-}
+tc_pid=${NSH_PIDS[-1]}
 sleep 10
-c0=$(transcode_cpu); s0=$(now)
+c0=$(nsh_child_cpu "$tc_pid" ffmpeg); s0=$(now)
 sleep 20
-c1=$(transcode_cpu); s1=$(now)
+c1=$(nsh_child_cpu "$tc_pid" ffmpeg); s1=$(now)
 transcode_cores=$([ -n "$c0" ] && [ -n "$c1" ] && python3 -c "print(round(($c1 - $c0) / ($s1 - $s0), 3))" || echo null)
 echo "transcode of a 1080p camera: $transcode_cores cores" >&2
-pkill -f "transcode.toml" || true
-pkill -f "rtsp_camera.py --port 8656" || true
+# the camera before the gateway (the harness stops the rest at the end)
+pkill -P "$tc_pid" -x ffmpeg || true
+kill "${NSH_PIDS[-2]}" "$tc_pid" 2>/dev/null || true
 sleep 1
 
 nsh_lowbw_start || { echo "the camera never reached the relay" >&2; exit 1; }

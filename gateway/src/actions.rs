@@ -4,7 +4,8 @@
 //!
 //! - holds (`level`, `prefer_uplink`, `avoid_uplink`, `pause_class`) last while their rule
 //!   is fired and are undone when it clears; when several rules hold the same thing, the
-//!   strictest wins (the lowest level ceiling), else the later rule;
+//!   strictest wins (the lowest level ceiling; an avoided uplink over a preferred one:
+//!   `tunnel::actions::held_tiers`);
 //! - one-shot actions (`purge_cache`, `run`) happen once per firing.
 //!
 //! Each firing and clearing is logged with its cause, counted in
@@ -21,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
-use tunnel::actions::{Event, LinkReading, Measurements};
+use tunnel::actions::{held_tiers, Event, LinkReading, Measurements, UplinkHold};
 use tunnel::path::Tier;
 use tunnel::stream_level::Level;
 use tunnel::TrafficClass;
@@ -134,7 +135,7 @@ impl Actions {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn step(&self) {
+    fn step(self: &Arc<Self>) {
         let now = tunnel_io::clock::now();
         let m = self.measure();
         let events = {
@@ -185,7 +186,7 @@ impl Actions {
         }
     }
 
-    fn on_event(&self, e: &Event) {
+    fn on_event(self: &Arc<Self>, e: &Event) {
         let Some(a) = self.cfgs.get(e.rule) else {
             return;
         };
@@ -205,15 +206,17 @@ impl Actions {
         }
         match a.then {
             Then::PurgeCache => {
-                self.purge(name);
+                let (me, name) = (self.clone(), name.to_string());
+                tokio::spawn(async move { me.purge(&name).await });
             }
             Then::Run => run_hook(a, &e.cause),
             Then::Level | Then::PreferUplink | Then::AvoidUplink | Then::PauseClass => {}
         }
     }
 
-    /// Removes the spooled parts the relay already has: (parts, bytes) removed.
-    pub fn purge(&self, by: &str) -> (u64, u64) {
+    /// Removes the spooled parts the relay has answered for (it has them, or refused
+    /// them for good): (parts, bytes) removed. The files go on the blocking pool.
+    pub async fn purge(&self, by: &str) -> (u64, u64) {
         let Some(c) = &self.targets.contributor else {
             info!(
                 by,
@@ -221,15 +224,18 @@ impl Actions {
             );
             return (0, 0);
         };
-        let (mut parts, mut bytes) = (0, 0);
-        for (r, below) in c.delivered() {
-            let (p, b) = r.purge_spool_before(below);
-            parts += p;
-            bytes += b;
-        }
+        let delivered = c.delivered();
+        let (parts, bytes) = tokio::task::spawn_blocking(move || {
+            delivered.iter().fold((0, 0), |(p, b), (r, below)| {
+                let (dp, db) = r.purge_spool_before(*below);
+                (p + dp, b + db)
+            })
+        })
+        .await
+        .unwrap_or((0, 0));
         info!(
             by,
-            parts, bytes, "purge: removed the spooled parts the relay already has"
+            parts, bytes, "purge: removed the spooled parts the relay has answered for"
         );
         (parts, bytes)
     }
@@ -255,38 +261,36 @@ impl Actions {
                         Some((l, a.name.as_str()))
                     })
                     .max_by_key(|(l, _)| *l);
-                match ceiling {
+                let _ = match ceiling {
                     Some((l, by)) => levels.set_ceiling(&camera, Some(l), by),
                     None => levels.set_ceiling(&camera, None, ""),
-                }
+                };
             }
         }
-        for p in t.bond.paths() {
-            let mut tier = None;
-            let mut by = "";
-            for a in holding() {
-                let Some(u) = a.uplink.as_deref() else {
-                    continue;
-                };
-                let set = match a.then {
-                    Then::AvoidUplink if u == p.name => Some(Tier::Backup),
-                    Then::PreferUplink if u == p.name => Some(Tier::Primary),
-                    Then::PreferUplink if p.configured_tier == Tier::Primary => {
-                        Some(Tier::Secondary)
-                    }
+        let holds: Vec<UplinkHold<'_>> = holding()
+            .filter_map(|a| {
+                let u = a.uplink.as_deref()?;
+                match a.then {
+                    Then::PreferUplink => Some(UplinkHold::Prefer(u)),
+                    Then::AvoidUplink => Some(UplinkHold::Avoid(u)),
                     _ => None,
-                };
-                if set.is_some() {
-                    tier = set;
-                    by = a.name.as_str();
                 }
-            }
+            })
+            .collect();
+        let uplinks: Vec<(&str, Tier)> = t
+            .bond
+            .paths()
+            .iter()
+            .map(|p| (p.name.as_str(), p.configured_tier))
+            .collect();
+        let tiers = held_tiers(&uplinks, &holds);
+        for (p, tier) in t.bond.paths().iter().zip(tiers) {
             if p.set_tier(tier) {
-                let now = p.tier();
+                let now = p.tier().as_str();
                 if tier.is_some() {
-                    info!(uplink = %p.name, tier = now.as_str(), action = by, "uplink tier set by a local action");
+                    info!(uplink = %p.name, tier = now, "uplink tier set by a local action");
                 } else {
-                    info!(uplink = %p.name, tier = now.as_str(), "uplink back to its configured tier");
+                    info!(uplink = %p.name, tier = now, "uplink back to its configured tier");
                 }
             }
         }

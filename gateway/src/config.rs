@@ -50,7 +50,7 @@ pub struct AdminSection {
     /// TCP address of the admin API (keep it on the crew's LAN or loopback); unset = off.
     pub listen: Option<SocketAddr>,
     /// File holding the bearer token every admin request must present (one line, at
-    /// least 16 characters; `canopy admin token` makes one). Relative to the config file.
+    /// least 16 characters; the gateway makes one on first start). Relative to the config file.
     pub token_file: PathBuf,
 }
 
@@ -116,7 +116,8 @@ pub enum Then {
     PreferUplink,
     /// Leaves `uplink` as a backup: it carries traffic only when the others cannot.
     AvoidUplink,
-    /// Once, when fired: removes the spooled parts the relay already has.
+    /// Once, when fired: removes the spooled parts the relay has answered for (it has
+    /// them, or refused them for good): nothing a backfill still needs.
     PurgeCache,
     /// Refuses new requests of `class` (only `bulk`) with 503 and a retry hint.
     PauseClass,
@@ -498,11 +499,21 @@ impl CameraConfig {
         let mut r = vec![rendition_of(Source::Main)];
         if self.substream_url.is_some() {
             r.push(rendition_of(Source::Sub));
-        } else if self.transcode_kbps > 0 {
+        } else if self.transcode().is_some() {
             r.push(rendition_of(Source::Transcode));
         }
         r.push(PROGRAM);
         r
+    }
+
+    /// The transcode the gateway makes of it: without a second stream, unless off.
+    pub fn transcode(&self) -> Option<media_io::transcode::TranscodeSettings> {
+        (self.substream_url.is_none() && self.transcode_kbps > 0).then(|| {
+            media_io::transcode::TranscodeSettings {
+                video_kbps: self.transcode_kbps,
+                ..Default::default()
+            }
+        })
     }
 }
 

@@ -39,8 +39,6 @@ struct State {
     core: StreamLevels,
     /// Camera names, in the core's order.
     cameras: Vec<String>,
-    /// Ceilings set by local actions, by camera (also for cameras not seen yet).
-    ceilings: HashMap<String, (Level, String)>,
 }
 
 /// Sets camera `i`'s ceiling in the core, logging a change.
@@ -83,7 +81,6 @@ impl Levels {
             state: Mutex::new(State {
                 core: StreamLevels::new(LevelConfig::default(), &[]),
                 cameras: Vec::new(),
-                ceilings: HashMap::new(),
             }),
             streams,
         });
@@ -115,11 +112,8 @@ impl Levels {
         for c in &cams {
             if !st.cameras.iter().any(|n| n == c.name()) {
                 let p = priorities.get(c.name()).copied().unwrap_or(0);
-                let i = st.core.add(p);
+                st.core.add(p);
                 st.cameras.push(c.name().to_string());
-                if let Some((ceiling, action)) = st.ceilings.get(c.name()).cloned() {
-                    apply_ceiling(&mut st, i, Some(ceiling), &action);
-                }
             }
         }
         let by_name: HashMap<&str, &Arc<LiveStream>> = cams.iter().map(|c| (c.name(), c)).collect();
@@ -186,20 +180,15 @@ impl Levels {
         true
     }
 
-    /// Holds `camera` at `level` or lower for a local action (None: lifted); a camera not
-    /// known yet is held once it appears. Logs what changed.
-    pub fn set_ceiling(&self, camera: &str, level: Option<Level>, action: &str) {
+    /// Holds `camera` at `level` or lower for a local action (None: lifted); false: no
+    /// such camera (yet). Logs what changed.
+    pub fn set_ceiling(&self, camera: &str, level: Option<Level>, action: &str) -> bool {
         let mut st = self.lock();
-        match level {
-            Some(l) => st
-                .ceilings
-                .insert(camera.to_string(), (l, action.to_string())),
-            None => st.ceilings.remove(camera),
-        };
         let Some(i) = st.cameras.iter().position(|n| n == camera) else {
-            return;
+            return false;
         };
         apply_ceiling(&mut st, i, level, action);
+        true
     }
 
     /// Every camera's name.

@@ -215,13 +215,20 @@ impl LiveRendition {
         Some((s.bytes(), s.max_bytes()))
     }
 
-    /// Removes the spooled parts before `seq` (the relay has them): (parts, bytes) removed.
+    /// Removes the spooled parts before `seq`: (parts, bytes) removed. The files go after
+    /// the spool's lock is released; this blocks on the disk (call it off the runtime).
     pub fn purge_spool_before(&self, seq: u64) -> (u64, u64) {
-        self.spool.as_ref().map_or((0, 0), |s| {
-            s.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .purge_before(seq)
-        })
+        let Some(spool) = &self.spool else {
+            return (0, 0);
+        };
+        let (files, bytes) = spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_before(seq);
+        for f in &files {
+            let _ = std::fs::remove_file(f);
+        }
+        (files.len() as u64, bytes)
     }
 
     /// The oldest part still held (ring or spool).

@@ -128,17 +128,20 @@ impl Spool {
         self.max_bytes
     }
 
-    /// Removes the parts before `seq`: (parts, bytes) removed.
-    pub fn purge_before(&mut self, seq: u64) -> (u64, u64) {
-        let (mut parts, mut bytes) = (0, 0);
-        while let Some(old) = self.entries.front().filter(|e| e.seq < seq) {
-            let _ = std::fs::remove_file(&old.path);
+    /// Forgets the parts before `seq`: their files (for the caller to remove, outside any
+    /// lock) and their bytes.
+    pub fn take_before(&mut self, seq: u64) -> (Vec<PathBuf>, u64) {
+        let (mut files, mut bytes) = (Vec::new(), 0);
+        while let Some(old) = self.entries.pop_front() {
+            if old.seq >= seq {
+                self.entries.push_front(old);
+                break;
+            }
             bytes += old.len;
-            parts += 1;
             self.bytes -= old.len;
-            self.entries.pop_front();
+            files.push(old.path);
         }
-        (parts, bytes)
+        (files, bytes)
     }
 }
 
@@ -190,13 +193,17 @@ mod tests {
         for seq in 0..10 {
             s.put(&part(seq)).unwrap();
         }
-        assert_eq!(s.purge_before(6), (6, 6000));
+        let (files, bytes) = s.take_before(6);
+        assert_eq!((files.len(), bytes), (6, 6000));
+        for f in &files {
+            std::fs::remove_file(f).unwrap();
+        }
         assert_eq!(s.range(), Some((6, 9)));
         assert_eq!(s.bytes(), 4000);
         assert!(s.get(5).unwrap().is_none());
         assert!(s.get(6).unwrap().is_some());
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
-        assert_eq!(s.purge_before(3), (0, 0));
+        assert_eq!(s.take_before(3), (Vec::new(), 0));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

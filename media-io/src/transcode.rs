@@ -63,6 +63,7 @@ impl TranscodeSettings {
         let t = self.threads.max(1).to_string();
         [
             "-hide_banner",
+            "-nostats",
             "-loglevel",
             "error",
             "-fflags",
@@ -79,6 +80,8 @@ impl TranscodeSettings {
             "0:a:0?",
             "-c:a",
             "copy",
+            "-filter_threads",
+            &t,
             "-vf",
             &format!("scale=-2:'min({},ih)':flags=fast_bilinear", self.height),
             "-c:v",
@@ -113,19 +116,34 @@ impl TranscodeSettings {
     }
 }
 
+/// A transcode with no output for this long while the camera sends is started again.
+const STALL: Duration = Duration::from_secs(10);
+
 /// Why one run of the child ended.
 #[derive(Debug, thiserror::Error)]
 enum RunEnd {
     #[error("ffmpeg could not start: {0}")]
     Spawn(std::io::Error),
+    #[error("ffmpeg started without its pipes")]
+    NoPipes,
+    #[error("waiting for ffmpeg failed: {0}")]
+    Wait(std::io::Error),
     #[error("ffmpeg exited: {0}")]
     Exited(std::process::ExitStatus),
     #[error("ffmpeg's output does not read: {0}")]
     Output(#[from] segmenter::fmp4::Fmp4Error),
+    #[error("ffmpeg closed its output")]
+    OutputClosed,
+    #[error("ffmpeg took no more input: {0}")]
+    InputClosed(std::io::Error),
+    #[error("ffmpeg's tracks were refused: {0}")]
+    TracksRefused(String),
+    #[error("ffmpeg made nothing for {} s while the camera sent", STALL.as_secs())]
+    Stalled,
     #[error("the camera's tracks changed")]
     TracksChanged,
-    #[error("ffmpeg's output was refused: {0}")]
-    Refused(String),
+    #[error("the camera is gone")]
+    CameraGone,
 }
 
 /// Makes `stream`'s `transcode` rendition from its main one, forever.
@@ -154,10 +172,14 @@ pub async fn run_transcode(stream: Arc<LiveStream>, settings: TranscodeSettings)
             wait = Duration::from_secs(1);
         }
         match end {
-            RunEnd::TracksChanged => info!(
-                camera,
-                "transcode: the camera's tracks changed; starting again"
-            ),
+            RunEnd::TracksChanged => {
+                info!(
+                    camera,
+                    "transcode: the camera's tracks changed; starting again"
+                );
+                // a camera whose tracks keep changing does not spawn ffmpeg in a burst
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             e => {
                 warn!(camera, error = %e, retry_ms = wait.as_millis() as u64, "transcode stopped");
                 tokio::time::sleep(wait).await;
@@ -224,7 +246,7 @@ async fn run_once(
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
-        return RunEnd::Spawn(std::io::Error::other("no pipes"));
+        return RunEnd::NoPipes;
     };
     {
         let camera = camera.clone();
@@ -240,7 +262,7 @@ async fn run_once(
         });
     }
     let feeding = feed(main.clone(), stdin, generation);
-    let reading = read_back(stream.program(), out.clone(), stdout);
+    let reading = read_back(stream.program(), main, out.clone(), stdout);
     tokio::select! {
         end = feeding => {
             let _ = child.kill().await;
@@ -252,7 +274,7 @@ async fn run_once(
         }
         status = child.wait() => match status {
             Ok(s) => RunEnd::Exited(s),
-            Err(e) => RunEnd::Spawn(e),
+            Err(e) => RunEnd::Wait(e),
         },
     }
 }
@@ -269,7 +291,7 @@ async fn feed(
         return RunEnd::TracksChanged;
     };
     if let Err(e) = stdin.write_all(&init).await {
-        return RunEnd::Refused(e.to_string());
+        return RunEnd::InputClosed(e);
     }
     let mut next: Option<u64> = None;
     loop {
@@ -293,20 +315,22 @@ async fn feed(
             }
             if !part.gap {
                 if let Err(e) = stdin.write_all(&part.data).await {
-                    return RunEnd::Refused(e.to_string());
+                    return RunEnd::InputClosed(e);
                 }
             }
             next = Some(part.seq + 1);
         }
         if changes.changed().await.is_err() {
-            return RunEnd::Refused("the camera is gone".into());
+            return RunEnd::CameraGone;
         }
     }
 }
 
-/// Reads ffmpeg's fragmented MP4 back into `out` (and the camera's program).
+/// Reads ffmpeg's fragmented MP4 back into `out` (and the camera's program); a child that
+/// makes nothing for [`STALL`] while `main` has fresh parts is stalled.
 async fn read_back(
     program: Option<Arc<ProgramFeed>>,
+    main: &LiveRendition,
     out: Arc<LiveRendition>,
     mut stdout: tokio::process::ChildStdout,
 ) -> RunEnd {
@@ -314,9 +338,11 @@ async fn read_back(
     let mut tracks: Vec<Track> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match stdout.read(&mut buf).await {
-            Ok(0) | Err(_) => return RunEnd::Refused("ffmpeg closed its output".into()),
-            Ok(n) => n,
+        let n = match tokio::time::timeout(STALL, stdout.read(&mut buf)).await {
+            Err(_) if main.recent_rate(Duration::from_secs(2)).is_some() => return RunEnd::Stalled,
+            Err(_) => continue, // the camera is quiet too
+            Ok(Ok(0) | Err(_)) => return RunEnd::OutputClosed,
+            Ok(Ok(n)) => n,
         };
         reader.push(&buf[..n]);
         loop {
@@ -324,7 +350,7 @@ async fn read_back(
                 Ok(None) => break,
                 Ok(Some(Found::Tracks(t))) => {
                     if let Err(e) = out.set_tracks(t.clone()) {
-                        return RunEnd::Refused(e);
+                        return RunEnd::TracksRefused(e);
                     }
                     tracks = t;
                 }

@@ -40,8 +40,8 @@ pub enum Fmp4Error {
         /// Why.
         why: String,
     },
-    /// A sample outside its `mdat`.
-    #[error("a sample lies outside its mdat")]
+    /// A sample outside its `mdat`, or a time beyond the timeline.
+    #[error("a sample lies outside its mdat or its time overflows")]
     OutOfRange,
 }
 
@@ -198,34 +198,48 @@ impl Fmp4Reader {
             };
             let d = self.ids[track].defaults;
             let tf = &traf.tfhd;
+            if tf.base_data_offset.is_some() {
+                // offsets from a point in the whole stream: not kept here
+                return Err(Fmp4Error::Malformed {
+                    kind: "tfhd".into(),
+                    why: "an explicit base data offset is not supported".into(),
+                });
+            }
             let mut dts = traf
                 .tfdt
                 .as_ref()
-                .map_or(0, |t| t.base_media_decode_time as i64);
+                .map_or(Some(0), |t| i64::try_from(t.base_media_decode_time).ok())
+                .ok_or(Fmp4Error::OutOfRange)?;
+            // a run without a data offset follows the previous one (the first: the mdat's
+            // payload, where every writer we read puts it)
             let mut next = payload_start;
             for trun in &traf.trun {
                 if let Some(o) = trun.data_offset {
                     next = i64::from(o);
                 }
-                for (i, e) in trun.samples.iter().enumerate() {
+                for e in trun.samples.iter() {
                     let duration = e.duration.or(tf.default_sample_duration).unwrap_or(d.0);
                     let size = e.size.or(tf.default_sample_size).unwrap_or(d.1);
                     let flags = e.flags.or(tf.default_sample_flags).unwrap_or(d.2);
-                    let _ = i;
                     let start =
                         usize::try_from(next - payload_start).map_err(|_| Fmp4Error::OutOfRange)?;
-                    let end = start + size as usize;
-                    if end > payload.len() {
-                        return Err(Fmp4Error::OutOfRange);
-                    }
+                    let end = start
+                        .checked_add(size as usize)
+                        .filter(|e| *e <= payload.len())
+                        .ok_or(Fmp4Error::OutOfRange)?;
+                    let pts = dts
+                        .checked_add(e.cts.unwrap_or(0))
+                        .ok_or(Fmp4Error::OutOfRange)?;
                     frames.push(Frame {
                         track,
                         dts,
-                        pts: dts + e.cts.unwrap_or(0),
+                        pts,
                         keyframe: flags & NON_SYNC == 0,
                         data: payload.slice(start..end),
                     });
-                    dts += i64::from(duration);
+                    dts = dts
+                        .checked_add(i64::from(duration))
+                        .ok_or(Fmp4Error::OutOfRange)?;
                     next += i64::from(size);
                 }
             }

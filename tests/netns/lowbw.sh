@@ -70,6 +70,7 @@ export NSH_GATEWAY_EXTRA
 # a small ring, so parts reach the spool within seconds (the purge below)
 export NSH_RING_BYTES=$((4 << 20))
 nsh_lowbw_start "$mode" || fail "the camera never reached the relay"
+gw_pid=$(pgrep -f "gateway --config $NSH_DIR/gateway.toml" | head -1)
 
 gw_log() { cat "$NSH_DIR"/bg*.log; }
 level() {
@@ -113,12 +114,8 @@ if full_run; then
   [ "$firings" = "0,0,0" ] || fail "actions fired before the collapse: $firings"
   ok "the admin API refuses a request without its token (401); no action has fired before the collapse"
 fi
-# the transcoder's CPU time so far, s (0 without one)
-transcode_cpu() {
-  local pid
-  pid=$(pgrep -f 'ffmpeg -hide_banner -loglevel error -fflags' | head -1)
-  [ -n "$pid" ] && awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat" || echo 0
-}
+# the gateway's transcoder's CPU time so far, s (0 without one)
+transcode_cpu() { local c; c=$(nsh_child_cpu "$gw_pid" ffmpeg); echo "${c:-0}"; }
 
 # ffmpeg's messages, each with the time it came
 # (for a wall-clock time: with -t 75 and 25 s to spare, the transcode run's ffmpeg was

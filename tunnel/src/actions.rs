@@ -14,6 +14,7 @@
 //!   loss under half of it, a data cap or the spool 5 or 10 points under it), so a reading
 //!   hovering at the threshold neither fires nor clears again and again.
 
+use crate::path::Tier;
 use std::time::{Duration, Instant};
 
 /// What a rule watches. Thresholds are plain units: bytes per second, ratios 0..=1.
@@ -169,14 +170,14 @@ impl Condition {
                             )
                         })
                     },
-                    |l| l.cap_used.unwrap_or(0.0) < ratio - CAP_CLEAR,
+                    |l| l.cap_used.unwrap_or(0.0) < clear_under(*ratio, CAP_CLEAR),
                 )
             }
             Condition::SpoolAbove(x) => match m.spool {
                 Some(s) if s > *x => {
                     Verdict::Met(format!("spool {:.0}% full, above {:.0}%", pct(s), pct(*x)))
                 }
-                Some(s) if s < x - SPOOL_CLEAR => Verdict::Clear,
+                Some(s) if s < clear_under(*x, SPOOL_CLEAR) => Verdict::Clear,
                 Some(_) => Verdict::Between,
                 None => Verdict::Clear,
             },
@@ -189,6 +190,12 @@ impl Condition {
             }
         }
     }
+}
+
+/// Where a ratio's "clear" starts: `margin` under its threshold, and at least above half
+/// of it (a threshold under the margin would otherwise never clear).
+fn clear_under(threshold: f64, margin: f64) -> f64 {
+    (threshold - margin).max(threshold / 2.0)
 }
 
 /// A per-link condition: met when `link` (or any link) meets `met`; clear when it (or
@@ -325,6 +332,40 @@ impl Actions {
             })
             .collect()
     }
+}
+
+/// What a fired rule asks of an uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UplinkHold<'a> {
+    /// Put traffic on this uplink first.
+    Prefer(&'a str),
+    /// Use this uplink only when the others cannot.
+    Avoid(&'a str),
+}
+
+/// The tier each of `uplinks` (name, configured tier) is held in by the fired rules'
+/// `holds`, in order (None: its configured tier). Whatever the rules' order: an uplink a
+/// rule avoids is a backup (of two rules that disagree, the safer wins); one a rule
+/// prefers is primary; while any rule prefers an uplink, the other primary uplinks count
+/// as secondary.
+pub fn held_tiers(uplinks: &[(&str, Tier)], holds: &[UplinkHold<'_>]) -> Vec<Option<Tier>> {
+    let avoided = |n: &str| holds.contains(&UplinkHold::Avoid(n));
+    let preferred = |n: &str| holds.contains(&UplinkHold::Prefer(n));
+    let any_preferred = holds.iter().any(|h| matches!(h, UplinkHold::Prefer(_)));
+    uplinks
+        .iter()
+        .map(|&(name, configured)| {
+            if avoided(name) {
+                Some(Tier::Backup)
+            } else if preferred(name) {
+                Some(Tier::Primary)
+            } else if any_preferred && configured == Tier::Primary {
+                Some(Tier::Secondary)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn seconds(d: Duration) -> String {
@@ -543,6 +584,52 @@ mod tests {
         // past them: both clear
         let ev = run(&mut a, Instant::now(), 30 * S, |_| m(0.1, 0.5));
         assert_eq!(ev.iter().filter(|(_, e)| !e.fired).count(), 2, "{ev:?}");
+    }
+
+    #[test]
+    fn uplink_holds_do_not_depend_on_the_rules_order() {
+        use UplinkHold::*;
+        let uplinks = [
+            ("cellular", Tier::Primary),
+            ("wifi", Tier::Primary),
+            ("satellite", Tier::Backup),
+        ];
+        assert_eq!(held_tiers(&uplinks, &[]), vec![None, None, None]);
+        let both = [Avoid("wifi"), Prefer("cellular")];
+        let reversed = [Prefer("cellular"), Avoid("wifi")];
+        let want = vec![Some(Tier::Primary), Some(Tier::Backup), None];
+        assert_eq!(held_tiers(&uplinks, &both), want);
+        assert_eq!(held_tiers(&uplinks, &reversed), want);
+        // preferring the backup: it is primary, the primaries secondary
+        assert_eq!(
+            held_tiers(&uplinks, &[Prefer("satellite")]),
+            vec![
+                Some(Tier::Secondary),
+                Some(Tier::Secondary),
+                Some(Tier::Primary)
+            ]
+        );
+        // two rules on one uplink that disagree: the safer
+        assert_eq!(
+            held_tiers(&uplinks, &[Prefer("wifi"), Avoid("wifi")])[1],
+            Some(Tier::Backup)
+        );
+    }
+
+    #[test]
+    fn a_threshold_under_its_margin_still_clears() {
+        // a spool rule at 5% (its margin is 10 points): clear under 2.5%
+        let mut a = Actions::new(vec![rule(Condition::SpoolAbove(0.05))]);
+        let m = |spool: f64| Measurements {
+            spool: Some(spool),
+            ..Measurements::default()
+        };
+        let ev = run(&mut a, Instant::now(), 10 * S, |_| m(0.06));
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(run(&mut a, Instant::now(), 20 * S, |_| m(0.03)).is_empty());
+        let ev = run(&mut a, Instant::now(), 20 * S, |_| m(0.01));
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(!ev[0].1.fired);
     }
 
     #[test]

@@ -129,11 +129,7 @@ impl Gateway {
         let mut transcodes = Vec::new();
         for cam in &cfg.cameras {
             let stream = live.add(&cam.name, &cam.renditions(), rcfg, cam.url.is_some());
-            if cam.substream_url.is_none() && cam.transcode_kbps > 0 {
-                let settings = media_io::transcode::TranscodeSettings {
-                    video_kbps: cam.transcode_kbps,
-                    ..Default::default()
-                };
+            if let Some(settings) = cam.transcode() {
                 transcodes.push((stream.clone(), settings));
             }
             if let (None, Some(user)) = (&cam.url, &cam.username) {

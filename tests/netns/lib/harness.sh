@@ -112,6 +112,15 @@ nsh_bg() {
   NSH_PIDS+=($!)
 }
 
+# nsh_child_cpu PID NAME: the CPU time (s) of PID's child process NAME so far (nothing
+# when there is none); ip netns exec runs its command in its own process, so PID is
+# what nsh_bg left in NSH_PIDS
+nsh_child_cpu() {
+  local pid
+  pid=$(pgrep -P "$1" -x "$2" | head -1 || true)
+  [ -z "$pid" ] || awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat" 2>/dev/null || true
+}
+
 nsh_exec() {
   local ns=$1; shift
   ip netns exec "${NSH_P}$ns" "$@"

@@ -8,13 +8,16 @@
 //! | `GET /api/levels` | every camera's level (and pin, ceiling, what is on air) |
 //! | `PUT /api/levels/<camera>` `{"level": "substream"}` | pins the camera; `"auto"` lifts the pin |
 //! | `GET /api/actions` | every `[[actions]]` rule: fired or not, cause, firings |
-//! | `POST /api/purge` | removes the spooled parts the relay already has |
+//! | `POST /api/purge` | removes the spooled parts the relay has answered for |
 
 use crate::actions::Actions;
 use crate::bond::Bond;
 use crate::config::AdminSection;
 use crate::levels::Levels;
 use crate::GatewayError;
+use token::read_or_make_token;
+
+mod token;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,17 +26,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info};
 use tunnel::stream_level::Level;
 
 /// The largest request body read.
 const MAX_BODY: usize = 4096;
-/// The shortest token accepted from a token file.
-const MIN_TOKEN: usize = 16;
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 32;
 
 /// What the admin API reads and acts on.
 pub struct AdminView {
@@ -53,17 +55,6 @@ pub struct AdminView {
 pub struct Admin {
     listener: TcpListener,
     token: Arc<str>,
-}
-
-/// Why the token file cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    /// It could not be read or made.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// Its token is too short.
-    #[error("the token must be at least {MIN_TOKEN} characters")]
-    Short,
 }
 
 impl Admin {
@@ -96,7 +87,11 @@ impl Admin {
     /// Serves until the task is dropped.
     pub async fn serve(self, view: Arc<AdminView>) {
         info!(addr = ?self.listener.local_addr().ok(), "admin API listening");
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (tcp, peer) = media_io::accept(&self.listener).await;
             let view = view.clone();
             let token = self.token.clone();
@@ -108,70 +103,25 @@ impl Admin {
                 let mut http = hyper::server::conn::http1::Builder::new();
                 http.timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10));
-                let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                // a connection (kept alive or stalled) lasts 5 minutes at most
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(300),
+                    http.serve_connection(TokioIo::new(tcp), svc),
+                )
+                .await;
+                drop(slot);
             });
         }
     }
 }
 
-/// The token in `path`; a new random one written there (mode 0600 from the start) when
-/// the file does not exist.
-fn read_or_make_token(path: &Path) -> Result<String, TokenError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => {
-            let t = s.trim().to_string();
-            if t.len() < MIN_TOKEN {
-                return Err(TokenError::Short);
-            }
-            warn_if_shared(path);
-            Ok(t)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use std::io::Write;
-            let token: String = (0..32)
-                .map(|_| format!("{:02x}", fastrand::u8(..)))
-                .collect();
-            let mut f = owner_only().create_new(true).write(true).open(path)?;
-            f.write_all(format!("{token}\n").as_bytes())?;
-            f.sync_all()?;
-            info!(file = %path.display(), "admin token made (first start): the admin API needs it");
-            Ok(token)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-#[cfg(unix)]
-fn owner_only() -> std::fs::OpenOptions {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut o = std::fs::OpenOptions::new();
-    o.mode(0o600);
-    o
-}
-
-#[cfg(not(unix))]
-fn owner_only() -> std::fs::OpenOptions {
-    std::fs::OpenOptions::new()
-}
-
-#[cfg(unix)]
-fn warn_if_shared(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        if m.permissions().mode() & 0o077 != 0 {
-            warn!(file = %path.display(), "the admin token file is readable by others: chmod 600 it");
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_shared(_: &Path) {}
-
 /// Whether `header` is `Bearer <token>` (compared in constant time).
 fn authorized(header: Option<&HeaderValue>, token: &str) -> bool {
     let Some(given) = header
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t)
     else {
         return false;
     };
@@ -199,7 +149,7 @@ fn error(status: StatusCode, message: &str) -> Answer {
 
 async fn handle(view: &AdminView, token: &str, peer: SocketAddr, req: Request<Incoming>) -> Answer {
     if !authorized(req.headers().get(header::AUTHORIZATION), token) {
-        info!(%peer, path = req.uri().path(), "admin: refused without the token");
+        debug!(%peer, path = req.uri().path(), "admin: refused without the token");
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "this needs Authorization: Bearer <the token in [admin] token_file>",
@@ -219,7 +169,7 @@ async fn handle(view: &AdminView, token: &str, peer: SocketAddr, req: Request<In
             json(StatusCode::OK, &serde_json::json!(view.actions.snapshot()))
         }
         ("/api/purge", &Method::POST) => {
-            let (parts, bytes) = view.actions.purge("admin API");
+            let (parts, bytes) = view.actions.purge("admin API").await;
             info!(%peer, parts, bytes, "admin: cache purged");
             json(
                 StatusCode::OK,
@@ -373,25 +323,7 @@ mod tests {
         assert!(!authorized(Some(&h("Bearer 0123456789abcdef0124")), t));
         assert!(!authorized(Some(&h("Basic 0123456789abcdef0123")), t));
         assert!(!authorized(None, t));
-    }
-
-    #[test]
-    fn a_token_file_is_made_owner_only_once_and_read_after() {
-        let dir = std::env::temp_dir().join(format!("canopy-admin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("admin.token");
-        let _ = std::fs::remove_file(&f);
-        let made = read_or_make_token(&f).unwrap();
-        assert_eq!(made.len(), 64);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&f).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        assert_eq!(read_or_make_token(&f).unwrap(), made);
-        std::fs::write(&f, "short\n").unwrap();
-        assert!(matches!(read_or_make_token(&f), Err(TokenError::Short)));
-        std::fs::remove_dir_all(&dir).unwrap();
+        // the scheme is case-insensitive (RFC 9110 11.1)
+        assert!(authorized(Some(&h("bearer 0123456789abcdef0123")), t));
     }
 }
