@@ -242,14 +242,15 @@ impl Actions {
 
     /// The holds of every fired rule, applied.
     fn apply_holds(&self) {
-        let active: Vec<bool> = self.lock().core.states().iter().map(|s| s.active).collect();
-        let holding = || {
+        // one reading of the rules' states serves every hold
+        let states = self.lock().core.states();
+        let holding_with = || {
             self.cfgs
                 .iter()
-                .zip(&active)
-                .filter(|(a, on)| **on && !a.dry_run)
-                .map(|(a, _)| a)
+                .zip(&states)
+                .filter(|(a, s)| s.active && !a.dry_run)
         };
+        let holding = || holding_with().map(|(a, _)| a);
         let t = &self.targets;
         if let Some(levels) = &t.levels {
             for camera in levels.cameras() {
@@ -294,15 +295,10 @@ impl Actions {
                 }
             }
         }
-        let causes = {
-            let st = self.lock();
-            st.core.states()
-        };
-        let paused: HashMap<TrafficClass, String> = holding()
-            .filter(|a| a.then == Then::PauseClass)
-            .filter_map(|a| {
-                let i = self.cfgs.iter().position(|c| c.name == a.name)?;
-                let cause = causes.get(i)?.cause.clone().unwrap_or_default();
+        let paused: HashMap<TrafficClass, String> = holding_with()
+            .filter(|(a, _)| a.then == Then::PauseClass)
+            .filter_map(|(a, s)| {
+                let cause = s.cause.as_deref().unwrap_or_default();
                 Some((a.class?, format!("action {} ({cause})", a.name)))
             })
             .collect();
