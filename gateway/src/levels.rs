@@ -227,11 +227,14 @@ fn ladder(c: &LiveStream) -> Ladder {
     let main = rate("main");
     let sub = rate("sub");
     let transcode = rate("transcode");
-    // The keyframes and audio levels are not offered yet: their video is a frame a second
-    // or fewer, and the segmenter cuts parts on the video's frames, so their parts come a
-    // second or more apart and the relay fills the live edge with gap parts meanwhile
-    // (seen in tests/netns/lowbw.sh). They need repeated (skipped) frames in between.
-    Ladder([main, sub, transcode, None, None])
+    // the keyframes and audio levels cut the smallest live source, and need skipped
+    // pictures in place of the frames they leave out (H.264 the coder can follow)
+    let lower = Ladder([main, sub, transcode, None, None]);
+    let light = c
+        .program()
+        .map(|p| p.light_costs(smallest(&lower)))
+        .unwrap_or_default();
+    Ladder([main, sub, transcode, light.keyframes, light.audio])
 }
 
 /// What camera's program carries at `level`.

@@ -4,6 +4,8 @@
 //! air, and this packages it into the `program` rendition.
 
 use crate::rendition::LiveRendition;
+use segmenter::cut_cost::CutCost;
+use segmenter::h264_skip::SkipCoder;
 use segmenter::program::{Action, Program, Selection, Source};
 use segmenter::{Frame, Track};
 use std::sync::{Arc, Mutex};
@@ -38,6 +40,26 @@ pub fn rendition_of(source: Source) -> &'static str {
 pub struct ProgramFeed {
     rendition: Arc<LiveRendition>,
     program: Mutex<Program>,
+    /// Per source (in [`SOURCES`]' order): what its lighter cuts would cost.
+    meters: Mutex<[Meter; 3]>,
+}
+
+/// A source's lighter cuts: measured, and whether its video takes skipped pictures.
+#[derive(Default)]
+struct Meter {
+    cost: CutCost,
+    /// The video track last seen, and whether skipped pictures can follow it.
+    video: Option<(Track, bool)>,
+}
+
+/// What a source's keyframes and audio cuts cost, bytes/s (None: the source cannot be cut
+/// so, or is not measured yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LightCosts {
+    /// The keyframes cut.
+    pub keyframes: Option<f64>,
+    /// The audio cut (a still picture now and then).
+    pub audio: Option<f64>,
 }
 
 impl ProgramFeed {
@@ -51,6 +73,28 @@ impl ProgramFeed {
         Self {
             rendition,
             program: Mutex::new(program),
+            meters: Mutex::default(),
+        }
+    }
+
+    /// What `source`'s keyframes and audio cuts cost now. Offered only when its video
+    /// takes skipped pictures (H.264 the skipped-picture coder can follow): without them
+    /// those cuts would leave holes in the video.
+    pub fn light_costs(&self, source: Source) -> LightCosts {
+        let meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = SOURCES
+            .iter()
+            .position(|(s, _)| *s == source)
+            .and_then(|i| meters.get(i))
+        else {
+            return LightCosts::default();
+        };
+        if !m.video.as_ref().is_some_and(|(_, skips)| *skips) {
+            return LightCosts::default();
+        }
+        LightCosts {
+            keyframes: m.cost.keyframes(),
+            audio: m.cost.audio_cut(),
         }
     }
 
@@ -81,6 +125,17 @@ impl ProgramFeed {
 
     /// A frame of `source` with the source's `tracks`.
     pub fn offer(&self, source: Source, tracks: &[Track], frame: Frame) {
+        if let (Some(i), Some(track)) = (
+            SOURCES.iter().position(|(s, _)| *s == source),
+            tracks.get(frame.track),
+        ) {
+            let mut meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
+            let m = &mut meters[i];
+            if track.codec.is_video() && m.video.as_ref().is_none_or(|(t, _)| t != track) {
+                m.video = Some((track.clone(), SkipCoder::new(track).is_ok()));
+            }
+            m.cost.frame(track, &frame);
+        }
         let mut p = self.lock();
         match p.offer(source, tracks, frame) {
             Action::Drop => {}

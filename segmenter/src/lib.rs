@@ -18,7 +18,9 @@
 #![forbid(unsafe_code)]
 
 pub mod cmaf;
+pub mod cut_cost;
 pub mod fmp4;
+pub mod h264_skip;
 pub mod hls;
 pub mod media;
 pub mod mirror;

@@ -9,11 +9,16 @@
 //! old selection stays on air, so the program never has a hole a switch made. A switch is a
 //! new source for the rendition ([`Action::Switch`]): new tracks (a new init segment) or,
 //! with equal tracks, a discontinuity, since sources have unrelated timestamps. A cut of
-//! the same source changes in place: at once when it leaves frames out, at a keyframe when
-//! it brings them back. The tracks never change with the cut (audio alone keeps a still
+//! the same source changes in place, at its next keyframe. Below [`Cut::All`], each video
+//! frame left out becomes a skipped picture of the keyframe before it
+//! ([`crate::h264_skip`]): the video keeps its frame rate and timeline, so parts keep
+//! coming at the part target and players see no hole (a stream skipped pictures cannot
+//! follow has its frames dropped, and the gateway does not offer those cuts for it). The
+//! tracks never change with the cut (audio alone keeps a still
 //! picture): a player's tracks stay where they were (ffmpeg's HLS reader fed audio to the
 //! video decoder when an audio-only init segment came between two with video).
 
+use crate::h264_skip::{Anchor, SkipCoder, SkipError};
 use crate::media::{with_parameter_sets, Frame, Track};
 
 /// Where a program's frames come from.
@@ -78,6 +83,23 @@ struct OnAir {
     broke: bool,
     /// At [`Cut::Audio`]: decode time of the last picture passed.
     last_still: Option<i64>,
+    /// The source's video as skipped pictures can follow it (built at the first cut that
+    /// leaves frames out), or why not.
+    coder: Option<Result<SkipCoder, SkipError>>,
+    /// Below [`Cut::All`]: where the skipped pictures standing for the frames left out
+    /// start (the last keyframe passed), and how many came since.
+    skip: Option<Skipping>,
+}
+
+/// Skipped pictures after a keyframe.
+#[derive(Debug, Clone, Copy)]
+struct Skipping {
+    anchor: Anchor,
+    /// Skipped pictures since the keyframe.
+    count: u32,
+    /// The keyframe's composition offset: the skipped pictures keep it, so presentation
+    /// times rise with decode times.
+    cts: i64,
 }
 
 /// The program of one camera.
@@ -135,13 +157,12 @@ impl Program {
             |o: &OnAir| o.selection.source == source && !o.broke && o.source_tracks == tracks;
         if let Some(want) = self.want.filter(|w| w.source == source) {
             match self.on.as_mut() {
-                // the same source and timeline, cut otherwise: in place, at once when frames
-                // are only left out, at a start point when they come back
-                Some(on)
-                    if fresh(on) && on.selection != want && (want.cut != Cut::All || start) =>
-                {
+                // the same source and timeline, cut otherwise: in place, at a start point
+                // (frames left out become skipped pictures of the keyframe before them)
+                Some(on) if fresh(on) && on.selection != want && start => {
                     on.selection = want;
                     on.last_still = None;
+                    on.skip = None;
                 }
                 Some(on) if fresh(on) => {}
                 // another source, a broken timeline or new tracks: a new source for the
@@ -152,6 +173,8 @@ impl Program {
                         source_tracks: tracks.to_vec(),
                         broke: false,
                         last_still: None,
+                        coder: None,
+                        skip: None,
                     });
                     self.switches += 1;
                     // a start point passes every cut
@@ -197,11 +220,47 @@ impl Program {
                 frame.keyframe && due
             }
         };
+        if on.selection.cut == Cut::All {
+            on.skip = None;
+        } else if keep && frame.keyframe {
+            let coder = on.coder.get_or_insert_with(|| SkipCoder::new(track));
+            on.skip = coder.as_ref().ok().and_then(|c| {
+                Some(Skipping {
+                    anchor: c.anchor(&frame.data).ok()?,
+                    count: 0,
+                    cts: frame.pts.saturating_sub(frame.dts),
+                })
+            });
+        } else if !keep {
+            // a skipped picture in its place, when the stream allows one
+            let (Some(Ok(coder)), Some(skip)) = (on.coder.as_ref(), on.skip.as_mut()) else {
+                return None;
+            };
+            skip.count = skip.count.checked_add(1)?;
+            let data = coder.picture(skip.anchor, skip.count).ok()?;
+            return Some(Frame {
+                track: frame.track,
+                pts: frame.dts.saturating_add(skip.cts),
+                dts: frame.dts,
+                keyframe: false,
+                data,
+            });
+        }
         if keep && frame.keyframe {
             frame.data = with_parameter_sets(track, &frame.data);
         }
         keep.then_some(frame)
     }
+}
+
+/// Whether the program can stand skipped pictures in for the frames its keyframes and
+/// audio cuts leave out of a source with `tracks` (its video is H.264 skipped pictures can
+/// follow): without them those cuts leave holes in the video.
+pub fn skips_frames(tracks: &[Track]) -> bool {
+    tracks
+        .iter()
+        .find(|t| t.codec.is_video())
+        .is_some_and(|t| SkipCoder::new(t).is_ok())
 }
 
 #[cfg(test)]
@@ -319,6 +378,53 @@ mod tests {
     }
 
     #[test]
+    fn frames_left_out_become_skipped_pictures_of_the_keyframe_before() {
+        let clip = crate::mp4file::demux(&bytes::Bytes::from_static(include_bytes!(
+            "../../assets/demo-camera.mp4"
+        )))
+        .unwrap();
+        assert!(skips_frames(&clip.tracks));
+        assert!(!skips_frames(&[audio_track()]));
+        let v = clip.tracks.iter().position(|t| t.codec.is_video()).unwrap();
+        let mut p = Program::new();
+        p.select(Selection {
+            source: Source::Main,
+            cut: Cut::Keyframes,
+        });
+        let (mut keys, mut skipped, mut audio) = (0, 0, 0);
+        let mut key_cts = None;
+        for f in &clip.frames {
+            let (dts, key, track) = (f.dts, f.keyframe, f.track);
+            match p.offer(Source::Main, &clip.tracks, f.clone()) {
+                Action::Switch { frame, .. } | Action::Pass(frame) if frame.keyframe => {
+                    assert!(key && frame.dts == dts);
+                    if track == v {
+                        keys += 1;
+                        key_cts = Some(frame.pts - frame.dts);
+                    } else {
+                        audio += 1;
+                    }
+                }
+                Action::Pass(frame) => {
+                    // a skipped picture at the frame's time, a few bytes long
+                    assert!(track == v && !key && frame.dts == dts, "{frame:?}");
+                    assert_eq!(Some(frame.pts - frame.dts), key_cts);
+                    assert!(frame.data.len() < 100, "{} bytes", frame.data.len());
+                    skipped += 1;
+                }
+                Action::Switch { .. } => panic!("a switch on a frame that is not a keyframe"),
+                Action::Drop => assert!(keys == 0, "a frame dropped after the first keyframe"),
+            }
+        }
+        let video = clip.frames.iter().filter(|f| f.track == v).count();
+        assert!(
+            keys >= 2 && audio > 0,
+            "{keys} keyframes, {audio} audio frames"
+        );
+        assert!(skipped + keys + 30 >= video, "{skipped} skipped of {video}");
+    }
+
+    #[test]
     fn audio_keeps_the_picture_refreshed_every_few_seconds() {
         let mut p = Program::new();
         p.select(MAIN_ALL);
@@ -327,10 +433,11 @@ mod tests {
             source: Source::Main,
             cut: Cut::Audio,
         });
-        // at once: frames are only left out, the tracks stay
+        // at the next keyframe (the skipped pictures need one before them): until then
+        // every frame, and the tracks stay
         assert_eq!(
             p.offer(Source::Main, &main_tracks(), v(3600, false)),
-            Action::Drop
+            Action::Pass(v(3600, false))
         );
         assert_eq!(
             p.offer(Source::Main, &main_tracks(), a(3)),
