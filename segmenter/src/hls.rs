@@ -314,12 +314,9 @@ impl MediaPlaylist {
             return Ready::BadRequest;
         }
         if let Some(p) = b.part {
-            // parts ahead of the last one listed, counting a complete segment's parts as done
-            let have = if last.complete {
-                0
-            } else {
-                last.parts.len() as u64
-            };
+            // parts ahead of the last one listed (a part past a complete segment's last is
+            // the next segment's first, answerable now: hls.js asks so after a long segment)
+            let have = last.parts.len() as u64;
             let ahead = match msn.checked_sub(last.msn) {
                 Some(0) => u64::from(p).saturating_sub(have),
                 Some(d) => {
@@ -691,6 +688,12 @@ mod tests {
         assert_eq!(p.ready(b(2, Some(19))), Ready::Wait);
         assert_eq!(p.ready(b(2, Some(21))), Ready::BadRequest);
         assert_eq!(p.ready(b(3, Some(1000))), Ready::BadRequest);
+        // past the last part of a complete segment of 20 parts (4 s): the next one's first
+        let mut long = filled(20, 3, 6);
+        long.segments.back_mut().unwrap().complete = true;
+        assert_eq!(long.ready(b(2, Some(20))), Ready::Now);
+        assert_eq!(long.ready(b(2, Some(19))), Ready::Now);
+        assert_eq!(long.ready(b(2, Some(40))), Ready::BadRequest);
         assert_eq!(
             MediaPlaylist::new(0.2, 1.0, 6).ready(Blocking::default()),
             Ready::Wait
