@@ -104,7 +104,7 @@ nsh_carrier() {
   ip -n "${NSH_P}w" link set "vw$1" "$2"
 }
 
-# nsh_bg NS CMD...: runs CMD in namespace NS (v, w or r) in the background, logged
+# nsh_bg NS CMD...: runs CMD in namespace NS (v, w, r or b) in the background, logged
 nsh_bg() {
   local ns=$1; shift
   local log="$NSH_DIR/bg${#NSH_PIDS[@]}.log"
@@ -277,11 +277,33 @@ nsh_mptcp_setup() {
   nsh_exec v ip mptcp endpoint add 10.200.3.1 dev v3 subflow
 }
 
+# nsh_browser_setup: a namespace for headless Chromium whose only interface is lo (b), and
+# the relay's viewer port (10.200.100.1:8088) bridged into it at 127.0.0.1:8088 through a
+# unix socket (tests/browser/bridge.mjs, one bridge in each namespace). Sets BROWSER_BASE
+# (the stream as the browser sees it). Needs the browser group of tests/deps.sh.
+nsh_browser_setup() {
+  local sock="$NSH_DIR/viewer.sock"
+  ip netns add "${NSH_P}b"
+  ip -n "${NSH_P}b" link set lo up
+  nsh_bg r node tests/browser/bridge.mjs --listen "unix:$sock" --to tcp:10.200.100.1:8088
+  for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+  nsh_bg b node tests/browser/bridge.mjs --listen tcp:127.0.0.1:8088 --to "unix:$sock"
+  for _ in $(seq 50); do
+    nsh_exec b curl -s -m 2 -o /dev/null http://127.0.0.1:8088/ 2>/dev/null && break
+    sleep 0.1
+  done
+  BROWSER_BASE=http://127.0.0.1:8088/live/gw/cam
+}
+
 nsh_cleanup() {
-  local rc=$?
+  local rc=$? left
   for p in "${NSH_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # whatever else runs in the browser's namespace (Chromium's children) was started here
+  left=$(ip netns pids "${NSH_P}b" 2>/dev/null || true)
+  # shellcheck disable=SC2086
+  [ -z "$left" ] || { kill $left 2>/dev/null || true; sleep 0.5; kill -9 $left 2>/dev/null || true; }
   wait 2>/dev/null || true
-  for ns in v w r; do ip netns del "${NSH_P}$ns" 2>/dev/null || true; done
+  for ns in v w r b; do ip netns del "${NSH_P}$ns" 2>/dev/null || true; done
   if [ "$rc" != 0 ] && [ -n "$NSH_DIR" ]; then
     echo "--- logs ($NSH_DIR) ---" >&2
     for f in "$NSH_DIR"/*.log; do echo "== $f" >&2; tail -20 "$f" >&2; done
