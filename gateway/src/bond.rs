@@ -182,6 +182,16 @@ impl Path {
         self.signal.borrow().usable
     }
 
+    /// The path's smoothed RTT.
+    fn srtt(&self) -> Duration {
+        self.lock().est.health().srtt()
+    }
+
+    /// The best RTT another usable path offers (see `PathHealth::set_best_other`).
+    fn set_best_other(&self, best: Option<Duration>) {
+        self.lock().est.health_mut().set_best_other(best);
+    }
+
     fn view(&self) -> PathView {
         let mut st = self.lock();
         let now = tunnel_io::clock::now();
@@ -198,7 +208,7 @@ impl Path {
             rate_down: st.est.rate_down(),
             queued_up: st.est.queued_up_at(udp_tx),
             queued_down: st.est.queued_down(),
-            silent: st.est.health().silence(now).unwrap_or_default(),
+            silent: st.est.health().excess_silence(now).unwrap_or_default(),
         }
     }
 
@@ -442,7 +452,14 @@ impl Bond {
                 let Some(b) = b.upgrade() else { return };
                 let now = tunnel_io::clock::now();
                 let was_usable: Vec<bool> = b.paths.iter().map(|p| p.is_usable()).collect();
-                for p in &b.paths {
+                let srtts: Vec<Duration> = b.paths.iter().map(|p| p.srtt()).collect();
+                for (i, p) in b.paths.iter().enumerate() {
+                    // the best RTT another usable path offers (see PathHealth::set_best_other)
+                    let best = (0..b.paths.len())
+                        .filter(|j| *j != i && was_usable[*j])
+                        .map(|j| srtts[j])
+                        .min();
+                    p.set_best_other(best);
                     p.tick(now);
                 }
                 b.take_over_from_lost(&was_usable);

@@ -193,6 +193,9 @@ pub struct PathHealth {
     demotion_count: u64,
     /// When the path last joined (probation passed).
     joined_at: Option<Instant>,
+    /// The smallest smoothed RTT among the bond's other usable paths (None: there is
+    /// none). A path is demoted for its RTT only when another would serve better.
+    best_other: Option<Duration>,
 }
 
 impl Default for PathHealth {
@@ -219,7 +222,19 @@ impl PathHealth {
             demotions: VecDeque::new(),
             demotion_count: 0,
             joined_at: None,
+            // until the bond says otherwise, another path is taken to be there
+            best_other: Some(Duration::ZERO),
         }
+    }
+
+    /// The smallest smoothed RTT among the bond's other usable paths, None when no other
+    /// is usable: a path whose RTT degrades is demoted only when another usable path's RTT
+    /// is within its bound. When every path slows down together (a collapse of all of
+    /// them, a shared bottleneck), demoting them all would make an outage of a slow link:
+    /// seen in `tests/netns/lowbw.sh`, both uplinks collapsed to 0.25 Mbit/s were demoted
+    /// in turn for 7 s and every piece in flight went again.
+    pub fn set_best_other(&mut self, best: Option<Duration>) {
+        self.best_other = best;
     }
 
     /// Current health.
@@ -361,6 +376,17 @@ impl PathHealth {
         Some(now.saturating_duration_since(since))
     }
 
+    /// How long the path has been silent beyond the gaps its echoes usually show: the
+    /// silence less half of what the path's jitter adds to the least detection bound. A
+    /// clean link's silence counts from the first missing echo; a thin link whose probes
+    /// queue behind its data answers in bursts, and a 100 ms gap there is no sign of a cut
+    /// (the contribution sent every piece on such a link again, and a collapse choked on
+    /// the copies).
+    pub fn excess_silence(&self, now: Instant) -> Option<Duration> {
+        let slack = self.down_after().saturating_sub(MIN_DOWN_AFTER) / 2;
+        Some(self.silence(now)?.saturating_sub(slack))
+    }
+
     /// The silence bound at `now`: [`Self::down_after`], but for [`JOIN_SETTLE`] after the
     /// path joined at least three echo round trips and seven probes. The bound was learnt
     /// on an idle path (probes only); the traffic it takes when it joins queues for a while
@@ -384,7 +410,9 @@ impl PathHealth {
     pub fn poll(&mut self, now: Instant) -> Option<HealthEvent> {
         let silent = self.silence(now)?; // connecting: nothing to do
         let bound = self.silence_bound(now);
-        let degraded = self.degraded_above().is_some_and(|d| self.srtt > d);
+        let degraded = self
+            .degraded_above()
+            .is_some_and(|d| self.srtt > d && self.best_other.is_some_and(|o| o <= d));
         match self.health {
             Health::Connecting => None,
             Health::Up | Health::Probation { .. } if silent > bound => {
@@ -753,6 +781,60 @@ mod tests {
             assert!(w[1] - w[0] >= Duration::from_secs(60), "{rejoins:?}");
         }
         assert!(demotions <= 1 + 600 / 60, "{demotions}");
+    }
+
+    #[test]
+    fn a_slow_path_stays_when_no_other_is_faster() {
+        let t0 = Instant::now();
+        // 50 ms, then 400 ms from 20 s on (past max(3 x 50, 50 + 300) = 350 ms)
+        let slow = |t: Duration| {
+            Some(if t < 20 * 1000 * MS {
+                50 * MS
+            } else {
+                400 * MS
+            })
+        };
+        let degraded = |best: Option<Duration>| {
+            let mut h = PathHealth::new();
+            h.on_connected(t0, 50 * MS);
+            h.set_best_other(best);
+            drive(&mut h, t0, Duration::from_secs(40), slow)
+                .iter()
+                .filter(|(_, e)| matches!(e, HealthEvent::Degraded { .. }))
+                .count()
+        };
+        // another path at 60 ms: demoted
+        assert!(degraded(Some(60 * MS)) >= 1);
+        // the others as slow, or none usable: it stays
+        assert_eq!(degraded(Some(390 * MS)), 0);
+        assert_eq!(degraded(None), 0);
+    }
+
+    #[test]
+    fn silence_counts_past_the_path_own_jitter() {
+        let t0 = Instant::now();
+        let mut clean = PathHealth::new();
+        clean.on_connected(t0, 20 * MS);
+        drive(&mut clean, t0, Duration::from_secs(5), |_| Some(20 * MS));
+        // echoes 300 ms late, give or take 100 ms
+        let mut thin = PathHealth::new();
+        thin.on_connected(t0, 300 * MS);
+        drive(&mut thin, t0, Duration::from_secs(5), |t| {
+            Some(if (t.as_millis() / 200) % 2 == 0 {
+                200 * MS
+            } else {
+                400 * MS
+            })
+        });
+        let later = t0 + Duration::from_secs(6);
+        let (c, n) = (clean.silence(later).unwrap(), thin.silence(later).unwrap());
+        assert_eq!(
+            clean.excess_silence(later),
+            Some(c),
+            "a clean link: all of it"
+        );
+        let e = thin.excess_silence(later).unwrap();
+        assert!(e + 100 * MS <= n, "{e:?} of {n:?}");
     }
 
     #[test]
