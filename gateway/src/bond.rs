@@ -187,11 +187,6 @@ impl Path {
         self.lock().est.health().srtt()
     }
 
-    /// The best RTT another usable path offers (see `PathHealth::set_best_other`).
-    fn set_best_other(&self, best: Option<Duration>) {
-        self.lock().est.health_mut().set_best_other(best);
-    }
-
     fn view(&self) -> PathView {
         let mut st = self.lock();
         let now = tunnel_io::clock::now();
@@ -292,10 +287,12 @@ impl Path {
     }
 
     /// One monitor step: the uplink's state and its connection's statistics into the
-    /// estimate; what it found to logs, metrics and the path's signal.
-    fn tick(&self, now: Instant) {
+    /// estimate, with the best RTT another usable path offers (see
+    /// `PathHealth::set_best_other`); what it found to logs, metrics and the path's signal.
+    fn tick(&self, now: Instant, best_other: Option<Duration>) {
         let state = self.uplink.state();
         let mut st = self.lock();
+        st.est.health_mut().set_best_other(best_other);
         match &state {
             UplinkState::Up(live) if live.generation != st.est.generation() => {
                 st.est.on_connected(now, live.generation, live.conn.rtt());
@@ -454,13 +451,11 @@ impl Bond {
                 let was_usable: Vec<bool> = b.paths.iter().map(|p| p.is_usable()).collect();
                 let srtts: Vec<Duration> = b.paths.iter().map(|p| p.srtt()).collect();
                 for (i, p) in b.paths.iter().enumerate() {
-                    // the best RTT another usable path offers (see PathHealth::set_best_other)
                     let best = (0..b.paths.len())
                         .filter(|j| *j != i && was_usable[*j])
                         .map(|j| srtts[j])
                         .min();
-                    p.set_best_other(best);
-                    p.tick(now);
+                    p.tick(now, best);
                 }
                 b.take_over_from_lost(&was_usable);
                 b.forgive_shared_outage(now);

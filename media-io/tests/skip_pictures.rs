@@ -17,7 +17,9 @@ fn ffmpeg(args: &[&str]) -> std::process::Output {
         .expect("this test needs ffmpeg (tests/deps.sh installs it)")
 }
 
-/// (frames decoded, their md5s in output order, ffmpeg's messages)
+/// Makes a 4 s x264 clip with `x264`'s settings, replaces every frame but the keyframes by a
+/// skipped picture and decodes it with ffmpeg: (frames, keyframes, the decoded frames' md5s
+/// in output order, ffmpeg's messages).
 #[cfg(test)]
 fn skip_all_but_keyframes(name: &str, x264: &[&str]) -> (usize, usize, Vec<String>, String) {
     let dir = std::env::temp_dir().join(format!("canopy-skip-{name}-{}", std::process::id()));

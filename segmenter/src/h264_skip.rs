@@ -118,21 +118,21 @@ impl SkipCoder {
     }
 
     fn parse_slice(&self, rbsp: &[u8], idr: bool) -> Result<Anchor, SkipError> {
-        let e = SkipError::Malformed("slice header");
+        let e = || SkipError::Malformed("slice header");
         let mut r = BitReader::new(rbsp);
-        r.ue().ok_or(e.clone())?; // first_mb_in_slice
-        r.ue().ok_or(e.clone())?; // slice_type
-        let pps_id = r.ue().ok_or(e.clone())?;
+        r.ue().ok_or_else(e)?; // first_mb_in_slice
+        r.ue().ok_or_else(e)?; // slice_type
+        let pps_id = r.ue().ok_or_else(e)?;
         let (_, sps) = self.sets(pps_id)?;
         if sps.separate_colour_plane {
-            r.bits(2).ok_or(e.clone())?;
+            r.bits(2).ok_or_else(e)?;
         }
-        let frame_num = r.bits(sps.log2_max_frame_num).ok_or(e.clone())?;
+        let frame_num = r.bits(sps.log2_max_frame_num).ok_or_else(e)?;
         if idr {
-            r.ue().ok_or(e.clone())?; // idr_pic_id
+            r.ue().ok_or_else(e)?; // idr_pic_id
         }
         let poc_lsb = if sps.poc_type == 0 {
-            r.bits(sps.log2_max_poc_lsb).ok_or(e)?
+            r.bits(sps.log2_max_poc_lsb).ok_or_else(e)?
         } else {
             0
         };

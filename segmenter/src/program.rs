@@ -224,13 +224,15 @@ impl Program {
             on.skip = None;
         } else if keep && frame.keyframe {
             let coder = on.coder.get_or_insert_with(|| SkipCoder::new(track));
-            on.skip = coder.as_ref().ok().and_then(|c| {
-                Some(Skipping {
-                    anchor: c.anchor(&frame.data).ok()?,
+            on.skip = coder
+                .as_ref()
+                .ok()
+                .and_then(|c| c.anchor(&frame.data).ok())
+                .map(|anchor| Skipping {
+                    anchor,
                     count: 0,
                     cts: frame.pts.saturating_sub(frame.dts),
-                })
-            });
+                });
         } else if !keep {
             // a skipped picture in its place, when the stream allows one
             let (Some(Ok(coder)), Some(skip)) = (on.coder.as_ref(), on.skip.as_mut()) else {
@@ -251,16 +253,6 @@ impl Program {
         }
         keep.then_some(frame)
     }
-}
-
-/// Whether the program can stand skipped pictures in for the frames its keyframes and
-/// audio cuts leave out of a source with `tracks` (its video is H.264 skipped pictures can
-/// follow): without them those cuts leave holes in the video.
-pub fn skips_frames(tracks: &[Track]) -> bool {
-    tracks
-        .iter()
-        .find(|t| t.codec.is_video())
-        .is_some_and(|t| SkipCoder::new(t).is_ok())
 }
 
 #[cfg(test)]
@@ -383,9 +375,8 @@ mod tests {
             "../../assets/demo-camera.mp4"
         )))
         .unwrap();
-        assert!(skips_frames(&clip.tracks));
-        assert!(!skips_frames(&[audio_track()]));
         let v = clip.tracks.iter().position(|t| t.codec.is_video()).unwrap();
+        assert!(SkipCoder::new(&clip.tracks[v]).is_ok());
         let mut p = Program::new();
         p.select(Selection {
             source: Source::Main,
