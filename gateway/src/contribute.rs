@@ -14,10 +14,10 @@ use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use media_io::{LiveRendition, LiveStreams};
 use segmenter::{Chunk, PartMeta};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, trace, warn};
 use tunnel::contribution::{
     Contribution, ContributionConfig, ContributionStats, Lane, PieceId, SendKind, StreamId,
@@ -164,7 +164,13 @@ enum SendError {
     Refused(StatusCode),
     #[error("relay busy: {0}")]
     Busy(StatusCode),
+    /// The scheduler called the flight off (see `Contribution::take_cancelled`).
+    #[error("called off")]
+    Cancelled,
 }
+
+/// A flight under way: its piece, its path and when it went (as the scheduler names it).
+type FlightKey = (PieceId, PathId, Instant);
 
 async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
@@ -176,6 +182,8 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
     let mut last_sweep = tunnel_io::clock::now();
     let mut inits_sent = 0u64;
     let mut published = ContributionStats::default();
+    // each flight's stop switch (dropping it stops the flight too)
+    let mut flights: HashMap<FlightKey, oneshot::Sender<()>> = HashMap::new();
     info!("contributing the cameras to the relay");
     loop {
         // cameras added since (pushed cameras appear at any time)
@@ -259,8 +267,10 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
                     trace!(seq = send.id.seq, offset = send.id.offset, path = send.path, lane = ?send.lane, len = send.len, kind = ?send.kind, "piece sent");
                     let tx = tx.clone();
                     let (id, path, lane, at) = (send.id, send.path, send.lane, send.at);
+                    let (stop, stopped) = oneshot::channel();
+                    flights.insert((id, path, at), stop);
                     tokio::spawn(async move {
-                        let result = send_piece(flow, req, data, lane).await;
+                        let result = send_piece(flow, req, data, lane, stopped).await;
                         let _ = tx.send(Done::Piece {
                             id,
                             path,
@@ -276,6 +286,17 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
                         s.pieces.remove(&send.id);
                     }
                 }
+            }
+        }
+        for key in core.take_cancelled() {
+            if let Some(stop) = flights.remove(&key) {
+                trace!(
+                    seq = key.0.seq,
+                    offset = key.0.offset,
+                    path = key.1,
+                    "flight called off"
+                );
+                let _ = stop.send(());
             }
         }
         if tracing::enabled!(tracing::Level::TRACE) {
@@ -315,9 +336,9 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
             _ = added.changed() => {}
             d = rx.recv() => {
                 let Some(d) = d else { return };
-                handle_done(d, &mut core, &mut streams);
+                handle_done(d, &mut core, &mut streams, &mut flights);
                 while let Ok(d) = rx.try_recv() {
-                    handle_done(d, &mut core, &mut streams);
+                    handle_done(d, &mut core, &mut streams, &mut flights);
                 }
             }
             _ = tokio::time::sleep_until(wait_until.into()) => {}
@@ -566,7 +587,9 @@ fn send_init(
     s.init.in_flight = true;
     let (tx, stream) = (tx.clone(), s.id);
     tokio::spawn(async move {
-        let ok = send_piece(flow, req, data, Lane::Live).await.is_ok();
+        // an init is never called off: its stop switch lives as long as the request
+        let (_keep, stop) = oneshot::channel();
+        let ok = send_piece(flow, req, data, Lane::Live, stop).await.is_ok();
         let _ = tx.send(Done::Init {
             stream,
             generation,
@@ -576,7 +599,12 @@ fn send_init(
     Some(true)
 }
 
-fn handle_done(d: Done, core: &mut Contribution, streams: &mut [Stream]) {
+fn handle_done(
+    d: Done,
+    core: &mut Contribution,
+    streams: &mut [Stream],
+    flights: &mut HashMap<FlightKey, oneshot::Sender<()>>,
+) {
     match d {
         Done::Piece {
             id,
@@ -584,6 +612,7 @@ fn handle_done(d: Done, core: &mut Contribution, streams: &mut [Stream]) {
             at,
             result,
         } => {
+            flights.remove(&(id, path, at));
             let Some(s) = streams.get_mut(id.stream as usize) else {
                 return;
             };
@@ -610,6 +639,8 @@ fn handle_done(d: Done, core: &mut Contribution, streams: &mut [Stream]) {
                     core.lost(id);
                     s.pieces.remove(&id);
                 }
+                // the scheduler dropped the flight already
+                Err(SendError::Cancelled) => {}
                 Err(e) => {
                     debug!(camera = %s.camera, seq = id.seq, path, error = %e, "piece not delivered: it goes again");
                     core.failed(id, path, at);
@@ -654,12 +685,15 @@ fn handle_done(d: Done, core: &mut Contribution, streams: &mut [Stream]) {
 }
 
 /// One request on the path of `flow` (which holds its place in the path's queue): the
-/// piece (or init segment) and the relay's answer.
+/// piece (or init segment) and the relay's answer. A request given up (no answer in time,
+/// the path died, or `stop` called it off) is reset: what the sender still holds of it is
+/// dropped rather than sent (a dropped stream would be finished, and sent in full).
 async fn send_piece(
     flow: Arc<crate::bond::Flow>,
     req: Request<()>,
     data: Bytes,
     lane: Lane,
+    mut stop: oneshot::Receiver<()>,
 ) -> Result<Answer, SendError> {
     let p = flow.path.clone();
     // the scheduler chose it from the bond's views: a path on probation may be chosen when
@@ -675,31 +709,47 @@ async fn send_piece(
         Lane::Backfill => tunnel_io::quic::Start::Bulk,
     };
     let mut sender = live.sender.clone();
-    let work = async {
-        let mut stream = tunnel_io::quic::opening_as(start, sender.send_request(req))
-            .await
-            .map_err(|e| SendError::Stream(e.to_string()))?;
-        if !data.is_empty() {
+    let mut opened = None;
+    let outcome = {
+        let work = async {
+            let stream = opened.insert(
+                tunnel_io::quic::opening_as(start, sender.send_request(req))
+                    .await
+                    .map_err(|e| SendError::Stream(e.to_string()))?,
+            );
+            if !data.is_empty() {
+                stream
+                    .send_data(data)
+                    .await
+                    .map_err(|e| SendError::Stream(e.to_string()))?;
+            }
+            flow.up_counter().increment(len);
             stream
-                .send_data(data)
+                .finish()
                 .await
                 .map_err(|e| SendError::Stream(e.to_string()))?;
+            let resp = stream
+                .recv_response()
+                .await
+                .map_err(|e| SendError::Stream(e.to_string()))?;
+            while let Ok(Some(_)) = stream.recv_data().await {}
+            Ok::<_, SendError>(resp)
+        };
+        tokio::select! {
+            r = tokio::time::timeout(SEND_TIMEOUT, work) => r.unwrap_or(Err(SendError::Timeout)),
+            _ = until_dead(&mut watch) => Err(SendError::PathDied),
+            _ = &mut stop => Err(SendError::Cancelled),
         }
-        flow.up_counter().increment(len);
-        stream
-            .finish()
-            .await
-            .map_err(|e| SendError::Stream(e.to_string()))?;
-        let resp = stream
-            .recv_response()
-            .await
-            .map_err(|e| SendError::Stream(e.to_string()))?;
-        while let Ok(Some(_)) = stream.recv_data().await {}
-        Ok::<_, SendError>(resp)
     };
-    let resp = tokio::select! {
-        r = tokio::time::timeout(SEND_TIMEOUT, work) => r.map_err(|_| SendError::Timeout)??,
-        _ = until_dead(&mut watch) => return Err(SendError::PathDied),
+    let resp = match outcome {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let Some(stream) = opened.as_mut() {
+                stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+                stream.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+            }
+            return Err(e);
+        }
     };
     let status = resp.status();
     if status.is_success() {
