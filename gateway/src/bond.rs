@@ -623,15 +623,24 @@ impl Bond {
     /// What the paths can give the stream class (`tunnel::stream_level::capacity`), bytes
     /// per second; None while no path may carry it.
     pub fn stream_capacity(&self) -> Option<f64> {
-        let views = self.views();
-        let paths: Vec<_> = views
+        tunnel::stream_level::capacity(&self.stream_paths())
+    }
+
+    /// Whether some path that may carry the stream was measured full in its last meter
+    /// window (`tunnel::stream_level::saturated`).
+    pub fn stream_saturated(&self) -> bool {
+        tunnel::stream_level::saturated(&self.stream_paths())
+    }
+
+    /// Each path's view with the rate its last meter window measured full, if it did.
+    fn stream_paths(&self) -> Vec<(PathView, Option<f64>)> {
+        self.views()
             .into_iter()
             .map(|v| {
                 let full = self.paths.get(v.id).and_then(|p| p.lock().est.full_rate());
                 (v, full)
             })
-            .collect();
-        tunnel::stream_level::capacity(&paths)
+            .collect()
     }
 
     /// The views of every path but `exclude`.

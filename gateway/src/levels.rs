@@ -91,6 +91,14 @@ impl Levels {
             loop {
                 tick.tick().await;
                 m.step(&bond, &contributor, &priorities);
+                let probe = m.lock().core.take_probe();
+                if let Some(p) = probe {
+                    tracing::debug!(
+                        rate_mbps = p.rate * 8.0 / 1e6,
+                        "probing the links' capacity"
+                    );
+                    crate::probe::start(&bond, p);
+                }
             }
         });
         me
@@ -130,10 +138,12 @@ impl Levels {
         let m = Measure {
             capacity: bond.stream_capacity(),
             backlog: contributor.status().backlog,
+            saturated: bond.stream_saturated(),
         };
         tracing::trace!(
             capacity_mbps = m.capacity.map(|c| c * 8.0 / 1e6),
             backlog_ms = m.backlog.as_millis() as u64,
+            saturated = m.saturated,
             demand_mbps = st.core.demand() * 8.0 / 1e6,
             "levels"
         );

@@ -14,6 +14,7 @@ pub mod config;
 pub mod contribute;
 pub mod devices;
 pub mod levels;
+mod probe;
 mod proxy;
 pub mod pull;
 pub mod sockets;

@@ -12,6 +12,7 @@ mod error;
 mod jetstream;
 mod media;
 mod origin_pool;
+mod probe;
 mod pull;
 mod server;
 mod session;

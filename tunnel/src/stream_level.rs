@@ -9,7 +9,8 @@
 //! feeds both in with `now`; the controller answers with level changes, each with its
 //! cause.
 //!
-//! - **Down fast.** When the cameras' demand exceeds the capacity, or the live media is
+//! - **Down fast.** When the cameras' demand exceeds the capacity (with some link measured
+//!   full: an estimate from congestion windows alone is no shortage), or the live media is
 //!   more than [`LevelConfig::backlog_down`] behind, for [`LevelConfig::down_after`]:
 //!   cameras step down, lowest priority first, until the demand fits within
 //!   [`LevelConfig::fill`] of the capacity. A backlog with a capacity that seems to fit
@@ -23,10 +24,24 @@
 //!   (a step down that undid a step up) in the last [`LevelConfig::flap_memory`], as a
 //!   flapping link's probation grows: a marginal link whose capacity swings never holds
 //!   its headroom long enough to be trusted, so the level does not oscillate with it.
+//!   For [`LevelConfig::settle`] after a step up only a backlog steps down, not the
+//!   capacity's estimate: a path's window grows to a higher demand over a few round
+//!   trips, and meanwhile its full meter windows read what it carries, below the demand
+//!   (measured: 4.15 Mbit/s read 1.9 s after a step up to the 4.16 Mbit/s main stream on
+//!   two 7 Mbit/s links, and a step back down).
 //! - **Outages hold.** While no path may carry the stream the levels stay, and after an
 //!   outage of [`LevelConfig::settle`] or more, for `settle` after a path returns (the
 //!   outage's queue drains, the fresh paths' windows grow). A shortage goes on counting
 //!   across a shorter moment without a path (a collapsing bond's paths flicker).
+//! - **Probing.** A link that carries only a thin stream shows little of what it can carry
+//!   (a congestion window grows only when it is full), so after a collapse the capacity
+//!   estimate stays near the low level's demand and never holds the higher one. When a
+//!   camera is below the best level it may have, nothing fits a step up, and there is no
+//!   shortage, the controller asks the shell to probe ([`StreamLevels::take_probe`]):
+//!   padding at the lowest priority for [`LevelConfig::probe_for`], as much as the paths
+//!   take, so their windows grow to what they carry (WebRTC's congestion control probes
+//!   before it steps up the same way). At most once per [`LevelConfig::probe_every`], and
+//!   not within that of a step down (a collapse may still be under way).
 //! - **By hand.** An operator's override pins a camera's level until it is lifted (if the
 //!   pinned level goes away, the camera falls back and returns to it when it comes back).
 //! - **By rule.** A local action's ceiling holds a camera at a level or lower (the best
@@ -155,6 +170,14 @@ pub fn capacity(paths: &[(PathView, Option<f64>)]) -> Option<f64> {
     })
 }
 
+/// Whether some path that may carry the stream closed its last meter window with a queue
+/// (its rate there is what the link carries).
+pub fn saturated(paths: &[(PathView, Option<f64>)]) -> bool {
+    paths
+        .iter()
+        .any(|(v, full)| v.allows(TrafficClass::Stream) && full.is_some())
+}
+
 /// Settings.
 #[derive(Debug, Clone, Copy)]
 pub struct LevelConfig {
@@ -176,6 +199,10 @@ pub struct LevelConfig {
     pub up_after_max: Duration,
     /// How long a flap (a step down that undid a step up) doubles the up-hold.
     pub flap_memory: Duration,
+    /// The least time between the starts of two probes.
+    pub probe_every: Duration,
+    /// How long a probe lasts.
+    pub probe_for: Duration,
 }
 
 impl Default for LevelConfig {
@@ -189,8 +216,19 @@ impl Default for LevelConfig {
             up_after: Duration::from_secs(10),
             up_after_max: Duration::from_secs(160),
             flap_memory: Duration::from_secs(600),
+            probe_every: Duration::from_secs(5),
+            probe_for: Duration::from_secs(1),
         }
     }
+}
+
+/// A probe the shell should send (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Probe {
+    /// The capacity a step up to the best level allowed needs, bytes per second.
+    pub rate: f64,
+    /// How long.
+    pub span: Duration,
 }
 
 /// What the controller sees at one step.
@@ -201,6 +239,9 @@ pub struct Measure {
     pub capacity: Option<f64>,
     /// How long the oldest live media has waited at the gateway.
     pub backlog: Duration,
+    /// Some path carrying the stream was measured full ([`saturated`]): the capacity is
+    /// what the links carry, not only an estimate from their windows.
+    pub saturated: bool,
 }
 
 /// Why a level changed.
@@ -322,12 +363,21 @@ pub struct StreamLevels {
     outage_since: Option<Instant>,
     /// Nothing changes for capacity before this (after an outage).
     grace_until: Option<Instant>,
+    /// After a step up, the capacity's estimate does not count before this (a backlog
+    /// does): the paths' windows grow to the higher demand meanwhile.
+    up_settle_until: Option<Instant>,
     /// Since when the capacity has held the next step up (and for which camera).
     headroom_since: Option<(Instant, usize)>,
     /// The controller's last change was a step up.
     last_was_up: bool,
     /// When the flaps of the last `flap_memory` happened.
     flaps: VecDeque<Instant>,
+    /// When the last probe started.
+    last_probe: Option<Instant>,
+    /// When the last step down happened.
+    last_down: Option<Instant>,
+    /// A probe asked for and not taken yet.
+    probe: Option<Probe>,
     changes: u64,
 }
 
@@ -342,9 +392,13 @@ impl StreamLevels {
             backlog_ignored_until: None,
             outage_since: None,
             grace_until: None,
+            up_settle_until: None,
             headroom_since: None,
             last_was_up: false,
             flaps: VecDeque::new(),
+            last_probe: None,
+            last_down: None,
+            probe: None,
             changes: 0,
         };
         for &p in priorities {
@@ -494,7 +548,13 @@ impl StreamLevels {
             self.backlog_ignored_until = None;
         }
         let demand = self.demand();
-        let over = demand > capacity;
+        // a shortage needs evidence: a link measured full, or the backlog below. A window
+        // estimate alone is none: a path carrying a thin stream keeps a small window, and
+        // its estimate then reads below a demand the stream shows it carries (measured:
+        // 0.31 Mbit/s read for the 0.34 Mbit/s substream on links back at 7 Mbit/s, and a
+        // step down)
+        let over =
+            demand > capacity && m.saturated && self.up_settle_until.is_none_or(|t| now >= t);
         let backlog = m.backlog > self.cfg.backlog_down
             && self.backlog_ignored_until.is_none_or(|t| now >= t);
         if over || backlog {
@@ -519,9 +579,51 @@ impl StreamLevels {
         } else {
             self.short_since = None;
             out.extend(self.try_up(now, capacity));
+            if out.is_empty() {
+                self.want_probe(now, capacity);
+            }
         }
         self.changes += out.len() as u64;
         out
+    }
+
+    /// The probe asked for since the last call, if any.
+    pub fn take_probe(&mut self) -> Option<Probe> {
+        self.probe.take()
+    }
+
+    /// Asks for a probe when a camera below the best level it may have cannot step up on
+    /// `capacity` (see the module docs): for the demand of the highest-priority such
+    /// camera at that best level, with headroom.
+    fn want_probe(&mut self, now: Instant, capacity: f64) {
+        // not while a collapse may still be under way (the last step down is recent)
+        let recent = |t: Option<Instant>| {
+            t.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.probe_every)
+        };
+        if recent(self.last_probe) || recent(self.last_down) {
+            return;
+        }
+        let total = self.demand();
+        let want = self.by_priority().into_iter().rev().find_map(|i| {
+            let c = &self.cameras[i];
+            let best = match c.ceiling {
+                Some(ce) => c.ladder.limit(ce)?,
+                None => Level::ALL
+                    .into_iter()
+                    .find(|l| c.ladder.cost(*l).is_some())?,
+            };
+            (best < c.level).then(|| {
+                (total - c.ladder.cost_at(c.level) + c.ladder.cost_at(best))
+                    * (1.0 + self.cfg.headroom)
+            })
+        });
+        if let Some(rate) = want.filter(|r| *r > capacity) {
+            self.last_probe = Some(now);
+            self.probe = Some(Probe {
+                rate,
+                span: self.cfg.probe_for,
+            });
+        }
     }
 
     /// The cameras that may change by themselves, lowest priority first.
@@ -560,6 +662,7 @@ impl StreamLevels {
     }
 
     fn on_down(&mut self, now: Instant) {
+        self.last_down = Some(now);
         if std::mem::take(&mut self.last_was_up) {
             self.flaps.push_back(now);
         }
@@ -610,6 +713,7 @@ impl StreamLevels {
         };
         let ch = self.cameras[i].change(i, to, cause);
         self.last_was_up = true;
+        self.up_settle_until = Some(now + self.cfg.settle);
         self.headroom_since = None;
         Some(ch)
     }
@@ -692,6 +796,7 @@ mod tests {
                     Measure {
                         capacity: Some(capacity),
                         backlog,
+                        saturated: true,
                     },
                 ) {
                     self.changes.push((at, c));
@@ -725,6 +830,131 @@ mod tests {
         let first = s.changes[0].0 - Duration::from_secs(25);
         assert!(first >= Duration::from_secs(10) && first <= Duration::from_millis(10_100));
         assert_eq!(s.levels.level(0), Some(Level::Full));
+    }
+
+    #[test]
+    fn a_thin_stream_probes_for_the_best_level_and_returns_to_it() {
+        // the estimate of links carrying a thin stream reads a little above the demand
+        // until a probe fills them; then it reads what they carry (14 Mbit/s, or 0.5
+        // while collapsed)
+        let mut levels = StreamLevels::new(LevelConfig::default(), &[0]);
+        let ladders = vec![with_sub()];
+        let t0 = Instant::now();
+        let mut probes = Vec::new();
+        let mut probed_until: Option<Instant> = None;
+        let mut filled = false;
+        let mut ups = Vec::new();
+        for step in 1..=1200u64 {
+            let now = t0 + 50 * MS * step as u32;
+            let link = if step * 50 < 20_000 { 0.5 } else { 14.0 } * MBIT;
+            let probing = probed_until.is_some_and(|t| now < t);
+            filled |= probing && link > 1.0 * MBIT;
+            let capacity = if probing || filled {
+                link
+            } else {
+                (levels.demand() * 1.3).min(link)
+            };
+            let m = Measure {
+                capacity: Some(capacity),
+                backlog: Duration::ZERO,
+                saturated: probing || link < 1.0 * MBIT,
+            };
+            for c in levels.update(now, &ladders, m) {
+                if c.to < c.from {
+                    ups.push((now - t0, c.to));
+                }
+            }
+            if let Some(p) = levels.take_probe() {
+                assert_eq!(
+                    p.rate,
+                    4.0 * MBIT * 1.25,
+                    "for the main stream, with headroom"
+                );
+                probes.push(now - t0);
+                probed_until = Some(now + p.span);
+            }
+        }
+        // collapsed for 20 s: the first probe 5 s after the step down, then 5 s apart, none
+        // finding room; back: the next probe (within 5 s) finds it, and the level is full
+        // after the up-hold
+        assert!(probes[0] >= Duration::from_secs(5), "{probes:?}");
+        assert!(probes.len() >= 4, "{probes:?}");
+        assert!(probes
+            .windows(2)
+            .all(|w| w[1] - w[0] >= Duration::from_secs(5)));
+        assert_eq!(ups.last().map(|u| u.1), Some(Level::Full), "{ups:?}");
+        assert!(ups.last().unwrap().0 <= Duration::from_secs(36), "{ups:?}");
+        // nothing to probe for at the best level
+        let probes_at_full = probes
+            .iter()
+            .filter(|t| **t > ups.last().unwrap().0)
+            .count();
+        assert_eq!(probes_at_full, 0);
+    }
+
+    #[test]
+    fn after_a_step_up_the_windows_have_time_to_grow_but_a_backlog_counts() {
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_secs(1), |_, _| (0.5 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(11), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.levels.level(0), Some(Level::Full), "{:?}", s.changes);
+        let n = s.changes.len();
+        // the paths' full windows read what they carry while their windows grow: 3.5
+        // Mbit/s for most of a second, then the link's rate
+        s.run(800 * MS, |_, _| (3.5 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(2), |_, _| (14.0 * MBIT, Duration::ZERO));
+        assert_eq!(s.changes.len(), n, "{:?}", &s.changes[n..]);
+        // the same just after another step up, with the live media falling behind: the
+        // backlog steps down one rung
+        s.run(Duration::from_secs(1), |_, _| (0.5 * MBIT, Duration::ZERO));
+        while s.levels.level(0) != Some(Level::Full) {
+            s.run(50 * MS, |_, _| (14.0 * MBIT, Duration::ZERO));
+        }
+        let n = s.changes.len();
+        s.run(Duration::from_secs(1), |_, _| (3.5 * MBIT, 500 * MS));
+        let steps: Vec<_> = s.changes[n..]
+            .iter()
+            .map(|(_, c)| (c.to, c.cause))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![(Level::Substream, Cause::Backlog(500 * MS))],
+            "{:?}",
+            &s.changes[n..]
+        );
+    }
+
+    #[test]
+    fn a_window_estimate_alone_is_no_shortage() {
+        // a thin stream's paths keep small windows: their estimate reads below the demand
+        // while nothing is queued anywhere; only a full link or a backlog is a shortage
+        let mut levels = StreamLevels::new(LevelConfig::default(), &[0]);
+        let ladders = vec![with_sub()];
+        let t0 = Instant::now();
+        let m = |backlog, saturated| Measure {
+            capacity: Some(3.0 * MBIT),
+            backlog,
+            saturated,
+        };
+        for step in 1..=40u32 {
+            assert!(levels
+                .update(t0 + 50 * MS * step, &ladders, m(Duration::ZERO, false))
+                .is_empty());
+        }
+        let mut at = None;
+        for step in 41..=60u32 {
+            let now = t0 + 50 * MS * step;
+            if !levels
+                .update(now, &ladders, m(Duration::ZERO, true))
+                .is_empty()
+            {
+                at.get_or_insert(now - t0);
+            }
+        }
+        assert_eq!(levels.level(0), Some(Level::Substream));
+        assert!(at.is_some_and(|t| t <= 2300 * MS), "{at:?}");
     }
 
     #[test]
@@ -804,7 +1034,11 @@ mod tests {
             let end = s.now + d;
             while s.now < end {
                 s.now += 50 * MS;
-                let m = Measure { capacity, backlog };
+                let m = Measure {
+                    capacity,
+                    backlog,
+                    saturated: true,
+                };
                 let ch = s.levels.update(s.now, &s.ladders, m);
                 s.changes
                     .extend(ch.into_iter().map(|c| (Duration::ZERO, c)));
@@ -851,6 +1085,7 @@ mod tests {
             let m = Measure {
                 capacity: (!flicker).then_some(0.3 * MBIT),
                 backlog: 900 * MS,
+                saturated: true,
             };
             if !s.levels.update(s.now, &s.ladders, m).is_empty() {
                 at = Some(s.now - start);

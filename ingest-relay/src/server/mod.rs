@@ -418,6 +418,9 @@ async fn serve(
         if req.uri().path() == wire::clock::CLOCK_PATH {
             return crate::media::clock(&req, &mut stream).await;
         }
+        if req.uri().path() == wire::probe::PROBE_PATH {
+            return crate::probe::sink(&mut stream).await;
+        }
         return hello(state, ctx, &req, &mut stream).await;
     }
     if req.uri().authority().is_some_and(|a| {

@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod media;
+pub mod probe;
 pub mod pull;
 
 /// ALPN of HTTP/3: the relay is an ordinary HTTP/3 server.
