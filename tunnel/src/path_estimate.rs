@@ -25,8 +25,10 @@ pub const PEAK_MEMORY: Duration = Duration::from_secs(300);
 pub const METER_WINDOW: Duration = Duration::from_millis(250);
 /// The lowest rate estimate, bytes per second.
 const MIN_RATE: f64 = 10_000.0;
-/// The least unsent, at every tick of a meter window, that shows a full link: five
-/// packets all through the window. Less, or a queue only at times, is the stream's own
+/// The least unsent, beyond a round trip of the window's rate, at every tick of a meter
+/// window, that shows a full link: five packets all through the window (what the
+/// estimate counts as unsent holds the bytes on the wire too: a 4 Mbit/s stream on a
+/// 7 Mbit/s link, 25 kB of them, read as a full link at the stream's rate). Less, or a queue only at times, is the stream's own
 /// demand on its way out (a low-bandwidth level's 700-byte frames at 0.3 Mbit/s, a
 /// keyframe written at once and sent within the window), and a window read as full there
 /// measures the demand, not the link. Measured in network namespaces: after a collapse,
@@ -415,7 +417,13 @@ impl PathEstimate {
         let wire = self.udp_tx.saturating_sub(self.meter_tx) as f64 * 0.95 / secs;
         self.meter_tx = self.udp_tx;
         self.last_full_up = 0.0;
-        let queued_throughout = self.least_unsent.take().is_some_and(|m| m >= FULL_QUEUE);
+        // what the estimate calls unsent includes what is on the wire and not answered yet
+        // (its overhead allowance is rough): a round trip of the window's rate is not queue
+        let on_the_wire = (wire * self.health.srtt().as_secs_f64()) as u64;
+        let queued_throughout = self
+            .least_unsent
+            .take()
+            .is_some_and(|m| m >= FULL_QUEUE + on_the_wire);
         if self.connected && queued_throughout {
             let rate = up.min(wire);
             self.last_full_up = rate;
@@ -487,10 +495,13 @@ mod tests {
             out
         }
 
-        /// Two seconds carrying 2.5 MB/s with a queue (a 125 KB window at 50 ms): the
-        /// link's peak.
+        /// Two seconds carrying 2.5 MB/s with a 200 KB queue (a 125 KB window at 50 ms):
+        /// the link's peak.
         fn carry_at_peak(&mut self) {
             self.stats.cwnd = 125_000;
+            // a queue beyond the round trip's bytes on the wire, all along
+            self.est.reserve(200_000, 0);
+            self.est.carried(true, 200_000, 200_000);
             for _ in 0..8 {
                 self.est.reserve(1_000_000, 0);
                 self.est.carried(true, 625_000, 625_000);
@@ -619,6 +630,18 @@ mod tests {
         assert_eq!(s.est.full_rate(), None, "a burst is no full link");
         s.stats.udp_tx += 30_000 * 100 / 95;
         s.run(300 * MS);
+        // a 4 Mbit/s stream with 20 kB on the wire all along (under a round trip of it,
+        // 25 kB at 50 ms): no queue
+        s.est.reserve(20_000, 0);
+        s.est.carried(true, 20_000, 20_000);
+        for _ in 0..50 {
+            s.est.reserve(5_000, 0);
+            s.est.carried(true, 5_000, 5_000);
+            s.stats.udp_tx += 5_000 * 100 / 95;
+            s.run(10 * MS);
+        }
+        assert_eq!(s.est.full_rate(), None, "bytes on the wire are no queue");
+        s.stats.udp_tx += 20_000 * 100 / 95;
         // a real queue: 20 kB and more not sent all through a window, the link sending
         // 1 kB per tick
         s.est.reserve(20_000, 0);
