@@ -626,10 +626,15 @@ impl Bond {
         tunnel::stream_level::capacity(&self.stream_paths())
     }
 
-    /// Whether some path that may carry the stream was measured full in its last meter
-    /// window (`tunnel::stream_level::saturated`).
-    pub fn stream_saturated(&self) -> bool {
-        tunnel::stream_level::saturated(&self.stream_paths())
+    /// The capacity ([`Bond::stream_capacity`]) and whether some path that may carry the
+    /// stream was measured full in its last meter window
+    /// (`tunnel::stream_level::saturated`), from one look at the paths.
+    pub fn stream_measure(&self) -> (Option<f64>, bool) {
+        let paths = self.stream_paths();
+        (
+            tunnel::stream_level::capacity(&paths),
+            tunnel::stream_level::saturated(&paths),
+        )
     }
 
     /// Each path's view with the rate its last meter window measured full, if it did.

@@ -627,6 +627,15 @@ fn handle_done(
                     );
                     core.acked(tunnel_io::clock::now(), id, path);
                     s.pieces.remove(&id);
+                    // the piece's other flights carry nothing the relay lacks now, those
+                    // the scheduler had already let go of (a quiet path's) included
+                    let others: Vec<FlightKey> =
+                        flights.keys().filter(|k| k.0 == id).copied().collect();
+                    for key in others {
+                        if let Some(stop) = flights.remove(&key) {
+                            let _ = stop.send(());
+                        }
+                    }
                     if let Some(g) = a.need_init {
                         // the relay lacks this init (it restarted): send it again
                         if s.init.acked == Some(g) || s.init.acked.is_none() {

@@ -135,10 +135,11 @@ impl Levels {
             })
             .collect();
         // None in an outage: the levels hold (see tunnel::stream_level)
+        let (capacity, saturated) = bond.stream_measure();
         let m = Measure {
-            capacity: bond.stream_capacity(),
+            capacity,
             backlog: contributor.status().backlog,
-            saturated: bond.stream_saturated(),
+            saturated,
         };
         tracing::trace!(
             capacity_mbps = m.capacity.map(|c| c * 8.0 / 1e6),

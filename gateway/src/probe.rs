@@ -1,7 +1,7 @@
 //! Capacity probes (see `tunnel::stream_level`): on each path that may carry the stream,
 //! the congestion controller searches for the path's rate again (slow start from its
-//! window, which ends once the path's queue grows) and padding at the lowest priority
-//! feeds it for the probe's span, so the window grows to what the link carries and the
+//! window, which ends once the path's queue grows) and padding at bulk priority (below
+//! live media, bids and small requests; round-robin with backfill and uploads) feeds it for the probe's span, so the window grows to what the link carries and the
 //! capacity estimate shows it. A probe is reset when its time is up: what the sender still
 //! holds of it is dropped, not sent.
 
@@ -34,7 +34,6 @@ pub(crate) fn start(bond: &Arc<Bond>, p: Probe) {
         let Some(flow) = bond.flow(v.id, TrafficClass::Stream, bytes, 0) else {
             continue;
         };
-        metrics::counter!("canopy_gateway_probes_total").increment(1);
         let span = p.span;
         tokio::spawn(async move {
             let path = flow.path.id;
@@ -54,6 +53,8 @@ enum ProbeError {
     TimeUp,
     #[error("request failed: {0}")]
     Stream(String),
+    #[error("the relay answered {0}")]
+    Refused(http::StatusCode),
 }
 
 async fn send(
@@ -62,6 +63,7 @@ async fn send(
     span: std::time::Duration,
 ) -> Result<(), ProbeError> {
     let live = flow.path.live().ok_or(ProbeError::NoPath)?;
+    metrics::counter!("canopy_gateway_probes_total").increment(1);
     live.restart.request();
     let req = Request::builder()
         .method(Method::POST)
@@ -91,11 +93,15 @@ async fn send(
             .finish()
             .await
             .map_err(|e| ProbeError::Stream(e.to_string()))?;
-        stream
+        let resp = stream
             .recv_response()
             .await
             .map_err(|e| ProbeError::Stream(e.to_string()))?;
-        Ok(())
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(ProbeError::Refused(resp.status()))
+        }
     };
     let outcome = tokio::time::timeout(span, work)
         .await

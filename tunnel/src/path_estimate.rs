@@ -28,8 +28,8 @@ const MIN_RATE: f64 = 10_000.0;
 /// The least unsent, beyond a round trip of the window's rate, at every tick of a meter
 /// window, that shows a full link: five packets all through the window (what the
 /// estimate counts as unsent holds the bytes on the wire too: a 4 Mbit/s stream on a
-/// 7 Mbit/s link, 25 kB of them, read as a full link at the stream's rate). Less, or a queue only at times, is the stream's own
-/// demand on its way out (a low-bandwidth level's 700-byte frames at 0.3 Mbit/s, a
+/// 7 Mbit/s link, 25 kB of them, read as a full link at the stream's rate). Less, or a
+/// queue only at times, is the stream's own demand on its way out (a low-bandwidth level's 700-byte frames at 0.3 Mbit/s, a
 /// keyframe written at once and sent within the window), and a window read as full there
 /// measures the demand, not the link. Measured in network namespaces: after a collapse,
 /// 7 Mbit/s links read as 0.3 Mbit/s full for as long as the audio level lasted (the
@@ -108,7 +108,8 @@ pub struct PathEstimate {
     peak_up: f64,
     /// When a busy meter window last showed at least half of `peak_up`.
     peak_seen: Option<Instant>,
-    /// The last meter window's rate up if it closed with a queue (the link was full), else 0.
+    /// The last meter window's rate up if it was queued all through (the link was full),
+    /// else 0.
     last_full_up: f64,
     /// The least unsent at a tick of the open meter window.
     least_unsent: Option<u64>,
@@ -200,6 +201,7 @@ impl PathEstimate {
     /// Connection `generation` is up with `rtt`: probation starts, the counters of the
     /// connection start afresh, and the link's earlier peak is credited for a while.
     pub fn on_connected(&mut self, now: Instant, generation: u64, rtt: Duration) {
+        self.least_unsent = None;
         if self.connected {
             // replaced without a close in between: the old one closed all the same
             self.on_closed(now);
@@ -220,6 +222,7 @@ impl PathEstimate {
 
     /// The connection closed.
     pub fn on_closed(&mut self, now: Instant) {
+        self.least_unsent = None;
         self.connected = false;
         if let Some(e) = self.health.on_closed(now) {
             self.events.push(e);
@@ -306,7 +309,7 @@ impl PathEstimate {
         self.peak_up > 0.0 && self.last_full_up >= 0.8 * self.peak_up
     }
 
-    /// The rate the last meter window measured if it closed with a queue (the link was
+    /// The rate the last meter window measured if it was queued all through (the link was
     /// full, so this is what it carries), bytes per second.
     pub fn full_rate(&self) -> Option<f64> {
         (self.last_full_up > 0.0).then_some(self.last_full_up)

@@ -153,7 +153,7 @@ impl Ladder {
 }
 
 /// What the paths can give the stream class, bytes per second, from each path's view and
-/// the rate it measured in its last meter window if that window closed with a queue (a
+/// the rate it measured in its last meter window if that window was queued all through (a
 /// full link shows its real rate there within a quarter second, while its congestion
 /// window still holds what it sent before). None while no path may carry the stream: an
 /// outage, whose parts wait for the backfill, says nothing of the capacity.
@@ -170,8 +170,8 @@ pub fn capacity(paths: &[(PathView, Option<f64>)]) -> Option<f64> {
     })
 }
 
-/// Whether some path that may carry the stream closed its last meter window with a queue
-/// (its rate there is what the link carries).
+/// Whether some path that may carry the stream was queued all through its last meter
+/// window (its rate there is what the link carries).
 pub fn saturated(paths: &[(PathView, Option<f64>)]) -> bool {
     paths
         .iter()
@@ -189,7 +189,8 @@ pub struct LevelConfig {
     /// A step down aims for a demand of at most this share of the capacity.
     pub fill: f64,
     /// After a step down, a backlog counts again once it has cleared or after this long;
-    /// after an outage, nothing changes for capacity for this long.
+    /// after an outage, nothing changes for capacity for this long; after a step up, only a
+    /// backlog steps down for this long.
     pub settle: Duration,
     /// A step up needs capacity of the higher demand times one plus this.
     pub headroom: f64,
