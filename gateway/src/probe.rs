@@ -1,8 +1,9 @@
 //! Capacity probes (see `tunnel::stream_level`): on each path that may carry the stream,
 //! the congestion controller searches for the path's rate again (slow start from its
 //! window, which ends once the path's queue grows) and padding at bulk priority (below
-//! live media, bids and small requests; round-robin with backfill and uploads) feeds it for the probe's span, so the window grows to what the link carries and the
-//! capacity estimate shows it. A probe is reset when its time is up: what the sender still
+//! live media, bids and small requests; round-robin with backfill and uploads) feeds it
+//! for the probe's span, so the window grows to what the link carries and the capacity
+//! estimate shows it. A probe is reset when its time is up: what the sender still
 //! holds of it is dropped, not sent.
 
 use crate::bond::Bond;

@@ -2,7 +2,7 @@
 //! read and dropped as it comes; nothing of it is kept.
 
 use crate::error::Refusal;
-use crate::server::{refuse, Stream};
+use crate::server::{no_content, refuse, Stream};
 use bytes::Buf;
 use http::StatusCode;
 use tunnel::wire::probe::MAX_PROBE;
@@ -31,12 +31,5 @@ pub(crate) async fn sink(stream: &mut Stream) -> StatusCode {
             Err(_) => return StatusCode::NO_CONTENT,
         }
     }
-    let resp = http::Response::builder()
-        .status(StatusCode::NO_CONTENT)
-        .body(())
-        .unwrap_or_default();
-    if stream.send_response(resp).await.is_ok() {
-        let _ = stream.finish().await;
-    }
-    StatusCode::NO_CONTENT
+    no_content(stream).await
 }

@@ -348,13 +348,7 @@ impl Contribution {
     /// Drops (and calls off) the flights `which` picks.
     fn abandon(&mut self, which: impl Fn(&Flight) -> bool) {
         for (id, e) in self.entries.iter_mut() {
-            e.flights.retain(|f| {
-                let drop = which(f);
-                if drop {
-                    self.cancelled.push((*id, f.path, f.sent));
-                }
-                !drop
-            });
+            call_off(*id, &mut e.flights, &mut self.cancelled, &which);
         }
     }
 
@@ -410,12 +404,8 @@ impl Contribution {
                         // an overdue flight is behind newer live media on its path, at live
                         // priority: it goes again as backfill instead (one still on time
                         // is nearly there, and stays)
-                        e.flights.retain(|f| {
-                            let overdue = now >= f.deadline;
-                            if overdue {
-                                self.cancelled.push((id, f.path, f.sent));
-                            }
-                            !overdue
+                        call_off(id, &mut e.flights, &mut self.cancelled, |f| {
+                            now >= f.deadline
                         });
                         if parts.last() != Some(&(stream, id.seq)) {
                             parts.push((stream, id.seq));
@@ -852,6 +842,22 @@ impl Contribution {
         let (id, path, kind) = pick?;
         self.send(now, paths, id, path, kind)
     }
+}
+
+/// Drops the flights of piece `id` that `which` picks, adding each to `cancelled`.
+fn call_off(
+    id: PieceId,
+    flights: &mut Vec<Flight>,
+    cancelled: &mut Vec<(PieceId, PathId, Instant)>,
+    which: impl Fn(&Flight) -> bool,
+) {
+    flights.retain(|f| {
+        let drop = which(f);
+        if drop {
+            cancelled.push((id, f.path, f.sent));
+        }
+        !drop
+    });
 }
 
 /// Bytes of copies a budget of `share` of `bytes` allows (with the allowance).

@@ -50,14 +50,7 @@ pub(super) async fn pull(
         return match wire::pull::PullEnd::read(req.headers()) {
             Ok(end) => {
                 state.pulls.end(ctx.identity, end.id);
-                let resp = Response::builder()
-                    .status(StatusCode::NO_CONTENT)
-                    .body(())
-                    .unwrap_or_default();
-                if stream.send_response(resp).await.is_ok() {
-                    let _ = stream.finish().await;
-                }
-                StatusCode::NO_CONTENT
+                no_content(&mut stream).await
             }
             Err(e) => {
                 refuse(

@@ -628,6 +628,18 @@ pub(crate) async fn replay(stream: &mut Stream, outcome: &Outcome, duplicate: bo
     *status
 }
 
+/// Answers 204 No Content and ends the stream.
+pub(crate) async fn no_content(stream: &mut Stream) -> StatusCode {
+    let resp = Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(())
+        .unwrap_or_default();
+    if stream.send_response(resp).await.is_ok() {
+        let _ = stream.finish().await;
+    }
+    StatusCode::NO_CONTENT
+}
+
 /// Sends a synthetic error response with its reason.
 pub(crate) async fn refuse<S: SendResponse>(stream: &mut S, refusal: Refusal) -> StatusCode {
     debug!(status = %refusal.status, reason = %refusal.reason, "refused");
