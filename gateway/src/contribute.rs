@@ -160,8 +160,8 @@ enum SendError {
     #[error("request failed: {0}")]
     Stream(String),
     /// The relay refused it for good (a 4xx): sending it again would not help.
-    #[error("refused: {0}")]
-    Refused(StatusCode),
+    #[error("refused: {status} {reason}")]
+    Refused { status: StatusCode, reason: String },
     #[error("relay busy: {0}")]
     Busy(StatusCode),
     /// The scheduler called the flight off (see `Contribution::take_cancelled`).
@@ -371,6 +371,9 @@ fn take_chunks(s: &mut Stream, core: &mut Contribution, now: Instant) {
 /// Largest piece: a chunk larger than this (a keyframe) goes in several, so it spreads over
 /// the paths instead of waiting on one (a 150 kB keyframe takes 600 ms on a 2 Mbit/s link).
 const MAX_PIECE: u64 = 32 * 1024;
+
+/// Most of a refusal's reason kept for the log, bytes.
+const REASON_MAX: usize = 256;
 
 fn push_chunk(s: &mut Stream, core: &mut Contribution, now: Instant, c: &Chunk) {
     s.parts.insert(c.part.seq, c.part);
@@ -643,8 +646,8 @@ fn handle_done(
                         }
                     }
                 }
-                Err(SendError::Refused(status)) => {
-                    warn!(camera = %s.camera, seq = id.seq, %status, "the relay refused a piece: dropped");
+                Err(SendError::Refused { status, reason }) => {
+                    warn!(camera = %s.camera, seq = id.seq, %status, %reason, "the relay refused a piece: dropped");
                     core.lost(id);
                     s.pieces.remove(&id);
                 }
@@ -741,8 +744,14 @@ async fn send_piece(
                 .recv_response()
                 .await
                 .map_err(|e| SendError::Stream(e.to_string()))?;
-            while let Ok(Some(_)) = stream.recv_data().await {}
-            Ok::<_, SendError>(resp)
+            // the relay says why it refused a piece (kept for the log, bounded)
+            let mut why = Vec::new();
+            while let Ok(Some(mut b)) = stream.recv_data().await {
+                use bytes::Buf;
+                let n = b.remaining().min(REASON_MAX - why.len());
+                why.extend_from_slice(&b.copy_to_bytes(n));
+            }
+            Ok::<_, SendError>((resp, why))
         };
         tokio::select! {
             r = tokio::time::timeout(SEND_TIMEOUT, work) => r.unwrap_or(Err(SendError::Timeout)),
@@ -750,8 +759,8 @@ async fn send_piece(
             _ = &mut stop => Err(SendError::Cancelled),
         }
     };
-    let resp = match outcome {
-        Ok(resp) => resp,
+    let (resp, why) = match outcome {
+        Ok(r) => r,
         Err(e) => {
             if let Some(stream) = opened.as_mut() {
                 stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
@@ -770,7 +779,10 @@ async fn send_piece(
         return Ok(Answer { need_init });
     }
     if status.is_client_error() {
-        Err(SendError::Refused(status))
+        Err(SendError::Refused {
+            status,
+            reason: String::from_utf8_lossy(&why).trim().to_string(),
+        })
     } else {
         Err(SendError::Busy(status))
     }

@@ -516,8 +516,13 @@ impl Mirror {
         if end > MAX_PART_BYTES {
             return Err(PieceError::Bounds("part over 17 MiB"));
         }
-        if p.end_us > MAX_PART_US || (p.last && p.end_us == 0 && !p.data.is_empty()) {
+        if p.end_us > MAX_PART_US {
             return Err(PieceError::Bounds("part over 60 s"));
+        }
+        if p.last && p.end_us == 0 && !p.data.is_empty() {
+            return Err(PieceError::Bounds(
+                "a part's last piece without its duration",
+            ));
         }
         if p.part.index > 10_000 {
             return Err(PieceError::Bounds("part index"));

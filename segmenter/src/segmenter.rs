@@ -28,6 +28,10 @@ pub const MAX_PART_BYTES: usize = 16 << 20;
 /// a 25 or 30 fps camera, every second frame at 60 fps, two AAC frames of audio alone).
 pub const CHUNK_MIN_US: i64 = 30_000;
 
+/// A part flushed where it starts (its frames all behind its start) still lasts this long:
+/// a part has a duration.
+const MIN_FLUSH_US: i64 = 1_000;
+
 /// Segmenter settings.
 #[derive(Debug, Clone, Copy)]
 pub struct SegmenterConfig {
@@ -233,6 +237,8 @@ pub struct Segmenter {
     chunk_end_us: i64,
     /// Arrival of the newest frame since the last chunk, ms.
     chunk_frame_ms: u64,
+    /// Arrival of the primary track's newest frame, ms (wall clock).
+    primary_arrived_ms: u64,
     discontinuity_pending: bool,
     out: VecDeque<Output>,
     stats: Stats,
@@ -263,6 +269,7 @@ impl Segmenter {
             part_capture_ms: None,
             chunk_end_us: 0,
             chunk_frame_ms: 0,
+            primary_arrived_ms: 0,
             discontinuity_pending: false,
             out: VecDeque::new(),
             stats: Stats::default(),
@@ -346,7 +353,8 @@ impl Segmenter {
             if self.segment.is_some() {
                 self.cut(end, true, true);
             }
-            self.next_start_us = self.next_start_us.max(end);
+            // (a flush may end the part a little after `end`)
+            self.next_start_us = self.next_start_us.max(end).max(self.part_start_us);
         }
         self.segment = None;
         self.epoch = None;
@@ -485,6 +493,7 @@ impl Segmenter {
         let typical_us = t.us(t.typical);
         let mut cut = false;
         if is_primary {
+            self.primary_arrived_ms = wall_ms;
             let cfg = self.cfg;
             match self.segment {
                 None => {
@@ -498,28 +507,31 @@ impl Segmenter {
                     if (frame.keyframe && seg_len >= seg_us)
                         || seg_len >= cfg.max_segment().as_micros() as i64
                     {
-                        self.cut(now_us, false, true);
-                        self.open_segment(now_us);
-                        cut = true;
+                        // (a frame behind the open part's start, after audio went on
+                        // alone, opens nothing: the next keyframe will)
+                        if self.cut(now_us, false, true) {
+                            self.open_segment(now_us);
+                            cut = true;
+                        }
                     } else if now_us - self.part_start_us + typical_us > part_us {
-                        self.cut(now_us, false, false);
-                        cut = true;
+                        cut = self.cut(now_us, false, false);
                     }
                 }
             }
         } else if self.segment.is_some() {
             // the primary track stalled (a camera that stops sending video, video dropped
-            // until a keyframe): the other tracks still come out, part by part
+            // until a keyframe): the other tracks still come out, part by part. Stalled
+            // means no primary frame came for two parts' time, not merely that its frames
+            // are behind: a busy encoder's video comes late, and then in a burst.
             let part_us = self.cfg.part_target.as_micros() as i64;
-            if now_us - self.part_start_us > 2 * part_us {
-                self.cut(now_us, false, false);
-                cut = true;
+            let silent_ms = wall_ms.saturating_sub(self.primary_arrived_ms);
+            if now_us - self.part_start_us > 2 * part_us && silent_ms as i64 * 1000 > 2 * part_us {
+                cut = self.cut(now_us, false, false);
             }
         }
         let held: usize = self.tracks.iter().map(|t| t.held).sum();
         if !cut && held > MAX_PART_BYTES && self.segment.is_some() {
-            self.cut(now_us, false, false);
-            cut = true;
+            cut = self.cut(now_us, false, false);
         }
         if !cut && is_primary {
             // what the part holds so far goes out now, a frame (or a few) at a time
@@ -631,10 +643,21 @@ impl Segmenter {
 
     /// Closes the open part at output time `cut_us` (µs). `flush`: pending samples go too;
     /// `ends_segment`: the segment ends with it.
-    fn cut(&mut self, cut_us: i64, flush: bool, ends_segment: bool) {
+    /// Ends the open part at `cut_us` (with `flush`: every held sample goes in it). Returns
+    /// whether it did: a part never ends where it starts. After audio went on alone past a
+    /// stalled video track, the video's late frames are behind the open part's start; they
+    /// join that part, which ends at a later frame (a flush ends it just after its start).
+    fn cut(&mut self, cut_us: i64, flush: bool, ends_segment: bool) -> bool {
         if self.segment.is_none() {
-            return;
+            return false;
         }
+        let cut_us = if flush {
+            cut_us.max(self.part_start_us + MIN_FLUSH_US)
+        } else if cut_us <= self.part_start_us {
+            return false;
+        } else {
+            cut_us
+        };
         let primary = self.primary;
         for (i, t) in self.tracks.iter_mut().enumerate() {
             // samples still waiting for their duration belong here when they start before the cut
@@ -653,9 +676,9 @@ impl Segmenter {
         }
         let has_samples = self.tracks.iter().any(|t| !t.samples.is_empty());
         if self.open_part.is_none() && !has_samples {
-            return;
+            return false;
         }
-        self.chunk(Some(cut_us.max(self.part_start_us)), ends_segment);
+        self.chunk(Some(cut_us), ends_segment);
         self.open_part = None;
         self.part_bytes = 0;
         self.part_capture_ms = None;
@@ -664,6 +687,7 @@ impl Segmenter {
         self.part_start_us = cut_us;
         self.chunk_end_us = cut_us;
         self.stats.parts += 1;
+        true
     }
 }
 
@@ -794,14 +818,52 @@ mod tests {
         let mut s = Segmenter::new(SegmenterConfig::default());
         s.set_tracks(tracks(true)).unwrap();
         let before = parts(&feed(&mut s, 0, 2, 25)).len();
-        // 2 s of audio alone
+        // 3 s of audio alone (cut once no video came for two parts' time)
         let wall = 1_795_000_000_000 + 2000;
-        for k in 0..94 {
+        for k in 0..141 {
             let _ = s.handle_frame(audio(96_000 + k * 1024), wall + k as u64 * 21);
         }
         let during = parts(&std::iter::from_fn(|| s.poll_output()).collect::<Vec<_>>());
-        assert!(during.len() >= 4, "{before} then {}", during.len());
+        assert!(during.len() >= 5, "{before} then {}", during.len());
         assert!(during.iter().all(|(p, _)| p.duration <= 0.45));
+    }
+
+    #[test]
+    fn video_late_behind_audio_makes_no_part_without_duration() {
+        // a camera whose video encoder falls 600 ms behind its audio (a busy CPU): the audio
+        // goes on alone, then the late video comes in a burst, a segment's keyframe first
+        let mut s = Segmenter::new(SegmenterConfig::default());
+        s.set_tracks(tracks(true)).unwrap();
+        let mut out = feed(&mut s, 0, 2, 25);
+        let wall = |ticks: i64| 1_795_000_000_000 + (ticks / 90) as u64;
+        let mut a = 2 * 48_000 / 1024 * 1024 + 1024;
+        while a * 90_000 / 48_000 < 234_000 {
+            let _ = s.handle_frame(audio(a), wall(a * 90_000 / 48_000));
+            a += 1024;
+        }
+        for i in 50..65 {
+            s.handle_frame(video(i * 3600, i % 25 == 0), wall(234_000))
+                .unwrap();
+        }
+        for i in 65..100 {
+            let v = i * 3600;
+            while a * 90_000 / 48_000 <= v {
+                let _ = s.handle_frame(audio(a), wall(a * 90_000 / 48_000));
+                a += 1024;
+            }
+            s.handle_frame(video(v, i % 25 == 0), wall(v)).unwrap();
+        }
+        out.extend(std::iter::from_fn(|| s.poll_output()));
+        let ps = parts(&out);
+        assert!(ps.len() > 15, "{}", ps.len());
+        for (p, _) in &ps {
+            assert!(
+                p.data.is_empty() || p.duration > 0.0,
+                "part {} ({} bytes) has no duration",
+                p.seq,
+                p.data.len()
+            );
+        }
     }
 
     #[test]
