@@ -211,6 +211,8 @@ function summarize(o, P, extra) {
     viewport: `${o.width}x${o.height}`,
     browser: extra.browserVersion,
     hls_version: P.hls_version,
+    // page times (every t) are seconds after this wall-clock time (s since the Unix epoch)
+    time_origin_unix: P.time_origin_unix,
     cors: extra.cors,
     errors,
     join_seeks: joinSeeks,

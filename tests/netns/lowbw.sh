@@ -134,7 +134,6 @@ hls_s=70
 hls_json="$NSH_DIR/hlsjs.json"
 ART=target/test-artifacts
 mkdir -p "$ART"
-hls_start=$(now)
 nsh_exec b node tests/browser/play.mjs --url "$BROWSER_BASE/index.m3u8" --seconds "$hls_s" \
   --screenshot "$ART/lowbw-$mode-hlsjs.png" --json "$hls_json" --allow-nonfatal > "$NSH_DIR/hlsjs.out" 2>&1 &
 hls=$!
@@ -245,20 +244,23 @@ cat "$NSH_DIR/hlsjs.out"
 # (non-fatal fragGap, and a seek over the hole). What this checks: it plays on (>= 80% of
 # the time, no fatal error), with no error at all before the collapse or from 5 s after
 # the level is back to full, as the player sees it (it plays its median latency behind
-# the relay's live edge: 2-3 s here). (Page times start after node does, so "before" and
-# "after" are counted from node's start: a little lenient.)
-hls_errs=$(node -e 'const [f, s, c, r] = process.argv.slice(1).map((x, i) => i ? Number(x) : x);
+# the relay's live edge: 2-3 s here). (Page times count from the page's own start, which
+# the player reports as a wall-clock time.)
+hls_errs=$(node -e 'const [f, c, r] = process.argv.slice(1).map((x, i) => i ? Number(x) : x);
   const j = require(f); const e = j.errors || [];
+  const s = Number(j.time_origin_unix);
+  if (!(s > 0)) throw new Error("the player did not report its time origin");
   const lat = Number(j.latency_p50) || 0;
-  const out = e.filter(x => s + x.t < c - 1 || s + x.t > r + lat);
-  console.log(`${e.length - out.length} ${out.length} ${out.slice(0, 3).map(x => x.details + "@" + x.t).join(",")}`)' \
-  "$(realpath "$hls_json" 2>/dev/null || echo /nonexistent)" "$hls_start" "$collapsed_at" \
+  const out = e.filter(x => s + x.t < c || s + x.t > r + lat);
+  const since = x => (s + x.t - c).toFixed(2);
+  console.log(`${e.length - out.length} ${out.length} ${out.slice(0, 3).map(x => x.details + "@" + since(x) + "s").join(",")}`)' \
+  "$(realpath "$hls_json" 2>/dev/null || echo /nonexistent)" "$collapsed_at" \
   "$(python3 -c "print(${recovered:-$returned_at} + 5)")" 2>/dev/null || echo "x x")
 read -r hls_during hls_outside hls_which <<<"$hls_errs"
 if [ "$hls_rc" = 0 ] && [ "$hls_outside" = 0 ]; then
   ok "hls.js in Chromium played the relay's stream for $hls_s s across the collapse and the return: no fatal error, none before the collapse or 5 s after the level was full again ($hls_during non-fatal in between)"
 else
-  echo "hls.js: $hls_during errors from the collapse to 5 s after the return to full, $hls_outside outside: $hls_which"
+  echo "hls.js: $hls_during errors from the collapse to 5 s after the return to full, $hls_outside outside (first, seconds after the collapse): $hls_which"
   node -e 'const j = require(process.argv[1]);
     for (const e of j.errors || []) console.log(`  error t=${e.t}s ${e.type}/${e.details}${e.fatal ? " FATAL" : ""} currentTime=${e.currentTime}${e.url ? " " + e.url : ""}`);
     for (const s of j.stalls || []) console.log(`  stall t=${s.t}s currentTime=${s.currentTime} buffer_ahead=${s.buffer_ahead}`);
