@@ -109,12 +109,19 @@ impl Rendition {
     /// The input comes from another source from now on (see
     /// [`crate::program::Action::Switch`]): its tracks, with a new init segment when they
     /// differ, and a discontinuity in any case (sources have unrelated timestamps).
+    /// The new source continues the output timeline where the old one ends
+    /// ([`Segmenter::splice_next`]): a player sees no hole at a switch.
     pub fn switch_source(&mut self, tracks: Vec<Track>) -> Result<(), String> {
+        self.seg.splice_next(true);
         if self.seg.tracks().eq(tracks.iter()) {
             self.discontinuity();
             Ok(())
         } else {
-            self.set_tracks(tracks)
+            let r = self.set_tracks(tracks);
+            if r.is_err() {
+                self.seg.splice_next(false);
+            }
+            r
         }
     }
 

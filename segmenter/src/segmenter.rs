@@ -28,6 +28,11 @@ pub const MAX_PART_BYTES: usize = 16 << 20;
 /// a 25 or 30 fps camera, every second frame at 60 fps, two AAC frames of audio alone).
 pub const CHUNK_MIN_US: i64 = 30_000;
 
+/// In a spliced epoch (a switch of source), a track's first frame arriving within this of
+/// the epoch's first lands at its start: the new source's audio right after its keyframe
+/// continues the old audio without a hole (an offset under one AAC frame or so).
+const SPLICE_SNAP_US: i64 = 50_000;
+
 /// A part flushed where it starts (its frames all behind its start) still lasts this long:
 /// a part has a duration.
 const MIN_FLUSH_US: i64 = 1_000;
@@ -239,6 +244,10 @@ pub struct Segmenter {
     chunk_frame_ms: u64,
     /// Arrival of the primary track's newest frame, ms (wall clock).
     primary_arrived_ms: u64,
+    /// The next discontinuity is a splice (see [`Segmenter::splice_next`]).
+    splice_next: bool,
+    /// The current epoch continues the output timeline where the previous one ended.
+    spliced: bool,
     discontinuity_pending: bool,
     out: VecDeque<Output>,
     stats: Stats,
@@ -270,6 +279,8 @@ impl Segmenter {
             chunk_end_us: 0,
             chunk_frame_ms: 0,
             primary_arrived_ms: 0,
+            splice_next: false,
+            spliced: false,
             discontinuity_pending: false,
             out: VecDeque::new(),
             stats: Stats::default(),
@@ -348,7 +359,13 @@ impl Segmenter {
     /// part, ends the segment, and continues the output timeline after the last frame. The
     /// next segment carries a discontinuity and starts at a keyframe.
     pub fn discontinuity(&mut self) {
-        let end = self.tracks.iter().filter_map(TrackState::end_us).max();
+        let splice = std::mem::take(&mut self.splice_next);
+        let end = if splice {
+            self.splice_point()
+        } else {
+            self.tracks.iter().filter_map(TrackState::end_us).max()
+        };
+        self.spliced = splice && end.is_some();
         if let Some(end) = end {
             if self.segment.is_some() {
                 self.cut(end, true, true);
@@ -368,6 +385,36 @@ impl Segmenter {
             self.discontinuity_pending = true;
             self.stats.discontinuities += 1;
         }
+    }
+
+    /// Makes the next discontinuity a splice: another source continues this one (a
+    /// program's switch, see [`crate::program`]), so the new epoch starts where the output
+    /// ends, not at the wall clock, and every track ends there: the tracks' last frames
+    /// are shortened to the earliest track end (no later than that, so none overlaps the
+    /// new source), and the new source's tracks start there. Without it the track that
+    /// ended first had a hole of 20-45 ms at each switch, and Chrome stalled on it.
+    /// (`false` takes it back.)
+    pub fn splice_next(&mut self, splice: bool) {
+        self.splice_next = splice;
+    }
+
+    /// Where a splice joins the timelines: the earliest track end, but after every track's
+    /// last frame starts (each keeps a duration).
+    fn splice_point(&self) -> Option<i64> {
+        let earliest = self.tracks.iter().filter_map(TrackState::end_us).min()?;
+        let last_start = self
+            .tracks
+            .iter()
+            .filter_map(|t| {
+                t.pending
+                    .as_ref()
+                    .map(|p| p.dts)
+                    .or(t.last_dts)
+                    .map(|d| t.us(d))
+            })
+            .max()
+            .unwrap_or(earliest);
+        Some(earliest.max(last_start + MIN_FLUSH_US))
     }
 
     /// Flushes the open part (end of stream).
@@ -411,9 +458,14 @@ impl Segmenter {
         let wall_us = self.origin_ms.map_or(0, |o| {
             (wall_ms.saturating_sub(o) as i64).saturating_mul(1000)
         });
+        let spliced = self.spliced;
         let epoch = *self.epoch.get_or_insert(Epoch {
             wall_ms,
-            out_us: self.next_start_us.max(wall_us),
+            out_us: if spliced {
+                self.next_start_us
+            } else {
+                self.next_start_us.max(wall_us)
+            },
         });
         let t = &mut self.tracks[ti];
         // Each track's first frame of an epoch lands at the epoch's start plus the wall time
@@ -423,7 +475,11 @@ impl Segmenter {
         let offset = match t.offset {
             Some(o) => o,
             None => {
-                let since_us = (wall_ms.saturating_sub(epoch.wall_ms) as i64).saturating_mul(1000);
+                let mut since_us =
+                    (wall_ms.saturating_sub(epoch.wall_ms) as i64).saturating_mul(1000);
+                if spliced && since_us < SPLICE_SNAP_US {
+                    since_us = 0;
+                }
                 let start = t.ticks(epoch.out_us.saturating_add(since_us));
                 let o = start.saturating_sub(frame.dts);
                 t.offset = Some(o);
@@ -667,7 +723,13 @@ impl Segmenter {
             };
             if due {
                 if let Some(p) = t.pending.take() {
-                    let d = t.typical;
+                    // a flush ends every track at the cut (a splice's may come before a
+                    // frame's usual end)
+                    let d = if flush {
+                        t.typical.min(t.ticks(cut_us) - p.dts).max(1)
+                    } else {
+                        t.typical
+                    };
                     let arrived = t.push_sample(p, d);
                     self.part_capture_ms.get_or_insert(arrived);
                     self.chunk_frame_ms = self.chunk_frame_ms.max(arrived);
@@ -864,6 +926,59 @@ mod tests {
                 p.data.len()
             );
         }
+    }
+
+    #[test]
+    fn a_switch_of_source_leaves_no_hole_in_any_track() {
+        // a program switching to another source (other tracks, unrelated clocks): its
+        // keyframe comes 30 ms after the old source's last frame
+        let mut s = Segmenter::new(SegmenterConfig::default());
+        s.set_clock_origin(1_795_000_000_000);
+        s.set_tracks(tracks(true)).unwrap();
+        let mut out = feed(&mut s, 0, 2, 25);
+        s.splice_next(true);
+        s.set_tracks(vec![video_track(320), audio_track()]).unwrap();
+        let wall = |i: i64| 1_795_000_000_000 + 1990 + (i * 40) as u64;
+        let mut a = 5_000_000;
+        for i in 0..50 {
+            let v = 9_000_000 + i * 3600;
+            s.handle_frame(video(v, i % 25 == 0), wall(i)).unwrap();
+            for _ in 0..2 {
+                let _ = s.handle_frame(audio(a), wall(i) + 1);
+                a += 1024;
+            }
+        }
+        out.extend(std::iter::from_fn(|| s.poll_output()));
+        // every traf of a track starts where the track's previous one ended
+        let mut end: std::collections::HashMap<u32, u64> = Default::default();
+        let mut checked = 0;
+        for o in &out {
+            let Output::Chunk(c) = o else { continue };
+            let mut buf = &c.data[..];
+            while !buf.is_empty() {
+                let Any::Moof(m) = Any::decode(&mut buf).unwrap() else {
+                    continue;
+                };
+                for t in &m.traf {
+                    let base = t.tfdt.as_ref().unwrap().base_media_decode_time;
+                    let len: u64 = t.trun[0]
+                        .samples
+                        .iter()
+                        .map(|e| u64::from(e.duration.unwrap()))
+                        .sum();
+                    if let Some(prev) = end.insert(t.tfhd.track_id, base + len) {
+                        assert_eq!(
+                            base, prev,
+                            "track {} has a hole or an overlap",
+                            t.tfhd.track_id
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "{checked}");
+        assert!(s.stats().discontinuities >= 1);
     }
 
     #[test]
