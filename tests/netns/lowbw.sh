@@ -117,6 +117,11 @@ if full_run; then
   [ "$firings" = "0,0,0" ] || fail "actions fired before the collapse: $firings"
   ok "the admin API refuses a request without its token (401); no action has fired before the collapse"
 fi
+# The players join a stream that has run for 12 s (links out of probation, windows grown):
+# what this test is about is the collapse. (Joined 4-5 s after the stream's start, hls.js
+# once met a 1 s hole in the parts' delivery, 6 s in: a start-up matter this test does
+# not cover; see the known gaps in docs/architecture.md.)
+sleep 8
 # the gateway's transcoder's CPU time so far, s (0 without one)
 transcode_cpu() { local c; c=$(nsh_child_cpu "$gw_pid" ffmpeg); echo "${c:-0}"; }
 
