@@ -29,8 +29,8 @@ pub const MAX_PART_BYTES: usize = 16 << 20;
 pub const CHUNK_MIN_US: i64 = 30_000;
 
 /// In a spliced epoch (a switch of source), a track's first frame arriving within this of
-/// the epoch's first lands at its start: the new source's audio right after its keyframe
-/// continues the old audio without a hole (an offset under one AAC frame or so).
+/// the epoch's first lands at the epoch's start: the new source's audio right after its
+/// keyframe starts with its picture (sound and picture then differ by under a frame).
 const SPLICE_SNAP_US: i64 = 50_000;
 
 /// A part flushed where it starts (its frames all behind its start) still lasts this long:
@@ -205,6 +205,17 @@ impl TrackState {
     }
 }
 
+/// What a cut does with the samples still waiting for their duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Those of other tracks that start before the cut go in (the primary's stays).
+    No,
+    /// All go in, each with its track's typical duration.
+    Held,
+    /// All go in, each ending at the cut (a splice: every track ends together).
+    Fit,
+}
+
 #[derive(Clone, Copy)]
 struct Epoch {
     /// Wall clock at the epoch's first frame.
@@ -368,7 +379,8 @@ impl Segmenter {
         self.spliced = splice && end.is_some();
         if let Some(end) = end {
             if self.segment.is_some() {
-                self.cut(end, true, true);
+                let flush = if splice { Flush::Fit } else { Flush::Held };
+                self.cut(end, flush, true);
             }
             // (a flush may end the part a little after `end`)
             self.next_start_us = self.next_start_us.max(end).max(self.part_start_us);
@@ -388,20 +400,22 @@ impl Segmenter {
     }
 
     /// Makes the next discontinuity a splice: another source continues this one (a
-    /// program's switch, see [`crate::program`]), so the new epoch starts where the output
-    /// ends, not at the wall clock, and every track ends there: the tracks' last frames
-    /// are shortened to the earliest track end (no later than that, so none overlaps the
-    /// new source), and the new source's tracks start there. Without it the track that
-    /// ended first had a hole of 20-45 ms at each switch, and Chrome stalled on it.
+    /// program's switch, see [`crate::program`]). Every track ends where the picture ends
+    /// (the other tracks' last frames stretched or shortened to it), and the new epoch
+    /// starts there, not at the wall clock, with each of the new source's tracks whose
+    /// first frame comes within 50 ms of the epoch's first at its very start. hls.js places
+    /// the media after a discontinuity where the playlist says; a track ending before the
+    /// part did left a hole of 20-45 ms at each switch, and Chrome stalled on it. (Ending
+    /// every track at the earliest track end instead gave ffmpeg two video frames within
+    /// one frame's time.)
     /// (`false` takes it back.)
     pub fn splice_next(&mut self, splice: bool) {
         self.splice_next = splice;
     }
 
-    /// Where a splice joins the timelines: the earliest track end, but after every track's
-    /// last frame starts (each keeps a duration).
+    /// Where a splice joins the sources: where the primary track (the picture) ends, but
+    /// after every track's last frame starts.
     fn splice_point(&self) -> Option<i64> {
-        let earliest = self.tracks.iter().filter_map(TrackState::end_us).min()?;
         let last_start = self
             .tracks
             .iter()
@@ -412,16 +426,19 @@ impl Segmenter {
                     .or(t.last_dts)
                     .map(|d| t.us(d))
             })
-            .max()
-            .unwrap_or(earliest);
-        Some(earliest.max(last_start + MIN_FLUSH_US))
+            .max();
+        let primary = self.tracks.get(self.primary).and_then(TrackState::end_us);
+        match (primary, last_start) {
+            (Some(e), Some(s)) => Some(e.max(s + MIN_FLUSH_US)),
+            (e, s) => e.or(s.map(|s| s + MIN_FLUSH_US)),
+        }
     }
 
     /// Flushes the open part (end of stream).
     pub fn finish(&mut self) {
         if let Some(end) = self.tracks.iter().filter_map(TrackState::end_us).max() {
             if self.segment.is_some() {
-                self.cut(end, true, true);
+                self.cut(end, Flush::Held, true);
             }
         }
     }
@@ -565,12 +582,12 @@ impl Segmenter {
                     {
                         // (a frame behind the open part's start, after audio went on
                         // alone, opens nothing: the next keyframe will)
-                        if self.cut(now_us, false, true) {
+                        if self.cut(now_us, Flush::No, true) {
                             self.open_segment(now_us);
                             cut = true;
                         }
                     } else if now_us - self.part_start_us + typical_us > part_us {
-                        cut = self.cut(now_us, false, false);
+                        cut = self.cut(now_us, Flush::No, false);
                     }
                 }
             }
@@ -582,12 +599,12 @@ impl Segmenter {
             let part_us = self.cfg.part_target.as_micros() as i64;
             let silent_ms = wall_ms.saturating_sub(self.primary_arrived_ms);
             if now_us - self.part_start_us > 2 * part_us && silent_ms as i64 * 1000 > 2 * part_us {
-                cut = self.cut(now_us, false, false);
+                cut = self.cut(now_us, Flush::No, false);
             }
         }
         let held: usize = self.tracks.iter().map(|t| t.held).sum();
         if !cut && held > MAX_PART_BYTES && self.segment.is_some() {
-            cut = self.cut(now_us, false, false);
+            cut = self.cut(now_us, Flush::No, false);
         }
         if !cut && is_primary {
             // what the part holds so far goes out now, a frame (or a few) at a time
@@ -697,16 +714,17 @@ impl Segmenter {
         }));
     }
 
-    /// Closes the open part at output time `cut_us` (µs). `flush`: pending samples go too;
-    /// `ends_segment`: the segment ends with it.
-    /// Ends the open part at `cut_us` (with `flush`: every held sample goes in it). Returns
-    /// whether it did: a part never ends where it starts. After audio went on alone past a
-    /// stalled video track, the video's late frames are behind the open part's start; they
-    /// join that part, which ends at a later frame (a flush ends it just after its start).
-    fn cut(&mut self, cut_us: i64, flush: bool, ends_segment: bool) -> bool {
+    /// Closes the open part at output time `cut_us` (µs); `ends_segment`: the segment ends
+    /// with it. Returns whether it did: a part never ends where it starts. After audio went
+    /// on alone past a stalled video track, the video's late frames are behind the open
+    /// part's start; they join that part, which ends at a later frame (a flush ends it just
+    /// after its start).
+    fn cut(&mut self, cut_us: i64, flush: Flush, ends_segment: bool) -> bool {
         if self.segment.is_none() {
             return false;
         }
+        let fit = flush == Flush::Fit;
+        let flush = flush != Flush::No;
         let cut_us = if flush {
             cut_us.max(self.part_start_us + MIN_FLUSH_US)
         } else if cut_us <= self.part_start_us {
@@ -723,10 +741,8 @@ impl Segmenter {
             };
             if due {
                 if let Some(p) = t.pending.take() {
-                    // a flush ends every track at the cut (a splice's may come before a
-                    // frame's usual end)
-                    let d = if flush {
-                        t.typical.min(t.ticks(cut_us) - p.dts).max(1)
+                    let d = if fit {
+                        (t.ticks(cut_us) - p.dts).max(1)
                     } else {
                         t.typical
                     };
@@ -952,8 +968,12 @@ mod tests {
         // every traf of a track starts where the track's previous one ended
         let mut end: std::collections::HashMap<u32, u64> = Default::default();
         let mut checked = 0;
+        // and the new source's tracks start together (µs), where the old ones all end
+        let mut switched = false;
+        let mut first_after: std::collections::HashMap<u32, u64> = Default::default();
         for o in &out {
             let Output::Chunk(c) = o else { continue };
+            switched |= c.part.segment.is_some_and(|st| st.discontinuity);
             let mut buf = &c.data[..];
             while !buf.is_empty() {
                 let Any::Moof(m) = Any::decode(&mut buf).unwrap() else {
@@ -961,11 +981,23 @@ mod tests {
                 };
                 for t in &m.traf {
                     let base = t.tfdt.as_ref().unwrap().base_media_decode_time;
-                    let len: u64 = t.trun[0]
+                    let d: Vec<u32> = t.trun[0]
                         .samples
                         .iter()
-                        .map(|e| u64::from(e.duration.unwrap()))
-                        .sum();
+                        .map(|e| e.duration.unwrap())
+                        .collect();
+                    if t.tfhd.track_id == 1 {
+                        // no video frame cut short (ffmpeg's decoders then see two frames
+                        // within one frame's time)
+                        assert!(d.iter().all(|d| *d >= 1800), "{d:?}");
+                    }
+                    let len: u64 = d.iter().map(|d| u64::from(*d)).sum();
+                    if switched {
+                        let rate = if t.tfhd.track_id == 1 { 90_000 } else { 48_000 };
+                        first_after
+                            .entry(t.tfhd.track_id)
+                            .or_insert(base * 1_000_000 / rate);
+                    }
                     if let Some(prev) = end.insert(t.tfhd.track_id, base + len) {
                         assert_eq!(
                             base, prev,
@@ -979,6 +1011,11 @@ mod tests {
         }
         assert!(checked > 100, "{checked}");
         assert!(s.stats().discontinuities >= 1);
+        let (v, a) = (first_after[&1], first_after[&2]);
+        assert!(
+            v.abs_diff(a) <= 21,
+            "the new video starts at {v} µs, its audio at {a}"
+        );
     }
 
     #[test]
