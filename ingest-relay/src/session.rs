@@ -463,11 +463,31 @@ impl Drop for Publisher {
 mod tests {
     use super::*;
 
-    fn sessions(name: &str) -> Sessions {
+    /// Sessions over a claims journal in a directory of their own, removed when they go.
+    struct Scratch {
+        sessions: Sessions,
+        dir: std::path::PathBuf,
+    }
+
+    impl std::ops::Deref for Scratch {
+        type Target = Sessions;
+        fn deref(&self) -> &Sessions {
+            &self.sessions
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn sessions(name: &str) -> Scratch {
         let dir =
             std::env::temp_dir().join(format!("canopy-session-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        Sessions::new(ClaimLog::open(&dir.join("claims.journal")).expect("journal"))
+        let sessions = Sessions::new(ClaimLog::open(&dir.join("claims.journal")).expect("journal"));
+        Scratch { sessions, dir }
     }
 
     #[tokio::test]
