@@ -10,7 +10,7 @@
 //! [`crate::clock`]).
 
 use crate::bond::{until_dead, Bond};
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::{header, Method, Request, StatusCode};
 use media_io::{LiveRendition, LiveStreams};
 use segmenter::{Chunk, PartMeta};
@@ -747,7 +747,6 @@ async fn send_piece(
             // the relay says why it refused a piece (kept for the log, bounded)
             let mut why = Vec::new();
             while let Ok(Some(mut b)) = stream.recv_data().await {
-                use bytes::Buf;
                 let n = b.remaining().min(REASON_MAX - why.len());
                 why.extend_from_slice(&b.copy_to_bytes(n));
             }

@@ -416,22 +416,18 @@ impl Segmenter {
     /// Where a splice joins the sources: where the primary track (the picture) ends, but
     /// after every track's last frame starts.
     fn splice_point(&self) -> Option<i64> {
+        // (a track's last decode time is its newest frame's, held or not)
         let last_start = self
             .tracks
             .iter()
-            .filter_map(|t| {
-                t.pending
-                    .as_ref()
-                    .map(|p| p.dts)
-                    .or(t.last_dts)
-                    .map(|d| t.us(d))
-            })
-            .max();
-        let primary = self.tracks.get(self.primary).and_then(TrackState::end_us);
-        match (primary, last_start) {
-            (Some(e), Some(s)) => Some(e.max(s + MIN_FLUSH_US)),
-            (e, s) => e.or(s.map(|s| s + MIN_FLUSH_US)),
-        }
+            .filter_map(|t| t.last_dts.map(|d| t.us(d)))
+            .max()?;
+        let end = self
+            .tracks
+            .get(self.primary)
+            .and_then(TrackState::end_us)
+            .unwrap_or(last_start);
+        Some(end.max(last_start + MIN_FLUSH_US))
     }
 
     /// Flushes the open part (end of stream).
