@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use tunnel::path::{CapState, DataCap, Health, HealthEvent, LinkKind, Tier};
 use tunnel::path_estimate::{PathEstimate, TransportStats};
 
@@ -64,17 +64,21 @@ struct PathState {
     live: Option<Arc<Live>>,
 }
 
+/// UDP bytes a connection has sent and not declared lost.
+fn tx_kept(s: &quinn::ConnectionStats) -> u64 {
+    s.udp_tx.bytes.saturating_sub(s.path.lost_bytes)
+}
+
 impl PathState {
-    /// UDP bytes the connection has sent so far.
-    fn udp_tx(&self) -> u64 {
-        self.live
-            .as_ref()
-            .map_or(0, |l| l.conn.stats().udp_tx.bytes)
+    /// UDP bytes the connection has sent so far and not declared lost
+    /// (`TransportStats::tx_kept`).
+    fn tx_kept(&self) -> u64 {
+        self.live.as_ref().map_or(0, |l| tx_kept(&l.conn.stats()))
     }
 
     /// Body bytes handed to quinn and not sent yet.
     fn unsent(&self) -> u64 {
-        self.est.unsent_at(self.udp_tx())
+        self.est.unsent_at(self.tx_kept())
     }
 }
 
@@ -191,7 +195,7 @@ impl Path {
         let mut st = self.lock();
         let now = tunnel_io::clock::now();
         let cap = st.cap.state(now);
-        let udp_tx = st.udp_tx();
+        let tx_kept = st.tx_kept();
         PathView {
             id: self.id,
             usable: st.est.is_usable(),
@@ -201,7 +205,7 @@ impl Path {
             srtt: st.est.health().srtt(),
             rate_up: st.est.rate_up(),
             rate_down: st.est.rate_down(),
-            queued_up: st.est.queued_up_at(udp_tx),
+            queued_up: st.est.queued_up_at(tx_kept),
             queued_down: st.est.queued_down(),
             silent: st.est.health().excess_silence(now).unwrap_or_default(),
         }
@@ -305,10 +309,14 @@ impl Path {
             }
             _ => {}
         }
+        if let Some(rate) = st.live.as_ref().and_then(|l| l.collapse.take()) {
+            debug!(uplink = %self.name, rate_mbps = rate * 8.0 / 1e6, "the link collapsed");
+            st.est.on_collapse(now, rate);
+        }
         let stats = st.live.as_ref().map(|live| {
             let s = live.conn.stats();
             TransportStats {
-                udp_tx: s.udp_tx.bytes,
+                tx_kept: tx_kept(&s),
                 cwnd: s.path.cwnd,
                 rtt: s.path.rtt,
                 sent_packets: s.path.sent_packets,
@@ -317,7 +325,7 @@ impl Path {
             }
         });
         if let Some(s) = &stats {
-            tracing::trace!(uplink = %self.name, cwnd = s.cwnd, rtt_us = s.rtt.as_micros() as u64, lost = s.lost_packets, tx = s.udp_tx, unsent = st.est.unsent_at(s.udp_tx), queued = st.est.queued_up_at(s.udp_tx), "path stats");
+            tracing::trace!(uplink = %self.name, cwnd = s.cwnd, rtt_us = s.rtt.as_micros() as u64, lost = s.lost_packets, tx = s.tx_kept, unsent = st.est.unsent_at(s.tx_kept), queued = st.est.queued_up_at(s.tx_kept), "path stats");
         }
         let t = st.est.tick(now, stats.as_ref());
         let live = st.live.clone();

@@ -30,6 +30,8 @@ pub struct Live {
     pub generation: u64,
     /// Restarts the connection's search for the path's rate.
     pub restart: Arc<tunnel::congestion::Restart>,
+    /// The collapses of the link its congestion controller found.
+    pub collapse: Arc<tunnel::congestion::Collapse>,
 }
 
 impl Drop for Live {
@@ -326,6 +328,7 @@ async fn connect(
             echoes,
             generation,
             restart: transport.restart,
+            collapse: transport.collapse,
         },
         driver,
     ))

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use tunnel::congestion::{LowDelayConfig, Restart};
+use tunnel::congestion::{Collapse, LowDelayConfig, Restart};
 use tunnel::owd::QueueSignal;
 
 /// Length of the connection IDs the relay issues. Every packet the gateway sends carries
@@ -99,6 +99,7 @@ impl TransportSettings {
     fn build(&self, initial_rtt: Option<Duration>) -> ConnectionTransport {
         let signal = Arc::new(QueueSignal::default());
         let restart = Arc::new(Restart::default());
+        let collapse = Arc::new(Collapse::default());
         let mut t = quinn::TransportConfig::default();
         if let Some(rtt) = initial_rtt {
             t.initial_rtt(rtt);
@@ -121,6 +122,7 @@ impl TransportSettings {
                 target: Duration::from_millis(self.queue_target_ms.max(1)),
                 signal: Some(signal.clone()),
                 restart: Some(restart.clone()),
+                collapse: Some(collapse.clone()),
                 ..LowDelayConfig::default()
             }));
         }
@@ -128,6 +130,7 @@ impl TransportSettings {
             config: Arc::new(t),
             signal,
             restart,
+            collapse,
         }
     }
 }
@@ -141,4 +144,6 @@ pub struct ConnectionTransport {
     pub signal: Arc<QueueSignal>,
     /// Asks its `low-delay` controller to search for the path's rate again.
     pub restart: Arc<Restart>,
+    /// Where its `low-delay` controller reports a collapse of the link.
+    pub collapse: Arc<Collapse>,
 }

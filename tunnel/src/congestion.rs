@@ -33,6 +33,11 @@
 //! - a jitter allowance (RTT signal only): the effective target is at least twice the
 //!   smoothed change of the round's queueing delay between rounds.
 //!
+//! - a collapse: a round that lost more than it delivered, at under half the best recent
+//!   rate, takes the window straight down to what carries the rate it delivered, and that
+//!   rate becomes the floor's memory; a round that ended
+//!   long after it was due is an outage's end, not a collapse.
+//!
 //! Slow start doubles the window per round until the queueing delay passes three times
 //! the target, the delivery rate stops growing by a quarter for three rounds, or a second
 //! loss comes. A loss shrinks the window by a fifth, at most once per round (random loss
@@ -68,6 +73,32 @@ pub struct LowDelayConfig {
     pub signal: Option<Arc<crate::owd::QueueSignal>>,
     /// Requests from outside quinn to search for the path's rate again.
     pub restart: Option<Arc<Restart>>,
+    /// Where the controller reports a collapse of its link, for the bond.
+    pub collapse: Option<Arc<Collapse>>,
+}
+
+/// A collapse of the link the controller found (a round that lost more than it delivered,
+/// at under half the best recent rate): the rate the link delivered then, bytes per
+/// second, until the bond takes it. That round is the first sure reading of what the link
+/// carries now, while the bond's meters still count what the sender pushes into the
+/// overflowing queue.
+#[derive(Debug, Default)]
+pub struct Collapse {
+    /// The rate's bits; 0: none reported since the last take.
+    rate: AtomicU64,
+}
+
+impl Collapse {
+    fn report(&self, rate: f64) {
+        // a rate of 0 would read as none
+        self.rate.store(rate.max(1.0).to_bits(), Ordering::Relaxed);
+    }
+
+    /// The rate of the last collapse reported since the last take, if any.
+    pub fn take(&self) -> Option<f64> {
+        let bits = self.rate.swap(0, Ordering::Relaxed);
+        (bits != 0).then(|| f64::from_bits(bits))
+    }
 }
 
 /// A request that the controller search for its path's rate again (slow start, from its
@@ -106,6 +137,7 @@ impl Default for LowDelayConfig {
             initial_packets: 10,
             signal: None,
             restart: None,
+            collapse: None,
         }
     }
 }
@@ -129,6 +161,8 @@ pub struct LowDelay {
     round_min_rtt: Option<Duration>,
     /// Bytes acknowledged in the current round.
     round_acked: u64,
+    /// Bytes declared lost in the current round.
+    round_lost: u64,
     /// Whether any ack of the round was sent while the sender had more to send.
     round_limited_by_window: bool,
     /// Whether some acknowledged packet of the round was sent while the sender had
@@ -173,6 +207,7 @@ impl LowDelay {
             round_end: None,
             round_min_rtt: None,
             round_acked: 0,
+            round_lost: 0,
             round_limited_by_window: false,
             round_app_limited: false,
             recovery_start: None,
@@ -253,6 +288,7 @@ impl LowDelay {
         match self.round_end {
             Some(end) if now < end => {}
             _ => {
+                let mut collapsed = None;
                 if let Some(start) = self.round_start {
                     // Acknowledgements may arrive bunched (the reverse direction's queue
                     // drains at once): the round's packets cannot have been delivered
@@ -270,13 +306,57 @@ impl LowDelay {
                         self.rates[self.rate_slot] = self.round_acked as f64 / secs;
                         self.rate_slot = (self.rate_slot + 1) % RATE_ROUNDS;
                     }
+                    collapsed = self.collapse_rate(now, start, secs, srtt);
                 }
                 self.round_sent = None;
+                self.round_lost = 0;
                 self.end_round(now, base, srtt);
                 self.window = self.window.max(self.floor(base));
+                if let Some(rate) = collapsed {
+                    self.on_collapse(rate, base);
+                }
                 self.round_start = Some(now);
                 self.round_end = Some(now + srtt.max(Duration::from_millis(1)));
             }
+        }
+    }
+
+    /// The delivery rate of a round that shows its link collapsed: it lost more than it
+    /// delivered, and delivered less than half the best recent rate. A round that ended
+    /// much later than planned (no acknowledgement for a while: an outage, whose packets
+    /// all count lost at its end) shows an outage, not a collapse. Random radio loss, even
+    /// in bursts (the demo's Wi-Fi loses 60% of 4 packets in 400), never loses half a round.
+    fn collapse_rate(
+        &self,
+        now: Instant,
+        start: Instant,
+        secs: f64,
+        srtt: Duration,
+    ) -> Option<f64> {
+        let planned = self
+            .round_end
+            .map_or(Duration::ZERO, |e| e.saturating_duration_since(start));
+        let late = now.saturating_duration_since(start).saturating_sub(planned);
+        if late > srtt.max(Duration::from_millis(100)) || secs <= 0.0 {
+            return None;
+        }
+        let rate = self.round_acked as f64 / secs;
+        (self.round_lost > self.round_acked && rate < self.best_rate() / 2.0).then_some(rate)
+    }
+
+    /// The link now carries `rate`: the window drops at once to what carries that rate
+    /// with the target queue (twice over, so the link stays busy), and the rates of the
+    /// link before no longer hold the floor up. Halving per round (the delay rule's most)
+    /// took 2-3 s to bring a 700 kB window down to a link that collapsed from 7 to 0.25
+    /// Mbit/s; meanwhile the link dropped nine packets in ten, bids and probes among them,
+    /// and the bond read both links as down.
+    fn on_collapse(&mut self, rate: f64, base: Duration) {
+        self.rates = [rate; RATE_ROUNDS];
+        self.slow_start = false;
+        let fit = 2 * self.floor_at(base, rate);
+        self.window = self.window.min(fit).max(self.min_window());
+        if let Some(c) = &self.config.collapse {
+            c.report(rate);
         }
     }
 
@@ -401,8 +481,9 @@ impl Controller for LowDelay {
         now: Instant,
         sent: Instant,
         is_persistent_congestion: bool,
-        _lost_bytes: u64,
+        lost_bytes: u64,
     ) {
+        self.round_lost = self.round_lost.saturating_add(lost_bytes);
         if is_persistent_congestion {
             self.window = self.min_window();
             self.slow_start = false;
@@ -858,5 +939,83 @@ mod tests {
         full_rounds(&mut cc, &mut now, base, 4);
         assert!(cc.window() as f64 >= bdp, "{}", cc.window());
         assert!(cc.slow_start);
+    }
+    /// One round of a link that delivers `rate` bytes/s over `base` plus a full 100 ms
+    /// queue: the window's packets go out at once, what the link carries in the round is
+    /// acknowledged at its end and the rest is declared lost there (a drop-tail queue
+    /// overflowing). Returns the round's end.
+    fn overflowing_round(cc: &mut LowDelay, now: &mut Instant, base: Duration, rate: f64) {
+        let sent = *now;
+        let rtt = base + Duration::from_millis(100);
+        *now += rtt;
+        let window = cc.window();
+        let delivered = ((rate * rtt.as_secs_f64()) as u64).min(window);
+        for _ in 0..(delivered / 1200).max(1) {
+            cc.on_ack_sample(*now, sent, 1200, false, base, rtt);
+        }
+        cc.on_congestion_event(*now, sent, false, window.saturating_sub(delivered));
+        cc.round_end = Some(*now);
+    }
+
+    #[test]
+    fn a_collapse_brings_the_window_down_within_two_rounds() {
+        // a link at 7 Mbit/s whose window grew far above its BDP (an app-limited stream
+        // never shrinks it), then collapses to 0.25 Mbit/s behind a 100 ms drop-tail queue
+        let start = Instant::now();
+        let base = Duration::from_millis(20);
+        let collapse = Arc::new(Collapse::default());
+        let config = LowDelayConfig {
+            collapse: Some(collapse.clone()),
+            ..LowDelayConfig::default()
+        };
+        let mut cc = LowDelay::new(Arc::new(config), start, 1200);
+        let mut now = start;
+        cc.slow_start = false;
+        cc.window = 700_000;
+        cc.rates = [7e6 / 8.0; RATE_ROUNDS];
+        let low = 0.25e6 / 8.0;
+        let fits = 2.0 * low * (base + Duration::from_millis(12)).as_secs_f64();
+        let mut halving = cc.clone();
+        let mut t = now;
+        for _ in 0..2 {
+            overflowing_round(&mut cc, &mut now, base, low);
+            overflowing_round(&mut halving, &mut t, base, 7e6 / 8.0 * 0.99);
+        }
+        assert!(
+            (cc.window() as f64) <= fits.max(4.0 * 1200.0),
+            "window {} after two collapsed rounds, {fits:.0} carries the link",
+            cc.window()
+        );
+        assert!(
+            cc.best_rate() < low * 2.0,
+            "the old rate no longer holds the floor"
+        );
+        let reported = collapse.take().expect("the collapse is reported");
+        assert!(reported < low * 2.0, "reported {reported}");
+        assert_eq!(collapse.take(), None, "taken once");
+        // a round that lost less than half is no collapse
+        assert!(halving.window() > 100_000, "{}", halving.window());
+    }
+
+    #[test]
+    fn an_outage_is_not_read_as_a_collapse() {
+        // no acknowledgement for a second, then the link answers at its full rate and the
+        // packets of the outage are declared lost at once: the window keeps what it had
+        let start = Instant::now();
+        let base = Duration::from_millis(20);
+        let mut cc = LowDelay::new(Arc::new(LowDelayConfig::default()), start, 1200);
+        let mut now = start;
+        cc.slow_start = false;
+        full_rounds(&mut cc, &mut now, base, 3);
+        cc.rates = [7e6 / 8.0; RATE_ROUNDS];
+        cc.window = 60_000;
+        let sent = now;
+        cc.round_end = Some(now + base);
+        now += Duration::from_secs(1);
+        cc.on_congestion_event(now, sent, false, 500_000);
+        let after = cc.window();
+        cc.on_ack_sample(now, now - base, 1200, false, base, base);
+        assert!(cc.window() >= after, "{} < {after}", cc.window());
+        assert!(cc.best_rate() >= 7e6 / 8.0, "the link's rate is remembered");
     }
 }

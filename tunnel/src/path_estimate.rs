@@ -41,8 +41,11 @@ const FULL_QUEUE: u64 = 6_000;
 /// The transport's statistics of the path's connection at one tick.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TransportStats {
-    /// UDP bytes the connection has sent.
-    pub udp_tx: u64,
+    /// UDP bytes the connection has sent and not declared lost. A lost packet's bytes were
+    /// not sent: they wait to be sent again. (Counted as sent, a collapsed link's queue hid
+    /// behind its retransmissions: links collapsed from 7 to 0.25 Mbit/s read as neither
+    /// queued nor full for 2-3 s, and the stream's level held.)
+    pub tx_kept: u64,
     /// Congestion window, bytes.
     pub cwnd: u64,
     /// The transport's smoothed RTT.
@@ -113,11 +116,13 @@ pub struct PathEstimate {
     last_full_up: f64,
     /// The least unsent at a tick of the open meter window.
     least_unsent: Option<u64>,
+    /// A collapse's rate stands as `last_full_up` until this, unless a window reads full.
+    collapse_until: Option<Instant>,
     peak_credit_until: Option<Instant>,
-    /// UDP bytes the connection had sent when the meter window started, and at the last
-    /// tick.
+    /// UDP bytes the connection had sent and not lost ([`TransportStats::tx_kept`]) when
+    /// the meter window started, and at the last tick.
     meter_tx: u64,
-    udp_tx: u64,
+    tx_kept: u64,
     /// Remaining declared request-body bytes not yet handed to the transport.
     pending_up: u64,
     /// Remaining declared response-body bytes not yet received.
@@ -152,10 +157,11 @@ impl PathEstimate {
             peak_up: 0.0,
             last_full_up: 0.0,
             least_unsent: None,
+            collapse_until: None,
             peak_seen: None,
             peak_credit_until: None,
             meter_tx: 0,
-            udp_tx: 0,
+            tx_kept: 0,
             pending_up: 0,
             pending_down: 0,
             written: 0,
@@ -215,7 +221,7 @@ impl PathEstimate {
         self.retired = 0;
         self.meter_tx = 0;
         self.last_full_up = 0.0;
-        self.udp_tx = 0;
+        self.tx_kept = 0;
         self.fresh = true;
         self.peak_credit_until = Some(now + PEAK_CREDIT);
     }
@@ -264,24 +270,24 @@ impl PathEstimate {
     }
 
     /// Body bytes handed to the transport and not sent yet, when the connection has sent
-    /// `udp_tx` UDP bytes. Sent is at least 95% of the UDP bytes (a full packet carries
+    /// `tx_kept` UDP bytes it has not lost ([`TransportStats::tx_kept`]). Sent is at least 95% of the UDP bytes (a full packet carries
     /// about 97.8% payload, so this alone undercounts what left by about 3%, and the error
     /// would grow with every byte: after 20 s at 20 Mbit/s the path looked half a second
     /// busier than it was) and at least what the requests that ended had written: a
     /// request that got its answer, or died, is not queued any more. The second bound keeps
     /// the estimate from drifting.
-    pub fn unsent_at(&self, udp_tx: u64) -> u64 {
+    pub fn unsent_at(&self, tx_kept: u64) -> u64 {
         if !self.connected {
             return 0;
         }
-        let sent = (udp_tx * 95 / 100).max(self.retired);
+        let sent = (tx_kept * 95 / 100).max(self.retired);
         self.written.saturating_sub(sent)
     }
 
     /// Bytes queued towards the relay (declared and not handed over, or handed over and not
-    /// sent) when the connection has sent `udp_tx` UDP bytes.
-    pub fn queued_up_at(&self, udp_tx: u64) -> u64 {
-        self.pending_up.saturating_add(self.unsent_at(udp_tx))
+    /// sent) when the connection has sent `tx_kept` UDP bytes it has not lost.
+    pub fn queued_up_at(&self, tx_kept: u64) -> u64 {
+        self.pending_up.saturating_add(self.unsent_at(tx_kept))
     }
 
     /// Declared response bytes not received yet.
@@ -309,8 +315,18 @@ impl PathEstimate {
         self.peak_up > 0.0 && self.last_full_up >= 0.8 * self.peak_up
     }
 
+    /// The congestion controller found the link collapsed, carrying `rate` bytes per
+    /// second (`crate::congestion::Collapse`): that is the link's full rate for the next
+    /// two meter windows unless one reads full itself. The meter cannot tell yet: the
+    /// sender keeps its queue near empty by pushing into the link's overflowing one, and
+    /// what it sends there is lost.
+    pub fn on_collapse(&mut self, now: Instant, rate: f64) {
+        self.last_full_up = rate;
+        self.collapse_until = Some(now + 2 * METER_WINDOW);
+    }
+
     /// The rate the last meter window measured if it was queued all through (the link was
-    /// full, so this is what it carries), bytes per second.
+    /// full, so this is what it carries), or a collapse found meanwhile, bytes per second.
     pub fn full_rate(&self) -> Option<f64> {
         (self.last_full_up > 0.0).then_some(self.last_full_up)
     }
@@ -325,7 +341,7 @@ impl PathEstimate {
         let mut events = std::mem::take(&mut self.events);
         let fresh = std::mem::take(&mut self.fresh);
         if let Some(s) = stats.filter(|_| self.connected) {
-            self.udp_tx = s.udp_tx;
+            self.tx_kept = s.tx_kept;
             let prev = self.health.srtt();
             self.rttvar = (self.rttvar * 3 + s.rtt.abs_diff(prev)) / 4;
             let sent = s.sent_packets.saturating_sub(self.last_sent);
@@ -337,7 +353,7 @@ impl PathEstimate {
             if let Some(t) = s.latest_echo {
                 self.health.on_echo(now, t);
             }
-            let unsent = self.unsent_at(s.udp_tx);
+            let unsent = self.unsent_at(s.tx_kept);
             self.least_unsent = Some(self.least_unsent.map_or(unsent, |m| m.min(unsent)));
             let srtt = s.rtt.max(Duration::from_millis(1)).as_secs_f64();
             self.rate_up = (s.cwnd as f64 / srtt).max(MIN_RATE);
@@ -417,9 +433,12 @@ impl PathEstimate {
         let up = self.meter_up as f64 / secs;
         // A window with a full queue shows what the link carries: what left on the wire,
         // not what was handed to the transport (a burst of writes is not a rate).
-        let wire = self.udp_tx.saturating_sub(self.meter_tx) as f64 * 0.95 / secs;
-        self.meter_tx = self.udp_tx;
-        self.last_full_up = 0.0;
+        let wire = self.tx_kept.saturating_sub(self.meter_tx) as f64 * 0.95 / secs;
+        self.meter_tx = self.tx_kept;
+        if self.collapse_until.is_none_or(|t| now >= t) {
+            self.collapse_until = None;
+            self.last_full_up = 0.0;
+        }
         // what the estimate calls unsent includes what is on the wire and not answered yet
         // (its overhead allowance is rough): a round trip of the window's rate is not queue
         let on_the_wire = (wire * self.health.srtt().as_secs_f64()) as u64;
@@ -430,6 +449,7 @@ impl PathEstimate {
         if self.connected && queued_throughout {
             let rate = up.min(wire);
             self.last_full_up = rate;
+            self.collapse_until = None;
             self.peak_up = self.peak_up.max(rate);
             if rate >= self.peak_up / 2.0 {
                 self.peak_seen = Some(now);
@@ -508,7 +528,7 @@ mod tests {
             for _ in 0..8 {
                 self.est.reserve(1_000_000, 0);
                 self.est.carried(true, 625_000, 625_000);
-                self.stats.udp_tx += 657_000;
+                self.stats.tx_kept += 657_000;
                 self.run(250 * MS);
             }
         }
@@ -580,7 +600,7 @@ mod tests {
             udp += 1_022_000;
             s.est.retire(g, 1_000_000);
         }
-        s.stats.udp_tx = udp;
+        s.stats.tx_kept = udp;
         s.run(10 * MS);
         assert_eq!(s.est.queued_up_at(udp), 0, "what ended is not queued");
         // one more request handed over and not sent: exactly it is queued
@@ -598,7 +618,7 @@ mod tests {
         assert!(s.est.carries_its_peak());
         // a quiet spell: what was handed over is sent, the queue is empty
         s.est.carried(true, 0, 0);
-        s.stats.udp_tx += 100_000;
+        s.stats.tx_kept += 100_000;
         s.run(250 * MS);
         s.run(250 * MS);
         assert!(!s.est.carries_its_peak(), "a path with room");
@@ -613,9 +633,9 @@ mod tests {
         for _ in 0..4 {
             s.est.reserve(1_000, 0);
             s.est.carried(true, 1_000, 1_000);
-            s.stats.udp_tx = (s.stats.udp_tx + 1_000) - 700 * 100 / 95;
+            s.stats.tx_kept = (s.stats.tx_kept + 1_000) - 700 * 100 / 95;
             s.run(250 * MS);
-            s.stats.udp_tx += 700 * 100 / 95;
+            s.stats.tx_kept += 700 * 100 / 95;
         }
         assert_eq!(s.est.full_rate(), None, "the demand is no rate of the link");
         // a keyframe written at once in the middle of a window, not all sent when it
@@ -625,13 +645,13 @@ mod tests {
         s.est.reserve(30_000, 0);
         s.est.carried(true, 30_000, 30_000);
         loop {
-            s.stats.udp_tx += 500 * 100 / 95;
+            s.stats.tx_kept += 500 * 100 / 95;
             if s.run(10 * MS)[0].goodput.is_some() {
                 break;
             }
         }
         assert_eq!(s.est.full_rate(), None, "a burst is no full link");
-        s.stats.udp_tx += 30_000 * 100 / 95;
+        s.stats.tx_kept += 30_000 * 100 / 95;
         s.run(300 * MS);
         // a 4 Mbit/s stream with 20 kB on the wire all along (under a round trip of it,
         // 25 kB at 50 ms): no queue
@@ -640,11 +660,11 @@ mod tests {
         for _ in 0..50 {
             s.est.reserve(5_000, 0);
             s.est.carried(true, 5_000, 5_000);
-            s.stats.udp_tx += 5_000 * 100 / 95;
+            s.stats.tx_kept += 5_000 * 100 / 95;
             s.run(10 * MS);
         }
         assert_eq!(s.est.full_rate(), None, "bytes on the wire are no queue");
-        s.stats.udp_tx += 20_000 * 100 / 95;
+        s.stats.tx_kept += 20_000 * 100 / 95;
         // a real queue: 20 kB and more not sent all through a window, the link sending
         // 1 kB per tick
         s.est.reserve(20_000, 0);
@@ -652,7 +672,7 @@ mod tests {
         for _ in 0..50 {
             s.est.reserve(1_100, 0);
             s.est.carried(true, 1_100, 1_100);
-            s.stats.udp_tx += 1_000 * 100 / 95;
+            s.stats.tx_kept += 1_000 * 100 / 95;
             s.run(10 * MS);
         }
         let full = s.est.full_rate().expect("a full link");
@@ -763,5 +783,24 @@ mod tests {
         assert!(t.events.contains(&HealthEvent::Closed));
         assert_eq!(t.demoted, 1, "closed while carrying traffic: a demotion");
         assert_eq!(s.est.unsent_at(0), 0);
+    }
+
+    #[test]
+    fn a_collapse_reads_as_a_full_link_for_two_meter_windows() {
+        let mut s = Sim::connected(20 * MS);
+        s.join();
+        // a thin stream: no window reads full by itself
+        s.run(250 * MS);
+        assert_eq!(s.est.full_rate(), None);
+        s.est.on_collapse(s.now, 31_000.0);
+        assert_eq!(s.est.full_rate(), Some(31_000.0));
+        s.run(260 * MS);
+        assert_eq!(
+            s.est.full_rate(),
+            Some(31_000.0),
+            "held past a meter window"
+        );
+        s.run(500 * MS);
+        assert_eq!(s.est.full_rate(), None, "not held for good");
     }
 }

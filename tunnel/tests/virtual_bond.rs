@@ -39,7 +39,7 @@ struct Link {
     /// Probes: (sent, echo seen by the gateway).
     probes: VecDeque<(Instant, Instant)>,
     latest_echo: Option<Instant>,
-    udp_tx: f64,
+    tx_kept: f64,
     est: PathEstimate,
 }
 
@@ -91,7 +91,7 @@ fn upload(total: u64, links: &[(f64, u64)], cut: Option<(PathId, Duration)>) -> 
                 wire: Vec::new(),
                 probes: VecDeque::new(),
                 latest_echo: None,
-                udp_tx: 0.0,
+                tx_kept: 0.0,
                 est,
             }
         })
@@ -140,7 +140,7 @@ fn upload(total: u64, links: &[(f64, u64)], cut: Option<(PathId, Duration)>) -> 
                 let n = front.1.min(budget);
                 front.1 -= n;
                 budget -= n;
-                l.udp_tx += n * 1.03;
+                l.tx_kept += n * 1.03;
                 if front.1 <= 0.0 {
                     let (c, _) = l.queue.pop_front().expect("front");
                     l.wire.push((c, now + l.owd));
@@ -187,10 +187,10 @@ fn upload(total: u64, links: &[(f64, u64)], cut: Option<(PathId, Duration)>) -> 
                 // a dead link's connection still looks connected (its queue is empty):
                 // only the silence tells
                 let stats = TransportStats {
-                    udp_tx: l.udp_tx as u64,
+                    tx_kept: l.tx_kept as u64,
                     cwnd: (l.rate * (2 * l.owd + bottleneck(l)).as_secs_f64()) as u64,
                     rtt: 2 * l.owd + bottleneck(l),
-                    sent_packets: (l.udp_tx / 1200.0) as u64,
+                    sent_packets: (l.tx_kept / 1200.0) as u64,
                     lost_packets: 0,
                     latest_echo: l.latest_echo,
                 };
@@ -235,7 +235,7 @@ fn upload(total: u64, links: &[(f64, u64)], cut: Option<(PathId, Duration)>) -> 
                     srtt: l.est.health().srtt(),
                     rate_up: l.est.rate_up(),
                     rate_down: l.est.rate_down(),
-                    queued_up: l.est.queued_up_at(l.udp_tx as u64),
+                    queued_up: l.est.queued_up_at(l.tx_kept as u64),
                     queued_down: 0,
                     silent: l.est.health().silence(now).unwrap_or_default(),
                 })
