@@ -399,6 +399,11 @@ fn push_chunk(s: &mut Stream, core: &mut Contribution, now: Instant, c: &Chunk) 
         );
         let start = c.offset + at == 0 && c.part.segment.is_some();
         core.push(now, id, n, start, Lane::Live);
+        if start && c.part.segment.is_some_and(|g| g.discontinuity) {
+            // a new timeline (the program switched source): what is left of the old one
+            // yields the live edge at once
+            core.timeline_starts(s.id, c.part.seq);
+        }
         at += n;
         if end {
             return;

@@ -31,7 +31,9 @@
 //!   hold the recording's completion;
 //! - moves the live edge on: when a stream's oldest live piece is older than the stale
 //!   limit, everything before its newest segment start becomes backfill, so after an outage
-//!   the relay gets the present first, from a point a player can start at;
+//!   the relay gets the present first, from a point a player can start at; at once when
+//!   that start opens a new timeline (the program switched source: a lower level after a
+//!   collapse), whose first part also goes on two paths from the start;
 //! - calls off flights it no longer wants ([`Contribution::take_cancelled`]): the other
 //!   flights of a piece the relay answered, flights on a path taken out of use, and
 //!   overdue flights of pieces the live edge left behind. The shell resets their streams:
@@ -203,6 +205,8 @@ struct Entry {
     lane: Lane,
     segment_start: bool,
     created: Instant,
+    /// Its first flight's expected completion, from when that flight went.
+    first_expected: Option<Duration>,
     flights: Vec<Flight>,
     sent_before: bool,
 }
@@ -221,6 +225,8 @@ pub struct Contribution {
     up_since: BTreeMap<PathId, Instant>,
     /// Flights called off, for the shell to stop: (piece, path, sent at).
     cancelled: Vec<(PieceId, PathId, Instant)>,
+    /// Each stream's newest part that opens a new timeline.
+    timelines: BTreeMap<StreamId, u64>,
     stats: ContributionStats,
 }
 
@@ -243,6 +249,7 @@ impl Contribution {
             live_made: VecDeque::new(),
             up_since: BTreeMap::new(),
             cancelled: Vec::new(),
+            timelines: BTreeMap::new(),
             stats: ContributionStats::default(),
         }
     }
@@ -268,20 +275,21 @@ impl Contribution {
         (live, self.entries.len() - live)
     }
 
-    /// How far the live media is behind: the longest a live piece has waited at the
-    /// gateway (late binding keeps pieces here while every path has its live horizon
-    /// queued), or has been overdue on its path (past its expected completion; for a piece
-    /// with copies, its best copy). The stream outgrowing its paths shows here first.
+    /// How far the live media is behind: the longest time since a live piece would have
+    /// reached the relay had it gone the moment it was made (its first flight's expected
+    /// completion, counted from its making), or its age while it waits at the gateway (late
+    /// binding keeps pieces here while every path has its live horizon queued). Neither a
+    /// wait before the first flight nor a copy or a second flight sets it back: counted from
+    /// the flight in the air, a collapse's backlog fell to nothing each time a late piece
+    /// went again on a path that had just come back (links collapsing from 7 to 0.25
+    /// Mbit/s read as behind by 0.3-0.9 s and on time by turns for 2 s). The stream
+    /// outgrowing its paths shows here first.
     pub fn live_backlog(&self, now: Instant) -> Duration {
         self.entries
             .values()
             .filter(|e| e.lane == Lane::Live)
             .map(|e| {
-                e.flights
-                    .iter()
-                    .map(|f| now.saturating_duration_since(f.sent + f.expected))
-                    .min()
-                    .unwrap_or_else(|| now.saturating_duration_since(e.created))
+                now.saturating_duration_since(e.created + e.first_expected.unwrap_or_default())
             })
             .max()
             .unwrap_or(Duration::ZERO)
@@ -303,6 +311,7 @@ impl Contribution {
             lane,
             segment_start,
             created: now,
+            first_expected: None,
             flights: Vec::new(),
             sent_before: false,
         });
@@ -378,8 +387,21 @@ impl Contribution {
             .collect()
     }
 
-    /// Moves each stream's live edge on (see the module docs); returns the parts whose
-    /// pieces became backfill.
+    /// Part `seq` of `stream` opens a new timeline (a discontinuity: the program switched
+    /// source, a lower level after a collapse, say): the live media before it is of the
+    /// timeline it replaces, and the live edge moves on to it at once
+    /// ([`Contribution::demote_stale`]) instead of after the stale limit. Measured at a
+    /// collapse from 14 to 0.5 Mbit/s: the substream's first part waited a second behind
+    /// the main stream's last 70 kB on its path, went stale itself, and the relay got no
+    /// part for 2.7 s.
+    pub fn timeline_starts(&mut self, stream: StreamId, seq: u64) {
+        self.timelines.insert(stream, seq);
+    }
+
+    /// Moves each stream's live edge on (see the module docs): to its newest segment start
+    /// when its oldest live piece is older than the stale limit, or when that start opens a
+    /// new timeline ([`Contribution::timeline_starts`]). Returns the parts whose pieces
+    /// became backfill.
     pub fn demote_stale(&mut self, now: Instant) -> Vec<(StreamId, u64)> {
         let mut streams: BTreeMap<StreamId, (bool, Option<u64>)> = BTreeMap::new();
         for (id, e) in &self.entries {
@@ -394,9 +416,12 @@ impl Contribution {
         }
         let mut parts = Vec::new();
         for (stream, (stale, start)) in streams {
-            let (true, Some(start)) = (stale, start) else {
+            let Some(start) = start else {
                 continue;
             };
+            if !stale && self.timelines.get(&stream) != Some(&start) {
+                continue;
+            }
             for id in self.waiting_before(stream, start) {
                 if let Some(e) = self.entries.get_mut(&id) {
                     if e.lane == Lane::Live {
@@ -453,6 +478,7 @@ impl Contribution {
                 lane: Lane::Backfill,
                 segment_start,
                 created,
+                first_expected: None,
                 flights: Vec::new(),
                 sent_before: false,
             },
@@ -673,6 +699,7 @@ impl Contribution {
             self.deadline(now, paths, path, e.len, e.lane)
         };
         let e = self.entries.get_mut(&id)?;
+        e.first_expected.get_or_insert(expected);
         e.flights.push(Flight {
             path,
             sent: now,
@@ -784,8 +811,13 @@ impl Contribution {
                     }
                 }
             }
+            // the first part of a new timeline is copied at once, not only when late: after
+            // a collapse it is what the relay's viewers wait for (measured: the substream's
+            // first keyframe piece, 3 kB, took a second on a collapsed path, and its copy
+            // on the other path 82 ms once it ran late)
+            let opening = self.timelines.get(&id.stream) == Some(&id.seq);
             let late = e.flights.len() < 2
-                && e.flights.iter().all(|f| now >= f.deadline)
+                && (opening || e.flights.iter().all(|f| now >= f.deadline))
                 && self
                     .stats
                     .copy_bytes
@@ -973,15 +1005,23 @@ mod tests {
         assert_eq!(c.live_backlog(t0 + 300 * ms), 250 * ms);
         let s = c.poll_send(t0 + 300 * ms, &idle).unwrap();
         assert_eq!(s.id, id(3, 0));
-        assert_eq!(
-            c.live_backlog(t0 + 300 * ms),
-            Duration::ZERO,
-            "both on their way"
-        );
-        // unanswered 2 s after it went: overdue by that, less its expected completion (a
+        // both on their way, 290 ms late: behind by that, less the expected completion (a
         // round trip of 40 ms and its bytes)
+        let behind = c.live_backlog(t0 + 300 * ms);
+        assert!(behind > 190 * ms && behind < 250 * ms, "{behind:?}");
+        // a copy in the air does not set it back
+        let mut other = vec![
+            path(0, 8.0, 40, 5_000, Tier::Primary),
+            path(1, 8.0, 40, 0, Tier::Primary),
+        ];
+        other[0].usable = false;
+        c.path_dead(0);
+        let again = c.poll_send(t0 + 310 * ms, &other).unwrap();
+        assert_eq!(again.path, 1);
+        assert!(c.live_backlog(t0 + 310 * ms) >= behind + 10 * ms);
+        // unanswered 2 s on: behind by that much more
         let late = c.live_backlog(t0 + 2300 * ms);
-        assert!(late > 1900 * ms && late < 1960 * ms, "{late:?}");
+        assert!(late > 2190 * ms && late < 2250 * ms, "{late:?}");
     }
 
     #[test]
@@ -1407,6 +1447,37 @@ mod tests {
         assert_eq!(c.poll_send(now, &paths).unwrap().id, id(45, 0));
         // nothing is stale while the newest segment start is the oldest live piece
         assert!(c.demote_stale(now + Duration::from_secs(5)).is_empty());
+    }
+
+    #[test]
+    fn a_new_timeline_moves_the_live_edge_at_once() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut c = Contribution::default();
+        // the main stream's part 7 went on a path still estimated at 8 Mbit/s, which then
+        // collapsed: overdue at 300 ms; part 8 waits behind it
+        let estimated = vec![path(0, 8.0, 50, 0, Tier::Primary)];
+        c.push(t0, id(7, 0), 20_000, true, Lane::Live);
+        assert_eq!(c.poll_send(t0, &estimated).unwrap().id, id(7, 0));
+        c.push(t0 + 100 * ms, id(8, 0), 20_000, false, Lane::Live);
+        // the substream's first part, a segment start on a new timeline
+        let now = t0 + 300 * ms;
+        c.push(now, id(9, 0), 5_000, true, Lane::Live);
+        assert!(c.demote_stale(now).is_empty(), "young, and no new timeline");
+        c.timeline_starts(0, 9);
+        assert_eq!(c.demote_stale(now), vec![(0, 7), (0, 8)]);
+        let off: Vec<PieceId> = c.take_cancelled().iter().map(|(id, _, _)| *id).collect();
+        assert_eq!(off, vec![id(7, 0)], "the overdue flight is called off");
+        // the new timeline goes first, and its first part on a second path at once
+        let slow = vec![
+            path(0, 0.25, 50, 0, Tier::Primary),
+            path(1, 0.25, 60, 0, Tier::Primary),
+        ];
+        let first = c.poll_send(now, &slow).unwrap();
+        assert_eq!((first.id, first.kind), (id(9, 0), SendKind::First));
+        let copy = c.poll_send(now, &slow).unwrap();
+        assert_eq!((copy.id, copy.kind), (id(9, 0), SendKind::Copy));
+        assert_ne!(copy.path, first.path);
     }
 
     #[test]

@@ -182,7 +182,8 @@ pub fn saturated(paths: &[(PathView, Option<f64>)]) -> bool {
 #[derive(Debug, Clone, Copy)]
 pub struct LevelConfig {
     /// A shortage (demand above capacity, or a backlog) must last this long before a step
-    /// down.
+    /// down. (The gateway looks every 100 ms: 150 ms is two looks in a row, where 200 ms
+    /// often took three, a tick's jitter short of the second.)
     pub down_after: Duration,
     /// Live media waiting at the gateway longer than this is a shortage.
     pub backlog_down: Duration,
@@ -209,7 +210,7 @@ pub struct LevelConfig {
 impl Default for LevelConfig {
     fn default() -> Self {
         Self {
-            down_after: Duration::from_millis(200),
+            down_after: Duration::from_millis(150),
             backlog_down: Duration::from_millis(300),
             fill: 0.8,
             settle: Duration::from_secs(2),
