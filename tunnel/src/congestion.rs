@@ -940,10 +940,11 @@ mod tests {
         assert!(cc.window() as f64 >= bdp, "{}", cc.window());
         assert!(cc.slow_start);
     }
+
     /// One round of a link that delivers `rate` bytes/s over `base` plus a full 100 ms
     /// queue: the window's packets go out at once, what the link carries in the round is
     /// acknowledged at its end and the rest is declared lost there (a drop-tail queue
-    /// overflowing). Returns the round's end.
+    /// overflowing).
     fn overflowing_round(cc: &mut LowDelay, now: &mut Instant, base: Duration, rate: f64) {
         let sent = *now;
         let rtt = base + Duration::from_millis(100);
