@@ -719,9 +719,8 @@ impl Segmenter {
         if self.segment.is_none() {
             return false;
         }
-        let fit = flush == Flush::Fit;
-        let flush = flush != Flush::No;
-        let cut_us = if flush {
+        let all = flush != Flush::No;
+        let cut_us = if all {
             cut_us.max(self.part_start_us + MIN_FLUSH_US)
         } else if cut_us <= self.part_start_us {
             return false;
@@ -732,15 +731,14 @@ impl Segmenter {
         for (i, t) in self.tracks.iter_mut().enumerate() {
             // samples still waiting for their duration belong here when they start before the cut
             let due = match &t.pending {
-                Some(p) => flush || (i != primary && t.us(p.dts) < cut_us),
+                Some(p) => all || (i != primary && t.us(p.dts) < cut_us),
                 None => false,
             };
             if due {
                 if let Some(p) = t.pending.take() {
-                    let d = if fit {
-                        (t.ticks(cut_us) - p.dts).max(1)
-                    } else {
-                        t.typical
+                    let d = match flush {
+                        Flush::Fit => (t.ticks(cut_us) - p.dts).max(1),
+                        Flush::No | Flush::Held => t.typical,
                     };
                     let arrived = t.push_sample(p, d);
                     self.part_capture_ms.get_or_insert(arrived);

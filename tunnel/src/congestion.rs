@@ -31,12 +31,11 @@
 //! - a probe: one round in four grows the window by an eighth above that floor, so a link with room is discovered even when the delay
 //!   signal is noisy (measured: a quarter every six rounds left 10 ms more at the bid p99);
 //! - a jitter allowance (RTT signal only): the effective target is at least twice the
-//!   smoothed change of the round's queueing delay between rounds.
-//!
+//!   smoothed change of the round's queueing delay between rounds;
 //! - a collapse: a round that lost more than it delivered, at under half the best recent
 //!   rate, takes the window straight down to what carries the rate it delivered, and that
-//!   rate becomes the floor's memory; a round that ended
-//!   long after it was due is an outage's end, not a collapse.
+//!   rate becomes the floor's memory; a round that ended long after it was due is an
+//!   outage's end, not a collapse.
 //!
 //! Slow start doubles the window per round until the queueing delay passes three times
 //! the target, the delivery rate stops growing by a quarter for three rounds, or a second
@@ -302,11 +301,12 @@ impl LowDelay {
                         .saturating_duration_since(start)
                         .max(sent_span)
                         .as_secs_f64();
-                    if secs > 0.0 && self.round_limited_by_window {
-                        self.rates[self.rate_slot] = self.round_acked as f64 / secs;
+                    let rate = (secs > 0.0).then(|| self.round_acked as f64 / secs);
+                    if let Some(r) = rate.filter(|_| self.round_limited_by_window) {
+                        self.rates[self.rate_slot] = r;
                         self.rate_slot = (self.rate_slot + 1) % RATE_ROUNDS;
                     }
-                    collapsed = self.collapse_rate(now, start, secs, srtt);
+                    collapsed = rate.filter(|r| self.shows_collapse(now, start, srtt, *r));
                 }
                 self.round_sent = None;
                 self.round_lost = 0;
@@ -321,27 +321,20 @@ impl LowDelay {
         }
     }
 
-    /// The delivery rate of a round that shows its link collapsed: it lost more than it
-    /// delivered, and delivered less than half the best recent rate. A round that ended
-    /// much later than planned (no acknowledgement for a while: an outage, whose packets
-    /// all count lost at its end) shows an outage, not a collapse. Random radio loss, even
-    /// in bursts (the demo's Wi-Fi loses 60% of 4 packets in 400), never loses half a round.
-    fn collapse_rate(
-        &self,
-        now: Instant,
-        start: Instant,
-        secs: f64,
-        srtt: Duration,
-    ) -> Option<f64> {
+    /// Whether the round that started at `start` and delivered `rate` shows its link
+    /// collapsed: it lost more than it delivered, and delivered less than half the best
+    /// recent rate. A round that ended much later than planned (no acknowledgement for a
+    /// while: an outage, whose packets all count lost at its end) shows an outage, not a
+    /// collapse. Random radio loss, even in bursts (the demo's Wi-Fi loses 60% of 4
+    /// packets in 400), never loses half a round.
+    fn shows_collapse(&self, now: Instant, start: Instant, srtt: Duration, rate: f64) -> bool {
         let planned = self
             .round_end
             .map_or(Duration::ZERO, |e| e.saturating_duration_since(start));
         let late = now.saturating_duration_since(start).saturating_sub(planned);
-        if late > srtt.max(Duration::from_millis(100)) || secs <= 0.0 {
-            return None;
-        }
-        let rate = self.round_acked as f64 / secs;
-        (self.round_lost > self.round_acked && rate < self.best_rate() / 2.0).then_some(rate)
+        late <= srtt.max(Duration::from_millis(100))
+            && self.round_lost > self.round_acked
+            && rate < self.best_rate() / 2.0
     }
 
     /// The link now carries `rate`: the window drops at once to what carries that rate

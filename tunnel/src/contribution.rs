@@ -398,6 +398,11 @@ impl Contribution {
         self.timelines.insert(stream, seq);
     }
 
+    /// Part `seq` of `stream` opens its newest timeline.
+    fn opens_timeline(&self, stream: StreamId, seq: u64) -> bool {
+        self.timelines.get(&stream) == Some(&seq)
+    }
+
     /// Moves each stream's live edge on (see the module docs): to its newest segment start
     /// when its oldest live piece is older than the stale limit, or when that start opens a
     /// new timeline ([`Contribution::timeline_starts`]). Returns the parts whose pieces
@@ -419,7 +424,7 @@ impl Contribution {
             let Some(start) = start else {
                 continue;
             };
-            if !stale && self.timelines.get(&stream) != Some(&start) {
+            if !stale && !self.opens_timeline(stream, start) {
                 continue;
             }
             for id in self.waiting_before(stream, start) {
@@ -815,7 +820,7 @@ impl Contribution {
             // a collapse it is what the relay's viewers wait for (measured: the substream's
             // first keyframe piece, 3 kB, took a second on a collapsed path, and its copy
             // on the other path 82 ms once it ran late)
-            let opening = self.timelines.get(&id.stream) == Some(&id.seq);
+            let opening = self.opens_timeline(id.stream, id.seq);
             let late = e.flights.len() < 2
                 && (opening || e.flights.iter().all(|f| now >= f.deadline))
                 && self

@@ -221,6 +221,7 @@ impl PathEstimate {
         self.retired = 0;
         self.meter_tx = 0;
         self.last_full_up = 0.0;
+        self.collapse_until = None;
         self.tx_kept = 0;
         self.fresh = true;
         self.peak_credit_until = Some(now + PEAK_CREDIT);
@@ -270,12 +271,12 @@ impl PathEstimate {
     }
 
     /// Body bytes handed to the transport and not sent yet, when the connection has sent
-    /// `tx_kept` UDP bytes it has not lost ([`TransportStats::tx_kept`]). Sent is at least 95% of the UDP bytes (a full packet carries
-    /// about 97.8% payload, so this alone undercounts what left by about 3%, and the error
-    /// would grow with every byte: after 20 s at 20 Mbit/s the path looked half a second
-    /// busier than it was) and at least what the requests that ended had written: a
-    /// request that got its answer, or died, is not queued any more. The second bound keeps
-    /// the estimate from drifting.
+    /// `tx_kept` UDP bytes it has not lost ([`TransportStats::tx_kept`]). Sent is at least
+    /// 95% of the UDP bytes (a full packet carries about 97.8% payload, so this alone
+    /// undercounts what left by about 3%, and the error would grow with every byte: after
+    /// 20 s at 20 Mbit/s the path looked half a second busier than it was) and at least
+    /// what the requests that ended had written: a request that got its answer, or died,
+    /// is not queued any more. The second bound keeps the estimate from drifting.
     pub fn unsent_at(&self, tx_kept: u64) -> u64 {
         if !self.connected {
             return 0;
