@@ -32,6 +32,24 @@ const TICK: Duration = Duration::from_millis(250);
 /// A hook command still running after this is killed.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What a purge removed, and where each rendition's spool now starts.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Purged {
+    pub parts: u64,
+    pub bytes: u64,
+    /// Per rendition: the parts from this one on were kept (the relay has not answered
+    /// for them yet, as of the contributor's last look, at most a second old).
+    pub kept_from: Vec<KeptFrom>,
+}
+
+/// Where a rendition's purge stopped.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeptFrom {
+    pub camera: String,
+    pub rendition: String,
+    pub seq: u64,
+}
+
 /// Traffic classes local actions have paused, and why.
 #[derive(Debug, Default)]
 pub struct Paused(Mutex<HashMap<TrafficClass, String>>);
@@ -215,29 +233,39 @@ impl Actions {
     }
 
     /// Removes the spooled parts the relay has answered for (it has them, or refused
-    /// them for good): (parts, bytes) removed. The files go on the blocking pool.
-    pub async fn purge(&self, by: &str) -> (u64, u64) {
+    /// them for good). The files go on the blocking pool.
+    pub async fn purge(&self, by: &str) -> Purged {
         let Some(c) = &self.targets.contributor else {
             info!(
                 by,
                 "purge: nothing is sent to the relay, so nothing is known to be there: kept"
             );
-            return (0, 0);
+            return Purged::default();
         };
         let delivered = c.delivered();
-        let (parts, bytes) = tokio::task::spawn_blocking(move || {
-            delivered.iter().fold((0, 0), |(p, b), (r, below)| {
-                let (dp, db) = r.purge_spool_before(*below);
-                (p + dp, b + db)
-            })
+        let purged = tokio::task::spawn_blocking(move || {
+            let mut out = Purged::default();
+            for d in delivered {
+                let (parts, bytes) = d.rendition.purge_spool_before(d.below);
+                out.parts += parts;
+                out.bytes += bytes;
+                out.kept_from.push(KeptFrom {
+                    camera: d.camera,
+                    rendition: d.rendition.name().to_string(),
+                    seq: d.below,
+                });
+            }
+            out
         })
         .await
-        .unwrap_or((0, 0));
+        .unwrap_or_default();
         info!(
             by,
-            parts, bytes, "purge: removed the spooled parts the relay has answered for"
+            parts = purged.parts,
+            bytes = purged.bytes,
+            "purge: removed the spooled parts the relay has answered for"
         );
-        (parts, bytes)
+        purged
     }
 
     /// The holds of every fired rule, applied.

@@ -50,7 +50,7 @@ pub struct Contributor {
     status: Mutex<ContributionStatus>,
     /// Per rendition sent: every part before this sequence number has reached the relay
     /// (or was given up). Updated once a second.
-    delivered: Mutex<Vec<(Arc<LiveRendition>, u64)>>,
+    delivered: Mutex<Vec<Delivered>>,
 }
 
 impl std::fmt::Debug for Contributor {
@@ -75,13 +75,22 @@ impl Contributor {
     }
 
     /// Each rendition sent, with the sequence number every part before which has reached
-    /// the relay (or was given up).
-    pub fn delivered(&self) -> Vec<(Arc<LiveRendition>, u64)> {
+    /// the relay (or was given up), as of the last sweep (once a second).
+    pub fn delivered(&self) -> Vec<Delivered> {
         self.delivered
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// A rendition sent to the relay, and how far it has arrived.
+#[derive(Clone)]
+pub struct Delivered {
+    pub camera: String,
+    pub rendition: Arc<LiveRendition>,
+    /// Every part before this has reached the relay (or was given up).
+    pub below: u64,
 }
 
 /// One piece's description, kept while it waits.
@@ -238,7 +247,11 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
             }
             let delivered = streams
                 .iter()
-                .map(|s| (s.rendition.clone(), s.delivered_below()))
+                .map(|s| Delivered {
+                    camera: s.camera.clone(),
+                    rendition: s.rendition.clone(),
+                    below: s.delivered_below(),
+                })
                 .collect();
             *handle.delivered.lock().unwrap_or_else(|e| e.into_inner()) = delivered;
         }

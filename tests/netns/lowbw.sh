@@ -228,13 +228,28 @@ if full_run; then
   until_level 0 200 || fail "the level did not return to full within 20 s of the hand letting go: $(level)"
   ok "the admin API set the camera's level by hand (substream) and gave it back (full again); bad requests got 422 and 404"
 
-  # the on-site spool: what the relay already has can go
-  spooled() { find "$NSH_DIR/spool" -name '*.m4s' | wc -l; }
-  before=$(spooled)
-  purged=$(admin POST /api/purge | json_get "j['purged_parts']")
-  after=$(spooled)
-  echo "purge: $purged parts removed; spooled files $before -> $after"
-  [ "$purged" -gt 0 ] && [ "$after" -le $((before - purged + 10)) ] || fail "the purge removed $purged parts ($before -> $after files)"
+  # the on-site spool: what the relay already has can go, and nothing else. Parts keep
+  # moving from the ring into the spool meanwhile (a burst of them when big parts push
+  # small ones out), so the check is by sequence number: every file the purge's answer
+  # says was delivered is gone, every other file it saw stays.
+  program="$NSH_DIR/spool/cam/program"
+  spooled_seqs() { find "$program" -name '*.m4s' -printf '%f\n' | cut -d- -f1 | sort -n; }
+  spooled_seqs > "$NSH_DIR/spool.before"
+  answer=$(admin POST /api/purge)
+  spooled_seqs > "$NSH_DIR/spool.after"
+  purged=$(printf %s "$answer" | json_get "j['purged_parts']")
+  kept=$(printf %s "$answer" | json_get "[k['seq'] for k in j['kept_from'] if k['camera'] == 'cam'][0]")
+  before=$(wc -l < "$NSH_DIR/spool.before")
+  below=$(awk -v k="$kept" '$1 < k' "$NSH_DIR/spool.before" | wc -l)
+  # (parts spooled after the purge may be below its bound: they left the ring later)
+  left_below=$(awk -v k="$kept" 'NR == FNR { a[$1]; next } $1 < k && ($1 in a)' \
+    "$NSH_DIR/spool.after" "$NSH_DIR/spool.before" | wc -l)
+  gone_above=$(awk -v k="$kept" 'NR == FNR { a[$1]; next } $1 >= k && !($1 in a)' \
+    "$NSH_DIR/spool.after" "$NSH_DIR/spool.before" | wc -l)
+  echo "purge: $purged parts removed, kept from part $kept; spooled files $before -> $(wc -l < "$NSH_DIR/spool.after") ($below of them delivered)"
+  [ "$purged" -gt 0 ] && [ "$purged" -ge "$below" ] || fail "the purge removed $purged parts, $below spooled ones below part $kept"
+  [ "$left_below" = 0 ] || fail "$left_below spooled parts below part $kept survived the purge"
+  [ "$gone_above" = 0 ] || fail "the purge removed $gone_above parts from part $kept on, which the relay has not answered for"
   ok "the admin API's purge removed the $purged spooled parts the relay already has"
 
 fi

@@ -169,11 +169,15 @@ async fn handle(view: &AdminView, token: &str, peer: SocketAddr, req: Request<In
             json(StatusCode::OK, &serde_json::json!(view.actions.snapshot()))
         }
         ("/api/purge", &Method::POST) => {
-            let (parts, bytes) = view.actions.purge("admin API").await;
-            info!(%peer, parts, bytes, "admin: cache purged");
+            let p = view.actions.purge("admin API").await;
+            info!(%peer, parts = p.parts, bytes = p.bytes, "admin: cache purged");
             json(
                 StatusCode::OK,
-                &serde_json::json!({ "purged_parts": parts, "purged_bytes": bytes }),
+                &serde_json::json!({
+                    "purged_parts": p.parts,
+                    "purged_bytes": p.bytes,
+                    "kept_from": p.kept_from,
+                }),
             )
         }
         (p, &Method::PUT) if p.starts_with("/api/levels/") => {
