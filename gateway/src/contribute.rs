@@ -136,6 +136,25 @@ impl Stream {
             .or(self.next.map(|(seq, _)| seq))
             .unwrap_or(0)
     }
+
+    /// Forgets piece `id` (answered, refused, or its bytes gone), and its part's metadata
+    /// once no piece of the part waits: a part left behind would hold
+    /// [`Stream::delivered_below`] back, and the purge with it.
+    fn forget(&mut self, id: PieceId) {
+        self.pieces.remove(&id);
+        let part = PieceId {
+            seq: id.seq,
+            offset: 0,
+            ..id
+        }..PieceId {
+            seq: id.seq + 1,
+            offset: 0,
+            ..id
+        };
+        if self.pieces.range(part).next().is_none() {
+            self.parts.remove(&id.seq);
+        }
+    }
 }
 
 enum Done {
@@ -296,7 +315,7 @@ async fn run(bond: Arc<Bond>, cameras: Arc<LiveStreams>, handle: Arc<Contributor
                 (None, _) => {
                     core.lost(send.id);
                     if let Some(s) = streams.get_mut(send.id.stream as usize) {
-                        s.pieces.remove(&send.id);
+                        s.forget(send.id);
                     }
                 }
             }
@@ -647,7 +666,7 @@ fn handle_done(
                         "piece acked"
                     );
                     core.acked(tunnel_io::clock::now(), id, path);
-                    s.pieces.remove(&id);
+                    s.forget(id);
                     // the piece's other flights carry nothing the relay lacks now, those
                     // the scheduler had already let go of (a quiet path's) included
                     let others: Vec<FlightKey> =
@@ -667,7 +686,7 @@ fn handle_done(
                 Err(SendError::Refused { status, reason }) => {
                     warn!(camera = %s.camera, seq = id.seq, %status, %reason, "the relay refused a piece: dropped");
                     core.lost(id);
-                    s.pieces.remove(&id);
+                    s.forget(id);
                 }
                 // the scheduler dropped the flight already
                 Err(SendError::Cancelled) => {}
@@ -675,25 +694,6 @@ fn handle_done(
                     debug!(camera = %s.camera, seq = id.seq, path, error = %e, "piece not delivered: it goes again");
                     core.failed(id, path, at);
                 }
-            }
-            // a part without waiting pieces needs no metadata any more
-            let more = s
-                .pieces
-                .range(
-                    PieceId {
-                        seq: id.seq,
-                        offset: 0,
-                        ..id
-                    }..PieceId {
-                        seq: id.seq + 1,
-                        offset: 0,
-                        ..id
-                    },
-                )
-                .next()
-                .is_some();
-            if !more {
-                s.parts.remove(&id.seq);
             }
         }
         Done::Init {
@@ -843,4 +843,63 @@ fn publish_metrics(last: &mut ContributionStats, now: ContributionStats, waiting
     metrics::gauge!("canopy_gateway_media_waiting_pieces", "lane" => "backfill")
         .set(waiting.1 as f64);
     *last = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(seq: u64) -> PartMeta {
+        PartMeta {
+            seq,
+            msn: seq / 5,
+            index: (seq % 5) as u32,
+            independent: false,
+            init: 0,
+            capture_ms: 0,
+            segment: None,
+        }
+    }
+
+    fn piece(seq: u64, offset: u64) -> PieceId {
+        PieceId {
+            stream: 0,
+            seq,
+            offset,
+        }
+    }
+
+    #[test]
+    fn a_part_is_delivered_once_its_last_waiting_piece_is_forgotten() {
+        let mut s = Stream {
+            id: 0,
+            camera: "cam".into(),
+            rendition: Arc::new(LiveRendition::standalone("main", Default::default())),
+            parts: BTreeMap::new(),
+            pieces: BTreeMap::new(),
+            next: Some((7, 0)),
+            init: InitState::default(),
+        };
+        let meta = PieceMeta {
+            end_us: 0,
+            last: false,
+            ends_segment: false,
+            frame_ms: 0,
+        };
+        for (seq, offset) in [(5, 0), (5, 32768), (6, 0)] {
+            s.parts.insert(seq, part(seq));
+            s.pieces.insert(piece(seq, offset), meta);
+        }
+        s.forget(piece(5, 32768));
+        assert_eq!(s.delivered_below(), 5, "part 5 still has a piece waiting");
+        // a piece whose bytes are gone counts as given up, as an answered one does
+        s.forget(piece(5, 0));
+        assert_eq!(s.delivered_below(), 6);
+        s.forget(piece(6, 0));
+        assert_eq!(
+            s.delivered_below(),
+            7,
+            "nothing waits: the next part to come"
+        );
+    }
 }
