@@ -144,9 +144,10 @@ nsh_exec b node tests/browser/play.mjs --url "$BROWSER_BASE/index.m3u8" --second
 hls=$!
 sleep 8
 echo "collapse: both uplinks to 0.25 Mbit/s for 30 s"
-collapsed_at=$(now)
 cpu_at_collapse=$(transcode_cpu)
+collapsed_at=$EPOCHREALTIME
 shape 250kbit
+echo "shaped in $(python3 -c "print(round(($EPOCHREALTIME - $collapsed_at) * 1000))") ms (from $collapsed_at)"
 engaged=$(when_level -ne 100) || fail "the level did not step down within 10 s of the collapse"
 engage_ms=$(python3 -c "print(round(($engaged - $collapsed_at) * 1000))")
 low=$(level)

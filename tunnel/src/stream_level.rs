@@ -11,7 +11,8 @@
 //!
 //! - **Down fast.** When the cameras' demand exceeds the capacity (with some link measured
 //!   full: an estimate from congestion windows alone is no shortage), or the live media is
-//!   more than [`LevelConfig::backlog_down`] behind, for [`LevelConfig::down_after`]:
+//!   more than [`LevelConfig::backlog_down`] behind, for [`LevelConfig::down_after`]
+//!   ([`LevelConfig::backlog_after`] for a backlog):
 //!   cameras step down, lowest priority first, until the demand fits within
 //!   [`LevelConfig::fill`] of the capacity. A backlog with a capacity that seems to fit
 //!   (the estimate lags a collapse) steps one rung. After any step down a backlog counts
@@ -181,12 +182,16 @@ pub fn saturated(paths: &[(PathView, Option<f64>)]) -> bool {
 /// Settings.
 #[derive(Debug, Clone, Copy)]
 pub struct LevelConfig {
-    /// A shortage (demand above capacity, or a backlog) must last this long before a step
-    /// down. (The gateway looks every 100 ms: 150 ms is two looks in a row, where 200 ms
-    /// often took three, a tick's jitter short of the second.)
+    /// A shortage of capacity (demand above it) must last this long before a step down.
     pub down_after: Duration,
     /// Live media waiting at the gateway longer than this is a shortage.
     pub backlog_down: Duration,
+    /// A backlog's shortage must last this long before a step down: three looks in a row
+    /// of the gateway's 50 ms tick (four when one comes late; measured with 150 ms, a look
+    /// 149 ms after the first missed the step by a millisecond and the step waited 50 ms
+    /// more). The backlog's limit is a time already: what the hold adds is that one look
+    /// alone, at a piece about to be answered, is no shortage.
+    pub backlog_after: Duration,
     /// A step down aims for a demand of at most this share of the capacity.
     pub fill: f64,
     /// After a step down, a backlog counts again once it has cleared or after this long;
@@ -212,6 +217,7 @@ impl Default for LevelConfig {
         Self {
             down_after: Duration::from_millis(150),
             backlog_down: Duration::from_millis(300),
+            backlog_after: Duration::from_millis(100),
             fill: 0.8,
             settle: Duration::from_secs(2),
             headroom: 0.25,
@@ -524,8 +530,16 @@ impl StreamLevels {
         let Some(capacity) = m.capacity else {
             // an outage: its parts wait for the backfill and say nothing of what the links
             // carry. A moment without a usable path (both paths of a collapsing bond
-            // flicker) is not one: a shortage goes on counting across it.
-            self.outage_since.get_or_insert(now);
+            // flicker) is not one: a shortage goes on counting across it, and one seen
+            // in the moment's first `down_after` starts counting (measured: both paths of
+            // a collapse went silent as its backlog passed 300 ms, and the step waited
+            // for the next look with a path, 100 ms later)
+            let since = *self.outage_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < self.cfg.down_after
+                && self.backlog_counts(m.backlog, now)
+            {
+                self.short_since.get_or_insert(now);
+            }
             self.headroom_since = None;
             self.changes += out.len() as u64;
             return out;
@@ -557,12 +571,16 @@ impl StreamLevels {
         // step down)
         let over =
             demand > capacity && m.saturated && self.up_settle_until.is_none_or(|t| now >= t);
-        let backlog = m.backlog > self.cfg.backlog_down
-            && self.backlog_ignored_until.is_none_or(|t| now >= t);
+        let backlog = self.backlog_counts(m.backlog, now);
         if over || backlog {
             self.headroom_since = None;
             let since = *self.short_since.get_or_insert(now);
-            if now.saturating_duration_since(since) >= self.cfg.down_after {
+            let hold = if backlog {
+                self.cfg.backlog_after
+            } else {
+                self.cfg.down_after
+            };
+            if now.saturating_duration_since(since) >= hold {
                 let down = if over {
                     self.step_down(
                         capacity * self.cfg.fill,
@@ -587,6 +605,11 @@ impl StreamLevels {
         }
         self.changes += out.len() as u64;
         out
+    }
+
+    /// A backlog of `backlog` is a shortage at `now`.
+    fn backlog_counts(&self, backlog: Duration, now: Instant) -> bool {
+        backlog > self.cfg.backlog_down && self.backlog_ignored_until.is_none_or(|t| now >= t)
     }
 
     /// The probe asked for since the last call, if any.
@@ -1094,6 +1117,63 @@ mod tests {
             }
         }
         assert!(at.is_some_and(|t| t <= Duration::from_secs(1)), "{at:?}");
+    }
+
+    #[test]
+    fn a_backlog_seen_while_the_paths_are_silent_counts_at_once() {
+        // seen in network namespaces: both paths of a collapse went silent (their probes
+        // stuck behind the collapsed links' queues) just as the backlog passed 300 ms; the
+        // shortage began to count only at the next look with a path
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_secs(2), |_, _| (14.0 * MBIT, Duration::ZERO));
+        let start = s.now;
+        let mut at = None;
+        while s.now < start + Duration::from_secs(2) && at.is_none() {
+            s.now += 50 * MS;
+            let t = s.now - start;
+            // the oldest piece is due at 50 ms and never answered; the estimate still
+            // reads the old capacity (it lags)
+            let silent = t > 350 * MS && t < 600 * MS;
+            let m = Measure {
+                capacity: (!silent).then_some(14.0 * MBIT),
+                backlog: t.saturating_sub(50 * MS),
+                saturated: false,
+            };
+            if !s.levels.update(s.now, &s.ladders, m).is_empty() {
+                at = Some(t);
+            }
+        }
+        // counted from 400 ms (350 ms behind), the step comes with the first look with a
+        // path past 500 ms
+        assert_eq!(at, Some(600 * MS));
+    }
+
+    #[test]
+    fn an_outage_that_begins_without_a_backlog_starts_no_count() {
+        // a clean cut: the backlog passes its limit only after the outage's first moments
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_secs(2), |_, _| (14.0 * MBIT, Duration::ZERO));
+        let start = s.now;
+        let mut changes = Vec::new();
+        while s.now < start + Duration::from_millis(1500) {
+            s.now += 50 * MS;
+            let t = s.now - start;
+            let cut = t < 1000 * MS;
+            let m = Measure {
+                capacity: (!cut).then_some(14.0 * MBIT),
+                backlog: if cut { t } else { 400 * MS },
+                saturated: false,
+            };
+            changes.extend(
+                s.levels
+                    .update(s.now, &s.ladders, m)
+                    .into_iter()
+                    .map(|c| (t, c)),
+            );
+        }
+        // back at 1 s with the outage's queue: counted from there, not from the cut
+        let first = changes.first().map(|c| c.0);
+        assert_eq!(first, Some(1100 * MS), "{changes:?}");
     }
 
     #[test]
