@@ -344,8 +344,14 @@ impl Mirrored {
         let (v, at) = {
             let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             let before = g.mirror.stats().gap_parts;
+            let resumes = g.mirror.stats().resumes;
             let waiting = g.mirror.waiting_for();
             g.mirror.poll(now);
+            if g.mirror.stats().resumes > resumes && g.mirror.state() == State::Following {
+                if let Some((seq, have, total, later)) = waiting {
+                    info!(stream = %self.key(), seq, have, total, later, "the part the viewers wait for stalled: the window moved on to a newer live segment start (a new timeline's, or the live edge's)");
+                }
+            }
             if g.mirror.state() == State::Holding && g.last_state == State::Following {
                 if let Some((seq, have, total, later)) = waiting {
                     info!(stream = %self.key(), seq, have, total, later, "no progress: the part the viewers wait for did not come whole");

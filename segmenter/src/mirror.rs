@@ -11,7 +11,11 @@
 //!   up to `hold`; then the stream is marked ended (EXT-X-ENDLIST);
 //! - **resuming**: the newest segment start the gateway sends on its live lane resumes the
 //!   window after a discontinuity (the live edge first); what was missed in between still
-//!   completes here, for the recording, whenever the gateway backfills it.
+//!   completes here, for the recording, whenever the gateway backfills it;
+//! - **switching**: when a newer timeline's first part is here (the gateway's program
+//!   switched source, a lower level at a collapse, say) and the part the window waits for
+//!   makes no progress for `switch_after`, the window moves on to the new timeline at once,
+//!   without gap parts: the gateway moved its live edge there and backfills the rest.
 //!
 //! The window has its own numbering (media sequence and part sequence): the gateway's parts
 //! of an outage are not in it, but gap parts are. Every part of the gateway, live or
@@ -45,6 +49,11 @@ pub struct MirrorConfig {
     pub window: WindowConfig,
     /// No progress for this long: gap parts begin.
     pub stall_after: Duration,
+    /// No progress for this long while a newer timeline's first part is here (sent live,
+    /// opening a discontinuity: the gateway's program switched source, say to a lower
+    /// level at a collapse): the window moves on to it. The gateway moved its live edge
+    /// there at once and sends what is left of the old timeline as backfill.
+    pub switch_after: Duration,
     /// Gap parts for this long: the stream is marked ended.
     pub hold: Duration,
     /// Bytes of incomplete or out-of-order parts held at most.
@@ -60,6 +69,7 @@ impl Default for MirrorConfig {
                 ..WindowConfig::default()
             },
             stall_after: Duration::from_millis(1000),
+            switch_after: Duration::from_millis(250),
             hold: Duration::from_secs(60),
             max_pending_bytes: 64 << 20,
         }
@@ -853,8 +863,22 @@ impl Mirror {
         }
     }
 
+    /// How long the window waits without progress on gateway part `next`: `switch_after`
+    /// once a newer timeline's first part is here, else `stall_after`.
+    fn stall_limit(&self, next: u64) -> Duration {
+        let newer_timeline = self.assemblies.range(next + 1..).any(|(_, a)| {
+            a.live && a.meta.segment.is_some_and(|s| s.discontinuity) && a.contiguous() > 0
+        });
+        if newer_timeline {
+            self.cfg.switch_after
+        } else {
+            self.cfg.stall_after
+        }
+    }
+
     /// Runs the clock: a stall begins a hold, a hold lists gap parts and ends the stream
-    /// when it runs out; old incomplete parts are dropped.
+    /// when it runs out; old incomplete parts are dropped. A stall with a newer timeline's
+    /// first part here resumes on it at once (no gap parts).
     pub fn poll(&mut self, now: Instant) {
         if let Live::Following {
             next,
@@ -862,7 +886,7 @@ impl Mirror {
             ..
         } = self.live
         {
-            if now.saturating_duration_since(last_progress) >= self.cfg.stall_after {
+            if now.saturating_duration_since(last_progress) >= self.stall_limit(next) {
                 let had = self.window.growing().is_some_and(|(m, _)| {
                     self.assemblies.get(&next).and_then(|a| a.window_meta) == Some(m)
                 });
@@ -880,6 +904,7 @@ impl Mirror {
                     self.tidy(s);
                 }
                 self.resume_if_due(now);
+                self.advance(now);
             }
         }
         if let Live::Holding {
@@ -942,7 +967,11 @@ impl Mirror {
     /// When [`Mirror::poll`] has something to do next.
     pub fn poll_at(&self) -> Option<Instant> {
         match self.live {
-            Live::Following { last_progress, .. } => Some(last_progress + self.cfg.stall_after),
+            Live::Following {
+                next,
+                last_progress,
+                ..
+            } => Some(last_progress + self.stall_limit(next)),
             Live::Holding {
                 since, listed_us, ..
             } => {
@@ -1191,6 +1220,84 @@ mod tests {
         for w in segs.iter().collect::<Vec<_>>().windows(2) {
             assert_eq!(w[1].msn, w[0].msn + 1);
         }
+    }
+
+    #[test]
+    fn a_new_timeline_takes_the_window_once_the_old_one_stalls() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut m = mirror();
+        for seq in 0..7 {
+            for k in 0..3 {
+                m.handle_piece(ms(seq * 200), 0, piece(seq, k, true))
+                    .unwrap();
+            }
+        }
+        // part 7 stalls at the collapse; the gateway's program switches to the substream,
+        // whose first part (10, a segment start) opens a new timeline
+        m.handle_piece(ms(1400), 0, piece(7, 0, true)).unwrap();
+        let mut opening = piece(10, 0, true);
+        opening.part.segment = Some(SegmentStart {
+            discontinuity: true,
+            pdt_ms: 1_795_000_002_000,
+        });
+        m.handle_piece(ms(1500), 0, opening).unwrap();
+        assert_eq!(m.poll_at(), Some(ms(1650)));
+        m.poll(ms(1600));
+        assert_eq!(m.state(), State::Following);
+        assert!(!text(&m).contains("part-1002.0"), "{}", text(&m));
+        m.poll(ms(1650));
+        // the window moved on: part 7 cut short at its chunk, a discontinuity, part 10
+        // under way, and no gap part in between
+        assert_eq!(m.state(), State::Following);
+        let t = text(&m);
+        assert!(t.contains("part-1001.2.m4s\"\n#EXTINF:0.46600,"), "{t}");
+        assert!(t.contains("#EXT-X-DISCONTINUITY\n"), "{t}");
+        assert!(!t.contains("GAP=YES"), "{t}");
+        for k in 1..3 {
+            let mut p = piece(10, k, true);
+            p.part.segment = Some(SegmentStart {
+                discontinuity: true,
+                pdt_ms: 1_795_000_002_000,
+            });
+            m.handle_piece(ms(1700), 0, p).unwrap();
+        }
+        let t = text(&m);
+        assert!(t.contains("URI=\"part-1002.0.m4s\",INDEPENDENT=YES"), "{t}");
+        assert_eq!(m.stats().gap_parts, 0);
+        // what is left of the old timeline still completes, for the recording only
+        for seq in 7..10 {
+            assert!(m
+                .handle_piece(ms(1800), 0, whole(seq))
+                .unwrap()
+                .completed
+                .is_some());
+        }
+        assert!(
+            !text(&m).contains("#EXT-X-PART:DURATION=0.20000,URI=\"part-1002.1"),
+            "{}",
+            text(&m)
+        );
+    }
+
+    #[test]
+    fn a_newer_segment_of_the_same_timeline_waits_out_the_stall() {
+        // only a new timeline moves the window early: a later segment start of the same
+        // one (the live edge after a lost part) waits for `stall_after`
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut m = mirror();
+        for seq in 0..7 {
+            for k in 0..3 {
+                m.handle_piece(ms(seq * 200), 0, piece(seq, k, true))
+                    .unwrap();
+            }
+        }
+        m.handle_piece(ms(1400), 0, piece(7, 0, true)).unwrap();
+        m.handle_piece(ms(1500), 0, piece(10, 0, true)).unwrap();
+        assert_eq!(m.poll_at(), Some(ms(2400)));
+        m.poll(ms(2300));
+        assert_eq!(m.state(), State::Following);
     }
 
     #[test]
