@@ -864,13 +864,14 @@ impl Mirror {
     }
 
     /// How long the window waits without progress on gateway part `next`: `switch_after`
-    /// once a newer timeline's first part is here, else `stall_after`.
+    /// (never longer than `stall_after`) once a newer timeline's first part is here, else
+    /// `stall_after`.
     fn stall_limit(&self, next: u64) -> Duration {
         let newer_timeline = self.assemblies.range(next + 1..).any(|(_, a)| {
             a.live && a.meta.segment.is_some_and(|s| s.discontinuity) && a.contiguous() > 0
         });
         if newer_timeline {
-            self.cfg.switch_after
+            self.cfg.switch_after.min(self.cfg.stall_after)
         } else {
             self.cfg.stall_after
         }
