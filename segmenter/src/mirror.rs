@@ -1037,6 +1037,26 @@ mod tests {
         }
     }
 
+    /// Parts `seqs` whole, live, each piece at its part's time (200 ms a part from `t0`).
+    fn live_parts(m: &mut Mirror, t0: Instant, seqs: std::ops::Range<u64>) {
+        for seq in seqs {
+            for k in 0..3 {
+                let at = t0 + Duration::from_millis(seq * 200);
+                m.handle_piece(at, 0, piece(seq, k, true)).unwrap();
+            }
+        }
+    }
+
+    /// Piece `k` of part `seq`, live, opening a new timeline (a discontinuity).
+    fn opening(seq: u64, k: u64) -> Piece {
+        let mut p = piece(seq, k, true);
+        p.part.segment = Some(SegmentStart {
+            discontinuity: true,
+            pdt_ms: 1_795_000_000_000 + seq * 200,
+        });
+        p
+    }
+
     fn mirror() -> Mirror {
         let mut m = Mirror::new(MirrorConfig::default(), 1000);
         m.handle_init(
@@ -1153,12 +1173,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut m = mirror();
-        for seq in 0..5 {
-            for k in 0..3 {
-                m.handle_piece(ms(seq * 200), 0, piece(seq, k, true))
-                    .unwrap();
-            }
-        }
+        live_parts(&mut m, t0, 0..5);
         // part 5 starts, then every uplink goes down
         m.handle_piece(ms(1000), 0, piece(5, 0, true)).unwrap();
         m.poll(ms(1900));
@@ -1228,21 +1243,11 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut m = mirror();
-        for seq in 0..7 {
-            for k in 0..3 {
-                m.handle_piece(ms(seq * 200), 0, piece(seq, k, true))
-                    .unwrap();
-            }
-        }
+        live_parts(&mut m, t0, 0..7);
         // part 7 stalls at the collapse; the gateway's program switches to the substream,
         // whose first part (10, a segment start) opens a new timeline
         m.handle_piece(ms(1400), 0, piece(7, 0, true)).unwrap();
-        let mut opening = piece(10, 0, true);
-        opening.part.segment = Some(SegmentStart {
-            discontinuity: true,
-            pdt_ms: 1_795_000_002_000,
-        });
-        m.handle_piece(ms(1500), 0, opening).unwrap();
+        m.handle_piece(ms(1500), 0, opening(10, 0)).unwrap();
         assert_eq!(m.poll_at(), Some(ms(1650)));
         m.poll(ms(1600));
         assert_eq!(m.state(), State::Following);
@@ -1256,12 +1261,7 @@ mod tests {
         assert!(t.contains("#EXT-X-DISCONTINUITY\n"), "{t}");
         assert!(!t.contains("GAP=YES"), "{t}");
         for k in 1..3 {
-            let mut p = piece(10, k, true);
-            p.part.segment = Some(SegmentStart {
-                discontinuity: true,
-                pdt_ms: 1_795_000_002_000,
-            });
-            m.handle_piece(ms(1700), 0, p).unwrap();
+            m.handle_piece(ms(1700), 0, opening(10, k)).unwrap();
         }
         let t = text(&m);
         assert!(t.contains("URI=\"part-1002.0.m4s\",INDEPENDENT=YES"), "{t}");
@@ -1288,12 +1288,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut m = mirror();
-        for seq in 0..7 {
-            for k in 0..3 {
-                m.handle_piece(ms(seq * 200), 0, piece(seq, k, true))
-                    .unwrap();
-            }
-        }
+        live_parts(&mut m, t0, 0..7);
         m.handle_piece(ms(1400), 0, piece(7, 0, true)).unwrap();
         m.handle_piece(ms(1500), 0, piece(10, 0, true)).unwrap();
         assert_eq!(m.poll_at(), Some(ms(2400)));
