@@ -142,15 +142,7 @@ impl Stream {
     /// [`Stream::delivered_below`] back, and the purge with it.
     fn forget(&mut self, id: PieceId) {
         self.pieces.remove(&id);
-        let part = PieceId {
-            seq: id.seq,
-            offset: 0,
-            ..id
-        }..PieceId {
-            seq: id.seq + 1,
-            offset: 0,
-            ..id
-        };
+        let part = PieceId::of_parts(id.stream, id.seq..id.seq + 1);
         if self.pieces.range(part).next().is_none() {
             self.parts.remove(&id.seq);
         }
@@ -451,16 +443,11 @@ fn merge_backfill(s: &mut Stream, core: &mut Contribution, seq: u64) {
     };
     let len = p.data.len() as u64;
     if core.merge_part(s.id, seq, len) {
-        let range = PieceId {
-            stream: s.id,
-            seq,
-            offset: 0,
-        }..PieceId {
-            stream: s.id,
-            seq: seq + 1,
-            offset: 0,
-        };
-        let ids: Vec<PieceId> = s.pieces.range(range).map(|(id, _)| *id).collect();
+        let ids: Vec<PieceId> = s
+            .pieces
+            .range(PieceId::of_parts(s.id, seq..seq + 1))
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             s.pieces.remove(&id);
         }

@@ -69,6 +69,21 @@ pub struct PieceId {
     pub offset: u64,
 }
 
+impl PieceId {
+    /// Every piece of parts `seqs` of `stream`, as a range of keys.
+    pub fn of_parts(stream: StreamId, seqs: std::ops::Range<u64>) -> std::ops::Range<PieceId> {
+        PieceId {
+            stream,
+            seq: seqs.start,
+            offset: 0,
+        }..PieceId {
+            stream,
+            seq: seqs.end,
+            offset: 0,
+        }
+    }
+}
+
 /// Which lane a piece is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
@@ -372,17 +387,7 @@ impl Contribution {
     /// its spool no longer holds).
     pub fn waiting_before(&self, stream: StreamId, seq: u64) -> Vec<PieceId> {
         self.entries
-            .range(
-                PieceId {
-                    stream,
-                    seq: 0,
-                    offset: 0,
-                }..PieceId {
-                    stream,
-                    seq,
-                    offset: 0,
-                },
-            )
+            .range(PieceId::of_parts(stream, 0..seq))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -451,16 +456,11 @@ impl Contribution {
     /// whole part: one request instead of one per frame), when none of them has gone out
     /// yet; true if it did.
     pub fn merge_part(&mut self, stream: StreamId, seq: u64, len: u64) -> bool {
-        let range = PieceId {
-            stream,
-            seq,
-            offset: 0,
-        }..PieceId {
-            stream,
-            seq: seq + 1,
-            offset: 0,
-        };
-        let ids: Vec<PieceId> = self.entries.range(range).map(|(id, _)| *id).collect();
+        let ids: Vec<PieceId> = self
+            .entries
+            .range(PieceId::of_parts(stream, seq..seq + 1))
+            .map(|(id, _)| *id)
+            .collect();
         let mergeable = ids.first().is_some_and(|id| id.offset == 0)
             && ids.iter().all(|id| {
                 let e = &self.entries[id];
