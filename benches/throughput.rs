@@ -55,8 +55,12 @@ async fn tunnel(secs: u64, settings: TransportSettings) -> anyhow::Result<f64> {
 }
 
 async fn raw_quinn(secs: u64, settings: TransportSettings) -> anyhow::Result<f64> {
-    let certs =
-        canopy::certs::EventCerts::generate("bench", &["localhost".into()], &["gateway".into()])?;
+    let certs = canopy::certs::EventCerts::generate(
+        "bench",
+        canopy::certs::Window::from(time::OffsetDateTime::now_utc()),
+        &["localhost".into()],
+        &["gateway".into()],
+    )?;
     let transport = settings.quinn();
     let server = quinn::Endpoint::server(
         certs.relay_tls()?.relay_quic(transport.clone())?,

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod config;
 pub mod demo;
+pub mod files;
 pub mod linkem;
 pub mod load;
 pub mod origin;

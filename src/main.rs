@@ -146,14 +146,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CertsCommand {
-    /// Create an event CA, a relay server certificate and gateway client certificates.
-    /// Copy ca.pem, relay.pem and relay.key to the relay; ca.pem, NAME.pem and NAME.key to
-    /// each gateway. Keep ca.key offline.
+    /// Create an event CA, a relay server certificate and gateway client certificates, all
+    /// valid for the event's window plus a margin. Copy ca.pem, relay.pem and relay.key to
+    /// the relay; ca.pem, NAME.pem and NAME.key to each gateway. Keep ca.key offline.
+    /// Refuses a directory that has any of these files already (see `certs add`).
     Init {
         /// Short name of the event, e.g. summer-market-2026.
         #[arg(long)]
         event: String,
-        /// Directory to write into (created if missing).
+        /// Directory to write into (created, owner-only, if missing).
         #[arg(long)]
         out: PathBuf,
         /// Names (DNS or IP) the relay is reached by; repeat for several.
@@ -162,6 +163,38 @@ enum CertsCommand {
         /// Gateway names; one client certificate each. Repeat for several.
         #[arg(long = "gateway", default_values_t = vec!["gateway".to_string()])]
         gateways: Vec<String>,
+        /// When the event starts: RFC 3339 (2026-12-05T18:00:00+01:00) or a date (UTC).
+        /// Default: now.
+        #[arg(long)]
+        start: Option<String>,
+        /// When it ends: RFC 3339, or a date (the end of that day, UTC). Default: 3 days
+        /// after the start.
+        #[arg(long)]
+        end: Option<String>,
+        /// Hours of validity added before the start and after the end.
+        #[arg(long, default_value_t = 24)]
+        margin_hours: u32,
+        /// Replace files that are there (a new CA: every certificate the old one issued
+        /// stops verifying).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue more certificates from an event's CA (ca.pem and ca.key in DIR): a client
+    /// certificate per new gateway, or the relay's certificate again with more names (its
+    /// key kept). They share the CA's window.
+    Add {
+        /// The event's certificate directory (as made by `certs init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// New gateway names; repeat for several.
+        #[arg(long = "gateway")]
+        gateways: Vec<String>,
+        /// More names (DNS or IP) the relay is reached by; repeat for several.
+        #[arg(long = "relay-name")]
+        relay_names: Vec<String>,
+        /// Replace a gateway's certificate and key that are there.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -223,6 +256,122 @@ fn main() -> ExitCode {
             eprintln!("canopy: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `canopy certs`: what was made, or why not (exit 64 bad arguments or files there
+/// without --force, 66 no CA).
+fn certs(command: CertsCommand) -> ExitCode {
+    use canopy::certs::{CertsError, Existing};
+    let existing = |force: bool| {
+        if force {
+            Existing::Replace
+        } else {
+            Existing::Keep
+        }
+    };
+    let (result, if_exists) = match command {
+        CertsCommand::Init {
+            event,
+            out,
+            relay_names,
+            gateways,
+            start,
+            end,
+            margin_hours,
+            force,
+        } => (
+            certs_init(
+                &event,
+                &out,
+                &relay_names,
+                &gateways,
+                (start, end, margin_hours),
+                existing(force),
+            ),
+            format!(
+                "this event has its CA already; add a gateway or a relay name with \
+                 `canopy certs add --dir {}`, or pass --force to start over (every \
+                 certificate the old CA issued stops verifying)",
+                out.display()
+            ),
+        ),
+        CertsCommand::Add {
+            dir,
+            gateways,
+            relay_names,
+            force,
+        } => (
+            certs_add(&dir, &gateways, &relay_names, existing(force)),
+            "pass --force to replace them (the old key stops working)".to_string(),
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match &e {
+                CertsError::Exists(_) => eprintln!("canopy certs: {e}: {if_exists}"),
+                _ => eprintln!("canopy certs: {e}"),
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn certs_init(
+    event: &str,
+    out: &Path,
+    relay_names: &[String],
+    gateways: &[String],
+    (start, end, margin_hours): (Option<String>, Option<String>, u32),
+    existing: canopy::certs::Existing,
+) -> Result<(), canopy::certs::CertsError> {
+    use canopy::certs;
+    let start = match start {
+        Some(s) => certs::parse_time("--start", &s, false)?,
+        None => time::OffsetDateTime::now_utc(),
+    };
+    let end = match end {
+        Some(e) => certs::parse_time("--end", &e, true)?,
+        None => start + certs::DEFAULT_LENGTH,
+    };
+    let window = certs::Window::event(start, end, time::Duration::hours(i64::from(margin_hours)))?;
+    let made = certs::EventCerts::generate(event, window, relay_names, gateways)?;
+    let written = made.write(out, existing)?;
+    println!("event {event}: certificates valid {window}");
+    print_issued(std::iter::once(&made.relay).chain(&made.gateways));
+    for p in written {
+        println!("wrote {}", p.display());
+    }
+    println!(
+        "keep ca.key offline; `canopy certs add --dir {}` issues more from it",
+        out.display()
+    );
+    Ok(())
+}
+
+fn certs_add(
+    dir: &Path,
+    gateways: &[String],
+    relay_names: &[String],
+    existing: canopy::certs::Existing,
+) -> Result<(), canopy::certs::CertsError> {
+    let added = canopy::certs::add(dir, gateways, relay_names, existing)?;
+    println!("event {}: certificates valid {}", added.event, added.window);
+    print_issued(&added.issued);
+    for p in added.written {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn print_issued<'a>(issued: impl IntoIterator<Item = &'a canopy::certs::Issued>) {
+    for i in issued {
+        let role = match i.role {
+            canopy::certs::Role::Relay => "relay",
+            canopy::certs::Role::Gateway => "gateway",
+        };
+        println!("{role} {}: serial {} sha256 {}", i.name, i.serial, i.sha256);
     }
 }
 
@@ -471,21 +620,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Certs {
-            command:
-                CertsCommand::Init {
-                    event,
-                    out,
-                    relay_names,
-                    gateways,
-                },
-        } => {
-            let certs = canopy::certs::EventCerts::generate(&event, &relay_names, &gateways)?;
-            for p in certs.write(&out)? {
-                println!("wrote {}", p.display());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Certs { command } => Ok(certs(command)),
         Command::Linkem {
             listen,
             target,

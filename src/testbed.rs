@@ -209,6 +209,7 @@ impl Testbed {
     pub async fn start(opts: TestbedOptions) -> anyhow::Result<Self> {
         let certs = crate::certs::EventCerts::generate(
             "demo",
+            crate::certs::Window::from(time::OffsetDateTime::now_utc()),
             &["localhost".into(), "127.0.0.1".into()],
             &[DEMO_GATEWAY.into()],
         )?;

@@ -2,7 +2,6 @@
 //! ticketing system that signs the same tokens is the way for large ones).
 
 use ledger::token::{Grant, Issuer, MAX_FIELD};
-use std::io::Write;
 use std::path::Path;
 
 /// Why a tokens command failed (each is a usage error: exit 64).
@@ -33,28 +32,18 @@ pub fn keygen(out: &Path, force: bool) -> Result<String, TokensError> {
     let path = out.display().to_string();
     let (doc, issuer) =
         Issuer::generate().map_err(|_| TokensError::Arg("no randomness for a new key".into()))?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true);
-    if force {
-        opts.create(true).truncate(true);
+    let existing = if force {
+        crate::files::Existing::Replace
     } else {
-        opts.create_new(true);
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(out).map_err(|source| match source.kind() {
-        std::io::ErrorKind::AlreadyExists => TokensError::Exists(path.clone()),
-        _ => TokensError::Io {
+        crate::files::Existing::Keep
+    };
+    crate::files::write(out, &doc, crate::files::Access::Owner, existing).map_err(|e| match e {
+        crate::files::WriteError::Exists(_) => TokensError::Exists(path.clone()),
+        crate::files::WriteError::Io { source, .. } => TokensError::Io {
             path: path.clone(),
             source,
         },
     })?;
-    f.write_all(&doc)
-        .and_then(|()| f.sync_all())
-        .map_err(|source| TokensError::Io { path, source })?;
     Ok(issuer.public_key())
 }
 

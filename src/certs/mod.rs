@@ -1,0 +1,582 @@
+//! `canopy certs`: an event CA, the relay's server certificate and gateway client
+//! certificates (rcgen, ECDSA P-256), all valid for the event's window. Gateways
+//! authenticate to the relay with theirs.
+//!
+//! `init` makes the CA and the first leaves and refuses to touch an event that has one;
+//! `add` issues more leaves from the CA already there (a new gateway, another relay name).
+
+mod window;
+
+pub use window::{parse as parse_time, show as show_time, Window, WindowError};
+pub use window::{DEFAULT_LENGTH, DEFAULT_MARGIN};
+
+pub use crate::files::Existing;
+use crate::files::{self, Access, WriteError};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SerialNumber,
+};
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use tunnel_io::TlsFiles;
+
+/// The CA's common name is this followed by the event's slug.
+const CA_NAME: &str = "Canopy event CA ";
+
+/// A certificate and its key, PEM.
+#[derive(Debug, Clone)]
+pub struct Pem {
+    /// Certificate.
+    pub cert: String,
+    /// Private key (PKCS#8).
+    pub key: String,
+}
+
+/// What a leaf certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The relay's server certificate.
+    Relay,
+    /// A gateway's client certificate.
+    Gateway,
+}
+
+/// A leaf certificate as issued, with what identifies it in a revocation list.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// File stem: `relay`, or the gateway's name.
+    pub name: String,
+    /// What it is for.
+    pub role: Role,
+    /// Certificate and key.
+    pub pem: Pem,
+    /// Serial number, hex.
+    pub serial: String,
+    /// SHA-256 of the certificate (DER), hex.
+    pub sha256: String,
+}
+
+/// Why `canopy certs` could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    /// Files it would write are there already.
+    #[error("{} exist{}", list(.0), if .0.len() == 1 { "s" } else { "" })]
+    Exists(Vec<PathBuf>),
+    /// A file could not be written.
+    #[error("{0}")]
+    Write(WriteError),
+    /// A file it needs could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file it read is not what it should be.
+    #[error("{path}: {what}")]
+    Bad {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A name that cannot be used.
+    #[error("{0}")]
+    Name(String),
+    /// The event's window.
+    #[error("{0}")]
+    Window(#[from] WindowError),
+    /// rcgen refused.
+    #[error("certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+impl CertsError {
+    /// The process exit code (sysexits): bad arguments, or files there without `--force`,
+    /// 64 (as `canopy tokens keygen`); a missing input 66; anything else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CertsError::Name(_) | CertsError::Window(_) | CertsError::Exists(_) => 64,
+            CertsError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 66,
+            _ => 1,
+        }
+    }
+}
+
+impl From<WriteError> for CertsError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Exists(p) => CertsError::Exists(vec![p]),
+            e => CertsError::Write(e),
+        }
+    }
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The event CA: signs leaves valid for its own window.
+pub struct Ca {
+    event: String,
+    window: Window,
+    cert: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("event", &self.event)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    /// A new CA for `event`, valid for `window`.
+    pub fn new(event: &str, window: Window) -> Result<Self, CertsError> {
+        check_event(event)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{CA_NAME}{event}"));
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Canopy");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = window.not_before;
+        params.not_after = window.not_after;
+        params.serial_number = Some(serial());
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            event: event.to_string(),
+            window,
+            cert: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA in `dir` (ca.pem and ca.key): its event and window come from its certificate.
+    pub fn load(dir: &Path) -> Result<Self, CertsError> {
+        let cert_path = dir.join("ca.pem");
+        let key_path = dir.join("ca.key");
+        let cert = read(&cert_path)?;
+        let key_pem = read(&key_path)?;
+        let bad = |path: &Path, what: String| CertsError::Bad {
+            path: path.to_path_buf(),
+            what,
+        };
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| bad(&key_path, format!("not a private key: {e}")))?;
+        let der = pem_der(&cert).ok_or_else(|| bad(&cert_path, "no certificate".into()))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| bad(&cert_path, format!("not a certificate: {e}")))?;
+        if x509.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(bad(&key_path, "is not the key of ca.pem".into()));
+        }
+        let event = common_name(&x509)
+            .and_then(|cn| cn.strip_prefix(CA_NAME).map(str::to_string))
+            .ok_or_else(|| bad(&cert_path, "not a Canopy event CA".into()))?;
+        let window = Window {
+            not_before: x509.validity().not_before.to_datetime(),
+            not_after: x509.validity().not_after.to_datetime(),
+        };
+        let issuer = Issuer::from_ca_cert_pem(&cert, key)
+            .map_err(|e| bad(&cert_path, format!("cannot sign with it: {e}")))?;
+        Ok(Self {
+            event,
+            window,
+            cert,
+            issuer,
+        })
+    }
+
+    /// The event's slug.
+    pub fn event(&self) -> &str {
+        &self.event
+    }
+
+    /// When the CA and every leaf it issues are valid.
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
+    /// The CA's certificate and key.
+    pub fn pem(&self) -> Pem {
+        Pem {
+            cert: self.cert.clone(),
+            key: self.issuer.key().serialize_pem(),
+        }
+    }
+
+    /// A client certificate for gateway `name` (common name `<name>.<event>`: the relay
+    /// reads the gateway's name from it), with a new key.
+    pub fn gateway(&self, name: &str) -> Result<Issued, CertsError> {
+        check_gateway(name)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name}.{}", self.event));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(name, Role::Gateway, params, key)
+    }
+
+    /// The relay's server certificate for `names` (DNS names or IP addresses), with `key`
+    /// (the relay's key kept, e.g. for more names) or a new one.
+    pub fn relay(&self, names: &[String], key: Option<KeyPair>) -> Result<Issued, CertsError> {
+        if names.is_empty() {
+            return Err(CertsError::Name("the relay needs at least one name".into()));
+        }
+        let key = match key {
+            Some(k) => k,
+            None => KeyPair::generate()?,
+        };
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("Canopy relay {}", self.event));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign("relay", Role::Relay, params, key)
+    }
+
+    fn sign(
+        &self,
+        name: &str,
+        role: Role,
+        mut params: CertificateParams,
+        key: KeyPair,
+    ) -> Result<Issued, CertsError> {
+        params.not_before = self.window.not_before;
+        params.not_after = self.window.not_after;
+        let serial = serial();
+        params.serial_number = Some(serial.clone());
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            name: name.to_string(),
+            role,
+            serial: hex(&serial.to_bytes()),
+            sha256: hex(&sha2::Sha256::digest(cert.der())),
+            pem: Pem {
+                cert: cert.pem(),
+                key: key.serialize_pem(),
+            },
+        })
+    }
+}
+
+/// Everything `certs init` makes.
+#[derive(Debug)]
+pub struct EventCerts {
+    /// Event CA.
+    pub ca: Ca,
+    /// Relay server certificate.
+    pub relay: Issued,
+    /// Gateway client certificates, in the order named.
+    pub gateways: Vec<Issued>,
+}
+
+impl EventCerts {
+    /// Generates a CA for `event` valid for `window`, a relay certificate valid for
+    /// `relay_names` (DNS names or IP addresses), and one client certificate per gateway
+    /// name.
+    pub fn generate(
+        event: &str,
+        window: Window,
+        relay_names: &[String],
+        gateways: &[String],
+    ) -> Result<Self, CertsError> {
+        let ca = Ca::new(event, window)?;
+        let relay = ca.relay(relay_names, None)?;
+        let gateways = gateways
+            .iter()
+            .map(|g| ca.gateway(g))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            ca,
+            relay,
+            gateways,
+        })
+    }
+
+    /// The relay's TLS material, in memory.
+    pub fn relay_tls(&self) -> Result<TlsFiles, tunnel_io::TlsError> {
+        pem_tls(&self.relay.pem, &self.ca.cert)
+    }
+
+    /// A gateway's TLS material, in memory.
+    pub fn gateway_tls(&self, index: usize) -> Result<TlsFiles, tunnel_io::TlsError> {
+        let g = self
+            .gateways
+            .get(index)
+            .ok_or_else(|| tunnel_io::TlsError::Quic("no such gateway".into()))?;
+        pem_tls(&g.pem, &self.ca.cert)
+    }
+
+    /// Writes ca.pem, ca.key, relay.pem, relay.key, NAME.pem, NAME.key into `dir`
+    /// (created owner-only if missing). With [`Existing::Keep`] nothing is written when any
+    /// of them is there already. Returns the paths written.
+    pub fn write(&self, dir: &Path, existing: Existing) -> Result<Vec<PathBuf>, CertsError> {
+        let mut out = Files::default();
+        out.push(dir, "ca", &self.ca.pem());
+        out.push(dir, "relay", &self.relay.pem);
+        for g in &self.gateways {
+            out.push(dir, &g.name, &g.pem);
+        }
+        out.write(dir, existing)
+    }
+}
+
+/// What `certs add` issued and wrote.
+#[derive(Debug)]
+pub struct Added {
+    /// The CA's event.
+    pub event: String,
+    /// Its window, which the new leaves share.
+    pub window: Window,
+    /// The leaves issued.
+    pub issued: Vec<Issued>,
+    /// The files written.
+    pub written: Vec<PathBuf>,
+}
+
+/// Issues, from the CA in `dir`, a client certificate per gateway name and, with
+/// `relay_names`, the relay's certificate again for its names so far and these (its key
+/// kept when relay.key is there). A gateway's key already there is kept unless
+/// `existing` is [`Existing::Replace`]; then nothing is written.
+pub fn add(
+    dir: &Path,
+    gateways: &[String],
+    relay_names: &[String],
+    existing: Existing,
+) -> Result<Added, CertsError> {
+    if gateways.is_empty() && relay_names.is_empty() {
+        return Err(CertsError::Name(
+            "name a gateway (--gateway) or a relay name (--relay-name) to add".into(),
+        ));
+    }
+    for g in gateways {
+        check_gateway(g)?;
+    }
+    let ca = Ca::load(dir)?;
+    let mut issued = Vec::new();
+    let mut out = Files::default();
+    for g in gateways {
+        let leaf = ca.gateway(g)?;
+        out.push(dir, g, &leaf.pem);
+        issued.push(leaf);
+    }
+    if !relay_names.is_empty() {
+        let (mut names, key) = relay_now(dir)?;
+        for n in relay_names {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        let kept = key.is_some();
+        let leaf = ca.relay(&names, key)?;
+        if kept {
+            // the key stays; only the certificate is replaced
+            out.push_cert(dir, "relay", &leaf.pem, Existing::Replace);
+        } else {
+            out.push(dir, "relay", &leaf.pem);
+        }
+        issued.push(leaf);
+    }
+    let written = out.write(dir, existing)?;
+    Ok(Added {
+        event: ca.event.clone(),
+        window: ca.window,
+        issued,
+        written,
+    })
+}
+
+/// The relay's names and key as they are in `dir` (none when there is no relay.pem).
+fn relay_now(dir: &Path) -> Result<(Vec<String>, Option<KeyPair>), CertsError> {
+    let cert_path = dir.join("relay.pem");
+    let key_path = dir.join("relay.key");
+    if !cert_path.exists() {
+        return Ok((Vec::new(), None));
+    }
+    let bad = |path: &Path, what: String| CertsError::Bad {
+        path: path.to_path_buf(),
+        what,
+    };
+    let cert = read(&cert_path)?;
+    let der = pem_der(&cert).ok_or_else(|| bad(&cert_path, "no certificate".into()))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| bad(&cert_path, format!("not a certificate: {e}")))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    if let Some(ip) = ip {
+                        names.push(ip.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let key = if key_path.exists() {
+        let k = KeyPair::from_pem(&read(&key_path)?)
+            .map_err(|e| bad(&key_path, format!("not a private key: {e}")))?;
+        if x509.public_key().subject_public_key.data.as_ref() != k.public_key_raw() {
+            return Err(bad(&key_path, "is not the key of relay.pem".into()));
+        }
+        Some(k)
+    } else {
+        None
+    };
+    Ok((names, key))
+}
+
+/// Files to write together: all or (when one may not be replaced) none.
+#[derive(Default)]
+struct Files {
+    items: Vec<(PathBuf, String, Access, Option<Existing>)>,
+}
+
+impl Files {
+    /// A certificate and its key, `<stem>.pem` and `<stem>.key`.
+    fn push(&mut self, dir: &Path, stem: &str, pem: &Pem) {
+        self.push_cert(dir, stem, pem, Existing::Keep);
+        self.items.push((
+            dir.join(format!("{stem}.key")),
+            pem.key.clone(),
+            Access::Owner,
+            None,
+        ));
+    }
+
+    /// Only the certificate; `existing` says whether it may replace one.
+    fn push_cert(&mut self, dir: &Path, stem: &str, pem: &Pem, existing: Existing) {
+        let fixed = (existing == Existing::Replace).then_some(Existing::Replace);
+        self.items.push((
+            dir.join(format!("{stem}.pem")),
+            pem.cert.clone(),
+            Access::Public,
+            fixed,
+        ));
+    }
+
+    fn write(self, dir: &Path, existing: Existing) -> Result<Vec<PathBuf>, CertsError> {
+        let mode = |fixed: Option<Existing>| fixed.unwrap_or(existing);
+        let taken: Vec<PathBuf> = self
+            .items
+            .iter()
+            .filter(|(p, _, _, fixed)| mode(*fixed) == Existing::Keep && p.exists())
+            .map(|(p, ..)| p.clone())
+            .collect();
+        if !taken.is_empty() {
+            return Err(CertsError::Exists(taken));
+        }
+        files::private_dir(dir)?;
+        let mut written = Vec::new();
+        for (path, text, access, fixed) in self.items {
+            files::write(&path, text.as_bytes(), access, mode(fixed))?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+/// An event slug: letters, digits, `-` and `_` (it ends every gateway's common name).
+fn check_event(event: &str) -> Result<(), CertsError> {
+    if tunnel::wire::media::valid_name(event) {
+        Ok(())
+    } else {
+        Err(CertsError::Name(format!(
+            "event `{event}`: use 1-64 letters, digits, `-` or `_`"
+        )))
+    }
+}
+
+/// A gateway name: what viewer URLs carry and the file stem of its certificate.
+fn check_gateway(name: &str) -> Result<(), CertsError> {
+    if !tunnel::wire::media::valid_name(name) {
+        return Err(CertsError::Name(format!(
+            "gateway `{name}`: use 1-64 letters, digits, `-` or `_`"
+        )));
+    }
+    if name == "ca" || name == "relay" {
+        return Err(CertsError::Name(format!(
+            "gateway `{name}`: that name is the CA's or the relay's file"
+        )));
+    }
+    Ok(())
+}
+
+/// 16 random bytes, the top bit clear (a positive serial of a fixed length).
+fn serial() -> SerialNumber {
+    let mut b = [0u8; 16];
+    for x in &mut b {
+        *x = fastrand::u8(..);
+    }
+    b[0] = (b[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&b)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn read(path: &Path) -> Result<String, CertsError> {
+    std::fs::read_to_string(path).map_err(|source| CertsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|c| c.as_ref().to_vec())
+}
+
+fn common_name(x509: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
+    Some(
+        x509.subject()
+            .iter_common_name()
+            .next()?
+            .as_str()
+            .ok()?
+            .to_string(),
+    )
+}
+
+fn pem_tls(pem: &Pem, ca: &str) -> Result<TlsFiles, tunnel_io::TlsError> {
+    let p = Path::new("(generated)");
+    TlsFiles::from_pem(
+        pem.cert.as_bytes(),
+        p,
+        pem.key.as_bytes(),
+        p,
+        ca.as_bytes(),
+        p,
+    )
+}
+
+#[cfg(test)]
+mod tests;

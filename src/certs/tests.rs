@@ -1,0 +1,232 @@
+use super::*;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+
+fn tempdir() -> PathBuf {
+    std::env::temp_dir().join(format!("canopy-certs-{:016x}", fastrand::u64(..)))
+}
+
+fn window() -> Window {
+    let start = parse_time("--start", "2026-12-05T10:00:00Z", false).expect("start");
+    let end = parse_time("--end", "2026-12-07T22:00:00Z", false).expect("end");
+    Window::event(start, end, Duration::hours(12)).expect("window")
+}
+
+fn der(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::from(pem_der(pem).expect("pem"))
+}
+
+fn at(t: OffsetDateTime) -> UnixTime {
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(t.unix_timestamp()).expect("after 1970"),
+    ))
+}
+
+fn roots(ca: &str) -> Arc<rustls::RootCertStore> {
+    let mut r = rustls::RootCertStore::empty();
+    r.add(der(ca)).expect("root");
+    Arc::new(r)
+}
+
+fn client_ok(ca: &str, leaf: &str, t: OffsetDateTime) -> Result<(), rustls::Error> {
+    let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots(ca),
+        tunnel_io::tls::provider(),
+    )
+    .build()
+    .expect("verifier");
+    v.verify_client_cert(&der(leaf), &[], at(t)).map(|_| ())
+}
+
+fn server_ok(ca: &str, leaf: &str, name: &str, t: OffsetDateTime) -> Result<(), rustls::Error> {
+    let v = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        roots(ca),
+        tunnel_io::tls::provider(),
+    )
+    .build()
+    .expect("verifier");
+    let name = ServerName::try_from(name.to_string()).expect("name");
+    v.verify_server_cert(&der(leaf), &[], &name, &[], at(t))
+        .map(|_| ())
+}
+
+fn validity(pem: &str) -> (OffsetDateTime, OffsetDateTime) {
+    let d = pem_der(pem).expect("pem");
+    let (_, x) = x509_parser::parse_x509_certificate(&d).expect("x509");
+    (
+        x.validity().not_before.to_datetime(),
+        x.validity().not_after.to_datetime(),
+    )
+}
+
+#[test]
+fn generated_material_builds_both_tls_configs() {
+    let certs = EventCerts::generate(
+        "test",
+        Window::from(OffsetDateTime::now_utc()),
+        &["localhost".into(), "127.0.0.1".into()],
+        &["gw1".into()],
+    )
+    .expect("certs");
+    let t = tunnel_io::TransportSettings::default().quinn();
+    certs
+        .relay_tls()
+        .expect("relay")
+        .relay_quic(t.clone())
+        .expect("relay quic");
+    certs
+        .gateway_tls(0)
+        .expect("gw")
+        .gateway_quic(t)
+        .expect("gw quic");
+}
+
+#[test]
+fn every_certificate_is_valid_for_the_event_window_and_no_longer() {
+    let w = window();
+    let certs =
+        EventCerts::generate("market", w, &["relay.test".into()], &["gw".into()]).expect("certs");
+    let ca = certs.ca.pem().cert;
+    for pem in [&ca, &certs.relay.pem.cert, &certs.gateways[0].pem.cert] {
+        assert_eq!(validity(pem), (w.not_before, w.not_after));
+    }
+    let gw = &certs.gateways[0].pem.cert;
+    let inside = w.not_before + Duration::hours(1);
+    client_ok(&ca, gw, inside).expect("a gateway inside the window");
+    server_ok(&ca, &certs.relay.pem.cert, "relay.test", inside).expect("the relay inside");
+    for outside in [
+        w.not_before - Duration::hours(1),
+        w.not_after + Duration::hours(1),
+    ] {
+        assert!(client_ok(&ca, gw, outside).is_err(), "{outside}");
+        assert!(server_ok(&ca, &certs.relay.pem.cert, "relay.test", outside).is_err());
+    }
+    // serials differ and are what the leaf says
+    assert_ne!(certs.relay.serial, certs.gateways[0].serial);
+    let d = pem_der(gw).expect("pem");
+    let (_, x) = x509_parser::parse_x509_certificate(&d).expect("x509");
+    assert_eq!(hex(x.raw_serial()), certs.gateways[0].serial);
+}
+
+#[test]
+fn init_refuses_an_event_that_has_a_ca_and_keys_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let w = window();
+    let first =
+        EventCerts::generate("market", w, &["relay.test".into()], &["gw".into()]).expect("certs");
+    let written = first.write(&dir, Existing::Keep).expect("first init");
+    assert_eq!(written.len(), 6);
+    for p in &written {
+        let mode = std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        let key = p.extension().is_some_and(|e| e == "key");
+        assert_eq!(mode, if key { 0o600 } else { 0o644 }, "{}", p.display());
+    }
+    let ca_before = std::fs::read(dir.join("ca.key")).expect("ca key");
+    // a second init (say, to add a gateway) would replace the CA: refused, nothing written
+    let second = EventCerts::generate(
+        "market",
+        w,
+        &["relay.test".into()],
+        &["gw".into(), "stall-2".into()],
+    )
+    .expect("certs");
+    match second.write(&dir, Existing::Keep) {
+        Err(e @ CertsError::Exists(_)) => {
+            assert_eq!(e.exit_code(), 64);
+            let CertsError::Exists(paths) = e else {
+                unreachable!()
+            };
+            assert!(paths.contains(&dir.join("ca.key")));
+        }
+        other => panic!("expected Exists, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(dir.join("ca.key")).expect("ca key"),
+        ca_before
+    );
+    assert!(!dir.join("stall-2.key").exists());
+    // --force replaces
+    second.write(&dir, Existing::Replace).expect("forced");
+    assert_ne!(
+        std::fs::read(dir.join("ca.key")).expect("ca key"),
+        ca_before
+    );
+    std::fs::remove_dir_all(&dir).expect("clean");
+}
+
+#[test]
+fn add_issues_from_the_ca_there_and_keeps_what_exists() {
+    let dir = tempdir();
+    let w = window();
+    EventCerts::generate("market", w, &["relay.test".into()], &["gw".into()])
+        .expect("certs")
+        .write(&dir, Existing::Keep)
+        .expect("init");
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca");
+    let relay_key = std::fs::read(dir.join("relay.key")).expect("relay key");
+    let inside = w.not_before + Duration::hours(1);
+
+    let added = add(&dir, &["stall-2".into()], &[], Existing::Keep).expect("add");
+    assert_eq!(added.event, "market");
+    assert_eq!(added.window, w);
+    let leaf = std::fs::read_to_string(dir.join("stall-2.pem")).expect("leaf");
+    client_ok(&ca, &leaf, inside).expect("the new gateway verifies against the old CA");
+    assert_eq!(validity(&leaf), (w.not_before, w.not_after));
+    let d = pem_der(&leaf).expect("pem");
+    let (_, x) = x509_parser::parse_x509_certificate(&d).expect("x509");
+    assert_eq!(common_name(&x).as_deref(), Some("stall-2.market"));
+
+    // the same gateway again: its key stays
+    let key = std::fs::read(dir.join("stall-2.key")).expect("key");
+    assert!(matches!(
+        add(&dir, &["stall-2".into()], &[], Existing::Keep),
+        Err(CertsError::Exists(_))
+    ));
+    assert_eq!(std::fs::read(dir.join("stall-2.key")).expect("key"), key);
+    // with one that exists among new ones, none is written
+    assert!(matches!(
+        add(&dir, &["stall-3".into(), "stall-2".into()], &[], Existing::Keep),
+        Err(CertsError::Exists(p)) if p == vec![dir.join("stall-2.pem"), dir.join("stall-2.key")]
+    ));
+    assert!(!dir.join("stall-3.pem").exists() && !dir.join("stall-3.key").exists());
+
+    // another relay name: the old names stay, and so does the relay's key
+    add(&dir, &[], &["10.200.0.1".into()], Existing::Keep).expect("relay name");
+    let relay = std::fs::read_to_string(dir.join("relay.pem")).expect("relay");
+    server_ok(&ca, &relay, "relay.test", inside).expect("old name");
+    server_ok(&ca, &relay, "10.200.0.1", inside).expect("new name");
+    assert_eq!(
+        std::fs::read(dir.join("relay.key")).expect("relay key"),
+        relay_key
+    );
+
+    // names that cannot be files or are not gateways'
+    for bad in ["ca", "relay", "a.b", "../x", ""] {
+        let e = add(&dir, &[bad.into()], &[], Existing::Keep).expect_err(bad);
+        assert_eq!(e.exit_code(), 64, "{bad}");
+    }
+    std::fs::remove_dir_all(&dir).expect("clean");
+}
+
+#[test]
+fn add_without_the_ca_key_says_which_file_is_missing() {
+    let dir = tempdir();
+    EventCerts::generate("market", window(), &["relay.test".into()], &["gw".into()])
+        .expect("certs")
+        .write(&dir, Existing::Keep)
+        .expect("init");
+    std::fs::remove_file(dir.join("ca.key")).expect("rm");
+    let e = add(&dir, &["stall-2".into()], &[], Existing::Keep).expect_err("no key");
+    assert_eq!(e.exit_code(), 66);
+    assert!(e.to_string().contains("ca.key"), "{e}");
+    // another CA's key is refused
+    let other = Ca::new("other", window()).expect("ca");
+    std::fs::write(dir.join("ca.key"), other.pem().key).expect("write");
+    let e = add(&dir, &["stall-2".into()], &[], Existing::Keep).expect_err("wrong key");
+    assert!(e.to_string().contains("is not the key of ca.pem"), "{e}");
+    assert!(!dir.join("stall-2.pem").exists());
+    std::fs::remove_dir_all(&dir).expect("clean");
+}

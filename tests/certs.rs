@@ -1,0 +1,183 @@
+//! `canopy certs` as a crew runs it: the event's window, keys private from creation, a
+//! second `init` refused, `add` issuing from the CA there, and the result tried in a real
+//! QUIC handshake with the relay's TLS settings.
+
+mod common;
+
+use common::{canopy, TempDir};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Connects a gateway with `name`'s files in `gw_dir` to a relay with the files in
+/// `relay_dir`; true when the handshake completes.
+async fn handshake(relay_dir: &Path, gw_dir: &Path, name: &str) -> bool {
+    let relay = tunnel_io::TlsFiles::load(
+        &relay_dir.join("relay.pem"),
+        &relay_dir.join("relay.key"),
+        &relay_dir.join("ca.pem"),
+    )
+    .expect("relay files");
+    let gw = tunnel_io::TlsFiles::load(
+        &gw_dir.join(format!("{name}.pem")),
+        &gw_dir.join(format!("{name}.key")),
+        &gw_dir.join("ca.pem"),
+    )
+    .expect("gateway files");
+    let t = tunnel_io::TransportSettings::default().quinn();
+    let server = quinn::Endpoint::server(
+        relay.relay_quic(t.clone()).expect("relay tls"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("server");
+    let addr = server.local_addr().expect("addr");
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    client.set_default_client_config(gw.gateway_quic(t).expect("gw tls"));
+    // the client may finish its side of the handshake before the relay has read its
+    // certificate: the relay's side says whether it was let in
+    let connecting = client.connect(addr, "localhost").expect("connect");
+    let client_side = tokio::spawn(async move {
+        let conn = connecting.await.ok()?;
+        conn.closed().await;
+        Some(())
+    });
+    let let_in = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        match server.accept().await {
+            Some(inc) => inc.await.is_ok(),
+            None => false,
+        }
+    })
+    .await
+    .unwrap_or(false);
+    client_side.abort();
+    let_in
+}
+
+#[tokio::test]
+async fn init_add_and_a_second_init_as_a_crew_runs_them() {
+    let dir = TempDir::new("certs-cli");
+    let certs = dir.path().join("certs");
+    let c = certs.to_str().expect("utf8");
+    let out = canopy(&[
+        "certs",
+        "init",
+        "--event",
+        "market",
+        "--out",
+        c,
+        "--start",
+        "2026-12-05T10:00:00+01:00",
+        "--end",
+        "2026-12-07",
+        "--margin-hours",
+        "6",
+        "--gateway",
+        "gw",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("certificates valid 2026-12-05T03:00:00Z to 2026-12-08T06:00:00Z"),
+        "{}",
+        text(&out)
+    );
+    let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(&certs), 0o700);
+    for f in ["ca.key", "relay.key", "gw.key"] {
+        assert_eq!(mode(&certs.join(f)), 0o600, "{f}");
+    }
+    let ca_key = std::fs::read(certs.join("ca.key")).expect("ca key");
+
+    // a second init, meant to add a gateway, would replace the CA: refused
+    let again = canopy(&[
+        "certs",
+        "init",
+        "--event",
+        "market",
+        "--out",
+        c,
+        "--gateway",
+        "stall-2",
+    ]);
+    assert_eq!(again.status.code(), Some(64), "{}", text(&again));
+    assert!(text(&again).contains("certs add"), "{}", text(&again));
+    assert_eq!(std::fs::read(certs.join("ca.key")).expect("ca key"), ca_key);
+    assert!(!certs.join("stall-2.key").exists());
+
+    // bad times are usage errors
+    let bad = canopy(&[
+        "certs", "init", "--event", "x", "--out", c, "--start", "friday",
+    ]);
+    assert_eq!(bad.status.code(), Some(64), "{}", text(&bad));
+    assert!(
+        text(&bad).contains("--start: `friday` is not a time"),
+        "{}",
+        text(&bad)
+    );
+
+    let add = canopy(&["certs", "add", "--dir", c, "--gateway", "stall-2"]);
+    assert!(add.status.success(), "{}", text(&add));
+    assert!(
+        text(&add).contains("gateway stall-2: serial "),
+        "{}",
+        text(&add)
+    );
+    assert_eq!(mode(&certs.join("stall-2.key")), 0o600);
+    let twice = canopy(&["certs", "add", "--dir", c, "--gateway", "stall-2"]);
+    assert_eq!(twice.status.code(), Some(64), "{}", text(&twice));
+    let no_ca = canopy(&[
+        "certs",
+        "add",
+        "--dir",
+        dir.path().to_str().expect("utf8"),
+        "--gateway",
+        "x",
+    ]);
+    assert_eq!(no_ca.status.code(), Some(66), "{}", text(&no_ca));
+
+    // the window given is in the past for the handshake below: make one around now
+    let live = dir.path().join("live");
+    let l = live.to_str().expect("utf8");
+    let out = canopy(&[
+        "certs",
+        "init",
+        "--event",
+        "market",
+        "--out",
+        l,
+        "--gateway",
+        "gw",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = canopy(&["certs", "add", "--dir", l, "--gateway", "stall-2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        handshake(&live, &live, "stall-2").await,
+        "an added gateway is let in"
+    );
+    // a gateway certificate from another CA (what a forced second init makes) is not
+    let other = dir.path().join("other");
+    let o = other.to_str().expect("utf8");
+    let out = canopy(&[
+        "certs",
+        "init",
+        "--event",
+        "market",
+        "--out",
+        o,
+        "--gateway",
+        "gw",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::copy(live.join("ca.pem"), other.join("ca.pem")).expect("trust the relay");
+    assert!(
+        !handshake(&live, &other, "gw").await,
+        "another CA's gateway is refused"
+    );
+}
