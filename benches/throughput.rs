@@ -63,7 +63,9 @@ async fn raw_quinn(secs: u64, settings: TransportSettings) -> anyhow::Result<f64
     )?;
     let transport = settings.quinn();
     let server = quinn::Endpoint::server(
-        certs.relay_tls()?.relay_quic(transport.clone())?,
+        certs
+            .relay_tls()?
+            .relay_quic(transport.clone(), tunnel_io::Revoked::none())?,
         "127.0.0.1:0".parse()?,
     )?;
     let addr = server.local_addr()?;

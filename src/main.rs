@@ -196,6 +196,23 @@ enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Add a gateway's certificate to the revocation list (DIR/revoked.txt unless --list).
+    /// Copy the list to the relay's `[tls] revoked` path: the relay refuses the gateway at
+    /// its next handshake and closes its open connections within a second.
+    Revoke {
+        /// The event's certificate directory.
+        #[arg(long, required_unless_present = "cert")]
+        dir: Option<PathBuf>,
+        /// The gateway whose certificate (DIR/NAME.pem) is revoked.
+        #[arg(long, requires = "dir", conflicts_with = "cert")]
+        gateway: Option<String>,
+        /// Or a certificate file (PEM).
+        #[arg(long, required_unless_present = "gateway")]
+        cert: Option<PathBuf>,
+        /// The list to add it to (default: revoked.txt beside the certificate).
+        #[arg(long)]
+        list: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -305,6 +322,12 @@ fn certs(command: CertsCommand) -> ExitCode {
             certs_add(&dir, &gateways, &relay_names, existing(force)),
             "pass --force to replace them (the old key stops working)".to_string(),
         ),
+        CertsCommand::Revoke {
+            dir,
+            gateway,
+            cert,
+            list,
+        } => (certs_revoke(dir, gateway, cert, list), String::new()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -362,6 +385,42 @@ fn certs_add(
     for p in added.written {
         println!("wrote {}", p.display());
     }
+    Ok(())
+}
+
+fn certs_revoke(
+    dir: Option<PathBuf>,
+    gateway: Option<String>,
+    cert: Option<PathBuf>,
+    list: Option<PathBuf>,
+) -> Result<(), canopy::certs::CertsError> {
+    let (cert, label) = match (gateway, cert) {
+        (Some(g), _) => (
+            dir.unwrap_or_default().join(format!("{g}.pem")),
+            format!("gateway {g}"),
+        ),
+        (None, Some(c)) => {
+            let label = c.display().to_string();
+            (c, label)
+        }
+        (None, None) => {
+            return Err(canopy::certs::CertsError::Name(
+                "name a gateway (--dir and --gateway) or a certificate (--cert)".into(),
+            ))
+        }
+    };
+    let list = list.unwrap_or_else(|| cert.parent().unwrap_or(Path::new(".")).join("revoked.txt"));
+    let r = canopy::certs::revoke(&list, &cert, &label)?;
+    if r.added {
+        println!("revoked {label}: {} ({} listed)", r.line, r.listed);
+    } else {
+        println!("{label} was revoked already: {}", r.line);
+    }
+    println!(
+        "copy {} to the relay's `[tls] revoked` path: it refuses the gateway at its next \
+         handshake and closes its open connections within a second",
+        list.display()
+    );
     Ok(())
 }
 
@@ -425,6 +484,13 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 .map(|p| relative_to(&path, p));
             cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
             cfg.auction.journal = relative_to(&path, &cfg.auction.journal);
+            cfg.tls.revoked = cfg.tls.revoked.as_deref().map(|p| relative_to(&path, p));
+            if let Some(f) = &cfg.tls.revoked {
+                if let Err(e) = ingest_relay::revocation::load(f) {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(EX_USAGE as u8));
+                }
+            }
             let viewer_tls = match (&cfg.viewers.cert, &cfg.viewers.key) {
                 (Some(c), Some(k)) => Some(load_tls(&path, c, k, &cfg.tls.ca)?),
                 _ => None,

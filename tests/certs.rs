@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::{canopy, TempDir};
+use common::{canopy, curl, Stack, TempDir};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 fn text(out: &std::process::Output) -> String {
     format!(
@@ -33,7 +34,9 @@ async fn handshake(relay_dir: &Path, gw_dir: &Path, name: &str) -> bool {
     .expect("gateway files");
     let t = tunnel_io::TransportSettings::default().quinn();
     let server = quinn::Endpoint::server(
-        relay.relay_quic(t.clone()).expect("relay tls"),
+        relay
+            .relay_quic(t.clone(), tunnel_io::Revoked::none())
+            .expect("relay tls"),
         "127.0.0.1:0".parse().expect("addr"),
     )
     .expect("server");
@@ -180,4 +183,80 @@ async fn init_add_and_a_second_init_as_a_crew_runs_them() {
         !handshake(&live, &other, "gw").await,
         "another CA's gateway is refused"
     );
+}
+
+/// A value the relay's /metrics shows (0 when absent).
+fn relay_metric(s: &Stack, name: &str) -> f64 {
+    let out = curl(&[&format!("http://{}/metrics", s.metrics.0)]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_revoked_gateway_is_cut_off_within_a_second_and_refused_until_the_list_changes() {
+    let s = Stack::start("revoke");
+    let url = s.origin_url("/echo");
+    assert_eq!(s.status_via_proxy(&url), "200");
+    let connected = "canopy_relay_gateways_connected";
+    assert!(relay_metric(&s, connected) >= 1.0);
+    let certs = s.dir.path().join("certs");
+    let c = certs.to_str().expect("utf8");
+
+    let t0 = Instant::now();
+    let out = canopy(&["certs", "revoke", "--dir", c, "--gateway", "gateway"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("revoked gateway gateway: sha256:"),
+        "{}",
+        text(&out)
+    );
+    let cut = loop {
+        if relay_metric(&s, connected) == 0.0 {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still connected after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("cut off {} ms after the list changed", cut.as_millis());
+    assert!(cut < Duration::from_secs(1), "cut off after {cut:?}");
+    let closes = "canopy_relay_revoked_closes_total";
+    let closed = relay_metric(&s, closes);
+    assert!(closed >= 1.0);
+    // and refused at every handshake since (not let in and closed again): nothing passes
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_ne!(s.status_via_proxy(&url), "200");
+        assert_eq!(relay_metric(&s, connected), 0.0);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        relay_metric(&s, closes),
+        closed,
+        "a revoked gateway got past a handshake"
+    );
+    // a second revoke changes nothing
+    let again = canopy(&["certs", "revoke", "--dir", c, "--gateway", "gateway"]);
+    assert!(
+        text(&again).contains("was revoked already"),
+        "{}",
+        text(&again)
+    );
+
+    // a list that stops parsing leaves the one in force
+    let list = certs.join("revoked.txt");
+    let kept = std::fs::read_to_string(&list).expect("list");
+    std::fs::write(&list, format!("{kept}not a line\n")).expect("write");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(relay_metric(&s, connected), 0.0);
+    // the list emptied: the gateway is back
+    std::fs::write(&list, "# nobody\n").expect("write");
+    s.wait_up();
+    assert_eq!(s.status_via_proxy(&url), "200");
 }

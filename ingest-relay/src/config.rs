@@ -222,6 +222,11 @@ pub struct TlsSection {
     pub key: PathBuf,
     /// Event CA certificate (PEM): gateways must present a certificate it signed.
     pub ca: PathBuf,
+    /// Revocation list: gateway certificates refused although the CA signed them, one per
+    /// line (`sha256:<hex>` or `serial:<hex>`, as `canopy certs revoke` writes). Looked at
+    /// every 250 ms: a gateway listed is refused at its next handshake and its open
+    /// connections are closed. A missing file revokes nothing. Unset = no list.
+    pub revoked: Option<PathBuf>,
 }
 
 impl Default for TlsSection {
@@ -230,6 +235,7 @@ impl Default for TlsSection {
             cert: "certs/relay.pem".into(),
             key: "certs/relay.key".into(),
             ca: "certs/ca.pem".into(),
+            revoked: None,
         }
     }
 }

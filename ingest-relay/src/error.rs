@@ -26,6 +26,9 @@ pub enum RelayError {
         /// Why.
         source: std::io::Error,
     },
+    /// The revocation list cannot be used.
+    #[error("revocation list: {0}")]
+    Revocations(#[from] crate::revocation::LoadError),
     /// The config is invalid (already reported by check-config).
     #[error("invalid config: {0}")]
     Config(String),

@@ -14,6 +14,7 @@ mod media;
 mod origin_pool;
 mod probe;
 mod pull;
+pub mod revocation;
 mod server;
 mod session;
 mod sink_answer;

@@ -42,19 +42,25 @@ pub(crate) struct ConnCtx {
     pub(crate) bulk: tunnel_io::quic::BulkMarks,
 }
 
+/// The certificate a gateway presented (DER).
+pub(crate) fn peer_leaf(
+    conn: &quinn::Connection,
+) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|i| {
+            i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|certs| certs.first().cloned())
+}
+
 /// The names a gateway's certificate gives it: its short name (the first label of the
 /// common name: viewer URLs carry it, see [`ConnCtx::gateway_name`]) and its scope (the
 /// whole common name, `<gateway>.<event>`: whose idempotency keys these are). A
 /// certificate without a usable common name gets both from a hash of the certificate that
 /// stays the same across restarts (the duplicate table on disk is keyed by the scope).
 pub(crate) fn gateway_names(conn: &quinn::Connection) -> (String, String) {
-    let leaf = conn
-        .peer_identity()
-        .and_then(|i| {
-            i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .and_then(|certs| certs.first().cloned());
+    let leaf = peer_leaf(conn);
     let Some(leaf) = leaf else {
         return ("gw-anonymous".into(), "gw-anonymous".into());
     };

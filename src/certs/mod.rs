@@ -5,8 +5,10 @@
 //! `init` makes the CA and the first leaves and refuses to touch an event that has one;
 //! `add` issues more leaves from the CA already there (a new gateway, another relay name).
 
+mod revoke;
 mod window;
 
+pub use revoke::{revoke, Revocation};
 pub use window::{parse as parse_time, show as show_time, Window, WindowError};
 pub use window::{DEFAULT_LENGTH, DEFAULT_MARGIN};
 

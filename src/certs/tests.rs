@@ -74,7 +74,7 @@ fn generated_material_builds_both_tls_configs() {
     certs
         .relay_tls()
         .expect("relay")
-        .relay_quic(t.clone())
+        .relay_quic(t.clone(), tunnel_io::Revoked::none())
         .expect("relay quic");
     certs
         .gateway_tls(0)
@@ -228,5 +228,53 @@ fn add_without_the_ca_key_says_which_file_is_missing() {
     let e = add(&dir, &["stall-2".into()], &[], Existing::Keep).expect_err("wrong key");
     assert!(e.to_string().contains("is not the key of ca.pem"), "{e}");
     assert!(!dir.join("stall-2.pem").exists());
+    std::fs::remove_dir_all(&dir).expect("clean");
+}
+
+#[test]
+fn a_revocation_list_names_a_leaf_by_serial_or_by_hash() {
+    let certs = EventCerts::generate(
+        "market",
+        window(),
+        &["relay.test".into()],
+        &["a".into(), "b".into()],
+    )
+    .expect("certs");
+    let (a, b) = (&certs.gateways[0], &certs.gateways[1]);
+    let der_a = pem_der(&a.pem.cert).expect("a");
+    let der_b = pem_der(&b.pem.cert).expect("b");
+    let by_serial =
+        tunnel_io::RevocationList::parse(&format!("serial:{}", a.serial)).expect("list");
+    assert!(by_serial.contains(&der_a) && !by_serial.contains(&der_b));
+    let by_hash = tunnel_io::RevocationList::parse(&format!("sha256:{}", b.sha256)).expect("list");
+    assert!(by_hash.contains(&der_b) && !by_hash.contains(&der_a));
+    assert_eq!(
+        tunnel_io::revoked::line_for(&der_b),
+        format!("sha256:{}", b.sha256)
+    );
+}
+
+#[test]
+fn revoke_appends_once_and_leaves_a_broken_list_alone() {
+    let dir = tempdir();
+    EventCerts::generate("market", window(), &["relay.test".into()], &["gw".into()])
+        .expect("certs")
+        .write(&dir, Existing::Keep)
+        .expect("init");
+    let list = dir.join("revoked.txt");
+    let r = revoke(&list, &dir.join("gw.pem"), "gateway gw").expect("revoke");
+    assert!(r.added);
+    assert_eq!(r.listed, 1);
+    let text = std::fs::read_to_string(&list).expect("list");
+    assert!(
+        text.starts_with(&r.line) && text.contains("# gateway gw, serial "),
+        "{text}"
+    );
+    let again = revoke(&list, &dir.join("gw.pem"), "gateway gw").expect("again");
+    assert!(!again.added);
+    assert_eq!(std::fs::read_to_string(&list).expect("list"), text);
+    std::fs::write(&list, format!("{text}oops\n")).expect("break");
+    let e = revoke(&list, &dir.join("relay.pem"), "relay").expect_err("broken list");
+    assert!(e.to_string().contains("line 2"), "{e}");
     std::fs::remove_dir_all(&dir).expect("clean");
 }

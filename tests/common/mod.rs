@@ -217,6 +217,7 @@ name = "test-relay"
 cert = "certs/relay.pem"
 key = "certs/relay.key"
 ca = "certs/ca.pem"
+revoked = "certs/revoked.txt"
 [egress]
 allow = ["127.0.0.1:{op}", "localhost:{tp}", "*:9", "*.allowed.test"]
 connect_timeout_ms = 2000

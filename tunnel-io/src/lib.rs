@@ -9,10 +9,12 @@ pub mod idle;
 pub mod metrics_http;
 pub mod probe;
 pub mod quic;
+pub mod revoked;
 pub mod tls;
 pub mod transport;
 
 pub use body::{copy_bidirectional, pump_body, BodyError, H3Body, PumpError, RecvData, SendData};
 pub use idle::{IdleBody, IdleError};
+pub use revoked::{RevocationList, Revoked};
 pub use tls::{TlsError, TlsFiles};
 pub use transport::{CongestionChoice, TransportSettings};

@@ -1,6 +1,7 @@
 //! TLS for the tunnel: the relay requires a client certificate issued by the event CA;
 //! gateways present theirs and trust only that CA. rustls with the ring provider only.
 
+use crate::revoked::{Revoked, RevokingVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -85,17 +86,24 @@ impl TlsFiles {
         Ok(roots)
     }
 
-    /// rustls server config for the relay: TLS 1.3, ALPN h3, client certificate required.
-    pub fn relay_rustls(&self) -> Result<rustls::ServerConfig, TlsError> {
+    /// rustls server config for the relay: TLS 1.3, ALPN h3, client certificate required
+    /// and not on the `revoked` list.
+    pub fn relay_rustls(&self, revoked: Arc<Revoked>) -> Result<rustls::ServerConfig, TlsError> {
         let provider = provider();
-        let verifier =
+        let inner =
             WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
                 .build()?;
+        let verifier = Arc::new(RevokingVerifier { inner, revoked });
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.cert_chain.clone(), self.key.clone_key())?;
         cfg.alpn_protocols = vec![tunnel::wire::ALPN_H3.to_vec()];
+        // no resumption: a resumed session keeps the certificate it was made with unseen,
+        // and every handshake must see it (revoked, expired). Gateways send no early data,
+        // so a full handshake costs them no round trip.
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
         Ok(cfg)
     }
 
@@ -123,8 +131,9 @@ impl TlsFiles {
     pub fn relay_quic(
         &self,
         transport: Arc<quinn::TransportConfig>,
+        revoked: Arc<Revoked>,
     ) -> Result<quinn::ServerConfig, TlsError> {
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(self.relay_rustls()?)
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(self.relay_rustls(revoked)?)
             .map_err(|e| TlsError::Quic(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         cfg.transport_config(transport);

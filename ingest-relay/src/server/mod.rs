@@ -70,6 +70,8 @@ pub(crate) struct State {
     auction: Option<crate::auction::AuctionSink>,
     /// The JetStream bid sink, when `[jetstream] host` is set.
     jetstream: Option<crate::jetstream::JetStreamSink>,
+    /// Gateway certificates refused although the CA signed them.
+    revoked: Arc<tunnel_io::Revoked>,
 }
 
 impl State {
@@ -89,6 +91,8 @@ pub struct Relay {
     endpoint: quinn::Endpoint,
     /// TLS and defaults; each connection gets its own transport config and queue signal.
     server: quinn::ServerConfig,
+    /// `[tls] revoked`, watched while the relay runs.
+    revoked_file: Option<std::path::PathBuf>,
     transport: tunnel_io::TransportSettings,
     state: Arc<State>,
     viewers: Arc<Viewers>,
@@ -128,7 +132,12 @@ impl Relay {
         socket: std::sync::Arc<dyn quinn::AsyncUdpSocket>,
         dialer: Option<Arc<dyn crate::egress::OriginDialer>>,
     ) -> Result<Self, RelayError> {
-        let server = tls.relay_quic(cfg.tunnel.quinn())?;
+        let revoked_file = cfg.tls.revoked.clone();
+        let revoked = tunnel_io::Revoked::new(match &revoked_file {
+            Some(f) => crate::revocation::load(f)?,
+            None => tunnel_io::RevocationList::default(),
+        });
+        let server = tls.relay_quic(cfg.tunnel.quinn(), revoked.clone())?;
         let bind_err = |source| RelayError::Bind {
             addr: cfg.relay.listen,
             source,
@@ -188,6 +197,7 @@ impl Relay {
                 .await
                 .map_err(|e| RelayError::Config(format!("jetstream: {e}")))?,
             relayed: Arc::new(Relayed::new(relayed_config(cfg))),
+            revoked,
         };
         let vtls = viewer_tls.unwrap_or(tls);
         let bind_tcp = |addr: SocketAddr| async move {
@@ -236,6 +246,7 @@ impl Relay {
         Ok(Self {
             endpoint,
             server,
+            revoked_file,
             transport: cfg.tunnel.clone(),
             state,
             viewers,
@@ -276,6 +287,9 @@ impl Relay {
         }
         if let Some(ep) = self.viewer_h3.take() {
             tokio::spawn(viewers::serve_h3(ep, self.viewers.clone()));
+        }
+        if let Some(f) = self.revoked_file.take() {
+            tokio::spawn(crate::revocation::watch(f, self.state.revoked.clone()));
         }
         info!(addr = ?self.endpoint.local_addr().ok(), "relay listening (HTTP/3)");
         while let Some(incoming) = self.endpoint.accept().await {
@@ -328,6 +342,13 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
     }
     let identity = state.sessions.identity(&conn);
     let (gateway_name, scope) = crate::session::gateway_names(&conn);
+    if let Some(leaf) = crate::session::peer_leaf(&conn) {
+        tokio::spawn(close_once_revoked(
+            conn.clone(),
+            leaf,
+            state.revoked.subscribe(),
+        ));
+    }
     let quic = tunnel_io::quic::Connection::new(conn.clone(), state.small_first);
     let ctx = Arc::new(ConnCtx {
         identity,
@@ -368,6 +389,29 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
     state.sessions.leave(&ctx);
     info!(reason = ?conn.close_reason(), "gateway disconnected");
 }
+
+/// Closes `conn` as soon as the revocation list names its certificate; ends with it.
+async fn close_once_revoked(
+    conn: quinn::Connection,
+    leaf: rustls::pki_types::CertificateDer<'static>,
+    mut list: tokio::sync::watch::Receiver<Arc<tunnel_io::RevocationList>>,
+) {
+    loop {
+        if list.borrow_and_update().contains(leaf.as_ref()) {
+            warn!("the gateway's certificate is revoked: connection closed");
+            metrics::counter!("canopy_relay_revoked_closes_total").increment(1);
+            conn.close(REVOKED_CLOSE, b"certificate revoked");
+            return;
+        }
+        tokio::select! {
+            changed = list.changed() => if changed.is_err() { return },
+            _ = conn.closed() => return,
+        }
+    }
+}
+
+/// The application close code of a connection whose certificate was revoked.
+const REVOKED_CLOSE: quinn::VarInt = quinn::VarInt::from_u32(0x52_45_56);
 
 async fn handle(state: Arc<State>, ctx: &ConnCtx, req: Request<()>, stream: Stream) {
     let started = tunnel_io::clock::now();

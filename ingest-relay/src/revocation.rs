@@ -1,0 +1,83 @@
+//! The relay's revocation list on disk (`[tls] revoked`): read at start, then looked at
+//! every [`POLL`] and put in force when it changes. A list that stops parsing is logged
+//! with its lines and the one in force stays (a typo must not let a stolen box back in);
+//! a missing file revokes nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tracing::{info, warn};
+use tunnel_io::revoked::ListError;
+use tunnel_io::{RevocationList, Revoked};
+
+/// How often the file is looked at: a revoked gateway is cut off within this and a
+/// connection's close.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// Why a list cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// It could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Lines that do not parse.
+    #[error("{}", .errors.iter().map(|e| format!("{}:{}: {}", .path.display(), e.line, e.what)).collect::<Vec<_>>().join("\n"))]
+    Lines {
+        /// The file.
+        path: PathBuf,
+        /// Each bad line.
+        errors: Vec<ListError>,
+    },
+}
+
+/// Reads the list at `path`; a missing file is an empty list.
+pub fn load(path: &Path) -> Result<RevocationList, LoadError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => RevocationList::parse(&text).map_err(|errors| LoadError::Lines {
+            path: path.to_path_buf(),
+            errors,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RevocationList::default()),
+        Err(source) => Err(LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// What identifies a version of the file: a change of any of these is a new version.
+fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((m.modified().ok()?, m.len(), ino))
+}
+
+/// Watches `path` and puts each new version in force, until the process ends.
+pub async fn watch(path: PathBuf, revoked: Arc<Revoked>) {
+    let mut seen = stamp(&path);
+    let mut interval = tokio::time::interval(POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = stamp(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match load(&path) {
+            Ok(list) => {
+                info!(file = %path.display(), certificates = list.len(), "revocation list loaded");
+                revoked.set(list);
+            }
+            Err(e) => warn!("revocation list not changed, the one in force stays: {e}"),
+        }
+    }
+}
