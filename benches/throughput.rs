@@ -58,6 +58,7 @@ async fn raw_quinn(secs: u64, settings: TransportSettings) -> anyhow::Result<f64
     let certs = canopy::certs::EventCerts::generate(
         "bench",
         canopy::certs::Window::from(time::OffsetDateTime::now_utc()),
+        None,
         &["localhost".into()],
         &["gateway".into()],
     )?;

@@ -196,6 +196,18 @@ enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issue the next pair of every certificate in DIR (relay.next.pem/.key,
+    /// NAME.next.pem/.key) from the event's CA, in use from --at (default now). Copy each
+    /// beside the current pair: the relay and gateways take it up by themselves within a
+    /// second of that time, new handshakes get it and open connections keep theirs.
+    Rotate {
+        /// The event's certificate directory (with ca.key).
+        #[arg(long)]
+        dir: PathBuf,
+        /// When the next pair takes over: RFC 3339 or a date (UTC). Default: now.
+        #[arg(long)]
+        at: Option<String>,
+    },
     /// Add a gateway's certificate to the revocation list (DIR/revoked.txt unless --list).
     /// Copy the list to the relay's `[tls] revoked` path: the relay refuses the gateway at
     /// its next handshake and closes its open connections within a second.
@@ -328,6 +340,7 @@ fn certs(command: CertsCommand) -> ExitCode {
             cert,
             list,
         } => (certs_revoke(dir, gateway, cert, list), String::new()),
+        CertsCommand::Rotate { dir, at } => (certs_rotate(&dir, at), String::new()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -359,10 +372,16 @@ fn certs_init(
         None => start + certs::DEFAULT_LENGTH,
     };
     let window = certs::Window::event(start, end, time::Duration::hours(i64::from(margin_hours)))?;
-    let made = certs::EventCerts::generate(event, window, relay_names, gateways)?;
+    // an event past its first day gets its next pair now, taken up by itself then
+    let next_at = Some(start + certs::ROTATE_AFTER).filter(|at| *at < end);
+    let made = certs::EventCerts::generate(event, window, next_at, relay_names, gateways)?;
     let written = made.write(out, existing)?;
     println!("event {event}: certificates valid {window}");
-    print_issued(std::iter::once(&made.relay).chain(&made.gateways));
+    print_issued(
+        std::iter::once(&made.relay)
+            .chain(&made.gateways)
+            .chain(&made.next),
+    );
     for p in written {
         println!("wrote {}", p.display());
     }
@@ -385,6 +404,24 @@ fn certs_add(
     for p in added.written {
         println!("wrote {}", p.display());
     }
+    Ok(())
+}
+
+fn certs_rotate(dir: &Path, at: Option<String>) -> Result<(), canopy::certs::CertsError> {
+    let at = match at {
+        Some(a) => canopy::certs::parse_time("--at", &a, false)?,
+        None => time::OffsetDateTime::now_utc(),
+    };
+    let r = canopy::certs::rotate(dir, at)?;
+    println!("event {}: next certificates valid {}", r.event, r.window);
+    print_issued(&r.issued);
+    for p in r.written {
+        println!("wrote {}", p.display());
+    }
+    println!(
+        "copy relay.next.pem/.key beside the relay's pair and NAME.next.pem/.key beside \
+         each gateway's: they take them up by themselves"
+    );
     Ok(())
 }
 
@@ -430,7 +467,20 @@ fn print_issued<'a>(issued: impl IntoIterator<Item = &'a canopy::certs::Issued>)
             canopy::certs::Role::Relay => "relay",
             canopy::certs::Role::Gateway => "gateway",
         };
-        println!("{role} {}: serial {} sha256 {}", i.name, i.serial, i.sha256);
+        let next = match i.generation {
+            canopy::certs::Generation::Current => String::new(),
+            canopy::certs::Generation::Next => format!(
+                " (next: {}.pem, in use from {})",
+                i.stem(),
+                canopy::certs::show_time(
+                    i.window.not_before + time::Duration::seconds(tunnel_io::own_cert::SKEW)
+                )
+            ),
+        };
+        println!(
+            "{role} {}{next}: serial {} sha256 {}",
+            i.name, i.serial, i.sha256
+        );
     }
 }
 

@@ -210,6 +210,7 @@ impl Testbed {
         let certs = crate::certs::EventCerts::generate(
             "demo",
             crate::certs::Window::from(time::OffsetDateTime::now_utc()),
+            None,
             &["localhost".into(), "127.0.0.1".into()],
             &[DEMO_GATEWAY.into()],
         )?;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{canopy, curl, Stack, TempDir};
+use common::{canopy, curl, wait_until, Stack, TempDir};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -259,4 +259,118 @@ fn a_revoked_gateway_is_cut_off_within_a_second_and_refused_until_the_list_chang
     std::fs::write(&list, "# nobody\n").expect("write");
     s.wait_up();
     assert_eq!(s.status_via_proxy(&url), "200");
+}
+
+/// The certificate the relay at `port` serves now (a gateway's handshake with the files
+/// in `certs`).
+fn served(port: u16, certs: &Path) -> Option<Vec<u8>> {
+    let gw = tunnel_io::TlsFiles::load(
+        &certs.join("gateway.pem"),
+        &certs.join("gateway.key"),
+        &certs.join("ca.pem"),
+    )
+    .ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        let t = tunnel_io::TransportSettings::default().quinn();
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().ok()?).ok()?;
+        client.set_default_client_config(gw.gateway_quic(t).ok()?);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.connect(addr, "localhost").ok()?,
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let chain = conn
+            .peer_identity()?
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()?;
+        conn.close(0u32.into(), b"");
+        chain.first().map(|c| c.as_ref().to_vec())
+    })
+}
+
+fn der_of(path: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(path)
+        .expect("certificate")
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn rotation_during_traffic_fails_no_request_and_the_next_certificate_is_served() {
+    let s = Stack::start("rotate");
+    let certs = s.dir.path().join("certs");
+    let old_gateway = s.dir.path().join("old-gateway.pem");
+    std::fs::copy(certs.join("gateway.pem"), &old_gateway).expect("copy");
+    assert_eq!(
+        served(s.relay_port, &certs),
+        Some(der_of(&certs.join("relay.pem")))
+    );
+
+    // a request every 50 ms through the whole rotation (at most 100)
+    let (proxy, url) = (s.proxy_url(), s.origin_url("/echo"));
+    let load = std::thread::spawn(move || {
+        (0..100)
+            .map(|_| {
+                let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-x", &proxy, &url]);
+                std::thread::sleep(Duration::from_millis(50));
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let c = certs.to_str().expect("utf8");
+    let out = canopy(&["certs", "rotate", "--dir", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("relay relay (next: relay.next.pem"),
+        "{}",
+        text(&out)
+    );
+    let next = der_of(&certs.join("relay.next.pem"));
+    let t0 = Instant::now();
+    wait_until(
+        "the relay serves its next certificate",
+        Duration::from_secs(5),
+        || served(s.relay_port, &certs).as_deref() == Some(next.as_slice()),
+    );
+    eprintln!(
+        "next certificate served {} ms after the rotation",
+        t0.elapsed().as_millis()
+    );
+    let statuses = load.join().expect("load");
+    let failed: Vec<_> = statuses.iter().filter(|st| st.as_str() != "200").collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {}: {failed:?}",
+        failed.len(),
+        statuses.len()
+    );
+
+    // the old gateway certificate revoked: its connection closes, and the gateway comes
+    // back with its next one (the same gateway to the relay)
+    let list = certs.join("revoked.txt");
+    let out = canopy(&[
+        "certs",
+        "revoke",
+        "--cert",
+        old_gateway.to_str().expect("utf8"),
+        "--list",
+        list.to_str().expect("utf8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until(
+        "the old certificate's connection closed",
+        Duration::from_secs(5),
+        || relay_metric(&s, "canopy_relay_revoked_closes_total") >= 1.0,
+    );
+    s.wait_up();
+    assert_eq!(s.status_via_proxy(&s.origin_url("/echo")), "200");
 }

@@ -43,13 +43,27 @@ pub enum Role {
     Gateway,
 }
 
+/// Which of a leaf's two pairs of files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// `NAME.pem`, `NAME.key`: in use now.
+    Current,
+    /// `NAME.next.pem`, `NAME.next.key`: taken up by the relay or gateway by itself once
+    /// its time comes (see `tunnel_io::own_cert`).
+    Next,
+}
+
 /// A leaf certificate as issued, with what identifies it in a revocation list.
 #[derive(Debug, Clone)]
 pub struct Issued {
-    /// File stem: `relay`, or the gateway's name.
+    /// `relay`, or the gateway's name.
     pub name: String,
     /// What it is for.
     pub role: Role,
+    /// Which pair of files it is.
+    pub generation: Generation,
+    /// When it is valid.
+    pub window: Window,
     /// Certificate and key.
     pub pem: Pem,
     /// Serial number, hex.
@@ -92,6 +106,16 @@ pub enum CertsError {
     /// rcgen refused.
     #[error("certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
+}
+
+impl Issued {
+    /// Its files' stem: `NAME` or `NAME.next`.
+    pub fn stem(&self) -> String {
+        match self.generation {
+            Generation::Current => self.name.clone(),
+            Generation::Next => format!("{}.next", self.name),
+        }
+    }
 }
 
 impl CertsError {
@@ -225,7 +249,12 @@ impl Ca {
 
     /// A client certificate for gateway `name` (common name `<name>.<event>`: the relay
     /// reads the gateway's name from it), with a new key.
-    pub fn gateway(&self, name: &str) -> Result<Issued, CertsError> {
+    pub fn gateway(
+        &self,
+        name: &str,
+        window: Window,
+        generation: Generation,
+    ) -> Result<Issued, CertsError> {
         check_gateway(name)?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -233,12 +262,18 @@ impl Ca {
             .distinguished_name
             .push(DnType::CommonName, format!("{name}.{}", self.event));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(name, Role::Gateway, params, key)
+        self.sign(name, Role::Gateway, (window, generation), params, key)
     }
 
     /// The relay's server certificate for `names` (DNS names or IP addresses), with `key`
     /// (the relay's key kept, e.g. for more names) or a new one.
-    pub fn relay(&self, names: &[String], key: Option<KeyPair>) -> Result<Issued, CertsError> {
+    pub fn relay(
+        &self,
+        names: &[String],
+        key: Option<KeyPair>,
+        window: Window,
+        generation: Generation,
+    ) -> Result<Issued, CertsError> {
         if names.is_empty() {
             return Err(CertsError::Name("the relay needs at least one name".into()));
         }
@@ -251,24 +286,39 @@ impl Ca {
             .distinguished_name
             .push(DnType::CommonName, format!("Canopy relay {}", self.event));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.sign("relay", Role::Relay, params, key)
+        self.sign("relay", Role::Relay, (window, generation), params, key)
     }
 
     fn sign(
         &self,
         name: &str,
         role: Role,
+        (window, generation): (Window, Generation),
         mut params: CertificateParams,
         key: KeyPair,
     ) -> Result<Issued, CertsError> {
-        params.not_before = self.window.not_before;
-        params.not_after = self.window.not_after;
+        // a leaf never outlives its CA
+        let window = Window {
+            not_before: window.not_before.max(self.window.not_before),
+            not_after: window.not_after.min(self.window.not_after),
+        };
+        if window.not_after <= window.not_before {
+            return Err(CertsError::Name(format!(
+                "nothing left of the event's window ({}) from {}",
+                self.window,
+                show_time(window.not_before)
+            )));
+        }
+        params.not_before = window.not_before;
+        params.not_after = window.not_after;
         let serial = serial();
         params.serial_number = Some(serial.clone());
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
             name: name.to_string(),
             role,
+            generation,
+            window,
             serial: hex(&serial.to_bytes()),
             sha256: hex(&sha2::Sha256::digest(cert.der())),
             pem: Pem {
@@ -288,28 +338,44 @@ pub struct EventCerts {
     pub relay: Issued,
     /// Gateway client certificates, in the order named.
     pub gateways: Vec<Issued>,
+    /// The next pair of each, when the event lasts past its first [`ROTATE_AFTER`].
+    pub next: Vec<Issued>,
 }
+
+/// How long after the event's start the leaves `certs init` issues are replaced by their
+/// next pair (taken up by the relay and gateways by themselves).
+pub const ROTATE_AFTER: time::Duration = time::Duration::hours(24);
 
 impl EventCerts {
     /// Generates a CA for `event` valid for `window`, a relay certificate valid for
     /// `relay_names` (DNS names or IP addresses), and one client certificate per gateway
-    /// name.
+    /// name; with `next_at`, a next pair of each taken up from that time on.
     pub fn generate(
         event: &str,
         window: Window,
+        next_at: Option<time::OffsetDateTime>,
         relay_names: &[String],
         gateways: &[String],
     ) -> Result<Self, CertsError> {
         let ca = Ca::new(event, window)?;
-        let relay = ca.relay(relay_names, None)?;
+        let relay = ca.relay(relay_names, None, window, Generation::Current)?;
         let gateways = gateways
             .iter()
-            .map(|g| ca.gateway(g))
+            .map(|g| ca.gateway(g, window, Generation::Current))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut next = Vec::new();
+        if let Some(at) = next_at.filter(|at| *at < window.not_after) {
+            let w = next_window(&ca, at);
+            next.push(ca.relay(relay_names, None, w, Generation::Next)?);
+            for g in &gateways {
+                next.push(ca.gateway(&g.name, w, Generation::Next)?);
+            }
+        }
         Ok(Self {
             ca,
             relay,
             gateways,
+            next,
         })
     }
 
@@ -333,20 +399,22 @@ impl EventCerts {
     pub fn write(&self, dir: &Path, existing: Existing) -> Result<Vec<PathBuf>, CertsError> {
         let mut out = Files::default();
         out.push(dir, "ca", &self.ca.pem());
-        out.push(dir, "relay", &self.relay.pem);
-        for g in &self.gateways {
-            out.push(dir, &g.name, &g.pem);
+        for leaf in std::iter::once(&self.relay)
+            .chain(&self.gateways)
+            .chain(&self.next)
+        {
+            out.push(dir, &leaf.stem(), &leaf.pem);
         }
         out.write(dir, existing)
     }
 }
 
-/// What `certs add` issued and wrote.
+/// What `certs add` or `certs rotate` issued and wrote.
 #[derive(Debug)]
-pub struct Added {
+pub struct Issuance {
     /// The CA's event.
     pub event: String,
-    /// Its window, which the new leaves share.
+    /// The new leaves' window.
     pub window: Window,
     /// The leaves issued.
     pub issued: Vec<Issued>,
@@ -363,7 +431,7 @@ pub fn add(
     gateways: &[String],
     relay_names: &[String],
     existing: Existing,
-) -> Result<Added, CertsError> {
+) -> Result<Issuance, CertsError> {
     if gateways.is_empty() && relay_names.is_empty() {
         return Err(CertsError::Name(
             "name a gateway (--gateway) or a relay name (--relay-name) to add".into(),
@@ -376,7 +444,7 @@ pub fn add(
     let mut issued = Vec::new();
     let mut out = Files::default();
     for g in gateways {
-        let leaf = ca.gateway(g)?;
+        let leaf = ca.gateway(g, ca.window, Generation::Current)?;
         out.push(dir, g, &leaf.pem);
         issued.push(leaf);
     }
@@ -388,7 +456,7 @@ pub fn add(
             }
         }
         let kept = key.is_some();
-        let leaf = ca.relay(&names, key)?;
+        let leaf = ca.relay(&names, key, ca.window, Generation::Current)?;
         if kept {
             // the key stays; only the certificate is replaced
             out.push_cert(dir, "relay", &leaf.pem, Existing::Replace);
@@ -398,12 +466,99 @@ pub fn add(
         issued.push(leaf);
     }
     let written = out.write(dir, existing)?;
-    Ok(Added {
+    Ok(Issuance {
         event: ca.event.clone(),
         window: ca.window,
         issued,
         written,
     })
+}
+
+/// The window of a next pair taken up at `at`: it starts [`tunnel_io::own_cert::SKEW`]
+/// earlier (a peer whose clock is behind accepts it already) and ends with the CA.
+fn next_window(ca: &Ca, at: time::OffsetDateTime) -> Window {
+    Window {
+        not_before: at - time::Duration::seconds(tunnel_io::own_cert::SKEW),
+        not_after: ca.window.not_after,
+    }
+}
+
+/// Issues, from the CA in `dir`, the next pair of the relay's certificate (same names)
+/// and of every gateway's there, taken up from `at` on, replacing next pairs not yet
+/// taken up. Copy them beside the current ones; the relay and gateways take them up by
+/// themselves (new handshakes get them; open connections keep theirs).
+pub fn rotate(dir: &Path, at: time::OffsetDateTime) -> Result<Issuance, CertsError> {
+    let ca = Ca::load(dir)?;
+    if at >= ca.window.not_after {
+        return Err(CertsError::Name(format!(
+            "the event's certificates end at {}: nothing to rotate to at {}",
+            show_time(ca.window.not_after),
+            show_time(at)
+        )));
+    }
+    let w = next_window(&ca, at);
+    let mut issued = Vec::new();
+    let (names, _) = relay_now(dir)?;
+    if !names.is_empty() {
+        issued.push(ca.relay(&names, None, w, Generation::Next)?);
+    }
+    for g in gateways_in(dir, &ca)? {
+        issued.push(ca.gateway(&g, w, Generation::Next)?);
+    }
+    if issued.is_empty() {
+        return Err(CertsError::Name(format!(
+            "{}: no relay.pem and no gateway certificate to rotate",
+            dir.display()
+        )));
+    }
+    let mut out = Files::default();
+    for leaf in &issued {
+        out.push(dir, &leaf.stem(), &leaf.pem);
+    }
+    let written = out.write(dir, Existing::Replace)?;
+    Ok(Issuance {
+        event: ca.event.clone(),
+        window: w,
+        issued,
+        written,
+    })
+}
+
+/// The gateways with a certificate in `dir`: `NAME.pem` whose common name is
+/// `NAME.<event>`.
+fn gateways_in(dir: &Path, ca: &Ca) -> Result<Vec<String>, CertsError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| CertsError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".pem"))
+        else {
+            continue;
+        };
+        if check_gateway(stem).is_err() {
+            continue;
+        }
+        let Some(der) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|p| pem_der(&p))
+        else {
+            continue;
+        };
+        let Ok((_, x)) = x509_parser::parse_x509_certificate(&der) else {
+            continue;
+        };
+        if common_name(&x).as_deref() == Some(&format!("{stem}.{}", ca.event)) {
+            out.push(stem.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The relay's names and key as they are in `dir` (none when there is no relay.pem).

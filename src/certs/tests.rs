@@ -66,6 +66,7 @@ fn generated_material_builds_both_tls_configs() {
     let certs = EventCerts::generate(
         "test",
         Window::from(OffsetDateTime::now_utc()),
+        None,
         &["localhost".into(), "127.0.0.1".into()],
         &["gw1".into()],
     )
@@ -86,8 +87,8 @@ fn generated_material_builds_both_tls_configs() {
 #[test]
 fn every_certificate_is_valid_for_the_event_window_and_no_longer() {
     let w = window();
-    let certs =
-        EventCerts::generate("market", w, &["relay.test".into()], &["gw".into()]).expect("certs");
+    let certs = EventCerts::generate("market", w, None, &["relay.test".into()], &["gw".into()])
+        .expect("certs");
     let ca = certs.ca.pem().cert;
     for pem in [&ca, &certs.relay.pem.cert, &certs.gateways[0].pem.cert] {
         assert_eq!(validity(pem), (w.not_before, w.not_after));
@@ -115,8 +116,8 @@ fn init_refuses_an_event_that_has_a_ca_and_keys_are_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempdir();
     let w = window();
-    let first =
-        EventCerts::generate("market", w, &["relay.test".into()], &["gw".into()]).expect("certs");
+    let first = EventCerts::generate("market", w, None, &["relay.test".into()], &["gw".into()])
+        .expect("certs");
     let written = first.write(&dir, Existing::Keep).expect("first init");
     assert_eq!(written.len(), 6);
     for p in &written {
@@ -129,6 +130,7 @@ fn init_refuses_an_event_that_has_a_ca_and_keys_are_owner_only() {
     let second = EventCerts::generate(
         "market",
         w,
+        None,
         &["relay.test".into()],
         &["gw".into(), "stall-2".into()],
     )
@@ -161,7 +163,7 @@ fn init_refuses_an_event_that_has_a_ca_and_keys_are_owner_only() {
 fn add_issues_from_the_ca_there_and_keeps_what_exists() {
     let dir = tempdir();
     let w = window();
-    EventCerts::generate("market", w, &["relay.test".into()], &["gw".into()])
+    EventCerts::generate("market", w, None, &["relay.test".into()], &["gw".into()])
         .expect("certs")
         .write(&dir, Existing::Keep)
         .expect("init");
@@ -214,10 +216,16 @@ fn add_issues_from_the_ca_there_and_keeps_what_exists() {
 #[test]
 fn add_without_the_ca_key_says_which_file_is_missing() {
     let dir = tempdir();
-    EventCerts::generate("market", window(), &["relay.test".into()], &["gw".into()])
-        .expect("certs")
-        .write(&dir, Existing::Keep)
-        .expect("init");
+    EventCerts::generate(
+        "market",
+        window(),
+        None,
+        &["relay.test".into()],
+        &["gw".into()],
+    )
+    .expect("certs")
+    .write(&dir, Existing::Keep)
+    .expect("init");
     std::fs::remove_file(dir.join("ca.key")).expect("rm");
     let e = add(&dir, &["stall-2".into()], &[], Existing::Keep).expect_err("no key");
     assert_eq!(e.exit_code(), 66);
@@ -236,6 +244,7 @@ fn a_revocation_list_names_a_leaf_by_serial_or_by_hash() {
     let certs = EventCerts::generate(
         "market",
         window(),
+        None,
         &["relay.test".into()],
         &["a".into(), "b".into()],
     )
@@ -257,10 +266,16 @@ fn a_revocation_list_names_a_leaf_by_serial_or_by_hash() {
 #[test]
 fn revoke_appends_once_and_leaves_a_broken_list_alone() {
     let dir = tempdir();
-    EventCerts::generate("market", window(), &["relay.test".into()], &["gw".into()])
-        .expect("certs")
-        .write(&dir, Existing::Keep)
-        .expect("init");
+    EventCerts::generate(
+        "market",
+        window(),
+        None,
+        &["relay.test".into()],
+        &["gw".into()],
+    )
+    .expect("certs")
+    .write(&dir, Existing::Keep)
+    .expect("init");
     let list = dir.join("revoked.txt");
     let r = revoke(&list, &dir.join("gw.pem"), "gateway gw").expect("revoke");
     assert!(r.added);
@@ -276,5 +291,87 @@ fn revoke_appends_once_and_leaves_a_broken_list_alone() {
     std::fs::write(&list, format!("{text}oops\n")).expect("break");
     let e = revoke(&list, &dir.join("relay.pem"), "relay").expect_err("broken list");
     assert!(e.to_string().contains("line 2"), "{e}");
+    std::fs::remove_dir_all(&dir).expect("clean");
+}
+
+#[test]
+fn an_event_past_its_first_day_gets_a_next_pair_taken_up_at_t_plus_24h() {
+    let dir = tempdir();
+    let w = window();
+    let start = parse_time("--start", "2026-12-05T10:00:00Z", false).expect("start");
+    let made = EventCerts::generate(
+        "market",
+        w,
+        Some(start + ROTATE_AFTER),
+        &["relay.test".into()],
+        &["gw".into()],
+    )
+    .expect("certs");
+    let next_nb = start + ROTATE_AFTER - Duration::seconds(tunnel_io::own_cert::SKEW);
+    assert_eq!(made.next.len(), 2);
+    for n in &made.next {
+        assert_eq!(n.generation, Generation::Next);
+        assert_eq!(validity(&n.pem.cert), (next_nb, w.not_after));
+    }
+    let written = made.write(&dir, Existing::Keep).expect("write");
+    for f in [
+        "relay.next.pem",
+        "relay.next.key",
+        "gw.next.pem",
+        "gw.next.key",
+    ] {
+        assert!(written.contains(&dir.join(f)), "{f}");
+    }
+    let ca = made.ca.pem().cert;
+    let gw_next = std::fs::read_to_string(dir.join("gw.next.pem")).expect("next");
+    client_ok(&ca, &gw_next, start + ROTATE_AFTER).expect("the next pair verifies");
+    // a one-day event gets none
+    let short = EventCerts::generate("market", w, None, &["relay.test".into()], &["gw".into()])
+        .expect("certs");
+    assert!(short.next.is_empty());
+    std::fs::remove_dir_all(&dir).expect("clean");
+}
+
+#[test]
+fn rotate_issues_next_pairs_for_the_relay_and_every_gateway_there() {
+    let dir = tempdir();
+    let w = window();
+    EventCerts::generate(
+        "market",
+        w,
+        None,
+        &["relay.test".into(), "10.200.0.1".into()],
+        &["gw".into(), "b".into()],
+    )
+    .expect("certs")
+    .write(&dir, Existing::Keep)
+    .expect("init");
+    let at = w.not_before + Duration::hours(30);
+    let r = rotate(&dir, at).expect("rotate");
+    let mut stems: Vec<String> = r.issued.iter().map(Issued::stem).collect();
+    stems.sort();
+    assert_eq!(stems, vec!["b.next", "gw.next", "relay.next"]);
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca");
+    let relay_next = std::fs::read_to_string(dir.join("relay.next.pem")).expect("relay next");
+    server_ok(&ca, &relay_next, "10.200.0.1", at).expect("same names");
+    assert_eq!(
+        validity(&relay_next),
+        (
+            at - Duration::seconds(tunnel_io::own_cert::SKEW),
+            w.not_after
+        )
+    );
+    // new keys, the current pairs untouched
+    assert_ne!(
+        std::fs::read(dir.join("gw.next.key")).expect("k"),
+        std::fs::read(dir.join("gw.key")).expect("k")
+    );
+    // again: the next pairs are replaced
+    let before = std::fs::read(dir.join("gw.next.key")).expect("k");
+    rotate(&dir, at).expect("again");
+    assert_ne!(std::fs::read(dir.join("gw.next.key")).expect("k"), before);
+    // past the CA's end: nothing to rotate to
+    let e = rotate(&dir, w.not_after + Duration::hours(1)).expect_err("too late");
+    assert_eq!(e.exit_code(), 64);
     std::fs::remove_dir_all(&dir).expect("clean");
 }

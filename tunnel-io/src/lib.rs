@@ -7,6 +7,7 @@ pub mod body;
 pub mod clock;
 pub mod idle;
 pub mod metrics_http;
+pub mod own_cert;
 pub mod probe;
 pub mod quic;
 pub mod revoked;

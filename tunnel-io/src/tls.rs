@@ -1,10 +1,12 @@
 //! TLS for the tunnel: the relay requires a client certificate issued by the event CA;
 //! gateways present theirs and trust only that CA. rustls with the ring provider only.
 
+use crate::own_cert::OwnCert;
 use crate::revoked::{Revoked, RevokingVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,21 +41,23 @@ pub enum TlsError {
     Quic(String),
 }
 
-/// PEM material of one end: its certificate chain, its key, and the event CA it trusts.
+/// TLS material of one end: its own certificate (taken up from disk again when it
+/// changes, see [`OwnCert`]) and the event CA it trusts.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
-    /// Certificate chain (leaf first).
-    pub cert_chain: Vec<CertificateDer<'static>>,
-    /// Private key.
-    pub key: Arc<PrivateKeyDer<'static>>,
+    /// This end's certificate and key.
+    pub own: Arc<OwnCert>,
     /// Event CA certificates.
     pub ca: Vec<CertificateDer<'static>>,
 }
 
 impl TlsFiles {
-    /// Loads certificate, key and CA from PEM files.
+    /// Loads certificate, key and CA from PEM files; the certificate and key are looked
+    /// at again while the process runs (with the next pair beside them).
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TlsError> {
-        Self::from_pem(&read(cert)?, cert, &read(key)?, key, &read(ca)?, ca)
+        let mut me = Self::from_pem(&read(cert)?, cert, &read(key)?, key, &read(ca)?, ca)?;
+        me.own = OwnCert::watched(cert, key, me.own.current());
+        Ok(me)
     }
 
     /// Parses PEM text; the paths are only used in error messages.
@@ -70,10 +74,14 @@ impl TlsFiles {
             path: key_path.into(),
             what: format!("no private key: {e}"),
         })?;
+        let certified =
+            CertifiedKey::from_der(cert_chain, key, &provider()).map_err(|e| TlsError::Pem {
+                path: key_path.into(),
+                what: format!("not the key of {}: {e}", cert_path.display()),
+            })?;
         let ca = certs(ca, ca_path)?;
         Ok(Self {
-            cert_chain,
-            key: Arc::new(key),
+            own: OwnCert::fixed(Arc::new(certified)),
             ca,
         })
     }
@@ -97,7 +105,7 @@ impl TlsFiles {
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())?;
+            .with_cert_resolver(self.own.clone());
         cfg.alpn_protocols = vec![tunnel::wire::ALPN_H3.to_vec()];
         // no resumption: a resumed session keeps the certificate it was made with unseen,
         // and every handshake must see it (revoked, expired). Gateways send no early data,
@@ -112,7 +120,7 @@ impl TlsFiles {
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
-            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())?;
+            .with_cert_resolver(self.own.clone());
         cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         Ok(cfg)
     }
@@ -148,7 +156,7 @@ impl TlsFiles {
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.cert_chain.clone(), self.key.clone_key())?;
+            .with_client_cert_resolver(self.own.clone());
         cfg.alpn_protocols = vec![tunnel::wire::ALPN_H3.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
             .map_err(|e| TlsError::Quic(e.to_string()))?;

@@ -112,6 +112,8 @@ impl Gateway {
             return Err(GatewayError::Config(format!("{key}: {msg}")));
         }
         let client = tls.gateway_quic(cfg.tunnel.quinn())?;
+        // a rotated certificate is taken up for the next connections without a restart
+        tokio::spawn(tls.own.clone().run());
         let bond = Bond::start(cfg, client, sockets).map_err(GatewayError::Config)?;
         let listener = TcpListener::bind(cfg.proxy.listen)
             .await

@@ -93,6 +93,8 @@ pub struct Relay {
     server: quinn::ServerConfig,
     /// `[tls] revoked`, watched while the relay runs.
     revoked_file: Option<std::path::PathBuf>,
+    /// The relay's certificates (its own, the viewers' when another), watched while it runs.
+    own_certs: Vec<Arc<tunnel_io::own_cert::OwnCert>>,
     transport: tunnel_io::TransportSettings,
     state: Arc<State>,
     viewers: Arc<Viewers>,
@@ -200,6 +202,10 @@ impl Relay {
             revoked,
         };
         let vtls = viewer_tls.unwrap_or(tls);
+        let mut own_certs = vec![tls.own.clone()];
+        if !Arc::ptr_eq(&vtls.own, &tls.own) {
+            own_certs.push(vtls.own.clone());
+        }
         let bind_tcp = |addr: SocketAddr| async move {
             tokio::net::TcpListener::bind(addr)
                 .await
@@ -247,6 +253,7 @@ impl Relay {
             endpoint,
             server,
             revoked_file,
+            own_certs,
             transport: cfg.tunnel.clone(),
             state,
             viewers,
@@ -287,6 +294,9 @@ impl Relay {
         }
         if let Some(ep) = self.viewer_h3.take() {
             tokio::spawn(viewers::serve_h3(ep, self.viewers.clone()));
+        }
+        for own in std::mem::take(&mut self.own_certs) {
+            tokio::spawn(own.run());
         }
         if let Some(f) = self.revoked_file.take() {
             tokio::spawn(crate::revocation::watch(f, self.state.revoked.clone()));
@@ -340,8 +350,8 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
             }
         });
     }
-    let identity = state.sessions.identity(&conn);
     let (gateway_name, scope) = crate::session::gateway_names(&conn);
+    let identity = state.sessions.identity(&scope);
     if let Some(leaf) = crate::session::peer_leaf(&conn) {
         tokio::spawn(close_once_revoked(
             conn.clone(),
