@@ -60,7 +60,10 @@ async fn raw_quinn(secs: u64, settings: TransportSettings) -> anyhow::Result<f64
         canopy::certs::Window::from(time::OffsetDateTime::now_utc()),
         None,
         &["localhost".into()],
-        &["gateway".into()],
+        canopy::certs::Leaves {
+            gateways: &["gateway".into()],
+            sites: &[],
+        },
     )?;
     let transport = settings.quinn();
     let server = quinn::Endpoint::server(

@@ -163,6 +163,10 @@ enum CertsCommand {
         /// Gateway names; one client certificate each. Repeat for several.
         #[arg(long = "gateway", default_values_t = vec!["gateway".to_string()])]
         gateways: Vec<String>,
+        /// Venue site names the gateways answer HTTPS for (`[[sites]] tls = true`); one
+        /// server certificate each (HOST.pem, HOST.key). Repeat for several.
+        #[arg(long = "site")]
+        sites: Vec<String>,
         /// When the event starts: RFC 3339 (2026-12-05T18:00:00+01:00) or a date (UTC).
         /// Default: now.
         #[arg(long)]
@@ -192,6 +196,9 @@ enum CertsCommand {
         /// More names (DNS or IP) the relay is reached by; repeat for several.
         #[arg(long = "relay-name")]
         relay_names: Vec<String>,
+        /// New venue site names (HTTPS at the gateway); repeat for several.
+        #[arg(long = "site")]
+        sites: Vec<String>,
         /// Replace a gateway's certificate and key that are there.
         #[arg(long)]
         force: bool,
@@ -305,6 +312,7 @@ fn certs(command: CertsCommand) -> ExitCode {
             out,
             relay_names,
             gateways,
+            sites,
             start,
             end,
             margin_hours,
@@ -314,7 +322,7 @@ fn certs(command: CertsCommand) -> ExitCode {
                 &event,
                 &out,
                 &relay_names,
-                &gateways,
+                (&gateways, &sites),
                 (start, end, margin_hours),
                 existing(force),
             ),
@@ -329,9 +337,10 @@ fn certs(command: CertsCommand) -> ExitCode {
             dir,
             gateways,
             relay_names,
+            sites,
             force,
         } => (
-            certs_add(&dir, &gateways, &relay_names, existing(force)),
+            certs_add(&dir, (&gateways, &sites), &relay_names, existing(force)),
             "pass --force to replace them (the old key stops working)".to_string(),
         ),
         CertsCommand::Revoke {
@@ -358,7 +367,7 @@ fn certs_init(
     event: &str,
     out: &Path,
     relay_names: &[String],
-    gateways: &[String],
+    (gateways, sites): (&[String], &[String]),
     (start, end, margin_hours): (Option<String>, Option<String>, u32),
     existing: canopy::certs::Existing,
 ) -> Result<(), canopy::certs::CertsError> {
@@ -374,7 +383,13 @@ fn certs_init(
     let window = certs::Window::event(start, end, time::Duration::hours(i64::from(margin_hours)))?;
     // an event past its first day gets its next pair now, taken up by itself then
     let next_at = Some(start + certs::ROTATE_AFTER).filter(|at| *at < end);
-    let made = certs::EventCerts::generate(event, window, next_at, relay_names, gateways)?;
+    let made = certs::EventCerts::generate(
+        event,
+        window,
+        next_at,
+        relay_names,
+        certs::Leaves { gateways, sites },
+    )?;
     let written = made.write(out, existing)?;
     println!("event {event}: certificates valid {window}");
     print_issued(
@@ -394,11 +409,16 @@ fn certs_init(
 
 fn certs_add(
     dir: &Path,
-    gateways: &[String],
+    (gateways, sites): (&[String], &[String]),
     relay_names: &[String],
     existing: canopy::certs::Existing,
 ) -> Result<(), canopy::certs::CertsError> {
-    let added = canopy::certs::add(dir, gateways, relay_names, existing)?;
+    let added = canopy::certs::add(
+        dir,
+        canopy::certs::Leaves { gateways, sites },
+        relay_names,
+        existing,
+    )?;
     println!("event {}: certificates valid {}", added.event, added.window);
     print_issued(&added.issued);
     for p in added.written {
@@ -466,6 +486,7 @@ fn print_issued<'a>(issued: impl IntoIterator<Item = &'a canopy::certs::Issued>)
         let role = match i.role {
             canopy::certs::Role::Relay => "relay",
             canopy::certs::Role::Gateway => "gateway",
+            canopy::certs::Role::Site => "site",
         };
         let next = match i.generation {
             canopy::certs::Generation::Current => String::new(),
@@ -588,6 +609,11 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
             cfg.admin.token_file = relative_to(&path, &cfg.admin.token_file);
+            for site in cfg.sites.iter_mut().filter(|s| s.tls) {
+                let (cert, key) = site.tls_files();
+                site.cert = Some(relative_to(&path, &cert));
+                site.key = Some(relative_to(&path, &key));
+            }
             let tls = load_tls(&path, &cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca)?;
             canopy::runtime::spawn_gateway(&cfg, &tls).await?;
             tokio::signal::ctrl_c().await?;

@@ -212,7 +212,10 @@ impl Testbed {
             crate::certs::Window::from(time::OffsetDateTime::now_utc()),
             None,
             &["localhost".into(), "127.0.0.1".into()],
-            &[DEMO_GATEWAY.into()],
+            crate::certs::Leaves {
+                gateways: &[DEMO_GATEWAY.into()],
+                sites: &[],
+            },
         )?;
         let origin_stats = Arc::new(OriginStats::default());
         let origin = match &opts.network {
@@ -326,12 +329,18 @@ impl Testbed {
             host: DEMO_SITE.into(),
             origin: format!("http://{origin}"),
             class: None,
+            tls: false,
+            cert: None,
+            key: None,
         }];
         if !opts.auction_lots.is_empty() {
             gw_cfg.sites.push(gateway::config::Site {
                 host: AUCTION_SITE.into(),
                 origin: "http://auction.canopy".into(),
                 class: None,
+                tls: false,
+                cert: None,
+                key: None,
             });
         }
         gw_cfg.classes = vec![

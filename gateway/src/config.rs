@@ -707,6 +707,9 @@ pub struct ProxySection {
     /// Tunnels and requests in flight across all devices; the rest of each uplink
     /// connection's 16,384 streams is kept for bids and check-ins. Over it: 429.
     pub max_shared_streams: u32,
+    /// TCP address where the gateway answers HTTPS for the `[[sites]]` marked `tls`, by
+    /// the name the device asks for (SNI); unset = no HTTPS.
+    pub https_listen: Option<SocketAddr>,
 }
 
 impl ProxySection {
@@ -736,6 +739,7 @@ impl Default for ProxySection {
             max_requests_per_device: 256,
             max_transactions_per_device: 64,
             max_shared_streams: 15_360,
+            https_listen: None,
         }
     }
 }
@@ -751,6 +755,32 @@ pub struct Site {
     /// Class of every request to this site; otherwise `[[classes]]` rules decide.
     #[serde(default)]
     pub class: Option<TrafficClass>,
+    /// Answer HTTPS for this name on `[proxy] https_listen`, with `cert` and `key`.
+    #[serde(default)]
+    pub tls: bool,
+    /// The site's certificate (PEM; `canopy certs add --site HOST` issues one from the
+    /// event CA, or the operator's own). Default `certs/<host>.pem`. A next pair beside it
+    /// (`<host>.next.pem`) is taken up by itself, as the gateway's own.
+    #[serde(default)]
+    pub cert: Option<std::path::PathBuf>,
+    /// Its key (PEM). Default `certs/<host>.key`.
+    #[serde(default)]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl Site {
+    /// The site's certificate and key files (the defaults when unset).
+    pub fn tls_files(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        let host = self.host.to_ascii_lowercase();
+        (
+            self.cert
+                .clone()
+                .unwrap_or_else(|| format!("certs/{host}.pem").into()),
+            self.key
+                .clone()
+                .unwrap_or_else(|| format!("certs/{host}.key").into()),
+        )
+    }
 }
 
 /// `[metrics]`
@@ -807,6 +837,24 @@ impl GatewayConfig {
             if site.host.is_empty() || site.host.contains('/') {
                 errs.push((format!("sites[{i}].host"), "must be a host name".into()));
             }
+            if site.tls && self.proxy.https_listen.is_none() {
+                errs.push((
+                    format!("sites[{i}].tls"),
+                    "needs [proxy] https_listen, where the gateway answers HTTPS".into(),
+                ));
+            }
+            if !site.tls && (site.cert.is_some() || site.key.is_some()) {
+                errs.push((
+                    format!("sites[{i}].cert"),
+                    "a certificate is for a site with tls = true".into(),
+                ));
+            }
+        }
+        if self.proxy.https_listen.is_some() && !self.sites.iter().any(|s| s.tls) {
+            errs.push((
+                "proxy.https_listen".into(),
+                "no [[sites]] entry has tls = true: nothing to answer HTTPS for".into(),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         if self.uplinks.len() > 16 {

@@ -35,12 +35,23 @@ pub struct Pem {
 }
 
 /// What a leaf certificate is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     /// The relay's server certificate.
     Relay,
     /// A gateway's client certificate.
     Gateway,
+    /// A venue site's server certificate (HTTPS at the gateway).
+    Site,
+}
+
+/// The gateway and site leaves to issue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Leaves<'a> {
+    /// Gateway names: a client certificate each.
+    pub gateways: &'a [String],
+    /// Venue site host names: a server certificate each.
+    pub sites: &'a [String],
 }
 
 /// Which of a leaf's two pairs of files.
@@ -265,6 +276,24 @@ impl Ca {
         self.sign(name, Role::Gateway, (window, generation), params, key)
     }
 
+    /// A server certificate for the venue site `host` (HTTPS at the gateway), with a new
+    /// key; its common name is the host name.
+    pub fn site(
+        &self,
+        host: &str,
+        window: Window,
+        generation: Generation,
+    ) -> Result<Issued, CertsError> {
+        let host = check_site(host)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![host.clone()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, host.clone());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(&host, Role::Site, (window, generation), params, key)
+    }
+
     /// The relay's server certificate for `names` (DNS names or IP addresses), with `key`
     /// (the relay's key kept, e.g. for more names) or a new one.
     pub fn relay(
@@ -287,6 +316,17 @@ impl Ca {
             .push(DnType::CommonName, format!("Canopy relay {}", self.event));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.sign("relay", Role::Relay, (window, generation), params, key)
+    }
+
+    /// A new pair for the gateway or site `leaf` is, valid for `window` (the next one).
+    fn again(&self, leaf: &Issued, window: Window) -> Result<Issued, CertsError> {
+        match leaf.role {
+            Role::Gateway => self.gateway(&leaf.name, window, Generation::Next),
+            Role::Site => self.site(&leaf.name, window, Generation::Next),
+            Role::Relay => Err(CertsError::Name(
+                "the relay's next pair keeps its names".into(),
+            )),
+        }
     }
 
     fn sign(
@@ -336,7 +376,8 @@ pub struct EventCerts {
     pub ca: Ca,
     /// Relay server certificate.
     pub relay: Issued,
-    /// Gateway client certificates, in the order named.
+    /// Gateway client certificates, in the order named, then the sites' server
+    /// certificates.
     pub gateways: Vec<Issued>,
     /// The next pair of each, when the event lasts past its first [`ROTATE_AFTER`].
     pub next: Vec<Issued>,
@@ -355,20 +396,25 @@ impl EventCerts {
         window: Window,
         next_at: Option<time::OffsetDateTime>,
         relay_names: &[String],
-        gateways: &[String],
+        leaves: Leaves<'_>,
     ) -> Result<Self, CertsError> {
+        check_distinct(leaves)?;
         let ca = Ca::new(event, window)?;
         let relay = ca.relay(relay_names, None, window, Generation::Current)?;
-        let gateways = gateways
+        let mut gateways = leaves
+            .gateways
             .iter()
             .map(|g| ca.gateway(g, window, Generation::Current))
             .collect::<Result<Vec<_>, _>>()?;
+        for s in leaves.sites {
+            gateways.push(ca.site(s, window, Generation::Current)?);
+        }
         let mut next = Vec::new();
         if let Some(at) = next_at.filter(|at| *at < window.not_after) {
             let w = next_window(&ca, at);
             next.push(ca.relay(relay_names, None, w, Generation::Next)?);
             for g in &gateways {
-                next.push(ca.gateway(&g.name, w, Generation::Next)?);
+                next.push(ca.again(g, w)?);
             }
         }
         Ok(Self {
@@ -428,24 +474,34 @@ pub struct Issuance {
 /// `existing` is [`Existing::Replace`]; then nothing is written.
 pub fn add(
     dir: &Path,
-    gateways: &[String],
+    leaves: Leaves<'_>,
     relay_names: &[String],
     existing: Existing,
 ) -> Result<Issuance, CertsError> {
-    if gateways.is_empty() && relay_names.is_empty() {
+    if leaves.gateways.is_empty() && leaves.sites.is_empty() && relay_names.is_empty() {
         return Err(CertsError::Name(
-            "name a gateway (--gateway) or a relay name (--relay-name) to add".into(),
+            "name a gateway (--gateway), a site (--site) or a relay name (--relay-name) to add"
+                .into(),
         ));
     }
-    for g in gateways {
+    for g in leaves.gateways {
         check_gateway(g)?;
     }
+    for s in leaves.sites {
+        check_site(s)?;
+    }
+    check_distinct(leaves)?;
     let ca = Ca::load(dir)?;
     let mut issued = Vec::new();
     let mut out = Files::default();
-    for g in gateways {
+    for g in leaves.gateways {
         let leaf = ca.gateway(g, ca.window, Generation::Current)?;
         out.push(dir, g, &leaf.pem);
+        issued.push(leaf);
+    }
+    for s in leaves.sites {
+        let leaf = ca.site(s, ca.window, Generation::Current)?;
+        out.push(dir, &leaf.stem(), &leaf.pem);
         issued.push(leaf);
     }
     if !relay_names.is_empty() {
@@ -502,8 +558,11 @@ pub fn rotate(dir: &Path, at: time::OffsetDateTime) -> Result<Issuance, CertsErr
     if !names.is_empty() {
         issued.push(ca.relay(&names, None, w, Generation::Next)?);
     }
-    for g in gateways_in(dir, &ca)? {
-        issued.push(ca.gateway(&g, w, Generation::Next)?);
+    for (role, name) in leaves_in(dir, &ca)? {
+        issued.push(match role {
+            Role::Site => ca.site(&name, w, Generation::Next)?,
+            _ => ca.gateway(&name, w, Generation::Next)?,
+        });
     }
     if issued.is_empty() {
         return Err(CertsError::Name(format!(
@@ -524,9 +583,9 @@ pub fn rotate(dir: &Path, at: time::OffsetDateTime) -> Result<Issuance, CertsErr
     })
 }
 
-/// The gateways with a certificate in `dir`: `NAME.pem` whose common name is
-/// `NAME.<event>`.
-fn gateways_in(dir: &Path, ca: &Ca) -> Result<Vec<String>, CertsError> {
+/// The gateways and sites with a certificate in `dir`: `NAME.pem` whose common name is
+/// `NAME.<event>` (a gateway) or `NAME` (a site).
+fn leaves_in(dir: &Path, ca: &Ca) -> Result<Vec<(Role, String)>, CertsError> {
     let entries = std::fs::read_dir(dir).map_err(|source| CertsError::Read {
         path: dir.to_path_buf(),
         source,
@@ -541,7 +600,7 @@ fn gateways_in(dir: &Path, ca: &Ca) -> Result<Vec<String>, CertsError> {
         else {
             continue;
         };
-        if check_gateway(stem).is_err() {
+        if stem == "ca" || stem == "relay" || stem.ends_with(".next") {
             continue;
         }
         let Some(der) = std::fs::read_to_string(&path)
@@ -553,8 +612,11 @@ fn gateways_in(dir: &Path, ca: &Ca) -> Result<Vec<String>, CertsError> {
         let Ok((_, x)) = x509_parser::parse_x509_certificate(&der) else {
             continue;
         };
-        if common_name(&x).as_deref() == Some(&format!("{stem}.{}", ca.event)) {
-            out.push(stem.to_string());
+        let cn = common_name(&x);
+        if check_gateway(stem).is_ok() && cn.as_deref() == Some(&format!("{stem}.{}", ca.event)) {
+            out.push((Role::Gateway, stem.to_string()));
+        } else if check_site(stem).is_ok() && cn.as_deref() == Some(stem) {
+            out.push((Role::Site, stem.to_string()));
         }
     }
     out.sort();
@@ -680,6 +742,43 @@ fn check_gateway(name: &str) -> Result<(), CertsError> {
         return Err(CertsError::Name(format!(
             "gateway `{name}`: that name is the CA's or the relay's file"
         )));
+    }
+    Ok(())
+}
+
+/// A venue site's host name (its certificate's name and file stem): DNS labels of
+/// letters, digits and `-`, lower-cased.
+fn check_site(host: &str) -> Result<String, CertsError> {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if h.len() > 253 || !h.split('.').all(label_ok) || h.parse::<std::net::IpAddr>().is_ok() {
+        return Err(CertsError::Name(format!(
+            "site `{host}`: a host name (letters, digits, `-`, dots between labels) is needed"
+        )));
+    }
+    if h == "ca" || h == "relay" || h.ends_with(".next") {
+        return Err(CertsError::Name(format!(
+            "site `{host}`: that name is another certificate's file"
+        )));
+    }
+    Ok(h)
+}
+
+/// A gateway and a site that would share files.
+fn check_distinct(leaves: Leaves<'_>) -> Result<(), CertsError> {
+    for s in leaves.sites {
+        let s = s.to_ascii_lowercase();
+        if leaves.gateways.iter().any(|g| g.eq_ignore_ascii_case(&s)) {
+            return Err(CertsError::Name(format!(
+                "`{s}` names a gateway and a site: their files would be the same"
+            )));
+        }
     }
     Ok(())
 }

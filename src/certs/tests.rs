@@ -68,7 +68,10 @@ fn generated_material_builds_both_tls_configs() {
         Window::from(OffsetDateTime::now_utc()),
         None,
         &["localhost".into(), "127.0.0.1".into()],
-        &["gw1".into()],
+        Leaves {
+            gateways: &["gw1".into()],
+            sites: &[],
+        },
     )
     .expect("certs");
     let t = tunnel_io::TransportSettings::default().quinn();
@@ -87,8 +90,17 @@ fn generated_material_builds_both_tls_configs() {
 #[test]
 fn every_certificate_is_valid_for_the_event_window_and_no_longer() {
     let w = window();
-    let certs = EventCerts::generate("market", w, None, &["relay.test".into()], &["gw".into()])
-        .expect("certs");
+    let certs = EventCerts::generate(
+        "market",
+        w,
+        None,
+        &["relay.test".into()],
+        Leaves {
+            gateways: &["gw".into()],
+            sites: &[],
+        },
+    )
+    .expect("certs");
     let ca = certs.ca.pem().cert;
     for pem in [&ca, &certs.relay.pem.cert, &certs.gateways[0].pem.cert] {
         assert_eq!(validity(pem), (w.not_before, w.not_after));
@@ -116,8 +128,17 @@ fn init_refuses_an_event_that_has_a_ca_and_keys_are_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempdir();
     let w = window();
-    let first = EventCerts::generate("market", w, None, &["relay.test".into()], &["gw".into()])
-        .expect("certs");
+    let first = EventCerts::generate(
+        "market",
+        w,
+        None,
+        &["relay.test".into()],
+        Leaves {
+            gateways: &["gw".into()],
+            sites: &[],
+        },
+    )
+    .expect("certs");
     let written = first.write(&dir, Existing::Keep).expect("first init");
     assert_eq!(written.len(), 6);
     for p in &written {
@@ -132,7 +153,10 @@ fn init_refuses_an_event_that_has_a_ca_and_keys_are_owner_only() {
         w,
         None,
         &["relay.test".into()],
-        &["gw".into(), "stall-2".into()],
+        Leaves {
+            gateways: &["gw".into(), "stall-2".into()],
+            sites: &[],
+        },
     )
     .expect("certs");
     match second.write(&dir, Existing::Keep) {
@@ -163,15 +187,33 @@ fn init_refuses_an_event_that_has_a_ca_and_keys_are_owner_only() {
 fn add_issues_from_the_ca_there_and_keeps_what_exists() {
     let dir = tempdir();
     let w = window();
-    EventCerts::generate("market", w, None, &["relay.test".into()], &["gw".into()])
-        .expect("certs")
-        .write(&dir, Existing::Keep)
-        .expect("init");
+    EventCerts::generate(
+        "market",
+        w,
+        None,
+        &["relay.test".into()],
+        Leaves {
+            gateways: &["gw".into()],
+            sites: &[],
+        },
+    )
+    .expect("certs")
+    .write(&dir, Existing::Keep)
+    .expect("init");
     let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca");
     let relay_key = std::fs::read(dir.join("relay.key")).expect("relay key");
     let inside = w.not_before + Duration::hours(1);
 
-    let added = add(&dir, &["stall-2".into()], &[], Existing::Keep).expect("add");
+    let added = add(
+        &dir,
+        Leaves {
+            gateways: &["stall-2".into()],
+            sites: &[],
+        },
+        &[],
+        Existing::Keep,
+    )
+    .expect("add");
     assert_eq!(added.event, "market");
     assert_eq!(added.window, w);
     let leaf = std::fs::read_to_string(dir.join("stall-2.pem")).expect("leaf");
@@ -184,19 +226,36 @@ fn add_issues_from_the_ca_there_and_keeps_what_exists() {
     // the same gateway again: its key stays
     let key = std::fs::read(dir.join("stall-2.key")).expect("key");
     assert!(matches!(
-        add(&dir, &["stall-2".into()], &[], Existing::Keep),
+        add(
+            &dir,
+            Leaves {
+                gateways: &["stall-2".into()],
+                sites: &[]
+            },
+            &[],
+            Existing::Keep
+        ),
         Err(CertsError::Exists(_))
     ));
     assert_eq!(std::fs::read(dir.join("stall-2.key")).expect("key"), key);
     // with one that exists among new ones, none is written
     assert!(matches!(
-        add(&dir, &["stall-3".into(), "stall-2".into()], &[], Existing::Keep),
+        add(&dir, Leaves { gateways: &["stall-3".into(), "stall-2".into()], sites: &[] }, &[], Existing::Keep),
         Err(CertsError::Exists(p)) if p == vec![dir.join("stall-2.pem"), dir.join("stall-2.key")]
     ));
     assert!(!dir.join("stall-3.pem").exists() && !dir.join("stall-3.key").exists());
 
     // another relay name: the old names stay, and so does the relay's key
-    add(&dir, &[], &["10.200.0.1".into()], Existing::Keep).expect("relay name");
+    add(
+        &dir,
+        Leaves {
+            gateways: &[],
+            sites: &[],
+        },
+        &["10.200.0.1".into()],
+        Existing::Keep,
+    )
+    .expect("relay name");
     let relay = std::fs::read_to_string(dir.join("relay.pem")).expect("relay");
     server_ok(&ca, &relay, "relay.test", inside).expect("old name");
     server_ok(&ca, &relay, "10.200.0.1", inside).expect("new name");
@@ -207,7 +266,16 @@ fn add_issues_from_the_ca_there_and_keeps_what_exists() {
 
     // names that cannot be files or are not gateways'
     for bad in ["ca", "relay", "a.b", "../x", ""] {
-        let e = add(&dir, &[bad.into()], &[], Existing::Keep).expect_err(bad);
+        let e = add(
+            &dir,
+            Leaves {
+                gateways: &[bad.into()],
+                sites: &[],
+            },
+            &[],
+            Existing::Keep,
+        )
+        .expect_err(bad);
         assert_eq!(e.exit_code(), 64, "{bad}");
     }
     std::fs::remove_dir_all(&dir).expect("clean");
@@ -221,19 +289,40 @@ fn add_without_the_ca_key_says_which_file_is_missing() {
         window(),
         None,
         &["relay.test".into()],
-        &["gw".into()],
+        Leaves {
+            gateways: &["gw".into()],
+            sites: &[],
+        },
     )
     .expect("certs")
     .write(&dir, Existing::Keep)
     .expect("init");
     std::fs::remove_file(dir.join("ca.key")).expect("rm");
-    let e = add(&dir, &["stall-2".into()], &[], Existing::Keep).expect_err("no key");
+    let e = add(
+        &dir,
+        Leaves {
+            gateways: &["stall-2".into()],
+            sites: &[],
+        },
+        &[],
+        Existing::Keep,
+    )
+    .expect_err("no key");
     assert_eq!(e.exit_code(), 66);
     assert!(e.to_string().contains("ca.key"), "{e}");
     // another CA's key is refused
     let other = Ca::new("other", window()).expect("ca");
     std::fs::write(dir.join("ca.key"), other.pem().key).expect("write");
-    let e = add(&dir, &["stall-2".into()], &[], Existing::Keep).expect_err("wrong key");
+    let e = add(
+        &dir,
+        Leaves {
+            gateways: &["stall-2".into()],
+            sites: &[],
+        },
+        &[],
+        Existing::Keep,
+    )
+    .expect_err("wrong key");
     assert!(e.to_string().contains("is not the key of ca.pem"), "{e}");
     assert!(!dir.join("stall-2.pem").exists());
     std::fs::remove_dir_all(&dir).expect("clean");
@@ -246,7 +335,10 @@ fn a_revocation_list_names_a_leaf_by_serial_or_by_hash() {
         window(),
         None,
         &["relay.test".into()],
-        &["a".into(), "b".into()],
+        Leaves {
+            gateways: &["a".into(), "b".into()],
+            sites: &[],
+        },
     )
     .expect("certs");
     let (a, b) = (&certs.gateways[0], &certs.gateways[1]);
@@ -271,7 +363,10 @@ fn revoke_appends_once_and_leaves_a_broken_list_alone() {
         window(),
         None,
         &["relay.test".into()],
-        &["gw".into()],
+        Leaves {
+            gateways: &["gw".into()],
+            sites: &[],
+        },
     )
     .expect("certs")
     .write(&dir, Existing::Keep)
@@ -304,7 +399,10 @@ fn an_event_past_its_first_day_gets_a_next_pair_taken_up_at_t_plus_24h() {
         w,
         Some(start + ROTATE_AFTER),
         &["relay.test".into()],
-        &["gw".into()],
+        Leaves {
+            gateways: &["gw".into()],
+            sites: &[],
+        },
     )
     .expect("certs");
     let next_nb = start + ROTATE_AFTER - Duration::seconds(tunnel_io::own_cert::SKEW);
@@ -326,8 +424,17 @@ fn an_event_past_its_first_day_gets_a_next_pair_taken_up_at_t_plus_24h() {
     let gw_next = std::fs::read_to_string(dir.join("gw.next.pem")).expect("next");
     client_ok(&ca, &gw_next, start + ROTATE_AFTER).expect("the next pair verifies");
     // a one-day event gets none
-    let short = EventCerts::generate("market", w, None, &["relay.test".into()], &["gw".into()])
-        .expect("certs");
+    let short = EventCerts::generate(
+        "market",
+        w,
+        None,
+        &["relay.test".into()],
+        Leaves {
+            gateways: &["gw".into()],
+            sites: &[],
+        },
+    )
+    .expect("certs");
     assert!(short.next.is_empty());
     std::fs::remove_dir_all(&dir).expect("clean");
 }
@@ -341,7 +448,10 @@ fn rotate_issues_next_pairs_for_the_relay_and_every_gateway_there() {
         w,
         None,
         &["relay.test".into(), "10.200.0.1".into()],
-        &["gw".into(), "b".into()],
+        Leaves {
+            gateways: &["gw".into(), "b".into()],
+            sites: &[],
+        },
     )
     .expect("certs")
     .write(&dir, Existing::Keep)
@@ -373,5 +483,71 @@ fn rotate_issues_next_pairs_for_the_relay_and_every_gateway_there() {
     // past the CA's end: nothing to rotate to
     let e = rotate(&dir, w.not_after + Duration::hours(1)).expect_err("too late");
     assert_eq!(e.exit_code(), 64);
+    std::fs::remove_dir_all(&dir).expect("clean");
+}
+
+#[test]
+fn a_site_gets_a_server_certificate_for_its_name_and_rotates_with_the_rest() {
+    let dir = tempdir();
+    let w = window();
+    let sites = ["Shop.Venue.test".to_string()];
+    let made = EventCerts::generate(
+        "market",
+        w,
+        None,
+        &["relay.test".into()],
+        Leaves {
+            gateways: &["gw".into()],
+            sites: &sites,
+        },
+    )
+    .expect("certs");
+    made.write(&dir, Existing::Keep).expect("write");
+    let ca = made.ca.pem().cert;
+    let site = std::fs::read_to_string(dir.join("shop.venue.test.pem")).expect("site");
+    let inside = w.not_before + Duration::hours(1);
+    server_ok(&ca, &site, "shop.venue.test", inside).expect("its name");
+    assert!(server_ok(&ca, &site, "other.venue.test", inside).is_err());
+    // a site's certificate is no gateway's
+    assert!(client_ok(&ca, &site, inside).is_err());
+    let r = rotate(&dir, inside).expect("rotate");
+    let mut stems: Vec<String> = r.issued.iter().map(Issued::stem).collect();
+    stems.sort();
+    assert_eq!(stems, vec!["gw.next", "relay.next", "shop.venue.test.next"]);
+    let added = add(
+        &dir,
+        Leaves {
+            gateways: &[],
+            sites: &["menu.venue.test".into()],
+        },
+        &[],
+        Existing::Keep,
+    )
+    .expect("add a site");
+    assert_eq!(added.issued[0].role, Role::Site);
+    for bad in ["10.0.0.1", "a..b", "-x.test", "x_y.test", "ca", "x.next"] {
+        let e = add(
+            &dir,
+            Leaves {
+                gateways: &[],
+                sites: &[bad.into()],
+            },
+            &[],
+            Existing::Keep,
+        )
+        .expect_err(bad);
+        assert_eq!(e.exit_code(), 64, "{bad}");
+    }
+    let clash = EventCerts::generate(
+        "market",
+        w,
+        None,
+        &["relay.test".into()],
+        Leaves {
+            gateways: &["shop".into()],
+            sites: &["shop".into()],
+        },
+    );
+    assert!(matches!(clash, Err(CertsError::Name(_))));
     std::fs::remove_dir_all(&dir).expect("clean");
 }

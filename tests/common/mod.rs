@@ -151,6 +151,9 @@ pub(crate) struct Stack {
 
 pub(crate) const SITE: &str = "shop.canopy.test";
 
+/// A site the stack's certificates cover for HTTPS at the gateway (`certs init --site`).
+pub(crate) const SECURE_SITE: &str = "secure.canopy.test";
+
 impl Stack {
     /// Certificates, two origins (http and https), a relay and a gateway; waits until a
     /// request passes end to end.
@@ -185,6 +188,8 @@ impl Stack {
             "test",
             "--out",
             d.join("certs").to_str().expect("utf8"),
+            "--site",
+            SECURE_SITE,
         ]);
         assert!(
             out.status.success(),

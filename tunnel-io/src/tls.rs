@@ -55,9 +55,10 @@ impl TlsFiles {
     /// Loads certificate, key and CA from PEM files; the certificate and key are looked
     /// at again while the process runs (with the next pair beside them).
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TlsError> {
-        let mut me = Self::from_pem(&read(cert)?, cert, &read(key)?, key, &read(ca)?, ca)?;
-        me.own = OwnCert::watched(cert, key, me.own.current());
-        Ok(me)
+        Ok(Self {
+            own: own_cert(cert, key)?,
+            ca: certs(&read(ca)?, ca)?,
+        })
     }
 
     /// Parses PEM text; the paths are only used in error messages.
@@ -69,16 +70,7 @@ impl TlsFiles {
         ca: &[u8],
         ca_path: &Path,
     ) -> Result<Self, TlsError> {
-        let cert_chain = certs(cert, cert_path)?;
-        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem {
-            path: key_path.into(),
-            what: format!("no private key: {e}"),
-        })?;
-        let certified =
-            CertifiedKey::from_der(cert_chain, key, &provider()).map_err(|e| TlsError::Pem {
-                path: key_path.into(),
-                what: format!("not the key of {}: {e}", cert_path.display()),
-            })?;
+        let certified = certified_key(cert, cert_path, key, key_path)?;
         let ca = certs(ca, ca_path)?;
         Ok(Self {
             own: OwnCert::fixed(Arc::new(certified)),
@@ -169,6 +161,32 @@ impl TlsFiles {
 /// The one crypto provider Canopy uses: ring.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its key (PEM text), checked to belong together; the paths are
+/// only used in error messages.
+pub fn certified_key(
+    cert: &[u8],
+    cert_path: &Path,
+    key: &[u8],
+    key_path: &Path,
+) -> Result<CertifiedKey, TlsError> {
+    let cert_chain = certs(cert, cert_path)?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem {
+        path: key_path.into(),
+        what: format!("no private key: {e}"),
+    })?;
+    CertifiedKey::from_der(cert_chain, key, &provider()).map_err(|e| TlsError::Pem {
+        path: key_path.into(),
+        what: format!("not the key of {}: {e}", cert_path.display()),
+    })
+}
+
+/// Reads a certificate and its key from files, watched while the process runs (see
+/// [`OwnCert`]).
+pub fn own_cert(cert: &Path, key: &Path) -> Result<Arc<OwnCert>, TlsError> {
+    let initial = certified_key(&read(cert)?, cert, &read(key)?, key)?;
+    Ok(OwnCert::watched(cert, key, Arc::new(initial)))
 }
 
 /// Reads all certificates of a PEM file's text.

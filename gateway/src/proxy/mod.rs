@@ -29,6 +29,7 @@ use tunnel_io::{copy_bidirectional, pump_body, H3Body, PumpError, TlsFiles};
 mod answer;
 mod connect;
 mod forward;
+mod https;
 mod route;
 
 use answer::*;
@@ -93,6 +94,8 @@ pub struct Gateway {
     admin: Option<crate::admin::Admin>,
     /// Cameras whose transcode level the gateway makes.
     transcodes: Vec<(Arc<LiveStream>, media_io::transcode::TranscodeSettings)>,
+    /// The HTTPS listener for the tls sites, when `[proxy] https_listen`.
+    https: Option<https::Https>,
 }
 
 impl Gateway {
@@ -164,6 +167,10 @@ impl Gateway {
             GatewayError::Config(format!("bids.journal {}: {e}", cfg.bids.journal.display()))
         })?;
         let admin = crate::admin::Admin::bind(&cfg.admin).await?;
+        let https = match cfg.proxy.https_listen {
+            Some(addr) => Some(https::Https::bind(addr, &cfg.sites).await?),
+            None => None,
+        };
         let state = State {
             paused: Arc::default(),
             bids,
@@ -196,6 +203,7 @@ impl Gateway {
             actions: cfg.actions.clone(),
             admin,
             transcodes,
+            https,
         })
     }
 
@@ -212,6 +220,11 @@ impl Gateway {
     /// The proxy's TCP address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The HTTPS address of the tls sites, when enabled.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().and_then(|h| h.local_addr().ok())
     }
 
     /// The bonded uplinks.
@@ -290,6 +303,9 @@ impl Gateway {
                 move || bond.any_usable(),
             ));
         }
+        if let Some(h) = self.https.take() {
+            tasks.spawn(h.run(DeviceDoor(self.state.clone())));
+        }
         for (stream, settings) in std::mem::take(&mut self.transcodes) {
             let span = tracing::info_span!("camera", name = stream.name());
             tasks.spawn(media_io::transcode::run_transcode(stream, settings).instrument(span));
@@ -316,9 +332,26 @@ impl Gateway {
 #[derive(Clone)]
 pub struct DeviceDoor(Arc<State>);
 
+/// How a device's connection came in.
+#[derive(Debug, Clone)]
+pub(crate) enum Entry {
+    /// The plain listener: proxy requests and sites by `Host`.
+    Plain,
+    /// HTTPS for the site of this name (the TLS server name).
+    Site(Arc<str>),
+}
+
 impl DeviceDoor {
     /// Serves one device connection `io` from `peer` until it closes.
     pub async fn serve<IO>(self, io: IO, peer: SocketAddr)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        self.serve_entry(io, peer, Entry::Plain).await
+    }
+
+    /// Serves one device connection that came in through `entry`.
+    pub(crate) async fn serve_entry<IO>(self, io: IO, peer: SocketAddr, entry: Entry)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
@@ -334,7 +367,7 @@ impl DeviceDoor {
                 Ok(h) => h,
                 Err(refused) => return too_many_connections(io, refused).await,
             };
-            let svc = service_fn(move |req| handle(state.clone(), device, req));
+            let svc = service_fn(move |req| handle(state.clone(), device, entry.clone(), req));
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
@@ -418,6 +451,7 @@ pub(crate) fn full(s: impl Into<Bytes>) -> Body {
 async fn handle(
     state: Arc<State>,
     device: IpAddr,
+    entry: Entry,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = tunnel_io::clock::now();
@@ -439,7 +473,7 @@ async fn handle(
             ),
         ))
     } else {
-        route(&state, &req)
+        route(&state, &req, &entry)
     };
     // the device's slot for this request, held until its answer is done
     let slot = match &routed {

@@ -65,7 +65,11 @@ pub(super) async fn local(state: &State, req: &Request<Incoming>) -> Response<Bo
 pub(super) fn route(
     state: &State,
     req: &Request<Incoming>,
+    entry: &Entry,
 ) -> Result<Option<Route>, (StatusCode, String)> {
+    if let Entry::Site(name) = entry {
+        return tls_site_route(state, req, name).map(Some);
+    }
     let method = req.method().as_str();
     if req.method() == Method::CONNECT {
         let authority = req
@@ -127,6 +131,45 @@ pub(super) fn route(
         ));
     };
     site_route(state, site, method, &host, uri.path(), path).map(Some)
+}
+
+/// A request on an HTTPS connection for the site `name`: origin-form, for that name.
+fn tls_site_route(
+    state: &State,
+    req: &Request<Incoming>,
+    name: &str,
+) -> Result<Route, (StatusCode, String)> {
+    let misdirected = |why: String| Err((StatusCode::MISDIRECTED_REQUEST, why));
+    let uri = req.uri();
+    if req.method() == Method::CONNECT || uri.authority().is_some() {
+        // an HTTPS site is no proxy; an absolute-form request for itself is fine
+        let own = uri
+            .authority()
+            .is_some_and(|a| a.host().eq_ignore_ascii_case(name))
+            && req.method() != Method::CONNECT;
+        if !own {
+            return misdirected(format!(
+                "this connection is for {name}; use the gateway's proxy port for other hosts"
+            ));
+        }
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            h.rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(h, |(h, _)| h)
+        });
+    if let Some(h) = host.filter(|h| !h.eq_ignore_ascii_case(name)) {
+        return misdirected(format!("this connection is for {name}, not {h:?}"));
+    }
+    let Some(site) = state.sites.get(name) else {
+        return misdirected(format!("no site is configured for {name:?}"));
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    site_route(state, site, req.method().as_str(), name, uri.path(), path)
 }
 
 fn site_route(
