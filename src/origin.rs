@@ -35,6 +35,8 @@ pub struct OriginStats {
     pub connections: AtomicU64,
     /// Idempotency keys of the bids received, in arrival order (the last 10,000).
     pub bid_keys: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// Fetches of `/static/...` and `/short/...` by path (at most 10,000 paths).
+    pub static_fetches: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Binds the demo origin; serve it with [`serve`].
@@ -141,7 +143,25 @@ async fn handle(
             .unwrap_or(1 << 20);
         return Ok(asset(size, req.headers().get(http::header::RANGE)));
     }
+    if let Some(kind) = ["/static/", "/short/"]
+        .into_iter()
+        .find(|p| path.starts_with(p) && method == Method::GET)
+    {
+        drain(req.into_body(), None).await;
+        return Ok(static_asset(&stats, &path, kind == "/short/"));
+    }
     let resp = match (method, path.as_str()) {
+        (Method::GET, "/stats/static") => {
+            let m = stats
+                .static_fetches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            text(
+                StatusCode::OK,
+                serde_json::to_string(&m).unwrap_or_default() + "\n",
+            )
+        }
         (Method::POST, "/bid") => {
             let key = req
                 .headers()
@@ -231,6 +251,45 @@ async fn handle(
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     };
     Ok(resp)
+}
+
+/// A venue asset: `/static/NAME` says nothing of its freshness (the gateway's per-site
+/// default applies to images, styles and scripts), `/short/NAME` is fresh for a second
+/// (then stale: what a cache may still serve when the uplinks are down). Each fetch is
+/// counted by path.
+fn static_asset(stats: &OriginStats, path: &str, short: bool) -> Response<Body> {
+    {
+        let mut m = stats
+            .static_fetches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if m.len() < 10_000 || m.contains_key(path) {
+            *m.entry(path.to_string()).or_default() += 1;
+        }
+    }
+    let ext = path.rsplit_once('.').map_or("", |(_, e)| e);
+    let ct = match ext {
+        "png" => "image/png",
+        "css" => "text/css",
+        "js" => "text/javascript",
+        "json" => "application/json",
+        _ => "text/plain; charset=utf-8",
+    };
+    let mut r = text(
+        StatusCode::OK,
+        format!("asset {path}\n{}\n", "x".repeat(2000)),
+    );
+    let h = r.headers_mut();
+    if let Ok(v) = http::HeaderValue::from_str(ct) {
+        h.insert(http::header::CONTENT_TYPE, v);
+    }
+    if short {
+        h.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("max-age=1"),
+        );
+    }
+    r
 }
 
 /// A generated body of `size` bytes (a repeating pattern: byte `o` is `(o % 65536) % 251`),

@@ -332,6 +332,7 @@ impl Testbed {
             tls: false,
             cert: None,
             key: None,
+            static_max_age_s: 1800,
         }];
         if !opts.auction_lots.is_empty() {
             gw_cfg.sites.push(gateway::config::Site {
@@ -341,6 +342,7 @@ impl Testbed {
                 tls: false,
                 cert: None,
                 key: None,
+                static_max_age_s: 1800,
             });
         }
         gw_cfg.classes = vec![

@@ -41,6 +41,34 @@ pub struct GatewayConfig {
     pub admin: AdminSection,
     /// `[[actions]]`: local actions fired by thresholds over the gateway's measurements.
     pub actions: Vec<ActionConfig>,
+    /// `[cache]`: the edge cache for GETs through the proxy and the sites.
+    pub cache: CacheSection,
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// Keep answers to GETs by RFC 9111's rules (a shared cache).
+    pub enabled: bool,
+    /// Bytes of answers kept in memory; the least recently used go first.
+    pub memory_bytes: u64,
+    /// Largest answer kept, bytes.
+    pub max_object_bytes: u64,
+    /// How long past its freshness an answer may still be served when no uplink is up or
+    /// the origin fails (unless the answer forbids it: must-revalidate, no-cache), s.
+    pub stale_max_s: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            memory_bytes: 64 << 20,
+            max_object_bytes: 8 << 20,
+            stale_max_s: 86_400,
+        }
+    }
 }
 
 /// `[admin]`
@@ -758,6 +786,10 @@ pub struct Site {
     /// Answer HTTPS for this name on `[proxy] https_listen`, with `cert` and `key`.
     #[serde(default)]
     pub tls: bool,
+    /// How long the edge cache keeps the site's static assets (images, styles, scripts,
+    /// fonts) whose answers say nothing of their freshness, s; 0 = only what they say.
+    #[serde(default = "default_static_max_age")]
+    pub static_max_age_s: u64,
     /// The site's certificate (PEM; `canopy certs add --site HOST` issues one from the
     /// event CA, or the operator's own). Default `certs/<host>.pem`. A next pair beside it
     /// (`<host>.next.pem`) is taken up by itself, as the gateway's own.
@@ -766,6 +798,10 @@ pub struct Site {
     /// Its key (PEM). Default `certs/<host>.key`.
     #[serde(default)]
     pub key: Option<std::path::PathBuf>,
+}
+
+fn default_static_max_age() -> u64 {
+    1800
 }
 
 impl Site {

@@ -8,6 +8,7 @@ pub mod admin;
 mod bid_path;
 mod bids;
 pub mod bond;
+pub mod cache;
 mod checkin;
 pub mod clock;
 pub mod config;
@@ -24,7 +25,7 @@ mod uplink;
 pub use bond::{Bond, PathStatus};
 pub use config::GatewayConfig;
 pub use media_io::LiveStreams;
-pub use proxy::{DeviceDoor, Gateway};
+pub use proxy::{DeviceDoor, EdgeCache, Gateway};
 pub use uplink::{Hello, Live, Sender, Uplink, UplinkSettings, UplinkState};
 
 /// Errors starting the gateway.

@@ -9,6 +9,8 @@
 //! | `PUT /api/levels/<camera>` `{"level": "substream"}` | pins the camera; `"auto"` lifts the pin |
 //! | `GET /api/actions` | every `[[actions]]` rule: fired or not, cause, firings |
 //! | `POST /api/purge` | removes the spooled parts the relay has answered for |
+//! | `GET /api/cache` | the edge cache's answers and bytes |
+//! | `POST /api/cache/purge` `{"url": U}`, `{"prefix": P}`, `{"site": S}` or `{"all": true}` | removes those answers from the edge cache |
 
 use crate::actions::Actions;
 use crate::bond::Bond;
@@ -49,6 +51,8 @@ pub struct AdminView {
     pub actions: Arc<Actions>,
     /// The proxy's paused classes.
     pub paused: Arc<crate::actions::Paused>,
+    /// The edge cache, when on.
+    pub cache: Option<Arc<crate::EdgeCache>>,
 }
 
 /// The bound admin listener and its token.
@@ -180,17 +184,93 @@ async fn handle(view: &AdminView, token: &str, peer: SocketAddr, req: Request<In
                 }),
             )
         }
+        ("/api/cache", &Method::GET) => match &view.cache {
+            Some(c) => {
+                let (entries, bytes) = c.usage();
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"entries": entries, "bytes": bytes}),
+                )
+            }
+            None => cache_off(),
+        },
+        ("/api/cache/purge", &Method::POST) => purge_cache(view, peer, req).await,
         (p, &Method::PUT) if p.starts_with("/api/levels/") => {
             let camera = p["/api/levels/".len()..].to_string();
             set_level(view, peer, &camera, req).await
         }
         ("/api/status" | "/api/levels" | "/api/actions", _) => not_allowed("GET"),
-        ("/api/purge", _) => not_allowed("POST"),
+        ("/api/purge" | "/api/cache/purge", _) => not_allowed("POST"),
+        ("/api/cache", _) => not_allowed("GET"),
         (p, _) if p.starts_with("/api/levels/") => not_allowed("PUT"),
         _ => error(
             StatusCode::NOT_FOUND,
-            "not found: try /api/status, /api/levels, /api/actions, /api/purge",
+            "not found: try /api/status, /api/levels, /api/actions, /api/purge, /api/cache",
         ),
+    }
+}
+
+fn cache_off() -> Answer {
+    error(
+        StatusCode::CONFLICT,
+        "the edge cache is off ([cache] enabled = false)",
+    )
+}
+
+/// `POST /api/cache/purge` with one of `{"url": U}`, `{"prefix": P}`, `{"site": S}`,
+/// `{"all": true}`.
+async fn purge_cache(view: &AdminView, peer: SocketAddr, req: Request<Incoming>) -> Answer {
+    use crate::cache::Purge;
+    let Some(cache) = &view.cache else {
+        return cache_off();
+    };
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        url: Option<String>,
+        prefix: Option<String>,
+        site: Option<String>,
+        #[serde(default)]
+        all: bool,
+    }
+    let usage = "expected one of {\"url\": U}, {\"prefix\": P}, {\"site\": S}, {\"all\": true}";
+    let b: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("{usage}: {e}")),
+    };
+    let what = match (b.url, b.prefix, b.site, b.all) {
+        (Some(u), None, None, false) => Purge::Url(u),
+        (None, Some(p), None, false) => Purge::Prefix(p),
+        (None, None, Some(s), false) => Purge::Site(s),
+        (None, None, None, true) => Purge::All,
+        _ => return error(StatusCode::UNPROCESSABLE_ENTITY, usage),
+    };
+    let p = cache.purge(&what);
+    info!(%peer, ?what, entries = p.entries, bytes = p.bytes, "admin: edge cache purged");
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"purged_entries": p.entries, "purged_bytes": p.bytes}),
+    )
+}
+
+/// A request body of at most [`MAX_BODY`] bytes, or the answer that says why not.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Answer> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("at most {MAX_BODY} bytes"),
+            ))
+        }
+        Err(_) => Err(error(StatusCode::BAD_REQUEST, "the body was cut")),
     }
 }
 
@@ -214,18 +294,9 @@ async fn set_level(
             "the low-bandwidth mode is off: the cameras are not sent to the relay ([live] contribute = false)",
         );
     };
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("at most {MAX_BODY} bytes"),
-            )
-        }
-        Err(_) => return error(StatusCode::BAD_REQUEST, "the body was cut"),
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -27,12 +27,14 @@ use tunnel::{hop, wire, Classifier, TrafficClass};
 use tunnel_io::{copy_bidirectional, pump_body, H3Body, PumpError, TlsFiles};
 
 mod answer;
+mod cached;
 mod connect;
 mod forward;
 mod https;
 mod route;
 
 use answer::*;
+pub use cached::EdgeCache;
 use connect::*;
 pub(crate) use forward::*;
 use route::*;
@@ -44,6 +46,8 @@ struct SiteTarget {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     class: Option<TrafficClass>,
+    /// Default max-age (s) of its static assets that say nothing of their freshness.
+    static_max_age: u64,
 }
 
 pub(crate) struct State {
@@ -68,6 +72,8 @@ pub(crate) struct State {
     paused: Arc<crate::actions::Paused>,
     /// Origins whose pages may load the on-site LL-HLS (CORS).
     cors_origins: Vec<String>,
+    /// The edge cache, when `[cache] enabled`.
+    pub(crate) cache: Option<Arc<cached::EdgeCache>>,
 }
 
 /// A camera rendition to pull: stream, rendition, URL, credentials.
@@ -187,6 +193,13 @@ impl Gateway {
             body_idle: Duration::from_millis(cfg.proxy.body_idle_timeout_ms.max(1000)),
             bond,
             live,
+            cache: cfg.cache.enabled.then(|| {
+                Arc::new(cached::EdgeCache::new(crate::cache::StoreConfig {
+                    memory_bytes: cfg.cache.memory_bytes,
+                    max_object_bytes: cfg.cache.max_object_bytes,
+                    stale_max: Duration::from_secs(cfg.cache.stale_max_s),
+                }))
+            }),
         };
         Ok(Self {
             listener,
@@ -285,6 +298,7 @@ impl Gateway {
         );
         if let Some(admin) = self.admin.take() {
             tasks.spawn(admin.serve(Arc::new(crate::admin::AdminView {
+                cache: self.state.cache.clone(),
                 name: self.state.name.clone(),
                 bond: self.state.bond.clone(),
                 levels: self.levels.clone(),
@@ -417,6 +431,7 @@ fn site_target(site: &Site) -> Option<(String, SiteTarget)> {
             scheme: uri.scheme()?.clone(),
             authority: uri.authority()?.clone(),
             class: site.class,
+            static_max_age: site.static_max_age_s,
         },
     ))
 }
@@ -519,6 +534,13 @@ async fn handle(
                 connect(&state, req, route, held.take()).await
             } else if class.is_transactional() && !method.is_safe() {
                 crate::bid_path::journaled(&state, req, route).await
+            } else if let Some(cache) = state
+                .cache
+                .as_ref()
+                .filter(|_| cached::applies(&req, &route))
+            {
+                let tls = matches!(entry, Entry::Site(_));
+                cached::serve(&state, cache, req, route, tls).await
             } else {
                 forward(&state, req, route).await
             };

@@ -1,0 +1,353 @@
+use super::*;
+
+const MIB: u64 = 1 << 20;
+
+fn store(memory: u64) -> Store {
+    Store::new(StoreConfig {
+        memory_bytes: memory,
+        max_object_bytes: MIB,
+        stale_max: Duration::from_secs(3600),
+    })
+}
+
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+fn at(s: u64) -> SystemTime {
+    t0() + Duration::from_secs(s)
+}
+
+fn req(method: &str, url: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).expect("request").into_parts().0
+}
+
+fn get(url: &str) -> http::request::Parts {
+    req("GET", url, &[])
+}
+
+fn resp(status: u16, headers: &[(&str, &str)]) -> http::response::Parts {
+    let mut b = http::Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).expect("response").into_parts().0
+}
+
+const URL: &str = "http://shop.test/a.png";
+
+fn is_fresh(l: &Lookup) -> bool {
+    matches!(l, Lookup::Fresh(_))
+}
+
+/// (case, request headers, response status and headers, expected)
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    u16,
+    &'static [(&'static str, &'static str)],
+    Result<(), NotStored>,
+);
+
+#[test]
+fn what_may_be_stored_follows_rfc_9111_for_a_shared_cache() {
+    let cases: &[Case] = &[
+        (
+            "max-age",
+            &[],
+            200,
+            &[("cache-control", "max-age=60")],
+            Ok(()),
+        ),
+        (
+            "expires",
+            &[],
+            200,
+            &[
+                ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+                ("date", "Fri, 15 Jan 2027 08:00:00 GMT"),
+            ],
+            Ok(()),
+        ),
+        ("validator only", &[], 200, &[("etag", "\"v1\"")], Ok(())),
+        (
+            "no-store",
+            &[],
+            200,
+            &[("cache-control", "no-store, max-age=60")],
+            Err(NotStored::Forbidden),
+        ),
+        (
+            "private",
+            &[],
+            200,
+            &[("cache-control", "private, max-age=60")],
+            Err(NotStored::Forbidden),
+        ),
+        (
+            "request no-store",
+            &[("cache-control", "no-store")],
+            200,
+            &[("cache-control", "max-age=60")],
+            Err(NotStored::Forbidden),
+        ),
+        (
+            "authorization",
+            &[("authorization", "Bearer x")],
+            200,
+            &[("cache-control", "max-age=60")],
+            Err(NotStored::Forbidden),
+        ),
+        (
+            "authorization, public",
+            &[("authorization", "Bearer x")],
+            200,
+            &[("cache-control", "public, max-age=60")],
+            Ok(()),
+        ),
+        (
+            "set-cookie",
+            &[],
+            200,
+            &[("cache-control", "max-age=60"), ("set-cookie", "s=1")],
+            Err(NotStored::SetsCookie),
+        ),
+        (
+            "partial",
+            &[],
+            206,
+            &[("cache-control", "max-age=60")],
+            Err(NotStored::Forbidden),
+        ),
+        (
+            "server error",
+            &[],
+            500,
+            &[("cache-control", "max-age=60")],
+            Err(NotStored::Forbidden),
+        ),
+        ("nothing said", &[], 200, &[], Err(NotStored::Useless)),
+        (
+            "too large",
+            &[],
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-length", "2000000"),
+            ],
+            Err(NotStored::TooLarge),
+        ),
+    ];
+    for (case, rh, status, h, want) in cases {
+        let mut s = store(64 * MIB);
+        let got = s
+            .insert(
+                "shop.test",
+                &req("GET", URL, rh),
+                &resp(*status, h),
+                Bytes::from_static(b"x"),
+                at(0),
+            )
+            .map(|_| ());
+        assert_eq!(got, *want, "{case}");
+    }
+}
+
+#[test]
+fn a_fresh_answer_is_a_hit_with_its_age_then_stale_with_validators() {
+    let mut s = store(64 * MIB);
+    let r = resp(
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("content-type", "image/png"),
+        ],
+    );
+    s.insert(
+        "shop.test",
+        &get(URL),
+        &r,
+        Bytes::from_static(b"png"),
+        at(0),
+    )
+    .expect("stored");
+    match s.lookup(&get(URL), at(10)) {
+        Lookup::Fresh(hit) => {
+            assert_eq!(hit.body, Bytes::from_static(b"png"));
+            assert_eq!(hit.head.headers[header::AGE], "10");
+            assert_eq!(hit.ttl, 50);
+            assert_eq!(hit.head.status, StatusCode::OK);
+        }
+        other => panic!("expected a hit, got {other:?}"),
+    }
+    // a HEAD is answered from the GET's answer
+    assert!(is_fresh(&s.lookup(&req("HEAD", URL, &[]), at(10))));
+    // after max-age: stale, asked again with If-None-Match
+    match s.lookup(&get(URL), at(61)) {
+        Lookup::Stale { request, .. } => {
+            assert_eq!(request.headers[header::IF_NONE_MATCH], "\"v1\"")
+        }
+        other => panic!("expected stale, got {other:?}"),
+    }
+    // a request that asks for no cached answer
+    assert!(!is_fresh(&s.lookup(
+        &req("GET", URL, &[("cache-control", "no-cache")]),
+        at(10)
+    )));
+    assert!(matches!(
+        s.lookup(&get("http://shop.test/other.png"), at(10)),
+        Lookup::UriMiss
+    ));
+}
+
+#[test]
+fn a_304_refreshes_the_stored_answer_and_a_200_does_not() {
+    let mut s = store(64 * MIB);
+    let r = resp(200, &[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
+    s.insert("shop.test", &get(URL), &r, Bytes::from_static(b"v1"), at(0))
+        .expect("stored");
+    let Lookup::Stale { entry, request } = s.lookup(&get(URL), at(100)) else {
+        panic!("stale")
+    };
+    let changed = resp(200, &[("cache-control", "max-age=60"), ("etag", "\"v2\"")]);
+    assert!(s.revalidated(entry, &request, &changed, at(100)).is_none());
+    let same = resp(304, &[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
+    let served = s
+        .revalidated(entry, &request, &same, at(100))
+        .expect("not modified");
+    assert_eq!(served.body, Bytes::from_static(b"v1"));
+    assert_eq!(served.head.status, StatusCode::OK);
+    // fresh again for another minute
+    assert!(is_fresh(&s.lookup(&get(URL), at(150))));
+    assert!(!is_fresh(&s.lookup(&get(URL), at(161))));
+}
+
+#[test]
+fn vary_keeps_a_variant_per_selecting_header() {
+    let mut s = store(64 * MIB);
+    let r = resp(
+        200,
+        &[("cache-control", "max-age=60"), ("vary", "accept-encoding")],
+    );
+    let gz = req("GET", URL, &[("accept-encoding", "gzip")]);
+    let br = req("GET", URL, &[("accept-encoding", "br")]);
+    s.insert("shop.test", &gz, &r, Bytes::from_static(b"gz"), at(0))
+        .expect("gz");
+    assert!(matches!(s.lookup(&br, at(1)), Lookup::VaryMiss));
+    s.insert("shop.test", &br, &r, Bytes::from_static(b"br"), at(1))
+        .expect("br");
+    for (r, want) in [(&gz, "gz"), (&br, "br")] {
+        match s.lookup(r, at(2)) {
+            Lookup::Fresh(hit) => assert_eq!(hit.body, Bytes::from(want)),
+            other => panic!("{want}: {other:?}"),
+        }
+    }
+    // storing gz again replaces its variant only
+    s.insert("shop.test", &gz, &r, Bytes::from_static(b"gz2"), at(3))
+        .expect("gz2");
+    assert_eq!(s.len(), 2);
+    // Vary: * never matches
+    let mut s = store(64 * MIB);
+    let star = resp(200, &[("cache-control", "max-age=60"), ("vary", "*")]);
+    let _ = s.insert("shop.test", &gz, &star, Bytes::from_static(b"x"), at(0));
+    assert!(!is_fresh(&s.lookup(&gz, at(1))));
+}
+
+#[test]
+fn memory_is_bounded_and_the_least_recently_used_goes_first() {
+    let mut s = store(10_000);
+    let r = resp(200, &[("cache-control", "max-age=600")]);
+    let body = Bytes::from(vec![0u8; 3_000]);
+    for i in 0..3 {
+        s.insert(
+            "shop.test",
+            &get(&format!("http://shop.test/{i}")),
+            &r,
+            body.clone(),
+            at(0),
+        )
+        .expect("stored");
+    }
+    // the first is used again: the second is now the oldest
+    assert!(is_fresh(&s.lookup(&get("http://shop.test/0"), at(1))));
+    s.insert("shop.test", &get("http://shop.test/3"), &r, body, at(2))
+        .expect("stored");
+    assert!(s.bytes() <= 10_000, "{}", s.bytes());
+    assert!(is_fresh(&s.lookup(&get("http://shop.test/0"), at(3))));
+    assert!(matches!(
+        s.lookup(&get("http://shop.test/1"), at(3)),
+        Lookup::UriMiss
+    ));
+    assert!(is_fresh(&s.lookup(&get("http://shop.test/3"), at(3))));
+}
+
+#[test]
+fn purge_by_url_prefix_site_or_all() {
+    let mut s = store(64 * MIB);
+    let r = resp(200, &[("cache-control", "max-age=600")]);
+    for (site, url) in [
+        ("shop.test", "http://shop.test/img/a.png"),
+        ("shop.test", "http://shop.test/img/b.png"),
+        ("shop.test", "http://shop.test/menu.json"),
+        ("menu.test", "http://menu.test/a.png"),
+    ] {
+        s.insert(site, &get(url), &r, Bytes::from_static(b"x"), at(0))
+            .expect("stored");
+    }
+    assert_eq!(
+        s.purge(&Purge::Url("http://shop.test/menu.json".into()))
+            .entries,
+        1
+    );
+    assert_eq!(
+        s.purge(&Purge::Prefix("http://shop.test/img/".into()))
+            .entries,
+        2
+    );
+    assert_eq!(s.purge(&Purge::Site("MENU.test".into())).entries, 1);
+    assert!(s.is_empty());
+    s.insert("shop.test", &get(URL), &r, Bytes::from_static(b"x"), at(0))
+        .expect("stored");
+    let p = s.purge(&Purge::All);
+    assert_eq!(p.entries, 1);
+    assert!(p.bytes > 0);
+    assert_eq!(s.bytes(), 0);
+}
+
+#[test]
+fn a_stale_answer_is_served_without_the_origin_unless_it_forbids_it() {
+    let mut s = store(64 * MIB);
+    let ok = resp(200, &[("cache-control", "max-age=60, stale-if-error=100")]);
+    s.insert("shop.test", &get(URL), &ok, Bytes::from_static(b"x"), at(0))
+        .expect("stored");
+    let Lookup::Stale { entry, .. } = s.lookup(&get(URL), at(90)) else {
+        panic!("stale")
+    };
+    // no uplink: up to the venue's bound (an hour here)
+    let served = s.stale(entry, at(90), false).expect("no uplink");
+    assert_eq!(served.ttl, -30);
+    assert_eq!(served.head.headers[header::AGE], "90");
+    assert!(s.stale(entry, at(60 + 3_601), false).is_none());
+    // the origin failed: its own stale-if-error
+    assert!(s.stale(entry, at(150), true).is_some());
+    assert!(s.stale(entry, at(161), true).is_none());
+    let strict = resp(200, &[("cache-control", "max-age=60, must-revalidate")]);
+    let u = "http://shop.test/strict";
+    s.insert(
+        "shop.test",
+        &get(u),
+        &strict,
+        Bytes::from_static(b"x"),
+        at(0),
+    )
+    .expect("stored");
+    let Lookup::Stale { entry, .. } = s.lookup(&get(u), at(90)) else {
+        panic!("stale")
+    };
+    assert!(s.stale(entry, at(90), false).is_none());
+}

@@ -1,0 +1,509 @@
+//! The edge cache's shell: GETs and HEADs through the proxy and the sites are answered
+//! from the store when it can (`crate::cache`), misses for the same URL wait for one
+//! fetch (the first, the leader; the others follow), a stale answer is revalidated or,
+//! with no uplink up or a failing origin, served stale. Every answer says what happened in
+//! `Cache-Status` (RFC 9211; the cache's name is `canopy`) and, from the store, `Age`.
+
+use super::*;
+use crate::cache::{Lookup, NotStored, Purge, Purged, Served, Store, StoreConfig};
+use http_body::Frame;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+use tokio::sync::watch;
+
+/// The cache's name in `Cache-Status`.
+const NAME: &str = "canopy";
+
+/// The edge cache: the store and the fetches under way.
+pub struct EdgeCache {
+    store: Arc<Mutex<Store>>,
+    inflight: Inflight,
+}
+
+impl EdgeCache {
+    pub(crate) fn new(cfg: StoreConfig) -> Self {
+        Self {
+            store: Arc::new(Mutex::new(Store::new(cfg))),
+            inflight: Arc::default(),
+        }
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes what `what` names.
+    pub fn purge(&self, what: &Purge) -> Purged {
+        let p = self.store().purge(what);
+        self.gauges();
+        metrics::counter!("canopy_gateway_cache_purged_total").increment(p.entries);
+        p
+    }
+
+    /// (answers, bytes) held.
+    pub fn usage(&self) -> (usize, u64) {
+        let s = self.store();
+        (s.len(), s.bytes())
+    }
+
+    fn gauges(&self) {
+        let (n, b) = self.usage();
+        metrics::gauge!("canopy_gateway_cache_entries").set(n as f64);
+        metrics::gauge!("canopy_gateway_cache_bytes").set(b as f64);
+    }
+}
+
+/// Whether the cache has a say in this request: a GET or HEAD for an http(s) URL, not a
+/// range, not a bid or check-in.
+pub(super) fn applies(req: &Request<Incoming>, route: &Route) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && !route.class.is_transactional()
+        && route.target.scheme().is_some()
+        && !req.headers().contains_key(header::RANGE)
+}
+
+/// What happened, for `Cache-Status` and the metrics.
+struct Status {
+    /// RFC 9211 parameters after the cache's name.
+    params: String,
+    /// Metric label.
+    result: &'static str,
+}
+
+impl Status {
+    fn hit(ttl: i64, more: &str, result: &'static str) -> Self {
+        Self {
+            params: format!("hit; ttl={ttl}{more}"),
+            result,
+        }
+    }
+    fn fwd(fwd: &str, more: &str, result: &'static str) -> Self {
+        Self {
+            params: format!("fwd={fwd}{more}"),
+            result,
+        }
+    }
+}
+
+/// Answers `req` (for `route`) through the cache.
+pub(super) async fn serve(
+    state: &State,
+    cache: &EdgeCache,
+    mut req: Request<Incoming>,
+    route: Route,
+    tls: bool,
+) -> Response<Body> {
+    let head_only = req.method() == Method::HEAD;
+    let site = request_host(&req);
+    let url = asked_url(&req, &site, tls);
+    let key = url.to_string();
+    let parts = cache_request(&req, &url, &site);
+    let mut followed = false;
+    loop {
+        let now = SystemTime::now();
+        let looked = cache.store().lookup(&parts, now);
+        let (stale, miss) = match looked {
+            Lookup::Fresh(hit) => {
+                let st = if followed {
+                    Status::hit(hit.ttl, "; collapsed", "collapsed")
+                } else {
+                    Status::hit(hit.ttl, "", "hit")
+                };
+                return from_store(hit, head_only, st);
+            }
+            Lookup::Stale { entry, request } => (Some((entry, request)), "stale"),
+            Lookup::UriMiss => (None, "uri-miss"),
+            Lookup::VaryMiss => (None, "vary-miss"),
+        };
+        if !state.bond.any_usable() {
+            let served = stale
+                .as_ref()
+                .and_then(|(entry, _)| cache.store().stale(*entry, now, false));
+            return match served {
+                Some(s) => {
+                    let st = Status::hit(s.ttl, "; detail=\"stale, no uplink\"", "stale");
+                    from_store(s, head_only, st)
+                }
+                None => tagged(
+                    synthetic(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "not in the gateway's edge cache, and no uplink is up to fetch it",
+                    ),
+                    Status::fwd(miss, "; detail=\"no uplink\"", "offline_miss"),
+                ),
+            };
+        }
+        // one fetch per URL at a time: the others wait for it, then look again
+        let leader = if followed {
+            None
+        } else {
+            match lead_or_follow(cache, &key) {
+                Ok(l) => Some(l),
+                Err(mut rx) => {
+                    let _ = tokio::time::timeout(state.response_timeout, rx.wait_for(|d| *d)).await;
+                    followed = true;
+                    continue;
+                }
+            }
+        };
+        if let Some((_, revalidate)) = &stale {
+            for h in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+                match revalidate.headers.get(&h) {
+                    Some(v) => {
+                        req.headers_mut().insert(h, v.clone());
+                    }
+                    None => {
+                        req.headers_mut().remove(&h);
+                    }
+                }
+            }
+        }
+        let resp = forward(state, req, route).await;
+        let now = SystemTime::now();
+        let status = resp.status();
+        if let Some((entry, _)) = &stale {
+            let (head, body) = resp.into_parts();
+            if status == StatusCode::NOT_MODIFIED {
+                if let Some(s) = cache.store().revalidated(*entry, &parts, &head, now) {
+                    drop(leader);
+                    let st = Status::fwd("stale", "; fwd-status=304", "revalidated");
+                    return from_store(s, head_only, st);
+                }
+            }
+            if status.is_server_error() {
+                if let Some(s) = cache.store().stale(*entry, now, true) {
+                    drop(leader);
+                    let st = Status::fwd(
+                        "stale",
+                        &format!(
+                            "; fwd-status={}; ttl={}; detail=stale-if-error",
+                            status.as_u16(),
+                            s.ttl
+                        ),
+                        "stale",
+                    );
+                    return from_store(s, head_only, st);
+                }
+            }
+            return keep(
+                state,
+                cache,
+                &site,
+                &parts,
+                Response::from_parts(head, body),
+                leader,
+                "stale",
+                head_only,
+            );
+        }
+        return keep(state, cache, &site, &parts, resp, leader, miss, head_only);
+    }
+}
+
+/// The origin's answer: stored on its way to the device when the store may keep it.
+#[allow(clippy::too_many_arguments)]
+fn keep(
+    state: &State,
+    cache: &EdgeCache,
+    site: &str,
+    parts: &http::request::Parts,
+    resp: Response<Body>,
+    leader: Option<Leader>,
+    fwd: &str,
+    head_only: bool,
+) -> Response<Body> {
+    let (mut head, body) = resp.into_parts();
+    if let Some(secs) = static_max_age(state, site, parts, &head) {
+        crate::cache::with_default_max_age(&mut head.headers, secs);
+    }
+    hop::strip_hop_by_hop(&mut head.headers);
+    let now = SystemTime::now();
+    let storable = if head_only || head.headers.contains_key(wire::HDR_REASON) {
+        // a HEAD has no body to keep; the gateway's own refusals are not the origin's
+        Err(NotStored::Forbidden)
+    } else {
+        cache.store().storable(parts, &head, now).map(|_| ())
+    };
+    let status = head.status.as_u16();
+    match storable {
+        Ok(()) => {
+            let st = Status::fwd(fwd, &format!("; fwd-status={status}; stored"), "miss");
+            let declared = head
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let tee = Tee {
+                inner: body,
+                declared,
+                buf: BytesMut::new(),
+                cap: cache.store().max_object_bytes() as usize,
+                done: Some(Keep {
+                    store: cache.store.clone(),
+                    site: site.to_string(),
+                    parts: parts.clone(),
+                    head: head.clone(),
+                    leader,
+                }),
+            };
+            tagged(Response::from_parts(head, tee.boxed_unsync()), st)
+        }
+        Err(_) => {
+            drop(leader);
+            let st = Status::fwd(fwd, &format!("; fwd-status={status}"), "miss");
+            tagged(Response::from_parts(head, body), st)
+        }
+    }
+}
+
+/// The default max-age of a site's static assets, for an answer that says nothing of its
+/// freshness.
+fn static_max_age(
+    state: &State,
+    site: &str,
+    parts: &http::request::Parts,
+    head: &http::response::Parts,
+) -> Option<u64> {
+    let secs = state.sites.get(site)?.static_max_age;
+    if secs == 0 || head.status != StatusCode::OK || crate::cache::states_freshness(&head.headers) {
+        return None;
+    }
+    let ext = parts
+        .uri
+        .path()
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase());
+    let by_ext = ext.as_deref().is_some_and(|e| {
+        matches!(
+            e,
+            "css"
+                | "js"
+                | "mjs"
+                | "png"
+                | "jpg"
+                | "jpeg"
+                | "gif"
+                | "webp"
+                | "avif"
+                | "svg"
+                | "ico"
+                | "woff"
+                | "woff2"
+                | "ttf"
+                | "otf"
+        )
+    });
+    let ct = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let by_type = ct.starts_with("image/")
+        || ct.starts_with("font/")
+        || ct.starts_with("text/css")
+        || ct.contains("javascript");
+    (by_ext || by_type).then_some(secs)
+}
+
+/// Serves a stored answer.
+fn from_store(s: Served, head_only: bool, st: Status) -> Response<Body> {
+    let body = if head_only { Bytes::new() } else { s.body };
+    tagged(Response::from_parts(s.head, full(body)), st)
+}
+
+/// Adds `Cache-Status` and counts the outcome.
+fn tagged(mut r: Response<Body>, st: Status) -> Response<Body> {
+    metrics::counter!("canopy_gateway_cache_requests_total", "result" => st.result).increment(1);
+    if let Ok(v) = HeaderValue::from_str(&format!("{NAME}; {}", st.params)) {
+        r.headers_mut().insert("cache-status", v);
+    }
+    r
+}
+
+/// The URL the device asked for (what the crew purges by): its absolute form through
+/// the proxy, or the site's name and the path.
+fn asked_url(req: &Request<Incoming>, host: &str, tls: bool) -> Uri {
+    if req.uri().scheme().is_some() {
+        return req.uri().clone();
+    }
+    let scheme = if tls { "https" } else { "http" };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    format!("{scheme}://{host}{pq}")
+        .parse()
+        .unwrap_or_else(|_| req.uri().clone())
+}
+
+/// The request as the store sees it: the URL the device asked for, its headers, its host
+/// as the key's.
+fn cache_request(req: &Request<Incoming>, target: &Uri, host: &str) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = req.method().clone();
+    parts.uri = target.clone();
+    parts.headers = req.headers().clone();
+    if let Ok(v) = HeaderValue::from_str(host) {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts
+}
+
+/// The host the device asked for (lower-cased, without a port).
+fn request_host(req: &Request<Incoming>) -> String {
+    let h = req
+        .uri()
+        .host()
+        .map(str::to_string)
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(|h| {
+                    h.rsplit_once(':')
+                        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                        .map_or(h, |(h, _)| h)
+                        .to_string()
+                })
+        })
+        .unwrap_or_default();
+    h.to_ascii_lowercase()
+}
+
+/// The fetches under way, by URL.
+type Inflight = Arc<Mutex<HashMap<String, watch::Receiver<bool>>>>;
+
+/// The one fetch under way for a URL; the followers are let go when it is dropped.
+struct Leader {
+    key: String,
+    tx: watch::Sender<bool>,
+    inflight: Inflight,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+        let _ = self.tx.send(true);
+    }
+}
+
+/// Leads the fetch of `key`, or follows the one under way.
+fn lead_or_follow(cache: &EdgeCache, key: &str) -> Result<Leader, watch::Receiver<bool>> {
+    let mut map = cache.inflight.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(rx) = map.get(key) {
+        return Err(rx.clone());
+    }
+    let (tx, rx) = watch::channel(false);
+    map.insert(key.to_string(), rx);
+    Ok(Leader {
+        key: key.to_string(),
+        tx,
+        inflight: cache.inflight.clone(),
+    })
+}
+
+/// What to store once a body has come whole.
+struct Keep {
+    store: Arc<Mutex<Store>>,
+    site: String,
+    parts: http::request::Parts,
+    head: http::response::Parts,
+    /// Let go after the answer is stored, so the followers find it.
+    leader: Option<Leader>,
+}
+
+impl Keep {
+    fn finish(self, body: Option<Bytes>) {
+        if body.is_none() {
+            debug!(url = %self.parts.uri, "edge cache: body not kept");
+        }
+        if let Some(body) = body {
+            let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            let url = self.parts.uri.to_string();
+            match store.insert(&self.site, &self.parts, &self.head, body, SystemTime::now()) {
+                Ok(_) => debug!(%url, "edge cache: stored"),
+                Err(why) => debug!(%url, ?why, "edge cache: not stored"),
+            }
+            metrics::gauge!("canopy_gateway_cache_entries").set(store.len() as f64);
+            metrics::gauge!("canopy_gateway_cache_bytes").set(store.bytes() as f64);
+        }
+        drop(self.leader);
+    }
+}
+
+/// A body passed on to the device as it comes, and kept (up to `cap` bytes) for the
+/// store once it is whole.
+struct Tee {
+    inner: Body,
+    buf: BytesMut,
+    cap: usize,
+    /// The declared length: once that much has come, the body is whole (hyper stops
+    /// polling a body with a Content-Length once it has its bytes).
+    declared: Option<usize>,
+    done: Option<Keep>,
+}
+
+impl http_body::Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if this.done.is_some() && this.buf.len() + data.len() <= this.cap {
+                        this.buf.extend_from_slice(data);
+                    } else if let Some(k) = this.done.take() {
+                        // too large to keep: passed on only
+                        k.finish(None);
+                        this.buf = BytesMut::new();
+                    }
+                }
+                // a body that knows it is over is not polled again
+                let whole = this.declared.is_some_and(|n| n == this.buf.len());
+                if this.inner.is_end_stream() || whole {
+                    if let Some(k) = this.done.take() {
+                        k.finish(Some(std::mem::take(&mut this.buf).freeze()));
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(k) = this.done.take() {
+                    k.finish(None);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(k) = this.done.take() {
+                    k.finish(Some(std::mem::take(&mut this.buf).freeze()));
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        // the device went away before the end: nothing is stored, the followers go
+        if let Some(k) = self.done.take() {
+            k.finish(None);
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The gateway's edge cache as venue devices meet it: fifty tablets asking for the same
+//! assets at once cross the uplink once, a stale asset still loads with every uplink down,
+//! and the crew purges through the admin API.
+
+mod common;
+
+use common::{curl, free_tcp_port, wait_until, Stack, SITE};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// (status, Cache-Status, canopy-reason) of each URL fetched by one curl through the
+/// gateway's site `SITE`.
+fn fetch(s: &Stack, paths: &[String]) -> Vec<(String, String, String)> {
+    let host = format!("Host: {SITE}");
+    let mut args = vec![
+        "-H".to_string(),
+        host,
+        "-w".to_string(),
+        "%{http_code}|%header{cache-status}|%header{canopy-reason}\\n".to_string(),
+    ];
+    for p in paths {
+        args.push("-o".into());
+        args.push("/dev/null".into());
+        args.push(format!("{}{p}", s.proxy_url()));
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = curl(&refs);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let mut it = l.splitn(3, '|');
+            (
+                it.next().unwrap_or("").to_string(),
+                it.next().unwrap_or("").to_string(),
+                it.next().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn origin_fetches(s: &Stack) -> BTreeMap<String, u64> {
+    let out = curl(&[&s.origin_url("/stats/static")]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn is_hit(cache_status: &str) -> bool {
+    cache_status.starts_with("canopy; hit")
+}
+
+#[test]
+fn fifty_devices_asking_for_twenty_assets_at_once_cross_the_uplink_once_each() {
+    let s = Stack::start("edge-burst");
+    let assets: Vec<String> = (0..20).map(|i| format!("/static/a{i}.png")).collect();
+    let round = |s: &Stack| {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..50)
+                .map(|d| {
+                    // each device in its own order, all at once
+                    let mut mine = assets.clone();
+                    mine.rotate_left(d % 20);
+                    scope.spawn(move || fetch(s, &mine))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("device"))
+                .collect::<Vec<_>>()
+        })
+    };
+    let burst = round(&s);
+    assert_eq!(burst.len(), 1000);
+    assert!(burst.iter().all(|(st, ..)| st == "200"), "{burst:?}");
+    let fetched = origin_fetches(&s);
+    assert_eq!(fetched.len(), 20, "{fetched:?}");
+    assert!(
+        fetched.values().all(|&n| n == 1),
+        "each asset once: {fetched:?}"
+    );
+    let hits = burst.iter().filter(|(_, cs, _)| is_hit(cs)).count();
+    let ratio = hits as f64 / burst.len() as f64;
+    eprintln!(
+        "burst: {hits} of {} from the cache (ratio {ratio:.3})",
+        burst.len()
+    );
+    assert!(ratio >= 0.97, "burst hit ratio {ratio}");
+    let after = round(&s);
+    let hits = after.iter().filter(|(_, cs, _)| is_hit(cs)).count();
+    assert_eq!(hits, after.len(), "afterwards every answer is a hit");
+    assert_eq!(origin_fetches(&s), fetched);
+}
+
+#[test]
+fn with_every_uplink_down_stale_assets_load_and_uncached_ones_get_504() {
+    let mut s = Stack::start("edge-offline");
+    let short = "/short/menu.css".to_string();
+    let long = "/static/logo.png".to_string();
+    let first = fetch(&s, &[short.clone(), long.clone(), short.clone()]);
+    assert!(
+        first[0].1.contains("fwd=uri-miss") && first[0].1.contains("stored"),
+        "{first:?}"
+    );
+    assert!(is_hit(&first[2].1), "{first:?}");
+    // the short one goes stale; then every uplink goes (the relay is gone)
+    std::thread::sleep(Duration::from_millis(1500));
+    s.kill_relay();
+    let uncached = "/static/never.png".to_string();
+    wait_until(
+        "the gateway to see no uplink",
+        Duration::from_secs(15),
+        || {
+            let r = fetch(&s, std::slice::from_ref(&uncached));
+            r[0].0 == "504" && r[0].1.contains("no uplink")
+        },
+    );
+    let r = fetch(&s, &[short.clone(), long.clone(), uncached.clone()]);
+    assert_eq!(r[0].0, "200", "{r:?}");
+    assert!(
+        r[0].1.starts_with("canopy; hit; ttl=-") && r[0].1.contains("stale, no uplink"),
+        "{r:?}"
+    );
+    assert_eq!(r[1].0, "200");
+    assert!(is_hit(&r[1].1), "{r:?}");
+    assert_eq!(r[2].0, "504");
+    assert!(r[2].2.contains("no uplink"), "{r:?}");
+    // the relay back: the stale one is fetched again
+    s.start_relay();
+    s.wait_up();
+    let r = fetch(&s, std::slice::from_ref(&short));
+    assert_eq!(r[0].0, "200");
+    assert!(r[0].1.contains("fwd=stale"), "{r:?}");
+}
+
+#[test]
+fn the_crew_purges_through_the_admin_api_with_its_token() {
+    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let s = Stack::start_full(
+        "edge-purge",
+        "",
+        &format!("[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n"),
+    );
+    let paths: Vec<String> = (0..3).map(|i| format!("/static/p{i}.js")).collect();
+    fetch(&s, &paths);
+    assert!(fetch(&s, &paths).iter().all(|(_, cs, _)| is_hit(cs)));
+    let token_file = s.dir.path().join("admin.token");
+    wait_until("the admin token", Duration::from_secs(5), || {
+        token_file.exists()
+    });
+    let token = std::fs::read_to_string(&token_file).expect("token");
+    let url = format!("http://{admin}/api/cache/purge");
+    let body = format!("{{\"prefix\": \"http://{SITE}/static/p1\"}}");
+    let refused = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "--data",
+        &body,
+        &url,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "401");
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let out = curl(&["-H", &auth, "-X", "POST", "--data", &body, &url]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["purged_entries"], 1, "{v}");
+    let r = fetch(&s, &paths);
+    assert!(
+        is_hit(&r[0].1) && !is_hit(&r[1].1) && is_hit(&r[2].1),
+        "{r:?}"
+    );
+    let out = curl(&["-H", &auth, "-X", "POST", "--data", "{\"all\": true}", &url]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["purged_entries"], 3, "{v}");
+    let bad = curl(&[
+        "-H",
+        &auth,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "--data",
+        "{\"all\": true, \"url\": \"x\"}",
+        &url,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&bad.stdout), "422");
+}
