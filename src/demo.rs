@@ -197,6 +197,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         checkin: Default::default(),
         network: Network::Loopback,
         auction_lots: Vec::new(),
+        https_site: false,
     })
     .await?;
     let camera = bed.add_demo_camera("demo")?;

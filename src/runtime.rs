@@ -93,6 +93,8 @@ pub struct GatewayHandle {
     pub devices: gateway::DeviceDoor,
     /// Its admin API's address, when `[admin] listen`.
     pub admin: Option<SocketAddr>,
+    /// The HTTPS address of its tls sites, when `[proxy] https_listen`.
+    pub https: Option<SocketAddr>,
 }
 
 /// Starts a gateway in the background.
@@ -124,6 +126,7 @@ pub async fn spawn_gateway_with(
         levels: gw.levels(),
         devices: gw.devices(),
         admin: gw.admin_addr(),
+        https: gw.https_addr(),
     };
     if let Some(m) = cfg.metrics.listen {
         spawn_metrics(m).await?;

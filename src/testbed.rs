@@ -49,6 +49,10 @@ pub struct Testbed {
     /// Serves device connections handed to the gateway (in-memory ones on a virtual
     /// network, where the proxy's TCP listener would leave simulated time).
     pub devices: gateway::DeviceDoor,
+    /// The gateway's HTTPS address for the demo site, with `https_site`.
+    pub https: Option<SocketAddr>,
+    /// The event CA's certificate (PEM): what a device trusts.
+    pub ca_pem: String,
     /// The gateway's state folder (its bids journal).
     _state_dir: StateDir,
 }
@@ -136,6 +140,9 @@ pub struct TestbedOptions {
     /// Lots of the relay's embedded auction (none: no auction). Venue devices reach it as
     /// [`AUCTION_SITE`]; `POST /lots/<lot>/bids` is a bid; every lot closes in an hour.
     pub auction_lots: Vec<String>,
+    /// The gateway also answers HTTPS for [`DEMO_SITE`] (on loopback, any port), with a
+    /// certificate from the testbed's event CA ([`Testbed::ca_pem`]).
+    pub https_site: bool,
 }
 
 /// What carries the tunnel between a testbed's gateway and relay.
@@ -200,6 +207,7 @@ impl TestbedOptions {
             checkin: Default::default(),
             network: Network::Loopback,
             auction_lots: Vec::new(),
+            https_site: false,
         }
     }
 }
@@ -214,7 +222,7 @@ impl Testbed {
             &["localhost".into(), "127.0.0.1".into()],
             crate::certs::Leaves {
                 gateways: &[DEMO_GATEWAY.into()],
-                sites: &[],
+                sites: &[DEMO_SITE.into()],
             },
         )?;
         let origin_stats = Arc::new(OriginStats::default());
@@ -366,6 +374,28 @@ impl Testbed {
             },
         ];
         gw_cfg.bids.journal = state_dir.0.join("bids.journal");
+        if opts.https_site {
+            // the site's certificate beside the journal, as a gateway reads it
+            let site = certs
+                .gateways
+                .iter()
+                .find(|l| l.role == crate::certs::Role::Site)
+                .ok_or_else(|| anyhow::anyhow!("no site certificate"))?;
+            let (cert, key) = (state_dir.0.join("site.pem"), state_dir.0.join("site.key"));
+            std::fs::write(&cert, &site.pem.cert)?;
+            crate::files::write(
+                &key,
+                site.pem.key.as_bytes(),
+                crate::files::Access::Owner,
+                crate::files::Existing::Replace,
+            )?;
+            gw_cfg.proxy.https_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            if let Some(s) = gw_cfg.sites.first_mut() {
+                s.tls = true;
+                s.cert = Some(cert);
+                s.key = Some(key);
+            }
+        }
         gw_cfg.checkin = opts.checkin.clone();
         let gh = match &opts.network {
             Network::Loopback => {
@@ -399,6 +429,8 @@ impl Testbed {
             bond,
             live,
             devices: gh.devices,
+            https: gh.https,
+            ca_pem: certs.ca.pem().cert,
             _state_dir: state_dir,
         })
     }
