@@ -2,6 +2,7 @@
 //! link emulator, the demo origin and the demo. `main.rs` is only the CLI.
 #![forbid(unsafe_code)]
 
+pub mod admin_client;
 pub mod certs;
 pub mod config;
 pub mod demo;

@@ -89,6 +89,25 @@ enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Purge the gateway's edge cache through its admin API ([admin] listen and token_file
+    /// from the gateway's config): one URL, every URL under a prefix, a site, or all.
+    Purge {
+        /// The gateway's config file.
+        #[arg(long, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// One URL as devices ask for it (http://menu.venue.example/img/a.png).
+        #[arg(long, group = "what")]
+        url: Option<String>,
+        /// Every URL that starts with this.
+        #[arg(long, group = "what")]
+        prefix: Option<String>,
+        /// Everything of one site (its host name).
+        #[arg(long, group = "what")]
+        site: Option<String>,
+        /// Everything.
+        #[arg(long, group = "what")]
+        all: bool,
+    },
     /// Make the certificates of an event.
     Certs {
         #[command(subcommand)]
@@ -664,6 +683,44 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             })
             .await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Purge {
+            config: path,
+            url,
+            prefix,
+            site,
+            all,
+        } => {
+            let cfg: gateway::GatewayConfig = match config::load(&path) {
+                Ok(c) => c,
+                Err(e) => return Ok(usage_error(&e)),
+            };
+            let body = match (url, prefix, site, all) {
+                (Some(u), ..) => serde_json::json!({ "url": u }),
+                (_, Some(p), ..) => serde_json::json!({ "prefix": p }),
+                (_, _, Some(s), _) => serde_json::json!({ "site": s }),
+                (.., true) => serde_json::json!({ "all": true }),
+                _ => {
+                    eprintln!("canopy purge: say what: --url, --prefix, --site or --all");
+                    return Ok(ExitCode::from(EX_USAGE as u8));
+                }
+            };
+            let api = canopy::admin_client::AdminApi::from_config(&path, &cfg)?;
+            let (status, text) = api.post("/api/cache/purge", body.to_string()).await?;
+            if status == 200 {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                println!(
+                    "purged {} answers ({} bytes) from the edge cache",
+                    v["purged_entries"], v["purged_bytes"]
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "canopy purge: the admin API answered {status}: {}",
+                    text.trim()
+                );
+                Ok(ExitCode::from(1))
+            }
         }
         Command::Tokens { command } => {
             let out = match command {

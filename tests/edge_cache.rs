@@ -172,6 +172,20 @@ fn the_crew_purges_through_the_admin_api_with_its_token() {
     let out = curl(&["-H", &auth, "-X", "POST", "--data", "{\"all\": true}", &url]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["purged_entries"], 3, "{v}");
+    // the same from the command line, with the gateway's config
+    fetch(&s, &paths);
+    let config = s.dir.path().join("gateway.toml");
+    let c = config.to_str().expect("utf8");
+    let out = common::canopy(&["purge", "--config", c, "--site", SITE]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("purged 3 answers"), "{said}");
+    let out = common::canopy(&["purge", "--config", c]);
+    assert_eq!(out.status.code(), Some(64));
     let bad = curl(&[
         "-H",
         &auth,
