@@ -5,8 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tracing::{info, warn};
+use tunnel_io::own_cert::stamp;
 use tunnel_io::revoked::ListError;
 use tunnel_io::{RevocationList, Revoked};
 
@@ -48,16 +49,6 @@ pub fn load(path: &Path) -> Result<RevocationList, LoadError> {
             source,
         }),
     }
-}
-
-/// What identifies a version of the file: a change of any of these is a new version.
-fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let ino = std::os::unix::fs::MetadataExt::ino(&m);
-    #[cfg(not(unix))]
-    let ino = 0;
-    Some((m.modified().ok()?, m.len(), ino))
 }
 
 /// Watches `path` and puts each new version in force, until the process ends.

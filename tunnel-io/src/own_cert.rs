@@ -62,7 +62,8 @@ struct Loaded {
     serial: String,
 }
 
-type Stamp = Option<(SystemTime, u64, u64)>;
+/// A file's version, see [`stamp`].
+pub type Stamp = Option<(SystemTime, u64, u64)>;
 
 #[derive(Debug, Default)]
 struct Watch {
@@ -236,7 +237,10 @@ pub fn next_of(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn stamp(path: &Path) -> Stamp {
+/// What tells one version of a file from the next (modified time, length, inode: a
+/// file replaced by a rename changes inode even within the clock's resolution); `None`
+/// when it is not there.
+pub fn stamp(path: &Path) -> Stamp {
     let m = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
     let ino = std::os::unix::fs::MetadataExt::ino(&m);

@@ -224,10 +224,6 @@ async fn purge_cache(view: &AdminView, peer: SocketAddr, req: Request<Incoming>)
     let Some(cache) = &view.cache else {
         return cache_off();
     };
-    let body = match read_body(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {
@@ -238,9 +234,9 @@ async fn purge_cache(view: &AdminView, peer: SocketAddr, req: Request<Incoming>)
         all: bool,
     }
     let usage = "expected one of {\"url\": U}, {\"prefix\": P}, {\"site\": S}, {\"all\": true}";
-    let b: Body = match serde_json::from_slice(&body) {
+    let b: Body = match read_json(req, usage).await {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("{usage}: {e}")),
+        Err(r) => return r,
     };
     let what = match (b.url, b.prefix, b.site, b.all) {
         (Some(u), None, None, false) => Purge::Url(u),
@@ -257,21 +253,27 @@ async fn purge_cache(view: &AdminView, peer: SocketAddr, req: Request<Incoming>)
     )
 }
 
-/// A request body of at most [`MAX_BODY`] bytes, or the answer that says why not.
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Answer> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
+/// A JSON request body of at most [`MAX_BODY`] bytes, or the answer that says why not
+/// (`usage` says what was expected).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    usage: &str,
+) -> Result<T, Answer> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err(error(
+            return Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("at most {MAX_BODY} bytes"),
             ))
         }
-        Err(_) => Err(error(StatusCode::BAD_REQUEST, "the body was cut")),
-    }
+        Err(_) => return Err(error(StatusCode::BAD_REQUEST, "the body was cut")),
+    };
+    serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("{usage}: {e}")))
 }
 
 fn not_allowed(allow: &'static str) -> Answer {
@@ -294,23 +296,15 @@ async fn set_level(
             "the low-bandwidth mode is off: the cameras are not sent to the relay ([live] contribute = false)",
         );
     };
-    let body = match read_body(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {
         level: String,
     }
-    let body: Body = match serde_json::from_slice(&body) {
+    let body: Body = match read_json(req, "expected {\"level\": \"substream\"} (or \"auto\")").await
+    {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("expected {{\"level\": \"substream\"}} (or \"auto\"): {e}"),
-            )
-        }
+        Err(r) => return r,
     };
     let level = match body.level.as_str() {
         "auto" => None,

@@ -351,23 +351,11 @@ fn cache_request(req: &Request<Incoming>, target: &Uri, host: &str) -> http::req
 
 /// The host the device asked for (lower-cased, without a port).
 fn request_host(req: &Request<Incoming>) -> String {
-    let h = req
-        .uri()
+    req.uri()
         .host()
-        .map(str::to_string)
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(|h| {
-                    h.rsplit_once(':')
-                        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                        .map_or(h, |(h, _)| h)
-                        .to_string()
-                })
-        })
-        .unwrap_or_default();
-    h.to_ascii_lowercase()
+        .or_else(|| host_header(req))
+        .unwrap_or_default()
+        .to_ascii_lowercase()
 }
 
 /// The fetches under way, by URL.

@@ -108,17 +108,7 @@ pub(super) fn route(
             class,
         }));
     }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| {
-            h.rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(h, |(h, _)| h)
-        })
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let host = host_header(req).unwrap_or("").to_ascii_lowercase();
     let Some(site) = state.sites.get(&host) else {
         let p = req.uri().path();
         if p == "/healthz" || p == "/checkins" || p.starts_with("/live/") || p.starts_with("/bids/")
@@ -153,16 +143,7 @@ fn tls_site_route(
             ));
         }
     }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| {
-            h.rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(h, |(h, _)| h)
-        });
-    if let Some(h) = host.filter(|h| !h.eq_ignore_ascii_case(name)) {
+    if let Some(h) = host_header(req).filter(|h| !h.eq_ignore_ascii_case(name)) {
         return misdirected(format!("this connection is for {name}, not {h:?}"));
     }
     let Some(site) = state.sites.get(name) else {
@@ -190,4 +171,14 @@ fn site_route(
         .build()
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     Ok(Route { target, class })
+}
+
+/// The `Host` header's host, without a port.
+pub(super) fn host_header(req: &Request<Incoming>) -> Option<&str> {
+    let h = req.headers().get(header::HOST)?.to_str().ok()?;
+    Some(
+        h.rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(h, |(h, _)| h),
+    )
 }
