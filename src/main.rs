@@ -451,9 +451,12 @@ fn certs_rotate(dir: &Path, at: Option<String>) -> Result<(), canopy::certs::Cer
         Some(a) => canopy::certs::parse_time("--at", &a, false)?,
         None => time::OffsetDateTime::now_utc(),
     };
-    let r = canopy::certs::rotate(dir, at)?;
+    let r = canopy::certs::rotate(dir, at, time::OffsetDateTime::now_utc())?;
     println!("event {}: next certificates valid {}", r.event, r.window);
     print_issued(&r.issued);
+    for name in &r.skipped {
+        println!("{name}: revoked, no next pair");
+    }
     for p in r.written {
         println!("wrote {}", p.display());
     }
@@ -486,11 +489,24 @@ fn certs_revoke(
         }
     };
     let list = list.unwrap_or_else(|| cert.parent().unwrap_or(Path::new(".")).join("revoked.txt"));
-    let r = canopy::certs::revoke(&list, &cert, &label)?;
-    if r.added {
-        println!("revoked {label}: {} ({} listed)", r.line, r.listed);
-    } else {
-        println!("{label} was revoked already: {}", r.line);
+    // a gateway's next pair too: a stolen box must not come back with it
+    let next = cert.with_file_name(format!(
+        "{}.next.pem",
+        cert.file_stem()
+            .map(|s| s.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut certs = vec![(cert.clone(), label.clone())];
+    if next.exists() {
+        certs.push((next, format!("{label} (next pair)")));
+    }
+    for (cert, label) in certs {
+        let r = canopy::certs::revoke(&list, &cert, &label)?;
+        if r.added {
+            println!("revoked {label}: {} ({} listed)", r.line, r.listed);
+        } else {
+            println!("{label} was revoked already: {}", r.line);
+        }
     }
     println!(
         "copy {} to the relay's `[tls] revoked` path: it refuses the gateway at its next \

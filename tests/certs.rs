@@ -214,6 +214,12 @@ fn a_revoked_gateway_is_cut_off_within_a_second_and_refused_until_the_list_chang
         "{}",
         text(&out)
     );
+    // its next pair too: a stolen box must not come back with it at T+24h
+    assert!(
+        text(&out).contains("revoked gateway gateway (next pair): sha256:"),
+        "{}",
+        text(&out)
+    );
     let cut = loop {
         if relay_metric(&s, connected) == 0.0 {
             break t0.elapsed();

@@ -1,5 +1,5 @@
 //! The relay's revocation list on disk (`[tls] revoked`): read at start, then looked at
-//! every [`POLL`] and put in force when it changes. A list that stops parsing is logged
+//! every [`POLL`] and put in force when it has changed and stayed so for one more look. A list that stops parsing is logged
 //! with its lines and the one in force stays (a typo must not let a stolen box back in);
 //! a missing file revokes nothing.
 
@@ -11,8 +11,8 @@ use tunnel_io::own_cert::stamp;
 use tunnel_io::revoked::ListError;
 use tunnel_io::{RevocationList, Revoked};
 
-/// How often the file is looked at: a revoked gateway is cut off within this and a
-/// connection's close.
+/// How often the file is looked at: a revoked gateway is cut off within two of these and
+/// a connection's close.
 pub const POLL: Duration = Duration::from_millis(250);
 
 /// Why a list cannot be used.
@@ -54,14 +54,23 @@ pub fn load(path: &Path) -> Result<RevocationList, LoadError> {
 /// Watches `path` and puts each new version in force, until the process ends.
 pub async fn watch(path: PathBuf, revoked: Arc<Revoked>) {
     let mut seen = stamp(&path);
+    let mut settling = None;
     let mut interval = tokio::time::interval(POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         let now = stamp(&path);
         if now == seen {
+            settling = None;
             continue;
         }
+        // a new version is read once it has stayed the same for one more look: a list
+        // caught half copied must not lift revocations, even for a moment
+        if settling != Some(now) {
+            settling = Some(now);
+            continue;
+        }
+        settling = None;
         seen = now;
         match load(&path) {
             Ok(list) => {

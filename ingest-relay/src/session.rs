@@ -42,6 +42,19 @@ pub(crate) struct ConnCtx {
     pub(crate) bulk: tunnel_io::quic::BulkMarks,
 }
 
+/// How long a certificate (DER) stays valid from now (at most 30 days, so a timer can
+/// hold it; nothing when it cannot be read or has expired).
+pub(crate) fn valid_for(cert: &rustls::pki_types::CertificateDer<'_>) -> std::time::Duration {
+    let until = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map(|(_, x)| x.validity().not_after.timestamp())
+        .unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    std::time::Duration::from_secs(until.saturating_sub(now).clamp(0, 30 * 86_400) as u64)
+}
+
 /// The certificate a gateway presented (DER).
 pub(crate) fn peer_leaf(
     conn: &quinn::Connection,

@@ -466,6 +466,8 @@ pub struct Issuance {
     pub issued: Vec<Issued>,
     /// The files written.
     pub written: Vec<PathBuf>,
+    /// Gateways and sites left out (their certificate is revoked).
+    pub skipped: Vec<String>,
 }
 
 /// Issues, from the CA in `dir`, a client certificate per gateway name and, with
@@ -505,21 +507,36 @@ pub fn add(
         issued.push(leaf);
     }
     if !relay_names.is_empty() {
-        let (mut names, key) = relay_now(dir)?;
-        for n in relay_names {
-            if !names.contains(n) {
-                names.push(n.clone());
+        // the current pair, and the next one when there is one (it would take over
+        // without the new names otherwise)
+        for generation in [Generation::Current, Generation::Next] {
+            let stem = match generation {
+                Generation::Current => "relay",
+                Generation::Next => "relay.next",
+            };
+            let pair = relay_pair(dir, stem)?;
+            if pair.is_none() && generation == Generation::Next {
+                continue;
             }
+            let (mut names, key, window) = match pair {
+                Some(p) => (p.names, p.key, p.window),
+                None => (Vec::new(), None, ca.window),
+            };
+            for n in relay_names {
+                if !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
+            let kept = key.is_some();
+            let leaf = ca.relay(&names, key, window, generation)?;
+            if kept {
+                // the key stays; only the certificate is replaced
+                out.push_cert(dir, stem, &leaf.pem, Existing::Replace);
+            } else {
+                out.push(dir, stem, &leaf.pem);
+            }
+            issued.push(leaf);
         }
-        let kept = key.is_some();
-        let leaf = ca.relay(&names, key, ca.window, Generation::Current)?;
-        if kept {
-            // the key stays; only the certificate is replaced
-            out.push_cert(dir, "relay", &leaf.pem, Existing::Replace);
-        } else {
-            out.push(dir, "relay", &leaf.pem);
-        }
-        issued.push(leaf);
     }
     let written = out.write(dir, existing)?;
     Ok(Issuance {
@@ -527,6 +544,7 @@ pub fn add(
         window: ca.window,
         issued,
         written,
+        skipped: Vec::new(),
     })
 }
 
@@ -540,10 +558,17 @@ fn next_window(ca: &Ca, at: time::OffsetDateTime) -> Window {
 }
 
 /// Issues, from the CA in `dir`, the next pair of the relay's certificate (same names)
-/// and of every gateway's there, taken up from `at` on, replacing next pairs not yet
-/// taken up. Copy them beside the current ones; the relay and gateways take them up by
-/// themselves (new handshakes get them; open connections keep theirs).
-pub fn rotate(dir: &Path, at: time::OffsetDateTime) -> Result<Issuance, CertsError> {
+/// and of every gateway's and site's there, taken up from `at` on. A next pair already in
+/// use at `now` first becomes the current pair (so the new one never pushes the relay or
+/// a gateway back to an older pair); a gateway or site whose current certificate is on
+/// `dir/revoked.txt` gets none. Copy the files beside the current ones; the relay and
+/// gateways take them up by themselves (new handshakes get them; open connections keep
+/// theirs).
+pub fn rotate(
+    dir: &Path,
+    at: time::OffsetDateTime,
+    now: time::OffsetDateTime,
+) -> Result<Issuance, CertsError> {
     let ca = Ca::load(dir)?;
     if at >= ca.window.not_after {
         return Err(CertsError::Name(format!(
@@ -552,13 +577,24 @@ pub fn rotate(dir: &Path, at: time::OffsetDateTime) -> Result<Issuance, CertsErr
             show_time(at)
         )));
     }
+    let revoked = match std::fs::read_to_string(dir.join("revoked.txt")) {
+        Ok(t) => tunnel_io::RevocationList::parse(&t).unwrap_or_default(),
+        Err(_) => tunnel_io::RevocationList::default(),
+    };
     let w = next_window(&ca, at);
     let mut issued = Vec::new();
-    let (names, _) = relay_now(dir)?;
-    if !names.is_empty() {
-        issued.push(ca.relay(&names, None, w, Generation::Next)?);
+    let mut skipped = Vec::new();
+    if let Some(relay) = relay_pair(dir, "relay")? {
+        promote_if_in_use(dir, "relay", now)?;
+        issued.push(ca.relay(&relay.names, None, w, Generation::Next)?);
     }
     for (role, name) in leaves_in(dir, &ca)? {
+        let current = read(&dir.join(format!("{name}.pem")))?;
+        if pem_der(&current).is_some_and(|d| revoked.contains(&d)) {
+            skipped.push(name);
+            continue;
+        }
+        promote_if_in_use(dir, &name, now)?;
         issued.push(match role {
             Role::Site => ca.site(&name, w, Generation::Next)?,
             _ => ca.gateway(&name, w, Generation::Next)?,
@@ -566,7 +602,7 @@ pub fn rotate(dir: &Path, at: time::OffsetDateTime) -> Result<Issuance, CertsErr
     }
     if issued.is_empty() {
         return Err(CertsError::Name(format!(
-            "{}: no relay.pem and no gateway certificate to rotate",
+            "{}: no relay.pem and no gateway or site certificate to rotate",
             dir.display()
         )));
     }
@@ -580,7 +616,34 @@ pub fn rotate(dir: &Path, at: time::OffsetDateTime) -> Result<Issuance, CertsErr
         window: w,
         issued,
         written,
+        skipped,
     })
+}
+
+/// Moves `stem.next.pem/.key` over `stem.pem/.key` when that next pair is in use at
+/// `now` (valid for [`tunnel_io::own_cert::SKEW`] already).
+fn promote_if_in_use(dir: &Path, stem: &str, now: time::OffsetDateTime) -> Result<(), CertsError> {
+    let next_cert = dir.join(format!("{stem}.next.pem"));
+    let Ok(pem) = std::fs::read_to_string(&next_cert) else {
+        return Ok(());
+    };
+    let Some(der) = pem_der(&pem) else {
+        return Ok(());
+    };
+    let Ok((_, x)) = x509_parser::parse_x509_certificate(&der) else {
+        return Ok(());
+    };
+    let from =
+        x.validity().not_before.to_datetime() + time::Duration::seconds(tunnel_io::own_cert::SKEW);
+    if from > now {
+        return Ok(());
+    }
+    for ext in ["key", "pem"] {
+        let from = dir.join(format!("{stem}.next.{ext}"));
+        let to = dir.join(format!("{stem}.{ext}"));
+        std::fs::rename(&from, &to).map_err(|source| CertsError::Read { path: from, source })?;
+    }
+    Ok(())
 }
 
 /// The gateways and sites with a certificate in `dir`: `NAME.pem` whose common name is
@@ -623,12 +686,13 @@ fn leaves_in(dir: &Path, ca: &Ca) -> Result<Vec<(Role, String)>, CertsError> {
     Ok(out)
 }
 
-/// The relay's names and key as they are in `dir` (none when there is no relay.pem).
-fn relay_now(dir: &Path) -> Result<(Vec<String>, Option<KeyPair>), CertsError> {
-    let cert_path = dir.join("relay.pem");
-    let key_path = dir.join("relay.key");
+/// The relay pair `stem` (`relay` or `relay.next`) in `dir`: its names, its key (when
+/// its key file is there) and its window; `None` when its certificate is not there.
+fn relay_pair(dir: &Path, stem: &str) -> Result<Option<RelayPair>, CertsError> {
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}.key"));
     if !cert_path.exists() {
-        return Ok((Vec::new(), None));
+        return Ok(None);
     }
     let bad = |path: &Path, what: String| CertsError::Bad {
         path: path.to_path_buf(),
@@ -661,13 +725,24 @@ fn relay_now(dir: &Path) -> Result<(Vec<String>, Option<KeyPair>), CertsError> {
         let k = KeyPair::from_pem(&read(&key_path)?)
             .map_err(|e| bad(&key_path, format!("not a private key: {e}")))?;
         if x509.public_key().subject_public_key.data.as_ref() != k.public_key_raw() {
-            return Err(bad(&key_path, "is not the key of relay.pem".into()));
+            return Err(bad(&key_path, format!("is not the key of {stem}.pem")));
         }
         Some(k)
     } else {
         None
     };
-    Ok((names, key))
+    let window = Window {
+        not_before: x509.validity().not_before.to_datetime(),
+        not_after: x509.validity().not_after.to_datetime(),
+    };
+    Ok(Some(RelayPair { names, key, window }))
+}
+
+/// A relay certificate as it is on disk.
+struct RelayPair {
+    names: Vec<String>,
+    key: Option<KeyPair>,
+    window: Window,
 }
 
 /// Files to write together: all or (when one may not be replaced) none.

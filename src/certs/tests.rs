@@ -144,7 +144,12 @@ fn init_refuses_an_event_that_has_a_ca_and_keys_are_owner_only() {
     for p in &written {
         let mode = std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
         let key = p.extension().is_some_and(|e| e == "key");
-        assert_eq!(mode, if key { 0o600 } else { 0o644 }, "{}", p.display());
+        if key {
+            assert_eq!(mode, 0o600, "{}", p.display());
+        } else {
+            // 0644 less the umask: nobody but its owner writes it
+            assert_eq!((mode & 0o600, mode & 0o133), (0o600, 0), "{}", p.display());
+        }
     }
     let ca_before = std::fs::read(dir.join("ca.key")).expect("ca key");
     // a second init (say, to add a gateway) would replace the CA: refused, nothing written
@@ -423,6 +428,23 @@ fn an_event_past_its_first_day_gets_a_next_pair_taken_up_at_t_plus_24h() {
     let ca = made.ca.pem().cert;
     let gw_next = std::fs::read_to_string(dir.join("gw.next.pem")).expect("next");
     client_ok(&ca, &gw_next, start + ROTATE_AFTER).expect("the next pair verifies");
+    // a relay name added later is in the next pair too (it takes over at T+24h)
+    let next_key = std::fs::read(dir.join("relay.next.key")).expect("key");
+    add(
+        &dir,
+        Leaves::default(),
+        &["relay2.test".into()],
+        Existing::Keep,
+    )
+    .expect("relay name");
+    let relay_next = std::fs::read_to_string(dir.join("relay.next.pem")).expect("next");
+    server_ok(&ca, &relay_next, "relay2.test", start + ROTATE_AFTER).expect("new name");
+    server_ok(&ca, &relay_next, "relay.test", start + ROTATE_AFTER).expect("old name");
+    assert_eq!(validity(&relay_next), (next_nb, w.not_after));
+    assert_eq!(
+        std::fs::read(dir.join("relay.next.key")).expect("key"),
+        next_key
+    );
     // a one-day event gets none
     let short = EventCerts::generate(
         "market",
@@ -457,7 +479,7 @@ fn rotate_issues_next_pairs_for_the_relay_and_every_gateway_there() {
     .write(&dir, Existing::Keep)
     .expect("init");
     let at = w.not_before + Duration::hours(30);
-    let r = rotate(&dir, at).expect("rotate");
+    let r = rotate(&dir, at, at).expect("rotate");
     let mut stems: Vec<String> = r.issued.iter().map(Issued::stem).collect();
     stems.sort();
     assert_eq!(stems, vec!["b.next", "gw.next", "relay.next"]);
@@ -476,12 +498,26 @@ fn rotate_issues_next_pairs_for_the_relay_and_every_gateway_there() {
         std::fs::read(dir.join("gw.next.key")).expect("k"),
         std::fs::read(dir.join("gw.key")).expect("k")
     );
-    // again: the next pairs are replaced
+    // again, once the next pair is in use: it becomes the current pair, and a new next
+    // pair is made (never a step back to the older pair)
     let before = std::fs::read(dir.join("gw.next.key")).expect("k");
-    rotate(&dir, at).expect("again");
+    let before_pem = std::fs::read(dir.join("gw.next.pem")).expect("p");
+    rotate(&dir, at + Duration::hours(1), at).expect("again");
     assert_ne!(std::fs::read(dir.join("gw.next.key")).expect("k"), before);
+    assert_eq!(std::fs::read(dir.join("gw.key")).expect("k"), before);
+    assert_eq!(std::fs::read(dir.join("gw.pem")).expect("p"), before_pem);
+    // a revoked gateway gets no next pair
+    let list = dir.join("revoked.txt");
+    revoke(&list, &dir.join("b.pem"), "gateway b").expect("revoke");
+    let b_next = std::fs::read(dir.join("b.next.pem")).expect("b next");
+    let r = rotate(&dir, at + Duration::hours(2), at).expect("rotate");
+    assert_eq!(r.skipped, vec!["b".to_string()]);
+    assert_eq!(
+        std::fs::read(dir.join("b.next.pem")).expect("b next"),
+        b_next
+    );
     // past the CA's end: nothing to rotate to
-    let e = rotate(&dir, w.not_after + Duration::hours(1)).expect_err("too late");
+    let e = rotate(&dir, w.not_after + Duration::hours(1), at).expect_err("too late");
     assert_eq!(e.exit_code(), 64);
     std::fs::remove_dir_all(&dir).expect("clean");
 }
@@ -510,7 +546,7 @@ fn a_site_gets_a_server_certificate_for_its_name_and_rotates_with_the_rest() {
     assert!(server_ok(&ca, &site, "other.venue.test", inside).is_err());
     // a site's certificate is no gateway's
     assert!(client_ok(&ca, &site, inside).is_err());
-    let r = rotate(&dir, inside).expect("rotate");
+    let r = rotate(&dir, inside, inside).expect("rotate");
     let mut stems: Vec<String> = r.issued.iter().map(Issued::stem).collect();
     stems.sort();
     assert_eq!(stems, vec!["gw.next", "relay.next", "shop.venue.test.next"]);

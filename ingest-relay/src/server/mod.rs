@@ -353,7 +353,7 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
     let (gateway_name, scope) = crate::session::gateway_names(&conn);
     let identity = state.sessions.identity(&scope);
     if let Some(leaf) = crate::session::peer_leaf(&conn) {
-        tokio::spawn(close_once_revoked(
+        tokio::spawn(close_when_invalid(
             conn.clone(),
             leaf,
             state.revoked.subscribe(),
@@ -400,12 +400,16 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
     info!(reason = ?conn.close_reason(), "gateway disconnected");
 }
 
-/// Closes `conn` as soon as the revocation list names its certificate; ends with it.
-async fn close_once_revoked(
+/// Closes `conn` as soon as the revocation list names its certificate, or when the
+/// certificate expires; ends with the connection.
+async fn close_when_invalid(
     conn: quinn::Connection,
     leaf: rustls::pki_types::CertificateDer<'static>,
     mut list: tokio::sync::watch::Receiver<Arc<tunnel_io::RevocationList>>,
 ) {
+    let expires_in = crate::session::valid_for(&leaf);
+    let expiry = tokio::time::sleep(expires_in);
+    tokio::pin!(expiry);
     loop {
         if list.borrow_and_update().contains(leaf.as_ref()) {
             warn!("the gateway's certificate is revoked: connection closed");
@@ -415,6 +419,11 @@ async fn close_once_revoked(
         }
         tokio::select! {
             changed = list.changed() => if changed.is_err() { return },
+            _ = &mut expiry => {
+                warn!("the gateway's certificate expired: connection closed");
+                conn.close(REVOKED_CLOSE, b"certificate expired");
+                return;
+            }
             _ = conn.closed() => return,
         }
     }
