@@ -37,6 +37,10 @@ pub struct OriginStats {
     pub bid_keys: std::sync::Mutex<std::collections::VecDeque<String>>,
     /// Fetches of `/static/...` and `/short/...` by path (at most 10,000 paths).
     pub static_fetches: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Telemetry (`/t/...`) received.
+    pub telemetry: AtomicU64,
+    /// The last telemetry request as received: target, headers, body (JSON).
+    pub last_telemetry: std::sync::Mutex<Option<serde_json::Value>>,
 }
 
 /// Binds the demo origin; serve it with [`serve`].
@@ -150,7 +154,19 @@ async fn handle(
         drain(req.into_body(), None).await;
         return Ok(static_asset(&stats, &path, kind == "/short/"));
     }
+    if path.starts_with("/t/") {
+        return Ok(telemetry(&stats, req).await);
+    }
     let resp = match (method, path.as_str()) {
+        (Method::GET, "/stats/telemetry") => text(
+            StatusCode::OK,
+            serde_json::json!({
+                "count": stats.telemetry.load(Ordering::Relaxed),
+                "last": *stats.last_telemetry.lock().unwrap_or_else(|e| e.into_inner()),
+            })
+            .to_string()
+                + "\n",
+        ),
         (Method::GET, "/stats/static") => {
             let m = stats
                 .static_fetches
@@ -251,6 +267,37 @@ async fn handle(
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     };
     Ok(resp)
+}
+
+/// Telemetry: counted, and the last one kept as it arrived (up to 64 KiB of body), so a
+/// test sees what left the venue.
+async fn telemetry(stats: &OriginStats, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = http_body_util::Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("?").to_string()),
+            )
+        })
+        .collect();
+    stats.telemetry.fetch_add(1, Ordering::Relaxed);
+    *stats
+        .last_telemetry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(serde_json::json!({
+        "target": parts.uri.to_string(),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    }));
+    text(StatusCode::OK, "ok\n".into())
 }
 
 /// A venue asset: `/static/NAME` says nothing of its freshness (the gateway's per-site

@@ -341,6 +341,7 @@ impl Testbed {
             cert: None,
             key: None,
             static_max_age_s: 1800,
+            privacy: None,
         }];
         if !opts.auction_lots.is_empty() {
             gw_cfg.sites.push(gateway::config::Site {
@@ -351,6 +352,7 @@ impl Testbed {
                 cert: None,
                 key: None,
                 static_max_age_s: 1800,
+                privacy: None,
             });
         }
         gw_cfg.classes = vec![

@@ -47,7 +47,7 @@ pub(crate) async fn journaled(
     if hop::declared_length(req.headers()).is_some_and(|n| n > limit) {
         return body_limit_exceeded(limit);
     }
-    let headers = tunnel_headers(state, &req, route.class);
+    let headers = tunnel_headers(state, req.headers(), req.version(), route.class);
     let Some(key) = headers
         .get(wire::HDR_IDEMPOTENCY_KEY)
         .and_then(|v| v.to_str().ok())

@@ -790,6 +790,10 @@ pub struct Site {
     /// fonts) whose answers say nothing of their freshness, s; 0 = only what they say.
     #[serde(default = "default_static_max_age")]
     pub static_max_age_s: u64,
+    /// `[sites.privacy]`: what is taken out of requests before they leave the venue,
+    /// and telemetry forwarded only with consent. Unset = nothing.
+    #[serde(default)]
+    pub privacy: Option<crate::privacy::Privacy>,
     /// The site's certificate (PEM; `canopy certs add --site HOST` issues one from the
     /// event CA, or the operator's own). Default `certs/<host>.pem`. A next pair beside it
     /// (`<host>.next.pem`) is taken up by itself, as the gateway's own.
@@ -878,6 +882,25 @@ impl GatewayConfig {
                     format!("sites[{i}].tls"),
                     "needs [proxy] https_listen, where the gateway answers HTTPS".into(),
                 ));
+            }
+            for (j, c) in site
+                .privacy
+                .iter()
+                .flat_map(|p| p.consent.iter())
+                .enumerate()
+            {
+                if !c.path_prefix.starts_with('/') {
+                    errs.push((
+                        format!("sites[{i}].privacy.consent[{j}].path_prefix"),
+                        "must start with /".into(),
+                    ));
+                }
+                if c.header.is_none() && c.cookie.is_none() && c.query.is_none() {
+                    errs.push((
+                        format!("sites[{i}].privacy.consent[{j}]"),
+                        "name the consent signal: header, cookie or query".into(),
+                    ));
+                }
             }
             if !site.tls && (site.cert.is_some() || site.key.is_some()) {
                 errs.push((

@@ -15,6 +15,7 @@ pub mod config;
 pub mod contribute;
 pub mod devices;
 pub mod levels;
+pub mod privacy;
 mod probe;
 mod proxy;
 pub mod pull;

@@ -78,6 +78,45 @@ pub fn with_default_max_age(headers: &mut HeaderMap, secs: u64) {
     }
 }
 
+/// The largest delta-seconds a cache takes (RFC 9111 1.2.2: larger ones count as this).
+pub(super) const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// An answer's `Age`, `max-age` and `s-maxage` held to [`MAX_DELTA_SECONDS`], so no
+/// origin can make the store's time arithmetic overflow.
+pub fn clamp_deltas(headers: &mut HeaderMap) {
+    let too_big = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map_or(v.trim().len() > 10, |n| n > MAX_DELTA_SECONDS)
+    };
+    if headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(too_big)
+    {
+        headers.insert(header::AGE, HeaderValue::from(MAX_DELTA_SECONDS));
+    }
+    let cc = cache_control(headers);
+    if cc.iter().any(|(n, v)| {
+        matches!(n.as_str(), "max-age" | "s-maxage") && v.as_deref().is_some_and(too_big)
+    }) {
+        let joined = cc
+            .into_iter()
+            .map(|(n, v)| match v {
+                Some(v) if matches!(n.as_str(), "max-age" | "s-maxage") && too_big(&v) => {
+                    format!("{n}={MAX_DELTA_SECONDS}")
+                }
+                Some(v) => format!("{n}={v}"),
+                None => n,
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Ok(v) = HeaderValue::from_str(&joined) {
+            headers.insert(header::CACHE_CONTROL, v);
+        }
+    }
+}
+
 /// `Cache-Control` as (lower-cased name, value) pairs.
 fn cache_control(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
     headers
@@ -133,6 +172,24 @@ mod tests {
         assert_eq!(sie.stale_allowed(max, true), Some(Duration::from_secs(30)));
         // no uplink at all: the venue's own bound
         assert_eq!(sie.stale_allowed(max, false), Some(max));
+    }
+
+    #[test]
+    fn huge_ages_are_held_to_2_31() {
+        let mut m = h("public, max-age=18446744073709551615, s-maxage=99999999999999999999");
+        m.insert(
+            header::AGE,
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        clamp_deltas(&mut m);
+        assert_eq!(m[header::AGE], "2147483648");
+        assert_eq!(
+            m[header::CACHE_CONTROL],
+            "public, max-age=2147483648, s-maxage=2147483648"
+        );
+        let mut ok = h("max-age=60");
+        clamp_deltas(&mut ok);
+        assert_eq!(ok[header::CACHE_CONTROL], "max-age=60");
     }
 
     #[test]

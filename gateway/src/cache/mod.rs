@@ -6,13 +6,16 @@
 
 mod directives;
 
-pub use directives::{states_freshness, with_default_max_age, Directives};
+pub use directives::{clamp_deltas, states_freshness, with_default_max_age, Directives};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
+
+/// Variants kept per URL (by `Vary`); the least recently used goes beyond it.
+const MAX_VARIANTS: usize = 8;
 
 /// How the cache is bounded and what it assumes.
 #[derive(Debug, Clone)]
@@ -238,13 +241,16 @@ impl Store {
         if resp.status != StatusCode::NOT_MODIFIED {
             return None;
         }
+        let resp = &clamped(resp);
         let e = self.entries.get_mut(&entry)?;
         match e.policy.after_response(&as_get(req), resp, now) {
             AfterResponse::NotModified(policy, head) => {
+                self.bytes = self.bytes.saturating_sub(e.bytes());
                 e.headers = policy_headers(&head);
                 e.directives = Directives::of(&e.headers);
-                e.fresh_until = now + policy.time_to_live(now);
+                e.fresh_until = fresh_until(now, &policy);
                 e.policy = policy;
+                self.bytes += e.bytes();
                 let ttl = e.policy.time_to_live(now).as_secs() as i64;
                 let body = e.body.clone();
                 let status = e.status;
@@ -267,8 +273,19 @@ impl Store {
         resp: &http::response::Parts,
         now: SystemTime,
     ) -> Result<CachePolicy, NotStored> {
+        let resp = &clamped(resp);
         if resp.headers.contains_key(header::SET_COOKIE) {
             return Err(NotStored::SetsCookie);
+        }
+        if resp
+            .headers
+            .get_all(header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|n| n.trim() == "*"))
+        {
+            // never matches a later request: storing it only pushes others out
+            return Err(NotStored::Forbidden);
         }
         if hop_declared_length(&resp.headers).is_some_and(|n| n > self.cfg.max_object_bytes) {
             return Err(NotStored::TooLarge);
@@ -295,6 +312,7 @@ impl Store {
         body: Bytes,
         now: SystemTime,
     ) -> Result<EntryId, NotStored> {
+        let resp = &clamped(resp);
         let policy = self.storable(req, resp, now)?;
         if body.len() as u64 > self.cfg.max_object_bytes {
             return Err(NotStored::TooLarge);
@@ -323,6 +341,24 @@ impl Store {
         for id in replaced {
             self.remove(id);
         }
+        // a header with many values in Vary must not fill the store with one URL
+        while self
+            .by_url
+            .get(&url)
+            .is_some_and(|ids| ids.len() >= MAX_VARIANTS)
+        {
+            let oldest = self.by_url.get(&url).and_then(|ids| {
+                ids.iter()
+                    .copied()
+                    .min_by_key(|id| self.entries.get(id).map_or(0, |e| e.tick))
+            });
+            match oldest {
+                Some(id) => {
+                    self.remove(id);
+                }
+                None => break,
+            }
+        }
         let id = EntryId(self.next_id);
         self.next_id += 1;
         self.tick += 1;
@@ -331,7 +367,7 @@ impl Store {
             url: url.clone(),
             site: site.to_ascii_lowercase(),
             directives: Directives::of(&headers),
-            fresh_until: now + policy.time_to_live(now),
+            fresh_until: fresh_until(now, &policy),
             policy,
             status: resp.status,
             headers,
@@ -415,6 +451,19 @@ fn as_get(req: &http::request::Parts) -> http::request::Parts {
         get.method = Method::GET;
     }
     get
+}
+
+/// An answer's head with its time values held (see [`clamp_deltas`]).
+fn clamped(resp: &http::response::Parts) -> http::response::Parts {
+    let mut r = resp.clone();
+    clamp_deltas(&mut r.headers);
+    r
+}
+
+/// When an answer stops being fresh (held within what `SystemTime` can say).
+fn fresh_until(now: SystemTime, policy: &CachePolicy) -> SystemTime {
+    now.checked_add(policy.time_to_live(now))
+        .unwrap_or_else(|| now + Duration::from_secs(directives::MAX_DELTA_SECONDS))
 }
 
 fn with_status(mut head: http::response::Parts, status: StatusCode) -> http::response::Parts {

@@ -251,11 +251,38 @@ fn vary_keeps_a_variant_per_selecting_header() {
     s.insert("shop.test", &gz, &r, Bytes::from_static(b"gz2"), at(3))
         .expect("gz2");
     assert_eq!(s.len(), 2);
-    // Vary: * never matches
+    // Vary: * never matches: not kept at all (even with a validator)
     let mut s = store(64 * MIB);
-    let star = resp(200, &[("cache-control", "max-age=60"), ("vary", "*")]);
-    let _ = s.insert("shop.test", &gz, &star, Bytes::from_static(b"x"), at(0));
-    assert!(!is_fresh(&s.lookup(&gz, at(1))));
+    let star = resp(
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("vary", "*"),
+            ("etag", "\"s\""),
+        ],
+    );
+    assert_eq!(
+        s.insert("shop.test", &gz, &star, Bytes::from_static(b"x"), at(0)),
+        Err(NotStored::Forbidden)
+    );
+    // one URL keeps at most a few variants, however many values its Vary header sees
+    let mut s = store(64 * MIB);
+    for i in 0..(MAX_VARIANTS + 5) {
+        let v = format!("v{i}");
+        let r = req("GET", URL, &[("accept-encoding", v.as_str())]);
+        s.insert(
+            "shop.test",
+            &r,
+            &resp(
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "accept-encoding")],
+            ),
+            Bytes::from_static(b"x"),
+            at(0),
+        )
+        .expect("stored");
+    }
+    assert_eq!(s.len(), MAX_VARIANTS);
 }
 
 #[test]
@@ -284,6 +311,57 @@ fn memory_is_bounded_and_the_least_recently_used_goes_first() {
         Lookup::UriMiss
     ));
     assert!(is_fresh(&s.lookup(&get("http://shop.test/3"), at(3))));
+}
+
+#[test]
+fn a_revalidation_keeps_the_byte_count_true() {
+    let mut s = store(64 * MIB);
+    let long = "y".repeat(500);
+    let r = resp(
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("x-h", long.as_str()),
+        ],
+    );
+    s.insert("shop.test", &get(URL), &r, Bytes::from_static(b"v1"), at(0))
+        .expect("stored");
+    assert!(s.bytes() > 500);
+    let Lookup::Stale { entry, request } = s.lookup(&get(URL), at(100)) else {
+        panic!("stale")
+    };
+    // the 304 replaces the long header with a short one: the count follows
+    let shorter = resp(
+        304,
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("x-h", "short"),
+        ],
+    );
+    s.revalidated(entry, &request, &shorter, at(100))
+        .expect("not modified");
+    assert!(s.bytes() < 500, "{}", s.bytes());
+    s.purge(&Purge::All);
+    assert_eq!(s.bytes(), 0);
+}
+
+#[test]
+fn an_origin_cannot_overflow_the_clock() {
+    let mut s = store(64 * MIB);
+    let r = resp(
+        200,
+        &[
+            ("cache-control", "max-age=18446744073709551615"),
+            ("age", "18446744073709551615"),
+            ("etag", "\"e\""),
+        ],
+    );
+    s.insert("shop.test", &get(URL), &r, Bytes::from_static(b"x"), at(0))
+        .expect("stored");
+    let _ = s.lookup(&get(URL), at(10));
+    let _ = s.lookup(&get(URL), at(1_000_000));
 }
 
 #[test]

@@ -16,6 +16,10 @@ use tokio::sync::watch;
 /// The cache's name in `Cache-Status`.
 const NAME: &str = "canopy";
 
+/// The longest a miss waits for the fetch of the same URL under way (which ends when its
+/// device has the whole body: a slow device must not hold the others for long).
+const FOLLOW_WAIT: Duration = Duration::from_secs(5);
+
 /// The edge cache: the store and the fetches under way.
 pub struct EdgeCache {
     store: Arc<Mutex<Store>>,
@@ -93,11 +97,15 @@ pub(super) async fn serve(
     cache: &EdgeCache,
     mut req: Request<Incoming>,
     route: Route,
-    tls: bool,
+    tls_name: Option<&str>,
 ) -> Response<Body> {
     let head_only = req.method() == Method::HEAD;
-    let site = request_host(&req);
-    let url = asked_url(&req, &site, tls);
+    // on a site's HTTPS connection the name is the one its handshake asked for
+    let site = match tls_name {
+        Some(n) => n.to_string(),
+        None => request_host(&req),
+    };
+    let url = asked_url(&req, &site, tls_name.is_some());
     let key = url.to_string();
     let parts = cache_request(&req, &url, &site);
     let mut followed = false;
@@ -129,20 +137,22 @@ pub(super) async fn serve(
                 None => tagged(
                     synthetic(
                         StatusCode::GATEWAY_TIMEOUT,
-                        "not in the gateway's edge cache, and no uplink is up to fetch it",
+                        "no uplink is up, and this is not in the gateway's edge cache",
                     ),
                     Status::fwd(miss, "; detail=\"no uplink\"", "offline_miss"),
                 ),
             };
         }
         // one fetch per URL at a time: the others wait for it, then look again
-        let leader = if followed {
+        // a HEAD stores nothing, so it leads nothing (it neither waits nor is waited for)
+        let leader = if followed || head_only {
             None
         } else {
             match lead_or_follow(cache, &key) {
                 Ok(l) => Some(l),
                 Err(mut rx) => {
-                    let _ = tokio::time::timeout(state.response_timeout, rx.wait_for(|d| *d)).await;
+                    let wait = state.response_timeout.min(FOLLOW_WAIT);
+                    let _ = tokio::time::timeout(wait, rx.wait_for(|d| *d)).await;
                     followed = true;
                     continue;
                 }
@@ -166,11 +176,28 @@ pub(super) async fn serve(
         if let Some((entry, _)) = &stale {
             let (head, body) = resp.into_parts();
             if status == StatusCode::NOT_MODIFIED {
-                if let Some(s) = cache.store().revalidated(*entry, &parts, &head, now) {
-                    drop(leader);
-                    let st = Status::fwd("stale", "; fwd-status=304", "revalidated");
-                    return from_store(s, head_only, st);
-                }
+                let refreshed = cache.store().revalidated(*entry, &parts, &head, now);
+                // a 304 the entry's validators do not match: the origin said "not
+                // modified" to the validators sent, which were the entry's; it is served
+                // as it is rather than pass a 304 to a device that did not ask for one
+                let (s, more) = match refreshed {
+                    Some(s) => (Some(s), "; fwd-status=304"),
+                    None => (
+                        cache.store().stale(*entry, now, true),
+                        "; fwd-status=304; detail=\"validator mismatch\"",
+                    ),
+                };
+                drop(leader);
+                return match s {
+                    Some(s) => from_store(s, head_only, Status::fwd("stale", more, "revalidated")),
+                    None => tagged(
+                        synthetic(
+                            StatusCode::BAD_GATEWAY,
+                            "the origin answered 304 to a revalidation the cache cannot use",
+                        ),
+                        Status::fwd("stale", more, "miss"),
+                    ),
+                };
             }
             if status.is_server_error() {
                 if let Some(s) = cache.store().stale(*entry, now, true) {
@@ -267,7 +294,14 @@ fn static_max_age(
     head: &http::response::Parts,
 ) -> Option<u64> {
     let secs = state.sites.get(site)?.static_max_age;
-    if secs == 0 || head.status != StatusCode::OK || crate::cache::states_freshness(&head.headers) {
+    // an answer to a request with a cookie or credentials may be that visitor's own
+    let personal = parts.headers.contains_key(header::COOKIE)
+        || parts.headers.contains_key(header::AUTHORIZATION);
+    if secs == 0
+        || personal
+        || head.status != StatusCode::OK
+        || crate::cache::states_freshness(&head.headers)
+    {
         return None;
     }
     let ext = parts
@@ -470,7 +504,9 @@ impl http_body::Body for Tee {
             }
             Poll::Ready(None) => {
                 if let Some(k) = this.done.take() {
-                    k.finish(Some(std::mem::take(&mut this.buf).freeze()));
+                    // a body shorter than it said is not kept
+                    let whole = this.declared.is_none_or(|n| n == this.buf.len());
+                    k.finish(whole.then(|| std::mem::take(&mut this.buf).freeze()));
                 }
             }
             Poll::Pending => {}

@@ -12,7 +12,7 @@ pub(super) async fn connect(
     let out = Outgoing {
         method: Method::CONNECT,
         uri: route.target,
-        headers: tunnel_headers(state, &req, class),
+        headers: tunnel_headers(state, req.headers(), req.version(), class),
         class,
     };
     let unit = Unit {

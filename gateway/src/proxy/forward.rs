@@ -8,15 +8,16 @@ use crate::stripe::BodyReadError;
 /// Headers for the tunnelled request: hop-by-hop removed, Via, class, idempotency key.
 pub(crate) fn tunnel_headers(
     state: &State,
-    req: &Request<Incoming>,
+    device: &http::HeaderMap,
+    version: http::Version,
     class: TrafficClass,
 ) -> http::HeaderMap {
-    let mut headers = req.headers().clone();
+    let mut headers = device.clone();
     hop::strip_hop_by_hop(&mut headers);
     hop::strip_private(&mut headers);
     // HTTP/3 carries the host in :authority; a Host header that disagrees is an error there.
     headers.remove(header::HOST);
-    hop::append_via(&mut headers, hop::via_protocol(req.version()), &state.name);
+    hop::append_via(&mut headers, hop::via_protocol(version), &state.name);
     headers.insert(wire::HDR_CLASS, HeaderValue::from_static(class.as_str()));
     if class.is_transactional() {
         let key = headers
@@ -163,20 +164,49 @@ pub(crate) fn body_limit_exceeded(limit: u64) -> Response<Body> {
 }
 
 pub(super) async fn forward(state: &State, req: Request<Incoming>, route: Route) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    forward_parts(state, parts, DeviceBody::Incoming(body), route).await
+}
+
+/// A device's request body: as it comes, or already read (and changed: the privacy gate).
+pub(crate) enum DeviceBody {
+    Incoming(Incoming),
+    Kept(Bytes),
+}
+
+/// [`forward`] of a request whose head and body are apart.
+pub(super) async fn forward_parts(
+    state: &State,
+    parts: http::request::Parts,
+    device_body: DeviceBody,
+    route: Route,
+) -> Response<Body> {
     let limit = state.max_body.unwrap_or(u64::MAX);
-    let declared = hop::declared_length(req.headers());
+    let declared = match &device_body {
+        DeviceBody::Kept(b) => Some(b.len() as u64),
+        DeviceBody::Incoming(_) => hop::declared_length(&parts.headers),
+    };
     if declared.is_some_and(|n| n > limit) {
         return body_limit_exceeded(limit);
     }
     let class = route.class;
+    let mut headers = tunnel_headers(state, &parts.headers, parts.version, class);
+    if let Some(n) = declared.filter(|_| matches!(device_body, DeviceBody::Kept(_))) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     let out = Outgoing {
-        method: req.method().clone(),
+        method: parts.method.clone(),
         uri: route.target,
-        headers: tunnel_headers(state, &req, class),
+        headers,
         class,
     };
     let safe = class.is_transactional() || out.method.is_idempotent();
-    let incoming = req.into_body();
+    let incoming = match device_body {
+        DeviceBody::Kept(b) => {
+            return forward_body(state, out, ReqBody::Kept(b), safe, declared, limit).await
+        }
+        DeviceBody::Incoming(i) => i,
+    };
     let body = if incoming.is_end_stream() {
         ReqBody::Kept(Bytes::new())
     } else if safe && declared.is_some_and(|n| n <= REPLAY_MAX.min(limit)) {
@@ -204,6 +234,19 @@ pub(super) async fn forward(state: &State, req: Request<Incoming>, route: Route)
     } else {
         ReqBody::Once(Some(incoming.into()))
     };
+    forward_body(state, out, body, safe, declared, limit).await
+}
+
+/// Sends `out` with `body` through the bond: striped, raced, sent again as it allows.
+async fn forward_body(
+    state: &State,
+    out: Outgoing,
+    body: ReqBody,
+    safe: bool,
+    declared: Option<u64>,
+    limit: u64,
+) -> Response<Body> {
+    let class = out.class;
     let replayable = safe && matches!(body, ReqBody::Kept(_));
     let unit = Unit {
         class,

@@ -31,6 +31,7 @@ mod cached;
 mod connect;
 mod forward;
 mod https;
+mod privacy_gate;
 mod route;
 
 use answer::*;
@@ -48,6 +49,8 @@ struct SiteTarget {
     class: Option<TrafficClass>,
     /// Default max-age (s) of its static assets that say nothing of their freshness.
     static_max_age: u64,
+    /// Its privacy gate, when `[sites.privacy]`.
+    privacy: Option<Arc<crate::privacy::Privacy>>,
 }
 
 pub(crate) struct State {
@@ -432,6 +435,7 @@ fn site_target(site: &Site) -> Option<(String, SiteTarget)> {
             authority: uri.authority()?.clone(),
             class: site.class,
             static_max_age: site.static_max_age_s,
+            privacy: site.privacy.clone().map(Arc::new),
         },
     ))
 }
@@ -441,6 +445,8 @@ pub(crate) struct Route {
     /// Absolute URI (or authority-form for CONNECT) sent to the relay.
     pub(crate) target: Uri,
     pub(crate) class: TrafficClass,
+    /// The site's privacy gate, if it has one.
+    pub(crate) privacy: Option<Arc<crate::privacy::Privacy>>,
 }
 
 /// A response the gateway makes itself, with a short reason (also in `canopy-reason`).
@@ -519,9 +525,16 @@ async fn handle(
             TrafficClass::Checkin,
         ),
         Ok(None) => (local(&state, &req).await, TrafficClass::Bulk),
-        Ok(Some(route)) => {
+        Ok(Some(mut route)) => {
             let class = route.class;
-            let resp = if let Some(why) = state.paused.why(class) {
+            let mut req = req;
+            let withheld = match route.privacy.clone() {
+                Some(p) => privacy_gate::check(&p, &mut req, &mut route),
+                None => None,
+            };
+            let resp = if let Some(r) = withheld {
+                r
+            } else if let Some(why) = state.paused.why(class) {
                 let mut r = synthetic(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("{class} traffic is paused by the gateway's local {why}"),
@@ -534,13 +547,18 @@ async fn handle(
                 connect(&state, req, route, held.take()).await
             } else if class.is_transactional() && !method.is_safe() {
                 crate::bid_path::journaled(&state, req, route).await
+            } else if privacy_gate::reads_body(&req, &route) {
+                privacy_gate::forward_stripped(&state, req, route).await
             } else if let Some(cache) = state
                 .cache
                 .as_ref()
                 .filter(|_| cached::applies(&req, &route))
             {
-                let tls = matches!(entry, Entry::Site(_));
-                cached::serve(&state, cache, req, route, tls).await
+                let tls_name = match &entry {
+                    Entry::Site(name) => Some(&**name),
+                    Entry::Plain => None,
+                };
+                cached::serve(&state, cache, req, route, tls_name).await
             } else {
                 forward(&state, req, route).await
             };

@@ -85,7 +85,11 @@ pub(super) fn route(
             .authority(authority.clone())
             .build()
             .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-        return Ok(Some(Route { target, class }));
+        return Ok(Some(Route {
+            target,
+            class,
+            privacy: None,
+        }));
     }
     let uri = req.uri();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -106,6 +110,7 @@ pub(super) fn route(
         return Ok(Some(Route {
             target: uri.clone(),
             class,
+            privacy: None,
         }));
     }
     let host = host_header(req).unwrap_or("").to_ascii_lowercase();
@@ -170,7 +175,11 @@ fn site_route(
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-    Ok(Route { target, class })
+    Ok(Route {
+        target,
+        class,
+        privacy: site.privacy.clone(),
+    })
 }
 
 /// The `Host` header's host, without a port.
