@@ -144,20 +144,24 @@ async fn init_add_and_a_second_init_as_a_crew_runs_them() {
     ]);
     assert_eq!(no_ca.status.code(), Some(66), "{}", text(&no_ca));
 
-    // the window given is in the past for the handshake below: make one around now
+    // the window given above starts in two days: make events valid now for handshakes
+    let init = |dir: &Path| {
+        let d = dir.to_str().expect("utf8");
+        let out = canopy(&[
+            "certs",
+            "init",
+            "--event",
+            "market",
+            "--out",
+            d,
+            "--gateway",
+            "gw",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+    };
     let live = dir.path().join("live");
+    init(&live);
     let l = live.to_str().expect("utf8");
-    let out = canopy(&[
-        "certs",
-        "init",
-        "--event",
-        "market",
-        "--out",
-        l,
-        "--gateway",
-        "gw",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
     let out = canopy(&["certs", "add", "--dir", l, "--gateway", "stall-2"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -166,18 +170,7 @@ async fn init_add_and_a_second_init_as_a_crew_runs_them() {
     );
     // a gateway certificate from another CA (what a forced second init makes) is not
     let other = dir.path().join("other");
-    let o = other.to_str().expect("utf8");
-    let out = canopy(&[
-        "certs",
-        "init",
-        "--event",
-        "market",
-        "--out",
-        o,
-        "--gateway",
-        "gw",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    init(&other);
     std::fs::copy(live.join("ca.pem"), other.join("ca.pem")).expect("trust the relay");
     assert!(
         !handshake(&live, &other, "gw").await,
