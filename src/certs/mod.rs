@@ -20,6 +20,7 @@ use rcgen::{
 };
 use sha2::Digest;
 use std::path::{Path, PathBuf};
+use tunnel_io::tls::hex;
 use tunnel_io::TlsFiles;
 
 /// The CA's common name is this followed by the event's slug.
@@ -866,10 +867,6 @@ fn serial() -> SerialNumber {
     }
     b[0] = (b[0] & 0x7f) | 0x40;
     SerialNumber::from_slice(&b)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn read(path: &Path) -> Result<String, CertsError> {

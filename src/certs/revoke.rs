@@ -1,7 +1,7 @@
 //! `canopy certs revoke`: adds a certificate to the revocation list the relay watches
 //! (`[tls] revoked`), by its SHA-256, with its name, serial and the time in a comment.
 
-use super::{pem_der, read, show_time, CertsError};
+use super::{hex, pem_der, read, show_time, CertsError};
 use crate::files::{self, Access, Existing};
 use std::path::Path;
 use tunnel_io::RevocationList;
@@ -55,7 +55,7 @@ pub fn revoke(list: &Path, cert: &Path, label: &str) -> Result<Revocation, Certs
         });
     }
     let serial = tunnel_io::revoked::serial_of(&der)
-        .map(|s| s.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .map(|s| hex(&s))
         .unwrap_or_default();
     let mut text = before;
     if !text.is_empty() && !text.ends_with('\n') {

@@ -9,9 +9,6 @@
 //! comes. The files are looked at every [`POLL`]; a pair read while only one of its files
 //! was replaced does not match and waits for the next look.
 
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -77,7 +74,6 @@ struct Watch {
 pub struct OwnCert {
     /// (certificate, key) pairs: the configured one first, then the next one.
     files: Vec<(PathBuf, PathBuf)>,
-    provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
     watch: Mutex<Watch>,
 }
@@ -87,7 +83,6 @@ impl OwnCert {
     pub fn fixed(key: Arc<CertifiedKey>) -> Arc<Self> {
         Arc::new(Self {
             files: Vec::new(),
-            provider: crate::tls::provider(),
             current: RwLock::new(key),
             watch: Mutex::new(Watch::default()),
         })
@@ -102,7 +97,6 @@ impl OwnCert {
         ];
         let me = Arc::new(Self {
             files,
-            provider: crate::tls::provider(),
             current: RwLock::new(initial),
             watch: Mutex::new(Watch::default()),
         });
@@ -187,41 +181,23 @@ impl OwnCert {
     }
 
     fn load(&self, cert: &Path, key: &Path) -> Result<Loaded, String> {
-        let chain = std::fs::read(cert).map_err(|e| e.to_string())?;
-        let chain = CertificateDer::pem_slice_iter(&chain)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("bad PEM: {e}"))?;
-        let leaf = chain.first().ok_or("no certificate")?;
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let certified = crate::tls::certified_key(&read(cert)?, cert, &read(key)?, key)
+            .map_err(|e| e.to_string())?;
+        let leaf = certified.cert.first().ok_or("no certificate")?;
         let (_, x) = x509_parser::parse_x509_certificate(leaf.as_ref())
             .map_err(|e| format!("not a certificate: {e}"))?;
         let validity = Validity {
             not_before: x.validity().not_before.timestamp(),
             not_after: x.validity().not_after.timestamp(),
         };
-        let serial = x
-            .raw_serial()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
-        let key = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
-        let key = PrivateKeyDer::from_pem_slice(&key)
-            .map_err(|e| format!("{}: no private key: {e}", key_name(&self.files, cert)))?;
-        let certified = CertifiedKey::from_der(chain, key, &self.provider)
-            .map_err(|e| format!("its key does not match it yet: {e}"))?;
+        let serial = crate::tls::hex(x.raw_serial());
         Ok(Loaded {
             key: Arc::new(certified),
             validity,
             serial,
         })
     }
-}
-
-fn key_name(files: &[(PathBuf, PathBuf)], cert: &Path) -> String {
-    files
-        .iter()
-        .find(|(c, _)| c == cert)
-        .map(|(_, k)| k.display().to_string())
-        .unwrap_or_default()
 }
 
 /// `dir/NAME.next.EXT` for `dir/NAME.EXT`.

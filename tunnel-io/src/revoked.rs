@@ -112,11 +112,7 @@ impl RevocationList {
 
 /// The line that names `cert` (DER) by its SHA-256.
 pub fn line_for(cert: &[u8]) -> String {
-    let h = sha2::Sha256::digest(cert);
-    format!(
-        "sha256:{}",
-        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("sha256:{}", crate::tls::hex(&sha2::Sha256::digest(cert)))
 }
 
 /// The serial number of a certificate (DER), as its bytes.

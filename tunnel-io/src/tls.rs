@@ -189,6 +189,11 @@ pub fn own_cert(cert: &Path, key: &Path) -> Result<Arc<OwnCert>, TlsError> {
     Ok(OwnCert::watched(cert, key, Arc::new(initial)))
 }
 
+/// Bytes as lower-case hex: how serials and fingerprints are written.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Reads all certificates of a PEM file's text.
 pub fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let out = CertificateDer::pem_slice_iter(pem)
