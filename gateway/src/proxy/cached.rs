@@ -40,8 +40,9 @@ impl EdgeCache {
 
     /// Removes what `what` names.
     pub fn purge(&self, what: &Purge) -> Purged {
-        let p = self.store().purge(what);
-        self.gauges();
+        let mut store = self.store();
+        let p = store.purge(what);
+        gauges(&store);
         metrics::counter!("canopy_gateway_cache_purged_total").increment(p.entries);
         p
     }
@@ -51,12 +52,12 @@ impl EdgeCache {
         let s = self.store();
         (s.len(), s.bytes())
     }
+}
 
-    fn gauges(&self) {
-        let (n, b) = self.usage();
-        metrics::gauge!("canopy_gateway_cache_entries").set(n as f64);
-        metrics::gauge!("canopy_gateway_cache_bytes").set(b as f64);
-    }
+/// The store's size, in the metrics.
+fn gauges(store: &Store) {
+    metrics::gauge!("canopy_gateway_cache_entries").set(store.len() as f64);
+    metrics::gauge!("canopy_gateway_cache_bytes").set(store.bytes() as f64);
 }
 
 /// Whether the cache has a say in this request: a GET or HEAD for an http(s) URL, not a
@@ -173,8 +174,8 @@ pub(super) async fn serve(
         let resp = forward(state, req, route).await;
         let now = SystemTime::now();
         let status = resp.status();
+        let (head, body) = resp.into_parts();
         if let Some((entry, _)) = &stale {
-            let (head, body) = resp.into_parts();
             if status == StatusCode::NOT_MODIFIED {
                 let refreshed = cache.store().revalidated(*entry, &parts, &head, now);
                 // a 304 the entry's validators do not match: the origin said "not
@@ -214,17 +215,8 @@ pub(super) async fn serve(
                     return from_store(s, head_only, st);
                 }
             }
-            return keep(
-                state,
-                cache,
-                &site,
-                &parts,
-                Response::from_parts(head, body),
-                leader,
-                "stale",
-                head_only,
-            );
         }
+        let resp = Response::from_parts(head, body);
         return keep(state, cache, &site, &parts, resp, leader, miss, head_only);
     }
 }
@@ -449,8 +441,7 @@ impl Keep {
                 Ok(_) => debug!(%url, "edge cache: stored"),
                 Err(why) => debug!(%url, ?why, "edge cache: not stored"),
             }
-            metrics::gauge!("canopy_gateway_cache_entries").set(store.len() as f64);
-            metrics::gauge!("canopy_gateway_cache_bytes").set(store.bytes() as f64);
+            gauges(&store);
         }
         drop(self.leader);
     }
