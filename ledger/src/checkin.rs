@@ -153,6 +153,19 @@ impl Register {
         v.into_iter().map(|c| Entry::CheckedIn(c.clone())).collect()
     }
 
+    /// Tokens the register holds a check-in for.
+    pub fn checked_in(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Forgets every check-in (the event is over); how many there were.
+    pub fn clear(&mut self) -> usize {
+        let n = self.tokens.len();
+        self.tokens.clear();
+        self.inside.clear();
+        n
+    }
+
     /// Attendees inside.
     pub fn inside(&self) -> usize {
         self.inside.len()

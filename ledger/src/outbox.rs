@@ -401,6 +401,27 @@ impl Outbox {
         out
     }
 
+    /// Requests that have their outcome, kept for the device's retries.
+    pub fn done(&self) -> usize {
+        self.items.len() - self.undelivered.len()
+    }
+
+    /// Forgets every request that has its outcome (the event is over: the journal keeps
+    /// only what is still to be sent) and hands the outcomes back, oldest edge time first.
+    pub fn forget_done(&mut self) -> Vec<(Kind, u64, Arc<Outcome>)> {
+        let mut done: Vec<(Kind, u64, Arc<Outcome>)> = Vec::new();
+        self.items.retain(|_, item| match &item.state {
+            State::Done(o) => {
+                done.push((item.kind, item.edge_us, o.clone()));
+                false
+            }
+            _ => true,
+        });
+        self.done_order.clear();
+        done.sort_by(|a, b| (a.1, &a.2.key).cmp(&(b.1, &b.2.key)));
+        done
+    }
+
     fn expire(&mut self, now: Instant) {
         while let Some((at, key)) = self.done_order.front() {
             let old = now.saturating_duration_since(*at) > self.cfg.keep_done;
@@ -467,6 +488,29 @@ mod tests {
                 body: b"taken".to_vec(),
             },
         }
+    }
+
+    #[test]
+    fn forgetting_the_done_keeps_what_is_still_to_send() {
+        let mut o = Outbox::new(OutboxConfig::default());
+        let t = Instant::now();
+        for (k, edge) in [("b", 20), ("a", 10), ("q", 30)] {
+            assert!(matches!(o.admit(bid(k, edge, 1)), Admit::New(_)));
+        }
+        o.finish(t, ok("b"));
+        o.finish(t, ok("a"));
+        o.undelivered(t, "q");
+        let done = o.forget_done();
+        let keys: Vec<&str> = done.iter().map(|(_, _, o)| o.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(done[0].1, 10);
+        // the queued one stays, whole, and is all a compaction keeps
+        assert!(o.view("a").is_none());
+        assert_eq!(o.view("q").unwrap().status, Status::Queued { attempts: 1 });
+        let snap = o.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert!(matches!(&snap[0], Entry::Accepted(a) if a.key == "q" && !a.body.is_empty()));
+        assert!(o.forget_done().is_empty());
     }
 
     #[test]
