@@ -107,6 +107,15 @@ enum Command {
         /// Everything.
         #[arg(long, group = "what")]
         all: bool,
+        /// The post-event hygiene ([event] in the gateway's config): edge cache
+        /// invalidated, leaf keys destroyed, the journal reduced to reconciliation records,
+        /// spooled parts the relay has removed; prints the report (also written beside the
+        /// journal). Only once the event has ended.
+        #[arg(long, group = "what")]
+        post_event: bool,
+        /// With --post-event: show what would go, delete nothing.
+        #[arg(long, requires = "post_event")]
+        dry_run: bool,
     },
     /// Make the certificates of an event.
     Certs {
@@ -649,6 +658,9 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 site.cert = Some(relative_to(&path, &cert));
                 site.key = Some(relative_to(&path, &key));
             }
+            cfg.tls.cert = relative_to(&path, &cfg.tls.cert);
+            cfg.tls.key = relative_to(&path, &cfg.tls.key);
+            cfg.tls.ca = relative_to(&path, &cfg.tls.ca);
             let tls = load_tls(&path, &cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca)?;
             canopy::runtime::spawn_gateway(&cfg, &tls).await?;
             tokio::signal::ctrl_c().await?;
@@ -706,18 +718,38 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             prefix,
             site,
             all,
+            post_event,
+            dry_run,
         } => {
             let cfg: gateway::GatewayConfig = match config::load(&path) {
                 Ok(c) => c,
                 Err(e) => return Ok(usage_error(&e)),
             };
+            if post_event {
+                let api = canopy::admin_client::AdminApi::from_config(&path, &cfg)?;
+                let body = serde_json::json!({ "dry_run": dry_run });
+                let (status, text) = api.post("/api/post-event", body.to_string()).await?;
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                if status == 200 {
+                    print!("{}", v["text"].as_str().unwrap_or(&text));
+                    let failed = v["errors"].as_array().is_some_and(|e| !e.is_empty());
+                    return Ok(ExitCode::from(u8::from(failed)));
+                }
+                eprintln!(
+                    "canopy purge --post-event: the gateway answered {status}: {}",
+                    v["error"].as_str().unwrap_or(text.trim())
+                );
+                return Ok(ExitCode::from(1));
+            }
             let body = match (url, prefix, site, all) {
                 (Some(u), ..) => serde_json::json!({ "url": u }),
                 (_, Some(p), ..) => serde_json::json!({ "prefix": p }),
                 (_, _, Some(s), _) => serde_json::json!({ "site": s }),
                 (.., true) => serde_json::json!({ "all": true }),
                 _ => {
-                    eprintln!("canopy purge: say what: --url, --prefix, --site or --all");
+                    eprintln!(
+                        "canopy purge: say what: --url, --prefix, --site, --all or --post-event"
+                    );
                     return Ok(ExitCode::from(EX_USAGE as u8));
                 }
             };

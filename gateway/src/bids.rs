@@ -7,11 +7,14 @@
 //! Every change of the outbox and its journal record happen under one lock, so the file
 //! holds them in the order they happened (a compaction's snapshot included).
 
+use crate::hygiene::records::{self, Record, RecordKind};
+use crate::hygiene::report::JournalPart;
 use ledger::checkin::{Refused, Register};
 use ledger::outbox::{Admit, Outbox, OutboxConfig, Status, View};
 use ledger::record::{Accepted, Entry, Outcome};
 use ledger::token::Grant;
 use ledger_io::{Journal, JournalError, Pending};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -268,6 +271,57 @@ impl Bids {
             }
             Err(e) => warn!(error = %e, "bids journal compaction failed"),
         }
+    }
+
+    /// The event is over: reads the journal into reduced records (`into`), then, unless
+    /// `dry_run`, forgets every request that has its outcome and every check-in, and
+    /// rewrites the journal with what is still to be sent (whole: it still goes).
+    pub(crate) async fn post_event(
+        &self,
+        path: &Path,
+        into: &mut BTreeMap<(RecordKind, String), Record>,
+        dry_run: bool,
+    ) -> std::io::Result<JournalPart> {
+        let file = path.to_path_buf();
+        let entries = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Entry>> {
+            let buf = std::fs::read(&file)?;
+            let scan = ledger::frame::scan(&buf);
+            Ok(scan
+                .records
+                .into_iter()
+                .filter_map(|r| Entry::decode(&buf[r]).ok())
+                .collect())
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        records::reduce(&entries, into);
+        let before = self.journal.stats().len;
+        let mut part = JournalPart {
+            path: path.display().to_string(),
+            bytes_before: before,
+            bytes_after: before,
+            ..JournalPart::default()
+        };
+        let rewrite = {
+            let mut r = self.register.lock().unwrap_or_else(|e| e.into_inner());
+            let mut o = self.outbox();
+            part.undelivered_kept = o.stats().pending as u64;
+            if dry_run {
+                part.done_dropped = o.done() as u64;
+                part.checkins_dropped = r.checked_in() as u64;
+                return Ok(part);
+            }
+            let done = o.forget_done();
+            part.done_dropped = done.len() as u64;
+            records::apply_outcomes(done.iter().map(|(k, e, o)| (*k, *e, &**o)), into);
+            part.checkins_dropped = r.clear() as u64;
+            self.journal.submit_rewrite(o.snapshot())
+        };
+        rewrite.await.map_err(std::io::Error::other)?;
+        part.bytes_after = self.journal.stats().len;
+        info!(journal = %path.display(), from = before, to = part.bytes_after,
+            kept = part.undelivered_kept, "bids journal reduced after the event");
+        Ok(part)
     }
 
     /// Gauges of the outbox and the journal.

@@ -7,9 +7,10 @@
 //! The device sends the token as the body (text), or JSON `{"token": ..., "gate": ...}`;
 //! `?gate=` names the gate too. Answers are JSON: `200 {"result":"admitted", ...}`, or a
 //! refusal with its reason: `400` malformed, `403` forged / wrong event / not yet valid /
-//! expired, `409` replayed / double entry, `503` the journal failed.
+//! expired / the event is over (`[event] end`), `409` replayed / double entry, `503` the journal failed.
 
-use crate::config::CheckinSection;
+use crate::config::GatewayConfig;
+use crate::event::Event;
 use crate::proxy::{full, synthetic, Body, State};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -31,18 +32,22 @@ pub(crate) struct Desk {
     reentry: bool,
     leeway_s: u64,
     sync_url: Option<String>,
+    /// `[event]`: no check-in from its end on.
+    closes: Option<Event>,
 }
 
 impl Desk {
     /// The desk of a config; `None` when check-in is off (or the key does not parse,
     /// which config validation reports).
-    pub(crate) fn new(cfg: &CheckinSection) -> Option<Self> {
+    pub(crate) fn new(cfg: &GatewayConfig) -> Option<Self> {
+        let ci = &cfg.checkin;
         Some(Self {
-            verifier: Verifier::from_base64(cfg.public_key.as_deref()?)?,
-            event: cfg.event.clone(),
-            reentry: cfg.reentry,
-            leeway_s: cfg.leeway_s,
-            sync_url: cfg.sync_url.clone(),
+            verifier: Verifier::from_base64(ci.public_key.as_deref()?)?,
+            event: cfg.checkin_event().to_owned(),
+            reentry: ci.reentry,
+            leeway_s: ci.leeway_s,
+            sync_url: ci.sync_url.clone(),
+            closes: cfg.event(),
         })
     }
 }
@@ -100,6 +105,17 @@ pub(crate) async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Respons
         );
     }
     let now_s = crate::clock::wall_us() / 1_000_000;
+    if let Some(ev) = desk.closes.as_ref().filter(|e| !e.admits_at(now_s as i64)) {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "event_over",
+            &format!(
+                "the event {} ended at {}: check-in is closed",
+                ev.slug,
+                ev.local(ev.end_s)
+            ),
+        );
+    }
     let grant = match desk
         .verifier
         .verify(&token, &desk.event, now_s, desk.leeway_s)

@@ -43,6 +43,9 @@ pub struct GatewayConfig {
     pub actions: Vec<ActionConfig>,
     /// `[cache]`: the edge cache for GETs through the proxy and the sites.
     pub cache: CacheSection,
+    /// `[event]`: the event's slug and times, and what follows its end; unset = no end
+    /// (check-in tokens go by their own expiry, no post-event hygiene).
+    pub event: Option<crate::event::EventSection>,
 }
 
 /// `[cache]`
@@ -832,6 +835,19 @@ pub struct MetricsSection {
 }
 
 impl GatewayConfig {
+    /// The event check-in tokens must name: `[checkin] event`, else `[event] slug`.
+    pub fn checkin_event(&self) -> &str {
+        match (&self.event, self.checkin.event.as_str()) {
+            (Some(e), "") => &e.slug,
+            (_, named) => named,
+        }
+    }
+
+    /// The event, when `[event]` is set and valid.
+    pub fn event(&self) -> Option<crate::event::Event> {
+        self.event.as_ref().and_then(|e| e.parse().ok())
+    }
+
     /// Checks what serde cannot: returns (dotted key, message) per problem.
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut errs = Vec::new();
@@ -997,8 +1013,26 @@ impl GatewayConfig {
                     "must be an Ed25519 public key in base64url (43 characters)".into(),
                 ));
             }
-            if ci.event.is_empty() || ci.event.len() > ledger::token::MAX_FIELD {
-                errs.push(("checkin.event".into(), "must be the event's slug".into()));
+            let event = self.checkin_event();
+            if event.is_empty() || event.len() > ledger::token::MAX_FIELD {
+                errs.push((
+                    "checkin.event".into(),
+                    "must be the event's slug (or set [event] slug)".into(),
+                ));
+            }
+        }
+        if let Some(ev) = &self.event {
+            if let Err(e) = ev.parse() {
+                errs.extend(e);
+            }
+            if !ci.event.is_empty() && ci.event != ev.slug {
+                errs.push((
+                    "checkin.event".into(),
+                    format!(
+                        "is {:?} but [event] slug is {:?}: leave it out, or make them the same",
+                        ci.event, ev.slug
+                    ),
+                ));
             }
         }
         if ci.leeway_s > 3600 {

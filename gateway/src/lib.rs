@@ -14,6 +14,8 @@ pub mod clock;
 pub mod config;
 pub mod contribute;
 pub mod devices;
+pub mod event;
+pub mod hygiene;
 pub mod levels;
 pub mod privacy;
 mod probe;

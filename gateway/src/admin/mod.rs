@@ -11,6 +11,7 @@
 //! | `POST /api/purge` | removes the spooled parts the relay has answered for |
 //! | `GET /api/cache` | the edge cache's answers and bytes |
 //! | `POST /api/cache/purge` `{"url": U}`, `{"prefix": P}`, `{"site": S}` or `{"all": true}` | removes those answers from the edge cache |
+//! | `POST /api/post-event` `{"dry_run": true}` | the post-event hygiene (`[event]`), or what it would do; its report |
 
 use crate::actions::Actions;
 use crate::bond::Bond;
@@ -53,6 +54,8 @@ pub struct AdminView {
     pub paused: Arc<crate::actions::Paused>,
     /// The edge cache, when on.
     pub cache: Option<Arc<crate::EdgeCache>>,
+    /// The post-event hygiene, when `[event]` is set.
+    pub hygiene: Option<Arc<crate::hygiene::Hygiene>>,
 }
 
 /// The bound admin listener and its token.
@@ -195,18 +198,53 @@ async fn handle(view: &AdminView, token: &str, peer: SocketAddr, req: Request<In
             None => cache_off(),
         },
         ("/api/cache/purge", &Method::POST) => purge_cache(view, peer, req).await,
+        ("/api/post-event", &Method::POST) => post_event(view, peer, req).await,
         (p, &Method::PUT) if p.starts_with("/api/levels/") => {
             let camera = p["/api/levels/".len()..].to_string();
             set_level(view, peer, &camera, req).await
         }
         ("/api/status" | "/api/levels" | "/api/actions", _) => not_allowed("GET"),
-        ("/api/purge" | "/api/cache/purge", _) => not_allowed("POST"),
+        ("/api/purge" | "/api/cache/purge" | "/api/post-event", _) => not_allowed("POST"),
         ("/api/cache", _) => not_allowed("GET"),
         (p, _) if p.starts_with("/api/levels/") => not_allowed("PUT"),
         _ => error(
             StatusCode::NOT_FOUND,
-            "not found: try /api/status, /api/levels, /api/actions, /api/purge, /api/cache",
+            "not found: try /api/status, /api/levels, /api/actions, /api/purge, /api/cache, \
+             /api/post-event",
         ),
+    }
+}
+
+/// `POST /api/post-event` with `{"dry_run": true|false}`: the post-event hygiene now (a
+/// real run only once the event has ended); answers its report, with the text in `text`.
+async fn post_event(view: &AdminView, peer: SocketAddr, req: Request<Incoming>) -> Answer {
+    let Some(h) = &view.hygiene else {
+        return error(
+            StatusCode::CONFLICT,
+            "no [event] in the gateway's config: nothing says when the event ends",
+        );
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        dry_run: bool,
+    }
+    let b: Body = match read_json(req, "expected {\"dry_run\": true|false}").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let now = crate::clock::wall_us() as i64 / 1_000_000;
+    match h
+        .purge(crate::hygiene::Trigger::Command, b.dry_run, now)
+        .await
+    {
+        Ok(rep) => {
+            info!(%peer, dry_run = b.dry_run, "admin: post-event hygiene:\n{}", rep.text());
+            let mut v = serde_json::json!(rep);
+            v["text"] = rep.text().into();
+            json(StatusCode::OK, &v)
+        }
+        Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
     }
 }
 

@@ -105,6 +105,34 @@ pub struct Gateway {
     transcodes: Vec<(Arc<LiveStream>, media_io::transcode::TranscodeSettings)>,
     /// The HTTPS listener for the tls sites, when `[proxy] https_listen`.
     https: Option<https::Https>,
+    /// `[event]`, and what its post-event hygiene deletes.
+    post_event: Option<PostEventFiles>,
+}
+
+/// What the post-event hygiene needs from the config.
+struct PostEventFiles {
+    event: crate::event::Event,
+    keys: Vec<std::path::PathBuf>,
+    journal: std::path::PathBuf,
+}
+
+impl PostEventFiles {
+    fn of(cfg: &GatewayConfig) -> Option<Self> {
+        let event = cfg.event()?;
+        let mut keys = vec![cfg.tls.key.clone()];
+        keys.extend(cfg.sites.iter().filter(|s| s.tls).map(|s| s.tls_files().1));
+        let next: Vec<_> = keys
+            .iter()
+            .map(|k| tunnel_io::own_cert::next_of(k))
+            .collect();
+        keys.extend(next);
+        keys.dedup();
+        Some(Self {
+            event,
+            keys,
+            journal: cfg.bids.journal.clone(),
+        })
+    }
 }
 
 impl Gateway {
@@ -183,7 +211,7 @@ impl Gateway {
         let state = State {
             paused: Arc::default(),
             bids,
-            checkin: crate::checkin::Desk::new(&cfg.checkin),
+            checkin: crate::checkin::Desk::new(cfg),
             devices: Devices::new(cfg.proxy.device_limits()),
             name: cfg.gateway.name.clone(),
             classifier: Classifier::new(cfg.classes.clone()),
@@ -220,6 +248,7 @@ impl Gateway {
             admin,
             transcodes,
             https,
+            post_event: PostEventFiles::of(cfg),
         })
     }
 
@@ -299,8 +328,23 @@ impl Gateway {
                 paused: self.state.paused.clone(),
             },
         );
+        let hygiene = self.post_event.take().map(|p| {
+            crate::hygiene::Hygiene::new(crate::hygiene::Parts {
+                event: p.event,
+                bids: self.state.bids.clone(),
+                cache: self.state.cache.clone(),
+                actions: actions.clone(),
+                live: self.state.live.clone(),
+                keys: p.keys,
+                journal: p.journal,
+            })
+        });
+        if let Some(h) = &hygiene {
+            tasks.spawn(h.clone().run());
+        }
         if let Some(admin) = self.admin.take() {
             tasks.spawn(admin.serve(Arc::new(crate::admin::AdminView {
+                hygiene,
                 cache: self.state.cache.clone(),
                 name: self.state.name.clone(),
                 bond: self.state.bond.clone(),
