@@ -3,35 +3,8 @@
 
 mod common;
 
-use common::{acknowledged, burst_with, curl, spawn, wait_until, Proc, Stack, SITE};
+use common::{acknowledged, bid, burst_with, curl, spawn, wait_until, Proc, Stack};
 use std::time::{Duration, Instant};
-
-/// A bid through the gateway as a reverse site: (status, headers and body).
-fn bid(s: &Stack, key: Option<&str>, body: &str) -> (u16, String) {
-    let mut args = vec![
-        "-i".to_string(),
-        "-H".into(),
-        format!("Host: {SITE}"),
-        "-H".into(),
-        "Content-Type: application/json".into(),
-        "--data-binary".into(),
-        body.into(),
-    ];
-    if let Some(k) = key {
-        args.push("-H".into());
-        args.push(format!("Idempotency-Key: {k}"));
-    }
-    args.push(format!("{}/bid", s.proxy_url()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = curl(&refs);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
 
 fn get(url: &str) -> String {
     String::from_utf8_lossy(&curl(&[url]).stdout).to_string()

@@ -3,40 +3,8 @@
 
 mod common;
 
-use common::{canopy, curl, Stack, TempDir};
+use common::{canopy, check_in, curl, issue_token, tokens, Stack, TempDir};
 use std::time::{Duration, Instant};
-
-fn tokens(args: &[&str]) -> String {
-    let mut all = vec!["tokens"];
-    all.extend_from_slice(args);
-    let out = canopy(&all);
-    assert!(
-        out.status.success(),
-        "canopy tokens {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// POST /checkins with a token: (status, JSON answer).
-fn check_in(s: &Stack, token: &str) -> (u16, serde_json::Value) {
-    let url = format!("{}/checkins?gate=north", s.proxy_url());
-    let out = curl(&[
-        "-w",
-        "\n%{http_code}",
-        "-H",
-        "Content-Type: text/plain",
-        "--data-binary",
-        token,
-        &url,
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or_default(),
-    )
-}
 
 fn origin_checkins(s: &Stack) -> u64 {
     let out = curl(&[&s.origin_url("/stats")]);
@@ -63,19 +31,7 @@ fn tokens_are_checked_offline_once_each_and_synced_after_an_outage() {
         ),
     );
     let k = key.to_str().expect("utf8");
-    let issue = |attendee: &str, extra: &[&str]| {
-        let mut a = vec![
-            "issue",
-            "--key",
-            k,
-            "--event",
-            "market",
-            "--attendee",
-            attendee,
-        ];
-        a.extend_from_slice(extra);
-        tokens(&a)
-    };
+    let issue = |attendee: &str, extra: &[&str]| issue_token(k, "market", attendee, extra);
     let a1 = issue("A-1", &[]);
     let a1_second = issue("A-1", &[]);
     let a2 = issue("A-2", &[]);

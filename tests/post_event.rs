@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{canopy, curl, free_tcp_port, wait_until, Stack, TempDir, SITE};
+use common::{
+    bid, canopy, check_in, curl, free_tcp_port, issue_token, tokens, wait_until, Stack, TempDir,
+    SITE,
+};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,30 +23,6 @@ fn rfc3339(s: i64) -> String {
         .expect("time")
         .format(&time::format_description::well_known::Rfc3339)
         .expect("format")
-}
-
-fn tokens(args: &[&str]) -> String {
-    let mut all = vec!["tokens"];
-    all.extend_from_slice(args);
-    let out = canopy(&all);
-    assert!(
-        out.status.success(),
-        "canopy tokens {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// POST /checkins at gate north: (status, answer).
-fn check_in(s: &Stack, token: &str) -> (u16, serde_json::Value) {
-    let url = format!("{}/checkins?gate=north", s.proxy_url());
-    let out = curl(&["-w", "\n%{http_code}", "--data-binary", token, &url]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or_default(),
-    )
 }
 
 /// A stack whose gateway knows the event (`[event]` with `event_extra`), an admin API
@@ -121,35 +100,16 @@ fn after_the_event_the_crew_purges_and_keeps_only_reconciliation_records() {
     );
     let d = s.dir.path();
     // during the event: a check-in, a bid, cached assets
-    let token = tokens(&[
-        "issue",
-        "--key",
-        &key,
-        "--event",
-        "market",
-        "--attendee",
-        "Grace-Hopper",
-        "--id",
-        "tok-77",
-    ]);
+    let issue = |attendee: &str, extra: &[&str]| issue_token(&key, "market", attendee, extra);
+    let token = issue("Grace-Hopper", &["--id", "tok-77"]);
     let (st, v) = check_in(&s, &token);
     assert_eq!(st, 200, "{v}");
-    let out = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        &format!("Host: {SITE}"),
-        "-H",
-        "Content-Type: application/json",
-        "-H",
-        "Idempotency-Key: bid-lot7-0001",
-        "--data-binary",
+    let (st, answer) = bid(
+        &s,
+        Some("bid-lot7-0001"),
         r#"{"lot":"7","amount":1200,"bidder":"Ada-Lovelace"}"#,
-        &format!("{}/bid", s.proxy_url()),
-    ]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    );
+    assert_eq!(st, 200, "{answer}");
     for i in 0..3 {
         fetch(&s, &format!("/static/e{i}.css"));
     }
@@ -170,15 +130,7 @@ fn after_the_event_the_crew_purges_and_keeps_only_reconciliation_records() {
     // the event ends: check-in closes
     let wait = (end - now_s() + 1).max(0) as u64;
     std::thread::sleep(Duration::from_secs(wait));
-    let late = tokens(&[
-        "issue",
-        "--key",
-        &key,
-        "--event",
-        "market",
-        "--attendee",
-        "Late-1",
-    ]);
+    let late = issue("Late-1", &[]);
     let (st, v) = check_in(&s, &late);
     assert_eq!((st, v["reason"].as_str()), (403, Some("event_over")), "{v}");
     // a dry run after the end says what would go and deletes nothing
@@ -221,15 +173,15 @@ fn after_the_event_the_crew_purges_and_keeps_only_reconciliation_records() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
-    let bid = lines
+    let b = lines
         .iter()
         .find(|r| r["kind"] == "bid")
         .unwrap_or_else(|| panic!("a bid record in {records}"));
-    assert_eq!(bid["key"], "bid-lot7-0001");
-    assert_eq!(bid["lot"], "7");
-    assert_eq!(bid["amount"], 1200);
-    assert_eq!(bid["outcome"], "answered 200");
-    assert!(bid["edge_us"].as_u64().is_some_and(|t| t > 0));
+    assert_eq!(b["key"], "bid-lot7-0001");
+    assert_eq!(b["lot"], "7");
+    assert_eq!(b["amount"], 1200);
+    assert_eq!(b["outcome"], "answered 200");
+    assert!(b["edge_us"].as_u64().is_some_and(|t| t > 0));
     let checkin = lines
         .iter()
         .find(|r| r["kind"] == "checkin")
@@ -255,20 +207,8 @@ fn after_the_event_the_crew_purges_and_keeps_only_reconciliation_records() {
     let text = std::fs::read_to_string(d.join("market.post-event.txt")).expect("text");
     assert!(text.contains("access logs"), "{text}");
     // a bid after the hygiene still works (the box is not bricked while it runs)
-    let out = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        &format!("Host: {SITE}"),
-        "-H",
-        "Idempotency-Key: bid-late-0002",
-        "--data-binary",
-        r#"{"lot":"8","amount":5}"#,
-        &format!("{}/bid", s.proxy_url()),
-    ]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let (st, answer) = bid(&s, Some("bid-late-0002"), r#"{"lot":"8","amount":5}"#);
+    assert_eq!(st, 200, "{answer}");
 }
 
 #[test]

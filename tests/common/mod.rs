@@ -397,3 +397,78 @@ pub(crate) fn acknowledged(results: &[(String, u16)], ok: &[u16]) -> Vec<String>
         .map(|(k, _)| k.clone())
         .collect()
 }
+
+/// `canopy tokens <args>`: its output, trimmed (it must succeed).
+pub(crate) fn tokens(args: &[&str]) -> String {
+    let mut all = vec!["tokens"];
+    all.extend_from_slice(args);
+    let out = canopy(&all);
+    assert!(
+        out.status.success(),
+        "canopy tokens {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// POST /checkins with a token: (status, JSON answer).
+pub(crate) fn check_in(s: &Stack, token: &str) -> (u16, serde_json::Value) {
+    let url = format!("{}/checkins?gate=north", s.proxy_url());
+    let out = curl(&[
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Content-Type: text/plain",
+        "--data-binary",
+        token,
+        &url,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or_default(),
+    )
+}
+
+/// A bid through the gateway as a reverse site: (status, headers and body).
+pub(crate) fn bid(s: &Stack, key: Option<&str>, body: &str) -> (u16, String) {
+    let mut args = vec![
+        "-i".to_string(),
+        "-H".into(),
+        format!("Host: {SITE}"),
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "--data-binary".into(),
+        body.into(),
+    ];
+    if let Some(k) = key {
+        args.push("-H".into());
+        args.push(format!("Idempotency-Key: {k}"));
+    }
+    args.push(format!("{}/bid", s.proxy_url()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = curl(&refs);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A check-in token signed with the organizer's `key` file (`canopy tokens issue`).
+pub(crate) fn issue_token(key: &str, event: &str, attendee: &str, extra: &[&str]) -> String {
+    let mut a = vec![
+        "issue",
+        "--key",
+        key,
+        "--event",
+        event,
+        "--attendee",
+        attendee,
+    ];
+    a.extend_from_slice(extra);
+    tokens(&a)
+}
