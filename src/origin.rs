@@ -318,6 +318,7 @@ fn static_asset(stats: &OriginStats, path: &str, short: bool) -> Response<Body> 
     let ct = match ext {
         "png" => "image/png",
         "css" => "text/css",
+        "html" => "text/html; charset=utf-8",
         "js" => "text/javascript",
         "json" => "application/json",
         _ => "text/plain; charset=utf-8",

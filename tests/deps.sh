@@ -41,6 +41,7 @@ DEPS=(
   "cmd    chromium             chromium                      browser"
   "cmd    node                 nodejs                        browser"
   "cmd    npm                  npm                           browser"
+  "cmd    certutil             libnss3-tools                 browser"
   "debpy  gi                   python3-gi                    camera"
   "gir    Gst                  gir1.2-gstreamer-1.0          camera"
   "gir    GstRtspServer        gir1.2-gst-rtsp-server-1.0    camera"

@@ -79,6 +79,10 @@ if [ "${CANOPY_BROWSER:-1}" != 0 ]; then
   bash tests/live/browser.sh | tee "$log"
   n=$(awk '/^browser: [0-9]+ passed/ {print $2}' "$log" | tail -1)
   passed=$((passed + ${n:-0}))
+  step "tests/live/https_site.sh (a venue site over HTTPS in Chromium trusting the event CA)"
+  bash tests/live/https_site.sh | tee "$log"
+  n=$(awk '/^https site: [0-9]+ passed/ {print $3}' "$log" | tail -1)
+  passed=$((passed + ${n:-0}))
 fi
 
 # --- network-namespace suite (root) -----------------------------------------------------
