@@ -652,6 +652,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 *d = path.parent().unwrap_or(std::path::Path::new(".")).join(&*d);
             }
             cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
+            cfg.cache.disk_dir = cfg.cache.disk_dir.as_deref().map(|d| relative_to(&path, d));
             cfg.admin.token_file = relative_to(&path, &cfg.admin.token_file);
             for site in cfg.sites.iter_mut().filter(|s| s.tls) {
                 let (cert, key) = site.tls_files();

@@ -201,3 +201,66 @@ fn the_crew_purges_through_the_admin_api_with_its_token() {
     ]);
     assert_eq!(String::from_utf8_lossy(&bad.stdout), "422");
 }
+
+/// A counter's value on the gateway's /metrics (0 when absent).
+fn gateway_counter(s: &Stack, name: &str) -> f64 {
+    let out = curl(&[&format!("http://{}/metrics", s.metrics.1)]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn the_disk_tier_serves_what_memory_let_go_and_outlives_a_restart_with_no_uplink() {
+    // memory for about five of the ten assets; the disk for all of them
+    let mut s = Stack::start_full(
+        "edge-disk",
+        "",
+        "[cache]\nmemory_bytes = 16384\ndisk_dir = \"edge-cache\"\ndisk_bytes = 10485760\n",
+    );
+    let paths: Vec<String> = (0..10).map(|i| format!("/static/d{i}.png")).collect();
+    assert!(fetch(&s, &paths).iter().all(|(st, ..)| st == "200"));
+    let again = fetch(&s, &paths);
+    assert!(
+        again.iter().all(|(st, cs, _)| st == "200" && is_hit(cs)),
+        "{again:?}"
+    );
+    assert!(
+        gateway_counter(&s, "canopy_gateway_cache_disk_reads_total") >= 1.0,
+        "some hits came from the disk tier"
+    );
+    let fetched = origin_fetches(&s);
+    assert!(fetched.values().all(|&n| n == 1), "{fetched:?}");
+    let dir = s.dir.path().join("edge-cache");
+    let heads = || {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "head"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_until("ten answers on disk", Duration::from_secs(5), || {
+        heads() == 10
+    });
+    // the box restarts while every uplink is down: the menu still loads
+    s.kill_relay();
+    s.kill_gateway();
+    s.start_gateway();
+    wait_until("the gateway back", Duration::from_secs(20), || {
+        fetch(&s, &paths[..1])
+            .first()
+            .is_some_and(|(st, ..)| st == "200")
+    });
+    let after = fetch(&s, &paths);
+    assert!(
+        after.iter().all(|(st, cs, _)| st == "200" && is_hit(cs)),
+        "{after:?}"
+    );
+    // and what it never had is still a 504 with its reason
+    let miss = fetch(&s, &["/static/never.png".to_string()]);
+    assert_eq!(miss[0].0, "504", "{miss:?}");
+}

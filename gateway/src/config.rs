@@ -56,6 +56,12 @@ pub struct CacheSection {
     pub enabled: bool,
     /// Bytes of answers kept in memory; the least recently used go first.
     pub memory_bytes: u64,
+    /// Folder of the disk tier (relative to the config file): every answer that fits is
+    /// also kept there, served when memory has let it go, and read back after a restart;
+    /// unset = memory only.
+    pub disk_dir: Option<PathBuf>,
+    /// Bytes of answers kept on disk; the least recently used go first.
+    pub disk_bytes: u64,
     /// Largest answer kept, bytes.
     pub max_object_bytes: u64,
     /// How long past its freshness an answer may still be served when no uplink is up or
@@ -68,6 +74,8 @@ impl Default for CacheSection {
         Self {
             enabled: true,
             memory_bytes: 64 << 20,
+            disk_dir: None,
+            disk_bytes: 1 << 30,
             max_object_bytes: 8 << 20,
             stale_max_s: 86_400,
         }
@@ -997,6 +1005,12 @@ impl GatewayConfig {
                 "proxy.max_shared_streams".into(),
                 "must be 1..=15360 (1,024 of each connection's 16,384 streams stay for bids)"
                     .into(),
+            ));
+        }
+        if self.cache.disk_dir.is_some() && self.cache.disk_bytes < self.cache.max_object_bytes {
+            errs.push((
+                "cache.disk_bytes".into(),
+                "must be at least cache.max_object_bytes (or leave disk_dir out)".into(),
             ));
         }
         if !(100..=60_000).contains(&self.bids.deadline_ms) {

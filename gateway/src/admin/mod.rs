@@ -9,7 +9,7 @@
 //! | `PUT /api/levels/<camera>` `{"level": "substream"}` | pins the camera; `"auto"` lifts the pin |
 //! | `GET /api/actions` | every `[[actions]]` rule: fired or not, cause, firings |
 //! | `POST /api/purge` | removes the spooled parts the relay has answered for |
-//! | `GET /api/cache` | the edge cache's answers and bytes |
+//! | `GET /api/cache` | the edge cache's answers, bytes in memory and on disk |
 //! | `POST /api/cache/purge` `{"url": U}`, `{"prefix": P}`, `{"site": S}` or `{"all": true}` | removes those answers from the edge cache |
 //! | `POST /api/post-event` `{"dry_run": true}` | the post-event hygiene (`[event]`), or what it would do; its report |
 
@@ -189,10 +189,10 @@ async fn handle(view: &AdminView, token: &str, peer: SocketAddr, req: Request<In
         }
         ("/api/cache", &Method::GET) => match &view.cache {
             Some(c) => {
-                let (entries, bytes) = c.usage();
+                let (entries, bytes, disk_bytes) = c.usage();
                 json(
                     StatusCode::OK,
-                    &serde_json::json!({"entries": entries, "bytes": bytes}),
+                    &serde_json::json!({"entries": entries, "bytes": bytes, "disk_bytes": disk_bytes}),
                 )
             }
             None => cache_off(),

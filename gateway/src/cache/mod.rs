@@ -1,12 +1,19 @@
 //! The edge cache's store (sans-IO: every call takes `now`): answers to GETs through the
 //! proxy and the sites, kept by RFC 9111's rules (http-cache-semantics, as a shared
 //! cache: `private`, `no-store` and `Authorization` respected, `Vary` matched,
-//! revalidation by ETag / Last-Modified), in memory bounded by bytes, least recently
-//! used out first. The shell (`proxy/cached.rs`) asks it, fetches, coalesces and serves.
+//! revalidation by ETag / Last-Modified), in two tiers each bounded by bytes: memory,
+//! and (when `disk_bytes` > 0) a disk copy of every answer that fits, written through, so
+//! an answer pushed out of memory is still served (its body read back and promoted) and
+//! the cache survives a restart. Least recently used out first in each tier; an answer
+//! leaves the store when neither tier holds its body. The store decides; the disk work it
+//! asks for is in [`DiskOp`]s the shell carries out (`proxy/cache_disk.rs`) and reports
+//! back. The shell (`proxy/cached.rs`) asks it, fetches, coalesces and serves.
 
 mod directives;
+pub mod record;
 
 pub use directives::{clamp_deltas, states_freshness, with_default_max_age, Directives};
+pub use record::{Record, RecordError};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
@@ -22,6 +29,8 @@ const MAX_VARIANTS: usize = 8;
 pub struct StoreConfig {
     /// Bytes of bodies and heads kept in memory.
     pub memory_bytes: u64,
+    /// Bytes of answers kept on disk (0: no disk tier).
+    pub disk_bytes: u64,
     /// Largest answer kept.
     pub max_object_bytes: u64,
     /// How long past its freshness an answer may still be served when no uplink is up
@@ -37,31 +46,125 @@ struct Stored {
     policy: CachePolicy,
     status: StatusCode,
     headers: http::HeaderMap,
-    body: Bytes,
+    /// The request headers the answer varies on (all the disk keeps of the request).
+    vary: http::HeaderMap,
+    /// The body, while in memory.
+    body: Option<Bytes>,
+    body_len: u64,
+    /// Its copy on disk, when the disk tier has one.
+    disk: Option<DiskCopy>,
     directives: Directives,
     /// When it stops being fresh.
     fresh_until: SystemTime,
+    /// When it came (or was last revalidated).
+    at: SystemTime,
     tick: u64,
 }
 
+/// An answer's files on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DiskCopy {
+    name: String,
+    bytes: u64,
+}
+
 impl Stored {
-    fn bytes(&self) -> u64 {
+    /// What the index holds in memory for it, body aside.
+    fn head_bytes(&self) -> u64 {
         let head: usize = self
             .headers
             .iter()
+            .chain(self.vary.iter())
             .map(|(k, v)| k.as_str().len() + v.len())
             .sum();
-        (self.body.len() + head + self.url.len() + 256) as u64
+        (head + self.url.len() + 256) as u64
     }
+
+    /// What it holds in memory.
+    fn mem_bytes(&self) -> u64 {
+        self.head_bytes() + self.body.as_ref().map_or(0, |b| b.len() as u64)
+    }
+
+    /// Its size as an answer (head and body).
+    fn size(&self) -> u64 {
+        self.head_bytes() + self.body_len
+    }
+
+    fn record(&self) -> Record {
+        Record {
+            url: self.url.clone(),
+            site: self.site.clone(),
+            vary: self.vary.clone(),
+            status: self.status,
+            headers: self.headers.clone(),
+            at: self.at,
+            body_len: self.body_len,
+        }
+    }
+
+    fn served_body(&self) -> ServedBody {
+        match (&self.body, &self.disk) {
+            (Some(b), _) => ServedBody::Memory(b.clone()),
+            (None, Some(d)) => ServedBody::Disk {
+                name: d.name.clone(),
+                len: self.body_len,
+            },
+            // an entry without a body in either tier is removed at once
+            (None, None) => ServedBody::Memory(Bytes::new()),
+        }
+    }
+}
+
+/// Where a served answer's body is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServedBody {
+    /// In memory.
+    Memory(Bytes),
+    /// Only on disk: the shell reads `<name>.body` (exactly `len` bytes), then
+    /// [`Store::promote`]s it, or reports it [`Store::disk_lost`].
+    Disk {
+        /// The files' name.
+        name: String,
+        /// The body's bytes.
+        len: u64,
+    },
+}
+
+/// Disk work the store asks of its shell, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Write `<name>.body`, then `<name>.head` (its presence means the copy is whole).
+    Write {
+        /// The files' name.
+        name: String,
+        /// The head's record.
+        head: Vec<u8>,
+        /// The body.
+        body: Bytes,
+    },
+    /// Replace `<name>.head` (a revalidation refreshed the answer).
+    WriteHead {
+        /// The files' name.
+        name: String,
+        /// The head's record.
+        head: Vec<u8>,
+    },
+    /// Remove `<name>.head` and `<name>.body`.
+    Delete {
+        /// The files' name.
+        name: String,
+    },
 }
 
 /// An answer served from the store.
 #[derive(Debug, Clone)]
 pub struct Served {
+    /// Its entry.
+    pub entry: EntryId,
     /// Status and headers (with `Age`).
     pub head: http::response::Parts,
     /// The body.
-    pub body: Bytes,
+    pub body: ServedBody,
     /// Seconds of freshness left; negative when stale.
     pub ttl: i64,
 }
@@ -117,8 +220,15 @@ pub struct Store {
     cfg: StoreConfig,
     entries: HashMap<EntryId, Stored>,
     by_url: HashMap<String, Vec<EntryId>>,
-    lru: BTreeMap<u64, EntryId>,
+    /// Entries with their body in memory, least recently used first.
+    mem_lru: BTreeMap<u64, EntryId>,
+    /// Entries with a disk copy, least recently used first.
+    disk_lru: BTreeMap<u64, EntryId>,
+    /// Bytes in memory (every entry's head, the bodies held).
     bytes: u64,
+    /// Bytes on disk.
+    disk_bytes: u64,
+    ops: Vec<DiskOp>,
     next_id: u64,
     tick: u64,
 }
@@ -143,16 +253,29 @@ impl Store {
             cfg,
             entries: HashMap::new(),
             by_url: HashMap::new(),
-            lru: BTreeMap::new(),
+            mem_lru: BTreeMap::new(),
+            disk_lru: BTreeMap::new(),
             bytes: 0,
+            disk_bytes: 0,
+            ops: Vec::new(),
             next_id: 0,
             tick: 0,
         }
     }
 
-    /// Bytes held.
+    /// Bytes held in memory.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bytes held on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes
+    }
+
+    /// The disk work asked for since the last call, in order.
+    pub fn take_ops(&mut self) -> Vec<DiskOp> {
+        std::mem::take(&mut self.ops)
     }
 
     /// Answers held.
@@ -184,8 +307,9 @@ impl Store {
             match e.policy.before_request(&get, now) {
                 BeforeRequest::Fresh(head) => {
                     let served = Served {
+                        entry: id,
                         head: with_status(head, e.status),
-                        body: e.body.clone(),
+                        body: e.served_body(),
                         ttl: e.policy.time_to_live(now).as_secs() as i64,
                     };
                     self.touch(id);
@@ -219,9 +343,10 @@ impl Store {
         let mut headers = e.headers.clone();
         set_age(&mut headers, e.policy.age(now));
         let head = head_of(e.status, headers);
-        let body = e.body.clone();
+        let body = e.served_body();
         self.touch(entry);
         Some(Served {
+            entry,
             head,
             body,
             // stale by a part of a second is stale: counted as a whole one
@@ -245,17 +370,26 @@ impl Store {
         let e = self.entries.get_mut(&entry)?;
         match e.policy.after_response(&as_get(req), resp, now) {
             AfterResponse::NotModified(policy, head) => {
-                self.bytes = self.bytes.saturating_sub(e.bytes());
+                self.bytes = self.bytes.saturating_sub(e.mem_bytes());
                 e.headers = policy_headers(&head);
                 e.directives = Directives::of(&e.headers);
                 e.fresh_until = fresh_until(now, &policy);
                 e.policy = policy;
-                self.bytes += e.bytes();
+                e.at = now;
+                self.bytes += e.mem_bytes();
                 let ttl = e.policy.time_to_live(now).as_secs() as i64;
-                let body = e.body.clone();
+                let body = e.served_body();
                 let status = e.status;
+                if let Some(d) = &e.disk {
+                    self.ops.push(DiskOp::WriteHead {
+                        name: d.name.clone(),
+                        head: e.record().encode(),
+                    });
+                }
                 self.touch(entry);
+                self.enforce_bounds();
                 Some(Served {
+                    entry,
                     head: with_status(head, status),
                     body,
                     ttl,
@@ -363,29 +497,201 @@ impl Store {
         self.next_id += 1;
         self.tick += 1;
         let headers = resp.headers.clone();
-        let stored = Stored {
+        let mut stored = Stored {
             url: url.clone(),
             site: site.to_ascii_lowercase(),
+            vary: Record::vary_of(&req.headers, &headers),
             directives: Directives::of(&headers),
             fresh_until: fresh_until(now, &policy),
+            at: now,
             policy,
             status: resp.status,
             headers,
-            body,
+            body_len: body.len() as u64,
+            body: Some(body),
+            disk: None,
             tick: self.tick,
         };
-        self.bytes += stored.bytes();
-        self.lru.insert(self.tick, id);
+        if self.cfg.disk_bytes > 0 && stored.size() <= self.cfg.disk_bytes {
+            let name = format!("{:016x}", fastrand::u64(..));
+            self.ops.push(DiskOp::Write {
+                name: name.clone(),
+                head: stored.record().encode(),
+                body: stored.body.clone().unwrap_or_default(),
+            });
+            stored.disk = Some(DiskCopy {
+                name,
+                bytes: stored.size(),
+            });
+            self.disk_bytes += stored.size();
+            self.disk_lru.insert(self.tick, id);
+        }
+        self.bytes += stored.mem_bytes();
+        self.mem_lru.insert(self.tick, id);
         self.by_url.entry(url).or_default().push(id);
         self.entries.insert(id, stored);
+        self.enforce_bounds();
+        Ok(id)
+    }
+
+    /// An answer read back from the disk tier (`name`'s record) at `now`: indexed with its
+    /// body on disk only. Refused (and so to be deleted) when it could never be served.
+    pub fn restore(
+        &mut self,
+        name: &str,
+        rec: Record,
+        now: SystemTime,
+    ) -> Result<EntryId, NotStored> {
+        if self.cfg.disk_bytes == 0 {
+            return Err(NotStored::Useless);
+        }
+        if rec.body_len > self.cfg.max_object_bytes {
+            return Err(NotStored::TooLarge);
+        }
+        let (mut req, ()) = http::Request::new(()).into_parts();
+        req.uri = rec.url.parse().map_err(|_| NotStored::Forbidden)?;
+        req.headers = rec.vary.clone();
+        // the shell keys every request with the site's name as its Host (a policy
+        // matches only the same Host)
+        if let Ok(h) = HeaderValue::from_str(&rec.site) {
+            req.headers.insert(header::HOST, h);
+        }
+        let resp = head_of(rec.status, rec.headers.clone());
+        let policy = CachePolicy::new_options(&req, &resp, rec.at, options());
+        if !policy.is_storable() {
+            return Err(NotStored::Forbidden);
+        }
+        let directives = Directives::of(&rec.headers);
+        let until = fresh_until(rec.at, &policy);
+        let validators = rec.headers.contains_key(header::ETAG)
+            || rec.headers.contains_key(header::LAST_MODIFIED);
+        let over = now.duration_since(until).unwrap_or_default();
+        let servable_stale = directives
+            .stale_allowed(self.cfg.stale_max, true)
+            .is_some_and(|d| over <= d);
+        if !over.is_zero() && !validators && !servable_stale {
+            return Err(NotStored::Useless);
+        }
+        if self
+            .by_url
+            .get(&rec.url)
+            .is_some_and(|ids| ids.len() >= MAX_VARIANTS)
+        {
+            return Err(NotStored::Useless);
+        }
+        let id = EntryId(self.next_id);
+        self.next_id += 1;
+        self.tick += 1;
+        let stored = Stored {
+            url: rec.url.clone(),
+            site: rec.site.to_ascii_lowercase(),
+            vary: rec.vary,
+            directives,
+            fresh_until: until,
+            at: rec.at,
+            policy,
+            status: rec.status,
+            headers: rec.headers,
+            body_len: rec.body_len,
+            body: None,
+            disk: None,
+            tick: self.tick,
+        };
+        let bytes = stored.size();
+        let stored = Stored {
+            disk: Some(DiskCopy {
+                name: name.to_owned(),
+                bytes,
+            }),
+            ..stored
+        };
+        self.disk_bytes += bytes;
+        self.disk_lru.insert(self.tick, id);
+        self.bytes += stored.mem_bytes();
+        self.by_url.entry(rec.url).or_default().push(id);
+        self.entries.insert(id, stored);
+        self.enforce_bounds();
+        Ok(id)
+    }
+
+    /// A body read back from disk for `entry` (copy `name`): held in memory again, as
+    /// the most recently used.
+    pub fn promote(&mut self, entry: EntryId, name: &str, body: Bytes) {
+        let Some(e) = self.entries.get_mut(&entry) else {
+            return;
+        };
+        let ours = e.disk.as_ref().is_some_and(|d| d.name == name);
+        if !ours || e.body.is_some() || body.len() as u64 != e.body_len {
+            return;
+        }
+        self.bytes += body.len() as u64;
+        e.body = Some(body);
+        self.mem_lru.insert(e.tick, entry);
+        self.touch(entry);
+        self.enforce_bounds();
+    }
+
+    /// Disk copy `name` could not be written or read: forgotten (and the answer with it
+    /// when memory does not hold its body).
+    pub fn disk_lost(&mut self, name: &str) {
+        let found = self
+            .entries
+            .iter()
+            .find(|(_, e)| e.disk.as_ref().is_some_and(|d| d.name == name))
+            .map(|(id, _)| *id);
+        if let Some(id) = found {
+            self.drop_disk(id);
+        }
+    }
+
+    /// Pushes the least recently used out of each tier until both are within bounds.
+    fn enforce_bounds(&mut self) {
         while self.bytes > self.cfg.memory_bytes {
-            let Some((_, oldest)) = self.lru.pop_first() else {
+            let Some((_, oldest)) = self.mem_lru.pop_first() else {
                 break;
             };
-            self.remove(oldest);
-            metrics::counter!("canopy_gateway_cache_evictions_total").increment(1);
+            self.drop_memory(oldest);
+            metrics::counter!("canopy_gateway_cache_evictions_total", "tier" => "memory")
+                .increment(1);
         }
-        Ok(id)
+        while self.disk_bytes > self.cfg.disk_bytes {
+            let Some((_, oldest)) = self.disk_lru.pop_first() else {
+                break;
+            };
+            self.drop_disk(oldest);
+            metrics::counter!("canopy_gateway_cache_evictions_total", "tier" => "disk")
+                .increment(1);
+        }
+    }
+
+    /// The body leaves memory; the answer stays while its disk copy does.
+    fn drop_memory(&mut self, id: EntryId) {
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if e.disk.is_none() {
+            self.remove(id);
+            return;
+        }
+        self.mem_lru.remove(&e.tick);
+        if let Some(b) = e.body.take() {
+            self.bytes = self.bytes.saturating_sub(b.len() as u64);
+        }
+    }
+
+    /// The disk copy goes; the answer stays while memory holds its body.
+    fn drop_disk(&mut self, id: EntryId) {
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        self.disk_lru.remove(&e.tick);
+        if let Some(d) = e.disk.take() {
+            self.disk_bytes = self.disk_bytes.saturating_sub(d.bytes);
+            self.ops.push(DiskOp::Delete { name: d.name });
+        }
+        if e.body.is_none() {
+            self.remove(id);
+        }
     }
 
     /// Removes what `what` names.
@@ -415,24 +721,37 @@ impl Store {
         self.tick += 1;
         let tick = self.tick;
         if let Some(e) = self.entries.get_mut(&id) {
-            self.lru.remove(&e.tick);
+            if self.mem_lru.remove(&e.tick).is_some() {
+                self.mem_lru.insert(tick, id);
+            }
+            if self.disk_lru.remove(&e.tick).is_some() {
+                self.disk_lru.insert(tick, id);
+            }
             e.tick = tick;
-            self.lru.insert(tick, id);
         }
     }
 
+    /// Removes an answer from both tiers; the bytes freed (memory and disk).
     fn remove(&mut self, id: EntryId) -> Option<u64> {
         let e = self.entries.remove(&id)?;
-        self.lru.remove(&e.tick);
+        self.mem_lru.remove(&e.tick);
+        self.disk_lru.remove(&e.tick);
         if let Some(ids) = self.by_url.get_mut(&e.url) {
             ids.retain(|x| *x != id);
             if ids.is_empty() {
                 self.by_url.remove(&e.url);
             }
         }
-        let b = e.bytes();
-        self.bytes = self.bytes.saturating_sub(b);
-        Some(b)
+        self.bytes = self.bytes.saturating_sub(e.mem_bytes());
+        let mut freed = e.mem_bytes();
+        if let Some(d) = &e.disk {
+            self.disk_bytes = self.disk_bytes.saturating_sub(d.bytes);
+            freed += d.bytes;
+            self.ops.push(DiskOp::Delete {
+                name: d.name.clone(),
+            });
+        }
+        Some(freed)
     }
 }
 

@@ -5,6 +5,7 @@ const MIB: u64 = 1 << 20;
 fn store(memory: u64) -> Store {
     Store::new(StoreConfig {
         memory_bytes: memory,
+        disk_bytes: 0,
         max_object_bytes: MIB,
         stale_max: Duration::from_secs(3600),
     })
@@ -178,7 +179,7 @@ fn a_fresh_answer_is_a_hit_with_its_age_then_stale_with_validators() {
     .expect("stored");
     match s.lookup(&get(URL), at(10)) {
         Lookup::Fresh(hit) => {
-            assert_eq!(hit.body, Bytes::from_static(b"png"));
+            assert_eq!(hit.body, ServedBody::Memory(Bytes::from_static(b"png")));
             assert_eq!(hit.head.headers[header::AGE], "10");
             assert_eq!(hit.ttl, 50);
             assert_eq!(hit.head.status, StatusCode::OK);
@@ -220,7 +221,7 @@ fn a_304_refreshes_the_stored_answer_and_a_200_does_not() {
     let served = s
         .revalidated(entry, &request, &same, at(100))
         .expect("not modified");
-    assert_eq!(served.body, Bytes::from_static(b"v1"));
+    assert_eq!(served.body, ServedBody::Memory(Bytes::from_static(b"v1")));
     assert_eq!(served.head.status, StatusCode::OK);
     // fresh again for another minute
     assert!(is_fresh(&s.lookup(&get(URL), at(150))));
@@ -243,7 +244,7 @@ fn vary_keeps_a_variant_per_selecting_header() {
         .expect("br");
     for (r, want) in [(&gz, "gz"), (&br, "br")] {
         match s.lookup(r, at(2)) {
-            Lookup::Fresh(hit) => assert_eq!(hit.body, Bytes::from(want)),
+            Lookup::Fresh(hit) => assert_eq!(hit.body, ServedBody::Memory(Bytes::from(want))),
             other => panic!("{want}: {other:?}"),
         }
     }
@@ -428,4 +429,227 @@ fn a_stale_answer_is_served_without_the_origin_unless_it_forbids_it() {
         panic!("stale")
     };
     assert!(s.stale(entry, at(90), false).is_none());
+}
+
+fn tiered(memory: u64, disk: u64) -> Store {
+    Store::new(StoreConfig {
+        memory_bytes: memory,
+        disk_bytes: disk,
+        max_object_bytes: MIB,
+        stale_max: Duration::from_secs(3600),
+    })
+}
+
+/// The names the ops write, and those they delete.
+fn written_and_deleted(ops: &[DiskOp]) -> (Vec<String>, Vec<String>) {
+    let mut w = Vec::new();
+    let mut d = Vec::new();
+    for op in ops {
+        match op {
+            DiskOp::Write { name, .. } => w.push(name.clone()),
+            DiskOp::Delete { name } => d.push(name.clone()),
+            DiskOp::WriteHead { .. } => {}
+        }
+    }
+    (w, d)
+}
+
+fn body_of(l: Lookup) -> ServedBody {
+    match l {
+        Lookup::Fresh(s) => s.body,
+        other => panic!("not fresh: {other:?}"),
+    }
+}
+
+#[test]
+fn the_disk_tier_keeps_what_memory_lets_go_and_gives_it_back() {
+    let mut s = tiered(10_000, 100_000);
+    let r = resp(200, &[("cache-control", "max-age=600")]);
+    let body = |i: u8| Bytes::from(vec![i; 3_000]);
+    for i in 0..4u8 {
+        s.insert(
+            "shop.test",
+            &get(&format!("http://shop.test/{i}")),
+            &r,
+            body(i),
+            at(0),
+        )
+        .expect("stored");
+    }
+    // every answer is written through; none is deleted
+    let (w, d) = written_and_deleted(&s.take_ops());
+    assert_eq!((w.len(), d.len()), (4, 0));
+    assert!(s.bytes() <= 10_000 && s.disk_bytes() > 12_000);
+    // the oldest left memory but is still served: from disk
+    let ServedBody::Disk { name, len } = body_of(s.lookup(&get("http://shop.test/0"), at(1)))
+    else {
+        panic!("from disk")
+    };
+    assert_eq!((name.as_str(), len), (w[0].as_str(), 3_000));
+    let Lookup::Fresh(hit) = s.lookup(&get("http://shop.test/0"), at(1)) else {
+        panic!("fresh")
+    };
+    // read back, it is in memory again, and another body leaves memory for disk
+    s.promote(hit.entry, &name, body(0));
+    assert_eq!(
+        body_of(s.lookup(&get("http://shop.test/0"), at(2))),
+        ServedBody::Memory(body(0))
+    );
+    assert!(s.bytes() <= 10_000);
+    assert!(matches!(
+        body_of(s.lookup(&get("http://shop.test/1"), at(3))),
+        ServedBody::Disk { .. }
+    ));
+    // a body of another length is not taken for it
+    let Lookup::Fresh(hit) = s.lookup(&get("http://shop.test/1"), at(3)) else {
+        panic!("fresh")
+    };
+    s.promote(hit.entry, &w[1], Bytes::from_static(b"short"));
+    assert!(matches!(
+        body_of(s.lookup(&get("http://shop.test/1"), at(3))),
+        ServedBody::Disk { .. }
+    ));
+    // a copy that cannot be read is forgotten, and its answer with it
+    s.disk_lost(&w[1]);
+    assert!(matches!(
+        s.lookup(&get("http://shop.test/1"), at(4)),
+        Lookup::UriMiss
+    ));
+    // a purge deletes the disk copies
+    s.take_ops();
+    let p = s.purge(&Purge::All);
+    let (_, d) = written_and_deleted(&s.take_ops());
+    assert_eq!((p.entries, d.len()), (3, 3));
+    assert_eq!((s.bytes(), s.disk_bytes()), (0, 0));
+}
+
+#[test]
+fn the_disk_tier_is_bounded_and_its_oldest_copy_goes_first() {
+    let mut s = tiered(100_000, 10_000);
+    let r = resp(200, &[("cache-control", "max-age=600")]);
+    for i in 0..4 {
+        s.insert(
+            "shop.test",
+            &get(&format!("http://shop.test/{i}")),
+            &r,
+            Bytes::from(vec![0u8; 3_000]),
+            at(i),
+        )
+        .expect("stored");
+    }
+    let (w, d) = written_and_deleted(&s.take_ops());
+    assert_eq!(d, [w[0].clone()]);
+    assert!(s.disk_bytes() <= 10_000);
+    // memory still has it
+    assert!(matches!(
+        body_of(s.lookup(&get("http://shop.test/0"), at(5))),
+        ServedBody::Memory(_)
+    ));
+    // an answer larger than the whole disk tier is kept in memory only
+    let mut s = tiered(100_000, 2_000);
+    s.insert(
+        "shop.test",
+        &get(URL),
+        &r,
+        Bytes::from(vec![0u8; 3_000]),
+        at(0),
+    )
+    .expect("stored");
+    assert!(s.take_ops().is_empty());
+}
+
+#[test]
+fn answers_read_back_after_a_restart_follow_the_same_rules() {
+    let mut s = tiered(100_000, 100_000);
+    let fresh = resp(
+        200,
+        &[
+            ("cache-control", "max-age=600"),
+            ("vary", "accept-language"),
+        ],
+    );
+    let de = req(
+        "GET",
+        URL,
+        &[
+            ("host", "shop.test"),
+            ("accept-language", "de"),
+            ("cookie", "id=7"),
+        ],
+    );
+    s.insert(
+        "shop.test",
+        &de,
+        &fresh,
+        Bytes::from_static(b"hallo"),
+        at(0),
+    )
+    .expect("stored");
+    let short = resp(200, &[("cache-control", "max-age=1")]);
+    let s_req = req("GET", "http://shop.test/s", &[("host", "shop.test")]);
+    s.insert("shop.test", &s_req, &short, Bytes::from_static(b"s"), at(0))
+        .expect("stored");
+    let records: Vec<(String, Record)> = s
+        .take_ops()
+        .into_iter()
+        .filter_map(|op| match op {
+            DiskOp::Write { name, head, .. } => Some((name, Record::decode(&head).unwrap())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(records.len(), 2);
+    // a new process: the same records, read back 100 s later
+    let mut s = tiered(100_000, 100_000);
+    for (name, rec) in records.clone() {
+        s.restore(&name, rec, at(100)).expect("restored");
+    }
+    assert!(s.bytes() < 2_000, "bodies stay on disk until asked for");
+    let de_again = req(
+        "GET",
+        URL,
+        &[("host", "shop.test"), ("accept-language", "de")],
+    );
+    assert!(matches!(
+        body_of(s.lookup(&de_again, at(100))),
+        ServedBody::Disk { len: 5, .. }
+    ));
+    let fr = req(
+        "GET",
+        URL,
+        &[("host", "shop.test"), ("accept-language", "fr")],
+    );
+    assert!(matches!(s.lookup(&fr, at(100)), Lookup::VaryMiss));
+    // max-age=1, 100 s old: stale, still servable with no uplink (within stale_max)
+    let Lookup::Stale { entry, .. } = s.lookup(&s_req, at(100)) else {
+        panic!("stale")
+    };
+    assert!(s.stale(entry, at(100), false).is_some());
+    // read back two hours later, past stale_max and with no validator: refused
+    let mut s = tiered(100_000, 100_000);
+    let (name, rec) = records[1].clone();
+    assert_eq!(s.restore(&name, rec, at(7200)), Err(NotStored::Useless));
+    // without a disk tier nothing is read back
+    let mut s = tiered(100_000, 0);
+    let (name, rec) = records[0].clone();
+    assert!(s.restore(&name, rec, at(100)).is_err());
+}
+
+#[test]
+fn a_revalidation_rewrites_the_disk_copy_head() {
+    let mut s = tiered(100_000, 100_000);
+    let r = resp(200, &[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
+    s.insert("shop.test", &get(URL), &r, Bytes::from_static(b"v1"), at(0))
+        .expect("stored");
+    s.take_ops();
+    let Lookup::Stale { entry, request } = s.lookup(&get(URL), at(100)) else {
+        panic!("stale")
+    };
+    let not_modified = resp(304, &[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
+    s.revalidated(entry, &request, &not_modified, at(100))
+        .expect("not modified");
+    let ops = s.take_ops();
+    let [DiskOp::WriteHead { head, .. }] = ops.as_slice() else {
+        panic!("{ops:?}")
+    };
+    assert_eq!(Record::decode(head).unwrap().at, at(100));
 }

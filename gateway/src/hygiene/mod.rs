@@ -183,8 +183,8 @@ impl Hygiene {
         // the edge cache
         if let Some(c) = &self.cache {
             let (answers, bytes) = if dry_run {
-                let (n, b) = c.usage();
-                (n as u64, b)
+                let (n, mem, disk) = c.usage();
+                (n as u64, mem + disk)
             } else {
                 let p = c.purge(&crate::cache::Purge::All);
                 (p.entries, p.bytes)

@@ -4,14 +4,16 @@
 //! with no uplink up or a failing origin, served stale. Every answer says what happened in
 //! `Cache-Status` (RFC 9211; the cache's name is `canopy`) and, from the store, `Age`.
 
+use super::cache_disk::DiskTier;
 use super::*;
-use crate::cache::{Lookup, NotStored, Purge, Purged, Served, Store, StoreConfig};
+use crate::cache::{Lookup, NotStored, Purge, Purged, Served, ServedBody, Store, StoreConfig};
 use http_body::Frame;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 use tokio::sync::watch;
+use tracing::warn;
 
 /// The cache's name in `Cache-Status`.
 const NAME: &str = "canopy";
@@ -20,22 +22,103 @@ const NAME: &str = "canopy";
 /// device has the whole body: a slow device must not hold the others for long).
 const FOLLOW_WAIT: Duration = Duration::from_secs(5);
 
-/// The edge cache: the store and the fetches under way.
+/// The edge cache: the store, its disk tier, and the fetches under way.
 pub struct EdgeCache {
     store: Arc<Mutex<Store>>,
+    disk: Option<Arc<DiskTier>>,
     inflight: Inflight,
 }
 
-impl EdgeCache {
-    pub(crate) fn new(cfg: StoreConfig) -> Self {
-        Self {
-            store: Arc::new(Mutex::new(Store::new(cfg))),
-            inflight: Arc::default(),
+/// The store, locked; the disk work it asked for meanwhile is queued when let go (under
+/// the lock, so in the store's order).
+struct StoreGuard<'a> {
+    store: std::sync::MutexGuard<'a, Store>,
+    disk: Option<&'a DiskTier>,
+}
+
+impl std::ops::Deref for StoreGuard<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl std::ops::DerefMut for StoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+}
+
+impl Drop for StoreGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(d) = self.disk {
+            let ops = self.store.take_ops();
+            if !ops.is_empty() {
+                d.submit(&mut self.store, ops);
+            }
         }
     }
+}
 
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<'a>(store: &'a Mutex<Store>, disk: Option<&'a DiskTier>) -> StoreGuard<'a> {
+    StoreGuard {
+        store: store.lock().unwrap_or_else(|p| p.into_inner()),
+        disk,
+    }
+}
+
+impl EdgeCache {
+    /// The cache; with a disk tier in `disk_dir` (read back into the store first) when
+    /// given.
+    pub(crate) fn new(
+        mut cfg: StoreConfig,
+        disk_dir: Option<&std::path::Path>,
+    ) -> std::io::Result<Self> {
+        if disk_dir.is_none() {
+            cfg.disk_bytes = 0;
+        }
+        let store = Arc::new(Mutex::new(Store::new(cfg)));
+        let disk = match disk_dir {
+            Some(dir) => Some(Arc::new(DiskTier::open(dir, &store)?)),
+            None => None,
+        };
+        let me = Self {
+            store,
+            disk,
+            inflight: Arc::default(),
+        };
+        gauges(&me.store());
+        Ok(me)
+    }
+
+    fn store(&self) -> StoreGuard<'_> {
+        lock(&self.store, self.disk.as_deref())
+    }
+
+    /// `s` with its body in memory: read back from disk (and promoted) when only the
+    /// disk tier had it; `None` when that read failed (the copy is forgotten).
+    async fn resolve(&self, mut s: Served, head_only: bool) -> Option<Served> {
+        let ServedBody::Disk { name, len } = &s.body else {
+            return Some(s);
+        };
+        if head_only {
+            s.body = ServedBody::Memory(Bytes::new());
+            return Some(s);
+        }
+        let disk = self.disk.as_ref()?;
+        match disk.read(name, *len).await {
+            Ok(body) => {
+                metrics::counter!("canopy_gateway_cache_disk_reads_total").increment(1);
+                self.store().promote(s.entry, name, body.clone());
+                s.body = ServedBody::Memory(body);
+                Some(s)
+            }
+            Err(e) => {
+                warn!(error = %e, "edge cache: a disk copy could not be read; fetched again");
+                self.store().disk_lost(name);
+                None
+            }
+        }
     }
 
     /// Removes what `what` names.
@@ -47,10 +130,10 @@ impl EdgeCache {
         p
     }
 
-    /// (answers, bytes) held.
-    pub fn usage(&self) -> (usize, u64) {
+    /// (answers, bytes in memory, bytes on disk) held.
+    pub fn usage(&self) -> (usize, u64, u64) {
         let s = self.store();
-        (s.len(), s.bytes())
+        (s.len(), s.bytes(), s.disk_bytes())
     }
 }
 
@@ -58,6 +141,7 @@ impl EdgeCache {
 fn gauges(store: &Store) {
     metrics::gauge!("canopy_gateway_cache_entries").set(store.len() as f64);
     metrics::gauge!("canopy_gateway_cache_bytes").set(store.bytes() as f64);
+    metrics::gauge!("canopy_gateway_cache_disk_bytes").set(store.disk_bytes() as f64);
 }
 
 /// Whether the cache has a say in this request: a GET or HEAD for an http(s) URL, not a
@@ -120,7 +204,11 @@ pub(super) async fn serve(
                 } else {
                     Status::hit(hit.ttl, "", "hit")
                 };
-                return from_store(hit, head_only, st);
+                match cache.resolve(hit, head_only).await {
+                    Some(hit) => return from_store(hit, head_only, st),
+                    // its disk copy is gone: looked up again, a miss now
+                    None => continue,
+                }
             }
             Lookup::Stale { entry, request } => (Some((entry, request)), "stale"),
             Lookup::UriMiss => (None, "uri-miss"),
@@ -130,6 +218,10 @@ pub(super) async fn serve(
             let served = stale
                 .as_ref()
                 .and_then(|(entry, _)| cache.store().stale(*entry, now, false));
+            let served = match served {
+                Some(s) => cache.resolve(s, head_only).await,
+                None => None,
+            };
             return match served {
                 Some(s) => {
                     let st = Status::hit(s.ttl, "; detail=\"stale, no uplink\"", "stale");
@@ -188,6 +280,10 @@ pub(super) async fn serve(
                         "; fwd-status=304; detail=\"validator mismatch\"",
                     ),
                 };
+                let s = match s {
+                    Some(s) => cache.resolve(s, head_only).await,
+                    None => None,
+                };
                 drop(leader);
                 return match s {
                     Some(s) => from_store(s, head_only, Status::fwd("stale", more, "revalidated")),
@@ -201,7 +297,12 @@ pub(super) async fn serve(
                 };
             }
             if status.is_server_error() {
-                if let Some(s) = cache.store().stale(*entry, now, true) {
+                let s = cache.store().stale(*entry, now, true);
+                let s = match s {
+                    Some(s) => cache.resolve(s, head_only).await,
+                    None => None,
+                };
+                if let Some(s) = s {
                     drop(leader);
                     let st = Status::fwd(
                         "stale",
@@ -261,6 +362,7 @@ fn keep(
                 cap: cache.store().max_object_bytes() as usize,
                 done: Some(Keep {
                     store: cache.store.clone(),
+                    disk: cache.disk.clone(),
                     site: site.to_string(),
                     parts: parts.clone(),
                     head: head.clone(),
@@ -334,9 +436,12 @@ fn static_max_age(
     (by_ext || by_type).then_some(secs)
 }
 
-/// Serves a stored answer.
+/// Serves a stored answer (its body in memory: [`EdgeCache::resolve`]).
 fn from_store(s: Served, head_only: bool, st: Status) -> Response<Body> {
-    let body = if head_only { Bytes::new() } else { s.body };
+    let body = match s.body {
+        ServedBody::Memory(b) if !head_only => b,
+        _ => Bytes::new(),
+    };
     tagged(Response::from_parts(s.head, full(body)), st)
 }
 
@@ -422,6 +527,7 @@ fn lead_or_follow(cache: &EdgeCache, key: &str) -> Result<Leader, watch::Receive
 /// What to store once a body has come whole.
 struct Keep {
     store: Arc<Mutex<Store>>,
+    disk: Option<Arc<DiskTier>>,
     site: String,
     parts: http::request::Parts,
     head: http::response::Parts,
@@ -435,7 +541,7 @@ impl Keep {
             debug!(url = %self.parts.uri, "edge cache: body not kept");
         }
         if let Some(body) = body {
-            let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            let mut store = lock(&self.store, self.disk.as_deref());
             let url = self.parts.uri.to_string();
             match store.insert(&self.site, &self.parts, &self.head, body, SystemTime::now()) {
                 Ok(_) => debug!(%url, "edge cache: stored"),

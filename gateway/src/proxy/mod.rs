@@ -27,6 +27,7 @@ use tunnel::{hop, wire, Classifier, TrafficClass};
 use tunnel_io::{copy_bidirectional, pump_body, H3Body, PumpError, TlsFiles};
 
 mod answer;
+mod cache_disk;
 mod cached;
 mod connect;
 mod forward;
@@ -224,13 +225,30 @@ impl Gateway {
             body_idle: Duration::from_millis(cfg.proxy.body_idle_timeout_ms.max(1000)),
             bond,
             live,
-            cache: cfg.cache.enabled.then(|| {
-                Arc::new(cached::EdgeCache::new(crate::cache::StoreConfig {
-                    memory_bytes: cfg.cache.memory_bytes,
-                    max_object_bytes: cfg.cache.max_object_bytes,
-                    stale_max: Duration::from_secs(cfg.cache.stale_max_s),
-                }))
-            }),
+            cache: match cfg.cache.enabled {
+                true => Some(Arc::new(
+                    cached::EdgeCache::new(
+                        crate::cache::StoreConfig {
+                            memory_bytes: cfg.cache.memory_bytes,
+                            disk_bytes: cfg.cache.disk_bytes,
+                            max_object_bytes: cfg.cache.max_object_bytes,
+                            stale_max: Duration::from_secs(cfg.cache.stale_max_s),
+                        },
+                        cfg.cache.disk_dir.as_deref(),
+                    )
+                    .map_err(|e| {
+                        GatewayError::Config(format!(
+                            "cache.disk_dir {}: {e}",
+                            cfg.cache
+                                .disk_dir
+                                .as_deref()
+                                .unwrap_or(std::path::Path::new(""))
+                                .display()
+                        ))
+                    })?,
+                )),
+                false => None,
+            },
         };
         Ok(Self {
             listener,
