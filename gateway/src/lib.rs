@@ -15,6 +15,7 @@ pub mod config;
 pub mod contribute;
 pub mod devices;
 pub mod event;
+mod files;
 pub mod hygiene;
 pub mod levels;
 pub mod privacy;

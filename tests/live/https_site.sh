@@ -45,34 +45,8 @@ if [ ! -x "$BIN" ]; then
   finish
 fi
 
-work=$(mktemp -d /tmp/canopy-https-site.XXXXXX)
-NS="canopy-hs-$$-$RANDOM"
-pids=()
-cleanup() {
-  local p left
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  if ip netns list 2>/dev/null | grep -qw "$NS"; then
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-      left=$(ip netns pids "$NS" 2>/dev/null)
-      [ -z "$left" ] && break
-      # shellcheck disable=SC2086
-      kill $left 2>/dev/null
-      sleep 0.3
-    done
-    left=$(ip netns pids "$NS" 2>/dev/null)
-    # shellcheck disable=SC2086
-    [ -z "$left" ] || kill -9 $left 2>/dev/null
-    ip netns del "$NS" 2>/dev/null
-  fi
-  wait 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-ip netns add "$NS" || { bad "cannot create network namespace $NS"; finish; }
-ip -n "$NS" link set lo up
-nsx() { ip netns exec "$NS" "$@"; }
+source tests/live/lib/loopns.sh
+loopns_start https-site || { bad "cannot create a network namespace"; finish; }
 
 # the event's certificates: CA, relay, gateway, and the site's
 if ! "$BIN" certs init --event https-site --out "$work/certs" --site "$SITE" >"$work/certs.log" 2>&1; then

@@ -15,6 +15,7 @@ pub mod report;
 use crate::actions::Actions;
 use crate::bids::Bids;
 use crate::event::{Event, Phase, PostEvent};
+use crate::files::write_private;
 use crate::proxy::EdgeCache;
 use records::{Record, RecordKind};
 use report::{CachePart, FileGone, RecordsPart, Report, SpoolPart};
@@ -381,29 +382,6 @@ fn write_records<'a>(
         out.push(b'\n');
     }
     write_private(path, &out)
-}
-
-/// Writes `data` to `path` through a temporary file that is the owner's alone from its
-/// creation, synced, then renamed into place.
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    let mut f = o.open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// A file's size, when it exists.

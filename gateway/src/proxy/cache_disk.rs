@@ -6,6 +6,7 @@
 //! ([`crate::cache::record`]), written through a temporary file and renamed.
 
 use crate::cache::{DiskOp, Record, Store};
+use crate::files::write_private;
 use bytes::Bytes;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -145,10 +146,10 @@ async fn write_loop(
 fn apply(dir: &Path, op: DiskOp) -> io::Result<()> {
     match op {
         DiskOp::Write { name, head, body } => {
-            put(&dir.join(format!("{name}.body")), &body)?;
-            put(&dir.join(format!("{name}.head")), &head)
+            write_private(&dir.join(format!("{name}.body")), &body)?;
+            write_private(&dir.join(format!("{name}.head")), &head)
         }
-        DiskOp::WriteHead { name, head } => put(&dir.join(format!("{name}.head")), &head),
+        DiskOp::WriteHead { name, head } => write_private(&dir.join(format!("{name}.head")), &head),
         DiskOp::Delete { name } => {
             // the head first: a body without its head is never read back
             for ext in ["head", "body"] {
@@ -160,27 +161,6 @@ fn apply(dir: &Path, op: DiskOp) -> io::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Writes `data` to `path` through `<path>.tmp`: synced, then renamed.
-fn put(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    let mut f = o.open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_data()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
 }
 
 /// Reads the folder back into the store, oldest answers first (so the least recently
