@@ -264,3 +264,44 @@ fn the_disk_tier_serves_what_memory_let_go_and_outlives_a_restart_with_no_uplink
     let miss = fetch(&s, &["/static/never.png".to_string()]);
     assert_eq!(miss[0].0, "504", "{miss:?}");
 }
+
+#[test]
+fn a_paused_class_is_still_answered_from_the_cache() {
+    // a rule that pauses bulk traffic ten seconds after the start (capacity is always
+    // below 100 Gbit/s): time enough to cache an asset first
+    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let s = Stack::start_full(
+        "edge-paused",
+        "",
+        &format!(
+            "[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n\
+             [[actions]]\nname = \"hold-bulk\"\nwhen = \"capacity_below_mbps\"\nvalue = 100000\n\
+             for_s = 10\nclear_after_s = 600\nthen = \"pause_class\"\nclass = \"bulk\"\n"
+        ),
+    );
+    let cached = vec!["/static/kept.css".to_string()];
+    assert_eq!(fetch(&s, &cached)[0].0, "200");
+    assert!(is_hit(&fetch(&s, &cached)[0].1));
+    let token_file = s.dir.path().join("admin.token");
+    let paused = || {
+        let token = std::fs::read_to_string(&token_file).unwrap_or_default();
+        let out = curl(&[
+            "-H",
+            &format!("Authorization: Bearer {}", token.trim()),
+            &format!("http://{admin}/api/actions"),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|r| r["name"] == "hold-bulk" && r["active"] == true)
+        })
+    };
+    wait_until("bulk paused", Duration::from_secs(30), paused);
+    // what the cache has is answered; what it has not waits for the pause to end
+    let r = fetch(&s, &cached);
+    assert_eq!(r[0].0, "200", "{r:?}");
+    assert!(is_hit(&r[0].1), "{r:?}");
+    let r = fetch(&s, &["/static/new.css".to_string()]);
+    assert_eq!(r[0].0, "503", "{r:?}");
+    assert!(r[0].2.contains("paused"), "{r:?}");
+}

@@ -77,6 +77,25 @@ fn a_tls_site_is_answered_by_name_and_other_names_are_refused() {
         https(&s, port, SECURE_SITE, &["-H", &format!("Host: {SITE}")]),
         (0, "421".into())
     );
+    // the site asked for in cleartext on the proxy port: sent to HTTPS, path and query
+    // kept; a plain site is not
+    let plain = |host: &str| {
+        let out = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "-H",
+            &format!("Host: {host}"),
+            &format!("{}/echo?day=2", s.proxy_url()),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        plain(SECURE_SITE),
+        format!("308 https://{SECURE_SITE}:{port}/echo?day=2")
+    );
+    assert!(plain(SITE).starts_with("200 "), "{}", plain(SITE));
 
     // rotation: the site's next pair is served to new connections within a second or two
     let certs = s.dir.path().join("certs");

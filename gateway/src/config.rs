@@ -284,7 +284,9 @@ impl ActionConfig {
                     errs.push((
                         key("value"),
                         match self.when {
-                            When::CapacityBelowMbps => "must be a rate above 0 Mbit/s".into(),
+                            When::CapacityBelowMbps => {
+                                "must be a rate above 0 and at most 100000 Mbit/s".into()
+                            }
                             _ => "must be a percentage above 0 and below 100".into(),
                         },
                     ));

@@ -176,6 +176,38 @@ impl Status {
     }
 }
 
+/// What the cache alone can answer for `req`, without the uplinks (its class is paused):
+/// a fresh answer, or a stale one where stale answers are allowed with no uplink.
+pub(super) async fn without_uplinks(
+    cache: &EdgeCache,
+    req: &Request<Incoming>,
+    tls_name: Option<&str>,
+) -> Option<Response<Body>> {
+    let head_only = req.method() == Method::HEAD;
+    let site = match tls_name {
+        Some(n) => n.to_string(),
+        None => request_host(req),
+    };
+    let url = asked_url(req, &site, tls_name.is_some());
+    let parts = cache_request(req, &url, &site);
+    let now = SystemTime::now();
+    let looked = cache.store().lookup(&parts, now);
+    let (served, st) = match looked {
+        Lookup::Fresh(hit) => {
+            let st = Status::hit(hit.ttl, "", "hit");
+            (hit, st)
+        }
+        Lookup::Stale { entry, .. } => {
+            let s = cache.store().stale(entry, now, false)?;
+            let st = Status::hit(s.ttl, "; detail=\"stale, class paused\"", "stale");
+            (s, st)
+        }
+        Lookup::UriMiss | Lookup::VaryMiss => return None,
+    };
+    let served = cache.resolve(served, head_only).await?;
+    Some(from_store(served, head_only, st))
+}
+
 /// Answers `req` (for `route`) through the cache.
 pub(super) async fn serve(
     state: &State,

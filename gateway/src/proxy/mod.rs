@@ -52,6 +52,9 @@ struct SiteTarget {
     static_max_age: u64,
     /// Its privacy gate, when `[sites.privacy]`.
     privacy: Option<Arc<crate::privacy::Privacy>>,
+    /// The HTTPS port it is answered on (`tls = true` with `[proxy] https_listen`):
+    /// a request for it in cleartext is sent there.
+    https_port: Option<u16>,
 }
 
 pub(crate) struct State {
@@ -162,7 +165,11 @@ impl Gateway {
                 addr: cfg.proxy.listen,
                 source,
             })?;
-        let sites = cfg.sites.iter().filter_map(site_target).collect();
+        let sites = cfg
+            .sites
+            .iter()
+            .filter_map(|s| site_target(s, cfg.proxy.https_listen))
+            .collect();
         let live = Arc::new(match &cfg.live.spool_dir {
             Some(dir) => LiveStreams::with_spool(dir.clone(), cfg.live.spool_bytes),
             None => LiveStreams::default(),
@@ -488,7 +495,7 @@ where
     .await;
 }
 
-fn site_target(site: &Site) -> Option<(String, SiteTarget)> {
+fn site_target(site: &Site, https: Option<SocketAddr>) -> Option<(String, SiteTarget)> {
     let uri: Uri = site.origin.parse().ok()?;
     Some((
         site.host.to_ascii_lowercase(),
@@ -498,6 +505,7 @@ fn site_target(site: &Site) -> Option<(String, SiteTarget)> {
             class: site.class,
             static_max_age: site.static_max_age_s,
             privacy: site.privacy.clone().map(Arc::new),
+            https_port: https.filter(|_| site.tls).map(|a| a.port()),
         },
     ))
 }
@@ -547,6 +555,17 @@ async fn handle(
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>();
+    if let Some(location) = route::https_upgrade(&state, &req, &entry) {
+        metrics::counter!("canopy_gateway_https_redirects_total").increment(1);
+        let mut r = synthetic(
+            StatusCode::PERMANENT_REDIRECT,
+            "this site is answered over HTTPS",
+        );
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return Ok(r);
+    }
     let routed = if head_bytes > state.max_header_bytes {
         Err((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -594,16 +613,33 @@ async fn handle(
                 Some(p) => privacy_gate::check(&p, &mut req, &mut route),
                 None => None,
             };
+            let tls_name = match &entry {
+                Entry::Site(name) => Some(&**name),
+                Entry::Plain => None,
+            };
+            let cache = state
+                .cache
+                .as_ref()
+                .filter(|_| cached::applies(&req, &route));
             let resp = if let Some(r) = withheld {
                 r
             } else if let Some(why) = state.paused.why(class) {
-                let mut r = synthetic(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("{class} traffic is paused by the gateway's local {why}"),
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
-                r
+                // what the edge cache has needs no uplink: served all the same
+                let cached = match cache {
+                    Some(c) => cached::without_uplinks(c, &req, tls_name).await,
+                    None => None,
+                };
+                if let Some(r) = cached {
+                    r
+                } else {
+                    let mut r = synthetic(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("{class} traffic is paused by the gateway's local {why}"),
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+                    r
+                }
             } else if method == Method::CONNECT {
                 // the tunnel keeps the slot for as long as it is open
                 connect(&state, req, route, held.take()).await
@@ -611,15 +647,7 @@ async fn handle(
                 crate::bid_path::journaled(&state, req, route).await
             } else if privacy_gate::reads_body(&req, &route) {
                 privacy_gate::forward_stripped(&state, req, route).await
-            } else if let Some(cache) = state
-                .cache
-                .as_ref()
-                .filter(|_| cached::applies(&req, &route))
-            {
-                let tls_name = match &entry {
-                    Entry::Site(name) => Some(&**name),
-                    Entry::Plain => None,
-                };
+            } else if let Some(cache) = cache {
                 cached::serve(&state, cache, req, route, tls_name).await
             } else {
                 forward(&state, req, route).await

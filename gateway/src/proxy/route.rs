@@ -128,6 +128,29 @@ pub(super) fn route(
     site_route(state, site, method, &host, uri.path(), path).map(Some)
 }
 
+/// Where a cleartext request for a site answered over HTTPS goes instead: the same path
+/// on the gateway's HTTPS port (a device that reached the gateway by the site's name,
+/// origin-form; the explicit proxy's own requests are left alone).
+pub(super) fn https_upgrade(
+    state: &State,
+    req: &Request<Incoming>,
+    entry: &Entry,
+) -> Option<String> {
+    if !matches!(entry, Entry::Plain)
+        || req.method() == Method::CONNECT
+        || req.uri().authority().is_some()
+    {
+        return None;
+    }
+    let host = host_header(req)?.to_ascii_lowercase();
+    let port = state.sites.get(&host)?.https_port?;
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    Some(match port {
+        443 => format!("https://{host}{pq}"),
+        p => format!("https://{host}:{p}{pq}"),
+    })
+}
+
 /// A request on an HTTPS connection for the site `name`: origin-form, for that name.
 fn tls_site_route(
     state: &State,
