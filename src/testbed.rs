@@ -338,6 +338,7 @@ impl Testbed {
             origin: format!("http://{origin}"),
             class: None,
             tls: false,
+            redirect_to_https: true,
             cert: None,
             key: None,
             static_max_age_s: 1800,
@@ -349,6 +350,7 @@ impl Testbed {
                 origin: "http://auction.canopy".into(),
                 class: None,
                 tls: false,
+                redirect_to_https: true,
                 cert: None,
                 key: None,
                 static_max_age_s: 1800,
@@ -394,6 +396,8 @@ impl Testbed {
             gw_cfg.proxy.https_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
             if let Some(s) = gw_cfg.sites.first_mut() {
                 s.tls = true;
+                // the same site measured in cleartext too
+                s.redirect_to_https = false;
                 s.cert = Some(cert);
                 s.key = Some(key);
             }

@@ -231,6 +231,16 @@ fn the_gateway_runs_the_hygiene_itself_after_the_grace_period() {
     let (code, said) = purge(&s, &[]);
     assert_eq!(code, 0, "{said}");
     assert!(said.contains("none left to destroy"), "{said}");
+    // records that cannot be read are never replaced, and the journal is left whole
+    let records = d.join("market.records.jsonl");
+    std::fs::write(&records, "not a record\n").expect("write");
+    let (code, said) = purge(&s, &[]);
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("left whole"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(&records).expect("records"),
+        "not a record\n"
+    );
 }
 
 #[test]

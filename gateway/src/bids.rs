@@ -273,14 +273,18 @@ impl Bids {
         }
     }
 
-    /// The event is over: reads the journal into reduced records (`into`), then, unless
-    /// `dry_run`, forgets every request that has its outcome and every check-in, and
-    /// rewrites the journal with what is still to be sent (whole: it still goes).
+    /// The event is over: reads the journal, and what the register and the outbox hold
+    /// (newer, perhaps, than the file), into reduced records (`into`); then, unless
+    /// `dry_run`, has `save` write them and, once it has, forgets every request that has
+    /// its outcome and every check-in, and rewrites the journal with what is still to be
+    /// sent (whole: it still goes). Under the locks from the reading to the forgetting, so
+    /// nothing is forgotten that the saved records do not hold.
     pub(crate) async fn post_event(
         &self,
         path: &Path,
         into: &mut BTreeMap<(RecordKind, String), Record>,
         dry_run: bool,
+        save: impl FnOnce(&BTreeMap<(RecordKind, String), Record>) -> std::io::Result<()>,
     ) -> std::io::Result<JournalPart> {
         let file = path.to_path_buf();
         let entries = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Entry>> {
@@ -305,16 +309,21 @@ impl Bids {
         let rewrite = {
             let mut r = self.register.lock().unwrap_or_else(|e| e.into_inner());
             let mut o = self.outbox();
+            // check-ins and outcomes whose records may not have reached the file yet
+            records::reduce(&r.snapshot(), into);
+            let done = o.done_outcomes();
+            records::apply_outcomes(done.iter().map(|(k, e, o)| (*k, *e, &**o)), into);
             part.undelivered_kept = o.stats().pending as u64;
+            part.done_dropped = done.len() as u64;
+            part.checkins_dropped = r.checked_in() as u64;
             if dry_run {
-                part.done_dropped = o.done() as u64;
-                part.checkins_dropped = r.checked_in() as u64;
                 return Ok(part);
             }
-            let done = o.forget_done();
-            part.done_dropped = done.len() as u64;
-            records::apply_outcomes(done.iter().map(|(k, e, o)| (*k, *e, &**o)), into);
-            part.checkins_dropped = r.clear() as u64;
+            // the records on disk before anything they stand for is forgotten (a short
+            // blocking write, once, with bids held)
+            save(into)?;
+            o.forget_done();
+            r.clear();
             self.journal.submit_rewrite(o.snapshot())
         };
         rewrite.await.map_err(std::io::Error::other)?;

@@ -799,6 +799,11 @@ pub struct Site {
     /// Answer HTTPS for this name on `[proxy] https_listen`, with `cert` and `key`.
     #[serde(default)]
     pub tls: bool,
+    /// With `tls`: a request for this name in cleartext on the proxy port gets 308 to
+    /// HTTPS (`false`: answered in cleartext too, for devices that cannot trust the
+    /// event CA).
+    #[serde(default = "default_true")]
+    pub redirect_to_https: bool,
     /// How long the edge cache keeps the site's static assets (images, styles, scripts,
     /// fonts) whose answers say nothing of their freshness, s; 0 = only what they say.
     #[serde(default = "default_static_max_age")]
@@ -815,6 +820,10 @@ pub struct Site {
     /// Its key (PEM). Default `certs/<host>.key`.
     #[serde(default)]
     pub key: Option<std::path::PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_static_max_age() -> u64 {

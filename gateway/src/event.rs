@@ -112,7 +112,15 @@ impl EventSection {
                 "must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
             ));
         }
-        let tz = match jiff::tz::TimeZone::get(&self.timezone) {
+        // UTC needs no time zone database (a minimal system may have none)
+        let utc = ["UTC", "Etc/UTC", "Z"]
+            .iter()
+            .any(|u| self.timezone.eq_ignore_ascii_case(u));
+        let found = match utc {
+            true => Ok(jiff::tz::TimeZone::UTC),
+            false => jiff::tz::TimeZone::get(&self.timezone),
+        };
+        let tz = match found {
             Ok(tz) => Some(tz),
             Err(e) => {
                 errs.push((

@@ -409,15 +409,24 @@ impl Outbox {
     /// Forgets every request that has its outcome (the event is over: the journal keeps
     /// only what is still to be sent) and hands the outcomes back, oldest edge time first.
     pub fn forget_done(&mut self) -> Vec<(Kind, u64, Arc<Outcome>)> {
-        let mut done: Vec<(Kind, u64, Arc<Outcome>)> = Vec::new();
-        self.items.retain(|_, item| match &item.state {
-            State::Done(o) => {
-                done.push((item.kind, item.edge_us, o.clone()));
-                false
-            }
-            _ => true,
-        });
+        let done = self.done_outcomes();
+        self.items
+            .retain(|_, item| !matches!(item.state, State::Done(_)));
         self.done_order.clear();
+        done
+    }
+
+    /// Every request that has its outcome: (kind, edge time, outcome), oldest edge time
+    /// first.
+    pub fn done_outcomes(&self) -> Vec<(Kind, u64, Arc<Outcome>)> {
+        let mut done: Vec<(Kind, u64, Arc<Outcome>)> = self
+            .items
+            .values()
+            .filter_map(|item| match &item.state {
+                State::Done(o) => Some((item.kind, item.edge_us, o.clone())),
+                _ => None,
+            })
+            .collect();
         done.sort_by(|a, b| (a.1, &a.2.key).cmp(&(b.1, &b.2.key)));
         done
     }

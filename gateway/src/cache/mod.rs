@@ -85,6 +85,17 @@ impl Stored {
         self.head_bytes() + self.body.as_ref().map_or(0, |b| b.len() as u64)
     }
 
+    /// What it counts against (memory tier, index): an answer with its body in memory
+    /// counts whole against memory; one only on disk counts its head against the index
+    /// (bounded with the disk tier, whose copies include their heads), so the memory
+    /// bound is always met by letting bodies go.
+    fn charge(&self) -> (u64, u64) {
+        match self.body {
+            Some(_) => (self.mem_bytes(), 0),
+            None => (0, self.head_bytes()),
+        }
+    }
+
     /// Its size as an answer (head and body).
     fn size(&self) -> u64 {
         self.head_bytes() + self.body_len
@@ -224,8 +235,10 @@ pub struct Store {
     mem_lru: BTreeMap<u64, EntryId>,
     /// Entries with a disk copy, least recently used first.
     disk_lru: BTreeMap<u64, EntryId>,
-    /// Bytes in memory (every entry's head, the bodies held).
+    /// Bytes of the answers with their body in memory (heads and bodies).
     bytes: u64,
+    /// Bytes of the heads of answers only on disk.
+    index_bytes: u64,
     /// Bytes on disk.
     disk_bytes: u64,
     ops: Vec<DiskOp>,
@@ -256,6 +269,7 @@ impl Store {
             mem_lru: BTreeMap::new(),
             disk_lru: BTreeMap::new(),
             bytes: 0,
+            index_bytes: 0,
             disk_bytes: 0,
             ops: Vec::new(),
             next_id: 0,
@@ -263,9 +277,15 @@ impl Store {
         }
     }
 
-    /// Bytes held in memory.
+    /// Bytes held in memory by answers with their body there (bounded by
+    /// `memory_bytes`).
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bytes held in memory by the heads of answers only on disk.
+    pub fn index_bytes(&self) -> u64 {
+        self.index_bytes
     }
 
     /// Bytes held on disk.
@@ -370,13 +390,17 @@ impl Store {
         let e = self.entries.get_mut(&entry)?;
         match e.policy.after_response(&as_get(req), resp, now) {
             AfterResponse::NotModified(policy, head) => {
-                self.bytes = self.bytes.saturating_sub(e.mem_bytes());
+                let (m, i) = e.charge();
+                self.bytes = self.bytes.saturating_sub(m);
+                self.index_bytes = self.index_bytes.saturating_sub(i);
                 e.headers = policy_headers(&head);
                 e.directives = Directives::of(&e.headers);
                 e.fresh_until = fresh_until(now, &policy);
                 e.policy = policy;
                 e.at = now;
-                self.bytes += e.mem_bytes();
+                let (m, i) = e.charge();
+                self.bytes += m;
+                self.index_bytes += i;
                 let ttl = e.policy.time_to_live(now).as_secs() as i64;
                 let body = e.served_body();
                 let status = e.status;
@@ -607,7 +631,7 @@ impl Store {
         };
         self.disk_bytes += bytes;
         self.disk_lru.insert(self.tick, id);
-        self.bytes += stored.mem_bytes();
+        self.index_bytes += stored.head_bytes();
         self.by_url.entry(rec.url).or_default().push(id);
         self.entries.insert(id, stored);
         self.enforce_bounds();
@@ -624,7 +648,8 @@ impl Store {
         if !ours || e.body.is_some() || body.len() as u64 != e.body_len {
             return;
         }
-        self.bytes += body.len() as u64;
+        self.index_bytes = self.index_bytes.saturating_sub(e.head_bytes());
+        self.bytes += e.head_bytes() + body.len() as u64;
         e.body = Some(body);
         self.mem_lru.insert(e.tick, entry);
         self.touch(entry);
@@ -675,7 +700,8 @@ impl Store {
         }
         self.mem_lru.remove(&e.tick);
         if let Some(b) = e.body.take() {
-            self.bytes = self.bytes.saturating_sub(b.len() as u64);
+            self.bytes = self.bytes.saturating_sub(e.head_bytes() + b.len() as u64);
+            self.index_bytes += e.head_bytes();
         }
     }
 
@@ -742,8 +768,10 @@ impl Store {
                 self.by_url.remove(&e.url);
             }
         }
-        self.bytes = self.bytes.saturating_sub(e.mem_bytes());
-        let mut freed = e.mem_bytes();
+        let (m, i) = e.charge();
+        self.bytes = self.bytes.saturating_sub(m);
+        self.index_bytes = self.index_bytes.saturating_sub(i);
+        let mut freed = m + i;
         if let Some(d) = &e.disk {
             self.disk_bytes = self.disk_bytes.saturating_sub(d.bytes);
             freed += d.bytes;

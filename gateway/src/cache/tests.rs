@@ -653,3 +653,32 @@ fn a_revalidation_rewrites_the_disk_copy_head() {
     };
     assert_eq!(Record::decode(head).unwrap().at, at(100));
 }
+
+#[test]
+fn heads_of_answers_on_disk_do_not_push_the_newest_bodies_out_of_memory() {
+    let mut s = tiered(10_000, 10 * MIB);
+    let r = resp(200, &[("cache-control", "max-age=600")]);
+    for i in 0..60 {
+        s.insert(
+            "shop.test",
+            &get(&format!("http://shop.test/{i}")),
+            &r,
+            Bytes::from(vec![0u8; 1_000]),
+            at(0),
+        )
+        .expect("stored");
+    }
+    // sixty heads are more than the memory bound: they are the index's, not memory's
+    assert!(s.index_bytes() > 10_000, "{}", s.index_bytes());
+    assert!(s.bytes() <= 10_000);
+    assert!(matches!(
+        body_of(s.lookup(&get("http://shop.test/59"), at(1))),
+        ServedBody::Memory(_)
+    ));
+    assert!(matches!(
+        body_of(s.lookup(&get("http://shop.test/0"), at(1))),
+        ServedBody::Disk { .. }
+    ));
+    s.purge(&Purge::All);
+    assert_eq!((s.bytes(), s.index_bytes(), s.disk_bytes()), (0, 0, 0));
+}

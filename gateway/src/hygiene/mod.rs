@@ -196,47 +196,43 @@ impl Hygiene {
                 bytes,
             };
         }
-        // the journal, reduced to records merged with those of an earlier run
+        // the journal, reduced to records merged with those of an earlier run; a records
+        // file that cannot be read is not replaced (what it holds may be all that is
+        // left of an earlier run's journal), and the journal is left whole
         let records_path = self.records_path();
-        let mut records = match read_records(&records_path) {
-            Ok(r) => r,
-            Err(err) => {
-                rep.errors
-                    .push(format!("records {}: {err}", records_path.display()));
-                BTreeMap::new()
+        match read_records(&records_path) {
+            Ok(mut records) => {
+                let path = records_path.clone();
+                let save =
+                    |r: &BTreeMap<(RecordKind, String), Record>| write_records(&path, r.values());
+                match self
+                    .bids
+                    .post_event(&self.journal, &mut records, dry_run, save)
+                    .await
+                {
+                    Ok(j) => rep.journal = j,
+                    Err(err) => rep.errors.push(format!(
+                        "journal {} (left whole): {err}",
+                        self.journal.display()
+                    )),
+                }
+                rep.records = RecordsPart {
+                    path: records_path.display().to_string(),
+                    bids: records
+                        .keys()
+                        .filter(|(k, _)| *k == RecordKind::Bid)
+                        .count() as u64,
+                    checkins: records
+                        .keys()
+                        .filter(|(k, _)| *k == RecordKind::Checkin)
+                        .count() as u64,
+                    keep_until: e.local(e.keep_until_s()),
+                };
             }
-        };
-        match self
-            .bids
-            .post_event(&self.journal, &mut records, dry_run)
-            .await
-        {
-            Ok(j) => rep.journal = j,
-            Err(err) => rep
-                .errors
-                .push(format!("journal {}: {err}", self.journal.display())),
-        }
-        rep.records = RecordsPart {
-            path: records_path.display().to_string(),
-            bids: records
-                .keys()
-                .filter(|(k, _)| *k == RecordKind::Bid)
-                .count() as u64,
-            checkins: records
-                .keys()
-                .filter(|(k, _)| *k != RecordKind::Bid)
-                .count() as u64,
-            keep_until: e.local(e.keep_until_s()),
-        };
-        if !dry_run {
-            let (path, recs) = (records_path.clone(), records);
-            match tokio::task::spawn_blocking(move || write_records(&path, recs.values())).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => rep
-                    .errors
-                    .push(format!("records {}: {err}", records_path.display())),
-                Err(err) => rep.errors.push(format!("records: {err}")),
-            }
+            Err(err) => rep.errors.push(format!(
+                "records {}: {err}; the journal is left whole",
+                records_path.display()
+            )),
         }
         // the camera spool: what the relay has answered for
         rep.spool = self.spool(dry_run).await;

@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 /// Bytes of bodies waiting to be written beyond which a new copy is not made (the answer
-/// stays in memory only): a disk slower than the misses must not grow the queue.
+/// stays in memory only): a disk slower than the misses must not grow the queue. At least
+/// one largest answer always fits.
 const MAX_PENDING_BYTES: u64 = 32 << 20;
 
 /// The disk tier's folder and writer.
@@ -25,6 +26,7 @@ pub(crate) struct DiskTier {
     dir: PathBuf,
     tx: mpsc::UnboundedSender<DiskOp>,
     pending: Arc<AtomicU64>,
+    max_pending: u64,
 }
 
 impl std::fmt::Debug for DiskTier {
@@ -44,10 +46,15 @@ impl DiskTier {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let largest = store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .max_object_bytes();
         let me = Self {
             dir: dir.to_path_buf(),
             tx,
             pending: Arc::default(),
+            max_pending: MAX_PENDING_BYTES.max(largest),
         };
         let restored = {
             let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
@@ -60,7 +67,7 @@ impl DiskTier {
             "edge cache: disk tier read back");
         tokio::spawn(write_loop(
             dir.to_path_buf(),
-            rx,
+            (me.tx.clone(), rx),
             store.clone(),
             me.pending.clone(),
         ));
@@ -73,7 +80,7 @@ impl DiskTier {
         for op in ops {
             if let DiskOp::Write { name, body, .. } = &op {
                 let n = body.len() as u64;
-                if self.pending.load(Ordering::Relaxed) + n > MAX_PENDING_BYTES {
+                if self.pending.load(Ordering::Relaxed) + n > self.max_pending {
                     metrics::counter!("canopy_gateway_cache_disk_skipped_total").increment(1);
                     store.disk_lost(name);
                     // the forgetting asked for its own removal: sent next
@@ -105,10 +112,15 @@ impl DiskTier {
     }
 }
 
-/// Carries out the ops in order; a failed write is reported to the store.
+/// Carries out the ops in order; a failed write is reported to the store, and the
+/// removal that asks for goes in the queue behind what is already there (a head rewrite
+/// queued for the same copy is undone by it, not left behind).
 async fn write_loop(
     dir: PathBuf,
-    mut rx: mpsc::UnboundedReceiver<DiskOp>,
+    (tx, mut rx): (
+        mpsc::UnboundedSender<DiskOp>,
+        mpsc::UnboundedReceiver<DiskOp>,
+    ),
     store: Arc<Mutex<Store>>,
     pending: Arc<AtomicU64>,
 ) {
@@ -136,8 +148,7 @@ async fn write_loop(
                 s.take_ops()
             };
             for op in ops {
-                let d = dir.clone();
-                let _ = tokio::task::spawn_blocking(move || apply(&d, op)).await;
+                let _ = tx.send(op);
             }
         }
     }

@@ -133,7 +133,7 @@ impl EdgeCache {
     /// (answers, bytes in memory, bytes on disk) held.
     pub fn usage(&self) -> (usize, u64, u64) {
         let s = self.store();
-        (s.len(), s.bytes(), s.disk_bytes())
+        (s.len(), s.bytes() + s.index_bytes(), s.disk_bytes())
     }
 }
 
@@ -141,6 +141,7 @@ impl EdgeCache {
 fn gauges(store: &Store) {
     metrics::gauge!("canopy_gateway_cache_entries").set(store.len() as f64);
     metrics::gauge!("canopy_gateway_cache_bytes").set(store.bytes() as f64);
+    metrics::gauge!("canopy_gateway_cache_index_bytes").set(store.index_bytes() as f64);
     metrics::gauge!("canopy_gateway_cache_disk_bytes").set(store.disk_bytes() as f64);
 }
 

@@ -52,8 +52,8 @@ struct SiteTarget {
     static_max_age: u64,
     /// Its privacy gate, when `[sites.privacy]`.
     privacy: Option<Arc<crate::privacy::Privacy>>,
-    /// The HTTPS port it is answered on (`tls = true` with `[proxy] https_listen`):
-    /// a request for it in cleartext is sent there.
+    /// The HTTPS port it is answered on (`tls = true` with `[proxy] https_listen`) when
+    /// a request for it in cleartext is sent there (`redirect_to_https`).
     https_port: Option<u16>,
 }
 
@@ -505,7 +505,9 @@ fn site_target(site: &Site, https: Option<SocketAddr>) -> Option<(String, SiteTa
             class: site.class,
             static_max_age: site.static_max_age_s,
             privacy: site.privacy.clone().map(Arc::new),
-            https_port: https.filter(|_| site.tls).map(|a| a.port()),
+            https_port: https
+                .filter(|_| site.tls && site.redirect_to_https)
+                .map(|a| a.port()),
         },
     ))
 }
