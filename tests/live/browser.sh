@@ -38,25 +38,11 @@ PLAY_LEAD=32 # play starts at t=15 s of the demo (cut at 47.5 s, back at ~53 s, 
 CUT_AT=$(((DEMO_S - CUT_S) / 2))
 PLAY_AT=$((CUT_AT - PLAY_LEAD))
 
-pass=0
-fail=0
-ok() { echo "PASS $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
-finish() {
-  echo "browser: $pass passed, $fail failed"
-  [ "$fail" = 0 ]
-  exit
-}
-
-# the binary may be briefly missing while it is being rebuilt
-for _ in $(seq 120); do [ -x "$BIN" ] && break; sleep 5; done
-if [ ! -x "$BIN" ]; then
-  bad "no canopy binary at $BIN (build it: cargo build --release, or set CANOPY_BIN)"
-  finish
-fi
+TALLY="browser"
+source tests/live/lib/loopns.sh
+need_bin
 
 # a namespace whose only interface is lo: the demo, the page server and Chromium share it
-source tests/live/lib/loopns.sh
 loopns_start browser || { bad "cannot create a network namespace"; finish; }
 
 demo_log="$work/demo.log"     # the demo's output as it comes

@@ -29,23 +29,10 @@ ART=target/test-artifacts
 mkdir -p "$ART"
 SITE=secure.canopy.test
 
-pass=0
-fail=0
-ok() { echo "PASS $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
-finish() {
-  echo "https site: $pass passed, $fail failed"
-  [ "$fail" = 0 ]
-  exit
-}
-
-for _ in $(seq 120); do [ -x "$BIN" ] && break; sleep 5; done
-if [ ! -x "$BIN" ]; then
-  bad "no canopy binary at $BIN (build it: cargo build --release, or set CANOPY_BIN)"
-  finish
-fi
-
+TALLY="https site"
 source tests/live/lib/loopns.sh
+need_bin
+
 loopns_start https-site || { bad "cannot create a network namespace"; finish; }
 
 # the event's certificates: CA, relay, gateway, and the site's

@@ -1,5 +1,8 @@
 # A loopback-only network namespace for a browser test: Chromium and the servers it loads
-# share it, and nothing in it reaches beyond lo. Source it, then:
+# share it, and nothing in it reaches beyond lo. Set TALLY (the summary line's name) and
+# BIN, source it, then:
+#   ok MSG / bad MSG   count a check; finish prints "$TALLY: N passed, M failed" and exits
+#   need_bin           waits for $BIN (it may be being rebuilt), or fails
 #   loopns_start TAG   makes $NS (lo up) and $work (a temporary folder), and sets the
 #                      EXIT trap that kills what is in $pids and in the namespace, deletes
 #                      the namespace and $work; returns non-zero when it cannot
@@ -7,6 +10,21 @@
 # Add the PIDs of background jobs to the array `pids`.
 
 pids=()
+pass=0
+fail=0
+ok() { echo "PASS $*"; pass=$((pass + 1)); }
+bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+finish() {
+  echo "$TALLY: $pass passed, $fail failed"
+  [ "$fail" = 0 ]
+  exit
+}
+
+need_bin() {
+  for _ in $(seq 120); do [ -x "$BIN" ] && return 0; sleep 5; done
+  bad "no canopy binary at $BIN (build it: cargo build --release, or set CANOPY_BIN)"
+  finish
+}
 
 loopns_cleanup() {
   local p left
