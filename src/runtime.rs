@@ -18,12 +18,23 @@ pub fn init_tracing(default: &str) {
         .try_init();
 }
 
-/// Serves `/metrics` on `addr` in the background (the recorder is installed on first use).
+/// Serves `/metrics` on `addr` in the background. The recorder is installed here, before
+/// the caller starts what it measures: a gauge moved before it (a gateway's connection
+/// counted up) would be lost, and the gauge off for good.
 pub async fn spawn_metrics(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    recorder_first(Some(local));
     tokio::spawn(tunnel_io::metrics_http::serve(listener));
     Ok(local)
+}
+
+/// Installs the metrics recorder when `/metrics` is to be served, before anything that
+/// counts starts.
+fn recorder_first(listen: Option<SocketAddr>) {
+    if listen.is_some() {
+        let _ = tunnel_io::metrics_http::recorder();
+    }
 }
 
 /// A relay started in the background.
@@ -43,6 +54,7 @@ pub async fn spawn_relay(
     viewer_tls: Option<&tunnel_io::TlsFiles>,
     token_key: Option<&[u8]>,
 ) -> anyhow::Result<RelayHandle> {
+    recorder_first(cfg.metrics.listen);
     let relay = ingest_relay::Relay::bind(cfg, tls, viewer_tls, token_key).await?;
     start_relay(relay, cfg).await
 }
@@ -55,6 +67,7 @@ pub async fn spawn_relay_on(
     socket: std::sync::Arc<dyn quinn::AsyncUdpSocket>,
     dialer: std::sync::Arc<dyn ingest_relay::OriginDialer>,
 ) -> anyhow::Result<RelayHandle> {
+    recorder_first(cfg.metrics.listen);
     let relay = ingest_relay::Relay::bind_with(cfg, tls, None, None, socket, Some(dialer)).await?;
     start_relay(relay, cfg).await
 }
@@ -116,6 +129,7 @@ pub async fn spawn_gateway_with(
     tls: &tunnel_io::TlsFiles,
     sockets: std::sync::Arc<dyn gateway::sockets::UplinkSockets>,
 ) -> anyhow::Result<GatewayHandle> {
+    recorder_first(cfg.metrics.listen);
     let mut gw = gateway::Gateway::bind_with(cfg, tls, sockets).await?;
     let contributor = cfg.live.contribute.then(|| gw.contribute());
     let handle = GatewayHandle {
