@@ -24,7 +24,7 @@ pub fn init_tracing(default: &str) {
 pub async fn spawn_metrics(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    recorder_first(Some(local));
+    let _ = tunnel_io::metrics_http::recorder();
     tokio::spawn(tunnel_io::metrics_http::serve(listener));
     Ok(local)
 }

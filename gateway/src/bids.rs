@@ -287,17 +287,9 @@ impl Bids {
         save: impl FnOnce(&BTreeMap<(RecordKind, String), Record>) -> std::io::Result<()>,
     ) -> std::io::Result<JournalPart> {
         let file = path.to_path_buf();
-        let entries = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Entry>> {
-            let buf = std::fs::read(&file)?;
-            let scan = ledger::frame::scan(&buf);
-            Ok(scan
-                .records
-                .into_iter()
-                .filter_map(|r| Entry::decode(&buf[r]).ok())
-                .collect())
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+        let entries = tokio::task::spawn_blocking(move || ledger_io::read(&file))
+            .await
+            .map_err(std::io::Error::other)??;
         records::reduce(&entries, into);
         let before = self.journal.stats().len;
         let mut part = JournalPart {
@@ -312,7 +304,7 @@ impl Bids {
             // check-ins and outcomes whose records may not have reached the file yet
             records::reduce(&r.snapshot(), into);
             let done = o.done_outcomes();
-            records::apply_outcomes(done.iter().map(|(k, e, o)| (*k, *e, &**o)), into);
+            records::apply_outcomes(&done, into);
             part.undelivered_kept = o.stats().pending as u64;
             part.done_dropped = done.len() as u64;
             part.checkins_dropped = r.checked_in() as u64;

@@ -61,9 +61,29 @@ pub fn open(path: &Path) -> std::io::Result<Opened> {
     }
     file.sync_all()?;
     file.seek(SeekFrom::Start(len))?;
-    let mut entries = Vec::with_capacity(scan.records.len());
+    let (entries, undecodable) = decode(path, &buf, scan.records);
+    Ok(Opened {
+        file,
+        entries,
+        len,
+        damage,
+        undecodable,
+    })
+}
+
+/// The records of the journal at `path` as they stand, without opening it for writing
+/// (nothing is cut or set aside): for a reader beside the writer. A torn tail is not read.
+pub fn read(path: &Path) -> std::io::Result<Vec<Entry>> {
+    let buf = std::fs::read(path)?;
+    let scan = frame::scan(&buf);
+    Ok(decode(path, &buf, scan.records).0)
+}
+
+/// Decodes whole records; those that do not decode are skipped and counted.
+fn decode(path: &Path, buf: &[u8], records: Vec<std::ops::Range<usize>>) -> (Vec<Entry>, usize) {
+    let mut entries = Vec::with_capacity(records.len());
     let mut undecodable = 0;
-    for r in scan.records {
+    for r in records {
         match Entry::decode(&buf[r]) {
             Ok(e) => entries.push(e),
             Err(e) => {
@@ -72,11 +92,5 @@ pub fn open(path: &Path) -> std::io::Result<Opened> {
             }
         }
     }
-    Ok(Opened {
-        file,
-        entries,
-        len,
-        damage,
-        undecodable,
-    })
+    (entries, undecodable)
 }

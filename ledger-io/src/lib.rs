@@ -8,5 +8,5 @@
 mod file;
 mod writer;
 
-pub use file::{open, Opened};
+pub use file::{open, read, Opened};
 pub use writer::{Journal, JournalError, JournalStats, Pending};

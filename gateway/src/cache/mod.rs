@@ -547,15 +547,27 @@ impl Store {
                 name,
                 bytes: stored.size(),
             });
-            self.disk_bytes += stored.size();
-            self.disk_lru.insert(self.tick, id);
         }
-        self.bytes += stored.mem_bytes();
-        self.mem_lru.insert(self.tick, id);
-        self.by_url.entry(url).or_default().push(id);
+        self.add(id, stored);
+        Ok(id)
+    }
+
+    /// Indexes a new answer: counted in the tiers that hold it, then both tiers brought
+    /// within their bounds.
+    fn add(&mut self, id: EntryId, stored: Stored) {
+        let (m, i) = stored.charge();
+        self.bytes += m;
+        self.index_bytes += i;
+        if stored.body.is_some() {
+            self.mem_lru.insert(stored.tick, id);
+        }
+        if let Some(d) = &stored.disk {
+            self.disk_bytes += d.bytes;
+            self.disk_lru.insert(stored.tick, id);
+        }
+        self.by_url.entry(stored.url.clone()).or_default().push(id);
         self.entries.insert(id, stored);
         self.enforce_bounds();
-        Ok(id)
     }
 
     /// An answer read back from the disk tier (`name`'s record) at `now`: indexed with its
@@ -606,8 +618,8 @@ impl Store {
         let id = EntryId(self.next_id);
         self.next_id += 1;
         self.tick += 1;
-        let stored = Stored {
-            url: rec.url.clone(),
+        let mut stored = Stored {
+            url: rec.url,
             site: rec.site.to_ascii_lowercase(),
             vary: rec.vary,
             directives,
@@ -621,20 +633,11 @@ impl Store {
             disk: None,
             tick: self.tick,
         };
-        let bytes = stored.size();
-        let stored = Stored {
-            disk: Some(DiskCopy {
-                name: name.to_owned(),
-                bytes,
-            }),
-            ..stored
-        };
-        self.disk_bytes += bytes;
-        self.disk_lru.insert(self.tick, id);
-        self.index_bytes += stored.head_bytes();
-        self.by_url.entry(rec.url).or_default().push(id);
-        self.entries.insert(id, stored);
-        self.enforce_bounds();
+        stored.disk = Some(DiskCopy {
+            name: name.to_owned(),
+            bytes: stored.size(),
+        });
+        self.add(id, stored);
         Ok(id)
     }
 

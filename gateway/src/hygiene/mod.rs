@@ -55,14 +55,7 @@ pub enum Refusal {
 
 /// The hygiene's hands on the gateway.
 pub struct Hygiene {
-    event: Event,
-    bids: Arc<Bids>,
-    cache: Option<Arc<EdgeCache>>,
-    actions: Arc<Actions>,
-    live: Arc<crate::LiveStreams>,
-    /// Leaf key files (the gateway's, its sites'), with their next pairs.
-    keys: Vec<PathBuf>,
-    journal: PathBuf,
+    p: Parts,
     /// Where the records and reports go (the journal's folder).
     dir: PathBuf,
     running: tokio::sync::Mutex<()>,
@@ -71,7 +64,7 @@ pub struct Hygiene {
 impl std::fmt::Debug for Hygiene {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hygiene")
-            .field("event", &self.event.slug)
+            .field("event", &self.p.event.slug)
             .finish_non_exhaustive()
     }
 }
@@ -95,13 +88,7 @@ impl Hygiene {
             .filter(|d| !d.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         Arc::new(Self {
-            event: p.event,
-            bids: p.bids,
-            cache: p.cache,
-            actions: p.actions,
-            live: p.live,
-            keys: p.keys,
-            journal: p.journal,
+            p,
             dir,
             running: tokio::sync::Mutex::new(()),
         })
@@ -109,13 +96,14 @@ impl Hygiene {
 
     /// The reduced records' file.
     pub fn records_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.records.jsonl", self.event.slug))
+        self.dir
+            .join(format!("{}.records.jsonl", self.p.event.slug))
     }
 
     /// The report's file (JSON; the text beside it, `.txt`).
     pub fn report_path(&self) -> PathBuf {
         self.dir
-            .join(format!("{}.post-event.json", self.event.slug))
+            .join(format!("{}.post-event.json", self.p.event.slug))
     }
 
     /// The gateway's own schedule: the hygiene at the end of the grace period (when
@@ -124,9 +112,9 @@ impl Hygiene {
     pub async fn run(self: Arc<Self>) {
         loop {
             let now = crate::clock::wall_us() as i64 / 1_000_000;
-            let phase = self.event.phase(now);
+            let phase = self.p.event.phase(now);
             if matches!(phase, Phase::PostEvent | Phase::Retired)
-                && self.event.post_event == PostEvent::Auto
+                && self.p.event.post_event == PostEvent::Auto
                 && !self.report_path().exists()
             {
                 match self.purge(Trigger::Auto, false, now).await {
@@ -146,7 +134,7 @@ impl Hygiene {
         let path = self.records_path();
         let gone = tokio::task::spawn_blocking(move || remove(&path)).await;
         if let Ok(Ok(Some(f))) = gone {
-            info!(file = %f.path, bytes = f.bytes, keep_until = %self.event.local(self.event.keep_until_s()),
+            info!(file = %f.path, bytes = f.bytes, keep_until = %self.p.event.local(self.p.event.keep_until_s()),
                 "the event's retention is over: its records are deleted");
         }
     }
@@ -159,14 +147,14 @@ impl Hygiene {
         dry_run: bool,
         now_s: i64,
     ) -> Result<Report, Refusal> {
-        if !dry_run && matches!(self.event.phase(now_s), Phase::Before | Phase::During) {
+        if !dry_run && matches!(self.p.event.phase(now_s), Phase::Before | Phase::During) {
             return Err(Refusal::NotOver {
-                slug: self.event.slug.clone(),
-                ends: self.event.local(self.event.end_s),
+                slug: self.p.event.slug.clone(),
+                ends: self.p.event.local(self.p.event.end_s),
             });
         }
         let _one = self.running.try_lock().map_err(|_| Refusal::Busy)?;
-        let e = &self.event;
+        let e = &self.p.event;
         let mut rep = Report {
             event: e.slug.clone(),
             ended: e.local(e.end_s),
@@ -182,7 +170,7 @@ impl Hygiene {
             ..Report::default()
         };
         // the edge cache
-        if let Some(c) = &self.cache {
+        if let Some(c) = &self.p.cache {
             let (answers, bytes) = if dry_run {
                 let (n, mem, disk) = c.usage();
                 (n as u64, mem + disk)
@@ -206,14 +194,15 @@ impl Hygiene {
                 let save =
                     |r: &BTreeMap<(RecordKind, String), Record>| write_records(&path, r.values());
                 match self
+                    .p
                     .bids
-                    .post_event(&self.journal, &mut records, dry_run, save)
+                    .post_event(&self.p.journal, &mut records, dry_run, save)
                     .await
                 {
                     Ok(j) => rep.journal = j,
                     Err(err) => rep.errors.push(format!(
                         "journal {} (left whole): {err}",
-                        self.journal.display()
+                        self.p.journal.display()
                     )),
                 }
                 rep.records = RecordsPart {
@@ -237,7 +226,7 @@ impl Hygiene {
         // the camera spool: what the relay has answered for
         rep.spool = self.spool(dry_run).await;
         // files: leaf keys, unreadable journal tails
-        let (keys, leftovers) = (self.keys.clone(), self.leftovers());
+        let (keys, leftovers) = (self.p.keys.clone(), self.leftovers());
         let files = tokio::task::spawn_blocking(move || {
             let mut errs = Vec::new();
             let mut go = |paths: Vec<PathBuf>, key: bool| -> Vec<FileGone> {
@@ -283,7 +272,8 @@ impl Hygiene {
 
     async fn spool(&self, dry_run: bool) -> SpoolPart {
         let held = || -> u64 {
-            self.live
+            self.p
+                .live
                 .all()
                 .iter()
                 .flat_map(|s| s.renditions().to_vec())
@@ -297,7 +287,7 @@ impl Hygiene {
                 kept_bytes: held(),
             };
         }
-        let p = self.actions.purge("post-event").await;
+        let p = self.p.actions.purge("post-event").await;
         SpoolPart {
             parts: p.parts,
             bytes: p.bytes,
@@ -307,7 +297,7 @@ impl Hygiene {
 
     /// Unreadable journal tails kept aside (`<journal stem>.damaged-<time>`).
     fn leftovers(&self) -> Vec<PathBuf> {
-        let Some(stem) = self.journal.file_stem().and_then(|s| s.to_str()) else {
+        let Some(stem) = self.p.journal.file_stem().and_then(|s| s.to_str()) else {
             return Vec::new();
         };
         let prefix = format!("{stem}.damaged-");

@@ -6,6 +6,7 @@
 use ledger::record::{Delivery, Entry, Kind, Outcome};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What a record is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -17,6 +18,16 @@ pub enum RecordKind {
     Checkin,
     /// A check-in's record sent to the organizer.
     CheckinSync,
+}
+
+impl From<Kind> for RecordKind {
+    /// The record of a journaled request (a check-in's request is its sync).
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Bid => RecordKind::Bid,
+            Kind::Checkin => RecordKind::CheckinSync,
+        }
+    }
 }
 
 /// One reduced record (a line of the records file).
@@ -48,10 +59,7 @@ pub fn reduce(entries: &[Entry], into: &mut BTreeMap<(RecordKind, String), Recor
     for e in entries {
         match e {
             Entry::Accepted(a) => {
-                let kind = match a.kind {
-                    Kind::Bid => RecordKind::Bid,
-                    Kind::Checkin => RecordKind::CheckinSync,
-                };
+                let kind = RecordKind::from(a.kind);
                 let (lot, amount) = match a.kind {
                     Kind::Bid => bid_terms(&a.target, &a.body),
                     Kind::Checkin => (None, None),
@@ -97,15 +105,12 @@ pub fn reduce(entries: &[Entry], into: &mut BTreeMap<(RecordKind, String), Recor
 }
 
 /// Outcomes the outbox still held in memory (newer than the journal read, perhaps).
-pub fn apply_outcomes<'a>(
-    done: impl IntoIterator<Item = (Kind, u64, &'a Outcome)>,
+pub fn apply_outcomes(
+    done: &[(Kind, u64, Arc<Outcome>)],
     into: &mut BTreeMap<(RecordKind, String), Record>,
 ) {
     for (kind, edge_us, o) in done {
-        let kind = match kind {
-            Kind::Bid => RecordKind::Bid,
-            Kind::Checkin => RecordKind::CheckinSync,
-        };
+        let (kind, edge_us) = (RecordKind::from(*kind), *edge_us);
         let r = into.entry((kind, o.key.clone())).or_insert_with(|| Record {
             kind,
             key: o.key.clone(),
@@ -282,7 +287,7 @@ mod tests {
                 body: Vec::new(),
             },
         };
-        apply_outcomes([(Kind::Bid, 77, &late)], &mut m);
+        apply_outcomes(&[(Kind::Bid, 77, Arc::new(late))], &mut m);
         assert_eq!(
             m[&(RecordKind::Bid, "k-late".to_string())].outcome,
             "answered 202"

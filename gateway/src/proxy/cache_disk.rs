@@ -203,8 +203,7 @@ fn restore(dir: &Path, store: &mut Store) -> io::Result<(u64, u64)> {
             Some(r) => found.push((name, r)),
             None => {
                 warn!(file = %h.display(), "edge cache: an unreadable disk copy removed");
-                let _ = std::fs::remove_file(&h);
-                let _ = std::fs::remove_file(&body);
+                let _ = apply(dir, DiskOp::Delete { name });
             }
         }
     }
@@ -220,8 +219,7 @@ fn restore(dir: &Path, store: &mut Store) -> io::Result<(u64, u64)> {
                 out.1 += len;
             }
             Err(_) => {
-                let _ = std::fs::remove_file(dir.join(format!("{name}.head")));
-                let _ = std::fs::remove_file(dir.join(format!("{name}.body")));
+                let _ = apply(dir, DiskOp::Delete { name });
             }
         }
     }

@@ -185,12 +185,7 @@ pub(super) async fn without_uplinks(
     tls_name: Option<&str>,
 ) -> Option<Response<Body>> {
     let head_only = req.method() == Method::HEAD;
-    let site = match tls_name {
-        Some(n) => n.to_string(),
-        None => request_host(req),
-    };
-    let url = asked_url(req, &site, tls_name.is_some());
-    let parts = cache_request(req, &url, &site);
+    let (_, parts) = keyed(req, tls_name);
     let now = SystemTime::now();
     let looked = cache.store().lookup(&parts, now);
     let (served, st) = match looked {
@@ -218,14 +213,8 @@ pub(super) async fn serve(
     tls_name: Option<&str>,
 ) -> Response<Body> {
     let head_only = req.method() == Method::HEAD;
-    // on a site's HTTPS connection the name is the one its handshake asked for
-    let site = match tls_name {
-        Some(n) => n.to_string(),
-        None => request_host(&req),
-    };
-    let url = asked_url(&req, &site, tls_name.is_some());
-    let key = url.to_string();
-    let parts = cache_request(&req, &url, &site);
+    let (site, parts) = keyed(&req, tls_name);
+    let key = parts.uri.to_string();
     let mut followed = false;
     loop {
         let now = SystemTime::now();
@@ -485,6 +474,18 @@ fn tagged(mut r: Response<Body>, st: Status) -> Response<Body> {
         r.headers_mut().insert("cache-status", v);
     }
     r
+}
+
+/// The site a request is for (on a site's HTTPS connection, the name its handshake asked
+/// for) and the request as the store sees it.
+fn keyed(req: &Request<Incoming>, tls_name: Option<&str>) -> (String, http::request::Parts) {
+    let site = match tls_name {
+        Some(n) => n.to_string(),
+        None => request_host(req),
+    };
+    let url = asked_url(req, &site, tls_name.is_some());
+    let parts = cache_request(req, &url, &site);
+    (site, parts)
 }
 
 /// The URL the device asked for (what the crew purges by): its absolute form through
