@@ -2,12 +2,14 @@
 //! carries them out in the order the store asked (body, then head: a head means a whole
 //! copy), failures are reported back to the store; bodies are read back for answers whose
 //! body left memory; at start the folder is read back into the store (a restarted gateway
-//! still has its cache, uplink or not). Files: `<name>.body` and `<name>.head`
+//! still has its cache, uplink or not). A body queued but not yet written is read from
+//! the queue: the store may let its memory copy go the moment it asks for the write. Files: `<name>.body` and `<name>.head`
 //! ([`crate::cache::record`]), written through a temporary file and renamed.
 
 use crate::cache::{DiskOp, Record, Store};
 use crate::files::write_private;
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +29,15 @@ pub(crate) struct DiskTier {
     tx: mpsc::UnboundedSender<DiskOp>,
     pending: Arc<AtomicU64>,
     max_pending: u64,
+    /// Bodies queued for writing and not yet on disk, by copy name (copy names are
+    /// random and never reused).
+    queued: Queued,
+}
+
+type Queued = Arc<Mutex<HashMap<String, Bytes>>>;
+
+fn queued_lock(q: &Queued) -> std::sync::MutexGuard<'_, HashMap<String, Bytes>> {
+    q.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for DiskTier {
@@ -55,6 +66,7 @@ impl DiskTier {
             tx,
             pending: Arc::default(),
             max_pending: MAX_PENDING_BYTES.max(largest),
+            queued: Queued::default(),
         };
         let restored = {
             let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
@@ -69,7 +81,7 @@ impl DiskTier {
             dir.to_path_buf(),
             (me.tx.clone(), rx),
             store.clone(),
-            me.pending.clone(),
+            (me.pending.clone(), me.queued.clone()),
         ));
         Ok(me)
     }
@@ -91,13 +103,18 @@ impl DiskTier {
                     continue;
                 }
                 self.pending.fetch_add(n, Ordering::Relaxed);
+                queued_lock(&self.queued).insert(name.clone(), body.clone());
             }
             let _ = self.tx.send(op);
         }
     }
 
-    /// The body of copy `name` (`len` bytes), read on the blocking pool.
+    /// The body of copy `name` (`len` bytes): from the queue while its write is pending,
+    /// else read on the blocking pool.
     pub(crate) async fn read(&self, name: &str, len: u64) -> io::Result<Bytes> {
+        if let Some(b) = queued_lock(&self.queued).get(name) {
+            return Ok(b.clone());
+        }
         let path = self.dir.join(format!("{name}.body"));
         let b = tokio::task::spawn_blocking(move || std::fs::read(path))
             .await
@@ -122,13 +139,13 @@ async fn write_loop(
         mpsc::UnboundedReceiver<DiskOp>,
     ),
     store: Arc<Mutex<Store>>,
-    pending: Arc<AtomicU64>,
+    (pending, queued): (Arc<AtomicU64>, Queued),
 ) {
     while let Some(op) = rx.recv().await {
         let d = dir.clone();
         let written = match &op {
-            DiskOp::Write { body, .. } => body.len() as u64,
-            _ => 0,
+            DiskOp::Write { body, .. } => Some(body.len() as u64),
+            _ => None,
         };
         let name = match &op {
             DiskOp::Write { name, .. } | DiskOp::WriteHead { name, .. } => Some(name.clone()),
@@ -138,7 +155,10 @@ async fn write_loop(
             .await
             .map_err(io::Error::other)
             .and_then(|r| r);
-        pending.fetch_sub(written, Ordering::Relaxed);
+        if let (Some(n), Some(name)) = (written, &name) {
+            pending.fetch_sub(n, Ordering::Relaxed);
+            queued_lock(&queued).remove(name);
+        }
         if let (Err(e), Some(name)) = (r, name) {
             warn!(dir = %dir.display(), error = %e, "edge cache: a disk copy was not written; the answer stays in memory only");
             metrics::counter!("canopy_gateway_cache_disk_errors_total").increment(1);
@@ -237,4 +257,52 @@ fn restore(dir: &Path, store: &mut Store) -> io::Result<(u64, u64)> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::StoreConfig;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_body_queued_for_writing_is_read_from_the_queue_then_from_disk() {
+        let dir = std::env::temp_dir().join(format!(
+            "canopy-disk-tier-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store = Arc::new(Mutex::new(Store::new(StoreConfig {
+            memory_bytes: 1 << 20,
+            disk_bytes: 1 << 20,
+            max_object_bytes: 1 << 20,
+            stale_max: Duration::from_secs(60),
+        })));
+        let tier = DiskTier::open(&dir, &store).expect("open");
+        let body = Bytes::from_static(b"a body the writer has not reached");
+        let op = DiskOp::Write {
+            name: "00000000000000aa".into(),
+            head: b"{}".to_vec(),
+            body: body.clone(),
+        };
+        tier.submit(&mut store.lock().expect("store"), vec![op]);
+        // the writer task has not run yet: the file is not there, the queue answers
+        assert!(!dir.join("00000000000000aa.body").exists());
+        let got = tier.read("00000000000000aa", body.len() as u64).await;
+        assert_eq!(got.expect("queued body"), body);
+        for _ in 0..200 {
+            if queued_lock(&tier.queued).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            queued_lock(&tier.queued).is_empty(),
+            "forgotten once written"
+        );
+        assert_eq!(tier.pending.load(Ordering::Relaxed), 0);
+        let got = tier.read("00000000000000aa", body.len() as u64).await;
+        assert_eq!(got.expect("body on disk"), body);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
