@@ -120,9 +120,15 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 
 /// Reads a request body to its end; counts bytes into `counter` as they arrive.
 async fn drain(body: Incoming, counter: Option<&AtomicU64>) -> u64 {
+    drained(body, counter).await.unwrap_or_else(|n| n)
+}
+
+/// Reads `body` to its end: its length, or what arrived before it broke (`Err`).
+async fn drained(body: Incoming, counter: Option<&AtomicU64>) -> Result<u64, u64> {
     let mut n = 0u64;
     let mut body = body;
-    while let Some(Ok(frame)) = body.frame().await {
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return Err(n) };
         if let Some(d) = frame.data_ref() {
             n += d.len() as u64;
             if let Some(c) = counter {
@@ -130,7 +136,7 @@ async fn drain(body: Incoming, counter: Option<&AtomicU64>) -> u64 {
             }
         }
     }
-    n
+    Ok(n)
 }
 
 async fn handle(
@@ -185,7 +191,10 @@ async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            let n = drain(req.into_body(), None).await;
+            // a bid whose body broke on the way is not taken, as a real origin would not
+            let Ok(n) = drained(req.into_body(), None).await else {
+                return Ok(text(StatusCode::BAD_REQUEST, "bid body cut short\n".into()));
+            };
             let id = stats.bids.fetch_add(1, Ordering::Relaxed) + 1;
             {
                 let mut log = stats.bid_keys.lock().unwrap_or_else(|e| e.into_inner());

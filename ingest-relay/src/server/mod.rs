@@ -43,6 +43,9 @@ const INTAKE_GLOBAL: u64 = 1 << 30;
 
 /// Largest answer to a bid or check-in the relay keeps for duplicates.
 const KEYED_ANSWER_MAX: usize = 64 * 1024;
+/// Bytes of a keyed request's body (a bid or check-in), read whole before it goes to the
+/// origin: what the gateway keeps of a request to send again.
+const KEYED_BODY_MAX: u64 = 1 << 20;
 
 pub(crate) struct State {
     pub(crate) relayed: Arc<Relayed>,
