@@ -1,4 +1,4 @@
-//! A small client of the gateway's admin API, for `canopy purge`: where the API listens
+//! A small client of the gateway's admin API, for `canopy purge` and `canopy status`: where the API listens
 //! and its token come from the gateway's config.
 
 use bytes::Bytes;
@@ -43,15 +43,37 @@ impl AdminApi {
 
     /// POSTs `body` (JSON) to `path`: the status and the answer's text.
     pub async fn post(&self, path: &str, body: String) -> anyhow::Result<(u16, String)> {
+        self.send(http::Method::POST, path, body).await
+    }
+
+    /// GETs `path`: the status and the answer's text.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        self.send(http::Method::GET, path, String::new()).await
+    }
+
+    async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: String,
+    ) -> anyhow::Result<(u16, String)> {
         let tcp = tokio::time::timeout(
             Duration::from_secs(10),
             tokio::net::TcpStream::connect(self.addr),
         )
         .await
-        .map_err(|_| anyhow::anyhow!("the admin API at {} did not answer", self.addr))??;
+        .map_err(|_| anyhow::anyhow!("the admin API at {} did not answer", self.addr))?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the admin API at {}: {e} (is the gateway running?)",
+                self.addr
+            )
+        })?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         tokio::spawn(conn);
-        let req = http::Request::post(path)
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
             .header(http::header::HOST, self.addr.to_string())
             .header(
                 http::header::AUTHORIZATION,

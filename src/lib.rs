@@ -11,5 +11,6 @@ pub mod linkem;
 pub mod load;
 pub mod origin;
 pub mod runtime;
+pub mod status;
 pub mod testbed;
 pub mod tokens;

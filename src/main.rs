@@ -117,6 +117,17 @@ enum Command {
         #[arg(long, requires = "post_event")]
         dry_run: bool,
     },
+    /// The gateway at a glance, what is wrong first: uplinks (state, throughput each way,
+    /// RTT, loss), cameras' levels, bids waiting, cache, actions. Reads the admin API
+    /// ([admin] listen and token_file from the gateway's config).
+    Status {
+        /// The gateway's config file.
+        #[arg(long, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// Print the admin API's JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make the certificates of an event.
     Certs {
         #[command(subcommand)]
@@ -770,6 +781,28 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::from(1))
             }
+        }
+        Command::Status { config: path, json } => {
+            let cfg: gateway::GatewayConfig = match config::load(&path) {
+                Ok(c) => c,
+                Err(e) => return Ok(usage_error(&e)),
+            };
+            let api = canopy::admin_client::AdminApi::from_config(&path, &cfg)?;
+            let (status, text) = api.get("/api/status").await?;
+            if status != 200 {
+                eprintln!(
+                    "canopy status: the admin API answered {status}: {}",
+                    text.trim()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            if json {
+                print!("{text}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            print!("{}", canopy::status::glance(&v));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Tokens { command } => {
             let out = match command {

@@ -325,21 +325,56 @@ impl Bids {
         Ok(part)
     }
 
-    /// Gauges of the outbox and the journal.
-    pub(crate) fn publish(&self) {
+    /// The outbox and the journal at a glance.
+    pub(crate) fn glance(&self) -> Glance {
         let (s, oldest) = {
             let o = self.outbox();
             (o.stats(), o.oldest_pending_edge_us())
         };
-        metrics::gauge!("canopy_gateway_bids_pending").set(s.pending as f64);
-        metrics::gauge!("canopy_gateway_bids_pending_bytes").set(s.pending_bytes as f64);
-        let age = oldest.map_or(0.0, |e| {
-            (crate::clock::wall_us().saturating_sub(e)) as f64 / 1e6
-        });
-        metrics::gauge!("canopy_gateway_bids_oldest_pending_seconds").set(age);
         let j = self.journal.stats();
-        metrics::gauge!("canopy_gateway_journal_bytes").set(j.len as f64);
-        metrics::counter!("canopy_gateway_journal_appends_total").absolute(j.appends);
-        metrics::counter!("canopy_gateway_journal_commits_total").absolute(j.commits);
+        Glance {
+            accepted: s.accepted,
+            queued: s.queued,
+            pending: s.pending,
+            pending_bytes: s.pending_bytes,
+            oldest_pending_s: oldest.map_or(0.0, |e| {
+                (crate::clock::wall_us().saturating_sub(e)) as f64 / 1e6
+            }),
+            journal_bytes: j.len,
+            journal_appends: j.appends,
+            journal_commits: j.commits,
+        }
     }
+
+    /// Gauges of the outbox and the journal.
+    pub(crate) fn publish(&self) {
+        let g = self.glance();
+        metrics::gauge!("canopy_gateway_bids_pending").set(g.pending as f64);
+        metrics::gauge!("canopy_gateway_bids_pending_bytes").set(g.pending_bytes as f64);
+        metrics::gauge!("canopy_gateway_bids_oldest_pending_seconds").set(g.oldest_pending_s);
+        metrics::gauge!("canopy_gateway_journal_bytes").set(g.journal_bytes as f64);
+        metrics::counter!("canopy_gateway_journal_appends_total").absolute(g.journal_appends);
+        metrics::counter!("canopy_gateway_journal_commits_total").absolute(g.journal_commits);
+    }
+}
+
+/// Bids and check-ins at a glance (the admin API's status).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Glance {
+    /// Admitted as new since start.
+    pub accepted: u64,
+    /// Gone to the queue (a failed try) since start.
+    pub queued: u64,
+    /// Undelivered now (sending or queued).
+    pub pending: usize,
+    /// Their bytes.
+    pub pending_bytes: usize,
+    /// The oldest undelivered one's age, s (0 with none).
+    pub oldest_pending_s: f64,
+    /// The journal's size.
+    pub journal_bytes: u64,
+    /// Records appended since start.
+    pub journal_appends: u64,
+    /// Group commits (fsyncs) since start.
+    pub journal_commits: u64,
 }

@@ -16,6 +16,7 @@ pub mod contribute;
 pub mod devices;
 pub mod event;
 mod files;
+pub mod history;
 pub mod hygiene;
 pub mod levels;
 pub mod privacy;

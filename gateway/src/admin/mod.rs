@@ -4,7 +4,8 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /api/status` | links, cameras' levels, actions, paused classes |
+//! | `GET /api/status` | links, cameras' levels, actions, paused classes, bids, cache |
+//! | `GET /api/history?since=S` | every link's seconds after Unix second S (the last 5 minutes) |
 //! | `GET /api/levels` | every camera's level (and pin, ceiling, what is on air) |
 //! | `PUT /api/levels/<camera>` `{"level": "substream"}` | pins the camera; `"auto"` lifts the pin |
 //! | `GET /api/actions` | every `[[actions]]` rule: fired or not, cause, firings |
@@ -16,6 +17,7 @@
 use crate::actions::Actions;
 use crate::bond::Bond;
 use crate::config::AdminSection;
+use crate::history::{History, Reading};
 use crate::levels::Levels;
 use crate::GatewayError;
 use token::read_or_make_token;
@@ -56,6 +58,54 @@ pub struct AdminView {
     pub cache: Option<Arc<crate::EdgeCache>>,
     /// The post-event hygiene, when `[event]` is set.
     pub hygiene: Option<Arc<crate::hygiene::Hygiene>>,
+    /// Bids and check-ins.
+    pub(crate) bids: Arc<crate::bids::Bids>,
+    /// The links' last minutes ([`sample_links`] keeps it).
+    pub history: Arc<std::sync::Mutex<History>>,
+}
+
+/// Seconds of each link's history kept.
+pub const HISTORY_SECONDS: usize = 300;
+/// How often the links are read for their history.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// Reads every link into `history` four times a second, for ever.
+pub async fn sample_links(bond: Arc<Bond>, history: Arc<std::sync::Mutex<History>>) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let at_ms = crate::clock::wall_us() / 1000;
+        let readings: Vec<Reading> = bond
+            .paths()
+            .iter()
+            .map(|p| {
+                let s = p.status();
+                Reading {
+                    up_bps: s.up_bps,
+                    down_bps: s.down_bps,
+                    srtt_ms: s.srtt.as_secs_f64() * 1000.0,
+                    loss: s.loss,
+                    state: s.health.as_str(),
+                    usable: s.usable,
+                }
+            })
+            .collect();
+        let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, r) in readings.into_iter().enumerate() {
+            h.observe(i, at_ms, r);
+        }
+    }
+}
+
+/// A new, empty history for `bond`'s links.
+pub fn history_for(bond: &Bond) -> Arc<std::sync::Mutex<History>> {
+    let names = bond
+        .paths()
+        .iter()
+        .map(|p| p.status().name)
+        .collect::<Vec<_>>();
+    Arc::new(std::sync::Mutex::new(History::new(names, HISTORY_SECONDS)))
 }
 
 /// The bound admin listener and its token.
@@ -171,6 +221,7 @@ async fn handle(view: &AdminView, token: &str, peer: SocketAddr, req: Request<In
     let method = req.method().clone();
     match (path.as_str(), &method) {
         ("/api/status", &Method::GET) => json(StatusCode::OK, &status(view)),
+        ("/api/history", &Method::GET) => history(view, req.uri().query()),
         ("/api/levels", &Method::GET) => json(StatusCode::OK, &levels(view)),
         ("/api/actions", &Method::GET) => {
             json(StatusCode::OK, &serde_json::json!(view.actions.snapshot()))
@@ -203,13 +254,15 @@ async fn handle(view: &AdminView, token: &str, peer: SocketAddr, req: Request<In
             let camera = p["/api/levels/".len()..].to_string();
             set_level(view, peer, &camera, req).await
         }
-        ("/api/status" | "/api/levels" | "/api/actions", _) => not_allowed("GET"),
+        ("/api/status" | "/api/history" | "/api/levels" | "/api/actions", _) => {
+            not_allowed("GET")
+        }
         ("/api/purge" | "/api/cache/purge" | "/api/post-event", _) => not_allowed("POST"),
         ("/api/cache", _) => not_allowed("GET"),
         (p, _) if p.starts_with("/api/levels/") => not_allowed("PUT"),
         _ => error(
             StatusCode::NOT_FOUND,
-            "not found: try /api/status, /api/levels, /api/actions, /api/purge, /api/cache, \
+            "not found: try /api/status, /api/history, /api/levels, /api/actions, /api/purge, /api/cache, \
              /api/post-event",
         ),
     }
@@ -414,7 +467,39 @@ fn status(view: &AdminView) -> serde_json::Value {
         "cameras": levels(view),
         "actions": view.actions.snapshot(),
         "paused": paused,
+        "bids": view.bids.glance(),
+        "cache": view.cache.as_ref().map(|c| {
+            let (entries, bytes, disk_bytes) = c.usage();
+            serde_json::json!({"entries": entries, "bytes": bytes, "disk_bytes": disk_bytes})
+        }),
     })
+}
+
+/// `GET /api/history?since=S`: every link's seconds after Unix second S (all kept without).
+fn history(view: &AdminView, query: Option<&str>) -> Answer {
+    let since = match query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("since="))
+    {
+        None => 0,
+        Some(v) => match v.parse::<u64>() {
+            Ok(s) => s,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "since= takes a Unix time in seconds",
+                )
+            }
+        },
+    };
+    let h = view.history.lock().unwrap_or_else(|p| p.into_inner());
+    let links: Vec<serde_json::Value> = h
+        .since(since)
+        .into_iter()
+        .map(|(name, points)| serde_json::json!({"name": name, "points": points}))
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "links": links }))
 }
 
 #[cfg(test)]

@@ -368,7 +368,14 @@ impl Gateway {
             tasks.spawn(h.clone().run());
         }
         if let Some(admin) = self.admin.take() {
+            let history = crate::admin::history_for(&self.state.bond);
+            tasks.spawn(crate::admin::sample_links(
+                self.state.bond.clone(),
+                history.clone(),
+            ));
             tasks.spawn(admin.serve(Arc::new(crate::admin::AdminView {
+                history,
+                bids: self.state.bids.clone(),
                 hygiene,
                 cache: self.state.cache.clone(),
                 name: self.state.name.clone(),

@@ -1,0 +1,292 @@
+//! `canopy status`: the gateway's admin status (`GET /api/status`) at a glance in a
+//! terminal, what is wrong first. Pure: JSON in, text out.
+
+use serde_json::Value;
+use std::fmt::Write;
+
+fn mbit(bps: &Value) -> String {
+    bps.as_f64()
+        .map_or_else(|| "-".into(), |b| format!("{:.2}", b / 1e6))
+}
+
+fn bytes(n: &Value) -> String {
+    let n = n.as_f64().unwrap_or(0.0);
+    match n {
+        n if n >= 1e9 => format!("{:.1} GB", n / 1e9),
+        n if n >= 1e6 => format!("{:.1} MB", n / 1e6),
+        n if n >= 1e3 => format!("{:.0} kB", n / 1e3),
+        n => format!("{n:.0} B"),
+    }
+}
+
+/// What an operator must look at, most pressing first; empty when all is well.
+pub fn problems(s: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let links = s["links"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let usable = links.iter().filter(|l| l["usable"] == true).count();
+    if !links.is_empty() && usable == 0 {
+        out.push("every uplink is down: bids and check-ins are kept on the box".into());
+    } else {
+        for l in links.iter().filter(|l| l["usable"] != true) {
+            out.push(format!(
+                "uplink {} is {}",
+                l["name"].as_str().unwrap_or("?"),
+                l["state"].as_str().unwrap_or("not usable")
+            ));
+        }
+    }
+    for l in links {
+        if let (Some(used), Some(cap)) = (l["cap_used_bytes"].as_f64(), l["cap_bytes"].as_f64()) {
+            if cap > 0.0 && used >= 0.9 * cap {
+                out.push(format!(
+                    "uplink {} has used {:.0}% of its daily cap",
+                    l["name"].as_str().unwrap_or("?"),
+                    100.0 * used / cap
+                ));
+            }
+        }
+    }
+    let pending = s["bids"]["pending"].as_u64().unwrap_or(0);
+    if pending > 0 {
+        out.push(format!(
+            "{pending} bids or check-ins wait for an uplink (oldest {:.0} s)",
+            s["bids"]["oldest_pending_s"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    for c in s["cameras"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let level = c["level"].as_str().unwrap_or("full");
+        if level != "full" {
+            out.push(format!(
+                "camera {} is at {level}{}",
+                c["camera"].as_str().unwrap_or("?"),
+                if c["pinned"].is_string() {
+                    " (set by hand)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    for a in s["actions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        if a["active"] == true {
+            out.push(format!(
+                "action {} is on{}: {}",
+                a["name"].as_str().unwrap_or("?"),
+                if a["dry_run"] == true {
+                    " (dry run)"
+                } else {
+                    ""
+                },
+                a["cause"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    for p in s["paused"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        out.push(format!(
+            "{} traffic is paused by {}",
+            p["class"].as_str().unwrap_or("?"),
+            p["by"].as_str().unwrap_or("?")
+        ));
+    }
+    out
+}
+
+/// The whole glance.
+pub fn glance(s: &Value) -> String {
+    let mut o = String::new();
+    let cap = s["stream_capacity_bps"]
+        .as_f64()
+        .map_or_else(String::new, |c| {
+            format!(" · stream capacity {:.1} Mbit/s", c / 1e6)
+        });
+    let _ = writeln!(o, "gateway {}{cap}", s["gateway"].as_str().unwrap_or("?"));
+    let problems = problems(s);
+    if problems.is_empty() {
+        let _ = writeln!(o, "OK: every uplink up, nothing waiting");
+    }
+    for p in &problems {
+        let _ = writeln!(o, "! {p}");
+    }
+    let _ = writeln!(
+        o,
+        "\n{:<12} {:<10} {:>9} {:>11} {:>7} {:>6}",
+        "UPLINK", "STATE", "UP Mbit/s", "DOWN Mbit/s", "RTT ms", "LOSS"
+    );
+    for l in s["links"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let usable = l["usable"] == true;
+        let _ = writeln!(
+            o,
+            "{:<12} {:<10} {:>9} {:>11} {:>7} {:>6}{}",
+            l["name"].as_str().unwrap_or("?"),
+            l["state"].as_str().unwrap_or("?"),
+            mbit(&l["up_bps"]),
+            mbit(&l["down_bps"]),
+            if usable {
+                format!("{:.0}", l["srtt_ms"].as_f64().unwrap_or(0.0))
+            } else {
+                "-".into()
+            },
+            format!("{:.1}%", 100.0 * l["loss"].as_f64().unwrap_or(0.0)),
+            if l["tier"] == "backup" {
+                "  backup"
+            } else {
+                ""
+            },
+        );
+    }
+    let cams = s["cameras"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !cams.is_empty() {
+        let list: Vec<String> = cams
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}{}",
+                    c["camera"].as_str().unwrap_or("?"),
+                    c["level"].as_str().unwrap_or("?"),
+                    if c["pinned"].is_string() {
+                        " (pinned)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        let _ = writeln!(o, "\nCAMERAS  {}", list.join(" · "));
+    }
+    let b = &s["bids"];
+    if b.is_object() {
+        let _ = writeln!(
+            o,
+            "BIDS     {} waiting · {} taken since start, {} went to the queue · journal {}",
+            b["pending"].as_u64().unwrap_or(0),
+            b["accepted"].as_u64().unwrap_or(0),
+            b["queued"].as_u64().unwrap_or(0),
+            bytes(&b["journal_bytes"])
+        );
+    }
+    let c = &s["cache"];
+    if c.is_object() {
+        let _ = writeln!(
+            o,
+            "CACHE    {} answers · {} in memory · {} on disk",
+            c["entries"].as_u64().unwrap_or(0),
+            bytes(&c["bytes"]),
+            bytes(&c["disk_bytes"])
+        );
+    }
+    let actions = s["actions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !actions.is_empty() {
+        let on = actions.iter().filter(|a| a["active"] == true).count();
+        let fired: u64 = actions.iter().filter_map(|a| a["firings"].as_u64()).sum();
+        let _ = writeln!(
+            o,
+            "ACTIONS  {} rules · {on} on now · {fired} firings since start",
+            actions.len()
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Value {
+        serde_json::json!({
+            "gateway": "stall-1",
+            "stream_capacity_bps": 12.5e6,
+            "links": [
+                {"name": "cellular", "state": "up", "usable": true, "srtt_ms": 45.2,
+                 "loss": 0.001, "up_bps": 3.2e6, "down_bps": 5.1e6, "tier": "primary",
+                 "cap_used_bytes": 95, "cap_bytes": 100},
+                {"name": "wifi", "state": "down", "usable": false, "srtt_ms": 0.0,
+                 "loss": 0.0, "up_bps": 0.0, "down_bps": 0.0, "tier": "primary",
+                 "cap_used_bytes": 0, "cap_bytes": null}
+            ],
+            "cameras": [{"camera": "stage", "level": "substream", "pinned": null}],
+            "actions": [{"name": "low-bw", "active": true, "dry_run": false, "firings": 2,
+                         "cause": "bonded capacity 0.40 Mbit/s below 2.00 Mbit/s for 3.0 s"}],
+            "paused": [{"class": "bulk", "by": "hold-bulk"}],
+            "bids": {"pending": 3, "accepted": 40, "queued": 3, "oldest_pending_s": 12.4,
+                     "journal_bytes": 45000},
+            "cache": {"entries": 12, "bytes": 4_200_000, "disk_bytes": 0}
+        })
+    }
+
+    #[test]
+    fn what_is_wrong_comes_first() {
+        let p = problems(&sample());
+        assert_eq!(
+            p,
+            [
+                "uplink wifi is down",
+                "uplink cellular has used 95% of its daily cap",
+                "3 bids or check-ins wait for an uplink (oldest 12 s)",
+                "camera stage is at substream",
+                "action low-bw is on: bonded capacity 0.40 Mbit/s below 2.00 Mbit/s for 3.0 s",
+                "bulk traffic is paused by hold-bulk",
+            ]
+        );
+        let text = glance(&sample());
+        assert!(text.starts_with("gateway stall-1 · stream capacity 12.5 Mbit/s\n! uplink wifi"));
+        assert!(
+            text.contains("cellular     up              3.20        5.10      45   0.1%"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wifi         down            0.00        0.00       -   0.0%"),
+            "{text}"
+        );
+        assert!(text.contains("CAMERAS  stage substream\n"), "{text}");
+        assert!(
+            text.contains(
+                "BIDS     3 waiting · 40 taken since start, 3 went to the queue · journal 45 kB"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("CACHE    12 answers · 4.2 MB in memory · 0 B on disk"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ACTIONS  1 rules · 1 on now · 2 firings since start"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_uplink_down_is_said_once_and_all_well_is_said_too() {
+        let mut s = sample();
+        s["links"][0]["usable"] = false.into();
+        let p = problems(&s);
+        assert_eq!(
+            p[0],
+            "every uplink is down: bids and check-ins are kept on the box"
+        );
+        assert!(!p.iter().any(|l| l.starts_with("uplink wifi")));
+        let calm = serde_json::json!({
+            "gateway": "g", "links": [{"name": "eth", "state": "up", "usable": true}],
+            "cameras": [], "actions": [], "paused": [], "bids": {"pending": 0}
+        });
+        assert!(problems(&calm).is_empty());
+        assert!(glance(&calm).contains("OK: every uplink up, nothing waiting"));
+    }
+}

@@ -1,0 +1,120 @@
+//! What the crew sees without a browser: `canopy status` sums the gateway up, what is
+//! wrong first, and the admin API keeps each uplink's last minutes (`/api/history`).
+
+mod common;
+
+use common::{bid, curl, free_tcp_port, wait_until, Stack};
+use std::time::Duration;
+
+fn status(s: &Stack) -> (Option<i32>, String, String) {
+    let config = s.dir.path().join("gateway.toml");
+    let out = common::canopy(&["status", "--config", config.to_str().expect("utf8")]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn canopy_status_says_what_is_wrong_first_and_history_keeps_each_second() {
+    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let mut s = Stack::start_full(
+        "status",
+        "",
+        &format!("[bids]\ndeadline_ms = 300\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n"),
+    );
+    // all well: one line says so, and the uplink's row is there
+    let (code, out, err) = status(&s);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("OK: every uplink up, nothing waiting"),
+        "{out}"
+    );
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("uplink "))
+        .unwrap_or_else(|| panic!("no uplink row: {out}"));
+    assert!(row.split_whitespace().nth(1) == Some("up"), "{row}");
+    assert!(out.contains("BIDS     0 waiting"), "{out}");
+
+    // the history has a point a second for the uplink, and only newer ones on asking
+    let token = std::fs::read_to_string(s.dir.path().join("admin.token")).expect("token");
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let history = |q: &str| {
+        let out = curl(&["-s", "-H", &auth, &format!("http://{admin}/api/history{q}")]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    wait_until("three seconds of history", Duration::from_secs(10), || {
+        history("")["links"][0]["points"]
+            .as_array()
+            .is_some_and(|p| p.len() >= 3)
+    });
+    let h = history("");
+    assert_eq!(h["links"][0]["name"], "uplink", "{h}");
+    let points = h["links"][0]["points"].as_array().expect("points");
+    assert!(
+        points
+            .windows(2)
+            .all(|w| w[0]["at_s"].as_u64() < w[1]["at_s"].as_u64()),
+        "{h}"
+    );
+    // the first second may still be the uplink's probation
+    assert_eq!(points.last().expect("a point")["state"], "up", "{h}");
+    let last = points.last().expect("a point")["at_s"]
+        .as_u64()
+        .expect("at_s");
+    let newer = history(&format!("?since={}", last - 1));
+    assert_eq!(
+        newer["links"][0]["points"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let bad = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &auth,
+        &format!("http://{admin}/api/history?since=yesterday"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&bad.stdout), "400");
+    let refused = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{admin}/api/history"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "401");
+
+    // every uplink down, a bid kept on the box: said first, plainly
+    s.kill_relay();
+    let (st, text) = bid(&s, Some("status-1"), "{\"lot\":1,\"amount\":5}");
+    assert_eq!(st, 202, "{text}");
+    let mut last = String::new();
+    wait_until("the outage on the status", Duration::from_secs(10), || {
+        last = status(&s).1;
+        last.contains("! every uplink is down")
+    });
+    assert!(
+        last.contains("! 1 bids or check-ins wait for an uplink"),
+        "{last}"
+    );
+    assert!(last.contains("BIDS     1 waiting"), "{last}");
+    let h = history("");
+    assert!(
+        h["links"][0]["points"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["usable"] == false)),
+        "the outage is in the history: {h}"
+    );
+
+    // no admin API at the config's address: a plain error, not a trace
+    s.kill_gateway();
+    let (code, _, err) = status(&s);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is the gateway running?"), "{err}");
+}
