@@ -198,8 +198,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         network: Network::Loopback,
         auction_lots: Vec::new(),
         https_site: false,
+        admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
     })
     .await?;
+    if let Some((addr, token)) = &bed.admin {
+        // first: the one place that shows everything below, live
+        println!("status page: http://{addr}/#token={token}");
+        println!("  (or in a terminal: curl -H 'Authorization: Bearer {token}' http://{addr}/api/status)");
+    }
     let camera = bed.add_demo_camera("demo")?;
     let viewer_url = bed.viewer_url("demo");
     println!("watch live: {viewer_url}");

@@ -53,6 +53,8 @@ pub struct Testbed {
     pub https: Option<SocketAddr>,
     /// The event CA's certificate (PEM): what a device trusts.
     pub ca_pem: String,
+    /// The gateway's admin API (its status page at `/`) and its token, with `admin`.
+    pub admin: Option<(SocketAddr, String)>,
     /// The gateway's state folder (its bids journal).
     _state_dir: StateDir,
 }
@@ -143,6 +145,8 @@ pub struct TestbedOptions {
     /// The gateway also answers HTTPS for [`DEMO_SITE`] (on loopback, any port), with a
     /// certificate from the testbed's event CA ([`Testbed::ca_pem`]).
     pub https_site: bool,
+    /// The gateway's admin API listens here (port 0: any), its token in the state folder.
+    pub admin: Option<SocketAddr>,
 }
 
 /// What carries the tunnel between a testbed's gateway and relay.
@@ -208,6 +212,7 @@ impl TestbedOptions {
             network: Network::Loopback,
             auction_lots: Vec::new(),
             https_site: false,
+            admin: None,
         }
     }
 }
@@ -403,6 +408,8 @@ impl Testbed {
             }
         }
         gw_cfg.checkin = opts.checkin.clone();
+        gw_cfg.admin.listen = opts.admin;
+        gw_cfg.admin.token_file = state_dir.0.join("admin.token");
         let gh = match &opts.network {
             Network::Loopback => {
                 crate::runtime::spawn_gateway(&gw_cfg, &certs.gateway_tls(0)?).await?
@@ -436,6 +443,15 @@ impl Testbed {
             live,
             devices: gh.devices,
             https: gh.https,
+            admin: match gh.admin {
+                Some(a) => Some((
+                    a,
+                    std::fs::read_to_string(state_dir.0.join("admin.token"))?
+                        .trim()
+                        .to_owned(),
+                )),
+                None => None,
+            },
             ca_pem: certs.ca.pem().cert,
             _state_dir: state_dir,
         })

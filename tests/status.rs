@@ -90,18 +90,96 @@ fn canopy_status_says_what_is_wrong_first_and_history_keeps_each_second() {
     ]);
     assert_eq!(String::from_utf8_lossy(&refused.stdout), "401");
 
+    // the page holds no data and needs no token; its events do
+    let page = curl(&["-s", "-w", "%{http_code}", &format!("http://{admin}/")]);
+    let page = String::from_utf8_lossy(&page.stdout).into_owned();
+    assert!(page.ends_with("200") && page.contains("/page.js"), "{page}");
+    for asset in ["/page.js", "/page.css"] {
+        let out = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{admin}{asset}"),
+        ]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{asset}");
+    }
+    let events = |auth: &[&str]| {
+        let mut args = vec!["-s", "-N", "--max-time", "2.5"];
+        args.extend_from_slice(auth);
+        let url = format!("http://{admin}/api/events");
+        args.push(&url);
+        String::from_utf8_lossy(&curl(&args).stdout).into_owned()
+    };
+    assert!(
+        events(&[]).contains("Authorization: Bearer"),
+        "refused without the token"
+    );
+    let stream = events(&["-H", &auth]);
+    let frames: Vec<serde_json::Value> = stream
+        .split("\n\n")
+        .filter_map(|b| b.strip_prefix("event: status\ndata: "))
+        .map(|d| serde_json::from_str(d).expect("an event's JSON"))
+        .collect();
+    assert!(frames.len() >= 2, "an event a second: {stream}");
+    assert_eq!(
+        frames[0]["status"]["links"][0]["name"], "uplink",
+        "{stream}"
+    );
+    let first = frames[0]["history"]["links"][0]["points"]
+        .as_array()
+        .map(Vec::len);
+    assert!(first >= Some(3), "all of the history first: {stream}");
+    let second = frames[1]["history"]["links"][0]["points"]
+        .as_array()
+        .map(Vec::len);
+    assert!(second <= Some(1), "then only what is new: {stream}");
+
+    // an uplink held by hand, and let go
+    let hold = |uplink: &str, body: &str| {
+        let out = curl(&[
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &auth,
+            "-X",
+            "PUT",
+            "--data",
+            body,
+            &format!("http://{admin}/api/uplinks/{uplink}"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let held = hold("uplink", "{\"hold\": \"avoid\"}");
+    assert!(held.ends_with("200"), "{held}");
+    assert!(
+        held.contains("\"tier\": \"backup\"") && held.contains("\"held_by_hand\": \"avoid\""),
+        "{held}"
+    );
+    assert!(hold("uplink", "{\"hold\": \"sometimes\"}").ends_with("422"));
+    assert!(hold("nowhere", "{\"hold\": \"avoid\"}").ends_with("404"));
+    let back = hold("uplink", "{\"hold\": \"auto\"}");
+    assert!(
+        back.ends_with("200") && back.contains("\"held_by_hand\": null"),
+        "{back}"
+    );
+    assert!(back.contains("\"tier\": \"primary\""), "{back}");
+
     // every uplink down, a bid kept on the box: said first, plainly
     s.kill_relay();
     let (st, text) = bid(&s, Some("status-1"), "{\"lot\":1,\"amount\":5}");
     assert_eq!(st, 202, "{text}");
     let mut last = String::new();
-    wait_until("the outage on the status", Duration::from_secs(10), || {
-        last = status(&s).1;
-        last.contains("! every uplink is down")
-    });
-    assert!(
-        last.contains("! 1 bids or check-ins wait for an uplink"),
-        "{last}"
+    wait_until(
+        "the outage and the bid on the status",
+        Duration::from_secs(10),
+        || {
+            last = status(&s).1;
+            last.contains("! every uplink is down")
+                && last.contains("! 1 bid or check-in waits for an uplink")
+        },
     );
     assert!(last.contains("BIDS     1 waiting"), "{last}");
     let h = history("");

@@ -109,6 +109,31 @@ pub struct Targets {
 struct State {
     core: tunnel::actions::Actions,
     changed_at: Vec<Option<SystemTime>>,
+    /// Uplinks the crew prefers (true) or avoids (false) by hand, through the admin API.
+    by_hand: HashMap<String, bool>,
+}
+
+/// What the crew asks of an uplink by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandHold {
+    /// Put traffic on it first.
+    Prefer,
+    /// Use it only when the others cannot.
+    Avoid,
+    /// Back to its configured tier (and to what the rules ask).
+    Auto,
+}
+
+impl HandHold {
+    /// From its name in the admin API.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "prefer" => Some(Self::Prefer),
+            "avoid" => Some(Self::Avoid),
+            "auto" => Some(Self::Auto),
+            _ => None,
+        }
+    }
 }
 
 /// The running `[[actions]]`.
@@ -126,6 +151,7 @@ impl Actions {
             state: Mutex::new(State {
                 core: tunnel::actions::Actions::new(rules),
                 changed_at: vec![None; cfgs.len()],
+                by_hand: HashMap::new(),
             }),
             cfgs,
             targets,
@@ -169,6 +195,37 @@ impl Actions {
         }
         // holds are worked out every step: a camera that appears later is held too
         self.apply_holds();
+    }
+
+    /// Holds uplink `name` by hand (the admin API); false when there is no such uplink.
+    /// A hold by hand counts as a fired rule's: an avoided uplink wins over a preferred one.
+    pub fn hold_uplink(&self, name: &str, hold: HandHold) -> bool {
+        if !self.targets.bond.paths().iter().any(|p| p.name == name) {
+            return false;
+        }
+        {
+            let mut st = self.lock();
+            match hold {
+                HandHold::Auto => st.by_hand.remove(name),
+                HandHold::Prefer => st.by_hand.insert(name.to_owned(), true),
+                HandHold::Avoid => st.by_hand.insert(name.to_owned(), false),
+            };
+        }
+        info!(uplink = name, hold = ?hold, "uplink held by hand");
+        self.apply_holds();
+        true
+    }
+
+    /// The uplinks held by hand: (name, preferred).
+    pub fn held_by_hand(&self) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = self
+            .lock()
+            .by_hand
+            .iter()
+            .map(|(n, p)| (n.clone(), *p))
+            .collect();
+        v.sort();
+        v
     }
 
     /// What the rules read now.
@@ -271,7 +328,10 @@ impl Actions {
     /// The holds of every fired rule, applied.
     fn apply_holds(&self) {
         // one reading of the rules' states serves every hold
-        let states = self.lock().core.states();
+        let (states, by_hand) = {
+            let st = self.lock();
+            (st.core.states(), st.by_hand.clone())
+        };
         let holding_with = || {
             self.cfgs
                 .iter()
@@ -305,6 +365,10 @@ impl Actions {
                     _ => None,
                 }
             })
+            .chain(by_hand.iter().map(|(u, prefer)| match prefer {
+                true => UplinkHold::Prefer(u.as_str()),
+                false => UplinkHold::Avoid(u.as_str()),
+            }))
             .collect();
         let uplinks: Vec<(&str, Tier)> = t
             .bond

@@ -5,9 +5,13 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /api/status` | links, cameras' levels, actions, paused classes, bids, cache |
+//! | `GET /` | the status page (no data in it: it asks for the token, then reads `/api/events`) |
+//! | `GET /live/...` | the cameras' on-site LL-HLS (no token: the proxy port serves it too) |
+//! | `GET /api/events` | server-sent events: the status and the history's new seconds, each second |
 //! | `GET /api/history?since=S` | every link's seconds after Unix second S (the last 5 minutes) |
 //! | `GET /api/levels` | every camera's level (and pin, ceiling, what is on air) |
 //! | `PUT /api/levels/<camera>` `{"level": "substream"}` | pins the camera; `"auto"` lifts the pin |
+//! | `PUT /api/uplinks/<name>` `{"hold": "prefer"}` | prefers (or `"avoid"`s) the uplink by hand; `"auto"` lifts it |
 //! | `GET /api/actions` | every `[[actions]]` rule: fired or not, cause, firings |
 //! | `POST /api/purge` | removes the spooled parts the relay has answered for |
 //! | `GET /api/cache` | the edge cache's answers, bytes in memory and on disk |
@@ -22,6 +26,8 @@ use crate::levels::Levels;
 use crate::GatewayError;
 use token::read_or_make_token;
 
+mod page;
+mod problems;
 mod token;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -60,6 +66,8 @@ pub struct AdminView {
     pub hygiene: Option<Arc<crate::hygiene::Hygiene>>,
     /// Bids and check-ins.
     pub(crate) bids: Arc<crate::bids::Bids>,
+    /// The cameras' on-site LL-HLS (the page's previews).
+    pub live: Arc<crate::LiveStreams>,
     /// The links' last minutes ([`sample_links`] keeps it).
     pub history: Arc<std::sync::Mutex<History>>,
 }
@@ -186,10 +194,10 @@ fn authorized(header: Option<&HeaderValue>, token: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-type Answer = Response<Full<Bytes>>;
+type Answer = Response<http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>>;
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{v:#}\n"))));
+    let mut r = Response::new(Full::new(Bytes::from(format!("{v:#}\n"))).boxed_unsync());
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -204,7 +212,19 @@ fn error(status: StatusCode, message: &str) -> Answer {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-async fn handle(view: &AdminView, token: &str, peer: SocketAddr, req: Request<Incoming>) -> Answer {
+async fn handle(
+    view: &Arc<AdminView>,
+    token: &str,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Answer {
+    // the page itself holds no data: it asks for the token and reads the API with it
+    if let Some(a) = page::asset(req.method(), req.uri().path()) {
+        return a;
+    }
+    if let Some(a) = page::live(view, req.method(), req.uri().path(), req.uri().query()).await {
+        return a;
+    }
     if !authorized(req.headers().get(header::AUTHORIZATION), token) {
         debug!(%peer, path = req.uri().path(), "admin: refused without the token");
         let mut r = error(
@@ -222,6 +242,7 @@ async fn handle(view: &AdminView, token: &str, peer: SocketAddr, req: Request<In
     match (path.as_str(), &method) {
         ("/api/status", &Method::GET) => json(StatusCode::OK, &status(view)),
         ("/api/history", &Method::GET) => history(view, req.uri().query()),
+        ("/api/events", &Method::GET) => page::events(view.clone()),
         ("/api/levels", &Method::GET) => json(StatusCode::OK, &levels(view)),
         ("/api/actions", &Method::GET) => {
             json(StatusCode::OK, &serde_json::json!(view.actions.snapshot()))
@@ -250,16 +271,22 @@ async fn handle(view: &AdminView, token: &str, peer: SocketAddr, req: Request<In
         },
         ("/api/cache/purge", &Method::POST) => purge_cache(view, peer, req).await,
         ("/api/post-event", &Method::POST) => post_event(view, peer, req).await,
+        (p, &Method::PUT) if p.starts_with("/api/uplinks/") => {
+            let uplink = p["/api/uplinks/".len()..].to_string();
+            hold_uplink(view, peer, &uplink, req).await
+        }
         (p, &Method::PUT) if p.starts_with("/api/levels/") => {
             let camera = p["/api/levels/".len()..].to_string();
             set_level(view, peer, &camera, req).await
         }
-        ("/api/status" | "/api/history" | "/api/levels" | "/api/actions", _) => {
+        ("/api/status" | "/api/history" | "/api/events" | "/api/levels" | "/api/actions", _) => {
             not_allowed("GET")
         }
         ("/api/purge" | "/api/cache/purge" | "/api/post-event", _) => not_allowed("POST"),
         ("/api/cache", _) => not_allowed("GET"),
-        (p, _) if p.starts_with("/api/levels/") => not_allowed("PUT"),
+        (p, _) if p.starts_with("/api/levels/") || p.starts_with("/api/uplinks/") => {
+            not_allowed("PUT")
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             "not found: try /api/status, /api/history, /api/levels, /api/actions, /api/purge, /api/cache, \
@@ -420,6 +447,45 @@ async fn set_level(
     json(StatusCode::OK, &serde_json::json!(now))
 }
 
+async fn hold_uplink(
+    view: &AdminView,
+    peer: SocketAddr,
+    uplink: &str,
+    req: Request<Incoming>,
+) -> Answer {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        hold: String,
+    }
+    let body: Body = match read_json(
+        req,
+        "expected {\"hold\": \"prefer\"} (or \"avoid\", \"auto\")",
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(hold) = crate::actions::HandHold::from_name(&body.hold) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "hold must be prefer, avoid or auto",
+        );
+    };
+    if !view.actions.hold_uplink(uplink, hold) {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no uplink named {uplink:?}"),
+        );
+    }
+    info!(%peer, uplink, hold = %body.hold, "admin: uplink held by hand");
+    let now = status(view)["links"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == uplink).cloned());
+    json(StatusCode::OK, &serde_json::json!(now))
+}
+
 fn levels(view: &AdminView) -> serde_json::Value {
     serde_json::json!(view
         .levels
@@ -429,13 +495,19 @@ fn levels(view: &AdminView) -> serde_json::Value {
 }
 
 fn status(view: &AdminView) -> serde_json::Value {
+    let by_hand = view.actions.held_by_hand();
     let links: Vec<serde_json::Value> = view
         .bond
         .paths()
         .iter()
         .map(|p| {
             let s = p.status();
+            let held = by_hand
+                .iter()
+                .find(|(n, _)| *n == s.name)
+                .map(|(_, prefer)| if *prefer { "prefer" } else { "avoid" });
             serde_json::json!({
+                "held_by_hand": held,
                 "name": s.name,
                 "kind": s.kind.as_str(),
                 "tier": s.tier.as_str(),
@@ -460,7 +532,7 @@ fn status(view: &AdminView) -> serde_json::Value {
                 .map(|why| serde_json::json!({ "class": c.as_str(), "by": why }))
         })
         .collect();
-    serde_json::json!({
+    let mut s = serde_json::json!({
         "gateway": view.name,
         "stream_capacity_bps": view.bond.stream_capacity().map(|c| c * 8.0),
         "links": links,
@@ -472,7 +544,9 @@ fn status(view: &AdminView) -> serde_json::Value {
             let (entries, bytes, disk_bytes) = c.usage();
             serde_json::json!({"entries": entries, "bytes": bytes, "disk_bytes": disk_bytes})
         }),
-    })
+    });
+    s["problems"] = problems::problems(&s).into();
+    s
 }
 
 /// `GET /api/history?since=S`: every link's seconds after Unix second S (all kept without).
@@ -493,13 +567,23 @@ fn history(view: &AdminView, query: Option<&str>) -> Answer {
             }
         },
     };
+    json(StatusCode::OK, &history_after(view, since).0)
+}
+
+/// Every link's seconds after `since` (`{"links": [{"name", "points"}]}`), and the newest
+/// second in it (`since` when there is none).
+fn history_after(view: &AdminView, since: u64) -> (serde_json::Value, u64) {
     let h = view.history.lock().unwrap_or_else(|p| p.into_inner());
+    let mut newest = since;
     let links: Vec<serde_json::Value> = h
         .since(since)
         .into_iter()
-        .map(|(name, points)| serde_json::json!({"name": name, "points": points}))
+        .map(|(name, points)| {
+            newest = points.iter().map(|p| p.at_s).fold(newest, u64::max);
+            serde_json::json!({"name": name, "points": points})
+        })
         .collect();
-    json(StatusCode::OK, &serde_json::json!({ "links": links }))
+    (serde_json::json!({ "links": links }), newest)
 }
 
 #[cfg(test)]

@@ -375,6 +375,7 @@ impl Gateway {
             ));
             tasks.spawn(admin.serve(Arc::new(crate::admin::AdminView {
                 history,
+                live: self.state.live.clone(),
                 bids: self.state.bids.clone(),
                 hygiene,
                 cache: self.state.cache.clone(),

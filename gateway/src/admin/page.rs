@@ -1,0 +1,110 @@
+//! The status page on the admin listener: its static files built into the binary (no
+//! data in them, so they are served without the token), the cameras' on-site LL-HLS under
+//! `/live/` for its previews (what the proxy port shows venue screens anyway, same origin
+//! here), and `GET /api/events`, the
+//! server-sent events the page reads with the token: each second the status and the
+//! history's seconds the page has not had yet (all of it first).
+
+use super::{history_after, status, AdminView, Answer};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+const INDEX: &str = include_str!("page/index.html");
+const SCRIPT: &str = include_str!("page/page.js");
+const STYLE: &str = include_str!("page/page.css");
+/// hls.js (light build), for the cameras' previews: see `page/vendor/README.md`.
+const HLS_JS: &str = include_str!("page/vendor/hls.light.min.js");
+
+/// How often the page hears from the gateway.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// A static file of the page, when `path` names one.
+pub(super) fn asset(method: &Method, path: &str) -> Option<Answer> {
+    let (body, kind) = match path {
+        "/" | "/index.html" => (INDEX, "text/html; charset=utf-8"),
+        "/page.js" => (SCRIPT, "text/javascript; charset=utf-8"),
+        "/page.css" => (STYLE, "text/css; charset=utf-8"),
+        "/hls.light.min.js" => (HLS_JS, "text/javascript; charset=utf-8"),
+        _ => return None,
+    };
+    if method != Method::GET && method != Method::HEAD {
+        return Some(super::not_allowed("GET"));
+    }
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed_unsync());
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // the page runs only its own script and talks only to this listener
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; media-src 'self' blob:; \
+             worker-src 'self' blob:; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    Some(r)
+}
+
+/// `GET /live/...`: the cameras' on-site LL-HLS, as the proxy port serves it.
+pub(super) async fn live(
+    view: &AdminView,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Option<Answer> {
+    let rest = path.strip_prefix("/live/")?;
+    if method != Method::GET && method != Method::HEAD {
+        return Some(super::not_allowed("GET"));
+    }
+    Some(match view.live.serve(rest, query).await {
+        Ok(r) => r.map(|b| b.map_err(|never| match never {}).boxed_unsync()),
+        Err(e) => super::error(e.status(), &e.to_string()),
+    })
+}
+
+/// One server-sent event carrying `v`.
+fn event(name: &str, v: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {v}\n\n"))
+}
+
+/// `GET /api/events`: the stream; it ends when the page goes (or with the connection's
+/// own limit, and the page reconnects).
+pub(super) fn events(view: Arc<AdminView>) -> Answer {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    tokio::spawn(async move {
+        let mut since = 0;
+        let mut tick = tokio::time::interval(EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (history, newest) = history_after(&view, since);
+            since = newest;
+            let v = serde_json::json!({ "status": status(&view), "history": history });
+            if tx.send(event("status", &v)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let b = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let mut r = Response::new(StreamBody::new(frames).boxed_unsync());
+    *r.status_mut() = StatusCode::OK;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
