@@ -83,6 +83,10 @@ if [ "${CANOPY_BROWSER:-1}" != 0 ]; then
   bash tests/live/https_site.sh | tee "$log"
   n=$(awk '/^https site: [0-9]+ passed/ {print $3}' "$log" | tail -1)
   passed=$((passed + ${n:-0}))
+  step "tests/live/status_page.sh (the gateway's status page in Chromium, against the demo)"
+  bash tests/live/status_page.sh | tee "$log"
+  n=$(awk '/^status page: [0-9]+ passed/ {print $3}' "$log" | tail -1)
+  passed=$((passed + ${n:-0}))
 fi
 
 # --- network-namespace suite (root) -----------------------------------------------------

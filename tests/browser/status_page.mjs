@@ -1,0 +1,187 @@
+// The gateway's status page in Debian's Chromium (playwright-core), against a running
+// `canopy demo`: the page loads with the token from its link, the graphs update, the camera
+// preview plays (the video's currentTime advances), the link the demo cuts shows as not
+// usable within 2 s of the cut (--demo-log: the demo's output, each line after the wall
+// time in ms it was printed), the
+// purge and level buttons work with the token, and without it the page asks for one and the
+// API refuses. Screenshots: desktop and a phone-sized viewport.
+// Prints one JSON line (also written to --json); exits 0 when every check held.
+//
+// node status_page.mjs --url 'http://127.0.0.1:PORT/#token=T' --json out.json \
+//   --shots target/test-artifacts/status-page --demo-log demo.log
+import { createRequire } from 'node:module';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const require = createRequire(import.meta.url);
+const { chromium } = require('playwright-core');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+function args() {
+  const o = {};
+  const a = process.argv.slice(2);
+  for (let i = 0; i < a.length; i += 2) o[a[i].replace(/^--/, '')] = a[i + 1];
+  for (const k of ['url', 'json', 'shots', 'demo-log']) if (!o[k]) throw new Error(`--${k} is needed`);
+  return o;
+}
+
+const o = args();
+const base = o.url.split('#')[0].replace(/\/$/, '');
+const out = { url: base, checks: {} };
+const check = (name, ok, detail) => { out.checks[name] = { ok: !!ok, detail }; };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const waitFor = async (fn, ms, every = 100) => {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v) return v;
+    if (Date.now() > end) return undefined;
+    await sleep(every);
+  }
+};
+
+let browser;
+try {
+  fs.mkdirSync(path.dirname(path.resolve(o.shots)), { recursive: true });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--disable-domain-reliability', '--no-pings', '--autoplay-policy=no-user-gesture-required',
+      // IP literals only: no name resolves (no DNS at all)
+      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+    ],
+    timeout: 30000,
+  });
+  out.browser = browser.version();
+  const desk = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await desk.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e.message || e)));
+  await page.goto(o.url, { waitUntil: 'load', timeout: 15000 });
+  // from now on: every moment a link that was usable shows as not usable (a Wi-Fi blip
+  // counts too; the demo's cut is found among them)
+  await page.evaluate(() => {
+    const usable = new Map();
+    window.dropped = [];
+    setInterval(() => {
+      for (const c of document.querySelectorAll('[data-link]')) {
+        const now = c.dataset.usable === 'true';
+        if (usable.get(c.dataset.link) === true && !now) {
+          window.dropped.push({ link: c.dataset.link, state: c.dataset.state, at_ms: Date.now() });
+        }
+        usable.set(c.dataset.link, now);
+      }
+    }, 50);
+  });
+
+  // 1. it loads and is live
+  const first = await waitFor(() => page.evaluate(() => Number(document.body.dataset.updates || 0)), 10000);
+  check('loads', first >= 1 && !(await page.isVisible('#login')), { updates: first });
+  out.token_left_the_address_bar = !page.url().includes('token=');
+
+  // 2. the graphs update: more events, and the link graphs have ink
+  const links = await waitFor(() => page.evaluate(() => {
+    const cards = [...document.querySelectorAll('[data-link]')];
+    const ink = cards.map((c) => {
+      const cv = c.querySelector('canvas');
+      const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
+      let n = 0;
+      for (let i = 3; i < d.length; i += 4) if (d[i]) n++;
+      return n;
+    });
+    return ink.some((n) => n > 50) && { names: cards.map((c) => c.dataset.link), ink };
+  }), 15000, 500);
+  const u0 = await page.evaluate(() => Number(document.body.dataset.updates));
+  await sleep(2500);
+  const u1 = await page.evaluate(() => Number(document.body.dataset.updates));
+  check('graphs_update', links && u1 - u0 >= 2, { links, updates: [u0, u1] });
+
+  // 3. the camera preview plays
+  const t0 = await waitFor(() => page.evaluate(() => {
+    const v = document.querySelector('video[data-preview]');
+    return v && v.currentTime > 0 && v.currentTime;
+  }), 20000, 250);
+  await sleep(3000);
+  const t1 = await page.evaluate(() => document.querySelector('video[data-preview]').currentTime);
+  check('preview_plays', t0 && t1 - t0 >= 1.5, { from: t0, to: t1 });
+  await page.screenshot({ path: `${o.shots}-desktop.png`, fullPage: true });
+
+  // 4. the demo's cut shows: the first moment a link card says it is not usable
+  // the demo's cut as it printed it (`<ms> ... cut: uplink NAME ...`), then the page
+  const cut = await waitFor(async () => {
+    const m = fs.readFileSync(o['demo-log'], 'utf8').match(/^(\d+) .* cut: uplink (\S+) /m);
+    return m && { link: m[2], at_ms: Number(m[1]) };
+  }, 60000, 200);
+  const seen = cut && await waitFor(() => page.evaluate((c) =>
+    window.dropped.find((d) => d.link === c.link && d.at_ms >= c.at_ms - 100), cut), 5000, 100);
+  out.cut = cut || null;
+  out.cut_seen = seen || null;
+  const lag = seen ? seen.at_ms - cut.at_ms : null;
+  check('cut_shown_within_2s', seen && lag <= 2000, { cut, seen, lag_ms: lag });
+  await page.screenshot({ path: `${o.shots}-cut.png`, fullPage: true });
+
+  // 5. the buttons, with the token
+  await page.click('#purge');
+  const purged = await waitFor(() => page.textContent('#said').then((t) => /Purge: done/.test(t) && t), 5000);
+  check('purge_button', !!purged, purged);
+  const cam = await page.evaluate(() => document.querySelector('[data-camera]')?.dataset.camera);
+  await page.selectOption(`[data-camera="${cam}"] select`, 'audio');
+  const pinned = await waitFor(() => page.evaluate((c) => {
+    const card = document.querySelector(`[data-camera="${c}"]`);
+    return card.dataset.level === 'audio' && card.querySelector('.level').textContent;
+  }, cam), 5000);
+  check('level_override', !!pinned, { camera: cam, shown: pinned });
+  await page.selectOption(`[data-camera="${cam}"] select`, 'auto');
+  const linkName = (links && links.names[0]) || '';
+  await page.click(`[data-link="${linkName}"] button:has-text("Avoid")`);
+  const avoided = await waitFor(() => page.evaluate((l) =>
+    document.querySelector(`[data-link="${l}"]`).dataset.held === 'avoid', linkName), 5000);
+  await page.click(`[data-link="${linkName}"] button:has-text("As configured")`);
+  check('uplink_hold', !!avoided, { link: linkName });
+
+  // 6. without the token: the page asks for it, a wrong one is refused, the API says 401
+  const bare = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const p2 = await bare.newPage();
+  await p2.goto(base + '/', { waitUntil: 'load', timeout: 15000 });
+  const asks = await waitFor(() => p2.isVisible('#login'), 5000);
+  await p2.fill('#token', 'not-the-token-0123456789');
+  await p2.click('#login button');
+  const refusedText = await waitFor(() => p2.textContent('#login-error').then((t) => /refused/.test(t) && t), 5000);
+  const api = await p2.evaluate(async (c) => {
+    const put = await fetch('/api/levels/' + c, { method: 'PUT', body: '{"level":"audio"}' });
+    const purge = await fetch('/api/cache/purge', { method: 'POST', body: '{"all":true}' });
+    const wrong = await fetch('/api/cache/purge', {
+      method: 'POST', body: '{"all":true}', headers: { Authorization: 'Bearer not-the-token-0123456789' },
+    });
+    return [put.status, purge.status, wrong.status];
+  }, cam);
+  check('refused_without_token', asks && refusedText && api.every((s) => s === 401), { asks, refusedText, api });
+  await bare.close();
+
+  // 7. on a phone: it fits the width
+  const phone = await browser.newContext({
+    viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true,
+  });
+  const p3 = await phone.newPage();
+  await p3.goto(o.url, { waitUntil: 'load', timeout: 15000 });
+  await waitFor(() => p3.evaluate(() => Number(document.body.dataset.updates || 0) >= 2), 10000);
+  const fits = await p3.evaluate(() => ({
+    scroll: document.documentElement.scrollWidth, width: window.innerWidth,
+  }));
+  check('phone_fits', fits.scroll <= fits.width, fits);
+  await p3.screenshot({ path: `${o.shots}-phone.png`, fullPage: true });
+  await phone.close();
+  check('no_script_errors', errors.length === 0, errors.slice(0, 3));
+} catch (e) {
+  out.error = String(e.message || e).split('\n')[0];
+} finally {
+  if (browser) await browser.close().catch(() => {});
+}
+
+out.ok = !out.error && Object.values(out.checks).every((c) => c.ok) && Object.keys(out.checks).length >= 10;
+fs.writeFileSync(o.json, JSON.stringify(out, null, 2));
+console.log(JSON.stringify(out));
+process.exit(out.ok ? 0 : 1);

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The gateway's status page in a real browser, against a running `canopy demo`, all inside
+# a loopback-only network namespace made for this run (root): headless Chromium
+# (tests/browser/status_page.mjs) opens the link the demo prints first, and
+#  1. the page loads, its graphs update, the camera preview plays (currentTime advances)
+#  2. the uplink the demo cuts shows as not usable on the page within 2 s of the cut
+#  3. the purge, level and uplink buttons work with the token; without it the page asks
+#     for one, a wrong one is refused, and the API answers 401
+#  4. it fits a phone's width
+# Artifacts (screenshots desktop, cut and phone; JSON; the demo's output):
+# target/test-artifacts/status-page-*.
+# Prints "status page: N passed, M failed" last and exits non-zero on a failure.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "SKIPPED tests/live/status_page.sh: needs root (a loopback-only network namespace for Chromium)"
+  echo "status page: 0 passed, 0 failed"
+  exit 0
+fi
+# chromium, node and tests/browser/node_modules
+source tests/deps.sh
+deps_ensure browser || exit 1
+command -v ip >/dev/null 2>&1 || deps_ensure netns || exit 1
+
+BIN=${CANOPY_BIN:-target/release/canopy}
+BIN=$(realpath "$BIN" 2>/dev/null || echo "$BIN")
+ART=target/test-artifacts
+mkdir -p "$ART"
+
+TALLY="status page"
+source tests/live/lib/loopns.sh
+need_bin
+
+loopns_start status-page || { bad "cannot create a network namespace"; finish; }
+
+# the demo, each line of its output stamped with the wall time it was printed
+demo_log="$ART/status-page-demo.log"
+(RUST_LOG=warn nsx "$BIN" demo --duration 50 2>"$work/demo.err" |
+  while IFS= read -r line; do printf '%s %s\n' "$(date +%s%3N)" "$line"; done >"$demo_log") &
+pids+=("$!")
+
+url=""
+for _ in $(seq 300); do
+  url=$(grep -o 'status page: http://[^ ]*' "$demo_log" 2>/dev/null | head -1 | cut -d' ' -f3)
+  [ -n "$url" ] && break
+  sleep 0.1
+done
+if [ -z "$url" ]; then
+  bad "the demo printed no status page link"
+  tail -20 "$demo_log" "$work/demo.err"
+  finish
+fi
+first=$(head -1 "$demo_log" | cut -d' ' -f2-)
+case "$first" in
+  "status page: "*) ok "the demo prints the status page link first" ;;
+  *) bad "the demo's first line is '$first', not the status page link" ;;
+esac
+
+json="$ART/status-page.json"
+out=$(nsx node tests/browser/status_page.mjs --url "$url" --json "$json" --shots "$ART/status-page" \
+  --demo-log "$demo_log")
+echo "  $out"
+field() { node -e 'const j = require(process.argv[1]); const v = process.argv[2].split(".").reduce((a, k) => (a == null ? a : a[k]), j); console.log(v == null ? "" : JSON.stringify(v))' "$(realpath "$json")" "$1"; }
+
+for c in loads graphs_update preview_plays cut_shown_within_2s purge_button level_override \
+  uplink_hold refused_without_token phone_fits no_script_errors; do
+  if [ "$(field "checks.$c.ok")" = true ]; then
+    ok "$c $(field "checks.$c.detail")"
+  else
+    bad "$c $(field "checks.$c.detail") $(field error)"
+  fi
+done
+finish
