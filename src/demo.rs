@@ -34,6 +34,8 @@ pub struct DemoOptions {
     pub proxy_listen: SocketAddr,
     /// Congestion control of the tunnel.
     pub congestion: tunnel_io::CongestionChoice,
+    /// Serve both ends' Prometheus metrics here.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// One emulated uplink of the demo (`[[demo.uplinks]]`).
@@ -164,6 +166,11 @@ fn mbps(bytes: u64, secs: f64) -> f64 {
 
 /// Runs the demo.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
+    // the recorder before anything counts
+    let metrics = match opts.metrics {
+        Some(a) => Some(crate::runtime::spawn_metrics(a).await?),
+        None => None,
+    };
     let mut links = Vec::new();
     for u in &opts.uplinks {
         links.push(TestLink {
@@ -205,6 +212,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         // first: the one place that shows everything below, live
         println!("status page: http://{addr}/#token={token}");
         println!("  (or in a terminal: curl -H 'Authorization: Bearer {token}' http://{addr}/api/status)");
+    }
+    if let Some(m) = metrics {
+        println!("metrics: http://{m}/metrics (Prometheus text, relay and gateway)");
     }
     let camera = bed.add_demo_camera("demo")?;
     let viewer_url = bed.viewer_url("demo");

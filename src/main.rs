@@ -59,6 +59,10 @@ enum Command {
         /// bids see without Canopy's queue control and stream priorities.
         #[arg(long, default_value = "low-delay")]
         congestion: String,
+        /// Serve Prometheus metrics of both ends (relay and gateway run in this one
+        /// process) at http://ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Check config files without running anything. Every problem is printed with file,
     /// line and key; the exit code is 64 if there is any.
@@ -684,6 +688,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             config: cfg_path,
             link,
             congestion,
+            metrics,
         } => {
             let congestion = match congestion.as_str() {
                 "low-delay" => tunnel_io::CongestionChoice::LowDelay,
@@ -705,6 +710,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             };
             let d = cfg.demo;
             canopy::demo::run(DemoOptions {
+                metrics,
                 duration: duration.or(d.duration_s),
                 summary,
                 uplinks: match link {

@@ -22,8 +22,8 @@
 #              package.json (and package-lock.json)                        tests/browser
 # groups: base (run.sh itself), camera (tests/live, the GStreamer test camera), netns
 #        (network-namespace tests and benches), browser (hls.js in chromium), h3 (aioquic
-#        as an HTTP/3 peer), nginx, nats (the relay's JetStream bid sink); `all` is every
-#        entry.
+#        as an HTTP/3 peer), nginx, nats (the relay's JetStream bid sink), prometheus (the
+#        Grafana dashboard's queries against a running demo); `all` is every entry.
 DEPS=(
   # kind  check                package                       groups
   "cmd    curl                 curl                          base camera netns"
@@ -38,6 +38,8 @@ DEPS=(
   "ffenc  libx264              ffmpeg                        camera"
   "cmd    nginx                nginx                         nginx"
   "cmd    nats-server          nats-server                   nats"
+  "cmd    prometheus           prometheus                    prometheus"
+  "cmd    promtool             prometheus                    prometheus"
   "cmd    chromium             chromium                      browser"
   "cmd    node                 nodejs                        browser"
   "cmd    npm                  npm                           browser"
@@ -60,7 +62,7 @@ DEPS=(
   "npm    hls.js               tests/browser/package.json    browser"
   "npm    playwright-core      tests/browser/package.json    browser"
 )
-DEPS_GROUPS="base camera netns browser h3 nginx nats"
+DEPS_GROUPS="base camera netns browser h3 nginx nats prometheus"
 
 # --- the code ---------------------------------------------------------------------------
 DEPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

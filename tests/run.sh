@@ -89,6 +89,12 @@ if [ "${CANOPY_BROWSER:-1}" != 0 ]; then
   passed=$((passed + ${n:-0}))
 fi
 
+# --- the Grafana dashboard's queries, in Debian's Prometheus scraping the demo (root) -----
+step "tests/live/grafana.sh (every dashboard query names an exported metric and has data)"
+bash tests/live/grafana.sh | tee "$log"
+n=$(awk '/^grafana: [0-9]+ passed/ {print $2}' "$log" | tail -1)
+passed=$((passed + ${n:-0}))
+
 # --- network-namespace suite (root) -----------------------------------------------------
 if [ -d tests/netns ] && ls tests/netns/*.sh >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

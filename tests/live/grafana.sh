@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The Grafana dashboard (configs/grafana/canopy.json) against the code, with a real
+# Prometheus (Debian's) scraping a running `canopy demo`, both inside a loopback-only
+# network namespace made for this run (root):
+#  1. the dashboard parses, and every metric its expressions name is in the README
+#  2. every metric its expressions name is in the demo's /metrics output
+#  3. every panel's every query returns data (a finite value) from Prometheus
+# Prints "grafana: N passed, M failed" last and exits non-zero on a failure.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+DASH=configs/grafana/canopy.json
+TALLY="grafana"
+BIN=${CANOPY_BIN:-target/release/canopy}
+BIN=$(realpath "$BIN" 2>/dev/null || echo "$BIN")
+source tests/live/lib/loopns.sh
+
+# the expressions, one per line: "panel title<TAB>expr"
+exprs=$(/usr/bin/python3 - "$DASH" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for p in d["panels"]:
+    for t in p.get("targets", []):
+        print(f'{p["title"]}\t{t["expr"]}')
+PY
+) || { bad "$DASH does not parse"; finish; }
+[ -n "$exprs" ] || { bad "$DASH has no queries"; finish; }
+names=$(echo "$exprs" | cut -f2 | grep -o 'canopy_[a-z0-9_]*' | sort -u)
+undocumented=""
+for n in $names; do
+  base=$(echo "$n" | sed -E 's/_(bucket|sum|count)$//')
+  grep -q "$base" README.md || undocumented+=" $n"
+done
+if [ -z "$undocumented" ]; then
+  ok "the dashboard parses; its $(echo "$names" | wc -l) metrics are named in the README"
+else
+  bad "metrics the dashboard uses but the README does not name:$undocumented"
+fi
+
+if [ "$(id -u)" != 0 ]; then
+  echo "SKIPPED the Prometheus part of tests/live/grafana.sh: needs root (a network namespace)"
+  finish
+fi
+source tests/deps.sh
+deps_ensure prometheus || exit 1
+command -v ip >/dev/null 2>&1 || deps_ensure netns || exit 1
+need_bin
+loopns_start grafana || { bad "cannot create a network namespace"; finish; }
+
+METRICS=127.0.0.1:19391
+PROM=127.0.0.1:19090
+(RUST_LOG=warn nsx "$BIN" demo --duration 90 --metrics "$METRICS" >"$work/demo.log" 2>&1) &
+pids+=("$!")
+cat >"$work/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: canopy
+    static_configs:
+      - targets: ["$METRICS"]
+EOF
+nsx prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
+  --web.listen-address="$PROM" >"$work/prometheus.log" 2>&1 &
+pids+=("$!")
+
+# every series appears once what it counts has happened (a bid, a cache miss): up to 60 s
+exported=""
+for _ in $(seq 120); do
+  exported=$(nsx curl -s --max-time 2 "http://$METRICS/metrics")
+  missing=""
+  for n in $names; do
+    echo "$exported" | grep -q "^$n[{ ]" || missing+=" $n"
+  done
+  [ -n "$exported" ] && [ -z "$missing" ] && break
+  sleep 0.5
+done
+if [ -n "$exported" ] && [ -z "$missing" ]; then
+  ok "every metric the dashboard names is exported by the running demo"
+else
+  bad "not exported by the demo:${missing:- (no /metrics at all)}"
+  tail -5 "$work/demo.log"
+fi
+
+# each query until it answers a finite value (rates need a few scrapes)
+query() { # EXPR -> the number of finite values in Prometheus's answer
+  nsx curl -s --max-time 5 "http://$PROM/api/v1/query" --data-urlencode "query=$1" |
+    /usr/bin/python3 -c '
+import json, math, sys
+try:
+    r = json.load(sys.stdin)["data"]["result"]
+except Exception:
+    print(0); sys.exit()
+print(sum(1 for s in r if math.isfinite(float(s["value"][1]))))'
+}
+pending="$exprs"
+for _ in $(seq 30); do
+  left=""
+  while IFS=$'\t' read -r title expr; do
+    [ -z "$expr" ] && continue
+    [ "$(query "$expr")" -gt 0 ] || left+="$title"$'\t'"$expr"$'\n'
+  done <<<"$pending"
+  pending="$left"
+  [ -z "$pending" ] && break
+  sleep 2
+done
+total=$(echo "$exprs" | wc -l)
+if [ -z "$pending" ]; then
+  ok "Prometheus answers every one of the dashboard's $total queries with data"
+else
+  while IFS=$'\t' read -r title expr; do
+    [ -n "$expr" ] && bad "no data for panel '$title': $expr"
+  done <<<"$pending"
+  tail -5 "$work/prometheus.log"
+fi
+finish
