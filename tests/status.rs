@@ -16,6 +16,13 @@ fn status(s: &Stack) -> (Option<i32>, String, String) {
     )
 }
 
+/// The status of a curl request with `args`.
+fn http_status(args: &[&str]) -> String {
+    let mut all = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+    all.extend_from_slice(args);
+    String::from_utf8_lossy(&curl(&all).stdout).into_owned()
+}
+
 #[test]
 fn canopy_status_says_what_is_wrong_first_and_history_keeps_each_second() {
     let admin = format!("127.0.0.1:{}", free_tcp_port());
@@ -69,41 +76,27 @@ fn canopy_status_says_what_is_wrong_first_and_history_keeps_each_second() {
         newer["links"][0]["points"].as_array().map(Vec::len),
         Some(1)
     );
-    let bad = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
+    let bad = http_status(&[
         "-H",
         &auth,
         &format!("http://{admin}/api/history?since=yesterday"),
     ]);
-    assert_eq!(String::from_utf8_lossy(&bad.stdout), "400");
-    let refused = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("http://{admin}/api/history"),
-    ]);
-    assert_eq!(String::from_utf8_lossy(&refused.stdout), "401");
+    assert_eq!(bad, "400");
+    assert_eq!(
+        http_status(&[&format!("http://{admin}/api/history")]),
+        "401"
+    );
 
     // the page holds no data and needs no token; its events do
     let page = curl(&["-s", "-w", "%{http_code}", &format!("http://{admin}/")]);
     let page = String::from_utf8_lossy(&page.stdout).into_owned();
     assert!(page.ends_with("200") && page.contains("/page.js"), "{page}");
     for asset in ["/page.js", "/page.css"] {
-        let out = curl(&[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://{admin}{asset}"),
-        ]);
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{asset}");
+        assert_eq!(
+            http_status(&[&format!("http://{admin}{asset}")]),
+            "200",
+            "{asset}"
+        );
     }
     let events = |auth: &[&str]| {
         let mut args = vec!["-s", "-N", "--max-time", "2.5"];

@@ -8,13 +8,9 @@
 // node https_site.mjs --url https://secure.canopy.test:8443/static/menu.html \
 //   --asset /static/menu.css --host secure.canopy.test --home DIR --expect trusted \
 //   --screenshot shot.png --json out.json
-import { createRequire } from 'node:module';
 import fs from 'node:fs';
 import path from 'node:path';
-
-const require = createRequire(import.meta.url);
-const { chromium } = require('playwright-core');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+import { launch } from './chromium.mjs';
 
 function args() {
   const o = { width: 1280, height: 800 };
@@ -35,20 +31,9 @@ const o = args();
 const out = { expect: o.expect, url: o.url };
 let browser;
 try {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    // Chromium on Linux reads its certificate trust from $HOME/.pki/nssdb
-    env: { ...process.env, HOME: o.home },
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--disable-domain-reliability', '--no-pings',
-      // the site's name is the gateway on loopback; nothing else resolves (no DNS at all)
-      `--host-resolver-rules=MAP ${o.host} 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE 127.0.0.1`,
-    ],
-    timeout: 30000,
-  });
+  // Chromium on Linux reads its certificate trust from $HOME/.pki/nssdb; the site's name is
+  // the gateway on loopback
+  browser = await launch({ map: [o.host], env: { ...process.env, HOME: o.home } });
   out.browser = browser.version();
   const context = await browser.newContext({ viewport: { width: o.width, height: o.height } });
   const page = await context.newPage();

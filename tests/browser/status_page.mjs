@@ -9,13 +9,9 @@
 //
 // node status_page.mjs --url 'http://127.0.0.1:PORT/#token=T' --json out.json \
 //   --shots target/test-artifacts/status-page --demo-log demo.log
-import { createRequire } from 'node:module';
 import fs from 'node:fs';
 import path from 'node:path';
-
-const require = createRequire(import.meta.url);
-const { chromium } = require('playwright-core');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+import { launch } from './chromium.mjs';
 
 function args() {
   const o = {};
@@ -43,18 +39,8 @@ const waitFor = async (fn, ms, every = 100) => {
 let browser;
 try {
   fs.mkdirSync(path.dirname(path.resolve(o.shots)), { recursive: true });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--disable-domain-reliability', '--no-pings', '--autoplay-policy=no-user-gesture-required',
-      // IP literals only: no name resolves (no DNS at all)
-      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-    ],
-    timeout: 30000,
-  });
+  // IP literals only
+  browser = await launch({ args: ['--autoplay-policy=no-user-gesture-required'] });
   out.browser = browser.version();
   const desk = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await desk.newPage();
