@@ -102,14 +102,12 @@ pub(super) async fn forward(
     class: TrafficClass,
     publisher: Option<Publisher>,
 ) -> StatusCode {
+    if let Some(p) = publisher {
+        return forward_whole(state, ctx, req, stream, origin, class, p).await;
+    }
     let (mut send, recv) = stream.split();
     let up_counter = metrics::counter!("canopy_relay_bytes_total", "class" => class.as_str(), "direction" => "up");
-    // a keyed request is read whole before it goes on: bounded here too
-    let limit = match publisher {
-        Some(_) => Some(state.max_body.unwrap_or(u64::MAX).min(KEYED_BODY_MAX)),
-        None => state.max_body,
-    };
-    let mut body = H3Body::new(recv, limit, Some(up_counter));
+    let mut body = H3Body::new(recv, state.max_body, Some(up_counter));
     let body_done = body.on_done();
     // a stalled upload ends (and frees its stream) instead of waiting for ever
     let body =
@@ -123,51 +121,61 @@ pub(super) async fn forward(
         .flatten()
         .map(|id| (ctx.identity, id));
     let (parts, ()) = req.into_parts();
-    let result = if publisher.is_some() {
-        // A keyed request goes to the origin only whole: one whose body broke on the way
-        // then never reached the origin, and its key is free for the next copy. Streamed,
-        // the origin could take all of it while the relay saw the stream fail, and the
-        // next copy would be delivered a second time.
-        match whole(body).await {
-            Ok(bytes) => {
-                let (done, body_done) = tokio::sync::oneshot::channel();
-                let _ = done.send(());
-                let body =
-                    http_body_util::BodyExt::map_err(http_body_util::Full::new(bytes), |never| {
-                        match never {}
-                    });
-                origin_exchange(state, parts, body, body_done, origin).await
-            }
-            Err(refusal) => {
-                if let Origin::Pooled(key, sender) = origin {
-                    state.origins.give_back(key, sender);
-                }
-                Err(refusal)
-            }
-        }
-    } else {
-        origin_exchange(state, parts, body, body_done, origin).await
-    };
-    deliver(state, &mut send, class, publisher, pull, result).await
+    let result = origin_exchange(state, parts, body, body_done, origin).await;
+    deliver(state, &mut send, class, None, pull, result).await
 }
 
-/// A request body read to its end: a stream that failed or stalled on the way is a
-/// request that reached nobody ([`Refusal::unreached`]); one over the limit is refused.
-async fn whole<B>(body: B) -> Result<Bytes, Refusal>
-where
-    B: http_body::Body<Data = Bytes, Error = tunnel_io::BodyError>,
-{
-    match http_body_util::BodyExt::collect(body).await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(tunnel_io::BodyError::TooLarge(_)) => Err(Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body over the relay's limit",
-        )),
-        Err(e) => Err(Refusal::unreached(
-            StatusCode::BAD_GATEWAY,
-            format!("request body did not arrive: {e}"),
-        )),
-    }
+/// A keyed request (a bid or check-in) goes to the origin only whole: one whose body broke
+/// on the way then never reached the origin, and its key is free for the next copy.
+/// Streamed, the origin could take all of it while the relay saw the stream fail, and the
+/// next copy would be delivered a second time. The body is bounded (1 MiB, what the
+/// gateway keeps to send again) and its bytes come from the relay's intake budget, held
+/// until the origin has it.
+async fn forward_whole(
+    state: &State,
+    ctx: &ConnCtx,
+    req: Request<()>,
+    mut stream: Stream,
+    origin: Origin,
+    class: TrafficClass,
+    publisher: Publisher,
+) -> StatusCode {
+    let limit = state.max_body.unwrap_or(u64::MAX).min(KEYED_BODY_MAX);
+    let read = read_capped(&mut stream, limit, state.intake(ctx)).await;
+    let (mut send, _recv) = stream.split();
+    let (parts, ()) = req.into_parts();
+    let result = match read {
+        Capped::Body(bytes, grant) => {
+            count_bytes(class, bytes.len() as u64, 0);
+            // the body is whole already: the response timeout runs from now
+            let (done, body_done) = tokio::sync::oneshot::channel();
+            let _ = done.send(());
+            let body =
+                http_body_util::BodyExt::map_err(http_body_util::Full::new(bytes), |never| {
+                    match never {}
+                });
+            let r = origin_exchange(state, parts, body, body_done, origin).await;
+            drop(grant);
+            r
+        }
+        refused => {
+            if let Origin::Pooled(key, sender) = origin {
+                state.origins.give_back(key, sender);
+            }
+            Err(match refused {
+                Capped::TooLarge => Refusal::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body over the relay's limit",
+                ),
+                Capped::NoRoom => Refusal {
+                    unreached: true,
+                    ..no_room()
+                },
+                _ => Refusal::unreached(StatusCode::BAD_GATEWAY, "request body did not arrive"),
+            })
+        }
+    };
+    deliver(state, &mut send, class, Some(publisher), None, result).await
 }
 
 /// Sends the request (head `parts`, `body`) to the origin; the origin's response head.
