@@ -29,18 +29,17 @@ pub fn glance(s: &Value) -> String {
             format!(" · stream capacity {:.1} Mbit/s", c / 1e6)
         });
     let _ = writeln!(o, "gateway {}{cap}", s["gateway"].as_str().unwrap_or("?"));
-    let problems: Vec<&str> = s["problems"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    if problems.is_empty() {
-        let _ = writeln!(o, "OK: every uplink up, nothing waiting");
-    }
-    for p in &problems {
-        let _ = writeln!(o, "! {p}");
+    match s["problems"].as_array() {
+        Some(p) if p.is_empty() => {
+            let _ = writeln!(o, "OK: every uplink up, nothing waiting");
+        }
+        Some(p) => {
+            for p in p.iter().filter_map(Value::as_str) {
+                let _ = writeln!(o, "! {p}");
+            }
+        }
+        // a gateway that does not say: no verdict either way
+        None => {}
     }
     let _ = writeln!(
         o,
@@ -191,5 +190,7 @@ mod tests {
             "problems": []
         });
         assert!(glance(&calm).contains("OK: every uplink up, nothing waiting"));
+        let silent = serde_json::json!({"gateway": "g", "links": []});
+        assert!(!glance(&silent).contains("OK"));
     }
 }

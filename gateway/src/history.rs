@@ -146,6 +146,14 @@ impl History {
         }
     }
 
+    /// The newest closed second of any link.
+    pub fn newest(&self) -> Option<u64> {
+        self.links
+            .iter()
+            .filter_map(|l| l.points.back().map(|p| p.at_s))
+            .max()
+    }
+
     /// Every link's closed seconds after `after_s` (Unix seconds), oldest first.
     pub fn since(&self, after_s: u64) -> Vec<(&str, Vec<Point>)> {
         self.links

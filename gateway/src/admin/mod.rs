@@ -1,12 +1,13 @@
 //! The local admin API (`[admin] listen`): what the gateway is doing, and the crew's hand
 //! on it. Every request carries `Authorization: Bearer <token>` (the token in
-//! `[admin] token_file`, made on first start); JSON in and out.
+//! `[admin] token_file`, made on first start), but the status page's own files, which hold
+//! no data; JSON in and out.
 //!
 //! | request | answer |
 //! |---|---|
 //! | `GET /api/status` | links, cameras' levels, actions, paused classes, bids, cache |
 //! | `GET /` | the status page (no data in it: it asks for the token, then reads `/api/events`) |
-//! | `GET /live/...` | the cameras' on-site LL-HLS (no token: the proxy port serves it too) |
+//! | `GET /live/...` | the cameras' on-site LL-HLS (the page's previews) |
 //! | `GET /api/events` | server-sent events: the status and the history's new seconds, each second |
 //! | `GET /api/history?since=S` | every link's seconds after Unix second S (the last 5 minutes) |
 //! | `GET /api/levels` | every camera's level (and pin, ceiling, what is on air) |
@@ -222,9 +223,6 @@ async fn handle(
     if let Some(a) = page::asset(req.method(), req.uri().path()) {
         return a;
     }
-    if let Some(a) = page::live(view, req.method(), req.uri().path(), req.uri().query()).await {
-        return a;
-    }
     if !authorized(req.headers().get(header::AUTHORIZATION), token) {
         debug!(%peer, path = req.uri().path(), "admin: refused without the token");
         let mut r = error(
@@ -236,6 +234,9 @@ async fn handle(
             HeaderValue::from_static("Bearer realm=\"canopy\""),
         );
         return r;
+    }
+    if let Some(a) = page::live(view, req.method(), req.uri().path(), req.uri().query()).await {
+        return a;
     }
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -289,8 +290,9 @@ async fn handle(
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "not found: try /api/status, /api/history, /api/levels, /api/actions, /api/purge, /api/cache, \
-             /api/post-event",
+            "not found: try / (the status page), /api/status, /api/events, /api/history, \
+             /api/levels[/<camera>], /api/uplinks/<name>, /api/actions, /api/purge, /api/cache, \
+             /api/cache/purge, /api/post-event, /live/",
         ),
     }
 }

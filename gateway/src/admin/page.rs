@@ -3,7 +3,8 @@
 //! `/live/` for its previews (what the proxy port shows venue screens anyway, same origin
 //! here), and `GET /api/events`, the
 //! server-sent events the page reads with the token: each second the status and the
-//! history's seconds the page has not had yet (all of it first).
+//! history's seconds the page has not had yet (all of it first), and at once (within
+//! 200 ms) when a link changes state.
 
 use super::{history_after, status, AdminView, Answer};
 use bytes::Bytes;
@@ -20,8 +21,22 @@ const STYLE: &str = include_str!("page/page.css");
 /// hls.js (light build), for the cameras' previews: see `page/vendor/README.md`.
 const HLS_JS: &str = include_str!("page/vendor/hls.light.min.js");
 
-/// How often the page hears from the gateway.
+/// How often the page hears from the gateway at least.
 const EVERY: Duration = Duration::from_secs(1);
+/// How often the links are looked at between: a link that changes state is sent at once.
+const LOOK_EVERY: Duration = Duration::from_millis(200);
+
+/// What of the links, when it changes, is sent at once: each one's state and usability.
+fn links_signature(status: &serde_json::Value) -> Vec<(serde_json::Value, serde_json::Value)> {
+    status["links"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|l| (l["state"].clone(), l["usable"].clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// A static file of the page, when `path` names one.
 pub(super) fn asset(method: &Method, path: &str) -> Option<Answer> {
@@ -82,16 +97,36 @@ pub(super) fn events(view: Arc<AdminView>) -> Answer {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
     tokio::spawn(async move {
         let mut since = 0;
-        let mut tick = tokio::time::interval(EVERY);
+        let mut sent: Option<(tokio::time::Instant, Vec<_>)> = None;
+        let mut tick = tokio::time::interval(LOOK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            let st = status(&view);
+            let sig = links_signature(&st);
+            let due = sent
+                .as_ref()
+                .is_none_or(|(at, last)| at.elapsed() >= EVERY || *last != sig);
+            if !due {
+                continue;
+            }
+            // a wall clock that stepped back: the history starts again, for the page too
+            let newest = view
+                .history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .newest();
+            let reset = newest.is_some_and(|n| n < since);
+            if reset {
+                since = 0;
+            }
             let (history, newest) = history_after(&view, since);
             since = newest;
-            let v = serde_json::json!({ "status": status(&view), "history": history });
+            let v = serde_json::json!({ "status": st, "history": history, "reset": reset });
             if tx.send(event("status", &v)).await.is_err() {
                 return;
             }
+            sent = Some((tokio::time::Instant::now(), sig));
         }
     });
     let frames = futures_util::stream::unfold(rx, |mut rx| async move {

@@ -129,7 +129,7 @@ function linkCard(l) {
   card.dataset.usable = l.usable;
   const st = card.querySelector(".state");
   st.textContent = l.state + (l.tier !== l.configured_tier ? " · " + l.tier : l.tier === "backup" ? " · backup" : "") +
-    (l.held_by_hand ? " · " + l.held_by_hand + "ed by hand" : "");
+    (l.held_by_hand ? (l.held_by_hand === "prefer" ? " · preferred" : " · avoided") + " by hand" : "");
   card.dataset.held = l.held_by_hand || "";
   st.className = "state state-" + (l.usable ? "up" : l.state);
   const f = card.querySelector(".figures");
@@ -168,11 +168,22 @@ function cameraCard(c) {
   if (c.on_air) f.append(el("span", { textContent: "on air: " + c.on_air }));
 }
 
-// the camera's on-site LL-HLS, as venue screens get it: hls.js where the browser has Media
-// Source Extensions, else the browser's own HLS (Safari on a phone)
+// the camera's on-site LL-HLS, as venue screens get it, through hls.js (Media Source
+// Extensions, or Managed Media Source on an iPhone)
 function preview(video, url) {
   if (window.Hls && window.Hls.isSupported()) {
-    const hls = new window.Hls({ lowLatencyMode: true, liveSyncDurationCount: 2 });
+    // the previews need the token too: every request hls.js makes carries it
+    const auth = () => "Bearer " + token();
+    const hls = new window.Hls({
+      lowLatencyMode: true,
+      liveSyncDurationCount: 2,
+      xhrSetup: (xhr) => xhr.setRequestHeader("Authorization", auth()),
+      fetchSetup: (ctx, init) => {
+        init.headers = new Headers(init.headers || {});
+        init.headers.set("Authorization", auth());
+        return new Request(ctx.url, init);
+      },
+    });
     hls.on(window.Hls.Events.ERROR, (_, d) => {
       if (!d.fatal) return;
       if (d.type === window.Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
@@ -180,9 +191,8 @@ function preview(video, url) {
     });
     hls.loadSource(url);
     hls.attachMedia(video);
-  } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
-    video.src = url;
   }
+  // (a browser without Media Source Extensions cannot send the token: no preview there)
 }
 
 function dl(id, rows) {
@@ -221,10 +231,19 @@ function render(s) {
   document.body.dataset.updates = updates;
 }
 
+// one stream at a time: a new one (a new token) ends the one before
+let stream = null;
+
 async function connect() {
+  if (stream) stream.abort();
+  const mine = new AbortController();
+  stream = mine;
   if (!token()) return showLogin();
   try {
-    const r = await fetch("/api/events", { headers: { Authorization: "Bearer " + token() } });
+    const r = await fetch("/api/events", {
+      headers: { Authorization: "Bearer " + token() },
+      signal: mine.signal,
+    });
     if (r.status === 401) return showLogin("The gateway refused that token.");
     if (!r.ok || !r.body) throw new Error(String(r.status));
     $("login").hidden = true;
@@ -243,15 +262,18 @@ async function connect() {
         const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5)).join("\n");
         if (!data) continue;
         const v = JSON.parse(data);
+        // the gateway's clock stepped back: its history starts again
+        if (v.reset) linkHistory.clear();
         addHistory(v.history);
         render(v.status);
       }
     }
   } catch (e) {
-    /* the gateway went away: say so and try again */
+    /* the gateway went away (or a newer stream took over) */
   }
+  if (stream !== mine) return;
   live(false, "reconnecting");
-  setTimeout(connect, 1000);
+  setTimeout(() => { if (stream === mine) connect(); }, 1000);
 }
 
 $("login").addEventListener("submit", (e) => {
@@ -263,7 +285,9 @@ $("purge").addEventListener("click", () => act("Purge", "POST", "/api/cache/purg
 // a link that carries the token (`canopy demo` prints one) keeps it here and drops it from
 // the address bar: the fragment never reaches the server
 if (location.hash.startsWith("#token=")) {
-  localStorage.setItem(KEY, decodeURIComponent(location.hash.slice(7)));
+  try {
+    localStorage.setItem(KEY, decodeURIComponent(location.hash.slice(7)));
+  } catch (_) { /* a mangled link: the page asks */ }
   history.replaceState(null, "", location.pathname);
 }
 connect();
