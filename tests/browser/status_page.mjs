@@ -45,7 +45,8 @@ try {
   const desk = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await desk.newPage();
   const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e.message || e)));
+  const watchErrors = (p) => p.on('pageerror', (e) => errors.push(String(e.message || e)));
+  watchErrors(page);
   await page.goto(o.url, { waitUntil: 'load', timeout: 15000 });
   // from now on: every moment a link that was usable shows as not usable (a Wi-Fi blip
   // counts too; the demo's cut is found among them)
@@ -65,8 +66,9 @@ try {
 
   // 1. it loads and is live
   const first = await waitFor(() => page.evaluate(() => Number(document.body.dataset.updates || 0)), 10000);
-  check('loads', first >= 1 && !(await page.isVisible('#login')), { updates: first });
-  out.token_left_the_address_bar = !page.url().includes('token=');
+  const tokenLeft = !page.url().includes('token=');
+  check('loads', first >= 1 && !(await page.isVisible('#login')) && tokenLeft,
+    { updates: first, token_left_the_address_bar: tokenLeft });
 
   // 2. the graphs update: more events, and the link graphs have ink
   const links = await waitFor(() => page.evaluate(() => {
@@ -131,6 +133,7 @@ try {
   // 6. without the token: the page asks for it, a wrong one is refused, the API says 401
   const bare = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const p2 = await bare.newPage();
+  watchErrors(p2);
   await p2.goto(base + '/', { waitUntil: 'load', timeout: 15000 });
   const asks = await waitFor(() => p2.isVisible('#login'), 5000);
   await p2.fill('#token', 'not-the-token-0123456789');
@@ -152,12 +155,14 @@ try {
     viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true,
   });
   const p3 = await phone.newPage();
+  watchErrors(p3);
   await p3.goto(o.url, { waitUntil: 'load', timeout: 15000 });
-  await waitFor(() => p3.evaluate(() => Number(document.body.dataset.updates || 0) >= 2), 10000);
+  const shown = await waitFor(() => p3.evaluate(() =>
+    Number(document.body.dataset.updates || 0) >= 2 && !document.getElementById('main').hidden), 10000);
   const fits = await p3.evaluate(() => ({
     scroll: document.documentElement.scrollWidth, width: window.innerWidth,
   }));
-  check('phone_fits', fits.scroll <= fits.width, fits);
+  check('phone_fits', shown && fits.scroll <= fits.width, { shown: !!shown, ...fits });
   await p3.screenshot({ path: `${o.shots}-phone.png`, fullPage: true });
   await phone.close();
   check('no_script_errors', errors.length === 0, errors.slice(0, 3));

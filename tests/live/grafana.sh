@@ -29,7 +29,7 @@ names=$(echo "$exprs" | cut -f2 | grep -o 'canopy_[a-z0-9_]*' | sort -u)
 undocumented=""
 for n in $names; do
   base=$(echo "$n" | sed -E 's/_(bucket|sum|count)$//')
-  grep -q "$base" README.md || undocumented+=" $n"
+  grep -qE "${base}([^a-z0-9_]|\$)" README.md || undocumented+=" $n"
 done
 if [ -z "$undocumented" ]; then
   ok "the dashboard parses; its $(echo "$names" | wc -l) metrics are named in the README"
@@ -49,7 +49,7 @@ loopns_start grafana || { bad "cannot create a network namespace"; finish; }
 
 METRICS=127.0.0.1:19391
 PROM=127.0.0.1:19090
-(RUST_LOG=warn nsx "$BIN" demo --duration 90 --metrics "$METRICS" >"$work/demo.log" 2>&1) &
+(RUST_LOG=warn nsx "$BIN" demo --duration 150 --metrics "$METRICS" >"$work/demo.log" 2>&1) &
 pids+=("$!")
 cat >"$work/prometheus.yml" <<EOF
 global:
@@ -64,9 +64,10 @@ nsx prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/t
   --web.listen-address="$PROM" >"$work/prometheus.log" 2>&1 &
 pids+=("$!")
 
-# every series appears once what it counts has happened (a bid, a cache miss): up to 60 s
+# every series appears once what it counts has happened (a bid, a cache miss, a resend at
+# the cut, 72 s in): up to 100 s
 exported=""
-for _ in $(seq 120); do
+for _ in $(seq 200); do
   exported=$(nsx curl -s --max-time 2 "http://$METRICS/metrics")
   missing=""
   for n in $names; do
@@ -84,7 +85,8 @@ fi
 
 # each query until it answers a finite value (rates need a few scrapes)
 query() { # EXPR -> the number of finite values in Prometheus's answer
-  nsx curl -s --max-time 5 "http://$PROM/api/v1/query" --data-urlencode "query=$1" |
+  # Grafana's $__rate_interval is at least four scrapes: 1m is plenty at 1 s
+  nsx curl -s --max-time 5 "http://$PROM/api/v1/query" --data-urlencode "query=${1//\$__rate_interval/1m}" |
     /usr/bin/python3 -c '
 import json, math, sys
 try:
@@ -94,7 +96,7 @@ except Exception:
 print(sum(1 for s in r if math.isfinite(float(s["value"][1]))))'
 }
 pending="$exprs"
-for _ in $(seq 30); do
+for _ in $(seq 20); do
   left=""
   while IFS=$'\t' read -r title expr; do
     [ -z "$expr" ] && continue

@@ -36,7 +36,7 @@ loopns_start status-page || { bad "cannot create a network namespace"; finish; }
 
 # the demo, each line of its output stamped with the wall time it was printed
 demo_log="$ART/status-page-demo.log"
-(RUST_LOG=warn nsx "$BIN" demo --duration 50 2>"$work/demo.err" |
+(RUST_LOG=warn nsx "$BIN" demo --duration 70 2>"$work/demo.err" |
   while IFS= read -r line; do printf '%s %s\n' "$(date +%s%3N)" "$line"; done >"$demo_log") &
 pids+=("$!")
 
