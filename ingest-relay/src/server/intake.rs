@@ -13,7 +13,7 @@ pub(crate) enum Capped {
     /// The gateway's (or every gateway's) unread bodies fill the relay's intake budget:
     /// reading stopped (STOP_SENDING sent).
     NoRoom,
-    /// The stream failed.
+    /// The stream failed, or stalled longer than the idle bound.
     Failed,
 }
 
@@ -23,15 +23,32 @@ pub(crate) type Intake<'a> = (&'a Arc<Budget>, u64);
 
 /// Reads a request body of at most `max` bytes, its bytes taken from `intake` as they come:
 /// many streams of one gateway, each under its bound, cannot make the relay hold more than
-/// that gateway's share.
-pub(crate) async fn read_capped(stream: &mut Stream, max: u64, intake: Intake<'_>) -> Capped {
+/// that gateway's share. With `idle`, a body that sends nothing for that long is given up
+/// ([`Capped::Failed`], STOP_SENDING sent).
+pub(crate) async fn read_capped(
+    stream: &mut Stream,
+    max: u64,
+    intake: Intake<'_>,
+    idle: Option<Duration>,
+) -> Capped {
     use bytes::Buf;
     let Some(mut grant) = intake.0.try_grant(intake.1, 0) else {
         return Capped::NoRoom;
     };
     let mut data = bytes::BytesMut::new();
     loop {
-        match stream.recv_data().await {
+        let next = match idle {
+            Some(d) => match tokio::time::timeout(d, stream.recv_data()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    debug!(idle_ms = d.as_millis() as u64, "request body stalled");
+                    stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                    return Capped::Failed;
+                }
+            },
+            None => stream.recv_data().await,
+        };
+        match next {
             Ok(Some(mut b)) => {
                 let n = b.remaining() as u64;
                 if data.len() as u64 + n > max {
