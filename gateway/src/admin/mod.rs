@@ -576,15 +576,12 @@ fn history(view: &AdminView, query: Option<&str>) -> Answer {
 /// second in it (`since` when there is none).
 fn history_after(view: &AdminView, since: u64) -> (serde_json::Value, u64) {
     let h = view.history.lock().unwrap_or_else(|p| p.into_inner());
-    let mut newest = since;
     let links: Vec<serde_json::Value> = h
         .since(since)
         .into_iter()
-        .map(|(name, points)| {
-            newest = points.iter().map(|p| p.at_s).fold(newest, u64::max);
-            serde_json::json!({"name": name, "points": points})
-        })
+        .map(|(name, points)| serde_json::json!({"name": name, "points": points}))
         .collect();
+    let newest = h.newest().map_or(since, |n| n.max(since));
     (serde_json::json!({ "links": links }), newest)
 }
 

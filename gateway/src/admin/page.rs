@@ -1,7 +1,6 @@
 //! The status page on the admin listener: its static files built into the binary (no
 //! data in them, so they are served without the token), the cameras' on-site LL-HLS under
-//! `/live/` for its previews (what the proxy port shows venue screens anyway, same origin
-//! here), and `GET /api/events`, the
+//! `/live/` for its previews (same origin, with the token), and `GET /api/events`, the
 //! server-sent events the page reads with the token: each second the status and the
 //! history's seconds the page has not had yet (all of it first), and at once (within
 //! 200 ms) when a link changes state.
