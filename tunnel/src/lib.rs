@@ -23,6 +23,7 @@ pub mod resend_rank;
 pub mod scheduler;
 pub mod spread;
 pub mod stream_level;
+pub mod telemetry;
 pub mod wire;
 
 pub use allowlist::{Allowlist, AllowlistError, Denial};

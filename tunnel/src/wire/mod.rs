@@ -1,11 +1,13 @@
 //! Wire conventions between gateway and relay: ALPN, header names, idempotency keys, and
 //! the messages both ends encode and decode ([`media`]: live media pieces and init
-//! segments; [`clock`]: the clock exchange; [`pull`]: large answers pulled in chunks).
+//! segments; [`clock`]: the clock exchange; [`pull`]: large answers pulled in chunks;
+//! [`telemetry`]: the gateway's delta telemetry).
 
 pub mod clock;
 pub mod media;
 pub mod probe;
 pub mod pull;
+pub mod telemetry;
 
 /// ALPN of HTTP/3: the relay is an ordinary HTTP/3 server.
 pub const ALPN_H3: &[u8] = b"h3";
