@@ -1,5 +1,7 @@
-//! The admin API's bearer token: read from its file, or made there on first start from
-//! the system's random source, readable by its owner only from the moment it exists.
+//! The bearer token of an operator API (the gateway's admin API, the relay's fleet view):
+//! read from its file, or made there on first start from the system's random source,
+//! readable by its owner only from the moment it exists; and the check of a request's
+//! `Authorization` header against it.
 
 use std::path::Path;
 use tracing::{info, warn};
@@ -9,7 +11,7 @@ const MIN_TOKEN: usize = 16;
 
 /// Why the token file cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum TokenError {
+pub enum TokenError {
     /// It could not be read or made.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -20,7 +22,7 @@ pub(crate) enum TokenError {
 
 /// The token in `path`; a new random one written there (mode 0600 from the start) when
 /// the file does not exist.
-pub(crate) fn read_or_make_token(path: &Path) -> Result<String, TokenError> {
+pub fn read_or_make_token(path: &Path) -> Result<String, TokenError> {
     match std::fs::read_to_string(path) {
         Ok(s) => {
             let t = s.trim().to_string();
@@ -36,7 +38,7 @@ pub(crate) fn read_or_make_token(path: &Path) -> Result<String, TokenError> {
             let mut f = owner_only().create_new(true).write(true).open(path)?;
             f.write_all(format!("{token}\n").as_bytes())?;
             f.sync_all()?;
-            info!(file = %path.display(), "admin token made (first start): the admin API needs it");
+            info!(file = %path.display(), "token made (first start): requests need it");
             Ok(token)
         }
         Err(e) => Err(e.into()),
@@ -61,13 +63,27 @@ fn warn_if_shared(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = std::fs::metadata(path) {
         if m.permissions().mode() & 0o077 != 0 {
-            warn!(file = %path.display(), "the admin token file is readable by others: chmod 600 it");
+            warn!(file = %path.display(), "the token file is readable by others: chmod 600 it");
         }
     }
 }
 
 #[cfg(not(unix))]
 fn warn_if_shared(_: &Path) {}
+
+/// Whether `header` is `Bearer <token>` (compared in constant time).
+pub fn authorized(header: Option<&http::HeaderValue>, token: &str) -> bool {
+    let Some(given) = header
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t)
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// `n` bytes from the kernel's random source, in hex.
 fn random_hex(n: usize) -> std::io::Result<String> {
@@ -80,6 +96,20 @@ fn random_hex(n: usize) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_is_let_in() {
+        use http::HeaderValue;
+        let t = "0123456789abcdef0123";
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert!(authorized(Some(&h("Bearer 0123456789abcdef0123")), t));
+        assert!(!authorized(Some(&h("Bearer 0123456789abcdef012")), t));
+        assert!(!authorized(Some(&h("Bearer 0123456789abcdef0124")), t));
+        assert!(!authorized(Some(&h("Basic 0123456789abcdef0123")), t));
+        assert!(!authorized(None, t));
+        // the scheme is case-insensitive (RFC 9110 11.1)
+        assert!(authorized(Some(&h("bearer 0123456789abcdef0123")), t));
+    }
 
     #[test]
     fn a_token_file_is_made_owner_only_once_and_read_after() {

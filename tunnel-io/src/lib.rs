@@ -3,6 +3,7 @@
 //! tunnelled byte streams (CONNECT), and the Prometheus endpoint.
 #![forbid(unsafe_code)]
 
+pub mod admin_token;
 pub mod body;
 pub mod clock;
 pub mod idle;

@@ -25,11 +25,10 @@ use crate::config::AdminSection;
 use crate::history::{History, Reading};
 use crate::levels::Levels;
 use crate::GatewayError;
-use token::read_or_make_token;
+use tunnel_io::admin_token::{authorized, read_or_make_token};
 
 mod page;
 mod problems;
-mod token;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -179,20 +178,6 @@ impl Admin {
             });
         }
     }
-}
-
-/// Whether `header` is `Bearer <token>` (compared in constant time).
-fn authorized(header: Option<&HeaderValue>, token: &str) -> bool {
-    let Some(given) = header
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t)
-    else {
-        return false;
-    };
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 type Answer = Response<http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>>;
@@ -496,7 +481,7 @@ fn levels(view: &AdminView) -> serde_json::Value {
         .unwrap_or_default())
 }
 
-fn status(view: &AdminView) -> serde_json::Value {
+pub(crate) fn status(view: &AdminView) -> serde_json::Value {
     let by_hand = view.actions.held_by_hand();
     let links: Vec<serde_json::Value> = view
         .bond
@@ -583,22 +568,4 @@ fn history_after(view: &AdminView, since: u64) -> (serde_json::Value, u64) {
         .collect();
     let newest = h.newest().map_or(since, |n| n.max(since));
     (serde_json::json!({ "links": links }), newest)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_exact_bearer_token_is_let_in() {
-        let t = "0123456789abcdef0123";
-        let h = |s: &str| HeaderValue::from_str(s).unwrap();
-        assert!(authorized(Some(&h("Bearer 0123456789abcdef0123")), t));
-        assert!(!authorized(Some(&h("Bearer 0123456789abcdef012")), t));
-        assert!(!authorized(Some(&h("Bearer 0123456789abcdef0124")), t));
-        assert!(!authorized(Some(&h("Basic 0123456789abcdef0123")), t));
-        assert!(!authorized(None, t));
-        // the scheme is case-insensitive (RFC 9110 11.1)
-        assert!(authorized(Some(&h("bearer 0123456789abcdef0123")), t));
-    }
 }
