@@ -25,16 +25,14 @@ const EVERY: Duration = Duration::from_secs(1);
 /// How often the links are looked at between: a link that changes state is sent at once.
 const LOOK_EVERY: Duration = Duration::from_millis(200);
 
-/// What of the links, when it changes, is sent at once: each one's state and usability.
-fn links_signature(status: &serde_json::Value) -> Vec<(serde_json::Value, serde_json::Value)> {
-    status["links"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .map(|l| (l["state"].clone(), l["usable"].clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+/// What of the links, when it changes, is sent at once: each one's state and usability
+/// (read from the bond, not from a whole status: it is looked at five times a second).
+fn links_signature(view: &AdminView) -> Vec<(&'static str, bool)> {
+    view.bond
+        .paths()
+        .iter()
+        .map(|p| (p.status().health.as_str(), p.is_usable()))
+        .collect()
 }
 
 /// A static file of the page, when `path` names one.
@@ -101,8 +99,7 @@ pub(super) fn events(view: Arc<AdminView>) -> Answer {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let st = status(&view);
-            let sig = links_signature(&st);
+            let sig = links_signature(&view);
             let due = sent
                 .as_ref()
                 .is_none_or(|(at, last)| at.elapsed() >= EVERY || *last != sig);
@@ -119,6 +116,7 @@ pub(super) fn events(view: Arc<AdminView>) -> Answer {
             if reset {
                 since = 0;
             }
+            let st = status(&view);
             let (history, newest) = history_after(&view, since);
             since = newest;
             let v = serde_json::json!({ "status": st, "history": history, "reset": reset });
