@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub checkin: CheckinSection,
     /// `[admin]`: the local admin API (levels, actions, overrides).
     pub admin: AdminSection,
+    /// `[telemetry]`: the summary the relay's fleet view shows of this gateway.
+    pub telemetry: TelemetrySection,
     /// `[[actions]]`: local actions fired by thresholds over the gateway's measurements.
     pub actions: Vec<ActionConfig>,
     /// `[cache]`: the edge cache for GETs through the proxy and the sites.
@@ -98,6 +100,25 @@ impl Default for AdminSection {
         Self {
             listen: None,
             token_file: "admin.token".into(),
+        }
+    }
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySection {
+    /// Send the relay a summary of what changed (links, cameras, bids, problems).
+    pub enabled: bool,
+    /// Time between reports, ms (the relay calls a gateway offline after three missed).
+    pub every_ms: u64,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            every_ms: 1000,
         }
     }
 }
@@ -876,6 +897,9 @@ impl GatewayConfig {
             if port.parse::<u16>().is_err() {
                 errs.push(("relay.addr".into(), format!("bad port {port:?}")));
             }
+        }
+        if !(200..=60_000).contains(&self.telemetry.every_ms) {
+            errs.push(("telemetry.every_ms".into(), "must be 200-60000".into()));
         }
         if self.proxy.max_header_bytes < 1024 {
             errs.push((

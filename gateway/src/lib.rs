@@ -25,6 +25,7 @@ mod proxy;
 pub mod pull;
 pub mod sockets;
 pub mod stripe;
+pub mod telemetry;
 mod uplink;
 
 pub use bond::{Bond, PathStatus};

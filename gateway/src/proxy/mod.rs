@@ -111,6 +111,8 @@ pub struct Gateway {
     https: Option<https::Https>,
     /// `[event]`, and what its post-event hygiene deletes.
     post_event: Option<PostEventFiles>,
+    /// `[telemetry]`.
+    telemetry: crate::config::TelemetrySection,
 }
 
 /// What the post-event hygiene needs from the config.
@@ -274,6 +276,7 @@ impl Gateway {
             transcodes,
             https,
             post_event: PostEventFiles::of(cfg),
+            telemetry: cfg.telemetry.clone(),
         })
     }
 
@@ -367,24 +370,28 @@ impl Gateway {
         if let Some(h) = &hygiene {
             tasks.spawn(h.clone().run());
         }
+        let history = crate::admin::history_for(&self.state.bond);
+        let view = Arc::new(crate::admin::AdminView {
+            history: history.clone(),
+            live: self.state.live.clone(),
+            bids: self.state.bids.clone(),
+            hygiene,
+            cache: self.state.cache.clone(),
+            name: self.state.name.clone(),
+            bond: self.state.bond.clone(),
+            levels: self.levels.clone(),
+            actions,
+            paused: self.state.paused.clone(),
+        });
         if let Some(admin) = self.admin.take() {
-            let history = crate::admin::history_for(&self.state.bond);
-            tasks.spawn(crate::admin::sample_links(
-                self.state.bond.clone(),
-                history.clone(),
+            tasks.spawn(crate::admin::sample_links(self.state.bond.clone(), history));
+            tasks.spawn(admin.serve(view.clone()));
+        }
+        if self.telemetry.enabled {
+            tasks.spawn(crate::telemetry::run(
+                view,
+                std::time::Duration::from_millis(self.telemetry.every_ms),
             ));
-            tasks.spawn(admin.serve(Arc::new(crate::admin::AdminView {
-                history,
-                live: self.state.live.clone(),
-                bids: self.state.bids.clone(),
-                hygiene,
-                cache: self.state.cache.clone(),
-                name: self.state.name.clone(),
-                bond: self.state.bond.clone(),
-                levels: self.levels.clone(),
-                actions,
-                paused: self.state.paused.clone(),
-            })));
         }
         {
             let st = self.state.clone();
