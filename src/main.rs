@@ -614,6 +614,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 .map(|p| relative_to(&path, p));
             cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
             cfg.auction.journal = relative_to(&path, &cfg.auction.journal);
+            cfg.fleet.token_file = relative_to(&path, &cfg.fleet.token_file);
             cfg.tls.revoked = cfg.tls.revoked.as_deref().map(|p| relative_to(&path, p));
             if let Some(f) = &cfg.tls.revoked {
                 if let Err(e) = ingest_relay::revocation::load(f) {

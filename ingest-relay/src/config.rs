@@ -29,6 +29,33 @@ pub struct RelayConfig {
     pub auction: AuctionSection,
     /// `[jetstream]`: a bid sink on a NATS JetStream cluster that several relays share.
     pub jetstream: JetStreamSection,
+    /// `[fleet]`: the fleet view, every gateway from its delta telemetry.
+    pub fleet: FleetSection,
+}
+
+/// `[fleet]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSection {
+    /// TCP address of the fleet page and `GET /api/fleet` (keep it on the operators'
+    /// network or loopback); unset = off. The relay takes gateways' telemetry either way.
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token `/api/fleet` needs (one line, at least 16 characters;
+    /// made on first start). Relative to the config file.
+    pub token_file: PathBuf,
+    /// A gateway with no report for this long is shown offline, ms (gateways report every
+    /// `[telemetry] every_ms`, 1000 by default).
+    pub offline_after_ms: u64,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            token_file: "fleet.token".into(),
+            offline_after_ms: 3000,
+        }
+    }
 }
 
 /// `[jetstream]`
@@ -335,6 +362,12 @@ impl RelayConfig {
         }
         if live.ring_bytes < 1 << 20 {
             errs.push(("live.ring_bytes".into(), "must be at least 1 MiB".into()));
+        }
+        if self.fleet.offline_after_ms < 1000 {
+            errs.push((
+                "fleet.offline_after_ms".into(),
+                "must be at least 1000".into(),
+            ));
         }
         if self.bids.journal.as_os_str().is_empty() {
             errs.push(("bids.journal".into(), "must name a file".into()));

@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 mod auction;
+mod audience;
 mod budget;
 mod claim_log;
 pub mod config;
 mod egress;
 mod error;
+mod fleet;
 mod jetstream;
 mod media;
 mod origin_pool;

@@ -21,6 +21,8 @@ use tracing::{debug, info, warn, Instrument};
 /// What every viewer connection shares.
 pub(crate) struct Viewers {
     pub(crate) relayed: Arc<Relayed>,
+    /// Counts each gateway's viewers for the fleet view.
+    pub(crate) fleet: Arc<crate::fleet::FleetState>,
     pub(crate) cors: Vec<String>,
     pub(crate) token: Option<TokenKey>,
     /// `Alt-Svc` value when HTTP/3 is on.
@@ -50,6 +52,7 @@ impl Viewers {
         method: &Method,
         uri: &http::Uri,
         origin: Option<&HeaderValue>,
+        peer: std::net::IpAddr,
     ) -> Response<MediaBody> {
         let allowed = origin.and_then(|o| {
             self.cors
@@ -110,6 +113,14 @@ impl Viewers {
         } else {
             "other"
         };
+        if file == "playlist" && resp.status() == StatusCode::OK {
+            if let Some(gateway) = path
+                .strip_prefix("/live/")
+                .and_then(|r| r.split('/').next())
+            {
+                self.fleet.viewer(gateway, peer);
+            }
+        }
         metrics::counter!("canopy_relay_viewer_requests_total", "file" => file, "status" => resp.status().as_str().to_owned())
             .increment(1);
         resp
@@ -182,7 +193,8 @@ pub(crate) async fn serve_http1(
                     async move {
                         let origin = req.headers().get(header::ORIGIN).cloned();
                         Ok::<_, std::convert::Infallible>(
-                            v.handle(req.method(), req.uri(), origin.as_ref()).await,
+                            v.handle(req.method(), req.uri(), origin.as_ref(), peer.ip())
+                                .await,
                         )
                     }
                 });
@@ -246,7 +258,9 @@ pub(crate) async fn serve_h3(endpoint: quinn::Endpoint, viewers: Arc<Viewers>) {
                                     return;
                                 };
                                 let origin = req.headers().get(header::ORIGIN).cloned();
-                                let resp = v.handle(req.method(), req.uri(), origin.as_ref()).await;
+                                let resp = v
+                                    .handle(req.method(), req.uri(), origin.as_ref(), remote.ip())
+                                    .await;
                                 let (parts, mut body) = resp.into_parts();
                                 if stream
                                     .send_response(Response::from_parts(parts, ()))

@@ -75,6 +75,8 @@ pub(crate) struct State {
     jetstream: Option<crate::jetstream::JetStreamSink>,
     /// Gateway certificates refused although the CA signed them.
     revoked: Arc<tunnel_io::Revoked>,
+    /// Every gateway's telemetry and viewers.
+    pub(crate) fleet: Arc<crate::fleet::FleetState>,
 }
 
 impl State {
@@ -104,6 +106,8 @@ pub struct Relay {
     viewer_http: Option<tokio::net::TcpListener>,
     viewer_https: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     viewer_h3: Option<quinn::Endpoint>,
+    /// The fleet view's listener and token, when `[fleet] listen`.
+    fleet_http: Option<(tokio::net::TcpListener, Arc<str>)>,
 }
 
 impl Relay {
@@ -203,6 +207,9 @@ impl Relay {
                 .map_err(|e| RelayError::Config(format!("jetstream: {e}")))?,
             relayed: Arc::new(Relayed::new(relayed_config(cfg))),
             revoked,
+            fleet: Arc::new(crate::fleet::FleetState::new(Duration::from_millis(
+                cfg.fleet.offline_after_ms,
+            ))),
         };
         let vtls = viewer_tls.unwrap_or(tls);
         let mut own_certs = vec![tls.own.clone()];
@@ -241,8 +248,22 @@ impl Relay {
             .and_then(|a| {
                 http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", a.port())).ok()
             });
+        let fleet_http = match cfg.fleet.listen {
+            Some(a) => {
+                let token = tunnel_io::admin_token::read_or_make_token(&cfg.fleet.token_file)
+                    .map_err(|e| {
+                        RelayError::Config(format!(
+                            "fleet.token_file {}: {e}",
+                            cfg.fleet.token_file.display()
+                        ))
+                    })?;
+                Some((bind_tcp(a).await?, Arc::<str>::from(token)))
+            }
+            None => None,
+        };
         let state = Arc::new(state);
         let viewers = Arc::new(Viewers {
+            fleet: state.fleet.clone(),
             relayed: state.relayed.clone(),
             cors: cfg
                 .viewers
@@ -263,7 +284,15 @@ impl Relay {
             viewer_http,
             viewer_https,
             viewer_h3,
+            fleet_http,
         })
+    }
+
+    /// The fleet view's address, when `[fleet] listen`.
+    pub fn fleet_addr(&self) -> Option<SocketAddr> {
+        self.fleet_http
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The viewers' addresses: HTTP/1.1, HTTPS, HTTP/3.
@@ -297,6 +326,15 @@ impl Relay {
         }
         if let Some(ep) = self.viewer_h3.take() {
             tokio::spawn(viewers::serve_h3(ep, self.viewers.clone()));
+        }
+        tokio::spawn(self.state.fleet.clone().run());
+        if let Some((l, token)) = self.fleet_http.take() {
+            tokio::spawn(crate::fleet::page::serve(
+                l,
+                self.state.fleet.clone(),
+                self.state.name.clone(),
+                token,
+            ));
         }
         for own in std::mem::take(&mut self.own_certs) {
             tokio::spawn(own.run());
@@ -400,6 +438,9 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
     }
     metrics::gauge!("canopy_relay_gateways_connected").decrement(1.0);
     state.sessions.leave(&ctx);
+    state
+        .fleet
+        .connected(&ctx.scope, state.sessions.has_paths(ctx.identity));
     info!(reason = ?conn.close_reason(), "gateway disconnected");
 }
 
@@ -486,6 +527,9 @@ async fn serve(
         }
         if req.uri().path() == wire::probe::PROBE_PATH {
             return crate::probe::sink(&mut stream).await;
+        }
+        if req.uri().path() == wire::telemetry::TELEMETRY_PATH {
+            return crate::fleet::intake(&state.fleet, ctx, &mut stream).await;
         }
         return hello(state, ctx, &req, &mut stream).await;
     }
@@ -652,6 +696,7 @@ async fn hello(state: &State, ctx: &ConnCtx, req: &Request<()>, stream: &mut Str
     let kind = h(wire::HDR_LINK_KIND);
     match state.sessions.join(ctx, session, path, &name, &kind) {
         Ok(paths) => {
+            state.fleet.connected(&ctx.scope, true);
             let resp = Response::builder()
                 .status(StatusCode::OK)
                 .header("canopy-session-paths", paths.to_string())

@@ -1,0 +1,128 @@
+//! `[fleet] listen`: the fleet page (its files hold no data and are served without the
+//! token) and `GET /api/fleet` (with `Authorization: Bearer <token>`, the token in
+//! `[fleet] token_file`, made on first start).
+
+use super::FleetState;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, info};
+use tunnel_io::admin_token::authorized;
+
+const INDEX: &str = include_str!("page/index.html");
+const SCRIPT: &str = include_str!("page/fleet.js");
+const STYLE: &str = include_str!("page/fleet.css");
+
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 32;
+
+type Answer = Response<Full<Bytes>>;
+
+/// Serves the fleet view on `listener` until the task is dropped.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    fleet: Arc<FleetState>,
+    relay: String,
+    token: Arc<str>,
+) {
+    info!(addr = ?listener.local_addr().ok(), "fleet view listening");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let relay: Arc<str> = relay.into();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = media_io::accept(&listener).await;
+        let (fleet, relay, token) = (fleet.clone(), relay.clone(), token.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (fleet, relay, token) = (fleet.clone(), relay.clone(), token.clone());
+                async move {
+                    let a = answer(&fleet, &relay, &token, &req);
+                    if a.status() == StatusCode::UNAUTHORIZED {
+                        debug!(%peer, "fleet: refused without the token");
+                    }
+                    Ok::<_, Infallible>(a)
+                }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            let _ = tokio::time::timeout(
+                Duration::from_secs(300),
+                http.serve_connection(TokioIo::new(tcp), svc),
+            )
+            .await;
+            drop(slot);
+        });
+    }
+}
+
+fn answer(fleet: &FleetState, relay: &str, token: &str, req: &Request<Incoming>) -> Answer {
+    let path = req.uri().path();
+    let file = match path {
+        "/" | "/index.html" => Some((INDEX, "text/html; charset=utf-8")),
+        "/fleet.js" => Some((SCRIPT, "text/javascript; charset=utf-8")),
+        "/fleet.css" => Some((STYLE, "text/css; charset=utf-8")),
+        _ => None,
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    if let Some((body, kind)) = file {
+        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+        );
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        return r;
+    }
+    if path != "/api/fleet" {
+        return text(StatusCode::NOT_FOUND, "not found: try / or /api/fleet\n");
+    }
+    if !authorized(req.headers().get(header::AUTHORIZATION), token) {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "the fleet view needs Authorization: Bearer <the token in [fleet] token_file>\n",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"canopy fleet\""),
+        );
+        return r;
+    }
+    let mut r = Response::new(Full::new(Bytes::from(format!("{:#}\n", fleet.view(relay)))));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

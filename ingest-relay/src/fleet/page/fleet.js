@@ -1,0 +1,145 @@
+// The relay's fleet page: reads /api/fleet each second (with the fleet token) and draws
+// every gateway the relay hears from. No framework, no CDN.
+"use strict";
+
+const KEY = "canopy-fleet-token";
+const EVERY_MS = 1000;
+let updates = 0;
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, props = {}, ...kids) => {
+  const e = Object.assign(document.createElement(tag), props);
+  for (const k of kids) e.append(k);
+  return e;
+};
+const mbit = (kbps) => (kbps == null ? "-" : (kbps / 1000).toFixed(2));
+
+function token() { return localStorage.getItem(KEY) || ""; }
+
+function showLogin(message) {
+  $("main").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  live(false, "token needed");
+}
+
+function live(on, text) {
+  const b = $("live");
+  b.textContent = text;
+  b.className = "badge" + (on ? "" : " off");
+}
+
+function graph(canvas, hour) {
+  const w = (canvas.width = canvas.clientWidth * devicePixelRatio);
+  const h = (canvas.height = canvas.clientHeight * devicePixelRatio);
+  const g = canvas.getContext("2d");
+  g.clearRect(0, 0, w, h);
+  if (!hour.length) return;
+  const now = Date.now() / 1000;
+  const x = (at) => w - ((now - at) / 3600) * w;
+  const max = Math.max(1, ...hour.map((p) => Math.max(p.up_kbps, p.down_kbps)));
+  const y = (v) => h - 2 - (v / max) * (h - 4);
+  for (const p of hour) {
+    if (!p.online) {
+      g.fillStyle = "#cf222e55";
+      g.fillRect(x(p.at) - w / 360, 0, w / 360 + 1, h);
+    }
+  }
+  for (const [key, color] of [["down_kbps", "#1a7f37"], ["up_kbps", "#0969da"]]) {
+    g.strokeStyle = color;
+    g.lineWidth = 2 * devicePixelRatio;
+    g.beginPath();
+    hour.forEach((p, i) => (i ? g.lineTo(x(p.at), y(p[key])) : g.moveTo(x(p.at), y(p[key]))));
+    g.stroke();
+  }
+}
+
+function card(gw) {
+  const c = el("div", { className: "card " + (gw.online ? "online" : "offline") });
+  c.dataset.gateway = gw.name;
+  c.dataset.online = String(gw.online);
+  const state = gw.online ? "online" : "offline: " + (gw.why_offline || "");
+  c.append(
+    el("h2", {}, el("span", { textContent: gw.name + (gw.event ? " \u00b7 " + gw.event : "") }),
+      el("span", { className: "state", textContent: state })),
+  );
+  const f = el("div", { className: "figures" });
+  const fig = (label, v) => f.append(el("span", { textContent: label + " " + v }));
+  fig("up", mbit(gw.up_kbps) + " Mbit/s");
+  fig("down", mbit(gw.down_kbps) + " Mbit/s");
+  fig("links up", gw.links_up + "/" + gw.links.length);
+  fig("viewers", gw.viewers);
+  fig("bids", gw.bids.accepted);
+  fig("waiting", gw.bids.pending);
+  if (gw.stream_capacity_kbps != null) fig("stream room", mbit(gw.stream_capacity_kbps) + " Mbit/s");
+  c.append(f);
+  if (gw.problems.length) {
+    const p = el("div", { className: "problems" });
+    for (const t of gw.problems) p.append(el("div", { textContent: t }));
+    c.append(p);
+  }
+  if (gw.cameras.length) {
+    c.append(el("div", { className: "figures",
+      textContent: "cameras: " + gw.cameras.map((k) => k.name + " " + k.level + (k.pinned ? " (pinned)" : "")).join(", ") }));
+  }
+  const heads = [gw.online ? "link" : "link (as last reported)", "state", "up", "down", "RTT ms", "loss %"];
+  const t = el("table", {}, el("tr", {}, ...heads.map((h) => el("th", { textContent: h }))));
+  for (const l of gw.links) {
+    t.append(el("tr", {},
+      el("td", { textContent: l.name + (l.kind ? " (" + l.kind + ")" : "") }),
+      el("td", { className: "link-" + l.state, textContent: l.state }),
+      el("td", { textContent: mbit(l.up_kbps) }),
+      el("td", { textContent: mbit(l.down_kbps) }),
+      el("td", { textContent: l.rtt_ms ?? "-" }),
+      el("td", { textContent: l.loss_pct ?? "-" })));
+  }
+  c.append(t);
+  const canvas = el("canvas");
+  c.append(canvas);
+  requestAnimationFrame(() => graph(canvas, gw.hour));
+  return c;
+}
+
+async function poll() {
+  let r;
+  try {
+    r = await fetch("/api/fleet", { headers: { Authorization: "Bearer " + token() } });
+  } catch (e) {
+    live(false, "relay unreachable");
+    return;
+  }
+  if (r.status === 401) { localStorage.removeItem(KEY); showLogin("The relay refused that token."); return; }
+  if (!r.ok) { live(false, "error " + r.status); return; }
+  const v = await r.json();
+  $("login").hidden = true;
+  $("main").hidden = false;
+  $("relay").textContent = "Canopy fleet \u00b7 " + v.relay;
+  const online = v.gateways.filter((g) => g.online).length;
+  $("summary").textContent = v.gateways.length + " gateways, " + online + " online";
+  const box = $("gateways");
+  box.replaceChildren(...v.gateways
+    .slice()
+    .sort((a, b) => Number(a.online) - Number(b.online) || a.name.localeCompare(b.name))
+    .map(card));
+  updates += 1;
+  document.body.dataset.updates = String(updates);
+  live(true, "live");
+}
+
+function start() {
+  const hash = new URLSearchParams(location.hash.slice(1));
+  if (hash.get("token")) {
+    localStorage.setItem(KEY, hash.get("token"));
+    history.replaceState(null, "", location.pathname);
+  }
+  $("login").addEventListener("submit", (e) => {
+    e.preventDefault();
+    localStorage.setItem(KEY, $("token").value.trim());
+    poll();
+  });
+  if (!token()) showLogin("");
+  else poll();
+  setInterval(() => { if (token()) poll(); }, EVERY_MS);
+}
+
+start();
