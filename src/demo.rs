@@ -206,12 +206,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         auction_lots: Vec::new(),
         https_site: false,
         admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        fleet: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
     })
     .await?;
     if let Some((addr, token)) = &bed.admin {
         // first: the one place that shows everything below, live
         println!("status page: http://{addr}/#token={token}");
         println!("  (or in a terminal: curl -H 'Authorization: Bearer {token}' http://{addr}/api/status)");
+    }
+    if let Some((addr, token)) = &bed.fleet {
+        println!("fleet page (the relay's view of every gateway): http://{addr}/#token={token}");
     }
     if let Some(m) = metrics {
         println!("metrics: http://{m}/metrics (Prometheus text, relay and gateway)");

@@ -45,6 +45,8 @@ pub struct RelayHandle {
     pub viewers: (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>),
     /// The live streams.
     pub relayed: std::sync::Arc<media_io::relayed::Relayed>,
+    /// The fleet view's address, with `[fleet] listen`.
+    pub fleet: Option<SocketAddr>,
 }
 
 /// Starts a relay in the background.
@@ -79,6 +81,7 @@ async fn start_relay(
     let addr = relay.local_addr()?;
     let viewers = relay.viewer_addrs();
     let relayed = relay.relayed();
+    let fleet = relay.fleet_addr();
     if let Some(m) = cfg.metrics.listen {
         spawn_metrics(m).await?;
     }
@@ -87,6 +90,7 @@ async fn start_relay(
         addr,
         viewers,
         relayed,
+        fleet,
     })
 }
 

@@ -55,6 +55,8 @@ pub struct Testbed {
     pub ca_pem: String,
     /// The gateway's admin API (its status page at `/`) and its token, with `admin`.
     pub admin: Option<(SocketAddr, String)>,
+    /// The relay's fleet view (its page at `/`) and its token, with `fleet`.
+    pub fleet: Option<(SocketAddr, String)>,
     /// The gateway's state folder (its bids journal).
     _state_dir: StateDir,
 }
@@ -147,6 +149,8 @@ pub struct TestbedOptions {
     pub https_site: bool,
     /// The gateway's admin API listens here (port 0: any), its token in the state folder.
     pub admin: Option<SocketAddr>,
+    /// The relay's fleet view listens here (port 0: any), its token in the state folder.
+    pub fleet: Option<SocketAddr>,
 }
 
 /// What carries the tunnel between a testbed's gateway and relay.
@@ -213,6 +217,7 @@ impl TestbedOptions {
             auction_lots: Vec::new(),
             https_site: false,
             admin: None,
+            fleet: None,
         }
     }
 }
@@ -256,6 +261,8 @@ impl Testbed {
         relay_cfg.viewers.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         relay_cfg.viewers.h3_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         relay_cfg.live.record_dir = opts.record_dir.clone();
+        relay_cfg.fleet.listen = opts.fleet;
+        relay_cfg.fleet.token_file = state_dir.0.join("fleet.token");
         if !opts.auction_lots.is_empty() {
             let close = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -447,6 +454,15 @@ impl Testbed {
                 Some(a) => Some((
                     a,
                     std::fs::read_to_string(state_dir.0.join("admin.token"))?
+                        .trim()
+                        .to_owned(),
+                )),
+                None => None,
+            },
+            fleet: match rh.fleet {
+                Some(a) => Some((
+                    a,
+                    std::fs::read_to_string(state_dir.0.join("fleet.token"))?
                         .trim()
                         .to_owned(),
                 )),
