@@ -87,6 +87,10 @@ if [ "${CANOPY_BROWSER:-1}" != 0 ]; then
   bash tests/live/status_page.sh | tee "$log"
   n=$(awk '/^status page: [0-9]+ passed/ {print $3}' "$log" | tail -1)
   passed=$((passed + ${n:-0}))
+  step "tests/live/fleet_page.sh (the relay's fleet page in Chromium: two gateways, one dies)"
+  bash tests/live/fleet_page.sh | tee "$log"
+  n=$(awk '/^fleet page: [0-9]+ passed/ {print $3}' "$log" | tail -1)
+  passed=$((passed + ${n:-0}))
 fi
 
 # --- the Grafana dashboard's queries, in Debian's Prometheus scraping the demo (root) -----
