@@ -12,29 +12,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { launch } from './chromium.mjs';
+import { fitsPhone, parseArgs, refusedWithoutToken, sleep, waitFor } from './checks.mjs';
 
-function args() {
-  const o = {};
-  const a = process.argv.slice(2);
-  for (let i = 0; i < a.length; i += 2) o[a[i].replace(/^--/, '')] = a[i + 1];
-  for (const k of ['url', 'json', 'shots', 'demo-log']) if (!o[k]) throw new Error(`--${k} is needed`);
-  return o;
-}
 
-const o = args();
+const o = parseArgs(['url', 'json', 'shots', 'demo-log']);
 const base = o.url.split('#')[0].replace(/\/$/, '');
 const out = { url: base, checks: {} };
 const check = (name, ok, detail) => { out.checks[name] = { ok: !!ok, detail }; };
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const waitFor = async (fn, ms, every = 100) => {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v) return v;
-    if (Date.now() > end) return undefined;
-    await sleep(every);
-  }
-};
 
 let browser;
 try {
@@ -131,40 +115,17 @@ try {
   check('uplink_hold', !!avoided, { link: linkName });
 
   // 6. without the token: the page asks for it, a wrong one is refused, the API says 401
-  const bare = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const p2 = await bare.newPage();
-  watchErrors(p2);
-  await p2.goto(base + '/', { waitUntil: 'load', timeout: 15000 });
-  const asks = await waitFor(() => p2.isVisible('#login'), 5000);
-  await p2.fill('#token', 'not-the-token-0123456789');
-  await p2.click('#login button');
-  const refusedText = await waitFor(() => p2.textContent('#login-error').then((t) => /refused/.test(t) && t), 5000);
-  const api = await p2.evaluate(async (c) => {
+  check('refused_without_token', ...await refusedWithoutToken(browser, base, watchErrors, (p) => p.evaluate(async (c) => {
     const put = await fetch('/api/levels/' + c, { method: 'PUT', body: '{"level":"audio"}' });
     const purge = await fetch('/api/cache/purge', { method: 'POST', body: '{"all":true}' });
     const wrong = await fetch('/api/cache/purge', {
       method: 'POST', body: '{"all":true}', headers: { Authorization: 'Bearer not-the-token-0123456789' },
     });
     return [put.status, purge.status, wrong.status];
-  }, cam);
-  check('refused_without_token', asks && refusedText && api.every((s) => s === 401), { asks, refusedText, api });
-  await bare.close();
+  }, cam)));
 
   // 7. on a phone: it fits the width
-  const phone = await browser.newContext({
-    viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true,
-  });
-  const p3 = await phone.newPage();
-  watchErrors(p3);
-  await p3.goto(o.url, { waitUntil: 'load', timeout: 15000 });
-  const shown = await waitFor(() => p3.evaluate(() =>
-    Number(document.body.dataset.updates || 0) >= 2 && !document.getElementById('main').hidden), 10000);
-  const fits = await p3.evaluate(() => ({
-    scroll: document.documentElement.scrollWidth, width: window.innerWidth,
-  }));
-  check('phone_fits', shown && fits.scroll <= fits.width, { shown: !!shown, ...fits });
-  await p3.screenshot({ path: `${o.shots}-phone.png`, fullPage: true });
-  await phone.close();
+  check('phone_fits', ...await fitsPhone(browser, o.url, `${o.shots}-phone.png`, watchErrors));
   check('no_script_errors', errors.length === 0, errors.slice(0, 3));
 } catch (e) {
   out.error = String(e.message || e).split('\n')[0];
