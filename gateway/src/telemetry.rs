@@ -89,7 +89,7 @@ pub fn summary(status: &Value) -> Summary {
 
 /// Reports every `every` until the task is dropped.
 pub async fn run(view: Arc<AdminView>, every: Duration) {
-    let mut reporter = Reporter::new();
+    let mut reporter = Reporter::new(fastrand::u64(1..), every);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let bytes = metrics::counter!("canopy_gateway_telemetry_bytes_total");
@@ -199,6 +199,8 @@ mod tests {
         assert!(!s.contains_key("p.4"));
         // every key and value passes the relay's checks
         let r = tunnel::wire::telemetry::Report {
+            epoch: 1,
+            every_ms: 1000,
             seq: 1,
             base: 0,
             set: s.into_iter().collect(),

@@ -1,12 +1,15 @@
 //! Delta telemetry's two ends, sans-IO (the format is [`crate::wire::telemetry`]).
 //!
-//! The gateway's [`Reporter`] sends what changed since the last summary the relay *took*,
-//! so a lost report or answer costs nothing but a longer next report; a whole summary
-//! goes first, when the relay asks for one, and every [`FULL_EVERY`].
+//! The gateway's [`Reporter`] sends what changed since the last summary the relay *took*;
+//! the relay keeps that one and the one before, so a lost report or answer costs nothing
+//! but a longer next report. A whole summary goes first, when the relay asks for one, and
+//! every [`FULL_EVERY`]. Each reporter has a random epoch: a delta applies only onto a
+//! summary of its own epoch, so two processes with one certificate never mix.
 //!
 //! The relay's [`Fleet`] applies reports per gateway, knows which gateways are online
-//! (a report within [`Fleet::offline_after`], and a connection), and keeps each one's
-//! last hour as points every [`POINT_EVERY`]. Bounded: at most [`MAX_GATEWAYS`] gateways,
+//! (a connection open, and a report within [`Fleet::offline_after`] or three of the
+//! gateway's own intervals, whichever is longer), and keeps each one's last hour as
+//! points every [`POINT_EVERY`]. Bounded: at most [`MAX_GATEWAYS`] gateways,
 //! each summary within the format's key limits, a gateway silent for the kept hour
 //! forgotten.
 
@@ -24,8 +27,10 @@ pub const KEEP: Duration = Duration::from_secs(3600);
 pub const MAX_GATEWAYS: usize = 1024;
 
 /// The gateway's end.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Reporter {
+    epoch: u64,
+    every: Duration,
     /// The last summary the relay took, and its number.
     taken: Option<(u64, Summary)>,
     /// The report in flight: its number and the summary it makes.
@@ -35,9 +40,17 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Nothing sent yet.
-    pub fn new() -> Self {
-        Self::default()
+    /// Nothing sent yet; `epoch` a random number of this process, `every` the time
+    /// between reports.
+    pub fn new(epoch: u64, every: Duration) -> Self {
+        Self {
+            epoch,
+            every,
+            taken: None,
+            sent: None,
+            last_seq: 0,
+            last_full: None,
+        }
     }
 
     /// The report that brings the relay from the summary it took to `current`.
@@ -46,8 +59,11 @@ impl Reporter {
         let full_due = self
             .last_full
             .is_none_or(|t| now.saturating_duration_since(t) >= FULL_EVERY);
+        let (epoch, every_ms) = (self.epoch, self.every.as_millis() as u64);
         let report = match (&self.taken, full_due) {
             (Some((base, before)), false) => Report {
+                epoch,
+                every_ms,
                 seq: self.last_seq,
                 base: *base,
                 set: current
@@ -64,6 +80,8 @@ impl Reporter {
             _ => {
                 self.last_full = Some(now);
                 Report {
+                    epoch,
+                    every_ms,
                     seq: self.last_seq,
                     base: 0,
                     set: current
@@ -125,11 +143,18 @@ pub struct Point {
 pub struct Gateway {
     /// Its summary as last reported.
     pub summary: Summary,
+    /// The reporting process's epoch.
+    epoch: u64,
     seq: u64,
+    /// The summary before (its number and keys): a report whose answer was lost leaves
+    /// the gateway on it.
+    before: Option<(u64, Summary)>,
+    /// Its time between reports.
+    every: Duration,
     /// When its last report came.
     pub last_report: Option<Instant>,
-    /// Whether one of its connections is open.
-    pub connected: bool,
+    /// Its connections open.
+    pub connections: u32,
     /// When it was last connected or reported.
     last_heard: Instant,
     /// Its hour, oldest first.
@@ -142,12 +167,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Online: connected, with a report within `offline_after`.
+    /// Online: connected, with a report within `offline_after` or three of its own
+    /// intervals, whichever is longer.
     pub fn online(&self, now: Instant, offline_after: Duration) -> bool {
-        self.connected
+        let patience = offline_after.max(self.every * 3);
+        self.connections > 0
             && self
                 .last_report
-                .is_some_and(|t| now.saturating_duration_since(t) <= offline_after)
+                .is_some_and(|t| now.saturating_duration_since(t) <= patience)
     }
 
     /// A number in its summary (0 when missing).
@@ -191,24 +218,37 @@ impl Fleet {
         let g = self.entry(now, name);
         g.bytes += bytes as u64;
         g.last_heard = now;
-        if report.base == 0 {
-            g.summary.clear();
-        } else if report.base != g.seq {
+        let onto = if report.base == 0 {
+            Summary::new()
+        } else if report.epoch != g.epoch {
             return Err(Refused::WantFull);
-        }
+        } else if report.base == g.seq {
+            g.summary.clone()
+        } else if let Some((_, s)) = g.before.as_ref().filter(|(b, _)| *b == report.base) {
+            s.clone()
+        } else {
+            return Err(Refused::WantFull);
+        };
+        let mut next = onto;
         for k in &report.removed {
-            g.summary.remove(k);
+            next.remove(k);
         }
         for (k, v) in &report.set {
-            if g.summary.len() >= MAX_KEYS && !g.summary.contains_key(k) {
+            if next.len() >= MAX_KEYS && !next.contains_key(k) {
                 // a summary never grows past the format's limit
-                g.summary.clear();
-                g.seq = 0;
                 return Err(Refused::WantFull);
             }
-            g.summary.insert(k.clone(), v.clone());
+            next.insert(k.clone(), v.clone());
         }
+        if report.base == 0 {
+            g.before = None;
+        } else if report.base == g.seq {
+            g.before = Some((g.seq, std::mem::take(&mut g.summary)));
+        }
+        g.summary = next;
+        g.epoch = report.epoch;
         g.seq = report.seq;
+        g.every = Duration::from_millis(report.every_ms.min(60_000));
         g.reports += 1;
         g.last_report = Some(now);
         Ok(())
@@ -219,9 +259,12 @@ impl Fleet {
             .entry(name.to_string())
             .or_insert_with(|| Gateway {
                 summary: Summary::new(),
+                epoch: 0,
                 seq: 0,
+                before: None,
+                every: Duration::ZERO,
                 last_report: None,
-                connected: false,
+                connections: 0,
                 last_heard: now,
                 points: VecDeque::new(),
                 last_point: None,
@@ -230,16 +273,23 @@ impl Fleet {
             })
     }
 
-    /// Whether gateway `name` has a connection open (known gateways only, or ones that may
-    /// still join).
-    pub fn connected(&mut self, now: Instant, name: &str, connected: bool) {
-        if !self.gateways.contains_key(name) && (!connected || self.gateways.len() >= MAX_GATEWAYS)
-        {
+    /// A connection of gateway `name` opened (a gateway past [`MAX_GATEWAYS`] is not
+    /// kept).
+    pub fn opened(&mut self, now: Instant, name: &str) {
+        if !self.gateways.contains_key(name) && self.gateways.len() >= MAX_GATEWAYS {
             return;
         }
         let g = self.entry(now, name);
-        g.connected = connected;
+        g.connections += 1;
         g.last_heard = now;
+    }
+
+    /// A connection of gateway `name` closed.
+    pub fn closed(&mut self, now: Instant, name: &str) {
+        if let Some(g) = self.gateways.get_mut(name) {
+            g.connections = g.connections.saturating_sub(1);
+            g.last_heard = now;
+        }
     }
 
     /// Adds a point to each gateway's hour when one is due (its first at once; `unix_s`:
@@ -248,7 +298,7 @@ impl Fleet {
     pub fn tick(&mut self, now: Instant, unix_s: u64) {
         let offline_after = self.offline_after;
         self.gateways
-            .retain(|_, g| g.connected || now.saturating_duration_since(g.last_heard) < KEEP);
+            .retain(|_, g| g.connections > 0 || now.saturating_duration_since(g.last_heard) < KEEP);
         let keep = (KEEP.as_secs() / POINT_EVERY.as_secs()) as usize;
         for g in self.gateways.values_mut() {
             if g.last_point
@@ -299,7 +349,7 @@ mod tests {
     #[test]
     fn only_what_changed_travels_and_the_relay_ends_with_the_same_summary() {
         let t0 = Instant::now();
-        let mut r = Reporter::new();
+        let mut r = Reporter::new(7, Duration::from_secs(1));
         let mut f = Fleet::new(Duration::from_secs(3));
         let a = summary(&[
             ("up", "1200"),
@@ -319,14 +369,18 @@ mod tests {
         r.taken(second.seq);
         let nothing = r.report(t0 + Duration::from_secs(2), b.clone());
         assert!(nothing.set.is_empty() && nothing.removed.is_empty());
-        assert!(nothing.encode().len() < 10);
+        // the first line alone
+        assert_eq!(
+            nothing.encode(),
+            format!("7 {} {} 1000\n", nothing.seq, nothing.base)
+        );
         assert_eq!(f.gateways().next().unwrap().1.summary, b);
     }
 
     #[test]
     fn a_lost_answer_costs_a_longer_report_and_a_relay_restart_a_whole_one() {
         let t0 = Instant::now();
-        let mut r = Reporter::new();
+        let mut r = Reporter::new(7, Duration::from_secs(1));
         let mut f = Fleet::new(Duration::from_secs(3));
         let first = r.report(t0, summary(&[("a", "1"), ("b", "1")]));
         deliver(&mut f, t0, &first).unwrap();
@@ -334,22 +388,25 @@ mod tests {
         // taken by the relay, but the answer is lost
         let second = r.report(t0, summary(&[("a", "2"), ("b", "1")]));
         deliver(&mut f, t0, &second).unwrap();
-        // the next report is again from the last summary the gateway knows was taken
+        // the next report is again from the last summary the gateway knows was taken, and
+        // the relay still has that one
         let third = r.report(t0, summary(&[("a", "2"), ("b", "2")]));
         assert_eq!(third.base, first.seq);
-        assert_eq!(deliver(&mut f, t0, &third), Err(Refused::WantFull));
-        r.want_full();
-        let fourth = r.report(t0, summary(&[("a", "2"), ("b", "2")]));
-        assert_eq!((fourth.base, fourth.set.len()), (0, 2));
-        deliver(&mut f, t0, &fourth).unwrap();
-        r.taken(fourth.seq);
+        assert_eq!(third.set.len(), 2);
+        deliver(&mut f, t0, &third).unwrap();
+        r.taken(third.seq);
+        assert_eq!(
+            f.gateways().next().unwrap().1.summary,
+            summary(&[("a", "2"), ("b", "2")])
+        );
         // a relay that restarted holds nothing: a delta is refused, a whole one taken
         let mut fresh = Fleet::new(Duration::from_secs(3));
-        let fifth = r.report(t0, summary(&[("a", "3"), ("b", "2")]));
-        assert_eq!(deliver(&mut fresh, t0, &fifth), Err(Refused::WantFull));
+        let fourth = r.report(t0, summary(&[("a", "3"), ("b", "2")]));
+        assert_eq!(deliver(&mut fresh, t0, &fourth), Err(Refused::WantFull));
         r.want_full();
-        let sixth = r.report(t0, summary(&[("a", "3"), ("b", "2")]));
-        deliver(&mut fresh, t0, &sixth).unwrap();
+        let fifth = r.report(t0, summary(&[("a", "3"), ("b", "2")]));
+        assert_eq!((fifth.base, fifth.set.len()), (0, 2));
+        deliver(&mut fresh, t0, &fifth).unwrap();
         assert_eq!(
             fresh.gateways().next().unwrap().1.summary,
             summary(&[("a", "3"), ("b", "2")])
@@ -357,9 +414,31 @@ mod tests {
     }
 
     #[test]
+    fn two_processes_with_one_certificate_never_mix() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new(Duration::from_secs(3));
+        let mut a = Reporter::new(1, Duration::from_secs(1));
+        let mut b = Reporter::new(2, Duration::from_secs(1));
+        let ra = a.report(t0, summary(&[("who", "a"), ("x", "1")]));
+        deliver(&mut f, t0, &ra).unwrap();
+        a.taken(ra.seq);
+        let rb = b.report(t0, summary(&[("who", "b")]));
+        deliver(&mut f, t0, &rb).unwrap();
+        b.taken(rb.seq);
+        // a's delta has the base number b's whole summary had: refused, not merged
+        let next = a.report(t0, summary(&[("who", "a"), ("x", "2")]));
+        assert_eq!(next.base, rb.seq);
+        assert_eq!(deliver(&mut f, t0, &next), Err(Refused::WantFull));
+        assert_eq!(
+            f.gateways().next().unwrap().1.summary,
+            summary(&[("who", "b")])
+        );
+    }
+
+    #[test]
     fn a_whole_summary_goes_every_ten_minutes() {
         let t0 = Instant::now();
-        let mut r = Reporter::new();
+        let mut r = Reporter::new(7, Duration::from_secs(1));
         let s = summary(&[("a", "1")]);
         let first = r.report(t0, s.clone());
         r.taken(first.seq);
@@ -371,26 +450,36 @@ mod tests {
     fn a_gateway_is_offline_when_its_reports_stop_or_its_connections_close() {
         let t0 = Instant::now();
         let mut f = Fleet::new(Duration::from_secs(3));
-        f.connected(t0, "door", true);
-        let mut r = Reporter::new();
+        f.opened(t0, "door");
+        let mut r = Reporter::new(7, Duration::from_secs(1));
         let rep = r.report(t0, summary(&[("up", "5")]));
         deliver(&mut f, t0, &rep).unwrap();
         let g = |f: &Fleet, at: Instant| f.gateways().next().unwrap().1.online(at, f.offline_after);
         assert!(g(&f, t0 + Duration::from_secs(3)));
         assert!(!g(&f, t0 + Duration::from_millis(3001)));
-        f.connected(t0, "door", false);
+        // two connections (two uplinks): one closing leaves it online
+        f.opened(t0, "door");
+        f.closed(t0, "door");
+        assert!(g(&f, t0));
+        f.closed(t0, "door");
         assert!(!g(&f, t0));
         // unknown gateways that leave are not made up
-        f.connected(t0, "ghost", false);
+        f.closed(t0, "ghost");
         assert_eq!(f.gateways().count(), 1);
+        // a gateway reporting every 5 s gets three of its intervals
+        f.opened(t0, "door");
+        let mut slow = Reporter::new(8, Duration::from_secs(5));
+        deliver(&mut f, t0, &slow.report(t0, summary(&[("up", "5")]))).unwrap();
+        assert!(g(&f, t0 + Duration::from_secs(15)));
+        assert!(!g(&f, t0 + Duration::from_millis(15_001)));
     }
 
     #[test]
     fn the_hour_is_kept_in_points_and_a_silent_gateway_forgotten_after_it() {
         let t0 = Instant::now();
         let mut f = Fleet::new(Duration::from_secs(3));
-        f.connected(t0, "door", true);
-        let mut r = Reporter::new();
+        f.opened(t0, "door");
+        let mut r = Reporter::new(7, Duration::from_secs(1));
         deliver(
             &mut f,
             t0,
@@ -407,7 +496,7 @@ mod tests {
             Some((5.0, 2))
         );
         // connected, it stays; gone and unheard of for an hour, it goes
-        f.connected(t0 + Duration::from_secs(7200), "door", false);
+        f.closed(t0 + Duration::from_secs(7200), "door");
         f.tick(t0 + Duration::from_secs(7210), 7210);
         assert_eq!(f.gateways().count(), 1);
         f.tick(t0 + Duration::from_secs(7200 + 3600), 10_800);
@@ -419,6 +508,8 @@ mod tests {
         let t0 = Instant::now();
         let mut f = Fleet::new(Duration::from_secs(3));
         let whole = Report {
+            epoch: 1,
+            every_ms: 1000,
             seq: 1,
             base: 0,
             set: vec![("a".into(), "1".into())],
@@ -428,7 +519,7 @@ mod tests {
             f.apply(t0, &format!("g{i}"), &whole, 10).unwrap();
         }
         assert_eq!(f.apply(t0, "one-more", &whole, 10), Err(Refused::Full));
-        f.connected(t0, "one-more", true);
+        f.opened(t0, "one-more");
         assert_eq!(f.gateways().count(), MAX_GATEWAYS);
         // keys added by deltas past the limit make the relay ask for a whole summary
         let mut g = Fleet::new(Duration::from_secs(3));
@@ -437,6 +528,8 @@ mod tests {
         let mut refused = false;
         for i in 0..MAX_KEYS + 1 {
             let r = Report {
+                epoch: 1,
+                every_ms: 1000,
                 seq: seq + 1,
                 base: seq,
                 set: vec![(format!("k{i}"), "v".into())],

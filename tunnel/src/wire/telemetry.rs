@@ -2,8 +2,10 @@
 //! sent as what changed since the last summary the relay took.
 //!
 //! `POST https://canopy.session/telemetry`, body in lines (UTF-8):
-//! - first `<seq> <base>`: this report's number and the one it changes (`0`: a whole
-//!   summary);
+//! - first `<epoch> <seq> <base> <every_ms>`: the sending process's random epoch (a delta
+//!   applies only onto a summary of the same epoch, so two processes with one certificate
+//!   never mix), this report's number, the one it changes (`0`: a whole summary), and the
+//!   time to the next report (the relay's patience before calling the gateway offline);
 //! - then `<key> <value>` sets a key (the first space ends the key) and `-<key>` removes one.
 //!
 //! The relay answers 204 when it applied the report, and 409 with `canopy-telemetry: full`
@@ -34,6 +36,8 @@ pub type Summary = BTreeMap<String, String>;
 /// One report: the keys set and removed since summary `base` (all of them when `base` is 0).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Report {
+    /// The sending process's random number.
+    pub epoch: u64,
     /// This report's number (from 1).
     pub seq: u64,
     /// The summary it changes; 0 for a whole one.
@@ -42,6 +46,8 @@ pub struct Report {
     pub set: Vec<(String, String)>,
     /// Keys removed.
     pub removed: Vec<String>,
+    /// Time to the next report, ms.
+    pub every_ms: u64,
 }
 
 /// Why a report body was refused.
@@ -53,8 +59,8 @@ pub enum ReportError {
     /// Not UTF-8.
     #[error("a report is UTF-8 text")]
     NotText,
-    /// The first line is not `<seq> <base>`, or seq is not past base.
-    #[error("the first line must be `<seq> <base>` with seq > base")]
+    /// The first line is not `<epoch> <seq> <base> <every_ms>`, or seq is not past base.
+    #[error("the first line must be `<epoch> <seq> <base> <every_ms>` with seq > base")]
     Header,
     /// A key that is empty, too long or not printable ASCII, or a value too long.
     #[error(
@@ -99,7 +105,10 @@ pub fn clean_value(s: &str) -> String {
 impl Report {
     /// The body.
     pub fn encode(&self) -> String {
-        let mut s = format!("{} {}\n", self.seq, self.base);
+        let mut s = format!(
+            "{} {} {} {}\n",
+            self.epoch, self.seq, self.base, self.every_ms
+        );
         for (k, v) in &self.set {
             s.push_str(k);
             s.push(' ');
@@ -121,20 +130,24 @@ impl Report {
         }
         let text = std::str::from_utf8(body).map_err(|_| ReportError::NotText)?;
         let mut lines = text.lines();
-        let mut head = lines.next().unwrap_or("").split(' ');
-        let (Some(Ok(seq)), Some(Ok(base)), None) = (
-            head.next().map(str::parse::<u64>),
-            head.next().map(str::parse::<u64>),
-            head.next(),
-        ) else {
+        let head: Vec<u64> = lines
+            .next()
+            .unwrap_or("")
+            .split(' ')
+            .map(str::parse::<u64>)
+            .collect::<Result<_, _>>()
+            .map_err(|_| ReportError::Header)?;
+        let &[epoch, seq, base, every_ms] = head.as_slice() else {
             return Err(ReportError::Header);
         };
         if seq <= base {
             return Err(ReportError::Header);
         }
         let mut r = Report {
+            epoch,
             seq,
             base,
+            every_ms,
             ..Default::default()
         };
         for (i, line) in lines.enumerate() {
@@ -230,8 +243,10 @@ mod tests {
     #[test]
     fn a_report_reads_back_as_written() {
         let r = Report {
+            epoch: 99,
             seq: 7,
             base: 5,
+            every_ms: 1000,
             set: vec![
                 ("l.cell".into(), "up cellular 12000 800 45 0.1".into()),
                 ("p.0".into(), "an uplink is down: wifi".into()),
@@ -244,22 +259,29 @@ mod tests {
 
     #[test]
     fn bad_reports_are_refused_with_their_reason() {
-        assert_eq!(Report::decode(b"5 5\n"), Err(ReportError::Header));
-        assert_eq!(Report::decode(b"x 0\n"), Err(ReportError::Header));
-        assert_eq!(Report::decode(b"1 0 2\n"), Err(ReportError::Header));
-        assert_eq!(Report::decode(b"1 0\n\xff\n"), Err(ReportError::NotText));
+        assert_eq!(Report::decode(b"9 5 5 1000\n"), Err(ReportError::Header));
+        assert_eq!(Report::decode(b"9 x 0 1000\n"), Err(ReportError::Header));
+        assert_eq!(Report::decode(b"9 1 0\n"), Err(ReportError::Header));
+        assert_eq!(Report::decode(b"9 1 0 1000 2\n"), Err(ReportError::Header));
         assert_eq!(
-            Report::decode(format!("1 0\n{} v\n", "k".repeat(65)).as_bytes()),
+            Report::decode(b"9 1 0 1000\n\xff\n"),
+            Err(ReportError::NotText)
+        );
+        assert_eq!(
+            Report::decode(format!("9 1 0 1000\n{} v\n", "k".repeat(65)).as_bytes()),
             Err(ReportError::Line(2))
         );
         assert_eq!(
-            Report::decode(format!("1 0\nk {}\n", "v".repeat(121)).as_bytes()),
+            Report::decode(format!("9 1 0 1000\nk {}\n", "v".repeat(121)).as_bytes()),
             Err(ReportError::Line(2))
         );
-        assert_eq!(Report::decode(b"1 0\n-\n"), Err(ReportError::Line(2)));
+        assert_eq!(
+            Report::decode(b"9 1 0 1000\n-\n"),
+            Err(ReportError::Line(2))
+        );
         let many: String = (0..129).map(|i| format!("k{i} v\n")).collect();
         assert_eq!(
-            Report::decode(format!("1 0\n{many}").as_bytes()),
+            Report::decode(format!("9 1 0 1000\n{many}").as_bytes()),
             Err(ReportError::TooManyKeys)
         );
         assert_eq!(
