@@ -1,6 +1,8 @@
 //! How many viewers each gateway's streams have: the distinct addresses that fetched one of
-//! its playlists within [`WINDOW`] (a player reloads its playlist every part or segment).
-//! Behind a CDN this counts the CDN's nodes, not people. Sans-IO, bounded.
+//! its playlists within [`WINDOW`] (a player reloads its playlist every part or segment);
+//! an IPv6 address counts by its /64 (one host may use a whole /64). Behind a CDN this
+//! counts the CDN's nodes, not people. Sans-IO, bounded: when the table is full, expired
+//! entries are swept at most once a second, and new viewers go uncounted until then.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,21 +17,38 @@ const MAX_SEEN: usize = 65_536;
 #[derive(Debug, Default)]
 pub(crate) struct Audience {
     seen: HashMap<(String, IpAddr), Instant>,
+    last_sweep: Option<Instant>,
+}
+
+/// What counts as one viewer's address: an IPv6 one's /64.
+fn viewer_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::from(o)
+        }
+        v4 => v4,
+    }
 }
 
 impl Audience {
     /// `ip` fetched a playlist of `gateway`.
     pub(crate) fn saw(&mut self, now: Instant, gateway: &str, ip: IpAddr) {
-        if self.seen.len() >= MAX_SEEN {
+        let swept_lately = self
+            .last_sweep
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
+        if self.seen.len() >= MAX_SEEN && !swept_lately {
             self.expire(now);
         }
-        let key = (gateway.to_string(), ip);
+        let key = (gateway.to_string(), viewer_of(ip));
         if self.seen.len() < MAX_SEEN || self.seen.contains_key(&key) {
             self.seen.insert(key, now);
         }
     }
 
     fn expire(&mut self, now: Instant) {
+        self.last_sweep = Some(now);
         self.seen
             .retain(|_, at| now.saturating_duration_since(*at) <= WINDOW);
     }
@@ -58,8 +77,11 @@ mod tests {
             a.saw(t0, "door", ip(1));
         }
         a.saw(t0, "door", ip(2));
+        // two addresses of one IPv6 /64 are one viewer
+        a.saw(t0, "door", "2001:db8::1".parse().unwrap());
+        a.saw(t0, "door", "2001:db8::2".parse().unwrap());
         a.saw(t0 + Duration::from_secs(15), "stage", ip(1));
-        assert_eq!(a.counts(t0 + Duration::from_secs(1))["door"], 2);
+        assert_eq!(a.counts(t0 + Duration::from_secs(1))["door"], 3);
         let later = a.counts(t0 + WINDOW + Duration::from_secs(1));
         assert_eq!((later.get("door"), later["stage"]), (None, 1));
     }

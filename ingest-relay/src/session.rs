@@ -247,13 +247,6 @@ impl Sessions {
         self.gauges(&s);
     }
 
-    /// Whether a session of the gateway with this identity has a path.
-    pub(crate) fn has_paths(&self, identity: u64) -> bool {
-        let s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        s.values()
-            .any(|(id, paths)| *id == identity && !paths.is_empty())
-    }
-
     fn gauges(&self, s: &SessionTable) {
         metrics::gauge!("canopy_relay_sessions").set(s.len() as f64);
         metrics::gauge!("canopy_relay_session_paths")

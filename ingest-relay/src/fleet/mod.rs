@@ -38,9 +38,14 @@ impl FleetState {
         self.fleet.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Gateway `scope` (its certificate's common name) has a connection open, or none.
-    pub(crate) fn connected(&self, scope: &str, connected: bool) {
-        self.fleet().connected(Instant::now(), scope, connected);
+    /// A connection of gateway `scope` (its certificate's common name) opened.
+    pub(crate) fn opened(&self, scope: &str) {
+        self.fleet().opened(Instant::now(), scope);
+    }
+
+    /// A connection of gateway `scope` closed.
+    pub(crate) fn closed(&self, scope: &str) {
+        self.fleet().closed(Instant::now(), scope);
     }
 
     /// `ip` fetched one of gateway `name`'s playlists.
@@ -71,8 +76,9 @@ impl FleetState {
         }
     }
 
-    /// The fleet as `GET /api/fleet` answers it.
-    pub(crate) fn view(&self, relay: &str) -> serde_json::Value {
+    /// The fleet as `GET /api/fleet` answers it (`with_hour`: each gateway's last hour
+    /// too, `?hour=1`; a page asks for it now and then, not each second).
+    pub(crate) fn view(&self, relay: &str, with_hour: bool) -> serde_json::Value {
         let now = Instant::now();
         let viewers = self
             .audience
@@ -108,17 +114,24 @@ impl FleetState {
                         serde_json::json!({ "name": n, "level": level, "pinned": pinned })
                     })
                     .collect();
-                let bids: Vec<&str> = g.summary.get("bids").map_or(vec![], |b| b.split(' ').collect());
-                let count = |i: usize| bids.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-                let oldest = bids.get(3).and_then(|x| x.parse::<f64>().ok()).filter(|x| x.is_finite()).unwrap_or(0.0);
+                // `accepted pending queued oldest_s`; none reported: null, not zeros
+                let bids = g.summary.get("bids").map(|b| {
+                    let f: Vec<&str> = b.split(' ').collect();
+                    let count = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok());
+                    let oldest = f.get(3).and_then(|x| x.parse::<f64>().ok()).filter(|x| x.is_finite());
+                    serde_json::json!({
+                        "accepted": count(0), "pending": count(1), "queued": count(2),
+                        "oldest_pending_s": oldest,
+                    })
+                });
                 let problems: Vec<&String> = by_prefix("p.").map(|(_, v)| v).collect();
                 let online = g.online(now, f.offline_after);
                 serde_json::json!({
                     "name": name,
                     "event": event,
                     "online": online,
-                    "connected": g.connected,
-                    "why_offline": (!online).then(|| if !g.connected {
+                    "connections": g.connections,
+                    "why_offline": (!online).then(|| if g.connections == 0 {
                         "no connection".to_string()
                     } else {
                         match g.last_report {
@@ -133,16 +146,13 @@ impl FleetState {
                     "links": links,
                     "cameras": cameras,
                     "viewers": viewers.get(name).copied().unwrap_or(0),
-                    "bids": {
-                        "accepted": count(0), "pending": count(1), "queued": count(2),
-                        "oldest_pending_s": oldest,
-                    },
+                    "bids": bids,
                     "stream_capacity_kbps": g.summary.get("capacity").and_then(|c| c.parse::<f64>().ok()),
                     "problems": problems,
                     "version": g.summary.get("v"),
                     "telemetry_bytes": g.bytes,
                     "reports": g.reports,
-                    "hour": g.points,
+                    "hour": with_hour.then_some(&g.points),
                 })
             })
             .collect();

@@ -1,5 +1,5 @@
 //! `[fleet] listen`: the fleet page (its files hold no data and are served without the
-//! token) and `GET /api/fleet` (with `Authorization: Bearer <token>`, the token in
+//! token) and `GET /api/fleet[?hour=1]` (with `Authorization: Bearer <token>`, the token in
 //! `[fleet] token_file`, made on first start).
 
 use super::FleetState;
@@ -107,7 +107,12 @@ fn answer(fleet: &FleetState, relay: &str, token: &str, req: &Request<Incoming>)
         );
         return r;
     }
-    let mut r = Response::new(Full::new(Bytes::from(format!("{:#}\n", fleet.view(relay)))));
+    let with_hour = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "hour=1"));
+    let body = format!("{}\n", fleet.view(relay, with_hour));
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

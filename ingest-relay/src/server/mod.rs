@@ -410,6 +410,8 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
         bulk: quic.bulk_marks(),
     });
     metrics::gauge!("canopy_relay_gateways_connected").increment(1.0);
+    // opened and closed here only, in pairs: the fleet's count of connections
+    state.fleet.opened(&ctx.scope);
     let h3 = h3::server::builder()
         .max_field_section_size(state.max_header_bytes)
         .build::<_, Bytes>(quic)
@@ -438,9 +440,7 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
     }
     metrics::gauge!("canopy_relay_gateways_connected").decrement(1.0);
     state.sessions.leave(&ctx);
-    state
-        .fleet
-        .connected(&ctx.scope, state.sessions.has_paths(ctx.identity));
+    state.fleet.closed(&ctx.scope);
     info!(reason = ?conn.close_reason(), "gateway disconnected");
 }
 
@@ -529,6 +529,14 @@ async fn serve(
             return crate::probe::sink(&mut stream).await;
         }
         if req.uri().path() == wire::telemetry::TELEMETRY_PATH {
+            if req.method() != Method::POST {
+                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                return refuse(
+                    &mut stream,
+                    Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "telemetry is a POST"),
+                )
+                .await;
+            }
             return crate::fleet::intake(&state.fleet, ctx, &mut stream).await;
         }
         return hello(state, ctx, &req, &mut stream).await;
@@ -696,7 +704,6 @@ async fn hello(state: &State, ctx: &ConnCtx, req: &Request<()>, stream: &mut Str
     let kind = h(wire::HDR_LINK_KIND);
     match state.sessions.join(ctx, session, path, &name, &kind) {
         Ok(paths) => {
-            state.fleet.connected(&ctx.scope, true);
             let resp = Response::builder()
                 .status(StatusCode::OK)
                 .header("canopy-session-paths", paths.to_string())

@@ -4,6 +4,10 @@
 
 const KEY = "canopy-fleet-token";
 const EVERY_MS = 1000;
+// the last hour's points come with every tenth answer (they change every 10 s)
+const HOUR_EVERY = 10;
+const hours = new Map(); // gateway name.event -> its last hour
+const id = (g) => g.name + "." + g.event;
 let updates = 0;
 
 const $ = (id) => document.getElementById(id);
@@ -69,8 +73,10 @@ function card(gw) {
   fig("down", mbit(gw.down_kbps) + " Mbit/s");
   fig("links up", gw.links_up + "/" + gw.links.length);
   fig("viewers", gw.viewers);
-  fig("bids", gw.bids.accepted);
-  fig("waiting", gw.bids.pending);
+  if (gw.bids) {
+    fig("bids", gw.bids.accepted);
+    fig("waiting", gw.bids.pending);
+  }
   if (gw.stream_capacity_kbps != null) fig("stream room", mbit(gw.stream_capacity_kbps) + " Mbit/s");
   c.append(f);
   if (gw.problems.length) {
@@ -96,14 +102,15 @@ function card(gw) {
   c.append(t);
   const canvas = el("canvas");
   c.append(canvas);
-  requestAnimationFrame(() => graph(canvas, gw.hour));
+  requestAnimationFrame(() => graph(canvas, hours.get(id(gw)) || []));
   return c;
 }
 
 async function poll() {
   let r;
   try {
-    r = await fetch("/api/fleet", { headers: { Authorization: "Bearer " + token() } });
+    const hour = updates % HOUR_EVERY === 0 ? "?hour=1" : "";
+    r = await fetch("/api/fleet" + hour, { headers: { Authorization: "Bearer " + token() } });
   } catch (e) {
     live(false, "relay unreachable");
     return;
@@ -111,6 +118,7 @@ async function poll() {
   if (r.status === 401) { localStorage.removeItem(KEY); showLogin("The relay refused that token."); return; }
   if (!r.ok) { live(false, "error " + r.status); return; }
   const v = await r.json();
+  for (const g of v.gateways) if (g.hour) hours.set(id(g), g.hour);
   $("login").hidden = true;
   $("main").hidden = false;
   $("relay").textContent = "Canopy fleet \u00b7 " + v.relay;
