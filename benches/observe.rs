@@ -1,13 +1,15 @@
 //! What watching costs: the CPU of a gateway with everything the crew and the operators
 //! look at on (Prometheus metrics scraped every 5 s, the status page open: its files once
 //! and its event stream throughout, delta telemetry to the relay) against a gateway with
-//! all of it off, both at once in one run (same machine, same moment; then again with their
-//! places swapped), each carrying
-//! 20 Mbit/s of bonded traffic (two uplinks on loopback, two paced downloads through its
-//! proxy). CPU from the scheduler's account of each thread; the downloads are read at exactly their rate, and the
-//! ratio is of CPU per Mbit/s carried all the same. Telemetry bytes
-//! per minute are the gateway's own count (bodies and request fields uncompressed: an
-//! upper bound of what QPACK sends). Writes target/canopy-bench/observe.json.
+//! all of it off, both at once in one run (same machine, same moment; then again with
+//! their places swapped), each carrying 20 Mbit/s of bonded traffic (two uplinks on
+//! loopback, two downloads through its proxy read at exactly their rate). CPU from the
+//! scheduler's account of each thread (threads that end during the run take theirs with
+//! them; the gateway's are long-lived); the ratio is of CPU per Mbit/s carried. Telemetry
+//! bytes per minute: the gateway's own count (with metrics on: each report's HTTP/3
+//! request, fields uncompressed; the QUIC and UDP headers it shares with the 10 ms probes
+//! not counted), and the report bodies the relay took (its fleet view).
+//! Writes target/canopy-bench/observe.json.
 //!
 //! cargo bench --bench observe    (CANOPY_BENCH_SECS: seconds measured, 60;
 //!                                 CANOPY_OBSERVE_WATCH=metrics|page|telemetry: one alone;
@@ -97,6 +99,8 @@ fn metric(text: &str, name: &str) -> f64 {
 
 struct Setup {
     dir: PathBuf,
+    /// The relay's fleet view.
+    fleet: u16,
     relay_port: u16,
     origin: SocketAddr,
 }
@@ -108,8 +112,7 @@ fn has(what: &str, part: &str) -> bool {
 
 fn gateway_config(s: &Setup, what: &str, proxy: u16, metrics: u16, admin: u16) -> String {
     let mut watch = String::new();
-    // the page needs the admin listener, and reads the telemetry counter from /metrics
-    if has(what, "metrics") || has(what, "telemetry") {
+    if has(what, "metrics") {
         watch += &format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n");
     }
     if has(what, "page") {
@@ -145,7 +148,30 @@ bind = "127.0.0.2"
 struct Phase {
     cpu_cores: f64,
     mbit_s: f64,
+    /// The gateway's count (with metrics on).
     telemetry_bytes_per_min: Option<f64>,
+    /// The report bodies the relay took from it.
+    telemetry_body_bytes_per_min: Option<f64>,
+}
+
+/// Report body bytes the relay took from gateway `name` (its fleet view).
+fn relay_took(s: &Setup, name: &str) -> f64 {
+    let token = std::fs::read_to_string(s.dir.join("fleet.token")).unwrap_or_default();
+    let out = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        &format!("http://127.0.0.1:{}/api/fleet", s.fleet),
+    ]);
+    serde_json::from_str::<serde_json::Value>(&out)
+        .ok()
+        .and_then(|v| {
+            v["gateways"]
+                .as_array()?
+                .iter()
+                .find(|g| g["name"] == name)?["telemetry_bytes"]
+                .as_f64()
+        })
+        .unwrap_or(0.0)
 }
 
 /// A download through `proxy` read at exactly `rate` bytes a second (TCP's flow control
@@ -181,6 +207,7 @@ fn paced_download(
 /// A gateway carrying its paced downloads, watched as `what` says.
 struct Running {
     what: String,
+    cert: String,
     gw: Kill,
     got: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -246,6 +273,7 @@ impl Running {
         }
         Ok(Self {
             what: what.into(),
+            cert: cert.into(),
             gw,
             got,
             stop,
@@ -262,9 +290,10 @@ impl Running {
         curl(&[&format!("http://127.0.0.1:{}/metrics", self.metrics)])
     }
 
-    /// (CPU seconds, bytes downloaded, telemetry bytes sent).
-    fn read(&self) -> (f64, f64, f64) {
-        let tele = if has(&self.what, "telemetry") {
+    /// (CPU seconds, bytes downloaded, telemetry bytes sent by the gateway's count,
+    /// report bodies the relay took).
+    fn read(&self, s: &Setup) -> (f64, f64, f64, f64) {
+        let sent = if has(&self.what, "telemetry") && has(&self.what, "metrics") {
             metric(&self.scrape(), "canopy_gateway_telemetry_bytes_total")
         } else {
             0.0
@@ -272,7 +301,8 @@ impl Running {
         (
             cpu_s(self.gw.0.id()),
             self.got.load(Ordering::Relaxed) as f64,
-            tele,
+            sent,
+            relay_took(s, &self.cert),
         )
     }
 }
@@ -288,7 +318,7 @@ fn run(s: &Setup, watch: &str, secs: u64, swap: bool) -> anyhow::Result<[Phase; 
     let on = Running::start(s, watch, a)?;
     let off = Running::start(s, "off", b)?;
     std::thread::sleep(WARMUP);
-    let (a0, b0, m0) = (on.read(), off.read(), Instant::now());
+    let (a0, b0, m0) = (on.read(s), off.read(s), Instant::now());
     while m0.elapsed() < Duration::from_secs(secs) {
         let left = Duration::from_secs(secs).saturating_sub(m0.elapsed());
         std::thread::sleep(Duration::from_secs(5).min(left));
@@ -297,13 +327,19 @@ fn run(s: &Setup, watch: &str, secs: u64, swap: bool) -> anyhow::Result<[Phase; 
             on.scrape();
         }
     }
-    let (a1, b1, took) = (on.read(), off.read(), m0.elapsed().as_secs_f64());
+    let (a1, b1, took) = (on.read(s), off.read(s), m0.elapsed().as_secs_f64());
     on.stop();
     off.stop();
-    let result = |r: &Running, x: (f64, f64, f64), y: (f64, f64, f64)| Phase {
-        cpu_cores: (y.0 - x.0) / took,
-        mbit_s: (y.1 - x.1) * 8.0 / took / 1e6,
-        telemetry_bytes_per_min: has(&r.what, "telemetry").then(|| (y.2 - x.2) / took * 60.0),
+    type Read = (f64, f64, f64, f64);
+    let result = |r: &Running, x: Read, y: Read| {
+        let tele = has(&r.what, "telemetry");
+        Phase {
+            cpu_cores: (y.0 - x.0) / took,
+            mbit_s: (y.1 - x.1) * 8.0 / took / 1e6,
+            telemetry_bytes_per_min: (tele && has(&r.what, "metrics"))
+                .then(|| (y.2 - x.2) / took * 60.0),
+            telemetry_body_bytes_per_min: tele.then(|| (y.3 - x.3) / took * 60.0),
+        }
     };
     Ok([result(&on, a0, a1), result(&off, b0, b1)])
 }
@@ -335,6 +371,7 @@ fn setup(dir: &Path) -> anyhow::Result<(Setup, Vec<Kill>)> {
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("origin address not printed"))?;
     let relay_port = port_udp();
+    let fp = port_tcp();
     std::fs::write(
         dir.join("relay.toml"),
         format!(
@@ -351,7 +388,6 @@ allow = ["127.0.0.1:{op}"]
 listen = "127.0.0.1:{fp}"
 "#,
             op = origin_addr.port(),
-            fp = port_tcp()
         ),
     )?;
     let relay = spawn(&[
@@ -362,6 +398,7 @@ listen = "127.0.0.1:{fp}"
     Ok((
         Setup {
             dir: dir.to_path_buf(),
+            fleet: fp,
             relay_port,
             origin: origin_addr,
         },
@@ -393,22 +430,18 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let overhead_ratio = (ratios[0] * ratios[1]).sqrt();
     let mean = |f: &dyn Fn(&[Phase; 2]) -> f64| rounds.iter().map(f).sum::<f64>() / 2.0;
-    let on = Phase {
-        cpu_cores: mean(&|r| r[0].cpu_cores),
-        mbit_s: mean(&|r| r[0].mbit_s),
-        telemetry_bytes_per_min: Some(mean(&|r| r[0].telemetry_bytes_per_min.unwrap_or(0.0))),
-    };
-    let off = Phase {
-        cpu_cores: mean(&|r| r[1].cpu_cores),
-        mbit_s: mean(&|r| r[1].mbit_s),
-        telemetry_bytes_per_min: None,
-    };
-    let telemetry_bytes_per_min = on.telemetry_bytes_per_min.unwrap_or(0.0);
+    let both =
+        |f: &dyn Fn(&Phase) -> Option<f64>| Some((f(&rounds[0][0])? + f(&rounds[1][0])?) / 2.0);
+    let (cpu_on, mbit_on) = (mean(&|r| r[0].cpu_cores), mean(&|r| r[0].mbit_s));
+    let (cpu_off, mbit_off) = (mean(&|r| r[1].cpu_cores), mean(&|r| r[1].mbit_s));
+    let telemetry_bytes_per_min = both(&|p| p.telemetry_bytes_per_min);
+    let telemetry_body_bytes_per_min = both(&|p| p.telemetry_body_bytes_per_min);
     println!(
-        "observe: gateway cpu watched ({watch}) {:.4} cores at {:.1} Mbit/s, unwatched {:.4} at {:.1}: \
-         ratio per Mbit/s {overhead_ratio:.3} (rounds {ratios:.3?}; target <= 1.03), telemetry {telemetry_bytes_per_min:.0} B/min \
-         (target <= 30000)",
-        on.cpu_cores, on.mbit_s, off.cpu_cores, off.mbit_s
+        "observe: gateway cpu watched ({watch}) {cpu_on:.4} cores at {mbit_on:.1} Mbit/s, unwatched \
+         {cpu_off:.4} at {mbit_off:.1}: ratio per Mbit/s {overhead_ratio:.3} (rounds {ratios:.3?}; \
+         target <= 1.03), telemetry {} B/min, bodies at the relay {} B/min (target <= 30000)",
+        telemetry_bytes_per_min.map_or("-".into(), |b| format!("{b:.0}")),
+        telemetry_body_bytes_per_min.map_or("-".into(), |b| format!("{b:.0}")),
     );
     let path = common::write_json(
         "observe",
@@ -419,13 +452,14 @@ fn main() -> anyhow::Result<()> {
             "secs": secs,
             "watching": watch,
             "target_mbit_s": MBIT_S,
-            "mbit_s_on": on.mbit_s,
-            "mbit_s_off": off.mbit_s,
-            "cpu_on": on.cpu_cores,
-            "cpu_off": off.cpu_cores,
+            "mbit_s_on": mbit_on,
+            "mbit_s_off": mbit_off,
+            "cpu_on": cpu_on,
+            "cpu_off": cpu_off,
             "overhead_ratio": overhead_ratio,
             "overhead_ratio_rounds": ratios,
             "telemetry_bytes_per_min": telemetry_bytes_per_min,
+            "telemetry_body_bytes_per_min": telemetry_body_bytes_per_min,
         }),
     )?;
     println!("wrote {}", path.display());
