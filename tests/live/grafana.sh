@@ -17,13 +17,25 @@ source tests/live/lib/loopns.sh
 
 # the expressions, one per line: "panel title<TAB>expr"
 exprs=$(/usr/bin/python3 - "$DASH" <<'PY'
-import json, sys
+import json, re, sys
 d = json.load(open(sys.argv[1]))
+known = {"__rate_interval"} | {v["name"] for v in d.get("templating", {}).get("list", [])}
 for p in d["panels"]:
     for t in p.get("targets", []):
+        unknown = set(re.findall(r"\$(\w+)", t["expr"])) - known
+        if unknown:
+            sys.exit(f'panel {p["title"]}: no such variable: {sorted(unknown)}')
         print(f'{p["title"]}\t{t["expr"]}')
+# a variable's label_values(metric, label) is asked as the query it stands for
+for v in d.get("templating", {}).get("list", []):
+    if v.get("type") != "query":
+        continue
+    m = re.fullmatch(r"label_values\((\w+), *(\w+)\)", v["definition"])
+    if not m:
+        sys.exit(f'variable {v["name"]}: not label_values(metric, label)')
+    print(f'variable {v["name"]}\tcount by ({m[2]}) ({m[1]})')
 PY
-) || { bad "$DASH does not parse"; finish; }
+) || { bad "$DASH does not parse, or names a variable it does not define"; finish; }
 [ -n "$exprs" ] || { bad "$DASH has no queries"; finish; }
 names=$(echo "$exprs" | cut -f2 | grep -o 'canopy_[a-z0-9_]*' | sort -u)
 undocumented=""
@@ -85,8 +97,11 @@ fi
 
 # each query until it answers a finite value (rates need a few scrapes)
 query() { # EXPR -> the number of finite values in Prometheus's answer
-  # Grafana's $__rate_interval is at least four scrapes: 1m is plenty at 1 s
-  nsx curl -s --max-time 5 "http://$PROM/api/v1/query" --data-urlencode "query=${1//\$__rate_interval/1m}" |
+  # Grafana's $__rate_interval is at least four scrapes: 1m is plenty at 1 s; the gateway
+  # variable's "All" is .*
+  local q=${1//\$__rate_interval/1m}
+  q=${q//\$gateway/.*}
+  nsx curl -s --max-time 5 "http://$PROM/api/v1/query" --data-urlencode "query=$q" |
     /usr/bin/python3 -c '
 import json, math, sys
 try:
