@@ -259,7 +259,13 @@ impl Running {
         }
         let mut page = None;
         if has(what, "page") {
-            for f in ["/", "/page.js", "/page.css", "/hls.light.min.js"] {
+            for f in [
+                "/",
+                "/operator.js",
+                "/page.js",
+                "/page.css",
+                "/hls.light.min.js",
+            ] {
                 curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{admin}{f}")]);
             }
             let token = std::fs::read_to_string(s.dir.join(&token_file))?;

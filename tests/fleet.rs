@@ -89,7 +89,18 @@ fn the_fleet_lists_two_gateways_and_shows_one_going_offline_within_5_s() {
 
     // the page holds no data and needs no token; the fleet needs it
     let page = curl(&[&format!("http://{addr}/")]);
-    assert!(String::from_utf8_lossy(&page.stdout).contains("/fleet.js"));
+    let page = String::from_utf8_lossy(&page.stdout).to_string();
+    for script in ["/operator.js", "/fleet.js"] {
+        assert!(page.contains(script), "{page}");
+        let got = curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{addr}{script}"),
+        ]);
+        assert_eq!(String::from_utf8_lossy(&got.stdout), "200", "{script}");
+    }
     let refused = curl(&[
         "-o",
         "/dev/null",

@@ -91,7 +91,7 @@ fn canopy_status_says_what_is_wrong_first_and_history_keeps_each_second() {
     let page = curl(&["-s", "-w", "%{http_code}", &format!("http://{admin}/")]);
     let page = String::from_utf8_lossy(&page.stdout).into_owned();
     assert!(page.ends_with("200") && page.contains("/page.js"), "{page}");
-    for asset in ["/page.js", "/page.css"] {
+    for asset in ["/operator.js", "/page.js", "/page.css"] {
         assert_eq!(
             http_status(&[&format!("http://{admin}{asset}")]),
             "200",

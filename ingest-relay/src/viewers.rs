@@ -184,7 +184,7 @@ pub(crate) async fn serve_http1(
 ) {
     info!(addr = ?listener.local_addr().ok(), tls = tls.is_some(), "viewers (HTTP/1.1)");
     loop {
-        let (tcp, peer) = media_io::accept(&listener).await;
+        let (tcp, peer) = tunnel_io::listen::accept(&listener).await;
         let (v, tls) = (viewers.clone(), tls.clone());
         tokio::spawn(
             async move {

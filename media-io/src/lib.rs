@@ -42,22 +42,3 @@ pub fn wall_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
-
-/// The next TCP connection on `listener`, with Nagle off. Accept errors (out of file
-/// descriptors, a connection reset before it was taken) are logged and retried after 50 ms.
-pub async fn accept(
-    listener: &tokio::net::TcpListener,
-) -> (tokio::net::TcpStream, std::net::SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                return (tcp, peer);
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-}

@@ -1,6 +1,9 @@
-// What the page tests share: their arguments, waiting for a condition, and the checks
-// every page behind a token makes (it asks for the token and the API refuses without
-// it; it fits a phone's width).
+// What the page tests share: their arguments, the run (a browser, its checks, the
+// report), waiting for a condition, and the checks every page behind a token makes (it
+// asks for the token and the API refuses without it; it fits a phone's width).
+import fs from 'node:fs';
+import path from 'node:path';
+import { launch } from './chromium.mjs';
 
 /** `--name value` pairs; throws when one of `required` is missing. */
 export function parseArgs(required) {
@@ -62,4 +65,39 @@ export async function fitsPhone(browser, url, shot, watchErrors) {
   await p.screenshot({ path: shot, fullPage: true });
   await phone.close();
   return [!!shown && fits.scroll <= fits.width, { shown: !!shown, ...fits }];
+}
+
+/**
+ * Runs a page test. `body(t)` gets `t.browser` (Chromium, launched with `launchArgs`),
+ * `t.page` (a desktop-sized page not yet loaded), `t.check(name, ok, detail)` and
+ * `t.watchErrors(page)` (a page whose script errors fail the run) and `t.out` (the report,
+ * for details beside the checks); a throw is the run's error. Then `no_script_errors` is checked and the result, ok when every check held and
+ * there are at least `expected`, is printed as one JSON line and written to `o.json`
+ * (the screenshots go beside `o.shots`); the process exits 0 only when ok.
+ */
+export async function runPage(o, { url, launchArgs = [], expected }, body) {
+  const out = { url, checks: {} };
+  const check = (name, ok, detail) => { out.checks[name] = { ok: !!ok, detail }; };
+  const errors = [];
+  const watchErrors = (p) => p.on('pageerror', (e) => errors.push(String(e.message || e)));
+  let browser;
+  try {
+    fs.mkdirSync(path.dirname(path.resolve(o.shots)), { recursive: true });
+    browser = await launch({ args: launchArgs });
+    out.browser = browser.version();
+    const desk = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const page = await desk.newPage();
+    watchErrors(page);
+    await body({ browser, page, check, watchErrors, out });
+    check('no_script_errors', errors.length === 0, errors.slice(0, 3));
+  } catch (e) {
+    out.error = String(e.message || e).split('\n')[0];
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+  }
+  out.ok = !out.error && Object.values(out.checks).every((c) => c.ok)
+    && Object.keys(out.checks).length >= expected;
+  fs.writeFileSync(o.json, JSON.stringify(out, null, 2) + '\n');
+  console.log(JSON.stringify(out));
+  process.exit(out.ok ? 0 : 1);
 }

@@ -9,15 +9,11 @@
 // node fleet_page.mjs --url 'http://127.0.0.1:PORT/#token=T' --json out.json \
 //   --shots target/test-artifacts/fleet-page --kill FIFO --killed-at FILE
 import fs from 'node:fs';
-import path from 'node:path';
-import { launch } from './chromium.mjs';
-import { fitsPhone, parseArgs, refusedWithoutToken, sleep, waitFor } from './checks.mjs';
+import { fitsPhone, parseArgs, refusedWithoutToken, runPage, sleep, waitFor } from './checks.mjs';
 
 
 const o = parseArgs(['url', 'json', 'shots', 'kill', 'killed-at']);
 const base = o.url.split('#')[0].replace(/\/$/, '');
-const out = { url: base, checks: {} };
-const check = (name, ok, detail) => { out.checks[name] = { ok: !!ok, detail }; };
 const cards = (page) => page.evaluate(() => Object.fromEntries(
   [...document.querySelectorAll('[data-gateway]')].map((c) => [c.dataset.gateway, {
     online: c.dataset.online === 'true',
@@ -25,16 +21,7 @@ const cards = (page) => page.evaluate(() => Object.fromEntries(
     text: c.querySelector('.state').textContent,
   }])));
 
-let browser;
-try {
-  fs.mkdirSync(path.dirname(path.resolve(o.shots)), { recursive: true });
-  browser = await launch();
-  out.browser = browser.version();
-  const desk = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await desk.newPage();
-  const errors = [];
-  const watchErrors = (p) => p.on('pageerror', (e) => errors.push(String(e.message || e)));
-  watchErrors(page);
+await runPage(o, { url: base, launchArgs: [], expected: 7 }, async ({ browser, page, check, watchErrors }) => {
   await page.goto(o.url, { waitUntil: 'load', timeout: 15000 });
 
   // 1. loads with the token, the token leaves the address bar
@@ -73,14 +60,4 @@ try {
 
   // 5. on a phone: it fits the width
   check('phone_fits', ...await fitsPhone(browser, o.url, `${o.shots}-phone.png`, watchErrors));
-  check('no_script_errors', errors.length === 0, errors.slice(0, 3));
-} catch (e) {
-  out.error = String(e.message || e).split('\n')[0];
-} finally {
-  if (browser) await browser.close().catch(() => {});
-}
-
-out.ok = !out.error && Object.values(out.checks).every((c) => c.ok) && Object.keys(out.checks).length >= 7;
-fs.writeFileSync(o.json, JSON.stringify(out, null, 2) + '\n');
-console.log(JSON.stringify(out));
-process.exit(out.ok ? 0 : 1);
+});

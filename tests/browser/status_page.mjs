@@ -10,27 +10,13 @@
 // node status_page.mjs --url 'http://127.0.0.1:PORT/#token=T' --json out.json \
 //   --shots target/test-artifacts/status-page --demo-log demo.log
 import fs from 'node:fs';
-import path from 'node:path';
-import { launch } from './chromium.mjs';
-import { fitsPhone, parseArgs, refusedWithoutToken, sleep, waitFor } from './checks.mjs';
+import { fitsPhone, parseArgs, refusedWithoutToken, runPage, sleep, waitFor } from './checks.mjs';
 
 
 const o = parseArgs(['url', 'json', 'shots', 'demo-log']);
 const base = o.url.split('#')[0].replace(/\/$/, '');
-const out = { url: base, checks: {} };
-const check = (name, ok, detail) => { out.checks[name] = { ok: !!ok, detail }; };
 
-let browser;
-try {
-  fs.mkdirSync(path.dirname(path.resolve(o.shots)), { recursive: true });
-  // IP literals only
-  browser = await launch({ args: ['--autoplay-policy=no-user-gesture-required'] });
-  out.browser = browser.version();
-  const desk = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await desk.newPage();
-  const errors = [];
-  const watchErrors = (p) => p.on('pageerror', (e) => errors.push(String(e.message || e)));
-  watchErrors(page);
+await runPage(o, { url: base, launchArgs: ['--autoplay-policy=no-user-gesture-required'], expected: 10 }, async ({ browser, page, check, watchErrors, out }) => {
   await page.goto(o.url, { waitUntil: 'load', timeout: 15000 });
   // from now on: every moment a link that was usable shows as not usable (a Wi-Fi blip
   // counts too; the demo's cut is found among them)
@@ -126,14 +112,4 @@ try {
 
   // 7. on a phone: it fits the width
   check('phone_fits', ...await fitsPhone(browser, o.url, `${o.shots}-phone.png`, watchErrors));
-  check('no_script_errors', errors.length === 0, errors.slice(0, 3));
-} catch (e) {
-  out.error = String(e.message || e).split('\n')[0];
-} finally {
-  if (browser) await browser.close().catch(() => {});
-}
-
-out.ok = !out.error && Object.values(out.checks).every((c) => c.ok) && Object.keys(out.checks).length >= 10;
-fs.writeFileSync(o.json, JSON.stringify(out, null, 2));
-console.log(JSON.stringify(out));
-process.exit(out.ok ? 0 : 1);
+});

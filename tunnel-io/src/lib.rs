@@ -1,13 +1,15 @@
 //! Canopy's async transport shell, shared by the gateway and the relay: TLS and QUIC
 //! endpoint configuration, adapters between HTTP/3 request streams and hyper bodies,
-//! tunnelled byte streams (CONNECT), and the Prometheus endpoint.
+//! tunnelled byte streams (CONNECT), the Prometheus endpoint and the operator listeners.
 #![forbid(unsafe_code)]
 
 pub mod admin_token;
 pub mod body;
 pub mod clock;
 pub mod idle;
+pub mod listen;
 pub mod metrics_http;
+pub mod operator_http;
 pub mod own_cert;
 pub mod probe;
 pub mod quic;

@@ -1,9 +1,9 @@
 //! The Prometheus endpoint (`GET /metrics`) each side serves on its `metrics.listen`.
 
 use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use tokio::net::TcpListener;
@@ -28,36 +28,35 @@ pub fn recorder() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Connections served at once (a Prometheus or two, a curl).
+const MAX_CONNECTIONS: usize = 8;
+
 /// Serves `/metrics` on the listener until the task is dropped.
 pub async fn serve(listener: TcpListener) {
     let Some(handle) = recorder() else {
         tracing::warn!("metrics recorder unavailable; /metrics not served");
         return;
     };
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let handle = handle.clone();
-                async move {
-                    let resp = if req.uri().path() == "/metrics" {
-                        hyper::Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(handle.render())))
-                    } else {
-                        hyper::Response::builder()
-                            .status(404)
-                            .body(Full::new(Bytes::from_static(b"try /metrics\n")))
-                    };
-                    resp
+    crate::operator_http::serve(
+        listener,
+        MAX_CONNECTIONS,
+        move |_peer, req: Request<Incoming>| {
+            let handle = handle.clone();
+            async move {
+                if req.uri().path() == "/metrics" {
+                    let mut r = Response::new(Full::new(Bytes::from(handle.render())));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    r
+                } else {
+                    let mut r = Response::new(Full::new(Bytes::from_static(b"try /metrics\n")));
+                    *r.status_mut() = StatusCode::NOT_FOUND;
+                    r
                 }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
-    }
+            }
+        },
+    )
+    .await;
 }

@@ -33,8 +33,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -152,31 +150,12 @@ impl Admin {
     /// Serves until the task is dropped.
     pub async fn serve(self, view: Arc<AdminView>) {
         info!(addr = ?self.listener.local_addr().ok(), "admin API listening");
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let (tcp, peer) = media_io::accept(&self.listener).await;
-            let view = view.clone();
-            let token = self.token.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let (view, token) = (view.clone(), token.clone());
-                    async move { Ok::<_, Infallible>(handle(&view, &token, peer, req).await) }
-                });
-                let mut http = hyper::server::conn::http1::Builder::new();
-                http.timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10));
-                // a connection (kept alive or stalled) lasts 5 minutes at most
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(300),
-                    http.serve_connection(TokioIo::new(tcp), svc),
-                )
-                .await;
-                drop(slot);
-            });
-        }
+        let token = self.token;
+        tunnel_io::operator_http::serve(self.listener, MAX_CONNECTIONS, move |peer, req| {
+            let (view, token) = (view.clone(), token.clone());
+            async move { handle(&view, &token, peer, req).await }
+        })
+        .await;
     }
 }
 

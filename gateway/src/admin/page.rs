@@ -8,7 +8,7 @@
 use super::{history_after, status, AdminView, Answer};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use std::time::Duration;
 
 const INDEX: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/page.js");
+use tunnel_io::operator_http::OPERATOR_JS;
 const STYLE: &str = include_str!("page/page.css");
 /// hls.js (light build), for the cameras' previews: see `page/vendor/README.md`.
 const HLS_JS: &str = include_str!("page/vendor/hls.light.min.js");
@@ -39,6 +40,7 @@ fn links_signature(view: &AdminView) -> Vec<(&'static str, bool)> {
 pub(super) fn asset(method: &Method, path: &str) -> Option<Answer> {
     let (body, kind) = match path {
         "/" | "/index.html" => (INDEX, "text/html; charset=utf-8"),
+        "/operator.js" => (OPERATOR_JS, "text/javascript; charset=utf-8"),
         "/page.js" => (SCRIPT, "text/javascript; charset=utf-8"),
         "/page.css" => (STYLE, "text/css; charset=utf-8"),
         "/hls.light.min.js" => (HLS_JS, "text/javascript; charset=utf-8"),
@@ -47,22 +49,10 @@ pub(super) fn asset(method: &Method, path: &str) -> Option<Answer> {
     if method != Method::GET && method != Method::HEAD {
         return Some(super::not_allowed("GET"));
     }
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed_unsync());
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // the page runs only its own script and talks only to this listener
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; img-src 'self' data:; media-src 'self' blob:; \
-             worker-src 'self' blob:; frame-ancestors 'none'",
-        ),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    // the page runs only its own scripts and talks only to this listener
+    let csp = "default-src 'self'; img-src 'self' data:; media-src 'self' blob:; \
+               worker-src 'self' blob:; frame-ancestors 'none'";
+    let r = tunnel_io::operator_http::asset(body, kind, csp).map(BodyExt::boxed_unsync);
     Some(r)
 }
 

@@ -80,7 +80,7 @@ impl Https {
             tokio::spawn(c.clone().run());
         }
         loop {
-            let (tcp, peer) = media_io::accept(&self.listener).await;
+            let (tcp, peer) = tunnel_io::listen::accept(&self.listener).await;
             let acceptor = self.acceptor.clone();
             let door = door.clone();
             tokio::spawn(async move {

@@ -416,7 +416,7 @@ impl Gateway {
             tasks.spawn(media_io::pull::run_pull(stream, rendition, url, creds).instrument(span));
         }
         loop {
-            let (tcp, peer) = media_io::accept(&self.listener).await;
+            let (tcp, peer) = tunnel_io::listen::accept(&self.listener).await;
             let door = DeviceDoor(self.state.clone());
             tokio::spawn(door.serve(tcp, peer));
         }

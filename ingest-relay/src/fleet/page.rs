@@ -7,13 +7,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::{debug, info};
 use tunnel_io::admin_token::authorized;
+use tunnel_io::operator_http::{asset, OPERATOR_JS};
 
 const INDEX: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/fleet.js");
@@ -32,42 +29,22 @@ pub(crate) async fn serve(
     token: Arc<str>,
 ) {
     info!(addr = ?listener.local_addr().ok(), "fleet view listening");
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let relay: Arc<str> = relay.into();
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, peer) = media_io::accept(&listener).await;
-        let (fleet, relay, token) = (fleet.clone(), relay.clone(), token.clone());
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let (fleet, relay, token) = (fleet.clone(), relay.clone(), token.clone());
-                async move {
-                    let a = answer(&fleet, &relay, &token, &req);
-                    if a.status() == StatusCode::UNAUTHORIZED {
-                        debug!(%peer, "fleet: refused without the token");
-                    }
-                    Ok::<_, Infallible>(a)
-                }
-            });
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            let _ = tokio::time::timeout(
-                Duration::from_secs(300),
-                http.serve_connection(TokioIo::new(tcp), svc),
-            )
-            .await;
-            drop(slot);
-        });
-    }
+    tunnel_io::operator_http::serve(listener, MAX_CONNECTIONS, move |peer, req| {
+        let a = answer(&fleet, &relay, &token, &req);
+        if a.status() == StatusCode::UNAUTHORIZED {
+            debug!(%peer, "fleet: refused without the token");
+        }
+        std::future::ready(a)
+    })
+    .await;
 }
 
 fn answer(fleet: &FleetState, relay: &str, token: &str, req: &Request<Incoming>) -> Answer {
     let path = req.uri().path();
     let file = match path {
         "/" | "/index.html" => Some((INDEX, "text/html; charset=utf-8")),
+        "/operator.js" => Some((OPERATOR_JS, "text/javascript; charset=utf-8")),
         "/fleet.js" => Some((SCRIPT, "text/javascript; charset=utf-8")),
         "/fleet.css" => Some((STYLE, "text/css; charset=utf-8")),
         _ => None,
@@ -79,19 +56,7 @@ fn answer(fleet: &FleetState, relay: &str, token: &str, req: &Request<Incoming>)
         return r;
     }
     if let Some((body, kind)) = file {
-        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-        let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
-        );
-        h.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        return r;
+        return asset(body, kind, "default-src 'self'; frame-ancestors 'none'");
     }
     if path != "/api/fleet" {
         return text(StatusCode::NOT_FOUND, "not found: try / or /api/fleet\n");

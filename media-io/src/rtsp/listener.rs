@@ -50,7 +50,7 @@ impl PushListener {
     pub async fn run(self) {
         info!(addr = ?self.listener.local_addr().ok(), "RTSP push listener");
         loop {
-            let (tcp, peer) = crate::accept(&self.listener).await;
+            let (tcp, peer) = tunnel_io::listen::accept(&self.listener).await;
             let session =
                 PushSession::new(self.shared.clone(), format!("{:016x}", fastrand::u64(..)));
             tokio::spawn(

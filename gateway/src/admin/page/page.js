@@ -1,5 +1,6 @@
 // The gateway's status page: reads /api/events (server-sent events, with the admin token)
-// and draws what it says; the buttons call the same admin API. No framework, no CDN.
+// and draws what it says; the buttons call the same admin API. No framework, no CDN;
+// /operator.js is loaded first.
 "use strict";
 
 const KEY = "canopy-admin-token";
@@ -8,12 +9,6 @@ const LEVELS = ["auto", "full", "substream", "transcode", "keyframes", "audio"];
 const linkHistory = new Map(); // link name -> points, oldest first
 let updates = 0;
 
-const $ = (id) => document.getElementById(id);
-const el = (tag, props = {}, ...kids) => {
-  const e = Object.assign(document.createElement(tag), props);
-  for (const k of kids) e.append(k);
-  return e;
-};
 const mbit = (bps) => (bps == null ? "-" : (bps / 1e6).toFixed(2));
 const bytes = (n) => {
   n = n || 0;
@@ -23,20 +18,8 @@ const bytes = (n) => {
   return n + " B";
 };
 
-function token() { return localStorage.getItem(KEY) || ""; }
-
-function showLogin(message) {
-  $("main").hidden = true;
-  $("login").hidden = false;
-  $("login-error").textContent = message || "";
-  live(false, "token needed");
-}
-
-function live(on, text) {
-  const b = $("live");
-  b.textContent = text;
-  b.className = "badge" + (on ? "" : " off");
-}
+// operator.js: $, el, live, showLogin, showMain, keepToken
+const token = keepToken(KEY, connect);
 
 async function api(method, path, body) {
   const r = await fetch(path, {
@@ -246,8 +229,7 @@ async function connect() {
     });
     if (r.status === 401) return showLogin("The gateway refused that token.");
     if (!r.ok || !r.body) throw new Error(String(r.status));
-    $("login").hidden = true;
-    $("main").hidden = false;
+    showMain();
     live(true, "live");
     const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = "";
@@ -276,18 +258,5 @@ async function connect() {
   setTimeout(() => { if (stream === mine) connect(); }, 1000);
 }
 
-$("login").addEventListener("submit", (e) => {
-  e.preventDefault();
-  localStorage.setItem(KEY, $("token").value.trim());
-  connect();
-});
 $("purge").addEventListener("click", () => act("Purge", "POST", "/api/cache/purge", { all: true }));
-// a link that carries the token (`canopy demo` prints one) keeps it here and drops it from
-// the address bar: the fragment never reaches the server
-if (location.hash.startsWith("#token=")) {
-  try {
-    localStorage.setItem(KEY, decodeURIComponent(location.hash.slice(7)));
-  } catch (_) { /* a mangled link: the page asks */ }
-  history.replaceState(null, "", location.pathname);
-}
 connect();

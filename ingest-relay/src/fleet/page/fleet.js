@@ -1,5 +1,5 @@
 // The relay's fleet page: reads /api/fleet each second (with the fleet token) and draws
-// every gateway the relay hears from. No framework, no CDN.
+// every gateway the relay hears from. No framework, no CDN; /operator.js is loaded first.
 "use strict";
 
 const KEY = "canopy-fleet-token";
@@ -10,28 +10,7 @@ const hours = new Map(); // gateway name.event -> its last hour
 const id = (g) => g.name + "." + g.event;
 let updates = 0;
 
-const $ = (id) => document.getElementById(id);
-const el = (tag, props = {}, ...kids) => {
-  const e = Object.assign(document.createElement(tag), props);
-  for (const k of kids) e.append(k);
-  return e;
-};
 const mbit = (kbps) => (kbps == null ? "-" : (kbps / 1000).toFixed(2));
-
-function token() { return localStorage.getItem(KEY) || ""; }
-
-function showLogin(message) {
-  $("main").hidden = true;
-  $("login").hidden = false;
-  $("login-error").textContent = message || "";
-  live(false, "token needed");
-}
-
-function live(on, text) {
-  const b = $("live");
-  b.textContent = text;
-  b.className = "badge" + (on ? "" : " off");
-}
 
 function graph(canvas, hour) {
   const w = (canvas.width = canvas.clientWidth * devicePixelRatio);
@@ -119,8 +98,7 @@ async function poll() {
   if (!r.ok) { live(false, "error " + r.status); return; }
   const v = await r.json();
   for (const g of v.gateways) if (g.hour) hours.set(id(g), g.hour);
-  $("login").hidden = true;
-  $("main").hidden = false;
+  showMain();
   $("relay").textContent = "Canopy fleet \u00b7 " + v.relay;
   const online = v.gateways.filter((g) => g.online).length;
   $("summary").textContent = v.gateways.length + " gateways, " + online + " online";
@@ -134,17 +112,10 @@ async function poll() {
   live(true, "live");
 }
 
+// operator.js: $, el, live, showLogin, showMain, keepToken
+const token = keepToken(KEY, poll);
+
 function start() {
-  const hash = new URLSearchParams(location.hash.slice(1));
-  if (hash.get("token")) {
-    localStorage.setItem(KEY, hash.get("token"));
-    history.replaceState(null, "", location.pathname);
-  }
-  $("login").addEventListener("submit", (e) => {
-    e.preventDefault();
-    localStorage.setItem(KEY, $("token").value.trim());
-    poll();
-  });
   if (!token()) showLogin("");
   else poll();
   setInterval(() => { if (token()) poll(); }, EVERY_MS);
