@@ -13,19 +13,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
-if [ "$(id -u)" != 0 ]; then
-  echo "SKIPPED tests/live/browser.sh: needs root (it makes a loopback-only network namespace for Chromium); run it as root"
-  echo "browser: 0 passed, 0 failed"
-  exit 0
-fi
-# chromium, node and tests/browser/node_modules (hls.js, playwright-core)
-source tests/deps.sh
-deps_ensure browser || exit 1
-command -v ip >/dev/null 2>&1 || deps_ensure netns || exit 1
-
-BIN=${CANOPY_BIN:-target/release/canopy}
-ART=target/test-artifacts
-mkdir -p "$ART"
+TALLY="browser"
+source tests/live/lib/browser_test.sh
 
 # The demo's timeline: the busiest uplink goes dark at (DEMO_S - CUT_S) / 2 s for CUT_S s
 # (configs/demo.toml: cut_for_s = 5). The 40 s play starts PLAY_LEAD s before the cut, so it
@@ -37,10 +26,6 @@ PHONE_S=10
 PLAY_LEAD=32 # play starts at t=15 s of the demo (cut at 47.5 s, back at ~53 s, play ends ~57 s)
 CUT_AT=$(((DEMO_S - CUT_S) / 2))
 PLAY_AT=$((CUT_AT - PLAY_LEAD))
-
-TALLY="browser"
-source tests/live/lib/loopns.sh
-need_bin
 
 # a namespace whose only interface is lo: the demo, the page server and Chromium share it
 loopns_start browser || { bad "cannot create a network namespace"; finish; }

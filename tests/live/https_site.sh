@@ -13,25 +13,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
-if [ "$(id -u)" != 0 ]; then
-  echo "SKIPPED tests/live/https_site.sh: needs root (a loopback-only network namespace for Chromium)"
-  echo "https site: 0 passed, 0 failed"
-  exit 0
-fi
-# chromium, node, certutil (libnss3-tools) and tests/browser/node_modules
-source tests/deps.sh
-deps_ensure browser || exit 1
-command -v ip >/dev/null 2>&1 || deps_ensure netns || exit 1
-
-BIN=${CANOPY_BIN:-target/release/canopy}
-BIN=$(realpath "$BIN" 2>/dev/null || echo "$BIN")
-ART=target/test-artifacts
-mkdir -p "$ART"
-SITE=secure.canopy.test
-
 TALLY="https site"
-source tests/live/lib/loopns.sh
-need_bin
+source tests/live/lib/browser_test.sh
+
+SITE=secure.canopy.test
 
 loopns_start https-site || { bad "cannot create a network namespace"; finish; }
 

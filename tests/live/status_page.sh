@@ -13,24 +13,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
-if [ "$(id -u)" != 0 ]; then
-  echo "SKIPPED tests/live/status_page.sh: needs root (a loopback-only network namespace for Chromium)"
-  echo "status page: 0 passed, 0 failed"
-  exit 0
-fi
-# chromium, node and tests/browser/node_modules
-source tests/deps.sh
-deps_ensure browser || exit 1
-command -v ip >/dev/null 2>&1 || deps_ensure netns || exit 1
-
-BIN=${CANOPY_BIN:-target/release/canopy}
-BIN=$(realpath "$BIN" 2>/dev/null || echo "$BIN")
-ART=target/test-artifacts
-mkdir -p "$ART"
-
 TALLY="status page"
-source tests/live/lib/loopns.sh
-need_bin
+source tests/live/lib/browser_test.sh
 
 loopns_start status-page || { bad "cannot create a network namespace"; finish; }
 
