@@ -96,14 +96,6 @@ pids+=("$!")
 out=$(nsx node tests/browser/fleet_page.mjs --url "http://127.0.0.1:9300/#token=$token" \
   --json "$json" --shots "$ART/fleet-page" --kill "$fifo" --killed-at "$work/killed_at")
 echo "  $out"
-field() { node -e 'const j = require(process.argv[1]); const v = process.argv[2].split(".").reduce((a, k) => (a == null ? a : a[k]), j); console.log(v == null ? "" : JSON.stringify(v))' "$(realpath "$json")" "$1"; }
-
-for c in loads both_online offline_within_5s other_stays_online refused_without_token phone_fits \
-  no_script_errors; do
-  if [ "$(field "checks.$c.ok")" = true ]; then
-    ok "$c $(field "checks.$c.detail")"
-  else
-    bad "$c $(field "checks.$c.detail") $(field error)"
-  fi
-done
+tally_checks "$json" loads both_online offline_within_5s other_stays_online refused_without_token \
+  phone_fits no_script_errors
 finish

@@ -45,14 +45,6 @@ json="$ART/status-page.json"
 out=$(nsx node tests/browser/status_page.mjs --url "$url" --json "$json" --shots "$ART/status-page" \
   --demo-log "$demo_log")
 echo "  $out"
-field() { node -e 'const j = require(process.argv[1]); const v = process.argv[2].split(".").reduce((a, k) => (a == null ? a : a[k]), j); console.log(v == null ? "" : JSON.stringify(v))' "$(realpath "$json")" "$1"; }
-
-for c in loads graphs_update preview_plays cut_shown_within_2s purge_button level_override \
-  uplink_hold refused_without_token phone_fits no_script_errors; do
-  if [ "$(field "checks.$c.ok")" = true ]; then
-    ok "$c $(field "checks.$c.detail")"
-  else
-    bad "$c $(field "checks.$c.detail") $(field error)"
-  fi
-done
+tally_checks "$json" loads graphs_update preview_plays cut_shown_within_2s purge_button \
+  level_override uplink_hold refused_without_token phone_fits no_script_errors
 finish

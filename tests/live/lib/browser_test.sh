@@ -20,3 +20,19 @@ mkdir -p "$ART"
 
 source tests/live/lib/loopns.sh
 need_bin
+
+# counts each named check of a page test's JSON report (tests/browser/checks.mjs runPage)
+# as passed or failed, with its detail (and the run's error when it failed)
+tally_checks() { # JSON CHECK...
+  local json c
+  json=$(realpath "$1")
+  shift
+  field() { node -e 'const j = require(process.argv[1]); const v = process.argv[2].split(".").reduce((a, k) => (a == null ? a : a[k]), j); console.log(v == null ? "" : JSON.stringify(v))' "$json" "$1"; }
+  for c in "$@"; do
+    if [ "$(field "checks.$c.ok")" = true ]; then
+      ok "$c $(field "checks.$c.detail")"
+    else
+      bad "$c $(field "checks.$c.detail") $(field error)"
+    fi
+  done
+}
