@@ -121,6 +121,9 @@ pub enum Refused {
     WantFull,
     /// The relay keeps [`MAX_GATEWAYS`] gateways already.
     Full,
+    /// Older than the report it holds from the same process (it arrived after a newer
+    /// one, which the gateway sent when this one went unanswered): ignored.
+    Stale,
 }
 
 /// A point of a gateway's hour.
@@ -218,6 +221,10 @@ impl Fleet {
         let g = self.entry(now, name);
         g.bytes += bytes as u64;
         g.last_heard = now;
+        let same_process = report.epoch == g.epoch && g.seq != 0;
+        if same_process && report.seq <= g.seq {
+            return Err(Refused::Stale);
+        }
         let onto = if report.base == 0 {
             Summary::new()
         } else if report.epoch != g.epoch {
@@ -240,9 +247,11 @@ impl Fleet {
             }
             next.insert(k.clone(), v.clone());
         }
-        if report.base == 0 {
+        // the summary replaced stays as `before` while the gateway may still build on it
+        // (its answer lost); a delta on `before` itself leaves `before` as it is
+        if !same_process {
             g.before = None;
-        } else if report.base == g.seq {
+        } else if report.base == 0 || report.base == g.seq {
             g.before = Some((g.seq, std::mem::take(&mut g.summary)));
         }
         g.summary = next;
@@ -410,6 +419,55 @@ mod tests {
         assert_eq!(
             fresh.gateways().next().unwrap().1.summary,
             summary(&[("a", "3"), ("b", "2")])
+        );
+    }
+
+    #[test]
+    fn a_report_that_arrives_after_a_newer_one_changes_nothing() {
+        let t0 = Instant::now();
+        let mut r = Reporter::new(7, Duration::from_secs(1));
+        let mut f = Fleet::new(Duration::from_secs(3));
+        let first = r.report(t0, summary(&[("a", "1")]));
+        deliver(&mut f, t0, &first).unwrap();
+        r.taken(first.seq);
+        // the second goes unanswered (slow path); the third, sent after it, arrives first
+        let second = r.report(t0, summary(&[("a", "2")]));
+        let third = r.report(t0, summary(&[("a", "3")]));
+        deliver(&mut f, t0, &third).unwrap();
+        r.taken(third.seq);
+        assert_eq!(deliver(&mut f, t0, &second), Err(Refused::Stale));
+        assert_eq!(
+            f.gateways().next().unwrap().1.summary,
+            summary(&[("a", "3")])
+        );
+        // and the next delta still applies
+        let fourth = r.report(t0, summary(&[("a", "4")]));
+        deliver(&mut f, t0, &fourth).unwrap();
+        assert_eq!(
+            f.gateways().next().unwrap().1.summary,
+            summary(&[("a", "4")])
+        );
+    }
+
+    #[test]
+    fn a_lost_answer_to_a_whole_summary_costs_no_second_whole_one() {
+        let t0 = Instant::now();
+        let mut r = Reporter::new(7, Duration::from_secs(1));
+        let mut f = Fleet::new(Duration::from_secs(3));
+        let first = r.report(t0, summary(&[("a", "1"), ("b", "1")]));
+        deliver(&mut f, t0, &first).unwrap();
+        r.taken(first.seq);
+        // the ten minutes' whole summary is taken, its answer lost
+        let whole = r.report(t0 + FULL_EVERY, summary(&[("a", "2"), ("b", "1")]));
+        assert_eq!(whole.base, 0);
+        deliver(&mut f, t0 + FULL_EVERY, &whole).unwrap();
+        // the next is a delta on the first, which the relay still holds
+        let next = r.report(t0 + FULL_EVERY, summary(&[("a", "2"), ("b", "2")]));
+        assert_eq!(next.base, first.seq);
+        deliver(&mut f, t0 + FULL_EVERY, &next).unwrap();
+        assert_eq!(
+            f.gateways().next().unwrap().1.summary,
+            summary(&[("a", "2"), ("b", "2")])
         );
     }
 

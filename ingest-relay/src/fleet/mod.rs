@@ -256,5 +256,16 @@ pub(crate) async fn intake(fleet: &FleetState, ctx: &ConnCtx, stream: &mut Strea
             )
             .await
         }
+        // nobody waits for this answer (the gateway sent a newer report since)
+        Err(Refused::Stale) => {
+            refuse(
+                stream,
+                Refusal::new(
+                    StatusCode::CONFLICT,
+                    "older than the report the relay holds: ignored",
+                ),
+            )
+            .await
+        }
     }
 }
