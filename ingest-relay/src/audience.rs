@@ -20,9 +20,10 @@ pub(crate) struct Audience {
     last_sweep: Option<Instant>,
 }
 
-/// What counts as one viewer's address: an IPv6 one's /64.
+/// What counts as one viewer's address: an IPv6 one's /64 (an IPv4 address mapped into
+/// IPv6, as a listener on `[::]` sees IPv4 viewers, is the IPv4 address).
 fn viewer_of(ip: IpAddr) -> IpAddr {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let mut o = v6.octets();
             o[8..].fill(0);
@@ -80,8 +81,11 @@ mod tests {
         // two addresses of one IPv6 /64 are one viewer
         a.saw(t0, "door", "2001:db8::1".parse().unwrap());
         a.saw(t0, "door", "2001:db8::2".parse().unwrap());
+        // IPv4 viewers seen by a listener on [::] stay apart (and one is 10.0.0.2 again)
+        a.saw(t0, "door", "::ffff:10.0.0.2".parse().unwrap());
+        a.saw(t0, "door", "::ffff:10.0.0.3".parse().unwrap());
         a.saw(t0 + Duration::from_secs(15), "stage", ip(1));
-        assert_eq!(a.counts(t0 + Duration::from_secs(1))["door"], 3);
+        assert_eq!(a.counts(t0 + Duration::from_secs(1))["door"], 4);
         let later = a.counts(t0 + WINDOW + Duration::from_secs(1));
         assert_eq!((later.get("door"), later["stage"]), (None, 1));
     }
