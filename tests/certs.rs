@@ -178,24 +178,13 @@ async fn init_add_and_a_second_init_as_a_crew_runs_them() {
     );
 }
 
-/// A value the relay's /metrics shows (0 when absent).
-fn relay_metric(s: &Stack, name: &str) -> f64 {
-    let out = curl(&[&format!("http://{}/metrics", s.metrics.0)]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn a_revoked_gateway_is_cut_off_within_a_second_and_refused_until_the_list_changes() {
     let s = Stack::start("revoke");
     let url = s.origin_url("/echo");
     assert_eq!(s.status_via_proxy(&url), "200");
     let connected = "canopy_relay_gateways_connected";
-    assert!(relay_metric(&s, connected) >= 1.0);
+    assert!(s.relay_metric(connected) >= 1.0);
     let certs = s.dir.path().join("certs");
     let c = certs.to_str().expect("utf8");
 
@@ -214,7 +203,7 @@ fn a_revoked_gateway_is_cut_off_within_a_second_and_refused_until_the_list_chang
         text(&out)
     );
     let cut = loop {
-        if relay_metric(&s, connected) == 0.0 {
+        if s.relay_metric(connected) == 0.0 {
             break t0.elapsed();
         }
         assert!(
@@ -226,17 +215,17 @@ fn a_revoked_gateway_is_cut_off_within_a_second_and_refused_until_the_list_chang
     eprintln!("cut off {} ms after the list changed", cut.as_millis());
     assert!(cut < Duration::from_secs(1), "cut off after {cut:?}");
     let closes = "canopy_relay_revoked_closes_total";
-    let closed = relay_metric(&s, closes);
+    let closed = s.relay_metric(closes);
     assert!(closed >= 1.0);
     // and refused at every handshake since (not let in and closed again): nothing passes
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
         assert_ne!(s.status_via_proxy(&url), "200");
-        assert_eq!(relay_metric(&s, connected), 0.0);
+        assert_eq!(s.relay_metric(connected), 0.0);
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        relay_metric(&s, closes),
+        s.relay_metric(closes),
         closed,
         "a revoked gateway got past a handshake"
     );
@@ -253,7 +242,7 @@ fn a_revoked_gateway_is_cut_off_within_a_second_and_refused_until_the_list_chang
     let kept = std::fs::read_to_string(&list).expect("list");
     std::fs::write(&list, format!("{kept}not a line\n")).expect("write");
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(relay_metric(&s, connected), 0.0);
+    assert_eq!(s.relay_metric(connected), 0.0);
     // the list emptied: the gateway is back
     std::fs::write(&list, "# nobody\n").expect("write");
     s.wait_up();
@@ -368,7 +357,7 @@ fn rotation_during_traffic_fails_no_request_and_the_next_certificate_is_served()
     wait_until(
         "the old certificate's connection closed",
         Duration::from_secs(5),
-        || relay_metric(&s, "canopy_relay_revoked_closes_total") >= 1.0,
+        || s.relay_metric("canopy_relay_revoked_closes_total") >= 1.0,
     );
     s.wait_up();
     assert_eq!(s.status_via_proxy(&s.origin_url("/echo")), "200");

@@ -339,3 +339,83 @@ fn requests_to_one_origin_share_a_connection() {
         "the curl above and the relay's one: {stats}"
     );
 }
+
+/// A body the relay reads whole (here a media init segment, from a client holding the
+/// gateway's certificate) that stops sending is given up after `[egress]
+/// body_idle_timeout_ms`: a stalled stream holds neither the stream nor intake bytes
+/// longer than that.
+#[test]
+fn a_body_that_stalls_at_the_relay_is_given_up_after_the_idle_bound() {
+    use tunnel::wire::media::{InitHeader, MediaPath, HDR_MEDIA_INIT, MEDIA_AUTHORITY};
+    let s = Stack::start_relay_custom("stall", "", "", "body_idle_timeout_ms = 1000", "");
+    let stalled = "canopy_relay_bodies_stalled_total";
+    assert_eq!(s.relay_metric(stalled), 0.0);
+    let d = s.dir.path().to_path_buf();
+    let relay = std::net::SocketAddr::from(([127, 0, 0, 1], s.relay_port));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (_conn, sent_at) = rt.block_on(async move {
+        let tls = tunnel_io::TlsFiles::load(
+            &d.join("certs/gateway.pem"),
+            &d.join("certs/gateway.key"),
+            &d.join("certs/ca.pem"),
+        )
+        .expect("the gateway's certificate");
+        let client = tls
+            .gateway_quic(tunnel_io::TransportSettings::default().quinn())
+            .expect("client config");
+        let mut ep =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        ep.set_default_client_config(client);
+        let conn = ep
+            .connect(relay, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut driver, mut sender) =
+            h3::client::new(tunnel_io::quic::Connection::new(conn.clone(), false))
+                .await
+                .expect("h3");
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let path = MediaPath {
+            camera: "cam".into(),
+            rendition: "main".into(),
+            init: true,
+        };
+        let head = InitHeader {
+            run: 1,
+            generation: 1,
+            codecs: "avc1.64001f".into(),
+            resolution: None,
+        };
+        let req = http::Request::put(format!("https://{MEDIA_AUTHORITY}{}", path.encode()))
+            .header(HDR_MEDIA_INIT, head.encode())
+            .body(())
+            .expect("request");
+        let mut stream = sender.send_request(req).await.expect("send the head");
+        stream
+            .send_data(bytes::Bytes::from_static(
+                b"the first bytes of an init segment",
+            ))
+            .await
+            .expect("send some of the body");
+        // ... and never the rest: the stream stays open, the connection alive
+        ((conn, ep, sender, stream), std::time::Instant::now())
+    });
+    let mut given_up = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < deadline {
+        if s.relay_metric(stalled) >= 1.0 {
+            given_up = Some(sent_at.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let given_up = given_up.expect("the relay never gave up the stalled body");
+    println!(
+        "stalled body given up {} ms after its last byte",
+        given_up.as_millis()
+    );
+    // not before the bound (the scrape adds its own time after it)
+    assert!(given_up >= Duration::from_millis(950), "{given_up:?}");
+    assert_eq!(s.relay_metric(stalled), 1.0);
+}

@@ -156,7 +156,7 @@ impl AuctionSink {
                 serde_json::json!({ "error": "a bid needs its Idempotency-Key (send it as class bid)" }),
             ));
         };
-        let body = match read_capped(stream, MAX_BODY, intake, None).await {
+        let body = match read_capped(stream, MAX_BODY, intake).await {
             Capped::Body(b, _) => b,
             Capped::NoRoom => {
                 return Err((

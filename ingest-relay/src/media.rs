@@ -102,7 +102,7 @@ pub(crate) async fn intake(
                 .await;
             }
         };
-        let data = match read_capped(&mut stream, media::MAX_INIT, state.intake(ctx), None).await {
+        let data = match read_capped(&mut stream, media::MAX_INIT, state.intake(ctx)).await {
             Capped::Body(d, _) => d,
             Capped::NoRoom => return refuse(&mut stream, no_room()).await,
             Capped::TooLarge => {
@@ -149,7 +149,7 @@ pub(crate) async fn intake(
             .await;
         }
     };
-    let data = match read_capped(&mut stream, media::MAX_PIECE, state.intake(ctx), None).await {
+    let data = match read_capped(&mut stream, media::MAX_PIECE, state.intake(ctx)).await {
         Capped::Body(d, _) => d,
         Capped::NoRoom => return refuse(&mut stream, no_room()).await,
         Capped::TooLarge => {

@@ -179,6 +179,17 @@ impl Stack {
         gateway_extra: &str,
         relay_extra: &str,
     ) -> Self {
+        Self::start_relay_custom(tag, proxy_extra, gateway_extra, "", relay_extra)
+    }
+
+    /// Like `start_custom`, with extra keys in the relay's `[egress]` too.
+    pub(crate) fn start_relay_custom(
+        tag: &str,
+        proxy_extra: &str,
+        gateway_extra: &str,
+        egress_extra: &str,
+        relay_extra: &str,
+    ) -> Self {
         let dir = TempDir::new(tag);
         let d = dir.path();
         let out = canopy(&[
@@ -227,6 +238,7 @@ revoked = "certs/revoked.txt"
 allow = ["127.0.0.1:{op}", "localhost:{tp}", "*:9", "*.allowed.test"]
 connect_timeout_ms = 2000
 max_header_bytes = 16384
+{egress_extra}
 [metrics]
 listen = "{rm}"
 {relay_extra}
@@ -286,6 +298,17 @@ listen = "{gm}"
         };
         stack.wait_ready();
         stack
+    }
+
+    /// A value the relay's /metrics shows for `name` without labels (0 when absent).
+    pub(crate) fn relay_metric(&self, name: &str) -> f64 {
+        let out = curl(&[&format!("http://{}/metrics", self.metrics.0)]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Kills the relay (SIGKILL) and waits for it to be gone.

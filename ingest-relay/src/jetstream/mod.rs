@@ -143,7 +143,7 @@ impl JetStreamSink {
             )
             .await;
         };
-        let body = match read_capped(stream, MAX_BODY, intake, None).await {
+        let body = match read_capped(stream, MAX_BODY, intake).await {
             Capped::Body(b, _) => b,
             // nothing stands for its key: a later copy may try again
             Capped::NoRoom => return refuse(stream, no_room()).await,

@@ -154,25 +154,19 @@ pub(super) async fn stripe_chunk(
     };
     // the chunk's bytes stay on the chunks' intake budget while it waits for its stripe's
     // window
-    let (data, _intake) = match read_capped(
-        &mut stream,
-        stripe::CHUNK_MAX,
-        state.chunk_intake(ctx),
-        None,
-    )
-    .await
-    {
-        Capped::Body(d, g) => (d, g),
-        Capped::TooLarge => {
-            return refuse(
-                &mut stream,
-                Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "chunk over 1 MiB"),
-            )
-            .await
-        }
-        Capped::NoRoom => return refuse(&mut stream, no_room()).await,
-        Capped::Failed => return StatusCode::BAD_REQUEST,
-    };
+    let (data, _intake) =
+        match read_capped(&mut stream, stripe::CHUNK_MAX, state.chunk_intake(ctx)).await {
+            Capped::Body(d, g) => (d, g),
+            Capped::TooLarge => {
+                return refuse(
+                    &mut stream,
+                    Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "chunk over 1 MiB"),
+                )
+                .await
+            }
+            Capped::NoRoom => return refuse(&mut stream, no_room()).await,
+            Capped::Failed => return StatusCode::BAD_REQUEST,
+        };
     let n = data.len() as u64;
     let status = match stripe.insert(offset, data, state.response_timeout).await {
         Ok(()) => {

@@ -17,36 +17,40 @@ pub(crate) enum Capped {
     Failed,
 }
 
-/// Where bodies read whole take their bytes from: the relay's intake budget, and whose
-/// share (the gateway's identity).
-pub(crate) type Intake<'a> = (&'a Arc<Budget>, u64);
+/// Where bodies read whole take their bytes from, and how long they may stall.
+#[derive(Clone, Copy)]
+pub(crate) struct Intake<'a> {
+    /// The relay's intake budget.
+    pub budget: &'a Arc<Budget>,
+    /// Whose share (the gateway's identity).
+    pub gateway: u64,
+    /// A body that sends nothing for this long is given up (`[egress]
+    /// body_idle_timeout_ms`): a stalled body must not hold its stream and its bytes.
+    pub idle: Duration,
+}
 
 /// Reads a request body of at most `max` bytes, its bytes taken from `intake` as they come:
 /// many streams of one gateway, each under its bound, cannot make the relay hold more than
-/// that gateway's share. With `idle`, a body that sends nothing for that long is given up
+/// that gateway's share. A body that sends nothing for `intake.idle` is given up
 /// ([`Capped::Failed`], STOP_SENDING sent).
-pub(crate) async fn read_capped(
-    stream: &mut Stream,
-    max: u64,
-    intake: Intake<'_>,
-    idle: Option<Duration>,
-) -> Capped {
+pub(crate) async fn read_capped(stream: &mut Stream, max: u64, intake: Intake<'_>) -> Capped {
     use bytes::Buf;
-    let Some(mut grant) = intake.0.try_grant(intake.1, 0) else {
+    let Some(mut grant) = intake.budget.try_grant(intake.gateway, 0) else {
         return Capped::NoRoom;
     };
     let mut data = bytes::BytesMut::new();
     loop {
-        let next = match idle {
-            Some(d) => match tokio::time::timeout(d, stream.recv_data()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    debug!(idle_ms = d.as_millis() as u64, "request body stalled");
-                    stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-                    return Capped::Failed;
-                }
-            },
-            None => stream.recv_data().await,
+        let next = match tokio::time::timeout(intake.idle, stream.recv_data()).await {
+            Ok(r) => r,
+            Err(_) => {
+                debug!(
+                    idle_ms = intake.idle.as_millis() as u64,
+                    "request body stalled"
+                );
+                stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                metrics::counter!("canopy_relay_bodies_stalled_total").increment(1);
+                return Capped::Failed;
+            }
         };
         match next {
             Ok(Some(mut b)) => {

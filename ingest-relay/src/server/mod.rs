@@ -82,12 +82,20 @@ pub(crate) struct State {
 impl State {
     /// Where `ctx`'s bodies read whole take their bytes from.
     pub(crate) fn intake<'a>(&'a self, ctx: &ConnCtx) -> Intake<'a> {
-        (&self.intake, ctx.identity)
+        Intake {
+            budget: &self.intake,
+            gateway: ctx.identity,
+            idle: self.body_idle,
+        }
     }
 
     /// Where `ctx`'s striped chunks take their bytes from.
     pub(crate) fn chunk_intake<'a>(&'a self, ctx: &ConnCtx) -> Intake<'a> {
-        (&self.chunk_intake, ctx.identity)
+        Intake {
+            budget: &self.chunk_intake,
+            gateway: ctx.identity,
+            idle: self.body_idle,
+        }
     }
 }
 

@@ -141,7 +141,7 @@ async fn forward_whole(
     publisher: Publisher,
 ) -> StatusCode {
     let limit = state.max_body.unwrap_or(u64::MAX).min(KEYED_BODY_MAX);
-    let read = read_capped(&mut stream, limit, state.intake(ctx), Some(state.body_idle)).await;
+    let read = read_capped(&mut stream, limit, state.intake(ctx)).await;
     let (mut send, _recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let result = match read {
