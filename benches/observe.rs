@@ -8,7 +8,7 @@
 //! them; the gateway's are long-lived); the ratio is of CPU per Mbit/s carried. Telemetry
 //! bytes per minute: the gateway's own count (with metrics on: each report's HTTP/3
 //! request, fields uncompressed; the QUIC and UDP headers it shares with the 10 ms probes
-//! not counted), and the report bodies the relay took (its fleet view).
+//! not counted), and the report bodies the relay received (its fleet view).
 //! Writes target/canopy-bench/observe.json.
 //!
 //! cargo bench --bench observe    (CANOPY_BENCH_SECS: seconds measured, 60;
@@ -150,7 +150,7 @@ struct Phase {
     mbit_s: f64,
     /// The gateway's count (with metrics on).
     telemetry_bytes_per_min: Option<f64>,
-    /// The report bodies the relay took from it.
+    /// The report bodies the relay received from it.
     telemetry_body_bytes_per_min: Option<f64>,
 }
 
@@ -297,7 +297,7 @@ impl Running {
     }
 
     /// (CPU seconds, bytes downloaded, telemetry bytes sent by the gateway's count,
-    /// report bodies the relay took).
+    /// report bodies the relay received).
     fn read(&self, s: &Setup) -> (f64, f64, f64, f64) {
         let sent = if has(&self.what, "telemetry") && has(&self.what, "metrics") {
             metric(&self.scrape(), "canopy_gateway_telemetry_bytes_total")

@@ -9,11 +9,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn fleet(addr: &str, token: &str) -> serde_json::Value {
+    fleet_at(addr, token, "/api/fleet?hour=1")
+}
+
+fn fleet_at(addr: &str, token: &str, path: &str) -> serde_json::Value {
     let out = curl(&[
         "-s",
         "-H",
         &format!("Authorization: Bearer {token}"),
-        &format!("http://{addr}/api/fleet?hour=1"),
+        &format!("http://{addr}{path}"),
     ]);
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
@@ -136,6 +140,10 @@ fn the_fleet_lists_two_gateways_and_shows_one_going_offline_within_5_s() {
     assert!(g["reports"].as_u64() >= Some(1), "{g:#}");
     assert!(g["telemetry_bytes"].as_u64() > Some(0), "{g:#}");
     assert!(g["hour"].as_array().is_some_and(|h| !h.is_empty()), "{g:#}");
+    // the hour only when asked for
+    let f = fleet_at(&addr, token, "/api/fleet");
+    let g = gateway(&f, "gateway").expect("listed");
+    assert!(g["hour"].is_null(), "{g:#}");
 
     // one dies without a word: it shows offline within 5 s, the other stays online
     Proc::kill_pid(door.0.id());

@@ -22,7 +22,7 @@ d = json.load(open(sys.argv[1]))
 known = {"__rate_interval"} | {v["name"] for v in d.get("templating", {}).get("list", [])}
 for p in d["panels"]:
     for t in p.get("targets", []):
-        unknown = set(re.findall(r"\$(\w+)", t["expr"])) - known
+        unknown = set(re.findall(r"\$\{?(\w+)", t["expr"])) - known
         if unknown:
             sys.exit(f'panel {p["title"]}: no such variable: {sorted(unknown)}')
         print(f'{p["title"]}\t{t["expr"]}')
