@@ -355,6 +355,18 @@ mod tests {
         f.apply(now, "door", &back, body.len())
     }
 
+    /// A gateway's reporter and the relay's fleet after the first (whole) summary of
+    /// `pairs` was taken; the time it was sent and its number.
+    fn started(pairs: &[(&str, &str)]) -> (Instant, Reporter, Fleet, u64) {
+        let t0 = Instant::now();
+        let mut r = Reporter::new(7, Duration::from_secs(1));
+        let mut f = Fleet::new(Duration::from_secs(3));
+        let first = r.report(t0, summary(pairs));
+        deliver(&mut f, t0, &first).unwrap();
+        r.taken(first.seq);
+        (t0, r, f, first.seq)
+    }
+
     #[test]
     fn only_what_changed_travels_and_the_relay_ends_with_the_same_summary() {
         let t0 = Instant::now();
@@ -388,19 +400,14 @@ mod tests {
 
     #[test]
     fn a_lost_answer_costs_a_longer_report_and_a_relay_restart_a_whole_one() {
-        let t0 = Instant::now();
-        let mut r = Reporter::new(7, Duration::from_secs(1));
-        let mut f = Fleet::new(Duration::from_secs(3));
-        let first = r.report(t0, summary(&[("a", "1"), ("b", "1")]));
-        deliver(&mut f, t0, &first).unwrap();
-        r.taken(first.seq);
+        let (t0, mut r, mut f, first) = started(&[("a", "1"), ("b", "1")]);
         // taken by the relay, but the answer is lost
         let second = r.report(t0, summary(&[("a", "2"), ("b", "1")]));
         deliver(&mut f, t0, &second).unwrap();
         // the next report is again from the last summary the gateway knows was taken, and
         // the relay still has that one
         let third = r.report(t0, summary(&[("a", "2"), ("b", "2")]));
-        assert_eq!(third.base, first.seq);
+        assert_eq!(third.base, first);
         assert_eq!(third.set.len(), 2);
         deliver(&mut f, t0, &third).unwrap();
         r.taken(third.seq);
@@ -424,12 +431,7 @@ mod tests {
 
     #[test]
     fn a_report_that_arrives_after_a_newer_one_changes_nothing() {
-        let t0 = Instant::now();
-        let mut r = Reporter::new(7, Duration::from_secs(1));
-        let mut f = Fleet::new(Duration::from_secs(3));
-        let first = r.report(t0, summary(&[("a", "1")]));
-        deliver(&mut f, t0, &first).unwrap();
-        r.taken(first.seq);
+        let (t0, mut r, mut f, _) = started(&[("a", "1")]);
         // the second goes unanswered (slow path); the third, sent after it, arrives first
         let second = r.report(t0, summary(&[("a", "2")]));
         let third = r.report(t0, summary(&[("a", "3")]));
@@ -451,19 +453,14 @@ mod tests {
 
     #[test]
     fn a_lost_answer_to_a_whole_summary_costs_no_second_whole_one() {
-        let t0 = Instant::now();
-        let mut r = Reporter::new(7, Duration::from_secs(1));
-        let mut f = Fleet::new(Duration::from_secs(3));
-        let first = r.report(t0, summary(&[("a", "1"), ("b", "1")]));
-        deliver(&mut f, t0, &first).unwrap();
-        r.taken(first.seq);
+        let (t0, mut r, mut f, first) = started(&[("a", "1"), ("b", "1")]);
         // the ten minutes' whole summary is taken, its answer lost
         let whole = r.report(t0 + FULL_EVERY, summary(&[("a", "2"), ("b", "1")]));
         assert_eq!(whole.base, 0);
         deliver(&mut f, t0 + FULL_EVERY, &whole).unwrap();
         // the next is a delta on the first, which the relay still holds
         let next = r.report(t0 + FULL_EVERY, summary(&[("a", "2"), ("b", "2")]));
-        assert_eq!(next.base, first.seq);
+        assert_eq!(next.base, first);
         deliver(&mut f, t0 + FULL_EVERY, &next).unwrap();
         assert_eq!(
             f.gateways().next().unwrap().1.summary,
