@@ -340,6 +340,37 @@ fn requests_to_one_origin_share_a_connection() {
     );
 }
 
+type RawSender = h3::client::SendRequest<tunnel_io::quic::OpenStreams, bytes::Bytes>;
+
+/// A raw HTTP/3 connection to the stack's relay with the gateway's certificate, as a
+/// gateway that misbehaves would have: its endpoint, connection and request sender.
+async fn raw_gateway(s: &Stack) -> (quinn::Endpoint, quinn::Connection, RawSender) {
+    let d = s.dir.path();
+    let tls = tunnel_io::TlsFiles::load(
+        &d.join("certs/gateway.pem"),
+        &d.join("certs/gateway.key"),
+        &d.join("certs/ca.pem"),
+    )
+    .expect("the gateway's certificate");
+    let client = tls
+        .gateway_quic(tunnel_io::TransportSettings::default().quinn())
+        .expect("client config");
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    ep.set_default_client_config(client);
+    let relay = std::net::SocketAddr::from(([127, 0, 0, 1], s.relay_port));
+    let conn = ep
+        .connect(relay, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut driver, sender) =
+        h3::client::new(tunnel_io::quic::Connection::new(conn.clone(), false))
+            .await
+            .expect("h3");
+    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    (ep, conn, sender)
+}
+
 /// A body the relay reads whole (here a media init segment, from a client holding the
 /// gateway's certificate) that stops sending is given up after `[egress]
 /// body_idle_timeout_ms`: a stalled stream holds neither the stream nor intake bytes
@@ -350,32 +381,9 @@ fn a_body_that_stalls_at_the_relay_is_given_up_after_the_idle_bound() {
     let s = Stack::start_relay_custom("stall", "", "", "body_idle_timeout_ms = 1000", "");
     let stalled = "canopy_relay_bodies_stalled_total";
     assert_eq!(s.relay_metric(stalled), 0.0);
-    let d = s.dir.path().to_path_buf();
-    let relay = std::net::SocketAddr::from(([127, 0, 0, 1], s.relay_port));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (_conn, sent_at) = rt.block_on(async move {
-        let tls = tunnel_io::TlsFiles::load(
-            &d.join("certs/gateway.pem"),
-            &d.join("certs/gateway.key"),
-            &d.join("certs/ca.pem"),
-        )
-        .expect("the gateway's certificate");
-        let client = tls
-            .gateway_quic(tunnel_io::TransportSettings::default().quinn())
-            .expect("client config");
-        let mut ep =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-        ep.set_default_client_config(client);
-        let conn = ep
-            .connect(relay, "localhost")
-            .expect("connect")
-            .await
-            .expect("handshake");
-        let (mut driver, mut sender) =
-            h3::client::new(tunnel_io::quic::Connection::new(conn.clone(), false))
-                .await
-                .expect("h3");
-        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let (_kept, sent_at) = rt.block_on(async {
+        let (ep, conn, mut sender) = raw_gateway(&s).await;
         let path = MediaPath {
             camera: "cam".into(),
             rendition: "main".into(),
@@ -399,7 +407,7 @@ fn a_body_that_stalls_at_the_relay_is_given_up_after_the_idle_bound() {
             .await
             .expect("send some of the body");
         // ... and never the rest: the stream stays open, the connection alive
-        ((conn, ep, sender, stream), std::time::Instant::now())
+        ((ep, conn, sender, stream), std::time::Instant::now())
     });
     let mut given_up = None;
     let deadline = std::time::Instant::now() + Duration::from_secs(8);
@@ -418,4 +426,62 @@ fn a_body_that_stalls_at_the_relay_is_given_up_after_the_idle_bound() {
     // not before the bound (the scrape adds its own time after it)
     assert!(given_up >= Duration::from_millis(950), "{given_up:?}");
     assert_eq!(s.relay_metric(stalled), 1.0);
+}
+
+/// A keyed request (a bid) takes its origin connection only once its body is whole: one
+/// declaring more than the 1 MiB a keyed body may have is refused with 413 and opens no
+/// connection, and a body that comes slowly still reaches the origin once.
+#[test]
+fn a_bid_takes_its_origin_connection_only_once_its_body_is_whole() {
+    let s = Stack::start("e2e-keyed");
+    let origin_connections = || -> u64 {
+        let stats: serde_json::Value =
+            serde_json::from_str(&text(&curl(&[&s.origin_url("/stats")]))).unwrap_or_default();
+        stats["connections"].as_u64().expect("connections")
+    };
+    let bid = |key: &str, length: Option<u64>| {
+        let mut b = http::Request::post(format!("http://{}/bid", s.origin))
+            .header(tunnel::wire::HDR_CLASS, "bid")
+            .header(tunnel::wire::HDR_IDEMPOTENCY_KEY, key);
+        if let Some(n) = length {
+            b = b.header(http::header::CONTENT_LENGTH, n);
+        }
+        b.body(()).expect("request")
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let before = origin_connections();
+    let (too_large, slow) = rt.block_on(async {
+        let (_ep, _conn, mut sender) = raw_gateway(&s).await;
+        let mut big = sender
+            .send_request(bid("keyed-too-large-1", Some(2 << 20)))
+            .await
+            .expect("send the head");
+        let too_large = big.recv_response().await.expect("an answer").status();
+        // a body that takes 1.5 s to come: answered once it is whole
+        let mut stream = sender
+            .send_request(bid("keyed-slow-1", None))
+            .await
+            .expect("send the head");
+        stream
+            .send_data(bytes::Bytes::from_static(b"{\"lot\":1,"))
+            .await
+            .expect("the first half");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stream
+            .send_data(bytes::Bytes::from_static(b"\"amount\":5}"))
+            .await
+            .expect("the second half");
+        stream.finish().await.expect("finish");
+        let slow = stream.recv_response().await.expect("an answer").status();
+        (too_large, slow)
+    });
+    assert_eq!(too_large, http::StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(slow, http::StatusCode::OK);
+    // the stack's own curl to /stats makes one each time; the relay's pool keeps one, which
+    // the slow bid may reuse or open: never one for the refused bid
+    let after = origin_connections();
+    assert!(after <= before + 2, "{before} -> {after}");
+    let bids = text(&curl(&[&s.origin_url("/bids")]));
+    assert_eq!(bids.matches("keyed-slow-1").count(), 1, "{bids}");
+    assert!(!bids.contains("keyed-too-large-1"), "{bids}");
 }

@@ -245,7 +245,7 @@ pub(super) async fn striped(
     };
     let head = header_u64(&req, wire::HDR_STRIPE_HEAD, 10).unwrap_or(1);
     if stripe.attach_head(head) {
-        let result = match prepare(state, &req).await {
+        let result = match prepare(state, &req, false).await {
             Ok(Target::Forward(origin)) => {
                 let counter = metrics::counter!("canopy_relay_bytes_total", "class" => class.as_str(), "direction" => "up");
                 let (body, done) = stripe.body(Some(counter));

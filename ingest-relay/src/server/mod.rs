@@ -510,6 +510,9 @@ enum Target {
     JetStream,
     Connect(tokio::net::TcpStream),
     Forward(Origin),
+    /// A keyed request to an allowlisted origin: its connection is taken once its body is
+    /// whole (`origin::forward_whole`).
+    ForwardWhole(OriginKey),
 }
 
 /// Where a forwarded request goes: an idle connection to its origin, or a new one.
@@ -631,7 +634,7 @@ async fn serve(
             }
         }
     }
-    match prepare(state, &req).await {
+    match prepare(state, &req, publisher.is_some()).await {
         Err(refusal) => {
             // The body is not wanted: say so (H3_NO_ERROR) instead of leaving it unread.
             stream.stop_sending(h3::error::Code::H3_NO_ERROR);
@@ -661,9 +664,11 @@ async fn serve(
             None => StatusCode::NOT_FOUND,
         },
         Ok(Target::Connect(tcp)) => tunnel(stream, tcp, class, state.tunnel_idle).await,
-        Ok(Target::Forward(origin)) => {
-            forward(state, ctx, req, stream, origin, class, publisher).await
-        }
+        Ok(Target::Forward(origin)) => forward(state, ctx, req, stream, origin, class).await,
+        Ok(Target::ForwardWhole(key)) => match publisher {
+            Some(p) => forward_whole(state, ctx, req, stream, key, class, p).await,
+            None => StatusCode::INTERNAL_SERVER_ERROR,
+        },
     }
 }
 

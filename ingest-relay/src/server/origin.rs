@@ -4,8 +4,13 @@
 
 use super::*;
 
-/// Decides what the request is and opens the connection it needs.
-pub(super) async fn prepare(state: &State, req: &Request<()>) -> Result<Target, Refusal> {
+/// Decides what the request is and opens the connection it needs (`keyed`: a bid or
+/// check-in with its key admitted, whose origin connection waits for its whole body).
+pub(super) async fn prepare(
+    state: &State,
+    req: &Request<()>,
+    keyed: bool,
+) -> Result<Target, Refusal> {
     let authority = req
         .uri()
         .authority()
@@ -46,18 +51,19 @@ pub(super) async fn prepare(state: &State, req: &Request<()>) -> Result<Target, 
             ))
         }
     };
-    if let Some(limit) = state.max_body {
-        let declared = hop::declared_length(req.headers());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(Refusal::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body over the relay's limit of {limit} bytes"),
-            ));
-        }
+    let limit = body_limit(state, keyed);
+    if hop::declared_length(req.headers()).is_some_and(|n| n > limit) {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over the relay's limit of {limit} bytes"),
+        ));
     }
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let key = OriginKey::new(host, port, tls);
     state.egress.permits(host, port)?;
+    if keyed {
+        return Ok(Target::ForwardWhole(key));
+    }
     if let Some(s) = state.origins.take(&key) {
         return Ok(Target::Forward(Origin::Pooled(key, s)));
     }
@@ -65,6 +71,26 @@ pub(super) async fn prepare(state: &State, req: &Request<()>) -> Result<Target, 
         key,
         state.egress.connect(host, port, tls).await?,
     )))
+}
+
+/// The most a request body may carry: the relay's `max_body`, and for a keyed request
+/// what the gateway keeps to send again.
+fn body_limit(state: &State, keyed: bool) -> u64 {
+    let limit = state.max_body.unwrap_or(u64::MAX);
+    if keyed {
+        limit.min(KEYED_BODY_MAX)
+    } else {
+        limit
+    }
+}
+
+/// An idle pooled connection to `key`'s origin, or a new one.
+async fn open(state: &State, key: OriginKey) -> Result<Origin, Refusal> {
+    if let Some(s) = state.origins.take(&key) {
+        return Ok(Origin::Pooled(key, s));
+    }
+    let stream = state.egress.connect(&key.host, key.port, key.tls).await?;
+    Ok(Origin::Fresh(key, stream))
 }
 
 pub(super) async fn tunnel(
@@ -100,11 +126,7 @@ pub(super) async fn forward(
     stream: Stream,
     origin: Origin,
     class: TrafficClass,
-    publisher: Option<Publisher>,
 ) -> StatusCode {
-    if let Some(p) = publisher {
-        return forward_whole(state, ctx, req, stream, origin, class, p).await;
-    }
     let (mut send, recv) = stream.split();
     let up_counter = metrics::counter!("canopy_relay_bytes_total", "class" => class.as_str(), "direction" => "up");
     let mut body = H3Body::new(recv, state.max_body, Some(up_counter));
@@ -130,50 +152,58 @@ pub(super) async fn forward(
 /// Streamed, the origin could take all of it while the relay saw the stream fail, and the
 /// next copy would be delivered a second time. The body is bounded (1 MiB, what the
 /// gateway keeps to send again) and its bytes come from the relay's intake budget, held
-/// until the origin has it.
-async fn forward_whole(
+/// until the origin has it. Its origin connection is taken only then: a slow body holds
+/// no connection the origin could close for idleness, and a refused one opens none.
+pub(super) async fn forward_whole(
     state: &State,
     ctx: &ConnCtx,
     req: Request<()>,
     mut stream: Stream,
-    origin: Origin,
+    key: OriginKey,
     class: TrafficClass,
     publisher: Publisher,
 ) -> StatusCode {
-    let limit = state.max_body.unwrap_or(u64::MAX).min(KEYED_BODY_MAX);
-    let read = read_capped(&mut stream, limit, state.intake(ctx)).await;
+    let read = read_capped(&mut stream, body_limit(state, true), state.intake(ctx)).await;
     let (mut send, _recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let result = match read {
         Capped::Body(bytes, grant) => {
             count_bytes(class, bytes.len() as u64, 0);
-            // the body is whole already: the response timeout runs from now
-            let (done, body_done) = tokio::sync::oneshot::channel();
-            let _ = done.send(());
-            let body =
-                http_body_util::BodyExt::map_err(http_body_util::Full::new(bytes), |never| {
-                    match never {}
-                });
-            let r = origin_exchange(state, parts, body, body_done, origin).await;
-            drop(grant);
-            r
-        }
-        refused => {
-            if let Origin::Pooled(key, sender) = origin {
-                state.origins.give_back(key, sender);
+            match open(state, key).await {
+                Ok(origin) => {
+                    // the body is whole already: the response timeout runs from now
+                    let (done, body_done) = tokio::sync::oneshot::channel();
+                    let _ = done.send(());
+                    let body = http_body_util::BodyExt::map_err(
+                        http_body_util::Full::new(bytes),
+                        |never| match never {},
+                    );
+                    let r = origin_exchange(state, parts, body, body_done, origin).await;
+                    drop(grant);
+                    r
+                }
+                // an origin that could not be reached saw nothing: a later copy may try
+                // again
+                Err(r) => Err(Refusal {
+                    unreached: matches!(
+                        r.status,
+                        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+                    ),
+                    ..r
+                }),
             }
-            Err(match refused {
-                Capped::TooLarge => Refusal::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body over the relay's limit",
-                ),
-                Capped::NoRoom => Refusal {
-                    unreached: true,
-                    ..no_room()
-                },
-                _ => Refusal::unreached(StatusCode::BAD_GATEWAY, "request body did not arrive"),
-            })
         }
+        refused => Err(match refused {
+            Capped::TooLarge => Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body over the relay's limit",
+            ),
+            Capped::NoRoom => Refusal {
+                unreached: true,
+                ..no_room()
+            },
+            _ => Refusal::unreached(StatusCode::BAD_GATEWAY, "request body did not arrive"),
+        }),
     };
     deliver(state, &mut send, class, Some(publisher), None, result).await
 }
