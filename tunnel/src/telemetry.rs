@@ -225,7 +225,7 @@ impl Fleet {
         if same_process && report.seq <= g.seq {
             return Err(Refused::Stale);
         }
-        let onto = if report.base == 0 {
+        let mut next = if report.base == 0 {
             Summary::new()
         } else if report.epoch != g.epoch {
             return Err(Refused::WantFull);
@@ -236,7 +236,6 @@ impl Fleet {
         } else {
             return Err(Refused::WantFull);
         };
-        let mut next = onto;
         for k in &report.removed {
             next.remove(k);
         }

@@ -13,10 +13,10 @@ use hyper::body::Frame;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tunnel_io::operator_http::OPERATOR_JS;
 
 const INDEX: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/page.js");
-use tunnel_io::operator_http::OPERATOR_JS;
 const STYLE: &str = include_str!("page/page.css");
 /// hls.js (light build), for the cameras' previews: see `page/vendor/README.md`.
 const HLS_JS: &str = include_str!("page/vendor/hls.light.min.js");

@@ -64,13 +64,7 @@ pub(super) async fn prepare(
     if keyed {
         return Ok(Target::ForwardWhole(key));
     }
-    if let Some(s) = state.origins.take(&key) {
-        return Ok(Target::Forward(Origin::Pooled(key, s)));
-    }
-    Ok(Target::Forward(Origin::Fresh(
-        key,
-        state.egress.connect(host, port, tls).await?,
-    )))
+    open(state, key).await.map(Target::Forward)
 }
 
 /// The most a request body may carry: the relay's `max_body`, and for a keyed request
