@@ -154,8 +154,8 @@ struct Phase {
     telemetry_body_bytes_per_min: Option<f64>,
 }
 
-/// Report body bytes the relay took from gateway `name` (its fleet view).
-fn relay_took(s: &Setup, name: &str) -> f64 {
+/// Report body bytes the relay received from gateway `name` (its fleet view).
+fn relay_received(s: &Setup, name: &str) -> f64 {
     let token = std::fs::read_to_string(s.dir.join("fleet.token")).unwrap_or_default();
     let out = curl(&[
         "-H",
@@ -308,7 +308,7 @@ impl Running {
             cpu_s(self.gw.0.id()),
             self.got.load(Ordering::Relaxed) as f64,
             sent,
-            relay_took(s, &self.cert),
+            relay_received(s, &self.cert),
         )
     }
 }

@@ -7,9 +7,7 @@ use common::{canopy, check_in, curl, issue_token, tokens, Stack, TempDir};
 use std::time::{Duration, Instant};
 
 fn origin_checkins(s: &Stack) -> u64 {
-    let out = curl(&[&s.origin_url("/stats")]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["checkins"].as_u64().unwrap_or(0)
+    s.origin_stats()["checkins"].as_u64().unwrap_or(0)
 }
 
 #[test]

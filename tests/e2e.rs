@@ -322,18 +322,11 @@ fn requests_to_one_origin_share_a_connection() {
         // the answer is done: its connection goes back to the relay's pool
         std::thread::sleep(Duration::from_millis(100));
     }
-    let m = text(&curl(&[&format!("http://{}/metrics", s.metrics.0)]));
-    let reused: f64 = m
-        .lines()
-        .find(|l| l.starts_with("canopy_relay_origin_connections_reused_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let reused = s.relay_metric("canopy_relay_origin_connections_reused_total");
     // the stack's own readiness request and these five: all but the first reuse one
-    assert!(reused >= 4.0, "reused {reused}\n{m}");
+    assert!(reused >= 4.0, "reused {reused}");
     // and the origin saw one connection for them all
-    let stats: serde_json::Value =
-        serde_json::from_str(&text(&curl(&[&s.origin_url("/stats")]))).unwrap_or_default();
+    let stats = s.origin_stats();
     assert_eq!(
         stats["connections"], 2,
         "the curl above and the relay's one: {stats}"
@@ -436,10 +429,10 @@ fn a_body_that_stalls_at_the_relay_is_given_up_after_the_idle_bound() {
 fn a_bid_takes_its_origin_connection_only_once_its_body_is_whole() {
     let s = Stack::start("e2e-keyed");
     let echo = s.origin_url("/echo");
-    let origin_connections = || -> u64 {
-        let stats: serde_json::Value =
-            serde_json::from_str(&text(&curl(&[&s.origin_url("/stats")]))).unwrap_or_default();
-        stats["connections"].as_u64().expect("connections")
+    let origin_connections = || {
+        s.origin_stats()["connections"]
+            .as_u64()
+            .expect("connections")
     };
     let bid = |key: &str, length: Option<u64>| {
         let mut b = http::Request::post(format!("http://{}/bid", s.origin))

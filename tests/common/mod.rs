@@ -300,6 +300,12 @@ listen = "{gm}"
         stack
     }
 
+    /// The test origin's `/stats` (bids, check-ins, upload bytes, connections it took).
+    pub(crate) fn origin_stats(&self) -> serde_json::Value {
+        let out = curl(&[&self.origin_url("/stats")]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
     /// A value the relay's /metrics shows for `name` without labels (0 when absent).
     pub(crate) fn relay_metric(&self, name: &str) -> f64 {
         let out = curl(&[&format!("http://{}/metrics", self.metrics.0)]);
