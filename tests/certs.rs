@@ -180,7 +180,7 @@ async fn init_add_and_a_second_init_as_a_crew_runs_them() {
 
 #[test]
 fn a_revoked_gateway_is_cut_off_within_a_second_and_refused_until_the_list_changes() {
-    let s = Stack::start("revoke");
+    let mut s = Stack::start("revoke");
     let url = s.origin_url("/echo");
     assert_eq!(s.status_via_proxy(&url), "200");
     let connected = "canopy_relay_gateways_connected";
@@ -293,7 +293,7 @@ fn der_of(path: &Path) -> Vec<u8> {
 
 #[test]
 fn rotation_during_traffic_fails_no_request_and_the_next_certificate_is_served() {
-    let s = Stack::start("rotate");
+    let mut s = Stack::start("rotate");
     let certs = s.dir.path().join("certs");
     let old_gateway = s.dir.path().join("old-gateway.pem");
     std::fs::copy(certs.join("gateway.pem"), &old_gateway).expect("copy");

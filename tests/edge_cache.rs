@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{curl, free_tcp_port, wait_until, Stack, SITE};
+use common::{curl, free_port, wait_until, Stack, SITE};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -132,7 +132,7 @@ fn with_every_uplink_down_stale_assets_load_and_uncached_ones_get_504() {
 
 #[test]
 fn the_crew_purges_through_the_admin_api_with_its_token() {
-    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let admin = format!("127.0.0.1:{}", free_port());
     let s = Stack::start_full(
         "edge-purge",
         "",
@@ -269,7 +269,7 @@ fn the_disk_tier_serves_what_memory_let_go_and_outlives_a_restart_with_no_uplink
 fn a_paused_class_is_still_answered_from_the_cache() {
     // a rule that pauses bulk traffic ten seconds after the start (capacity is always
     // below 100 Gbit/s): time enough to cache an asset first
-    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let admin = format!("127.0.0.1:{}", free_port());
     let s = Stack::start_full(
         "edge-paused",
         "",

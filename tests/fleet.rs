@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{canopy, curl, free_tcp_port, Proc, Stack, BIN};
+use common::{canopy, curl, free_port, Proc, Stack, BIN};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ fn until(
 
 #[test]
 fn the_fleet_lists_two_gateways_and_shows_one_going_offline_within_5_s() {
-    let addr = format!("127.0.0.1:{}", free_tcp_port());
+    let addr = format!("127.0.0.1:{}", free_port());
     let mut s = Stack::start_custom(
         "fleet",
         "",
@@ -74,8 +74,8 @@ fn the_fleet_lists_two_gateways_and_shows_one_going_offline_within_5_s() {
     let metrics = s.metrics.1.to_string();
     let second = first
         .replace("certs/gateway.", "certs/door.")
-        .replace(&proxy, &free_tcp_port().to_string())
-        .replace(&metrics, &format!("127.0.0.1:{}", free_tcp_port()))
+        .replace(&proxy, &free_port().to_string())
+        .replace(&metrics, &format!("127.0.0.1:{}", free_port()))
         .replace("name = \"test-gateway\"", "name = \"door\"");
     std::fs::write(d.join("door.toml"), second).expect("door.toml");
     let mut door = Proc(

@@ -6,7 +6,7 @@
 mod common;
 
 use async_nats::jetstream;
-use common::{acknowledged, burst_with, curl, free_tcp_port, wait_until, Proc, Stack, TempDir};
+use common::{acknowledged, burst_with, curl, free_port, wait_until, Proc, Stack, TempDir};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -125,7 +125,7 @@ fn stored(port: u16, auth: Option<(&str, &str)>) -> (HashMap<String, usize>, Vec
 #[test]
 fn each_bid_is_stored_once_through_retries_restarts_and_an_outage() {
     let dir = TempDir::new("js-single");
-    let port = free_tcp_port();
+    let port = free_port();
     let conf = format!(
         "server_name: n1\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\nauthorization {{ user: canopy, password: s3cret }}\n",
         dir.path().join("n1").display()
@@ -189,8 +189,8 @@ fn each_bid_is_stored_once_through_retries_restarts_and_an_outage() {
 #[test]
 fn a_three_node_cluster_loses_its_leader_mid_burst_and_stores_each_bid_once() {
     let dir = TempDir::new("js-cluster");
-    let ports: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
-    let routes: Vec<u16> = (0..3).map(|_| free_tcp_port()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let route_list: Vec<String> = routes
         .iter()
         .map(|p| format!("nats-route://127.0.0.1:{p}"))

@@ -6,8 +6,7 @@
 mod common;
 
 use common::{
-    bid, canopy, check_in, curl, free_tcp_port, issue_token, tokens, wait_until, Stack, TempDir,
-    SITE,
+    bid, canopy, check_in, curl, free_port, issue_token, tokens, wait_until, Stack, TempDir, SITE,
 };
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,7 +30,7 @@ fn stack(tag: &str, start: i64, end: i64, event_extra: &str) -> (Stack, TempDir,
     let keys = TempDir::new(&format!("{tag}-keys"));
     let key = keys.path().join("organizer.key");
     let public = tokens(&["keygen", "--out", key.to_str().expect("utf8")]);
-    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let admin = format!("127.0.0.1:{}", free_port());
     let s = Stack::start_full(
         tag,
         "",

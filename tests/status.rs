@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bid, curl, free_tcp_port, wait_until, Stack};
+use common::{bid, curl, free_port, wait_until, Stack};
 use std::time::Duration;
 
 fn status(s: &Stack) -> (Option<i32>, String, String) {
@@ -25,7 +25,7 @@ fn http_status(args: &[&str]) -> String {
 
 #[test]
 fn canopy_status_says_what_is_wrong_first_and_history_keeps_each_second() {
-    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let admin = format!("127.0.0.1:{}", free_port());
     let mut s = Stack::start_full(
         "status",
         "",

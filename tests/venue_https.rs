@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::{canopy, curl, free_tcp_port, Stack, SECURE_SITE, SITE};
+use common::{canopy, curl, free_port, Stack, SECURE_SITE, SITE};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 fn stack(tag: &str) -> (Stack, u16) {
-    let port = free_tcp_port();
+    let port = free_port();
     let s = Stack::start_full(
         tag,
         &format!("https_listen = \"127.0.0.1:{port}\""),

@@ -67,18 +67,32 @@ impl Proc {
     }
 }
 
-pub(crate) fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
-pub(crate) fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
+/// A port for a listener a child process will bind, free for both TCP and UDP on
+/// 127.0.0.1. Taken outside the kernel's ephemeral range (32768-60999 here) and never
+/// twice in one test binary: a port from `bind(0)` is released before the child binds
+/// it, and in between another test's client connection could take it as its source
+/// port, which made a stack fail to come up once in CI.
+pub(crate) fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // binaries run one after another; start each at its own place all the same
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Starts `canopy origin` and returns it with its address (read from its first line).
@@ -217,11 +231,11 @@ impl Stack {
             key.to_str().expect("utf8"),
         ]);
         let gateway_extra = gateway_extra.replace("$ORIGIN", &format!("http://{origin}"));
-        let relay_port = free_udp_port();
-        let proxy_port = free_tcp_port();
+        let relay_port = free_port();
+        let proxy_port = free_port();
         let metrics = (
-            SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
-            SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
         );
         std::fs::write(
             d.join("relay.toml"),
@@ -285,7 +299,7 @@ listen = "{gm}"
         let relay = spawn(d, "relay");
         let gateway = spawn(d, "gateway");
         let proxy = SocketAddr::from(([127, 0, 0, 1], proxy_port));
-        let stack = Self {
+        let mut stack = Self {
             metrics,
             dir,
             origin,
@@ -340,7 +354,7 @@ listen = "{gm}"
     }
 
     /// Waits until a request passes end to end.
-    pub(crate) fn wait_up(&self) {
+    pub(crate) fn wait_up(&mut self) {
         self.wait_ready();
     }
 
@@ -366,12 +380,17 @@ listen = "{gm}"
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let status = self.status_via_proxy(&self.origin_url("/echo"));
             if status == "200" {
                 return;
+            }
+            for (what, p) in [("relay", &mut self.relay), ("gateway", &mut self.gateway)] {
+                if let Ok(Some(exit)) = p.0.try_wait() {
+                    panic!("the {what} exited while the stack came up: {exit} (its log is above)");
+                }
             }
             assert!(
                 Instant::now() < deadline,
