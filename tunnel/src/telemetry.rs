@@ -194,6 +194,9 @@ impl Gateway {
 #[derive(Debug)]
 pub struct Fleet {
     gateways: BTreeMap<String, Gateway>,
+    /// Open connections of gateways not kept (the fleet was full when they connected), so
+    /// one admitted later is online at once. As many entries as such connections at most.
+    unkept: BTreeMap<String, u32>,
     /// A gateway without a report for longer is offline.
     pub offline_after: Duration,
 }
@@ -203,6 +206,7 @@ impl Fleet {
     pub fn new(offline_after: Duration) -> Self {
         Self {
             gateways: BTreeMap::new(),
+            unkept: BTreeMap::new(),
             offline_after,
         }
     }
@@ -263,6 +267,7 @@ impl Fleet {
     }
 
     fn entry(&mut self, now: Instant, name: &str) -> &mut Gateway {
+        let unkept = &mut self.unkept;
         self.gateways
             .entry(name.to_string())
             .or_insert_with(|| Gateway {
@@ -272,7 +277,7 @@ impl Fleet {
                 before: None,
                 every: Duration::ZERO,
                 last_report: None,
-                connections: 0,
+                connections: unkept.remove(name).unwrap_or(0),
                 last_heard: now,
                 points: VecDeque::new(),
                 last_point: None,
@@ -282,9 +287,10 @@ impl Fleet {
     }
 
     /// A connection of gateway `name` opened (a gateway past [`MAX_GATEWAYS`] is not
-    /// kept).
+    /// kept, only its connections counted until it is).
     pub fn opened(&mut self, now: Instant, name: &str) {
         if !self.gateways.contains_key(name) && self.gateways.len() >= MAX_GATEWAYS {
+            *self.unkept.entry(name.to_string()).or_default() += 1;
             return;
         }
         let g = self.entry(now, name);
@@ -297,6 +303,11 @@ impl Fleet {
         if let Some(g) = self.gateways.get_mut(name) {
             g.connections = g.connections.saturating_sub(1);
             g.last_heard = now;
+        } else if let Some(n) = self.unkept.get_mut(name) {
+            *n -= 1;
+            if *n == 0 {
+                self.unkept.remove(name);
+            }
         }
     }
 
@@ -574,7 +585,19 @@ mod tests {
         }
         assert_eq!(f.apply(t0, "one-more", &whole, 10), Err(Refused::Full));
         f.opened(t0, "one-more");
+        f.opened(t0, "one-more");
+        f.opened(t0, "gone");
+        f.closed(t0, "gone");
         assert_eq!(f.gateways().count(), MAX_GATEWAYS);
+        // a slot frees: the gateway admitted now counts the connections it opened meanwhile
+        f.gateways.remove("g0");
+        f.closed(t0, "one-more");
+        f.apply(t0, "one-more", &whole, 10).unwrap();
+        let (_, g) = f.gateways().find(|(n, _)| *n == "one-more").unwrap();
+        assert_eq!(g.connections, 1);
+        assert!(g.online(t0, f.offline_after));
+        assert!(f.unkept.is_empty());
+        f.apply(t0, "gone", &whole, 10).unwrap_err();
         // keys added by deltas past the limit make the relay ask for a whole summary
         let mut g = Fleet::new(Duration::from_secs(3));
         g.apply(t0, "door", &whole, 10).unwrap();
