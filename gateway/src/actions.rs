@@ -140,6 +140,9 @@ impl HandHold {
 pub struct Actions {
     cfgs: Vec<ActionConfig>,
     state: Mutex<State>,
+    /// Held while the holds are worked out and applied: a step and an admin request apply
+    /// one after the other, so the later reading of the rules is the one that stays.
+    applying: Mutex<()>,
     targets: Targets,
 }
 
@@ -153,6 +156,7 @@ impl Actions {
                 changed_at: vec![None; cfgs.len()],
                 by_hand: HashMap::new(),
             }),
+            applying: Mutex::new(()),
             cfgs,
             targets,
         });
@@ -327,6 +331,7 @@ impl Actions {
 
     /// The holds of every fired rule, applied.
     fn apply_holds(&self) {
+        let _applying = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         // one reading of the rules' states serves every hold
         let (states, by_hand) = {
             let st = self.lock();
