@@ -670,6 +670,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
             cfg.cache.disk_dir = cfg.cache.disk_dir.as_deref().map(|d| relative_to(&path, d));
             cfg.admin.token_file = relative_to(&path, &cfg.admin.token_file);
+            cfg.admin.holds_file = relative_to(&path, &cfg.admin.holds_file);
             for site in cfg.sites.iter_mut().filter(|s| s.tls) {
                 let (cert, key) = site.tls_files();
                 site.cert = Some(relative_to(&path, &cert));

@@ -417,6 +417,7 @@ impl Testbed {
         gw_cfg.checkin = opts.checkin.clone();
         gw_cfg.admin.listen = opts.admin;
         gw_cfg.admin.token_file = state_dir.0.join("admin.token");
+        gw_cfg.admin.holds_file = state_dir.0.join("admin.holds.json");
         let gh = match &opts.network {
             Network::Loopback => {
                 crate::runtime::spawn_gateway(&gw_cfg, &certs.gateway_tls(0)?).await?

@@ -156,12 +156,31 @@ fn canopy_status_says_what_is_wrong_first_and_history_keeps_each_second() {
     );
     assert!(hold("uplink", "{\"hold\": \"sometimes\"}").ends_with("422"));
     assert!(hold("nowhere", "{\"hold\": \"avoid\"}").ends_with("404"));
+    // the hold outlives a restart of the gateway ([admin] holds_file)
+    s.kill_gateway();
+    s.start_gateway();
+    s.wait_up();
+    let link = || {
+        let out = curl(&["-s", "-H", &auth, &format!("http://{admin}/api/status")]);
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        st["links"][0].clone()
+    };
+    let after = link();
+    assert_eq!(after["held_by_hand"], "avoid", "{after}");
+    assert_eq!(after["tier"], "backup", "{after}");
+    let kept = std::fs::read_to_string(s.dir.path().join("admin.holds.json")).expect("holds");
+    assert!(kept.contains("\"uplink\": \"avoid\""), "{kept}");
     let back = hold("uplink", "{\"hold\": \"auto\"}");
     assert!(
         back.ends_with("200") && back.contains("\"held_by_hand\": null"),
         "{back}"
     );
     assert!(back.contains("\"tier\": \"primary\""), "{back}");
+    let kept = std::fs::read_to_string(s.dir.path().join("admin.holds.json")).expect("holds");
+    assert!(
+        !kept.contains("\"uplink\""),
+        "a lifted hold is not kept: {kept}"
+    );
 
     // every uplink down, a bid kept on the box: said first, plainly
     let before = history("")["links"][0]["points"]

@@ -93,6 +93,9 @@ pub struct AdminSection {
     /// File holding the bearer token every admin request must present (one line, at
     /// least 16 characters; the gateway makes one on first start). Relative to the config file.
     pub token_file: PathBuf,
+    /// File keeping what the crew set by hand on the admin API (pinned camera levels,
+    /// uplinks preferred or avoided) across restarts. Relative to the config file.
+    pub holds_file: PathBuf,
 }
 
 impl Default for AdminSection {
@@ -100,6 +103,7 @@ impl Default for AdminSection {
         Self {
             listen: None,
             token_file: "admin.token".into(),
+            holds_file: "admin.holds.json".into(),
         }
     }
 }
@@ -1168,6 +1172,9 @@ impl GatewayConfig {
         }
         if self.admin.listen.is_some() && self.admin.token_file.as_os_str().is_empty() {
             errs.push(("admin.token_file".into(), "must name a file".into()));
+        }
+        if self.admin.listen.is_some() && self.admin.holds_file.as_os_str().is_empty() {
+            errs.push(("admin.holds_file".into(), "must name a file".into()));
         }
         for (i, rule) in self.classes.iter().enumerate() {
             if rule.host.is_none() && rule.path_prefix.is_none() && rule.method.is_none() {

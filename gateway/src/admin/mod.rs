@@ -11,8 +11,8 @@
 //! | `GET /api/events` | server-sent events: the status and the history's new seconds, each second |
 //! | `GET /api/history?since=S` | every link's seconds after Unix second S (the last 5 minutes) |
 //! | `GET /api/levels` | every camera's level (and pin, ceiling, what is on air) |
-//! | `PUT /api/levels/<camera>` `{"level": "substream"}` | pins the camera; `"auto"` lifts the pin |
-//! | `PUT /api/uplinks/<name>` `{"hold": "prefer"}` | prefers (or `"avoid"`s) the uplink by hand; `"auto"` lifts it |
+//! | `PUT /api/levels/<camera>` `{"level": "substream"}` | pins the camera; `"auto"` lifts the pin (kept across restarts: [`holds`]) |
+//! | `PUT /api/uplinks/<name>` `{"hold": "prefer"}` | prefers (or `"avoid"`s) the uplink by hand; `"auto"` lifts it (kept likewise) |
 //! | `GET /api/actions` | every `[[actions]]` rule: fired or not, cause, firings |
 //! | `POST /api/purge` | removes the spooled parts the relay has answered for |
 //! | `GET /api/cache` | the edge cache's answers, bytes in memory and on disk |
@@ -27,6 +27,7 @@ use crate::levels::Levels;
 use crate::GatewayError;
 use tunnel_io::admin_token::{authorized, read_or_make_token};
 
+pub mod holds;
 mod page;
 mod problems;
 use bytes::Bytes;
@@ -38,7 +39,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use tunnel::stream_level::Level;
 
 /// The largest request body read.
@@ -68,6 +69,42 @@ pub struct AdminView {
     pub live: Arc<crate::LiveStreams>,
     /// The links' last minutes ([`sample_links`] keeps it).
     pub history: Arc<std::sync::Mutex<History>>,
+    /// What the crew set by hand, kept across restarts (when the admin API is on).
+    pub holds: Option<Arc<holds::HoldsFile>>,
+}
+
+impl AdminView {
+    /// Sets again what the crew had set by hand before the gateway (re)started; a held
+    /// camera or uplink the config no longer has is logged and forgotten.
+    pub fn restore_holds(&self) {
+        let Some(file) = &self.holds else { return };
+        let held = file.held();
+        for (camera, level) in &held.levels {
+            let level = Level::from_name(level);
+            let set = match (&self.levels, level) {
+                (Some(levels), Some(l)) => levels.set_override(camera, Some(l)),
+                _ => false,
+            };
+            if set {
+                info!(camera, level = ?level, "stream level pinned by hand before the restart: pinned again");
+            } else {
+                warn!(camera, "a level pinned by hand before the restart has no such camera or level now: dropped");
+                file.set_level(camera, None);
+            }
+        }
+        for (uplink, hold) in &held.uplinks {
+            let set = crate::actions::HandHold::from_name(hold)
+                .filter(|h| *h != crate::actions::HandHold::Auto)
+                .is_some_and(|h| self.actions.hold_uplink(uplink, h));
+            if !set {
+                warn!(
+                    uplink,
+                    "an uplink held by hand before the restart is not in the config now: dropped"
+                );
+                file.set_uplink(uplink, crate::actions::HandHold::Auto);
+            }
+        }
+    }
 }
 
 /// Seconds of each link's history kept.
@@ -118,6 +155,7 @@ pub fn history_for(bond: &Bond) -> Arc<std::sync::Mutex<History>> {
 pub struct Admin {
     listener: TcpListener,
     token: Arc<str>,
+    holds: Arc<holds::HoldsFile>,
 }
 
 impl Admin {
@@ -139,7 +177,13 @@ impl Admin {
         Ok(Some(Self {
             listener,
             token: token.into(),
+            holds: Arc::new(holds::HoldsFile::open(cfg.holds_file.clone())),
         }))
+    }
+
+    /// The file keeping what the crew sets by hand.
+    pub fn holds(&self) -> Arc<holds::HoldsFile> {
+        self.holds.clone()
     }
 
     /// Its address.
@@ -409,6 +453,9 @@ async fn set_level(
         );
     }
     info!(%peer, camera, level = %body.level, "admin: stream level set by hand");
+    if let Some(h) = &view.holds {
+        h.set_level(camera, level);
+    }
     let now = levels.snapshot().into_iter().find(|c| c.camera == camera);
     json(StatusCode::OK, &serde_json::json!(now))
 }
@@ -446,6 +493,9 @@ async fn hold_uplink(
         );
     }
     info!(%peer, uplink, hold = %body.hold, "admin: uplink held by hand");
+    if let Some(h) = &view.holds {
+        h.set_uplink(uplink, hold);
+    }
     let now = status(view)["links"]
         .as_array()
         .and_then(|l| l.iter().find(|l| l["name"] == uplink).cloned());

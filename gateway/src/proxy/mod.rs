@@ -382,7 +382,9 @@ impl Gateway {
             levels: self.levels.clone(),
             actions,
             paused: self.state.paused.clone(),
+            holds: self.admin.as_ref().map(|a| a.holds()),
         });
+        view.restore_holds();
         if let Some(admin) = self.admin.take() {
             tasks.spawn(crate::admin::sample_links(self.state.bond.clone(), history));
             tasks.spawn(admin.serve(view.clone()));

@@ -1,0 +1,173 @@
+//! What the crew set by hand on the admin API, a camera's pinned level and an uplink held
+//! preferred or avoided, kept in `[admin] holds_file` so that a restart of the box (a
+//! power cut, an update) keeps what the crew decided. The one owner of that file's format:
+//! JSON, rewritten whole (a temporary file, synced, then renamed over it) on each change.
+//!
+//! ```json
+//! {"levels": {"stage": "audio"}, "uplinks": {"satellite": "avoid"}}
+//! ```
+//!
+//! A file that cannot be read is logged with its reason and the gateway starts with no
+//! holds (it is the crew's state, not config: a bad one must not keep the box down). A
+//! held camera or uplink the config no longer has is logged and dropped.
+
+use crate::actions::HandHold;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use tracing::warn;
+use tunnel::stream_level::Level;
+
+/// The holds in the file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Held {
+    /// Camera name to the level it is pinned at.
+    pub levels: BTreeMap<String, String>,
+    /// Uplink name to `prefer` or `avoid`.
+    pub uplinks: BTreeMap<String, String>,
+}
+
+/// Why the file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldsError {
+    /// It could not be read.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// It is not the holds' JSON.
+    #[error("not the holds' JSON: {0}")]
+    Format(#[from] serde_json::Error),
+}
+
+/// `[admin] holds_file`, and what it holds.
+pub struct HoldsFile {
+    path: PathBuf,
+    held: Mutex<Held>,
+}
+
+impl HoldsFile {
+    /// Reads `path` (missing: no holds; unreadable: logged, no holds).
+    pub fn open(path: PathBuf) -> Self {
+        let held = match read(&path) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "the holds set by hand could not be read: starting without them");
+                Held::default()
+            }
+        };
+        Self {
+            path,
+            held: Mutex::new(held),
+        }
+    }
+
+    /// What is held now.
+    pub fn held(&self) -> Held {
+        self.lock().clone()
+    }
+
+    /// `camera` pinned at `level` (None: the pin lifted).
+    pub fn set_level(&self, camera: &str, level: Option<Level>) {
+        self.change(|h| match level {
+            Some(l) => h.levels.insert(camera.to_owned(), l.name().to_owned()),
+            None => h.levels.remove(camera),
+        });
+    }
+
+    /// `uplink` held as `hold` (`Auto`: the hold lifted).
+    pub fn set_uplink(&self, uplink: &str, hold: HandHold) {
+        self.change(|h| match hold {
+            HandHold::Prefer => h.uplinks.insert(uplink.to_owned(), "prefer".into()),
+            HandHold::Avoid => h.uplinks.insert(uplink.to_owned(), "avoid".into()),
+            HandHold::Auto => h.uplinks.remove(uplink),
+        });
+    }
+
+    fn change<R>(&self, f: impl FnOnce(&mut Held) -> R) {
+        let mut h = self.lock();
+        let before = h.clone();
+        f(&mut h);
+        if *h == before {
+            return;
+        }
+        // written under the lock: two changes reach the file in the order they were made
+        if let Err(e) = write(&self.path, &h) {
+            warn!(file = %self.path.display(), error = %e, "the holds set by hand could not be saved: they hold until a restart");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn read(path: &Path) -> Result<Held, HoldsError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Held::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write(path: &Path, held: &Held) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(held).map_err(std::io::Error::other)?)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("canopy-holds-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn holds_outlive_a_restart_and_lifted_ones_are_gone() {
+        let d = dir("restart");
+        let path = d.join("admin.holds.json");
+        let f = HoldsFile::open(path.clone());
+        assert_eq!(f.held(), Held::default());
+        assert!(!path.exists(), "nothing written before a change");
+        f.set_level("stage", Some(Level::Audio));
+        f.set_level("door", Some(Level::Keyframes));
+        f.set_uplink("satellite", HandHold::Avoid);
+        f.set_uplink("cellular", HandHold::Prefer);
+        f.set_level("door", None);
+        f.set_uplink("cellular", HandHold::Auto);
+        let again = HoldsFile::open(path.clone());
+        let h = again.held();
+        assert_eq!(h.levels, BTreeMap::from([("stage".into(), "audio".into())]));
+        assert_eq!(
+            h.uplinks,
+            BTreeMap::from([("satellite".into(), "avoid".into())])
+        );
+        again.set_uplink("satellite", HandHold::Auto);
+        assert!(HoldsFile::open(path).held().uplinks.is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_file_that_is_not_the_holds_is_no_holds_and_is_replaced_on_a_change() {
+        let d = dir("bad");
+        let path = d.join("admin.holds.json");
+        std::fs::write(&path, "{\"levels\": [1,").unwrap();
+        assert!(matches!(read(&path), Err(HoldsError::Format(_))));
+        let f = HoldsFile::open(path.clone());
+        assert_eq!(f.held(), Held::default());
+        f.set_uplink("wifi", HandHold::Prefer);
+        assert_eq!(read(&path).unwrap().uplinks["wifi"], "prefer");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
