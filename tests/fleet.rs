@@ -186,3 +186,64 @@ fn the_fleet_lists_two_gateways_and_shows_one_going_offline_within_5_s() {
         },
     );
 }
+
+#[test]
+fn the_fleet_view_over_https_answers_only_over_tls() {
+    let port = free_port();
+    let s = Stack::start_custom(
+        "fleet-tls",
+        "",
+        "",
+        &format!(
+            "[fleet]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"fleet.token\"\ntls = true\n"
+        ),
+    );
+    let d = s.dir.path();
+    let token = std::fs::read_to_string(d.join("fleet.token")).expect("token");
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let ca = d.join("certs/ca.pem");
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let https = |path: &str, auth: &[&str]| {
+        let mut args = vec![
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+            ca.to_str().expect("utf8"),
+            "--resolve",
+            &resolve,
+        ];
+        args.extend_from_slice(auth);
+        let url = format!("https://localhost:{port}{path}");
+        args.push(&url);
+        String::from_utf8_lossy(&curl(&args).stdout).into_owned()
+    };
+    let page = https("/", &[]);
+    assert!(
+        page.ends_with("200") && page.contains("/fleet.js"),
+        "{page}"
+    );
+    assert!(https("/api/fleet", &[]).ends_with("401"));
+    // the gateway is listed once its first report is in
+    let t0 = std::time::Instant::now();
+    loop {
+        let f = https("/api/fleet", &["-H", &auth]);
+        if f.ends_with("200") && f.contains("\"name\":\"gateway\"") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{f}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // in the clear, the listener answers nothing: no token crosses it
+    let plain = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &auth,
+        &format!("http://127.0.0.1:{port}/api/fleet"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), "000");
+}

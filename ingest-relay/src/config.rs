@@ -46,6 +46,9 @@ pub struct FleetSection {
     /// A gateway with no report for this long is shown offline, ms (gateways report every
     /// `[telemetry] every_ms`, 1000 by default).
     pub offline_after_ms: u64,
+    /// Serve the fleet view over HTTPS, with the viewers' certificate (`[viewers] cert` and
+    /// `key`, default `[tls]`): the token then never crosses the network in the clear.
+    pub tls: bool,
 }
 
 impl Default for FleetSection {
@@ -54,6 +57,7 @@ impl Default for FleetSection {
             listen: None,
             token_file: "fleet.token".into(),
             offline_after_ms: 3000,
+            tls: false,
         }
     }
 }

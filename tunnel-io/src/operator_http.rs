@@ -36,13 +36,30 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_tls(listener, None, max_connections, handler).await
+}
+
+/// Like [`serve`], over TLS with `tls` when it is set (the handshake counts towards the
+/// request head's 10 s).
+pub async fn serve_tls<H, F, B>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    max_connections: usize,
+    handler: H,
+) where
+    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
         let (tcp, peer) = accept(&listener).await;
-        let handler = handler.clone();
+        let (handler, tls) = (handler.clone(), tls.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let answer = handler(peer, req);
@@ -51,10 +68,20 @@ where
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(HEAD_WITHIN);
-            let _ = tokio::time::timeout(
-                CONNECTION_AT_MOST,
-                http.serve_connection(TokioIo::new(tcp), svc),
-            )
+            let _ = tokio::time::timeout(CONNECTION_AT_MOST, async {
+                match tls {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                    }
+                    Some(tls) => match tokio::time::timeout(HEAD_WITHIN, tls.accept(tcp)).await {
+                        Ok(Ok(s)) => {
+                            let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "no TLS handshake within 10 s"),
+                    },
+                }
+            })
             .await;
             drop(slot);
         });

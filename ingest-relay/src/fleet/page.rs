@@ -21,16 +21,17 @@ const MAX_CONNECTIONS: usize = 32;
 
 type Answer = Response<Full<Bytes>>;
 
-/// Serves the fleet view on `listener` until the task is dropped.
+/// Serves the fleet view on `listener` (over TLS with `tls`) until the task is dropped.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     fleet: Arc<FleetState>,
     relay: String,
     token: Arc<str>,
 ) {
-    info!(addr = ?listener.local_addr().ok(), "fleet view listening");
+    info!(addr = ?listener.local_addr().ok(), https = tls.is_some(), "fleet view listening");
     let relay: Arc<str> = relay.into();
-    tunnel_io::operator_http::serve(listener, MAX_CONNECTIONS, move |peer, req| {
+    tunnel_io::operator_http::serve_tls(listener, tls, MAX_CONNECTIONS, move |peer, req| {
         let a = answer(&fleet, &relay, &token, &req);
         if a.status() == StatusCode::UNAUTHORIZED {
             debug!(%peer, "fleet: refused without the token");

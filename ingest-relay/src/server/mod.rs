@@ -115,7 +115,11 @@ pub struct Relay {
     viewer_https: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
     viewer_h3: Option<quinn::Endpoint>,
     /// The fleet view's listener and token, when `[fleet] listen`.
-    fleet_http: Option<(tokio::net::TcpListener, Arc<str>)>,
+    fleet_http: Option<(
+        tokio::net::TcpListener,
+        Arc<str>,
+        Option<tokio_rustls::TlsAcceptor>,
+    )>,
 }
 
 impl Relay {
@@ -265,7 +269,13 @@ impl Relay {
                             cfg.fleet.token_file.display()
                         ))
                     })?;
-                Some((bind_tcp(a).await?, Arc::<str>::from(token)))
+                let tls = match cfg.fleet.tls {
+                    true => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                        vtls.viewer_rustls(&[b"http/1.1"])?,
+                    ))),
+                    false => None,
+                };
+                Some((bind_tcp(a).await?, Arc::<str>::from(token), tls))
             }
             None => None,
         };
@@ -300,7 +310,7 @@ impl Relay {
     pub fn fleet_addr(&self) -> Option<SocketAddr> {
         self.fleet_http
             .as_ref()
-            .and_then(|(l, _)| l.local_addr().ok())
+            .and_then(|(l, _, _)| l.local_addr().ok())
     }
 
     /// The viewers' addresses: HTTP/1.1, HTTPS, HTTP/3.
@@ -336,9 +346,10 @@ impl Relay {
             tokio::spawn(viewers::serve_h3(ep, self.viewers.clone()));
         }
         tokio::spawn(self.state.fleet.clone().run());
-        if let Some((l, token)) = self.fleet_http.take() {
+        if let Some((l, token, tls)) = self.fleet_http.take() {
             tokio::spawn(crate::fleet::page::serve(
                 l,
+                tls,
                 self.state.fleet.clone(),
                 self.state.name.clone(),
                 token,
