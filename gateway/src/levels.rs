@@ -40,6 +40,44 @@ struct State {
     core: StreamLevels,
     /// Camera names, in the core's order.
     cameras: Vec<String>,
+    /// Pins kept from before a restart for cameras not seen yet (a pulled camera is added
+    /// at the first step that finds its program, a pushed one when its encoder connects).
+    pinned_when_seen: HashMap<String, Level>,
+}
+
+impl State {
+    /// Adds camera `name`, pinned at once if a pin kept from before a restart waits for it.
+    fn add_camera(&mut self, name: &str, priority: i32) {
+        self.core.add(priority);
+        self.cameras.push(name.to_string());
+        if let Some(level) = self.pinned_when_seen.remove(name) {
+            self.core.set_override(self.cameras.len() - 1, Some(level));
+            info!(
+                camera = name,
+                level = level.name(),
+                "stream level pinned by hand before the restart: pinned again"
+            );
+        }
+    }
+
+    /// Pins `camera` at `level` (None: lifts the pin); false: no such camera (a pin
+    /// waiting for the camera is lifted all the same).
+    fn pin(&mut self, camera: &str, level: Option<Level>) -> bool {
+        let Some(i) = self.cameras.iter().position(|n| n == camera) else {
+            return level.is_none() && self.pinned_when_seen.remove(camera).is_some();
+        };
+        if let Some(ch) = self.core.set_override(i, level) {
+            info!(camera, from = ch.from.name(), to = ch.to.name(), cause = %ch.cause, "stream level set");
+        }
+        true
+    }
+
+    /// Pins `camera` at `level` now, or once it is added.
+    fn pin_when_seen(&mut self, camera: &str, level: Level) {
+        if !self.pin(camera, Some(level)) {
+            self.pinned_when_seen.insert(camera.to_owned(), level);
+        }
+    }
 }
 
 /// Sets camera `i`'s ceiling in the core, logging a change.
@@ -82,6 +120,7 @@ impl Levels {
             state: Mutex::new(State {
                 core: StreamLevels::new(LevelConfig::default(), &[]),
                 cameras: Vec::new(),
+                pinned_when_seen: HashMap::new(),
             }),
             streams,
         });
@@ -121,8 +160,7 @@ impl Levels {
         for c in &cams {
             if !st.cameras.iter().any(|n| n == c.name()) {
                 let p = priorities.get(c.name()).copied().unwrap_or(0);
-                st.core.add(p);
-                st.cameras.push(c.name().to_string());
+                st.add_camera(c.name(), p);
             }
         }
         let by_name: HashMap<&str, &Arc<LiveStream>> = cams.iter().map(|c| (c.name(), c)).collect();
@@ -180,16 +218,15 @@ impl Levels {
         }
     }
 
+    /// Pins `camera` at `level` now, or as soon as the camera is seen (a pin kept from
+    /// before a restart: the cameras come as their streams start).
+    pub fn pin_when_seen(&self, camera: &str, level: Level) {
+        self.lock().pin_when_seen(camera, level);
+    }
+
     /// Pins `camera` at `level` (None: back to automatic). False: no such camera.
     pub fn set_override(&self, camera: &str, level: Option<Level>) -> bool {
-        let mut st = self.lock();
-        let Some(i) = st.cameras.iter().position(|n| n == camera) else {
-            return false;
-        };
-        if let Some(ch) = st.core.set_override(i, level) {
-            info!(camera, from = ch.from.name(), to = ch.to.name(), cause = %ch.cause, "stream level set");
-        }
-        true
+        self.lock().pin(camera, level)
     }
 
     /// Holds `camera` at `level` or lower for a local action (None: lifted); false: no
@@ -287,5 +324,38 @@ fn describe(s: Selection) -> String {
         Cut::All => source.to_string(),
         Cut::Keyframes => format!("{source} keyframes"),
         Cut::Audio => format!("{source} audio"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State {
+            core: StreamLevels::new(LevelConfig::default(), &[]),
+            cameras: Vec::new(),
+            pinned_when_seen: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_pin_kept_from_before_a_restart_waits_for_its_camera() {
+        let mut st = state();
+        st.add_camera("door", 0);
+        st.pin_when_seen("door", Level::Keyframes);
+        st.pin_when_seen("stage", Level::Audio);
+        st.pin_when_seen("gone", Level::Audio);
+        assert_eq!(st.core.level(0), Some(Level::Keyframes));
+        // the camera comes later (its stream started): pinned as it is added
+        st.add_camera("stage", 0);
+        assert_eq!(st.core.level(1), Some(Level::Audio));
+        assert!(st.pin("stage", None));
+        // a waiting pin can be lifted before its camera comes
+        assert!(st.pin("gone", None));
+        assert!(!st.pin("gone", None));
+        st.add_camera("gone", 0);
+        assert_eq!(st.core.level(2), Some(Level::Full));
+        assert!(!st.pin("nowhere", Some(Level::Audio)));
     }
 }

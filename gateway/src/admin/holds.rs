@@ -21,7 +21,7 @@ use tunnel::stream_level::Level;
 
 /// The holds in the file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Held {
     /// Camera name to the level it is pinned at.
     pub levels: BTreeMap<String, String>,
@@ -67,34 +67,45 @@ impl HoldsFile {
         self.lock().clone()
     }
 
-    /// `camera` pinned at `level` (None: the pin lifted).
-    pub fn set_level(&self, camera: &str, level: Option<Level>) {
-        self.change(|h| match level {
+    /// Pins `camera` at `level` (None: lifts the pin) with `live`, and keeps it when `live`
+    /// answers true. Under one lock: two crew devices changing the same camera at once
+    /// leave the file saying what the gateway does.
+    pub fn set_level(
+        &self,
+        camera: &str,
+        level: Option<Level>,
+        live: impl FnOnce() -> bool,
+    ) -> bool {
+        self.change(live, |h| match level {
             Some(l) => h.levels.insert(camera.to_owned(), l.name().to_owned()),
             None => h.levels.remove(camera),
-        });
+        })
     }
 
-    /// `uplink` held as `hold` (`Auto`: the hold lifted).
-    pub fn set_uplink(&self, uplink: &str, hold: HandHold) {
-        self.change(|h| match hold {
+    /// Holds `uplink` as `hold` (`Auto`: lifts the hold) with `live`, and keeps it when
+    /// `live` answers true (as [`Self::set_level`]).
+    pub fn set_uplink(&self, uplink: &str, hold: HandHold, live: impl FnOnce() -> bool) -> bool {
+        self.change(live, |h| match hold {
             HandHold::Prefer => h.uplinks.insert(uplink.to_owned(), "prefer".into()),
             HandHold::Avoid => h.uplinks.insert(uplink.to_owned(), "avoid".into()),
             HandHold::Auto => h.uplinks.remove(uplink),
-        });
+        })
     }
 
-    fn change<R>(&self, f: impl FnOnce(&mut Held) -> R) {
+    fn change<R>(&self, live: impl FnOnce() -> bool, f: impl FnOnce(&mut Held) -> R) -> bool {
         let mut h = self.lock();
+        if !live() {
+            return false;
+        }
         let before = h.clone();
         f(&mut h);
-        if *h == before {
-            return;
+        if *h != before {
+            // written under the lock: the changes reach the file in the order they were made
+            if let Err(e) = write(&self.path, &h) {
+                warn!(file = %self.path.display(), error = %e, "the holds set by hand could not be saved: they hold until a restart");
+            }
         }
-        // written under the lock: two changes reach the file in the order they were made
-        if let Err(e) = write(&self.path, &h) {
-            warn!(file = %self.path.display(), error = %e, "the holds set by hand could not be saved: they hold until a restart");
-        }
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -110,16 +121,13 @@ fn read(path: &Path) -> Result<Held, HoldsError> {
     }
 }
 
+/// The whole file through a synced temporary file, a rename and a synced folder (a power
+/// cut leaves the old file or the new one). Small and rare: written in place, not on the
+/// blocking pool.
 fn write(path: &Path, held: &Held) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(held).map_err(std::io::Error::other)?)?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let mut json = serde_json::to_vec_pretty(held).map_err(std::io::Error::other)?;
+    json.push(b'\n');
+    crate::files::write_private(path, &json)
 }
 
 #[cfg(test)]
@@ -140,12 +148,15 @@ mod tests {
         let f = HoldsFile::open(path.clone());
         assert_eq!(f.held(), Held::default());
         assert!(!path.exists(), "nothing written before a change");
-        f.set_level("stage", Some(Level::Audio));
-        f.set_level("door", Some(Level::Keyframes));
-        f.set_uplink("satellite", HandHold::Avoid);
-        f.set_uplink("cellular", HandHold::Prefer);
-        f.set_level("door", None);
-        f.set_uplink("cellular", HandHold::Auto);
+        let yes = || true;
+        f.set_level("stage", Some(Level::Audio), yes);
+        f.set_level("door", Some(Level::Keyframes), yes);
+        f.set_uplink("satellite", HandHold::Avoid, yes);
+        f.set_uplink("cellular", HandHold::Prefer, yes);
+        f.set_level("door", None, yes);
+        f.set_uplink("cellular", HandHold::Auto, yes);
+        // what the gateway refused is not kept
+        assert!(!f.set_uplink("nowhere", HandHold::Avoid, || false));
         let again = HoldsFile::open(path.clone());
         let h = again.held();
         assert_eq!(h.levels, BTreeMap::from([("stage".into(), "audio".into())]));
@@ -153,7 +164,7 @@ mod tests {
             h.uplinks,
             BTreeMap::from([("satellite".into(), "avoid".into())])
         );
-        again.set_uplink("satellite", HandHold::Auto);
+        again.set_uplink("satellite", HandHold::Auto, || true);
         assert!(HoldsFile::open(path).held().uplinks.is_empty());
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -166,7 +177,7 @@ mod tests {
         assert!(matches!(read(&path), Err(HoldsError::Format(_))));
         let f = HoldsFile::open(path.clone());
         assert_eq!(f.held(), Held::default());
-        f.set_uplink("wifi", HandHold::Prefer);
+        f.set_uplink("wifi", HandHold::Prefer, || true);
         assert_eq!(read(&path).unwrap().uplinks["wifi"], "prefer");
         let _ = std::fs::remove_dir_all(&d);
     }

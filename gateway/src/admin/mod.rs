@@ -74,34 +74,35 @@ pub struct AdminView {
 }
 
 impl AdminView {
-    /// Sets again what the crew had set by hand before the gateway (re)started; a held
-    /// camera or uplink the config no longer has is logged and forgotten.
+    /// Sets again what the crew had set by hand before the gateway (re)started: a pinned
+    /// camera as soon as it is seen (cameras come as their streams start). An uplink the
+    /// config no longer has, or a level that is not one, is logged and forgotten; pins
+    /// wait in the file while the low-bandwidth mode is off.
     pub fn restore_holds(&self) {
+        use crate::actions::HandHold;
         let Some(file) = &self.holds else { return };
         let held = file.held();
-        for (camera, level) in &held.levels {
-            let level = Level::from_name(level);
-            let set = match (&self.levels, level) {
-                (Some(levels), Some(l)) => levels.set_override(camera, Some(l)),
-                _ => false,
-            };
-            if set {
-                info!(camera, level = ?level, "stream level pinned by hand before the restart: pinned again");
-            } else {
-                warn!(camera, "a level pinned by hand before the restart has no such camera or level now: dropped");
-                file.set_level(camera, None);
+        for (camera, name) in &held.levels {
+            match (&self.levels, Level::from_name(name)) {
+                (Some(levels), Some(l)) => levels.pin_when_seen(camera, l),
+                (None, Some(_)) => {
+                    warn!(camera, level = %name, "a level pinned by hand is kept but not applied: the cameras are not sent to the relay ([live] contribute = false)")
+                }
+                (_, None) => {
+                    warn!(camera, level = %name, "a level pinned by hand is not a level: forgotten");
+                    file.set_level(camera, None, || true);
+                }
             }
         }
-        for (uplink, hold) in &held.uplinks {
-            let set = crate::actions::HandHold::from_name(hold)
-                .filter(|h| *h != crate::actions::HandHold::Auto)
+        for (uplink, name) in &held.uplinks {
+            let set = HandHold::from_name(name)
+                .filter(|h| *h != HandHold::Auto)
                 .is_some_and(|h| self.actions.hold_uplink(uplink, h));
-            if !set {
-                warn!(
-                    uplink,
-                    "an uplink held by hand before the restart is not in the config now: dropped"
-                );
-                file.set_uplink(uplink, crate::actions::HandHold::Auto);
+            if set {
+                info!(uplink, hold = %name, "uplink held by hand before the restart: held again");
+            } else {
+                warn!(uplink, hold = %name, "an uplink held by hand before the restart is not in the config now (or the hold is not prefer or avoid): forgotten");
+                file.set_uplink(uplink, HandHold::Auto, || true);
             }
         }
     }
@@ -446,16 +447,18 @@ async fn set_level(
             }
         },
     };
-    if !levels.set_override(camera, level) {
+    let live = || levels.set_override(camera, level);
+    let set = match &view.holds {
+        Some(h) => h.set_level(camera, level, live),
+        None => live(),
+    };
+    if !set {
         return error(
             StatusCode::NOT_FOUND,
             &format!("no camera named {camera:?} is sent to the relay"),
         );
     }
     info!(%peer, camera, level = %body.level, "admin: stream level set by hand");
-    if let Some(h) = &view.holds {
-        h.set_level(camera, level);
-    }
     let now = levels.snapshot().into_iter().find(|c| c.camera == camera);
     json(StatusCode::OK, &serde_json::json!(now))
 }
@@ -486,16 +489,18 @@ async fn hold_uplink(
             "hold must be prefer, avoid or auto",
         );
     };
-    if !view.actions.hold_uplink(uplink, hold) {
+    let live = || view.actions.hold_uplink(uplink, hold);
+    let set = match &view.holds {
+        Some(h) => h.set_uplink(uplink, hold, live),
+        None => live(),
+    };
+    if !set {
         return error(
             StatusCode::NOT_FOUND,
             &format!("no uplink named {uplink:?}"),
         );
     }
     info!(%peer, uplink, hold = %body.hold, "admin: uplink held by hand");
-    if let Some(h) = &view.holds {
-        h.set_uplink(uplink, hold);
-    }
     let now = status(view)["links"]
         .as_array()
         .and_then(|l| l.iter().find(|l| l["name"] == uplink).cloned());
