@@ -1,5 +1,5 @@
-//! The small HTTP/1.1 listeners an operator reads: the gateway's admin API and status
-//! page, the relay's fleet view, `/metrics` at both ends. One accept loop for all of them
+//! The small HTTP/1.1 listeners an operator reads (over TLS when asked): the gateway's
+//! admin API and status page, the relay's fleet view, `/metrics` at both ends. One accept loop for all of them
 //! (at most so many connections at once, a request's head within 10 s, a connection for
 //! 5 minutes at most), the pages' static files with their headers, and the script both
 //! pages share (`operator_http/operator.js`).
@@ -65,20 +65,28 @@ pub async fn serve_tls<H, F, B>(
                 let answer = handler(peer, req);
                 async move { Ok::<_, Infallible>(answer.await) }
             });
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new())
-                .header_read_timeout(HEAD_WITHIN);
+            let started = tokio::time::Instant::now();
+            // the first head within HEAD_WITHIN of the accept, a TLS handshake included
+            let http = move || {
+                let mut http = hyper::server::conn::http1::Builder::new();
+                let left = HEAD_WITHIN.saturating_sub(started.elapsed());
+                http.timer(TokioTimer::new())
+                    .header_read_timeout(left.max(Duration::from_millis(1)));
+                http
+            };
             let _ = tokio::time::timeout(CONNECTION_AT_MOST, async {
                 match tls {
                     None => {
-                        let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                        let _ = http().serve_connection(TokioIo::new(tcp), svc).await;
                     }
                     Some(tls) => match tokio::time::timeout(HEAD_WITHIN, tls.accept(tcp)).await {
                         Ok(Ok(s)) => {
-                            let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                            let _ = http().serve_connection(TokioIo::new(s), svc).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "no TLS handshake within 10 s"),
+                        Err(_) => {
+                            tracing::debug!(%peer, within = ?HEAD_WITHIN, "no TLS handshake in time")
+                        }
                     },
                 }
             })
