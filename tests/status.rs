@@ -182,7 +182,13 @@ fn canopy_status_says_what_is_wrong_first_and_history_keeps_each_second() {
         "a lifted hold is not kept: {kept}"
     );
 
-    // every uplink down, a bid kept on the box: said first, plainly
+    // every uplink down, a bid kept on the box: said first, plainly (the history
+    // restarted with the gateway: its first second closed first)
+    wait_until("a second of history", Duration::from_secs(5), || {
+        history("")["links"][0]["points"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    });
     let before = history("")["links"][0]["points"]
         .as_array()
         .and_then(|p| p.last())

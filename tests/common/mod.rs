@@ -80,12 +80,24 @@ pub(crate) fn free_port() -> u16 {
     // binaries run one after another; start each at its own place all the same
     let _ = NEXT.compare_exchange(
         u32::MAX,
-        (std::process::id() * 7919) % SPAN,
+        (u64::from(std::process::id()) * 7919 % u64::from(SPAN)) as u32,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
+    // a host whose ephemeral range reaches down here: those ports are skipped
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
     for _ in 0..SPAN {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        if (ephemeral.0..=ephemeral.1).contains(&port) {
+            continue;
+        }
+        let port = port as u16;
         let tcp = TcpListener::bind(("127.0.0.1", port));
         let udp = UdpSocket::bind(("127.0.0.1", port));
         if tcp.is_ok() && udp.is_ok() {
