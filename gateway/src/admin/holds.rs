@@ -1,7 +1,8 @@
 //! What the crew set by hand on the admin API, a camera's pinned level and an uplink held
 //! preferred or avoided, kept in `[admin] holds_file` so that a restart of the box (a
 //! power cut, an update) keeps what the crew decided. The one owner of that file's format:
-//! JSON, rewritten whole (a temporary file, synced, then renamed over it) on each change.
+//! JSON, rewritten whole (`files::write_private`: a synced temporary file renamed over it)
+//! on each change.
 //!
 //! ```json
 //! {"levels": {"stage": "audio"}, "uplinks": {"satellite": "avoid"}}
@@ -9,7 +10,8 @@
 //!
 //! A file that cannot be read is logged with its reason and the gateway starts with no
 //! holds (it is the crew's state, not config: a bad one must not keep the box down). A
-//! held camera or uplink the config no longer has is logged and dropped.
+//! held uplink the config no longer has is logged and dropped; a camera's pin waits until
+//! the camera is seen (`AdminView::restore_holds`).
 
 use crate::actions::HandHold;
 use serde::{Deserialize, Serialize};
