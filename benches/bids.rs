@@ -16,7 +16,8 @@
 //! duplicated, bid_p50_ms, bid_p99_ms (the burst's bids answered 200), base_rtt_ms,
 //! journal_appends_per_sec, checkin_p99_ms_offline, bid_p99_ms_under_abuse; and, to tell
 //! where a bid waits, burst_link_delay_up_ms / _down_ms: the link's mean one-way delay
-//! (latency plus queue) during the burst.
+//! (latency plus queue) during the burst; burst_link_use_up / _down: the bytes the link
+//! delivered during the burst over what its rate allows (bulk must keep the link full).
 
 mod common;
 
@@ -375,11 +376,17 @@ fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let link = bed.links.iter().flatten().next();
         let before = link.map(|l| l.stats()).unwrap_or_default();
+        let started = Instant::now();
         let b = burst(&bed).await?;
-        let (burst_up_ms, burst_down_ms) = link
-            .map(|l| l.stats())
-            .unwrap_or_default()
-            .mean_delay_ms_since(&before);
+        let after = link.map(|l| l.stats()).unwrap_or_default();
+        let (burst_up_ms, burst_down_ms) = after.mean_delay_ms_since(&before);
+        // what the link carried meanwhile, of its rate: a low bid delay bought by leaving
+        // the link idle would show here
+        let carried = |bytes: u64| {
+            bytes as f64 * 8.0 / (RATE_KBPS as f64 * 1000.0 * started.elapsed().as_secs_f64())
+        };
+        let burst_link_use_up = carried(after.up_bytes.saturating_sub(before.up_bytes));
+        let burst_link_use_down = carried(after.down_bytes.saturating_sub(before.down_bytes));
         for t in &bulk {
             t.abort();
         }
@@ -431,6 +438,8 @@ fn main() -> anyhow::Result<()> {
             "bid_p99_ms": b.p99,
             "burst_link_delay_up_ms": burst_up_ms,
             "burst_link_delay_down_ms": burst_down_ms,
+            "burst_link_use_up": burst_link_use_up,
+            "burst_link_use_down": burst_link_use_down,
             "journal_appends_per_sec": appends,
             "journal_append_p50_ms": append_p50,
             "journal_append_p99_ms": append_p99,
@@ -456,9 +465,10 @@ fn main() -> anyhow::Result<()> {
     })?;
     let path = common::write_json("bids", &json)?;
     println!(
-        "bids: burst {} (200: {}, 202: {}) lost {} duplicated {}; base {:.1} ms, bid p50 {:.1} p99 {:.1} ms; journal {:.0} appends/s; check-in offline p99 {:.2} ms; under abuse ({} tunnels open, {} refused, {} stalled uploads) bid p99 {:.1} ms, failed {} -> {}",
+        "bids: burst {} (200: {}, 202: {}) lost {} duplicated {}; base {:.1} ms, bid p50 {:.1} p99 {:.1} ms (link use up {:.2} down {:.2}); journal {:.0} appends/s; check-in offline p99 {:.2} ms; under abuse ({} tunnels open, {} refused, {} stalled uploads) bid p99 {:.1} ms, failed {} -> {}",
         json["burst_bids"], json["burst_answered_200"], json["burst_receipts_202"], json["lost"], json["duplicated"],
         json["base_rtt_ms"].as_f64().unwrap_or(0.0), json["bid_p50_ms"].as_f64().unwrap_or(0.0), json["bid_p99_ms"].as_f64().unwrap_or(0.0),
+        json["burst_link_use_up"].as_f64().unwrap_or(0.0), json["burst_link_use_down"].as_f64().unwrap_or(0.0),
         json["journal_appends_per_sec"].as_f64().unwrap_or(0.0), json["checkin_p99_ms_offline"].as_f64().unwrap_or(0.0),
         json["abuse_tunnels_open"], json["abuse_tunnels_refused"], json["abuse_stalled_uploads"], json["bid_p99_ms_under_abuse"].as_f64().unwrap_or(0.0), json["bids_failed_under_abuse"],
         path.display()
