@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_bad_jetstream_section_names_its_keys() {
-        let text = "[jetstream]\nhost = \"bids.canopy\"\nservers = [\"nats://127.0.0.1:4222\", \"::bad::\"]\nstream = \"my.bids\"\nsubject = \"bids.*\"\nreplicas = 7\nuser = \"u\"\n[auction]\nhost = \"bids.canopy\"\n";
+        let text = "[jetstream]\nhost = \"bids.canopy\"\nservers = [\"nats://127.0.0.1:4222\", \"::bad::\"]\nstream = \"my.bids\"\nsubject = \"bids.*\"\nreplicas = 7\nuser = \"u\"\ntls_cert = \"nats.pem\"\n[auction]\nhost = \"bids.canopy\"\n";
         let errs = parse::<RelayConfig>(Path::new("relay.toml"), text)
             .unwrap_err()
             .0;
@@ -305,6 +305,7 @@ mod tests {
         for want in [
             (3, "jetstream.servers"),
             (7, "jetstream.user"),
+            (8, "jetstream.tls_cert"),
             (4, "jetstream.stream"),
             (5, "jetstream.subject"),
             (6, "jetstream.replicas"),

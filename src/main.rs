@@ -614,6 +614,13 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 .map(|p| relative_to(&path, p));
             cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
             cfg.auction.journal = relative_to(&path, &cfg.auction.journal);
+            for f in [
+                &mut cfg.jetstream.tls_ca,
+                &mut cfg.jetstream.tls_cert,
+                &mut cfg.jetstream.tls_key,
+            ] {
+                *f = f.as_deref().map(|p| relative_to(&path, p));
+            }
             cfg.fleet.token_file = relative_to(&path, &cfg.fleet.token_file);
             cfg.tls.revoked = cfg.tls.revoked.as_deref().map(|p| relative_to(&path, p));
             if let Some(f) = &cfg.tls.revoked {
@@ -642,9 +649,22 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            let relay =
-                canopy::runtime::spawn_relay(&cfg, &tls, viewer_tls.as_ref(), token_key.as_deref())
-                    .await?;
+            let relay = match canopy::runtime::spawn_relay(
+                &cfg,
+                &tls,
+                viewer_tls.as_ref(),
+                token_key.as_deref(),
+            )
+            .await
+            {
+                Ok(r) => r,
+                // a file the config names is missing or wrong: the config's fault
+                Err(e) if matches!(e.downcast_ref(), Some(ingest_relay::RelayError::Config(_))) => {
+                    eprintln!("canopy: {}: {e}", path.display());
+                    return Ok(ExitCode::from(EX_USAGE as u8));
+                }
+                Err(e) => return Err(e),
+            };
             match relay.viewers {
                 (Some(a), _, _) => {
                     println!("relay: viewers at http://{a}/live/<gateway>/<camera>/index.m3u8")

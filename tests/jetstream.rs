@@ -6,7 +6,7 @@
 mod common;
 
 use async_nats::jetstream;
-use common::{acknowledged, burst_with, curl, free_port, wait_until, Proc, Stack, TempDir};
+use common::{acknowledged, burst_with, canopy, curl, free_port, wait_until, Proc, Stack, TempDir};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -82,10 +82,30 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-async fn context(port: u16, auth: Option<(&str, &str)>) -> jetstream::Context {
+/// How the test's own client reaches the servers.
+#[derive(Clone, Copy, Default)]
+struct Access<'a> {
+    auth: Option<(&'a str, &'a str)>,
+    /// A certificates directory (`canopy certs init`): its `ca.pem` signed the servers,
+    /// and `CLIENT.pem`/`.key` is the client's pair.
+    tls: Option<&'a Path>,
+}
+
+const CLIENT: &str = "nats-client";
+
+async fn context(port: u16, access: Access<'_>) -> jetstream::Context {
     let mut opts = async_nats::ConnectOptions::new();
-    if let Some((u, p)) = auth {
+    if let Some((u, p)) = access.auth {
         opts = opts.user_and_password(u.into(), p.into());
+    }
+    if let Some(d) = access.tls {
+        opts = opts
+            .require_tls(true)
+            .add_root_certificates(d.join("ca.pem"))
+            .add_client_certificate(
+                d.join(format!("{CLIENT}.pem")),
+                d.join(format!("{CLIENT}.key")),
+            );
     }
     let c = opts
         .connect(format!("nats://127.0.0.1:{port}"))
@@ -96,9 +116,9 @@ async fn context(port: u16, auth: Option<(&str, &str)>) -> jetstream::Context {
 
 /// Every message of the stream: Idempotency-Key → how many times, and the gateways of the
 /// messages that carry an edge time.
-fn stored(port: u16, auth: Option<(&str, &str)>) -> (HashMap<String, usize>, Vec<String>) {
+fn stored(port: u16, access: Access<'_>) -> (HashMap<String, usize>, Vec<String>) {
     runtime().block_on(async {
-        let js = context(port, auth).await;
+        let js = context(port, access).await;
         let mut st = match js.get_stream(STREAM).await {
             Ok(s) => s,
             Err(_) => return (HashMap::new(), Vec::new()),
@@ -132,7 +152,10 @@ fn each_bid_is_stored_once_through_retries_restarts_and_an_outage() {
     );
     let mut nats = nats_server(dir.path(), "n1", &conf);
     wait_listening(dir.path(), "n1", port);
-    let auth = Some(("canopy", "s3cret"));
+    let auth = Access {
+        auth: Some(("canopy", "s3cret")),
+        tls: None,
+    };
     let mut s = Stack::start_custom(
         "js-single",
         "",
@@ -221,7 +244,7 @@ fn a_three_node_cluster_loses_its_leader_mid_burst_and_stores_each_bid_once() {
         post(&s, "warm-up", "{\"bidder\":\"p0\",\"amount\":1}").0 == 201
     });
     let leader = runtime().block_on(async {
-        let js = context(ports[0], None).await;
+        let js = context(ports[0], Access::default()).await;
         let mut st = js.get_stream(STREAM).await.expect("stream");
         let info = st.info().await.expect("info");
         info.cluster
@@ -268,14 +291,141 @@ fn a_three_node_cluster_loses_its_leader_mid_burst_and_stores_each_bid_once() {
         "every acknowledged bid in the stream",
         Duration::from_secs(90),
         || {
-            let keys = stored(survivor, None).0;
+            let keys = stored(survivor, Access::default()).0;
             acked.iter().all(|k| keys.contains_key(k))
         },
     );
     std::thread::sleep(Duration::from_secs(1));
-    let (keys, _) = stored(survivor, None);
+    let (keys, _) = stored(survivor, Access::default());
     let doubled: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "stored twice: {doubled:?}");
     assert_eq!(keys.len(), acked.len() + 1, "the burst and the warm-up bid");
     drop(nodes);
+}
+
+#[test]
+fn bids_reach_a_server_that_wants_tls_and_a_client_certificate() {
+    let dir = TempDir::new("js-tls");
+    // the NATS servers' own PKI: a CA, the server's pair (named 127.0.0.1), and a client
+    // pair for the relay and one for the test's reader
+    let certs = dir.path().join("nats-certs");
+    let out = canopy(&[
+        "certs",
+        "init",
+        "--event",
+        "nats",
+        "--out",
+        certs.to_str().expect("utf8"),
+        "--gateway",
+        "relay-client",
+        "--gateway",
+        CLIENT,
+    ]);
+    assert!(
+        out.status.success(),
+        "certs init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let conf = format!(
+        "server_name: n1\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\ntls {{\n  cert_file: \"{c}/relay.pem\"\n  key_file: \"{c}/relay.key\"\n  ca_file: \"{c}/ca.pem\"\n  verify: true\n}}\n",
+        dir.path().join("n1").display(),
+        c = certs.display()
+    );
+    let _nats = nats_server(dir.path(), "n1", &conf);
+    wait_listening(dir.path(), "n1", port);
+    let access = Access {
+        auth: None,
+        tls: Some(&certs),
+    };
+    let tls_keys = |client: bool| {
+        let mut keys = format!("tls_ca = \"{}/ca.pem\"\n", certs.display());
+        if client {
+            keys.push_str(&format!(
+                "tls_cert = \"{c}/relay-client.pem\"\ntls_key = \"{c}/relay-client.key\"\n",
+                c = certs.display()
+            ));
+        }
+        keys + "publish_timeout_ms = 1000"
+    };
+    let mut s = Stack::start_custom(
+        "js-tls",
+        "",
+        GATEWAY,
+        &relay_section(&[port], &tls_keys(true)),
+    );
+    let (st, first) = post(&s, "t-1", "{\"bidder\":\"p1\",\"amount\":100}");
+    assert_eq!(st, 201, "{first}");
+    // without its client certificate the relay is refused: the gateway keeps the bid
+    s.kill_relay();
+    let relay_toml = s.dir.path().join("relay.toml");
+    let with_cert = std::fs::read_to_string(&relay_toml).expect("relay.toml");
+    let without = with_cert.replace(&tls_keys(true), &tls_keys(false));
+    assert_ne!(
+        with_cert, without,
+        "the relay's config names the client pair"
+    );
+    std::fs::write(&relay_toml, &without).expect("relay.toml");
+    s.start_relay();
+    s.wait_up();
+    let (st, queued) = post(&s, "t-2", "{\"bidder\":\"p2\",\"amount\":200}");
+    assert_eq!(st, 202, "{queued}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !stored(port, access).0.contains_key("t-2"),
+        "a relay without a client certificate published"
+    );
+    // with it again: the queued bid goes through, once
+    s.kill_relay();
+    std::fs::write(&relay_toml, &with_cert).expect("relay.toml");
+    s.start_relay();
+    s.wait_up();
+    wait_until(
+        "the queued bid in the stream",
+        Duration::from_secs(60),
+        || stored(port, access).0.contains_key("t-2"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        stored(port, access).0,
+        HashMap::from([("t-1".to_string(), 1), ("t-2".to_string(), 1)]),
+        "each bid once"
+    );
+}
+
+#[test]
+fn a_missing_nats_ca_stops_the_relay_naming_key_and_file() {
+    let dir = TempDir::new("js-no-ca");
+    let d = dir.path();
+    let out = canopy(&[
+        "certs",
+        "init",
+        "--event",
+        "x",
+        "--out",
+        d.join("certs").to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = d.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[relay]\nlisten = \"127.0.0.1:{}\"\n{}",
+            free_port(),
+            relay_section(&[free_port()], "tls_ca = \"nats/ca.pem\"")
+        ),
+    )
+    .expect("relay.toml");
+    let out = canopy(&["relay", "--config", config.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ca = d.join("nats/ca.pem");
+    assert!(
+        err.contains(&format!("jetstream.tls_ca: cannot read {}", ca.display())),
+        "{err}"
+    );
 }

@@ -75,6 +75,15 @@ pub struct JetStreamSection {
     pub user: Option<String>,
     /// See `user`.
     pub password: Option<String>,
+    /// The CA certificate(s), PEM, that signed the NATS servers' certificates (relative to
+    /// the config file). Set: TLS is required and only this CA is trusted. Unset: a
+    /// `tls://` server is checked against the public roots.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate chain, PEM, for servers that verify clients (`verify: true`);
+    /// taken up again when the file changes, like the relay's own certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// The key of `tls_cert`, PEM.
+    pub tls_key: Option<PathBuf>,
     /// The JetStream stream bids are published to (made if missing).
     pub stream: String,
     /// Bids are published as `<subject>.<event>.<gateway>`; the stream takes `<subject>.>`.
@@ -100,6 +109,9 @@ impl Default for JetStreamSection {
             servers: vec!["nats://127.0.0.1:4222".into()],
             user: None,
             password: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             stream: "CANOPY_BIDS".into(),
             subject: "canopy.bids".into(),
             replicas: 1,
@@ -452,6 +464,9 @@ impl JetStreamSection {
         }
         if self.user.is_some() != self.password.is_some() {
             bad("user", "user and password go together");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bad("tls_cert", "tls_cert and tls_key go together");
         }
         let name_ok = |n: &str| {
             !n.is_empty()

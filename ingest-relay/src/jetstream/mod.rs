@@ -11,11 +11,14 @@
 //!   same message id for `publish_timeout_ms`; then the relay answers 503 and the
 //!   gateway keeps the bid in its journal and sends it again later.
 //!
+//! - TLS to the servers (a private CA, a client certificate) is built in [`tls`].
+//!
 //! The message carries the request's body and, as headers, the gateway (`Canopy-Gateway`),
 //! the key (`Idempotency-Key`), the edge time (`Canopy-Edge-Time`), the method, target,
 //! content type and fingerprint. Answers: `201` `{"accepted":true,"key","stream","seq"}`.
 
 mod policy;
+mod tls;
 
 use crate::config::JetStreamSection;
 use crate::error::Refusal;
@@ -64,6 +67,29 @@ enum BusError {
     TooLarge,
 }
 
+/// Logs what happens to the connection, each error once until it changes or a connection
+/// is made: a server that refuses the relay's certificate or password says so at every
+/// attempt, and the relay would otherwise only report publishes that time out.
+fn events() -> impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static {
+    let last = std::sync::Mutex::new(String::new());
+    move |event| {
+        let text = event.to_string();
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            async_nats::Event::Connected => {
+                info!("jetstream sink: connected to NATS");
+                last.clear();
+            }
+            _ if *last != text => {
+                warn!(event = text, "jetstream sink: NATS connection");
+                *last = text;
+            }
+            _ => {}
+        }
+        std::future::ready(())
+    }
+}
+
 impl JetStreamSink {
     /// The sink of a config, connecting in the background; `None` when off.
     pub(crate) async fn start(cfg: &JetStreamSection) -> Result<Option<Self>, String> {
@@ -77,10 +103,17 @@ impl JetStreamSink {
         if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
             opts = opts.user_and_password(u.clone(), p.clone());
         }
+        if let Some(tls) = tls::client_config(cfg).map_err(|e| e.to_string())? {
+            opts = opts.require_tls(true).tls_client_config(tls.config);
+            if let Some(own) = tls.own {
+                tokio::spawn(own.run());
+            }
+        }
         let client = opts
+            .event_callback(events())
             .connect(cfg.servers.clone())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("jetstream.servers: {e}"))?;
         let mut js = jetstream::new(client);
         js.set_timeout(ATTEMPT);
         info!(host, servers = ?cfg.servers, stream = cfg.stream, "jetstream sink configured");

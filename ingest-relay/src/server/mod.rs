@@ -216,7 +216,7 @@ impl Relay {
             })?,
             jetstream: crate::jetstream::JetStreamSink::start(&cfg.jetstream)
                 .await
-                .map_err(|e| RelayError::Config(format!("jetstream: {e}")))?,
+                .map_err(RelayError::Config)?,
             relayed: Arc::new(Relayed::new(relayed_config(cfg))),
             revoked,
             fleet: Arc::new(crate::fleet::FleetState::new(Duration::from_millis(
