@@ -25,8 +25,8 @@ fn rfc3339(s: i64) -> String {
 }
 
 /// A stack whose gateway knows the event (`[event]` with `event_extra`), an admin API
-/// and check-in; returns it with the check-in key file.
-fn stack(tag: &str, start: i64, end: i64, event_extra: &str) -> (Stack, TempDir, String) {
+/// and check-in; returns it with the check-in key file, and the admin API's address.
+fn stack(tag: &str, start: i64, end: i64, event_extra: &str) -> (Stack, TempDir, String, String) {
     let keys = TempDir::new(&format!("{tag}-keys"));
     let key = keys.path().join("organizer.key");
     let public = tokens(&["keygen", "--out", key.to_str().expect("utf8")]);
@@ -43,7 +43,27 @@ fn stack(tag: &str, start: i64, end: i64, event_extra: &str) -> (Stack, TempDir,
         ),
     );
     let k = key.to_str().expect("utf8").to_string();
-    (s, keys, k)
+    (s, keys, k, admin)
+}
+
+/// A PUT to the gateway's admin API: (status, body).
+fn admin_put(s: &Stack, admin: &str, path: &str, body: &str) -> (String, String) {
+    let token = std::fs::read_to_string(s.dir.path().join("admin.token")).expect("admin token");
+    let out = curl(&[
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        "-X",
+        "PUT",
+        "--data",
+        body,
+        &format!("http://{admin}{path}"),
+    ]);
+    let t = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (b, code) = t.rsplit_once('\n').unwrap_or(("", &t));
+    (code.to_string(), b.to_string())
 }
 
 fn purge(s: &Stack, extra: &[&str]) -> (i32, String) {
@@ -91,7 +111,7 @@ fn mode(p: &Path) -> u32 {
 fn after_the_event_the_crew_purges_and_keeps_only_reconciliation_records() {
     let start = now_s() - 3600;
     let end = now_s() + 8;
-    let (s, _keys, key) = stack(
+    let (s, _keys, key, admin) = stack(
         "post-event",
         start,
         end,
@@ -113,6 +133,10 @@ fn after_the_event_the_crew_purges_and_keeps_only_reconciliation_records() {
         fetch(&s, &format!("/static/e{i}.css"));
     }
     assert!(fetch(&s, "/static/e0.css").1.starts_with("canopy; hit"));
+    // the crew held the venue's uplink off by hand during the event
+    let (code, held) = admin_put(&s, &admin, "/api/uplinks/uplink", "{\"hold\": \"avoid\"}");
+    assert_eq!(code, "200", "{held}");
+    assert!(held.contains("\"held_by_hand\": \"avoid\""), "{held}");
     let journal = d.join("bids.journal");
     let before = std::fs::read(&journal).expect("journal");
     assert!(
@@ -138,6 +162,10 @@ fn after_the_event_the_crew_purges_and_keeps_only_reconciliation_records() {
     assert!(said.contains("DRY RUN"), "{said}");
     assert!(said.contains("3 answers"), "{said}");
     assert!(said.contains("gateway.key"), "{said}");
+    assert!(
+        said.contains("uplink uplink held by hand at avoid: hold would be lifted"),
+        "{said}"
+    );
     assert!(d.join("certs/gateway.key").exists());
     assert_eq!(std::fs::read(&journal).expect("journal"), before);
     assert!(!d.join("market.post-event.json").exists());
@@ -199,6 +227,28 @@ fn after_the_event_the_crew_purges_and_keeps_only_reconciliation_records() {
     assert_eq!(report["dry_run"], false);
     assert_eq!(report["cache"]["answers"], 3, "{report}");
     assert_eq!(report["records"]["bids"], 1, "{report}");
+    // the hold set by hand is lifted, in the gateway and in its holds file
+    assert_eq!(
+        report["holds"],
+        serde_json::json!([{"kind": "uplink", "name": "uplink", "hold": "avoid"}]),
+        "{report}"
+    );
+    let holds = std::fs::read_to_string(d.join("admin.holds.json")).expect("holds file");
+    assert!(!holds.contains("avoid"), "{holds}");
+    let token = std::fs::read_to_string(d.join("admin.token")).expect("admin token");
+    let out = curl(&[
+        "-s",
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        &format!("http://{admin}/api/status"),
+    ]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert!(
+        st["links"][0]["held_by_hand"].is_null(),
+        "{}",
+        st["links"][0]
+    );
+    assert_eq!(st["links"][0]["tier"], "primary", "{}", st["links"][0]);
     assert!(
         report["errors"].as_array().is_some_and(Vec::is_empty),
         "{report}"
@@ -214,7 +264,7 @@ fn after_the_event_the_crew_purges_and_keeps_only_reconciliation_records() {
 fn the_gateway_runs_the_hygiene_itself_after_the_grace_period() {
     // an event that ended two hours ago with a one-hour grace period
     let end = now_s() - 7200;
-    let (s, _keys, _) = stack("post-event-auto", end - 3600, end, "grace_hours = 1");
+    let (s, _keys, _, _) = stack("post-event-auto", end - 3600, end, "grace_hours = 1");
     let d = s.dir.path();
     let report = d.join("market.post-event.json");
     wait_until(

@@ -2,8 +2,8 @@
 //! (or the crew, `canopy purge --post-event`) invalidates the edge cache, destroys the
 //! leaf keys, reduces the journal of bids and check-ins to the records reconciliation
 //! needs (kept `[event] retention_days`, then deleted), removes the spooled camera parts
-//! the relay has, deletes unreadable journal tails kept aside, and writes a report of it
-//! all. What has not reached its destination yet (an undelivered bid, a spooled part the
+//! the relay has, deletes unreadable journal tails kept aside, lifts the holds the crew
+//! set by hand, and writes a report of it all. What has not reached its destination yet (an undelivered bid, a spooled part the
 //! relay never confirmed) is kept: the hygiene never loses what was promised.
 //!
 //! The decisions are the event's ([`crate::event::Event::phase`], sans-IO) and the
@@ -18,7 +18,7 @@ use crate::event::{Event, Phase, PostEvent};
 use crate::files::write_private;
 use crate::proxy::EdgeCache;
 use records::{Record, RecordKind};
-use report::{CachePart, FileGone, RecordsPart, Report, SpoolPart};
+use report::{CachePart, FileGone, HoldLifted, RecordsPart, Report, SpoolPart};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,6 +78,9 @@ pub(crate) struct Parts {
     pub(crate) live: Arc<crate::LiveStreams>,
     pub(crate) keys: Vec<PathBuf>,
     pub(crate) journal: PathBuf,
+    /// What the crew set by hand (when the admin API is on), and the cameras' levels.
+    pub(crate) holds: Option<Arc<crate::admin::holds::HoldsFile>>,
+    pub(crate) levels: Option<Arc<crate::levels::Levels>>,
 }
 
 impl Hygiene {
@@ -225,6 +228,7 @@ impl Hygiene {
         }
         // the camera spool: what the relay has answered for
         rep.spool = self.spool(dry_run).await;
+        rep.holds = self.lift_holds(dry_run);
         // files: leaf keys, unreadable journal tails
         let (keys, leftovers) = (self.p.keys.clone(), self.leftovers());
         let files = tokio::task::spawn_blocking(move || {
@@ -293,6 +297,54 @@ impl Hygiene {
             bytes: p.bytes,
             kept_bytes: held(),
         }
+    }
+
+    /// Lifts what the crew set by hand during the event, a camera's pinned level and an
+    /// uplink held preferred or avoided: they were decisions about this venue's links, and
+    /// the next event on this box starts from what its config says.
+    fn lift_holds(&self, dry_run: bool) -> Vec<HoldLifted> {
+        use crate::actions::HandHold;
+        let Some(file) = &self.p.holds else {
+            return Vec::new();
+        };
+        let held = file.held();
+        let mut lifted = Vec::new();
+        for (camera, level) in held.levels {
+            if !dry_run {
+                file.set_level(&camera, None, || {
+                    // a pin still waiting for its camera is lifted too
+                    if let Some(l) = &self.p.levels {
+                        l.set_override(&camera, None);
+                    }
+                    true
+                });
+            }
+            lifted.push(HoldLifted {
+                kind: "camera".into(),
+                name: camera,
+                hold: level,
+            });
+        }
+        for (uplink, hold) in held.uplinks {
+            if !dry_run {
+                file.set_uplink(&uplink, HandHold::Auto, || {
+                    self.p.actions.hold_uplink(&uplink, HandHold::Auto);
+                    true
+                });
+            }
+            lifted.push(HoldLifted {
+                kind: "uplink".into(),
+                name: uplink,
+                hold,
+            });
+        }
+        if !dry_run && !lifted.is_empty() {
+            info!(
+                holds = lifted.len(),
+                "post-event: the holds set by hand are lifted"
+            );
+        }
+        lifted
     }
 
     /// Unreadable journal tails kept aside (`<journal stem>.damaged-<time>`).

@@ -66,6 +66,17 @@ pub struct SpoolPart {
     pub kept_bytes: u64,
 }
 
+/// A hold the crew set by hand during the event, lifted (or, on a dry run, to be lifted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldLifted {
+    /// `camera` or `uplink`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// The level it was pinned at, or `prefer` / `avoid`.
+    pub hold: String,
+}
+
 /// What one run of the hygiene did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -93,6 +104,9 @@ pub struct Report {
     pub spool: SpoolPart,
     /// Unreadable journal tails kept aside earlier, deleted.
     pub leftovers: Vec<FileGone>,
+    /// Holds set by hand, lifted.
+    #[serde(default)]
+    pub holds: Vec<HoldLifted>,
     /// Access logs.
     pub access_logs: String,
     /// Steps that failed (the others ran).
@@ -169,6 +183,13 @@ impl Report {
                 t,
                 "  unreadable journal tail {would}deleted: {} ({} bytes)",
                 l.path, l.bytes
+            );
+        }
+        for h in &self.holds {
+            let _ = writeln!(
+                t,
+                "  {} {} held by hand at {}: hold {would}lifted",
+                h.kind, h.name, h.hold
             );
         }
         let _ = writeln!(t, "  access logs: {}", self.access_logs);

@@ -365,6 +365,8 @@ impl Gateway {
                 live: self.state.live.clone(),
                 keys: p.keys,
                 journal: p.journal,
+                holds: self.admin.as_ref().map(|a| a.holds()),
+                levels: self.levels.clone(),
             })
         });
         if let Some(h) = &hygiene {
