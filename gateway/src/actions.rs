@@ -134,6 +134,24 @@ impl HandHold {
             _ => None,
         }
     }
+
+    /// Its name in the admin API, the status and the holds file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Prefer => "prefer",
+            Self::Avoid => "avoid",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// The hold an uplink held by hand has (`prefer`: true, as in `Actions::held_by_hand`).
+    pub fn held(prefer: bool) -> Self {
+        if prefer {
+            Self::Prefer
+        } else {
+            Self::Avoid
+        }
+    }
 }
 
 /// The running `[[actions]]`.

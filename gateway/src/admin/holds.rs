@@ -88,9 +88,8 @@ impl HoldsFile {
     /// `live` answers true (as [`Self::set_level`]).
     pub fn set_uplink(&self, uplink: &str, hold: HandHold, live: impl FnOnce() -> bool) -> bool {
         self.change(live, |h| match hold {
-            HandHold::Prefer => h.uplinks.insert(uplink.to_owned(), "prefer".into()),
-            HandHold::Avoid => h.uplinks.insert(uplink.to_owned(), "avoid".into()),
             HandHold::Auto => h.uplinks.remove(uplink),
+            _ => h.uplinks.insert(uplink.to_owned(), hold.name().into()),
         })
     }
 

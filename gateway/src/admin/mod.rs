@@ -526,7 +526,7 @@ pub(crate) fn status(view: &AdminView) -> serde_json::Value {
             let held = by_hand
                 .iter()
                 .find(|(n, _)| *n == s.name)
-                .map(|(_, prefer)| if *prefer { "prefer" } else { "avoid" });
+                .map(|(_, prefer)| crate::actions::HandHold::held(*prefer).name());
             serde_json::json!({
                 "held_by_hand": held,
                 "name": s.name,

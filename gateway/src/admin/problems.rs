@@ -29,10 +29,9 @@ pub(crate) fn problems(s: &Value) -> Vec<String> {
             out.push(format!(
                 "uplink {} is {} by hand",
                 l["name"].as_str().unwrap_or("?"),
-                if h == "prefer" {
-                    "preferred"
-                } else {
-                    "avoided"
+                match crate::actions::HandHold::from_name(h) {
+                    Some(crate::actions::HandHold::Prefer) => "preferred",
+                    _ => "avoided",
                 }
             ));
         }
