@@ -319,6 +319,19 @@ mod tests {
     }
 
     #[test]
+    fn fleet_tls_without_a_listener_is_an_error() {
+        let text = "[fleet]\ntls = true\n";
+        let errs = parse::<RelayConfig>(Path::new("relay.toml"), text)
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            (errs[0].line, errs[0].key.as_str()),
+            (2, "fleet.tls"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn syntax_errors_are_reported_with_lines() {
         let errs = parse::<RelayConfig>(Path::new("x.toml"), "[relay]\nname = \n")
             .unwrap_err()

@@ -379,6 +379,12 @@ impl RelayConfig {
         if live.ring_bytes < 1 << 20 {
             errs.push(("live.ring_bytes".into(), "must be at least 1 MiB".into()));
         }
+        if self.fleet.tls && self.fleet.listen.is_none() {
+            errs.push((
+                "fleet.tls".into(),
+                "serves the fleet view over HTTPS: set fleet.listen too".into(),
+            ));
+        }
         if self.fleet.offline_after_ms < 1000 {
             errs.push((
                 "fleet.offline_after_ms".into(),
