@@ -77,10 +77,12 @@ pub struct JetStreamSection {
     pub password: Option<String>,
     /// The CA certificate(s), PEM, that signed the NATS servers' certificates (relative to
     /// the config file). Set: TLS is required and only this CA is trusted. Unset: a
-    /// `tls://` server is checked against the public roots.
+    /// `tls://` server, or any server when a client pair is set, is checked against the
+    /// public roots.
     pub tls_ca: Option<PathBuf>,
     /// A client certificate chain, PEM, for servers that verify clients (`verify: true`);
-    /// taken up again when the file changes, like the relay's own certificate.
+    /// taken up again when the file changes, like the relay's own certificate. Set: TLS
+    /// is required.
     pub tls_cert: Option<PathBuf>,
     /// The key of `tls_cert`, PEM.
     pub tls_key: Option<PathBuf>,

@@ -46,6 +46,8 @@ const ATTEMPT: Duration = Duration::from_secs(2);
 /// bucket.
 pub(crate) struct JetStreamSink {
     host: String,
+    /// The client pair, when the servers verify clients: the relay watches it on disk.
+    own_cert: Option<Arc<tunnel_io::own_cert::OwnCert>>,
     cfg: JetStreamSection,
     js: jetstream::Context,
     /// The stream and the bucket, once made or found.
@@ -67,29 +69,6 @@ enum BusError {
     TooLarge,
 }
 
-/// Logs what happens to the connection, each error once until it changes or a connection
-/// is made: a server that refuses the relay's certificate or password says so at every
-/// attempt, and the relay would otherwise only report publishes that time out.
-fn events() -> impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static {
-    let last = std::sync::Mutex::new(String::new());
-    move |event| {
-        let text = event.to_string();
-        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-        match event {
-            async_nats::Event::Connected => {
-                info!("jetstream sink: connected to NATS");
-                last.clear();
-            }
-            _ if *last != text => {
-                warn!(event = text, "jetstream sink: NATS connection");
-                *last = text;
-            }
-            _ => {}
-        }
-        std::future::ready(())
-    }
-}
-
 impl JetStreamSink {
     /// The sink of a config, connecting in the background; `None` when off.
     pub(crate) async fn start(cfg: &JetStreamSection) -> Result<Option<Self>, String> {
@@ -103,14 +82,12 @@ impl JetStreamSink {
         if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
             opts = opts.user_and_password(u.clone(), p.clone());
         }
+        let mut own_cert = None;
         if let Some(tls) = tls::client_config(cfg).map_err(|e| e.to_string())? {
             opts = opts.require_tls(true).tls_client_config(tls.config);
-            if let Some(own) = tls.own {
-                tokio::spawn(own.run());
-            }
+            own_cert = tls.own;
         }
         let client = opts
-            .event_callback(events())
             .connect(cfg.servers.clone())
             .await
             .map_err(|e| format!("jetstream.servers: {e}"))?;
@@ -120,11 +97,18 @@ impl JetStreamSink {
         let (tx, bus) = watch::channel(None);
         tokio::spawn(prepare(js.clone(), cfg.clone(), tx));
         Ok(Some(Self {
+            own_cert,
             host: host.to_ascii_lowercase(),
             cfg: cfg.clone(),
             js,
             bus,
         }))
+    }
+
+    /// The client certificate the servers get, to be watched on disk
+    /// (`OwnCert::run`, started with the relay's own).
+    pub(crate) fn own_cert(&self) -> Option<Arc<tunnel_io::own_cert::OwnCert>> {
+        self.own_cert.clone()
     }
 
     /// Whether a request for `host` is for this sink.

@@ -39,7 +39,9 @@ pub(crate) struct NatsTls {
 }
 
 /// The rustls client config the section asks for; `None` when it names no TLS file (a
-/// `tls://` server then gets async-nats's own, with the system's roots).
+/// `tls://` server then gets async-nats's own, with the system's roots). With a client
+/// pair and no CA the servers are checked against the public roots (webpki's, as the
+/// relay's origins are).
 pub(crate) fn client_config(cfg: &JetStreamSection) -> Result<Option<NatsTls>, NatsTlsError> {
     if cfg.tls_ca.is_none() && cfg.tls_cert.is_none() {
         return Ok(None);
@@ -54,13 +56,26 @@ pub(crate) fn client_config(cfg: &JetStreamSection) -> Result<Option<NatsTls>, N
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
+    let asked_by = if cfg.tls_ca.is_some() {
+        "tls_ca"
+    } else {
+        "tls_cert"
+    };
     let builder = rustls::ClientConfig::builder_with_provider(tunnel_io::tls::provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| at("tls_ca")(e.into()))?
+        .map_err(|e| at(asked_by)(e.into()))?
         .with_root_certificates(roots);
     Ok(Some(match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => {
-            let own = tunnel_io::tls::own_cert(cert, key).map_err(at("tls_cert"))?;
+            let own = tunnel_io::tls::own_cert(cert, key).map_err(|e| {
+                let at_fault = match &e {
+                    TlsError::Read { path, .. } | TlsError::Pem { path, .. } if path == key => {
+                        "tls_key"
+                    }
+                    _ => "tls_cert",
+                };
+                at(at_fault)(e)
+            })?;
             NatsTls {
                 config: builder.with_client_cert_resolver(own.clone()),
                 own: Some(own),
@@ -104,6 +119,20 @@ mod tests {
         };
         let e = client_config(&cfg).expect_err("no certificate").to_string();
         assert!(e.contains("no certificate found"), "{e}");
+        // a client pair whose key is missing names the key
+        let cert = dir.join("client.pem");
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let cfg = JetStreamSection {
+            tls_cert: Some(cert),
+            tls_key: Some(dir.join("client.key")),
+            ..Default::default()
+        };
+        let e = client_config(&cfg).expect_err("no key").to_string();
+        assert!(e.starts_with("jetstream.tls_key: cannot read "), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

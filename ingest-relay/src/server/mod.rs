@@ -228,6 +228,7 @@ impl Relay {
         if !Arc::ptr_eq(&vtls.own, &tls.own) {
             own_certs.push(vtls.own.clone());
         }
+        own_certs.extend(state.jetstream.as_ref().and_then(|j| j.own_cert()));
         let bind_tcp = |addr: SocketAddr| async move {
             tokio::net::TcpListener::bind(addr)
                 .await
