@@ -93,6 +93,21 @@ impl HoldsFile {
         })
     }
 
+    /// Lifts every hold: `lift` gets what the file holds and lifts what the gateway holds
+    /// (under the file's lock, so a hold set meanwhile waits and is not lost in between);
+    /// the file is then written empty, once.
+    pub fn lift_all<R>(&self, lift: impl FnOnce(&Held) -> R) -> R {
+        let mut h = self.lock();
+        let r = lift(&h);
+        if *h != Held::default() {
+            *h = Held::default();
+            if let Err(e) = write(&self.path, &h) {
+                warn!(file = %self.path.display(), error = %e, "the holds lifted could not be saved: they come back at a restart");
+            }
+        }
+        r
+    }
+
     fn change<R>(&self, live: impl FnOnce() -> bool, f: impl FnOnce(&mut Held) -> R) -> bool {
         let mut h = self.lock();
         if !live() {

@@ -13,6 +13,7 @@ pub mod records;
 pub mod report;
 
 use crate::actions::Actions;
+use crate::admin::holds::Held;
 use crate::bids::Bids;
 use crate::event::{Event, Phase, PostEvent};
 use crate::files::write_private;
@@ -301,43 +302,51 @@ impl Hygiene {
 
     /// Lifts what the crew set by hand during the event, a camera's pinned level and an
     /// uplink held preferred or avoided: they were decisions about this venue's links, and
-    /// the next event on this box starts from what its config says.
+    /// the next event on this box starts from what its config says. Both what the holds
+    /// file keeps (a camera's pin may wait there for its camera) and what the gateway
+    /// holds (a hold whose save failed is there only).
     fn lift_holds(&self, dry_run: bool) -> Vec<HoldLifted> {
         use crate::actions::HandHold;
-        let Some(file) = &self.p.holds else {
-            return Vec::new();
-        };
-        let held = file.held();
-        let mut lifted = Vec::new();
-        for (camera, level) in held.levels {
+        let levels = self.p.levels.as_deref();
+        let actions = &self.p.actions;
+        let lift = |kept: &Held| -> Vec<HoldLifted> {
+            let mut cameras = kept.levels.clone();
+            for c in levels.map(|l| l.snapshot()).unwrap_or_default() {
+                if let Some(level) = c.pinned {
+                    cameras.insert(c.camera, level.to_owned());
+                }
+            }
+            let mut uplinks = kept.uplinks.clone();
+            for (name, prefer) in actions.held_by_hand() {
+                uplinks.insert(name, HandHold::held(prefer).name().to_owned());
+            }
             if !dry_run {
-                file.set_level(&camera, None, || {
+                for camera in cameras.keys() {
                     // a pin still waiting for its camera is lifted too
-                    if let Some(l) = &self.p.levels {
-                        l.set_override(&camera, None);
+                    if let Some(l) = levels {
+                        l.set_override(camera, None);
                     }
-                    true
-                });
+                }
+                for uplink in uplinks.keys() {
+                    actions.hold_uplink(uplink, HandHold::Auto);
+                }
             }
-            lifted.push(HoldLifted {
-                kind: "camera".into(),
-                name: camera,
-                hold: level,
-            });
-        }
-        for (uplink, hold) in held.uplinks {
-            if !dry_run {
-                file.set_uplink(&uplink, HandHold::Auto, || {
-                    self.p.actions.hold_uplink(&uplink, HandHold::Auto);
-                    true
-                });
-            }
-            lifted.push(HoldLifted {
-                kind: "uplink".into(),
-                name: uplink,
+            let held = |kind: &str, (name, hold): (String, String)| HoldLifted {
+                kind: kind.into(),
+                name,
                 hold,
-            });
-        }
+            };
+            cameras
+                .into_iter()
+                .map(|c| held("camera", c))
+                .chain(uplinks.into_iter().map(|u| held("uplink", u)))
+                .collect()
+        };
+        let lifted = match (&self.p.holds, dry_run) {
+            (Some(file), false) => file.lift_all(lift),
+            (Some(file), true) => lift(&file.held()),
+            (None, _) => lift(&Held::default()),
+        };
         if !dry_run && !lifted.is_empty() {
             info!(
                 holds = lifted.len(),

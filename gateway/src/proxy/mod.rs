@@ -369,9 +369,6 @@ impl Gateway {
                 levels: self.levels.clone(),
             })
         });
-        if let Some(h) = &hygiene {
-            tasks.spawn(h.clone().run());
-        }
         let history = crate::admin::history_for(&self.state.bond);
         let view = Arc::new(crate::admin::AdminView {
             history: history.clone(),
@@ -387,6 +384,10 @@ impl Gateway {
             holds: self.admin.as_ref().map(|a| a.holds()),
         });
         view.restore_holds();
+        // after the holds are back: a hygiene run that lifts them must not be undone
+        if let Some(h) = &view.hygiene {
+            tasks.spawn(h.clone().run());
+        }
         if let Some(admin) = self.admin.take() {
             tasks.spawn(crate::admin::sample_links(self.state.bond.clone(), history));
             tasks.spawn(admin.serve(view.clone()));
