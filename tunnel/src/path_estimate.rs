@@ -571,19 +571,6 @@ mod tests {
             }
         }
 
-        /// Half a second with a queue: `backlog` bytes written at once, then `write` bytes
-        /// a 10 ms tick while the link sends `sent`.
-        fn queued(&mut self, backlog: u64, write: u64, sent: u64) {
-            self.est.reserve(backlog, 0);
-            self.est.carried(true, backlog, backlog);
-            for _ in 0..50 {
-                self.est.reserve(write, 0);
-                self.est.carried(true, write, write);
-                self.stats.tx_kept += sent * 100 / 95;
-                self.run(10 * MS);
-            }
-        }
-
         /// The link comes back on connection `generation` with a small window, 50 ms RTT.
         fn come_back(&mut self, generation: u64) {
             self.est.on_connected(self.now, generation, 50 * MS);
@@ -718,7 +705,14 @@ mod tests {
         s.stats.tx_kept += 20_000 * 100 / 95;
         // a real queue: 20 kB and more not sent all through a window, the link sending
         // 1 kB per tick
-        s.queued(20_000, 1_100, 1_000);
+        s.est.reserve(20_000, 0);
+        s.est.carried(true, 20_000, 20_000);
+        for _ in 0..50 {
+            s.est.reserve(1_100, 0);
+            s.est.carried(true, 1_100, 1_100);
+            s.stats.tx_kept += 1_000 * 100 / 95;
+            s.run(10 * MS);
+        }
         let full = s.est.full_rate().expect("a full link");
         assert!((full - 100_000.0).abs() < 5_000.0, "{full}");
     }
@@ -731,7 +725,14 @@ mod tests {
         let peak = s.est.full_rate().expect("full at its peak");
         // another path died: its pieces sent again queue here while this path's window
         // grows back, and a full window reads a tenth of the peak
-        s.queued(200_000, 2_500, 2_500);
+        s.est.reserve(200_000, 0);
+        s.est.carried(true, 200_000, 200_000);
+        for _ in 0..50 {
+            s.est.reserve(2_500, 0);
+            s.est.carried(true, 2_500, 2_500);
+            s.stats.tx_kept += 2_500 * 100 / 95;
+            s.run(10 * MS);
+        }
         let low = s.est.full_rate().expect("full, low");
         assert!(low < peak / 5.0, "{low} of {peak}");
         assert_eq!(s.est.stream_rate(s.now, false), Some(low));
