@@ -408,8 +408,6 @@ pub struct Bond {
     pub session: u128,
     /// The relay's wall clock as measured over the paths.
     pub clock: Arc<crate::clock::RelayClock>,
-    /// When a path last stopped being usable (the others take over its load).
-    lost_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Bond {
@@ -448,7 +446,6 @@ impl Bond {
             policy: scheduler::default_policy(),
             session,
             clock: Arc::default(),
-            lost_at: std::sync::Mutex::new(None),
         });
         tokio::spawn(crate::clock::run(Arc::downgrade(&bond), bond.clock.clone()));
         let b = Arc::downgrade(&bond);
@@ -468,7 +465,7 @@ impl Bond {
                         .min();
                     p.tick(now, best);
                 }
-                b.take_over_from_lost(now, &was_usable);
+                b.take_over_from_lost(&was_usable);
                 b.forgive_shared_outage(now);
             }
         });
@@ -477,14 +474,13 @@ impl Bond {
 
     /// A path that stopped being usable leaves its load to the others: those
     /// `tunnel::scheduler::take_over_from_lost` names search for their rate again.
-    fn take_over_from_lost(&self, now: Instant, was_usable: &[bool]) {
+    fn take_over_from_lost(&self, was_usable: &[bool]) {
         let usable: Vec<bool> = self.paths.iter().map(|p| p.is_usable()).collect();
         let was = |i: usize| was_usable.get(i) == Some(&true);
         // nothing lost (every tick): no path's state is locked
         if !usable.iter().enumerate().any(|(i, u)| was(i) && !u) {
             return;
         }
-        *self.lost_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
         let views: Vec<LossView> = self
             .paths
             .iter()
@@ -635,52 +631,26 @@ impl Bond {
     /// What the paths can give the stream class (`tunnel::stream_level::capacity`), bytes
     /// per second; None while no path may carry it.
     pub fn stream_capacity(&self) -> Option<f64> {
-        let now = tunnel_io::clock::now();
-        tunnel::stream_level::capacity(&self.stream_paths(now, self.taking_over(now)))
+        tunnel::stream_level::capacity(&self.stream_paths())
     }
 
-    /// What the stream class sees of the paths, from one look at them: the capacity
-    /// ([`Bond::stream_capacity`]), whether some path that may carry the stream was
-    /// measured full in its last meter window (`tunnel::stream_level::saturated`), and
-    /// whether the paths are taking over from one lost within
-    /// `tunnel::path_estimate::TAKEOVER`.
-    pub fn stream_measure(&self) -> (Option<f64>, bool, bool) {
-        let now = tunnel_io::clock::now();
-        let taking_over = self.taking_over(now);
-        let paths = self.stream_paths(now, taking_over);
+    /// The capacity ([`Bond::stream_capacity`]) and whether some path that may carry the
+    /// stream was measured full in its last meter window
+    /// (`tunnel::stream_level::saturated`), from one look at the paths.
+    pub fn stream_measure(&self) -> (Option<f64>, bool) {
+        let paths = self.stream_paths();
         (
             tunnel::stream_level::capacity(&paths),
             tunnel::stream_level::saturated(&paths),
-            taking_over,
         )
     }
 
-    /// Whether the paths are taking over from one that stopped being usable within
-    /// `tunnel::path_estimate::TAKEOVER`, each of them calm (`PathEstimate::calm`): a cut,
-    /// not a collapse that a path's silence is only part of.
-    fn taking_over(&self, now: Instant) -> bool {
-        let lost = self
-            .lost_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| now.saturating_duration_since(t) < tunnel::path_estimate::TAKEOVER);
-        lost && self
-            .paths
-            .iter()
-            .filter(|p| p.is_usable())
-            .all(|p| p.lock().est.calm())
-    }
-
-    /// Each path's view with what it gives the stream when full
-    /// (`PathEstimate::stream_rate`), if it was.
-    fn stream_paths(&self, now: Instant, taking_over: bool) -> Vec<(PathView, Option<f64>)> {
+    /// Each path's view with the rate its last meter window measured full, if it did.
+    fn stream_paths(&self) -> Vec<(PathView, Option<f64>)> {
         self.views()
             .into_iter()
             .map(|v| {
-                let full = self
-                    .paths
-                    .get(v.id)
-                    .and_then(|p| p.lock().est.stream_rate(now, taking_over));
+                let full = self.paths.get(v.id).and_then(|p| p.lock().est.full_rate());
                 (v, full)
             })
             .collect()

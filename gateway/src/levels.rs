@@ -174,18 +174,16 @@ impl Levels {
             })
             .collect();
         // None in an outage: the levels hold (see tunnel::stream_level)
-        let (capacity, saturated, failover) = bond.stream_measure();
+        let (capacity, saturated) = bond.stream_measure();
         let m = Measure {
             capacity,
             backlog: contributor.status().backlog,
             saturated,
-            failover,
         };
         tracing::trace!(
             capacity_mbps = m.capacity.map(|c| c * 8.0 / 1e6),
             backlog_ms = m.backlog.as_millis() as u64,
             saturated = m.saturated,
-            failover = m.failover,
             demand_mbps = st.core.demand() * 8.0 / 1e6,
             "levels"
         );

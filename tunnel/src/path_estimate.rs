@@ -21,12 +21,6 @@ use std::time::{Duration, Instant};
 pub const PEAK_CREDIT: Duration = Duration::from_secs(2);
 /// How long a link's peak rate counts for a resume after it was last nearly reached.
 pub const PEAK_MEMORY: Duration = Duration::from_secs(300);
-/// How long after a path was lost the others are taking over its load (their windows
-/// growing back, their meters holding its pieces sent again): see
-/// [`PathEstimate::stream_rate`].
-pub const TAKEOVER: Duration = Duration::from_secs(1);
-/// See [`PathEstimate::calm`].
-pub const CALM_SLACK: Duration = Duration::from_millis(100);
 /// Window of the goodput meters.
 pub const METER_WINDOW: Duration = Duration::from_millis(250);
 /// The lowest rate estimate, bytes per second.
@@ -336,37 +330,6 @@ impl PathEstimate {
     /// full, so this is what it carries), or a collapse found meanwhile, bytes per second.
     pub fn full_rate(&self) -> Option<f64> {
         (self.last_full_up > 0.0).then_some(self.last_full_up)
-    }
-
-    /// Whether the path's round trip is near its least: its smoothed RTT under three
-    /// times its minimum plus [`CALM_SLACK`]. A path that takes over a lost one's load
-    /// queues for a moment (Wi-Fi's 100 ms queue at the demo's cut); a link collapsing
-    /// under a shaper queues for most of a second (0.6 s at 0.25 Mbit/s in
-    /// `tests/netns/lowbw.sh`), and its shortage is real.
-    pub fn calm(&self) -> bool {
-        self.health
-            .min_rtt()
-            .is_some_and(|m| self.health.srtt() <= m * 3 + CALM_SLACK)
-    }
-
-    /// What this path gives the stream when its last meter window was full: while it
-    /// takes over from a path lost within [`TAKEOVER`] (`taking_over`), 80% of its
-    /// recent peak (the peak credit's share) if that is more than the window read, unless
-    /// its controller reported a collapse. Its window then is still growing back (the bond asked it to search) and
-    /// its meter holds the lost path's pieces sent again, so a full window reads far below
-    /// the link (measured in the demo at cellular's cut: Wi-Fi, 4 Mbit/s, read 0.8-1.3
-    /// while it carried 3 before, and the stream stepped down to keyframes for 15 s, the
-    /// 5 s cut and the 10 s step-up hold). Else [`Self::full_rate`].
-    pub fn stream_rate(&self, now: Instant, taking_over: bool) -> Option<f64> {
-        let full = self.full_rate();
-        let recent = self
-            .peak_seen
-            .is_some_and(|t| now.saturating_duration_since(t) <= PEAK_MEMORY);
-        let collapsing = self.collapse_until.is_some_and(|t| now < t);
-        if !taking_over || collapsing || !recent || self.peak_up <= 0.0 {
-            return full;
-        }
-        full.map(|f| f.max(self.peak_up * 0.8))
     }
 
     /// The last closed meter window's goodput.
@@ -715,43 +678,6 @@ mod tests {
         }
         let full = s.est.full_rate().expect("a full link");
         assert!((full - 100_000.0).abs() < 5_000.0, "{full}");
-    }
-
-    #[test]
-    fn a_path_taking_over_counts_its_recent_peak_for_the_stream() {
-        let mut s = Sim::connected(50 * MS);
-        s.join();
-        s.carry_at_peak();
-        let peak = s.est.full_rate().expect("full at its peak");
-        // another path died: its pieces sent again queue here while this path's window
-        // grows back, and a full window reads a tenth of the peak
-        s.est.reserve(200_000, 0);
-        s.est.carried(true, 200_000, 200_000);
-        for _ in 0..50 {
-            s.est.reserve(2_500, 0);
-            s.est.carried(true, 2_500, 2_500);
-            s.stats.tx_kept += 2_500 * 100 / 95;
-            s.run(10 * MS);
-        }
-        let low = s.est.full_rate().expect("full, low");
-        assert!(low < peak / 5.0, "{low} of {peak}");
-        assert_eq!(s.est.stream_rate(s.now, false), Some(low));
-        let credited = s.est.stream_rate(s.now, true).expect("credited");
-        assert!((credited - 0.8 * peak).abs() < 1.0, "{credited} of {peak}");
-        // a collapse its controller found stands, taking over or not
-        s.est.on_collapse(s.now, 50_000.0);
-        assert_eq!(s.est.stream_rate(s.now, true), Some(50_000.0));
-    }
-
-    #[test]
-    fn a_path_queued_for_most_of_a_second_is_not_calm() {
-        let mut s = Sim::connected(50 * MS);
-        s.join();
-        assert!(s.est.calm());
-        // a shaper's queue at a collapse
-        s.stats.rtt = 650 * MS;
-        s.run(Duration::from_secs(1));
-        assert!(!s.est.calm());
     }
 
     #[test]

@@ -250,18 +250,7 @@ pub struct Measure {
     /// Some path carrying the stream was measured full ([`saturated`]): the capacity is
     /// what the links carry, not only an estimate from their windows.
     pub saturated: bool,
-    /// A path was lost within [`crate::path_estimate::TAKEOVER`] and the others are
-    /// taking over its load: the backlog is its pieces waiting for the silence to be
-    /// noticed and sent again, not a shortage, unless it grows past
-    /// [`FAILOVER_BACKLOG`] times the backlog limit.
-    pub failover: bool,
 }
-
-/// During a failover a backlog counts only beyond this many times
-/// [`LevelConfig::backlog_down`]: noticing a silent path takes 100-250 ms and its pieces
-/// then go again (measured in the demo at cellular's cut: 386-428 ms of backlog, then a
-/// step down to keyframes while Wi-Fi carried five times the stream).
-pub const FAILOVER_BACKLOG: u32 = 3;
 
 /// Why a level changed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -582,8 +571,7 @@ impl StreamLevels {
         // step down)
         let over =
             demand > capacity && m.saturated && self.up_settle_until.is_none_or(|t| now >= t);
-        let backlog = self.backlog_counts(m.backlog, now)
-            && (!m.failover || m.backlog > self.cfg.backlog_down * FAILOVER_BACKLOG);
+        let backlog = self.backlog_counts(m.backlog, now);
         if over || backlog {
             self.headroom_since = None;
             let since = *self.short_since.get_or_insert(now);
@@ -834,7 +822,6 @@ mod tests {
                         capacity: Some(capacity),
                         backlog,
                         saturated: true,
-                        failover: false,
                     },
                 ) {
                     self.changes.push((at, c));
@@ -896,7 +883,6 @@ mod tests {
                 capacity: Some(capacity),
                 backlog: Duration::ZERO,
                 saturated: probing || link < 1.0 * MBIT,
-                failover: false,
             };
             for c in levels.update(now, &ladders, m) {
                 if c.to < c.from {
@@ -976,7 +962,6 @@ mod tests {
             capacity: Some(3.0 * MBIT),
             backlog,
             saturated,
-            failover: false,
         };
         for step in 1..=40u32 {
             assert!(levels
@@ -1078,7 +1063,6 @@ mod tests {
                     capacity,
                     backlog,
                     saturated: true,
-                    failover: false,
                 };
                 let ch = s.levels.update(s.now, &s.ladders, m);
                 s.changes
@@ -1127,7 +1111,6 @@ mod tests {
                 capacity: (!flicker).then_some(0.3 * MBIT),
                 backlog: 900 * MS,
                 saturated: true,
-                failover: false,
             };
             if !s.levels.update(s.now, &s.ladders, m).is_empty() {
                 at = Some(s.now - start);
@@ -1155,7 +1138,6 @@ mod tests {
                 capacity: (!silent).then_some(14.0 * MBIT),
                 backlog: t.saturating_sub(50 * MS),
                 saturated: false,
-                failover: false,
             };
             if !s.levels.update(s.now, &s.ladders, m).is_empty() {
                 at = Some(t);
@@ -1164,47 +1146,6 @@ mod tests {
         // counted from 400 ms (350 ms behind), the step comes with the first look with a
         // path past 500 ms
         assert_eq!(at, Some(600 * MS));
-    }
-
-    #[test]
-    fn a_failover_backlog_is_no_shortage_unless_it_grows_long() {
-        // seen in the demo at cellular's cut: the pieces on the silent path waited for
-        // the silence to be noticed and went again on Wi-Fi, 386-428 ms of backlog; the
-        // stream stepped down while Wi-Fi carried five times its demand
-        let run = |peak_backlog: Duration, failover: bool| {
-            let mut s = Sim::new(vec![with_sub()], &[0]);
-            s.run(Duration::from_secs(2), |_, _| (6.0 * MBIT, Duration::ZERO));
-            let start = s.now;
-            let mut steps = Vec::new();
-            while s.now < start + Duration::from_secs(2) {
-                s.now += 50 * MS;
-                let t = s.now - start;
-                // a path lost at 0: the backlog rises for 600 ms, then drains
-                let backlog = if t < 600 * MS {
-                    peak_backlog * t.as_millis() as u32 / 600
-                } else {
-                    Duration::ZERO
-                };
-                let m = Measure {
-                    capacity: Some(6.0 * MBIT),
-                    backlog,
-                    saturated: true,
-                    failover: failover && t < Duration::from_secs(1),
-                };
-                steps.extend(s.levels.update(s.now, &s.ladders, m));
-            }
-            steps
-        };
-        assert!(run(430 * MS, true).is_empty(), "a failover's backlog");
-        assert_eq!(
-            run(430 * MS, false).len(),
-            1,
-            "the same backlog, no failover"
-        );
-        // a backlog past three times the limit is a shortage even in a failover
-        let long = run(1500 * MS, true);
-        assert_eq!(long.len(), 1, "{long:?}");
-        assert!(matches!(long[0].cause, Cause::Backlog(_)), "{long:?}");
     }
 
     #[test]
@@ -1222,7 +1163,6 @@ mod tests {
                 capacity: (!cut).then_some(14.0 * MBIT),
                 backlog: if cut { t } else { 400 * MS },
                 saturated: false,
-                failover: false,
             };
             changes.extend(
                 s.levels
