@@ -57,7 +57,7 @@ impl TlsFiles {
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TlsError> {
         Ok(Self {
             own: own_cert(cert, key)?,
-            ca: certs(&read(ca)?, ca)?,
+            ca: certs_file(ca)?,
         })
     }
 
@@ -209,6 +209,11 @@ pub fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
         });
     }
     Ok(out)
+}
+
+/// Reads all certificates of a PEM file.
+pub fn certs_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    certs(&read(path)?, path)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

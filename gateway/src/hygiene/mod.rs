@@ -3,8 +3,9 @@
 //! leaf keys, reduces the journal of bids and check-ins to the records reconciliation
 //! needs (kept `[event] retention_days`, then deleted), removes the spooled camera parts
 //! the relay has, deletes unreadable journal tails kept aside, lifts the holds the crew
-//! set by hand, and writes a report of it all. What has not reached its destination yet (an undelivered bid, a spooled part the
-//! relay never confirmed) is kept: the hygiene never loses what was promised.
+//! set by hand, and writes a report of it all. What has not reached its destination yet
+//! (an undelivered bid, a spooled part the relay never confirmed) is kept: the hygiene
+//! never loses what was promised.
 //!
 //! The decisions are the event's ([`crate::event::Event::phase`], sans-IO) and the
 //! records' ([`records`]); this is the shell that does the deleting.

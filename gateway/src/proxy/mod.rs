@@ -356,6 +356,7 @@ impl Gateway {
                 paused: self.state.paused.clone(),
             },
         );
+        let holds = self.admin.as_ref().map(|a| a.holds());
         let hygiene = self.post_event.take().map(|p| {
             crate::hygiene::Hygiene::new(crate::hygiene::Parts {
                 event: p.event,
@@ -365,7 +366,7 @@ impl Gateway {
                 live: self.state.live.clone(),
                 keys: p.keys,
                 journal: p.journal,
-                holds: self.admin.as_ref().map(|a| a.holds()),
+                holds: holds.clone(),
                 levels: self.levels.clone(),
             })
         });
@@ -381,7 +382,7 @@ impl Gateway {
             levels: self.levels.clone(),
             actions,
             paused: self.state.paused.clone(),
-            holds: self.admin.as_ref().map(|a| a.holds()),
+            holds,
         });
         view.restore_holds();
         // after the holds are back: a hygiene run that lifts them must not be undone

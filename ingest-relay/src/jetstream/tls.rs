@@ -3,7 +3,6 @@
 //! and the file named, instead of failing every connection attempt in the background.
 
 use crate::config::JetStreamSection;
-use std::path::Path;
 use std::sync::Arc;
 use tunnel_io::own_cert::OwnCert;
 use tunnel_io::tls::TlsError;
@@ -19,13 +18,6 @@ pub(crate) struct NatsTlsError {
 
 fn at(key: &'static str) -> impl FnOnce(TlsError) -> NatsTlsError {
     move |source| NatsTlsError { key, source }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.into(),
-        source,
-    })
 }
 
 /// The TLS a section asks for.
@@ -49,8 +41,7 @@ pub(crate) fn client_config(cfg: &JetStreamSection) -> Result<Option<NatsTls>, N
     let mut roots = rustls::RootCertStore::empty();
     match &cfg.tls_ca {
         Some(path) => {
-            let pem = read(path).map_err(at("tls_ca"))?;
-            for c in tunnel_io::tls::certs(&pem, path).map_err(at("tls_ca"))? {
+            for c in tunnel_io::tls::certs_file(path).map_err(at("tls_ca"))? {
                 roots.add(c).map_err(|e| at("tls_ca")(e.into()))?;
             }
         }
