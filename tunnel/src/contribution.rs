@@ -36,7 +36,8 @@
 //!   collapse), whose first part also goes on two paths from the start;
 //! - calls off flights it no longer wants ([`Contribution::take_cancelled`]): the other
 //!   flights of a piece the relay answered, flights on a path taken out of use, and
-//!   overdue flights of pieces the live edge left behind. The shell resets their streams:
+//!   flights sent live of pieces the live edge left behind, once overdue (when the edge
+//!   moves or any time later). The shell resets their streams:
 //!   what the sender still holds of them is dropped instead of holding the path (measured
 //!   at a collapse from 14 to 0.5 Mbit/s: 230 kB of live media the edge had left behind
 //!   sat in one path's sender at live priority, and the relay got no part for 6 s).
@@ -195,6 +196,8 @@ struct Flight {
     /// Expected completion when sent.
     expected: Duration,
     deadline: Instant,
+    /// Sent on the live lane (at live priority in the sender).
+    live: bool,
 }
 
 /// How late a path's answers come, past their expected completion: a smoothed mean and
@@ -436,17 +439,24 @@ impl Contribution {
                 if let Some(e) = self.entries.get_mut(&id) {
                     if e.lane == Lane::Live {
                         e.lane = Lane::Backfill;
-                        // an overdue flight is behind newer live media on its path, at live
-                        // priority: it goes again as backfill instead (one still on time
-                        // is nearly there, and stays)
-                        call_off(id, &mut e.flights, &mut self.cancelled, |f| {
-                            now >= f.deadline
-                        });
                         if parts.last() != Some(&(stream, id.seq)) {
                             parts.push((stream, id.seq));
                         }
                     }
                 }
+            }
+        }
+        // a left-behind piece's overdue flight sent live is behind newer live media on its
+        // path, at live priority: it goes again as backfill instead (one still on time is
+        // nearly there, and stays until it is overdue too). Measured at a collapse from 14
+        // to 0.5 Mbit/s, checked only when the edge moved: the main stream's last 73 kB,
+        // placed on a path back from silence with its old window, were on time then, took
+        // 2.3 s of the link, and the substream's first part waited behind them.
+        for (id, e) in self.entries.iter_mut() {
+            if e.lane == Lane::Backfill {
+                call_off(*id, &mut e.flights, &mut self.cancelled, |f| {
+                    f.live && now >= f.deadline
+                });
             }
         }
         parts
@@ -492,17 +502,24 @@ impl Contribution {
     }
 
     /// When a live piece under way will next count as late (call
-    /// [`Contribution::poll_send`] then). Only deadlines after `now`: a piece already late
-    /// that could not be copied (no room, no budget) is looked at again on the next event
-    /// (an answer frees room), and a past deadline returned here would make the shell spin
-    /// (measured: 27,000 wake-ups in the second after an outage).
+    /// [`Contribution::poll_send`] then), or a flight sent live of a piece the live edge
+    /// left behind comes due (call [`Contribution::demote_stale`] then). Only deadlines
+    /// after `now`: a piece already late that could not be copied (no room, no budget) is
+    /// looked at again on the next event (an answer frees room), and a past deadline
+    /// returned here would make the shell spin (measured: 27,000 wake-ups in the second
+    /// after an outage).
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
-        self.entries
+        let live = self
+            .entries
             .values()
             .filter(|e| e.lane == Lane::Live && !e.flights.is_empty() && e.flights.len() < 2)
-            .filter_map(|e| e.flights.iter().map(|f| f.deadline).max())
-            .filter(|d| *d > now)
-            .min()
+            .filter_map(|e| e.flights.iter().map(|f| f.deadline).max());
+        let left_behind = self
+            .entries
+            .values()
+            .filter(|e| e.lane == Lane::Backfill)
+            .flat_map(|e| e.flights.iter().filter(|f| f.live).map(|f| f.deadline));
+        live.chain(left_behind).filter(|d| *d > now).min()
     }
 
     /// Live bytes under way on `path` (sent, not answered).
@@ -705,11 +722,13 @@ impl Contribution {
         };
         let e = self.entries.get_mut(&id)?;
         e.first_expected.get_or_insert(expected);
+        let live = e.lane == Lane::Live;
         e.flights.push(Flight {
             path,
             sent: now,
             expected,
             deadline,
+            live,
         });
         e.sent_before = true;
         match kind {
@@ -1483,6 +1502,41 @@ mod tests {
         let copy = c.poll_send(now, &slow).unwrap();
         assert_eq!((copy.id, copy.kind), (id(9, 0), SendKind::Copy));
         assert_ne!(copy.path, first.path);
+    }
+
+    #[test]
+    fn a_left_behind_flight_is_called_off_once_overdue_not_only_when_the_edge_moves() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut c = Contribution::default();
+        // the main stream's last part goes on a path back from silence, estimated at its
+        // old 8 Mbit/s: on time when the substream's timeline starts 50 ms later
+        let estimated = vec![path(0, 8.0, 50, 0, Tier::Primary)];
+        c.push(t0, id(7, 0), 70_000, true, Lane::Live);
+        let sent = c.poll_send(t0, &estimated).unwrap();
+        assert_eq!(sent.id, id(7, 0));
+        let now = t0 + 50 * ms;
+        c.push(now, id(8, 0), 2_000, true, Lane::Live);
+        c.timeline_starts(0, 8);
+        assert_eq!(c.demote_stale(now), vec![(0, 7)]);
+        assert!(c.take_cancelled().is_empty(), "on time: it stays");
+        // the link carries 0.25 Mbit/s: the flight comes due and is called off
+        let deadline = c.poll_timeout(now).unwrap();
+        assert!(c.demote_stale(deadline - ms).is_empty());
+        assert!(c.take_cancelled().is_empty(), "not due yet");
+        assert!(c.demote_stale(deadline).is_empty(), "no part moves again");
+        assert_eq!(c.take_cancelled(), vec![(id(7, 0), 0, t0)]);
+        // a backfill flight past its deadline is no live media's obstacle: it stays
+        let idle = vec![path(0, 8.0, 50, 0, Tier::Primary)];
+        let later = deadline + 10 * ms;
+        let sends: Vec<Send> = std::iter::from_fn(|| c.poll_send(later, &idle)).collect();
+        let again = sends.iter().find(|s| s.id == id(7, 0)).expect("sent again");
+        assert_eq!((again.lane, again.kind), (Lane::Backfill, SendKind::Again));
+        c.demote_stale(later + Duration::from_secs(5));
+        assert!(
+            c.take_cancelled().is_empty(),
+            "sent as backfill: not called off"
+        );
     }
 
     #[test]
