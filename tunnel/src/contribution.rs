@@ -56,6 +56,12 @@ const IDLE_RATE_FLOOR: f64 = 125_000.0;
 /// The window over which the live media each path carries is measured.
 const LIVE_RATE_WINDOW: Duration = Duration::from_secs(1);
 
+/// Live bytes a path that comes back from being out of use (silent, or down) may have
+/// under way before it answers any, and how long its answers clock what it may have
+/// (see [`Contribution::live_view`]).
+const RETURN_WINDOW: u64 = 16 * 1024;
+const RETURN_RAMP: Duration = Duration::from_secs(2);
+
 /// A stream (one rendition of one camera) of the contribution.
 pub type StreamId = u32;
 
@@ -241,6 +247,11 @@ pub struct Contribution {
     live_made: VecDeque<(Instant, u64)>,
     /// Since when each usable path has been usable.
     up_since: BTreeMap<PathId, Instant>,
+    /// Paths out of use after having been usable.
+    out_of_use: std::collections::BTreeSet<PathId>,
+    /// Paths back from being out of use: since when, and the live bytes they have
+    /// answered since.
+    returned: BTreeMap<PathId, (Instant, u64)>,
     /// Flights called off, for the shell to stop: (piece, path, sent at).
     cancelled: Vec<(PieceId, PathId, Instant)>,
     /// Each stream's newest part that opens a new timeline.
@@ -266,6 +277,8 @@ impl Contribution {
             live_sent: BTreeMap::new(),
             live_made: VecDeque::new(),
             up_since: BTreeMap::new(),
+            out_of_use: Default::default(),
+            returned: BTreeMap::new(),
             cancelled: Vec::new(),
             timelines: BTreeMap::new(),
             stats: ContributionStats::default(),
@@ -348,6 +361,9 @@ impl Contribution {
         // the timer is the live lane's: backfill waits behind live media and bulk data, and
         // its answers would teach the path a lateness live pieces never have
         let flight = e.flights.iter().find(|f| f.path == path);
+        if let Some(r) = self.returned.get_mut(&path) {
+            r.1 += e.len;
+        }
         if let Some(f) = flight.filter(|_| e.lane == Lane::Live) {
             // how late past its expected completion, as the path's timer learns it
             let late =
@@ -565,17 +581,32 @@ impl Contribution {
     /// What is under way includes a round trip of bytes on the wire and answers on their
     /// way back: the queue is what is beyond that (on a 600 ms satellite path a round trip
     /// of media is under way at any time, and counting it as queue starved the path).
-    fn live_view(&self, p: &PathView) -> PathView {
+    ///
+    /// A path back from being out of use has a window of its own here for
+    /// [`RETURN_RAMP`]: [`RETURN_WINDOW`] plus what it has answered since (slow start,
+    /// clocked by the relay's answers). Its congestion window is the one it had before it
+    /// went quiet, and says nothing of the link now. Measured at a collapse from 14 to
+    /// 0.5 Mbit/s: a path back from silence on probation read 46 Mbit/s (its window over
+    /// its RTT), took 300 kB of live media in one go, 10 s of the collapsed link, and the
+    /// substream's first part waited behind them.
+    fn live_view(&self, now: Instant, p: &PathView) -> PathView {
         let in_flight = self.live_in_flight(p.id);
         // a path with nothing waiting in its sender shows little of what it can carry in its
         // window (it grows only when fed): a link under 1 Mbit/s is not what a venue uplink
         // is. An optimistic guess corrects itself: what the link cannot carry waits in the
         // sender, and the window's rate counts again.
-        let rate_up = if p.queued_up == 0 {
+        let mut rate_up = if p.queued_up == 0 {
             p.rate_up.max(IDLE_RATE_FLOOR)
         } else {
             p.rate_up
         };
+        if let Some((since, answered)) = self.returned.get(&p.id) {
+            if now.saturating_duration_since(*since) < RETURN_RAMP {
+                let window = RETURN_WINDOW + answered;
+                let srtt = p.srtt.max(Duration::from_millis(1)).as_secs_f64();
+                rate_up = rate_up.min(window as f64 / srtt);
+            }
+        }
         let on_the_wire = (rate_up * p.srtt.as_secs_f64()) as u64;
         PathView {
             queued_up: in_flight.saturating_sub(on_the_wire),
@@ -591,9 +622,15 @@ impl Contribution {
     /// that has room if that completes it before the soonest path could, with the backlog
     /// ahead of it (so when the stream outgrows its best path, the overflow takes the next,
     /// a backup path included, instead of a queue growing here without bound).
-    fn choose_live(&self, paths: &[PathView], len: u64, backlog: u64) -> Option<PathId> {
+    fn choose_live(
+        &self,
+        now: Instant,
+        paths: &[PathView],
+        len: u64,
+        backlog: u64,
+    ) -> Option<PathId> {
         let u = unit(len);
-        let views: Vec<PathView> = paths.iter().map(|p| self.live_view(p)).collect();
+        let views: Vec<PathView> = paths.iter().map(|p| self.live_view(now, p)).collect();
         let allowed: Vec<&PathView> = views.iter().filter(|p| p.allows(u.class)).collect();
         let ec = |p: &PathView| p.expected_completion(&u);
         // the best path is a regular one while there is one: a backup path only ever takes
@@ -632,7 +669,7 @@ impl Contribution {
                 // backup path counts half as slow again (it costs), so it wins only when the
                 // others are jammed. When that path has no room, the piece waits here for it
                 // (a worse path now would complete it later than the best one soon).
-                let views: Vec<PathView> = paths.iter().map(|p| self.live_view(p)).collect();
+                let views: Vec<PathView> = paths.iter().map(|p| self.live_view(now, p)).collect();
                 let best = views
                     .iter()
                     .filter(|p| p.allows(u.class) && !exclude.contains(&p.id))
@@ -695,7 +732,7 @@ impl Contribution {
             .find(|p| p.id == path)
             .map_or(Duration::from_secs(1), |p| {
                 let view = match lane {
-                    Lane::Live => self.live_view(p),
+                    Lane::Live => self.live_view(now, p),
                     Lane::Backfill => self.backfill_view(now, p),
                 };
                 view.expected_completion(&unit(len))
@@ -783,10 +820,18 @@ impl Contribution {
         for p in paths {
             if p.usable {
                 self.up_since.entry(p.id).or_insert(now);
+                if self.out_of_use.remove(&p.id) {
+                    self.returned.insert(p.id, (now, 0));
+                }
             } else {
-                self.up_since.remove(&p.id);
+                if self.up_since.remove(&p.id).is_some() {
+                    self.out_of_use.insert(p.id);
+                }
+                self.returned.remove(&p.id);
             }
         }
+        self.returned
+            .retain(|_, (since, _)| now.saturating_duration_since(*since) < RETURN_RAMP);
         // A path the bond took out of use (down: its probes went unanswered) holds its
         // pieces until its connection closes, seconds later: they go again now, outside
         // the copy budget, as after a dead path. Seen in the netns live test: a keyframe
@@ -827,7 +872,7 @@ impl Contribution {
                 } else {
                     SendKind::First
                 };
-                match self.choose_live(paths, e.len, backlog) {
+                match self.choose_live(now, paths, e.len, backlog) {
                     Some(path) => return self.send(now, paths, id, path, kind),
                     None => {
                         backlog += e.len;
@@ -1537,6 +1582,48 @@ mod tests {
             c.take_cancelled().is_empty(),
             "sent as backfill: not called off"
         );
+    }
+
+    #[test]
+    fn a_path_back_from_silence_gets_what_its_answers_clock_not_its_old_window() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut c = Contribution::default();
+        // a path that was carrying the stream: its window over its RTT reads 46 Mbit/s
+        let up = vec![path(0, 46.0, 120, 0, Tier::Primary)];
+        c.push(t0, id(0, 0), 1_000, true, Lane::Live);
+        assert!(c.poll_send(t0, &up).is_some());
+        c.acked(t0 + 50 * ms, id(0, 0), 0);
+        // it goes down; ten pieces of 30 kB wait
+        let down = vec![PathView {
+            usable: false,
+            ..up[0].clone()
+        }];
+        let t1 = t0 + 100 * ms;
+        assert!(c.poll_send(t1, &down).is_none());
+        for k in 0..10u64 {
+            c.push(t1, id(1 + k, 0), 30_000, k == 0, Lane::Live);
+        }
+        // it answers again: what goes on it at once is its return window and the horizon's
+        // worth at that window's rate, not 300 kB
+        let t2 = t1 + 200 * ms;
+        let sent: Vec<Send> = std::iter::from_fn(|| c.poll_send(t2, &up)).collect();
+        let bytes: u64 = sent.iter().map(|s| s.len).sum();
+        assert!((1..=60_000).contains(&bytes), "{bytes}");
+        // its answers open it up, as slow start would
+        for s in &sent {
+            c.acked(t2 + 120 * ms, s.id, 0);
+        }
+        let more: u64 = std::iter::from_fn(|| c.poll_send(t2 + 120 * ms, &up))
+            .map(|s| s.len)
+            .sum();
+        assert!(more > bytes, "{more} after {bytes}");
+        // a path that never went out of use is not held: all of it goes at once
+        let mut fresh = Contribution::default();
+        for k in 0..10u64 {
+            fresh.push(t0, id(k, 0), 30_000, k == 0, Lane::Live);
+        }
+        assert_eq!(std::iter::from_fn(|| fresh.poll_send(t0, &up)).count(), 10);
     }
 
     #[test]
