@@ -540,6 +540,17 @@ mod tests {
             }
         }
 
+        /// `ticks` ticks of 10 ms, each handing `written` bytes over and the link sending
+        /// `sent` of them.
+        fn write_and_send(&mut self, written: u64, sent: u64, ticks: usize) {
+            for _ in 0..ticks {
+                self.est.reserve(written, 0);
+                self.est.carried(true, written, written);
+                self.stats.tx_kept += sent * 100 / 95;
+                self.run(10 * MS);
+            }
+        }
+
         /// The link comes back on connection `generation` with a small window, 50 ms RTT.
         fn come_back(&mut self, generation: u64) {
             self.est.on_connected(self.now, generation, 50 * MS);
@@ -664,24 +675,14 @@ mod tests {
         // 25 kB at 50 ms): no queue
         s.est.reserve(20_000, 0);
         s.est.carried(true, 20_000, 20_000);
-        for _ in 0..50 {
-            s.est.reserve(5_000, 0);
-            s.est.carried(true, 5_000, 5_000);
-            s.stats.tx_kept += 5_000 * 100 / 95;
-            s.run(10 * MS);
-        }
+        s.write_and_send(5_000, 5_000, 50);
         assert_eq!(s.est.full_rate(), None, "bytes on the wire are no queue");
         s.stats.tx_kept += 20_000 * 100 / 95;
         // a real queue: 20 kB and more not sent all through a window, the link sending
         // 1 kB per tick
         s.est.reserve(20_000, 0);
         s.est.carried(true, 20_000, 20_000);
-        for _ in 0..50 {
-            s.est.reserve(1_100, 0);
-            s.est.carried(true, 1_100, 1_100);
-            s.stats.tx_kept += 1_000 * 100 / 95;
-            s.run(10 * MS);
-        }
+        s.write_and_send(1_100, 1_000, 50);
         let full = s.est.full_rate().expect("a full link");
         assert!((full - 100_000.0).abs() < 5_000.0, "{full}");
     }
@@ -695,12 +696,7 @@ mod tests {
         // while the link sends 5 kB per tick (500 kB/s)
         s.est.reserve(600_000, 0);
         s.est.carried(true, 600_000, 600_000);
-        for _ in 0..50 {
-            s.est.reserve(1_000, 0);
-            s.est.carried(true, 1_000, 1_000);
-            s.stats.tx_kept += 5_000 * 100 / 95;
-            s.run(10 * MS);
-        }
+        s.write_and_send(1_000, 5_000, 50);
         let full = s.est.full_rate().expect("a full link");
         assert!((full - 500_000.0).abs() < 25_000.0, "{full}");
     }
