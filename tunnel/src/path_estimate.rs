@@ -454,9 +454,13 @@ impl PathEstimate {
             // `canopy demo` with the lesser of the two: at the cellular cut, Wi-Fi's 650 kB
             // of re-sent pieces left at 3.8 Mbit/s while the window read full at the
             // camera's 0.77 Mbit/s, and the camera stepped down to keyframes.
-            let rate = wire;
-            self.last_full_up = rate;
+            self.last_full_up = wire;
             self.collapse_until = None;
+            // the peak (a returning link's credit and resume window) stays with the lesser
+            // reading: what a big window lets out into an overflowing queue counts as on
+            // the wire until it is declared lost, and one such window would raise the peak
+            // for good
+            let rate = up.min(wire);
             self.peak_up = self.peak_up.max(rate);
             if rate >= self.peak_up / 2.0 {
                 self.peak_seen = Some(now);
