@@ -57,10 +57,18 @@ const IDLE_RATE_FLOOR: f64 = 125_000.0;
 const LIVE_RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// Live bytes a path that comes back from being out of use (silent, or down) may have
-/// under way before it answers any, and how long its answers clock what it may have
-/// (see [`Contribution::live_view`]).
+/// under way before it answers any (see [`Contribution::return_window`]).
 const RETURN_WINDOW: u64 = 16 * 1024;
-const RETURN_RAMP: Duration = Duration::from_secs(2);
+/// The longest a returned path's answers clock what it may have under way.
+const RETURN_RAMP_MAX: Duration = Duration::from_secs(10);
+
+/// A path back in use after having been out of use.
+#[derive(Debug, Clone)]
+struct Returned {
+    since: Instant,
+    /// Its answers since (any lane): (when, bytes).
+    answered: VecDeque<(Instant, u64)>,
+}
 
 /// A stream (one rendition of one camera) of the contribution.
 pub type StreamId = u32;
@@ -249,9 +257,8 @@ pub struct Contribution {
     up_since: BTreeMap<PathId, Instant>,
     /// Paths out of use after having been usable.
     out_of_use: std::collections::BTreeSet<PathId>,
-    /// Paths back from being out of use: since when, and the live bytes they have
-    /// answered since.
-    returned: BTreeMap<PathId, (Instant, u64)>,
+    /// Paths back from being out of use, while their answers clock them.
+    returned: BTreeMap<PathId, Returned>,
     /// Flights called off, for the shell to stop: (piece, path, sent at).
     cancelled: Vec<(PieceId, PathId, Instant)>,
     /// Each stream's newest part that opens a new timeline.
@@ -358,12 +365,12 @@ impl Contribution {
         for f in e.flights.iter().filter(|f| f.path != path) {
             self.cancelled.push((id, f.path, f.sent));
         }
+        if let Some(r) = self.returned.get_mut(&path) {
+            record(&mut r.answered, now, e.len);
+        }
         // the timer is the live lane's: backfill waits behind live media and bulk data, and
         // its answers would teach the path a lateness live pieces never have
         let flight = e.flights.iter().find(|f| f.path == path);
-        if let Some(r) = self.returned.get_mut(&path) {
-            r.1 += e.len;
-        }
         if let Some(f) = flight.filter(|_| e.lane == Lane::Live) {
             // how late past its expected completion, as the path's timer learns it
             let late =
@@ -566,11 +573,14 @@ impl Contribution {
     /// `p` as a backfill piece sees it: the rate live media leaves it (an idle path counts
     /// at least [`IDLE_RATE_FLOOR`], as for live media).
     fn backfill_view(&self, now: Instant, p: &PathView) -> PathView {
-        let rate_up = if p.queued_up == 0 {
+        let mut rate_up = if p.queued_up == 0 {
             p.rate_up.max(IDLE_RATE_FLOOR)
         } else {
             p.rate_up
         };
+        if let Some(w) = self.return_window(now, p) {
+            rate_up = rate_up.min(w as f64 / p.srtt.max(Duration::from_millis(1)).as_secs_f64());
+        }
         PathView {
             rate_up: (rate_up - self.live_rate(now, p.id, rate_up)).max(0.0),
             ..p.clone()
@@ -581,14 +591,8 @@ impl Contribution {
     /// What is under way includes a round trip of bytes on the wire and answers on their
     /// way back: the queue is what is beyond that (on a 600 ms satellite path a round trip
     /// of media is under way at any time, and counting it as queue starved the path).
-    ///
-    /// A path back from being out of use has a window of its own here for
-    /// [`RETURN_RAMP`]: [`RETURN_WINDOW`] plus what it has answered since (slow start,
-    /// clocked by the relay's answers). Its congestion window is the one it had before it
-    /// went quiet, and says nothing of the link now. Measured at a collapse from 14 to
-    /// 0.5 Mbit/s: a path back from silence on probation read 46 Mbit/s (its window over
-    /// its RTT), took 300 kB of live media in one go, 10 s of the collapsed link, and the
-    /// substream's first part waited behind them.
+    /// A path back from being out of use counts at its [`Contribution::return_window`]
+    /// over its RTT while that binds.
     fn live_view(&self, now: Instant, p: &PathView) -> PathView {
         let in_flight = self.live_in_flight(p.id);
         // a path with nothing waiting in its sender shows little of what it can carry in its
@@ -600,12 +604,8 @@ impl Contribution {
         } else {
             p.rate_up
         };
-        if let Some((since, answered)) = self.returned.get(&p.id) {
-            if now.saturating_duration_since(*since) < RETURN_RAMP {
-                let window = RETURN_WINDOW + answered;
-                let srtt = p.srtt.max(Duration::from_millis(1)).as_secs_f64();
-                rate_up = rate_up.min(window as f64 / srtt);
-            }
+        if let Some(w) = self.return_window(now, p) {
+            rate_up = rate_up.min(w as f64 / p.srtt.max(Duration::from_millis(1)).as_secs_f64());
         }
         let on_the_wire = (rate_up * p.srtt.as_secs_f64()) as u64;
         PathView {
@@ -613,6 +613,52 @@ impl Contribution {
             rate_up,
             ..p.clone()
         }
+    }
+
+    /// What a path back from being out of use may have under way, bytes, while its answers
+    /// clock it: [`RETURN_WINDOW`] plus twice what it answered over its last round trip (as
+    /// slow start grows, at the rate the relay's answers show), for at most
+    /// [`RETURN_RAMP_MAX`] and only while that is under its congestion window. None: not
+    /// held. Its congestion window is the one it had before it went quiet, and says nothing
+    /// of the link now. Measured at a collapse from 14 to 0.5 Mbit/s: a path back from
+    /// silence on probation read 46 Mbit/s (its window over its RTT), took 300 kB of live
+    /// media in one go, 10 s of the collapsed link, and the substream's first part waited
+    /// behind them.
+    fn return_window(&self, now: Instant, p: &PathView) -> Option<u64> {
+        let r = self.returned.get(&p.id)?;
+        let up_for = now.saturating_duration_since(r.since);
+        if up_for >= RETURN_RAMP_MAX {
+            return None;
+        }
+        let srtt = p.srtt.max(Duration::from_millis(10));
+        // the answers' rate over the last second, or since the return (a round trip at least)
+        let span = up_for.clamp(srtt, LIVE_RATE_WINDOW.max(srtt));
+        let since = now.checked_sub(span);
+        let answered: u64 = r
+            .answered
+            .iter()
+            .filter(|(t, _)| since.is_none_or(|s| *t > s))
+            .map(|(_, b)| b)
+            .sum();
+        let rate = answered as f64 / span.as_secs_f64();
+        let window = RETURN_WINDOW + (2.0 * rate * srtt.as_secs_f64()) as u64;
+        let cwnd = (p.rate_up * p.srtt.as_secs_f64()) as u64;
+        (window < cwnd).then_some(window)
+    }
+
+    /// Whether a live piece of `len` bytes fits what path `id` may have under way
+    /// ([`Contribution::return_window`]; a path with nothing under way takes one piece
+    /// whatever its size).
+    fn return_room(&self, now: Instant, paths: &[PathView], id: PathId, len: u64) -> bool {
+        let Some(w) = paths
+            .iter()
+            .find(|p| p.id == id)
+            .and_then(|p| self.return_window(now, p))
+        else {
+            return true;
+        };
+        let in_flight = self.live_in_flight(id);
+        in_flight == 0 || in_flight + len <= w
     }
 
     /// The path for a piece of `len` bytes on `lane`, avoiding `exclude`.
@@ -639,7 +685,9 @@ impl Contribution {
         let best = regular
             .min_by_key(|p| (ec(p), p.id))
             .or_else(|| allowed.iter().min_by_key(|p| (ec(p), p.id)))?;
-        let room = |p: &PathView| p.queue_delay(&u) <= self.cfg.live_horizon;
+        let room = |p: &PathView| {
+            p.queue_delay(&u) <= self.cfg.live_horizon && self.return_room(now, paths, p.id, len)
+        };
         if backlog == 0 && room(best) {
             return Some(best.id);
         }
@@ -682,7 +730,9 @@ impl Contribution {
                         };
                         (ec, p.id)
                     })?;
-                (best.queue_delay(&u) <= self.cfg.live_horizon).then_some(best.id)
+                (best.queue_delay(&u) <= self.cfg.live_horizon
+                    && self.return_room(now, paths, best.id, len))
+                .then_some(best.id)
             }
             Lane::Backfill => {
                 // the regular paths; backup paths only when no other path is up at all
@@ -821,7 +871,13 @@ impl Contribution {
             if p.usable {
                 self.up_since.entry(p.id).or_insert(now);
                 if self.out_of_use.remove(&p.id) {
-                    self.returned.insert(p.id, (now, 0));
+                    self.returned.insert(
+                        p.id,
+                        Returned {
+                            since: now,
+                            answered: VecDeque::new(),
+                        },
+                    );
                 }
             } else {
                 if self.up_since.remove(&p.id).is_some() {
@@ -830,8 +886,16 @@ impl Contribution {
                 self.returned.remove(&p.id);
             }
         }
-        self.returned
-            .retain(|_, (since, _)| now.saturating_duration_since(*since) < RETURN_RAMP);
+        // a returned path's hold ends for good once its answers reach its window, or after
+        // the longest ramp
+        let lifted: Vec<PathId> = paths
+            .iter()
+            .filter(|p| self.returned.contains_key(&p.id) && self.return_window(now, p).is_none())
+            .map(|p| p.id)
+            .collect();
+        for id in lifted {
+            self.returned.remove(&id);
+        }
         // A path the bond took out of use (down: its probes went unanswered) holds its
         // pieces until its connection closes, seconds later: they go again now, outside
         // the copy budget, as after a dead path. Seen in the netns live test: a keyframe
@@ -1588,37 +1652,46 @@ mod tests {
     fn a_path_back_from_silence_gets_what_its_answers_clock_not_its_old_window() {
         let t0 = Instant::now();
         let ms = Duration::from_millis(1);
-        let mut c = Contribution::default();
-        // a path that was carrying the stream: its window over its RTT reads 46 Mbit/s
-        let up = vec![path(0, 46.0, 120, 0, Tier::Primary)];
-        c.push(t0, id(0, 0), 1_000, true, Lane::Live);
-        assert!(c.poll_send(t0, &up).is_some());
-        c.acked(t0 + 50 * ms, id(0, 0), 0);
-        // it goes down; ten pieces of 30 kB wait
-        let down = vec![PathView {
-            usable: false,
-            ..up[0].clone()
-        }];
-        let t1 = t0 + 100 * ms;
-        assert!(c.poll_send(t1, &down).is_none());
-        for k in 0..10u64 {
-            c.push(t1, id(1 + k, 0), 30_000, k == 0, Lane::Live);
+        // a short round trip: the horizon's worth at a capped rate would be several
+        // windows, so only a limit on what is under way holds the path
+        for rtt in [120, 20] {
+            let mut c = Contribution::default();
+            // a path that was carrying the stream: its window over its RTT reads 46 Mbit/s
+            let up = vec![path(0, 46.0, rtt, 0, Tier::Primary)];
+            c.push(t0, id(0, 0), 1_000, true, Lane::Live);
+            assert!(c.poll_send(t0, &up).is_some());
+            c.acked(t0 + 50 * ms, id(0, 0), 0);
+            // it goes down; twenty pieces of 10 kB wait
+            let down = vec![PathView {
+                usable: false,
+                ..up[0].clone()
+            }];
+            let t1 = t0 + 100 * ms;
+            assert!(c.poll_send(t1, &down).is_none());
+            for k in 0..20u64 {
+                c.push(t1, id(1 + k, 0), 10_000, k == 0, Lane::Live);
+            }
+            // it answers again: what goes on it at once is its return window, not 200 kB
+            let t2 = t1 + 200 * ms;
+            let sent: Vec<Send> = std::iter::from_fn(|| c.poll_send(t2, &up)).collect();
+            let bytes: u64 = sent.iter().map(|s| s.len).sum();
+            assert!((1..=RETURN_WINDOW).contains(&bytes), "{rtt} ms: {bytes}");
+            // its answers open it up, as slow start would
+            let t3 = t2 + Duration::from_millis(rtt);
+            for s in &sent {
+                c.acked(t3, s.id, 0);
+            }
+            let more: u64 = std::iter::from_fn(|| c.poll_send(t3, &up))
+                .map(|s| s.len)
+                .sum();
+            assert!(more > bytes, "{rtt} ms: {more} after {bytes}");
+            // and after the longest ramp it is held no more
+            let t4 = t2 + RETURN_RAMP_MAX;
+            let rest = std::iter::from_fn(|| c.poll_send(t4, &up)).count();
+            assert!(rest as u64 * 10_000 > RETURN_WINDOW * 4, "{rtt} ms: {rest}");
         }
-        // it answers again: what goes on it at once is its return window and the horizon's
-        // worth at that window's rate, not 300 kB
-        let t2 = t1 + 200 * ms;
-        let sent: Vec<Send> = std::iter::from_fn(|| c.poll_send(t2, &up)).collect();
-        let bytes: u64 = sent.iter().map(|s| s.len).sum();
-        assert!((1..=60_000).contains(&bytes), "{bytes}");
-        // its answers open it up, as slow start would
-        for s in &sent {
-            c.acked(t2 + 120 * ms, s.id, 0);
-        }
-        let more: u64 = std::iter::from_fn(|| c.poll_send(t2 + 120 * ms, &up))
-            .map(|s| s.len)
-            .sum();
-        assert!(more > bytes, "{more} after {bytes}");
         // a path that never went out of use is not held: all of it goes at once
+        let up = vec![path(0, 46.0, 120, 0, Tier::Primary)];
         let mut fresh = Contribution::default();
         for k in 0..10u64 {
             fresh.push(t0, id(k, 0), 30_000, k == 0, Lane::Live);
