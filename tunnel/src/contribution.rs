@@ -573,14 +573,7 @@ impl Contribution {
     /// `p` as a backfill piece sees it: the rate live media leaves it (an idle path counts
     /// at least [`IDLE_RATE_FLOOR`], as for live media).
     fn backfill_view(&self, now: Instant, p: &PathView) -> PathView {
-        let mut rate_up = if p.queued_up == 0 {
-            p.rate_up.max(IDLE_RATE_FLOOR)
-        } else {
-            p.rate_up
-        };
-        if let Some(w) = self.return_window(now, p) {
-            rate_up = rate_up.min(w as f64 / p.srtt.max(Duration::from_millis(1)).as_secs_f64());
-        }
+        let rate_up = self.send_rate(now, p);
         PathView {
             rate_up: (rate_up - self.live_rate(now, p.id, rate_up)).max(0.0),
             ..p.clone()
@@ -591,27 +584,33 @@ impl Contribution {
     /// What is under way includes a round trip of bytes on the wire and answers on their
     /// way back: the queue is what is beyond that (on a 600 ms satellite path a round trip
     /// of media is under way at any time, and counting it as queue starved the path).
-    /// A path back from being out of use counts at its [`Contribution::return_window`]
-    /// over its RTT while that binds.
+    /// The path counts at [`Contribution::send_rate`].
     fn live_view(&self, now: Instant, p: &PathView) -> PathView {
         let in_flight = self.live_in_flight(p.id);
-        // a path with nothing waiting in its sender shows little of what it can carry in its
-        // window (it grows only when fed): a link under 1 Mbit/s is not what a venue uplink
-        // is. An optimistic guess corrects itself: what the link cannot carry waits in the
-        // sender, and the window's rate counts again.
-        let mut rate_up = if p.queued_up == 0 {
-            p.rate_up.max(IDLE_RATE_FLOOR)
-        } else {
-            p.rate_up
-        };
-        if let Some(w) = self.return_window(now, p) {
-            rate_up = rate_up.min(w as f64 / p.srtt.max(Duration::from_millis(1)).as_secs_f64());
-        }
+        let rate_up = self.send_rate(now, p);
         let on_the_wire = (rate_up * p.srtt.as_secs_f64()) as u64;
         PathView {
             queued_up: in_flight.saturating_sub(on_the_wire),
             rate_up,
             ..p.clone()
+        }
+    }
+
+    /// The rate a piece counts `p` at: a path with nothing waiting in its sender shows
+    /// little of what it can carry in its window (it grows only when fed), and a link under
+    /// [`IDLE_RATE_FLOOR`] is not what a venue uplink is (an optimistic guess corrects
+    /// itself: what the link cannot carry waits in the sender, and the window's rate counts
+    /// again); a path back from being out of use counts at most its
+    /// [`Contribution::return_window`] over its RTT.
+    fn send_rate(&self, now: Instant, p: &PathView) -> f64 {
+        let rate = if p.queued_up == 0 {
+            p.rate_up.max(IDLE_RATE_FLOOR)
+        } else {
+            p.rate_up
+        };
+        match self.return_window(now, p) {
+            Some(w) => rate.min(w as f64 / p.srtt.max(Duration::from_millis(1)).as_secs_f64()),
+            None => rate,
         }
     }
 
@@ -633,14 +632,7 @@ impl Contribution {
         let srtt = p.srtt.max(Duration::from_millis(10));
         // the answers' rate over the last second, or since the return (a round trip at least)
         let span = up_for.clamp(srtt, LIVE_RATE_WINDOW.max(srtt));
-        let since = now.checked_sub(span);
-        let answered: u64 = r
-            .answered
-            .iter()
-            .filter(|(t, _)| since.is_none_or(|s| *t > s))
-            .map(|(_, b)| b)
-            .sum();
-        let rate = answered as f64 / span.as_secs_f64();
+        let rate = bytes_within(Some(&r.answered), now, span) as f64 / span.as_secs_f64();
         let window = RETURN_WINDOW + (2.0 * rate * srtt.as_secs_f64()) as u64;
         let cwnd = (p.rate_up * p.srtt.as_secs_f64()) as u64;
         (window < cwnd).then_some(window)
@@ -1043,14 +1035,18 @@ fn record(q: &mut VecDeque<(Instant, u64)>, now: Instant, bytes: u64) {
 
 /// Bytes per second of a window's record at `now`.
 fn rate_over(q: Option<&VecDeque<(Instant, u64)>>, now: Instant) -> f64 {
-    let since = now.checked_sub(LIVE_RATE_WINDOW);
-    let bytes: u64 = q.map_or(0, |q| {
+    bytes_within(q, now, LIVE_RATE_WINDOW) as f64 / LIVE_RATE_WINDOW.as_secs_f64()
+}
+
+/// Bytes of a window's record from the last `span` before `now`.
+fn bytes_within(q: Option<&VecDeque<(Instant, u64)>>, now: Instant, span: Duration) -> u64 {
+    let since = now.checked_sub(span);
+    q.map_or(0, |q| {
         q.iter()
             .filter(|(t, _)| since.is_none_or(|s| *t > s))
             .map(|(_, b)| b)
             .sum()
-    });
-    bytes as f64 / LIVE_RATE_WINDOW.as_secs_f64()
+    })
 }
 
 #[cfg(test)]
