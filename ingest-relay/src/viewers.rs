@@ -269,7 +269,13 @@ pub(crate) async fn serve_h3(endpoint: quinn::Endpoint, viewers: Arc<Viewers>) {
                                 {
                                     return;
                                 }
-                                while let Some(Ok(frame)) = body.frame().await {
+                                while let Some(frame) = body.frame().await {
+                                    let Ok(frame) = frame else {
+                                        // a part given up before it was whole: the
+                                        // viewer must see a failed answer, not a short one
+                                        stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+                                        return;
+                                    };
                                     if let Ok(data) = frame.into_data() {
                                         if stream.send_data(data).await.is_err() {
                                             return;

@@ -5,7 +5,9 @@
 //!   the playlist holds the part, 400 when it is too far ahead, 503 after three target
 //!   durations), delta updates (`_HLS_skip`) and rendition reports;
 //! - init segments, segments, and parts: the hinted part is answered as soon as its first
-//!   chunk exists, as a body that grows as the rest arrives;
+//!   chunk exists, as a body that grows as the rest arrives; a part given up before it is
+//!   whole ends its body with [`BrokenOff`], which the server turns into an aborted answer
+//!   (never a short body that looks complete);
 //! - cache headers for a CDN in front: playlists short-lived (a blocking answer a little
 //!   longer: it only ever satisfies later requests too), media immutable.
 //!
@@ -19,13 +21,21 @@ use http_body_util::BodyExt;
 use segmenter::hls::{Blocking, Ready, RenderOptions, RenditionReport};
 use segmenter::window::PartRead;
 use segmenter::{LiveWindow, Lookup};
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// A response body: whole, or growing with a part.
-pub type MediaBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+pub type MediaBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BrokenOff>;
+
+/// A growing part's body ended before the part was whole: it was given up (a gap), or it
+/// did not complete within three target durations. A server must abort the answer (close
+/// the HTTP/1.1 connection without the last chunk, reset the HTTP/3 stream): the bytes
+/// sent so far are a torn fMP4 fragment, and a player that took them as the whole part
+/// would feed its decoder a box cut in the middle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the part was given up before it was whole")]
+pub struct BrokenOff;
 
 /// `application/vnd.apple.mpegurl`
 pub const M3U8: &str = "application/vnd.apple.mpegurl";
@@ -250,7 +260,7 @@ pub async fn part<S: WindowSource>(
     };
     let stream = futures_util::stream::unfold(state, Growing::next);
     let body = http_body_util::StreamBody::new(futures_util::StreamExt::map(stream, |b| {
-        Ok::<_, Infallible>(http_body::Frame::data(b))
+        b.map(http_body::Frame::data)
     }));
     Ok(ok(M4S, IMMUTABLE, body.boxed_unsync()))
 }
@@ -267,11 +277,13 @@ struct Growing<S> {
 }
 
 impl<S: WindowSource> Growing<S> {
-    async fn next(mut self) -> Option<(Bytes, Self)> {
+    /// The next piece of the body: bytes as they arrive, `None` once the part is whole, or
+    /// one [`BrokenOff`] (then `None`) if it ends before that.
+    async fn next(mut self) -> Option<(Result<Bytes, BrokenOff>, Self)> {
         loop {
             if let Some(b) = self.queued.pop_front() {
                 self.offset += b.len() as u64;
-                return Some((b, self));
+                return Some((Ok(b), self));
             }
             if self.done {
                 return None;
@@ -287,16 +299,21 @@ impl<S: WindowSource> Growing<S> {
                         continue;
                     }
                 }
-                // the part was given up on (its source broke off): what went out stands
-                PartRead::Gone | PartRead::NotYet => return None,
+                // the part was given up on (its source broke off)
+                PartRead::Gone | PartRead::NotYet => return self.broken_off(),
             }
             if tokio::time::timeout_at(self.deadline, rx.changed())
                 .await
                 .is_err()
             {
-                return None;
+                return self.broken_off();
             }
         }
+    }
+
+    fn broken_off(mut self) -> Option<(Result<Bytes, BrokenOff>, Self)> {
+        self.done = true;
+        Some((Err(BrokenOff), self))
     }
 }
 
@@ -390,7 +407,8 @@ mod tests {
             let mut w = self.w.lock().unwrap();
             let r = f(&mut w);
             let v = w.version();
-            self.tx.send_replace(v);
+            self.tx
+                .send_if_modified(|old| std::mem::replace(old, v) != v);
             r
         }
         fn changes(&self) -> watch::Receiver<u64> {
@@ -474,5 +492,36 @@ mod tests {
         );
         assert!(MediaFile::parse("part-1.x.m4s").is_err());
         assert_eq!(MediaFile::parse("favicon.ico").unwrap(), None);
+    }
+
+    /// A player that takes a torn part for a whole one feeds its decoder half a box: the
+    /// body ends with an error instead, whether the part is given up or never completes.
+    #[tokio::test(start_paused = true)]
+    async fn a_part_given_up_or_late_ends_its_body_with_an_error() {
+        let src = Arc::new(Src {
+            w: Mutex::new(LiveWindow::new(WindowConfig::default(), 0)),
+            tx: watch::channel(0).0,
+        });
+        src.with_window(|w| w.push_chunk(&chunk(0, 0, b"aa", true)).unwrap());
+        src.with_window(|w| w.push_chunk(&chunk(1, 0, b"bb", false)).unwrap());
+        let s2 = src.clone();
+        let feeder = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s2.with_window(|w| w.abandon_growing());
+        });
+        let mut body = part(src.clone(), 0, 1).await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"bb");
+        assert_eq!(body.frame().await.unwrap().unwrap_err(), BrokenOff);
+        assert!(body.frame().await.is_none());
+        feeder.await.unwrap();
+
+        // a part that stops growing: the body gives up after three target durations
+        src.with_window(|w| w.push_chunk(&chunk(1, 0, b"cc", false)).unwrap());
+        let started = tokio::time::Instant::now();
+        let body = part(src.clone(), 0, 1).await.unwrap().into_body();
+        assert_eq!(body.collect().await.unwrap_err(), BrokenOff);
+        let limit = target(&*src) * 3;
+        assert!((limit..limit + Duration::from_millis(5)).contains(&started.elapsed()));
     }
 }

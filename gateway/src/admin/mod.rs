@@ -204,10 +204,21 @@ impl Admin {
     }
 }
 
-type Answer = Response<http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>>;
+/// An answer's body fails only when it follows a live part given up before it was whole
+/// (`media_io::hls_http::BrokenOff`): the connection is then cut, not the part shortened.
+type Answer = Response<http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body that cannot fail, as an [`Answer`]'s.
+fn infallible<B>(b: B) -> http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>
+where
+    B: http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
+{
+    b.map_err(|never| match never {}).boxed_unsync()
+}
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{v:#}\n"))).boxed_unsync());
+    let mut r = Response::new(infallible(Full::new(Bytes::from(format!("{v:#}\n")))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

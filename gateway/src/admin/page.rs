@@ -52,7 +52,7 @@ pub(super) fn asset(method: &Method, path: &str) -> Option<Answer> {
     // the page runs only its own scripts and talks only to this listener
     let csp = "default-src 'self'; img-src 'self' data:; media-src 'self' blob:; \
                worker-src 'self' blob:; frame-ancestors 'none'";
-    let r = tunnel_io::operator_http::asset(body, kind, csp).map(BodyExt::boxed_unsync);
+    let r = tunnel_io::operator_http::asset(body, kind, csp).map(super::infallible);
     Some(r)
 }
 
@@ -68,7 +68,7 @@ pub(super) async fn live(
         return Some(super::not_allowed("GET"));
     }
     Some(match view.live.serve(rest, query).await {
-        Ok(r) => r.map(|b| b.map_err(|never| match never {}).boxed_unsync()),
+        Ok(r) => r.map(|b| b.map_err(Into::into).boxed_unsync()),
         Err(e) => super::error(e.status(), &e.to_string()),
     })
 }
@@ -120,7 +120,7 @@ pub(super) fn events(view: Arc<AdminView>) -> Answer {
         let b = rx.recv().await?;
         Some((Ok::<_, Infallible>(Frame::data(b)), rx))
     });
-    let mut r = Response::new(StreamBody::new(frames).boxed_unsync());
+    let mut r = Response::new(super::infallible(StreamBody::new(frames)));
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();
     h.insert(

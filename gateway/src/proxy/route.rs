@@ -16,7 +16,7 @@ pub(super) async fn local(state: &State, req: &Request<Incoming>) -> Response<Bo
         });
         let mut r = match *req.method() {
             Method::GET | Method::HEAD => match state.live.serve(rest, req.uri().query()).await {
-                Ok(r) => r.map(|b| b.map_err(|never| match never {}).boxed_unsync()),
+                Ok(r) => r.map(|b| b.map_err(Into::into).boxed_unsync()),
                 Err(e) => synthetic(e.status(), &e.to_string()),
             },
             // a browser's preflight: answered only for the configured origins
