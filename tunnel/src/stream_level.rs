@@ -25,6 +25,10 @@
 //!   (a step down that undid a step up) in the last [`LevelConfig::flap_memory`], as a
 //!   flapping link's probation grows: a marginal link whose capacity swings never holds
 //!   its headroom long enough to be trusted, so the level does not oscillate with it.
+//!   A flap speaks for the capacity its step up trusted: one that now reads more than
+//!   [`FLAP_REACH`] times that is the links back, not the swing, and waits the plain hold
+//!   (measured: a step up on a collapsed 0.5 Mbit/s bond that failed made the return to
+//!   full on 14 Mbit/s wait 20 s instead of 10).
 //!   For [`LevelConfig::settle`] after a step up only a backlog steps down, not the
 //!   capacity's estimate: a path's window grows to a higher demand over a few round
 //!   trips, and meanwhile its full meter windows read what it carries, below the demand
@@ -230,6 +234,11 @@ impl Default for LevelConfig {
     }
 }
 
+/// A flap doubles the up-hold only while the capacity reads at most this many times what
+/// its step up trusted (see the module docs): a marginal link's good phases read about the
+/// same each time, a return from a collapse many times more.
+pub const FLAP_REACH: f64 = 2.0;
+
 /// A probe the shell should send (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Probe {
@@ -376,10 +385,10 @@ pub struct StreamLevels {
     up_settle_until: Option<Instant>,
     /// Since when the capacity has held the next step up (and for which camera).
     headroom_since: Option<(Instant, usize)>,
-    /// The controller's last change was a step up.
-    last_was_up: bool,
-    /// When the flaps of the last `flap_memory` happened.
-    flaps: VecDeque<Instant>,
+    /// The capacity the controller's last change trusted, if that change was a step up.
+    last_up: Option<f64>,
+    /// The flaps of the last `flap_memory`: when, and the capacity their step up trusted.
+    flaps: VecDeque<(Instant, f64)>,
     /// When the last probe started.
     last_probe: Option<Instant>,
     /// When the last step down happened.
@@ -402,7 +411,7 @@ impl StreamLevels {
             grace_until: None,
             up_settle_until: None,
             headroom_since: None,
-            last_was_up: false,
+            last_up: None,
             flaps: VecDeque::new(),
             last_probe: None,
             last_down: None,
@@ -449,9 +458,15 @@ impl StreamLevels {
         self.changes
     }
 
-    /// How long the capacity must hold a step up now.
-    pub fn up_hold(&self) -> Duration {
-        let doublings = self.flaps.len().min(16) as u32;
+    /// How long `capacity` must hold a step up now: each flap whose step up trusted at
+    /// least 1/[`FLAP_REACH`] of it doubles the plain hold.
+    pub fn up_hold(&self, capacity: f64) -> Duration {
+        let doublings = self
+            .flaps
+            .iter()
+            .filter(|(_, trusted)| capacity <= trusted * FLAP_REACH)
+            .count()
+            .min(16) as u32;
         (self.cfg.up_after * 2u32.pow(doublings)).min(self.cfg.up_after_max)
     }
 
@@ -523,7 +538,7 @@ impl StreamLevels {
         while self
             .flaps
             .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= self.cfg.flap_memory)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= self.cfg.flap_memory)
         {
             self.flaps.pop_front();
         }
@@ -688,8 +703,8 @@ impl StreamLevels {
 
     fn on_down(&mut self, now: Instant) {
         self.last_down = Some(now);
-        if std::mem::take(&mut self.last_was_up) {
-            self.flaps.push_back(now);
+        if let Some(trusted) = self.last_up.take() {
+            self.flaps.push_back((now, trusted));
         }
         self.headroom_since = None;
         self.backlog_ignored_until = Some(now + self.cfg.settle);
@@ -728,7 +743,7 @@ impl StreamLevels {
             }
         };
         let held = now.saturating_duration_since(since);
-        if held < self.up_hold() {
+        if held < self.up_hold(capacity) {
             return None;
         }
         let cause = Cause::Headroom {
@@ -737,7 +752,7 @@ impl StreamLevels {
             held,
         };
         let ch = self.cameras[i].change(i, to, cause);
-        self.last_was_up = true;
+        self.last_up = Some(capacity);
         self.up_settle_until = Some(now + self.cfg.settle);
         self.headroom_since = None;
         Some(ch)
@@ -1277,13 +1292,60 @@ mod tests {
             "the first collapse, and the one that undid the step up"
         );
         assert_eq!(ups, 1, "{:?}", s.changes);
-        assert_eq!(s.levels.up_hold(), 2 * LevelConfig::default().up_after);
+        assert_eq!(
+            s.levels.up_hold(14.0 * MBIT),
+            2 * LevelConfig::default().up_after
+        );
         // the flap forgotten after ten minutes: the hold is back to its start
         s.run(Duration::from_secs(400), |_, _| {
             (14.0 * MBIT, Duration::ZERO)
         });
-        assert_eq!(s.levels.up_hold(), LevelConfig::default().up_after);
+        assert_eq!(
+            s.levels.up_hold(14.0 * MBIT),
+            LevelConfig::default().up_after
+        );
         assert_eq!(s.levels.level(0), Some(Level::Full));
+    }
+
+    #[test]
+    fn a_flap_on_a_collapsed_bond_does_not_slow_the_return_of_the_links() {
+        // collapsed to 0.9 Mbit/s: keyframes, then (after the hold) a step up to the
+        // 0.6 Mbit/s transcode that the bond cannot keep (0.5 Mbit/s once it steps up)
+        let mut s = Sim::new(vec![transcoded()], &[0]);
+        s.run(Duration::from_secs(2), |_, _| (14.0 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(24), |at, _| {
+            let c = if at < Duration::from_secs(10) {
+                0.3
+            } else {
+                0.9
+            };
+            (c * MBIT, Duration::ZERO)
+        });
+        s.run(Duration::from_secs(4), |_, _| (0.5 * MBIT, Duration::ZERO));
+        let steps: Vec<_> = s.changes.iter().map(|(_, c)| (c.from, c.to)).collect();
+        assert_eq!(
+            steps,
+            vec![
+                (Level::Full, Level::Audio),
+                (Level::Audio, Level::Transcode),
+                (Level::Transcode, Level::Keyframes)
+            ]
+        );
+        // that flap doubles the hold at what it trusted, not on links back at 14 Mbit/s
+        assert_eq!(s.levels.up_hold(0.9 * MBIT), 20 * Duration::from_secs(1));
+        assert_eq!(s.levels.up_hold(14.0 * MBIT), Duration::from_secs(10));
+        s.changes.clear();
+        s.run(Duration::from_secs(15), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        let steps: Vec<_> = s.changes.iter().map(|(at, c)| (*at, c.to)).collect();
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        assert_eq!(steps[0].1, Level::Full);
+        let after = steps[0].0 - Duration::from_secs(30);
+        assert!(
+            after <= Duration::from_millis(10_100),
+            "back to full after {after:?}"
+        );
     }
 
     #[test]
