@@ -25,10 +25,11 @@
 //!   (a step down that undid a step up) in the last [`LevelConfig::flap_memory`], as a
 //!   flapping link's probation grows: a marginal link whose capacity swings never holds
 //!   its headroom long enough to be trusted, so the level does not oscillate with it.
-//!   A flap speaks for the capacity its step up trusted: one that now reads more than
-//!   [`FLAP_REACH`] times that is the links back, not the swing, and waits the plain hold
-//!   (measured: a step up on a collapsed 0.5 Mbit/s bond that failed made the return to
-//!   full on 14 Mbit/s wait 20 s instead of 10).
+//!   A flap speaks for the capacities read between its step up and the step down: a
+//!   capacity that has read more than [`FLAP_REACH`] times the highest of them all through
+//!   the hold is the links back, not the swing, and waits the plain hold (measured: a step
+//!   up on a collapsed 0.5 Mbit/s bond that failed made the return to full on 14 Mbit/s
+//!   wait 20 s instead of 10).
 //!   For [`LevelConfig::settle`] after a step up only a backlog steps down, not the
 //!   capacity's estimate: a path's window grows to a higher demand over a few round
 //!   trips, and meanwhile its full meter windows read what it carries, below the demand
@@ -234,9 +235,10 @@ impl Default for LevelConfig {
     }
 }
 
-/// A flap doubles the up-hold only while the capacity reads at most this many times what
-/// its step up trusted (see the module docs): a marginal link's good phases read about the
-/// same each time, a return from a collapse many times more.
+/// A flap doubles the up-hold only while the capacity reads at most this many times the
+/// highest it read between the flap's step up and step down (see the module docs): a
+/// marginal link's good phases read about the same each time, a return from a collapse
+/// many times more.
 pub const FLAP_REACH: f64 = 2.0;
 
 /// A probe the shell should send (see the module docs).
@@ -384,8 +386,11 @@ pub struct StreamLevels {
     /// does): the paths' windows grow to the higher demand meanwhile.
     up_settle_until: Option<Instant>,
     /// Since when the capacity has held the next step up (and for which camera).
-    headroom_since: Option<(Instant, usize)>,
-    /// The capacity the controller's last change trusted, if that change was a step up.
+    /// Since when the capacity has held the next step up, for which camera, and the
+    /// lowest capacity read since (the hold is judged on it, not on one tick's reading).
+    headroom_since: Option<(Instant, usize, f64)>,
+    /// If the controller's last change was a step up: the highest capacity read since
+    /// (what a flap that undoes it proves wrong).
     last_up: Option<f64>,
     /// The flaps of the last `flap_memory`: when, and the capacity their step up trusted.
     flaps: VecDeque<(Instant, f64)>,
@@ -458,8 +463,9 @@ impl StreamLevels {
         self.changes
     }
 
-    /// How long `capacity` must hold a step up now: each flap whose step up trusted at
-    /// least 1/[`FLAP_REACH`] of it doubles the plain hold.
+    /// How long a step up must wait on a capacity that has read at least `capacity` all
+    /// through: each flap whose highest reading was at least 1/[`FLAP_REACH`] of it
+    /// doubles the plain hold.
     pub fn up_hold(&self, capacity: f64) -> Duration {
         let doublings = self
             .flaps
@@ -559,6 +565,9 @@ impl StreamLevels {
             self.changes += out.len() as u64;
             return out;
         };
+        if let Some(trusted) = &mut self.last_up {
+            *trusted = trusted.max(capacity);
+        }
         if let Some(t) = self.outage_since.take() {
             if now.saturating_duration_since(t) >= self.cfg.settle {
                 // after a real outage the queue drains and the fresh paths' windows grow
@@ -735,15 +744,18 @@ impl StreamLevels {
             self.headroom_since = None;
             return None;
         };
-        let since = match self.headroom_since {
-            Some((t, cam)) if cam == i => t,
+        let (since, low) = match &mut self.headroom_since {
+            Some((t, cam, low)) if *cam == i => {
+                *low = low.min(capacity);
+                (*t, *low)
+            }
             _ => {
-                self.headroom_since = Some((now, i));
-                now
+                self.headroom_since = Some((now, i, capacity));
+                (now, capacity)
             }
         };
         let held = now.saturating_duration_since(since);
-        if held < self.up_hold(capacity) {
+        if held < self.up_hold(low) {
             return None;
         }
         let cause = Cause::Headroom {
@@ -1309,8 +1321,8 @@ mod tests {
 
     #[test]
     fn a_flap_on_a_collapsed_bond_does_not_slow_the_return_of_the_links() {
-        // collapsed to 0.9 Mbit/s: keyframes, then (after the hold) a step up to the
-        // 0.6 Mbit/s transcode that the bond cannot keep (0.5 Mbit/s once it steps up)
+        // collapsed to 0.3 Mbit/s (audio) for 8 s, then 0.9 Mbit/s: after the hold a step
+        // up to the 0.6 Mbit/s transcode that the bond cannot keep (0.5 Mbit/s once it has)
         let mut s = Sim::new(vec![transcoded()], &[0]);
         s.run(Duration::from_secs(2), |_, _| (14.0 * MBIT, Duration::ZERO));
         s.run(Duration::from_secs(24), |at, _| {
@@ -1346,6 +1358,29 @@ mod tests {
             after <= Duration::from_millis(10_100),
             "back to full after {after:?}"
         );
+    }
+
+    #[test]
+    fn a_flap_counts_for_the_highest_capacity_read_before_it() {
+        // the step up to full trusts 5.5 Mbit/s (a thin stream's window), the links then
+        // read 14 before a collapse undoes it: the next 14 is no reason to trust them
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(1), |_, _| (0.5 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(13), |_, _| (5.5 * MBIT, Duration::ZERO));
+        assert_eq!(s.levels.level(0), Some(Level::Full), "{:?}", s.changes);
+        s.run(Duration::from_secs(5), |_, _| (14.0 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(1), |_, _| (0.5 * MBIT, Duration::ZERO));
+        assert_ne!(s.levels.level(0), Some(Level::Full));
+        assert_eq!(s.levels.up_hold(14.0 * MBIT), Duration::from_secs(20));
+        // and one tick's high reading does not cut the hold short: 11 s at 14, then one
+        // reading of 40, keeps the camera where it is
+        let before = s.changes.len();
+        s.run(Duration::from_secs(12), |at, _| {
+            let spike = (32_000..32_050).contains(&at.as_millis());
+            (if spike { 40.0 } else { 14.0 } * MBIT, Duration::ZERO)
+        });
+        assert_eq!(s.changes.len(), before, "{:?}", &s.changes[before..]);
     }
 
     #[test]
