@@ -192,9 +192,14 @@ pub(crate) async fn serve_http1(
                     let v = v.clone();
                     async move {
                         let origin = req.headers().get(header::ORIGIN).cloned();
+                        let resp = v
+                            .handle(req.method(), req.uri(), origin.as_ref(), peer.ip())
+                            .await;
                         Ok::<_, std::convert::Infallible>(
-                            v.handle(req.method(), req.uri(), origin.as_ref(), peer.ip())
-                                .await,
+                            match media_io::hls_http::whole_for(req.version(), resp).await {
+                                Ok(r) => r,
+                                Err(e) => refusal(e.status(), &e.to_string()),
+                            },
                         )
                     }
                 });

@@ -120,6 +120,29 @@ fn ok(content_type: &'static str, cache: &str, body: MediaBody) -> Response<Medi
     r
 }
 
+/// The answer as a client of HTTP `version` can take it. HTTP/1.0 has no chunked encoding:
+/// a body of unknown length ends when the connection closes, so a cut one would read as
+/// whole (and a caching proxy that speaks 1.0 upstream, as nginx does by default, would
+/// keep it as immutable). For it a growing part is waited for whole and answered with its
+/// length, or refused when given up; HTTP/1.1 and later get the answer as it is.
+pub async fn whole_for(
+    version: http::Version,
+    resp: Response<MediaBody>,
+) -> Result<Response<MediaBody>, ServeError> {
+    if version >= http::Version::HTTP_11
+        || http_body::Body::size_hint(resp.body()).exact().is_some()
+    {
+        return Ok(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    match body.collect().await {
+        Ok(c) => Ok(Response::from_parts(parts, full(c.to_bytes()))),
+        Err(BrokenOff) => Err(ServeError::Unavailable(
+            "the part was given up before it was whole",
+        )),
+    }
+}
+
 /// The target duration the blocking waits follow (it grows with long GOPs).
 fn target(src: &impl WindowSource) -> Duration {
     Duration::from_secs_f64(src.with_window(|w| w.target_duration()).clamp(0.2, 60.0))
@@ -523,5 +546,29 @@ mod tests {
         assert_eq!(body.collect().await.unwrap_err(), BrokenOff);
         let limit = target(&*src) * 3;
         assert!((limit..limit + Duration::from_millis(5)).contains(&started.elapsed()));
+
+        // an HTTP/1.0 client, which cannot tell a cut body from a whole one: refused
+        // once the part is given up; a part that completes is answered with its length
+        let resp = part(src.clone(), 0, 1).await.unwrap();
+        let s3 = src.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s3.with_window(|w| w.abandon_growing());
+        });
+        let e = whole_for(http::Version::HTTP_10, resp).await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        src.with_window(|w| w.push_chunk(&chunk(1, 0, b"dd", false)).unwrap());
+        let resp = part(src.clone(), 0, 1).await.unwrap();
+        let s4 = src.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s4.with_window(|w| w.push_chunk(&chunk(1, 2, b"ee", true)).unwrap());
+        });
+        let whole = whole_for(http::Version::HTTP_10, resp).await.unwrap();
+        assert_eq!(http_body::Body::size_hint(whole.body()).exact(), Some(4));
+        assert_eq!(
+            &whole.into_body().collect().await.unwrap().to_bytes()[..],
+            b"ddee"
+        );
     }
 }

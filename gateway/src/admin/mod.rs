@@ -255,7 +255,7 @@ async fn handle(
         );
         return r;
     }
-    if let Some(a) = page::live(view, req.method(), req.uri().path(), req.uri().query()).await {
+    if let Some(a) = page::live(view, &req).await {
         return a;
     }
     let path = req.uri().path().to_string();

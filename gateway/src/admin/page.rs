@@ -57,17 +57,16 @@ pub(super) fn asset(method: &Method, path: &str) -> Option<Answer> {
 }
 
 /// `GET /live/...`: the cameras' on-site LL-HLS, as the proxy port serves it.
-pub(super) async fn live(
-    view: &AdminView,
-    method: &Method,
-    path: &str,
-    query: Option<&str>,
-) -> Option<Answer> {
-    let rest = path.strip_prefix("/live/")?;
-    if method != Method::GET && method != Method::HEAD {
+pub(super) async fn live<B>(view: &AdminView, req: &http::Request<B>) -> Option<Answer> {
+    let rest = req.uri().path().strip_prefix("/live/")?;
+    if req.method() != Method::GET && req.method() != Method::HEAD {
         return Some(super::not_allowed("GET"));
     }
-    Some(match view.live.serve(rest, query).await {
+    let served = match view.live.serve(rest, req.uri().query()).await {
+        Ok(r) => media_io::hls_http::whole_for(req.version(), r).await,
+        Err(e) => Err(e),
+    };
+    Some(match served {
         Ok(r) => r.map(|b| b.map_err(Into::into).boxed_unsync()),
         Err(e) => super::error(e.status(), &e.to_string()),
     })

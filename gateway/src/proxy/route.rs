@@ -15,10 +15,16 @@ pub(super) async fn local(state: &State, req: &Request<Incoming>) -> Response<Bo
                 .any(|a| a == "*" || o.as_bytes().eq_ignore_ascii_case(a.as_bytes()))
         });
         let mut r = match *req.method() {
-            Method::GET | Method::HEAD => match state.live.serve(rest, req.uri().query()).await {
-                Ok(r) => r.map(|b| b.map_err(Into::into).boxed_unsync()),
-                Err(e) => synthetic(e.status(), &e.to_string()),
-            },
+            Method::GET | Method::HEAD => {
+                let served = match state.live.serve(rest, req.uri().query()).await {
+                    Ok(r) => media_io::hls_http::whole_for(req.version(), r).await,
+                    Err(e) => Err(e),
+                };
+                match served {
+                    Ok(r) => r.map(|b| b.map_err(Into::into).boxed_unsync()),
+                    Err(e) => synthetic(e.status(), &e.to_string()),
+                }
+            }
             // a browser's preflight: answered only for the configured origins
             Method::OPTIONS if allowed.is_some() => {
                 let mut r = Response::new(full(Bytes::new()));
