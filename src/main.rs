@@ -618,6 +618,8 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 &mut cfg.jetstream.tls_ca,
                 &mut cfg.jetstream.tls_cert,
                 &mut cfg.jetstream.tls_key,
+                &mut cfg.jetstream.nkey_seed_file,
+                &mut cfg.jetstream.creds_file,
             ] {
                 *f = f.as_deref().map(|p| relative_to(&path, p));
             }

@@ -86,6 +86,10 @@ fn runtime() -> tokio::runtime::Runtime {
 #[derive(Clone, Copy, Default)]
 struct Access<'a> {
     auth: Option<(&'a str, &'a str)>,
+    /// An nkey seed.
+    nkey: Option<&'a str>,
+    /// A credentials file.
+    creds: Option<&'a Path>,
     /// A certificates directory (`canopy certs init`): its `ca.pem` signed the servers,
     /// and `CLIENT.pem`/`.key` is the client's pair.
     tls: Option<&'a Path>,
@@ -97,6 +101,12 @@ async fn context(port: u16, access: Access<'_>) -> jetstream::Context {
     let mut opts = async_nats::ConnectOptions::new();
     if let Some((u, p)) = access.auth {
         opts = opts.user_and_password(u.into(), p.into());
+    }
+    if let Some(seed) = access.nkey {
+        opts = opts.nkey(seed.into());
+    }
+    if let Some(f) = access.creds {
+        opts = opts.credentials_file(f).await.expect("the reader's creds");
     }
     if let Some(d) = access.tls {
         opts = opts
@@ -154,7 +164,7 @@ fn each_bid_is_stored_once_through_retries_restarts_and_an_outage() {
     wait_listening(dir.path(), "n1", port);
     let auth = Access {
         auth: Some(("canopy", "s3cret")),
-        tls: None,
+        ..Access::default()
     };
     let mut s = Stack::start_custom(
         "js-single",
@@ -206,6 +216,151 @@ fn each_bid_is_stored_once_through_retries_restarts_and_an_outage() {
         "each bid once"
     );
     assert!(gateways.iter().all(|g| g == "gateway.test"), "{gateways:?}");
+    drop(nats);
+}
+
+#[test]
+fn a_server_that_knows_the_relay_by_its_nkey_stores_its_bids() {
+    let dir = TempDir::new("js-nkey");
+    let port = free_port();
+    let relay_key = nkeys::KeyPair::new_user();
+    let seed = relay_key.seed().expect("seed");
+    let seed_file = dir.path().join("relay.nk");
+    std::fs::write(&seed_file, format!("{seed}\n")).expect("seed file");
+    // the test's own client has a key of its own
+    let reader = nkeys::KeyPair::new_user();
+    let reader_seed = reader.seed().expect("seed");
+    let conf = format!(
+        "server_name: n1\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\nauthorization {{ users = [ {{ nkey: {} }}, {{ nkey: {} }} ] }}\n",
+        dir.path().join("n1").display(),
+        relay_key.public_key(),
+        reader.public_key()
+    );
+    let nats = nats_server(dir.path(), "n1", &conf);
+    wait_listening(dir.path(), "n1", port);
+    let s = Stack::start_custom(
+        "js-nkey",
+        "",
+        GATEWAY,
+        &relay_section(
+            &[port],
+            &format!("nkey_seed_file = \"{}\"", seed_file.display()),
+        ),
+    );
+    let (st, first) = post(&s, "k-1", "{\"bidder\":\"p1\",\"amount\":100}");
+    assert_eq!(st, 201, "{first}");
+    let access = Access {
+        nkey: Some(&reader_seed),
+        ..Access::default()
+    };
+    let (keys, _) = stored(port, access);
+    assert_eq!(keys, HashMap::from([("k-1".to_string(), 1)]));
+    drop(nats);
+}
+
+/// A NATS JWT (`ed25519-nkey`): `claims` with `iss` and `sub` added, signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, claims: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let mut c = claims;
+    c["iss"] = issuer.public_key().into();
+    c["sub"] = subject.into();
+    c["iat"] = 1_700_000_000u64.into();
+    c["jti"] = format!("{:x}", subject.len() * 7919 + c.to_string().len()).into();
+    let head = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = b64(c.to_string().as_bytes());
+    let signed = format!("{head}.{body}");
+    let sig = issuer.sign(signed.as_bytes()).expect("sign");
+    format!("{signed}.{}", b64(&sig))
+}
+
+#[test]
+fn an_operator_mode_server_takes_the_relay_by_its_credentials_file() {
+    let dir = TempDir::new("js-creds");
+    let port = free_port();
+    // an operator, one account with JetStream, and its users: the relay and the reader
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let op_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        serde_json::json!({"name": "op", "nats": {"type": "operator", "version": 2}}),
+    );
+    let acc_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        serde_json::json!({"name": "venue", "nats": {"limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+            "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+        }, "type": "account", "version": 2}}),
+    );
+    // the server's own account (JetStream needs one)
+    let system = nkeys::KeyPair::new_account();
+    let sys_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        serde_json::json!({"name": "SYS", "nats": {"limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1
+        }, "type": "account", "version": 2}}),
+    );
+    let user = |name: &str| {
+        let u = nkeys::KeyPair::new_user();
+        let jwt = nats_jwt(
+            &account,
+            &u.public_key(),
+            serde_json::json!({"name": name, "nats": {
+                "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                "type": "user", "version": 2
+            }}),
+        );
+        let creds = format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n\n\
+             *************************************************************\n",
+            u.seed().expect("seed")
+        );
+        let path = dir.path().join(format!("{name}.creds"));
+        std::fs::write(&path, creds).expect("creds");
+        path
+    };
+    let relay_creds = user("relay");
+    let reader_creds = user("reader");
+    let conf = format!(
+        "server_name: n1\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\noperator: {op_jwt}\nsystem_account: {sys}\nresolver: MEMORY\nresolver_preload: {{ {acc}: {acc_jwt}, {sys}: {sys_jwt} }}\n",
+        dir.path().join("n1").display(),
+        acc = account.public_key(),
+        sys = system.public_key(),
+    );
+    let nats = nats_server(dir.path(), "n1", &conf);
+    wait_listening(dir.path(), "n1", port);
+    let s = Stack::start_custom(
+        "js-creds",
+        "",
+        GATEWAY,
+        &relay_section(
+            &[port],
+            &format!("creds_file = \"{}\"", relay_creds.display()),
+        ),
+    );
+    let (st, first) = post(&s, "k-1", "{\"bidder\":\"p1\",\"amount\":100}");
+    assert_eq!(
+        st,
+        201,
+        "{first} (the server's log: {})",
+        std::fs::read_to_string(dir.path().join("n1.log")).unwrap_or_default()
+    );
+    let (keys, _) = stored(
+        port,
+        Access {
+            creds: Some(&reader_creds),
+            ..Access::default()
+        },
+    );
+    assert_eq!(keys, HashMap::from([("k-1".to_string(), 1)]));
     drop(nats);
 }
 
@@ -335,8 +490,8 @@ fn bids_reach_a_server_that_wants_tls_and_a_client_certificate() {
     let _nats = nats_server(dir.path(), "n1", &conf);
     wait_listening(dir.path(), "n1", port);
     let access = Access {
-        auth: None,
         tls: Some(&certs),
+        ..Access::default()
     };
     let tls_keys = |client: bool| {
         let mut keys = format!("tls_ca = \"{}/ca.pem\"\n", certs.display());

@@ -71,10 +71,19 @@ pub struct JetStreamSection {
     pub host: Option<String>,
     /// The NATS servers (`nats://host:port`); the client reconnects to any of them.
     pub servers: Vec<String>,
-    /// NATS user and password, when the servers ask for them.
+    /// NATS user and password, when the servers ask for them. One kind of credentials
+    /// at most: `user` and `password`, `token`, `nkey_seed_file` or `creds_file`.
     pub user: Option<String>,
     /// See `user`.
     pub password: Option<String>,
+    /// A token, for servers with `authorization { token: ... }`.
+    pub token: Option<String>,
+    /// A file holding the relay's nkey seed (`SU...`; relative to the config file), for
+    /// servers that list its public key (`authorization { users = [{ nkey: U... }] }`).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A NATS credentials file (a user JWT and its seed, as `nsc` writes them) for an
+    /// operator-mode cluster (relative to the config file).
+    pub creds_file: Option<PathBuf>,
     /// The CA certificate(s), PEM, that signed the NATS servers' certificates (relative to
     /// the config file). Set: TLS is required and only this CA is trusted. Unset: a
     /// `tls://` server, or any server when a client pair is set, is checked against the
@@ -111,6 +120,9 @@ impl Default for JetStreamSection {
             servers: vec!["nats://127.0.0.1:4222".into()],
             user: None,
             password: None,
+            token: None,
+            nkey_seed_file: None,
+            creds_file: None,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -472,6 +484,21 @@ impl JetStreamSection {
         }
         if self.user.is_some() != self.password.is_some() {
             bad("user", "user and password go together");
+        }
+        let kinds = [
+            self.user.is_some() || self.password.is_some(),
+            self.token.is_some(),
+            self.nkey_seed_file.is_some(),
+            self.creds_file.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() > 1 {
+            bad(
+                "user",
+                "one kind of credentials at most: user and password, token, nkey_seed_file or creds_file",
+            );
+        }
+        if self.token.as_deref().is_some_and(str::is_empty) {
+            bad("token", "must not be empty");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bad("tls_cert", "tls_cert and tls_key go together");

@@ -11,12 +11,14 @@
 //!   same message id for `publish_timeout_ms`; then the relay answers 503 and the
 //!   gateway keeps the bid in its journal and sends it again later.
 //!
-//! - TLS to the servers (a private CA, a client certificate) is built in [`tls`].
+//! - TLS to the servers (a private CA, a client certificate) is built in [`tls`]; the
+//!   relay's credentials (user, token, nkey, credentials file) in [`auth`].
 //!
 //! The message carries the request's body and, as headers, the gateway (`Canopy-Gateway`),
 //! the key (`Idempotency-Key`), the edge time (`Canopy-Edge-Time`), the method, target,
 //! content type and fingerprint. Answers: `201` `{"accepted":true,"key","stream","seq"}`.
 
+mod auth;
 mod policy;
 mod tls;
 
@@ -75,13 +77,11 @@ impl JetStreamSink {
         let Some(host) = &cfg.host else {
             return Ok(None);
         };
-        let mut opts = async_nats::ConnectOptions::new()
+        let opts = async_nats::ConnectOptions::new()
             .name("canopy-relay")
             .retry_on_initial_connect()
             .connection_timeout(ATTEMPT);
-        if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
-            opts = opts.user_and_password(u.clone(), p.clone());
-        }
+        let (mut opts, identity) = auth::apply(cfg, opts).await.map_err(|e| e.to_string())?;
         let mut own_cert = None;
         if let Some(tls) = tls::client_config(cfg).map_err(|e| e.to_string())? {
             opts = opts.require_tls(true).tls_client_config(tls.config);
@@ -93,7 +93,7 @@ impl JetStreamSink {
             .map_err(|e| format!("jetstream.servers: {e}"))?;
         let mut js = jetstream::new(client);
         js.set_timeout(ATTEMPT);
-        info!(host, servers = ?cfg.servers, stream = cfg.stream, "jetstream sink configured");
+        info!(host, servers = ?cfg.servers, stream = cfg.stream, identity, "jetstream sink configured");
         let (tx, bus) = watch::channel(None);
         tokio::spawn(prepare(js.clone(), cfg.clone(), tx));
         Ok(Some(Self {
