@@ -387,8 +387,10 @@ pub struct StreamLevels {
     up_settle_until: Option<Instant>,
     /// Since when the capacity has held the next step up (and for which camera).
     /// Since when the capacity has held the next step up, for which camera, and the
-    /// lowest capacity read since (the hold is judged on it, not on one tick's reading).
-    headroom_since: Option<(Instant, usize, f64)>,
+    /// lowest capacity read since the step's level was what it is (the hold is judged on
+    /// it, not on one tick's reading; a collapse's readings that held a small step are no
+    /// evidence for the big one the links' return allows).
+    headroom_since: Option<(Instant, usize, Level, f64)>,
     /// If the controller's last change was a step up: the highest capacity read since
     /// (what a flap that undoes it proves wrong).
     last_up: Option<f64>,
@@ -745,12 +747,17 @@ impl StreamLevels {
             return None;
         };
         let (since, low) = match &mut self.headroom_since {
-            Some((t, cam, low)) if *cam == i => {
-                *low = low.min(capacity);
+            Some((t, cam, level, low)) if *cam == i => {
+                *low = if *level == to {
+                    low.min(capacity)
+                } else {
+                    capacity
+                };
+                *level = to;
                 (*t, *low)
             }
             _ => {
-                self.headroom_since = Some((now, i, capacity));
+                self.headroom_since = Some((now, i, to, capacity));
                 (now, capacity)
             }
         };
@@ -1354,6 +1361,34 @@ mod tests {
         assert_eq!(steps.len(), 1, "{steps:?}");
         assert_eq!(steps[0].1, Level::Full);
         let after = steps[0].0 - Duration::from_secs(30);
+        assert!(
+            after <= Duration::from_millis(10_100),
+            "back to full after {after:?}"
+        );
+    }
+
+    #[test]
+    fn a_hold_begun_in_a_collapse_is_judged_on_the_return_when_it_allows_more() {
+        // 0.45 Mbit/s holds the keyframes (0.3 x 1.25); a dip to 0.25 undoes that step
+        // up (a flap at 0.45), and the keyframes' hold begins again at 0.45
+        let mut s = Sim::new(vec![transcoded()], &[0]);
+        s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(1), |_, _| (0.12 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(13), |_, _| {
+            (0.45 * MBIT, Duration::ZERO)
+        });
+        s.run(Duration::from_secs(1), |_, _| (0.25 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(5), |_, _| (0.45 * MBIT, Duration::ZERO));
+        let steps: Vec<_> = s.changes.iter().map(|(_, c)| c.to).collect();
+        assert_eq!(steps, vec![Level::Audio, Level::Keyframes, Level::Audio]);
+        // the links return: the step to full waits the plain hold, not the flap's double
+        s.changes.clear();
+        s.run(Duration::from_secs(25), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        let (at, ch) = s.changes[0];
+        assert_eq!(ch.to, Level::Full, "{:?}", s.changes);
+        let after = at - Duration::from_secs(21);
         assert!(
             after <= Duration::from_millis(10_100),
             "back to full after {after:?}"
