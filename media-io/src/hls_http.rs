@@ -253,11 +253,13 @@ pub async fn part<S: WindowSource>(
 ) -> Result<Response<MediaBody>, ServeError> {
     let limit = target(&*src) * 3;
     let mut first = None;
+    let mut abandons = 0;
     wait_for(&*src, limit, |w| match w.read_part(msn, index, 0) {
         PartRead::NotYet => false,
         PartRead::Data { chunks, .. } if chunks.is_empty() => false,
         other => {
             first = Some(other);
+            abandons = w.abandons();
             true
         }
     })
@@ -278,6 +280,7 @@ pub async fn part<S: WindowSource>(
         // counts the bytes handed out: the queued chunks add theirs as they go
         offset: 0,
         queued: chunks.into(),
+        abandons,
         done: false,
         deadline: tokio::time::Instant::now() + limit,
     };
@@ -295,6 +298,9 @@ struct Growing<S> {
     index: u32,
     offset: u64,
     queued: std::collections::VecDeque<Bytes>,
+    /// The window's count of given-up parts when the body began: a part given up after
+    /// that is this one, even if another has taken its place since.
+    abandons: u64,
     done: bool,
     deadline: tokio::time::Instant,
 }
@@ -312,8 +318,15 @@ impl<S: WindowSource> Growing<S> {
                 return None;
             }
             let mut rx = self.src.changes();
-            let (msn, index, offset) = (self.msn, self.index, self.offset);
-            match self.src.with_window(|w| w.read_part(msn, index, offset)) {
+            let (msn, index, offset, since) = (self.msn, self.index, self.offset, self.abandons);
+            let read = self.src.with_window(|w| {
+                if w.abandoned_since(since, msn, index) {
+                    PartRead::Gone
+                } else {
+                    w.read_part(msn, index, offset)
+                }
+            });
+            match read {
                 PartRead::Data { chunks, complete } => {
                     self.queued
                         .extend(chunks.into_iter().filter(|c| !c.is_empty()));
@@ -538,6 +551,19 @@ mod tests {
         assert_eq!(body.frame().await.unwrap().unwrap_err(), BrokenOff);
         assert!(body.frame().await.is_none());
         feeder.await.unwrap();
+
+        // the next part takes the given-up one's place before the body looks again: its
+        // bytes are not the rest of the first one's
+        src.with_window(|w| w.push_chunk(&chunk(1, 0, b"bb", false)).unwrap());
+        let mut body = part(src.clone(), 0, 1).await.unwrap().into_body();
+        body.frame().await.unwrap().unwrap();
+        src.with_window(|w| {
+            w.abandon_growing();
+            w.push_chunk(&chunk(1, 0, b"xx", false)).unwrap();
+            w.push_chunk(&chunk(1, 2, b"yy", false)).unwrap();
+        });
+        assert_eq!(body.frame().await.unwrap().unwrap_err(), BrokenOff);
+        src.with_window(|w| w.abandon_growing());
 
         // a part that stops growing: the body gives up after three target durations
         src.with_window(|w| w.push_chunk(&chunk(1, 0, b"cc", false)).unwrap());

@@ -126,7 +126,16 @@ pub struct LiveWindow {
     evicted: Vec<Arc<Part>>,
     growing: Option<Growing>,
     info: StreamInfo,
+    /// Parts given up while growing, counted.
+    abandons: u64,
+    /// The latest of them: (count, msn, index). The next part takes a given-up part's
+    /// place, so a reader of it must tell the two apart (see
+    /// [`LiveWindow::abandoned_since`]).
+    abandoned: VecDeque<(u64, u64, u32)>,
 }
+
+/// How many given-up parts a window remembers.
+const ABANDONED_KEPT: usize = 32;
 
 impl LiveWindow {
     /// An empty window whose first part will have sequence number `first_seq`.
@@ -153,6 +162,8 @@ impl LiveWindow {
             evicted: Vec::new(),
             growing: None,
             info: StreamInfo::default(),
+            abandons: 0,
+            abandoned: VecDeque::new(),
         }
     }
 
@@ -296,8 +307,38 @@ impl LiveWindow {
         if g.meta.segment.is_some() && self.playlist.drop_empty_last(g.meta.msn) {
             self.firsts.pop_back();
         }
+        self.abandons += 1;
+        self.abandoned
+            .push_back((self.abandons, g.meta.msn, g.meta.index));
+        if self.abandoned.len() > ABANDONED_KEPT {
+            self.abandoned.pop_front();
+        }
         self.version += 1;
         g.len
+    }
+
+    /// How many parts have been given up while growing: a reader that starts on a growing
+    /// part notes it, to ask [`LiveWindow::abandoned_since`] later.
+    pub fn abandons(&self) -> u64 {
+        self.abandons
+    }
+
+    /// Whether the part at (msn, index) was given up since the count was `since` (the
+    /// part now there, if any, is another one). True also when more parts were given up
+    /// since than the window remembers.
+    pub fn abandoned_since(&self, since: u64, msn: u64, index: u32) -> bool {
+        if self.abandons == since {
+            return false;
+        }
+        let forgotten = self
+            .abandoned
+            .front()
+            .is_none_or(|(n, _, _)| *n > since + 1);
+        forgotten
+            || self
+                .abandoned
+                .iter()
+                .any(|&(n, m, i)| n > since && (m, i) == (msn, index))
     }
 
     /// The part being built, if any: its metadata and bytes so far.
@@ -654,6 +695,31 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_given_up_part_is_told_apart_from_the_one_in_its_place() {
+        let mut w = LiveWindow::new(WindowConfig::default(), 0);
+        w.add_init(0, Bytes::from_static(b"init"));
+        w.push_chunk(&chunk(meta(0, 0, 0), 0, b"ab", true)).unwrap();
+        w.push_chunk(&chunk(meta(1, 0, 1), 0, b"c", false)).unwrap();
+        let since = w.abandons();
+        assert!(!w.abandoned_since(since, 0, 1));
+        w.abandon_growing();
+        // the next part takes its place: same segment, index and sequence number
+        w.push_chunk(&chunk(meta(1, 0, 1), 0, b"x", false)).unwrap();
+        assert!(w.abandoned_since(since, 0, 1));
+        assert!(!w.abandoned_since(since, 0, 2), "another place");
+        assert!(
+            !w.abandoned_since(w.abandons(), 0, 1),
+            "a reader that began later"
+        );
+        // more given up since than the window remembers: assume the worst
+        for _ in 0..ABANDONED_KEPT + 1 {
+            w.abandon_growing();
+            w.push_chunk(&chunk(meta(1, 0, 1), 0, b"x", false)).unwrap();
+        }
+        assert!(w.abandoned_since(since, 0, 7));
     }
 
     #[test]
