@@ -60,10 +60,14 @@ pub(crate) async fn apply(
 mod tests {
     use super::*;
 
-    fn section(f: impl FnOnce(&mut JetStreamSection)) -> JetStreamSection {
+    /// The error `apply` gives a default section changed by `f`.
+    async fn refusal(f: impl FnOnce(&mut JetStreamSection)) -> String {
         let mut s = JetStreamSection::default();
         f(&mut s);
-        s
+        match apply(&s, async_nats::ConnectOptions::new()).await {
+            Ok(_) => panic!("{s:?} was taken"),
+            Err(e) => e.to_string(),
+        }
     }
 
     #[tokio::test]
@@ -71,48 +75,29 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("canopy-nats-auth-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let missing = dir.join("missing.nk");
-        let e = apply(
-            &section(|s| s.nkey_seed_file = Some(missing.clone())),
-            async_nats::ConnectOptions::new(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let e = refusal(|s| s.nkey_seed_file = Some(missing.clone())).await;
         assert!(e.starts_with("jetstream.nkey_seed_file: "), "{e}");
         assert!(e.contains(&missing.display().to_string()), "{e}");
 
         let bad = dir.join("bad.nk");
         std::fs::write(&bad, "SUnot-a-seed\n").unwrap();
-        let e = apply(
-            &section(|s| s.nkey_seed_file = Some(bad.clone())),
-            async_nats::ConnectOptions::new(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let e = refusal(|s| s.nkey_seed_file = Some(bad.clone())).await;
         assert!(e.contains("not an nkey seed"), "{e}");
 
         let creds = dir.join("bad.creds");
         std::fs::write(&creds, "no jwt here\n").unwrap();
-        let e = apply(
-            &section(|s| s.creds_file = Some(creds.clone())),
-            async_nats::ConnectOptions::new(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let e = refusal(|s| s.creds_file = Some(creds.clone())).await;
         assert!(e.starts_with("jetstream.creds_file: "), "{e}");
 
         // a good seed: the identity logged is its public key
         let pair = nkeys::KeyPair::new_user();
         let good = dir.join("good.nk");
         std::fs::write(&good, format!("{}\n", pair.seed().unwrap())).unwrap();
-        let (_, who) = apply(
-            &section(|s| s.nkey_seed_file = Some(good.clone())),
-            async_nats::ConnectOptions::new(),
-        )
-        .await
-        .unwrap();
+        let s = JetStreamSection {
+            nkey_seed_file: Some(good),
+            ..JetStreamSection::default()
+        };
+        let (_, who) = apply(&s, async_nats::ConnectOptions::new()).await.unwrap();
         assert_eq!(who, Some(pair.public_key()));
         std::fs::remove_dir_all(&dir).ok();
     }
