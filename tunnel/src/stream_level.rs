@@ -385,7 +385,6 @@ pub struct StreamLevels {
     /// After a step up, the capacity's estimate does not count before this (a backlog
     /// does): the paths' windows grow to the higher demand meanwhile.
     up_settle_until: Option<Instant>,
-    /// Since when the capacity has held the next step up (and for which camera).
     /// Since when the capacity has held the next step up, for which camera, and the
     /// lowest capacity read since the step's level was what it is (the hold is judged on
     /// it, not on one tick's reading; a collapse's readings that held a small step are no
@@ -394,7 +393,8 @@ pub struct StreamLevels {
     /// If the controller's last change was a step up: the highest capacity read since
     /// (what a flap that undoes it proves wrong).
     last_up: Option<f64>,
-    /// The flaps of the last `flap_memory`: when, and the capacity their step up trusted.
+    /// The flaps of the last `flap_memory`: when, and the highest capacity read between
+    /// their step up and step down.
     flaps: VecDeque<(Instant, f64)>,
     /// When the last probe started.
     last_probe: Option<Instant>,
