@@ -28,6 +28,9 @@ pub mod stripe;
 pub mod telemetry;
 mod uplink;
 
+/// The error of a boxed body or a pulled body's stream: any error that can cross tasks.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pub use bond::{Bond, PathStatus};
 pub use config::GatewayConfig;
 pub use media_io::LiveStreams;

@@ -14,6 +14,7 @@
 
 use crate::bond::{until_dead, Bond, Flow};
 use crate::stripe::{chunk_len, NoPath, CHUNK, IDLE, RESEND_PIECE};
+use crate::BoxError;
 use bytes::{Buf, Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,6 @@ use tunnel::pull::{Failed, PulledBody};
 use tunnel::scheduler::{PathId, Unit};
 use tunnel::wire::pull::{PullChunk, PullEnd, PullHead, PULL_WINDOW};
 use tunnel::TrafficClass;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A pulled chunk goes to the primary path while it has less than this asked for beyond
 /// a round trip.

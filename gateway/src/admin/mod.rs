@@ -206,11 +206,10 @@ impl Admin {
 
 /// An answer's body fails only when it follows a live part given up before it was whole
 /// (`media_io::hls_http::BrokenOff`): the connection is then cut, not the part shortened.
-type Answer = Response<http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Answer = Response<crate::proxy::Body>;
 
 /// A body that cannot fail, as an [`Answer`]'s.
-fn infallible<B>(b: B) -> http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>
+fn infallible<B>(b: B) -> crate::proxy::Body
 where
     B: http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
 {

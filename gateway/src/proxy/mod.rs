@@ -35,13 +35,13 @@ mod https;
 mod privacy_gate;
 mod route;
 
+use crate::BoxError;
 use answer::*;
 pub use cached::EdgeCache;
 use connect::*;
 pub(crate) use forward::*;
 use route::*;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 struct SiteTarget {
