@@ -219,6 +219,24 @@ fn each_bid_is_stored_once_through_retries_restarts_and_an_outage() {
     drop(nats);
 }
 
+/// A server from `conf` on `port` and a stack whose relay reaches it with `relay_keys`: one
+/// bid is answered 201 and stored once, as `access` reads the stream.
+fn one_bid_stored(dir: &TempDir, port: u16, conf: &str, relay_keys: &str, access: Access<'_>) {
+    let nats = nats_server(dir.path(), "n1", conf);
+    wait_listening(dir.path(), "n1", port);
+    let s = Stack::start_custom("js-auth", "", GATEWAY, &relay_section(&[port], relay_keys));
+    let (st, first) = post(&s, "k-1", "{\"bidder\":\"p1\",\"amount\":100}");
+    assert_eq!(
+        st,
+        201,
+        "{first} (the server's log: {})",
+        std::fs::read_to_string(dir.path().join("n1.log")).unwrap_or_default()
+    );
+    let (keys, _) = stored(port, access);
+    assert_eq!(keys, HashMap::from([("k-1".to_string(), 1)]));
+    drop(nats);
+}
+
 #[test]
 fn a_server_that_knows_the_relay_by_its_nkey_stores_its_bids() {
     let dir = TempDir::new("js-nkey");
@@ -236,26 +254,17 @@ fn a_server_that_knows_the_relay_by_its_nkey_stores_its_bids() {
         relay_key.public_key(),
         reader.public_key()
     );
-    let nats = nats_server(dir.path(), "n1", &conf);
-    wait_listening(dir.path(), "n1", port);
-    let s = Stack::start_custom(
-        "js-nkey",
-        "",
-        GATEWAY,
-        &relay_section(
-            &[port],
-            &format!("nkey_seed_file = \"{}\"", seed_file.display()),
-        ),
-    );
-    let (st, first) = post(&s, "k-1", "{\"bidder\":\"p1\",\"amount\":100}");
-    assert_eq!(st, 201, "{first}");
     let access = Access {
         nkey: Some(&reader_seed),
         ..Access::default()
     };
-    let (keys, _) = stored(port, access);
-    assert_eq!(keys, HashMap::from([("k-1".to_string(), 1)]));
-    drop(nats);
+    one_bid_stored(
+        &dir,
+        port,
+        &conf,
+        &format!("nkey_seed_file = \"{}\"", seed_file.display()),
+        access,
+    );
 }
 
 /// A NATS JWT (`ed25519-nkey`): `claims` with `iss` and `sub` added, signed by `issuer`.
@@ -335,33 +344,17 @@ fn an_operator_mode_server_takes_the_relay_by_its_credentials_file() {
         acc = account.public_key(),
         sys = system.public_key(),
     );
-    let nats = nats_server(dir.path(), "n1", &conf);
-    wait_listening(dir.path(), "n1", port);
-    let s = Stack::start_custom(
-        "js-creds",
-        "",
-        GATEWAY,
-        &relay_section(
-            &[port],
-            &format!("creds_file = \"{}\"", relay_creds.display()),
-        ),
-    );
-    let (st, first) = post(&s, "k-1", "{\"bidder\":\"p1\",\"amount\":100}");
-    assert_eq!(
-        st,
-        201,
-        "{first} (the server's log: {})",
-        std::fs::read_to_string(dir.path().join("n1.log")).unwrap_or_default()
-    );
-    let (keys, _) = stored(
+    let access = Access {
+        creds: Some(&reader_creds),
+        ..Access::default()
+    };
+    one_bid_stored(
+        &dir,
         port,
-        Access {
-            creds: Some(&reader_creds),
-            ..Access::default()
-        },
+        &conf,
+        &format!("creds_file = \"{}\"", relay_creds.display()),
+        access,
     );
-    assert_eq!(keys, HashMap::from([("k-1".to_string(), 1)]));
-    drop(nats);
 }
 
 #[test]
