@@ -290,6 +290,10 @@ async fn connect(
         .socket(&s.hello.name, &s.bind, addr)
         .map_err(|e| e.to_string())?;
     let runtime = quinn::default_runtime().ok_or("no async runtime")?;
+    // packets leave one by one at the controller's rate, not in quinn's bursts of ten
+    let sock = tunnel_io::PacedSocket::new(sock);
+    let transport = s.transport.quinn_for_connection_with_rtt(last_rtt);
+    sock.pace(addr, &transport.pace);
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         tunnel_io::transport::endpoint_config(tunnel_io::transport::GATEWAY_CID_LEN),
         None,
@@ -298,7 +302,6 @@ async fn connect(
     )
     .map_err(|e| e.to_string())?;
     let mut client = s.client.clone();
-    let transport = s.transport.quinn_for_connection_with_rtt(last_rtt);
     client.transport_config(transport.config);
     let conn = endpoint
         .connect_with(client, addr, &s.server_name)

@@ -11,6 +11,7 @@ pub mod listen;
 pub mod metrics_http;
 pub mod operator_http;
 pub mod own_cert;
+pub mod paced;
 pub mod probe;
 pub mod quic;
 pub mod revoked;
@@ -19,6 +20,7 @@ pub mod transport;
 
 pub use body::{copy_bidirectional, pump_body, BodyError, H3Body, PumpError, RecvData, SendData};
 pub use idle::{IdleBody, IdleError};
+pub use paced::PacedSocket;
 pub use revoked::{RevocationList, Revoked};
 pub use tls::{TlsError, TlsFiles};
 pub use transport::{CongestionChoice, TransportSettings};

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tunnel::congestion::{Collapse, LowDelayConfig, Restart};
 use tunnel::owd::QueueSignal;
+use tunnel::pace::PaceRate;
 
 /// Length of the connection IDs the relay issues. Every packet the gateway sends carries
 /// one: quinn's default of 8 bytes is room for a load balancer's routing data, which a
@@ -85,8 +86,13 @@ impl TransportSettings {
     /// A transport config for one connection, and the queue signal its `low-delay`
     /// controller reads (feed it with [`crate::probe::run`]).
     pub fn quinn_for_connection(&self) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>) {
-        let t = self.build(None);
+        let t = self.connection();
         (t.config, t.signal)
+    }
+
+    /// A transport config for one connection, and the handles its shell keeps.
+    pub fn connection(&self) -> ConnectionTransport {
+        self.build(None)
     }
 
     /// As [`Self::quinn_for_connection`], with the RTT assumed before the first sample
@@ -100,6 +106,7 @@ impl TransportSettings {
         let signal = Arc::new(QueueSignal::default());
         let restart = Arc::new(Restart::default());
         let collapse = Arc::new(Collapse::default());
+        let pace = Arc::new(PaceRate::default());
         let mut t = quinn::TransportConfig::default();
         if let Some(rtt) = initial_rtt {
             t.initial_rtt(rtt);
@@ -123,6 +130,7 @@ impl TransportSettings {
                 signal: Some(signal.clone()),
                 restart: Some(restart.clone()),
                 collapse: Some(collapse.clone()),
+                pace: Some(pace.clone()),
                 ..LowDelayConfig::default()
             }));
         }
@@ -131,6 +139,7 @@ impl TransportSettings {
             signal,
             restart,
             collapse,
+            pace,
         }
     }
 }
@@ -146,4 +155,7 @@ pub struct ConnectionTransport {
     pub restart: Arc<Restart>,
     /// Where its `low-delay` controller reports a collapse of the link.
     pub collapse: Arc<Collapse>,
+    /// The rate its `low-delay` controller paces at: give it to the endpoint's
+    /// [`crate::paced::PacedSocket`] with the peer's address before connecting.
+    pub pace: Arc<PaceRate>,
 }

@@ -74,6 +74,9 @@ pub struct LowDelayConfig {
     pub restart: Option<Arc<Restart>>,
     /// Where the controller reports a collapse of its link, for the bond.
     pub collapse: Option<Arc<Collapse>>,
+    /// Where the controller publishes the rate its packets are paced at, for the socket
+    /// shell (`crate::pace`).
+    pub pace: Option<Arc<crate::pace::PaceRate>>,
 }
 
 /// A collapse of the link the controller found (a round that lost more than it delivered,
@@ -137,6 +140,7 @@ impl Default for LowDelayConfig {
             signal: None,
             restart: None,
             collapse: None,
+            pace: None,
         }
     }
 }
@@ -189,6 +193,8 @@ pub struct LowDelay {
     startup_flat: u32,
     /// Losses seen in slow start.
     startup_losses: u32,
+    /// The smoothed RTT of the last acknowledgement (the pacing rate's divisor).
+    srtt: Duration,
 }
 
 /// Rounds over which the best delivery rate is remembered.
@@ -221,6 +227,7 @@ impl LowDelay {
             startup_best: 0.0,
             startup_flat: 0,
             startup_losses: 0,
+            srtt: Duration::ZERO,
         }
     }
 
@@ -319,6 +326,8 @@ impl LowDelay {
                 self.round_end = Some(now + srtt.max(Duration::from_millis(1)));
             }
         }
+        self.srtt = srtt;
+        self.publish_pace();
     }
 
     /// Whether the round that started at `start` and delivered `rate` shows its link
@@ -355,6 +364,13 @@ impl LowDelay {
 
     /// Slow start again from the current window: its exits (a growing queue, a flat
     /// delivery rate, a second loss) count afresh.
+    /// Publishes the pacing rate of the current window, once an RTT is known.
+    fn publish_pace(&self) {
+        if let Some(pace) = &self.config.pace {
+            pace.set(self.window, self.srtt);
+        }
+    }
+
     fn search_again(&mut self) {
         self.slow_start = true;
         self.startup_best = self.best_rate();
@@ -481,6 +497,7 @@ impl Controller for LowDelay {
             self.window = self.min_window();
             self.slow_start = false;
             self.recovery_start = Some(now);
+            self.publish_pace();
             return;
         }
         if self.recovery_start.is_some_and(|r| sent <= r) {
@@ -496,6 +513,7 @@ impl Controller for LowDelay {
             self.slow_start = false;
         }
         self.window = (self.window * 4 / 5).max(self.min_window());
+        self.publish_pace();
     }
 
     fn on_mtu_update(&mut self, new_mtu: u16) {
@@ -1011,5 +1029,27 @@ mod tests {
         cc.on_ack_sample(now, now - base, 1200, false, base, base);
         assert!(cc.window() >= after, "{} < {after}", cc.window());
         assert!(cc.best_rate() >= 7e6 / 8.0, "the link's rate is remembered");
+    }
+
+    #[test]
+    fn the_pacing_rate_follows_the_window() {
+        let pace = Arc::new(crate::pace::PaceRate::default());
+        let config = LowDelayConfig {
+            pace: Some(pace.clone()),
+            ..LowDelayConfig::default()
+        };
+        let start = Instant::now();
+        let base = Duration::from_millis(40);
+        let mut cc = LowDelay::new(Arc::new(config), start, 1200);
+        assert_eq!(pace.get(), None, "no rate before an RTT");
+        let mut now = start;
+        full_rounds(&mut cc, &mut now, base, 3);
+        let rate = pace.get().expect("a rate");
+        let want = cc.window() as f64 * crate::pace::PACE_GAIN / base.as_secs_f64();
+        assert!((rate - want).abs() < 1.0, "{rate} vs {want}");
+        // a loss shrinks the window and the rate with it
+        cc.on_congestion_event(now, now, false, 1200);
+        let after = pace.get().expect("a rate");
+        assert!(after < rate, "{after} < {rate}");
     }
 }

@@ -14,6 +14,7 @@ pub mod contribution;
 pub mod dedup;
 pub mod hop;
 pub mod owd;
+pub mod pace;
 pub mod path;
 pub mod path_estimate;
 pub mod pull;

@@ -102,6 +102,8 @@ impl State {
 /// A bound relay; `run` serves it.
 pub struct Relay {
     endpoint: quinn::Endpoint,
+    /// The endpoint's socket, told each connection's pacing rate.
+    socket: Arc<tunnel_io::PacedSocket>,
     /// TLS and defaults; each connection gets its own transport config and queue signal.
     server: quinn::ServerConfig,
     /// `[tls] revoked`, watched while the relay runs.
@@ -165,10 +167,12 @@ impl Relay {
         };
         let runtime = quinn::default_runtime()
             .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
+        // each connection's packets leave one by one at its controller's rate
+        let socket = tunnel_io::PacedSocket::new(socket);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             tunnel_io::transport::endpoint_config(tunnel_io::transport::RELAY_CID_LEN),
             Some(server.clone()),
-            socket,
+            socket.clone(),
             runtime,
         )
         .map_err(bind_err)?;
@@ -294,6 +298,7 @@ impl Relay {
         });
         Ok(Self {
             endpoint,
+            socket,
             server,
             revoked_file,
             own_certs,
@@ -366,9 +371,11 @@ impl Relay {
         while let Some(incoming) = self.endpoint.accept().await {
             let state = self.state.clone();
             let remote = incoming.remote_address();
-            let (transport, signal) = self.transport.quinn_for_connection();
+            let transport = self.transport.connection();
+            let signal = transport.signal;
+            self.socket.pace(remote, &transport.pace);
             let mut server = self.server.clone();
-            server.transport_config(transport);
+            server.transport_config(transport.config);
             let connecting = match incoming.accept_with(Arc::new(server)) {
                 Ok(c) => c,
                 Err(e) => {
