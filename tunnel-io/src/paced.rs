@@ -2,15 +2,17 @@
 //! connection's congestion controller publishes (`tunnel::pace`).
 //!
 //! quinn asks a connection's [`UdpPoller`] whether the socket is writable before it hands
-//! the socket each packet it has built, and builds the next packet only after that. So
-//! holding the poller back until the connection's [`Bucket`] has credit paces the
-//! connection without a queue of ours: a bid's frames written while bulk waits for credit
-//! go into the next packet. The poller does not know where its connection sends; the
-//! socket learns it from the packet quinn sends right after the poller said "writable",
-//! on the same thread (quinn's connection driver does the two back to back), and looks up
-//! that destination's [`PaceRate`] (registered with [`PacedSocket::pace`] before the
-//! connection is made). A connection with no registered rate (an HTTP/3 viewer at the
-//! relay, or `congestion = "cubic"`) is paced by quinn alone.
+//! the socket each transmit it has built, keeps that one transmit while the poller says
+//! no, and builds the next only after the socket took it. So holding the poller back until
+//! the connection's [`Bucket`] has credit paces the connection without a queue of ours: a
+//! bid's frames written while bulk waits for credit wait behind the one transmit quinn
+//! holds (at most [`MAX_SEGMENTS`] packets), then go. The poller does not know where its
+//! connection sends; the socket learns it from the first packet quinn sends right after
+//! the poller said "writable", on the same thread (quinn's connection driver does the two
+//! back to back), and looks up that destination's [`PaceRate`] (registered with
+//! [`PacedSocket::pace`] before the connection is made). A connection with no registered
+//! rate (`congestion = "cubic"`) is paced by quinn alone. The cap on GSO batches applies
+//! to every connection of the socket (the relay's viewers have an endpoint of their own).
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
@@ -79,14 +81,15 @@ thread_local! {
 /// One connection's pacing.
 #[derive(Debug, Default)]
 struct ConnectionPace {
-    /// Where the connection sends and its rate, from its first packet on.
-    peer: Option<(SocketAddr, Weak<PaceRate>)>,
+    /// The connection's rate, looked up by the destination of its first packet (a
+    /// connection that migrates keeps its controller, so its rate).
+    rate: Option<Weak<PaceRate>>,
     bucket: Bucket,
 }
 
 impl ConnectionPace {
     fn rate(&self) -> Option<f64> {
-        self.peer.as_ref()?.1.upgrade()?.get()
+        self.rate.as_ref()?.upgrade()?.get()
     }
 }
 
@@ -149,12 +152,8 @@ impl AsyncUdpSocket for PacedSocket {
             return Ok(());
         };
         let mut pace = lock(&pace);
-        let to = transmit.destination;
-        match &pace.peer {
-            None => pace.peer = Some((to, self.rate_for(to))),
-            // a packet to another address (a migration) is not this rate's to count
-            Some((peer, _)) if *peer != to => return Ok(()),
-            Some(_) => {}
+        if pace.rate.is_none() {
+            pace.rate = Some(self.rate_for(transmit.destination));
         }
         if let Some(rate) = pace.rate() {
             pace.bucket.spend(now(), transmit.contents.len(), rate);

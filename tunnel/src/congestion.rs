@@ -362,8 +362,6 @@ impl LowDelay {
         }
     }
 
-    /// Slow start again from the current window: its exits (a growing queue, a flat
-    /// delivery rate, a second loss) count afresh.
     /// Publishes the pacing rate of the current window, once an RTT is known.
     fn publish_pace(&self) {
         if let Some(pace) = &self.config.pace {
@@ -371,6 +369,8 @@ impl LowDelay {
         }
     }
 
+    /// Slow start again from the current window: its exits (a growing queue, a flat
+    /// delivery rate, a second loss) count afresh.
     fn search_again(&mut self) {
         self.slow_start = true;
         self.startup_best = self.best_rate();

@@ -5,11 +5,12 @@
 //! ten 1,200-byte packets are 10 ms of the bottleneck's time, so every burst adds up to
 //! 10 ms to the bottleneck's queue for whatever comes behind it: a bid waits behind the
 //! burst in both directions. On a 2 Mbit/s link it is 50 ms. The socket shell
-//! (`tunnel_io::paced`) asks a [`Bucket`] before it lets quinn build its next packet, at
+//! (`tunnel_io::paced`) asks a [`Bucket`] before it lets quinn send its next packet, at
 //! the rate the controller publishes in a [`PaceRate`]; quinn's own pacer still runs in
-//! front, so this only ever spreads what quinn would have sent at once. Because quinn
-//! builds a packet only when the socket takes it, a bid written during a spread burst goes
-//! into the next packet, not behind the rest of the burst.
+//! front, so this only ever spreads what quinn would have sent at once. quinn holds one
+//! built transmit (at most two packets here) while it waits, and builds the next only
+//! when the socket took that one: a bid written during a spread burst waits behind that
+//! transmit, not behind the rest of the burst.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +22,10 @@ pub const PACE_GAIN: f64 = 1.25;
 
 /// The longest burst, as time at the pacing rate (quinn aims its bursts at 2 ms too).
 const BURST: Duration = Duration::from_millis(2);
+
+/// The longest wait for one packet, whatever the rate (a rate near zero must not stop a
+/// connection, nor overflow the clock).
+const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// The least burst, bytes: two full-size packets, so a late timer costs no rate.
 const MIN_BURST_BYTES: f64 = 2.0 * 1500.0;
@@ -67,7 +72,8 @@ impl Bucket {
         if self.tokens >= 0.0 {
             return None;
         }
-        Some(now + Duration::from_secs_f64(-self.tokens / rate))
+        let wait = Duration::try_from_secs_f64(-self.tokens / rate).unwrap_or(MAX_WAIT);
+        Some(now + wait.min(MAX_WAIT))
     }
 
     /// Takes `bytes` that left at `now`.
@@ -160,6 +166,14 @@ mod tests {
             b.spend(later, PACKET, rate);
         }
         assert!(b.ready_at(later, rate).is_some());
+    }
+
+    #[test]
+    fn a_rate_near_zero_waits_at_most_a_second() {
+        let start = Instant::now();
+        let mut b = Bucket::default();
+        b.spend(start, 10 * PACKET, 1e-20);
+        assert_eq!(b.ready_at(start, 1e-20), Some(start + MAX_WAIT));
     }
 
     #[test]
