@@ -25,9 +25,10 @@
 //!   (a step down that undid a step up) in the last [`LevelConfig::flap_memory`], as a
 //!   flapping link's probation grows: a marginal link whose capacity swings never holds
 //!   its headroom long enough to be trusted, so the level does not oscillate with it.
-//!   A flap speaks for the capacities read between its step up and the step down: a
-//!   capacity that has read more than [`FLAP_REACH`] times the highest of them all through
-//!   the hold is the links back, not the swing, and waits the plain hold (measured: a step
+//!   A flap speaks for the capacities held (for [`FLAP_HELD`]) between its step up and
+//!   the step down: a capacity that has read more than [`FLAP_REACH`] times the highest
+//!   of them all through the hold is the links back, not the swing, and waits the plain
+//!   hold (measured: a step
 //!   up on a collapsed 0.5 Mbit/s bond that failed made the return to full on 14 Mbit/s
 //!   wait 20 s instead of 10).
 //!   For [`LevelConfig::settle`] after a step up only a backlog steps down, not the
@@ -241,6 +242,11 @@ impl Default for LevelConfig {
 /// many times more.
 pub const FLAP_REACH: f64 = 2.0;
 
+/// What a flap keeps of a reading is what the capacity held for this long (the least of
+/// the readings in it): one meter window's spike is not what the links carried (traced
+/// in a collapse: one 50 ms reading of 22.9 Mbit/s among readings of 3-9).
+pub const FLAP_HELD: Duration = Duration::from_secs(1);
+
 /// A probe the shell should send (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Probe {
@@ -390,10 +396,12 @@ pub struct StreamLevels {
     /// it, not on one tick's reading; a collapse's readings that held a small step are no
     /// evidence for the big one the links' return allows).
     headroom_since: Option<(Instant, usize, Level, f64)>,
-    /// If the controller's last change was a step up: the highest capacity read since
-    /// (what a flap that undoes it proves wrong).
+    /// If the controller's last change was a step up: the highest capacity held (for
+    /// [`FLAP_HELD`]) since (what a flap that undoes it proves wrong).
     last_up: Option<f64>,
-    /// The flaps of the last `flap_memory`: when, and the highest capacity read between
+    /// The capacity readings of the last [`FLAP_HELD`].
+    recent: VecDeque<(Instant, f64)>,
+    /// The flaps of the last `flap_memory`: when, and the highest capacity held between
     /// their step up and step down.
     flaps: VecDeque<(Instant, f64)>,
     /// When the last probe started.
@@ -419,6 +427,7 @@ impl StreamLevels {
             up_settle_until: None,
             headroom_since: None,
             last_up: None,
+            recent: VecDeque::new(),
             flaps: VecDeque::new(),
             last_probe: None,
             last_down: None,
@@ -567,8 +576,17 @@ impl StreamLevels {
             self.changes += out.len() as u64;
             return out;
         };
+        self.recent.push_back((now, capacity));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= FLAP_HELD)
+        {
+            self.recent.pop_front();
+        }
+        let held = self.held().unwrap_or(capacity);
         if let Some(trusted) = &mut self.last_up {
-            *trusted = trusted.max(capacity);
+            *trusted = trusted.max(held);
         }
         if let Some(t) = self.outage_since.take() {
             if now.saturating_duration_since(t) >= self.cfg.settle {
@@ -701,6 +719,11 @@ impl StreamLevels {
         merge(out)
     }
 
+    /// The least capacity read in the last [`FLAP_HELD`]: what it held.
+    fn held(&self) -> Option<f64> {
+        self.recent.iter().map(|(_, c)| *c).reduce(f64::min)
+    }
+
     /// Steps the lowest-priority camera that can go lower down one rung.
     fn step_down_one(&mut self, cause: Cause) -> Vec<Change> {
         for i in self.by_priority() {
@@ -771,7 +794,7 @@ impl StreamLevels {
             held,
         };
         let ch = self.cameras[i].change(i, to, cause);
-        self.last_up = Some(capacity);
+        self.last_up = Some(self.held().unwrap_or(capacity));
         self.up_settle_until = Some(now + self.cfg.settle);
         self.headroom_since = None;
         Some(ch)
@@ -1361,6 +1384,43 @@ mod tests {
         assert_eq!(steps.len(), 1, "{steps:?}");
         assert_eq!(steps[0].1, Level::Full);
         let after = steps[0].0 - Duration::from_secs(30);
+        assert!(
+            after <= Duration::from_millis(10_100),
+            "back to full after {after:?}"
+        );
+    }
+
+    #[test]
+    fn one_high_reading_between_a_flaps_steps_does_not_slow_the_return() {
+        // as above, with one 50 ms reading of 25 Mbit/s between the step up to the
+        // transcode and the step down that undoes it (a meter window's spike)
+        let mut s = Sim::new(vec![transcoded()], &[0]);
+        s.run(Duration::from_secs(2), |_, _| (14.0 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(24), |at, _| {
+            let c = if at < Duration::from_secs(10) {
+                0.3
+            } else if (24_000..24_050).contains(&at.as_millis()) {
+                25.0
+            } else {
+                0.9
+            };
+            (c * MBIT, Duration::ZERO)
+        });
+        s.run(Duration::from_secs(4), |_, _| (0.5 * MBIT, Duration::ZERO));
+        let steps: Vec<_> = s.changes.iter().map(|(_, c)| c.to).collect();
+        assert_eq!(
+            steps,
+            vec![Level::Audio, Level::Transcode, Level::Keyframes],
+            "the spike came between the step up and the step down"
+        );
+        assert_eq!(s.levels.up_hold(14.0 * MBIT), Duration::from_secs(10));
+        s.changes.clear();
+        s.run(Duration::from_secs(15), |_, _| {
+            (14.0 * MBIT, Duration::ZERO)
+        });
+        let (at, ch) = s.changes[0];
+        assert_eq!(ch.to, Level::Full, "{:?}", s.changes);
+        let after = at - Duration::from_secs(30);
         assert!(
             after <= Duration::from_millis(10_100),
             "back to full after {after:?}"
