@@ -247,6 +247,16 @@ pub const FLAP_REACH: f64 = 2.0;
 /// in a collapse: one 50 ms reading of 22.9 Mbit/s among readings of 3-9).
 pub const FLAP_HELD: Duration = Duration::from_secs(1);
 
+/// Drops the entries of `q` (oldest first) that are `age` old or older at `now`.
+fn forget_older(q: &mut VecDeque<(Instant, f64)>, now: Instant, age: Duration) {
+    while q
+        .front()
+        .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= age)
+    {
+        q.pop_front();
+    }
+}
+
 /// A probe the shell should send (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Probe {
@@ -552,13 +562,7 @@ impl StreamLevels {
                 out.push(c.change(i, to, cause));
             }
         }
-        while self
-            .flaps
-            .front()
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= self.cfg.flap_memory)
-        {
-            self.flaps.pop_front();
-        }
+        forget_older(&mut self.flaps, now, self.cfg.flap_memory);
         let Some(capacity) = m.capacity else {
             // an outage: its parts wait for the backfill and say nothing of what the links
             // carry. A moment without a usable path (both paths of a collapsing bond
@@ -577,13 +581,7 @@ impl StreamLevels {
             return out;
         };
         self.recent.push_back((now, capacity));
-        while self
-            .recent
-            .front()
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= FLAP_HELD)
-        {
-            self.recent.pop_front();
-        }
+        forget_older(&mut self.recent, now, FLAP_HELD);
         let held = self.held().unwrap_or(capacity);
         if let Some(trusted) = &mut self.last_up {
             *trusted = trusted.max(held);
@@ -866,6 +864,16 @@ mod tests {
 
         /// Runs for `d` in 50 ms steps with the capacity and backlog `f` gives at each
         /// (from the time and the cameras' demand).
+        /// Runs `d` of links back at 14 Mbit/s; the first change must be to full: how long
+        /// after `since` (from the start) it came.
+        fn back_to_full_after(&mut self, d: Duration, since: Duration) -> Duration {
+            self.changes.clear();
+            self.run(d, |_, _| (14.0 * MBIT, Duration::ZERO));
+            let (at, ch) = *self.changes.first().expect("a change");
+            assert_eq!(ch.to, Level::Full, "{:?}", self.changes);
+            at - since
+        }
+
         fn run(&mut self, d: Duration, f: impl Fn(Duration, f64) -> (f64, Duration)) {
             let end = self.now + d;
             while self.now < end {
@@ -1376,14 +1384,8 @@ mod tests {
         // that flap doubles the hold at what it trusted, not on links back at 14 Mbit/s
         assert_eq!(s.levels.up_hold(0.9 * MBIT), 20 * Duration::from_secs(1));
         assert_eq!(s.levels.up_hold(14.0 * MBIT), Duration::from_secs(10));
-        s.changes.clear();
-        s.run(Duration::from_secs(15), |_, _| {
-            (14.0 * MBIT, Duration::ZERO)
-        });
-        let steps: Vec<_> = s.changes.iter().map(|(at, c)| (*at, c.to)).collect();
-        assert_eq!(steps.len(), 1, "{steps:?}");
-        assert_eq!(steps[0].1, Level::Full);
-        let after = steps[0].0 - Duration::from_secs(30);
+        let after = s.back_to_full_after(Duration::from_secs(15), Duration::from_secs(30));
+        assert_eq!(s.changes.len(), 1, "{:?}", s.changes);
         assert!(
             after <= Duration::from_millis(10_100),
             "back to full after {after:?}"
@@ -1414,13 +1416,7 @@ mod tests {
             "the spike came between the step up and the step down"
         );
         assert_eq!(s.levels.up_hold(14.0 * MBIT), Duration::from_secs(10));
-        s.changes.clear();
-        s.run(Duration::from_secs(15), |_, _| {
-            (14.0 * MBIT, Duration::ZERO)
-        });
-        let (at, ch) = s.changes[0];
-        assert_eq!(ch.to, Level::Full, "{:?}", s.changes);
-        let after = at - Duration::from_secs(30);
+        let after = s.back_to_full_after(Duration::from_secs(15), Duration::from_secs(30));
         assert!(
             after <= Duration::from_millis(10_100),
             "back to full after {after:?}"
@@ -1442,13 +1438,7 @@ mod tests {
         let steps: Vec<_> = s.changes.iter().map(|(_, c)| c.to).collect();
         assert_eq!(steps, vec![Level::Audio, Level::Keyframes, Level::Audio]);
         // the links return: the step to full waits the plain hold, not the flap's double
-        s.changes.clear();
-        s.run(Duration::from_secs(25), |_, _| {
-            (14.0 * MBIT, Duration::ZERO)
-        });
-        let (at, ch) = s.changes[0];
-        assert_eq!(ch.to, Level::Full, "{:?}", s.changes);
-        let after = at - Duration::from_secs(21);
+        let after = s.back_to_full_after(Duration::from_secs(25), Duration::from_secs(21));
         assert!(
             after <= Duration::from_millis(10_100),
             "back to full after {after:?}"
