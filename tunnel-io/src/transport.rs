@@ -80,14 +80,7 @@ impl Default for TransportSettings {
 impl TransportSettings {
     /// The quinn transport config these settings describe.
     pub fn quinn(&self) -> Arc<quinn::TransportConfig> {
-        self.quinn_for_connection().0
-    }
-
-    /// A transport config for one connection, and the queue signal its `low-delay`
-    /// controller reads (feed it with [`crate::probe::run`]).
-    pub fn quinn_for_connection(&self) -> (Arc<quinn::TransportConfig>, Arc<QueueSignal>) {
-        let t = self.connection();
-        (t.config, t.signal)
+        self.connection().config
     }
 
     /// A transport config for one connection, and the handles its shell keeps.
@@ -95,7 +88,7 @@ impl TransportSettings {
         self.build(None)
     }
 
-    /// As [`Self::quinn_for_connection`], with the RTT assumed before the first sample
+    /// As [`Self::connection`], with the RTT assumed before the first sample
     /// (quinn's default is 333 ms; the handshake's first retransmission comes after three
     /// times this), and the handle that restarts its controller's search for the rate.
     pub fn quinn_for_connection_with_rtt(&self, initial_rtt: Duration) -> ConnectionTransport {
