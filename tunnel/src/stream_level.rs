@@ -401,11 +401,12 @@ pub struct StreamLevels {
     /// After a step up, the capacity's estimate does not count before this (a backlog
     /// does): the paths' windows grow to the higher demand meanwhile.
     up_settle_until: Option<Instant>,
-    /// Since when the capacity has held the next step up, for which camera, and the
-    /// lowest capacity read since the step's level was what it is (the hold is judged on
-    /// it, not on one tick's reading; a collapse's readings that held a small step are no
-    /// evidence for the big one the links' return allows).
-    headroom_since: Option<(Instant, usize, Level, f64)>,
+    /// The levels above a camera's that the capacity has held with headroom: for each,
+    /// since when, and the lowest capacity read since (the hold is judged on it, not on one
+    /// tick's reading). Each level has its own start: a collapse's readings that held a
+    /// small step are no evidence for the big one the links' return allows, and one high
+    /// reading after a small step's long hold is none for a step to full.
+    headroom: Option<Headroom>,
     /// If the controller's last change was a step up: the highest capacity held (for
     /// [`FLAP_HELD`]) since (what a flap that undoes it proves wrong).
     last_up: Option<f64>,
@@ -435,7 +436,7 @@ impl StreamLevels {
             outage_since: None,
             grace_until: None,
             up_settle_until: None,
-            headroom_since: None,
+            headroom: None,
             last_up: None,
             recent: VecDeque::new(),
             flaps: VecDeque::new(),
@@ -507,7 +508,7 @@ impl StreamLevels {
         }
         let ch = c.change(camera, to, Cause::Override);
         self.changes += 1;
-        self.headroom_since = None;
+        self.headroom = None;
         Some(ch)
     }
 
@@ -519,7 +520,7 @@ impl StreamLevels {
         let to = c.over_ceiling()?;
         let ch = c.change(camera, to, Cause::Ceiling);
         self.changes += 1;
-        self.headroom_since = None;
+        self.headroom = None;
         Some(ch)
     }
 
@@ -576,7 +577,7 @@ impl StreamLevels {
             {
                 self.short_since.get_or_insert(now);
             }
-            self.headroom_since = None;
+            self.headroom = None;
             self.changes += out.len() as u64;
             return out;
         };
@@ -615,7 +616,7 @@ impl StreamLevels {
             demand > capacity && m.saturated && self.up_settle_until.is_none_or(|t| now >= t);
         let backlog = self.backlog_counts(m.backlog, now);
         if over || backlog {
-            self.headroom_since = None;
+            self.headroom = None;
             let since = *self.short_since.get_or_insert(now);
             let hold = if backlog {
                 self.cfg.backlog_after
@@ -738,13 +739,13 @@ impl StreamLevels {
         if let Some(trusted) = self.last_up.take() {
             self.flaps.push_back((now, trusted));
         }
-        self.headroom_since = None;
+        self.headroom = None;
         self.backlog_ignored_until = Some(now + self.cfg.settle);
     }
 
     /// Steps a camera up once the capacity has held a higher demand with headroom for the
     /// up-hold: the highest-priority camera whose next level fits, to the highest level
-    /// that fits.
+    /// whose hold is over (each level's hold starts when it first fits).
     fn try_up(&mut self, now: Instant, capacity: f64) -> Option<Change> {
         let total = self.demand();
         let headroom = 1.0 + self.cfg.headroom;
@@ -754,49 +755,82 @@ impl StreamLevels {
             let c = &self.cameras[i];
             let others = total - c.ladder.cost_at(c.level);
             let fits = |l: Level| capacity >= (others + c.ladder.cost_at(l)) * headroom;
-            let mut to = None;
-            let mut l = c.level;
             let allowed = |u: Level| c.ceiling.is_none_or(|ce| Some(u) >= c.ladder.limit(ce));
+            let mut fitting = Vec::new();
+            let mut l = c.level;
             while let Some(up) = c.ladder.above(l).filter(|u| fits(*u) && allowed(*u)) {
-                to = Some(up);
+                fitting.push(up);
                 l = up;
             }
-            to.map(|to| (i, to, others + c.ladder.cost_at(to)))
+            (!fitting.is_empty()).then_some((i, others, fitting))
         });
-        let Some((i, to, demand)) = pick else {
-            self.headroom_since = None;
+        let Some((i, others, fitting)) = pick else {
+            self.headroom = None;
             return None;
         };
-        let (since, low) = match &mut self.headroom_since {
-            Some((t, cam, level, low)) if *cam == i => {
-                *low = if *level == to {
-                    low.min(capacity)
-                } else {
-                    capacity
-                };
-                *level = to;
-                (*t, *low)
-            }
-            _ => {
-                self.headroom_since = Some((now, i, to, capacity));
-                (now, capacity)
-            }
+        let before = match self.headroom.take() {
+            Some(h) if h.camera == i => h.levels,
+            _ => Vec::new(),
         };
-        let held = now.saturating_duration_since(since);
-        if held < self.up_hold(low) {
+        let levels: Vec<HeldLevel> = fitting
+            .into_iter()
+            .map(|level| match before.iter().find(|h| h.level == level) {
+                Some(h) => HeldLevel {
+                    low: h.low.min(capacity),
+                    ..*h
+                },
+                None => HeldLevel {
+                    level,
+                    since: now,
+                    low: capacity,
+                },
+            })
+            .collect();
+        // the best level whose hold is over
+        let ready = levels
+            .iter()
+            .rev()
+            .find(|h| now.saturating_duration_since(h.since) >= self.up_hold(h.low))
+            .copied();
+        let Some(ready) = ready else {
+            self.headroom = Some(Headroom { camera: i, levels });
             return None;
-        }
+        };
         let cause = Cause::Headroom {
-            demand,
+            demand: others + self.cameras[i].ladder.cost_at(ready.level),
             capacity,
-            held,
+            held: now.saturating_duration_since(ready.since),
         };
-        let ch = self.cameras[i].change(i, to, cause);
+        let ch = self.cameras[i].change(i, ready.level, cause);
         self.last_up = Some(self.held().unwrap_or(capacity));
         self.up_settle_until = Some(now + self.cfg.settle);
-        self.headroom_since = None;
+        // the levels above keep their holds: a return whose first reading allowed a small
+        // step and a later one full steps to full on the later one's hold
+        let higher: Vec<HeldLevel> = levels
+            .into_iter()
+            .filter(|h| h.level < ready.level)
+            .collect();
+        self.headroom = (!higher.is_empty()).then_some(Headroom {
+            camera: i,
+            levels: higher,
+        });
         Some(ch)
     }
+}
+
+/// The levels above one camera's that the capacity holds with headroom, nearest first.
+#[derive(Debug)]
+struct Headroom {
+    camera: usize,
+    levels: Vec<HeldLevel>,
+}
+
+/// A level the capacity has held with headroom since `since`, at least `low`.
+#[derive(Debug, Clone, Copy)]
+struct HeldLevel {
+    level: Level,
+    since: Instant,
+    low: f64,
 }
 
 /// One change per camera: a camera stepped down several rungs at once is one change, from
@@ -1442,6 +1476,55 @@ mod tests {
         assert!(
             after <= Duration::from_millis(10_100),
             "back to full after {after:?}"
+        );
+    }
+
+    #[test]
+    fn one_high_reading_in_a_long_hold_does_not_step_to_full() {
+        // as above: after the flap at 0.45 Mbit/s the keyframes' hold is doubled (20 s);
+        // 12 s into it one reading of 14 Mbit/s (a probe's) must not count as 12 s of it
+        let mut s = Sim::new(vec![transcoded()], &[0]);
+        s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(1), |_, _| (0.12 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(13), |_, _| {
+            (0.45 * MBIT, Duration::ZERO)
+        });
+        s.run(Duration::from_secs(1), |_, _| (0.25 * MBIT, Duration::ZERO));
+        let spike = s.now - s.start + Duration::from_secs(12);
+        s.run(Duration::from_secs(15), |at, _| {
+            let c = if at == spike { 14.0 } else { 0.45 };
+            (c * MBIT, Duration::ZERO)
+        });
+        let steps: Vec<_> = s.changes.iter().map(|(_, c)| c.to).collect();
+        assert_eq!(steps, vec![Level::Audio, Level::Keyframes, Level::Audio]);
+    }
+
+    #[test]
+    fn a_return_read_low_at_first_steps_to_full_on_its_own_hold() {
+        // the links' return reads 1 Mbit/s at first (the transcode fits), 14 from 4 s
+        // later: the transcode after its hold, and full after its own, counted from the
+        // reading that allowed it, not from the first
+        let mut s = Sim::new(vec![transcoded()], &[0]);
+        s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(2), |_, _| (0.12 * MBIT, Duration::ZERO));
+        s.changes.clear();
+        s.run(Duration::from_secs(30), |at, _| {
+            let c = if at < Duration::from_secs(7) {
+                1.0
+            } else {
+                14.0
+            };
+            (c * MBIT, Duration::ZERO)
+        });
+        let steps: Vec<_> = s
+            .changes
+            .iter()
+            .map(|(at, c)| (at.as_millis() / 100, c.to))
+            .collect();
+        assert_eq!(
+            steps,
+            vec![(130, Level::Transcode), (170, Level::Full)],
+            "at 100 ms"
         );
     }
 
