@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use tunnel::path::{CapState, DataCap, Health, HealthEvent, LinkKind, Tier};
-use tunnel::path_estimate::{PathEstimate, TransportStats};
+use tunnel::path_estimate::{self, PathEstimate, SharedTrouble, TransportStats};
 
 use tunnel::scheduler::{self, ClassSet, LossView, PathId, PathView, Placement, Scheduler, Unit};
 use tunnel::spread;
@@ -466,7 +466,7 @@ impl Bond {
                     p.tick(now, best);
                 }
                 b.take_over_from_lost(&was_usable);
-                b.forgive_shared_outage(now);
+                b.forgive_shared_trouble(now);
             }
         });
         Ok(bond)
@@ -499,26 +499,26 @@ impl Bond {
         }
     }
 
-    /// When every uplink is down, the demotions of the last few seconds were one outage of
-    /// the venue's (or the relay's), not links flapping: they do not count towards the
-    /// flap backoff, so the links rejoin in a few round trips when it ends (measured: after
-    /// a one-link cut and a full outage within a minute, the 8 Mbit/s link sat out a
-    /// minute of probation while the stream and its backfill squeezed onto the others).
-    fn forgive_shared_outage(&self, now: Instant) {
-        const TOGETHER: Duration = Duration::from_secs(3);
-        if self.paths.iter().any(|p| p.lock().est.health().is_usable()) {
+    /// The demotions of an outage or a collapse of every uplink are not counted as links
+    /// flapping (`tunnel::path_estimate::forgive_shared_trouble`).
+    fn forgive_shared_trouble(&self, now: Instant) {
+        let mut guards: Vec<_> = self.paths.iter().map(|p| p.lock()).collect();
+        let mut ests: Vec<&mut PathEstimate> = guards.iter_mut().map(|g| &mut g.est).collect();
+        let Some((trouble, forgiven)) = path_estimate::forgive_shared_trouble(&mut ests, now)
+        else {
             return;
-        }
-        for p in &self.paths {
-            let mut st = p.lock();
-            let recent = st
-                .est
-                .health()
-                .last_demotion()
-                .is_some_and(|t| now.saturating_duration_since(t) <= TOGETHER);
-            let since = now.checked_sub(TOGETHER).unwrap_or(now);
-            if recent && st.est.health_mut().forgive_demotions_since(since) {
-                info!(uplink = %p.name, "every uplink is down: not counted as this link flapping");
+        };
+        drop(guards);
+        for i in forgiven {
+            let uplink = &self.paths[i].name;
+            match trouble {
+                SharedTrouble::Outage => {
+                    info!(%uplink, "every uplink is down: not counted as this link flapping")
+                }
+                SharedTrouble::Collapse => info!(
+                    %uplink,
+                    "every uplink is short of its capacity: not counted as this link flapping"
+                ),
             }
         }
     }

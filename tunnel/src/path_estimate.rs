@@ -23,6 +23,12 @@ pub const PEAK_CREDIT: Duration = Duration::from_secs(2);
 pub const PEAK_MEMORY: Duration = Duration::from_secs(300);
 /// Window of the goodput meters.
 pub const METER_WINDOW: Duration = Duration::from_millis(250);
+/// A full link carrying less than this share of its peak is short of it (a collapse).
+pub const SHORT_OF_PEAK: f64 = 0.25;
+/// How long a path counts as short of its peak after a full window last showed it.
+pub const SHORTAGE_MEMORY: Duration = Duration::from_secs(3);
+/// Demotions this close before a shared outage or collapse are part of it.
+pub const TOGETHER: Duration = Duration::from_secs(3);
 /// The lowest rate estimate, bytes per second.
 const MIN_RATE: f64 = 10_000.0;
 /// The least unsent, beyond a round trip of the window's rate, at every tick of a meter
@@ -118,6 +124,9 @@ pub struct PathEstimate {
     least_unsent: Option<u64>,
     /// A collapse's rate stands as `last_full_up` until this, unless a window reads full.
     collapse_until: Option<Instant>,
+    /// When a full window (or a collapse) last showed the link carrying less than
+    /// [`SHORT_OF_PEAK`] of its peak.
+    short_seen: Option<Instant>,
     peak_credit_until: Option<Instant>,
     /// UDP bytes the connection had sent and not lost ([`TransportStats::tx_kept`]) when
     /// the meter window started, and at the last tick.
@@ -158,6 +167,7 @@ impl PathEstimate {
             last_full_up: 0.0,
             least_unsent: None,
             collapse_until: None,
+            short_seen: None,
             peak_seen: None,
             peak_credit_until: None,
             meter_tx: 0,
@@ -179,7 +189,7 @@ impl PathEstimate {
         &self.health
     }
 
-    /// The path's health, to change (forgiving a shared outage's demotions).
+    /// The path's health, to change (the bond's best other RTT).
     pub fn health_mut(&mut self) -> &mut PathHealth {
         &mut self.health
     }
@@ -316,12 +326,25 @@ impl PathEstimate {
         self.peak_up > 0.0 && self.last_full_up >= 0.8 * self.peak_up
     }
 
+    /// Whether the path is of no use at its usual rate at `now`: not usable, or a full meter
+    /// window (or a collapse) in the last [`SHORTAGE_MEMORY`] showed it carrying less than
+    /// [`SHORT_OF_PEAK`] of its peak. A path with room (no full window) is not short.
+    pub fn short_of_peak(&self, now: Instant) -> bool {
+        !self.is_usable()
+            || self
+                .short_seen
+                .is_some_and(|t| now.saturating_duration_since(t) <= SHORTAGE_MEMORY)
+    }
+
     /// The congestion controller found the link collapsed, carrying `rate` bytes per
     /// second (`crate::congestion::Collapse`): that is the link's full rate for the next
     /// two meter windows unless one reads full itself. The meter cannot tell yet: the
     /// sender keeps its queue near empty by pushing into the link's overflowing one, and
     /// what it sends there is lost.
     pub fn on_collapse(&mut self, now: Instant, rate: f64) {
+        if rate < self.peak_up * SHORT_OF_PEAK {
+            self.short_seen = Some(now);
+        }
         self.last_full_up = rate;
         self.collapse_until = Some(now + 2 * METER_WINDOW);
     }
@@ -456,6 +479,9 @@ impl PathEstimate {
             // camera's 0.77 Mbit/s, and the camera stepped down to keyframes.
             self.last_full_up = wire;
             self.collapse_until = None;
+            if wire < self.peak_up * SHORT_OF_PEAK {
+                self.short_seen = Some(now);
+            }
             // the peak (a returning link's credit and resume window) stays with the lesser
             // reading: what a big window lets out into an overflowing queue counts as on
             // the wire until it is declared lost, and one such window would raise the peak
@@ -482,6 +508,53 @@ impl PathEstimate {
     }
 }
 
+/// What every path of a bond suffered together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedTrouble {
+    /// None is usable: the venue's outage, or the relay's.
+    Outage,
+    /// Each is unusable or short of its peak ([`PathEstimate::short_of_peak`]), and one at
+    /// least is usable: a collapse of them all.
+    Collapse,
+}
+
+/// When every path is down or short of its peak, the demotions of the last [`TOGETHER`]
+/// were one outage or collapse, not links flapping: they no longer count towards the flap
+/// backoff (they stay counted in [`PathHealth::demotions`]), so the links rejoin in a few
+/// round trips when it ends. Call after every tick of the paths. Returns what the paths
+/// suffered and the indices of those whose demotions were forgiven, if any was.
+///
+/// Measured before: after a one-link cut and a full outage within a minute, the 8 Mbit/s
+/// link sat out a minute of probation while the stream and its backfill squeezed onto the
+/// others; in a collapse of both links to 0.25 Mbit/s, Wi-Fi was demoted twice 0.74 s
+/// apart (silent, then its RTT) and sat out a minute after the links had returned. A link
+/// that flaps while another carries its usual rate is not forgiven.
+pub fn forgive_shared_trouble(
+    paths: &mut [&mut PathEstimate],
+    now: Instant,
+) -> Option<(SharedTrouble, Vec<usize>)> {
+    if paths.is_empty() || !paths.iter().all(|p| p.short_of_peak(now)) {
+        return None;
+    }
+    let trouble = if paths.iter().any(|p| p.is_usable()) {
+        SharedTrouble::Collapse
+    } else {
+        SharedTrouble::Outage
+    };
+    let since = now.checked_sub(TOGETHER).unwrap_or(now);
+    let forgiven: Vec<usize> = paths
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, p)| {
+            p.health
+                .last_demotion()
+                .is_some_and(|t| now.saturating_duration_since(t) <= TOGETHER)
+        })
+        .filter_map(|(i, p)| p.health.forgive_demotions_since(since).then_some(i))
+        .collect();
+    (!forgiven.is_empty()).then_some((trouble, forgiven))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,7 +572,10 @@ mod tests {
 
     impl Sim {
         fn connected(rtt: Duration) -> Self {
-            let now = Instant::now();
+            Self::connected_at(Instant::now(), rtt)
+        }
+
+        fn connected_at(now: Instant, rtt: Duration) -> Self {
             let mut est = PathEstimate::new(now);
             est.on_connected(now, 1, rtt);
             Self {
@@ -644,6 +720,85 @@ mod tests {
         s.run(250 * MS);
         s.run(250 * MS);
         assert!(!s.est.carries_its_peak(), "a path with room");
+    }
+
+    #[test]
+    fn a_full_link_far_below_its_peak_is_short_of_it_for_a_while() {
+        let mut s = Sim::connected(50 * MS);
+        s.join();
+        s.carry_at_peak();
+        assert!(!s.est.short_of_peak(s.now), "full at its peak");
+        // collapsed: queued all through the windows at a tenth of the peak
+        s.write_and_send(10_000, 625, 50);
+        assert!(s.est.short_of_peak(s.now), "full at a tenth of its peak");
+        // the link has room again (its queue sent): short for a while yet, then not
+        s.write_and_send(0, 50_000, 20);
+        assert!(s.est.short_of_peak(s.now));
+        s.run(SHORTAGE_MEMORY + METER_WINDOW);
+        assert!(!s.est.short_of_peak(s.now), "a path with room");
+        // a path that is not usable is of no use at any rate
+        s.answering = false;
+        s.run(Duration::from_secs(1));
+        assert!(s.est.short_of_peak(s.now));
+    }
+
+    /// Two paths at their peak; then `a` collapses and is demoted twice within a second
+    /// (silent, back, silent again), while `b` collapses too or carries its peak. The bond
+    /// forgives after every tick. Whether `a` carries traffic again 2 s after its second
+    /// return.
+    fn second_return_within_2_s(b_collapses: bool) -> bool {
+        let t0 = Instant::now();
+        let mut a = Sim::connected_at(t0, 50 * MS);
+        let mut b = Sim::connected_at(t0, 50 * MS);
+        for s in [&mut a, &mut b] {
+            s.join();
+            s.carry_at_peak();
+        }
+        // 10 ms steps: `a` at a tenth of its peak, `b` at a tenth or at its peak
+        let step = |a: &mut Sim, b: &mut Sim, n: usize| {
+            for _ in 0..n {
+                a.write_and_send(10_000, 625, 1);
+                if b_collapses {
+                    b.write_and_send(10_000, 625, 1);
+                } else {
+                    b.write_and_send(25_000, 25_000, 1);
+                }
+                assert_eq!(a.now, b.now);
+                forgive_shared_trouble(&mut [&mut a.est, &mut b.est], a.now);
+            }
+        };
+        step(&mut a, &mut b, 100);
+        for _ in 0..2 {
+            a.answering = false;
+            step(&mut a, &mut b, 40);
+            assert!(!a.est.is_usable(), "demoted");
+            a.answering = true;
+            // back on probation, and up after five round trips
+            step(&mut a, &mut b, 50);
+        }
+        assert_eq!(a.est.health().demotions(), 2, "counted either way");
+        step(&mut a, &mut b, 150);
+        a.est.is_usable()
+    }
+
+    #[test]
+    fn demotions_in_a_collapse_of_every_path_do_not_grow_the_hold() {
+        assert!(second_return_within_2_s(true));
+    }
+
+    #[test]
+    fn a_link_that_flaps_beside_one_at_its_peak_is_held_out() {
+        assert!(!second_return_within_2_s(false));
+    }
+
+    #[test]
+    fn a_link_full_at_half_its_peak_is_not_short_of_it() {
+        let mut s = Sim::connected(50 * MS);
+        s.join();
+        s.carry_at_peak();
+        s.write_and_send(40_000, 12_500, 100);
+        assert!(s.est.full_rate().is_some(), "full");
+        assert!(!s.est.short_of_peak(s.now));
     }
 
     #[test]
