@@ -268,13 +268,18 @@ impl PathHealth {
     }
 
     /// The demotions since `since` were not this link's doing (every uplink of the venue
-    /// went down together: the venue's outage, or the relay's): they do not count towards
-    /// the flap backoff, so the link rejoins after the usual few round trips. Returns
-    /// whether any was forgiven.
-    pub fn forgive_demotions_since(&mut self, since: Instant) -> bool {
+    /// went down together, or collapsed together): they do not count towards the flap
+    /// backoff, so the link rejoins after the usual few round trips; a probation already
+    /// under way at `now` is held to that too (a link can be back on probation before the
+    /// others show that they suffered the same). Returns whether any was forgiven.
+    pub fn forgive_demotions_since(&mut self, now: Instant, since: Instant) -> bool {
         let before = self.demotions.len();
         self.demotions.retain(|t| *t < since);
-        self.demotions.len() != before
+        let forgiven = self.demotions.len() != before;
+        if forgiven && matches!(self.health, Health::Probation { .. }) {
+            self.hold = self.hold.min(self.next_hold(now));
+        }
+        forgiven
     }
 
     /// When the latest demotion happened.
@@ -648,9 +653,35 @@ mod tests {
         h.on_closed(ms(5000));
         assert!(h.next_hold(ms(5000)) >= HOLD_REPEAT);
         // every uplink went down at 5 s: that one is forgiven
-        assert!(h.forgive_demotions_since(ms(4900)));
+        assert!(h.forgive_demotions_since(ms(5000), ms(4900)));
         assert!(h.next_hold(ms(5000)) < Duration::from_secs(2));
         assert_eq!(h.demotions(), 2, "still counted as demotions");
+    }
+
+    #[test]
+    fn a_probation_under_way_is_shortened_when_its_demotion_is_forgiven() {
+        let t0 = Instant::now();
+        let mut h = PathHealth::new();
+        h.on_connected(t0, Duration::from_millis(50));
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let echo_until = |h: &mut PathHealth, from: u64, to: u64| {
+            for n in (from..to).step_by(10) {
+                h.on_echo(ms(n), ms(n));
+                h.poll(ms(n));
+            }
+        };
+        echo_until(&mut h, 0, 2000);
+        h.on_closed(ms(2000));
+        h.on_connected(ms(2100), Duration::from_millis(50));
+        echo_until(&mut h, 2100, 3000);
+        h.on_closed(ms(3000));
+        // back on probation at once, held out for a minute for flapping
+        h.on_connected(ms(3050), Duration::from_millis(50));
+        assert_eq!(h.hold, HOLD_REPEAT);
+        // then the other paths show the same trouble: forgiven, and it joins soon
+        assert!(h.forgive_demotions_since(ms(3200), ms(200)));
+        echo_until(&mut h, 3050, 4500);
+        assert!(h.is_usable());
     }
 
     #[test]

@@ -550,7 +550,7 @@ pub fn forgive_shared_trouble(
                 .last_demotion()
                 .is_some_and(|t| now.saturating_duration_since(t) <= TOGETHER)
         })
-        .filter_map(|(i, p)| p.health.forgive_demotions_since(since).then_some(i))
+        .filter_map(|(i, p)| p.health.forgive_demotions_since(now, since).then_some(i))
         .collect();
     (!forgiven.is_empty()).then_some((trouble, forgiven))
 }
