@@ -244,6 +244,35 @@ fn one_device_holding_tunnels_and_stalled_uploads_cannot_starve_bids() {
     drop(held);
 }
 
+#[test]
+fn a_device_that_stops_reading_its_answers_gets_its_slots_back() {
+    let s = Stack::start_with(
+        "bids-unread",
+        "max_requests_per_device = 2\nbody_idle_timeout_ms = 2000\n",
+    );
+    let origin = s.origin_url("/");
+    let origin = origin
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let get = |path: &str| format!("GET http://{origin}{path} HTTP/1.1\r\nHost: {origin}\r\n\r\n");
+    // two 200 MB answers the device never reads: they fill the sockets' buffers and wait
+    let held: Vec<_> = (0..2)
+        .map(|_| raw(&s, "127.0.0.1", &get("/assets/200000000")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    let mut third = raw(&s, "127.0.0.1", &get("/stats"));
+    assert!(
+        status_line(&mut third).contains(" 429"),
+        "both slots are held by the unread answers"
+    );
+    // the answers waited 2 s for the device: cut, and the slots are free again
+    std::thread::sleep(Duration::from_millis(3500));
+    let mut after = raw(&s, "127.0.0.1", &get("/stats"));
+    assert!(status_line(&mut after).contains(" 200"));
+    drop(held);
+}
+
 /// A bid on lot 7 of the relay's auction, through the gateway: (status, body).
 fn lot_bid(s: &Stack, key: &str, bidder: &str, amount: u64) -> (u16, String) {
     let out = curl(&[

@@ -760,7 +760,8 @@ pub struct ProxySection {
     /// A CONNECT tunnel with no bytes either way for this long is closed, ms.
     pub tunnel_idle_timeout_ms: u64,
     /// A request body with no bytes for this long is cut (a stalled upload frees its
-    /// stream and its device's slot), ms.
+    /// stream and its device's slot), and so is a device connection whose answer waits
+    /// this long for the device to take a byte, ms.
     pub body_idle_timeout_ms: u64,
     /// Open connections per device (source address); over it: 429 and close.
     pub max_connections_per_device: u32,

@@ -1,5 +1,7 @@
-//! A body that fails when no bytes come for a while: a stalled upload or a stalled answer
-//! ends instead of holding its stream (and its device's slot) for ever.
+//! Idle timeouts: a body that fails when no bytes come for a while (a stalled upload or a
+//! stalled answer), and a connection whose writes fail when the peer takes no bytes for a
+//! while (a device that stopped reading its answer). Either ends instead of holding its
+//! stream (and its device's slot) for ever.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -7,6 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// Why an [`IdleBody`] failed.
@@ -72,10 +75,107 @@ where
     }
 }
 
+/// Why a [`WriteIdle`] failed a write (inside an `io::Error` of kind `TimedOut`).
+#[derive(Debug, thiserror::Error)]
+#[error("the peer took no bytes for {0:?}")]
+pub struct WriteStalled(pub Duration);
+
+/// A connection `IO` whose writes, flushes and shutdown fail with [`WriteStalled`] once one
+/// has waited `idle` without the peer taking a byte. Only a write that waits counts: a
+/// connection with nothing to send is never idle here.
+pub struct WriteIdle<IO> {
+    inner: IO,
+    idle: Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// A write is waiting, and `sleep` runs out when it has waited `idle`.
+    waiting: bool,
+}
+
+impl<IO> WriteIdle<IO> {
+    /// Wraps `inner`.
+    pub fn new(inner: IO, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+        }
+    }
+
+    /// What the inner write returned: progress clears the wait, a wait starts or goes on.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        p: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if p.is_ready() {
+            self.waiting = false;
+            return p;
+        }
+        if !self.waiting {
+            self.waiting = true;
+            let idle = self.idle;
+            self.sleep.as_mut().reset(Instant::now() + idle);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                WriteStalled(self.idle),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for WriteIdle<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteIdle<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, p)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, p)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let p = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, p)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let p = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A body fed through a channel.
     struct Rx(tokio::sync::mpsc::Receiver<Bytes>);
@@ -115,5 +215,35 @@ mod tests {
         assert!(matches!(e, IdleError::Idle(_)));
         assert!(t.elapsed() >= idle && t.elapsed() < Duration::from_secs(5));
         feeder.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_fails_the_write_and_a_slow_one_does_not() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let idle = Duration::from_secs(30);
+        let mut w = WriteIdle::new(near, idle);
+        // the peer reads 1 kB every 20 s: slow, never idle for 30 s
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                far.read_exact(&mut buf).await.expect("read");
+            }
+            // then it stops reading, with the connection open
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(far);
+        });
+        let block = [7u8; 1024];
+        let t = Instant::now();
+        for _ in 0..6 {
+            w.write_all(&block).await.expect("a slow peer takes it");
+        }
+        assert!(t.elapsed() >= Duration::from_secs(100));
+        let stalled = Instant::now();
+        let e = w.write_all(&block).await.expect_err("a stalled peer");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(e.get_ref().is_some_and(|e| e.is::<WriteStalled>()));
+        assert_eq!(stalled.elapsed(), idle);
+        reader.abort();
     }
 }

@@ -469,6 +469,8 @@ impl DeviceDoor {
         // buffer is larger than the limit, so the limit's own 431 (with its reason) is
         // what a device sees, up to a head four times the limit
         let max_buf = (state.max_header_bytes * 4).max(64 * 1024);
+        // a device that stops reading its answer frees its slot and the answer's stream
+        let io = tunnel_io::WriteIdle::new(io, state.body_idle);
         async move {
             let _held = match conn_slot {
                 Ok(h) => h,
