@@ -86,6 +86,8 @@ fn runtime() -> tokio::runtime::Runtime {
 #[derive(Clone, Copy, Default)]
 struct Access<'a> {
     auth: Option<(&'a str, &'a str)>,
+    /// A token.
+    token: Option<&'a str>,
     /// An nkey seed.
     nkey: Option<&'a str>,
     /// A credentials file.
@@ -101,6 +103,9 @@ async fn context(port: u16, access: Access<'_>) -> jetstream::Context {
     let mut opts = async_nats::ConnectOptions::new();
     if let Some((u, p)) = access.auth {
         opts = opts.user_and_password(u.into(), p.into());
+    }
+    if let Some(t) = access.token {
+        opts = opts.token(t.into());
     }
     if let Some(seed) = access.nkey {
         opts = opts.nkey(seed.into());
@@ -235,6 +240,22 @@ fn one_bid_stored(dir: &TempDir, port: u16, conf: &str, relay_keys: &str, access
     let (keys, _) = stored(port, access);
     assert_eq!(keys, HashMap::from([("k-1".to_string(), 1)]));
     drop(nats);
+}
+
+#[test]
+fn a_server_that_wants_a_token_stores_the_bids_of_a_relay_that_has_it() {
+    let dir = TempDir::new("js-token");
+    let port = free_port();
+    let token = "canopy-t0ken-s3cret";
+    let conf = format!(
+        "server_name: n1\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\nauthorization {{ token: \"{token}\" }}\n",
+        dir.path().join("n1").display(),
+    );
+    let access = Access {
+        token: Some(token),
+        ..Access::default()
+    };
+    one_bid_stored(&dir, port, &conf, &format!("token = \"{token}\""), access);
 }
 
 #[test]
