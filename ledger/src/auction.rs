@@ -8,10 +8,16 @@
 //! above every bid before it. So a bid that arrives late but was placed early takes its
 //! place in the order, and may outbid bids that arrived before it.
 //!
-//! The shell journals each accepted bid (`Entry::LotBid`) before answering; a restart
-//! rebuilds the lots from the journal. Time comes in as µs since the Unix epoch.
+//! Lots come from the config, and are made or have their close moved while the auction
+//! runs ([`Auction::set_lot`]): a close moves only while the lot is open, never to the past
+//! and never before a bid already recorded (a bid taken stays taken).
+//!
+//! The shell journals each accepted bid (`Entry::LotBid`) and lot setting (`Entry::LotSet`)
+//! before answering; a restart rebuilds the lots from the config and the journal (a lot
+//! set through the API keeps its setting over the config's). Time comes in as µs since the
+//! Unix epoch.
 
-use crate::record::{Entry, LotBid};
+use crate::record::{Entry, LotBid, LotSet};
 use std::collections::{BTreeMap, HashMap};
 
 /// A lot.
@@ -71,6 +77,56 @@ pub enum BidError {
     /// The lot holds its most bids.
     #[error("the lot holds its most bids")]
     Full,
+}
+
+/// Lots an auction holds at most.
+pub const MAX_LOTS: usize = 10_000;
+/// Longest lot id set through the API, bytes.
+pub const MAX_LOT_ID: usize = 64;
+
+/// Why a lot's setting is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LotError {
+    /// Not 1 to [`MAX_LOT_ID`] letters, digits, `-`, `_` or `.`.
+    #[error("a lot id is 1 to {MAX_LOT_ID} letters, digits, '-', '_' or '.'")]
+    BadId,
+    /// The close is before the time of the setting.
+    #[error("the close ({closes_at_us} µs) is before now ({now_us} µs)")]
+    InThePast {
+        /// The close asked.
+        closes_at_us: u64,
+        /// Now.
+        now_us: u64,
+    },
+    /// The lot has closed: its result stands.
+    #[error("the lot closed at {closes_at_us} µs: its result stands")]
+    Closed {
+        /// Its close.
+        closes_at_us: u64,
+    },
+    /// A bid already recorded was placed at or after the close asked.
+    #[error("a bid on the lot was placed at {edge_us} µs, at or after the close asked")]
+    BidAfter {
+        /// The latest bid's edge time.
+        edge_us: u64,
+    },
+    /// The auction holds [`MAX_LOTS`].
+    #[error("the auction holds its most lots ({MAX_LOTS})")]
+    TooMany,
+}
+
+/// What a lot's setting changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LotChange {
+    /// A new lot.
+    Created,
+    /// The lot's close moved from this.
+    Moved {
+        /// The close before, µs.
+        from_us: u64,
+    },
+    /// Nothing: the lot closes then already.
+    Same,
 }
 
 /// Where a lot stands.
@@ -191,6 +247,82 @@ impl Auction {
         })
     }
 
+    /// Makes lot `set.lot` closing at `set.closes_at_us`, or moves its close, at
+    /// `set.at_us` (see the module docs); the record to journal unless [`LotChange::Same`].
+    pub fn set_lot(&mut self, set: &LotSet) -> Result<LotChange, LotError> {
+        let id_ok = (1..=MAX_LOT_ID).contains(&set.lot.len())
+            && set
+                .lot
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !id_ok {
+            return Err(LotError::BadId);
+        }
+        if set.closes_at_us < set.at_us {
+            return Err(LotError::InThePast {
+                closes_at_us: set.closes_at_us,
+                now_us: set.at_us,
+            });
+        }
+        let Some(state) = self.lots.get_mut(&set.lot) else {
+            if self.lots.len() >= MAX_LOTS {
+                return Err(LotError::TooMany);
+            }
+            self.apply(set);
+            return Ok(LotChange::Created);
+        };
+        let from_us = state.lot.closes_at_us;
+        if from_us == set.closes_at_us {
+            return Ok(LotChange::Same);
+        }
+        if set.at_us >= from_us {
+            return Err(LotError::Closed {
+                closes_at_us: from_us,
+            });
+        }
+        if let Some(((edge_us, _, _), _)) = state.bids.last_key_value() {
+            if *edge_us >= set.closes_at_us {
+                return Err(LotError::BidAfter { edge_us: *edge_us });
+            }
+        }
+        state.lot.closes_at_us = set.closes_at_us;
+        Ok(LotChange::Moved { from_us })
+    }
+
+    /// Takes back a setting whose record did not reach the disk: a lot made is removed
+    /// (unless a bid came meanwhile), a moved close goes back.
+    pub fn unset_lot(&mut self, set: &LotSet, change: LotChange) {
+        match change {
+            LotChange::Created => {
+                if self.lots.get(&set.lot).is_some_and(|s| s.bids.is_empty()) {
+                    self.lots.remove(&set.lot);
+                }
+            }
+            LotChange::Moved { from_us } => {
+                if let Some(s) = self.lots.get_mut(&set.lot) {
+                    s.lot.closes_at_us = from_us;
+                }
+            }
+            LotChange::Same => {}
+        }
+    }
+
+    /// A journaled setting, taken as it was.
+    fn apply(&mut self, set: &LotSet) {
+        self.lots
+            .entry(set.lot.clone())
+            .or_insert_with(|| LotState {
+                lot: Lot {
+                    id: set.lot.clone(),
+                    closes_at_us: set.closes_at_us,
+                },
+                bids: BTreeMap::new(),
+                keys: HashMap::new(),
+            })
+            .lot
+            .closes_at_us = set.closes_at_us;
+    }
+
     /// Takes back a bid whose record did not reach the disk (its device was refused).
     pub fn unplace(&mut self, b: &LotBid) {
         if let Some(state) = self.lots.get_mut(&b.lot) {
@@ -202,15 +334,20 @@ impl Auction {
         }
     }
 
-    /// Rebuilds the bids from a journal's records (they were accepted when placed).
+    /// Rebuilds the lots' settings and bids from a journal's records, in order (they were
+    /// accepted when made).
     pub fn restore(&mut self, entries: &[Entry]) {
         for e in entries {
-            if let Entry::LotBid(b) = e {
-                if let Some(state) = self.lots.get_mut(&b.lot) {
-                    if !state.keys.contains_key(&(b.scope.clone(), b.key.clone())) {
-                        insert(state, b.clone());
+            match e {
+                Entry::LotBid(b) => {
+                    if let Some(state) = self.lots.get_mut(&b.lot) {
+                        if !state.keys.contains_key(&(b.scope.clone(), b.key.clone())) {
+                            insert(state, b.clone());
+                        }
                     }
                 }
+                Entry::LotSet(set) => self.apply(set),
+                _ => {}
             }
         }
     }
@@ -306,6 +443,91 @@ mod tests {
             edge_us,
             at_us,
         }
+    }
+
+    fn set(lot: &str, closes_at_us: u64, at_us: u64) -> LotSet {
+        LotSet {
+            lot: lot.into(),
+            closes_at_us,
+            at_us,
+        }
+    }
+
+    #[test]
+    fn a_lot_made_while_running_takes_bids_and_survives_a_restart() {
+        let mut a = auction();
+        let t = CLOSE - 30_000_000;
+        let made = set("9", CLOSE + 60_000_000, t);
+        assert_eq!(a.set_lot(&made), Ok(LotChange::Created));
+        let mut b = bid("a", 100, t + 1, t + 1);
+        b.lot = "9".into();
+        assert!(a.place(b.clone()).unwrap().leading);
+        // the journal, replayed over the config's lots
+        let mut again = auction();
+        again.restore(&[Entry::LotSet(made), Entry::LotBid(b)]);
+        let s = again.standing("9", t + 2).expect("lot 9");
+        assert_eq!(s.lot.closes_at_us, CLOSE + 60_000_000);
+        assert_eq!(s.bids, 1);
+    }
+
+    #[test]
+    fn a_close_moves_while_open_never_to_the_past_nor_before_a_bid() {
+        let mut a = auction();
+        let t = CLOSE - 30_000_000;
+        a.place(bid("a", 100, t, t)).unwrap();
+        // extended: a bid placed after the old close now counts
+        assert_eq!(
+            a.set_lot(&set("7", CLOSE + 10_000_000, t + 1)),
+            Ok(LotChange::Moved { from_us: CLOSE })
+        );
+        assert!(a.place(bid("b", 150, CLOSE + 5, CLOSE + 5)).is_ok());
+        assert_eq!(
+            a.set_lot(&set("7", CLOSE + 10_000_000, t + 2)),
+            Ok(LotChange::Same)
+        );
+        // not before a bid taken, not to the past
+        assert_eq!(
+            a.set_lot(&set("7", CLOSE, CLOSE + 6)),
+            Err(LotError::InThePast {
+                closes_at_us: CLOSE,
+                now_us: CLOSE + 6
+            })
+        );
+        assert_eq!(
+            a.set_lot(&set("7", CLOSE + 5, CLOSE + 4)),
+            Err(LotError::BidAfter { edge_us: CLOSE + 5 })
+        );
+        // hammer down now: the close is now
+        let now = CLOSE + 7;
+        assert!(a.set_lot(&set("7", now, now)).is_ok());
+        assert!(matches!(
+            a.place(bid("c", 200, now, now)),
+            Err(BidError::Closed { .. })
+        ));
+        // once closed, its result stands
+        assert_eq!(
+            a.set_lot(&set("7", now + 60_000_000, now + 1)),
+            Err(LotError::Closed { closes_at_us: now })
+        );
+        // a setting the journal did not take goes back
+        let mut fresh = auction();
+        let moved = set("7", CLOSE + 1, t);
+        let change = fresh.set_lot(&moved).unwrap();
+        fresh.unset_lot(&moved, change);
+        assert_eq!(fresh.standing("7", t).unwrap().lot.closes_at_us, CLOSE);
+    }
+
+    #[test]
+    fn a_lot_id_is_short_and_plain() {
+        let mut a = auction();
+        for bad in ["", "a/b", "lot 9", &"x".repeat(MAX_LOT_ID + 1)] {
+            assert_eq!(
+                a.set_lot(&set(bad, CLOSE, 0)),
+                Err(LotError::BadId),
+                "{bad:?}"
+            );
+        }
+        assert!(a.set_lot(&set("spring-2027.lot_12", CLOSE, 0)).is_ok());
     }
 
     #[test]

@@ -168,8 +168,11 @@ impl Claims {
                 }
                 Entry::Released { scope, key } => self.remove(&(scope, key)),
                 // the gateway's records
-                Entry::Accepted(_) | Entry::Outcome(_) | Entry::CheckedIn(_) | Entry::LotBid(_) => {
-                }
+                Entry::Accepted(_)
+                | Entry::Outcome(_)
+                | Entry::CheckedIn(_)
+                | Entry::LotBid(_)
+                | Entry::LotSet(_) => {}
             }
         }
         self.order.make_contiguous().sort_by_key(|(at, _)| *at);

@@ -199,7 +199,8 @@ impl Outbox {
                 | Entry::Settled(_)
                 | Entry::Released { .. }
                 | Entry::CheckedIn(_)
-                | Entry::LotBid(_) => {}
+                | Entry::LotBid(_)
+                | Entry::LotSet(_) => {}
             }
         }
     }

@@ -12,6 +12,7 @@ const KIND_SETTLED: u8 = 4;
 const KIND_RELEASED: u8 = 5;
 const KIND_CHECKED_IN: u8 = 6;
 const KIND_LOT_BID: u8 = 7;
+const KIND_LOT_SET: u8 = 8;
 
 /// The request kinds the journal keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,8 +162,21 @@ pub struct LotBid {
     pub at_us: u64,
 }
 
+/// A lot of the relay's embedded auction made, or its close moved, through the relay's
+/// API (`crate::auction`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotSet {
+    /// The lot.
+    pub lot: String,
+    /// Its close from now on, µs since the Unix epoch (relay clock).
+    pub closes_at_us: u64,
+    /// When it was set, µs since the Unix epoch.
+    pub at_us: u64,
+}
+
 /// One journal record. The gateway's journal holds `Accepted`, `Outcome` and `CheckedIn`;
-/// the relay's holds `Claimed`, `Settled` and `Released`, its auction's `LotBid`.
+/// the relay's holds `Claimed`, `Settled` and `Released`, its auction's `LotBid` and
+/// `LotSet`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     /// A request accepted (journaled before the device is answered).
@@ -184,6 +198,8 @@ pub enum Entry {
     CheckedIn(CheckedIn),
     /// A bid recorded by the relay's auction.
     LotBid(LotBid),
+    /// A lot of the relay's auction made or its close moved.
+    LotSet(LotSet),
 }
 
 /// Longest key kept, bytes.
@@ -243,6 +259,12 @@ impl Entry {
                     .u64(b.amount)
                     .u64(b.edge_us)
                     .u64(b.at_us);
+            }
+            Entry::LotSet(l) => {
+                w.u8(KIND_LOT_SET)
+                    .str(&l.lot)
+                    .u64(l.closes_at_us)
+                    .u64(l.at_us);
             }
         }
         w.finish()
@@ -329,6 +351,11 @@ impl Entry {
                 bidder: key(&mut r)?,
                 amount: r.u64()?,
                 edge_us: r.u64()?,
+                at_us: r.u64()?,
+            }),
+            KIND_LOT_SET => Entry::LotSet(LotSet {
+                lot: key(&mut r)?,
+                closes_at_us: r.u64()?,
                 at_us: r.u64()?,
             }),
             k => return Err(DecodeError::UnknownKind(k)),
@@ -511,6 +538,11 @@ mod tests {
                 amount: 15_000,
                 edge_us: 11,
                 at_us: 12,
+            }),
+            Entry::LotSet(LotSet {
+                lot: "9".into(),
+                closes_at_us: 1_800_000_000_000_000,
+                at_us: 13,
             }),
         ];
         for e in entries {

@@ -99,7 +99,11 @@ pub fn reduce(entries: &[Entry], into: &mut BTreeMap<(RecordKind, String), Recor
                     },
                 );
             }
-            Entry::Claimed(_) | Entry::Settled(_) | Entry::Released { .. } | Entry::LotBid(_) => {}
+            Entry::Claimed(_)
+            | Entry::Settled(_)
+            | Entry::Released { .. }
+            | Entry::LotBid(_)
+            | Entry::LotSet(_) => {}
         }
     }
 }
