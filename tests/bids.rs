@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{acknowledged, bid, burst_with, curl, spawn, wait_until, Proc, Stack};
+use common::{acknowledged, bid, burst_with, curl, free_port, spawn, wait_until, Proc, Stack};
 use std::time::{Duration, Instant};
 
 fn get(url: &str) -> String {
@@ -300,6 +300,152 @@ fn lot(s: &Stack) -> serde_json::Value {
         &format!("{}/lots/7", s.proxy_url()),
     ]);
     serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// `curl` on the relay's lots API with the fleet token: (status, body).
+fn lots_api(
+    addr: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut args = vec![
+        "-s".to_string(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+        "-X".into(),
+        method.into(),
+        "-H".into(),
+        format!("Authorization: Bearer {token}"),
+    ];
+    if !body.is_empty() {
+        args.extend(["--data-binary".into(), body.into()]);
+    }
+    args.push(format!("http://{addr}{path}"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = curl(&args);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn an_auctioneer_makes_and_moves_lots_and_a_restart_keeps_them() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut s = Stack::start_custom(
+        "bids-lots",
+        "",
+        "[[sites]]\nhost = \"auction.test\"\norigin = \"http://auction.canopy\"\n[[classes]]\nclass = \"bid\"\npath_prefix = \"/lots/\"\nmethod = \"POST\"\n",
+        &format!(
+            "[fleet]\nlisten = \"{addr}\"\ntoken_file = \"fleet.token\"\n[auction]\nhost = \"auction.canopy\"\nmax_outage_s = 1\n[[auction.lots]]\nid = \"7\"\ncloses_at_unix = {}\n",
+            now + 3600
+        ),
+    );
+    let token = std::fs::read_to_string(s.dir.path().join("fleet.token")).expect("token");
+    let token = token.trim();
+    // without the token: nothing
+    let (st, _) = lots_api(
+        &addr,
+        "wrong",
+        "PUT",
+        "/api/lots/9",
+        "{\"closes_at_unix\": 1}",
+    );
+    assert_eq!(st, 401);
+    // a lot made while the sale runs takes bids through the venue
+    let (st, v) = lots_api(
+        &addr,
+        token,
+        "PUT",
+        "/api/lots/9",
+        &format!("{{\"closes_at_unix\": {}}}", now + 3600),
+    );
+    assert_eq!(
+        (st, &v["result"]),
+        (201, &serde_json::json!("created")),
+        "{v}"
+    );
+    let out = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: auction.test",
+        "-H",
+        "Idempotency-Key: lot9-a",
+        "--data-binary",
+        "{\"bidder\":\"paddle-4\",\"amount\":500}",
+        &format!("{}/lots/9/bids", s.proxy_url()),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201");
+    // refused: a close in the past, a malformed setting, an id that is not plain
+    let (st, v) = lots_api(
+        &addr,
+        token,
+        "PUT",
+        "/api/lots/9",
+        "{\"closes_at_unix\": 1}",
+    );
+    assert_eq!(
+        (st, &v["reason"]),
+        (422, &serde_json::json!("in_the_past")),
+        "{v}"
+    );
+    let (st, _) = lots_api(&addr, token, "PUT", "/api/lots/9", "{\"closes\": \"soon\"}");
+    assert_eq!(st, 422);
+    let (st, v) = lots_api(
+        &addr,
+        token,
+        "PUT",
+        "/api/lots/a%20b",
+        "{\"close_now\": true}",
+    );
+    assert_eq!(
+        (st, &v["reason"]),
+        (422, &serde_json::json!("bad_id")),
+        "{v}"
+    );
+    // the hammer on lot 7; then it cannot be reopened
+    let (st, v) = lots_api(&addr, token, "PUT", "/api/lots/7", "{\"close_now\": true}");
+    assert_eq!(
+        (st, &v["result"]),
+        (200, &serde_json::json!("moved")),
+        "{v}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let (st, v) = lots_api(
+        &addr,
+        token,
+        "PUT",
+        "/api/lots/7",
+        &format!("{{\"closes_at_unix\": {}}}", now + 7200),
+    );
+    assert_eq!(
+        (st, &v["reason"]),
+        (409, &serde_json::json!("closed")),
+        "{v}"
+    );
+    assert_eq!(lot_bid(&s, "late-7", "paddle-1", 100).0, 409);
+    // a restart keeps the lot made and the hammer, over the config's close
+    s.kill_relay();
+    s.start_relay();
+    s.wait_up();
+    let (st, v) = lots_api(&addr, token, "GET", "/api/lots/9", "");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["bids"], 1, "{v}");
+    assert_eq!(v["leader"]["bidder"], "paddle-4", "{v}");
+    let (_, v) = lots_api(&addr, token, "GET", "/api/lots/7", "");
+    assert_eq!(v["phase"], "closed", "{v}");
 }
 
 #[test]

@@ -8,6 +8,9 @@
 //!   after the outage window), `404` for an unknown lot, `422` for a malformed bid;
 //! - `GET /lots` and `GET /lots/<lot>`: standings (and the lot's latest bids).
 //!
+//! Lots are made and their closes moved on the relay's operator listener
+//! (`crate::auction_api`: `PUT /api/lots/<lot>`), journaled like bids.
+//!
 //! Answers to bids go through the duplicate table like an origin's, so copies and replays
 //! of a bid get the first answer.
 
@@ -17,8 +20,10 @@ use crate::session::Publisher;
 use crate::sink_answer::answer;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use ledger::auction::{Auction, AuctionConfig, BidError, Lot, Phase, Standing};
-use ledger::record::{Entry, LotBid};
+use ledger::auction::{
+    Auction, AuctionConfig, BidError, Lot, LotChange, LotError, Phase, Standing,
+};
+use ledger::record::{Entry, LotBid, LotSet};
 use ledger_io::Journal;
 use std::path::Path;
 use std::sync::Mutex;
@@ -78,6 +83,62 @@ impl AuctionSink {
         self.auction.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes lot `lot` closing at `closes_at_us` (None: now), or moves its close
+    /// (`ledger::auction`'s rules), journaled before it answers: the change and the lot's
+    /// standing.
+    pub(crate) async fn set_lot(
+        &self,
+        lot: &str,
+        closes_at_us: Option<u64>,
+    ) -> Result<(LotChange, serde_json::Value), SetLotError> {
+        let at_us = wall_us();
+        let closes_at_us = closes_at_us.unwrap_or(at_us);
+        let set = LotSet {
+            lot: lot.to_owned(),
+            closes_at_us,
+            at_us,
+        };
+        let (change, pending) = {
+            let mut a = self.auction();
+            let change = a.set_lot(&set).map_err(SetLotError::Refused)?;
+            let pending = (change != LotChange::Same)
+                .then(|| self.journal.submit(&Entry::LotSet(set.clone())));
+            (change, pending)
+        };
+        if let Some(p) = pending {
+            if let Err(e) = p.await {
+                warn!(error = %e, lot, "auction: lot setting not journaled");
+                self.auction().unset_lot(&set, change);
+                return Err(SetLotError::NotRecorded(e.to_string()));
+            }
+        }
+        match change {
+            LotChange::Created => info!(lot, closes_at_us, "auction: lot made"),
+            LotChange::Moved { from_us } => {
+                info!(lot, from_us, closes_at_us, "auction: lot's close moved")
+            }
+            LotChange::Same => {}
+        }
+        let a = self.auction();
+        let standing = a
+            .standing(lot, set.at_us)
+            .map(|s| standing_json(&s))
+            .unwrap_or_default();
+        Ok((change, standing))
+    }
+
+    /// Every lot's standing now.
+    pub(crate) fn lots_json(&self) -> serde_json::Value {
+        let now = wall_us();
+        let a = self.auction();
+        let lots: Vec<serde_json::Value> = a
+            .lot_ids()
+            .filter_map(|id| a.standing(id, now))
+            .map(|s| standing_json(&s))
+            .collect();
+        serde_json::json!({ "lots": lots })
+    }
+
     /// Serves one request from `gateway`.
     pub(crate) async fn serve(
         &self,
@@ -97,16 +158,7 @@ impl AuctionSink {
                     Err(r) => return answer(stream, None, r.0, r.1, false).await,
                 }
             }
-            (&Method::GET, ["lots"]) => {
-                let now = wall_us();
-                let a = self.auction();
-                let lots: Vec<serde_json::Value> = a
-                    .lot_ids()
-                    .filter_map(|id| a.standing(id, now))
-                    .map(|s| standing_json(&s))
-                    .collect();
-                (StatusCode::OK, serde_json::json!({ "lots": lots }))
-            }
+            (&Method::GET, ["lots"]) => (StatusCode::OK, self.lots_json()),
             (&Method::GET, ["lots", lot]) => {
                 let a = self.auction();
                 match a.standing(lot, wall_us()) {
@@ -266,6 +318,17 @@ impl AuctionSink {
             }
         })
     }
+}
+
+/// Why a lot's setting did not happen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetLotError {
+    /// The auction's rules refuse it.
+    #[error(transparent)]
+    Refused(LotError),
+    /// The journal did not take it (nothing changed).
+    #[error("the setting was not recorded: {0}")]
+    NotRecorded(String),
 }
 
 fn refusal_code(e: &BidError) -> &'static str {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod auction;
+mod auction_api;
 mod audience;
 mod budget;
 mod claim_log;

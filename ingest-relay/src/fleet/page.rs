@@ -1,8 +1,10 @@
 //! `[fleet] listen`: the fleet page (its files hold no data and are served without the
 //! token) and `GET /api/fleet[?hour=1]` (with `Authorization: Bearer <token>`, the token in
-//! `[fleet] token_file`, made on first start).
+//! `[fleet] token_file`, made on first start); the auction's lots (`crate::auction_api`)
+//! with the same token.
 
 use super::FleetState;
+use crate::auction::AuctionSink;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -26,17 +28,26 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     fleet: Arc<FleetState>,
+    auction: Option<Arc<AuctionSink>>,
     relay: String,
     token: Arc<str>,
 ) {
     info!(addr = ?listener.local_addr().ok(), https = tls.is_some(), "fleet view listening");
     let relay: Arc<str> = relay.into();
     tunnel_io::operator_http::serve_tls(listener, tls, MAX_CONNECTIONS, move |peer, req| {
-        let a = answer(&fleet, &relay, &token, &req);
-        if a.status() == StatusCode::UNAUTHORIZED {
-            debug!(%peer, "fleet: refused without the token");
+        let (fleet, auction, relay, token) =
+            (fleet.clone(), auction.clone(), relay.clone(), token.clone());
+        async move {
+            let a = if crate::auction_api::is_for(req.uri().path()) {
+                crate::auction_api::answer(auction.as_deref(), &token, req).await
+            } else {
+                answer(&fleet, &relay, &token, &req)
+            };
+            if a.status() == StatusCode::UNAUTHORIZED {
+                debug!(%peer, "fleet: refused without the token");
+            }
+            a
         }
-        std::future::ready(a)
     })
     .await;
 }
@@ -60,7 +71,7 @@ fn answer(fleet: &FleetState, relay: &str, token: &str, req: &Request<Incoming>)
         return asset(body, kind, "default-src 'self'; frame-ancestors 'none'");
     }
     if path != "/api/fleet" {
-        return text(StatusCode::NOT_FOUND, "not found: try / or /api/fleet\n");
+        return text(StatusCode::NOT_FOUND, "not found: try /, /api/fleet or /api/lots\n");
     }
     if !authorized(req.headers().get(header::AUTHORIZATION), token) {
         let mut r = text(

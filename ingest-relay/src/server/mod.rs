@@ -70,7 +70,7 @@ pub(crate) struct State {
     /// their stripe's window never leave live media and bids without room.
     chunk_intake: Arc<Budget>,
     /// The embedded auction, when `[auction] host` is set.
-    auction: Option<crate::auction::AuctionSink>,
+    auction: Option<Arc<crate::auction::AuctionSink>>,
     /// The JetStream bid sink, when `[jetstream] host` is set.
     jetstream: Option<crate::jetstream::JetStreamSink>,
     /// Gateway certificates refused although the CA signed them.
@@ -212,12 +212,12 @@ impl Relay {
                 INTAKE_PER_GATEWAY,
                 INTAKE_GLOBAL,
             ),
-            auction: crate::auction::AuctionSink::open(&cfg.auction).map_err(|source| {
-                RelayError::Journal {
+            auction: crate::auction::AuctionSink::open(&cfg.auction)
+                .map_err(|source| RelayError::Journal {
                     path: cfg.auction.journal.clone(),
                     source,
-                }
-            })?,
+                })?
+                .map(Arc::new),
             jetstream: crate::jetstream::JetStreamSink::start(&cfg.jetstream)
                 .await
                 .map_err(RelayError::Config)?,
@@ -357,6 +357,7 @@ impl Relay {
                 l,
                 tls,
                 self.state.fleet.clone(),
+                self.state.auction.clone(),
                 self.state.name.clone(),
                 token,
             ));
