@@ -162,6 +162,14 @@ fn raw(s: &Stack, from: &str, head: &str) -> std::net::TcpStream {
     tcp
 }
 
+/// The plain origin's `host:port`.
+fn origin_authority(s: &Stack) -> String {
+    s.origin_url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
 fn status_line(tcp: &mut std::net::TcpStream) -> String {
     use std::io::Read;
     let mut buf = [0u8; 512];
@@ -179,11 +187,7 @@ fn one_device_holding_tunnels_and_stalled_uploads_cannot_starve_bids() {
         "bids-abuse",
         "max_tunnels_per_device = 5\nmax_requests_per_device = 5\nbody_idle_timeout_ms = 2000\n",
     );
-    let origin = s.origin_url("/");
-    let origin = origin
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    let origin = origin_authority(&s);
     let mut held = Vec::new();
     for _ in 0..5 {
         let mut t = raw(
@@ -250,11 +254,7 @@ fn a_device_that_stops_reading_its_answers_gets_its_slots_back() {
         "bids-unread",
         "max_requests_per_device = 2\nbody_idle_timeout_ms = 2000\n",
     );
-    let origin = s.origin_url("/");
-    let origin = origin
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    let origin = origin_authority(&s);
     let get = |path: &str| format!("GET http://{origin}{path} HTTP/1.1\r\nHost: {origin}\r\n\r\n");
     // two 200 MB answers the device never reads: they fill the sockets' buffers and wait
     let held: Vec<_> = (0..2)
@@ -351,28 +351,16 @@ fn an_auctioneer_makes_and_moves_lots_and_a_restart_keeps_them() {
     );
     let token = std::fs::read_to_string(s.dir.path().join("fleet.token")).expect("token");
     let token = token.trim();
-    // without the token: nothing
-    let (st, _) = lots_api(
-        &addr,
-        "wrong",
-        "PUT",
-        "/api/lots/9",
-        "{\"closes_at_unix\": 1}",
-    );
-    assert_eq!(st, 401);
+    // a setting's status, and its result or the reason it was refused
+    let put = |token: &str, lot: &str, body: &str| {
+        let (st, v) = lots_api(&addr, token, "PUT", &format!("/api/lots/{lot}"), body);
+        let said = v["result"].as_str().or(v["reason"].as_str()).unwrap_or("");
+        (st, said.to_string())
+    };
+    let at = |secs: u64| format!("{{\"closes_at_unix\": {secs}}}");
+    assert_eq!(put("wrong", "9", &at(now + 3600)).0, 401);
     // a lot made while the sale runs takes bids through the venue
-    let (st, v) = lots_api(
-        &addr,
-        token,
-        "PUT",
-        "/api/lots/9",
-        &format!("{{\"closes_at_unix\": {}}}", now + 3600),
-    );
-    assert_eq!(
-        (st, &v["result"]),
-        (201, &serde_json::json!("created")),
-        "{v}"
-    );
+    assert_eq!(put(token, "9", &at(now + 3600)), (201, "created".into()));
     let out = curl(&[
         "-s",
         "-o",
@@ -389,52 +377,14 @@ fn an_auctioneer_makes_and_moves_lots_and_a_restart_keeps_them() {
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "201");
     // refused: a close in the past, a malformed setting, an id that is not plain
-    let (st, v) = lots_api(
-        &addr,
-        token,
-        "PUT",
-        "/api/lots/9",
-        "{\"closes_at_unix\": 1}",
-    );
-    assert_eq!(
-        (st, &v["reason"]),
-        (422, &serde_json::json!("in_the_past")),
-        "{v}"
-    );
-    let (st, _) = lots_api(&addr, token, "PUT", "/api/lots/9", "{\"closes\": \"soon\"}");
-    assert_eq!(st, 422);
-    let (st, v) = lots_api(
-        &addr,
-        token,
-        "PUT",
-        "/api/lots/a%20b",
-        "{\"close_now\": true}",
-    );
-    assert_eq!(
-        (st, &v["reason"]),
-        (422, &serde_json::json!("bad_id")),
-        "{v}"
-    );
+    assert_eq!(put(token, "9", &at(1)), (422, "in_the_past".into()));
+    assert_eq!(put(token, "9", "{\"closes\": \"soon\"}").0, 422);
+    let hammer = "{\"close_now\": true}";
+    assert_eq!(put(token, "a%20b", hammer), (422, "bad_id".into()));
     // the hammer on lot 7; then it cannot be reopened
-    let (st, v) = lots_api(&addr, token, "PUT", "/api/lots/7", "{\"close_now\": true}");
-    assert_eq!(
-        (st, &v["result"]),
-        (200, &serde_json::json!("moved")),
-        "{v}"
-    );
+    assert_eq!(put(token, "7", hammer), (200, "moved".into()));
     std::thread::sleep(Duration::from_millis(1500));
-    let (st, v) = lots_api(
-        &addr,
-        token,
-        "PUT",
-        "/api/lots/7",
-        &format!("{{\"closes_at_unix\": {}}}", now + 7200),
-    );
-    assert_eq!(
-        (st, &v["reason"]),
-        (409, &serde_json::json!("closed")),
-        "{v}"
-    );
+    assert_eq!(put(token, "7", &at(now + 7200)), (409, "closed".into()));
     assert_eq!(lot_bid(&s, "late-7", "paddle-1", 100).0, 409);
     // a restart keeps the lot made and the hammer, over the config's close
     s.kill_relay();

@@ -908,6 +908,20 @@ mod tests {
             at - since
         }
 
+        /// A camera without a second stream after a collapse to 0.12 Mbit/s at 1 s: 0.45
+        /// Mbit/s holds the keyframes (0.3 x 1.25), and a dip to 0.25 for a second at 15 s
+        /// undoes that step up (a flap at 0.45).
+        fn flapped_at_045() -> Self {
+            let mut s = Sim::new(vec![transcoded()], &[0]);
+            s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
+            s.run(Duration::from_secs(1), |_, _| (0.12 * MBIT, Duration::ZERO));
+            s.run(Duration::from_secs(13), |_, _| {
+                (0.45 * MBIT, Duration::ZERO)
+            });
+            s.run(Duration::from_secs(1), |_, _| (0.25 * MBIT, Duration::ZERO));
+            s
+        }
+
         fn run(&mut self, d: Duration, f: impl Fn(Duration, f64) -> (f64, Duration)) {
             let end = self.now + d;
             while self.now < end {
@@ -1461,13 +1475,7 @@ mod tests {
     fn a_hold_begun_in_a_collapse_is_judged_on_the_return_when_it_allows_more() {
         // 0.45 Mbit/s holds the keyframes (0.3 x 1.25); a dip to 0.25 undoes that step
         // up (a flap at 0.45), and the keyframes' hold begins again at 0.45
-        let mut s = Sim::new(vec![transcoded()], &[0]);
-        s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
-        s.run(Duration::from_secs(1), |_, _| (0.12 * MBIT, Duration::ZERO));
-        s.run(Duration::from_secs(13), |_, _| {
-            (0.45 * MBIT, Duration::ZERO)
-        });
-        s.run(Duration::from_secs(1), |_, _| (0.25 * MBIT, Duration::ZERO));
+        let mut s = Sim::flapped_at_045();
         s.run(Duration::from_secs(5), |_, _| (0.45 * MBIT, Duration::ZERO));
         let steps: Vec<_> = s.changes.iter().map(|(_, c)| c.to).collect();
         assert_eq!(steps, vec![Level::Audio, Level::Keyframes, Level::Audio]);
@@ -1483,13 +1491,7 @@ mod tests {
     fn one_high_reading_in_a_long_hold_does_not_step_to_full() {
         // as above: after the flap at 0.45 Mbit/s the keyframes' hold is doubled (20 s);
         // 12 s into it one reading of 14 Mbit/s (a probe's) must not count as 12 s of it
-        let mut s = Sim::new(vec![transcoded()], &[0]);
-        s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
-        s.run(Duration::from_secs(1), |_, _| (0.12 * MBIT, Duration::ZERO));
-        s.run(Duration::from_secs(13), |_, _| {
-            (0.45 * MBIT, Duration::ZERO)
-        });
-        s.run(Duration::from_secs(1), |_, _| (0.25 * MBIT, Duration::ZERO));
+        let mut s = Sim::flapped_at_045();
         let spike = s.now - s.start + Duration::from_secs(12);
         s.run(Duration::from_secs(15), |at, _| {
             let c = if at == spike { 14.0 } else { 0.45 };

@@ -71,7 +71,10 @@ fn answer(fleet: &FleetState, relay: &str, token: &str, req: &Request<Incoming>)
         return asset(body, kind, "default-src 'self'; frame-ancestors 'none'");
     }
     if path != "/api/fleet" {
-        return text(StatusCode::NOT_FOUND, "not found: try /, /api/fleet or /api/lots\n");
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: try /, /api/fleet or /api/lots\n",
+        );
     }
     if !authorized(req.headers().get(header::AUTHORIZATION), token) {
         let mut r = text(
