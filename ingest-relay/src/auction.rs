@@ -40,6 +40,9 @@ pub(crate) struct AuctionSink {
     host: String,
     auction: Mutex<Auction>,
     journal: Journal,
+    /// One lot setting at a time, from its check to its record on disk: a setting the
+    /// journal refused is taken back before the next is checked.
+    settings: tokio::sync::Mutex<()>,
 }
 
 impl AuctionSink {
@@ -65,12 +68,23 @@ impl AuctionSink {
             }),
         );
         auction.restore(&entries);
-        info!(journal = %path.display(), host, lots = cfg.lots.len(), records = entries.len(),
-            "auction opened");
+        for l in &cfg.lots {
+            let config_us = l.closes_at_unix.saturating_mul(1_000_000);
+            let now_us = auction
+                .standing(&l.id, 0)
+                .map_or(config_us, |s| s.lot.closes_at_us);
+            if now_us != config_us {
+                warn!(lot = %l.id, config_us, closes_at_us = now_us,
+                    "auction: the lot's close set through /api/lots stands over the config's");
+            }
+        }
+        info!(journal = %path.display(), host, lots = auction.lot_ids().count(),
+            records = entries.len(), "auction opened");
         Ok(Some(Self {
             host: host.to_ascii_lowercase(),
             auction: Mutex::new(auction),
             journal: Journal::start(path.to_path_buf(), opened)?,
+            settings: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -83,27 +97,31 @@ impl AuctionSink {
         self.auction.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes lot `lot` closing at `closes_at_us` (None: now), or moves its close
-    /// (`ledger::auction`'s rules), journaled before it answers: the change and the lot's
-    /// standing.
+    /// Makes lot `lot` closing at `closes_at_us` (None: the hammer now, on a lot there
+    /// is), or moves its close (`ledger::auction`'s rules), journaled before it answers:
+    /// the change and the lot's standing.
     pub(crate) async fn set_lot(
         &self,
         lot: &str,
         closes_at_us: Option<u64>,
     ) -> Result<(LotChange, serde_json::Value), SetLotError> {
+        let _one = self.settings.lock().await;
         let at_us = wall_us();
-        let closes_at_us = closes_at_us.unwrap_or(at_us);
-        let set = LotSet {
-            lot: lot.to_owned(),
-            closes_at_us,
-            at_us,
-        };
-        let (change, pending) = {
+        let (set, change, pending) = {
             let mut a = self.auction();
+            let closes_at_us = match closes_at_us {
+                Some(c) => c,
+                None => a.hammer_at(lot, at_us).ok_or(SetLotError::UnknownLot)?,
+            };
+            let set = LotSet {
+                lot: lot.to_owned(),
+                closes_at_us,
+                at_us,
+            };
             let change = a.set_lot(&set).map_err(SetLotError::Refused)?;
             let pending = (change != LotChange::Same)
                 .then(|| self.journal.submit(&Entry::LotSet(set.clone())));
-            (change, pending)
+            (set, change, pending)
         };
         if let Some(p) = pending {
             if let Err(e) = p.await {
@@ -112,6 +130,7 @@ impl AuctionSink {
                 return Err(SetLotError::NotRecorded(e.to_string()));
             }
         }
+        let closes_at_us = set.closes_at_us;
         match change {
             LotChange::Created => info!(lot, closes_at_us, "auction: lot made"),
             LotChange::Moved { from_us } => {
@@ -119,12 +138,14 @@ impl AuctionSink {
             }
             LotChange::Same => {}
         }
-        let a = self.auction();
-        let standing = a
-            .standing(lot, set.at_us)
+        Ok((change, self.lot_json(lot).unwrap_or_default()))
+    }
+
+    /// One lot's standing now.
+    pub(crate) fn lot_json(&self, lot: &str) -> Option<serde_json::Value> {
+        self.auction()
+            .standing(lot, wall_us())
             .map(|s| standing_json(&s))
-            .unwrap_or_default();
-        Ok((change, standing))
     }
 
     /// Every lot's standing now.
@@ -329,6 +350,9 @@ pub(crate) enum SetLotError {
     /// The journal did not take it (nothing changed).
     #[error("the setting was not recorded: {0}")]
     NotRecorded(String),
+    /// The hammer on a lot there is not.
+    #[error("no such lot")]
+    UnknownLot,
 }
 
 fn refusal_code(e: &BidError) -> &'static str {

@@ -3,10 +3,12 @@
 //!
 //! - `GET /api/lots`: every lot's standing; `GET /api/lots/<lot>`: one.
 //! - `PUT /api/lots/<lot>` with `{"closes_at_unix": 1767225600}` (or `{"close_now": true}`):
-//!   makes the lot, or moves its close while it is open (an extension, or the hammer);
-//!   never to the past and never before a bid already taken (`ledger::auction`). Journaled
-//!   before the answer: `201` made, `200` moved or unchanged, `409` refused by the
-//!   auction's rules, `422` a malformed setting, `503` not recorded.
+//!   makes the lot, or moves its close while it is open (an extension, or the hammer on a
+//!   lot there is: now, or just after the latest bid taken if a fast venue clock put it
+//!   ahead); never to the past and never before a bid already taken (`ledger::auction`).
+//!   Journaled before the answer: `201` made, `200` moved or unchanged (a retry), `404` the
+//!   hammer on no lot, `409` refused by the auction's rules, `422` a malformed setting,
+//!   `503` not recorded.
 
 use crate::auction::{AuctionSink, SetLotError};
 use bytes::Bytes;
@@ -59,19 +61,10 @@ pub(crate) async fn answer(
         .map(str::to_owned);
     match (req.method().clone(), lot) {
         (Method::GET | Method::HEAD, None) => json(StatusCode::OK, auction.lots_json()),
-        (Method::GET | Method::HEAD, Some(lot)) => {
-            let all = auction.lots_json();
-            let one = all["lots"]
-                .as_array()
-                .and_then(|l| l.iter().find(|s| s["id"] == lot.as_str()).cloned());
-            match one {
-                Some(s) => json(StatusCode::OK, s),
-                None => json(
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({ "error": format!("no lot {lot:?}") }),
-                ),
-            }
-        }
+        (Method::GET | Method::HEAD, Some(lot)) => match auction.lot_json(&lot) {
+            Some(s) => json(StatusCode::OK, s),
+            None => no_lot(&lot),
+        },
         (Method::PUT, Some(lot)) => put(auction, &lot, req).await,
         (_, lot) => {
             let allow = if lot.is_some() {
@@ -150,7 +143,15 @@ async fn put(auction: &AuctionSink, lot: &str, req: Request<Incoming>) -> Answer
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "error": e.to_string() }),
         ),
+        Err(SetLotError::UnknownLot) => no_lot(lot),
     }
+}
+
+fn no_lot(lot: &str) -> Answer {
+    json(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({ "error": format!("no lot {lot:?}") }),
+    )
 }
 
 /// The close a setting asks, µs since the Unix epoch (None: now, the hammer).

@@ -258,13 +258,14 @@ impl Auction {
         if !id_ok {
             return Err(LotError::BadId);
         }
-        if set.closes_at_us < set.at_us {
-            return Err(LotError::InThePast {
-                closes_at_us: set.closes_at_us,
-                now_us: set.at_us,
-            });
-        }
+        let in_the_past = || LotError::InThePast {
+            closes_at_us: set.closes_at_us,
+            now_us: set.at_us,
+        };
         let Some(state) = self.lots.get_mut(&set.lot) else {
+            if set.closes_at_us < set.at_us {
+                return Err(in_the_past());
+            }
             if self.lots.len() >= MAX_LOTS {
                 return Err(LotError::TooMany);
             }
@@ -272,6 +273,7 @@ impl Auction {
             return Ok(LotChange::Created);
         };
         let from_us = state.lot.closes_at_us;
+        // a setting sent again (a retry) is answered as it was
         if from_us == set.closes_at_us {
             return Ok(LotChange::Same);
         }
@@ -279,6 +281,9 @@ impl Auction {
             return Err(LotError::Closed {
                 closes_at_us: from_us,
             });
+        }
+        if set.closes_at_us < set.at_us {
+            return Err(in_the_past());
         }
         if let Some(((edge_us, _, _), _)) = state.bids.last_key_value() {
             if *edge_us >= set.closes_at_us {
@@ -289,17 +294,36 @@ impl Auction {
         Ok(LotChange::Moved { from_us })
     }
 
-    /// Takes back a setting whose record did not reach the disk: a lot made is removed
-    /// (unless a bid came meanwhile), a moved close goes back.
+    /// The close of "the hammer now" on `lot` at `now_us`: now, or just after the latest
+    /// bid taken when its edge time is ahead (a venue clock up to
+    /// [`AuctionConfig::max_skew_us`] fast), so that no bid taken is undone. None: no such
+    /// lot.
+    pub fn hammer_at(&self, lot: &str, now_us: u64) -> Option<u64> {
+        let state = self.lots.get(lot)?;
+        let latest = state.bids.last_key_value().map(|((edge, _, _), _)| *edge);
+        Some(latest.map_or(now_us, |e| now_us.max(e.saturating_add(1))))
+    }
+
+    /// Takes back a setting whose record did not reach the disk, unless something changed
+    /// the lot since: a lot made is removed (unless a bid came meanwhile), a moved close
+    /// goes back.
     pub fn unset_lot(&mut self, set: &LotSet, change: LotChange) {
         match change {
             LotChange::Created => {
-                if self.lots.get(&set.lot).is_some_and(|s| s.bids.is_empty()) {
+                let untouched = self
+                    .lots
+                    .get(&set.lot)
+                    .is_some_and(|s| s.bids.is_empty() && s.lot.closes_at_us == set.closes_at_us);
+                if untouched {
                     self.lots.remove(&set.lot);
                 }
             }
             LotChange::Moved { from_us } => {
-                if let Some(s) = self.lots.get_mut(&set.lot) {
+                if let Some(s) = self
+                    .lots
+                    .get_mut(&set.lot)
+                    .filter(|s| s.lot.closes_at_us == set.closes_at_us)
+                {
                     s.lot.closes_at_us = from_us;
                 }
             }
@@ -497,8 +521,16 @@ mod tests {
             a.set_lot(&set("7", CLOSE + 5, CLOSE + 4)),
             Err(LotError::BidAfter { edge_us: CLOSE + 5 })
         );
-        // hammer down now: the close is now
+        // a retry of a setting is answered as it was, even once its close has passed
+        assert_eq!(
+            a.set_lot(&set("7", CLOSE + 10_000_000, CLOSE + 20_000_000)),
+            Ok(LotChange::Same)
+        );
+        // the hammer: now, unless a bid taken is ahead of it (a fast venue clock)
+        assert_eq!(a.hammer_at("7", CLOSE + 3), Some(CLOSE + 6));
+        assert_eq!(a.hammer_at("8", CLOSE + 3), None);
         let now = CLOSE + 7;
+        assert_eq!(a.hammer_at("7", now), Some(now));
         assert!(a.set_lot(&set("7", now, now)).is_ok());
         assert!(matches!(
             a.place(bid("c", 200, now, now)),
