@@ -20,7 +20,11 @@
 //!   shortage built drains meanwhile, and another camera is not stepped down for it.
 //! - **Up slowly.** The highest-priority camera whose next level fits steps up once the
 //!   capacity has held that demand with [`LevelConfig::headroom`] to spare, and no
-//!   backlog, for the up-hold, to the highest level that fits so. The up-hold is
+//!   backlog, for the up-hold, to the best level that has held so: each level's hold
+//!   starts when it first fits, and is judged on the least capacity read since (one high
+//!   reading after a lower level's long hold is no hold of full); the levels above keep
+//!   their holds through a step, and the next step waits for the first one's
+//!   [`LevelConfig::settle`]. The up-hold is
 //!   [`LevelConfig::up_after`], doubled (up to [`LevelConfig::up_after_max`]) for each flap
 //!   (a step down that undid a step up) in the last [`LevelConfig::flap_memory`], as a
 //!   flapping link's probation grows: a marginal link whose capacity swings never holds
@@ -749,8 +753,8 @@ impl StreamLevels {
     fn try_up(&mut self, now: Instant, capacity: f64) -> Option<Change> {
         let total = self.demand();
         let headroom = 1.0 + self.cfg.headroom;
-        // (camera, level, demand after) of the first camera, highest priority first, with
-        // a higher level that fits
+        // (camera, demand of the others, the levels above its own that fit, nearest first)
+        // of the first camera, highest priority first, with a higher level that fits
         let pick = self.by_priority().into_iter().rev().find_map(|i| {
             let c = &self.cameras[i];
             let others = total - c.ladder.cost_at(c.level);
@@ -786,10 +790,12 @@ impl StreamLevels {
                 },
             })
             .collect();
-        // the best level whose hold is over
+        // the best level whose hold is over; none while the last step up settles
+        let settling = self.up_settle_until.is_some_and(|t| now < t);
         let ready = levels
             .iter()
             .rev()
+            .filter(|_| !settling)
             .find(|h| now.saturating_duration_since(h.since) >= self.up_hold(h.low))
             .copied();
         let Some(ready) = ready else {
@@ -1499,6 +1505,35 @@ mod tests {
         });
         let steps: Vec<_> = s.changes.iter().map(|(_, c)| c.to).collect();
         assert_eq!(steps, vec![Level::Audio, Level::Keyframes, Level::Audio]);
+    }
+
+    #[test]
+    fn a_second_step_up_waits_for_the_first_to_settle() {
+        // 1 Mbit/s from 3 s, 14 from 4 s: full's hold is over 1 s after the transcode's,
+        // and waits for the transcode's step to settle
+        let mut s = Sim::new(vec![transcoded()], &[0]);
+        s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
+        s.run(Duration::from_secs(2), |_, _| (0.12 * MBIT, Duration::ZERO));
+        s.changes.clear();
+        s.run(Duration::from_secs(30), |at, _| {
+            let c = if at < Duration::from_secs(4) {
+                1.0
+            } else {
+                14.0
+            };
+            (c * MBIT, Duration::ZERO)
+        });
+        let steps: Vec<_> = s
+            .changes
+            .iter()
+            .map(|(at, c)| (at.as_millis() / 100, c.to))
+            .collect();
+        let settle = LevelConfig::default().settle.as_millis() / 100;
+        assert_eq!(
+            steps,
+            vec![(130, Level::Transcode), (130 + settle, Level::Full)],
+            "at 100 ms"
+        );
     }
 
     #[test]
