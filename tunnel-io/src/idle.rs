@@ -7,6 +7,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -80,26 +82,59 @@ where
 #[error("the peer took no bytes for {0:?}")]
 pub struct WriteStalled(pub Duration);
 
+/// A [`WriteIdle`]'s bound, shared: whoever holds it may change it (a device connection
+/// that becomes a CONNECT tunnel takes the tunnel's). A change applies from the next wait.
+#[derive(Debug, Clone)]
+pub struct IdleSetting(Arc<AtomicU64>);
+
+impl IdleSetting {
+    fn new(idle: Duration) -> Self {
+        Self(Arc::new(AtomicU64::new(millis(idle))))
+    }
+
+    /// Sets the bound.
+    pub fn set(&self, idle: Duration) {
+        self.0.store(millis(idle), Ordering::Relaxed);
+    }
+
+    /// The bound.
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A connection `IO` whose writes, flushes and shutdown fail with [`WriteStalled`] once one
-/// has waited `idle` without the peer taking a byte. Only a write that waits counts: a
-/// connection with nothing to send is never idle here.
+/// has waited its bound without the peer taking a byte. Only a write that waits counts: a
+/// connection with nothing to send is never idle here. A wait counts from the first poll
+/// that found no room until one makes progress: a write given up (its future dropped) and
+/// tried again later goes on counting the same wait (hyper and the copy loops never give
+/// up a write).
 pub struct WriteIdle<IO> {
     inner: IO,
-    idle: Duration,
+    idle: IdleSetting,
     sleep: Pin<Box<Sleep>>,
-    /// A write is waiting, and `sleep` runs out when it has waited `idle`.
+    /// A write is waiting, and `sleep` runs out when it has waited the bound.
     waiting: bool,
 }
 
 impl<IO> WriteIdle<IO> {
-    /// Wraps `inner`.
+    /// Wraps `inner`, with the bound `idle`.
     pub fn new(inner: IO, idle: Duration) -> Self {
         Self {
             inner,
-            idle,
+            idle: IdleSetting::new(idle),
             sleep: Box::pin(tokio::time::sleep(idle)),
             waiting: false,
         }
+    }
+
+    /// The bound, to change it.
+    pub fn setting(&self) -> IdleSetting {
+        self.idle.clone()
     }
 
     /// What the inner write returned: progress clears the wait, a wait starts or goes on.
@@ -114,13 +149,13 @@ impl<IO> WriteIdle<IO> {
         }
         if !self.waiting {
             self.waiting = true;
-            let idle = self.idle;
+            let idle = self.idle.get();
             self.sleep.as_mut().reset(Instant::now() + idle);
         }
         match self.sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                WriteStalled(self.idle),
+                WriteStalled(self.idle.get()),
             ))),
             Poll::Pending => Poll::Pending,
         }
@@ -245,5 +280,16 @@ mod tests {
         assert!(e.get_ref().is_some_and(|e| e.is::<WriteStalled>()));
         assert_eq!(stalled.elapsed(), idle);
         reader.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bound_raised_applies_from_the_next_wait() {
+        let (near, _far) = tokio::io::duplex(16);
+        let mut w = WriteIdle::new(near, Duration::from_secs(30));
+        w.setting().set(Duration::from_secs(300));
+        let t = Instant::now();
+        let e = w.write_all(&[0u8; 64]).await.expect_err("never read");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(t.elapsed(), Duration::from_secs(300));
     }
 }

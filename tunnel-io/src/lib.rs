@@ -19,7 +19,7 @@ pub mod tls;
 pub mod transport;
 
 pub use body::{copy_bidirectional, pump_body, BodyError, H3Body, PumpError, RecvData, SendData};
-pub use idle::{IdleBody, IdleError, WriteIdle, WriteStalled};
+pub use idle::{IdleBody, IdleError, IdleSetting, WriteIdle, WriteStalled};
 pub use paced::PacedSocket;
 pub use revoked::{RevocationList, Revoked};
 pub use tls::{TlsError, TlsFiles};

@@ -72,6 +72,10 @@ pub(super) async fn connect(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = state.tunnel_idle;
+    // the device's connection is the tunnel's now: it may wait as long as the tunnel
+    if let Some(writes) = req.extensions().get::<tunnel_io::IdleSetting>() {
+        writes.set(idle);
+    }
     tokio::spawn(async move {
         let _held = held;
         match on_upgrade.await {

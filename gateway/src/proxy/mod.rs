@@ -470,13 +470,18 @@ impl DeviceDoor {
         // what a device sees, up to a head four times the limit
         let max_buf = (state.max_header_bytes * 4).max(64 * 1024);
         // a device that stops reading its answer frees its slot and the answer's stream
+        // (a CONNECT tunnel raises the bound to its own idle timeout)
         let io = tunnel_io::WriteIdle::new(io, state.body_idle);
+        let writes = io.setting();
         async move {
             let _held = match conn_slot {
                 Ok(h) => h,
                 Err(refused) => return too_many_connections(io, refused).await,
             };
-            let svc = service_fn(move |req| handle(state.clone(), device, entry.clone(), req));
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(writes.clone());
+                handle(state.clone(), device, entry.clone(), req)
+            });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
