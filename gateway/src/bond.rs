@@ -501,8 +501,18 @@ impl Bond {
 
     /// The demotions of an outage or a collapse of every uplink are not counted as links
     /// flapping (`tunnel::path_estimate::forgive_shared_trouble`).
+    /// Backup-tier paths are left out (unless there are only such): an idle satellite is
+    /// never short of its peak, and the backoff is about the paths that carry the venue.
     fn forgive_shared_trouble(&self, now: Instant) {
-        let mut guards: Vec<_> = self.paths.iter().map(|p| p.lock()).collect();
+        let mut regular: Vec<&Arc<Path>> = self
+            .paths
+            .iter()
+            .filter(|p| p.tier() != Tier::Backup)
+            .collect();
+        if regular.is_empty() {
+            regular = self.paths.iter().collect();
+        }
+        let mut guards: Vec<_> = regular.iter().map(|p| p.lock()).collect();
         let mut ests: Vec<&mut PathEstimate> = guards.iter_mut().map(|g| &mut g.est).collect();
         let Some((trouble, forgiven)) = path_estimate::forgive_shared_trouble(&mut ests, now)
         else {
@@ -510,14 +520,15 @@ impl Bond {
         };
         drop(guards);
         for i in forgiven {
-            let uplink = &self.paths[i].name;
+            let uplink = &regular[i].name;
             match trouble {
-                SharedTrouble::Outage => {
-                    info!(%uplink, "every uplink is down: not counted as this link flapping")
-                }
+                SharedTrouble::Outage => info!(
+                    %uplink,
+                    "every uplink (backups aside) is down: not counted as this link flapping"
+                ),
                 SharedTrouble::Collapse => info!(
                     %uplink,
-                    "every uplink is short of its capacity: not counted as this link flapping"
+                    "every uplink (backups aside) is short of its capacity: not counted as this link flapping"
                 ),
             }
         }
