@@ -267,9 +267,9 @@ fn a_device_that_stops_reading_its_answers_gets_its_slots_back() {
         "both slots are held by the unread answers"
     );
     // the answers waited 2 s for the device: cut, and the slots are free again
-    std::thread::sleep(Duration::from_millis(3500));
-    let mut after = raw(&s, "127.0.0.1", &get("/stats"));
-    assert!(status_line(&mut after).contains(" 200"));
+    wait_until("a slot free again", Duration::from_secs(20), || {
+        status_line(&mut raw(&s, "127.0.0.1", &get("/stats"))).contains(" 200")
+    });
     drop(held);
 }
 
@@ -380,7 +380,8 @@ fn an_auctioneer_makes_and_moves_lots_and_a_restart_keeps_them() {
     assert_eq!(put(token, "9", &at(1)), (422, "in_the_past".into()));
     assert_eq!(put(token, "9", "{\"closes\": \"soon\"}").0, 422);
     let hammer = "{\"close_now\": true}";
-    assert_eq!(put(token, "a%20b", hammer), (422, "bad_id".into()));
+    assert_eq!(put(token, "a%20b", &at(now + 60)), (422, "bad_id".into()));
+    assert_eq!(put(token, "8", hammer).0, 404, "the hammer on no lot");
     // the hammer on lot 7; then it cannot be reopened
     assert_eq!(put(token, "7", hammer), (200, "moved".into()));
     std::thread::sleep(Duration::from_millis(1500));
