@@ -326,9 +326,10 @@ impl PathEstimate {
         self.peak_up > 0.0 && self.last_full_up >= 0.8 * self.peak_up
     }
 
-    /// Whether the path is of no use at its usual rate at `now`: not usable, or a full meter
-    /// window (or a collapse) in the last [`SHORTAGE_MEMORY`] showed it carrying less than
-    /// [`SHORT_OF_PEAK`] of its peak. A path with room (no full window) is not short.
+    /// Whether the path is of no use at its usual rate at `now`: not usable, or in the last
+    /// [`SHORTAGE_MEMORY`] a full meter window, a collapse or its congestion window over its
+    /// RTT showed it carrying less than [`SHORT_OF_PEAK`] of its peak. A path with room (no
+    /// full window, its window as it was) is not short.
     pub fn short_of_peak(&self, now: Instant) -> bool {
         !self.is_usable()
             || self
@@ -383,6 +384,12 @@ impl PathEstimate {
             self.rate_up = (s.cwnd as f64 / srtt).max(MIN_RATE);
             if self.peak_credit_until.is_some_and(|t| now < t) {
                 self.rate_up = self.rate_up.max(self.peak_up * 0.8);
+            }
+            // the controller's own reading of the link: a window shrunk over a round trip
+            // grown by the link's queue (a collapse the meter does not see full, as when
+            // the stream's keyframes come in bursts)
+            if self.rate_up < self.peak_up * SHORT_OF_PEAK {
+                self.short_seen = Some(now);
             }
         }
         if let Some(e) = self.health.poll(now) {
@@ -789,6 +796,21 @@ mod tests {
     #[test]
     fn a_link_that_flaps_beside_one_at_its_peak_is_held_out() {
         assert!(!second_return_within_2_s(false));
+    }
+
+    #[test]
+    fn a_window_shrunk_far_below_the_peak_is_short_of_it() {
+        let mut s = Sim::connected(50 * MS);
+        s.join();
+        s.carry_at_peak();
+        // nothing queued, but the controller's window over the RTT is a tenth of the peak
+        s.write_and_send(0, 50_000, 20);
+        s.run(SHORTAGE_MEMORY + METER_WINDOW);
+        assert!(!s.est.short_of_peak(s.now));
+        s.stats.cwnd = 25_000;
+        s.stats.rtt = 100 * MS;
+        s.run(10 * MS);
+        assert!(s.est.short_of_peak(s.now), "rate up {}", s.est.rate_up());
     }
 
     #[test]
