@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use tunnel::path::{CapState, DataCap, Health, HealthEvent, LinkKind, Tier};
-use tunnel::path_estimate::{self, PathEstimate, SharedTrouble, TransportStats};
+use tunnel::path_estimate::{PathEstimate, SharedTrouble, TransportStats, TroubleWatch};
 
 use tunnel::scheduler::{self, ClassSet, LossView, PathId, PathView, Placement, Scheduler, Unit};
 use tunnel::spread;
@@ -408,6 +408,8 @@ pub struct Bond {
     pub session: u128,
     /// The relay's wall clock as measured over the paths.
     pub clock: Arc<crate::clock::RelayClock>,
+    /// Outages and collapses of every path, whose demotions are not flaps.
+    trouble: Mutex<TroubleWatch>,
 }
 
 impl Bond {
@@ -446,6 +448,7 @@ impl Bond {
             policy: scheduler::default_policy(),
             session,
             clock: Arc::default(),
+            trouble: Mutex::default(),
         });
         tokio::spawn(crate::clock::run(Arc::downgrade(&bond), bond.clock.clone()));
         let b = Arc::downgrade(&bond);
@@ -500,7 +503,7 @@ impl Bond {
     }
 
     /// The demotions of an outage or a collapse of every uplink are not counted as links
-    /// flapping (`tunnel::path_estimate::forgive_shared_trouble`).
+    /// flapping (`tunnel::path_estimate::TroubleWatch`).
     /// Backup-tier paths are left out (unless there are only such): an idle satellite is
     /// never short of its peak, and the backoff is about the paths that carry the venue.
     fn forgive_shared_trouble(&self, now: Instant) {
@@ -514,8 +517,12 @@ impl Bond {
         }
         let mut guards: Vec<_> = regular.iter().map(|p| p.lock()).collect();
         let mut ests: Vec<&mut PathEstimate> = guards.iter_mut().map(|g| &mut g.est).collect();
-        let Some((trouble, forgiven)) = path_estimate::forgive_shared_trouble(&mut ests, now)
-        else {
+        let watched = self
+            .trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .after_tick(&mut ests, now);
+        let Some((trouble, forgiven)) = watched else {
             return;
         };
         drop(guards);
@@ -528,7 +535,7 @@ impl Bond {
                 ),
                 SharedTrouble::Collapse => info!(
                     %uplink,
-                    "every uplink (backups aside) is short of its capacity: not counted as this link flapping"
+                    "every uplink (backups aside) was short of its capacity: not counted as this link flapping"
                 ),
             }
         }
