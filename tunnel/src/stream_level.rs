@@ -1507,61 +1507,42 @@ mod tests {
         assert_eq!(steps, vec![Level::Audio, Level::Keyframes, Level::Audio]);
     }
 
-    #[test]
-    fn a_second_step_up_waits_for_the_first_to_settle() {
-        // 1 Mbit/s from 3 s, 14 from 4 s: full's hold is over 1 s after the transcode's,
-        // and waits for the transcode's step to settle
+    /// A camera without a second stream collapsed to audio at 1 s; the links return at 3 s
+    /// reading 1 Mbit/s (the transcode fits), and 14 from `full_from`: the steps up, each
+    /// at its time in 100 ms.
+    fn steps_up_after_a_return(full_from: Duration) -> Vec<(u128, Level)> {
         let mut s = Sim::new(vec![transcoded()], &[0]);
         s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
         s.run(Duration::from_secs(2), |_, _| (0.12 * MBIT, Duration::ZERO));
         s.changes.clear();
         s.run(Duration::from_secs(30), |at, _| {
-            let c = if at < Duration::from_secs(4) {
-                1.0
-            } else {
-                14.0
-            };
+            let c = if at < full_from { 1.0 } else { 14.0 };
             (c * MBIT, Duration::ZERO)
         });
-        let steps: Vec<_> = s
-            .changes
+        s.changes
             .iter()
             .map(|(at, c)| (at.as_millis() / 100, c.to))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_second_step_up_waits_for_the_first_to_settle() {
+        // full's hold is over 1 s after the transcode's, and waits for the transcode's
+        // step to settle
         let settle = LevelConfig::default().settle.as_millis() / 100;
         assert_eq!(
-            steps,
-            vec![(130, Level::Transcode), (130 + settle, Level::Full)],
-            "at 100 ms"
+            steps_up_after_a_return(Duration::from_secs(4)),
+            vec![(130, Level::Transcode), (130 + settle, Level::Full)]
         );
     }
 
     #[test]
     fn a_return_read_low_at_first_steps_to_full_on_its_own_hold() {
-        // the links' return reads 1 Mbit/s at first (the transcode fits), 14 from 4 s
-        // later: the transcode after its hold, and full after its own, counted from the
-        // reading that allowed it, not from the first
-        let mut s = Sim::new(vec![transcoded()], &[0]);
-        s.run(Duration::from_secs(1), |_, _| (14.0 * MBIT, Duration::ZERO));
-        s.run(Duration::from_secs(2), |_, _| (0.12 * MBIT, Duration::ZERO));
-        s.changes.clear();
-        s.run(Duration::from_secs(30), |at, _| {
-            let c = if at < Duration::from_secs(7) {
-                1.0
-            } else {
-                14.0
-            };
-            (c * MBIT, Duration::ZERO)
-        });
-        let steps: Vec<_> = s
-            .changes
-            .iter()
-            .map(|(at, c)| (at.as_millis() / 100, c.to))
-            .collect();
+        // the transcode after its hold, and full after its own, counted from the reading
+        // that allowed it, not from the first
         assert_eq!(
-            steps,
-            vec![(130, Level::Transcode), (170, Level::Full)],
-            "at 100 ms"
+            steps_up_after_a_return(Duration::from_secs(7)),
+            vec![(130, Level::Transcode), (170, Level::Full)]
         );
     }
 
