@@ -23,9 +23,11 @@ pub const PEAK_CREDIT: Duration = Duration::from_secs(2);
 pub const PEAK_MEMORY: Duration = Duration::from_secs(300);
 /// Window of the goodput meters.
 pub const METER_WINDOW: Duration = Duration::from_millis(250);
-/// A full link carrying less than this share of its peak is short of it (a collapse).
+/// A link that carries, or may send, less than this share of its peak is short of it (a
+/// collapse).
 pub const SHORT_OF_PEAK: f64 = 0.25;
-/// How long a path counts as short of its peak after a full window last showed it.
+/// How long a path counts as short of its peak after it last showed it
+/// ([`PathEstimate::short_of_peak`]).
 pub const SHORTAGE_MEMORY: Duration = Duration::from_secs(3);
 /// Demotions this close before a shared outage or collapse are part of it.
 pub const TOGETHER: Duration = Duration::from_secs(3);
@@ -124,8 +126,8 @@ pub struct PathEstimate {
     least_unsent: Option<u64>,
     /// A collapse's rate stands as `last_full_up` until this, unless a window reads full.
     collapse_until: Option<Instant>,
-    /// When a full window (or a collapse) last showed the link carrying less than
-    /// [`SHORT_OF_PEAK`] of its peak.
+    /// When the path was last out of use, or a full window, a collapse or its window over
+    /// its RTT last showed it carrying less than [`SHORT_OF_PEAK`] of its peak.
     short_seen: Option<Instant>,
     peak_credit_until: Option<Instant>,
     /// UDP bytes the connection had sent and not lost ([`TransportStats::tx_kept`]) when
@@ -337,15 +339,21 @@ impl PathEstimate {
                 .is_some_and(|t| now.saturating_duration_since(t) <= SHORTAGE_MEMORY)
     }
 
+    /// A reading of what the link carries or may send: short of its peak if under
+    /// [`SHORT_OF_PEAK`] of it.
+    fn note_rate(&mut self, now: Instant, rate: f64) {
+        if rate < self.peak_up * SHORT_OF_PEAK {
+            self.short_seen = Some(now);
+        }
+    }
+
     /// The congestion controller found the link collapsed, carrying `rate` bytes per
     /// second (`crate::congestion::Collapse`): that is the link's full rate for the next
     /// two meter windows unless one reads full itself. The meter cannot tell yet: the
     /// sender keeps its queue near empty by pushing into the link's overflowing one, and
     /// what it sends there is lost.
     pub fn on_collapse(&mut self, now: Instant, rate: f64) {
-        if rate < self.peak_up * SHORT_OF_PEAK {
-            self.short_seen = Some(now);
-        }
+        self.note_rate(now, rate);
         self.last_full_up = rate;
         self.collapse_until = Some(now + 2 * METER_WINDOW);
     }
@@ -388,9 +396,7 @@ impl PathEstimate {
             // the controller's own reading of the link: a window shrunk over a round trip
             // grown by the link's queue (a collapse the meter does not see full, as when
             // the stream's keyframes come in bursts)
-            if self.rate_up < self.peak_up * SHORT_OF_PEAK {
-                self.short_seen = Some(now);
-            }
+            self.note_rate(now, self.rate_up);
         }
         if let Some(e) = self.health.poll(now) {
             events.push(e);
@@ -491,9 +497,7 @@ impl PathEstimate {
             // camera's 0.77 Mbit/s, and the camera stepped down to keyframes.
             self.last_full_up = wire;
             self.collapse_until = None;
-            if wire < self.peak_up * SHORT_OF_PEAK {
-                self.short_seen = Some(now);
-            }
+            self.note_rate(now, wire);
             // the peak (a returning link's credit and resume window) stays with the lesser
             // reading: what a big window lets out into an overflowing queue counts as on
             // the wire until it is declared lost, and one such window would raise the peak
@@ -580,7 +584,6 @@ impl TroubleWatch {
         let forgiven: Vec<usize> = paths
             .iter_mut()
             .enumerate()
-            .filter(|(_, p)| p.health.last_demotion().is_some_and(|t| t >= since))
             .filter_map(|(i, p)| p.health.forgive_demotions_since(now, since).then_some(i))
             .collect();
         (!forgiven.is_empty()).then_some((trouble, forgiven))

@@ -791,12 +791,15 @@ impl StreamLevels {
             })
             .collect();
         // the best level whose hold is over; none while the last step up settles
-        let settling = self.up_settle_until.is_some_and(|t| now < t);
-        let ready = levels
-            .iter()
-            .rev()
-            .filter(|_| !settling)
-            .find(|h| now.saturating_duration_since(h.since) >= self.up_hold(h.low))
+        let settled = self.up_settle_until.is_none_or(|t| now >= t);
+        let ready = settled
+            .then(|| {
+                levels
+                    .iter()
+                    .rev()
+                    .find(|h| now.saturating_duration_since(h.since) >= self.up_hold(h.low))
+            })
+            .flatten()
             .copied();
         let Some(ready) = ready else {
             self.headroom = Some(Headroom { camera: i, levels });
