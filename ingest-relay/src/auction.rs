@@ -70,9 +70,7 @@ impl AuctionSink {
         auction.restore(&entries);
         for l in &cfg.lots {
             let config_us = l.closes_at_unix.saturating_mul(1_000_000);
-            let now_us = auction
-                .standing(&l.id, 0)
-                .map_or(config_us, |s| s.lot.closes_at_us);
+            let now_us = auction.closes_at(&l.id).unwrap_or(config_us);
             if now_us != config_us {
                 warn!(lot = %l.id, config_us, closes_at_us = now_us,
                     "auction: the lot's close set through /api/lots stands over the config's");

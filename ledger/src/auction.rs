@@ -285,10 +285,8 @@ impl Auction {
         if set.closes_at_us < set.at_us {
             return Err(in_the_past());
         }
-        if let Some(((edge_us, _, _), _)) = state.bids.last_key_value() {
-            if *edge_us >= set.closes_at_us {
-                return Err(LotError::BidAfter { edge_us: *edge_us });
-            }
+        if let Some(edge_us) = latest_edge(state).filter(|e| *e >= set.closes_at_us) {
+            return Err(LotError::BidAfter { edge_us });
         }
         state.lot.closes_at_us = set.closes_at_us;
         Ok(LotChange::Moved { from_us })
@@ -299,9 +297,13 @@ impl Auction {
     /// [`AuctionConfig::max_skew_us`] fast), so that no bid taken is undone. None: no such
     /// lot.
     pub fn hammer_at(&self, lot: &str, now_us: u64) -> Option<u64> {
-        let state = self.lots.get(lot)?;
-        let latest = state.bids.last_key_value().map(|((edge, _, _), _)| *edge);
+        let latest = latest_edge(self.lots.get(lot)?);
         Some(latest.map_or(now_us, |e| now_us.max(e.saturating_add(1))))
+    }
+
+    /// When lot `lot` closes, µs.
+    pub fn closes_at(&self, lot: &str) -> Option<u64> {
+        self.lots.get(lot).map(|s| s.lot.closes_at_us)
     }
 
     /// Takes back a setting whose record did not reach the disk, unless something changed
@@ -416,6 +418,11 @@ impl Auction {
     pub fn lot_ids(&self) -> impl Iterator<Item = &str> {
         self.lots.keys().map(String::as_str)
     }
+}
+
+/// The edge time of a lot's latest bid.
+fn latest_edge(state: &LotState) -> Option<u64> {
+    state.bids.last_key_value().map(|((edge, _, _), _)| *edge)
 }
 
 fn insert(state: &mut LotState, b: LotBid) {
