@@ -171,15 +171,7 @@ fn close_of(body: &[u8]) -> Result<Option<u64>, &'static str> {
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{v}\n"))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    tunnel_io::operator_http::json(status, format!("{v}\n"))
 }
 
 #[cfg(test)]

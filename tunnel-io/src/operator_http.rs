@@ -6,7 +6,7 @@
 
 use crate::listen::accept;
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -94,6 +94,19 @@ pub async fn serve_tls<H, F, B>(
             drop(slot);
         });
     }
+}
+
+/// An operator API's answer: `json`, the text of a JSON value, never cached.
+pub fn json(status: StatusCode, json: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(json)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 /// A static file of an operator page: `kind` its content type, `csp` the

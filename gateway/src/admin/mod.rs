@@ -32,7 +32,7 @@ mod page;
 mod problems;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -217,15 +217,7 @@ where
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Answer {
-    let mut r = Response::new(infallible(Full::new(Bytes::from(format!("{v:#}\n")))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    tunnel_io::operator_http::json(status, format!("{v:#}\n")).map(infallible)
 }
 
 fn error(status: StatusCode, message: &str) -> Answer {

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 use tracing::{debug, info};
 use tunnel_io::admin_token::authorized;
-use tunnel_io::operator_http::{asset, OPERATOR_JS};
+use tunnel_io::operator_http::{asset, json, OPERATOR_JS};
 
 const INDEX: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/fleet.js");
@@ -91,15 +91,10 @@ fn answer(fleet: &FleetState, relay: &str, token: &str, req: &Request<Incoming>)
         .uri()
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "hour=1"));
-    let body = format!("{}\n", fleet.view(relay, with_hour));
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    json(
+        StatusCode::OK,
+        format!("{}\n", fleet.view(relay, with_hour)),
+    )
 }
 
 fn text(status: StatusCode, body: &'static str) -> Answer {
