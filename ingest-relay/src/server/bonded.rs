@@ -152,39 +152,32 @@ pub(super) async fn stripe_chunk(
             return refuse(&mut stream, r).await;
         }
     };
-    // the chunk's bytes stay on the chunks' intake budget while it waits for its stripe's
-    // window
-    let (data, _intake) =
-        match read_capped(&mut stream, stripe::CHUNK_MAX, state.chunk_intake(ctx)).await {
-            Capped::Body(d, g) => (d, g),
-            Capped::TooLarge => {
-                return refuse(
-                    &mut stream,
-                    Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "chunk over 1 MiB"),
-                )
-                .await
-            }
-            Capped::NoRoom => return refuse(&mut stream, no_room()).await,
-            Capped::Failed => return StatusCode::BAD_REQUEST,
-        };
-    let n = data.len() as u64;
-    let status = match stripe.insert(offset, data, state.response_timeout).await {
-        Ok(()) => {
+    let status = match take_chunk(&stripe, &mut stream, offset, state, ctx).await {
+        Ok(n) => {
             metrics::counter!("canopy_relay_stripe_chunks_total").increment(1);
-            metrics::counter!("canopy_relay_stripe_bytes_total").increment(n);
+            debug!(stripe = id, offset, n, "chunk");
             StatusCode::OK
         }
-        Err(stripe::ChunkError::OutOfRange) => {
+        Err(NotTaken::Read(Stopped::TooLarge)) => {
+            return refuse(
+                &mut stream,
+                Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "chunk over 1 MiB"),
+            )
+            .await
+        }
+        Err(NotTaken::Read(Stopped::NoRoom)) => return refuse(&mut stream, no_room()).await,
+        Err(NotTaken::Read(Stopped::Failed)) => return StatusCode::BAD_REQUEST,
+        Err(NotTaken::Stripe(stripe::ChunkError::OutOfRange)) => {
             return refuse(
                 &mut stream,
                 Refusal::new(StatusCode::BAD_REQUEST, "chunk beyond the stripe's end"),
             )
             .await
         }
-        Err(stripe::ChunkError::Failed(why)) => {
+        Err(NotTaken::Stripe(stripe::ChunkError::Failed(why))) => {
             return refuse(&mut stream, Refusal::new(StatusCode::CONFLICT, why)).await
         }
-        Err(stripe::ChunkError::NoBudget) => {
+        Err(NotTaken::Stripe(stripe::ChunkError::NoBudget)) => {
             return refuse(
                 &mut stream,
                 Refusal::new(
@@ -194,7 +187,7 @@ pub(super) async fn stripe_chunk(
             )
             .await
         }
-        Err(stripe::ChunkError::Timeout) => {
+        Err(NotTaken::Stripe(stripe::ChunkError::Timeout)) => {
             return refuse(
                 &mut stream,
                 Refusal::new(
@@ -205,7 +198,6 @@ pub(super) async fn stripe_chunk(
             .await
         }
     };
-    debug!(stripe = id, offset, n, "chunk");
     let resp = Response::builder()
         .status(status)
         .body(())
@@ -214,6 +206,50 @@ pub(super) async fn stripe_chunk(
         let _ = stream.finish().await;
     }
     status
+}
+
+/// Why a chunk was not taken whole.
+enum NotTaken {
+    /// Reading its bytes stopped.
+    Read(Stopped),
+    /// Its stripe refused a piece.
+    Stripe(stripe::ChunkError),
+}
+
+/// Reads a chunk into its stripe piece by piece as its bytes arrive, so the origin gets
+/// the front of a chunk while its end is still on the way. Read whole first, a chunk (150
+/// ms of its path's time) reached the origin at once when its last byte came, and a
+/// single upload through the relay stalled 100-260 ms at a time with no fault at all.
+/// Each piece's bytes stay on the chunks' intake budget while it waits for its stripe's
+/// window (the window counts from where the piece starts); the whole chunk may wait the
+/// response timeout for it. Returns the chunk's length.
+async fn take_chunk(
+    stripe: &stripe::Stripe,
+    stream: &mut Stream,
+    offset: u64,
+    state: &State,
+    ctx: &ConnCtx,
+) -> Result<u64, NotTaken> {
+    let deadline = tokio::time::Instant::now() + state.response_timeout;
+    let mut pieces = Pieces::new(state.chunk_intake(ctx), stripe::CHUNK_MAX);
+    loop {
+        let mut held = pieces.grant().ok_or(NotTaken::Read(Stopped::NoRoom))?;
+        let at = offset + pieces.read;
+        let Some(data) = pieces
+            .next(stream, &mut held)
+            .await
+            .map_err(NotTaken::Read)?
+        else {
+            return Ok(pieces.read);
+        };
+        let n = data.len() as u64;
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        stripe
+            .insert(at, data, wait)
+            .await
+            .map_err(NotTaken::Stripe)?;
+        metrics::counter!("canopy_relay_stripe_bytes_total").increment(n);
+    }
 }
 
 /// The head of a request whose body comes striped. The first head of a stripe opens the

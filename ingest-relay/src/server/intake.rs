@@ -29,53 +29,102 @@ pub(crate) struct Intake<'a> {
     pub idle: Duration,
 }
 
-/// Reads a request body of at most `max` bytes, its bytes taken from `intake` as they come:
-/// many streams of one gateway, each under its bound, cannot make the relay hold more than
-/// that gateway's share. A body that sends nothing for `intake.idle` is given up
-/// ([`Capped::Failed`], STOP_SENDING sent).
-pub(crate) async fn read_capped(stream: &mut Stream, max: u64, intake: Intake<'_>) -> Capped {
-    use bytes::Buf;
-    let Some(mut grant) = intake.budget.try_grant(intake.gateway, 0) else {
-        return Capped::NoRoom;
-    };
-    let mut data = bytes::BytesMut::new();
-    loop {
-        let next = match tokio::time::timeout(intake.idle, stream.recv_data()).await {
+/// Why reading a request body stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    /// Over the bound (STOP_SENDING sent).
+    TooLarge,
+    /// The intake budget had no room (STOP_SENDING sent).
+    NoRoom,
+    /// The stream failed, or stalled longer than the idle bound.
+    Failed,
+}
+
+/// Reads a request body piece by piece as it arrives, each piece's bytes taken from the
+/// intake budget onto the grant the caller holds: at most `max` bytes in all. A body that
+/// sends nothing for `intake.idle` is given up (STOP_SENDING sent).
+pub(crate) struct Pieces<'a> {
+    intake: Intake<'a>,
+    max: u64,
+    /// Bytes read so far.
+    pub read: u64,
+}
+
+impl<'a> Pieces<'a> {
+    pub(crate) fn new(intake: Intake<'a>, max: u64) -> Self {
+        Self {
+            intake,
+            max,
+            read: 0,
+        }
+    }
+
+    /// A grant of nothing yet from the intake budget, for the next pieces' bytes (None:
+    /// the budget is full already).
+    pub(crate) fn grant(&self) -> Option<Grant> {
+        self.intake.budget.try_grant(self.intake.gateway, 0)
+    }
+
+    /// The next piece, its bytes grown onto `grant`; None at the body's end.
+    pub(crate) async fn next(
+        &mut self,
+        stream: &mut Stream,
+        grant: &mut Grant,
+    ) -> Result<Option<Bytes>, Stopped> {
+        use bytes::Buf;
+        let next = match tokio::time::timeout(self.intake.idle, stream.recv_data()).await {
             Ok(r) => r,
             Err(_) => {
                 debug!(
-                    idle_ms = intake.idle.as_millis() as u64,
+                    idle_ms = self.intake.idle.as_millis() as u64,
                     "request body stalled"
                 );
                 stream.stop_sending(h3::error::Code::H3_NO_ERROR);
                 metrics::counter!("canopy_relay_bodies_stalled_total").increment(1);
-                return Capped::Failed;
+                return Err(Stopped::Failed);
             }
         };
         match next {
             Ok(Some(mut b)) => {
                 let n = b.remaining() as u64;
-                if data.len() as u64 + n > max {
+                if self.read + n > self.max {
                     stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-                    return Capped::TooLarge;
+                    return Err(Stopped::TooLarge);
                 }
                 if !grant.grow(n) {
                     stream.stop_sending(h3::error::Code::H3_NO_ERROR);
                     metrics::counter!("canopy_relay_intake_refused_total").increment(1);
-                    return Capped::NoRoom;
+                    return Err(Stopped::NoRoom);
                 }
-                while b.has_remaining() {
-                    let c = b.chunk();
-                    data.extend_from_slice(c);
-                    let n = c.len();
-                    b.advance(n);
-                }
+                self.read += n;
+                Ok(Some(b.copy_to_bytes(n as usize)))
             }
-            Ok(None) => return Capped::Body(data.freeze(), grant),
+            Ok(None) => Ok(None),
             Err(e) => {
                 debug!(error = %e, "request body not received");
-                return Capped::Failed;
+                Err(Stopped::Failed)
             }
+        }
+    }
+}
+
+/// Reads a request body of at most `max` bytes, its bytes taken from `intake` as they come:
+/// many streams of one gateway, each under its bound, cannot make the relay hold more than
+/// that gateway's share. A body that sends nothing for `intake.idle` is given up
+/// ([`Capped::Failed`], STOP_SENDING sent).
+pub(crate) async fn read_capped(stream: &mut Stream, max: u64, intake: Intake<'_>) -> Capped {
+    let mut pieces = Pieces::new(intake, max);
+    let Some(mut grant) = pieces.grant() else {
+        return Capped::NoRoom;
+    };
+    let mut data = bytes::BytesMut::new();
+    loop {
+        match pieces.next(stream, &mut grant).await {
+            Ok(Some(b)) => data.extend_from_slice(&b),
+            Ok(None) => return Capped::Body(data.freeze(), grant),
+            Err(Stopped::TooLarge) => return Capped::TooLarge,
+            Err(Stopped::NoRoom) => return Capped::NoRoom,
+            Err(Stopped::Failed) => return Capped::Failed,
         }
     }
 }
