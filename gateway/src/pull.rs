@@ -15,7 +15,7 @@
 use crate::bond::{until_dead, Bond, Flow};
 use crate::stripe::{chunk_len, NoPath, CHUNK, IDLE, RESEND_PIECE};
 use crate::BoxError;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -109,6 +109,9 @@ async fn pull_all(
         MAX_TRIES,
     );
     let mut inflight = tokio::task::JoinSet::new();
+    // what the chunks bring, piece by piece, and how each ends: one channel, so a chunk's
+    // end never overtakes its last piece
+    let (pieces_tx, mut pieces) = mpsc::unbounded_channel();
     let mut primary = primary;
     let mut no_path = NoPath::default();
     let resends = metrics::counter!("canopy_gateway_resends_total", "class" => class.as_str());
@@ -209,8 +212,16 @@ async fn pull_all(
                         have: body.delivered(),
                         urgent: rank,
                     };
-                    let fut = fetch(bond.clone(), path, flow, chunk, timeout);
-                    inflight.spawn(async move { (ticket, fut.await) });
+                    let fut = fetch(
+                        bond.clone(),
+                        path,
+                        flow,
+                        chunk,
+                        timeout,
+                        ticket,
+                        pieces_tx.clone(),
+                    );
+                    inflight.spawn(fut);
                     placed = true;
                     no_path.placed();
                 }
@@ -224,28 +235,17 @@ async fn pull_all(
             continue;
         }
         tokio::select! {
-            done = inflight.join_next(), if !inflight.is_empty() => {
-                let Some(joined) = done else { continue };
-                let Ok((ticket, r)) = joined else {
+            Some(piece) = pieces.recv() => {
+                // everything that came meanwhile, before the next look at the paths
+                let mut next = Some(piece);
+                while let Some(piece) = next {
+                    take_piece(&mut body, &mut urgent, &resends, head.id, piece)?;
+                    next = pieces.try_recv().ok();
+                }
+            }
+            Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
+                if joined.is_err() {
                     return Err("a chunk's task failed".into());
-                };
-                urgent.end(&ticket);
-                match r {
-                    Ok(data) => {
-                        tracing::trace!(pull = head.id, ticket, len = data.len(), "chunk arrived");
-                        body.arrived(ticket, data)
-                    }
-                    Err(e) => {
-                        let outcome = if e.retry { body.failed(ticket) } else { body.refused(ticket) };
-                        match outcome {
-                            Failed::Again(n) => {
-                                debug!(pull = head.id, path = e.path, reason = %e.reason, ranges = n, "chunk asked for again");
-                                resends.increment(n as u64);
-                            }
-                            Failed::Covered => {}
-                            Failed::GiveUp => return Err(e.reason),
-                        }
-                    }
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
@@ -253,14 +253,72 @@ async fn pull_all(
     }
 }
 
-/// One chunk on one path, up to its last byte.
+/// Feeds what a flight brought to the body; Err when the body fails.
+fn take_piece(
+    body: &mut PulledBody,
+    urgent: &mut tunnel::resend_rank::ResendRanks<u64>,
+    resends: &metrics::Counter,
+    pull: u64,
+    piece: Piece,
+) -> Result<(), String> {
+    match piece {
+        Piece::Data(ticket, data) => body.received(ticket, data),
+        Piece::End(ticket, Ok(())) => {
+            urgent.end(&ticket);
+            tracing::trace!(pull, ticket, "chunk arrived");
+            body.arrived(ticket, Bytes::new());
+        }
+        Piece::End(ticket, Err(e)) => {
+            urgent.end(&ticket);
+            let outcome = if e.retry {
+                body.failed(ticket)
+            } else {
+                body.refused(ticket)
+            };
+            match outcome {
+                Failed::Again(n) => {
+                    debug!(pull, path = e.path, reason = %e.reason, ranges = n, "chunk asked for again");
+                    resends.increment(n as u64);
+                }
+                Failed::Covered => {}
+                Failed::GiveUp => return Err(e.reason),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a chunk's flight brings to the pull.
+enum Piece {
+    /// The next bytes of flight `ticket`.
+    Data(u64, Bytes),
+    /// Flight `ticket` ended: whole, or failed.
+    End(u64, Result<(), ChunkError>),
+}
+
+/// One chunk on one path, flight `ticket`: its bytes go to `out` as they come, then its end.
 async fn fetch(
     bond: Arc<Bond>,
     id: PathId,
     flow: Arc<Flow>,
     chunk: PullChunk,
     timeout: Duration,
-) -> Result<Bytes, ChunkError> {
+    ticket: u64,
+    out: mpsc::UnboundedSender<Piece>,
+) {
+    let r = fetch_pieces(bond, id, flow, chunk, timeout, ticket, &out).await;
+    let _ = out.send(Piece::End(ticket, r));
+}
+
+async fn fetch_pieces(
+    bond: Arc<Bond>,
+    id: PathId,
+    flow: Arc<Flow>,
+    chunk: PullChunk,
+    timeout: Duration,
+    ticket: u64,
+    out: &mpsc::UnboundedSender<Piece>,
+) -> Result<(), ChunkError> {
     let fail = |retry: bool, reason: String| ChunkError {
         path: id,
         retry,
@@ -305,32 +363,30 @@ async fn fetch(
                 format!("the relay refused a chunk ({}): {why}", resp.status()),
             ));
         }
-        let mut buf = BytesMut::with_capacity(want);
+        let mut got = 0;
         while let Some(mut d) = s
             .recv_data()
             .await
             .map_err(|e| (true, format!("chunk cut short: {e}")))?
         {
             let n = d.remaining();
-            if buf.len() + n > want {
+            if got + n > want {
                 return Err((false, "the relay sent a chunk longer than asked".into()));
             }
-            let b = d.copy_to_bytes(n);
-            buf.extend_from_slice(&b);
+            got += n;
             down.increment(n as u64);
+            // the pull is gone once its receiver is: nothing more to do
+            let _ = out.send(Piece::Data(ticket, d.copy_to_bytes(n)));
         }
-        if buf.len() != want {
-            return Err((
-                true,
-                format!("chunk cut short at {} of {want} bytes", buf.len()),
-            ));
+        if got != want {
+            return Err((true, format!("chunk cut short at {got} of {want} bytes")));
         }
-        Ok::<Bytes, (bool, String)>(buf.freeze())
+        Ok::<(), (bool, String)>(())
     };
     // longer than the relay waits for the origin (it then answers 504 itself)
     let r = tokio::select! {
         r = tokio::time::timeout(timeout * 2, exchange) => match r {
-            Ok(Ok(b)) => Ok(b),
+            Ok(Ok(())) => Ok(()),
             Ok(Err((retry, e))) => Err(fail(retry, format!("{e} (uplink {})", path.name))),
             Err(_) => Err(fail(true, format!("no chunk over uplink {} in time", path.name))),
         },
