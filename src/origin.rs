@@ -1,6 +1,7 @@
 //! The demo origin: a small local HTTP/1.1 server standing in for an event's web services.
 //! It serves `/assets/<bytes>` (generated bulk bodies), `POST /checkin`, `POST /bid`,
-//! `POST /upload` (counts and discards), `POST /digest` (counts and answers the body's length
+//! `POST /upload` (counts and discards), `POST /upload/slow/<bytes per second>` (the same,
+//! read no faster than that: a slow origin), `POST /digest` (counts and answers the body's length
 //! and SHA-256, so a test can check that a striped body arrived whole and in order), `/echo`
 //! (returns the request head), `/bids` (the bids' keys in arrival order) and `/stats`
 //! (its counters as JSON, for the benches). Used by
@@ -16,6 +17,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -152,6 +154,24 @@ async fn handle(
             .and_then(|s| s.parse().ok())
             .unwrap_or(1 << 20);
         return Ok(asset(size, req.headers().get(http::header::RANGE)));
+    }
+    if let Some(rate) = path.strip_prefix("/upload/slow/") {
+        let rate: u64 = rate.parse().unwrap_or(100_000).max(1);
+        let started = tokio::time::Instant::now();
+        let mut n = 0u64;
+        let mut body = req.into_body();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(d) = frame.data_ref() {
+                n += d.len() as u64;
+                stats
+                    .upload_bytes
+                    .fetch_add(d.len() as u64, Ordering::Relaxed);
+                // no faster than `rate`: the body waits here, and hyper reads no further
+                let due = started + Duration::from_secs_f64(n as f64 / rate as f64);
+                tokio::time::sleep_until(due).await;
+            }
+        }
+        return Ok(text(StatusCode::OK, format!("{n}\n")));
     }
     if let Some(kind) = ["/static/", "/short/"]
         .into_iter()

@@ -2,7 +2,7 @@
 //! Each holder takes its bytes from two budgets before it holds them: one per gateway and
 //! one for all gateways, and gives them back when it lets go. Striped bodies' windows and
 //! pulled answers share one pair (a holder without room waits: the gateway's flow
-//! control); request bodies read whole (media pieces, chunks, auction bids) and kept
+//! control); request bodies read (media pieces, chunks waiting for a window, auction bids) and kept
 //! answers of striped requests have theirs. So the relay's memory stays bounded whatever
 //! gateways send, and an honest gateway with much under way at once only queues.
 

@@ -339,50 +339,75 @@ impl Stripe {
         data: Bytes,
         wait: Duration,
     ) -> Result<(), ChunkError> {
-        let end = offset.saturating_add(data.len() as u64);
-        if end > self.total {
+        if offset.saturating_add(data.len() as u64) > self.total {
             return Err(ChunkError::OutOfRange);
         }
         let deadline = tokio::time::Instant::now() + wait;
         let window = self.window(deadline).await?;
+        let mut data = data;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut g = self.lock();
-                g.touched = Some(tunnel_io::clock::now());
-                if let Some(f) = &g.failed {
-                    return Err(ChunkError::Failed(f.clone()));
-                }
-                // had it: in order already, or inside a chunk waiting (a chunk sent again
-                // comes in 32 KiB pieces)
-                let len = data.len() as u64;
-                let covered = g
-                    .pending
-                    .range(..=offset)
-                    .next_back()
-                    .is_some_and(|(at, d)| at + d.len() as u64 >= end);
-                if end <= g.next || covered {
-                    return Ok(());
-                }
-                // a chunk at the front goes in whatever is held out of order (it moves to
-                // the origin's side at once): at most two windows in all
-                let in_order = offset <= g.next;
-                if end <= g.consumed.saturating_add(window) && (in_order || g.held + len <= window)
-                {
-                    let waker = g.put(offset, data);
-                    drop(g);
-                    if let Some(w) = waker {
-                        w.wake();
-                    }
-                    return Ok(());
-                }
+            match self.admit(offset, data, window)? {
+                None => return Ok(()),
+                Some(back) => data = back,
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(ChunkError::Timeout);
             }
         }
+    }
+
+    /// Takes a piece of a chunk now if the stripe's window has room for it (the window
+    /// granted already): `Ok(None)` taken, `Ok(Some(data))` no room (or no window yet).
+    pub(crate) fn try_insert(&self, offset: u64, data: Bytes) -> Result<Option<Bytes>, ChunkError> {
+        let window = self
+            .grant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|g| g.bytes);
+        match window {
+            Some(w) => self.admit(offset, data, w),
+            None => Ok(Some(data)),
+        }
+    }
+
+    /// One look: takes `data` at `offset` if it lies within `window`; gives it back if not.
+    fn admit(&self, offset: u64, data: Bytes, window: u64) -> Result<Option<Bytes>, ChunkError> {
+        let end = offset.saturating_add(data.len() as u64);
+        if end > self.total {
+            return Err(ChunkError::OutOfRange);
+        }
+        let mut g = self.lock();
+        g.touched = Some(tunnel_io::clock::now());
+        if let Some(f) = &g.failed {
+            return Err(ChunkError::Failed(f.clone()));
+        }
+        // had it: in order already, or inside a chunk waiting (a chunk sent again
+        // comes in 32 KiB pieces)
+        let len = data.len() as u64;
+        let covered = g
+            .pending
+            .range(..=offset)
+            .next_back()
+            .is_some_and(|(at, d)| at + d.len() as u64 >= end);
+        if end <= g.next || covered {
+            return Ok(None);
+        }
+        // a chunk at the front goes in whatever is held out of order (it moves to
+        // the origin's side at once): at most two windows in all
+        let in_order = offset <= g.next;
+        if end <= g.consumed.saturating_add(window) && (in_order || g.held + len <= window) {
+            let waker = g.put(offset, data);
+            drop(g);
+            if let Some(w) = waker {
+                w.wake();
+            }
+            return Ok(None);
+        }
+        Ok(Some(data))
     }
 
     /// The stripe's window: granted from the budgets on the first chunk (waiting until

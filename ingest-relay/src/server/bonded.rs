@@ -216,13 +216,22 @@ enum NotTaken {
     Stripe(stripe::ChunkError),
 }
 
+/// The rest of a chunk that found no room in its stripe's window: read on, its bytes on
+/// the chunks' intake budget.
+struct Waiting {
+    at: u64,
+    data: bytes::BytesMut,
+    grant: Grant,
+}
+
 /// Reads a chunk into its stripe piece by piece as its bytes arrive, so the origin gets
 /// the front of a chunk while its end is still on the way. Read whole first, a chunk (150
 /// ms of its path's time) reached the origin at once when its last byte came, and a
 /// single upload through the relay stalled 100-260 ms at a time with no fault at all.
-/// Each piece's bytes stay on the chunks' intake budget while it waits for its stripe's
-/// window (the window counts from where the piece starts); the whole chunk may wait the
-/// response timeout for it. Returns the chunk's length.
+/// Once a piece finds no room in the stripe's window, the rest of the chunk is read on
+/// into the chunks' intake budget (the stream is never left unread: its bytes would hold
+/// the connection's flow-control credit, and every stream on the path with it) and goes
+/// in whole, waiting up to the response timeout for room. Returns the chunk's length.
 async fn take_chunk(
     stripe: &stripe::Stripe,
     stream: &mut Stream,
@@ -230,26 +239,55 @@ async fn take_chunk(
     state: &State,
     ctx: &ConnCtx,
 ) -> Result<u64, NotTaken> {
-    let deadline = tokio::time::Instant::now() + state.response_timeout;
+    let bytes = metrics::counter!("canopy_relay_stripe_bytes_total");
     let mut pieces = Pieces::new(state.chunk_intake(ctx), stripe::CHUNK_MAX);
+    let mut waiting: Option<Waiting> = None;
     loop {
-        let mut held = pieces.grant().ok_or(NotTaken::Read(Stopped::NoRoom))?;
         let at = offset + pieces.read;
-        let Some(data) = pieces
-            .next(stream, &mut held)
+        if let Some(w) = &mut waiting {
+            match pieces.next(stream, &mut w.grant).await {
+                Ok(Some(d)) => w.data.extend_from_slice(&d),
+                Ok(None) => break,
+                Err(e) => return Err(NotTaken::Read(e)),
+            }
+            continue;
+        }
+        let Some(mut grant) = pieces.grant() else {
+            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            return Err(NotTaken::Read(Stopped::NoRoom));
+        };
+        let Some(d) = pieces
+            .next(stream, &mut grant)
             .await
             .map_err(NotTaken::Read)?
         else {
-            return Ok(pieces.read);
+            break;
         };
-        let n = data.len() as u64;
-        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-        stripe
-            .insert(at, data, wait)
-            .await
-            .map_err(NotTaken::Stripe)?;
-        metrics::counter!("canopy_relay_stripe_bytes_total").increment(n);
+        let n = d.len() as u64;
+        match stripe.try_insert(at, d).map_err(NotTaken::Stripe)? {
+            None => bytes.increment(n),
+            Some(back) => {
+                waiting = Some(Waiting {
+                    at,
+                    data: bytes::BytesMut::from(&back[..]),
+                    grant,
+                })
+            }
+        }
     }
+    let (at, data, _grant) = match waiting {
+        Some(w) => (w.at, w.data.freeze(), Some(w.grant)),
+        // an empty chunk still asks its stripe (failed, or beyond its end)
+        None if pieces.read == 0 => (offset, Bytes::new(), None),
+        None => return Ok(pieces.read),
+    };
+    let n = data.len() as u64;
+    stripe
+        .insert(at, data, state.response_timeout)
+        .await
+        .map_err(NotTaken::Stripe)?;
+    bytes.increment(n);
+    Ok(pieces.read)
 }
 
 /// The head of a request whose body comes striped. The first head of a stripe opens the

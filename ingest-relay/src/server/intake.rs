@@ -1,5 +1,5 @@
-//! Request bodies the relay reads whole (media pieces, chunks, bids), within a bound
-//! each and within the relay's intake budget.
+//! Request bodies the relay reads (media pieces and bids whole, striped chunks piece by
+//! piece), within a bound each and within the relay's intake budget.
 
 use super::*;
 
@@ -34,7 +34,7 @@ pub(crate) struct Intake<'a> {
 pub(crate) enum Stopped {
     /// Over the bound (STOP_SENDING sent).
     TooLarge,
-    /// The intake budget had no room (STOP_SENDING sent).
+    /// The intake budget had no room for a piece read (STOP_SENDING sent).
     NoRoom,
     /// The stream failed, or stalled longer than the idle bound.
     Failed,
