@@ -64,6 +64,8 @@ pub struct PulledBody {
     delivered: u64,
     asked: u64,
     got: BTreeMap<u64, Bytes>,
+    /// The longest piece ever held in `got` (bounds how far back `covered` looks).
+    longest: u64,
     again: BTreeMap<u64, Ask>,
     flights: HashMap<u64, Flight>,
     next_ticket: u64,
@@ -83,6 +85,7 @@ impl PulledBody {
             delivered: 0,
             asked: 0,
             got: BTreeMap::new(),
+            longest: 0,
             again: BTreeMap::new(),
             flights: HashMap::new(),
             next_ticket: 0,
@@ -203,7 +206,8 @@ impl PulledBody {
     pub fn silent(&mut self, path: PathId) -> usize {
         let mut ranges = Vec::new();
         for f in self.flights.values_mut() {
-            if f.path == path && !f.covered {
+            // (a flight whose bytes all came is only waiting for its end)
+            if f.path == path && !f.covered && f.len > 0 {
                 f.covered = true;
                 let mut excluded = f.excluded.clone();
                 excluded.push(path);
@@ -225,7 +229,7 @@ impl PulledBody {
     fn hurry_below(&mut self, end: u64) -> usize {
         let mut ranges = Vec::new();
         for f in self.flights.values_mut() {
-            if !f.urgent && !f.covered && f.offset < end {
+            if !f.urgent && !f.covered && f.len > 0 && f.offset < end {
                 f.covered = true;
                 ranges.push((f.offset, f.len, f.excluded.clone()));
             }
@@ -276,6 +280,7 @@ impl PulledBody {
         match self.got.get(&offset) {
             Some(held) if held.len() as u64 >= end - offset => {}
             _ => {
+                self.longest = self.longest.max(end - offset);
                 self.got.insert(offset, data);
             }
         }
@@ -287,9 +292,11 @@ impl PulledBody {
         let mut at = offset.max(self.delivered);
         while at < end {
             // the held range that reaches furthest among those starting at or before `at`
+            // (none starting more than the longest piece before it can reach past it: a
+            // window holds thousands of pieces as they come)
             let reach = self
                 .got
-                .range(..=at)
+                .range(at.saturating_sub(self.longest)..=at)
                 .map(|(o, d)| o + d.len() as u64)
                 .max()
                 .unwrap_or(0);
@@ -414,6 +421,16 @@ mod tests {
         );
         assert_eq!(joined(b.take_ready()), bytes(30, 70).to_vec());
         assert!(b.done());
+    }
+
+    #[test]
+    fn a_flight_whose_bytes_all_came_is_not_asked_again_when_its_path_falls_silent() {
+        let mut b = body(200);
+        let (t, _, _) = ask(&mut b, 100, 0);
+        b.received(t, bytes(0, 100));
+        assert_eq!(b.silent(0), 0, "nothing of it is missing");
+        assert_eq!(b.failed(t), Failed::Covered);
+        assert_eq!(joined(b.take_ready()), bytes(0, 100).to_vec());
     }
 
     #[test]
