@@ -11,7 +11,7 @@
 
 use crate::bond::{until_dead, Bond, Flow};
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Method, Request, StatusCode};
+use http::Method;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -452,9 +452,15 @@ async fn send_all(
                     return Err("a chunk's task failed".into());
                 };
                 resending.end(&ticket);
-                let Err(e) = r else {
-                    body.answered(ticket);
-                    continue;
+                let e = match r {
+                    Ok(have) => {
+                        body.answered(ticket);
+                        if let Some(front) = have {
+                            body.relay_has(front);
+                        }
+                        continue;
+                    }
+                    Err(e) => e,
                 };
                 let outcome = if e.retry { body.failed(ticket) } else { body.refused(ticket) };
                 match outcome {
@@ -485,7 +491,7 @@ async fn send_one(
     data: Bytes,
     resent: Option<u8>,
     timeout: Duration,
-) -> Result<(), ChunkError> {
+) -> Result<Option<u64>, ChunkError> {
     let fail = |retry: bool, reason: String| ChunkError {
         path: id,
         retry,
@@ -500,16 +506,12 @@ async fn send_one(
     let mut watch = path.watch();
     let died = async move { until_dead(&mut watch).await };
     tokio::pin!(died);
-    let mut req = Request::builder()
-        .method(Method::PUT)
-        .uri(format!("https://{}/", wire::STRIPE_AUTHORITY))
-        .header(wire::HDR_CLASS, class.as_str())
-        .header(wire::HDR_STRIPE_OFFSET, offset)
-        .header(wire::HDR_STRIPE_TOTAL, total);
-    if let Ok(v) = HeaderValue::from_str(&format!("{stripe:016x}")) {
-        req = req.header(wire::HDR_STRIPE, v);
-    }
-    let Ok(req) = req.body(()) else {
+    let chunk = wire::stripe::StripeChunk {
+        id: stripe,
+        offset,
+        total,
+    };
+    let Some(req) = chunk.request(class.as_str()) else {
         return Err(fail(false, "cannot build a chunk request".into()));
     };
     let mut sender = live.sender.clone();
@@ -537,11 +539,11 @@ async fn send_one(
             .recv_response()
             .await
             .map_err(|e| format!("no answer to a chunk: {e}"))?;
-        Ok::<StatusCode, String>(resp.status())
+        Ok::<_, String>((resp.status(), wire::stripe::read_have(resp.headers())))
     };
     // longer than the relay waits for its window to open (it then answers 503 itself): a
     // chunk held by back-pressure is not a dead path
-    let status = tokio::select! {
+    let (status, have) = tokio::select! {
         r = tokio::time::timeout(timeout * 2, exchange) => match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(fail(true, format!("{e} (uplink {})", path.name))),
@@ -552,7 +554,7 @@ async fn send_one(
     drop(flow);
     tracing::trace!(offset, len = n, path = id, "chunk answered");
     if status.is_success() {
-        Ok(())
+        Ok(have)
     } else {
         Err(fail(
             false,

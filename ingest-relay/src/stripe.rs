@@ -332,6 +332,11 @@ impl Stripe {
         self.changed.notify_waiters();
     }
 
+    /// The body is here in order below this offset (handed to the origin request's side).
+    pub(crate) fn front(&self) -> u64 {
+        self.lock().next
+    }
+
     /// Takes a chunk, waiting (up to `wait`) while it lies beyond the window.
     pub(crate) async fn insert(
         &self,

@@ -131,20 +131,18 @@ pub(super) async fn stripe_chunk(
     req: &Request<()>,
     mut stream: Stream,
 ) -> StatusCode {
-    let id = header_u64(req, wire::HDR_STRIPE, 16);
-    let offset = header_u64(req, wire::HDR_STRIPE_OFFSET, 10);
-    let total = header_u64(req, wire::HDR_STRIPE_TOTAL, 10);
-    let (Some(id), Some(offset), Some(total)) = (id, offset, total) else {
-        stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-        return refuse(
-            &mut stream,
-            Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "a chunk needs canopy-stripe (hex), canopy-stripe-offset and canopy-stripe-total",
-            ),
-        )
-        .await;
+    let chunk = match wire::stripe::StripeChunk::read(req.headers()) {
+        Ok(c) => c,
+        Err(e) => {
+            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            let why = format!(
+                "a chunk needs canopy-stripe (hex), canopy-stripe-offset and \
+                 canopy-stripe-total: {e}"
+            );
+            return refuse(&mut stream, Refusal::new(StatusCode::BAD_REQUEST, why)).await;
+        }
     };
+    let wire::stripe::StripeChunk { id, offset, total } = chunk;
     let stripe = match stripe_for(state, ctx, id, total) {
         Ok(s) => s,
         Err(r) => {
@@ -198,10 +196,13 @@ pub(super) async fn stripe_chunk(
             .await
         }
     };
-    let resp = Response::builder()
+    let mut resp = Response::builder()
         .status(status)
         .body(())
         .unwrap_or_default();
+    // how far the body is in order here: a gateway sending a dead path's chunks again
+    // leaves that out
+    wire::stripe::write_have(resp.headers_mut(), stripe.front());
     if stream.send_response(resp).await.is_ok() {
         let _ = stream.finish().await;
     }

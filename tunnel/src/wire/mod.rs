@@ -7,6 +7,7 @@ pub mod clock;
 pub mod media;
 pub mod probe;
 pub mod pull;
+pub mod stripe;
 pub mod telemetry;
 
 /// ALPN of HTTP/3: the relay is an ordinary HTTP/3 server.
@@ -115,6 +116,44 @@ pub fn reason_of(headers: &http::HeaderMap) -> Option<&str> {
 /// own key, however short, or one the gateway made).
 pub fn valid_idempotency_key(key: &str) -> bool {
     (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Why a header of a wire message could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// The header is missing.
+    #[error("missing {0}")]
+    Missing(&'static str),
+    /// The header is not what it should be.
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+}
+
+/// An id as 16 hex digits.
+fn id_value(id: u64) -> http::HeaderValue {
+    // 16 hex digits are always a valid header value
+    http::HeaderValue::from_str(&format!("{id:016x}"))
+        .unwrap_or(http::HeaderValue::from_static("0"))
+}
+
+/// An id of 1 to 16 hex digits.
+fn read_id(h: &http::HeaderMap, name: &'static str) -> Result<u64, HeaderError> {
+    let v = h.get(name).ok_or(HeaderError::Missing(name))?;
+    let s = v.to_str().map_err(|_| HeaderError::Malformed(name))?;
+    if s.is_empty() || s.len() > 16 {
+        return Err(HeaderError::Malformed(name));
+    }
+    u64::from_str_radix(s, 16).map_err(|_| HeaderError::Malformed(name))
+}
+
+/// A number in decimal digits.
+fn read_u64(h: &http::HeaderMap, name: &'static str) -> Result<u64, HeaderError> {
+    let v = h.get(name).ok_or(HeaderError::Missing(name))?;
+    v.to_str()
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
+        .ok_or(HeaderError::Malformed(name))
 }
 
 #[cfg(test)]

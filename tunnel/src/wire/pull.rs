@@ -11,7 +11,7 @@
 //!
 //! This module is the one owner of these messages: both ends encode and decode them here.
 
-use super::{HDR_STRIPE, STRIPE_AUTHORITY};
+use super::{id_value, read_id, read_u64, HeaderError, HDR_STRIPE, STRIPE_AUTHORITY};
 use http::{HeaderMap, HeaderValue, Method, Request};
 
 /// Path of chunk requests and of the end message (on [`STRIPE_AUTHORITY`]).
@@ -58,27 +58,13 @@ pub enum PullError {
     ChunkLength,
 }
 
-fn id_value(id: u64) -> HeaderValue {
-    // 16 hex digits are always a valid header value
-    HeaderValue::from_str(&format!("{id:016x}")).unwrap_or(HeaderValue::from_static("0"))
-}
-
-fn read_id(h: &HeaderMap, name: &'static str) -> Result<u64, PullError> {
-    let v = h.get(name).ok_or(PullError::Missing(name))?;
-    let s = v.to_str().map_err(|_| PullError::Malformed(name))?;
-    if s.is_empty() || s.len() > 16 {
-        return Err(PullError::Malformed(name));
+impl From<HeaderError> for PullError {
+    fn from(e: HeaderError) -> Self {
+        match e {
+            HeaderError::Missing(h) => PullError::Missing(h),
+            HeaderError::Malformed(h) => PullError::Malformed(h),
+        }
     }
-    u64::from_str_radix(s, 16).map_err(|_| PullError::Malformed(name))
-}
-
-fn read_u64(h: &HeaderMap, name: &'static str) -> Result<u64, PullError> {
-    let v = h.get(name).ok_or(PullError::Missing(name))?;
-    v.to_str()
-        .ok()
-        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|s| s.parse().ok())
-        .ok_or(PullError::Malformed(name))
 }
 
 /// Marks a request: the gateway can pull its answer's body as pull `id`.

@@ -1,0 +1,119 @@
+//! A striped request body's chunks: `PUT https://canopy.stripe/` with the stripe's id, the
+//! chunk's offset and the body's whole length ([`StripeChunk`]); the relay answers once it
+//! has the chunk, and names how far it has the body in order ([`HDR_STRIPE_HAVE`]), so a
+//! gateway that must send a dead path's chunks again leaves out what the relay already has
+//! (the relay takes a chunk's bytes as they arrive, so part of a chunk on a path that died
+//! may be in).
+//!
+//! This module is the one owner of the chunk message: both ends encode and decode it here.
+
+use super::{
+    id_value, read_id, read_u64, HeaderError, HDR_CLASS, HDR_STRIPE, HDR_STRIPE_OFFSET,
+    HDR_STRIPE_TOTAL, STRIPE_AUTHORITY,
+};
+use http::{HeaderMap, HeaderValue, Method, Request};
+
+/// On a chunk's answer: the relay has every byte of the body below this offset.
+pub const HDR_STRIPE_HAVE: &str = "canopy-stripe-have";
+
+/// One chunk of a striped body (its bytes are the request's body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StripeChunk {
+    /// The stripe id.
+    pub id: u64,
+    /// Where the chunk starts in the body.
+    pub offset: u64,
+    /// The body's whole length (a chunk may arrive before the head).
+    pub total: u64,
+}
+
+impl StripeChunk {
+    /// The request, for traffic class `class` (the class's wire name).
+    pub fn request(&self, class: &str) -> Option<Request<()>> {
+        Request::builder()
+            .method(Method::PUT)
+            .uri(format!("https://{STRIPE_AUTHORITY}/"))
+            .header(HDR_CLASS, class)
+            .header(HDR_STRIPE, id_value(self.id))
+            .header(HDR_STRIPE_OFFSET, self.offset)
+            .header(HDR_STRIPE_TOTAL, self.total)
+            .body(())
+            .ok()
+    }
+
+    /// Reads one from a request's headers.
+    pub fn read(h: &HeaderMap) -> Result<Self, HeaderError> {
+        Ok(Self {
+            id: read_id(h, HDR_STRIPE)?,
+            offset: read_u64(h, HDR_STRIPE_OFFSET)?,
+            total: read_u64(h, HDR_STRIPE_TOTAL)?,
+        })
+    }
+}
+
+/// Writes into a chunk's answer that the relay has every byte below `have`.
+pub fn write_have(h: &mut HeaderMap, have: u64) {
+    h.insert(HDR_STRIPE_HAVE, HeaderValue::from(have));
+}
+
+/// How far the relay has the body in order, from a chunk's answer (a relay that does not
+/// say, or says it malformed, says nothing).
+pub fn read_have(h: &HeaderMap) -> Option<u64> {
+    read_u64(h, HDR_STRIPE_HAVE).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_round_trips() {
+        let c = StripeChunk {
+            id: 0xdead_beef_0000_0001,
+            offset: 123_456,
+            total: 70_000_000,
+        };
+        let req = c.request("bulk").expect("a request");
+        assert_eq!(req.method(), Method::PUT);
+        assert_eq!(req.uri().authority().unwrap().as_str(), STRIPE_AUTHORITY);
+        assert_eq!(req.headers().get(HDR_STRIPE).unwrap(), "deadbeef00000001");
+        assert_eq!(req.headers().get(HDR_CLASS).unwrap(), "bulk");
+        assert_eq!(StripeChunk::read(req.headers()), Ok(c));
+    }
+
+    #[test]
+    fn a_chunk_without_its_numbers_is_refused_by_name() {
+        let c = StripeChunk {
+            id: 1,
+            offset: 0,
+            total: 10,
+        };
+        let mut h = c.request("bulk").unwrap().headers().clone();
+        h.remove(HDR_STRIPE_TOTAL);
+        assert_eq!(
+            StripeChunk::read(&h),
+            Err(HeaderError::Missing(HDR_STRIPE_TOTAL))
+        );
+        h.insert(HDR_STRIPE_TOTAL, HeaderValue::from_static("-1"));
+        assert_eq!(
+            StripeChunk::read(&h),
+            Err(HeaderError::Malformed(HDR_STRIPE_TOTAL))
+        );
+        h.insert(HDR_STRIPE_TOTAL, HeaderValue::from_static("10"));
+        h.insert(HDR_STRIPE, HeaderValue::from_static("12345678901234567"));
+        assert_eq!(
+            StripeChunk::read(&h),
+            Err(HeaderError::Malformed(HDR_STRIPE))
+        );
+    }
+
+    #[test]
+    fn the_relays_front_round_trips_and_is_optional() {
+        let mut h = HeaderMap::new();
+        assert_eq!(read_have(&h), None);
+        write_have(&mut h, 15_503_905);
+        assert_eq!(read_have(&h), Some(15_503_905));
+        h.insert(HDR_STRIPE_HAVE, HeaderValue::from_static("x"));
+        assert_eq!(read_have(&h), None);
+    }
+}
