@@ -364,19 +364,46 @@ impl Stripe {
         }
     }
 
-    /// Takes a piece of a chunk now if the stripe's window has room for it (the window
-    /// granted already): `Ok(None)` taken, `Ok(Some(data))` no room (or no window yet).
+    /// Takes a piece of a chunk now if the stripe's window has room for it: `Ok(None)`
+    /// taken, `Ok(Some(data))` no room (or no window to be had now).
     pub(crate) fn try_insert(&self, offset: u64, data: Bytes) -> Result<Option<Bytes>, ChunkError> {
-        let window = self
-            .grant
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|g| g.bytes);
-        match window {
+        match self.window_now() {
             Some(w) => self.admit(offset, data, w),
             None => Ok(Some(data)),
         }
+    }
+
+    /// The stripe's window if it has one, or can have one from the budgets at once (the
+    /// first piece of an upload: read whole, the first chunk on each path reached the
+    /// origin at once); None while another chunk is being granted one, or the budgets
+    /// have no room (that chunk is read on and waits, see [`Self::insert`]).
+    fn window_now(&self) -> Option<u64> {
+        let granted = || {
+            self.grant
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|g| g.bytes)
+        };
+        if let Some(b) = granted() {
+            return Some(b);
+        }
+        let _turn = self.granting.try_lock().ok()?;
+        if let Some(b) = granted() {
+            return Some(b);
+        }
+        {
+            let g = self.lock();
+            if g.failed.is_some() || g.next >= self.total {
+                return None;
+            }
+        }
+        let grant = self
+            .budget
+            .try_grant(self.gateway, self.total.clamp(1, WINDOW))?;
+        let bytes = grant.bytes;
+        *self.grant.lock().unwrap_or_else(|e| e.into_inner()) = Some(grant);
+        Some(bytes)
     }
 
     /// One look: takes `data` at `offset` if it lies within `window`; gives it back if not.

@@ -245,7 +245,12 @@ impl PushedBody {
     /// namespaces: at a cut the relay had 226 KB of the dead path's chunks, and the pieces
     /// sent again for them held the body 0.4-0.5 s on the slower path.
     pub fn relay_has(&mut self, front: u64) {
-        self.confirm(0, front.min(self.read));
+        // never beyond what was sent: bytes held for a faster path were read, not sent
+        let sent = self
+            .held
+            .first_key_value()
+            .map_or(self.read, |(&o, _)| o.min(self.read));
+        self.confirm(0, front.min(sent));
     }
 
     /// Flight `ticket` failed (its path died, or the stream broke): its bytes go again
@@ -498,7 +503,26 @@ mod tests {
             .collect();
         assert_eq!(pieces, vec![(60, 25), (85, 15)], "from the relay's front");
         b.relay_has(10_000);
-        assert_eq!(b.in_order(), 200, "never beyond what was sent");
+        assert_eq!(b.in_order(), 200, "never beyond what was read");
+    }
+
+    #[test]
+    fn the_relays_front_never_passes_bytes_held_back() {
+        let mut b = PushedBody::new(1000, 1000, 100, 25, 500);
+        let (t, _, _) = send_new(&mut b, 100, 0);
+        b.hold(bytes(100, 50));
+        let (_, o, _) = send_new(&mut b, 100, 1);
+        assert_eq!(o, 150, "the slower path's chunk skipped the held bytes");
+        b.answered(t);
+        b.relay_has(250);
+        assert_eq!(b.in_order(), 100, "the held bytes were never sent");
+        assert_eq!(
+            b.next_send(),
+            Some(Next::Held {
+                offset: 100,
+                len: 50
+            })
+        );
     }
 
     #[test]

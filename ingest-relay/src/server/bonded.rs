@@ -244,7 +244,7 @@ async fn take_chunk(
     let mut pieces = Pieces::new(state.chunk_intake(ctx), stripe::CHUNK_MAX);
     let mut waiting: Option<Waiting> = None;
     loop {
-        let at = offset + pieces.read;
+        let at = offset.saturating_add(pieces.read);
         if let Some(w) = &mut waiting {
             match pieces.next(stream, &mut w.grant).await {
                 Ok(Some(d)) => w.data.extend_from_slice(&d),
