@@ -212,16 +212,11 @@ async fn pull_all(
                         have: body.delivered(),
                         urgent: rank,
                     };
-                    let fut = fetch(
-                        bond.clone(),
-                        path,
-                        flow,
-                        chunk,
-                        timeout,
-                        ticket,
-                        pieces_tx.clone(),
-                    );
-                    inflight.spawn(fut);
+                    let (bond, out) = (bond.clone(), pieces_tx.clone());
+                    inflight.spawn(async move {
+                        let r = fetch(bond, path, flow, chunk, timeout, ticket, &out).await;
+                        let _ = out.send(Piece::End(ticket, r));
+                    });
                     placed = true;
                     no_path.placed();
                 }
@@ -296,21 +291,9 @@ enum Piece {
     End(u64, Result<(), ChunkError>),
 }
 
-/// One chunk on one path, flight `ticket`: its bytes go to `out` as they come, then its end.
+/// One chunk on one path, flight `ticket`: its bytes go to `out` as they come (its end is
+/// the caller's to send).
 async fn fetch(
-    bond: Arc<Bond>,
-    id: PathId,
-    flow: Arc<Flow>,
-    chunk: PullChunk,
-    timeout: Duration,
-    ticket: u64,
-    out: mpsc::UnboundedSender<Piece>,
-) {
-    let r = fetch_pieces(bond, id, flow, chunk, timeout, ticket, &out).await;
-    let _ = out.send(Piece::End(ticket, r));
-}
-
-async fn fetch_pieces(
     bond: Arc<Bond>,
     id: PathId,
     flow: Arc<Flow>,

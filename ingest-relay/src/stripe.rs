@@ -373,23 +373,25 @@ impl Stripe {
         }
     }
 
+    /// The window granted to the stripe, if any.
+    fn granted(&self) -> Option<u64> {
+        self.grant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|g| g.bytes)
+    }
+
     /// The stripe's window if it has one, or can have one from the budgets at once (the
     /// first piece of an upload: read whole, the first chunk on each path reached the
     /// origin at once); None while another chunk is being granted one, or the budgets
     /// have no room (that chunk is read on and waits, see [`Self::insert`]).
     fn window_now(&self) -> Option<u64> {
-        let granted = || {
-            self.grant
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .map(|g| g.bytes)
-        };
-        if let Some(b) = granted() {
+        if let Some(b) = self.granted() {
             return Some(b);
         }
         let _turn = self.granting.try_lock().ok()?;
-        if let Some(b) = granted() {
+        if let Some(b) = self.granted() {
             return Some(b);
         }
         {
@@ -445,19 +447,12 @@ impl Stripe {
     /// The stripe's window: granted from the budgets on the first chunk (waiting until
     /// `deadline` for room), `min(total, WINDOW)` bytes.
     async fn window(&self, deadline: tokio::time::Instant) -> Result<u64, ChunkError> {
-        let granted = || {
-            self.grant
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .map(|g| g.bytes)
-        };
-        if let Some(b) = granted() {
+        if let Some(b) = self.granted() {
             return Ok(b);
         }
         // one chunk of the stripe asks; the others (sent in parallel) wait for its grant
         let _turn = self.granting.lock().await;
-        if let Some(b) = granted() {
+        if let Some(b) = self.granted() {
             return Ok(b);
         }
         // whether the stripe still needs a window: not when failed or whole
