@@ -394,18 +394,11 @@ impl Stripe {
         if let Some(b) = self.granted() {
             return Some(b);
         }
-        {
-            let g = self.lock();
-            if g.failed.is_some() || g.next >= self.total {
-                return None;
-            }
+        if self.settled().is_some() {
+            return None;
         }
-        let grant = self
-            .budget
-            .try_grant(self.gateway, self.total.clamp(1, WINDOW))?;
-        let bytes = grant.bytes;
-        *self.grant.lock().unwrap_or_else(|e| e.into_inner()) = Some(grant);
-        Some(bytes)
+        let grant = self.budget.try_grant(self.gateway, self.window_size())?;
+        self.keep_window(grant).ok()
     }
 
     /// One look: takes `data` at `offset` if it lies within `window`; gives it back if not.
@@ -455,28 +448,38 @@ impl Stripe {
         if let Some(b) = self.granted() {
             return Ok(b);
         }
-        // whether the stripe still needs a window: not when failed or whole
-        let settled = || -> Option<Result<u64, ChunkError>> {
-            let g = self.lock();
-            if let Some(f) = &g.failed {
-                return Some(Err(ChunkError::Failed(f.clone())));
-            }
-            // the whole body came (its window went back): a chunk now is a copy
-            (g.next >= self.total).then_some(Ok(0))
-        };
-        if let Some(r) = settled() {
+        if let Some(r) = self.settled() {
             return r;
         }
-        let want = self.total.clamp(1, WINDOW);
         let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
         let grant = self
             .budget
-            .grant(self.gateway, want, wait)
+            .grant(self.gateway, self.window_size(), wait)
             .await
             .ok_or(ChunkError::NoBudget)?;
+        self.keep_window(grant)
+    }
+
+    /// A window's size: `min(total, WINDOW)` bytes.
+    fn window_size(&self) -> u64 {
+        self.total.clamp(1, WINDOW)
+    }
+
+    /// Whether the stripe still needs a window: not when failed or whole.
+    fn settled(&self) -> Option<Result<u64, ChunkError>> {
+        let g = self.lock();
+        if let Some(f) = &g.failed {
+            return Some(Err(ChunkError::Failed(f.clone())));
+        }
+        // the whole body came (its window went back): a chunk now is a copy
+        (g.next >= self.total).then_some(Ok(0))
+    }
+
+    /// Keeps `grant` as the stripe's window, unless the stripe failed or became whole
+    /// meanwhile (the grant then goes straight back).
+    fn keep_window(&self, grant: Grant) -> Result<u64, ChunkError> {
         let mut slot = self.grant.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = settled() {
-            // failed or whole meanwhile: the grant goes straight back
+        if let Some(r) = self.settled() {
             return r;
         }
         let bytes = grant.bytes;
