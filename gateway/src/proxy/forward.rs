@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::stripe::BodyReadError;
+use tunnel::wire::stripe::StripeHead;
 
 /// Headers for the tunnelled request: hop-by-hop removed, Via, class, idempotency key.
 pub(crate) fn tunnel_headers(
@@ -59,8 +60,8 @@ pub(crate) const REPLAY_MAX: u64 = 1024 * 1024;
 pub(crate) enum ReqBody {
     Kept(Bytes),
     Once(Option<Streamed>),
-    /// The chunks' outcome, and the number of this copy of the head.
-    Striped(crate::stripe::Outcome, u64),
+    /// The chunks' outcome, and the marks of this copy of the head.
+    Striped(crate::stripe::Outcome, StripeHead),
 }
 
 /// A body streamed from the device as it comes: what was read already, then the rest.
@@ -292,9 +293,6 @@ async fn forward_body(
         };
         if let Some(source) = source {
             let id = crate::stripe::new_id();
-            if let Ok(v) = HeaderValue::from_str(&format!("{id:016x}")) {
-                out.headers.insert(wire::HDR_STRIPE, v);
-            }
             out.headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
             let (guard, outcome) = crate::stripe::start(
@@ -306,7 +304,7 @@ async fn forward_body(
                 state.response_timeout,
             );
             _chunks = Some(guard);
-            body = ReqBody::Striped(outcome, 0);
+            body = ReqBody::Striped(outcome, StripeHead { id, number: 0 });
             unit = Unit {
                 class,
                 up_bytes: 0,
@@ -387,10 +385,10 @@ pub(crate) async fn race(
         let b = match body {
             ReqBody::Kept(b) => ReqBody::Kept(b.clone()),
             ReqBody::Once(inc) => ReqBody::Once(inc.take()),
-            ReqBody::Striped(o, n) => {
+            ReqBody::Striped(o, head) => {
                 // each copy of a striped head is numbered: the relay answers the newest
-                *n += 1;
-                ReqBody::Striped(o.clone(), *n)
+                head.number += 1;
+                ReqBody::Striped(o.clone(), *head)
             }
         };
         attempts.push(attempt(state, out.clone(), b, p, unit, limit));
@@ -441,20 +439,16 @@ async fn attempt(
             "no such uplink".into(),
         ));
     };
-    let head_no = match &body {
-        ReqBody::Striped(_, n) => Some((
-            header::HeaderName::from_static(wire::HDR_STRIPE_HEAD),
-            HeaderValue::from(*n),
-        )),
-        _ => None,
-    };
-    let Some(h3req) = out.request(head_no.as_slice()) else {
+    let Some(mut h3req) = out.request(&[]) else {
         return Err(fail(
             false,
             StatusCode::BAD_REQUEST,
             "cannot build the tunnelled request".into(),
         ));
     };
+    if let ReqBody::Striped(_, head) = &body {
+        head.write(h3req.headers_mut());
+    }
     let mut sender = live.sender.clone();
     let stream = tokio::select! {
         r = tokio::time::timeout(state.response_timeout, sender.send_request(h3req)) => match r {

@@ -2,6 +2,7 @@
 //! (heads and chunks), and large answers kept for the gateway to pull in chunks.
 
 use super::*;
+use tunnel::wire::stripe::StripeHead;
 
 /// Stripe `id` of this gateway, made if new, for a body of `total` bytes: refused when the
 /// body is over the relay's limit or the stripe has another length.
@@ -302,23 +303,19 @@ pub(super) async fn striped(
     class: TrafficClass,
 ) -> StatusCode {
     while let Ok(Some(_)) = stream.recv_data().await {}
-    let id = header_u64(&req, wire::HDR_STRIPE, 16);
+    let marks = StripeHead::read(req.headers());
     let total = hop::declared_length(req.headers());
-    let (Some(id), Some(total)) = (id, total) else {
-        return refuse(
-            &mut stream,
-            Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "a striped request needs canopy-stripe (hex) and content-length",
-            ),
-        )
-        .await;
+    let (Ok(StripeHead { id, number: head }), Some(total)) = (marks, total) else {
+        let why = match marks {
+            Err(e) => format!("a striped request's head: {e}"),
+            Ok(_) => "a striped request needs content-length".to_string(),
+        };
+        return refuse(&mut stream, Refusal::new(StatusCode::BAD_REQUEST, why)).await;
     };
     let stripe = match stripe_for(state, ctx, id, total) {
         Ok(s) => s,
         Err(r) => return refuse(&mut stream, r).await,
     };
-    let head = header_u64(&req, wire::HDR_STRIPE_HEAD, 10).unwrap_or(1);
     if stripe.attach_head(head) {
         let result = match prepare(state, &req, false).await {
             Ok(Target::Forward(origin)) => {

@@ -588,7 +588,7 @@ async fn serve(
         }
         return stripe_chunk(state, ctx, &req, stream).await;
     }
-    if req.headers().contains_key(wire::HDR_STRIPE) {
+    if wire::stripe::StripeHead::marked(req.headers()) {
         return striped(state, ctx, req, stream, class).await;
     }
     // Bids and check-ins come once per path they were sent on: the first copy goes on,
@@ -705,10 +705,6 @@ fn relayed_config(cfg: &RelayConfig) -> RelayedConfig {
     rc.mirror.window.playlist_segments = l.playlist_segments;
     rc.mirror.window.ring_bytes = l.ring_bytes;
     rc
-}
-
-fn header_u64(req: &Request<()>, name: &str, radix: u32) -> Option<u64> {
-    u64::from_str_radix(req.headers().get(name)?.to_str().ok()?, radix).ok()
 }
 
 /// The session hello of a new gateway connection.

@@ -5,16 +5,55 @@
 //! (the relay takes a chunk's bytes as they arrive, so part of a chunk on a path that died
 //! may be in).
 //!
-//! This module is the one owner of the chunk message: both ends encode and decode it here.
+//! The request's head goes as the device's own request (method, target, headers) marked
+//! with the stripe id and the head's number ([`StripeHead`]).
+//!
+//! This module is the one owner of the head's marks and of the chunk message: both ends
+//! encode and decode them here.
 
 use super::{
-    id_value, read_id, read_u64, HeaderError, HDR_CLASS, HDR_STRIPE, HDR_STRIPE_OFFSET,
-    HDR_STRIPE_TOTAL, STRIPE_AUTHORITY,
+    id_value, read_id, read_u64, HeaderError, HDR_CLASS, HDR_STRIPE, HDR_STRIPE_HEAD,
+    HDR_STRIPE_OFFSET, HDR_STRIPE_TOTAL, STRIPE_AUTHORITY,
 };
 use http::{HeaderMap, HeaderValue, Method, Request};
 
 /// On a chunk's answer: the relay has every byte of the body below this offset.
 pub const HDR_STRIPE_HAVE: &str = "canopy-stripe-have";
+
+/// The marks on a striped request's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StripeHead {
+    /// The stripe id its chunks carry.
+    pub id: u64,
+    /// 1 for the first copy, then 2, ... as the gateway sends the head again on another
+    /// path: the newest copy gets the answer, whatever order the copies arrive in.
+    pub number: u64,
+}
+
+impl StripeHead {
+    /// Whether a request is a striped request's head (its body comes as chunks).
+    pub fn marked(h: &HeaderMap) -> bool {
+        h.contains_key(HDR_STRIPE)
+    }
+
+    /// Marks a request's headers.
+    pub fn write(&self, h: &mut HeaderMap) {
+        h.insert(HDR_STRIPE, id_value(self.id));
+        h.insert(HDR_STRIPE_HEAD, HeaderValue::from(self.number));
+    }
+
+    /// Reads the marks from a request's headers.
+    pub fn read(h: &HeaderMap) -> Result<Self, HeaderError> {
+        let number = read_u64(h, HDR_STRIPE_HEAD)?;
+        if number == 0 {
+            return Err(HeaderError::Malformed(HDR_STRIPE_HEAD));
+        }
+        Ok(Self {
+            id: read_id(h, HDR_STRIPE)?,
+            number,
+        })
+    }
+}
 
 /// One chunk of a striped body (its bytes are the request's body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +104,46 @@ pub fn read_have(h: &HeaderMap) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_round_trips() {
+        let mut h = HeaderMap::new();
+        assert!(!StripeHead::marked(&h));
+        let head = StripeHead {
+            id: 0xdead_beef_0000_0001,
+            number: 3,
+        };
+        head.write(&mut h);
+        assert!(StripeHead::marked(&h));
+        assert_eq!(h.get(HDR_STRIPE).unwrap(), "deadbeef00000001");
+        assert_eq!(StripeHead::read(&h), Ok(head));
+        // written again for the next copy: one value each, the newest
+        StripeHead { number: 4, ..head }.write(&mut h);
+        assert_eq!(h.get_all(HDR_STRIPE_HEAD).iter().count(), 1);
+        assert_eq!(StripeHead::read(&h).unwrap().number, 4);
+    }
+
+    #[test]
+    fn bad_heads_are_refused() {
+        let mut h = HeaderMap::new();
+        StripeHead { id: 9, number: 1 }.write(&mut h);
+        h.insert(HDR_STRIPE_HEAD, HeaderValue::from_static("0"));
+        assert_eq!(
+            StripeHead::read(&h),
+            Err(HeaderError::Malformed(HDR_STRIPE_HEAD))
+        );
+        h.remove(HDR_STRIPE_HEAD);
+        assert_eq!(
+            StripeHead::read(&h),
+            Err(HeaderError::Missing(HDR_STRIPE_HEAD))
+        );
+        h.insert(HDR_STRIPE_HEAD, HeaderValue::from_static("2"));
+        h.insert(HDR_STRIPE, HeaderValue::from_static("x1"));
+        assert_eq!(
+            StripeHead::read(&h),
+            Err(HeaderError::Malformed(HDR_STRIPE))
+        );
+    }
 
     #[test]
     fn a_chunk_round_trips() {
