@@ -267,7 +267,7 @@ async fn take_exactly(
 enum Task {
     /// Bytes of the body: the flight's ticket.
     Chunk(u64),
-    /// An empty chunk that asks the relay how far it has the body (its `n`th).
+    /// An empty chunk at this offset that asks the relay how far it has the body.
     Ask(u64),
 }
 
@@ -313,7 +313,8 @@ async fn send_all(
     // the relay's front as far as the gateway knows: a piece sent again is dropped on its
     // way once the front passes it
     let (front_tx, front_rx) = watch::channel(0u64);
-    let mut asked = 0u64;
+    // the offset of the question on its way, if any (one per front is enough)
+    let mut asking: Option<u64> = None;
     loop {
         if body.done() {
             return Ok(());
@@ -331,16 +332,18 @@ async fn send_all(
                     "silent path: its chunks sent again"
                 );
                 resends.increment(n as u64);
+                let asked = Asked {
+                    stripe: id,
+                    total,
+                    offset: body.in_order(),
+                };
                 ask_front(
                     &bond,
                     class,
-                    id,
-                    total,
-                    &body,
+                    asked,
                     &silent,
                     timeout,
-                    &mut asked,
-                    &mut resending,
+                    &mut asking,
                     &mut inflight,
                 );
             }
@@ -496,6 +499,11 @@ async fn send_all(
                     return Err("a chunk's task failed".into());
                 };
                 resending.end(&task);
+                if let Task::Ask(offset) = task {
+                    if asking == Some(offset) {
+                        asking = None;
+                    }
+                }
                 let ticket = match (task, r) {
                     (Task::Chunk(ticket), Err(e)) => (ticket, e),
                     (task, Ok(sent)) => {
@@ -522,7 +530,11 @@ async fn send_all(
                     Failed::Again(n) => {
                         debug!(stripe = id, path = e.path, reason = %e.reason, chunks = n, "chunk sent again");
                         resends.increment(n as u64);
-                        ask_front(&bond, class, id, total, &body, &silent, timeout, &mut asked, &mut resending, &mut inflight);
+                        // not on the path that just failed it
+                        let mut avoid = silent.clone();
+                        avoid.push(e.path);
+                        let asked = Asked { stripe: id, total, offset: body.in_order() };
+                        ask_front(&bond, class, asked, &avoid, timeout, &mut asking, &mut inflight);
                     }
                     Failed::Covered => {
                         debug!(stripe = id, path = e.path, reason = %e.reason, "copy lost; another brings it");
@@ -541,49 +553,76 @@ async fn send_all(
 /// path carried beyond the front its last answer named (traced: 280 KB, sent again first
 /// on the 5 Mbit/s path). Its answer comes after one round trip, and the pieces it makes
 /// needless are dropped on their way.
-#[allow(clippy::too_many_arguments)]
+///
+/// One question per front: while one asked at this front is on its way, no other goes
+/// (`asking`). It goes first among the pieces sent again (`Start::Resend(0)`), and takes no
+/// rank among them (a rank orders the body's pieces by offset).
 fn ask_front(
     bond: &Arc<Bond>,
     class: TrafficClass,
-    stripe: u64,
-    total: u64,
-    body: &PushedBody,
-    silent: &[PathId],
+    asked: Asked,
+    avoid: &[PathId],
     timeout: Duration,
-    asked: &mut u64,
-    resending: &mut ResendRanks<Task>,
+    asking: &mut Option<u64>,
     inflight: &mut tokio::task::JoinSet<(Task, Result<Sent, ChunkError>)>,
 ) {
+    if *asking == Some(asked.offset) {
+        return;
+    }
     let unit = Unit {
         class,
         up_bytes: 0,
         down_bytes: 0,
     };
-    let Some(path) = bond.place(&unit, silent).paths.first().copied() else {
+    let Some(path) = bond.place(&unit, avoid).paths.first().copied() else {
         return;
     };
     let Some(flow) = bond.flow(path, class, 0, 0) else {
         return;
     };
-    *asked += 1;
-    let task = Task::Ask(*asked);
-    let offset = body.in_order();
-    let rank = resending.start(task, offset);
+    *asking = Some(asked.offset);
+    let task = Task::Ask(asked.offset);
     let fut = send_one(
         bond.clone(),
         path,
         flow,
         ChunkOf {
-            stripe,
-            total,
-            offset,
+            stripe: asked.stripe,
+            total: asked.total,
+            offset: asked.offset,
             data: Bytes::new(),
         },
-        Some(rank),
+        Some(0),
         None,
         timeout,
     );
     inflight.spawn(async move { (task, fut.await) });
+}
+
+/// A question to the relay about stripe `stripe` (a body of `total` bytes), asked at the
+/// gateway's front `offset`.
+struct Asked {
+    stripe: u64,
+    total: u64,
+    offset: u64,
+}
+
+/// A chunk's stream, reset as it drops unless its answer came: when the front passed it,
+/// when it timed out or its path died, and when its task is aborted (the stripe ended or
+/// failed). quinn finishes a stream that is merely dropped: what was written of it would
+/// still be sent, for nothing, ahead of bulk.
+struct CallOff<S: h3::quic::SendStream<Bytes>> {
+    stream: h3::client::RequestStream<S, Bytes>,
+    answered: bool,
+}
+
+impl<S: h3::quic::SendStream<Bytes>> Drop for CallOff<S> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.stream
+                .stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+        }
+    }
 }
 
 /// A chunk of stripe `stripe` (a body of `total` bytes): `data` at `offset`.
@@ -594,8 +633,10 @@ struct ChunkOf {
     data: Bytes,
 }
 
-/// One chunk on one path, up to the relay's answer. A piece sent again (`resent`: its
-/// rank) is dropped (its stream reset) once `front` passes its end.
+/// One chunk on one path, up to the relay's answer. It goes ahead of bulk when `resent`
+/// (its rank among the pieces sent again, or 0 for a question). Given the gateway's view
+/// of the relay's `front`, it is dropped (its stream reset) once the front passes its
+/// end, or not sent at all if it did already.
 async fn send_one(
     bond: Arc<Bond>,
     id: PathId,
@@ -633,9 +674,13 @@ async fn send_one(
     let Some(req) = chunk.request(class.as_str()) else {
         return Err(fail(false, "cannot build a chunk request".into()));
     };
+    let end = offset + n;
+    if front.as_ref().is_some_and(|f| *f.borrow() >= end) {
+        // passed while it waited for its turn: not sent at all
+        return Ok(Sent::Dropped);
+    }
     let mut sender = live.sender.clone();
     let up = flow.up_counter();
-    let end = offset + n;
     let exchange = async {
         // a chunk is bulk from its first byte (bids keep the small-first lane); a piece sent
         // again to unblock its body goes ahead of bulk, in its rank
@@ -643,10 +688,15 @@ async fn send_one(
             Some(rank) => tunnel_io::quic::Start::Resend(rank),
             None => tunnel_io::quic::Start::Bulk,
         };
-        let mut stream = tunnel_io::quic::opening_as(start, sender.send_request(req))
+        let stream = tunnel_io::quic::opening_as(start, sender.send_request(req))
             .await
             .map_err(|e| format!("cannot open a chunk stream: {e}"))?;
+        let mut stream = CallOff {
+            stream,
+            answered: false,
+        };
         let talk = async {
+            let stream = &mut stream.stream;
             if !data.is_empty() {
                 stream
                     .send_data(data)
@@ -665,11 +715,14 @@ async fn send_one(
             Ok::<_, String>((resp.status(), wire::stripe::read_have(resp.headers())))
         };
         let passed = async {
-            match front.as_mut() {
-                Some(f) => {
-                    let _ = f.wait_for(|&at| at >= end).await;
-                }
-                None => std::future::pending().await,
+            let passed = match front.as_mut() {
+                Some(f) => f.wait_for(|&at| at >= end).await.is_ok(),
+                None => false,
+            };
+            if !passed {
+                // no front to watch, or its sender closed (the stripe is over, and this
+                // task is aborted with it)
+                std::future::pending::<()>().await;
             }
         };
         let talked = tokio::select! {
@@ -677,12 +730,13 @@ async fn send_one(
             () = passed => None,
         };
         match talked {
-            Some(r) => r.map(Some),
-            None => {
-                // what quinn has not sent of it yet is dropped
-                stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
-                Ok(None)
+            Some(Ok(answer)) => {
+                stream.answered = true;
+                Ok(Some(answer))
             }
+            Some(Err(e)) => Err(e),
+            // the stream is reset as it drops: what quinn has not sent of it is dropped
+            None => Ok(None),
         }
     };
     // longer than the relay waits for its window to open (it then answers 503 itself): a

@@ -337,6 +337,21 @@ impl Stripe {
         self.lock().next
     }
 
+    /// An empty chunk at `offset`: a question (how far is the body in order?), not bytes.
+    /// It needs no window and waits for nothing; it is refused only when the stripe failed
+    /// or `offset` lies beyond the body.
+    pub(crate) fn ask(&self, offset: u64) -> Result<(), ChunkError> {
+        if offset > self.total {
+            return Err(ChunkError::OutOfRange);
+        }
+        let mut g = self.lock();
+        g.touched = Some(tunnel_io::clock::now());
+        match &g.failed {
+            Some(f) => Err(ChunkError::Failed(f.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Takes a chunk, waiting (up to `wait`) while it lies beyond the window.
     pub(crate) async fn insert(
         &self,
@@ -728,6 +743,19 @@ mod tests {
         let got = body.collect().await.expect("body").to_bytes();
         assert_eq!(&got[..], b"0123456789");
         done.await.expect("done fired");
+    }
+
+    #[test]
+    fn an_empty_chunk_is_a_question_that_needs_no_window() {
+        let stripes = Stripes::default();
+        let s = stripes.get(1, 3, 100).expect("stripe");
+        // no window granted yet, and none is taken for a question
+        assert_eq!(s.ask(0), Ok(()));
+        assert_eq!(s.ask(100), Ok(()), "the body's end is a front too");
+        assert_eq!(stripes.budget.held(1), (0, 0), "no window granted for it");
+        assert_eq!(s.ask(101), Err(ChunkError::OutOfRange));
+        s.fail("origin gone");
+        assert_eq!(s.ask(0), Err(ChunkError::Failed("origin gone".into())));
     }
 
     #[tokio::test]

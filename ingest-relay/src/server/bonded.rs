@@ -166,6 +166,11 @@ pub(super) async fn stripe_chunk(
         }
         Err(NotTaken::Read(Stopped::NoRoom)) => return refuse(&mut stream, no_room()).await,
         Err(NotTaken::Read(Stopped::Failed)) => return StatusCode::BAD_REQUEST,
+        // the gateway dropped a piece sent again: the relay had its bytes by another way
+        Err(NotTaken::Read(Stopped::CalledOff)) => {
+            metrics::counter!("canopy_relay_stripe_pieces_called_off_total").increment(1);
+            return called_off();
+        }
         Err(NotTaken::Stripe(stripe::ChunkError::OutOfRange)) => {
             return refuse(
                 &mut stream,
@@ -208,6 +213,13 @@ pub(super) async fn stripe_chunk(
         let _ = stream.finish().await;
     }
     status
+}
+
+/// What a chunk the gateway called off counts as in the relay's request metrics (nginx's
+/// "client closed request"): not a 400, which would count the gateway's routine drops as
+/// malformed requests.
+fn called_off() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 /// Why a chunk was not taken whole.
@@ -254,15 +266,7 @@ async fn take_chunk(
             }
             continue;
         }
-        let Some(mut grant) = pieces.grant() else {
-            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-            return Err(NotTaken::Read(Stopped::NoRoom));
-        };
-        let Some(d) = pieces
-            .next(stream, &mut grant)
-            .await
-            .map_err(NotTaken::Read)?
-        else {
+        let Some((d, grant)) = pieces.next_granted(stream).await.map_err(NotTaken::Read)? else {
             break;
         };
         let n = d.len() as u64;
@@ -278,9 +282,13 @@ async fn take_chunk(
         }
     }
     let (at, data, _grant) = match waiting {
-        Some(w) => (w.at, w.data.freeze(), Some(w.grant)),
-        // an empty chunk still asks its stripe (failed, or beyond its end)
-        None if pieces.read == 0 => (offset, Bytes::new(), None),
+        Some(w) => (w.at, w.data.freeze(), w.grant),
+        // an empty chunk asks how far the body is in order (the answer says): it needs no
+        // window and waits for nothing
+        None if pieces.read == 0 => {
+            stripe.ask(offset).map_err(NotTaken::Stripe)?;
+            return Ok(0);
+        }
         None => return Ok(pieces.read),
     };
     let n = data.len() as u64;

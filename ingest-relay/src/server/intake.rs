@@ -38,6 +38,9 @@ pub(crate) enum Stopped {
     NoRoom,
     /// The stream failed, or stalled longer than the idle bound.
     Failed,
+    /// The sender called the request off (reset its stream with H3_REQUEST_CANCELLED): a
+    /// gateway drops a piece sent again once the relay has its bytes by another way.
+    CalledOff,
 }
 
 /// Reads a request body piece by piece as it arrives, each piece's bytes taken from the
@@ -65,12 +68,29 @@ impl<'a> Pieces<'a> {
         self.intake.budget.try_grant(self.intake.gateway, 0)
     }
 
-    /// The next piece, its bytes grown onto `grant`; None at the body's end.
-    pub(crate) async fn next(
+    /// The next piece, its bytes on a grant of their own from the intake budget; None at
+    /// the body's end. A body that ends at once (an empty chunk: a question) takes nothing
+    /// from the budget, so a full budget does not refuse it.
+    pub(crate) async fn next_granted(
         &mut self,
         stream: &mut Stream,
-        grant: &mut Grant,
-    ) -> Result<Option<Bytes>, Stopped> {
+    ) -> Result<Option<(Bytes, Grant)>, Stopped> {
+        let Some(mut grant) = self.grant() else {
+            // full already: a body that ends at once still gets its answer
+            return match self.recv(stream).await? {
+                None => Ok(None),
+                Some(_) => {
+                    stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+                    metrics::counter!("canopy_relay_intake_refused_total").increment(1);
+                    Err(Stopped::NoRoom)
+                }
+            };
+        };
+        Ok(self.next(stream, &mut grant).await?.map(|b| (b, grant)))
+    }
+
+    /// The next piece as it came (within the bound, not on any grant); None at the end.
+    async fn recv(&mut self, stream: &mut Stream) -> Result<Option<Bytes>, Stopped> {
         use bytes::Buf;
         let next = match tokio::time::timeout(self.intake.idle, stream.recv_data()).await {
             Ok(r) => r,
@@ -91,20 +111,37 @@ impl<'a> Pieces<'a> {
                     stream.stop_sending(h3::error::Code::H3_NO_ERROR);
                     return Err(Stopped::TooLarge);
                 }
-                if !grant.grow(n) {
-                    stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-                    metrics::counter!("canopy_relay_intake_refused_total").increment(1);
-                    return Err(Stopped::NoRoom);
-                }
                 self.read += n;
                 Ok(Some(b.copy_to_bytes(n as usize)))
             }
             Ok(None) => Ok(None),
+            Err(h3::error::StreamError::RemoteTerminate { code, .. })
+                if code == h3::error::Code::H3_REQUEST_CANCELLED =>
+            {
+                Err(Stopped::CalledOff)
+            }
             Err(e) => {
                 debug!(error = %e, "request body not received");
                 Err(Stopped::Failed)
             }
         }
+    }
+
+    /// The next piece, its bytes grown onto `grant`; None at the body's end.
+    pub(crate) async fn next(
+        &mut self,
+        stream: &mut Stream,
+        grant: &mut Grant,
+    ) -> Result<Option<Bytes>, Stopped> {
+        let Some(b) = self.recv(stream).await? else {
+            return Ok(None);
+        };
+        if !grant.grow(b.len() as u64) {
+            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+            metrics::counter!("canopy_relay_intake_refused_total").increment(1);
+            return Err(Stopped::NoRoom);
+        }
+        Ok(Some(b))
     }
 }
 
@@ -124,7 +161,7 @@ pub(crate) async fn read_capped(stream: &mut Stream, max: u64, intake: Intake<'_
             Ok(None) => return Capped::Body(data.freeze(), grant),
             Err(Stopped::TooLarge) => return Capped::TooLarge,
             Err(Stopped::NoRoom) => return Capped::NoRoom,
-            Err(Stopped::Failed) => return Capped::Failed,
+            Err(Stopped::Failed | Stopped::CalledOff) => return Capped::Failed,
         }
     }
 }
