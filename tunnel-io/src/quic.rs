@@ -436,6 +436,19 @@ impl Drop for SendStream {
         if let Some(marks) = self.marks.take() {
             marks.take(u64::from(self.stream.id()));
         }
+        // Dropped in the middle of a frame (its writer was cancelled: a timeout, a device
+        // gone, a path dead): quinn would finish the stream, and the peer would read a
+        // frame cut short by the stream's end. h3 0.0.8 reads that as the body's end
+        // (tested below: a 4 MiB frame cut after 64 KiB read as a whole body), so a cut
+        // upload would reach the origin as if whole; RFC 9114 makes it a frame error,
+        // which closes the connection and every request on it. A reset fails this
+        // request alone, as what it is.
+        if self.writing.as_ref().is_some_and(|d| d.has_remaining()) {
+            let _ = self.stream.reset(
+                quinn::VarInt::from_u64(h3::error::Code::H3_REQUEST_CANCELLED.value())
+                    .unwrap_or(quinn::VarInt::MAX),
+            );
+        }
     }
 }
 
@@ -541,6 +554,135 @@ impl quic::RecvStream for RecvStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// A quinn connection on loopback: the client's connection, and the server's.
+    async fn loopback() -> (
+        quinn::Endpoint,
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::Connection,
+    ) {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let cert = key.cert.der().clone();
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.signing_key.serialize_der());
+        let mut server_config =
+            quinn::ServerConfig::with_single_cert(vec![cert.clone()], der.into()).expect("tls");
+        // a small stream window, so a large frame cannot be written at once
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(quinn::VarInt::from_u32(64 * 1024));
+        server_config.transport_config(Arc::new(transport));
+        let local = "127.0.0.1:0".parse().expect("addr");
+        let server = quinn::Endpoint::server(server_config, local).expect("server");
+        let addr = server.local_addr().expect("addr");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("root");
+        let client_config =
+            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client tls");
+        let mut client = quinn::Endpoint::client(local).expect("client");
+        client.set_default_client_config(client_config);
+        let accept = {
+            let server = server.clone();
+            tokio::spawn(async move { server.accept().await?.await.ok() })
+        };
+        let conn = client
+            .connect(addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let peer = accept.await.expect("task").expect("accepted");
+        (client, server, conn, peer)
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_in_the_middle_of_a_frame_fails_alone() {
+        let (_c, _s, conn, peer) = loopback().await;
+        // the server reads each request's body to its end (or its error), answers the
+        // whole ones, and says how each ended; the first's only once its writer is gone
+        // (till then the stream's window holds the writer back)
+        let (dropped, mut until_dropped) = tokio::sync::oneshot::channel::<()>();
+        // (and it keeps the connection until the client has its answers)
+        let (done, until_done) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let mut h3s = h3::server::builder()
+                .build::<_, Bytes>(Connection::new(peer, false))
+                .await
+                .expect("h3 server");
+            let mut ended = Vec::new();
+            while ended.len() < 2 {
+                let resolver = match h3s.accept().await {
+                    Ok(Some(r)) => r,
+                    other => {
+                        ended.push((format!("connection closed: {:?}", other.err()), false));
+                        break;
+                    }
+                };
+                let Ok((req, mut stream)) = resolver.resolve_request().await else {
+                    continue;
+                };
+                if ended.is_empty() {
+                    let _ = (&mut until_dropped).await;
+                }
+                let whole = loop {
+                    match stream.recv_data().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break true,
+                        Err(_) => break false,
+                    }
+                };
+                if whole {
+                    let _ = stream.send_response(http::Response::new(())).await;
+                    let _ = stream.finish().await;
+                }
+                ended.push((req.uri().path().to_string(), whole));
+            }
+            let _ = until_done.await;
+            ended
+        });
+        let (mut driver, mut sender) = h3::client::new(Connection::new(conn, false))
+            .await
+            .expect("h3 client");
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let post = |path: &str| {
+            http::Request::post(format!("https://localhost{path}"))
+                .body(())
+                .expect("request")
+        };
+        let mut first = sender.send_request(post("/first")).await.expect("first");
+        // one frame larger than the server's stream window: its writer is cancelled
+        // while part of it is still unwritten
+        let cut = tokio::time::timeout(
+            Duration::from_millis(100),
+            first.send_data(Bytes::from(vec![7u8; 4 << 20])),
+        )
+        .await;
+        assert!(cut.is_err(), "the whole frame went at once");
+        drop(first);
+        let _ = dropped.send(());
+        let mut second = sender
+            .send_request(post("/second"))
+            .await
+            .expect("the connection is still up");
+        second.finish().await.expect("finish");
+        let resp = tokio::time::timeout(Duration::from_secs(5), second.recv_response())
+            .await
+            .expect("in time");
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = done.send(());
+                panic!("the second request: {e}; the server saw {:?}", server.await)
+            }
+        };
+        let _ = done.send(());
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        let ended = server.await.expect("server");
+        assert_eq!(
+            ended,
+            [("/first".to_string(), false), ("/second".to_string(), true)],
+            "the cut request failed (not read as whole), and alone"
+        );
+    }
 
     #[test]
     fn pieces_sent_again_sit_between_bulk_and_media_first_ranked_first() {
