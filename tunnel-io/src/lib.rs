@@ -15,6 +15,8 @@ pub mod paced;
 pub mod probe;
 pub mod quic;
 pub mod revoked;
+#[cfg(test)]
+mod test_tls;
 pub mod tls;
 pub mod transport;
 

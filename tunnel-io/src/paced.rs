@@ -196,18 +196,10 @@ mod tests {
     /// loopback from a client whose socket paces its connection at `rate` (bytes per
     /// second) when given. quinn's own controller (Cubic) leaves loopback unlimited.
     async fn send_secs(bytes: usize, rate: Option<f64>) -> f64 {
-        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-        let cert = key.cert.der().clone();
-        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.signing_key.serialize_der());
-        let server_config =
-            quinn::ServerConfig::with_single_cert(vec![cert.clone()], der.into()).expect("tls");
+        let (server_config, client_config) = crate::test_tls::loopback_configs();
         let local = "127.0.0.1:0".parse().expect("addr");
         let server = quinn::Endpoint::server(server_config, local).expect("server");
         let addr = server.local_addr().expect("addr");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert).expect("root");
-        let client_config =
-            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client tls");
         let runtime = quinn::default_runtime().expect("runtime");
         let udp = std::net::UdpSocket::bind(local).expect("bind");
         let socket = PacedSocket::new(runtime.wrap_udp_socket(udp).expect("socket"));

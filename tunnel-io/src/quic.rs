@@ -563,11 +563,7 @@ mod tests {
         quinn::Connection,
         quinn::Connection,
     ) {
-        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-        let cert = key.cert.der().clone();
-        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.signing_key.serialize_der());
-        let mut server_config =
-            quinn::ServerConfig::with_single_cert(vec![cert.clone()], der.into()).expect("tls");
+        let (mut server_config, client_config) = crate::test_tls::loopback_configs();
         // a small stream window, so a large frame cannot be written at once
         let mut transport = quinn::TransportConfig::default();
         transport.stream_receive_window(quinn::VarInt::from_u32(64 * 1024));
@@ -575,10 +571,6 @@ mod tests {
         let local = "127.0.0.1:0".parse().expect("addr");
         let server = quinn::Endpoint::server(server_config, local).expect("server");
         let addr = server.local_addr().expect("addr");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert).expect("root");
-        let client_config =
-            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client tls");
         let mut client = quinn::Endpoint::client(local).expect("client");
         client.set_default_client_config(client_config);
         let accept = {
