@@ -263,7 +263,7 @@ async fn take_exactly(
 }
 
 /// What a chunk's task was sent for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Task {
     /// Bytes of the body: the flight's ticket.
     Chunk(u64),
@@ -309,7 +309,7 @@ async fn send_all(
     let mut primary: Option<Primary> = None;
     // the pieces sent again and on their way, by ticket: a piece's rank among them orders
     // it on its path
-    let mut resending: ResendRanks<Task> = ResendRanks::default();
+    let mut resending: ResendRanks<u64> = ResendRanks::default();
     // the relay's front as far as the gateway knows: a piece sent again is dropped on its
     // way once the front passes it
     let (front_tx, front_rx) = watch::channel(0u64);
@@ -332,15 +332,11 @@ async fn send_all(
                     "silent path: its chunks sent again"
                 );
                 resends.increment(n as u64);
-                let asked = Asked {
-                    stripe: id,
-                    total,
-                    offset: body.in_order(),
-                };
+                let question = ChunkOf::question(id, total, body.in_order());
                 ask_front(
                     &bond,
                     class,
-                    asked,
+                    question,
                     &silent,
                     timeout,
                     &mut asking,
@@ -403,12 +399,7 @@ async fn send_all(
                     let (ticket, offset, data, rank) = match next {
                         Next::Again(p) => {
                             let t = body.start_again(&p, path);
-                            (
-                                t,
-                                p.offset,
-                                p.data,
-                                Some(resending.start(Task::Chunk(t), p.offset)),
-                            )
+                            (t, p.offset, p.data, Some(resending.start(t, p.offset)))
                         }
                         next => {
                             let rate = bond.paths()[path].rate_up();
@@ -498,13 +489,12 @@ async fn send_all(
                 let Ok((task, r)) = joined else {
                     return Err("a chunk's task failed".into());
                 };
-                resending.end(&task);
-                if let Task::Ask(offset) = task {
-                    if asking == Some(offset) {
-                        asking = None;
-                    }
+                match task {
+                    Task::Chunk(ticket) => resending.end(&ticket),
+                    Task::Ask(offset) if asking == Some(offset) => asking = None,
+                    Task::Ask(_) => {}
                 }
-                let ticket = match (task, r) {
+                let (ticket, e) = match (task, r) {
                     (Task::Chunk(ticket), Err(e)) => (ticket, e),
                     (task, Ok(sent)) => {
                         if let Task::Chunk(ticket) = task {
@@ -524,7 +514,6 @@ async fn send_all(
                         continue;
                     }
                 };
-                let (ticket, e) = ticket;
                 let outcome = if e.retry { body.failed(ticket) } else { body.refused(ticket) };
                 match outcome {
                     Failed::Again(n) => {
@@ -533,8 +522,8 @@ async fn send_all(
                         // not on the path that just failed it
                         let mut avoid = silent.clone();
                         avoid.push(e.path);
-                        let asked = Asked { stripe: id, total, offset: body.in_order() };
-                        ask_front(&bond, class, asked, &avoid, timeout, &mut asking, &mut inflight);
+                        let question = ChunkOf::question(id, total, body.in_order());
+                        ask_front(&bond, class, question, &avoid, timeout, &mut asking, &mut inflight);
                     }
                     Failed::Covered => {
                         debug!(stripe = id, path = e.path, reason = %e.reason, "copy lost; another brings it");
@@ -560,13 +549,13 @@ async fn send_all(
 fn ask_front(
     bond: &Arc<Bond>,
     class: TrafficClass,
-    asked: Asked,
+    question: ChunkOf,
     avoid: &[PathId],
     timeout: Duration,
     asking: &mut Option<u64>,
     inflight: &mut tokio::task::JoinSet<(Task, Result<Sent, ChunkError>)>,
 ) {
-    if *asking == Some(asked.offset) {
+    if *asking == Some(question.offset) {
         return;
     }
     let unit = Unit {
@@ -580,31 +569,10 @@ fn ask_front(
     let Some(flow) = bond.flow(path, class, 0, 0) else {
         return;
     };
-    *asking = Some(asked.offset);
-    let task = Task::Ask(asked.offset);
-    let fut = send_one(
-        bond.clone(),
-        path,
-        flow,
-        ChunkOf {
-            stripe: asked.stripe,
-            total: asked.total,
-            offset: asked.offset,
-            data: Bytes::new(),
-        },
-        Some(0),
-        None,
-        timeout,
-    );
+    *asking = Some(question.offset);
+    let task = Task::Ask(question.offset);
+    let fut = send_one(bond.clone(), path, flow, question, Some(0), None, timeout);
     inflight.spawn(async move { (task, fut.await) });
-}
-
-/// A question to the relay about stripe `stripe` (a body of `total` bytes), asked at the
-/// gateway's front `offset`.
-struct Asked {
-    stripe: u64,
-    total: u64,
-    offset: u64,
 }
 
 /// A chunk's stream, reset as it drops unless its answer came: when the front passed it,
@@ -631,6 +599,19 @@ struct ChunkOf {
     total: u64,
     offset: u64,
     data: Bytes,
+}
+
+impl ChunkOf {
+    /// An empty chunk at the gateway's front `offset`: a question (how far has the relay
+    /// the body in order?).
+    fn question(stripe: u64, total: u64, offset: u64) -> Self {
+        Self {
+            stripe,
+            total,
+            offset,
+            data: Bytes::new(),
+        }
+    }
 }
 
 /// One chunk on one path, up to the relay's answer. It goes ahead of bulk when `resent`

@@ -346,10 +346,7 @@ impl Stripe {
         }
         let mut g = self.lock();
         g.touched = Some(tunnel_io::clock::now());
-        match &g.failed {
-            Some(f) => Err(ChunkError::Failed(f.clone())),
-            None => Ok(()),
-        }
+        g.not_failed()
     }
 
     /// Takes a chunk, waiting (up to `wait`) while it lies beyond the window.
@@ -424,9 +421,7 @@ impl Stripe {
         }
         let mut g = self.lock();
         g.touched = Some(tunnel_io::clock::now());
-        if let Some(f) = &g.failed {
-            return Err(ChunkError::Failed(f.clone()));
-        }
+        g.not_failed()?;
         // had it: in order already, or inside a chunk waiting (a chunk sent again
         // comes in 32 KiB pieces)
         let len = data.len() as u64;
@@ -483,8 +478,8 @@ impl Stripe {
     /// Whether the stripe still needs a window: not when failed or whole.
     fn settled(&self) -> Option<Result<u64, ChunkError>> {
         let g = self.lock();
-        if let Some(f) = &g.failed {
-            return Some(Err(ChunkError::Failed(f.clone())));
+        if let Err(e) = g.not_failed() {
+            return Some(Err(e));
         }
         // the whole body came (its window went back): a chunk now is a copy
         (g.next >= self.total).then_some(Ok(0))
@@ -584,6 +579,14 @@ impl Stripe {
 }
 
 impl Inner {
+    /// Refused with the reason when the stripe failed.
+    fn not_failed(&self) -> Result<(), ChunkError> {
+        match &self.failed {
+            Some(f) => Err(ChunkError::Failed(f.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Stores a chunk and moves what is now in order to `ready`; the waker to wake.
     fn put(&mut self, offset: u64, data: Bytes) -> Option<Waker> {
         let end = offset + data.len() as u64;

@@ -444,10 +444,7 @@ impl Drop for SendStream {
         // which closes the connection and every request on it. A reset fails this
         // request alone, as what it is.
         if self.writing.as_ref().is_some_and(|d| d.has_remaining()) {
-            let _ = self.stream.reset(
-                quinn::VarInt::from_u64(h3::error::Code::H3_REQUEST_CANCELLED.value())
-                    .unwrap_or(quinn::VarInt::MAX),
-            );
+            quic::SendStream::reset(self, h3::error::Code::H3_REQUEST_CANCELLED.value());
         }
     }
 }

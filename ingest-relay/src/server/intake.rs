@@ -79,11 +79,7 @@ impl<'a> Pieces<'a> {
             // full already: a body that ends at once still gets its answer
             return match self.recv(stream).await? {
                 None => Ok(None),
-                Some(_) => {
-                    stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-                    metrics::counter!("canopy_relay_intake_refused_total").increment(1);
-                    Err(Stopped::NoRoom)
-                }
+                Some(_) => Err(no_room_for(stream)),
             };
         };
         Ok(self.next(stream, &mut grant).await?.map(|b| (b, grant)))
@@ -137,12 +133,17 @@ impl<'a> Pieces<'a> {
             return Ok(None);
         };
         if !grant.grow(b.len() as u64) {
-            stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-            metrics::counter!("canopy_relay_intake_refused_total").increment(1);
-            return Err(Stopped::NoRoom);
+            return Err(no_room_for(stream));
         }
         Ok(Some(b))
     }
+}
+
+/// A piece the intake budget has no room for: reading stops (STOP_SENDING), counted.
+fn no_room_for(stream: &mut Stream) -> Stopped {
+    stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+    metrics::counter!("canopy_relay_intake_refused_total").increment(1);
+    Stopped::NoRoom
 }
 
 /// Reads a request body of at most `max` bytes, its bytes taken from `intake` as they come:
