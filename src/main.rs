@@ -690,6 +690,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 *d = path.parent().unwrap_or(std::path::Path::new(".")).join(&*d);
             }
             cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
+            cfg.proxy.body_spool_dir = relative_to(&path, &cfg.proxy.body_spool_dir);
             cfg.cache.disk_dir = cfg.cache.disk_dir.as_deref().map(|d| relative_to(&path, d));
             cfg.admin.token_file = relative_to(&path, &cfg.admin.token_file);
             cfg.admin.holds_file = relative_to(&path, &cfg.admin.holds_file);

@@ -390,6 +390,7 @@ impl Testbed {
             },
         ];
         gw_cfg.bids.journal = state_dir.0.join("bids.journal");
+        gw_cfg.proxy.body_spool_dir = state_dir.0.join("body-spool");
         if opts.https_site {
             // the site's certificate beside the journal, as a gateway reads it
             let site = certs

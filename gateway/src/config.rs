@@ -777,6 +777,14 @@ pub struct ProxySection {
     /// TCP address where the gateway answers HTTPS for the `[[sites]]` marked `tls`, by
     /// the name the device asks for (SNI); unset = no HTTPS.
     pub https_listen: Option<SocketAddr>,
+    /// Folder where a request body sent without a length (chunked) and over 1 MiB is
+    /// written before it goes on, striped over every uplink, so that it survives the loss
+    /// of the uplink it was on (relative to the config file). Each file is unlinked as
+    /// soon as it is open.
+    pub body_spool_dir: PathBuf,
+    /// Most bytes such bodies take on disk at once; a body that finds no room gets 507.
+    /// 0 = off: such bodies stream on as they come, on one uplink, and fail with it.
+    pub body_spool_bytes: u64,
 }
 
 impl ProxySection {
@@ -807,6 +815,8 @@ impl Default for ProxySection {
             max_transactions_per_device: 64,
             max_shared_streams: 15_360,
             https_listen: None,
+            body_spool_dir: "body-spool".into(),
+            body_spool_bytes: 4 << 30,
         }
     }
 }
@@ -1055,6 +1065,12 @@ impl GatewayConfig {
         }
         if !(100..=60_000).contains(&self.bids.deadline_ms) {
             errs.push(("bids.deadline_ms".into(), "must be 100..=60000".into()));
+        }
+        if p.body_spool_bytes > 0 && p.body_spool_dir.as_os_str().is_empty() {
+            errs.push((
+                "proxy.body_spool_dir".into(),
+                "must name a folder (or set proxy.body_spool_bytes = 0)".into(),
+            ));
         }
         if self.bids.journal.as_os_str().is_empty() {
             errs.push(("bids.journal".into(), "must name a file".into()));

@@ -7,6 +7,7 @@ pub mod actions;
 pub mod admin;
 mod bid_path;
 mod bids;
+mod body_spool;
 pub mod bond;
 pub mod cache;
 mod checkin;

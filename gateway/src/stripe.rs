@@ -66,6 +66,8 @@ pub enum Source {
     /// The device's body, read as chunks are placed, with what was read beyond the last
     /// chunk, and how long the device may send nothing while a chunk waits for its bytes.
     Stream(Incoming, BytesMut, Duration),
+    /// A body the device sent without a length, spooled to disk whole first.
+    Spooled(crate::body_spool::Spooled),
 }
 
 impl Source {
@@ -89,6 +91,7 @@ impl Source {
                 fill(inc, buf, n, *idle).await.map_err(|e| e.to_string())?;
                 Ok(buf.split_to(n.min(buf.len())).freeze())
             }
+            Source::Spooled(f) => f.read(n as u64).await.map_err(|e| e.to_string()),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! dies and the request is safe to send again.
 
 use super::*;
+use crate::body_spool::SpoolError;
 use crate::stripe::BodyReadError;
 use tunnel::wire::stripe::StripeHead;
 
@@ -55,11 +56,14 @@ enum UploadError {
 /// (or redundantly): bids, check-ins, and idempotent requests up to this size.
 pub(crate) const REPLAY_MAX: u64 = 1024 * 1024;
 
-/// A request body: kept whole (replayable), streamed once, or striped over the paths (the
-/// head's stream carries none; it waits for the chunks' outcome).
+/// A request body: kept whole (replayable), streamed once, spooled to disk (to be
+/// striped), or striped over the paths (the head's stream carries none; it waits for the
+/// chunks' outcome).
 pub(crate) enum ReqBody {
     Kept(Bytes),
     Once(Option<Streamed>),
+    /// Always becomes `Striped` before an attempt (`forward_body`).
+    Spooled(crate::body_spool::Spooled),
     /// The chunks' outcome, and the marks of this copy of the head.
     Striped(crate::stripe::Outcome, StripeHead),
 }
@@ -94,6 +98,19 @@ fn unread_body(e: &BodyReadError) -> Response<Body> {
         BodyReadError::Broken(_) => StatusCode::BAD_REQUEST,
     };
     synthetic(status, &e.to_string())
+}
+
+/// The device's answer when its body could not be spooled.
+fn unspooled(e: &SpoolError, limit: u64) -> Response<Body> {
+    match e {
+        SpoolError::Read(e) => unread_body(e),
+        SpoolError::OverLimit(_) => body_limit_exceeded(limit),
+        SpoolError::Full { .. } | SpoolError::Disk { .. } => {
+            metrics::counter!("canopy_gateway_bodies_spool_refused_total").increment(1);
+            tracing::warn!(error = %e, "request body not spooled");
+            synthetic(StatusCode::INSUFFICIENT_STORAGE, &e.to_string())
+        }
+    }
 }
 
 /// Reads a chunked body into memory while it stays within `max` bytes, so that the request
@@ -229,7 +246,17 @@ pub(super) async fn forward_parts(
             Ok(Gathered::Beyond(s)) if s.prefix.len() as u64 > limit => {
                 return body_limit_exceeded(limit)
             }
-            Ok(Gathered::Beyond(s)) => ReqBody::Once(Some(s)),
+            // longer than kept in memory: to disk, then striped (it then survives the loss
+            // of its path), when it may go as a stripe
+            Ok(Gathered::Beyond(s)) => match &state.body_spool {
+                Some(spool) if crate::stripe::may_carry(&out.method, out.class) => {
+                    match spool.take(s.prefix, s.rest, limit, state.body_idle).await {
+                        Ok(f) => ReqBody::Spooled(f),
+                        Err(e) => return unspooled(&e, limit),
+                    }
+                }
+                _ => ReqBody::Once(Some(s)),
+            },
             Err(e) => return unread_body(&e),
         }
     } else {
@@ -253,6 +280,7 @@ async fn forward_body(
         class,
         up_bytes: match &body {
             ReqBody::Kept(b) => b.len() as u64,
+            ReqBody::Spooled(f) => f.len(),
             _ => declared.unwrap_or(0),
         },
         // a bulk request without a body is a download of unknown size: expect a typical one
@@ -281,6 +309,7 @@ async fn forward_body(
     if protect || crate::stripe::worth_it(&state.bond, &out.method, class, total) {
         let source = match std::mem::replace(&mut body, ReqBody::Kept(Bytes::new())) {
             ReqBody::Kept(b) => Some(crate::stripe::Source::Kept(b)),
+            ReqBody::Spooled(f) => Some(crate::stripe::Source::Spooled(f)),
             ReqBody::Once(Some(s)) => Some(crate::stripe::Source::stream_after(
                 s.prefix,
                 s.rest,
@@ -385,6 +414,9 @@ pub(crate) async fn race(
         let b = match body {
             ReqBody::Kept(b) => ReqBody::Kept(b.clone()),
             ReqBody::Once(inc) => ReqBody::Once(inc.take()),
+            // never here: `forward_body` stripes every spooled body (a POST, PUT, ... that
+            // is not kept); sent as none, it would fail as a body already used
+            ReqBody::Spooled(_) => ReqBody::Once(None),
             ReqBody::Striped(o, head) => {
                 // each copy of a striped head is numbered: the relay answers the newest
                 head.number += 1;
@@ -511,7 +543,7 @@ async fn attempt(
                     e => UploadError::Send(e.to_string()),
                 })
             }
-            ReqBody::Once(None) => Err(UploadError::Send(
+            ReqBody::Once(None) | ReqBody::Spooled(_) => Err(UploadError::Send(
                 "request body already used by another copy".to_string(),
             )),
             ReqBody::Striped(mut outcome, _) => {

@@ -81,6 +81,8 @@ pub(crate) struct State {
     cors_origins: Vec<String>,
     /// The edge cache, when `[cache] enabled`.
     pub(crate) cache: Option<Arc<cached::EdgeCache>>,
+    /// Where bodies without a length are written before they are striped; `None`: off.
+    pub(crate) body_spool: Option<Arc<crate::body_spool::BodySpool>>,
 }
 
 /// A camera rendition to pull: stream, rendition, URL, credentials.
@@ -232,6 +234,12 @@ impl Gateway {
             response_timeout: Duration::from_millis(cfg.proxy.response_timeout_ms),
             tunnel_idle: Duration::from_millis(cfg.proxy.tunnel_idle_timeout_ms.max(1000)),
             body_idle: Duration::from_millis(cfg.proxy.body_idle_timeout_ms.max(1000)),
+            body_spool: (cfg.proxy.body_spool_bytes > 0).then(|| {
+                crate::body_spool::BodySpool::new(
+                    cfg.proxy.body_spool_dir.clone(),
+                    cfg.proxy.body_spool_bytes,
+                )
+            }),
             bond,
             live,
             cache: match cfg.cache.enabled {
