@@ -782,9 +782,13 @@ pub struct ProxySection {
     /// of the uplink it was on (relative to the config file). Each file is unlinked as
     /// soon as it is open.
     pub body_spool_dir: PathBuf,
-    /// Most bytes such bodies take on disk at once; a body that finds no room gets 507.
-    /// 0 = off: such bodies stream on as they come, on one uplink, and fail with it.
+    /// Most bytes such bodies take on disk at once, a quarter of it per body. 0 = off:
+    /// such bodies stream on as they come, on one uplink, and fail with it.
     pub body_spool_bytes: u64,
+    /// Longest such a body is held (in memory, then in the spool) while the device sends
+    /// it; one without room, or still coming after this, streams on from there, on one
+    /// uplink (a live push goes on, and catches up), ms.
+    pub chunked_hold_ms: u64,
 }
 
 impl ProxySection {
@@ -817,6 +821,7 @@ impl Default for ProxySection {
             https_listen: None,
             body_spool_dir: "body-spool".into(),
             body_spool_bytes: 4 << 30,
+            chunked_hold_ms: 10_000,
         }
     }
 }
@@ -1065,6 +1070,12 @@ impl GatewayConfig {
         }
         if !(100..=60_000).contains(&self.bids.deadline_ms) {
             errs.push(("bids.deadline_ms".into(), "must be 100..=60000".into()));
+        }
+        if !(100..=600_000).contains(&p.chunked_hold_ms) {
+            errs.push((
+                "proxy.chunked_hold_ms".into(),
+                "must be 100..=600000".into(),
+            ));
         }
         if p.body_spool_bytes > 0 && p.body_spool_dir.as_os_str().is_empty() {
             errs.push((

@@ -3,7 +3,7 @@
 //! dies and the request is safe to send again.
 
 use super::*;
-use crate::body_spool::SpoolError;
+use crate::body_spool::{SpoolError, Taken};
 use crate::stripe::BodyReadError;
 use tunnel::wire::stripe::StripeHead;
 
@@ -68,8 +68,10 @@ pub(crate) enum ReqBody {
     Striped(crate::stripe::Outcome, StripeHead),
 }
 
-/// A body streamed from the device as it comes: what was read already, then the rest.
+/// A body streamed from the device as it comes: what went to the body spool before it
+/// outgrew its room (if any), what was read already, then the rest.
 pub(crate) struct Streamed {
+    spooled: Option<crate::body_spool::Spooled>,
     prefix: Bytes,
     rest: Incoming,
 }
@@ -77,6 +79,7 @@ pub(crate) struct Streamed {
 impl From<Incoming> for Streamed {
     fn from(rest: Incoming) -> Self {
         Self {
+            spooled: None,
             prefix: Bytes::new(),
             rest,
         }
@@ -100,15 +103,17 @@ fn unread_body(e: &BodyReadError) -> Response<Body> {
     synthetic(status, &e.to_string())
 }
 
-/// The device's answer when its body could not be spooled.
+/// The device's answer when its body could not be taken into the body spool.
 fn unspooled(e: &SpoolError, limit: u64) -> Response<Body> {
     match e {
         SpoolError::Read(e) => unread_body(e),
         SpoolError::OverLimit(_) => body_limit_exceeded(limit),
-        SpoolError::Full { .. } | SpoolError::Disk { .. } => {
-            metrics::counter!("canopy_gateway_bodies_spool_refused_total").increment(1);
-            tracing::warn!(error = %e, "request body not spooled");
-            synthetic(StatusCode::INSUFFICIENT_STORAGE, &e.to_string())
+        SpoolError::Disk { .. } => {
+            tracing::warn!(error = %e, "request body lost in the body spool");
+            synthetic(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the gateway could not keep the request body",
+            )
         }
     }
 }
@@ -116,12 +121,27 @@ fn unspooled(e: &SpoolError, limit: u64) -> Response<Body> {
 /// Reads a chunked body into memory while it stays within `max` bytes, so that the request
 /// can be sent again, or striped, when its path dies: a body streamed once fails with its
 /// path (nginx buffers request bodies before it proxies them, by default, for the same
-/// reason). A longer body streams on from where this stopped.
-async fn gather(mut inc: Incoming, max: usize, idle: Duration) -> Result<Gathered, BodyReadError> {
+/// reason). A longer body, or one still coming at `until`, streams on (or goes to the body
+/// spool) from where this stopped.
+async fn gather(
+    mut inc: Incoming,
+    max: usize,
+    idle: Duration,
+    until: Option<tokio::time::Instant>,
+) -> Result<Gathered, BodyReadError> {
     let mut buf = BytesMut::new();
-    crate::stripe::fill(&mut inc, &mut buf, max.saturating_add(1), idle).await?;
-    Ok(if buf.len() > max {
+    let filled = crate::stripe::fill(&mut inc, &mut buf, max.saturating_add(1), idle);
+    let late = match until {
+        // `fill` keeps what it read in `buf` when it is dropped between frames
+        Some(t) => match tokio::time::timeout_at(t, filled).await {
+            Ok(r) => r.map(|_| false)?,
+            Err(_) => true,
+        },
+        None => filled.await.map(|_| false)?,
+    };
+    Ok(if late || buf.len() > max {
         Gathered::Beyond(Streamed {
+            spooled: None,
             prefix: buf.freeze(),
             rest: inc,
         })
@@ -241,7 +261,11 @@ pub(super) async fn forward_parts(
             }
         }
     } else if declared.is_none() {
-        match gather(incoming, REPLAY_MAX.min(limit) as usize, state.body_idle).await {
+        // held at most `chunked_hold` when it may go on as a stream (not a bid, a check-in)
+        let spoolable = crate::stripe::may_carry(&out.method, out.class);
+        let until = tokio::time::Instant::now() + state.chunked_hold;
+        let max = REPLAY_MAX.min(limit) as usize;
+        match gather(incoming, max, state.body_idle, spoolable.then_some(until)).await {
             Ok(Gathered::Whole(b)) => ReqBody::Kept(b),
             Ok(Gathered::Beyond(s)) if s.prefix.len() as u64 > limit => {
                 return body_limit_exceeded(limit)
@@ -249,9 +273,21 @@ pub(super) async fn forward_parts(
             // longer than kept in memory: to disk, then striped (it then survives the loss
             // of its path), when it may go as a stripe
             Ok(Gathered::Beyond(s)) => match &state.body_spool {
-                Some(spool) if crate::stripe::may_carry(&out.method, out.class) => {
-                    match spool.take(s.prefix, s.rest, limit, state.body_idle).await {
-                        Ok(f) => ReqBody::Spooled(f),
+                Some(spool) if spoolable => {
+                    match spool
+                        .take(s.prefix, s.rest, limit, state.body_idle, until)
+                        .await
+                    {
+                        Ok(Taken::Whole(f)) => ReqBody::Spooled(f),
+                        Ok(Taken::Streams {
+                            spooled,
+                            next,
+                            rest,
+                        }) => ReqBody::Once(Some(Streamed {
+                            spooled,
+                            prefix: next,
+                            rest,
+                        })),
                         Err(e) => return unspooled(&e, limit),
                     }
                 }
@@ -310,11 +346,10 @@ async fn forward_body(
         let source = match std::mem::replace(&mut body, ReqBody::Kept(Bytes::new())) {
             ReqBody::Kept(b) => Some(crate::stripe::Source::Kept(b)),
             ReqBody::Spooled(f) => Some(crate::stripe::Source::Spooled(f)),
-            ReqBody::Once(Some(s)) => Some(crate::stripe::Source::stream_after(
-                s.prefix,
-                s.rest,
-                state.body_idle,
-            )),
+            // a body part-spooled has no known length: it is never striped (total 0)
+            ReqBody::Once(Some(s)) if s.spooled.is_none() => Some(
+                crate::stripe::Source::stream_after(s.prefix, s.rest, state.body_idle),
+            ),
             other => {
                 body = other;
                 None
@@ -520,20 +555,42 @@ async fn attempt(
                 }
                 r.map_err(|e| UploadError::Send(e.to_string()))
             }
-            ReqBody::Once(Some(Streamed { prefix, rest })) => {
-                let n = prefix.len() as u64;
+            ReqBody::Once(Some(Streamed {
+                spooled,
+                prefix,
+                rest,
+            })) => {
+                let n = prefix.len() as u64 + spooled.as_ref().map_or(0, |f| f.len());
                 let limited = Limited::new(
                     tunnel_io::IdleBody::new(rest, body_idle),
                     usize::try_from(limit.saturating_sub(n)).unwrap_or(usize::MAX),
                 );
-                let sent_prefix = if n > 0 {
-                    send.send_data(prefix).await.map(|_| up.increment(n))
-                } else {
-                    Ok(())
-                };
+                let sent_prefix = async {
+                    if let Some(mut f) = spooled {
+                        loop {
+                            let piece = f
+                                .read(crate::stripe::CHUNK)
+                                .await
+                                .map_err(|e| PumpError::Source(e.into()))?;
+                            if piece.is_empty() {
+                                break;
+                            }
+                            let k = piece.len() as u64;
+                            send.send_data(piece).await?;
+                            up.increment(k);
+                        }
+                    }
+                    if !prefix.is_empty() {
+                        let k = prefix.len() as u64;
+                        send.send_data(prefix).await?;
+                        up.increment(k);
+                    }
+                    Ok::<(), PumpError>(())
+                }
+                .await;
                 match sent_prefix {
                     Ok(()) => pump_body(limited, &mut send, Some(&up)).await,
-                    Err(e) => Err(PumpError::from(e)),
+                    Err(e) => Err(e),
                 }
                 .map(|_| ())
                 .map_err(|e| match e {

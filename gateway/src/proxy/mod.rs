@@ -83,6 +83,8 @@ pub(crate) struct State {
     pub(crate) cache: Option<Arc<cached::EdgeCache>>,
     /// Where bodies without a length are written before they are striped; `None`: off.
     pub(crate) body_spool: Option<Arc<crate::body_spool::BodySpool>>,
+    /// Longest a body without a length is held before it streams on.
+    pub(crate) chunked_hold: Duration,
 }
 
 /// A camera rendition to pull: stream, rendition, URL, credentials.
@@ -215,6 +217,19 @@ impl Gateway {
         .map_err(|e| {
             GatewayError::Config(format!("bids.journal {}: {e}", cfg.bids.journal.display()))
         })?;
+        let body_spool = match cfg.proxy.body_spool_bytes {
+            0 => None,
+            max => Some(
+                crate::body_spool::BodySpool::new(cfg.proxy.body_spool_dir.clone(), max).map_err(
+                    |e| {
+                        GatewayError::Config(format!(
+                            "proxy.body_spool_dir {}: {e}",
+                            cfg.proxy.body_spool_dir.display()
+                        ))
+                    },
+                )?,
+            ),
+        };
         let admin = crate::admin::Admin::bind(&cfg.admin).await?;
         let https = match cfg.proxy.https_listen {
             Some(addr) => Some(https::Https::bind(addr, &cfg.sites).await?),
@@ -234,12 +249,8 @@ impl Gateway {
             response_timeout: Duration::from_millis(cfg.proxy.response_timeout_ms),
             tunnel_idle: Duration::from_millis(cfg.proxy.tunnel_idle_timeout_ms.max(1000)),
             body_idle: Duration::from_millis(cfg.proxy.body_idle_timeout_ms.max(1000)),
-            body_spool: (cfg.proxy.body_spool_bytes > 0).then(|| {
-                crate::body_spool::BodySpool::new(
-                    cfg.proxy.body_spool_dir.clone(),
-                    cfg.proxy.body_spool_bytes,
-                )
-            }),
+            body_spool,
+            chunked_hold: Duration::from_millis(cfg.proxy.chunked_hold_ms),
             bond,
             live,
             cache: match cfg.cache.enabled {
