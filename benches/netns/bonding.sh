@@ -5,7 +5,8 @@
 # Then, on that same gateway, each run of RUNS (up16, up8, up1, down16, down8, down1: the
 # direction and how many transfers at once) for SECONDS after a warm-up; then, over the
 # same namespaces and links, Linux MPTCP (in-kernel path manager, one subflow per link)
-# with as many connections the same way. A download is one transfer for the whole run (1 GB
+# with as many connections the same way: the same transfers (uploads of SIZE bytes back to
+# back, each waiting for its answer, on connections kept open). A download is one transfer for the whole run (1 GB
 # asked for); with 1 an upload is one 90 MB upload, else 1 MB uploads back to back.
 # Prints one JSON object: {"gateway_aged_s", "gateway_age_at_end_s", "runs": {NAME: {...}}}.
 # usage: benches/netns/bonding.sh SECONDS AGE RUNS
@@ -102,7 +103,7 @@ sleep 1
 
 # Linux MPTCP over the same links
 nsh_mptcp_setup
-declare -A mptcp
+declare -A mptcp mptcp_stream
 for run in ${RUNS//,/ }; do
   dir=${run%%[0-9]*}
   par=${run#"$dir"}
@@ -114,20 +115,37 @@ for run in ${RUNS//,/ }; do
     t1=$(date +%s.%N)
     nsh_exec v python3 $T mptcp-sink 10.200.100.1 5201 $((WARM + DUR)) "$par" 100 > "$NSH_DIR/$run.mptcp.json"
   else
-    nsh_exec r python3 $T mptcp-server 10.200.100.1 5201 $((WARM + DUR + 2)) 100 > "$NSH_DIR/$run.mptcp.json" &
+    # the same transfers as Canopy's: SIZE bytes, then the server's answer, then the next
+    size=1000000
+    [ "$par" = 1 ] && size=90000000
+    nsh_exec r python3 $T mptcp-server 10.200.100.1 5201 $((WARM + DUR + 2)) 100 $size > "$NSH_DIR/$run.mptcp.json" &
     server=$!
     sleep 0.5
     t1=$(date +%s.%N)
-    nsh_exec v python3 $T mptcp-client 10.200.100.1 5201 $((WARM + DUR)) "$par" >/dev/null
+    nsh_exec v python3 $T mptcp-client 10.200.100.1 5201 $((WARM + DUR)) "$par" $size >/dev/null
   fi
   wait $server
   mptcp[$run]=$(python3 $T goodput "$NSH_DIR/$run.mptcp.json" "$t1" "$WARM" "$DUR")
   sleep 1
+  # for reference, parallel uploads as endless streams (no transfer ever ends, so none
+  # waits for its answer or its slowest subflow): not what the devices do
+  mptcp_stream[$run]='{"mbps": null}'
+  if [ "$dir" = up ] && [ "$par" != 1 ]; then
+    echo "mptcp $run, endless streams" >&2
+    nsh_exec r python3 $T mptcp-server 10.200.100.1 5201 $((WARM + DUR + 2)) 100 > "$NSH_DIR/$run.mptcp-stream.json" &
+    server=$!
+    sleep 0.5
+    t1=$(date +%s.%N)
+    nsh_exec v python3 $T mptcp-client 10.200.100.1 5201 $((WARM + DUR)) "$par" >/dev/null
+    wait $server
+    mptcp_stream[$run]=$(python3 $T goodput "$NSH_DIR/$run.mptcp-stream.json" "$t1" "$WARM" "$DUR")
+    sleep 1
+  fi
 done
 
 {
   for run in ${RUNS//,/ }; do
-    printf '%s\t%s\t%s\t%s\n' "$run" "${canopy[$run]}" "${mptcp[$run]}" "${links[$run]}"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$run" "${canopy[$run]}" "${mptcp[$run]}" "${links[$run]}" "${mptcp_stream[$run]}"
   done
 } > "$NSH_DIR/results.tsv"
 python3 - "$NSH_DIR" "$AGE" "$age_at_end" <<'PY'
@@ -136,9 +154,10 @@ d, age, age_at_end = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 nominal = 27.0
 runs = {}
 for line in open(f"{d}/results.tsv"):
-    run, c, m, links = line.rstrip("\n").split("\t")
+    run, c, m, links, ms = line.rstrip("\n").split("\t")
     c = json.loads(c)["mbps"]
     m = json.loads(m)["mbps"]
+    ms = json.loads(ms)["mbps"]
     load = json.load(open(f"{d}/{run}.load.json"))
     runs[run] = {
         "nominal_mbps": nominal,
@@ -147,6 +166,7 @@ for line in open(f"{d}/results.tsv"):
         "mptcp_goodput_mbps": round(m, 2),
         "mptcp_efficiency": round(m / nominal, 3),
         "ratio_vs_mptcp": round(c / m, 3) if m > 0 else None,
+        "mptcp_stream_efficiency": round(ms / nominal, 3) if ms is not None else None,
         "transfers_ok": load["ok"],
         "transfers_failed": load["failed"],
         "transfer_errors": load["errors"][:3],

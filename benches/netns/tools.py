@@ -8,8 +8,14 @@ only. Every command prints one JSON document on stdout.
                                               the bytes received over time
   bids PROXY ORIGIN SECONDS PERIOD_MS         a bid every PERIOD_MS; times and failures
   sample URL SECONDS PERIOD_MS                the origin's upload_bytes over time
-  mptcp-server ADDR PORT SECONDS PERIOD_MS    count bytes of MPTCP connections over time
-  mptcp-client ADDR PORT SECONDS PARALLEL     PARALLEL MPTCP connections sending zeros
+  mptcp-server ADDR PORT SECONDS PERIOD_MS [SIZE]
+                                              count bytes of MPTCP connections over time;
+                                              with SIZE, answer one byte per SIZE received
+  mptcp-client ADDR PORT SECONDS PARALLEL [SIZE]
+                                              PARALLEL MPTCP connections sending zeros; with
+                                              SIZE, transfers of SIZE bytes back to back,
+                                              each waiting for the server's answer (as an
+                                              upload waits for its response)
   mptcp-source ADDR PORT SECONDS              an MPTCP server sending zeros to every client
   mptcp-sink ADDR PORT SECONDS PARALLEL PERIOD_MS
                                               PARALLEL MPTCP connections receiving; the
@@ -160,7 +166,8 @@ def sample(url, seconds, period_ms):
     return {"samples": out}
 
 
-def mptcp_server(addr, port, seconds, period_ms):
+def mptcp_server(addr, port, seconds, period_ms, size=0):
+    size = int(size)
     total = [0]
     lock = threading.Lock()
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
@@ -169,12 +176,20 @@ def mptcp_server(addr, port, seconds, period_ms):
     srv.listen(64)
 
     def serve(c):
+        got = 0
         while True:
             b = c.recv(1 << 16)
             if not b:
                 return
             with lock:
                 total[0] += len(b)
+            got += len(b)
+            while size and got >= size:
+                got -= size
+                try:
+                    c.sendall(b"k")
+                except OSError:
+                    return
 
     def accept():
         while True:
@@ -191,21 +206,38 @@ def mptcp_server(addr, port, seconds, period_ms):
     return {"samples": out}
 
 
-def mptcp_client(addr, port, seconds, parallel):
+def mptcp_client(addr, port, seconds, parallel, size=0):
     deadline = time.time() + float(seconds)
     buf = bytes(1 << 16)
+    size = int(size)
+
+    def answered(s):
+        while time.time() < deadline:
+            try:
+                return len(s.recv(1)) == 1
+            except socket.timeout:
+                continue
+        return False
 
     def run():
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
         s.connect((addr, int(port)))
         s.settimeout(1.0)
+        left = size
         while time.time() < deadline:
             try:
-                s.send(buf)
+                n = s.send(buf[:left] if size else buf)
             except socket.timeout:
                 continue
             except OSError:
                 time.sleep(0.05)
+                continue
+            if size:
+                left -= n
+                if left == 0:
+                    if not answered(s):
+                        break
+                    left = size
         s.close()
 
     ts = [threading.Thread(target=run) for _ in range(int(parallel))]
