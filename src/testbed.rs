@@ -151,6 +151,8 @@ pub struct TestbedOptions {
     pub admin: Option<SocketAddr>,
     /// The relay's fleet view listens here (port 0: any), its token in the state folder.
     pub fleet: Option<SocketAddr>,
+    /// Changes to the gateway's `[proxy]` section (limits, the body spool).
+    pub gateway_proxy: fn(&mut gateway::config::ProxySection),
 }
 
 /// What carries the tunnel between a testbed's gateway and relay.
@@ -218,6 +220,7 @@ impl TestbedOptions {
             https_site: false,
             admin: None,
             fleet: None,
+            gateway_proxy: |_| {},
         }
     }
 }
@@ -391,6 +394,7 @@ impl Testbed {
         ];
         gw_cfg.bids.journal = state_dir.0.join("bids.journal");
         gw_cfg.proxy.body_spool_dir = state_dir.0.join("body-spool");
+        (opts.gateway_proxy)(&mut gw_cfg.proxy);
         if opts.https_site {
             // the site's certificate beside the journal, as a gateway reads it
             let site = certs

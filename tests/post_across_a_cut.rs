@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use emulated::{http1, two_links};
+use emulated::{http1, two_links, two_links_with};
 
 /// POST `body` to `url` through the proxy (a new connection each time, as a tablet's
 /// retry-less form would), with its length or (`chunked`) without, in 64 KiB pieces as a
@@ -134,4 +134,65 @@ async fn posts_of_every_size_survive_the_loss_of_their_uplink() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_posts_over_a_mebibyte_survive_the_loss_of_their_uplink() {
     posts_across_a_cut(&[2_500_000], true, 2).await;
+}
+
+/// POST `pieces` without a length, each `gap` after the one before: status and answer.
+async fn post_paced(proxy: SocketAddr, url: &str, pieces: Vec<(Bytes, Duration)>) -> (u16, String) {
+    let frames = futures_util::stream::unfold(pieces.into_iter(), |mut it| async move {
+        let (b, gap) = it.next()?;
+        tokio::time::sleep(gap).await;
+        Some((Ok::<_, std::convert::Infallible>(Frame::data(b)), it))
+    });
+    let mut sender = http1(proxy).await;
+    let req = http::Request::post(url)
+        .body(StreamBody::new(Box::pin(frames)))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Chunked bodies the body spool cannot hold whole stream on, every byte in order: one over
+/// its share of the spool (a quarter of 8 MiB), one still coming when its hold (100 ms) is
+/// up after it filled the first mebibyte, and one still coming before it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_beyond_their_room_or_time_stream_on_whole() {
+    let bed = two_links_with(|p| {
+        p.body_spool_bytes = 8 << 20;
+        p.chunked_hold_ms = 100;
+    })
+    .await;
+    let url = bed.origin_url("/digest");
+    let piece = |i: usize| -> Bytes { (0..64 * 1024).map(|j| ((j * 7 + i) % 251) as u8).collect() };
+    let whole = |p: &[(Bytes, Duration)]| -> Vec<u8> {
+        p.iter().flat_map(|(b, _)| b.iter().copied()).collect()
+    };
+    let cases: Vec<(&str, Vec<(Bytes, Duration)>)> = vec![
+        // 2.6 MB at once: over the 2 MiB one body may spool
+        (
+            "over its room",
+            (0..40).map(|i| (piece(i), Duration::ZERO)).collect(),
+        ),
+        // 1.3 MB at once, then 640 KB over 300 ms
+        (
+            "late after a mebibyte",
+            (0..30)
+                .map(|i| (piece(i), Duration::from_millis(if i < 20 { 0 } else { 30 })))
+                .collect(),
+        ),
+        // 320 KB over 250 ms
+        (
+            "late from the start",
+            (0..5)
+                .map(|i| (piece(i), Duration::from_millis(50)))
+                .collect(),
+        ),
+    ];
+    for (what, pieces) in cases {
+        let want = digest_line(&whole(&pieces));
+        let (status, answer) = post_paced(bed.proxy, &url, pieces).await;
+        assert_eq!((status, answer.as_str()), (200, want.as_str()), "{what}");
+    }
+    assert_eq!(bed.origin_stats.digests.load(Ordering::Relaxed), 3);
 }

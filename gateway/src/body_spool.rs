@@ -51,8 +51,9 @@ pub(crate) enum SpoolError {
 pub(crate) enum Taken<B> {
     /// All of it is on disk.
     Whole(Spooled),
-    /// It did not fit (or the spool's file could not be opened): what is on disk (if any),
-    /// the bytes read after it, and the rest of the device's body, to stream on once.
+    /// It did not fit, was still coming when its hold was up, or the spool's file could not
+    /// be opened: what is on disk (if any), the bytes read after it, and the rest of the
+    /// device's body, to stream on once.
     Streams {
         spooled: Option<Spooled>,
         next: Bytes,
@@ -76,7 +77,12 @@ impl BodySpool {
         std::fs::create_dir_all(&dir)?;
         for e in std::fs::read_dir(&dir)?.flatten() {
             if e.file_name().to_string_lossy().starts_with(PREFIX) {
-                std::fs::remove_file(e.path())?;
+                match std::fs::remove_file(e.path()) {
+                    Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                        tracing::warn!(path = %e.path().display(), error = %err, "cannot remove an old spooled body's file");
+                    }
+                    _ => {}
+                }
             }
         }
         let probe = dir.join(format!("{PREFIX}probe-{}", std::process::id()));

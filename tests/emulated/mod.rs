@@ -9,11 +9,18 @@ use std::net::SocketAddr;
 /// A relay, gateway and origin over two emulated uplinks: "fast" (6 Mbit/s, 15 ms one
 /// way) and "slow" (3 Mbit/s, 10 ms), in that order.
 pub(crate) async fn two_links() -> Testbed {
+    two_links_with(|_| {}).await
+}
+
+/// [`two_links`], with changes to the gateway's `[proxy]` section.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub(crate) async fn two_links_with(proxy: fn(&mut gateway::config::ProxySection)) -> Testbed {
     Testbed::start(TestbedOptions {
         links: vec![
             TestLink::new("fast", Some(LinkProfile::symmetric("fast", 6_000, 15, 100))),
             TestLink::new("slow", Some(LinkProfile::symmetric("slow", 3_000, 10, 100))),
         ],
+        gateway_proxy: proxy,
         ..TestbedOptions::single(None)
     })
     .await

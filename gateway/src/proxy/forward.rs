@@ -561,10 +561,6 @@ async fn attempt(
                 rest,
             })) => {
                 let n = prefix.len() as u64 + spooled.as_ref().map_or(0, |f| f.len());
-                let limited = Limited::new(
-                    tunnel_io::IdleBody::new(rest, body_idle),
-                    usize::try_from(limit.saturating_sub(n)).unwrap_or(usize::MAX),
-                );
                 let sent_prefix = async {
                     if let Some(mut f) = spooled {
                         loop {
@@ -589,8 +585,19 @@ async fn attempt(
                 }
                 .await;
                 match sent_prefix {
-                    Ok(()) => pump_body(limited, &mut send, Some(&up)).await,
-                    Err(e) => Err(e),
+                    // the device's idle time counts from here, not while the spooled part went
+                    Ok(()) => {
+                        let limited = Limited::new(
+                            tunnel_io::IdleBody::new(rest, body_idle),
+                            usize::try_from(limit.saturating_sub(n)).unwrap_or(usize::MAX),
+                        );
+                        pump_body(limited, &mut send, Some(&up)).await
+                    }
+                    Err(e) => {
+                        // a body cut short must never end as if whole
+                        tunnel_io::SendData::abort(&mut send);
+                        Err(e)
+                    }
                 }
                 .map(|_| ())
                 .map_err(|e| match e {
