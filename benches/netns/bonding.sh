@@ -5,9 +5,9 @@
 # Then, on that same gateway, each run of RUNS (up16, up8, up1, down16, down8, down1: the
 # direction and how many transfers at once) for SECONDS after a warm-up; then, over the
 # same namespaces and links, Linux MPTCP (in-kernel path manager, one subflow per link)
-# with as many connections the same way: the same transfers (uploads of SIZE bytes back to
-# back, each waiting for its answer, on connections kept open). A download is one transfer for the whole run (1 GB
-# asked for); with 1 an upload is one 90 MB upload, else 1 MB uploads back to back.
+# with as many connections, doing the same transfers (uploads back to back, each waiting
+# for its answer, on connections kept open). A download is one transfer for the whole run
+# (1 GB asked for); with 1 an upload is one 90 MB upload, else 1 MB uploads back to back.
 # Prints one JSON object: {"gateway_aged_s", "gateway_age_at_end_s", "runs": {NAME: {...}}}.
 # usage: benches/netns/bonding.sh SECONDS AGE RUNS
 cd "$(dirname "$0")/../.."

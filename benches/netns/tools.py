@@ -178,7 +178,10 @@ def mptcp_server(addr, port, seconds, period_ms, size=0):
     def serve(c):
         got = 0
         while True:
-            b = c.recv(1 << 16)
+            try:
+                b = c.recv(1 << 16)
+            except OSError:
+                return
             if not b:
                 return
             with lock:
