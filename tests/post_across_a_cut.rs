@@ -20,24 +20,23 @@ use emulated::{http1, two_links, two_links_with};
 /// retry-less form would), with its length or (`chunked`) without, in 64 KiB pieces as a
 /// streaming client sends it: status and answer.
 async fn post(proxy: SocketAddr, url: &str, body: Bytes, chunked: bool) -> (u16, String) {
-    let resp = if chunked {
-        let pieces: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = body
+    if chunked {
+        let pieces = body
             .chunks(64 * 1024)
-            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .map(|c| (Bytes::copy_from_slice(c), Duration::ZERO))
             .collect();
-        let mut sender = http1(proxy).await;
-        let req = http::Request::post(url)
-            .body(StreamBody::new(futures_util::stream::iter(pieces)))
-            .expect("request");
-        sender.send_request(req).await.expect("response")
-    } else {
-        let mut sender = http1(proxy).await;
-        let req = http::Request::post(url)
-            .header(http::header::CONTENT_LENGTH, body.len())
-            .body(Full::new(body))
-            .expect("request");
-        sender.send_request(req).await.expect("response")
-    };
+        return post_paced(proxy, url, pieces).await;
+    }
+    let mut sender = http1(proxy).await;
+    let req = http::Request::post(url)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(Full::new(body))
+        .expect("request");
+    answer(sender.send_request(req).await.expect("response")).await
+}
+
+/// Status and text of an answer.
+async fn answer(resp: http::Response<hyper::body::Incoming>) -> (u16, String) {
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
@@ -147,10 +146,7 @@ async fn post_paced(proxy: SocketAddr, url: &str, pieces: Vec<(Bytes, Duration)>
     let req = http::Request::post(url)
         .body(StreamBody::new(Box::pin(frames)))
         .expect("request");
-    let resp = sender.send_request(req).await.expect("response");
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    answer(sender.send_request(req).await.expect("response")).await
 }
 
 /// Chunked bodies the body spool cannot hold whole stream on, every byte in order: one over

@@ -119,23 +119,20 @@ impl BodySpool {
             spool: self.clone(),
             bytes: 0,
         };
+        // held long enough already (in memory), or no file: it streams on as it is
         let opened = match tokio::time::Instant::now() < until {
-            true => self.open().await,
-            false => Err(io::Error::new(io::ErrorKind::TimedOut, "held long enough")),
+            true => self.open().await.inspect_err(|e| {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot open a file in the body spool; the body streams on");
+            }).ok(),
+            false => None,
         };
-        let file = match opened {
-            Ok(f) => f,
-            Err(e) => {
-                if e.kind() != io::ErrorKind::TimedOut {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot open a file in the body spool; the body streams on");
-                }
-                metrics::counter!("canopy_gateway_bodies_unspooled_total").increment(1);
-                return Ok(Taken::Streams {
-                    spooled: None,
-                    next: read,
-                    rest: body,
-                });
-            }
+        let Some(file) = opened else {
+            metrics::counter!("canopy_gateway_bodies_unspooled_total").increment(1);
+            return Ok(Taken::Streams {
+                spooled: None,
+                next: read,
+                rest: body,
+            });
         };
         let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUF, file);
         let mut len = 0u64;
@@ -299,6 +296,17 @@ mod tests {
         tokio::time::Instant::now() + Duration::from_secs(60)
     }
 
+    /// `spool.take` of `read` then `parts`, with no body limit and time enough.
+    async fn take_all(
+        spool: &Arc<BodySpool>,
+        read: Bytes,
+        parts: Vec<Bytes>,
+    ) -> Result<Taken<Frames>, SpoolError> {
+        spool
+            .take(read, frames(parts), u64::MAX, Duration::from_secs(5), far())
+            .await
+    }
+
     fn pattern(n: usize, seed: usize) -> Bytes {
         (0..n).map(|i| ((i * 7 + seed) % 251) as u8).collect()
     }
@@ -340,16 +348,7 @@ mod tests {
         let parts: Vec<Bytes> = (0..40).map(|i| pattern(70_000 + i, i)).collect();
         let all: Vec<u8> = parts.iter().flat_map(|b| b.iter().copied()).collect();
         let read = pattern(5_000, 99);
-        let Ok(Taken::Whole(mut s)) = spool
-            .take(
-                read.clone(),
-                frames(parts),
-                u64::MAX,
-                Duration::from_secs(5),
-                far(),
-            )
-            .await
-        else {
+        let Ok(Taken::Whole(mut s)) = take_all(&spool, read.clone(), parts).await else {
             panic!("spooled whole");
         };
         assert_eq!(s.len(), (read.len() + all.len()) as u64);
@@ -371,14 +370,7 @@ mod tests {
         let spool = BodySpool::new(d.clone(), 1 << 20).expect("spool");
         let big: Vec<Bytes> = (0..8).map(|i| pattern(100_000, i)).collect();
         let want: Vec<u8> = big.iter().flat_map(|b| b.iter().copied()).collect();
-        let t = spool
-            .take(
-                Bytes::new(),
-                frames(big.clone()),
-                u64::MAX,
-                Duration::from_secs(5),
-                far(),
-            )
+        let t = take_all(&spool, Bytes::new(), big.clone())
             .await
             .expect("taken");
         assert_eq!(
@@ -390,28 +382,12 @@ mod tests {
         // the spool full with others' bodies: the next streams on as well
         let mut held = Vec::new();
         for i in 0..4 {
-            match spool
-                .take(
-                    pattern(250_000, i),
-                    frames(vec![]),
-                    u64::MAX,
-                    Duration::from_secs(5),
-                    far(),
-                )
-                .await
-            {
+            match take_all(&spool, pattern(250_000, i), vec![]).await {
                 Ok(Taken::Whole(s)) => held.push(s),
                 _ => panic!("a body within its share fits"),
             }
         }
-        let t = spool
-            .take(
-                pattern(2_000, 7),
-                frames(vec![pattern(100_000, 8)]),
-                u64::MAX,
-                Duration::from_secs(5),
-                far(),
-            )
+        let t = take_all(&spool, pattern(2_000, 7), vec![pattern(100_000, 8)])
             .await
             .expect("taken");
         let mut want = pattern(2_000, 7).to_vec();
