@@ -614,6 +614,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 .map(|p| relative_to(&path, p));
             cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
             cfg.auction.journal = relative_to(&path, &cfg.auction.journal);
+            cfg.auction.archive = relative_to(&path, &cfg.auction.archive);
             for f in [
                 &mut cfg.jetstream.tls_ca,
                 &mut cfg.jetstream.tls_cert,

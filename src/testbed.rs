@@ -273,6 +273,7 @@ impl Testbed {
                 + 3600;
             relay_cfg.auction.host = Some("auction.canopy".into());
             relay_cfg.auction.journal = state_dir.0.join("auction.journal");
+            relay_cfg.auction.archive = state_dir.0.join("auction-archive.jsonl");
             relay_cfg.auction.lots = opts
                 .auction_lots
                 .iter()

@@ -382,6 +382,16 @@ fn an_auctioneer_makes_and_moves_lots_and_a_restart_keeps_them() {
     let hammer = "{\"close_now\": true}";
     assert_eq!(put(token, "a%20b", &at(now + 60)), (422, "bad_id".into()));
     assert_eq!(put(token, "8", hammer).0, 404, "the hammer on no lot");
+    // lot 7 takes more bids than a closed lot keeps
+    for i in 0..60u64 {
+        let (st, body) = lot_bid(
+            &s,
+            &format!("seven-{i:02}"),
+            &format!("paddle-{i}"),
+            100 + i,
+        );
+        assert_eq!(st, 201, "{body}");
+    }
     // the hammer on lot 7; then it cannot be reopened
     assert_eq!(put(token, "7", hammer), (200, "moved".into()));
     std::thread::sleep(Duration::from_millis(1500));
@@ -395,8 +405,56 @@ fn an_auctioneer_makes_and_moves_lots_and_a_restart_keeps_them() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["bids"], 1, "{v}");
     assert_eq!(v["leader"]["bidder"], "paddle-4", "{v}");
+    // lot 7's result is final: its bids went to the archive, the lot keeps its tally,
+    // its leader and its latest bids, and so does the journal
+    let archive = s.dir.path().join("auction-archive.jsonl");
+    let journal = s.dir.path().join("auction.journal");
+    wait_until("lot 7 folded", Duration::from_secs(10), || {
+        lots_api(&addr, token, "GET", "/api/lots/7", "").1["folded"] == true
+    });
     let (_, v) = lots_api(&addr, token, "GET", "/api/lots/7", "");
     assert_eq!(v["phase"], "closed", "{v}");
+    assert_eq!(
+        (v["bids"].as_u64(), v["raises"].as_u64()),
+        (Some(60), Some(60)),
+        "{v}"
+    );
+    assert_eq!(v["leader"]["bidder"], "paddle-59", "{v}");
+    let lines = std::fs::read_to_string(&archive).expect("archive");
+    let lines: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON line per lot"))
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["lot"]["id"], "7");
+    let archived = lines[0]["bids"].as_array().expect("bids");
+    assert_eq!(archived.len(), 60);
+    assert_eq!(archived[0]["key"], "seven-00");
+    let history = lot(&s)["history"].as_array().cloned().unwrap_or_default();
+    assert_eq!(history.len(), 50);
+    assert_eq!(history[0]["key"], "seven-10");
+    // a restart reads the folded lot back as it was, and folds nothing again
+    let journal_len = std::fs::metadata(&journal).expect("journal").len();
+    s.kill_relay();
+    s.start_relay();
+    s.wait_up();
+    let (_, again) = lots_api(&addr, token, "GET", "/api/lots/7", "");
+    assert_eq!(again, v);
+    assert_eq!(lot(&s)["history"].as_array().map(Vec::len), Some(50));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        std::fs::read_to_string(&archive)
+            .expect("archive")
+            .lines()
+            .count(),
+        1
+    );
+    assert_eq!(
+        std::fs::metadata(&journal).expect("journal").len(),
+        journal_len
+    );
+    let (_, v) = lots_api(&addr, token, "GET", "/api/lots/9", "");
+    assert_eq!(v["bids"], 1, "{v}");
 }
 
 #[test]

@@ -13,6 +13,13 @@
 //!
 //! Answers to bids go through the duplicate table like an origin's, so copies and replays
 //! of a bid get the first answer.
+//!
+//! A lot whose result is final (closed, its outage window passed) is folded at start and
+//! every minute: every bid it took is appended to `[auction] archive` (one JSON line per
+//! lot, synced), then the lot keeps its tally, its leader and its latest bids, and the
+//! journal is rewritten with what the auction holds. So the log and the memory hold the
+//! open lots' bids and a small record of each closed one, however many sales the relay
+//! has run.
 
 use crate::config::AuctionSection;
 use crate::server::{read_capped, Capped, Intake, Stream};
@@ -25,21 +32,27 @@ use ledger::auction::{
 };
 use ledger::record::{Entry, LotBid, LotSet};
 use ledger_io::Journal;
-use std::path::Path;
-use std::sync::Mutex;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 use tracing::{info, warn};
 use tunnel::wire;
 
 /// Largest bid body.
 const MAX_BODY: u64 = 16 * 1024;
-/// Bids listed with a lot's standing.
+/// Bids listed with a lot's standing, and kept beside its leader once it is folded.
 const HISTORY: usize = 50;
+/// How often lots whose result became final are folded.
+const FOLD_EVERY: Duration = Duration::from_secs(60);
 
 /// The embedded auction.
 pub(crate) struct AuctionSink {
     host: String,
     auction: Mutex<Auction>,
     journal: Journal,
+    /// Where folded lots' bids go.
+    archive: PathBuf,
     /// One lot setting at a time, from its check to its record on disk: a setting the
     /// journal refused is taken back before the next is checked.
     settings: tokio::sync::Mutex<()>,
@@ -60,6 +73,7 @@ impl AuctionSink {
         let mut auction = Auction::new(
             AuctionConfig {
                 max_outage_us: cfg.max_outage_s * 1_000_000,
+                max_bids: cfg.max_bids,
                 ..AuctionConfig::default()
             },
             cfg.lots.iter().map(|l| Lot {
@@ -77,13 +91,86 @@ impl AuctionSink {
             }
         }
         info!(journal = %path.display(), host, lots = auction.lot_ids().count(),
-            records = entries.len(), "auction opened");
+            records = entries.len(), bids_held = auction.held(), "auction opened");
+        metrics::gauge!("canopy_relay_auction_bids_held").set(auction.held() as f64);
         Ok(Some(Self {
             host: host.to_ascii_lowercase(),
             auction: Mutex::new(auction),
             journal: Journal::start(path.to_path_buf(), opened)?,
+            archive: cfg.archive.clone(),
             settings: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Folds the lots whose result is final now and every [`FOLD_EVERY`], while the
+    /// auction is in use.
+    pub(crate) fn keep_folding(sink: &Arc<Self>) {
+        let weak: Weak<Self> = Arc::downgrade(sink);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(FOLD_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(sink) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) = sink.fold_final().await {
+                    warn!(error = %e, "auction: final lots not folded; their bids stay in the log");
+                }
+            }
+        });
+    }
+
+    /// Archives the bids of every lot whose result is final and that holds more than it
+    /// keeps, folds those lots, then rewrites the journal with what the auction holds:
+    /// how many lots were folded.
+    pub(crate) async fn fold_final(&self) -> Result<usize, FoldError> {
+        // no lot setting in between: a setting taken back must not reach the snapshot
+        let _one = self.settings.lock().await;
+        let folding = self.auction().foldable(wall_us(), HISTORY);
+        if folding.is_empty() {
+            return Ok(0);
+        }
+        let mut lines = Vec::new();
+        for f in &folding {
+            let line = serde_json::json!({
+                "lot": standing_json(&f.standing),
+                "bids": f.bids.iter().map(bid_json).collect::<Vec<_>>(),
+            });
+            lines.extend_from_slice(format!("{line}\n").as_bytes());
+        }
+        let archive = self.archive.clone();
+        tokio::task::spawn_blocking(move || append_synced(&archive, &lines))
+            .await
+            .map_err(|e| FoldError::Archive(std::io::Error::other(e)))?
+            .map_err(FoldError::Archive)?;
+        let (folded, archived, rewrite, held) = {
+            let mut a = self.auction();
+            let now = wall_us();
+            let mut folded = 0;
+            let mut archived = 0;
+            for f in &folding {
+                if a.fold(&f.standing.lot.id, now, HISTORY) {
+                    folded += 1;
+                    archived += f.bids.len();
+                }
+            }
+            // under the lock: the rewrite follows every record submitted before it
+            (
+                folded,
+                archived,
+                self.journal.submit_rewrite(a.snapshot()),
+                a.held(),
+            )
+        };
+        let from = self.journal.stats().len;
+        rewrite.await.map_err(FoldError::Journal)?;
+        metrics::counter!("canopy_relay_auction_lots_folded_total").increment(folded as u64);
+        metrics::gauge!("canopy_relay_auction_bids_held").set(held as f64);
+        info!(lots = folded, bids = archived, archive = %self.archive.display(),
+            journal_from = from, journal_to = self.journal.stats().len, bids_held = held,
+            "auction: final lots archived and folded");
+        Ok(folded)
     }
 
     /// Whether a request for `host` is for the auction.
@@ -304,6 +391,7 @@ impl AuctionSink {
             Err(e) => refusal_code(e),
         };
         metrics::counter!("canopy_relay_auction_bids_total", "result" => outcome).increment(1);
+        metrics::gauge!("canopy_relay_auction_bids_held").set(self.auction().held() as f64);
         Ok(match placed {
             Ok(p) => {
                 let mut v = serde_json::json!({
@@ -329,6 +417,8 @@ impl AuctionSink {
                     BidError::Closed { .. } | BidError::TooLate { .. } | BidError::Full => {
                         StatusCode::CONFLICT
                     }
+                    // room comes back as closed lots are folded
+                    BidError::AuctionFull => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 (
                     status,
@@ -360,6 +450,7 @@ fn refusal_code(e: &BidError) -> &'static str {
         BidError::TooLate { .. } => "too_late",
         BidError::BadAmount => "bad_amount",
         BidError::Full => "full",
+        BidError::AuctionFull => "auction_full",
     }
 }
 
@@ -386,11 +477,116 @@ fn standing_json(s: &Standing) -> serde_json::Value {
         "leader": s.leader.as_ref().map(bid_json),
         "bids": s.bids,
         "raises": s.raises,
+        "folded": s.folded,
     })
+}
+
+/// Why final lots were not folded (nothing changed, or the journal kept its records).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FoldError {
+    /// The archive did not take their bids: nothing was folded.
+    #[error("the archive did not take the bids: {0}")]
+    Archive(std::io::Error),
+    /// The journal's rewrite failed: its records stay as they were.
+    #[error("the journal was not rewritten: {0}")]
+    Journal(ledger_io::JournalError),
+}
+
+/// Appends `bytes` to `path` (made if missing) and syncs it.
+fn append_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_data()
 }
 
 fn wall_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LotSection;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "canopy-auction-{tag}-{}-{}",
+            std::process::id(),
+            wall_us()
+        ));
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    #[tokio::test]
+    async fn a_final_lot_is_archived_before_it_is_folded() {
+        let dir = temp_dir("fold");
+        let close_s = wall_us() / 1_000_000 - 10;
+        let journal = dir.join("auction.journal");
+        // a lot that closed 10 s ago with 80 bids in the log
+        {
+            let j = Journal::start(journal.clone(), ledger_io::open(&journal).expect("open"))
+                .expect("journal");
+            for i in 0..80u64 {
+                let at = close_s * 1_000_000 - 1_000_000 + i;
+                j.append(&Entry::LotBid(LotBid {
+                    lot: "7".into(),
+                    scope: "stall-1".into(),
+                    key: format!("k-{i}"),
+                    bidder: format!("paddle-{i}"),
+                    amount: 100 + i,
+                    edge_us: at,
+                    at_us: at,
+                }))
+                .await
+                .expect("append");
+            }
+        }
+        let cfg = AuctionSection {
+            host: Some("auction.test".into()),
+            journal: journal.clone(),
+            archive: dir.join("no such folder").join("archive.jsonl"),
+            max_outage_s: 1,
+            lots: vec![LotSection {
+                id: "7".into(),
+                closes_at_unix: close_s,
+            }],
+            ..AuctionSection::default()
+        };
+        let mut sink = AuctionSink::open(&cfg).expect("open").expect("on");
+        let before = sink.lot_json("7").expect("lot 7");
+        assert_eq!(before["bids"], 80);
+        // the archive cannot take the bids: nothing is folded, the log keeps them
+        assert!(matches!(
+            sink.fold_final().await,
+            Err(FoldError::Archive(_))
+        ));
+        assert_eq!(sink.auction().held(), 80);
+        assert_eq!(sink.lot_json("7"), Some(before.clone()));
+        sink.archive = dir.join("archive.jsonl");
+        let len = std::fs::metadata(&journal).expect("journal").len();
+        assert_eq!(sink.fold_final().await.expect("folded"), 1);
+        assert_eq!(sink.fold_final().await.expect("nothing more"), 0);
+        assert_eq!(sink.auction().held(), HISTORY);
+        let after = sink.lot_json("7").expect("lot 7");
+        assert_eq!(after["folded"], true);
+        for k in ["bids", "raises", "leader", "closes_at_us", "phase"] {
+            assert_eq!(after[k], before[k], "{k}");
+        }
+        let archived = std::fs::read_to_string(&sink.archive).expect("archive");
+        let line: serde_json::Value = serde_json::from_str(archived.trim()).expect("a line");
+        assert_eq!(line["bids"].as_array().map(Vec::len), Some(80));
+        assert!(std::fs::metadata(&journal).expect("journal").len() < len);
+        drop(sink);
+        // read back from the rewritten log
+        let again = AuctionSink::open(&cfg).expect("open").expect("on");
+        assert_eq!(again.lot_json("7"), Some(after));
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -146,6 +146,11 @@ pub struct AuctionSection {
     pub host: Option<String>,
     /// The auction's bid log (relative to the config file).
     pub journal: PathBuf,
+    /// Where the bids of a lot whose result is final go, one JSON line per lot, before
+    /// the log keeps only its tally, leader and latest bids (relative to the config file).
+    pub archive: PathBuf,
+    /// Bids held at once, every lot together (a folded lot holds only what it keeps).
+    pub max_bids: usize,
     /// A bid placed before a lot's close counts if it arrives at most this long after the
     /// close (an outage held it back), s.
     pub max_outage_s: u64,
@@ -158,6 +163,8 @@ impl Default for AuctionSection {
         Self {
             host: None,
             journal: "auction.journal".into(),
+            archive: "auction-archive.jsonl".into(),
+            max_bids: 200_000,
             max_outage_s: 300,
             lots: Vec::new(),
         }
@@ -413,6 +420,12 @@ impl RelayConfig {
             if h.is_empty() || h.contains(['/', ':', ' ']) {
                 errs.push(("auction.host".into(), "must be a host name".into()));
             }
+        }
+        if !(1..=10_000_000).contains(&a.max_bids) {
+            errs.push(("auction.max_bids".into(), "must be 1 to 10000000".into()));
+        }
+        if a.archive.as_os_str().is_empty() {
+            errs.push(("auction.archive".into(), "must name a file".into()));
         }
         if a.max_outage_s > 86_400 {
             errs.push((

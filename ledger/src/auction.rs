@@ -16,8 +16,14 @@
 //! before answering; a restart rebuilds the lots from the config and the journal (a lot
 //! set through the API keeps its setting over the config's). Time comes in as µs since the
 //! Unix epoch.
+//!
+//! Bounded: a lot takes at most [`AuctionConfig::max_bids_per_lot`] bids and the auction
+//! holds at most [`AuctionConfig::max_bids`] at once. A lot whose result is final (closed,
+//! and its outage window passed) is folded ([`Auction::fold`]): its tally is kept
+//! (`Entry::LotFinal`) with its leader and latest bids, the rest leave memory and, with the
+//! next [`Auction::snapshot`], the journal (the shell archives them first).
 
-use crate::record::{Entry, LotBid, LotSet};
+use crate::record::{Entry, LotBid, LotFinal, LotSet};
 use std::collections::{BTreeMap, HashMap};
 
 /// A lot.
@@ -39,6 +45,8 @@ pub struct AuctionConfig {
     pub max_skew_us: u64,
     /// Bids kept per lot at most.
     pub max_bids_per_lot: usize,
+    /// Bids held at once, every lot together (a folded lot holds only what it keeps).
+    pub max_bids: usize,
 }
 
 impl Default for AuctionConfig {
@@ -47,6 +55,7 @@ impl Default for AuctionConfig {
             max_outage_us: 300_000_000,
             max_skew_us: 2_000_000,
             max_bids_per_lot: 100_000,
+            max_bids: 200_000,
         }
     }
 }
@@ -77,6 +86,9 @@ pub enum BidError {
     /// The lot holds its most bids.
     #[error("the lot holds its most bids")]
     Full,
+    /// The auction holds its most bids (until closed lots are folded).
+    #[error("the auction holds its most bids until closed lots are folded")]
+    AuctionFull,
 }
 
 /// Lots an auction holds at most.
@@ -150,9 +162,20 @@ pub struct Standing {
     /// The leading bid.
     pub leader: Option<LotBid>,
     /// Bids recorded.
-    pub bids: usize,
+    pub bids: u64,
     /// Bids that led when they were placed (in edge-time order).
-    pub raises: usize,
+    pub raises: u64,
+    /// Its bids were folded: only its leader and latest are kept.
+    pub folded: bool,
+}
+
+/// A final lot about to be folded: everything it took, for the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folding {
+    /// Its standing.
+    pub standing: Standing,
+    /// Every bid it took, in edge-time order.
+    pub bids: Vec<LotBid>,
 }
 
 /// What became of a placed bid.
@@ -173,6 +196,22 @@ struct LotState {
     bids: BTreeMap<(u64, String, String), LotBid>,
     /// (scope, key) → edge time.
     keys: HashMap<(String, String), u64>,
+    /// When its close was last set through the API (a snapshot keeps the setting).
+    set_at_us: Option<u64>,
+    /// Its tally once folded: (bids, raises) of everything it took.
+    tally: Option<(u64, u64)>,
+}
+
+impl LotState {
+    fn new(lot: Lot) -> Self {
+        Self {
+            lot,
+            bids: BTreeMap::new(),
+            keys: HashMap::new(),
+            set_at_us: None,
+            tally: None,
+        }
+    }
 }
 
 /// The auction.
@@ -180,6 +219,11 @@ struct LotState {
 pub struct Auction {
     cfg: AuctionConfig,
     lots: BTreeMap<String, LotState>,
+    /// Bids held, every lot together.
+    held: usize,
+    /// Journaled records of lots the auction no longer has (gone from the config): kept
+    /// as they were, so that a snapshot loses nothing.
+    orphans: Vec<Entry>,
 }
 
 impl Auction {
@@ -187,18 +231,14 @@ impl Auction {
     pub fn new(cfg: AuctionConfig, lots: impl IntoIterator<Item = Lot>) -> Self {
         let lots = lots
             .into_iter()
-            .map(|lot| {
-                (
-                    lot.id.clone(),
-                    LotState {
-                        lot,
-                        bids: BTreeMap::new(),
-                        keys: HashMap::new(),
-                    },
-                )
-            })
+            .map(|lot| (lot.id.clone(), LotState::new(lot)))
             .collect();
-        Self { cfg, lots }
+        Self {
+            cfg,
+            lots,
+            held: 0,
+            orphans: Vec::new(),
+        }
     }
 
     /// Places a bid (`bid.at_us`: its arrival); the record to journal when new.
@@ -238,7 +278,11 @@ impl Auction {
         if state.bids.len() >= cfg.max_bids_per_lot {
             return Err(BidError::Full);
         }
+        if self.held >= cfg.max_bids {
+            return Err(BidError::AuctionFull);
+        }
         insert(state, bid.clone());
+        self.held += 1;
         let leading = leader(state).is_some_and(|l| l.key == bid.key && l.scope == bid.scope);
         Ok(Placed {
             bid,
@@ -289,6 +333,7 @@ impl Auction {
             return Err(LotError::BidAfter { edge_us });
         }
         state.lot.closes_at_us = set.closes_at_us;
+        state.set_at_us = Some(set.at_us);
         Ok(LotChange::Moved { from_us })
     }
 
@@ -335,18 +380,14 @@ impl Auction {
 
     /// A journaled setting, taken as it was.
     fn apply(&mut self, set: &LotSet) {
-        self.lots
-            .entry(set.lot.clone())
-            .or_insert_with(|| LotState {
-                lot: Lot {
-                    id: set.lot.clone(),
-                    closes_at_us: set.closes_at_us,
-                },
-                bids: BTreeMap::new(),
-                keys: HashMap::new(),
+        let state = self.lots.entry(set.lot.clone()).or_insert_with(|| {
+            LotState::new(Lot {
+                id: set.lot.clone(),
+                closes_at_us: set.closes_at_us,
             })
-            .lot
-            .closes_at_us = set.closes_at_us;
+        });
+        state.lot.closes_at_us = set.closes_at_us;
+        state.set_at_us = Some(set.at_us);
     }
 
     /// Takes back a bid whose record did not reach the disk (its device was refused).
@@ -356,6 +397,7 @@ impl Auction {
             if state.keys.get(&id) == Some(&b.edge_us) {
                 state.keys.remove(&id);
                 state.bids.remove(&(b.edge_us, id.0, id.1));
+                self.held -= 1;
             }
         }
     }
@@ -365,17 +407,93 @@ impl Auction {
     pub fn restore(&mut self, entries: &[Entry]) {
         for e in entries {
             match e {
-                Entry::LotBid(b) => {
-                    if let Some(state) = self.lots.get_mut(&b.lot) {
+                Entry::LotBid(b) => match self.lots.get_mut(&b.lot) {
+                    Some(state) => {
                         if !state.keys.contains_key(&(b.scope.clone(), b.key.clone())) {
                             insert(state, b.clone());
+                            self.held += 1;
                         }
                     }
-                }
+                    None => self.orphans.push(e.clone()),
+                },
                 Entry::LotSet(set) => self.apply(set),
+                Entry::LotFinal(f) => match self.lots.get_mut(&f.lot) {
+                    Some(state) => state.tally = Some((f.bids, f.raises)),
+                    None => self.orphans.push(e.clone()),
+                },
                 _ => {}
             }
         }
+    }
+
+    /// The lots whose result is final at `now_us` and that hold more than `keep` bids:
+    /// each with everything it took, to archive before [`Auction::fold`].
+    pub fn foldable(&self, now_us: u64, keep: usize) -> Vec<Folding> {
+        self.lots
+            .values()
+            .filter(|s| s.tally.is_none() && s.bids.len() > keep)
+            .filter_map(|s| {
+                let standing = self.standing(&s.lot.id, now_us)?;
+                (standing.phase == Phase::Closed).then(|| Folding {
+                    standing,
+                    bids: s.bids.values().cloned().collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Folds lot `lot` if its result is final at `now_us`: its tally stays, with its leader
+    /// and its latest `keep` bids; the others leave. Whether it folded.
+    pub fn fold(&mut self, lot: &str, now_us: u64, keep: usize) -> bool {
+        let final_ = self
+            .standing(lot, now_us)
+            .is_some_and(|s| s.phase == Phase::Closed && !s.folded);
+        let Some(state) = self.lots.get_mut(lot).filter(|_| final_) else {
+            return false;
+        };
+        let (bids, raises) = tally(state);
+        let leader = leader(state).map(|l| (l.edge_us, l.scope.clone(), l.key.clone()));
+        let skip = state.bids.len().saturating_sub(keep);
+        let all = std::mem::take(&mut state.bids);
+        state.keys.clear();
+        for (i, (k, b)) in all.into_iter().enumerate() {
+            if i >= skip || leader.as_ref() == Some(&k) {
+                insert(state, b);
+            }
+        }
+        self.held -= bids as usize - state.bids.len();
+        state.tally = Some((bids, raises));
+        true
+    }
+
+    /// What a compacted journal holds: each lot's setting made through the API, its tally
+    /// when folded, and the bids it holds; then the records of lots no longer known.
+    pub fn snapshot(&self) -> Vec<Entry> {
+        let mut out = Vec::with_capacity(self.held + self.lots.len() + self.orphans.len());
+        for s in self.lots.values() {
+            if let Some(at_us) = s.set_at_us {
+                out.push(Entry::LotSet(LotSet {
+                    lot: s.lot.id.clone(),
+                    closes_at_us: s.lot.closes_at_us,
+                    at_us,
+                }));
+            }
+            if let Some((bids, raises)) = s.tally {
+                out.push(Entry::LotFinal(LotFinal {
+                    lot: s.lot.id.clone(),
+                    bids,
+                    raises,
+                }));
+            }
+            out.extend(s.bids.values().cloned().map(Entry::LotBid));
+        }
+        out.extend(self.orphans.iter().cloned());
+        out
+    }
+
+    /// Bids held, every lot together.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     /// A lot's standings at `now_us`.
@@ -389,20 +507,14 @@ impl Auction {
         } else {
             Phase::Closed
         };
-        let mut raises = 0;
-        let mut high = 0;
-        for b in state.bids.values() {
-            if b.amount > high {
-                high = b.amount;
-                raises += 1;
-            }
-        }
+        let (bids, raises) = state.tally.unwrap_or_else(|| tally(state));
         Some(Standing {
             lot: state.lot.clone(),
             phase,
             leader: leader(state).cloned(),
-            bids: state.bids.len(),
+            bids,
             raises,
+            folded: state.tally.is_some(),
         })
     }
 
@@ -432,6 +544,19 @@ fn insert(state: &mut LotState, b: LotBid) {
     state
         .bids
         .insert((b.edge_us, b.scope.clone(), b.key.clone()), b);
+}
+
+/// (bids, raises) of the bids a lot holds: a raise is a bid above every bid before it.
+fn tally(state: &LotState) -> (u64, u64) {
+    let mut raises = 0;
+    let mut high = 0;
+    for b in state.bids.values() {
+        if b.amount > high {
+            high = b.amount;
+            raises += 1;
+        }
+    }
+    (state.bids.len() as u64, raises)
 }
 
 /// The first bid with the highest amount, in edge-time order.
@@ -636,5 +761,94 @@ mod tests {
         let p = a.place(bid("g", 500, 45, 45)).unwrap();
         a.unplace(&p.bid);
         assert!(!a.place(bid("g", 500, 46, 46)).unwrap().again);
+    }
+
+    #[test]
+    fn a_final_lot_folds_to_its_tally_leader_and_latest_and_a_snapshot_keeps_it() {
+        let cfg = AuctionConfig {
+            max_outage_us: 60_000_000,
+            max_bids: 30,
+            ..AuctionConfig::default()
+        };
+        let lots = || {
+            [
+                Lot {
+                    id: "7".into(),
+                    closes_at_us: CLOSE,
+                },
+                Lot {
+                    id: "8".into(),
+                    closes_at_us: CLOSE * 2,
+                },
+            ]
+        };
+        let mut a = Auction::new(cfg, lots());
+        let t = CLOSE - 30_000_000;
+        // the leader early (900), then 19 lower bids
+        a.place(bid("lead", 900, t, t)).unwrap();
+        for i in 0..19u64 {
+            a.place(bid(&format!("b{i}"), 100 + i, t + 1 + i, t + 1 + i))
+                .unwrap();
+        }
+        let mut other = bid("o1", 5, t, t);
+        other.lot = "8".into();
+        a.place(other).unwrap();
+        // a lot made through the API, and a journaled lot the config no longer has
+        assert!(a.set_lot(&set("9", CLOSE * 3, t)).is_ok());
+        let mut gone = bid("g1", 5, t, t);
+        gone.lot = "gone".into();
+        a.restore(&[Entry::LotBid(gone.clone())]);
+        assert_eq!(a.held(), 21);
+        // full: the auction's bound, then room again once the lot folds
+        for i in 0..9u64 {
+            let mut b = bid(&format!("f{i}"), 1, t, t);
+            b.lot = "8".into();
+            a.place(b).unwrap();
+        }
+        let mut one_more = bid("f9", 1, t, t);
+        one_more.lot = "8".into();
+        assert_eq!(a.place(one_more.clone()), Err(BidError::AuctionFull));
+        // open, then in its outage window: not final, nothing to fold
+        let closing = CLOSE + 1;
+        assert!(a.foldable(t + 100, 5).is_empty());
+        assert!(a.foldable(closing, 5).is_empty());
+        assert!(!a.fold("7", closing, 5));
+        let after = CLOSE + 60_000_001;
+        let before = a.standing("7", after).unwrap();
+        let f = a.foldable(after, 5);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].bids.len(), 20);
+        assert_eq!(f[0].standing, before);
+        assert!(a.fold("7", after, 5));
+        assert!(!a.fold("7", after, 5), "once");
+        assert!(a.foldable(after, 5).is_empty());
+        let s = a.standing("7", after).unwrap();
+        assert!(s.folded);
+        assert_eq!((s.bids, s.raises, &s.leader), (20, 1, &before.leader));
+        // the leader and the latest five
+        let keys: Vec<String> = a.history("7", 100).into_iter().map(|b| b.key).collect();
+        assert_eq!(keys, ["lead", "b14", "b15", "b16", "b17", "b18"]);
+        assert_eq!(a.held(), 30 - 20 + 6);
+        assert!(a.place(one_more).is_ok());
+        // a retry of a kept bid is still the same bid
+        assert!(a.place(bid("b18", 118, t + 19, after)).unwrap().again);
+        // the snapshot restores the same auction
+        let snap = a.snapshot();
+        assert!(snap.contains(&Entry::LotBid(gone)));
+        assert_eq!(
+            snap.iter()
+                .filter(|e| matches!(e, Entry::LotSet(_)))
+                .count(),
+            1,
+            "only the lot set through the API"
+        );
+        let mut b = Auction::new(cfg, lots());
+        b.restore(&snap);
+        for lot in ["7", "8", "9"] {
+            assert_eq!(b.standing(lot, after), a.standing(lot, after), "{lot}");
+            assert_eq!(b.history(lot, 100), a.history(lot, 100), "{lot}");
+        }
+        assert_eq!(b.held(), a.held());
+        assert_eq!(b.snapshot(), snap);
     }
 }

@@ -172,7 +172,8 @@ impl Claims {
                 | Entry::Outcome(_)
                 | Entry::CheckedIn(_)
                 | Entry::LotBid(_)
-                | Entry::LotSet(_) => {}
+                | Entry::LotSet(_)
+                | Entry::LotFinal(_) => {}
             }
         }
         self.order.make_contiguous().sort_by_key(|(at, _)| *at);

@@ -200,7 +200,8 @@ impl Outbox {
                 | Entry::Released { .. }
                 | Entry::CheckedIn(_)
                 | Entry::LotBid(_)
-                | Entry::LotSet(_) => {}
+                | Entry::LotSet(_)
+                | Entry::LotFinal(_) => {}
             }
         }
     }

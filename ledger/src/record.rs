@@ -13,6 +13,7 @@ const KIND_RELEASED: u8 = 5;
 const KIND_CHECKED_IN: u8 = 6;
 const KIND_LOT_BID: u8 = 7;
 const KIND_LOT_SET: u8 = 8;
+const KIND_LOT_FINAL: u8 = 9;
 
 /// The request kinds the journal keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,9 +175,21 @@ pub struct LotSet {
     pub at_us: u64,
 }
 
+/// A closed lot of the relay's auction whose bids were folded (`crate::auction`): the
+/// tally of every bid it took. The journal keeps only its leader and latest bids after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotFinal {
+    /// The lot.
+    pub lot: String,
+    /// Bids it took.
+    pub bids: u64,
+    /// Bids that led when they were placed.
+    pub raises: u64,
+}
+
 /// One journal record. The gateway's journal holds `Accepted`, `Outcome` and `CheckedIn`;
-/// the relay's holds `Claimed`, `Settled` and `Released`, its auction's `LotBid` and
-/// `LotSet`.
+/// the relay's holds `Claimed`, `Settled` and `Released`, its auction's `LotBid`, `LotSet`
+/// and `LotFinal`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     /// A request accepted (journaled before the device is answered).
@@ -200,6 +213,8 @@ pub enum Entry {
     LotBid(LotBid),
     /// A lot of the relay's auction made or its close moved.
     LotSet(LotSet),
+    /// A closed lot's tally, its bids folded.
+    LotFinal(LotFinal),
 }
 
 /// Longest key kept, bytes.
@@ -265,6 +280,9 @@ impl Entry {
                     .str(&l.lot)
                     .u64(l.closes_at_us)
                     .u64(l.at_us);
+            }
+            Entry::LotFinal(f) => {
+                w.u8(KIND_LOT_FINAL).str(&f.lot).u64(f.bids).u64(f.raises);
             }
         }
         w.finish()
@@ -357,6 +375,11 @@ impl Entry {
                 lot: key(&mut r)?,
                 closes_at_us: r.u64()?,
                 at_us: r.u64()?,
+            }),
+            KIND_LOT_FINAL => Entry::LotFinal(LotFinal {
+                lot: key(&mut r)?,
+                bids: r.u64()?,
+                raises: r.u64()?,
             }),
             k => return Err(DecodeError::UnknownKind(k)),
         };
@@ -544,6 +567,11 @@ mod tests {
                 closes_at_us: 1_800_000_000_000_000,
                 at_us: 13,
             }),
+            Entry::LotFinal(LotFinal {
+                lot: "9".into(),
+                bids: 1_200,
+                raises: 31,
+            }),
         ];
         for e in entries {
             assert_eq!(Entry::decode(&e.encode()), Ok(e));
@@ -565,6 +593,6 @@ mod tests {
             let junk: Vec<u8> = (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect();
             let _ = Entry::decode(&junk);
         }
-        assert_eq!(Entry::decode(&[9]), Err(DecodeError::UnknownKind(9)));
+        assert_eq!(Entry::decode(&[200]), Err(DecodeError::UnknownKind(200)));
     }
 }

@@ -103,7 +103,8 @@ pub fn reduce(entries: &[Entry], into: &mut BTreeMap<(RecordKind, String), Recor
             | Entry::Settled(_)
             | Entry::Released { .. }
             | Entry::LotBid(_)
-            | Entry::LotSet(_) => {}
+            | Entry::LotSet(_)
+            | Entry::LotFinal(_) => {}
         }
     }
 }

@@ -217,7 +217,11 @@ impl Relay {
                     path: cfg.auction.journal.clone(),
                     source,
                 })?
-                .map(Arc::new),
+                .map(|a| {
+                    let a = Arc::new(a);
+                    crate::auction::AuctionSink::keep_folding(&a);
+                    a
+                }),
             jetstream: crate::jetstream::JetStreamSink::start(&cfg.jetstream)
                 .await
                 .map_err(RelayError::Config)?,
