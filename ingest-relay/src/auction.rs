@@ -16,7 +16,7 @@
 //!
 //! A lot whose result is final (closed, its outage window passed) is folded at start and
 //! every minute: every bid it took is appended to `[auction] archive` (one JSON line per
-//! lot, synced), then the lot keeps its tally, its leader and its latest bids, and the
+//! lot, synced), then the lot keeps its tally, its leader and its latest 10 bids, and the
 //! journal is rewritten with what the auction holds. So the log and the memory hold the
 //! open lots' bids and a small record of each closed one, however many sales the relay
 //! has run.
@@ -41,8 +41,11 @@ use tunnel::wire;
 
 /// Largest bid body.
 const MAX_BODY: u64 = 16 * 1024;
-/// Bids listed with a lot's standing, and kept beside its leader once it is folded.
+/// Bids listed with a lot's standing.
 const HISTORY: usize = 50;
+/// Bids a folded lot keeps beside its leader: 10,000 lots keep at most 110,000 (the
+/// archive has the rest).
+const FOLDED_KEEP: usize = 10;
 /// How often lots whose result became final are folded.
 const FOLD_EVERY: Duration = Duration::from_secs(60);
 
@@ -121,13 +124,12 @@ impl AuctionSink {
         });
     }
 
-    /// Archives the bids of every lot whose result is final and that holds more than it
-    /// keeps, folds those lots, then rewrites the journal with what the auction holds:
-    /// how many lots were folded.
+    /// Archives the bids of every lot whose result became final, folds those lots, then
+    /// rewrites the journal with what the auction holds: how many lots were folded.
     pub(crate) async fn fold_final(&self) -> Result<usize, FoldError> {
         // no lot setting in between: a setting taken back must not reach the snapshot
         let _one = self.settings.lock().await;
-        let folding = self.auction().foldable(wall_us(), HISTORY);
+        let folding = self.auction().foldable(wall_us());
         if folding.is_empty() {
             return Ok(0);
         }
@@ -144,26 +146,32 @@ impl AuctionSink {
             .await
             .map_err(|e| FoldError::Archive(std::io::Error::other(e)))?
             .map_err(FoldError::Archive)?;
+        let from = self.journal.stats().len;
         let (folded, archived, rewrite, held) = {
             let mut a = self.auction();
             let now = wall_us();
             let mut folded = 0;
             let mut archived = 0;
             for f in &folding {
-                if a.fold(&f.standing.lot.id, now, HISTORY) {
-                    folded += 1;
-                    archived += f.bids.len();
+                // a lot whose bids changed since they were read stays as it is: the next
+                // round archives it again
+                match a.fold(f, now, FOLDED_KEEP) {
+                    Ok(()) => {
+                        folded += 1;
+                        archived += f.bids.len();
+                    }
+                    Err(e) => {
+                        warn!(lot = %f.standing.lot.id, reason = %e, "auction: lot not folded")
+                    }
                 }
             }
             // under the lock: the rewrite follows every record submitted before it
-            (
-                folded,
-                archived,
-                self.journal.submit_rewrite(a.snapshot()),
-                a.held(),
-            )
+            let rewrite = (folded > 0).then(|| self.journal.submit_rewrite(a.snapshot()));
+            (folded, archived, rewrite, a.held())
         };
-        let from = self.journal.stats().len;
+        let Some(rewrite) = rewrite else {
+            return Ok(0);
+        };
         rewrite.await.map_err(FoldError::Journal)?;
         metrics::counter!("canopy_relay_auction_lots_folded_total").increment(folded as u64);
         metrics::gauge!("canopy_relay_auction_bids_held").set(held as f64);
@@ -303,15 +311,11 @@ impl AuctionSink {
         req: &Request<()>,
         stream: &mut Stream,
     ) -> Result<(StatusCode, serde_json::Value), (StatusCode, Bytes)> {
-        let Some(key) = req
-            .headers()
-            .get(wire::HDR_IDEMPOTENCY_KEY)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-        else {
+        // (a key the journal could not read back would cut the journal there)
+        let Some(key) = wire::idempotency_key(req.headers()).map(str::to_owned) else {
             return Ok((
                 StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": "a bid needs its Idempotency-Key (send it as class bid)" }),
+                serde_json::json!({ "error": "a bid needs its Idempotency-Key, 1 to 255 visible characters (send it as class bid)" }),
             ));
         };
         let body = match read_capped(stream, MAX_BODY, intake).await {
@@ -414,9 +418,10 @@ impl AuctionSink {
                 let status = match e {
                     BidError::UnknownLot(_) => StatusCode::NOT_FOUND,
                     BidError::BadAmount => StatusCode::UNPROCESSABLE_ENTITY,
-                    BidError::Closed { .. } | BidError::TooLate { .. } | BidError::Full => {
-                        StatusCode::CONFLICT
-                    }
+                    BidError::Closed { .. }
+                    | BidError::TooLate { .. }
+                    | BidError::Full
+                    | BidError::Final => StatusCode::CONFLICT,
                     // room comes back as closed lots are folded
                     BidError::AuctionFull => StatusCode::SERVICE_UNAVAILABLE,
                 };
@@ -451,6 +456,7 @@ fn refusal_code(e: &BidError) -> &'static str {
         BidError::BadAmount => "bad_amount",
         BidError::Full => "full",
         BidError::AuctionFull => "auction_full",
+        BidError::Final => "final",
     }
 }
 
@@ -572,7 +578,8 @@ mod tests {
         let len = std::fs::metadata(&journal).expect("journal").len();
         assert_eq!(sink.fold_final().await.expect("folded"), 1);
         assert_eq!(sink.fold_final().await.expect("nothing more"), 0);
-        assert_eq!(sink.auction().held(), HISTORY);
+        // what a folded lot keeps is not held against the open lots
+        assert_eq!(sink.auction().held(), 0);
         let after = sink.lot_json("7").expect("lot 7");
         assert_eq!(after["folded"], true);
         for k in ["bids", "raises", "leader", "closes_at_us", "phase"] {

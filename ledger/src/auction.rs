@@ -17,11 +17,12 @@
 //! set through the API keeps its setting over the config's). Time comes in as µs since the
 //! Unix epoch.
 //!
-//! Bounded: a lot takes at most [`AuctionConfig::max_bids_per_lot`] bids and the auction
-//! holds at most [`AuctionConfig::max_bids`] at once. A lot whose result is final (closed,
-//! and its outage window passed) is folded ([`Auction::fold`]): its tally is kept
-//! (`Entry::LotFinal`) with its leader and latest bids, the rest leave memory and, with the
-//! next [`Auction::snapshot`], the journal (the shell archives them first).
+//! Bounded: a lot takes at most [`AuctionConfig::max_bids_per_lot`] bids, and the lots
+//! not folded hold at most [`AuctionConfig::max_bids`] together. A lot whose result is
+//! final (closed, and its outage window passed) is folded ([`Auction::fold`]): its tally is
+//! kept (`Entry::LotFinal`) with its leader and latest bids, the rest leave memory and,
+//! with the next [`Auction::snapshot`], the journal (the shell archives them first). A
+//! folded lot takes no bid and no setting.
 
 use crate::record::{Entry, LotBid, LotFinal, LotSet};
 use std::collections::{BTreeMap, HashMap};
@@ -45,7 +46,7 @@ pub struct AuctionConfig {
     pub max_skew_us: u64,
     /// Bids kept per lot at most.
     pub max_bids_per_lot: usize,
-    /// Bids held at once, every lot together (a folded lot holds only what it keeps).
+    /// Bids held at once by the lots not folded, together.
     pub max_bids: usize,
 }
 
@@ -86,9 +87,12 @@ pub enum BidError {
     /// The lot holds its most bids.
     #[error("the lot holds its most bids")]
     Full,
-    /// The auction holds its most bids (until closed lots are folded).
+    /// The open lots hold the auction's most bids (until closed lots are folded).
     #[error("the auction holds its most bids until closed lots are folded")]
     AuctionFull,
+    /// The lot's result is final and its bids were folded.
+    #[error("the lot's result is final")]
+    Final,
 }
 
 /// Lots an auction holds at most.
@@ -219,11 +223,25 @@ impl LotState {
 pub struct Auction {
     cfg: AuctionConfig,
     lots: BTreeMap<String, LotState>,
-    /// Bids held, every lot together.
+    /// Bids held by the lots not folded, together.
     held: usize,
     /// Journaled records of lots the auction no longer has (gone from the config): kept
     /// as they were, so that a snapshot loses nothing.
     orphans: Vec<Entry>,
+}
+
+/// Why a lot was not folded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FoldError {
+    /// No such lot.
+    #[error("no such lot")]
+    UnknownLot,
+    /// Its result is not final (or it was folded already).
+    #[error("the lot's result is not final")]
+    NotFinal,
+    /// Its bids changed since they were archived.
+    #[error("the lot's bids changed since they were archived")]
+    Changed,
 }
 
 impl Auction {
@@ -257,6 +275,9 @@ impl Auction {
                 again: true,
                 leading,
             });
+        }
+        if state.tally.is_some() {
+            return Err(BidError::Final);
         }
         if bid.amount == 0 {
             return Err(BidError::BadAmount);
@@ -321,7 +342,7 @@ impl Auction {
         if from_us == set.closes_at_us {
             return Ok(LotChange::Same);
         }
-        if set.at_us >= from_us {
+        if set.at_us >= from_us || state.tally.is_some() {
             return Err(LotError::Closed {
                 closes_at_us: from_us,
             });
@@ -394,7 +415,7 @@ impl Auction {
     pub fn unplace(&mut self, b: &LotBid) {
         if let Some(state) = self.lots.get_mut(&b.lot) {
             let id = (b.scope.clone(), b.key.clone());
-            if state.keys.get(&id) == Some(&b.edge_us) {
+            if state.tally.is_none() && state.keys.get(&id) == Some(&b.edge_us) {
                 state.keys.remove(&id);
                 state.bids.remove(&(b.edge_us, id.0, id.1));
                 self.held -= 1;
@@ -411,14 +432,21 @@ impl Auction {
                     Some(state) => {
                         if !state.keys.contains_key(&(b.scope.clone(), b.key.clone())) {
                             insert(state, b.clone());
-                            self.held += 1;
+                            if state.tally.is_none() {
+                                self.held += 1;
+                            }
                         }
                     }
                     None => self.orphans.push(e.clone()),
                 },
                 Entry::LotSet(set) => self.apply(set),
                 Entry::LotFinal(f) => match self.lots.get_mut(&f.lot) {
-                    Some(state) => state.tally = Some((f.bids, f.raises)),
+                    Some(state) => {
+                        if state.tally.is_none() {
+                            self.held -= state.bids.len();
+                        }
+                        state.tally = Some((f.bids, f.raises));
+                    }
                     None => self.orphans.push(e.clone()),
                 },
                 _ => {}
@@ -426,12 +454,12 @@ impl Auction {
         }
     }
 
-    /// The lots whose result is final at `now_us` and that hold more than `keep` bids:
-    /// each with everything it took, to archive before [`Auction::fold`].
-    pub fn foldable(&self, now_us: u64, keep: usize) -> Vec<Folding> {
+    /// The lots whose result is final at `now_us`, not folded yet: each with everything it
+    /// took, to archive before [`Auction::fold`].
+    pub fn foldable(&self, now_us: u64) -> Vec<Folding> {
         self.lots
             .values()
-            .filter(|s| s.tally.is_none() && s.bids.len() > keep)
+            .filter(|s| s.tally.is_none())
             .filter_map(|s| {
                 let standing = self.standing(&s.lot.id, now_us)?;
                 (standing.phase == Phase::Closed).then(|| Folding {
@@ -442,15 +470,19 @@ impl Auction {
             .collect()
     }
 
-    /// Folds lot `lot` if its result is final at `now_us`: its tally stays, with its leader
-    /// and its latest `keep` bids; the others leave. Whether it folded.
-    pub fn fold(&mut self, lot: &str, now_us: u64, keep: usize) -> bool {
-        let final_ = self
-            .standing(lot, now_us)
-            .is_some_and(|s| s.phase == Phase::Closed && !s.folded);
-        let Some(state) = self.lots.get_mut(lot).filter(|_| final_) else {
-            return false;
-        };
+    /// Folds the lot of `archived` (from [`Auction::foldable`]) if its result is final at
+    /// `now_us` and its bids are still the ones archived: its tally stays, with its leader
+    /// and its latest `keep` bids; the others leave.
+    pub fn fold(&mut self, archived: &Folding, now_us: u64, keep: usize) -> Result<(), FoldError> {
+        let lot = archived.standing.lot.id.as_str();
+        let standing = self.standing(lot, now_us).ok_or(FoldError::UnknownLot)?;
+        if standing.phase != Phase::Closed || standing.folded {
+            return Err(FoldError::NotFinal);
+        }
+        let state = self.lots.get_mut(lot).ok_or(FoldError::UnknownLot)?;
+        if !state.bids.values().eq(archived.bids.iter()) {
+            return Err(FoldError::Changed);
+        }
         let (bids, raises) = tally(state);
         let leader = leader(state).map(|l| (l.edge_us, l.scope.clone(), l.key.clone()));
         let skip = state.bids.len().saturating_sub(keep);
@@ -461,15 +493,17 @@ impl Auction {
                 insert(state, b);
             }
         }
-        self.held -= bids as usize - state.bids.len();
+        self.held -= bids as usize;
         state.tally = Some((bids, raises));
-        true
+        Ok(())
     }
 
-    /// What a compacted journal holds: each lot's setting made through the API, its tally
-    /// when folded, and the bids it holds; then the records of lots no longer known.
+    /// What a compacted journal holds: the records of lots no longer known, then each
+    /// lot's setting made through the API, its tally when folded, and the bids it holds.
     pub fn snapshot(&self) -> Vec<Entry> {
-        let mut out = Vec::with_capacity(self.held + self.lots.len() + self.orphans.len());
+        // the records of lots no longer known first: a lot made later with the same id
+        // must not take them on a restart
+        let mut out = self.orphans.clone();
         for s in self.lots.values() {
             if let Some(at_us) = s.set_at_us {
                 out.push(Entry::LotSet(LotSet {
@@ -487,11 +521,10 @@ impl Auction {
             }
             out.extend(s.bids.values().cloned().map(Entry::LotBid));
         }
-        out.extend(self.orphans.iter().cloned());
         out
     }
 
-    /// Bids held, every lot together.
+    /// Bids held by the lots not folded, together.
     pub fn held(&self) -> usize {
         self.held
     }
@@ -810,25 +843,37 @@ mod tests {
         assert_eq!(a.place(one_more.clone()), Err(BidError::AuctionFull));
         // open, then in its outage window: not final, nothing to fold
         let closing = CLOSE + 1;
-        assert!(a.foldable(t + 100, 5).is_empty());
-        assert!(a.foldable(closing, 5).is_empty());
-        assert!(!a.fold("7", closing, 5));
+        assert!(a.foldable(t + 100).is_empty());
+        assert!(a.foldable(closing).is_empty());
         let after = CLOSE + 60_000_001;
         let before = a.standing("7", after).unwrap();
-        let f = a.foldable(after, 5);
+        let f = a.foldable(after);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].bids.len(), 20);
         assert_eq!(f[0].standing, before);
-        assert!(a.fold("7", after, 5));
-        assert!(!a.fold("7", after, 5), "once");
-        assert!(a.foldable(after, 5).is_empty());
+        assert_eq!(a.fold(&f[0], closing, 5), Err(FoldError::NotFinal));
+        // a bid that came in after the archive was read: not folded (archived again later)
+        let mut changed = Auction::new(cfg, lots());
+        changed.restore(&a.snapshot());
+        changed.restore(&[Entry::LotBid(bid("late", 1, t + 50, CLOSE + 5))]);
+        assert_eq!(changed.fold(&f[0], after, 5), Err(FoldError::Changed));
+        assert_eq!(a.fold(&f[0], after, 5), Ok(()));
+        assert_eq!(a.fold(&f[0], after, 5), Err(FoldError::NotFinal), "once");
+        assert!(a.foldable(after).is_empty());
+        // a folded lot takes no bid and no setting, whatever the clock says
+        assert_eq!(
+            a.place(bid("new", 5_000, t + 2, t + 2)),
+            Err(BidError::Final)
+        );
+        assert!(a.set_lot(&set("7", CLOSE * 5, t + 3)).is_err());
         let s = a.standing("7", after).unwrap();
         assert!(s.folded);
         assert_eq!((s.bids, s.raises, &s.leader), (20, 1, &before.leader));
         // the leader and the latest five
         let keys: Vec<String> = a.history("7", 100).into_iter().map(|b| b.key).collect();
         assert_eq!(keys, ["lead", "b14", "b15", "b16", "b17", "b18"]);
-        assert_eq!(a.held(), 30 - 20 + 6);
+        // what a folded lot keeps is not held against the open lots
+        assert_eq!(a.held(), 30 - 20);
         assert!(a.place(one_more).is_ok());
         // a retry of a kept bid is still the same bid
         assert!(a.place(bid("b18", 118, t + 19, after)).unwrap().again);
