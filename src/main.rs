@@ -692,6 +692,11 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             cfg.bids.journal = relative_to(&path, &cfg.bids.journal);
             cfg.proxy.body_spool_dir = relative_to(&path, &cfg.proxy.body_spool_dir);
+            cfg.checkin.revoked = cfg
+                .checkin
+                .revoked
+                .as_deref()
+                .map(|p| relative_to(&path, p));
             cfg.cache.disk_dir = cfg.cache.disk_dir.as_deref().map(|d| relative_to(&path, d));
             cfg.admin.token_file = relative_to(&path, &cfg.admin.token_file);
             cfg.admin.holds_file = relative_to(&path, &cfg.admin.holds_file);
@@ -704,7 +709,15 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             cfg.tls.key = relative_to(&path, &cfg.tls.key);
             cfg.tls.ca = relative_to(&path, &cfg.tls.ca);
             let tls = load_tls(&path, &cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca)?;
-            canopy::runtime::spawn_gateway(&cfg, &tls).await?;
+            match canopy::runtime::spawn_gateway(&cfg, &tls).await {
+                Ok(_) => {}
+                // a file the config names is missing or wrong: the config's fault
+                Err(e) if matches!(e.downcast_ref(), Some(gateway::GatewayError::Config(_))) => {
+                    eprintln!("canopy: {}: {e}", path.display());
+                    return Ok(ExitCode::from(EX_USAGE as u8));
+                }
+                Err(e) => return Err(e),
+            }
             tokio::signal::ctrl_c().await?;
             Ok(ExitCode::SUCCESS)
         }

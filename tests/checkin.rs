@@ -113,3 +113,72 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn tokens_the_organizer_voided_are_refused_at_the_door_offline() {
+    let keys = TempDir::new("revoked-keys");
+    let key = keys.path().join("organizer.key");
+    let public = tokens(&["keygen", "--out", key.to_str().expect("utf8")]);
+    let mut s = Stack::start_full(
+        "checkin-revoked",
+        "",
+        &format!(
+            "[checkin]\npublic_key = \"{public}\"\nevent = \"market\"\nrevoked = \"revoked.txt\"\n"
+        ),
+    );
+    let k = key.to_str().expect("utf8");
+    let issue = |attendee: &str, id: &str| issue_token(k, "market", attendee, &["--id", id]);
+    let probe = issue("A-0", "t-probe");
+    let voided = issue("A-1", "t-void");
+    let inside = issue("A-2", "t-2");
+    let attendee_voided = issue("A-3", "t-3");
+    let fine = issue("A-4", "t-4");
+    // no list yet (a missing file voids nothing)
+    let (st, v) = check_in(&s, &inside);
+    assert_eq!(st, 200, "{v}");
+    // the organizer's list lands on the box, copied as a crew would (a rename)
+    let list = s.dir.path().join("revoked.txt");
+    let tmp = s.dir.path().join("revoked.txt.new");
+    let write = |text: &str| {
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, &list).expect("rename");
+    };
+    write("# refunds\ntoken t-probe\ntoken t-void\ntoken t-2\nattendee A-3\n");
+    wait_until("the list in force", || {
+        check_in(&s, &probe).1["reason"] == "revoked"
+    });
+    // with every uplink gone
+    s.kill_relay();
+    for (token, why) in [
+        (&voided, "revoked this token"),
+        (&attendee_voided, "revoked this attendee's tokens"),
+        // voided once inside: not let in again
+        (&inside, "revoked this token"),
+    ] {
+        let (st, v) = check_in(&s, token);
+        assert_eq!((st, v["reason"].as_str()), (403, Some("revoked")), "{v}");
+        assert!(v["detail"].as_str().unwrap_or("").contains(why), "{v}");
+    }
+    let (st, v) = check_in(&s, &fine);
+    assert_eq!((st, v["result"].as_str()), (200, Some("admitted")), "{v}");
+    // a list that stops parsing leaves the one in force
+    write("token t-probe\nticket t-void\n");
+    std::thread::sleep(Duration::from_millis(2000));
+    let (st, v) = check_in(&s, &voided);
+    assert_eq!((st, v["reason"].as_str()), (403, Some("revoked")), "{v}");
+    // and stops a start, as a bad config does
+    s.kill_gateway();
+    s.start_gateway();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = s.gateway.0.try_wait().expect("wait") {
+            break status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway started with a bad list"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, Some(64));
+}

@@ -7,17 +7,20 @@
 //! The device sends the token as the body (text), or JSON `{"token": ..., "gate": ...}`;
 //! `?gate=` names the gate too. Answers are JSON: `200 {"result":"admitted", ...}`, or a
 //! refusal with its reason: `400` malformed, `403` forged / wrong event / not yet valid /
-//! expired / the event is over (`[event] end`), `409` replayed / double entry, `503` the journal failed.
+//! expired / revoked by the organizer (`[checkin] revoked`) / the event is over (`[event]
+//! end`), `409` replayed / double entry, `503` the journal failed.
 
 use crate::config::GatewayConfig;
 use crate::event::Event;
 use crate::proxy::{full, synthetic, Body, State};
+use crate::revocations::{InForce, LoadError};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use ledger::checkin::Refused;
 use ledger::record::{Accepted, CheckedIn, Kind};
+use ledger::revocations::Revocations;
 use ledger::token::{TokenError, Verifier};
 use std::sync::Arc;
 
@@ -34,21 +37,38 @@ pub(crate) struct Desk {
     sync_url: Option<String>,
     /// `[event]`: no check-in from its end on.
     closes: Option<Event>,
+    /// `[checkin] revoked`: the organizer's voided tokens.
+    revoked: Arc<InForce>,
 }
 
 impl Desk {
     /// The desk of a config; `None` when check-in is off (or the key does not parse,
-    /// which config validation reports).
-    pub(crate) fn new(cfg: &GatewayConfig) -> Option<Self> {
+    /// which config validation reports). Its revocation list is read now (a bad line is an
+    /// error naming the file and the line) and watched while the desk is in use.
+    pub(crate) fn new(cfg: &GatewayConfig) -> Result<Option<Self>, LoadError> {
         let ci = &cfg.checkin;
-        Some(Self {
-            verifier: Verifier::from_base64(ci.public_key.as_deref()?)?,
+        let Some(verifier) = ci.public_key.as_deref().and_then(Verifier::from_base64) else {
+            return Ok(None);
+        };
+        let revoked = Arc::new(InForce::new(match &ci.revoked {
+            Some(path) => crate::revocations::load(path)?,
+            None => Revocations::default(),
+        }));
+        if let Some(path) = &ci.revoked {
+            tokio::spawn(crate::revocations::watch(
+                path.clone(),
+                Arc::downgrade(&revoked),
+            ));
+        }
+        Ok(Some(Self {
+            verifier,
             event: cfg.checkin_event().to_owned(),
             reentry: ci.reentry,
             leeway_s: ci.leeway_s,
             sync_url: ci.sync_url.clone(),
             closes: cfg.event(),
-        })
+            revoked,
+        }))
     }
 }
 
@@ -123,6 +143,11 @@ pub(crate) async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Respons
         Ok(g) => g,
         Err(e) => return refused(&Refused::Token(e)),
     };
+    // voided by the organizer: after the signature (a forged token is "forged"), before the
+    // register (a voided ticket is never let in, not even again)
+    if let Some(v) = desk.revoked.get().check(&grant) {
+        return refused(&Refused::Revoked(v));
+    }
     let sync = |c: &CheckedIn| {
         desk.sync_url
             .as_ref()
@@ -216,7 +241,7 @@ fn sync_request(state: &State, url: &str, c: &CheckedIn) -> Accepted {
 fn refused(r: &Refused) -> Response<Body> {
     let status = match r {
         Refused::Token(TokenError::Malformed(_)) => StatusCode::BAD_REQUEST,
-        Refused::Token(_) => StatusCode::FORBIDDEN,
+        Refused::Token(_) | Refused::Revoked(_) => StatusCode::FORBIDDEN,
         Refused::Replayed { .. } | Refused::AlreadyInside { .. } => StatusCode::CONFLICT,
         Refused::Full => StatusCode::SERVICE_UNAVAILABLE,
     };

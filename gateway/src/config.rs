@@ -428,6 +428,9 @@ pub struct CheckinSection {
     /// when links allow: the organizer's ticketing system (must be in the relay's egress
     /// allowlist); unset = check-ins stay on the gateway.
     pub sync_url: Option<String>,
+    /// The organizer's voided tokens (`token <id>` or `attendee <id>` a line), watched
+    /// while the gateway runs; relative to the config file; unset or missing = none.
+    pub revoked: Option<PathBuf>,
 }
 
 impl Default for CheckinSection {
@@ -438,6 +441,7 @@ impl Default for CheckinSection {
             reentry: false,
             leeway_s: 60,
             sync_url: None,
+            revoked: None,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod privacy;
 mod probe;
 mod proxy;
 pub mod pull;
+pub mod revocations;
 pub mod sockets;
 pub mod stripe;
 pub mod telemetry;

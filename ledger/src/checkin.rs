@@ -4,6 +4,7 @@
 //! double entry). With re-entry allowed, both come in again and are marked as re-entries.
 
 use crate::record::{CheckedIn, Entry};
+use crate::revocations::Voided;
 use crate::token::{Grant, TokenError};
 use std::collections::HashMap;
 
@@ -31,6 +32,12 @@ pub enum Refused {
         /// When they came in.
         at_us: u64,
     },
+    /// The organizer voided the token (`crate::revocations`).
+    #[error("{}", match .0 {
+        Voided::Token => "the organizer revoked this token",
+        Voided::Attendee => "the organizer revoked this attendee's tokens",
+    })]
+    Revoked(Voided),
     /// The register is full.
     #[error("the check-in register is full")]
     Full,
@@ -43,6 +50,7 @@ impl Refused {
             Refused::Token(t) => t.code(),
             Refused::Replayed { .. } => "replayed",
             Refused::AlreadyInside { .. } => "double_entry",
+            Refused::Revoked(_) => "revoked",
             Refused::Full => "full",
         }
     }

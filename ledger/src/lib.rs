@@ -15,6 +15,7 @@ pub mod frame;
 pub mod key;
 pub mod outbox;
 pub mod record;
+pub mod revocations;
 pub mod token;
 
 pub use claims::{ClaimStats, Claims, ClaimsConfig, Lookup};

@@ -238,7 +238,8 @@ impl Gateway {
         let state = State {
             paused: Arc::default(),
             bids,
-            checkin: crate::checkin::Desk::new(cfg),
+            checkin: crate::checkin::Desk::new(cfg)
+                .map_err(|e| GatewayError::Config(format!("checkin.revoked: {e}")))?,
             devices: Devices::new(cfg.proxy.device_limits()),
             name: cfg.gateway.name.clone(),
             classifier: Classifier::new(cfg.classes.clone()),

@@ -1,0 +1,137 @@
+//! The organizer's voided check-in tokens on disk (`[checkin] revoked`, the shell of
+//! `ledger::revocations`): read at start (a bad line stops the start, naming the file and
+//! the line), then looked at every [`POLL`] and put in force when it has changed and
+//! stayed so for one more look (a file caught half copied must not let a voided ticket
+//! in). A list that stops parsing is logged with its lines and the one in force stays; a
+//! missing file voids nothing. The crew copies a new list onto the box (or the organizer's
+//! system pushes it there); it works with no uplink.
+
+use ledger::revocations::Revocations;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tracing::{info, warn};
+use tunnel_io::own_cert::stamp;
+
+/// How often the file is looked at: a new list is in force within two of these.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// Why a list cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// It could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Lines that do not parse.
+    #[error("{}", .errors.iter().map(|e| format!("{}:{}: {}", .path.display(), e.line, e.what)).collect::<Vec<_>>().join("\n"))]
+    Lines {
+        /// The file.
+        path: PathBuf,
+        /// Each bad line.
+        errors: Vec<ledger::revocations::LineError>,
+    },
+}
+
+/// Reads the list at `path`; a missing file is an empty list.
+pub fn load(path: &Path) -> Result<Revocations, LoadError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Revocations::parse(&text).map_err(|errors| LoadError::Lines {
+            path: path.to_path_buf(),
+            errors,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Revocations::default()),
+        Err(source) => Err(LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The list in force.
+#[derive(Debug, Default)]
+pub struct InForce(RwLock<Arc<Revocations>>);
+
+impl InForce {
+    /// In force from now: `list`.
+    pub fn new(list: Revocations) -> Self {
+        publish(&list);
+        Self(RwLock::new(Arc::new(list)))
+    }
+
+    /// The list in force now.
+    pub fn get(&self) -> Arc<Revocations> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, list: Revocations) {
+        publish(&list);
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
+    }
+}
+
+fn publish(list: &Revocations) {
+    metrics::gauge!("canopy_gateway_checkin_revoked").set(list.len() as f64);
+}
+
+/// Watches `path` and puts each new version in force, while `list` is in use.
+pub async fn watch(path: PathBuf, list: std::sync::Weak<InForce>) {
+    let mut seen = stamp(&path);
+    let mut settling = None;
+    let mut interval = tokio::time::interval(POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if list.strong_count() == 0 {
+            return;
+        }
+        let now = stamp(&path);
+        if now == seen {
+            settling = None;
+            continue;
+        }
+        if settling != Some(now) {
+            settling = Some(now);
+            continue;
+        }
+        settling = None;
+        seen = now;
+        let Some(in_force) = list.upgrade() else {
+            return;
+        };
+        match load(&path) {
+            Ok(l) => {
+                info!(file = %path.display(), entries = l.len(), "check-in revocation list loaded");
+                in_force.set(l);
+            }
+            Err(e) => {
+                warn!("check-in revocation list not changed, the one in force stays: {e}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_list_names_its_file_and_lines_and_a_missing_one_voids_nothing() {
+        let dir = std::env::temp_dir().join(format!("canopy-revoked-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("revoked.txt");
+        assert!(load(&path).expect("missing").is_empty());
+        std::fs::write(&path, "token t-1\nticket t-2\nattendee\n").expect("write");
+        let text = load(&path).expect_err("bad lines").to_string();
+        let p = path.display();
+        assert!(text.contains(&format!("{p}:2: \"ticket\"")), "{text}");
+        assert!(text.contains(&format!("{p}:3: the attendee id")), "{text}");
+        std::fs::write(&path, "token t-1\nattendee A-1\n").expect("write");
+        assert_eq!(load(&path).expect("list").len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
