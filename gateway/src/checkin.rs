@@ -50,13 +50,15 @@ impl Desk {
         let Some(verifier) = ci.public_key.as_deref().and_then(Verifier::from_base64) else {
             return Ok(None);
         };
+        let seen = ci.revoked.as_deref().map(crate::revocations::version);
         let revoked = Arc::new(InForce::new(match &ci.revoked {
             Some(path) => crate::revocations::load(path)?,
             None => Revocations::default(),
         }));
-        if let Some(path) = &ci.revoked {
+        if let (Some(path), Some(seen)) = (&ci.revoked, seen) {
             tokio::spawn(crate::revocations::watch(
                 path.clone(),
+                seen,
                 Arc::downgrade(&revoked),
             ));
         }

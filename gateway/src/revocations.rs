@@ -1,34 +1,52 @@
 //! The organizer's voided check-in tokens on disk (`[checkin] revoked`, the shell of
 //! `ledger::revocations`): read at start (a bad line stops the start, naming the file and
-//! the line), then looked at every [`POLL`] and put in force when it has changed and
-//! stayed so for one more look (a file caught half copied must not let a voided ticket
-//! in). A list that stops parsing is logged with its lines and the one in force stays; a
-//! missing file voids nothing. The crew copies a new list onto the box (or the organizer's
-//! system pushes it there); it works with no uplink.
+//! the line), then looked at every [`POLL`] and put in force once a new version has stayed
+//! the same for [`SETTLE`]. A list that stops parsing is logged with its lines and the one
+//! in force stays; one that cannot be read is tried again at every look; a missing file
+//! voids nothing. The crew copies a new list onto the box (or the organizer's system
+//! pushes it there); it works with no uplink. The safe way to copy is to write another
+//! file and rename it over the list (`mv`, `rsync`, `install`): a copy written in place
+//! that stalls longer than [`SETTLE`] is read as it stands then, a shorter list.
 
 use ledger::revocations::Revocations;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tracing::{info, warn};
-use tunnel_io::own_cert::stamp;
+use tunnel_io::own_cert::{stamp, Stamp};
 
-/// How often the file is looked at: a new list is in force within two of these.
+/// How often the file is looked at.
 pub const POLL: Duration = Duration::from_millis(500);
+/// A new version is read once it has stayed the same this long.
+pub const SETTLE: Duration = Duration::from_secs(2);
+/// Largest list read, bytes (a million entries of the longest ids).
+const MAX_FILE: u64 = 160 << 20;
 
 /// Why a list cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// It could not be read.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", .path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
+    /// Over [`MAX_FILE`] bytes.
+    #[error("{path}: {len} bytes, over the {MAX_FILE} a list may have")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+    },
     /// Lines that do not parse.
-    #[error("{}", .errors.iter().map(|e| format!("{}:{}: {}", .path.display(), e.line, e.what)).collect::<Vec<_>>().join("\n"))]
+    #[error("{}", .errors.iter().map(|e| if e.line > 0 {
+        format!("{}:{}: {}", .path.display(), e.line, e.what)
+    } else {
+        format!("{}: {}", .path.display(), e.what)
+    }).collect::<Vec<_>>().join("\n"))]
     Lines {
         /// The file.
         path: PathBuf,
@@ -39,6 +57,16 @@ pub enum LoadError {
 
 /// Reads the list at `path`; a missing file is an empty list.
 pub fn load(path: &Path) -> Result<Revocations, LoadError> {
+    if let Some(len) = std::fs::metadata(path)
+        .ok()
+        .map(|m| m.len())
+        .filter(|l| *l > MAX_FILE)
+    {
+        return Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+            len,
+        });
+    }
     match std::fs::read_to_string(path) {
         Ok(text) => Revocations::parse(&text).map_err(|errors| LoadError::Lines {
             path: path.to_path_buf(),
@@ -78,10 +106,18 @@ fn publish(list: &Revocations) {
     metrics::gauge!("canopy_gateway_checkin_revoked").set(list.len() as f64);
 }
 
-/// Watches `path` and puts each new version in force, while `list` is in use.
-pub async fn watch(path: PathBuf, list: std::sync::Weak<InForce>) {
-    let mut seen = stamp(&path);
-    let mut settling = None;
+/// The version of the file at `path` now (take it before [`load`], and hand it to
+/// [`watch`], so that a version written in between is not missed).
+pub fn version(path: &Path) -> Stamp {
+    stamp(path)
+}
+
+/// Watches `path` (its version `seen` in force) and puts each new version in force, while
+/// `list` is in use.
+pub async fn watch(path: PathBuf, mut seen: Stamp, list: std::sync::Weak<InForce>) {
+    let mut settling: Option<(Stamp, tokio::time::Instant)> = None;
+    // a version that could not be read: tried again at every look, logged once
+    let mut unreadable: Option<Stamp> = None;
     let mut interval = tokio::time::interval(POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -94,24 +130,48 @@ pub async fn watch(path: PathBuf, list: std::sync::Weak<InForce>) {
             settling = None;
             continue;
         }
-        if settling != Some(now) {
-            settling = Some(now);
-            continue;
+        match settling {
+            Some((s, since)) if s == now => {
+                if since.elapsed() < SETTLE {
+                    continue;
+                }
+            }
+            _ => {
+                settling = Some((now, tokio::time::Instant::now()));
+                continue;
+            }
         }
-        settling = None;
-        seen = now;
+        let p = path.clone();
+        let loaded = match tokio::task::spawn_blocking(move || load(&p)).await {
+            Ok(l) => l,
+            Err(e) => Err(LoadError::Read {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            }),
+        };
         let Some(in_force) = list.upgrade() else {
             return;
         };
-        match load(&path) {
+        match loaded {
             Ok(l) => {
                 info!(file = %path.display(), entries = l.len(), "check-in revocation list loaded");
                 in_force.set(l);
+            }
+            Err(LoadError::Read { .. }) if unreadable == Some(now) => continue,
+            Err(e @ LoadError::Read { .. }) => {
+                warn!(
+                    "check-in revocation list not read, the one in force stays (tried again): {e}"
+                );
+                unreadable = Some(now);
+                continue;
             }
             Err(e) => {
                 warn!("check-in revocation list not changed, the one in force stays: {e}")
             }
         }
+        settling = None;
+        unreadable = None;
+        seen = now;
     }
 }
 

@@ -4,13 +4,14 @@
 //! "forged") and before the register.
 //!
 //! One entry a line: `token <token id>` voids one token, `attendee <attendee id>` every
-//! token of that attendee. The id is the rest of the line, trimmed (ids may hold spaces).
-//! A line whose first visible character is `#` is a comment; blank lines are skipped.
+//! token of that attendee. The id is the rest of the line, trimmed (ids may hold spaces and
+//! `#`); a `#` after a space or tab starts a comment, and so does a line's first `#`. Blank
+//! lines are skipped; a byte order mark before the first line is ignored.
 //!
 //! ```text
 //! # refunds, 2027-05-01
-//! token t-00042
-//! attendee A-1187
+//! token t-00042          # one token
+//! attendee A-1187        # every token of this attendee
 //! ```
 
 use crate::token::{Grant, MAX_FIELD};
@@ -18,6 +19,8 @@ use std::collections::HashSet;
 
 /// Entries a list holds at most.
 pub const MAX_ENTRIES: usize = 1_000_000;
+/// Bad lines named at most (the count of the rest follows).
+pub const MAX_ERRORS: usize = 20;
 
 /// What voided a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +52,18 @@ impl Revocations {
     pub fn parse(text: &str) -> Result<Self, Vec<LineError>> {
         let mut list = Self::default();
         let mut errors = Vec::new();
+        let mut more = 0;
+        let mut bad = |errors: &mut Vec<LineError>, e: LineError| {
+            if errors.len() < MAX_ERRORS {
+                errors.push(e);
+            } else {
+                more += 1;
+            }
+        };
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (i, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
+            let line = without_comment(raw).trim();
+            if line.is_empty() {
                 continue;
             }
             let (word, id) = line
@@ -61,27 +73,36 @@ impl Revocations {
                 "token" => true,
                 "attendee" => false,
                 _ => {
-                    errors.push(LineError {
-                        line: i + 1,
-                        what: format!(
-                            "{word:?}: a line is `token <id>` or `attendee <id>` (or `# a comment`)"
-                        ),
-                    });
+                    bad(
+                        &mut errors,
+                        LineError {
+                            line: i + 1,
+                            what: format!(
+                                "{word:?}: a line is `token <id>` or `attendee <id>` (or `# a comment`)"
+                            ),
+                        },
+                    );
                     continue;
                 }
             };
             if id.is_empty() || id.len() > MAX_FIELD {
-                errors.push(LineError {
-                    line: i + 1,
-                    what: format!("the {word} id must be 1 to {MAX_FIELD} bytes"),
-                });
+                bad(
+                    &mut errors,
+                    LineError {
+                        line: i + 1,
+                        what: format!("the {word} id must be 1 to {MAX_FIELD} bytes"),
+                    },
+                );
                 continue;
             }
             if list.len() >= MAX_ENTRIES {
-                errors.push(LineError {
-                    line: i + 1,
-                    what: format!("a list holds at most {MAX_ENTRIES} entries"),
-                });
+                bad(
+                    &mut errors,
+                    LineError {
+                        line: i + 1,
+                        what: format!("a list holds at most {MAX_ENTRIES} entries"),
+                    },
+                );
                 break;
             }
             let set = if token {
@@ -90,6 +111,12 @@ impl Revocations {
                 &mut list.attendees
             };
             set.insert(id.to_owned());
+        }
+        if more > 0 {
+            errors.push(LineError {
+                line: 0,
+                what: format!("and {more} more bad lines"),
+            });
         }
         if errors.is_empty() {
             Ok(list)
@@ -120,6 +147,20 @@ impl Revocations {
     }
 }
 
+/// `line` without its comment: from its first `#` when that starts the line (after
+/// blanks) or follows a space or tab.
+fn without_comment(line: &str) -> &str {
+    let b = line.as_bytes();
+    let at = (0..b.len()).find(|&i| {
+        b[i] == b'#'
+            && (i == 0
+                || b[i - 1] == b' '
+                || b[i - 1] == b'\t'
+                || b[..i].iter().all(u8::is_ascii_whitespace))
+    });
+    at.map_or(line, |i| &line[..i])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,13 +178,16 @@ mod tests {
     #[test]
     fn a_token_or_every_token_of_an_attendee() {
         let list = Revocations::parse(
-            "# refunds\n\ntoken t-42\n  attendee   A 1187  \n\t# indented comment\r\ntoken t-#7\n",
+            "\u{feff}# refunds\n\ntoken t-42   # a refund\n  attendee   A 1187  \n\t# indented comment\r\ntoken t-#7\ttoken\t# tab\n",
         )
         .expect("parses");
         assert_eq!(list.len(), 3);
+        assert_eq!(
+            list.check(&grant("A-1", "t-#7\ttoken")),
+            Some(Voided::Token)
+        );
         assert_eq!(list.check(&grant("A-1", "t-42")), Some(Voided::Token));
         assert_eq!(list.check(&grant("A 1187", "t-1")), Some(Voided::Attendee));
-        assert_eq!(list.check(&grant("A-1", "t-#7")), Some(Voided::Token));
         assert_eq!(list.check(&grant("A-1", "t-43")), None);
         assert!(Revocations::parse("").expect("empty").is_empty());
     }
@@ -151,10 +195,15 @@ mod tests {
     #[test]
     fn every_bad_line_is_named() {
         let long = format!("token {}", "x".repeat(MAX_FIELD + 1));
-        let text = format!("token ok\nticket t-1\ntoken\n{long}\nattendee A-1\n");
+        let text = format!("token ok\nticket t-1\ntoken  # none\n{long}\nattendee A-1\n");
         let errors = Revocations::parse(&text).expect_err("bad lines");
         let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, [2, 3, 4]);
         assert!(errors[0].what.contains("\"ticket\""), "{errors:?}");
+        // a file of garbage is named in its first lines, and counted
+        let junk = "x\n".repeat(1000);
+        let errors = Revocations::parse(&junk).expect_err("junk");
+        assert_eq!(errors.len(), MAX_ERRORS + 1);
+        assert_eq!(errors[MAX_ERRORS].what, "and 980 more bad lines");
     }
 }
