@@ -14,10 +14,12 @@ use bytes::{Bytes, BytesMut};
 use http::Method;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::debug;
+use tunnel::chunk_gate::ChunkGate;
 use tunnel::pull::Failed;
 use tunnel::push::{Next, PushedBody};
 use tunnel::resend_rank::ResendRanks;
@@ -313,6 +315,12 @@ async fn send_all(
     // the pieces sent again and on their way, by ticket: a piece's rank among them orders
     // it on its path
     let mut resending: ResendRanks<u64> = ResendRanks::default();
+    // new chunks write in offset order on their path, within its allowance
+    // (`tunnel::chunk_gate`); each waits on its turn
+    let mut gate: ChunkGate<u64> = ChunkGate::default();
+    let mut turns: HashMap<u64, watch::Sender<bool>> = HashMap::new();
+    // chunks that ended, told at once (the loop collects their tasks only when it waits)
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     // the relay's front as far as the gateway knows: a piece sent again is dropped on its
     // way once the front passes it
     let (front_tx, front_rx) = watch::channel(0u64);
@@ -321,6 +329,9 @@ async fn send_all(
     loop {
         if body.done() {
             return Ok(());
+        }
+        while let Ok(ticket) = ended_rx.try_recv() {
+            open_turns(&turns, &gate.end(&ticket, |p| allowance(&bond, p)));
         }
         // a path silent for a while has most likely lost what it carries (a cut link),
         // though the bond calls it down only later: its chunks go again now
@@ -458,6 +469,18 @@ async fn send_all(
                     tracing::trace!(offset, len = data.len(), path, rank = ?rank, "chunk placed");
                     // a piece sent again is dropped once the relay has its bytes
                     let front = rank.map(|_| front_rx.clone());
+                    // a new chunk waits its turn on its path (a piece sent again goes at once)
+                    let turn = rank.is_none().then(|| {
+                        let (tx, rx) = watch::channel(false);
+                        turns.insert(ticket, tx);
+                        let len = data.len() as u64;
+                        let allowed = allowance(&bond, path);
+                        open_turns(&turns, &gate.start(ticket, path, offset, len, allowed));
+                        Turn {
+                            turn: rx,
+                            front: front_rx.clone(),
+                        }
+                    });
                     let fut = send_one(
                         bond.clone(),
                         path,
@@ -468,12 +491,20 @@ async fn send_all(
                             offset,
                             data,
                         },
-                        rank,
-                        front,
+                        Order {
+                            resent: rank,
+                            front,
+                            turn,
+                        },
                         timeout,
                     );
                     let task = Task::Chunk(ticket);
-                    inflight.spawn(async move { (task, fut.await) });
+                    let ended = ended_tx.clone();
+                    inflight.spawn(async move {
+                        let r = fut.await;
+                        let _ = ended.send(ticket);
+                        (task, r)
+                    });
                     placed = true;
                     no_path.placed();
                 }
@@ -493,7 +524,11 @@ async fn send_all(
                     return Err("a chunk's task failed".into());
                 };
                 match task {
-                    Task::Chunk(ticket) => resending.end(&ticket),
+                    Task::Chunk(ticket) => {
+                        resending.end(&ticket);
+                        turns.remove(&ticket);
+                        open_turns(&turns, &gate.end(&ticket, |p| allowance(&bond, p)));
+                    }
                     Task::Ask(offset) if asking == Some(offset) => asking = None,
                     Task::Ask(_) => {}
                 }
@@ -506,10 +541,15 @@ async fn send_all(
                         if let Sent::Answered(Some(front)) = sent {
                             body.relay_has(front);
                         }
-                        front_tx.send_if_modified(|f| {
+                        let moved = front_tx.send_if_modified(|f| {
                             let now = body.in_order();
                             (now > *f).then(|| *f = now).is_some()
                         });
+                        if moved {
+                            // chunks whose bytes came another way give up their place
+                            let passed = gate.passed(body.in_order(), |p| allowance(&bond, p));
+                            open_turns(&turns, &passed);
+                        }
                         continue;
                     }
                     (Task::Ask(_), Err(e)) => {
@@ -574,7 +614,18 @@ fn ask_front(
     };
     *asking = Some(question.offset);
     let task = Task::Ask(question.offset);
-    let fut = send_one(bond.clone(), path, flow, question, Some(0), None, timeout);
+    let fut = send_one(
+        bond.clone(),
+        path,
+        flow,
+        question,
+        Order {
+            resent: Some(0),
+            front: None,
+            turn: None,
+        },
+        timeout,
+    );
     inflight.spawn(async move { (task, fut.await) });
 }
 
@@ -617,17 +668,58 @@ impl ChunkOf {
     }
 }
 
+/// The bytes a stripe's earlier chunks on `path` may hold while a chunk writes
+/// (`tunnel::chunk_gate::allowance`).
+fn allowance(bond: &Bond, path: PathId) -> u64 {
+    bond.views()
+        .iter()
+        .find(|v| v.id == path)
+        .map_or(2 * CHUNK, |v| {
+            tunnel::chunk_gate::allowance(v.rate_up, v.srtt, CHUNK)
+        })
+}
+
+/// Lets the chunks of `tickets` write.
+fn open_turns(turns: &HashMap<u64, watch::Sender<bool>>, tickets: &[u64]) {
+    for t in tickets {
+        if let Some(tx) = turns.get(t) {
+            tx.send_replace(true);
+        }
+    }
+}
+
+/// How a chunk goes (see [`send_one`]).
+struct Order {
+    /// Its rank among the pieces sent again (0 for a question).
+    resent: Option<u8>,
+    /// The relay's front, for a piece sent again.
+    front: Option<watch::Receiver<u64>>,
+    /// A new chunk's turn on its path.
+    turn: Option<Turn>,
+}
+
+/// A new chunk's turn to write on its path, and the relay's front (a chunk the front
+/// passed while it waited is not sent).
+struct Turn {
+    turn: watch::Receiver<bool>,
+    front: watch::Receiver<u64>,
+}
+
 /// One chunk on one path, up to the relay's answer. It goes ahead of bulk when `resent`
 /// (its rank among the pieces sent again, or 0 for a question). Given the gateway's view
 /// of the relay's `front`, it is dropped (its stream reset) once the front passes its
-/// end, or not sent at all if it did already.
+/// end, or not sent at all if it did already. A new chunk with a `turn` waits for it
+/// before it opens its stream (not sent at all if the front passes it meanwhile).
 async fn send_one(
     bond: Arc<Bond>,
     id: PathId,
     flow: Arc<Flow>,
     chunk: ChunkOf,
-    resent: Option<u8>,
-    mut front: Option<watch::Receiver<u64>>,
+    Order {
+        resent,
+        mut front,
+        turn,
+    }: Order,
     timeout: Duration,
 ) -> Result<Sent, ChunkError> {
     let ChunkOf {
@@ -642,14 +734,31 @@ async fn send_one(
         reason,
     };
     let path = bond.paths()[id].clone();
-    let Some(live) = path.live().or_else(|| path.connected()) else {
-        return Err(fail(true, format!("uplink {} is not connected", path.name)));
-    };
     let n = data.len() as u64;
+    let end = offset + n;
     let class = flow.class();
     let mut watch = path.watch();
     let died = async move { until_dead(&mut watch).await };
     tokio::pin!(died);
+    // its turn on the path, bounded on its own (the exchange's bound is for the relay)
+    if let Some(Turn {
+        turn: mut t,
+        front: mut f,
+    }) = turn
+    {
+        tokio::select! {
+            r = tokio::time::timeout(timeout, t.wait_for(|&open| open)) => match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(fail(true, "the stripe ended".into())),
+                Err(_) => return Err(fail(true, format!("no turn on uplink {} in time", path.name))),
+            },
+            _ = f.wait_for(|&at| at >= end) => return Ok(Sent::Dropped),
+            _ = &mut died => return Err(fail(true, format!("uplink {} went down", path.name))),
+        }
+    }
+    let Some(live) = path.live().or_else(|| path.connected()) else {
+        return Err(fail(true, format!("uplink {} is not connected", path.name)));
+    };
     let chunk = wire::stripe::StripeChunk {
         id: stripe,
         offset,
@@ -658,7 +767,6 @@ async fn send_one(
     let Some(req) = chunk.request(class.as_str()) else {
         return Err(fail(false, "cannot build a chunk request".into()));
     };
-    let end = offset + n;
     if front.as_ref().is_some_and(|f| *f.borrow() >= end) {
         // passed while it waited for its turn: not sent at all
         return Ok(Sent::Dropped);

@@ -8,6 +8,7 @@
 
 pub mod actions;
 pub mod allowlist;
+pub mod chunk_gate;
 pub mod class;
 pub mod congestion;
 pub mod contribution;
