@@ -361,7 +361,7 @@ impl AuctionSink {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(at_us);
-        let (placed, pending, standing) = {
+        let (placed, pending, standing, held) = {
             let mut a = self.auction();
             let placed = a.place(LotBid {
                 lot: lot.to_owned(),
@@ -376,7 +376,7 @@ impl AuctionSink {
                 Ok(p) if !p.again => Some(self.journal.submit(&Entry::LotBid(p.bid.clone()))),
                 _ => None,
             };
-            (placed, pending, a.standing(lot, at_us))
+            (placed, pending, a.standing(lot, at_us), a.held())
         };
         if let Some(p) = pending {
             if let Err(e) = p.await {
@@ -395,7 +395,7 @@ impl AuctionSink {
             Err(e) => refusal_code(e),
         };
         metrics::counter!("canopy_relay_auction_bids_total", "result" => outcome).increment(1);
-        metrics::gauge!("canopy_relay_auction_bids_held").set(self.auction().held() as f64);
+        metrics::gauge!("canopy_relay_auction_bids_held").set(held as f64);
         Ok(match placed {
             Ok(p) => {
                 let mut v = serde_json::json!({

@@ -459,11 +459,10 @@ impl Auction {
     pub fn foldable(&self, now_us: u64) -> Vec<Folding> {
         self.lots
             .values()
-            .filter(|s| s.tally.is_none())
+            .filter(|s| s.tally.is_none() && self.phase(s, now_us) == Phase::Closed)
             .filter_map(|s| {
-                let standing = self.standing(&s.lot.id, now_us)?;
-                (standing.phase == Phase::Closed).then(|| Folding {
-                    standing,
+                Some(Folding {
+                    standing: self.standing(&s.lot.id, now_us)?,
                     bids: s.bids.values().cloned().collect(),
                 })
             })
@@ -475,8 +474,8 @@ impl Auction {
     /// and its latest `keep` bids; the others leave.
     pub fn fold(&mut self, archived: &Folding, now_us: u64, keep: usize) -> Result<(), FoldError> {
         let lot = archived.standing.lot.id.as_str();
-        let standing = self.standing(lot, now_us).ok_or(FoldError::UnknownLot)?;
-        if standing.phase != Phase::Closed || standing.folded {
+        let state = self.lots.get(lot).ok_or(FoldError::UnknownLot)?;
+        if self.phase(state, now_us) != Phase::Closed || state.tally.is_some() {
             return Err(FoldError::NotFinal);
         }
         let state = self.lots.get_mut(lot).ok_or(FoldError::UnknownLot)?;
@@ -524,6 +523,18 @@ impl Auction {
         out
     }
 
+    /// Where lot `state` stands at `now_us` (from its close alone).
+    fn phase(&self, state: &LotState, now_us: u64) -> Phase {
+        let close = state.lot.closes_at_us;
+        if now_us < close {
+            Phase::Open
+        } else if now_us <= close.saturating_add(self.cfg.max_outage_us) {
+            Phase::Closing
+        } else {
+            Phase::Closed
+        }
+    }
+
     /// Bids held by the lots not folded, together.
     pub fn held(&self) -> usize {
         self.held
@@ -532,14 +543,7 @@ impl Auction {
     /// A lot's standings at `now_us`.
     pub fn standing(&self, lot: &str, now_us: u64) -> Option<Standing> {
         let state = self.lots.get(lot)?;
-        let close = state.lot.closes_at_us;
-        let phase = if now_us < close {
-            Phase::Open
-        } else if now_us <= close.saturating_add(self.cfg.max_outage_us) {
-            Phase::Closing
-        } else {
-            Phase::Closed
-        };
+        let phase = self.phase(state, now_us);
         let (bids, raises) = state.tally.unwrap_or_else(|| tally(state));
         Some(Standing {
             lot: state.lot.clone(),
