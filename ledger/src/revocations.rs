@@ -48,69 +48,41 @@ pub struct Revocations {
 }
 
 impl Revocations {
-    /// Reads a list; every bad line is named.
+    /// Reads a list; every bad line is named (the first [`MAX_ERRORS`], then a count).
     pub fn parse(text: &str) -> Result<Self, Vec<LineError>> {
         let mut list = Self::default();
         let mut errors = Vec::new();
         let mut more = 0;
-        let mut bad = |errors: &mut Vec<LineError>, e: LineError| {
-            if errors.len() < MAX_ERRORS {
-                errors.push(e);
-            } else {
-                more += 1;
-            }
-        };
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (i, raw) in text.lines().enumerate() {
             let line = without_comment(raw).trim();
             if line.is_empty() {
                 continue;
             }
-            let (word, id) = line
-                .split_once(char::is_whitespace)
-                .map_or((line, ""), |(w, rest)| (w, rest.trim()));
-            let token = match word {
-                "token" => true,
-                "attendee" => false,
-                _ => {
-                    bad(
-                        &mut errors,
-                        LineError {
-                            line: i + 1,
-                            what: format!(
-                                "{word:?}: a line is `token <id>` or `attendee <id>` (or `# a comment`)"
-                            ),
-                        },
-                    );
+            let mut full = false;
+            let what = match entry(line) {
+                Ok(_) if list.len() >= MAX_ENTRIES => {
+                    full = true;
+                    format!("a list holds at most {MAX_ENTRIES} entries")
+                }
+                Ok((Voided::Token, id)) => {
+                    list.tokens.insert(id.to_owned());
                     continue;
                 }
+                Ok((Voided::Attendee, id)) => {
+                    list.attendees.insert(id.to_owned());
+                    continue;
+                }
+                Err(what) => what,
             };
-            if id.is_empty() || id.len() > MAX_FIELD {
-                bad(
-                    &mut errors,
-                    LineError {
-                        line: i + 1,
-                        what: format!("the {word} id must be 1 to {MAX_FIELD} bytes"),
-                    },
-                );
-                continue;
+            if errors.len() < MAX_ERRORS {
+                errors.push(LineError { line: i + 1, what });
+            } else {
+                more += 1;
             }
-            if list.len() >= MAX_ENTRIES {
-                bad(
-                    &mut errors,
-                    LineError {
-                        line: i + 1,
-                        what: format!("a list holds at most {MAX_ENTRIES} entries"),
-                    },
-                );
+            if full {
                 break;
             }
-            let set = if token {
-                &mut list.tokens
-            } else {
-                &mut list.attendees
-            };
-            set.insert(id.to_owned());
         }
         if more > 0 {
             errors.push(LineError {
@@ -145,6 +117,26 @@ impl Revocations {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// One line's entry (a line without its comment, trimmed, not blank), or what is wrong.
+fn entry(line: &str) -> Result<(Voided, &str), String> {
+    let (word, id) = line
+        .split_once(char::is_whitespace)
+        .map_or((line, ""), |(w, rest)| (w, rest.trim()));
+    let voided = match word {
+        "token" => Voided::Token,
+        "attendee" => Voided::Attendee,
+        _ => {
+            return Err(format!(
+                "{word:?}: a line is `token <id>` or `attendee <id>` (or `# a comment`)"
+            ))
+        }
+    };
+    if id.is_empty() || id.len() > MAX_FIELD {
+        return Err(format!("the {word} id must be 1 to {MAX_FIELD} bytes"));
+    }
+    Ok((voided, id))
 }
 
 /// `line` without its comment: from its first `#` when that starts the line (after
