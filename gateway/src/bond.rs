@@ -187,7 +187,7 @@ impl Path {
     }
 
     /// The path's smoothed RTT.
-    fn srtt(&self) -> Duration {
+    pub(crate) fn srtt(&self) -> Duration {
         self.lock().est.health().srtt()
     }
 

@@ -331,6 +331,7 @@ async fn send_all(
             return Ok(());
         }
         while let Ok(ticket) = ended_rx.try_recv() {
+            turns.remove(&ticket);
             open_turns(&turns, &gate.end(&ticket, |p| allowance(&bond, p)));
         }
         // a path silent for a while has most likely lost what it carries (a cut link),
@@ -524,11 +525,8 @@ async fn send_all(
                     return Err("a chunk's task failed".into());
                 };
                 match task {
-                    Task::Chunk(ticket) => {
-                        resending.end(&ticket);
-                        turns.remove(&ticket);
-                        open_turns(&turns, &gate.end(&ticket, |p| allowance(&bond, p)));
-                    }
+                    // (its turn and its place in the gate went as it ended: `ended_rx`)
+                    Task::Chunk(ticket) => resending.end(&ticket),
                     Task::Ask(offset) if asking == Some(offset) => asking = None,
                     Task::Ask(_) => {}
                 }
@@ -671,12 +669,9 @@ impl ChunkOf {
 /// The bytes a stripe's earlier chunks on `path` may hold while a chunk writes
 /// (`tunnel::chunk_gate::allowance`).
 fn allowance(bond: &Bond, path: PathId) -> u64 {
-    bond.views()
-        .iter()
-        .find(|v| v.id == path)
-        .map_or(2 * CHUNK, |v| {
-            tunnel::chunk_gate::allowance(v.rate_up, v.srtt, CHUNK)
-        })
+    bond.paths().get(path).map_or(2 * CHUNK, |p| {
+        tunnel::chunk_gate::allowance(p.rate_up(), p.srtt(), CHUNK)
+    })
 }
 
 /// Lets the chunks of `tickets` write.
