@@ -17,9 +17,10 @@
 //! A lot whose result is final (closed, its outage window passed) is folded at start and
 //! every minute: every bid it took is appended to `[auction] archive` (one JSON line per
 //! lot, synced), then the lot keeps its tally, its leader and its latest 10 bids, and the
-//! journal is rewritten with what the auction holds. So the log and the memory hold the
-//! open lots' bids and a small record of each closed one, however many sales the relay
-//! has run.
+//! journal is rewritten with what the auction holds. A folded lot made through the API
+//! leaves altogether `[auction] retire_after_days` after its result became final (its id
+//! is then unknown, and free). So the log and the memory hold the open lots' bids and a
+//! small record of each recent closed one, however many sales the relay has run.
 
 use crate::config::AuctionSection;
 use crate::server::{read_capped, Capped, Intake, Stream};
@@ -56,6 +57,8 @@ pub(crate) struct AuctionSink {
     journal: Journal,
     /// Where folded lots' bids go.
     archive: PathBuf,
+    /// How long a folded lot made through the API stays after its result is final, µs.
+    retire_after_us: u64,
     /// One lot setting at a time, from its check to its record on disk: a setting the
     /// journal refused is taken back before the next is checked.
     settings: tokio::sync::Mutex<()>,
@@ -101,6 +104,7 @@ impl AuctionSink {
             auction: Mutex::new(auction),
             journal: Journal::start(path.to_path_buf(), opened)?,
             archive: cfg.archive.clone(),
+            retire_after_us: cfg.retire_after_days.saturating_mul(86_400_000_000),
             settings: tokio::sync::Mutex::new(()),
         }))
     }
@@ -124,30 +128,31 @@ impl AuctionSink {
         });
     }
 
-    /// Archives the bids of every lot whose result became final, folds those lots, then
-    /// rewrites the journal with what the auction holds: how many lots were folded.
+    /// Archives the bids of every lot whose result became final, folds those lots, retires
+    /// the folded lots made through the API that have been final for `[auction]
+    /// retire_after_days`, then rewrites the journal with what the auction holds: how many
+    /// lots were folded.
     pub(crate) async fn fold_final(&self) -> Result<usize, FoldError> {
         // no lot setting in between: a setting taken back must not reach the snapshot
         let _one = self.settings.lock().await;
         let folding = self.auction().foldable(wall_us());
-        if folding.is_empty() {
-            return Ok(0);
+        if !folding.is_empty() {
+            let mut lines = Vec::new();
+            for f in &folding {
+                let line = serde_json::json!({
+                    "lot": standing_json(&f.standing),
+                    "bids": f.bids.iter().map(bid_json).collect::<Vec<_>>(),
+                });
+                lines.extend_from_slice(format!("{line}\n").as_bytes());
+            }
+            let archive = self.archive.clone();
+            tokio::task::spawn_blocking(move || append_synced(&archive, &lines))
+                .await
+                .map_err(|e| FoldError::Archive(std::io::Error::other(e)))?
+                .map_err(FoldError::Archive)?;
         }
-        let mut lines = Vec::new();
-        for f in &folding {
-            let line = serde_json::json!({
-                "lot": standing_json(&f.standing),
-                "bids": f.bids.iter().map(bid_json).collect::<Vec<_>>(),
-            });
-            lines.extend_from_slice(format!("{line}\n").as_bytes());
-        }
-        let archive = self.archive.clone();
-        tokio::task::spawn_blocking(move || append_synced(&archive, &lines))
-            .await
-            .map_err(|e| FoldError::Archive(std::io::Error::other(e)))?
-            .map_err(FoldError::Archive)?;
         let from = self.journal.stats().len;
-        let (folded, archived, rewrite, held) = {
+        let (folded, archived, retired, rewrite, held) = {
             let mut a = self.auction();
             let now = wall_us();
             let mut folded = 0;
@@ -165,19 +170,29 @@ impl AuctionSink {
                     }
                 }
             }
+            let retired = a.retire(now, self.retire_after_us);
             // under the lock: the rewrite follows every record submitted before it
-            let rewrite = (folded > 0).then(|| self.journal.submit_rewrite(a.snapshot()));
-            (folded, archived, rewrite, a.held())
+            let rewrite = (folded > 0 || !retired.is_empty())
+                .then(|| self.journal.submit_rewrite(a.snapshot()));
+            (folded, archived, retired, rewrite, a.held())
         };
         let Some(rewrite) = rewrite else {
             return Ok(0);
         };
         rewrite.await.map_err(FoldError::Journal)?;
         metrics::counter!("canopy_relay_auction_lots_folded_total").increment(folded as u64);
+        metrics::counter!("canopy_relay_auction_lots_retired_total")
+            .increment(retired.len() as u64);
         metrics::gauge!("canopy_relay_auction_bids_held").set(held as f64);
-        info!(lots = folded, bids = archived, archive = %self.archive.display(),
-            journal_from = from, journal_to = self.journal.stats().len, bids_held = held,
-            "auction: final lots archived and folded");
+        if folded > 0 {
+            info!(lots = folded, bids = archived, archive = %self.archive.display(),
+                journal_from = from, journal_to = self.journal.stats().len, bids_held = held,
+                "auction: final lots archived and folded");
+        }
+        if !retired.is_empty() {
+            info!(lots = retired.len(), first = %retired[0], archive = %self.archive.display(),
+                "auction: folded lots made through /api/lots retired (their bids are in the archive)");
+        }
         Ok(folded)
     }
 
@@ -593,6 +608,63 @@ mod tests {
         // read back from the rewritten log
         let again = AuctionSink::open(&cfg).expect("open").expect("on");
         assert_eq!(again.lot_json("7"), Some(after));
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_lot_made_through_the_api_retires_after_it_is_folded() {
+        let dir = temp_dir("retire");
+        let close_us = (wall_us() / 1_000_000 - 10) * 1_000_000;
+        let journal = dir.join("auction.journal");
+        {
+            let j = Journal::start(journal.clone(), ledger_io::open(&journal).expect("open"))
+                .expect("journal");
+            j.append(&Entry::LotSet(LotSet {
+                lot: "12".into(),
+                closes_at_us: close_us,
+                at_us: close_us - 60_000_000,
+            }))
+            .await
+            .expect("append");
+            for i in 0..3u64 {
+                let at = close_us - 1_000_000 + i;
+                j.append(&Entry::LotBid(LotBid {
+                    lot: "12".into(),
+                    scope: "stall-1".into(),
+                    key: format!("k-{i}"),
+                    bidder: format!("paddle-{i}"),
+                    amount: 100 + i,
+                    edge_us: at,
+                    at_us: at,
+                }))
+                .await
+                .expect("append");
+            }
+        }
+        let mut cfg = AuctionSection {
+            host: Some("auction.test".into()),
+            journal: journal.clone(),
+            archive: dir.join("archive.jsonl"),
+            max_outage_s: 1,
+            ..AuctionSection::default()
+        };
+        // kept while its retirement is days away
+        let sink = AuctionSink::open(&cfg).expect("open").expect("on");
+        assert_eq!(sink.fold_final().await.expect("folded"), 1);
+        assert_eq!(sink.lot_json("12").expect("lot 12")["folded"], true);
+        drop(sink);
+        cfg.retire_after_days = 0;
+        let sink = AuctionSink::open(&cfg).expect("open").expect("on");
+        assert_eq!(sink.fold_final().await.expect("nothing to fold"), 0);
+        assert!(sink.lot_json("12").is_none(), "retired");
+        let archived = std::fs::read_to_string(&cfg.archive).expect("archive");
+        assert_eq!(archived.lines().count(), 1);
+        drop(sink);
+        // gone from the log too
+        let again = AuctionSink::open(&cfg).expect("open").expect("on");
+        assert!(again.lot_json("12").is_none());
+        assert_eq!(again.auction().lot_ids().count(), 0);
         drop(again);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -154,6 +154,9 @@ pub struct AuctionSection {
     /// A bid placed before a lot's close counts if it arrives at most this long after the
     /// close (an outage held it back), s.
     pub max_outage_s: u64,
+    /// A folded lot made through the API leaves the auction this long after its result
+    /// became final (its bids stay in the archive), days.
+    pub retire_after_days: u64,
     /// `[[auction.lots]]`: the lots and their close times.
     pub lots: Vec<LotSection>,
 }
@@ -166,6 +169,7 @@ impl Default for AuctionSection {
             archive: "auction-archive.jsonl".into(),
             max_bids: 200_000,
             max_outage_s: 300,
+            retire_after_days: 30,
             lots: Vec::new(),
         }
     }
@@ -431,6 +435,12 @@ impl RelayConfig {
             errs.push((
                 "auction.max_outage_s".into(),
                 "must be at most 86400".into(),
+            ));
+        }
+        if a.retire_after_days > 36_500 {
+            errs.push((
+                "auction.retire_after_days".into(),
+                "must be at most 36500".into(),
             ));
         }
         let mut ids = std::collections::HashSet::new();

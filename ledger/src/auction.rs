@@ -22,7 +22,10 @@
 //! final (closed, and its outage window passed) is folded ([`Auction::fold`]): its tally is
 //! kept (`Entry::LotFinal`) with its leader and latest bids, the rest leave memory and,
 //! with the next [`Auction::snapshot`], the journal (the shell archives them first). A
-//! folded lot takes no bid and no setting.
+//! folded lot takes no bid and no setting. A folded lot made through the API is retired
+//! once its result has been final for a while ([`Auction::retire`]): it leaves the auction
+//! altogether, so lots made sale after sale never fill [`MAX_LOTS`]. Lots the config names
+//! stay (a restart would make them again, empty).
 
 use crate::record::{Entry, LotBid, LotFinal, LotSet};
 use std::collections::{BTreeMap, HashMap};
@@ -228,6 +231,8 @@ pub struct Auction {
     /// Journaled records of lots the auction no longer has (gone from the config): kept
     /// as they were, so that a snapshot loses nothing.
     orphans: Vec<Entry>,
+    /// The lots the config names.
+    configured: std::collections::HashSet<String>,
 }
 
 /// Why a lot was not folded.
@@ -247,12 +252,13 @@ pub enum FoldError {
 impl Auction {
     /// An auction of `lots`.
     pub fn new(cfg: AuctionConfig, lots: impl IntoIterator<Item = Lot>) -> Self {
-        let lots = lots
+        let lots: BTreeMap<String, LotState> = lots
             .into_iter()
             .map(|lot| (lot.id.clone(), LotState::new(lot)))
             .collect();
         Self {
             cfg,
+            configured: lots.keys().cloned().collect(),
             lots,
             held: 0,
             orphans: Vec::new(),
@@ -495,6 +501,28 @@ impl Auction {
         self.held -= bids as usize;
         state.tally = Some((bids, raises));
         Ok(())
+    }
+
+    /// Retires the folded lots made through the API whose result has been final for
+    /// `after_us` at `now_us`: they leave the auction (and, with the next snapshot, the
+    /// journal; their bids are in the archive), and their ids may be used again. Lots the
+    /// config names stay. The ids retired.
+    pub fn retire(&mut self, now_us: u64, after_us: u64) -> Vec<String> {
+        let final_since = self.cfg.max_outage_us.saturating_add(after_us);
+        let ids: Vec<String> = self
+            .lots
+            .values()
+            .filter(|s| {
+                s.tally.is_some()
+                    && !self.configured.contains(&s.lot.id)
+                    && now_us > s.lot.closes_at_us.saturating_add(final_since)
+            })
+            .map(|s| s.lot.id.clone())
+            .collect();
+        for id in &ids {
+            self.lots.remove(id);
+        }
+        ids
     }
 
     /// What a compacted journal holds: the records of lots no longer known, then each
@@ -899,5 +927,44 @@ mod tests {
         }
         assert_eq!(b.held(), a.held());
         assert_eq!(b.snapshot(), snap);
+    }
+
+    #[test]
+    fn a_folded_lot_made_through_the_api_retires_and_its_id_is_free_again() {
+        let day = 86_400_000_000;
+        let mut a = auction();
+        let t = CLOSE - 30_000_000;
+        assert!(a.set_lot(&set("9", CLOSE, t)).is_ok());
+        for lot in ["7", "9"] {
+            let mut b = bid("a", 100, t + 1, t + 1);
+            b.lot = lot.into();
+            a.place(b).unwrap();
+        }
+        let after = CLOSE + 60_000_001;
+        // not folded yet: nothing retires, however late
+        assert!(a.retire(after + 10 * day, day).is_empty());
+        for f in a.foldable(after) {
+            a.fold(&f, after, 10).unwrap();
+        }
+        // folded, but final for less than a day
+        assert!(a.retire(after + day - 2, day).is_empty());
+        // the lot the config names stays; the one made through the API goes
+        assert_eq!(a.retire(after + day, day), ["9"]);
+        assert!(a.standing("9", after + day).is_none());
+        assert!(a.standing("7", after + day).unwrap().folded);
+        let snap = a.snapshot();
+        assert!(snap
+            .iter()
+            .all(|e| !matches!(e, Entry::LotSet(s) if s.lot == "9")));
+        assert!(snap
+            .iter()
+            .all(|e| !matches!(e, Entry::LotBid(b) if b.lot == "9")));
+        let mut b = auction();
+        b.restore(&snap);
+        assert!(b.standing("9", after + day).is_none());
+        // its id makes a new lot
+        let now = after + day;
+        assert_eq!(a.set_lot(&set("9", now + 1, now)), Ok(LotChange::Created));
+        assert_eq!(a.standing("9", now).unwrap().bids, 0);
     }
 }
