@@ -133,9 +133,11 @@ impl AuctionSink {
     /// retire_after_days`, then rewrites the journal with what the auction holds: how many
     /// lots were folded.
     pub(crate) async fn fold_final(&self) -> Result<usize, FoldError> {
-        // no lot setting in between: a setting taken back must not reach the snapshot
+        // no lot setting in between: a setting taken back must not reach the snapshot, and
+        // no lot is made with the id of one about to retire
         let _one = self.settings.lock().await;
-        let folding = self.auction().foldable(wall_us());
+        let mut folding = self.auction().foldable(wall_us());
+        let mut not_archived = None;
         if !folding.is_empty() {
             let mut lines = Vec::new();
             for f in &folding {
@@ -146,13 +148,17 @@ impl AuctionSink {
                 lines.extend_from_slice(format!("{line}\n").as_bytes());
             }
             let archive = self.archive.clone();
-            tokio::task::spawn_blocking(move || append_synced(&archive, &lines))
+            let appended = tokio::task::spawn_blocking(move || append_synced(&archive, &lines))
                 .await
-                .map_err(|e| FoldError::Archive(std::io::Error::other(e)))?
-                .map_err(FoldError::Archive)?;
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = appended {
+                // nothing folds; lots folded before may still retire
+                folding.clear();
+                not_archived = Some(FoldError::Archive(e));
+            }
         }
         let from = self.journal.stats().len;
-        let (folded, archived, retired, rewrite, held) = {
+        let (folded, archived, retiring, rewrite) = {
             let mut a = self.auction();
             let now = wall_us();
             let mut folded = 0;
@@ -170,30 +176,39 @@ impl AuctionSink {
                     }
                 }
             }
-            let retired = a.retire(now, self.retire_after_us);
+            // lots retire once a journal without them is on disk: until then they stay
+            // (folded: no bid, no setting), and a failed rewrite finds them again next round
+            let retiring = a.retirable(now, self.retire_after_us);
             // under the lock: the rewrite follows every record submitted before it
-            let rewrite = (folded > 0 || !retired.is_empty())
-                .then(|| self.journal.submit_rewrite(a.snapshot()));
-            (folded, archived, retired, rewrite, a.held())
+            let rewrite = (folded > 0 || !retiring.is_empty())
+                .then(|| self.journal.submit_rewrite(a.snapshot_without(&retiring)));
+            (folded, archived, retiring, rewrite)
         };
-        let Some(rewrite) = rewrite else {
-            return Ok(0);
-        };
-        rewrite.await.map_err(FoldError::Journal)?;
-        metrics::counter!("canopy_relay_auction_lots_folded_total").increment(folded as u64);
-        metrics::counter!("canopy_relay_auction_lots_retired_total")
-            .increment(retired.len() as u64);
-        metrics::gauge!("canopy_relay_auction_bids_held").set(held as f64);
-        if folded > 0 {
-            info!(lots = folded, bids = archived, archive = %self.archive.display(),
-                journal_from = from, journal_to = self.journal.stats().len, bids_held = held,
-                "auction: final lots archived and folded");
+        if let Some(rewrite) = rewrite {
+            rewrite.await.map_err(FoldError::Journal)?;
+            let held = {
+                let mut a = self.auction();
+                a.retire(&retiring);
+                a.held()
+            };
+            metrics::counter!("canopy_relay_auction_lots_folded_total").increment(folded as u64);
+            metrics::counter!("canopy_relay_auction_lots_retired_total")
+                .increment(retiring.len() as u64);
+            metrics::gauge!("canopy_relay_auction_bids_held").set(held as f64);
+            if folded > 0 {
+                info!(lots = folded, bids = archived, archive = %self.archive.display(),
+                    journal_from = from, journal_to = self.journal.stats().len, bids_held = held,
+                    "auction: final lots archived and folded");
+            }
+            if let Some(first) = retiring.first() {
+                info!(lots = retiring.len(), first = %first, archive = %self.archive.display(),
+                    "auction: folded lots made through /api/lots retired (their bids are in the archive)");
+            }
         }
-        if !retired.is_empty() {
-            info!(lots = retired.len(), first = %retired[0], archive = %self.archive.display(),
-                "auction: folded lots made through /api/lots retired (their bids are in the archive)");
+        match not_archived {
+            Some(e) => Err(e),
+            None => Ok(folded),
         }
-        Ok(folded)
     }
 
     /// Whether a request for `host` is for the auction.
@@ -436,7 +451,8 @@ impl AuctionSink {
                     BidError::Closed { .. }
                     | BidError::TooLate { .. }
                     | BidError::Full
-                    | BidError::Final => StatusCode::CONFLICT,
+                    | BidError::Final
+                    | BidError::BeforeLot { .. } => StatusCode::CONFLICT,
                     // room comes back as closed lots are folded
                     BidError::AuctionFull => StatusCode::SERVICE_UNAVAILABLE,
                 };
@@ -472,6 +488,7 @@ fn refusal_code(e: &BidError) -> &'static str {
         BidError::Full => "full",
         BidError::AuctionFull => "auction_full",
         BidError::Final => "final",
+        BidError::BeforeLot { .. } => "before_lot",
     }
 }
 

@@ -96,6 +96,15 @@ pub enum BidError {
     /// The lot's result is final and its bids were folded.
     #[error("the lot's result is final")]
     Final,
+    /// Placed before the lot was made through the API: a bid for an earlier lot of that
+    /// id (retired since), held back by an outage.
+    #[error("placed at {edge_us} µs, before the lot was made at {made_at_us} µs")]
+    BeforeLot {
+        /// When the lot was made.
+        made_at_us: u64,
+        /// When the bid was placed.
+        edge_us: u64,
+    },
 }
 
 /// Lots an auction holds at most.
@@ -205,6 +214,8 @@ struct LotState {
     keys: HashMap<(String, String), u64>,
     /// When its close was last set through the API (a snapshot keeps the setting).
     set_at_us: Option<u64>,
+    /// When it was made through the API (none: the config names it).
+    made_at_us: Option<u64>,
     /// Its tally once folded: (bids, raises) of everything it took.
     tally: Option<(u64, u64)>,
 }
@@ -216,6 +227,7 @@ impl LotState {
             bids: BTreeMap::new(),
             keys: HashMap::new(),
             set_at_us: None,
+            made_at_us: None,
             tally: None,
         }
     }
@@ -290,6 +302,15 @@ impl Auction {
         }
         if bid.edge_us > bid.at_us.saturating_add(cfg.max_skew_us) {
             bid.edge_us = bid.at_us;
+        }
+        if let Some(made_at_us) = state
+            .made_at_us
+            .filter(|m| bid.edge_us.saturating_add(cfg.max_skew_us) < *m)
+        {
+            return Err(BidError::BeforeLot {
+                made_at_us,
+                edge_us: bid.edge_us,
+            });
         }
         let close = state.lot.closes_at_us;
         if bid.edge_us >= close {
@@ -405,14 +426,22 @@ impl Auction {
         }
     }
 
-    /// A journaled setting, taken as it was.
+    /// A journaled setting, taken as it was. A folded lot takes no setting, so a setting
+    /// of a folded lot's id read back from a journal makes a new lot of that id (the old
+    /// one was retired).
     fn apply(&mut self, set: &LotSet) {
-        let state = self.lots.entry(set.lot.clone()).or_insert_with(|| {
-            LotState::new(Lot {
+        let made = || {
+            let mut s = LotState::new(Lot {
                 id: set.lot.clone(),
                 closes_at_us: set.closes_at_us,
-            })
-        });
+            });
+            s.made_at_us = Some(set.at_us);
+            s
+        };
+        let state = self.lots.entry(set.lot.clone()).or_insert_with(made);
+        if state.tally.is_some() {
+            *state = made();
+        }
         state.lot.closes_at_us = set.closes_at_us;
         state.set_at_us = Some(set.at_us);
     }
@@ -503,14 +532,13 @@ impl Auction {
         Ok(())
     }
 
-    /// Retires the folded lots made through the API whose result has been final for
-    /// `after_us` at `now_us`: they leave the auction (and, with the next snapshot, the
-    /// journal; their bids are in the archive), and their ids may be used again. Lots the
-    /// config names stay. The ids retired.
-    pub fn retire(&mut self, now_us: u64, after_us: u64) -> Vec<String> {
+    /// The folded lots made through the API whose result has been final for `after_us` at
+    /// `now_us`: to leave the auction ([`Auction::retire`]) once a journal without them
+    /// ([`Auction::snapshot_without`]) is on disk. Lots the config names stay (a restart
+    /// would make them again, empty).
+    pub fn retirable(&self, now_us: u64, after_us: u64) -> Vec<String> {
         let final_since = self.cfg.max_outage_us.saturating_add(after_us);
-        let ids: Vec<String> = self
-            .lots
+        self.lots
             .values()
             .filter(|s| {
                 s.tally.is_some()
@@ -518,20 +546,40 @@ impl Auction {
                     && now_us > s.lot.closes_at_us.saturating_add(final_since)
             })
             .map(|s| s.lot.id.clone())
-            .collect();
-        for id in &ids {
-            self.lots.remove(id);
+            .collect()
+    }
+
+    /// Removes the folded lots `ids` (from [`Auction::retirable`]; their bids are in the
+    /// archive): their ids are unknown again, and free for new lots.
+    pub fn retire(&mut self, ids: &[String]) {
+        for id in ids {
+            if self.lots.get(id).is_some_and(|s| s.tally.is_some()) {
+                self.lots.remove(id);
+            }
         }
-        ids
     }
 
     /// What a compacted journal holds: the records of lots no longer known, then each
     /// lot's setting made through the API, its tally when folded, and the bids it holds.
     pub fn snapshot(&self) -> Vec<Entry> {
+        self.snapshot_without(&[])
+    }
+
+    /// [`Auction::snapshot`] without the lots `ids` (about to be retired).
+    pub fn snapshot_without(&self, ids: &[String]) -> Vec<Entry> {
         // the records of lots no longer known first: a lot made later with the same id
         // must not take them on a restart
         let mut out = self.orphans.clone();
-        for s in self.lots.values() {
+        for s in self.lots.values().filter(|s| !ids.contains(&s.lot.id)) {
+            // when it was made, then its latest setting: bids placed before it was made
+            // stay refused after a restart
+            if let Some(made) = s.made_at_us.filter(|m| s.set_at_us != Some(*m)) {
+                out.push(Entry::LotSet(LotSet {
+                    lot: s.lot.id.clone(),
+                    closes_at_us: s.lot.closes_at_us,
+                    at_us: made,
+                }));
+            }
             if let Some(at_us) = s.set_at_us {
                 out.push(Entry::LotSet(LotSet {
                     lot: s.lot.id.clone(),
@@ -942,17 +990,21 @@ mod tests {
         }
         let after = CLOSE + 60_000_001;
         // not folded yet: nothing retires, however late
-        assert!(a.retire(after + 10 * day, day).is_empty());
+        assert!(a.retirable(after + 10 * day, day).is_empty());
+        let old = a.snapshot();
         for f in a.foldable(after) {
             a.fold(&f, after, 10).unwrap();
         }
         // folded, but final for less than a day
-        assert!(a.retire(after + day - 2, day).is_empty());
+        assert!(a.retirable(after + day - 2, day).is_empty());
         // the lot the config names stays; the one made through the API goes
-        assert_eq!(a.retire(after + day, day), ["9"]);
+        let ids = a.retirable(after + day, day);
+        assert_eq!(ids, ["9"]);
+        let snap = a.snapshot_without(&ids);
+        a.retire(&ids);
+        assert_eq!(snap, a.snapshot());
         assert!(a.standing("9", after + day).is_none());
         assert!(a.standing("7", after + day).unwrap().folded);
-        let snap = a.snapshot();
         assert!(snap
             .iter()
             .all(|e| !matches!(e, Entry::LotSet(s) if s.lot == "9")));
@@ -962,9 +1014,46 @@ mod tests {
         let mut b = auction();
         b.restore(&snap);
         assert!(b.standing("9", after + day).is_none());
-        // its id makes a new lot
-        let now = after + day;
-        assert_eq!(a.set_lot(&set("9", now + 1, now)), Ok(LotChange::Created));
+        // its id makes a new lot, made an hour after the old one retired
+        let now = after + day + 3_600_000_000;
+        let made = set("9", now + 600_000_000, now);
+        assert_eq!(a.set_lot(&made), Ok(LotChange::Created));
         assert_eq!(a.standing("9", now).unwrap().bids, 0);
+        // a bid for the old lot, held back all this time, is not taken into the new one
+        let mut stale = bid("s", 500, t + 5, now + 1);
+        stale.lot = "9".into();
+        assert!(matches!(
+            a.place(stale.clone()),
+            Err(BidError::BeforeLot { .. })
+        ));
+        let mut fresh = bid("f", 50, now + 10, now + 10);
+        fresh.lot = "9".into();
+        assert!(a.place(fresh.clone()).is_ok());
+        let moved = set("9", now + 900_000_000, now + 20);
+        assert!(matches!(a.set_lot(&moved), Ok(LotChange::Moved { .. })));
+        // should a journal still hold the retired lot's records before the new lot's (the
+        // shell retires a lot only once a journal without it is on disk), the new lot's
+        // setting starts it afresh
+        let mut c = auction();
+        c.restore(&old);
+        for f in c.foldable(after) {
+            c.fold(&f, after, 10).unwrap();
+        }
+        let mut log = c.snapshot();
+        log.extend([
+            Entry::LotSet(made),
+            Entry::LotBid(fresh),
+            Entry::LotSet(moved),
+        ]);
+        let mut d = auction();
+        d.restore(&log);
+        assert_eq!(d.standing("9", now + 30), a.standing("9", now + 30));
+        assert_eq!(d.history("9", 100), a.history("9", 100));
+        assert_eq!(d.held(), a.held());
+        // and a snapshot keeps when the lot was made, though its close moved since
+        let mut e = auction();
+        e.restore(&a.snapshot());
+        assert!(matches!(e.place(stale), Err(BidError::BeforeLot { .. })));
+        assert_eq!(e.snapshot(), a.snapshot());
     }
 }
