@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tracing::{info, warn};
+use tunnel::settle::{Outcome, Settle};
 use tunnel_io::own_cert::{stamp, Stamp};
 
 /// How often the file is looked at.
@@ -114,10 +115,8 @@ pub fn version(path: &Path) -> Stamp {
 
 /// Watches `path` (its version `seen` in force) and puts each new version in force, while
 /// `list` is in use.
-pub async fn watch(path: PathBuf, mut seen: Stamp, list: std::sync::Weak<InForce>) {
-    let mut settling: Option<(Stamp, tokio::time::Instant)> = None;
-    // a version that could not be read: tried again at every look, logged once
-    let mut unreadable: Option<Stamp> = None;
+pub async fn watch(path: PathBuf, seen: Stamp, list: std::sync::Weak<InForce>) {
+    let mut settle = Settle::new(seen, SETTLE);
     let mut interval = tokio::time::interval(POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -125,21 +124,9 @@ pub async fn watch(path: PathBuf, mut seen: Stamp, list: std::sync::Weak<InForce
         if list.strong_count() == 0 {
             return;
         }
-        let now = stamp(&path);
-        if now == seen {
-            settling = None;
+        let version = stamp(&path);
+        if !settle.look(std::time::Instant::now(), version) {
             continue;
-        }
-        match settling {
-            Some((s, since)) if s == now => {
-                if since.elapsed() < SETTLE {
-                    continue;
-                }
-            }
-            _ => {
-                settling = Some((now, tokio::time::Instant::now()));
-                continue;
-            }
         }
         let p = path.clone();
         let loaded = match tokio::task::spawn_blocking(move || load(&p)).await {
@@ -156,22 +143,20 @@ pub async fn watch(path: PathBuf, mut seen: Stamp, list: std::sync::Weak<InForce
             Ok(l) => {
                 info!(file = %path.display(), entries = l.len(), "check-in revocation list loaded");
                 in_force.set(l);
+                settle.read(version, Outcome::Taken);
             }
-            Err(LoadError::Read { .. }) if unreadable == Some(now) => continue,
             Err(e @ LoadError::Read { .. }) => {
-                warn!(
-                    "check-in revocation list not read, the one in force stays (tried again): {e}"
-                );
-                unreadable = Some(now);
-                continue;
+                if settle.read(version, Outcome::Unreadable) {
+                    warn!(
+                        "check-in revocation list not read, the one in force stays (tried again): {e}"
+                    );
+                }
             }
             Err(e) => {
-                warn!("check-in revocation list not changed, the one in force stays: {e}")
+                warn!("check-in revocation list not changed, the one in force stays: {e}");
+                settle.read(version, Outcome::Refused);
             }
         }
-        settling = None;
-        unreadable = None;
-        seen = now;
     }
 }
 

@@ -1,13 +1,15 @@
 //! The relay's revocation list on disk (`[tls] revoked`): read at start, then looked at
-//! every [`POLL`] and put in force when it has changed and stayed so for one more look. A list that stops parsing is logged
-//! with its lines and the one in force stays (a typo must not let a stolen box back in);
-//! a missing file revokes nothing.
+//! every [`POLL`] and put in force when it has changed and stayed so for one more look
+//! (`tunnel::settle`). A list that stops parsing is logged with its lines and the one in
+//! force stays (a typo must not let a stolen box back in); one that cannot be read is
+//! tried again at every look; a missing file revokes nothing.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
-use tunnel_io::own_cert::stamp;
+use tunnel::settle::{Outcome, Settle};
+use tunnel_io::own_cert::{stamp, Stamp};
 use tunnel_io::revoked::ListError;
 use tunnel_io::{RevocationList, Revoked};
 
@@ -51,33 +53,41 @@ pub fn load(path: &Path) -> Result<RevocationList, LoadError> {
     }
 }
 
-/// Watches `path` and puts each new version in force, until the process ends.
-pub async fn watch(path: PathBuf, revoked: Arc<Revoked>) {
-    let mut seen = stamp(&path);
-    let mut settling = None;
+/// The version of the file at `path` now (take it before [`load`], and hand it to
+/// [`watch`], so that a version written in between is not missed).
+pub fn version(path: &Path) -> Stamp {
+    stamp(path)
+}
+
+/// Watches `path` (its version `seen` in force) and puts each new version in force, until
+/// the process ends.
+pub async fn watch(path: PathBuf, seen: Stamp, revoked: Arc<Revoked>) {
+    // a new version is read once it has stayed the same for one more look: a list caught
+    // half copied must not lift revocations, even for a moment
+    let mut settle = Settle::new(seen, Duration::ZERO);
     let mut interval = tokio::time::interval(POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let now = stamp(&path);
-        if now == seen {
-            settling = None;
+        let version = stamp(&path);
+        if !settle.look(std::time::Instant::now(), version) {
             continue;
         }
-        // a new version is read once it has stayed the same for one more look: a list
-        // caught half copied must not lift revocations, even for a moment
-        if settling != Some(now) {
-            settling = Some(now);
-            continue;
-        }
-        settling = None;
-        seen = now;
         match load(&path) {
             Ok(list) => {
                 info!(file = %path.display(), certificates = list.len(), "revocation list loaded");
                 revoked.set(list);
+                settle.read(version, Outcome::Taken);
             }
-            Err(e) => warn!("revocation list not changed, the one in force stays: {e}"),
+            Err(e @ LoadError::Read { .. }) => {
+                if settle.read(version, Outcome::Unreadable) {
+                    warn!("revocation list not read, the one in force stays (tried again): {e}");
+                }
+            }
+            Err(e) => {
+                warn!("revocation list not changed, the one in force stays: {e}");
+                settle.read(version, Outcome::Refused);
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod push;
 pub mod reorder;
 pub mod resend_rank;
 pub mod scheduler;
+pub mod settle;
 pub mod spread;
 pub mod stream_level;
 pub mod telemetry;

@@ -106,8 +106,8 @@ pub struct Relay {
     socket: Arc<tunnel_io::PacedSocket>,
     /// TLS and defaults; each connection gets its own transport config and queue signal.
     server: quinn::ServerConfig,
-    /// `[tls] revoked`, watched while the relay runs.
-    revoked_file: Option<std::path::PathBuf>,
+    /// `[tls] revoked` and its version when it was read, watched while the relay runs.
+    revoked_file: Option<(std::path::PathBuf, tunnel_io::own_cert::Stamp)>,
     /// The relay's certificates (its own, the viewers' when another), watched while it runs.
     own_certs: Vec<Arc<tunnel_io::own_cert::OwnCert>>,
     transport: tunnel_io::TransportSettings,
@@ -156,6 +156,7 @@ impl Relay {
         dialer: Option<Arc<dyn crate::egress::OriginDialer>>,
     ) -> Result<Self, RelayError> {
         let revoked_file = cfg.tls.revoked.clone();
+        let revoked_seen = revoked_file.as_deref().map(crate::revocation::version);
         let revoked = tunnel_io::Revoked::new(match &revoked_file {
             Some(f) => crate::revocation::load(f)?,
             None => tunnel_io::RevocationList::default(),
@@ -304,7 +305,7 @@ impl Relay {
             endpoint,
             socket,
             server,
-            revoked_file,
+            revoked_file: revoked_file.zip(revoked_seen),
             own_certs,
             transport: cfg.tunnel.clone(),
             state,
@@ -369,8 +370,12 @@ impl Relay {
         for own in std::mem::take(&mut self.own_certs) {
             tokio::spawn(own.run());
         }
-        if let Some(f) = self.revoked_file.take() {
-            tokio::spawn(crate::revocation::watch(f, self.state.revoked.clone()));
+        if let Some((f, seen)) = self.revoked_file.take() {
+            tokio::spawn(crate::revocation::watch(
+                f,
+                seen,
+                self.state.revoked.clone(),
+            ));
         }
         info!(addr = ?self.endpoint.local_addr().ok(), "relay listening (HTTP/3)");
         while let Some(incoming) = self.endpoint.accept().await {
