@@ -7,12 +7,13 @@
 # same namespaces and links, Linux MPTCP (in-kernel path manager, one subflow per link)
 # with as many connections, doing the same transfers (uploads back to back, each waiting
 # for its answer, on connections kept open). A download is one transfer for the whole run
-# (1 GB asked for); with 1 an upload is one 90 MB upload, else 1 MB uploads back to back.
+# (1 GB asked for); with 1 an upload is one upload as long as the run (3.6 MB a second of
+# it: 162 MB for 40 s), else 1 MB uploads back to back.
 # Prints one JSON object: {"gateway_aged_s", "gateway_age_at_end_s", "runs": {NAME: {...}}}.
 # usage: benches/netns/bonding.sh SECONDS AGE RUNS
 cd "$(dirname "$0")/../.."
 source tests/netns/lib/harness.sh
-DUR=${1:-20}
+DUR=${1:-40}
 AGE=${2:-180}
 RUNS=${3:-up16,up8,up1,down16,down8,down1}
 WARM=5
@@ -74,9 +75,9 @@ for run in ${RUNS//,/ }; do
     sampler=$!
     t0=$(date +%s.%N)
     # parallel transfers are 1 MB uploads back to back; one transfer alone is one upload
-    # about as long as the run (90 MB)
+    # about as long as the run (3.6 MB a second: more than the links carry)
     size=1000000
-    [ "$par" = 1 ] && size=90000000
+    [ "$par" = 1 ] && size=$(((WARM + DUR) * 3600000))
     nsh_exec v python3 $T upload $PROXY $ORIGIN $((WARM + DUR)) "$par" $size > "$NSH_DIR/$run.load.json"
     wait $sampler
   fi
@@ -117,7 +118,7 @@ for run in ${RUNS//,/ }; do
   else
     # the same transfers as Canopy's: SIZE bytes, then the server's answer, then the next
     size=1000000
-    [ "$par" = 1 ] && size=90000000
+    [ "$par" = 1 ] && size=$(((WARM + DUR) * 3600000))
     nsh_exec r python3 $T mptcp-server 10.200.100.1 5201 $((WARM + DUR + 2)) 100 $size > "$NSH_DIR/$run.mptcp.json" &
     server=$!
     sleep 0.5
