@@ -561,6 +561,24 @@ mod tests {
         d
     }
 
+    /// `n` bids on `lot` in the second before `close_us`, journaled.
+    async fn append_bids(j: &Journal, lot: &str, close_us: u64, n: u64) {
+        for i in 0..n {
+            let at = close_us - 1_000_000 + i;
+            j.append(&Entry::LotBid(LotBid {
+                lot: lot.into(),
+                scope: "stall-1".into(),
+                key: format!("k-{i}"),
+                bidder: format!("paddle-{i}"),
+                amount: 100 + i,
+                edge_us: at,
+                at_us: at,
+            }))
+            .await
+            .expect("append");
+        }
+    }
+
     #[tokio::test]
     async fn a_final_lot_is_archived_before_it_is_folded() {
         let dir = temp_dir("fold");
@@ -570,20 +588,7 @@ mod tests {
         {
             let j = Journal::start(journal.clone(), ledger_io::open(&journal).expect("open"))
                 .expect("journal");
-            for i in 0..80u64 {
-                let at = close_s * 1_000_000 - 1_000_000 + i;
-                j.append(&Entry::LotBid(LotBid {
-                    lot: "7".into(),
-                    scope: "stall-1".into(),
-                    key: format!("k-{i}"),
-                    bidder: format!("paddle-{i}"),
-                    amount: 100 + i,
-                    edge_us: at,
-                    at_us: at,
-                }))
-                .await
-                .expect("append");
-            }
+            append_bids(&j, "7", close_s * 1_000_000, 80).await;
         }
         let cfg = AuctionSection {
             host: Some("auction.test".into()),
@@ -644,20 +649,7 @@ mod tests {
             }))
             .await
             .expect("append");
-            for i in 0..3u64 {
-                let at = close_us - 1_000_000 + i;
-                j.append(&Entry::LotBid(LotBid {
-                    lot: "12".into(),
-                    scope: "stall-1".into(),
-                    key: format!("k-{i}"),
-                    bidder: format!("paddle-{i}"),
-                    amount: 100 + i,
-                    edge_us: at,
-                    at_us: at,
-                }))
-                .await
-                .expect("append");
-            }
+            append_bids(&j, "12", close_us, 3).await;
         }
         let mut cfg = AuctionSection {
             host: Some("auction.test".into()),
