@@ -15,6 +15,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 use tunnel::settle::{Outcome, Settle};
 use tunnel_io::own_cert::{stamp, Stamp};
+use tunnel_io::watched::read_version;
 
 /// How often the file is looked at.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -54,6 +55,14 @@ pub enum LoadError {
         /// Each bad line.
         errors: Vec<ledger::revocations::LineError>,
     },
+}
+
+impl LoadError {
+    /// Whether reading again may succeed with the file as it is (not its content's fault:
+    /// a file that is not UTF-8 text stays so).
+    fn may_pass(&self) -> bool {
+        matches!(self, Self::Read { source, .. } if source.kind() != std::io::ErrorKind::InvalidData)
+    }
 }
 
 /// Reads the list at `path`; a missing file is an empty list.
@@ -125,16 +134,15 @@ pub async fn watch(path: PathBuf, seen: Stamp, list: std::sync::Weak<InForce>) {
             return;
         }
         let version = stamp(&path);
-        if !settle.look(std::time::Instant::now(), version) {
+        if !settle.look(tunnel_io::clock::now(), version) {
             continue;
         }
-        let p = path.clone();
-        let loaded = match tokio::task::spawn_blocking(move || load(&p)).await {
-            Ok(l) => l,
-            Err(e) => Err(LoadError::Read {
-                path: path.clone(),
-                source: std::io::Error::other(e),
-            }),
+        let failed = |source| LoadError::Read {
+            path: path.clone(),
+            source,
+        };
+        let Some(loaded) = read_version(&path, version, load, failed).await else {
+            continue; // changed while it was read: that version settles first
         };
         let Some(in_force) = list.upgrade() else {
             return;
@@ -145,7 +153,7 @@ pub async fn watch(path: PathBuf, seen: Stamp, list: std::sync::Weak<InForce>) {
                 in_force.set(l);
                 settle.read(version, Outcome::Taken);
             }
-            Err(e @ LoadError::Read { .. }) => {
+            Err(e) if e.may_pass() => {
                 if settle.read(version, Outcome::Unreadable) {
                     warn!(
                         "check-in revocation list not read, the one in force stays (tried again): {e}"

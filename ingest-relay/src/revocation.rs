@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use tunnel::settle::{Outcome, Settle};
 use tunnel_io::own_cert::{stamp, Stamp};
 use tunnel_io::revoked::ListError;
+use tunnel_io::watched::read_version;
 use tunnel_io::{RevocationList, Revoked};
 
 /// How often the file is looked at: a revoked gateway is cut off within two of these and
@@ -36,6 +37,14 @@ pub enum LoadError {
         /// Each bad line.
         errors: Vec<ListError>,
     },
+}
+
+impl LoadError {
+    /// Whether reading again may succeed with the file as it is (not its content's fault:
+    /// a file that is not UTF-8 text stays so).
+    fn may_pass(&self) -> bool {
+        matches!(self, Self::Read { source, .. } if source.kind() != std::io::ErrorKind::InvalidData)
+    }
 }
 
 /// Reads the list at `path`; a missing file is an empty list.
@@ -70,16 +79,23 @@ pub async fn watch(path: PathBuf, seen: Stamp, revoked: Arc<Revoked>) {
     loop {
         interval.tick().await;
         let version = stamp(&path);
-        if !settle.look(std::time::Instant::now(), version) {
+        if !settle.look(tunnel_io::clock::now(), version) {
             continue;
         }
-        match load(&path) {
+        let failed = |source| LoadError::Read {
+            path: path.clone(),
+            source,
+        };
+        let Some(loaded) = read_version(&path, version, load, failed).await else {
+            continue; // changed while it was read: that version settles first
+        };
+        match loaded {
             Ok(list) => {
                 info!(file = %path.display(), certificates = list.len(), "revocation list loaded");
                 revoked.set(list);
                 settle.read(version, Outcome::Taken);
             }
-            Err(e @ LoadError::Read { .. }) => {
+            Err(e) if e.may_pass() => {
                 if settle.read(version, Outcome::Unreadable) {
                     warn!("revocation list not read, the one in force stays (tried again): {e}");
                 }

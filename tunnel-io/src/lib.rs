@@ -19,6 +19,7 @@ pub mod revoked;
 mod test_tls;
 pub mod tls;
 pub mod transport;
+pub mod watched;
 
 pub use body::{copy_bidirectional, pump_body, BodyError, H3Body, PumpError, RecvData, SendData};
 pub use idle::{IdleBody, IdleError, IdleSetting, WriteIdle, WriteStalled};
