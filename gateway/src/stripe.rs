@@ -475,7 +475,7 @@ async fn send_all(
                         let (tx, rx) = watch::channel(false);
                         turns.insert(ticket, tx);
                         let len = data.len() as u64;
-                        let allowed = allowance(&bond, path);
+                        let allowed = |p| allowance(&bond, p);
                         open_turns(&turns, &gate.start(ticket, path, offset, len, allowed));
                         Turn {
                             turn: rx,

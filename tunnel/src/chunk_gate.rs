@@ -42,16 +42,23 @@ impl<K> Default for ChunkGate<K> {
 
 impl<K: Copy + Ord + Hash> ChunkGate<K> {
     /// Chunk `key`, `len` bytes at `offset`, goes on `path` now: the chunks that may write,
-    /// given `allowance` bytes for the earlier ones on their path (a key started again
+    /// given each path's allowance for the bytes of its earlier chunks (a key started again
     /// leaves its earlier place first).
-    pub fn start(&mut self, key: K, path: PathId, offset: u64, len: u64, allowance: u64) -> Vec<K> {
-        let mut open = self.end(&key, |_| allowance);
+    pub fn start(
+        &mut self,
+        key: K,
+        path: PathId,
+        offset: u64,
+        len: u64,
+        allowance: impl Fn(PathId) -> u64,
+    ) -> Vec<K> {
+        let mut open = self.end(&key, &allowance);
         self.paths
             .entry(path)
             .or_default()
             .insert((offset, key), len);
         self.keys.insert(key, (path, offset));
-        open.extend(self.open(path, allowance));
+        open.extend(self.open(path, allowance(path)));
         open
     }
 
@@ -113,16 +120,20 @@ mod tests {
     fn chunks_write_in_offset_order_within_the_allowance_of_their_path() {
         let mut g = ChunkGate::default();
         // 250 bytes allowed before a chunk: 100 + 100 before the third, 300 before the fourth
-        assert_eq!(g.start(1, 0, 0, 100, 250), [1]);
-        assert_eq!(g.start(2, 0, 100, 100, 250), [1, 2]);
-        assert_eq!(g.start(3, 0, 200, 100, 250), [1, 2, 3]);
-        assert_eq!(g.start(4, 0, 300, 100, 250), [1, 2, 3], "4 waits its turn");
-        assert_eq!(g.start(9, 1, 400, 100, 250), [9], "each path apart");
+        assert_eq!(g.start(1, 0, 0, 100, |_| 250), [1]);
+        assert_eq!(g.start(2, 0, 100, 100, |_| 250), [1, 2]);
+        assert_eq!(g.start(3, 0, 200, 100, |_| 250), [1, 2, 3]);
+        assert_eq!(
+            g.start(4, 0, 300, 100, |_| 250),
+            [1, 2, 3],
+            "4 waits its turn"
+        );
+        assert_eq!(g.start(9, 1, 400, 100, |_| 250), [9], "each path apart");
         // the first answered: 4 may write
         assert_eq!(g.end(&1, |_| 250), [2, 3, 4]);
         // held bytes below the others placed later go first; the last waits again (it has
         // written already: the shell lets it go on)
-        assert_eq!(g.start(5, 0, 50, 100, 250), [5, 2, 3]);
+        assert_eq!(g.start(5, 0, 50, 100, |_| 250), [5, 2, 3]);
         // a chunk larger than the allowance still goes when it is first
         assert_eq!(g.end(&5, |_| 250), [2, 3, 4]);
         assert_eq!(g.end(&2, |_| 0), [3]);
@@ -134,9 +145,9 @@ mod tests {
         assert!(g.paths.is_empty() && g.keys.is_empty());
         assert_eq!(g.end(&3, |_| 250), Vec::<i32>::new(), "once");
         // a key started again leaves its earlier place (and what waited behind it goes)
-        g.start(1, 0, 0, 100, 100);
-        g.start(2, 0, 100, 100, 100);
-        assert_eq!(g.start(1, 1, 500, 100, 100), [2, 1]);
+        g.start(1, 0, 0, 100, |_| 100);
+        g.start(2, 0, 100, 100, |_| 100);
+        assert_eq!(g.start(1, 1, 500, 100, |_| 100), [2, 1]);
     }
 
     #[test]
