@@ -29,7 +29,7 @@ use crate::sink_answer::answer;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use ledger::auction::{
-    Auction, AuctionConfig, BidError, Lot, LotChange, LotError, Phase, Standing,
+    Auction, AuctionConfig, BidError, Folding, Lot, LotChange, LotError, Phase, Standing,
 };
 use ledger::record::{Entry, LotBid, LotSet};
 use ledger_io::Journal;
@@ -138,24 +138,10 @@ impl AuctionSink {
         let _one = self.settings.lock().await;
         let mut folding = self.auction().foldable(wall_us());
         let mut not_archived = None;
-        if !folding.is_empty() {
-            let mut lines = Vec::new();
-            for f in &folding {
-                let line = serde_json::json!({
-                    "lot": standing_json(&f.standing),
-                    "bids": f.bids.iter().map(bid_json).collect::<Vec<_>>(),
-                });
-                lines.extend_from_slice(format!("{line}\n").as_bytes());
-            }
-            let archive = self.archive.clone();
-            let appended = tokio::task::spawn_blocking(move || append_synced(&archive, &lines))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            if let Err(e) = appended {
-                // nothing folds; lots folded before may still retire
-                folding.clear();
-                not_archived = Some(FoldError::Archive(e));
-            }
+        if let Err(e) = self.archive(&folding).await {
+            // nothing folds; lots folded before may still retire
+            folding.clear();
+            not_archived = Some(FoldError::Archive(e));
         }
         let from = self.journal.stats().len;
         let (folded, archived, retiring, rewrite) = {
@@ -209,6 +195,25 @@ impl AuctionSink {
             Some(e) => Err(e),
             None => Ok(folded),
         }
+    }
+
+    /// Appends the bids of `folding`'s lots to the archive, one line per lot, synced.
+    async fn archive(&self, folding: &[Folding]) -> std::io::Result<()> {
+        if folding.is_empty() {
+            return Ok(());
+        }
+        let mut lines = Vec::new();
+        for f in folding {
+            let line = serde_json::json!({
+                "lot": standing_json(&f.standing),
+                "bids": f.bids.iter().map(bid_json).collect::<Vec<_>>(),
+            });
+            lines.extend_from_slice(format!("{line}\n").as_bytes());
+        }
+        let archive = self.archive.clone();
+        tokio::task::spawn_blocking(move || append_synced(&archive, &lines))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     /// Whether a request for `host` is for the auction.

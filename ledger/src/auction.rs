@@ -537,13 +537,14 @@ impl Auction {
     /// ([`Auction::snapshot_without`]) is on disk. Lots the config names stay (a restart
     /// would make them again, empty).
     pub fn retirable(&self, now_us: u64, after_us: u64) -> Vec<String> {
-        let final_since = self.cfg.max_outage_us.saturating_add(after_us);
+        // final `after_us` ago
+        let then = now_us.saturating_sub(after_us);
         self.lots
             .values()
             .filter(|s| {
                 s.tally.is_some()
                     && !self.configured.contains(&s.lot.id)
-                    && now_us > s.lot.closes_at_us.saturating_add(final_since)
+                    && self.phase(s, then) == Phase::Closed
             })
             .map(|s| s.lot.id.clone())
             .collect()
@@ -570,7 +571,12 @@ impl Auction {
         // the records of lots no longer known first: a lot made later with the same id
         // must not take them on a restart
         let mut out = self.orphans.clone();
-        for s in self.lots.values().filter(|s| !ids.contains(&s.lot.id)) {
+        let without: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        for s in self
+            .lots
+            .values()
+            .filter(|s| !without.contains(s.lot.id.as_str()))
+        {
             // when it was made, then its latest setting: bids placed before it was made
             // stay refused after a restart
             if let Some(made) = s.made_at_us.filter(|m| s.set_at_us != Some(*m)) {
