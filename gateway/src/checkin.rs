@@ -50,7 +50,7 @@ impl Desk {
         let Some(verifier) = ci.public_key.as_deref().and_then(Verifier::from_base64) else {
             return Ok(None);
         };
-        let seen = ci.revoked.as_deref().map(crate::revocations::version);
+        let seen = ci.revoked.as_deref().map(tunnel_io::watched::version);
         let revoked = Arc::new(InForce::new(match &ci.revoked {
             Some(path) => crate::revocations::load(path)?,
             None => Revocations::default(),

@@ -61,7 +61,7 @@ impl LoadError {
     /// Whether reading again may succeed with the file as it is (not its content's fault:
     /// a file that is not UTF-8 text stays so).
     fn may_pass(&self) -> bool {
-        matches!(self, Self::Read { source, .. } if source.kind() != std::io::ErrorKind::InvalidData)
+        matches!(self, Self::Read { source, .. } if tunnel_io::watched::may_pass(source))
     }
 }
 
@@ -114,12 +114,6 @@ impl InForce {
 
 fn publish(list: &Revocations) {
     metrics::gauge!("canopy_gateway_checkin_revoked").set(list.len() as f64);
-}
-
-/// The version of the file at `path` now (take it before [`load`], and hand it to
-/// [`watch`], so that a version written in between is not missed).
-pub fn version(path: &Path) -> Stamp {
-    stamp(path)
 }
 
 /// Watches `path` (its version `seen` in force) and puts each new version in force, while

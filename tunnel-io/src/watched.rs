@@ -4,6 +4,18 @@
 use crate::own_cert::{stamp, Stamp};
 use std::path::{Path, PathBuf};
 
+/// The version of the file at `path` now. A watcher takes it before its first read and
+/// starts from it, so that a version written in between is not missed.
+pub fn version(path: &Path) -> Stamp {
+    stamp(path)
+}
+
+/// Whether a read that failed with `e` may succeed with the file as it is: not when the
+/// file is not UTF-8 text (its content's fault: refused, like a bad line).
+pub fn may_pass(e: &std::io::Error) -> bool {
+    e.kind() != std::io::ErrorKind::InvalidData
+}
+
 /// Reads the file at `path` with `load`, off the runtime (it blocks), as of its version
 /// `version`: `None` when the file changed while it was read (the newer version must
 /// settle first: a copy caught in the middle is not put in force, even for a moment). A

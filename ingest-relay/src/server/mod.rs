@@ -156,7 +156,7 @@ impl Relay {
         dialer: Option<Arc<dyn crate::egress::OriginDialer>>,
     ) -> Result<Self, RelayError> {
         let revoked_file = cfg.tls.revoked.clone();
-        let revoked_seen = revoked_file.as_deref().map(crate::revocation::version);
+        let revoked_seen = revoked_file.as_deref().map(tunnel_io::watched::version);
         let revoked = tunnel_io::Revoked::new(match &revoked_file {
             Some(f) => crate::revocation::load(f)?,
             None => tunnel_io::RevocationList::default(),
