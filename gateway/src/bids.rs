@@ -23,6 +23,8 @@ use tracing::{info, warn};
 
 /// A journal grown past this is compacted (once it is also twice its live contents).
 const COMPACT_BYTES: u64 = 64 << 20;
+/// How often the replay loop looks at the paths while nothing is due (or no path is up).
+const PATH_LOOK: Duration = Duration::from_millis(50);
 
 /// What a delivery attempt came to.
 #[derive(Debug)]
@@ -220,10 +222,13 @@ impl Bids {
     {
         let mut was_usable = usable();
         loop {
-            let next = self.outbox().poll_timeout();
-            let sleep = next.map_or(Duration::from_millis(200), |t| {
+            // With no path up, a request already due is no reason to look again at once:
+            // that woke the loop about 650 times a second for as long as an outage with a
+            // queued bid lasted (and on tokio's paused clock, time never moved on).
+            let next = self.outbox().poll_timeout().filter(|_| was_usable);
+            let sleep = next.map_or(PATH_LOOK, |t| {
                 t.saturating_duration_since(tunnel_io::clock::now())
-                    .min(Duration::from_millis(200))
+                    .min(PATH_LOOK)
             });
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -377,4 +382,51 @@ pub(crate) struct Glance {
     pub journal_appends: u64,
     /// Group commits (fsyncs) since start.
     pub journal_commits: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger::record::Kind;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// With no path up, a request already due for its next try does not make the replay
+    /// loop look again at once (it looked 653 times in this second before).
+    #[tokio::test]
+    async fn the_replay_loop_rests_while_no_path_is_up() {
+        let dir = std::env::temp_dir().join(format!("canopy-replay-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bids = Bids::open(&dir.join("bids.journal"), Duration::from_secs(2)).expect("open");
+        let body = b"{\"amount\":1}".to_vec();
+        let key = "replay-key-1";
+        let request = Accepted {
+            key: key.into(),
+            kind: Kind::Bid,
+            edge_us: 1,
+            clock_known: true,
+            fingerprint: ledger::fingerprint("POST", "http://a.test/bids", &body),
+            method: "POST".into(),
+            target: "http://a.test/bids".into(),
+            headers: Vec::new(),
+            body,
+        };
+        let (_, written) = bids.admit(request);
+        written.expect("new").await.expect("journaled");
+        // queued, due again after the outbox's least wait (250 ms)
+        bids.settle(key, Delivered::Undelivered("no path".into()));
+        let looks = Arc::new(AtomicUsize::new(0));
+        let counted = looks.clone();
+        let replay = bids.clone().run_replay(
+            |_| async { Delivered::Undelivered("no path".into()) },
+            move || {
+                counted.fetch_add(1, Ordering::Relaxed);
+                false
+            },
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), replay).await;
+        let n = looks.load(Ordering::Relaxed);
+        let _ = std::fs::remove_dir_all(&dir);
+        // one look per PATH_LOOK (50 ms) and the first: about 21
+        assert!(n <= 40, "looked at the paths {n} times in 1 s");
+    }
 }
