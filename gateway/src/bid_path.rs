@@ -6,8 +6,8 @@
 
 use crate::bids::Delivered;
 use crate::proxy::{
-    body_limit_exceeded, full, race, synthetic, tunnel_headers, Body, Outgoing, ReqBody, Route,
-    State,
+    attempt_on, body_limit_exceeded, full, synthetic, tunnel_headers, Body, OnDeath, Outgoing,
+    ReqBody, Route, State,
 };
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -16,12 +16,18 @@ use hyper::body::Incoming;
 use ledger::outbox::{Admit, Status, View};
 use ledger::record::{Accepted, Delivery, Kind, Outcome};
 use std::sync::Arc;
+use std::time::Duration;
 use tunnel::scheduler::{PathId, Unit};
 use tunnel::{hop, wire, TrafficClass};
 use tunnel_io::H3Body;
 
 /// Bytes of an answer kept with its outcome (and given to a device that asks again).
 const ANSWER_KEEP: usize = 1 << 20;
+/// How long a copy waits for its answer on a silent path (the path's connection is closed
+/// after at most a few seconds of silence anyway, which ends the copy sooner).
+const HOLD_ON_SILENCE: Duration = Duration::from_secs(5);
+/// How often a delivery looks for paths to put another copy on.
+const LOOK_AGAIN: Duration = Duration::from_millis(20);
 
 fn kind_of(class: TrafficClass) -> Kind {
     match class {
@@ -190,20 +196,62 @@ pub(crate) async fn deliver(state: &State, r: Arc<Accepted>) -> Delivered {
         up_bytes: r.body.len() as u64,
         down_bytes: 0,
     };
-    let mut body = ReqBody::Kept(Bytes::from(r.body.clone()));
-    let mut excluded: Vec<PathId> = Vec::new();
+    let body = Bytes::from(r.body.clone());
+    // Copies go on the paths the bond offers, and on each path that it offers later while
+    // no answer has come: a copy whose path goes silent is held (a collapsed link's queue
+    // still delivers it), while the next path offered takes another. Whatever reached the
+    // relay is answered from its duplicate table, so every copy is safe.
+    let mut failed: Vec<PathId> = Vec::new();
+    let mut carrying: Vec<PathId> = Vec::new();
+    let mut attempts = futures_util::stream::FuturesUnordered::new();
     loop {
-        let placement = state.bond.place(&unit, &excluded);
-        if placement.paths.is_empty() {
+        let mut offered = state.bond.place(&unit, &failed).paths;
+        // as many copies on paths that may still deliver as the policy places (two):
+        // another path takes one only when a copy's path went silent
+        let mut live = carrying
+            .iter()
+            .filter(|p| !state.bond.paths()[**p].is_dead())
+            .count();
+        let mut wanted = offered.len();
+        if offered.is_empty() && attempts.is_empty() {
+            // No path is up: every connected one takes a copy. A silent path may only be
+            // slow (a collapsed link's queue drains; measured in `cargo bench --bench
+            // lowbw`: a bid that found both paths silent waited 1.4 s for one to rejoin),
+            // and a cut one ends the copy when its connection is given up.
+            offered = state.bond.connected_for(class, &failed);
+            wanted = offered.len();
+            live = 0;
+        }
+        for p in offered {
+            if live < wanted && !carrying.contains(&p) {
+                live += 1;
+                carrying.push(p);
+                let copy = ReqBody::Kept(body.clone());
+                let out = out.clone();
+                let unit = &unit;
+                attempts.push(async move {
+                    let on_death = OnDeath::Hold(HOLD_ON_SILENCE);
+                    (
+                        p,
+                        attempt_on(state, out, copy, p, unit, u64::MAX, on_death).await,
+                    )
+                });
+            }
+        }
+        if attempts.is_empty() {
             return Delivered::Undelivered(state.bond.why_not(class));
         }
-        match race(state, &out, &mut body, &placement.paths, &unit, u64::MAX).await {
-            Ok(a) => return read_answer(&r.key, a).await,
-            Err(errs) => {
-                // whatever reached the relay is answered from its duplicate table: the
-                // other paths may try at once
-                excluded.extend(errs.iter().map(|e| e.path));
-            }
+        tokio::select! {
+            Some((p, res)) = futures_util::StreamExt::next(&mut attempts) => match res {
+                Ok(a) => return read_answer(&r.key, a).await,
+                Err(e) => {
+                    tracing::debug!(path = p, reason = %e.reason, "bid copy failed");
+                    carrying.retain(|c| *c != p);
+                    failed.push(p);
+                }
+            },
+            // the paths change: one silent, another back
+            _ = tokio::time::sleep(LOOK_AGAIN) => {}
         }
     }
 }

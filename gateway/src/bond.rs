@@ -186,6 +186,11 @@ impl Path {
         self.signal.borrow().usable
     }
 
+    /// Whether work on the path is lost (silent or closed; see [`PathSignal`]).
+    pub fn is_dead(&self) -> bool {
+        self.signal.borrow().dead
+    }
+
     /// The path's smoothed RTT.
     pub(crate) fn srtt(&self) -> Duration {
         self.lock().est.health().srtt()
@@ -625,6 +630,16 @@ impl Bond {
             v.usable = p.lock().live.is_some() && !p.signal.borrow().dead;
         }
         self.policy.place_again(unit, &views, exclude)
+    }
+
+    /// The paths with a connection that may carry `class`, whatever their health, but
+    /// `exclude`.
+    pub fn connected_for(&self, class: TrafficClass, exclude: &[PathId]) -> Vec<PathId> {
+        self.views_except(exclude)
+            .iter()
+            .filter(|v| v.classes.contains(class) && self.paths[v.id].connected().is_some())
+            .map(|v| v.id)
+            .collect()
     }
 
     /// Whether a bulk unit may be placed now (some path has less than the horizon of work

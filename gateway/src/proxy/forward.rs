@@ -182,7 +182,7 @@ pub(crate) struct AttemptError {
     /// The request never reached the origin's answer and may be sent again (if replayable).
     retry: bool,
     status: StatusCode,
-    reason: String,
+    pub(crate) reason: String,
 }
 
 pub(crate) type H3Recv = h3::client::RequestStream<tunnel_io::quic::RecvStream, Bytes>;
@@ -470,6 +470,36 @@ pub(crate) async fn race(
     Err(errs)
 }
 
+/// What a copy of a request does when its path is declared dead (silent or closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnDeath {
+    /// Fail at once (retryable): the caller sends the request again elsewhere.
+    Abandon,
+    /// Keep waiting for the answer while the path is dead for up to this long (the copy
+    /// may already sit in the link's queue: a collapsed link is silent, not cut, and its
+    /// answer comes once the queue drains); a path that answers again resets the wait.
+    /// For requests the relay answers once per key, whose other copies may go meanwhile.
+    Hold(Duration),
+}
+
+/// Resolves when a copy on the path watched is given up under `on_death`.
+async fn until_given_up(
+    watch: &mut tokio::sync::watch::Receiver<crate::bond::PathSignal>,
+    on_death: OnDeath,
+) {
+    loop {
+        crate::bond::until_dead(watch).await;
+        let OnDeath::Hold(hold) = on_death else {
+            return;
+        };
+        match tokio::time::timeout(hold, watch.wait_for(|s| !s.dead)).await {
+            // answering again: the copy goes on
+            Ok(Ok(_)) => continue,
+            _ => return,
+        }
+    }
+}
+
 /// One copy of the request on one path, up to the response head.
 async fn attempt(
     state: &State,
@@ -478,6 +508,19 @@ async fn attempt(
     id: PathId,
     unit: &Unit,
     limit: u64,
+) -> Result<Answer, AttemptError> {
+    attempt_on(state, out, body, id, unit, limit, OnDeath::Abandon).await
+}
+
+/// [`attempt`] with the given policy for the path's death.
+pub(crate) async fn attempt_on(
+    state: &State,
+    out: Arc<Outgoing>,
+    body: ReqBody,
+    id: PathId,
+    unit: &Unit,
+    limit: u64,
+    on_death: OnDeath,
 ) -> Result<Answer, AttemptError> {
     let fail = |retry: bool, status: StatusCode, reason: String| AttemptError {
         path: id,
@@ -494,7 +537,7 @@ async fn attempt(
         ));
     };
     let mut watch = path.watch();
-    let died = async move { crate::bond::until_dead(&mut watch).await };
+    let died = async move { until_given_up(&mut watch, on_death).await };
     tokio::pin!(died);
     let Some(flow) = state
         .bond
