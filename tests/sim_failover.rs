@@ -470,20 +470,23 @@ async fn bids_ride_through_a_collapse() {
         }
         out
     };
-    // how long no path was up (the collapse's silence on both; not every run has one)
+    // how long no path was up (the collapse's silence on both; not every run has one),
+    // and whether some path went silent at all (the script's premise)
     let paths = bed.bond.paths().to_vec();
-    let none_up = async {
-        let mut ms = 0;
+    let silences = async {
+        let (mut none_up_ms, mut some_dead) = (0, false);
         for _ in 0..400 {
             if paths.iter().all(|p| !p.is_usable()) {
-                ms += 10;
+                none_up_ms += 10;
             }
+            some_dead |= paths.iter().any(|p| p.is_dead());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        ms
+        (none_up_ms, some_dead)
     };
-    let (results, (), none_up_ms) = tokio::join!(bids, collapse, none_up);
+    let (results, (), (none_up_ms, some_dead)) = tokio::join!(bids, collapse, silences);
     upload.abort();
+    assert!(some_dead, "no link went silent at the collapse");
     let refused: Vec<_> = results
         .iter()
         .enumerate()

@@ -5,6 +5,7 @@
 //! seen with the first answer, and refuses a key that stands for another request.
 
 use crate::bids::Delivered;
+use crate::bond::PathSignal;
 use crate::proxy::{
     attempt_on, body_limit_exceeded, full, synthetic, tunnel_headers, Body, OnDeath, Outgoing,
     ReqBody, Route, State,
@@ -26,8 +27,6 @@ const ANSWER_KEEP: usize = 1 << 20;
 /// How long a copy waits for its answer on a silent path (the path's connection is closed
 /// after at most a few seconds of silence anyway, which ends the copy sooner).
 const HOLD_ON_SILENCE: Duration = Duration::from_secs(5);
-/// How often a delivery looks for paths to put another copy on.
-const LOOK_AGAIN: Duration = Duration::from_millis(20);
 
 fn kind_of(class: TrafficClass) -> Kind {
     match class {
@@ -201,24 +200,35 @@ pub(crate) async fn deliver(state: &State, r: Arc<Accepted>) -> Delivered {
     // no answer has come: a copy whose path goes silent is held (a collapsed link's queue
     // still delivers it), while the next path offered takes another. Whatever reached the
     // relay is answered from its duplicate table, so every copy is safe.
-    let mut failed: Vec<PathId> = Vec::new();
+    let paths = state.bond.paths();
+    // a change of any path's signal (one silent, another back) is when a copy may be due
+    let mut signals: Vec<_> = paths.iter().map(|p| p.watch()).collect();
+    // a path whose copy failed, with the connection the copy went on: a new connection
+    // may take another
+    let mut failed: Vec<(PathId, Option<usize>)> = Vec::new();
     let mut carrying: Vec<PathId> = Vec::new();
     let mut attempts = futures_util::stream::FuturesUnordered::new();
-    loop {
-        let mut offered = state.bond.place(&unit, &failed).paths;
+    let answer = loop {
+        for s in &mut signals {
+            s.borrow_and_update();
+        }
+        let excluded: Vec<PathId> = failed
+            .iter()
+            .filter(|(p, conn)| connection_of(&paths[*p]) == *conn)
+            .map(|(p, _)| *p)
+            .collect();
+        let mut offered = state.bond.place(&unit, &excluded).paths;
         // as many copies on paths that may still deliver as the policy places (two):
         // another path takes one only when a copy's path went silent
-        let mut live = carrying
-            .iter()
-            .filter(|p| !state.bond.paths()[**p].is_dead())
-            .count();
+        let mut live = carrying.iter().filter(|p| !paths[**p].is_dead()).count();
         let mut wanted = offered.len();
         if offered.is_empty() && attempts.is_empty() {
-            // No path is up: every connected one takes a copy. A silent path may only be
-            // slow (a collapsed link's queue drains; measured in `cargo bench --bench
-            // lowbw`: a bid that found both paths silent waited 1.4 s for one to rejoin),
-            // and a cut one ends the copy when its connection is given up.
-            offered = state.bond.connected_for(class, &failed);
+            // No path is up: every connected one takes a copy (backup links too, as bids
+            // may always use them). A silent path may only be slow (a collapsed link's
+            // queue drains; measured in `cargo bench --bench lowbw`: a bid that found
+            // both paths silent waited 1.4 s for one to rejoin), and a cut one ends the
+            // copy when its connection is given up.
+            offered = state.bond.connected_for(class, &excluded);
             wanted = offered.len();
             live = 0;
         }
@@ -229,12 +239,11 @@ pub(crate) async fn deliver(state: &State, r: Arc<Accepted>) -> Delivered {
                 let copy = ReqBody::Kept(body.clone());
                 let out = out.clone();
                 let unit = &unit;
+                let conn = connection_of(&paths[p]);
                 attempts.push(async move {
                     let on_death = OnDeath::Hold(HOLD_ON_SILENCE);
-                    (
-                        p,
-                        attempt_on(state, out, copy, p, unit, u64::MAX, on_death).await,
-                    )
+                    let res = attempt_on(state, out, copy, p, unit, u64::MAX, on_death).await;
+                    (p, conn, res)
                 });
             }
         }
@@ -242,18 +251,37 @@ pub(crate) async fn deliver(state: &State, r: Arc<Accepted>) -> Delivered {
             return Delivered::Undelivered(state.bond.why_not(class));
         }
         tokio::select! {
-            Some((p, res)) = futures_util::StreamExt::next(&mut attempts) => match res {
-                Ok(a) => return read_answer(&r.key, a).await,
+            Some((p, conn, res)) = futures_util::StreamExt::next(&mut attempts) => match res {
+                Ok(a) => break a,
                 Err(e) => {
                     tracing::debug!(path = p, reason = %e.reason, "bid copy failed");
                     carrying.retain(|c| *c != p);
-                    failed.push(p);
+                    failed.push((p, conn));
                 }
             },
-            // the paths change: one silent, another back
-            _ = tokio::time::sleep(LOOK_AGAIN) => {}
+            () = any_signal_change(&mut signals) => {}
+        }
+    };
+    // the other copies end here, not after the answer's body
+    drop(attempts);
+    read_answer(&r.key, answer).await
+}
+
+/// The connection a path has now (its QUIC connection's id).
+fn connection_of(path: &crate::bond::Path) -> Option<usize> {
+    path.connected().map(|l| l.conn.stable_id())
+}
+
+/// Resolves when any of the paths' signals changes (never, if none can).
+async fn any_signal_change(signals: &mut [tokio::sync::watch::Receiver<PathSignal>]) {
+    let mut changes: futures_util::stream::FuturesUnordered<_> =
+        signals.iter_mut().map(|s| s.changed()).collect();
+    while let Some(r) = futures_util::StreamExt::next(&mut changes).await {
+        if r.is_ok() {
+            return;
         }
     }
+    std::future::pending::<()>().await
 }
 
 async fn read_answer(key: &str, a: crate::proxy::Answer) -> Delivered {

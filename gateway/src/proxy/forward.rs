@@ -475,10 +475,12 @@ pub(crate) async fn race(
 pub(crate) enum OnDeath {
     /// Fail at once (retryable): the caller sends the request again elsewhere.
     Abandon,
-    /// Keep waiting for the answer while the path is dead for up to this long (the copy
-    /// may already sit in the link's queue: a collapsed link is silent, not cut, and its
-    /// answer comes once the queue drains); a path that answers again resets the wait.
-    /// For requests the relay answers once per key, whose other copies may go meanwhile.
+    /// Keep waiting for the answer while the path is dead, up to this long after it first
+    /// died (the copy may already sit in the link's queue: a collapsed link is silent, not
+    /// cut, and its answer comes once the queue drains). A path that answers again carries
+    /// the copy on, but the time is not given back: a link that keeps going silent while
+    /// its queue drains in bursts ends the copy once it has had it. For requests the relay
+    /// answers once per key, whose other copies may go meanwhile.
     Hold(Duration),
 }
 
@@ -487,12 +489,14 @@ async fn until_given_up(
     watch: &mut tokio::sync::watch::Receiver<crate::bond::PathSignal>,
     on_death: OnDeath,
 ) {
+    let mut given_up_at = None;
     loop {
         crate::bond::until_dead(watch).await;
         let OnDeath::Hold(hold) = on_death else {
             return;
         };
-        match tokio::time::timeout(hold, watch.wait_for(|s| !s.dead)).await {
+        let at = *given_up_at.get_or_insert_with(|| tokio::time::Instant::now() + hold);
+        match tokio::time::timeout_at(at, watch.wait_for(|s| !s.dead)).await {
             // answering again: the copy goes on
             Ok(Ok(_)) => continue,
             _ => return,
