@@ -113,6 +113,18 @@ async fn bid(bed: &Testbed, n: u32) -> (u16, Duration) {
     (status, started.elapsed())
 }
 
+/// Checks that the auction recorded every bid (201; a 202 would be a receipt: not
+/// delivered); the slowest bid's time.
+fn all_recorded(results: &[(u16, Duration)]) -> Duration {
+    let refused: Vec<_> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, (s, _))| *s != 201)
+        .collect();
+    assert!(refused.is_empty(), "bids not recorded: {refused:?}");
+    results.iter().map(|r| r.1).max().unwrap_or_default()
+}
+
 /// Waits until every link carries traffic (fails the test after 5 s).
 async fn all_joined(bed: &Testbed) {
     let paths = bed.bond.paths().to_vec();
@@ -175,13 +187,7 @@ async fn bids_ride_through_a_blackholed_link_on_simulated_time() {
         back < Duration::from_millis(1500),
         "rejoined after {back:?}"
     );
-    let refused: Vec<_> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, (s, _))| *s != 201)
-        .collect();
-    assert!(refused.is_empty(), "bids not recorded: {refused:?}");
-    let slowest = results.iter().map(|r| r.1).max().unwrap_or_default();
+    let slowest = all_recorded(&results);
     // a bid goes in copies on two links: losing one costs it nothing (one round trip on
     // the 16 ms Wi-Fi link is what a bid takes with nothing else under way)
     assert!(
@@ -487,13 +493,7 @@ async fn bids_ride_through_a_collapse() {
     let (results, (), (none_up_ms, some_dead)) = tokio::join!(bids, collapse, silences);
     upload.abort();
     assert!(some_dead, "no link went silent at the collapse");
-    let refused: Vec<_> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, (s, _))| *s != 201)
-        .collect();
-    assert!(refused.is_empty(), "bids not recorded: {refused:?}");
-    let slowest = results.iter().map(|r| r.1).max().unwrap_or_default();
+    let slowest = all_recorded(&results);
     // the 600 ms queue, a round trip on the 25 ms link and the answer's way back
     assert!(
         slowest < Duration::from_millis(700),

@@ -458,7 +458,15 @@ pub(crate) async fn race(
                 ReqBody::Striped(o.clone(), *head)
             }
         };
-        attempts.push(attempt(state, out.clone(), b, p, unit, limit));
+        attempts.push(attempt_on(
+            state,
+            out.clone(),
+            b,
+            p,
+            unit,
+            limit,
+            OnDeath::Abandon,
+        ));
     }
     let mut errs = Vec::new();
     while let Some(r) = futures_util::StreamExt::next(&mut attempts).await {
@@ -504,19 +512,8 @@ async fn until_given_up(
     }
 }
 
-/// One copy of the request on one path, up to the response head.
-async fn attempt(
-    state: &State,
-    out: Arc<Outgoing>,
-    body: ReqBody,
-    id: PathId,
-    unit: &Unit,
-    limit: u64,
-) -> Result<Answer, AttemptError> {
-    attempt_on(state, out, body, id, unit, limit, OnDeath::Abandon).await
-}
-
-/// [`attempt`] with the given policy for the path's death.
+/// One copy of the request on one path, up to the response head; `on_death` says what it
+/// does when the path dies.
 pub(crate) async fn attempt_on(
     state: &State,
     out: Arc<Outgoing>,
