@@ -27,6 +27,8 @@ const ANSWER_KEEP: usize = 1 << 20;
 /// How long a copy waits for its answer on a silent path (the path's connection is closed
 /// after at most a few seconds of silence anyway, which ends the copy sooner).
 const HOLD_ON_SILENCE: Duration = Duration::from_secs(5);
+/// Copies of one delivery a path may take (on new connections after a failed one).
+const COPIES_PER_PATH: usize = 2;
 
 fn kind_of(class: TrafficClass) -> Kind {
     match class {
@@ -204,25 +206,30 @@ pub(crate) async fn deliver(state: &State, r: Arc<Accepted>) -> Delivered {
     // a change of any path's signal (one silent, another back) is when a copy may be due
     let mut signals: Vec<_> = paths.iter().map(|p| p.watch()).collect();
     // a path whose copy failed, with the connection the copy went on: a new connection
-    // may take another
-    let mut failed: Vec<(PathId, Option<usize>)> = Vec::new();
+    // may take another, up to COPIES_PER_PATH in all (a link that connects and goes
+    // silent again must not keep the delivery, and the replay loop behind it, for ever)
+    let mut failed: Vec<(PathId, Option<u64>)> = Vec::new();
     let mut carrying: Vec<PathId> = Vec::new();
     let mut attempts = futures_util::stream::FuturesUnordered::new();
     let answer = loop {
         for s in &mut signals {
             s.borrow_and_update();
         }
-        let excluded: Vec<PathId> = failed
+        let excluded: Vec<PathId> = paths
             .iter()
-            .filter(|(p, conn)| connection_of(&paths[*p]) == *conn)
-            .map(|(p, _)| *p)
+            .map(|p| p.id)
+            .filter(|&p| {
+                let mut tries = failed.iter().filter(|(f, _)| *f == p);
+                let n = tries.clone().count();
+                n >= COPIES_PER_PATH || tries.any(|(_, conn)| connection_of(&paths[p]) == *conn)
+            })
             .collect();
         let mut offered = state.bond.place(&unit, &excluded).paths;
-        // as many copies on paths that may still deliver as the policy places (two):
-        // another path takes one only when a copy's path went silent
-        let mut live = carrying.iter().filter(|p| !paths[**p].is_dead()).count();
+        // as many copies on paths that carry traffic as the policy places (two): another
+        // path takes one only when a copy's path went silent or out of use
+        let mut live = carrying.iter().filter(|p| paths[**p].is_usable()).count();
         let mut wanted = offered.len();
-        if offered.is_empty() && attempts.is_empty() {
+        if offered.is_empty() {
             // No path is up: every connected one takes a copy (backup links too, as bids
             // may always use them). A silent path may only be slow (a collapsed link's
             // queue drains; measured in `cargo bench --bench lowbw`: a bid that found
@@ -267,9 +274,10 @@ pub(crate) async fn deliver(state: &State, r: Arc<Accepted>) -> Delivered {
     read_answer(&r.key, answer).await
 }
 
-/// The connection a path has now (its QUIC connection's id).
-fn connection_of(path: &crate::bond::Path) -> Option<usize> {
-    path.connected().map(|l| l.conn.stable_id())
+/// The connection a path has now (its uplink's connection count; quinn's `stable_id`
+/// is an address, which a new connection may get again).
+fn connection_of(path: &crate::bond::Path) -> Option<u64> {
+    path.connected().map(|l| l.generation)
 }
 
 /// Resolves when any of the paths' signals changes (never, if none can).
