@@ -24,15 +24,24 @@ async fn three_links() -> Testbed {
 }
 
 async fn three_links_with(tunnel: tunnel_io::TransportSettings) -> Testbed {
-    let link = |name: &str, kbps, ms| {
+    links_with(
+        &[
+            ("cellular", 20_000, 25),
+            ("wifi", 5_000, 8),
+            ("satellite", 2_000, 20),
+        ],
+        tunnel,
+    )
+    .await
+}
+
+/// A testbed over emulated links, each (name, kbit/s, one-way ms), 100 ms of queue.
+async fn links_with(links: &[(&str, u64, u64)], tunnel: tunnel_io::TransportSettings) -> Testbed {
+    let link = |&(name, kbps, ms): &(&str, u64, u64)| {
         TestLink::new(name, Some(LinkProfile::symmetric(name, kbps, ms, 100)))
     };
     Testbed::start(TestbedOptions {
-        links: vec![
-            link("cellular", 20_000, 25),
-            link("wifi", 5_000, 8),
-            link("satellite", 2_000, 20),
-        ],
+        links: links.iter().map(link).collect(),
         network: Network::Virtual(VirtualNet::new()),
         auction_lots: vec!["7".into()],
         tunnel,
@@ -57,6 +66,21 @@ where
         .expect("handshake");
     tokio::spawn(conn);
     sender
+}
+
+/// A device's PUT of `len` bytes to the origin's `path`, under way in a task of its own.
+async fn upload_in_background(
+    bed: &Testbed,
+    path: &str,
+    len: u32,
+) -> tokio::task::JoinHandle<hyper::Result<http::StatusCode>> {
+    let body: Bytes = (0..len).map(|i| (i % 251) as u8).collect();
+    let mut sender = device(bed, 1).await;
+    let req = http::Request::put(bed.origin_url(path))
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(Full::new(body))
+        .expect("request");
+    tokio::spawn(async move { sender.send_request(req).await.map(|r| r.status()) })
 }
 
 /// Samples `counter` every 10 ms until `done`: the longest time it did not grow after
@@ -400,13 +424,7 @@ async fn a_slow_origin_never_holds_bids_back() {
     })
     .await;
     all_joined(&bed).await;
-    let body: Bytes = (0..24_000_000u32).map(|i| (i % 251) as u8).collect();
-    let mut sender = device(&bed, 1).await;
-    let req = http::Request::put(bed.origin_url("/upload/slow/100000"))
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .body(Full::new(body))
-        .expect("request");
-    let upload = tokio::spawn(async move { sender.send_request(req).await.map(|r| r.status()) });
+    let upload = upload_in_background(&bed, "/upload/slow/100000", 24_000_000).await;
     // the relay's stripe window (8 MiB) fills in about 3 s on the three links
     tokio::time::sleep(Duration::from_secs(8)).await;
     let taken = bed.origin_stats.upload_bytes.load(Ordering::Relaxed);
@@ -440,24 +458,13 @@ async fn a_slow_origin_never_holds_bids_back() {
 /// collapse under a camera: the slowest 1.2-1.5 s before, 0.69 s after.)
 #[tokio::test(start_paused = true)]
 async fn bids_ride_through_a_collapse() {
-    let link =
-        |name: &str, ms| TestLink::new(name, Some(LinkProfile::symmetric(name, 7_000, ms, 100)));
-    let bed = Testbed::start(TestbedOptions {
-        links: vec![link("cellular", 25), link("wifi", 8)],
-        network: Network::Virtual(VirtualNet::new()),
-        auction_lots: vec!["7".into()],
-        ..TestbedOptions::single(None)
-    })
-    .await
-    .expect("testbed");
+    let bed = links_with(
+        &[("cellular", 7_000, 25), ("wifi", 7_000, 8)],
+        tunnel_io::TransportSettings::default(),
+    )
+    .await;
     all_joined(&bed).await;
-    let body: Bytes = (0..40_000_000u32).map(|i| (i % 251) as u8).collect();
-    let mut sender = device(&bed, 1).await;
-    let req = http::Request::put(bed.origin_url("/digest"))
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .body(Full::new(body))
-        .expect("request");
-    let upload = tokio::spawn(async move { sender.send_request(req).await.map(|r| r.status()) });
+    let upload = upload_in_background(&bed, "/digest", 40_000_000).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let collapse = async {
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -219,9 +219,9 @@ pub(crate) async fn deliver(state: &State, r: Arc<Accepted>) -> Delivered {
             .iter()
             .map(|p| p.id)
             .filter(|&p| {
-                let mut tries = failed.iter().filter(|(f, _)| *f == p);
-                let n = tries.clone().count();
-                n >= COPIES_PER_PATH || tries.any(|(_, conn)| connection_of(&paths[p]) == *conn)
+                let now = connection_of(&paths[p]);
+                let tries: Vec<_> = failed.iter().filter(|(f, _)| *f == p).collect();
+                tries.len() >= COPIES_PER_PATH || tries.iter().any(|(_, conn)| *conn == now)
             })
             .collect();
         let mut offered = state.bond.place(&unit, &excluded).paths;

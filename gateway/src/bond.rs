@@ -635,10 +635,11 @@ impl Bond {
     /// The paths with a connection that may carry `class`, whatever their health, but
     /// `exclude`.
     pub fn connected_for(&self, class: TrafficClass, exclude: &[PathId]) -> Vec<PathId> {
-        self.views_except(exclude)
+        self.paths
             .iter()
-            .filter(|v| v.classes.contains(class) && self.paths[v.id].connected().is_some())
-            .map(|v| v.id)
+            .filter(|p| !exclude.contains(&p.id) && p.classes.contains(class))
+            .filter(|p| p.connected().is_some())
+            .map(|p| p.id)
             .collect()
     }
 
