@@ -1,8 +1,9 @@
 //! POSTs across the loss of an uplink, with the link emulator: a POST is not safe to send
 //! twice, so the gateway sends its body as chunks the relay takes once, and a head sent
 //! again after its path died gets the one origin answer. Back-to-back POSTs of every size
-//! (a form, a photo, a few chunks' worth), and chunked ones over a mebibyte, all succeed
-//! while the uplink that carries them dies, and the origin sees each of them exactly once.
+//! (a form, a photo, a few chunks' worth), chunked ones over a mebibyte, and chunked ones
+//! still coming when the gateway stops holding them, all succeed while the uplink that
+//! carries them dies, and the origin sees each of them exactly once.
 
 mod emulated;
 
@@ -16,14 +17,32 @@ use std::time::Duration;
 
 use emulated::{http1, two_links, two_links_with};
 
+/// How a POST's body is sent.
+#[derive(Clone, Copy)]
+enum Sent {
+    /// With its length.
+    Length,
+    /// Without (chunked), in 64 KiB pieces: the first `at_once` bytes at once, then each
+    /// piece `gap` after the one before.
+    Chunked { at_once: usize, gap: Duration },
+}
+
 /// POST `body` to `url` through the proxy (a new connection each time, as a tablet's
-/// retry-less form would), with its length or (`chunked`) without, in 64 KiB pieces as a
-/// streaming client sends it: status and answer.
-async fn post(proxy: SocketAddr, url: &str, body: Bytes, chunked: bool) -> (u16, String) {
-    if chunked {
+/// retry-less form would), as `how` says: status and answer.
+async fn post(proxy: SocketAddr, url: &str, body: Bytes, how: Sent) -> (u16, String) {
+    if let Sent::Chunked { at_once, gap } = how {
+        let piece = 64 * 1024;
         let pieces = body
-            .chunks(64 * 1024)
-            .map(|c| (Bytes::copy_from_slice(c), Duration::ZERO))
+            .chunks(piece)
+            .enumerate()
+            .map(|(i, c)| {
+                let gap = if i * piece < at_once {
+                    Duration::ZERO
+                } else {
+                    gap
+                };
+                (Bytes::copy_from_slice(c), gap)
+            })
             .collect();
         return post_paced(proxy, url, pieces).await;
     }
@@ -50,11 +69,16 @@ fn digest_line(body: &[u8]) -> String {
     format!("{} {hex}\n", body.len())
 }
 
-/// POSTs of `sizes` back to back for 6 s, the uplink carrying most of them cut after 1.5 s
-/// for 2 s (a body streamed on one path rides the one with the least delay, the slower
-/// here): every one succeeds, at least `min` went, and the origin saw each exactly once.
-async fn posts_across_a_cut(sizes: &'static [usize], chunked: bool, min: u64) {
-    let bed = two_links().await;
+/// POSTs of `sizes` back to back for 6 s through `bed`, the uplink carrying most of them
+/// cut after 1.5 s for 2 s (a body streamed on one path rides the one with the least
+/// delay, the slower here): every one succeeds, at least `min` went, and the origin saw
+/// each exactly once.
+async fn posts_across_a_cut(
+    bed: canopy::testbed::Testbed,
+    sizes: &'static [usize],
+    how: Sent,
+    min: u64,
+) {
     assert!(
         bed.bond.wait_all_usable(Duration::from_secs(5)).await,
         "both uplinks up"
@@ -74,7 +98,7 @@ async fn posts_across_a_cut(sizes: &'static [usize], chunked: bool, min: u64) {
                     .map(|i| ((i * 7 + n as usize) % 251) as u8)
                     .collect();
                 let want = digest_line(&body);
-                let (status, answer) = post(proxy, &url, body, chunked).await;
+                let (status, answer) = post(proxy, &url, body, how).await;
                 if status != 200 || answer != want {
                     failures.push(format!("POST {n} of {size} bytes: {status} {answer}"));
                 }
@@ -124,7 +148,8 @@ async fn posts_across_a_cut(sizes: &'static [usize], chunked: bool, min: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_of_every_size_survive_the_loss_of_their_uplink() {
-    posts_across_a_cut(&[2_000, 200_000, 600_000], false, 6).await;
+    let bed = two_links().await;
+    posts_across_a_cut(bed, &[2_000, 200_000, 600_000], Sent::Length, 6).await;
 }
 
 /// A body sent without a length (chunked) and over 1 MiB is spooled at the gateway, then
@@ -132,7 +157,27 @@ async fn posts_of_every_size_survive_the_loss_of_their_uplink() {
 /// 502 at the cut).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_posts_over_a_mebibyte_survive_the_loss_of_their_uplink() {
-    posts_across_a_cut(&[2_500_000], true, 2).await;
+    let bed = two_links().await;
+    let at_once = Sent::Chunked {
+        at_once: usize::MAX,
+        gap: Duration::ZERO,
+    };
+    posts_across_a_cut(bed, &[2_500_000], at_once, 2).await;
+}
+
+/// A body sent without a length and still coming when the gateway stops holding it (here
+/// after 100 ms) goes on as a stripe of unknown length, what was spooled first: it
+/// survives the loss of its uplink too (streamed on once, on one path, it failed with it).
+/// Each is 1.5 MB, its first 1.1 MB at once (spooled within the hold), the rest at about
+/// 3 MB/s, so every one outlives its hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_posts_still_coming_after_their_hold_survive_the_loss_of_their_uplink() {
+    let bed = two_links_with(|p| p.chunked_hold_ms = 100).await;
+    let how = Sent::Chunked {
+        at_once: 1_100_000,
+        gap: Duration::from_millis(20),
+    };
+    posts_across_a_cut(bed, &[1_500_000], how, 3).await;
 }
 
 /// POST `pieces` without a length, each `gap` after the one before: status and answer.
@@ -149,11 +194,12 @@ async fn post_paced(proxy: SocketAddr, url: &str, pieces: Vec<(Bytes, Duration)>
     answer(sender.send_request(req).await.expect("response")).await
 }
 
-/// Chunked bodies the body spool cannot hold whole stream on, every byte in order: one over
-/// its share of the spool (a quarter of 8 MiB), one still coming when its hold (100 ms) is
-/// up after it filled the first mebibyte, and one still coming before it did.
+/// Chunked bodies the body spool cannot hold whole go on as stripes of unknown length,
+/// every byte in order: one over its share of the spool (a quarter of 8 MiB), one still
+/// coming when its hold (100 ms) is up after it filled the first mebibyte, and one still
+/// coming before it did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunked_bodies_beyond_their_room_or_time_stream_on_whole() {
+async fn chunked_bodies_beyond_their_room_or_time_go_on_whole() {
     let bed = two_links_with(|p| {
         p.body_spool_bytes = 8 << 20;
         p.chunked_hold_ms = 100;

@@ -9,9 +9,11 @@
 //! request ends or the gateway stops. What all spooled bodies hold on disk at once is
 //! bounded (`[proxy] body_spool_bytes`), and one body takes at most a quarter of it; a
 //! body is held at most `[proxy] chunked_hold_ms`. A body that outgrows its room, finds
-//! none, or is still coming when its time is up is not refused: what is on disk and then
-//! the rest stream on once, on one path, as such bodies did before there was a spool (so a
-//! body with no end, a live audio push, goes on after that time, and catches up).
+//! none, or is still coming when its time is up is not refused: it goes on as a stripe of
+//! unknown length, what is on disk first, then the rest as the device sends it (so a body
+//! with no end, a live audio push, goes on after that time, and catches up); the origin
+//! then gets it without a length, as the device sent it, and it still survives the loss of
+//! its path.
 
 use bytes::Bytes;
 use http_body::Body;
@@ -250,6 +252,11 @@ impl Spooled {
     /// The body's length.
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Bytes not read yet.
+    pub fn left(&self) -> u64 {
+        self.left
     }
 
     /// The next `n` bytes (fewer only at the end).

@@ -8,6 +8,11 @@
 //! The head travels as an ordinary request with `canopy-stripe` and no body; it is sent
 //! again on another path if its own path dies before the answer (the relay answers the
 //! newest head), so even a POST survives the loss of any one path.
+//!
+//! A body the device sends without a length (chunked) is striped as it comes too: the
+//! source reads one byte beyond each chunk, so the chunk with the device's last byte knows
+//! it is the last and names the body's length, as every chunk after it does (the relay
+//! then ends the origin request's body).
 
 use crate::bond::{until_dead, Bond, Flow};
 use bytes::{Bytes, BytesMut};
@@ -65,9 +70,15 @@ pub const STRIPE_MIN: u64 = 2 * CHUNK;
 pub enum Source {
     /// A body already in memory.
     Kept(Bytes),
-    /// The device's body, read as chunks are placed, with what was read beyond the last
-    /// chunk, and how long the device may send nothing while a chunk waits for its bytes.
-    Stream(Incoming, BytesMut, Duration),
+    /// The device's body, read as chunks are placed: what went to the body spool before
+    /// it outgrew its room or its time (if any), what was read beyond that, then the rest,
+    /// and how long the device may send nothing while a chunk waits for its bytes.
+    Stream {
+        spooled: Option<crate::body_spool::Spooled>,
+        buf: BytesMut,
+        body: Incoming,
+        idle: Duration,
+    },
     /// A body the device sent without a length, spooled to disk whole first.
     Spooled(crate::body_spool::Spooled),
 }
@@ -81,21 +92,86 @@ impl Source {
 
     /// The device's body, of which `read` was read already.
     pub fn stream_after(read: Bytes, body: Incoming, idle: Duration) -> Self {
-        Source::Stream(body, BytesMut::from(read), idle)
+        Self::spooled_then(None, read, body, idle)
     }
 
-    /// The next `n` bytes (fewer only at the end).
-    async fn take(&mut self, n: u64) -> Result<Bytes, String> {
-        let n = usize::try_from(n).unwrap_or(usize::MAX);
-        match self {
-            Source::Kept(b) => Ok(b.split_to(n.min(b.len()))),
-            Source::Stream(inc, buf, idle) => {
-                fill(inc, buf, n, *idle).await.map_err(|e| e.to_string())?;
-                Ok(buf.split_to(n.min(buf.len())).freeze())
-            }
-            Source::Spooled(f) => f.read(n as u64).await.map_err(|e| e.to_string()),
+    /// The device's body, of which `spooled` went to the body spool, then `read` was read.
+    pub fn spooled_then(
+        spooled: Option<crate::body_spool::Spooled>,
+        read: Bytes,
+        body: Incoming,
+        idle: Duration,
+    ) -> Self {
+        Source::Stream {
+            spooled: spooled.filter(|f| f.left() > 0),
+            buf: BytesMut::from(read),
+            body,
+            idle,
         }
     }
+
+    /// The next `n` bytes (fewer only at the end), and whether the body ends with them.
+    /// With `look_ahead`, a streamed body is read one byte beyond them, so that its end is
+    /// known with its last byte (the device may then wait for more before it sends it);
+    /// without, a body that ends right after them says so only on the next take.
+    async fn take(&mut self, n: u64, look_ahead: bool) -> Result<(Bytes, bool), String> {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        match self {
+            Source::Kept(b) => {
+                let d = b.split_to(n.min(b.len()));
+                Ok((d, b.is_empty()))
+            }
+            Source::Stream {
+                spooled,
+                buf,
+                body,
+                idle,
+            } => {
+                let mut from_disk = Bytes::new();
+                if let Some(f) = spooled {
+                    from_disk = f.read(n as u64).await.map_err(|e| e.to_string())?;
+                    if f.left() > 0 {
+                        return Ok((from_disk, false));
+                    }
+                    *spooled = None;
+                }
+                let want = n - from_disk.len();
+                let (d, ended) = take_streamed(body, buf, want, look_ahead, *idle).await?;
+                if from_disk.is_empty() {
+                    return Ok((d, ended));
+                }
+                let mut both = BytesMut::from(from_disk);
+                both.extend_from_slice(&d);
+                Ok((both.freeze(), ended))
+            }
+            Source::Spooled(f) => {
+                let d = f.read(n as u64).await.map_err(|e| e.to_string())?;
+                Ok((d, f.left() == 0))
+            }
+        }
+    }
+}
+
+/// The next `n` bytes of a streamed body (`buf` holds what was read of it already), and
+/// whether it ends with them (see [`Source::take`]).
+async fn take_streamed<B>(
+    body: &mut B,
+    buf: &mut BytesMut,
+    n: usize,
+    look_ahead: bool,
+    idle: Duration,
+) -> Result<(Bytes, bool), String>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let more = n.saturating_add(look_ahead.into());
+    fill(body, buf, more, idle)
+        .await
+        .map_err(|e| e.to_string())?;
+    // fewer than asked: the body ended
+    let ended = buf.len() < more;
+    Ok((buf.split_to(n.min(buf.len())).freeze(), ended))
 }
 
 /// Why the device's body could not be read.
@@ -109,12 +185,16 @@ pub(crate) enum BodyReadError {
 
 /// Reads the device's body into `buf` until it holds at least `n` bytes or the body ends
 /// (fewer only then); it fails after `idle` without a frame.
-pub(crate) async fn fill(
-    inc: &mut Incoming,
+pub(crate) async fn fill<B>(
+    inc: &mut B,
     buf: &mut BytesMut,
     n: usize,
     idle: Duration,
-) -> Result<(), BodyReadError> {
+) -> Result<(), BodyReadError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     while buf.len() < n {
         let Ok(frame) = tokio::time::timeout(idle, inc.frame()).await else {
             return Err(BodyReadError::Idle(idle));
@@ -133,7 +213,30 @@ pub(crate) async fn fill(
 }
 
 /// The outcome of a stripe's chunks, for the head's attempt: `None` while they go.
-pub type Outcome = watch::Receiver<Option<Result<(), String>>>;
+pub type Outcome = watch::Receiver<Option<Result<(), StripeError>>>;
+
+/// Why a striped body did not reach the relay.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StripeError {
+    /// A body sent without a length grew over the gateway's request body limit.
+    #[error("request body over the gateway's limit of {0} bytes")]
+    OverLimit(u64),
+    /// Its chunks could not be read or delivered.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for StripeError {
+    fn from(why: String) -> Self {
+        StripeError::Failed(why)
+    }
+}
+
+impl From<&str> for StripeError {
+    fn from(why: &str) -> Self {
+        StripeError::Failed(why.to_string())
+    }
+}
 
 /// A new stripe id.
 pub fn new_id() -> u64 {
@@ -176,19 +279,20 @@ pub fn may_carry(method: &Method, class: TrafficClass) -> bool {
     !class.is_transactional() && *method != Method::GET && *method != Method::HEAD
 }
 
-/// Starts sending the chunks of stripe `id`; the task ends with the outcome (aborted when
-/// the returned guard drops).
+/// Starts sending the chunks of stripe `id`, a body of `total` bytes (`None`: not known
+/// until the device's last byte; it may not grow over `limit`); the task ends with the
+/// outcome (aborted when the returned guard drops).
 pub fn start(
     bond: Arc<Bond>,
     class: TrafficClass,
     id: u64,
-    total: u64,
+    (total, limit): (Option<u64>, u64),
     source: Source,
     timeout: Duration,
 ) -> (AbortOnDrop, Outcome) {
     let (tx, rx) = watch::channel(None);
     let task = tokio::spawn(async move {
-        let r = send_all(bond, class, id, total, source, timeout).await;
+        let r = send_all(bond, class, id, total, limit, source, timeout).await;
         if let Err(e) = &r {
             debug!(stripe = id, error = %e, "striped body not delivered");
         }
@@ -250,21 +354,31 @@ impl Drop for Primary {
     }
 }
 
-/// The next `n` bytes of the body, from `offset`: the body ending sooner is an error.
-async fn take_exactly(
+/// The body's next `n` bytes (from `body.read()`): a body of known length ending sooner
+/// is an error; one of unknown length may end within them, and `body` learns its length,
+/// or grow over `limit` bytes, an error.
+async fn take_next(
     source: &mut Source,
+    body: &mut PushedBody,
     n: u64,
-    offset: u64,
-    total: u64,
-) -> Result<Bytes, String> {
-    let data = source.take(n).await?;
-    if data.len() as u64 != n {
-        return Err(format!(
-            "request body ended after {} of {total} bytes",
-            offset + data.len() as u64
-        ));
+    limit: u64,
+) -> Result<Bytes, StripeError> {
+    let offset = body.read();
+    let (data, ended) = source.take(n, body.total().is_none()).await?;
+    let got = offset + data.len() as u64;
+    match body.total() {
+        Some(total) if got != offset + n => {
+            Err(format!("request body ended after {got} of {total} bytes").into())
+        }
+        Some(_) => Ok(data),
+        None if got > limit => Err(StripeError::OverLimit(limit)),
+        None => {
+            if ended {
+                body.ends_at(got);
+            }
+            Ok(data)
+        }
     }
-    Ok(data)
 }
 
 /// What a chunk's task was sent for.
@@ -296,10 +410,11 @@ async fn send_all(
     bond: Arc<Bond>,
     class: TrafficClass,
     id: u64,
-    total: u64,
+    total: Option<u64>,
+    limit: u64,
     mut source: Source,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), StripeError> {
     let mut body = PushedBody::new(
         total,
         wire::STRIPE_WINDOW,
@@ -347,7 +462,7 @@ async fn send_all(
                     "silent path: its chunks sent again"
                 );
                 resends.increment(n as u64);
-                let question = ChunkOf::question(id, total, body.in_order());
+                let question = ChunkOf::question(id, body.total(), body.in_order());
                 ask_front(
                     &bond,
                     class,
@@ -449,13 +564,20 @@ async fn send_all(
                                     let skip = skip.unwrap_or(0);
                                     if skip > 0 {
                                         let held =
-                                            take_exactly(&mut source, skip, body.read(), total)
-                                                .await?;
+                                            take_next(&mut source, &mut body, skip, limit).await?;
                                         body.hold(held);
                                     }
                                     let offset = body.read();
-                                    let data =
-                                        take_exactly(&mut source, len, offset, total).await?;
+                                    let data = if body.total() == Some(offset) {
+                                        Bytes::new()
+                                    } else {
+                                        take_next(&mut source, &mut body, len, limit).await?
+                                    };
+                                    if data.is_empty() {
+                                        // a body of unknown length ended before them: what
+                                        // is held goes next
+                                        continue;
+                                    }
                                     (body.start_new(data.clone(), path), offset, data, None)
                                 }
                                 // a new chunk is what `fresh` offers
@@ -488,7 +610,7 @@ async fn send_all(
                         flow,
                         ChunkOf {
                             stripe: id,
-                            total,
+                            total: body.total(),
                             offset,
                             data,
                         },
@@ -563,13 +685,13 @@ async fn send_all(
                         // not on the path that just failed it
                         let mut avoid = silent.clone();
                         avoid.push(e.path);
-                        let question = ChunkOf::question(id, total, body.in_order());
+                        let question = ChunkOf::question(id, body.total(), body.in_order());
                         ask_front(&bond, class, question, &avoid, timeout, &mut asking, &mut inflight);
                     }
                     Failed::Covered => {
                         debug!(stripe = id, path = e.path, reason = %e.reason, "copy lost; another brings it");
                     }
-                    Failed::GiveUp => return Err(e.reason),
+                    Failed::GiveUp => return Err(e.reason.into()),
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
@@ -645,10 +767,10 @@ impl<S: h3::quic::SendStream<Bytes>> Drop for CallOff<S> {
     }
 }
 
-/// A chunk of stripe `stripe` (a body of `total` bytes): `data` at `offset`.
+/// A chunk of stripe `stripe` (a body of `total` bytes, when known): `data` at `offset`.
 struct ChunkOf {
     stripe: u64,
-    total: u64,
+    total: Option<u64>,
     offset: u64,
     data: Bytes,
 }
@@ -656,7 +778,7 @@ struct ChunkOf {
 impl ChunkOf {
     /// An empty chunk at the gateway's front `offset`: a question (how far has the relay
     /// the body in order?).
-    fn question(stripe: u64, total: u64, offset: u64) -> Self {
+    fn question(stripe: u64, total: Option<u64>, offset: u64) -> Self {
         Self {
             stripe,
             total,
@@ -868,8 +990,63 @@ mod tests {
     #[tokio::test]
     async fn a_kept_body_is_cut_exactly() {
         let mut s = Source::Kept(Bytes::from(vec![7u8; 100]));
-        assert_eq!(s.take(40).await.map(|b| b.len()), Ok(40));
-        assert_eq!(s.take(40).await.map(|b| b.len()), Ok(40));
-        assert_eq!(s.take(40).await.map(|b| b.len()), Ok(20));
+        for want in [(40, false), (40, false), (20, true)] {
+            let got = s.take(40, false).await.map(|(b, end)| (b.len(), end));
+            assert_eq!(got, Ok(want));
+        }
+    }
+
+    type Frames = http_body_util::StreamBody<
+        futures_util::stream::Iter<
+            std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::io::Error>>,
+        >,
+    >;
+
+    /// A device's body sent as `parts` (one frame each), with no length.
+    fn frames(parts: &[usize]) -> Frames {
+        let frames: Vec<_> = parts
+            .iter()
+            .map(|&n| Ok(http_body::Frame::data(Bytes::from(vec![1u8; n]))))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_body_without_a_length_ends_with_its_last_byte_when_read_ahead() {
+        let idle = Duration::from_secs(1);
+        // 100 bytes in frames that do not fall on the takes' bounds, and exactly on them
+        for parts in [vec![30, 30, 40], vec![40, 40, 20], vec![100]] {
+            let mut body = frames(&parts);
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            loop {
+                let (d, end) = take_streamed(&mut body, &mut buf, 40, true, idle)
+                    .await
+                    .expect("read");
+                got.push((d.len(), end));
+                if end {
+                    break;
+                }
+            }
+            assert_eq!(
+                got,
+                [(40, false), (40, false), (20, true)],
+                "{parts:?}: the last bytes come knowing they are the last"
+            );
+        }
+        // a body that ends on a take's bound is known to end with it
+        let mut body = frames(&[40, 40]);
+        let mut buf = BytesMut::new();
+        let take = take_streamed(&mut body, &mut buf, 40, true, idle).await;
+        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((40, false)));
+        let take = take_streamed(&mut body, &mut buf, 40, true, idle).await;
+        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((40, true)));
+        // without reading ahead, that end shows only on the next take
+        let mut body = frames(&[40]);
+        let mut buf = BytesMut::new();
+        let take = take_streamed(&mut body, &mut buf, 40, false, idle).await;
+        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((40, false)));
+        let take = take_streamed(&mut body, &mut buf, 40, false, idle).await;
+        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((0, true)));
     }
 }

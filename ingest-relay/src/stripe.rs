@@ -12,6 +12,13 @@
 //! [`MAX_STRIPES`] unfinished stripes at once, and a stripe that never gets a head is
 //! dropped after [`IDLE`]. The head may come again on another path if
 //! its first path died: the newest head gets the origin's answer.
+//!
+//! A body the device sent without a length comes without one (the head has no
+//! `content-length`, chunks no total) until the gateway has read the device's last byte:
+//! every chunk after that names the body's length, the chunk with the last byte too. The
+//! origin request then goes without a length (chunked), and ends when the stripe knows its
+//! length and has fed it every byte. A length that contradicts another, or bytes already
+//! taken, is refused.
 
 use crate::budget::{Budget, Grant};
 use bytes::Bytes;
@@ -82,7 +89,7 @@ impl Default for Stripes {
 /// Why a stripe cannot be had.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum NoStripe {
-    /// The stripe exists with another total length.
+    /// The stripe exists with another total length (or has bytes beyond it).
     OtherLength,
     /// The gateway has [`MAX_STRIPES`] unfinished stripes already.
     TooMany,
@@ -113,7 +120,6 @@ impl Gone {
 
 /// One striped body.
 pub(crate) struct Stripe {
-    total: u64,
     /// Whose stripe (the gateway's identity), and where its window comes from.
     gateway: u64,
     budget: Arc<Budget>,
@@ -133,6 +139,8 @@ pub(crate) struct Stripe {
 
 #[derive(Default)]
 struct Inner {
+    /// The body's length, once known (the head's `content-length`, or a chunk's total).
+    total: Option<u64>,
     /// Next offset not yet received in order.
     next: u64,
     /// Offset up to which the origin request has taken the body.
@@ -173,7 +181,12 @@ impl Stripes {
     }
 
     /// The stripe, made if new.
-    pub(crate) fn get(&self, identity: u64, id: u64, total: u64) -> Result<Arc<Stripe>, NoStripe> {
+    pub(crate) fn get(
+        &self,
+        identity: u64,
+        id: u64,
+        total: Option<u64>,
+    ) -> Result<Arc<Stripe>, NoStripe> {
         let now = tunnel_io::clock::now();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
@@ -226,7 +239,6 @@ impl Stripes {
             .entry((identity, id))
             .or_insert_with(|| {
                 Arc::new(Stripe {
-                    total,
                     gateway: identity,
                     budget: self.budget.clone(),
                     grant: Mutex::new(None),
@@ -242,10 +254,10 @@ impl Stripes {
             })
             .clone();
         metrics::gauge!("canopy_relay_stripes").set(map.len() as f64);
-        if s.total == total {
-            Ok(s)
-        } else {
-            Err(NoStripe::OtherLength)
+        drop(map);
+        match total {
+            Some(t) => s.learn_total(t).map(|()| s),
+            None => Ok(s),
         }
     }
 }
@@ -267,6 +279,33 @@ pub(crate) enum ChunkError {
 impl Stripe {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The body is `total` bytes long: kept if it agrees with what the stripe knows (its
+    /// length, the bytes it has); the origin request's body may end now.
+    fn learn_total(&self, total: u64) -> Result<(), NoStripe> {
+        let waker = {
+            let mut g = self.lock();
+            match g.total {
+                Some(t) if t == total => return Ok(()),
+                Some(_) => return Err(NoStripe::OtherLength),
+                None => {}
+            }
+            let beyond = g
+                .pending
+                .last_key_value()
+                .is_some_and(|(at, d)| at + d.len() as u64 > total);
+            if g.next > total || beyond {
+                return Err(NoStripe::OtherLength);
+            }
+            g.total = Some(total);
+            g.body_waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        self.changed.notify_waiters();
+        Ok(())
     }
 
     /// Whether nothing touched the stripe for [`IDLE`] and its origin request is not running.
@@ -296,7 +335,7 @@ impl Stripe {
     /// Whether the stripe still takes chunks (not failed, body not whole).
     fn unfinished(&self) -> bool {
         let g = self.lock();
-        g.failed.is_none() && g.next < self.total
+        g.failed.is_none() && g.next < g.end()
     }
 
     /// Gives the stripe's window back to the budgets.
@@ -314,7 +353,7 @@ impl Stripe {
     pub(crate) fn fail(&self, why: &str) {
         let waker = {
             let mut g = self.lock();
-            if g.failed.is_none() && g.consumed < self.total {
+            if g.failed.is_none() && g.consumed < g.end() {
                 g.failed = Some(why.to_string());
             }
             if g.failed.is_some() {
@@ -341,10 +380,10 @@ impl Stripe {
     /// It needs no window and waits for nothing; it is refused only when the stripe failed
     /// or `offset` lies beyond the body.
     pub(crate) fn ask(&self, offset: u64) -> Result<(), ChunkError> {
-        if offset > self.total {
+        let mut g = self.lock();
+        if offset > g.end() {
             return Err(ChunkError::OutOfRange);
         }
-        let mut g = self.lock();
         g.touched = Some(tunnel_io::clock::now());
         g.not_failed()
     }
@@ -356,7 +395,7 @@ impl Stripe {
         data: Bytes,
         wait: Duration,
     ) -> Result<(), ChunkError> {
-        if offset.saturating_add(data.len() as u64) > self.total {
+        if offset.saturating_add(data.len() as u64) > self.lock().end() {
             return Err(ChunkError::OutOfRange);
         }
         let deadline = tokio::time::Instant::now() + wait;
@@ -416,10 +455,10 @@ impl Stripe {
     /// One look: takes `data` at `offset` if it lies within `window`; gives it back if not.
     fn admit(&self, offset: u64, data: Bytes, window: u64) -> Result<Option<Bytes>, ChunkError> {
         let end = offset.saturating_add(data.len() as u64);
-        if end > self.total {
+        let mut g = self.lock();
+        if end > g.end() {
             return Err(ChunkError::OutOfRange);
         }
-        let mut g = self.lock();
         g.touched = Some(tunnel_io::clock::now());
         g.not_failed()?;
         // had it: in order already, or inside a chunk waiting (a chunk sent again
@@ -448,7 +487,8 @@ impl Stripe {
     }
 
     /// The stripe's window: granted from the budgets on the first chunk (waiting until
-    /// `deadline` for room), `min(total, WINDOW)` bytes.
+    /// `deadline` for room), `min(total, WINDOW)` bytes ([`WINDOW`] while the length is
+    /// not known).
     async fn window(&self, deadline: tokio::time::Instant) -> Result<u64, ChunkError> {
         if let Some(b) = self.granted() {
             return Ok(b);
@@ -472,7 +512,7 @@ impl Stripe {
 
     /// A window's size: `min(total, WINDOW)` bytes.
     fn window_size(&self) -> u64 {
-        self.total.clamp(1, WINDOW)
+        self.lock().end().clamp(1, WINDOW)
     }
 
     /// Whether the stripe still needs a window: not when failed or whole.
@@ -482,7 +522,7 @@ impl Stripe {
             return Some(Err(e));
         }
         // the whole body came (its window went back): a chunk now is a copy
-        (g.next >= self.total).then_some(Ok(0))
+        (g.next >= g.end()).then_some(Ok(0))
     }
 
     /// Keeps `grant` as the stripe's window, unless the stripe failed or became whole
@@ -579,6 +619,11 @@ impl Stripe {
 }
 
 impl Inner {
+    /// Where the body ends: its length, or nowhere yet.
+    fn end(&self) -> u64 {
+        self.total.unwrap_or(u64::MAX)
+    }
+
     /// Refused with the reason when the stripe failed.
     fn not_failed(&self) -> Result<(), ChunkError> {
         match &self.failed {
@@ -654,8 +699,8 @@ impl Body for StripeBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let total = this.stripe.total;
         let mut g = this.stripe.lock();
+        let total = g.end();
         if let Some(d) = g.ready.pop_front() {
             this.idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
             g.consumed += d.len() as u64;
@@ -679,6 +724,8 @@ impl Body for StripeBody {
         }
         if g.consumed >= total {
             drop(g);
+            // (a length learnt after the last byte went: the window goes back now)
+            this.stripe.release();
             this.finished();
             return Poll::Ready(None);
         }
@@ -696,12 +743,17 @@ impl Body for StripeBody {
 
     fn is_end_stream(&self) -> bool {
         let g = self.stripe.lock();
-        g.consumed >= self.stripe.total && g.ready.is_empty()
+        g.consumed >= g.end() && g.ready.is_empty()
     }
 
+    /// Exact while the body's length is known: the origin request then has a
+    /// `content-length` (chunked otherwise).
     fn size_hint(&self) -> SizeHint {
         let g = self.stripe.lock();
-        SizeHint::with_exact(self.stripe.total - g.consumed.min(self.stripe.total))
+        match g.total {
+            Some(t) => SizeHint::with_exact(t - g.consumed.min(t)),
+            None => SizeHint::default(),
+        }
     }
 }
 
@@ -720,9 +772,9 @@ mod tests {
     #[tokio::test]
     async fn chunks_in_any_order_and_twice_make_the_body_once() {
         let stripes = Stripes::default();
-        let s = stripes.get(1, 7, 10).expect("stripe");
+        let s = stripes.get(1, 7, Some(10)).expect("stripe");
         assert_eq!(
-            stripes.get(1, 7, 11).err(),
+            stripes.get(1, 7, Some(11)).err(),
             Some(NoStripe::OtherLength),
             "total must match"
         );
@@ -748,10 +800,75 @@ mod tests {
         done.await.expect("done fired");
     }
 
+    #[tokio::test]
+    async fn a_body_of_unknown_length_ends_at_the_length_a_later_chunk_names() {
+        let stripes = Stripes::default();
+        let s = stripes.get(1, 8, None).expect("stripe");
+        let (body, done) = s.body(None);
+        assert_eq!(body.size_hint().exact(), None, "the origin gets it chunked");
+        let w = Duration::from_secs(1);
+        s.insert(0, Bytes::from_static(b"0123"), w)
+            .await
+            .expect("a");
+        // a chunk beyond the end of a body of unknown length is not out of range
+        s.insert(8, Bytes::from_static(b"89"), w).await.expect("c");
+        assert!(s.unfinished());
+        // a chunk without a total changes nothing; a shorter length than bytes taken is
+        // refused
+        assert!(stripes.get(1, 8, None).is_ok());
+        assert_eq!(
+            stripes.get(1, 8, Some(9)).err(),
+            Some(NoStripe::OtherLength)
+        );
+        // the chunk with the last bytes names the length
+        let s = stripes.get(1, 8, Some(10)).expect("the length");
+        assert_eq!(
+            stripes.get(1, 8, Some(11)).err(),
+            Some(NoStripe::OtherLength)
+        );
+        assert_eq!(
+            s.insert(9, Bytes::from_static(b"9x"), w).await,
+            Err(ChunkError::OutOfRange),
+            "beyond the end, now that it is known"
+        );
+        s.insert(4, Bytes::from_static(b"4567"), w)
+            .await
+            .expect("b");
+        let got = body.collect().await.expect("body").to_bytes();
+        assert_eq!(&got[..], b"0123456789");
+        done.await.expect("done fired");
+        assert!(!s.unfinished());
+        assert_eq!(stripes.budget.held(1), (0, 0), "the window went back");
+    }
+
+    #[tokio::test]
+    async fn a_length_learnt_after_the_last_byte_went_ends_the_body() {
+        let stripes = Stripes::default();
+        let s = stripes.get(1, 4, None).expect("stripe");
+        let (mut body, done) = s.body(None);
+        s.insert(0, Bytes::from_static(b"abc"), Duration::from_secs(1))
+            .await
+            .expect("bytes");
+        let f = body.frame().await.expect("frame").expect("data");
+        assert_eq!(f.into_data().ok().as_deref(), Some(&b"abc"[..]));
+        let rest = tokio::spawn(async move { body.collect().await.map(|c| c.to_bytes()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !rest.is_finished(),
+            "the body waits while its length is unknown"
+        );
+        // an empty chunk at the end that names the length (a question sent again)
+        stripes.get(1, 4, Some(3)).expect("the length");
+        let got = rest.await.expect("join").expect("body");
+        assert!(got.is_empty());
+        done.await.expect("done fired");
+        assert_eq!(stripes.budget.held(1), (0, 0), "the window went back");
+    }
+
     #[test]
     fn an_empty_chunk_is_a_question_that_needs_no_window() {
         let stripes = Stripes::default();
-        let s = stripes.get(1, 3, 100).expect("stripe");
+        let s = stripes.get(1, 3, Some(100)).expect("stripe");
         // no window granted yet, and none is taken for a question
         assert_eq!(s.ask(0), Ok(()));
         assert_eq!(s.ask(100), Ok(()), "the body's end is a front too");
@@ -765,7 +882,7 @@ mod tests {
     async fn a_chunk_beyond_the_window_waits_for_the_origin() {
         let stripes = Stripes::default();
         let total = WINDOW + 10;
-        let s = stripes.get(1, 1, total).expect("stripe");
+        let s = stripes.get(1, 1, Some(total)).expect("stripe");
         let (mut body, _done) = s.body(None);
         let far = Bytes::from(vec![1u8; 10]);
         // beyond the window: times out while nothing is consumed
@@ -790,7 +907,7 @@ mod tests {
     async fn overlapping_chunks_at_odd_offsets_cannot_grow_a_stripe_past_its_window() {
         let stripes = Stripes::default();
         let total = 4 * WINDOW;
-        let s = stripes.get(1, 9, total).expect("stripe");
+        let s = stripes.get(1, 9, Some(total)).expect("stripe");
         let mib = Bytes::from(vec![7u8; 1 << 20]);
         // 1 MiB chunks one byte apart, none in order: each ends within the window
         let mut taken = 0;
@@ -815,7 +932,7 @@ mod tests {
         let stripes = Stripes::default();
         let k = 1024u64;
         // a 300 KiB stripe: its window is 300 KiB
-        let s = stripes.get(1, 5, 300 * k).expect("stripe");
+        let s = stripes.get(1, 5, Some(300 * k)).expect("stripe");
         let w = Duration::from_millis(50);
         let chunk = |from: u64, to: u64| Bytes::from(vec![3u8; (to - from) as usize]);
         s.insert(128 * k, chunk(128 * k, 256 * k), w)
@@ -839,7 +956,7 @@ mod tests {
     async fn parallel_first_chunks_share_one_window() {
         // room for exactly one window
         let stripes = Stripes::with_budget(WINDOW, WINDOW);
-        let s = stripes.get(1, 1, 4 * WINDOW).expect("stripe");
+        let s = stripes.get(1, 1, Some(4 * WINDOW)).expect("stripe");
         let mut tasks = Vec::new();
         for i in 0..4u64 {
             let s = s.clone();
@@ -862,9 +979,9 @@ mod tests {
     async fn a_gateway_over_its_budget_waits_and_many_ids_are_refused() {
         let stripes = Stripes::with_budget(2 * WINDOW, 8 * WINDOW);
         let total = 3 * WINDOW;
-        let a = stripes.get(1, 1, total).expect("a");
-        let b = stripes.get(1, 2, total).expect("b");
-        let c = stripes.get(1, 3, total).expect("c");
+        let a = stripes.get(1, 1, Some(total)).expect("a");
+        let b = stripes.get(1, 2, Some(total)).expect("b");
+        let c = stripes.get(1, 3, Some(total)).expect("c");
         let w = Duration::from_millis(20);
         let piece = Bytes::from(vec![1u8; 1000]);
         a.insert(0, piece.clone(), w).await.expect("a has a window");
@@ -875,7 +992,7 @@ mod tests {
             Err(ChunkError::NoBudget)
         );
         // another gateway is not held up
-        let other = stripes.get(2, 1, total).expect("other gateway");
+        let other = stripes.get(2, 1, Some(total)).expect("other gateway");
         other.insert(0, piece.clone(), w).await.expect("own budget");
         // a ends (here: fails): its window goes to c, which was waiting
         let c2 = c.clone();
@@ -888,10 +1005,13 @@ mod tests {
         assert_eq!(waiter.await.expect("join"), Ok(()));
         // ids without end: at most MAX_STRIPES unfinished per gateway
         for id in 100..(100 + MAX_STRIPES as u64) {
-            let _ = stripes.get(3, id, 10);
+            let _ = stripes.get(3, id, Some(10));
         }
-        assert_eq!(stripes.get(3, 99_999, 10).err(), Some(NoStripe::TooMany));
-        assert!(stripes.get(4, 99_999, 10).is_ok(), "per gateway");
+        assert_eq!(
+            stripes.get(3, 99_999, Some(10)).err(),
+            Some(NoStripe::TooMany)
+        );
+        assert!(stripes.get(4, 99_999, Some(10)).is_ok(), "per gateway");
     }
 
     #[test]
@@ -899,7 +1019,7 @@ mod tests {
         let stripes = Stripes::default();
         for id in 0..(MAX_FINISHED as u64 + 10) {
             let s = stripes
-                .get(5, id, 10)
+                .get(5, id, Some(10))
                 .expect("a finished stripe never counts as unfinished");
             s.fail("done");
         }
@@ -915,18 +1035,18 @@ mod tests {
         assert!(!ids.contains(&0), "the oldest went first");
         assert!(ids.contains(&(MAX_FINISHED as u64 + 9)), "the newest stays");
         // a head sent again that late must not open a second origin request
-        assert_eq!(stripes.get(5, 0, 10).err(), Some(NoStripe::Gone));
+        assert_eq!(stripes.get(5, 0, Some(10)).err(), Some(NoStripe::Gone));
     }
 
     #[test]
     fn a_stripe_whose_origin_request_runs_is_never_dropped_to_make_room() {
         let stripes = Stripes::default();
         // the whole body came and the head opened the origin request, which still runs
-        let running = stripes.get(6, 0, 10).expect("stripe");
+        let running = stripes.get(6, 0, Some(10)).expect("stripe");
         assert!(running.attach_head(1));
         running.lock().next = 10;
         for id in 1..(MAX_FINISHED as u64 + 10) {
-            stripes.get(6, id, 10).expect("stripe").fail("done");
+            stripes.get(6, id, Some(10)).expect("stripe").fail("done");
         }
         let map = stripes.map.lock().unwrap_or_else(|e| e.into_inner());
         assert!(map.contains_key(&(6, 0)), "the running one stays");
@@ -935,7 +1055,7 @@ mod tests {
     #[tokio::test]
     async fn the_newest_head_gets_the_answer_and_failures_reach_the_body() {
         let stripes = Stripes::default();
-        let s = stripes.get(2, 3, 5).expect("stripe");
+        let s = stripes.get(2, 3, Some(5)).expect("stripe");
         // head 2 comes first (head 1 is late on a dying path): it opens the origin request
         assert!(s.attach_head(2));
         assert!(!s.attach_head(1));

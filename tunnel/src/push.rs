@@ -11,6 +11,10 @@
 //! bytes it skipped are read and *held* here, and go before any new bytes, on the next
 //! path that takes a chunk without a lead (the primary, as a rule).
 //!
+//! A body the device sends without a length is pushed as it comes: its length is known
+//! once the shell reads the device's last byte ([`PushedBody::ends_at`]), and the body is
+//! done only then.
+//!
 //! A chunk whose path dies, or falls silent (no probe answered for a while: a cut link
 //! looks like this long before it is called down), goes again on another path in small
 //! urgent pieces, ahead of bulk. A silent path's chunk may still arrive: the relay keeps the
@@ -65,7 +69,8 @@ impl Flight {
 /// One striped body.
 #[derive(Debug)]
 pub struct PushedBody {
-    total: u64,
+    /// The body's length, once known.
+    total: Option<u64>,
     window: u64,
     chunk: u64,
     piece: u64,
@@ -86,11 +91,11 @@ pub struct PushedBody {
 }
 
 impl PushedBody {
-    /// A body of `total` bytes, sent at most `window` ahead of the first byte the relay has
+    /// A body of `total` bytes (`None`: not known until [`Self::ends_at`]), sent at most `window` ahead of the first byte the relay has
     /// not confirmed, in new chunks of at most `chunk` bytes; bytes sent again go in
     /// `piece`-byte pieces; at most `max_held` bytes are read ahead and held for a faster
     /// path.
-    pub fn new(total: u64, window: u64, chunk: u64, piece: u64, max_held: u64) -> Self {
+    pub fn new(total: Option<u64>, window: u64, chunk: u64, piece: u64, max_held: u64) -> Self {
         Self {
             total,
             window,
@@ -112,9 +117,26 @@ impl PushedBody {
         self.read
     }
 
-    /// Whether the relay confirmed every byte.
+    /// The body's length, once known.
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    /// The body ends at `total` bytes: the device sent its last byte (a body of unknown
+    /// length). A length already known stays.
+    pub fn ends_at(&mut self, total: u64) {
+        self.total.get_or_insert(total);
+    }
+
+    /// Whether the body's length is known and the relay confirmed every byte.
     pub fn done(&self) -> bool {
-        self.read >= self.total && self.confirmed(0, self.total)
+        self.total
+            .is_some_and(|t| self.read >= t && self.confirmed(0, t))
+    }
+
+    /// Bytes of the body not read yet (unbounded while its length is unknown).
+    fn unread(&self) -> u64 {
+        self.total.map_or(u64::MAX, |t| t.saturating_sub(self.read))
     }
 
     /// The first byte the relay has not confirmed.
@@ -148,7 +170,7 @@ impl PushedBody {
 
     /// New bytes to send, within the window (held bytes aside).
     pub fn fresh(&self) -> Option<Next> {
-        let len = self.chunk.min(self.total.saturating_sub(self.read));
+        let len = self.chunk.min(self.unread());
         (len > 0 && self.read + len <= self.in_order() + self.window).then_some(Next::New {
             offset: self.read,
             len,
@@ -163,7 +185,7 @@ impl PushedBody {
         lead.saturating_sub(self.held_bytes)
             .min(self.max_held.saturating_sub(self.held_bytes))
             .min((self.in_order() + self.window).saturating_sub(after))
-            .min(self.total.saturating_sub(after))
+            .min(self.unread().saturating_sub(len))
     }
 
     /// Holds the body's next bytes, `data` (read after [`Self::skip_for`]), for a faster path.
@@ -392,7 +414,7 @@ mod tests {
     use super::*;
 
     fn body(total: u64) -> PushedBody {
-        PushedBody::new(total, 1000, 100, 25, 0)
+        PushedBody::new(Some(total), 1000, 100, 25, 0)
     }
 
     fn bytes(offset: u64, len: u64) -> Bytes {
@@ -435,8 +457,41 @@ mod tests {
     }
 
     #[test]
+    fn a_body_of_unknown_length_is_done_only_once_its_end_is_known() {
+        let mut b = PushedBody::new(None, 1000, 100, 25, 0);
+        assert_eq!(b.total(), None);
+        let (t1, _, l1) = send_new(&mut b, 100, 0);
+        let (t2, o2, l2) = send_new(&mut b, 100, 1);
+        assert_eq!((l1, o2, l2), (100, 100, 100));
+        b.answered(t1);
+        b.answered(t2);
+        assert_eq!(b.in_order(), 200);
+        assert!(!b.done(), "the device may send more");
+        assert!(
+            matches!(
+                b.fresh(),
+                Some(Next::New {
+                    offset: 200,
+                    len: 100
+                })
+            ),
+            "more is offered while the length is unknown"
+        );
+        // the device's last byte: 50 more
+        let (t3, _, _) = send_new(&mut b, 50, 0);
+        b.ends_at(250);
+        assert_eq!(b.total(), Some(250));
+        assert_eq!(b.fresh(), None, "nothing beyond the end");
+        assert!(!b.done(), "the last chunk is not confirmed");
+        b.answered(t3);
+        assert!(b.done());
+        b.ends_at(999);
+        assert_eq!(b.total(), Some(250), "a known length stays");
+    }
+
+    #[test]
     fn the_window_counts_from_the_first_unconfirmed_byte() {
-        let mut b = PushedBody::new(10_000, 300, 100, 25, 0);
+        let mut b = PushedBody::new(Some(10_000), 300, 100, 25, 0);
         let (t1, _, _) = send_new(&mut b, 100, 0);
         let (t2, _, _) = send_new(&mut b, 100, 0);
         send_new(&mut b, 100, 0);
@@ -508,7 +563,7 @@ mod tests {
 
     #[test]
     fn the_relays_front_never_passes_bytes_held_back() {
-        let mut b = PushedBody::new(1000, 1000, 100, 25, 500);
+        let mut b = PushedBody::new(Some(1000), 1000, 100, 25, 500);
         let (t, _, _) = send_new(&mut b, 100, 0);
         b.hold(bytes(100, 50));
         let (_, o, _) = send_new(&mut b, 100, 1);
@@ -587,7 +642,7 @@ mod tests {
         // chunks 0-100 on path 0, 100-200 on path 1, 200-300 on path 0, 300-400 on path 1:
         // path 0 falls silent. The chunk on path 1 between the silent path's two goes again
         // too (the pieces above would go ahead of it), the one above does not
-        let mut b = PushedBody::new(400, 1000, 100, 50, 0);
+        let mut b = PushedBody::new(Some(400), 1000, 100, 50, 0);
         send_new(&mut b, 100, 0);
         let (between, _, _) = send_new(&mut b, 100, 1);
         send_new(&mut b, 100, 0);
@@ -626,7 +681,7 @@ mod tests {
 
     #[test]
     fn a_slower_paths_chunk_skips_ahead_and_the_held_bytes_go_first() {
-        let mut b = PushedBody::new(1000, 1000, 100, 25, 300);
+        let mut b = PushedBody::new(Some(1000), 1000, 100, 25, 300);
         // the slow path's chunk starts 250 bytes beyond the front
         assert_eq!(b.skip_for(250, 100), 250);
         b.hold(bytes(0, 250));
@@ -659,13 +714,13 @@ mod tests {
 
     #[test]
     fn what_is_held_stays_within_its_bound_the_window_and_the_body() {
-        let b = PushedBody::new(1000, 400, 100, 25, 300);
+        let b = PushedBody::new(Some(1000), 400, 100, 25, 300);
         assert_eq!(b.skip_for(10_000, 100), 300, "the most held");
-        let b = PushedBody::new(1000, 250, 100, 25, 300);
+        let b = PushedBody::new(Some(1000), 250, 100, 25, 300);
         assert_eq!(b.skip_for(10_000, 100), 150, "the window");
-        let b = PushedBody::new(180, 1000, 100, 25, 300);
+        let b = PushedBody::new(Some(180), 1000, 100, 25, 300);
         assert_eq!(b.skip_for(10_000, 100), 80, "the body");
-        let mut b = PushedBody::new(1000, 1000, 100, 25, 300);
+        let mut b = PushedBody::new(Some(1000), 1000, 100, 25, 300);
         b.hold(bytes(0, 200));
         assert_eq!(b.skip_for(250, 100), 50, "what is held counts as lead");
         assert_eq!(b.skip_for(150, 100), 0);
@@ -703,7 +758,9 @@ mod tests {
         for seed in 0..300u64 {
             let mut rng = fastrand::Rng::with_seed(seed);
             let total = 400;
-            let mut b = PushedBody::new(total, 300, 100, 25, 150);
+            // every other body comes without a length: known once its last byte is read
+            let known = seed % 2 == 0;
+            let mut b = PushedBody::new(known.then_some(total), 300, 100, 25, 150);
             let mut relay = Relay(vec![None; total as usize]);
             // ticket -> (offset, data, path)
             let mut flights: Vec<(u64, u64, Bytes, PathId)> = Vec::new();
@@ -725,14 +782,24 @@ mod tests {
                         }
                         Next::New { len, .. } => {
                             let len = rng.u64(1..=len);
-                            // a slower path's chunk now and then skips ahead
+                            // a slower path's chunk now and then skips ahead (the device's
+                            // body may end within what it skips)
                             if rng.bool() {
                                 let skip = b.skip_for(rng.u64(0..200), len);
+                                let skip = skip.min(total - b.read());
                                 b.hold(bytes(b.read(), skip));
+                                if b.read() == total {
+                                    b.ends_at(total);
+                                    continue;
+                                }
                             }
                             let offset = b.read();
+                            let len = len.min(total - offset);
                             let d = bytes(offset, len);
                             flights.push((b.start_new(d.clone(), path), offset, d, path));
+                            if offset + len == total {
+                                b.ends_at(total);
+                            }
                         }
                     }
                 }

@@ -327,8 +327,13 @@ async fn forward_body(
         },
     };
     // A large upload is striped over every path: its chunks go where they finish soonest,
-    // and its head (no body) may be sent again when its path dies.
+    // and its head (no body) may be sent again when its path dies. A body sent without a
+    // length (and not spooled whole) goes as a stripe of unknown length.
     let total = unit.up_bytes;
+    let length = match &body {
+        ReqBody::Once(_) => declared,
+        _ => Some(total),
+    };
     let mut out = out;
     // a large answer may come in chunks over every path (`crate::pull`)
     if crate::pull::worth_offering(&state.bond, class) && out.method != Method::HEAD {
@@ -341,15 +346,18 @@ async fn forward_body(
     // A body that cannot be sent again as it is (a POST, or one too large to keep) goes as
     // a stripe even when striping does not pay: the relay takes each chunk once and answers
     // a head sent again after its path died, so the request survives the loss of its path.
-    let protect = !replayable && total > 0 && crate::stripe::may_carry(&out.method, class);
+    let protect =
+        !replayable && length.is_none_or(|n| n > 0) && crate::stripe::may_carry(&out.method, class);
     if protect || crate::stripe::worth_it(&state.bond, &out.method, class, total) {
         let source = match std::mem::replace(&mut body, ReqBody::Kept(Bytes::new())) {
             ReqBody::Kept(b) => Some(crate::stripe::Source::Kept(b)),
             ReqBody::Spooled(f) => Some(crate::stripe::Source::Spooled(f)),
-            // a body part-spooled has no known length: it is never striped (total 0)
-            ReqBody::Once(Some(s)) if s.spooled.is_none() => Some(
-                crate::stripe::Source::stream_after(s.prefix, s.rest, state.body_idle),
-            ),
+            ReqBody::Once(Some(s)) => Some(crate::stripe::Source::spooled_then(
+                s.spooled,
+                s.prefix,
+                s.rest,
+                state.body_idle,
+            )),
             other => {
                 body = other;
                 None
@@ -357,13 +365,16 @@ async fn forward_body(
         };
         if let Some(source) = source {
             let id = crate::stripe::new_id();
-            out.headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+            // (none for a body of unknown length: the relay's origin request goes chunked)
+            if let Some(n) = length {
+                out.headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
             let (guard, outcome) = crate::stripe::start(
                 state.bond.clone(),
                 class,
                 id,
-                total,
+                (length, limit),
                 source,
                 state.response_timeout,
             );
@@ -659,6 +670,9 @@ pub(crate) async fn attempt_on(
                 let _ = send.finish().await;
                 match outcome.wait_for(Option::is_some).await {
                     Ok(r) => match &*r {
+                        Some(Err(crate::stripe::StripeError::OverLimit(_))) => {
+                            Err(UploadError::OverLimit)
+                        }
                         Some(Err(e)) => Err(UploadError::Stripe(e.to_string())),
                         _ => Ok(()),
                     },

@@ -10,9 +10,10 @@ fn stripe_for(
     state: &State,
     ctx: &ConnCtx,
     id: u64,
-    total: u64,
+    total: Option<u64>,
+    end: u64,
 ) -> Result<Arc<stripe::Stripe>, Refusal> {
-    if state.max_body.is_some_and(|m| total > m) {
+    if state.max_body.is_some_and(|m| total.unwrap_or(end) > m) {
         return Err(Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body over the relay's limit",
@@ -137,14 +138,15 @@ pub(super) async fn stripe_chunk(
         Err(e) => {
             stream.stop_sending(h3::error::Code::H3_NO_ERROR);
             let why = format!(
-                "a chunk needs canopy-stripe (hex), canopy-stripe-offset and \
-                 canopy-stripe-total: {e}"
+                "a chunk needs canopy-stripe (hex) and canopy-stripe-offset, and \
+                 canopy-stripe-total once the body's length is known: {e}"
             );
             return refuse(&mut stream, Refusal::new(StatusCode::BAD_REQUEST, why)).await;
         }
     };
     let wire::stripe::StripeChunk { id, offset, total } = chunk;
-    let stripe = match stripe_for(state, ctx, id, total) {
+    // (a body of unknown length: over the limit once a chunk starts beyond it)
+    let stripe = match stripe_for(state, ctx, id, total, offset) {
         Ok(s) => s,
         Err(r) => {
             stream.stop_sending(h3::error::Code::H3_NO_ERROR);
@@ -311,16 +313,16 @@ pub(super) async fn striped(
     class: TrafficClass,
 ) -> StatusCode {
     while let Ok(Some(_)) = stream.recv_data().await {}
-    let marks = StripeHead::read(req.headers());
+    // no content-length: the device sent the body without one, and a chunk names it
     let total = hop::declared_length(req.headers());
-    let (Ok(StripeHead { id, number: head }), Some(total)) = (marks, total) else {
-        let why = match marks {
-            Err(e) => format!("a striped request's head: {e}"),
-            Ok(_) => "a striped request needs content-length".to_string(),
-        };
-        return refuse(&mut stream, Refusal::new(StatusCode::BAD_REQUEST, why)).await;
+    let StripeHead { id, number: head } = match StripeHead::read(req.headers()) {
+        Ok(m) => m,
+        Err(e) => {
+            let why = format!("a striped request's head: {e}");
+            return refuse(&mut stream, Refusal::new(StatusCode::BAD_REQUEST, why)).await;
+        }
     };
-    let stripe = match stripe_for(state, ctx, id, total) {
+    let stripe = match stripe_for(state, ctx, id, total, 0) {
         Ok(s) => s,
         Err(r) => return refuse(&mut stream, r).await,
     };

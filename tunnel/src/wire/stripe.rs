@@ -1,5 +1,8 @@
 //! A striped request body's chunks: `PUT https://canopy.stripe/` with the stripe's id, the
-//! chunk's offset and the body's whole length ([`StripeChunk`]); the relay answers once it
+//! chunk's offset and the body's whole length when the gateway knows it ([`StripeChunk`]: a
+//! body the device sends without a length is striped as it comes, and every chunk read
+//! after the device's last byte names the length, so the chunk with the last byte always
+//! does); the relay answers once it
 //! has the chunk, and names how far it has the body in order ([`HDR_STRIPE_HAVE`]), so a
 //! gateway that must send a dead path's chunks again leaves out what the relay already has
 //! (the relay takes a chunk's bytes as they arrive, so part of a chunk on a path that died
@@ -62,22 +65,24 @@ pub struct StripeChunk {
     pub id: u64,
     /// Where the chunk starts in the body.
     pub offset: u64,
-    /// The body's whole length (a chunk may arrive before the head).
-    pub total: u64,
+    /// The body's whole length (a chunk may arrive before the head); `None` while the
+    /// gateway does not know it yet (the device sends the body without a length).
+    pub total: Option<u64>,
 }
 
 impl StripeChunk {
     /// The request, for traffic class `class` (the class's wire name).
     pub fn request(&self, class: &str) -> Option<Request<()>> {
-        Request::builder()
+        let mut r = Request::builder()
             .method(Method::PUT)
             .uri(format!("https://{STRIPE_AUTHORITY}/"))
             .header(HDR_CLASS, class)
             .header(HDR_STRIPE, id_value(self.id))
-            .header(HDR_STRIPE_OFFSET, self.offset)
-            .header(HDR_STRIPE_TOTAL, self.total)
-            .body(())
-            .ok()
+            .header(HDR_STRIPE_OFFSET, self.offset);
+        if let Some(total) = self.total {
+            r = r.header(HDR_STRIPE_TOTAL, total);
+        }
+        r.body(()).ok()
     }
 
     /// Reads one from a request's headers.
@@ -85,7 +90,11 @@ impl StripeChunk {
         Ok(Self {
             id: read_id(h, HDR_STRIPE)?,
             offset: read_u64(h, HDR_STRIPE_OFFSET)?,
-            total: read_u64(h, HDR_STRIPE_TOTAL)?,
+            total: match read_u64(h, HDR_STRIPE_TOTAL) {
+                Ok(n) => Some(n),
+                Err(HeaderError::Missing(_)) => None,
+                Err(e) => return Err(e),
+            },
         })
     }
 }
@@ -150,7 +159,7 @@ mod tests {
         let c = StripeChunk {
             id: 0xdead_beef_0000_0001,
             offset: 123_456,
-            total: 70_000_000,
+            total: Some(70_000_000),
         };
         let req = c.request("bulk").expect("a request");
         assert_eq!(req.method(), Method::PUT);
@@ -161,18 +170,31 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_of_a_body_of_unknown_length_round_trips_without_a_total() {
+        let c = StripeChunk {
+            id: 7,
+            offset: 262_144,
+            total: None,
+        };
+        let req = c.request("bulk").expect("a request");
+        assert!(req.headers().get(HDR_STRIPE_TOTAL).is_none());
+        assert_eq!(StripeChunk::read(req.headers()), Ok(c));
+    }
+
+    #[test]
     fn a_chunk_without_its_numbers_is_refused_by_name() {
         let c = StripeChunk {
             id: 1,
             offset: 0,
-            total: 10,
+            total: Some(10),
         };
         let mut h = c.request("bulk").unwrap().headers().clone();
-        h.remove(HDR_STRIPE_TOTAL);
+        h.remove(HDR_STRIPE_OFFSET);
         assert_eq!(
             StripeChunk::read(&h),
-            Err(HeaderError::Missing(HDR_STRIPE_TOTAL))
+            Err(HeaderError::Missing(HDR_STRIPE_OFFSET))
         );
+        h.insert(HDR_STRIPE_OFFSET, HeaderValue::from_static("0"));
         h.insert(HDR_STRIPE_TOTAL, HeaderValue::from_static("-1"));
         assert_eq!(
             StripeChunk::read(&h),
