@@ -55,7 +55,7 @@ pub(crate) enum Taken<B> {
     Whole(Spooled),
     /// It did not fit, was still coming when its hold was up, or the spool's file could not
     /// be opened: what is on disk (if any), the bytes read after it, and the rest of the
-    /// device's body, to stream on once.
+    /// device's body, to go on as it comes (striped, its length unknown).
     Streams {
         spooled: Option<Spooled>,
         next: Bytes,

@@ -787,11 +787,12 @@ pub struct ProxySection {
     /// soon as it is open.
     pub body_spool_dir: PathBuf,
     /// Most bytes such bodies take on disk at once, a quarter of it per body. 0 = off:
-    /// such bodies stream on as they come, on one uplink, and fail with it.
+    /// such bodies are striped as they come, as stripes of unknown length (the origin
+    /// gets them without a length).
     pub body_spool_bytes: u64,
     /// Longest such a body is held (in memory, then in the spool) while the device sends
-    /// it; one without room, or still coming after this, streams on from there, on one
-    /// uplink (a live push goes on, and catches up), ms.
+    /// it; one without room, or still coming after this, goes on from there as a stripe
+    /// of unknown length (a live push goes on, and catches up), ms.
     pub chunked_hold_ms: u64,
 }
 
