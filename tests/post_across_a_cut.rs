@@ -196,8 +196,8 @@ async fn post_paced(proxy: SocketAddr, url: &str, pieces: Vec<(Bytes, Duration)>
 
 /// Chunked bodies the body spool cannot hold whole go on as stripes of unknown length,
 /// every byte in order: one over its share of the spool (a quarter of 8 MiB), one still
-/// coming when its hold (100 ms) is up after it filled the first mebibyte, and one still
-/// coming before it did.
+/// coming when its hold (100 ms) is up after it filled the first mebibyte, one still
+/// coming before it did, and a slow push.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_bodies_beyond_their_room_or_time_go_on_whole() {
     let bed = two_links_with(|p| {
@@ -230,11 +230,20 @@ async fn chunked_bodies_beyond_their_room_or_time_go_on_whole() {
                 .map(|i| (piece(i), Duration::from_millis(50)))
                 .collect(),
         ),
+        // a slow push, 1 MiB at once, then 40 pieces of 1 KB every 80 ms: each pause
+        // sends what came (but the byte kept back to learn the end)
+        (
+            "a slow push",
+            (0..16)
+                .map(|i| (piece(i), Duration::ZERO))
+                .chain((0..40).map(|i| (piece(i).slice(..1000), Duration::from_millis(80))))
+                .collect(),
+        ),
     ];
     for (what, pieces) in cases {
         let want = digest_line(&whole(&pieces));
         let (status, answer) = post_paced(bed.proxy, &url, pieces).await;
         assert_eq!((status, answer.as_str()), (200, want.as_str()), "{what}");
     }
-    assert_eq!(bed.origin_stats.digests.load(Ordering::Relaxed), 3);
+    assert_eq!(bed.origin_stats.digests.load(Ordering::Relaxed), 4);
 }

@@ -63,6 +63,11 @@ const LEAD_MIN: u64 = CHUNK_MIN;
 pub fn chunk_len(rate: f64) -> u64 {
     ((rate.max(0.0) * CHUNK_TIME_S) as u64).clamp(CHUNK_MIN, CHUNK)
 }
+/// A body of unknown length goes on when its device pauses this long with bytes read: a
+/// slow push (audio, telemetry) is not held back until it fills a chunk, nor left for the
+/// relay's idle limit.
+const PAUSE: Duration = Duration::from_millis(50);
+
 /// Bodies at least this large are striped (when two or more paths are up).
 pub const STRIPE_MIN: u64 = 2 * CHUNK;
 
@@ -111,9 +116,10 @@ impl Source {
     }
 
     /// The next `n` bytes (fewer only at the end), and whether the body ends with them.
-    /// With `look_ahead`, a streamed body is read one byte beyond them, so that its end is
-    /// known with its last byte (the device may then wait for more before it sends it);
-    /// without, a body that ends right after them says so only on the next take.
+    /// With `look_ahead` (a body of unknown length), a streamed body is read one byte
+    /// beyond them, so that its end is known with its last byte, and fewer go when the
+    /// device pauses ([`PAUSE`]) with bytes read; without, a body that ends right after
+    /// them says so only on the next take.
     async fn take(&mut self, n: u64, look_ahead: bool) -> Result<(Bytes, bool), String> {
         let n = usize::try_from(n).unwrap_or(usize::MAX);
         match self {
@@ -165,13 +171,34 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let more = n.saturating_add(look_ahead.into());
-    fill(body, buf, more, idle)
-        .await
-        .map_err(|e| e.to_string())?;
-    // fewer than asked: the body ended
-    let ended = buf.len() < more;
-    Ok((buf.split_to(n.min(buf.len())).freeze(), ended))
+    if !look_ahead {
+        fill(body, buf, n, idle).await.map_err(|e| e.to_string())?;
+        // fewer than asked: the body ended
+        let ended = buf.len() < n;
+        return Ok((buf.split_to(n.min(buf.len())).freeze(), ended));
+    }
+    // one byte beyond what goes is read first, so the chunk with the last byte knows it
+    // is the last; and what came goes on when the device pauses
+    while buf.len() <= n {
+        let wait = if buf.len() >= 2 { PAUSE } else { idle };
+        match tokio::time::timeout(wait, body.frame()).await {
+            Err(_) if buf.len() >= 2 => break,
+            Err(_) => return Err(BodyReadError::Idle(idle).to_string()),
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+            }
+            Ok(Some(Err(e))) => return Err(BodyReadError::Broken(e.to_string()).to_string()),
+            Ok(None) => {
+                let d = buf.split_to(n.min(buf.len())).freeze();
+                return Ok((d, buf.is_empty()));
+            }
+        }
+    }
+    // more follows: the last byte read stays back
+    let k = n.min(buf.len() - 1);
+    Ok((buf.split_to(k).freeze(), false))
 }
 
 /// Why the device's body could not be read.
@@ -1011,7 +1038,7 @@ mod tests {
         http_body_util::StreamBody::new(futures_util::stream::iter(frames))
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_body_without_a_length_ends_with_its_last_byte_when_read_ahead() {
         let idle = Duration::from_secs(1);
         // 100 bytes in frames that do not fall on the takes' bounds, and exactly on them
@@ -1041,6 +1068,44 @@ mod tests {
         assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((40, false)));
         let take = take_streamed(&mut body, &mut buf, 40, true, idle).await;
         assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((40, true)));
+        // a device that pauses: what came goes on, but for the byte that stays back
+        let paced = futures_util::stream::unfold(0, |i| async move {
+            match i {
+                0 => Some((
+                    Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(vec![1u8; 10]))),
+                    1,
+                )),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Some((Ok(http_body::Frame::data(Bytes::from(vec![2u8; 10]))), 2))
+                }
+                _ => None,
+            }
+        });
+        let mut body = http_body_util::StreamBody::new(Box::pin(paced));
+        let mut buf = BytesMut::new();
+        let take = take_streamed(&mut body, &mut buf, 40, true, idle).await;
+        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((9, false)));
+        let take = take_streamed(&mut body, &mut buf, 40, true, idle).await;
+        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((11, true)));
+        // a device silent for its idle time fails the body (the byte kept back is not
+        // something to send)
+        let paced = futures_util::stream::unfold(0, |i| async move {
+            if i == 1 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Some((
+                Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(vec![3u8; 10]))),
+                i + 1,
+            ))
+        });
+        let mut body = http_body_util::StreamBody::new(Box::pin(paced));
+        let mut buf = BytesMut::new();
+        let take = take_streamed(&mut body, &mut buf, 40, true, idle).await;
+        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((9, false)));
+        assert!(take_streamed(&mut body, &mut buf, 40, true, idle)
+            .await
+            .is_err());
         // without reading ahead, that end shows only on the next take
         let mut body = frames(&[40]);
         let mut buf = BytesMut::new();
