@@ -1038,19 +1038,32 @@ mod tests {
         http_body_util::StreamBody::new(futures_util::stream::iter(frames))
     }
 
+    /// [`take_streamed`] of 40 bytes, idle after 1 s: how many came, and whether the body
+    /// ended.
+    async fn take40<B>(
+        body: &mut B,
+        buf: &mut BytesMut,
+        look_ahead: bool,
+    ) -> Result<(usize, bool), String>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let idle = Duration::from_secs(1);
+        let (d, end) = take_streamed(body, buf, 40, look_ahead, idle).await?;
+        Ok((d.len(), end))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_body_without_a_length_ends_with_its_last_byte_when_read_ahead() {
-        let idle = Duration::from_secs(1);
         // 100 bytes in frames that do not fall on the takes' bounds, and exactly on them
         for parts in [vec![30, 30, 40], vec![40, 40, 20], vec![100]] {
             let mut body = frames(&parts);
             let mut buf = BytesMut::new();
             let mut got = Vec::new();
             loop {
-                let (d, end) = take_streamed(&mut body, &mut buf, 40, true, idle)
-                    .await
-                    .expect("read");
-                got.push((d.len(), end));
+                let (n, end) = take40(&mut body, &mut buf, true).await.expect("read");
+                got.push((n, end));
                 if end {
                     break;
                 }
@@ -1064,10 +1077,8 @@ mod tests {
         // a body that ends on a take's bound is known to end with it
         let mut body = frames(&[40, 40]);
         let mut buf = BytesMut::new();
-        let take = take_streamed(&mut body, &mut buf, 40, true, idle).await;
-        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((40, false)));
-        let take = take_streamed(&mut body, &mut buf, 40, true, idle).await;
-        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((40, true)));
+        assert_eq!(take40(&mut body, &mut buf, true).await, Ok((40, false)));
+        assert_eq!(take40(&mut body, &mut buf, true).await, Ok((40, true)));
         // a device that pauses: what came goes on, but for the byte that stays back
         let paced = futures_util::stream::unfold(0, |i| async move {
             match i {
@@ -1084,10 +1095,8 @@ mod tests {
         });
         let mut body = http_body_util::StreamBody::new(Box::pin(paced));
         let mut buf = BytesMut::new();
-        let take = take_streamed(&mut body, &mut buf, 40, true, idle).await;
-        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((9, false)));
-        let take = take_streamed(&mut body, &mut buf, 40, true, idle).await;
-        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((11, true)));
+        assert_eq!(take40(&mut body, &mut buf, true).await, Ok((9, false)));
+        assert_eq!(take40(&mut body, &mut buf, true).await, Ok((11, true)));
         // a device silent for its idle time fails the body (the byte kept back is not
         // something to send)
         let paced = futures_util::stream::unfold(0, |i| async move {
@@ -1101,17 +1110,12 @@ mod tests {
         });
         let mut body = http_body_util::StreamBody::new(Box::pin(paced));
         let mut buf = BytesMut::new();
-        let take = take_streamed(&mut body, &mut buf, 40, true, idle).await;
-        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((9, false)));
-        assert!(take_streamed(&mut body, &mut buf, 40, true, idle)
-            .await
-            .is_err());
+        assert_eq!(take40(&mut body, &mut buf, true).await, Ok((9, false)));
+        assert!(take40(&mut body, &mut buf, true).await.is_err());
         // without reading ahead, that end shows only on the next take
         let mut body = frames(&[40]);
         let mut buf = BytesMut::new();
-        let take = take_streamed(&mut body, &mut buf, 40, false, idle).await;
-        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((40, false)));
-        let take = take_streamed(&mut body, &mut buf, 40, false, idle).await;
-        assert_eq!(take.map(|(d, end)| (d.len(), end)), Ok((0, true)));
+        assert_eq!(take40(&mut body, &mut buf, false).await, Ok((40, false)));
+        assert_eq!(take40(&mut body, &mut buf, false).await, Ok((0, true)));
     }
 }
