@@ -231,7 +231,9 @@ async fn chunked_bodies_beyond_their_room_or_time_go_on_whole() {
                 .collect(),
         ),
         // a slow push, 1 MiB at once, then 40 pieces of 1 KB every 80 ms: each pause
-        // sends what came (but the byte kept back to learn the end)
+        // sends what came but the byte kept back to learn the end, so many small chunks
+        // must come together in order (that the pause sends them is the gateway's unit
+        // test, `stripe::tests`)
         (
             "a slow push",
             (0..16)

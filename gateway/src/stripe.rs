@@ -589,20 +589,24 @@ async fn send_all(
                                 }
                                 (_, Some((len, skip))) => {
                                     let skip = skip.unwrap_or(0);
+                                    // (a body of unknown length may give fewer: it ended,
+                                    // or its device paused)
+                                    let mut short = false;
                                     if skip > 0 {
                                         let held =
                                             take_next(&mut source, &mut body, skip, limit).await?;
+                                        short = (held.len() as u64) < skip;
                                         body.hold(held);
                                     }
                                     let offset = body.read();
-                                    let data = if body.total() == Some(offset) {
+                                    let data = if short || body.total() == Some(offset) {
                                         Bytes::new()
                                     } else {
                                         take_next(&mut source, &mut body, len, limit).await?
                                     };
                                     if data.is_empty() {
-                                        // a body of unknown length ended before them: what
-                                        // is held goes next
+                                        // what is held goes next, not after the device's
+                                        // next bytes
                                         continue;
                                     }
                                     (body.start_new(data.clone(), path), offset, data, None)
