@@ -89,18 +89,9 @@ pub enum Source {
 }
 
 impl Source {
-    /// The device's body; it fails after `idle` without bytes while a chunk waits for them
-    /// (not while chunks wait for room: that is our back-pressure, not a stalled device).
-    pub fn stream(body: Incoming, idle: Duration) -> Self {
-        Self::stream_after(Bytes::new(), body, idle)
-    }
-
-    /// The device's body, of which `read` was read already.
-    pub fn stream_after(read: Bytes, body: Incoming, idle: Duration) -> Self {
-        Self::spooled_then(None, read, body, idle)
-    }
-
-    /// The device's body, of which `spooled` went to the body spool, then `read` was read.
+    /// The device's body, of which `spooled` went to the body spool (if any), then `read`
+    /// was read. It fails after `idle` without bytes while a chunk waits for them (not
+    /// while chunks wait for room: that is our back-pressure, not a stalled device).
     pub fn spooled_then(
         spooled: Option<crate::body_spool::Spooled>,
         read: Bytes,
@@ -181,16 +172,14 @@ where
     // is the last; and what came goes on when the device pauses
     while buf.len() <= n {
         let wait = if buf.len() >= 2 { PAUSE } else { idle };
-        match tokio::time::timeout(wait, body.frame()).await {
-            Err(_) if buf.len() >= 2 => break,
-            Err(_) => return Err(BodyReadError::Idle(idle).to_string()),
-            Ok(Some(Ok(f))) => {
-                if let Ok(d) = f.into_data() {
-                    buf.extend_from_slice(&d);
-                }
-            }
-            Ok(Some(Err(e))) => return Err(BodyReadError::Broken(e.to_string()).to_string()),
-            Ok(None) => {
+        match read_frame(body, buf, wait)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Frame::Read => {}
+            Frame::Quiet if buf.len() >= 2 => break,
+            Frame::Quiet => return Err(BodyReadError::Idle(idle).to_string()),
+            Frame::End => {
                 let d = buf.split_to(n.min(buf.len())).freeze();
                 return Ok((d, buf.is_empty()));
             }
@@ -223,20 +212,46 @@ where
     B::Error: std::fmt::Display,
 {
     while buf.len() < n {
-        let Ok(frame) = tokio::time::timeout(idle, inc.frame()).await else {
-            return Err(BodyReadError::Idle(idle));
-        };
-        match frame {
-            Some(Ok(f)) => {
-                if let Ok(d) = f.into_data() {
-                    buf.extend_from_slice(&d);
-                }
-            }
-            Some(Err(e)) => return Err(BodyReadError::Broken(e.to_string())),
-            None => break,
+        match read_frame(inc, buf, idle).await? {
+            Frame::Read => {}
+            Frame::Quiet => return Err(BodyReadError::Idle(idle)),
+            Frame::End => break,
         }
     }
     Ok(())
+}
+
+/// What waiting for one frame of the device's body gave.
+enum Frame {
+    /// A frame (its data, if any, is in the buffer).
+    Read,
+    /// Nothing within the wait.
+    Quiet,
+    /// The body ended.
+    End,
+}
+
+/// Waits at most `wait` for one frame of the device's body and puts its data in `buf`.
+async fn read_frame<B>(
+    body: &mut B,
+    buf: &mut BytesMut,
+    wait: Duration,
+) -> Result<Frame, BodyReadError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    match tokio::time::timeout(wait, body.frame()).await {
+        Err(_) => Ok(Frame::Quiet),
+        Ok(Some(Ok(f))) => {
+            if let Ok(d) = f.into_data() {
+                buf.extend_from_slice(&d);
+            }
+            Ok(Frame::Read)
+        }
+        Ok(Some(Err(e))) => Err(BodyReadError::Broken(e.to_string())),
+        Ok(None) => Ok(Frame::End),
+    }
 }
 
 /// The outcome of a stripe's chunks, for the head's attempt: `None` while they go.
