@@ -208,6 +208,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
         admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         fleet: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         gateway_proxy: |_| {},
+        relay_egress: |_| {},
     })
     .await?;
     if let Some((addr, token)) = &bed.admin {

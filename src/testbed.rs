@@ -153,6 +153,8 @@ pub struct TestbedOptions {
     pub fleet: Option<SocketAddr>,
     /// Changes to the gateway's `[proxy]` section (limits, the body spool).
     pub gateway_proxy: fn(&mut gateway::config::ProxySection),
+    /// Changes to the relay's `[egress]` section (limits).
+    pub relay_egress: fn(&mut ingest_relay::config::EgressSection),
 }
 
 /// What carries the tunnel between a testbed's gateway and relay.
@@ -221,6 +223,7 @@ impl TestbedOptions {
             admin: None,
             fleet: None,
             gateway_proxy: |_| {},
+            relay_egress: |_| {},
         }
     }
 }
@@ -259,6 +262,7 @@ impl Testbed {
         relay_cfg.bids.journal = state_dir.0.join("relay-bids.journal");
         relay_cfg.relay.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         relay_cfg.egress.allow = vec![origin.to_string()];
+        (opts.relay_egress)(&mut relay_cfg.egress);
         relay_cfg.tunnel = opts.tunnel.clone();
         relay_cfg.metrics.listen = opts.metrics.map(|m| m.0);
         relay_cfg.viewers.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));

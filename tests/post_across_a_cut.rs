@@ -249,3 +249,51 @@ async fn chunked_bodies_beyond_their_room_or_time_go_on_whole() {
     }
     assert_eq!(bed.origin_stats.digests.load(Ordering::Relaxed), 4);
 }
+
+/// A body without a length that grows over the relay's request body limit (4 MiB here;
+/// the gateway's is larger, and its spool is off, so the body is striped as it comes) is
+/// refused with 413 naming the relay's limit, and the relay ends the origin request at
+/// once (`ingest_relay::stripe`'s unit test). Before, the device got 502 ("the relay
+/// refused a chunk") and the origin request waited a minute for bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_over_the_relays_limit_gets_413() {
+    let bed = canopy::testbed::Testbed::start(canopy::testbed::TestbedOptions {
+        links: vec![
+            canopy::testbed::TestLink::new(
+                "fast",
+                Some(canopy::linkem::LinkProfile::symmetric(
+                    "fast", 20_000, 15, 100,
+                )),
+            ),
+            canopy::testbed::TestLink::new(
+                "slow",
+                Some(canopy::linkem::LinkProfile::symmetric(
+                    "slow", 10_000, 10, 100,
+                )),
+            ),
+        ],
+        gateway_proxy: |p| p.body_spool_bytes = 0,
+        relay_egress: |e| e.max_request_body_bytes = 4 << 20,
+        ..canopy::testbed::TestbedOptions::single(None)
+    })
+    .await
+    .expect("testbed");
+    assert!(
+        bed.bond.wait_all_usable(Duration::from_secs(5)).await,
+        "both uplinks up"
+    );
+    let url = bed.origin_url("/digest");
+    // 8 MiB in 64 KiB pieces, 10 ms apart (about 50 Mbit/s)
+    let pieces = (0..128)
+        .map(|i| {
+            let b: Bytes = (0..64 * 1024).map(|j| ((j * 7 + i) % 251) as u8).collect();
+            (b, Duration::from_millis(10))
+        })
+        .collect();
+    let (status, answer) =
+        tokio::time::timeout(Duration::from_secs(30), post_paced(bed.proxy, &url, pieces))
+            .await
+            .expect("an answer in time");
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains("relay's limit"), "{answer}");
+}

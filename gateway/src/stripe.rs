@@ -263,6 +263,9 @@ pub enum StripeError {
     /// A body sent without a length grew over the gateway's request body limit.
     #[error("request body over the gateway's limit of {0} bytes")]
     OverLimit(u64),
+    /// A body sent without a length grew over the relay's request body limit.
+    #[error("request body over the relay's limit")]
+    OverRelayLimit,
     /// Its chunks could not be read or delivered.
     #[error("{0}")]
     Failed(String),
@@ -446,6 +449,8 @@ struct ChunkError {
     /// Sending it again elsewhere may work.
     retry: bool,
     reason: String,
+    /// The relay refused it as over its request body limit.
+    over_relay_limit: bool,
 }
 
 async fn send_all(
@@ -737,6 +742,7 @@ async fn send_all(
                     Failed::Covered => {
                         debug!(stripe = id, path = e.path, reason = %e.reason, "copy lost; another brings it");
                     }
+                    Failed::GiveUp if e.over_relay_limit => return Err(StripeError::OverRelayLimit),
                     Failed::GiveUp => return Err(e.reason.into()),
                 }
             }
@@ -895,6 +901,7 @@ async fn send_one(
         path: id,
         retry,
         reason,
+        over_relay_limit: false,
     };
     let path = bond.paths()[id].clone();
     let n = data.len() as u64;
@@ -1013,10 +1020,13 @@ async fn send_one(
     if status.is_success() {
         Ok(Sent::Answered(have))
     } else {
-        Err(fail(
-            false,
-            format!("the relay refused a chunk of the body ({status})"),
-        ))
+        Err(ChunkError {
+            over_relay_limit: status == http::StatusCode::PAYLOAD_TOO_LARGE,
+            ..fail(
+                false,
+                format!("the relay refused a chunk of the body ({status})"),
+            )
+        })
     }
 }
 

@@ -52,6 +52,9 @@ pub(crate) const MAX_FINISHED: usize = 4096;
 /// instead of opening a second origin request): 16 bytes or so each.
 const MAX_GONE: usize = 65_536;
 
+/// Why a stripe that grew over the relay's request body limit failed.
+pub(crate) const OVER_LIMIT: &str = "request body over the relay's limit";
+
 /// What the origin request of a stripe gives: the origin's response, or why there is none.
 pub(crate) type Answer = Result<http::Response<hyper::body::Incoming>, crate::error::Refusal>;
 
@@ -78,6 +81,8 @@ pub(crate) struct Stripes {
     map: Mutex<HashMap<(u64, u64), Arc<Stripe>>>,
     gone: Mutex<HashMap<u64, Gone>>,
     budget: Arc<Budget>,
+    /// The most a body may carry (the relay's request body limit).
+    limit: u64,
 }
 
 impl Default for Stripes {
@@ -123,6 +128,8 @@ pub(crate) struct Stripe {
     /// Whose stripe (the gateway's identity), and where its window comes from.
     gateway: u64,
     budget: Arc<Budget>,
+    /// The most its body may carry.
+    limit: u64,
     /// Its window, once granted; given back when done.
     grant: Mutex<Option<Grant>>,
     /// The bytes of its kept answer, from the same budgets; given back when it goes.
@@ -153,6 +160,9 @@ struct Inner {
     ready: VecDeque<Bytes>,
     body_waker: Option<Waker>,
     failed: Option<String>,
+    /// It failed because the body grew over the relay's limit (the origin request's body
+    /// ends with `BodyError::TooLarge`, which the head answers 413).
+    over_limit: bool,
     /// The newest head's number (the gateway numbers them); it answers.
     heads: u64,
     /// A head started the origin request.
@@ -172,7 +182,15 @@ impl Stripes {
             map: Mutex::default(),
             gone: Mutex::default(),
             budget: Budget::new("canopy_relay_stripe_window_bytes", per_gateway, global),
+            limit: u64::MAX,
         }
+    }
+
+    /// The same, with bodies of at most `limit` bytes (`None`: no limit): a body of
+    /// unknown length that grows over it fails, and its origin request with it.
+    pub(crate) fn with_limit(mut self, limit: Option<u64>) -> Self {
+        self.limit = limit.unwrap_or(u64::MAX);
+        self
     }
 
     /// The budgets stripes take their windows from.
@@ -241,6 +259,7 @@ impl Stripes {
                 Arc::new(Stripe {
                     gateway: identity,
                     budget: self.budget.clone(),
+                    limit: self.limit,
                     grant: Mutex::new(None),
                     kept: Mutex::new(None),
                     granting: tokio::sync::Mutex::new(()),
@@ -267,6 +286,9 @@ impl Stripes {
 pub(crate) enum ChunkError {
     /// Beyond the stripe's end.
     OutOfRange,
+    /// Beyond the relay's request body limit (a body of unknown length grew over it):
+    /// the stripe failed with it.
+    OverLimit,
     /// The stripe failed (its origin request ended without the body).
     Failed(String),
     /// The window did not open in time.
@@ -395,9 +417,7 @@ impl Stripe {
         data: Bytes,
         wait: Duration,
     ) -> Result<(), ChunkError> {
-        if offset.saturating_add(data.len() as u64) > self.lock().end() {
-            return Err(ChunkError::OutOfRange);
-        }
+        self.within(offset.saturating_add(data.len() as u64))?;
         let deadline = tokio::time::Instant::now() + wait;
         let window = self.window(deadline).await?;
         let mut data = data;
@@ -418,6 +438,7 @@ impl Stripe {
     /// Takes a piece of a chunk now if the stripe's window has room for it: `Ok(None)`
     /// taken, `Ok(Some(data))` no room (or no window to be had now).
     pub(crate) fn try_insert(&self, offset: u64, data: Bytes) -> Result<Option<Bytes>, ChunkError> {
+        self.within(offset.saturating_add(data.len() as u64))?;
         match self.window_now() {
             Some(w) => self.admit(offset, data, w),
             None => Ok(Some(data)),
@@ -450,6 +471,21 @@ impl Stripe {
         }
         let grant = self.budget.try_grant(self.gateway, self.window_size())?;
         self.keep_window(grant).ok()
+    }
+
+    /// Whether bytes up to `end` may be part of the body: not beyond its length, nor
+    /// beyond the relay's limit (a body of unknown length that grows over it fails: its
+    /// origin request ends at once, not after a minute idle).
+    fn within(&self, end: u64) -> Result<(), ChunkError> {
+        if end > self.lock().end() {
+            return Err(ChunkError::OutOfRange);
+        }
+        if end > self.limit {
+            self.lock().over_limit = true;
+            self.fail(OVER_LIMIT);
+            return Err(ChunkError::OverLimit);
+        }
+        Ok(())
     }
 
     /// One look: takes `data` at `offset` if it lies within `window`; gives it back if not.
@@ -729,6 +765,9 @@ impl Body for StripeBody {
             this.finished();
             return Poll::Ready(None);
         }
+        if g.over_limit {
+            return Poll::Ready(Some(Err(BodyError::TooLarge(this.stripe.limit))));
+        }
         if let Some(f) = g.failed.clone() {
             return Poll::Ready(Some(Err(BodyError::Stripe(f))));
         }
@@ -798,6 +837,36 @@ mod tests {
         let got = body.collect().await.expect("body").to_bytes();
         assert_eq!(&got[..], b"0123456789");
         done.await.expect("done fired");
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_that_grows_over_the_limit_fails_at_once() {
+        let stripes = Stripes::default().with_limit(Some(10));
+        let s = stripes.get(1, 9, None).expect("stripe");
+        let (body, _done) = s.body(None);
+        let w = Duration::from_secs(1);
+        s.insert(0, Bytes::from_static(b"0123"), w)
+            .await
+            .expect("within");
+        assert_eq!(
+            s.try_insert(8, Bytes::from_static(b"89x")),
+            Err(ChunkError::OverLimit),
+            "its last byte is past the limit"
+        );
+        // the origin request's body ends with an error now, not after a minute idle
+        let got = tokio::time::timeout(Duration::from_secs(1), body.collect())
+            .await
+            .expect("the body ends at once");
+        assert!(
+            matches!(got, Err(BodyError::TooLarge(10))),
+            "a body cut short never looks whole, and its head is answered 413"
+        );
+        assert!(!s.unfinished());
+        assert!(matches!(
+            s.insert(4, Bytes::from_static(b"4"), w).await,
+            Err(ChunkError::Failed(_))
+        ));
+        assert_eq!(stripes.budget.held(1), (0, 0), "the window went back");
     }
 
     #[tokio::test]

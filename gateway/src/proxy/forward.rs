@@ -44,6 +44,9 @@ enum UploadError {
     /// Over the gateway's request body limit.
     #[error("request body over the limit")]
     OverLimit,
+    /// Over the relay's request body limit (a striped body of unknown length).
+    #[error("request body over the relay's limit")]
+    OverRelayLimit,
     /// A striped body's chunks failed.
     #[error("striped body: {0}")]
     Stripe(String),
@@ -673,6 +676,9 @@ pub(crate) async fn attempt_on(
                         Some(Err(crate::stripe::StripeError::OverLimit(_))) => {
                             Err(UploadError::OverLimit)
                         }
+                        Some(Err(crate::stripe::StripeError::OverRelayLimit)) => {
+                            Err(UploadError::OverRelayLimit)
+                        }
                         Some(Err(e)) => Err(UploadError::Stripe(e.to_string())),
                         _ => Ok(()),
                     },
@@ -701,6 +707,9 @@ pub(crate) async fn attempt_on(
                     }
                     Ok(Err(UploadError::OverLimit)) => {
                         return Err(fail(false, StatusCode::PAYLOAD_TOO_LARGE, format!("request body over the gateway's limit of {limit} bytes")));
+                    }
+                    Ok(Err(UploadError::OverRelayLimit)) => {
+                        return Err(fail(false, StatusCode::PAYLOAD_TOO_LARGE, "request body over the relay's limit".to_string()));
                     }
                     _ => None,
                 }

@@ -5,19 +5,16 @@ use super::*;
 use tunnel::wire::stripe::StripeHead;
 
 /// Stripe `id` of this gateway, made if new, for a body of `total` bytes: refused when the
-/// body is over the relay's limit or the stripe has another length.
+/// body is over the relay's limit or the stripe has another length. (A body of unknown
+/// length is held to the limit by its stripe, chunk by chunk.)
 fn stripe_for(
     state: &State,
     ctx: &ConnCtx,
     id: u64,
     total: Option<u64>,
-    end: u64,
 ) -> Result<Arc<stripe::Stripe>, Refusal> {
-    if state.max_body.is_some_and(|m| total.unwrap_or(end) > m) {
-        return Err(Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body over the relay's limit",
-        ));
+    if state.max_body.is_some_and(|m| total.is_some_and(|t| t > m)) {
+        return Err(over_limit());
     }
     state
         .stripes
@@ -38,6 +35,11 @@ fn stripe_for(
                 ),
             ),
         })
+}
+
+/// A body over the relay's request body limit.
+fn over_limit() -> Refusal {
+    Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, stripe::OVER_LIMIT)
 }
 
 /// A pulled answer's chunk (`GET`), answered with its bytes once the origin sent them, or
@@ -145,8 +147,7 @@ pub(super) async fn stripe_chunk(
         }
     };
     let wire::stripe::StripeChunk { id, offset, total } = chunk;
-    // (a body of unknown length: over the limit once a chunk starts beyond it)
-    let stripe = match stripe_for(state, ctx, id, total, offset) {
+    let stripe = match stripe_for(state, ctx, id, total) {
         Ok(s) => s,
         Err(r) => {
             stream.stop_sending(h3::error::Code::H3_NO_ERROR);
@@ -179,6 +180,9 @@ pub(super) async fn stripe_chunk(
                 Refusal::new(StatusCode::BAD_REQUEST, "chunk beyond the stripe's end"),
             )
             .await
+        }
+        Err(NotTaken::Stripe(stripe::ChunkError::OverLimit)) => {
+            return refuse(&mut stream, over_limit()).await
         }
         Err(NotTaken::Stripe(stripe::ChunkError::Failed(why))) => {
             return refuse(&mut stream, Refusal::new(StatusCode::CONFLICT, why)).await
@@ -322,7 +326,7 @@ pub(super) async fn striped(
             return refuse(&mut stream, Refusal::new(StatusCode::BAD_REQUEST, why)).await;
         }
     };
-    let stripe = match stripe_for(state, ctx, id, total, 0) {
+    let stripe = match stripe_for(state, ctx, id, total) {
         Ok(s) => s,
         Err(r) => return refuse(&mut stream, r).await,
     };

@@ -181,7 +181,9 @@ impl Relay {
             .map_err(RelayError::Config)?
             .with_dialer(dialer);
         // pulled answers and striped uploads hold bytes from the same budgets
-        let stripes = stripe::Stripes::default();
+        let max_body =
+            (cfg.egress.max_request_body_bytes > 0).then_some(cfg.egress.max_request_body_bytes);
+        let stripes = stripe::Stripes::default().with_limit(max_body);
         let pulls = crate::pull::Pulls::new(stripes.budget());
         let state = State {
             name: cfg.relay.name.clone(),
@@ -192,8 +194,7 @@ impl Relay {
             tunnel_idle: Duration::from_millis(cfg.egress.tunnel_idle_timeout_ms.max(1000)),
             body_idle: Duration::from_millis(cfg.egress.body_idle_timeout_ms.max(1000)),
             small_first: cfg.tunnel.small_first,
-            max_body: (cfg.egress.max_request_body_bytes > 0)
-                .then_some(cfg.egress.max_request_body_bytes),
+            max_body,
             max_header_bytes: cfg.egress.max_header_bytes,
             sessions: Sessions::new(ClaimLog::open(&cfg.bids.journal).map_err(|source| {
                 RelayError::Journal {
