@@ -373,10 +373,17 @@ impl Stripe {
 
     /// Fails the stripe: the origin request's body ends with an error, waiting chunks give up.
     pub(crate) fn fail(&self, why: &str) {
+        self.fail_with(why, false);
+    }
+
+    /// [`Self::fail`], saying whether the body grew over the relay's limit (unless the
+    /// stripe failed already: the first reason stands).
+    fn fail_with(&self, why: &str, over_limit: bool) {
         let waker = {
             let mut g = self.lock();
             if g.failed.is_none() && g.consumed < g.end() {
                 g.failed = Some(why.to_string());
+                g.over_limit = over_limit;
             }
             if g.failed.is_some() {
                 // nothing held will be read: give the memory back
@@ -475,17 +482,22 @@ impl Stripe {
 
     /// Whether bytes up to `end` may be part of the body: not beyond its length, nor
     /// beyond the relay's limit (a body of unknown length that grows over it fails: its
-    /// origin request ends at once, not after a minute idle).
-    fn within(&self, end: u64) -> Result<(), ChunkError> {
-        if end > self.lock().end() {
-            return Err(ChunkError::OutOfRange);
+    /// origin request ends at once, not after a minute idle), nor in a stripe that failed.
+    pub(crate) fn within(&self, end: u64) -> Result<(), ChunkError> {
+        {
+            let g = self.lock();
+            if end > g.end() {
+                return Err(ChunkError::OutOfRange);
+            }
+            g.not_failed()?;
+            if end <= self.limit {
+                return Ok(());
+            }
         }
-        if end > self.limit {
-            self.lock().over_limit = true;
-            self.fail(OVER_LIMIT);
-            return Err(ChunkError::OverLimit);
-        }
-        Ok(())
+        self.fail_with(OVER_LIMIT, true);
+        // (another failure may have come first: its reason stands)
+        self.lock().not_failed()?;
+        Err(ChunkError::OverLimit)
     }
 
     /// One look: takes `data` at `offset` if it lies within `window`; gives it back if not.
@@ -662,6 +674,9 @@ impl Inner {
 
     /// Refused with the reason when the stripe failed.
     fn not_failed(&self) -> Result<(), ChunkError> {
+        if self.over_limit {
+            return Err(ChunkError::OverLimit);
+        }
         match &self.failed {
             Some(f) => Err(ChunkError::Failed(f.clone())),
             None => Ok(()),
@@ -862,11 +877,25 @@ mod tests {
             "a body cut short never looks whole, and its head is answered 413"
         );
         assert!(!s.unfinished());
-        assert!(matches!(
+        // every chunk after it is refused the same way (413 at the gateway), whatever
+        // its offset; a question too
+        assert_eq!(
             s.insert(4, Bytes::from_static(b"4"), w).await,
-            Err(ChunkError::Failed(_))
-        ));
+            Err(ChunkError::OverLimit)
+        );
+        assert_eq!(s.ask(4), Err(ChunkError::OverLimit));
         assert_eq!(stripes.budget.held(1), (0, 0), "the window went back");
+    }
+
+    #[tokio::test]
+    async fn a_stripe_that_failed_before_its_body_grew_over_the_limit_keeps_its_reason() {
+        let stripes = Stripes::default().with_limit(Some(10));
+        let s = stripes.get(1, 10, None).expect("stripe");
+        s.fail("the origin answered already");
+        assert_eq!(
+            s.try_insert(8, Bytes::from_static(b"89x")),
+            Err(ChunkError::Failed("the origin answered already".into()))
+        );
     }
 
     #[tokio::test]

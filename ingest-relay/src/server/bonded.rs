@@ -266,7 +266,13 @@ async fn take_chunk(
         let at = offset.saturating_add(pieces.read);
         if let Some(w) = &mut waiting {
             match pieces.next(stream, &mut w.grant).await {
-                Ok(Some(d)) => w.data.extend_from_slice(&d),
+                Ok(Some(d)) => {
+                    w.data.extend_from_slice(&d);
+                    // held to the body's end and the relay's limit as it comes
+                    stripe
+                        .within(w.at.saturating_add(w.data.len() as u64))
+                        .map_err(NotTaken::Stripe)?;
+                }
                 Ok(None) => break,
                 Err(e) => return Err(NotTaken::Read(e)),
             }
