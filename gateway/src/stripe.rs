@@ -83,6 +83,10 @@ pub enum Source {
         buf: BytesMut,
         body: Incoming,
         idle: Duration,
+        /// The device's body ended (all of it is in `buf` or taken).
+        ended: bool,
+        /// When its last frame came (or the stream began).
+        last: tokio::time::Instant,
     },
     /// A body the device sent without a length, spooled to disk whole first.
     Spooled(crate::body_spool::Spooled),
@@ -103,14 +107,110 @@ impl Source {
             buf: BytesMut::from(read),
             body,
             idle,
+            ended: false,
+            last: tokio::time::Instant::now(),
         }
     }
 
-    /// The next `n` bytes (fewer only at the end), and whether the body ends with them.
-    /// With `look_ahead` (a body of unknown length), a streamed body is read one byte
-    /// beyond them, so that its end is known with its last byte, and fewer go when the
-    /// device pauses ([`PAUSE`]) with bytes read; without, a body that ends right after
-    /// them says so only on the next take.
+    /// Whether [`Self::take`] of `n` bytes (with `look_ahead`, see there) would go without
+    /// waiting for the device: its bytes are here, on disk or in memory (one more with
+    /// `look_ahead`), or the body ended, or (with `look_ahead`) the device paused with
+    /// bytes read. The stripe loop takes only then, and meanwhile waits for the device in
+    /// its `select!` ([`Self::more`]), where it also handles answers and silent paths.
+    fn ready(&self, n: u64, look_ahead: bool) -> bool {
+        match self {
+            Source::Stream {
+                spooled,
+                buf,
+                ended,
+                last,
+                ..
+            } => {
+                let have = spooled.as_ref().map_or(0, |f| f.left()) + buf.len() as u64;
+                // (with `look_ahead` one byte stays back)
+                let least = if look_ahead { 2 } else { 1 };
+                *ended
+                    || have > n
+                    || (!look_ahead && have == n)
+                    || (buf.len() >= least && last.elapsed() >= PAUSE)
+            }
+            Source::Kept(_) | Source::Spooled(_) => true,
+        }
+    }
+
+    /// Waits for the device's next frame (cancel-safe: a frame read is in the buffer), and
+    /// takes the frames already there after it while fewer than `want` bytes are
+    /// buffered; or waits for the device's pause to make bytes read ready to go. It fails
+    /// when the device sent nothing for its idle time, counted from `since` (when the loop
+    /// began to wait for bytes: a wait for room is our back-pressure, not the device's)
+    /// or from its last frame, whichever is later.
+    async fn more(
+        &mut self,
+        since: tokio::time::Instant,
+        look_ahead: bool,
+        want: u64,
+    ) -> Result<(), String> {
+        let Source::Stream {
+            spooled,
+            buf,
+            body,
+            idle,
+            ended,
+            last,
+        } = self
+        else {
+            return Ok(());
+        };
+        if *ended {
+            return Ok(());
+        }
+        let want = want.saturating_sub(spooled.as_ref().map_or(0, |f| f.left()));
+        let idle_at = (*last).max(since) + *idle;
+        let pause_at = *last + PAUSE;
+        let least = if look_ahead { 2 } else { 1 };
+        let until = if buf.len() >= least && pause_at > tokio::time::Instant::now() {
+            pause_at.min(idle_at)
+        } else {
+            idle_at
+        };
+        match tokio::time::timeout_at(until, body.frame()).await {
+            Err(_) if tokio::time::Instant::now() >= idle_at => {
+                Err(BodyReadError::Idle(*idle).to_string())
+            }
+            // the device paused: what came may go
+            Err(_) => Ok(()),
+            Ok(mut frame) => loop {
+                match frame {
+                    Some(Ok(f)) => {
+                        if let Ok(d) = f.into_data() {
+                            buf.extend_from_slice(&d);
+                        }
+                        *last = tokio::time::Instant::now();
+                    }
+                    Some(Err(e)) => return Err(BodyReadError::Broken(e.to_string()).to_string()),
+                    None => {
+                        *ended = true;
+                        return Ok(());
+                    }
+                }
+                if buf.len() as u64 >= want {
+                    return Ok(());
+                }
+                // (one loop turn per frame a fast device sends would be wasted work)
+                match futures_util::FutureExt::now_or_never(body.frame()) {
+                    Some(next) => frame = next,
+                    None => return Ok(()),
+                }
+            },
+        }
+    }
+
+    /// The next `n` bytes, and whether the body ends with them. Fewer come at the end,
+    /// and from a streamed body when the device pauses ([`PAUSE`]) with bytes read (a
+    /// slow device's bytes go on as they come, not once they fill a chunk). With
+    /// `look_ahead` (a body of unknown length), a streamed body is read one byte beyond
+    /// them, so that its end is known with its last byte; without, a body that ends right
+    /// after them says so only on the next take.
     async fn take(&mut self, n: u64, look_ahead: bool) -> Result<(Bytes, bool), String> {
         let n = usize::try_from(n).unwrap_or(usize::MAX);
         match self {
@@ -123,6 +223,8 @@ impl Source {
                 buf,
                 body,
                 idle,
+                last,
+                ..
             } => {
                 let mut from_disk = Bytes::new();
                 if let Some(f) = spooled {
@@ -133,7 +235,7 @@ impl Source {
                     *spooled = None;
                 }
                 let want = n - from_disk.len();
-                let (d, ended) = take_streamed(body, buf, want, look_ahead, *idle).await?;
+                let (d, ended) = take_streamed(body, buf, want, look_ahead, *idle, last).await?;
                 if from_disk.is_empty() {
                     return Ok((d, ended));
                 }
@@ -157,26 +259,47 @@ async fn take_streamed<B>(
     n: usize,
     look_ahead: bool,
     idle: Duration,
+    last: &mut tokio::time::Instant,
 ) -> Result<(Bytes, bool), String>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     if !look_ahead {
-        fill(body, buf, n, idle).await.map_err(|e| e.to_string())?;
-        // fewer than asked: the body ended
-        let ended = buf.len() < n;
-        return Ok((buf.split_to(n.min(buf.len())).freeze(), ended));
+        // what comes without a pause, up to `n` (fewer: the device paused, or the body
+        // ended, which the next take says)
+        while buf.len() < n {
+            let wait = if buf.is_empty() {
+                idle
+            } else {
+                (*last + PAUSE).saturating_duration_since(tokio::time::Instant::now())
+            };
+            match read_frame(body, buf, wait)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Frame::Read => *last = tokio::time::Instant::now(),
+                Frame::Quiet if !buf.is_empty() => break,
+                Frame::Quiet => return Err(BodyReadError::Idle(idle).to_string()),
+                Frame::End => return Ok((buf.split_to(n.min(buf.len())).freeze(), true)),
+            }
+        }
+        return Ok((buf.split_to(n.min(buf.len())).freeze(), false));
     }
     // one byte beyond what goes is read first, so the chunk with the last byte knows it
-    // is the last; and what came goes on when the device pauses
+    // is the last; and what came goes on when the device pauses (`PAUSE` after its last
+    // frame)
     while buf.len() <= n {
-        let wait = if buf.len() >= 2 { PAUSE } else { idle };
+        let wait = if buf.len() >= 2 {
+            (*last + PAUSE).saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            idle
+        };
         match read_frame(body, buf, wait)
             .await
             .map_err(|e| e.to_string())?
         {
-            Frame::Read => {}
+            Frame::Read => *last = tokio::time::Instant::now(),
             Frame::Quiet if buf.len() >= 2 => break,
             Frame::Quiet => return Err(BodyReadError::Idle(idle).to_string()),
             Frame::End => {
@@ -399,9 +522,9 @@ impl Drop for Primary {
     }
 }
 
-/// The body's next `n` bytes (from `body.read()`): a body of known length ending sooner
-/// is an error; one of unknown length may end within them, and `body` learns its length,
-/// or grow over `limit` bytes, an error.
+/// The body's next `n` bytes (from `body.read()`; fewer when the device paused): a body of
+/// known length ending sooner is an error; one of unknown length may end within them, and
+/// `body` learns its length, or grow over `limit` bytes, an error.
 async fn take_next(
     source: &mut Source,
     body: &mut PushedBody,
@@ -412,7 +535,8 @@ async fn take_next(
     let (data, ended) = source.take(n, body.total().is_none()).await?;
     let got = offset + data.len() as u64;
     match body.total() {
-        Some(total) if got != offset + n => {
+        // (fewer than asked without the end: the device paused)
+        Some(total) if got > total || (ended && got < total) => {
             Err(format!("request body ended after {got} of {total} bytes").into())
         }
         Some(_) => Ok(data),
@@ -488,10 +612,15 @@ async fn send_all(
     let (front_tx, front_rx) = watch::channel(0u64);
     // the offset of the question on its way, if any (one per front is enough)
     let mut asking: Option<u64> = None;
-    loop {
+    // since when a new chunk waits for the device's bytes (the loop waits for them in its
+    // `select!`, so answers and silent paths are handled meanwhile)
+    let mut starved_since: Option<tokio::time::Instant> = None;
+    'next: loop {
         if body.done() {
             return Ok(());
         }
+        // (how many bytes the new chunk waits for, if it does)
+        let mut starved: Option<u64> = None;
         while let Ok(ticket) = ended_rx.try_recv() {
             turns.remove(&ticket);
             open_turns(&turns, &gate.end(&ticket, |p| allowance(&bond, p)));
@@ -572,7 +701,7 @@ async fn send_all(
                 }
             };
             match pick {
-                Some(path) => {
+                Some(path) => 'place: {
                     let (ticket, offset, data, rank) = match next {
                         Next::Again(p) => {
                             let t = body.start_again(&p, path);
@@ -609,6 +738,13 @@ async fn send_all(
                                 }
                                 (_, Some((len, skip))) => {
                                     let skip = skip.unwrap_or(0);
+                                    let look_ahead = body.total().is_none();
+                                    if !source.ready(skip + len, look_ahead) {
+                                        // its bytes are not here yet: wait for them below
+                                        starved = Some(skip + len + u64::from(look_ahead));
+                                        break 'place;
+                                    }
+                                    starved_since = None;
                                     // (a body of unknown length may give fewer: it ended,
                                     // or its device paused)
                                     let mut short = false;
@@ -627,7 +763,7 @@ async fn send_all(
                                     if data.is_empty() {
                                         // what is held goes next, not after the device's
                                         // next bytes
-                                        continue;
+                                        continue 'next;
                                     }
                                     (body.start_new(data.clone(), path), offset, data, None)
                                 }
@@ -691,7 +827,20 @@ async fn send_all(
         if placed {
             continue;
         }
+        let since = match (starved, starved_since) {
+            (None, _) => None,
+            (Some(_), Some(t)) => Some(t),
+            (Some(_), None) => Some(*starved_since.insert(tokio::time::Instant::now())),
+        };
+        let look_ahead = body.total().is_none();
         tokio::select! {
+            r = source.more(
+                since.unwrap_or_else(tokio::time::Instant::now),
+                look_ahead,
+                starved.unwrap_or(0),
+            ), if since.is_some() => {
+                r?;
+            }
             done = inflight.join_next(), if !inflight.is_empty() => {
                 let Some(joined) = done else { continue };
                 let Ok((task, r)) = joined else {
@@ -1079,7 +1228,8 @@ mod tests {
         B::Error: std::fmt::Display,
     {
         let idle = Duration::from_secs(1);
-        let (d, end) = take_streamed(body, buf, 40, look_ahead, idle).await?;
+        let mut last = tokio::time::Instant::now();
+        let (d, end) = take_streamed(body, buf, 40, look_ahead, idle, &mut last).await?;
         Ok((d.len(), end))
     }
 
@@ -1141,6 +1291,25 @@ mod tests {
         let mut buf = BytesMut::new();
         assert_eq!(take40(&mut body, &mut buf, true).await, Ok((9, false)));
         assert!(take40(&mut body, &mut buf, true).await.is_err());
+        // a device of a body with its length that pauses: what came goes on too (a slow
+        // device's bytes are not held until they fill a chunk)
+        let paced = futures_util::stream::unfold(0, |i| async move {
+            if i == 2 {
+                return None;
+            }
+            if i == 1 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some((
+                Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(vec![4u8; 10]))),
+                i + 1,
+            ))
+        });
+        let mut body = http_body_util::StreamBody::new(Box::pin(paced));
+        let mut buf = BytesMut::new();
+        assert_eq!(take40(&mut body, &mut buf, false).await, Ok((10, false)));
+        // (its end came within the pause)
+        assert_eq!(take40(&mut body, &mut buf, false).await, Ok((10, true)));
         // without reading ahead, that end shows only on the next take
         let mut body = frames(&[40]);
         let mut buf = BytesMut::new();
