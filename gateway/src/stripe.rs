@@ -81,15 +81,51 @@ pub enum Source {
     Stream {
         spooled: Option<crate::body_spool::Spooled>,
         buf: BytesMut,
-        body: Incoming,
+        body: DeviceBody,
         idle: Duration,
-        /// The device's body ended (all of it is in `buf` or taken).
-        ended: bool,
-        /// When its last frame came (or the stream began).
-        last: tokio::time::Instant,
+        device: Device,
     },
     /// A body the device sent without a length, spooled to disk whole first.
     Spooled(crate::body_spool::Spooled),
+}
+
+/// The device's body as the stripe loop reads it.
+type DeviceBody = http_body_util::combinators::UnsyncBoxBody<Bytes, crate::BoxError>;
+
+/// What the stripe loop knows of the device's body as it reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Device {
+    /// When its last frame came (or the reading began).
+    last: tokio::time::Instant,
+    /// It paused: no frame for [`PAUSE`] after its last while the loop waited for one.
+    paused: bool,
+    /// It ended (what is left of it is in the buffer).
+    ended: bool,
+}
+
+impl Device {
+    fn new() -> Self {
+        Self {
+            last: tokio::time::Instant::now(),
+            paused: false,
+            ended: false,
+        }
+    }
+
+    /// A frame came.
+    fn frame(&mut self) {
+        self.last = tokio::time::Instant::now();
+        self.paused = false;
+    }
+}
+
+/// Bytes a take needs read before its own (one more with `look_ahead`: it stays back).
+fn least(look_ahead: bool) -> usize {
+    if look_ahead {
+        2
+    } else {
+        1
+    }
 }
 
 impl Source {
@@ -102,37 +138,47 @@ impl Source {
         body: Incoming,
         idle: Duration,
     ) -> Self {
+        Self::stream(spooled, read, body, idle)
+    }
+
+    /// [`Self::spooled_then`] of any body.
+    fn stream<B>(
+        spooled: Option<crate::body_spool::Spooled>,
+        read: Bytes,
+        body: B,
+        idle: Duration,
+    ) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<crate::BoxError>,
+    {
         Source::Stream {
             spooled: spooled.filter(|f| f.left() > 0),
             buf: BytesMut::from(read),
-            body,
+            body: body.map_err(Into::into).boxed_unsync(),
             idle,
-            ended: false,
-            last: tokio::time::Instant::now(),
+            device: Device::new(),
         }
     }
 
-    /// Whether [`Self::take`] of `n` bytes (with `look_ahead`, see there) would go without
-    /// waiting for the device: its bytes are here, on disk or in memory (one more with
-    /// `look_ahead`), or the body ended, or (with `look_ahead`) the device paused with
-    /// bytes read. The stripe loop takes only then, and meanwhile waits for the device in
-    /// its `select!` ([`Self::more`]), where it also handles answers and silent paths.
+    /// Whether [`Self::take`] of `n` bytes (with `look_ahead`, see there) has what it
+    /// needs: its bytes, on disk or read (one more with `look_ahead`), or the body ended,
+    /// or the device paused with bytes read. The stripe loop takes only then (a take
+    /// never waits for the device), and meanwhile waits for the device in its `select!`
+    /// ([`Self::more`]), where it also handles answers, failed chunks and silent paths.
     fn ready(&self, n: u64, look_ahead: bool) -> bool {
         match self {
             Source::Stream {
                 spooled,
                 buf,
-                ended,
-                last,
+                device,
                 ..
             } => {
                 let have = spooled.as_ref().map_or(0, |f| f.left()) + buf.len() as u64;
-                // (with `look_ahead` one byte stays back)
-                let least = if look_ahead { 2 } else { 1 };
-                *ended
+                device.ended
                     || have > n
                     || (!look_ahead && have == n)
-                    || (buf.len() >= least && last.elapsed() >= PAUSE)
+                    || (device.paused && buf.len() >= least(look_ahead))
             }
             Source::Kept(_) | Source::Spooled(_) => true,
         }
@@ -140,7 +186,7 @@ impl Source {
 
     /// Waits for the device's next frame (cancel-safe: a frame read is in the buffer), and
     /// takes the frames already there after it while fewer than `want` bytes are
-    /// buffered; or waits for the device's pause to make bytes read ready to go. It fails
+    /// buffered; or for the device's pause, which makes bytes read ready to go. It fails
     /// when the device sent nothing for its idle time, counted from `since` (when the loop
     /// began to wait for bytes: a wait for room is our back-pressure, not the device's)
     /// or from its last frame, whichever is later.
@@ -155,21 +201,23 @@ impl Source {
             buf,
             body,
             idle,
-            ended,
-            last,
+            device,
         } = self
         else {
             return Ok(());
         };
-        if *ended {
+        if device.ended {
             return Ok(());
         }
         let want = want.saturating_sub(spooled.as_ref().map_or(0, |f| f.left()));
-        let idle_at = (*last).max(since) + *idle;
-        let pause_at = *last + PAUSE;
-        let least = if look_ahead { 2 } else { 1 };
-        let until = if buf.len() >= least && pause_at > tokio::time::Instant::now() {
-            pause_at.min(idle_at)
+        let now = tokio::time::Instant::now();
+        let idle_at = device.last.max(since) + *idle;
+        let until = if buf.len() >= least(look_ahead) && !device.paused {
+            // (a moment at least: a frame the device sent while the loop did not look may
+            // be read only once asked for)
+            (device.last + PAUSE)
+                .max(now + Duration::from_millis(5))
+                .min(idle_at)
         } else {
             idle_at
         };
@@ -178,18 +226,21 @@ impl Source {
                 Err(BodyReadError::Idle(*idle).to_string())
             }
             // the device paused: what came may go
-            Err(_) => Ok(()),
+            Err(_) => {
+                device.paused = true;
+                Ok(())
+            }
             Ok(mut frame) => loop {
                 match frame {
                     Some(Ok(f)) => {
                         if let Ok(d) = f.into_data() {
                             buf.extend_from_slice(&d);
                         }
-                        *last = tokio::time::Instant::now();
+                        device.frame();
                     }
                     Some(Err(e)) => return Err(BodyReadError::Broken(e.to_string()).to_string()),
                     None => {
-                        *ended = true;
+                        device.ended = true;
                         return Ok(());
                     }
                 }
@@ -205,12 +256,13 @@ impl Source {
         }
     }
 
-    /// The next `n` bytes, and whether the body ends with them. Fewer come at the end,
-    /// and from a streamed body when the device pauses ([`PAUSE`]) with bytes read (a
-    /// slow device's bytes go on as they come, not once they fill a chunk). With
-    /// `look_ahead` (a body of unknown length), a streamed body is read one byte beyond
-    /// them, so that its end is known with its last byte; without, a body that ends right
-    /// after them says so only on the next take.
+    /// The next `n` bytes, and whether the body ends with them, without waiting for the
+    /// device (see [`Self::ready`]). Fewer come at the end, and from a streamed body when
+    /// the device paused with bytes read (a slow device's bytes go on as they come, not
+    /// once they fill a chunk), or when they are not read yet. With `look_ahead` (a body of
+    /// unknown length), a streamed body is read one byte beyond them, so that its end is
+    /// known with its last byte; without, a body that ends right after them says so only
+    /// on the next take.
     async fn take(&mut self, n: u64, look_ahead: bool) -> Result<(Bytes, bool), String> {
         let n = usize::try_from(n).unwrap_or(usize::MAX);
         match self {
@@ -222,8 +274,7 @@ impl Source {
                 spooled,
                 buf,
                 body,
-                idle,
-                last,
+                device,
                 ..
             } => {
                 let mut from_disk = Bytes::new();
@@ -235,7 +286,7 @@ impl Source {
                     *spooled = None;
                 }
                 let want = n - from_disk.len();
-                let (d, ended) = take_streamed(body, buf, want, look_ahead, *idle, last).await?;
+                let (d, ended) = take_read(body, buf, want, look_ahead, device)?;
                 if from_disk.is_empty() {
                     return Ok((d, ended));
                 }
@@ -252,64 +303,41 @@ impl Source {
 }
 
 /// The next `n` bytes of a streamed body (`buf` holds what was read of it already), and
-/// whether it ends with them (see [`Source::take`]).
-async fn take_streamed<B>(
-    body: &mut B,
+/// whether it ends with them (see [`Source::take`]): from what is read and the frames
+/// already there, none waited for.
+fn take_read(
+    body: &mut DeviceBody,
     buf: &mut BytesMut,
     n: usize,
     look_ahead: bool,
-    idle: Duration,
-    last: &mut tokio::time::Instant,
-) -> Result<(Bytes, bool), String>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
-{
-    if !look_ahead {
-        // what comes without a pause, up to `n` (fewer: the device paused, or the body
-        // ended, which the next take says)
-        while buf.len() < n {
-            let wait = if buf.is_empty() {
-                idle
-            } else {
-                (*last + PAUSE).saturating_duration_since(tokio::time::Instant::now())
-            };
-            match read_frame(body, buf, wait)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                Frame::Read => *last = tokio::time::Instant::now(),
-                Frame::Quiet if !buf.is_empty() => break,
-                Frame::Quiet => return Err(BodyReadError::Idle(idle).to_string()),
-                Frame::End => return Ok((buf.split_to(n.min(buf.len())).freeze(), true)),
+    device: &mut Device,
+) -> Result<(Bytes, bool), String> {
+    // with `look_ahead` one byte beyond what goes is read first, so the chunk with the
+    // last byte knows it is the last
+    let want = if look_ahead { n.saturating_add(1) } else { n };
+    while buf.len() < want && !device.ended {
+        match futures_util::FutureExt::now_or_never(body.frame()) {
+            None => break,
+            Some(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+                device.frame();
             }
-        }
-        return Ok((buf.split_to(n.min(buf.len())).freeze(), false));
-    }
-    // one byte beyond what goes is read first, so the chunk with the last byte knows it
-    // is the last; and what came goes on when the device pauses (`PAUSE` after its last
-    // frame)
-    while buf.len() <= n {
-        let wait = if buf.len() >= 2 {
-            (*last + PAUSE).saturating_duration_since(tokio::time::Instant::now())
-        } else {
-            idle
-        };
-        match read_frame(body, buf, wait)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Frame::Read => *last = tokio::time::Instant::now(),
-            Frame::Quiet if buf.len() >= 2 => break,
-            Frame::Quiet => return Err(BodyReadError::Idle(idle).to_string()),
-            Frame::End => {
-                let d = buf.split_to(n.min(buf.len())).freeze();
-                return Ok((d, buf.is_empty()));
-            }
+            Some(Some(Err(e))) => return Err(BodyReadError::Broken(e.to_string()).to_string()),
+            Some(None) => device.ended = true,
         }
     }
-    // more follows: the last byte read stays back
-    let k = n.min(buf.len() - 1);
+    if device.ended {
+        let d = buf.split_to(n.min(buf.len())).freeze();
+        return Ok((d, buf.is_empty()));
+    }
+    // more follows: with `look_ahead` the last byte read stays back
+    let k = if look_ahead {
+        n.min(buf.len().saturating_sub(1))
+    } else {
+        n.min(buf.len())
+    };
     Ok((buf.split_to(k).freeze(), false))
 }
 
@@ -741,7 +769,9 @@ async fn send_all(
                                     let look_ahead = body.total().is_none();
                                     if !source.ready(skip + len, look_ahead) {
                                         // its bytes are not here yet: wait for them below
+                                        // (a path could carry it: no "no path" spell)
                                         starved = Some(skip + len + u64::from(look_ahead));
+                                        no_path.placed();
                                         break 'place;
                                     }
                                     starved_since = None;
@@ -828,7 +858,11 @@ async fn send_all(
             continue;
         }
         let since = match (starved, starved_since) {
-            (None, _) => None,
+            // (not waiting for the device: its idle time does not run)
+            (None, _) => {
+                starved_since = None;
+                None
+            }
             (Some(_), Some(t)) => Some(t),
             (Some(_), None) => Some(*starved_since.insert(tokio::time::Instant::now())),
         };
@@ -1216,32 +1250,37 @@ mod tests {
         http_body_util::StreamBody::new(futures_util::stream::iter(frames))
     }
 
-    /// [`take_streamed`] of 40 bytes, idle after 1 s: how many came, and whether the body
-    /// ended.
-    async fn take40<B>(
-        body: &mut B,
-        buf: &mut BytesMut,
-        look_ahead: bool,
-    ) -> Result<(usize, bool), String>
-    where
-        B: http_body::Body<Data = Bytes> + Unpin,
-        B::Error: std::fmt::Display,
-    {
-        let idle = Duration::from_secs(1);
-        let mut last = tokio::time::Instant::now();
-        let (d, end) = take_streamed(body, buf, 40, look_ahead, idle, &mut last).await?;
+    /// A take of 40 bytes from a device's `body` as the stripe loop makes it (waiting for
+    /// the device until the take is ready), idle after 1 s: how many came, and whether the
+    /// body ended.
+    async fn take40(source: &mut Source, look_ahead: bool) -> Result<(usize, bool), String> {
+        let since = tokio::time::Instant::now();
+        while !source.ready(40, look_ahead) {
+            source
+                .more(since, look_ahead, 40 + u64::from(look_ahead))
+                .await?;
+        }
+        let (d, end) = source.take(40, look_ahead).await?;
         Ok((d.len(), end))
+    }
+
+    /// A source of the device's `body`, nothing read of it yet.
+    fn device<B>(body: B) -> Source
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<crate::BoxError>,
+    {
+        Source::stream(None, Bytes::new(), body, Duration::from_secs(1))
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_body_without_a_length_ends_with_its_last_byte_when_read_ahead() {
         // 100 bytes in frames that do not fall on the takes' bounds, and exactly on them
         for parts in [vec![30, 30, 40], vec![40, 40, 20], vec![100]] {
-            let mut body = frames(&parts);
-            let mut buf = BytesMut::new();
+            let mut body = device(frames(&parts));
             let mut got = Vec::new();
             loop {
-                let (n, end) = take40(&mut body, &mut buf, true).await.expect("read");
+                let (n, end) = take40(&mut body, true).await.expect("read");
                 got.push((n, end));
                 if end {
                     break;
@@ -1254,10 +1293,9 @@ mod tests {
             );
         }
         // a body that ends on a take's bound is known to end with it
-        let mut body = frames(&[40, 40]);
-        let mut buf = BytesMut::new();
-        assert_eq!(take40(&mut body, &mut buf, true).await, Ok((40, false)));
-        assert_eq!(take40(&mut body, &mut buf, true).await, Ok((40, true)));
+        let mut body = device(frames(&[40, 40]));
+        assert_eq!(take40(&mut body, true).await, Ok((40, false)));
+        assert_eq!(take40(&mut body, true).await, Ok((40, true)));
         // a device that pauses: what came goes on, but for the byte that stays back
         let paced = futures_util::stream::unfold(0, |i| async move {
             match i {
@@ -1272,10 +1310,9 @@ mod tests {
                 _ => None,
             }
         });
-        let mut body = http_body_util::StreamBody::new(Box::pin(paced));
-        let mut buf = BytesMut::new();
-        assert_eq!(take40(&mut body, &mut buf, true).await, Ok((9, false)));
-        assert_eq!(take40(&mut body, &mut buf, true).await, Ok((11, true)));
+        let mut body = device(http_body_util::StreamBody::new(Box::pin(paced)));
+        assert_eq!(take40(&mut body, true).await, Ok((9, false)));
+        assert_eq!(take40(&mut body, true).await, Ok((11, true)));
         // a device silent for its idle time fails the body (the byte kept back is not
         // something to send)
         let paced = futures_util::stream::unfold(0, |i| async move {
@@ -1287,10 +1324,9 @@ mod tests {
                 i + 1,
             ))
         });
-        let mut body = http_body_util::StreamBody::new(Box::pin(paced));
-        let mut buf = BytesMut::new();
-        assert_eq!(take40(&mut body, &mut buf, true).await, Ok((9, false)));
-        assert!(take40(&mut body, &mut buf, true).await.is_err());
+        let mut body = device(http_body_util::StreamBody::new(Box::pin(paced)));
+        assert_eq!(take40(&mut body, true).await, Ok((9, false)));
+        assert!(take40(&mut body, true).await.is_err());
         // a device of a body with its length that pauses: what came goes on too (a slow
         // device's bytes are not held until they fill a chunk)
         let paced = futures_util::stream::unfold(0, |i| async move {
@@ -1305,15 +1341,13 @@ mod tests {
                 i + 1,
             ))
         });
-        let mut body = http_body_util::StreamBody::new(Box::pin(paced));
-        let mut buf = BytesMut::new();
-        assert_eq!(take40(&mut body, &mut buf, false).await, Ok((10, false)));
+        let mut body = device(http_body_util::StreamBody::new(Box::pin(paced)));
+        assert_eq!(take40(&mut body, false).await, Ok((10, false)));
         // (its end came within the pause)
-        assert_eq!(take40(&mut body, &mut buf, false).await, Ok((10, true)));
+        assert_eq!(take40(&mut body, false).await, Ok((10, true)));
         // without reading ahead, that end shows only on the next take
-        let mut body = frames(&[40]);
-        let mut buf = BytesMut::new();
-        assert_eq!(take40(&mut body, &mut buf, false).await, Ok((40, false)));
-        assert_eq!(take40(&mut body, &mut buf, false).await, Ok((0, true)));
+        let mut body = device(frames(&[40]));
+        assert_eq!(take40(&mut body, false).await, Ok((40, false)));
+        assert_eq!(take40(&mut body, false).await, Ok((0, true)));
     }
 }
