@@ -99,6 +99,8 @@ pub struct Device {
     last: tokio::time::Instant,
     /// It paused: no frame for [`PAUSE`] after its last while the loop waited for one.
     paused: bool,
+    /// When the loop first looked for a frame after a pause was due (see [`Source::more`]).
+    asked: Option<tokio::time::Instant>,
     /// It ended (what is left of it is in the buffer).
     ended: bool,
 }
@@ -108,6 +110,7 @@ impl Device {
         Self {
             last: tokio::time::Instant::now(),
             paused: false,
+            asked: None,
             ended: false,
         }
     }
@@ -116,6 +119,7 @@ impl Device {
     fn frame(&mut self) {
         self.last = tokio::time::Instant::now();
         self.paused = false;
+        self.asked = None;
     }
 }
 
@@ -175,10 +179,12 @@ impl Source {
                 ..
             } => {
                 let have = spooled.as_ref().map_or(0, |f| f.left()) + buf.len() as u64;
-                device.ended
-                    || have > n
-                    || (!look_ahead && have == n)
-                    || (device.paused && buf.len() >= least(look_ahead))
+                // (what went to the spool may go on a pause too; with `look_ahead` a byte
+                // read stays back)
+                let paused = device.paused
+                    && have >= least(look_ahead) as u64
+                    && (!look_ahead || !buf.is_empty());
+                device.ended || have > n || (!look_ahead && have == n) || paused
             }
             Source::Kept(_) | Source::Spooled(_) => true,
         }
@@ -209,15 +215,21 @@ impl Source {
         if device.ended {
             return Ok(());
         }
-        let want = want.saturating_sub(spooled.as_ref().map_or(0, |f| f.left()));
         let now = tokio::time::Instant::now();
         let idle_at = device.last.max(since) + *idle;
-        let until = if buf.len() >= least(look_ahead) && !device.paused {
-            // (a moment at least: a frame the device sent while the loop did not look may
-            // be read only once asked for)
-            (device.last + PAUSE)
-                .max(now + Duration::from_millis(5))
-                .min(idle_at)
+        let left = spooled.as_ref().map_or(0, |f| f.left());
+        let has =
+            left + buf.len() as u64 >= least(look_ahead) as u64 && (!look_ahead || !buf.is_empty());
+        let until = if has && !device.paused {
+            // (a moment at least from the first look once the pause was due: a frame the
+            // device sent while the loop did not look may be read only once asked for)
+            let due = device.last + PAUSE;
+            let asked = if due <= now {
+                *device.asked.get_or_insert(now)
+            } else {
+                now
+            };
+            due.max(asked + Duration::from_millis(5)).min(idle_at)
         } else {
             idle_at
         };
@@ -230,29 +242,34 @@ impl Source {
                 device.paused = true;
                 Ok(())
             }
-            Ok(mut frame) => loop {
-                match frame {
-                    Some(Ok(f)) => {
-                        if let Ok(d) = f.into_data() {
-                            buf.extend_from_slice(&d);
+            Ok(mut frame) => {
+                let want = want.saturating_sub(left);
+                loop {
+                    match frame {
+                        Some(Ok(f)) => {
+                            if let Ok(d) = f.into_data() {
+                                buf.extend_from_slice(&d);
+                            }
+                            device.frame();
                         }
-                        device.frame();
+                        Some(Err(e)) => {
+                            return Err(BodyReadError::Broken(e.to_string()).to_string())
+                        }
+                        None => {
+                            device.ended = true;
+                            return Ok(());
+                        }
                     }
-                    Some(Err(e)) => return Err(BodyReadError::Broken(e.to_string()).to_string()),
-                    None => {
-                        device.ended = true;
+                    if buf.len() as u64 >= want {
                         return Ok(());
                     }
+                    // (one loop turn per frame a fast device sends would be wasted work)
+                    match futures_util::FutureExt::now_or_never(body.frame()) {
+                        Some(next) => frame = next,
+                        None => return Ok(()),
+                    }
                 }
-                if buf.len() as u64 >= want {
-                    return Ok(());
-                }
-                // (one loop turn per frame a fast device sends would be wasted work)
-                match futures_util::FutureExt::now_or_never(body.frame()) {
-                    Some(next) => frame = next,
-                    None => return Ok(()),
-                }
-            },
+            }
         }
     }
 
