@@ -115,11 +115,31 @@ impl Device {
         }
     }
 
-    /// A frame came.
-    fn frame(&mut self) {
-        self.last = tokio::time::Instant::now();
-        self.paused = false;
-        self.asked = None;
+    /// What one look at the body gave (`None`: its end), into `buf`.
+    fn put(
+        &mut self,
+        frame: Option<Result<http_body::Frame<Bytes>, crate::BoxError>>,
+        buf: &mut BytesMut,
+    ) -> Result<(), String> {
+        match frame {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+                self.last = tokio::time::Instant::now();
+                self.paused = false;
+                self.asked = None;
+            }
+            Some(Err(e)) => return Err(BodyReadError::Broken(e.to_string()).to_string()),
+            None => self.ended = true,
+        }
+        Ok(())
+    }
+
+    /// Whether bytes here (`left` on disk, `read` in memory) may go on when the device
+    /// pauses: with `look_ahead` a read byte must be there to stay back.
+    fn may_pause(left: u64, read: usize, look_ahead: bool) -> bool {
+        left + read as u64 >= least(look_ahead) as u64 && (!look_ahead || read > 0)
     }
 }
 
@@ -178,12 +198,10 @@ impl Source {
                 device,
                 ..
             } => {
-                let have = spooled.as_ref().map_or(0, |f| f.left()) + buf.len() as u64;
-                // (what went to the spool may go on a pause too; with `look_ahead` a byte
-                // read stays back)
-                let paused = device.paused
-                    && have >= least(look_ahead) as u64
-                    && (!look_ahead || !buf.is_empty());
+                let left = spooled.as_ref().map_or(0, |f| f.left());
+                let have = left + buf.len() as u64;
+                // (what went to the spool may go on a pause too)
+                let paused = device.paused && Device::may_pause(left, buf.len(), look_ahead);
                 device.ended || have > n || (!look_ahead && have == n) || paused
             }
             Source::Kept(_) | Source::Spooled(_) => true,
@@ -218,9 +236,7 @@ impl Source {
         let now = tokio::time::Instant::now();
         let idle_at = device.last.max(since) + *idle;
         let left = spooled.as_ref().map_or(0, |f| f.left());
-        let has =
-            left + buf.len() as u64 >= least(look_ahead) as u64 && (!look_ahead || !buf.is_empty());
-        let until = if has && !device.paused {
+        let until = if Device::may_pause(left, buf.len(), look_ahead) && !device.paused {
             // (a moment at least from the first look once the pause was due: a frame the
             // device sent while the loop did not look may be read only once asked for)
             let due = device.last + PAUSE;
@@ -245,22 +261,8 @@ impl Source {
             Ok(mut frame) => {
                 let want = want.saturating_sub(left);
                 loop {
-                    match frame {
-                        Some(Ok(f)) => {
-                            if let Ok(d) = f.into_data() {
-                                buf.extend_from_slice(&d);
-                            }
-                            device.frame();
-                        }
-                        Some(Err(e)) => {
-                            return Err(BodyReadError::Broken(e.to_string()).to_string())
-                        }
-                        None => {
-                            device.ended = true;
-                            return Ok(());
-                        }
-                    }
-                    if buf.len() as u64 >= want {
+                    device.put(frame, buf)?;
+                    if device.ended || buf.len() as u64 >= want {
                         return Ok(());
                     }
                     // (one loop turn per frame a fast device sends would be wasted work)
@@ -335,14 +337,7 @@ fn take_read(
     while buf.len() < want && !device.ended {
         match futures_util::FutureExt::now_or_never(body.frame()) {
             None => break,
-            Some(Some(Ok(f))) => {
-                if let Ok(d) = f.into_data() {
-                    buf.extend_from_slice(&d);
-                }
-                device.frame();
-            }
-            Some(Some(Err(e))) => return Err(BodyReadError::Broken(e.to_string()).to_string()),
-            Some(None) => device.ended = true,
+            Some(frame) => device.put(frame, buf)?,
         }
     }
     if device.ended {
@@ -380,46 +375,20 @@ where
     B::Error: std::fmt::Display,
 {
     while buf.len() < n {
-        match read_frame(inc, buf, idle).await? {
-            Frame::Read => {}
-            Frame::Quiet => return Err(BodyReadError::Idle(idle)),
-            Frame::End => break,
+        let Ok(frame) = tokio::time::timeout(idle, inc.frame()).await else {
+            return Err(BodyReadError::Idle(idle));
+        };
+        match frame {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+            }
+            Some(Err(e)) => return Err(BodyReadError::Broken(e.to_string())),
+            None => break,
         }
     }
     Ok(())
-}
-
-/// What waiting for one frame of the device's body gave.
-enum Frame {
-    /// A frame (its data, if any, is in the buffer).
-    Read,
-    /// Nothing within the wait.
-    Quiet,
-    /// The body ended.
-    End,
-}
-
-/// Waits at most `wait` for one frame of the device's body and puts its data in `buf`.
-async fn read_frame<B>(
-    body: &mut B,
-    buf: &mut BytesMut,
-    wait: Duration,
-) -> Result<Frame, BodyReadError>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
-{
-    match tokio::time::timeout(wait, body.frame()).await {
-        Err(_) => Ok(Frame::Quiet),
-        Ok(Some(Ok(f))) => {
-            if let Ok(d) = f.into_data() {
-                buf.extend_from_slice(&d);
-            }
-            Ok(Frame::Read)
-        }
-        Ok(Some(Err(e))) => Err(BodyReadError::Broken(e.to_string())),
-        Ok(None) => Ok(Frame::End),
-    }
 }
 
 /// The outcome of a stripe's chunks, for the head's attempt: `None` while they go.

@@ -37,11 +37,6 @@ fn stripe_for(
         })
 }
 
-/// A body over the relay's request body limit.
-fn over_limit() -> Refusal {
-    Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, stripe::OVER_LIMIT)
-}
-
 /// A pulled answer's chunk (`GET`), answered with its bytes once the origin sent them, or
 /// the gateway's end of a pull (`DELETE`).
 pub(super) async fn pull(

@@ -188,10 +188,7 @@ pub(super) async fn forward_whole(
             }
         }
         refused => Err(match refused {
-            Capped::TooLarge => Refusal::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body over the relay's limit",
-            ),
+            Capped::TooLarge => over_limit(),
             Capped::NoRoom => Refusal {
                 unreached: true,
                 ..no_room()
@@ -565,10 +562,7 @@ async fn exchange(
                 return Err(Exchange::Failed(r));
             }
             Err(Exchange::Failed(if too_large {
-                Refusal::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body over the relay's limit",
-                )
+                over_limit()
             } else {
                 Refusal::new(
                     StatusCode::BAD_GATEWAY,
@@ -577,4 +571,9 @@ async fn exchange(
             }))
         }
     }
+}
+
+/// A body over the relay's request body limit (413).
+pub(super) fn over_limit() -> Refusal {
+    Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, crate::stripe::OVER_LIMIT)
 }
