@@ -7,6 +7,7 @@
 use crate::config::BindTo;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -164,8 +165,8 @@ async fn supervise(s: Arc<UplinkSettings>, tx: watch::Sender<UplinkState>) {
 
 /// Connects, with attempts overlapping: a new attempt starts every backoff interval (100 ms
 /// doubling to `backoff_max`; after a minute without success up to ten times that) while
-/// earlier ones still wait for an answer (each lives a few round trips; the oldest gives way
-/// when three are out). A link that comes back is found within one interval, not after a
+/// earlier ones still wait for an answer (each lives a few round trips; the oldest
+/// unanswered one gives way when three are out, see [`gives_way`]). A link that comes back is found within one interval, not after a
 /// stale attempt's backed-off retransmissions; an interface that gets its carrier back is
 /// tried at once.
 async fn establish(
@@ -205,18 +206,25 @@ async fn establish(
             had_carrier = Some(true);
             backoff = s.backoff_min;
         }
-        if handles.len() >= 3 {
-            if let Some(h) = handles.pop_front() {
+        let answered: Vec<bool> = handles
+            .iter()
+            .map(|(_, a): &(_, Arc<AtomicBool>)| a.load(Ordering::Relaxed))
+            .collect();
+        if let Some(i) = gives_way(&answered) {
+            if let Some((h, _)) = handles.remove(i) {
                 tokio::task::AbortHandle::abort(&h);
             }
         }
         let s2 = s.clone();
-        handles.push_back(attempts.spawn(async move {
-            match tokio::time::timeout(lifetime, connect(&s2, last_rtt, generation)).await {
+        let answered = Arc::new(AtomicBool::new(false));
+        let a2 = answered.clone();
+        let h = attempts.spawn(async move {
+            match tokio::time::timeout(lifetime, connect(&s2, last_rtt, generation, &a2)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer in {} ms", lifetime.as_millis())),
             }
-        }));
+        });
+        handles.push_back((h, answered));
         let next = tokio::time::Instant::now() + backoff;
         loop {
             let poll = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -248,7 +256,7 @@ async fn establish(
                 }
             }
         }
-        handles.retain(|h: &tokio::task::AbortHandle| !h.is_finished());
+        handles.retain(|(h, _)| !h.is_finished());
         let cap = if started.elapsed() > Duration::from_secs(60) {
             s.backoff_max * 10
         } else {
@@ -256,6 +264,21 @@ async fn establish(
         };
         backoff = (backoff * 2).min(cap);
     }
+}
+
+/// Attempts still waiting for the relay's first answer that may be out at once.
+const UNANSWERED_ATTEMPTS: usize = 3;
+
+/// Which attempt gives way before a new one starts, given whether each (oldest first) has
+/// had the relay's first answer: the oldest unanswered one when [`UNANSWERED_ATTEMPTS`] are
+/// out. One that has heard from the relay is going through its setup on a live link: with
+/// attempts every 250 ms, a satellite's (600 ms round trips) were each cut short at about
+/// 750 ms, and it stayed unconnected for the first minute.
+fn gives_way(answered: &[bool]) -> Option<usize> {
+    let waiting = answered.iter().filter(|a| !**a).count();
+    (waiting >= UNANSWERED_ATTEMPTS)
+        .then(|| answered.iter().position(|a| !*a))
+        .flatten()
 }
 
 /// Whether a bound interface has its carrier (None: bound by address, or unknown).
@@ -270,10 +293,12 @@ fn carrier(bind: &BindTo) -> Option<bool> {
 
 type Driver = h3::client::Connection<tunnel_io::quic::Connection, Bytes>;
 
+/// One attempt at a connection; `answered` is set once the relay's first flight came.
 async fn connect(
     s: &UplinkSettings,
     last_rtt: Duration,
     generation: u64,
+    answered: &AtomicBool,
 ) -> Result<(Live, Driver), String> {
     let want_v4 = match &s.bind {
         BindTo::Addr(a) => Some(a.is_ipv4()),
@@ -303,11 +328,13 @@ async fn connect(
     .map_err(|e| e.to_string())?;
     let mut client = s.client.clone();
     client.transport_config(transport.config);
-    let conn = endpoint
+    let mut connecting = endpoint
         .connect_with(client, addr, &s.server_name)
-        .map_err(|e| e.to_string())?
-        .await
         .map_err(|e| e.to_string())?;
+    if connecting.handshake_data().await.is_ok() {
+        answered.store(true, Ordering::Relaxed);
+    }
+    let conn = connecting.await.map_err(|e| e.to_string())?;
     let mut guard = CloseUnlessKept(Some(conn.clone()));
     let echoes = Arc::new(Echoes::default());
     tokio::spawn(tunnel_io::probe::run(
@@ -366,4 +393,20 @@ async fn hello(sender: &mut Sender, h: &Hello) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_unanswered_attempt_gives_way_at_three() {
+        assert_eq!(gives_way(&[]), None);
+        assert_eq!(gives_way(&[false, false]), None);
+        assert_eq!(gives_way(&[false, false, false]), Some(0));
+        // attempts in their setup on a live link are kept, whatever their number
+        assert_eq!(gives_way(&[true, false, false]), None);
+        assert_eq!(gives_way(&[true, true, true]), None);
+        assert_eq!(gives_way(&[true, false, false, false]), Some(1));
+    }
 }
