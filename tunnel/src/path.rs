@@ -13,7 +13,8 @@
 //! RTT degrades far above its own minimum (`max(3·min, min + 300 ms)`).
 //!
 //! A demoted path rejoins only after it has proved stable for a hold time: five round trips
-//! (250 ms to 1 s), unless it was also demoted in the minute before this demotion; then 60 s,
+//! (250 ms to 1 s; on a new connection its setup's three round trips count, so at least
+//! 100 ms after it), unless it was also demoted in the minute before this demotion; then 60 s,
 //! doubling with each further demotion in the last ten minutes, up to ten minutes. So a marginal link flaps at most once
 //! a minute, and a link that returns after an outage is back in well under a second.
 
@@ -34,6 +35,12 @@ pub const MIN_DOWN_AFTER: Duration = Duration::from_millis(150);
 pub const HOLD_FIRST_MIN: Duration = Duration::from_millis(250);
 /// Upper bound of the first rejoin's hold time.
 pub const HOLD_FIRST_MAX: Duration = Duration::from_secs(1);
+/// Round trips a new connection's setup takes before it is handed over: the QUIC
+/// handshake, HTTP/3's settings and the session's hello.
+pub const SETUP_ROUND_TRIPS: u32 = 3;
+/// A new connection's probation lasts at least this long (ten probes answered), however
+/// long its setup took.
+pub const HOLD_CONNECTED_MIN: Duration = Duration::from_millis(100);
 /// Hold time of a repeated rejoin (a demotion within [`FLAP_MEMORY`] of the previous).
 pub const HOLD_REPEAT: Duration = Duration::from_secs(60);
 /// Longest hold time.
@@ -287,14 +294,25 @@ impl PathHealth {
         self.demotions.back().copied()
     }
 
-    /// The QUIC connection is up (handshake done): probation starts.
+    /// The QUIC connection is up (handshake done, and the session joined), with `rtt`:
+    /// probation starts. A first rejoin's hold is the new connection's five round trips
+    /// less the [`SETUP_ROUND_TRIPS`] its setup took, at least [`HOLD_CONNECTED_MIN`]: each
+    /// of those was the link answering. (Before, the hold counted five round trips of the
+    /// connection before, 100 ms at the start, from after the setup: a link back from a
+    /// blackhole carried traffic 300 ms after its setup, and 0.96-1.4 s after its return.)
     pub fn on_connected(&mut self, now: Instant, rtt: Duration) {
+        self.srtt = rtt;
         self.hold = self.next_hold(now);
+        if self.hold <= HOLD_FIRST_MAX {
+            self.hold = self
+                .hold
+                .saturating_sub(rtt * SETUP_ROUND_TRIPS)
+                .max(HOLD_CONNECTED_MIN);
+        }
         self.connected_at = Some(now);
         self.last_echo = None;
         // the first echo needs a round trip: silence counts from one RTT after the start
         self.last_advance = Some(now + rtt);
-        self.srtt = rtt;
         self.rttvar = rtt / 2;
         self.echo_srtt = rtt;
         self.echo_rttvar = rtt / 2;
@@ -429,7 +447,12 @@ impl PathHealth {
                 Some(HealthEvent::Degraded { srtt: self.srtt })
             }
             Health::Probation { since } => {
-                if now.saturating_duration_since(since) >= self.hold {
+                // the hold over, and the probes answering on this connection now: a new
+                // connection's hold may end before a dead one's silence passes its bound
+                if now.saturating_duration_since(since) >= self.hold
+                    && self.last_echo.is_some()
+                    && silent <= bound / 2
+                {
                     self.health = Health::Up;
                     self.joined_at = Some(now);
                     Some(HealthEvent::Joined)
@@ -751,6 +774,28 @@ mod tests {
             Some(rtts[t.as_millis() as usize % rtts.len()])
         });
         assert_eq!(ev.len(), 1, "{ev:?}");
+    }
+
+    #[test]
+    fn a_new_connection_counts_its_setup_towards_the_hold() {
+        let t0 = Instant::now();
+        let hold_at = |rtt: Duration| {
+            let mut h = PathHealth::new();
+            h.on_connected(t0, rtt);
+            h.hold
+        };
+        // five round trips less the setup's three
+        assert_eq!(hold_at(56 * MS), 112 * MS);
+        // the 250 ms floor less the setup
+        assert_eq!(hold_at(20 * MS), 190 * MS);
+        // a long round trip: its setup was proof enough, ten probes still answered
+        assert_eq!(hold_at(600 * MS), HOLD_CONNECTED_MIN);
+        // and the path joins after that hold, its echoes answered
+        let mut h = PathHealth::new();
+        h.on_connected(t0, 56 * MS);
+        let ev = drive(&mut h, t0, Duration::from_secs(1), |_| Some(56 * MS));
+        assert_eq!(ev.first().map(|e| e.1), Some(HealthEvent::Joined), "{ev:?}");
+        assert!(ev[0].0 >= 112 * MS && ev[0].0 <= 130 * MS, "{ev:?}");
     }
 
     #[test]
