@@ -55,6 +55,8 @@ pub struct Path {
     pub bytes_up: AtomicU64,
     /// Bytes received.
     pub bytes_down: AtomicU64,
+    /// What its next hello offers the relay to resume downloads from (see `Hello`).
+    resume_down: Arc<AtomicU64>,
 }
 
 struct PathState {
@@ -114,7 +116,13 @@ pub struct PathStatus {
 }
 
 impl Path {
-    fn new(id: PathId, cfg: &UplinkConfig, uplink: Uplink, cap: Option<u64>) -> Self {
+    fn new(
+        id: PathId,
+        cfg: &UplinkConfig,
+        uplink: Uplink,
+        cap: Option<u64>,
+        resume_down: Arc<AtomicU64>,
+    ) -> Self {
         let now = tunnel_io::clock::now();
         let (signal, _) = watch::channel(PathSignal {
             usable: false,
@@ -138,6 +146,7 @@ impl Path {
             stripes: std::sync::atomic::AtomicUsize::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            resume_down,
         }
     }
 
@@ -333,6 +342,8 @@ impl Path {
             tracing::trace!(uplink = %self.name, cwnd = s.cwnd, rtt_us = s.rtt.as_micros() as u64, lost = s.lost_packets, tx = s.tx_kept, unsent = st.est.unsent_at(s.tx_kept), queued = st.est.queued_up_at(s.tx_kept), "path stats");
         }
         let t = st.est.tick(now, stats.as_ref());
+        let down = st.est.resume_down_rate(now).map_or(0, |r| r as u64);
+        self.resume_down.store(down, Ordering::Relaxed);
         let live = st.live.clone();
         let close_after = st.est.health().close_after();
         if t.goodput.is_some() {
@@ -429,6 +440,7 @@ impl Bond {
         let mut paths = Vec::new();
         for (id, u) in cfg.effective_uplinks().iter().enumerate() {
             let bind = u.bind_to()?;
+            let resume_down = Arc::new(AtomicU64::new(0));
             let uplink = Uplink::start(UplinkSettings {
                 relay_addr: u.relay.clone().unwrap_or_else(|| cfg.relay.addr.clone()),
                 server_name: cfg.relay.tls_name(),
@@ -442,10 +454,17 @@ impl Bond {
                     path: id,
                     name: u.name.clone(),
                     kind: u.kind,
+                    resume_down: resume_down.clone(),
                 },
                 sockets: sockets.clone(),
             });
-            paths.push(Arc::new(Path::new(id, u, uplink, u.cap_bytes_per_day)));
+            paths.push(Arc::new(Path::new(
+                id,
+                u,
+                uplink,
+                u.cap_bytes_per_day,
+                resume_down,
+            )));
         }
         let bond = Arc::new(Self {
             paths,

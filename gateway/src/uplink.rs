@@ -7,7 +7,7 @@
 use crate::config::BindTo;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -82,6 +82,9 @@ pub struct Hello {
     pub name: String,
     /// Link kind.
     pub kind: LinkKind,
+    /// The download rate the relay may resume from on a new connection, bytes per second
+    /// (0: none), kept current by the bond (`PathEstimate::resume_down_rate`).
+    pub resume_down: Arc<AtomicU64>,
 }
 
 /// Where and how the uplink connects.
@@ -372,9 +375,13 @@ async fn hello(sender: &mut Sender, h: &Hello) -> Result<(), String> {
         .header(wire::HDR_SESSION, format!("{:032x}", h.session))
         .header(wire::HDR_PATH, h.path.to_string())
         .header(wire::HDR_PATH_NAME, h.name.as_str())
-        .header(wire::HDR_LINK_KIND, h.kind.as_str())
-        .body(())
-        .map_err(|e| e.to_string())?;
+        .header(wire::HDR_LINK_KIND, h.kind.as_str());
+    let req = match h.resume_down.load(Ordering::Relaxed) {
+        0 => req,
+        rate => req.header(wire::HDR_RESUME_DOWN, wire::resume_down_header(rate as f64)),
+    }
+    .body(())
+    .map_err(|e| e.to_string())?;
     let mut stream = sender
         .send_request(req)
         .await

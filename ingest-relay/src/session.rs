@@ -33,6 +33,10 @@ pub(crate) struct ConnCtx {
     pub(crate) conn_id: usize,
     /// (session, path) once greeted.
     pub(crate) joined: Mutex<Option<(u128, usize)>>,
+    /// Asks the connection's controller to search again (a returning link's hello).
+    pub(crate) restart: std::sync::Arc<tunnel::congestion::Restart>,
+    /// The round trip its handshake measured.
+    pub(crate) handshake_rtt: std::time::Duration,
     /// The gateway's name, from its certificate: the first label of its common name
     /// (`canopy certs` names gateway certificates `<gateway>.<event>`). Viewer URLs carry it.
     pub(crate) gateway_name: String,

@@ -103,6 +103,14 @@ impl Collapse {
     }
 }
 
+/// The window a controller resumes at for a link that carried `rate` (bytes per second)
+/// with minimum RTT `base`: half the bandwidth-delay product (careful resume, as the
+/// IETF's draft for QUIC and TCP has it: the jump is half the saved window, and slow start
+/// goes on from there).
+pub fn careful_resume_window(rate: f64, base: Duration) -> u64 {
+    (rate * base.as_secs_f64() / 2.0) as u64
+}
+
 /// A request that the controller search for its path's rate again (slow start, from its
 /// current window), taken at its next acknowledgement. The bond makes it when another path
 /// dies and this one must carry its load, and when a returning link joins with a window to

@@ -384,6 +384,7 @@ impl Relay {
             let remote = incoming.remote_address();
             let transport = self.transport.connection();
             let signal = transport.signal;
+            let restart = transport.restart;
             self.socket.pace(remote, &transport.pace);
             let mut server = self.server.clone();
             server.transport_config(transport.config);
@@ -399,7 +400,7 @@ impl Relay {
                     match connecting.await {
                         Ok(conn) => {
                             tokio::spawn(tunnel_io::probe::run(conn.clone(), signal, false, None));
-                            serve_connection(state, conn).await
+                            serve_connection(state, conn, restart).await
                         }
                         Err(e) => info!(error = %e, "handshake refused"),
                     }
@@ -410,7 +411,11 @@ impl Relay {
     }
 }
 
-async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
+async fn serve_connection(
+    state: Arc<State>,
+    conn: quinn::Connection,
+    restart: Arc<tunnel::congestion::Restart>,
+) {
     info!("gateway connected");
     if tracing::enabled!(tracing::Level::TRACE) {
         let c = conn.clone();
@@ -443,6 +448,8 @@ async fn serve_connection(state: Arc<State>, conn: quinn::Connection) {
         identity,
         conn_id: conn.stable_id(),
         joined: std::sync::Mutex::new(None),
+        restart,
+        handshake_rtt: conn.rtt(),
         gateway_name,
         scope,
         bulk: quic.bulk_marks(),
@@ -743,6 +750,14 @@ async fn hello(state: &State, ctx: &ConnCtx, req: &Request<()>, stream: &mut Str
     let kind = h(wire::HDR_LINK_KIND);
     match state.sessions.join(ctx, session, path, &name, &kind) {
         Ok(paths) => {
+            // a returning link: the controller resumes its search from half the window
+            // that carried its recent best (careful resume, as the gateway's own does for
+            // uploads when the path joins)
+            if let Some(rate) = wire::resume_down_of(&h(wire::HDR_RESUME_DOWN)) {
+                let window = tunnel::congestion::careful_resume_window(rate, ctx.handshake_rtt);
+                debug!(path = %name, window, "resuming the connection's window");
+                ctx.restart.resume(window);
+            }
             let resp = Response::builder()
                 .status(StatusCode::OK)
                 .header("canopy-session-paths", paths.to_string())

@@ -76,6 +76,25 @@ pub const HDR_PATH_NAME: &str = "canopy-path-name";
 /// Link kind in the hello (`cellular`, `wifi`, `satellite`, `ethernet`).
 pub const HDR_LINK_KIND: &str = "canopy-link-kind";
 
+/// In the hello of a returning link: the best rate (bytes per second, a whole number) the
+/// link carried towards the gateway lately. The relay resumes its controller on the new
+/// connection from there ([`resume_down_header`], [`resume_down_of`]).
+pub const HDR_RESUME_DOWN: &str = "canopy-resume-down";
+
+/// The value of [`HDR_RESUME_DOWN`] for `rate` bytes per second.
+pub fn resume_down_header(rate: f64) -> String {
+    format!("{}", rate.max(0.0).round() as u64)
+}
+
+/// The rate in a [`HDR_RESUME_DOWN`] value: None when it is not a whole number above 0.
+pub fn resume_down_of(value: &str) -> Option<f64> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|r| *r > 0)
+        .map(|r| r as f64)
+}
+
 /// Set by the relay on the answer to a redundant copy (the first copy's answer, replayed).
 pub const HDR_DUPLICATE: &str = "canopy-duplicate";
 /// On a replayed answer to a bid or check-in: the relay kept only the first bytes of the
@@ -159,6 +178,18 @@ fn read_u64(h: &http::HeaderMap, name: &'static str) -> Result<u64, HeaderError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resume_rate_goes_through_the_hello_and_back() {
+        for rate in [1.0, 2_500_000.4, 1e12] {
+            let v = resume_down_header(rate);
+            assert_eq!(resume_down_of(&v), Some(rate.round()));
+        }
+        assert_eq!(resume_down_of("0"), None);
+        assert_eq!(resume_down_of("-5"), None);
+        assert_eq!(resume_down_of("1.5"), None);
+        assert_eq!(resume_down_of(""), None);
+    }
 
     #[test]
     fn a_requests_key_is_read_only_when_valid() {
