@@ -295,18 +295,22 @@ impl PathHealth {
     }
 
     /// The QUIC connection is up (handshake done, and the session joined), with `rtt`:
-    /// probation starts. A first rejoin's hold is the new connection's five round trips
-    /// less the [`SETUP_ROUND_TRIPS`] its setup took, at least [`HOLD_CONNECTED_MIN`]: each
-    /// of those was the link answering. (Before, the hold counted five round trips of the
+    /// probation starts. A first rejoin's hold is five of the link's round trips (the
+    /// least of `rtt` and the one remembered) less the [`SETUP_ROUND_TRIPS`] its setup
+    /// took, at least [`HOLD_CONNECTED_MIN`]: each of those was the link answering. (Before, the hold counted five round trips of the
     /// connection before, 100 ms at the start, from after the setup: a link back from a
     /// blackhole carried traffic 300 ms after its setup, and 0.96-1.4 s after its return.)
     pub fn on_connected(&mut self, now: Instant, rtt: Duration) {
         self.srtt = rtt;
         self.hold = self.next_hold(now);
         if self.hold <= HOLD_FIRST_MAX {
-            self.hold = self
-                .hold
-                .saturating_sub(rtt * SETUP_ROUND_TRIPS)
+            // the link's round trip: the least of the handshake's and the one remembered
+            // (after a carrier's return the first packets wait for the next hop's address:
+            // 143 ms against the link's 55 in the failover bench, and a 286 ms hold)
+            let rt = self.min_rtt().map_or(rtt, |m| m.min(rtt));
+            self.hold = (rt * 5)
+                .clamp(HOLD_FIRST_MIN, HOLD_FIRST_MAX)
+                .saturating_sub(rt * SETUP_ROUND_TRIPS)
                 .max(HOLD_CONNECTED_MIN);
         }
         self.connected_at = Some(now);
@@ -790,6 +794,13 @@ mod tests {
         assert_eq!(hold_at(20 * MS), 190 * MS);
         // a long round trip: its setup was proof enough, ten probes still answered
         assert_eq!(hold_at(600 * MS), HOLD_CONNECTED_MIN);
+        // a handshake slower than the link (its next hop resolved first): the link's
+        // remembered round trip counts
+        let mut h = PathHealth::new();
+        h.on_connected(t0, 56 * MS);
+        h.on_closed(t0 + Duration::from_secs(1));
+        h.on_connected(t0 + Duration::from_secs(11), 143 * MS);
+        assert_eq!(h.hold, 112 * MS);
         // and the path joins after that hold, its echoes answered
         let mut h = PathHealth::new();
         h.on_connected(t0, 56 * MS);
