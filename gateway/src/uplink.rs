@@ -168,8 +168,8 @@ async fn supervise(s: Arc<UplinkSettings>, tx: watch::Sender<UplinkState>) {
 
 /// Connects, with attempts overlapping: a new attempt starts every backoff interval (100 ms
 /// doubling to `backoff_max`; after a minute without success up to ten times that) while
-/// earlier ones still wait for an answer (each lives a few round trips; the oldest
-/// unanswered one gives way when three are out, see [`gives_way`]). A link that comes back is found within one interval, not after a
+/// earlier ones still wait for an answer (each lives a few round trips; at most three are
+/// out, and none starts while one has heard from the relay, see [`next_attempt`]). A link that comes back is found within one interval, not after a
 /// stale attempt's backed-off retransmissions; an interface that gets its carrier back is
 /// tried at once.
 async fn establish(
@@ -209,25 +209,28 @@ async fn establish(
             had_carrier = Some(true);
             backoff = s.backoff_min;
         }
-        let answered: Vec<bool> = handles
+        let out: Vec<(bool, Duration)> = handles
             .iter()
-            .map(|(_, a): &(_, Arc<AtomicBool>)| a.load(Ordering::Relaxed))
+            .map(|(_, a, at): &(_, Arc<AtomicBool>, tokio::time::Instant)| {
+                (a.load(Ordering::Relaxed), at.elapsed())
+            })
             .collect();
-        if let Some(i) = gives_way(&answered) {
-            if let Some((h, _)) = handles.remove(i) {
+        if let NextAttempt::Start(gives_way) = next_attempt(&out, answer_within(last_rtt)) {
+            if let Some((h, _, _)) = gives_way.and_then(|i| handles.remove(i)) {
                 tokio::task::AbortHandle::abort(&h);
             }
+            let s2 = s.clone();
+            let answered = Arc::new(AtomicBool::new(false));
+            let a2 = answered.clone();
+            let h = attempts.spawn(async move {
+                match tokio::time::timeout(lifetime, connect(&s2, last_rtt, generation, &a2)).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("no answer in {} ms", lifetime.as_millis())),
+                }
+            });
+            handles.push_back((h, answered, tokio::time::Instant::now()));
         }
-        let s2 = s.clone();
-        let answered = Arc::new(AtomicBool::new(false));
-        let a2 = answered.clone();
-        let h = attempts.spawn(async move {
-            match tokio::time::timeout(lifetime, connect(&s2, last_rtt, generation, &a2)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("no answer in {} ms", lifetime.as_millis())),
-            }
-        });
-        handles.push_back((h, answered));
         let next = tokio::time::Instant::now() + backoff;
         loop {
             let poll = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -259,7 +262,7 @@ async fn establish(
                 }
             }
         }
-        handles.retain(|(h, _)| !h.is_finished());
+        handles.retain(|(h, _, _)| !h.is_finished());
         let cap = if started.elapsed() > Duration::from_secs(60) {
             s.backoff_max * 10
         } else {
@@ -269,19 +272,42 @@ async fn establish(
     }
 }
 
-/// Attempts still waiting for the relay's first answer that may be out at once.
-const UNANSWERED_ATTEMPTS: usize = 3;
+/// Attempts that may be out at once.
+const ATTEMPTS_OUT: usize = 3;
 
-/// Which attempt gives way before a new one starts, given whether each (oldest first) has
-/// had the relay's first answer: the oldest unanswered one when [`UNANSWERED_ATTEMPTS`] are
-/// out. One that has heard from the relay is going through its setup on a live link: with
-/// attempts every 250 ms, a satellite's (600 ms round trips) were each cut short at about
-/// 750 ms, and it stayed unconnected for the first minute.
-fn gives_way(answered: &[bool]) -> Option<usize> {
-    let waiting = answered.iter().filter(|a| !**a).count();
-    (waiting >= UNANSWERED_ATTEMPTS)
-        .then(|| answered.iter().position(|a| !*a))
-        .flatten()
+/// What the next interval does.
+#[derive(Debug, PartialEq, Eq)]
+enum NextAttempt {
+    /// A new attempt starts, the one at this index (oldest first) giving way first.
+    Start(Option<usize>),
+    /// None starts.
+    Wait,
+}
+
+/// How long an attempt is given to hear the relay's first answer before a newer one may
+/// take its place: two round trips of the link, at least 200 ms.
+fn answer_within(last_rtt: Duration) -> Duration {
+    (last_rtt * 2).max(Duration::from_millis(200))
+}
+
+/// What the next interval does with the attempts out (oldest first: whether each has had
+/// the relay's first answer, and its age). None starts while one has heard from the relay:
+/// it is in its setup on a live link, and more attempts would only load the relay. Up to
+/// [`ATTEMPTS_OUT`] are out; then the oldest gives way to a new one once it is
+/// `answer_within` old, else none starts. Measured before: with attempts every 250 ms and
+/// the oldest giving way whatever its age, a satellite's (600 ms round trips) were each
+/// cut short at about 750 ms, and it stayed unconnected for the first minute.
+fn next_attempt(out: &[(bool, Duration)], answer_within: Duration) -> NextAttempt {
+    if out.iter().any(|(answered, _)| *answered) {
+        return NextAttempt::Wait;
+    }
+    if out.len() < ATTEMPTS_OUT {
+        return NextAttempt::Start(None);
+    }
+    match out.first() {
+        Some((_, age)) if *age >= answer_within => NextAttempt::Start(Some(0)),
+        _ => NextAttempt::Wait,
+    }
 }
 
 /// Whether a bound interface has its carrier (None: bound by address, or unknown).
@@ -407,13 +433,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_oldest_unanswered_attempt_gives_way_at_three() {
-        assert_eq!(gives_way(&[]), None);
-        assert_eq!(gives_way(&[false, false]), None);
-        assert_eq!(gives_way(&[false, false, false]), Some(0));
-        // attempts in their setup on a live link are kept, whatever their number
-        assert_eq!(gives_way(&[true, false, false]), None);
-        assert_eq!(gives_way(&[true, true, true]), None);
-        assert_eq!(gives_way(&[true, false, false, false]), Some(1));
+    fn attempts_give_way_only_unanswered_and_after_two_round_trips() {
+        let ms = Duration::from_millis;
+        let within = answer_within(ms(55));
+        assert_eq!(within, ms(200), "the floor");
+        assert_eq!(next_attempt(&[], within), NextAttempt::Start(None));
+        let young = (false, ms(100));
+        let old = (false, ms(750));
+        assert_eq!(
+            next_attempt(&[old, young], within),
+            NextAttempt::Start(None)
+        );
+        // three out: the oldest gives way once it had its time to hear an answer
+        assert_eq!(
+            next_attempt(&[old, young, young], within),
+            NextAttempt::Start(Some(0))
+        );
+        assert_eq!(
+            next_attempt(&[young, young, young], within),
+            NextAttempt::Wait
+        );
+        // a satellite: 600 ms round trips give each attempt 1.2 s
+        let sat = answer_within(ms(600));
+        assert_eq!(next_attempt(&[old, young, young], sat), NextAttempt::Wait);
+        // one in its setup on a live link: none starts, none gives way
+        let answered = (true, ms(900));
+        assert_eq!(next_attempt(&[answered], within), NextAttempt::Wait);
+        assert_eq!(
+            next_attempt(&[old, answered, young], within),
+            NextAttempt::Wait
+        );
     }
 }

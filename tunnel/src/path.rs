@@ -38,8 +38,8 @@ pub const HOLD_FIRST_MAX: Duration = Duration::from_secs(1);
 /// Round trips a new connection's setup takes before it is handed over: the QUIC
 /// handshake, HTTP/3's settings and the session's hello.
 pub const SETUP_ROUND_TRIPS: u32 = 3;
-/// A new connection's probation lasts at least this long (ten probes answered), however
-/// long its setup took.
+/// A new connection's probation lasts at least this long (ten probe intervals), however
+/// long its setup took; it also needs an echo of a probe sent after it came up.
 pub const HOLD_CONNECTED_MIN: Duration = Duration::from_millis(100);
 /// Hold time of a repeated rejoin (a demotion within [`FLAP_MEMORY`] of the previous).
 pub const HOLD_REPEAT: Duration = Duration::from_secs(60);
@@ -264,6 +264,22 @@ impl PathHealth {
         self.min_rtt.iter().map(|(_, m)| *m).min()
     }
 
+    /// The minimum RTT of the buckets still within the window at `now` (nothing is
+    /// recorded while the path is down, so the kept ones may be older).
+    fn min_rtt_within(&self, now: Instant) -> Option<Duration> {
+        self.min_rtt
+            .iter()
+            .filter(|(start, _)| now.saturating_duration_since(*start) <= MIN_RTT_WINDOW)
+            .map(|(_, m)| *m)
+            .min()
+    }
+
+    /// Whether the path, demoted now, would rejoin after a first rejoin's short hold (not
+    /// the flapping link's minute or more).
+    pub fn rejoins_soon(&self, now: Instant) -> bool {
+        self.next_hold(now) <= HOLD_FIRST_MAX
+    }
+
     /// Loss rate estimate (0..1).
     pub fn loss(&self) -> f64 {
         self.loss
@@ -307,7 +323,7 @@ impl PathHealth {
             // the link's round trip: the least of the handshake's and the one remembered
             // (after a carrier's return the first packets wait for the next hop's address:
             // 143 ms against the link's 55 in the failover bench, and a 286 ms hold)
-            let rt = self.min_rtt().map_or(rtt, |m| m.min(rtt));
+            let rt = self.min_rtt_within(now).map_or(rtt, |m| m.min(rtt));
             self.hold = (rt * 5)
                 .clamp(HOLD_FIRST_MIN, HOLD_FIRST_MAX)
                 .saturating_sub(rt * SETUP_ROUND_TRIPS)
@@ -451,10 +467,14 @@ impl PathHealth {
                 Some(HealthEvent::Degraded { srtt: self.srtt })
             }
             Health::Probation { since } => {
-                // the hold over, and the probes answering on this connection now: a new
-                // connection's hold may end before a dead one's silence passes its bound
+                // the hold over, and the probes answering on this connection now (an echo
+                // of one sent since it came up, not during its setup): a new connection's
+                // hold may end before a dead one's silence passes its bound
+                let answered = self
+                    .last_echo
+                    .is_some_and(|s| self.connected_at.is_none_or(|c| s >= c));
                 if now.saturating_duration_since(since) >= self.hold
-                    && self.last_echo.is_some()
+                    && answered
                     && silent <= bound / 2
                 {
                     self.health = Health::Up;
@@ -679,9 +699,11 @@ mod tests {
         assert!(h.is_usable());
         h.on_closed(ms(5000));
         assert!(h.next_hold(ms(5000)) >= HOLD_REPEAT);
+        assert!(!h.rejoins_soon(ms(5000)));
         // every uplink went down at 5 s: that one is forgiven
         assert!(h.forgive_demotions_since(ms(5000), ms(4900)));
         assert!(h.next_hold(ms(5000)) < Duration::from_secs(2));
+        assert!(h.rejoins_soon(ms(5000)));
         assert_eq!(h.demotions(), 2, "still counted as demotions");
     }
 
@@ -734,9 +756,10 @@ mod tests {
         let t0 = Instant::now();
         let mut h = PathHealth::new();
         h.on_connected(t0, 100 * MS);
-        // joins after 500 ms of probation; its new load queues 230 ms for a second
+        // joins after 200 ms of probation (five round trips less the setup's three); its
+        // new load queues 230 ms for a second
         let ev = drive(&mut h, t0, Duration::from_secs(3), |t| {
-            Some(if (520 * MS..1520 * MS).contains(&t) {
+            Some(if (220 * MS..1220 * MS).contains(&t) {
                 330 * MS
             } else {
                 100 * MS
@@ -748,14 +771,15 @@ mod tests {
         let mut h = PathHealth::new();
         h.on_connected(t0, 100 * MS);
         let ev = drive(&mut h, t0, Duration::from_secs(2), |t| {
-            (t < 520 * MS).then_some(100 * MS)
+            (t < 220 * MS).then_some(100 * MS)
         });
+        assert_eq!(ev[0].1, HealthEvent::Joined, "{ev:?}");
         let (at, e) = ev[1];
         assert!(matches!(e, HealthEvent::Silent { .. }), "{ev:?}");
         assert!(
-            at - 520 * MS <= 500 * MS,
+            at - 220 * MS <= 500 * MS,
             "detected after {:?}",
-            at - 520 * MS
+            at - 220 * MS
         );
     }
 
@@ -807,6 +831,27 @@ mod tests {
         let ev = drive(&mut h, t0, Duration::from_secs(1), |_| Some(56 * MS));
         assert_eq!(ev.first().map(|e| e.1), Some(HealthEvent::Joined), "{ev:?}");
         assert!(ev[0].0 >= 112 * MS && ev[0].0 <= 130 * MS, "{ev:?}");
+    }
+
+    #[test]
+    fn a_new_connection_joins_only_on_echoes_of_probes_sent_since_it_came_up() {
+        let t0 = Instant::now();
+        let mut h = PathHealth::new();
+        h.on_connected(t0, 56 * MS);
+        // only the echo of a probe sent during the setup, then nothing: never joins
+        let mut events = Vec::new();
+        for n in 0..100u32 {
+            let now = t0 + MS * 10 * n;
+            h.on_echo(now, t0 - 20 * MS);
+            events.extend(h.poll(now));
+        }
+        assert!(!events.contains(&HealthEvent::Joined), "{events:?}");
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, HealthEvent::Silent { .. })),
+            "{events:?}"
+        );
     }
 
     #[test]

@@ -724,6 +724,12 @@ fn relayed_config(cfg: &RelayConfig) -> RelayedConfig {
     rc
 }
 
+/// The most a gateway's hello may have a new connection's window resume at: half the
+/// bandwidth-delay product of 160 Mbit/s at 100 ms. The gateway says what its link carried;
+/// without a bound one saying too much would have the relay burst into its own uplink,
+/// which every gateway shares.
+const RESUME_MAX_WINDOW: u64 = 1 << 20;
+
 /// The session hello of a new gateway connection.
 async fn hello(state: &State, ctx: &ConnCtx, req: &Request<()>, stream: &mut Stream) -> StatusCode {
     while let Ok(Some(_)) = stream.recv_data().await {}
@@ -754,7 +760,8 @@ async fn hello(state: &State, ctx: &ConnCtx, req: &Request<()>, stream: &mut Str
             // that carried its recent best (careful resume, as the gateway's own does for
             // uploads when the path joins)
             if let Some(rate) = wire::resume_down_of(&h(wire::HDR_RESUME_DOWN)) {
-                let window = tunnel::congestion::careful_resume_window(rate, ctx.handshake_rtt);
+                let window = tunnel::congestion::careful_resume_window(rate, ctx.handshake_rtt)
+                    .min(RESUME_MAX_WINDOW);
                 debug!(path = %name, window, "resuming the connection's window");
                 ctx.restart.resume(window);
             }
