@@ -22,6 +22,19 @@ use tokio::net::TcpListener;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
+/// The answer to a `/digest` upload of `body`: its length and SHA-256, hex, on one line
+/// (what tests expect of an upload that arrived whole).
+pub fn digest_of(body: &[u8]) -> String {
+    use sha2::Digest;
+    digest_line(body.len() as u64, &sha2::Sha256::digest(body))
+}
+
+/// The `/digest` answer's line for `n` bytes with SHA-256 `hash`.
+fn digest_line(n: u64, hash: &[u8]) -> String {
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{n} {hex}\n")
+}
+
 /// Counters of the demo origin.
 #[derive(Debug, Default)]
 pub struct OriginStats {
@@ -255,8 +268,7 @@ async fn handle(
                         .fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
             }
-            let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-            text(StatusCode::OK, format!("{n} {hex}\n"))
+            text(StatusCode::OK, digest_line(n, &hash.finalize()))
         }
         (Method::GET, "/stats") => {
             drain(req.into_body(), None).await;

@@ -10,7 +10,6 @@ mod emulated;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use sha2::Digest;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -61,14 +60,6 @@ async fn answer(resp: http::Response<hyper::body::Incoming>) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn digest_line(body: &[u8]) -> String {
-    let hex: String = sha2::Sha256::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{} {hex}\n", body.len())
-}
-
 /// POSTs of `sizes` back to back for 6 s through `bed`, the uplink carrying most of them
 /// cut after 1.5 s for 2 s (a body streamed on one path rides the one with the least
 /// delay, the slower here): every one succeeds, at least `min` went, and the origin saw
@@ -97,7 +88,7 @@ async fn posts_across_a_cut(
                 let body: Bytes = (0..size)
                     .map(|i| ((i * 7 + n as usize) % 251) as u8)
                     .collect();
-                let want = digest_line(&body);
+                let want = canopy::origin::digest_of(&body);
                 let (status, answer) = post(proxy, &url, body, how).await;
                 if status != 200 || answer != want {
                     failures.push(format!("POST {n} of {size} bytes: {status} {answer}"));
@@ -243,7 +234,7 @@ async fn chunked_bodies_beyond_their_room_or_time_go_on_whole() {
         ),
     ];
     for (what, pieces) in cases {
-        let want = digest_line(&whole(&pieces));
+        let want = canopy::origin::digest_of(&whole(&pieces));
         let (status, answer) = post_paced(bed.proxy, &url, pieces).await;
         assert_eq!((status, answer.as_str()), (200, want.as_str()), "{what}");
     }

@@ -12,7 +12,6 @@ use canopy::linkem::{LinkProfile, VirtualNet};
 use canopy::testbed::{Network, TestLink, Testbed, TestbedOptions, AUCTION_SITE};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use sha2::Digest;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -399,13 +398,10 @@ where
     }
 }
 
-/// The origin's answer to a `/digest` upload of `body`: its length and SHA-256.
+/// The origin's answer to a `/digest` upload of `body`, as `upload_across_a_cut` reads it
+/// (trimmed).
 fn digest_answer(body: &[u8]) -> String {
-    let hex: String = sha2::Sha256::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{} {hex}", body.len())
+    canopy::origin::digest_of(body).trim_end().to_string()
 }
 
 #[tokio::test(start_paused = true)]

@@ -169,9 +169,9 @@ async fn supervise(s: Arc<UplinkSettings>, tx: watch::Sender<UplinkState>) {
 /// Connects, with attempts overlapping: a new attempt starts every backoff interval (100 ms
 /// doubling to `backoff_max`; after a minute without success up to ten times that) while
 /// earlier ones still wait for an answer (each lives a few round trips; at most three are
-/// out, and none starts while one has heard from the relay, see [`next_attempt`]). A link that comes back is found within one interval, not after a
-/// stale attempt's backed-off retransmissions; an interface that gets its carrier back is
-/// tried at once.
+/// out, and none starts while one has heard from the relay, see [`next_attempt`]). A link
+/// that comes back is found within one interval, not after a stale attempt's backed-off
+/// retransmissions; an interface that gets its carrier back is tried at once.
 async fn establish(
     s: &Arc<UplinkSettings>,
     tx: &watch::Sender<UplinkState>,

@@ -53,6 +53,12 @@ pub const JOIN_SETTLE: Duration = Duration::from_secs(2);
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(60);
 const MIN_RTT_BUCKET: Duration = Duration::from_secs(10);
 
+/// A first rejoin's hold: five round trips of `rt`, within [`HOLD_FIRST_MIN`] and
+/// [`HOLD_FIRST_MAX`].
+fn first_hold(rt: Duration) -> Duration {
+    (rt * 5).clamp(HOLD_FIRST_MIN, HOLD_FIRST_MAX)
+}
+
 /// What kind of link an uplink is (informational; shown in status and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -277,7 +283,7 @@ impl PathHealth {
     /// Whether the path, demoted now, would rejoin after a first rejoin's short hold (not
     /// the flapping link's minute or more).
     pub fn rejoins_soon(&self, now: Instant) -> bool {
-        self.next_hold(now) <= HOLD_FIRST_MAX
+        self.repeat_hold(now).is_none()
     }
 
     /// Loss rate estimate (0..1).
@@ -313,23 +319,22 @@ impl PathHealth {
     /// The QUIC connection is up (handshake done, and the session joined), with `rtt`:
     /// probation starts. A first rejoin's hold is five of the link's round trips (the
     /// least of `rtt` and the one remembered) less the [`SETUP_ROUND_TRIPS`] its setup
-    /// took, at least [`HOLD_CONNECTED_MIN`]: each of those was the link answering. (Before, the hold counted five round trips of the
-    /// connection before, 100 ms at the start, from after the setup: a link back from a
-    /// blackhole carried traffic 300 ms after its setup, and 0.96-1.4 s after its return.)
+    /// took, at least [`HOLD_CONNECTED_MIN`]: each of those was the link answering. (Before,
+    /// the hold counted five round trips of the connection before, 100 ms at the start,
+    /// from after the setup: a link back from a blackhole carried traffic 300 ms after its
+    /// setup, and 0.96-1.4 s after its return.)
     pub fn on_connected(&mut self, now: Instant, rtt: Duration) {
-        self.srtt = rtt;
-        self.hold = self.next_hold(now);
-        if self.hold <= HOLD_FIRST_MAX {
+        self.hold = self.repeat_hold(now).unwrap_or_else(|| {
             // the link's round trip: the least of the handshake's and the one remembered
             // (after a carrier's return the first packets wait for the next hop's address:
             // 143 ms against the link's 55 in the failover bench, and a 286 ms hold)
             let rt = self.min_rtt_within(now).map_or(rtt, |m| m.min(rtt));
-            self.hold = (rt * 5)
-                .clamp(HOLD_FIRST_MIN, HOLD_FIRST_MAX)
+            first_hold(rt)
                 .saturating_sub(rt * SETUP_ROUND_TRIPS)
-                .max(HOLD_CONNECTED_MIN);
-        }
+                .max(HOLD_CONNECTED_MIN)
+        });
         self.connected_at = Some(now);
+        self.srtt = rtt;
         self.last_echo = None;
         // the first echo needs a round trip: silence counts from one RTT after the start
         self.last_advance = Some(now + rtt);
@@ -521,6 +526,13 @@ impl PathHealth {
     /// The hold time for the next rejoin: five round trips, unless the latest demotion followed
     /// another within a minute; then 60 s, doubling per further demotion in ten minutes.
     fn next_hold(&self, now: Instant) -> Duration {
+        self.repeat_hold(now)
+            .unwrap_or_else(|| first_hold(self.srtt))
+    }
+
+    /// A flapping link's hold (the latest demotion followed another within a minute): 60 s,
+    /// doubling per further demotion in ten minutes. None for a first rejoin.
+    fn repeat_hold(&self, now: Instant) -> Option<Duration> {
         let recent: Vec<&Instant> = self
             .demotions
             .iter()
@@ -530,12 +542,10 @@ impl PathHealth {
             [.., prev, last] => last.saturating_duration_since(**prev) < HOLD_REPEAT,
             _ => false,
         };
-        if !flapping {
-            (self.srtt * 5).clamp(HOLD_FIRST_MIN, HOLD_FIRST_MAX)
-        } else {
+        flapping.then(|| {
             let doublings = (recent.len() - 2).min(8) as u32;
             (HOLD_REPEAT * 2u32.pow(doublings)).min(HOLD_MAX)
-        }
+        })
     }
 
     fn note_min_rtt(&mut self, now: Instant, rtt: Duration) {

@@ -114,15 +114,10 @@ pub struct PathEstimate {
     rttvar: Duration,
     rate_up: f64,
     rate_down: f64,
-    /// Highest goodput towards the relay seen in a window with a queue (bytes/s), and until
-    /// when a fresh connection is credited with most of it.
-    peak_up: f64,
-    /// When a busy meter window last showed at least half of `peak_up`.
-    peak_seen: Option<Instant>,
-    /// The best rate a busy download window measured, bytes per second.
-    peak_down: f64,
-    /// When a busy download window last showed at least half of `peak_down`.
-    peak_down_seen: Option<Instant>,
+    /// Highest goodput towards the relay seen in a window with a queue.
+    peak_up: Peak,
+    /// The best rate a busy download window measured.
+    peak_down: Peak,
     /// The last meter window's rate up if it was queued all through (the link was full),
     /// else 0.
     last_full_up: f64,
@@ -169,14 +164,12 @@ impl PathEstimate {
             rttvar: Duration::from_millis(10),
             rate_up: 125_000.0,
             rate_down: 125_000.0,
-            peak_up: 0.0,
+            peak_up: Peak::default(),
             last_full_up: 0.0,
             least_unsent: None,
             collapse_until: None,
             short_seen: None,
-            peak_seen: None,
-            peak_down: 0.0,
-            peak_down_seen: None,
+            peak_down: Peak::default(),
             peak_credit_until: None,
             meter_tx: 0,
             tx_kept: 0,
@@ -331,7 +324,7 @@ impl PathEstimate {
     /// namespaces: a busy 2 Mbit/s path searched again at a cut, doubled its window, and
     /// its RTT went from 50 to 115 ms while a single upload's pieces waited there.
     pub fn carries_its_peak(&self) -> bool {
-        self.peak_up > 0.0 && self.last_full_up >= 0.8 * self.peak_up
+        self.peak_up.rate > 0.0 && self.last_full_up >= 0.8 * self.peak_up.rate
     }
 
     /// Whether the path is of no use at its usual rate at `now`: not usable, or in the last
@@ -348,7 +341,7 @@ impl PathEstimate {
     /// A reading of what the link carries or may send: short of its peak if under
     /// [`SHORT_OF_PEAK`] of it.
     fn note_rate(&mut self, now: Instant, rate: f64) {
-        if rate < self.peak_up * SHORT_OF_PEAK {
+        if rate < self.peak_up.rate * SHORT_OF_PEAK {
             self.short_seen = Some(now);
         }
     }
@@ -397,7 +390,7 @@ impl PathEstimate {
             let srtt = s.rtt.max(Duration::from_millis(1)).as_secs_f64();
             self.rate_up = (s.cwnd as f64 / srtt).max(MIN_RATE);
             if self.peak_credit_until.is_some_and(|t| now < t) {
-                self.rate_up = self.rate_up.max(self.peak_up * 0.8);
+                self.rate_up = self.rate_up.max(self.peak_up.rate * 0.8);
             }
             // the controller's own reading of the link: a window shrunk over a round trip
             // grown by the link's queue (a collapse the meter does not see full, as when
@@ -462,12 +455,9 @@ impl PathEstimate {
     /// [`PEAK_MEMORY`] (a link that peaked in an empty cell an hour ago is not resumed there).
     pub fn resume_window(&self, now: Instant) -> Option<u64> {
         let credited = self.peak_credit_until.is_some_and(|t| now < t);
-        let recent = self
-            .peak_seen
-            .is_some_and(|t| now.saturating_duration_since(t) <= PEAK_MEMORY);
         let base = self.health.min_rtt()?;
-        (credited && recent && self.peak_up > 0.0)
-            .then(|| crate::congestion::careful_resume_window(self.peak_up, base))
+        let peak = self.peak_up.recent(now).filter(|_| credited)?;
+        Some(crate::congestion::careful_resume_window(peak, base))
     }
 
     /// The download rate the relay's controller on a new connection may resume from (it
@@ -480,10 +470,9 @@ impl PathEstimate {
     /// the aggregate 830 ms after it joined (1.1 s after its return), the relay's window
     /// starting at 12 KB, against 300 ms for an upload, whose window resumes.
     pub fn resume_down_rate(&self, now: Instant) -> Option<f64> {
-        let recent = self
-            .peak_down_seen
-            .is_some_and(|t| now.saturating_duration_since(t) <= PEAK_MEMORY);
-        (recent && self.peak_down > 0.0 && self.health.rejoins_soon(now)).then_some(self.peak_down)
+        self.peak_down
+            .recent(now)
+            .filter(|_| self.health.rejoins_soon(now))
     }
 
     /// Closes the meter window when it is due: the goodput each way, and the rate estimates
@@ -525,19 +514,13 @@ impl PathEstimate {
             // the wire until it is declared lost, and one such window would raise the peak
             // for good
             let rate = up.min(wire);
-            self.peak_up = self.peak_up.max(rate);
-            if rate >= self.peak_up / 2.0 {
-                self.peak_seen = Some(now);
-            }
+            self.peak_up.note(now, rate);
         }
         let down = self.meter_down as f64 / secs;
         if self.meter_busy_down && self.pending_down > 0 {
             // a busy window shows the downlink's rate; otherwise keep the estimate
             self.rate_down = down.max(self.rate_down * 0.9);
-            self.peak_down = self.peak_down.max(down);
-            if down >= self.peak_down / 2.0 {
-                self.peak_down_seen = Some(now);
-            }
+            self.peak_down.note(now, down);
         } else if self.rate_down < self.rate_up {
             self.rate_down = self.rate_up;
         }
@@ -547,6 +530,35 @@ impl PathEstimate {
         self.meter_busy_down = false;
         self.goodput = Goodput { up, down };
         Some(self.goodput)
+    }
+}
+
+/// A link's best measured rate in one direction, and when a reading last came near it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Peak {
+    /// Bytes per second.
+    rate: f64,
+    /// When a reading last showed at least half of `rate`.
+    seen: Option<Instant>,
+}
+
+impl Peak {
+    /// A reading of `rate` at `now`.
+    fn note(&mut self, now: Instant, rate: f64) {
+        self.rate = self.rate.max(rate);
+        if rate >= self.rate / 2.0 {
+            self.seen = Some(now);
+        }
+    }
+
+    /// The peak, if one was measured and a reading showed at least half of it within
+    /// [`PEAK_MEMORY`] of `now` (a link that peaked in an empty cell an hour ago is not
+    /// resumed there).
+    fn recent(&self, now: Instant) -> Option<f64> {
+        let recent = self
+            .seen
+            .is_some_and(|t| now.saturating_duration_since(t) <= PEAK_MEMORY);
+        (recent && self.rate > 0.0).then_some(self.rate)
     }
 }
 
