@@ -31,8 +31,7 @@ pub fn digest_of(body: &[u8]) -> String {
 
 /// The `/digest` answer's line for `n` bytes with SHA-256 `hash`.
 fn digest_line(n: u64, hash: &[u8]) -> String {
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{n} {hex}\n")
+    format!("{n} {}\n", tunnel_io::tls::hex(hash))
 }
 
 /// Counters of the demo origin.
