@@ -174,6 +174,16 @@ const r3 = x => (typeof x === 'number' && isFinite(x) ? Number(x.toFixed(3)) : n
 
 function summarize(o, P, extra) {
   const samples = P.samples || [];
+  // every hole between two buffered ranges of one SourceBuffer that a sample saw
+  const holes = new Map();
+  for (const s of samples) {
+    for (const [track, rs] of Object.entries(s.tracks || {})) {
+      for (let i = 1; i < rs.length; i++) {
+        const k = `${track} ${rs[i - 1][1]}-${rs[i][0]}`;
+        if (!holes.has(k)) holes.set(k, { track, from: rs[i - 1][1], to: rs[i][0], first_seen: s.t });
+      }
+    }
+  }
   // hls.js joins a live stream with its timeline at 0 and, when the first media it buffers
   // starts at the stream's own timestamps, may get there through its gap controller before
   // playback starts: a non-fatal bufferStalledError and bufferSeekOverHole at currentTime 0,
@@ -227,6 +237,7 @@ function summarize(o, P, extra) {
     latency_min: lat.length ? r3(Math.min(...lat)) : null,
     target_latency_p50: r3(quantile(tgt, 0.5)),
     // "waiting" before the first frame is start-up, not a stall.
+    track_holes: [...holes.values()],
     stall_count: (P.stalls || []).filter(s => s.t > playT).length,
     stalls: (P.stalls || []).filter(s => s.t > playT),
     startup_waiting: (P.stalls || []).filter(s => s.t <= playT).length,

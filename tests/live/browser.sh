@@ -88,11 +88,17 @@ if ! kill -0 "$demo" 2>/dev/null || [ "$(demo_t)" -lt "$PLAY_AT" ]; then
   finish
 fi
 
-# play URL SECONDS SCREENSHOT JSON [args...]: play.mjs in the namespace; its line is printed
+# the host's CPU counters (busy and total jiffies, all CPUs) from /proc/stat
+cpu_jiffies() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat; }
+# play URL SECONDS SCREENSHOT JSON [args...]: play.mjs in the namespace; its line is printed,
+# and how busy the host's CPUs were meanwhile (a player that falls behind on a busy host
+# stalls with its buffer full)
 play() {
   local u=$1 s=$2 shot=$3 json=$4
   shift 4
   rm -f "$shot" "$json"
+  local c0 c1
+  c0=$(cpu_jiffies)
   play_start=$EPOCHREALTIME
   nsx node tests/browser/play.mjs --url "$u" --seconds "$s" --screenshot "$shot" --json "$json" "$@" \
     >"$work/play.out" 2>&1 &
@@ -101,7 +107,12 @@ play() {
   wait "$p"
   local rc=$?
   play_end=$EPOCHREALTIME
+  c1=$(cpu_jiffies)
   sed 's/^/  /' "$work/play.out"
+  read -r b0 t0j <<<"$c0"
+  read -r b1 t1j <<<"$c1"
+  [ "$t1j" -gt "$t0j" ] 2>/dev/null &&
+    echo "  host CPUs $(((b1 - b0) * 100 / (t1j - t0j)))% busy during the play ($(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg))"
   return $rc
 }
 p50() { node -e 'const j = require(process.argv[1]); console.log(j.latency_p50 == null ? "n/a" : j.latency_p50.toFixed(2) + " s")' "$(realpath "$1")" 2>/dev/null || echo n/a; }
@@ -130,7 +141,18 @@ explain() {
       }
       i = k;
     }
-    for (const s of j.stalls || []) console.log(`  stall t=${s.t}s${at(s.t)} currentTime=${s.currentTime} buffer_ahead=${s.buffer_ahead}`);
+    // a stall: what each SourceBuffer held around the playhead after the latest append (a
+    // hole in one track is a fault of the stream; every track whole past the playhead is the
+    // player falling behind), and the frames decoded and dropped in the seconds around it
+    const near = (rs, ct) => (rs || []).filter(([a, b]) => b >= ct - 1 && a <= ct + 3).map(([a, b]) => `${a}-${b}`).join(" ") || "none";
+    for (const s of j.stalls || []) {
+      console.log(`  stall t=${s.t}s${at(s.t)} currentTime=${s.currentTime} buffer_ahead=${s.buffer_ahead} media.buffered ${near(s.buffered, s.currentTime)}`);
+      const last = (s.appends || []).slice(-1)[0];
+      if (last) for (const [k, rs] of Object.entries(last.ranges || {})) console.log(`    ${k} buffered ${near(rs, s.currentTime)} (after the append at t=${last.t}s, sn ${last.sn} part ${last.part})`);
+      const around = (j.samples || []).filter(x => x.t >= s.t - 3 && x.t <= s.t + 2);
+      if (around.length) console.log(`    samples: ${around.map(x => `t=${x.t} ct=${x.currentTime} ahead=${x.buffer_ahead} frames=${x.frames} dropped=${x.dropped} rate=${x.playbackRate}`).join("; ")}`);
+    }
+    for (const h of (j.track_holes || []).slice(0, 10)) console.log(`  hole in the ${h.track} SourceBuffer: ${h.from}-${h.to} (first seen at t=${h.first_seen}s)`);
     for (const h of (j.http_errors || []).slice(0, 10)) console.log(`  http ${h.status} ${h.url}`);
     for (const f of (j.failed_requests || []).slice(0, 10)) console.log(`  request failed (${f.failure}) ${f.url}`);
   ' "$(realpath "$1")" "$play_start" "$play_end" "$(demo_t0)" 2>/dev/null
