@@ -12,7 +12,7 @@ use crate::proxy::{
 };
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ledger::outbox::{Admit, Status, View};
 use ledger::record::{Accepted, Delivery, Kind, Outcome};
@@ -63,27 +63,9 @@ pub(crate) async fn journaled(
         return synthetic(StatusCode::INTERNAL_SERVER_ERROR, "no idempotency key");
     };
     let method = req.method().clone();
-    let body = match Limited::new(
-        tunnel_io::IdleBody::new(req.into_body(), state.body_idle),
-        limit as usize,
-    )
-    .collect()
-    .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            let too_large = e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            return if too_large {
-                body_limit_exceeded(limit)
-            } else {
-                synthetic(
-                    StatusCode::BAD_REQUEST,
-                    &format!("request body not received: {e}"),
-                )
-            };
-        }
+    let body = match crate::proxy::read_whole(req.into_body(), limit, state.body_idle).await {
+        Ok(b) => b,
+        Err(e) => return e.answer(),
     };
     let target = route.target.to_string();
     let clock = &state.bond.clock;

@@ -16,7 +16,6 @@ use crate::proxy::{full, synthetic, Body, State};
 use crate::revocations::{InForce, LoadError};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use ledger::checkin::Refused;
 use ledger::record::{Accepted, CheckedIn, Kind};
@@ -98,22 +97,11 @@ pub(crate) async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Respons
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let body = match Limited::new(
-        tunnel_io::IdleBody::new(req.into_body(), state.body_idle),
-        MAX_BODY,
-    )
-    .collect()
-    .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            return refusal(
-                StatusCode::BAD_REQUEST,
-                "malformed",
-                &format!("request body not received or over {MAX_BODY} bytes: {e}"),
-            )
-        }
-    };
+    let body =
+        match crate::proxy::read_whole(req.into_body(), MAX_BODY as u64, state.body_idle).await {
+            Ok(b) => b,
+            Err(e) => return refusal(e.status(), "malformed", &e.to_string()),
+        };
     let (token, gate) = match parse(&body, json) {
         Ok(t) => t,
         Err(why) => return refusal(StatusCode::BAD_REQUEST, "malformed", why),

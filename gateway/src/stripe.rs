@@ -120,7 +120,7 @@ impl Device {
         &mut self,
         frame: Option<Result<http_body::Frame<Bytes>, crate::BoxError>>,
         buf: &mut BytesMut,
-    ) -> Result<(), String> {
+    ) -> Result<(), BodyReadError> {
         match frame {
             Some(Ok(f)) => {
                 if let Ok(d) = f.into_data() {
@@ -130,7 +130,7 @@ impl Device {
                 self.paused = false;
                 self.asked = None;
             }
-            Some(Err(e)) => return Err(BodyReadError::Broken(e.to_string()).to_string()),
+            Some(Err(e)) => return Err(BodyReadError::Broken(e.to_string())),
             None => self.ended = true,
         }
         Ok(())
@@ -219,7 +219,7 @@ impl Source {
         since: tokio::time::Instant,
         look_ahead: bool,
         want: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StripeError> {
         let Source::Stream {
             spooled,
             buf,
@@ -251,7 +251,7 @@ impl Source {
         };
         match tokio::time::timeout_at(until, body.frame()).await {
             Err(_) if tokio::time::Instant::now() >= idle_at => {
-                Err(BodyReadError::Idle(*idle).to_string())
+                Err(BodyReadError::Idle(*idle).into())
             }
             // the device paused: what came may go
             Err(_) => {
@@ -282,7 +282,7 @@ impl Source {
     /// unknown length), a streamed body is read one byte beyond them, so that its end is
     /// known with its last byte; without, a body that ends right after them says so only
     /// on the next take.
-    async fn take(&mut self, n: u64, look_ahead: bool) -> Result<(Bytes, bool), String> {
+    async fn take(&mut self, n: u64, look_ahead: bool) -> Result<(Bytes, bool), StripeError> {
         let n = usize::try_from(n).unwrap_or(usize::MAX);
         match self {
             Source::Kept(b) => {
@@ -298,7 +298,7 @@ impl Source {
             } => {
                 let mut from_disk = Bytes::new();
                 if let Some(f) = spooled {
-                    from_disk = f.read(n as u64).await.map_err(|e| e.to_string())?;
+                    from_disk = f.read(n as u64).await.map_err(unspooled)?;
                     if f.left() > 0 {
                         return Ok((from_disk, false));
                     }
@@ -314,7 +314,7 @@ impl Source {
                 Ok((both.freeze(), ended))
             }
             Source::Spooled(f) => {
-                let d = f.read(n as u64).await.map_err(|e| e.to_string())?;
+                let d = f.read(n as u64).await.map_err(unspooled)?;
                 Ok((d, f.left() == 0))
             }
         }
@@ -330,7 +330,7 @@ fn take_read(
     n: usize,
     look_ahead: bool,
     device: &mut Device,
-) -> Result<(Bytes, bool), String> {
+) -> Result<(Bytes, bool), BodyReadError> {
     // with `look_ahead` one byte beyond what goes is read first, so the chunk with the
     // last byte knows it is the last
     let want = if look_ahead { n.saturating_add(1) } else { n };
@@ -353,13 +353,20 @@ fn take_read(
     Ok((buf.split_to(k).freeze(), false))
 }
 
-/// Why the device's body could not be read.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BodyReadError {
+/// Why the device's body could not be read: the device's fault, answered 408 or 400.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BodyReadError {
+    /// The device sent nothing for this long while its body was wanted.
     #[error("no request body bytes for {0:?}")]
     Idle(Duration),
+    /// Its body broke off (the connection failed, or ended before the body did).
     #[error("request body not received: {0}")]
     Broken(String),
+}
+
+/// A body spool read that failed: the gateway's own disk.
+fn unspooled(e: std::io::Error) -> StripeError {
+    StripeError::Failed(format!("the body spool: {e}"))
 }
 
 /// Reads the device's body into `buf` until it holds at least `n` bytes or the body ends
@@ -403,7 +410,10 @@ pub enum StripeError {
     /// A body sent without a length grew over the relay's request body limit.
     #[error("request body over the relay's limit")]
     OverRelayLimit,
-    /// Its chunks could not be read or delivered.
+    /// The device's body could not be read.
+    #[error(transparent)]
+    Device(#[from] BodyReadError),
+    /// Its chunks could not be delivered, or read from the body spool.
     #[error("{0}")]
     Failed(String),
 }
@@ -550,9 +560,10 @@ async fn take_next(
     let got = offset + data.len() as u64;
     match body.total() {
         // (fewer than asked without the end: the device paused)
-        Some(total) if got > total || (ended && got < total) => {
-            Err(format!("request body ended after {got} of {total} bytes").into())
-        }
+        Some(total) if got > total || (ended && got < total) => Err(BodyReadError::Broken(
+            format!("the body ended after {got} of {total} bytes"),
+        )
+        .into()),
         Some(_) => Ok(data),
         None if got > limit => Err(StripeError::OverLimit(limit)),
         None => {
@@ -1216,7 +1227,11 @@ mod tests {
     async fn a_kept_body_is_cut_exactly() {
         let mut s = Source::Kept(Bytes::from(vec![7u8; 100]));
         for want in [(40, false), (40, false), (20, true)] {
-            let got = s.take(40, false).await.map(|(b, end)| (b.len(), end));
+            let got = s
+                .take(40, false)
+                .await
+                .map(|(b, end)| (b.len(), end))
+                .map_err(|e| e.to_string());
             assert_eq!(got, Ok(want));
         }
     }
@@ -1244,9 +1259,13 @@ mod tests {
         while !source.ready(40, look_ahead) {
             source
                 .more(since, look_ahead, 40 + u64::from(look_ahead))
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
         }
-        let (d, end) = source.take(40, look_ahead).await?;
+        let (d, end) = source
+            .take(40, look_ahead)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok((d.len(), end))
     }
 
@@ -1312,7 +1331,11 @@ mod tests {
         });
         let mut body = device(http_body_util::StreamBody::new(Box::pin(paced)));
         assert_eq!(take40(&mut body, true).await, Ok((9, false)));
-        assert!(take40(&mut body, true).await.is_err());
+        assert_eq!(
+            take40(&mut body, true).await,
+            Err(BodyReadError::Idle(Duration::from_secs(1)).to_string()),
+            "the device's fault, as such"
+        );
         // a device of a body with its length that pauses: what came goes on too (a slow
         // device's bytes are not held until they fill a chunk)
         let paced = futures_util::stream::unfold(0, |i| async move {

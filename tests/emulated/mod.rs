@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 /// A relay, gateway and origin over two emulated uplinks: "fast" (6 Mbit/s, 15 ms one
 /// way) and "slow" (3 Mbit/s, 10 ms), in that order.
+#[allow(dead_code)] // not every test binary that includes this module uses it
 pub(crate) async fn two_links() -> Testbed {
     two_links_with(|_| {}).await
 }

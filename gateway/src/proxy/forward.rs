@@ -2,6 +2,7 @@
 //! copies raced on paths, each attempt up to the response head, and resends when a path
 //! dies and the request is safe to send again.
 
+use super::whole_body::{read_whole, unread_body, unread_status};
 use super::*;
 use crate::body_spool::{SpoolError, Taken};
 use crate::stripe::BodyReadError;
@@ -47,12 +48,35 @@ enum UploadError {
     /// Over the relay's request body limit (a striped body of unknown length).
     #[error("request body over the relay's limit")]
     OverRelayLimit,
+    /// The device's body could not be read: it went quiet, or broke off.
+    #[error("{0}")]
+    Device(BodyReadError),
     /// A striped body's chunks failed.
     #[error("striped body: {0}")]
     Stripe(String),
-    /// Reading it from the device, or sending it on, failed.
+    /// Sending it on failed.
     #[error("{0}")]
     Send(String),
+}
+
+impl UploadError {
+    /// What a streamed body's pump failed with: the device's own fault when its body
+    /// went quiet or broke off.
+    fn of_pump(e: PumpError) -> Self {
+        let PumpError::Source(s) = e else {
+            return UploadError::Send(e.to_string());
+        };
+        if s.is::<http_body_util::LengthLimitError>() {
+            return UploadError::OverLimit;
+        }
+        match s.downcast_ref::<tunnel_io::IdleError<hyper::Error>>() {
+            Some(tunnel_io::IdleError::Idle(d)) => UploadError::Device(BodyReadError::Idle(*d)),
+            Some(tunnel_io::IdleError::Inner(e)) => {
+                UploadError::Device(BodyReadError::Broken(e.to_string()))
+            }
+            None => UploadError::Send(PumpError::Source(s).to_string()),
+        }
+    }
 }
 
 /// Largest request body kept in memory so the request can be sent again on another path
@@ -95,15 +119,6 @@ enum Gathered {
     Whole(Bytes),
     /// More than the bound: it streams on.
     Beyond(Streamed),
-}
-
-/// The device's answer when its body could not be read.
-fn unread_body(e: &BodyReadError) -> Response<Body> {
-    let status = match e {
-        BodyReadError::Idle(_) => StatusCode::REQUEST_TIMEOUT,
-        BodyReadError::Broken(_) => StatusCode::BAD_REQUEST,
-    };
-    synthetic(status, &e.to_string())
 }
 
 /// The device's answer when its body could not be taken into the body spool.
@@ -251,17 +266,9 @@ pub(super) async fn forward_parts(
     let body = if incoming.is_end_stream() {
         ReqBody::Kept(Bytes::new())
     } else if safe && declared.is_some_and(|n| n <= REPLAY_MAX.min(limit)) {
-        match Limited::new(incoming, REPLAY_MAX.min(limit) as usize)
-            .collect()
-            .await
-        {
-            Ok(c) => ReqBody::Kept(c.to_bytes()),
-            Err(e) => {
-                return synthetic(
-                    StatusCode::BAD_REQUEST,
-                    &format!("request body not received: {e}"),
-                )
-            }
+        match read_whole(incoming, REPLAY_MAX.min(limit), state.body_idle).await {
+            Ok(b) => ReqBody::Kept(b),
+            Err(e) => return e.answer(),
         }
     } else if declared.is_none() {
         // held at most `chunked_hold` when it may go on as a stream (not a bid, a check-in)
@@ -658,12 +665,7 @@ pub(crate) async fn attempt_on(
                     }
                 }
                 .map(|_| ())
-                .map_err(|e| match e {
-                    PumpError::Source(s) if s.is::<http_body_util::LengthLimitError>() => {
-                        UploadError::OverLimit
-                    }
-                    e => UploadError::Send(e.to_string()),
-                })
+                .map_err(UploadError::of_pump)
             }
             ReqBody::Once(None) | ReqBody::Spooled(_) => Err(UploadError::Send(
                 "request body already used by another copy".to_string(),
@@ -678,6 +680,9 @@ pub(crate) async fn attempt_on(
                         }
                         Some(Err(crate::stripe::StripeError::OverRelayLimit)) => {
                             Err(UploadError::OverRelayLimit)
+                        }
+                        Some(Err(crate::stripe::StripeError::Device(e))) => {
+                            Err(UploadError::Device(e.clone()))
                         }
                         Some(Err(e)) => Err(UploadError::Stripe(e.to_string())),
                         _ => Ok(()),
@@ -710,6 +715,9 @@ pub(crate) async fn attempt_on(
                     }
                     Ok(Err(UploadError::OverRelayLimit)) => {
                         return Err(fail(false, StatusCode::PAYLOAD_TOO_LARGE, "request body over the relay's limit".to_string()));
+                    }
+                    Ok(Err(UploadError::Device(e))) => {
+                        return Err(fail(false, unread_status(&e), e.to_string()));
                     }
                     _ => None,
                 }

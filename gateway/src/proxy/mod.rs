@@ -34,6 +34,7 @@ mod forward;
 mod https;
 mod privacy_gate;
 mod route;
+mod whole_body;
 
 use crate::BoxError;
 use answer::*;
@@ -41,6 +42,7 @@ pub use cached::EdgeCache;
 use connect::*;
 pub(crate) use forward::*;
 use route::*;
+pub(crate) use whole_body::read_whole;
 
 pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 

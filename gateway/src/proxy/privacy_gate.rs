@@ -50,18 +50,15 @@ pub(super) async fn forward_stripped(
     };
     let (parts, body) = req.into_parts();
     let max = REPLAY_MAX.min(state.max_body.unwrap_or(u64::MAX)) as usize;
-    let bytes = match Limited::new(body, max).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+    let bytes = match super::read_whole(body, max as u64, state.body_idle).await {
+        Ok(b) => b,
+        Err(super::whole_body::WholeBodyError::OverLimit(_)) => {
             return synthetic(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("the venue's privacy gate reads JSON bodies of at most {max} bytes"),
             )
         }
-        Err(_) => return synthetic(StatusCode::BAD_REQUEST, "request body not received"),
+        Err(e) => return e.answer(),
     };
     match p.strip_body(&bytes) {
         Ok(stripped) => {
