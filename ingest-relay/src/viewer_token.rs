@@ -33,10 +33,6 @@ impl std::fmt::Debug for TokenKey {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 impl TokenKey {
     /// A key from secret bytes (a key file's contents, trimmed).
     pub fn new(secret: &[u8]) -> Self {
@@ -52,7 +48,10 @@ impl TokenKey {
 
     /// A token for `stream` (`<gateway>/<camera>`) valid until `expiry` (Unix seconds).
     pub fn sign(&self, stream: &str, expiry: u64) -> String {
-        format!("{expiry}-{}", hex(&self.tag(stream, expiry)))
+        format!(
+            "{expiry}-{}",
+            tunnel_io::tls::hex(&self.tag(stream, expiry))
+        )
     }
 
     /// Checks `token` for `stream` at `now` (Unix seconds).
@@ -66,7 +65,7 @@ impl TokenKey {
         if expiry < now {
             return Err(TokenError::Expired);
         }
-        let want = hex(&self.tag(stream, expiry));
+        let want = tunnel_io::tls::hex(&self.tag(stream, expiry));
         // every byte compared, whatever the first difference
         let diff = want
             .bytes()

@@ -19,11 +19,7 @@ pub(crate) fn bid_id(scope: &str, key: &str) -> String {
         ctx.update(&(part.len() as u64).to_be_bytes());
         ctx.update(part);
     }
-    ctx.finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tunnel_io::tls::hex(ctx.finish().as_ref())
 }
 
 /// The subject of a gateway's bids: `<prefix>.<event>.<gateway>` from its scope
