@@ -135,6 +135,8 @@ explain() {
       while (k < errs.length && errs[k].details === e.details && errs[k].fatal === e.fatal) k++;
       console.log(`  error t=${e.t}s${at(e.t)} ${e.type}/${e.details}${e.fatal ? " FATAL" : ""} currentTime=${e.currentTime}` +
         `${e.buffer != null ? " buffer=" + e.buffer : ""}${e.response_code != null ? " http=" + e.response_code : ""}${e.reason ? " reason=" + e.reason : ""}${e.url ? " " + e.url : ""}`);
+      // (the message of hls.js says what it saw: the buffered ranges at a stall, say)
+      if (e.message && e.message !== e.reason) console.log(`    hls.js: ${e.message.slice(0, 400)}`);
       if (k - i > 1) {
         const l = errs[k - 1];
         console.log(`    ... ${k - i} ${e.details} in a row, the last at t=${l.t}s${at(l.t)} currentTime=${l.currentTime}${l.url ? " " + l.url : ""}`);
