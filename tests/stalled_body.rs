@@ -1,7 +1,9 @@
 //! A device that stops sending its request body half way: the gateway answers it 408
 //! Request Timeout once the body's idle time is up (the device's fault, not the relay's),
-//! whichever way the body was going (striped over two uplinks, or streamed on the one
-//! uplink there is).
+//! whichever way the body was going: read whole first, or striped (over two uplinks, or
+//! over one: a POST too large to keep). (A body streamed as it comes, a GET's say, is
+//! told apart in `gateway::proxy::forward`'s own test: an origin answers such a GET
+//! before its body.)
 
 mod emulated;
 
@@ -55,8 +57,10 @@ async fn stall_after(
         .await
         .expect("an answer within 20 s")
         .expect("response");
-    let took = last_rx
+    let took = tokio::time::timeout(Duration::from_secs(1), last_rx)
         .await
+        .ok()
+        .and_then(Result::ok)
         .map_or(Duration::ZERO, |t| tokio::time::Instant::now() - t);
     let status = resp.status().as_u16();
     let text = match tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await
@@ -117,15 +121,20 @@ async fn a_body_that_stops_half_way_is_answered_408() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_streamed_on_the_one_uplink_that_stops_is_answered_408() {
+async fn a_body_on_the_one_uplink_that_stops_is_answered_408() {
     let bed = Testbed::start(TestbedOptions {
         gateway_proxy: |p| p.body_idle_timeout_ms = 1000,
         ..TestbedOptions::single(Some(LinkProfile::symmetric("one", 6_000, 15, 100)))
     })
     .await
     .expect("testbed");
+    assert!(
+        bed.bond.wait_all_usable(Duration::from_secs(5)).await,
+        "the uplink up"
+    );
     let url = bed.origin_url("/digest");
-    // 4 MiB announced, 2 MiB sent: over what the gateway keeps to send again, so it streams
+    // a POST too large to keep goes as a stripe even on one uplink (it survives the loss
+    // of its path that way)
     let (status, text, took) =
         stall_after(bed.proxy, http::Method::POST, &url, Some(4 << 20), 2 << 20).await;
     assert_eq!(status, 408, "{status} {text}");

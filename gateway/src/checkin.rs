@@ -6,7 +6,8 @@
 //!
 //! The device sends the token as the body (text), or JSON `{"token": ..., "gate": ...}`;
 //! `?gate=` names the gate too. Answers are JSON: `200 {"result":"admitted", ...}`, or a
-//! refusal with its reason: `400` malformed, `403` forged / wrong event / not yet valid /
+//! refusal with its reason: `400` malformed, `408` timeout (the body stalled), `413`
+//! too_large, `403` forged / wrong event / not yet valid /
 //! expired / revoked by the organizer (`[checkin] revoked`) / the event is over (`[event]
 //! end`), `409` replayed / double entry, `503` the journal failed.
 
@@ -100,7 +101,17 @@ pub(crate) async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Respons
     let body =
         match crate::proxy::read_whole(req.into_body(), MAX_BODY as u64, state.body_idle).await {
             Ok(b) => b,
-            Err(e) => return refusal(e.status(), "malformed", &e.to_string()),
+            Err(e) => {
+                use crate::proxy::whole_body::WholeBodyError;
+                use crate::stripe::BodyReadError;
+                // a scanner whose body stalled or was too long is told so, not "malformed"
+                let code = match &e {
+                    WholeBodyError::OverLimit(_) => "too_large",
+                    WholeBodyError::Device(BodyReadError::Idle(_)) => "timeout",
+                    WholeBodyError::Device(BodyReadError::Broken(_)) => "malformed",
+                };
+                return refusal(e.status(), code, &e.to_string());
+            }
         };
     let (token, gate) = match parse(&body, json) {
         Ok(t) => t,

@@ -560,9 +560,13 @@ async fn take_next(
     let got = offset + data.len() as u64;
     match body.total() {
         // (fewer than asked without the end: the device paused)
-        Some(total) if got > total || (ended && got < total) => Err(BodyReadError::Broken(
-            format!("the body ended after {got} of {total} bytes"),
-        )
+        // (hyper ends a body at its declared length: more is our own miscount)
+        Some(total) if got > total => Err(StripeError::Failed(format!(
+            "{got} bytes read of a body of {total}"
+        ))),
+        Some(total) if ended && got < total => Err(BodyReadError::Broken(format!(
+            "the body ended after {got} of {total} bytes"
+        ))
         .into()),
         Some(_) => Ok(data),
         None if got > limit => Err(StripeError::OverLimit(limit)),

@@ -772,3 +772,31 @@ pub(crate) async fn attempt_on(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_streamed_body_that_went_quiet_is_the_devices_fault() {
+        let idle = Duration::from_secs(30);
+        // as `pump_body` reports it: the `Limited` `IdleBody` of the device's body
+        let quiet: crate::BoxError = Box::new(tunnel_io::IdleError::<hyper::Error>::Idle(idle));
+        let e = UploadError::of_pump(PumpError::Source(quiet));
+        assert!(matches!(e, UploadError::Device(BodyReadError::Idle(d)) if d == idle));
+        let over = Limited::new(http_body_util::Full::new(Bytes::from(vec![0u8; 11])), 10)
+            .collect()
+            .await
+            .expect_err("over its limit");
+        assert!(matches!(
+            UploadError::of_pump(PumpError::Source(over)),
+            UploadError::OverLimit
+        ));
+        // the spool's own disk is not the device
+        let disk: crate::BoxError = Box::new(std::io::Error::other("disk"));
+        assert!(matches!(
+            UploadError::of_pump(PumpError::Source(disk)),
+            UploadError::Send(_)
+        ));
+    }
+}

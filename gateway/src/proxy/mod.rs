@@ -34,7 +34,7 @@ mod forward;
 mod https;
 mod privacy_gate;
 mod route;
-mod whole_body;
+pub(crate) mod whole_body;
 
 use crate::BoxError;
 use answer::*;
