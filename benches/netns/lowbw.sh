@@ -8,6 +8,8 @@
 # the relay), relay_stall_ms (longest time between two live parts arriving whole at the
 # relay, from the collapse to 10 s after the level is back), level_changes_per_min_marginal,
 # gateway_step_down_ms (collapse to the gateway's first level change, from its log),
+# collapsed_queue_ms (how long the collapsed uplink's full tbf queue takes to drain at its
+# new rate: a lower part sent after the collapse waits behind it, so engage_ms >= it),
 # recover_s (return to level full), bid_p99_ms_during_collapse, bids_sent, bids_not_answered_200 (a 202 receipt counts
 # here), and transcode_cpu_cores: first, on its own, a 1080p camera (test pattern, 6 Mbit/s)
 # without a substream pulled by a gateway: the CPU of its ffmpeg transcoder over 20 s.
@@ -65,6 +67,13 @@ bids=$!
 sleep 10
 t_collapse=$EPOCHREALTIME
 shape 250kbit
+# how long the collapsed uplink's queue holds when full: tbf's limit (its rate times its
+# latency, plus its burst) at the new rate. A part sent after the collapse waits that long
+# behind what the queue held, so engage_ms cannot be less
+queue_ms=$(nsh_exec v tc -j qdisc show dev v1 | python3 -c '
+import json, sys
+o = json.load(sys.stdin)[0]["options"]
+print(round((o["rate"] * o["lat"] / 1e6 + o["burst"]) / o["rate"] * 1000))' 2>/dev/null || echo null)
 # the first part of the lower level at the relay (a new init segment in its playlist),
 # within the 30 s of the collapse, polled every 50 ms or so (bash's clock, no process per
 # look: a look took 250-300 ms with a python clock and the level's metric in it)
@@ -109,11 +118,12 @@ c1=$(changes)
 t_marginal_end=$(now)
 
 python3 - "$NSH_DIR" "$t_collapse" "${t_engaged:-0}" "$t_return" "${t_full:-0}" "$c0" "$c1" \
-  "$t_marginal" "$t_marginal_end" "${t_stepped:-0}" "$transcode_cores" <<'PY'
+  "$t_marginal" "$t_marginal_end" "${t_stepped:-0}" "$transcode_cores" "$queue_ms" <<'PY'
 import json, sys
 d = sys.argv[1]
 t_collapse, t_engaged, t_return, t_full, c0, c1, tm0, tm1, t_stepped = (float(x) for x in sys.argv[2:11])
 transcode_cores = None if sys.argv[11] == "null" else float(sys.argv[11])
+queue_ms = None if sys.argv[12] == "null" else int(sys.argv[12])
 lat = json.load(open(f"{d}/latency.json"))["parts"]
 # live parts' arrival at the relay (capture + glass-to-relay), from the collapse to 10 s
 # after the level was full again
@@ -127,6 +137,8 @@ p99 = round(during[min(len(during) - 1, int(len(during) * 0.99))], 1) if during 
 print(json.dumps({
     "engage_ms": round((t_engaged - t_collapse) * 1000) if t_engaged else None,
     "gateway_step_down_ms": round((t_stepped - t_collapse) * 1000) if t_stepped else None,
+    # the collapsed uplink's full queue at its new rate: the least engage_ms could be
+    "collapsed_queue_ms": queue_ms,
     "relay_stall_ms": round(stall * 1000) if stall is not None else None,
     "level_changes_per_min_marginal": round((c1 - c0) / ((tm1 - tm0) / 60), 2),
     "recover_s": round(t_full - t_return, 1) if t_full else None,
