@@ -236,8 +236,8 @@ function summarize(o, P, extra) {
     latency_max: lat.length ? r3(Math.max(...lat)) : null,
     latency_min: lat.length ? r3(Math.min(...lat)) : null,
     target_latency_p50: r3(quantile(tgt, 0.5)),
-    // "waiting" before the first frame is start-up, not a stall.
     track_holes: [...holes.values()],
+    // "waiting" before the first frame is start-up, not a stall.
     stall_count: (P.stalls || []).filter(s => s.t > playT).length,
     stalls: (P.stalls || []).filter(s => s.t > playT),
     startup_waiting: (P.stalls || []).filter(s => s.t <= playT).length,

@@ -2,7 +2,7 @@
 //! copies raced on paths, each attempt up to the response head, and resends when a path
 //! dies and the request is safe to send again.
 
-use super::whole_body::{read_whole, unread_body, unread_status};
+use super::whole_body::{device_fault, read_whole, unread_body, unread_status};
 use super::*;
 use crate::body_spool::{SpoolError, Taken};
 use crate::stripe::BodyReadError;
@@ -69,11 +69,8 @@ impl UploadError {
         if s.is::<http_body_util::LengthLimitError>() {
             return UploadError::OverLimit;
         }
-        match s.downcast_ref::<tunnel_io::IdleError<hyper::Error>>() {
-            Some(tunnel_io::IdleError::Idle(d)) => UploadError::Device(BodyReadError::Idle(*d)),
-            Some(tunnel_io::IdleError::Inner(e)) => {
-                UploadError::Device(BodyReadError::Broken(e.to_string()))
-            }
+        match device_fault::<hyper::Error>(&*s) {
+            Some(e) => UploadError::Device(e),
             None => UploadError::Send(PumpError::Source(s).to_string()),
         }
     }

@@ -49,8 +49,8 @@ pub(super) async fn forward_stripped(
         return forward(state, req, route).await;
     };
     let (parts, body) = req.into_parts();
-    let max = REPLAY_MAX.min(state.max_body.unwrap_or(u64::MAX)) as usize;
-    let bytes = match super::read_whole(body, max as u64, state.body_idle).await {
+    let max = REPLAY_MAX.min(state.max_body.unwrap_or(u64::MAX));
+    let bytes = match super::read_whole(body, max, state.body_idle).await {
         Ok(b) => b,
         Err(super::whole_body::WholeBodyError::OverLimit(_)) => {
             return synthetic(

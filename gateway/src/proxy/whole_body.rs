@@ -72,15 +72,23 @@ where
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(WholeBodyError::OverLimit(limit))
         }
-        Err(e) => Err(match e.downcast::<tunnel_io::IdleError<B::Error>>() {
-            Ok(idle) => match *idle {
-                tunnel_io::IdleError::Idle(d) => BodyReadError::Idle(d).into(),
-                tunnel_io::IdleError::Inner(inner) => {
-                    BodyReadError::Broken(inner.to_string()).into()
-                }
-            },
-            Err(other) => BodyReadError::Broken(other.to_string()).into(),
-        }),
+        Err(e) => Err(device_fault::<B::Error>(&*e)
+            .unwrap_or_else(|| BodyReadError::Broken(e.to_string()))
+            .into()),
+    }
+}
+
+/// The device's fault in what a [`tunnel_io::IdleBody`] of its body (of error `E`) failed
+/// with, however boxed: it went quiet, or its body broke off. None: another failure.
+pub(crate) fn device_fault<E>(
+    e: &(dyn std::error::Error + Send + Sync + 'static),
+) -> Option<BodyReadError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match e.downcast_ref::<tunnel_io::IdleError<E>>()? {
+        tunnel_io::IdleError::Idle(d) => Some(BodyReadError::Idle(*d)),
+        tunnel_io::IdleError::Inner(inner) => Some(BodyReadError::Broken(inner.to_string())),
     }
 }
 
