@@ -29,6 +29,7 @@ pub(crate) async fn two_links_with(proxy: fn(&mut gateway::config::ProxySection)
 }
 
 /// A new HTTP/1.1 connection to the proxy at `proxy`.
+#[allow(dead_code)] // not every test binary that includes this module uses it
 pub(crate) async fn http1<B>(proxy: SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
 where
     B: hyper::body::Body + Send + 'static,

@@ -32,6 +32,7 @@ mod cached;
 mod connect;
 mod forward;
 mod https;
+mod linger;
 mod privacy_gate;
 mod route;
 pub(crate) mod whole_body;
@@ -495,23 +496,35 @@ impl DeviceDoor {
         // (a CONNECT tunnel raises the bound to its own idle timeout)
         let io = tunnel_io::WriteIdle::new(io, state.body_idle);
         let writes = io.setting();
+        // hyper hands the connection back when it is done with it, for a lingering close
+        let (io, mut back) = linger::HandBack::new(io);
         async move {
+            // the slot is held until the connection has lingered and closed
             let _held = match conn_slot {
-                Ok(h) => h,
-                Err(refused) => return too_many_connections(io, refused).await,
+                Ok(held) => {
+                    let svc = service_fn(move |mut req: Request<Incoming>| {
+                        req.extensions_mut().insert(writes.clone());
+                        handle(state.clone(), device, entry.clone(), req)
+                    });
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(30))
+                        .max_buf_size(max_buf);
+                    let _ = http
+                        .serve_connection(TokioIo::new(io), svc)
+                        .with_upgrades()
+                        .await;
+                    Some(held)
+                }
+                Err(refused) => {
+                    too_many_connections(io, refused).await;
+                    None
+                }
             };
-            let svc = service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(writes.clone());
-                handle(state.clone(), device, entry.clone(), req)
-            });
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .max_buf_size(max_buf);
-            let _ = http
-                .serve_connection(TokioIo::new(io), svc)
-                .with_upgrades()
-                .await;
+            // not back: an upgrade (a CONNECT tunnel) has it
+            if let Ok(io) = back.try_recv() {
+                linger::drain(io).await;
+            }
         }
         .instrument(tracing::debug_span!("device", %peer))
         .await
