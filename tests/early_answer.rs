@@ -43,7 +43,7 @@ async fn an_early_answer_reaches_a_device_still_sending() {
     }
     let (read, got) = tokio::time::timeout(Duration::from_secs(10), reader)
         .await
-        .expect("the gateway closes within 10 s of the body's end")
+        .expect("the answer ends within 10 s of the body's end")
         .expect("reader");
     let text = String::from_utf8_lossy(&got);
     read.unwrap_or_else(|e| panic!("the answer not read to its end ({e}): {text:?}"));

@@ -115,6 +115,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for HandBack<IO> {
     }
 }
 
+/// Closes the connection `back` returns once hyper is done with it, with [`drain`]; at
+/// once when it is not back (an upgrade has it: a CONNECT tunnel).
+pub(crate) async fn close<IO: AsyncRead + AsyncWrite + Unpin>(mut back: oneshot::Receiver<IO>) {
+    if let Ok(io) = back.try_recv() {
+        drain(io).await;
+    }
+}
+
 /// Shuts `io`'s write side (the device reads the end of its answer) and reads and drops
 /// what the device still sends, until it closes, fails, goes quiet for [`LINGER_IDLE`] or
 /// [`LINGER_MAX`] has passed; then `io` is dropped. A device that closed first costs one
@@ -151,19 +159,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn drain_reads_to_the_device_s_end_and_shuts_its_own_side() {
+    async fn drain_shuts_its_side_at_once_and_reads_to_the_device_s_end() {
         let (a, mut b) = tokio::io::duplex(64);
         let drained = tokio::spawn(drain(a));
-        // the device goes on sending after the answer, then closes
+        // the device reads the end of its answer while the connection still lingers
+        let mut one = [0u8; 1];
+        assert_eq!(b.read(&mut one).await.expect("a clean end"), 0);
+        assert!(!drained.is_finished());
+        // it goes on sending after the answer (not reset), then closes
         for _ in 0..10 {
             b.write_all(&[1u8; 100]).await.expect("not reset");
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        let mut rest = Vec::new();
-        b.read_to_end(&mut rest).await.expect("a clean end");
-        assert!(rest.is_empty());
+        assert!(!drained.is_finished(), "read on for 3 s");
+        let t = tokio::time::Instant::now();
         drop(b);
         drained.await.expect("drained");
+        assert!(t.elapsed() < LINGER_IDLE, "the device's close ends it");
+    }
+
+    #[tokio::test]
+    async fn an_upgraded_connection_is_not_drained() {
+        let (a, _b) = tokio::io::duplex(64);
+        let (wrapped, back) = HandBack::new(a);
+        // the tunnel still has it: close returns at once
+        tokio::time::timeout(Duration::from_millis(100), close(back))
+            .await
+            .expect("at once");
+        drop(wrapped);
     }
 
     #[tokio::test(start_paused = true)]

@@ -497,11 +497,10 @@ impl DeviceDoor {
         let io = tunnel_io::WriteIdle::new(io, state.body_idle);
         let writes = io.setting();
         // hyper hands the connection back when it is done with it, for a lingering close
-        let (io, mut back) = linger::HandBack::new(io);
+        let (io, back) = linger::HandBack::new(io);
         async move {
-            // the slot is held until the connection has lingered and closed
-            let _held = match conn_slot {
-                Ok(held) => {
+            match conn_slot {
+                Ok(_held) => {
                     let svc = service_fn(move |mut req: Request<Incoming>| {
                         req.extensions_mut().insert(writes.clone());
                         handle(state.clone(), device, entry.clone(), req)
@@ -514,16 +513,17 @@ impl DeviceDoor {
                         .serve_connection(TokioIo::new(io), svc)
                         .with_upgrades()
                         .await;
-                    Some(held)
+                    // the slot is held until the connection has lingered and closed
+                    linger::close(back).await;
                 }
                 Err(refused) => {
-                    too_many_connections(io, refused).await;
-                    None
+                    // a connection over the limit: its 429s and its linger, in 10 s
+                    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                        too_many_connections(io, refused).await;
+                        linger::close(back).await;
+                    })
+                    .await;
                 }
-            };
-            // not back: an upgrade (a CONNECT tunnel) has it
-            if let Ok(io) = back.try_recv() {
-                linger::drain(io).await;
             }
         }
         .instrument(tracing::debug_span!("device", %peer))
@@ -531,7 +531,8 @@ impl DeviceDoor {
     }
 }
 
-/// Answers every request on a connection over the device's limit with 429, then closes.
+/// Answers every request on a connection over the device's limit with 429, then closes
+/// (the caller bounds its time).
 async fn too_many_connections<IO>(io: IO, refused: crate::devices::Refused)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
@@ -551,11 +552,7 @@ where
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(5))
         .keep_alive(false);
-    let _ = tokio::time::timeout(
-        Duration::from_secs(10),
-        http.serve_connection(TokioIo::new(io), svc),
-    )
-    .await;
+    let _ = http.serve_connection(TokioIo::new(io), svc).await;
 }
 
 fn site_target(site: &Site, https: Option<SocketAddr>) -> Option<(String, SiteTarget)> {
