@@ -153,10 +153,15 @@ impl<IO> WriteIdle<IO> {
             self.sleep.as_mut().reset(Instant::now() + idle);
         }
         match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                WriteStalled(self.idle.get()),
-            ))),
+            Poll::Ready(()) => {
+                // the wait is over with its error: a later one has its own bound (a
+                // lingering close's shutdown after a stalled answer)
+                self.waiting = false;
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    WriteStalled(self.idle.get()),
+                )))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -279,6 +284,11 @@ mod tests {
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
         assert!(e.get_ref().is_some_and(|e| e.is::<WriteStalled>()));
         assert_eq!(stalled.elapsed(), idle);
+        // a write after the error waits a bound of its own, not none
+        let again = Instant::now();
+        let e = w.write_all(&block).await.expect_err("still stalled");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(again.elapsed(), idle);
         reader.abort();
     }
 
