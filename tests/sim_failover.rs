@@ -583,11 +583,20 @@ async fn a_slow_origin_never_holds_bids_back() {
 #[tokio::test(start_paused = true)]
 async fn bids_ride_through_a_collapse() {
     for attempt in 1..=3 {
-        let (results, none_up_ms, some_dead) = bids_across_a_collapse().await;
+        let (results, sent_ms, none_up_ms, some_dead) = bids_across_a_collapse().await;
         let slowest = all_recorded(&results);
+        // the slow bids, each with when it was sent (ms from the collapse)
+        let slow: Vec<String> = results
+            .iter()
+            .zip(&sent_ms)
+            .enumerate()
+            .filter(|(_, (r, _))| r.1 > Duration::from_millis(600))
+            .map(|(n, (r, at))| format!("bid {n} sent at {at} ms took {} ms", r.1.as_millis()))
+            .collect();
         assert!(
             slowest < Duration::from_secs(1),
-            "slowest bid {slowest:?} (attempt {attempt})"
+            "slowest bid {slowest:?} (attempt {attempt}; no path up for {none_up_ms} ms; \
+             a link went silent: {some_dead}): {slow:?}"
         );
         eprintln!(
             "sim: 40 bids across a collapse to 250 kbit/s, slowest {} ms; no path up for \
@@ -601,9 +610,10 @@ async fn bids_ride_through_a_collapse() {
     panic!("no link went silent at the collapse in three runs");
 }
 
-/// One run of [`bids_ride_through_a_collapse`]'s script: the bids' outcomes, how long no
-/// path was up, and whether some link went silent (the script's premise).
-async fn bids_across_a_collapse() -> (Vec<(u16, Duration)>, u64, bool) {
+/// One run of [`bids_ride_through_a_collapse`]'s script: the bids' outcomes, when each
+/// was sent (ms from the collapse), how long no path was up, and whether some link went
+/// silent (the script's premise).
+async fn bids_across_a_collapse() -> (Vec<(u16, Duration)>, Vec<i64>, u64, bool) {
     let bed = links_with(
         &[("cellular", 7_000, 25), ("wifi", 7_000, 8)],
         tunnel_io::TransportSettings::default(),
@@ -621,13 +631,16 @@ async fn bids_across_a_collapse() -> (Vec<(u16, Duration)>, u64, bool) {
             link.set_profile(p);
         }
     };
+    let start = Instant::now();
     let bids = async {
-        let mut out = Vec::new();
+        let (mut out, mut sent_ms) = (Vec::new(), Vec::new());
         for n in 0..40 {
+            // from the collapse, 1 s after the start
+            sent_ms.push(start.elapsed().as_millis() as i64 - 1000);
             out.push(bid(&bed, n).await);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        out
+        (out, sent_ms)
     };
     // how long no path was up (the collapse's silence on both; not every run has one),
     // and whether some path went silent at all
@@ -643,7 +656,7 @@ async fn bids_across_a_collapse() -> (Vec<(u16, Duration)>, u64, bool) {
         }
         (none_up_ms, some_dead)
     };
-    let (results, (), (none_up_ms, some_dead)) = tokio::join!(bids, collapse, silences);
+    let ((results, sent_ms), (), (none_up_ms, some_dead)) = tokio::join!(bids, collapse, silences);
     upload.abort();
-    (results, none_up_ms, some_dead)
+    (results, sent_ms, none_up_ms, some_dead)
 }
