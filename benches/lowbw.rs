@@ -10,7 +10,8 @@
 //! (the ffmpeg transcoder of one 1080p camera, measured first on its own),
 //! bid_p99_ms_during_collapse, bids_sent,
 //! bids_not_answered_200 (a 202 receipt, queued and delivered later, counts there), and
-//! gateway_step_down_ms (collapse to the gateway's level change), collapsed_queue_ms (how
+//! gateway_step_down_ms (collapse to the gateway's level change), gateway_switch_ms
+//! (collapse to the new level's first keyframe on air at the gateway), collapsed_queue_ms (how
 //! long the collapsed uplink's full queue takes to drain at its new rate: a part sent after
 //! the collapse waits behind it, so engage_ms is at least that).
 //! Targets: engage_ms <= 500, relay_stall_ms <= 600, level_changes_per_min_marginal <= 2,
@@ -38,9 +39,10 @@ fn main() -> anyhow::Result<()> {
     }
     let path = common::write_json("lowbw", &out)?;
     println!(
-        "lowbw: engage {} ms (gateway {} ms, the collapsed queue {} ms), relay stall {} ms, {} level changes/min on a marginal link, recover {} s, transcode {} cores (1080p), bid p99 during the collapse {} ms ({} of {} without a 200) -> {}",
+        "lowbw: engage {} ms (gateway step {} ms, on air {} ms, the collapsed queue {} ms), relay stall {} ms, {} level changes/min on a marginal link, recover {} s, transcode {} cores (1080p), bid p99 during the collapse {} ms ({} of {} without a 200) -> {}",
         out["engage_ms"],
         out["gateway_step_down_ms"],
+        out["gateway_switch_ms"],
         out["collapsed_queue_ms"],
         out["relay_stall_ms"],
         out["level_changes_per_min_marginal"],

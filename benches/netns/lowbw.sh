@@ -8,6 +8,7 @@
 # the relay), relay_stall_ms (longest time between two live parts arriving whole at the
 # relay, from the collapse to 10 s after the level is back), level_changes_per_min_marginal,
 # gateway_step_down_ms (collapse to the gateway's first level change, from its log),
+# gateway_switch_ms (collapse to the new level's first keyframe on air at the gateway),
 # collapsed_queue_ms (how long the collapsed uplink's full tbf queue takes to drain at its
 # new rate: a lower part sent after the collapse waits behind it, so engage_ms >= it),
 # recover_s (return to level full), bid_p99_ms_during_collapse, bids_sent, bids_not_answered_200 (a 202 receipt counts
@@ -93,6 +94,16 @@ for l in sys.stdin:
     t = datetime.datetime.fromisoformat(l.strip().replace('Z', '+00:00')).timestamp()
     if t >= $t_collapse:
         print(f'{t:.3f}'); break")
+# the new level on air: the first source switch the gateway logs after the collapse (it
+# waits for the new source's keyframe after the step)
+t_switched=$(cat "$NSH_DIR"/bg*.log | sed 's/\x1b\[[0-9;]*m//g' \
+  | awk '/program: a new source on air/ {print $1}' \
+  | python3 -c "
+import sys, datetime
+for l in sys.stdin:
+    t = datetime.datetime.fromisoformat(l.strip().replace('Z', '+00:00')).timestamp()
+    if t >= $t_collapse:
+        print(f'{t:.3f}'); break")
 sleep $(python3 -c "print(max(0, 30 - ($(now) - $t_collapse)))")
 t_return=$(now)
 shape 7000kbit
@@ -118,12 +129,14 @@ c1=$(changes)
 t_marginal_end=$(now)
 
 python3 - "$NSH_DIR" "$t_collapse" "${t_engaged:-0}" "$t_return" "${t_full:-0}" "$c0" "$c1" \
-  "$t_marginal" "$t_marginal_end" "${t_stepped:-0}" "$transcode_cores" "$queue_ms" <<'PY'
+  "$t_marginal" "$t_marginal_end" "${t_stepped:-0}" "$transcode_cores" "$queue_ms" \
+  "${t_switched:-0}" <<'PY'
 import json, sys
 d = sys.argv[1]
 t_collapse, t_engaged, t_return, t_full, c0, c1, tm0, tm1, t_stepped = (float(x) for x in sys.argv[2:11])
 transcode_cores = None if sys.argv[11] == "null" else float(sys.argv[11])
 queue_ms = None if sys.argv[12] == "null" else int(sys.argv[12])
+t_switched = float(sys.argv[13])
 lat = json.load(open(f"{d}/latency.json"))["parts"]
 # live parts' arrival at the relay (capture + glass-to-relay), from the collapse to 10 s
 # after the level was full again
@@ -137,6 +150,8 @@ p99 = round(during[min(len(during) - 1, int(len(during) * 0.99))], 1) if during 
 print(json.dumps({
     "engage_ms": round((t_engaged - t_collapse) * 1000) if t_engaged else None,
     "gateway_step_down_ms": round((t_stepped - t_collapse) * 1000) if t_stepped else None,
+    # the new level's first keyframe on air at the gateway (after the step)
+    "gateway_switch_ms": round((t_switched - t_collapse) * 1000) if t_switched else None,
     # the collapsed uplink's full queue at its new rate: the least engage_ms could be
     "collapsed_queue_ms": queue_ms,
     "relay_stall_ms": round(stall * 1000) if stall is not None else None,

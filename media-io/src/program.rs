@@ -149,6 +149,9 @@ impl ProgramFeed {
                     p.source_broke(source);
                     return;
                 }
+                // the moment a level change reaches the stream (its step waited for this
+                // keyframe): the low-bandwidth bench times it
+                tracing::info!(rendition = PROGRAM, ?source, "program: a new source on air");
                 let _ = self.rendition.frame(frame);
             }
         }
