@@ -15,12 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn an_early_answer_reaches_a_device_still_sending() {
     let bed = emulated::two_links_with(|p| p.max_body_bytes = 1 << 20).await;
     let url = bed.origin_url("/digest");
-    let host = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .expect("authority")
-        .to_owned();
+    let host = bed.origin;
     let total = 4usize << 20;
     let tcp = tokio::net::TcpStream::connect(bed.proxy)
         .await

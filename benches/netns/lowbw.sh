@@ -85,25 +85,22 @@ while [ -z "$t_engaged" ] && (( ${EPOCHREALTIME%.*} - ${t_collapse%.*} < 30 )); 
   fi
   sleep 0.05
 done
-# the gateway's step down: the time its log gives the first one after the collapse
-t_stepped=$(cat "$NSH_DIR"/bg*.log | sed 's/\x1b\[[0-9;]*m//g' \
-  | awk '/gateway::levels: stream level down/ {print $1}' \
-  | python3 -c "
+# the time of the first line of the gateway's log matching $1 at or after the collapse
+first_logged_after_collapse() {
+  cat "$NSH_DIR"/bg*.log | sed 's/\x1b\[[0-9;]*m//g' \
+    | awk -v pat="$1" '$0 ~ pat {print $1}' \
+    | python3 -c "
 import sys, datetime
 for l in sys.stdin:
     t = datetime.datetime.fromisoformat(l.strip().replace('Z', '+00:00')).timestamp()
     if t >= $t_collapse:
-        print(f'{t:.3f}'); break")
-# the new level on air: the first source switch the gateway logs after the collapse (it
-# waits for the new source's keyframe after the step)
-t_switched=$(cat "$NSH_DIR"/bg*.log | sed 's/\x1b\[[0-9;]*m//g' \
-  | awk '/program: a new source on air/ {print $1}' \
-  | python3 -c "
-import sys, datetime
-for l in sys.stdin:
-    t = datetime.datetime.fromisoformat(l.strip().replace('Z', '+00:00')).timestamp()
-    if t >= $t_collapse:
-        print(f'{t:.3f}'); break")
+        print(f'{t:.3f}'); break"
+}
+# the gateway's step down: its first level change after the collapse
+t_stepped=$(first_logged_after_collapse 'gateway::levels: stream level down')
+# the new level on air: the first source switch after the collapse (it waits for the new
+# source's keyframe after the step)
+t_switched=$(first_logged_after_collapse 'program: a new source on air')
 sleep $(python3 -c "print(max(0, 30 - ($(now) - $t_collapse)))")
 t_return=$(now)
 shape 7000kbit

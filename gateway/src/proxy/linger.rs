@@ -40,13 +40,17 @@ impl<IO> HandBack<IO> {
         )
     }
 
-    fn io(&mut self) -> std::io::Result<Pin<&mut IO>>
+    /// `f` on the connection (always there until the drop that hands it back).
+    fn on_io<T>(
+        &mut self,
+        f: impl FnOnce(Pin<&mut IO>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>>
     where
         IO: Unpin,
     {
         match self.io.as_mut() {
-            Some(io) => Ok(Pin::new(io)),
-            None => Err(std::io::ErrorKind::NotConnected.into()),
+            Some(io) => f(Pin::new(io)),
+            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
         }
     }
 }
@@ -66,10 +70,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for HandBack<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.io() {
-            Ok(io) => io.poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.on_io(|io| io.poll_read(cx, buf))
     }
 }
 
@@ -79,10 +80,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for HandBack<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.io() {
-            Ok(io) => io.poll_write(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.on_io(|io| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -90,10 +88,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for HandBack<IO> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.io() {
-            Ok(io) => io.poll_write_vectored(cx, bufs),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.on_io(|io| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -101,17 +96,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for HandBack<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.io() {
-            Ok(io) => io.poll_flush(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.on_io(|io| io.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.io() {
-            Ok(io) => io.poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.on_io(|io| io.poll_shutdown(cx))
     }
 }
 
