@@ -125,8 +125,10 @@ pub struct CameraSummary {
     pub viewer_url: String,
     /// Parts the relay put together from what the gateway sent.
     pub relay_parts: u64,
-    /// Gap parts the relay listed (media that did not arrive in time).
+    /// Gap parts the relay listed (media that did not arrive in time, no still part made).
     pub relay_gap_parts: u64,
+    /// Still parts the relay listed (media that did not arrive in time: the picture held).
+    pub relay_still_parts: u64,
     /// Glass to relay (capture of a part's first frame to the part whole at the relay),
     /// median, ms.
     pub glass_to_relay_p50_ms: f64,
@@ -369,9 +371,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                 lat.sort_by(f64::total_cmp);
                 let (state, st, _) = m.state();
                 line.push_str(&format!(
-                    " live {} glass->relay p50 {:>4.0} ms, {} gap parts",
+                    " live {} glass->relay p50 {:>4.0} ms, {} still + {} gap parts",
                     format!("{state:?}").to_lowercase(),
                     load::quantile(&lat, 0.5),
+                    st.still_parts,
                     st.gap_parts
                 ));
             }
@@ -478,7 +481,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                     .unwrap_or_default(),
                 Err(_) => String::new(),
             };
-            let (relay_parts, relay_gap_parts, mut lat, relay_stall_max_ms) =
+            let (relay_parts, relay_gap_parts, relay_still_parts, mut lat, relay_stall_max_ms) =
                 match bed
                     .relayed
                     .get(DEMO_GATEWAY, "demo", media_io::program::PROGRAM)
@@ -487,9 +490,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                         let (_, ms, _) = m.state();
                         let samples = m.latency();
                         let lat: Vec<f64> = samples.iter().map(|(_, l)| *l as f64).collect();
-                        (ms.parts, ms.gap_parts, lat, longest_stall(&samples))
+                        let stall = longest_stall(&samples);
+                        (ms.parts, ms.gap_parts, ms.still_parts, lat, stall)
                     }
-                    None => (0, 0, Vec::new(), 0),
+                    None => (0, 0, 0, Vec::new(), 0),
                 };
             lat.sort_by(f64::total_cmp);
             let c = bed
@@ -507,6 +511,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
                 viewer_url: viewer_url.clone(),
                 relay_parts,
                 relay_gap_parts,
+                relay_still_parts,
                 glass_to_relay_p50_ms: load::quantile(&lat, 0.5),
                 glass_to_relay_p95_ms: load::quantile(&lat, 0.95),
                 relay_stall_max_ms,
@@ -523,11 +528,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Summary> {
     );
     let cam = &summary.camera;
     println!(
-        "camera: {} frames, {} parts, {} segments; at the relay {} parts, {} gap parts, glass->relay p50 {:.0} ms p95 {:.0} ms, longest wait for a part {} ms, copies {:.1}% of the bytes; playlists {}",
+        "camera: {} frames, {} parts, {} segments; at the relay {} parts, {} still and {} gap parts, glass->relay p50 {:.0} ms p95 {:.0} ms, longest wait for a part {} ms, copies {:.1}% of the bytes; playlists {}",
         cam.frames,
         cam.parts,
         cam.segments,
         cam.relay_parts,
+        cam.relay_still_parts,
         cam.relay_gap_parts,
         cam.glass_to_relay_p50_ms,
         cam.glass_to_relay_p95_ms,

@@ -54,7 +54,8 @@ if not cam.get("playlist_ok"): problems.append("the demo camera's LL-HLS playlis
 if not str(cam.get("viewer_url", "")).startswith("http"): problems.append("the demo printed no viewer URL at the relay")
 if not cam.get("relay_playlist_ok"): problems.append("the relay's playlist of the demo camera was not served")
 if cam.get("relay_parts", 0) < cam.get("parts", 0) - 10: problems.append(f"the relay got {cam.get('relay_parts', 0)} of {cam.get('parts', 0)} parts")
-if cam.get("relay_gap_parts", 1) != 0: problems.append(f"the relay listed {cam.get('relay_gap_parts')} gap parts across the cut")
+filler = cam.get("relay_gap_parts", 1) + cam.get("relay_still_parts", 1)
+if filler != 0: problems.append(f"the relay filled in {filler} parts across the cut (gap {cam.get('relay_gap_parts')}, still {cam.get('relay_still_parts')})")
 links = {l["name"]: l for l in s["links"]}
 if len(links) != 3: problems.append(f"expected 3 uplinks, got {sorted(links)}")
 for name, l in links.items():

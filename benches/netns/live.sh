@@ -88,7 +88,8 @@ out = {
     "backfill_sending_speed_x": round(outage / (t_done - t_bf), 2) if t_done > t_bf > 0 else None,
     "redundant_bytes_ratio": round((copy + again) / first, 4) if first else None,
     "copy_bytes": copy, "again_bytes": again, "first_bytes": first,
-    "relay_gap_parts": relay["gap_parts"], "relay_resumes": relay["resumes"],
+    "relay_gap_parts": relay["gap_parts"], "relay_still_parts": relay["still_parts"],
+    "relay_resumes": relay["resumes"],
     "cut_link": {1: "cellular", 2: "wifi", 3: "satellite"}[int(sys.argv[9])],
 }
 print(json.dumps(out))

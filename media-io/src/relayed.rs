@@ -343,7 +343,7 @@ impl Mirrored {
         let now = Instant::now();
         let (v, at) = {
             let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            let before = g.mirror.stats().gap_parts;
+            let before = g.mirror.stats();
             let resumes = g.mirror.stats().resumes;
             let waiting = g.mirror.waiting_for();
             g.mirror.poll(now);
@@ -357,10 +357,16 @@ impl Mirrored {
                     info!(stream = %self.key(), seq, have, total, later, "no progress: the part the viewers wait for did not come whole");
                 }
             }
-            let gaps = g.mirror.stats().gap_parts - before;
+            let after = g.mirror.stats();
+            let gaps = after.gap_parts - before.gap_parts;
             if gaps > 0 {
                 metrics::counter!("canopy_relay_gap_parts_total", "stream" => self.key())
                     .increment(gaps);
+            }
+            let stills = after.still_parts - before.still_parts;
+            if stills > 0 {
+                metrics::counter!("canopy_relay_still_parts_total", "stream" => self.key())
+                    .increment(stills);
             }
             let state = g.mirror.state();
             if state != g.last_state {
@@ -623,7 +629,8 @@ impl Relayed {
                 "gateway": m.gateway, "camera": m.camera, "rendition": m.name,
                 "url": format!("/live/{}/{}/index.m3u8", m.gateway, m.camera),
                 "state": format!("{state:?}").to_lowercase(),
-                "parts": st.parts, "gap_parts": st.gap_parts, "resumes": st.resumes,
+                "parts": st.parts, "gap_parts": st.gap_parts,
+                "still_parts": st.still_parts, "resumes": st.resumes,
                 "parts_dropped": st.parts_dropped,
                 "new_bytes": st.new_bytes, "duplicate_bytes": st.duplicate_bytes,
                 "glass_to_relay_p50_ms": q(0.5), "glass_to_relay_p95_ms": q(0.95),

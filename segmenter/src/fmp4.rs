@@ -52,6 +52,8 @@ struct TrackIds {
     id: u32,
     /// `trex` defaults: duration, size, flags.
     defaults: (u32, u32, u32),
+    /// Decode time where the next frame starts: the end of the last frame read.
+    next_dts: Option<i64>,
 }
 
 /// `sample_is_non_sync_sample` in sample flags.
@@ -83,6 +85,17 @@ impl Fmp4Reader {
     /// Takes more of the stream.
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+    }
+
+    /// The `tkhd` id of track `index` (indexes as [`Found::Tracks`] gave them).
+    pub fn track_id(&self, index: usize) -> Option<u32> {
+        self.ids.get(index).map(|t| t.id)
+    }
+
+    /// Where track `index`'s next frame would start: the end of the last frame read, in
+    /// the track's timescale (`None` before its first fragment).
+    pub fn next_dts(&self, index: usize) -> Option<i64> {
+        self.ids.get(index).and_then(|t| t.next_dts)
     }
 
     /// The next thing found, if the bytes so far hold one.
@@ -172,7 +185,11 @@ impl Fmp4Reader {
                         t.default_sample_flags,
                     )
                 });
-            self.ids.push(TrackIds { id, defaults });
+            self.ids.push(TrackIds {
+                id,
+                defaults,
+                next_dts: None,
+            });
             tracks.push(track);
         }
         self.out.push_back(Found::Tracks(tracks));
@@ -243,6 +260,7 @@ impl Fmp4Reader {
                     next += i64::from(size);
                 }
             }
+            self.ids[track].next_dts = Some(dts);
         }
         self.out.extend(frames.into_iter().map(Found::Frame));
         Ok(())

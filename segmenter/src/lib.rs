@@ -30,6 +30,7 @@ pub mod record;
 pub mod rendition;
 pub mod ring;
 pub mod segmenter;
+pub mod still;
 #[cfg(test)]
 mod test_media;
 pub mod window;

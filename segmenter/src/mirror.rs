@@ -7,22 +7,25 @@
 //! - **following**: parts go into the window in order as their bytes arrive, chunk by chunk,
 //!   so the hinted part can be served while it is still being built;
 //! - **holding**: when the next part makes no progress for `stall_after`, the segment is
-//!   closed and gap parts (GAP=YES, EXT-X-GAP) keep the playlist advancing in real time for
-//!   up to `hold`; then the stream is marked ended (EXT-X-ENDLIST);
+//!   closed and filler parts keep the playlist advancing in real time for up to `hold`;
+//!   then the stream is marked ended (EXT-X-ENDLIST). A filler part is a still part
+//!   ([`crate::still`]: the last keyframe held, silent audio) when the stream allows one,
+//!   else a gap part (GAP=YES, EXT-X-GAP);
 //! - **resuming**: the newest segment start the gateway sends on its live lane resumes the
 //!   window after a discontinuity (the live edge first); what was missed in between still
 //!   completes here, for the recording, whenever the gateway backfills it;
 //! - **switching**: when a newer timeline's first part is here (the gateway's program
 //!   switched source, a lower level at a collapse, say) and the part the window waits for
 //!   makes no progress for `switch_after`, the window moves on to the new timeline at once,
-//!   without gap parts: the gateway moved its live edge there and backfills the rest.
+//!   without filler parts: the gateway moved its live edge there and backfills the rest.
 //!
 //! The window has its own numbering (media sequence and part sequence): the gateway's parts
-//! of an outage are not in it, but gap parts are. Every part of the gateway, live or
+//! of an outage are not in it, but filler parts are. Every part of the gateway, live or
 //! backfilled, comes out once, in the gateway's numbering, for the recording.
 //!
 //! Sans-IO: every call takes `now`; no clock, no I/O.
 
+use crate::still::StillMaker;
 use crate::window::{LiveWindow, StreamInfo, WindowConfig};
 use crate::{Chunk, Part, PartMeta, SegmentStart};
 use bytes::{Bytes, BytesMut};
@@ -47,14 +50,14 @@ pub const LIVE_HORIZON_MS: u64 = 5_000;
 pub struct MirrorConfig {
     /// The viewer-facing window.
     pub window: WindowConfig,
-    /// No progress for this long: gap parts begin.
+    /// No progress for this long: filler parts begin.
     pub stall_after: Duration,
     /// No progress for this long while a newer timeline's first part is here (sent live,
     /// opening a discontinuity: the gateway's program switched source, say to a lower
     /// level at a collapse): the window moves on to it. The gateway moved its live edge
     /// there at once and sends what is left of the old timeline as backfill.
     pub switch_after: Duration,
-    /// Gap parts for this long: the stream is marked ended.
+    /// Filler parts for this long: the stream is marked ended.
     pub hold: Duration,
     /// Bytes of incomplete or out-of-order parts held at most.
     pub max_pending_bytes: u64,
@@ -77,7 +80,7 @@ impl Default for MirrorConfig {
 }
 
 /// The least TARGETDURATION (whole seconds) with which a player waits out the longest the
-/// playlist stands still: `stall_after` without progress (then gap parts begin) plus a
+/// playlist stands still: `stall_after` without progress (then filler parts begin) plus a
 /// part. hls.js gives up on a blocking playlist reload after max(3 part targets, 0.8 target
 /// durations): with 1 s segments that is 800 ms, shorter than a failover's worst stall, so
 /// a viewer got an error while the relay was still within its own rule. A larger target
@@ -143,7 +146,7 @@ pub enum State {
     Waiting,
     /// Following the gateway's parts.
     Following,
-    /// No media: gap parts keep the playlist going.
+    /// No media: filler parts keep the playlist going.
     Holding,
     /// The hold ran out: the playlist has ended.
     Ended,
@@ -154,8 +157,10 @@ pub enum State {
 pub struct MirrorStats {
     /// Parts put together.
     pub parts: u64,
-    /// Gap parts listed.
+    /// Gap parts listed (filler without media).
     pub gap_parts: u64,
+    /// Still parts listed (filler with the picture held and silent audio).
+    pub still_parts: u64,
     /// Times the window resumed after a hold.
     pub resumes: u64,
     /// Incomplete parts dropped (never finished, or over the memory bound).
@@ -338,7 +343,8 @@ enum Live {
 struct OpenSegment {
     msn: u64,
     parts: u32,
-    gap: bool,
+    /// Made of filler parts (still or gap).
+    filler: bool,
 }
 
 /// The relay's mirror of one rendition.
@@ -365,6 +371,8 @@ pub struct Mirror {
     /// Window init segments that arrived.
     init_bytes: BTreeMap<u32, Bytes>,
     next_init: u32,
+    /// Makes the still parts of a hold from the parts the window took.
+    still: StillMaker,
     stats: MirrorStats,
 }
 
@@ -396,6 +404,7 @@ impl Mirror {
             inits: HashMap::new(),
             init_bytes: BTreeMap::new(),
             next_init: 0,
+            still: StillMaker::new(),
             stats: MirrorStats::default(),
         }
     }
@@ -773,7 +782,7 @@ impl Mirror {
             let Some(p) = finished else {
                 return;
             };
-            self.note_window_part(&p);
+            self.note_window_part(&p, false);
             self.live = Live::Following {
                 next: next + 1,
                 delta,
@@ -783,14 +792,21 @@ impl Mirror {
         }
     }
 
-    /// Keeps the window's segment numbering and timeline in step with a part it took.
-    fn note_window_part(&mut self, p: &Part) {
-        self.stats.parts += u64::from(!p.gap);
+    /// Keeps the window's segment numbering and timeline in step with a part it took
+    /// (`filler`: one the mirror made for a hold), and the still parts with the media.
+    fn note_window_part(&mut self, p: &Part, filler: bool) {
+        if !filler {
+            self.stats.parts += 1;
+            if self.still.generation() != Some(p.init) {
+                self.still.set_init(p.init, self.init_bytes.get(&p.init));
+            }
+            self.still.take(&p.data);
+        }
         if let Some(s) = p.segment {
             self.open = Some(OpenSegment {
                 msn: p.msn,
                 parts: 0,
-                gap: p.gap,
+                filler,
             });
             self.pdt_end_ms = s.pdt_ms;
             self.next_msn = self.next_msn.max(p.msn + 1);
@@ -819,7 +835,7 @@ impl Mirror {
                     frame_ms: 0,
                 };
                 if let Ok(Some(p)) = self.window.push_chunk(&end) {
-                    self.note_window_part(&p);
+                    self.note_window_part(&p, false);
                 }
             } else {
                 self.window.abandon_growing();
@@ -829,22 +845,24 @@ impl Mirror {
         self.open = None;
     }
 
-    fn push_gap(&mut self) {
+    /// Lists the hold's next filler part: a still part if one can be made, else a gap part.
+    fn push_filler(&mut self) {
         let part_s = self.cfg.window.part_target;
         let per_segment = (self.cfg.window.segment_target / part_s).round().max(1.0) as u32;
         let (msn, index) = match self.open {
-            Some(o) if o.gap && o.parts < per_segment => (o.msn, o.parts),
+            Some(o) if o.filler && o.parts < per_segment => (o.msn, o.parts),
             _ => {
                 let m = self.next_msn;
                 self.next_msn += 1;
                 (m, 0)
             }
         };
+        let still = self.still.part(part_s, index == 0);
         let meta = PartMeta {
             seq: self.window.next_seq(),
             msn,
             index,
-            independent: false,
+            independent: still.is_some() && index == 0,
             init: self.last_init,
             capture_ms: 0,
             segment: (index == 0).then_some(SegmentStart {
@@ -852,14 +870,19 @@ impl Mirror {
                 pdt_ms: self.pdt_end_ms,
             }),
         };
-        let mut part = Part::new(meta, part_s, Bytes::new());
-        part.gap = true;
+        let is_still = still.is_some();
+        let mut part = Part::new(meta, part_s, still.unwrap_or_default());
+        part.gap = !is_still;
         match self.window.push_part(part) {
             Ok(p) => {
-                self.note_window_part(&p);
-                self.stats.gap_parts += 1;
+                self.note_window_part(&p, true);
+                if is_still {
+                    self.stats.still_parts += 1;
+                } else {
+                    self.stats.gap_parts += 1;
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "mirror: gap part refused"),
+            Err(e) => tracing::warn!(error = %e, "mirror: filler part refused"),
         }
     }
 
@@ -877,9 +900,9 @@ impl Mirror {
         }
     }
 
-    /// Runs the clock: a stall begins a hold, a hold lists gap parts and ends the stream
+    /// Runs the clock: a stall begins a hold, a hold lists filler parts and ends the stream
     /// when it runs out; old incomplete parts are dropped. A stall with a newer timeline's
-    /// first part here resumes on it at once (no gap parts).
+    /// first part here resumes on it at once (no filler parts).
     pub fn poll(&mut self, now: Instant) {
         if let Live::Following {
             next,
@@ -922,7 +945,7 @@ impl Mirror {
             } else {
                 let part_us = (self.cfg.window.part_target * 1e6) as u64;
                 while listed_us + part_us <= held.as_micros() as u64 {
-                    self.push_gap();
+                    self.push_filler();
                     listed_us += part_us;
                 }
                 self.live = Live::Holding {
@@ -1236,6 +1259,70 @@ mod tests {
         for w in segs.iter().collect::<Vec<_>>().windows(2) {
             assert_eq!(w[1].msn, w[0].msn + 1);
         }
+    }
+
+    #[test]
+    fn a_hold_of_real_media_lists_still_parts_not_gaps() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let (init, parts) = crate::test_media::demo_parts(150);
+        let mut m = Mirror::new(MirrorConfig::default(), 1000);
+        let info = StreamInfo {
+            codecs: "avc1.4d401f,mp4a.40.2".into(),
+            resolution: Some((1280, 720)),
+        };
+        m.handle_init(RUN, 0, init, info);
+        let base = 1_795_000_000_000;
+        let mut at = 0;
+        for p in parts.iter().take(10) {
+            let mut meta = p.meta;
+            meta.capture_ms = base + at;
+            if let Some(s) = meta.segment.as_mut() {
+                s.pdt_ms = base + at;
+            }
+            let piece = Piece {
+                run: RUN,
+                part: meta,
+                offset: 0,
+                data: p.data.clone(),
+                end_us: p.duration_us,
+                last: true,
+                ends_segment: p.ends_segment,
+                live: true,
+                frame_ms: 0,
+            };
+            m.handle_piece(ms(at), base + at, piece).unwrap();
+            at += p.duration_us / 1000;
+        }
+        assert_eq!(m.stats().parts, 10);
+        // every uplink goes down: a second on, the hold lists still parts in real time
+        for n in 1..=30 {
+            m.poll(ms(at + n * 100));
+        }
+        assert_eq!(m.state(), State::Holding);
+        let st = m.stats();
+        assert_eq!(st.gap_parts, 0, "{st:?}");
+        assert!(st.still_parts >= 10, "{st:?}");
+        let t = text(&m);
+        assert!(!t.contains("GAP"), "{t}");
+        // a still segment opens with its keyframe, and each still part is served as media
+        let segs = m.window_ref().playlist().segments();
+        let still = segs.iter().rev().find(|s| s.complete).unwrap();
+        assert_eq!(still.parts.len(), 5, "{t}");
+        assert!(still.parts[0].independent, "{t}");
+        assert!(!still.parts[1].independent, "{t}");
+        let msn = still.msn;
+        let size = |m: &mut Mirror, index| match m.window().read_part(msn, index, 0) {
+            PartRead::Data { chunks, complete } => {
+                assert!(complete);
+                chunks.iter().map(|c| c.len()).sum::<usize>()
+            }
+            other => panic!("still part {index}: {other:?}"),
+        };
+        // the keyframe, then a skipped picture and silent audio
+        assert!(size(&mut m, 0) > 1000);
+        let one = size(&mut m, 1);
+        assert!(one < 600, "{one} bytes");
     }
 
     #[test]

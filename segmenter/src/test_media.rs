@@ -37,3 +37,44 @@ pub(crate) fn audio(dts: i64) -> Frame {
         data: Bytes::from_static(&[0x21, 0x10]),
     }
 }
+
+/// One part of [`demo_parts`]: its metadata, bytes (moof + mdat chunks), duration in µs and
+/// whether its segment ends with it.
+#[derive(Debug, Clone)]
+pub(crate) struct WholePart {
+    pub meta: crate::PartMeta,
+    pub data: Bytes,
+    pub duration_us: u64,
+    pub ends_segment: bool,
+}
+
+/// The demo clip's first `frames` frames (H.264 and stereo AAC at 48 kHz) through our own
+/// segmenter: its init segment and its whole parts.
+pub(crate) fn demo_parts(frames: usize) -> (Bytes, Vec<WholePart>) {
+    use crate::{Output, Segmenter, SegmenterConfig};
+    let file = Bytes::from_static(include_bytes!("../../assets/demo-camera.mp4"));
+    let clip = crate::mp4file::demux(&file).unwrap();
+    let mut seg = Segmenter::new(SegmenterConfig::default());
+    seg.set_tracks(clip.tracks.clone()).unwrap();
+    let (mut init, mut parts, mut data) = (Bytes::new(), Vec::new(), Vec::new());
+    for f in clip.frames.iter().take(frames) {
+        seg.handle_frame(f.clone(), 0).unwrap();
+        while let Some(o) = seg.poll_output() {
+            match o {
+                Output::Init { data, .. } => init = data,
+                Output::Chunk(c) => {
+                    data.extend_from_slice(&c.data);
+                    if c.last {
+                        parts.push(WholePart {
+                            meta: c.part,
+                            data: Bytes::from(std::mem::take(&mut data)),
+                            duration_us: c.end_us,
+                            ends_segment: c.ends_segment,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    (init, parts)
+}

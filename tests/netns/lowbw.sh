@@ -259,10 +259,25 @@ hls_rc=0
 wait $hls || hls_rc=$?
 cp "$hls_json" "$ART/lowbw-$mode-hlsjs.json" 2>/dev/null || true
 cat "$NSH_DIR/hlsjs.out"
-# The relay lists gap parts while the links are collapsed (see the ffmpeg check below),
-# and for a second or two after the step back up to full (the first 4 Mbit/s keyframe part
-# on links just back comes later than the relay's 1 s stall rule): hls.js reports each
-# (non-fatal fragGap, and a seek over the hole). What this checks: it plays on (>= 80% of
+# While no media comes (the parts under way at the collapse, before the lower level's
+# first part), the relay lists still parts: the last keyframe held, silent audio. This
+# camera (H.264, AAC) allows them, so no GAP part is listed, and no player meets one.
+filler=$(nsh_exec r curl -s -m 5 http://10.200.100.1:8088/live/ | python3 -c 'import json,sys
+s = [s for s in json.load(sys.stdin) if s["rendition"] == "program"][0]
+print(s["still_parts"], s["gap_parts"])' 2>/dev/null || echo "x x")
+read -r still_parts gap_parts <<<"$filler"
+frag_gaps=$(node -e 'const j = require(process.argv[1]); console.log((j.errors || []).filter(e => e.details === "fragGap").length)' \
+  "$(realpath "$hls_json" 2>/dev/null || echo /nonexistent)" 2>/dev/null || echo x)
+echo "the relay filled in $still_parts still parts and $gap_parts gap parts; hls.js met $frag_gaps GAP parts"
+if [ "$gap_parts" = 0 ] && [ "$frag_gaps" = 0 ]; then
+  ok "no GAP part listed or met: where the relay's media stood still it listed still parts ($still_parts)"
+else
+  fail "the relay listed $gap_parts GAP parts (and $still_parts still ones); hls.js met $frag_gaps"
+fi
+# Where the relay's newest part stood still for over a second (the collapse; the first
+# 4 Mbit/s keyframe part on links just back), the player may have run its buffer dry
+# before the still parts came (non-fatal bufferStalledError), and the next timeline's
+# tracks may start a few tens of ms apart (a seek over that hole). What this checks: it plays on (>= 80% of
 # the time, no fatal error), with no error at all before the collapse or from 5 s after
 # the level is back to full, as the player sees it (it plays its median latency behind
 # the relay's live edge: 2-3 s here). (Page times count from the page's own start, which

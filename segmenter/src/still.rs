@@ -1,0 +1,386 @@
+//! Still parts: what the relay's window lists while a stream's media has stopped coming (a
+//! collapse, every uplink down), in place of GAP parts. Players fetch a GAP part, find no
+//! media, and stall at the hole or seek over it (hls.js raised a non-fatal `fragGap` error
+//! hundreds of times a second at one such part, then jumped); a still part is media: the
+//! picture holds, the sound is silent, and the player plays on until the stream returns
+//! after a discontinuity.
+//!
+//! A run of still parts goes on each track's timeline from where its media stopped. Each
+//! still segment begins with the last keyframe the window had (its access unit as it came,
+//! parameter sets in front), each further part is one skipped picture after it
+//! ([`crate::h264_skip`]: a few bytes that show that picture again), and the audio is
+//! silent AAC frames. What cannot be made so (no keyframe yet, no skipped pictures for the
+//! stream, audio other than mono or stereo AAC-LC) is `None`: the window lists a GAP part.
+//!
+//! Sans-IO: parts in, parts out.
+
+use crate::cmaf::{self, Sample, Traf};
+use crate::fmp4::{Fmp4Reader, Found};
+use crate::h264_skip::{Anchor, SkipCoder};
+use crate::media::{Codec, Frame, Track};
+use bytes::Bytes;
+
+/// A silent AAC-LC frame (1024 samples) for one channel: one single channel element, no
+/// spectral data, then the end element.
+const SILENT_AAC_MONO: &[u8] = &[0x00, 0xc8, 0x00, 0x80, 0x23, 0x80];
+/// A silent AAC-LC frame for two channels: one channel pair element, then the end element.
+const SILENT_AAC_STEREO: &[u8] = &[0x21, 0x00, 0x49, 0x90, 0x02, 0x19, 0x00, 0x23, 0x80];
+/// Samples in an AAC-LC frame.
+const AAC_FRAME: i64 = 1024;
+
+/// A silent frame for an AAC track, if its `AudioSpecificConfig` is AAC-LC, mono or
+/// stereo, with 1024-sample frames.
+fn silent_frame(track: &Track) -> Option<&'static [u8]> {
+    let c = &track.config;
+    let (a, b) = (*c.first()?, *c.get(1)?);
+    let object_type = a >> 3;
+    let frequency_index = ((a & 0x07) << 1) | (b >> 7);
+    let channels = (b >> 3) & 0x0f;
+    let short_frames = (b >> 2) & 1 == 1;
+    if object_type != 2 || frequency_index == 15 || short_frames {
+        return None;
+    }
+    match channels {
+        1 => Some(SILENT_AAC_MONO),
+        2 => Some(SILENT_AAC_STEREO),
+        _ => None,
+    }
+}
+
+/// One track of the stream, as the still parts go on with it.
+#[derive(Debug, Clone)]
+struct Lane {
+    id: u32,
+    timescale: u32,
+    /// Decode time where the next sample starts.
+    next_dts: Option<i64>,
+    /// Video: the largest composition offset seen (a still picture's, so it shows after
+    /// every picture before it). Audio: unused.
+    cts: i64,
+    /// Audio: the silent frame; video: `None`.
+    silent: Option<&'static [u8]>,
+}
+
+/// The keyframe a still segment shows, and where its skipped pictures start.
+#[derive(Debug, Clone)]
+struct Keyframe {
+    data: Bytes,
+    anchor: Anchor,
+}
+
+/// Makes still parts for one stream (one init segment at a time).
+#[derive(Default)]
+pub struct StillMaker {
+    /// The init generation fed, and its reader (`None`: nothing can be made for it).
+    generation: Option<u32>,
+    reader: Option<Fmp4Reader>,
+    lanes: Vec<Lane>,
+    video: Option<usize>,
+    skip: Option<SkipCoder>,
+    keyframe: Option<Keyframe>,
+    /// Skipped pictures made since the last still keyframe (`None`: no still segment open).
+    pictures: Option<u32>,
+    sequence: u32,
+}
+
+impl StillMaker {
+    /// A maker with no stream yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The init generation the maker follows.
+    pub fn generation(&self) -> Option<u32> {
+        self.generation
+    }
+
+    /// Follows init segment `generation` (`init`: its bytes, if known) from now on.
+    pub fn set_init(&mut self, generation: u32, init: Option<&Bytes>) {
+        *self = Self {
+            generation: Some(generation),
+            sequence: self.sequence,
+            ..Self::default()
+        };
+        let Some(init) = init else { return };
+        let mut reader = Fmp4Reader::new(crate::mirror::MAX_PART_BYTES as usize);
+        reader.push(init);
+        let tracks = match reader.poll() {
+            Ok(Some(Found::Tracks(t))) => t,
+            _ => return,
+        };
+        for (i, t) in tracks.iter().enumerate() {
+            let Some(id) = reader.track_id(i) else { return };
+            let silent = match t.codec {
+                Codec::Aac => match silent_frame(t) {
+                    Some(s) => Some(s),
+                    None => return,
+                },
+                Codec::H264 | Codec::H265 => {
+                    if self.video.is_some() {
+                        return;
+                    }
+                    self.video = Some(i);
+                    self.skip = SkipCoder::new(t).ok();
+                    None
+                }
+            };
+            self.lanes.push(Lane {
+                id,
+                timescale: t.timescale.max(1),
+                next_dts: None,
+                cts: 0,
+                silent,
+            });
+        }
+        if self.video.is_some() && self.skip.is_some() {
+            self.reader = Some(reader);
+        }
+    }
+
+    /// Takes a part of the stream as the window lists it (moof + mdat chunks): where each
+    /// track stops, and the last keyframe.
+    pub fn take(&mut self, part: &Bytes) {
+        self.pictures = None;
+        let Some(reader) = self.reader.as_mut() else {
+            return;
+        };
+        reader.push(part);
+        let mut frames: Vec<Frame> = Vec::new();
+        loop {
+            match reader.poll() {
+                Ok(Some(Found::Frame(f))) => frames.push(f),
+                Ok(Some(Found::Tracks(_))) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "still: a part does not read; no still parts");
+                    self.reader = None;
+                    return;
+                }
+            }
+        }
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            if let Some(d) = reader.next_dts(i) {
+                lane.next_dts = Some(d);
+            }
+        }
+        for f in frames {
+            if Some(f.track) != self.video {
+                continue;
+            }
+            if let Some(lane) = self.lanes.get_mut(f.track) {
+                lane.cts = lane.cts.max(f.pts - f.dts);
+            }
+            if f.keyframe {
+                let anchor = self.skip.as_ref().and_then(|s| s.anchor(&f.data).ok());
+                self.keyframe = anchor.map(|anchor| Keyframe {
+                    data: f.data,
+                    anchor,
+                });
+            }
+        }
+    }
+
+    /// The next still part, `seconds` long: `first` opens a still segment (the keyframe),
+    /// else a skipped picture after it. `None` when none can be made.
+    pub fn part(&mut self, seconds: f64, first: bool) -> Option<Bytes> {
+        self.reader.as_ref()?;
+        let video = self.video?;
+        let key = self.keyframe.clone()?;
+        let (picture, keyframe, n) = if first {
+            (key.data, true, 0)
+        } else {
+            let n = self.pictures? + 1;
+            let skip = self.skip.as_ref()?;
+            (skip.picture(key.anchor, n).ok()?, false, n)
+        };
+        let v = &self.lanes[video];
+        let v_start = v.next_dts?;
+        let v_len = (seconds * f64::from(v.timescale)).round() as i64;
+        let v_end = v_start.checked_add(v_len)?;
+        let end_s = v_end as f64 / f64::from(v.timescale);
+        let mut trafs = Vec::with_capacity(self.lanes.len());
+        let mut ends = Vec::with_capacity(self.lanes.len());
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let start = lane.next_dts?;
+            if i == video {
+                let sample = Sample {
+                    duration: u32::try_from(v_len).ok()?,
+                    size: u32::try_from(picture.len()).ok()?,
+                    keyframe,
+                    cts: i32::try_from(lane.cts).ok()?,
+                };
+                trafs.push(Traf {
+                    track_id: lane.id,
+                    base_dts: u64::try_from(start).ok()?,
+                    samples: vec![(sample, picture.clone())],
+                });
+                ends.push(v_end);
+                continue;
+            }
+            // silent frames until the audio reaches the picture's end (a track more than a
+            // second behind the picture is not one to hold: a GAP part instead)
+            let silent = Bytes::from_static(lane.silent?);
+            let ts = f64::from(lane.timescale);
+            let behind_s = end_s - start as f64 / ts;
+            if behind_s > seconds + 1.0 {
+                return None;
+            }
+            let mut end = start;
+            let mut samples = Vec::new();
+            while (end as f64) / ts < end_s {
+                let sample = Sample {
+                    duration: AAC_FRAME as u32,
+                    size: silent.len() as u32,
+                    keyframe: true,
+                    cts: 0,
+                };
+                samples.push((sample, silent.clone()));
+                end += AAC_FRAME;
+            }
+            trafs.push(Traf {
+                track_id: lane.id,
+                base_dts: u64::try_from(start).ok()?,
+                samples,
+            });
+            ends.push(end);
+        }
+        for (lane, end) in self.lanes.iter_mut().zip(ends) {
+            lane.next_dts = Some(end);
+        }
+        self.pictures = Some(n);
+        self.sequence = self.sequence.wrapping_add(1);
+        Some(cmaf::fragment(self.sequence, &trafs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo clip's first `n` frames through our own segmenter: its init and parts.
+    fn stream(n: usize) -> (Bytes, Vec<Bytes>) {
+        let (init, parts) = crate::test_media::demo_parts(n);
+        (init, parts.into_iter().map(|p| p.data).collect())
+    }
+
+    fn frames(init: &Bytes, parts: &[Bytes]) -> Vec<Frame> {
+        let mut r = Fmp4Reader::new(64 << 20);
+        r.push(init);
+        for p in parts {
+            r.push(p);
+        }
+        let mut out = Vec::new();
+        while let Some(f) = r.poll().unwrap() {
+            if let Found::Frame(f) = f {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn still_parts_go_on_from_where_the_media_stopped() {
+        let (init, parts) = stream(200);
+        assert!(parts.len() > 5);
+        let mut m = StillMaker::new();
+        m.set_init(0, Some(&init));
+        for p in &parts {
+            m.take(p);
+        }
+        let before = frames(&init, &parts);
+        let mut stills = Vec::new();
+        for i in 0..10 {
+            stills.push(m.part(0.2, i % 5 == 0).expect("a still part"));
+        }
+        let after = frames(&init, &[parts.clone(), stills.clone()].concat());
+        let added = &after[before.len()..];
+        // per 200 ms: one picture, and 0.2 s of silent audio within a frame
+        let video: Vec<&Frame> = added.iter().filter(|f| f.track == 0).collect();
+        let audio: Vec<&Frame> = added.iter().filter(|f| f.track == 1).collect();
+        assert_eq!(video.len(), 10);
+        assert!(video[0].keyframe && video[5].keyframe);
+        assert!(video
+            .iter()
+            .enumerate()
+            .all(|(i, f)| f.keyframe == (i % 5 == 0)));
+        assert!(video[1].data.len() < 100, "{} bytes", video[1].data.len());
+        // the keyframe shown is the last one the stream had
+        let last_key = before
+            .iter()
+            .rev()
+            .find(|f| f.track == 0 && f.keyframe)
+            .unwrap();
+        assert_eq!(video[0].data, last_key.data);
+        // each track goes on where it stopped
+        for track in [0, 1] {
+            let last = before.iter().rev().find(|f| f.track == track).unwrap();
+            let first = added.iter().find(|f| f.track == track).unwrap();
+            let gap = first.dts - last.dts;
+            assert!(gap > 0 && gap <= 3000, "track {track}: {gap} ticks on");
+        }
+        let rate = f64::from(48_000);
+        let audio_s = audio.len() as f64 * 1024.0 / rate;
+        assert!((audio_s - 2.0).abs() < 0.03, "{audio_s} s of audio");
+        assert!(audio.iter().all(|f| f.data.as_ref() == SILENT_AAC_STEREO));
+    }
+
+    #[test]
+    fn nothing_is_made_without_a_keyframe_or_a_readable_stream() {
+        let (init, parts) = stream(200);
+        let mut m = StillMaker::new();
+        assert!(m.part(0.2, true).is_none());
+        m.set_init(0, Some(&init));
+        assert!(m.part(0.2, true).is_none(), "no part taken yet");
+        m.take(&parts[0]);
+        // a skipped picture needs its keyframe first
+        assert!(m.part(0.2, false).is_none());
+        assert!(m.part(0.2, true).is_some());
+        assert!(m.part(0.2, false).is_some());
+        // a new part of the stream ends the still segment
+        m.take(&parts[1]);
+        assert!(m.part(0.2, false).is_none());
+        // bytes that do not read: nothing more for this init
+        m.take(&Bytes::from_static(&[
+            0, 0, 0, 9, b'm', b'o', b'o', b'f', 0,
+        ]));
+        m.take(&Bytes::from_static(&[0xff; 64]));
+        assert!(m.part(0.2, true).is_none());
+        // no init bytes: nothing
+        m.set_init(1, None);
+        m.take(&parts[2]);
+        assert!(m.part(0.2, true).is_none());
+    }
+
+    #[test]
+    fn tracks_far_apart_get_no_still_part() {
+        // the audio's times a minute behind the video's: not a stream to hold
+        let (init, parts) = stream(200);
+        let mut m = StillMaker::new();
+        m.set_init(0, Some(&init));
+        m.take(&parts[0]);
+        let (video, audio) = (
+            i64::from(m.lanes[0].timescale),
+            i64::from(m.lanes[1].timescale),
+        );
+        m.lanes[1].next_dts = Some(0);
+        m.lanes[0].next_dts = Some(video * 60);
+        assert!(m.part(0.2, true).is_none());
+        // half a second apart: held
+        m.lanes[0].next_dts = Some(video);
+        m.lanes[1].next_dts = Some(audio / 2);
+        assert!(m.part(0.2, true).is_some());
+    }
+
+    #[test]
+    fn silent_frames_only_for_aac_lc_mono_and_stereo() {
+        let t = |asc: &'static [u8]| Track::aac(Bytes::from_static(asc), 48_000, 2);
+        assert_eq!(silent_frame(&t(&[0x11, 0x90])), Some(SILENT_AAC_STEREO));
+        assert_eq!(silent_frame(&t(&[0x11, 0x88])), Some(SILENT_AAC_MONO));
+        // HE-AAC, six channels, 960-sample frames, an explicit frequency
+        assert_eq!(silent_frame(&t(&[0x29, 0x90])), None);
+        assert_eq!(silent_frame(&t(&[0x11, 0xb0])), None);
+        assert_eq!(silent_frame(&t(&[0x11, 0x94])), None);
+        assert_eq!(silent_frame(&t(&[0x17, 0x80, 0, 0, 0x10])), None);
+        assert_eq!(silent_frame(&t(&[0x11])), None);
+    }
+}
