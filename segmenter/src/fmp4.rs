@@ -56,6 +56,9 @@ struct TrackIds {
     next_dts: Option<i64>,
 }
 
+/// Samples a fragment may declare beyond one per byte of its payload (empty samples).
+const MAX_EMPTY_SAMPLES: usize = 1024;
+
 /// `sample_is_non_sync_sample` in sample flags.
 const NON_SYNC: u32 = 0x0001_0000;
 
@@ -208,6 +211,17 @@ impl Fmp4Reader {
         // offsets count from the moof's first byte (default-base-is-moof, as CMAF asks);
         // without a data offset a run follows the previous one
         let payload_start = (moof_size + mdat_head) as i64;
+        // a run may declare samples by count alone (sizes from the defaults, which may be
+        // 0): more samples than payload bytes plus a bound is no stream, only work
+        let declared: usize = moof
+            .traf
+            .iter()
+            .flat_map(|t| t.trun.iter())
+            .map(|r| r.samples.len())
+            .fold(0, usize::saturating_add);
+        if declared > payload.len().saturating_add(MAX_EMPTY_SAMPLES) {
+            return Err(Fmp4Error::OutOfRange);
+        }
         let mut frames = Vec::new();
         for traf in &moof.traf {
             let Some(track) = self.ids.iter().position(|t| t.id == traf.tfhd.track_id) else {
@@ -326,6 +340,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_run_of_countless_empty_samples_is_an_error_not_work() {
+        let (_, _, stream) = cmaf_stream();
+        let mut r = Fmp4Reader::new(4 << 20);
+        r.push(&stream);
+        let mut tracks = None;
+        while let Some(f) = r.poll().unwrap() {
+            if let Found::Tracks(t) = f {
+                tracks = Some(t);
+            }
+        }
+        assert!(tracks.is_some());
+        // a moof whose run declares 4 billion samples of the default size (0), and an
+        // empty mdat
+        let moof = Moof {
+            mfhd: mp4_atom::Mfhd { sequence_number: 1 },
+            traf: vec![mp4_atom::Traf {
+                tfhd: mp4_atom::Tfhd {
+                    track_id: r.track_id(0).unwrap(),
+                    default_base_is_moof: true,
+                    default_sample_size: Some(0),
+                    ..Default::default()
+                },
+                trun: vec![mp4_atom::Trun {
+                    data_offset: None,
+                    samples: mp4_atom::TrunSamples::Inherited {
+                        count: u32::MAX,
+                        first_flags: None,
+                    },
+                }],
+                ..Default::default()
+            }],
+        };
+        let mut bytes = Vec::new();
+        mp4_atom::Encode::encode(&moof, &mut bytes).unwrap();
+        bytes.extend_from_slice(&[0, 0, 0, 8, b'm', b'd', b'a', b't']);
+        r.push(&bytes);
+        assert_eq!(r.poll(), Err(Fmp4Error::OutOfRange));
     }
 
     #[test]

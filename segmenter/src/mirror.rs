@@ -797,7 +797,8 @@ impl Mirror {
     fn note_window_part(&mut self, p: &Part, filler: bool) {
         if !filler {
             self.stats.parts += 1;
-            if self.still.generation() != Some(p.init) {
+            // (an init may come after its first part: a relay that restarted asks for it)
+            if self.still.generation() != Some(p.init) || self.still.lacks_init() {
                 self.still.set_init(p.init, self.init_bytes.get(&p.init));
             }
             self.still.take(&p.data);
@@ -1261,8 +1262,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_hold_of_real_media_lists_still_parts_not_gaps() {
+    /// The demo clip's first ten parts sent live, the init after `init_after` of them;
+    /// then a hold of 3 s. The mirror, and when the parts ended.
+    fn hold_of_real_media(init_after: usize) -> Mirror {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let (init, parts) = crate::test_media::demo_parts(150);
@@ -1271,10 +1273,12 @@ mod tests {
             codecs: "avc1.4d401f,mp4a.40.2".into(),
             resolution: Some((1280, 720)),
         };
-        m.handle_init(RUN, 0, init, info);
         let base = 1_795_000_000_000;
         let mut at = 0;
-        for p in parts.iter().take(10) {
+        for (n, p) in parts.iter().take(10).enumerate() {
+            if n == init_after {
+                m.handle_init(RUN, 0, init.clone(), info.clone());
+            }
             let mut meta = p.meta;
             meta.capture_ms = base + at;
             if let Some(s) = meta.segment.as_mut() {
@@ -1299,6 +1303,12 @@ mod tests {
         for n in 1..=30 {
             m.poll(ms(at + n * 100));
         }
+        m
+    }
+
+    #[test]
+    fn a_hold_of_real_media_lists_still_parts_not_gaps() {
+        let mut m = hold_of_real_media(0);
         assert_eq!(m.state(), State::Holding);
         let st = m.stats();
         assert_eq!(st.gap_parts, 0, "{st:?}");
@@ -1323,6 +1333,16 @@ mod tests {
         assert!(size(&mut m, 0) > 1000);
         let one = size(&mut m, 1);
         assert!(one < 600, "{one} bytes");
+    }
+
+    #[test]
+    fn an_init_after_its_first_parts_still_gives_still_parts() {
+        // a relay that restarted gets parts first and asks for their init
+        let m = hold_of_real_media(3);
+        assert_eq!(m.state(), State::Holding);
+        let st = m.stats();
+        assert_eq!(st.gap_parts, 0, "{st:?}");
+        assert!(st.still_parts >= 10, "{st:?}");
     }
 
     #[test]

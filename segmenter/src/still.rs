@@ -28,16 +28,38 @@ const SILENT_AAC_STEREO: &[u8] = &[0x21, 0x00, 0x49, 0x90, 0x02, 0x19, 0x00, 0x2
 /// Samples in an AAC-LC frame.
 const AAC_FRAME: i64 = 1024;
 
+/// Sample rates by `samplingFrequencyIndex` (ISO/IEC 14496-3, 1.6.3.4).
+const AAC_RATES: [u32; 13] = [
+    96_000, 88_200, 64_000, 48_000, 44_100, 32_000, 24_000, 22_050, 16_000, 12_000, 11_025, 8_000,
+    7_350,
+];
+
 /// A silent frame for an AAC track, if its `AudioSpecificConfig` is AAC-LC, mono or
-/// stereo, with 1024-sample frames.
+/// stereo, with 1024-sample frames, in a timescale of its sample rate. After the two bytes
+/// of that, only the explicit "no SBR" extension is allowed (ffmpeg writes it: sync word
+/// 0x2b7, SBR's object type, `sbrPresentFlag` 0); SBR would make the frames twice as long.
 fn silent_frame(track: &Track) -> Option<&'static [u8]> {
     let c = &track.config;
     let (a, b) = (*c.first()?, *c.get(1)?);
+    if c.len() > 2 {
+        let mut bits = [0u8; 4];
+        let ext = c.get(2..)?;
+        if ext.len() > 4 {
+            return None;
+        }
+        bits[..ext.len()].copy_from_slice(ext);
+        let ext = u32::from_be_bytes(bits);
+        // 11 bits of sync word, 5 of object type, 1 of sbrPresentFlag
+        if ext >> 21 != 0x2b7 || (ext >> 16) & 0x1f != 5 || (ext >> 15) & 1 != 0 {
+            return None;
+        }
+    }
     let object_type = a >> 3;
     let frequency_index = ((a & 0x07) << 1) | (b >> 7);
     let channels = (b >> 3) & 0x0f;
     let short_frames = (b >> 2) & 1 == 1;
-    if object_type != 2 || frequency_index == 15 || short_frames {
+    let rate = AAC_RATES.get(usize::from(frequency_index))?;
+    if object_type != 2 || short_frames || *rate != track.timescale {
         return None;
     }
     match channels {
@@ -54,9 +76,9 @@ struct Lane {
     timescale: u32,
     /// Decode time where the next sample starts.
     next_dts: Option<i64>,
-    /// Video: the largest composition offset seen (a still picture's, so it shows after
-    /// every picture before it). Audio: unused.
-    cts: i64,
+    /// Video: where the pictures so far end in presentation time (a still picture's
+    /// composition offset puts it there, after every picture before it).
+    pts_end: Option<i64>,
     /// Audio: the silent frame; video: `None`.
     silent: Option<&'static [u8]>,
 }
@@ -66,6 +88,26 @@ struct Lane {
 struct Keyframe {
     data: Bytes,
     anchor: Anchor,
+    /// Pictures the stream had after it.
+    after: u32,
+}
+
+/// An IDR access unit (4-byte lengths): its first slice is an IDR slice. Only an IDR
+/// begins a still segment: what follows it may not refer to anything before it.
+fn is_idr(access_unit: &[u8]) -> bool {
+    let mut rest = access_unit;
+    while let [a, b, c, d, tail @ ..] = rest {
+        let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+        let Some(nal) = tail.get(..len) else {
+            return false;
+        };
+        match nal.first().map(|h| h & 0x1f) {
+            Some(5) => return true,
+            Some(1) => return false,
+            _ => rest = &tail[len..],
+        }
+    }
+    false
 }
 
 /// Makes still parts for one stream (one init segment at a time).
@@ -73,6 +115,8 @@ struct Keyframe {
 pub struct StillMaker {
     /// The init generation fed, and its reader (`None`: nothing can be made for it).
     generation: Option<u32>,
+    /// Its init segment's bytes were given (they may come after its first part).
+    init_given: bool,
     reader: Option<Fmp4Reader>,
     lanes: Vec<Lane>,
     video: Option<usize>,
@@ -80,6 +124,8 @@ pub struct StillMaker {
     keyframe: Option<Keyframe>,
     /// Skipped pictures made since the last still keyframe (`None`: no still segment open).
     pictures: Option<u32>,
+    /// The last picture decoded is the keyframe (the stream's own, or a still one).
+    last_was_key: bool,
     sequence: u32,
 }
 
@@ -94,6 +140,11 @@ impl StillMaker {
         self.generation
     }
 
+    /// Follows a generation whose init segment's bytes were not there yet.
+    pub fn lacks_init(&self) -> bool {
+        self.generation.is_some() && !self.init_given
+    }
+
     /// Follows init segment `generation` (`init`: its bytes, if known) from now on.
     pub fn set_init(&mut self, generation: u32, init: Option<&Bytes>) {
         *self = Self {
@@ -102,6 +153,7 @@ impl StillMaker {
             ..Self::default()
         };
         let Some(init) = init else { return };
+        self.init_given = true;
         let mut reader = Fmp4Reader::new(crate::mirror::MAX_PART_BYTES as usize);
         reader.push(init);
         let tracks = match reader.poll() {
@@ -128,7 +180,7 @@ impl StillMaker {
                 id,
                 timescale: t.timescale.max(1),
                 next_dts: None,
-                cts: 0,
+                pts_end: None,
                 silent,
             });
         }
@@ -163,30 +215,52 @@ impl StillMaker {
                 lane.next_dts = Some(d);
             }
         }
-        for f in frames {
-            if Some(f.track) != self.video {
-                continue;
+        let Some(video) = self.video else { return };
+        let pictures: Vec<Frame> = frames.into_iter().filter(|f| f.track == video).collect();
+        let lane = &mut self.lanes[video];
+        for (i, f) in pictures.iter().enumerate() {
+            // a picture lasts until the next one's decode time
+            let next = pictures.get(i + 1).map(|n| n.dts).or(lane.next_dts);
+            if let Some(end) = next.and_then(|n| f.pts.checked_add(n.checked_sub(f.dts)?)) {
+                lane.pts_end = Some(lane.pts_end.map_or(end, |e| e.max(end)));
             }
-            if let Some(lane) = self.lanes.get_mut(f.track) {
-                lane.cts = lane.cts.max(f.pts - f.dts);
-            }
-            if f.keyframe {
+        }
+        for f in pictures {
+            if f.keyframe && is_idr(&f.data) {
                 let anchor = self.skip.as_ref().and_then(|s| s.anchor(&f.data).ok());
                 self.keyframe = anchor.map(|anchor| Keyframe {
                     data: f.data,
                     anchor,
+                    after: 0,
                 });
+            } else if let Some(k) = self.keyframe.as_mut() {
+                k.after = k.after.saturating_add(1);
             }
         }
+        self.last_was_key = self.keyframe.as_ref().is_some_and(|k| k.after == 0);
     }
 
     /// The next still part, `seconds` long: `first` opens a still segment (the keyframe),
     /// else a skipped picture after it. `None` when none can be made.
     pub fn part(&mut self, seconds: f64, first: bool) -> Option<Bytes> {
+        let made = self.make(seconds, first);
+        if made.is_none() {
+            // a still segment goes on only from a picture made
+            self.pictures = None;
+        }
+        made
+    }
+
+    fn make(&mut self, seconds: f64, first: bool) -> Option<Bytes> {
         self.reader.as_ref()?;
         let video = self.video?;
         let key = self.keyframe.clone()?;
         let (picture, keyframe, n) = if first {
+            // two IDR pictures in a row must differ in idr_pic_id: the keyframe is
+            // repeated only after another picture
+            if self.last_was_key {
+                return None;
+            }
             (key.data, true, 0)
         } else {
             let n = self.pictures? + 1;
@@ -198,6 +272,7 @@ impl StillMaker {
         let v_len = (seconds * f64::from(v.timescale)).round() as i64;
         let v_end = v_start.checked_add(v_len)?;
         let end_s = v_end as f64 / f64::from(v.timescale);
+        let cts = v.pts_end.map_or(0, |e| e.saturating_sub(v_start).max(0));
         let mut trafs = Vec::with_capacity(self.lanes.len());
         let mut ends = Vec::with_capacity(self.lanes.len());
         for (i, lane) in self.lanes.iter().enumerate() {
@@ -207,7 +282,7 @@ impl StillMaker {
                     duration: u32::try_from(v_len).ok()?,
                     size: u32::try_from(picture.len()).ok()?,
                     keyframe,
-                    cts: i32::try_from(lane.cts).ok()?,
+                    cts: i32::try_from(cts).ok()?,
                 };
                 trafs.push(Traf {
                     track_id: lane.id,
@@ -225,29 +300,32 @@ impl StillMaker {
             if behind_s > seconds + 1.0 {
                 return None;
             }
-            let mut end = start;
-            let mut samples = Vec::new();
-            while (end as f64) / ts < end_s {
-                let sample = Sample {
-                    duration: AAC_FRAME as u32,
-                    size: silent.len() as u32,
-                    keyframe: true,
-                    cts: 0,
-                };
-                samples.push((sample, silent.clone()));
-                end += AAC_FRAME;
+            let target = (end_s * ts).ceil() as i64;
+            let frames = (target.saturating_sub(start).max(0) + AAC_FRAME - 1) / AAC_FRAME;
+            let end = start.checked_add(frames.checked_mul(AAC_FRAME)?)?;
+            ends.push(end);
+            if frames == 0 {
+                // the audio is ahead of the picture already
+                continue;
             }
+            let sample = Sample {
+                duration: AAC_FRAME as u32,
+                size: silent.len() as u32,
+                keyframe: true,
+                cts: 0,
+            };
             trafs.push(Traf {
                 track_id: lane.id,
                 base_dts: u64::try_from(start).ok()?,
-                samples,
+                samples: vec![(sample, silent); frames as usize],
             });
-            ends.push(end);
         }
         for (lane, end) in self.lanes.iter_mut().zip(ends) {
             lane.next_dts = Some(end);
         }
+        self.lanes[video].pts_end = Some(v_end.saturating_add(cts));
         self.pictures = Some(n);
+        self.last_was_key = keyframe;
         self.sequence = self.sequence.wrapping_add(1);
         Some(cmaf::fragment(self.sequence, &trafs))
     }
@@ -372,6 +450,45 @@ mod tests {
     }
 
     #[test]
+    fn only_an_idr_picture_opens_a_still_segment() {
+        let au = |nals: &[&[u8]]| {
+            let mut v = Vec::new();
+            for n in nals {
+                v.extend_from_slice(&(n.len() as u32).to_be_bytes());
+                v.extend_from_slice(n);
+            }
+            v
+        };
+        assert!(is_idr(&au(&[
+            &[0x06, 1],
+            &[0x67, 1],
+            &[0x68, 1],
+            &[0x65, 1]
+        ])));
+        // an I picture that is no IDR (a sync sample by its flags all the same)
+        assert!(!is_idr(&au(&[&[0x06, 1], &[0x41, 1]])));
+        assert!(!is_idr(&[0, 0, 0, 9, 0x65]));
+        assert!(!is_idr(&[]));
+    }
+
+    #[test]
+    fn the_keyframe_is_not_repeated_right_after_itself() {
+        let (init, parts) = stream(200);
+        let mut m = StillMaker::new();
+        m.set_init(0, Some(&init));
+        m.take(&parts[0]);
+        assert!(!m.last_was_key, "the part has pictures after its keyframe");
+        // as if the stream had stopped right after its keyframe
+        m.last_was_key = true;
+        assert!(m.part(0.2, true).is_none());
+        m.last_was_key = false;
+        assert!(m.part(0.2, true).is_some());
+        // nor is a still segment of one picture followed by another keyframe
+        assert!(m.part(0.2, true).is_none());
+        assert!(m.part(0.2, true).is_none());
+    }
+
+    #[test]
     fn silent_frames_only_for_aac_lc_mono_and_stereo() {
         let t = |asc: &'static [u8]| Track::aac(Bytes::from_static(asc), 48_000, 2);
         assert_eq!(silent_frame(&t(&[0x11, 0x90])), Some(SILENT_AAC_STEREO));
@@ -382,5 +499,14 @@ mod tests {
         assert_eq!(silent_frame(&t(&[0x11, 0x94])), None);
         assert_eq!(silent_frame(&t(&[0x17, 0x80, 0, 0, 0x10])), None);
         assert_eq!(silent_frame(&t(&[0x11])), None);
+        // ffmpeg's explicit "no SBR" extension; SBR present; another timescale
+        let lc = &[0x11, 0x90, 0x56, 0xe5, 0x00];
+        assert_eq!(silent_frame(&t(lc)), Some(SILENT_AAC_STEREO));
+        assert_eq!(silent_frame(&t(&[0x11, 0x90, 0x56, 0xe5, 0x80])), None);
+        let at_90k = Track {
+            timescale: 90_000,
+            ..t(&[0x11, 0x90])
+        };
+        assert_eq!(silent_frame(&at_90k), None);
     }
 }

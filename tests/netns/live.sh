@@ -152,23 +152,22 @@ echo "6. every uplink down for 60 s, then back"
 nsh_exec r python3 $V play "$BASE/program/stream.m3u8" --viewers 5 --seconds 80 --json "$NSH_DIR/play6.json" \
   > "$NSH_DIR/play6.log" 2>&1 &
 pl=$!
-# the relay's playlist, every 50 ms: when is there media again after the gap
-nsh_exec r python3 - "$BASE/program/stream.m3u8" 82 > "$NSH_DIR/edge.json" <<'PY' &
-import json, re, sys, time, urllib.request
+# the relay's stream, every 50 ms: when does it hold (still parts: the picture held, or
+# GAP parts), and when is there media again after the outage
+nsh_exec r python3 - "http://10.200.100.1:8088/live/" 82 > "$NSH_DIR/edge.json" <<'PY' &
+import json, sys, time, urllib.request
 url, secs = sys.argv[1], float(sys.argv[2])
 end, out, last = time.time() + secs, [], None
 while time.time() < end:
     try:
-        pl = urllib.request.urlopen(url, timeout=5).read().decode()
-        parts = re.findall(r'#EXT-X-PART:[^\n]*URI="part-(\d+)\.(\d+)\.m4s[^"]*"([^\n]*)', pl)
-        if parts:
-            m, i, rest = parts[-1]
-            cur = (int(m), int(i), "GAP=YES" in rest)
-            if cur != last:
-                out.append([time.time(), *cur])
-                last = cur
+        streams = json.load(urllib.request.urlopen(url, timeout=5))
+        s = next(s for s in streams if s["rendition"] == "program")
+        cur = (s["state"], s["still_parts"], s["gap_parts"])
+        if cur != last:
+            out.append([time.time(), *cur])
+            last = cur
     except Exception as e:
-        out.append([time.time(), -1, -1, repr(e)])
+        out.append([time.time(), "error", -1, repr(e)])
     time.sleep(0.05)
 print(json.dumps(out))
 PY
@@ -186,13 +185,18 @@ cat "$NSH_DIR/play6.log"
 python3 - "$NSH_DIR/edge.json" "$t_down" "$t_up" <<'PY' || fail "the live edge"
 import json, sys
 ev, down, up = json.load(open(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3])
-errors = [e for e in ev if e[1] == -1]
-assert not errors, f"playlist errors: {errors[:3]}"
-gap_at = next((t for t, m, i, g in ev if g and t > down), None)
-back = next((t for t, m, i, g in ev if not g and t > up), None)
-assert gap_at is not None, "no gap parts during the outage"
+errors = [e for e in ev if e[1] == "error"]
+assert not errors, f"relay errors: {errors[:3]}"
+held_at = next((t for t, state, still, gap in ev if state == "holding" and t > down), None)
+back = next((t for t, state, still, gap in ev if state == "following" and t > up), None)
+assert held_at is not None, "the relay never held during the outage"
 assert back is not None, "no media after the links returned"
-print(f"  gap parts from {gap_at - down:.1f} s into the outage; media again {back - up:.2f} s after the links returned")
+before = next(e for e in reversed(ev) if e[0] <= down)
+during = next(e for e in reversed(ev) if e[0] <= up)
+still, gap = during[2] - before[2], during[3] - before[3]
+# the camera (H.264, AAC) can be held: still parts, no GAP part
+assert still >= 200 and gap == 0, f"in the outage: {still} still parts, {gap} GAP parts"
+print(f"  held from {held_at - down:.1f} s into the outage ({still} still parts, no GAP part); media again {back - up:.2f} s after the links returned")
 sys.exit(0 if back - up <= 2.0 else 1)
 PY
 # the backfill: wait until the gateway has nothing left to send, then the recording
