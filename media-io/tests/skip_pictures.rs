@@ -7,15 +7,9 @@
 use bytes::Bytes;
 use segmenter::h264_skip::SkipCoder;
 use segmenter::media::parameter_sets;
-use std::process::Command;
 
-#[cfg(test)]
-fn ffmpeg(args: &[&str]) -> std::process::Output {
-    Command::new("ffmpeg")
-        .args(args)
-        .output()
-        .expect("this test needs ffmpeg (tests/deps.sh installs it)")
-}
+mod common;
+use common::ffmpeg;
 
 /// Makes a 4 s x264 clip with `x264`'s settings, replaces every frame but the keyframes by a
 /// skipped picture and decodes it with ffmpeg: (frames, keyframes, the decoded frames' md5s

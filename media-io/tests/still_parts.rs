@@ -8,15 +8,9 @@ use bytes::Bytes;
 use segmenter::still::StillMaker;
 use segmenter::{Output, Segmenter, SegmenterConfig};
 use std::path::Path;
-use std::process::Command;
 
-#[cfg(test)]
-fn ffmpeg(args: &[&str]) -> std::process::Output {
-    Command::new("ffmpeg")
-        .args(args)
-        .output()
-        .expect("this test needs ffmpeg (tests/deps.sh installs it)")
-}
+mod common;
+use common::ffmpeg;
 
 /// A 3 s test clip with `channels` of audio, through our segmenter: init and whole parts.
 #[cfg(test)]
