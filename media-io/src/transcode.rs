@@ -5,7 +5,7 @@
 //! part as it completes, CMAF on its stdin, from a part that starts with a keyframe),
 //! scales the video down, encodes it with x264 (ultrafast, zero latency, a keyframe every
 //! second, constant bit rate), copies the audio, and writes fragmented MP4 to its stdout (a
-//! fragment per packet), which `segmenter::fmp4` reads back into the camera's `transcode`
+//! fragment at nearly every packet), which `segmenter::fmp4` reads back into the camera's `transcode`
 //! rendition and its program. Why a child process rather than GStreamer's Rust bindings:
 //! no new dependency tree in the gateway (ffmpeg is one Debian package, already a test
 //! tool), a crash or a leak in the codec stays outside the gateway, and its CPU is the
@@ -106,9 +106,10 @@ impl TranscodeSettings {
             "mp4",
             "-movflags",
             "empty_moov+default_base_moof",
-            // a fragment per packet: `frag_every_frame` gave every other audio frame the
-            // time of the one before it (Debian's ffmpeg 5.1), and the program dropped
-            // it: 40% of the audio missing, a hole every 40 ms, and Chromium stalled
+            // a fragment flushed at nearly every packet (at most one sample of each track
+            // in it): `frag_every_frame` gave every other audio frame the time of the one
+            // before it (Debian's ffmpeg 5.1), and the program dropped it: 40% of the audio
+            // missing, a hole every 40 ms, and Chromium stalled
             "-frag_duration",
             "1",
             "-video_track_timescale",

@@ -87,7 +87,7 @@ fn check(channels: &str) {
     }
     for i in 0..10 {
         let still = maker.part(0.2, i % 5 == 0).expect("a still part");
-        stream.extend_from_slice(&still);
+        stream.extend_from_slice(&still.data);
     }
     let file = dir.join("held.mp4");
     std::fs::write(&file, &stream).unwrap();

@@ -459,6 +459,10 @@ impl Mirror {
             self.new_run(run);
         }
         let g = self.window_init(run, generation);
+        if self.still.generation() == Some(g) && self.still.lacks_init() {
+            // its parts came first (a relay that restarted asks for the init)
+            self.still.set_init(g, Some(&data));
+        }
         self.window.add_init(g, data.clone());
         self.init_bytes.insert(g, data);
         while self.init_bytes.len() > 64 {
@@ -797,8 +801,7 @@ impl Mirror {
     fn note_window_part(&mut self, p: &Part, filler: bool) {
         if !filler {
             self.stats.parts += 1;
-            // (an init may come after its first part: a relay that restarted asks for it)
-            if self.still.generation() != Some(p.init) || self.still.lacks_init() {
+            if self.still.generation() != Some(p.init) {
                 self.still.set_init(p.init, self.init_bytes.get(&p.init));
             }
             self.still.take(&p.data);
@@ -863,7 +866,7 @@ impl Mirror {
             seq: self.window.next_seq(),
             msn,
             index,
-            independent: still.is_some() && index == 0,
+            independent: still.as_ref().is_some_and(|s| s.independent),
             init: self.last_init,
             capture_ms: 0,
             segment: (index == 0).then_some(SegmentStart {
@@ -872,7 +875,7 @@ impl Mirror {
             }),
         };
         let is_still = still.is_some();
-        let mut part = Part::new(meta, part_s, still.unwrap_or_default());
+        let mut part = Part::new(meta, part_s, still.map(|s| s.data).unwrap_or_default());
         part.gap = !is_still;
         match self.window.push_part(part) {
             Ok(p) => {

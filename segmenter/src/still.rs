@@ -110,6 +110,15 @@ fn is_idr(access_unit: &[u8]) -> bool {
     false
 }
 
+/// One still part: its bytes, and whether it begins with the keyframe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StillPart {
+    /// moof + mdat.
+    pub data: Bytes,
+    /// It begins with the keyframe (INDEPENDENT=YES).
+    pub independent: bool,
+}
+
 /// Makes still parts for one stream (one init segment at a time).
 #[derive(Default)]
 pub struct StillMaker {
@@ -210,14 +219,23 @@ impl StillMaker {
                 }
             }
         }
+        let Some(video) = self.video else { return };
+        let before = self.lanes[video].next_dts;
         for (i, lane) in self.lanes.iter_mut().enumerate() {
             if let Some(d) = reader.next_dts(i) {
                 lane.next_dts = Some(d);
             }
         }
-        let Some(video) = self.video else { return };
         let pictures: Vec<Frame> = frames.into_iter().filter(|f| f.track == video).collect();
+        let Some(first) = pictures.first() else {
+            return;
+        };
         let lane = &mut self.lanes[video];
+        if before != Some(first.dts) {
+            // the pictures do not follow the ones before (a still run, another timeline
+            // in the same init): where they end is counted from these
+            lane.pts_end = None;
+        }
         for (i, f) in pictures.iter().enumerate() {
             // a picture lasts until the next one's decode time
             let next = pictures.get(i + 1).map(|n| n.dts).or(lane.next_dts);
@@ -240,9 +258,11 @@ impl StillMaker {
         self.last_was_key = self.keyframe.as_ref().is_some_and(|k| k.after == 0);
     }
 
-    /// The next still part, `seconds` long: `first` opens a still segment (the keyframe),
-    /// else a skipped picture after it. `None` when none can be made.
-    pub fn part(&mut self, seconds: f64, first: bool) -> Option<Bytes> {
+    /// The next still part, `seconds` long: `first` opens a still segment (with the
+    /// keyframe, unless the keyframe is the last picture already: two IDR pictures in a
+    /// row must differ in `idr_pic_id`, so then a skipped picture), else a skipped picture
+    /// after it. `None` when none can be made.
+    pub fn part(&mut self, seconds: f64, first: bool) -> Option<StillPart> {
         let made = self.make(seconds, first);
         if made.is_none() {
             // a still segment goes on only from a picture made
@@ -251,19 +271,18 @@ impl StillMaker {
         made
     }
 
-    fn make(&mut self, seconds: f64, first: bool) -> Option<Bytes> {
+    fn make(&mut self, seconds: f64, first: bool) -> Option<StillPart> {
         self.reader.as_ref()?;
         let video = self.video?;
         let key = self.keyframe.clone()?;
-        let (picture, keyframe, n) = if first {
-            // two IDR pictures in a row must differ in idr_pic_id: the keyframe is
-            // repeated only after another picture
-            if self.last_was_key {
-                return None;
-            }
+        let (picture, keyframe, n) = if first && !self.last_was_key {
             (key.data, true, 0)
         } else {
-            let n = self.pictures? + 1;
+            let n = match self.pictures {
+                Some(n) => n + 1,
+                None if self.last_was_key => 1,
+                None => return None,
+            };
             let skip = self.skip.as_ref()?;
             (skip.picture(key.anchor, n).ok()?, false, n)
         };
@@ -301,13 +320,12 @@ impl StillMaker {
                 return None;
             }
             let target = (end_s * ts).ceil() as i64;
-            let frames = (target.saturating_sub(start).max(0) + AAC_FRAME - 1) / AAC_FRAME;
+            // at least one frame: audio ahead of the picture gets one a part until the
+            // picture catches up (a part without audio is one hls.js may find no media in
+            // when it times the stream by its audio)
+            let frames = ((target.saturating_sub(start).max(0) + AAC_FRAME - 1) / AAC_FRAME).max(1);
             let end = start.checked_add(frames.checked_mul(AAC_FRAME)?)?;
             ends.push(end);
-            if frames == 0 {
-                // the audio is ahead of the picture already
-                continue;
-            }
             let sample = Sample {
                 duration: AAC_FRAME as u32,
                 size: silent.len() as u32,
@@ -327,7 +345,10 @@ impl StillMaker {
         self.pictures = Some(n);
         self.last_was_key = keyframe;
         self.sequence = self.sequence.wrapping_add(1);
-        Some(cmaf::fragment(self.sequence, &trafs))
+        Some(StillPart {
+            data: cmaf::fragment(self.sequence, &trafs),
+            independent: keyframe,
+        })
     }
 }
 
@@ -368,7 +389,7 @@ mod tests {
         let before = frames(&init, &parts);
         let mut stills = Vec::new();
         for i in 0..10 {
-            stills.push(m.part(0.2, i % 5 == 0).expect("a still part"));
+            stills.push(m.part(0.2, i % 5 == 0).expect("a still part").data);
         }
         let after = frames(&init, &[parts.clone(), stills.clone()].concat());
         let added = &after[before.len()..];
@@ -478,14 +499,19 @@ mod tests {
         m.set_init(0, Some(&init));
         m.take(&parts[0]);
         assert!(!m.last_was_key, "the part has pictures after its keyframe");
-        // as if the stream had stopped right after its keyframe
+        let independent = |p: Option<StillPart>| p.expect("a still part").independent;
+        // as if the stream had stopped right after its keyframe: a skipped picture first
         m.last_was_key = true;
-        assert!(m.part(0.2, true).is_none());
+        assert!(!independent(m.part(0.2, true)));
+        // then the keyframe may come again, and after it a skipped picture, even where a
+        // still segment opens (one part a segment)
+        assert!(independent(m.part(0.2, true)));
+        assert!(!independent(m.part(0.2, true)));
+        assert!(independent(m.part(0.2, true)));
+        // a part of the stream without pictures does not make the keyframe the last one
         m.last_was_key = false;
-        assert!(m.part(0.2, true).is_some());
-        // nor is a still segment of one picture followed by another keyframe
-        assert!(m.part(0.2, true).is_none());
-        assert!(m.part(0.2, true).is_none());
+        m.take(&Bytes::new());
+        assert!(independent(m.part(0.2, true)));
     }
 
     #[test]
