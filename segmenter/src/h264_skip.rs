@@ -74,6 +74,14 @@ pub struct Anchor {
     pps: u32,
     frame_num: u32,
     poc_lsb: u32,
+    idr: bool,
+}
+
+impl Anchor {
+    /// The picture is an IDR picture (nothing after it refers to anything before it).
+    pub fn is_idr(&self) -> bool {
+        self.idr
+    }
 }
 
 impl SkipCoder {
@@ -140,6 +148,7 @@ impl SkipCoder {
             pps: pps_id,
             frame_num,
             poc_lsb,
+            idr,
         })
     }
 

@@ -88,26 +88,6 @@ struct Lane {
 struct Keyframe {
     data: Bytes,
     anchor: Anchor,
-    /// Pictures the stream had after it.
-    after: u32,
-}
-
-/// An IDR access unit (4-byte lengths): its first slice is an IDR slice. Only an IDR
-/// begins a still segment: what follows it may not refer to anything before it.
-fn is_idr(access_unit: &[u8]) -> bool {
-    let mut rest = access_unit;
-    while let [a, b, c, d, tail @ ..] = rest {
-        let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-        let Some(nal) = tail.get(..len) else {
-            return false;
-        };
-        match nal.first().map(|h| h & 0x1f) {
-            Some(5) => return true,
-            Some(1) => return false,
-            _ => rest = &tail[len..],
-        }
-    }
-    false
 }
 
 /// One still part: its bytes, and whether it begins with the keyframe.
@@ -244,18 +224,24 @@ impl StillMaker {
             }
         }
         for f in pictures {
-            if f.keyframe && is_idr(&f.data) {
-                let anchor = self.skip.as_ref().and_then(|s| s.anchor(&f.data).ok());
-                self.keyframe = anchor.map(|anchor| Keyframe {
-                    data: f.data,
-                    anchor,
-                    after: 0,
-                });
-            } else if let Some(k) = self.keyframe.as_mut() {
-                k.after = k.after.saturating_add(1);
+            self.last_was_key = false;
+            if !f.keyframe {
+                continue;
+            }
+            // only an IDR picture opens a still segment: what follows it may not refer to
+            // anything before it (a sync sample by its flags may be an I picture)
+            match self.skip.as_ref().map(|s| s.anchor(&f.data)) {
+                Some(Ok(anchor)) if !anchor.is_idr() => {}
+                Some(Ok(anchor)) => {
+                    self.keyframe = Some(Keyframe {
+                        data: f.data,
+                        anchor,
+                    });
+                    self.last_was_key = true;
+                }
+                _ => self.keyframe = None,
             }
         }
-        self.last_was_key = self.keyframe.as_ref().is_some_and(|k| k.after == 0);
     }
 
     /// The next still part, `seconds` long: `first` opens a still segment (with the
@@ -472,24 +458,17 @@ mod tests {
 
     #[test]
     fn only_an_idr_picture_opens_a_still_segment() {
-        let au = |nals: &[&[u8]]| {
-            let mut v = Vec::new();
-            for n in nals {
-                v.extend_from_slice(&(n.len() as u32).to_be_bytes());
-                v.extend_from_slice(n);
-            }
-            v
-        };
-        assert!(is_idr(&au(&[
-            &[0x06, 1],
-            &[0x67, 1],
-            &[0x68, 1],
-            &[0x65, 1]
-        ])));
-        // an I picture that is no IDR (a sync sample by its flags all the same)
-        assert!(!is_idr(&au(&[&[0x06, 1], &[0x41, 1]])));
-        assert!(!is_idr(&[0, 0, 0, 9, 0x65]));
-        assert!(!is_idr(&[]));
+        let (init, parts) = stream(200);
+        let video = frames(&init, &parts);
+        let mut m = StillMaker::new();
+        m.set_init(0, Some(&init));
+        let skip = m.skip.clone().unwrap();
+        let key = video.iter().find(|f| f.track == 0 && f.keyframe).unwrap();
+        let other = video.iter().find(|f| f.track == 0 && !f.keyframe).unwrap();
+        assert!(skip.anchor(&key.data).unwrap().is_idr());
+        assert!(!skip.anchor(&other.data).unwrap().is_idr());
+        m.take(&parts[0]);
+        assert_eq!(m.keyframe.clone().unwrap().data, key.data);
     }
 
     #[test]
