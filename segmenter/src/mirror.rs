@@ -6,7 +6,8 @@
 //!
 //! - **following**: parts go into the window in order as their bytes arrive, chunk by chunk,
 //!   so the hinted part can be served while it is still being built;
-//! - **holding**: when the next part makes no progress for `stall_after`, the segment is
+//! - **holding**: when no part is finished for `stall_after` (bytes trickling in over a
+//!   collapsed link are no progress: a player plays whole parts), the segment is
 //!   closed and filler parts keep the playlist advancing in real time for up to `hold`;
 //!   then the stream is marked ended (EXT-X-ENDLIST). A filler part is a still part
 //!   ([`crate::still`]: the last keyframe held, silent audio) when the stream allows one,
@@ -16,7 +17,7 @@
 //!   completes here, for the recording, whenever the gateway backfills it;
 //! - **switching**: when a newer timeline's first part is here (the gateway's program
 //!   switched source, a lower level at a collapse, say) and the part the window waits for
-//!   makes no progress for `switch_after`, the window moves on to the new timeline at once,
+//!   is not finished within `switch_after`, the window moves on to the new timeline at once,
 //!   without filler parts: the gateway moved its live edge there and backfills the rest.
 //!
 //! The window has its own numbering (media sequence and part sequence): the gateway's parts
@@ -325,7 +326,12 @@ enum Live {
         next: u64,
         /// Window msn minus gateway msn.
         delta: i64,
-        last_progress: Instant,
+        /// When the window last finished a part (or began following): a stall counts
+        /// from here.
+        last_done: Instant,
+        /// When the window last took bytes of a part: a switch to a newer timeline counts
+        /// from here (the old timeline's last part, cut at the switch, is on its way).
+        last_bytes: Instant,
     },
     Holding {
         /// Resume only at a part after this one (the window had it, or gave up on it).
@@ -700,7 +706,8 @@ impl Mirror {
         self.live = Live::Following {
             next: seq,
             delta,
-            last_progress: now,
+            last_done: now,
+            last_bytes: now,
         };
         // what came before the resumed part is for the recording only
         let older: Vec<u64> = self.assemblies.range(..seq).map(|(s, _)| *s).collect();
@@ -715,7 +722,8 @@ impl Mirror {
             let Live::Following {
                 next,
                 delta,
-                last_progress,
+                last_done,
+                ..
             } = self.live
             else {
                 return;
@@ -775,13 +783,14 @@ impl Mirror {
                 }
             }
             if progressed {
+                // bytes alone do not put off a stall: a player plays whole parts, and a part
+                // that trickles in over a collapsed link leaves it with nothing to play
                 self.live = Live::Following {
                     next,
                     delta,
-                    last_progress: now,
+                    last_done,
+                    last_bytes: now,
                 };
-            } else if last_progress > now {
-                return;
             }
             let Some(p) = finished else {
                 return;
@@ -790,7 +799,8 @@ impl Mirror {
             self.live = Live::Following {
                 next: next + 1,
                 delta,
-                last_progress: now,
+                last_done: now,
+                last_bytes: now,
             };
             self.tidy(next);
         }
@@ -880,6 +890,12 @@ impl Mirror {
         match self.window.push_part(part) {
             Ok(p) => {
                 self.note_window_part(&p, true);
+                if index + 1 >= per_segment {
+                    // a full filler segment closes now: the preload hint names the next
+                    // segment's first part, not a part after this segment's last (hls.js
+                    // asked for that one and got a 404)
+                    self.window.close_segment();
+                }
                 if is_still {
                     self.stats.still_parts += 1;
                 } else {
@@ -890,18 +906,23 @@ impl Mirror {
         }
     }
 
-    /// How long the window waits without progress on gateway part `next`: `switch_after`
-    /// (never longer than `stall_after`) once a newer timeline's first part is here, else
-    /// `stall_after`.
-    fn stall_limit(&self, next: u64) -> Duration {
-        let newer_timeline = self.assemblies.range(next + 1..).any(|(_, a)| {
-            a.live && a.meta.segment.is_some_and(|s| s.discontinuity) && a.contiguous() > 0
-        });
-        if newer_timeline {
-            self.cfg.switch_after.min(self.cfg.stall_after)
+    /// When the window stops waiting for gateway part `next`: `stall_after` after it last
+    /// finished a part, or, once a newer timeline's first part is here, `switch_after`
+    /// after it last took bytes of `next` (if sooner).
+    fn wait_until(&self, next: u64, last_done: Instant, last_bytes: Instant) -> Instant {
+        let stall = last_done + self.cfg.stall_after;
+        if self.newer_timeline_after(next) {
+            stall.min(last_bytes + self.cfg.switch_after)
         } else {
-            self.cfg.stall_after
+            stall
         }
+    }
+
+    /// A newer timeline's first part is here, after gateway part `next`.
+    fn newer_timeline_after(&self, next: u64) -> bool {
+        self.assemblies.range(next + 1..).any(|(_, a)| {
+            a.live && a.meta.segment.is_some_and(|s| s.discontinuity) && a.contiguous() > 0
+        })
     }
 
     /// Runs the clock: a stall begins a hold, a hold lists filler parts and ends the stream
@@ -910,18 +931,31 @@ impl Mirror {
     pub fn poll(&mut self, now: Instant) {
         if let Live::Following {
             next,
-            last_progress,
+            last_done,
+            last_bytes,
             ..
         } = self.live
         {
-            if now.saturating_duration_since(last_progress) >= self.stall_limit(next) {
+            if now >= self.wait_until(next, last_done, last_bytes) {
                 let had = self.window.growing().is_some_and(|(m, _)| {
                     self.assemblies.get(&next).and_then(|a| a.window_meta) == Some(m)
                 });
-                self.cut_short(Some(next));
+                if self.newer_timeline_after(next) {
+                    self.cut_short(Some(next));
+                } else {
+                    // a hold gives up on the part under way rather than list what it has:
+                    // the still parts go on from the last whole part. A cut-short part
+                    // reached hls.js after the still parts listed with it (its request
+                    // was the preload hint, open since before the stall); appended late,
+                    // behind them, it left Chromium's buffer taking no picture after the
+                    // next still keyframe: each later part "had no media", 370 errors
+                    self.window.abandon_growing();
+                    self.window.close_segment();
+                    self.open = None;
+                }
                 self.live = Live::Holding {
                     after: if had { Some(next) } else { next.checked_sub(1) },
-                    since: last_progress,
+                    since: last_done,
                     listed_us: 0,
                 };
                 let old: Vec<u64> = self.assemblies.keys().copied().collect();
@@ -997,9 +1031,10 @@ impl Mirror {
         match self.live {
             Live::Following {
                 next,
-                last_progress,
+                last_done,
+                last_bytes,
                 ..
-            } => Some(last_progress + self.stall_limit(next)),
+            } => Some(self.wait_until(next, last_done, last_bytes)),
             Live::Holding {
                 since, listed_us, ..
             } => {
@@ -1201,21 +1236,28 @@ mod tests {
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut m = mirror();
         live_parts(&mut m, t0, 0..5);
-        // part 5 starts, then every uplink goes down
+        // part 5 starts, then every uplink goes down: a second after part 4 was whole
         m.handle_piece(ms(1000), 0, piece(5, 0, true)).unwrap();
-        m.poll(ms(1900));
+        m.poll(ms(1700));
         assert_eq!(m.state(), State::Following);
-        m.poll(ms(2000));
+        m.poll(ms(1800));
         assert_eq!(m.state(), State::Holding);
-        // the part being built was cut short at its whole chunks; a second of gaps so far
+        // the part being built was given up; a second of gaps so far, from the last
+        // whole part on, under the URIs viewers were told to wait for
         let t = text(&m);
         assert!(
-            t.contains("#EXT-X-PART:DURATION=0.06600,URI=\"part-1001.0.m4s\",INDEPENDENT=YES\n"),
+            !t.contains("INDEPENDENT=YES\n#EXT-X-PART:DURATION=0.06600"),
             "{t}"
         );
-        assert!(t.contains("URI=\"part-1002.4.m4s\",GAP=YES"), "{t}");
+        assert!(t.contains("URI=\"part-1001.0.m4s\",GAP=YES"), "{t}");
+        assert!(t.contains("URI=\"part-1001.4.m4s\",GAP=YES"), "{t}");
+        // a full filler segment is closed: the hint names the next segment's first part
+        assert!(
+            t.ends_with("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-1002.0.m4s\"\n"),
+            "{t}"
+        );
         for n in 1..=40 {
-            m.poll(ms(2000 + n * 100));
+            m.poll(ms(1800 + n * 100));
         }
         // 5 s without media: 25 gap parts in 5 gap segments, one per 200 ms
         assert_eq!(m.stats().gap_parts, 25);
@@ -1230,7 +1272,7 @@ mod tests {
             t.contains("#EXT-X-DISCONTINUITY\n#EXT-X-PROGRAM-DATE-TIME:"),
             "{t}"
         );
-        assert!(t.contains("URI=\"part-1007.0.m4s\",INDEPENDENT=YES"), "{t}");
+        assert!(t.contains("URI=\"part-1006.0.m4s\",INDEPENDENT=YES"), "{t}");
         // then the backfill: every missed part completes for the recording, none in the window
         let mut recorded = 0;
         for seq in 5..35 {
@@ -1243,7 +1285,7 @@ mod tests {
             }
         }
         assert_eq!(recorded, 30);
-        assert!(!text(&m).contains("part-1008.0"));
+        assert!(!text(&m).contains("part-1007.0"));
         assert_eq!(m.pending_bytes(), 0, "backfilled parts are not kept");
         // the live edge goes on: one discontinuity only, before the resumed segment
         for seq in 36..46 {
@@ -1394,16 +1436,43 @@ mod tests {
     #[test]
     fn a_newer_segment_of_the_same_timeline_waits_out_the_stall() {
         // only a new timeline moves the window early: a later segment start of the same
-        // one (the live edge after a lost part) waits for `stall_after`
+        // one (the live edge after a lost part) waits for `stall_after` after the last
+        // part the window finished (part 6, at 1.2 s)
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut m = mirror();
         live_parts(&mut m, t0, 0..7);
         m.handle_piece(ms(1400), 0, piece(7, 0, true)).unwrap();
         m.handle_piece(ms(1500), 0, piece(10, 0, true)).unwrap();
-        assert_eq!(m.poll_at(), Some(ms(2400)));
-        m.poll(ms(2300));
+        assert_eq!(m.poll_at(), Some(ms(2200)));
+        m.poll(ms(2100));
         assert_eq!(m.state(), State::Following);
+    }
+
+    #[test]
+    fn a_part_that_trickles_in_does_not_put_off_the_hold() {
+        // over a collapsed link the next part's bytes come slowly: a player has nothing
+        // new to play, so the hold begins a second after the last whole part, not a
+        // second after the last bytes (the player ran dry 0.2 s before the still parts)
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut m = mirror();
+        live_parts(&mut m, t0, 0..5);
+        m.handle_piece(ms(1000), 0, piece(5, 0, true)).unwrap();
+        m.handle_piece(ms(1600), 0, piece(5, 1, true)).unwrap();
+        assert_eq!(m.poll_at(), Some(ms(1800)));
+        m.poll(ms(1799));
+        assert_eq!(m.state(), State::Following);
+        m.poll(ms(1800));
+        assert_eq!(m.state(), State::Holding);
+        // part 5 given up (not listed late, behind the filler), and the second since
+        // part 4 in filler parts
+        let t = text(&m);
+        assert!(t.contains("URI=\"part-1001.0.m4s\",GAP=YES"), "{t}");
+        assert_eq!(m.stats().gap_parts, 5, "{t}");
+        // the last bytes come after the hold began: for the recording only
+        m.handle_piece(ms(1900), 0, piece(5, 2, true)).unwrap();
+        assert_eq!(m.state(), State::Holding);
     }
 
     #[test]
