@@ -17,7 +17,7 @@
 //!   completes here, for the recording, whenever the gateway backfills it;
 //! - **switching**: when a newer timeline's first part is here (the gateway's program
 //!   switched source, a lower level at a collapse, say) and the part the window waits for
-//!   is not finished within `switch_after`, the window moves on to the new timeline at once,
+//!   takes no bytes for `switch_after`, the window moves on to the new timeline at once,
 //!   without filler parts: the gateway moved its live edge there and backfills the rest.
 //!
 //! The window has its own numbering (media sequence and part sequence): the gateway's parts
@@ -51,9 +51,9 @@ pub const LIVE_HORIZON_MS: u64 = 5_000;
 pub struct MirrorConfig {
     /// The viewer-facing window.
     pub window: WindowConfig,
-    /// No progress for this long: filler parts begin.
+    /// No part finished for this long: filler parts begin.
     pub stall_after: Duration,
-    /// No progress for this long while a newer timeline's first part is here (sent live,
+    /// No bytes for this long while a newer timeline's first part is here (sent live,
     /// opening a discontinuity: the gateway's program switched source, say to a lower
     /// level at a collapse): the window moves on to it. The gateway moved its live edge
     /// there at once and sends what is left of the old timeline as backfill.
@@ -236,6 +236,11 @@ impl Assembly {
     }
 
     /// Takes a piece; returns the bytes it added.
+    /// Sent live, opening a segment, and begun: a part the window may resume on.
+    fn opens_live_segment(&self) -> bool {
+        self.live && self.meta.segment.is_some() && self.contiguous() > 0
+    }
+
     fn insert(&mut self, p: &Piece) -> Result<u64, PieceError> {
         let len = p.data.len() as u64;
         let end = p.offset + len;
@@ -671,12 +676,7 @@ impl Mirror {
             .assemblies
             .iter()
             .rev()
-            .find(|(s, a)| {
-                a.live
-                    && a.meta.segment.is_some()
-                    && a.contiguous() > 0
-                    && after.is_none_or(|x| **s > x)
-            })
+            .find(|(s, a)| a.opens_live_segment() && after.is_none_or(|x| **s > x))
             .map(|(s, a)| (*s, a.meta.msn));
         let Some((seq, gw_msn)) = start else {
             return;
@@ -852,7 +852,7 @@ impl Mirror {
                     self.note_window_part(&p, false);
                 }
             } else {
-                self.window.abandon_growing();
+                self.give_up_growing();
             }
         }
         self.window.close_segment();
@@ -918,6 +918,26 @@ impl Mirror {
         }
     }
 
+    /// A live segment start after gateway part `after` is here: a hold resumes on it at
+    /// once ([`Mirror::resume_if_due`]).
+    fn resume_due(&self, after: Option<u64>) -> bool {
+        self.assemblies
+            .iter()
+            .any(|(s, a)| a.opens_live_segment() && after.is_none_or(|x| *s > x))
+    }
+
+    /// Drops the part the window is building. Filler parts date their segments from the
+    /// window's last part: with none yet (the window began on this one), from where this
+    /// one's segment began.
+    fn give_up_growing(&mut self) {
+        if self.pdt_end_ms == 0 {
+            if let Some(s) = self.window.growing().and_then(|(m, _)| m.segment) {
+                self.pdt_end_ms = s.pdt_ms;
+            }
+        }
+        self.window.abandon_growing();
+    }
+
     /// A newer timeline's first part is here, after gateway part `next`.
     fn newer_timeline_after(&self, next: u64) -> bool {
         self.assemblies.range(next + 1..).any(|(_, a)| {
@@ -940,21 +960,25 @@ impl Mirror {
                 let had = self.window.growing().is_some_and(|(m, _)| {
                     self.assemblies.get(&next).and_then(|a| a.window_meta) == Some(m)
                 });
-                if self.newer_timeline_after(next) {
+                let after = if had { Some(next) } else { next.checked_sub(1) };
+                if self.resume_due(after) {
+                    // the window moves on at once (a switch, or a later segment start):
+                    // what the part under way has is still media
                     self.cut_short(Some(next));
                 } else {
-                    // a hold gives up on the part under way rather than list what it has:
-                    // the still parts go on from the last whole part. A cut-short part
-                    // reached hls.js after the still parts listed with it (its request
-                    // was the preload hint, open since before the stall); appended late,
-                    // behind them, it left Chromium's buffer taking no picture after the
-                    // next still keyframe: each later part "had no media", 370 errors
-                    self.window.abandon_growing();
+                    // filler parts follow: the part under way is given up rather than
+                    // listed with what it has, and the still parts go on from the last
+                    // whole part. A cut-short part reached hls.js after the still parts
+                    // listed with it (its request was the preload hint, open since before
+                    // the stall); appended late, behind them, it left Chromium's buffer
+                    // taking no picture after the next still keyframe: each later part
+                    // "had no media", 370 errors
+                    self.give_up_growing();
                     self.window.close_segment();
                     self.open = None;
                 }
                 self.live = Live::Holding {
-                    after: if had { Some(next) } else { next.checked_sub(1) },
+                    after,
                     since: last_done,
                     listed_us: 0,
                 };
@@ -1245,10 +1269,7 @@ mod tests {
         // the part being built was given up; a second of gaps so far, from the last
         // whole part on, under the URIs viewers were told to wait for
         let t = text(&m);
-        assert!(
-            !t.contains("INDEPENDENT=YES\n#EXT-X-PART:DURATION=0.06600"),
-            "{t}"
-        );
+        assert!(!t.contains("DURATION=0.06600"), "{t}");
         assert!(t.contains("URI=\"part-1001.0.m4s\",GAP=YES"), "{t}");
         assert!(t.contains("URI=\"part-1001.4.m4s\",GAP=YES"), "{t}");
         // a full filler segment is closed: the hint names the next segment's first part
@@ -1447,6 +1468,34 @@ mod tests {
         assert_eq!(m.poll_at(), Some(ms(2200)));
         m.poll(ms(2100));
         assert_eq!(m.state(), State::Following);
+        // then the window moves on to part 10 at once: part 7 cut short at its whole
+        // chunk (no filler follows it, so it is still media), no filler part
+        m.poll(ms(2200));
+        assert_eq!(m.state(), State::Following);
+        let t = text(&m);
+        assert!(
+            t.contains("#EXT-X-PART:DURATION=0.06600,URI=\"part-1001.2.m4s\""),
+            "{t}"
+        );
+        assert!(t.contains("#EXT-X-DISCONTINUITY\n"), "{t}");
+        assert_eq!(m.stats().gap_parts + m.stats().still_parts, 0, "{t}");
+    }
+
+    #[test]
+    fn a_hold_before_any_whole_part_is_dated_from_its_segment() {
+        // the window begins on a part that never completes (a relay that started during
+        // a collapse): the filler parts carry that segment's date, not 1970
+        let t0 = Instant::now();
+        let mut m = mirror();
+        m.handle_piece(t0, 0, piece(0, 0, true)).unwrap();
+        m.poll(t0 + Duration::from_millis(1000));
+        assert_eq!(m.state(), State::Holding);
+        let t = text(&m);
+        assert!(!t.contains("1970-"), "{t}");
+        assert!(
+            t.contains("#EXT-X-PROGRAM-DATE-TIME:2026-11-18T11:06:40.000Z\n#EXT-X-PART:DURATION=0.20000,URI=\"part-1000.0.m4s\",GAP=YES"),
+            "{t}"
+        );
     }
 
     #[test]
