@@ -235,12 +235,12 @@ impl Assembly {
         self.total.is_some_and(|t| self.contiguous() >= t)
     }
 
-    /// Takes a piece; returns the bytes it added.
     /// Sent live, opening a segment, and begun: a part the window may resume on.
     fn opens_live_segment(&self) -> bool {
         self.live && self.meta.segment.is_some() && self.contiguous() > 0
     }
 
+    /// Takes a piece; returns the bytes it added.
     fn insert(&mut self, p: &Piece) -> Result<u64, PieceError> {
         let len = p.data.len() as u64;
         let end = p.offset + len;
@@ -832,8 +832,9 @@ impl Mirror {
         self.last_init = p.init;
     }
 
-    /// Ends the part the window is building with what it has, when that ends at a chunk's end
-    /// (whole chunks are still media; else the part is given up on), and closes the segment.
+    /// Ends the part the window is building (gateway part `next`) with what it has, when
+    /// that ends at a chunk's end (whole chunks are still media; else, or with `next`
+    /// `None`, the part is given up on), and closes the segment.
     fn cut_short(&mut self, next: Option<u64>) {
         if let Some((meta, _)) = self.window.growing() {
             let a = next.and_then(|n| self.assemblies.get(&n));
@@ -892,8 +893,8 @@ impl Mirror {
                 self.note_window_part(&p, true);
                 if index + 1 >= per_segment {
                     // a full filler segment closes now: the preload hint names the next
-                    // segment's first part, not a part after this segment's last (hls.js
-                    // asked for that one and got a 404)
+                    // segment's first part, not a part after this segment's last (a part
+                    // that never comes)
                     self.window.close_segment();
                 }
                 if is_still {
@@ -940,9 +941,9 @@ impl Mirror {
 
     /// A newer timeline's first part is here, after gateway part `next`.
     fn newer_timeline_after(&self, next: u64) -> bool {
-        self.assemblies.range(next + 1..).any(|(_, a)| {
-            a.live && a.meta.segment.is_some_and(|s| s.discontinuity) && a.contiguous() > 0
-        })
+        self.assemblies
+            .range(next + 1..)
+            .any(|(_, a)| a.opens_live_segment() && a.meta.segment.is_some_and(|s| s.discontinuity))
     }
 
     /// Runs the clock: a stall begins a hold, a hold lists filler parts and ends the stream
@@ -961,22 +962,15 @@ impl Mirror {
                     self.assemblies.get(&next).and_then(|a| a.window_meta) == Some(m)
                 });
                 let after = if had { Some(next) } else { next.checked_sub(1) };
-                if self.resume_due(after) {
-                    // the window moves on at once (a switch, or a later segment start):
-                    // what the part under way has is still media
-                    self.cut_short(Some(next));
-                } else {
-                    // filler parts follow: the part under way is given up rather than
-                    // listed with what it has, and the still parts go on from the last
-                    // whole part. A cut-short part reached hls.js after the still parts
-                    // listed with it (its request was the preload hint, open since before
-                    // the stall); appended late, behind them, it left Chromium's buffer
-                    // taking no picture after the next still keyframe: each later part
-                    // "had no media", 370 errors
-                    self.give_up_growing();
-                    self.window.close_segment();
-                    self.open = None;
-                }
+                // when the window moves on at once (a switch, or a later segment start),
+                // what the part under way has is still media: it is cut short. When filler
+                // parts follow, it is given up (`None`) and the still parts go on from the
+                // last whole part: a cut-short part reached hls.js after the still parts
+                // listed with it (its request was the preload hint, open since before the
+                // stall); appended late, behind them, it left Chromium's buffer taking no
+                // picture after the next still keyframe: each later part "had no media",
+                // 370 errors
+                self.cut_short(self.resume_due(after).then_some(next));
                 self.live = Live::Holding {
                     after,
                     since: last_done,

@@ -269,9 +269,9 @@ read -r still_parts gap_parts <<<"$filler"
 frag_gaps=$(node -e 'const j = require(process.argv[1]); console.log((j.errors || []).filter(e => e.details === "fragGap").length)' \
   "$(realpath "$hls_json" 2>/dev/null || echo /nonexistent)" 2>/dev/null || echo x)
 # (hls.js also treats a part it could not parse as a gap: in two of ten runs of the
-# transcode test, "Found no media in fragment" for the parts of a hold right after the
-# switch, then 239 and 355 fragGap errors; not explained yet, so reported here, not failed
-# on; see "The transcode level" in docs/architecture.md)
+# transcode test, "Found no media in fragment" for the parts of a hold, then 239 and 355
+# fragGap errors, until the relay stopped listing a part cut short at a hold's start (see
+# the mirror in docs/architecture.md); reported here, not failed on)
 echo "the relay filled in $still_parts still parts and $gap_parts gap parts; hls.js met $frag_gaps GAP parts"
 if [ "$gap_parts" = 0 ]; then
   ok "the relay listed no GAP part: where its media stood still it listed still parts ($still_parts)"
