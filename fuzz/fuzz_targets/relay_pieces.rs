@@ -49,6 +49,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             }
             2 => {
                 m.handle_init(
+                    now,
                     u64::from(op & 3),
                     u32::from(op & 1),
                     payload,

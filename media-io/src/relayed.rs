@@ -275,7 +275,8 @@ impl Mirrored {
     pub fn init(&self, run: u64, generation: u32, data: Bytes, info: StreamInfo) {
         let v = {
             let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            g.mirror.handle_init(run, generation, data.clone(), info);
+            g.mirror
+                .handle_init(Instant::now(), run, generation, data.clone(), info);
             self.recorder_for(&mut g, run);
             if let Some(r) = g.recorder.as_mut() {
                 if !r.inits.contains(&generation) {

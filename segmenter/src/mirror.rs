@@ -464,8 +464,16 @@ impl Mirror {
         })
     }
 
-    /// An init segment of timeline `run`, with what the multivariant playlist says.
-    pub fn handle_init(&mut self, run: u64, generation: u32, data: Bytes, info: StreamInfo) {
+    /// An init segment of timeline `run`, with what the multivariant playlist says. The
+    /// window may now take the parts that waited for it.
+    pub fn handle_init(
+        &mut self,
+        now: Instant,
+        run: u64,
+        generation: u32,
+        data: Bytes,
+        info: StreamInfo,
+    ) {
         if self.run != Some(run) {
             self.new_run(run);
         }
@@ -482,6 +490,23 @@ impl Mirror {
         if !info.codecs.is_empty() {
             self.window.set_info(info);
         }
+        self.resume_if_due(now);
+        self.advance(now);
+    }
+
+    /// The init segment of the current timeline's generation `gen` is here: the window
+    /// lists a part's map only once it can serve it (a player that reads the map first
+    /// gets a 404 otherwise, and a new level's parts may overtake its init on the way).
+    fn init_here(&self, gen: u32) -> bool {
+        self.run
+            .and_then(|r| self.inits.get(&(r, gen)))
+            .is_some_and(|g| self.init_bytes.contains_key(g))
+    }
+
+    /// The window may resume (or switch) on `a`: it opens a live segment and its init
+    /// segment is here.
+    fn may_open(&self, a: &Assembly) -> bool {
+        a.opens_live_segment() && self.init_here(a.meta.init)
     }
 
     /// Init segment `generation` of the gateway's timeline `run`, if here.
@@ -676,7 +701,7 @@ impl Mirror {
             .assemblies
             .iter()
             .rev()
-            .find(|(s, a)| a.opens_live_segment() && after.is_none_or(|x| **s > x))
+            .find(|(s, a)| self.may_open(a) && after.is_none_or(|x| **s > x))
             .map(|(s, a)| (*s, a.meta.msn));
         let Some((seq, gw_msn)) = start else {
             return;
@@ -731,6 +756,10 @@ impl Mirror {
             let Some(a) = self.assemblies.get(&next) else {
                 return;
             };
+            if a.window_meta.is_none() && !self.init_here(a.meta.init) {
+                // its init segment is on its way ([`Mirror::handle_init`] goes on)
+                return;
+            }
             let wmeta = match a.window_meta {
                 Some(m) => m,
                 None => {
@@ -924,7 +953,7 @@ impl Mirror {
     fn resume_due(&self, after: Option<u64>) -> bool {
         self.assemblies
             .iter()
-            .any(|(s, a)| a.opens_live_segment() && after.is_none_or(|x| *s > x))
+            .any(|(s, a)| self.may_open(a) && after.is_none_or(|x| *s > x))
     }
 
     /// Drops the part the window is building. Filler parts date their segments from the
@@ -943,7 +972,7 @@ impl Mirror {
     fn newer_timeline_after(&self, next: u64) -> bool {
         self.assemblies
             .range(next + 1..)
-            .any(|(_, a)| a.opens_live_segment() && a.meta.segment.is_some_and(|s| s.discontinuity))
+            .any(|(_, a)| self.may_open(a) && a.meta.segment.is_some_and(|s| s.discontinuity))
     }
 
     /// Runs the clock: a stall begins a hold, a hold lists filler parts and ends the stream
@@ -1140,6 +1169,7 @@ mod tests {
     fn mirror() -> Mirror {
         let mut m = Mirror::new(MirrorConfig::default(), 1000);
         m.handle_init(
+            Instant::now(),
             RUN,
             0,
             Bytes::from_static(b"init"),
@@ -1337,7 +1367,7 @@ mod tests {
         let mut at = 0;
         for (n, p) in parts.iter().take(10).enumerate() {
             if n == init_after {
-                m.handle_init(RUN, 0, init.clone(), info.clone());
+                m.handle_init(ms(at), RUN, 0, init.clone(), info.clone());
             }
             let mut meta = p.meta;
             meta.capture_ms = base + at;
@@ -1446,6 +1476,63 @@ mod tests {
             "{}",
             text(&m)
         );
+    }
+
+    #[test]
+    fn a_new_level_waits_for_its_init_segment() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut m = mirror();
+        live_parts(&mut m, t0, 0..7);
+        // the substream's first part overtakes its init segment (init 1) on the way
+        m.handle_piece(ms(1400), 0, piece(7, 0, true)).unwrap();
+        let mut first = opening(10, 0);
+        first.part.init = 1;
+        assert_eq!(
+            m.handle_piece(ms(1500), 0, first).unwrap().needs_init,
+            Some(1)
+        );
+        // no switch to a level whose map the relay cannot serve: the old level's part
+        // keeps its full second
+        assert_eq!(m.poll_at(), Some(ms(2200)));
+        m.poll(ms(1650));
+        assert!(!text(&m).contains("init-1"), "{}", text(&m));
+        let info = StreamInfo {
+            codecs: "avc1.42c01e".into(),
+            resolution: Some((320, 180)),
+        };
+        m.handle_init(ms(1700), RUN, 1, Bytes::from_static(b"init1"), info);
+        assert_eq!(m.poll_at(), Some(ms(1650)));
+        m.poll(ms(1700));
+        let t = text(&m);
+        assert!(
+            t.contains("#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init-1.mp4\""),
+            "{t}"
+        );
+        assert_eq!(m.stats().gap_parts, 0);
+        // the map it lists is served
+        assert_eq!(m.window().init(1).as_deref(), Some(&b"init1"[..]));
+    }
+
+    #[test]
+    fn parts_before_the_first_init_wait_for_it() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut m = Mirror::new(MirrorConfig::default(), 1000);
+        live_parts(&mut m, t0, 0..3);
+        assert_eq!(m.state(), State::Waiting);
+        assert!(!text(&m).contains("EXT-X-MAP"), "{}", text(&m));
+        m.handle_init(
+            ms(600),
+            RUN,
+            0,
+            Bytes::from_static(b"init"),
+            StreamInfo::default(),
+        );
+        assert_eq!(m.state(), State::Following);
+        let t = text(&m);
+        assert!(t.contains("#EXT-X-MAP:URI=\"init-0.mp4\""), "{t}");
+        assert!(t.contains("part-1000.2.m4s"), "{t}");
     }
 
     #[test]

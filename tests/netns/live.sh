@@ -45,7 +45,7 @@ if want 1; then
 echo "1. ffmpeg and 5 viewers for 30 s; the busiest uplink is cut at 5 s, back at 15 s"
 # parts the relay filled in: GAP parts or still parts (the picture held)
 filler() { relay_json | python3 -c 'import json,sys; print(sum(s["gap_parts"] + s["still_parts"] for s in json.load(sys.stdin)))'; }
-gaps_before=$(filler)
+gaps_before=$(filler) || fail "the relay's stream list is unreadable: $(relay_json)"
 nsh_exec r timeout 60 ffmpeg -nostdin -v error -i "$BASE/index.m3u8" -t 30 -f null - > "$NSH_DIR/ffmpeg1.log" 2>&1 &
 ff=$!
 nsh_exec r python3 $V play "$BASE/program/stream.m3u8" --viewers 5 --seconds 32 --json "$NSH_DIR/play1.json" > "$NSH_DIR/play1.log" 2>&1 &
@@ -58,7 +58,7 @@ nsh_carrier $busiest up
 wait $ff; rc=$?
 wait $pl; prc=$?
 cat "$NSH_DIR/play1.log"
-gaps_after=$(filler)
+gaps_after=$(filler) || fail "the relay's stream list is unreadable: $(relay_json)"
 [ $rc = 0 ] && [ ! -s "$NSH_DIR/ffmpeg1.log" ] || fail "ffmpeg (rc $rc): $(head -5 "$NSH_DIR/ffmpeg1.log")"
 [ $prc = 0 ] || fail "viewers saw errors or skipped numbers"
 [ "$gaps_after" = "$gaps_before" ] || fail "the relay filled in $((gaps_after - gaps_before)) parts (gap or still) across the cut"
