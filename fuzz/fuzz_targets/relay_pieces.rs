@@ -22,6 +22,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         1_800_000_000,
     );
     let mut rec = Recording::new(Duration::from_secs(5));
+    let mut last: Option<(u64, u32)> = None;
     // records: op(1) header length(1) header, payload length(1) payload
     let mut rest = data;
     while rest.len() >= 3 {
@@ -41,6 +42,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                     continue;
                 };
                 let piece = ingest_relay::piece_from_wire(&h, payload);
+                last = Some((piece.run, piece.part.init));
                 if let Ok(t) = m.handle_piece(now, wall, piece) {
                     if let Some(p) = t.completed {
                         let _ = rec.add_part(now, &p);
@@ -48,10 +50,15 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 }
             }
             2 => {
+                // the init the last piece named, or another
+                let (run, generation) = match last {
+                    Some(l) if op & 4 != 0 => l,
+                    _ => (u64::from(op & 3), u32::from(op & 1)),
+                };
                 m.handle_init(
                     now,
-                    u64::from(op & 3),
-                    u32::from(op & 1),
+                    run,
+                    generation,
                     payload,
                     StreamInfo {
                         codecs: header,

@@ -479,13 +479,18 @@ impl Mirror {
         }
         let g = self.window_init(run, generation);
         if self.still.generation() == Some(g) && self.still.lacks_init() {
-            // its parts came first (a relay that restarted asks for the init)
+            // the window took its parts with an init it has since let go of, sent again
             self.still.set_init(g, Some(&data));
         }
         self.window.add_init(g, data.clone());
         self.init_bytes.insert(g, data);
         while self.init_bytes.len() > 64 {
-            self.init_bytes.pop_first();
+            // the lowest generation goes, never the one just sent (sent again, it would
+            // go at once, and its parts would ask for it again and again)
+            let Some(old) = self.init_bytes.keys().copied().find(|k| *k != g) else {
+                break;
+            };
+            self.init_bytes.remove(&old);
         }
         if !info.codecs.is_empty() {
             self.window.set_info(info);
@@ -500,7 +505,7 @@ impl Mirror {
     fn init_here(&self, gen: u32) -> bool {
         self.run
             .and_then(|r| self.inits.get(&(r, gen)))
-            .is_some_and(|g| self.init_bytes.contains_key(g))
+            .is_some_and(|g| self.window.init(*g).is_some())
     }
 
     /// The window may resume (or switch) on `a`: it opens a live segment and its init
@@ -630,8 +635,8 @@ impl Mirror {
             part.gap = false;
             taken.completed = Some(Arc::new(part));
         }
-        let g = self.window_init(p.run, p.part.init);
-        if !self.init_bytes.contains_key(&g) {
+        self.window_init(p.run, p.part.init);
+        if !self.init_here(p.part.init) {
             taken.needs_init = Some(p.part.init);
         }
         self.resume_if_due(now);
@@ -1367,7 +1372,10 @@ mod tests {
         let mut at = 0;
         for (n, p) in parts.iter().take(10).enumerate() {
             if n == init_after {
+                // parts before their init wait for it
+                assert_eq!(m.state(), State::Waiting);
                 m.handle_init(ms(at), RUN, 0, init.clone(), info.clone());
+                assert_eq!(m.stats().parts, n as u64);
             }
             let mut meta = p.meta;
             meta.capture_ms = base + at;
@@ -1427,7 +1435,8 @@ mod tests {
 
     #[test]
     fn an_init_after_its_first_parts_still_gives_still_parts() {
-        // a relay that restarted gets parts first and asks for their init
+        // a relay that restarted gets parts first and asks for their init: they wait for
+        // it, and the still parts are made from them
         let m = hold_of_real_media(3);
         assert_eq!(m.state(), State::Holding);
         let st = m.stats();
@@ -1511,6 +1520,29 @@ mod tests {
         );
         assert_eq!(m.stats().gap_parts, 0);
         // the map it lists is served
+        assert_eq!(m.window().init(1).as_deref(), Some(&b"init1"[..]));
+    }
+
+    #[test]
+    fn the_part_after_the_last_whole_one_waits_for_its_init() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut m = mirror();
+        live_parts(&mut m, t0, 0..5);
+        // the old level's last part is whole; the next, the new level's first, came
+        // before its init segment
+        for k in 0..3 {
+            let mut p = opening(5, k);
+            p.part.init = 1;
+            m.handle_piece(ms(1000), 0, p).unwrap();
+        }
+        assert_eq!(m.waiting_for().map(|w| w.0), Some(5));
+        assert!(!text(&m).contains("init-1"), "{}", text(&m));
+        let info = StreamInfo::default();
+        m.handle_init(ms(1100), RUN, 1, Bytes::from_static(b"init1"), info);
+        assert_eq!(m.waiting_for().map(|w| w.0), Some(6));
+        let t = text(&m);
+        assert!(t.contains("#EXT-X-MAP:URI=\"init-1.mp4\""), "{t}");
         assert_eq!(m.window().init(1).as_deref(), Some(&b"init1"[..]));
     }
 

@@ -287,7 +287,7 @@ async function main() {
   // the stream's last requests (a bounded log, for the artifact): when each went out, when
   // its answer came, its status; it shows which part a player asked for and when
   const requests = [];
-  const REQUESTS_KEPT = 600;
+  const REQUESTS_KEPT = 4000;
   let t0 = Date.now(); // set again at navigation: times as the page's own (about)
   const sinceStart = () => Math.round(Date.now() - t0) / 1000;
   const short = u => u.replace(/^https?:\/\/[^/]+/, '');
