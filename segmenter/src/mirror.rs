@@ -379,8 +379,6 @@ pub struct Mirror {
     last_init: u32,
     /// (run, gateway init generation) → window init generation.
     inits: HashMap<(u64, u32), u32>,
-    /// Window init segments that arrived.
-    init_bytes: BTreeMap<u32, Bytes>,
     next_init: u32,
     /// Makes the still parts of a hold from the parts the window took.
     still: StillMaker,
@@ -413,7 +411,6 @@ impl Mirror {
             pdt_end_ms: 0,
             last_init: 0,
             inits: HashMap::new(),
-            init_bytes: BTreeMap::new(),
             next_init: 0,
             still: StillMaker::new(),
             stats: MirrorStats::default(),
@@ -482,16 +479,7 @@ impl Mirror {
             // the window took its parts with an init it has since let go of, sent again
             self.still.set_init(g, Some(&data));
         }
-        self.window.add_init(g, data.clone());
-        self.init_bytes.insert(g, data);
-        while self.init_bytes.len() > 64 {
-            // the lowest generation goes, never the one just sent (sent again, it would
-            // go at once, and its parts would ask for it again and again)
-            let Some(old) = self.init_bytes.keys().copied().find(|k| *k != g) else {
-                break;
-            };
-            self.init_bytes.remove(&old);
-        }
+        self.window.add_init(g, data);
         if !info.codecs.is_empty() {
             self.window.set_info(info);
         }
@@ -512,13 +500,6 @@ impl Mirror {
     /// segment is here.
     fn may_open(&self, a: &Assembly) -> bool {
         a.opens_live_segment() && self.init_here(a.meta.init)
-    }
-
-    /// Init segment `generation` of the gateway's timeline `run`, if here.
-    pub fn init_bytes(&self, run: u64, generation: u32) -> Option<Bytes> {
-        self.init_bytes
-            .get(self.inits.get(&(run, generation))?)
-            .cloned()
     }
 
     fn new_run(&mut self, run: u64) {
@@ -702,13 +683,7 @@ impl Mirror {
             Live::Holding { after, .. } => after,
             Live::Waiting | Live::Ended => None,
         };
-        let start = self
-            .assemblies
-            .iter()
-            .rev()
-            .find(|(s, a)| self.may_open(a) && after.is_none_or(|x| **s > x))
-            .map(|(s, a)| (*s, a.meta.msn));
-        let Some((seq, gw_msn)) = start else {
+        let Some((seq, gw_msn)) = self.resume_start(after).map(|(s, a)| (s, a.meta.msn)) else {
             return;
         };
         match self.live {
@@ -721,8 +696,8 @@ impl Mirror {
             Live::Ended => {
                 // a fresh playlist: the ended one cannot grow again
                 let mut w = LiveWindow::new(self.cfg.window, self.window.next_seq());
-                for (g, d) in &self.init_bytes {
-                    w.add_init(*g, d.clone());
+                for (g, d) in self.window.inits() {
+                    w.add_init(g, d.clone());
                 }
                 w.set_info(self.window.info().clone());
                 self.window = w;
@@ -846,7 +821,8 @@ impl Mirror {
         if !filler {
             self.stats.parts += 1;
             if self.still.generation() != Some(p.init) {
-                self.still.set_init(p.init, self.init_bytes.get(&p.init));
+                self.still
+                    .set_init(p.init, self.window.init(p.init).as_ref());
             }
             self.still.take(&p.data);
         }
@@ -953,12 +929,14 @@ impl Mirror {
         }
     }
 
-    /// A live segment start after gateway part `after` is here: a hold resumes on it at
-    /// once ([`Mirror::resume_if_due`]).
-    fn resume_due(&self, after: Option<u64>) -> bool {
+    /// The newest live segment start after gateway part `after` the window may open: a
+    /// hold resumes on it at once ([`Mirror::resume_if_due`]).
+    fn resume_start(&self, after: Option<u64>) -> Option<(u64, &Assembly)> {
         self.assemblies
             .iter()
-            .any(|(s, a)| self.may_open(a) && after.is_none_or(|x| *s > x))
+            .rev()
+            .find(|(s, a)| self.may_open(a) && after.is_none_or(|x| **s > x))
+            .map(|(s, a)| (*s, a))
     }
 
     /// Drops the part the window is building. Filler parts date their segments from the
@@ -1004,7 +982,7 @@ impl Mirror {
                 // stall); appended late, behind them, it left Chromium's buffer taking no
                 // picture after the next still keyframe: each later part "had no media",
                 // 370 errors
-                self.cut_short(self.resume_due(after).then_some(next));
+                self.cut_short(self.resume_start(after).is_some().then_some(next));
                 self.live = Live::Holding {
                     after,
                     since: last_done,

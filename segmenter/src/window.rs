@@ -206,6 +206,11 @@ impl LiveWindow {
         self.version += 1;
     }
 
+    /// The init segments kept, oldest first.
+    pub fn inits(&self) -> impl Iterator<Item = (u32, &Bytes)> {
+        self.inits.iter().map(|(g, d)| (*g, d))
+    }
+
     /// The newest init segment.
     pub fn latest_init(&self) -> Option<(u32, Bytes)> {
         self.inits.back().cloned()
