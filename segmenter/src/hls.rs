@@ -43,6 +43,43 @@ impl SegmentInfo {
     }
 }
 
+/// How much shorter than its media a segment's EXTINF is written when the next segment opens
+/// a new timeline or map: more than an audio frame (AAC at 16 kHz: 64 ms), the most its
+/// audio can end before its video. See [`extinf`].
+pub const NEW_TIMELINE_LEAD: f64 = 0.08;
+
+/// Seconds in 10 us steps (the playlist's), rounded down; a little slack, as 0.6 s is
+/// 59999.99999999999 steps in binary.
+fn steps(seconds: f64) -> f64 {
+    (seconds * 1e5 + 1e-6).floor().max(0.0)
+}
+
+/// The EXTINF of a segment from `start` to `end` on its timeline (seconds), as written:
+/// the 10 us steps between the two rounded down, so the EXTINFs of a timeline add up to
+/// within a step of its media however many there are; and, when the next segment opens a
+/// new timeline or needs another map (`before_new_timeline`), [`NEW_TIMELINE_LEAD`]
+/// shorter (half the segment at most).
+///
+/// Players place each segment at the floating-point sum of the EXTINFs before it (hls.js
+/// does while it loads parts, without looking at the media's times), and look up the
+/// segment to load next by where their buffer ends. Where the next segment needs another
+/// map, its start must be strictly before the end of what the player buffered, which ends
+/// with the track that ends first (the audio, a few ms before the video). Otherwise hls.js
+/// 1.6.19 looks up the old segment, takes the new one's first part as the old one's next
+/// and parses it without its map ("Found no media", then a GAP error for each part after).
+/// Seen: buffered to 22.4 against 21.8 + 0.6 = 22.400000000000002, and to 19.391999
+/// against 19.39399 (the audio ended 2 ms before the video). The new timeline's first
+/// frames then take the place of the old one's last [`NEW_TIMELINE_LEAD`] in the player's
+/// buffer.
+pub fn extinf(start: f64, end: f64, before_new_timeline: bool) -> String {
+    let mut n = steps(end) - steps(start);
+    if before_new_timeline {
+        let d = end - start;
+        n = n.min(steps((d - NEW_TIMELINE_LEAD).max(d / 2.0)));
+    }
+    format!("{:.5}", n.max(0.0) / 1e5)
+}
+
 /// What a playlist request asked for, from `_HLS_msn`, `_HLS_part` and `_HLS_skip`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Blocking {
@@ -131,6 +168,9 @@ pub struct MediaPlaylist {
     target_duration: f64,
     part_hold_back: f64,
     discontinuity_sequence: u64,
+    /// Where the first listed segment starts on its timeline, seconds (EXTINFs are rounded
+    /// from there, see [`extinf`]).
+    first_at: f64,
     /// How many segments from the end list their parts.
     parts_window: usize,
     /// Segments kept in the playlist at most (older ones stay in the ring).
@@ -149,6 +189,7 @@ impl MediaPlaylist {
             target_duration: segment_target,
             part_hold_back: part_target * 3.0,
             discontinuity_sequence: 0,
+            first_at: 0.0,
             parts_window: 3,
             max_segments: max_segments.max(3),
             ended: false,
@@ -199,6 +240,9 @@ impl MediaPlaylist {
             .is_some_and(|s| s.msn == msn && s.parts.is_empty())
         {
             self.segments.pop_back();
+            if self.segments.is_empty() {
+                self.first_at = 0.0;
+            }
             return true;
         }
         false
@@ -233,6 +277,10 @@ impl MediaPlaylist {
             if s.discontinuity {
                 self.discontinuity_sequence += 1;
             }
+            self.first_at = match self.segments.front() {
+                Some(next) if !next.discontinuity => self.first_at + s.duration(),
+                _ => 0.0,
+            };
         }
     }
 
@@ -401,7 +449,14 @@ impl MediaPlaylist {
         }
         // the MAP in force is repeated after a skip, so a delta update decodes on its own
         let mut init = None;
+        // where each segment starts on its timeline, seconds
+        let mut at = self.first_at;
         for (i, seg) in self.segments.iter().enumerate() {
+            if seg.discontinuity && i > 0 {
+                at = 0.0;
+            }
+            let start = at;
+            at += seg.duration();
             if i < skipped {
                 continue;
             }
@@ -434,7 +489,9 @@ impl MediaPlaylist {
                 if seg.gap {
                     let _ = writeln!(s, "#EXT-X-GAP");
                 }
-                let _ = writeln!(s, "#EXTINF:{:.5},", seg.duration());
+                let next = self.segments.get(i + 1);
+                let before_new = next.is_some_and(|n| n.discontinuity || n.init != seg.init);
+                let _ = writeln!(s, "#EXTINF:{},", extinf(start, at, before_new));
                 let _ = writeln!(s, "seg-{}.m4s{q}", seg.msn);
             }
         }
@@ -570,7 +627,9 @@ mod tests {
         assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.200"));
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:0\n"));
         assert!(text.contains("#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init-1.mp4\""));
-        assert!(text.contains("#EXTINF:1.00000,\nseg-3.m4s"));
+        assert!(text.contains("#EXTINF:1.00000,\nseg-1.m4s"));
+        // shorter before a new map (see `extinf`)
+        assert!(text.contains("#EXTINF:0.92000,\nseg-2.m4s"));
         // the open segment has parts but no EXTINF, and a hint for its next part
         assert!(!text.contains("seg-4.m4s"));
         assert!(text.contains("#EXT-X-PART:DURATION=0.20000,URI=\"part-4.4.m4s\"\n"));
@@ -579,6 +638,131 @@ mod tests {
         assert!(!text.contains("part-1.0.m4s"));
         assert!(text.contains("part-2.0.m4s\",INDEPENDENT=YES"));
         assert!(text.contains("#EXT-X-PROGRAM-DATE-TIME:2026-11-18T"));
+    }
+
+    /// Segment starts as hls.js places them: the EXTINFs parsed and added one after another
+    /// to the time it started from.
+    fn player_starts(text: &str, from: f64) -> Vec<f64> {
+        let mut t = from;
+        let mut starts = vec![t];
+        for l in text.lines() {
+            if let Some(v) = l.strip_prefix("#EXTINF:") {
+                t += v.trim_end_matches(',').parse::<f64>().unwrap();
+                starts.push(t);
+            }
+        }
+        starts
+    }
+
+    #[test]
+    fn extinf_rounds_the_timeline_down_and_leads_a_new_map() {
+        assert_eq!(extinf(0.0, 0.6, false), "0.60000");
+        assert_eq!(extinf(21.8, 22.4, false), "0.60000");
+        assert_eq!(extinf(0.0, 0.6, true), "0.52000");
+        assert_eq!(extinf(0.0, 0.04, true), "0.02000");
+        assert_eq!(extinf(0.0, 0.0, true), "0.00000");
+        // the steps between the rounded ends: a second rounded down makes up for the first
+        let (a, b) = (89_999.0 / 90_000.0, 179_998.0 / 90_000.0);
+        assert_eq!(extinf(0.0, a, false), "0.99998");
+        assert_eq!(extinf(a, b, false), "0.99999");
+    }
+
+    #[test]
+    fn the_extinfs_of_a_long_timeline_add_up_to_its_media() {
+        // four hours of 1 s segments one 90 kHz tick long each: rounded one by one, the
+        // sum would fall 16 ms behind the media
+        let mut p = MediaPlaylist::new(0.2, 1.0, 20_000);
+        for m in 0..14_400u64 {
+            p.open_segment(seg(m, false));
+            p.add_part(
+                m,
+                0,
+                PartInfo {
+                    duration: 90_001.0 / 90_000.0,
+                    independent: true,
+                    gap: false,
+                },
+            );
+        }
+        p.close_segment();
+        let text = p.render(&RenderOptions::default());
+        let sum = *player_starts(&text, 0.0).last().unwrap();
+        let media = 14_400.0 * 90_001.0 / 90_000.0;
+        assert!((media - sum).abs() <= 1.1e-5, "{sum} against {media}");
+        // a delta update writes the same EXTINFs for what it lists, and the segments that
+        // left the playlist leave their time behind
+        let delta = p.render(&RenderOptions {
+            skip: true,
+            ..Default::default()
+        });
+        let of = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| l.starts_with("#EXTINF:"))
+                .map(String::from)
+                .collect()
+        };
+        let (full, part) = (of(&text), of(&delta));
+        assert!(part.len() < full.len());
+        assert_eq!(full[full.len() - part.len()..], part[..]);
+        p.forget_before(14_000);
+        assert_eq!(of(&p.render(&RenderOptions::default()))[..], full[14_000..]);
+    }
+
+    #[test]
+    fn a_new_map_starts_before_the_end_of_the_media_before_it() {
+        // media in 90 kHz ticks (as a player's buffer has it), segments of whole or cut
+        // parts and of a camera whose frame times are not round; the last segment needs
+        // another map. The run that failed: hls.js from 11.0, ..., 21.8 + 0.6.
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            seed >> 33
+        };
+        let choices = [
+            3_600u64, 18_000, 18_018, 17_982, 36_000, 54_000, 72_000, 90_000, 90_001,
+        ];
+        for round in 0..400 {
+            let n = 2 + (next() % 40) as usize;
+            let ticks: Vec<u64> = (0..n)
+                .map(|_| choices[(next() % choices.len() as u64) as usize])
+                .collect();
+            let mut p = MediaPlaylist::new(0.2, 1.0, 64);
+            for (m, t) in ticks.iter().enumerate() {
+                p.open_segment(seg(m as u64, false));
+                p.add_part(
+                    m as u64,
+                    0,
+                    PartInfo {
+                        duration: *t as f64 / 90_000.0,
+                        independent: true,
+                        gap: false,
+                    },
+                );
+            }
+            let mut opening = seg(n as u64, true);
+            opening.init = 1;
+            p.open_segment(opening);
+            let text = p.render(&RenderOptions::default());
+            let total: u64 = ticks.iter().sum();
+            let last = ticks[n - 1] as f64 / 90_000.0;
+            // what the player may have buffered: up to an audio frame short of the video
+            let lead = NEW_TIMELINE_LEAD.min(last / 2.0);
+            for from in [0.0, 11.0, 12.0, f64::from(round % 50) * 0.2] {
+                let starts = player_starts(&text, from);
+                let new_map_at = starts[n];
+                let media_end = from + total as f64 / 90_000.0;
+                assert!(
+                    new_map_at < media_end - lead + 2e-5,
+                    "{ticks:?} from {from}: the new map at {new_map_at}, media to {media_end}"
+                );
+                assert!(new_map_at < media_end, "{ticks:?} from {from}");
+                // and not far before it: the lead, and 10 us a segment at most
+                assert!(
+                    media_end - new_map_at <= lead + 1e-5 * (n as f64 + 1.0),
+                    "{ticks:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1441,7 +1441,7 @@ mod tests {
         // under way, and no gap part in between
         assert_eq!(m.state(), State::Following);
         let t = text(&m);
-        assert!(t.contains("part-1001.2.m4s\"\n#EXTINF:0.46600,"), "{t}");
+        assert!(t.contains("part-1001.2.m4s\"\n#EXTINF:0.38600,"), "{t}");
         assert!(t.contains("#EXT-X-DISCONTINUITY\n"), "{t}");
         assert!(!t.contains("GAP=YES"), "{t}");
         for k in 1..3 {
