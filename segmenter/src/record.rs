@@ -256,7 +256,11 @@ impl Recording {
                         Some(Entry {
                             msn: next,
                             duration: s.map_or(1.0, |s| s.duration().max(0.2)),
-                            init: s.map_or(0, |s| s.init),
+                            // a segment never seen decodes with the map before it
+                            init: s.map_or_else(
+                                || self.listed.last().map_or(0, |e| e.init),
+                                |s| s.init,
+                            ),
                             start: s.and_then(|s| s.start),
                             gap: true,
                         })
@@ -408,5 +412,31 @@ mod tests {
         assert_eq!(r.stats().parts_missing, 1);
         // a part of a segment already listed as a gap is not stored
         assert!(r.add_part(t0, &part(7)).is_empty());
+    }
+
+    #[test]
+    fn a_segment_never_seen_is_a_gap_under_the_map_before_it() {
+        let t0 = Instant::now();
+        let mut r = Recording::new(Duration::from_secs(10));
+        // init generation 2 throughout; segment 1 (parts 5-9) never comes
+        for seq in (0..20).filter(|s| !(5..10).contains(s)) {
+            r.add_part(
+                t0,
+                &Part {
+                    init: 2,
+                    ..part(seq)
+                },
+            );
+        }
+        let later = r.poll(t0 + Duration::from_secs(11));
+        let Some(Action::Playlist(text)) = later.last() else {
+            panic!("{later:?}")
+        };
+        assert!(
+            text.contains("#EXT-X-GAP\n#EXTINF:1.00000,\nseg-1.m4s"),
+            "{text}"
+        );
+        assert_eq!(text.matches("#EXT-X-MAP").count(), 1, "{text}");
+        assert!(!text.contains("init-0.mp4"), "{text}");
     }
 }
