@@ -54,7 +54,8 @@ fn steps(seconds: f64) -> f64 {
     (seconds * 1e5 + 1e-6).floor().max(0.0)
 }
 
-/// The EXTINF of a segment from `start` to `end` on its timeline (seconds), as written:
+/// The EXTINF of a segment from `start` to `end` on its timeline (seconds), as written
+/// with five decimals:
 /// the 10 us steps between the two rounded down, so the EXTINFs of a timeline add up to
 /// within a step of its media however many there are; and, when the next segment opens a
 /// new timeline or needs another map (`before_new_timeline`), [`NEW_TIMELINE_LEAD`]
@@ -71,13 +72,13 @@ fn steps(seconds: f64) -> f64 {
 /// against 19.39399 (the audio ended 2 ms before the video). The new timeline's first
 /// frames then take the place of the old one's last [`NEW_TIMELINE_LEAD`] in the player's
 /// buffer.
-pub fn extinf(start: f64, end: f64, before_new_timeline: bool) -> String {
+pub fn extinf(start: f64, end: f64, before_new_timeline: bool) -> f64 {
     let mut n = steps(end) - steps(start);
     if before_new_timeline {
         let d = end - start;
         n = n.min(steps((d - NEW_TIMELINE_LEAD).max(d / 2.0)));
     }
-    format!("{:.5}", n.max(0.0) / 1e5)
+    n.max(0.0) / 1e5
 }
 
 /// What a playlist request asked for, from `_HLS_msn`, `_HLS_part` and `_HLS_skip`.
@@ -491,7 +492,7 @@ impl MediaPlaylist {
                 }
                 let next = self.segments.get(i + 1);
                 let before_new = next.is_some_and(|n| n.discontinuity || n.init != seg.init);
-                let _ = writeln!(s, "#EXTINF:{},", extinf(start, at, before_new));
+                let _ = writeln!(s, "#EXTINF:{:.5},", extinf(start, at, before_new));
                 let _ = writeln!(s, "seg-{}.m4s{q}", seg.msn);
             }
         }
@@ -656,15 +657,16 @@ mod tests {
 
     #[test]
     fn extinf_rounds_the_timeline_down_and_leads_a_new_map() {
-        assert_eq!(extinf(0.0, 0.6, false), "0.60000");
-        assert_eq!(extinf(21.8, 22.4, false), "0.60000");
-        assert_eq!(extinf(0.0, 0.6, true), "0.52000");
-        assert_eq!(extinf(0.0, 0.04, true), "0.02000");
-        assert_eq!(extinf(0.0, 0.0, true), "0.00000");
+        let written = |a, b, before| format!("{:.5}", extinf(a, b, before));
+        assert_eq!(written(0.0, 0.6, false), "0.60000");
+        assert_eq!(written(21.8, 22.4, false), "0.60000");
+        assert_eq!(written(0.0, 0.6, true), "0.52000");
+        assert_eq!(written(0.0, 0.04, true), "0.02000");
+        assert_eq!(written(0.0, 0.0, true), "0.00000");
         // the steps between the rounded ends: a second rounded down makes up for the first
         let (a, b) = (89_999.0 / 90_000.0, 179_998.0 / 90_000.0);
-        assert_eq!(extinf(0.0, a, false), "0.99998");
-        assert_eq!(extinf(a, b, false), "0.99999");
+        assert_eq!(written(0.0, a, false), "0.99998");
+        assert_eq!(written(a, b, false), "0.99999");
     }
 
     #[test]
