@@ -684,27 +684,36 @@ mod tests {
         (LowDelay::new(Arc::new(config), t0, 1200), signal, t0)
     }
 
-    /// A controller past slow start on a 40 ms path: one round at window `first` whose
-    /// reading is the target, then one at `second` that reads `queue_ms` (the queue the
-    /// first window built). The window after (and after the first round).
-    fn window_after_a_late_reading(first: u64, second: u64, queue_ms: u64) -> (u64, u64) {
+    /// The base RTT of the path the steering tests run on.
+    const PATH: Duration = Duration::from_millis(40);
+
+    /// A controller past slow start on [`PATH`] after one round at `window` whose reading
+    /// is the target.
+    fn after_a_round_at(window: u64) -> (LowDelay, Arc<crate::owd::QueueSignal>, Instant) {
         let (mut cc, signal, mut now) = probed_controller();
         cc.slow_start = false;
-        let base = Duration::from_millis(40);
-        cc.window = first;
-        read_round(&mut cc, &signal, &mut now, base, 6);
+        cc.window = window;
+        read_round(&mut cc, &signal, &mut now, PATH, 6);
+        (cc, signal, now)
+    }
+
+    /// One round at window `first` whose reading is the target, then one at `second` that
+    /// reads `queue_ms` (the queue the first window built): the window after the first
+    /// round, and after the second.
+    fn window_after_a_late_reading(first: u64, second: u64, queue_ms: u64) -> (u64, u64) {
+        let (mut cc, signal, mut now) = after_a_round_at(first);
         let held = cc.window();
         cc.window = second;
-        read_round(&mut cc, &signal, &mut now, base, queue_ms);
+        read_round(&mut cc, &signal, &mut now, PATH, queue_ms);
         (held, cc.window())
     }
 
     #[test]
     fn the_queue_read_steers_from_the_window_that_built_it() {
         // the window grew by half (the delay rule's growth on an empty queue); the next
-        // round reads the queue of the 60 kB window before it: twice the target. 60 kB built 12 ms: 53 kB carries
-        // the target, and the window goes 3/4 of the way there from 90 kB (steering from
-        // 90 kB would leave 82 kB)
+        // round reads the queue of the 60 kB window before it: twice the target. 60 kB
+        // built 12 ms: 53 kB carries the target, and the window goes 3/4 of the way there
+        // from 90 kB (steering from 90 kB would leave 82 kB)
         let (held, w) = window_after_a_late_reading(60_000, 90_000, 12);
         assert_eq!(held, 60_000, "at the target the window holds");
         assert!((60_000..66_000).contains(&w), "window {w}");
@@ -712,32 +721,24 @@ mod tests {
 
     #[test]
     fn a_loss_cut_holds_while_the_queue_reads_above_the_target() {
-        let (mut cc, signal, mut now) = probed_controller();
-        cc.slow_start = false;
-        let base = Duration::from_millis(40);
-        cc.window = 90_000;
-        read_round(&mut cc, &signal, &mut now, base, 6);
+        let (mut cc, signal, mut now) = after_a_round_at(90_000);
         cc.on_congestion_event(now, now, false, 1200);
         assert_eq!(cc.window(), 72_000);
         // the round reads 12 ms: the queue of the 90 kB window before the loss (steering
         // from it without regard to the reading's direction would leave 78 kB)
-        read_round(&mut cc, &signal, &mut now, base, 12);
+        read_round(&mut cc, &signal, &mut now, PATH, 12);
         assert_eq!(cc.window(), 72_000);
     }
 
     #[test]
     fn a_collapse_cut_holds_on_a_short_queue() {
-        let (mut cc, signal, mut now) = probed_controller();
-        cc.slow_start = false;
-        let base = Duration::from_millis(40);
-        cc.window = 90_000;
-        read_round(&mut cc, &signal, &mut now, base, 6);
+        let (mut cc, signal, mut now) = after_a_round_at(90_000);
         // the link now carries 200 kB/s: the window fits it twice over (18.4 kB)
-        cc.on_collapse(200_000.0, base);
+        cc.on_collapse(200_000.0, PATH);
         assert_eq!(cc.window(), 18_400);
         // an empty queue grows the window from the cut, not from the 90 kB before it
         // (which would double it)
-        read_round(&mut cc, &signal, &mut now, base, 0);
+        read_round(&mut cc, &signal, &mut now, PATH, 0);
         assert!(cc.window() <= 21_200, "window {}", cc.window());
     }
 
