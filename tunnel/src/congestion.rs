@@ -655,20 +655,19 @@ mod tests {
         }
     }
 
-    /// One round of `base` at the controller's window in which ten packets are acked and
-    /// the peer reports a one-way queue of `queue_ms`.
+    /// One round of [`PATH`] at the controller's window in which ten packets are acked
+    /// and the peer reports a one-way queue of `queue_ms`.
     fn read_round(
         cc: &mut LowDelay,
         signal: &crate::owd::QueueSignal,
         now: &mut Instant,
-        base: Duration,
         queue_ms: u64,
     ) {
         let sent = *now;
-        *now += base;
+        *now += PATH;
         signal.report(*now, Duration::from_millis(queue_ms));
         for _ in 0..10 {
-            cc.on_ack_sample(*now, sent, 1200, false, base, base);
+            cc.on_ack_sample(*now, sent, 1200, false, PATH, PATH);
         }
         cc.round_end = Some(*now);
     }
@@ -693,7 +692,7 @@ mod tests {
         let (mut cc, signal, mut now) = probed_controller();
         cc.slow_start = false;
         cc.window = window;
-        read_round(&mut cc, &signal, &mut now, PATH, 6);
+        read_round(&mut cc, &signal, &mut now, 6);
         (cc, signal, now)
     }
 
@@ -704,7 +703,7 @@ mod tests {
         let (mut cc, signal, mut now) = after_a_round_at(first);
         let held = cc.window();
         cc.window = second;
-        read_round(&mut cc, &signal, &mut now, PATH, queue_ms);
+        read_round(&mut cc, &signal, &mut now, queue_ms);
         (held, cc.window())
     }
 
@@ -726,7 +725,7 @@ mod tests {
         assert_eq!(cc.window(), 72_000);
         // the round reads 12 ms: the queue of the 90 kB window before the loss (steering
         // from it without regard to the reading's direction would leave 78 kB)
-        read_round(&mut cc, &signal, &mut now, PATH, 12);
+        read_round(&mut cc, &signal, &mut now, 12);
         assert_eq!(cc.window(), 72_000);
     }
 
@@ -738,14 +737,14 @@ mod tests {
         assert_eq!(cc.window(), 18_400);
         // an empty queue grows the window from the cut, not from the 90 kB before it
         // (which would double it)
-        read_round(&mut cc, &signal, &mut now, PATH, 0);
+        read_round(&mut cc, &signal, &mut now, 0);
         assert!(cc.window() <= 21_200, "window {}", cc.window());
     }
 
     #[test]
     fn a_window_cut_since_does_not_grow_on_the_queue_before_it() {
-        // a collapse took the window from 90 to 20 kB; the round reads the 100 ms queue
-        // the 90 kB window built (steering from 90 kB would take the window to 26 kB)
+        // the window fell from 90 to 20 kB since the round the reading is of; the round
+        // reads the 100 ms queue the 90 kB window built (steering from 90 kB would take the window to 26 kB)
         let (_, w) = window_after_a_late_reading(90_000, 20_000, 100);
         assert!(w <= 20_000, "window {w}");
     }
