@@ -43,7 +43,11 @@
 //! - **Outages hold.** While no path may carry the stream the levels stay, and after an
 //!   outage of [`LevelConfig::settle`] or more, for `settle` after a path returns (the
 //!   outage's queue drains, the fresh paths' windows grow). A shortage goes on counting
-//!   across a shorter moment without a path (a collapsing bond's paths flicker).
+//!   across a shorter moment without a path (a collapsing bond's paths flicker), and a
+//!   backlog that counted before the moment or in its first [`LevelConfig::down_after`]
+//!   steps down when its hold is over, paths or not (a collapsed link's probes wait
+//!   behind its queue, and its paths go silent just as the backlog shows the collapse); a
+//!   clean cut's backlog passes its limit later in the moment, and holds.
 //! - **Probing.** A link that carries only a thin stream shows little of what it can carry
 //!   (a congestion window grows only when it is full), so after a collapse the capacity
 //!   estimate stays near the low level's demand and never holds the higher one. When a
@@ -571,15 +575,26 @@ impl StreamLevels {
         let Some(capacity) = m.capacity else {
             // an outage: its parts wait for the backfill and say nothing of what the links
             // carry. A moment without a usable path (both paths of a collapsing bond
-            // flicker) is not one: a shortage goes on counting across it, and one seen
-            // in the moment's first `down_after` starts counting (measured: both paths of
-            // a collapse went silent as its backlog passed 300 ms, and the step waited
-            // for the next look with a path, 100 ms later)
+            // flicker, their probes stuck behind the collapsed queues) is not one: a
+            // backlog that counted before it, or in its first `down_after`, goes on
+            // counting, and steps down one rung when its hold is over (measured: both
+            // paths of a collapse went silent as its backlog passed 300 ms, and the step
+            // waited for the next look with a path, 200 ms later). A clean cut's backlog
+            // passes its limit later in the moment, and holds.
             let since = *self.outage_since.get_or_insert(now);
-            if now.saturating_duration_since(since) < self.cfg.down_after
-                && self.backlog_counts(m.backlog, now)
-            {
+            let backlog = self.backlog_counts(m.backlog, now);
+            if now.saturating_duration_since(since) < self.cfg.down_after && backlog {
                 self.short_since.get_or_insert(now);
+            }
+            if let Some(short) = self.short_since.filter(|_| backlog) {
+                if now.saturating_duration_since(short) >= self.cfg.backlog_after {
+                    let down = self.step_down_one(Cause::Backlog(m.backlog));
+                    if !down.is_empty() {
+                        self.on_down(now);
+                    }
+                    self.short_since = None;
+                    out.extend(down);
+                }
             }
             self.headroom = None;
             self.changes += out.len() as u64;
@@ -1191,6 +1206,9 @@ mod tests {
                     .extend(ch.into_iter().map(|c| (Duration::ZERO, c)));
             }
         };
+        // the paths go silent with the backlog under its limit (a clean cut), and the
+        // outage's queue grows past it after the moment's first `down_after`
+        step(&mut s, 150 * MS, None, 250 * MS);
         step(&mut s, Duration::from_secs(5), None, 3000 * MS);
         assert!(s.changes.is_empty(), "{:?}", s.changes);
         // a path back: its queue drains, its window grows
@@ -1265,9 +1283,9 @@ mod tests {
                 at = Some(t);
             }
         }
-        // counted from 400 ms (350 ms behind), the step comes with the first look with a
-        // path past 500 ms
-        assert_eq!(at, Some(600 * MS));
+        // counted from 400 ms (350 ms behind), the step comes when the hold is over, the
+        // paths still silent
+        assert_eq!(at, Some(500 * MS));
     }
 
     #[test]
