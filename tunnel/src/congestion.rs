@@ -34,8 +34,9 @@
 //!   with room is discovered even when the delay signal is noisy (measured: a quarter
 //!   every six rounds left 10 ms more at the bid p99; one in four, about 4 ms more than
 //!   one in eight). A round that reads at or below the target on a link that lost
-//!   nothing for [`QUIET_ROUNDS`] skips its probe: the delay rule grows the window there
-//!   by itself, and the probe would only add queue;
+//!   nothing for [`QUIET_ROUNDS`] skips its probe: below the target the delay rule grows
+//!   the window by itself, at it the link is full with the target queue, and the probe
+//!   would only add queue;
 //! - a jitter allowance (RTT signal only): the effective target is at least twice the
 //!   smoothed change of the round's queueing delay between rounds;
 //! - a collapse: a round that lost more than it delivered, at under half the best recent
@@ -431,8 +432,8 @@ impl LowDelay {
     }
 
     /// Whether a round that read `queueing` shows the link's room by itself, so that a
-    /// probe would only add queue: it read at or below the target (the delay rule grows
-    /// the window then), and no round lost a packet in the last [`QUIET_ROUNDS`]. A radio
+    /// probe would only add queue: it read at or below the target (below it the delay
+    /// rule grows the window, at it the link is full with the target queue), and no round lost a packet in the last [`QUIET_ROUNDS`]. A radio
     /// link keeps its probes: its losses cut the window and its jitter holds the reading
     /// above the target in other rounds, and the probes find the rate again. Measured in
     /// `canopy demo` (25 s): skipping on a low reading alone took the uploads from about 6

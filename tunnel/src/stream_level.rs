@@ -44,10 +44,14 @@
 //!   outage of [`LevelConfig::settle`] or more, for `settle` after a path returns (the
 //!   outage's queue drains, the fresh paths' windows grow). A shortage goes on counting
 //!   across a shorter moment without a path (a collapsing bond's paths flicker), and a
-//!   backlog that counted before the moment or in its first [`LevelConfig::down_after`]
-//!   steps down when its hold is over, paths or not (a collapsed link's probes wait
-//!   behind its queue, and its paths go silent just as the backlog shows the collapse); a
-//!   clean cut's backlog passes its limit later in the moment, and holds.
+//!   backlog that counted without a break since before the moment, or since its first
+//!   [`LevelConfig::down_after`], steps down one rung when its hold is over, paths or not
+//!   (a collapsed link's probes wait behind its queue, and its paths go silent just as
+//!   the backlog shows the collapse). A clean cut's backlog passes its limit later in the
+//!   moment, and holds; so does a capacity shortage counted before it, and a moment in
+//!   the grace after a real outage (the backlog is that outage's queue). A backlog that
+//!   is nearly at its limit when the paths go silent does pass it within the first
+//!   `down_after`, and steps down.
 //! - **Probing.** A link that carries only a thin stream shows little of what it can carry
 //!   (a congestion window grows only when it is full), so after a collapse the capacity
 //!   estimate stays near the low level's demand and never holds the higher one. When a
@@ -400,6 +404,9 @@ pub struct StreamLevels {
     cameras: Vec<Camera>,
     /// Since when the shortage has lasted.
     short_since: Option<Instant>,
+    /// Since when the backlog has counted without a break (what a moment without a path
+    /// may step down on; a capacity shortage may not).
+    backlog_since: Option<Instant>,
     /// A backlog does not count before this (after a step down, until it clears).
     backlog_ignored_until: Option<Instant>,
     /// Since when no path may carry the stream.
@@ -440,6 +447,7 @@ impl StreamLevels {
             cfg,
             cameras: Vec::new(),
             short_since: None,
+            backlog_since: None,
             backlog_ignored_until: None,
             outage_since: None,
             grace_until: None,
@@ -576,23 +584,30 @@ impl StreamLevels {
             // an outage: its parts wait for the backfill and say nothing of what the links
             // carry. A moment without a usable path (both paths of a collapsing bond
             // flicker, their probes stuck behind the collapsed queues) is not one: a
-            // backlog that counted before it, or in its first `down_after`, goes on
-            // counting, and steps down one rung when its hold is over (measured: both
-            // paths of a collapse went silent as its backlog passed 300 ms, and the step
-            // waited for the next look with a path, 200 ms later). A clean cut's backlog
-            // passes its limit later in the moment, and holds.
+            // shortage goes on counting across it; a backlog that counted before it
+            // without a break, or from its first `down_after`, steps down one rung when
+            // its hold is over (measured: both paths of a collapse went silent as its
+            // backlog passed 300 ms, and the step waited for the next look with a path,
+            // 200 ms later). A clean cut's backlog passes its limit later in the moment,
+            // and a capacity shortage counted before it steps nothing here: they wait for
+            // a path. Nothing counts in the grace after a real outage (its queue drains).
             let since = *self.outage_since.get_or_insert(now);
-            let backlog = self.backlog_counts(m.backlog, now);
-            if now.saturating_duration_since(since) < self.cfg.down_after && backlog {
+            let in_grace = self.grace_until.is_some_and(|t| now < t);
+            let backlog = !in_grace && self.backlog_counts(m.backlog, now);
+            if !backlog {
+                self.backlog_since = None;
+            } else if now.saturating_duration_since(since) < self.cfg.down_after {
+                self.backlog_since.get_or_insert(now);
                 self.short_since.get_or_insert(now);
             }
-            if let Some(short) = self.short_since.filter(|_| backlog) {
-                if now.saturating_duration_since(short) >= self.cfg.backlog_after {
+            if let Some(b) = self.backlog_since {
+                if now.saturating_duration_since(b) >= self.cfg.backlog_after {
                     let down = self.step_down_one(Cause::Backlog(m.backlog));
                     if !down.is_empty() {
                         self.on_down(now);
                     }
                     self.short_since = None;
+                    self.backlog_since = None;
                     out.extend(down);
                 }
             }
@@ -612,6 +627,7 @@ impl StreamLevels {
                 // for a while before anything counts again
                 self.grace_until = Some(now + self.cfg.settle);
                 self.short_since = None;
+                self.backlog_since = None;
                 self.backlog_ignored_until = None;
             }
         }
@@ -634,6 +650,11 @@ impl StreamLevels {
         let over =
             demand > capacity && m.saturated && self.up_settle_until.is_none_or(|t| now >= t);
         let backlog = self.backlog_counts(m.backlog, now);
+        if backlog {
+            self.backlog_since.get_or_insert(now);
+        } else {
+            self.backlog_since = None;
+        }
         if over || backlog {
             self.headroom = None;
             let since = *self.short_since.get_or_insert(now);
@@ -656,6 +677,7 @@ impl StreamLevels {
                     self.on_down(now);
                 }
                 self.short_since = None;
+                self.backlog_since = None;
                 out.extend(down);
             }
         } else {
@@ -944,6 +966,22 @@ mod tests {
             });
             s.run(Duration::from_secs(1), |_, _| (0.25 * MBIT, Duration::ZERO));
             s
+        }
+
+        /// One look 50 ms on: the changes it made.
+        fn look(
+            &mut self,
+            capacity: Option<f64>,
+            backlog: Duration,
+            saturated: bool,
+        ) -> Vec<Change> {
+            self.now += 50 * MS;
+            let m = Measure {
+                capacity,
+                backlog,
+                saturated,
+            };
+            self.levels.update(self.now, &self.ladders, m)
         }
 
         fn run(&mut self, d: Duration, f: impl Fn(Duration, f64) -> (f64, Duration)) {
@@ -1286,6 +1324,39 @@ mod tests {
         // counted from 400 ms (350 ms behind), the step comes when the hold is over, the
         // paths still silent
         assert_eq!(at, Some(500 * MS));
+    }
+
+    #[test]
+    fn a_capacity_shortage_before_a_cut_steps_nothing_in_the_outage() {
+        // a dying path's last meter window read full at a trickle, then the cut: the
+        // outage's own backlog passes its limit after the moment's first 150 ms
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_secs(2), |_, _| (14.0 * MBIT, Duration::ZERO));
+        let mut changes = s.look(Some(0.3 * MBIT), Duration::ZERO, true);
+        for i in 0..60u32 {
+            changes.extend(s.look(None, (100 + 50 * i) * MS, false));
+        }
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn a_silent_moment_in_the_grace_after_an_outage_steps_nothing() {
+        // a 3 s outage, a path back for half a second with the outage's queue, and the
+        // rejoined path silent again for a moment: the queue is the outage's, not a
+        // collapse's
+        let mut s = Sim::new(vec![with_sub()], &[0]);
+        s.run(Duration::from_secs(2), |_, _| (14.0 * MBIT, Duration::ZERO));
+        let mut changes = Vec::new();
+        for i in 0..60u32 {
+            changes.extend(s.look(None, (100 + 50 * i) * MS, false));
+        }
+        for _ in 0..10 {
+            changes.extend(s.look(Some(14.0 * MBIT), 2000 * MS, false));
+        }
+        for _ in 0..10 {
+            changes.extend(s.look(None, 2000 * MS, false));
+        }
+        assert!(changes.is_empty(), "{changes:?}");
     }
 
     #[test]
