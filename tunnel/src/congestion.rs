@@ -431,9 +431,10 @@ impl LowDelay {
             .unwrap_or(self.window) as f64
     }
 
-    /// Whether a round that read `queueing` shows the link's room by itself, so that a
-    /// probe would only add queue: it read at or below the target (below it the delay
-    /// rule grows the window, at it the link is full with the target queue), and no round lost a packet in the last [`QUIET_ROUNDS`]. A radio
+    /// Whether a round that read `queueing` against the allowed queue `target` shows the
+    /// link's room by itself, so that a probe would only add queue: it read at or below
+    /// the target (below it the delay rule grows the window, at it the link is full with
+    /// the target queue), and no round lost a packet in the last [`QUIET_ROUNDS`]. A radio
     /// link keeps its probes: its losses cut the window and its jitter holds the reading
     /// above the target in other rounds, and the probes find the rate again. Measured in
     /// `canopy demo` (25 s): skipping on a low reading alone took the uploads from about 6
@@ -442,8 +443,8 @@ impl LowDelay {
     /// against 3.3-4.8 in twelve runs without the skip; with 64, 3.5-4.8 in eight runs.
     /// The bids bench's wired link loses nothing, and its burst's bid p99 went from 77-81
     /// to 71-75 ms.
-    fn shows_room(&self, queueing: Duration) -> bool {
-        queueing <= self.allowed_queue() && self.rounds_since_loss >= QUIET_ROUNDS
+    fn shows_room(&self, queueing: Duration, target: Duration) -> bool {
+        queueing <= target && self.rounds_since_loss >= QUIET_ROUNDS
     }
 
     fn end_round(&mut self, now: Instant, base: Duration, srtt: Duration) {
@@ -531,7 +532,10 @@ impl LowDelay {
             next = w;
         }
         let mut next = (next.clamp(w / 2.0, w * 2.0) as u64).min(MAX_WINDOW);
-        if limited && self.round_no.is_multiple_of(PROBE_EVERY) && !self.shows_room(queueing) {
+        if limited
+            && self.round_no.is_multiple_of(PROBE_EVERY)
+            && !self.shows_room(queueing, target)
+        {
             // Probe for more bandwidth one round in PROBE_EVERY: if the link had room the
             // delivery rate rises and the floor follows; if not, the delay signal and the
             // floor (which only remembers rates really delivered) bring the window back.
@@ -797,7 +801,8 @@ mod tests {
     #[test]
     fn a_window_cut_since_does_not_grow_on_the_queue_before_it() {
         // the window fell from 90 to 20 kB since the round the reading is of; the round
-        // reads the 100 ms queue the 90 kB window built (steering from 90 kB would take the window to 26 kB)
+        // reads the 100 ms queue the 90 kB window built (steering from 90 kB would take the
+        // window to 26 kB)
         let (_, w) = window_after_a_late_reading(90_000, 20_000, 100);
         assert!(w <= 20_000, "window {w}");
     }

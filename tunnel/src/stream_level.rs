@@ -603,12 +603,7 @@ impl StreamLevels {
             if let Some(b) = self.backlog_since {
                 if now.saturating_duration_since(b) >= self.cfg.backlog_after {
                     let down = self.step_down_one(Cause::Backlog(m.backlog));
-                    if !down.is_empty() {
-                        self.on_down(now);
-                    }
-                    self.short_since = None;
-                    self.backlog_since = None;
-                    out.extend(down);
+                    out.extend(self.took_step(now, down));
                 }
             }
             self.headroom = None;
@@ -673,12 +668,7 @@ impl StreamLevels {
                     // the capacity seems to fit (its estimate lags a collapse): one rung
                     self.step_down_one(Cause::Backlog(m.backlog))
                 };
-                if !down.is_empty() {
-                    self.on_down(now);
-                }
-                self.short_since = None;
-                self.backlog_since = None;
-                out.extend(down);
+                out.extend(self.took_step(now, down));
             }
         } else {
             self.short_since = None;
@@ -773,6 +763,17 @@ impl StreamLevels {
             }
         }
         Vec::new()
+    }
+
+    /// A shortage's hold is over and `down` is the step it took (none if nothing could
+    /// go lower): the shortage starts over. Returns `down`.
+    fn took_step(&mut self, now: Instant, down: Vec<Change>) -> Vec<Change> {
+        if !down.is_empty() {
+            self.on_down(now);
+        }
+        self.short_since = None;
+        self.backlog_since = None;
+        down
     }
 
     fn on_down(&mut self, now: Instant) {
@@ -987,18 +988,9 @@ mod tests {
         fn run(&mut self, d: Duration, f: impl Fn(Duration, f64) -> (f64, Duration)) {
             let end = self.now + d;
             while self.now < end {
-                self.now += 50 * MS;
-                let at = self.now - self.start;
+                let at = self.now + 50 * MS - self.start;
                 let (capacity, backlog) = f(at, self.levels.demand());
-                for c in self.levels.update(
-                    self.now,
-                    &self.ladders,
-                    Measure {
-                        capacity: Some(capacity),
-                        backlog,
-                        saturated: true,
-                    },
-                ) {
+                for c in self.look(Some(capacity), backlog, true) {
                     self.changes.push((at, c));
                 }
             }
@@ -1233,13 +1225,7 @@ mod tests {
         let step = |s: &mut Sim, d: Duration, capacity: Option<f64>, backlog: Duration| {
             let end = s.now + d;
             while s.now < end {
-                s.now += 50 * MS;
-                let m = Measure {
-                    capacity,
-                    backlog,
-                    saturated: true,
-                };
-                let ch = s.levels.update(s.now, &s.ladders, m);
+                let ch = s.look(capacity, backlog, true);
                 s.changes
                     .extend(ch.into_iter().map(|c| (Duration::ZERO, c)));
             }
