@@ -5,7 +5,8 @@
 //! three bulk downloads and two uploads. The burst: 50 clients send 10 bids each over 1 s
 //! (500 bids, each with its own Idempotency-Key); `lost` counts bids that were not answered
 //! 200/202 or never reached the origin, `duplicated` keys the origin got more than once.
-//! The journal: 64 writers appending 200-byte bids, fsync'd with group commit, 3 s.
+//! The journal: 64 writers appending 200-byte bids, fsync'd with group commit, 3 s, last
+//! (its writes stalled the fsyncs of the phases after it).
 //! Check-in: 200 token check-ins at the gateway after every uplink was cut. Abuse: one
 //! device (its own loopback address) tries to open 5000 idle CONNECT tunnels and 200
 //! uploads that stall after their first bytes, while bids from other devices go every
@@ -313,8 +314,6 @@ fn main() -> anyhow::Result<()> {
     let secs = common::measure_secs(10);
     let rt = common::runtime()?;
     let json = rt.block_on(async {
-        let (appends, append_p50, append_p99) = journal_rate(3).await?;
-
         let (key_doc, issuer) =
             ledger::token::Issuer::generate().map_err(|_| anyhow::anyhow!("no key"))?;
         drop(key_doc);
@@ -418,6 +417,14 @@ fn main() -> anyhow::Result<()> {
             l.set_outage(false);
         }
 
+        // the journal's own rate last, with the testbed gone: its 3 s write some 150 MB to
+        // the disk the testbed's journals share. Run first, fsyncs of 34-239 ms came after
+        // it in 4 of 12 traced runs, one of them in the burst (its p99: 169 ms), and a
+        // separate process's fsyncs stalled with them (8 over 20 ms beside four runs).
+        // Without it, none over 5 ms in 8 traced runs, and 1 over 20 ms beside eight: the
+        // disk stalls on its own too, less often (one later run's p99: 173 ms)
+        drop(bed);
+        let (appends, append_p50, append_p99) = journal_rate(3).await?;
         let bid_p99_abuse = quantile(&abuse_rtts, 0.99);
         let checkin_p99 = quantile(&ci, 0.99);
         anyhow::Ok(serde_json::json!({
