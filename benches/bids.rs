@@ -422,7 +422,7 @@ fn main() -> anyhow::Result<()> {
         // it in 4 of 12 traced runs, one of them in the burst (its p99: 169 ms), and a
         // separate process's fsyncs stalled with them (8 over 20 ms beside four runs).
         // Without it, none over 5 ms in 8 traced runs, and 1 over 20 ms beside eight: the
-        // disk stalls on its own too, less often (one later run's p99: 173 ms)
+        // disk stalls on its own too, less often (an untraced run later read a p99 of 173 ms)
         drop(bed);
         let (appends, append_p50, append_p99) = journal_rate(3).await?;
         let bid_p99_abuse = quantile(&abuse_rtts, 0.99);
