@@ -14,9 +14,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use tunnel::path::{CapState, DataCap, Health, HealthEvent, LinkKind, Tier};
 use tunnel::path_estimate::{PathEstimate, SharedTrouble, TransportStats, TroubleWatch};
-
 use tunnel::scheduler::{self, ClassSet, LossView, PathId, PathView, Placement, Scheduler, Unit};
 use tunnel::spread;
+use tunnel::stream_level::Measure;
 use tunnel::TrafficClass;
 
 /// How often each path's monitor runs.
@@ -336,6 +336,7 @@ impl Path {
                 sent_packets: s.path.sent_packets,
                 lost_packets: s.path.lost_packets,
                 latest_echo: live.echoes.latest(),
+                delivered: live.delivered.as_ref().map(|d| d.total()),
             }
         });
         if let Some(s) = &stats {
@@ -687,15 +688,30 @@ impl Bond {
         tunnel::stream_level::capacity(&self.stream_paths())
     }
 
-    /// The capacity ([`Bond::stream_capacity`]) and whether some path that may carry the
-    /// stream was measured full in its last meter window
-    /// (`tunnel::stream_level::saturated`), from one look at the paths.
-    pub fn stream_measure(&self) -> (Option<f64>, bool) {
+    /// What the controller of the levels sees of the paths, from one look at them: the
+    /// capacity ([`Bond::stream_capacity`]), whether some path that may carry the stream
+    /// was measured full in its last meter window (`tunnel::stream_level::saturated`), and
+    /// what they delivered when a probe can show more (`tunnel::stream_level::delivered`),
+    /// with the live media's `backlog`.
+    pub fn stream_measure(&self, backlog: Duration) -> Measure {
         let paths = self.stream_paths();
-        (
-            tunnel::stream_level::capacity(&paths),
-            tunnel::stream_level::saturated(&paths),
-        )
+        let delivered: Vec<(PathView, Option<f64>)> = paths
+            .iter()
+            .map(|(v, _)| {
+                let d = self
+                    .paths
+                    .get(v.id)
+                    .and_then(|p| p.lock().est.delivered_up());
+                (v.clone(), d)
+            })
+            .collect();
+        let probed = paths.iter().any(|(v, _)| crate::probe::may_probe(v));
+        Measure {
+            capacity: tunnel::stream_level::capacity(&paths),
+            backlog,
+            saturated: tunnel::stream_level::saturated(&paths),
+            delivered: tunnel::stream_level::delivered(&delivered, probed),
+        }
     }
 
     /// Each path's view with the rate its last meter window measured full, if it did.

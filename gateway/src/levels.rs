@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::info;
-use tunnel::stream_level::{Ladder, Level, LevelConfig, Measure, StreamLevels};
+use tunnel::stream_level::{Ladder, Level, LevelConfig, StreamLevels};
 
 /// How often the levels are worked out. (At 100 ms a shortage's 150 ms hold took two or
 /// three looks, 200-300 ms; at 50 ms it takes three or four.)
@@ -174,14 +174,10 @@ impl Levels {
             })
             .collect();
         // None in an outage: the levels hold (see tunnel::stream_level)
-        let (capacity, saturated) = bond.stream_measure();
-        let m = Measure {
-            capacity,
-            backlog: contributor.status().backlog,
-            saturated,
-        };
+        let m = bond.stream_measure(contributor.status().backlog);
         tracing::trace!(
             capacity_mbps = m.capacity.map(|c| c * 8.0 / 1e6),
+            delivered_mbps = m.delivered.map(|c| c * 8.0 / 1e6),
             backlog_ms = m.backlog.as_millis() as u64,
             saturated = m.saturated,
             demand_mbps = st.core.demand() * 8.0 / 1e6,

@@ -12,6 +12,7 @@ use http::{header, Method, Request};
 use std::sync::Arc;
 use tracing::debug;
 use tunnel::path::{CapState, Tier};
+use tunnel::scheduler::PathView;
 use tunnel::stream_level::Probe;
 use tunnel::wire::{self, probe};
 use tunnel::TrafficClass;
@@ -25,11 +26,7 @@ pub(crate) fn start(bond: &Arc<Bond>, p: Probe) {
         return;
     }
     for v in bond.views() {
-        if !v.usable
-            || !v.allows(TrafficClass::Stream)
-            || v.tier == Tier::Backup
-            || v.cap != CapState::Normal
-        {
+        if !may_probe(&v) {
             continue;
         }
         let Some(flow) = bond.flow(v.id, TrafficClass::Stream, bytes, 0) else {
@@ -44,6 +41,15 @@ pub(crate) fn start(bond: &Arc<Bond>, p: Probe) {
             }
         });
     }
+}
+
+/// Whether a probe may use the path `v`: usable, allowed to carry the stream, and not a
+/// backup link (whose bytes cost) nor a link near its data cap.
+pub(crate) fn may_probe(v: &PathView) -> bool {
+    v.usable
+        && v.allows(TrafficClass::Stream)
+        && v.tier != Tier::Backup
+        && v.cap == CapState::Normal
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,8 @@ pub struct Live {
     pub restart: Arc<tunnel::congestion::Restart>,
     /// The collapses of the link its congestion controller found.
     pub collapse: Arc<tunnel::congestion::Collapse>,
+    /// The bytes the relay acknowledged, if its congestion controller counts them.
+    pub delivered: Option<Arc<tunnel::congestion::Delivered>>,
 }
 
 impl Drop for Live {
@@ -388,6 +390,7 @@ async fn connect(
             generation,
             restart: transport.restart,
             collapse: transport.collapse,
+            delivered: transport.delivered,
         },
         driver,
     ))

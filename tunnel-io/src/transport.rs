@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use tunnel::congestion::{Collapse, LowDelayConfig, Restart};
+use tunnel::congestion::{Collapse, Delivered, LowDelayConfig, Restart};
 use tunnel::owd::QueueSignal;
 use tunnel::pace::PaceRate;
 
@@ -100,6 +100,8 @@ impl TransportSettings {
         let restart = Arc::new(Restart::default());
         let collapse = Arc::new(Collapse::default());
         let pace = Arc::new(PaceRate::default());
+        let low_delay = self.congestion == CongestionChoice::LowDelay;
+        let delivered = low_delay.then(|| Arc::new(Delivered::default()));
         let mut t = quinn::TransportConfig::default();
         if let Some(rtt) = initial_rtt {
             t.initial_rtt(rtt);
@@ -117,13 +119,14 @@ impl TransportSettings {
         let mut mtu = quinn::MtuDiscoveryConfig::default();
         mtu.upper_bound(self.max_udp_payload.clamp(1200, 1472));
         t.mtu_discovery_config(Some(mtu));
-        if self.congestion == CongestionChoice::LowDelay {
+        if low_delay {
             t.congestion_controller_factory(Arc::new(LowDelayConfig {
                 target: Duration::from_millis(self.queue_target_ms.max(1)),
                 signal: Some(signal.clone()),
                 restart: Some(restart.clone()),
                 collapse: Some(collapse.clone()),
                 pace: Some(pace.clone()),
+                delivered: delivered.clone(),
                 ..LowDelayConfig::default()
             }));
         }
@@ -133,6 +136,7 @@ impl TransportSettings {
             restart,
             collapse,
             pace,
+            delivered,
         }
     }
 }
@@ -151,4 +155,7 @@ pub struct ConnectionTransport {
     /// The rate its `low-delay` controller paces at: give it to the endpoint's
     /// [`crate::paced::PacedSocket`] with the peer's address before connecting.
     pub pace: Arc<PaceRate>,
+    /// The bytes the peer acknowledged, counted by its `low-delay` controller (none with
+    /// another controller).
+    pub delivered: Option<Arc<Delivered>>,
 }

@@ -15,6 +15,7 @@
 //!   below by what ended requests wrote, so the estimate cannot drift with uptime.
 
 use crate::path::{Health, HealthEvent, PathHealth};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// How long a fresh connection is credited with most of its link's earlier peak rate.
@@ -33,6 +34,9 @@ pub const SHORTAGE_MEMORY: Duration = Duration::from_secs(3);
 pub const TOGETHER: Duration = Duration::from_secs(3);
 /// The lowest rate estimate, bytes per second.
 const MIN_RATE: f64 = 10_000.0;
+/// The meter windows [`PathEstimate::delivered_up`] spans: a burst of acknowledgements
+/// (the reverse direction's queue draining at once) is not a rate.
+const DELIVERED_WINDOWS: usize = 2;
 /// The least unsent, beyond a round trip of the window's rate, at every tick of a meter
 /// window, that shows a full link: five packets all through the window (what the
 /// estimate counts as unsent holds the bytes on the wire too: a 4 Mbit/s stream on a
@@ -64,6 +68,9 @@ pub struct TransportStats {
     pub lost_packets: u64,
     /// Send time of the newest probe the peer echoed.
     pub latest_echo: Option<Instant>,
+    /// Bytes the peer has acknowledged on the connection so far, if its congestion
+    /// controller counts them (`crate::congestion::Delivered`).
+    pub delivered: Option<u64>,
 }
 
 /// A closed meter window's goodput, for gauges.
@@ -146,6 +153,10 @@ pub struct PathEstimate {
     meter_down: u64,
     meter_busy_down: bool,
     goodput: Goodput,
+    /// The bytes the peer had acknowledged at the last tick, if counted.
+    delivered: Option<u64>,
+    /// The acknowledged bytes at the closes of the last meter windows, oldest first.
+    delivered_marks: VecDeque<(Instant, u64)>,
 }
 
 impl PathEstimate {
@@ -182,6 +193,8 @@ impl PathEstimate {
             meter_down: 0,
             meter_busy_down: false,
             goodput: Goodput { up: 0.0, down: 0.0 },
+            delivered: None,
+            delivered_marks: VecDeque::new(),
         }
     }
 
@@ -234,6 +247,8 @@ impl PathEstimate {
         self.last_full_up = 0.0;
         self.collapse_until = None;
         self.tx_kept = 0;
+        self.delivered = None;
+        self.delivered_marks.clear();
         self.fresh = true;
         self.peak_credit_until = Some(now + PEAK_CREDIT);
     }
@@ -242,6 +257,8 @@ impl PathEstimate {
     pub fn on_closed(&mut self, now: Instant) {
         self.least_unsent = None;
         self.connected = false;
+        self.delivered = None;
+        self.delivered_marks.clear();
         if let Some(e) = self.health.on_closed(now) {
             self.events.push(e);
         }
@@ -363,6 +380,16 @@ impl PathEstimate {
         (self.last_full_up > 0.0).then_some(self.last_full_up)
     }
 
+    /// What the peer acknowledged per second over the last [`DELIVERED_WINDOWS`] meter
+    /// windows, if the connection's controller counts it: what the path carried, where its
+    /// window over the RTT ([`Self::rate_up`]) is only what it may send.
+    pub fn delivered_up(&self) -> Option<f64> {
+        let (t0, b0) = *self.delivered_marks.front()?;
+        let (t1, b1) = *self.delivered_marks.back()?;
+        let secs = t1.saturating_duration_since(t0).as_secs_f64();
+        (secs > 0.0).then(|| b1.saturating_sub(b0) as f64 / secs)
+    }
+
     /// The last closed meter window's goodput.
     pub fn goodput(&self) -> Goodput {
         self.goodput
@@ -374,6 +401,7 @@ impl PathEstimate {
         let fresh = std::mem::take(&mut self.fresh);
         if let Some(s) = stats.filter(|_| self.connected) {
             self.tx_kept = s.tx_kept;
+            self.delivered = s.delivered;
             let prev = self.health.srtt();
             self.rttvar = (self.rttvar * 3 + s.rtt.abs_diff(prev)) / 4;
             let sent = s.sent_packets.saturating_sub(self.last_sent);
@@ -488,6 +516,15 @@ impl PathEstimate {
         // not what was handed to the transport (a burst of writes is not a rate).
         let wire = self.tx_kept.saturating_sub(self.meter_tx) as f64 * 0.95 / secs;
         self.meter_tx = self.tx_kept;
+        match self.delivered.filter(|_| self.connected) {
+            Some(total) => {
+                self.delivered_marks.push_back((now, total));
+                if self.delivered_marks.len() > DELIVERED_WINDOWS + 1 {
+                    self.delivered_marks.pop_front();
+                }
+            }
+            None => self.delivered_marks.clear(),
+        }
         if self.collapse_until.is_none_or(|t| now >= t) {
             self.collapse_until = None;
             self.last_full_up = 0.0;
@@ -719,6 +756,42 @@ mod tests {
             let ticks = self.run(Duration::from_secs(5));
             assert!(ticks.iter().any(|t| t.usable), "the path joins");
         }
+    }
+
+    #[test]
+    fn what_the_peer_acknowledged_is_read_over_two_meter_windows() {
+        let mut s = Sim::connected(40 * MS);
+        s.join();
+        assert_eq!(s.est.delivered_up(), None, "not counted");
+        // 2.5 kB acknowledged every 10 ms (250 kB/s) under a 1 MB window (25 MB/s over
+        // the RTT): the path carried a hundredth of what its window says it may send
+        s.stats.cwnd = 1_000_000;
+        let mut acked = 0;
+        for _ in 0..100 {
+            acked += 2_500;
+            s.stats.delivered = Some(acked);
+            s.run(10 * MS);
+        }
+        let d = s.est.delivered_up().expect("a reading");
+        assert!((d - 250_000.0).abs() < 10_000.0, "{d}");
+        assert!(s.est.rate_up() >= 20_000_000.0, "{}", s.est.rate_up());
+        // a burst of 125 kB acknowledged at once in a quiet window reads over both
+        // windows (62.5 + 125 kB in 0.5 s), not as that window's 500 kB/s
+        acked += 125_000;
+        s.stats.delivered = Some(acked);
+        s.run(250 * MS);
+        let d = s.est.delivered_up().expect("a reading");
+        assert!((d - 375_000.0).abs() < 15_000.0, "{d}");
+        // a new connection counts afresh: no reading until two windows have closed on it
+        s.come_back(2);
+        s.stats.delivered = Some(0);
+        assert_eq!(s.est.delivered_up(), None);
+        s.run(260 * MS);
+        assert_eq!(s.est.delivered_up(), None);
+        s.stats.delivered = Some(50_000);
+        s.run(260 * MS);
+        let d = s.est.delivered_up().expect("a reading");
+        assert!((d - 200_000.0).abs() < 20_000.0, "{d}");
     }
 
     #[test]

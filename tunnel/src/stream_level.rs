@@ -61,6 +61,18 @@
 //!   take, so their windows grow to what they carry (WebRTC's congestion control probes
 //!   before it steps up the same way). At most once per [`LevelConfig::probe_every`], and
 //!   not within that of a step down (a collapse may still be under way).
+//! - **Proof.** A window estimate is what a path may send, not what it carries: a thin
+//!   stream's bursts grow windows the link never fills (measured in network namespaces: a
+//!   4 Mbit/s stream on a 7 Mbit/s link with a 45 ms RTT held a 474 kB window, ten times
+//!   its bandwidth-delay product, and read 84 Mbit/s; in a collapse to 0.25 Mbit/s the
+//!   estimate read 144 Mbit/s and the level stepped up to full, then down again, and the
+//!   flap doubled the return's hold). So a step up also needs the paths to have
+//!   delivered the higher demand with headroom during the level's hold
+//!   ([`Measure::delivered`]: what the relay acknowledged), and the controller probes for
+//!   that proof as it probes for a low estimate. A probe whose reading is in
+//!   ([`PROBE_READ`] after its end) without the proof starts over the hold of each level
+//!   it should have shown. Where nothing may be probed (backup links, links near their
+//!   cap) the estimate alone decides, as before.
 //! - **By hand.** An operator's override pins a camera's level until it is lifted (if the
 //!   pinned level goes away, the camera falls back and returns to it when it comes back).
 //! - **By rule.** A local action's ceiling holds a camera at a level or lower (the best
@@ -189,6 +201,21 @@ pub fn capacity(paths: &[(PathView, Option<f64>)]) -> Option<f64> {
     })
 }
 
+/// What the paths that may carry the stream delivered lately, bytes per second, from each
+/// path's view and what the peer acknowledged on it per second
+/// (`crate::path_estimate::PathEstimate::delivered_up`), when `probed` (some path may be
+/// probed, so a probe can show more than the stream carries): see [`Measure::delivered`].
+/// None when nothing may be probed or no path that may carry the stream counts what it
+/// delivered.
+pub fn delivered(paths: &[(PathView, Option<f64>)], probed: bool) -> Option<f64> {
+    let readings: Vec<f64> = paths
+        .iter()
+        .filter(|(v, _)| v.allows(TrafficClass::Stream))
+        .filter_map(|(_, d)| *d)
+        .collect();
+    (probed && !readings.is_empty()).then(|| readings.iter().sum())
+}
+
 /// Whether some path that may carry the stream was queued all through its last meter
 /// window (its rate there is what the link carries).
 pub fn saturated(paths: &[(PathView, Option<f64>)]) -> bool {
@@ -254,6 +281,10 @@ impl Default for LevelConfig {
 /// many times more.
 pub const FLAP_REACH: f64 = 2.0;
 
+/// How long after a probe's end what the paths delivered during it is read: the reading
+/// spans two meter windows of 250 ms and is taken at their close.
+pub const PROBE_READ: Duration = Duration::from_millis(750);
+
 /// What a flap keeps of a reading is what the capacity held for this long (the least of
 /// the readings in it): one meter window's spike is not what the links carried (traced
 /// in a collapse: one 50 ms reading of 22.9 Mbit/s among readings of 3-9).
@@ -289,6 +320,12 @@ pub struct Measure {
     /// Some path carrying the stream was measured full ([`saturated`]): the capacity is
     /// what the links carry, not only an estimate from their windows.
     pub saturated: bool,
+    /// What the paths delivered lately ([`delivered`]), bytes per second, when a probe
+    /// can show more than the stream carries: a step up needs it to have reached the
+    /// higher demand with headroom during the level's hold. None: nothing may be probed
+    /// (backup links, links near their cap) or nothing counts it; the capacity alone
+    /// decides.
+    pub delivered: Option<f64>,
 }
 
 /// Why a level changed.
@@ -311,6 +348,8 @@ pub enum Cause {
         capacity: f64,
         /// How long it held.
         held: Duration,
+        /// The most the paths delivered during the hold, if it was measured.
+        delivered: Option<f64>,
     },
     /// An operator set it.
     Override,
@@ -335,13 +374,20 @@ impl std::fmt::Display for Cause {
                 demand,
                 capacity,
                 held,
-            } => write!(
-                f,
-                "capacity {:.2} Mbit/s held {:.2} Mbit/s with headroom for {} s",
-                mbps(*capacity),
-                mbps(*demand),
-                held.as_secs()
-            ),
+                delivered,
+            } => {
+                write!(
+                    f,
+                    "capacity {:.2} Mbit/s held {:.2} Mbit/s with headroom for {} s",
+                    mbps(*capacity),
+                    mbps(*demand),
+                    held.as_secs()
+                )?;
+                match delivered {
+                    Some(d) => write!(f, ", the links carried {:.2} Mbit/s", mbps(*d)),
+                    None => Ok(()),
+                }
+            }
             Cause::Override => f.write_str("set by an operator"),
             Cause::Ceiling => f.write_str("held down by a local action"),
             Cause::Unavailable => f.write_str("the level is not available"),
@@ -430,8 +476,8 @@ pub struct StreamLevels {
     /// The flaps of the last `flap_memory`: when, and the highest capacity held between
     /// their step up and step down.
     flaps: VecDeque<(Instant, f64)>,
-    /// When the last probe started.
-    last_probe: Option<Instant>,
+    /// When the last probe started, and its rate.
+    last_probe: Option<(Instant, f64)>,
     /// When the last step down happened.
     last_down: Option<Instant>,
     /// A probe asked for and not taken yet.
@@ -672,9 +718,9 @@ impl StreamLevels {
             }
         } else {
             self.short_since = None;
-            out.extend(self.try_up(now, capacity));
+            out.extend(self.try_up(now, capacity, m.delivered));
             if out.is_empty() {
-                self.want_probe(now, capacity);
+                self.want_probe(now, capacity, m.delivered.is_some());
             }
         }
         self.changes += out.len() as u64;
@@ -692,14 +738,15 @@ impl StreamLevels {
     }
 
     /// Asks for a probe when a camera below the best level it may have cannot step up on
-    /// `capacity` (see the module docs): for the demand of the highest-priority such
-    /// camera at that best level, with headroom.
-    fn want_probe(&mut self, now: Instant, capacity: f64) {
+    /// `capacity`, or its hold there has not seen the paths deliver that level's demand
+    /// yet (`proof`: what they deliver is measured; see the module docs): for the demand
+    /// of the highest-priority such camera at that best level, with headroom.
+    fn want_probe(&mut self, now: Instant, capacity: f64, proof: bool) {
         // not while a collapse may still be under way (the last step down is recent)
         let recent = |t: Option<Instant>| {
             t.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.probe_every)
         };
-        if recent(self.last_probe) || recent(self.last_down) {
+        if recent(self.last_probe.map(|(t, _)| t)) || recent(self.last_down) {
             return;
         }
         let total = self.demand();
@@ -712,17 +759,26 @@ impl StreamLevels {
                     .find(|l| c.ladder.cost(*l).is_some())?,
             };
             (best < c.level).then(|| {
-                (total - c.ladder.cost_at(c.level) + c.ladder.cost_at(best))
-                    * (1.0 + self.cfg.headroom)
+                let rate = (total - c.ladder.cost_at(c.level) + c.ladder.cost_at(best))
+                    * (1.0 + self.cfg.headroom);
+                (rate, self.proven(i, best))
             })
         });
-        if let Some(rate) = want.filter(|r| *r > capacity) {
-            self.last_probe = Some(now);
+        if let Some((rate, _)) = want.filter(|(r, proven)| *r > capacity || (proof && !proven)) {
+            self.last_probe = Some((now, rate));
             self.probe = Some(Probe {
                 rate,
                 span: self.cfg.probe_for,
             });
         }
+    }
+
+    /// Whether the paths have delivered `level`'s demand for camera `camera` with headroom
+    /// during its hold.
+    fn proven(&self, camera: usize, level: Level) -> bool {
+        self.headroom.as_ref().is_some_and(|h| {
+            h.camera == camera && h.levels.iter().any(|l| l.level == level && l.proven)
+        })
     }
 
     /// The cameras that may change by themselves, lowest priority first.
@@ -788,7 +844,7 @@ impl StreamLevels {
     /// Steps a camera up once the capacity has held a higher demand with headroom for the
     /// up-hold: the highest-priority camera whose next level fits, to the highest level
     /// whose hold is over (each level's hold starts when it first fits).
-    fn try_up(&mut self, now: Instant, capacity: f64) -> Option<Change> {
+    fn try_up(&mut self, now: Instant, capacity: f64, delivered: Option<f64>) -> Option<Change> {
         let total = self.demand();
         let headroom = 1.0 + self.cfg.headroom;
         // (camera, demand of the others, the levels above its own that fit, nearest first)
@@ -814,28 +870,57 @@ impl StreamLevels {
             Some(h) if h.camera == i => h.levels,
             _ => Vec::new(),
         };
-        let levels: Vec<HeldLevel> = fitting
+        let ladder = self.cameras[i].ladder;
+        let mut levels: Vec<HeldLevel> = fitting
             .into_iter()
-            .map(|level| match before.iter().find(|h| h.level == level) {
-                Some(h) => HeldLevel {
-                    low: h.low.min(capacity),
-                    ..*h
-                },
-                None => HeldLevel {
-                    level,
-                    since: now,
-                    low: capacity,
-                },
+            .map(|level| {
+                // the paths delivered this level's demand with headroom (or nothing can
+                // show it): the estimate is what they carry, not a window grown idle
+                let shown =
+                    delivered.is_none_or(|d| d >= (others + ladder.cost_at(level)) * headroom);
+                let most = |m: Option<f64>| match (m, delivered) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                match before.iter().find(|h| h.level == level) {
+                    Some(h) => HeldLevel {
+                        low: h.low.min(capacity),
+                        proven: h.proven || shown,
+                        delivered: most(h.delivered),
+                        ..*h
+                    },
+                    None => HeldLevel {
+                        level,
+                        since: now,
+                        low: capacity,
+                        proven: shown,
+                        delivered,
+                    },
+                }
             })
             .collect();
-        // the best level whose hold is over; none while the last step up settles
+        // a probe whose reading is in without the paths having delivered a level's demand
+        // shows the estimate wrong there: that level's hold starts over
+        if let Some((start, rate)) = self.last_probe {
+            let read = start + self.cfg.probe_for + PROBE_READ;
+            for h in levels
+                .iter_mut()
+                .filter(|h| !h.proven && h.since < read && now >= read)
+            {
+                if (others + ladder.cost_at(h.level)) * headroom <= rate {
+                    h.since = now;
+                    h.low = capacity;
+                }
+            }
+        }
+        // the best level whose hold is over and proven; none while the last step up
+        // settles
         let settled = self.up_settle_until.is_none_or(|t| now >= t);
         let ready = settled
             .then(|| {
-                levels
-                    .iter()
-                    .rev()
-                    .find(|h| now.saturating_duration_since(h.since) >= self.up_hold(h.low))
+                levels.iter().rev().find(|h| {
+                    h.proven && now.saturating_duration_since(h.since) >= self.up_hold(h.low)
+                })
             })
             .flatten()
             .copied();
@@ -847,6 +932,7 @@ impl StreamLevels {
             demand: others + self.cameras[i].ladder.cost_at(ready.level),
             capacity,
             held: now.saturating_duration_since(ready.since),
+            delivered: ready.delivered,
         };
         let ch = self.cameras[i].change(i, ready.level, cause);
         self.last_up = Some(self.held().unwrap_or(capacity));
@@ -872,12 +958,16 @@ struct Headroom {
     levels: Vec<HeldLevel>,
 }
 
-/// A level the capacity has held with headroom since `since`, at least `low`.
+/// A level the capacity has held with headroom since `since`, at least `low`; `proven`:
+/// the paths delivered its demand with headroom since (or nothing measures what they
+/// deliver), at most `delivered`.
 #[derive(Debug, Clone, Copy)]
 struct HeldLevel {
     level: Level,
     since: Instant,
     low: f64,
+    proven: bool,
+    delivered: Option<f64>,
 }
 
 /// One change per camera: a camera stepped down several rungs at once is one change, from
@@ -981,6 +1071,7 @@ mod tests {
                 capacity,
                 backlog,
                 saturated,
+                delivered: None,
             };
             self.levels.update(self.now, &self.ladders, m)
         }
@@ -1050,6 +1141,7 @@ mod tests {
                 capacity: Some(capacity),
                 backlog: Duration::ZERO,
                 saturated: probing || link < 1.0 * MBIT,
+                delivered: None,
             };
             for c in levels.update(now, &ladders, m) {
                 if c.to < c.from {
@@ -1118,6 +1210,106 @@ mod tests {
         );
     }
 
+    /// 60 s of a camera with a second stream on links that collapse from 14 to 0.5 Mbit/s
+    /// from 1 s to 31 s, whose window estimate reads 144 Mbit/s but in the collapse's
+    /// first second (windows grown by a thin stream's bursts: seen in the network
+    /// namespaces); a probe's paths deliver what the links carry for its second, else
+    /// they deliver the stream. `measured`: what they deliver is measured. The changes
+    /// (when, what) and the probes' starts.
+    fn collapse_under_an_idle_estimate(
+        measured: bool,
+        cfg: LevelConfig,
+    ) -> (Vec<(Duration, Change)>, Vec<Duration>) {
+        let mut levels = StreamLevels::new(cfg, &[0]);
+        let ladders = vec![with_sub()];
+        let t0 = Instant::now();
+        let mut probes = Vec::new();
+        let mut probed_until: Option<Instant> = None;
+        let mut changes = Vec::new();
+        for step in 1..=1200u32 {
+            let now = t0 + 50 * MS * step;
+            let at = now - t0;
+            let collapsed = at >= Duration::from_secs(1) && at < Duration::from_secs(31);
+            let first_second = collapsed && at < Duration::from_secs(2);
+            let link = if collapsed { 0.5 } else { 14.0 } * MBIT;
+            let probing = probed_until.is_some_and(|t| now <= t);
+            let m = Measure {
+                capacity: Some(if first_second { link } else { 144.0 * MBIT }),
+                backlog: Duration::ZERO,
+                saturated: first_second,
+                delivered: measured.then(|| {
+                    if probing {
+                        link
+                    } else {
+                        levels.demand().min(link)
+                    }
+                }),
+            };
+            for c in levels.update(now, &ladders, m) {
+                changes.push((at, c));
+            }
+            if let Some(p) = levels.take_probe() {
+                probes.push(at);
+                probed_until = Some(now + p.span);
+            }
+        }
+        (changes, probes)
+    }
+
+    #[test]
+    fn an_estimate_the_paths_never_delivered_steps_nothing_up() {
+        let secs = Duration::from_secs;
+        // the estimate alone: a step up inside the collapse (the defect this guards)
+        let (changes, _) = collapse_under_an_idle_estimate(false, LevelConfig::default());
+        assert!(
+            changes
+                .iter()
+                .any(|(at, c)| c.to < c.from && *at < secs(31)),
+            "{changes:?}"
+        );
+        // with what the paths delivered: down once at the collapse, up once after the
+        // return, to full
+        let (changes, probes) = collapse_under_an_idle_estimate(true, LevelConfig::default());
+        let steps: Vec<_> = changes.iter().map(|(_, c)| (c.from, c.to)).collect();
+        assert_eq!(
+            steps,
+            vec![
+                (Level::Full, Level::Keyframes),
+                (Level::Keyframes, Level::Full)
+            ],
+            "{changes:?}"
+        );
+        assert!(changes[0].0 <= secs(1) + 500 * MS, "{changes:?}");
+        // the probes in the collapse found nothing: each started the hold over, and the
+        // step up came a plain hold after the last one's reading, proven by the one after
+        // the return
+        let in_collapse: Vec<_> = probes.iter().filter(|t| **t < secs(31)).collect();
+        assert!(in_collapse.len() >= 4, "{probes:?}");
+        assert!(
+            probes.windows(2).all(|w| w[1] - w[0] >= secs(5)),
+            "{probes:?}"
+        );
+        let last_failed = **in_collapse.last().unwrap() + secs(1) + PROBE_READ;
+        let (up_at, up) = changes[1];
+        assert!(up_at >= last_failed + secs(10), "{up_at:?} {probes:?}");
+        assert!(up_at <= secs(31) + secs(11), "{up_at:?} {probes:?}");
+        match up.cause {
+            Cause::Headroom { delivered, .. } => {
+                assert!(delivered.is_some_and(|d| d >= 4.0 * MBIT * 1.25), "{up:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // no probe for a minute: no reading starts a hold over, and a hold without the
+        // paths delivering the level steps nothing up
+        let rare = LevelConfig {
+            probe_every: Duration::from_secs(60),
+            ..LevelConfig::default()
+        };
+        let (changes, probes) = collapse_under_an_idle_estimate(true, rare);
+        assert!(probes.is_empty(), "{probes:?}");
+        assert_eq!(changes.len(), 1, "{changes:?}");
+    }
+
     #[test]
     fn a_window_estimate_alone_is_no_shortage() {
         // a thin stream's paths keep small windows: their estimate reads below the demand
@@ -1129,6 +1321,7 @@ mod tests {
             capacity: Some(3.0 * MBIT),
             backlog,
             saturated,
+            delivered: None,
         };
         for step in 1..=40u32 {
             assert!(levels
@@ -1275,6 +1468,7 @@ mod tests {
                 capacity: (!flicker).then_some(0.3 * MBIT),
                 backlog: 900 * MS,
                 saturated: true,
+                delivered: None,
             };
             if !s.levels.update(s.now, &s.ladders, m).is_empty() {
                 at = Some(s.now - start);
@@ -1302,6 +1496,7 @@ mod tests {
                 capacity: (!silent).then_some(14.0 * MBIT),
                 backlog: t.saturating_sub(50 * MS),
                 saturated: false,
+                delivered: None,
             };
             if !s.levels.update(s.now, &s.ladders, m).is_empty() {
                 at = Some(t);
@@ -1360,6 +1555,7 @@ mod tests {
                 capacity: (!cut).then_some(14.0 * MBIT),
                 backlog: if cut { t } else { 400 * MS },
                 saturated: false,
+                delivered: None,
             };
             changes.extend(
                 s.levels

@@ -193,6 +193,7 @@ fn upload(total: u64, links: &[(f64, u64)], cut: Option<(PathId, Duration)>) -> 
                     sent_packets: (l.tx_kept / 1200.0) as u64,
                     lost_packets: 0,
                     latest_echo: l.latest_echo,
+                    delivered: None,
                 };
                 let tick = l.est.tick(now, Some(&stats));
                 if tick.dead && !dead[id] && l.est.health().demotions() > 0 {
