@@ -691,26 +691,24 @@ impl Bond {
     /// What the controller of the levels sees of the paths, from one look at them: the
     /// capacity ([`Bond::stream_capacity`]), whether some path that may carry the stream
     /// was measured full in its last meter window (`tunnel::stream_level::saturated`), and
-    /// what they delivered when a probe can show more (`tunnel::stream_level::delivered`),
-    /// with the live media's `backlog`.
+    /// what they have shown they carry (`tunnel::stream_level::proof`; none if their
+    /// congestion controller counts no deliveries), with the live media's `backlog`.
     pub fn stream_measure(&self, backlog: Duration) -> Measure {
         let paths = self.stream_paths();
-        let delivered: Vec<(PathView, Option<f64>)> = paths
+        let mut counted = false;
+        let delivered: Vec<Option<f64>> = paths
             .iter()
             .map(|(v, _)| {
-                let d = self
-                    .paths
-                    .get(v.id)
-                    .and_then(|p| p.lock().est.delivered_up());
-                (v.clone(), d)
+                let st = self.paths.get(v.id)?.lock();
+                counted |= st.live.as_ref().is_some_and(|l| l.delivered.is_some());
+                st.est.delivered_up()
             })
             .collect();
-        let probed = paths.iter().any(|(v, _)| crate::probe::may_probe(v));
         Measure {
             capacity: tunnel::stream_level::capacity(&paths),
             backlog,
             saturated: tunnel::stream_level::saturated(&paths),
-            delivered: tunnel::stream_level::delivered(&delivered, probed),
+            proof: counted.then(|| tunnel::stream_level::proof(&paths, &delivered)),
         }
     }
 

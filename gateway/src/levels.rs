@@ -177,7 +177,7 @@ impl Levels {
         let m = bond.stream_measure(contributor.status().backlog);
         tracing::trace!(
             capacity_mbps = m.capacity.map(|c| c * 8.0 / 1e6),
-            delivered_mbps = m.delivered.map(|c| c * 8.0 / 1e6),
+            proof_mbps = m.proof.map(|c| c * 8.0 / 1e6),
             backlog_ms = m.backlog.as_millis() as u64,
             saturated = m.saturated,
             demand_mbps = st.core.demand() * 8.0 / 1e6,

@@ -11,9 +11,7 @@ use bytes::Bytes;
 use http::{header, Method, Request};
 use std::sync::Arc;
 use tracing::debug;
-use tunnel::path::{CapState, Tier};
-use tunnel::scheduler::PathView;
-use tunnel::stream_level::Probe;
+use tunnel::stream_level::{self, Probe};
 use tunnel::wire::{self, probe};
 use tunnel::TrafficClass;
 
@@ -26,7 +24,7 @@ pub(crate) fn start(bond: &Arc<Bond>, p: Probe) {
         return;
     }
     for v in bond.views() {
-        if !may_probe(&v) {
+        if !stream_level::may_probe(&v) {
             continue;
         }
         let Some(flow) = bond.flow(v.id, TrafficClass::Stream, bytes, 0) else {
@@ -41,15 +39,6 @@ pub(crate) fn start(bond: &Arc<Bond>, p: Probe) {
             }
         });
     }
-}
-
-/// Whether a probe may use the path `v`: usable, allowed to carry the stream, and not a
-/// backup link (whose bytes cost) nor a link near its data cap.
-pub(crate) fn may_probe(v: &PathView) -> bool {
-    v.usable
-        && v.allows(TrafficClass::Stream)
-        && v.tier != Tier::Backup
-        && v.cap == CapState::Normal
 }
 
 #[derive(Debug, thiserror::Error)]

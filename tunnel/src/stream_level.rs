@@ -55,8 +55,9 @@
 //! - **Probing.** A link that carries only a thin stream shows little of what it can carry
 //!   (a congestion window grows only when it is full), so after a collapse the capacity
 //!   estimate stays near the low level's demand and never holds the higher one. When a
-//!   camera is below the best level it may have, nothing fits a step up, and there is no
-//!   shortage, the controller asks the shell to probe ([`StreamLevels::take_probe`]):
+//!   camera is below the best level it may have, nothing fits a step up (or the paths
+//!   have not shown the best level lately, see below), and there is no shortage, the
+//!   controller asks the shell to probe ([`StreamLevels::take_probe`]):
 //!   padding at the lowest priority for [`LevelConfig::probe_for`], as much as the paths
 //!   take, so their windows grow to what they carry (WebRTC's congestion control probes
 //!   before it steps up the same way). At most once per [`LevelConfig::probe_every`], and
@@ -66,13 +67,24 @@
 //!   4 Mbit/s stream on a 7 Mbit/s link with a 45 ms RTT held a 474 kB window, ten times
 //!   its bandwidth-delay product, and read 84 Mbit/s; in a collapse to 0.25 Mbit/s the
 //!   estimate read 144 Mbit/s and the level stepped up to full, then down again, and the
-//!   flap doubled the return's hold). So a step up also needs the paths to have
-//!   delivered the higher demand with headroom during the level's hold
-//!   ([`Measure::delivered`]: what the relay acknowledged), and the controller probes for
-//!   that proof as it probes for a low estimate. A probe whose reading is in
-//!   ([`PROBE_READ`] after its end) without the proof starts over the hold of each level
-//!   it should have shown. Where nothing may be probed (backup links, links near their
-//!   cap) the estimate alone decides, as before.
+//!   flap doubled the return's hold). So a step up also needs the paths to have shown the
+//!   higher demand with headroom ([`Measure::proof`]: what each path a probe may use
+//!   delivered, acknowledged by the relay), in a reading taken wholly within the level's
+//!   hold and no older than [`LevelConfig::proof_for`]; the controller probes for it
+//!   while it is missing, as it probes for a low estimate (not within
+//!   [`LevelConfig::settle`] of a step up: the probe's queue would hold up the new level's
+//!   first parts).
+//!   A probe whose readings are all in ([`READING_LAG`] after its end) without showing
+//!   the level it was for starts over the hold of that level and of the camera's levels
+//!   below it. A path a probe may not use ([`may_probe`]: backup links, links near their
+//!   cap) counts its estimate: nothing can show more there.
+//! - **A probe's own queue.** On a collapsed link a probe's padding queues ahead of the live
+//!   media (measured: backlogs of 0.4-0.5 s within a second of each probe on 0.25 Mbit/s
+//!   links), so a backlog from a probe's start until [`READING_LAG`] after its end steps
+//!   nothing down; a shortage the meters measure still does. Counted, it stepped the
+//!   keyframes level back to audio inside a collapse after each step up (a flap), and
+//!   when that came at the links' return it put off the next probe, and the return to
+//!   full, by 5 s.
 //! - **By hand.** An operator's override pins a camera's level until it is lifted (if the
 //!   pinned level goes away, the camera falls back and returns to it when it comes back).
 //! - **By rule.** A local action's ceiling holds a camera at a level or lower (the best
@@ -80,6 +92,7 @@
 //!   further down, it never steps above the ceiling, an override wins, and once lifted the
 //!   camera steps up as the capacity allows, after the usual hold.
 
+use crate::path::{CapState, Tier};
 use crate::scheduler::PathView;
 use crate::TrafficClass;
 use std::collections::VecDeque;
@@ -201,19 +214,31 @@ pub fn capacity(paths: &[(PathView, Option<f64>)]) -> Option<f64> {
     })
 }
 
-/// What the paths that may carry the stream delivered lately, bytes per second, from each
-/// path's view and what the peer acknowledged on it per second
-/// (`crate::path_estimate::PathEstimate::delivered_up`), when `probed` (some path may be
-/// probed, so a probe can show more than the stream carries): see [`Measure::delivered`].
-/// None when nothing may be probed or no path that may carry the stream counts what it
-/// delivered.
-pub fn delivered(paths: &[(PathView, Option<f64>)], probed: bool) -> Option<f64> {
-    let readings: Vec<f64> = paths
+/// Whether a probe may use path `v`: usable, allowed the stream, and neither a backup link
+/// (whose bytes cost) nor a link near its data cap.
+pub fn may_probe(v: &PathView) -> bool {
+    v.allows(TrafficClass::Stream) && v.tier != Tier::Backup && v.cap == CapState::Normal
+}
+
+/// What the paths that may carry the stream have shown they carry, bytes per second, from
+/// each path's view and full rate (as for [`capacity`]) and what it delivered lately
+/// (`delivered`, in the same order: what the relay acknowledged per second,
+/// `crate::path_estimate::PathEstimate::delivered_up`): a path a probe may use counts what
+/// it delivered (nothing while it has no reading yet), any other its estimate, since no
+/// probe can show more there. See [`Measure::proof`].
+pub fn proof(paths: &[(PathView, Option<f64>)], delivered: &[Option<f64>]) -> f64 {
+    paths
         .iter()
-        .filter(|(v, _)| v.allows(TrafficClass::Stream))
-        .filter_map(|(_, d)| *d)
-        .collect();
-    (probed && !readings.is_empty()).then(|| readings.iter().sum())
+        .zip(delivered)
+        .filter(|((v, _), _)| v.allows(TrafficClass::Stream))
+        .map(|((v, full), d)| {
+            if may_probe(v) {
+                d.unwrap_or(0.0)
+            } else {
+                full.unwrap_or(v.rate_up)
+            }
+        })
+        .sum()
 }
 
 /// Whether some path that may carry the stream was queued all through its last meter
@@ -255,6 +280,10 @@ pub struct LevelConfig {
     pub probe_every: Duration,
     /// How long a probe lasts.
     pub probe_for: Duration,
+    /// How long the paths' showing a level's demand stands as its proof: a level held
+    /// longer (a flap's doubled hold) must be shown again, as the links may have collapsed
+    /// meanwhile with nothing else to tell (a thin stream fills no meter window).
+    pub proof_for: Duration,
 }
 
 impl Default for LevelConfig {
@@ -271,6 +300,7 @@ impl Default for LevelConfig {
             flap_memory: Duration::from_secs(600),
             probe_every: Duration::from_secs(5),
             probe_for: Duration::from_secs(1),
+            proof_for: Duration::from_secs(10),
         }
     }
 }
@@ -281,9 +311,12 @@ impl Default for LevelConfig {
 /// many times more.
 pub const FLAP_REACH: f64 = 2.0;
 
-/// How long after a probe's end what the paths delivered during it is read: the reading
-/// spans two meter windows of 250 ms and is taken at their close.
-pub const PROBE_READ: Duration = Duration::from_millis(750);
+/// How long after a moment every reading of what the paths delivered covers only time after
+/// it: a reading spans two meter windows of 250 ms and is taken at the close of the second
+/// (`crate::path_estimate::PathEstimate::delivered_up`). So the readings that cover part
+/// of a probe are all in this long after its end, and one taken this long after a hold
+/// began shows nothing from before it.
+pub const READING_LAG: Duration = Duration::from_millis(750);
 
 /// What a flap keeps of a reading is what the capacity held for this long (the least of
 /// the readings in it): one meter window's spike is not what the links carried (traced
@@ -320,12 +353,11 @@ pub struct Measure {
     /// Some path carrying the stream was measured full ([`saturated`]): the capacity is
     /// what the links carry, not only an estimate from their windows.
     pub saturated: bool,
-    /// What the paths delivered lately ([`delivered`]), bytes per second, when a probe
-    /// can show more than the stream carries: a step up needs it to have reached the
-    /// higher demand with headroom during the level's hold. None: nothing may be probed
-    /// (backup links, links near their cap) or nothing counts it; the capacity alone
-    /// decides.
-    pub delivered: Option<f64>,
+    /// What the paths have shown they carry lately ([`proof`]), bytes per second: a step
+    /// up needs it to reach the higher demand with headroom during the level's hold (see
+    /// the module docs). None: nothing counts what the paths deliver (a congestion
+    /// controller other than `LowDelay`); the capacity alone decides.
+    pub proof: Option<f64>,
 }
 
 /// Why a level changed.
@@ -348,8 +380,9 @@ pub enum Cause {
         capacity: f64,
         /// How long it held.
         held: Duration,
-        /// The most the paths delivered during the hold, if it was measured.
-        delivered: Option<f64>,
+        /// The most the paths showed they carry during the hold ([`Measure::proof`]), if
+        /// that is measured.
+        carried: Option<f64>,
     },
     /// An operator set it.
     Override,
@@ -374,7 +407,7 @@ impl std::fmt::Display for Cause {
                 demand,
                 capacity,
                 held,
-                delivered,
+                carried,
             } => {
                 write!(
                     f,
@@ -383,7 +416,7 @@ impl std::fmt::Display for Cause {
                     mbps(*demand),
                     held.as_secs()
                 )?;
-                match delivered {
+                match carried {
                     Some(d) => write!(f, ", the links carried {:.2} Mbit/s", mbps(*d)),
                     None => Ok(()),
                 }
@@ -476,8 +509,8 @@ pub struct StreamLevels {
     /// The flaps of the last `flap_memory`: when, and the highest capacity held between
     /// their step up and step down.
     flaps: VecDeque<(Instant, f64)>,
-    /// When the last probe started, and its rate.
-    last_probe: Option<(Instant, f64)>,
+    /// The last probe asked for.
+    last_probe: Option<ProbeSent>,
     /// When the last step down happened.
     last_down: Option<Instant>,
     /// A probe asked for and not taken yet.
@@ -718,18 +751,24 @@ impl StreamLevels {
             }
         } else {
             self.short_since = None;
-            out.extend(self.try_up(now, capacity, m.delivered));
+            out.extend(self.try_up(now, capacity, m.proof));
             if out.is_empty() {
-                self.want_probe(now, capacity, m.delivered.is_some());
+                self.want_probe(now, capacity);
             }
         }
         self.changes += out.len() as u64;
         out
     }
 
-    /// A backlog of `backlog` is a shortage at `now`.
+    /// A backlog of `backlog` is a shortage at `now`: not while a probe's queue drains (from
+    /// its start until [`READING_LAG`] after its end: see the module docs).
     fn backlog_counts(&self, backlog: Duration, now: Instant) -> bool {
-        backlog > self.cfg.backlog_down && self.backlog_ignored_until.is_none_or(|t| now >= t)
+        let probing = self
+            .last_probe
+            .is_some_and(|p| now < p.start + self.cfg.probe_for + READING_LAG);
+        backlog > self.cfg.backlog_down
+            && self.backlog_ignored_until.is_none_or(|t| now >= t)
+            && !probing
     }
 
     /// The probe asked for since the last call, if any.
@@ -738,15 +777,19 @@ impl StreamLevels {
     }
 
     /// Asks for a probe when a camera below the best level it may have cannot step up on
-    /// `capacity`, or its hold there has not seen the paths deliver that level's demand
-    /// yet (`proof`: what they deliver is measured; see the module docs): for the demand
-    /// of the highest-priority such camera at that best level, with headroom.
-    fn want_probe(&mut self, now: Instant, capacity: f64, proof: bool) {
-        // not while a collapse may still be under way (the last step down is recent)
+    /// `capacity`, or the paths have not shown that level's demand during its hold lately
+    /// (see the module docs): for the demand of the highest-priority such camera at that
+    /// best level, with headroom.
+    fn want_probe(&mut self, now: Instant, capacity: f64) {
+        // not while a collapse may still be under way (the last step down is recent), nor
+        // while a step up settles (the probe's queue would count as its backlog)
         let recent = |t: Option<Instant>| {
             t.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.probe_every)
         };
-        if recent(self.last_probe.map(|(t, _)| t)) || recent(self.last_down) {
+        if recent(self.last_probe.map(|p| p.start))
+            || recent(self.last_down)
+            || self.up_settle_until.is_some_and(|t| now < t)
+        {
             return;
         }
         let total = self.demand();
@@ -761,11 +804,18 @@ impl StreamLevels {
             (best < c.level).then(|| {
                 let rate = (total - c.ladder.cost_at(c.level) + c.ladder.cost_at(best))
                     * (1.0 + self.cfg.headroom);
-                (rate, self.proven(i, best))
+                (i, best, rate)
             })
         });
-        if let Some((rate, _)) = want.filter(|(r, proven)| *r > capacity || (proof && !proven)) {
-            self.last_probe = Some((now, rate));
+        let Some((camera, level, rate)) = want else {
+            return;
+        };
+        if rate > capacity || !self.shown(camera, level, now) {
+            self.last_probe = Some(ProbeSent {
+                start: now,
+                camera,
+                level,
+            });
             self.probe = Some(Probe {
                 rate,
                 span: self.cfg.probe_for,
@@ -773,11 +823,14 @@ impl StreamLevels {
         }
     }
 
-    /// Whether the paths have delivered `level`'s demand for camera `camera` with headroom
-    /// during its hold.
-    fn proven(&self, camera: usize, level: Level) -> bool {
+    /// Whether the paths have shown `level`'s demand for camera `camera` with headroom during
+    /// its hold, within [`LevelConfig::proof_for`] of `now`.
+    fn shown(&self, camera: usize, level: Level, now: Instant) -> bool {
         self.headroom.as_ref().is_some_and(|h| {
-            h.camera == camera && h.levels.iter().any(|l| l.level == level && l.proven)
+            h.camera == camera
+                && h.levels
+                    .iter()
+                    .any(|l| l.level == level && l.shown_within(now, self.cfg.proof_for))
         })
     }
 
@@ -842,9 +895,10 @@ impl StreamLevels {
     }
 
     /// Steps a camera up once the capacity has held a higher demand with headroom for the
-    /// up-hold: the highest-priority camera whose next level fits, to the highest level
-    /// whose hold is over (each level's hold starts when it first fits).
-    fn try_up(&mut self, now: Instant, capacity: f64, delivered: Option<f64>) -> Option<Change> {
+    /// up-hold and the paths have shown it (`proof`, see the module docs): the
+    /// highest-priority camera whose next level fits, to the highest level whose hold is
+    /// over and shown (each level's hold starts when it first fits).
+    fn try_up(&mut self, now: Instant, capacity: f64, proof: Option<f64>) -> Option<Change> {
         let total = self.demand();
         let headroom = 1.0 + self.cfg.headroom;
         // (camera, demand of the others, the levels above its own that fit, nearest first)
@@ -871,55 +925,63 @@ impl StreamLevels {
             _ => Vec::new(),
         };
         let ladder = self.cameras[i].ladder;
-        let mut levels: Vec<HeldLevel> = fitting
+        // a probe for this camera whose readings are all in
+        let failed_probe = self
+            .last_probe
+            .filter(|p| p.camera == i && now >= p.start + self.cfg.probe_for + READING_LAG);
+        let levels: Vec<HeldLevel> = fitting
             .into_iter()
             .map(|level| {
-                // the paths delivered this level's demand with headroom (or nothing can
-                // show it): the estimate is what they carry, not a window grown idle
-                let shown =
-                    delivered.is_none_or(|d| d >= (others + ladder.cost_at(level)) * headroom);
-                let most = |m: Option<f64>| match (m, delivered) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
-                match before.iter().find(|h| h.level == level) {
+                let mut h = match before.iter().find(|h| h.level == level) {
                     Some(h) => HeldLevel {
                         low: h.low.min(capacity),
-                        proven: h.proven || shown,
-                        delivered: most(h.delivered),
                         ..*h
                     },
                     None => HeldLevel {
                         level,
                         since: now,
                         low: capacity,
-                        proven: shown,
-                        delivered,
+                        shown: None,
+                        carried: None,
                     },
+                };
+                // a probe that covered this level's hold, was for it or a level above, and
+                // did not show it: the estimate is wrong there, and the hold starts over
+                if let Some(p) = failed_probe {
+                    let covered = h.since < p.start + self.cfg.probe_for;
+                    if covered && level >= p.level && h.shown.is_none_or(|t| t < p.start) {
+                        h = HeldLevel {
+                            level,
+                            since: now,
+                            low: capacity,
+                            shown: None,
+                            carried: None,
+                        };
+                    }
                 }
+                match proof {
+                    // nothing counts what the paths deliver: the estimate is all there is
+                    None => h.shown = Some(now),
+                    // a reading wholly within the hold: the paths carried this much then
+                    Some(p) if now >= h.since + READING_LAG => {
+                        if p >= (others + ladder.cost_at(level)) * headroom {
+                            h.shown = Some(now);
+                        }
+                        h.carried = Some(h.carried.map_or(p, |c| c.max(p)));
+                    }
+                    Some(_) => {}
+                }
+                h
             })
             .collect();
-        // a probe whose reading is in without the paths having delivered a level's demand
-        // shows the estimate wrong there: that level's hold starts over
-        if let Some((start, rate)) = self.last_probe {
-            let read = start + self.cfg.probe_for + PROBE_READ;
-            for h in levels
-                .iter_mut()
-                .filter(|h| !h.proven && h.since < read && now >= read)
-            {
-                if (others + ladder.cost_at(h.level)) * headroom <= rate {
-                    h.since = now;
-                    h.low = capacity;
-                }
-            }
-        }
-        // the best level whose hold is over and proven; none while the last step up
+        // the best level whose hold is over and shown lately; none while the last step up
         // settles
         let settled = self.up_settle_until.is_none_or(|t| now >= t);
         let ready = settled
             .then(|| {
                 levels.iter().rev().find(|h| {
-                    h.proven && now.saturating_duration_since(h.since) >= self.up_hold(h.low)
+                    h.shown_within(now, self.cfg.proof_for)
+                        && now.saturating_duration_since(h.since) >= self.up_hold(h.low)
                 })
             })
             .flatten()
@@ -932,7 +994,7 @@ impl StreamLevels {
             demand: others + self.cameras[i].ladder.cost_at(ready.level),
             capacity,
             held: now.saturating_duration_since(ready.since),
-            delivered: ready.delivered,
+            carried: ready.carried,
         };
         let ch = self.cameras[i].change(i, ready.level, cause);
         self.last_up = Some(self.held().unwrap_or(capacity));
@@ -958,16 +1020,32 @@ struct Headroom {
     levels: Vec<HeldLevel>,
 }
 
-/// A level the capacity has held with headroom since `since`, at least `low`; `proven`:
-/// the paths delivered its demand with headroom since (or nothing measures what they
-/// deliver), at most `delivered`.
+/// A level the capacity has held with headroom since `since`, at least `low`; when the
+/// paths last showed its demand with headroom in a reading within the hold (with nothing
+/// to count what they deliver: at every look), and the most they showed in one.
 #[derive(Debug, Clone, Copy)]
 struct HeldLevel {
     level: Level,
     since: Instant,
     low: f64,
-    proven: bool,
-    delivered: Option<f64>,
+    shown: Option<Instant>,
+    carried: Option<f64>,
+}
+
+impl HeldLevel {
+    /// Whether the paths showed the level within `age` of `now`.
+    fn shown_within(&self, now: Instant, age: Duration) -> bool {
+        self.shown
+            .is_some_and(|t| now.saturating_duration_since(t) <= age)
+    }
+}
+
+/// A probe the controller asked for: when, and for which camera's level.
+#[derive(Debug, Clone, Copy)]
+struct ProbeSent {
+    start: Instant,
+    camera: usize,
+    level: Level,
 }
 
 /// One change per camera: a camera stepped down several rungs at once is one change, from
@@ -1071,7 +1149,7 @@ mod tests {
                 capacity,
                 backlog,
                 saturated,
-                delivered: None,
+                proof: None,
             };
             self.levels.update(self.now, &self.ladders, m)
         }
@@ -1141,7 +1219,7 @@ mod tests {
                 capacity: Some(capacity),
                 backlog: Duration::ZERO,
                 saturated: probing || link < 1.0 * MBIT,
-                delivered: None,
+                proof: None,
             };
             for c in levels.update(now, &ladders, m) {
                 if c.to < c.from {
@@ -1210,66 +1288,79 @@ mod tests {
         );
     }
 
-    /// 60 s of a camera with a second stream on links that collapse from 14 to 0.5 Mbit/s
-    /// from 1 s to 31 s, whose window estimate reads 144 Mbit/s but in the collapse's
-    /// first second (windows grown by a thin stream's bursts: seen in the network
-    /// namespaces); a probe's paths deliver what the links carry for its second, else
-    /// they deliver the stream. `measured`: what they deliver is measured. The changes
-    /// (when, what) and the probes' starts.
-    fn collapse_under_an_idle_estimate(
-        measured: bool,
+    /// A camera with a second stream, its main stream's cost drifting by up to 3% (a
+    /// camera's bitrate is never flat), on links whose window estimate reads 144 Mbit/s
+    /// whatever they carry (windows grown idle by a thin stream's bursts: seen in the
+    /// network namespaces), for `secs` in 50 ms looks. `link(at)`: what the links carry
+    /// then, Mbit/s; in the first second after it dropped they read full at that rate.
+    /// The paths show what the links carry in the readings that cover a probe (from a
+    /// quarter second into it to half a second after it, as two-window readings do), else
+    /// the stream; `measured`: false, nothing counts it. The changes and the probes'
+    /// starts.
+    fn under_an_idle_estimate(
         cfg: LevelConfig,
+        measured: bool,
+        secs: u32,
+        link: impl Fn(Duration) -> f64,
     ) -> (Vec<(Duration, Change)>, Vec<Duration>) {
         let mut levels = StreamLevels::new(cfg, &[0]);
-        let ladders = vec![with_sub()];
         let t0 = Instant::now();
-        let mut probes = Vec::new();
-        let mut probed_until: Option<Instant> = None;
+        let mut probes: Vec<(Duration, Duration)> = Vec::new();
         let mut changes = Vec::new();
-        for step in 1..=1200u32 {
+        for step in 1..=secs * 20 {
             let now = t0 + 50 * MS * step;
             let at = now - t0;
-            let collapsed = at >= Duration::from_secs(1) && at < Duration::from_secs(31);
-            let first_second = collapsed && at < Duration::from_secs(2);
-            let link = if collapsed { 0.5 } else { 14.0 } * MBIT;
-            let probing = probed_until.is_some_and(|t| now <= t);
-            let m = Measure {
-                capacity: Some(if first_second { link } else { 144.0 * MBIT }),
-                backlog: Duration::ZERO,
-                saturated: first_second,
-                delivered: measured.then(|| {
-                    if probing {
-                        link
-                    } else {
-                        levels.demand().min(link)
-                    }
-                }),
+            let mut ladder = with_sub();
+            ladder.0[0] = Some(4.0 * MBIT * (1.0 + 0.03 * (f64::from(step) * 0.37).sin()));
+            let carry = link(at) * MBIT;
+            let second = Duration::from_secs(1);
+            let dropped = at >= second && carry < link(at - second) * MBIT;
+            let probing = probes
+                .iter()
+                .any(|(t, span)| at >= *t + 250 * MS && at <= *t + *span + 500 * MS);
+            let shown = if probing {
+                carry
+            } else {
+                levels.demand().min(carry)
             };
-            for c in levels.update(now, &ladders, m) {
+            let m = Measure {
+                capacity: Some(if dropped { carry } else { 144.0 * MBIT }),
+                backlog: Duration::ZERO,
+                saturated: dropped,
+                proof: measured.then_some(shown),
+            };
+            for c in levels.update(now, &[ladder], m) {
                 changes.push((at, c));
             }
             if let Some(p) = levels.take_probe() {
-                probes.push(at);
-                probed_until = Some(now + p.span);
+                probes.push((at, p.span));
             }
         }
-        (changes, probes)
+        (changes, probes.into_iter().map(|(t, _)| t).collect())
     }
 
     #[test]
-    fn an_estimate_the_paths_never_delivered_steps_nothing_up() {
+    fn an_estimate_the_paths_never_carried_steps_nothing_up() {
         let secs = Duration::from_secs;
+        // 14 Mbit/s, 0.5 from 1 s to 31 s, then 14 again
+        let collapse = |at: Duration| {
+            if at >= secs(1) && at < secs(31) {
+                0.5
+            } else {
+                14.0
+            }
+        };
         // the estimate alone: a step up inside the collapse (the defect this guards)
-        let (changes, _) = collapse_under_an_idle_estimate(false, LevelConfig::default());
+        let (changes, _) = under_an_idle_estimate(LevelConfig::default(), false, 60, collapse);
         assert!(
             changes
                 .iter()
                 .any(|(at, c)| c.to < c.from && *at < secs(31)),
             "{changes:?}"
         );
-        // with what the paths delivered: down once at the collapse, up once after the
+        // with what the paths showed: down once at the collapse, up once after the
         // return, to full
-        let (changes, probes) = collapse_under_an_idle_estimate(true, LevelConfig::default());
+        let (changes, probes) = under_an_idle_estimate(LevelConfig::default(), true, 60, collapse);
         let steps: Vec<_> = changes.iter().map(|(_, c)| (c.from, c.to)).collect();
         assert_eq!(
             steps,
@@ -1280,34 +1371,151 @@ mod tests {
             "{changes:?}"
         );
         assert!(changes[0].0 <= secs(1) + 500 * MS, "{changes:?}");
-        // the probes in the collapse found nothing: each started the hold over, and the
-        // step up came a plain hold after the last one's reading, proven by the one after
-        // the return
+        // the probes in the collapse showed nothing: each started the hold over (whatever
+        // the camera's cost did meanwhile), and the step up came a plain hold after the
+        // last one's readings were in, shown by the one after the return
         let in_collapse: Vec<_> = probes.iter().filter(|t| **t < secs(31)).collect();
         assert!(in_collapse.len() >= 4, "{probes:?}");
         assert!(
             probes.windows(2).all(|w| w[1] - w[0] >= secs(5)),
             "{probes:?}"
         );
-        let last_failed = **in_collapse.last().unwrap() + secs(1) + PROBE_READ;
+        let last_failed = **in_collapse.last().unwrap() + secs(1) + READING_LAG;
         let (up_at, up) = changes[1];
         assert!(up_at >= last_failed + secs(10), "{up_at:?} {probes:?}");
         assert!(up_at <= secs(31) + secs(11), "{up_at:?} {probes:?}");
         match up.cause {
-            Cause::Headroom { delivered, .. } => {
-                assert!(delivered.is_some_and(|d| d >= 4.0 * MBIT * 1.25), "{up:?}")
+            Cause::Headroom { carried, .. } => {
+                assert!(carried.is_some_and(|d| d >= 4.0 * MBIT * 1.25), "{up:?}")
             }
             other => panic!("{other:?}"),
         }
-        // no probe for a minute: no reading starts a hold over, and a hold without the
-        // paths delivering the level steps nothing up
-        let rare = LevelConfig {
+    }
+
+    #[test]
+    fn a_probes_own_queue_steps_nothing_down() {
+        // collapsed to 0.5 Mbit/s from 1 s: keyframes; then each probe's padding queues
+        // ahead of the live media for a while (a backlog of 450 ms), and at 19 s the same
+        // backlog comes with no probe
+        let mut levels = StreamLevels::new(LevelConfig::default(), &[0]);
+        let ladders = vec![with_sub()];
+        let t0 = Instant::now();
+        let mut probes: Vec<Duration> = Vec::new();
+        let mut changes = Vec::new();
+        for step in 1..=500u32 {
+            let now = t0 + 50 * MS * step;
+            let at = now - t0;
+            let onset = at >= Duration::from_secs(1) && at < Duration::from_millis(1300);
+            let after_probe = probes.iter().any(|t| at > *t && at < *t + 1500 * MS);
+            let stray = at >= Duration::from_secs(19) && at < Duration::from_millis(19_500);
+            let m = Measure {
+                capacity: Some(
+                    if at < Duration::from_secs(1) {
+                        14.0
+                    } else {
+                        0.5
+                    } * MBIT,
+                ),
+                backlog: if after_probe || stray {
+                    450 * MS
+                } else {
+                    Duration::ZERO
+                },
+                saturated: onset,
+                proof: Some(levels.demand()),
+            };
+            for c in levels.update(now, &ladders, m) {
+                changes.push((at, c.to, c.cause));
+            }
+            if levels.take_probe().is_some() {
+                probes.push(at);
+            }
+        }
+        assert!(probes.len() >= 4, "{probes:?}");
+        assert!(
+            probes
+                .iter()
+                .all(|t| *t + 1500 * MS < Duration::from_secs(19)
+                    || *t > Duration::from_millis(19_500)),
+            "{probes:?}"
+        );
+        let downs: Vec<_> = changes.iter().map(|(at, to, _)| (*at, *to)).collect();
+        assert_eq!(downs.len(), 2, "{changes:?}");
+        assert_eq!(downs[0].1, Level::Keyframes);
+        assert_eq!(downs[1].1, Level::Audio);
+        assert!(
+            downs[1].0 >= Duration::from_secs(19) && downs[1].0 < Duration::from_millis(19_500),
+            "{changes:?}"
+        );
+    }
+
+    /// A camera stepped down to keyframes by a collapse at 1 s, then 40 s of an estimate of
+    /// 144 Mbit/s with no probe (the next would come a minute after the step down) and no
+    /// backlog, the paths carrying 14 Mbit/s over `busy` (other traffic) and the keyframes
+    /// otherwise. The step up's time, if any.
+    fn held_without_probes(cfg: LevelConfig, busy: std::ops::Range<Duration>) -> Option<Duration> {
+        let cfg = LevelConfig {
             probe_every: Duration::from_secs(60),
+            ..cfg
+        };
+        let mut levels = StreamLevels::new(cfg, &[0]);
+        let ladders = vec![with_sub()];
+        let t0 = Instant::now();
+        let mut up = None;
+        for step in 1..=800u32 {
+            let now = t0 + 50 * MS * step;
+            let at = now - t0;
+            let collapsed = at >= Duration::from_secs(1) && at < Duration::from_millis(1250);
+            let m = Measure {
+                capacity: Some(if collapsed { 0.5 * MBIT } else { 144.0 * MBIT }),
+                backlog: Duration::ZERO,
+                saturated: collapsed,
+                proof: Some(if busy.contains(&at) {
+                    14.0 * MBIT
+                } else {
+                    levels.demand()
+                }),
+            };
+            for c in levels.update(now, &ladders, m) {
+                if c.to < c.from {
+                    up = up.or(Some(at));
+                }
+            }
+            assert!(levels.take_probe().is_none());
+        }
+        up
+    }
+
+    #[test]
+    fn a_proof_counts_only_from_within_the_hold_and_for_a_while() {
+        let ms = |n| Duration::from_millis(n);
+        // the hold of full starts at the first look after the step down (1.25 s)
+        let long = LevelConfig {
+            proof_for: Duration::from_secs(60),
             ..LevelConfig::default()
         };
-        let (changes, probes) = collapse_under_an_idle_estimate(true, rare);
-        assert!(probes.is_empty(), "{probes:?}");
-        assert_eq!(changes.len(), 1, "{changes:?}");
+        // 14 Mbit/s carried just before the hold and at its start: those readings hold
+        // time from before it, and show nothing
+        assert_eq!(held_without_probes(long, ms(1000)..ms(1500)), None);
+        // the same a second later, wholly within the hold: full after the plain hold
+        let up = held_without_probes(long, ms(2000)..ms(2500)).expect("a step up");
+        assert!(up >= ms(11_200) && up <= ms(11_400), "{up:?}");
+        // a proof stands for `proof_for`: a hold of 30 s shown only at its start waits
+        // for another showing
+        let slow = LevelConfig {
+            up_after: Duration::from_secs(30),
+            ..LevelConfig::default()
+        };
+        assert_eq!(held_without_probes(slow, ms(2000)..ms(2500)), None);
+        let up = held_without_probes(
+            LevelConfig {
+                proof_for: Duration::from_secs(60),
+                ..slow
+            },
+            ms(2000)..ms(2500),
+        )
+        .expect("a step up");
+        assert!(up >= ms(31_200) && up <= ms(31_400), "{up:?}");
     }
 
     #[test]
@@ -1321,7 +1529,7 @@ mod tests {
             capacity: Some(3.0 * MBIT),
             backlog,
             saturated,
-            delivered: None,
+            proof: None,
         };
         for step in 1..=40u32 {
             assert!(levels
@@ -1468,7 +1676,7 @@ mod tests {
                 capacity: (!flicker).then_some(0.3 * MBIT),
                 backlog: 900 * MS,
                 saturated: true,
-                delivered: None,
+                proof: None,
             };
             if !s.levels.update(s.now, &s.ladders, m).is_empty() {
                 at = Some(s.now - start);
@@ -1496,7 +1704,7 @@ mod tests {
                 capacity: (!silent).then_some(14.0 * MBIT),
                 backlog: t.saturating_sub(50 * MS),
                 saturated: false,
-                delivered: None,
+                proof: None,
             };
             if !s.levels.update(s.now, &s.ladders, m).is_empty() {
                 at = Some(t);
@@ -1555,7 +1763,7 @@ mod tests {
                 capacity: (!cut).then_some(14.0 * MBIT),
                 backlog: if cut { t } else { 400 * MS },
                 saturated: false,
-                delivered: None,
+                proof: None,
             };
             changes.extend(
                 s.levels
@@ -1960,11 +2168,10 @@ mod tests {
         assert_eq!(s.changes[0].1.cause, Cause::Unavailable);
     }
 
-    #[test]
-    fn capacity_takes_a_full_paths_measured_rate() {
-        use crate::path::{CapState, Tier};
+    /// A usable primary path for every class, its window reading `mbit` Mbit/s.
+    fn view(id: usize, mbit: f64) -> PathView {
         use crate::scheduler::ClassSet;
-        let view = |id, mbit: f64| PathView {
+        PathView {
             id,
             usable: true,
             tier: Tier::Primary,
@@ -1976,13 +2183,45 @@ mod tests {
             queued_up: 0,
             queued_down: 0,
             silent: Duration::ZERO,
-        };
+        }
+    }
+
+    #[test]
+    fn capacity_takes_a_full_paths_measured_rate() {
         let mut paths = vec![(view(0, 7.0), None), (view(1, 7.0), Some(0.25 * MBIT))];
         assert_eq!(capacity(&paths), Some(7.25 * MBIT));
         paths[0].0.usable = false;
         assert_eq!(capacity(&paths), Some(0.25 * MBIT));
         paths[1].0.usable = false;
         assert_eq!(capacity(&paths), None, "an outage is no capacity reading");
+    }
+
+    #[test]
+    fn the_proof_counts_what_probed_paths_delivered_and_the_estimate_of_the_rest() {
+        // a primary whose window reads 90 Mbit/s and that delivered 3
+        let mut paths = vec![(view(0, 90.0), None)];
+        assert!(may_probe(&paths[0].0));
+        assert_eq!(proof(&paths, &[Some(3.0 * MBIT)]), 3.0 * MBIT);
+        // no reading yet (a fresh connection): it has shown nothing
+        assert_eq!(proof(&paths, &[None]), 0.0);
+        // a backup link no probe may use counts its estimate (its full rate if measured)
+        let mut backup = view(1, 10.0);
+        backup.tier = Tier::Backup;
+        assert!(!may_probe(&backup));
+        paths.push((backup, None));
+        assert_eq!(
+            proof(&paths, &[Some(3.0 * MBIT), Some(0.1 * MBIT)]),
+            13.0 * MBIT
+        );
+        paths[1].1 = Some(2.0 * MBIT);
+        assert_eq!(proof(&paths, &[Some(3.0 * MBIT), None]), 5.0 * MBIT);
+        // so does a link near its cap; a path that may not carry the stream counts nothing
+        paths[1].0.tier = Tier::Primary;
+        paths[1].0.cap = CapState::Warn;
+        assert!(!may_probe(&paths[1].0));
+        assert_eq!(proof(&paths, &[Some(3.0 * MBIT), None]), 5.0 * MBIT);
+        paths[1].0.usable = false;
+        assert_eq!(proof(&paths, &[Some(3.0 * MBIT), None]), 3.0 * MBIT);
     }
 
     #[test]
