@@ -690,25 +690,32 @@ impl Bond {
 
     /// What the controller of the levels sees of the paths, from one look at them: the
     /// capacity ([`Bond::stream_capacity`]), whether some path that may carry the stream
-    /// was measured full in its last meter window (`tunnel::stream_level::saturated`), and
+    /// was measured full in its last meter window (`tunnel::stream_level::saturated`),
     /// what they have shown they carry (`tunnel::stream_level::proof`; none if their
-    /// congestion controller counts no deliveries), with the live media's `backlog`.
+    /// congestion controller counts no deliveries) and whether a probe may use one, with
+    /// the live media's `backlog`.
     pub fn stream_measure(&self, backlog: Duration) -> Measure {
         let paths = self.stream_paths();
         let mut counted = false;
-        let delivered: Vec<Option<f64>> = paths
+        let delivered: Vec<(PathView, Option<f64>)> = paths
             .iter()
             .map(|(v, _)| {
-                let st = self.paths.get(v.id)?.lock();
-                counted |= st.live.as_ref().is_some_and(|l| l.delivered.is_some());
-                st.est.delivered_up()
+                let d = self.paths.get(v.id).and_then(|p| {
+                    let st = p.lock();
+                    counted |= st.live.as_ref().is_some_and(|l| l.delivered.is_some());
+                    st.est.delivered_up()
+                });
+                (v.clone(), d)
             })
             .collect();
         Measure {
             capacity: tunnel::stream_level::capacity(&paths),
             backlog,
             saturated: tunnel::stream_level::saturated(&paths),
-            proof: counted.then(|| tunnel::stream_level::proof(&paths, &delivered)),
+            proof: counted.then(|| tunnel::stream_level::proof(&delivered)),
+            probe_paths: paths
+                .iter()
+                .any(|(v, _)| tunnel::stream_level::may_probe(v)),
         }
     }
 

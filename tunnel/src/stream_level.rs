@@ -20,7 +20,8 @@
 //!   shortage built drains meanwhile, and another camera is not stepped down for it.
 //! - **Up slowly.** The highest-priority camera whose next level fits steps up once the
 //!   capacity has held that demand with [`LevelConfig::headroom`] to spare, and no
-//!   backlog, for the up-hold, to the best level that has held so: each level's hold
+//!   backlog (a probe's own queue only puts the step off), for the up-hold, and the paths
+//!   have shown it (see **Proof**), to the best level that has held so: each level's hold
 //!   starts when it first fits, and is judged on the least capacity read since (one high
 //!   reading after a lower level's long hold is no hold of full); the levels above keep
 //!   their holds through a step, and the next step waits for the first one's
@@ -55,9 +56,9 @@
 //! - **Probing.** A link that carries only a thin stream shows little of what it can carry
 //!   (a congestion window grows only when it is full), so after a collapse the capacity
 //!   estimate stays near the low level's demand and never holds the higher one. When a
-//!   camera is below the best level it may have, nothing fits a step up (or the paths
-//!   have not shown the best level lately, see below), and there is no shortage, the
-//!   controller asks the shell to probe ([`StreamLevels::take_probe`]):
+//!   camera is below the best level it may have, that level does not fit (or the paths
+//!   have not shown it lately, see below), and there is no shortage, the controller asks
+//!   the shell to probe ([`StreamLevels::take_probe`]):
 //!   padding at the lowest priority for [`LevelConfig::probe_for`], as much as the paths
 //!   take, so their windows grow to what they carry (WebRTC's congestion control probes
 //!   before it steps up the same way). At most once per [`LevelConfig::probe_every`], and
@@ -71,17 +72,17 @@
 //!   higher demand with headroom ([`Measure::proof`]: what each path a probe may use
 //!   delivered, acknowledged by the relay), in a reading taken wholly within the level's
 //!   hold and no older than [`LevelConfig::proof_for`]; the controller probes for it
-//!   while it is missing, as it probes for a low estimate (not within
-//!   [`LevelConfig::settle`] of a step up: the probe's queue would hold up the new level's
-//!   first parts).
+//!   while it is missing, as it probes for a low estimate.
 //!   A probe whose readings are all in ([`READING_LAG`] after its end) without showing
 //!   the level it was for starts over the hold of that level and of the camera's levels
 //!   below it. A path a probe may not use ([`may_probe`]: backup links, links near their
-//!   cap) counts its estimate: nothing can show more there.
+//!   cap) counts what it delivered, not its window, and is not probed: a bond left with
+//!   only such links keeps its cameras where they are until a probe may show more.
 //! - **A probe's own queue.** On a collapsed link a probe's padding queues ahead of the live
 //!   media (measured: backlogs of 0.4-0.5 s within a second of each probe on 0.25 Mbit/s
 //!   links), so a backlog from a probe's start until [`READING_LAG`] after its end steps
-//!   nothing down; a shortage the meters measure still does. Counted, it stepped the
+//!   nothing down, nor lets anything step up; a shortage the meters measure still does,
+//!   and so does a backlog in a moment without a usable path (see "Outages hold"). Counted, it stepped the
 //!   keyframes level back to audio inside a collapse after each step up (a flap), and
 //!   when that came at the links' return it put off the next probe, and the return to
 //!   full, by 5 s.
@@ -221,23 +222,16 @@ pub fn may_probe(v: &PathView) -> bool {
 }
 
 /// What the paths that may carry the stream have shown they carry, bytes per second, from
-/// each path's view and full rate (as for [`capacity`]) and what it delivered lately
-/// (`delivered`, in the same order: what the relay acknowledged per second,
-/// `crate::path_estimate::PathEstimate::delivered_up`): a path a probe may use counts what
-/// it delivered (nothing while it has no reading yet), any other its estimate, since no
-/// probe can show more there. See [`Measure::proof`].
-pub fn proof(paths: &[(PathView, Option<f64>)], delivered: &[Option<f64>]) -> f64 {
+/// each path's view and what it delivered lately (what the relay acknowledged per second,
+/// `crate::path_estimate::PathEstimate::delivered_up`; nothing while it has no reading
+/// yet): their sum. A path no probe may use ([`may_probe`]) counts what it delivered too,
+/// not its window: that estimate is what the proof guards against, and a backup link or
+/// one near its cap is not spent on showing more. See [`Measure::proof`].
+pub fn proof(paths: &[(PathView, Option<f64>)]) -> f64 {
     paths
         .iter()
-        .zip(delivered)
-        .filter(|((v, _), _)| v.allows(TrafficClass::Stream))
-        .map(|((v, full), d)| {
-            if may_probe(v) {
-                d.unwrap_or(0.0)
-            } else {
-                full.unwrap_or(v.rate_up)
-            }
-        })
+        .filter(|(v, _)| v.allows(TrafficClass::Stream))
+        .map(|(_, d)| d.unwrap_or(0.0))
         .sum()
 }
 
@@ -358,6 +352,9 @@ pub struct Measure {
     /// the module docs). None: nothing counts what the paths deliver (a congestion
     /// controller other than `LowDelay`); the capacity alone decides.
     pub proof: Option<f64>,
+    /// Some path that may carry the stream may be probed ([`may_probe`]): without one no
+    /// probe is asked for (none could be sent).
+    pub probe_paths: bool,
 }
 
 /// Why a level changed.
@@ -723,7 +720,10 @@ impl StreamLevels {
         // step down)
         let over =
             demand > capacity && m.saturated && self.up_settle_until.is_none_or(|t| now >= t);
+        // a backlog while a probe's queue drains is that queue: it steps nothing, down or up
         let backlog = self.backlog_counts(m.backlog, now);
+        let probe_queue = backlog && self.probing(now);
+        let backlog = backlog && !probe_queue;
         if backlog {
             self.backlog_since.get_or_insert(now);
         } else {
@@ -751,8 +751,8 @@ impl StreamLevels {
             }
         } else {
             self.short_since = None;
-            out.extend(self.try_up(now, capacity, m.proof));
-            if out.is_empty() {
+            out.extend(self.try_up(now, capacity, m.proof, !probe_queue));
+            if out.is_empty() && m.probe_paths {
                 self.want_probe(now, capacity);
             }
         }
@@ -760,15 +760,16 @@ impl StreamLevels {
         out
     }
 
-    /// A backlog of `backlog` is a shortage at `now`: not while a probe's queue drains (from
-    /// its start until [`READING_LAG`] after its end: see the module docs).
+    /// A backlog of `backlog` is a shortage at `now`.
     fn backlog_counts(&self, backlog: Duration, now: Instant) -> bool {
-        let probing = self
-            .last_probe
-            .is_some_and(|p| now < p.start + self.cfg.probe_for + READING_LAG);
-        backlog > self.cfg.backlog_down
-            && self.backlog_ignored_until.is_none_or(|t| now >= t)
-            && !probing
+        backlog > self.cfg.backlog_down && self.backlog_ignored_until.is_none_or(|t| now >= t)
+    }
+
+    /// Whether a probe's queue may still be draining at `now`: from its start until
+    /// [`READING_LAG`] after its end (see the module docs).
+    fn probing(&self, now: Instant) -> bool {
+        self.last_probe
+            .is_some_and(|p| now < p.start + self.cfg.probe_for + READING_LAG)
     }
 
     /// The probe asked for since the last call, if any.
@@ -781,15 +782,11 @@ impl StreamLevels {
     /// (see the module docs): for the demand of the highest-priority such camera at that
     /// best level, with headroom.
     fn want_probe(&mut self, now: Instant, capacity: f64) {
-        // not while a collapse may still be under way (the last step down is recent), nor
-        // while a step up settles (the probe's queue would count as its backlog)
+        // not while a collapse may still be under way (the last step down is recent)
         let recent = |t: Option<Instant>| {
             t.is_some_and(|t| now.saturating_duration_since(t) < self.cfg.probe_every)
         };
-        if recent(self.last_probe.map(|p| p.start))
-            || recent(self.last_down)
-            || self.up_settle_until.is_some_and(|t| now < t)
-        {
+        if recent(self.last_probe.map(|p| p.start)) || recent(self.last_down) {
             return;
         }
         let total = self.demand();
@@ -897,8 +894,15 @@ impl StreamLevels {
     /// Steps a camera up once the capacity has held a higher demand with headroom for the
     /// up-hold and the paths have shown it (`proof`, see the module docs): the
     /// highest-priority camera whose next level fits, to the highest level whose hold is
-    /// over and shown (each level's hold starts when it first fits).
-    fn try_up(&mut self, now: Instant, capacity: f64, proof: Option<f64>) -> Option<Change> {
+    /// over and shown (each level's hold starts when it first fits). `step`: false, the
+    /// holds go on but nothing steps (a probe's queue holds the live media back).
+    fn try_up(
+        &mut self,
+        now: Instant,
+        capacity: f64,
+        proof: Option<f64>,
+        step: bool,
+    ) -> Option<Change> {
         let total = self.demand();
         let headroom = 1.0 + self.cfg.headroom;
         // (camera, demand of the others, the levels above its own that fit, nearest first)
@@ -948,7 +952,8 @@ impl StreamLevels {
                 // a probe that covered this level's hold, was for it or a level above, and
                 // did not show it: the estimate is wrong there, and the hold starts over
                 if let Some(p) = failed_probe {
-                    let covered = h.since < p.start + self.cfg.probe_for;
+                    // its first reading within the hold came before the probe's end
+                    let covered = h.since + READING_LAG <= p.start + self.cfg.probe_for;
                     if covered && level >= p.level && h.shown.is_none_or(|t| t < p.start) {
                         h = HeldLevel {
                             level,
@@ -976,7 +981,7 @@ impl StreamLevels {
             .collect();
         // the best level whose hold is over and shown lately; none while the last step up
         // settles
-        let settled = self.up_settle_until.is_none_or(|t| now >= t);
+        let settled = step && self.up_settle_until.is_none_or(|t| now >= t);
         let ready = settled
             .then(|| {
                 levels.iter().rev().find(|h| {
@@ -1150,6 +1155,7 @@ mod tests {
                 backlog,
                 saturated,
                 proof: None,
+                probe_paths: true,
             };
             self.levels.update(self.now, &self.ladders, m)
         }
@@ -1220,6 +1226,7 @@ mod tests {
                 backlog: Duration::ZERO,
                 saturated: probing || link < 1.0 * MBIT,
                 proof: None,
+                probe_paths: true,
             };
             for c in levels.update(now, &ladders, m) {
                 if c.to < c.from {
@@ -1328,6 +1335,7 @@ mod tests {
                 backlog: Duration::ZERO,
                 saturated: dropped,
                 proof: measured.then_some(shown),
+                probe_paths: true,
             };
             for c in levels.update(now, &[ladder], m) {
                 changes.push((at, c));
@@ -1423,6 +1431,7 @@ mod tests {
                 },
                 saturated: onset,
                 proof: Some(levels.demand()),
+                probe_paths: true,
             };
             for c in levels.update(now, &ladders, m) {
                 changes.push((at, c.to, c.cause));
@@ -1447,6 +1456,87 @@ mod tests {
             downs[1].0 >= Duration::from_secs(19) && downs[1].0 < Duration::from_millis(19_500),
             "{changes:?}"
         );
+    }
+
+    /// A camera stepped down to keyframes by a collapse at 1 s, then an estimate that fits
+    /// full (144 Mbit/s) with the paths showing the stream; each probe's readings show 14
+    /// Mbit/s, and its queue holds the live media 450 ms from 0.2 s into it until 1.5 s;
+    /// `silent`: 0.2 s into the first probe the paths go silent for a second, the backlog
+    /// at 400 ms. The changes, and when the first probe started.
+    fn probe_window(cfg: LevelConfig, silent: bool) -> (Vec<(Duration, Change)>, Duration) {
+        let mut levels = StreamLevels::new(cfg, &[0]);
+        let ladders = vec![with_sub()];
+        let t0 = Instant::now();
+        let mut first: Option<Duration> = None;
+        let mut changes = Vec::new();
+        for step in 1..=400u32 {
+            let now = t0 + 50 * MS * step;
+            let at = now - t0;
+            let onset = at >= Duration::from_secs(1) && at < Duration::from_millis(1300);
+            let into = first.map(|p| at.saturating_sub(p));
+            let inside = |a: u32, b: u32| into.is_some_and(|d| d >= a * MS && d < b * MS);
+            let quiet = silent && inside(200, 1200);
+            let m = Measure {
+                capacity: if quiet {
+                    None
+                } else if onset {
+                    Some(0.5 * MBIT)
+                } else {
+                    Some(144.0 * MBIT)
+                },
+                backlog: if quiet {
+                    400 * MS
+                } else if inside(200, 1500) {
+                    450 * MS
+                } else {
+                    Duration::ZERO
+                },
+                saturated: onset,
+                proof: Some(if inside(250, 1500) {
+                    14.0 * MBIT
+                } else {
+                    levels.demand()
+                }),
+                probe_paths: true,
+            };
+            for c in levels.update(now, &ladders, m) {
+                changes.push((at, c));
+            }
+            if levels.take_probe().is_some() {
+                first = first.or(Some(at));
+            }
+        }
+        (changes, first.expect("a probe"))
+    }
+
+    #[test]
+    fn a_probes_queue_puts_a_step_up_off_and_a_silent_collapse_still_steps_down() {
+        // a short hold, over before the probe shows full: the step up waits for the
+        // probe's queue to drain, not into it
+        let short = LevelConfig {
+            up_after: Duration::from_secs(3),
+            ..LevelConfig::default()
+        };
+        let (changes, probe) = probe_window(short, false);
+        let ups: Vec<_> = changes.iter().filter(|(_, c)| c.to < c.from).collect();
+        assert_eq!(ups.len(), 1, "{changes:?}");
+        assert_eq!(ups[0].1.to, Level::Full);
+        // (the queue held the live media back until 1.5 s into the probe)
+        let drained = probe + Duration::from_millis(1500);
+        assert!(
+            ups[0].0 >= drained && ups[0].0 <= drained + 100 * MS,
+            "{changes:?} {probe:?}"
+        );
+        // the paths go silent in the probe's window with the live media behind: a
+        // collapse, stepped down a rung at once
+        let (changes, probe) = probe_window(LevelConfig::default(), true);
+        let downs: Vec<_> = changes
+            .iter()
+            .filter(|(at, c)| c.to > c.from && *at > probe)
+            .collect();
+        assert_eq!(downs.len(), 1, "{changes:?}");
+        assert_eq!(downs[0].1.to, Level::Audio);
+        assert!(downs[0].0 <= probe + 500 * MS, "{changes:?} {probe:?}");
     }
 
     /// A camera stepped down to keyframes by a collapse at 1 s, then 40 s of an estimate of
@@ -1475,6 +1565,7 @@ mod tests {
                 } else {
                     levels.demand()
                 }),
+                probe_paths: true,
             };
             for c in levels.update(now, &ladders, m) {
                 if c.to < c.from {
@@ -1530,6 +1621,7 @@ mod tests {
             backlog,
             saturated,
             proof: None,
+            probe_paths: true,
         };
         for step in 1..=40u32 {
             assert!(levels
@@ -1677,6 +1769,7 @@ mod tests {
                 backlog: 900 * MS,
                 saturated: true,
                 proof: None,
+                probe_paths: true,
             };
             if !s.levels.update(s.now, &s.ladders, m).is_empty() {
                 at = Some(s.now - start);
@@ -1705,6 +1798,7 @@ mod tests {
                 backlog: t.saturating_sub(50 * MS),
                 saturated: false,
                 proof: None,
+                probe_paths: true,
             };
             if !s.levels.update(s.now, &s.ladders, m).is_empty() {
                 at = Some(t);
@@ -1764,6 +1858,7 @@ mod tests {
                 backlog: if cut { t } else { 400 * MS },
                 saturated: false,
                 proof: None,
+                probe_paths: true,
             };
             changes.extend(
                 s.levels
@@ -2197,31 +2292,28 @@ mod tests {
     }
 
     #[test]
-    fn the_proof_counts_what_probed_paths_delivered_and_the_estimate_of_the_rest() {
+    fn the_proof_is_what_the_paths_delivered_whatever_their_windows_read() {
         // a primary whose window reads 90 Mbit/s and that delivered 3
-        let mut paths = vec![(view(0, 90.0), None)];
+        let mut paths = vec![(view(0, 90.0), Some(3.0 * MBIT))];
         assert!(may_probe(&paths[0].0));
-        assert_eq!(proof(&paths, &[Some(3.0 * MBIT)]), 3.0 * MBIT);
+        assert_eq!(proof(&paths), 3.0 * MBIT);
         // no reading yet (a fresh connection): it has shown nothing
-        assert_eq!(proof(&paths, &[None]), 0.0);
-        // a backup link no probe may use counts its estimate (its full rate if measured)
+        paths[0].1 = None;
+        assert_eq!(proof(&paths), 0.0);
+        // a backup link no probe may use counts what it delivered, not its 10 Mbit/s window
         let mut backup = view(1, 10.0);
         backup.tier = Tier::Backup;
         assert!(!may_probe(&backup));
-        paths.push((backup, None));
-        assert_eq!(
-            proof(&paths, &[Some(3.0 * MBIT), Some(0.1 * MBIT)]),
-            13.0 * MBIT
-        );
-        paths[1].1 = Some(2.0 * MBIT);
-        assert_eq!(proof(&paths, &[Some(3.0 * MBIT), None]), 5.0 * MBIT);
-        // so does a link near its cap; a path that may not carry the stream counts nothing
+        paths[0].1 = Some(3.0 * MBIT);
+        paths.push((backup, Some(0.1 * MBIT)));
+        assert_eq!(proof(&paths), 3.1 * MBIT);
+        // a link near its cap is not probed either; a path that may not carry the stream
+        // counts nothing
         paths[1].0.tier = Tier::Primary;
         paths[1].0.cap = CapState::Warn;
         assert!(!may_probe(&paths[1].0));
-        assert_eq!(proof(&paths, &[Some(3.0 * MBIT), None]), 5.0 * MBIT);
         paths[1].0.usable = false;
-        assert_eq!(proof(&paths, &[Some(3.0 * MBIT), None]), 3.0 * MBIT);
+        assert_eq!(proof(&paths), 3.0 * MBIT);
     }
 
     #[test]
