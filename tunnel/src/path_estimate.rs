@@ -153,8 +153,6 @@ pub struct PathEstimate {
     meter_down: u64,
     meter_busy_down: bool,
     goodput: Goodput,
-    /// The bytes the peer had acknowledged at the last tick, if counted.
-    delivered: Option<u64>,
     /// The acknowledged bytes at the closes of the last meter windows, oldest first.
     delivered_marks: VecDeque<(Instant, u64)>,
 }
@@ -193,7 +191,6 @@ impl PathEstimate {
             meter_down: 0,
             meter_busy_down: false,
             goodput: Goodput { up: 0.0, down: 0.0 },
-            delivered: None,
             delivered_marks: VecDeque::new(),
         }
     }
@@ -247,7 +244,6 @@ impl PathEstimate {
         self.last_full_up = 0.0;
         self.collapse_until = None;
         self.tx_kept = 0;
-        self.delivered = None;
         self.delivered_marks.clear();
         self.fresh = true;
         self.peak_credit_until = Some(now + PEAK_CREDIT);
@@ -257,7 +253,6 @@ impl PathEstimate {
     pub fn on_closed(&mut self, now: Instant) {
         self.least_unsent = None;
         self.connected = false;
-        self.delivered = None;
         self.delivered_marks.clear();
         if let Some(e) = self.health.on_closed(now) {
             self.events.push(e);
@@ -405,7 +400,6 @@ impl PathEstimate {
         let fresh = std::mem::take(&mut self.fresh);
         if let Some(s) = stats.filter(|_| self.connected) {
             self.tx_kept = s.tx_kept;
-            self.delivered = s.delivered;
             let prev = self.health.srtt();
             self.rttvar = (self.rttvar * 3 + s.rtt.abs_diff(prev)) / 4;
             let sent = s.sent_packets.saturating_sub(self.last_sent);
@@ -437,7 +431,8 @@ impl PathEstimate {
         if !self.is_usable() {
             self.short_seen = Some(now);
         }
-        let goodput = self.meter(now);
+        let delivered = stats.filter(|_| self.connected).and_then(|s| s.delivered);
+        let goodput = self.meter(now, delivered);
         if events
             .iter()
             .any(|e| matches!(e, HealthEvent::Silent { .. } | HealthEvent::Closed))
@@ -508,8 +503,9 @@ impl PathEstimate {
     }
 
     /// Closes the meter window when it is due: the goodput each way, and the rate estimates
-    /// that follow from them.
-    fn meter(&mut self, now: Instant) -> Option<Goodput> {
+    /// that follow from them; `delivered`: the bytes the peer has acknowledged so far, if
+    /// counted on a connection that is up (its mark for [`Self::delivered_up`]).
+    fn meter(&mut self, now: Instant, delivered: Option<u64>) -> Option<Goodput> {
         let elapsed = now.saturating_duration_since(self.meter_start);
         if elapsed < METER_WINDOW {
             return None;
@@ -520,7 +516,7 @@ impl PathEstimate {
         // not what was handed to the transport (a burst of writes is not a rate).
         let wire = self.tx_kept.saturating_sub(self.meter_tx) as f64 * 0.95 / secs;
         self.meter_tx = self.tx_kept;
-        match self.delivered.filter(|_| self.connected) {
+        match delivered {
             Some(total) => {
                 self.delivered_marks.push_back((now, total));
                 if self.delivered_marks.len() > DELIVERED_WINDOWS + 1 {

@@ -69,8 +69,8 @@
 //!   its bandwidth-delay product, and read 84 Mbit/s; in a collapse to 0.25 Mbit/s the
 //!   estimate read 144 Mbit/s and the level stepped up to full, then down again, and the
 //!   flap doubled the return's hold). So a step up also needs the paths to have shown the
-//!   higher demand with headroom ([`Measure::proof`]: what each path a probe may use
-//!   delivered, acknowledged by the relay), in a reading taken wholly within the level's
+//!   higher demand with headroom ([`Measure::proof`]: what the paths delivered,
+//!   acknowledged by the relay), in a reading taken wholly within the level's
 //!   hold and no older than [`LevelConfig::proof_for`]; the controller probes for it
 //!   while it is missing, as it probes for a low estimate.
 //!   A probe whose readings are all in ([`READING_LAG`] after its end) without showing
@@ -82,10 +82,10 @@
 //!   media (measured: backlogs of 0.4-0.5 s within a second of each probe on 0.25 Mbit/s
 //!   links), so a backlog from a probe's start until [`READING_LAG`] after its end steps
 //!   nothing down, nor lets anything step up; a shortage the meters measure still does,
-//!   and so does a backlog in a moment without a usable path (see "Outages hold"). Counted, it stepped the
-//!   keyframes level back to audio inside a collapse after each step up (a flap), and
-//!   when that came at the links' return it put off the next probe, and the return to
-//!   full, by 5 s.
+//!   and so does a backlog in a moment without a usable path (see "Outages hold").
+//!   Counted, it stepped the keyframes level back to audio inside a collapse after each
+//!   step up (a flap), and when that came at the links' return it put off the next probe,
+//!   and the return to full, by 5 s.
 //! - **By hand.** An operator's override pins a camera's level until it is lifted (if the
 //!   pinned level goes away, the camera falls back and returns to it when it comes back).
 //! - **By rule.** A local action's ceiling holds a camera at a level or lower (the best
@@ -769,7 +769,7 @@ impl StreamLevels {
     /// [`READING_LAG`] after its end (see the module docs).
     fn probing(&self, now: Instant) -> bool {
         self.last_probe
-            .is_some_and(|p| now < p.start + self.cfg.probe_for + READING_LAG)
+            .is_some_and(|p| now < p.read_at(self.cfg.probe_for))
     }
 
     /// The probe asked for since the last call, if any.
@@ -932,7 +932,7 @@ impl StreamLevels {
         // a probe for this camera whose readings are all in
         let failed_probe = self
             .last_probe
-            .filter(|p| p.camera == i && now >= p.start + self.cfg.probe_for + READING_LAG);
+            .filter(|p| p.camera == i && now >= p.read_at(self.cfg.probe_for));
         let levels: Vec<HeldLevel> = fitting
             .into_iter()
             .map(|level| {
@@ -941,13 +941,7 @@ impl StreamLevels {
                         low: h.low.min(capacity),
                         ..*h
                     },
-                    None => HeldLevel {
-                        level,
-                        since: now,
-                        low: capacity,
-                        shown: None,
-                        carried: None,
-                    },
+                    None => HeldLevel::new(level, now, capacity),
                 };
                 // a probe that covered this level's hold, was for it or a level above, and
                 // did not show it: the estimate is wrong there, and the hold starts over
@@ -955,13 +949,7 @@ impl StreamLevels {
                     // its first reading within the hold came before the probe's end
                     let covered = h.since + READING_LAG <= p.start + self.cfg.probe_for;
                     if covered && level >= p.level && h.shown.is_none_or(|t| t < p.start) {
-                        h = HeldLevel {
-                            level,
-                            since: now,
-                            low: capacity,
-                            shown: None,
-                            carried: None,
-                        };
+                        h = HeldLevel::new(level, now, capacity);
                     }
                 }
                 match proof {
@@ -1038,6 +1026,17 @@ struct HeldLevel {
 }
 
 impl HeldLevel {
+    /// A hold of `level` from `now`, at `capacity`, not shown yet.
+    fn new(level: Level, now: Instant, capacity: f64) -> Self {
+        Self {
+            level,
+            since: now,
+            low: capacity,
+            shown: None,
+            carried: None,
+        }
+    }
+
     /// Whether the paths showed the level within `age` of `now`.
     fn shown_within(&self, now: Instant, age: Duration) -> bool {
         self.shown
@@ -1051,6 +1050,14 @@ struct ProbeSent {
     start: Instant,
     camera: usize,
     level: Level,
+}
+
+impl ProbeSent {
+    /// When every reading that covers part of a probe lasting `span` is in, and its queue
+    /// has drained ([`READING_LAG`] after its end).
+    fn read_at(&self, span: Duration) -> Instant {
+        self.start + span + READING_LAG
+    }
 }
 
 /// One change per camera: a camera stepped down several rungs at once is one change, from
